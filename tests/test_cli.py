@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unet_fast import cli, geometry
+
+
+def test_sizes_table(capsys):
+    assert cli.main(["sizes", "--depth", "5", "--max-size", "600"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert [int(r[0]) for r in rows] == geometry.valid_input_sizes(5, 600)
+    assert ["572", "388"] == rows[[r[0] for r in rows].index("572")][:2]
+
+
+def test_sizes_same_padding(capsys):
+    assert cli.main(["sizes", "--depth", "3", "--padding", "same", "--max-size", "12"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(int(a), int(b)) for a, b, _ in rows] == [(4, 4), (8, 8), (12, 12)]
+
+
+def test_sizes_nothing_legal(capsys):
+    assert cli.main(["sizes", "--depth", "5", "--max-size", "100"]) == 1
+    assert "smallest is 188" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["sizes", "--depth", "0"], ["sizes", "--max-size", "-3"], ["frobnicate"]])
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_info_json(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"torch", "backends", "devices", "extension"} <= set(report)
+
+
+def test_console_entry_point_runs_as_module():
+    done = subprocess.run([sys.executable, "-m", "unet_fast.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "backends:" in done.stdout

@@ -1,0 +1,94 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast import geometry
+
+
+def brute_force_output(n: int, depth: int, padding: str):
+    """Push an n x n image through real conv / pool / up-conv ops; None when the size is illegal."""
+    pad = 1 if padding == "same" else 0
+
+    def two_convs(t):
+        for _ in range(2):
+            t = F.conv2d(t, torch.ones(1, 1, 3, 3), padding=pad)
+        return t
+
+    x = torch.ones(1, 1, n, n)
+    skips = []
+    try:
+        for level in range(depth):
+            x = two_convs(x)
+            if level < depth - 1:
+                if x.shape[-1] % 2:  # the paper's rule: every pool sees an even size
+                    return None
+                skips.append(x.shape[-1])
+                x = F.max_pool2d(x, 2)
+        for skip in reversed(skips):
+            x = two_convs(F.conv_transpose2d(x, torch.ones(1, 1, 2, 2), stride=2))
+            if x.shape[-1] > skip:
+                return None
+    except RuntimeError:  # a convolution got an input smaller than its kernel
+        return None
+    return x.shape[-1] if x.shape[-1] >= 1 else None
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6])
+def test_geometry_matches_brute_force(depth, padding):
+    step = 2 ** (depth - 1)
+    limit = geometry.min_input_size(depth, padding) + 3 * step + 2
+    legal = []
+    for n in range(1, limit):
+        expected = brute_force_output(n, depth, padding)
+        assert geometry.is_valid_input_size(n, depth, padding) == (expected is not None), n
+        if expected is not None:
+            assert geometry.output_size(n, depth, padding) == expected
+            legal.append(n)
+    assert legal == geometry.valid_input_sizes(depth, limit - 1, padding)
+    assert legal[0] == geometry.min_input_size(depth, padding)
+    for n in range(1, limit):
+        below, above = geometry.nearest_valid_input_sizes(n, depth, padding)
+        assert above == min(m for m in legal + [legal[-1] + step] if m >= n)
+        smaller = [m for m in legal if m <= n]
+        assert below == (max(smaller) if smaller else None)
+
+
+def test_paper_numbers():
+    assert geometry.output_size(572) == 388
+    assert geometry.context() == 92
+    assert geometry.valid_input_sizes(5, 572)[:3] == [188, 204, 220]
+    assert geometry.nearest_valid_input_sizes(500) == (492, 508)
+    assert geometry.input_size_for(388) == 572
+    assert geometry.input_size_for(389) == 588
+    assert geometry.output_size(256, 5, "same") == 256
+
+
+def test_crop_offset():
+    assert geometry.crop_offset(64, 56) == 4
+    assert geometry.crop_offset(392, 392) == 0
+    with pytest.raises(ValueError, match="larger"):
+        geometry.crop_offset(10, 12)
+
+
+def test_illegal_size_message_names_the_neighbours():
+    with pytest.raises(ValueError, match=r"500.*depth 5.*492 or 508"):
+        geometry.output_size(500)
+    with pytest.raises(ValueError, match=r"100 is too small.*smallest legal size is 188"):
+        geometry.output_size(100)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5"])
+def test_bad_depth(bad):
+    with pytest.raises(ValueError, match="depth"):
+        geometry.output_size(572, depth=bad)
+
+
+def test_bad_padding():
+    with pytest.raises(ValueError, match="padding"):
+        geometry.is_valid_input_size(572, padding="reflect")
+
+
+def test_input_size_for_rejects_nonpositive():
+    with pytest.raises(ValueError, match="output"):
+        geometry.input_size_for(0)

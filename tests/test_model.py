@@ -1,0 +1,166 @@
+import pytest
+import torch
+
+from unet_fast import UNet, reference
+from tolerances import assert_close
+
+SMALL = dict(in_channels=2, num_classes=3, depth=3, base_channels=4)
+
+
+def twins(**kwargs):
+    """A reference net and a unet_fast.UNet holding the same weights."""
+    torch.manual_seed(0)
+    ref = reference.UNet(**kwargs)
+    fast = UNet(**kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def test_paper_network_shape_and_parameters():
+    model = UNet()
+    assert sum(p.numel() for p in model.parameters()) == 31_030_658
+    assert model.output_size(572) == 388
+    assert model.input_size_for(388) == 572
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("size", [(44, 44), (60, 76), (52, 44)])
+def test_forward_and_gradients_match_reference(padding, size):
+    ref, fast = twins(padding=padding, **SMALL)
+    if padding == "same":
+        size = (size[0] - size[0] % 4, size[1] - size[1] % 4)
+    x = torch.randn(2, 2, *size)
+    out_ref, out_fast = ref(x), fast(x)
+    assert out_fast.shape == (2, 3, fast.output_size(size[0]), fast.output_size(size[1]))
+    assert_close(out_fast, out_ref)
+    grad = torch.randn_like(out_ref)
+    out_ref.backward(grad)
+    out_fast.backward(grad)
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        assert_close(p_fast.grad, p_ref.grad), name
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    ref, fast = twins(**SMALL)
+    base = torch.randn(3, 2, 60, 120)
+    strided = base[:, :, :, ::2]  # non-contiguous view, 60 x 60
+    expected = ref(strided.contiguous())
+    assert_close(fast(strided), expected)
+    assert_close(fast(strided.contiguous(memory_format=torch.channels_last)), expected)
+    fast_cl = fast.to(memory_format=torch.channels_last)
+    assert_close(fast_cl(strided.contiguous(memory_format=torch.channels_last)), expected)
+
+
+def test_state_dict_round_trip_both_ways():
+    torch.manual_seed(1)
+    ref = reference.UNet(**SMALL)
+    fast = UNet(**SMALL)
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    fast.load_state_dict(ref.state_dict())
+    ref2 = reference.UNet(**SMALL)
+    ref2.load_state_dict(fast.state_dict())
+    for key, value in ref.state_dict().items():
+        assert torch.equal(value, ref2.state_dict()[key]), key
+    x = torch.randn(1, 2, 44, 44)
+    assert torch.equal(ref2(x), ref(x))
+
+
+def test_he_initialisation_std():
+    torch.manual_seed(0)
+    model = reference.UNet(base_channels=16, depth=3)
+    conv = model.encoder[1].conv2  # 32 -> 32, N = 9 * 32
+    assert abs(conv.weight.std().item() - (2 / (9 * 32)) ** 0.5) < 0.01
+    up = model.decoder[0].upconv  # 64 -> 32, N = 64
+    assert abs(up.weight.std().item() - (2 / 64) ** 0.5) < 0.02
+    assert all(torch.count_nonzero(m.bias) == 0 for m in model.modules() if hasattr(m, "bias") and m.bias is not None)
+
+
+def test_decoder_concatenates_skip_first():
+    torch.manual_seed(0)
+    model = reference.UNet(depth=2, base_channels=2)
+    x = torch.randn(1, 1, 18, 18)
+    block = model.decoder[0]
+    captured = {}
+    block.conv1.register_forward_hook(lambda m, inp, out: captured.update(input=inp[0]))
+    model(x)
+    skip = torch.relu(model.encoder[0].conv2(torch.relu(model.encoder[0].conv1(x))))
+    cat = captured["input"]
+    assert cat.shape[1] == 4
+    assert_close(cat[:, :2], reference.center_crop(skip, cat.shape[-2:]))
+
+
+def test_dropout_acts_only_in_training():
+    ref, fast = twins(dropout=0.5, **SMALL)
+    x = torch.randn(1, 2, 44, 44)
+    fast.eval()
+    assert torch.equal(fast(x), fast(x))
+    fast.train()
+    assert not torch.equal(fast(x), fast(x))
+
+
+def test_no_grad_and_autocast_bf16():
+    ref, fast = twins(**SMALL)
+    x = torch.randn(2, 2, 44, 44)
+    with torch.no_grad():
+        expected = ref(x)
+        assert_close(fast(x), expected)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast(x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), expected, dtype=torch.bfloat16, atol=0.05)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    ref, fast = twins(**SMALL)
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(2, 2, 44, 44, requires_grad=True)
+    out = compiled(x)
+    assert_close(out, ref(x))
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_illegal_size_names_neighbours():
+    with pytest.raises(ValueError, match=r"500.*depth 5.*492 or 508"):
+        UNet()(torch.randn(1, 1, 500, 500))
+
+
+def test_illegal_width_only():
+    model = UNet(**SMALL)
+    with pytest.raises(ValueError, match=r"input width.*45.*44 or 48"):
+        model(torch.randn(1, 2, 44, 45))
+
+
+@pytest.mark.parametrize("model_cls", [UNet, reference.UNet])
+def test_bad_inputs(model_cls):
+    model = model_cls(**SMALL)
+    with pytest.raises(ValueError, match="3 channels but the network was built with in_channels=2"):
+        model(torch.randn(1, 3, 44, 44))
+    with pytest.raises(ValueError, match=r"4 dimensions.*unsqueeze\(0\)"):
+        model(torch.randn(2, 44, 44))
+    with pytest.raises(ValueError, match="4 dimensions"):
+        model(torch.randn(1, 1, 2, 44, 44))
+    with pytest.raises(ValueError, match=r"20 is too small.*smallest legal size is 44"):
+        model(torch.randn(1, 2, 20, 20))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 2, 44, 44, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[1.0]])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(depth=0), "depth"), (dict(in_channels=0), "in_channels"), (dict(num_classes=1.5), "num_classes"),
+    (dict(base_channels=-4), "base_channels"), (dict(padding="reflect"), "padding"),
+    (dict(dropout=1.0), "dropout"), (dict(backend="cudnn"), "backend"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UNet(**kwargs)
+
+
+def test_config_rebuilds_the_architecture():
+    model = UNet(**SMALL, dropout=0.1)
+    clone = UNet(**model.config())
+    assert clone.config() == model.config()
+    assert reference.UNet(**reference.UNet(**SMALL).config()).config() == reference.UNet(**SMALL).config()

@@ -1,0 +1,47 @@
+"""What this installation can run, and why not where it cannot."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import _extension
+
+
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton
+    except ImportError as error:
+        return False, f"triton is not installed ({error})"
+    return True, f"triton {triton.__version__}"
+
+
+def info() -> dict:
+    """Versions, devices and which backends are available (with the reason when one is not)."""
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    triton_ok, triton_msg = _triton_status()
+    ext = _extension.available()
+    backends = {
+        "torch": (True, "always available (aten kernels)"),
+        "extension-cpu": (ext and _extension.has_kernel("crop_concat", "cpu"),
+                          "compiled CPU kernels" if ext else f"unet_fast._C not loaded: {_extension.load_error}"),
+        "extension-cuda": (ext and _extension.has_kernel("crop_concat", "cuda"),
+                           "compiled CUDA kernels" if ext and _extension.has_kernel("crop_concat", "cuda")
+                           else "unet_fast._C was built without CUDA (needs CUDA torch and nvcc, or FORCE_CUDA=1)"
+                           if ext else f"unet_fast._C not loaded: {_extension.load_error}"),
+        "triton": (triton_ok and cuda, triton_msg + ("" if cuda else "; no CUDA device, so Triton kernels run "
+                                                    "only under TRITON_INTERPRET=1 (tests)")),
+    }
+    return {
+        "unet_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton_msg if triton_ok else None,
+        "extension": "loaded" if ext else f"missing ({_extension.load_error})",
+        "devices": ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())],
+        "cpu_threads": torch.get_num_threads(),
+        "backends": {name: {"available": ok, "why": why} for name, (ok, why) in backends.items()},
+    }

@@ -1,0 +1,156 @@
+"""Sizes of a U-Net, derived by walking the network rather than from tables.
+
+A level of the contracting path is two 3x3 convolutions (each removes 2 pixels when
+unpadded) and a 2x2 max-pool (which needs an even size); the expansive path doubles
+the size with a 2x2 up-convolution and removes 4 with two convolutions. ``depth``
+counts resolution levels: the paper's network has depth 5 (4 pools, 4 up-convs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PADDINGS = ("valid", "same")
+
+
+def _check_depth(depth: int) -> None:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+
+
+def _conv_loss(padding: str) -> int:
+    """Pixels removed by one 3x3 convolution."""
+    return 2 if padding == "valid" else 0
+
+
+@dataclass(frozen=True)
+class SizeTrace:
+    """Every spatial size one input size produces, or why it is illegal."""
+
+    input_size: int
+    skip_sizes: tuple[int, ...]      # encoder level outputs (before pooling), top first
+    decoder_sizes: tuple[int, ...]   # decoder level outputs, deepest first
+    output_size: int | None
+    problem: str | None              # None when the size is legal
+
+
+def trace_sizes(input_size: int, depth: int = 5, padding: str = "valid") -> SizeTrace:
+    """Follow one spatial dimension through the network."""
+    _check_depth(depth)
+    _check_padding(padding)
+    loss = 2 * _conv_loss(padding)
+    size = input_size
+    skips: list[int] = []
+    decoded: list[int] = []
+
+    def fail(msg: str) -> SizeTrace:
+        return SizeTrace(input_size, tuple(skips), tuple(decoded), None, msg)
+
+    if size < 1:
+        return fail("the size must be positive")
+    for level in range(depth - 1):
+        size -= loss
+        if size < 1:
+            return fail(f"nothing is left after the convolutions of level {level + 1}")
+        if size % 2:
+            return fail(f"level {level + 1} would max-pool an odd size ({size})")
+        skips.append(size)
+        size //= 2
+    size -= loss
+    if size < 1:
+        return fail("nothing is left after the bottleneck convolutions")
+    for level, skip in enumerate(reversed(skips)):
+        size = 2 * size - loss
+        if size < 1:
+            return fail(f"nothing is left after the convolutions of decoder level {level + 1}")
+        if size > skip:  # cannot happen for these layers, but never crop to a larger size
+            return fail(f"decoder level {level + 1} is larger than its skip connection")
+        decoded.append(size)
+    return SizeTrace(input_size, tuple(skips), tuple(decoded), size, None)
+
+
+def is_valid_input_size(n: int, depth: int = 5, padding: str = "valid") -> bool:
+    """True when an input of n pixels (along one axis) passes through the network."""
+    return trace_sizes(n, depth, padding).problem is None
+
+
+def output_size(input_size: int, depth: int = 5, padding: str = "valid") -> int:
+    """Output size for a legal input size; ValueError naming the nearest legal sizes otherwise."""
+    trace = trace_sizes(input_size, depth, padding)
+    if trace.problem is not None:
+        raise ValueError(size_error_message(input_size, depth, padding, trace.problem))
+    return trace.output_size
+
+
+def size_step(depth: int = 5) -> int:
+    """Legal sizes are spaced by this many pixels (one pixel at the bottom level)."""
+    _check_depth(depth)
+    return 2 ** (depth - 1)
+
+
+def min_input_size(depth: int = 5, padding: str = "valid") -> int:
+    """Smallest legal input size, found by walking upwards."""
+    n = 1
+    while not is_valid_input_size(n, depth, padding):
+        n += 1
+    return n
+
+
+def valid_input_sizes(depth: int = 5, max_size: int = 1024, padding: str = "valid") -> list[int]:
+    """All legal input sizes up to and including max_size, smallest first."""
+    start = min_input_size(depth, padding)
+    return list(range(start, max_size + 1, size_step(depth)))
+
+
+def nearest_valid_input_sizes(n: int, depth: int = 5, padding: str = "valid") -> tuple[int | None, int]:
+    """The legal sizes just below (None if there is none) and just above n (n itself if legal)."""
+    start = min_input_size(depth, padding)
+    step = size_step(depth)
+    if n <= start:
+        return (None if n < start else start), start
+    k, rem = divmod(n - start, step)
+    below = start + k * step
+    above = below if rem == 0 else below + step
+    return below, above
+
+
+def input_size_for(output: int, depth: int = 5, padding: str = "valid") -> int:
+    """Smallest legal input size whose output is at least ``output`` pixels."""
+    if output < 1:
+        raise ValueError(f"output must be >= 1, got {output}")
+    n = min_input_size(depth, padding)
+    step = size_step(depth)
+    while output_size(n, depth, padding) < output:
+        n += step
+    return n
+
+
+def context(depth: int = 5, padding: str = "valid") -> int:
+    """Pixels of input consumed on each side of the output (92 for the paper's network)."""
+    n = min_input_size(depth, padding)
+    return (n - output_size(n, depth, padding)) // 2
+
+
+def crop_offset(source_size: int, target_size: int) -> int:
+    """Offset of a centre crop of target_size out of source_size (copy and crop)."""
+    if target_size > source_size:
+        raise ValueError(f"cannot crop {source_size} pixels to a larger size {target_size}")
+    return (source_size - target_size) // 2
+
+
+def size_error_message(n: int, depth: int, padding: str, problem: str) -> str:
+    below, above = nearest_valid_input_sizes(n, depth, padding)
+    if below is None:
+        return (f"input size {n} is too small for a U-Net of depth {depth} with {padding!r} padding "
+                f"({problem}); the smallest legal size is {above}. Pad the image, or use "
+                f"unet_fast.inference.predict_tiled, which mirrors the border as needed.")
+    return (
+        f"input size {n} is not legal for a U-Net of depth {depth} with {padding!r} padding "
+        f"({problem}); the nearest legal sizes are {below} or {above}. "
+        f"Legal sizes are spaced by {size_step(depth)} pixels; "
+        f"pad or crop the image, or use unet_fast.inference.predict_tiled for any size."
+    )

@@ -1,0 +1,54 @@
+"""unet_fast.UNet: the reference network's parameters with a choice of forward implementations.
+
+The module tree (and so the state_dict) is the reference's, so weights move between the two
+unchanged; only the forward pass differs by backend.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .ops import crop_concat
+
+BACKENDS = ("auto", "torch")
+
+
+class UNet(reference.UNet):
+    """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet``.
+
+    backend: "torch" (aten ops, with the copy-and-crop done by the compiled crop_concat op),
+    or "auto" (the fastest backend available for the input's device).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 5,
+                 base_channels: int = 64, padding: str = "valid", dropout: float = 0.0,
+                 backend: str = "auto"):
+        super().__init__(in_channels, num_classes, depth, base_channels, padding, dropout)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def config(self) -> dict:
+        return {**super().config(), "backend": self.backend}
+
+    def resolved_backend(self, device: torch.device) -> str:
+        """The backend a forward pass on ``device`` uses."""
+        return "torch" if self.backend == "auto" else self.backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._forward_torch(x)
+
+    def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = F.relu(block.conv2(F.relu(block.conv1(x))))
+            if level < self.depth - 1:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        x = self.dropout(x)
+        for block, skip in zip(self.decoder, reversed(skips)):
+            x = crop_concat(skip, block.upconv(x))
+            x = F.relu(block.conv2(F.relu(block.conv1(x))))
+        return self.head(x)

@@ -1,0 +1,8 @@
+"""Fused operations, each a registered torch op with autograd and a fake kernel.
+
+Each public function checks its arguments, then dispatches to the compiled or Triton kernel
+for the tensors' device, falling back to a PyTorch composite where none is available.
+"""
+from .crop_concat import crop_concat
+
+__all__ = ["crop_concat"]

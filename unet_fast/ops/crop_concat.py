@@ -1,0 +1,70 @@
+"""crop_concat(skip, x) = cat([centre_crop(skip, x's size), x], dim=1): U-Net's copy and crop.
+
+One pass that reads the cropped window of skip in place and writes the concatenation in
+x's memory format (CPU kernel in csrc/cpu, CUDA kernel in csrc/cuda). The gradient for skip
+lands in skip's full, uncropped shape (zero outside the window).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..geometry import crop_offset
+
+
+def _check(skip: torch.Tensor, x: torch.Tensor) -> None:
+    for name, t in (("skip", skip), ("x", x)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"crop_concat: {name} must be a 4-D tensor (N, C, H, W), got {got}")
+    if skip.shape[0] != x.shape[0]:
+        raise ValueError(f"crop_concat: batch sizes differ: skip has {skip.shape[0]}, x has {x.shape[0]}")
+    if skip.shape[2] < x.shape[2] or skip.shape[3] < x.shape[3]:
+        raise ValueError(f"crop_concat: skip {tuple(skip.shape[2:])} is smaller than x {tuple(x.shape[2:])}; "
+                         "skip must be at least as large as x in height and width")
+    if skip.dtype != x.dtype:
+        raise TypeError(f"crop_concat: dtypes differ: skip is {skip.dtype}, x is {x.dtype}; cast one of them")
+    if skip.device != x.device:
+        raise ValueError(f"crop_concat: devices differ: skip is on {skip.device}, x on {x.device}")
+
+
+def crop_concat_reference(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The composite: a view of the window, then torch.cat."""
+    h, w = x.shape[-2:]
+    top, left = crop_offset(skip.shape[-2], h), crop_offset(skip.shape[-1], w)
+    return torch.cat([skip[:, :, top:top + h, left:left + w], x], dim=1)
+
+
+def crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Concatenate the centre crop of ``skip`` (to x's height and width) and ``x`` along channels."""
+    _check(skip, x)
+    if _extension.has_kernel("crop_concat", x.device.type):
+        return torch.ops.unet_fast.crop_concat(skip, x)
+    return crop_concat_reference(skip, x)
+
+
+def _output_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+if _extension.available():
+    @torch.library.register_fake("unet_fast::crop_concat")
+    def _(skip, x):
+        n, cx, h, w = x.shape
+        return x.new_empty((n, skip.shape[1] + cx, h, w)).contiguous(memory_format=_output_format(x))
+
+    def _setup_context(ctx, inputs, output):
+        skip, x = inputs
+        ctx.skip_shape = skip.shape
+        ctx.skip_channels = skip.shape[1]
+
+    def _backward(ctx, grad):
+        cs = ctx.skip_channels
+        h, w = grad.shape[-2:]
+        grad_skip = grad.new_zeros(ctx.skip_shape)
+        top, left = crop_offset(ctx.skip_shape[2], h), crop_offset(ctx.skip_shape[3], w)
+        grad_skip[:, :, top:top + h, left:left + w] = grad[:, :cs]
+        return grad_skip, grad[:, cs:]
+
+    torch.library.register_autograd("unet_fast::crop_concat", _backward, setup_context=_setup_context)

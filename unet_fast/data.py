@@ -1,0 +1,393 @@
+"""Training data: labelled images from folders, TIFF stacks or arrays, and random training tiles.
+
+A dataset here is a sequence of whole ``LabelledImage``s (normalised image, class targets, the
+paper's weight map, instances); ``RandomTiles`` turns one into the training tiles of a U-Net:
+an input tile of a legal size and the smaller, centred target and weight crops its output covers.
+
+Labels come in two kinds, told apart by ``label_kind``:
+- "instance": 0 is background, every other value one object. Touching objects are separated by a
+  background border in the class target (as in the paper), and the weight map uses the objects.
+- "semantic": values are class indices; a two-valued mask {0, v} (e.g. 0/255 PNGs, ISBI 2012
+  stacks) means background/foreground. Objects for the weight map are the connected components
+  of the foreground.
+- "auto" (default): for two classes, a label image with more than two distinct values is taken as
+  instances and one with at most two as a binary semantic mask; for more classes, semantic.
+
+Weight maps are computed once per label image and cached in memory, and on disk under
+``cache_dir`` (keyed by a hash of the label image and the weight-map parameters) when given.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import geometry
+from .synthetic import synthetic_nuclei
+from .weights import separate_touching, unet_weight_map
+
+__all__ = ["LabelledImage", "SegmentationDataset", "TileAugmentation", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
+           "TiffStackDataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+LABEL_KINDS = ("auto", "instance", "semantic")
+
+
+@dataclass
+class LabelledImage:
+    """One training image: ``image`` (C, H, W) float32 normalised, ``target`` (H, W) int64 class
+    indices, ``weights`` (H, W) float32 paper weight map, ``instances`` (H, W) int32 objects."""
+
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+    weights: np.ndarray
+    instances: np.ndarray
+
+
+def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """(C, H, W) float32 with each channel's ``low``..``high`` percentiles mapped to 0..1."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, [low, high], axis=(-2, -1), keepdims=True)
+    return (image - lo) / np.maximum(hi - lo, 1e-6)
+
+
+class SegmentationDataset(Sequence):
+    """Base of the datasets: subclasses provide ``_load(i) -> (name, image, label)``."""
+
+    def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
+                 sigma: float = 5.0, class_weights="balanced", normalize: Callable | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        if label_kind not in LABEL_KINDS:
+            raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.label_kind = label_kind
+        self.weight_params = dict(w0=float(w0), sigma=float(sigma), class_weights=class_weights)
+        self.normalize = normalize or normalize_image
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        return self[0].image.shape[0] if len(self) else 1
+
+    def __getitem__(self, index: int) -> LabelledImage:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        index %= len(self)
+        name, image, label = self._load(index)
+        image = _channels_first(image, name)
+        label = np.asarray(label)
+        if label.ndim != 2:
+            raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
+        if image.shape[-2:] != label.shape:
+            raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
+                             f"they must be the same size")
+        if index not in self._cache:
+            self._cache[index] = self._targets(name, label)
+        target, weights, instances = self._cache[index]
+        return LabelledImage(name, self.normalize(image), target, weights, instances)
+
+    def _targets(self, name: str, label: np.ndarray):
+        key = None
+        if self.cache_dir is not None:
+            key = self._cache_key(label)
+            cached = _read_cache(self.cache_dir / f"{key}.npz")
+            if cached is not None:
+                return cached
+        target, instances = self._interpret(name, label)
+        weights = unet_weight_map(instances, **self.weight_params).astype(np.float32)
+        result = (target, weights, instances)
+        if key is not None:
+            _write_cache(self.cache_dir / f"{key}.npz", result)
+        return result
+
+    def _cache_key(self, label: np.ndarray) -> str:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.weight_params, self.label_kind, self.num_classes, str(label.dtype),
+                                  label.shape], default=str).encode())
+        digest.update(np.ascontiguousarray(label).tobytes())
+        return digest.hexdigest()
+
+    def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class target int64, instances int32) from one label image, per ``label_kind``."""
+        if label.dtype.kind == "f":
+            if not np.all(label == np.round(label)):
+                raise ValueError(f"label of {name!r} has non-integer values; labels must be integers")
+        if label.dtype.kind in "fi" and label.min() < 0:
+            raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
+        values = np.unique(label)
+        kind = self.label_kind
+        if kind == "auto":
+            kind = "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
+        if kind == "instance":
+            instances = label.astype(np.int32)
+            target = (separate_touching(instances) > 0).astype(np.int64)
+            return target, instances
+        if len(values) <= 2 and values.max(initial=0) > self.num_classes - 1:
+            target = (label > 0).astype(np.int64)             # a {0, v} mask: background / foreground
+        else:
+            if values.max(initial=0) >= self.num_classes:
+                raise ValueError(f"label of {name!r} has class values {values.tolist()[:10]} but num_classes is "
+                                 f"{self.num_classes}; values must be below num_classes (or pass label_kind="
+                                 f"'instance' for instance labels)")
+            target = label.astype(np.int64)
+        instances, _ = ndimage.label(target > 0)
+        return target, instances.astype(np.int32)
+
+
+class ArrayDataset(SegmentationDataset):
+    """In-memory images (each (H, W) or (C, H, W)) and their label images (H, W)."""
+
+    def __init__(self, images, labels, names: Sequence[str] | None = None, **options):
+        super().__init__(**options)
+        if len(images) != len(labels):
+            raise ValueError(f"images and labels must be as many, got {len(images)} images and {len(labels)} labels")
+        if len(images) == 0:
+            raise ValueError("images is empty: a dataset needs at least one labelled image")
+        self.images, self.labels = images, labels
+        self.names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _load(self, index):
+        return self.names[index], np.asarray(self.images[index]), np.asarray(self.labels[index])
+
+
+class ImageFolderDataset(SegmentationDataset):
+    """A folder of images and a folder of label images (TIFF or PNG), matched by base name.
+
+    ``labels/a.png`` labels ``images/a.tif``; label files may also carry a suffix given by
+    ``label_suffix`` (e.g. "_mask" for ``a_mask.png``). Every image needs a label.
+    """
+
+    def __init__(self, images_dir, labels_dir, *, label_suffix: str = "", **options):
+        super().__init__(**options)
+        self.images_dir, self.labels_dir = Path(images_dir), Path(labels_dir)
+        for arg, folder in (("images_dir", self.images_dir), ("labels_dir", self.labels_dir)):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{arg} {str(folder)!r} is not a folder")
+        images = _image_files(self.images_dir)
+        if not images:
+            raise ValueError(f"images_dir {str(self.images_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        labels = {path.stem: path for path in _image_files(self.labels_dir)}
+        self.pairs, missing = [], []
+        for path in images:
+            label = labels.get(path.stem + label_suffix)
+            if label is None:
+                missing.append(path.name)
+            else:
+                self.pairs.append((path, label))
+        if missing:
+            raise ValueError(f"no label in {str(self.labels_dir)!r} for {len(missing)} image(s): "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                             f"(labels are matched by base name{' + ' + repr(label_suffix) if label_suffix else ''})")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, index):
+        image_path, label_path = self.pairs[index]
+        return image_path.stem, read_image(image_path), read_image(label_path)
+
+
+class TiffStackDataset(SegmentationDataset):
+    """ISBI-2012-style multi-page TIFF stacks: page z of ``labels`` labels page z of ``images``.
+
+    ``indices`` picks pages (e.g. to hold some out for validation)."""
+
+    def __init__(self, images_path, labels_path, *, indices: Sequence[int] | None = None, **options):
+        super().__init__(**options)
+        self.images = _read_stack(images_path, "images_path")
+        self.labels = _read_stack(labels_path, "labels_path")
+        if self.images.shape[0] != self.labels.shape[0] or self.images.shape[-2:] != self.labels.shape[-2:]:
+            raise ValueError(f"images_path holds {self.images.shape[0]} pages of {self.images.shape[-2:]} pixels but "
+                             f"labels_path {self.labels.shape[0]} pages of {self.labels.shape[-2:]}; they must match")
+        self.indices = list(range(self.images.shape[0]) if indices is None else indices)
+        for z in self.indices:
+            if not 0 <= z < self.images.shape[0]:
+                raise ValueError(f"indices must be pages 0..{self.images.shape[0] - 1}, got {z}")
+        self.name = Path(images_path).stem
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, index):
+        z = self.indices[index]
+        return f"{self.name}[{z}]", self.images[z], self.labels[z]
+
+
+def read_image(path) -> np.ndarray:
+    """A TIFF (first series) or PNG as a numpy array."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+            return tifffile.imread(path)
+        from PIL import Image
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except Exception as error:
+        raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
+
+
+def _read_stack(path, arg: str) -> np.ndarray:
+    import tifffile
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{arg} {str(path)!r} is not a file")
+    stack = tifffile.imread(path)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"{arg} {str(path)!r} must be a stack of 2-D pages (Z, H, W), got shape {stack.shape}")
+    return stack
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[None]
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] not in (3, 4):
+        return np.moveaxis(image, -1, 0)                           # (H, W, RGB) as PNGs are read
+    if image.ndim == 3:
+        return image
+    raise ValueError(f"image {name!r} must be (H, W), (C, H, W) or (H, W, RGB), got shape {image.shape}")
+
+
+def _read_cache(path: Path):
+    if not path.is_file():
+        return None
+    with np.load(path) as cached:
+        return cached["target"], cached["weights"], cached["instances"]
+
+
+def _write_cache(path: Path, result) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target, weights, instances = result
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, target=target, weights=weights, instances=instances)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Indices start .. start+length-1 into an axis of ``size``, mirrored at the borders
+    without repeating the edge pixel (the paper's overlap-tile extrapolation)."""
+    index = np.arange(start, start + length)
+    if size == 1:
+        return np.zeros(length, dtype=np.int64)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+class RandomTiles(torch.utils.data.Dataset):
+    """Random training tiles of a valid (or same) U-Net drawn from whole labelled images.
+
+    Item i of epoch e is (image (C, n, n) float32, target (m, m) int64, weights (m, m) float32):
+    an input tile of legal size n = ``tile_size`` and the centred m x m target its output covers.
+    The target window is uniform over the image; the input's context beyond the border is
+    mirrored. ``augment(image, target, weights, generator)`` acts on the input-sized tiles
+    before the targets are cropped. Every item is a pure function of (seed, epoch, i), so
+    resuming, worker processes and distributed ranks all see the same tiles.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, tile_size: int, *, depth: int, padding: str = "valid",
+                 tiles_per_epoch: int | None = None, augment: Callable | None = None, seed: int = 0):
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty: training needs at least one labelled image")
+        if not geometry.is_valid_input_size(tile_size, depth, padding):
+            raise ValueError("tile_size: " + geometry.size_error_message(
+                tile_size, depth, padding, geometry.trace_sizes(tile_size, depth, padding).problem or ""))
+        self.dataset = dataset
+        self.tile_size = tile_size
+        self.output_size = geometry.output_size(tile_size, depth, padding)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        if tiles_per_epoch is None:     # about one pass over every image's pixels
+            tiles_per_epoch = sum(-(-h // self.output_size) * -(-w // self.output_size)
+                                  for h, w in (dataset[i].target.shape for i in range(len(dataset))))
+        if tiles_per_epoch < 1:
+            raise ValueError(f"tiles_per_epoch must be >= 1, got {tiles_per_epoch}")
+        self.tiles_per_epoch = tiles_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.tiles_per_epoch
+
+    def generator(self, index: int) -> torch.Generator:
+        seed = int.from_bytes(hashlib.sha256(f"{self.seed}/{self.epoch}/{index}".encode()).digest()[:8], "little")
+        return torch.Generator().manual_seed(seed)
+
+    def __getitem__(self, index: int):
+        generator = self.generator(index)
+        sample = self.dataset[int(torch.randint(len(self.dataset), (1,), generator=generator))]
+        height, width = sample.target.shape
+        n, m = self.tile_size, self.output_size
+        top = int(torch.randint(max(height - m, 0) + 1, (1,), generator=generator)) - max(m - height, 0) // 2
+        left = int(torch.randint(max(width - m, 0) + 1, (1,), generator=generator)) - max(m - width, 0) // 2
+        margin = (n - m) // 2
+        rows = reflect_indices(top - margin, n, height)
+        cols = reflect_indices(left - margin, n, width)
+        window = np.ix_(rows, cols)
+        image = torch.from_numpy(np.ascontiguousarray(sample.image[(slice(None), *window)], dtype=np.float32))
+        target = torch.from_numpy(sample.target[window].astype(np.int64))
+        weights = torch.from_numpy(np.ascontiguousarray(sample.weights[window], dtype=np.float32))
+        if self.augment is not None:
+            image, target, weights = self.augment(image, target, weights, generator)
+        crop = slice(margin, margin + m)
+        return image.contiguous(), target[crop, crop].contiguous(), weights[crop, crop].contiguous()
+
+
+class TileAugmentation:
+    """The paper's augmentation of one training tile, drawn from ``generator``: a random flip and
+    quarter rotation, then a grey-value change (image only)."""
+
+    def __init__(self, flips: bool = True, grey_scale: float = 0.1, grey_shift: float = 0.1):
+        self.flips, self.grey_scale, self.grey_shift = flips, grey_scale, grey_shift
+
+    def __call__(self, image: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                 generator: torch.Generator):
+        if self.flips:
+            turns, flip = (int(v) for v in torch.randint(4, (2,), generator=generator))
+            tensors = [image, target, weights]
+            if flip % 2:
+                tensors = [t.flip(-1) for t in tensors]
+            image, target, weights = (torch.rot90(t, turns, dims=(-2, -1)) for t in tensors)
+        scale, shift = (torch.rand(2, generator=generator) * 2 - 1).tolist()
+        image = image * (1 + self.grey_scale * scale) + self.grey_shift * shift
+        return image, target, weights
+
+
+def default_augmentation() -> TileAugmentation:
+    """The augmentation ``fit`` uses unless told otherwise."""
+    return TileAugmentation()

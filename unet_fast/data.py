@@ -31,10 +31,13 @@ import torch
 from scipy import ndimage
 
 from . import geometry
+from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
+from .io import Normalization
+from .io import read_image as _read_image
 from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
-__all__ = ["LabelledImage", "SegmentationDataset", "TileAugmentation", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
+__all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
            "TiffStackDataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -53,18 +56,11 @@ class LabelledImage:
     instances: np.ndarray
 
 
-def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """(C, H, W) float32 with each channel's ``low``..``high`` percentiles mapped to 0..1."""
-    image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image, [low, high], axis=(-2, -1), keepdims=True)
-    return (image - lo) / np.maximum(hi - lo, 1e-6)
-
-
 class SegmentationDataset(Sequence):
     """Base of the datasets: subclasses provide ``_load(i) -> (name, image, label)``."""
 
     def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
-                 sigma: float = 5.0, class_weights="balanced", normalize: Callable | None = None,
+                 sigma: float = 5.0, class_weights="balanced", normalization: Normalization | None = None,
                  cache_dir: str | os.PathLike | None = None):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
@@ -73,7 +69,9 @@ class SegmentationDataset(Sequence):
         self.num_classes = num_classes
         self.label_kind = label_kind
         self.weight_params = dict(w0=float(w0), sigma=float(sigma), class_weights=class_weights)
-        self.normalize = normalize or normalize_image
+        self.normalization = normalization if normalization is not None else Normalization()
+        if not isinstance(self.normalization, Normalization):
+            raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -102,7 +100,7 @@ class SegmentationDataset(Sequence):
         if index not in self._cache:
             self._cache[index] = self._targets(name, label)
         target, weights, instances = self._cache[index]
-        return LabelledImage(name, self.normalize(image), target, weights, instances)
+        return LabelledImage(name, self.normalization(image, channel_axis=0), target, weights, instances)
 
     def _targets(self, name: str, label: np.ndarray):
         key = None
@@ -138,8 +136,7 @@ class SegmentationDataset(Sequence):
             kind = "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
         if kind == "instance":
             instances = label.astype(np.int32)
-            target = (separate_touching(instances) > 0).astype(np.int64)
-            return target, instances
+            return separate_touching(instances), instances
         if len(values) <= 2 and values.max(initial=0) > self.num_classes - 1:
             target = (label > 0).astype(np.int64)             # a {0, v} mask: background / foreground
         else:
@@ -235,15 +232,9 @@ class TiffStackDataset(SegmentationDataset):
 
 
 def read_image(path) -> np.ndarray:
-    """A TIFF (first series) or PNG as a numpy array."""
-    path = Path(path)
+    """A whole TIFF (first series) or PNG as a numpy array, channels first."""
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-            return tifffile.imread(path)
-        from PIL import Image
-        with Image.open(path) as image:
-            return np.asarray(image)
+        return np.asarray(_read_image(path, lazy=False)[0])
     except Exception as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
 
@@ -269,11 +260,9 @@ def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
         return image[None]
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] not in (3, 4):
-        return np.moveaxis(image, -1, 0)                           # (H, W, RGB) as PNGs are read
     if image.ndim == 3:
         return image
-    raise ValueError(f"image {name!r} must be (H, W), (C, H, W) or (H, W, RGB), got shape {image.shape}")
+    raise ValueError(f"image {name!r} must be (H, W) or (C, H, W), got shape {image.shape}")
 
 
 def _read_cache(path: Path):
@@ -313,8 +302,8 @@ class RandomTiles(torch.utils.data.Dataset):
     Item i of epoch e is (image (C, n, n) float32, target (m, m) int64, weights (m, m) float32):
     an input tile of legal size n = ``tile_size`` and the centred m x m target its output covers.
     The target window is uniform over the image; the input's context beyond the border is
-    mirrored. ``augment(image, target, weights, generator)`` acts on the input-sized tiles
-    before the targets are cropped. Every item is a pure function of (seed, epoch, i), so
+    mirrored. ``augment(image, target, weights, generator=...)`` (e.g. an ``augment.Compose``) acts
+    on the input-sized tiles before the targets are cropped. Every item is a pure function of (seed, epoch, i), so
     resuming, worker processes and distributed ranks all see the same tiles.
     """
 
@@ -363,31 +352,14 @@ class RandomTiles(torch.utils.data.Dataset):
         target = torch.from_numpy(sample.target[window].astype(np.int64))
         weights = torch.from_numpy(np.ascontiguousarray(sample.weights[window], dtype=np.float32))
         if self.augment is not None:
-            image, target, weights = self.augment(image, target, weights, generator)
+            image, target, weights = self.augment(image, target, weights, generator=generator)
         crop = slice(margin, margin + m)
         return image.contiguous(), target[crop, crop].contiguous(), weights[crop, crop].contiguous()
 
 
-class TileAugmentation:
-    """The paper's augmentation of one training tile, drawn from ``generator``: a random flip and
-    quarter rotation, then a grey-value change (image only)."""
 
-    def __init__(self, flips: bool = True, grey_scale: float = 0.1, grey_shift: float = 0.1):
-        self.flips, self.grey_scale, self.grey_shift = flips, grey_scale, grey_shift
-
-    def __call__(self, image: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                 generator: torch.Generator):
-        if self.flips:
-            turns, flip = (int(v) for v in torch.randint(4, (2,), generator=generator))
-            tensors = [image, target, weights]
-            if flip % 2:
-                tensors = [t.flip(-1) for t in tensors]
-            image, target, weights = (torch.rot90(t, turns, dims=(-2, -1)) for t in tensors)
-        scale, shift = (torch.rand(2, generator=generator) * 2 - 1).tolist()
-        image = image * (1 + self.grey_scale * scale) + self.grey_shift * shift
-        return image, target, weights
-
-
-def default_augmentation() -> TileAugmentation:
-    """The augmentation ``fit`` uses unless told otherwise."""
-    return TileAugmentation()
+def default_augmentation(sigma: float = 10.0) -> Compose:
+    """The paper's augmentation of one training tile: flips, a rotation by any angle, the elastic
+    deformation (3 x 3 lattice, N(0, sigma) px) and grey-value changes, in that order."""
+    return Compose([RandomFlip(), RandomRotation(180.0), RandomElasticDeform(grid=3, sigma=sigma),
+                    RandomGreyValue()])

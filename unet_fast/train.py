@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from scipy import ndimage
 
 from . import geometry
+from .metrics import object_scores
 from .data import RandomTiles, SegmentationDataset, default_augmentation, reflect_indices
 from .reference import center_crop, weighted_cross_entropy
 
@@ -54,8 +55,9 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     """Train ``model`` for ``epochs`` epochs; returns the trained model and the per-epoch history.
 
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
-    by ``augment``: "default" = the paper's elastic deformation plus flips, rotations and grey values,
-    None = none, or a callable ``(image, target, weights, generator) -> (image, target, weights)``),
+    by ``augment``: "default" = ``data.default_augmentation()`` (flips, rotations, the elastic
+    deformation, grey values), None = none, or a callable
+    ``(image, target, weights, generator=...) -> (image, target, weights)`` such as ``augment.Compose``),
     a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m), weights (m, m))`` tiles.
     val_data: whole labelled images, evaluated after every epoch with ``evaluate``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
@@ -229,7 +231,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
 
     loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
     object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
-    instances at IoU > 0.5, pooled over images. With ``world`` > 1 each rank takes every world-th
+    instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
     image and the sums are all-reduced, so every rank returns the same numbers.
     """
     loss_fn = loss_fn or weighted_cross_entropy
@@ -247,7 +249,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
         loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
         predicted = logits.argmax(0).cpu().numpy() > 0
         truth = sample.target > 0
-        tp, fp, fn = _match_objects(ndimage.label(predicted)[0], sample.instances)
+        objects = object_scores(ndimage.label(predicted)[0], sample.instances)
+        tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
         sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
                              dtype=torch.float64)
     if world > 1:
@@ -272,22 +275,6 @@ def predict_logits(model, image: np.ndarray, *, device, amp: bool = False) -> to
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)[0].float()
     return logits[:, :height, :width]
-
-
-def _match_objects(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) of instance maps matched at IoU > threshold
-    (> 0.5 makes every match unique)."""
-    n_pred, n_true = int(predicted.max(initial=0)), int(truth.max(initial=0))
-    if n_pred == 0 or n_true == 0:
-        return 0, n_pred, n_true
-    overlap = np.zeros((n_pred + 1, n_true + 1), dtype=np.int64)
-    np.add.at(overlap, (predicted.ravel(), truth.ravel()), 1)
-    sizes_pred, sizes_true = overlap.sum(1, keepdims=True), overlap.sum(0, keepdims=True)
-    iou = overlap / np.maximum(sizes_pred + sizes_true - overlap, 1)
-    matched = int(np.count_nonzero(iou[1:, 1:] > threshold))
-    present_true = int(np.count_nonzero(sizes_true[0, 1:]))
-    present_pred = int(np.count_nonzero(sizes_pred[1:, 0]))
-    return matched, present_pred - matched, present_true - matched
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

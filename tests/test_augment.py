@@ -158,19 +158,32 @@ def test_shift_mirrors_without_repeating_the_edge():
     assert lab[0].tolist() == [1, 2, 3, 4, 5, 4]
 
 
-def test_rotate_quarter_turns_and_arbitrary_angle():
+def test_rotate_quarter_turns():
     image = torch.rand(2, 1, 9, 9, dtype=torch.float64)
     labels = torch.randint(0, 4, (2, 9, 9))
     out, lab = augment.rotate(image, labels, angle=90)
     assert_close(out, torch.rot90(image, 1, (2, 3)))
     assert torch.equal(lab, torch.rot90(labels, 1, (1, 2)))
-    # arbitrary angle: same points as an independent rotation about the centre
-    out = augment.rotate(image[0, 0], angle=30.0)
-    c, t = 4.0, np.deg2rad(30.0)
-    ys, xs = np.meshgrid(np.arange(9.0), np.arange(9.0), indexing="ij")
-    py = c + np.cos(t) * (ys - c) + np.sin(t) * (xs - c)
-    px = c - np.sin(t) * (ys - c) + np.cos(t) * (xs - c)
-    assert_close(out, torch.from_numpy(keys_resample(image[0, 0].numpy(), py, px)))
+
+
+def test_rotate_and_shift_non_square_match_independent_points():
+    image = torch.rand(9, 14, dtype=torch.float64)
+    cy, cx, t = 4.0, 6.5, np.deg2rad(30.0)
+    ys, xs = np.meshgrid(np.arange(9.0), np.arange(14.0), indexing="ij")
+    py = cy + np.cos(t) * (ys - cy) + np.sin(t) * (xs - cx)
+    px = cx - np.sin(t) * (ys - cy) + np.cos(t) * (xs - cx)
+    assert_close(augment.rotate(image, angle=30.0), torch.from_numpy(keys_resample(image.numpy(), py, px)))
+    shifted = augment.shift(image, offset=(1.25, -2.5))
+    assert_close(shifted, torch.from_numpy(keys_resample(image.numpy(), ys - 1.25, xs + 2.5)))
+
+
+def test_label_gather_fallback_agrees_with_grid_sample_path():
+    gen = torch.Generator().manual_seed(10)
+    image, labels = torch.rand(2, 1, 31, 27, dtype=torch.float64), torch.randint(0, 50, (2, 31, 27))
+    small = augment.elastic_deform(image, labels, sigma=8.0, generator=gen)[1]
+    gen.manual_seed(10)
+    big = augment.elastic_deform(image, labels + 2**60, sigma=8.0, generator=gen)[1]  # gather path
+    assert torch.equal(big - 2**60, small)
 
 
 def test_flip_per_sample():

@@ -192,6 +192,20 @@ def test_flip_per_sample():
     out, lab = augment.flip(image, labels, horizontal=[True, False], vertical=True)
     assert torch.equal(out[0], image[0].flip(1, 2)) and torch.equal(out[1], image[1].flip(1))
     assert torch.equal(lab[0], labels[0].flip(0, 1)) and torch.equal(lab[1], labels[1].flip(0))
+    as_bytes = torch.randint(0, 255, (5, 7), dtype=torch.uint8)  # no interpolation: any dtype
+    assert torch.equal(augment.flip(as_bytes, horizontal=True), as_bytes.flip(1))
+
+
+def test_half_precision_and_noncontiguous_image():
+    gen = torch.Generator().manual_seed(11)
+    lattice = augment.random_displacement(1, sigma=5.0, generator=gen)
+    image = torch.rand(1, 1, 33, 40)
+    expected = augment.elastic_deform(image, displacement=lattice)
+    bf16 = augment.elastic_deform(image.bfloat16(), displacement=lattice)
+    assert bf16.dtype == torch.bfloat16
+    assert_close(bf16, expected, dtype=torch.bfloat16)
+    transposed = augment.elastic_deform(image.transpose(2, 3).contiguous().transpose(2, 3), displacement=lattice)
+    assert_close(transposed, expected)
 
 
 def test_grey_values():
@@ -219,6 +233,7 @@ def test_random_crop_pair_is_centred_and_legal():
     image = torch.arange(2 * 200 * 210, dtype=torch.float32).view(2, 1, 200, 210)
     labels = image.long().squeeze(1)
     crop, lab = augment.random_crop_pair(image, labels, input_size=188, generator=torch.Generator().manual_seed(8))
+    assert augment.random_crop_pair(labels, input_size=(188, 204)).shape == (2, 188, 204)  # any dtype
     out = geometry.output_size(188)
     assert crop.shape == (2, 1, 188, 188) and lab.shape == (2, out, out)
     off = geometry.crop_offset(188, out)

@@ -55,12 +55,12 @@ _GRID_SAMPLE_MODE = {"linear": "bilinear", "cubic": "bicubic"}
 class _Batch:
     """The image and targets as (N, C, H, W) tensors, and how to give each its own shape back."""
 
-    def __init__(self, image, targets, target_modes, name="image"):
+    def __init__(self, image, targets, target_modes, interpolated=True, name="image"):
         if not isinstance(image, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
         if image.ndim not in (2, 3, 4):
             raise ValueError(f"{name} must be (N, C, H, W), (C, H, W) or (H, W), got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
+        if interpolated and not image.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (it is interpolated), got {image.dtype}")
         if image.shape[-1] < 1 or image.shape[-2] < 1 or image.numel() == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
@@ -371,7 +371,7 @@ def rotate(image, *targets, angle, target_modes=None):
 
 def flip(image, *targets, vertical=False, horizontal=False):
     """Mirror rows (vertical) and/or columns (horizontal); bools, or one bool per sample."""
-    batch = _Batch(image, targets, None)
+    batch = _Batch(image, targets, None, interpolated=False)
     out = batch.tensors
     for flag, dim, name in ((vertical, 2, "vertical"), (horizontal, 3, "horizontal")):
         mask = torch.as_tensor(flag).flatten()
@@ -475,7 +475,7 @@ class RandomFlip:
         self.vertical, self.horizontal, self.p = bool(vertical), bool(horizontal), p
 
     def __call__(self, image, *targets, generator=None):
-        n = _Batch(image, targets, None).n
+        n = _Batch(image, targets, None, interpolated=False).n
         v = (_draw((n,), generator, "uniform") < self.p).cpu() & self.vertical
         h = (_draw((n,), generator, "uniform") < self.p).cpu() & self.horizontal
         return flip(image, *targets, vertical=v, horizontal=h)
@@ -536,11 +536,13 @@ def random_crop_pair(image, *targets, input_size, output_size=None, depth: int =
     """A random input crop of legal size and, for each target, the centred crop the network predicts.
 
     input_size: int or (h, w), each legal for a U-Net of this depth and padding (unet_fast.geometry);
-    output_size: defaults to the network's output size for input_size; if given, must not exceed it
-    by parity (input - output must be even and >= 0). The crop lies inside the image (mirror-pad the
-    image first to reach its borders). One position per sample. Returns (image_crop, *target_crops).
+    output_size: the target crop's size, by default the network's output size for input_size; if
+    given, it must be positive, at most input_size and differ from it by an even number of pixels
+    (so that it is centred exactly). The crop lies inside the image (mirror-pad the
+    image first to reach its borders). One position per sample. Returns the image crop, or
+    (image_crop, *target_crops); the image may have any dtype (nothing is interpolated).
     """
-    batch = _Batch(image, targets, ["nearest"] * len(targets))
+    batch = _Batch(image, targets, ["nearest"] * len(targets), interpolated=False)
     in_h, in_w = _pair(input_size, "input_size")
     out_sizes = [geometry.output_size(s, depth, padding) for s in (in_h, in_w)]  # raises on illegal sizes
     if output_size is not None:
@@ -563,4 +565,4 @@ def random_crop_pair(image, *targets, input_size, output_size=None, depth: int =
                                   for i, (y, x) in enumerate(zip(top.tolist(), left.tolist()))]))
     shapes = [s[:-2] + c.shape[-2:] for s, c in zip(batch.shapes, crops)]
     out = [c.reshape(s) for c, s in zip(crops, shapes)]
-    return tuple(out)
+    return out[0] if len(out) == 1 else tuple(out)

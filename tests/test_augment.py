@@ -8,6 +8,7 @@ grid_sample), since scipy's order 3 is a B-spline, a different interpolant.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import scipy.ndimage as ndi
 import torch
 
@@ -111,6 +112,17 @@ def test_labels_never_gain_values_and_keep_dtype():
     assert (lab.dtype, msk.dtype, b.dtype) == (torch.uint8, torch.bool, torch.int64)
     for before, after in ((labels, lab), (big, b)):
         assert set(after.unique().tolist()) <= set(before.unique().tolist())
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), grid=st.integers(2, 5), sigma=st.floats(0, 40),
+       seed=st.integers(0, 2**31 - 1))
+def test_labels_keep_their_values_for_any_size(h, w, grid, sigma, seed):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 7, (2, h, w), generator=gen)
+    out, lab = augment.elastic_deform(torch.rand(2, 1, h, w), labels, grid=grid, sigma=sigma, generator=gen)
+    assert out.shape == (2, 1, h, w) and torch.isfinite(out).all()
+    assert set(lab.unique().tolist()) <= set(labels.unique().tolist())
 
 
 def test_identity_lattice_returns_the_input():

@@ -8,6 +8,7 @@ grid_sample), since scipy's order 3 is a B-spline, a different interpolant.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import scipy.ndimage as ndi
 import torch
 
@@ -113,6 +114,17 @@ def test_labels_never_gain_values_and_keep_dtype():
         assert set(after.unique().tolist()) <= set(before.unique().tolist())
 
 
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), grid=st.integers(2, 5), sigma=st.floats(0, 40),
+       seed=st.integers(0, 2**31 - 1))
+def test_labels_keep_their_values_for_any_size(h, w, grid, sigma, seed):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 7, (2, h, w), generator=gen)
+    out, lab = augment.elastic_deform(torch.rand(2, 1, h, w), labels, grid=grid, sigma=sigma, generator=gen)
+    assert out.shape == (2, 1, h, w) and torch.isfinite(out).all()
+    assert set(lab.unique().tolist()) <= set(labels.unique().tolist())
+
+
 def test_identity_lattice_returns_the_input():
     image = torch.randn(2, 3, 17, 19, dtype=torch.float64)
     labels = torch.randint(0, 9, (2, 17, 19))
@@ -158,19 +170,32 @@ def test_shift_mirrors_without_repeating_the_edge():
     assert lab[0].tolist() == [1, 2, 3, 4, 5, 4]
 
 
-def test_rotate_quarter_turns_and_arbitrary_angle():
+def test_rotate_quarter_turns():
     image = torch.rand(2, 1, 9, 9, dtype=torch.float64)
     labels = torch.randint(0, 4, (2, 9, 9))
     out, lab = augment.rotate(image, labels, angle=90)
     assert_close(out, torch.rot90(image, 1, (2, 3)))
     assert torch.equal(lab, torch.rot90(labels, 1, (1, 2)))
-    # arbitrary angle: same points as an independent rotation about the centre
-    out = augment.rotate(image[0, 0], angle=30.0)
-    c, t = 4.0, np.deg2rad(30.0)
-    ys, xs = np.meshgrid(np.arange(9.0), np.arange(9.0), indexing="ij")
-    py = c + np.cos(t) * (ys - c) + np.sin(t) * (xs - c)
-    px = c - np.sin(t) * (ys - c) + np.cos(t) * (xs - c)
-    assert_close(out, torch.from_numpy(keys_resample(image[0, 0].numpy(), py, px)))
+
+
+def test_rotate_and_shift_non_square_match_independent_points():
+    image = torch.rand(9, 14, dtype=torch.float64)
+    cy, cx, t = 4.0, 6.5, np.deg2rad(30.0)
+    ys, xs = np.meshgrid(np.arange(9.0), np.arange(14.0), indexing="ij")
+    py = cy + np.cos(t) * (ys - cy) + np.sin(t) * (xs - cx)
+    px = cx - np.sin(t) * (ys - cy) + np.cos(t) * (xs - cx)
+    assert_close(augment.rotate(image, angle=30.0), torch.from_numpy(keys_resample(image.numpy(), py, px)))
+    shifted = augment.shift(image, offset=(1.25, -2.5))
+    assert_close(shifted, torch.from_numpy(keys_resample(image.numpy(), ys - 1.25, xs + 2.5)))
+
+
+def test_label_gather_fallback_agrees_with_grid_sample_path():
+    gen = torch.Generator().manual_seed(10)
+    image, labels = torch.rand(2, 1, 31, 27, dtype=torch.float64), torch.randint(0, 50, (2, 31, 27))
+    small = augment.elastic_deform(image, labels, sigma=8.0, generator=gen)[1]
+    gen.manual_seed(10)
+    big = augment.elastic_deform(image, labels + 2**60, sigma=8.0, generator=gen)[1]  # gather path
+    assert torch.equal(big - 2**60, small)
 
 
 def test_flip_per_sample():
@@ -179,6 +204,20 @@ def test_flip_per_sample():
     out, lab = augment.flip(image, labels, horizontal=[True, False], vertical=True)
     assert torch.equal(out[0], image[0].flip(1, 2)) and torch.equal(out[1], image[1].flip(1))
     assert torch.equal(lab[0], labels[0].flip(0, 1)) and torch.equal(lab[1], labels[1].flip(0))
+    as_bytes = torch.randint(0, 255, (5, 7), dtype=torch.uint8)  # no interpolation: any dtype
+    assert torch.equal(augment.flip(as_bytes, horizontal=True), as_bytes.flip(1))
+
+
+def test_half_precision_and_noncontiguous_image():
+    gen = torch.Generator().manual_seed(11)
+    lattice = augment.random_displacement(1, sigma=5.0, generator=gen)
+    image = torch.rand(1, 1, 33, 40)
+    expected = augment.elastic_deform(image, displacement=lattice)
+    bf16 = augment.elastic_deform(image.bfloat16(), displacement=lattice)
+    assert bf16.dtype == torch.bfloat16
+    assert_close(bf16, expected, dtype=torch.bfloat16)
+    transposed = augment.elastic_deform(image.transpose(2, 3).contiguous().transpose(2, 3), displacement=lattice)
+    assert_close(transposed, expected)
 
 
 def test_grey_values():
@@ -206,6 +245,7 @@ def test_random_crop_pair_is_centred_and_legal():
     image = torch.arange(2 * 200 * 210, dtype=torch.float32).view(2, 1, 200, 210)
     labels = image.long().squeeze(1)
     crop, lab = augment.random_crop_pair(image, labels, input_size=188, generator=torch.Generator().manual_seed(8))
+    assert augment.random_crop_pair(labels, input_size=(188, 204)).shape == (2, 188, 204)  # any dtype
     out = geometry.output_size(188)
     assert crop.shape == (2, 1, 188, 188) and lab.shape == (2, out, out)
     off = geometry.crop_offset(188, out)

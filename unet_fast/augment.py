@@ -4,8 +4,9 @@ Every geometric transform is "output pixel p takes the input at a sampling point
 with one ``F.grid_sample`` call per tensor (one field per sample, any device):
 
 - the image with bicubic interpolation (Keys cubic convolution, a = -0.75, as grid_sample does),
-- label maps (integer or bool tensors) with nearest neighbour, done as an exact gather so no label
-  value is ever invented and the dtype is kept,
+- label maps (integer or bool tensors) with nearest neighbour: never a label value that was not
+  there, dtype kept (grid_sample on a float copy while the labels fit a float exactly, |label| <= 2^24
+  for float32, else an index gather),
 - weight maps (other floating targets) with bilinear interpolation.
 
 Borders are mirrored *without repeating the edge pixel* (... c b | a b c d | c b ...), as the paper's
@@ -20,8 +21,9 @@ spline passes through the lattice values; scipy.ndimage.map_coordinates(order=3,
 elasticdeform compute the same field). Lattice point (a, b) sits on pixel
 (a * (H - 1) / (gy - 1), b * (W - 1) / (gx - 1)): the first and last lattice points lie on the image
 corners, as in elasticdeform. The output is ``out(p) = in(p + d(p))``. The dense field is separable,
-``d = Wy @ lattice @ Wx^T`` with two tiny (size x grid) weight matrices, so it costs two small
-matmuls rather than an interpolation per pixel.
+``d = Wy @ lattice @ Wx^T`` with tiny (size x grid) weight matrices, so the whole sampling grid
+(field + pixel position, normalised) comes out of one small matmul: no per-pixel passes before
+grid_sample. Bicubic resampling can overshoot the input's range slightly, as any cubic does.
 
 Shapes: the image is (N, C, H, W) (a batch) or (C, H, W) / (H, W) (one sample). Each target has the
 image's batch and spatial size, with or without a channel axis: (N, H, W) or (N, C', H, W) for a
@@ -53,12 +55,12 @@ _GRID_SAMPLE_MODE = {"linear": "bilinear", "cubic": "bicubic"}
 class _Batch:
     """The image and targets as (N, C, H, W) tensors, and how to give each its own shape back."""
 
-    def __init__(self, image, targets, target_modes, name="image"):
+    def __init__(self, image, targets, target_modes, interpolated=True, name="image"):
         if not isinstance(image, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
         if image.ndim not in (2, 3, 4):
             raise ValueError(f"{name} must be (N, C, H, W), (C, H, W) or (H, W), got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
+        if interpolated and not image.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (it is interpolated), got {image.dtype}")
         if image.shape[-1] < 1 or image.shape[-2] < 1 or image.numel() == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
@@ -143,6 +145,11 @@ def _uniform(n, value_range, generator):
 # ---------------------------------------------------------------------------------------------
 # resampling
 
+def _axis_scale(size: int) -> float:
+    """Pixel -> normalised coordinate factor for align_corners=True (pixel 0 is -1, size - 1 is +1)."""
+    return 2.0 / (size - 1) if size > 1 else 1.0
+
+
 def _mirror(coord: torch.Tensor, size: int) -> torch.Tensor:
     """Fold coordinates into [0, size - 1] by mirroring about the edge pixel centres."""
     if size == 1:
@@ -152,40 +159,44 @@ def _mirror(coord: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(coord > size - 1, period - coord, coord)
 
 
-def _resample(batch: _Batch, points_x: torch.Tensor, points_y: torch.Tensor):
-    """Resample every tensor of ``batch`` at pixel coordinates (N, H, W), each with its mode."""
-    h, w = batch.h, batch.w
-    grids, index = {}, None
+def _exactly_representable(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of the integer tensor t survives a round trip through the float dtype."""
+    if t.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16) or t.numel() == 0:
+        return True
+    limit = 2 ** 24 if dtype == torch.float32 else 2 ** 53
+    low, high = torch.aminmax(t)
+    return bool(-limit <= low) and bool(high <= limit)
+
+
+def _gather_nearest(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour lookup by index, for integers a float cannot hold exactly."""
+    n, c, h, w = t.shape
+    ix = _mirror((grid[..., 0] + 1) / _axis_scale(w), w).round_().long()
+    iy = _mirror((grid[..., 1] + 1) / _axis_scale(h), h).round_().long()
+    index = (iy * w + ix).reshape(n, 1, h * w).expand(-1, c, -1)
+    return t.reshape(n, c, h * w).gather(2, index).reshape(t.shape)
+
+
+def _resample(batch: _Batch, grid: torch.Tensor):
+    """Resample every tensor of ``batch`` at the normalised (x, y) points ``grid`` (N, H, W, 2)."""
     out = []
     for t, mode in zip(batch.tensors, batch.modes):
-        if mode == "nearest":
-            if index is None:
-                iy = _mirror(points_y.float(), h).round_().long()
-                ix = _mirror(points_x.float(), w).round_().long()
-                index = (iy * w + ix).reshape(batch.n, 1, h * w)
-            flat = t.reshape(batch.n, t.shape[1], h * w)
-            out.append(flat.gather(2, index.expand(-1, t.shape[1], -1)).reshape(t.shape))
+        if mode == "nearest" and not t.is_floating_point():
+            if _exactly_representable(t, grid.dtype):  # one grid_sample beats an index gather
+                sampled = F.grid_sample(t.to(grid.dtype), grid, mode="nearest", padding_mode="reflection",
+                                        align_corners=True)
+                out.append(sampled.to(t.dtype))
+            else:
+                out.append(_gather_nearest(t, grid))
             continue
-        # grid_sample computes in the input's dtype; half types go through float32
-        dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-        if dtype not in grids:
-            # normalised coordinates for align_corners=True: -1 and 1 are the edge pixel centres
-            gx = points_x.to(dtype) * (2.0 / (w - 1) if w > 1 else 0.0) - (1.0 if w > 1 else 0.0)
-            gy = points_y.to(dtype) * (2.0 / (h - 1) if h > 1 else 0.0) - (1.0 if h > 1 else 0.0)
-            grids[dtype] = torch.stack((gx, gy), dim=-1)
-        sampled = F.grid_sample(t.to(dtype), grids[dtype], mode=_GRID_SAMPLE_MODE[mode],
+        sampled = F.grid_sample(t.to(grid.dtype), grid, mode=_GRID_SAMPLE_MODE.get(mode, mode),
                                 padding_mode="reflection", align_corners=True)
         out.append(sampled.to(t.dtype))
     return batch.restore(out)
 
 
-def _pixel_grid(batch: _Batch, dtype):
-    ys = torch.arange(batch.h, device=batch.device, dtype=dtype).view(1, -1, 1)
-    xs = torch.arange(batch.w, device=batch.device, dtype=dtype).view(1, 1, -1)
-    return xs, ys
-
-
-def _field_dtype(image: torch.Tensor):
+def _grid_dtype(image: torch.Tensor):
+    """float64 images are resampled in float64; everything else in float32 (half types too)."""
     return torch.float64 if image.dtype == torch.float64 else torch.float32
 
 
@@ -206,8 +217,6 @@ def _mirror_index(j: int, size: int) -> int:
 def _spline_weights_cpu(size: int, points: int) -> torch.Tensor:
     """(size, points) float64 matrix W with field = W @ lattice: the interpolating cubic B-spline
     through ``points`` lattice values (mirror boundary), lattice spanning pixels 0 .. size - 1."""
-    if points == 1:
-        return torch.ones(size, 1, dtype=torch.float64)
     knots = torch.arange(points, dtype=torch.float64)
     where = torch.linspace(0, points - 1, size, dtype=torch.float64) if size > 1 else torch.zeros(1, dtype=torch.float64)
     collocation = torch.zeros(points, points, dtype=torch.float64)
@@ -220,8 +229,38 @@ def _spline_weights_cpu(size: int, points: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _spline_weights(size: int, points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _spline_weights_cpu(size, points).to(device=device, dtype=dtype)
+def _row_weights(size: int, points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[spline weights | 1 | normalised row coordinate]: (size, points + 2), see _elastic_grid."""
+    coordinate = torch.arange(size, dtype=torch.float64) * _axis_scale(size) - (1.0 if size > 1 else 0.0)
+    rows = torch.cat((_spline_weights_cpu(size, points), torch.ones(size, 1, dtype=torch.float64),
+                      coordinate[:, None]), dim=1)
+    return rows.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _column_weights(size: int, points: int, dtype: torch.dtype, device: torch.device):
+    """(spline weights (size, points), normalised column coordinate (size,)) on the device."""
+    coordinate = torch.arange(size, dtype=torch.float64) * _axis_scale(size) - (1.0 if size > 1 else 0.0)
+    return (_spline_weights_cpu(size, points).to(device=device, dtype=dtype),
+            coordinate.to(device=device, dtype=dtype))
+
+
+def _elastic_grid(lattice: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Normalised grid (N, H, W, 2) of out(p) = in(p + d(p)) in one matmul, no per-pixel passes.
+
+    grid[n, i, (j, c)] = sum_a rows[i, a] * coef[n, a, (j, c)] with rows = [Wy | 1 | y_i] and
+    coef = [s_c * L_c @ Wx^T ; base x_j for c = x ; 1 for c = y]: the spline field, the pixel's own
+    position and the normalisation all folded into the small factors."""
+    n, _, gy, gx = lattice.shape
+    rows = _row_weights(h, gy, lattice.dtype, lattice.device)           # (H, gy + 2)
+    wx, x_base = _column_weights(w, gx, lattice.dtype, lattice.device)  # (W, gx), (W,)
+    scale = torch.tensor([_axis_scale(w), _axis_scale(h)], dtype=lattice.dtype, device=lattice.device)
+    field = lattice.flip(1) @ wx.T * scale.view(1, 2, 1, 1)             # (N, 2 = (x, y), gy, W)
+    coef = lattice.new_zeros(n, gy + 2, w, 2)
+    coef[:, :gy] = field.permute(0, 2, 3, 1)
+    coef[:, gy, :, 0] = x_base
+    coef[:, gy + 1, :, 1] = 1.0
+    return (rows @ coef.reshape(n, gy + 2, 2 * w)).view(n, h, w, 2)
 
 
 def displacement_field(lattice: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -236,8 +275,8 @@ def displacement_field(lattice: torch.Tensor, size: Sequence[int]) -> torch.Tens
     if not lattice.is_floating_point():
         raise TypeError(f"lattice must be floating point, got {lattice.dtype}")
     h, w = _pair(tuple(size), "size")
-    wy = _spline_weights(h, lattice.shape[2], lattice.dtype, lattice.device)
-    wx = _spline_weights(w, lattice.shape[3], lattice.dtype, lattice.device)
+    wy = _spline_weights_cpu(h, lattice.shape[2]).to(device=lattice.device, dtype=lattice.dtype)
+    wx = _spline_weights_cpu(w, lattice.shape[3]).to(device=lattice.device, dtype=lattice.dtype)
     return wy @ lattice @ wx.T
 
 
@@ -263,7 +302,6 @@ def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None,
     generator are not used. Returns the image, or (image, *targets), in the input shapes and dtypes.
     """
     batch = _Batch(image, targets, target_modes)
-    dtype = _field_dtype(image)
     if displacement is None:
         lattice = random_displacement(batch.n, grid, sigma, generator)
     else:
@@ -277,9 +315,8 @@ def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None,
         if not torch.isfinite(lattice).all():
             raise ValueError("displacement must be finite")
         lattice = lattice.expand(batch.n, -1, -1, -1)
-    field = displacement_field(lattice.to(device=batch.device, dtype=dtype), (batch.h, batch.w))
-    xs, ys = _pixel_grid(batch, dtype)
-    return _resample(batch, xs + field[:, 1], ys + field[:, 0])
+    lattice = lattice.to(device=batch.device, dtype=_grid_dtype(image))
+    return _resample(batch, _elastic_grid(lattice, batch.h, batch.w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,15 +335,16 @@ def _per_sample(value, n, name) -> torch.Tensor:
 def _affine(batch: _Batch, matrix: torch.Tensor, offset: torch.Tensor, dtype):
     """Sample at s(p) = c + matrix @ (p - c) + offset for every pixel p, c the image centre.
 
-    matrix (N, 2, 2) and offset (N, 2) act on (y, x) coordinates."""
-    xs, ys = _pixel_grid(batch, dtype)
-    cy, cx = (batch.h - 1) / 2, (batch.w - 1) / 2
-    m = matrix.to(device=batch.device, dtype=dtype).view(-1, 2, 2, 1, 1)
-    o = offset.to(device=batch.device, dtype=dtype).view(-1, 2, 1, 1)
-    dy, dx = ys - cy, xs - cx
-    points_y = cy + m[:, 0, 0] * dy + m[:, 0, 1] * dx + o[:, 0]
-    points_x = cx + m[:, 1, 0] * dy + m[:, 1, 1] * dx + o[:, 1]
-    return _resample(batch, points_x, points_y)
+    matrix (N, 2, 2) and offset (N, 2) act on pixel (y, x) coordinates. The image centre is 0 in
+    normalised coordinates, so affine_grid's theta is D matrix D^-1 and D offset, D the scales."""
+    scale = torch.tensor([_axis_scale(batch.h), _axis_scale(batch.w)], dtype=torch.float64)
+    m = matrix * scale.view(1, 2, 1) / scale.view(1, 1, 2)
+    o = offset * scale
+    theta = torch.stack((torch.stack((m[:, 1, 1], m[:, 1, 0], o[:, 1]), -1),     # rows and columns
+                         torch.stack((m[:, 0, 1], m[:, 0, 0], o[:, 0]), -1)), -2)  # in (x, y) order
+    grid = F.affine_grid(theta.to(device=batch.device, dtype=dtype), [batch.n, 1, batch.h, batch.w],
+                         align_corners=True)
+    return _resample(batch, grid)
 
 
 def shift(image, *targets, offset, target_modes=None):
@@ -317,7 +355,7 @@ def shift(image, *targets, offset, target_modes=None):
     if off.shape not in ((2,), (batch.n, 2)) or not torch.isfinite(off).all():
         raise ValueError(f"offset must be finite (dy, dx) or ({batch.n}, 2) pixels, got {offset!r}")
     eye = torch.eye(2, dtype=torch.float64).expand(batch.n, 2, 2)
-    return _affine(batch, eye, -off.expand(batch.n, 2), _field_dtype(image))
+    return _affine(batch, eye, -off.expand(batch.n, 2), _grid_dtype(image))
 
 
 def rotate(image, *targets, angle, target_modes=None):
@@ -328,12 +366,12 @@ def rotate(image, *targets, angle, target_modes=None):
     cos, sin = torch.cos(rad), torch.sin(rad)
     # output pixel p takes the input at R(-angle) p; in (y, x) with y downwards that is:
     matrix = torch.stack((torch.stack((cos, sin), -1), torch.stack((-sin, cos), -1)), -2)
-    return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _field_dtype(image))
+    return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _grid_dtype(image))
 
 
 def flip(image, *targets, vertical=False, horizontal=False):
     """Mirror rows (vertical) and/or columns (horizontal); bools, or one bool per sample."""
-    batch = _Batch(image, targets, None)
+    batch = _Batch(image, targets, None, interpolated=False)
     out = batch.tensors
     for flag, dim, name in ((vertical, 2, "vertical"), (horizontal, 3, "horizontal")):
         mask = torch.as_tensor(flag).flatten()
@@ -358,7 +396,7 @@ def adjust_grey_values(image, gamma=1.0, contrast=1.0, brightness=0.0):
     Each a number or one per sample, applied in that order."""
     batch = _Batch(image, (), None)
     x = batch.tensors[0]
-    dtype = _field_dtype(image)
+    dtype = _grid_dtype(image)
     params = [_per_sample(v, batch.n, name).to(device=batch.device, dtype=dtype).view(-1, 1, 1, 1)
               for v, name in ((gamma, "gamma"), (contrast, "contrast"), (brightness, "brightness"))]
     g, c, b = params
@@ -437,7 +475,7 @@ class RandomFlip:
         self.vertical, self.horizontal, self.p = bool(vertical), bool(horizontal), p
 
     def __call__(self, image, *targets, generator=None):
-        n = _Batch(image, targets, None).n
+        n = _Batch(image, targets, None, interpolated=False).n
         v = (_draw((n,), generator, "uniform") < self.p).cpu() & self.vertical
         h = (_draw((n,), generator, "uniform") < self.p).cpu() & self.horizontal
         return flip(image, *targets, vertical=v, horizontal=h)
@@ -498,11 +536,13 @@ def random_crop_pair(image, *targets, input_size, output_size=None, depth: int =
     """A random input crop of legal size and, for each target, the centred crop the network predicts.
 
     input_size: int or (h, w), each legal for a U-Net of this depth and padding (unet_fast.geometry);
-    output_size: defaults to the network's output size for input_size; if given, must not exceed it
-    by parity (input - output must be even and >= 0). The crop lies inside the image (mirror-pad the
-    image first to reach its borders). One position per sample. Returns (image_crop, *target_crops).
+    output_size: the target crop's size, by default the network's output size for input_size; if
+    given, it must be positive, at most input_size and differ from it by an even number of pixels
+    (so that it is centred exactly). The crop lies inside the image (mirror-pad the
+    image first to reach its borders). One position per sample. Returns the image crop, or
+    (image_crop, *target_crops); the image may have any dtype (nothing is interpolated).
     """
-    batch = _Batch(image, targets, ["nearest"] * len(targets))
+    batch = _Batch(image, targets, ["nearest"] * len(targets), interpolated=False)
     in_h, in_w = _pair(input_size, "input_size")
     out_sizes = [geometry.output_size(s, depth, padding) for s in (in_h, in_w)]  # raises on illegal sizes
     if output_size is not None:
@@ -525,4 +565,4 @@ def random_crop_pair(image, *targets, input_size, output_size=None, depth: int =
                                   for i, (y, x) in enumerate(zip(top.tolist(), left.tolist()))]))
     shapes = [s[:-2] + c.shape[-2:] for s, c in zip(batch.shapes, crops)]
     out = [c.reshape(s) for c, s in zip(crops, shapes)]
-    return tuple(out)
+    return out[0] if len(out) == 1 else tuple(out)

@@ -12,4 +12,9 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(unet_fast, m) {
   // cat([centre_crop(skip, x.shape[-2:]), x], dim=1), in x's memory format.
   m.def("crop_concat(Tensor skip, Tensor x) -> Tensor");
+  // Pixel-wise softmax cross-entropy times weight (None: 1); reduction 0 none, 1 mean over non-ignored
+  // pixels, 2 sum. Returns (loss, d loss_sum / d logits (softmax - onehot) * weight, unscaled, in
+  // logits' layout, or an empty tensor when compute_grad is false, number of non-ignored pixels).
+  m.def("weighted_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }

@@ -4,5 +4,6 @@ Each public function checks its arguments, then dispatches to the compiled or Tr
 for the tensors' device, falling back to a PyTorch composite where none is available.
 """
 from .crop_concat import crop_concat
+from .weighted_cross_entropy import weighted_softmax_cross_entropy
 
-__all__ = ["crop_concat"]
+__all__ = ["crop_concat", "weighted_softmax_cross_entropy"]

@@ -1,0 +1,123 @@
+"""Weighted softmax cross-entropy in Triton: loss and gradient w.r.t. the logits in one pass.
+
+One program per block of BLOCK pixels (a fixed configuration, so the interpreter and GPU runs
+use the same kernel); the class axis is looped over twice: an online max / sum of exponentials
+with the target logit picked on the way, then, when the gradient is wanted, the logits are read
+again (from L2) to write (softmax - onehot) * weight. Loads and stores are masked; math is fp32
+(fp64 for fp64 logits). Each program writes its partial loss sum, its non-ignored count and the
+first invalid target / weight it saw; these small arrays are reduced by torch afterwards (a
+deterministic reduction, no atomics).
+
+Registered with torch.library.triton_op (the project's choice for Triton ops): torch.compile
+sees the kernel. Its opcheck and compile tests need a GPU; on the CPU the kernel is tested
+under TRITON_INTERPRET=1 by calling the op on CPU tensors.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..weighted_cross_entropy import backward, fake_outputs, raise_for_bad_values, setup_context
+
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _weighted_cross_entropy_kernel(
+    logits_ptr, target_ptr, weight_ptr, loss_ptr, grad_ptr, part_loss_ptr, part_count_ptr, part_bad_ptr,
+    num_pixels, HW, C, stride_n, stride_c, stride_p, ignore_index,
+    HAS_WEIGHT: tl.constexpr, PER_PIXEL: tl.constexpr, WITH_GRAD: tl.constexpr, FP64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    acc_dtype: tl.constexpr = tl.float64 if FP64 else tl.float32
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < num_pixels
+    base = (offs // HW) * stride_n + (offs % HW) * stride_p
+
+    t = tl.load(target_ptr + offs, mask=mask, other=0).to(tl.int64)
+    kept = mask & (t != ignore_index)
+    in_range = (t >= 0) & (t < C)
+    use = kept & in_range
+    if HAS_WEIGHT:
+        w_raw = tl.load(weight_ptr + offs, mask=mask, other=0).to(acc_dtype)
+        bad_w = mask & ~(w_raw >= 0)  # negative or NaN
+    else:
+        w_raw = tl.full([BLOCK], 1, acc_dtype)
+        bad_w = offs < 0
+    w = tl.where(use, w_raw, 0)
+
+    x = tl.load(logits_ptr + base, mask=mask, other=0).to(acc_dtype)
+    m = x
+    s = tl.full([BLOCK], 1, acc_dtype)
+    xt = tl.where(t == 0, x, 0)
+    for c in range(1, C):
+        x = tl.load(logits_ptr + base + c * stride_c, mask=mask, other=0).to(acc_dtype)
+        m_new = tl.maximum(m, x)
+        s = s * tl.exp(m - m_new) + tl.exp(x - m_new)
+        m = m_new
+        xt = tl.where(t == c, x, xt)
+    lse = m + tl.log(s)
+    loss = tl.where(use, (lse - xt) * w, 0)
+    if PER_PIXEL:
+        tl.store(loss_ptr + offs, loss, mask=mask)
+    if WITH_GRAD:
+        for c in range(0, C):
+            x = tl.load(logits_ptr + base + c * stride_c, mask=mask, other=0).to(acc_dtype)
+            g = tl.exp(x - lse) * w - tl.where(t == c, w, 0)
+            tl.store(grad_ptr + base + c * stride_c, g.to(grad_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(part_loss_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(part_count_ptr + pid, tl.sum(kept.to(tl.int64), axis=0))
+    # First invalid pixel of this block, num_pixels where there is none.
+    tl.store(part_bad_ptr + 2 * pid, tl.min(tl.where(kept & ~in_range, offs, num_pixels), axis=0))
+    tl.store(part_bad_ptr + 2 * pid + 1, tl.min(tl.where(bad_w, offs, num_pixels), axis=0))
+
+
+@triton_op("unet_fast::weighted_cross_entropy_triton", mutates_args=())
+def weighted_cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                                  reduction: int, ignore_index: int, compute_grad: bool
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, unscaled gradient, non-ignored count, first invalid (target, weight) pixel or -1): see the C++ op."""
+    loss, grad, _ = fake_outputs(logits, reduction, compute_grad)
+    channels_last = logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous()
+    logits = logits.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    target = target.contiguous()
+    weight = weight.contiguous() if weight is not None else None
+    n, c, h, w = logits.shape
+    num_pixels = n * h * w
+    programs = triton.cdiv(num_pixels, BLOCK)
+    part_loss = logits.new_empty((programs,), dtype=loss.dtype)
+    part_count = logits.new_empty((programs,), dtype=torch.int64)
+    part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
+    stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
+    wrap_triton(_weighted_cross_entropy_kernel)[(programs,)](
+        logits, target, weight if weight is not None else logits, loss, grad if compute_grad else logits,
+        part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,
+        HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=compute_grad,
+        FP64=logits.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )
+    count = part_count.sum()
+    if reduction != 0:
+        loss = part_loss.sum()
+        if reduction == 1:
+            loss = loss / count.clamp(min=1)
+    first_bad = part_bad.amin(dim=0)
+    first_bad = torch.where(first_bad >= num_pixels, -1, first_bad)
+    return loss, grad, count, first_bad
+
+
+weighted_cross_entropy_triton.register_autograd(backward, setup_context=setup_context)
+
+
+def weighted_cross_entropy_checked(logits, target, weight, reduction: int, ignore_index: int, compute_grad: bool):
+    """Run the op, then raise for invalid targets or weights (a device assert under torch.compile)."""
+    loss, _, _, first_bad = weighted_cross_entropy_triton(logits, target, weight, reduction, ignore_index, compute_grad)
+    if torch.compiler.is_compiling():
+        torch._assert_async(first_bad.max() < 0, "weighted_softmax_cross_entropy: invalid target or weight")
+    else:
+        raise_for_bad_values(tuple(first_bad.tolist()), target, weight, logits.shape[1], ignore_index)
+    return loss

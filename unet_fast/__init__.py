@@ -1,6 +1,8 @@
 """unet_fast: the U-Net of Ronneberger et al. (2015) with fused kernels on its hot paths."""
 from ._info import info
+from .io import Normalization
 from .model import UNet
+from .model_file import load_model, save_model
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "info", "__version__"]
+__all__ = ["UNet", "info", "__version__", "Normalization", "save_model", "load_model"]

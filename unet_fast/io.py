@@ -439,10 +439,12 @@ class StreamingTiffWriter:
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
         self._error: BaseException | None = None
+        self._ended = False
 
         def tiles():
             while (item := self._queue.get()) is not None:
                 yield item
+            self._ended = True
 
         def run():
             try:
@@ -452,7 +454,7 @@ class StreamingTiffWriter:
                                  metadata=None)
             except BaseException as error:  # handed to the caller in close()
                 self._error = error
-                while self._queue.get() is not None:  # drain so the producer never blocks
+                while not self._ended and self._queue.get() is not None:  # never block the producer
                     pass
 
         self._thread = threading.Thread(target=run, name="unet_fast-tiff-writer", daemon=True)
@@ -476,14 +478,15 @@ class StreamingTiffWriter:
             self._queue.put(np.ascontiguousarray(piece))
 
     def close(self) -> Path:
+        complete = self._collector.complete
         self._queue.put(None)
         self._thread.join()
-        if self._error is not None:
-            _remove(self.temporary)
-            raise RuntimeError(f"writing {self.path} failed: {self._error}") from self._error
-        if not self._collector.complete:
+        if not complete:
             _remove(self.temporary)
             raise RuntimeError(f"{self.path}: closed before every pixel was written")
+        if self._error is not None:
+            _remove(self.temporary)
+            raise RuntimeError(f"writing {self.path} failed: {self._error!r}") from self._error
         commit(self.temporary, self.path)
         return self.path
 

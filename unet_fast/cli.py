@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from . import geometry
 
@@ -43,10 +45,55 @@ def cmd_sizes(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+
+    from . import UNet, save_model
+    from .data import ImageFolderDataset, TiffStackDataset, split_dataset
+    from .train import fit, load_checkpoint
+
+    options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
+                   cache_dir=args.cache_dir)
+    images, labels = Path(args.images), Path(args.labels)
+    if images.is_file():
+        dataset = TiffStackDataset(images, labels, **options)
+    else:
+        dataset = ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
+    train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
+    config = dict(in_channels=dataset.in_channels, num_classes=args.num_classes, depth=args.depth,
+                  base_channels=args.base_channels, padding=args.padding, dropout=args.dropout)
+    if args.resume:
+        config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
+        config.pop("backend", None)
+    torch.manual_seed(args.seed)
+    model = UNet(**config)
+    work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
+    result = fit(model, train_data, val_data, epochs=args.epochs, tile_size=args.tile_size,
+                 batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, device=args.device,
+                 amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
+                 tiles_per_epoch=args.tiles_per_epoch, augment=None if args.no_augment else "default",
+                 seed=args.seed, num_workers=args.workers, progress=False if args.no_progress else None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
+                   epochs=args.epochs, history=result.history[-1:])
+        last = result.history[-1] if result.history else {}
+        print(f"saved {args.output} ({len(result.history)} epochs; "
+              + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + f"); "
+              f"checkpoints and logs in {work_dir}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
@@ -63,6 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", choices=geometry.PADDINGS, default="valid")
     p.add_argument("--max-size", type=_positive_int, default=1024)
     p.set_defaults(func=cmd_sizes)
+
+    p = sub.add_parser("train", help="train a U-Net on labelled images (the paper's recipe)",
+                       description="Train with SGD (momentum 0.99), random large tiles, the weighted loss with the "
+                                   "paper's weight maps and elastic deformation; saves a model file for "
+                                   "`unet-fast segment`. Under torchrun it trains data-parallel.")
+    p.add_argument("--images", required=True, help="folder of images (TIFF/PNG), or a multi-page TIFF stack")
+    p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--tile-size", type=_positive_int, default=None,
+                   help="input tile size (legal for the net); default: the largest up to 572 that fits the images")
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.99)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint (last.safetensors)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.0, help="share of images held out for validation")
+    p.add_argument("--tiles-per-epoch", type=_positive_int, default=None)
+    p.add_argument("--depth", type=_positive_int, default=5)
+    p.add_argument("--base-channels", type=_positive_int, default=64)
+    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid")
+    p.add_argument("--dropout", type=float, default=0.5, help="at the end of the contracting path")
+    p.add_argument("--num-classes", type=_positive_int, default=2)
+    p.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
+                   help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
+    p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    p.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
+    p.add_argument("--sigma", type=float, default=5.0, help="weight-map border width in pixels")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--cache-dir", default=None, help="cache weight maps on disk here")
+    p.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

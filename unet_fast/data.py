@@ -38,7 +38,7 @@ from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
 __all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
-           "TiffStackDataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
+           "TiffStackDataset", "SubsetDataset", "split_dataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LABEL_KINDS = ("auto", "instance", "semantic")
@@ -229,6 +229,37 @@ class TiffStackDataset(SegmentationDataset):
     def _load(self, index):
         z = self.indices[index]
         return f"{self.name}[{z}]", self.images[z], self.labels[z]
+
+
+class SubsetDataset(SegmentationDataset):
+    """The images ``indices`` of ``dataset`` (sharing its settings and weight-map cache)."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.__dict__.update({k: v for k, v in dataset.__dict__.items()
+                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir")})
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> LabelledImage:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        return self.dataset[self.indices[index]]
+
+
+def split_dataset(dataset: SegmentationDataset, val_fraction: float, seed: int = 0):
+    """(train, validation) subsets: a seeded random ``val_fraction`` of the images (at least one
+    when val_fraction > 0) for validation, the rest (at least one) for training."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if val_fraction == 0:
+        return dataset, None
+    if len(dataset) < 2:
+        raise ValueError(f"val_fraction={val_fraction} needs at least 2 images to split, got {len(dataset)}")
+    order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
+    n_val = min(max(1, round(val_fraction * len(dataset))), len(dataset) - 1)
+    return SubsetDataset(dataset, sorted(order[n_val:])), SubsetDataset(dataset, sorted(order[:n_val]))
 
 
 def read_image(path) -> np.ndarray:

@@ -31,7 +31,7 @@ from scipy import ndimage
 from . import geometry
 from .metrics import object_scores
 from .data import RandomTiles, SegmentationDataset, default_augmentation, reflect_indices
-from .reference import center_crop, weighted_cross_entropy
+from .losses import WeightedSoftmaxCrossEntropy
 
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "default_tile_size", "CHECKPOINT_FORMAT"]
 
@@ -62,7 +62,9 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     val_data: whole labelled images, evaluated after every epoch with ``evaluate``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
-    Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
+    loss_fn(logits, target, weights) defaults to the paper's weighted loss,
+    ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``. Logs (history.csv, history.json,
+    curves.png) go to ``log_dir``. Under torchrun every rank calls
     ``fit``; the process group is created here if it is not yet (and destroyed at the end).
     """
     _check_positive("epochs", epochs)
@@ -78,7 +80,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         device = distributed.device
         model.to(device)
         tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
-        loss_fn = loss_fn or weighted_cross_entropy
+        loss_fn = loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         history: list[dict] = []
         start_epoch = 0
@@ -111,8 +113,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                 weights = weights.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = net(image)
-                loss = loss_fn(logits.float(), center_crop(target, logits.shape[-2:]),
-                               center_crop(weights, logits.shape[-2:]))
+                loss = loss_fn(logits.float(), target, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -234,7 +235,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
     image and the sums are all-reduced, so every rank returns the same numbers.
     """
-    loss_fn = loss_fn or weighted_cross_entropy
+    loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -242,7 +243,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     sums = torch.zeros(7, dtype=torch.float64)
     for index in range(rank, len(images), world):
         sample = images[index]
-        logits = predict_logits(model, sample.image, device=device, amp=amp)
+        logits = _whole_image_logits(model, sample.image, device=device, amp=amp)
         target = torch.from_numpy(sample.target).to(device)
         weights = torch.from_numpy(sample.weights).to(device)
         pixels = target.numel()
@@ -263,8 +264,9 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             "object_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
 
 
-def predict_logits(model, image: np.ndarray, *, device, amp: bool = False) -> torch.Tensor:
-    """(K, H, W) float32 logits of a whole (C, H, W) image, the border mirrored for valid nets."""
+def _whole_image_logits(model, image: np.ndarray, *, device, amp: bool = False) -> torch.Tensor:
+    """(K, H, W) float32 logits of a whole (C, H, W) image in one pass, the border mirrored
+    (validation images are small; ``inference.predict_tiled`` is for large ones)."""
     channels, height, width = image.shape
     depth, padding = model.depth, model.padding
     rows_in, cols_in = (geometry.input_size_for(n, depth, padding) for n in (height, width))

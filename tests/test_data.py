@@ -1,0 +1,235 @@
+"""unet_fast.data: datasets from folders / stacks / arrays, weight-map caching, training tiles."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from unet_fast import data, geometry
+from unet_fast.data import (ArrayDataset, ImageFolderDataset, RandomTiles, TiffStackDataset, reflect_indices,
+                            split_dataset)
+from unet_fast.io import Normalization
+from unet_fast.weights import separate_touching, unet_weight_map
+
+
+def two_touching_squares(h=24, w=30):
+    labels = np.zeros((h, w), np.int32)
+    labels[4:12, 4:10] = 1
+    labels[4:12, 10:16] = 2          # touches object 1
+    labels[15:20, 20:26] = 3
+    return labels
+
+
+def write_folder(tmp_path, n=2, shape=(24, 30), label_ext=".png", image_ext=".tif"):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        tifffile.imwrite(images / f"img{i}{image_ext}", rng.integers(0, 4000, shape, dtype=np.uint16)) \
+            if image_ext == ".tif" else Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                images / f"img{i}{image_ext}")
+        mask = (two_touching_squares(*shape) > 0).astype(np.uint8) * 255
+        if label_ext == ".png":
+            Image.fromarray(mask).save(labels / f"img{i}{label_ext}")
+        else:
+            tifffile.imwrite(labels / f"img{i}{label_ext}", two_touching_squares(*shape))
+    return images, labels
+
+
+def test_folder_of_tiffs_with_binary_png_masks(tmp_path):
+    images, labels = write_folder(tmp_path, n=3)
+    ds = ImageFolderDataset(images, labels)
+    assert len(ds) == 3 and ds.in_channels == 1
+    sample = ds[1]
+    assert sample.name == "img1"
+    assert sample.image.shape == (1, 24, 30) and sample.image.dtype == np.float32
+    # 0/255 mask = semantic binary: foreground as is, objects = connected components (1+2 merge)
+    np.testing.assert_array_equal(sample.target, two_touching_squares() > 0)
+    assert sample.instances.max() == 2
+    np.testing.assert_allclose(sample.weights, unet_weight_map(sample.instances), rtol=1e-6)
+
+
+def test_instance_labels_are_separated_as_in_the_paper(tmp_path):
+    images, labels = write_folder(tmp_path, n=1, label_ext=".tif", image_ext=".png")
+    sample = ImageFolderDataset(images, labels)[0]
+    instances = two_touching_squares()
+    np.testing.assert_array_equal(sample.instances, instances)
+    np.testing.assert_array_equal(sample.target, separate_touching(instances))
+    assert sample.target[6, 9] == 0 and sample.target[6, 10] == 0   # the contact became background
+    np.testing.assert_allclose(sample.weights, unet_weight_map(instances), rtol=1e-6)
+
+
+def test_label_kind_flag_overrides_auto():
+    instances = two_touching_squares()
+    semantic = ArrayDataset([np.zeros((24, 30))], [instances], label_kind="semantic", num_classes=4)[0]
+    np.testing.assert_array_equal(semantic.target, instances)        # class values kept as they are
+    with pytest.raises(ValueError, match="num_classes"):
+        ArrayDataset([np.zeros((24, 30))], [instances], label_kind="semantic")[0]
+    with pytest.raises(ValueError, match="label_kind"):
+        ArrayDataset([np.zeros((4, 4))], [np.zeros((4, 4))], label_kind="objects")
+
+
+def test_label_suffix_and_missing_label(tmp_path):
+    images, labels = write_folder(tmp_path, n=2)
+    (labels / "img0.png").rename(labels / "img0_mask.png")
+    with pytest.raises(ValueError, match=r"no label .* img0\.tif"):
+        ImageFolderDataset(images, labels)
+    (labels / "img1.png").rename(labels / "img1_mask.png")
+    assert len(ImageFolderDataset(images, labels, label_suffix="_mask")) == 2
+
+
+def test_bad_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        ImageFolderDataset(tmp_path / "empty", tmp_path / "labels")
+    with pytest.raises(FileNotFoundError, match="images_dir"):
+        ImageFolderDataset(tmp_path / "nowhere", tmp_path / "labels")
+
+
+def test_mismatched_shapes_are_refused(tmp_path):
+    images, labels = write_folder(tmp_path, n=1)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(labels / "img0.png")
+    with pytest.raises(ValueError, match=r"img0.* \(24, 30\) pixels but its label is \(10, 10\)"):
+        ImageFolderDataset(images, labels)[0]
+
+
+def test_unreadable_image_is_named(tmp_path):
+    images, labels = write_folder(tmp_path, n=1)
+    (images / "img0.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ValueError, match="img0.tif"):
+        ImageFolderDataset(images, labels)[0]
+
+
+def test_tiff_stacks_isbi_style(tmp_path):
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 255, (3, 24, 30), dtype=np.uint8)
+    masks = np.stack([(two_touching_squares() > 0) * 255] * 3).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "train-volume.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", masks, photometric="minisblack")
+    ds = TiffStackDataset(tmp_path / "train-volume.tif", tmp_path / "train-labels.tif", indices=[2, 0])
+    assert len(ds) == 2 and ds[0].name == "train-volume[2]"
+    np.testing.assert_allclose(ds[0].image[0], Normalization()(stack[2]), rtol=1e-6)
+    np.testing.assert_array_equal(ds[1].target, masks[0] > 0)
+    tifffile.imwrite(tmp_path / "short.tif", masks[:2], photometric="minisblack")
+    with pytest.raises(ValueError, match="must match"):
+        TiffStackDataset(tmp_path / "train-volume.tif", tmp_path / "short.tif")
+    with pytest.raises(ValueError, match="indices"):
+        TiffStackDataset(tmp_path / "train-volume.tif", tmp_path / "train-labels.tif", indices=[3])
+
+
+def test_weight_maps_are_computed_once_and_cached_on_disk(tmp_path, monkeypatch):
+    calls = []
+    real = data.unet_weight_map
+    monkeypatch.setattr(data, "unet_weight_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+    images, labels = [np.zeros((24, 30))] * 3, [two_touching_squares(), two_touching_squares()[::-1].copy(),
+                                                 two_touching_squares()]
+    ds = ArrayDataset(images, labels, cache_dir=tmp_path / "cache")
+    first = ds[0].weights
+    ds[0], ds[0], ds[1]
+    assert len(calls) == 2                                  # once per label image
+    ds[2]
+    assert len(calls) == 2                                  # same labels as image 0: same key, from disk
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    again = ArrayDataset(images, labels, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again[0].weights, first)
+    assert len(calls) == 2                                  # read from disk
+    other = ArrayDataset(images, labels, cache_dir=tmp_path / "cache", w0=5.0)
+    other[0]
+    assert len(calls) == 3                                  # other parameters, other key
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_split_dataset_is_disjoint_and_seeded():
+    ds = ArrayDataset([np.zeros((8, 8))] * 5, [np.zeros((8, 8), np.int32)] * 5, names=list("abcde"))
+    train, val = split_dataset(ds, 0.4, seed=3)
+    names = sorted([train[i].name for i in range(len(train))] + [val[i].name for i in range(len(val))])
+    assert names == list("abcde") and len(val) == 2
+    assert [val[i].name for i in range(2)] == [split_dataset(ds, 0.4, seed=3)[1][i].name for i in range(2)]
+    assert split_dataset(ds, 0.0)[1] is None
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_dataset(ds, 1.0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_reflect_indices_match_numpy_reflect(size):
+    axis = np.arange(size)
+    start, length = -7, 20
+    expected = np.pad(axis, 30, mode="reflect")[30 + start:30 + start + length] if size > 1 else np.zeros(length)
+    np.testing.assert_array_equal(reflect_indices(start, length, size), expected)
+
+
+def identity_dataset(h=40, w=50):
+    """Image equal to its class target, so crops can be checked against each other."""
+    target = np.random.default_rng(0).integers(0, 2, (h, w))
+    return ArrayDataset([target.astype(np.float32)], [target], label_kind="semantic",
+                        normalization=Normalization(mode="none")), target
+
+
+def test_random_tiles_align_input_and_centred_target():
+    ds, target = identity_dataset()
+    tiles = RandomTiles(ds, 44, depth=2, tiles_per_epoch=6, seed=1)
+    m = geometry.output_size(44, 2)
+    margin = (44 - m) // 2
+    for i in range(len(tiles)):
+        image, tgt, weights = tiles[i]
+        assert image.shape == (1, 44, 44) and tgt.shape == (m, m) and weights.shape == (m, m)
+        assert tgt.dtype == torch.int64 and weights.dtype == torch.float32
+        torch.testing.assert_close(image[0, margin:margin + m, margin:margin + m], tgt.float())
+        # the target window lies inside the image: it is a crop of the true target
+        windows = np.lib.stride_tricks.sliding_window_view(target, (m, m))
+        assert (windows == tgt.numpy()).all(axis=(-2, -1)).any()
+
+
+def test_random_tiles_mirror_images_smaller_than_a_tile():
+    ds, target = identity_dataset(10, 12)             # smaller than the output (20 x 20)
+    image, tgt, _ = RandomTiles(ds, 60, depth=3, tiles_per_epoch=1)[0]
+    rows, cols = reflect_indices(-5, 20, 10), reflect_indices(-4, 20, 12)   # image centred in the window
+    np.testing.assert_array_equal(tgt.numpy(), target[np.ix_(rows, cols)])
+    rows, cols = reflect_indices(-25, 60, 10), reflect_indices(-24, 60, 12)
+    np.testing.assert_array_equal(image[0].numpy(), target[np.ix_(rows, cols)])
+
+
+def test_random_tiles_are_a_function_of_seed_epoch_and_index():
+    ds, _ = identity_dataset()
+    tiles = RandomTiles(ds, 44, depth=2, tiles_per_epoch=3, seed=5, augment=data.default_augmentation())
+    a = [tiles[i] for i in range(3)]
+    for i in reversed(range(3)):
+        for s, t in zip(tiles[i], a[i]):
+            assert torch.equal(s, t)
+    tiles.set_epoch(1)
+    assert not torch.equal(tiles[0][0], a[0][0])
+    tiles.set_epoch(0)
+    assert torch.equal(tiles[0][0], a[0][0])
+
+
+def test_random_tiles_default_count_and_bad_size():
+    ds, _ = identity_dataset(40, 50)
+    tiles = RandomTiles(ds, 44, depth=2)              # output 36: 2 x 2 tiles cover 40 x 50
+    assert len(tiles) == 4
+    with pytest.raises(ValueError, match="tile_size: input size 45.*44 or 46"):
+        RandomTiles(ds, 45, depth=2)
+
+
+def test_default_augmentation_keeps_image_and_labels_aligned():
+    ds, _ = identity_dataset()
+    aug = data.default_augmentation()
+    aug.transforms = [t for t in aug.transforms if type(t).__name__ != "RandomGreyValue"]
+    tiles = RandomTiles(ds, 44, depth=2, tiles_per_epoch=4, augment=aug, seed=2)
+    m = geometry.output_size(44, 2)
+    margin = (44 - m) // 2
+    agree = []
+    for i in range(len(tiles)):
+        image, tgt, weights = tiles[i]
+        assert set(tgt.unique().tolist()) <= {0, 1} and torch.isfinite(weights).all()
+        # bicubic image vs nearest labels: equal where the image is clearly 0 or 1
+        centre = image[0, margin:margin + m, margin:margin + m]
+        clear = (centre - 0.5).abs() > 0.45
+        agree.append((centre[clear].round() == tgt[clear].float()).float().mean().item())
+    assert min(agree) > 0.97
+
+
+def test_synthetic_nuclei_reexported():
+    images, labels = data.synthetic_nuclei(1, 32, seed=0)
+    assert images.shape == labels.shape == (1, 32, 32)

@@ -1,0 +1,183 @@
+"""unet_fast.train: the loss falls, resume is exact, checkpoints/logs, validation, DDP with gloo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.train import evaluate, fit, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    images, labels = synthetic_nuclei(3, 64, seed=0)
+    return ArrayDataset(images[:2], labels[:2]), ArrayDataset(images[2:], labels[2:])
+
+
+def tiny_net(seed=0, dropout=0.5):
+    torch.manual_seed(seed)
+    return UNet(depth=2, base_channels=4, dropout=dropout)
+
+
+def run(train, epochs, tmp, resume=None, **kwargs):
+    model = tiny_net()
+    options = dict(tile_size=44, lr=0.01, tiles_per_epoch=2, batch_size=1, seed=3)
+    options.update(kwargs)
+    result = fit(model, train, epochs=epochs, checkpoint_dir=tmp, resume=resume, **options)
+    return model, result
+
+
+def test_loss_falls(nuclei):
+    train, _ = nuclei
+    model = tiny_net(dropout=0.0)
+    before = evaluate(model, train)["loss"]
+    result = fit(model, train, epochs=6, tile_size=48, tiles_per_epoch=4, batch_size=2, lr=0.02,
+                 augment=None)
+    after = evaluate(model, train)["loss"]
+    assert after < 0.8 * before
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert [row["step"] for row in result.history] == [2, 4, 6, 8, 10, 12]
+
+
+def test_resume_continues_exactly(nuclei, tmp_path):
+    """2 epochs, then resume for 2 more == 4 epochs straight (dropout, augmentation and momentum)."""
+    train, _ = nuclei
+    straight, _ = run(train, 4, tmp_path / "straight")
+    run(train, 2, tmp_path / "resumed")
+    torch.manual_seed(1234)            # the resumed process's RNG is elsewhere; the checkpoint restores it
+    resumed, result = run(train, 4, tmp_path / "resumed", resume=tmp_path / "resumed" / "last.safetensors")
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+
+
+def test_checkpoint_holds_optimizer_state_and_history(nuclei, tmp_path):
+    train, _ = nuclei
+    model, result = run(train, 2, tmp_path)
+    assert result.checkpoint == tmp_path / "last.safetensors"
+    state = load_checkpoint(result.checkpoint)
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["seed"] == 3
+    assert state["model_config"]["depth"] == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model_state"][key], value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    load_checkpoint(result.checkpoint, model, optimizer)
+    assert optimizer.param_groups[0]["momentum"] == 0.99 and optimizer.param_groups[0]["lr"] == 0.01
+    assert all(optimizer.state[p]["momentum_buffer"].abs().sum() > 0 for p in model.parameters())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]     # no temporary files left
+
+
+def test_resume_refuses_other_files_and_other_seeds(nuclei, tmp_path):
+    train, _ = nuclei
+    run(train, 1, tmp_path)
+    with pytest.raises(ValueError, match="seed"):
+        run(train, 2, tmp_path, resume=tmp_path / "last.safetensors", seed=4)
+    from unet_fast import save_model
+    save_model(tiny_net(), tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="not a unet_fast checkpoint"):
+        run(train, 2, tmp_path, resume=tmp_path / "model.safetensors")
+    with pytest.raises(FileNotFoundError):
+        run(train, 2, tmp_path, resume=tmp_path / "missing.safetensors")
+
+
+def test_validation_and_logs(nuclei, tmp_path):
+    train, val = nuclei
+    result = fit(tiny_net(), train, val, epochs=2, tile_size=44, tiles_per_epoch=2, log_dir=tmp_path)
+    row = result.history[-1]
+    assert {"train_loss", "val_loss", "val_iou", "val_object_f1", "seconds"} <= set(row)
+    assert 0 <= row["val_iou"] <= 1 and 0 <= row["val_object_f1"] <= 1
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,train_loss,val_loss,val_iou,val_object_f1") and len(lines) == 3
+    assert json.loads((tmp_path / "history.json").read_text())[1]["epoch"] == 2
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_scores_a_perfect_prediction(nuclei):
+    """A model that outputs the target itself scores IoU 1 and F1 1."""
+    _, val = nuclei
+    sample = val[0]
+
+    class Oracle(torch.nn.Module):
+        depth, padding = 1, "same"
+
+        def forward(self, x):
+            fg = torch.from_numpy(sample.target).float()[None, None]
+            fg = torch.nn.functional.pad(fg, (0, x.shape[-1] - fg.shape[-1], 0, x.shape[-2] - fg.shape[-2]))
+            return torch.cat([1 - fg, fg], 1) * 10
+
+    oracle = Oracle()
+    oracle.dummy = torch.nn.Parameter(torch.zeros(1))
+    scores = evaluate(oracle, val)
+    assert scores["iou"] == 1.0
+    assert scores["object_f1"] > 0.9          # objects merged in the labels' touching clusters aside
+
+
+def test_amp_bf16_runs(nuclei):
+    train, _ = nuclei
+    result = fit(tiny_net(), train, epochs=1, tile_size=44, tiles_per_epoch=1, amp=True)
+    assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_tile_dataset_input(nuclei):
+    """Any dataset of (image, target, weights) tiles; targets larger than the output are centre-cropped."""
+    x = torch.randn(3, 1, 44, 44)
+    target = torch.randint(0, 2, (3, 44, 44))
+    weights = torch.ones(3, 44, 44)
+    tiles = torch.utils.data.TensorDataset(x, target, weights)
+    result = fit(tiny_net(), tiles, epochs=1, batch_size=3)
+    assert result.history[0]["step"] == 1
+
+
+def test_bad_arguments(nuclei):
+    train, _ = nuclei
+    with pytest.raises(ValueError, match="epochs"):
+        fit(tiny_net(), train, epochs=0)
+    with pytest.raises(ValueError, match="lr"):
+        fit(tiny_net(), train, epochs=1, lr=0)
+    with pytest.raises(ValueError, match="tile_size: input size 45"):
+        fit(tiny_net(), train, epochs=1, tile_size=45)
+    with pytest.raises(TypeError, match="train_data"):
+        fit(tiny_net(), [1, 2], epochs=1)
+    with pytest.raises(ValueError, match="augment"):
+        fit(tiny_net(), train, epochs=1, augment="elastic")
+
+
+DDP_SCRIPT = """
+import sys, torch
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.train import fit
+import torch.distributed as dist
+images, labels = synthetic_nuclei(2, 48, seed=0)
+torch.manual_seed(int(__import__("os").environ["RANK"]))     # different initial weights: DDP must sync them
+model = UNet(depth=2, base_channels=4, dropout=0.0)
+result = fit(model, ArrayDataset(images, labels), ArrayDataset(images[:1], labels[:1]), epochs=2,
+             tile_size=44, tiles_per_epoch=4, lr=0.01, device="cpu", checkpoint_dir=sys.argv[1] + "/ckpt")
+rank = __import__("os").environ["RANK"]
+torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv[1]}/rank{rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_identical(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(script), str(tmp_path)], check=True, env=env, timeout=300, cwd=tmp_path)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key]), key
+    assert a["history"] == [dict(row, seconds=a["history"][i]["seconds"]) for i, row in enumerate(b["history"])]
+    assert a["history"][-1]["step"] == 4          # 4 tiles per epoch shared by 2 ranks: 2 steps each
+    assert (tmp_path / "ckpt" / "last.safetensors").is_file()

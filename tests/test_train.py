@@ -181,3 +181,11 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
     assert a["history"] == [dict(row, seconds=a["history"][i]["seconds"]) for i, row in enumerate(b["history"])]
     assert a["history"][-1]["step"] == 4          # 4 tiles per epoch shared by 2 ranks: 2 steps each
     assert (tmp_path / "ckpt" / "last.safetensors").is_file()
+
+
+def test_lr_schedule_cosine_decays(nuclei):
+    train, _ = nuclei
+    result = fit(tiny_net(), train, epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01, lr_schedule="cosine")
+    assert 0 < result.history[-1]["lr"] < result.history[0]["lr"] < 0.01
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(tiny_net(), train, epochs=1, lr_schedule="step")

@@ -9,6 +9,7 @@ DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA; ranks draw di
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from .losses import WeightedSoftmaxCrossEntropy
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "default_tile_size", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "unet_fast.checkpoint/1"
+LR_SCHEDULES = ("constant", "cosine")
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_iou", "val_object_f1", "lr", "seconds")
 
 
@@ -51,7 +53,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         weight_decay: float = 0.0, device=None, amp: bool = False, checkpoint_dir=None, resume=None,
         log_dir=None, tiles_per_epoch: int | None = None, augment: Callable | str | None = "default",
         seed: int = 0, num_workers: int = 0, loss_fn: Callable | None = None,
-        progress: bool | None = None) -> FitResult:
+        lr_schedule: str = "constant", progress: bool | None = None) -> FitResult:
     """Train ``model`` for ``epochs`` epochs; returns the trained model and the per-epoch history.
 
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
@@ -62,7 +64,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     val_data: whole labelled images, evaluated after every epoch with ``evaluate``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
-    loss_fn(logits, target, weights) defaults to the paper's weighted loss,
+    lr_schedule: "constant" (the paper) or "cosine" (lr decays to 0 over all steps; a function of the
+    step alone, so resuming needs no scheduler state). loss_fn(logits, target, weights) defaults to the paper's weighted loss,
     ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``. Logs (history.csv, history.json,
     curves.png) go to ``log_dir``. Under torchrun every rank calls
     ``fit``; the process group is created here if it is not yet (and destroyed at the end).
@@ -73,6 +76,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     distributed = _Distributed.setup(device)
@@ -108,6 +113,9 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
             for image, target, weights in bar:
+                if lr_schedule == "cosine":
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / (epochs * len(loader))))
                 image = image.to(device, non_blocking=True)
                 target = target.to(device, non_blocking=True)
                 weights = weights.to(device, non_blocking=True)

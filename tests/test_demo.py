@@ -1,0 +1,44 @@
+"""The built-in example in its quick mode, and the train/demo command lines (tiny runs)."""
+import numpy as np
+import tifffile
+from PIL import Image
+
+from unet_fast import cli, load_model
+from unet_fast.demo import run
+from unet_fast.synthetic import synthetic_nuclei
+
+
+def test_demo_quick_writes_picture_and_model(tmp_path):
+    result = run(tmp_path, quick=True, progress=False, log=lambda *_: None)
+    assert 0 <= result.iou <= 1 and 0 <= result.object_f1 <= 1
+    with Image.open(result.figure) as picture:
+        assert picture.format == "PNG" and picture.width > 3 * picture.height
+    model = load_model(result.model)
+    assert model.depth == 3 and model.class_names == ["background", "nucleus"]
+    assert (tmp_path / "heldout.tif").is_file() and (tmp_path / "history.csv").is_file()
+
+
+def test_cli_demo_quick(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "-o", str(tmp_path), "--no-progress"]) == 0
+    assert "foreground IoU" in capsys.readouterr().out
+    assert (tmp_path / "demo.png").is_file()
+
+
+def test_cli_train_folder_then_resume(tmp_path, capsys):
+    images, labels = synthetic_nuclei(3, 48, seed=0)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lb").mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "im" / f"n{i}.tif", (images[i] * 255).astype(np.uint8))
+        tifffile.imwrite(tmp_path / "lb" / f"n{i}.tif", labels[i].astype(np.uint16))
+    common = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"), "--depth", "2",
+              "--base-channels", "4", "--tile-size", "44", "--tiles-per-epoch", "2", "--val-fraction", "0.34",
+              "--no-progress", "--work-dir", str(tmp_path / "run")]
+    assert cli.main(common + ["-o", str(tmp_path / "a.safetensors"), "--epochs", "1"]) == 0
+    assert cli.main(common + ["-o", str(tmp_path / "b.safetensors"), "--epochs", "2",
+                              "--resume", str(tmp_path / "run" / "last.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "val_iou" in out
+    model = load_model(tmp_path / "b.safetensors")
+    assert model.depth == 2 and model.base_channels == 4
+    assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 3     # header + 2 epochs

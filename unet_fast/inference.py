@@ -44,7 +44,7 @@ LAYOUTS = ("YX", "CYX", "ZYX", "ZCYX")
 DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, torch.float32: torch.float32,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16, torch.float16: torch.float16}
-CPU_BUDGET_CAP = 2 * 2 ** 30
+CPU_BUDGET_CAP = 2 ** 30
 WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of live activations
 
 
@@ -183,7 +183,7 @@ def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_cl
 
 def memory_budget(device) -> int:
     """Bytes inference may use: 80 % of free memory on CUDA; on CPU a quarter of available RAM
-    (at most 2 GiB, since one tile already keeps the cores busy)."""
+    (at most 1 GiB: one tile already keeps the cores busy, and larger tiles save little)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -282,20 +282,22 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
         reason = "tile size given by the caller"
     else:
         need = max(_smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding))
-        candidates = usable_tile_sizes(depth, padding, need)
-        chosen = candidates[0]
-        for cap in candidates:
+        rows = cols = None
+        larger = None  # the next larger tiling, which does not fit
+        for cap in usable_tile_sizes(depth, padding, need):
             r, c = balanced_axis_tiling(height, cap, depth, padding), balanced_axis_tiling(width, cap, depth, padding)
-            if cost(r.tile, c.tile) <= budget:
-                chosen = cap
-        rows = balanced_axis_tiling(height, chosen, depth, padding)
-        cols = balanced_axis_tiling(width, chosen, depth, padding)
+            if rows is not None and cost(r.tile, c.tile) > budget:
+                larger = (r, c)
+                break
+            rows, cols = r, c
         if cost(rows.tile, cols.tile) > budget:
             reason = "even the smallest usable tile exceeds the memory budget; trying it anyway"
-        elif chosen == candidates[-1]:
+        elif larger is None:
             reason = "the whole image fits in one tile within the budget"
         else:
-            reason = f"largest tile whose activations fit the budget (the next, {chosen + geometry.size_step(depth)}, does not)"
+            r, c = larger
+            reason = (f"largest tiles that fit the budget; the next larger tiling ({r.count}x{c.count} tiles of "
+                      f"{r.tile}x{c.tile}) needs {cost(r.tile, c.tile) / 2 ** 20:.0f} MiB")
     per_tile = cost(rows.tile, cols.tile)
     tiles = rows.count * cols.count * slices
     if batch_size is not None:

@@ -20,7 +20,8 @@ from .data import ArrayDataset, synthetic_nuclei
 from .io import Normalization, write_image
 from .model import UNet
 from .model_file import save_model
-from .train import _whole_image_logits, fit, write_logs
+from .inference import predict_tiled
+from .train import fit, write_logs
 
 #: the recipe: a depth-3 valid U-Net (base 16), 140-pixel tiles (100-pixel outputs), batch 4
 RECIPE = dict(depth=3, base_channels=16, dropout=0.1, tile_size=140, batch_size=4, lr=0.01,
@@ -72,9 +73,9 @@ def run(output_dir="demo_output", *, quick: bool = False, seed: int = 0, epochs:
                             class_names=["background", "nucleus"], recipe=recipe)
 
     # the held-out image, larger than one tile, segmented tile by tile
-    test = ArrayDataset(test_images, test_labels)[0]
-    logits = _whole_image_logits(model, test.image, device=torch.device("cpu"))
-    prediction = logits.argmax(0).numpy().astype(np.uint8)
+    test = ArrayDataset(test_images, test_labels)[0]      # for its weight map
+    prediction = predict_tiled(model, test_images[0], tile_size=recipe["tile_size"], device="cpu",
+                               normalization=train_data.normalization, output="labels", progress=False)
     truth = test_labels[0] > 0
     iou = metrics.foreground_iou(prediction, truth.astype(np.uint8))
     objects = metrics.object_scores(ndimage.label(prediction)[0], test_labels[0])

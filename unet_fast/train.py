@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from scipy import ndimage
 
 from . import geometry
+from .inference import predict_tiled
+from .io import Normalization
 from .metrics import object_scores
-from .data import RandomTiles, SegmentationDataset, default_augmentation, reflect_indices
+from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
 
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "default_tile_size", "CHECKPOINT_FORMAT"]
@@ -236,7 +238,7 @@ class _Distributed:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None, amp: bool = False,
              loss_fn: Callable | None = None, rank: int = 0, world: int = 1) -> dict:
-    """Whole-image validation: {"loss", "iou", "object_f1"}.
+    """Whole-image validation by overlap-tile inference (``predict_tiled``): {"loss", "iou", "object_f1"}.
 
     loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
     object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
@@ -251,7 +253,9 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     sums = torch.zeros(7, dtype=torch.float64)
     for index in range(rank, len(images), world):
         sample = images[index]
-        logits = _whole_image_logits(model, sample.image, device=device, amp=amp)
+        logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
+                                                dtype="bf16" if amp else None, output="logits", progress=False,
+                                                normalization=Normalization(mode="none")))
         target = torch.from_numpy(sample.target).to(device)
         weights = torch.from_numpy(sample.weights).to(device)
         pixels = target.numel()
@@ -266,25 +270,11 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
         sums = sums.to(device)
         dist.all_reduce(sums)
         sums = sums.cpu()
+    model.to(memory_format=torch.contiguous_format)    # predict_tiled left it channels_last
     model.train(was_training)
     loss, pixels, intersection, union, tp, fp, fn = sums.tolist()
     return {"loss": loss / max(pixels, 1), "iou": intersection / union if union else 1.0,
             "object_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
-
-
-def _whole_image_logits(model, image: np.ndarray, *, device, amp: bool = False) -> torch.Tensor:
-    """(K, H, W) float32 logits of a whole (C, H, W) image in one pass, the border mirrored
-    (validation images are small; ``inference.predict_tiled`` is for large ones)."""
-    channels, height, width = image.shape
-    depth, padding = model.depth, model.padding
-    rows_in, cols_in = (geometry.input_size_for(n, depth, padding) for n in (height, width))
-    margin = geometry.context(depth, padding)
-    rows = reflect_indices(-margin, rows_in, height)
-    cols = reflect_indices(-margin, cols_in, width)
-    x = torch.from_numpy(np.ascontiguousarray(image[:, rows][:, :, cols], dtype=np.float32))[None].to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)[0].float()
-    return logits[:, :height, :width]
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def cmd_demo(args) -> int:
     from . import demo
 
     result = demo.run(args.output, quick=args.quick, seed=args.seed, epochs=args.epochs, device=args.device,
-                      progress=False if args.no_progress else None)
+                      threads=args.threads or None, progress=False if args.no_progress else None)
     if not args.quick and result.iou < 0.85:
         print(f"foreground IoU {result.iou:.3f} is below the demo's target of 0.85", file=sys.stderr)
         return 1
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,7 +31,7 @@ from scipy import ndimage
 
 from . import geometry
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
-from .io import Normalization
+from .io import Normalization, atomic_path
 from .io import read_image as _read_image
 from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
@@ -304,16 +303,10 @@ def _read_cache(path: Path):
 
 
 def _write_cache(path: Path, result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     target, weights, instances = result
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
             np.savez(handle, target=target, weights=weights, instances=instances)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def reflect_indices(start: int, length: int, size: int) -> np.ndarray:

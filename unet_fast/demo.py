@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from . import metrics
 from .data import ArrayDataset, synthetic_nuclei
-from .io import Normalization, write_image
+from .io import write_image
 from .model import UNet
 from .model_file import save_model
 from .inference import predict_tiled
@@ -25,7 +25,7 @@ from .train import fit, write_logs
 
 #: the recipe: a depth-3 valid U-Net (base 16), 140-pixel tiles (100-pixel outputs), batch 4
 RECIPE = dict(depth=3, base_channels=16, dropout=0.1, tile_size=140, batch_size=4, lr=0.01,
-              momentum=0.99, lr_schedule="cosine", train_images=8, train_size=256, test_size=400, epochs=12, tiles_per_epoch=32)
+              momentum=0.99, lr_schedule="cosine", train_images=8, train_size=256, test_size=400, epochs=40, tiles_per_epoch=32)
 QUICK = dict(RECIPE, train_images=2, train_size=128, test_size=160, epochs=1, tiles_per_epoch=2)
 
 
@@ -41,9 +41,22 @@ class DemoResult:
 
 
 def run(output_dir="demo_output", *, quick: bool = False, seed: int = 0, epochs: int | None = None,
-        device=None, progress: bool | None = None, log=print) -> DemoResult:
+        device=None, threads: int | None = 1, progress: bool | None = None, log=print) -> DemoResult:
     """Run the demo; writes demo.png, model.safetensors, heldout.tif and the training logs into
-    ``output_dir``. ``quick`` trains a few steps only (for tests: the scores are meaningless)."""
+    ``output_dir``. ``quick`` trains a few steps only (for tests: the scores are meaningless).
+    ``threads``: CPU threads for torch during the demo (None: torch's default). One is the default
+    because these small convolutions gain little from a second thread, and multi-threaded torch
+    slows down many times over when other jobs share the cores."""
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(output_dir, quick, seed, epochs, device, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     started = time.perf_counter()
     recipe = dict(QUICK if quick else RECIPE)
     if epochs is not None:
@@ -99,20 +112,20 @@ def draw(path, image, instances, prediction, weights, iou, f1) -> Path:
 
     from .train import _write_atomically
 
-    figure = Figure(figsize=(13, 3.6), dpi=80)
+    figure = Figure(figsize=(14, 3.8), dpi=72)
     FigureCanvasAgg(figure)
     panels = figure.subplots(1, 4)
     truth_outline = instances > 0
     panels[0].imshow(image, cmap="gray")
     panels[0].set_title("held-out synthetic image")
     panels[1].imshow(_instance_colours(instances))
-    panels[1].set_title(f"ground truth ({int(instances.max())} nuclei)")
+    panels[1].set_title(f"ground truth: {int(instances.max())} nuclei")
     panels[2].imshow(image, cmap="gray")
     panels[2].imshow(np.ma.masked_where(prediction == 0, prediction), cmap="autumn", alpha=0.45)
     panels[2].contour(truth_outline, levels=[0.5], colors="cyan", linewidths=0.6)
-    panels[2].set_title(f"prediction (IoU {iou:.3f}, object F1 {f1:.3f})")
+    panels[2].set_title(f"prediction: IoU {iou:.3f}, object F1 {f1:.2f}")
     shown = panels[3].imshow(weights, cmap="magma")
-    panels[3].set_title("weight map (w0 = 10, sigma = 5)")
+    panels[3].set_title("paper weight map")
     figure.colorbar(shown, ax=panels[3], fraction=0.046, pad=0.02)
     for axes in panels:
         axes.set_axis_off()

@@ -42,3 +42,7 @@ def test_cli_train_folder_then_resume(tmp_path, capsys):
     model = load_model(tmp_path / "b.safetensors")
     assert model.depth == 2 and model.base_channels == 4
     assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 3     # header + 2 epochs
+    # the model file is what `unet-fast segment` reads
+    assert cli.main(["segment", "-i", str(tmp_path / "im" / "n0.tif"), "-o", str(tmp_path / "seg"),
+                     "-m", str(tmp_path / "b.safetensors"), "--no-progress"]) == 0
+    assert tifffile.imread(next((tmp_path / "seg").iterdir())).shape == (48, 48)

@@ -12,6 +12,7 @@ import torch
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
 from unet_fast.io import Normalization
+from unet_fast.weights import separate_touching
 from unet_fast.train import evaluate, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +105,8 @@ def test_validation_and_logs(nuclei, tmp_path):
 def test_evaluate_scores_a_perfect_prediction(nuclei):
     """A model that reads the target off its input scores IoU 1 and F1 1, loss near 0."""
     _, labels = synthetic_nuclei(1, 64, seed=5)
-    val = ArrayDataset([np.zeros((64, 64))], labels, normalization=Normalization(mode="none"))
-    val.images = [val[0].target.astype(np.float32)]        # the image is the separated target
+    image = separate_touching(labels[0]).astype(np.float32)     # the image is the target itself
+    val = ArrayDataset([image], labels, normalization=Normalization(mode="none"))
 
     class Oracle(torch.nn.Module):
         depth, padding, in_channels, num_classes = 1, "same", 1, 2
@@ -156,6 +157,7 @@ import sys, torch
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
 from unet_fast.io import Normalization
+from unet_fast.weights import separate_touching
 from unet_fast.train import fit
 import torch.distributed as dist
 images, labels = synthetic_nuclei(2, 48, seed=0)

@@ -14,7 +14,8 @@ Labels come in two kinds, told apart by ``label_kind``:
   instances and one with at most two as a binary semantic mask; for more classes, semantic.
 
 Weight maps are computed once per label image and cached in memory, and on disk under
-``cache_dir`` (keyed by a hash of the label image and the weight-map parameters) when given.
+``cache_dir`` (keyed by a hash of the label image and the weight-map parameters) when given;
+normalised images are kept in memory too unless ``cache_images=False``.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class SegmentationDataset(Sequence):
 
     def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
                  sigma: float = 5.0, class_weights="balanced", normalization: Normalization | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, cache_images: bool = True):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -72,7 +73,9 @@ class SegmentationDataset(Sequence):
         if not isinstance(self.normalization, Normalization):
             raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_images = cache_images
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._images: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -88,6 +91,9 @@ class SegmentationDataset(Sequence):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index %= len(self)
+        if index in self._images:
+            name, image = self._images[index]
+            return LabelledImage(name, image, *self._cache[index])
         name, image, label = self._load(index)
         image = _channels_first(image, name)
         label = np.asarray(label)
@@ -98,8 +104,10 @@ class SegmentationDataset(Sequence):
                              f"they must be the same size")
         if index not in self._cache:
             self._cache[index] = self._targets(name, label)
-        target, weights, instances = self._cache[index]
-        return LabelledImage(name, self.normalization(image, channel_axis=0), target, weights, instances)
+        image = self.normalization(image, channel_axis=0)
+        if self.cache_images:
+            self._images[index] = (name, image)
+        return LabelledImage(name, image, *self._cache[index])
 
     def _targets(self, name: str, label: np.ndarray):
         key = None
@@ -344,9 +352,10 @@ class RandomTiles(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        # loads every image once: fills the caches before DataLoader workers fork
+        shapes = [dataset[i].target.shape for i in range(len(dataset))]
         if tiles_per_epoch is None:     # about one pass over every image's pixels
-            tiles_per_epoch = sum(-(-h // self.output_size) * -(-w // self.output_size)
-                                  for h, w in (dataset[i].target.shape for i in range(len(dataset))))
+            tiles_per_epoch = sum(-(-h // self.output_size) * -(-w // self.output_size) for h, w in shapes)
         if tiles_per_epoch < 1:
             raise ValueError(f"tiles_per_epoch must be >= 1, got {tiles_per_epoch}")
         self.tiles_per_epoch = tiles_per_epoch

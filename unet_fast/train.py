@@ -22,20 +22,20 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
+from scipy import ndimage
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from scipy import ndimage
-
 from . import geometry
+from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .inference import predict_tiled
 from .io import Normalization, atomic_path
-from .metrics import object_scores
-from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
+from .metrics import object_scores
 
-__all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "default_tile_size", "CHECKPOINT_FORMAT"]
+__all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "write_logs",
+           "default_tile_size", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "unet_fast.checkpoint/1"
 LR_SCHEDULES = ("constant", "cosine")
@@ -66,9 +66,10 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
     lr_schedule: "constant" (the paper) or "cosine" (lr decays to 0 over all steps; a function of the
-    step alone, so resuming needs no scheduler state). loss_fn(logits, target, weights) defaults to the paper's weighted loss,
-    ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``. Logs (history.csv, history.json,
-    curves.png) go to ``log_dir``. Under torchrun every rank calls
+    step alone, so resuming needs no scheduler state).
+    loss_fn(logits, target, weights): default the paper's weighted loss,
+    ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``.
+    Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
     ``fit``; the process group is created here if it is not yet (and destroyed at the end).
     """
     _check_positive("epochs", epochs)

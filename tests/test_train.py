@@ -170,7 +170,6 @@ torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv
 """
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes_end_identical(tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)

@@ -168,6 +168,7 @@ def setup_context(ctx, inputs, output):
     _, _, _, reduction, _, compute_grad = inputs[:6]
     _, grad, count = output[:3]
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the saved-gradient output
     ctx.reduction, ctx.compute_grad = reduction, compute_grad
     ctx.save_for_backward(grad, count)
 
@@ -176,6 +177,8 @@ def backward(ctx, grad_loss, *_unused):
     """Scale the gradient the forward kernel saved: by grad_output per pixel, or by the scalar."""
     if not ctx.compute_grad:
         raise RuntimeError(f"{_NAME}: backward through a call made with compute_grad=False")
+    if grad_loss is None:  # the loss took no part in what is being differentiated
+        return (None,) * 6
     grad, count = ctx.saved_tensors
     if ctx.reduction == 0:
         scale = grad_loss.unsqueeze(1)

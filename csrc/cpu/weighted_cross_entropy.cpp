@@ -1,14 +1,15 @@
 // Weighted softmax cross-entropy on the CPU: loss and gradient w.r.t. the logits in one pass.
 //
 // Pixels are cut into fixed blocks (kBlock pixels of one image), one at::parallel_for work item
-// each; a block is walked in chunks of kChunk pixels. A chunk's logits are gathered into a
-// channel-major float buffer (a plane row for NCHW, a transpose for channels_last), the softmax
-// math runs over pixels in plain loops that the compiler vectorises (our own exp/log, built for
-// AVX-512, AVX2 and the baseline ISA and picked at load time), and the gradient
-// (softmax - onehot) * w is written back in the logits' layout and dtype. Each block writes its
-// partial loss sum and non-ignored count; they are added in block order, so the result does not
-// depend on the thread count. Invalid targets and weights are flagged on the way (no extra pass)
-// and reported after the loop, naming the first one.
+// each; a block is walked in chunks of kChunk pixels. The softmax math runs over the chunk's
+// pixels in plain loops that the compiler vectorises (our own exp/log, built for AVX-512, AVX2
+// and the baseline ISA and picked at load time). For fp32/fp64 NCHW it reads the logit planes
+// and writes the gradient (softmax - onehot) * w straight into the gradient planes; other
+// dtypes and channels_last go through a channel-major float buffer (a gather, then a scatter of
+// the gradient in the logits' layout and dtype). Targets are read in their own dtype. Each
+// block writes its partial loss sum and non-ignored count; they are added in block order, so the
+// result does not depend on the thread count. Invalid targets and weights are flagged on the way
+// (no extra pass) and reported after the loop, naming the first one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -4,11 +4,11 @@ One pass over the logits computes the loss and, when the logits need a gradient,
 itself: d loss / d logits = (softmax - onehot(target)) * weight, zero at ignored pixels. The kernel
 writes it next to the loss and saves it; backward only scales it by grad_output (and 1 / count
 for "mean"), a plain multiply. We chose this over recomputing the softmax in a fused backward
-kernel by measurement (benchmarks/test_bench_loss.py, "saved vs recompute" group, CPU
-(8, 2, 512, 512) fp32): the saved gradient costs one forward kernel plus a multiply, recomputing
-costs a forward kernel without the gradient plus a full second kernel; the multiply is cheaper
-than the second kernel (numbers in benchmarks/results/2026-11-25-cpu-loss.md) and the code is
-simpler. The price is memory: the gradient (logits' size) lives from forward to backward.
+kernel by measurement (benchmarks/test_bench_loss.py, "gradient strategy" group, CPU
+(8, 2, 512, 512) fp32, benchmarks/results/2026-11-25-cpu-loss.md): forward-with-gradient plus the
+multiply was 1.27x faster than forward-without-gradient plus a second gradient pass on one
+thread, and as fast on two; it is also the simpler code. The price is memory: the gradient
+(logits' size) lives from forward to backward. Double backward is not supported.
 
 Kernels: CPU C++ (csrc/cpu/weighted_cross_entropy.cpp), CUDA C++ (csrc/cuda/...), Triton
 (ops/triton/weighted_cross_entropy.py). CUDA tensors use Triton where it imports, else the
@@ -19,8 +19,9 @@ per-block partial sums in a fixed order, so results are deterministic.
 Checks on values cost no extra pass: the kernels flag invalid targets (outside [0, C) and not
 ignore_index) and negative or NaN weights while they read them, and report the first one by
 (n, h, w) after the pass (IndexError for a target, ValueError for a weight). On the CPU that
-is free; on CUDA it costs one 8-byte device-to-host copy (a synchronisation) per call.
+is free; on CUDA it costs one 16-byte device-to-host copy (a synchronisation) per call.
 Under torch.compile the Triton path checks with a device-side assert instead (no position).
+The composite fallback checks with vectorised comparisons (extra passes; it is the slow path).
 """
 from __future__ import annotations
 

@@ -113,15 +113,6 @@ def weighted_cross_entropy_composite(logits, target, weight=None, reduction="mea
     return loss.sum() / (target != ignore_index).sum().clamp(min=1)
 
 
-def _triton_module():
-    """The Triton implementation, or None where triton does not import."""
-    try:
-        from .triton import weighted_cross_entropy as module
-    except ImportError:
-        return None
-    return module
-
-
 def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                                    *, reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
     """Pixel-wise softmax cross-entropy of ``logits`` [N, C, H, W] against ``target`` [N, H, W], times ``weight``.
@@ -137,10 +128,8 @@ def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, w
     code = _REDUCTIONS[reduction]
     weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    if not weight_needs_grad and logits.device.type == "cuda":
-        triton_impl = _triton_module()
-        if triton_impl is not None:
-            return triton_impl.weighted_cross_entropy_checked(logits, target, weight, code, ignore_index, compute_grad)
+    if not weight_needs_grad and logits.device.type == "cuda" and _TRITON is not None:
+        return _TRITON.weighted_cross_entropy_checked(logits, target, weight, code, ignore_index, compute_grad)
     if not weight_needs_grad and _extension.has_kernel("weighted_cross_entropy", logits.device.type):
         loss, _, _ = torch.ops.unet_fast.weighted_cross_entropy(logits, target, weight, code, ignore_index, compute_grad)
         return loss
@@ -196,3 +185,15 @@ if _extension.available():
         return fake_outputs(logits, reduction, compute_grad)
 
     torch.library.register_autograd("unet_fast::weighted_cross_entropy", backward, setup_context=setup_context)
+
+
+def _load_triton():
+    try:
+        from .triton import weighted_cross_entropy as module
+    except ImportError:  # no triton on this platform: CUDA tensors use the CUDA C++ kernel
+        return None
+    return module
+
+
+# Resolved once at import (not inside the traced call): the Triton implementation, where there is a GPU.
+_TRITON = _load_triton() if torch.cuda.is_available() else None

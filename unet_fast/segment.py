@@ -30,11 +30,6 @@ class SegmentSummary:
     pixels: int = 0
     seconds: float = 0.0
 
-    def line(self, prefix: str = "") -> str:
-        rate = self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
-        return (f"{prefix}{len(self.done)} segmented, {len(self.skipped)} skipped (exist), {len(self.failed)} "
-                f"failed; {self.pixels / 1e6:.4g} megapixels in {self.seconds:.1f} s = {rate:.2f} MP/s")
-
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named, image files directly inside folders, and glob matches; sorted, unique.

@@ -124,18 +124,20 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
 
 
 def _distributed_context(device: str | None):
-    """(rank, world, device) under torchrun (process group started here), else (0, 1, device)."""
+    """(rank, world, device) under torchrun (process group started here), else (0, 1, device).
+
+    With --device cuda each rank takes the GPU of its LOCAL_RANK.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return 0, 1, device
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device is not None and device.startswith("cuda")
-    if use_cuda and device == "cuda":
+    if device == "cuda":
         device = f"cuda:{local_rank}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not dist.is_initialized():  # gloo even with GPUs: only the summary counts (CPU tensors) travel
+        dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -184,13 +184,15 @@ class Config:
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
 
 
-_INTERPRETER = Config(32, 32, 16, 4, 1)  # small tiles: the interpreter's cost grows with the tile size
+# The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
+_INTERPRETER_FORWARD = Config(128, 32, 16, 4, 1)
+_INTERPRETER_WGRAD = Config(32, 32, 128, 4, 1)
 
 
 def forward_config(dtype: torch.dtype, out_channels: int, device_type: str) -> Config:
     """Tiles for conv3x3_kernel (forward and dgrad)."""
     if device_type != "cuda":
-        return _INTERPRETER
+        return _INTERPRETER_FORWARD
     block_n = 64 if out_channels <= 64 else 128
     if dtype == torch.float32:  # TF32/fp32 tiles are twice the bytes: halve K
         return Config(128, block_n, 32, 8 if block_n == 128 else 4, 3)
@@ -200,7 +202,7 @@ def forward_config(dtype: torch.dtype, out_channels: int, device_type: str) -> C
 def wgrad_config(dtype: torch.dtype, in_channels: int, device_type: str) -> Config:
     """Tiles for conv3x3_wgrad_kernel: block_m = input channels, block_n = output channels, block_k = pixels."""
     if device_type != "cuda":
-        return _INTERPRETER
+        return _INTERPRETER_WGRAD
     block_m = 64 if in_channels <= 64 else 128
     block_k = 32 if dtype == torch.float32 else 64
     return Config(block_m, 128, block_k, 8 if block_m == 128 else 4, 3)
@@ -223,8 +225,9 @@ def input_precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
 
 
-# Number of programs the wgrad split-K aims for: a few waves on a 132-SM H100.
-_WGRAD_TARGET_PROGRAMS = 528
+# wgrad split-K: (programs to aim for, fewest K steps per split). On a 132-SM H100 a few waves, with
+# enough steps per split for the software pipeline; on the interpreter few programs.
+_WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -300,7 +303,8 @@ def conv3x3_weight_grad(grad, x, skip, padding: int) -> torch.Tensor:
     tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
     pixels = n * oh * ow
     chunks = triton.cdiv(pixels, cfg.block_k)
-    splits = max(1, min(triton.cdiv(_WGRAD_TARGET_PROGRAMS, tiles * 9), chunks // 4 or 1))
+    target, min_steps = _WGRAD_SPLIT[x.device.type]
+    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
     per_split = triton.cdiv(chunks, splits) * cfg.block_k
     splits = triton.cdiv(pixels, per_split)
     partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)

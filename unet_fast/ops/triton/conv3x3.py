@@ -230,31 +230,45 @@ def input_precision(dtype: torch.dtype) -> str:
 _WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
 
 
+@dataclass
+class Launch:
+    """One kernel launch, planned: kept apart from running it so tools can compile it offline."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    meta: dict  # constexprs, num_warps, num_stages
+
+    def run(self) -> None:
+        launchable(self.kernel)[self.grid](*self.args, **self.meta)
+
+
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
-def _launch_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu):
+def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
+              device_type: str | None = None) -> Launch:
+    """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors)."""
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
     cout = w_packed.shape[1]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
     c_split = out2.shape[1] if out2 is not None else 0
-    cfg = forward_config(x.dtype, cout, x.device.type)
+    cfg = forward_config(x.dtype, cout, device_type or x.device.type)
     grid = (triton.cdiv(n * oh * ow, cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
-    launchable(conv3x3_kernel)[grid](
-        x, *_strides(x),
-        skip_t, *_strides(skip_t), *skip_offset,
-        w_packed, bias if bias is not None else w_packed,
-        out, *_strides(out),
-        out2_t, *_strides(out2_t), *out2_offset,
-        n, h, w, oh, ow, cs, cx, cout, c_split,
-        PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
-        HAS_OUT2=out2 is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    args = (x, *_strides(x),
+            skip_t, *_strides(skip_t), *skip_offset,
+            w_packed, bias if bias is not None else w_packed,
+            out, *_strides(out),
+            out2_t, *_strides(out2_t), *out2_offset,
+            n, h, w, oh, ow, cs, cx, cout, c_split)
+    meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
+                HAS_OUT2=out2 is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return Launch(conv3x3_kernel, grid, args, meta)
 
 
 def _skip_offset(skip, h, w) -> tuple[int, int]:
@@ -271,7 +285,7 @@ def conv3x3_forward(x, weight, bias, skip, padding: int, relu: bool = True) -> t
                       memory_format=torch.channels_last)
     # (tap, input channel) rows, output channels contiguous: the GEMM's B operand.
     w_packed = weight.permute(2, 3, 1, 0).reshape(-1, cout).contiguous()
-    _launch_conv(x, skip, _skip_offset(skip, h, w), w_packed, bias, out, None, (0, 0), padding, relu)
+    plan_conv(x, skip, _skip_offset(skip, h, w), w_packed, bias, out, None, (0, 0), padding, relu).run()
     return out
 
 
@@ -288,37 +302,48 @@ def conv3x3_input_grad(grad, weight, x, skip, padding: int) -> tuple[torch.Tenso
                                 memory_format=torch.channels_last).zero_()
     # dgrad = conv of grad with the spatially flipped weight, input and output channels swapped.
     w_packed = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, cin).contiguous()
-    _launch_conv(grad.to(x.dtype), None, (0, 0), w_packed, None, grad_x, grad_skip,
-                 _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False)
+    plan_conv(grad.to(x.dtype), None, (0, 0), w_packed, None, grad_x, grad_skip,
+              _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False).run()
     return grad_x, grad_skip
+
+
+def wgrad_splits(pixels: int, cin: int, cout: int, cfg: Config, device_type: str) -> tuple[int, int]:
+    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel."""
+    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
+    chunks = triton.cdiv(pixels, cfg.block_k)
+    target, min_steps = _WGRAD_SPLIT[device_type]
+    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
+    per_split = triton.cdiv(chunks, splits) * cfg.block_k
+    return triton.cdiv(pixels, per_split), per_split
+
+
+def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type: str | None = None) -> Launch:
+    """conv3x3_wgrad_kernel's launch writing ``partial`` of shape (splits, 9, C_in, C_out)."""
+    n, cx, h, w = x.shape
+    cs = skip.shape[1] if skip is not None else 0
+    cin, cout = cs + cx, grad.shape[1]
+    oh, ow = grad.shape[2:]
+    cfg = wgrad_config(x.dtype, cin, device_type or x.device.type)
+    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
+    skip_t = skip if skip is not None else x  # never read without HAS_SKIP
+    args = (grad, *_strides(grad),
+            x, *_strides(x),
+            skip_t, *_strides(skip_t), *_skip_offset(skip, h, w),
+            partial,
+            n, h, w, oh, ow, cs, cx, cout, per_split)
+    meta = dict(PAD=padding, HAS_SKIP=skip is not None, BLOCK_CI=cfg.block_m, BLOCK_CO=cfg.block_n,
+                BLOCK_P=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return Launch(conv3x3_wgrad_kernel, (tiles, 9, partial.shape[0]), args, meta)
 
 
 def conv3x3_weight_grad(grad, x, skip, padding: int) -> torch.Tensor:
     """Gradient of conv2d([centre_crop(skip), x], weight, padding) for the weight, in float32."""
     n, cx, h, w = x.shape
-    cs = skip.shape[1] if skip is not None else 0
-    cin, cout = cs + cx, grad.shape[1]
-    oh, ow = grad.shape[2:]
+    cin, cout = cx + (skip.shape[1] if skip is not None else 0), grad.shape[1]
     cfg = wgrad_config(x.dtype, cin, x.device.type)
-    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
-    pixels = n * oh * ow
-    chunks = triton.cdiv(pixels, cfg.block_k)
-    target, min_steps = _WGRAD_SPLIT[x.device.type]
-    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
-    per_split = triton.cdiv(chunks, splits) * cfg.block_k
-    splits = triton.cdiv(pixels, per_split)
+    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, x.device.type)
     partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
-    skip_t = skip if skip is not None else x
-    grad = grad.to(x.dtype)
-    launchable(conv3x3_wgrad_kernel)[(tiles, 9, splits)](
-        grad, *_strides(grad),
-        x, *_strides(x),
-        skip_t, *_strides(skip_t), *_skip_offset(skip, h, w),
-        partial,
-        n, h, w, oh, ow, cs, cx, cout, per_split,
-        PAD=padding, HAS_SKIP=skip is not None, BLOCK_CI=cfg.block_m, BLOCK_CO=cfg.block_n,
-        BLOCK_P=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    plan_wgrad(grad.to(x.dtype), x, skip, partial, per_split, padding).run()
     # (split, kh, kw, ci, co) -> (co, ci, kh, kw); summing the splits here keeps the result deterministic
     return partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)

@@ -189,33 +189,34 @@ _INTERPRETER_FORWARD = Config(128, 32, 16, 4, 1)
 _INTERPRETER_WGRAD = Config(32, 32, 128, 4, 1)
 
 
-def forward_config(dtype: torch.dtype, out_channels: int, device_type: str) -> Config:
-    """Tiles for conv3x3_kernel (forward and dgrad)."""
+def forward_config(dtype: torch.dtype, in_channels: int, out_channels: int, device_type: str) -> Config:
+    """Tiles for conv3x3_kernel (forward and dgrad); in_channels: the widest source's channels."""
     if device_type != "cuda":
         return _INTERPRETER_FORWARD
-    block_n = 64 if out_channels <= 64 else 128
-    if dtype == torch.float32:  # TF32/fp32 tiles are twice the bytes: halve K
-        return Config(128, block_n, 32, 8 if block_n == 128 else 4, 3)
-    return Config(128, block_n, 64, 8 if block_n == 128 else 4, 3)
+    block_n = _channel_block(out_channels)
+    # TF32/fp32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
+    block_k = min(32 if dtype == torch.float32 else 64, _channel_block(in_channels))
+    return Config(128, block_n, block_k, _warps(128, block_n), 3)
 
 
 def wgrad_config(dtype: torch.dtype, in_channels: int, device_type: str) -> Config:
     """Tiles for conv3x3_wgrad_kernel: block_m = input channels, block_n = output channels, block_k = pixels."""
     if device_type != "cuda":
         return _INTERPRETER_WGRAD
-    block_m = 64 if in_channels <= 64 else 128
+    block_m = _channel_block(in_channels)
     block_k = 32 if dtype == torch.float32 else 64
-    return Config(block_m, 128, block_k, 8 if block_m == 128 else 4, 3)
+    return Config(block_m, 128, block_k, _warps(block_m, 128), 3)
 
 
-def shipped_configs() -> list[tuple[str, torch.dtype, Config]]:
-    """Every (kernel, dtype, config) the selection functions above can return on CUDA."""
-    found = []
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for channels in (64, 1024):
-            found.append(("conv3x3_kernel", dtype, forward_config(dtype, channels, "cuda")))
-            found.append(("conv3x3_wgrad_kernel", dtype, wgrad_config(dtype, channels, "cuda")))
-    return list(dict.fromkeys(found))
+def _channel_block(channels: int) -> int:
+    """A channel tile no wider than needed (the first layer's 1 input channel), at most 128."""
+    return min(128, max(16, triton.next_power_of_2(channels)))
+
+
+def _warps(block_m: int, block_n: int) -> int:
+    # 8 warps from 128x64 tiles up: with 4, the fp32 accumulator alone takes 64 registers per
+    # thread and the sm_80 build spills (ptxas -v, tests/triton_static.py).
+    return 8 if block_m * block_n >= 128 * 64 else 4
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -255,7 +256,7 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
     cout = w_packed.shape[1]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
     c_split = out2.shape[1] if out2 is not None else 0
-    cfg = forward_config(x.dtype, cout, device_type or x.device.type)
+    cfg = forward_config(x.dtype, max(cs, cx), cout, device_type or x.device.type)
     grid = (triton.cdiv(n * oh * ow, cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out

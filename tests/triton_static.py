@@ -162,6 +162,17 @@ def shipped_launches(quick: bool = False):
         for cin, cout, size, cs in layers:
             for kind, launch in layer_launches(dtype, cin, cout, size, cs).items():
                 yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
+        yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
+
+
+def crop_concat_launch(dtype: torch.dtype):
+    """crop_concat_kernel on the decoder's top level (NHWC, meta tensors)."""
+    from unet_fast.ops.triton.crop_concat import plan_crop_concat
+
+    def empty(*shape):
+        return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    return plan_crop_concat(empty(8, 64, 568, 568), empty(8, 64, 392, 392), 88, 88, empty(8, 128, 392, 392))
 
 
 def report(quick: bool = False):
@@ -171,6 +182,7 @@ def report(quick: bool = False):
         for capability in (90, 80):
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
+                       gemm="crop_concat" not in label,
                        num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
                        tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")

@@ -6,6 +6,8 @@ between the two when a kernel module is imported, so the choice is fixed per pro
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 try:
@@ -40,3 +42,16 @@ def launchable(kernel):
     if is_interpreted(kernel):
         return kernel
     return torch.library.wrap_triton(kernel)
+
+
+@dataclass
+class Launch:
+    """One kernel launch, planned: kept apart from running it so tools can compile it offline."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    meta: dict  # constexprs, num_warps, num_stages
+
+    def run(self) -> None:
+        launchable(self.kernel)[self.grid](*self.args, **self.meta)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import launchable, triton
+from . import Launch, triton
 
 from ...geometry import crop_offset
 
@@ -229,19 +229,6 @@ def input_precision(dtype: torch.dtype) -> str:
 # wgrad split-K: (programs to aim for, fewest K steps per split). On a 132-SM H100 a few waves, with
 # enough steps per split for the software pipeline; on the interpreter few programs.
 _WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
-
-
-@dataclass
-class Launch:
-    """One kernel launch, planned: kept apart from running it so tools can compile it offline."""
-
-    kernel: object
-    grid: tuple[int, ...]
-    args: tuple
-    meta: dict  # constexprs, num_warps, num_stages
-
-    def run(self) -> None:
-        launchable(self.kernel)[self.grid](*self.args, **self.meta)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:

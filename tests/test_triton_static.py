@@ -36,6 +36,9 @@ def check(rows):
         assert r["shared"] <= r["smem_limit"], f"{where}: {r['shared']} bytes of shared memory"
         if not r["gemm"]:  # a copy kernel
             continue
+        if r["exact"]:  # exact fp32 must not go through TF32 tensor cores
+            assert r["tensor_cores"] == "none", where
+            continue
         # wgmma works on 64-row tiles: the 16-row wgrad tile of the 1-channel first layer uses mma
         wgmma = r["capability"] == 90 and r["blocks"][0] >= 64
         assert r["tensor_cores"] == ("wgmma" if wgmma else "mma"), where

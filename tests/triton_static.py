@@ -163,6 +163,10 @@ def shipped_launches(quick: bool = False):
             for kind, launch in layer_launches(dtype, cin, cout, size, cs).items():
                 yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
         yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
+    if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for kind, launch in layer_launches(torch.float32, 128, 64, 392, 64).items():
+                yield f"{kind} float32-exact cin=128 cout=64 skip", launch
 
 
 def crop_concat_launch(dtype: torch.dtype):
@@ -182,7 +186,7 @@ def report(quick: bool = False):
         for capability in (90, 80):
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
-                       gemm="crop_concat" not in label,
+                       gemm="crop_concat" not in label, exact="exact" in label,
                        num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
                        tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")

@@ -194,6 +194,8 @@ def forward_config(dtype: torch.dtype, in_channels: int, out_channels: int, devi
     if device_type != "cuda":
         return _INTERPRETER_FORWARD
     block_n = _channel_block(out_channels)
+    if input_precision(dtype) == "ieee":  # exact fp32 runs on FMA units, not tensor cores: small K
+        return Config(128, block_n, 16, _warps(128, block_n), 2)
     # TF32/fp32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
     block_k = min(32 if dtype == torch.float32 else 64, _channel_block(in_channels))
     return Config(128, block_n, block_k, _warps(128, block_n), 3)
@@ -204,6 +206,8 @@ def wgrad_config(dtype: torch.dtype, in_channels: int, device_type: str) -> Conf
     if device_type != "cuda":
         return _INTERPRETER_WGRAD
     block_m = _channel_block(in_channels)
+    if input_precision(dtype) == "ieee":
+        return Config(block_m, 128, 16, _warps(block_m, 128), 2)
     block_k = 32 if dtype == torch.float32 else 64
     return Config(block_m, 128, block_k, _warps(block_m, 128), 3)
 

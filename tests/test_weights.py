@@ -51,6 +51,13 @@ def test_class_weights_variants():
     np.testing.assert_array_equal(unet_weight_map(labels, class_weights={0: 0.5, 1: 3.0}), fixed)
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 5), (2, 0, 5), (0, 5)])
+def test_empty_images(shape):
+    labels = np.zeros(shape, np.int32)
+    assert unet_weight_map(labels).shape == shape
+    assert separate_touching(labels).shape == shape
+
+
 def test_no_objects_and_all_objects():
     np.testing.assert_array_equal(unet_weight_map(np.zeros((6, 7), np.int32)), np.ones((6, 7), np.float32))
     full = np.arange(1, 43, dtype=np.int32).reshape(6, 7)  # every pixel an object: no background

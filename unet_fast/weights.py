@@ -27,8 +27,9 @@ is kept, d1 >= 1 (x is background) puts both objects within R - 1 of x. So each 
 exact distance transform only inside its bounding box grown by R - 1, cut down to the object plus
 where the grown boxes of its partners (objects whose bounding boxes are within R of its own)
 overlap it, and a running per-pixel minimum keeps the two smallest squared distances; objects
-without partners are skipped. The cost is about pixels x (1 + 2R / object size)^2, however many objects share the
-image, and the result differs from the naive map by less than 1e-5 (only dropped terms differ).
+without partners are skipped. The cost is about pixels x (1 + 2R / object size)^2, however many
+objects share the image, and the result differs from the naive map by less than 1e-5 (only dropped
+terms differ).
 
 Touching objects: the paper's semantic labels separate touching cells by background borders
 (:func:`separate_touching`). Compute the weight map on the separated instance labels, so that those
@@ -37,7 +38,7 @@ borders are background pixels between two near objects and get the large border 
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -67,8 +68,8 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
     sigma = _positive_number(sigma, "sigma")
     fixed = _parse_class_weights(class_weights)
     weights = np.empty(labels.shape, np.float32)
-    flat_labels, flat_weights = labels.reshape(-1, *labels.shape[-2:]), weights.reshape(-1, *labels.shape[-2:])
-    for image, out in zip(flat_labels, flat_weights):
+    batched = labels.ndim == 3
+    for image, out in zip(labels if batched else labels[None], weights if batched else weights[None]):
         image = _compact(image)
         out[...] = _class_term(image, fixed) + _border_term(image, w0, sigma)
     return wrap(weights)
@@ -96,10 +97,10 @@ def separate_touching(instance_labels, *, connectivity: int = 8, width: int = 1,
     labels, wrap = _labels_to_numpy(instance_labels, "instance_labels")
     if connectivity not in (4, 8) or isinstance(connectivity, bool):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+    if not isinstance(width, Integral) or isinstance(width, bool) or width < 1:
         raise ValueError(f"width must be an integer >= 1, got {width!r}")
     step = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
-    footprint = ndimage.iterate_structure(step, width)[(None,) * (labels.ndim - 2)]  # one image at a time
+    footprint = ndimage.iterate_structure(step, int(width))[(None,) * (labels.ndim - 2)]  # one image at a time
     highest = np.iinfo(labels.dtype).max
     largest_near = ndimage.grey_dilation(labels, footprint=footprint, mode="constant", cval=0)
     smallest_near = ndimage.grey_erosion(np.where(labels > 0, labels, highest), footprint=footprint,
@@ -185,7 +186,7 @@ def _class_term(labels, fixed):
     foreground = labels > 0
     if fixed is None:
         counts = np.array([foreground.size - np.count_nonzero(foreground), np.count_nonzero(foreground)])
-        present = np.count_nonzero(counts)
+        present = max(1, np.count_nonzero(counts))  # an empty image has no class present
         fixed = foreground.size / (present * np.maximum(counts, 1))
     return np.where(foreground, np.float32(fixed[1]), np.float32(fixed[0]))
 
@@ -228,6 +229,8 @@ def _windows(labels, reach, margin):
     union of G_k & G_j over its partners j, grown to hold the object itself so that its distance
     transform inside the window is exact.
     """
+    if labels.size == 0:
+        return
     boxes = [(index, box) for index, box in enumerate(ndimage.find_objects(labels), start=1) if box is not None]
     if len(boxes) < 2:
         return

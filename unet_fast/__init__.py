@@ -1,6 +1,8 @@
 """unet_fast: the U-Net of Ronneberger et al. (2015) with fused kernels on its hot paths."""
 from ._info import info
 from .model import UNet
+from .synthetic import synthetic_nuclei
+from .weights import separate_touching, unet_weight_map
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "info", "__version__"]
+__all__ = ["UNet", "info", "__version__", "synthetic_nuclei", "separate_touching", "unet_weight_map"]

@@ -179,10 +179,6 @@ class Config:
     num_warps: int
     num_stages: int
 
-    def smem_bytes(self, element_size: int) -> int:
-        """Shared memory of the pipelined A and B tiles (what limits occupancy)."""
-        return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
-
 
 # The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
 _INTERPRETER_FORWARD = Config(128, 32, 16, 4, 1)

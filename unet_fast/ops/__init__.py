@@ -3,6 +3,7 @@
 Each public function checks its arguments, then dispatches to the compiled or Triton kernel
 for the tensors' device, falling back to a PyTorch composite where none is available.
 """
+from .conv3x3 import conv3x3_relu
 from .crop_concat import crop_concat
 
-__all__ = ["crop_concat"]
+__all__ = ["conv3x3_relu", "crop_concat"]

@@ -43,6 +43,12 @@ def cmd_sizes(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from . import segment
+
+    return segment.run(args)[1]
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -63,6 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", choices=geometry.PADDINGS, default="valid")
     p.add_argument("--max-size", type=_positive_int, default=1024)
     p.set_defaults(func=cmd_sizes)
+
+    p = sub.add_parser("segment", help="segment image files (TIFF, PNG, JPEG) with a saved model",
+                       description="One output per input, OUTDIR/<name><suffix>, written atomically. Under "
+                                   "torchrun the files are shared among the processes.")
+    p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs")
+    p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
+    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
+    p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
+    p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--output", choices=("labels", "probabilities"), default="labels")
+    p.add_argument("--format", choices=("tif", "ome.zarr"), default="tif",
+                   help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr")
+    p.add_argument("--continue", dest="resume", action="store_true", help="skip inputs whose output exists")
+    p.add_argument("--num-parts", type=_positive_int, help="split the file list into this many parts ...")
+    p.add_argument("--part-id", type=int, help="... and segment part K (0-based), e.g. a job-array index")
+    p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
+                   help="refuse files declaring more pixels unless they can be streamed (default 2^30)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_segment)
     return parser
 
 

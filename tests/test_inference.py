@@ -1,0 +1,208 @@
+"""predict_tiled: tiled == one whole-image pass, for any size, both paddings, lazy in and out."""
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from hypothesis import given, settings, strategies as st
+
+import unet_fast
+from unet_fast import geometry, reference
+from unet_fast.inference import (estimate_activation_bytes, mirror_indices, plan_tiles, predict_tiled,
+                                 same_padding_margin, usable_tile_sizes)
+from unet_fast.io import Normalization
+from tolerances import assert_close
+
+NONE = Normalization(mode="none")
+
+
+def tiny(depth=2, padding="valid", in_channels=1, num_classes=3, base=4, cls=reference.UNet, seed=0):
+    torch.manual_seed(seed)
+    return cls(in_channels=in_channels, num_classes=num_classes, depth=depth, base_channels=base,
+               padding=padding).eval()
+
+
+def whole_image_logits(model, image):
+    """One forward pass over the image mirrored by the tiles' context/margin, cropped back."""
+    depth, padding = model.depth, model.padding
+    lead = geometry.context(depth) if padding == "valid" else same_padding_margin(depth)
+    height, width = image.shape[-2:]
+
+    def legal(n):
+        t = n + 2 * lead
+        while not geometry.is_valid_input_size(t, depth, padding) or geometry.output_size(t, depth, padding) < n + (
+                0 if padding == "valid" else 2 * lead):
+            t += 1
+        return t
+
+    th, tw = legal(height), legal(width)
+    pad = [(0, 0)] * (image.ndim - 2) + [(lead, th - height - lead), (lead, tw - width - lead)]
+    x = torch.from_numpy(np.pad(image, pad, mode="reflect")).float()
+    x = x.reshape(-1, model.in_channels, th, tw)
+    with torch.no_grad():
+        y = model(x)
+    offset = 0 if padding == "valid" else lead
+    return y[:, :, offset:offset + height, offset:offset + width]
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 8])
+def test_mirror_indices_match_numpy_reflect_even_far_out(length):
+    for start, stop in ((-25, length + 30), (0, length), (-1, 2)):
+        if stop < length:
+            continue
+        expected = np.pad(np.arange(length), (-start, stop - length), mode="reflect")
+        np.testing.assert_array_equal(mirror_indices(start, stop, length), expected)
+
+
+@settings(max_examples=12, deadline=None)
+@given(depth=st.sampled_from([2, 3]), padding=st.sampled_from(["valid", "same"]),
+       height=st.integers(1, 70), width=st.integers(1, 70), tile_index=st.integers(0, 3),
+       data=st.data())
+def test_tiled_equals_whole_image(depth, padding, height, width, tile_index, data):
+    model = tiny(depth, padding)
+    image = np.random.default_rng(height * 71 + width).random((height, width), dtype=np.float32)
+    sizes = usable_tile_sizes(depth, padding, 80)
+    tile = None if tile_index == 0 else sizes[min(len(sizes) - 1, (tile_index - 1) * len(sizes) // 3)]
+    got = predict_tiled(model, image, tile_size=tile, output="logits", progress=False, normalization=NONE)
+    assert got.shape == (3, height, width)
+    assert_close(torch.from_numpy(got), whole_image_logits(model, image)[0])
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_multichannel_stack_and_batches(padding):
+    model = tiny(3, padding, in_channels=2, num_classes=2, cls=unet_fast.UNet)
+    stack = np.random.default_rng(0).random((3, 2, 45, 77), dtype=np.float32)
+    tile = usable_tile_sizes(3, padding, 60)[-1]
+    got = predict_tiled(model, stack, tile_size=tile, batch_size=4, output="logits", progress=False)
+    assert got.shape == (3, 2, 45, 77)
+    assert_close(torch.from_numpy(got), whole_image_logits(model, stack))
+    probabilities = predict_tiled(model, stack, tile_size=tile, output="probabilities", progress=False)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(got), 1).numpy(), atol=1e-5)
+    labels = predict_tiled(model, torch.from_numpy(stack), tile_size=tile, progress=False)
+    assert labels.dtype == np.uint8 and labels.shape == (3, 45, 77)
+    agree = (labels == got.argmax(1)).mean()
+    assert agree > 0.999
+
+
+def test_grey_stack_is_processed_slice_by_slice():
+    model = tiny(2)
+    stack = np.random.default_rng(1).random((4, 30, 20), dtype=np.float32)
+    got = predict_tiled(model, stack, output="logits", batch_size=3, progress=False)
+    for z in range(4):
+        assert_close(torch.from_numpy(got[z]), whole_image_logits(model, stack[z])[0])
+
+
+def test_repeatable_bit_for_bit_with_the_same_tiles():
+    model = tiny(3)
+    image = np.random.default_rng(2).random((90, 70), dtype=np.float32)
+    a = predict_tiled(model, image, tile_size=52, output="logits", progress=False)
+    b = predict_tiled(model, image, tile_size=52, output="logits", progress=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bf16_is_close_to_fp32():
+    model = tiny(2, base=8)
+    image = np.random.default_rng(3).random((40, 40), dtype=np.float32)
+    exact = predict_tiled(model, image, output="logits", progress=False)
+    half = predict_tiled(model, image, output="logits", dtype="bf16", progress=False)
+    assert half.dtype == np.float32
+    assert np.abs(half - exact).max() <= 0.05 * np.abs(exact).max() + 0.02
+
+
+def test_integer_images_are_normalised_with_the_models_rule():
+    model = tiny(2)
+    model.normalization = Normalization(mode="fixed", low=0, high=1000)
+    image = np.random.default_rng(4).integers(0, 1000, (33, 29)).astype(np.uint16)
+    got = predict_tiled(model, image, output="logits", progress=False)
+    assert_close(torch.from_numpy(got), whole_image_logits(model, image / 1000.0)[0])
+
+
+def test_lazy_inputs_memmap_and_tiff_zarr(tmp_path):
+    model = tiny(3)
+    image = np.random.default_rng(5).random((130, 90), dtype=np.float32)
+    expected = predict_tiled(model, image, tile_size=80, output="logits", progress=False)
+    mm = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=image.shape)
+    mm[:] = image
+    mm.flush()
+    lazy = np.load(tmp_path / "a.npy", mmap_mode="r")
+    np.testing.assert_array_equal(predict_tiled(model, lazy, tile_size=80, output="logits", progress=False),
+                                  expected)
+    tifffile.imwrite(tmp_path / "a.tif", image, tile=(32, 32))
+    z = zarr.open(tifffile.imread(tmp_path / "a.tif", aszarr=True), mode="r")
+    np.testing.assert_array_equal(predict_tiled(model, z, tile_size=80, output="logits", progress=False), expected)
+
+
+def test_outputs_memmap_zarr_tiff_and_ome_zarr(tmp_path):
+    model = tiny(3)
+    image = np.random.default_rng(6).random((2, 300, 270), dtype=np.float32)  # 4 x 4 tiles of 128 per slice
+    expected = predict_tiled(model, image, tile_size=128, progress=False)
+    mm = np.lib.format.open_memmap(tmp_path / "o.npy", mode="w+", dtype=np.uint8, shape=expected.shape)
+    assert predict_tiled(model, image, tile_size=128, progress=False, out=mm) is mm
+    np.testing.assert_array_equal(mm, expected)
+    za = zarr.create_array(store=str(tmp_path / "z.zarr"), shape=expected.shape, chunks=(1, 64, 64), dtype="uint8")
+    predict_tiled(model, image, tile_size=128, progress=False, out=za)
+    np.testing.assert_array_equal(za[...], expected)
+    path = predict_tiled(model, image, tile_size=128, progress=False, out=tmp_path / "o.tif")
+    np.testing.assert_array_equal(tifffile.imread(path), expected)
+    probabilities = predict_tiled(model, image, tile_size=128, output="probabilities", progress=False)
+    path = predict_tiled(model, image, tile_size=128, output="probabilities", progress=False,
+                         out=tmp_path / "p.ome.zarr")
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], probabilities)
+    with pytest.raises(ValueError, match="out has shape"):
+        predict_tiled(model, image, progress=False, out=np.zeros((2, 300, 271), np.uint8))
+
+
+def test_planner_picks_the_largest_tile_that_fits_and_explains():
+    model = tiny(3, base=4)
+    bytes_of = lambda t: estimate_activation_bytes(3, "valid", 1, 3, 4, t, t)
+    budget = bytes_of(200)
+    plan = plan_tiles(model, (1000, 1000), device="cpu", memory_budget_bytes=budget)
+    assert plan.estimated_bytes <= budget and plan.batch_size == 1
+    assert plan.tile[0] >= 180 and "budget" in plan.explain()
+    small = plan_tiles(model, (30, 20), device="cpu", memory_budget_bytes=budget)
+    assert small.grid == (1, 1) and small.tile == (72, 60) and "one tile" in small.reason  # 32 and 20 px out
+    batched = plan_tiles(model, (1000, 1000), tile_size=200, device="meta", memory_budget_bytes=10 * budget)
+    assert batched.batch_size == 10 and batched.estimated_bytes <= 10 * budget  # not on CPU: batch 1 there
+    assert 200 * 2 ** 20 < estimate_activation_bytes(5, "valid", 1, 2, 64, 572, 572) < 2 ** 30
+
+
+def test_bad_arguments_are_named():
+    model = tiny(2)
+    image = np.zeros((20, 20), np.float32)
+    with pytest.raises(ValueError, match="tile_size height: input size 21"):
+        predict_tiled(model, image, tile_size=21, progress=False)
+    with pytest.raises(ValueError, match="output must be one of"):
+        predict_tiled(model, image, output="mask", progress=False)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        predict_tiled(model, image, dtype="int8", progress=False)
+    with pytest.raises(ValueError, match="in_channels=2"):
+        predict_tiled(tiny(2, in_channels=2), np.zeros((3, 20, 20), np.float32), progress=False)
+    with pytest.raises(TypeError, match="config attributes"):
+        predict_tiled(torch.nn.Conv2d(1, 1, 1), image, progress=False)
+
+
+class OutOfMemoryAbove(reference.UNet):
+    """Raises torch.OutOfMemoryError when a forward gets more than ``limit`` input pixels."""
+
+    limit = 0
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        if x.shape[0] * x.shape[2] * x.shape[3] > self.limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("limit, expect", [(2 * 52 * 52, "batch 2"), (50 * 50, "48 px tiles")])
+def test_out_of_memory_retries_with_a_smaller_plan(caplog, limit, expect):
+    model = tiny(3, cls=OutOfMemoryAbove)
+    OutOfMemoryAbove.limit = limit
+    image = np.random.default_rng(7).random((40, 29), dtype=np.float32)
+    with caplog.at_level(logging.INFO, logger="unet_fast.inference"):
+        got = predict_tiled(model, image, tile_size=52, batch_size=4, output="logits", progress=False)
+    assert expect in caplog.text and "retry" in caplog.text
+    assert_close(torch.from_numpy(got), whole_image_logits(tiny(3), image)[0])

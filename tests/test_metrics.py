@@ -1,0 +1,151 @@
+"""unet_fast.metrics against hand-computed cases, an independent transcription of the ISBI/SNEMI3D
+Rand script, and scikit-image where it is installed."""
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import scipy.sparse as sparse
+import torch
+
+from unet_fast import metrics
+
+PRED = np.array([[0, 1], [1, 1]])
+TRUE = np.array([[0, 0], [1, 1]])
+
+
+@pytest.mark.parametrize("convert", [np.asarray, torch.as_tensor, lambda a: torch.as_tensor(a.T.copy()).T])
+def test_pixel_metrics_by_hand(convert):
+    p, t = convert(PRED), convert(TRUE)
+    np.testing.assert_allclose(metrics.iou(p, t), [1 / 2, 2 / 3])
+    np.testing.assert_allclose(metrics.dice(p, t), [2 / 3, 4 / 5])
+    assert metrics.pixel_error(p, t) == 0.25
+    assert metrics.foreground_iou(p, t) == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(metrics.confusion_matrix(p, t), [[1, 1], [0, 2]])
+
+
+def test_absent_class_is_nan_and_ignore_index():
+    result = metrics.iou(PRED, TRUE, num_classes=3)
+    assert np.isnan(result[2]) and result[1] == pytest.approx(2 / 3)
+    true = np.array([[0, 255], [1, 1]])
+    assert metrics.pixel_error(PRED, true, ignore_index=255) == 0.0
+    np.testing.assert_allclose(metrics.iou(PRED, true, ignore_index=255), [1.0, 1.0])
+
+
+def test_foreground_iou_on_instances_and_batches():
+    true = np.zeros((2, 6, 6), int)
+    true[0, 1:4, 1:4], true[1, 1:4, 1:4] = 1, 2
+    pred = np.zeros_like(true)
+    pred[:, 1:4, 1:3] = 7
+    assert metrics.foreground_iou(pred, true) == pytest.approx(12 / 18)
+
+
+def snemi_adapted_rand(seg, gt):
+    """The SNEMI3D / ISBI script's formula, transcribed independently (sparse contingency table)."""
+    segA, segB = np.ravel(gt), np.ravel(seg)
+    n = segA.size
+    p_ij = sparse.csr_matrix((np.ones(n), (segA, segB)), shape=(segA.max() + 1, segB.max() + 1))
+    a = p_ij[1:, :]
+    b = p_ij[1:, 1:]
+    c = p_ij[1:, 0].toarray()
+    a_i, b_i = np.asarray(a.sum(1)).ravel(), np.asarray(b.sum(0)).ravel()
+    sum_a = (a_i * a_i).sum()
+    sum_b = (b_i * b_i).sum() + c.sum() / n
+    sum_ab = b.multiply(b).sum() + c.sum() / n
+    precision, recall = sum_ab / sum_b, sum_ab / sum_a
+    return 1 - 2 * precision * recall / (precision + recall), precision, recall
+
+
+def test_rand_by_hand():
+    true = np.array([[1, 1, 1, 1], [0, 0, 0, 0]])
+    split = np.array([[1, 1, 2, 2], [0, 0, 0, 0]])
+    scores = metrics.rand_scores(split, true)  # p = [[2, 2]]: 8 / 8 precision, 8 / 16 recall
+    assert (scores.precision, scores.recall, scores.error) == pytest.approx((1.0, 0.5, 1 / 3))
+    merged = metrics.rand_scores(np.array([[3, 3, 3, 3], [3, 3, 0, 0]]), np.array([[1, 1, 2, 2], [0, 0, 0, 0]]))
+    assert (merged.precision, merged.recall) == pytest.approx((0.5, 1.0))  # background 3s are not counted
+    assert metrics.rand_error(true, true) == 0.0
+    hole = metrics.rand_scores(np.array([[1, 1, 1, 0], [0, 0, 0, 0]]), true)  # one unassigned pixel, n = 8
+    assert (hole.precision, hole.recall) == pytest.approx((1.0, (9 + 1 / 8) / 16))
+
+
+def test_rand_matches_the_challenge_script():
+    rng = np.random.default_rng(0)
+    true = ndi.label(ndi.gaussian_filter(rng.random((60, 70)), 2) > 0.5)[0]
+    pred = ndi.label(ndi.gaussian_filter(rng.random((60, 70)), 2) > 0.48)[0]
+    ours = metrics.rand_scores(torch.as_tensor(pred), true)
+    assert (ours.error, ours.precision, ours.recall) == pytest.approx(snemi_adapted_rand(pred, true), rel=1e-12)
+    batch = metrics.rand_scores(np.stack([pred, true]), np.stack([true, true]))
+    assert batch.error == pytest.approx((ours.error + 0.0) / 2)
+
+
+def test_rand_close_to_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(1)
+    true = ndi.label(ndi.gaussian_filter(rng.random((80, 80)), 3) > 0.5)[0]
+    pred = ndi.label(ndi.gaussian_filter(rng.random((80, 80)), 3) > 0.5)[0] + 1  # no predicted background
+    ours = metrics.rand_error(pred, true)
+    theirs = skm.adapted_rand_error(true, pred)[0]
+    # skimage counts unordered pairs without a pixel paired with itself; the challenge counts p_ij^2.
+    # They differ by the self pairs: n_fg against sums of squared object sizes.
+    n_fg = (true > 0).sum()
+    sizes = np.bincount(true[true > 0])
+    assert abs(ours - theirs) <= 2 * n_fg / np.square(sizes).sum()
+    assert metrics.rand_error(true, true) == skm.adapted_rand_error(true, true)[0] == 0.0
+
+
+def square(canvas, label, y, x, size):
+    canvas[y:y + size, x:x + size] = label
+
+
+def test_object_scores_by_hand():
+    true = np.zeros((20, 20), int)
+    pred = np.zeros_like(true)
+    square(true, 1, 0, 0, 4)      # found: IoU 12 / 16
+    square(pred, 5, 0, 1, 4)
+    square(true, 2, 10, 10, 3)    # missed: IoU 3 / 15
+    square(pred, 6, 12, 10, 3)
+    square(true, 3, 16, 0, 2)     # missed entirely
+    square(pred, 7, 6, 14, 2)     # spurious
+    scores = metrics.object_scores(pred, true)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (1, 2, 2)
+    assert (scores.precision, scores.recall, scores.f1) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert scores.mean_matched_iou == pytest.approx(0.6)
+    binary = metrics.object_scores(torch.as_tensor(pred > 0), true > 0, connected_components=True)
+    assert (binary.true_positives, binary.false_positives, binary.false_negatives) == (1, 2, 2)
+    batch = metrics.object_scores(np.stack([pred, true]), np.stack([true, true]))
+    assert (batch.true_positives, batch.false_positives, batch.false_negatives) == (4, 2, 2)
+
+
+def test_object_scores_tie_at_half_and_empty():
+    true = np.zeros((4, 4), int)
+    true[0, :] = 1
+    pred = np.zeros_like(true)
+    pred[0, :2], pred[0, 2:] = 1, 2  # both have IoU exactly 0.5: only one may match
+    scores = metrics.object_scores(pred, true)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (1, 1, 0)
+    empty = metrics.object_scores(np.zeros((4, 4), int), np.zeros((4, 4), int))
+    assert (empty.precision, empty.recall, empty.f1) == (1.0, 1.0, 1.0)
+    nothing_found = metrics.object_scores(np.zeros((4, 4), int), true)
+    assert (nothing_found.recall, nothing_found.f1) == (0.0, 0.0)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="argmax"):
+        metrics.iou(np.zeros((2, 2)), TRUE)
+    with pytest.raises(TypeError, match="numpy array or a torch.Tensor"):
+        metrics.dice([[0, 1]], TRUE)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.pixel_error(PRED, TRUE[:1])
+    with pytest.raises(ValueError, match="num_classes"):
+        metrics.iou(PRED, TRUE, num_classes=1)
+    with pytest.raises(ValueError, match="labels >= 0"):
+        metrics.rand_error(-PRED, TRUE)
+    with pytest.raises(ValueError, match="one image"):
+        metrics.object_scores(np.zeros((1, 1, 2, 2), int), np.zeros((1, 1, 2, 2), int))
+    with pytest.raises(ValueError, match="iou_threshold"):
+        metrics.object_scores(PRED, TRUE, iou_threshold=0)
+
+
+@pytest.mark.gpu
+def test_cuda_inputs():
+    p, t = torch.as_tensor(PRED).cuda(), torch.as_tensor(TRUE).cuda()
+    np.testing.assert_allclose(metrics.iou(p, t), [1 / 2, 2 / 3])
+    assert metrics.object_scores(p, t).true_positives == 1

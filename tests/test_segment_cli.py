@@ -1,0 +1,151 @@
+"""`unet-fast segment`: folders, bad files, --continue, atomic outputs, pixel limit, sharding."""
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.multiprocessing as mp
+
+import unet_fast
+from unet_fast import cli, io, segment
+from unet_fast.inference import predict_tiled
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    model = unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2)
+    return unet_fast.save_model(model, tmp_path / "model.safetensors",
+                                normalization=io.Normalization(mode="dtype"))
+
+
+def _images(folder, count=3):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = {}
+    for i in range(count):
+        image = rng.integers(0, 255, (30 + i, 41)).astype(np.uint8)
+        io.write_image(folder / f"img{i}.tif", image)
+        images[f"img{i}"] = image
+    return images
+
+
+def test_folder_with_bad_files(tmp_path, model_file, capsys):
+    images = _images(tmp_path / "in")
+    io.write_image(tmp_path / "in" / "photo.png", np.full((20, 25), 7, np.uint8))
+    io.write_image(tmp_path / "in" / "rgb.png", np.zeros((20, 25, 3), np.uint8))       # wrong channels
+    (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")         # corrupt
+    (tmp_path / "in" / "notes.txt").write_text("not an image, ignored")
+    stack = np.random.default_rng(1).integers(0, 255, (2, 30, 33)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    status = cli.main(["segment", "-i", str(tmp_path / "in"), str(tmp_path / "st*.tif"), "-o",
+                       str(tmp_path / "out"), "-m", str(model_file), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "rgb.png" in err and "channel" in err and "broken.tif" in err
+    assert "summary: 7 file(s) found, 5 segmented, 0 skipped (exist), 2 failed" in out and "MP/s" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif", "img2.tif", "photo.tif", "stack.tif"]
+    model = unet_fast.load_model(model_file)
+    for name, image in images.items():
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"),
+                                      predict_tiled(model, image, progress=False))
+    assert tifffile.imread(tmp_path / "out" / "stack.tif").shape == (2, 30, 33)
+
+
+def test_probabilities_as_ome_zarr(tmp_path, model_file):
+    _images(tmp_path / "in", count=1)
+    status = cli.main(["segment", "-i", str(tmp_path / "in" / "img0.tif"), "-o", str(tmp_path / "out"), "-m",
+                       str(model_file), "--output", "probabilities", "--format", "ome.zarr", "--no-progress"])
+    import zarr
+
+    probabilities = zarr.open_group(str(tmp_path / "out" / "img0.ome.zarr"), mode="r")["0"][...]
+    assert status == 0 and probabilities.shape == (2, 30, 41)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, rtol=1e-5)
+
+
+class FailsOnThirdForward(unet_fast.UNet):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise RuntimeError("interrupted in the middle of a file")
+        return super().forward(x)
+
+
+def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path, model_file, capsys):
+    _images(tmp_path / "in")
+    files, _ = segment.expand_inputs([str(tmp_path / "in")])
+    model = FailsOnThirdForward(depth=2, base_channels=2)
+    model.load_state_dict(unet_fast.load_model(model_file).state_dict())
+    summary = segment.segment_files(files, tmp_path / "out", model, tile_size=20, resume=False)
+    assert len(summary.failed) == 1 and "interrupted" in summary.failed[0][1]
+    failed = segment.output_name(__import__("pathlib").Path(summary.failed[0][0]), ".tif")
+    assert failed not in os.listdir(tmp_path / "out") and len(os.listdir(tmp_path / "out")) == 2  # no partials
+    before = {n: os.stat(tmp_path / "out" / n).st_mtime_ns for n in os.listdir(tmp_path / "out")}
+    status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                       "--continue", "--no-progress"])
+    assert status == 0 and "1 segmented, 2 skipped" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif", "img2.tif"]
+    assert all(os.stat(tmp_path / "out" / n).st_mtime_ns == t for n, t in before.items())
+
+
+def test_pixel_limit_refuses_unstreamable_files(tmp_path, model_file, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    io.write_image(folder / "bomb.png", np.zeros((60, 60), np.uint8))
+    tifffile.imwrite(folder / "strips.tif", np.zeros((60, 60), np.uint8), rowsperstrip=4)
+    status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                       "--max-pixels", "1000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and "bomb.png" in err and "ImageTooLargeError" in err and "strips" not in err
+    assert os.listdir(tmp_path / "out") == ["strips.tif"]
+
+
+def test_num_parts_cover_every_file_once(tmp_path, model_file):
+    _images(tmp_path / "in", count=5)
+    seen = []
+    for part in range(2):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / f"out{part}"), "-m",
+                           str(model_file), "--num-parts", "2", "--part-id", str(part), "--no-progress"])
+        assert status == 0
+        seen += os.listdir(tmp_path / f"out{part}")
+    assert sorted(seen) == [f"img{i}.tif" for i in range(5)]
+
+
+def test_bad_arguments(tmp_path, model_file, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "-i", "x", "-o", str(tmp_path), "-m", str(model_file), "--num-parts", "2"])
+    assert cli.main(["segment", "-i", str(tmp_path / "nothing*.tif"), "-o", str(tmp_path / "o"), "-m",
+                     str(model_file), "--no-progress"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, argv, report):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    summary, status = segment.run(cli.build_parser().parse_args(argv))
+    with open(f"{report}.{rank}.json", "w") as f:
+        json.dump({"done": summary.done, "status": status}, f)
+
+
+def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_file):
+    _images(tmp_path / "in", count=5)
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+            "--no-progress"]
+    mp.spawn(_rank_main, args=(2, _free_port(), argv, str(tmp_path / "report")), nprocs=2, join=True)
+    reports = [json.load(open(tmp_path / f"report.{rank}.json")) for rank in range(2)]
+    done = reports[0]["done"] + reports[1]["done"]
+    assert all(r["status"] == 0 for r in reports) and reports[0]["done"] and reports[1]["done"]
+    assert sorted(done) == sorted(str(tmp_path / "in" / f"img{i}.tif") for i in range(5))
+    assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in range(5)]

@@ -1,0 +1,234 @@
+"""Segmentation metrics: per-class IoU (Jaccard) and Dice, pixel error, the ISBI 2012 Rand error,
+and object-level precision / recall / F1.
+
+Inputs are label maps of the same shape, numpy arrays or torch tensors (any device), integer or
+bool: class indices for the pixel metrics (take the argmax of logits first), instance labels
+(0 = background) for the Rand error and the object metrics. Results are Python floats or float64
+numpy arrays. Pixel metrics count every pixel of the input together (a batch is one big image);
+the Rand error and the object metrics take one image (H, W) or a batch (N, H, W) of separate
+images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+def _as_tensor(x, name) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array or a torch.Tensor, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must be an integer or bool label map (take the argmax of logits first), "
+                        f"got {x.dtype}")
+    return x
+
+
+def _pair_of_maps(prediction, target):
+    p, t = _as_tensor(prediction, "prediction"), _as_tensor(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"prediction and target must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}")
+    if p.numel() == 0:
+        raise ValueError("prediction and target must not be empty")
+    return p, t.to(p.device)
+
+
+def _as_images(x, name) -> np.ndarray:
+    """(N, H, W) int64 numpy array from one image (H, W) or a batch (N, H, W)."""
+    a = _as_tensor(x, name).detach().cpu().numpy()
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} must be one image (H, W) or a batch (N, H, W), got shape {a.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.int64)
+    if a.min(initial=0) < 0:
+        raise ValueError(f"{name} must hold labels >= 0 (0 = background), got a minimum of {a.min()}")
+    return a.reshape(-1, *a.shape[-2:]).astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel metrics
+
+def confusion_matrix(prediction, target, num_classes: int | None = None, ignore_index: int | None = None) -> np.ndarray:
+    """(K, K) int64 counts, rows = target class, columns = predicted class.
+
+    num_classes defaults to 1 + the largest label in either map; pixels whose target equals
+    ignore_index are left out."""
+    p, t = _pair_of_maps(prediction, target)
+    p, t = p.reshape(-1).long(), t.reshape(-1).long()
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p[keep], t[keep]
+    if p.numel() and min(p.min().item(), t.min().item()) < 0:
+        raise ValueError("class labels must be >= 0 (use ignore_index for pixels to leave out)")
+    largest = max(p.max().item(), t.max().item()) if p.numel() else -1
+    if num_classes is None:
+        num_classes = largest + 1
+    elif not isinstance(num_classes, int) or num_classes < 1 or largest >= num_classes:
+        raise ValueError(f"num_classes must be an int > every label (largest label {largest}), got {num_classes!r}")
+    counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+
+
+def _ratio(num, den) -> np.ndarray:
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def iou(prediction, target, num_classes: int | None = None, ignore_index: int | None = None) -> np.ndarray:
+    """Intersection over union (Jaccard index) per class, |P & T| / |P | T|; NaN for a class that is
+    in neither map."""
+    cm = confusion_matrix(prediction, target, num_classes, ignore_index)
+    tp = np.diag(cm)
+    return _ratio(tp, cm.sum(0) + cm.sum(1) - tp)
+
+
+def dice(prediction, target, num_classes: int | None = None, ignore_index: int | None = None) -> np.ndarray:
+    """Dice coefficient per class, 2 |P & T| / (|P| + |T|); NaN for a class in neither map."""
+    cm = confusion_matrix(prediction, target, num_classes, ignore_index)
+    return _ratio(2 * np.diag(cm), cm.sum(0) + cm.sum(1))
+
+
+def foreground_iou(prediction, target, background: int = 0) -> float:
+    """IoU of the foreground (every label other than ``background``): the paper's IoU for cell
+    segmentation, which works for instance labels too."""
+    p, t = _pair_of_maps(prediction, target)
+    return float(iou(p != background, t != background, num_classes=2)[1])
+
+
+def pixel_error(prediction, target, ignore_index: int | None = None) -> float:
+    """Fraction of pixels whose predicted class differs from the target."""
+    cm = confusion_matrix(prediction, target, None, ignore_index)
+    total = cm.sum()
+    return float((total - np.trace(cm)) / total) if total else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# ISBI 2012 Rand error
+
+@dataclass(frozen=True)
+class RandScores:
+    error: float      # 1 - F-score
+    precision: float  # Rand merge score: pairs together in both / pairs together in the prediction
+    recall: float     # Rand split score: pairs together in both / pairs together in the target
+
+
+def _components(labels: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(labels)
+    for i, image in enumerate(labels):
+        out[i] = ndi.label(image > 0)[0]
+    return out
+
+
+def _rand_scores_one(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
+    n = true.size
+    fg = true > 0
+    if not fg.any():
+        return float("nan"), float("nan"), float("nan")
+    t = np.unique(true[fg], return_inverse=True)[1].ravel()
+    p_labels, p = np.unique(pred[fg], return_inverse=True)
+    p = p.ravel()
+    table = np.bincount(t * len(p_labels) + p, minlength=(t.max() + 1) * len(p_labels)).reshape(-1, len(p_labels))
+    table = table.astype(np.float64)
+    unassigned = 0.0
+    if p_labels[0] == 0:  # predicted background inside the target's foreground
+        unassigned = table[:, 0].sum()
+        table = table[:, 1:]
+    sum_true = np.square(np.bincount(t).astype(np.float64)).sum()  # target objects, unassigned pixels included
+    sum_pred = np.square(table.sum(0)).sum() + unassigned / n
+    sum_both = np.square(table).sum() + unassigned / n
+    precision, recall = sum_both / sum_pred, sum_both / sum_true
+    f_score = 2 * precision * recall / (precision + recall)
+    return 1.0 - f_score, precision, recall
+
+
+def rand_scores(prediction, target, connected_components: bool = False) -> RandScores:
+    """The ISBI 2012 / SNEMI3D foreground-restricted Rand scores (Arganda-Carreras et al. 2015).
+
+    With p_ij the number of pixels in target object i and predicted object j, counted only where the
+    target is foreground (label > 0): recall (split score) = sum p_ij^2 / sum_i t_i^2, precision
+    (merge score) = sum p_ij^2 / sum_j s_j^2, error = 1 - their harmonic mean. Predicted background
+    (label 0) inside the target's foreground belongs to no object: as in the challenge's scripts
+    (Fiji's RandError N^2 normalisation, SNEMI3D's adapted_rand) those pixels add only c / n to the
+    pair sums (c of them, n pixels in the image), which makes them nearly unmatched singletons.
+    connected_components: label the nonzero pixels of both maps into 4-connected components first
+    (for binary masks). A batch (N, H, W) gives the mean over its images of each score.
+    """
+    p, t = _pair_of_maps(prediction, target)
+    pred, true = _as_images(p, "prediction"), _as_images(t, "target")
+    if connected_components:
+        pred, true = _components(pred), _components(true)
+    scores = np.array([_rand_scores_one(a, b) for a, b in zip(pred, true)])
+    return RandScores(*(float(v) for v in scores.mean(0)))
+
+
+def rand_error(prediction, target, connected_components: bool = False) -> float:
+    """The ISBI 2012 Rand error, 1 - foreground-restricted Rand F-score (see ``rand_scores``)."""
+    return rand_scores(prediction, target, connected_components).error
+
+
+# ---------------------------------------------------------------------------------------------
+# object-level matching
+
+@dataclass(frozen=True)
+class ObjectScores:
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    precision: float  # 1.0 when nothing was predicted
+    recall: float     # 1.0 when there is nothing to find
+    f1: float         # 1.0 when both are empty
+    mean_matched_iou: float  # NaN when nothing matched
+
+
+def _match_one(pred: np.ndarray, true: np.ndarray, threshold: float):
+    p_ids, p = np.unique(pred, return_inverse=True)
+    t_ids, t = np.unique(true, return_inverse=True)
+    table = np.bincount(t.ravel() * len(p_ids) + p.ravel(), minlength=len(t_ids) * len(p_ids))
+    table = table.reshape(len(t_ids), len(p_ids))[t_ids > 0][:, p_ids > 0].astype(np.float64)
+    t_area = np.bincount(t.ravel())[t_ids > 0]
+    p_area = np.bincount(p.ravel())[p_ids > 0]
+    n_true, n_pred = len(t_area), len(p_area)
+    if n_true == 0 or n_pred == 0:
+        return 0, n_pred, n_true, []
+    union = t_area[:, None] + p_area[None, :] - table
+    ious = table / union
+    # one-to-one matching maximising the number of pairs above the threshold, then their IoU
+    score = np.where(ious >= threshold, 1.0 + ious, 0.0)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    matched = [ious[r, c] for r, c in zip(rows, cols) if ious[r, c] >= threshold]
+    tp = len(matched)
+    return tp, n_pred - tp, n_true - tp, matched
+
+
+def object_scores(prediction, target, iou_threshold: float = 0.5, connected_components: bool = False) -> ObjectScores:
+    """Object-level detection scores: a predicted object matches a target object when their IoU is at
+    least ``iou_threshold``, one-to-one (Hungarian matching; above 0.5 matches are unique anyway).
+
+    Inputs are instance label maps (0 = background), or binary masks with connected_components=True
+    (4-connected components of the nonzero pixels). A batch (N, H, W) sums the counts over images.
+    """
+    if not (isinstance(iou_threshold, (int, float)) and 0 < iou_threshold <= 1):
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold!r}")
+    p, t = _pair_of_maps(prediction, target)
+    pred, true = _as_images(p, "prediction"), _as_images(t, "target")
+    if connected_components:
+        pred, true = _components(pred), _components(true)
+    tp = fp = fn = 0
+    matched: list[float] = []
+    for a, b in zip(pred, true):
+        one = _match_one(a, b, iou_threshold)
+        tp, fp, fn = tp + one[0], fp + one[1], fn + one[2]
+        matched += one[3]
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return ObjectScores(tp, fp, fn, precision, recall, f1, float(np.mean(matched)) if matched else float("nan"))

@@ -1,0 +1,129 @@
+"""Model files: one .safetensors file holding the weights and, in its metadata, a JSON config.
+
+The config records the architecture (``model.config()``), the input normalisation, class names,
+the unet_fast version and any user metadata, so a file alone rebuilds the model and tells
+inference how to prepare images. Nothing here can execute code from a file: safetensors holds
+only tensors, and a legacy ``.pt`` state_dict is read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file, safe_open
+
+from .io import Normalization, atomic_path
+
+FORMAT = "unet_fast-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "unet_fast"
+
+
+def save_model(model: torch.nn.Module, path, *, normalization: Normalization | None = None,
+               class_names: list[str] | None = None, **metadata) -> Path:
+    """Write ``model`` to ``path`` (.safetensors) atomically; returns the path.
+
+    normalization: the rule training used (default: ``model.normalization`` if set, else
+    ``Normalization()``); class_names: one per output class (default: ``model.class_names`` if
+    set, else "class0", ...); metadata: further JSON-serialisable values (e.g. epochs=100).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
+    if not hasattr(model, "config"):
+        raise TypeError(f"model must have a config() method giving its constructor arguments "
+                        f"(unet_fast.UNet does), got {type(model).__name__}")
+    normalization = normalization or getattr(model, "normalization", None) or Normalization()
+    if not isinstance(normalization, Normalization):
+        raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
+    num_classes = model.config()["num_classes"]
+    class_names = list(class_names or getattr(model, "class_names", None)
+                       or [f"class{i}" for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
+    from . import __version__
+
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": {"class": type(model).__name__, **model.config()},
+        "normalization": normalization.to_dict(),
+        "class_names": class_names,
+        "unet_fast_version": __version__,
+        "metadata": metadata,
+    }
+    try:
+        text = json.dumps(config)
+    except TypeError as error:
+        raise TypeError(f"metadata must be JSON-serialisable: {error}") from None
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={METADATA_KEY: text})
+    return path
+
+
+def read_model_config(path) -> dict:
+    """The JSON config stored in a .safetensors model file (no weights are read)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"{path}: not a unet_fast model file (no {METADATA_KEY!r} metadata); "
+                         f"write it with unet_fast.save_model")
+    config = json.loads(metadata[METADATA_KEY])
+    if config.get("format") != FORMAT or config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model file format {config.get('format')!r} "
+                         f"version {config.get('format_version')!r}")
+    return config
+
+
+def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Module:
+    """Rebuild a model saved by ``save_model`` (in eval mode, on ``device``).
+
+    The returned model carries ``normalization`` (a Normalization), ``class_names`` and
+    ``metadata``. A ``.pt``/``.pth`` file holding a plain state_dict is accepted only with
+    ``torch.load(weights_only=True)`` and builds the paper's default UNet around it.
+    """
+    from .model import UNet
+    from .reference import UNet as ReferenceUNet
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if path.suffix in (".pt", ".pth"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path}: a .pt model file must hold a state_dict (name -> tensor)")
+        config = {"architecture": _architecture_from_state(state), "normalization": Normalization().to_dict(),
+                  "class_names": None, "metadata": {}}
+    elif path.suffix == ".safetensors":
+        config = read_model_config(path)
+        state = load_file(str(path))
+    else:
+        raise ValueError(f"{path}: model files end in .safetensors (or .pt for a bare state_dict)")
+    architecture = dict(config["architecture"])
+    cls_name = architecture.pop("class", "UNet")
+    if cls_name == "UNet" and (backend is not None or "backend" in architecture):
+        if backend is not None:
+            architecture["backend"] = backend
+        model = UNet(**architecture)
+    else:
+        architecture.pop("backend", None)
+        model = ReferenceUNet(**architecture)
+    model.load_state_dict(state)
+    model.normalization = Normalization.from_dict(config["normalization"])
+    model.class_names = config["class_names"] or [f"class{i}" for i in range(model.num_classes)]
+    model.metadata = config.get("metadata", {})
+    return model.to(device).eval()
+
+
+def _architecture_from_state(state: dict) -> dict:
+    """Constructor arguments of a UNet read off its state_dict's shapes."""
+    try:
+        first = state["encoder.0.conv1.weight"]
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("encoder."))
+        head = state["head.weight"]
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"the state_dict is not a unet_fast UNet's (missing {error})") from None
+    return {"class": "UNet", "in_channels": first.shape[1], "num_classes": head.shape[0], "depth": depth,
+            "base_channels": first.shape[0], "padding": "valid"}

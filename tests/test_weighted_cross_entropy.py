@@ -294,7 +294,8 @@ TRITON_INTERPRETER_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from test_weighted_cross_entropy import make_inputs, oracle
     from tolerances import relative_error
-    from unet_fast.ops.triton.weighted_cross_entropy import weighted_cross_entropy_triton
+    from unet_fast.ops.triton.weighted_cross_entropy import (weighted_cross_entropy_checked,
+                                                              weighted_cross_entropy_triton)
     results = []
     for channels in (2, 3, 7, 32):
         for layout in ("contiguous", "channels_last", "strided"):
@@ -309,10 +310,25 @@ TRITON_INTERPRETER_SCRIPT = textwrap.dedent("""
                     results.append(dict(case=[channels, layout, reduction, with_weight],
                                         loss=relative_error(loss, ref_loss), grad=relative_error(grad / scale, ref_grad),
                                         shape=list(loss.shape) == list(ref_loss.shape), bad=bad.tolist()))
+    for dtype, target_dtype in ((torch.float64, torch.int64), (torch.float16, torch.uint8)):
+        for reduction in ("none", "mean"):  # through the op's autograd registration, as the public function runs it
+            logits, target, weight = make_inputs((2, 3, 9, 11), dtype, target_dtype=target_dtype, ignore_index=None)
+            x = logits.clone().requires_grad_()
+            loss = weighted_cross_entropy_checked(x, target, weight, {"none": 0, "mean": 1}[reduction], -100, True)
+            grad, = torch.autograd.grad(loss.sum(), x)
+            ref_loss, ref_grad = oracle(logits, target, weight, reduction, -100)
+            results.append(dict(case=[str(dtype), reduction], loss=relative_error(loss, ref_loss),
+                                grad=relative_error(grad, ref_grad), shape=grad.dtype == dtype, bad=[-1, -1]))
     logits, target, weight = make_inputs((2, 3, 5, 7), target_dtype=torch.uint8, ignore_index=255)
     target[1, 2, 4] = 9
     weight[0, 3, 1] = float("nan")
-    results.append(dict(case="bad", bad=weighted_cross_entropy_triton(logits, target, weight, 1, 255, False)[3].tolist()))
+    bad = weighted_cross_entropy_triton(logits, target, weight, 1, 255, False)[3].tolist()
+    try:
+        weighted_cross_entropy_checked(logits, target, weight, 1, 255, False)
+        message = None
+    except IndexError as error:
+        message = str(error)
+    results.append(dict(case="bad", bad=bad, message=message))
     print(json.dumps(results))
 """)
 
@@ -328,8 +344,10 @@ def test_triton_kernel_under_interpreter():
     *cases, bad_case = results
     for r in cases:
         assert r["shape"] and r["bad"] == [-1, -1], r
-        assert r["loss"] <= 1e-5 and r["grad"] <= 1e-5, r
+        tolerance = TOLERANCES[torch.float16][0] if "float16" in str(r["case"]) else 1e-5
+        assert r["loss"] <= 1e-5 and r["grad"] <= tolerance, r
     assert bad_case["bad"] == [35 + 2 * 7 + 4, 3 * 7 + 1]  # flat (n, h, w) of the bad target and weight
+    assert "target has value 9 at (n=1, h=2, w=4)" in bad_case["message"]
 
 
 TRITON_COMPILE_SCRIPT = textwrap.dedent("""

@@ -30,6 +30,8 @@ def render(data) -> str:
             extra = dict(r.get("extra_info", {}))
             if "gflop" in extra:
                 extra["TFLOP/s"] = round(extra["gflop"] / median / 1e3, 2)
+            if "tiles" in extra:
+                extra["ms/tile"] = round(median * 1e3 / extra["tiles"], 3)
             if "gbytes" in extra:
                 extra["GB/s"] = round(extra["gbytes"] / median, 1)
             ratio = base["stats"]["median"] / median

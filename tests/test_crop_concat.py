@@ -4,6 +4,7 @@ import torch
 from unet_fast import _extension
 from unet_fast.ops import crop_concat
 from unet_fast.ops.crop_concat import crop_concat_reference
+from triton_device import DEVICE, needs_triton
 
 needs_extension = pytest.mark.skipif(not _extension.available(), reason="unet_fast._C not built")
 
@@ -71,3 +72,44 @@ def test_bad_inputs():
         crop_concat(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 6, 6))
     with pytest.raises(TypeError, match="dtypes differ"):
         crop_concat(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4, dtype=torch.float64))
+
+
+# The Triton kernel (op unet_fast::crop_concat_triton): on CUDA, or on the CPU under the interpreter.
+
+
+@needs_triton
+@pytest.mark.parametrize("skip_shape, x_shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_triton_kernel_matches_reference(skip_shape, x_shape, dtype, layout):
+    skip = (torch.randn(skip_shape) * 50).to(dtype).to(DEVICE)
+    x = (torch.randn(x_shape) * 50).to(dtype).to(DEVICE)
+    if layout == "channels_last":
+        skip, x = skip.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        skip = torch.cat([skip, skip], dim=-1)[..., ::2]
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    out = torch.ops.unet_fast.crop_concat_triton(skip, x)
+    assert torch.equal(out, crop_concat_reference(skip, x))
+    if layout == "channels_last" and x_shape[1] > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_triton
+def test_triton_kernel_gradients():
+    skip = torch.randn(2, 3, 20, 21, device=DEVICE, requires_grad=True)
+    x = torch.randn(2, 5, 11, 12, device=DEVICE, requires_grad=True)
+    out = torch.ops.unet_fast.crop_concat_triton(skip, x)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (skip, x), grad)
+    want = torch.autograd.grad(crop_concat_reference(skip, x), (skip, x), grad)
+    assert got[0].shape == skip.shape
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_triton_kernel_opcheck_cuda(dtype):
+    skip = torch.randn(2, 3, 20, 21, device="cuda", dtype=dtype, requires_grad=True)
+    x = torch.randn(2, 5, 11, 12, device="cuda", dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat_triton.default, (skip, x))

@@ -51,6 +51,13 @@ def test_class_weights_variants():
     np.testing.assert_array_equal(unet_weight_map(labels, class_weights={0: 0.5, 1: 3.0}), fixed)
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 5), (2, 0, 5), (0, 5)])
+def test_empty_images(shape):
+    labels = np.zeros(shape, np.int32)
+    assert unet_weight_map(labels).shape == shape
+    assert separate_touching(labels).shape == shape
+
+
 def test_no_objects_and_all_objects():
     np.testing.assert_array_equal(unet_weight_map(np.zeros((6, 7), np.int32)), np.ones((6, 7), np.float32))
     full = np.arange(1, 43, dtype=np.int32).reshape(6, 7)  # every pixel an object: no background
@@ -73,6 +80,14 @@ def test_separated_labels_match_naive_and_gaps_get_the_border_weight(nuclei):
     weights = assert_matches_naive(separated)
     gaps = (nuclei[1] > 0) & (separated == 0)  # pixels that separation turned into background
     assert gaps.any() and np.median(weights[gaps]) > 5
+
+
+@pytest.mark.slow
+def test_benchmark_image_matches_naive():
+    """The benchmark's input (benchmarks/test_bench_weights.py): 512 x 512, ~120 touching nuclei."""
+    _, labels = synthetic_nuclei(1, 512, seed=0, num_objects=120)
+    _, separated = separate_touching(labels[0], return_instances=True)
+    assert_matches_naive(separated)
 
 
 def test_batched_odd_sizes_match_naive_and_per_image():

@@ -4,7 +4,9 @@ from .io import Normalization
 from .losses import WeightedSoftmaxCrossEntropy
 from .model import UNet
 from .model_file import load_model, save_model
+from .synthetic import synthetic_nuclei
+from .weights import separate_touching, unet_weight_map
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "WeightedSoftmaxCrossEntropy", "info", "__version__", "Normalization", "save_model",
-           "load_model"]
+__all__ = ["UNet", "info", "__version__", "synthetic_nuclei", "separate_touching", "unet_weight_map",
+           "Normalization", "save_model", "load_model", "WeightedSoftmaxCrossEntropy"]

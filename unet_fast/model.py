@@ -9,16 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from .ops import crop_concat
+from .ops import conv3x3_relu, crop_concat
+from .ops.conv3x3 import triton_usable
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "triton")
 
 
 class UNet(reference.UNet):
     """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet``.
 
     backend: "torch" (aten ops, with the copy-and-crop done by the compiled crop_concat op),
-    or "auto" (the fastest backend available for the input's device).
+    "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op, the decoder's first conv
+    reading the skip connection's window in place; aten composite where Triton cannot run),
+    or "auto" (the fastest backend available for the input's device: "triton" on CUDA).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 5,
@@ -34,10 +37,14 @@ class UNet(reference.UNet):
 
     def resolved_backend(self, device: torch.device) -> str:
         """The backend a forward pass on ``device`` uses."""
-        return "torch" if self.backend == "auto" else self.backend
+        if self.backend == "auto":
+            return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+        return self.backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if self.resolved_backend(x.device) == "triton":
+            return self._forward_triton(x)
         return self._forward_torch(x)
 
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,4 +58,21 @@ class UNet(reference.UNet):
         for block, skip in zip(self.decoder, reversed(skips)):
             x = crop_concat(skip, block.upconv(x))
             x = F.relu(block.conv2(F.relu(block.conv1(x))))
+        return self.head(x)
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        padding = 1 if self.padding == "same" else 0
+
+        def conv(layer, t, skip=None):
+            return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding)
+
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = conv(block.conv2, conv(block.conv1, x))
+            if level < self.depth - 1:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        x = self.dropout(x)
+        for block, skip in zip(self.decoder, reversed(skips)):
+            x = conv(block.conv2, conv(block.conv1, block.upconv(x), skip))
         return self.head(x)

@@ -30,11 +30,6 @@ class SegmentSummary:
     pixels: int = 0
     seconds: float = 0.0
 
-    def line(self, prefix: str = "") -> str:
-        rate = self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
-        return (f"{prefix}{len(self.done)} segmented, {len(self.skipped)} skipped (exist), {len(self.failed)} "
-                f"failed; {self.pixels / 1e6:.4g} megapixels in {self.seconds:.1f} s = {rate:.2f} MP/s")
-
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named, image files directly inside folders, and glob matches; sorted, unique.
@@ -129,18 +124,20 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
 
 
 def _distributed_context(device: str | None):
-    """(rank, world, device) under torchrun (process group started here), else (0, 1, device)."""
+    """(rank, world, device) under torchrun (process group started here), else (0, 1, device).
+
+    With --device cuda each rank takes the GPU of its LOCAL_RANK.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return 0, 1, device
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device is not None and device.startswith("cuda")
-    if use_cuda and device == "cuda":
+    if device == "cuda":
         device = f"cuda:{local_rank}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not dist.is_initialized():  # gloo even with GPUs: only the summary counts (CPU tensors) travel
+        dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -173,17 +173,25 @@ def _drop_hidden(labels, drawn_area):
 
 
 def _smooth_field(rng, height, width, cells: int) -> np.ndarray:
-    """A smooth random field with about ``cells`` bumps per side, zero mean, unit-ish amplitude."""
+    """A smooth random field with about ``cells`` bumps per side, zero mean, unit-ish amplitude:
+    cubic-spline interpolation of a coarse random grid, done separably. einsum, not matmul: a
+    multi-threaded BLAS call this small is 100x slower on a machine busy with other work."""
     coarse = rng.normal(size=(cells + 1, cells + 1))
-    rows = np.linspace(0, cells, height)[:, None]
-    cols = np.linspace(0, cells, width)[None, :]
-    return ndimage.map_coordinates(coarse, np.broadcast_arrays(rows, cols), order=3, mode="nearest")
+    along_rows = np.einsum("yi,ij->yj", _spline_matrix(cells, height), coarse)
+    return np.einsum("yj,xj->yx", along_rows, _spline_matrix(cells, width))
+
+
+def _spline_matrix(cells: int, length: int) -> np.ndarray:
+    """[length, cells + 1]: cubic-spline interpolation of cells + 1 samples at ``length`` even points."""
+    positions = [np.linspace(0, cells, length)]
+    return np.stack([ndimage.map_coordinates(unit, positions, order=3, mode="nearest")
+                     for unit in np.eye(cells + 1)], axis=1)
 
 
 def _render(rng, labels, rim, blur_sigma, photons) -> np.ndarray:
     height, width = labels.shape
     count = int(labels.max())
-    brightness = np.concatenate([[0.0], rng.uniform(0.45, 0.85, count)])
+    brightness = np.concatenate([[0.0], rng.uniform(0.45, 0.85, count)]).astype(np.float32)
     texture = ndimage.gaussian_filter(rng.normal(size=(height, width)).astype(np.float32), 1.5)
     texture /= texture.std() + 1e-12
     foreground = labels > 0

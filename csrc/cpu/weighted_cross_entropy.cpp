@@ -1,14 +1,15 @@
 // Weighted softmax cross-entropy on the CPU: loss and gradient w.r.t. the logits in one pass.
 //
 // Pixels are cut into fixed blocks (kBlock pixels of one image), one at::parallel_for work item
-// each; a block is walked in chunks of kChunk pixels. A chunk's logits are gathered into a
-// channel-major float buffer (a plane row for NCHW, a transpose for channels_last), the softmax
-// math runs over pixels in plain loops that the compiler vectorises (our own exp/log, built for
-// AVX-512, AVX2 and the baseline ISA and picked at load time), and the gradient
-// (softmax - onehot) * w is written back in the logits' layout and dtype. Each block writes its
-// partial loss sum and non-ignored count; they are added in block order, so the result does not
-// depend on the thread count. Invalid targets and weights are flagged on the way (no extra pass)
-// and reported after the loop, naming the first one.
+// each; a block is walked in chunks of kChunk pixels. The softmax math runs over the chunk's
+// pixels in plain loops that the compiler vectorises (our own exp/log, built for AVX-512, AVX2
+// and the baseline ISA and picked at load time). For fp32/fp64 NCHW it reads the logit planes
+// and writes the gradient (softmax - onehot) * w straight into the gradient planes; other
+// dtypes and channels_last go through a channel-major float buffer (a gather, then a scatter of
+// the gradient in the logits' layout and dtype). Targets are read in their own dtype. Each
+// block writes its partial loss sum and non-ignored count; they are added in block order, so the
+// result does not depend on the thread count. Invalid targets and weights are flagged on the way
+// (no extra pass) and reported after the loop, naming the first one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -77,136 +78,186 @@ inline float log_positive(float s) {
 inline double exp_nonpositive(double x) { return std::exp(x); }
 inline double log_positive(double s) { return std::log(s); }
 
-// The math of one chunk. buf[c * kChunk + i]: logit of channel c, pixel i; overwritten with the
-// gradient when with_grad. cls[i]: target class, or -1 for ignored pixels (whose w[i] is 0).
+// Target codes, as the chunk math reads them: the class index, kIgnored for ignore_index,
+// kNegative for any other negative value (invalid, like values >= C).
+constexpr float kIgnored = -1.0f, kNegative = -2.0f;
+
 template <typename acc_t>
-inline __attribute__((always_inline)) void chunk_math(acc_t* __restrict__ buf, int64_t C, int64_t len,
-                                                      const acc_t* __restrict__ cls, const acc_t* __restrict__ w,
-                                                      acc_t* __restrict__ loss, bool with_grad) {
-  acc_t m[kChunk], s[kChunk], xt[kChunk];
-  for (int64_t i = 0; i < len; ++i) { m[i] = buf[i]; s[i] = 0; xt[i] = 0; }
+struct ChunkResult {
+  acc_t loss = 0;       // sum of the chunk's pixel losses
+  int32_t kept = 0;     // pixels whose target is not ignore_index
+  int32_t bad_target = 0, bad_weight = 0;
+};
+
+// The math of one chunk of len pixels. Logit (c, i) is in[c * in_plane + i]; out (same layout
+// with out_plane) receives exp(x - max) and then, when with_grad, the gradient
+// (softmax - onehot) * w. in and out may be the same buffer. weight may be null (all ones);
+// loss (per pixel) may be null.
+template <typename acc_t>
+inline __attribute__((always_inline)) ChunkResult<acc_t> chunk_math(
+    const acc_t* in, int64_t in_plane, acc_t* out, int64_t out_plane, int64_t C, int64_t len,
+    const acc_t* __restrict__ code, const acc_t* __restrict__ weight, acc_t* __restrict__ loss, bool with_grad) {
+  acc_t m[kChunk], s[kChunk], xt[kChunk], cls[kChunk], w[kChunk], l[kChunk];
+  const acc_t num_classes = static_cast<acc_t>(C);
+  int32_t kept = 0, bad_target = 0, bad_weight = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t t = code[i], wi = weight ? weight[i] : acc_t(1);
+    const bool is_kept = t != acc_t(kIgnored), valid = t >= 0 && t < num_classes;
+    kept += is_kept;
+    bad_target += is_kept && !valid;
+    bad_weight += !(wi >= 0);  // negative or NaN
+    cls[i] = valid ? t : acc_t(-1);
+    w[i] = valid ? wi : acc_t(0);
+    m[i] = in[i];
+    s[i] = 0;
+    xt[i] = 0;
+  }
   for (int64_t c = 1; c < C; ++c) {
-    const acc_t* x = buf + c * kChunk;
+    const acc_t* x = in + c * in_plane;
     for (int64_t i = 0; i < len; ++i) {
       const acc_t a = m[i], b = x[i];
       m[i] = a < b ? b : a;  // a select, not std::max's reference, so the loop vectorises
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    acc_t* x = buf + c * kChunk;
+    const acc_t* x = in + c * in_plane;
+    acc_t* e_out = out + c * out_plane;
     const acc_t cf = static_cast<acc_t>(c);
     for (int64_t i = 0; i < len; ++i) {
       const acc_t shifted = x[i] - m[i];
       const acc_t e = exp_nonpositive(shifted);
       xt[i] += cls[i] == cf ? shifted : acc_t(0);
       s[i] += e;
-      x[i] = e;
+      e_out[i] = e;
     }
   }
   for (int64_t i = 0; i < len; ++i) {
-    const acc_t l = (log_positive(s[i]) - xt[i]) * w[i];
-    loss[i] = cls[i] >= 0 ? l : acc_t(0);
+    const acc_t li = (log_positive(s[i]) - xt[i]) * w[i];
+    l[i] = cls[i] >= 0 ? li : acc_t(0);
     s[i] = w[i] / s[i];  // reused as the softmax scale of the gradient
   }
-  if (!with_grad) return;
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* x = buf + c * kChunk;
-    const acc_t cf = static_cast<acc_t>(c);
-    for (int64_t i = 0; i < len; ++i) x[i] = x[i] * s[i] - (cls[i] == cf ? w[i] : acc_t(0));
+  if (loss) {
+    for (int64_t i = 0; i < len; ++i) loss[i] = l[i];
   }
+  // Eight interleaved partial sums: a fixed order the compiler can vectorise.
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    for (int k = 0; k < 8; ++k) lanes[k] += l[i + k];
+  }
+  for (; i < len; ++i) lanes[0] += l[i];
+  ChunkResult<acc_t> result;
+  result.loss = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  result.kept = kept;
+  result.bad_target = bad_target;
+  result.bad_weight = bad_weight;
+  if (!with_grad) return result;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t* g = out + c * out_plane;
+    const acc_t cf = static_cast<acc_t>(c);
+    for (int64_t i = 0; i < len; ++i) g[i] = g[i] * s[i] - (cls[i] == cf ? w[i] : acc_t(0));
+  }
+  return result;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #endif
-void chunk_math_f32(float* buf, int64_t C, int64_t len, const float* cls, const float* w, float* loss, bool with_grad) {
-  chunk_math<float>(buf, C, len, cls, w, loss, with_grad);
+ChunkResult<float> chunk_math_f32(const float* in, int64_t in_plane, float* out, int64_t out_plane, int64_t C,
+                                  int64_t len, const float* code, const float* weight, float* loss, bool with_grad) {
+  return chunk_math<float>(in, in_plane, out, out_plane, C, len, code, weight, loss, with_grad);
 }
 
-void chunk_math_f64(double* buf, int64_t C, int64_t len, const double* cls, const double* w, double* loss,
-                    bool with_grad) {
-  chunk_math<double>(buf, C, len, cls, w, loss, with_grad);
+ChunkResult<double> chunk_math_f64(const double* in, int64_t in_plane, double* out, int64_t out_plane, int64_t C,
+                                   int64_t len, const double* code, const double* weight, double* loss, bool with_grad) {
+  return chunk_math<double>(in, in_plane, out, out_plane, C, len, code, weight, loss, with_grad);
 }
 
-inline void run_chunk_math(float* b, int64_t C, int64_t n, const float* c, const float* w, float* l, bool g) {
-  chunk_math_f32(b, C, n, c, w, l, g);
+inline ChunkResult<float> run_chunk_math(const float* in, int64_t ip, float* out, int64_t op, int64_t C, int64_t len,
+                                         const float* code, const float* w, float* loss, bool g) {
+  return chunk_math_f32(in, ip, out, op, C, len, code, w, loss, g);
 }
-inline void run_chunk_math(double* b, int64_t C, int64_t n, const double* c, const double* w, double* l, bool g) {
-  chunk_math_f64(b, C, n, c, w, l, g);
+inline ChunkResult<double> run_chunk_math(const double* in, int64_t ip, double* out, int64_t op, int64_t C, int64_t len,
+                                          const double* code, const double* w, double* loss, bool g) {
+  return chunk_math_f64(in, ip, out, op, C, len, code, w, loss, g);
 }
 
-struct Flags {
+struct BlockResult {
+  double loss = 0;
   int64_t count = 0;             // non-ignored pixels
   int64_t bad_target = kNone;    // flat pixel index of the first invalid target
   int64_t bad_weight = kNone;    // ... of the first negative or NaN weight
 };
 
-// Reads `len` targets and weights from flat pixel `p0` into cls / w (see chunk_math), counts the
-// non-ignored pixels and records the first invalid target and weight.
-template <typename acc_t, typename target_t, typename weight_t>
-void prepare_targets(const void* target_v, const void* weight_v, int64_t p0, int64_t len, int64_t C,
-                     int64_t ignore_index, acc_t* cls, acc_t* w, Flags& flags) {
-  const target_t* target = static_cast<const target_t*>(target_v) + p0;
-  const weight_t* weight = weight_v ? static_cast<const weight_t*>(weight_v) + p0 : nullptr;
-  int64_t count = 0;
-  bool bad_t = false, bad_w = false;
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t t = static_cast<int64_t>(target[i]);
-    const bool kept = t != ignore_index;
-    const bool in_range = t >= 0 && t < C;
-    const acc_t wi = weight ? static_cast<acc_t>(weight[i]) : acc_t(1);
-    bad_t |= kept && !in_range;
-    bad_w |= !(wi >= 0);  // negative or NaN
-    count += kept;
-    const bool use = kept && in_range;
-    cls[i] = use ? static_cast<acc_t>(t) : acc_t(-1);
-    w[i] = use ? wi : acc_t(0);
-  }
-  flags.count += count;
-  if (bad_t && flags.bad_target == kNone) {
+// One image's pixels [p_begin, p_end), chunk by chunk. Logits (n, c, p) sit at x + n*C*HW + c*plane + p*step;
+// the gradient g (may be null) has the same layout. target, weight and loss are flat [N*H*W].
+template <typename scalar_t, typename target_t>
+void run_block(const scalar_t* x, scalar_t* g, const target_t* target,
+               const std::conditional_t<std::is_same_v<scalar_t, double>, double, float>* weight,
+               std::conditional_t<std::is_same_v<scalar_t, double>, double, float>* loss_out, int64_t n,
+               int64_t p_begin, int64_t p_end, int64_t C, int64_t HW, bool channels_last, int64_t ignore_index,
+               BlockResult& result) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  // fp32/fp64 NCHW: the math reads the logit planes and writes the gradient planes in place.
+  const bool direct = std::is_same_v<scalar_t, acc_t> && !channels_last;
+  const int64_t plane = channels_last ? 1 : HW, step = channels_last ? C : 1;
+  std::vector<acc_t> buf(C * kChunk);
+  acc_t code[kChunk];
+  double block_loss = 0;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunk) {
+    const int64_t len = std::min(kChunk, p_end - p0);
+    const int64_t base = n * C * HW + p0 * step;
+    const int64_t flat = n * HW + p0;  // pixel index in target, weight and per-pixel loss
+    const target_t* t = target + flat;
     for (int64_t i = 0; i < len; ++i) {
-      const int64_t t = static_cast<int64_t>(target[i]);
-      if (t != ignore_index && (t < 0 || t >= C)) { flags.bad_target = p0 + i; break; }
+      const int64_t ti = static_cast<int64_t>(t[i]);
+      code[i] = ti == ignore_index ? acc_t(kIgnored) : ti < 0 ? acc_t(kNegative) : static_cast<acc_t>(ti);
+    }
+    const acc_t* in;
+    acc_t* out;
+    int64_t in_plane, out_plane;
+    if (direct) {
+      in = reinterpret_cast<const acc_t*>(x) + base;
+      in_plane = HW;
+      out = g ? reinterpret_cast<acc_t*>(g) + base : buf.data();
+      out_plane = g ? HW : kChunk;
+    } else {  // gather the chunk into buf as acc_t, channel-major
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* src = x + base + c * plane;
+        acc_t* dst = buf.data() + c * kChunk;
+        for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i * step]);
+      }
+      in = out = buf.data();
+      in_plane = out_plane = kChunk;
+    }
+    const ChunkResult<acc_t> r = run_chunk_math(in, in_plane, out, out_plane, C, len, code,
+                                                weight ? weight + flat : nullptr, loss_out ? loss_out + flat : nullptr,
+                                                g != nullptr);
+    if (g && !direct) {
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* src = buf.data() + c * kChunk;
+        scalar_t* dst = g + base + c * plane;
+        for (int64_t i = 0; i < len; ++i) dst[i * step] = static_cast<scalar_t>(src[i]);
+      }
+    }
+    block_loss += r.loss;
+    result.count += r.kept;
+    if (r.bad_target && result.bad_target == kNone) {  // rare: find the exact pixel
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t ti = static_cast<int64_t>(t[i]);
+        if (ti != ignore_index && (ti < 0 || ti >= C)) { result.bad_target = flat + i; break; }
+      }
+    }
+    if (r.bad_weight && result.bad_weight == kNone) {
+      for (int64_t i = 0; i < len; ++i) {
+        if (!(weight[flat + i] >= 0)) { result.bad_weight = flat + i; break; }
+      }
     }
   }
-  if (bad_w && flags.bad_weight == kNone) {
-    for (int64_t i = 0; i < len; ++i) {
-      if (!(static_cast<acc_t>(weight[i]) >= 0)) { flags.bad_weight = p0 + i; break; }
-    }
-  }
+  result.loss = block_loss;
 }
 
-template <typename acc_t>
-using PrepareFn = void (*)(const void*, const void*, int64_t, int64_t, int64_t, int64_t, acc_t*, acc_t*, Flags&);
-
-template <typename acc_t, typename target_t>
-PrepareFn<acc_t> pick_weight(const c10::optional<at::Tensor>& weight) {
-  if (!weight) return &prepare_targets<acc_t, target_t, float>;  // weight pointer is null: unused
-  switch (weight->scalar_type()) {
-    case at::kFloat: return &prepare_targets<acc_t, target_t, float>;
-    case at::kDouble: return &prepare_targets<acc_t, target_t, double>;
-    case at::kBFloat16: return &prepare_targets<acc_t, target_t, at::BFloat16>;
-    case at::kHalf: return &prepare_targets<acc_t, target_t, at::Half>;
-    default: TORCH_CHECK(false, "weighted_cross_entropy: weight must be floating point, got ", weight->scalar_type());
-  }
-}
-
-template <typename acc_t>
-PrepareFn<acc_t> pick_prepare(const at::Tensor& target, const c10::optional<at::Tensor>& weight) {
-  switch (target.scalar_type()) {
-    case at::kByte: return pick_weight<acc_t, uint8_t>(weight);
-    case at::kInt: return pick_weight<acc_t, int32_t>(weight);
-    case at::kLong: return pick_weight<acc_t, int64_t>(weight);
-    default: TORCH_CHECK(false, "weighted_cross_entropy: target must be uint8, int32 or int64, got ", target.scalar_type());
-  }
-}
-
-struct BlockResult {
-  double loss = 0;
-  Flags flags;
-};
-
-template <typename scalar_t>
+template <typename scalar_t, typename target_t>
 void run(const at::Tensor& logits, bool channels_last, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
          int64_t ignore_index, bool per_pixel, at::Tensor& loss, at::Tensor* grad, std::vector<BlockResult>& blocks) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -215,53 +266,14 @@ void run(const at::Tensor& logits, bool channels_last, const at::Tensor& target,
   const scalar_t* x = logits.const_data_ptr<scalar_t>();
   scalar_t* g = grad ? grad->data_ptr<scalar_t>() : nullptr;
   acc_t* loss_out = per_pixel ? loss.data_ptr<acc_t>() : nullptr;
-  const void* target_p = target.const_data_ptr();
-  const void* weight_p = weight ? weight->const_data_ptr() : nullptr;
-  const PrepareFn<acc_t> prepare = pick_prepare<acc_t>(target, weight);
-  // Element (n, c, pixel p) of logits and grad sits at n * C * HW + c * plane + p * step.
-  const int64_t plane = channels_last ? 1 : HW, step = channels_last ? C : 1;
-
-  at::parallel_for(0, N * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(C * kChunk);
-    acc_t cls[kChunk], w[kChunk], chunk_loss[kChunk];
+  const target_t* t = target.const_data_ptr<target_t>();
+  const acc_t* w = weight ? weight->const_data_ptr<acc_t>() : nullptr;
+  // 16 blocks (64k pixels, ~0.2 ms) per thread at least: waking threads for less costs more than it saves.
+  at::parallel_for(0, N * blocks_per_image, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b / blocks_per_image;
-      const int64_t p_begin = (b % blocks_per_image) * kBlock, p_end = std::min(HW, p_begin + kBlock);
-      BlockResult& result = blocks[b];
-      double block_loss = 0;
-      for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunk) {
-        const int64_t len = std::min(kChunk, p_end - p0);
-        const int64_t base = n * C * HW + p0 * step;
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* src = x + base + c * plane;
-          acc_t* dst = buf.data() + c * kChunk;
-          if (channels_last) {
-            for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i * C]);
-          } else {
-            for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i]);
-          }
-        }
-        const int64_t flat = n * HW + p0;  // pixel index in target, weight and per-pixel loss
-        prepare(target_p, weight_p, flat, len, C, ignore_index, cls, w, result.flags);
-        run_chunk_math(buf.data(), C, len, cls, w, per_pixel ? loss_out + flat : chunk_loss, g != nullptr);
-        if (!per_pixel) {
-          acc_t sum = 0;
-          for (int64_t i = 0; i < len; ++i) sum += chunk_loss[i];
-          block_loss += sum;
-        }
-        if (g) {
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t* src = buf.data() + c * kChunk;
-            scalar_t* dst = g + base + c * plane;
-            if (channels_last) {
-              for (int64_t i = 0; i < len; ++i) dst[i * C] = static_cast<scalar_t>(src[i]);
-            } else {
-              for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-            }
-          }
-        }
-      }
-      result.loss = block_loss;
+      const int64_t n = b / blocks_per_image, p_begin = (b % blocks_per_image) * kBlock;
+      run_block<scalar_t, target_t>(x, g, t, w, loss_out, n, p_begin, std::min(HW, p_begin + kBlock), C, HW,
+                                    channels_last, ignore_index, blocks[b]);
     }
   });
 }
@@ -288,8 +300,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor logits = logits_in.contiguous(format);
   const at::Tensor target = target_in.contiguous();
-  const c10::optional<at::Tensor> weight = weight_in ? c10::optional<at::Tensor>(weight_in->contiguous()) : c10::nullopt;
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(!weight_in || at::isFloatingType(weight_in->scalar_type()),
+              "weighted_cross_entropy: weight must be floating point, got ", weight_in->scalar_type());
+  // The kernel reads weights in its accumulation type: a no-op for the usual fp32 map.
+  const c10::optional<at::Tensor> weight =
+      weight_in ? c10::optional<at::Tensor>(weight_in->to(acc_type).contiguous()) : c10::nullopt;
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, logits.options().dtype(acc_type))
                               : at::empty({}, logits.options().dtype(acc_type));
@@ -298,16 +314,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
   const int64_t blocks_per_image = (H * W + kBlock - 1) / kBlock;
   std::vector<BlockResult> blocks(N * blocks_per_image);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "weighted_cross_entropy_cpu", [&] {
-    run<scalar_t>(logits, channels_last, target, weight, ignore_index, per_pixel, loss, compute_grad ? &grad : nullptr,
-                  blocks);
+    at::Tensor* g = compute_grad ? &grad : nullptr;
+    switch (target.scalar_type()) {
+      case at::kByte: run<scalar_t, uint8_t>(logits, channels_last, target, weight, ignore_index, per_pixel, loss, g, blocks); break;
+      case at::kInt: run<scalar_t, int32_t>(logits, channels_last, target, weight, ignore_index, per_pixel, loss, g, blocks); break;
+      case at::kLong: run<scalar_t, int64_t>(logits, channels_last, target, weight, ignore_index, per_pixel, loss, g, blocks); break;
+      default: TORCH_CHECK(false, "weighted_cross_entropy: target must be uint8, int32 or int64, got ", target.scalar_type());
+    }
   });
   double total = 0;
-  Flags all;
+  BlockResult all;
   for (const BlockResult& b : blocks) {  // block order: deterministic for any thread count
     total += b.loss;
-    all.count += b.flags.count;
-    all.bad_target = std::min(all.bad_target, b.flags.bad_target);
-    all.bad_weight = std::min(all.bad_weight, b.flags.bad_weight);
+    all.count += b.count;
+    all.bad_target = std::min(all.bad_target, b.bad_target);
+    all.bad_weight = std::min(all.bad_weight, b.bad_weight);
   }
   TORCH_CHECK_INDEX(all.bad_target == kNone, "weighted_softmax_cross_entropy: target has value ",
                     target.reshape(-1)[all.bad_target].item<int64_t>(), " at ", position(all.bad_target, H, W),

@@ -1,8 +1,9 @@
 """crop_concat(skip, x) = cat([centre_crop(skip, x's size), x], dim=1): U-Net's copy and crop.
 
 One pass that reads the cropped window of skip in place and writes the concatenation in
-x's memory format (CPU kernel in csrc/cpu, CUDA kernel in csrc/cuda). The gradient for skip
-lands in skip's full, uncropped shape (zero outside the window).
+x's memory format (CPU kernel in csrc/cpu, CUDA kernel in csrc/cuda; a Triton kernel, op
+unet_fast::crop_concat_triton, serves CUDA where the extension has no CUDA kernel). The gradient
+for skip lands in skip's full, uncropped shape (zero outside the window).
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import torch
 
 from .. import _extension
 from ..geometry import crop_offset
+from . import triton as _triton
+
+if _triton.available():
+    from .triton import crop_concat as _kernels
 
 
 def _check(skip: torch.Tensor, x: torch.Tensor) -> None:
@@ -40,12 +45,34 @@ def crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     _check(skip, x)
     if _extension.has_kernel("crop_concat", x.device.type):
         return torch.ops.unet_fast.crop_concat(skip, x)
+    if x.device.type == "cuda" and triton_usable(x.device):
+        return torch.ops.unet_fast.crop_concat_triton(skip, x)
     return crop_concat_reference(skip, x)
+
+
+def triton_usable(device: torch.device) -> bool:
+    """True when the Triton kernel runs for tensors of this device in this process."""
+    return _triton.available() and _triton.can_run(_kernels.crop_concat_kernel, device)
 
 
 def _output_format(x: torch.Tensor) -> torch.memory_format:
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _setup_context(ctx, inputs, output):
+    skip, x = inputs
+    ctx.skip_shape = skip.shape
+    ctx.skip_channels = skip.shape[1]
+
+
+def _backward(ctx, grad):
+    cs = ctx.skip_channels
+    h, w = grad.shape[-2:]
+    grad_skip = grad.new_zeros(ctx.skip_shape)
+    top, left = crop_offset(ctx.skip_shape[2], h), crop_offset(ctx.skip_shape[3], w)
+    grad_skip[:, :, top:top + h, left:left + w] = grad[:, :cs]
+    return grad_skip, grad[:, cs:]
 
 
 if _extension.available():
@@ -54,17 +81,13 @@ if _extension.available():
         n, cx, h, w = x.shape
         return x.new_empty((n, skip.shape[1] + cx, h, w)).contiguous(memory_format=_output_format(x))
 
-    def _setup_context(ctx, inputs, output):
-        skip, x = inputs
-        ctx.skip_shape = skip.shape
-        ctx.skip_channels = skip.shape[1]
-
-    def _backward(ctx, grad):
-        cs = ctx.skip_channels
-        h, w = grad.shape[-2:]
-        grad_skip = grad.new_zeros(ctx.skip_shape)
-        top, left = crop_offset(ctx.skip_shape[2], h), crop_offset(ctx.skip_shape[3], w)
-        grad_skip[:, :, top:top + h, left:left + w] = grad[:, :cs]
-        return grad_skip, grad[:, cs:]
-
     torch.library.register_autograd("unet_fast::crop_concat", _backward, setup_context=_setup_context)
+
+if _triton.available():
+    @torch.library.triton_op("unet_fast::crop_concat_triton", mutates_args=())
+    def _crop_concat_triton(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return _kernels.crop_concat_forward(skip, x, crop_offset(skip.shape[2], h), crop_offset(skip.shape[3], w),
+                                            _output_format(x))
+
+    torch.library.register_autograd("unet_fast::crop_concat_triton", _backward, setup_context=_setup_context)

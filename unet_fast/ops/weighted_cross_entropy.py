@@ -4,11 +4,11 @@ One pass over the logits computes the loss and, when the logits need a gradient,
 itself: d loss / d logits = (softmax - onehot(target)) * weight, zero at ignored pixels. The kernel
 writes it next to the loss and saves it; backward only scales it by grad_output (and 1 / count
 for "mean"), a plain multiply. We chose this over recomputing the softmax in a fused backward
-kernel by measurement (benchmarks/test_bench_loss.py, "saved vs recompute" group, CPU
-(8, 2, 512, 512) fp32): the saved gradient costs one forward kernel plus a multiply, recomputing
-costs a forward kernel without the gradient plus a full second kernel; the multiply is cheaper
-than the second kernel (numbers in benchmarks/results/2026-11-25-cpu-loss.md) and the code is
-simpler. The price is memory: the gradient (logits' size) lives from forward to backward.
+kernel by measurement (benchmarks/test_bench_loss.py, "gradient strategy" group, CPU
+(8, 2, 512, 512) fp32, benchmarks/results/2026-11-25-cpu-loss.md): forward-with-gradient plus the
+multiply was 1.27x faster than forward-without-gradient plus a second gradient pass on one
+thread, and as fast on two; it is also the simpler code. The price is memory: the gradient
+(logits' size) lives from forward to backward. Double backward is not supported.
 
 Kernels: CPU C++ (csrc/cpu/weighted_cross_entropy.cpp), CUDA C++ (csrc/cuda/...), Triton
 (ops/triton/weighted_cross_entropy.py). CUDA tensors use Triton where it imports, else the
@@ -19,8 +19,9 @@ per-block partial sums in a fixed order, so results are deterministic.
 Checks on values cost no extra pass: the kernels flag invalid targets (outside [0, C) and not
 ignore_index) and negative or NaN weights while they read them, and report the first one by
 (n, h, w) after the pass (IndexError for a target, ValueError for a weight). On the CPU that
-is free; on CUDA it costs one 8-byte device-to-host copy (a synchronisation) per call.
+is free; on CUDA it costs one 16-byte device-to-host copy (a synchronisation) per call.
 Under torch.compile the Triton path checks with a device-side assert instead (no position).
+The composite fallback checks with vectorised comparisons (extra passes; it is the slow path).
 """
 from __future__ import annotations
 
@@ -112,15 +113,6 @@ def weighted_cross_entropy_composite(logits, target, weight=None, reduction="mea
     return loss.sum() / (target != ignore_index).sum().clamp(min=1)
 
 
-def _triton_module():
-    """The Triton implementation, or None where triton does not import."""
-    try:
-        from .triton import weighted_cross_entropy as module
-    except ImportError:
-        return None
-    return module
-
-
 def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                                    *, reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
     """Pixel-wise softmax cross-entropy of ``logits`` [N, C, H, W] against ``target`` [N, H, W], times ``weight``.
@@ -136,10 +128,8 @@ def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, w
     code = _REDUCTIONS[reduction]
     weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    if not weight_needs_grad and logits.device.type == "cuda":
-        triton_impl = _triton_module()
-        if triton_impl is not None:
-            return triton_impl.weighted_cross_entropy_checked(logits, target, weight, code, ignore_index, compute_grad)
+    if not weight_needs_grad and logits.device.type == "cuda" and _TRITON is not None:
+        return _TRITON.weighted_cross_entropy_checked(logits, target, weight, code, ignore_index, compute_grad)
     if not weight_needs_grad and _extension.has_kernel("weighted_cross_entropy", logits.device.type):
         loss, _, _ = torch.ops.unet_fast.weighted_cross_entropy(logits, target, weight, code, ignore_index, compute_grad)
         return loss
@@ -168,6 +158,7 @@ def setup_context(ctx, inputs, output):
     _, _, _, reduction, _, compute_grad = inputs[:6]
     _, grad, count = output[:3]
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the saved-gradient output
     ctx.reduction, ctx.compute_grad = reduction, compute_grad
     ctx.save_for_backward(grad, count)
 
@@ -176,6 +167,8 @@ def backward(ctx, grad_loss, *_unused):
     """Scale the gradient the forward kernel saved: by grad_output per pixel, or by the scalar."""
     if not ctx.compute_grad:
         raise RuntimeError(f"{_NAME}: backward through a call made with compute_grad=False")
+    if grad_loss is None:  # the loss took no part in what is being differentiated
+        return (None,) * 6
     grad, count = ctx.saved_tensors
     if ctx.reduction == 0:
         scale = grad_loss.unsqueeze(1)
@@ -192,3 +185,15 @@ if _extension.available():
         return fake_outputs(logits, reduction, compute_grad)
 
     torch.library.register_autograd("unet_fast::weighted_cross_entropy", backward, setup_context=setup_context)
+
+
+def _load_triton():
+    try:
+        from .triton import weighted_cross_entropy as module
+    except ImportError:  # no triton on this platform: CUDA tensors use the CUDA C++ kernel
+        return None
+    return module
+
+
+# Resolved once at import (not inside the traced call): the Triton implementation, where there is a GPU.
+_TRITON = _load_triton() if torch.cuda.is_available() else None

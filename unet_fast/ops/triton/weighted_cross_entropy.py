@@ -10,16 +10,17 @@ deterministic reduction, no atomics).
 
 Registered with torch.library.triton_op (the project's choice for Triton ops): torch.compile
 sees the kernel. Its opcheck and compile tests need a GPU; on the CPU the kernel is tested
-under TRITON_INTERPRET=1 by calling the op on CPU tensors.
+under TRITON_INTERPRET=1 by calling the op on CPU tensors (launchable() skips wrap_triton there).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..weighted_cross_entropy import backward, fake_outputs, raise_for_bad_values, setup_context
+from . import launchable
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -94,7 +95,7 @@ def weighted_cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, we
     part_count = logits.new_empty((programs,), dtype=torch.int64)
     part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
     stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
-    wrap_triton(_weighted_cross_entropy_kernel)[(programs,)](
+    launchable(_weighted_cross_entropy_kernel)[(programs,)](
         logits, target, weight if weight is not None else logits, loss, grad if compute_grad else logits,
         part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,
         HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=compute_grad,

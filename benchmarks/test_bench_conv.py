@@ -1,0 +1,152 @@
+"""GPU: the fused conv3x3_relu op and UNet(backend="triton") against cuDNN eager and torch.compile.
+
+Per layer (group "conv3x3 <layer>"): the 18 distinct 3x3 conv layers of the depth-5 U-Net at
+572x572, batch 8, bf16, channels_last:
+  fused                  conv3x3_relu (decoder conv1 reads the skip window in place)
+  cudnn_reference        conv2d + relu eager (decoder conv1: crop view + cat first)
+  compiled_max_autotune  the same composite through torch.compile(mode="max-autotune")
+Whole network (groups "unet forward/forward+backward ..."): batch 8 bf16 channels_last,
+backend="triton" vs the reference eager vs torch.compile(reference, mode="max-autotune");
+effective TFLOP/s from 300.9 GFLOP per tile forward (3x that for forward + backward).
+
+max-autotune compiles take minutes; by default the per-layer compiled baseline runs on
+UNET_FAST_BENCH_COMPILED_LAYERS (comma-separated names; default: three representative layers,
+the widest-image encoder conv, the bottleneck conv and the top decoder conv with skip; "all": all 18).
+"""
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast import UNet, geometry, reference
+from unet_fast.ops import conv3x3_relu
+
+pytestmark = pytest.mark.gpu
+
+GFLOP_PER_TILE = 300.9  # forward, 572x572, depth 5, base 64 (ARCHITECTURE.md section 2)
+BATCH, SIZE, DEPTH, BASE = 8, 572, 5, 64
+DTYPE = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    in_channels: int   # channels of x (without the skip)
+    out_channels: int
+    size: int          # x's height and width
+    skip_channels: int = 0
+    skip_size: int = 0
+
+    @property
+    def gflop(self) -> float:
+        out = self.size - 2
+        return 2 * BATCH * out * out * self.out_channels * (self.in_channels + self.skip_channels) * 9 / 1e9
+
+
+def unet_layers(size: int = SIZE, depth: int = DEPTH, base: int = BASE) -> list[Layer]:
+    """The distinct 3x3 conv layers of the paper's network, walked like geometry.trace_sizes."""
+    trace = geometry.trace_sizes(size, depth)
+    widths = [base * 2 ** level for level in range(depth)]
+    layers, channels, s = [], 1, size
+    for level, width in enumerate(widths):
+        layers += [Layer(f"enc{level}.conv1", channels, width, s), Layer(f"enc{level}.conv2", width, width, s - 2)]
+        channels = width
+        s = trace.skip_sizes[level] // 2 if level < depth - 1 else s - 4
+    for level in reversed(range(depth - 1)):
+        up = 2 * s
+        layers += [Layer(f"dec{level}.conv1", widths[level], widths[level], up, widths[level], trace.skip_sizes[level]),
+                   Layer(f"dec{level}.conv2", widths[level], widths[level], up - 2)]
+        s = up - 4
+    return layers
+
+
+LAYERS = unet_layers()
+_DEFAULT_COMPILED = {"enc0.conv2", "enc4.conv1", "dec0.conv1"}
+
+
+def _compiled_layers() -> set[str]:
+    chosen = os.environ.get("UNET_FAST_BENCH_COMPILED_LAYERS")
+    if chosen == "all":
+        return {layer.name for layer in LAYERS}
+    return set(chosen.split(",")) if chosen else _DEFAULT_COMPILED
+
+
+def composite(x, weight, bias, skip):
+    if skip is not None:
+        x = torch.cat([reference.center_crop(skip, x.shape[-2:]), x], dim=1)
+    return F.relu(F.conv2d(x, weight, bias))
+
+
+def _layer_inputs(layer: Layer):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    cl = torch.channels_last
+
+    def randn(*shape):
+        return torch.randn(shape, device="cuda", dtype=DTYPE, generator=g)
+
+    x = randn(BATCH, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
+    skip = None
+    if layer.skip_channels:
+        skip = randn(BATCH, layer.skip_channels, layer.skip_size, layer.skip_size).contiguous(memory_format=cl)
+    cin = layer.in_channels + layer.skip_channels
+    weight = (randn(layer.out_channels, cin, 3, 3) * (2 / (9 * cin)) ** 0.5).contiguous(memory_format=cl)
+    return x, weight, randn(layer.out_channels) * 0.1, skip
+
+
+@pytest.mark.parametrize("impl", ["fused", "cudnn_reference", "compiled_max_autotune"])
+@pytest.mark.parametrize("layer", LAYERS, ids=[layer.name for layer in LAYERS])
+def test_conv_layer(timed, benchmark, layer, impl):
+    if impl == "compiled_max_autotune" and layer.name not in _compiled_layers():
+        pytest.skip("set UNET_FAST_BENCH_COMPILED_LAYERS=all to compile every layer")
+    x, weight, bias, skip = _layer_inputs(layer)
+    if impl == "fused":
+        def fn():
+            return conv3x3_relu(x, weight, bias, skip=skip)
+    elif impl == "cudnn_reference":
+        def fn():
+            return composite(x, weight, bias, skip)
+    else:
+        compiled = torch.compile(composite, mode="max-autotune", dynamic=False)
+
+        def fn():
+            return compiled(x, weight, bias, skip)
+    benchmark.group = f"conv3x3 {layer.name} {layer.in_channels}+{layer.skip_channels}->{layer.out_channels} " \
+                      f"at {layer.size} batch {BATCH} bf16"
+    benchmark.extra_info.update(gflop=layer.gflop)
+    with torch.inference_mode():
+        timed(fn, device="cuda", rounds=20, warmup_rounds=3)
+
+
+def _models():
+    torch.manual_seed(0)
+    ref = reference.UNet(depth=DEPTH, base_channels=BASE)
+    fast = UNet(depth=DEPTH, base_channels=BASE, backend="triton")
+    fast.load_state_dict(ref.state_dict())
+    cl = torch.channels_last
+    return (ref.to("cuda", DTYPE).to(memory_format=cl), fast.to("cuda", DTYPE).to(memory_format=cl))
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference_eager", "compiled_reference_max_autotune"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_unet(timed, benchmark, mode, impl):
+    ref, fast = _models()
+    model = {"triton": fast, "reference_eager": ref}.get(impl)
+    if model is None:
+        model = torch.compile(ref, mode="max-autotune", dynamic=False)
+    x = torch.randn(BATCH, 1, SIZE, SIZE, device="cuda", dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                return model(x)
+    else:
+        grad = torch.randn(BATCH, 2, ref.output_size(SIZE), ref.output_size(SIZE), device="cuda", dtype=DTYPE)
+
+        def fn():
+            model.zero_grad(set_to_none=True)
+            model(x).backward(grad)
+    benchmark.group = f"unet {mode} 572x572 batch {BATCH} bf16 channels_last"
+    flop_factor = 1 if mode == "forward" else 3  # backward costs about twice the forward
+    benchmark.extra_info.update(gflop=GFLOP_PER_TILE * BATCH * flop_factor, tiles=BATCH)
+    timed(fn, device="cuda", rounds=20, warmup_rounds=3)

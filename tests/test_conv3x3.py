@@ -1,0 +1,164 @@
+"""conv3x3_relu: the Triton kernels (interpreter on CPU, compiled on CUDA) against the aten composite."""
+import pytest
+import torch
+
+from unet_fast.ops import conv3x3_relu
+from unet_fast.ops.conv3x3 import conv3x3_relu_reference, triton_usable
+from unet_fast.ops.triton import conv3x3 as kernels
+from tolerances import assert_close, relative_error
+from triton_device import DEVICE, exact_fp32, needs_triton
+
+# (batch, x channels, skip channels (0: no skip), x height, width, skip height, width, out channels, padding)
+CASES = [
+    pytest.param(2, 5, 0, 9, 11, 0, 0, 7, 0, id="odd-hw-odd-channels"),
+    pytest.param(1, 3, 4, 8, 7, 8, 7, 6, 0, id="skip-offset-0"),
+    pytest.param(2, 5, 3, 7, 9, 12, 14, 17, 0, id="skip-offset-gt0-cout-17"),
+    pytest.param(2, 20, 0, 6, 5, 0, 0, 9, 1, id="pad1-cin-20"),
+    pytest.param(1, 2, 18, 5, 6, 9, 9, 4, 1, id="pad1-skip-cs-18"),
+    pytest.param(2, 1, 0, 18, 18, 0, 0, 8, 0, id="cin-1-wgrad-split"),
+]
+
+
+def make(batch, cx, cs, h, w, sh, sw, cout, layout, dtype=torch.float32, device=DEVICE):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cx, h, w, generator=g, dtype=dtype)
+    skip = torch.randn(batch, cs, sh, sw, generator=g, dtype=dtype) if cs else None
+    weight = torch.randn(cout, cs + cx, 3, 3, generator=g, dtype=dtype) / (3 * (cs + cx) ** 0.5)
+    bias = torch.randn(cout, generator=g, dtype=dtype) * 0.1
+    x, weight, bias = x.to(device), weight.to(device), bias.to(device)
+    skip = skip.to(device) if skip is not None else None
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        skip = skip.contiguous(memory_format=torch.channels_last) if skip is not None else None
+    elif layout == "strided":  # views with gaps, as a decoder sees a slice of a larger buffer
+        x = torch.cat([x, x], dim=-1)[..., ::2]
+        skip = skip.transpose(-1, -2).contiguous().transpose(-1, -2) if skip is not None else None
+    return [t.requires_grad_() if t is not None else None for t in (x, weight, bias, skip)]
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding", CASES)
+def test_forward_and_backward_match_aten(batch, cx, cs, h, w, sh, sw, cout, padding, layout):
+    x, weight, bias, skip = make(batch, cx, cs, h, w, sh, sw, cout, layout)
+    with exact_fp32():
+        out = conv3x3_relu(x, weight, bias, skip=skip, padding=padding)
+        expected = conv3x3_relu_reference(x, weight, bias, skip, padding)
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, expected)
+    assert (expected == 0).any() and (expected > 0).any()  # the ReLU mask matters in backward
+    inputs = [t for t in (x, weight, bias, skip) if t is not None]
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with exact_fp32():
+        got = torch.autograd.grad(out, inputs, grad)
+        want = torch.autograd.grad(expected, inputs, grad)
+    for name, g, r in zip(("x", "weight", "bias", "skip"), got, want):
+        assert g.shape == r.shape, name
+        assert_close(g, r), name
+
+
+@needs_triton
+def test_only_requested_gradients():
+    x, weight, bias, skip = make(1, 3, 2, 6, 6, 8, 8, 4, "channels_last")
+    out = conv3x3_relu(x.detach(), weight, None, skip=skip.detach())
+    (grad_weight,) = torch.autograd.grad(out.sum(), [weight])
+    with exact_fp32():
+        expected = conv3x3_relu_reference(x.detach(), weight, None, skip.detach())
+        (want,) = torch.autograd.grad(expected.sum(), [weight])
+    assert_close(grad_weight, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("padding", [0, 1])
+def test_launchers_directly(padding):
+    """The kernels without autograd: dgrad splits its output between grad_skip's window and grad_x."""
+    x, weight, _, skip = (t.detach() for t in make(2, 3, 2, 7, 8, 11, 10, 5, "channels_last"))
+    grad = torch.randn(2, 5, 5 + 2 * padding, 6 + 2 * padding, device=DEVICE)
+    grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
+    grad_weight = kernels.conv3x3_weight_grad(grad, x, skip, padding)
+    cat = torch.cat([skip[:, :, 2:9, 1:9], x], dim=1).requires_grad_()
+    weight.requires_grad_()
+    with exact_fp32():
+        ref = torch.nn.functional.conv2d(cat, weight, padding=padding)
+        want_cat, want_weight = torch.autograd.grad(ref, [cat, weight], grad)
+    assert_close(grad_x, want_cat[:, 2:])
+    assert_close(grad_skip[:, :, 2:9, 1:9], want_cat[:, :2])
+    grad_skip[:, :, 2:9, 1:9] = 0
+    assert not grad_skip.any()  # zero outside the window
+    assert_close(grad_weight, want_weight)
+
+
+@needs_triton
+def test_kernel_path_is_taken():
+    assert triton_usable(DEVICE, torch.float32)
+    assert not triton_usable(DEVICE, torch.float64)
+
+
+def test_float64_composite_and_gradcheck():
+    """float64 (and any device Triton cannot run on) takes the aten composite."""
+    x, weight, bias, skip = make(1, 2, 1, 5, 4, 7, 6, 2, "contiguous", dtype=torch.float64, device="cpu")
+    assert torch.autograd.gradcheck(lambda *a: conv3x3_relu(a[0], a[1], a[2], skip=a[3]), (x, weight, bias, skip))
+
+
+def test_input_precision_follows_cudnn_tf32_flag():
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        assert kernels.input_precision(torch.float32) == "ieee"
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+        assert kernels.input_precision(torch.float32) == "tf32"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(x=torch.randn(3, 6, 6)), ValueError, "x must be a 4-D floating-point tensor"),
+    (dict(x=torch.zeros(1, 3, 6, 6, dtype=torch.long)), ValueError, "floating-point"),
+    (dict(weight=torch.randn(4, 3, 3, 3)), ValueError, r"weight must have shape \(C_out, 5, 3, 3\)"),
+    (dict(bias=torch.randn(5)), ValueError, r"bias must be None or of shape \(4,\)"),
+    (dict(skip=torch.randn(2, 2, 8, 8)), ValueError, "batch sizes differ"),
+    (dict(skip=torch.randn(1, 2, 5, 8)), ValueError, "smaller than x"),
+    (dict(skip=torch.randn(1, 2, 8, 8, dtype=torch.float64)), TypeError, "skip is torch.float64"),
+    (dict(padding=2), ValueError, "padding must be 0"),
+    (dict(x=torch.randn(1, 3, 2, 6)), ValueError, "at least 3"),
+])
+def test_bad_inputs(kwargs, error, match):
+    args = dict(x=torch.randn(1, 3, 6, 6), weight=torch.randn(4, 5, 3, 3), bias=torch.randn(4),
+                skip=torch.randn(1, 2, 8, 8), padding=0)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        conv3x3_relu(args["x"], args["weight"], args["bias"], skip=args["skip"], padding=args["padding"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("cs", [0, 32])
+def test_low_precision_error_within_twice_aten(dtype, cs):
+    """flash-attention's criterion: error vs float64 at most about twice aten's in the same dtype."""
+    x, weight, bias, skip = make(2, 48, cs, 37, 41, 45, 44, 80, "channels_last", device="cuda")
+    grad = torch.randn(2, 80, 35, 39, device="cuda")
+    inputs64 = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias, skip)]
+    inputs = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in (x, weight, bias, skip)]
+    ref64 = conv3x3_relu_reference(*inputs64)
+    ref_low = conv3x3_relu_reference(*inputs)
+    out = conv3x3_relu(inputs[0], inputs[1], inputs[2], skip=inputs[3])
+    assert relative_error(out, ref64) <= 2 * relative_error(ref_low, ref64) + 1e-6
+    present = [i for i, t in enumerate(inputs) if t is not None]
+    g64 = torch.autograd.grad(ref64, [inputs64[i] for i in present], grad.double())
+    g_low = torch.autograd.grad(ref_low, [inputs[i] for i in present], grad.to(dtype))
+    g_out = torch.autograd.grad(out, [inputs[i] for i in present], grad.to(dtype))
+    for a, b, c in zip(g_out, g_low, g64):
+        assert relative_error(a, c) <= 2 * relative_error(b, c) + 1e-6
+
+
+@pytest.mark.gpu
+def test_opcheck_and_compile_fullgraph():
+    x, weight, bias, skip = make(2, 5, 3, 7, 9, 12, 14, 17, "channels_last", device="cuda")
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu.default, (x, weight, bias, skip, 0))
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu.default, (x, weight[:, 3:].contiguous(), None, None, 1))
+    compiled = torch.compile(lambda *a: conv3x3_relu(a[0], a[1], a[2], skip=a[3]), fullgraph=True)
+    with exact_fp32():
+        out = compiled(x, weight, bias, skip)
+        expected = conv3x3_relu_reference(x, weight, bias, skip)
+    assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), [x, weight, bias, skip])
+    want = torch.autograd.grad(expected.sum(), [x, weight, bias, skip])
+    for g, r in zip(grads, want):
+        assert_close(g, r)

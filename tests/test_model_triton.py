@@ -1,0 +1,88 @@
+"""UNet(backend="triton"): every 3x3 conv through conv3x3_relu, compared with the reference network."""
+import pytest
+import torch
+
+from unet_fast import UNet, reference
+from tolerances import assert_close
+from triton_device import DEVICE, exact_fp32, needs_triton
+
+TINY = dict(in_channels=1, num_classes=2, depth=3, base_channels=8)
+
+
+def twins(**kwargs):
+    torch.manual_seed(0)
+    ref = reference.UNet(**kwargs).to(DEVICE)
+    fast = UNet(backend="triton", **kwargs).to(DEVICE)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+@needs_triton
+@pytest.mark.parametrize("padding, size, batch", [("valid", (44, 60), 2), ("same", (16, 24), 1)])
+def test_forward_and_backward_match_reference(padding, size, batch):
+    ref, fast = twins(padding=padding, **TINY)
+    x = torch.randn(batch, 1, *size, device=DEVICE)
+    with exact_fp32():
+        out_ref, out_fast = ref(x), fast(x.contiguous(memory_format=torch.channels_last))
+    assert_close(out_fast, out_ref)
+    grad = torch.randn_like(out_ref)
+    with exact_fp32():
+        out_ref.backward(grad)
+        out_fast.backward(grad)
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        assert_close(p_fast.grad, p_ref.grad), name
+
+
+@needs_triton
+def test_dropout_in_training_and_inference():
+    ref, fast = twins(dropout=0.5, **TINY)
+    x = torch.randn(1, 1, 44, 44, device=DEVICE)
+    fast.eval()
+    ref.eval()
+    with torch.no_grad(), exact_fp32():
+        assert_close(fast(x), ref(x))
+    fast.train()
+    assert not torch.equal(fast(x), fast(x))
+
+
+def test_state_dict_is_the_reference_one():
+    assert list(UNet(backend="triton", **TINY).state_dict()) == list(reference.UNet(**TINY).state_dict())
+
+
+def test_auto_resolves_to_torch_on_cpu():
+    assert UNet(**TINY).resolved_backend(torch.device("cpu")) == "torch"
+    assert UNet(backend="triton", **TINY).resolved_backend(torch.device("cpu")) == "triton"
+
+
+@pytest.mark.gpu
+def test_auto_resolves_to_triton_on_cuda():
+    assert UNet(**TINY).resolved_backend(torch.device("cuda")) == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_autocast_error_within_twice_reference(batch):
+    """bf16: error against a float64 reference at most about twice that of the reference in bf16."""
+    ref, fast = twins(**TINY)
+    x = torch.randn(batch, 1, 60, 60, device="cuda")
+    ref64 = reference.UNet(**TINY).to("cuda").double()
+    ref64.load_state_dict(ref.state_dict())
+    expected = ref64(x.double())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_ref, out_fast = ref(x), fast(x)
+    assert out_fast.dtype == torch.bfloat16
+    err_ref = (out_ref.double() - expected).norm() / expected.norm()
+    err_fast = (out_fast.double() - expected).norm() / expected.norm()
+    assert err_fast <= 2 * err_ref + 1e-6
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_matches():
+    ref, fast = twins(**TINY)
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(2, 1, 44, 44, device="cuda", requires_grad=True)
+    with exact_fp32():
+        out = compiled(x)
+        assert_close(out, ref(x))
+    out.sum().backward()
+    assert x.grad is not None

@@ -1,0 +1,210 @@
+"""Compile planned Triton launches for a GPU target without a GPU, and read what ptxas says.
+
+A launch planned on meta tensors (unet_fast.ops.triton.conv3x3.plan_*) is specialised the way
+Triton's JIT would specialise it (ints equal to 1 become constants, pointers and ints divisible
+by 16 get the divisibility hint), compiled with triton.compile(ASTSource(...), target=GPUTarget),
+and the PTX is assembled once more with ptxas -v for registers and spills.
+
+    python tests/triton_static.py [--quick] [--json]   # every shipped configuration, as a table or JSON lines
+
+Run it in a process without TRITON_INTERPRET=1: interpreted kernels cannot be compiled.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+SMEM_LIMIT = {90: 228 * 1024, 80: 164 * 1024}  # per block, H100 / A100 (bytes)
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@dataclass
+class Compiled:
+    name: str
+    capability: int
+    ptx: str
+    shared: int
+    registers: int
+    spill_bytes: int
+
+    @property
+    def uses_wgmma(self) -> bool:
+        return "wgmma.mma_async" in self.ptx
+
+    @property
+    def uses_mma(self) -> bool:
+        return re.search(r"\bmma\.sync\.aligned", self.ptx) is not None
+
+
+def _specialise(kernel, args: tuple, meta: dict):
+    """(signature, constexprs, attrs) as triton's JIT builds them for these argument values."""
+    names = kernel.arg_names
+    signature, constexprs, attrs = {}, {}, {}
+    values = dict(zip(names, args))
+    values.update({k: v for k, v in meta.items() if k in names})
+    for index, name in enumerate(names):
+        value = values[name]
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_DTYPE[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]  # allocator pointers are 256-byte aligned
+        elif isinstance(value, bool) or not isinstance(value, int) or name in meta:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+        elif value == 1:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        else:
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
+
+
+def _ast_source(kernel, signature, constexprs, attrs):
+    from triton.compiler import ASTSource
+    params = inspect.signature(ASTSource.__init__).parameters
+    if "constexprs" in params:  # triton >= 3.3 (3.6 on the GPU machines, 3.9 here)
+        return ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
+    return ASTSource(kernel, signature, constants=constexprs, attrs=attrs)
+
+
+def _ptxas(capability: int) -> str:
+    """The ptxas triton itself uses for this target (its PTX version matches), else the one on PATH."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(capability).path  # triton >= 3.4 picks per architecture
+    except (ImportError, TypeError, AttributeError):
+        pass
+    try:
+        from triton import knobs
+        return knobs.nvidia.ptxas.path
+    except (ImportError, AttributeError):
+        found = shutil.which("ptxas")
+        if found is None:
+            raise FileNotFoundError("ptxas not found (neither triton's nor on PATH)") from None
+        return found
+
+
+def ptxas_report(ptx: str, capability: int) -> tuple[int, int]:
+    """(registers, spill bytes) of the kernel in ``ptx`` per ptxas -v."""
+    arch = f"sm_{capability}a" if capability == 90 else f"sm_{capability}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([_ptxas(capability), f"-arch={arch}", "-v", src, "-o", os.path.join(tmp, "kernel.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    registers = max(int(r) for r in re.findall(r"Used (\d+) registers", log))
+    spills = sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return registers, spills
+
+
+def compile_launch(launch, capability: int) -> Compiled:
+    """Compile one planned launch for sm_<capability> (80 or 90)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    signature, constexprs, attrs = _specialise(launch.kernel, launch.args, launch.meta)
+    options = {k: launch.meta[k] for k in ("num_warps", "num_stages")}
+    compiled = triton.compile(_ast_source(launch.kernel, signature, constexprs, attrs),
+                              target=GPUTarget("cuda", capability, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    registers, spills = ptxas_report(ptx, capability)
+    return Compiled(launch.kernel.__name__, capability, ptx, compiled.metadata.shared, registers, spills)
+
+
+def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_channels: int = 0,
+                   batch: int = 8, padding: int = 0):
+    """The forward, dgrad and wgrad launches of one U-Net 3x3 layer, planned on meta tensors (NHWC)."""
+    from unet_fast.ops.triton import conv3x3 as k
+    cl = torch.channels_last
+
+    def empty(*shape, dtype=dtype):
+        return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=cl)
+
+    cx = cin - skip_channels
+    x = empty(batch, cx, size, size)
+    skip = empty(batch, skip_channels, size + 8, size + 8) if skip_channels else None
+    offset = (4, 4) if skip_channels else (0, 0)
+    out_size = size + 2 * padding - 2
+    y = empty(batch, cout, out_size, out_size)
+    w_fwd = torch.empty((9 * cin, cout), device="meta", dtype=dtype)
+    w_bwd = torch.empty((9 * cout, cin), device="meta", dtype=dtype)
+    bias = torch.empty((cout,), device="meta", dtype=dtype)
+    forward = k.plan_conv(x, skip, offset, w_fwd, bias, y, None, (0, 0), padding, True, device_type="cuda")
+    dgrad = k.plan_conv(y, None, (0, 0), w_bwd, None, x, skip, offset, 2 - padding, False, device_type="cuda")
+    cfg = k.wgrad_config(dtype, cin, "cuda")
+    splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg, "cuda")
+    partial = torch.empty((splits, 9, cin, cout), device="meta", dtype=torch.float32)
+    wgrad = k.plan_wgrad(y, x, skip, partial, per_split, padding, device_type="cuda")
+    return {"forward": forward, "dgrad": dgrad, "wgrad": wgrad}
+
+
+def shipped_launches(quick: bool = False):
+    """(label, launch) per shipped (kernel, dtype, config) on a representative U-Net layer.
+
+    quick: the bf16 decoder layer only (skip read in place; all three kernels).
+    """
+    layers = [(128, 64, 392, 64)]
+    dtypes = [torch.bfloat16]
+    if not quick:  # fp16 shares bf16's configurations and compiles to the same registers and shared memory
+        layers += [(1, 64, 572, 0), (64, 64, 568, 0), (512, 1024, 32, 0), (1024, 512, 52, 512)]
+        dtypes += [torch.float32]
+    for dtype in dtypes:
+        for cin, cout, size, cs in layers:
+            for kind, launch in layer_launches(dtype, cin, cout, size, cs).items():
+                yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
+        yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
+    if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for kind, launch in layer_launches(torch.float32, 128, 64, 392, 64).items():
+                yield f"{kind} float32-exact cin=128 cout=64 skip", launch
+
+
+def crop_concat_launch(dtype: torch.dtype):
+    """crop_concat_kernel on the decoder's top level (NHWC, meta tensors)."""
+    from unet_fast.ops.triton.crop_concat import plan_crop_concat
+
+    def empty(*shape):
+        return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    return plan_crop_concat(empty(8, 64, 568, 568), empty(8, 64, 392, 392), 88, 88, empty(8, 128, 392, 392))
+
+
+def report(quick: bool = False):
+    """One dict per (launch, target): what the static checks assert on."""
+    for label, launch in shipped_launches(quick):
+        m = launch.meta
+        for capability in (90, 80):
+            c = compile_launch(launch, capability)
+            yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
+                       gemm="crop_concat" not in label, exact="exact" in label,
+                       num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
+                       spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
+                       tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")
+
+
+def _main(argv) -> None:
+    quick, as_json = "--quick" in argv, "--json" in argv
+    if not as_json:
+        print("| launch | target | BLOCK sizes | warps | stages | registers | spill bytes | shared KiB | tensor cores |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in report(quick):
+        if as_json:
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"| {r['label']} | sm_{r['capability']} | {tuple(r['blocks'])} | {r['num_warps']} | "
+                  f"{r['num_stages']} | {r['registers']} | {r['spill_bytes']} | {r['shared'] / 1024:.0f} | "
+                  f"{r['tensor_cores']} |", flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

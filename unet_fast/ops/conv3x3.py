@@ -1,0 +1,136 @@
+"""conv3x3_relu(x, weight, bias, *, skip=None, padding=0): the U-Net's 3x3 convolution + ReLU, fused.
+
+y = relu(conv2d(input, weight, bias, padding)) with input = x, or, with ``skip``, the decoder's
+input cat([centre_crop(skip, x's size), x], dim=1), read straight from skip and x by the Triton
+kernel's loader (no cropped copy, no concatenated tensor). Bias and ReLU run in the GEMM epilogue;
+the output is channels_last. Backward: the ReLU mask comes from y; the input gradient (dgrad)
+and the weight gradient (wgrad) are Triton implicit GEMMs, the bias gradient a reduction; the
+gradient for skip lands in skip's full shape, zero outside the window the forward read.
+
+Where Triton cannot run (CPU without TRITON_INTERPRET=1, float64, no triton) the op is the aten
+composite, so it works everywhere. The Triton ops are torch.library.triton_op with
+register_autograd, so torch.compile(fullgraph=True) traces through them.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..reference import center_crop
+from . import triton as _triton
+
+if _triton.available():
+    from .triton import conv3x3 as _kernels
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def triton_usable(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """True when the Triton kernels run for tensors of this device and dtype in this process."""
+    return _triton.available() and dtype in _TRITON_DTYPES and _triton.can_run(_kernels.conv3x3_kernel, device)
+
+
+def _describe(t) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check(x, weight, bias, skip, padding) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"conv3x3_relu: x must be a 4-D floating-point tensor (N, C, H, W), got {_describe(x)}"
+                         + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+    if padding not in (0, 1):
+        raise ValueError(f"conv3x3_relu: padding must be 0 (valid) or 1 (same), got {padding!r}")
+    cs = 0
+    if skip is not None:
+        if not isinstance(skip, torch.Tensor) or skip.dim() != 4:
+            raise ValueError(f"conv3x3_relu: skip must be None or a 4-D tensor (N, C, H, W), got {_describe(skip)}")
+        if skip.shape[0] != x.shape[0]:
+            raise ValueError(f"conv3x3_relu: batch sizes differ: skip has {skip.shape[0]}, x has {x.shape[0]}")
+        if skip.shape[2] < x.shape[2] or skip.shape[3] < x.shape[3]:
+            raise ValueError(f"conv3x3_relu: skip {tuple(skip.shape[2:])} is smaller than x {tuple(x.shape[2:])}; "
+                             "skip must be at least as large as x in height and width")
+        cs = skip.shape[1]
+    cin = cs + x.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[1:]) != (cin, 3, 3):
+        raise ValueError(f"conv3x3_relu: weight must have shape (C_out, {cin}, 3, 3) for "
+                         f"{'skip channels + ' if skip is not None else ''}x channels = {cin}, got {_describe(weight)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[0],)):
+        raise ValueError(f"conv3x3_relu: bias must be None or of shape ({weight.shape[0]},), got {_describe(bias)}")
+    for name, t in (("weight", weight), ("skip", skip), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"conv3x3_relu: {name} is {t.dtype} but x is {x.dtype}; cast them to one dtype")
+        if t.device != x.device:
+            raise ValueError(f"conv3x3_relu: {name} is on {t.device} but x is on {x.device}")
+    if min(x.shape[2:]) + 2 * padding < 3:
+        raise ValueError(f"conv3x3_relu: x's height and width must be at least {3 - 2 * padding} "
+                         f"for a 3x3 convolution with padding {padding}, got {tuple(x.shape[2:])}")
+
+
+def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) -> torch.Tensor:
+    """The aten composite: crop (a view), cat, conv2d, relu."""
+    if skip is not None:
+        x = torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
+    return F.relu(F.conv2d(x, weight, bias, padding=padding))
+
+
+def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                 skip: Optional[torch.Tensor] = None, padding: int = 0) -> torch.Tensor:
+    """relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
+
+    Under autocast the inputs are cast to the autocast dtype first, as aten's conv2d would.
+    """
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type) and isinstance(x, torch.Tensor) and x.is_floating_point():
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
+        skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
+    _check(x, weight, bias, skip, padding)
+    if triton_usable(x.device, x.dtype):
+        return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, padding)
+    return conv3x3_relu_reference(x, weight, bias, skip, padding)
+
+
+if _triton.available():
+    @torch.library.triton_op("unet_fast::conv3x3_relu", mutates_args=())
+    def _conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      skip: Optional[torch.Tensor], padding: int) -> torch.Tensor:
+        return _kernels.conv3x3_forward(x, weight, bias, skip, padding, relu=True)
+
+    @torch.library.triton_op("unet_fast::conv3x3_input_grad", mutates_args=())
+    def _conv3x3_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
+                            skip: Optional[torch.Tensor], padding: int) -> List[torch.Tensor]:
+        """[grad_x] or [grad_x, grad_skip] of conv2d([centre_crop(skip), x]) for an already masked grad."""
+        grad_x, grad_skip = _kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
+        return [grad_x] if grad_skip is None else [grad_x, grad_skip]
+
+    @torch.library.triton_op("unet_fast::conv3x3_weight_grad", mutates_args=())
+    def _conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, skip: Optional[torch.Tensor],
+                             padding: int) -> torch.Tensor:
+        """float32 weight gradient of conv2d([centre_crop(skip), x]) for an already masked grad."""
+        return _kernels.conv3x3_weight_grad(grad, x, skip, padding)
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, skip, padding = inputs
+        ctx.save_for_backward(x, weight, skip, output)
+        ctx.padding = padding
+        ctx.has_skip = skip is not None
+
+    def _backward(ctx, grad):
+        x, weight, skip, y = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, needs_skip, _ = ctx.needs_input_grad
+        grad = grad.masked_fill(y <= 0, 0)  # ReLU's mask, read from its output
+        grad_x = grad_weight = grad_bias = grad_skip = None
+        if needs_x or (ctx.has_skip and needs_skip):
+            grads = torch.ops.unet_fast.conv3x3_input_grad(grad, weight, x, skip, ctx.padding)
+            grad_x = grads[0]
+            grad_skip = grads[1] if ctx.has_skip else None
+        if needs_weight:
+            grad_weight = torch.ops.unet_fast.conv3x3_weight_grad(grad, x, skip, ctx.padding).to(weight.dtype)
+        if needs_bias:
+            grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
+        return grad_x, grad_weight, grad_bias, grad_skip, None
+
+    torch.library.register_autograd("unet_fast::conv3x3_relu", _backward, setup_context=_setup_context)

@@ -1,0 +1,337 @@
+"""Triton kernels for the 3x3 convolution (stride 1) of the U-Net, as implicit GEMMs on tensor cores.
+
+Forward: y = act(conv(input) + bias) where input is x, or the channel concatenation
+[centre window of skip, x] read in place: the K loop runs over skip's channels, then x's, each
+from its own tensor, so neither the crop nor the concatenation is ever materialised.
+GEMM view: rows = output pixels (n, oh, ow), columns = output channels, K = (tap, input channel),
+so NHWC activations give contiguous channel vectors on both the A loads and the output stores.
+Any strides work (NCHW and non-contiguous inputs too, only slower).
+
+The same kernel computes the input gradient (dgrad): that is the convolution of the masked output
+gradient with the flipped, transposed weight and padding 2 - p; its epilogue splits the result
+channels between grad_skip's window and grad_x, again without a concatenated buffer.
+The weight gradient (wgrad) is a second kernel: per tap, rows = input channels, columns = output
+channels, K = output pixels, split over the grid (split-K) with a deterministic sum afterwards.
+
+Accumulation is fp32. fp16/bf16 inputs use their tensor-core path; fp32 inputs use TF32 when
+``torch.backends.cudnn.allow_tf32`` allows it (as PyTorch's own convolutions do) and exact fp32
+("ieee") otherwise. Configurations are fixed per (dtype, channel counts): no autotuning, so the
+interpreter runs the same code and the shipped set can be compile-checked offline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import Launch, triton
+
+from ...geometry import crop_offset
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _accumulate_source(acc, src_ptr, row_base, ih0, iw0, row_ok, s_c, s_h, s_w, C, H, W,
+                           w_ptr, w_row0, w_rows, offs_n, col_ok, Cout,
+                           PAD: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """acc += im2col(src)[rows, (tap, c)] @ w[(tap, w_row0 + c), cols] for c in [0, C).
+
+        row_base is the address offset of each row's tap (0, 0) pixel in src; (ih0, iw0) its
+        coordinates in the (virtual) input of height H and width W, used for the padding masks.
+        One flat loop over (tap, channel block), so the compiler pipelines it as a single K loop.
+        """
+        offs_k = tl.arange(0, BLOCK_K)
+        k_blocks = tl.cdiv(C, BLOCK_K)
+        for it in range(0, 9 * k_blocks):
+            tap = it // k_blocks
+            c = (it - tap * k_blocks) * BLOCK_K + offs_k
+            kh = tap // 3
+            kw = tap - kh * 3
+            ok = row_ok
+            if PAD > 0:
+                ih = ih0 + kh
+                iw = iw0 + kw
+                ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c_ok = c < C
+            a = tl.load(src_ptr + (row_base + kh * s_h + kw * s_w)[:, None] + (c * s_c)[None, :],
+                        mask=ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + (tap * w_rows + w_row0 + c).to(tl.int64)[:, None] * Cout + offs_n[None, :],
+                        mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        return acc
+
+    @triton.jit
+    def conv3x3_kernel(
+        x_ptr, sx_n, sx_c, sx_h, sx_w,
+        skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left,
+        w_ptr, bias_ptr,
+        out_ptr, so_n, so_c, so_h, so_w,
+        out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
+        N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
+        PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        HAS_OUT2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr,
+    ):
+        """out = act(conv3x3([skip window, x], w, padding=PAD) + bias); w packed as (9 * (Cs + Cx), Cout).
+
+        With HAS_OUT2, output channels [0, C_SPLIT) go to out2's window at (out2_top, out2_left)
+        and the rest to out (channel - C_SPLIT): the dgrad split between grad_skip and grad_x.
+        """
+        pid = tl.program_id(0)
+        num_n = tl.cdiv(Cout, BLOCK_N)
+        pid_m = pid // num_n  # neighbouring programs share the same rows (A tile) and differ in columns
+        pid_n = pid - pid_m * num_n
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = offs_m < N * OH * OW
+        col_ok = offs_n < Cout
+        n = (offs_m // (OH * OW)).to(tl.int64)
+        rem = offs_m % (OH * OW)
+        oh = rem // OW
+        ow = rem - oh * OW
+        ih0 = oh - PAD
+        iw0 = ow - PAD
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if HAS_SKIP:
+            skip_base = n * ss_n + (ih0 + skip_top) * ss_h + (iw0 + skip_left) * ss_w
+            acc = _accumulate_source(acc, skip_ptr, skip_base, ih0, iw0, row_ok, ss_c, ss_h, ss_w, Cs, H, W,
+                                     w_ptr, 0, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION)
+        x_base = n * sx_n + ih0 * sx_h + iw0 * sx_w
+        acc = _accumulate_source(acc, x_ptr, x_base, ih0, iw0, row_ok, sx_c, sx_h, sx_w, Cx, H, W,
+                                 w_ptr, Cs, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION)
+
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        value = acc.to(out_ptr.dtype.element_ty)
+        if HAS_OUT2:
+            out2_rows = n * so2_n + (oh + out2_top) * so2_h + (ow + out2_left) * so2_w
+            tl.store(out2_ptr + out2_rows[:, None] + (offs_n * so2_c)[None, :], value,
+                     mask=row_ok[:, None] & (offs_n < C_SPLIT)[None, :])
+        out_rows = n * so_n + oh * so_h + ow * so_w
+        tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value,
+                 mask=row_ok[:, None] & (col_ok & (offs_n >= C_SPLIT))[None, :])
+
+    @triton.jit
+    def conv3x3_wgrad_kernel(
+        g_ptr, sg_n, sg_c, sg_h, sg_w,
+        x_ptr, sx_n, sx_c, sx_h, sx_w,
+        skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left,
+        partial_ptr,
+        N, H, W, OH, OW, Cs, Cx, Cout, P_PER_SPLIT,
+        PAD: tl.constexpr, HAS_SKIP: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+        BLOCK_P: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ):
+        """partial[split, tap, ci, co] = sum over this split's output pixels p of input[p + tap, ci] * g[p, co]."""
+        pid = tl.program_id(0)
+        tap = tl.program_id(1)
+        split = tl.program_id(2)
+        num_co = tl.cdiv(Cout, BLOCK_CO)
+        pid_ci = pid // num_co
+        pid_co = pid - pid_ci * num_co
+        kh = tap // 3
+        kw = tap - kh * 3
+        Cin = Cs + Cx
+        ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+        co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_ok = co < Cout
+        x_ci_ok = (ci >= Cs) & (ci < Cin)
+        pixels = N * OH * OW
+        p_begin = split * P_PER_SPLIT
+        p_end = tl.minimum(p_begin + P_PER_SPLIT, pixels)
+
+        acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+        for p0 in range(p_begin, p_end, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            p_ok = p < p_end
+            n = (p // (OH * OW)).to(tl.int64)
+            rem = p % (OH * OW)
+            oh = rem // OW
+            ow = rem - oh * OW
+            ih = oh + kh - PAD
+            iw = ow + kw - PAD
+            in_ok = p_ok
+            if PAD > 0:
+                in_ok = in_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + ((ci - Cs) * sx_c)[None, :],
+                        mask=in_ok[:, None] & x_ci_ok[None, :], other=0.0)
+            if HAS_SKIP:
+                skip_rows = n * ss_n + (ih + skip_top) * ss_h + (iw + skip_left) * ss_w
+                a += tl.load(skip_ptr + skip_rows[:, None] + (ci * ss_c)[None, :],
+                             mask=in_ok[:, None] & (ci < Cs)[None, :], other=0.0)
+            g = tl.load(g_ptr + (n * sg_n + oh * sg_h + ow * sg_w)[:, None] + (co * sg_c)[None, :],
+                        mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+            acc = tl.dot(tl.trans(a), g, acc, input_precision=INPUT_PRECISION)
+        out = partial_ptr + ((split * 9 + tap) * Cin + ci).to(tl.int64)[:, None] * Cout + co[None, :]
+        tl.store(out, acc, mask=(ci < Cin)[:, None] & co_ok[None, :])
+
+
+@dataclass(frozen=True)
+class Config:
+    """One fixed kernel configuration: tile sizes (M, N, K of the GEMM), warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
+_INTERPRETER_FORWARD = Config(128, 32, 16, 4, 1)
+_INTERPRETER_WGRAD = Config(32, 32, 128, 4, 1)
+
+
+def forward_config(dtype: torch.dtype, in_channels: int, out_channels: int, device_type: str) -> Config:
+    """Tiles for conv3x3_kernel (forward and dgrad); in_channels: the widest source's channels."""
+    if device_type != "cuda":
+        return _INTERPRETER_FORWARD
+    block_n = _channel_block(out_channels)
+    if input_precision(dtype) == "ieee":  # exact fp32 runs on FMA units, not tensor cores: small K
+        return Config(128, block_n, 16, _warps(128, block_n), 2)
+    # TF32/fp32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
+    block_k = min(32 if dtype == torch.float32 else 64, _channel_block(in_channels))
+    return Config(128, block_n, block_k, _warps(128, block_n), 3)
+
+
+def wgrad_config(dtype: torch.dtype, in_channels: int, device_type: str) -> Config:
+    """Tiles for conv3x3_wgrad_kernel: block_m = input channels, block_n = output channels, block_k = pixels."""
+    if device_type != "cuda":
+        return _INTERPRETER_WGRAD
+    block_m = _channel_block(in_channels)
+    if input_precision(dtype) == "ieee":
+        return Config(block_m, 128, 16, _warps(block_m, 128), 2)
+    block_k = 32 if dtype == torch.float32 else 64
+    return Config(block_m, 128, block_k, _warps(block_m, 128), 3)
+
+
+def _channel_block(channels: int) -> int:
+    """A channel tile no wider than needed (the first layer's 1 input channel), at most 128."""
+    return min(128, max(16, triton.next_power_of_2(channels)))
+
+
+def _warps(block_m: int, block_n: int) -> int:
+    # 8 warps from 128x64 tiles up: with 4, the fp32 accumulator alone takes 64 registers per
+    # thread and the sm_80 build spills (ptxas -v, tests/triton_static.py).
+    return 8 if block_m * block_n >= 128 * 64 else 4
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: TF32 for fp32 only where PyTorch allows it for convolutions."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
+
+
+# wgrad split-K: (programs to aim for, fewest K steps per split). On a 132-SM H100 a few waves, with
+# enough steps per split for the software pipeline; on the interpreter few programs.
+_WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(t.stride())
+
+
+def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
+              device_type: str | None = None) -> Launch:
+    """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors)."""
+    n, cx, h, w = x.shape
+    cs = skip.shape[1] if skip is not None else 0
+    cout = w_packed.shape[1]
+    oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    c_split = out2.shape[1] if out2 is not None else 0
+    cfg = forward_config(x.dtype, max(cs, cx), cout, device_type or x.device.type)
+    grid = (triton.cdiv(n * oh * ow, cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
+    skip_t = skip if skip is not None else x  # never read without HAS_SKIP
+    out2_t = out2 if out2 is not None else out
+    args = (x, *_strides(x),
+            skip_t, *_strides(skip_t), *skip_offset,
+            w_packed, bias if bias is not None else w_packed,
+            out, *_strides(out),
+            out2_t, *_strides(out2_t), *out2_offset,
+            n, h, w, oh, ow, cs, cx, cout, c_split)
+    meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
+                HAS_OUT2=out2 is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return Launch(conv3x3_kernel, grid, args, meta)
+
+
+def _skip_offset(skip, h, w) -> tuple[int, int]:
+    if skip is None:
+        return (0, 0)
+    return (crop_offset(skip.shape[2], h), crop_offset(skip.shape[3], w))
+
+
+def conv3x3_forward(x, weight, bias, skip, padding: int, relu: bool = True) -> torch.Tensor:
+    """act(conv2d([centre_crop(skip), x], weight, bias, padding)) into a new channels_last tensor."""
+    n, _, h, w = x.shape
+    cout = weight.shape[0]
+    out = torch.empty((n, cout, h + 2 * padding - 2, w + 2 * padding - 2), device=x.device, dtype=x.dtype,
+                      memory_format=torch.channels_last)
+    # (tap, input channel) rows, output channels contiguous: the GEMM's B operand.
+    w_packed = weight.permute(2, 3, 1, 0).reshape(-1, cout).contiguous()
+    plan_conv(x, skip, _skip_offset(skip, h, w), w_packed, bias, out, None, (0, 0), padding, relu).run()
+    return out
+
+
+def conv3x3_input_grad(grad, weight, x, skip, padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of conv2d([centre_crop(skip), x], weight, padding) for x and for skip (full shape).
+
+    ``grad`` is the output gradient with the activation's mask already applied.
+    """
+    cin = weight.shape[1]
+    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    grad_skip = None
+    if skip is not None:  # zero outside the window the forward read
+        grad_skip = torch.empty(skip.shape, device=skip.device, dtype=skip.dtype,
+                                memory_format=torch.channels_last).zero_()
+    # dgrad = conv of grad with the spatially flipped weight, input and output channels swapped.
+    w_packed = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, cin).contiguous()
+    plan_conv(grad.to(x.dtype), None, (0, 0), w_packed, None, grad_x, grad_skip,
+              _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False).run()
+    return grad_x, grad_skip
+
+
+def wgrad_splits(pixels: int, cin: int, cout: int, cfg: Config, device_type: str) -> tuple[int, int]:
+    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel."""
+    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
+    chunks = triton.cdiv(pixels, cfg.block_k)
+    target, min_steps = _WGRAD_SPLIT[device_type]
+    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
+    per_split = triton.cdiv(chunks, splits) * cfg.block_k
+    return triton.cdiv(pixels, per_split), per_split
+
+
+def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type: str | None = None) -> Launch:
+    """conv3x3_wgrad_kernel's launch writing ``partial`` of shape (splits, 9, C_in, C_out)."""
+    n, cx, h, w = x.shape
+    cs = skip.shape[1] if skip is not None else 0
+    cin, cout = cs + cx, grad.shape[1]
+    oh, ow = grad.shape[2:]
+    cfg = wgrad_config(x.dtype, cin, device_type or x.device.type)
+    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
+    skip_t = skip if skip is not None else x  # never read without HAS_SKIP
+    args = (grad, *_strides(grad),
+            x, *_strides(x),
+            skip_t, *_strides(skip_t), *_skip_offset(skip, h, w),
+            partial,
+            n, h, w, oh, ow, cs, cx, cout, per_split)
+    meta = dict(PAD=padding, HAS_SKIP=skip is not None, BLOCK_CI=cfg.block_m, BLOCK_CO=cfg.block_n,
+                BLOCK_P=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return Launch(conv3x3_wgrad_kernel, (tiles, 9, partial.shape[0]), args, meta)
+
+
+def conv3x3_weight_grad(grad, x, skip, padding: int) -> torch.Tensor:
+    """Gradient of conv2d([centre_crop(skip), x], weight, padding) for the weight, in float32."""
+    n, cx, h, w = x.shape
+    cin, cout = cx + (skip.shape[1] if skip is not None else 0), grad.shape[1]
+    cfg = wgrad_config(x.dtype, cin, x.device.type)
+    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, x.device.type)
+    partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
+    plan_wgrad(grad.to(x.dtype), x, skip, partial, per_split, padding).run()
+    # (split, kh, kw, ci, co) -> (co, ci, kh, kw); summing the splits here keeps the result deterministic
+    return partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)

@@ -14,6 +14,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../common/weighted_cross_entropy.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -278,31 +280,17 @@ void run(const at::Tensor& logits, bool channels_last, const at::Tensor& target,
   });
 }
 
-std::string position(int64_t flat, int64_t H, int64_t W) {
-  const int64_t n = flat / (H * W), h = (flat % (H * W)) / W, w = flat % W;
-  return "(n=" + std::to_string(n) + ", h=" + std::to_string(h) + ", w=" + std::to_string(w) + ")";
-}
-
 // reduction follows at::Reduction: 0 none (per-pixel loss), 1 mean over non-ignored pixels, 2 sum.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& weight_in,
     int64_t reduction, int64_t ignore_index, bool compute_grad) {
-  TORCH_CHECK(logits_in.dim() == 4, "weighted_cross_entropy: logits must be 4-D (N, C, H, W), got ", logits_in.sizes());
+  weighted_cross_entropy::check_args(logits_in, target_in, weight_in, reduction);
   const int64_t N = logits_in.size(0), C = logits_in.size(1), H = logits_in.size(2), W = logits_in.size(3);
-  TORCH_CHECK(C >= 1, "weighted_cross_entropy: logits need at least one channel");
-  TORCH_CHECK(target_in.sizes() == at::IntArrayRef({N, H, W}), "weighted_cross_entropy: target must have shape ",
-              at::IntArrayRef({N, H, W}), ", got ", target_in.sizes());
-  TORCH_CHECK(!weight_in || weight_in->sizes() == target_in.sizes(), "weighted_cross_entropy: weight must have shape ",
-              target_in.sizes(), ", got ", weight_in ? weight_in->sizes() : at::IntArrayRef());
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "weighted_cross_entropy: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
-              reduction);
   const bool channels_last = logits_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits_in.is_contiguous();
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor logits = logits_in.contiguous(format);
   const at::Tensor target = target_in.contiguous();
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(!weight_in || at::isFloatingType(weight_in->scalar_type()),
-              "weighted_cross_entropy: weight must be floating point, got ", weight_in->scalar_type());
   // The kernel reads weights in its accumulation type: a no-op for the usual fp32 map.
   const c10::optional<at::Tensor> weight =
       weight_in ? c10::optional<at::Tensor>(weight_in->to(acc_type).contiguous()) : c10::nullopt;
@@ -330,12 +318,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
     all.bad_target = std::min(all.bad_target, b.bad_target);
     all.bad_weight = std::min(all.bad_weight, b.bad_weight);
   }
-  TORCH_CHECK_INDEX(all.bad_target == kNone, "weighted_softmax_cross_entropy: target has value ",
-                    target.reshape(-1)[all.bad_target].item<int64_t>(), " at ", position(all.bad_target, H, W),
-                    "; class indices must be in [0, ", C, ") or equal ignore_index=", ignore_index);
-  TORCH_CHECK_VALUE(all.bad_weight == kNone, "weighted_softmax_cross_entropy: weight has value ",
-                    weight ? weight->reshape(-1)[all.bad_weight].item<double>() : 0.0, " at ",
-                    position(all.bad_weight, H, W), "; weights must be >= 0 and not NaN");
+  weighted_cross_entropy::raise_for_invalid(all.bad_target == kNone ? -1 : all.bad_target,
+                                            all.bad_weight == kNone ? -1 : all.bad_weight, target, weight, C,
+                                            ignore_index);
   if (reduction == 1) total /= std::max<int64_t>(all.count, 1);
   if (!per_pixel) loss.fill_(total);
   return {loss, grad, at::scalar_tensor(all.count, logits.options().dtype(at::kLong))};

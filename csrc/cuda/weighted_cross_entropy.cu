@@ -15,6 +15,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <torch/library.h>
 
+#include "../common/weighted_cross_entropy.h"
+
 #include <cstdint>
 #include <string>
 
@@ -149,26 +151,11 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(
   }
 }
 
-std::string position(int64_t flat, int64_t H, int64_t W) {
-  const int64_t n = flat / (H * W), h = (flat % (H * W)) / W, w = flat % W;
-  return "(n=" + std::to_string(n) + ", h=" + std::to_string(h) + ", w=" + std::to_string(w) + ")";
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
     const at::Tensor& logits_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& weight_in,
     int64_t reduction, int64_t ignore_index, bool compute_grad) {
-  TORCH_CHECK(logits_in.dim() == 4, "weighted_cross_entropy: logits must be 4-D (N, C, H, W), got ", logits_in.sizes());
+  weighted_cross_entropy::check_args(logits_in, target_in, weight_in, reduction);
   const int64_t N = logits_in.size(0), C = logits_in.size(1), H = logits_in.size(2), W = logits_in.size(3);
-  TORCH_CHECK(C >= 1, "weighted_cross_entropy: logits need at least one channel");
-  TORCH_CHECK(target_in.sizes() == at::IntArrayRef({N, H, W}), "weighted_cross_entropy: target must have shape ",
-              at::IntArrayRef({N, H, W}), ", got ", target_in.sizes());
-  TORCH_CHECK(!weight_in || weight_in->sizes() == target_in.sizes(), "weighted_cross_entropy: weight must have shape ",
-              target_in.sizes());
-  TORCH_CHECK(!weight_in || at::isFloatingType(weight_in->scalar_type()),
-              "weighted_cross_entropy: weight must be floating point");
-  TORCH_CHECK(target_in.device() == logits_in.device() && (!weight_in || weight_in->device() == logits_in.device()),
-              "weighted_cross_entropy: logits, target and weight must be on one device");
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "weighted_cross_entropy: reduction must be 0, 1 or 2, got ", reduction);
   c10::cuda::CUDAGuard guard(logits_in.device());
   const bool channels_last = logits_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits_in.is_contiguous();
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -223,12 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
 
   const at::Tensor first_bad = bad.cpu();  // the one synchronisation: errors must name the pixel
   const int64_t bad_target = first_bad[0].item<int64_t>(), bad_weight = first_bad[1].item<int64_t>();
-  TORCH_CHECK_INDEX(bad_target < 0, "weighted_softmax_cross_entropy: target has value ",
-                    target.reshape(-1)[bad_target].item<int64_t>(), " at ", position(bad_target, H, W),
-                    "; class indices must be in [0, ", C, ") or equal ignore_index=", ignore_index);
-  TORCH_CHECK_VALUE(bad_weight < 0, "weighted_softmax_cross_entropy: weight has value ",
-                    weight ? weight->reshape(-1)[bad_weight].item<double>() : 0.0, " at ", position(bad_weight, H, W),
-                    "; weights must be >= 0 and not NaN");
+  weighted_cross_entropy::raise_for_invalid(bad_target, bad_weight, target, weight, C, ignore_index);
   return {loss, grad, count};
 }
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..reference import center_crop
 from . import triton as _triton
+from .crop_concat import check_skip_covers
 
 if _triton.available():
     from .triton import conv3x3 as _kernels
@@ -44,11 +45,7 @@ def _check(x, weight, bias, skip, padding) -> None:
     if skip is not None:
         if not isinstance(skip, torch.Tensor) or skip.dim() != 4:
             raise ValueError(f"conv3x3_relu: skip must be None or a 4-D tensor (N, C, H, W), got {_describe(skip)}")
-        if skip.shape[0] != x.shape[0]:
-            raise ValueError(f"conv3x3_relu: batch sizes differ: skip has {skip.shape[0]}, x has {x.shape[0]}")
-        if skip.shape[2] < x.shape[2] or skip.shape[3] < x.shape[3]:
-            raise ValueError(f"conv3x3_relu: skip {tuple(skip.shape[2:])} is smaller than x {tuple(x.shape[2:])}; "
-                             "skip must be at least as large as x in height and width")
+        check_skip_covers(skip, x, "conv3x3_relu")
         cs = skip.shape[1]
     cin = cs + x.shape[1]
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[1:]) != (cin, 3, 3):

@@ -17,16 +17,21 @@ if _triton.available():
     from .triton import crop_concat as _kernels
 
 
+def check_skip_covers(skip: torch.Tensor, x: torch.Tensor, op: str) -> None:
+    """A skip connection must match x's batch and be at least as large, to be centre-cropped to it."""
+    if skip.shape[0] != x.shape[0]:
+        raise ValueError(f"{op}: batch sizes differ: skip has {skip.shape[0]}, x has {x.shape[0]}")
+    if skip.shape[2] < x.shape[2] or skip.shape[3] < x.shape[3]:
+        raise ValueError(f"{op}: skip {tuple(skip.shape[2:])} is smaller than x {tuple(x.shape[2:])}; "
+                         "skip must be at least as large as x in height and width")
+
+
 def _check(skip: torch.Tensor, x: torch.Tensor) -> None:
     for name, t in (("skip", skip), ("x", x)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"crop_concat: {name} must be a 4-D tensor (N, C, H, W), got {got}")
-    if skip.shape[0] != x.shape[0]:
-        raise ValueError(f"crop_concat: batch sizes differ: skip has {skip.shape[0]}, x has {x.shape[0]}")
-    if skip.shape[2] < x.shape[2] or skip.shape[3] < x.shape[3]:
-        raise ValueError(f"crop_concat: skip {tuple(skip.shape[2:])} is smaller than x {tuple(x.shape[2:])}; "
-                         "skip must be at least as large as x in height and width")
+    check_skip_covers(skip, x, "crop_concat")
     if skip.dtype != x.dtype:
         raise TypeError(f"crop_concat: dtypes differ: skip is {skip.dtype}, x is {x.dtype}; cast one of them")
     if skip.device != x.device:

@@ -18,7 +18,9 @@ BACKENDS = ("auto", "torch", "triton")
 class UNet(reference.UNet):
     """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet``.
 
-    backend: "torch" (aten ops, with the copy-and-crop done by the compiled crop_concat op),
+    backend: "torch" (aten ops; ReLU applied in place on each convolution's fresh output, which
+    saves an allocation and a pass per layer and is safe for autograd, since ReLU's backward reads
+    its output and the convolution's backward does not),
     "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op, the decoder's first conv
     reading the skip connection's window in place; aten composite where Triton cannot run),
     or "auto" (the fastest backend available for the input's device: "triton" on CUDA).
@@ -50,14 +52,14 @@ class UNet(reference.UNet):
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for level, block in enumerate(self.encoder):
-            x = F.relu(block.conv2(F.relu(block.conv1(x))))
+            x = F.relu_(block.conv2(F.relu_(block.conv1(x))))
             if level < self.depth - 1:
                 skips.append(x)
                 x = F.max_pool2d(x, 2)
         x = self.dropout(x)
         for block, skip in zip(self.decoder, reversed(skips)):
             x = crop_concat(skip, block.upconv(x))
-            x = F.relu(block.conv2(F.relu(block.conv1(x))))
+            x = F.relu_(block.conv2(F.relu_(block.conv1(x))))
         return self.head(x)
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from unet_fast import data, geometry
-from unet_fast.data import (ArrayDataset, ImageFolderDataset, RandomTiles, TiffStackDataset, reflect_indices,
-                            split_dataset)
+from unet_fast.data import ArrayDataset, ImageFolderDataset, RandomTiles, TiffStackDataset, split_dataset
+from unet_fast.geometry import mirror_indices
 from unet_fast.io import Normalization
 from unet_fast.weights import separate_touching, unet_weight_map
 
@@ -153,11 +153,11 @@ def test_split_dataset_is_disjoint_and_seeded():
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])
-def test_reflect_indices_match_numpy_reflect(size):
+def test_mirror_indices_match_numpy_reflect(size):
     axis = np.arange(size)
     start, length = -7, 20
     expected = np.pad(axis, 30, mode="reflect")[30 + start:30 + start + length] if size > 1 else np.zeros(length)
-    np.testing.assert_array_equal(reflect_indices(start, length, size), expected)
+    np.testing.assert_array_equal(mirror_indices(start, start + length, size), expected)
 
 
 def identity_dataset(h=40, w=50):
@@ -185,9 +185,9 @@ def test_random_tiles_align_input_and_centred_target():
 def test_random_tiles_mirror_images_smaller_than_a_tile():
     ds, target = identity_dataset(10, 12)             # smaller than the output (20 x 20)
     image, tgt, _ = RandomTiles(ds, 60, depth=3, tiles_per_epoch=1)[0]
-    rows, cols = reflect_indices(-5, 20, 10), reflect_indices(-4, 20, 12)   # image centred in the window
+    rows, cols = mirror_indices(-5, -5 + 20, 10), mirror_indices(-4, -4 + 20, 12)   # image centred in the window
     np.testing.assert_array_equal(tgt.numpy(), target[np.ix_(rows, cols)])
-    rows, cols = reflect_indices(-25, 60, 10), reflect_indices(-24, 60, 12)
+    rows, cols = mirror_indices(-25, -25 + 60, 10), mirror_indices(-24, -24 + 60, 12)
     np.testing.assert_array_equal(image[0].numpy(), target[np.ix_(rows, cols)])
 
 

@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage
 
 from . import geometry
+from .geometry import mirror_indices
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
 from .io import Normalization, atomic_path
 from .io import read_image as _read_image
@@ -317,17 +318,6 @@ def _write_cache(path: Path, result) -> None:
             np.savez(handle, target=target, weights=weights, instances=instances)
 
 
-def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
-    """Indices start .. start+length-1 into an axis of ``size``, mirrored at the borders
-    without repeating the edge pixel (the paper's overlap-tile extrapolation)."""
-    index = np.arange(start, start + length)
-    if size == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (size - 1)
-    index = np.mod(index, period)
-    return np.where(index >= size, period - index, index)
-
-
 class RandomTiles(torch.utils.data.Dataset):
     """Random training tiles of a valid (or same) U-Net drawn from whole labelled images.
 
@@ -378,8 +368,8 @@ class RandomTiles(torch.utils.data.Dataset):
         top = int(torch.randint(max(height - m, 0) + 1, (1,), generator=generator)) - max(m - height, 0) // 2
         left = int(torch.randint(max(width - m, 0) + 1, (1,), generator=generator)) - max(m - width, 0) // 2
         margin = (n - m) // 2
-        rows = reflect_indices(top - margin, n, height)
-        cols = reflect_indices(left - margin, n, width)
+        rows = mirror_indices(top - margin, top - margin + n, height)
+        cols = mirror_indices(left - margin, left - margin + n, width)
         window = np.ix_(rows, cols)
         image = torch.from_numpy(np.ascontiguousarray(sample.image[(slice(None), *window)], dtype=np.float32))
         target = torch.from_numpy(sample.target[window].astype(np.int64))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 PADDINGS = ("valid", "same")
 
 
@@ -154,3 +156,18 @@ def size_error_message(n: int, depth: int, padding: str, problem: str) -> str:
         f"Legal sizes are spaced by {size_step(depth)} pixels; "
         f"pad or crop the image, or use unet_fast.inference.predict_tiled for any size."
     )
+
+
+def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices of positions start..stop-1 in an axis of ``length`` mirrored at both ends.
+
+    Reflection without repeating the edge (numpy's "reflect"; the paper's overlap-tile
+    extrapolation), periodic for windows reaching further than the axis is long:
+    ... 2 1 | 0 1 2 ... L-1 | L-2 ...
+    """
+    positions = np.arange(start, stop)
+    if length == 1:
+        return np.zeros_like(positions)
+    period = 2 * (length - 1)
+    positions = np.mod(positions, period)
+    return np.where(positions >= length, period - positions, positions)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import geometry, io
+from .geometry import mirror_indices
 from .io import Normalization
 
 log = logging.getLogger(__name__)
@@ -49,20 +50,6 @@ WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of 
 
 
 # ----------------------------------------------------------------------------- geometry
-
-def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
-    """Indices of positions start..stop-1 in an axis of ``length`` mirrored at both ends.
-
-    Reflection without repeating the edge (numpy's "reflect"), periodic for windows reaching
-    further than the axis is long: ... 2 1 | 0 1 2 ... L-1 | L-2 ...
-    """
-    positions = np.arange(start, stop)
-    if length == 1:
-        return np.zeros_like(positions)
-    period = 2 * (length - 1)
-    positions = np.mod(positions, period)
-    return np.where(positions >= length, period - positions, positions)
-
 
 @dataclass(frozen=True)
 class AxisTiling:

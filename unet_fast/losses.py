@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .geometry import crop_offset
 from .ops.weighted_cross_entropy import weighted_softmax_cross_entropy
+from .reference import center_crop
 
 
 def _centre_crop(t: torch.Tensor, height: int, width: int, name: str) -> torch.Tensor:
@@ -13,8 +13,7 @@ def _centre_crop(t: torch.Tensor, height: int, width: int, name: str) -> torch.T
     if h < height or w < width:
         raise ValueError(f"WeightedSoftmaxCrossEntropy: {name} of size {(h, w)} is smaller than the logits' "
                          f"{(height, width)} and cannot be cropped to them")
-    top, left = crop_offset(h, height), crop_offset(w, width)
-    return t[..., top:top + height, left:left + width]
+    return center_crop(t, (height, width))
 
 
 class WeightedSoftmaxCrossEntropy(nn.Module):

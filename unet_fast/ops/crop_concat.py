@@ -11,6 +11,7 @@ import torch
 
 from .. import _extension
 from ..geometry import crop_offset
+from ..reference import center_crop
 from . import triton as _triton
 
 if _triton.available():
@@ -40,9 +41,7 @@ def _check(skip: torch.Tensor, x: torch.Tensor) -> None:
 
 def crop_concat_reference(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The composite: a view of the window, then torch.cat."""
-    h, w = x.shape[-2:]
-    top, left = crop_offset(skip.shape[-2], h), crop_offset(skip.shape[-1], w)
-    return torch.cat([skip[:, :, top:top + h, left:left + w], x], dim=1)
+    return torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
 
 
 def crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

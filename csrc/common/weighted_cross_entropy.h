@@ -27,6 +27,25 @@ inline void check_args(const at::Tensor& logits, const at::Tensor& target,
               "weighted_cross_entropy: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
 }
 
+// The kernels' view of the inputs: logits dense in their own layout (NCHW or channels_last),
+// target dense, weight dense in the accumulation type (a no-op for the usual fp32 map).
+struct Inputs {
+  at::Tensor logits, target;
+  c10::optional<at::Tensor> weight;
+  bool channels_last;
+  at::ScalarType acc_type;
+};
+
+inline Inputs dense_inputs(const at::Tensor& logits, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight) {
+  const bool channels_last = logits.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits.is_contiguous();
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {logits.contiguous(format), target.contiguous(),
+          weight ? c10::optional<at::Tensor>(weight->to(acc_type).contiguous()) : c10::nullopt,
+          channels_last, acc_type};
+}
+
 inline std::string position(int64_t flat, int64_t H, int64_t W) {
   const int64_t n = flat / (H * W), h = (flat % (H * W)) / W, w = flat % W;
   return "(n=" + std::to_string(n) + ", h=" + std::to_string(h) + ", w=" + std::to_string(w) + ")";

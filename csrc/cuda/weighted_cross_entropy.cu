@@ -157,17 +157,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
   weighted_cross_entropy::check_args(logits_in, target_in, weight_in, reduction);
   const int64_t N = logits_in.size(0), C = logits_in.size(1), H = logits_in.size(2), W = logits_in.size(3);
   c10::cuda::CUDAGuard guard(logits_in.device());
-  const bool channels_last = logits_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits_in.is_contiguous();
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor logits = logits_in.contiguous(format);
-  const at::Tensor target = target_in.contiguous();
-  const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const c10::optional<at::Tensor> weight =
-      weight_in ? c10::optional<at::Tensor>(weight_in->to(acc_type).contiguous()) : c10::nullopt;
+  const auto inputs = weighted_cross_entropy::dense_inputs(logits_in, target_in, weight_in);
+  const at::Tensor& logits = inputs.logits;
+  const at::Tensor& target = inputs.target;
+  const c10::optional<at::Tensor>& weight = inputs.weight;
+  const bool channels_last = inputs.channels_last;
+  const auto acc_type = inputs.acc_type;
   const auto options = logits.options();
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, options.dtype(acc_type)) : at::empty({}, options.dtype(acc_type));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(format)) : at::empty({0}, options);
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)) : at::empty({0}, options);
   at::Tensor count = at::empty({}, options.dtype(at::kLong));
   at::Tensor bad = at::empty({2}, options.dtype(at::kLong));
   const int64_t num_pixels = N * H * W;

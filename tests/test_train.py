@@ -1,6 +1,7 @@
 """unet_fast.train: the loss falls, resume is exact, checkpoints/logs, validation, DDP with gloo."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,13 +171,26 @@ torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv
 """
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_processes_end_identical(tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
+    # Rendezvous on 127.0.0.1, not `--standalone`: that one advertises the hostname, and where the
+    # hostname does not resolve (CI sandboxes) every rank waits for ever.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(script), str(tmp_path)], check=True, env=env, timeout=300, cwd=tmp_path)
+           "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), str(tmp_path)]
+    try:
+        run = subprocess.run(command, env=env, timeout=240, cwd=tmp_path, capture_output=True, text=True)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"torchrun hung for 240 s; its output:\n{hung.stdout}\n{hung.stderr}")
+    assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in a["state"]:

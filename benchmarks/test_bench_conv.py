@@ -5,13 +5,24 @@ Per layer (group "conv3x3 <layer>"): the 18 distinct 3x3 conv layers of the dept
   fused                  conv3x3_relu (decoder conv1 reads the skip window in place)
   cudnn_reference        conv2d + relu eager (decoder conv1: crop view + cat first)
   compiled_max_autotune  the same composite through torch.compile(mode="max-autotune")
+Options awaiting this measurement (off by default in UNet):
+  group "conv3x3+maxpool <layer>" (the encoder's second convs, each followed by a 2x2 max-pool):
+  pooled_fused (conv3x3_relu(pool=True): one kernel) vs fused_then_max_pool2d vs cudnn_reference
+  (conv2d + relu + max_pool2d); group "first layer <layer>": direct (conv3x3_relu(direct=True), FMA)
+  vs fused_gemm (the tensor-core kernel) vs cudnn_reference.
 Whole network (groups "unet forward/forward+backward ..."): batch 8 bf16 channels_last,
-backend="triton" vs the reference eager vs torch.compile(reference, mode="max-autotune");
-effective TFLOP/s from 300.9 GFLOP per tile forward (3x that for forward + backward).
+backend="triton" (switches off: today's default; with pool_epilogue, direct_first_layer, both)
+vs the reference eager vs torch.compile(reference, mode="max-autotune"); effective TFLOP/s from
+300.9 GFLOP per tile forward (3x that for forward + backward). The switches' default follows the
+triton rows: turn one on where its row beats "triton" in both modes.
 
 max-autotune compiles take minutes; by default the per-layer compiled baseline runs on
 UNET_FAST_BENCH_COMPILED_LAYERS (comma-separated names; default: three representative layers,
 the widest-image encoder conv, the bottleneck conv and the top decoder conv with skip; "all": all 18).
+
+UNET_FAST_BENCH_DRY_RUN=1 (benchmarks/gpu.sh --dry-run): every case but the compiled ones once, on
+a tiny network (depth 2, base 8, 20x20, batch 1, fp32) on the CPU, for Triton's interpreter: it
+checks that this file runs end to end without a GPU; its times mean nothing.
 """
 import os
 from dataclasses import dataclass
@@ -23,11 +34,13 @@ import torch.nn.functional as F
 from unet_fast import UNet, geometry, reference
 from unet_fast.ops import conv3x3_relu
 
-pytestmark = pytest.mark.gpu
-
-GFLOP_PER_TILE = 300.9  # forward, 572x572, depth 5, base 64 (ARCHITECTURE.md section 2)
-BATCH, SIZE, DEPTH, BASE = 8, 572, 5, 64
-DTYPE = torch.bfloat16
+DRY_RUN = os.environ.get("UNET_FAST_BENCH_DRY_RUN") == "1"
+if DRY_RUN:
+    DEVICE, DTYPE, BATCH, SIZE, DEPTH, BASE, ROUNDS, WARMUP = "cpu", torch.float32, 1, 20, 2, 8, 1, 0
+else:
+    pytestmark = pytest.mark.gpu
+    DEVICE, DTYPE, BATCH, SIZE, DEPTH, BASE, ROUNDS, WARMUP = "cuda", torch.bfloat16, 8, 572, 5, 64, 20, 3
+DTYPE_NAME = str(DTYPE)[6:]
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,10 @@ def unet_layers(size: int = SIZE, depth: int = DEPTH, base: int = BASE) -> list[
 
 
 LAYERS = unet_layers()
+# forward, 572x572, depth 5, base 64 (ARCHITECTURE.md section 2); the dry run's 3x3 convs only
+GFLOP_PER_TILE = sum(layer.gflop for layer in LAYERS) / BATCH if DRY_RUN else 300.9
+POOLED_LAYERS = [layer for layer in LAYERS if layer.name.startswith("enc") and layer.name.endswith("conv2")
+                 and layer.name != f"enc{DEPTH - 1}.conv2"]  # the bottleneck is not pooled
 _DEFAULT_COMPILED = {"enc0.conv2", "enc4.conv1", "dec0.conv1"}
 
 
@@ -80,11 +97,11 @@ def composite(x, weight, bias, skip):
 
 
 def _layer_inputs(layer: Layer):
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
     cl = torch.channels_last
 
     def randn(*shape):
-        return torch.randn(shape, device="cuda", dtype=DTYPE, generator=g)
+        return torch.randn(shape, device=DEVICE, dtype=DTYPE, generator=g)
 
     x = randn(BATCH, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
     skip = None
@@ -98,6 +115,8 @@ def _layer_inputs(layer: Layer):
 @pytest.mark.parametrize("impl", ["fused", "cudnn_reference", "compiled_max_autotune"])
 @pytest.mark.parametrize("layer", LAYERS, ids=[layer.name for layer in LAYERS])
 def test_conv_layer(timed, benchmark, layer, impl):
+    if impl == "compiled_max_autotune" and DRY_RUN:
+        pytest.skip("dry run: no max-autotune compiles")
     if impl == "compiled_max_autotune" and layer.name not in _compiled_layers():
         pytest.skip("set UNET_FAST_BENCH_COMPILED_LAYERS=all to compile every layer")
     x, weight, bias, skip = _layer_inputs(layer)
@@ -112,41 +131,87 @@ def test_conv_layer(timed, benchmark, layer, impl):
 
         def fn():
             return compiled(x, weight, bias, skip)
-    benchmark.group = f"conv3x3 {layer.name} {layer.in_channels}+{layer.skip_channels}->{layer.out_channels} " \
-                      f"at {layer.size} batch {BATCH} bf16"
+    benchmark.group = f"conv3x3 {_describe(layer)}"
     benchmark.extra_info.update(gflop=layer.gflop)
     with torch.inference_mode():
-        timed(fn, device="cuda", rounds=20, warmup_rounds=3)
+        timed(fn, device=DEVICE, rounds=ROUNDS, warmup_rounds=WARMUP)
 
 
-def _models():
+def _describe(layer: Layer) -> str:
+    return (f"{layer.name} {layer.in_channels}+{layer.skip_channels}->{layer.out_channels} "
+            f"at {layer.size} batch {BATCH} {DTYPE_NAME}")
+
+
+@pytest.mark.parametrize("impl", ["pooled_fused", "fused_then_max_pool2d", "cudnn_reference"])
+@pytest.mark.parametrize("layer", POOLED_LAYERS, ids=[layer.name for layer in POOLED_LAYERS])
+def test_pooled_layer(timed, benchmark, layer, impl):
+    """An encoder level's second conv and its 2x2 max-pool: one kernel, two, or cuDNN + aten."""
+    x, weight, bias, _ = _layer_inputs(layer)
+    fn = {"pooled_fused": lambda: conv3x3_relu(x, weight, bias, pool=True),
+          "fused_then_max_pool2d": lambda: F.max_pool2d(conv3x3_relu(x, weight, bias), 2),
+          "cudnn_reference": lambda: F.max_pool2d(composite(x, weight, bias, None), 2)}[impl]
+    benchmark.group = f"conv3x3+maxpool {_describe(layer)}"
+    benchmark.extra_info.update(gflop=layer.gflop)
+    with torch.inference_mode():
+        timed(fn, device=DEVICE, rounds=ROUNDS, warmup_rounds=WARMUP)
+
+
+@pytest.mark.parametrize("impl", ["direct", "fused_gemm", "cudnn_reference"])
+def test_first_layer(timed, benchmark, impl):
+    """The first conv (1 input channel): the direct FMA kernel, the tensor-core GEMM, cuDNN."""
+    layer = LAYERS[0]
+    x, weight, bias, _ = _layer_inputs(layer)
+    fn = {"direct": lambda: conv3x3_relu(x, weight, bias, direct=True),
+          "fused_gemm": lambda: conv3x3_relu(x, weight, bias),
+          "cudnn_reference": lambda: composite(x, weight, bias, None)}[impl]
+    benchmark.group = f"first layer {_describe(layer)}"
+    benchmark.extra_info.update(gflop=layer.gflop)
+    with torch.inference_mode():
+        timed(fn, device=DEVICE, rounds=ROUNDS, warmup_rounds=WARMUP)
+
+
+# UNet(backend="triton") with its switches (both off by default)
+TRITON_VARIANTS = {
+    "triton": {},
+    "triton_pool_epilogue": dict(pool_epilogue=True),
+    "triton_direct_first_layer": dict(direct_first_layer=True),
+    "triton_pool_epilogue_direct_first_layer": dict(pool_epilogue=True, direct_first_layer=True),
+}
+
+
+def _models(switches: dict):
     torch.manual_seed(0)
     ref = reference.UNet(depth=DEPTH, base_channels=BASE)
-    fast = UNet(depth=DEPTH, base_channels=BASE, backend="triton")
+    fast = UNet(depth=DEPTH, base_channels=BASE, backend="triton", **switches)
     fast.load_state_dict(ref.state_dict())
     cl = torch.channels_last
-    return (ref.to("cuda", DTYPE).to(memory_format=cl), fast.to("cuda", DTYPE).to(memory_format=cl))
+    return (ref.to(DEVICE, DTYPE).to(memory_format=cl), fast.to(DEVICE, DTYPE).to(memory_format=cl))
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference_eager", "compiled_reference_max_autotune"])
+@pytest.mark.parametrize("impl", [*TRITON_VARIANTS, "reference_eager", "compiled_reference_max_autotune"])
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 def test_unet(timed, benchmark, mode, impl):
-    ref, fast = _models()
-    model = {"triton": fast, "reference_eager": ref}.get(impl)
-    if model is None:
+    if impl == "compiled_reference_max_autotune" and DRY_RUN:
+        pytest.skip("dry run: no max-autotune compiles")
+    ref, fast = _models(TRITON_VARIANTS.get(impl, {}))
+    if impl in TRITON_VARIANTS:
+        model = fast
+    elif impl == "reference_eager":
+        model = ref
+    else:
         model = torch.compile(ref, mode="max-autotune", dynamic=False)
-    x = torch.randn(BATCH, 1, SIZE, SIZE, device="cuda", dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 1, SIZE, SIZE, device=DEVICE, dtype=DTYPE).contiguous(memory_format=torch.channels_last)
     if mode == "forward":
         def fn():
             with torch.no_grad():
                 return model(x)
     else:
-        grad = torch.randn(BATCH, 2, ref.output_size(SIZE), ref.output_size(SIZE), device="cuda", dtype=DTYPE)
+        grad = torch.randn(BATCH, 2, ref.output_size(SIZE), ref.output_size(SIZE), device=DEVICE, dtype=DTYPE)
 
         def fn():
             model.zero_grad(set_to_none=True)
             model(x).backward(grad)
-    benchmark.group = f"unet {mode} 572x572 batch {BATCH} bf16 channels_last"
+    benchmark.group = f"unet {mode} {SIZE}x{SIZE} batch {BATCH} {DTYPE_NAME} channels_last"
     flop_factor = 1 if mode == "forward" else 3  # backward costs about twice the forward
     benchmark.extra_info.update(gflop=GFLOP_PER_TILE * BATCH * flop_factor, tiles=BATCH)
-    timed(fn, device="cuda", rounds=20, warmup_rounds=3)
+    timed(fn, device=DEVICE, rounds=ROUNDS, warmup_rounds=WARMUP)

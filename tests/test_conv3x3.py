@@ -1,6 +1,7 @@
 """conv3x3_relu: the Triton kernels (interpreter on CPU, compiled on CUDA) against the aten composite."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from unet_fast.ops import conv3x3_relu
 from unet_fast.ops.conv3x3 import conv3x3_relu_reference, triton_usable
@@ -58,6 +59,111 @@ def test_forward_and_backward_match_aten(batch, cx, cs, h, w, sh, sw, cout, padd
         assert_close(g, r), name
 
 
+# pool=True: (y, max_pool2d(y, 2)) from one kernel; direct=True: the FMA kernel where C_in <= 4 without skip.
+# (batch, x channels, skip channels, x height, width, skip height, width, out channels, padding, pool, direct)
+OPTION_CASES = [
+    pytest.param(2, 5, 0, 10, 13, 0, 0, 7, 0, True, False, id="pool-odd-output-width"),
+    pytest.param(2, 3, 0, 9, 12, 0, 0, 6, 0, True, False, id="pool-odd-output-height"),
+    pytest.param(2, 5, 3, 8, 9, 12, 14, 17, 0, True, False, id="pool-skip-offset-gt0-cout-17"),
+    pytest.param(1, 20, 0, 7, 6, 0, 0, 9, 1, True, False, id="pool-pad1-cin-20"),
+    pytest.param(2, 1, 0, 11, 10, 0, 0, 8, 0, False, True, id="direct-cin-1"),
+    pytest.param(2, 4, 0, 8, 9, 0, 0, 17, 1, False, True, id="direct-cin-4-pad1-cout-17"),
+    pytest.param(2, 3, 0, 9, 10, 0, 0, 6, 0, True, True, id="direct-cin-3-pooled-takes-gemm-odd"),
+]
+DTYPE_LAYOUTS = [(torch.float32, "contiguous"), (torch.float32, "channels_last"), (torch.float32, "strided"),
+                 (torch.bfloat16, "channels_last"), (torch.bfloat16, "strided")]
+
+
+def composite_with_pool(x, weight, bias, skip, padding, pool, indices=None):
+    """conv2d + relu (+ max_pool2d); with ``indices`` the pool takes y at those argmax positions."""
+    y = conv3x3_relu_reference(x, weight, bias, skip, padding)
+    if not pool:
+        return (y,)
+    if indices is None:
+        return y, F.max_pool2d(y, 2)
+    return y, y.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, layout", DTYPE_LAYOUTS, ids=[f"{str(d)[6:]}-{l}" for d, l in DTYPE_LAYOUTS])
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding, pool, direct", OPTION_CASES)
+def test_pool_and_direct_match_aten(batch, cx, cs, h, w, sh, sw, cout, padding, pool, direct, dtype, layout):
+    """Forward and every gradient (both outputs' gradients flowing) against conv2d + relu + max_pool2d.
+
+    fp32: within the tolerance table. bf16: outputs within the table; gradients by the low-precision
+    rule (error against float64 at most about twice aten's in bf16), with the reference's pool taken
+    at our y's argmax: a near-tie within one bf16 rounding may rightly pick another pixel of the window.
+    """
+    x, weight, bias, skip = make(batch, cx, cs, h, w, sh, sw, cout, layout, dtype=dtype)
+    inputs = [t for t in (x, weight, bias, skip) if t is not None]
+    with exact_fp32():
+        got = conv3x3_relu(x, weight, bias, skip=skip, padding=padding, pool=pool, direct=direct)
+        expected = composite_with_pool(x, weight, bias, skip, padding, pool)
+    got = got if pool else (got,)
+    for o, e in zip(got, expected):
+        assert o.shape == e.shape and o.dtype == dtype
+        assert o.is_contiguous(memory_format=torch.channels_last)
+        assert_close(o, e)
+    if pool:  # the epilogue's pool is exactly max_pool2d of the y it wrote
+        assert torch.equal(got[1], F.max_pool2d(got[0], 2))
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(e.shape, generator=g).to(DEVICE, dtype) for e in expected]
+    with exact_fp32():
+        got_grads = torch.autograd.grad(got, inputs, grads)
+    if dtype == torch.float32:
+        with exact_fp32():
+            want_grads = torch.autograd.grad(expected, inputs, grads)
+        for a, b in zip(got_grads, want_grads):
+            assert a.shape == b.shape
+            assert_close(a, b)
+        return
+    indices = F.max_pool2d(got[0].detach(), 2, return_indices=True)[1] if pool else None
+    want_grads = torch.autograd.grad(composite_with_pool(x, weight, bias, skip, padding, pool, indices), inputs, grads)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, weight, bias, skip) if t is not None]
+    skip64 = inputs64[3] if skip is not None else None
+    expected64 = composite_with_pool(inputs64[0], inputs64[1], inputs64[2], skip64, padding, pool, indices)
+    grads64 = torch.autograd.grad(expected64, inputs64, [t.double() for t in grads])
+    for a, b, c in zip(got_grads, want_grads, grads64):
+        assert a.shape == c.shape
+        assert relative_error(a, c) <= 2 * relative_error(b, c) + 1e-6
+
+
+@needs_triton
+def test_pool_gradient_ties_break_like_max_pool2d():
+    """A constant y (zero weight, positive bias): every window ties; the weight gradient shows which
+    pixel of each window received the pool's gradient, and must match aten's choice."""
+    x, weight, bias, _ = make(2, 3, 0, 9, 8, 0, 0, 5, "channels_last")
+    with torch.no_grad():
+        weight.zero_()
+        bias.abs_().add_(0.5)
+    _, pooled = conv3x3_relu(x, weight, bias, pool=True)
+    _, pooled_ref = composite_with_pool(x, weight, bias, None, 0, True)
+    assert torch.equal(pooled, pooled_ref)
+    grad = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    (got,) = torch.autograd.grad(pooled, [weight], grad)
+    with exact_fp32():
+        (want,) = torch.autograd.grad(pooled_ref, [weight], grad)
+    assert_close(got, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("cx, cs, direct, pool, kernel", [
+    (1, 0, True, False, "conv3x3_direct_kernel"), (4, 0, True, False, "conv3x3_direct_kernel"),
+    (5, 0, True, False, "conv3x3_kernel"), (1, 2, True, False, "conv3x3_kernel"),
+    (1, 0, False, False, "conv3x3_kernel"), (1, 0, True, True, "conv3x3_kernel"),
+    (8, 0, False, True, "conv3x3_kernel")])
+def test_forward_dispatch(cx, cs, direct, pool, kernel):
+    """direct=True takes the direct kernel only for x alone with at most 4 channels, unpooled."""
+    x = torch.empty(1, cx, 6, 6, device="meta").contiguous(memory_format=torch.channels_last)
+    skip = torch.empty(1, cs, 6, 6, device="meta") if cs else None
+    out = torch.empty(1, 8, 4, 4, device="meta")
+    pooled = torch.empty(1, 8, 2, 2, device="meta") if pool else None
+    w_packed = torch.empty(9 * (cx + cs), 8, device="meta")
+    launch = kernels.plan_forward(x, skip, w_packed, None, out, pooled, 0, direct, device_type="cpu")
+    assert launch.kernel.__name__ == kernel
+    assert launch.meta.get("POOL", False) is pool
+
+
 @needs_triton
 def test_only_requested_gradients():
     x, weight, bias, skip = make(1, 3, 2, 6, 6, 8, 8, 4, "channels_last")
@@ -99,6 +205,8 @@ def test_float64_composite_and_gradcheck():
     """float64 (and any device Triton cannot run on) takes the aten composite."""
     x, weight, bias, skip = make(1, 2, 1, 5, 4, 7, 6, 2, "contiguous", dtype=torch.float64, device="cpu")
     assert torch.autograd.gradcheck(lambda *a: conv3x3_relu(a[0], a[1], a[2], skip=a[3]), (x, weight, bias, skip))
+    assert torch.autograd.gradcheck(lambda *a: conv3x3_relu(a[0], a[1], a[2], skip=a[3], pool=True, direct=True),
+                                    (x, weight, bias, skip))
 
 
 def test_input_precision_follows_cudnn_tf32_flag():
@@ -118,13 +226,18 @@ def test_input_precision_follows_cudnn_tf32_flag():
     (dict(skip=torch.randn(1, 2, 8, 8, dtype=torch.float64)), TypeError, "skip is torch.float64"),
     (dict(padding=2), ValueError, "padding must be 0"),
     (dict(x=torch.randn(1, 3, 2, 6)), ValueError, "at least 3"),
+    (dict(pool="yes"), TypeError, "pool must be True or False, got 'yes'"),
+    (dict(direct=1), TypeError, "direct must be True or False, got 1"),
+    (dict(x=torch.randn(1, 3, 3, 6), skip=None, weight=torch.randn(4, 3, 3, 3), pool=True), ValueError,
+     r"pool=True needs an output of at least 2x2 .* got output \(1, 4\)"),
 ])
 def test_bad_inputs(kwargs, error, match):
     args = dict(x=torch.randn(1, 3, 6, 6), weight=torch.randn(4, 5, 3, 3), bias=torch.randn(4),
-                skip=torch.randn(1, 2, 8, 8), padding=0)
+                skip=torch.randn(1, 2, 8, 8), padding=0, pool=False, direct=False)
     args.update(kwargs)
     with pytest.raises(error, match=match):
-        conv3x3_relu(args["x"], args["weight"], args["bias"], skip=args["skip"], padding=args["padding"])
+        conv3x3_relu(args["x"], args["weight"], args["bias"], skip=args["skip"], padding=args["padding"],
+                     pool=args["pool"], direct=args["direct"])
 
 
 @pytest.mark.gpu
@@ -146,6 +259,48 @@ def test_low_precision_error_within_twice_aten(dtype, cs):
     g_out = torch.autograd.grad(out, [inputs[i] for i in present], grad.to(dtype))
     for a, b, c in zip(g_out, g_low, g64):
         assert relative_error(a, c) <= 2 * relative_error(b, c) + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("cx, cout, pool, direct", [(48, 80, True, False), (1, 64, False, True), (3, 64, True, True)])
+def test_pool_and_direct_error_within_twice_aten(dtype, cx, cout, pool, direct):
+    """The low-precision rule on tensor-core sizes; the pool's reference taken at our y's argmax."""
+    x, weight, bias, _ = make(2, cx, 0, 37, 42, 0, 0, cout, "channels_last", device="cuda")
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    inputs = [t.detach().to(dtype).requires_grad_() for t in (x, weight, bias)]
+    got = conv3x3_relu(*inputs, pool=pool, direct=direct)
+    got = got if pool else (got,)
+    indices = F.max_pool2d(got[0].detach(), 2, return_indices=True)[1] if pool else None
+    ref_low = composite_with_pool(*inputs, None, 0, pool, indices)
+    ref64 = composite_with_pool(*inputs64, None, 0, pool, indices)
+    for a, b, c in zip(got, ref_low, ref64):
+        assert relative_error(a, c) <= 2 * relative_error(b, c) + 1e-6
+    grads = [torch.randn_like(c) for c in ref64]
+    g_got = torch.autograd.grad(got, inputs, [g.to(dtype) for g in grads])
+    g_low = torch.autograd.grad(ref_low, inputs, [g.to(dtype) for g in grads])
+    g64 = torch.autograd.grad(ref64, inputs64, grads)
+    for a, b, c in zip(g_got, g_low, g64):
+        assert relative_error(a, c) <= 2 * relative_error(b, c) + 1e-6
+
+
+@pytest.mark.gpu
+def test_opcheck_and_compile_fullgraph_pool_and_direct():
+    x, weight, bias, skip = make(2, 5, 3, 8, 9, 12, 14, 17, "channels_last", device="cuda")
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_pool.default, (x, weight, bias, skip, 0, False))
+    x1, weight1, bias1, _ = make(2, 1, 0, 11, 10, 0, 0, 8, "channels_last", device="cuda")
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu.default, (x1, weight1, bias1, None, 0, True))
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_pool.default, (x1, weight1, bias1, None, 1, True))
+    compiled = torch.compile(lambda *a: conv3x3_relu(*a, pool=True, direct=True), fullgraph=True)
+    with exact_fp32():
+        got = compiled(x1, weight1, bias1)
+        expected = composite_with_pool(x1, weight1, bias1, None, 0, True)
+    for o, e in zip(got, expected):
+        assert_close(o, e)
+    grads = torch.autograd.grad(got[0].sum() + got[1].sum(), [x1, weight1, bias1])
+    want = torch.autograd.grad(expected[0].sum() + expected[1].sum(), [x1, weight1, bias1])
+    for g, r in zip(grads, want):
+        assert_close(g, r)
 
 
 @pytest.mark.gpu

@@ -9,18 +9,24 @@ from triton_device import DEVICE, exact_fp32, needs_triton
 TINY = dict(in_channels=1, num_classes=2, depth=3, base_channels=8)
 
 
-def twins(**kwargs):
+def twins(switches=None, **kwargs):
     torch.manual_seed(0)
     ref = reference.UNet(**kwargs).to(DEVICE)
-    fast = UNet(backend="triton", **kwargs).to(DEVICE)
+    fast = UNet(backend="triton", **(switches or {}), **kwargs).to(DEVICE)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
 
+POOL_AND_DIRECT = dict(pool_epilogue=True, direct_first_layer=True)
+
+
 @needs_triton
-@pytest.mark.parametrize("padding, size, batch", [("valid", (44, 60), 2), ("same", (16, 24), 1)])
-def test_forward_and_backward_match_reference(padding, size, batch):
-    ref, fast = twins(padding=padding, **TINY)
+@pytest.mark.parametrize("padding, size, batch, switches", [
+    ("valid", (44, 60), 2, None), ("same", (16, 24), 1, None),
+    pytest.param("valid", (44, 44), 1, POOL_AND_DIRECT, id="valid-pool-epilogue-direct-first-layer"),
+    pytest.param("same", (16, 20), 1, POOL_AND_DIRECT, id="same-pool-epilogue-direct-first-layer")])
+def test_forward_and_backward_match_reference(padding, size, batch, switches):
+    ref, fast = twins(switches, padding=padding, **TINY)
     x = torch.randn(batch, 1, *size, device=DEVICE)
     with exact_fp32():
         out_ref, out_fast = ref(x), fast(x.contiguous(memory_format=torch.channels_last))
@@ -45,6 +51,15 @@ def test_dropout_in_training_and_inference():
     assert not torch.equal(fast(x), fast(x))
 
 
+def test_switches_default_off_and_are_not_architecture():
+    """pool_epilogue and direct_first_layer await a GPU measurement: off by default, not in config()."""
+    model = UNet(backend="triton", **TINY)
+    assert not model.pool_epilogue and not model.direct_first_layer
+    assert UNet(backend="triton", **POOL_AND_DIRECT, **TINY).config() == model.config()
+    with pytest.raises(TypeError, match="pool_epilogue must be True or False"):
+        UNet(pool_epilogue="yes", **TINY)
+
+
 def test_state_dict_is_the_reference_one():
     assert list(UNet(backend="triton", **TINY).state_dict()) == list(reference.UNet(**TINY).state_dict())
 
@@ -60,10 +75,11 @@ def test_auto_resolves_to_triton_on_cuda():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("switches", [None, POOL_AND_DIRECT], ids=["default", "pool-epilogue-direct-first-layer"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_bf16_autocast_error_within_twice_reference(batch):
+def test_bf16_autocast_error_within_twice_reference(batch, switches):
     """bf16: error against a float64 reference at most about twice that of the reference in bf16."""
-    ref, fast = twins(**TINY)
+    ref, fast = twins(switches, **TINY)
     x = torch.randn(batch, 1, 60, 60, device="cuda")
     ref64 = reference.UNet(**TINY).to("cuda").double()
     ref64.load_state_dict(ref.state_dict())
@@ -77,8 +93,9 @@ def test_bf16_autocast_error_within_twice_reference(batch):
 
 
 @pytest.mark.gpu
-def test_torch_compile_fullgraph_matches():
-    ref, fast = twins(**TINY)
+@pytest.mark.parametrize("switches", [None, POOL_AND_DIRECT], ids=["default", "pool-epilogue-direct-first-layer"])
+def test_torch_compile_fullgraph_matches(switches):
+    ref, fast = twins(switches, **TINY)
     compiled = torch.compile(fast, fullgraph=True)
     x = torch.randn(2, 1, 44, 44, device="cuda", requires_grad=True)
     with exact_fp32():

@@ -34,7 +34,8 @@ def check(rows):
         where = f"{r['label']} sm_{r['capability']}"
         assert r["spill_bytes"] == 0, f"{where}: {r['spill_bytes']} bytes spilled"
         assert r["shared"] <= r["smem_limit"], f"{where}: {r['shared']} bytes of shared memory"
-        if not r["gemm"]:  # a copy kernel
+        if not r["gemm"]:  # a copy kernel, or the direct kernel's FMA (tensor cores would be a mistake there)
+            assert r["tensor_cores"] == "none", where
             continue
         if r["exact"]:  # exact fp32 must not go through TF32 tensor cores
             assert r["tensor_cores"] == "none", where
@@ -44,11 +45,12 @@ def check(rows):
         assert r["tensor_cores"] == ("wgmma" if wgmma else "mma"), where
 
 
-def test_decoder_layer_bf16_compiles_for_sm90_and_sm80():
+def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80():
     rows = run_static_checks("--quick")
     check(rows)
     assert {r["capability"] for r in rows} == {80, 90}
-    assert {r["label"].split()[0] for r in rows} == {"forward", "dgrad", "wgrad", "crop_concat"}
+    assert {r["label"].split()[0] for r in rows} == {"forward", "dgrad", "wgrad", "crop_concat", "forward+pool",
+                                                      "direct"}
 
 
 @pytest.mark.slow

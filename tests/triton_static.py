@@ -148,10 +148,35 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
     return {"forward": forward, "dgrad": dgrad, "wgrad": wgrad}
 
 
+def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool, direct: bool, batch: int = 8):
+    """The forward launch of conv3x3_relu(pool=, direct=) on x of (batch, cin, size, size), planned as the op does."""
+    from unet_fast.ops.triton import conv3x3 as k
+    cl = torch.channels_last
+    out = size - 2
+    x = torch.empty((batch, cin, size, size), device="meta", dtype=dtype).contiguous(memory_format=cl)
+    y = torch.empty((batch, cout, out, out), device="meta", dtype=dtype).contiguous(memory_format=cl)
+    pooled = torch.empty((batch, cout, out // 2, out // 2), device="meta", dtype=dtype).contiguous(memory_format=cl)
+    w_packed = torch.empty((9 * cin, cout), device="meta", dtype=dtype)
+    bias = torch.empty((cout,), device="meta", dtype=dtype)
+    return k.plan_forward(x, None, w_packed, bias, y, pooled if pool else None, 0, direct, device_type="cuda")
+
+
+def option_launches(dtype: torch.dtype, quick: bool):
+    """(label, launch) of the pooled epilogue (encoder second convs) and the direct first-layer kernel."""
+    name = str(dtype)[6:]
+    pooled = [(64, 64, 570)] if quick else [(64, 64, 570), (512, 512, 66)]  # both forward tile shapes
+    for cin, cout, size in pooled:
+        yield f"forward+pool {name} cin={cin} cout={cout}", option_launch(dtype, cin, cout, size, True, False)
+    yield f"direct {name} cin=1 cout=64", option_launch(dtype, 1, 64, 572, False, True)
+    if not quick:  # another channel count: its own unrolled loop
+        yield f"direct {name} cin=4 cout=64", option_launch(dtype, 4, 64, 572, False, True)
+
+
 def shipped_launches(quick: bool = False):
     """(label, launch) per shipped (kernel, dtype, config) on a representative U-Net layer.
 
-    quick: the bf16 decoder layer only (skip read in place; all three kernels).
+    quick: the bf16 decoder layer only (skip read in place; all three kernels), one pooled forward,
+    one direct kernel.
     """
     layers = [(128, 64, 392, 64)]
     dtypes = [torch.bfloat16]
@@ -163,10 +188,12 @@ def shipped_launches(quick: bool = False):
             for kind, launch in layer_launches(dtype, cin, cout, size, cs).items():
                 yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
         yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
+        yield from option_launches(dtype, quick)
     if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for kind, launch in layer_launches(torch.float32, 128, 64, 392, 64).items():
                 yield f"{kind} float32-exact cin=128 cout=64 skip", launch
+            yield "forward+pool float32-exact cin=64 cout=64", option_launch(torch.float32, 64, 64, 570, True, False)
 
 
 def crop_concat_launch(dtype: torch.dtype):
@@ -179,6 +206,9 @@ def crop_concat_launch(dtype: torch.dtype):
     return plan_crop_concat(empty(8, 64, 568, 568), empty(8, 64, 392, 392), 88, 88, empty(8, 128, 392, 392))
 
 
+_GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel")  # tl.dot: tensor cores expected
+
+
 def report(quick: bool = False):
     """One dict per (launch, target): what the static checks assert on."""
     for label, launch in shipped_launches(quick):
@@ -186,7 +216,7 @@ def report(quick: bool = False):
         for capability in (90, 80):
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
-                       gemm="crop_concat" not in label, exact="exact" in label,
+                       gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact="exact" in label,
                        num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
                        tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")

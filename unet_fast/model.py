@@ -24,15 +24,26 @@ class UNet(reference.UNet):
     "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op, the decoder's first conv
     reading the skip connection's window in place; aten composite where Triton cannot run),
     or "auto" (the fastest backend available for the input's device: "triton" on CUDA).
+
+    pool_epilogue, direct_first_layer (triton backend only): each encoder level's second conv also
+    writes the 2x2 max-pool from its epilogue (conv3x3_relu(pool=True)), and the first conv (at most
+    4 input channels) uses the direct kernel (conv3x3_relu(direct=True)). Off by default: whether
+    they beat the plain kernels awaits a GPU measurement (benchmarks/test_bench_conv.py times the
+    network both ways). A choice of kernels, not of architecture: not part of config().
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 5,
                  base_channels: int = 64, padding: str = "valid", dropout: float = 0.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", pool_epilogue: bool = False, direct_first_layer: bool = False):
         super().__init__(in_channels, num_classes, depth, base_channels, padding, dropout)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        for name, flag in (("pool_epilogue", pool_epilogue), ("direct_first_layer", direct_first_layer)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.backend = backend
+        self.pool_epilogue = pool_epilogue
+        self.direct_first_layer = direct_first_layer
 
     def config(self) -> dict:
         return {**super().config(), "backend": self.backend}
@@ -65,15 +76,20 @@ class UNet(reference.UNet):
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         padding = 1 if self.padding == "same" else 0
 
-        def conv(layer, t, skip=None):
-            return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding)
+        def conv(layer, t, skip=None, **options):
+            return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding, **options)
 
         skips = []
         for level, block in enumerate(self.encoder):
-            x = conv(block.conv2, conv(block.conv1, x))
-            if level < self.depth - 1:
-                skips.append(x)
-                x = F.max_pool2d(x, 2)
+            x = conv(block.conv1, x, direct=self.direct_first_layer and level == 0)
+            if level == self.depth - 1:
+                x = conv(block.conv2, x)
+            elif self.pool_epilogue:
+                skip, x = conv(block.conv2, x, pool=True)
+                skips.append(skip)
+            else:
+                skips.append(conv(block.conv2, x))
+                x = F.max_pool2d(skips[-1], 2)
         x = self.dropout(x)
         for block, skip in zip(self.decoder, reversed(skips)):
             x = conv(block.conv2, conv(block.conv1, block.upconv(x), skip))

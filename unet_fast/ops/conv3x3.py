@@ -1,4 +1,5 @@
-"""conv3x3_relu(x, weight, bias, *, skip=None, padding=0): the U-Net's 3x3 convolution + ReLU, fused.
+"""conv3x3_relu(x, weight, bias, *, skip=None, padding=0, pool=False, direct=False): the U-Net's 3x3
+convolution + ReLU, fused.
 
 y = relu(conv2d(input, weight, bias, padding)) with input = x, or, with ``skip``, the decoder's
 input cat([centre_crop(skip, x's size), x], dim=1), read straight from skip and x by the Triton
@@ -7,11 +8,21 @@ the output is channels_last. Backward: the ReLU mask comes from y; the input gra
 and the weight gradient (wgrad) are Triton implicit GEMMs, the bias gradient a reduction; the
 gradient for skip lands in skip's full shape, zero outside the window the forward read.
 
+Two forward options await a GPU measurement (benchmarks/test_bench_conv.py) and are off by default:
+``pool=True`` also returns the 2x2 max-pool of y, written by the same kernel's epilogue (the
+encoder's second convs: y is still written, the decoder's skip needs it), and ``direct=True``
+computes an unpooled convolution of x alone with at most 4 input channels (the first layer) with
+FMA over the 9 * C_in taps instead of a tensor-core GEMM whose K would be mostly padding.
+The pool's backward is aten's (max_pool2d's indices recomputed from the saved y, then
+max_pool2d_with_indices_backward): its tie-breaking is then F.max_pool2d's by construction, the
+forward writes no index tensor, and the cost (one read of y) is small next to dgrad and wgrad.
+The direct kernel's backward is the GEMM's.
+
 Where Triton cannot run (CPU without TRITON_INTERPRET=1, float64, no triton) the op is the aten
 composite, so it works everywhere. The Triton ops are torch.library.triton_op with
 register_autograd, so torch.compile(fullgraph=True) traces through them.
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +46,7 @@ def _describe(t) -> str:
     return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _check(x, weight, bias, skip, padding) -> None:
+def _check(x, weight, bias, skip, padding, pool=False, direct=False) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"conv3x3_relu: x must be a 4-D floating-point tensor (N, C, H, W), got {_describe(x)}"
                          + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
@@ -63,6 +74,13 @@ def _check(x, weight, bias, skip, padding) -> None:
     if min(x.shape[2:]) + 2 * padding < 3:
         raise ValueError(f"conv3x3_relu: x's height and width must be at least {3 - 2 * padding} "
                          f"for a 3x3 convolution with padding {padding}, got {tuple(x.shape[2:])}")
+    for name, flag in (("pool", pool), ("direct", direct)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"conv3x3_relu: {name} must be True or False, got {flag!r}")
+    if pool and min(x.shape[2:]) + 2 * padding < 4:
+        out = tuple(s + 2 * padding - 2 for s in x.shape[2:])
+        raise ValueError(f"conv3x3_relu: pool=True needs an output of at least 2x2 for the 2x2 max-pool, "
+                         f"got output {out} from x {tuple(x.shape[2:])} with padding {padding}")
 
 
 def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) -> torch.Tensor:
@@ -73,9 +91,13 @@ def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) ->
 
 
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                 skip: Optional[torch.Tensor] = None, padding: int = 0) -> torch.Tensor:
-    """relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
+                 skip: Optional[torch.Tensor] = None, padding: int = 0, pool: bool = False,
+                 direct: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """y = relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
 
+    pool: return (y, F.max_pool2d(y, 2)) from one kernel (the pool floors odd sizes, as F.max_pool2d).
+    direct: where x alone has at most 4 channels and pool is False, the direct (non-GEMM) kernel;
+    elsewhere ignored.
     Under autocast the inputs are cast to the autocast dtype first, as aten's conv2d would.
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
@@ -84,17 +106,27 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
         skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
-    _check(x, weight, bias, skip, padding)
+    _check(x, weight, bias, skip, padding, pool, direct)
     if triton_usable(x.device, x.dtype):
-        return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, padding)
-    return conv3x3_relu_reference(x, weight, bias, skip, padding)
+        op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
+        return op(x, weight, bias, skip, padding, direct)
+    y = conv3x3_relu_reference(x, weight, bias, skip, padding)
+    return (y, F.max_pool2d(y, 2)) if pool else y
 
 
 if _triton.available():
     @torch.library.triton_op("unet_fast::conv3x3_relu", mutates_args=())
     def _conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      skip: Optional[torch.Tensor], padding: int) -> torch.Tensor:
-        return _kernels.conv3x3_forward(x, weight, bias, skip, padding, relu=True)
+                      skip: Optional[torch.Tensor], padding: int, direct: bool = False) -> torch.Tensor:
+        return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
+
+    @torch.library.triton_op("unet_fast::conv3x3_relu_pool", mutates_args=())
+    def _conv3x3_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           skip: Optional[torch.Tensor], padding: int,
+                           direct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(y, max_pool2d(y, 2)) from one kernel."""
+        y, pooled = _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
+        return y, pooled
 
     @torch.library.triton_op("unet_fast::conv3x3_input_grad", mutates_args=())
     def _conv3x3_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
@@ -110,14 +142,16 @@ if _triton.available():
         return _kernels.conv3x3_weight_grad(grad, x, skip, padding)
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, skip, padding = inputs
-        ctx.save_for_backward(x, weight, skip, output)
+        x, weight, bias, skip, padding = inputs[:5]
+        y = output[0] if isinstance(output, tuple) else output  # conv3x3_relu_pool: (y, pooled)
+        ctx.save_for_backward(x, weight, skip, y)
         ctx.padding = padding
         ctx.has_skip = skip is not None
 
     def _backward(ctx, grad):
         x, weight, skip, y = ctx.saved_tensors
-        needs_x, needs_weight, needs_bias, needs_skip, _ = ctx.needs_input_grad
+        # [:4]: the flags after skip are not tensors (and a trailing default may not be listed at all)
+        needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
         grad = grad.masked_fill(y <= 0, 0)  # ReLU's mask, read from its output
         grad_x = grad_weight = grad_bias = grad_skip = None
         if needs_x or (ctx.has_skip and needs_skip):
@@ -128,6 +162,14 @@ if _triton.available():
             grad_weight = torch.ops.unet_fast.conv3x3_weight_grad(grad, x, skip, ctx.padding).to(weight.dtype)
         if needs_bias:
             grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
-        return grad_x, grad_weight, grad_bias, grad_skip, None
+        return grad_x, grad_weight, grad_bias, grad_skip, None, None
+
+    def _backward_pool(ctx, grad, grad_pooled):
+        y = ctx.saved_tensors[3]
+        _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
+        grad = grad + torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+        return _backward(ctx, grad)
 
     torch.library.register_autograd("unet_fast::conv3x3_relu", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("unet_fast::conv3x3_relu_pool", _backward_pool, setup_context=_setup_context)

@@ -13,6 +13,10 @@ channels between grad_skip's window and grad_x, again without a concatenated buf
 The weight gradient (wgrad) is a second kernel: per tap, rows = input channels, columns = output
 channels, K = output pixels, split over the grid (split-K) with a deterministic sum afterwards.
 
+Optional, forward only: the 2x2 max-pool of the output from the same epilogue (POOL: rows come in
+fours, one pooling window each), and a direct kernel for unpooled inputs of at most 4 channels (the
+first layer), whose K = 9 * C_in would otherwise be mostly padding in tensor-core tiles.
+
 Accumulation is fp32. fp16/bf16 inputs use their tensor-core path; fp32 inputs use TF32 when
 ``torch.backends.cudnn.allow_tf32`` allows it (as PyTorch's own convolutions do) and exact fp32
 ("ieee") otherwise. Configurations are fixed per (dtype, channel counts): no autotuning, so the
@@ -30,6 +34,48 @@ from ...geometry import crop_offset
 
 if triton is not None:
     import triton.language as tl
+
+    @triton.jit
+    def _output_pixels(offs_m, N, OH, OW, POOL: tl.constexpr):
+        """(n, oh, ow, valid) of GEMM rows. With POOL, rows come in fours, each a 2x2 window of a
+        ceil(OH / 2) x ceil(OW / 2) grid of windows that covers every output pixel, for _store_pooled."""
+        if POOL:
+            PH = (OH + 1) // 2
+            PW = (OW + 1) // 2
+            window = offs_m // 4
+            q = offs_m % 4
+            n = window // (PH * PW)
+            rem = window % (PH * PW)
+            oh = (rem // PW) * 2 + q // 2
+            ow = (rem % PW) * 2 + q % 2
+            ok = (window < N * PH * PW) & (oh < OH) & (ow < OW)
+        else:
+            n = offs_m // (OH * OW)
+            rem = offs_m % (OH * OW)
+            oh = rem // OW
+            ow = rem - oh * OW
+            ok = offs_m < N * OH * OW
+        return n.to(tl.int64), oh, ow, ok
+
+    @triton.jit
+    def _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """pool = max of each window's four rows of acc (rows laid out by _output_pixels with POOL).
+
+        Only windows wholly inside the output are stored: the pool floors, as F.max_pool2d does.
+        acc is the activated fp32 value: rounding is monotonic, so max-then-round equals the max of y.
+        """
+        pooled = tl.max(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        PH = (OH + 1) // 2
+        PW = (OW + 1) // 2
+        window = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
+        n = (window // (PH * PW)).to(tl.int64)
+        rem = window % (PH * PW)
+        ph = rem // PW
+        pw = rem % PW
+        ok = (window < N * PH * PW) & (ph < OH // 2) & (pw < OW // 2)
+        tl.store(pool_ptr + (n * sp_n + ph * sp_h + pw * sp_w)[:, None] + (offs_n * sp_c)[None, :],
+                 pooled.to(pool_ptr.dtype.element_ty), mask=ok[:, None] & col_ok[None, :])
 
     @triton.jit
     def _accumulate_source(acc, src_ptr, row_base, ih0, iw0, row_ok, s_c, s_h, s_w, C, H, W,
@@ -68,15 +114,17 @@ if triton is not None:
         w_ptr, bias_ptr,
         out_ptr, so_n, so_c, so_h, so_w,
         out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
+        pool_ptr, sp_n, sp_c, sp_h, sp_w,
         N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-        HAS_OUT2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr,
+        HAS_OUT2: tl.constexpr, POOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     ):
         """out = act(conv3x3([skip window, x], w, padding=PAD) + bias); w packed as (9 * (Cs + Cx), Cout).
 
         With HAS_OUT2, output channels [0, C_SPLIT) go to out2's window at (out2_top, out2_left)
         and the rest to out (channel - C_SPLIT): the dgrad split between grad_skip and grad_x.
+        With POOL, also pool = max_pool2d(out, 2).
         """
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
@@ -84,12 +132,8 @@ if triton is not None:
         pid_n = pid - pid_m * num_n
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = offs_m < N * OH * OW
         col_ok = offs_n < Cout
-        n = (offs_m // (OH * OW)).to(tl.int64)
-        rem = offs_m % (OH * OW)
-        oh = rem // OW
-        ow = rem - oh * OW
+        n, oh, ow, row_ok = _output_pixels(offs_m, N, OH, OW, POOL)
         ih0 = oh - PAD
         iw0 = ow - PAD
 
@@ -114,6 +158,52 @@ if triton is not None:
         out_rows = n * so_n + oh * so_h + ow * so_w
         tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value,
                  mask=row_ok[:, None] & (col_ok & (offs_n >= C_SPLIT))[None, :])
+        if POOL:
+            _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M, BLOCK_N)
+
+    @triton.jit
+    def conv3x3_direct_kernel(
+        x_ptr, sx_n, sx_c, sx_h, sx_w,
+        w_ptr, bias_ptr,
+        out_ptr, so_n, so_c, so_h, so_w,
+        N, H, W, OH, OW, Cout,
+        CIN: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """relu(conv3x3(x, w, padding=PAD) + bias) for x of CIN <= 4 channels, without a GEMM.
+
+        9 * CIN rank-1 updates (a column of input pixels times a row of weights) in fp32 FMA: the
+        GEMM kernel pads each tap's K to 16 channels, so at CIN = 1 it would do 16x the work.
+        """
+        pid = tl.program_id(0)
+        num_n = tl.cdiv(Cout, BLOCK_N)
+        pid_m = pid // num_n
+        pid_n = pid - pid_m * num_n
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < Cout
+        n, oh, ow, row_ok = _output_pixels(offs_m, N, OH, OW, False)
+        x_base = n * sx_n + (oh - PAD) * sx_h + (ow - PAD) * sx_w
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in tl.static_range(9):
+            kh = tap // 3
+            kw = tap % 3
+            ok = row_ok
+            if PAD > 0:
+                ih = oh - PAD + kh
+                iw = ow - PAD + kw
+                ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            for c in tl.static_range(CIN):
+                a = tl.load(x_ptr + x_base + (kh * sx_h + kw * sx_w + c * sx_c), mask=ok, other=0.0)
+                b = tl.load(w_ptr + (tap * CIN + c) * Cout + offs_n, mask=col_ok, other=0.0)
+                acc += a.to(tl.float32)[:, None] * b.to(tl.float32)[None, :]
+
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        acc = tl.maximum(acc, 0.0)
+        tl.store(out_ptr + (n * so_n + oh * so_h + ow * so_w)[:, None] + (offs_n * so_c)[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
     @triton.jit
     def conv3x3_wgrad_kernel(
@@ -236,27 +326,74 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
-              device_type: str | None = None) -> Launch:
-    """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors)."""
+              device_type: str | None = None, pooled=None) -> Launch:
+    """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors).
+
+    pooled: where to write max_pool2d(out, 2) from the epilogue, or None.
+    """
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
     cout = w_packed.shape[1]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
     c_split = out2.shape[1] if out2 is not None else 0
     cfg = forward_config(x.dtype, max(cs, cx), cout, device_type or x.device.type)
-    grid = (triton.cdiv(n * oh * ow, cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
+    grid = (triton.cdiv(_gemm_rows(n, oh, ow, pooled is not None), cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
+    pool_t = pooled if pooled is not None else out  # never written without POOL
     args = (x, *_strides(x),
             skip_t, *_strides(skip_t), *skip_offset,
             w_packed, bias if bias is not None else w_packed,
             out, *_strides(out),
             out2_t, *_strides(out2_t), *out2_offset,
+            pool_t, *_strides(pool_t),
             n, h, w, oh, ow, cs, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
-                HAS_OUT2=out2 is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                HAS_OUT2=out2 is not None, POOL=pooled is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_K=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
     return Launch(conv3x3_kernel, grid, args, meta)
+
+
+def _gemm_rows(n: int, oh: int, ow: int, pool: bool) -> int:
+    """Rows of the GEMM: output pixels, or with pooling 4 per 2x2 window, partial windows included."""
+    return n * 4 * ((oh + 1) // 2) * ((ow + 1) // 2) if pool else n * oh * ow
+
+
+DIRECT_MAX_CHANNELS = 4
+
+
+def direct_applies(x_channels: int, skip, pool: bool) -> bool:
+    """The direct kernel serves x alone with at most DIRECT_MAX_CHANNELS channels, unpooled: the first
+    layer (never pooled; a pooled epilogue there spilled registers on sm_90, tests/triton_static.py)."""
+    return skip is None and not pool and x_channels <= DIRECT_MAX_CHANNELS
+
+
+def plan_direct(x, w_packed, bias, out, padding) -> Launch:
+    """conv3x3_direct_kernel's launch: plan_conv's forward result (ReLU, no skip, no pool) for C_in <= 4."""
+    n, cin, h, w = x.shape
+    cout = w_packed.shape[1]
+    oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    # 128 x 32 tiles: about 100 registers per thread at 4 warps on sm_80/sm_90, against about 160 at
+    # 128 x 64, so more programs per SM for this store-bound kernel (x, 1-4 channels, is re-read per tile).
+    block_m, block_n = 128, min(32, _channel_block(cout))
+    grid = (triton.cdiv(n * oh * ow, block_m) * triton.cdiv(cout, block_n),)
+    args = (x, *_strides(x),
+            w_packed, bias if bias is not None else w_packed,
+            out, *_strides(out),
+            n, h, w, oh, ow, cout)
+    meta = dict(CIN=cin, PAD=padding, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+                num_warps=4, num_stages=1)
+    return Launch(conv3x3_direct_kernel, grid, args, meta)
+
+
+def plan_forward(x, skip, w_packed, bias, out, pooled, padding: int, direct: bool,
+                 device_type: str | None = None) -> Launch:
+    """The forward launch: the direct kernel when asked for and it applies, else the GEMM."""
+    if direct and direct_applies(x.shape[1], skip, pooled is not None):
+        return plan_direct(x, w_packed, bias, out, padding)
+    return plan_conv(x, skip, _skip_offset(skip, *x.shape[2:]), w_packed, bias, out, None, (0, 0), padding, True,
+                     device_type, pooled=pooled)
 
 
 def _skip_offset(skip, h, w) -> tuple[int, int]:
@@ -265,16 +402,21 @@ def _skip_offset(skip, h, w) -> tuple[int, int]:
     return (crop_offset(skip.shape[2], h), crop_offset(skip.shape[3], w))
 
 
-def conv3x3_forward(x, weight, bias, skip, padding: int, relu: bool = True) -> torch.Tensor:
-    """act(conv2d([centre_crop(skip), x], weight, bias, padding)) into a new channels_last tensor."""
+def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False,
+                    direct: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(relu(conv2d([centre_crop(skip), x], weight, bias, padding)), its 2x2 max-pool or None), channels_last."""
     n, _, h, w = x.shape
     cout = weight.shape[0]
-    out = torch.empty((n, cout, h + 2 * padding - 2, w + 2 * padding - 2), device=x.device, dtype=x.dtype,
-                      memory_format=torch.channels_last)
+    oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    out = torch.empty((n, cout, oh, ow), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    pooled = None
+    if pool:
+        pooled = torch.empty((n, cout, oh // 2, ow // 2), device=x.device, dtype=x.dtype,
+                             memory_format=torch.channels_last)
     # (tap, input channel) rows, output channels contiguous: the GEMM's B operand.
     w_packed = weight.permute(2, 3, 1, 0).reshape(-1, cout).contiguous()
-    plan_conv(x, skip, _skip_offset(skip, h, w), w_packed, bias, out, None, (0, 0), padding, relu).run()
-    return out
+    plan_forward(x, skip, w_packed, bias, out, pooled, padding, direct).run()
+    return out, pooled
 
 
 def conv3x3_input_grad(grad, weight, x, skip, padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -14,7 +14,8 @@ from .ops.conv3x3 import triton_usable
 
 BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels use bf16 and tensor-core (mma/wgmma) paths tuned for sm_80 and sm_90; older GPUs
-# (V100, T4) cannot run some of them or run them slower than cuDNN, so "auto" leaves those on torch.
+# (V100, T4) have no bf16 tensor cores and the kernels are neither tuned nor tested there, so "auto"
+# leaves them on torch (cuDNN).
 MIN_TRITON_CAPABILITY = (8, 0)
 
 

@@ -177,20 +177,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_cpu_processes_end_identical(tmp_path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT)
+def _torchrun(tmp_path, script_text, *args):
+    """Run a script in 2 gloo processes under torchrun; fail the test with its output if it fails or hangs."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     # Rendezvous on 127.0.0.1, not `--standalone`: that one advertises the hostname, and where the
     # hostname does not resolve (CI sandboxes) every rank waits for ever.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), str(tmp_path)]
+               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), *map(str, args)]
     try:
         run = subprocess.run(command, env=env, timeout=240, cwd=tmp_path, capture_output=True, text=True)
     except subprocess.TimeoutExpired as hung:
         pytest.fail(f"torchrun hung for 240 s; its output:\n{hung.stdout}\n{hung.stderr}")
     assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
+
+
+def test_ddp_two_cpu_processes_end_identical(tmp_path):
+    _torchrun(tmp_path, DDP_SCRIPT, tmp_path)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in a["state"]:
@@ -206,3 +211,64 @@ def test_lr_schedule_cosine_decays(nuclei):
     assert 0 < result.history[-1]["lr"] < result.history[0]["lr"] < 0.01
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(tiny_net(), train, epochs=1, lr_schedule="step")
+
+
+FAILING_RANK_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+import torch
+import unet_fast.train
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+where, out, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"])
+
+class Images(ArrayDataset):
+    def _load(self, index):
+        if where == "data" and rank == 1 and index == 1:
+            raise OSError("cannot read img1.tif")
+        return super()._load(index)
+
+class Tiles(torch.utils.data.TensorDataset):
+    def __getitem__(self, index):
+        if where == "step" and rank == 1 and index == 3:       # rank 1's second step
+            raise OSError("cannot read tile 3")
+        return super().__getitem__(index)
+
+def disk_full(*args, **kwargs):
+    raise OSError("No space left on device")
+
+if where == "checkpoint" and rank == 0:
+    unet_fast.train.save_checkpoint = disk_full
+data = (Tiles(torch.randn(4, 1, 44, 44), torch.randint(0, 2, (4, 44, 44)), torch.ones(4, 44, 44))
+        if where == "step" else Images(*synthetic_nuclei(2, 48, seed=0)))
+try:
+    unet_fast.train.fit(UNet(depth=2, base_channels=4), data, epochs=2, tile_size=44, tiles_per_epoch=4,
+                        device="cpu", checkpoint_dir=out / "ckpt")
+    report = {"error": None}
+except Exception as error:
+    report = {"error": type(error).__name__, "message": str(error)}
+(out / f"rank{rank}.json").write_text(json.dumps(report))
+# Every rank lives on after its error (as in a notebook, or a sweep that catches errors) until all have
+# reported: a rank still waiting in a collective for a failed one would wait for ever.
+deadline = time.monotonic() + 60
+while not all((out / f"rank{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+(out / f"rank{rank}.waited").write_text(str(time.monotonic() < deadline))
+"""
+
+
+@pytest.mark.parametrize("where, failed, message", [
+    ("data", 1, "OSError: cannot read img1.tif"),              # before any collective
+    ("checkpoint", 0, "OSError: No space left on device"),      # rank 0 alone writes checkpoints
+    ("step", 1, None),                                          # in a step: the others are in DDP's all-reduce
+])
+def test_ddp_a_failed_rank_stops_the_others(tmp_path, where, failed, message):
+    _torchrun(tmp_path, FAILING_RANK_SCRIPT, where, tmp_path)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all((tmp_path / f"rank{rank}.waited").read_text() == "True" for rank in range(2)), reports
+    assert reports[failed]["error"] == "OSError"
+    other = reports[1 - failed]
+    assert other["error"] is not None, reports
+    if message is not None:        # where ranks meet on purpose, the others learn who failed and why
+        assert other["error"] == "RankFailedError", reports
+        assert f"rank {failed} failed ({message})" in other["message"], reports

@@ -8,6 +8,7 @@ DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA; ranks draw di
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from .inference import predict_tiled
 from .io import Normalization, atomic_path
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
+from .ranks import shared_failures
 
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "write_logs",
            "default_tile_size", "CHECKPOINT_FORMAT"]
@@ -70,7 +72,9 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     loss_fn(logits, target, weights): default the paper's weighted loss,
     ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``.
     Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
-    ``fit``; the process group is created here if it is not yet (and destroyed at the end).
+    ``fit``; the process group is created here if it is not yet (and destroyed at the end). When one
+    rank fails, every rank raises (``unet_fast.ranks``): a ``RankFailedError`` naming the failed rank
+    where it did not fail.
     """
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
@@ -83,21 +87,23 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     distributed = _Distributed.setup(device)
+    net = None
     try:
         device = distributed.device
-        model.to(device)
-        tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
-        loss_fn = loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        history: list[dict] = []
-        start_epoch = 0
-        if resume is not None:
-            state = load_checkpoint(resume, model, optimizer)
-            start_epoch, history = state["epoch"], state["history"]
-            if state.get("seed") is not None and state["seed"] != seed:
-                raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
-                                 f"got seed={seed}; pass the same seed to continue exactly")
-            _set_rng_state(state["rng"], device)
+        with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
+            model.to(device)
+            tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
+            loss_fn = loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            history: list[dict] = []
+            start_epoch = 0
+            if resume is not None:
+                state = load_checkpoint(resume, model, optimizer)
+                start_epoch, history = state["epoch"], state["history"]
+                if state.get("seed") is not None and state["seed"] != seed:
+                    raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
+                                     f"got seed={seed}; pass the same seed to continue exactly")
+                _set_rng_state(state["rng"], device)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
             if distributed.world > 1 else model
         show = distributed.rank == 0 and (sys.stderr.isatty() if progress is None else progress)
@@ -141,17 +147,21 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                 row.update({f"val_{key}": value for key, value in metrics.items()})
             row["seconds"] = time.perf_counter() - started
             history.append(row)
-            if distributed.rank == 0:
-                if show:
-                    tqdm.write(_format_row(row))
-                if checkpoint_path is not None:
-                    save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, history=history, seed=seed)
-                if log_dir is not None:
-                    write_logs(log_dir, history)
-            distributed.barrier()
+            with shared_failures(f"writing the checkpoint and logs of epoch {epoch + 1}"):   # also a barrier
+                if distributed.rank == 0:
+                    if show:
+                        tqdm.write(_format_row(row))
+                    if checkpoint_path is not None:
+                        save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, history=history,
+                                        seed=seed)
+                    if log_dir is not None:
+                        write_logs(log_dir, history)
         model.eval()
         return FitResult(model, history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None)
     finally:
+        # DDP holds the process group: let it go, so that destroying the group closes this rank's
+        # connections and ranks still in a collective with it fail now rather than at the timeout
+        net = None
         distributed.teardown()
 
 
@@ -224,10 +234,6 @@ class _Distributed:
             dist.all_reduce(total)
         return float(total) / max(count * self.world, 1)
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
     def teardown(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -243,7 +249,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
     object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
     instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
-    image and the sums are all-reduced, so every rank returns the same numbers.
+    image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
     """
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -251,21 +257,22 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     model.eval()
     # loss sum, pixels, intersection, union, true positives, false positives, false negatives
     sums = torch.zeros(7, dtype=torch.float64)
-    for index in range(rank, len(images), world):
-        sample = images[index]
-        logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
-                                                dtype="bf16" if amp else None, output="logits", progress=False,
-                                                normalization=Normalization(mode="none")))
-        target = torch.from_numpy(sample.target).to(device)
-        weights = torch.from_numpy(sample.weights).to(device)
-        pixels = target.numel()
-        loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
-        predicted = logits.argmax(0).cpu().numpy() > 0
-        truth = sample.target > 0
-        objects = object_scores(ndimage.label(predicted)[0], sample.instances)
-        tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
-        sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
-                             dtype=torch.float64)
+    with shared_failures("validation") if world > 1 else contextlib.nullcontext():
+        for index in range(rank, len(images), world):
+            sample = images[index]
+            logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
+                                                    dtype="bf16" if amp else None, output="logits", progress=False,
+                                                    normalization=Normalization(mode="none")))
+            target = torch.from_numpy(sample.target).to(device)
+            weights = torch.from_numpy(sample.weights).to(device)
+            pixels = target.numel()
+            loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
+            predicted = logits.argmax(0).cpu().numpy() > 0
+            truth = sample.target > 0
+            objects = object_scores(ndimage.label(predicted)[0], sample.instances)
+            tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
+            sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
+                                 dtype=torch.float64)
     if world > 1:
         sums = sums.to(device)
         dist.all_reduce(sums)

@@ -213,6 +213,86 @@ def test_lr_schedule_cosine_decays(nuclei):
         fit(tiny_net(), train, epochs=1, lr_schedule="step")
 
 
+DDP_RESUME_SCRIPT = """
+import os, random, sys, numpy as np, torch, torch.distributed as dist
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.train import fit
+out, rank = sys.argv[1], int(os.environ["RANK"])
+dist.init_process_group("gloo")          # one group for the three runs (fit leaves it as it found it)
+images, labels = synthetic_nuclei(2, 48, seed=0)
+
+def grey(image, target, weights, generator=None):   # a user augmentation drawing from numpy and random
+    return image * (1 + 0.1 * np.random.rand()) + 0.1 * random.random(), target, weights
+
+def train(name, epochs, resume=None):
+    torch.manual_seed(10 + rank), np.random.seed(20 + rank), random.seed(30 + rank)  # each rank its own
+    model = UNet(depth=2, base_channels=4, dropout=0.5)                             # dropout: torch's RNG
+    if resume:                         # a new process starts elsewhere: the checkpoint must restore all
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    fit(model, ArrayDataset(images, labels), epochs=epochs, tile_size=44, tiles_per_epoch=4, lr=0.01,
+        device="cpu", augment=grey, checkpoint_dir=f"{out}/{name}", resume=resume)
+    torch.save({"state": model.state_dict(), "torch": torch.get_rng_state(),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                "python": torch.tensor(random.getstate()[1])}, f"{out}/{name}.rank{rank}.pt")
+
+train("straight", 2)
+train("first", 1)
+train("resumed", 2, resume=f"{out}/first/last.safetensors")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
+    """2 epochs straight == 1 epoch + resume, on 2 ranks whose random states differ: same weights,
+    and each rank ends with the random states (torch, numpy, random) of the uninterrupted run."""
+    _torchrun(tmp_path, DDP_RESUME_SCRIPT, tmp_path)
+    assert len(load_checkpoint(tmp_path / "first" / "last.safetensors")["rng"]) == 2
+    for rank in range(2):
+        straight = torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"resumed.rank{rank}.pt", weights_only=True)
+        for key, value in straight["state"].items():
+            assert torch.equal(value, resumed["state"][key]), (rank, key)
+        for generator in ("torch", "numpy", "python"):
+            assert torch.equal(straight[generator], resumed[generator]), (rank, generator)
+    states = [torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)["torch"] for rank in range(2)]
+    assert not torch.equal(*states)         # the ranks' states did differ
+
+
+def test_resume_reads_format_1_checkpoints(nuclei, tmp_path):
+    """Checkpoints written before per-rank random states (one process's, as rng.cpu) still resume exactly."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train, _ = nuclei
+    straight, _ = run(train, 2, tmp_path / "straight")
+    run(train, 1, tmp_path / "first")
+    path = tmp_path / "first" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    del metadata["world_size"]                                           # new in format /2
+    tensors = {key: value for key, value in load_file(path).items() if not key.startswith("rng.")}
+    save_file({**tensors, "rng.cpu": load_file(path)["rng.0.cpu"]}, tmp_path / "old.safetensors",
+              metadata={**metadata, "format": "unet_fast.checkpoint/1"})
+    torch.manual_seed(1234)
+    resumed, _ = run(train, 2, tmp_path / "resumed", resume=tmp_path / "old.safetensors")
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_resume_from_another_world_size_warns(nuclei, tmp_path):
+    from unet_fast.train import _rng_state, save_checkpoint
+
+    train, _ = nuclei
+    model, _ = run(train, 1, tmp_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99)
+    rank_states = [_rng_state(torch.device("cpu")) for _ in range(2)]
+    save_checkpoint(tmp_path / "two.safetensors", model, optimizer, epoch=1, seed=3, rng_states=rank_states)
+    with pytest.warns(UserWarning, match=r"written by 2 process\(es\) and this run has 1"):
+        _, result = run(train, 2, tmp_path, resume=tmp_path / "two.safetensors")
+    assert result.history[-1]["epoch"] == 2
+
+
 FAILING_RANK_SCRIPT = """
 import json, os, sys, time
 from pathlib import Path

@@ -217,3 +217,29 @@ def test_plain_state_dict_pt_loads(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pt")
     loaded = unet_fast.load_model(tmp_path / "w.pt")
     assert loaded.config()["in_channels"] == 2 and loaded.depth == 3
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: {"state_dict": s, "epoch": 7},
+    lambda s: {"model": s, "optimizer": {"state": {}, "param_groups": []}},
+    lambda s: {"model_state_dict": s, "optimizer_state_dict": {}, "loss": 0.25},
+    lambda s: {f"module.{k}": v for k, v in s.items()},                            # DDP
+    lambda s: {f"_orig_mod.{k}": v for k, v in s.items()},                         # torch.compile
+    lambda s: {"state_dict": {f"module._orig_mod.{k}": v for k, v in s.items()}},  # both, in a checkpoint
+], ids=["state_dict", "model", "model_state_dict", "module.", "_orig_mod.", "nested"])
+def test_wrapped_state_dict_pt_loads(tmp_path, wrap):
+    model = _tiny()
+    torch.save(wrap(model.state_dict()), tmp_path / "w.pt")
+    loaded = unet_fast.load_model(tmp_path / "w.pt")
+    assert loaded.depth == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_unrecognised_pt_names_its_keys(tmp_path):
+    torch.save({"epoch": 3, "weights": _tiny().state_dict()}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"top-level keys \['epoch', 'weights'\].*'state_dict'"):
+        unet_fast.load_model(tmp_path / "w.pt")
+    torch.save([torch.zeros(1)], tmp_path / "l.pt")
+    with pytest.raises(ValueError, match="found a list; expected a state_dict"):
+        unet_fast.load_model(tmp_path / "l.pt")

@@ -164,3 +164,29 @@ def test_config_rebuilds_the_architecture():
     clone = UNet(**model.config())
     assert clone.config() == model.config()
     assert reference.UNet(**reference.UNet(**SMALL).config()).config() == reference.UNet(**SMALL).config()
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "torch"), ((7, 5), "torch"), ((8, 0), "triton"),
+                                                  ((9, 0), "triton")])
+def test_auto_backend_needs_compute_capability_8(monkeypatch, capability, expected):
+    """A CUDA device below sm_80 (V100, T4) gets the torch backend, and info() says why."""
+    import types
+
+    import unet_fast
+    from unet_fast import model as model_module
+
+    gpu = types.SimpleNamespace(name="Fake GPU", major=capability[0], minor=capability[1])
+    monkeypatch.setattr(model_module, "triton_usable", lambda device, dtype=torch.float32: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu.name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert UNet(**SMALL).resolved_backend(torch.device("cuda", 0)) == expected
+    assert UNet(backend="triton", **SMALL).resolved_backend(torch.device("cuda", 0)) == "triton"
+    backends = unet_fast.info()["backends"]
+    assert backends["triton"]["available"] == (expected == "triton")
+    assert f"cuda:0 -> {expected}" in backends["auto"]["why"]
+    if expected == "torch":
+        assert f"compute capability {capability[0]}.{capability[1]}" in backends["auto"]["why"]
+        assert ">= 8.0" in backends["auto"]["why"]

@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +150,43 @@ def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_fil
     assert all(r["status"] == 0 for r in reports) and reports[0]["done"] and reports[1]["done"]
     assert sorted(done) == sorted(str(tmp_path / "in" / f"img{i}.tif") for i in range(5))
     assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in range(5)]
+
+
+def _rank_main_lives_on(rank, world, port, argvs, report):
+    """One rank of ``segment`` that records its result or error, then lives on (as in a notebook) until
+    every rank has reported: a rank still waiting in a collective for a failed one never would."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    try:
+        result = {"status": segment.run(cli.build_parser().parse_args(argvs[rank]))[1]}
+    except Exception as error:
+        result = {"error": type(error).__name__, "message": str(error)}
+    with open(f"{report}.{rank}.json", "w") as f:
+        json.dump(result, f)
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{report}.{r}.json") for r in range(world)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
+    """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises
+    naming rank 1, instead of waiting for it at the summary for ever."""
+    _images(tmp_path / "in", count=4)
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+            "--no-progress"]
+    argvs = [argv, [a if a != str(model_file) else str(tmp_path / "elsewhere.safetensors") for a in argv]]
+    report = str(tmp_path / "report")
+    context = mp.spawn(_rank_main_lives_on, args=(2, _free_port(), argvs, report), nprocs=2, join=False)
+    deadline = time.monotonic() + 50            # less than the ranks' own 60 s of living on
+    while not context.join(timeout=1) and time.monotonic() < deadline:
+        pass
+    hung = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
+    for process in context.processes:
+        process.kill()
+    assert not hung, f"ranks {hung} still running after 50 s"
+    reports = [json.load(open(f"{report}.{rank}.json")) for rank in range(2)]
+    assert reports[1]["error"] == "FileNotFoundError"
+    assert reports[0]["error"] == "RankFailedError", reports
+    assert "rank 1 failed (FileNotFoundError: model file" in reports[0]["message"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img2.tif"]     # rank 0's share is done

@@ -177,20 +177,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_cpu_processes_end_identical(tmp_path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT)
+def _torchrun(tmp_path, script_text, *args):
+    """Run a script in 2 gloo processes under torchrun; fail the test with its output if it fails or hangs."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     # Rendezvous on 127.0.0.1, not `--standalone`: that one advertises the hostname, and where the
     # hostname does not resolve (CI sandboxes) every rank waits for ever.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), str(tmp_path)]
+               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), *map(str, args)]
     try:
         run = subprocess.run(command, env=env, timeout=240, cwd=tmp_path, capture_output=True, text=True)
     except subprocess.TimeoutExpired as hung:
         pytest.fail(f"torchrun hung for 240 s; its output:\n{hung.stdout}\n{hung.stderr}")
     assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
+
+
+def test_ddp_two_cpu_processes_end_identical(tmp_path):
+    _torchrun(tmp_path, DDP_SCRIPT, tmp_path)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in a["state"]:
@@ -206,3 +211,144 @@ def test_lr_schedule_cosine_decays(nuclei):
     assert 0 < result.history[-1]["lr"] < result.history[0]["lr"] < 0.01
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(tiny_net(), train, epochs=1, lr_schedule="step")
+
+
+DDP_RESUME_SCRIPT = """
+import os, random, sys, numpy as np, torch, torch.distributed as dist
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.train import fit
+out, rank = sys.argv[1], int(os.environ["RANK"])
+dist.init_process_group("gloo")          # one group for the three runs (fit leaves it as it found it)
+images, labels = synthetic_nuclei(2, 48, seed=0)
+
+def grey(image, target, weights, generator=None):   # a user augmentation drawing from numpy and random
+    return image * (1 + 0.1 * np.random.rand()) + 0.1 * random.random(), target, weights
+
+def train(name, epochs, resume=None):
+    torch.manual_seed(10 + rank), np.random.seed(20 + rank), random.seed(30 + rank)  # each rank its own
+    model = UNet(depth=2, base_channels=4, dropout=0.5)                             # dropout: torch's RNG
+    if resume:                         # a new process starts elsewhere: the checkpoint must restore all
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    fit(model, ArrayDataset(images, labels), epochs=epochs, tile_size=44, tiles_per_epoch=4, lr=0.01,
+        device="cpu", augment=grey, checkpoint_dir=f"{out}/{name}", resume=resume)
+    torch.save({"state": model.state_dict(), "torch": torch.get_rng_state(),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                "python": torch.tensor(random.getstate()[1])}, f"{out}/{name}.rank{rank}.pt")
+
+train("straight", 2)
+train("first", 1)
+train("resumed", 2, resume=f"{out}/first/last.safetensors")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
+    """2 epochs straight == 1 epoch + resume, on 2 ranks whose random states differ: same weights,
+    and each rank ends with the random states (torch, numpy, random) of the uninterrupted run."""
+    _torchrun(tmp_path, DDP_RESUME_SCRIPT, tmp_path)
+    assert len(load_checkpoint(tmp_path / "first" / "last.safetensors")["rng"]) == 2
+    for rank in range(2):
+        straight = torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"resumed.rank{rank}.pt", weights_only=True)
+        for key, value in straight["state"].items():
+            assert torch.equal(value, resumed["state"][key]), (rank, key)
+        for generator in ("torch", "numpy", "python"):
+            assert torch.equal(straight[generator], resumed[generator]), (rank, generator)
+    states = [torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)["torch"] for rank in range(2)]
+    assert not torch.equal(*states)         # the ranks' states did differ
+
+
+def test_resume_reads_format_1_checkpoints(nuclei, tmp_path):
+    """Checkpoints written before per-rank random states (one process's, as rng.cpu) still resume exactly."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train, _ = nuclei
+    straight, _ = run(train, 2, tmp_path / "straight")
+    run(train, 1, tmp_path / "first")
+    path = tmp_path / "first" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    del metadata["world_size"]                                           # new in format /2
+    tensors = {key: value for key, value in load_file(path).items() if not key.startswith("rng.")}
+    save_file({**tensors, "rng.cpu": load_file(path)["rng.0.cpu"]}, tmp_path / "old.safetensors",
+              metadata={**metadata, "format": "unet_fast.checkpoint/1"})
+    torch.manual_seed(1234)
+    resumed, _ = run(train, 2, tmp_path / "resumed", resume=tmp_path / "old.safetensors")
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_resume_from_another_world_size_warns(nuclei, tmp_path):
+    from unet_fast.train import _rng_state, save_checkpoint
+
+    train, _ = nuclei
+    model, _ = run(train, 1, tmp_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99)
+    rank_states = [_rng_state(torch.device("cpu")) for _ in range(2)]
+    save_checkpoint(tmp_path / "two.safetensors", model, optimizer, epoch=1, seed=3, rng_states=rank_states)
+    with pytest.warns(UserWarning, match=r"written by 2 process\(es\) and this run has 1"):
+        _, result = run(train, 2, tmp_path, resume=tmp_path / "two.safetensors")
+    assert result.history[-1]["epoch"] == 2
+
+
+FAILING_RANK_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+import torch
+import unet_fast.train
+from unet_fast import UNet
+from unet_fast.data import ArrayDataset, synthetic_nuclei
+where, out, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"])
+
+class Images(ArrayDataset):
+    def _load(self, index):
+        if where == "data" and rank == 1 and index == 1:
+            raise OSError("cannot read img1.tif")
+        return super()._load(index)
+
+class Tiles(torch.utils.data.TensorDataset):
+    def __getitem__(self, index):
+        if where == "step" and rank == 1 and index == 3:       # rank 1's second step
+            raise OSError("cannot read tile 3")
+        return super().__getitem__(index)
+
+def disk_full(*args, **kwargs):
+    raise OSError("No space left on device")
+
+if where == "checkpoint" and rank == 0:
+    unet_fast.train.save_checkpoint = disk_full
+data = (Tiles(torch.randn(4, 1, 44, 44), torch.randint(0, 2, (4, 44, 44)), torch.ones(4, 44, 44))
+        if where == "step" else Images(*synthetic_nuclei(2, 48, seed=0)))
+try:
+    unet_fast.train.fit(UNet(depth=2, base_channels=4), data, epochs=2, tile_size=44, tiles_per_epoch=4,
+                        device="cpu", checkpoint_dir=out / "ckpt")
+    report = {"error": None}
+except Exception as error:
+    report = {"error": type(error).__name__, "message": str(error)}
+(out / f"rank{rank}.json").write_text(json.dumps(report))
+# Every rank lives on after its error (as in a notebook, or a sweep that catches errors) until all have
+# reported: a rank still waiting in a collective for a failed one would wait for ever.
+deadline = time.monotonic() + 60
+while not all((out / f"rank{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+(out / f"rank{rank}.waited").write_text(str(time.monotonic() < deadline))
+"""
+
+
+@pytest.mark.parametrize("where, failed, message", [
+    ("data", 1, "OSError: cannot read img1.tif"),              # before any collective
+    ("checkpoint", 0, "OSError: No space left on device"),      # rank 0 alone writes checkpoints
+    ("step", 1, None),                                          # in a step: the others are in DDP's all-reduce
+])
+def test_ddp_a_failed_rank_stops_the_others(tmp_path, where, failed, message):
+    _torchrun(tmp_path, FAILING_RANK_SCRIPT, where, tmp_path)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all((tmp_path / f"rank{rank}.waited").read_text() == "True" for rank in range(2)), reports
+    assert reports[failed]["error"] == "OSError"
+    other = reports[1 - failed]
+    assert other["error"] is not None, reports
+    if message is not None:        # where ranks meet on purpose, the others learn who failed and why
+        assert other["error"] == "RankFailedError", reports
+        assert f"rank {failed} failed ({message})" in other["message"], reports

@@ -19,9 +19,14 @@ def _triton_status() -> tuple[bool, str]:
 def info() -> dict:
     """Versions, devices and which backends are available (with the reason when one is not)."""
     from . import __version__
+    from .model import auto_backend
 
     cuda = torch.cuda.is_available()
     triton_ok, triton_msg = _triton_status()
+    devices = [torch.device("cpu")] + [torch.device("cuda", i)
+                                       for i in range(torch.cuda.device_count() if cuda else 0)]
+    auto = {str(device): auto_backend(device) for device in devices}
+    triton_devices = [name for name, (backend, _) in auto.items() if backend == "triton"]
     ext = _extension.available()
     backends = {
         "torch": (True, "always available (aten kernels)"),
@@ -31,8 +36,10 @@ def info() -> dict:
                            "compiled CUDA kernels" if ext and _extension.has_kernel("crop_concat", "cuda")
                            else "unet_fast._C was built without CUDA (needs CUDA torch and nvcc, or FORCE_CUDA=1)"
                            if ext else f"unet_fast._C not loaded: {_extension.load_error}"),
-        "triton": (triton_ok and cuda, triton_msg + ("" if cuda else "; no CUDA device, so Triton kernels run "
-                                                    "only under TRITON_INTERPRET=1 (tests)")),
+        "triton": (bool(triton_devices), triton_msg + (f"; runs on {', '.join(triton_devices)}" if triton_devices
+                                                    else "; no CUDA device it can run on, so Triton kernels run only "
+                                                    "under TRITON_INTERPRET=1 (tests)")),
+        "auto": (True, "; ".join(f"{name} -> {backend} ({why})" for name, (backend, why) in auto.items())),
     }
     return {
         "unet_fast": __version__,

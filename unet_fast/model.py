@@ -13,6 +13,24 @@ from .ops import conv3x3_relu, crop_concat
 from .ops.conv3x3 import triton_usable
 
 BACKENDS = ("auto", "torch", "triton")
+# The Triton kernels use bf16 and tensor-core (mma/wgmma) paths tuned for sm_80 and sm_90; older GPUs
+# (V100, T4) have no bf16 tensor cores and the kernels are neither tuned nor tested there, so "auto"
+# leaves them on torch (cuDNN).
+MIN_TRITON_CAPABILITY = (8, 0)
+
+
+def auto_backend(device: torch.device) -> tuple[str, str]:
+    """The backend ``backend="auto"`` runs on ``device``, and why (for ``unet_fast.info()``)."""
+    if device.type != "cuda":
+        return "torch", f"the Triton kernels run on CUDA devices only, not {device.type}"
+    if not triton_usable(device):
+        return "torch", "Triton cannot launch on CUDA in this process (not installed, or TRITON_INTERPRET=1)"
+    # get_device_properties, not get_device_capability: torch.compile folds it to a constant
+    properties = torch.cuda.get_device_properties(device)
+    if (properties.major, properties.minor) < MIN_TRITON_CAPABILITY:
+        return "torch", (f"{properties.name} has compute capability {properties.major}.{properties.minor}; "
+                         f"the Triton kernels need >= {MIN_TRITON_CAPABILITY[0]}.{MIN_TRITON_CAPABILITY[1]}")
+    return "triton", "CUDA device of compute capability >= 8.0 and triton installed"
 
 
 class UNet(reference.UNet):
@@ -23,7 +41,8 @@ class UNet(reference.UNet):
     its output and the convolution's backward does not),
     "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op, the decoder's first conv
     reading the skip connection's window in place; aten composite where Triton cannot run),
-    or "auto" (the fastest backend available for the input's device: "triton" on CUDA).
+    or "auto" (the fastest backend available for the input's device: "triton" on CUDA devices of
+    compute capability >= 8.0 when triton is installed, else "torch"; ``auto_backend`` says why).
 
     pool_epilogue, direct_first_layer (triton backend only): each encoder level's second conv also
     writes the 2x2 max-pool from its epilogue (conv3x3_relu(pool=True)), and the first conv (at most
@@ -51,7 +70,7 @@ class UNet(reference.UNet):
     def resolved_backend(self, device: torch.device) -> str:
         """The backend a forward pass on ``device`` uses."""
         if self.backend == "auto":
-            return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+            return auto_backend(device)[0]
         return self.backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The config records the architecture (``model.config()``), the input normalisation, class names,
 the unet_fast version and any user metadata, so a file alone rebuilds the model and tells
 inference how to prepare images. Nothing here can execute code from a file: safetensors holds
-only tensors, and a legacy ``.pt`` state_dict is read with ``torch.load(weights_only=True)``.
+only tensors, and a ``.pt`` state_dict (bare or in a training checkpoint) is read with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -81,8 +82,9 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Mo
     """Rebuild a model saved by ``save_model`` (in eval mode, on ``device``).
 
     The returned model carries ``normalization`` (a Normalization), ``class_names`` and
-    ``metadata``. A ``.pt``/``.pth`` file holding a plain state_dict is accepted only with
-    ``torch.load(weights_only=True)`` and builds the paper's default UNet around it.
+    ``metadata``. A ``.pt``/``.pth`` file is read only with ``torch.load(weights_only=True)``; it may hold
+    a state_dict, bare or as a training script saved it (see ``_unwrap_state_dict``), and the UNet
+    its shapes describe is built around it (valid padding, default normalisation).
     """
     from .model import UNet
     from .reference import UNet as ReferenceUNet
@@ -91,16 +93,14 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Mo
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.suffix in (".pt", ".pth"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path}: a .pt model file must hold a state_dict (name -> tensor)")
+        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
         config = {"architecture": _architecture_from_state(state), "normalization": Normalization().to_dict(),
                   "class_names": None, "metadata": {}}
     elif path.suffix == ".safetensors":
         config = read_model_config(path)
         state = load_file(str(path))
     else:
-        raise ValueError(f"{path}: model files end in .safetensors (or .pt for a bare state_dict)")
+        raise ValueError(f"{path}: model files end in .safetensors (or .pt/.pth for a state_dict)")
     architecture = dict(config["architecture"])
     cls_name = architecture.pop("class", "UNet")
     if cls_name == "UNet" and (backend is not None or "backend" in architecture):
@@ -115,6 +115,31 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Mo
     model.class_names = config["class_names"] or [f"class{i}" for i in range(model.num_classes)]
     model.metadata = config.get("metadata", {})
     return model.to(device).eval()
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")   # where training scripts put the weights
+STATE_DICT_PREFIXES = ("module.", "_orig_mod.")                  # added by DDP and torch.compile wrappers
+
+
+def _unwrap_state_dict(loaded, path) -> dict:
+    """The state_dict in a loaded .pt file: bare, or under one of STATE_DICT_KEYS of a checkpoint
+    dict (with epoch, optimizer, ... beside it), with STATE_DICT_PREFIXES taken off its names."""
+    def is_state_dict(value):
+        return (isinstance(value, dict) and len(value) > 0
+                and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
+
+    state = loaded
+    if isinstance(loaded, dict) and not is_state_dict(loaded):
+        state = next((loaded[key] for key in STATE_DICT_KEYS if is_state_dict(loaded.get(key))), None)
+    if state is None or not is_state_dict(state):
+        found = (f"a dict with top-level keys {sorted(map(str, loaded))[:20]}" if isinstance(loaded, dict)
+                 else f"a {type(loaded).__name__}")
+        raise ValueError(f"{path}: found {found}; expected a state_dict (parameter name -> tensor), or a "
+                         f"dict holding one under {' or '.join(map(repr, STATE_DICT_KEYS))}")
+    # repeatedly, in any order: DDP(torch.compile(model)) gives "module._orig_mod."
+    while prefix := next((p for p in STATE_DICT_PREFIXES if all(name.startswith(p) for name in state)), None):
+        state = {name[len(prefix):]: value for name, value in state.items()}
+    return state
 
 
 def _architecture_from_state(state: dict) -> dict:

@@ -3,7 +3,9 @@
 Each input file gives one output file, OUTDIR/<input stem><suffix>, written atomically by
 predict_tiled, so ``--continue`` can trust any output that exists. Files that cannot be read
 or do not match the model are reported and skipped. The file list is sharded over
-torch.distributed ranks (under torchrun) and over ``--num-parts``/``--part-id`` (job arrays).
+torch.distributed ranks (under torchrun) and over ``--num-parts``/``--part-id`` (job arrays);
+a rank that fails as a whole (model file unreadable there, out of memory) makes every rank raise
+at the final summary, naming it (``unet_fast.ranks``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from . import io
 from .inference import predict_tiled
+from .ranks import shared_failures
 
 OUTPUT_SUFFIXES = {"tif": ".tif", "ome.zarr": ".ome.zarr"}
 
@@ -151,29 +154,35 @@ def run(args) -> tuple[SegmentSummary, int]:
     if not 0 <= part < parts:
         raise SystemExit(f"segment: --part-id must be in [0, {parts}), got {part}")
     rank, world, device = _distributed_context(args.device)
-    files, problems = expand_inputs(args.input)
-    mine = shard(files, part * world + rank, parts * world)
-    progress = not args.no_progress and sys.stderr.isatty()
-    model = load_model(args.model, device=device or "cpu")
-    summary = segment_files(mine, Path(args.output_dir), model, suffix=OUTPUT_SUFFIXES[args.format],
-                            output=args.output, tile_size=args.tile_size, batch_size=args.batch_size,
-                            device=device, dtype=args.dtype, resume=args.resume, max_pixels=args.max_pixels,
-                            progress=progress)
-    if rank == 0:
-        for item, reason in problems:
-            print(f"FAILED {item}: {reason}", file=sys.stderr)
-        summary.failed.extend(problems)
-    totals = [len(summary.done), len(summary.skipped), len(summary.failed), summary.pixels]
-    seconds = summary.seconds
-    if world > 1:
-        import torch.distributed as dist
+    try:
+        files, problems = expand_inputs(args.input)
+        mine = shard(files, part * world + rank, parts * world)
+        progress = not args.no_progress and sys.stderr.isatty()
+        with shared_failures("segment"):    # what segment_files does not catch: the model, out of memory
+            model = load_model(args.model, device=device or "cpu")
+            summary = segment_files(mine, Path(args.output_dir), model, suffix=OUTPUT_SUFFIXES[args.format],
+                                    output=args.output, tile_size=args.tile_size, batch_size=args.batch_size,
+                                    device=device, dtype=args.dtype, resume=args.resume,
+                                    max_pixels=args.max_pixels, progress=progress)
+        if rank == 0:
+            for item, reason in problems:
+                print(f"FAILED {item}: {reason}", file=sys.stderr)
+            summary.failed.extend(problems)
+        totals = [len(summary.done), len(summary.skipped), len(summary.failed), summary.pixels]
+        seconds = summary.seconds
+        if world > 1:
+            import torch.distributed as dist
 
-        counts = torch.tensor(totals, dtype=torch.float64)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        longest = torch.tensor([seconds], dtype=torch.float64)
-        dist.all_reduce(longest, op=dist.ReduceOp.MAX)
-        totals, seconds = [int(v) for v in counts.tolist()], float(longest)
-        dist.destroy_process_group()
+            counts = torch.tensor(totals, dtype=torch.float64)
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+            longest = torch.tensor([seconds], dtype=torch.float64)
+            dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+            totals, seconds = [int(v) for v in counts.tolist()], float(longest)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     prefix = f"[part {part}/{parts}] " if parts > 1 else ""
     if rank == 0:
         rate = totals[3] / 1e6 / seconds if seconds > 0 else 0.0

@@ -8,11 +8,14 @@ DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA; ranks draw di
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,11 +36,13 @@ from .inference import predict_tiled
 from .io import Normalization, atomic_path
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
+from .ranks import shared_failures
 
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "write_logs",
            "default_tile_size", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "unet_fast.checkpoint/1"
+CHECKPOINT_FORMAT = "unet_fast.checkpoint/2"     # /2: one set of RNG states per rank
+READABLE_FORMATS = (CHECKPOINT_FORMAT, "unet_fast.checkpoint/1")
 LR_SCHEDULES = ("constant", "cosine")
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_iou", "val_object_f1", "lr", "seconds")
 
@@ -70,7 +75,10 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     loss_fn(logits, target, weights): default the paper's weighted loss,
     ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``.
     Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
-    ``fit``; the process group is created here if it is not yet (and destroyed at the end).
+    ``fit``; the process group is created here if it is not yet (and destroyed at the end). Each rank's
+    random states go into the checkpoint and come back to the same rank on resume; a checkpoint of
+    another world size resumes with a warning, not exactly. When one rank fails, every rank raises
+    (``unet_fast.ranks``): a ``RankFailedError`` naming the failed rank where it did not fail.
     """
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
@@ -83,21 +91,23 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     distributed = _Distributed.setup(device)
+    net = None
     try:
         device = distributed.device
-        model.to(device)
-        tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
-        loss_fn = loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        history: list[dict] = []
-        start_epoch = 0
-        if resume is not None:
-            state = load_checkpoint(resume, model, optimizer)
-            start_epoch, history = state["epoch"], state["history"]
-            if state.get("seed") is not None and state["seed"] != seed:
-                raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
-                                 f"got seed={seed}; pass the same seed to continue exactly")
-            _set_rng_state(state["rng"], device)
+        with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
+            model.to(device)
+            tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
+            loss_fn = loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            history: list[dict] = []
+            start_epoch = 0
+            if resume is not None:
+                state = load_checkpoint(resume, model, optimizer)
+                start_epoch, history = state["epoch"], state["history"]
+                if state.get("seed") is not None and state["seed"] != seed:
+                    raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
+                                     f"got seed={seed}; pass the same seed to continue exactly")
+                _restore_rng_states(state["rng"], distributed, resume)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
             if distributed.world > 1 else model
         show = distributed.rank == 0 and (sys.stderr.isatty() if progress is None else progress)
@@ -141,17 +151,22 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                 row.update({f"val_{key}": value for key, value in metrics.items()})
             row["seconds"] = time.perf_counter() - started
             history.append(row)
-            if distributed.rank == 0:
-                if show:
-                    tqdm.write(_format_row(row))
-                if checkpoint_path is not None:
-                    save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, history=history, seed=seed)
-                if log_dir is not None:
-                    write_logs(log_dir, history)
-            distributed.barrier()
+            rng_states = distributed.gather(_rng_state(device))     # every rank's, for rank 0 to save
+            with shared_failures(f"writing the checkpoint and logs of epoch {epoch + 1}"):   # also a barrier
+                if distributed.rank == 0:
+                    if show:
+                        tqdm.write(_format_row(row))
+                    if checkpoint_path is not None:
+                        save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, history=history,
+                                        seed=seed, rng_states=rng_states)
+                    if log_dir is not None:
+                        write_logs(log_dir, history)
         model.eval()
         return FitResult(model, history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None)
     finally:
+        # DDP holds the process group: let it go, so that destroying the group closes this rank's
+        # connections and ranks still in a collective with it fail now rather than at the timeout
+        net = None
         distributed.teardown()
 
 
@@ -224,9 +239,13 @@ class _Distributed:
             dist.all_reduce(total)
         return float(total) / max(count * self.world, 1)
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+    def gather(self, value) -> list | None:
+        """``value`` of every rank, in rank order, on rank 0 (None on the others)."""
+        if self.world == 1:
+            return [value]
+        gathered = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
 
     def teardown(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -243,7 +262,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
     object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
     instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
-    image and the sums are all-reduced, so every rank returns the same numbers.
+    image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
     """
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -251,21 +270,22 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     model.eval()
     # loss sum, pixels, intersection, union, true positives, false positives, false negatives
     sums = torch.zeros(7, dtype=torch.float64)
-    for index in range(rank, len(images), world):
-        sample = images[index]
-        logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
-                                                dtype="bf16" if amp else None, output="logits", progress=False,
-                                                normalization=Normalization(mode="none")))
-        target = torch.from_numpy(sample.target).to(device)
-        weights = torch.from_numpy(sample.weights).to(device)
-        pixels = target.numel()
-        loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
-        predicted = logits.argmax(0).cpu().numpy() > 0
-        truth = sample.target > 0
-        objects = object_scores(ndimage.label(predicted)[0], sample.instances)
-        tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
-        sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
-                             dtype=torch.float64)
+    with shared_failures("validation") if world > 1 else contextlib.nullcontext():
+        for index in range(rank, len(images), world):
+            sample = images[index]
+            logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
+                                                    dtype="bf16" if amp else None, output="logits", progress=False,
+                                                    normalization=Normalization(mode="none")))
+            target = torch.from_numpy(sample.target).to(device)
+            weights = torch.from_numpy(sample.weights).to(device)
+            pixels = target.numel()
+            loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
+            predicted = logits.argmax(0).cpu().numpy() > 0
+            truth = sample.target > 0
+            objects = object_scores(ndimage.label(predicted)[0], sample.instances)
+            tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
+            sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
+                                 dtype=torch.float64)
     if world > 1:
         sums = sums.to(device)
         dist.all_reduce(sums)
@@ -280,8 +300,12 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
-                    history: list[dict] | None = None, seed: int | None = None) -> Path:
-    """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic."""
+                    history: list[dict] | None = None, seed: int | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
+    """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic.
+
+    rng_states: every rank's random states in rank order (``fit`` gathers them); default: this
+    process's only, as one rank."""
     tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
@@ -291,12 +315,14 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
                 tensors[f"optimizer.state.{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = state
+    if rng_states is None:
+        device = torch.device("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        rng_states = [_rng_state(device or torch.device("cpu"))]
+    for rank, states in enumerate(rng_states):
+        tensors.update({f"rng.{rank}.{name}": value for name, value in states.items()})
     metadata = {
         "format": CHECKPOINT_FORMAT,
+        "world_size": str(len(rng_states)),
         "epoch": str(epoch),
         "seed": json.dumps(seed),
         "history": json.dumps(history or []),
@@ -313,7 +339,8 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Read a checkpoint; load its weights into ``model`` and state into ``optimizer`` when given.
 
-    Returns {"epoch", "history", "seed", "model_config", "rng", "model_state"}."""
+    Returns {"epoch", "history", "seed", "model_config", "rng" (a list: each rank's dict of random
+    states), "model_state"}."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -323,7 +350,7 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from error
-    if metadata.get("format") != CHECKPOINT_FORMAT:
+    if metadata.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{str(path)!r} is not a unet_fast checkpoint (format {metadata.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r}); a model file is loaded with unet_fast.load_model")
     model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
@@ -339,18 +366,57 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["optimizer.param_groups"])})
-    rng = {key[len("rng."):]: value for key, value in tensors.items() if key.startswith("rng.")}
+    rng: list[dict] = [{} for _ in range(int(metadata.get("world_size", "1")))]
+    for key, value in tensors.items():
+        if key.startswith("rng."):      # rng.<rank>.<generator>; format /1 had one process: rng.<generator>
+            rank, name = key[4:].split(".", 1) if key[4].isdigit() else ("0", key[4:])
+            rng[int(rank)][name] = value
     return {"epoch": int(metadata["epoch"]), "history": json.loads(metadata["history"]),
             "seed": json.loads(metadata["seed"]), "model_config": json.loads(metadata["model_config"]),
             "rng": rng, "model_state": model_state}
 
 
-def _set_rng_state(rng: dict, device: torch.device) -> None:
-    torch.set_rng_state(rng["cpu"])
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random states as tensors: torch's CPU and ``device``'s CUDA generators, numpy's
+    and Python's global ones (which user augmentations may draw from)."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    states = {"cpu": torch.get_rng_state(),
+              "numpy": torch.from_numpy(keys.astype(np.int64)),
+              "numpy.scalars": torch.tensor([position, has_gauss, gauss], dtype=torch.float64),
+              "python": torch.tensor(words, dtype=torch.int64),
+              "python.scalars": torch.tensor([version, math.nan if gauss_next is None else gauss_next],
+                                             dtype=torch.float64)}
     if device.type == "cuda":
-        cuda_states = [rng[key] for key in sorted(k for k in rng if k.startswith("cuda."))]
-        if cuda_states:
-            torch.cuda.set_rng_state(cuda_states[min(device.index or 0, len(cuda_states) - 1)], device)
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_state(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "numpy" in states:
+        position, has_gauss, gauss = states["numpy.scalars"].tolist()
+        np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), int(position), int(has_gauss),
+                             gauss))
+    if "python" in states:
+        version, gauss_next = states["python.scalars"].tolist()
+        random.setstate((int(version), tuple(states["python"].tolist()),
+                         None if math.isnan(gauss_next) else gauss_next))
+    cuda = states.get("cuda", states.get(f"cuda.{device.index or 0}"))     # format /1: one state per device
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _restore_rng_states(rng: list[dict], distributed: "_Distributed", path) -> None:
+    """Each rank takes back its own random states. A checkpoint of another world size cannot continue
+    exactly (each rank's share of the tiles changes too), but resuming on fewer or more GPUs is a
+    normal need: warn, give the ranks both runs have their own states, and leave the others theirs."""
+    if len(rng) != distributed.world and distributed.rank == 0:
+        warnings.warn(f"resume: checkpoint {str(path)!r} was written by {len(rng)} process(es) and this run has "
+                      f"{distributed.world}: weights, optimizer state and epoch continue, but the random numbers "
+                      f"and each process's tiles differ from an uninterrupted run", stacklevel=3)
+    if distributed.rank < len(rng):
+        _set_rng_state(rng[distributed.rank], distributed.device)
 
 
 # ---- logs ---------------------------------------------------------------------------------------

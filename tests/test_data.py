@@ -57,7 +57,23 @@ def test_instance_labels_are_separated_as_in_the_paper(tmp_path):
     np.testing.assert_array_equal(sample.instances, instances)
     np.testing.assert_array_equal(sample.target, separate_touching(instances))
     assert sample.target[6, 9] == 0 and sample.target[6, 10] == 0   # the contact became background
-    np.testing.assert_allclose(sample.weights, unet_weight_map(instances), rtol=1e-6)
+    # the weight map is the paper's on the separated objects: the border is background between two
+    # objects, so it gets the large border weight (not the foreground class weight)
+    _, separated = separate_touching(instances, return_instances=True)
+    np.testing.assert_allclose(sample.weights, unet_weight_map(separated), rtol=1e-6)
+    background_weight = sample.weights[0, 0]          # far from both objects: class weight only
+    assert sample.weights[6, 9] > background_weight + 5 and sample.weights[6, 10] > background_weight + 5
+    assert sample.weights[6, 9] > sample.weights[6, 6]   # more than the objects' own pixels
+
+
+def test_weight_cache_holds_separated_weights(tmp_path):
+    instances = two_touching_squares()
+    fresh = ArrayDataset([np.zeros((24, 30))], [instances], cache_dir=tmp_path)[0]
+    cached = ArrayDataset([np.zeros((24, 30))], [instances], cache_dir=tmp_path)[0]   # read back from disk
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    np.testing.assert_array_equal(cached.weights, fresh.weights)
+    np.testing.assert_array_equal(cached.instances, instances)
+    assert cached.weights[6, 9] > cached.weights[0, 0] + 5
 
 
 def test_label_kind_flag_overrides_auto():

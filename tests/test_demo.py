@@ -1,10 +1,11 @@
 """The built-in example in its quick mode, and the train/demo command lines (tiny runs)."""
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image
 
-from unet_fast import cli, load_model
-from unet_fast.demo import run
+from unet_fast import cli, demo, load_model
+from unet_fast.demo import DemoResult, run
 from unet_fast.synthetic import synthetic_nuclei
 
 
@@ -22,6 +23,19 @@ def test_cli_demo_quick(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "-o", str(tmp_path), "--no-progress"]) == 0
     assert "foreground IoU" in capsys.readouterr().out
     assert (tmp_path / "demo.png").is_file()
+
+
+@pytest.mark.parametrize("iou, f1, status, messages", [
+    (0.90, 0.90, 0, []),
+    (0.90, 0.50, 1, ["object F1 0.500 is below the demo's target of 0.8"]),
+    (0.80, 0.50, 1, ["foreground IoU 0.800 is below the demo's target of 0.85", "object F1 0.500"]),
+])
+def test_cli_demo_fails_below_its_targets(tmp_path, capsys, monkeypatch, iou, f1, status, messages):
+    scored = DemoResult(iou, f1, 1.0, 1.0, tmp_path / "demo.png", tmp_path / "model.safetensors", [])
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: scored)
+    assert cli.main(["demo", "-o", str(tmp_path), "--no-progress"]) == status
+    err = capsys.readouterr().err
+    assert all(message in err for message in messages) and (messages or "below" not in err)
 
 
 def test_cli_train_folder_then_resume(tmp_path, capsys):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet_fast.synthetic import synthetic_nuclei
+from unet_fast.synthetic import _dome, _visible_rim, synthetic_nuclei
+from unet_fast.weights import separate_touching
 
 
 def touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -45,6 +46,49 @@ def test_realistic_512_image():
     # every object is one 4-connected piece
     for index, box in enumerate(ndimage.find_objects(label), start=1):
         assert ndimage.label(label[box] == index)[1] == 1
+
+
+def test_touching_nuclei_show_a_darker_seam():
+    """Where two nuclei touch the image dips, as between real touching nuclei: the cue a network
+    needs to learn the background border that separate_touching draws there (before the seam was
+    only 9 % darker than the nuclei beside it, as texture and noise are)."""
+    images, labels = synthetic_nuclei(2, 256, seed=0)
+    seam_means, beside_means = [], []
+    for image, label in zip(images, labels):
+        separated = separate_touching(label) > 0
+        border = (label > 0) & ~separated                        # the pixels separate_touching gives up
+        to_border = ndimage.distance_transform_edt(~border)
+        to_background = ndimage.distance_transform_edt(label > 0)
+        seam_means.append(image[border & (to_background > 2)].mean())       # contacts, not outer edges
+        beside_means.append(image[separated & (to_border >= 2) & (to_border <= 4) & (to_background > 4)].mean())
+    assert np.mean(seam_means) < 0.75 * np.mean(beside_means)
+
+
+def test_dome_profile():
+    rim = np.array([0.0, 0.5, 0.7, 0.9, 0.99, 1.0, 1.2], np.float32)
+    profile = _dome(rim)
+    np.testing.assert_allclose(profile[:3], 1 - 0.2 * rim[:3] ** 2, rtol=1e-6)   # flat inside (bar a bulge)
+    np.testing.assert_allclose(profile[3], (1 - 0.2 * 0.81) * np.sqrt(1 - 0.81) / 0.7, rtol=1e-6)   # thinning edge
+    assert profile[5] == profile[6] == 0                      # nothing at or beyond the edge
+    assert np.all(np.diff(profile) <= 0)
+
+
+def test_visible_rim_at_contacts_not_at_the_image_edge():
+    labels = np.zeros((13, 21), np.int32)      # odd sizes on purpose
+    labels[2:10, 2:10] = 1
+    labels[2:10, 10:18] = 2                     # touches object 1 along a column
+    labels[9:13, 18:21] = 3                     # cut by the image's bottom and right edges
+    drawn = np.zeros(labels.shape, np.float32)  # as if drawing had left only interior values
+    rim = _visible_rim(labels, drawn, np.array([4.0, 4.0, 4.0], np.float32))
+    assert rim[labels == 0].max() == 0
+    # edge pixels (d = 1) of either object, at the contact as at the background: 1 - 0.5 / 4
+    np.testing.assert_allclose(rim[5, [9, 10, 2, 17]], 0.875)
+    np.testing.assert_allclose(rim[5, 5], 1 - 3.5 / 4)       # 4 pixels from the nearest edge
+    # object 3's corner pixel is 3 pixels from its nearest edge (column 17), not 1 from the image's
+    np.testing.assert_allclose(rim[12, 20], 1 - 2.5 / 4)
+    # a larger drawn radius wins
+    drawn[5, 5] = 0.95
+    assert _visible_rim(labels, drawn, np.array([4.0, 4.0, 4.0], np.float32))[5, 5] == np.float32(0.95)
 
 
 def test_num_objects_zero_and_default_density():

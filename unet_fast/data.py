@@ -6,7 +6,8 @@ an input tile of a legal size and the smaller, centred target and weight crops i
 
 Labels come in two kinds, told apart by ``label_kind``:
 - "instance": 0 is background, every other value one object. Touching objects are separated by a
-  background border in the class target (as in the paper), and the weight map uses the objects.
+  background border in the class target (as in the paper), and the weight map is computed on the
+  separated objects, so that those borders get the paper's large border weight.
 - "semantic": values are class indices; a two-valued mask {0, v} (e.g. 0/255 PNGs, ISBI 2012
   stacks) means background/foreground. Objects for the weight map are the connected components
   of the foreground.
@@ -42,6 +43,9 @@ __all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "Arra
            "TiffStackDataset", "SubsetDataset", "split_dataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+#: part of the weight-map cache key: bumped when the cached weights' definition changes (2: weight
+#: maps of instance labels are computed on the separated instances)
+_CACHE_VERSION = 2
 LABEL_KINDS = ("auto", "instance", "semantic")
 
 
@@ -117,8 +121,8 @@ class SegmentationDataset(Sequence):
             cached = _read_cache(self.cache_dir / f"{key}.npz")
             if cached is not None:
                 return cached
-        target, instances = self._interpret(name, label)
-        weights = unet_weight_map(instances, **self.weight_params).astype(np.float32)
+        target, weighted_objects, instances = self._interpret(name, label)
+        weights = unet_weight_map(weighted_objects, **self.weight_params).astype(np.float32)
         result = (target, weights, instances)
         if key is not None:
             _write_cache(self.cache_dir / f"{key}.npz", result)
@@ -126,13 +130,17 @@ class SegmentationDataset(Sequence):
 
     def _cache_key(self, label: np.ndarray) -> str:
         digest = hashlib.sha256()
-        digest.update(json.dumps([self.weight_params, self.label_kind, self.num_classes, str(label.dtype),
-                                  label.shape], default=str).encode())
+        digest.update(json.dumps([_CACHE_VERSION, self.weight_params, self.label_kind, self.num_classes,
+                                  str(label.dtype), label.shape], default=str).encode())
         digest.update(np.ascontiguousarray(label).tobytes())
         return digest.hexdigest()
 
-    def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class target int64, instances int32) from one label image, per ``label_kind``."""
+    def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(class target int64, objects for the weight map int32, instances int32) from one label
+        image, per ``label_kind``. The weight map's objects are the instances after
+        ``separate_touching``: the borders it draws between touching objects are background in the
+        target, and only as background pixels between two objects do they get the border weight
+        (on the unseparated instances they would be weighted as foreground)."""
         if label.dtype.kind == "f":
             if not np.all(label == np.round(label)):
                 raise ValueError(f"label of {name!r} has non-integer values; labels must be integers")
@@ -144,7 +152,8 @@ class SegmentationDataset(Sequence):
             kind = "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
         if kind == "instance":
             instances = label.astype(np.int32)
-            return separate_touching(instances), instances
+            target, separated = separate_touching(instances, return_instances=True)
+            return target, separated, instances
         if len(values) <= 2 and values.max(initial=0) > self.num_classes - 1:
             target = (label > 0).astype(np.int64)             # a {0, v} mask: background / foreground
         else:
@@ -153,8 +162,8 @@ class SegmentationDataset(Sequence):
                                  f"{self.num_classes}; values must be below num_classes (or pass label_kind="
                                  f"'instance' for instance labels)")
             target = label.astype(np.int64)
-        instances, _ = ndimage.label(target > 0)
-        return target, instances.astype(np.int32)
+        instances = ndimage.label(target > 0)[0].astype(np.int32)
+        return target, instances, instances
 
 
 class ArrayDataset(SegmentationDataset):

@@ -7,6 +7,7 @@ counts resolution levels: the paper's network has depth 5 (4 pools, 4 up-convs).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,9 @@ class SizeTrace:
     problem: str | None              # None when the size is legal
 
 
+@functools.lru_cache(maxsize=4096)     # the tile planner asks about the same sizes many times
 def trace_sizes(input_size: int, depth: int = 5, padding: str = "valid") -> SizeTrace:
-    """Follow one spatial dimension through the network."""
+    """Follow one spatial dimension through the network (SizeTrace is immutable, so cached)."""
     _check_depth(depth)
     _check_padding(padding)
     loss = 2 * _conv_loss(padding)
@@ -94,6 +96,7 @@ def size_step(depth: int = 5) -> int:
     return 2 ** (depth - 1)
 
 
+@functools.lru_cache(maxsize=None)
 def min_input_size(depth: int = 5, padding: str = "valid") -> int:
     """Smallest legal input size, found by walking upwards."""
     n = 1

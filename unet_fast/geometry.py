@@ -41,9 +41,8 @@ class SizeTrace:
     problem: str | None              # None when the size is legal
 
 
-@functools.lru_cache(maxsize=4096)     # the tile planner asks about the same sizes many times
 def trace_sizes(input_size: int, depth: int = 5, padding: str = "valid") -> SizeTrace:
-    """Follow one spatial dimension through the network (SizeTrace is immutable, so cached)."""
+    """Follow one spatial dimension through the network."""
     _check_depth(depth)
     _check_padding(padding)
     loss = 2 * _conv_loss(padding)
@@ -96,9 +95,15 @@ def size_step(depth: int = 5) -> int:
     return 2 ** (depth - 1)
 
 
-@functools.lru_cache(maxsize=None)
 def min_input_size(depth: int = 5, padding: str = "valid") -> int:
-    """Smallest legal input size, found by walking upwards."""
+    """Smallest legal input size, found by walking upwards (once per depth and padding)."""
+    _check_depth(depth)        # before the cache: only exact ints and known paddings become keys
+    _check_padding(padding)
+    return _min_input_size(depth, padding)
+
+
+@functools.lru_cache(maxsize=None)     # the tile planner asks for it hundreds of times per plan
+def _min_input_size(depth: int, padding: str) -> int:
     n = 1
     while not is_valid_input_size(n, depth, padding):
         n += 1

@@ -243,3 +243,10 @@ def test_unrecognised_pt_names_its_keys(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "l.pt")
     with pytest.raises(ValueError, match="found a list; expected a state_dict"):
         unet_fast.load_model(tmp_path / "l.pt")
+
+
+def test_checkpoint_with_non_tensor_objects_is_refused_with_the_way_out(tmp_path):
+    """A training checkpoint holding a numpy scalar cannot load weights_only: say so, and what to do instead."""
+    torch.save({"state_dict": _tiny().state_dict(), "best_score": np.float64(0.5)}, tmp_path / "c.pt")
+    with pytest.raises(pickle.UnpicklingError, match=r"c\.pt: refused.*Unsupported global.*numpy.*save its weights"):
+        unet_fast.load_model(tmp_path / "c.pt")

@@ -9,6 +9,7 @@ only tensors, and a ``.pt`` state_dict (bare or in a training checkpoint) is rea
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -93,7 +94,18 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Mo
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.suffix in (".pt", ".pth"):
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message suggests weights_only=False, the one thing we must never do for a user
+            detail = next((line.split(" was not")[0].split("error: ")[-1].strip()
+                           for line in str(error).splitlines() if "Unsupported" in line), "")
+            raise pickle.UnpicklingError(
+                f"{path}: refused: it holds objects other than tensors and plain containers"
+                f"{f' ({detail})' if detail else ''}, and unet_fast never unpickles arbitrary objects. "
+                "If you trust the file, save its weights alone and load that file: "
+                "torch.save(checkpoint['state_dict'], 'weights.pt'), or save_model(...)") from error
+        state = _unwrap_state_dict(loaded, path)
         config = {"architecture": _architecture_from_state(state), "normalization": Normalization().to_dict(),
                   "class_names": None, "metadata": {}}
     elif path.suffix == ".safetensors":

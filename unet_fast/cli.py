@@ -66,7 +66,8 @@ def cmd_train(args) -> int:
         config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
         config.pop("backend", None)
     torch.manual_seed(args.seed)
-    model = UNet(**config)
+    model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
+    torch.manual_seed(args.seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
     result = fit(model, train_data, val_data, epochs=args.epochs, tile_size=args.tile_size,
                  batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, device=args.device,

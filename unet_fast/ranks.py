@@ -11,7 +11,8 @@ timeout was the alternative: it would have to outlast the slowest legitimate wai
 cannot say which rank failed or why. So the group keeps torch's default timeout (30 min gloo, 10 min
 NCCL) as the last resort, for an error inside a training step, where the others are already in
 DDP's gradient all-reduce (with gloo they fail at once there, when the failed rank's ``fit`` destroys
-the group on its way out).
+the group on its way out; not when the caller owns the group). A CUDA error that poisons the device
+(an illegal address, a device-side assert) also leaves the failed rank unable to join the collective.
 """
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ def raise_if_any_failed(error: Exception | None, what: str) -> None:
     if any rank failed, every rank raises. Without a process group it just re-raises ``error``."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         reports = [None] * dist.get_world_size()
-        dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}"[:1000])
+        try:
+            dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}"[:1000])
+        except Exception as gather_error:   # the group is gone (a peer tore it down): keep our own error first
+            if error is not None:
+                raise error from gather_error
+            raise
         failed = [f"rank {rank} failed ({report})" for rank, report in enumerate(reports) if report is not None]
         if failed and error is None:
             raise RankFailedError(f"{what}: {'; '.join(failed)}; so rank {dist.get_rank()} stops too")

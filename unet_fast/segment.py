@@ -155,10 +155,10 @@ def run(args) -> tuple[SegmentSummary, int]:
         raise SystemExit(f"segment: --part-id must be in [0, {parts}), got {part}")
     rank, world, device = _distributed_context(args.device)
     try:
-        files, problems = expand_inputs(args.input)
-        mine = shard(files, part * world + rank, parts * world)
         progress = not args.no_progress and sys.stderr.isatty()
-        with shared_failures("segment"):    # what segment_files does not catch: the model, out of memory
+        with shared_failures("segment"):    # what segment_files does not catch: listing, model, out of memory
+            files, problems = expand_inputs(args.input)
+            mine = shard(files, part * world + rank, parts * world)
             model = load_model(args.model, device=device or "cpu")
             summary = segment_files(mine, Path(args.output_dir), model, suffix=OUTPUT_SUFFIXES[args.format],
                                     output=args.output, tile_size=args.tile_size, batch_size=args.batch_size,

@@ -2,10 +2,11 @@
 # The one command for a machine with an NVIDIA GPU: build with CUDA for this GPU, run every test
 # (GPU-marked included), run the benchmarks, and write everything under one folder:
 #   benchmarks/gpu.sh [OUTDIR]        (default: benchmarks/results/<date>-<gpu>)
-#   benchmarks/gpu.sh --dry-run OUTDIR
+#   benchmarks/gpu.sh --dry-run [OUTDIR]   (default: a fresh temporary folder, mktemp -d; printed)
 #       no GPU needed: the same steps and files with the CUDA build skipped, Triton kernels in the
 #       interpreter on the CPU, a few tests and the conv benchmarks on a tiny network
-#       (UNET_FAST_BENCH_DRY_RUN=1). It checks this script end to end; its numbers mean nothing.
+#       (UNET_FAST_BENCH_DRY_RUN=1). It checks this script end to end; its numbers mean nothing,
+#       so by default they stay out of benchmarks/results/.
 # Needs only what such a machine has: python with torch (CUDA), triton, nvcc, pytest,
 # pytest-benchmark. Works offline: nothing is downloaded; missing optional packages are skipped.
 set -uo pipefail
@@ -13,18 +14,24 @@ cd "$(dirname "$0")/.."
 dry_run=
 if [ "${1:-}" = "--dry-run" ]; then dry_run=--dry-run; shift; fi
 if [ -n "$dry_run" ]; then
-  gpu=dry-run
   export TRITON_INTERPRET=1 UNET_FAST_BENCH_DRY_RUN=1
   tests=(tests/test_conv3x3.py -k "dispatch or bad_inputs or ties_break")
   benchmarks=(benchmarks/test_bench_conv.py)
 else
   gpu=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))" 2>/dev/null) || {
-    echo "gpu.sh: no CUDA device visible to torch (benchmarks/gpu.sh --dry-run OUTDIR runs without one)"; exit 1; }
+    echo "gpu.sh: no CUDA device visible to torch (benchmarks/gpu.sh --dry-run runs without one)"; exit 1; }
   tests=(tests/)
   benchmarks=(benchmarks/)
 fi
-out=${1:-benchmarks/results/$(date +%Y-%m-%d)-$gpu}
+if [ -n "${1:-}" ]; then
+  out=$1
+elif [ -n "$dry_run" ]; then  # never beside real results
+  out=$(mktemp -d "${TMPDIR:-/tmp}/unet_fast-gpu-dry-run.XXXXXX") || { echo "gpu.sh: mktemp -d failed"; exit 1; }
+else
+  out=benchmarks/results/$(date +%Y-%m-%d)-$gpu
+fi
 mkdir -p "$out"
+echo "== results in $out"
 status=0
 
 if [ -n "$dry_run" ]; then
@@ -60,4 +67,5 @@ fi
   python -c "import torch, triton, platform; gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'; print(f'GPU: {gpu}; torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}')"
   echo; echo "exit status: $status"
 } > "$out/README.md"
+echo "== results in $out (exit status $status)"
 exit $status

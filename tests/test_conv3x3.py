@@ -69,6 +69,9 @@ OPTION_CASES = [
     pytest.param(2, 1, 0, 11, 10, 0, 0, 8, 0, False, True, id="direct-cin-1"),
     pytest.param(2, 4, 0, 8, 9, 0, 0, 17, 1, False, True, id="direct-cin-4-pad1-cout-17"),
     pytest.param(2, 3, 0, 9, 10, 0, 0, 6, 0, True, True, id="direct-cin-3-pooled-takes-gemm-odd"),
+    # C_out 40: two column tiles (BLOCK_N 32 in the interpreter and the direct kernel), the second partial
+    pytest.param(2, 6, 0, 9, 10, 0, 0, 40, 0, True, False, id="pool-cout-40-two-column-tiles"),
+    pytest.param(2, 2, 0, 9, 11, 0, 0, 40, 1, False, True, id="direct-cin-2-cout-40-two-column-tiles"),
 ]
 DTYPE_LAYOUTS = [(torch.float32, "contiguous"), (torch.float32, "channels_last"), (torch.float32, "strided"),
                  (torch.bfloat16, "channels_last"), (torch.bfloat16, "strided")]
@@ -136,12 +139,13 @@ def test_pool_gradient_ties_break_like_max_pool2d():
     with torch.no_grad():
         weight.zero_()
         bias.abs_().add_(0.5)
-    _, pooled = conv3x3_relu(x, weight, bias, pool=True)
-    _, pooled_ref = composite_with_pool(x, weight, bias, None, 0, True)
+    with exact_fp32():
+        _, pooled = conv3x3_relu(x, weight, bias, pool=True)
+        _, pooled_ref = composite_with_pool(x, weight, bias, None, 0, True)
     assert torch.equal(pooled, pooled_ref)
     grad = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    (got,) = torch.autograd.grad(pooled, [weight], grad)
-    with exact_fp32():
+    with exact_fp32():  # our wgrad in exact fp32 too: on a GPU it would otherwise run in TF32
+        (got,) = torch.autograd.grad(pooled, [weight], grad)
         (want,) = torch.autograd.grad(pooled_ref, [weight], grad)
     assert_close(got, want)
 
@@ -286,19 +290,35 @@ def test_pool_and_direct_error_within_twice_aten(dtype, cx, cout, pool, direct):
 
 @pytest.mark.gpu
 def test_opcheck_and_compile_fullgraph_pool_and_direct():
+    from torch._inductor.utils import run_and_get_code  # a private helper, needed only where this runs (a GPU)
+
     x, weight, bias, skip = make(2, 5, 3, 8, 9, 12, 14, 17, "channels_last", device="cuda")
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_pool.default, (x, weight, bias, skip, 0, False))
     x1, weight1, bias1, _ = make(2, 1, 0, 11, 10, 0, 0, 8, "channels_last", device="cuda")
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu.default, (x1, weight1, bias1, None, 0, True))
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_pool.default, (x1, weight1, bias1, None, 1, True))
+    # pool=True: the pooled GEMM (direct is ignored when pooling, by design)
     compiled = torch.compile(lambda *a: conv3x3_relu(*a, pool=True, direct=True), fullgraph=True)
     with exact_fp32():
         got = compiled(x1, weight1, bias1)
         expected = composite_with_pool(x1, weight1, bias1, None, 0, True)
     for o, e in zip(got, expected):
         assert_close(o, e)
-    grads = torch.autograd.grad(got[0].sum() + got[1].sum(), [x1, weight1, bias1])
-    want = torch.autograd.grad(expected[0].sum() + expected[1].sum(), [x1, weight1, bias1])
+    with exact_fp32():
+        grads = torch.autograd.grad(got[0].sum() + got[1].sum(), [x1, weight1, bias1])
+        want = torch.autograd.grad(expected[0].sum() + expected[1].sum(), [x1, weight1, bias1])
+    for g, r in zip(grads, want):
+        assert_close(g, r)
+    # unpooled: the direct kernel itself, compiled (its name in Inductor's generated code says it is the one)
+    compiled_direct = torch.compile(lambda *a: conv3x3_relu(*a, direct=True), fullgraph=True)
+    with exact_fp32():
+        out, codes = run_and_get_code(compiled_direct, x1, weight1, bias1)
+        expected = conv3x3_relu_reference(x1, weight1, bias1)
+    assert any("conv3x3_direct_kernel" in code for code in codes), "the direct kernel was not compiled"
+    assert_close(out, expected)
+    with exact_fp32():
+        grads = torch.autograd.grad(out.sum(), [x1, weight1, bias1])
+        want = torch.autograd.grad(expected.sum(), [x1, weight1, bias1])
     for g, r in zip(grads, want):
         assert_close(g, r)
 
@@ -313,7 +333,8 @@ def test_opcheck_and_compile_fullgraph():
         out = compiled(x, weight, bias, skip)
         expected = conv3x3_relu_reference(x, weight, bias, skip)
     assert_close(out, expected)
-    grads = torch.autograd.grad(out.sum(), [x, weight, bias, skip])
-    want = torch.autograd.grad(expected.sum(), [x, weight, bias, skip])
+    with exact_fp32():
+        grads = torch.autograd.grad(out.sum(), [x, weight, bias, skip])
+        want = torch.autograd.grad(expected.sum(), [x, weight, bias, skip])
     for g, r in zip(grads, want):
         assert_close(g, r)

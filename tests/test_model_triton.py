@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from unet_fast import UNet, reference
+from unet_fast.ops.triton import conv3x3 as kernels
 from tolerances import assert_close
 from triton_device import DEVICE, exact_fp32, needs_triton
 
@@ -20,16 +21,50 @@ def twins(switches=None, **kwargs):
 POOL_AND_DIRECT = dict(pool_epilogue=True, direct_first_layer=True)
 
 
+def spy_forward_launches(monkeypatch):
+    """Record every forward conv launch (conv3x3_forward plans it with kernels.plan_forward):
+    (kernel name, pooled epilogue, input channels), in call order."""
+    launches = []
+    plan_forward = kernels.plan_forward
+
+    def spy(x, *args, **kwargs):
+        launch = plan_forward(x, *args, **kwargs)
+        launches.append((launch.kernel.__name__, launch.meta.get("POOL", False), x.shape[1]))
+        return launch
+
+    monkeypatch.setattr(kernels, "plan_forward", spy)
+    return launches
+
+
+def expected_launches(depth, pool_epilogue, direct_first_layer):
+    """Encoder: two convs per level, the second pooled in its epilogue on every level but the last;
+    the first conv of all (1 input channel) on the direct kernel. Decoder: two plain convs per level."""
+    flags = []
+    for level in range(depth):
+        flags += [(direct_first_layer and level == 0, False), (False, pool_epilogue and level < depth - 1)]
+    flags += [(False, False)] * (2 * (depth - 1))
+    return [("conv3x3_direct_kernel" if direct else "conv3x3_kernel", pool) for direct, pool in flags]
+
+
 @needs_triton
 @pytest.mark.parametrize("padding, size, batch, switches", [
     ("valid", (44, 60), 2, None), ("same", (16, 24), 1, None),
     pytest.param("valid", (44, 44), 1, POOL_AND_DIRECT, id="valid-pool-epilogue-direct-first-layer"),
-    pytest.param("same", (16, 20), 1, POOL_AND_DIRECT, id="same-pool-epilogue-direct-first-layer")])
-def test_forward_and_backward_match_reference(padding, size, batch, switches):
+    pytest.param("same", (16, 20), 1, POOL_AND_DIRECT, id="same-pool-epilogue-direct-first-layer"),
+    # 44 x 48: the second pooled epilogue writes 8 x 9 (odd width), the bottleneck is 4 x 5
+    pytest.param("valid", (44, 48), 2, POOL_AND_DIRECT, id="valid-odd-batch-2-pool-epilogue-direct-first-layer")])
+def test_forward_and_backward_match_reference(padding, size, batch, switches, monkeypatch):
     ref, fast = twins(switches, padding=padding, **TINY)
     x = torch.randn(batch, 1, *size, device=DEVICE)
+    launches = spy_forward_launches(monkeypatch)
     with exact_fp32():
         out_ref, out_fast = ref(x), fast(x.contiguous(memory_format=torch.channels_last))
+    # the switches reach the kernels: pooled epilogue on each encoder level but the last, direct kernel
+    # on the first conv only (and neither with the switches off)
+    on = switches or {}  # what was asked for, not what the model says it holds
+    assert [(name, pool) for name, pool, _ in launches] == expected_launches(
+        TINY["depth"], on.get("pool_epilogue", False), on.get("direct_first_layer", False))
+    assert launches[0][2] == TINY["in_channels"]
     assert_close(out_fast, out_ref)
     grad = torch.randn_like(out_ref)
     with exact_fp32():

@@ -179,3 +179,44 @@ def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
     period = 2 * (length - 1)
     positions = np.mod(positions, period)
     return np.where(positions >= length, period - positions, positions)
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One 3x3 convolution of the network at a given input size: what a kernel or a benchmark sees."""
+
+    name: str            # "enc{level}.conv{1,2}" or "dec{level}.conv{1,2}" (level 0 = full resolution)
+    in_channels: int     # channels of x (for a decoder's first conv: the up-convolution's output)
+    out_channels: int
+    size: int            # x's height and width
+    skip_channels: int = 0   # decoder's first conv: the skip connection read beside x (copy and crop)
+    skip_size: int = 0
+
+    @property
+    def output_size(self) -> int:
+        return self.size - 2
+
+    def flop(self, batch: int = 1) -> int:
+        """Multiply-adds x 2 of the forward convolution (the backward costs twice this)."""
+        return 2 * batch * self.output_size ** 2 * self.out_channels * (self.in_channels + self.skip_channels) * 9
+
+
+def conv_layers(input_size: int, depth: int = 5, base_channels: int = 64, in_channels: int = 1) -> list[ConvLayer]:
+    """The 3x3 convolutions of a valid-padding U-Net for a square input of ``input_size``, in forward order."""
+    trace = trace_sizes(input_size, depth, "valid")
+    if trace.problem is not None:
+        raise ValueError(size_error_message(input_size, depth, "valid", trace.problem))
+    widths = [base_channels * 2 ** level for level in range(depth)]
+    layers, channels, size = [], in_channels, input_size
+    for level, width in enumerate(widths):
+        layers += [ConvLayer(f"enc{level}.conv1", channels, width, size),
+                   ConvLayer(f"enc{level}.conv2", width, width, size - 2)]
+        channels = width
+        size = trace.skip_sizes[level] // 2 if level < depth - 1 else size - 4
+    for level in reversed(range(depth - 1)):
+        up = 2 * size
+        layers += [ConvLayer(f"dec{level}.conv1", widths[level], widths[level], up, widths[level],
+                             trace.skip_sizes[level]),
+                   ConvLayer(f"dec{level}.conv2", widths[level], widths[level], up - 2)]
+        size = up - 4
+    return layers

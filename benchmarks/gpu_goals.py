@@ -1,0 +1,447 @@
+"""The GPU goal benchmarks, one stage per call, each appending JSON records to OUTDIR/results.jsonl.
+
+    python benchmarks/gpu_goals.py STAGE --out OUTDIR [--dry-run]
+
+Stages (benchmarks/gpu_run.py runs them in order of value, each with a time cap):
+  ceilings      device copy bandwidth and bf16 matrix rate (the card's two ceilings)
+  network       the paper's network, batch 8, 572 x 572, bf16, channels_last, forward and
+                forward+backward: UNet(backend="triton") (kernel switches off and on), the torch
+                backend, the reference eager on cuDNN (cudnn.benchmark on) and torch.compile of the
+                reference (default mode); effective TFLOP/s and peak memory
+  max_autotune  torch.compile(reference, mode="max-autotune"): the goals' baseline (run apart, capped)
+  layers        each of the 18 distinct 3x3 conv layers: fused vs cuDNN, TFLOP/s; pooled epilogue and
+                direct first layer against their alternatives
+  loss          weighted softmax cross-entropy, forward + backward, GB/s: each kernel vs the composite
+  augment       elastic deformation of 64 x 512 x 512 image + labels on the GPU vs the CPU peer per sample
+  pipeline      predict_tiled (a set of 512 x 512 images; one large image) vs the bare model forward
+                at the same tile and batch: the pipeline's overhead
+
+Every timed candidate is first checked against its baseline on the same inputs (relative error
+recorded; a failed check is recorded as such). Times: CUDA events, L2 flushed, medians with IQR
+(benchmarks/timing.py). --dry-run: the same code on the CPU at tiny sizes (Triton's interpreter),
+to prove the script runs; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import copy_bandwidth, matmul_tflops, measure  # noqa: E402
+
+from unet_fast import UNet, augment, geometry, reference  # noqa: E402
+from unet_fast.ops import conv3x3_relu, weighted_softmax_cross_entropy  # noqa: E402
+
+
+class Setting:
+    """Shapes and device: the paper's on a GPU, tiny ones for the dry run."""
+
+    def __init__(self, dry_run: bool):
+        self.dry_run = dry_run
+        if dry_run:
+            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cpu", torch.float32, 1, 44, 3, 8
+            self.loss_shapes = [(1, 2, 24, 24)]
+            self.augment_batch, self.augment_size = 2, 64
+            self.images, self.image_size, self.large_size = 2, 48, 120
+            self.time_kwargs = dict(warmup=0, min_reps=1, max_reps=1, max_seconds=0.0)
+        else:
+            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cuda", torch.bfloat16, 8, 572, 5, 64
+            self.loss_shapes = [(8, 2, 512, 512), (8, 2, 388, 388)]
+            self.augment_batch, self.augment_size = 64, 512
+            self.images, self.image_size, self.large_size = 32, 512, 8192
+            self.time_kwargs = dict(warmup=3, min_reps=10, max_reps=50, max_seconds=1.0)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def time(self, fn, **overrides):
+        return measure(fn, self.device, **{**self.time_kwargs, **overrides})
+
+
+class Recorder:
+    def __init__(self, out: Path, stage: str):
+        self.path = out / "results.jsonl"
+        self.stage = stage
+
+    def __call__(self, name: str, **fields) -> None:
+        record = {"stage": self.stage, "name": name, **fields}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "timing")
+        timing = fields.get("timing")
+        print(f"[{self.stage}] {name}: {timing['median_ms']:.3f} ms; {shown}" if timing else
+              f"[{self.stage}] {name}: {shown}", flush=True)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def network_gflop(depth: int, base: int, size: int, in_channels: int = 1, num_classes: int = 2) -> float:
+    """Forward GFLOP of one tile, from the network's shapes: every conv, up-conv and the 1x1 head,
+    read off a forward pass on the meta device (no memory, no arithmetic)."""
+    model = reference.UNet(in_channels, num_classes, depth, base).to("meta")
+    flop = 0
+
+    def count(module, inputs, output):
+        nonlocal flop
+        if isinstance(module, torch.nn.ConvTranspose2d):  # each input pixel meets every kernel tap once
+            taps = module.kernel_size[0] * module.kernel_size[1]
+            flop += 2 * inputs[0][0].numel() * module.out_channels * taps
+        else:
+            taps = module.kernel_size[0] * module.kernel_size[1]
+            flop += 2 * output[0].numel() * module.in_channels * taps
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model(torch.empty(1, in_channels, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return flop / 1e9
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_ceilings(s: Setting, record: Recorder) -> None:
+    if s.device != "cuda":
+        record("copy_bandwidth", skipped="dry run: no device ceilings")
+        return
+    record("copy_bandwidth", gbps=round(copy_bandwidth(s.device), 1))
+    record("bf16_matmul", tflops=round(matmul_tflops(s.device), 1))
+
+
+NETWORK_VARIANTS = {
+    "triton": dict(backend="triton"),
+    "triton_pool_epilogue": dict(backend="triton", pool_epilogue=True),
+    "triton_direct_first_layer": dict(backend="triton", direct_first_layer=True),
+    "triton_pool_epilogue_direct_first_layer": dict(backend="triton", pool_epilogue=True, direct_first_layer=True),
+    "torch_backend": dict(backend="torch"),
+}
+
+
+def _network_models(s: Setting):
+    torch.manual_seed(0)
+    ref = reference.UNet(depth=s.depth, base_channels=s.base).to(s.device, s.dtype)
+    return ref.to(memory_format=torch.channels_last).eval()
+
+
+def _network_step(model, x, grad, mode: str):
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                return model(x)
+    else:
+        def fn():
+            model.zero_grad(set_to_none=True)
+            out = model(x)
+            out.backward(grad)
+            return out
+    return fn
+
+
+def _time_network(s, record, name, model, ref_out, ref_grad, x, grad, mode, extra=None):
+    fn = _network_step(model, x, grad, mode)
+    start = time.perf_counter()
+    out = fn()
+    first_call_s = time.perf_counter() - start
+    error = relative_error(out, ref_out)
+    fields = dict(mode=mode, error_vs_cudnn=round(error, 6), first_call_s=round(first_call_s, 2), **(extra or {}))
+    if mode == "forward+backward":
+        first = next(model.parameters()).grad
+        fields["grad_error_vs_cudnn"] = round(relative_error(first, ref_grad), 6)
+    correct = error < (3e-2 if s.dtype != torch.float32 else 1e-3) and fields.get("grad_error_vs_cudnn", 0) < 5e-2
+    if s.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    timing = s.time(fn)
+    if s.device == "cuda":
+        fields["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    gflop = network_gflop(s.depth, s.base, s.size) * s.batch * (1 if mode == "forward" else 3)
+    record(name, timing=timing.as_dict(), correct=correct, gflop=round(gflop, 1), batch=s.batch,
+           tflops=round(gflop / timing.median_ms, 1), ms_per_tile=round(timing.median_ms / s.batch, 4), **fields)
+
+
+def _network_inputs(s, ref):
+    g = torch.Generator(device=s.device).manual_seed(1)
+    x = torch.randn(s.batch, 1, s.size, s.size, device=s.device, generator=g).to(s.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = ref.output_size(s.size)
+    grad = torch.randn(s.batch, 2, out, out, device=s.device, generator=g).to(s.dtype)
+    return x, grad
+
+
+def _reference_results(ref, x, grad):
+    with torch.no_grad():
+        ref_out = ref(x)
+    ref.zero_grad(set_to_none=True)
+    ref(x).backward(grad)
+    return ref_out, next(ref.parameters()).grad.clone()
+
+
+def stage_network(s: Setting, record: Recorder) -> None:
+    torch.backends.cudnn.benchmark = True  # the cuDNN baseline at full strength
+    ref = _network_models(s)
+    x, grad = _network_inputs(s, ref)
+    ref_out, ref_grad = _reference_results(ref, x, grad)
+    modes = ("forward", "forward+backward")
+    for mode in modes:
+        _time_network(s, record, "reference_eager_cudnn", ref, ref_out, ref_grad, x, grad, mode)
+    for name, options in NETWORK_VARIANTS.items():
+        model = UNet(depth=s.depth, base_channels=s.base, **options).to(s.device, s.dtype)
+        model.load_state_dict(ref.state_dict())
+        model = model.to(memory_format=torch.channels_last).eval()
+        for mode in modes:
+            _time_network(s, record, name, model, ref_out, ref_grad, x, grad, mode)
+        del model
+    if s.dry_run:
+        record("compiled_reference_default", skipped="dry run: no torch.compile")
+        return
+    compiled = torch.compile(ref)
+    for mode in modes:
+        _time_network(s, record, "compiled_reference_default", compiled, ref_out, ref_grad, x, grad, mode)
+
+
+def stage_max_autotune(s: Setting, record: Recorder) -> None:
+    if s.dry_run:
+        record("compiled_reference_max_autotune", skipped="dry run: no max-autotune compiles")
+        return
+    torch.backends.cudnn.benchmark = True
+    ref = _network_models(s)
+    x, grad = _network_inputs(s, ref)
+    ref_out, ref_grad = _reference_results(ref, x, grad)
+    compiled = torch.compile(ref, mode="max-autotune")
+    for mode in ("forward", "forward+backward"):
+        _time_network(s, record, "compiled_reference_max_autotune", compiled, ref_out, ref_grad, x, grad, mode)
+
+
+def _layer_inputs(s: Setting, layer):
+    g = torch.Generator(device=s.device).manual_seed(0)
+    cl = torch.channels_last
+
+    def randn(*shape):
+        return torch.randn(shape, device=s.device, generator=g).to(s.dtype)
+
+    x = randn(s.batch, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
+    skip = None
+    if layer.skip_channels:
+        skip = randn(s.batch, layer.skip_channels, layer.skip_size, layer.skip_size).contiguous(memory_format=cl)
+    cin = layer.in_channels + layer.skip_channels
+    weight = (randn(layer.out_channels, cin, 3, 3) * (2 / (9 * cin)) ** 0.5).contiguous(memory_format=cl)
+    return x, weight, randn(layer.out_channels) * 0.1, skip
+
+
+def cudnn_conv_relu(x, weight, bias, skip=None):
+    if skip is not None:
+        x = torch.cat([reference.center_crop(skip, x.shape[-2:]), x], dim=1)
+    return F.relu(F.conv2d(x, weight, bias))
+
+
+def stage_layers(s: Setting, record: Recorder) -> None:
+    torch.backends.cudnn.benchmark = True
+    layers = geometry.conv_layers(s.size, s.depth, s.base)
+    last_level = f"enc{s.depth - 1}."
+    with torch.inference_mode():
+        for layer in layers:
+            x, weight, bias, skip = _layer_inputs(s, layer)
+            gflop = layer.flop(s.batch) / 1e9
+            want = cudnn_conv_relu(x, weight, bias, skip)
+            candidates = {"cudnn": lambda: cudnn_conv_relu(x, weight, bias, skip),
+                          "fused": lambda: conv3x3_relu(x, weight, bias, skip=skip)}
+            if layer.name == "enc0.conv1":
+                candidates["fused_direct"] = lambda: conv3x3_relu(x, weight, bias, direct=True)
+            for impl, fn in candidates.items():
+                error = relative_error(fn(), want)
+                timing = s.time(fn)
+                record(f"{layer.name}/{impl}", layer=layer.name, impl=impl, timing=timing.as_dict(),
+                       error_vs_cudnn=round(error, 6), correct=error < 2e-2, gflop=round(gflop, 2),
+                       tflops=round(gflop / timing.median_ms, 1),
+                       shape=f"{layer.in_channels}+{layer.skip_channels}->{layer.out_channels} at {layer.size}")
+            if layer.name.endswith("conv2") and layer.name.startswith("enc") and not layer.name.startswith(last_level):
+                want_pool = F.max_pool2d(want, 2)
+                pooled = {"cudnn_then_pool": lambda: F.max_pool2d(cudnn_conv_relu(x, weight, bias), 2),
+                          "fused_then_pool": lambda: F.max_pool2d(conv3x3_relu(x, weight, bias), 2),
+                          "fused_pool_epilogue": lambda: conv3x3_relu(x, weight, bias, pool=True)[1]}
+                for impl, fn in pooled.items():
+                    error = relative_error(fn(), want_pool)
+                    timing = s.time(fn)
+                    record(f"{layer.name}+pool/{impl}", layer=layer.name, impl=impl, timing=timing.as_dict(),
+                           error_vs_cudnn=round(error, 6), correct=error < 2e-2, gflop=round(gflop, 2),
+                           tflops=round(gflop / timing.median_ms, 1))
+
+
+def _loss_backends():
+    """(name, fn(logits, target, weight) -> gradient) for each loss implementation this process has."""
+    def public(logits, target, weight):
+        logits.grad = None
+        weighted_softmax_cross_entropy(logits, target, weight).backward()
+        return logits.grad
+
+    def composite(logits, target, weight):
+        logits.grad = None
+        (F.cross_entropy(logits, target.long(), reduction="none") * weight).mean().backward()
+        return logits.grad
+
+    backends = {"fused_default": public, "composite": composite}
+    for name in ("weighted_cross_entropy", "weighted_cross_entropy_triton"):
+        try:
+            op = getattr(torch.ops.unet_fast, name)
+        except (AttributeError, RuntimeError):
+            continue
+
+        def raw(logits, target, weight, op=op):  # loss and unscaled gradient in one kernel, then the scale
+            outputs = op(logits.detach(), target, weight, 1, -100, True)
+            return outputs[1] / outputs[2].clamp(min=1)
+
+        backends["op_" + name] = raw
+    return backends
+
+
+def stage_loss(s: Setting, record: Recorder) -> None:
+    backends = _loss_backends()
+    for shape in s.loss_shapes:
+        n, c, h, w = shape
+        g = torch.Generator(device=s.device).manual_seed(0)
+        logits = torch.randn(shape, device=s.device, generator=g).requires_grad_()
+        target = torch.randint(0, c, (n, h, w), device=s.device, generator=g).to(torch.uint8)
+        weight = torch.rand(n, h, w, device=s.device, generator=g) * 5
+        gbytes = (2 * logits.numel() * 4 + target.numel() + weight.numel() * 4) / 1e9
+        want = backends["composite"](logits, target, weight).clone()
+        for name, fn in backends.items():
+            if s.device != "cuda" and name == "op_weighted_cross_entropy_triton" and not s.dry_run:
+                continue
+            try:
+                error = relative_error(fn(logits, target, weight), want)
+            except RuntimeError as failure:  # an op without a kernel for this device
+                record(f"{shape}/{name}", skipped=str(failure).splitlines()[0][:200])
+                continue
+            timing = s.time(lambda: fn(logits, target, weight))
+            record(f"{'x'.join(map(str, shape))}/{name}", impl=name, shape=list(shape), timing=timing.as_dict(),
+                   error_vs_composite=round(error, 8), correct=error < 1e-4, gbytes=round(gbytes, 4),
+                   gbps=round(gbytes / (timing.median_ms / 1e3), 1))
+
+
+def _cpu_peer():
+    """The CPU baseline of the augmentation goal: elasticdeform's C code, else the same pipeline in scipy."""
+    try:
+        import elasticdeform
+
+        def run(image, labels):
+            return elasticdeform.deform_random_grid([image, labels], sigma=10, points=3, order=[3, 0])
+        return "elasticdeform", run
+    except ImportError:
+        import scipy.ndimage as ndi
+
+        def run(image, labels):
+            lattice = np.random.randn(2, 3, 3) * 10
+            where = np.meshgrid(*(np.linspace(0, 2, n) for n in image.shape), indexing="ij")
+            field = [ndi.map_coordinates(lattice[d], where, order=3, mode="mirror") for d in range(2)]
+            points = [np.arange(image.shape[0])[:, None] + field[0], np.arange(image.shape[1])[None, :] + field[1]]
+            return (ndi.map_coordinates(image, points, order=3, mode="mirror"),
+                    ndi.map_coordinates(labels, points, order=0, mode="mirror"))
+        return "scipy_map_coordinates", run
+
+
+def stage_augment(s: Setting, record: Recorder) -> None:
+    b, size = s.augment_batch, s.augment_size
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(b, 1, size, size, generator=gen)
+    labels = torch.randint(0, 20, (b, size, size), generator=gen)
+    peer_name, peer = _cpu_peer()
+    one_image, one_labels = image[0, 0].numpy(), labels[0].numpy()
+    peer_timing = measure(lambda: peer(one_image, one_labels), "cpu", warmup=1, min_reps=5, max_reps=20,
+                          max_seconds=2.0)
+    record(f"cpu_peer_{peer_name}", impl=peer_name, per_sample_ms=round(peer_timing.median_ms, 3),
+           timing=peer_timing.as_dict())
+    image_d, labels_d = image.to(s.device), labels.to(s.device)
+    generator = torch.Generator(device=s.device).manual_seed(1)
+    displacement = torch.zeros(2, 3, 3)  # identity field: the result must be the input
+    same = augment.elastic_deform(image_d, labels_d, displacement=displacement)
+    correct = bool(torch.allclose(same[0], image_d, atol=1e-5) and torch.equal(same[1], labels_d))
+    timing = s.time(lambda: augment.elastic_deform(image_d, labels_d, generator=generator))
+    per_sample = timing.median_ms / b
+    record("unet_fast_batch", impl="unet_fast", batch=b, timing=timing.as_dict(), correct=correct,
+           per_sample_ms=round(per_sample, 5), speedup_per_sample=round(peer_timing.median_ms / per_sample, 1),
+           peer=peer_name)
+
+
+def stage_pipeline(s: Setting, record: Recorder) -> None:
+    from unet_fast.inference import plan_tiles, predict_tiled
+
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = UNet(depth=s.depth, base_channels=s.base).to(s.device).eval()
+    dtype = "bf16" if s.device == "cuda" else "fp32"
+    autocast_dtype = torch.bfloat16 if s.device == "cuda" else torch.float32
+    rng = np.random.default_rng(0)
+
+    def bare_forward(tile, batch, calls):
+        x = torch.randn(batch, 1, tile[0], tile[1], device=s.device).contiguous(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode(), torch.autocast(s.device, dtype=autocast_dtype, enabled=s.device == "cuda"):
+                for _ in range(calls):
+                    model(x).argmax(1)
+        return run
+
+    # a set of images, each one tile, one after the other (as `unet-fast segment` does a folder)
+    images = [rng.random((s.image_size, s.image_size), dtype=np.float32) for _ in range(s.images)]
+    plan = plan_tiles(model, (s.image_size, s.image_size), device=s.device, dtype=dtype)
+
+    def folder():
+        for image in images:
+            predict_tiled(model, image, dtype=dtype, progress=False)
+
+    bare = s.time(bare_forward(plan.tile, 1, s.images), min_reps=3, max_reps=5)
+    piped = s.time(folder, min_reps=3, max_reps=5)
+    record("images_512", images=s.images, tile=list(plan.tile), batch=plan.batch_size,
+           timing=piped.as_dict(), bare_timing=bare.as_dict(),
+           images_per_s=round(s.images / (piped.median_ms / 1e3), 1),
+           overhead=round(piped.median_ms / bare.median_ms - 1, 4))
+
+    large = rng.random((s.large_size, s.large_size), dtype=np.float32)
+    plan = plan_tiles(model, large.shape, device=s.device, dtype=dtype)
+    batches = -(-plan.tiles // plan.batch_size)
+    bare = s.time(bare_forward(plan.tile, plan.batch_size, batches), min_reps=2, max_reps=3)
+    piped = s.time(lambda: predict_tiled(model, large, dtype=dtype, progress=False), min_reps=2, max_reps=3)
+    record("large_image", size=s.large_size, tile=list(plan.tile), batch=plan.batch_size, tiles=plan.tiles,
+           timing=piped.as_dict(), bare_timing=bare.as_dict(),
+           tiles_per_s=round(plan.tiles / (piped.median_ms / 1e3), 1),
+           overhead=round(piped.median_ms / bare.median_ms - 1, 4), plan=plan.explain())
+
+
+STAGES = {"ceilings": stage_ceilings, "network": stage_network, "max_autotune": stage_max_autotune,
+          "layers": stage_layers, "loss": stage_loss, "augment": stage_augment, "pipeline": stage_pipeline}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("--out", type=Path, required=True, help="folder of results.jsonl")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton's interpreter")
+    args = parser.parse_args(argv)
+    if args.dry_run and os.environ.get("TRITON_INTERPRET") != "1":
+        print("gpu_goals: --dry-run needs TRITON_INTERPRET=1 in the environment (Triton reads it at import)",
+              file=sys.stderr)
+        return 2
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_goals: no CUDA device (use --dry-run on a CPU)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    STAGES[args.stage](Setting(args.dry_run), Recorder(args.out, args.stage))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,6 +63,8 @@ def stages() -> list[Stage]:
     return [
         Stage("correctness", "Triton kernels and the network at the paper's shapes vs cuDNN/aten (pytest)", 150, 240),
         Stage("ceilings", "copy bandwidth and bf16 matrix rate", 10, 40),
+        Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 120, 200,
+              essential=False),
         Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 90, 180),
         Stage("layers", "per-layer TFLOP/s, pooled epilogue, direct first layer", 45, 100),
         Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 25, 90,
@@ -196,8 +198,13 @@ class Run:
 
     # -- the extension build, in the background
 
-    def start_build(self) -> None:
+    def start_build(self, enabled: bool = True) -> None:
         log = open(self.logs / "build.log", "w")
+        if not enabled:
+            self.build_state = "skipped (--no-build): the extension's stages run without it"
+            log.write(self.build_state + "\n")
+            log.close()
+            return
         env = dict(self.env)
         build_lib = self.out / "build_lib"
         if self.dry_run:
@@ -310,6 +317,12 @@ def run_stage(run: Run, stage: Stage) -> None:
                 return
             command = [sanitizer, "--tool", "memcheck", "--error-exitcode", "1", "--leak-check", "no",
                        py, str(BENCH / "gpu_sanitize.py")]
+    elif stage.name == "tune":
+        if run.dry_run:  # the tuner times with CUDA events; its harness is checked in the interpreter
+            command = pytest_args(["tests/test_tune.py"], run.logs / "tune.xml", False)
+        else:
+            command = [py, "-m", "unet_fast.tune", "--write", "--results", str(run.logs / "tune.json"),
+                       "--time-limit", str(max(10, int(cap) - 40))]
     elif stage.name == "full_tests":
         command = pytest_args(["tests/"], run.logs / "full_tests.xml", run.dry_run,
                               ["-m", "not slow"] if run.dry_run else None)
@@ -321,15 +334,18 @@ def run_stage(run: Run, stage: Stage) -> None:
     if stage.needs_extension and not run.extension_ready:
         env = dict(env, UNET_FAST_DISABLE_EXTENSION="1") if run.dry_run else env
     stage.status, stage.seconds = run.run_process(command, f"{stage.name}.log", cap, env)
+    table = ROOT / "unet_fast" / "ops" / "triton" / "conv3x3_configs.json"
+    if stage.name == "tune" and table.exists():  # the table the tuner wrote, to commit from the results
+        shutil.copyfile(table, run.logs / table.name)
     if stage.status.startswith("timeout"):
         stage.detail = f"cap {cap:.0f} s"
     if run.dry_run and stage.needs_extension and not run.extension_ready:
         stage.detail = "extension not built: ran on the fallbacks"
 
 
-def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str]) -> None:
+def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str], build: bool = True) -> None:
     install_carried_wheels(run)
-    run.start_build()
+    run.start_build(build)
     for stage in plan:
         if (only and stage.name not in only) or stage.name in skip:
             stage.status = "skipped"
@@ -470,14 +486,14 @@ def network_table(results: list[dict]) -> list[str]:
     rows = [r for r in results if r.get("stage") in ("network", "max_autotune") and "timing" in r]
     if not rows:
         return []
-    lines = ["| network | mode | ms / batch | ms / tile | TFLOP/s | peak GiB | error vs cuDNN | vs cuDNN eager |",
+    lines = ["| network | mode | ms / batch | ms / tile | TFLOP/s | peak GiB | error (cuDNN's) vs fp32 | vs cuDNN eager |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for mode in ("forward", "forward+backward"):
         eager = _find(results, "network", "reference_eager_cudnn", mode=mode)
         for r in sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["timing"]["median_ms"]):
             ratio = f"{_median(eager) / _median(r):.2f}x" if eager else "-"
             lines.append(f"| {r['name']} | {mode} | {_median(r):.2f} | {r['ms_per_tile']:.3f} | {r['tflops']} | "
-                         f"{r.get('peak_memory_gib', '-')} | {r['error_vs_cudnn']:.1e}"
+                         f"{r.get('peak_memory_gib', '-')} | {r['error']:.1e} ({r['cudnn_error']:.1e})"
                          f"{'' if r.get('correct') else ' FAILED'} | {ratio} |")
     return lines
 
@@ -488,11 +504,35 @@ def layer_table(results: list[dict]) -> list[str]:
         return []
     lines = ["| layer | impl | ms | TFLOP/s | vs cuDNN | error |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        base_name = r["name"].rsplit("/", 1)[0] + ("/cudnn_then_pool" if "+pool" in r["name"] else "/cudnn")
+        base_impl = ("cudnn_fwd_bwd" if r["impl"].endswith("_fwd_bwd") else
+                     "cudnn_then_pool" if "+pool" in r["name"] else "cudnn")
+        base_name = r["name"].rsplit("/", 1)[0] + "/" + base_impl
         base = next((b for b in rows if b["name"] == base_name), None)
         ratio = f"{_median(base) / _median(r):.2f}x" if base else "-"
         lines.append(f"| {r['name'].rsplit('/', 1)[0]} | {r['impl']} | {_median(r):.3f} | {r['tflops']} | {ratio} | "
                      f"{r['error_vs_cudnn']:.1e}{'' if r.get('correct') else ' FAILED'} |")
+    return lines
+
+
+def tune_table(logs: Path) -> list[str]:
+    path = logs / "tune.json"
+    if not path.exists():
+        return []
+    measured = json.loads(path.read_text()).get("measurements", [])
+    by_key: dict[str, list[dict]] = {}
+    for m in measured:
+        by_key.setdefault(m["key"], []).append(m)
+    lines = ["| layer | kind | aten ms | heuristic ms | best ms | best config | best vs aten |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    for key, rows in by_key.items():
+        ok = [r for r in rows if r.get("ok")]
+        if not ok:
+            lines.append(f"| {rows[0]['layer']} | {rows[0]['kind']} | {rows[0]['aten_ms']} | - | - | none correct | - |")
+            continue
+        best = min(ok, key=lambda r: r["ms"])
+        first = rows[0].get("ms", float("nan"))
+        lines.append(f"| {best['layer']} | {best['kind']} | {best['aten_ms']:.3f} | {first:.3f} | {best['ms']:.3f} | "
+                     f"{best['config']} | {best['aten_ms'] / best['ms']:.2f}x |")
     return lines
 
 
@@ -542,7 +582,8 @@ def write_summary(run: Run, plan: list[Stage], info: dict) -> str:
         detail = "; ".join(filter(None, [s.detail, junit]))
         lines.append(f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.estimate_s:.0f} | {s.cap_s:.0f} | {detail} |")
     for title_, table in (("Network (batch 8, 572x572, bf16, channels_last)", network_table(results)),
-                          ("Layers", layer_table(results)), ("Loss, augmentation, pipeline, ceilings",
+                          ("Layers", layer_table(results)), ("Tuning (unet_fast.tune)", tune_table(run.logs)),
+                          ("Loss, augmentation, pipeline, ceilings",
                                                                other_table(results))):
         if table:
             lines += ["", f"## {title_}", ""] + table
@@ -595,6 +636,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="no GPU: the same stages on the CPU, tiny shapes")
     parser.add_argument("--only", default="", help="comma-separated stages to run (default: all that fit)")
     parser.add_argument("--skip", default="", help="comma-separated stages to leave out")
+    parser.add_argument("--no-build", action="store_true", help="do not build the CUDA extension")
     args = parser.parse_args(argv)
     plan = stages()
     names = {s.name for s in plan}
@@ -623,7 +665,7 @@ def main(argv=None) -> int:
     info = versions()
     print("== " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     try:
-        execute(run, plan, only, skip)
+        execute(run, plan, only, skip, build=not args.no_build)
     finally:
         packed = pack(run, plan, info)
     print((run.out / "summary.md").read_text())

@@ -171,9 +171,9 @@ def test_forward_dispatch(cx, cs, direct, pool, kernel):
 @needs_triton
 def test_only_requested_gradients():
     x, weight, bias, skip = make(1, 3, 2, 6, 6, 8, 8, 4, "channels_last")
-    out = conv3x3_relu(x.detach(), weight, None, skip=skip.detach())
-    (grad_weight,) = torch.autograd.grad(out.sum(), [weight])
     with exact_fp32():
+        out = conv3x3_relu(x.detach(), weight, None, skip=skip.detach())
+        (grad_weight,) = torch.autograd.grad(out.sum(), [weight])
         expected = conv3x3_relu_reference(x.detach(), weight, None, skip.detach())
         (want,) = torch.autograd.grad(expected.sum(), [weight])
     assert_close(grad_weight, want)
@@ -185,8 +185,10 @@ def test_launchers_directly(padding):
     """The kernels without autograd: dgrad splits its output between grad_skip's window and grad_x."""
     x, weight, _, skip = (t.detach() for t in make(2, 3, 2, 7, 8, 11, 10, 5, "channels_last"))
     grad = torch.randn(2, 5, 5 + 2 * padding, 6 + 2 * padding, device=DEVICE)
-    grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
-    grad_weight = kernels.conv3x3_weight_grad(grad, x, skip, padding)
+    with exact_fp32():
+        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
+        grad_weight, grad_bias = kernels.conv3x3_weight_grad(grad, x, skip, padding, bias_grad=True)
+    assert_close(grad_bias, grad.sum((0, 2, 3)), msg="bias gradient from the wgrad kernel")
     cat = torch.cat([skip[:, :, 2:9, 1:9], x], dim=1).requires_grad_()
     weight.requires_grad_()
     with exact_fp32():

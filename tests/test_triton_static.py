@@ -56,3 +56,13 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
 @pytest.mark.slow
 def test_every_shipped_configuration_compiles():
     check(run_static_checks())
+
+
+@pytest.mark.slow
+def test_every_table_configuration_compiles():
+    """The measured per-layer table (unet_fast/ops/triton/conv3x3_configs.json): every entry compiles."""
+    from unet_fast.ops.triton import conv3x3_configs
+
+    if not conv3x3_configs.table():
+        pytest.skip("no measured table in the package")
+    check(run_static_checks("--table"))

@@ -13,7 +13,7 @@ def assert_close(actual, expected, dtype=None, **overrides):
     """torch.testing.assert_close with the table's tolerance for ``dtype`` (default: actual's)."""
     rtol, atol = TOLERANCES[dtype or actual.dtype]
     torch.testing.assert_close(actual, expected, rtol=overrides.get("rtol", rtol),
-                               atol=overrides.get("atol", atol), check_dtype=False)
+                               atol=overrides.get("atol", atol), check_dtype=False, msg=overrides.get("msg"))
 
 
 def relative_error(actual, expected):

@@ -6,6 +6,7 @@ by 16 get the divisibility hint), compiled with triton.compile(ASTSource(...), t
 and the PTX is assembled once more with ptxas -v for registers and spills.
 
     python tests/triton_static.py [--quick] [--json]   # every shipped configuration, as a table or JSON lines
+    python tests/triton_static.py --table [--json]     # every configuration of the measured table
 
 Run it in a process without TRITON_INTERPRET=1: interpreted kernels cannot be compiled.
 """
@@ -59,6 +60,8 @@ def _specialise(kernel, args: tuple, meta: dict):
         elif isinstance(value, bool) or not isinstance(value, int) or name in meta:
             signature[name] = "constexpr"
             constexprs[name] = value
+        elif getattr(kernel.params[index], "do_not_specialize", False):  # @triton.jit(do_not_specialize=...)
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
         elif value == 1:
             signature[name] = "constexpr"
             constexprs[name] = 1
@@ -122,10 +125,13 @@ def compile_launch(launch, capability: int) -> Compiled:
 
 
 def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_channels: int = 0,
-                   batch: int = 8, padding: int = 0):
-    """The forward, dgrad and wgrad launches of one U-Net 3x3 layer, planned on meta tensors (NHWC)."""
+                   batch: int = 8, padding: int = 0, configs: dict | None = None):
+    """The forward, dgrad and wgrad launches of one U-Net 3x3 layer, planned on meta tensors (NHWC).
+
+    configs: {kind: Config} to plan with instead of the table's or the heuristic's choice."""
     from unet_fast.ops.triton import conv3x3 as k
     cl = torch.channels_last
+    configs = configs or {}
 
     def empty(*shape, dtype=dtype):
         return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=cl)
@@ -139,13 +145,42 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
     w_fwd = torch.empty((9 * cin, cout), device="meta", dtype=dtype)
     w_bwd = torch.empty((9 * cout, cin), device="meta", dtype=dtype)
     bias = torch.empty((cout,), device="meta", dtype=dtype)
-    forward = k.plan_conv(x, skip, offset, w_fwd, bias, y, None, (0, 0), padding, True, device_type="cuda")
-    dgrad = k.plan_conv(y, None, (0, 0), w_bwd, None, x, skip, offset, 2 - padding, False, device_type="cuda")
-    cfg = k.wgrad_config(dtype, cin, "cuda")
-    splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg, "cuda")
-    partial = torch.empty((splits, 9, cin, cout), device="meta", dtype=torch.float32)
-    wgrad = k.plan_wgrad(y, x, skip, partial, per_split, padding, device_type="cuda")
-    return {"forward": forward, "dgrad": dgrad, "wgrad": wgrad}
+    launches = {}
+    if "forward" in configs or not configs:
+        launches["forward"] = k.plan_conv(x, skip, offset, w_fwd, bias, y, None, (0, 0), padding, True,
+                                          device_type="cuda", config=configs.get("forward"))
+    if "dgrad" in configs or not configs:
+        launches["dgrad"] = k.plan_conv(y, None, (0, 0), w_bwd, None, x, skip, offset, 2 - padding, False,
+                                        device_type="cuda", kind="dgrad", config=configs.get("dgrad"))
+    if "wgrad" in configs or not configs:
+        cfg = configs.get("wgrad") or k.wgrad_config(y, x, skip, device_type="cuda")
+        splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg, (528, 4))
+        partial = torch.empty((splits, 9, cin, cout), device="meta", dtype=torch.float32)
+        bias_partial = torch.empty((splits, cout), device="meta", dtype=torch.float32)
+        launches["wgrad"] = k.plan_wgrad(y, x, skip, partial, per_split, padding, device_type="cuda",
+                                         bias_partial=bias_partial, config=cfg)
+    return launches
+
+
+def table_launches():
+    """(label, launch) for every distinct configuration the measured table holds (any device)."""
+    from unet_fast.ops.triton import conv3x3_configs as table_module
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+    seen = set()
+    for device, problems in table_module.table().items():
+        for key, config in problems.items():
+            kind, dtype, channels, _rows = key.split("/")
+            skip_and_x, cout = channels.split("->")
+            cs, cx = (int(c) for c in skip_and_x.split("+"))
+            variant = (kind, dtype, cs > 0, min(cx, 16) if cx < 16 else 16, config)  # what the compile depends on
+            if variant in seen:
+                continue
+            seen.add(variant)
+            context = torch.backends.cudnn.flags(enabled=True, allow_tf32=True)
+            with context:
+                launch = layer_launches(dtypes[dtype], cs + cx, int(cout), 40, cs, configs={kind: config})[kind]
+            yield f"table {device} {key} {config}", launch
 
 
 def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool, direct: bool, batch: int = 8):
@@ -209,9 +244,10 @@ def crop_concat_launch(dtype: torch.dtype):
 _GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel")  # tl.dot: tensor cores expected
 
 
-def report(quick: bool = False):
+def report(quick: bool = False, table_only: bool = False):
     """One dict per (launch, target): what the static checks assert on."""
-    for label, launch in shipped_launches(quick):
+    launches = table_launches() if table_only else shipped_launches(quick)
+    for label, launch in launches:
         m = launch.meta
         for capability in (90, 80):
             c = compile_launch(launch, capability)
@@ -223,11 +259,11 @@ def report(quick: bool = False):
 
 
 def _main(argv) -> None:
-    quick, as_json = "--quick" in argv, "--json" in argv
+    quick, as_json, table_only = "--quick" in argv, "--json" in argv, "--table" in argv
     if not as_json:
         print("| launch | target | BLOCK sizes | warps | stages | registers | spill bytes | shared KiB | tensor cores |")
         print("|---|---|---|---:|---:|---:|---:|---:|---|")
-    for r in report(quick):
+    for r in report(quick, table_only):
         if as_json:
             print(json.dumps(r), flush=True)
         else:

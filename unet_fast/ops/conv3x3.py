@@ -139,7 +139,7 @@ if _triton.available():
     def _conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, skip: Optional[torch.Tensor],
                              padding: int) -> torch.Tensor:
         """float32 weight gradient of conv2d([centre_crop(skip), x]) for an already masked grad."""
-        return _kernels.conv3x3_weight_grad(grad, x, skip, padding)
+        return _kernels.conv3x3_weight_grad(grad, x, skip, padding)[0]
 
     def _setup_context(ctx, inputs, output):
         x, weight, bias, skip, padding = inputs[:5]

@@ -11,11 +11,20 @@ from dataclasses import dataclass
 import torch
 
 try:
-    import triton  # noqa: F401
+    import triton
     from triton.runtime.jit import JITFunction
 except ImportError:  # e.g. macOS: the Triton paths are simply unavailable
     triton = None
-    JITFunction = None
+
+if triton is not None:
+    @triton.jit
+    def _probe():
+        """Defined like every kernel here, so it says what triton.jit chose for them."""
+
+    # Decided once: an isinstance check per call breaks torch.compile (Dynamo cannot type a kernel).
+    INTERPRETED = not isinstance(_probe, JITFunction)
+else:
+    INTERPRETED = False
 
 
 def available() -> bool:
@@ -24,22 +33,18 @@ def available() -> bool:
 
 
 def is_interpreted(kernel) -> bool:
-    """True when ``kernel`` was built by the interpreter (TRITON_INTERPRET=1 at import)."""
-    return JITFunction is not None and not isinstance(kernel, JITFunction)
+    """True when the kernels of this process run in the interpreter (TRITON_INTERPRET=1 at import)."""
+    return INTERPRETED
 
 
 def can_run(kernel, device: torch.device) -> bool:
     """True when ``kernel`` can launch on tensors of ``device``."""
-    if triton is None:
-        return False
-    if is_interpreted(kernel):
-        return device.type == "cpu"
-    return device.type == "cuda"
+    return triton is not None and device.type == ("cpu" if INTERPRETED else "cuda")
 
 
 def launchable(kernel):
     """``wrap_triton(kernel)`` so torch.compile traces the launch; interpreted kernels launch as they are."""
-    if is_interpreted(kernel):
+    if INTERPRETED:
         return kernel
     return torch.library.wrap_triton(kernel)
 
@@ -53,5 +58,6 @@ class Launch:
     args: tuple
     meta: dict  # constexprs, num_warps, num_stages
 
-    def run(self) -> None:
-        launchable(self.kernel)[self.grid](*self.args, **self.meta)
+    def run(self):
+        """Launch; returns what Triton returns (the compiled kernel, with its register and spill counts)."""
+        return launchable(self.kernel)[self.grid](*self.args, **self.meta)

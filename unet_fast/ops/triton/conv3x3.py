@@ -28,12 +28,20 @@ from dataclasses import dataclass
 
 import torch
 
-from . import Launch, triton
+from . import Launch, conv3x3_configs as configs, triton
 
 from ...geometry import crop_offset
 
 if triton is not None:
     import triton.language as tl
+
+    @triton.jit
+    def _round_to_tf32(x):
+        """fp32 -> the nearest TF32 value (ties away from zero), as cuDNN and cuBLAS convert: the tensor
+        cores read only the top 19 bits of an fp32 operand, so feeding it unrounded truncates, which
+        measured 2.6x the error of cuDNN's TF32 convolutions on an H200 (benchmarks/results/*-run1)."""
+        bits = x.to(tl.uint32, bitcast=True)
+        return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _output_pixels(offs_m, N, OH, OW, POOL: tl.constexpr):
@@ -74,18 +82,22 @@ if triton is not None:
         ph = rem // PW
         pw = rem % PW
         ok = (window < N * PH * PW) & (ph < OH // 2) & (pw < OW // 2)
-        tl.store(pool_ptr + (n * sp_n + ph * sp_h + pw * sp_w)[:, None] + (offs_n * sp_c)[None, :],
+        rows = n * sp_n + ph.to(tl.int64) * sp_h + pw.to(tl.int64) * sp_w
+        tl.store(pool_ptr + rows[:, None] + (offs_n * sp_c)[None, :],
                  pooled.to(pool_ptr.dtype.element_ty), mask=ok[:, None] & col_ok[None, :])
 
     @triton.jit
     def _accumulate_source(acc, src_ptr, row_base, ih0, iw0, row_ok, s_c, s_h, s_w, C, H, W,
                            w_ptr, w_row0, w_rows, offs_n, col_ok, Cout,
-                           PAD: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                           PAD: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                           ROUND_TF32: tl.constexpr, SWAP: tl.constexpr):
         """acc += im2col(src)[rows, (tap, c)] @ w[(tap, w_row0 + c), cols] for c in [0, C).
 
-        row_base is the address offset of each row's tap (0, 0) pixel in src; (ih0, iw0) its
+        row_base is the (int64) address offset of each row's tap (0, 0) pixel in src; (ih0, iw0) its
         coordinates in the (virtual) input of height H and width W, used for the padding masks.
         One flat loop over (tap, channel block), so the compiler pipelines it as a single K loop.
+        SWAP: acc is the transposed tile (cols, rows) and the product is w^T @ im2col^T, so a layer of
+        64 output channels makes the 64 the MMA's M and the pixels its wide N (m64n256 on sm_90).
         """
         offs_k = tl.arange(0, BLOCK_K)
         k_blocks = tl.cdiv(C, BLOCK_K)
@@ -100,14 +112,24 @@ if triton is not None:
                 iw = iw0 + kw
                 ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             c_ok = c < C
-            a = tl.load(src_ptr + (row_base + kh * s_h + kw * s_w)[:, None] + (c * s_c)[None, :],
+            a = tl.load(src_ptr + (row_base + kh * s_h + kw * s_w)[:, None] + (c.to(tl.int64) * s_c)[None, :],
                         mask=ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(w_ptr + (tap * w_rows + w_row0 + c).to(tl.int64)[:, None] * Cout + offs_n[None, :],
                         mask=c_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            if ROUND_TF32:
+                a = _round_to_tf32(a)
+                b = _round_to_tf32(b)
+            if SWAP:
+                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=INPUT_PRECISION)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         return acc
 
-    @triton.jit
+    # Spatial sizes and offsets vary per layer and tile but do not change the code: not specialised on
+    # (as Triton otherwise does for ints equal to 1 or divisible by 16), so one compiled kernel serves
+    # every layer of a configuration. Strides and channel counts stay specialised: their alignment
+    # decides vector widths, and without 16-byte loads there is no cp.async pipeline (ptxas: 1 stage).
+    @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "out2_top", "out2_left"])
     def conv3x3_kernel(
         x_ptr, sx_n, sx_c, sx_h, sx_w,
         skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left,
@@ -118,7 +140,7 @@ if triton is not None:
         N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         HAS_OUT2: tl.constexpr, POOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr, SWAP: tl.constexpr,
     ):
         """out = act(conv3x3([skip window, x], w, padding=PAD) + bias); w packed as (9 * (Cs + Cx), Cout).
 
@@ -136,26 +158,38 @@ if triton is not None:
         n, oh, ow, row_ok = _output_pixels(offs_m, N, OH, OW, POOL)
         ih0 = oh - PAD
         iw0 = ow - PAD
+        # 64-bit addresses: one image of a large tile can hold more than 2^31 elements per layer
+        ih64 = ih0.to(tl.int64)
+        iw64 = iw0.to(tl.int64)
 
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if SWAP:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if HAS_SKIP:
-            skip_base = n * ss_n + (ih0 + skip_top) * ss_h + (iw0 + skip_left) * ss_w
+            skip_base = n * ss_n + (ih64 + skip_top) * ss_h + (iw64 + skip_left) * ss_w
             acc = _accumulate_source(acc, skip_ptr, skip_base, ih0, iw0, row_ok, ss_c, ss_h, ss_w, Cs, H, W,
-                                     w_ptr, 0, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION)
-        x_base = n * sx_n + ih0 * sx_h + iw0 * sx_w
+                                     w_ptr, 0, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION,
+                                     ROUND_TF32, SWAP)
+        x_base = n * sx_n + ih64 * sx_h + iw64 * sx_w
         acc = _accumulate_source(acc, x_ptr, x_base, ih0, iw0, row_ok, sx_c, sx_h, sx_w, Cx, H, W,
-                                 w_ptr, Cs, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION)
+                                 w_ptr, Cs, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION,
+                                 ROUND_TF32, SWAP)
+        if SWAP:
+            acc = tl.trans(acc)
 
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if RELU:
             acc = tl.maximum(acc, 0.0)
         value = acc.to(out_ptr.dtype.element_ty)
+        oh64 = oh.to(tl.int64)
+        ow64 = ow.to(tl.int64)
         if HAS_OUT2:
-            out2_rows = n * so2_n + (oh + out2_top) * so2_h + (ow + out2_left) * so2_w
+            out2_rows = n * so2_n + (oh64 + out2_top) * so2_h + (ow64 + out2_left) * so2_w
             tl.store(out2_ptr + out2_rows[:, None] + (offs_n * so2_c)[None, :], value,
                      mask=row_ok[:, None] & (offs_n < C_SPLIT)[None, :])
-        out_rows = n * so_n + oh * so_h + ow * so_w
+        out_rows = n * so_n + oh64 * so_h + ow64 * so_w
         tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value,
                  mask=row_ok[:, None] & (col_ok & (offs_n >= C_SPLIT))[None, :])
         if POOL:
@@ -183,7 +217,7 @@ if triton is not None:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Cout
         n, oh, ow, row_ok = _output_pixels(offs_m, N, OH, OW, False)
-        x_base = n * sx_n + (oh - PAD) * sx_h + (ow - PAD) * sx_w
+        x_base = n * sx_n + (oh - PAD).to(tl.int64) * sx_h + (ow - PAD).to(tl.int64) * sx_w
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for tap in tl.static_range(9):
@@ -195,27 +229,37 @@ if triton is not None:
                 iw = ow - PAD + kw
                 ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             for c in tl.static_range(CIN):
-                a = tl.load(x_ptr + x_base + (kh * sx_h + kw * sx_w + c * sx_c), mask=ok, other=0.0)
+                channel = tl.full((), c, tl.int64) * sx_c  # int64: an NCHW image's channel stride can be large
+                a = tl.load(x_ptr + x_base + (kh * sx_h + kw * sx_w) + channel, mask=ok, other=0.0)
                 b = tl.load(w_ptr + (tap * CIN + c) * Cout + offs_n, mask=col_ok, other=0.0)
                 acc += a.to(tl.float32)[:, None] * b.to(tl.float32)[None, :]
 
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         acc = tl.maximum(acc, 0.0)
-        tl.store(out_ptr + (n * so_n + oh * so_h + ow * so_w)[:, None] + (offs_n * so_c)[None, :],
+        out_rows = n * so_n + oh.to(tl.int64) * so_h + ow.to(tl.int64) * so_w
+        tl.store(out_ptr + out_rows[:, None] + (offs_n * so_c)[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "P_PER_SPLIT"])
     def conv3x3_wgrad_kernel(
         g_ptr, sg_n, sg_c, sg_h, sg_w,
         x_ptr, sx_n, sx_c, sx_h, sx_w,
         skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left,
-        partial_ptr,
+        partial_ptr, bias_partial_ptr,
         N, H, W, OH, OW, Cs, Cx, Cout, P_PER_SPLIT,
-        PAD: tl.constexpr, HAS_SKIP: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
-        BLOCK_P: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        PAD: tl.constexpr, HAS_SKIP: tl.constexpr, ONE_SOURCE_PER_TILE: tl.constexpr, BIAS_GRAD: tl.constexpr,
+        BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        ROUND_TF32: tl.constexpr,
     ):
-        """partial[split, tap, ci, co] = sum over this split's output pixels p of input[p + tap, ci] * g[p, co]."""
+        """partial[split, tap, ci, co] = sum over this split's output pixels p of input[p + tap, ci] * g[p, co].
+
+        ONE_SOURCE_PER_TILE (skip's channels a multiple of BLOCK_CI): each program's input channels lie
+        wholly in skip or wholly in x, so it reads one tensor with one load per step (which the
+        compiler pipelines like the others) instead of two masked loads summed in registers.
+        BIAS_GRAD: the centre tap's programs of the first channel tile also sum g over their pixels,
+        bias_partial[split, co], so the bias gradient needs no pass of its own over the gradient.
+        """
         pid = tl.program_id(0)
         tap = tl.program_id(1)
         split = tl.program_id(2)
@@ -228,10 +272,22 @@ if triton is not None:
         ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
         co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_ok = co < Cout
-        x_ci_ok = (ci >= Cs) & (ci < Cin)
         pixels = N * OH * OW
         p_begin = split * P_PER_SPLIT
         p_end = tl.minimum(p_begin + P_PER_SPLIT, pixels)
+        if ONE_SOURCE_PER_TILE:  # pick this tile's tensor once: (pointer, strides, window offset, channel base)
+            from_skip = pid_ci * BLOCK_CI < Cs
+            src_ptr = tl.where(from_skip, skip_ptr, x_ptr)
+            s_n = tl.where(from_skip, ss_n, sx_n)
+            s_c = tl.where(from_skip, ss_c, sx_c)
+            s_h = tl.where(from_skip, ss_h, sx_h)
+            s_w = tl.where(from_skip, ss_w, sx_w)
+            top = tl.where(from_skip, skip_top, 0)
+            left = tl.where(from_skip, skip_left, 0)
+            c_local = ci - tl.where(from_skip, 0, Cs)
+            c_ok = (ci < Cin) & (c_local < tl.where(from_skip, Cs, Cx))
+        is_bias_program = (tap == 4) & (pid_ci == 0)
+        bias_sum = tl.zeros((BLOCK_CO,), dtype=tl.float32)
 
         acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
         for p0 in range(p_begin, p_end, BLOCK_P):
@@ -246,79 +302,68 @@ if triton is not None:
             in_ok = p_ok
             if PAD > 0:
                 in_ok = in_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + ((ci - Cs) * sx_c)[None, :],
-                        mask=in_ok[:, None] & x_ci_ok[None, :], other=0.0)
-            if HAS_SKIP:
-                skip_rows = n * ss_n + (ih + skip_top) * ss_h + (iw + skip_left) * ss_w
-                a += tl.load(skip_ptr + skip_rows[:, None] + (ci * ss_c)[None, :],
-                             mask=in_ok[:, None] & (ci < Cs)[None, :], other=0.0)
-            g = tl.load(g_ptr + (n * sg_n + oh * sg_h + ow * sg_w)[:, None] + (co * sg_c)[None, :],
+            ih64 = ih.to(tl.int64)
+            iw64 = iw.to(tl.int64)
+            if ONE_SOURCE_PER_TILE:
+                rows = n * s_n + (ih64 + top) * s_h + (iw64 + left) * s_w
+                a = tl.load(src_ptr + rows[:, None] + (c_local.to(tl.int64) * s_c)[None, :],
+                            mask=in_ok[:, None] & c_ok[None, :], other=0.0)
+            else:
+                a = tl.load(x_ptr + (n * sx_n + ih64 * sx_h + iw64 * sx_w)[:, None]
+                            + ((ci - Cs).to(tl.int64) * sx_c)[None, :],
+                            mask=in_ok[:, None] & ((ci >= Cs) & (ci < Cin))[None, :], other=0.0)
+                if HAS_SKIP:
+                    skip_rows = n * ss_n + (ih64 + skip_top) * ss_h + (iw64 + skip_left) * ss_w
+                    a += tl.load(skip_ptr + skip_rows[:, None] + (ci.to(tl.int64) * ss_c)[None, :],
+                                 mask=in_ok[:, None] & (ci < Cs)[None, :], other=0.0)
+            g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
+            g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
                         mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+            if BIAS_GRAD:
+                if is_bias_program:
+                    bias_sum += tl.sum(g.to(tl.float32), axis=0)
+            if ROUND_TF32:
+                a = _round_to_tf32(a)
+                g = _round_to_tf32(g)
             acc = tl.dot(tl.trans(a), g, acc, input_precision=INPUT_PRECISION)
         out = partial_ptr + ((split * 9 + tap) * Cin + ci).to(tl.int64)[:, None] * Cout + co[None, :]
         tl.store(out, acc, mask=(ci < Cin)[:, None] & co_ok[None, :])
+        if BIAS_GRAD:
+            if is_bias_program:
+                tl.store(bias_partial_ptr + split * Cout + co, bias_sum, mask=co_ok)
 
 
-@dataclass(frozen=True)
-class Config:
-    """One fixed kernel configuration: tile sizes (M, N, K of the GEMM), warps and pipeline stages."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
+MAX_GEMM_ROWS = 2 ** 31 - 1  # pixel indices are 32-bit inside the kernels (addresses are 64-bit)
 
 
-# The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
-_INTERPRETER_FORWARD = Config(128, 32, 16, 4, 1)
-_INTERPRETER_WGRAD = Config(32, 32, 128, 4, 1)
-
-
-def forward_config(dtype: torch.dtype, in_channels: int, out_channels: int, device_type: str) -> Config:
-    """Tiles for conv3x3_kernel (forward and dgrad); in_channels: the widest source's channels."""
-    if device_type != "cuda":
-        return _INTERPRETER_FORWARD
-    block_n = _channel_block(out_channels)
-    if input_precision(dtype) == "ieee":  # exact fp32 runs on FMA units, not tensor cores: small K
-        return Config(128, block_n, 16, _warps(128, block_n), 2)
-    # TF32/fp32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
-    block_k = min(32 if dtype == torch.float32 else 64, _channel_block(in_channels))
-    return Config(128, block_n, block_k, _warps(128, block_n), 3)
-
-
-def wgrad_config(dtype: torch.dtype, in_channels: int, device_type: str) -> Config:
-    """Tiles for conv3x3_wgrad_kernel: block_m = input channels, block_n = output channels, block_k = pixels."""
-    if device_type != "cuda":
-        return _INTERPRETER_WGRAD
-    block_m = _channel_block(in_channels)
-    if input_precision(dtype) == "ieee":
-        return Config(block_m, 128, 16, _warps(block_m, 128), 2)
-    block_k = 32 if dtype == torch.float32 else 64
-    return Config(block_m, 128, block_k, _warps(block_m, 128), 3)
-
-
-def _channel_block(channels: int) -> int:
-    """A channel tile no wider than needed (the first layer's 1 input channel), at most 128."""
-    return min(128, max(16, triton.next_power_of_2(channels)))
-
-
-def _warps(block_m: int, block_n: int) -> int:
-    # 8 warps from 128x64 tiles up: with 4, the fp32 accumulator alone takes 64 registers per
-    # thread and the sm_80 build spills (ptxas -v, tests/triton_static.py).
-    return 8 if block_m * block_n >= 128 * 64 else 4
-
-
-def input_precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: TF32 for fp32 only where PyTorch allows it for convolutions."""
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+def input_precision(dtype: torch.dtype, device_type: str = "cuda") -> str:
+    """tl.dot's input precision: TF32 for fp32 only where PyTorch allows it for convolutions, and only
+    on a GPU (the interpreter computes fp32 products exactly, as aten does on the CPU)."""
+    if dtype == torch.float32 and (device_type != "cuda" or not _cudnn_allows_tf32()):
         return "ieee"
     return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
 
 
-# wgrad split-K: (programs to aim for, fewest K steps per split). On a 132-SM H100 a few waves, with
-# enough steps per split for the software pipeline; on the interpreter few programs.
-_WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
+def _cudnn_allows_tf32() -> bool:
+    """cuDNN's TF32 switch for convolutions, read through whichever API torch has (2.9+ added
+    torch.backends.cudnn.conv.fp32_precision; "none" defers to the legacy allow_tf32 flag)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    precision = getattr(conv, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def _compute_type(dtype: torch.dtype, device_type: str) -> tuple[str, str, bool]:
+    """(tl.dot input precision, the config table's dtype name, whether fp32 operands are rounded to TF32)."""
+    precision = input_precision(dtype, device_type)
+    return precision, configs.dtype_name(dtype, precision), dtype == torch.float32 and precision == "tf32"
+
+
+def check_rows(rows: int, what: str) -> None:
+    if rows > MAX_GEMM_ROWS:
+        raise ValueError(f"conv3x3_relu: {what} has {rows} output pixels in one call, more than the kernels' "
+                         f"2^31 - 1; split it (unet_fast.inference.predict_tiled segments any image in tiles)")
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -326,18 +371,28 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
-              device_type: str | None = None, pooled=None) -> Launch:
+              device_type: str | None = None, pooled=None, kind: str = "forward",
+              config: configs.Config | None = None) -> Launch:
     """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors).
 
-    pooled: where to write max_pool2d(out, 2) from the epilogue, or None.
+    pooled: where to write max_pool2d(out, 2) from the epilogue, or None. kind: "forward" or "dgrad",
+    the config table's key; config: these tiles instead of the table's or the heuristic's (the tuner).
     """
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
     cout = w_packed.shape[1]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
     c_split = out2.shape[1] if out2 is not None else 0
-    cfg = forward_config(x.dtype, max(cs, cx), cout, device_type or x.device.type)
-    grid = (triton.cdiv(_gemm_rows(n, oh, ow, pooled is not None), cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
+    device_type = device_type or x.device.type
+    rows = _gemm_rows(n, oh, ow, pooled is not None)
+    check_rows(rows, "the input")
+    precision, dtype_name, round_tf32 = _compute_type(x.dtype, device_type)
+    if config is None:
+        device = x.device if x.device.type == device_type else torch.device(device_type)
+        config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
+    if config.swap and pooled is not None:
+        raise ValueError("the swapped product has no pooled epilogue")
+    grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
     pool_t = pooled if pooled is not None else out  # never written without POOL
@@ -349,9 +404,9 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
             pool_t, *_strides(pool_t),
             n, h, w, oh, ow, cs, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
-                HAS_OUT2=out2 is not None, POOL=pooled is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                BLOCK_K=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype), num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+                HAS_OUT2=out2 is not None, POOL=pooled is not None, BLOCK_M=config.block_m,
+                BLOCK_N=config.block_n, BLOCK_K=config.block_k, INPUT_PRECISION=precision, ROUND_TF32=round_tf32,
+                SWAP=config.swap, num_warps=config.num_warps, num_stages=config.num_stages)
     return Launch(conv3x3_kernel, grid, args, meta)
 
 
@@ -374,9 +429,10 @@ def plan_direct(x, w_packed, bias, out, padding) -> Launch:
     n, cin, h, w = x.shape
     cout = w_packed.shape[1]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    check_rows(n * oh * ow, "the input")
     # 128 x 32 tiles: about 100 registers per thread at 4 warps on sm_80/sm_90, against about 160 at
     # 128 x 64, so more programs per SM for this store-bound kernel (x, 1-4 channels, is re-read per tile).
-    block_m, block_n = 128, min(32, _channel_block(cout))
+    block_m, block_n = 128, min(32, configs.channel_block(cout))
     grid = (triton.cdiv(n * oh * ow, block_m) * triton.cdiv(cout, block_n),)
     args = (x, *_strides(x),
             w_packed, bias if bias is not None else w_packed,
@@ -388,12 +444,12 @@ def plan_direct(x, w_packed, bias, out, padding) -> Launch:
 
 
 def plan_forward(x, skip, w_packed, bias, out, pooled, padding: int, direct: bool,
-                 device_type: str | None = None) -> Launch:
+                 device_type: str | None = None, config: configs.Config | None = None) -> Launch:
     """The forward launch: the direct kernel when asked for and it applies, else the GEMM."""
     if direct and direct_applies(x.shape[1], skip, pooled is not None):
         return plan_direct(x, w_packed, bias, out, padding)
     return plan_conv(x, skip, _skip_offset(skip, *x.shape[2:]), w_packed, bias, out, None, (0, 0), padding, True,
-                     device_type, pooled=pooled)
+                     device_type, pooled=pooled, config=config)
 
 
 def _skip_offset(skip, h, w) -> tuple[int, int]:
@@ -402,8 +458,18 @@ def _skip_offset(skip, h, w) -> tuple[int, int]:
     return (crop_offset(skip.shape[2], h), crop_offset(skip.shape[3], w))
 
 
-def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False,
-                    direct: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pack_forward_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(tap, input channel) rows, output channels contiguous: the GEMM's B operand."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+
+
+def pack_dgrad_weight(weight: torch.Tensor) -> torch.Tensor:
+    """dgrad = conv of grad with the spatially flipped weight, input and output channels swapped."""
+    return weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, weight.shape[1]).contiguous()
+
+
+def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False, direct: bool = False,
+                    config: configs.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(relu(conv2d([centre_crop(skip), x], weight, bias, padding)), its 2x2 max-pool or None), channels_last."""
     n, _, h, w = x.shape
     cout = weight.shape[0]
@@ -413,67 +479,95 @@ def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False,
     if pool:
         pooled = torch.empty((n, cout, oh // 2, ow // 2), device=x.device, dtype=x.dtype,
                              memory_format=torch.channels_last)
-    # (tap, input channel) rows, output channels contiguous: the GEMM's B operand.
-    w_packed = weight.permute(2, 3, 1, 0).reshape(-1, cout).contiguous()
-    plan_forward(x, skip, w_packed, bias, out, pooled, padding, direct).run()
+    plan_forward(x, skip, pack_forward_weight(weight), bias, out, pooled, padding, direct, config=config).run()
     return out, pooled
 
 
-def conv3x3_input_grad(grad, weight, x, skip, padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def conv3x3_input_grad(grad, weight, x, skip, padding: int,
+                       config: configs.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of conv2d([centre_crop(skip), x], weight, padding) for x and for skip (full shape).
 
     ``grad`` is the output gradient with the activation's mask already applied.
     """
-    cin = weight.shape[1]
     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     grad_skip = None
     if skip is not None:  # zero outside the window the forward read
         grad_skip = torch.empty(skip.shape, device=skip.device, dtype=skip.dtype,
                                 memory_format=torch.channels_last).zero_()
-    # dgrad = conv of grad with the spatially flipped weight, input and output channels swapped.
-    w_packed = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, cin).contiguous()
-    plan_conv(grad.to(x.dtype), None, (0, 0), w_packed, None, grad_x, grad_skip,
-              _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False).run()
+    plan_conv(grad.to(x.dtype), None, (0, 0), pack_dgrad_weight(weight), None, grad_x, grad_skip,
+              _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False, kind="dgrad", config=config).run()
     return grad_x, grad_skip
 
 
-def wgrad_splits(pixels: int, cin: int, cout: int, cfg: Config, device_type: str) -> tuple[int, int]:
-    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel."""
+WGRAD_WAVES = 4            # wgrad split-K aims at this many programs per SM on a GPU ...
+WGRAD_MIN_STEPS = 4        # ... with at least this many K steps per split, for the software pipeline
+_INTERPRETER_WGRAD_SPLIT = (27, 1)  # the interpreter: few programs
+
+
+def wgrad_split_target(device: torch.device) -> tuple[int, int]:
+    """(programs to aim for, fewest K steps per split) of the wgrad split-K on ``device``."""
+    if device.type != "cuda":
+        return _INTERPRETER_WGRAD_SPLIT
+    return WGRAD_WAVES * torch.cuda.get_device_properties(device).multi_processor_count, WGRAD_MIN_STEPS
+
+
+def wgrad_splits(pixels: int, cin: int, cout: int, cfg: configs.Config, target: tuple[int, int]) -> tuple[int, int]:
+    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel; target: ``wgrad_split_target``'s."""
     tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
     chunks = triton.cdiv(pixels, cfg.block_k)
-    target, min_steps = _WGRAD_SPLIT[device_type]
-    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
+    programs, min_steps = target
+    splits = max(1, min(triton.cdiv(programs, tiles * 9), chunks // min_steps))
     per_split = triton.cdiv(chunks, splits) * cfg.block_k
     return triton.cdiv(pixels, per_split), per_split
 
 
-def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type: str | None = None) -> Launch:
-    """conv3x3_wgrad_kernel's launch writing ``partial`` of shape (splits, 9, C_in, C_out)."""
+def wgrad_config(grad, x, skip, device_type: str | None = None) -> configs.Config:
+    device_type = device_type or x.device.type
+    cs = skip.shape[1] if skip is not None else 0
+    _, dtype_name, _ = _compute_type(x.dtype, device_type)
+    pixels = grad.shape[0] * grad.shape[2] * grad.shape[3]
+    device = x.device if x.device.type == device_type else torch.device(device_type)
+    return configs.choose("wgrad", device, dtype_name, cs, x.shape[1], grad.shape[1], pixels)
+
+
+def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type: str | None = None,
+               bias_partial=None, config: configs.Config | None = None) -> Launch:
+    """conv3x3_wgrad_kernel's launch writing ``partial`` of shape (splits, 9, C_in, C_out), and with
+    ``bias_partial`` (splits, C_out) the bias gradient's partial sums too."""
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
     cin, cout = cs + cx, grad.shape[1]
     oh, ow = grad.shape[2:]
-    cfg = wgrad_config(x.dtype, cin, device_type or x.device.type)
+    device_type = device_type or x.device.type
+    check_rows(n * oh * ow, "the gradient")
+    precision, _, round_tf32 = _compute_type(x.dtype, device_type)
+    cfg = config or wgrad_config(grad, x, skip, device_type)
     tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     args = (grad, *_strides(grad),
             x, *_strides(x),
             skip_t, *_strides(skip_t), *_skip_offset(skip, h, w),
-            partial,
+            partial, bias_partial if bias_partial is not None else partial,
             n, h, w, oh, ow, cs, cx, cout, per_split)
-    meta = dict(PAD=padding, HAS_SKIP=skip is not None, BLOCK_CI=cfg.block_m, BLOCK_CO=cfg.block_n,
-                BLOCK_P=cfg.block_k, INPUT_PRECISION=input_precision(x.dtype),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    meta = dict(PAD=padding, HAS_SKIP=skip is not None, ONE_SOURCE_PER_TILE=skip is not None and cs % cfg.block_m == 0,
+                BIAS_GRAD=bias_partial is not None, BLOCK_CI=cfg.block_m, BLOCK_CO=cfg.block_n, BLOCK_P=cfg.block_k,
+                INPUT_PRECISION=precision, ROUND_TF32=round_tf32, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
     return Launch(conv3x3_wgrad_kernel, (tiles, 9, partial.shape[0]), args, meta)
 
 
-def conv3x3_weight_grad(grad, x, skip, padding: int) -> torch.Tensor:
-    """Gradient of conv2d([centre_crop(skip), x], weight, padding) for the weight, in float32."""
+def conv3x3_weight_grad(grad, x, skip, padding: int, bias_grad: bool = False,
+                        config: configs.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of conv2d([centre_crop(skip), x], weight, padding) for the weight, and with
+    ``bias_grad`` for the bias (the sum of ``grad`` over pixels), both in float32."""
     n, cx, h, w = x.shape
     cin, cout = cx + (skip.shape[1] if skip is not None else 0), grad.shape[1]
-    cfg = wgrad_config(x.dtype, cin, x.device.type)
-    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, x.device.type)
+    grad = grad.to(x.dtype)
+    cfg = config or wgrad_config(grad, x, skip)
+    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, wgrad_split_target(x.device))
     partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
-    plan_wgrad(grad.to(x.dtype), x, skip, partial, per_split, padding).run()
+    bias_partial = torch.empty((splits, cout), device=x.device, dtype=torch.float32) if bias_grad else None
+    plan_wgrad(grad, x, skip, partial, per_split, padding, bias_partial=bias_partial, config=cfg).run()
     # (split, kh, kw, ci, co) -> (co, ci, kh, kw); summing the splits here keeps the result deterministic
-    return partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
+    grad_weight = partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
+    return grad_weight, (bias_partial.sum(0) if bias_grad else None)

@@ -1,0 +1,138 @@
+"""The conv3x3 kernels under every kind of configuration the tuner may pick, and the table's rules.
+
+Tile sizes change nothing in Triton's interpreter but the code paths do: the swapped product
+(channels x pixels), the wgrad that reads one source per channel tile, the bias gradient summed in
+wgrad, TF32 rounding of fp32 operands. Each is run here on the CPU against aten.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops.triton import conv3x3 as kernels
+from unet_fast.ops.triton import conv3x3_configs as configs
+from tolerances import assert_close
+from triton_device import DEVICE, exact_fp32, needs_triton
+
+Config = configs.Config
+
+
+def inputs(batch, cx, cs, size, skip_size, cout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cl = torch.channels_last
+    x = torch.randn(batch, cx, size, size, generator=g).contiguous(memory_format=cl).to(DEVICE)
+    skip = (torch.randn(batch, cs, skip_size, skip_size, generator=g).contiguous(memory_format=cl).to(DEVICE)
+            if cs else None)
+    weight = (torch.randn(cout, cs + cx, 3, 3, generator=g) / (3 * (cs + cx) ** 0.5)).to(DEVICE)
+    bias = (torch.randn(cout, generator=g) * 0.1).to(DEVICE)
+    return x, weight, bias, skip
+
+
+def cat_input(x, skip):
+    if skip is None:
+        return x
+    top = (skip.shape[2] - x.shape[2]) // 2
+    left = (skip.shape[3] - x.shape[3]) // 2
+    return torch.cat([skip[:, :, top:top + x.shape[2], left:left + x.shape[3]], x], dim=1)
+
+
+@needs_triton
+@pytest.mark.parametrize("config", [Config(64, 16, 16, 4, 1, swap=True), Config(32, 32, 16, 4, 1, swap=True),
+                                    Config(16, 32, 32, 4, 1)], ids=["swap-64x16", "swap-32x32", "plain-16x32"])
+@pytest.mark.parametrize("cs, padding", [(0, 0), (6, 0), (6, 1)])
+def test_forward_and_dgrad_under_any_configuration(config, cs, padding):
+    x, weight, bias, skip = inputs(2, 5, cs, 9, 13, 20)
+    with exact_fp32():
+        out, _ = kernels.conv3x3_forward(x, weight, bias, skip, padding, config=config)
+        want = F.relu(F.conv2d(cat_input(x, skip), weight, bias, padding=padding))
+    assert_close(out, want, msg=f"forward with {config}")
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    cat = cat_input(x, skip).detach().requires_grad_()
+    with exact_fp32():
+        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, x, skip, padding, config=config)
+        (want_cat,) = torch.autograd.grad(F.conv2d(cat, weight, padding=padding), [cat], grad)
+    assert_close(grad_x, want_cat[:, cs:], msg=f"dgrad x with {config}")
+    if skip is not None:
+        top = (skip.shape[2] - x.shape[2]) // 2
+        window = grad_skip[:, :, top:top + x.shape[2], top:top + x.shape[3]]
+        assert_close(window, want_cat[:, :cs], msg=f"dgrad skip with {config}")
+        outside = grad_skip.clone()
+        outside[:, :, top:top + x.shape[2], top:top + x.shape[3]] = 0
+        assert not outside.any(), "grad_skip is zero outside the window the forward read"
+
+
+@needs_triton
+@pytest.mark.parametrize("cs", [0, 16, 10], ids=["no-skip", "skip-one-source-per-tile", "skip-tiles-straddle"])
+@pytest.mark.parametrize("config", [Config(16, 16, 32, 4, 1), Config(32, 16, 64, 4, 1)], ids=["ci16", "ci32"])
+def test_wgrad_sources_and_bias_under_any_configuration(cs, config):
+    """skip channels a multiple of the channel tile: one load per step from one tensor; else two."""
+    x, weight, _, skip = inputs(2, 16, cs, 8, 12, 24)
+    grad = torch.randn(2, 24, 6, 6, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    with exact_fp32():
+        grad_weight, grad_bias = kernels.conv3x3_weight_grad(grad, x, skip, 0, bias_grad=True, config=config)
+        w = weight.detach().requires_grad_()
+        (want,) = torch.autograd.grad(F.conv2d(cat_input(x, skip), w), [w], grad)
+    assert_close(grad_weight, want, msg=f"wgrad with {config}, skip channels {cs}")
+    assert_close(grad_bias, grad.sum((0, 2, 3)), msg="bias gradient")
+
+
+@needs_triton
+def test_tf32_rounding_is_round_to_nearest_of_both_operands():
+    """ROUND_TF32 (fp32 on a GPU with TF32 allowed): the kernel's product equals an exact convolution of
+    operands rounded to TF32 the way cuDNN rounds them (10 mantissa bits, nearest, ties away)."""
+    x, weight, bias, _ = inputs(1, 8, 0, 7, 0, 16)
+
+    def tf32(t):
+        bits = t.contiguous().view(torch.int32)
+        rounded = (bits + 0x1000) & ~0x1FFF
+        return rounded.view(torch.float32).reshape(t.shape)
+
+    out = torch.empty(1, 16, 5, 5).contiguous(memory_format=torch.channels_last).to(DEVICE)
+    launch = kernels.plan_conv(x, None, (0, 0), kernels.pack_forward_weight(weight), bias, out, None, (0, 0), 0, True)
+    launch.meta.update(ROUND_TF32=True)  # what a GPU with TF32 allowed plans; the interpreter multiplies exactly
+    launch.run()
+    with exact_fp32():
+        want = F.relu(F.conv2d(tf32(x), tf32(weight), bias))
+        unrounded = F.relu(F.conv2d(x, weight, bias))
+    assert_close(out, want, msg="rounded operands")
+    assert (out - unrounded).abs().max() > 1e-6  # the rounding did something
+
+
+def test_rows_beyond_32_bits_are_refused_with_the_way_out():
+    x = torch.empty(2, 4, 40000, 40000, device="meta").contiguous(memory_format=torch.channels_last)
+    out = torch.empty(2, 8, 39998, 39998, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(36, 8, device="meta")
+    with pytest.raises(ValueError, match="predict_tiled"):
+        kernels.plan_conv(x, None, (0, 0), w, None, out, None, (0, 0), 0, True, device_type="cuda")
+
+
+def test_heuristic_and_candidates():
+    """The heuristic sizes tiles to the layer; the tuner's candidates start with it, fit shared memory,
+    and include the swapped product only for layers of at most 64 output channels."""
+    assert configs.heuristic("forward", "bf16", 0, 1, 64) == Config(128, 64, 16, 8, 3)
+    assert configs.heuristic("wgrad", "bf16", 0, 64, 64).block_n == 64  # not a half-empty 128 tile
+    for kind in configs.KINDS:
+        for cs, cx, cout in ((0, 1, 64), (64, 64, 64), (0, 512, 1024), (512, 512, 512)):
+            found = configs.candidates(kind, "bf16", cs, cx, cout)
+            assert found[0] == configs.heuristic(kind, "bf16", cs, cx, cout)
+            assert len(found) == len(set(found))
+            assert all(c.shared_bytes(2) <= configs.SHARED_MEMORY_BUDGET for c in found)
+            assert any(c.swap for c in found) == (kind != "wgrad" and cout <= 64)
+    assert configs.candidates("forward", "fp32", 0, 64, 64) == [configs.heuristic("forward", "fp32", 0, 64, 64)]
+
+
+def test_table_lookup_by_device_and_rows_bucket(monkeypatch):
+    key = configs.problem_key("forward", "bf16", 0, 64, 64, 2_592_800)
+    assert key == "forward/bf16/0+64->64/4194304"
+    chosen = Config(128, 64, 64, 4, 4, swap=True)
+    monkeypatch.setattr(configs, "table", lambda: {"sm90-132": {key: chosen}})
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm90-132")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert configs.choose("forward", cuda, "bf16", 0, 64, 64, 3_000_000) == chosen  # same bucket
+    assert configs.choose("forward", cuda, "bf16", 0, 64, 64, 5_000_000) == configs.heuristic(
+        "forward", "bf16", 0, 64, 64)  # another bucket: not measured
+    assert configs.choose("forward", cuda, "fp32", 0, 64, 64, 3_000_000) == configs.heuristic(
+        "forward", "fp32", 0, 64, 64)  # exact fp32 is never tuned
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm80-108")
+    assert configs.choose("forward", cuda, "bf16", 0, 64, 64, 3_000_000) == configs.heuristic(
+        "forward", "bf16", 0, 64, 64)  # another GPU

@@ -1,0 +1,62 @@
+"""unet_fast.tune's harness: each kind's run with a candidate config computes what aten computes.
+
+The tuner itself needs a GPU (it times with CUDA events); what runs here, in Triton's interpreter,
+is the part that decides correctness of its choices: the problems it builds, the launches it plans
+for every candidate, and the aten baselines it checks them against.
+"""
+import json
+
+import pytest
+import torch
+
+from unet_fast import geometry, tune
+from unet_fast.ops.triton import conv3x3_configs as configs
+from triton_device import DEVICE, exact_fp32, needs_triton
+
+
+@needs_triton
+@pytest.mark.parametrize("layer", [geometry.ConvLayer("enc.conv2", 16, 24, 9),
+                                   geometry.ConvLayer("dec.conv1", 16, 16, 8, skip_channels=16, skip_size=12)],
+                         ids=["plain", "skip"])
+@pytest.mark.parametrize("kind", configs.KINDS)
+def test_each_kind_matches_aten_for_the_first_candidates(layer, kind):
+    problem = tune.Problem(layer, 2, torch.float32, DEVICE)
+    candidates = configs.candidates(kind, "bf16", *problem.channels(kind))[:2]
+    with exact_fp32():
+        want = problem.aten(kind)()
+        for config in candidates:  # bf16 tiles on fp32 data: the interpreter runs any tile shape
+            got = problem.ours(kind, config)()
+            assert got.shape == want.shape, (kind, config)
+            assert tune._relative_error(got, want) < 1e-5, (kind, config)
+
+
+def test_problem_keys_name_the_gemm_each_kind_runs():
+    layer = geometry.ConvLayer("dec0.conv1", 64, 64, 392, skip_channels=64, skip_size=568)
+    problem = tune.Problem.__new__(tune.Problem)  # keys need only the layer and the row counts
+    problem.layer, problem.rows = layer, {"forward": 8 * 390 * 390, "dgrad": 8 * 392 * 392, "wgrad": 8 * 390 * 390}
+    assert problem.key("forward", "bf16") == "forward/bf16/64+64->64/2097152"
+    assert problem.key("dgrad", "bf16") == "dgrad/bf16/0+64->128/2097152"
+    assert problem.key("wgrad", "bf16") == "wgrad/bf16/64+64->64/2097152"
+
+
+def test_write_table_merges_devices_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"version": 1, "devices": {"sm80-108": {"forward/bf16/0+64->64/1024": [
+        128, 64, 64, 8, 3, False]}}, "measured_on": {}}))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    tune.write_table({"forward/bf16/0+64->64/1024": configs.Config(256, 64, 64, 8, 3, swap=True)}, "sm90-132", path)
+    data = json.loads(path.read_text())
+    assert data["devices"]["sm80-108"]["forward/bf16/0+64->64/1024"] == [128, 64, 64, 8, 3, False]
+    assert data["devices"]["sm90-132"]["forward/bf16/0+64->64/1024"] == [256, 64, 64, 8, 3, True]
+    assert data["measured_on"]["sm90-132"]["gpu"] == "Test GPU"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.json"]  # no staging file left behind
+
+
+def test_needs_a_gpu_and_names_bad_kinds(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tune.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):
+        tune.main(["--kinds", "forward,sideways"])
+    assert "--kinds: unknown ['sideways']" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""Which tiles the conv3x3 kernels use: a per-layer table measured on GPUs, and a heuristic for the rest.
+
+A problem is (kind, dtype, skip channels, x channels, output channels, GEMM rows): kind "forward" and
+"dgrad" run conv3x3_kernel (rows = output pixels), "wgrad" runs conv3x3_wgrad_kernel (rows = the
+pixels it sums over). The table, conv3x3_configs.json beside this file, maps a device ("sm90-132":
+compute capability and SM count) and a problem, its rows rounded up to a power of two, to the
+configuration `python -m unet_fast.tune` measured fastest there; everything else (other GPUs, other
+shapes, exact fp32, the interpreter) gets ``heuristic``. Every configuration in the table must
+compile for sm_90 and sm_80 without register spills, under the Triton of the GPU machines and the
+current one (tests/test_triton_static.py), so a table entry can never be slower to build than to
+measure.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import torch
+
+TABLE_PATH = Path(__file__).with_name("conv3x3_configs.json")
+KINDS = ("forward", "dgrad", "wgrad")
+SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles per program (sm_90: 227 KiB in all)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tiles of one launch. forward/dgrad: block_m pixels, block_n output channels, block_k input
+    channels per step; swap computes the tile as (channels x pixels), the channels being the MMA's M.
+    wgrad: block_m input channels, block_n output channels, block_k pixels per step."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    swap: bool = False
+
+    def shared_bytes(self, element_size: int) -> int:
+        return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
+
+
+# The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
+INTERPRETER = {"forward": Config(128, 32, 16, 4, 1), "dgrad": Config(128, 32, 16, 4, 1),
+               "wgrad": Config(32, 32, 128, 4, 1)}
+
+
+def dtype_name(dtype: torch.dtype, precision: str) -> str:
+    """The table's name for a compute type: bf16, fp16, tf32 (fp32 on tensor cores) or fp32 (exact)."""
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def rows_bucket(rows: int) -> int:
+    return 1 << max(0, int(rows - 1).bit_length())
+
+
+def problem_key(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int, rows: int) -> str:
+    return f"{kind}/{dtype}/{skip_channels}+{x_channels}->{out_channels}/{rows_bucket(rows)}"
+
+
+def device_key(device: torch.device) -> str:
+    return _device_key(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _device_key(index: int) -> str:
+    props = torch.cuda.get_device_properties(index)
+    return f"sm{props.major}{props.minor}-{props.multi_processor_count}"
+
+
+@functools.lru_cache(maxsize=1)
+def table() -> dict:
+    """{device key: {problem key: Config}} from TABLE_PATH (empty when there is none)."""
+    if not TABLE_PATH.exists():
+        return {}
+    raw = json.loads(TABLE_PATH.read_text())
+    return {device: {key: Config(*entry) for key, entry in problems.items()}
+            for device, problems in raw.get("devices", {}).items()}
+
+
+def table_entry(config: Config) -> list:
+    return list(astuple(config))
+
+
+def choose(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
+           out_channels: int, rows: int) -> Config:
+    """The configuration for this problem on this device: the measured one, else the heuristic."""
+    if device.type != "cuda":
+        return INTERPRETER[kind]
+    if dtype != "fp32" and torch.cuda.is_available():  # (planning for a GPU without one: static checks)  # exact fp32 runs on FMA units: the heuristic's small tiles, never tuned
+        measured = table().get(device_key(device), {}).get(
+            problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
+        if measured is not None:
+            return measured
+    return heuristic(kind, dtype, skip_channels, x_channels, out_channels)
+
+
+def channel_block(channels: int) -> int:
+    """A channel tile no wider than needed (the first layer's 1 input channel), at most 128."""
+    return min(128, max(16, 1 << max(0, int(channels - 1).bit_length())))
+
+
+def warps(block_m: int, block_n: int) -> int:
+    # 8 warps from 128x64 tiles up: with 4, the fp32 accumulator alone takes 64 registers per
+    # thread and the sm_80 build spills (ptxas -v, tests/triton_static.py).
+    return 8 if block_m * block_n >= 128 * 64 else 4
+
+
+def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int) -> Config:
+    """Tiles sized to the layer, for problems the table does not hold."""
+    wide = max(skip_channels, x_channels)
+    if kind == "wgrad":
+        block_m, block_n = channel_block(skip_channels + x_channels), channel_block(out_channels)
+        if dtype == "fp32":
+            return Config(block_m, block_n, 16, warps(block_m, block_n), 2)
+        return Config(block_m, block_n, 32 if dtype == "tf32" else 64, warps(block_m, block_n), 3)
+    block_n = channel_block(out_channels)
+    if dtype == "fp32":
+        return Config(128, block_n, 16, warps(128, block_n), 2)
+    # TF32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
+    block_k = min(32 if dtype == "tf32" else 64, channel_block(wide))
+    return Config(128, block_n, block_k, warps(128, block_n), 3)
+
+
+def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int) -> list[Config]:
+    """What the tuner tries for a problem: the heuristic's choice first, then a few tiles of other shapes
+    and pipeline depths, and (forward/dgrad, up to 64 output channels) the swapped product. Few on
+    purpose: each is a compile on the GPU machine, whose time is short."""
+    base = heuristic(kind, dtype, skip_channels, x_channels, out_channels)
+    if dtype == "fp32":
+        return [base]
+    element = 4 if dtype == "tf32" else 2
+    k = 32 if dtype == "tf32" else 64
+    narrow_in = channel_block(skip_channels + x_channels if kind == "wgrad" else max(skip_channels, x_channels))
+    narrow_out = channel_block(out_channels)
+    found = [base]
+    if kind == "wgrad":  # (input channels, output channels, pixels per step)
+        shapes = [(128, 128, k, 3), (128, 128, k, 4), (128, 128, 2 * k, 3), (64, 128, 2 * k, 3), (128, 64, 2 * k, 3),
+                  (64, 64, k, 4), (64, 64, 2 * k, 3)]
+        for m, n, steps, stages in shapes:
+            if m <= max(narrow_in, 64) and n <= max(narrow_out, 64):
+                found.append(Config(m, n, steps, warps(m, n), stages))
+    else:  # (pixels, output channels, input channels per step)
+        block_k = min(k, narrow_in)
+        shapes = [(128, 128, 4), (128, 256, 3), (256, 128, 3), (64, 256, 4), (128, 64, 4), (256, 64, 3)]
+        for m, n, stages in shapes:
+            if n <= narrow_out * (2 if out_channels >= 256 else 1) and (n >= 128 or out_channels <= 64):
+                found.append(Config(m, n, block_k, warps(m, n), stages))
+        if out_channels <= 64:  # 8 warps: with 4, the 64 x 256 swapped accumulator spills (ptxas -v)
+            for m, stages in ((128, 4), (256, 3)):
+                found.append(Config(m, narrow_out, block_k, 8, stages, swap=True))
+    unique = []
+    for config in found:
+        if config not in unique and config.shared_bytes(element) <= SHARED_MEMORY_BUDGET:
+            unique.append(config)
+    return unique

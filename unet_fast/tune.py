@@ -1,0 +1,272 @@
+"""Measure the conv3x3 kernels' candidate tiles on this GPU and keep the fastest per layer.
+
+    python -m unet_fast.tune [--size 572] [--depth 5] [--base-channels 64] [--batch 8] [--dtype bf16]
+                             [--kinds forward,dgrad,wgrad] [--time-limit SECONDS] [--results FILE] [--write]
+
+For every 3x3 layer of the network at that input size, and each kind of launch (forward, dgrad =
+input gradient, wgrad = weight gradient), every candidate of ``conv3x3_configs.candidates`` is
+compiled, checked against aten on the same inputs (a candidate that is wrong, or whose kernel spills
+registers, is never chosen) and timed with CUDA events; aten/cuDNN's time for the same work is
+measured beside it. ``--write`` merges the winners into the package's table
+(unet_fast/ops/triton/conv3x3_configs.json, written atomically), under this GPU's key; kernels on
+this GPU use them from then on. ``--results`` writes every measurement as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import geometry
+from .ops.triton import conv3x3 as kernels
+from .ops.triton import conv3x3_configs as configs
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+
+
+def _time(fn, reps: int = 20) -> float:
+    """Median milliseconds of fn() with CUDA events, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2]
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+class Problem:
+    """One layer's tensors and, per kind, how to run it with a given config and how aten does it."""
+
+    def __init__(self, layer: geometry.ConvLayer, batch: int, dtype: torch.dtype, device: torch.device):
+        g = torch.Generator(device=device).manual_seed(0)
+        cl = torch.channels_last
+
+        def randn(*shape):
+            return torch.randn(shape, device=device, generator=g).to(dtype)
+
+        self.layer = layer
+        self.x = randn(batch, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
+        self.skip = None
+        self.cat = self.x
+        self.offset = (0, 0)
+        if layer.skip_channels:
+            self.skip = randn(batch, layer.skip_channels, layer.skip_size, layer.skip_size).contiguous(memory_format=cl)
+            top = geometry.crop_offset(layer.skip_size, layer.size)
+            self.offset = (top, top)
+            window = self.skip[:, :, top:top + layer.size, top:top + layer.size]
+            self.cat = torch.cat([window, self.x], dim=1).contiguous(memory_format=cl)
+        cin = layer.in_channels + layer.skip_channels
+        self.weight = randn(layer.out_channels, cin, 3, 3) * (2 / (9 * cin)) ** 0.5
+        self.bias = randn(layer.out_channels) * 0.1
+        out = layer.output_size
+        self.grad = randn(batch, layer.out_channels, out, out).contiguous(memory_format=cl)
+        self.pixels = batch * out * out
+        self.rows = {"forward": self.pixels, "dgrad": batch * layer.size * layer.size, "wgrad": self.pixels}
+        self.compiled = {}  # (kind, config) -> the CompiledKernel of its last launch (registers, spills)
+
+    def channels(self, kind: str) -> tuple[int, int, int]:
+        """(skip channels, x channels, output channels) of the GEMM this kind runs."""
+        layer = self.layer
+        if kind == "dgrad":  # reads the gradient, writes the input's channels
+            return 0, layer.out_channels, layer.in_channels + layer.skip_channels
+        return layer.skip_channels, layer.in_channels, layer.out_channels
+
+    def key(self, kind: str, dtype_name: str) -> str:
+        return configs.problem_key(kind, dtype_name, *self.channels(kind), self.rows[kind])
+
+    def ours(self, kind: str, config: configs.Config):
+        """A callable running our kernel for this kind with ``config`` and returning the result."""
+        layer, x, skip = self.layer, self.x, self.skip
+        if kind == "forward":
+            w_packed = kernels.pack_forward_weight(self.weight)
+            out = torch.empty_like(self.grad)
+
+            def run():
+                launch = kernels.plan_forward(x, skip, w_packed, self.bias, out, None, 0, False, config=config)
+                self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+                return out
+            return run
+        if kind == "dgrad":
+            w_packed = kernels.pack_dgrad_weight(self.weight)
+            grad_x = torch.empty_like(x)
+            grad_skip = torch.zeros_like(skip) if skip is not None else None
+
+            def run():
+                launch = kernels.plan_conv(self.grad, None, (0, 0), w_packed, None, grad_x, grad_skip, self.offset,
+                                           2, False, kind="dgrad", config=config)
+                self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+                if grad_skip is None:
+                    return grad_x
+                top = self.offset[0]
+                return torch.cat([grad_skip[:, :, top:top + layer.size, top:top + layer.size], grad_x], dim=1)
+            return run
+        cin, cout = layer.in_channels + layer.skip_channels, layer.out_channels
+        splits, per_split = kernels.wgrad_splits(self.pixels, cin, cout, config,
+                                                 kernels.wgrad_split_target(x.device))
+        partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
+        bias_partial = torch.empty((splits, cout), device=x.device, dtype=torch.float32)
+
+        def run():
+            launch = kernels.plan_wgrad(self.grad, x, skip, partial, per_split, 0, bias_partial=bias_partial,
+                                        config=config)
+            self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+            bias_partial.sum(0)
+            return partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
+        return run
+
+    def spills(self, kind: str, config: configs.Config) -> int:
+        compiled = self.compiled.get((kind, config))
+        return int(getattr(compiled, "n_spills", 0) or 0)
+
+    def aten(self, kind: str):
+        """aten/cuDNN doing the same work: conv + ReLU (with the crop and cat), or its backward."""
+        if kind == "forward":
+            def forward():
+                cat = self.x if self.skip is None else torch.cat(
+                    [self.skip[:, :, self.offset[0]:self.offset[0] + self.layer.size,
+                               self.offset[1]:self.offset[1] + self.layer.size], self.x], dim=1)
+                return F.relu(F.conv2d(cat, self.weight, self.bias))
+            return forward
+        mask = [kind == "dgrad", kind == "wgrad", kind == "wgrad"]
+
+        def backward():
+            grads = torch.ops.aten.convolution_backward(self.grad, self.cat, self.weight, [self.layer.out_channels],
+                                                        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
+            return grads[0] if kind == "dgrad" else grads[1]
+        return backward
+
+
+def _compile(fn) -> str | None:
+    """Run fn once (which compiles its kernel); the error text when that fails."""
+    try:
+        fn()
+        return None
+    except Exception as error:  # noqa: BLE001 - a candidate that fails to compile or launch is skipped
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
+def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: list[str], time_limit: float,
+         log=print) -> dict:
+    """{"best": {problem key: Config}, "measurements": [...]} for this GPU."""
+    device = torch.device("cuda")
+    dtype = DTYPES[dtype_name]
+    started = time.monotonic()
+    best: dict[str, configs.Config] = {}
+    measurements = []
+    seen = set()
+    context = torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=dtype_name == "tf32")
+    with context, torch.inference_mode():
+        # deepest (smallest) layers first: there fixed tiles waste the most (few tiles, a partial wave)
+        for layer in sorted(geometry.conv_layers(size, depth, base), key=lambda layer: layer.size):
+            problem = Problem(layer, batch, dtype, device)
+            for kind in kinds:
+                if kind == "dgrad" and layer.name == "enc0.conv1":
+                    continue  # the image needs no gradient
+                key = problem.key(kind, dtype_name)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if time.monotonic() - started > time_limit:
+                    log(f"tune: time limit of {time_limit:.0f} s reached; {len(best)} problems tuned")
+                    return {"best": best, "measurements": measurements}
+                want = problem.aten(kind)()
+                aten_ms = _time(problem.aten(kind))
+                candidates = configs.candidates(kind, dtype_name, *problem.channels(kind))
+                runs = [problem.ours(kind, config) for config in candidates]
+                with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # compiles overlap
+                    failures = list(pool.map(_compile, runs))
+                torch.cuda.synchronize()
+                results = []
+                for config, run, failure in zip(candidates, runs, failures):
+                    record = {"layer": layer.name, "kind": kind, "key": key, "config": configs.table_entry(config),
+                              "aten_ms": round(aten_ms, 4)}
+                    if failure is None:
+                        failure = _compile(run)  # the launch on this thread, for its compiled kernel's report
+                    if failure is not None:
+                        record["failed"] = failure
+                    else:
+                        record["spills"] = problem.spills(kind, config)
+                        record["error"] = _relative_error(run(), want)
+                        record["ms"] = round(_time(run), 4)
+                        record["ok"] = record["spills"] == 0 and record["error"] < (1e-2 if dtype_name == "tf32"
+                                                                                   else 3e-2)
+                        if record["ok"]:
+                            results.append((record["ms"], config))
+                    measurements.append(record)
+                if results:
+                    best_ms, best[key] = min(results, key=lambda r: r[0])
+                    default_ms = next((ms for ms, c in results if c == candidates[0]), float("nan"))
+                    log(f"tune: {layer.name:11s} {kind:7s} aten {aten_ms:7.3f} ms, heuristic {default_ms:7.3f} ms, "
+                        f"best {best_ms:7.3f} ms {best[key]}")
+                else:
+                    log(f"tune: {layer.name} {kind}: no candidate ran correctly")
+    return {"best": best, "measurements": measurements}
+
+
+def write_table(best: dict, device_key: str, path: Path = configs.TABLE_PATH) -> None:
+    """Merge this device's winners into the table file, atomically (other devices' entries kept)."""
+    data = json.loads(path.read_text()) if path.exists() else {"version": 1, "devices": {}, "measured_on": {}}
+    data["devices"].setdefault(device_key, {}).update({k: configs.table_entry(c) for k, c in sorted(best.items())})
+    data.setdefault("measured_on", {})[device_key] = {
+        "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+        "triton": __import__("triton").__version__, "date": f"{datetime.date.today():%Y-%m-%d}"}
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    with os.fdopen(handle, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(staging, path)
+    configs.table.cache_clear()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unet_fast.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=572, help="input tile size (default 572)")
+    parser.add_argument("--depth", type=int, default=5, help="network depth (default 5)")
+    parser.add_argument("--base-channels", type=int, default=64, help="first level's channels (default 64)")
+    parser.add_argument("--batch", type=int, default=8, help="tiles per call (default 8)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="compute type (default bf16)")
+    parser.add_argument("--kinds", default="forward,dgrad,wgrad", help="launch kinds to tune (default all three)")
+    parser.add_argument("--time-limit", type=float, default=600.0, help="stop starting new layers after this")
+    parser.add_argument("--results", type=Path, help="write every measurement here (JSON)")
+    parser.add_argument("--write", action="store_true", help="merge the winners into the package's table")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("unet_fast.tune: needs a CUDA GPU (the table is per GPU model)", file=sys.stderr)
+        return 2
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = set(kinds) - set(configs.KINDS)
+    if unknown:
+        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(configs.KINDS)}")
+    found = tune(args.size, args.depth, args.base_channels, args.batch, args.dtype, kinds, args.time_limit)
+    device_key = configs.device_key(torch.device("cuda"))
+    if args.results:
+        args.results.write_text(json.dumps({"device": device_key, "gpu": torch.cuda.get_device_name(0),
+                                            "measurements": found["measurements"],
+                                            "best": {k: configs.table_entry(c) for k, c in found["best"].items()}},
+                                           indent=1) + "\n")
+    if args.write and found["best"]:
+        write_table(found["best"], device_key)
+        print(f"unet_fast.tune: {len(found['best'])} entries for {device_key} written to {configs.TABLE_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,8 +65,8 @@ def stages() -> list[Stage]:
         Stage("ceilings", "copy bandwidth and bf16 matrix rate", 10, 40),
         Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 120, 200,
               essential=False),
-        Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 90, 180),
-        Stage("layers", "per-layer TFLOP/s, pooled epilogue, direct first layer", 45, 100),
+        Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 60, 180),
+        Stage("layers", "per-layer forward and forward+backward, pooled epilogue, direct first layer", 30, 100),
         Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 25, 90,
               needs_extension=True),
         Stage("loss", "weighted cross-entropy GB/s vs copy bandwidth and the composite", 10, 40, needs_extension=True),
@@ -298,8 +298,8 @@ def pytest_args(files: list[str], junit: Path, dry_run: bool, extra: list[str] |
     return args + (extra or []) + files
 
 
-def run_stage(run: Run, stage: Stage) -> None:
-    cap = min(stage.cap_s, run.left())
+def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
+    cap = min(stage.cap_s, run.left() - reserve)
     py = sys.executable
     goals = [py, str(BENCH / "gpu_goals.py")]
     dry = ["--dry-run"] if run.dry_run else []
@@ -346,11 +346,15 @@ def run_stage(run: Run, stage: Stage) -> None:
 def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str], build: bool = True) -> None:
     install_carried_wheels(run)
     run.start_build(build)
-    for stage in plan:
-        if (only and stage.name not in only) or stage.name in skip:
+    selected = [s for s in plan if not ((only and s.name not in only) or s.name in skip)]
+    for index, stage in enumerate(plan):
+        if stage not in selected:
             stage.status = "skipped"
             stage.detail = "not selected (--only/--skip)"
             continue
+        # a stage that is not essential never takes the time the essential ones after it need
+        reserve = 0.0 if stage.essential else sum(min(s.estimate_s, s.cap_s) for s in plan[index + 1:]
+                                                  if s in selected and s.essential)
         if stage.needs_extension and run.build is not None:
             waited = time.monotonic()
             run.wait_for_build(timeout=min(run.left() - stage.estimate_s, 300))
@@ -359,17 +363,18 @@ def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str], build: 
         elif run.build is not None:
             run.wait_for_build(timeout=0)
         needed = min(stage.estimate_s, stage.cap_s) * (0.5 if run.dry_run else 1.0)
-        if run.left() < needed and not run.dry_run:
+        if run.left() - reserve < needed and not run.dry_run:
             stage.status = "skipped"
-            stage.detail = f"needs about {needed:.0f} s, {max(0, run.left()):.0f} s left of the budget"
+            stage.detail = (f"needs about {needed:.0f} s, {max(0, run.left() - reserve):.0f} s left of the budget"
+                            + (f" after {reserve:.0f} s kept for later stages" if reserve else ""))
             continue
         if stage.needs_extension and not run.extension_ready and stage.name == "extension_checks":
             stage.status = "skipped"
             stage.detail = f"no extension: {run.build_state}"
             continue
-        print(f"== {stage.name} ({stage.what}); cap {min(stage.cap_s, run.left()):.0f} s, "
+        print(f"== {stage.name} ({stage.what}); cap {min(stage.cap_s, run.left() - reserve):.0f} s, "
               f"{run.elapsed():.0f} s elapsed", flush=True)
-        run_stage(run, stage)
+        run_stage(run, stage, reserve)
         print(f"   {stage.name}: {stage.status} in {stage.seconds:.0f} s {stage.detail}", flush=True)
     if run.build is not None:
         run.wait_for_build(timeout=max(0.0, min(30.0, run.left())))

@@ -136,3 +136,26 @@ def test_table_lookup_by_device_and_rows_bucket(monkeypatch):
     monkeypatch.setattr(configs, "device_key", lambda device: "sm80-108")
     assert configs.choose("forward", cuda, "bf16", 0, 64, 64, 3_000_000) == configs.heuristic(
         "forward", "bf16", 0, 64, 64)  # another GPU
+
+
+def test_aten_entries_send_the_op_to_cudnn_and_triton_launches_to_the_heuristic(monkeypatch):
+    key = configs.problem_key("wgrad", "bf16", 0, 64, 64, 2_000_000)
+    monkeypatch.setattr(configs, "table", lambda: {"sm90-132": {key: configs.ATEN}})
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm90-132")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert configs.prefers_aten("wgrad", cuda, "bf16", 0, 64, 64, 2_000_000)
+    assert not configs.prefers_aten("forward", cuda, "bf16", 0, 64, 64, 2_000_000)
+    assert not configs.prefers_aten("wgrad", torch.device("cpu"), "bf16", 0, 64, 64, 2_000_000)
+    assert configs.choose("wgrad", cuda, "bf16", 0, 64, 64, 2_000_000) == configs.heuristic("wgrad", "bf16", 0, 64, 64)
+
+
+def test_the_shipped_table_is_well_formed():
+    """Every entry of the measured table names a known kind and dtype and holds a config or "aten"."""
+    for device, problems in configs.table().items():
+        assert device.startswith("sm") and "-" in device
+        for key, entry in problems.items():
+            kind, dtype, channels, rows = key.split("/")
+            assert kind in configs.KINDS and dtype in ("bf16", "fp16", "tf32") and "->" in channels
+            assert int(rows) & (int(rows) - 1) == 0, key  # a power of two
+            assert entry == configs.ATEN or isinstance(entry, configs.Config)

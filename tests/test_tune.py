@@ -60,3 +60,32 @@ def test_needs_a_gpu_and_names_bad_kinds(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         tune.main(["--kinds", "forward,sideways"])
     assert "--kinds: unknown ['sideways']" in capsys.readouterr().err
+
+
+def test_winners_pick_the_fastest_correct_candidate_or_aten():
+    def record(key, config, ms, ok=True, aten=1.0):
+        return {"key": key, "config": config, "ms": ms, "ok": ok, "aten_ms": aten}
+
+    measurements = [record("a", [128, 64, 64, 8, 3, False], 0.9), record("a", [256, 64, 64, 8, 3, True], 0.5),
+                    record("a", [64, 64, 64, 4, 3, False], 0.1, ok=False),  # wrong or spilled: never chosen
+                    record("b", [128, 128, 64, 8, 3, False], 2.0), record("c", [128, 128, 64, 8, 3, False], 1, ok=False)]
+    best = tune.winners(measurements)
+    assert best["a"] == configs.Config(256, 64, 64, 8, 3, True)
+    assert best["b"] == configs.ATEN  # aten (1.0 ms) beat every candidate
+    assert best["c"] == configs.ATEN  # no candidate was correct
+
+
+def test_table_from_saved_results(tmp_path, monkeypatch):
+    results = tmp_path / "tune.json"
+    results.write_text(json.dumps({"device": "sm90-132", "measured_on": {"gpu": "H"}, "measurements": [
+        {"key": "forward/bf16/0+64->64/1024", "config": [128, 64, 64, 8, 3, False], "ms": 0.5, "ok": True,
+         "aten_ms": 1.0}]}))
+    table = tmp_path / "table.json"
+    monkeypatch.setattr(configs, "TABLE_PATH", table)
+    monkeypatch.setattr(tune.write_table, "__defaults__", (table, None))
+    assert tune.main(["--from-results", str(results), "--write"]) == 0
+    assert json.loads(table.read_text())["devices"]["sm90-132"] == {"forward/bf16/0+64->64/1024": [128, 64, 64, 8, 3,
+                                                                                                  False]}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        tune.main(["--from-results", str(tmp_path / "bad.json")])

@@ -2,12 +2,14 @@
 
     python -m unet_fast.tune [--size 572] [--depth 5] [--base-channels 64] [--batch 8] [--dtype bf16]
                              [--kinds forward,dgrad,wgrad] [--time-limit SECONDS] [--results FILE] [--write]
+    python -m unet_fast.tune --from-results FILE --write     # the table from an earlier run's results
 
 For every 3x3 layer of the network at that input size, and each kind of launch (forward, dgrad =
 input gradient, wgrad = weight gradient), every candidate of ``conv3x3_configs.candidates`` is
 compiled, checked against aten on the same inputs (a candidate that is wrong, or whose kernel spills
 registers, is never chosen) and timed with CUDA events; aten/cuDNN's time for the same work is
-measured beside it. ``--write`` merges the winners into the package's table
+measured beside it, and where it beats every candidate the winner is "aten" (the op then calls
+cuDNN for that part of that layer). ``--write`` merges the winners into the package's table
 (unet_fast/ops/triton/conv3x3_configs.json, written atomically), under this GPU's key; kernels on
 this GPU use them from then on. ``--results`` writes every measurement as JSON.
 """
@@ -163,13 +165,29 @@ def _compile(fn) -> str | None:
         return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
+def winners(measurements: list[dict]) -> dict:
+    """{problem key: Config or ATEN}: per problem the fastest correct candidate, or aten where aten was
+    faster than all of them."""
+    by_key: dict[str, list[dict]] = {}
+    for record in measurements:
+        by_key.setdefault(record["key"], []).append(record)
+    best = {}
+    for key, records in by_key.items():
+        ok = [r for r in records if r.get("ok")]
+        aten_ms = records[0]["aten_ms"]
+        if not ok or aten_ms < min(r["ms"] for r in ok):
+            best[key] = configs.ATEN
+        else:
+            best[key] = configs.Config(*min(ok, key=lambda r: r["ms"])["config"])
+    return best
+
+
 def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: list[str], time_limit: float,
          log=print) -> dict:
-    """{"best": {problem key: Config}, "measurements": [...]} for this GPU."""
+    """{"best": {problem key: Config or ATEN}, "measurements": [...]} for this GPU."""
     device = torch.device("cuda")
     dtype = DTYPES[dtype_name]
     started = time.monotonic()
-    best: dict[str, configs.Config] = {}
     measurements = []
     seen = set()
     context = torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=dtype_name == "tf32")
@@ -185,8 +203,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                     continue
                 seen.add(key)
                 if time.monotonic() - started > time_limit:
-                    log(f"tune: time limit of {time_limit:.0f} s reached; {len(best)} problems tuned")
-                    return {"best": best, "measurements": measurements}
+                    log(f"tune: time limit of {time_limit:.0f} s reached; {len(seen) - 1} problems tuned")
+                    return {"best": winners(measurements), "measurements": measurements}
                 want = problem.aten(kind)()
                 aten_ms = _time(problem.aten(kind))
                 candidates = configs.candidates(kind, dtype_name, *problem.channels(kind))
@@ -212,22 +230,25 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                             results.append((record["ms"], config))
                     measurements.append(record)
                 if results:
-                    best_ms, best[key] = min(results, key=lambda r: r[0])
+                    best_ms, best_config = min(results, key=lambda r: r[0])
                     default_ms = next((ms for ms, c in results if c == candidates[0]), float("nan"))
                     log(f"tune: {layer.name:11s} {kind:7s} aten {aten_ms:7.3f} ms, heuristic {default_ms:7.3f} ms, "
-                        f"best {best_ms:7.3f} ms {best[key]}")
+                        f"best {best_ms:7.3f} ms {best_config}")
                 else:
                     log(f"tune: {layer.name} {kind}: no candidate ran correctly")
-    return {"best": best, "measurements": measurements}
+    return {"best": winners(measurements), "measurements": measurements}
 
 
-def write_table(best: dict, device_key: str, path: Path = configs.TABLE_PATH) -> None:
+def _measured_on() -> dict:
+    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "date": f"{datetime.date.today():%Y-%m-%d}"}
+
+
+def write_table(best: dict, device_key: str, path: Path = configs.TABLE_PATH, measured_on: dict | None = None) -> None:
     """Merge this device's winners into the table file, atomically (other devices' entries kept)."""
     data = json.loads(path.read_text()) if path.exists() else {"version": 1, "devices": {}, "measured_on": {}}
     data["devices"].setdefault(device_key, {}).update({k: configs.table_entry(c) for k, c in sorted(best.items())})
-    data.setdefault("measured_on", {})[device_key] = {
-        "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-        "triton": __import__("triton").__version__, "date": f"{datetime.date.today():%Y-%m-%d}"}
+    data.setdefault("measured_on", {})[device_key] = measured_on or _measured_on()
     handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     with os.fdopen(handle, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
@@ -247,7 +268,19 @@ def main(argv=None) -> int:
     parser.add_argument("--time-limit", type=float, default=600.0, help="stop starting new layers after this")
     parser.add_argument("--results", type=Path, help="write every measurement here (JSON)")
     parser.add_argument("--write", action="store_true", help="merge the winners into the package's table")
+    parser.add_argument("--from-results", type=Path, help="take the measurements from this results file "
+                        "(written by --results on a GPU) instead of measuring")
     args = parser.parse_args(argv)
+    if args.from_results:
+        try:
+            saved = json.loads(args.from_results.read_text())
+            best, device_key = winners(saved["measurements"]), saved["device"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--from-results {args.from_results}: not a results file of this tool ({error})")
+        if args.write:
+            write_table(best, device_key, measured_on=saved.get("measured_on"))
+            print(f"unet_fast.tune: {len(best)} entries for {device_key} written to {configs.TABLE_PATH}")
+        return 0
     if not torch.cuda.is_available():
         print("unet_fast.tune: needs a CUDA GPU (the table is per GPU model)", file=sys.stderr)
         return 2
@@ -259,6 +292,7 @@ def main(argv=None) -> int:
     device_key = configs.device_key(torch.device("cuda"))
     if args.results:
         args.results.write_text(json.dumps({"device": device_key, "gpu": torch.cuda.get_device_name(0),
+                                            "measured_on": _measured_on(),
                                             "measurements": found["measurements"],
                                             "best": {k: configs.table_entry(c) for k, c in found["best"].items()}},
                                            indent=1) + "\n")

@@ -24,7 +24,7 @@ interpreter runs the same code and the shipped set can be compile-checked offlin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 
@@ -390,8 +390,8 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
     if config is None:
         device = x.device if x.device.type == device_type else torch.device(device_type)
         config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
-    if config.swap and pooled is not None:
-        raise ValueError("the swapped product has no pooled epilogue")
+    if config.swap and pooled is not None:  # the pooled epilogue needs pixels as rows: same tiles, unswapped
+        config = dataclasses.replace(config, swap=False)
     grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out

@@ -4,8 +4,9 @@ A problem is (kind, dtype, skip channels, x channels, output channels, GEMM rows
 "dgrad" run conv3x3_kernel (rows = output pixels), "wgrad" runs conv3x3_wgrad_kernel (rows = the
 pixels it sums over). The table, conv3x3_configs.json beside this file, maps a device ("sm90-132":
 compute capability and SM count) and a problem, its rows rounded up to a power of two, to the
-configuration `python -m unet_fast.tune` measured fastest there; everything else (other GPUs, other
-shapes, exact fp32, the interpreter) gets ``heuristic``. Every configuration in the table must
+configuration `python -m unet_fast.tune` measured fastest there, or to "aten" where cuDNN did the
+same work faster than every candidate (``prefers_aten``: the op then calls aten for that part);
+everything else (other GPUs, other shapes, exact fp32, the interpreter) gets ``heuristic``. Every configuration in the table must
 compile for sm_90 and sm_80 without register spills, under the Triton of the GPU machines and the
 current one (tests/test_triton_static.py), so a table entry can never be slower to build than to
 measure.
@@ -21,6 +22,7 @@ import torch
 
 TABLE_PATH = Path(__file__).with_name("conv3x3_configs.json")
 KINDS = ("forward", "dgrad", "wgrad")
+ATEN = "aten"  # a table entry: cuDNN/aten measured faster than every Triton candidate
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles per program (sm_90: 227 KiB in all)
 
 
@@ -73,16 +75,30 @@ def _device_key(index: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def table() -> dict:
-    """{device key: {problem key: Config}} from TABLE_PATH (empty when there is none)."""
+    """{device key: {problem key: Config or ATEN}} from TABLE_PATH (empty when there is none)."""
     if not TABLE_PATH.exists():
         return {}
     raw = json.loads(TABLE_PATH.read_text())
-    return {device: {key: Config(*entry) for key, entry in problems.items()}
+    return {device: {key: ATEN if entry == ATEN else Config(*entry) for key, entry in problems.items()}
             for device, problems in raw.get("devices", {}).items()}
 
 
-def table_entry(config: Config) -> list:
-    return list(astuple(config))
+def table_entry(config) -> list | str:
+    return ATEN if config == ATEN else list(astuple(config))
+
+
+def _measured(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
+              out_channels: int, rows: int):
+    if device.type != "cuda" or dtype == "fp32" or not torch.cuda.is_available():
+        return None  # (planning for a GPU without one: the static checks)
+    return table().get(device_key(device), {}).get(
+        problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
+
+
+def prefers_aten(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
+                 out_channels: int, rows: int) -> bool:
+    """True where the table says cuDNN/aten does this problem faster than any Triton tile here."""
+    return _measured(kind, device, dtype, skip_channels, x_channels, out_channels, rows) == ATEN
 
 
 def choose(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
@@ -90,11 +106,9 @@ def choose(kind: str, device: torch.device, dtype: str, skip_channels: int, x_ch
     """The configuration for this problem on this device: the measured one, else the heuristic."""
     if device.type != "cuda":
         return INTERPRETER[kind]
-    if dtype != "fp32" and torch.cuda.is_available():  # (planning for a GPU without one: static checks)  # exact fp32 runs on FMA units: the heuristic's small tiles, never tuned
-        measured = table().get(device_key(device), {}).get(
-            problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
-        if measured is not None:
-            return measured
+    measured = _measured(kind, device, dtype, skip_channels, x_channels, out_channels, rows)
+    if isinstance(measured, Config):
+        return measured
     return heuristic(kind, dtype, skip_channels, x_channels, out_channels)
 
 

@@ -142,7 +142,8 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
     forward = k.plan_conv(x, skip, offset, w_fwd, bias, y, None, (0, 0), padding, True, device_type="cuda")
     dgrad = k.plan_conv(y, None, (0, 0), w_bwd, None, x, skip, offset, 2 - padding, False, device_type="cuda")
     cfg = k.wgrad_config(dtype, cin, "cuda")
-    splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg, "cuda")
+    # an H100's 132 SMs: the split the op plans there
+    splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg, (k.WGRAD_WAVES * 132, k.WGRAD_MIN_STEPS))
     partial = torch.empty((splits, 9, cin, cout), device="meta", dtype=torch.float32)
     wgrad = k.plan_wgrad(y, x, skip, partial, per_split, padding, device_type="cuda")
     return {"forward": forward, "dgrad": dgrad, "wgrad": wgrad}

@@ -25,6 +25,10 @@ def cmd_info(args) -> int:
                 print(f"  {name:15s} {mark}  {entry['why']}")
         elif key == "devices":
             print(f"devices: {', '.join(value)}")
+        elif key == "ops":
+            print("ops (implementation run by default):")
+            for device, chosen in value.items():
+                print(f"  {device:15s} " + ", ".join(f"{op} {implementation}" for op, implementation in chosen.items()))
         else:
             print(f"{key}: {value}")
     return 0

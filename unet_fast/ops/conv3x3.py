@@ -19,28 +19,26 @@ forward writes no index tensor, and the cost (one read of y) is small next to dg
 The direct kernel's backward is the GEMM's.
 
 Where Triton cannot run (CPU without TRITON_INTERPRET=1, float64, no triton) the op is the aten
-composite, so it works everywhere. The Triton ops are torch.library.triton_op with
-register_autograd, so torch.compile(fullgraph=True) traces through them.
+composite, so it works everywhere. The Triton kernels are the ops unet_fast::conv3x3_relu_triton,
+conv3x3_relu_pool_triton (forward, with autograd) and conv3x3_input_grad_triton,
+conv3x3_weight_grad_triton (backward), registered as ops/_library.py says, so
+torch.compile(fullgraph=True) traces through them.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..reference import center_crop
+from ..geometry import center_crop
 from . import triton as _triton
+from ._library import choose_implementation, register_fake_and_autograd, register_triton
 from .crop_concat import check_skip_covers
 
 if _triton.available():
     from .triton import conv3x3 as _kernels
 
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-
-def triton_usable(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """True when the Triton kernels run for tensors of this device and dtype in this process."""
-    return _triton.available() and dtype in _TRITON_DTYPES and _triton.can_run(_kernels.conv3x3_kernel, device)
-
+# ---- input checks
 
 def _describe(t) -> str:
     return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -83,6 +81,9 @@ def _check(x, weight, bias, skip, padding, pool=False, direct=False) -> None:
                          f"got output {out} from x {tuple(x.shape[2:])} with padding {padding}")
 
 
+
+# ---- reference
+
 def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) -> torch.Tensor:
     """The aten composite: crop (a view), cat, conv2d, relu."""
     if skip is not None:
@@ -90,14 +91,111 @@ def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) ->
     return F.relu(F.conv2d(x, weight, bias, padding=padding))
 
 
+
+# ---- fake kernels
+
+def _fake_forward(x, weight, bias, skip, padding, direct):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _fake_forward_pool(x, weight, bias, skip, padding, direct):
+    y = _fake_forward(x, weight, bias, skip, padding, direct)
+    return y, y.new_empty((*y.shape[:2], y.shape[2] // 2, y.shape[3] // 2)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _fake_input_grad(grad, weight, x, skip, padding):
+    return [torch.empty_like(t, memory_format=torch.channels_last) for t in (x, skip) if t is not None]
+
+
+def _fake_weight_grad(grad, x, skip, padding):
+    cin = x.shape[1] + (skip.shape[1] if skip is not None else 0)
+    # the layout conv3x3_weight_grad returns: a (kh, kw, ci, co) buffer viewed as (co, ci, kh, kw)
+    return x.new_empty((3, 3, cin, grad.shape[1]), dtype=torch.float32).permute(3, 2, 0, 1)
+
+
+# ---- autograd
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, skip, padding, _ = inputs
+    y = output[0] if isinstance(output, tuple) else output  # conv3x3_relu_pool: (y, pooled)
+    ctx.save_for_backward(x, weight, skip, y)
+    ctx.padding = padding
+    ctx.has_skip = skip is not None
+
+
+def _backward(ctx, grad):
+    x, weight, skip, y = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
+    grad = grad.masked_fill(y <= 0, 0)  # ReLU's mask, read from its output
+    grad_x = grad_weight = grad_bias = grad_skip = None
+    if needs_x or (ctx.has_skip and needs_skip):
+        grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding)
+        grad_x = grads[0]
+        grad_skip = grads[1] if ctx.has_skip else None
+    if needs_weight:
+        grad_weight = torch.ops.unet_fast.conv3x3_weight_grad_triton(grad, x, skip, ctx.padding).to(weight.dtype)
+    if needs_bias:
+        grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
+    return grad_x, grad_weight, grad_bias, grad_skip, None, None
+
+
+def _backward_pool(ctx, grad, grad_pooled):
+    y = ctx.saved_tensors[3]
+    _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
+    grad = grad + torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    return _backward(ctx, grad)
+
+
+# ---- Triton implementations
+
+def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
+
+
+def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
+
+
+def _conv3x3_input_grad_triton(grad, weight, x, skip, padding):
+    return [t for t in _kernels.conv3x3_input_grad(grad, weight, x, skip, padding) if t is not None]
+
+
+def _conv3x3_weight_grad_triton(grad, x, skip, padding):
+    return _kernels.conv3x3_weight_grad(grad, x, skip, padding)
+
+
+if _triton.available():
+    register_triton("conv3x3_relu", _conv3x3_relu_triton)
+    register_triton("conv3x3_relu_pool", _conv3x3_relu_pool_triton)
+    register_triton("conv3x3_input_grad", _conv3x3_input_grad_triton)
+    register_triton("conv3x3_weight_grad", _conv3x3_weight_grad_triton)
+register_fake_and_autograd("conv3x3_relu", _fake_forward, _backward, _setup_context)
+register_fake_and_autograd("conv3x3_relu_pool", _fake_forward_pool, _backward_pool, _setup_context)
+register_fake_and_autograd("conv3x3_input_grad", _fake_input_grad)
+register_fake_and_autograd("conv3x3_weight_grad", _fake_weight_grad)
+
+
+# ---- implementation choice
+
+def _backend(device: torch.device, dtype: torch.dtype, implementation: str | None = None) -> str:
+    """The implementation to run: ``implementation`` if it can, else the ops' one precedence (ops/_library.py)."""
+    return choose_implementation("conv3x3_relu", device, dtype, implementation)
+
+
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  skip: Optional[torch.Tensor] = None, padding: int = 0, pool: bool = False,
-                 direct: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                 direct: bool = False, implementation: Optional[str] = None
+                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """y = relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
 
     pool: return (y, F.max_pool2d(y, 2)) from one kernel (the pool floors odd sizes, as F.max_pool2d).
     direct: where x alone has at most 4 channels and pool is False, the direct (non-GEMM) kernel;
     elsewhere ignored.
+    implementation: None (the default choice for the tensors), or "triton", "composite".
     Under autocast the inputs are cast to the autocast dtype first, as aten's conv2d would.
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
@@ -107,69 +205,8 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
         skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
     _check(x, weight, bias, skip, padding, pool, direct)
-    if triton_usable(x.device, x.dtype):
-        op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
+    if _backend(x.device, x.dtype, implementation) == "triton":
+        op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
         return op(x, weight, bias, skip, padding, direct)
     y = conv3x3_relu_reference(x, weight, bias, skip, padding)
     return (y, F.max_pool2d(y, 2)) if pool else y
-
-
-if _triton.available():
-    @torch.library.triton_op("unet_fast::conv3x3_relu", mutates_args=())
-    def _conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      skip: Optional[torch.Tensor], padding: int, direct: bool = False) -> torch.Tensor:
-        return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
-
-    @torch.library.triton_op("unet_fast::conv3x3_relu_pool", mutates_args=())
-    def _conv3x3_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           skip: Optional[torch.Tensor], padding: int,
-                           direct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(y, max_pool2d(y, 2)) from one kernel."""
-        y, pooled = _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
-        return y, pooled
-
-    @torch.library.triton_op("unet_fast::conv3x3_input_grad", mutates_args=())
-    def _conv3x3_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
-                            skip: Optional[torch.Tensor], padding: int) -> List[torch.Tensor]:
-        """[grad_x] or [grad_x, grad_skip] of conv2d([centre_crop(skip), x]) for an already masked grad."""
-        grad_x, grad_skip = _kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
-        return [grad_x] if grad_skip is None else [grad_x, grad_skip]
-
-    @torch.library.triton_op("unet_fast::conv3x3_weight_grad", mutates_args=())
-    def _conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, skip: Optional[torch.Tensor],
-                             padding: int) -> torch.Tensor:
-        """float32 weight gradient of conv2d([centre_crop(skip), x]) for an already masked grad."""
-        return _kernels.conv3x3_weight_grad(grad, x, skip, padding)
-
-    def _setup_context(ctx, inputs, output):
-        x, weight, bias, skip, padding = inputs[:5]
-        y = output[0] if isinstance(output, tuple) else output  # conv3x3_relu_pool: (y, pooled)
-        ctx.save_for_backward(x, weight, skip, y)
-        ctx.padding = padding
-        ctx.has_skip = skip is not None
-
-    def _backward(ctx, grad):
-        x, weight, skip, y = ctx.saved_tensors
-        # [:4]: the flags after skip are not tensors (and a trailing default may not be listed at all)
-        needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
-        grad = grad.masked_fill(y <= 0, 0)  # ReLU's mask, read from its output
-        grad_x = grad_weight = grad_bias = grad_skip = None
-        if needs_x or (ctx.has_skip and needs_skip):
-            grads = torch.ops.unet_fast.conv3x3_input_grad(grad, weight, x, skip, ctx.padding)
-            grad_x = grads[0]
-            grad_skip = grads[1] if ctx.has_skip else None
-        if needs_weight:
-            grad_weight = torch.ops.unet_fast.conv3x3_weight_grad(grad, x, skip, ctx.padding).to(weight.dtype)
-        if needs_bias:
-            grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
-        return grad_x, grad_weight, grad_bias, grad_skip, None, None
-
-    def _backward_pool(ctx, grad, grad_pooled):
-        y = ctx.saved_tensors[3]
-        _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
-        grad = grad + torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
-        return _backward(ctx, grad)
-
-    torch.library.register_autograd("unet_fast::conv3x3_relu", _backward, setup_context=_setup_context)
-    torch.library.register_autograd("unet_fast::conv3x3_relu_pool", _backward_pool, setup_context=_setup_context)

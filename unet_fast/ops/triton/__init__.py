@@ -2,7 +2,8 @@
 
 Triton kernels run on CUDA devices, or on the CPU when the process was started with
 TRITON_INTERPRET=1 (the interpreter, which the CPU test suite uses). ``triton.jit`` decides
-between the two when a kernel module is imported, so the choice is fixed per process.
+between the two when a kernel is defined, i.e. when these modules are imported, so the choice
+is fixed per process. The kernel modules import nothing from the op modules (ops/*.py).
 """
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from dataclasses import dataclass
 import torch
 
 try:
-    import triton  # noqa: F401
+    import triton
     from triton.runtime.jit import JITFunction
 except ImportError:  # e.g. macOS: the Triton paths are simply unavailable
     triton = None
-    JITFunction = None
+
+if triton is not None:
+    @triton.jit
+    def _probe():
+        """Defined like every kernel here, so it says what triton.jit chose for them."""
+
+    INTERPRETED = not isinstance(_probe, JITFunction)
+else:
+    INTERPRETED = False
 
 
 def available() -> bool:
@@ -23,25 +32,9 @@ def available() -> bool:
     return triton is not None
 
 
-def is_interpreted(kernel) -> bool:
-    """True when ``kernel`` was built by the interpreter (TRITON_INTERPRET=1 at import)."""
-    return JITFunction is not None and not isinstance(kernel, JITFunction)
-
-
-def can_run(kernel, device: torch.device) -> bool:
-    """True when ``kernel`` can launch on tensors of ``device``."""
-    if triton is None:
-        return False
-    if is_interpreted(kernel):
-        return device.type == "cpu"
-    return device.type == "cuda"
-
-
-def launchable(kernel):
-    """``wrap_triton(kernel)`` so torch.compile traces the launch; interpreted kernels launch as they are."""
-    if is_interpreted(kernel):
-        return kernel
-    return torch.library.wrap_triton(kernel)
+def can_run(device: torch.device) -> bool:
+    """True when the kernels can launch on tensors of ``device`` in this process."""
+    return triton is not None and device.type == ("cpu" if INTERPRETED else "cuda")
 
 
 @dataclass
@@ -54,4 +47,4 @@ class Launch:
     meta: dict  # constexprs, num_warps, num_stages
 
     def run(self) -> None:
-        launchable(self.kernel)[self.grid](*self.args, **self.meta)
+        self.kernel[self.grid](*self.args, **self.meta)

@@ -316,9 +316,16 @@ def input_precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
 
 
-# wgrad split-K: (programs to aim for, fewest K steps per split). On a 132-SM H100 a few waves, with
-# enough steps per split for the software pipeline; on the interpreter few programs.
-_WGRAD_SPLIT = {"cuda": (528, 4), "cpu": (27, 1)}
+WGRAD_WAVES = 4            # wgrad split-K aims at this many programs per SM on a GPU ...
+WGRAD_MIN_STEPS = 4        # ... with at least this many K steps per split, for the software pipeline
+_INTERPRETER_WGRAD_SPLIT = (27, 1)  # the interpreter: few programs
+
+
+def wgrad_split_target(device: torch.device) -> tuple[int, int]:
+    """(programs to aim for, fewest K steps per split) of the wgrad split-K on ``device``."""
+    if device.type != "cuda":
+        return _INTERPRETER_WGRAD_SPLIT
+    return WGRAD_WAVES * torch.cuda.get_device_properties(device).multi_processor_count, WGRAD_MIN_STEPS
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -437,12 +444,12 @@ def conv3x3_input_grad(grad, weight, x, skip, padding: int) -> tuple[torch.Tenso
     return grad_x, grad_skip
 
 
-def wgrad_splits(pixels: int, cin: int, cout: int, cfg: Config, device_type: str) -> tuple[int, int]:
-    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel."""
+def wgrad_splits(pixels: int, cin: int, cout: int, cfg: Config, target: tuple[int, int]) -> tuple[int, int]:
+    """(number of K splits, pixels per split) for conv3x3_wgrad_kernel; target: ``wgrad_split_target``'s."""
     tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
     chunks = triton.cdiv(pixels, cfg.block_k)
-    target, min_steps = _WGRAD_SPLIT[device_type]
-    splits = max(1, min(triton.cdiv(target, tiles * 9), chunks // min_steps))
+    programs, min_steps = target
+    splits = max(1, min(triton.cdiv(programs, tiles * 9), chunks // min_steps))
     per_split = triton.cdiv(chunks, splits) * cfg.block_k
     return triton.cdiv(pixels, per_split), per_split
 
@@ -472,7 +479,7 @@ def conv3x3_weight_grad(grad, x, skip, padding: int) -> torch.Tensor:
     n, cx, h, w = x.shape
     cin, cout = cx + (skip.shape[1] if skip is not None else 0), grad.shape[1]
     cfg = wgrad_config(x.dtype, cin, x.device.type)
-    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, x.device.type)
+    splits, per_split = wgrad_splits(n * grad.shape[2] * grad.shape[3], cin, cout, cfg, wgrad_split_target(x.device))
     partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
     plan_wgrad(grad.to(x.dtype), x, skip, partial, per_split, padding).run()
     # (split, kh, kw, ci, co) -> (co, ci, kh, kw); summing the splits here keeps the result deterministic

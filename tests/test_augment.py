@@ -13,7 +13,7 @@ import scipy.ndimage as ndi
 import torch
 
 from tolerances import assert_close
-from unet_fast import augment, geometry
+from unet_fast import augment
 
 
 def scipy_points(lattice: np.ndarray, h: int, w: int):
@@ -239,21 +239,6 @@ def test_compose_is_deterministic_and_keeps_targets():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[1].dtype == torch.int64 and set(a[1].unique().tolist()) <= set(labels.unique().tolist())
     assert transform(image[0], generator=torch.Generator().manual_seed(7)).shape == image[0].shape
-
-
-def test_random_crop_pair_is_centred_and_legal():
-    image = torch.arange(2 * 200 * 210, dtype=torch.float32).view(2, 1, 200, 210)
-    labels = image.long().squeeze(1)
-    crop, lab = augment.random_crop_pair(image, labels, input_size=188, generator=torch.Generator().manual_seed(8))
-    assert augment.random_crop_pair(labels, input_size=(188, 204)).shape == (2, 188, 204)  # any dtype
-    out = geometry.output_size(188)
-    assert crop.shape == (2, 1, 188, 188) and lab.shape == (2, out, out)
-    off = geometry.crop_offset(188, out)
-    assert torch.equal(lab, crop[:, 0, off:off + out, off:off + out].long())
-    with pytest.raises(ValueError, match="nearest legal sizes are 188 or 204"):
-        augment.random_crop_pair(image, labels, input_size=190)
-    with pytest.raises(ValueError, match="larger than the image"):
-        augment.random_crop_pair(image, labels, input_size=204, depth=5)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -8,7 +8,7 @@ from PIL import Image
 from unet_fast import data, geometry
 from unet_fast.data import ArrayDataset, ImageFolderDataset, RandomTiles, TiffStackDataset, split_dataset
 from unet_fast.geometry import mirror_indices
-from unet_fast.io import Normalization
+from unet_fast.normalization import Normalization
 from unet_fast.weights import separate_touching, unet_weight_map
 
 
@@ -166,14 +166,6 @@ def test_split_dataset_is_disjoint_and_seeded():
     assert split_dataset(ds, 0.0)[1] is None
     with pytest.raises(ValueError, match="val_fraction"):
         split_dataset(ds, 1.0)
-
-
-@pytest.mark.parametrize("size", [1, 2, 5])
-def test_mirror_indices_match_numpy_reflect(size):
-    axis = np.arange(size)
-    start, length = -7, 20
-    expected = np.pad(axis, 30, mode="reflect")[30 + start:30 + start + length] if size > 1 else np.zeros(length)
-    np.testing.assert_array_equal(mirror_indices(start, start + length, size), expected)
 
 
 def identity_dataset(h=40, w=50):

@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 import unet_fast
 from unet_fast import geometry, reference
-from unet_fast.inference import (estimate_activation_bytes, mirror_indices, plan_tiles, predict_tiled,
+from unet_fast.inference import (estimate_activation_bytes, plan_tiles, predict_tiled,
                                  same_padding_margin, usable_tile_sizes)
-from unet_fast.io import Normalization
+from unet_fast.normalization import Normalization
 from tolerances import assert_close
 
 NONE = Normalization(mode="none")
@@ -45,15 +45,6 @@ def whole_image_logits(model, image):
         y = model(x)
     offset = 0 if padding == "valid" else lead
     return y[:, :, offset:offset + height, offset:offset + width]
-
-
-@pytest.mark.parametrize("length", [1, 2, 3, 8])
-def test_mirror_indices_match_numpy_reflect_even_far_out(length):
-    for start, stop in ((-25, length + 30), (0, length), (-1, 2)):
-        if stop < length:
-            continue
-        expected = np.pad(np.arange(length), (-start, stop - length), mode="reflect")
-        np.testing.assert_array_equal(mirror_indices(start, stop, length), expected)
 
 
 @settings(max_examples=12, deadline=None)

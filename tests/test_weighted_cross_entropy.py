@@ -360,19 +360,3 @@ def test_triton_kernel_compiles_for_gpu_without_one():
     assert len(rows) == 6
     for r in rows:
         assert r["target_ok"] and r["cubin"] > 0 and r["spills"] == 0, r
-
-
-
-
-def test_triton_kernel_compiles_for_gpu_without_one():
-    """sm_90 and sm_80 from the CPU, in a process without TRITON_INTERPRET (interpreted kernels don't compile)."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TESTS_DIR=os.path.dirname(__file__), TRITON_DEFAULT_FP_FUSION="1")
-    done = subprocess.run([sys.executable, "-c", TRITON_COMPILE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 6
-    for r in rows:
-        assert r["target_ok"] and r["cubin"] > 0 and r["spills"] == 0, r

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file, safe_open
 
-from .io import Normalization, atomic_path
+from .image_io import atomic_path
 from .model import UNet
+from .normalization import Normalization
 
 FORMAT = "unet_fast-model"
 FORMAT_VERSION = 1
@@ -39,7 +40,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
                         f"(unet_fast.UNet does), got {type(model).__name__}")
     normalization = normalization or getattr(model, "normalization", None) or Normalization()
     if not isinstance(normalization, Normalization):
-        raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
+        raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
     num_classes = model.config()["num_classes"]
     class_names = list(class_names or getattr(model, "class_names", None)
                        or [f"class{i}" for i in range(num_classes)])

@@ -13,7 +13,7 @@ from unet_fast import geometry, reference
 from unet_fast.inference import (estimate_activation_bytes, plan_tiles, predict_tiled,
                                  same_padding_margin, usable_tile_sizes)
 from unet_fast.normalization import Normalization
-from tolerances import assert_close
+from tolerances import BF16_TILED, assert_close
 
 NONE = Normalization(mode="none")
 
@@ -100,7 +100,7 @@ def test_bf16_is_close_to_fp32():
     exact = predict_tiled(model, image, output="logits", progress=False)
     half = predict_tiled(model, image, output="logits", dtype="bf16", progress=False)
     assert half.dtype == np.float32
-    assert np.abs(half - exact).max() <= 0.05 * np.abs(exact).max() + 0.02
+    assert np.abs(half - exact).max() <= BF16_TILED["of_max"] * np.abs(exact).max() + BF16_TILED["atol"]
 
 
 def test_integer_images_are_normalised_with_the_models_rule():

@@ -13,18 +13,22 @@ REORDERED_FP32 = dict(rtol=1e-6, atol=0.0)
 # The low-precision rule (flash-attention's): error against float64 at most about twice that of plain
 # PyTorch in the same dtype; this absolute slack covers both errors being at the level of rounding.
 LOW_PRECISION_SLACK = 1e-6
-# A bf16 network output against the fp32 one: twenty-odd layers of bf16 rounding, relative to the output's scale.
-BF16_NETWORK = dict(rtol=0.05, atol=0.05)
-# Sample statistics against their expectation: the standard deviation of N(0, s^2) weights (thousands of
-# samples: a few per cent), of added noise, and percentiles of a strided subsample against exact ones.
-SAMPLE_STD = 0.02
+# A bf16-autocast network output against the fp32 one: twenty-odd layers of bf16 rounding.
+BF16_NETWORK = dict(rtol=2e-2, atol=0.05)
+# bf16 tiled inference against fp32: a share of the largest |logit|, plus an absolute floor.
+BF16_TILED = dict(of_max=0.05, atol=0.02)
+# A sample standard deviation (thousands of draws) against the one drawn from, relative.
+SAMPLE_STD = 0.12
+# Percentiles of a strided subsample against the exact ones.
 SUBSAMPLED_PERCENTILE = dict(rtol=0.02)
-# Augmentation: elastic deformation against scipy/elasticdeform (fp32 sampling points), GPU against CPU.
-ELASTIC_FP32_MISMATCH = 1e-2      # share of nearest-neighbour label pixels allowed to differ in fp32
-SPLINE_AGREEMENT = 0.01           # of the value range, against the cubic spline of scipy's map_coordinates
+# Elastic deformation: share of nearest-neighbour labels that fp32 sampling points may flip (a pixel
+# rounded to the other side of a half-way point); Keys cubic against elasticdeform's cubic B-spline,
+# as a share of the value range; a GPU against the CPU (other fp32 rounding in grid_sample).
+ELASTIC_FP32_LABEL_MISMATCH = 1e-2
+KEYS_VS_BSPLINE = 0.01
 GPU_RESAMPLING = dict(rtol=1e-4, atol=1e-4)
 GPU_LABEL_MISMATCH = 1e-3
-# The weight map against the naive full-image one (windowed distance transforms).
+# The windowed weight map against the naive full-image one, absolute.
 WEIGHT_MAP_AGREEMENT = 1e-4
 
 

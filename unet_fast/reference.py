@@ -34,14 +34,16 @@ class UNet(UNetArchitecture):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         skips = []
-        for level, block in enumerate(self.encoder):
-            x = F.relu(block.conv2(F.relu(block.conv1(x))))
-            if level < self.depth - 1:
-                skips.append(x)
-                x = F.max_pool2d(x, 2)
-        x = self.dropout(x)
+        for block in self.encoder[:-1]:
+            skips.append(two_convolutions(block, x))
+            x = F.max_pool2d(skips[-1], 2)
+        x = self.dropout(two_convolutions(self.encoder[-1], x))
         for block, skip in zip(self.decoder, reversed(skips)):
             x = block.upconv(x)
-            x = torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
-            x = F.relu(block.conv2(F.relu(block.conv1(x))))
+            x = two_convolutions(block, torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1))
         return self.head(x)
+
+
+def two_convolutions(block, x: torch.Tensor) -> torch.Tensor:
+    """A block's two 3x3 convolutions, each followed by ReLU."""
+    return F.relu(block.conv2(F.relu(block.conv1(x))))

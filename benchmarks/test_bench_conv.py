@@ -13,8 +13,9 @@ Options awaiting this measurement (off by default in UNet):
 Whole network (groups "unet forward/forward+backward ..."): batch 8 bf16 channels_last,
 backend="triton" (switches off: today's default; with pool_epilogue, direct_first_layer, both)
 vs the reference eager vs torch.compile(reference, mode="max-autotune"); effective TFLOP/s from the
-network's FLOPs (network_flops.py: 300.9 GFLOP per 572x572 tile forward; 3x that for forward + backward). The switches' default follows the
-triton rows: turn one on where its row beats "triton" in both modes.
+network's FLOPs (network_flops.py: 300.9 GFLOP per 572x572 tile forward; 3x that for forward +
+backward). The switches' default follows the triton rows: turn one on where its row beats "triton"
+in both modes.
 
 max-autotune compiles take minutes; by default the per-layer compiled baseline runs on
 UNET_FAST_BENCH_COMPILED_LAYERS (comma-separated names; default: three representative layers,

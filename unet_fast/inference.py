@@ -19,8 +19,8 @@ import torch
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .sinks import open_sink
-from .tiling import (TilePlan, parse_compute_dtype, estimate_activation_bytes, kept_output, memory_budget, model_device,
-                     model_geometry, plan_tiles, same_padding_margin, usable_tile_sizes)
+from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
+                     parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
 __all__ = ["predict_tiled", "OUTPUTS", "LAYOUTS",
            # planning moved to unet_fast.tiling; importable from here as before
@@ -261,7 +261,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
     device = torch.device(device) if device is not None else model_device(model)
-    normalize = _normalizer(normalization or getattr(model, "normalization", None), source)
+    normalize = _normalizer(normalization if normalization is not None else getattr(model, "normalization", None),
+                            source)
     shape = ((source.slices,) if source.stacked else ()) + (
         (source.height, source.width) if output == "labels" else (num_classes, source.height, source.width))
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)

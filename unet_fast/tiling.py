@@ -34,6 +34,7 @@ DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, 
 CPU_BUDGET_CAP = 2 ** 30
 WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of live activations
 
+
 # ---- tiles along one axis
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class AxisTiling:
 
 
 def kept_output(tile: int, depth: int, padding: str) -> tuple[int, int, int]:
-    """(stride, lead, offset) of an input tile; stride 0 when the tile keeps nothing."""
+    """(stride, lead, offset) of an input tile: output pixels it keeps, input pixels before the first
+    kept one, index of the first kept one in its output; stride 0 when the tile keeps nothing."""
     step = geometry.size_step(depth)
     if padding == "valid":
         out = geometry.output_size(tile, depth, padding)
@@ -80,10 +82,10 @@ def same_padding_margin(depth: int) -> int:
 
 def usable_tile_sizes(depth: int, padding: str, max_size: int) -> list[int]:
     """Legal input tile sizes up to max_size that keep at least one output pixel, smallest first."""
-    return list(range(smallest_tile_covering(1, depth, padding), max_size + 1, geometry.size_step(depth)))
+    return list(range(_smallest_tile_covering(1, depth, padding), max_size + 1, geometry.size_step(depth)))
 
 
-def smallest_tile_covering(stride: int, depth: int, padding: str) -> int:
+def _smallest_tile_covering(stride: int, depth: int, padding: str) -> int:
     """Smallest usable tile keeping at least ``stride`` px (kept pixels grow by one step per step)."""
     step = geometry.size_step(depth)
     first = geometry.min_input_size(depth, padding)
@@ -101,7 +103,7 @@ def axis_tiling(length: int, tile: int, depth: int, padding: str) -> AxisTiling:
 def balanced_axis_tiling(length: int, max_tile: int, depth: int, padding: str) -> AxisTiling:
     """The smallest tile that covers ``length`` in as few tiles as ``max_tile`` would."""
     count = -(-length // kept_output(max_tile, depth, padding)[0])
-    tile = smallest_tile_covering(-(-length // count), depth, padding)
+    tile = _smallest_tile_covering(-(-length // count), depth, padding)
     return axis_tiling(length, min(tile, max_tile), depth, padding)
 
 
@@ -203,6 +205,7 @@ class TilePlan:
 
 
 def model_geometry(model) -> tuple[int, str, int, int]:
+    """(depth, padding, in_channels, num_classes) of a unet_fast U-Net."""
     missing = [a for a in ("depth", "padding", "in_channels", "num_classes") if not hasattr(model, a)]
     if missing:
         raise TypeError(f"model must have unet_fast's config attributes (depth, padding, in_channels, "
@@ -253,7 +256,7 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
         rows, cols = axis_tiling(height, th, depth, padding), axis_tiling(width, tw, depth, padding)
         reason = "tile size given by the caller"
     else:
-        need = max(smallest_tile_covering(height, depth, padding), smallest_tile_covering(width, depth, padding))
+        need = max(_smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding))
         rows = cols = None
         larger = None  # the next larger tiling, which does not fit
         for cap in usable_tile_sizes(depth, padding, need):
@@ -285,11 +288,13 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
 
 
 def model_device(model) -> torch.device:
+    """The device of the model's parameters (the CPU without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
 def parse_compute_dtype(dtype) -> torch.dtype:
+    """The torch dtype of a dtype argument: None, "fp32", "bf16", "fp16" or the torch dtypes."""
     try:
         return DTYPES[dtype]
     except (KeyError, TypeError):

@@ -15,8 +15,8 @@ The one precedence (``backend``), for every op: the compiled kernel where the ex
 one for the tensors' device type; else the Triton kernel where Triton compiles for that device (CUDA)
 and takes the dtype; else the composite. Compiled kernels come first because they are built ahead of
 time for the machine and launched from C++: no JIT compile on first use and less host time per call.
-Triton's interpreter (the CPU under TRITON_INTERPRET=1, for tests: about a thousand times slower than
-aten there) runs a Triton kernel only when asked for by name: ``implementation="triton"`` of the
+Triton's interpreter (the CPU under TRITON_INTERPRET=1, for tests: hundreds to thousands of times slower
+than aten there) runs a Triton kernel only when asked for by name: ``implementation="triton"`` of the
 public functions, ``UNet(backend="triton")``, or a direct call of ``torch.ops.unet_fast.<op>_triton``.
 """
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops.weighted_cross_entropy import weighted_softmax_cross_entropy
-from .reference import center_crop
+from .geometry import center_crop
+from .ops import weighted_softmax_cross_entropy
 
 
 def _centre_crop(t: torch.Tensor, height: int, width: int, name: str) -> torch.Tensor:

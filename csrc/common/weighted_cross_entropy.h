@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "memory_format.h"
+
 #include <string>
 
 namespace unet_fast {
@@ -38,12 +40,11 @@ struct Inputs {
 
 inline Inputs dense_inputs(const at::Tensor& logits, const at::Tensor& target,
                            const c10::optional<at::Tensor>& weight) {
-  const bool channels_last = logits.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits.is_contiguous();
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = memory_format_of(logits);
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {logits.contiguous(format), target.contiguous(),
           weight ? c10::optional<at::Tensor>(weight->to(acc_type).contiguous()) : c10::nullopt,
-          channels_last, acc_type};
+          format == at::MemoryFormat::ChannelsLast, acc_type};
 }
 
 inline std::string position(int64_t flat, int64_t H, int64_t W) {

@@ -295,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, logits.options().dtype(acc_type))
                               : at::empty({}, logits.options().dtype(acc_type));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options().memory_format(memory_format_of(logits)))
                                  : at::empty({0}, logits.options());
   const int64_t blocks_per_image = (H * W + kBlock - 1) / kBlock;
   std::vector<BlockResult> blocks(N * blocks_per_image);

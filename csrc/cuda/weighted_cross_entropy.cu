@@ -166,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
   const auto options = logits.options();
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, options.dtype(acc_type)) : at::empty({}, options.dtype(acc_type));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)) : at::empty({0}, options);
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(memory_format_of(logits)))
+                                 : at::empty({0}, options);
   at::Tensor count = at::empty({}, options.dtype(at::kLong));
   at::Tensor bad = at::empty({2}, options.dtype(at::kLong));
   const int64_t num_pixels = N * H * W;

@@ -22,6 +22,7 @@ from tolerances import assert_close  # noqa: E402
 
 CLASSES = ["background", "nucleus", "cell border"]
 NORMALIZATION = Normalization("percentile", low=2.0, high=99.0, per_channel=True, clip=True)
+METADATA = {"epochs": 7, "pixel_size": {"y": 0.65, "x": 0.5, "unit": "micrometer"}}
 
 
 def two_channel_image(size=150, seed=0):
@@ -34,7 +35,7 @@ def two_channel_image(size=150, seed=0):
 def model():
     torch.manual_seed(0)
     net = unet_fast.UNet(2, 3, depth=3, base_channels=4, backend="torch").eval()
-    net.normalization, net.class_names, net.metadata = NORMALIZATION, CLASSES, {"epochs": 7}
+    net.normalization, net.class_names, net.metadata = NORMALIZATION, CLASSES, METADATA
     return net
 
 
@@ -72,9 +73,12 @@ def test_sizes_are_the_networks(rdf):
     context = geometry.context(3, "valid")                                 # 20 px a side at depth 3
     space = [axis for axis in rdf["inputs"][0]["axes"] if axis["type"] == "space"]
     assert [axis["size"] for axis in space] == [{"min": 44, "step": 4}] * 2  # 44 + 4 k
-    outputs = [axis["size"] for axis in rdf["outputs"][0]["axes"] if axis["type"] == "space"]
-    assert outputs == [{"tensor_id": "raw", "axis_id": a, "offset": -2 * context} for a in ("y", "x")]
+    outputs = [axis for axis in rdf["outputs"][0]["axes"] if axis["type"] == "space"]
+    assert [axis["size"] for axis in outputs] == [{"tensor_id": "raw", "axis_id": a, "offset": -2 * context}
+                                                  for a in ("y", "x")]
     assert context == 20
+    # the training pixel size, on input and output alike (a size reference needs the same unit)
+    assert [(axis["unit"], axis["scale"]) for axis in space + outputs] == [("micrometer", 0.65), ("micrometer", 0.5)] * 2
 
 
 def test_preprocessing_and_postprocessing(rdf):
@@ -108,7 +112,7 @@ def test_load_model_reads_the_package_back(package, model):
     loaded = unet_fast.load_model(package)
     assert isinstance(loaded, unet_fast.UNet)
     assert loaded.config() == {**model.config(), "backend": "auto"}
-    assert (loaded.normalization, loaded.class_names, loaded.metadata) == (NORMALIZATION, CLASSES, {"epochs": 7})
+    assert (loaded.normalization, loaded.class_names, loaded.metadata) == (NORMALIZATION, CLASSES, METADATA)
     x = torch.randn(2, 2, 60, 76)
     with torch.no_grad():
         assert_close(loaded(x), model(x))

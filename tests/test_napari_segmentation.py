@@ -108,8 +108,10 @@ def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
     [(layer_data, kwargs, layer_kind)] = reader(str(path))
     assert layer_kind == kind and kwargs["name"] == "cells"
     np.testing.assert_array_equal(np.asarray(layer_data[...]), predict_tiled(model, data, output=output, progress=False))
-    assert kwargs["axis_labels"] == ["y", "x"]
-    assert kwargs.get("channel_axis") == (0 if output == "probabilities" else None)
+    if output == "probabilities":          # one layer per class: per-layer grids
+        assert kwargs["channel_axis"] == 0 and kwargs["axis_labels"] == [["y", "x"]] * 3
+    else:
+        assert "channel_axis" not in kwargs and kwargs["axis_labels"] == ["y", "x"]
 
 
 def test_reader_declines_what_is_not_an_ome_zarr_image(tmp_path):

@@ -23,8 +23,10 @@ from unet_fast.napari.segmentation import instances, segment  # noqa: E402
 @pytest.fixture
 def viewer(request, qtbot):
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        import npe2
         from napari.components import ViewerModel
 
+        npe2.PluginManager.instance().discover()       # what napari does when a Viewer starts
         return ViewerModel()
     return request.getfixturevalue("make_napari_viewer")()
 
@@ -110,3 +112,15 @@ def test_the_manifest_names_the_widget_and_the_reader():
     assert commands == {"unet_fast.segment_widget": "unet_fast.napari._widget:SegmentWidget",
                         "unet_fast.get_reader": "unet_fast.napari.reader:napari_get_reader"}
     manifest.validate_imports()              # every python_name imports
+
+
+def test_napari_opens_segment_outputs_with_their_pixel_size(viewer, tmp_path, model_file):
+    from unet_fast.inference import predict_tiled
+    from unet_fast.pixel_size import PixelSize
+
+    path = predict_tiled(unet_fast.load_model(model_file), stack(planes=1)[0], progress=False,
+                         out=tmp_path / "cells.ome.zarr", pixel_size=PixelSize(0.5, 0.25))
+    [layer] = viewer.open(str(path), plugin="unet_fast")
+    assert isinstance(layer, napari.layers.Labels) and layer.name == "cells"
+    np.testing.assert_array_equal(layer.scale, (0.5, 0.25))
+    assert [str(unit) for unit in layer.units] == ["micrometer", "micrometer"]

@@ -12,7 +12,8 @@ conventions from rdf.yaml alone, so they are spelled out there:
 - normalisation: unet_fast.Normalization as preprocessing ops (percentile -> scale_range,
   fixed and dtype -> scale_linear, clip -> clip);
 - output: class probabilities (softmax of the logits), one channel per class;
-- pixel size: the training data's, as the space axes' unit and scale, where the model records one.
+- pixel size: the training data's, as the space axes' unit and scale, where the model records one
+  (metadata "pixel_size", see unet_fast.pixel_size).
 
 The unet_fast settings go under config.unet_fast too, so ``read_package`` (behind
 ``unet_fast.load_model``) restores them exactly; without them it derives them from the ops above.
@@ -35,6 +36,7 @@ from . import geometry, standalone_unet
 from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
                      require, standalone_model)
 from .io import Normalization
+from .pixel_size import PixelSize
 
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 TEST_OUTPUT_SIZE = 128          # the test tensors' output edge, where the test image is large enough
@@ -125,10 +127,17 @@ def _probabilities(model, normalization: Normalization, raw: np.ndarray) -> np.n
         return torch.softmax(standalone_model(model)(x), dim=1)[0].numpy()
 
 
-def _space_axes(size, pixel_size: dict | None) -> list[dict]:
-    physical = {} if pixel_size is None else {"unit": pixel_size["unit"]}
-    return [{"type": "space", "id": axis, "size": size,
-             **({} if pixel_size is None else {**physical, "scale": float(pixel_size[axis])})} for axis in ("y", "x")]
+def _training_pixel_size(model) -> PixelSize | None:
+    recorded = (getattr(model, "metadata", None) or {}).get("pixel_size")
+    return None if recorded is None else PixelSize.from_dict(recorded)
+
+
+def _space_axes(size, pixel_size: PixelSize | None) -> list[dict]:
+    axes = []
+    for axis in ("y", "x"):
+        physical = {} if pixel_size is None else {"unit": pixel_size.unit, "scale": getattr(pixel_size, axis)}
+        axes.append({"type": "space", "id": axis, "size": size, **physical})
+    return axes
 
 
 def _preprocessing(normalization: Normalization, dtype: np.dtype) -> list[dict]:
@@ -160,7 +169,7 @@ def _description(spec, model, name, description, authors, license, tags, normali
     config = model.config()
     depth, padding = config["depth"], config["padding"]
     context = geometry.context(depth, padding)
-    pixel_size = getattr(model, "metadata", {}).get("pixel_size")
+    pixel_size = _training_pixel_size(model)
     size = {"min": geometry.min_input_size(depth, padding), "step": geometry.size_step(depth)}
     output_axes = [{"tensor_id": INPUT_ID, "axis_id": axis, "offset": -2 * context} for axis in ("y", "x")]
     torch_version = torch.__version__.split("+")[0]
@@ -231,10 +240,10 @@ def _documentation(model, name, normalization, class_names, raw, probabilities) 
     depth, padding = config["depth"], config["padding"]
     smallest, step = geometry.min_input_size(depth, padding), geometry.size_step(depth)
     context = geometry.context(depth, padding)
-    metadata = getattr(model, "metadata", {})
+    metadata = getattr(model, "metadata", None) or {}
     trained = f" for {metadata['epochs']} epochs" if "epochs" in metadata else ""
-    pixel = metadata.get("pixel_size")
-    scale = (f"Trained on images of {pixel['y']} x {pixel['x']} {pixel['unit']} per pixel (y x); segment images of "
+    pixel = _training_pixel_size(model)
+    scale = (f"Trained on images of {pixel.y} x {pixel.x} {pixel.unit} per pixel (y x); segment images of "
              f"about that pixel size." if pixel else "The training data's pixel size was not recorded.")
     parameters = sum(p.numel() for p in model.parameters())
     return f"""# {name}

@@ -50,6 +50,7 @@ def cmd_train(args) -> int:
 
     from . import UNet, save_model
     from .data import ImageFolderDataset, TiffStackDataset, split_dataset
+    from .pixel_size import common_pixel_size
     from .train import fit, load_checkpoint
 
     options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
@@ -75,8 +76,13 @@ def cmd_train(args) -> int:
                  tiles_per_epoch=args.tiles_per_epoch, augment=None if args.no_augment else "default",
                  seed=args.seed, num_workers=args.workers, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:
+        pixel_size, problem = common_pixel_size([image for image, _ in dataset.pairs] if hasattr(dataset, "pairs")
+                                                else [images])
+        if problem:
+            print(f"train: {problem}", file=sys.stderr)
+        recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
         save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
-                   epochs=args.epochs, history=result.history[-1:])
+                   epochs=args.epochs, history=result.history[-1:], **recorded)
         last = result.history[-1] if result.history else {}
         print(f"saved {args.output} ({len(result.history)} epochs; "
               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + f"); "

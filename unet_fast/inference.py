@@ -508,7 +508,7 @@ class _Runner:
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
-                  memory_budget_bytes: int | None = None):
+                  memory_budget_bytes: int | None = None, pixel_size=None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -529,6 +529,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     out: None (a numpy array is returned), an array to fill (shape (..., H, W) for labels,
         (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
         samples per pixel) or .zarr (OME-Zarr), written as tiles finish and committed atomically.
+    pixel_size: the image's (unet_fast.pixel_size.PixelSize), written into a file ``out``.
     normalization: how raw pixels become inputs; None: ``model.normalization`` (set by
         load_model) if present, else percentiles (io.Normalization()) for integer images and no
         change for float images.
@@ -569,7 +570,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if out is None:
         sink = _ArraySink(np.zeros(shape, _numpy_dtype(out_dtype)), stacked)
     elif isinstance(out, (str, Path)):
-        sink = io.open_streaming_writer(out, shape, _numpy_dtype(out_dtype), channels=output != "labels")
+        sink = io.open_streaming_writer(out, shape, _numpy_dtype(out_dtype), channels=output != "labels",
+                                        pixel_size=pixel_size)
     else:
         if tuple(out.shape) != shape:
             raise ValueError(f"out has shape {tuple(out.shape)} but this {output} result needs {shape}")

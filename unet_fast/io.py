@@ -162,10 +162,33 @@ def _suffix(path) -> str:
     return Path(path).suffix.lower()
 
 
+def is_zarr_image(path) -> bool:
+    """True for a folder named *.zarr (read as an OME-Zarr image)."""
+    return _suffix(path) in ZARR_SUFFIXES and Path(path).is_dir()
+
+
+def _ome_zarr(path):
+    """(full-resolution array, ImageInfo) of an OME-Zarr image, axes ordered as unet_fast reads them:
+    other axes (Z, T), then C, then Y, X (NGFF stores C before Z)."""
+    from .ome_zarr import open_ome_zarr
+
+    image = open_ome_zarr(path)
+    array, axes = image.levels[0], "".join(name.upper() for name in image.names)
+    if axes[-2:] != "YX":
+        raise ValueError(f"{path}: the last two OME-Zarr axes must be y, x, got {image.names}")
+    order = ([i for i, a in enumerate(axes[:-2]) if a != "C"] + [i for i, a in enumerate(axes) if a == "C"]
+             + [len(axes) - 2, len(axes) - 1])
+    info = ImageInfo(tuple(array.shape[i] for i in order), np.dtype(array.dtype), "".join(axes[i] for i in order),
+                     streamable=True)
+    return (array if order == sorted(order) else _MovedAxes(array, order)), info
+
+
 def image_info(path) -> ImageInfo:
-    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file, without decoding pixels."""
+    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file or an OME-Zarr image, without decoding pixels."""
     path = Path(path)
     suffix = _suffix(path)
+    if is_zarr_image(path):
+        return _ome_zarr(path)[1]
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
@@ -255,11 +278,16 @@ def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Open an image; returns (array, ImageInfo) with channels before Y, X ("CYX", "ZCYX", ...).
 
+    OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
+
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
     indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy.
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
+    if is_zarr_image(path):
+        array, info = _ome_zarr(path)
+        return (array if lazy else np.asarray(array[...])), info
     info = image_info(path)
     check_pixel_limit(info, path, max_pixels)
     suffix = _suffix(path)
@@ -420,11 +448,14 @@ class StreamingTiffWriter:
 
     shape: (H, W), (Z, H, W), or with classes (K, H, W) / (Z, K, H, W) when ``channels=True``;
     class values are stored as samples per pixel (tifffile reads them back channels-last).
+    pixel_size (a unet_fast.pixel_size.PixelSize): written as OME-XML and TIFF resolution.
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
-                 compression: str | None = "zlib"):
+                 compression: str | None = "zlib", pixel_size=None):
         import tifffile
+
+        from .pixel_size import tiff_options
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -438,6 +469,7 @@ class StreamingTiffWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
+        physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels))
         self._error: BaseException | None = None
         self._ended = False
 
@@ -451,7 +483,7 @@ class StreamingTiffWriter:
                 tifffile.imwrite(self.temporary, tiles(), shape=stored, dtype=np.dtype(dtype),
                                  tile=(tile, tile), bigtiff=True, compression=compression,
                                  photometric="minisblack", planarconfig="contig" if channels else None,
-                                 metadata=None)
+                                 **physical)
             except BaseException as error:  # handed to the caller in close()
                 self._error = error
                 while not self._ended and self._queue.get() is not None:  # never block the producer
@@ -499,10 +531,14 @@ class StreamingTiffWriter:
 
 
 class StreamingZarrWriter:
-    """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically."""
+    """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
 
-    def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512):
+    pixel_size (a unet_fast.pixel_size.PixelSize): the scale and units of the y, x (and z) axes."""
+
+    def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512, pixel_size=None):
         import zarr
+
+        from .pixel_size import ngff_axes_and_scale
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -515,11 +551,11 @@ class StreamingZarrWriter:
         group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
         chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
         self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
+        axes, scale = ngff_axes_and_scale(pixel_size, names)
         group.attrs["multiscales"] = [{
             "version": "0.4",
-            "axes": [{"name": n, "type": "channel" if n == "c" else "space"} for n in names],
-            "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * len(names)}]}],
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }]
         self.plane_dims = plane_dims
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
@@ -542,11 +578,11 @@ class StreamingZarrWriter:
         _remove(self.temporary)
 
 
-def open_streaming_writer(path, shape, dtype, *, channels: bool = False):
+def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size=None):
     """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr)."""
     suffix = _suffix(path)
     if suffix in TIFF_SUFFIXES:
-        return StreamingTiffWriter(path, shape, dtype, channels=channels)
+        return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
     if suffix in ZARR_SUFFIXES:
-        return StreamingZarrWriter(path, shape, dtype, channels=channels)
+        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
     raise ValueError(f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")

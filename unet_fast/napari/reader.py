@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ome_zarr import is_ome_zarr, open_ome_zarr
+
 
 def napari_get_reader(path):
     """The reader for ``path`` if it is an OME-Zarr image, else None (napari then asks other readers)."""
@@ -18,45 +20,24 @@ def napari_get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    if not str(path).rstrip("/").endswith(".zarr") or _multiscales(path) is None:
-        return None
-    return read_ome_zarr
-
-
-def _multiscales(path) -> dict | None:
-    import zarr
-
-    try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    except (OSError, ValueError, KeyError, TypeError):   # not a zarr group
-        return None
-    found = attrs.get("ome", attrs).get("multiscales")   # NGFF 0.5 nests the metadata under "ome"
-    return found[0] if found else None
+    return read_ome_zarr if is_ome_zarr(str(path).rstrip("/")) else None
 
 
 def read_ome_zarr(path) -> list[tuple]:
     """napari layer data: [(data, layer keyword arguments, "labels" or "image")]."""
-    import zarr
-
-    multiscales = _multiscales(path)
-    if multiscales is None:
-        raise ValueError(f"{path}: not an OME-Zarr image (no multiscales metadata)")
-    group = zarr.open_group(str(path), mode="r")
-    levels = [group[dataset["path"]] for dataset in multiscales["datasets"]]
-    axes = multiscales["axes"]
-    transforms = {t["type"]: t[t["type"]] for t in multiscales["datasets"][0]["coordinateTransformations"]}
-    scale = transforms.get("scale", [1.0] * len(axes))
-    translation = transforms.get("translation", [0.0] * len(axes))
-    names = [axis["name"] for axis in axes]
-    spatial = [i for i, axis in enumerate(axes) if axis.get("type") != "channel"]
+    image = open_ome_zarr(path)
+    names = image.names
+    spatial = [i for i, axis in enumerate(image.axes) if axis.get("type") != "channel"]
     kwargs = {"name": Path(str(path).rstrip("/")).name.removesuffix(".zarr").removesuffix(".ome"),
-              "scale": [scale[i] for i in spatial], "translate": [translation[i] for i in spatial],
-              "units": [axes[i].get("unit") or "pixel" for i in spatial],
+              "scale": [image.scale[i] for i in spatial], "translate": [image.translation[i] for i in spatial],
+              "units": [image.axes[i].get("unit") or "pixel" for i in spatial],
               "axis_labels": [names[i] for i in spatial]}
-    data = levels if len(levels) > 1 else levels[0]
-    if len(levels) > 1:
+    data = image.levels if len(image.levels) > 1 else image.levels[0]
+    if len(image.levels) > 1:
         kwargs["multiscale"] = True
-    if "c" in names:
-        return [(data, {**kwargs, "channel_axis": names.index("c")}, "image")]
-    kind = "labels" if np.dtype(levels[0].dtype).kind in "iu" else "image"
+    if "c" in names:       # one layer per channel: per-layer values, so napari cannot misread the lists
+        channels = image.levels[0].shape[names.index("c")]
+        per_layer = {key: [kwargs[key]] * channels for key in ("scale", "translate", "units", "axis_labels")}
+        return [(data, {**kwargs, **per_layer, "channel_axis": names.index("c")}, "image")]
+    kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" else "image"
     return [(data, kwargs, kind)]

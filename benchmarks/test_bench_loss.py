@@ -92,7 +92,7 @@ def test_gradient_strategy_cpu(timed, benchmark, strategy):
     op = torch.ops.unet_fast.weighted_cross_entropy
 
     def saved():  # forward kernel writes the gradient; backward multiplies it by grad_output / count
-        loss, grad, count = op(x, target, weight, 1, -100, True)
+        loss, grad, count, _ = op(x, target, weight, 1, -100, True)
         return grad * (torch.ones(()) / count)
 
     def recompute():  # forward kernel without the gradient; a second pass writes it

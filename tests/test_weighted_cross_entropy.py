@@ -153,7 +153,7 @@ def test_op_outputs_without_a_gradient(op):
     """compute_grad=False: an empty gradient and the count of non-ignored pixels, the same from every kernel."""
     skip_unless_runnable(op)
     logits, target, weight = make_inputs((2, 3, 6, 7))
-    loss, grad, count = getattr(torch.ops.unet_fast, OPS[op])(logits, target, weight, 1, -100, False)
+    loss, grad, count, _ = getattr(torch.ops.unet_fast, OPS[op])(logits, target, weight, 1, -100, False)
     assert grad.numel() == 0 and count.dtype == torch.int64 and count.item() == (target != -100).sum().item()
     assert_close(loss.cpu(), oracle(logits, target, weight, "mean")[0], dtype=torch.float32)
 
@@ -360,3 +360,30 @@ def test_triton_kernel_compiles_for_gpu_without_one():
     assert len(rows) == 6
     for r in rows:
         assert r["target_ok"] and r["cubin"] > 0 and r["spills"] == 0, r
+
+
+@pytest.mark.parametrize("implementation", ["extension", "triton"])
+def test_value_check_deferred_reports_at_the_next_call_or_check_pending(implementation):
+    """value_check="deferred" (CUDA's default): the call that saw a bad target returns, the next call
+    (or check_pending) raises naming the pixel; "off" never raises; "now" raises at once."""
+    from unet_fast.ops import weighted_cross_entropy as module
+
+    if implementation not in ops.implementations("weighted_cross_entropy", torch.device("cpu"), torch.float32):
+        pytest.skip(f"{implementation} cannot run on the CPU here")
+    logits = torch.randn(1, 2, 3, 4)
+    good = torch.zeros(1, 3, 4, dtype=torch.int64)
+    bad = good.clone()
+    bad[0, 2, 1] = 7
+    call = lambda target, **kw: weighted_softmax_cross_entropy(logits, target, implementation=implementation, **kw)
+    call(bad, value_check="deferred")  # returns
+    with pytest.raises(IndexError, match=r"value 7 at \(n=0, h=2, w=1\).*earlier call"):
+        call(good)
+    call(bad, value_check="deferred")
+    with pytest.raises(IndexError, match="value 7"):
+        module.check_pending()
+    module.check_pending()  # nothing left
+    call(bad, value_check="off")
+    with pytest.raises(IndexError, match="value 7"):
+        call(bad, value_check="now")
+    with pytest.raises(ValueError, match="value_check must be one of"):
+        call(good, value_check="later")

@@ -19,6 +19,7 @@ import torch
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .sinks import open_sink
+from .tile_graphs import has_tile_graph, tile_graph
 from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
                      parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
@@ -94,12 +95,14 @@ def _infer_layout(image, in_channels: int) -> str:
 # ---- prediction
 
 class _Runner:
-    def __init__(self, model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize):
+    def __init__(self, model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
+                 cuda_graphs: bool):
         self.model, self.source, self.plan, self.device = model, source, plan, device
         self.compute_dtype, self.output, self.out_dtype = compute_dtype, output, out_dtype
         self.sink, self.normalize = sink, normalize
         self.depth, self.padding = model.depth, model.padding
         self.fallback_tile: int | None = None
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
 
     # -- reading
     def read_tile(self, n, y, x, tile, lead):
@@ -107,24 +110,53 @@ class _Runner:
         return self.normalize(block)
 
     # -- computing
-    def forward(self, batch: torch.Tensor, offset, size) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    def compute(self, x: torch.Tensor, offset, size) -> torch.Tensor:
+        """The model on a device batch, cropped to the kept pixels and turned into the output kind."""
         with torch.autocast(self.device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
             logits = self.model(x)
         logits = logits[..., offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]].float()
         if self.output == "labels":
-            result = logits.argmax(1).to(self.out_dtype)
-        elif self.output == "probabilities":
-            result = torch.softmax(logits, 1).to(self.out_dtype)
-        else:
-            result = logits.to(self.out_dtype)
-        return result.cpu()
+            return logits.argmax(1).to(self.out_dtype)
+        if self.output == "probabilities":
+            return torch.softmax(logits, 1).to(self.out_dtype)
+        return logits.to(self.out_dtype)
 
-    def forward_splitting(self, batch, offset, size) -> torch.Tensor:
-        """forward, halving the batch on out-of-memory errors (same tiles, same results)."""
+    def launch(self, batch: torch.Tensor, offset, size):
+        """Start a batch: (its result on the host, the event after which it is there, None on the CPU).
+        On CUDA nothing waits here: the copy back runs on the stream after the forward, into pinned
+        memory, so the next batch is launched before this one is written."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.device.type != "cuda":
+            return self.compute(x, offset, size), None
+        if self.cuda_graphs and batch.shape[0] == self.plan.batch_size:
+            try:
+                graph = tile_graph(self.model, tuple(x.shape), lambda t: self.compute(t, offset, size),
+                                   (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size)),
+                                   self.device)
+                result = graph(x)
+            except torch.OutOfMemoryError:  # no room for a graph's own pool: eager from here on
+                self.cuda_graphs = False
+                self._release()
+                result = self.compute(x, offset, size)
+        else:
+            result = self.compute(x, offset, size)
+        host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+        host.copy_(result, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    def forward(self, batch: torch.Tensor, offset, size) -> torch.Tensor:
+        host, done = self.launch(batch, offset, size)
+        if done is not None:
+            done.synchronize()
+        return host
+
+    def launch_splitting(self, batch, offset, size):
+        """launch, halving the batch on out-of-memory errors (same tiles, same results)."""
         try:
-            return self.forward(batch, offset, size)
+            return self.launch(batch, offset, size)
         except torch.OutOfMemoryError:
             self._release()
             if batch.shape[0] == 1:
@@ -133,7 +165,11 @@ class _Runner:
             self.plan.batch_size = min(self.plan.batch_size, half)
             self.plan.retries.append(f"out of memory at batch {batch.shape[0]}: batch {half}")
             log.warning("out of memory at batch %d; retrying with batch %d", batch.shape[0], half)
-            return torch.cat([self.forward_splitting(part, offset, size) for part in batch.split(half)])
+            parts = [self.launch_splitting(part, offset, size) for part in batch.split(half)]
+            for _, done in parts:
+                if done is not None:
+                    done.synchronize()
+            return torch.cat([host for host, _ in parts]), None
 
     def _release(self):
         if self.device.type == "cuda":
@@ -178,13 +214,20 @@ class _Runner:
                                   name="unet_fast-tile-reader", daemon=True)
         reader.start()
         bar = tqdm(total=len(jobs), unit="tile", disable=not progress, desc="predict_tiled")
+        in_flight = None  # the batch launched last, written after the next one is launched
         try:
             while (item := staged.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 chunk, batch = item
-                self._compute_batch(chunk, batch)
-                bar.update(len(chunk))
+                launched = self._launch_batch(chunk, batch)
+                if in_flight is not None:
+                    self._finish_batch(*in_flight)
+                    bar.update(len(in_flight[0]))
+                in_flight = launched
+            if in_flight is not None:
+                self._finish_batch(*in_flight)
+                bar.update(len(in_flight[0]))
         finally:
             stop.set()
             while reader.is_alive():  # unblock the reader if it waits on a full queue
@@ -210,26 +253,33 @@ class _Runner:
         except BaseException as error:  # re-raised on the main thread
             staged.put(error)
 
-    def _compute_batch(self, chunk, batch):
-        """One batch of tiles; after an out-of-memory error, tile by tile with smaller tiles."""
+    def _launch_batch(self, chunk, batch):
+        """Start one batch of tiles: (tiles, host result, its event), or (tiles, None, None) when it was
+        computed and written here, tile by tile with smaller tiles, after an out-of-memory error."""
         plan = self.plan
         if self.fallback_tile is None:
             offset = tuple(kept_output(t, self.depth, self.padding)[2] for t in plan.tile)
             try:
-                results = self.forward_splitting(batch, offset, plan.stride)
-                for (n, y, x), result in zip(chunk, results):
-                    self.write(n, y, x, result)
-                return
+                return (chunk, *self.launch_splitting(batch, offset, plan.stride))
             except torch.OutOfMemoryError:
                 self._release()
         for n, y, x in chunk:
             self.compute_region(n, y, x, *plan.stride, self.fallback_tile or min(plan.tile))
+        return chunk, None, None
+
+    def _finish_batch(self, chunk, results, done):
+        if results is None:  # written already
+            return
+        if done is not None:
+            done.synchronize()
+        for (n, y, x), result in zip(chunk, results):
+            self.write(n, y, x, result)
 
 
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
-                  memory_budget_bytes: int | None = None, pixel_size=None):
+                  memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -254,6 +304,9 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     normalization: how raw pixels become inputs; None: ``model.normalization`` (set by
         load_model) if present, else percentiles (Normalization()) for integer images and no
         change for float images.
+    cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
+        kept on the model for later calls; None: when the image has at least two full batches or a
+        graph of this shape is kept already. Results are the same either way.
     Returns the result array, ``out``, or the path written.
     """
     _, _, in_channels, num_classes = model_geometry(model)
@@ -276,7 +329,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     log.info("predict_tiled plan: %s", plan.explain())
     was_training = model.training
     model.to(device=device, memory_format=torch.channels_last).eval()
-    runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize)
+    if cuda_graphs is None:
+        cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
+    runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
+                     bool(cuda_graphs))
     try:
         with torch.inference_mode():
             runner.run(sys.stderr.isatty() if progress is None else progress)

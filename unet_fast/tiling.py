@@ -22,6 +22,7 @@ Everything here is arithmetic on sizes; ``unet_fast.inference`` runs the plan.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,9 @@ class AxisTiling:
     count: int       # tiles along the axis
 
 
+# The planner asks these pure functions of integers thousands of times per plan, and predict_tiled plans
+# for every image of a folder: cached, a repeated plan costs microseconds instead of milliseconds.
+@functools.lru_cache(maxsize=4096)
 def kept_output(tile: int, depth: int, padding: str) -> tuple[int, int, int]:
     """(stride, lead, offset) of an input tile: output pixels it keeps, input pixels before the first
     kept one, index of the first kept one in its output; stride 0 when the tile keeps nothing."""
@@ -85,6 +89,7 @@ def usable_tile_sizes(depth: int, padding: str, max_size: int) -> list[int]:
     return list(range(_smallest_tile_covering(1, depth, padding), max_size + 1, geometry.size_step(depth)))
 
 
+@functools.lru_cache(maxsize=4096)
 def _smallest_tile_covering(stride: int, depth: int, padding: str) -> int:
     """Smallest usable tile keeping at least ``stride`` px (kept pixels grow by one step per step)."""
     step = geometry.size_step(depth)
@@ -117,6 +122,7 @@ def _base_channels(model) -> int:
     return int(base)
 
 
+@functools.lru_cache(maxsize=4096)
 def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_classes: int,
                               base_channels: int, height: int, width: int, batch: int = 1,
                               element_size: int = 4) -> int:

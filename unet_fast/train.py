@@ -24,6 +24,7 @@ from . import geometry
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
+from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
 from .torchrun import Torchrun
 from .training_logs import format_row, write_logs
@@ -181,6 +182,7 @@ def _train_epoch(run: _Run, job: Torchrun, epoch: int, epochs: int, *, batch_siz
         if show:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
+    check_pending()  # invalid targets or weights the loss found without stopping the GPU
     return {"epoch": epoch + 1, "step": step, "train_loss": job.mean(loss_sum, len(loader)),
             "lr": run.optimizer.param_groups[0]["lr"]}
 

@@ -33,10 +33,11 @@ SCHEMAS = {
     "crop_concat": "(Tensor skip, Tensor x) -> Tensor",
     # Pixel-wise softmax cross-entropy times weight (None: 1); reduction 0 none, 1 mean over non-ignored
     # pixels, 2 sum. Returns (loss, d loss_sum / d logits = (softmax - onehot) * weight, unscaled, in
-    # logits' layout, or an empty tensor when compute_grad is false, number of non-ignored pixels).
-    # Raises for an invalid target (IndexError) or weight (ValueError), naming the first bad pixel.
+    # logits' layout, or an empty tensor when compute_grad is false, number of non-ignored pixels,
+    # first_bad: int64 [flat index of the first invalid target, of the first negative or NaN weight],
+    # -1 where none). It never raises for values: the caller decides when to look (no device sync).
     "weighted_cross_entropy": ("(Tensor logits, Tensor target, Tensor? weight, int reduction, int ignore_index, "
-                               "bool compute_grad) -> (Tensor, Tensor, Tensor)"),
+                               "bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)"),
     # relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), channels_last; direct: the FMA
     # kernel where x alone has at most 4 channels; measured: the backward's parts run where the measured
     # table says (cuDNN where it beat every Triton tile on this GPU), else all on Triton.

@@ -17,13 +17,20 @@ a weight that needs a gradient takes the PyTorch composite. All accumulate in fp
 logits) and reduce per-block partial sums in a fixed order, so results are deterministic.
 
 Checks on values cost no extra pass: the kernels flag invalid targets (outside [0, C) and not
-ignore_index) and negative or NaN weights while they read them, and report the first one by
-(n, h, w) after the pass (IndexError for a target, ValueError for a weight). On the CPU that
-is free; on CUDA it costs one 16-byte device-to-host copy (a synchronisation) per call.
-The composite checks with vectorised comparisons (extra passes; it is the slow path), except under
-torch.compile, where it cannot read values without breaking the graph.
+ignore_index) and negative or NaN weights while they read them and return the first one's flat
+index (``first_bad``); the op never raises for values. When to look is the caller's choice
+(``value_check``): on the CPU at once (free); on CUDA, by default, without stalling the GPU: the
+16 bytes are copied to pinned host memory asynchronously and looked at by the next call (or by
+``check_pending``, which fit calls at every epoch's end), so a bad target is reported one step
+late, naming its pixel, and training steps can be captured in CUDA graphs. "now" looks at once (a
+synchronisation per call, the error at the call that caused it); "off" never looks. Under
+torch.compile a bad value trips a device-side assert. The composite checks with vectorised
+comparisons (extra passes; it is the slow path), except under torch.compile.
 """
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +45,7 @@ _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # at::Reduction codes, as the sc
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TARGET_DTYPES = (torch.uint8, torch.int32, torch.int64)
 _NAME = "weighted_softmax_cross_entropy"
+VALUE_CHECKS = ("auto", "now", "deferred", "off")
 
 
 # ---- input checks
@@ -73,22 +81,68 @@ def _check(logits, target, weight, reduction, ignore_index) -> None:
         raise TypeError(f"{_NAME}: ignore_index must be an int, got {type(ignore_index).__name__}")
 
 
+def _check_value_check(value_check) -> None:
+    if value_check not in VALUE_CHECKS:
+        raise ValueError(f"{_NAME}: value_check must be one of {VALUE_CHECKS}, got {value_check!r}")
+
+
 def _position(flat: int, shape) -> str:
     _, h, w = shape
     return f"(n={flat // (h * w)}, h={flat % (h * w) // w}, w={flat % w})"
 
 
-def _raise_for_bad_values(first_bad: tuple[int, int], target, weight, num_classes: int, ignore_index: int) -> None:
+def _raise_for_bad_values(first_bad: tuple[int, int], target, weight, num_classes: int, ignore_index: int,
+                          when: str = "") -> None:
     """Raise for the first invalid target / weight; first_bad holds flat pixel indices, -1 for none."""
     bad_target, bad_weight = first_bad
     if bad_target >= 0:
         value = target.reshape(-1)[bad_target].item()
-        raise IndexError(f"{_NAME}: target has value {value} at {_position(bad_target, target.shape)}; class "
-                         f"indices must be in [0, {num_classes}) or equal ignore_index={ignore_index}")
+        raise IndexError(f"{_NAME}: target has value {value} at {_position(bad_target, target.shape)}{when}; "
+                         f"class indices must be in [0, {num_classes}) or equal ignore_index={ignore_index}")
     if bad_weight >= 0:
         value = weight.reshape(-1)[bad_weight].item()
-        raise ValueError(f"{_NAME}: weight has value {value} at {_position(bad_weight, weight.shape)}; "
+        raise ValueError(f"{_NAME}: weight has value {value} at {_position(bad_weight, weight.shape)}{when}; "
                          "weights must be >= 0 and not NaN")
+
+
+@dataclass
+class _Pending:
+    """A call's first_bad on its way to the host: copied without waiting, looked at once it arrived."""
+
+    first_bad: torch.Tensor  # pinned host memory, filled by an asynchronous copy
+    arrived: torch.cuda.Event | None  # None: already on the host
+    target: torch.Tensor
+    weight: torch.Tensor | None
+    num_classes: int
+    ignore_index: int
+
+    def check(self) -> None:
+        _raise_for_bad_values(self.first_bad.tolist(), self.target, self.weight, self.num_classes,
+                              self.ignore_index, " (found in an earlier call, checked without waiting)")
+
+
+_pending: deque[_Pending] = deque()
+
+
+def check_pending(wait: bool = True) -> None:
+    """Raise for invalid targets or weights that earlier CUDA calls found (value_check "deferred"):
+    every call so far with ``wait`` (a synchronisation), else those whose result has arrived."""
+    while _pending and (wait or _pending[0].arrived is None or _pending[0].arrived.query()):
+        entry = _pending.popleft()
+        if entry.arrived is not None:
+            entry.arrived.synchronize()
+        entry.check()
+
+
+def _defer(first_bad, target, weight, num_classes: int, ignore_index: int) -> None:
+    if first_bad.device.type != "cuda":
+        _pending.append(_Pending(first_bad, None, target, weight, num_classes, ignore_index))
+        return
+    host = torch.empty(first_bad.shape, dtype=first_bad.dtype, pin_memory=True)
+    host.copy_(first_bad, non_blocking=True)
+    arrived = torch.cuda.Event()
+    arrived.record()
+    _pending.append(_Pending(host, arrived, target, weight, num_classes, ignore_index))
 
 
 def _first_bad_values(logits, target, weight, ignore_index) -> tuple[int, int]:
@@ -124,21 +178,21 @@ def weighted_cross_entropy_reference(logits, target, weight=None, reduction="mea
 # ---- fake kernel
 
 def _fake(logits, target, weight, reduction: int, ignore_index: int, compute_grad: bool):
-    """(loss, grad, count) shaped as every implementation returns them."""
+    """(loss, grad, count, first_bad) shaped as every implementation returns them."""
     n, _, h, w = logits.shape
     loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     loss = logits.new_empty((n, h, w) if reduction == 0 else (), dtype=loss_dtype)
     grad = (torch.empty_like(logits, memory_format=memory_format_of(logits)) if compute_grad
             else logits.new_empty((0,)))
-    return loss, grad, logits.new_empty((), dtype=torch.int64)
+    return loss, grad, logits.new_empty((), dtype=torch.int64), logits.new_empty((2,), dtype=torch.int64)
 
 
 # ---- autograd
 
 def _setup_context(ctx, inputs, output):
     _, _, _, reduction, _, compute_grad = inputs
-    _, grad, count = output
-    ctx.mark_non_differentiable(grad, count)
+    _, grad, count, first_bad = output
+    ctx.mark_non_differentiable(grad, count, first_bad)
     ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the saved-gradient output
     ctx.reduction, ctx.compute_grad = reduction, compute_grad
     ctx.save_for_backward(grad, count)
@@ -166,11 +220,10 @@ def _weighted_cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, w
     logits = logits.contiguous(memory_format=layout)
     target = target.contiguous()
     weight = weight.contiguous() if weight is not None else None
-    _, grad, _ = _fake(logits, target, weight, reduction, ignore_index, compute_grad)
+    _, grad, _, _ = _fake(logits, target, weight, reduction, ignore_index, compute_grad)
     loss, count, first_bad = _kernels.weighted_cross_entropy_forward(
         logits, target, weight, grad if compute_grad else None, reduction, ignore_index, layout == torch.channels_last)
-    _raise_for_bad_values(first_bad.tolist(), target, weight, logits.shape[1], ignore_index)
-    return loss, grad, count
+    return loss, grad, count, first_bad
 
 
 if _triton.available():
@@ -187,7 +240,7 @@ def _backend(device: torch.device, dtype: torch.dtype, implementation: str | Non
 
 def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                                    *, reduction: str = "mean", ignore_index: int = -100,
-                                   implementation: str | None = None) -> torch.Tensor:
+                                   implementation: str | None = None, value_check: str = "auto") -> torch.Tensor:
     """Pixel-wise softmax cross-entropy of ``logits`` [N, C, H, W] against ``target`` [N, H, W], times ``weight``.
 
     Equals ``F.cross_entropy(logits, target, reduction="none", ignore_index=ignore_index) * weight``
@@ -198,8 +251,13 @@ def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, w
     for float64 logits); logits' gradient comes in logits' dtype. Double backward is not supported.
     implementation: None (the default choice for the tensors; the composite when ``weight`` needs a
     gradient, which only it gives), or "extension", "triton", "composite".
+    value_check: when to raise for an invalid target or weight (see the module docstring): "auto"
+    (at once on the CPU; on CUDA without a synchronisation, one call late), "now", "deferred", "off".
     """
     _check(logits, target, weight, reduction, ignore_index)
+    _check_value_check(value_check)
+    if _pending and not torch.compiler.is_compiling():
+        check_pending(wait=False)
     weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
     if weight_needs_grad and implementation not in (None, "composite"):
         raise ValueError(f"{_NAME}: weight requires a gradient, which only implementation 'composite' gives, "
@@ -213,5 +271,12 @@ def weighted_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, w
     op = (torch.ops.unet_fast.weighted_cross_entropy if implementation == "extension"
           else torch.ops.unet_fast.weighted_cross_entropy_triton)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, _, _ = op(logits, target, weight, _REDUCTIONS[reduction], ignore_index, compute_grad)
+    loss, _, _, first_bad = op(logits, target, weight, _REDUCTIONS[reduction], ignore_index, compute_grad)
+    if torch.compiler.is_compiling():
+        if value_check != "off":
+            torch._assert_async(first_bad.max() < 0, f"{_NAME}: invalid target or weight")
+    elif value_check == "now" or (value_check == "auto" and first_bad.device.type != "cuda"):
+        _raise_for_bad_values(first_bad.tolist(), target, weight, logits.shape[1], ignore_index)
+    elif value_check != "off":
+        _defer(first_bad, target, weight, logits.shape[1], ignore_index)
     return loss

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (--dry-run: Triton 3.5/3.6's interpreter under numpy >= 2.4)
 from timing import copy_bandwidth, matmul_tflops, measure  # noqa: E402
 
 from unet_fast import UNet, augment, geometry, reference  # noqa: E402

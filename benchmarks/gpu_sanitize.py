@@ -9,12 +9,15 @@ partial pooling windows, crop offsets > 0, channel counts off the tile sizes) so
 are what keeps accesses inside; every dtype the kernels ship for runs once, every kernel option too.
 """
 import sys
+from pathlib import Path
 
 import torch
 
-from unet_fast import UNet
-from unet_fast.ops import conv3x3_relu
-from unet_fast.ops.crop_concat import crop_concat_reference
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (cpu: Triton 3.5/3.6's interpreter under numpy >= 2.4)
+from unet_fast import UNet  # noqa: E402
+from unet_fast.ops import conv3x3_relu  # noqa: E402
+from unet_fast.ops.crop_concat import crop_concat_reference  # noqa: E402
 
 
 def main(device: str = "cuda") -> None:

@@ -55,3 +55,4 @@ def _interpreter_bf16_as_on_gpu() -> None:
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_bf16_as_on_gpu()
+import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)

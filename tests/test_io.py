@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import zarr
 
 import unet_fast
 from unet_fast import io, reference
 from unet_fast.io import Normalization
 from unet_fast.model_file import read_model_config
+from optional_deps import needs_zarr
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -58,6 +58,7 @@ def test_normalization_round_trips_and_validates():
 # ----------------------------------------------------------------------------- reading
 
 def test_tiff_multipage_bigtiff_is_read_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 65535, (3, 100, 130)).astype(np.uint16)
     path = tmp_path / "stack.tif"
@@ -68,6 +69,7 @@ def test_tiff_multipage_bigtiff_is_read_lazily(tmp_path):
     np.testing.assert_array_equal(array[1, 10:50, 20:33], stack[1, 10:50, 20:33])
 
 
+@needs_zarr
 def test_ome_tiff_and_rgb_samples_come_channels_first(tmp_path):
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 255, (40, 50, 3)).astype(np.uint8)
@@ -94,6 +96,7 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     with pytest.raises(io.ImageTooLargeError, match="60000 pixels"):
         io.read_image(path, max_pixels=1000)
     # A TIFF in small strips can be streamed, so the limit does not apply to it.
+    pytest.importorskip("zarr")  # (streamed: read lazily, through zarr)
     tifffile.imwrite(tmp_path / "big.tif", np.zeros((200, 300), np.uint8), rowsperstrip=8)
     io.read_image(tmp_path / "big.tif", max_pixels=1000)
 
@@ -126,6 +129,8 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 @pytest.mark.parametrize("shape, channels", [((300, 517), False), ((2, 130, 70), False),
                                               ((3, 260, 300), True), ((2, 2, 130, 70), True)])
 def test_streaming_writers_accept_blocks_in_tile_order(tmp_path, suffix, shape, channels):
+    if suffix == ".zarr":
+        pytest.importorskip("zarr")
     rng = np.random.default_rng(4)
     image = rng.integers(0, 255, shape).astype(np.uint8)
     writer = io.open_streaming_writer(tmp_path / f"o{suffix}", shape, np.uint8, channels=channels)
@@ -141,7 +146,7 @@ def test_streaming_writers_accept_blocks_in_tile_order(tmp_path, suffix, shape, 
         back = tifffile.imread(tmp_path / "o.tif")
         back = np.moveaxis(back, -1, -3) if channels else back
     else:
-        back = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["0"][...]
+        back = __import__("zarr").open_group(str(tmp_path / "o.zarr"), mode="r")["0"][...]
     np.testing.assert_array_equal(back, image)
     assert sorted(os.listdir(tmp_path)) == [f"o{suffix}"]
 

@@ -292,6 +292,7 @@ TRITON_INTERPRETER_SCRIPT = textwrap.dedent("""
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
     sys.path.insert(0, os.environ["TESTS_DIR"])
+    import triton_interpreter_fix  # Triton 3.5/3.6's interpreter under numpy >= 2.4
     from test_weighted_cross_entropy import make_inputs, oracle
     from tolerances import relative_error
     from unet_fast.ops.triton.weighted_cross_entropy import (weighted_cross_entropy_checked,

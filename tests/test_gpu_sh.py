@@ -119,6 +119,12 @@ def test_execute_skips_what_no_longer_fits_and_runs_the_rest(tmp_path, monkeypat
     assert ran == ["correctness", "ceilings", "network", "layers", "loss", "augment", "pipeline", "max_autotune",
                    "sanitizer"]
 
+    # a dry run's CPU seconds are not a GPU's: every stage runs with its own cap, whatever the budget
+    ran.clear()
+    plan = gpu_run.stages()
+    gpu_run.execute(gpu_run.Run(tmp_path / "dry", 60, dry_run=True), plan, plan, build=False)
+    assert ran == [s.name for s in plan if s.name != "extension_checks"]
+
 
 def test_budget_and_stage_names_are_checked(capsys):
     for argv, message in ((["--dry-run", "--budget", "59"], "--budget must be at least 60 seconds"),

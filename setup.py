@@ -30,7 +30,7 @@ def extension_modules():
         ext = CUDAExtension(
             "unet_fast._C", cpp + sources("csrc/cuda/*.cu"),
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
-            define_macros=[("UNET_FAST_WITH_CUDA", "1")], extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp"],
         )
     else:
         ext = CppExtension("unet_fast._C", cpp, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])

@@ -22,7 +22,7 @@ def child(size: int, workdir: Path, dtype: str) -> dict:
     import tifffile
     import torch
 
-    from unet_fast import UNet, io
+    from unet_fast import UNet, image_io
     from unet_fast.inference import plan_tiles, predict_tiled
 
     source = workdir / f"in{size}.tif"
@@ -37,7 +37,7 @@ def child(size: int, workdir: Path, dtype: str) -> dict:
     rss_after_write = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
     model = UNet(depth=5, base_channels=16).eval()
-    image, _ = io.read_image(source)
+    image, _ = image_io.read_image(source)
     plan = plan_tiles(model, (size, size), device="cpu", dtype=dtype)
     start = time.perf_counter()
     predict_tiled(model, image, dtype=dtype, out=workdir / f"out{size}.tif", progress=False)

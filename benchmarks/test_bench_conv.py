@@ -12,17 +12,19 @@ Options awaiting this measurement (off by default in UNet):
   vs fused_gemm (the tensor-core kernel) vs cudnn_reference.
 Whole network (groups "unet forward/forward+backward ..."): batch 8 bf16 channels_last,
 backend="triton" (switches off: today's default; with pool_epilogue, direct_first_layer, both)
-vs the reference eager vs torch.compile(reference, mode="max-autotune"); effective TFLOP/s from
-300.9 GFLOP per tile forward (3x that for forward + backward). The switches' default follows the
-triton rows: turn one on where its row beats "triton" in both modes.
+vs the reference eager vs torch.compile(reference, mode="max-autotune"); effective TFLOP/s from the
+network's FLOPs (network_flops.py: 300.9 GFLOP per 572x572 tile forward; 3x that for forward +
+backward). The switches' default follows the triton rows: turn one on where its row beats "triton"
+in both modes.
 
 max-autotune compiles take minutes; by default the per-layer compiled baseline runs on
 UNET_FAST_BENCH_COMPILED_LAYERS (comma-separated names; default: three representative layers,
 the widest-image encoder conv, the bottleneck conv and the top decoder conv with skip; "all": all 18).
 
 UNET_FAST_BENCH_DRY_RUN=1 (benchmarks/gpu.sh --dry-run): every case but the compiled ones once, on
-a tiny network (depth 2, base 8, 20x20, batch 1, fp32) on the CPU, for Triton's interpreter: it
-checks that this file runs end to end without a GPU; its times mean nothing.
+a tiny network (depth 2, base 8, 20x20, batch 1, fp32) on the CPU, for Triton's interpreter (the
+fused cases name implementation="triton", so they run it there too): it checks that this file runs
+end to end without a GPU; its times mean nothing.
 """
 import os
 from dataclasses import dataclass
@@ -31,8 +33,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from network_flops import forward_gflop
 from unet_fast import UNet, geometry, reference
 from unet_fast.ops import conv3x3_relu
+from unet_fast.ops.conv3x3 import conv3x3_relu_reference
 
 DRY_RUN = os.environ.get("UNET_FAST_BENCH_DRY_RUN") == "1"
 if DRY_RUN:
@@ -76,8 +80,7 @@ def unet_layers(size: int = SIZE, depth: int = DEPTH, base: int = BASE) -> list[
 
 
 LAYERS = unet_layers()
-# forward, 572x572, depth 5, base 64 (ARCHITECTURE.md section 2); the dry run's 3x3 convs only
-GFLOP_PER_TILE = sum(layer.gflop for layer in LAYERS) / BATCH if DRY_RUN else 300.9
+GFLOP_PER_TILE = forward_gflop(SIZE, depth=DEPTH, base_channels=BASE)
 POOLED_LAYERS = [layer for layer in LAYERS if layer.name.startswith("enc") and layer.name.endswith("conv2")
                  and layer.name != f"enc{DEPTH - 1}.conv2"]  # the bottleneck is not pooled
 _DEFAULT_COMPILED = {"enc0.conv2", "enc4.conv1", "dec0.conv1"}
@@ -88,12 +91,6 @@ def _compiled_layers() -> set[str]:
     if chosen == "all":
         return {layer.name for layer in LAYERS}
     return set(chosen.split(",")) if chosen else _DEFAULT_COMPILED
-
-
-def composite(x, weight, bias, skip):
-    if skip is not None:
-        x = torch.cat([reference.center_crop(skip, x.shape[-2:]), x], dim=1)
-    return F.relu(F.conv2d(x, weight, bias))
 
 
 def _layer_inputs(layer: Layer):
@@ -122,12 +119,12 @@ def test_conv_layer(timed, benchmark, layer, impl):
     x, weight, bias, skip = _layer_inputs(layer)
     if impl == "fused":
         def fn():
-            return conv3x3_relu(x, weight, bias, skip=skip)
+            return conv3x3_relu(x, weight, bias, skip=skip, implementation="triton")
     elif impl == "cudnn_reference":
         def fn():
-            return composite(x, weight, bias, skip)
+            return conv3x3_relu_reference(x, weight, bias, skip)
     else:
-        compiled = torch.compile(composite, mode="max-autotune", dynamic=False)
+        compiled = torch.compile(conv3x3_relu_reference, mode="max-autotune", dynamic=False)
 
         def fn():
             return compiled(x, weight, bias, skip)
@@ -147,9 +144,9 @@ def _describe(layer: Layer) -> str:
 def test_pooled_layer(timed, benchmark, layer, impl):
     """An encoder level's second conv and its 2x2 max-pool: one kernel, two, or cuDNN + aten."""
     x, weight, bias, _ = _layer_inputs(layer)
-    fn = {"pooled_fused": lambda: conv3x3_relu(x, weight, bias, pool=True),
-          "fused_then_max_pool2d": lambda: F.max_pool2d(conv3x3_relu(x, weight, bias), 2),
-          "cudnn_reference": lambda: F.max_pool2d(composite(x, weight, bias, None), 2)}[impl]
+    fn = {"pooled_fused": lambda: conv3x3_relu(x, weight, bias, pool=True, implementation="triton"),
+          "fused_then_max_pool2d": lambda: F.max_pool2d(conv3x3_relu(x, weight, bias, implementation="triton"), 2),
+          "cudnn_reference": lambda: F.max_pool2d(conv3x3_relu_reference(x, weight, bias), 2)}[impl]
     benchmark.group = f"conv3x3+maxpool {_describe(layer)}"
     benchmark.extra_info.update(gflop=layer.gflop)
     with torch.inference_mode():
@@ -161,9 +158,9 @@ def test_first_layer(timed, benchmark, impl):
     """The first conv (1 input channel): the direct FMA kernel, the tensor-core GEMM, cuDNN."""
     layer = LAYERS[0]
     x, weight, bias, _ = _layer_inputs(layer)
-    fn = {"direct": lambda: conv3x3_relu(x, weight, bias, direct=True),
-          "fused_gemm": lambda: conv3x3_relu(x, weight, bias),
-          "cudnn_reference": lambda: composite(x, weight, bias, None)}[impl]
+    fn = {"direct": lambda: conv3x3_relu(x, weight, bias, direct=True, implementation="triton"),
+          "fused_gemm": lambda: conv3x3_relu(x, weight, bias, implementation="triton"),
+          "cudnn_reference": lambda: conv3x3_relu_reference(x, weight, bias)}[impl]
     benchmark.group = f"first layer {_describe(layer)}"
     benchmark.extra_info.update(gflop=layer.gflop)
     with torch.inference_mode():

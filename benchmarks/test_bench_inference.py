@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from network_flops import forward_gflop
 from unet_fast import UNet
 from unet_fast.inference import plan_tiles, predict_tiled
 
-GFLOP_PER_572_TILE = 300.9
+GFLOP_PER_572_TILE = forward_gflop(572)
 
 
 def _bf16_ok() -> bool:

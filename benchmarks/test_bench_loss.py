@@ -1,8 +1,10 @@
 """Weighted softmax cross-entropy, forward + backward: each implementation vs the eager composite.
 
-Composite (the baseline): F.cross_entropy(logits, target, reduction="none") * weight, mean, backward,
-with an int64 target (what F.cross_entropy needs). Candidates: unet_fast.ops.weighted_softmax_cross_entropy
-on the CPU C++ kernel (int64 and uint8 targets), and on CUDA the Triton and CUDA C++ kernels.
+Composite (the baseline): unet_fast.reference.weighted_cross_entropy, i.e. F.cross_entropy(logits,
+target, reduction="none") * weight, "mean" over non-ignored pixels, backward, with an int64 target (what
+F.cross_entropy needs). Candidates: unet_fast.ops.weighted_softmax_cross_entropy with implementation=
+"extension" (the CPU C++ kernel with int64 and uint8 targets; on CUDA the CUDA C++ kernel) and, on CUDA,
+"triton".
 gbytes counts the bytes that must move: read logits, target and weight once, write the gradient once.
 
 A second group compares the two ways to get the gradient on the CPU (the choice documented in
@@ -11,10 +13,8 @@ unet_fast/ops/weighted_cross_entropy.py): the forward kernel writes it and backw
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
-from unet_fast import _extension
-from unet_fast.ops import weighted_cross_entropy as wce_module
+from unet_fast import _extension, reference
 from unet_fast.ops import weighted_softmax_cross_entropy
 
 SHAPES = [(8, 2, 512, 512), (1, 2, 388, 388)]
@@ -34,14 +34,6 @@ def _gbytes(logits, target, weight):
                   + weight.numel() * weight.element_size()) / 1e9, 4)
 
 
-def _composite(logits, target, weight):
-    return (F.cross_entropy(logits, target, reduction="none") * weight).mean()
-
-
-def _fused(logits, target, weight):
-    return weighted_softmax_cross_entropy(logits, target, weight)
-
-
 CPU_IMPLS = [
     pytest.param("composite", torch.int64, id="composite"),
     pytest.param("cpu-kernel", torch.int64, id="cpu-kernel-int64-target",
@@ -58,13 +50,18 @@ GPU_IMPLS = [
 ]
 
 
-def _forward_backward(timed, benchmark, impl, target_dtype, shape, device, rounds, monkeypatch):
-    if impl == "cuda-kernel":
-        if not _extension.has_kernel("weighted_cross_entropy", "cuda"):
-            pytest.skip("CUDA kernel not built")
-        monkeypatch.setattr(wce_module, "_TRITON", None)
+IMPLEMENTATIONS = {"cpu-kernel": "extension", "cuda-kernel": "extension", "triton": "triton"}
+
+
+def _forward_backward(timed, benchmark, impl, target_dtype, shape, device, rounds):
+    if impl == "cuda-kernel" and not _extension.has_kernel("weighted_cross_entropy", "cuda"):
+        pytest.skip("CUDA kernel not built")
     logits, target, weight = _inputs(shape, device, target_dtype)
-    loss_fn = _composite if impl == "composite" else _fused
+    if impl == "composite":
+        loss_fn = reference.weighted_cross_entropy
+    else:
+        def loss_fn(logits, target, weight):
+            return weighted_softmax_cross_entropy(logits, target, weight, implementation=IMPLEMENTATIONS[impl])
 
     def step():
         loss_fn(logits, target, weight).backward()
@@ -77,14 +74,14 @@ def _forward_backward(timed, benchmark, impl, target_dtype, shape, device, round
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("impl, target_dtype", CPU_IMPLS)
-def test_loss_cpu(timed, benchmark, impl, target_dtype, shape, monkeypatch):
-    _forward_backward(timed, benchmark, impl, target_dtype, shape, "cpu", 15, monkeypatch)
+def test_loss_cpu(timed, benchmark, impl, target_dtype, shape):
+    _forward_backward(timed, benchmark, impl, target_dtype, shape, "cpu", 15)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("impl, target_dtype", GPU_IMPLS)
-def test_loss_cuda(timed, benchmark, impl, target_dtype, shape, monkeypatch):
-    _forward_backward(timed, benchmark, impl, target_dtype, shape, "cuda", 100, monkeypatch)
+def test_loss_cuda(timed, benchmark, impl, target_dtype, shape):
+    _forward_backward(timed, benchmark, impl, target_dtype, shape, "cuda", 100)
 
 
 @pytest.mark.skipif(not _extension.has_kernel("weighted_cross_entropy", "cpu"), reason="CPU kernel not built")
@@ -95,7 +92,7 @@ def test_gradient_strategy_cpu(timed, benchmark, strategy):
     op = torch.ops.unet_fast.weighted_cross_entropy
 
     def saved():  # forward kernel writes the gradient; backward multiplies it by grad_output / count
-        loss, grad, count = op(x, target, weight, 1, -100, True)
+        loss, grad, count, _ = op(x, target, weight, 1, -100, True)
         return grad * (torch.ones(()) / count)
 
     def recompute():  # forward kernel without the gradient; a second pass writes it

@@ -6,9 +6,10 @@ CUDA (when present): the same at batch 8 in bf16 channels_last.
 import pytest
 import torch
 
+from network_flops import forward_gflop
 from unet_fast import UNet, reference
 
-GFLOP_PER_TILE = 300.9  # forward, 572x572, depth 5, base 64 (ARCHITECTURE.md section 2)
+GFLOP_PER_TILE = forward_gflop(572)  # forward, depth 5, base 64
 
 
 def _pair(device, memory_format):

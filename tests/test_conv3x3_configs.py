@@ -159,3 +159,34 @@ def test_the_shipped_table_is_well_formed():
             assert kind in configs.KINDS and dtype in ("bf16", "fp16", "tf32") and "->" in channels
             assert int(rows) & (int(rows) - 1) == 0, key  # a power of two
             assert entry == configs.ATEN or isinstance(entry, configs.Config)
+
+
+@needs_triton
+@pytest.mark.parametrize("aten_parts", [(True, True), (True, False), (False, True)],
+                         ids=["aten-dgrad-wgrad", "aten-dgrad", "aten-wgrad"])
+@pytest.mark.parametrize("cs", [0, 4])
+def test_measured_backward_runs_each_part_where_the_table_says(aten_parts, cs, monkeypatch):
+    """measured=True: the parts the table gives to cuDNN go through aten's convolution_backward (on the
+    concatenated input, skip's gradient zero outside its window), the rest through the Triton kernels;
+    every gradient equals aten's either way."""
+    calls = []
+    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: calls.append(args) or aten_parts)
+    x, weight, bias, skip = inputs(2, 5, cs, 7, 11, 6)
+    leaves = [t.requires_grad_() for t in (x, weight, bias) + ((skip,) if skip is not None else ())]
+    with exact_fp32():
+        out = torch.ops.unet_fast.conv3x3_relu_triton(x, weight, bias, skip, 0, False, True)
+        want = F.relu(F.conv2d(cat_input(x, skip), weight, bias))
+        grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        got = torch.autograd.grad(out, leaves, grad)
+        expected = torch.autograd.grad(want, leaves, grad)
+    assert calls, "the measured backward consulted the table"
+    for name, g, e in zip(("x", "weight", "bias", "skip"), got, expected):
+        assert_close(g, e, msg=f"{name} with aten parts {aten_parts}")
+
+
+@needs_triton
+def test_relu_pool_backward_op_passes_opcheck():
+    y = torch.randn(2, 6, 9, 8).contiguous(memory_format=torch.channels_last).to(DEVICE)
+    grad_y, grad_pooled = torch.randn_like(y), torch.randn(2, 6, 4, 4).to(DEVICE)
+    torch.library.opcheck(torch.ops.unet_fast.relu_pool_backward_triton.default, (y, grad_y, grad_pooled))
+    torch.library.opcheck(torch.ops.unet_fast.relu_pool_backward_triton.default, (y, None, grad_pooled))

@@ -1,122 +1,158 @@
+"""crop_concat: every implementation against an index-loop oracle, opcheck of every registered op, bad input.
+
+Implementations: the public function's default, the composite (crop_concat_reference), the Triton op
+(torch.ops.unet_fast.crop_concat_triton: CUDA, or the CPU under the interpreter) and the CUDA C++ op
+(torch.ops.unet_fast.crop_concat, on a GPU).
+"""
 import pytest
 import torch
 
-from unet_fast import _extension
+from unet_fast import ops
 from unet_fast.ops import crop_concat
 from unet_fast.ops.crop_concat import crop_concat_reference
 from triton_device import DEVICE, needs_triton
 
-needs_extension = pytest.mark.skipif(not _extension.available(), reason="unet_fast._C not built")
-
-SHAPES = [  # (skip shape, x shape): crop offsets 0 and > 0, odd sizes, odd channel counts
+SHAPES = [  # (skip shape, x shape): crop offsets 0 and > 0 (odd margins too), odd sizes and channel counts
     ((2, 3, 11, 13), (2, 5, 11, 13)),
     ((2, 3, 20, 21), (2, 5, 11, 12)),
-    ((1, 16, 64, 64), (1, 16, 56, 56)),
+    ((1, 16, 17, 18), (1, 16, 9, 10)),
     ((3, 1, 9, 7), (3, 2, 1, 1)),
 ]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
 
 
-@pytest.mark.parametrize("skip_shape, x_shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.uint8])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("impl", ["public", "cpu_kernel"])
-def test_matches_reference(skip_shape, x_shape, dtype, layout, impl):
-    if impl == "cpu_kernel" and not _extension.has_kernel("crop_concat", "cpu"):
-        pytest.skip("unet_fast._C not built")
-    skip = (torch.randn(skip_shape) * 50).to(dtype)
-    x = (torch.randn(x_shape) * 50).to(dtype)
+def oracle(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """cat([centre crop of skip, x], dim=1) element by element, the crop offset computed here."""
+    n, cs, sh, sw = skip.shape
+    cx, h, w = x.shape[1:]
+    top, left = (sh - h) // 2, (sw - w) // 2
+    out = torch.empty((n, cs + cx, h, w), dtype=x.dtype)
+    for b in range(n):
+        for c in range(cs + cx):
+            for i in range(h):
+                for j in range(w):
+                    out[b, c, i, j] = skip[b, c, top + i, left + j] if c < cs else x[b, c - cs, i, j]
+    return out
+
+
+def gradient_oracle(skip_shape, x_channels: int, grad: torch.Tensor):
+    """(d skip, d x) of sum(crop_concat(skip, x) * grad): grad's first channels in skip's window, zero around."""
+    n, cs, sh, sw = skip_shape
+    h, w = grad.shape[-2:]
+    grad_skip = torch.zeros(skip_shape, dtype=grad.dtype)
+    grad_skip[:, :, (sh - h) // 2:(sh - h) // 2 + h, (sw - w) // 2:(sw - w) // 2 + w] = grad[:, :cs]
+    return grad_skip, grad[:, cs:cs + x_channels]
+
+
+def make(skip_shape, x_shape, dtype, layout, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    skip = (torch.randn(skip_shape, generator=g) * 50).to(dtype).to(device)
+    x = (torch.randn(x_shape, generator=g) * 50).to(dtype).to(device)
     if layout == "channels_last":
         skip, x = skip.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":  # views with gaps, as a decoder sees a skip from a larger buffer
         skip = torch.cat([skip, skip], dim=-1)[..., ::2]
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    out = crop_concat(skip, x) if impl == "public" else torch.ops.unet_fast.crop_concat(skip, x)
-    assert torch.equal(out, crop_concat_reference(skip, x))
-    if layout == "channels_last" and x_shape[1] > 1:
+    return skip, x
+
+
+def check_output(out, skip, x, layout):
+    expected = oracle(skip.cpu(), x.cpu())
+    assert out.dtype == x.dtype and out.shape == expected.shape
+    assert torch.equal(out.cpu(), expected), f"{layout} {tuple(skip.shape)} {tuple(x.shape)}"
+    if layout == "channels_last" and x.shape[1] > 1:
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("skip_shape, x_shape", SHAPES[:3])
-@pytest.mark.parametrize("impl", ["public", "cpu_kernel"])
-def test_gradients(skip_shape, x_shape, impl):
-    if impl == "cpu_kernel" and not _extension.has_kernel("crop_concat", "cpu"):
-        pytest.skip("unet_fast._C not built")
-    op = crop_concat if impl == "public" else torch.ops.unet_fast.crop_concat
-    skip = torch.randn(skip_shape, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
-    if skip.numel() < 2000:  # gradcheck builds a dense Jacobian
-        assert torch.autograd.gradcheck(op, (skip, x))
-    out = op(skip, x)
-    grad = torch.randn_like(out)
-    g_skip, g_x = torch.autograd.grad(out, (skip, x), grad)
-    r_skip, r_x = torch.autograd.grad(crop_concat_reference(skip, x), (skip, x), grad)
-    assert g_skip.shape == skip.shape
-    assert torch.equal(g_skip, r_skip) and torch.equal(g_x, r_x)
+def triton_op(skip, x):
+    return torch.ops.unet_fast.crop_concat_triton(skip, x)
 
 
-@needs_extension
-@pytest.mark.parametrize("skip_shape, x_shape", SHAPES[:3])
-def test_opcheck(skip_shape, x_shape):
-    skip = torch.randn(skip_shape, requires_grad=True)
-    x = torch.randn(x_shape, requires_grad=True)
-    torch.library.opcheck(torch.ops.unet_fast.crop_concat.default, (skip, x))
-    cl = (skip.detach().contiguous(memory_format=torch.channels_last).requires_grad_(),
-          x.detach().contiguous(memory_format=torch.channels_last).requires_grad_())
-    torch.library.opcheck(torch.ops.unet_fast.crop_concat.default, cl)
+def extension_op(skip, x):
+    return torch.ops.unet_fast.crop_concat(skip, x)
 
 
-@needs_extension
-def test_cpu_kernel_is_registered():
-    assert _extension.has_kernel("crop_concat", "cpu")
+IMPLEMENTATIONS = {
+    "default": crop_concat,
+    "composite": crop_concat_reference,
+    "triton": triton_op,
+    "extension": extension_op,
+}
+IMPLEMENTATION_PARAMS = ["default", "composite", "triton", pytest.param("extension", marks=pytest.mark.gpu)]  # CUDA only
 
 
-def test_bad_inputs():
-    with pytest.raises(ValueError, match="skip must be a 4-D tensor"):
-        crop_concat(torch.randn(3, 4, 4), torch.randn(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="batch sizes differ"):
-        crop_concat(torch.randn(2, 1, 8, 8), torch.randn(1, 1, 4, 4))
-    with pytest.raises(ValueError, match="smaller than x"):
-        crop_concat(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 6, 6))
-    with pytest.raises(TypeError, match="dtypes differ"):
-        crop_concat(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4, dtype=torch.float64))
+def runnable(impl: str, device=DEVICE) -> bool:
+    return impl in ("default", "composite") or impl in ops.implementations("crop_concat", torch.device(device),
+                                                                           torch.float32)
 
 
-# The Triton kernel (op unet_fast::crop_concat_triton): on CUDA, or on the CPU under the interpreter.
+def skip_unless_runnable(impl):
+    if not runnable(impl):
+        pytest.skip(f"no {impl} implementation of crop_concat on {DEVICE} here")
 
 
-@needs_triton
 @pytest.mark.parametrize("skip_shape, x_shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_triton_kernel_matches_reference(skip_shape, x_shape, dtype, layout):
-    skip = (torch.randn(skip_shape) * 50).to(dtype).to(DEVICE)
-    x = (torch.randn(x_shape) * 50).to(dtype).to(DEVICE)
-    if layout == "channels_last":
-        skip, x = skip.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":
-        skip = torch.cat([skip, skip], dim=-1)[..., ::2]
-        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    out = torch.ops.unet_fast.crop_concat_triton(skip, x)
-    assert torch.equal(out, crop_concat_reference(skip, x))
-    if layout == "channels_last" and x_shape[1] > 1:
-        assert out.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", IMPLEMENTATION_PARAMS)
+def test_matches_oracle(skip_shape, x_shape, dtype, layout, impl):
+    skip_unless_runnable(impl)
+    skip, x = make(skip_shape, x_shape, dtype, layout, DEVICE)
+    check_output(IMPLEMENTATIONS[impl](skip, x), skip, x, layout)
+
+
+@pytest.mark.parametrize("skip_shape, x_shape", SHAPES[:3])
+@pytest.mark.parametrize("impl", IMPLEMENTATION_PARAMS)
+def test_gradients_match_oracle(skip_shape, x_shape, impl):
+    skip_unless_runnable(impl)
+    skip, x = (t.requires_grad_() for t in make(skip_shape, x_shape, torch.float32, "contiguous", DEVICE))
+    out = IMPLEMENTATIONS[impl](skip, x)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got_skip, got_x = torch.autograd.grad(out, (skip, x), grad.to(DEVICE))
+    want_skip, want_x = gradient_oracle(skip.shape, x.shape[1], grad)
+    assert torch.equal(got_skip.cpu(), want_skip) and torch.equal(got_x.cpu(), want_x)
+
+
+def test_default_is_the_composite_on_the_cpu():
+    """Aten's cat of the cropped view is the CPU implementation (no faster kernel exists there), and
+    Triton's interpreter is never a default."""
+    assert ops.backend("crop_concat", torch.device("cpu"), torch.float32) == "composite"
 
 
 @needs_triton
-def test_triton_kernel_gradients():
-    skip = torch.randn(2, 3, 20, 21, device=DEVICE, requires_grad=True)
-    x = torch.randn(2, 5, 11, 12, device=DEVICE, requires_grad=True)
-    out = torch.ops.unet_fast.crop_concat_triton(skip, x)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (skip, x), grad)
-    want = torch.autograd.grad(crop_concat_reference(skip, x), (skip, x), grad)
-    assert got[0].shape == skip.shape
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+@pytest.mark.parametrize("skip_shape, x_shape", SHAPES[1:3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_triton(skip_shape, x_shape, layout):
+    skip, x = (t.requires_grad_() for t in make(skip_shape, x_shape, torch.float32, layout, DEVICE))
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat_triton.default, (skip, x))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_triton_kernel_opcheck_cuda(dtype):
-    skip = torch.randn(2, 3, 20, 21, device="cuda", dtype=dtype, requires_grad=True)
-    x = torch.randn(2, 5, 11, 12, device="cuda", dtype=dtype, requires_grad=True)
-    torch.library.opcheck(torch.ops.unet_fast.crop_concat_triton.default, (skip, x))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_cuda_kernel(dtype, layout):
+    if "extension" not in ops.implementations("crop_concat", torch.device("cuda"), dtype):
+        pytest.skip("unet_fast._C has no CUDA crop_concat kernel here")
+    skip, x = (t.requires_grad_() for t in make((2, 3, 20, 21), (2, 5, 11, 12), dtype, layout, "cuda"))
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat.default, (skip, x))
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((torch.randn(3, 4, 4), torch.randn(1, 3, 4, 4)), ValueError, r"skip must be a 4-D tensor .* got \(3, 4, 4\)"),
+    ((torch.randn(1, 3, 4, 4), [[1.0]]), ValueError, "x must be a 4-D tensor .* got list"),
+    ((torch.randn(2, 1, 8, 8), torch.randn(1, 1, 4, 4)), ValueError, "batch sizes differ: skip has 2, x has 1"),
+    ((torch.randn(1, 1, 4, 8), torch.randn(1, 1, 6, 6)), ValueError, r"skip \(4, 8\) is smaller than x \(6, 6\)"),
+    ((torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4, dtype=torch.float64)), TypeError, "dtypes differ"),
+    ((torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4, device="meta")), ValueError, "devices differ"),
+])
+def test_bad_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        crop_concat(*args)
+
+
+def test_implementation_that_cannot_run_is_refused():
+    with pytest.raises(ValueError, match="implementation must be None or one of .* got 'cuda'"):
+        crop_concat(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4), implementation="cuda")
+    if not runnable("extension", "cpu"):
+        with pytest.raises(ValueError, match="implementation 'extension' cannot run on cpu"):
+            crop_concat(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4), implementation="extension")

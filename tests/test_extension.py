@@ -5,44 +5,58 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from tolerances import assert_close
 
 CODE = """
-import json, torch, unet_fast
-from unet_fast import reference
-from unet_fast.ops import crop_concat
+import json, sys, torch, unet_fast
+from unet_fast import ops, reference
 torch.manual_seed(0)
 ref = reference.UNet(depth=3, base_channels=4)
 fast = unet_fast.UNet(depth=3, base_channels=4)
 fast.load_state_dict(ref.state_dict())
 x = torch.randn(2, 1, 44, 44)
-same = torch.allclose(ref(x), fast(x), atol=1e-5)
-print(json.dumps({"info": unet_fast.info(), "same": same,
-                  "cat": crop_concat(torch.ones(1, 1, 6, 6), torch.zeros(1, 1, 4, 4)).shape[1]}))
+logits, target = torch.randn(2, 3, 5, 7), torch.randint(0, 3, (2, 5, 7))
+torch.save({"reference": ref(x), "fast": fast(x), "loss": ops.weighted_softmax_cross_entropy(logits, target),
+            "oracle_loss": reference.weighted_cross_entropy(logits, target)}, sys.argv[1])
+print(json.dumps({"info": unet_fast.info(), "loss_backend": ops.backend("weighted_cross_entropy",
+                                                                         torch.device("cpu"), torch.float32)}))
 """
 
 
-def run_isolated(env_extra):
+def run_isolated(env_extra, outputs):
     env = {**os.environ, **env_extra}
-    done = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", CODE, str(outputs)], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_package_works_without_the_extension():
-    result = run_isolated({"UNET_FAST_DISABLE_EXTENSION": "1"})
-    assert result["same"] and result["cat"] == 2
+def test_package_works_without_the_extension(tmp_path):
+    result = run_isolated({"UNET_FAST_DISABLE_EXTENSION": "1"}, tmp_path / "outputs.pt")
+    outputs = torch.load(tmp_path / "outputs.pt")
+    assert_close(outputs["fast"], outputs["reference"], msg="network")
+    assert result["loss_backend"] == "composite"
+    assert_close(outputs["loss"], outputs["oracle_loss"], msg="loss")
     assert "UNET_FAST_DISABLE_EXTENSION" in result["info"]["extension"]
     backend = result["info"]["backends"]["extension-cpu"]
     assert not backend["available"] and "not loaded" in backend["why"]
     assert result["info"]["backends"]["torch"]["available"]
 
 
-def test_info_reports_the_extension():
+def test_info_reports_the_kernels_the_ops_run():
+    """info() names the compiled kernels that exist and the implementation each op runs by default."""
     import unet_fast
-    from unet_fast import _extension
+    from unet_fast import _extension, ops
 
     report = unet_fast.info()
     assert report["backends"]["torch"]["available"]
-    assert report["backends"]["extension-cpu"]["available"] == _extension.available()
+    assert report["backends"]["extension-cpu"]["available"] == bool(_extension.kernels("cpu"))
+    if _extension.available():
+        assert report["backends"]["extension-cpu"]["why"] == "compiled CPU kernels: weighted_cross_entropy"
     assert report["extension"].startswith("loaded" if _extension.available() else "missing")
+    cpu = torch.device("cpu")
+    assert report["ops"]["cpu"] == {op: ops.backend(op, cpu, torch.float32) for op in ops.OPS}
+    assert report["ops"]["cpu"]["crop_concat"] == "composite"

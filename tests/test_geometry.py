@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,3 +93,27 @@ def test_bad_padding():
 def test_input_size_for_rejects_nonpositive():
     with pytest.raises(ValueError, match="output"):
         geometry.input_size_for(0)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 8])
+def test_mirror_matches_numpy_reflect_even_far_out(length):
+    """Integer indices (numpy) and fractional coordinates (torch) fold alike: numpy's "reflect",
+    periodic far out, a one-pixel axis all zeros."""
+    for start, stop in ((-25, length + 30), (0, length), (-1, 2)):
+        if stop < length:
+            continue
+        expected = (np.pad(np.arange(length), (-start, stop - length), mode="reflect") if length > 1
+                    else np.zeros(stop - start, dtype=int))
+        np.testing.assert_array_equal(geometry.mirror_indices(start, stop, length), expected)
+        coordinates = torch.arange(start, stop, dtype=torch.float64)
+        np.testing.assert_array_equal(geometry.mirror(coordinates, length).numpy(), expected)
+    between = geometry.mirror(torch.tensor([-0.25, length - 0.75]), length)  # past the end pixels' centres
+    assert torch.equal(between, torch.tensor([0.25, length - 1.25]) if length > 1 else torch.zeros(2))
+
+
+def test_center_crop_is_a_centred_view():
+    x = torch.arange(2 * 9 * 8).reshape(2, 9, 8)
+    crop = geometry.center_crop(x, (4, 5))
+    assert torch.equal(crop, x[:, 2:6, 1:6]) and crop.data_ptr() == x[:, 2:, 1:].data_ptr()
+    with pytest.raises(ValueError, match="cannot crop 8 pixels to a larger size 9"):
+        geometry.center_crop(x, (4, 9))

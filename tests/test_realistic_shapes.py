@@ -172,3 +172,23 @@ def test_tiled_inference_equals_one_pass_at_the_paper_size():
             whole = model(torch.from_numpy(padded)[None, None].cuda())[0, :, :1000, :1100].cpu().numpy()
     error = np.linalg.norm(tiled - whole) / np.linalg.norm(whole)
     assert error < 1e-5, f"tiled vs whole: relative error {error:.2e}"
+
+
+@pytest.mark.gpu
+def test_cuda_graph_tiles_equal_eager_and_are_kept_on_the_model():
+    from unet_fast.tile_graphs import forget, has_tile_graph
+
+    torch.manual_seed(0)
+    model = UNet(depth=3, base_channels=16).cuda()
+    image = np.random.default_rng(1).random((300, 260), dtype=np.float32)
+    eager = predict_tiled(model, image, tile_size=92, batch_size=3, output="logits", cuda_graphs=False)
+    assert not has_tile_graph(model)
+    graphed = predict_tiled(model, image, tile_size=92, batch_size=3, output="logits", cuda_graphs=True)
+    assert has_tile_graph(model)
+    np.testing.assert_allclose(graphed, eager, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        model.head.bias += 1.0  # weights changed in place: the kept graph reads them
+    again = predict_tiled(model, image, tile_size=92, batch_size=3, output="logits")
+    np.testing.assert_allclose(again, eager + 1.0, rtol=1e-5, atol=1e-4)
+    forget(model)
+    assert not has_tile_graph(model)

@@ -1,4 +1,4 @@
-"""`unet-fast segment`: folders, bad files, --continue, atomic outputs, pixel limit, sharding."""
+"""`unet-fast segment` and segment.run: folders, bad files, --continue, atomic outputs, pixel limit, sharding."""
 import json
 import os
 import socket
@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 
 import unet_fast
-from unet_fast import cli, io, segment
+from tolerances import TOLERANCES
+from unet_fast import cli, image_io, segment
 from unet_fast.inference import predict_tiled
 from optional_deps import needs_zarr
 
@@ -21,7 +22,7 @@ def model_file(tmp_path):
     torch.manual_seed(0)
     model = unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2)
     return unet_fast.save_model(model, tmp_path / "model.safetensors",
-                                normalization=io.Normalization(mode="dtype"))
+                                normalization=unet_fast.Normalization(mode="dtype"))
 
 
 def _images(folder, count=3):
@@ -30,7 +31,7 @@ def _images(folder, count=3):
     images = {}
     for i in range(count):
         image = rng.integers(0, 255, (30 + i, 41)).astype(np.uint8)
-        io.write_image(folder / f"img{i}.tif", image)
+        image_io.write_image(folder / f"img{i}.tif", image)
         images[f"img{i}"] = image
     return images
 
@@ -38,8 +39,8 @@ def _images(folder, count=3):
 @needs_zarr
 def test_folder_with_bad_files(tmp_path, model_file, capsys):
     images = _images(tmp_path / "in")
-    io.write_image(tmp_path / "in" / "photo.png", np.full((20, 25), 7, np.uint8))
-    io.write_image(tmp_path / "in" / "rgb.png", np.zeros((20, 25, 3), np.uint8))       # wrong channels
+    image_io.write_image(tmp_path / "in" / "photo.png", np.full((20, 25), 7, np.uint8))
+    image_io.write_image(tmp_path / "in" / "rgb.png", np.zeros((20, 25, 3), np.uint8))       # wrong channels
     (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")         # corrupt
     (tmp_path / "in" / "notes.txt").write_text("not an image, ignored")
     stack = np.random.default_rng(1).integers(0, 255, (2, 30, 33)).astype(np.uint8)
@@ -67,7 +68,7 @@ def test_probabilities_as_ome_zarr(tmp_path, model_file):
 
     probabilities = zarr.open_group(str(tmp_path / "out" / "img0.ome.zarr"), mode="r")["0"][...]
     assert status == 0 and probabilities.shape == (2, 30, 41)
-    np.testing.assert_allclose(probabilities.sum(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, rtol=TOLERANCES[torch.float32][0])
 
 
 class FailsOnThirdForward(unet_fast.UNet):
@@ -102,7 +103,7 @@ def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path,
 def test_pixel_limit_refuses_unstreamable_files(tmp_path, model_file, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
-    io.write_image(folder / "bomb.png", np.zeros((60, 60), np.uint8))
+    image_io.write_image(folder / "bomb.png", np.zeros((60, 60), np.uint8))
     tifffile.imwrite(folder / "strips.tif", np.zeros((60, 60), np.uint8), rowsperstrip=4)
     status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
                        "--max-pixels", "1000", "--no-progress"])
@@ -124,8 +125,15 @@ def test_num_parts_cover_every_file_once(tmp_path, model_file):
 
 
 def test_bad_arguments(tmp_path, model_file, capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["segment", "-i", "x", "-o", str(tmp_path), "-m", str(model_file), "--num-parts", "2"])
+    for parts in (["--num-parts", "2"], ["--num-parts", "2", "--part-id", "2"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["segment", "-i", "x", "-o", str(tmp_path), "-m", str(model_file), *parts])
+        assert exit_.value.code == 2
+    assert "--num-parts and --part-id go together" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"part_id must be in \[0, 2\), got 2"):
+        segment.run([tmp_path], tmp_path / "o", model_file, num_parts=2, part_id=2)
+    with pytest.raises(ValueError, match="format must be one of"):
+        segment.run([tmp_path], tmp_path / "o", model_file, format="png")
     assert cli.main(["segment", "-i", str(tmp_path / "nothing*.tif"), "-o", str(tmp_path / "o"), "-m",
                      str(model_file), "--no-progress"]) == 1
     assert "no such file" in capsys.readouterr().err
@@ -137,11 +145,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, argv, report):
+def _rank_main(rank, world, port, arguments, report):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    summary, status = segment.run(cli.build_parser().parse_args(argv))
+    result = segment.run(**arguments)
+    summary, status = result.summary, result.exit_status
     with open(f"{report}.{rank}.json", "w") as f:
         json.dump({"done": summary.done, "status": status}, f)
 
@@ -149,9 +158,8 @@ def _rank_main(rank, world, port, argv, report):
 @needs_zarr
 def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_file):
     _images(tmp_path / "in", count=5)
-    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
-            "--no-progress"]
-    mp.spawn(_rank_main, args=(2, _free_port(), argv, str(tmp_path / "report")), nprocs=2, join=True)
+    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
+    mp.spawn(_rank_main, args=(2, _free_port(), arguments, str(tmp_path / "report")), nprocs=2, join=True)
     reports = [json.load(open(tmp_path / f"report.{rank}.json")) for rank in range(2)]
     done = reports[0]["done"] + reports[1]["done"]
     assert all(r["status"] == 0 for r in reports) and reports[0]["done"] and reports[1]["done"]
@@ -159,14 +167,14 @@ def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_fil
     assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in range(5)]
 
 
-def _rank_main_lives_on(rank, world, port, argvs, report):
+def _rank_main_lives_on(rank, world, port, arguments, report):
     """One rank of ``segment`` that records its result or error, then lives on (as in a notebook) until
     every rank has reported: a rank still waiting in a collective for a failed one never would."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     try:
-        result = {"status": segment.run(cli.build_parser().parse_args(argvs[rank]))[1]}
+        result = {"status": segment.run(**arguments[rank]).exit_status}
     except Exception as error:
         result = {"error": type(error).__name__, "message": str(error)}
     with open(f"{report}.{rank}.json", "w") as f:
@@ -181,11 +189,10 @@ def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
     """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises
     naming rank 1, instead of waiting for it at the summary for ever."""
     _images(tmp_path / "in", count=4)
-    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
-            "--no-progress"]
-    argvs = [argv, [a if a != str(model_file) else str(tmp_path / "elsewhere.safetensors") for a in argv]]
+    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
+    arguments = [arguments, {**arguments, "model": tmp_path / "elsewhere.safetensors"}]
     report = str(tmp_path / "report")
-    context = mp.spawn(_rank_main_lives_on, args=(2, _free_port(), argvs, report), nprocs=2, join=False)
+    context = mp.spawn(_rank_main_lives_on, args=(2, _free_port(), arguments, report), nprocs=2, join=False)
     deadline = time.monotonic() + 50            # less than the ranks' own 60 s of living on
     while not context.join(timeout=1) and time.monotonic() < deadline:
         pass
@@ -198,3 +205,16 @@ def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
     assert reports[0]["error"] == "RankFailedError", reports
     assert "rank 1 failed (FileNotFoundError: model file" in reports[0]["message"]
     assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img2.tif"]     # rank 0's share is done
+
+
+def test_run_from_python_with_a_loaded_model(tmp_path, model_file):
+    """segment.run takes keyword arguments and a model object, reports counts and never exits."""
+    _images(tmp_path / "in", count=2)
+    lines = []
+    result = segment.run([tmp_path / "in", tmp_path / "missing*.tif"], tmp_path / "out",
+                         unet_fast.load_model(model_file), tile_size=20, progress=False,
+                         log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    assert (result.found, result.segmented, result.skipped, result.failed) == (2, 2, 0, 1)
+    assert result.exit_status == 1 and result.pixels == 30 * 41 + 31 * 41
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif"]
+    assert any("FAILED" in line and "missing" in line for line in lines) and "summary" in lines[-1]

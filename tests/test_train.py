@@ -12,7 +12,7 @@ import torch
 
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
-from unet_fast.io import Normalization
+from unet_fast.normalization import Normalization
 from unet_fast.weights import separate_touching
 from unet_fast.train import evaluate, fit, load_checkpoint
 
@@ -157,7 +157,7 @@ DDP_SCRIPT = """
 import sys, torch
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
-from unet_fast.io import Normalization
+from unet_fast.normalization import Normalization
 from unet_fast.weights import separate_touching
 from unet_fast.train import fit
 import torch.distributed as dist
@@ -281,12 +281,12 @@ def test_resume_reads_format_1_checkpoints(nuclei, tmp_path):
 
 
 def test_resume_from_another_world_size_warns(nuclei, tmp_path):
-    from unet_fast.train import _rng_state, save_checkpoint
+    from unet_fast.checkpoint import rng_state, save_checkpoint
 
     train, _ = nuclei
     model, _ = run(train, 1, tmp_path)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99)
-    rank_states = [_rng_state(torch.device("cpu")) for _ in range(2)]
+    rank_states = [rng_state(torch.device("cpu")) for _ in range(2)]
     save_checkpoint(tmp_path / "two.safetensors", model, optimizer, epoch=1, seed=3, rng_states=rank_states)
     with pytest.warns(UserWarning, match=r"written by 2 process\(es\) and this run has 1"):
         _, result = run(train, 2, tmp_path, resume=tmp_path / "two.safetensors")

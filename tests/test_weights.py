@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from tolerances import REORDERED_FP32, WEIGHT_MAP_AGREEMENT
 from weight_map_oracle import unet_weight_map_naive
 
 from unet_fast.synthetic import synthetic_nuclei
 from unet_fast.weights import separate_touching, unet_weight_map
 
-AGREEMENT = 1e-4  # max abs difference allowed against the naive map (the bound)
 
 
 def assert_matches_naive(labels, **kwargs):
     fast = unet_weight_map(labels, **kwargs)
     naive = unet_weight_map_naive(np.asarray(labels), **kwargs)
     assert fast.dtype == np.float32 and fast.shape == labels.shape
-    assert np.abs(fast - naive).max() <= AGREEMENT
+    assert np.abs(fast - naive).max() <= WEIGHT_MAP_AGREEMENT
     return fast
 
 
@@ -36,7 +36,7 @@ def test_known_answer_two_single_pixels():
     border = 10.0 * math.exp(-64 / 50)
     expected = np.full((1, 9), 9 / 14 + border, np.float32)
     expected[0, [0, 8]] = 9 / 4
-    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    np.testing.assert_allclose(weights, expected, **REORDERED_FP32)
 
 
 def test_class_weights_variants():
@@ -115,7 +115,7 @@ def test_two_far_objects_and_non_consecutive_labels():
     weights = assert_matches_naive(labels)
     objects = np.count_nonzero(labels)
     class_only = np.where(labels > 0, labels.size / (2 * objects), labels.size / (2 * (labels.size - objects)))
-    np.testing.assert_allclose(weights, class_only, rtol=1e-6)
+    np.testing.assert_allclose(weights, class_only, **REORDERED_FP32)
     sparse = labels.astype(np.int64) * 10**9  # huge label values are renumbered, same result
     np.testing.assert_array_equal(unet_weight_map(sparse), unet_weight_map(labels))
 
@@ -137,7 +137,7 @@ def test_torch_integer_dtypes(dtype):
     labels[0, 5:9, 5:9], labels[0, 5:9, 11:15], labels[1, 0:4, 0:4] = 1, 2, 3
     result = unet_weight_map(labels)
     assert result.device == labels.device and result.dtype == torch.float32
-    np.testing.assert_allclose(result.numpy(), unet_weight_map_naive(labels.numpy()), atol=AGREEMENT)
+    np.testing.assert_allclose(result.numpy(), unet_weight_map_naive(labels.numpy()), atol=WEIGHT_MAP_AGREEMENT)
 
 
 @pytest.mark.gpu
@@ -146,7 +146,7 @@ def test_cuda_tensor_stays_on_its_device():
     labels[2:5, 2:5], labels[2:5, 7:9] = 1, 2
     result = unet_weight_map(labels)
     assert result.device == labels.device
-    np.testing.assert_allclose(result.cpu().numpy(), unet_weight_map_naive(labels.cpu().numpy()), atol=AGREEMENT)
+    np.testing.assert_allclose(result.cpu().numpy(), unet_weight_map_naive(labels.cpu().numpy()), atol=WEIGHT_MAP_AGREEMENT)
 
 
 @pytest.mark.parametrize("labels, kwargs, error, match", [

@@ -1,6 +1,7 @@
 """unet_fast: the U-Net of Ronneberger et al. (2015) with fused kernels on its hot paths."""
 from ._info import info
-from .io import Normalization
+from ._io_alias import io  # noqa: F401  (deprecated: unet_fast.io is now image_io, normalization and sinks)
+from .normalization import Normalization
 from .losses import WeightedSoftmaxCrossEntropy
 from .model import UNet
 from .model_file import load_model, save_model

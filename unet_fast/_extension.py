@@ -27,7 +27,7 @@ def _registered_kernels() -> frozenset[tuple[str, str]]:
         return frozenset()
     found = set()
     for schema in torch._C._dispatch_get_all_op_names():
-        if not schema.startswith("unet_fast::"):
+        if not schema.startswith("unet_fast::") or schema.endswith("_triton"):  # Python-registered
             continue
         for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             if torch._C._dispatch_has_kernel_for_dispatch_key(schema, key):
@@ -42,3 +42,15 @@ _KERNELS = _registered_kernels()
 def has_kernel(op_name: str, device_type: str) -> bool:
     """True when the extension registered a kernel for ``unet_fast::op_name`` on this device type."""
     return (op_name, device_type) in _KERNELS
+
+
+def kernels(device_type: str) -> list[str]:
+    """The ops the extension registered a kernel for on this device type."""
+    return sorted(op for op, device in _KERNELS if device == device_type)
+
+
+def describe() -> str:
+    """What the extension provides here, or why it is missing, in a few words."""
+    if _C is None:
+        return f"not loaded: {load_error}"
+    return "kernels " + ", ".join(f"{op} ({device})" for op, device in sorted(_KERNELS))

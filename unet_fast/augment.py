@@ -150,15 +150,6 @@ def _axis_scale(size: int) -> float:
     return 2.0 / (size - 1) if size > 1 else 1.0
 
 
-def _mirror(coord: torch.Tensor, size: int) -> torch.Tensor:
-    """Fold coordinates into [0, size - 1] by mirroring about the edge pixel centres."""
-    if size == 1:
-        return torch.zeros_like(coord)
-    period = 2 * (size - 1)
-    coord = torch.remainder(coord, period)
-    return torch.where(coord > size - 1, period - coord, coord)
-
-
 def _exactly_representable(t: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether every value of the integer tensor t survives a round trip through the float dtype."""
     if t.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16) or t.numel() == 0:
@@ -171,8 +162,8 @@ def _exactly_representable(t: torch.Tensor, dtype: torch.dtype) -> bool:
 def _gather_nearest(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour lookup by index, for integers a float cannot hold exactly."""
     n, c, h, w = t.shape
-    ix = _mirror((grid[..., 0] + 1) / _axis_scale(w), w).round_().long()
-    iy = _mirror((grid[..., 1] + 1) / _axis_scale(h), h).round_().long()
+    ix = geometry.mirror((grid[..., 0] + 1) / _axis_scale(w), w).round_().long()
+    iy = geometry.mirror((grid[..., 1] + 1) / _axis_scale(h), h).round_().long()
     index = (iy * w + ix).reshape(n, 1, h * w).expand(-1, c, -1)
     return t.reshape(n, c, h * w).gather(2, index).reshape(t.shape)
 
@@ -209,10 +200,6 @@ def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
                        torch.where(t < 2, (2 - t) ** 3 / 6, torch.zeros_like(t)))
 
 
-def _mirror_index(j: int, size: int) -> int:
-    return int(_mirror(torch.tensor(float(j)), size).item())
-
-
 @functools.lru_cache(maxsize=64)
 def _spline_weights_cpu(size: int, points: int) -> torch.Tensor:
     """(size, points) float64 matrix W with field = W @ lattice: the interpolating cubic B-spline
@@ -222,7 +209,7 @@ def _spline_weights_cpu(size: int, points: int) -> torch.Tensor:
     collocation = torch.zeros(points, points, dtype=torch.float64)
     evaluation = torch.zeros(size, points, dtype=torch.float64)
     for j in range(-2, points + 2):  # coefficients beyond the ends are mirrored copies
-        m = _mirror_index(j, points)
+        m = geometry.mirror(j, points)
         collocation[:, m] += _cubic_bspline(knots - j)
         evaluation[:, m] += _cubic_bspline(where - j)
     return evaluation @ torch.linalg.inv(collocation)
@@ -526,43 +513,3 @@ class Compose:
             out = transform(image, *targets, generator=generator)
             image, targets = (out[0], tuple(out[1:])) if targets else (out, ())
         return (image, *targets) if targets else image
-
-
-# ---------------------------------------------------------------------------------------------
-# training crops for valid nets
-
-def random_crop_pair(image, *targets, input_size, output_size=None, depth: int = 5, padding: str = "valid",
-                     generator=None):
-    """A random input crop of legal size and, for each target, the centred crop the network predicts.
-
-    input_size: int or (h, w), each legal for a U-Net of this depth and padding (unet_fast.geometry);
-    output_size: the target crop's size, by default the network's output size for input_size; if
-    given, it must be positive, at most input_size and differ from it by an even number of pixels
-    (so that it is centred exactly). The crop lies inside the image (mirror-pad the
-    image first to reach its borders). One position per sample. Returns the image crop, or
-    (image_crop, *target_crops); the image may have any dtype (nothing is interpolated).
-    """
-    batch = _Batch(image, targets, ["nearest"] * len(targets), interpolated=False)
-    in_h, in_w = _pair(input_size, "input_size")
-    out_sizes = [geometry.output_size(s, depth, padding) for s in (in_h, in_w)]  # raises on illegal sizes
-    if output_size is not None:
-        out_sizes = list(_pair(output_size, "output_size"))
-        for s_in, s_out in zip((in_h, in_w), out_sizes):
-            if not (0 < s_out <= s_in and (s_in - s_out) % 2 == 0):
-                raise ValueError(f"output_size {output_size!r} must be positive, at most input_size "
-                                 f"{input_size!r} and differ from it by an even number of pixels")
-    if in_h > batch.h or in_w > batch.w:
-        raise ValueError(f"input_size {(in_h, in_w)} is larger than the image ({batch.h}, {batch.w}); "
-                         f"mirror-pad the image (torch.nn.functional.pad(..., mode='reflect')) first")
-    top = (_draw((batch.n,), generator, "uniform") * (batch.h - in_h + 1)).long().clamp(max=batch.h - in_h)
-    left = (_draw((batch.n,), generator, "uniform") * (batch.w - in_w + 1)).long().clamp(max=batch.w - in_w)
-    oy, ox = (in_h - out_sizes[0]) // 2, (in_w - out_sizes[1]) // 2
-    crops = []
-    for k, t in enumerate(batch.tensors):
-        size = (in_h, in_w) if k == 0 else tuple(out_sizes)
-        off = (0, 0) if k == 0 else (oy, ox)
-        crops.append(torch.stack([t[i, :, y + off[0]:y + off[0] + size[0], x + off[1]:x + off[1] + size[1]]
-                                  for i, (y, x) in enumerate(zip(top.tolist(), left.tolist()))]))
-    shapes = [s[:-2] + c.shape[-2:] for s, c in zip(batch.shapes, crops)]
-    out = [c.reshape(s) for c, s in zip(crops, shapes)]
-    return out[0] if len(out) == 1 else tuple(out)

@@ -25,6 +25,10 @@ def cmd_info(args) -> int:
                 print(f"  {name:15s} {mark}  {entry['why']}")
         elif key == "devices":
             print(f"devices: {', '.join(value)}")
+        elif key == "ops":
+            print("ops (implementation run by default):")
+            for device, chosen in value.items():
+                print(f"  {device:15s} " + ", ".join(f"{op} {implementation}" for op, implementation in chosen.items()))
         else:
             print(f"{key}: {value}")
     return 0
@@ -102,7 +106,18 @@ def cmd_demo(args) -> int:
 def cmd_segment(args) -> int:
     from . import segment
 
-    return segment.run(args)[1]
+    if (args.num_parts is None) != (args.part_id is None):
+        args.parser.error("--num-parts and --part-id go together")
+    num_parts, part_id = (args.num_parts, args.part_id) if args.num_parts is not None else (1, 0)
+    try:
+        segment.check_parts(num_parts, part_id)
+    except ValueError as error:
+        args.parser.error(str(error))
+    result = segment.run(args.input, args.output_dir, args.model, output=args.output, format=args.format,
+                         tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                         resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
+                         progress=False if args.no_progress else None)
+    return result.exit_status
 
 
 def _positive_int(text: str) -> int:
@@ -200,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
                    help="refuse files declaring more pixels unless they can be streamed (default 2^30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment, parser=p)
     return parser
 
 

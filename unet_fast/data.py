@@ -34,8 +34,9 @@ from scipy import ndimage
 from . import geometry
 from .geometry import mirror_indices
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
-from .io import Normalization, atomic_path
-from .io import read_image as _read_image
+from .image_io import atomic_path
+from .image_io import read_image as _read_image
+from .normalization import Normalization
 from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
@@ -76,7 +77,7 @@ class SegmentationDataset(Sequence):
         self.weight_params = dict(w0=float(w0), sigma=float(sigma), class_weights=class_weights)
         self.normalization = normalization if normalization is not None else Normalization()
         if not isinstance(self.normalization, Normalization):
-            raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
+            raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_images = cache_images
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}

@@ -12,6 +12,7 @@ across a border merges two nuclei.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ from scipy import ndimage
 
 from . import metrics
 from .data import ArrayDataset, synthetic_nuclei
-from .io import write_image
+from .image_io import write_bytes_atomically, write_image
+from .inference import predict_tiled
 from .model import UNet
 from .model_file import save_model
-from .inference import predict_tiled
-from .train import fit, write_logs
+from .train import fit
+from .training_logs import write_logs
 
 #: the recipe: a depth-3 valid U-Net (base 16), 140-pixel tiles (100-pixel outputs), batch 4, 560 steps.
 #: No dropout: in so short a run it only slows learning the borders between touching nuclei (object
@@ -117,12 +119,8 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
 def draw(path, image, instances, prediction, weights, iou, f1) -> Path:
     """image | ground truth | predicted objects (connected components, truth outlined) | weight map,
     side by side, as a PNG."""
-    import io
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from .train import _write_atomically
 
     figure = Figure(figsize=(14, 3.8), dpi=72)
     FigureCanvasAgg(figure)
@@ -144,9 +142,7 @@ def draw(path, image, instances, prediction, weights, iou, f1) -> Path:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    path = Path(path)
-    _write_atomically(path, buffer.getvalue())
-    return path
+    return write_bytes_atomically(path, buffer.getvalue())
 
 
 def _instance_colours(instances: np.ndarray) -> np.ndarray:

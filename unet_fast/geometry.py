@@ -1,4 +1,6 @@
-"""Sizes of a U-Net, derived by walking the network rather than from tables.
+"""Sizes of a U-Net, derived by walking the network rather than from tables, and the two
+operations on positions every part of the package shares: the centre crop (copy and crop) and
+mirroring at a border (overlap-tile extrapolation).
 
 A level of the contracting path is two 3x3 convolutions (each removes 2 pixels when
 unpadded) and a 2x2 max-pool (which needs an even size); the expansive path doubles
@@ -166,19 +168,29 @@ def size_error_message(n: int, depth: int, padding: str, problem: str) -> str:
     )
 
 
-def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
-    """Indices of positions start..stop-1 in an axis of ``length`` mirrored at both ends.
+def center_crop(x, size):
+    """The centre ``size`` = (h, w) window of x's last two dimensions (a view, no copy): copy and crop."""
+    h, w = size
+    top, left = crop_offset(x.shape[-2], h), crop_offset(x.shape[-1], w)
+    return x[..., top:top + h, left:left + w]
 
-    Reflection without repeating the edge (numpy's "reflect"; the paper's overlap-tile
-    extrapolation), periodic for windows reaching further than the axis is long:
+
+def mirror(positions, length: int):
+    """Positions (numpy or torch, integer or fractional) folded into [0, length - 1] by reflection
+    about the end pixels without repeating them (numpy's "reflect"; the paper's overlap-tile
+    extrapolation), periodic for positions further out than the axis is long:
     ... 2 1 | 0 1 2 ... L-1 | L-2 ...
     """
-    positions = np.arange(start, stop)
     if length == 1:
-        return np.zeros_like(positions)
+        return positions * 0
     period = 2 * (length - 1)
-    positions = np.mod(positions, period)
-    return np.where(positions >= length, period - positions, positions)
+    folded = positions % period  # Python's and torch's % take the sign of the divisor: never negative
+    return folded + (folded > length - 1) * (period - 2 * folded)
+
+
+def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices of positions start..stop-1 in an axis of ``length`` mirrored at both ends (see ``mirror``)."""
+    return mirror(np.arange(start, stop), length)
 
 
 @dataclass(frozen=True)

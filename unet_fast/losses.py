@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops.weighted_cross_entropy import weighted_softmax_cross_entropy
-from .reference import center_crop
+from .geometry import center_crop
+from .ops import weighted_softmax_cross_entropy
 
 
 def _centre_crop(t: torch.Tensor, height: int, width: int, name: str) -> torch.Tensor:
@@ -27,13 +27,15 @@ class WeightedSoftmaxCrossEntropy(nn.Module):
     is a view, no copy.
     """
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100, crop_to_logits: bool = False):
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100, crop_to_logits: bool = False,
+                 value_check: str = "auto"):
         super().__init__()
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"WeightedSoftmaxCrossEntropy: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         self.ignore_index = ignore_index
         self.crop_to_logits = crop_to_logits
+        self.value_check = value_check  # when invalid targets/weights raise: see weighted_softmax_cross_entropy
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         if self.crop_to_logits and isinstance(logits, torch.Tensor) and logits.dim() == 4:
@@ -42,7 +44,7 @@ class WeightedSoftmaxCrossEntropy(nn.Module):
             if weight is not None:
                 weight = _centre_crop(weight, height, width, "weight")
         return weighted_softmax_cross_entropy(logits, target, weight, reduction=self.reduction,
-                                              ignore_index=self.ignore_index)
+                                              ignore_index=self.ignore_index, value_check=self.value_check)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, crop_to_logits={self.crop_to_logits}"

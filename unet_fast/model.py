@@ -1,16 +1,14 @@
-"""unet_fast.UNet: the reference network's parameters with a choice of forward implementations.
-
-The module tree (and so the state_dict) is the reference's, so weights move between the two
-unchanged; only the forward pass differs by backend.
+"""unet_fast.UNet: the U-Net's layers (``architecture.UNetArchitecture``, shared with the reference,
+so weights move between the two unchanged) with a choice of forward implementations.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from .architecture import UNetArchitecture
+from . import ops
 from .ops import conv3x3_relu, crop_concat
-from .ops.conv3x3 import triton_usable
 
 BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels use bf16 and tensor-core (mma/wgmma) paths tuned for sm_80 and sm_90; older GPUs
@@ -23,7 +21,7 @@ def auto_backend(device: torch.device) -> tuple[str, str]:
     """The backend ``backend="auto"`` runs on ``device``, and why (for ``unet_fast.info()``)."""
     if device.type != "cuda":
         return "torch", f"the Triton kernels run on CUDA devices only, not {device.type}"
-    if not triton_usable(device):
+    if ops.backend("conv3x3_relu", device, torch.float32) != "triton":
         return "torch", "Triton cannot launch on CUDA in this process (not installed, or TRITON_INTERPRET=1)"
     # get_device_properties, not get_device_capability: torch.compile folds it to a constant
     properties = torch.cuda.get_device_properties(device)
@@ -33,14 +31,16 @@ def auto_backend(device: torch.device) -> tuple[str, str]:
     return "triton", "CUDA device of compute capability >= 8.0 and triton installed"
 
 
-class UNet(reference.UNet):
-    """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet``.
+class UNet(UNetArchitecture):
+    """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet`` (same
+    constructor, state_dict and results).
 
-    backend: "torch" (aten ops; ReLU applied in place on each convolution's fresh output, which
-    saves an allocation and a pass per layer and is safe for autograd, since ReLU's backward reads
-    its output and the convolution's backward does not),
-    "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op, the decoder's first conv
-    reading the skip connection's window in place; aten composite where Triton cannot run),
+    backend: "torch" (aten convolutions, ReLU applied in place on each convolution's fresh output,
+    which saves an allocation and a pass per layer and is safe for autograd, since ReLU's backward
+    reads its output and the convolution's backward does not; copy and crop by the crop_concat op),
+    "triton" (every 3x3 conv + ReLU through the fused conv3x3_relu op's Triton kernels, the decoder's
+    first conv reading the skip connection's window in place, wherever Triton runs: CUDA, or the CPU
+    under TRITON_INTERPRET=1 (tests); the aten composite elsewhere and for dtypes it does not take),
     or "auto" (the fastest backend available for the input's device: "triton" on CUDA devices of
     compute capability >= 8.0 when triton is installed, else "torch"; ``auto_backend`` says why).
 
@@ -94,9 +94,14 @@ class UNet(reference.UNet):
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         padding = 1 if self.padding == "same" else 0
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        # asked for by name, so Triton's interpreter too (ops.backend would pass over it)
+        implementation = "triton" if "triton" in ops.implementations("conv3x3_relu", x.device, dtype) else None
 
         def conv(layer, t, skip=None, **options):
-            return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding, **options)
+            return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding,
+                                implementation=implementation, **options)
 
         skips = []
         for level, block in enumerate(self.encoder):

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file, safe_open
 
-from .io import Normalization, atomic_path
+from .image_io import atomic_path
+from .model import UNet
+from .normalization import Normalization
 
 FORMAT = "unet_fast-model"
 FORMAT_VERSION = 1
@@ -38,7 +40,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
                         f"(unet_fast.UNet does), got {type(model).__name__}")
     normalization = normalization or getattr(model, "normalization", None) or Normalization()
     if not isinstance(normalization, Normalization):
-        raise TypeError(f"normalization must be a unet_fast.io.Normalization, got {type(normalization).__name__}")
+        raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
     num_classes = model.config()["num_classes"]
     class_names = list(class_names or getattr(model, "class_names", None)
                        or [f"class{i}" for i in range(num_classes)])
@@ -79,17 +81,15 @@ def read_model_config(path) -> dict:
     return config
 
 
-def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Module:
-    """Rebuild a model saved by ``save_model`` (in eval mode, on ``device``).
+def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
+    """Rebuild a model saved by ``save_model`` as a ``unet_fast.UNet`` (in eval mode, on ``device``).
 
-    The returned model carries ``normalization`` (a Normalization), ``class_names`` and
-    ``metadata``. A ``.pt``/``.pth`` file is read only with ``torch.load(weights_only=True)``; it may hold
-    a state_dict, bare or as a training script saved it (see ``_unwrap_state_dict``), and the UNet
-    its shapes describe is built around it (valid padding, default normalisation).
+    backend: the UNet's backend (default: the one saved, else "auto"). The returned model carries
+    ``normalization`` (a Normalization), ``class_names`` and ``metadata``. A ``.pt``/``.pth`` file is
+    read only with ``torch.load(weights_only=True)``; it may hold a state_dict, bare or as a training
+    script saved it (see ``_unwrap_state_dict``), and the UNet its shapes describe is built around it
+    (valid padding, default normalisation).
     """
-    from .model import UNet
-    from .reference import UNet as ReferenceUNet
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
@@ -114,14 +114,10 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> torch.nn.Mo
     else:
         raise ValueError(f"{path}: model files end in .safetensors (or .pt/.pth for a state_dict)")
     architecture = dict(config["architecture"])
-    cls_name = architecture.pop("class", "UNet")
-    if cls_name == "UNet" and (backend is not None or "backend" in architecture):
-        if backend is not None:
-            architecture["backend"] = backend
-        model = UNet(**architecture)
-    else:
-        architecture.pop("backend", None)
-        model = ReferenceUNet(**architecture)
+    architecture.pop("class", None)  # whichever U-Net class saved it: they share one state_dict format
+    if backend is not None:
+        architecture["backend"] = backend
+    model = UNet(**architecture)
     model.load_state_dict(state)
     model.normalization = Normalization.from_dict(config["normalization"])
     model.class_names = config["class_names"] or [f"class{i}" for i in range(model.num_classes)]

@@ -1,26 +1,27 @@
-"""Batch segmentation of files: ``unet-fast segment`` (see cli.py for the flags).
+"""Batch segmentation of files: ``unet-fast segment``, or ``run`` from Python.
 
 Each input file gives one output file, OUTDIR/<input stem><suffix>, written atomically by
-predict_tiled, so ``--continue`` can trust any output that exists. Files that cannot be read
-or do not match the model are reported and skipped. The file list is sharded over
-torch.distributed ranks (under torchrun) and over ``--num-parts``/``--part-id`` (job arrays);
+predict_tiled, so ``resume`` (``--continue``) can trust any output that exists. Files that cannot be
+read or do not match the model are reported and skipped. The file list is sharded over
+torch.distributed ranks (under torchrun) and over ``num_parts``/``part_id`` (job arrays);
 a rank that fails as a whole (model file unreadable there, out of memory) makes every rank raise
 at the final summary, naming it (``unet_fast.ranks``).
 """
 from __future__ import annotations
 
 import glob
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from . import io
+from . import image_io
 from .inference import predict_tiled
 from .ranks import shared_failures
+from .torchrun import Torchrun
 
 OUTPUT_SUFFIXES = {"tif": ".tif", "ome.zarr": ".ome.zarr"}
 
@@ -44,9 +45,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES]
+            found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in image_io.IMAGE_SUFFIXES]
             if not found:
-                problems.append((item, f"folder holds no image files ({', '.join(io.IMAGE_SUFFIXES)})"))
+                problems.append((item, f"folder holds no image files ({', '.join(image_io.IMAGE_SUFFIXES)})"))
             files.update(found)
         elif path.is_file():
             files.add(path)
@@ -73,7 +74,7 @@ def output_name(path: Path, suffix: str) -> str:
     return path.stem + suffix
 
 
-def _layout(info: io.ImageInfo, in_channels: int) -> str:
+def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
     other = [a for a in info.axes[:-2] if a != "C"]
     if info.axes[-2:] != "YX" or len(other) > 1:
         raise ValueError(f"unsupported axes {info.axes!r} (shape {info.shape}); need YX, CYX, or one extra "
@@ -87,7 +88,7 @@ def _layout(info: io.ImageInfo, in_channels: int) -> str:
 
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",
                   tile_size=None, batch_size=None, device=None, dtype=None, resume: bool = False,
-                  max_pixels: int | None = io.DEFAULT_MAX_PIXELS, progress: bool = False,
+                  max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   log=print) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary)."""
     from tqdm.auto import tqdm
@@ -107,7 +108,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             summary.skipped.append(str(path))
             continue
         try:
-            image, info = io.read_image(path, lazy=True, max_pixels=max_pixels)
+            image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
             layout = _layout(info, model.in_channels)
             began = time.perf_counter()
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
@@ -126,67 +127,78 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     return summary
 
 
-def _distributed_context(device: str | None):
-    """(rank, world, device) under torchrun (process group started here), else (0, 1, device).
+@dataclass
+class SegmentResult:
+    """What ``run`` did: this process's files, and the counts over every process of the job."""
 
-    With --device cuda each rank takes the GPU of its LOCAL_RANK.
+    summary: SegmentSummary      # this process's files
+    found: int                   # files the inputs named (every process lists them all)
+    segmented: int
+    skipped: int
+    failed: int                  # files, and inputs that named none
+    pixels: int
+    seconds: float               # the slowest process's
+
+    @property
+    def exit_status(self) -> int:
+        """``unet-fast segment``'s: 1 when anything failed."""
+        return 1 if self.failed else 0
+
+
+def check_parts(num_parts: int, part_id: int) -> None:
+    """A job-array split: ``part_id`` in [0, ``num_parts``)."""
+    if not isinstance(num_parts, int) or num_parts < 1:
+        raise ValueError(f"num_parts must be a positive integer, got {num_parts!r}")
+    if not isinstance(part_id, int) or not 0 <= part_id < num_parts:
+        raise ValueError(f"part_id must be in [0, {num_parts}), got {part_id!r}")
+
+
+def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | torch.nn.Module, *,
+        output: str = "labels", format: str = "tif", tile_size: int | None = None, batch_size: int | None = None,
+        device: str | None = None, dtype: str = "fp32", resume: bool = False, num_parts: int = 1, part_id: int = 0,
+        max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool | None = None,
+        log=print) -> SegmentResult:
+    """Segment every image the ``inputs`` name (files, folders, glob patterns) into ``output_dir``:
+    ``unet-fast segment`` from Python.
+
+    model: a model file (loaded on every process) or a loaded model; format: "tif" or "ome.zarr";
+    resume: skip inputs whose output exists; num_parts, part_id: this job-array task's share of the
+    files (under torchrun shared again among the processes, whose group is joined here if it is not
+    yet); progress: a bar over files (None: when stderr is a terminal); log: where each file's line
+    goes. Files that fail are reported and skipped (see the result); a failure of a whole process
+    makes every process raise (``unet_fast.ranks``).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or "RANK" not in os.environ:
-        return 0, 1, device
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    if not dist.is_initialized():  # gloo even with GPUs: only the summary counts (CPU tensors) travel
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def run(args) -> tuple[SegmentSummary, int]:
-    """Carry out a parsed ``segment`` command; returns (this process's summary, exit status)."""
+    check_parts(num_parts, part_id)
+    if format not in OUTPUT_SUFFIXES:
+        raise ValueError(f"format must be one of {tuple(OUTPUT_SUFFIXES)}, got {format!r}")
     from .model_file import load_model
 
-    if (args.num_parts is None) != (args.part_id is None):
-        raise SystemExit("segment: --num-parts and --part-id go together")
-    parts, part = (args.num_parts, args.part_id) if args.num_parts is not None else (1, 0)
-    if not 0 <= part < parts:
-        raise SystemExit(f"segment: --part-id must be in [0, {parts}), got {part}")
-    rank, world, device = _distributed_context(args.device)
+    job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the counts travel
     try:
-        progress = not args.no_progress and sys.stderr.isatty()
         with shared_failures("segment"):    # what segment_files does not catch: listing, model, out of memory
-            files, problems = expand_inputs(args.input)
-            mine = shard(files, part * world + rank, parts * world)
-            model = load_model(args.model, device=device or "cpu")
-            summary = segment_files(mine, Path(args.output_dir), model, suffix=OUTPUT_SUFFIXES[args.format],
-                                    output=args.output, tile_size=args.tile_size, batch_size=args.batch_size,
-                                    device=device, dtype=args.dtype, resume=args.resume,
-                                    max_pixels=args.max_pixels, progress=progress)
-        if rank == 0:
+            files, problems = expand_inputs([str(item) for item in inputs])
+            mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
+            if not isinstance(model, torch.nn.Module):
+                model = load_model(model, device=job.device)
+            summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,
+                                    tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
+                                    resume=resume, max_pixels=max_pixels,
+                                    progress=sys.stderr.isatty() if progress is None else progress, log=log)
+        if job.rank == 0:
             for item, reason in problems:
-                print(f"FAILED {item}: {reason}", file=sys.stderr)
+                log(f"FAILED {item}: {reason}", file=sys.stderr)
             summary.failed.extend(problems)
-        totals = [len(summary.done), len(summary.skipped), len(summary.failed), summary.pixels]
-        seconds = summary.seconds
-        if world > 1:
-            import torch.distributed as dist
-
-            counts = torch.tensor(totals, dtype=torch.float64)
-            dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-            longest = torch.tensor([seconds], dtype=torch.float64)
-            dist.all_reduce(longest, op=dist.ReduceOp.MAX)
-            totals, seconds = [int(v) for v in counts.tolist()], float(longest)
+        counts = job.all_reduce(torch.tensor([len(summary.done), len(summary.skipped), len(summary.failed),
+                                              summary.pixels], dtype=torch.float64))
+        seconds = float(job.all_reduce(torch.tensor([summary.seconds], dtype=torch.float64), op=dist.ReduceOp.MAX))
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    prefix = f"[part {part}/{parts}] " if parts > 1 else ""
-    if rank == 0:
-        rate = totals[3] / 1e6 / seconds if seconds > 0 else 0.0
-        print(f"{prefix}summary: {len(files)} file(s) found, {totals[0]} segmented, {totals[1]} skipped (exist), "
-              f"{totals[2]} failed; {totals[3] / 1e6:.4g} megapixels in {seconds:.1f} s = {rate:.2f} MP/s"
-              + (f" over {world} processes" if world > 1 else ""))
-    return summary, 1 if totals[2] else 0
+        job.leave()
+    segmented, skipped, failed, pixels = (int(v) for v in counts.tolist())
+    result = SegmentResult(summary, len(files), segmented, skipped, failed, pixels, seconds)
+    if job.rank == 0:
+        prefix = f"[part {part_id}/{num_parts}] " if num_parts > 1 else ""
+        rate = pixels / 1e6 / seconds if seconds > 0 else 0.0
+        log(f"{prefix}summary: {len(files)} file(s) found, {segmented} segmented, {skipped} skipped (exist), "
+            f"{failed} failed; {pixels / 1e6:.4g} megapixels in {seconds:.1f} s = {rate:.2f} MP/s"
+            + (f" over {job.world} processes" if job.world > 1 else ""))
+    return result

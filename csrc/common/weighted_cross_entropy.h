@@ -1,10 +1,11 @@
-// Shared by the CPU and CUDA kernels of weighted_cross_entropy: argument checks and the
-// errors raised for the first invalid target or weight, so both devices say the same thing.
+// Shared by the CPU and CUDA kernels of weighted_cross_entropy: argument checks and the dense
+// inputs. Invalid values are reported to Python (first_bad), which names them.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <string>
+#include "memory_format.h"
+
 
 namespace unet_fast {
 namespace weighted_cross_entropy {
@@ -38,30 +39,11 @@ struct Inputs {
 
 inline Inputs dense_inputs(const at::Tensor& logits, const at::Tensor& target,
                            const c10::optional<at::Tensor>& weight) {
-  const bool channels_last = logits.is_contiguous(at::MemoryFormat::ChannelsLast) && !logits.is_contiguous();
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = memory_format_of(logits);
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {logits.contiguous(format), target.contiguous(),
           weight ? c10::optional<at::Tensor>(weight->to(acc_type).contiguous()) : c10::nullopt,
-          channels_last, acc_type};
-}
-
-inline std::string position(int64_t flat, int64_t H, int64_t W) {
-  const int64_t n = flat / (H * W), h = (flat % (H * W)) / W, w = flat % W;
-  return "(n=" + std::to_string(n) + ", h=" + std::to_string(h) + ", w=" + std::to_string(w) + ")";
-}
-
-// first_bad_* are flat pixel indices, or negative when every value was valid.
-inline void raise_for_invalid(int64_t first_bad_target, int64_t first_bad_weight, const at::Tensor& target,
-                              const c10::optional<at::Tensor>& weight, int64_t C, int64_t ignore_index) {
-  const int64_t H = target.size(1), W = target.size(2);
-  TORCH_CHECK_INDEX(first_bad_target < 0, "weighted_softmax_cross_entropy: target has value ",
-                    target.reshape(-1)[first_bad_target].item<int64_t>(), " at ",
-                    position(first_bad_target, H, W), "; class indices must be in [0, ", C,
-                    ") or equal ignore_index=", ignore_index);
-  TORCH_CHECK_VALUE(first_bad_weight < 0, "weighted_softmax_cross_entropy: weight has value ",
-                    weight ? weight->reshape(-1)[first_bad_weight].item<double>() : 0.0, " at ",
-                    position(first_bad_weight, H, W), "; weights must be >= 0 and not NaN");
+          format == at::MemoryFormat::ChannelsLast, acc_type};
 }
 
 }  // namespace weighted_cross_entropy

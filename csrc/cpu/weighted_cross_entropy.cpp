@@ -281,7 +281,7 @@ void run(const at::Tensor& logits, bool channels_last, const at::Tensor& target,
 }
 
 // reduction follows at::Reduction: 0 none (per-pixel loss), 1 mean over non-ignored pixels, 2 sum.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& weight_in,
     int64_t reduction, int64_t ignore_index, bool compute_grad) {
   weighted_cross_entropy::check_args(logits_in, target_in, weight_in, reduction);
@@ -295,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, logits.options().dtype(acc_type))
                               : at::empty({}, logits.options().dtype(acc_type));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options().memory_format(memory_format_of(logits)))
                                  : at::empty({0}, logits.options());
   const int64_t blocks_per_image = (H * W + kBlock - 1) / kBlock;
   std::vector<BlockResult> blocks(N * blocks_per_image);
@@ -316,12 +316,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cpu(
     all.bad_target = std::min(all.bad_target, b.bad_target);
     all.bad_weight = std::min(all.bad_weight, b.bad_weight);
   }
-  weighted_cross_entropy::raise_for_invalid(all.bad_target == kNone ? -1 : all.bad_target,
-                                            all.bad_weight == kNone ? -1 : all.bad_weight, target, weight, C,
-                                            ignore_index);
   if (reduction == 1) total /= std::max<int64_t>(all.count, 1);
   if (!per_pixel) loss.fill_(total);
-  return {loss, grad, at::scalar_tensor(all.count, logits.options().dtype(at::kLong))};
+  at::Tensor first_bad = at::empty({2}, logits.options().dtype(at::kLong));
+  first_bad[0] = all.bad_target == kNone ? -1 : all.bad_target;
+  first_bad[1] = all.bad_weight == kNone ? -1 : all.bad_weight;
+  return {loss, grad, at::scalar_tensor(all.count, logits.options().dtype(at::kLong)), first_bad};
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
+#include "../common/memory_format.h"
+
 #include <cstdint>
 #include <vector>
 
@@ -75,16 +77,26 @@ bool fits(int64_t bytes_per_word, int64_t elem, const std::vector<int64_t>& coun
   return true;
 }
 
+// The checks of unet_fast/ops/crop_concat.py, for calls of this kernel that do not pass through it.
+void check_args(const at::Tensor& skip, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(skip.dim() == 4, "crop_concat: skip must be a 4-D tensor (N, C, H, W), got ", skip.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 4, "crop_concat: x must be a 4-D tensor (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK_VALUE(skip.size(0) == x.size(0), "crop_concat: batch sizes differ: skip has ", skip.size(0),
+                    ", x has ", x.size(0));
+  TORCH_CHECK_VALUE(skip.size(2) >= x.size(2) && skip.size(3) >= x.size(3), "crop_concat: skip ",
+                    skip.sizes().slice(2), " is smaller than x ", x.sizes().slice(2),
+                    "; skip must be at least as large as x in height and width");
+  TORCH_CHECK_TYPE(skip.scalar_type() == x.scalar_type(), "crop_concat: dtypes differ: skip is ",
+                   skip.scalar_type(), ", x is ", x.scalar_type(), "; cast one of them");
+  TORCH_CHECK_VALUE(skip.device() == x.device(), "crop_concat: devices differ: skip is on ", skip.device(),
+                    ", x on ", x.device());
+}
+
 at::Tensor crop_concat_cuda(const at::Tensor& skip_in, const at::Tensor& x_in) {
-  TORCH_CHECK(skip_in.dim() == 4 && x_in.dim() == 4, "crop_concat: skip and x must be 4-D (N, C, H, W)");
-  TORCH_CHECK(skip_in.size(0) == x_in.size(0), "crop_concat: batch sizes differ");
-  TORCH_CHECK(skip_in.size(2) >= x_in.size(2) && skip_in.size(3) >= x_in.size(3),
-              "crop_concat: skip is smaller than x and cannot be cropped to it");
-  TORCH_CHECK(skip_in.scalar_type() == x_in.scalar_type(), "crop_concat: dtypes differ");
-  TORCH_CHECK(skip_in.device() == x_in.device(), "crop_concat: devices differ");
+  check_args(skip_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const bool channels_last = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !x_in.is_contiguous();
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = memory_format_of(x_in);
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor skip = skip_in.contiguous(format);  // a no-op for the decoder's own features
   const int64_t N = x.size(0), Cx = x.size(1), H = x.size(2), W = x.size(3), Cs = skip.size(1);

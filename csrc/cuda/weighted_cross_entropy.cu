@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
     const at::Tensor& logits_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& weight_in,
     int64_t reduction, int64_t ignore_index, bool compute_grad) {
   weighted_cross_entropy::check_args(logits_in, target_in, weight_in, reduction);
@@ -166,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
   const auto options = logits.options();
   const bool per_pixel = reduction == 0;
   at::Tensor loss = per_pixel ? at::empty({N, H, W}, options.dtype(acc_type)) : at::empty({}, options.dtype(acc_type));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)) : at::empty({0}, options);
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), options.memory_format(memory_format_of(logits)))
+                                 : at::empty({0}, options);
   at::Tensor count = at::empty({}, options.dtype(at::kLong));
   at::Tensor bad = at::empty({2}, options.dtype(at::kLong));
   const int64_t num_pixels = N * H * W;
@@ -207,10 +208,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_cross_entropy_cuda(
     }
   });
 
-  const at::Tensor first_bad = bad.cpu();  // the one synchronisation: errors must name the pixel
-  const int64_t bad_target = first_bad[0].item<int64_t>(), bad_weight = first_bad[1].item<int64_t>();
-  weighted_cross_entropy::raise_for_invalid(bad_target, bad_weight, target, weight, C, ignore_index);
-  return {loss, grad, count};
+  // No synchronisation here: the caller reads `bad` when it chooses (unet_fast/ops/weighted_cross_entropy.py).
+  return {loss, grad, count, bad};
 }
 
 }  // namespace

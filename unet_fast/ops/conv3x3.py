@@ -5,42 +5,46 @@ y = relu(conv2d(input, weight, bias, padding)) with input = x, or, with ``skip``
 input cat([centre_crop(skip, x's size), x], dim=1), read straight from skip and x by the Triton
 kernel's loader (no cropped copy, no concatenated tensor). Bias and ReLU run in the GEMM epilogue;
 the output is channels_last. Backward: the ReLU mask comes from y; the input gradient (dgrad)
-and the weight gradient (wgrad) are Triton implicit GEMMs, the bias gradient a reduction; the
-gradient for skip lands in skip's full shape, zero outside the window the forward read.
+and the weight gradient (wgrad) are Triton implicit GEMMs, the bias gradient summed by the wgrad
+kernel on its way; the gradient for skip lands in skip's full shape, zero outside the window the
+forward read. By default (``measured``) each part of each layer runs where the measured table
+(ops/triton/conv3x3_configs.py) says it is fastest on this GPU: on an H200, cuDNN's backward
+convolutions beat every Triton tile measured (benchmarks/results/*-run2), so there the backward is
+aten's convolution_backward on the concatenated input, and a layer whose forward cuDNN also wins
+is aten's composite altogether.
 
 Two forward options await a GPU measurement (benchmarks/test_bench_conv.py) and are off by default:
 ``pool=True`` also returns the 2x2 max-pool of y, written by the same kernel's epilogue (the
 encoder's second convs: y is still written, the decoder's skip needs it), and ``direct=True``
 computes an unpooled convolution of x alone with at most 4 input channels (the first layer) with
 FMA over the 9 * C_in taps instead of a tensor-core GEMM whose K would be mostly padding.
-The pool's backward is aten's (max_pool2d's indices recomputed from the saved y, then
-max_pool2d_with_indices_backward): its tie-breaking is then F.max_pool2d's by construction, the
-forward writes no index tensor, and the cost (one read of y) is small next to dgrad and wgrad.
+The pool's backward, the skip's gradient and the ReLU mask are one Triton pass
+(ops/triton/relu_pool_backward.py: aten's argmax and NaN rules, bit for bit); the forward writes no
+index tensor.
 The direct kernel's backward is the GEMM's.
 
 Where Triton cannot run (CPU without TRITON_INTERPRET=1, float64, no triton) the op is the aten
-composite, so it works everywhere. The Triton ops are torch.library.triton_op with
-register_autograd, so torch.compile(fullgraph=True) traces through them.
+composite, so it works everywhere. The Triton kernels are the ops unet_fast::conv3x3_relu_triton,
+conv3x3_relu_pool_triton (forward, with autograd) and conv3x3_input_grad_triton,
+conv3x3_weight_grad_triton (backward), registered as ops/_library.py says, so
+torch.compile(fullgraph=True) traces through them.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..reference import center_crop
+from ..geometry import center_crop
 from . import triton as _triton
+from ._library import choose_implementation, register_fake_and_autograd, register_triton
 from .crop_concat import check_skip_covers
 
 if _triton.available():
     from .triton import conv3x3 as _kernels
+    from .triton import relu_pool_backward as _pool_backward_kernels
 
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-
-def triton_usable(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """True when the Triton kernels run for tensors of this device and dtype in this process."""
-    return _triton.available() and dtype in _TRITON_DTYPES and _triton.can_run(_kernels.conv3x3_kernel, device)
-
+# ---- input checks
 
 def _describe(t) -> str:
     return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -83,6 +87,9 @@ def _check(x, weight, bias, skip, padding, pool=False, direct=False) -> None:
                          f"got output {out} from x {tuple(x.shape[2:])} with padding {padding}")
 
 
+
+# ---- reference
+
 def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) -> torch.Tensor:
     """The aten composite: crop (a view), cat, conv2d, relu."""
     if skip is not None:
@@ -90,14 +97,161 @@ def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) ->
     return F.relu(F.conv2d(x, weight, bias, padding=padding))
 
 
+
+# ---- fake kernels
+
+def _fake_forward(x, weight, bias, skip, padding, direct, measured=False):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _fake_forward_pool(x, weight, bias, skip, padding, direct, measured=False):
+    y = _fake_forward(x, weight, bias, skip, padding, direct)
+    return y, y.new_empty((*y.shape[:2], y.shape[2] // 2, y.shape[3] // 2)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _fake_input_grad(grad, weight, x, skip, padding):
+    return [torch.empty_like(t, memory_format=torch.channels_last) for t in (x, skip) if t is not None]
+
+
+def _fake_relu_pool_backward(y, grad_y, grad_pooled):
+    return torch.empty_like(y, memory_format=torch.channels_last)
+
+
+def _fake_weight_grad(grad, x, skip, padding):
+    cin = x.shape[1] + (skip.shape[1] if skip is not None else 0)
+    # the layout conv3x3_weight_grad returns: a (kh, kw, ci, co) buffer viewed as (co, ci, kh, kw)
+    return [x.new_empty((3, 3, cin, grad.shape[1]), dtype=torch.float32).permute(3, 2, 0, 1),
+            x.new_empty((grad.shape[1],), dtype=torch.float32)]
+
+
+# ---- autograd
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, skip, padding, _ = inputs[:6]
+    y = output[0] if isinstance(output, tuple) else output  # conv3x3_relu_pool: (y, pooled)
+    ctx.save_for_backward(x, weight, skip, y)
+    ctx.padding = padding
+    ctx.has_skip = skip is not None
+    ctx.measured = bool(inputs[6]) if len(inputs) > 6 else False
+
+
+def _backward(ctx, grad):
+    y = ctx.saved_tensors[3]
+    return _masked_backward(ctx, grad.masked_fill(y <= 0, 0))  # ReLU's mask, read from its output
+
+
+def _backward_pool(ctx, grad, grad_pooled):
+    """y fed the skip connection (grad) and the pool (grad_pooled): one fused pass where Triton runs."""
+    y = ctx.saved_tensors[3]
+    if grad_pooled is None:
+        return _backward(ctx, grad)
+    if _triton.can_run(y.device):
+        return _masked_backward(ctx, torch.ops.unet_fast.relu_pool_backward_triton(y, grad, grad_pooled))
+    _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
+    pooled = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                             False, indices)
+    return _backward(ctx, pooled if grad is None else grad + pooled)
+
+
+def _masked_backward(ctx, grad):
+    """Gradients for (x, weight, bias, skip) from the output gradient with ReLU's mask applied."""
+    x, weight, skip, y = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
+    needs_input = needs_x or (ctx.has_skip and needs_skip)
+    aten_dgrad = aten_wgrad = False
+    if ctx.measured:
+        aten_dgrad, aten_wgrad = _kernels.backward_prefers_aten(grad, weight, x, skip, ctx.padding)
+    grad_x = grad_weight = grad_bias = grad_skip = None
+    if aten_dgrad or aten_wgrad:
+        grads = _aten_backward(grad, weight, x, skip, ctx.padding, needs_input and aten_dgrad,
+                               (needs_weight or needs_bias) and aten_wgrad)
+        grad_x, grad_skip, grad_weight, grad_bias = grads
+    if needs_input and not aten_dgrad:
+        grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding)
+        grad_x = grads[0]
+        grad_skip = grads[1] if ctx.has_skip else None
+    if (needs_weight or needs_bias) and not aten_wgrad:
+        grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_weight_grad_triton(grad, x, skip, ctx.padding)
+    grad_weight = grad_weight.to(weight.dtype) if needs_weight else None
+    grad_bias = grad_bias.to(weight.dtype) if needs_bias else None
+    return grad_x, grad_weight, grad_bias, grad_skip, None, None, None
+
+
+def _aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool):
+    """cuDNN's convolution_backward on the (materialised) concatenated input: (grad_x, grad_skip in skip's
+    full shape, grad_weight, grad_bias), each None where not asked for."""
+    window = center_crop(skip, x.shape[-2:]) if skip is not None else None
+    cat = x if skip is None else torch.cat([window, x], dim=1)
+    grad_cat, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad, cat, weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
+        [input_grad, weight_grad, weight_grad])
+    grad_x = grad_skip = None
+    if input_grad:
+        cs = 0 if skip is None else skip.shape[1]
+        grad_x = grad_cat[:, cs:]
+        if skip is not None:
+            grad_skip = torch.zeros_like(skip, memory_format=torch.channels_last)
+            center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
+    return grad_x, grad_skip, grad_weight, grad_bias
+
+
+# ---- Triton implementations
+
+def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
+
+
+def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
+
+
+def _conv3x3_input_grad_triton(grad, weight, x, skip, padding):
+    return [t for t in _kernels.conv3x3_input_grad(grad, weight, x, skip, padding) if t is not None]
+
+
+def _conv3x3_weight_grad_triton(grad, x, skip, padding):
+    return list(_kernels.conv3x3_weight_grad(grad, x, skip, padding, bias_grad=True))
+
+
+def _relu_pool_backward_triton(y, grad_y, grad_pooled):
+    return _pool_backward_kernels.relu_pool_backward(y, grad_y, grad_pooled)
+
+
+if _triton.available():
+    register_triton("conv3x3_relu", _conv3x3_relu_triton)
+    register_triton("conv3x3_relu_pool", _conv3x3_relu_pool_triton)
+    register_triton("conv3x3_input_grad", _conv3x3_input_grad_triton)
+    register_triton("conv3x3_weight_grad", _conv3x3_weight_grad_triton)
+    register_triton("relu_pool_backward", _relu_pool_backward_triton)
+register_fake_and_autograd("conv3x3_relu", _fake_forward, _backward, _setup_context)
+register_fake_and_autograd("conv3x3_relu_pool", _fake_forward_pool, _backward_pool, _setup_context)
+register_fake_and_autograd("conv3x3_input_grad", _fake_input_grad)
+register_fake_and_autograd("conv3x3_weight_grad", _fake_weight_grad)
+register_fake_and_autograd("relu_pool_backward", _fake_relu_pool_backward)
+
+
+# ---- implementation choice
+
+def _backend(device: torch.device, dtype: torch.dtype, implementation: str | None = None) -> str:
+    """The implementation to run: ``implementation`` if it can, else the ops' one precedence (ops/_library.py)."""
+    return choose_implementation("conv3x3_relu", device, dtype, implementation)
+
+
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  skip: Optional[torch.Tensor] = None, padding: int = 0, pool: bool = False,
-                 direct: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                 direct: bool = False, implementation: Optional[str] = None
+                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """y = relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
 
     pool: return (y, F.max_pool2d(y, 2)) from one kernel (the pool floors odd sizes, as F.max_pool2d).
     direct: where x alone has at most 4 channels and pool is False, the direct (non-GEMM) kernel;
     elsewhere ignored.
+    implementation: None (the default choice for the tensors, and on a GPU whose measured table says
+    cuDNN is faster for a part of this layer, cuDNN for that part), or "triton" (every part on the
+    Triton kernels), "composite".
     Under autocast the inputs are cast to the autocast dtype first, as aten's conv2d would.
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
@@ -107,69 +261,10 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
         skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
     _check(x, weight, bias, skip, padding, pool, direct)
-    if triton_usable(x.device, x.dtype):
-        op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
-        return op(x, weight, bias, skip, padding, direct)
+    measured = implementation is None
+    if _backend(x.device, x.dtype, implementation) == "triton" and not (
+            measured and not pool and _kernels.forward_prefers_aten(x, weight, skip, padding)):
+        op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
+        return op(x, weight, bias, skip, padding, direct, measured)
     y = conv3x3_relu_reference(x, weight, bias, skip, padding)
     return (y, F.max_pool2d(y, 2)) if pool else y
-
-
-if _triton.available():
-    @torch.library.triton_op("unet_fast::conv3x3_relu", mutates_args=())
-    def _conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      skip: Optional[torch.Tensor], padding: int, direct: bool = False) -> torch.Tensor:
-        return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
-
-    @torch.library.triton_op("unet_fast::conv3x3_relu_pool", mutates_args=())
-    def _conv3x3_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           skip: Optional[torch.Tensor], padding: int,
-                           direct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(y, max_pool2d(y, 2)) from one kernel."""
-        y, pooled = _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
-        return y, pooled
-
-    @torch.library.triton_op("unet_fast::conv3x3_input_grad", mutates_args=())
-    def _conv3x3_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
-                            skip: Optional[torch.Tensor], padding: int) -> List[torch.Tensor]:
-        """[grad_x] or [grad_x, grad_skip] of conv2d([centre_crop(skip), x]) for an already masked grad."""
-        grad_x, grad_skip = _kernels.conv3x3_input_grad(grad, weight, x, skip, padding)
-        return [grad_x] if grad_skip is None else [grad_x, grad_skip]
-
-    @torch.library.triton_op("unet_fast::conv3x3_weight_grad", mutates_args=())
-    def _conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, skip: Optional[torch.Tensor],
-                             padding: int) -> torch.Tensor:
-        """float32 weight gradient of conv2d([centre_crop(skip), x]) for an already masked grad."""
-        return _kernels.conv3x3_weight_grad(grad, x, skip, padding)[0]
-
-    def _setup_context(ctx, inputs, output):
-        x, weight, bias, skip, padding = inputs[:5]
-        y = output[0] if isinstance(output, tuple) else output  # conv3x3_relu_pool: (y, pooled)
-        ctx.save_for_backward(x, weight, skip, y)
-        ctx.padding = padding
-        ctx.has_skip = skip is not None
-
-    def _backward(ctx, grad):
-        x, weight, skip, y = ctx.saved_tensors
-        # [:4]: the flags after skip are not tensors (and a trailing default may not be listed at all)
-        needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
-        grad = grad.masked_fill(y <= 0, 0)  # ReLU's mask, read from its output
-        grad_x = grad_weight = grad_bias = grad_skip = None
-        if needs_x or (ctx.has_skip and needs_skip):
-            grads = torch.ops.unet_fast.conv3x3_input_grad(grad, weight, x, skip, ctx.padding)
-            grad_x = grads[0]
-            grad_skip = grads[1] if ctx.has_skip else None
-        if needs_weight:
-            grad_weight = torch.ops.unet_fast.conv3x3_weight_grad(grad, x, skip, ctx.padding).to(weight.dtype)
-        if needs_bias:
-            grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
-        return grad_x, grad_weight, grad_bias, grad_skip, None, None
-
-    def _backward_pool(ctx, grad, grad_pooled):
-        y = ctx.saved_tensors[3]
-        _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
-        grad = grad + torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
-        return _backward(ctx, grad)
-
-    torch.library.register_autograd("unet_fast::conv3x3_relu", _backward, setup_context=_setup_context)
-    torch.library.register_autograd("unet_fast::conv3x3_relu_pool", _backward_pool, setup_context=_setup_context)

@@ -2,7 +2,8 @@
 
 Triton kernels run on CUDA devices, or on the CPU when the process was started with
 TRITON_INTERPRET=1 (the interpreter, which the CPU test suite uses). ``triton.jit`` decides
-between the two when a kernel module is imported, so the choice is fixed per process.
+between the two when a kernel is defined, i.e. when these modules are imported, so the choice
+is fixed per process. The kernel modules import nothing from the op modules (ops/*.py).
 """
 from __future__ import annotations
 
@@ -32,21 +33,9 @@ def available() -> bool:
     return triton is not None
 
 
-def is_interpreted(kernel) -> bool:
-    """True when the kernels of this process run in the interpreter (TRITON_INTERPRET=1 at import)."""
-    return INTERPRETED
-
-
-def can_run(kernel, device: torch.device) -> bool:
-    """True when ``kernel`` can launch on tensors of ``device``."""
+def can_run(device: torch.device) -> bool:
+    """True when the kernels can launch on tensors of ``device`` in this process."""
     return triton is not None and device.type == ("cpu" if INTERPRETED else "cuda")
-
-
-def launchable(kernel):
-    """``wrap_triton(kernel)`` so torch.compile traces the launch; interpreted kernels launch as they are."""
-    if INTERPRETED:
-        return kernel
-    return torch.library.wrap_triton(kernel)
 
 
 @dataclass
@@ -60,4 +49,4 @@ class Launch:
 
     def run(self):
         """Launch; returns what Triton returns (the compiled kernel, with its register and spill counts)."""
-        return launchable(self.kernel)[self.grid](*self.args, **self.meta)
+        return self.kernel[self.grid](*self.args, **self.meta)

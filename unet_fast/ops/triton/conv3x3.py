@@ -366,6 +366,27 @@ def check_rows(rows: int, what: str) -> None:
                          f"2^31 - 1; split it (unet_fast.inference.predict_tiled segments any image in tiles)")
 
 
+def _prefers_aten(kind: str, x, cs: int, cx: int, cout: int, rows: int) -> bool:
+    _, dtype_name, _ = _compute_type(x.dtype, x.device.type)
+    return configs.prefers_aten(kind, x.device, dtype_name, cs, cx, cout, rows)
+
+
+def forward_prefers_aten(x, weight, skip, padding: int) -> bool:
+    """True where the measured table says cuDNN's conv + ReLU beat every Triton tile for this layer."""
+    n, cx, h, w = x.shape
+    cs = skip.shape[1] if skip is not None else 0
+    return _prefers_aten("forward", x, cs, cx, weight.shape[0], n * (h + 2 * padding - 2) * (w + 2 * padding - 2))
+
+
+def backward_prefers_aten(grad, weight, x, skip, padding: int) -> tuple[bool, bool]:
+    """(dgrad, wgrad): whether the measured table says cuDNN beat every Triton tile for each."""
+    n, cx, h, w = x.shape
+    cs = skip.shape[1] if skip is not None else 0
+    rows = grad.shape[0] * grad.shape[2] * grad.shape[3]
+    return (_prefers_aten("dgrad", x, 0, grad.shape[1], cs + cx, n * h * w),
+            _prefers_aten("wgrad", x, cs, cx, grad.shape[1], rows))
+
+
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 

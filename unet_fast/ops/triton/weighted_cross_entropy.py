@@ -7,20 +7,12 @@ again (from L2) to write (softmax - onehot) * weight. Loads and stores are maske
 (fp64 for fp64 logits). Each program writes its partial loss sum, its non-ignored count and the
 first invalid target / weight it saw; these small arrays are reduced by torch afterwards (a
 deterministic reduction, no atomics).
-
-Registered with torch.library.triton_op (the project's choice for Triton ops): torch.compile
-sees the kernel. Its opcheck and compile tests need a GPU; on the CPU the kernel is tested
-under TRITON_INTERPRET=1 by calling the op on CPU tensors (launchable() skips wrap_triton there).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
-
-from ..weighted_cross_entropy import backward, fake_outputs, raise_for_bad_values, setup_context
-from . import launchable
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -78,27 +70,28 @@ def _weighted_cross_entropy_kernel(
     tl.store(part_bad_ptr + 2 * pid + 1, tl.min(tl.where(bad_w, offs, num_pixels), axis=0))
 
 
-@triton_op("unet_fast::weighted_cross_entropy_triton", mutates_args=())
-def weighted_cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                                  reduction: int, ignore_index: int, compute_grad: bool
-                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, unscaled gradient, non-ignored count, first invalid (target, weight) pixel or -1): see the C++ op."""
-    loss, grad, _ = fake_outputs(logits, reduction, compute_grad)
-    channels_last = logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous()
-    logits = logits.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    target = target.contiguous()
-    weight = weight.contiguous() if weight is not None else None
+def weighted_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                                   grad: torch.Tensor | None, reduction: int, ignore_index: int,
+                                   channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, non-ignored count, flat index of the first invalid (target, weight) pixel or -1 each).
+
+    logits: dense, channels_last or else contiguous; target, weight: contiguous; grad: None, or where
+    to write the unscaled gradient, laid out as logits; reduction: 0 none, 1 mean over non-ignored
+    pixels, 2 sum.
+    """
     n, c, h, w = logits.shape
     num_pixels = n * h * w
+    loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss = logits.new_empty((n, h, w) if reduction == 0 else (0,), dtype=loss_dtype)
     programs = triton.cdiv(num_pixels, BLOCK)
-    part_loss = logits.new_empty((programs,), dtype=loss.dtype)
+    part_loss = logits.new_empty((programs,), dtype=loss_dtype)
     part_count = logits.new_empty((programs,), dtype=torch.int64)
     part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
     stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
-    launchable(_weighted_cross_entropy_kernel)[(programs,)](
-        logits, target, weight if weight is not None else logits, loss, grad if compute_grad else logits,
+    _weighted_cross_entropy_kernel[(programs,)](
+        logits, target, weight if weight is not None else logits, loss, grad if grad is not None else logits,
         part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,
-        HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=compute_grad,
+        HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=grad is not None,
         FP64=logits.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     count = part_count.sum()
@@ -107,18 +100,4 @@ def weighted_cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, we
         if reduction == 1:
             loss = loss / count.clamp(min=1)
     first_bad = part_bad.amin(dim=0)
-    first_bad = torch.where(first_bad >= num_pixels, -1, first_bad)
-    return loss, grad, count, first_bad
-
-
-weighted_cross_entropy_triton.register_autograd(backward, setup_context=setup_context)
-
-
-def weighted_cross_entropy_checked(logits, target, weight, reduction: int, ignore_index: int, compute_grad: bool):
-    """Run the op, then raise for invalid targets or weights (a device assert under torch.compile)."""
-    loss, _, _, first_bad = weighted_cross_entropy_triton(logits, target, weight, reduction, ignore_index, compute_grad)
-    if torch.compiler.is_compiling():
-        torch._assert_async(first_bad.max() < 0, "weighted_softmax_cross_entropy: invalid target or weight")
-    else:
-        raise_for_bad_values(tuple(first_bad.tolist()), target, weight, logits.shape[1], ignore_index)
-    return loss
+    return loss, count, torch.where(first_bad >= num_pixels, -1, first_bad)

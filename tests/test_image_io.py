@@ -1,0 +1,85 @@
+"""unet_fast.image_io: lazy reading with a pixel limit, atomic writing; and the deprecated unet_fast.io."""
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_fast import image_io
+from optional_deps import needs_zarr
+
+
+def test_tiff_multipage_bigtiff_is_read_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 65535, (3, 100, 130)).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, bigtiff=True, tile=(32, 32), photometric="minisblack")
+    array, info = image_io.read_image(path)
+    assert isinstance(array, zarr.Array)
+    assert info.shape == (3, 100, 130) and info.axes == "QYX" and info.dtype == np.uint16 and info.streamable
+    np.testing.assert_array_equal(array[1, 10:50, 20:33], stack[1, 10:50, 20:33])
+
+
+@needs_zarr
+def test_ome_tiff_and_rgb_samples_come_channels_first(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (40, 50, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.ome.tif", rgb, photometric="rgb", ome=True)
+    array, info = image_io.read_image(tmp_path / "rgb.ome.tif")
+    assert info.axes == "CYX" and array.shape == (3, 40, 50)
+    np.testing.assert_array_equal(np.asarray(array[:, 5:9, 7:20]), np.moveaxis(rgb, -1, 0)[:, 5:9, 7:20])
+    np.testing.assert_array_equal(array[2], rgb[..., 2])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_png_jpeg(tmp_path, suffix):
+    image = (np.arange(30 * 20) % 251).astype(np.uint8).reshape(30, 20)
+    image_io.write_image(tmp_path / f"a{suffix}", image)
+    array, info = image_io.read_image(tmp_path / f"a{suffix}")
+    assert info.shape == (30, 20) and array.shape == (30, 20)
+    if suffix == ".png":
+        np.testing.assert_array_equal(array, image)
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    image_io.write_image(path, np.zeros((200, 300), np.uint8))
+    with pytest.raises(image_io.ImageTooLargeError, match="60000 pixels"):
+        image_io.read_image(path, max_pixels=1000)
+    # A TIFF in small strips can be streamed, so the limit does not apply to it.
+    pytest.importorskip("zarr")  # (streamed: read lazily, through zarr)
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((200, 300), np.uint8), rowsperstrip=8)
+    image_io.read_image(tmp_path / "big.tif", max_pixels=1000)
+
+
+def test_unsupported_and_corrupt_files(tmp_path):
+    (tmp_path / "x.bmp").write_bytes(b"BM")
+    with pytest.raises(ValueError, match="unsupported image type"):
+        image_io.read_image(tmp_path / "x.bmp")
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(Exception):
+        image_io.read_image(tmp_path / "bad.tif")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.tif"
+    with pytest.raises(RuntimeError):
+        with image_io.atomic_path(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == []
+    with image_io.atomic_path(target) as temporary:
+        temporary.write_bytes(b"whole")
+        assert not target.exists()
+    assert target.read_bytes() == b"whole" and os.listdir(tmp_path) == ["out.tif"]
+
+
+def test_old_io_module_still_imports_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="unet_fast.io is deprecated: use unet_fast.normalization.Normalization"):
+        from unet_fast.io import Normalization
+    from unet_fast.normalization import Normalization as moved
+    assert Normalization is moved
+    with pytest.warns(DeprecationWarning, match="use unet_fast.image_io.read_image"):
+        import unet_fast.io
+        assert unet_fast.io.read_image is image_io.read_image

@@ -1,0 +1,97 @@
+"""Make Triton's interpreter compute bf16 as a GPU does, so bf16 kernels can be tested on the CPU.
+
+Triton's interpreter keeps bf16 as raw uint16 bits: its tl.dot multiplies those bits as integers, and
+its fp32 -> bf16 cast truncates where the GPU rounds to nearest even. ``patch_bf16`` widens bf16 dot
+operands to fp32 first (exact products, fp32 accumulation, as on tensor cores) and makes the cast round
+to nearest even. Tests only: compiled kernels are unaffected.
+
+Written for Triton 3.9 (the CPU test machines): it replaces two methods of the private
+``triton.runtime.interpreter.InterpreterBuilder``. The GPU machines (Triton 3.6) compile bf16 kernels
+rather than interpret them. Where those internals differ, the patch is not applied, a probe kernel
+shows it, and ``patch_bf16`` returns the reason, with which the bf16 interpreter tests skip.
+Import this module without unet_fast: it must not decide TRITON_INTERPRET for the process.
+"""
+from __future__ import annotations
+
+WRITTEN_FOR = ("3.9",)
+PROBLEM: str | None = None  # set by patch_bf16: why bf16 kernels cannot be interpreted as on a GPU
+
+
+def patch_bf16() -> str | None:
+    """Patch the interpreter and check that it now rounds and multiplies bf16 as a GPU does; the reason
+    why not (also kept in ``PROBLEM``), or None when it does."""
+    global PROBLEM
+    PROBLEM = _patch()
+    return PROBLEM
+
+
+def _patch() -> str | None:
+    try:
+        import numpy as np
+        import triton
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError as error:
+        return f"triton's interpreter does not import: {error}"
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    missing = [name for name in ("create_dot", "cast_impl") if not hasattr(builder, name)]
+    if builder is None or missing:
+        return (f"triton {triton.__version__}'s interpreter lacks InterpreterBuilder.{', '.join(missing) or '*'}; "
+                f"the bf16 patch was written for triton {', '.join(WRITTEN_FOR)}")
+    create_dot, cast_impl = builder.create_dot, builder.cast_impl
+
+    def scalar(handle):
+        return getattr(handle.dtype, "scalar", handle.dtype)
+
+    def widen(handle):
+        if scalar(handle) != tl.bfloat16:
+            return handle
+        return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def dot(self, a, b, d, *args, **kwargs):
+        return create_dot(self, widen(a), widen(b), d, *args, **kwargs)
+
+    def cast(self, src, dst_type):
+        if scalar(src) != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return cast_impl(self, src, dst_type)
+        bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32)
+        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # round to nearest even (finite values)
+        return interpreter.TensorHandle(rounded.astype(np.uint16), tl.bfloat16)
+
+    builder.create_dot, builder.cast_impl = dot, cast
+    problem = _probe()
+    if problem is not None:
+        builder.create_dot, builder.cast_impl = create_dot, cast_impl
+        return f"the bf16 patch (written for triton {', '.join(WRITTEN_FOR)}) has no effect on triton " \
+               f"{triton.__version__}: {problem}"
+    return None
+
+
+def _probe() -> str | None:
+    """Run a bf16 dot and an fp32 -> bf16 cast through the interpreter; what is wrong, or None."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def dot_and_round(a_ptr, b_ptr, out_ptr, value_ptr, rounded_ptr):
+        offs = tl.arange(0, 16)
+        a = tl.load(a_ptr + offs[:, None] * 16 + offs[None, :])
+        b = tl.load(b_ptr + offs[:, None] * 16 + offs[None, :])
+        tl.store(out_ptr + offs[:, None] * 16 + offs[None, :], tl.dot(a, b))
+        tl.store(rounded_ptr + offs, tl.load(value_ptr + offs).to(tl.bfloat16))
+
+    a = torch.full((16, 16), 1.5, dtype=torch.bfloat16)
+    b = torch.eye(16, dtype=torch.bfloat16) * 2
+    out = torch.empty(16, 16)
+    value = torch.full((16,), 1 + 3 * 2.0 ** -9)  # between two bf16 values, nearer the upper one
+    rounded = torch.empty(16, dtype=torch.bfloat16)
+    try:
+        dot_and_round[(1,)](a, b, out, value, rounded)
+    except Exception as error:  # the interpreter itself failed: report it, as any other mismatch
+        return f"{type(error).__name__}: {error}"
+    if not torch.equal(out, torch.full((16, 16), 3.0)):
+        return "tl.dot of bf16 operands is not their product"
+    if not torch.equal(rounded, value.to(torch.bfloat16)):
+        return "the fp32 -> bf16 cast does not round to nearest even"
+    return None

@@ -1,0 +1,143 @@
+"""Training checkpoints: one safetensors file holding the model's weights, the optimizer's state, the
+epoch, the history, the seed and every rank's random states, written atomically, so that a run
+resumes exactly where it stopped (``fit(resume=...)``). A model file for inference is a different
+format (``unet_fast.save_model``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
+
+from .image_io import write_bytes_atomically
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "restore_rng_state", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "unet_fast.checkpoint/2"     # /2: one set of RNG states per rank
+READABLE_FORMATS = (CHECKPOINT_FORMAT, "unet_fast.checkpoint/1")
+
+
+def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
+                    history: list[dict] | None = None, seed: int | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
+    """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic.
+
+    rng_states: every rank's random states in rank order (``fit`` gathers them); default: this
+    process's only, as one rank."""
+    tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    scalars = {}
+    for index, entry in optimizer_state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    if rng_states is None:
+        device = torch.device("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        rng_states = [rng_state(device or torch.device("cpu"))]
+    for rank, states in enumerate(rng_states):
+        tensors.update({f"rng.{rank}.{name}": value for name, value in states.items()})
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "world_size": str(len(rng_states)),
+        "epoch": str(epoch),
+        "seed": json.dumps(seed),
+        "history": json.dumps(history or []),
+        "model_config": json.dumps(model.config() if hasattr(model, "config") else None),
+        "optimizer.param_groups": json.dumps(optimizer_state["param_groups"]),
+        "optimizer.scalars": json.dumps(scalars),
+    }
+    return write_bytes_atomically(path, save_safetensors(tensors, metadata))
+
+
+def load_checkpoint(path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Read a checkpoint; load its weights into ``model`` and state into ``optimizer`` when given.
+
+    Returns {"epoch", "history", "seed", "model_config", "rng" (a list: each rank's dict of random
+    states), "model_state"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from error
+    if metadata.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{str(path)!r} is not a unet_fast checkpoint (format {metadata.get('format')!r}, "
+                         f"expected {CHECKPOINT_FORMAT!r}); a model file is loaded with unet_fast.load_model")
+    model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    if model is not None:
+        model.load_state_dict(model_state)
+    if optimizer is not None:
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer.state."):
+                index, name = key[len("optimizer.state."):].split(".", 1)
+                state.setdefault(int(index), {})[name] = value
+        for key, value in json.loads(metadata["optimizer.scalars"]).items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["optimizer.param_groups"])})
+    rng: list[dict] = [{} for _ in range(int(metadata.get("world_size", "1")))]
+    for key, value in tensors.items():
+        if key.startswith("rng."):      # rng.<rank>.<generator>; format /1 had one process: rng.<generator>
+            rank, name = key[4:].split(".", 1) if key[4].isdigit() else ("0", key[4:])
+            rng[int(rank)][name] = value
+    return {"epoch": int(metadata["epoch"]), "history": json.loads(metadata["history"]),
+            "seed": json.loads(metadata["seed"]), "model_config": json.loads(metadata["model_config"]),
+            "rng": rng, "model_state": model_state}
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random states as tensors: torch's CPU and ``device``'s CUDA generators, numpy's
+    and Python's global ones (which user augmentations may draw from)."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    states = {"cpu": torch.get_rng_state(),
+              "numpy": torch.from_numpy(keys.astype(np.int64)),
+              "numpy.scalars": torch.tensor([position, has_gauss, gauss], dtype=torch.float64),
+              "python": torch.tensor(words, dtype=torch.int64),
+              "python.scalars": torch.tensor([version, math.nan if gauss_next is None else gauss_next],
+                                             dtype=torch.float64)}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_state(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "numpy" in states:
+        position, has_gauss, gauss = states["numpy.scalars"].tolist()
+        np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), int(position), int(has_gauss),
+                             gauss))
+    if "python" in states:
+        version, gauss_next = states["python.scalars"].tolist()
+        random.setstate((int(version), tuple(states["python"].tolist()),
+                         None if math.isnan(gauss_next) else gauss_next))
+    cuda = states.get("cuda", states.get(f"cuda.{device.index or 0}"))     # format /1: one state per device
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def restore_rng_state(rng: list[dict], rank: int, world: int, device: torch.device, path) -> None:
+    """This rank takes back its own random states from a checkpoint's ``rng`` (``load_checkpoint``). A
+    checkpoint of another world size cannot continue exactly (each rank's share of the tiles changes
+    too), but resuming on fewer or more GPUs is a normal need: warn, give the ranks both runs have
+    their own states, and leave the others theirs."""
+    if len(rng) != world and rank == 0:
+        warnings.warn(f"resume: checkpoint {str(path)!r} was written by {len(rng)} process(es) and this run has "
+                      f"{world}: weights, optimizer state and epoch continue, but the random numbers "
+                      f"and each process's tiles differ from an uninterrupted run", stacklevel=3)
+    if rank < len(rng):
+        _set_rng_state(rng[rank], device)

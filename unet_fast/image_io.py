@@ -1,0 +1,253 @@
+"""Images in and out: reading (lazily where the format allows) and writing atomically.
+
+Reading: TIFF (multi-page, BigTIFF, OME-TIFF) through tifffile, as a zarr array over the file so
+only the parts that are indexed are decoded; PNG/JPEG through Pillow (decoded whole). The declared
+size is checked against a pixel limit before any pixel is decoded (decompression-bomb guard).
+
+Writing: every file appears under its final name only when complete (a temporary name in the same
+folder, then os.replace), so an interrupted run never leaves a truncated file that looks finished.
+Images written as they are computed, tile by tile, go through ``unet_fast.sinks``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 2 ** 30  # about 1.07 gigapixels (32768 x 32768) per file
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
+
+
+class ImageTooLargeError(ValueError):
+    """The declared size of an image exceeds the pixel limit."""
+
+
+# ---- reading
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file declares, read from its header only."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    axes: str          # one letter per axis; Y, X last; C for channels/samples
+    streamable: bool   # True when pieces can be decoded without decoding the whole image
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(self.shape)
+
+
+def _suffix(path) -> str:
+    return Path(path).suffix.lower()
+
+
+def image_info(path) -> ImageInfo:
+    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file, without decoding pixels."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ValueError(f"{path}: the TIFF file holds no image series")
+            series = tif.series[0]
+            page = series.pages[0] if series.pages else tif.pages[0]
+            chunk_pixels = _tiff_chunk_pixels(page)
+            axes = "".join("C" if a in "CS" else a for a in series.axes)
+            return _channels_first_info(tuple(series.shape), np.dtype(series.dtype), axes,
+                                        streamable=chunk_pixels <= 64 * 2 ** 20)
+    if suffix in PIL_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            width, height = img.size
+            bands = len(img.getbands())
+            dtype = np.dtype(np.uint16) if img.mode.startswith("I;16") else (
+                np.dtype(np.int32) if img.mode == "I" else np.dtype(np.float32) if img.mode == "F"
+                else np.dtype(np.uint8))
+        if bands == 1:
+            return ImageInfo((height, width), dtype, "YX", streamable=False)
+        return ImageInfo((bands, height, width), dtype, "CYX", streamable=False)
+    raise ValueError(f"{path}: unsupported image type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _tiff_chunk_pixels(page) -> int:
+    """Pixels in the largest piece (tile or strip) a reader must decode at once."""
+    if getattr(page, "is_tiled", False):
+        return page.tilewidth * page.tilelength * max(1, page.tiledepth)
+    rows = page.rowsperstrip or page.imagelength
+    return min(rows, page.imagelength) * page.imagewidth
+
+
+def _channels_first_info(shape, dtype, axes, streamable) -> ImageInfo:
+    if axes.endswith("C") and len(axes) >= 3 and axes[-3:-1] == "YX":
+        order = _channels_first_order(axes)
+        return ImageInfo(tuple(shape[i] for i in order), dtype, "".join(axes[i] for i in order), streamable)
+    return ImageInfo(shape, dtype, axes, streamable)
+
+
+def _channels_first_order(axes: str) -> list[int]:
+    n = len(axes)
+    return list(range(n - 3)) + [n - 1, n - 3, n - 2]
+
+
+class _MovedAxes:
+    """A lazy view of an array with its axes permuted; indexing reads only what is asked for."""
+
+    def __init__(self, array, order):
+        self._array = array
+        self._order = list(order)
+        self.shape = tuple(array.shape[i] for i in self._order)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = key.index(Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if not all(isinstance(k, (slice, int, np.integer)) for k in key):
+            raise TypeError("only integers and slices index a lazy image")
+        inverse = [0] * self.ndim
+        for new, old in enumerate(self._order):
+            inverse[old] = new
+        data = np.asarray(self._array[tuple(key[inverse[old]] for old in range(self.ndim))])
+        kept = [old for old in range(self.ndim) if not isinstance(key[inverse[old]], (int, np.integer))]
+        return np.transpose(data, [kept.index(old) for old in self._order if old in kept])
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
+    """Refuse files whose declared size exceeds max_pixels, unless they can be streamed."""
+    if max_pixels is None or info.pixels <= max_pixels or info.streamable:
+        return
+    raise ImageTooLargeError(
+        f"{path}: declares {info.pixels} pixels (shape {info.shape}), above the limit of {max_pixels}, "
+        f"and cannot be read piece by piece; raise the limit (--max-pixels) if you trust the file")
+
+
+def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Open an image; returns (array, ImageInfo) with channels before Y, X ("CYX", "ZCYX", ...).
+
+    TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
+    indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy.
+    The declared size is checked against ``max_pixels`` before decoding (None: no limit).
+    """
+    path = Path(path)
+    info = image_info(path)
+    check_pixel_limit(info, path, max_pixels)
+    suffix = _suffix(path)
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        if lazy:
+            import zarr
+
+            store = tifffile.imread(path, aszarr=True, series=0, level=0)
+            array = zarr.open(store, mode="r")
+        else:
+            array = tifffile.imread(path, series=0)
+        with tifffile.TiffFile(path) as tif:
+            raw_axes = "".join("C" if a in "CS" else a for a in tif.series[0].axes)
+        if raw_axes != info.axes:
+            order = _channels_first_order(raw_axes)
+            array = _MovedAxes(array, order) if lazy else np.transpose(array, order)
+        return array, info
+    from PIL import Image
+
+    with Image.open(path) as img:
+        data = np.asarray(img)
+    if data.ndim == 3:
+        data = np.moveaxis(data, -1, 0)
+    if data.shape != info.shape:
+        raise ValueError(f"{path}: decoded shape {data.shape} differs from the declared {info.shape}")
+    return data, info
+
+
+# ---- atomic writing
+
+def temporary_sibling(path) -> Path:
+    """A hidden, unique name next to ``path`` that keeps its suffix (so writers pick the format)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".ome.zarr") else path.suffix
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+
+
+def discard(path) -> None:
+    """Remove a file or a folder, if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def commit(temporary, path) -> None:
+    """Move a finished temporary file or folder onto ``path`` (os.replace; folders swapped)."""
+    temporary, path = Path(temporary), Path(path)
+    if temporary.is_dir() and path.exists():
+        old = temporary_sibling(path)
+        os.replace(path, old)
+        os.replace(temporary, path)
+        discard(old)
+    else:
+        os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write; it becomes ``path`` on success and is removed on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        commit(temporary, path)
+    except BaseException:
+        discard(temporary)
+        raise
+
+
+def write_image(path, array, *, compression: str | None = "zlib") -> Path:
+    """Write an in-memory image atomically: .tif/.tiff (tifffile, BigTIFF when large), .png/.jpg, .npy."""
+    path = Path(path)
+    array = np.asarray(array)
+    suffix = _suffix(path)
+    with atomic_path(path) as temporary:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            tifffile.imwrite(temporary, array, bigtiff=array.nbytes > 2 ** 31 - 2 ** 25,
+                             compression=compression, photometric="minisblack")
+        elif suffix in PIL_SUFFIXES:
+            from PIL import Image
+
+            Image.fromarray(array).save(temporary)
+        elif suffix == ".npy":
+            np.save(temporary, array)
+        else:
+            raise ValueError(f"{path}: cannot write {suffix!r}; use .tif, .tiff, .png, .jpg or .npy")
+    return path
+
+
+def write_bytes_atomically(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see ``atomic_path``)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return path

@@ -1,0 +1,113 @@
+"""How raw pixels become network inputs: one documented rule (``Normalization``), stored with a model
+(``save_model``), so training and inference turn raw uint8/uint16/float pixels into the same inputs."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+NORMALIZATION_MODES = ("percentile", "fixed", "dtype", "none")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw pixels become network inputs; stored with a model (``to_dict``/``from_dict``).
+
+    mode:
+      - "percentile" (default): ``(x - P_low) / (P_high - P_low)`` where P_low, P_high are the
+        ``low``-th and ``high``-th percentiles (0..100) of the whole image (all slices of a stack),
+        per channel when ``per_channel``. For images above ``sample_pixels`` the percentiles are
+        taken from a regular strided subsample, so huge images need no second full copy in memory.
+      - "fixed": ``(x - low) / (high - low)`` with fixed values (e.g. low=0, high=4095 for 12 bit).
+      - "dtype": integers divided by their type's maximum (uint8 / 255, uint16 / 65535); floats as is.
+      - "none": cast to float32 unchanged.
+    ``clip`` clips the result to [0, 1] (not for "none").
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    per_channel: bool = True
+    clip: bool = False
+    sample_pixels: int = 4_000_000
+
+    def __post_init__(self):
+        if self.mode not in NORMALIZATION_MODES:
+            raise ValueError(f"Normalization mode must be one of {NORMALIZATION_MODES}, got {self.mode!r}")
+        if self.mode in ("percentile", "fixed") and not float(self.high) > float(self.low):
+            raise ValueError(f"Normalization needs high > low, got low={self.low!r}, high={self.high!r}")
+        if self.mode == "percentile" and not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
+        if not isinstance(self.sample_pixels, int) or self.sample_pixels < 1:
+            raise ValueError(f"sample_pixels must be a positive integer, got {self.sample_pixels!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalization":
+        if not isinstance(data, dict):
+            raise TypeError(f"Normalization.from_dict needs a dict, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown Normalization fields {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+    def statistics(self, image, channel_axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, scale) per channel (1-D, length C, or 1 without per-channel statistics).
+
+        ``image`` may be lazy (zarr, memmap): the last two axes are Y, X and are read in bands.
+        """
+        channels = image.shape[channel_axis] if channel_axis is not None and self.per_channel else 1
+        if self.mode == "none":
+            return np.zeros(channels), np.ones(channels)
+        if self.mode == "fixed":
+            return np.full(channels, float(self.low)), np.full(channels, float(self.high) - float(self.low))
+        if self.mode == "dtype":
+            dtype = np.dtype(image.dtype)
+            top = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+            return np.zeros(channels), np.full(channels, top)
+        sample = _subsample(image, channel_axis if self.per_channel else None, self.sample_pixels)
+        lo = np.percentile(sample, self.low, axis=1)
+        hi = np.percentile(sample, self.high, axis=1)
+        return lo, np.maximum(hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0))
+
+    def apply(self, x: np.ndarray, offset: np.ndarray, scale: np.ndarray,
+              channel_axis: int | None = None) -> np.ndarray:
+        """Normalise an in-memory block with statistics from ``statistics`` (float32 result)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.mode == "none":
+            return x
+        shape = [1] * x.ndim
+        if channel_axis is not None and len(offset) > 1:
+            shape[channel_axis] = len(offset)
+        out = (x - offset.astype(np.float32).reshape(shape)) / scale.astype(np.float32).reshape(shape)
+        return np.clip(out, 0.0, 1.0, out=out) if self.clip else out
+
+    def __call__(self, image, channel_axis: int | None = None) -> np.ndarray:
+        """Normalise a whole image (in memory) by this rule."""
+        offset, scale = self.statistics(image, channel_axis)
+        return self.apply(np.asarray(image), offset, scale, channel_axis)
+
+
+def _subsample(image, channel_axis: int | None, max_pixels: int) -> np.ndarray:
+    """(C, M) float64 sample of the image, read in row bands with a regular stride."""
+    shape = tuple(image.shape)
+    if len(shape) < 2:
+        raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {shape}")
+    channel_axis = None if channel_axis is None else channel_axis % len(shape)
+    if channel_axis is not None and channel_axis >= len(shape) - 2:
+        raise ValueError(f"channel_axis {channel_axis} must come before the Y, X axes of shape {shape}")
+    stride = max(1, math.ceil(math.sqrt(math.prod(shape) / max_pixels)))
+    height = shape[-2]
+    band = max(stride, (4096 // stride) * stride)
+    parts = []
+    for y0 in range(0, height, band):
+        block = np.asarray(image[..., y0:min(y0 + band, height):stride, ::stride], dtype=np.float64)
+        if channel_axis is None:
+            parts.append(block.reshape(1, -1))
+        else:
+            parts.append(np.moveaxis(block, channel_axis, 0).reshape(block.shape[channel_axis], -1))
+    return np.concatenate(parts, axis=1)

@@ -1,0 +1,250 @@
+"""Where tiled inference writes its result as tiles finish: an array in memory, or a file streamed to
+disk (a tiled BigTIFF or an OME-Zarr), committed atomically when complete.
+
+Every sink has ``write(plane, y0, x0, block)``, ``close()`` (returns the result: the array or the
+path) and ``abort()``. The file writers collect blocks into row bands and write each band as soon as
+it is complete, so memory holds the bands of the current row of tiles, not the image.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .image_io import TIFF_SUFFIXES, commit, discard, temporary_sibling
+
+ZARR_SUFFIXES = (".zarr",)
+
+
+def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool, channels: bool):
+    """A sink for a result of ``shape`` and ``dtype``: a new numpy array when ``out`` is None, ``out``
+    itself when it is an array (of that shape), else a streaming writer for the path ``out``
+    (``open_streaming_writer``). stacked: the first axis counts planes; channels: classes before Y, X."""
+    if out is None:
+        return ArraySink(np.zeros(shape, _numpy_dtype(dtype)), stacked)
+    if isinstance(out, (str, Path)):
+        return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)} but this result needs {shape}")
+    return ArraySink(out, stacked)
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+class ArraySink:
+    """Writes result blocks into an array-like ``out`` (numpy, memmap, zarr, torch tensor)."""
+
+    def __init__(self, out, stacked: bool):
+        self.out, self.stacked = out, stacked
+
+    def write(self, plane, y0, x0, block):
+        index = ((plane,) if self.stacked else ()) + (Ellipsis, slice(y0, y0 + block.shape[-2]),
+                                                       slice(x0, x0 + block.shape[-1]))
+        self.out[index] = torch.from_numpy(block) if isinstance(self.out, torch.Tensor) else block
+
+    def close(self):
+        return self.out
+
+    def abort(self):
+        pass
+
+
+class _BandCollector:
+    """Collects blocks of planes (..., H, W) written in any order and hands on complete row bands.
+
+    Blocks arrive plane by plane, roughly row by row (as tiled inference produces them); a band of
+    ``band`` rows is handed to ``emit(plane, row0, data)`` as soon as all its pixels were written,
+    in order. Memory: the bands touched by the current row of tiles, not the image.
+    """
+
+    def __init__(self, shape, dtype, band: int, plane_dims: int, emit):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.band = band
+        self.plane_dims = plane_dims               # leading dims indexing planes (0 or 1)
+        self.height, self.width = self.shape[-2:]
+        self.extra = self.shape[plane_dims:-2]     # per-pixel dims (e.g. classes) between plane and Y
+        self.emit = emit
+        self.bands: dict[tuple, np.ndarray] = {}
+        self.counts: dict[tuple, int] = {}
+        self.next = (0, 0)                         # (plane, band) to emit next
+
+    def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
+        h, w = block.shape[-2:]
+        if y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
+            raise ValueError(f"block at ({y0}, {x0}) of size {h}x{w} lies outside {self.height}x{self.width}")
+        for b in range(y0 // self.band, (y0 + h - 1) // self.band + 1):
+            top = b * self.band
+            rows = min(self.band, self.height - top)
+            key = (plane, b)
+            if key < self.next:
+                raise ValueError(f"rows {top}..{top + rows} of plane {plane} were already written out")
+            buffer = self.bands.get(key)
+            if buffer is None:
+                buffer = self.bands[key] = np.zeros(self.extra + (rows, self.width), self.dtype)
+                self.counts[key] = 0
+            a, z = max(y0, top), min(y0 + h, top + rows)
+            buffer[..., a - top:z - top, x0:x0 + w] = block[..., a - y0:z - y0, :]
+            self.counts[key] += (z - a) * w
+        self._flush()
+
+    def _flush(self) -> None:
+        planes = math.prod(self.shape[:self.plane_dims])
+        bands_per_plane = -(-self.height // self.band)
+        while self.next in self.bands:
+            plane, b = self.next
+            rows = min(self.band, self.height - b * self.band)
+            if self.counts[self.next] < rows * self.width:
+                return
+            self.emit(plane, b * self.band, self.bands.pop(self.next))
+            del self.counts[self.next]
+            self.next = (plane, b + 1) if b + 1 < bands_per_plane else (plane + 1, 0)
+            if self.next[0] >= planes:
+                return
+
+    @property
+    def complete(self) -> bool:
+        return self.next[0] >= math.prod(self.shape[:self.plane_dims]) and not self.bands
+
+
+class StreamingTiffWriter:
+    """A tiled BigTIFF written while blocks arrive (``write``), committed atomically by ``close``.
+
+    shape: (H, W), (Z, H, W), or with classes (K, H, W) / (Z, K, H, W) when ``channels=True``;
+    class values are stored as samples per pixel (tifffile reads them back channels-last).
+    """
+
+    def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
+                 compression: str | None = "zlib"):
+        import tifffile
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = temporary_sibling(self.path)
+        self.shape = tuple(int(s) for s in shape)
+        self.tile = tile
+        plane_dims = len(self.shape) - 2 - int(channels)
+        if plane_dims not in (0, 1):
+            raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
+        self.channels = channels
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
+        stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
+        self._error: BaseException | None = None
+        self._ended = False
+
+        def tiles():
+            while (item := self._queue.get()) is not None:
+                yield item
+            self._ended = True
+
+        def run():
+            try:
+                tifffile.imwrite(self.temporary, tiles(), shape=stored, dtype=np.dtype(dtype),
+                                 tile=(tile, tile), bigtiff=True, compression=compression,
+                                 photometric="minisblack", planarconfig="contig" if channels else None,
+                                 metadata=None)
+            except BaseException as error:  # handed to the caller in close()
+                self._error = error
+                while not self._ended and self._queue.get() is not None:  # never block the producer
+                    pass
+
+        self._thread = threading.Thread(target=run, name="unet_fast-tiff-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing {self.path} failed: {self._error}") from self._error
+        self._collector.write(plane, y0, x0, block)
+
+    def _emit(self, plane, row0, band):
+        if self.channels:
+            band = np.moveaxis(band, 0, -1)
+        rows = band.shape[0]
+        for x0 in range(0, band.shape[1], self.tile):
+            piece = band[:, x0:x0 + self.tile]
+            if piece.shape[0] < self.tile or piece.shape[1] < self.tile:
+                padded = np.zeros((self.tile, self.tile) + piece.shape[2:], piece.dtype)
+                padded[:rows, :piece.shape[1]] = piece
+                piece = padded
+            self._queue.put(np.ascontiguousarray(piece))
+
+    def close(self) -> Path:
+        complete = self._collector.complete
+        self._queue.put(None)
+        self._thread.join()
+        if not complete:
+            discard(self.temporary)
+            raise RuntimeError(f"{self.path}: closed before every pixel was written")
+        if self._error is not None:
+            discard(self.temporary)
+            raise RuntimeError(f"writing {self.path} failed: {self._error!r}") from self._error
+        commit(self.temporary, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._queue.put(None)
+            self._thread.join()
+        discard(self.temporary)
+
+
+class StreamingZarrWriter:
+    """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically."""
+
+    def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512):
+        import zarr
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = temporary_sibling(self.path)
+        self.shape = tuple(int(s) for s in shape)
+        plane_dims = len(self.shape) - 2 - int(channels)
+        if plane_dims not in (0, 1):
+            raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
+        names = ["z"] * plane_dims + ["c"] * int(channels) + ["y", "x"]
+        group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
+        chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
+        self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
+        group.attrs["multiscales"] = [{
+            "version": "0.4",
+            "axes": [{"name": n, "type": "channel" if n == "c" else "space"} for n in names],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0] * len(names)}]}],
+        }]
+        self.plane_dims = plane_dims
+        self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
+
+    def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
+        self._collector.write(plane, y0, x0, block)
+
+    def _emit(self, plane, row0, band):
+        index = (plane,) * self.plane_dims + (Ellipsis, slice(row0, row0 + band.shape[-2]), slice(None))
+        self.array[index] = band
+
+    def close(self) -> Path:
+        if not self._collector.complete:
+            discard(self.temporary)
+            raise RuntimeError(f"{self.path}: closed before every pixel was written")
+        commit(self.temporary, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        discard(self.temporary)
+
+
+def open_streaming_writer(path, shape, dtype, *, channels: bool = False):
+    """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return StreamingTiffWriter(path, shape, dtype, channels=channels)
+    if suffix in ZARR_SUFFIXES:
+        return StreamingZarrWriter(path, shape, dtype, channels=channels)
+    raise ValueError(f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")

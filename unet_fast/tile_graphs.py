@@ -1,0 +1,77 @@
+"""CUDA graphs of the tile forward: one capture per (model, batch shape, output), replayed for every batch.
+
+A forward of the fused network is some 25 kernel launches, each tens of microseconds of Python and
+Triton launcher time; for small tiles that host time exceeds the GPU's. A captured graph replays the
+whole forward (and the crop, argmax or softmax after it) in one launch. predict_tiled uses it for
+batches of the planned shape on CUDA: the tile shape is fixed by the plan, so one capture serves
+every full batch of an image, and, cached on the model, every image of a folder.
+
+A graph reads the parameters in place, so it stays right when the weights change in place (an
+optimizer step, load_state_dict); it is captured again when the parameters move (new storage, other
+device or dtype). Its activations live in a memory pool of their own: the eager warm-up's blocks
+are returned to the driver before capturing, so the pool takes their place instead of doubling it.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+_graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class TileGraph:
+    graph: torch.cuda.CUDAGraph
+    static_input: torch.Tensor
+    static_output: torch.Tensor
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """The captured computation on ``batch``; the result is overwritten by the next replay."""
+        self.static_input.copy_(batch, non_blocking=True)
+        self.graph.replay()
+        return self.static_output
+
+
+def _parameters_key(model: torch.nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+
+
+def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Tensor], torch.Tensor],
+               key: tuple, device: torch.device) -> TileGraph:
+    """The graph of ``compute(input)`` for inputs of ``shape`` (channels_last, float32 on ``device``),
+    cached on ``model`` under ``key`` (what else changes the computation: output kind, crop, dtypes)."""
+    cache = _graphs.setdefault(model, {})
+    full_key = (tuple(shape), key, _parameters_key(model))
+    graph = cache.get(full_key)
+    if graph is not None:
+        return graph
+    for stale in [k for k in cache if k[:2] == full_key[:2]]:  # the parameters moved: capture anew
+        del cache[stale]
+    static_input = torch.zeros(shape, device=device).contiguous(memory_format=torch.channels_last)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up off the capture: compiles kernels, picks algorithms
+        for _ in range(2):
+            compute(static_input)
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # the warm-up's activations back to the driver, for the graph's own pool
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_output = compute(static_input)
+    cache[full_key] = TileGraph(graph, static_input, static_output)
+    return cache[full_key]
+
+
+def has_tile_graph(model: torch.nn.Module) -> bool:
+    """True when a graph was captured for ``model`` and its parameters have not moved since."""
+    key = _parameters_key(model)
+    return any(k[2] == key for k in _graphs.get(model, {}))
+
+
+def forget(model: torch.nn.Module) -> None:
+    """Drop the graphs (and their memory pools) captured for ``model``."""
+    _graphs.pop(model, None)

@@ -1,0 +1,308 @@
+"""Overlap-tile plans for images of any size, and the memory model that sizes tiles and batches.
+
+Valid-padding nets (the paper's): each output tile is computed from an input tile carrying the
+context the net consumes (92 px per side at depth 5); beyond the image border the input is
+mirrored (reflection without repeating the edge pixel, repeated as often as needed). Output
+tiles do not overlap. The result equals ONE pass of the net over the whole image mirrored by the
+context on every side (then cropped), because every tile starts at a multiple of 2^(depth-1)
+pixels from that padded origin: max-pooling then sees the same 2x2 cells in the tile as in the
+whole-image pass. (Tiles placed at arbitrary offsets, e.g. every 388 px at depth 5, would shift
+the pooling grid and change the result; so each tile keeps the largest multiple of 2^(depth-1)
+pixels of its output and the next tile starts there.)
+
+Same-padding nets: tiles overlap and each discards a margin of its output on every side, where
+zero padding inside the tile makes values unreliable. The margin is how far zero padding at a
+tile edge reaches into the output, walked through the net and rounded up to a multiple of
+2^(depth-1) (``same_padding_margin``: 96 px at depth 5): every output pixel kept then has its whole receptive
+field inside the tile, so the result equals one pass over the image mirrored by the margin. It is
+NOT equal to a plain whole-image pass of a same-padding net (which zero-pads the image border),
+and it is exact only in that sense: only valid nets give the paper's seamless result by design.
+
+Everything here is arithmetic on sizes; ``unet_fast.inference`` runs the plan.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from . import geometry
+
+DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, torch.float32: torch.float32,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16, torch.float16: torch.float16}
+CPU_BUDGET_CAP = 2 ** 30
+WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of live activations
+
+
+# ---- tiles along one axis
+
+@dataclass(frozen=True)
+class AxisTiling:
+    """Tiling along one axis: input tiles of ``tile`` px, each keeping ``stride`` output px."""
+
+    tile: int
+    stride: int
+    lead: int        # input pixels in front of the first kept output pixel (context or margin)
+    offset: int      # index of the first kept pixel in the tile's output
+    count: int       # tiles along the axis
+
+
+# The planner asks these pure functions of integers thousands of times per plan, and predict_tiled plans
+# for every image of a folder: cached, a repeated plan costs microseconds instead of milliseconds.
+@functools.lru_cache(maxsize=4096)
+def kept_output(tile: int, depth: int, padding: str) -> tuple[int, int, int]:
+    """(stride, lead, offset) of an input tile: output pixels it keeps, input pixels before the first
+    kept one, index of the first kept one in its output; stride 0 when the tile keeps nothing."""
+    step = geometry.size_step(depth)
+    if padding == "valid":
+        out = geometry.output_size(tile, depth, padding)
+        return out - out % step, geometry.context(depth, padding), 0
+    margin = same_padding_margin(depth)
+    return max(0, tile - 2 * margin), margin, margin
+
+
+def same_padding_margin(depth: int) -> int:
+    """Output pixels discarded per tile side for same-padding nets.
+
+    How far the zero padding at a tile's edge reaches into the output, walked through the net
+    in input pixels: each 3x3 convolution at level l spreads it by 2^l, each 2x2 pooling rounds it
+    up to its cell (2^(l+1)); the result is rounded up to a multiple of 2^(depth-1) so tiles stay
+    pool-aligned (96 px at depth 5, against 92 px of context for the valid net).
+    """
+    geometry.size_step(depth)  # validates depth
+    reach = 0
+    for level in range(depth):
+        reach += 2 * 2 ** level
+        if level < depth - 1:
+            cell = 2 ** (level + 1)
+            reach = -(-reach // cell) * cell
+    for level in reversed(range(depth - 1)):
+        reach += 2 * 2 ** level
+    step = geometry.size_step(depth)
+    return -(-reach // step) * step
+
+
+def usable_tile_sizes(depth: int, padding: str, max_size: int) -> list[int]:
+    """Legal input tile sizes up to max_size that keep at least one output pixel, smallest first."""
+    return list(range(_smallest_tile_covering(1, depth, padding), max_size + 1, geometry.size_step(depth)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _smallest_tile_covering(stride: int, depth: int, padding: str) -> int:
+    """Smallest usable tile keeping at least ``stride`` px (kept pixels grow by one step per step)."""
+    step = geometry.size_step(depth)
+    first = geometry.min_input_size(depth, padding)
+    while kept_output(first, depth, padding)[0] < 1:
+        first += step
+    missing = stride - kept_output(first, depth, padding)[0]
+    return first + max(0, -(-missing // step)) * step
+
+
+def axis_tiling(length: int, tile: int, depth: int, padding: str) -> AxisTiling:
+    stride, lead, offset = kept_output(tile, depth, padding)
+    return AxisTiling(tile, stride, lead, offset, -(-length // stride))
+
+
+def balanced_axis_tiling(length: int, max_tile: int, depth: int, padding: str) -> AxisTiling:
+    """The smallest tile that covers ``length`` in as few tiles as ``max_tile`` would."""
+    count = -(-length // kept_output(max_tile, depth, padding)[0])
+    tile = _smallest_tile_covering(-(-length // count), depth, padding)
+    return axis_tiling(length, min(tile, max_tile), depth, padding)
+
+
+# ---- memory model
+
+def _base_channels(model) -> int:
+    base = getattr(model, "base_channels", None)
+    if base is None:
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        base = first.out_channels if first is not None else 64
+    return int(base)
+
+
+@functools.lru_cache(maxsize=4096)
+def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_classes: int,
+                              base_channels: int, height: int, width: int, batch: int = 1,
+                              element_size: int = 4) -> int:
+    """Peak bytes of live activations of one inference forward pass, walked layer by layer.
+
+    Counts the kept skip connections plus, at every layer, its input, output and the ReLU
+    copy (the forward is not in place), times ``WORKSPACE_FACTOR`` for workspaces.
+    """
+    loss = 2 if padding == "valid" else 0
+    h, w, channels = height, width, in_channels
+    skips: list[int] = []
+    peak = 0
+
+    def double_conv(h, w, c_in, c_out, live):
+        nonlocal peak
+        h1, w1 = h - loss, w - loss
+        h2, w2 = h1 - loss, w1 - loss
+        peak = max(peak, live + c_in * h * w + 2 * c_out * h1 * w1, live + c_out * (h1 * w1 + 2 * h2 * w2))
+        return h2, w2
+
+    for level in range(depth):
+        width_l = base_channels * 2 ** level
+        h, w = double_conv(h, w, channels, width_l, sum(skips))
+        channels = width_l
+        if level < depth - 1:
+            skips.append(channels * h * w)
+            h, w = h // 2, w // 2
+    for level in reversed(range(depth - 1)):
+        width_l = base_channels * 2 ** level
+        skip = skips.pop()
+        up = width_l * 4 * h * w
+        peak = max(peak, sum(skips) + skip + channels * h * w + up + 2 * up)  # up-conv + concat
+        h, w = double_conv(2 * h, 2 * w, 2 * width_l, width_l, sum(skips))
+        channels = width_l
+    peak = max(peak, (channels + 2 * num_classes) * h * w)
+    return int(peak * batch * element_size * WORKSPACE_FACTOR)
+
+
+def memory_budget(device) -> int:
+    """Bytes inference may use: 80 % of free memory on CUDA; on CPU a quarter of available RAM
+    (at most 1 GiB: one tile already keeps the cores busy, and larger tiles save little)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.8 * free)
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return CPU_BUDGET_CAP if available is None else int(min(CPU_BUDGET_CAP, available // 4))
+
+
+# ---- planning
+
+@dataclass
+class TilePlan:
+    """The tiling predict_tiled uses, and why (``explain()``)."""
+
+    tile: tuple[int, int]          # input tile (h, w)
+    stride: tuple[int, int]        # output pixels each tile keeps; tiles do not overlap there
+    lead: tuple[int, int]          # context (valid) or margin (same) per side
+    grid: tuple[int, int]          # tiles per slice (rows, columns)
+    slices: int
+    batch_size: int
+    estimated_bytes: int           # activations of one batch
+    budget_bytes: int
+    device: str
+    reason: str
+    retries: list[str] = field(default_factory=list)
+
+    @property
+    def tiles(self) -> int:
+        return self.grid[0] * self.grid[1] * self.slices
+
+    def explain(self) -> str:
+        text = (f"tiles {self.tile[0]}x{self.tile[1]} in, {self.stride[0]}x{self.stride[1]} kept "
+                f"({self.lead[0]} px context/margin per side); grid {self.grid[0]}x{self.grid[1]} x "
+                f"{self.slices} slice(s) = {self.tiles} tiles; batch {self.batch_size}; estimated "
+                f"{self.estimated_bytes / 2 ** 20:.0f} MiB of a {self.budget_bytes / 2 ** 20:.0f} MiB "
+                f"budget on {self.device}: {self.reason}")
+        return text + "".join(f"; retry: {r}" for r in self.retries)
+
+
+def model_geometry(model) -> tuple[int, str, int, int]:
+    """(depth, padding, in_channels, num_classes) of a unet_fast U-Net."""
+    missing = [a for a in ("depth", "padding", "in_channels", "num_classes") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"model must have unet_fast's config attributes (depth, padding, in_channels, "
+                        f"num_classes); {type(model).__name__} lacks {missing}")
+    return model.depth, model.padding, model.in_channels, model.num_classes
+
+
+def _tile_pair(tile_size) -> tuple[int, int]:
+    if isinstance(tile_size, int) and not isinstance(tile_size, bool):
+        return tile_size, tile_size
+    if (isinstance(tile_size, (tuple, list)) and len(tile_size) == 2
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in tile_size)):
+        return tuple(tile_size)
+    raise ValueError(f"tile_size must be an int or (height, width), got {tile_size!r}")
+
+
+def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size: int | None = None,
+               device=None, dtype=None, memory_budget_bytes: int | None = None) -> TilePlan:
+    """Choose tile and batch for an image of ``image_size`` = (H, W) (``slices`` of them).
+
+    Without ``tile_size``: the largest legal square-capped tile whose activations fit the
+    budget (larger tiles recompute fewer context pixels), shrunk to the smallest tile that
+    covers the image in the same number of tiles. Batch: 1 on CPU (one tile fills the cores;
+    more only costs memory), else as many tiles as fit the budget (at most 64).
+    """
+    depth, padding, in_channels, num_classes = model_geometry(model)
+    height, width = (int(s) for s in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {image_size!r}")
+    device = torch.device(device) if device is not None else model_device(model)
+    compute_dtype = parse_compute_dtype(dtype)
+    element = torch.empty((), dtype=compute_dtype).element_size()
+    budget = memory_budget_bytes if memory_budget_bytes is not None else memory_budget(device)
+    base = _base_channels(model)
+
+    def cost(th, tw, batch=1):
+        return estimate_activation_bytes(depth, padding, in_channels, num_classes, base, th, tw, batch, element)
+
+    if tile_size is not None:
+        th, tw = _tile_pair(tile_size)
+        for name, t in (("height", th), ("width", tw)):
+            trace = geometry.trace_sizes(t, depth, padding)
+            if trace.problem is not None:
+                raise ValueError(f"tile_size {name}: " + geometry.size_error_message(t, depth, padding, trace.problem))
+            if kept_output(t, depth, padding)[0] < 1:
+                smallest = usable_tile_sizes(depth, padding, t + 64 * geometry.size_step(depth))[0]
+                raise ValueError(f"tile_size {name} {t} keeps no output pixel; the smallest usable tile is {smallest}")
+        rows, cols = axis_tiling(height, th, depth, padding), axis_tiling(width, tw, depth, padding)
+        reason = "tile size given by the caller"
+    else:
+        need = max(_smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding))
+        rows = cols = None
+        larger = None  # the next larger tiling, which does not fit
+        for cap in usable_tile_sizes(depth, padding, need):
+            r, c = balanced_axis_tiling(height, cap, depth, padding), balanced_axis_tiling(width, cap, depth, padding)
+            if rows is not None and cost(r.tile, c.tile) > budget:
+                larger = (r, c)
+                break
+            rows, cols = r, c
+        if cost(rows.tile, cols.tile) > budget:
+            reason = "even the smallest usable tile exceeds the memory budget; trying it anyway"
+        elif larger is None:
+            reason = "the whole image fits in one tile within the budget"
+        else:
+            r, c = larger
+            reason = (f"largest tiles that fit the budget; the next larger tiling ({r.count}x{c.count} tiles of "
+                      f"{r.tile}x{c.tile}) needs {cost(r.tile, c.tile) / 2 ** 20:.0f} MiB")
+    per_tile = cost(rows.tile, cols.tile)
+    tiles = rows.count * cols.count * slices
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch = batch_size
+    elif device.type == "cpu":
+        batch = 1
+    else:
+        batch = max(1, min(64, tiles, budget // max(per_tile, 1)))
+    return TilePlan((rows.tile, cols.tile), (rows.stride, cols.stride), (rows.lead, cols.lead),
+                    (rows.count, cols.count), slices, batch, per_tile * batch, budget, str(device), reason)
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's parameters (the CPU without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def parse_compute_dtype(dtype) -> torch.dtype:
+    """The torch dtype of a dtype argument: None, "fp32", "bf16", "fp16" or the torch dtypes."""
+    try:
+        return DTYPES[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16' (or the torch dtypes), "
+                         f"got {dtype!r}") from None

@@ -1,0 +1,58 @@
+"""The log of a training run: one row per epoch (``LOG_COLUMNS``), written as history.csv and
+history.json, and drawn as curves.png (loss, and the validation scores), each file atomically."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .image_io import write_bytes_atomically
+
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_iou", "val_object_f1", "lr", "seconds")
+
+
+def write_logs(log_dir, history: list[dict]) -> None:
+    """history.csv, history.json and curves.png in ``log_dir``, each written atomically."""
+    log_dir = Path(log_dir)
+    columns = [c for c in LOG_COLUMNS if any(c in row for row in history)]
+    lines = [",".join(columns)] + [",".join(_csv_value(row.get(c)) for c in columns) for row in history]
+    write_bytes_atomically(log_dir / "history.csv", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomically(log_dir / "history.json", json.dumps(history, indent=1).encode())
+    write_bytes_atomically(log_dir / "curves.png", _plot_curves(history))
+
+
+def _plot_curves(history: list[dict]) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    losses, scores = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+    for key, axes in (("train_loss", losses), ("val_loss", losses), ("val_iou", scores), ("val_object_f1", scores)):
+        values = [row.get(key) for row in history]
+        if any(v is not None for v in values):
+            axes.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=key)
+    losses.set(xlabel="epoch", ylabel="weighted cross-entropy", title="loss")
+    scores.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    for axes in (losses, scores):
+        if axes.lines:
+            axes.legend()
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _csv_value(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_row(row: dict) -> str:
+    """One history row as a line of text."""
+    return "  ".join(f"{key} {_csv_value(value)}" for key, value in row.items())

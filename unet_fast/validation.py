@@ -1,0 +1,61 @@
+"""Validation of a model on whole labelled images: the weighted loss, foreground IoU and object F1,
+by the same overlap-tile inference as segmentation (``predict_tiled``)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from scipy import ndimage
+
+from .data import SegmentationDataset
+from .inference import predict_tiled
+from .losses import WeightedSoftmaxCrossEntropy
+from .metrics import object_scores
+from .normalization import Normalization
+from .ranks import shared_failures
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None, amp: bool = False,
+             loss_fn: Callable | None = None, rank: int = 0, world: int = 1) -> dict:
+    """Whole-image validation by overlap-tile inference (``predict_tiled``): {"loss", "iou", "object_f1"}.
+
+    loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
+    object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
+    instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
+    image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
+    """
+    loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # loss sum, pixels, intersection, union, true positives, false positives, false negatives
+    sums = torch.zeros(7, dtype=torch.float64)
+    with shared_failures("validation") if world > 1 else contextlib.nullcontext():
+        for index in range(rank, len(images), world):
+            sample = images[index]
+            logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
+                                                    dtype="bf16" if amp else None, output="logits", progress=False,
+                                                    normalization=Normalization(mode="none")))
+            target = torch.from_numpy(sample.target).to(device)
+            weights = torch.from_numpy(sample.weights).to(device)
+            pixels = target.numel()
+            loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
+            predicted = logits.argmax(0).cpu().numpy() > 0
+            truth = sample.target > 0
+            objects = object_scores(ndimage.label(predicted)[0], sample.instances)
+            tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
+            sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
+                                 dtype=torch.float64)
+    if world > 1:
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    model.to(memory_format=torch.contiguous_format)    # predict_tiled left it channels_last
+    model.train(was_training)
+    loss, pixels, intersection, union, tp, fp, fn = sums.tolist()
+    return {"loss": loss / max(pixels, 1), "iou": intersection / union if union else 1.0,
+            "object_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (--dry-run: Triton 3.5/3.6's interpreter under numpy >= 2.4)
 from timing import copy_bandwidth, matmul_tflops, measure  # noqa: E402
 
 from unet_fast import UNet, augment, geometry, reference  # noqa: E402
@@ -46,11 +48,11 @@ class Setting:
 
     def __init__(self, dry_run: bool):
         self.dry_run = dry_run
-        if dry_run:
-            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cpu", torch.float32, 1, 44, 3, 8
-            self.loss_shapes = [(1, 2, 24, 24)]
-            self.augment_batch, self.augment_size = 2, 64
-            self.images, self.image_size, self.large_size = 2, 48, 120
+        if dry_run:  # the smallest network with a skip, a pool and an up-convolution: depth 2, 20 -> 4 px
+            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cpu", torch.float32, 1, 20, 2, 4
+            self.loss_shapes = [(1, 2, 12, 12)]
+            self.augment_batch, self.augment_size = 2, 32
+            self.images, self.image_size, self.large_size = 2, 24, 60
             self.time_kwargs = dict(warmup=0, min_reps=1, max_reps=1, max_seconds=0.0)
         else:
             self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cuda", torch.bfloat16, 8, 572, 5, 64
@@ -64,7 +66,8 @@ class Setting:
         return str(self.dtype).removeprefix("torch.")
 
     def time(self, fn, **overrides):
-        return measure(fn, self.device, **{**self.time_kwargs, **overrides})
+        """measure(fn) with this setting's repetitions; ``overrides`` apply on a GPU (the dry run times once)."""
+        return measure(fn, self.device, **(self.time_kwargs if self.dry_run else {**self.time_kwargs, **overrides}))
 
 
 class Recorder:
@@ -128,6 +131,9 @@ NETWORK_VARIANTS = {
     "triton_pool_epilogue_direct_first_layer": dict(backend="triton", pool_epilogue=True, direct_first_layer=True),
     "torch_backend": dict(backend="torch"),
 }
+# The dry run's variants: every kernel of the others (plain, pooled epilogue, direct first layer) at a
+# third of the interpreter's time.
+DRY_RUN_VARIANTS = ("triton", "triton_pool_epilogue_direct_first_layer", "torch_backend")
 
 
 def _network_models(s: Setting):
@@ -218,7 +224,7 @@ def stage_network(s: Setting, record: Recorder) -> None:
     modes = ("forward", "forward+backward")
     for mode in modes:
         _time_network(s, record, "reference_eager_cudnn", ref, reference_results, x, grad, mode)
-    for name in _selected(NETWORK_VARIANTS):
+    for name in _selected(DRY_RUN_VARIANTS if s.dry_run else NETWORK_VARIANTS):
         model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS[name]).to(s.device, s.dtype)
         model.load_state_dict(ref.state_dict())
         model = model.to(memory_format=torch.channels_last).eval()
@@ -416,8 +422,8 @@ def stage_augment(s: Setting, record: Recorder) -> None:
     labels = torch.randint(0, 20, (b, size, size), generator=gen)
     peer_name, peer = _cpu_peer()
     one_image, one_labels = image[0, 0].numpy(), labels[0].numpy()
-    peer_timing = measure(lambda: peer(one_image, one_labels), "cpu", warmup=1, min_reps=5, max_reps=20,
-                          max_seconds=2.0)
+    repetitions = s.time_kwargs if s.dry_run else dict(warmup=1, min_reps=5, max_reps=20, max_seconds=2.0)
+    peer_timing = measure(lambda: peer(one_image, one_labels), "cpu", **repetitions)
     record(f"cpu_peer_{peer_name}", impl=peer_name, per_sample_ms=round(peer_timing.median_ms, 3),
            timing=peer_timing.as_dict())
     image_d, labels_d = image.to(s.device), labels.to(s.device)

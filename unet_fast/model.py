@@ -96,8 +96,11 @@ class UNet(UNetArchitecture):
         padding = 1 if self.padding == "same" else 0
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        # asked for by name, so Triton's interpreter too (ops.backend would pass over it)
-        implementation = "triton" if "triton" in ops.implementations("conv3x3_relu", x.device, dtype) else None
+        # None where Triton is the default (a GPU: each layer's parts then run where the measured table
+        # says); asked for by name where it is not, so Triton's interpreter runs too
+        default = ops.backend("conv3x3_relu", x.device, dtype) == "triton"
+        implementation = None if default else (
+            "triton" if "triton" in ops.implementations("conv3x3_relu", x.device, dtype) else None)
 
         def conv(layer, t, skip=None, **options):
             return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding,

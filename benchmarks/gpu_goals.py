@@ -125,15 +125,13 @@ def stage_ceilings(s: Setting, record: Recorder) -> None:
 
 
 NETWORK_VARIANTS = {
-    "triton": dict(backend="triton"),
-    "triton_pool_epilogue": dict(backend="triton", pool_epilogue=True),
-    "triton_direct_first_layer": dict(backend="triton", direct_first_layer=True),
-    "triton_pool_epilogue_direct_first_layer": dict(backend="triton", pool_epilogue=True, direct_first_layer=True),
+    "triton": dict(backend="triton"),  # the defaults: pooled epilogue and direct first layer on
+    "triton_plain_kernels": dict(backend="triton", pool_epilogue=False, direct_first_layer=False),
     "torch_backend": dict(backend="torch"),
 }
 # The dry run's variants: every kernel of the others (plain, pooled epilogue, direct first layer) at a
 # third of the interpreter's time.
-DRY_RUN_VARIANTS = ("triton", "triton_pool_epilogue_direct_first_layer", "torch_backend")
+DRY_RUN_VARIANTS = ("triton", "triton_plain_kernels", "torch_backend")
 
 
 def _network_models(s: Setting):

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (--dry-run: Triton 3.5/3.6's interpreter under numpy >= 2.4)
 from timing import copy_bandwidth, matmul_tflops, measure  # noqa: E402
 
 from unet_fast import UNet, augment, geometry, reference  # noqa: E402
@@ -46,11 +48,11 @@ class Setting:
 
     def __init__(self, dry_run: bool):
         self.dry_run = dry_run
-        if dry_run:
-            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cpu", torch.float32, 1, 44, 3, 8
-            self.loss_shapes = [(1, 2, 24, 24)]
-            self.augment_batch, self.augment_size = 2, 64
-            self.images, self.image_size, self.large_size = 2, 48, 120
+        if dry_run:  # the smallest network with a skip, a pool and an up-convolution: depth 2, 20 -> 4 px
+            self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cpu", torch.float32, 1, 20, 2, 4
+            self.loss_shapes = [(1, 2, 12, 12)]
+            self.augment_batch, self.augment_size = 2, 32
+            self.images, self.image_size, self.large_size = 2, 24, 60
             self.time_kwargs = dict(warmup=0, min_reps=1, max_reps=1, max_seconds=0.0)
         else:
             self.device, self.dtype, self.batch, self.size, self.depth, self.base = "cuda", torch.bfloat16, 8, 572, 5, 64
@@ -64,7 +66,8 @@ class Setting:
         return str(self.dtype).removeprefix("torch.")
 
     def time(self, fn, **overrides):
-        return measure(fn, self.device, **{**self.time_kwargs, **overrides})
+        """measure(fn) with this setting's repetitions; ``overrides`` apply on a GPU (the dry run times once)."""
+        return measure(fn, self.device, **(self.time_kwargs if self.dry_run else {**self.time_kwargs, **overrides}))
 
 
 class Recorder:
@@ -122,12 +125,13 @@ def stage_ceilings(s: Setting, record: Recorder) -> None:
 
 
 NETWORK_VARIANTS = {
-    "triton": dict(backend="triton"),
-    "triton_pool_epilogue": dict(backend="triton", pool_epilogue=True),
-    "triton_direct_first_layer": dict(backend="triton", direct_first_layer=True),
-    "triton_pool_epilogue_direct_first_layer": dict(backend="triton", pool_epilogue=True, direct_first_layer=True),
+    "triton": dict(backend="triton"),  # the defaults: pooled epilogue and direct first layer on
+    "triton_plain_kernels": dict(backend="triton", pool_epilogue=False, direct_first_layer=False),
     "torch_backend": dict(backend="torch"),
 }
+# The dry run's variants: every kernel of the others (plain, pooled epilogue, direct first layer) at a
+# third of the interpreter's time.
+DRY_RUN_VARIANTS = ("triton", "triton_plain_kernels", "torch_backend")
 
 
 def _network_models(s: Setting):
@@ -218,7 +222,7 @@ def stage_network(s: Setting, record: Recorder) -> None:
     modes = ("forward", "forward+backward")
     for mode in modes:
         _time_network(s, record, "reference_eager_cudnn", ref, reference_results, x, grad, mode)
-    for name in _selected(NETWORK_VARIANTS):
+    for name in _selected(DRY_RUN_VARIANTS if s.dry_run else NETWORK_VARIANTS):
         model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS[name]).to(s.device, s.dtype)
         model.load_state_dict(ref.state_dict())
         model = model.to(memory_format=torch.channels_last).eval()
@@ -416,8 +420,8 @@ def stage_augment(s: Setting, record: Recorder) -> None:
     labels = torch.randint(0, 20, (b, size, size), generator=gen)
     peer_name, peer = _cpu_peer()
     one_image, one_labels = image[0, 0].numpy(), labels[0].numpy()
-    peer_timing = measure(lambda: peer(one_image, one_labels), "cpu", warmup=1, min_reps=5, max_reps=20,
-                          max_seconds=2.0)
+    repetitions = s.time_kwargs if s.dry_run else dict(warmup=1, min_reps=5, max_reps=20, max_seconds=2.0)
+    peer_timing = measure(lambda: peer(one_image, one_labels), "cpu", **repetitions)
     record(f"cpu_peer_{peer_name}", impl=peer_name, per_sample_ms=round(peer_timing.median_ms, 3),
            timing=peer_timing.as_dict())
     image_d, labels_d = image.to(s.device), labels.to(s.device)
@@ -459,16 +463,19 @@ def stage_pipeline(s: Setting, record: Recorder) -> None:
     images = [rng.random((s.image_size, s.image_size), dtype=np.float32) for _ in range(s.images)]
     plan = plan_tiles(model, (s.image_size, s.image_size), device=s.device, dtype=dtype)
 
-    def folder():
-        for image in images:
-            predict_tiled(model, image, dtype=dtype, progress=False)
+    def folder(cuda_graphs):
+        def run():
+            for image in images:
+                predict_tiled(model, image, dtype=dtype, progress=False, cuda_graphs=cuda_graphs)
+        return run
 
     bare = s.time(bare_forward(plan.tile, 1, s.images), min_reps=3, max_reps=5)
-    piped = s.time(folder, min_reps=3, max_reps=5)
-    record("images_512", images=s.images, tile=list(plan.tile), batch=plan.batch_size,
-           timing=piped.as_dict(), bare_timing=bare.as_dict(),
-           images_per_s=round(s.images / (piped.median_ms / 1e3), 1),
-           overhead=round(piped.median_ms / bare.median_ms - 1, 4))
+    for name, graphs in (("images_512", s.device == "cuda"), ("images_512_eager", False)):
+        piped = s.time(folder(graphs), min_reps=3, max_reps=5)  # a graph is kept on the model after the first
+        record(name, images=s.images, tile=list(plan.tile), batch=plan.batch_size, cuda_graphs=graphs,
+               timing=piped.as_dict(), bare_timing=bare.as_dict(),
+               images_per_s=round(s.images / (piped.median_ms / 1e3), 1),
+               overhead=round(piped.median_ms / bare.median_ms - 1, 4))
 
     large = rng.random((s.large_size, s.large_size), dtype=np.float32)
     plan = plan_tiles(model, large.shape, device=s.device, dtype=dtype)

@@ -13,9 +13,11 @@ holds summary.md (one line per GPU goal: PASS / FAIL / not measured, with the ra
 results.json (every number) and logs.tar.gz (every log and junit file); when $OUT is set (the
 device machine's return folder) those 3 files are copied there too.
 
---dry-run: the same stages, budget logic and packing on the CPU (Triton's interpreter, tiny
-shapes, the CPU build of the extension into a temporary folder); it prints the time each stage
-would be allotted on a GPU and fails if that plan does not fit the budget.
+Every run first prints its plan: when each stage would start on a GPU and the seconds it would get
+if every stage took its estimate (Stage.estimate_s, measured on an H200), by the same rules as the
+run itself. --dry-run: the same stages, budget logic and packing on the CPU (Triton's interpreter,
+tiny shapes, the CPU build of the extension into a temporary folder); it fails (exit 1, before
+running anything) when that plan leaves an essential stage out of the budget.
 """
 from __future__ import annotations
 
@@ -39,11 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 DEFAULT_BUDGET_S = 480
 PACK_RESERVE_S = 10  # left for writing the summary and packing whatever else happens
+BUILD_ESTIMATE_S = 120  # the CUDA extension's build for one architecture, in the background (run 1: 119 s)
 
 # Files whose tests exercise the GPU kernels: they run on CUDA tensors where a GPU is present.
 KERNEL_TESTS = ["tests/test_realistic_shapes.py", "tests/test_conv3x3.py", "tests/test_model_triton.py",
                 "tests/test_crop_concat.py", "tests/test_weighted_cross_entropy.py"]
 EXTENSION_TESTS = ["tests/test_weighted_cross_entropy.py", "tests/test_crop_concat.py", "tests/test_extension.py"]
+# The dry run's tests: the interpreter is slow, so the tests that check the machinery, not every case,
+# and for full_tests a few fast tests (what is checked there is the stage, not the suite).
+DRY_RUN_SELECTION = ["-k", "interpreter or bad_inputs or dispatch"]
+DRY_RUN_SMOKE_TESTS = ["tests/test_geometry.py", "-k", "not brute_force"]
 
 
 @dataclass
@@ -60,17 +67,21 @@ class Stage:
 
 
 def stages() -> list[Stage]:
+    """The stages in order of value. Estimates: seconds on an H200 (2026-11-26 runs 1 and 2, rounded up:
+    correctness 118 s, ceilings 9, tune 42 for 51 problems, network 61 with every variant, layers 9
+    before the per-layer backward was added, loss 8, augment 10, pipeline 18 when it failed; the
+    others not yet measured)."""
     return [
-        Stage("correctness", "Triton kernels and the network at the paper's shapes vs cuDNN/aten (pytest)", 150, 240),
+        Stage("correctness", "Triton kernels and the network at the paper's shapes vs cuDNN/aten (pytest)", 120, 240),
         Stage("ceilings", "copy bandwidth and bf16 matrix rate", 10, 40),
-        Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 120, 200,
+        Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 45, 200,
               essential=False),
-        Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 60, 180),
-        Stage("layers", "per-layer forward and forward+backward, pooled epilogue, direct first layer", 30, 100),
-        Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 25, 90,
+        Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 65, 180),
+        Stage("layers", "per-layer forward and forward+backward, pooled epilogue, direct first layer", 25, 100),
+        Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 45, 90,
               needs_extension=True),
         Stage("loss", "weighted cross-entropy GB/s vs copy bandwidth and the composite", 10, 40, needs_extension=True),
-        Stage("augment", "elastic deformation, GPU batch vs the CPU peer per sample", 15, 45),
+        Stage("augment", "elastic deformation, GPU batch vs the CPU peer per sample", 12, 45),
         Stage("pipeline", "predict_tiled vs the bare model forward (images and a large image)", 30, 90),
         Stage("max_autotune", "torch.compile(mode='max-autotune') of the reference: the goals' baseline", 150, 600,
               essential=False),
@@ -175,6 +186,10 @@ class Run:
         self.notes: list[str] = []
 
     def left(self) -> float:
+        """Seconds of the budget left for stages. A dry run's CPU seconds are not a GPU's: there every stage
+        gets its own cap (its plan checked the budget), however slow this machine."""
+        if self.dry_run:
+            return float("inf")
         return self.deadline - time.monotonic() - PACK_RESERVE_S
 
     def elapsed(self) -> float:
@@ -289,13 +304,10 @@ def _xdist_args() -> list[str]:
     return ["-n", str(min(8, os.cpu_count() or 1))]
 
 
-def pytest_args(files: list[str], junit: Path, dry_run: bool, extra: list[str] | None = None) -> list[str]:
+def pytest_args(tests: list[str], junit: Path, parallel: bool = True) -> list[str]:
+    """pytest on ``tests`` (files and options), junit XML to ``junit``, on xdist's workers when ``parallel``."""
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "-rfE"]
-    if dry_run:  # the interpreter is slow: the tests that check the machinery, not every case
-        args += ["-k", "interpreter or bad_inputs or dispatch"]
-    else:
-        args += _xdist_args()
-    return args + (extra or []) + files
+    return args + (_xdist_args() if parallel else []) + tests
 
 
 def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
@@ -303,10 +315,10 @@ def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
     py = sys.executable
     goals = [py, str(BENCH / "gpu_goals.py")]
     dry = ["--dry-run"] if run.dry_run else []
-    if stage.name == "correctness":
-        command = pytest_args(KERNEL_TESTS, run.logs / "correctness.xml", run.dry_run)
-    elif stage.name == "extension_checks":
-        command = pytest_args(EXTENSION_TESTS, run.logs / "extension_checks.xml", run.dry_run)
+    if stage.name in ("correctness", "extension_checks"):
+        tests = KERNEL_TESTS if stage.name == "correctness" else EXTENSION_TESTS
+        command = pytest_args(tests + (DRY_RUN_SELECTION if run.dry_run else []), run.logs / f"{stage.name}.xml",
+                              parallel=not run.dry_run)
     elif stage.name == "sanitizer":
         if run.dry_run:
             command = [py, str(BENCH / "gpu_sanitize.py"), "cpu"]
@@ -319,13 +331,13 @@ def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
                        py, str(BENCH / "gpu_sanitize.py")]
     elif stage.name == "tune":
         if run.dry_run:  # the tuner times with CUDA events; its harness is checked in the interpreter
-            command = pytest_args(["tests/test_tune.py"], run.logs / "tune.xml", False)
+            command = pytest_args(["tests/test_tune.py"], run.logs / "tune.xml", parallel=False)
         else:
             command = [py, "-m", "unet_fast.tune", "--write", "--results", str(run.logs / "tune.json"),
                        "--time-limit", str(max(10, int(cap) - 40))]
     elif stage.name == "full_tests":
-        command = pytest_args(["tests/"], run.logs / "full_tests.xml", run.dry_run,
-                              ["-m", "not slow"] if run.dry_run else None)
+        command = (pytest_args(DRY_RUN_SMOKE_TESTS, run.logs / "full_tests.xml", parallel=False) if run.dry_run
+                   else pytest_args(["tests/"], run.logs / "full_tests.xml"))
     else:
         command = goals + [stage.name, "--out", str(run.out)] + dry
     env = run.env
@@ -343,18 +355,94 @@ def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
         stage.detail = "extension not built: ran on the fallbacks"
 
 
-def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str], build: bool = True) -> None:
+def selected_stages(plan: list[Stage], only: set[str], skip: set[str]) -> list[Stage]:
+    return [s for s in plan if not ((only and s.name not in only) or s.name in skip)]
+
+
+def reserve_for(plan: list[Stage], index: int, selected: list[Stage]) -> float:
+    """Seconds kept back from plan[index] for the essential stages after it: a stage that is not essential
+    never takes the time they need (an essential stage keeps nothing back)."""
+    if plan[index].essential:
+        return 0.0
+    return sum(min(s.estimate_s, s.cap_s) for s in plan[index + 1:] if s in selected and s.essential)
+
+
+def does_not_fit(stage: Stage, left_s: float, reserve_s: float) -> str | None:
+    """Why ``stage`` is skipped with ``left_s`` seconds of the budget left and ``reserve_s`` kept back; None
+    when it fits."""
+    needed = min(stage.estimate_s, stage.cap_s)
+    if left_s - reserve_s >= needed:
+        return None
+    return (f"needs about {needed:.0f} s, {max(0.0, left_s - reserve_s):.0f} s left of the budget"
+            + (f" after {reserve_s:.0f} s kept for later stages" if reserve_s else ""))
+
+
+@dataclass
+class Allotment:
+    stage: Stage
+    start_s: float
+    seconds: float = 0.0
+    skipped: str = ""  # why the stage would not run
+
+
+def allot(plan: list[Stage], selected: list[Stage], budget_s: float, build: bool = True) -> list[Allotment]:
+    """The run on a GPU if every stage took its estimate: when each stage would start and what it would
+    get, by the same rules as ``execute`` (the stages needing the extension wait for its build)."""
+    elapsed = 0.0
+    allotments = []
+    for index, stage in enumerate(plan):
+        if stage not in selected:
+            allotments.append(Allotment(stage, elapsed, skipped="not selected (--only/--skip)"))
+            continue
+        if stage.needs_extension and build:
+            elapsed = max(elapsed, BUILD_ESTIMATE_S)
+        why = does_not_fit(stage, budget_s - PACK_RESERVE_S - elapsed, reserve_for(plan, index, selected))
+        if why:
+            allotments.append(Allotment(stage, elapsed, skipped=why))
+            continue
+        allotments.append(Allotment(stage, elapsed, min(stage.estimate_s, stage.cap_s)))
+        elapsed += allotments[-1].seconds
+    return allotments
+
+
+def plan_fits(allotments: list[Allotment]) -> bool:
+    """Every selected essential stage gets its time."""
+    return not any(a.stage.essential and a.skipped and not a.skipped.startswith("not selected")
+                   for a in allotments)
+
+
+def plan_lines(allotments: list[Allotment], budget_s: float, build: bool = True) -> list[str]:
+    """The plan as --dry-run (and every run) prints it."""
+    lines = [f"== plan for a GPU run with a {budget_s:.0f} s budget (estimates from the H200 runs of 2026-11-26"
+             + (f"; the extension builds in the background, about {BUILD_ESTIMATE_S} s)" if build else ")") + ":",
+             f"   {'stage':32s} {'estimate':>8s} {'cap':>5s} {'starts':>6s}  allotted"]
+    for a in allotments:
+        name = a.stage.name + ("" if a.stage.essential else " (if time is left)")
+        what = f"skipped: {a.skipped}" if a.skipped else f"{a.seconds:.0f} s"
+        lines.append(f"   {name:32s} {a.stage.estimate_s:6.0f} s {a.stage.cap_s:3.0f} s {a.start_s:4.0f} s  {what}")
+    end = max((a.start_s + a.seconds for a in allotments), default=0.0) + PACK_RESERVE_S
+    if plan_fits(allotments):
+        lines.append(f"== the plan ends at about {end:.0f} s of {budget_s:.0f} s ({PACK_RESERVE_S} s of packing "
+                     "included): every essential stage fits")
+    else:
+        missing = [a.stage.name for a in allotments
+                   if a.stage.essential and a.skipped and not a.skipped.startswith("not selected")]
+        essential = sum(min(a.stage.estimate_s, a.stage.cap_s) for a in allotments
+                        if a.stage.essential and not a.skipped.startswith("not selected"))
+        lines.append(f"== the essential stages need about {essential + PACK_RESERVE_S:.0f} s: over the "
+                     f"{budget_s:.0f} s budget ({', '.join(missing)} would be skipped)")
+    return lines
+
+
+def execute(run: Run, plan: list[Stage], selected: list[Stage], build: bool = True) -> None:
     install_carried_wheels(run)
     run.start_build(build)
-    selected = [s for s in plan if not ((only and s.name not in only) or s.name in skip)]
     for index, stage in enumerate(plan):
         if stage not in selected:
             stage.status = "skipped"
             stage.detail = "not selected (--only/--skip)"
             continue
-        # a stage that is not essential never takes the time the essential ones after it need
-        reserve = 0.0 if stage.essential else sum(min(s.estimate_s, s.cap_s) for s in plan[index + 1:]
-                                                  if s in selected and s.essential)
+        reserve = reserve_for(plan, index, selected)
         if stage.needs_extension and run.build is not None:
             waited = time.monotonic()
             run.wait_for_build(timeout=min(run.left() - stage.estimate_s, 300))
@@ -362,11 +450,9 @@ def execute(run: Run, plan: list[Stage], only: set[str], skip: set[str], build: 
                 stage.detail = f"extension build still running after {time.monotonic() - waited:.0f} s wait"
         elif run.build is not None:
             run.wait_for_build(timeout=0)
-        needed = min(stage.estimate_s, stage.cap_s) * (0.5 if run.dry_run else 1.0)
-        if run.left() - reserve < needed and not run.dry_run:
-            stage.status = "skipped"
-            stage.detail = (f"needs about {needed:.0f} s, {max(0, run.left() - reserve):.0f} s left of the budget"
-                            + (f" after {reserve:.0f} s kept for later stages" if reserve else ""))
+        why = does_not_fit(stage, run.left(), reserve)  # never in a dry run (Run.left)
+        if why:
+            stage.status, stage.detail = "skipped", why
             continue
         if stage.needs_extension and not run.extension_ready and stage.name == "extension_checks":
             stage.status = "skipped"
@@ -616,23 +702,6 @@ def pack(run: Run, plan: list[Stage], info: dict) -> list[Path]:
     return packed
 
 
-def print_plan(plan: list[Stage], budget_s: float) -> bool:
-    """The time each stage would get on a GPU; False when the essential stages do not fit the budget."""
-    print(f"== plan for a GPU run with a {budget_s:.0f} s budget (estimates for an H100/H200):")
-    total = 0.0
-    fits = True
-    for s in plan:
-        if s.essential:
-            total += s.estimate_s
-        left = budget_s - PACK_RESERVE_S - total
-        print(f"   {s.name:18s} estimate {s.estimate_s:4.0f} s, cap {s.cap_s:4.0f} s"
-              f"{'' if s.essential else ' (if time is left)'}; cumulative {total:4.0f} s, {left:4.0f} s left")
-    if total + PACK_RESERVE_S > budget_s:
-        print(f"== the essential stages need {total + PACK_RESERVE_S:.0f} s: over the {budget_s:.0f} s budget")
-        fits = False
-    return fits
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", nargs="?", type=Path)
@@ -652,6 +721,13 @@ def main(argv=None) -> int:
     if args.budget < 60:
         parser.error(f"--budget must be at least 60 seconds, got {args.budget:g}")
 
+    selected = selected_stages(plan, only, skip)
+    allotments = allot(plan, selected, args.budget, build=not args.no_build)
+    print("\n".join(plan_lines(allotments, args.budget, build=not args.no_build)), flush=True)
+    if args.dry_run and not plan_fits(allotments):
+        print("gpu_run: dry run failed: the plan does not fit the budget (--budget, --only/--skip)", file=sys.stderr)
+        return 1
+
     gpu = gpu_name()
     if not args.dry_run and gpu is None:
         print("gpu_run: no CUDA device visible to torch (--dry-run runs the same stages on the CPU)", file=sys.stderr)
@@ -664,13 +740,12 @@ def main(argv=None) -> int:
         out = ROOT / "benchmarks" / "results" / f"{datetime.date.today():%Y-%m-%d}-{re.sub(r'[^A-Za-z0-9]+', '_', gpu)}"
     out.mkdir(parents=True, exist_ok=True)
     print(f"== results in {out}", flush=True)
-    plan_fits = print_plan(plan, args.budget)
 
     run = Run(out, args.budget, args.dry_run)
     info = versions()
     print("== " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     try:
-        execute(run, plan, only, skip, build=not args.no_build)
+        execute(run, plan, selected, build=not args.no_build)
     finally:
         packed = pack(run, plan, info)
     print((run.out / "summary.md").read_text())
@@ -679,8 +754,6 @@ def main(argv=None) -> int:
     failed = [s.name for s in plan if s.status.startswith(("failed", "timeout"))]
     if failed:
         print(f"== stages that failed: {', '.join(failed)}")
-    if args.dry_run and not plan_fits:
-        return 1
     return 1 if failed else 0
 
 

@@ -9,12 +9,15 @@ partial pooling windows, crop offsets > 0, channel counts off the tile sizes) so
 are what keeps accesses inside; every dtype the kernels ship for runs once, every kernel option too.
 """
 import sys
+from pathlib import Path
 
 import torch
 
-from unet_fast import UNet
-from unet_fast.ops import conv3x3_relu
-from unet_fast.ops.crop_concat import crop_concat_reference
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (cpu: Triton 3.5/3.6's interpreter under numpy >= 2.4)
+from unet_fast import UNet  # noqa: E402
+from unet_fast.ops import conv3x3_relu  # noqa: E402
+from unet_fast.ops.crop_concat import crop_concat_reference  # noqa: E402
 
 
 def main(device: str = "cuda") -> None:
@@ -39,10 +42,12 @@ def main(device: str = "cuda") -> None:
         assert torch.equal(cat, crop_concat_reference(skip, x))
         cat.backward(torch.randn_like(cat))
 
-    shape = (2, 1, 60, 44) if device.type == "cuda" else (1, 1, 44, 44)  # the interpreter is slow
+    # the interpreter is slow: there, the smallest network with a skip, a pool and an up-convolution
+    depth, base, shape = (3, 8, (2, 1, 60, 44)) if device.type == "cuda" else (2, 4, (1, 1, 20, 20))
     image = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
     for switches in ({}, dict(pool_epilogue=True, direct_first_layer=True)):
-        model = UNet(in_channels=1, num_classes=2, depth=3, base_channels=8, backend="triton", **switches).to(device)
+        model = UNet(in_channels=1, num_classes=2, depth=depth, base_channels=base, backend="triton",
+                     **switches).to(device)
         model(image).sum().backward()
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):

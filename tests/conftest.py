@@ -18,3 +18,4 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     triton_interpreter.patch_bf16()
+import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)

@@ -7,6 +7,7 @@ from PIL import Image
 from unet_fast import cli, demo, load_model
 from unet_fast.demo import DemoResult, run
 from unet_fast.synthetic import synthetic_nuclei
+from optional_deps import needs_zarr
 
 
 def test_demo_quick_writes_picture_and_model(tmp_path):
@@ -38,6 +39,7 @@ def test_cli_demo_fails_below_its_targets(tmp_path, capsys, monkeypatch, iou, f1
     assert all(message in err for message in messages) and (messages or "below" not in err)
 
 
+@needs_zarr
 def test_cli_train_folder_then_resume(tmp_path, capsys):
     images, labels = synthetic_nuclei(3, 48, seed=0)
     (tmp_path / "im").mkdir()

@@ -1,61 +1,305 @@
-"""benchmarks/gpu.sh --dry-run: the one GPU command, end to end on the CPU, writes every result file.
+"""benchmarks/gpu.sh (benchmarks/gpu_run.py): the one GPU command, its plan, its summary, and its dry run.
 
-The dry run skips the CUDA build, runs Triton kernels in the interpreter, a few tests and the conv
-benchmarks on a tiny network; what is checked here is the script and the files it leaves, in the
-fresh temporary folder it picks without an OUTDIR (never benchmarks/results/, beside real results).
+The budget logic, the goal lines, the junit counts and the summary tables are checked here on
+synthetic results, in this process; one slow test runs ``gpu.sh --dry-run`` end to end on the CPU
+(Triton's interpreter, tiny shapes, no extension build: CI builds it anyway) and checks the files
+it packs, in the fresh temporary folder it picks (never benchmarks/results/) and in $OUT.
 """
+import importlib.util
 import json
 import os
 import re
 import subprocess
-import xml.etree.ElementTree as ElementTree
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
-
 ROOT = Path(__file__).resolve().parents[1]
+GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
 
-def junit_counts(path: Path) -> dict:
-    root = ElementTree.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    return {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
+def _load_gpu_run():
+    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "benchmarks" / "gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_run"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
 
+
+gpu_run = _load_gpu_run()
+PACKED = {"summary.md", "results.json", "logs.tar.gz"}
+
+
+def _env(**extra):
+    """This process's environment with its Python first on PATH (gpu.sh runs python3 from PATH)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, **extra}
+
+
+def _stage(plan, name):
+    return next(s for s in plan if s.name == name)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def test_default_budget_fits_every_essential_stage_in_order():
+    plan = gpu_run.stages()
+    allotments = gpu_run.allot(plan, plan, gpu_run.DEFAULT_BUDGET_S)
+    assert gpu_run.plan_fits(allotments)
+    end = 0.0
+    for a in allotments:
+        assert a.start_s >= end  # one after the other, in the plan's order
+        if a.stage.needs_extension:
+            assert a.start_s >= gpu_run.BUILD_ESTIMATE_S  # waits for the background build
+        if not a.skipped:
+            assert a.seconds == min(a.stage.estimate_s, a.stage.cap_s)
+            end = a.start_s + a.seconds
+        elif a.stage.essential:
+            pytest.fail(f"{a.stage.name}: {a.skipped}")
+    assert end + gpu_run.PACK_RESERVE_S <= gpu_run.DEFAULT_BUDGET_S
+    lines = gpu_run.plan_lines(allotments, gpu_run.DEFAULT_BUDGET_S)
+    assert "every essential stage fits" in lines[-1]
+    assert all(any(line.split()[:1] == [s.name] for line in lines) for s in plan)
+
+
+def test_a_small_budget_does_not_fit_and_says_which_stages_would_go():
+    plan = gpu_run.stages()
+    allotments = gpu_run.allot(plan, plan, 200)
+    assert not gpu_run.plan_fits(allotments)
+    last = gpu_run.plan_lines(allotments, 200)[-1]
+    skipped = [a.stage.name for a in allotments if a.stage.essential and a.skipped]
+    assert skipped and "over the 200 s budget" in last and all(name in last for name in skipped)
+
+
+def test_only_the_selected_stages_count():
+    plan = gpu_run.stages()
+    network = [_stage(plan, "network")]
+    allotments = gpu_run.allot(plan, network, 100, build=False)
+    assert gpu_run.plan_fits(allotments)
+    assert [a.stage.name for a in allotments if not a.skipped] == ["network"]
+    assert all(a.skipped == "not selected (--only/--skip)" for a in allotments if a.stage.name != "network")
+    assert not gpu_run.plan_fits(gpu_run.allot(plan, network, 60, build=False))  # 65 s of estimate
+
+
+def test_a_stage_that_is_not_essential_keeps_time_for_the_essential_ones_after_it():
+    plan = gpu_run.stages()
+    index = [s.name for s in plan].index("tune")
+    later = [s for s in plan[index + 1:] if s.essential]
+    assert gpu_run.reserve_for(plan, index, plan) == sum(min(s.estimate_s, s.cap_s) for s in later)
+    assert gpu_run.reserve_for(plan, index, [plan[index]]) == 0  # nothing selected after it
+    assert gpu_run.reserve_for(plan, 0, plan) == 0  # an essential stage keeps nothing back
+    tune = plan[index]  # 45 s
+    assert gpu_run.does_not_fit(tune, 245, 200) is None
+    assert gpu_run.does_not_fit(tune, 230, 200) == ("needs about 45 s, 30 s left of the budget "
+                                                    "after 200 s kept for later stages")
+    assert gpu_run.does_not_fit(tune, 30, 0) == "needs about 45 s, 30 s left of the budget"
+
+
+def test_execute_skips_what_no_longer_fits_and_runs_the_rest(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_stage(run, stage, reserve=0.0):
+        ran.append(stage.name)
+        stage.status, stage.seconds = "ok", 0.0
+
+    monkeypatch.setattr(gpu_run, "run_stage", fake_stage)
+    monkeypatch.setattr(gpu_run, "install_carried_wheels", lambda run: None)
+    plan = gpu_run.stages()
+    run = gpu_run.Run(tmp_path, 200, dry_run=False)  # 190 s left once the packing is kept
+    selected = [s for s in plan if s.name != "full_tests"]
+    gpu_run.execute(run, plan, selected, build=False)
+    status = {s.name: (s.status, s.detail) for s in plan}
+    assert status["full_tests"] == ("skipped", "not selected (--only/--skip)")
+    assert status["tune"][0] == "skipped" and "kept for later stages" in status["tune"][1]
+    assert status["extension_checks"][0] == "skipped" and "no extension" in status["extension_checks"][1]
+    # the fake stages take no time: every essential stage fits, and max_autotune, last, keeps nothing back
+    assert ran == ["correctness", "ceilings", "network", "layers", "loss", "augment", "pipeline", "max_autotune",
+                   "sanitizer"]
+
+    # a dry run's CPU seconds are not a GPU's: every stage runs with its own cap, whatever the budget
+    ran.clear()
+    plan = gpu_run.stages()
+    gpu_run.execute(gpu_run.Run(tmp_path / "dry", 60, dry_run=True), plan, plan, build=False)
+    assert ran == [s.name for s in plan if s.name != "extension_checks"]
+
+
+def test_budget_and_stage_names_are_checked(capsys):
+    for argv, message in ((["--dry-run", "--budget", "59"], "--budget must be at least 60 seconds"),
+                          (["--dry-run", "--only", "network,warp_drive"], "unknown stage(s) ['warp_drive']"),
+                          (["--skip", "lunch"], "unknown stage(s) ['lunch']")):
+        with pytest.raises(SystemExit) as exit_:
+            gpu_run.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dry_run_fails_its_plan_check_before_running_anything(tmp_path):
+    env = _env(TMPDIR=str(tmp_path), OUT=str(tmp_path / "out"))
+    done = subprocess.run([str(GPU_SH), "--dry-run", "--budget", "150"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "== plan for a GPU run with a 150 s budget" in done.stdout
+    assert re.search(r"^   correctness +120 s", done.stdout, re.MULTILINE)
+    assert "over the 150 s budget" in done.stdout and "the plan does not fit the budget" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no results folder, nothing in $OUT
+
+
+# ----------------------------------------------------------------------------- the summary
+
+def _timing(ms):
+    return {"median_ms": ms, "q25_ms": ms, "q75_ms": ms, "min_ms": ms, "reps": 5}
+
+
+def _network(name, mode, ms, correct=True):
+    return {"stage": "network" if "max_autotune" not in name else "max_autotune", "name": name, "mode": mode,
+            "timing": _timing(ms), "batch": 8, "ms_per_tile": ms / 8, "tflops": round(2400 / ms, 1),
+            "error": 5e-3, "cudnn_error": 5e-3, "correct": correct, "peak_memory_gib": 1.5}
+
+
+SYNTHETIC = [
+    _network("triton", "forward", 5.0), _network("triton", "forward+backward", 20.0, correct=False),
+    _network("reference_eager_cudnn", "forward", 10.0), _network("reference_eager_cudnn", "forward+backward", 30.0),
+    _network("compiled_reference_max_autotune", "forward", 7.0),
+    _network("compiled_reference_max_autotune", "forward+backward", 18.0),
+    {"stage": "ceilings", "name": "copy_bandwidth", "gbps": 4000.0},
+    {"stage": "loss", "name": "8x2x512x512/fused_default", "timing": _timing(0.05), "gbps": 3600.0, "correct": True},
+    {"stage": "loss", "name": "8x2x512x512/composite", "timing": _timing(0.5), "gbps": 360.0, "correct": True},
+    {"stage": "pipeline", "name": "images_512", "timing": _timing(110.0), "overhead": 0.1, "images_per_s": 290.9},
+    {"stage": "augment", "name": "unet_fast_batch", "timing": _timing(2.0), "speedup_per_sample": 99.5,
+     "correct": True, "peer": "elasticdeform"},
+    {"stage": "layers", "name": "enc0.conv2/cudnn", "impl": "cudnn", "timing": _timing(1.0), "tflops": 190.0,
+     "error_vs_cudnn": 0.0, "correct": True},
+    {"stage": "layers", "name": "enc0.conv2/fused", "impl": "fused", "timing": _timing(0.5), "tflops": 380.0,
+     "error_vs_cudnn": 3e-3, "correct": True},
+]
+
+
+def test_goal_lines_pass_fail_and_not_measured():
+    lines = {g.name: g.line(dry_run=False) for g in gpu_run.goals(SYNTHETIC, {})}
+    assert len(lines) == 8
+    assert lines["network forward vs torch.compile(max-autotune) of the reference"] == (
+        "- network forward vs torch.compile(max-autotune) of the reference: PASS: 1.40x (goal >= 1.25x); "
+        "5.00 ms vs 7.00 ms per batch of 8")
+    assert lines["network forward+backward vs torch.compile(max-autotune)"].startswith(  # fast but wrong: a FAIL
+        "- network forward+backward vs torch.compile(max-autotune): FAIL: 0.90x (goal >= 1.15x)")
+    assert "OUTPUT CHECK FAILED" in lines["network forward+backward vs torch.compile(max-autotune)"]
+    assert lines["network forward effective TFLOP/s (bf16, batch 8, 572x572)"].startswith(
+        "- network forward effective TFLOP/s (bf16, batch 8, 572x572): PASS: 480 TFLOP/s")
+    assert "PASS: 90 %" in lines["loss forward+backward bandwidth, (8, 2, 512, 512) fp32"]
+    assert "PASS: 10.00x" in lines["loss forward+backward vs the eager composite"]
+    assert "PASS: 10 %" in lines["predict_tiled overhead over the bare model forward, a set of 512x512 images"]
+    assert lines["predict_tiled overhead over the bare model forward, one large image"] == (
+        "- predict_tiled overhead over the bare model forward, one large image: not measured: no result "
+        "(goal <= 10 %)")
+    assert "FAIL: 99.50x" in lines["elastic deformation per sample, GPU batch of 64 vs the CPU call"]
+    dry = [g.line(dry_run=True) for g in gpu_run.goals(SYNTHETIC, {})]
+    assert all(line.endswith(")") and ": not measured: dry run (goal " in line for line in dry)
+
+
+def test_goals_name_a_missing_baseline():
+    plan = {s.name: s for s in gpu_run.stages()}
+    plan["max_autotune"].status, plan["max_autotune"].detail = "skipped", "needs about 150 s, 66 s left"
+    without = [r for r in SYNTHETIC if r["stage"] != "max_autotune"]
+    line = gpu_run.goals(without, plan)[0].line(dry_run=False)
+    assert line == ("- network forward vs torch.compile(max-autotune) of the reference: not measured: max-autotune "
+                    "baseline: skipped needs about 150 s, 66 s left (goal >= 1.25x)")
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests"><testsuite name="pytest" \
+errors="1" failures="1" skipped="2" tests="7" time="1.0" timestamp="2026-11-26T01:00:00" hostname="h">\
+<testcase classname="tests.test_conv3x3" name="test_a" time="0.1" />
+<testcase classname="tests.test_conv3x3" name="test_b[1-64]" time="0.1"><failure message="boom">x</failure></testcase>
+<testcase classname="tests.test_model" name="test_c" time="0.1"><error message="setup">y</error></testcase>
+</testsuite></testsuites>"""
+
+
+def test_junit_counts(tmp_path):
+    path = tmp_path / "stage.xml"
+    assert gpu_run.junit_counts(path) is None
+    path.write_text(JUNIT)
+    assert gpu_run.junit_counts(path) == ("3 passed, 1 failed, 1 errors, 2 skipped "
+                                          "(failed: test_conv3x3::test_b[1-64]; test_model::test_c)")
+    path.write_text("<testsuites/>")
+    assert gpu_run.junit_counts(path) == "junit unreadable"
+
+
+def test_summary_tables_and_file(tmp_path):
+    network = gpu_run.network_table(SYNTHETIC)
+    assert network[2].startswith("| triton | forward | 5.00 | 0.625 | 480.0 | 1.5 | 5.0e-03 (5.0e-03) | 2.00x |")
+    assert any("| triton | forward+backward | 20.00 |" in row and "FAILED" in row for row in network)
+    layers = gpu_run.layer_table(SYNTHETIC)
+    assert layers[-1] == "| enc0.conv2 | fused | 0.500 | 380.0 | 2.00x | 3.0e-03 |"
+    assert "- ceilings / copy_bandwidth: gbps=4000.0" in gpu_run.other_table(SYNTHETIC)
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "tune.json").write_text(json.dumps({"measurements": [
+        {"layer": "dec0.conv1", "kind": "forward", "key": "k", "config": [128, 64, 64, 8, 3, False],
+         "aten_ms": 1.0, "ms": 0.8, "ok": True},
+        {"layer": "dec0.conv1", "kind": "forward", "key": "k", "config": [256, 64, 64, 8, 3, False],
+         "aten_ms": 1.0, "ms": 0.5, "ok": True}]}))
+    assert gpu_run.tune_table(tmp_path / "logs")[-1] == (
+        "| dec0.conv1 | forward | 1.000 | 0.800 | 0.500 | [256, 64, 64, 8, 3, False] | 2.00x |")
+
+    run = gpu_run.Run(tmp_path, 480, dry_run=False)
+    with open(tmp_path / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in SYNTHETIC)
+    plan = gpu_run.stages()
+    plan[0].status, plan[0].seconds = "failed (exit 1)", 118.4
+    (run.logs / "correctness.xml").write_text(JUNIT)
+    info = {"gpu": "NVIDIA H200", "capability": "9.0", "sms": 132, "memory_gib": 139.8, "torch": "2.11.0",
+            "cuda": "13.0", "triton": "3.6.0", "numpy": "2.5.2", "python": "3.12.3"}
+    summary = gpu_run.write_summary(run, plan, info)
+    assert "card: NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB); torch 2.11.0 (CUDA 13.0), triton 3.6.0" in summary
+    assert "| correctness | failed (exit 1) | 118 | 120 | 240 | 3 passed, 1 failed, 1 errors, 2 skipped" in summary
+    for title in ("## Goals", "## Stages", "## Network", "## Layers", "## Tuning", "## Loss, augmentation"):
+        assert title in summary
+
+
+# ----------------------------------------------------------------------------- the dry run, end to end
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, gpu.sh runs for real")
-def test_dry_run_writes_every_result_file(tmp_path):
-    pytest.importorskip("pytest_benchmark")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # mktemp -d creates OUTDIR in TMPDIR
+def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
+    pytest.importorskip("triton")
+    out = tmp_path / "device_out"
+    env = _env(OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), OUT=str(out))
     env.pop("TRITON_INTERPRET", None)  # gpu.sh --dry-run sets it itself
     results = ROOT / "benchmarks" / "results"
-    before = sorted(results.iterdir()) if results.is_dir() else []
-    done = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=900)
+    before = sorted(results.iterdir())
+    done = subprocess.run([str(GPU_SH), "--dry-run", "--no-build"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    where = re.findall(r"^== results in (\S+)", done.stdout, re.MULTILINE)  # printed first and last
+    assert "every essential stage fits" in done.stdout
+    where = re.findall(r"^== results in ([^\s:]+)", done.stdout, re.MULTILINE)  # printed first and last
     assert len(where) == 2 and where[0] == where[1], done.stdout[-4000:]
-    out = Path(where[0])
-    assert out.parent == tmp_path and out.name.startswith("unet_fast-gpu-dry-run."), out
-    assert (sorted(results.iterdir()) if results.is_dir() else []) == before  # nothing beside real results
+    outdir = Path(where[0])
+    assert outdir.parent == tmp_path and outdir.name.startswith("unet_fast-gpu-dry-run."), outdir
+    assert sorted(results.iterdir()) == before  # nothing beside the real results
 
-    names = {p.name for p in out.iterdir()}
-    assert names >= {"build.log", "info.txt", "tests.xml", "tests.txt", "sanitizer.txt", "gpu_op_checks.xml",
-                     "gpu_op_checks.txt", "benchmarks.json", "benchmarks.txt", "benchmarks.md", "README.md"}
-    tests = junit_counts(out / "tests.xml")
-    assert tests["tests"] > 0 and tests["failures"] == tests["errors"] == 0
-    checks = junit_counts(out / "gpu_op_checks.xml")  # collected, skipped without a GPU
-    assert checks["tests"] > 0 and checks["failures"] == checks["errors"] == 0
-    assert "forward and backward ran" in (out / "sanitizer.txt").read_text()
+    assert {p.name for p in out.iterdir()} == PACKED  # exactly what comes back from a device
+    for name in PACKED:
+        assert (out / name).read_bytes() == (outdir / name).read_bytes()
 
-    groups = {b["group"] for b in json.loads((out / "benchmarks.json").read_text())["benchmarks"]}
-    for prefix in ("conv3x3 ", "conv3x3+maxpool ", "first layer ", "unet forward ", "unet forward+backward "):
-        assert any(g.startswith(prefix) for g in groups), (prefix, groups)
-    report = (out / "benchmarks.md").read_text()
-    assert "| test_unet[forward-triton_pool_epilogue_direct_first_layer] |" in report
-    assert "| test_first_layer[direct] |" in report
-    readme = (out / "README.md").read_text()
-    assert "dry run" in readme and "exit status: 0" in readme
+    summary = (outdir / "summary.md").read_text()
+    assert summary.startswith("# GPU run (DRY RUN")
+    for goal in gpu_run.goals([], {}):
+        assert goal.line(dry_run=True) in summary.splitlines()
+    plan = gpu_run.stages()
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
+    for stage in plan:
+        assert stage.name in rows, stage.name
+    assert "| ok |" in rows["correctness"] and " 0 failed, 0 errors" in rows["correctness"]
+    assert "skipped" in rows["extension_checks"]  # --no-build: nothing to check
+
+    everything = json.loads((outdir / "results.json").read_text())
+    assert everything["dry_run"] is True and everything["budget_s"] == gpu_run.DEFAULT_BUDGET_S
+    assert [s["name"] for s in everything["stages"]] == [s.name for s in plan]
+    stages_run = [s["name"] for s in everything["stages"] if s["status"] == "ok"]
+    assert {r["stage"] for r in everything["results"]} >= {"network", "layers", "loss", "augment", "pipeline"}
+
+    with tarfile.open(outdir / "logs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {f"logs/{name}.log" for name in stages_run} <= names
+    assert {"logs/build.log", "logs/correctness.xml", "logs/full_tests.xml"} <= names

@@ -4,12 +4,13 @@ import os
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from unet_fast import image_io
+from optional_deps import needs_zarr
 
 
 def test_tiff_multipage_bigtiff_is_read_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 65535, (3, 100, 130)).astype(np.uint16)
     path = tmp_path / "stack.tif"
@@ -20,6 +21,7 @@ def test_tiff_multipage_bigtiff_is_read_lazily(tmp_path):
     np.testing.assert_array_equal(array[1, 10:50, 20:33], stack[1, 10:50, 20:33])
 
 
+@needs_zarr
 def test_ome_tiff_and_rgb_samples_come_channels_first(tmp_path):
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 255, (40, 50, 3)).astype(np.uint8)
@@ -46,6 +48,7 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     with pytest.raises(image_io.ImageTooLargeError, match="60000 pixels"):
         image_io.read_image(path, max_pixels=1000)
     # A TIFF in small strips can be streamed, so the limit does not apply to it.
+    pytest.importorskip("zarr")  # (streamed: read lazily, through zarr)
     tifffile.imwrite(tmp_path / "big.tif", np.zeros((200, 300), np.uint8), rowsperstrip=8)
     image_io.read_image(tmp_path / "big.tif", max_pixels=1000)
 

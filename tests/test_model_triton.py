@@ -4,16 +4,20 @@ import torch
 
 from unet_fast import UNet, reference
 from unet_fast.ops.triton import conv3x3 as kernels
-from tolerances import assert_close, assert_within_twice_plain_error
+from tolerances import FP32_SUMMED_GRADIENT, assert_close, relative_error, assert_within_twice_plain_error
 from triton_device import DEVICE, exact_fp32, needs_triton
 
 TINY = dict(in_channels=1, num_classes=2, depth=3, base_channels=8)
 
 
+PLAIN = dict(pool_epilogue=False, direct_first_layer=False)
+
+
 def twins(switches=None, **kwargs):
+    """The reference and UNet(backend="triton") with the same weights; switches None: both kernel options off."""
     torch.manual_seed(0)
     ref = reference.UNet(**kwargs).to(DEVICE)
-    fast = UNet(backend="triton", **(switches or {}), **kwargs).to(DEVICE)
+    fast = UNet(backend="triton", **(switches or PLAIN), **kwargs).to(DEVICE)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -71,7 +75,8 @@ def test_forward_and_backward_match_reference(padding, size, batch, switches, mo
         out_ref.backward(grad)
         out_fast.backward(grad)
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
-        assert_close(p_fast.grad, p_ref.grad, msg=f"gradient of {name}")
+        error = relative_error(p_fast.grad, p_ref.grad)
+        assert error <= FP32_SUMMED_GRADIENT, f"gradient of {name}: relative error {error:.2e}"
 
 
 @needs_triton
@@ -86,10 +91,10 @@ def test_dropout_in_training_and_inference():
     assert not torch.equal(fast(x), fast(x))
 
 
-def test_switches_default_off_and_are_not_architecture():
-    """pool_epilogue and direct_first_layer await a GPU measurement: off by default, not in config()."""
+def test_switches_default_on_and_are_not_architecture():
+    """pool_epilogue and direct_first_layer: on by default (measured faster on an H200), not in config()."""
     model = UNet(backend="triton", **TINY)
-    assert not model.pool_epilogue and not model.direct_first_layer
+    assert model.pool_epilogue and model.direct_first_layer
     assert UNet(backend="triton", **POOL_AND_DIRECT, **TINY).config() == model.config()
     with pytest.raises(TypeError, match="pool_epilogue must be True or False"):
         UNet(pool_epilogue="yes", **TINY)

@@ -14,6 +14,7 @@ import unet_fast
 from tolerances import TOLERANCES
 from unet_fast import cli, image_io, segment
 from unet_fast.inference import predict_tiled
+from optional_deps import needs_zarr
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def _images(folder, count=3):
     return images
 
 
+@needs_zarr
 def test_folder_with_bad_files(tmp_path, model_file, capsys):
     images = _images(tmp_path / "in")
     image_io.write_image(tmp_path / "in" / "photo.png", np.full((20, 25), 7, np.uint8))
@@ -57,6 +59,7 @@ def test_folder_with_bad_files(tmp_path, model_file, capsys):
     assert tifffile.imread(tmp_path / "out" / "stack.tif").shape == (2, 30, 33)
 
 
+@needs_zarr
 def test_probabilities_as_ome_zarr(tmp_path, model_file):
     _images(tmp_path / "in", count=1)
     status = cli.main(["segment", "-i", str(tmp_path / "in" / "img0.tif"), "-o", str(tmp_path / "out"), "-m",
@@ -78,6 +81,7 @@ class FailsOnThirdForward(unet_fast.UNet):
         return super().forward(x)
 
 
+@needs_zarr
 def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path, model_file, capsys):
     _images(tmp_path / "in")
     files, _ = segment.expand_inputs([str(tmp_path / "in")])
@@ -95,6 +99,7 @@ def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path,
     assert all(os.stat(tmp_path / "out" / n).st_mtime_ns == t for n, t in before.items())
 
 
+@needs_zarr
 def test_pixel_limit_refuses_unstreamable_files(tmp_path, model_file, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -107,6 +112,7 @@ def test_pixel_limit_refuses_unstreamable_files(tmp_path, model_file, capsys):
     assert os.listdir(tmp_path / "out") == ["strips.tif"]
 
 
+@needs_zarr
 def test_num_parts_cover_every_file_once(tmp_path, model_file):
     _images(tmp_path / "in", count=5)
     seen = []
@@ -149,6 +155,7 @@ def _rank_main(rank, world, port, arguments, report):
         json.dump({"done": summary.done, "status": status}, f)
 
 
+@needs_zarr
 def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_file):
     _images(tmp_path / "in", count=5)
     arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
@@ -177,6 +184,7 @@ def _rank_main_lives_on(rank, world, port, arguments, report):
         time.sleep(0.05)
 
 
+@needs_zarr
 def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
     """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises
     naming rank 1, instead of waiting for it at the summary for ever."""

@@ -255,7 +255,7 @@ def report(quick: bool = False, table_only: bool = False):
         for capability in (90, 80):
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
-                       gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact="exact" in label,
+                       gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact=m.get("INPUT_PRECISION") == "ieee",
                        num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
                        tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")

@@ -7,6 +7,7 @@ import unet_fast
 from unet_fast.inference import predict_tiled
 from unet_fast.napari.reader import napari_get_reader, read_ome_zarr
 from unet_fast.napari.segmentation import Segmentation, instances, labels_layer, model_input, segment
+from optional_deps import needs_zarr
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,7 @@ def test_labels_layer_takes_the_images_spatial_grid():
                       "units": ("micrometer", "micrometer")}
 
 
+@needs_zarr
 @pytest.mark.parametrize("output, kind", [("labels", "labels"), ("probabilities", "image")])
 def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
     data = image((70, 90))
@@ -114,6 +116,7 @@ def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
         assert "channel_axis" not in kwargs and kwargs["axis_labels"] == ["y", "x"]
 
 
+@needs_zarr
 def test_reader_declines_what_is_not_an_ome_zarr_image(tmp_path):
     import zarr
 

@@ -18,6 +18,7 @@ pytest.importorskip("pytestqt", reason="widget tests need pytest-qt (the napari-
 import unet_fast  # noqa: E402
 from unet_fast.napari._widget import SegmentWidget  # noqa: E402
 from unet_fast.napari.segmentation import instances, segment  # noqa: E402
+from optional_deps import needs_zarr  # noqa: E402
 
 
 @pytest.fixture
@@ -114,6 +115,7 @@ def test_the_manifest_names_the_widget_and_the_reader():
     manifest.validate_imports()              # every python_name imports
 
 
+@needs_zarr
 def test_napari_opens_segment_outputs_with_their_pixel_size(viewer, tmp_path, model_file):
     from unet_fast.inference import predict_tiled
     from unet_fast.pixel_size import PixelSize

@@ -10,6 +10,7 @@ from unet_fast import cli, image_io, sinks
 from unet_fast.inference import predict_tiled
 from unet_fast.napari.reader import read_ome_zarr
 from unet_fast.pixel_size import PixelSize, common_pixel_size, read_pixel_size, scale_warning
+from optional_deps import needs_zarr
 
 ANISOTROPIC = PixelSize(y=0.5, x=0.25, unit="micrometer")
 
@@ -43,7 +44,8 @@ WRITERS = {"ome-tiff": (write_ome_tiff, "in.ome.tif"), "imagej-tiff": (write_ima
            "ome-zarr": (write_ome_zarr, "in.ome.zarr")}
 
 
-@pytest.mark.parametrize("kind", list(WRITERS))
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=needs_zarr) if kind == "ome-zarr" else kind
+                                  for kind in WRITERS])
 def test_each_input_format_declares_its_pixel_size(tmp_path, kind):
     write, name = WRITERS[kind]
     write(tmp_path / name, pixels(), ANISOTROPIC)
@@ -72,6 +74,7 @@ def model_file(tmp_path):
     return unet_fast.save_model(model, tmp_path / "model.safetensors", pixel_size={"y": 0.5, "x": 0.3})
 
 
+@needs_zarr      # segment reads TIFF inputs lazily, through zarr
 @pytest.mark.parametrize("output_format", ["tif", "ome.zarr"])
 @pytest.mark.parametrize("kind", list(WRITERS))
 def test_segment_keeps_the_pixel_size_in_every_output(tmp_path, model_file, kind, output_format, capsys):
@@ -90,6 +93,7 @@ def test_segment_keeps_the_pixel_size_in_every_output(tmp_path, model_file, kind
     assert "WARNING" not in capsys.readouterr().err     # 0.5 x 0.25 against 0.5 x 0.3: within a factor 1.5
 
 
+@needs_zarr
 def test_probabilities_as_ome_zarr_open_in_napari_with_their_pixel_size(tmp_path, model_file):
     image = pixels()
     out = predict_tiled(unet_fast.load_model(model_file), image, output="probabilities", progress=False,
@@ -99,6 +103,7 @@ def test_probabilities_as_ome_zarr_open_in_napari_with_their_pixel_size(tmp_path
     assert kwargs["scale"] == [[0.5, 0.25]] * 2 and kwargs["units"] == [["micrometer"] * 2] * 2
 
 
+@needs_zarr
 def test_segment_warns_at_a_very_different_scale(tmp_path, model_file, capsys):
     (tmp_path / "in").mkdir()
     write_ome_tiff(tmp_path / "in" / "fine.ome.tif", pixels(), PixelSize(0.2, 0.2))

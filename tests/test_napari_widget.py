@@ -5,6 +5,7 @@ xvfb-run) it runs in a real napari viewer (make_napari_viewer); with QT_QPA_PLAT
 has no OpenGL for napari's canvas, in napari's ViewerModel: the same layer list and add_labels, no canvas.
 """
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -85,6 +86,21 @@ def test_cancel_adds_nothing(viewer, qtbot, model_file):
     assert [layer.name for layer in viewer.layers] == ["cells"]
     assert widget.status.value == "cancelled" and widget.button.text == "Segment"
     assert widget.progress.value < 100
+
+
+def test_cancel_after_the_last_tile_still_adds_nothing(viewer, qtbot, model_file):
+    """The worker runs ahead of the GUI thread: labels that were on their way when Cancel was clicked are dropped."""
+    from qtpy.QtCore import Qt
+
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.button.clicked()
+    finished = threading.Event()
+    widget.worker.finished.connect(finished.set, Qt.ConnectionType.DirectConnection)   # set in the worker's thread
+    assert finished.wait(60)                 # done, and nothing of it delivered to this thread yet
+    widget.button.clicked()                  # Cancel
+    qtbot.waitUntil(lambda: widget.run is None, timeout=10_000)
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert widget.status.value == "cancelled" and widget.button.text == "Segment"
 
 
 def test_a_bad_model_file_is_reported_not_raised(viewer, qtbot, tmp_path, model_file):

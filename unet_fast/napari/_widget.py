@@ -76,14 +76,20 @@ class SegmentWidget(Container):
         self.run = Segmentation(model, layer.data, rgb=layer.rgb, result=self.result.value,
                                 device=self.device.value, dtype=self.precision.value)
         self.worker = create_worker(self.run.steps)
-        self.worker.yielded.connect(lambda fraction: setattr(self.progress, "value", round(100 * fraction)))
-        self.worker.returned.connect(lambda labels: self._add(layer, labels))
+        # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
+        run = self.run
+        self.worker.yielded.connect(lambda fraction: self._progressed(run, fraction))
+        self.worker.returned.connect(lambda labels: self._add(layer, None if run.cancelled else labels))
         self.worker.errored.connect(lambda error: self._fail(f"segmentation failed: {error}"))
         self.worker.finished.connect(self._finished)
         self.progress.value = 0
         self.button.text = "Cancel"
         self.status.value = f"segmenting {layer.name} on {self.device.value}..."
         self.worker.start()
+
+    def _progressed(self, run: Segmentation, fraction: float):
+        if not run.cancelled:               # after Cancel the bar stays where it was
+            self.progress.value = round(100 * fraction)
 
     def _add(self, layer, labels):
         if labels is None:

@@ -83,10 +83,13 @@ class Segmentation:
 
     def __init__(self, model, data, **options):
         self.model, self.data, self.options = model, data, options
+        self.cancelled = False
         self._stop = threading.Event()
 
     def cancel(self) -> None:
-        """Stop after the tile in flight; ``steps`` then returns None."""
+        """Stop after the tile in flight; ``steps`` then returns None. ``cancelled`` stays True, so a
+        result already on its way to the GUI thread when the user cancelled can be dropped there."""
+        self.cancelled = True
         self._stop.set()
 
     def steps(self):

@@ -54,6 +54,7 @@ def cmd_train(args) -> int:
 
     from . import UNet, save_model
     from .data import ImageFolderDataset, TiffStackDataset, split_dataset
+    from .pixel_size import common_pixel_size
     from .train import fit, load_checkpoint
 
     options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
@@ -79,8 +80,13 @@ def cmd_train(args) -> int:
                  tiles_per_epoch=args.tiles_per_epoch, augment=None if args.no_augment else "default",
                  seed=args.seed, num_workers=args.workers, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:
+        pixel_size, problem = common_pixel_size([image for image, _ in dataset.pairs] if hasattr(dataset, "pairs")
+                                                else [images])
+        if problem:
+            print(f"train: {problem}", file=sys.stderr)
+        recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
         save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
-                   epochs=args.epochs, history=result.history[-1:])
+                   epochs=args.epochs, history=result.history[-1:], **recorded)
         last = result.history[-1] if result.history else {}
         print(f"saved {args.output} ({len(result.history)} epochs; "
               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + f"); "
@@ -118,6 +124,42 @@ def cmd_segment(args) -> int:
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
                          progress=False if args.no_progress else None)
     return result.exit_status
+
+
+def cmd_export(args) -> int:
+    import pickle
+
+    from . import load_model
+    from .export import check_output, export
+
+    package_options = {"--test-image": args.test_image, "--name": args.name, "--author": args.author,
+                       "--license": args.license, "--description": args.description}
+    try:
+        check_output(args.output, args.format)          # before the model is read: fail fast
+        given = [flag for flag, value in package_options.items() if value is not None]
+        if args.format != "bioimageio" and given:
+            raise ValueError(f"{', '.join(given)}: options of --format bioimageio only; drop them for --format {args.format}")
+        options = {} if args.format != "bioimageio" else dict(
+            test_image=_read_test_image(args.test_image) if args.test_image else None, name=args.name,
+            authors=args.author, license=args.license or "CC-BY-4.0", description=args.description)
+        model = load_model(args.model)
+        written = export(model, args.output, args.format, **options)
+    except (OSError, ValueError, TypeError, ImportError, pickle.UnpicklingError) as error:
+        raise SystemExit(f"export: {error}") from None
+    synthetic = args.format == "bioimageio" and not args.test_image
+    print(f"wrote {written}" + ("; its test image is synthetic nuclei: pass --test-image with an image of your "
+                                "data to show what the model is for" if synthetic else ""))
+    return 0
+
+
+def _read_test_image(path):
+    from .image_io import read_image
+
+    image, info = read_image(path, lazy=False)
+    if info.axes not in ("YX", "CYX"):
+        raise ValueError(f"--test-image {path}: need a 2-D image (axes YX or CYX), got axes {info.axes!r} "
+                         f"(shape {info.shape}); save one plane of it")
+    return image
 
 
 def _positive_int(text: str) -> int:
@@ -216,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse files declaring more pixels unless they can be streamed (default 2^30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment, parser=p)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io package, ONNX or TorchScript",
+                       description="bioimageio: a .zip for the bioimage.io model zoo and the tools that run it (Fiji/"
+                                   "deepImageJ, ilastik, QuPath, napari); onnx: a .onnx file; torchscript: a .pt file. "
+                                   "Any batch size and legal image size runs. Never overwrites a file.")
+    p.add_argument("model", help="model file (.safetensors written by unet-fast train or save_model)")
+    p.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
+    p.add_argument("-o", "--output", required=True, help="file to write: .zip (bioimageio), .onnx or .pt (torchscript)")
+    p.add_argument("--test-image", help="bioimageio: an image (TIFF/PNG) of your data; its centre becomes the "
+                                        "package's test input (default: a synthetic nuclei image)")
+    p.add_argument("--name", help="bioimageio: the model's name (default: from the output file name)")
+    p.add_argument("--author", action="append", help="bioimageio: an author's name (repeat for several)")
+    p.add_argument("--license", help="bioimageio: SPDX license of the weights (default CC-BY-4.0)")
+    p.add_argument("--description", help="bioimageio: one sentence on what the model segments")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

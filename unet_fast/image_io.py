@@ -1,8 +1,10 @@
 """Images in and out: reading (lazily where the format allows) and writing atomically.
 
 Reading: TIFF (multi-page, BigTIFF, OME-TIFF) through tifffile, as a zarr array over the file so
-only the parts that are indexed are decoded; PNG/JPEG through Pillow (decoded whole). The declared
-size is checked against a pixel limit before any pixel is decoded (decompression-bomb guard).
+only the parts that are indexed are decoded; OME-Zarr images (folders named *.zarr) as zarr arrays
+of their full-resolution level (``unet_fast.ome_zarr``); PNG/JPEG through Pillow (decoded whole).
+The declared size is checked against a pixel limit before any pixel is decoded (decompression-bomb
+guard). Pixel sizes are read by ``unet_fast.pixel_size``.
 
 Writing: every file appears under its final name only when complete (a temporary name in the same
 folder, then os.replace), so an interrupted run never leaves a truncated file that looks finished.
@@ -24,6 +26,7 @@ DEFAULT_MAX_PIXELS = 2 ** 30  # about 1.07 gigapixels (32768 x 32768) per file
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
+ZARR_SUFFIXES = (".zarr",)                   # folders: OME-Zarr images
 
 
 class ImageTooLargeError(ValueError):
@@ -50,10 +53,33 @@ def _suffix(path) -> str:
     return Path(path).suffix.lower()
 
 
+def is_zarr_image(path) -> bool:
+    """True for a folder named *.zarr (read as an OME-Zarr image)."""
+    return _suffix(path) in ZARR_SUFFIXES and Path(path).is_dir()
+
+
+def _ome_zarr(path):
+    """(full-resolution array, ImageInfo) of an OME-Zarr image, axes ordered as unet_fast reads them:
+    other axes (Z, T), then C, then Y, X (NGFF stores C before Z)."""
+    from .ome_zarr import open_ome_zarr
+
+    image = open_ome_zarr(path)
+    array, axes = image.levels[0], "".join(name.upper() for name in image.names)
+    if axes[-2:] != "YX":
+        raise ValueError(f"{path}: the last two OME-Zarr axes must be y, x, got {image.names}")
+    order = ([i for i, a in enumerate(axes[:-2]) if a != "C"] + [i for i, a in enumerate(axes) if a == "C"]
+             + [len(axes) - 2, len(axes) - 1])
+    info = ImageInfo(tuple(array.shape[i] for i in order), np.dtype(array.dtype), "".join(axes[i] for i in order),
+                     streamable=True)
+    return (array if order == sorted(order) else _MovedAxes(array, order)), info
+
+
 def image_info(path) -> ImageInfo:
-    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file, without decoding pixels."""
+    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file or an OME-Zarr image, without decoding pixels."""
     path = Path(path)
     suffix = _suffix(path)
+    if is_zarr_image(path):
+        return _ome_zarr(path)[1]
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
@@ -143,11 +169,16 @@ def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Open an image; returns (array, ImageInfo) with channels before Y, X ("CYX", "ZCYX", ...).
 
+    OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
+
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
     indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy.
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
+    if is_zarr_image(path):
+        array, info = _ome_zarr(path)
+        return (array if lazy else np.asarray(array[...])), info
     info = image_info(path)
     check_pixel_limit(info, path, max_pixels)
     suffix = _suffix(path)

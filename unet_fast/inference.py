@@ -279,7 +279,7 @@ class _Runner:
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
-                  memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None):
+                  memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -300,6 +300,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     out: None (a numpy array is returned), an array to fill (shape (..., H, W) for labels,
         (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
         samples per pixel) or .zarr (OME-Zarr), written as tiles finish and committed atomically.
+    pixel_size: the image's (unet_fast.pixel_size.PixelSize), written into a file ``out``.
     normalization: how raw pixels become inputs; None: ``model.normalization`` (set by
         load_model) if present, else percentiles (Normalization()) for integer images and no
         change for float images.
@@ -319,7 +320,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     shape = ((source.slices,) if source.stacked else ()) + (
         (source.height, source.width) if output == "labels" else (num_classes, source.height, source.width))
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
-    sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels")
+    sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
+                     pixel_size=pixel_size)
 
     plan = plan_tiles(model, (source.height, source.width), slices=source.slices, tile_size=tile_size,
                       batch_size=batch_size, device=device, dtype=compute_dtype,

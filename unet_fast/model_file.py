@@ -13,6 +13,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
 from .image_io import atomic_path
@@ -69,8 +70,11 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
 
 def read_model_config(path) -> dict:
     """The JSON config stored in a .safetensors model file (no weights are read)."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable .safetensors file ({error})") from None
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: not a unet_fast model file (no {METADATA_KEY!r} metadata); "
                          f"write it with unet_fast.save_model")
@@ -88,12 +92,17 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     ``normalization`` (a Normalization), ``class_names`` and ``metadata``. A ``.pt``/``.pth`` file is
     read only with ``torch.load(weights_only=True)``; it may hold a state_dict, bare or as a training
     script saved it (see ``_unwrap_state_dict``), and the UNet its shapes describe is built around it
-    (valid padding, default normalisation).
+    (valid padding, default normalisation). A bioimage.io package (.zip, or its rdf.yaml) of a U-Net
+    unet_fast can represent is read by ``bioimageio_package.read_package``.
     """
+    from .bioimageio_package import is_package, read_package
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    if path.suffix in (".pt", ".pth"):
+    if is_package(path):
+        config, state = read_package(path)
+    elif path.suffix in (".pt", ".pth"):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
@@ -112,7 +121,8 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
         config = read_model_config(path)
         state = load_file(str(path))
     else:
-        raise ValueError(f"{path}: model files end in .safetensors (or .pt/.pth for a state_dict)")
+        raise ValueError(f"{path}: model files end in .safetensors (or .pt/.pth for a state_dict, "
+                         f".zip or rdf.yaml for a bioimage.io package)")
     architecture = dict(config["architecture"])
     architecture.pop("class", None)  # whichever U-Net class saved it: they share one state_dict format
     if backend is not None:

@@ -1,9 +1,11 @@
 """Batch segmentation of files: ``unet-fast segment``, or ``run`` from Python.
 
 Each input file gives one output file, OUTDIR/<input stem><suffix>, written atomically by
-predict_tiled, so ``resume`` (``--continue``) can trust any output that exists. Files that cannot be
-read or do not match the model are reported and skipped. The file list is sharded over
-torch.distributed ranks (under torchrun) and over ``num_parts``/``part_id`` (job arrays);
+predict_tiled, so ``resume`` (``--continue``) can trust any output that exists. The input's pixel size
+(OME-TIFF, ImageJ TIFF, OME-Zarr) goes into the output, and an image at a very different scale from
+the model's training images draws a warning (``unet_fast.pixel_size``). Files that cannot be read or
+do not match the model are reported and skipped. The file list is sharded over torch.distributed
+ranks (under torchrun) and over ``num_parts``/``part_id`` (job arrays);
 a rank that fails as a whole (model file unreadable there, out of memory) makes every rank raise
 at the final summary, naming it (``unet_fast.ranks``).
 """
@@ -20,6 +22,7 @@ import torch.distributed as dist
 
 from . import image_io
 from .inference import predict_tiled
+from .pixel_size import read_pixel_size, scale_warning
 from .ranks import shared_failures
 from .torchrun import Torchrun
 
@@ -44,15 +47,18 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     problems = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in image_io.IMAGE_SUFFIXES]
+        if path.is_dir() and not image_io.is_zarr_image(path):
+            found = [p for p in path.iterdir()
+                     if (p.is_file() and p.suffix.lower() in image_io.IMAGE_SUFFIXES) or image_io.is_zarr_image(p)]
             if not found:
-                problems.append((item, f"folder holds no image files ({', '.join(image_io.IMAGE_SUFFIXES)})"))
+                kinds = ", ".join(image_io.IMAGE_SUFFIXES + image_io.ZARR_SUFFIXES)
+                problems.append((item, f"folder holds no image files ({kinds})"))
             files.update(found)
-        elif path.is_file():
+        elif path.is_file() or image_io.is_zarr_image(path):
             files.add(path)
         else:
-            matches = [Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file()]
+            matches = [Path(m) for m in glob.glob(item, recursive=True)
+                       if Path(m).is_file() or image_io.is_zarr_image(m)]
             if not matches:
                 problems.append((item, "no such file, folder or matching pattern"))
             files.update(matches)
@@ -68,7 +74,7 @@ def shard(files: list, part: int, parts: int) -> list:
 
 def output_name(path: Path, suffix: str) -> str:
     """The input's name without its image suffix (".ome.tif" counts as one), plus ``suffix``."""
-    for known in (".ome.tiff", ".ome.tif"):
+    for known in (".ome.tiff", ".ome.tif", ".ome.zarr"):
         if path.name.lower().endswith(known):
             return path.name[:-len(known)] + suffix
     return path.stem + suffix
@@ -110,9 +116,12 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
         try:
             image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
             layout = _layout(info, model.in_channels)
+            pixel_size = read_pixel_size(path)
+            if warning := scale_warning(model, pixel_size, path):
+                log(f"WARNING {warning}", file=sys.stderr)
             began = time.perf_counter()
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
-                          output=output, progress=False, out=target, layout=layout)
+                          output=output, progress=False, out=target, layout=layout, pixel_size=pixel_size)
             pixels = info.pixels // (info.shape[info.axes.index("C")] if "C" in info.axes else 1)
             summary.pixels += pixels
             summary.done.append(str(path))

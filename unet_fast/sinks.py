@@ -15,19 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_io import TIFF_SUFFIXES, commit, discard, temporary_sibling
+from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES, commit, discard, temporary_sibling
+from .pixel_size import PixelSize, ngff_axes_and_scale, tiff_options
 
-ZARR_SUFFIXES = (".zarr",)
 
-
-def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool, channels: bool):
+def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool, channels: bool,
+              pixel_size: PixelSize | None = None):
     """A sink for a result of ``shape`` and ``dtype``: a new numpy array when ``out`` is None, ``out``
     itself when it is an array (of that shape), else a streaming writer for the path ``out``
-    (``open_streaming_writer``). stacked: the first axis counts planes; channels: classes before Y, X."""
+    (``open_streaming_writer``, which records ``pixel_size`` in the file). stacked: the first axis
+    counts planes; channels: classes before Y, X."""
     if out is None:
         return ArraySink(np.zeros(shape, _numpy_dtype(dtype)), stacked)
     if isinstance(out, (str, Path)):
-        return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels)
+        return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels, pixel_size=pixel_size)
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but this result needs {shape}")
     return ArraySink(out, stacked)
@@ -118,10 +119,11 @@ class StreamingTiffWriter:
 
     shape: (H, W), (Z, H, W), or with classes (K, H, W) / (Z, K, H, W) when ``channels=True``;
     class values are stored as samples per pixel (tifffile reads them back channels-last).
+    pixel_size: written as OME-XML physical sizes and TIFF resolution.
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
-                 compression: str | None = "zlib"):
+                 compression: str | None = "zlib", pixel_size: PixelSize | None = None):
         import tifffile
 
         self.path = Path(path)
@@ -136,6 +138,7 @@ class StreamingTiffWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
+        physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels))
         self._error: BaseException | None = None
         self._ended = False
 
@@ -149,7 +152,7 @@ class StreamingTiffWriter:
                 tifffile.imwrite(self.temporary, tiles(), shape=stored, dtype=np.dtype(dtype),
                                  tile=(tile, tile), bigtiff=True, compression=compression,
                                  photometric="minisblack", planarconfig="contig" if channels else None,
-                                 metadata=None)
+                                 **physical)
             except BaseException as error:  # handed to the caller in close()
                 self._error = error
                 while not self._ended and self._queue.get() is not None:  # never block the producer
@@ -197,9 +200,12 @@ class StreamingTiffWriter:
 
 
 class StreamingZarrWriter:
-    """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically."""
+    """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
 
-    def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512):
+    pixel_size: the scale and units of the y, x (and z) axes."""
+
+    def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512,
+                 pixel_size: PixelSize | None = None):
         import zarr
 
         self.path = Path(path)
@@ -213,11 +219,11 @@ class StreamingZarrWriter:
         group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
         chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
         self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
+        axes, scale = ngff_axes_and_scale(pixel_size, names)
         group.attrs["multiscales"] = [{
             "version": "0.4",
-            "axes": [{"name": n, "type": "channel" if n == "c" else "space"} for n in names],
-            "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * len(names)}]}],
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }]
         self.plane_dims = plane_dims
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
@@ -240,11 +246,11 @@ class StreamingZarrWriter:
         discard(self.temporary)
 
 
-def open_streaming_writer(path, shape, dtype, *, channels: bool = False):
+def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None):
     """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr)."""
     suffix = Path(path).suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        return StreamingTiffWriter(path, shape, dtype, channels=channels)
+        return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
     if suffix in ZARR_SUFFIXES:
-        return StreamingZarrWriter(path, shape, dtype, channels=channels)
+        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
     raise ValueError(f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")

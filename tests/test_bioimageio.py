@@ -1,0 +1,225 @@
+"""bioimage.io packages: written, accepted by the official validator, run by bioimageio.core, read back.
+
+Needs the `export` extra (bioimageio.spec, onnxscript; bioimageio.core for the runs): skipped without it.
+"""
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("bioimageio.spec", reason="bioimage.io packages need the export extra (bioimageio.spec)")
+pytest.importorskip("onnxscript", reason="bioimage.io packages hold ONNX weights: the export extra (onnxscript)")
+
+from bioimageio.spec import load_description  # noqa: E402
+from ruyaml import YAML  # noqa: E402   (YAML 1.2, as rdf.yaml; a bioimageio.spec dependency)
+
+import unet_fast  # noqa: E402
+from unet_fast import cli, geometry  # noqa: E402
+from unet_fast.bioimageio_package import _normalization_from_ops, _preprocessing, export_bioimageio  # noqa: E402
+from unet_fast.normalization import Normalization  # noqa: E402
+from tolerances import assert_close  # noqa: E402
+
+CLASSES = ["background", "nucleus", "cell border"]
+NORMALIZATION = Normalization("percentile", low=2.0, high=99.0, per_channel=True, clip=True)
+METADATA = {"epochs": 7, "pixel_size": {"y": 0.65, "x": 0.5, "unit": "micrometer"}}
+
+
+def two_channel_image(size=150, seed=0):
+    """Channels of very different brightness: per-channel percentiles matter."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.gamma(2.0, 30.0, (size, size + 7)), 1000 + rng.normal(0, 50, (size, size + 7))]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = unet_fast.UNet(2, 3, depth=3, base_channels=4, backend="torch").eval()
+    net.normalization, net.class_names, net.metadata = NORMALIZATION, CLASSES, METADATA
+    return net
+
+
+@pytest.fixture(scope="module")
+def package(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("package") / "nuclei.zip"
+    return export_bioimageio(model, path, test_image=two_channel_image(), authors=["Ann Example"],
+                             description="nuclei and their borders in two-channel fluorescence")
+
+
+def read_yaml(path):
+    return YAML(typ="safe").load(path)
+
+
+def write_yaml(data, path):
+    YAML(typ="safe").dump(data, path)
+
+
+@pytest.fixture(scope="module")
+def rdf(package):
+    with zipfile.ZipFile(package) as archive:
+        return read_yaml(archive.read("rdf.yaml"))
+
+
+def test_the_official_validator_accepts_the_package(package):
+    summary = load_description(package, perform_io_checks=True).validation_summary
+    assert summary.status == "valid-format", summary.format()     # "passed" needs bioimageio.core's runs, below
+    assert not summary.errors
+    # the one remark: no author gave a GitHub name (the zoo asks for a maintainer to contact)
+    assert [warning.msg for warning in summary.warnings] == [
+        "Missing `maintainers` or any author in `authors` with a specified `github_user` name."]
+
+
+def test_sizes_are_the_networks(rdf):
+    context = geometry.context(3, "valid")                                 # 20 px a side at depth 3
+    space = [axis for axis in rdf["inputs"][0]["axes"] if axis["type"] == "space"]
+    assert [axis["size"] for axis in space] == [{"min": 44, "step": 4}] * 2  # 44 + 4 k
+    outputs = [axis for axis in rdf["outputs"][0]["axes"] if axis["type"] == "space"]
+    assert [axis["size"] for axis in outputs] == [{"tensor_id": "raw", "axis_id": a, "offset": -2 * context}
+                                                  for a in ("y", "x")]
+    assert context == 20
+    # the training pixel size, on input and output alike (a size reference needs the same unit)
+    assert [(axis["unit"], axis["scale"]) for axis in space + outputs] == [("micrometer", 0.65), ("micrometer", 0.5)] * 2
+
+
+def test_preprocessing_and_postprocessing(rdf):
+    steps = [(step["id"], step.get("kwargs")) for step in rdf["inputs"][0]["preprocessing"]]
+    assert steps[:3] == [("ensure_dtype", {"dtype": "float32"}),
+                         ("scale_range", {"axes": ["y", "x"], "min_percentile": 2.0, "max_percentile": 99.0, "eps": 1e-6}),
+                         ("clip", {"min": 0.0, "max": 1.0})]
+    assert rdf["outputs"][0]["postprocessing"][0] == {"id": "softmax", "kwargs": {"axis": "channel"}}
+    channels = [axis for axis in rdf["outputs"][0]["axes"] if axis["type"] == "channel"][0]
+    assert channels["channel_names"] == ["background", "nucleus", "cell_border"]
+    assert rdf["cite"][0]["doi"] == "10.1007/978-3-319-24574-4_28"
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
+
+
+def test_test_tensors_are_the_models_answer(package, model):
+    with zipfile.ZipFile(package) as archive:
+        raw = np.load(archive.open("test_input.npy"))
+        expected = np.load(archive.open("test_output.npy"))
+    # 168 px would give the 128 px output asked for; the image (150 x 157) holds 148 = 44 + 4 * 26 at most
+    assert geometry.input_size_for(128, 3, "valid") == 168
+    assert raw.shape == (1, 2, 148, 148) and expected.shape == (1, 3, 108, 108)
+    image = two_channel_image()
+    top, left = (150 - 148) // 2, (157 - 148) // 2
+    np.testing.assert_array_equal(raw[0], image[:, top:top + 148, left:left + 148])   # the centre, as it was
+    x = torch.from_numpy(NORMALIZATION(raw[0], channel_axis=0))[None]
+    with torch.no_grad():
+        assert_close(torch.from_numpy(expected), torch.softmax(model(x), dim=1))
+
+
+def test_load_model_reads_the_package_back(package, model):
+    loaded = unet_fast.load_model(package)
+    assert isinstance(loaded, unet_fast.UNet)
+    assert loaded.config() == {**model.config(), "backend": "auto"}
+    assert (loaded.normalization, loaded.class_names, loaded.metadata) == (NORMALIZATION, CLASSES, METADATA)
+    x = torch.randn(2, 2, 60, 76)
+    with torch.no_grad():
+        assert_close(loaded(x), model(x))
+
+
+def test_a_package_without_unet_fast_settings_is_read_from_its_ops(package, model, tmp_path):
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    rdf = read_yaml(tmp_path / "rdf.yaml")
+    del rdf["config"]
+    write_yaml(rdf, tmp_path / "rdf.yaml")
+    loaded = unet_fast.load_model(tmp_path / "rdf.yaml")
+    assert loaded.config()["padding"] == "valid" and loaded.config()["depth"] == 3
+    assert loaded.normalization == NORMALIZATION
+    assert loaded.class_names == ["background", "nucleus", "cell_border"]
+    x = torch.randn(1, 2, 44, 48)
+    with torch.no_grad():
+        assert_close(loaded(x), model(x))
+
+
+def test_a_package_of_another_network_is_refused(package, tmp_path):
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    torch.save({"layer.weight": torch.zeros(3, 3)}, tmp_path / "weights.pt")
+    rdf = read_yaml(tmp_path / "rdf.yaml")
+    del rdf["weights"]["pytorch_state_dict"]["sha256"], rdf["config"]
+    write_yaml(rdf, tmp_path / "rdf.yaml")
+    with pytest.raises(ValueError, match="not a unet_fast UNet's .*unet_fast reads packages of its own U-Net"):
+        unet_fast.load_model(tmp_path / "rdf.yaml")
+
+
+@pytest.mark.parametrize("normalization, dtype, steps", [
+    (Normalization("percentile", 1.0, 99.8, per_channel=False), np.float32,
+     [("scale_range", {"axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6})]),
+    (Normalization("fixed", low=100.0, high=4195.0, clip=True), np.float32,
+     [("scale_linear", {"gain": 1 / 4095, "offset": -100 / 4095}), ("clip", {"min": 0.0, "max": 1.0})]),
+    (Normalization("dtype"), np.uint16, [("scale_linear", {"gain": 1 / 65535, "offset": 0.0})]),
+    (Normalization("dtype"), np.float32, []),
+    (Normalization("fixed", low=0.0, high=1.0), np.float32, []),         # the identity: no op at all
+    (Normalization("none", clip=True), np.float32, []),                 # "none" is never clipped
+])
+def test_each_normalization_becomes_ops(normalization, dtype, steps):
+    ops = _preprocessing(normalization, np.dtype(dtype))
+    assert ops[0] == {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    assert [(op["id"], op["kwargs"]) for op in ops[1:]] == steps
+
+
+def test_ops_give_the_normalization_back():
+    from bioimageio.spec.model.v0_5 import InputTensorDescr
+
+    for normalization in (NORMALIZATION, Normalization("percentile", 0.5, 99.5, per_channel=False),
+                          Normalization("fixed", low=100.0, high=4195.0, clip=True)):
+        descr = InputTensorDescr.model_validate({
+            "id": "raw", "axes": [{"type": "channel", "channel_names": ["c0"]}, {"type": "space", "id": "y", "size": 8},
+                                  {"type": "space", "id": "x", "size": 8}],
+            "preprocessing": _preprocessing(normalization, np.dtype(np.float32))})
+        restored = _normalization_from_ops(descr.preprocessing, "package")
+        assert restored.to_dict() == pytest.approx(normalization.to_dict())
+
+
+def test_export_needs_an_image_of_the_models_channels(model, tmp_path):
+    with pytest.raises(ValueError, match="test_image is needed: the model takes 2 channels"):
+        export_bioimageio(model, tmp_path / "a.zip")
+    with pytest.raises(ValueError, match=r"test_image must be \(H, W\) or \(C, H, W\) with C = 2"):
+        export_bioimageio(model, tmp_path / "a.zip", test_image=np.zeros((3, 64, 64)))
+    with pytest.raises(ValueError, match="too small: the model needs at least 44 pixels a side"):
+        export_bioimageio(model, tmp_path / "a.zip", test_image=np.zeros((2, 40, 64)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_overwrites(model, package):
+    before = package.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_bioimageio(model, package, test_image=two_channel_image())
+    assert package.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_bioimageio_core_reproduces_the_test_output_with_every_weights_format(package):
+    core = pytest.importorskip("bioimageio.core", reason="running packages needs bioimageio.core")
+    summary = core.test_model(package)
+    assert summary.status == "passed", summary.format()
+    ran = {detail.name for detail in summary.details}
+    for weights in ("pytorch_state_dict", "torchscript", "onnx"):
+        assert f"Reproduce test outputs from test inputs ({weights})" in ran
+        assert f"Run {weights} inference for inputs with batch_size: 2 and size parameter n: 2" in ran
+
+
+@pytest.mark.slow
+def test_a_model_from_unet_fast_train_exports_a_valid_package(tmp_path, capsys):
+    import tifffile
+
+    images, labels = unet_fast.synthetic_nuclei(3, 48, seed=0)
+    for folder in ("im", "lb"):
+        (tmp_path / folder).mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "im" / f"n{i}.tif", (images[i] * 255).astype(np.uint8))
+        tifffile.imwrite(tmp_path / "lb" / f"n{i}.tif", labels[i].astype(np.uint16))
+    assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"), "--depth", "2",
+                     "--base-channels", "4", "--tile-size", "44", "--tiles-per-epoch", "2", "--epochs", "1",
+                     "--no-progress", "-o", str(tmp_path / "model.safetensors")]) == 0
+    assert cli.main(["export", str(tmp_path / "model.safetensors"), "--format", "bioimageio", "-o",
+                     str(tmp_path / "model.zip"), "--test-image", str(tmp_path / "im" / "n0.tif"),
+                     "--author", "Ann Example", "--name", "synthetic nuclei"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    summary = load_description(tmp_path / "model.zip", perform_io_checks=True).validation_summary
+    assert summary.status == "valid-format", summary.format()
+    core = pytest.importorskip("bioimageio.core", reason="running packages needs bioimageio.core")
+    tested = core.test_model(tmp_path / "model.zip")
+    assert tested.status == "passed", tested.format()

@@ -1,0 +1,154 @@
+"""unet_fast.export: the standalone U-Net, TorchScript, ONNX, and `unet-fast export`'s errors.
+
+bioimage.io packages are tested in test_bioimageio.py. ONNX needs the `export` extra (onnxscript,
+onnxruntime) and is skipped without it; everything else runs on the core install.
+"""
+import os
+
+import pytest
+import torch
+
+import unet_fast
+from unet_fast import cli, geometry, reference
+from unet_fast.export import check_output, export_onnx, export_torchscript, new_file
+from unet_fast.standalone_unet import UNet as StandaloneUNet
+from tolerances import assert_close
+
+
+def net(padding="valid", in_channels=1, num_classes=3, depth=3, seed=0):
+    torch.manual_seed(seed)
+    model = unet_fast.UNet(in_channels, num_classes, depth=depth, base_channels=4, padding=padding, backend="torch")
+    for parameter in model.parameters():       # biases away from zero, so a dropped bias would show
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def legal_sizes(model, count):
+    """``count`` legal sizes of differing k, none of them the size the exporters trace with."""
+    start, step = geometry.min_input_size(model.depth, model.padding), geometry.size_step(model.depth)
+    return [start + step * k for k in (0, 1, 3, 5)][:count]
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_standalone_unet_computes_the_reference(padding):
+    model = net(padding)
+    oracle = reference.UNet(1, 3, depth=3, base_channels=4, padding=padding).eval()
+    oracle.load_state_dict(model.state_dict())
+    standalone = StandaloneUNet(1, 3, depth=3, base_channels=4, padding=padding).eval()
+    standalone.load_state_dict(model.state_dict())          # the same names: strict loading succeeds
+    height, width = legal_sizes(model, 2)
+    x = torch.randn(2, 1, height, width)
+    with torch.no_grad():
+        assert_close(standalone(x), oracle(x))
+
+
+def test_standalone_unet_imports_nothing_but_torch():
+    """Packages ship the file alone: an import of unet_fast in it would fail where unet_fast is absent."""
+    source = open(unet_fast.standalone_unet.__file__).read()
+    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports == {"__future__", "torch", "torch.nn.functional"}
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_torchscript_runs_any_batch_and_legal_size(tmp_path, padding):
+    model = net(padding)
+    path = export_torchscript(model, tmp_path / "model.pt")
+    scripted = torch.jit.load(str(path))
+    for batch, (height, width) in ((3, legal_sizes(model, 2)), (1, legal_sizes(model, 4)[2:])):
+        x = torch.randn(batch, 1, height, width)
+        with torch.no_grad():
+            assert_close(scripted(x), model(x))
+
+
+def test_onnx_runs_in_onnxruntime_like_the_model(tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnxscript)")
+    ort = pytest.importorskip("onnxruntime", reason="running ONNX needs the export extra (onnxruntime)")
+    model = net(in_channels=2)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]        # one file: no external data, no leftovers
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    for batch, (height, width) in ((2, legal_sizes(model, 2)), (3, legal_sizes(model, 4)[2:])):
+        x = torch.randn(batch, 2, height, width)
+        (logits,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            assert_close(torch.from_numpy(logits), model(x))
+
+
+@pytest.mark.parametrize("output, format, error, message", [
+    ("model.onnx", "torchscript", ValueError, "must end in .pt for format 'torchscript'"),
+    ("model.zip", "tflite", ValueError, "format must be one of"),
+    ("taken.onnx", "onnx", FileExistsError, "already exists; choose another name"),
+])
+def test_check_output_names_the_problem(tmp_path, output, format, error, message):
+    (tmp_path / "taken.onnx").write_text("a user's file")
+    with pytest.raises(error, match=message):
+        check_output(tmp_path / output, format)
+    assert (tmp_path / "taken.onnx").read_text() == "a user's file"
+
+
+def test_new_file_never_replaces_a_file_that_appears_meanwhile(tmp_path):
+    target = tmp_path / "out.pt"
+    with pytest.raises(FileExistsError, match="appeared while it was being written"):
+        with new_file(target) as temporary:
+            temporary.write_text("export")
+            target.write_text("a user's file")
+    assert target.read_text() == "a user's file"
+    assert sorted(os.listdir(tmp_path)) == ["out.pt"]          # the temporary is gone
+
+
+def test_new_file_leaves_nothing_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with new_file(tmp_path / "out.pt") as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("export failed")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return unet_fast.save_model(net(), tmp_path / "model.safetensors")
+
+
+def test_cli_export_torchscript(tmp_path, model_file, capsys):
+    assert cli.main(["export", str(model_file), "--format", "torchscript", "-o", str(tmp_path / "m.pt")]) == 0
+    assert f"wrote {tmp_path / 'm.pt'}" in capsys.readouterr().out
+    x = torch.randn(1, 1, 60, 60)
+    with torch.no_grad():
+        assert_close(torch.jit.load(str(tmp_path / "m.pt"))(x), net()(x))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--format", "onnx", "-o", "{tmp}/taken.onnx"], "already exists; choose another name or remove it"),
+    (["--format", "torchscript", "-o", "{tmp}/m.onnx"], "must end in .pt for format 'torchscript'"),
+    (["--format", "onnx", "-o", "{tmp}/m.onnx", "--name", "x"], "--name: options of --format bioimageio only"),
+])
+def test_cli_export_refuses_bad_outputs(tmp_path, model_file, capsys, arguments, message):
+    (tmp_path / "taken.onnx").write_text("a user's file")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["export", str(model_file)] + [a.format(tmp=tmp_path) for a in arguments])
+    assert message in str(exit.value.code)
+    assert (tmp_path / "taken.onnx").read_text() == "a user's file"
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "taken.onnx"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"not a model", "not a readable .safetensors file"),
+])
+def test_cli_export_refuses_unreadable_models(tmp_path, content, message):
+    model = tmp_path / "model.safetensors"
+    if content is not None:
+        model.write_bytes(content)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["export", str(model), "--format", "torchscript", "-o", str(tmp_path / "m.pt")])
+    assert str(exit.value.code).startswith("export: ") and message in str(exit.value.code)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_export_refuses_an_unknown_format(tmp_path, model_file, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["export", str(model_file), "--format", "tflite", "-o", str(tmp_path / "m.pt")])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --format: invalid choice: 'tflite'" in err and "bioimageio" in err

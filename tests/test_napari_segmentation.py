@@ -1,0 +1,127 @@
+"""The napari plugin's logic without napari or Qt: layouts, segmentation with progress and cancel, the reader."""
+import numpy as np
+import pytest
+import torch
+
+import unet_fast
+from unet_fast.inference import predict_tiled
+from unet_fast.napari.reader import napari_get_reader, read_ome_zarr
+from unet_fast.napari.segmentation import Segmentation, instances, labels_layer, model_input, segment
+from optional_deps import needs_zarr
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = unet_fast.UNet(1, 3, depth=2, base_channels=4, backend="torch").eval()
+    net.head.bias.data = torch.tensor([0.0, 0.3, -0.3])    # three classes all present in the output
+    return net
+
+
+def image(shape, seed=0):
+    return np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, rgb, channels, layout, moved", [
+    ((50, 60), False, 1, "YX", False),
+    ((4, 50, 60), False, 1, "ZYX", False),
+    ((3, 50, 60), False, 3, "CYX", False),
+    ((50, 60, 3), True, 3, "CYX", True),
+])
+def test_model_input_layouts(shape, rgb, channels, layout, moved):
+    data = image(shape)
+    found, found_layout = model_input(data, rgb, channels)
+    assert found_layout == layout
+    np.testing.assert_array_equal(found, np.moveaxis(data, -1, 0) if moved else data)
+
+
+@pytest.mark.parametrize("shape, rgb, channels, message", [
+    ((50, 60, 3), True, 1, r"RGB data of shape \(50, 60, 3\); the model takes 1 channel\(s\): choose a 2-D image"),
+    ((2, 3, 50, 60), False, 1, r"shape \(2, 3, 50, 60\); the model takes 1 channel"),
+    ((4, 50, 60), False, 3, r"choose an image of 3 channels, \(3, Y, X\) or RGB"),
+])
+def test_model_input_refuses_what_does_not_fit(shape, rgb, channels, message):
+    with pytest.raises(ValueError, match=message):
+        model_input(np.zeros(shape), rgb, channels)
+
+
+def test_instances_numbers_each_object_of_each_class():
+    classes = np.zeros((2, 8, 8), np.uint8)
+    classes[0, 1:3, 1:3] = 1           # object 1
+    classes[0, 1:3, 3:5] = 2           # touches it, other class: object 2
+    classes[0, 6:8, 6:8] = 1           # object 3
+    classes[1, 0:2, 0:2] = 1           # next plane: object 4
+    expected = np.zeros((2, 8, 8), np.int32)
+    expected[0, 1:3, 1:3], expected[0, 6:8, 6:8], expected[0, 1:3, 3:5], expected[1, 0:2, 0:2] = 1, 2, 3, 4
+    np.testing.assert_array_equal(instances(classes), expected)
+
+
+@pytest.mark.parametrize("shape", [(70, 90), (3, 70, 90)])
+def test_segment_gives_predict_tiled_classes(model, shape):
+    data = image(shape)
+    expected = predict_tiled(model, data, output="labels", progress=False)
+    classes = segment(model, data, result="classes")
+    np.testing.assert_array_equal(classes, expected)
+    assert set(np.unique(classes)) == {0, 1, 2}
+    np.testing.assert_array_equal(segment(model, data, result="instances"), instances(expected))
+
+
+def test_steps_report_progress_and_return_the_labels(model):
+    data = image((4, 70, 90))
+    steps = Segmentation(model, data, result="classes").steps()
+    fractions = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            fractions.append(next(steps))
+    assert len(fractions) >= 4 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    np.testing.assert_array_equal(done.value.value, segment(model, data, result="classes"))
+
+
+def test_cancel_stops_after_the_tile_in_flight(model):
+    run = Segmentation(model, image((6, 70, 90)), result="classes")
+    steps = run.steps()
+    first = next(steps)
+    run.cancel()
+    rest = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            rest.append(next(steps))
+    assert done.value.value is None             # no labels: the run was cancelled
+    # at most the tile already reported and the one in flight come after the cancel, never the end
+    assert first < 1.0 and len(rest) <= 2 and 1.0 not in rest
+
+
+def test_labels_layer_takes_the_images_spatial_grid():
+    labels = np.zeros((40, 50), np.int32)
+    data, kwargs = labels_layer(labels, "cells", scale=(2.0, 0.5, 0.25), translate=(0.0, 10.0, 20.0),
+                                units=("pixel", "micrometer", "micrometer"), result="instances")
+    assert data is labels
+    assert kwargs == {"name": "cells instances", "scale": (0.5, 0.25), "translate": (10.0, 20.0),
+                      "units": ("micrometer", "micrometer")}
+
+
+@needs_zarr
+@pytest.mark.parametrize("output, kind", [("labels", "labels"), ("probabilities", "image")])
+def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
+    data = image((70, 90))
+    path = predict_tiled(model, data, output=output, progress=False, out=tmp_path / "cells.ome.zarr")
+    reader = napari_get_reader(str(path))
+    assert reader is read_ome_zarr
+    [(layer_data, kwargs, layer_kind)] = reader(str(path))
+    assert layer_kind == kind and kwargs["name"] == "cells"
+    np.testing.assert_array_equal(np.asarray(layer_data[...]), predict_tiled(model, data, output=output, progress=False))
+    if output == "probabilities":          # one layer per class: per-layer grids
+        assert kwargs["channel_axis"] == 0 and kwargs["axis_labels"] == [["y", "x"]] * 3
+    else:
+        assert "channel_axis" not in kwargs and kwargs["axis_labels"] == ["y", "x"]
+
+
+@needs_zarr
+def test_reader_declines_what_is_not_an_ome_zarr_image(tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("0", shape=(4, 4), dtype="u1")
+    (tmp_path / "image.tif").write_bytes(b"")
+    assert napari_get_reader(str(tmp_path / "plain.zarr")) is None
+    assert napari_get_reader(str(tmp_path / "image.tif")) is None
+    assert napari_get_reader([str(tmp_path / "plain.zarr"), str(tmp_path / "image.tif")]) is None

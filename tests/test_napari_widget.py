@@ -1,0 +1,144 @@
+"""The napari widget, headless: segments in a thread worker with progress, adds Labels on the image's grid.
+
+Needs the napari extra and pytest-qt (`pip install -e ".[napari-test]"`). With a display (e.g. under
+xvfb-run) it runs in a real napari viewer (make_napari_viewer); with QT_QPA_PLATFORM=offscreen, which
+has no OpenGL for napari's canvas, in napari's ViewerModel: the same layer list and add_labels, no canvas.
+"""
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")    # before pytest-qt starts the QApplication
+napari = pytest.importorskip("napari", reason="the napari widget needs the napari extra")
+pytest.importorskip("pytestqt", reason="widget tests need pytest-qt (the napari-test extra)")
+
+import unet_fast  # noqa: E402
+from unet_fast.napari._widget import SegmentWidget  # noqa: E402
+from unet_fast.napari.segmentation import instances, segment  # noqa: E402
+from optional_deps import needs_zarr  # noqa: E402
+
+
+@pytest.fixture
+def viewer(request, qtbot):
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        import npe2
+        from napari.components import ViewerModel
+
+        npe2.PluginManager.instance().discover()       # what napari does when a Viewer starts
+        return ViewerModel()
+    return request.getfixturevalue("make_napari_viewer")()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    net = unet_fast.UNet(1, 2, depth=2, base_channels=4)
+    net.head.bias.data = torch.tensor([0.0, 0.2])
+    return unet_fast.save_model(net, tmp_path / "model.safetensors")
+
+
+def stack(planes=6):
+    return np.random.default_rng(0).normal(100, 20, (planes, 70, 90)).astype(np.float32)
+
+
+def make_widget(viewer, qtbot, model_file, image):
+    spatial = slice(-image.ndim, None)
+    layer = viewer.add_image(image, name="cells", scale=(2.0, 0.5, 0.25)[spatial],
+                             translate=(0.0, 10.0, 20.0)[spatial], units=("micrometer",) * image.ndim)
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value = layer
+    widget.model_path.value = model_file
+    widget.device.value = "cpu"
+    return widget
+
+
+def test_widget_adds_labels_on_the_images_grid(viewer, qtbot, model_file):
+    image = stack()
+    widget = make_widget(viewer, qtbot, model_file, image)
+    progress = []
+    widget.progress.changed.connect(progress.append)        # set in this (the GUI) thread as tiles finish
+    widget.button.clicked()
+    assert widget.button.text == "Cancel"
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    labels = viewer.layers["cells instances"]
+    expected = instances(segment(unet_fast.load_model(model_file), image, result="classes"))
+    np.testing.assert_array_equal(labels.data, expected)
+    assert expected.max() > 1                                # several objects, not an empty answer
+    np.testing.assert_array_equal(labels.scale, (2.0, 0.5, 0.25))
+    np.testing.assert_array_equal(labels.translate, (0.0, 10.0, 20.0))
+    assert [str(unit) for unit in labels.units] == ["micrometer"] * 3
+    assert len(progress) >= 2 and progress == sorted(progress) and progress[-1] == 100
+    assert widget.button.text == "Segment" and widget.status.value.startswith("done: cells instances")
+
+
+def test_cancel_adds_nothing(viewer, qtbot, model_file):
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=12))
+    widget.progress.changed.connect(lambda _: widget.button.clicked())    # Cancel at the first tile
+    widget.button.clicked()
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert widget.status.value == "cancelled" and widget.button.text == "Segment"
+    assert widget.progress.value < 100
+
+
+def test_cancel_after_the_last_tile_still_adds_nothing(viewer, qtbot, model_file):
+    """The worker runs ahead of the GUI thread: labels that were on their way when Cancel was clicked are dropped."""
+    from qtpy.QtCore import Qt
+
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.button.clicked()
+    finished = threading.Event()
+    widget.worker.finished.connect(finished.set, Qt.ConnectionType.DirectConnection)   # set in the worker's thread
+    assert finished.wait(60)                 # done, and nothing of it delivered to this thread yet
+    widget.button.clicked()                  # Cancel
+    qtbot.waitUntil(lambda: widget.run is None, timeout=10_000)
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert widget.status.value == "cancelled" and widget.button.text == "Segment"
+
+
+def test_a_bad_model_file_is_reported_not_raised(viewer, qtbot, tmp_path, model_file):
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    widget.model_path.value = tmp_path / "broken.safetensors"
+    widget.button.clicked()
+    assert widget.worker is None
+    assert widget.status.value.startswith("cannot read the model broken.safetensors: ")
+
+
+def test_the_image_choice_follows_the_layer_list(viewer, qtbot, model_file):
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    viewer.add_image(np.zeros((10, 10)), name="second")
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="not an image")
+    assert [layer.name for layer in widget.image.choices] == ["cells", "second"]
+
+
+def test_the_manifest_names_the_widget_and_the_reader():
+    import npe2
+
+    manifest = npe2.PluginManifest.from_distribution("unet_fast")
+    assert [w.display_name for w in manifest.contributions.widgets] == ["U-Net segmentation"]
+    assert manifest.contributions.readers[0].filename_patterns == ["*.zarr"]
+    commands = {command.id: command.python_name for command in manifest.contributions.commands}
+    assert commands == {"unet_fast.segment_widget": "unet_fast.napari._widget:SegmentWidget",
+                        "unet_fast.get_reader": "unet_fast.napari.reader:napari_get_reader"}
+    manifest.validate_imports()              # every python_name imports
+
+
+@needs_zarr
+def test_napari_opens_segment_outputs_with_their_pixel_size(viewer, tmp_path, model_file):
+    from unet_fast.inference import predict_tiled
+    from unet_fast.pixel_size import PixelSize
+
+    path = predict_tiled(unet_fast.load_model(model_file), stack(planes=1)[0], progress=False,
+                         out=tmp_path / "cells.ome.zarr", pixel_size=PixelSize(0.5, 0.25))
+    [layer] = viewer.open(str(path), plugin="unet_fast")
+    assert isinstance(layer, napari.layers.Labels) and layer.name == "cells"
+    np.testing.assert_array_equal(layer.scale, (0.5, 0.25))
+    assert [str(unit) for unit in layer.units] == ["micrometer", "micrometer"]

@@ -1,0 +1,146 @@
+"""Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, kept from input to every output,
+recorded by `unet-fast train`, compared by `unet-fast segment`."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import unet_fast
+from unet_fast import cli, image_io, sinks
+from unet_fast.inference import predict_tiled
+from unet_fast.napari.reader import read_ome_zarr
+from unet_fast.pixel_size import PixelSize, common_pixel_size, read_pixel_size, scale_warning
+from optional_deps import needs_zarr
+
+ANISOTROPIC = PixelSize(y=0.5, x=0.25, unit="micrometer")
+
+
+def pixels(shape=(70, 90), seed=0):
+    return (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
+
+
+def write_ome_tiff(path, image, size: PixelSize, axes="YX"):
+    symbol = {"micrometer": "µm", "nanometer": "nm"}[size.unit]
+    metadata = {"axes": axes, "PhysicalSizeX": size.x, "PhysicalSizeY": size.y, "PhysicalSizeXUnit": symbol,
+                "PhysicalSizeYUnit": symbol}
+    if size.z is not None:
+        metadata.update(PhysicalSizeZ=size.z, PhysicalSizeZUnit=symbol)
+    tifffile.imwrite(path, image, metadata=metadata)
+
+
+def write_imagej_tiff(path, image, size: PixelSize, axes="YX"):
+    metadata = {"unit": "um", "axes": axes, **({"spacing": size.z} if size.z else {})}
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / size.x, 1 / size.y), metadata=metadata)
+
+
+def write_ome_zarr(path, image, size: PixelSize):
+    writer = sinks.StreamingZarrWriter(path, image.shape, image.dtype, pixel_size=size)
+    for plane in range(image.shape[0] if image.ndim == 3 else 1):
+        writer.write(plane, 0, 0, image[plane] if image.ndim == 3 else image)
+    writer.close()
+
+
+WRITERS = {"ome-tiff": (write_ome_tiff, "in.ome.tif"), "imagej-tiff": (write_imagej_tiff, "in.tif"),
+           "ome-zarr": (write_ome_zarr, "in.ome.zarr")}
+
+
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=needs_zarr) if kind == "ome-zarr" else kind
+                                  for kind in WRITERS])
+def test_each_input_format_declares_its_pixel_size(tmp_path, kind):
+    write, name = WRITERS[kind]
+    write(tmp_path / name, pixels(), ANISOTROPIC)
+    assert read_pixel_size(tmp_path / name) == ANISOTROPIC
+
+
+def test_files_without_a_physical_size_give_none(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", pixels())
+    tifffile.imwrite(tmp_path / "uncalibrated.tif", pixels(), imagej=True)     # ImageJ, no unit
+    image_io.write_image(tmp_path / "photo.png", pixels())
+    assert [read_pixel_size(tmp_path / n) for n in ("plain.tif", "uncalibrated.tif", "photo.png")] == [None] * 3
+
+
+def test_stack_spacing_and_nanometers(tmp_path):
+    size = PixelSize(y=40.0, x=40.0, unit="nanometer", z=250.0)
+    write_ome_tiff(tmp_path / "em.ome.tif", pixels((3, 30, 40)), size, axes="ZYX")
+    write_imagej_tiff(tmp_path / "ij.tif", pixels((3, 30, 40)), PixelSize(0.04, 0.04, z=0.25), axes="ZYX")
+    assert read_pixel_size(tmp_path / "em.ome.tif") == size
+    assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.04, 0.04, "micrometer", z=0.25)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    model = unet_fast.UNet(1, 2, depth=2, base_channels=4)
+    return unet_fast.save_model(model, tmp_path / "model.safetensors", pixel_size={"y": 0.5, "x": 0.3})
+
+
+@needs_zarr      # segment reads TIFF inputs lazily, through zarr
+@pytest.mark.parametrize("output_format", ["tif", "ome.zarr"])
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_segment_keeps_the_pixel_size_in_every_output(tmp_path, model_file, kind, output_format, capsys):
+    write, name = WRITERS[kind]
+    (tmp_path / "in").mkdir()
+    image = pixels((2, 70, 90))                     # a stack: the z step survives too
+    size = PixelSize(0.5, 0.25, "micrometer", z=None if kind == "ome-zarr" else 2.0)
+    write(tmp_path / "in" / name, image, size, **({} if kind == "ome-zarr" else {"axes": "ZYX"}))
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--format", output_format, "--no-progress"]) == 0
+    [output] = list((tmp_path / "out").iterdir())
+    assert output.name == f"in.{output_format}"
+    assert read_pixel_size(output) == size
+    labels, info = image_io.read_image(output, lazy=False)
+    np.testing.assert_array_equal(labels, predict_tiled(unet_fast.load_model(model_file), image, progress=False))
+    assert "WARNING" not in capsys.readouterr().err     # 0.5 x 0.25 against 0.5 x 0.3: within a factor 1.5
+
+
+@needs_zarr
+def test_probabilities_as_ome_zarr_open_in_napari_with_their_pixel_size(tmp_path, model_file):
+    image = pixels()
+    out = predict_tiled(unet_fast.load_model(model_file), image, output="probabilities", progress=False,
+                        out=tmp_path / "p.ome.zarr", pixel_size=ANISOTROPIC)
+    [(data, kwargs, kind)] = read_ome_zarr(out)
+    assert kind == "image" and kwargs["channel_axis"] == 0
+    assert kwargs["scale"] == [[0.5, 0.25]] * 2 and kwargs["units"] == [["micrometer"] * 2] * 2
+
+
+@needs_zarr
+def test_segment_warns_at_a_very_different_scale(tmp_path, model_file, capsys):
+    (tmp_path / "in").mkdir()
+    write_ome_tiff(tmp_path / "in" / "fine.ome.tif", pixels(), PixelSize(0.2, 0.2))
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "pixels of 0.2 x 0.2 micrometer, 2.5 times smaller than the model's training " \
+                                "images (0.5 x 0.3 micrometer)" in err
+
+
+def test_scale_warning_compares_in_one_unit():
+    class Model:
+        metadata = {"pixel_size": {"y": 0.5, "x": 0.5, "unit": "micrometer"}}
+
+    assert scale_warning(Model(), PixelSize(500.0, 500.0, "nanometer"), "a.tif") is None
+    assert "2.0 times larger" in scale_warning(Model(), PixelSize(1000.0, 1000.0, "nanometer"), "a.tif")
+    assert scale_warning(Model(), None, "a.tif") is None
+
+
+def test_common_pixel_size_names_disagreement(tmp_path):
+    for i, size in enumerate((0.5, 0.5, 1.2)):
+        write_ome_tiff(tmp_path / f"{i}.ome.tif", pixels(), PixelSize(size, size))
+    typical, problem = common_pixel_size(sorted(tmp_path.iterdir()))
+    assert typical == PixelSize(0.5, 0.5) and "range from 0.5 x 0.5 to 1.2 x 1.2" in problem
+    tifffile.imwrite(tmp_path / "3.tif", pixels())
+    assert "1 of 4 training images declare no pixel size" in common_pixel_size(sorted(tmp_path.iterdir()))[1]
+
+
+def test_train_records_the_training_pixel_size(tmp_path):
+    images, labels = unet_fast.synthetic_nuclei(2, 48, seed=0)
+    for folder in ("im", "lb"):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        write_imagej_tiff(tmp_path / "im" / f"n{i}.tif", (images[i] * 255).astype(np.uint8), PixelSize(0.65, 0.65))
+        tifffile.imwrite(tmp_path / "lb" / f"n{i}.tif", labels[i].astype(np.uint16))
+    assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"), "--depth", "2",
+                     "--base-channels", "4", "--tile-size", "44", "--tiles-per-epoch", "1", "--epochs", "1",
+                     "--no-progress", "-o", str(tmp_path / "model.safetensors")]) == 0
+    model = unet_fast.load_model(tmp_path / "model.safetensors")
+    assert model.metadata["pixel_size"] == {"y": 0.65, "x": 0.65, "unit": "micrometer"}

@@ -1,0 +1,153 @@
+"""Models out of unet_fast: ONNX, TorchScript and bioimage.io packages (``unet-fast export``).
+
+Every format is made from the standalone U-Net (standalone_unet.py: standard torch operators only),
+holding the model's weights: the fused kernels are an execution detail of unet_fast, unknown to
+onnxruntime, torch.jit or the bioimage.io tools. The batch size and the image size stay free in every
+format: any legal size (min + step * k pixels per axis, see unet_fast.geometry) runs.
+
+Outputs are written atomically and never over an existing file.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import geometry
+from .image_io import discard, temporary_sibling
+from .standalone_unet import UNet as StandaloneUNet
+
+FORMAT_SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
+ONNX_OPSET = 18
+STANDALONE_ARGUMENTS = ("in_channels", "num_classes", "depth", "base_channels", "padding")
+
+
+def require(module: str, purpose: str):
+    """Import an optional dependency, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{purpose} needs the optional package {module!r}: "
+                          f"pip install 'unet_fast[export]'") from None
+
+
+def standalone_model(model: torch.nn.Module) -> StandaloneUNet:
+    """A standalone U-Net holding ``model``'s weights (float32, CPU, eval mode)."""
+    if not hasattr(model, "config"):
+        raise TypeError(f"model must be a unet_fast UNet (or reference.UNet), got {type(model).__name__}")
+    config = model.config()
+    standalone = StandaloneUNet(**{name: config[name] for name in STANDALONE_ARGUMENTS})
+    standalone.load_state_dict({name: value.detach().float().cpu() for name, value in model.state_dict().items()})
+    return standalone.eval()
+
+
+def check_output(output, format: str) -> Path:
+    """The output path, if it is new and ends as ``format`` requires; else an error saying what to change."""
+    if format not in FORMAT_SUFFIXES:
+        raise ValueError(f"format must be one of {sorted(FORMAT_SUFFIXES)}, got {format!r}")
+    output = Path(output)
+    suffix = FORMAT_SUFFIXES[format]
+    if output.suffix.lower() != suffix:
+        raise ValueError(f"output {str(output)!r} must end in {suffix} for format {format!r}; "
+                         f"e.g. {output.with_suffix(suffix).name}")
+    if output.exists():
+        raise FileExistsError(f"output {str(output)!r} already exists; choose another name or remove it "
+                              f"(export never overwrites a file)")
+    return output
+
+
+@contextlib.contextmanager
+def new_file(path: Path):
+    """Yield a temporary path to write; on success it becomes ``path``, which must still not exist
+    (``image_io.atomic_path`` without replacing: export never overwrites a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        try:
+            os.link(temporary, path)     # unlike os.replace, refuses to replace a file made meanwhile
+        except FileExistsError:
+            raise FileExistsError(f"output {str(path)!r} appeared while it was being written; "
+                                  f"nothing was overwritten") from None
+        except OSError:                  # a file system without hard links
+            if path.exists():
+                raise FileExistsError(f"output {str(path)!r} appeared while it was being written") from None
+            os.replace(temporary, path)
+    finally:
+        discard(temporary)
+
+
+def example_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
+    """A legal input, min + 2 * step pixels a side: tracing at k = 0 or 1 would fix the size."""
+    config = model.config()
+    size = (geometry.min_input_size(config["depth"], config["padding"])
+            + 2 * geometry.size_step(config["depth"]))
+    return torch.zeros(batch, config["in_channels"], size, size)
+
+
+def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPSET) -> Path:
+    """Write ``model`` as ONNX: input "input" (N, C, H, W), output "logits" (N, K, H', W').
+
+    H and W are symbolic, of the form min + step * k (the exporter proves the network legal for
+    every such size), N is free.
+    """
+    output = check_output(output, "onnx")
+    require("onnxscript", "ONNX export")
+    standalone = standalone_model(model)
+    config = model.config()
+    step = geometry.size_step(config["depth"])
+    smallest = geometry.min_input_size(config["depth"], config["padding"])
+    height, width = torch.export.Dim("k_height"), torch.export.Dim("k_width")
+    shapes = {"x": {0: torch.export.Dim("batch"), 2: step * height + smallest, 3: step * width + smallest}}
+    with new_file(output) as temporary, _quiet_onnx_exporter():
+        torch.onnx.export(standalone, (example_input(model),), str(temporary), dynamo=True, external_data=False,
+                          input_names=["input"], output_names=["logits"], dynamic_shapes=shapes,
+                          opset_version=opset_version, verbose=False)
+    return output
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence what the exporter says about torch's internals and about torchvision, which a U-Net never uses."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
+def export_torchscript(model: torch.nn.Module, output) -> Path:
+    """Write ``model`` as TorchScript (torch.jit.load runs it; any batch and legal size)."""
+    output = check_output(output, "torchscript")
+    with warnings.catch_warnings():
+        # the bioimage.io format is TorchScript itself, so torch's advice to move on does not apply
+        warnings.filterwarnings("ignore", message=".*torch.jit.(script|save).*deprecated", category=DeprecationWarning)
+        scripted = torch.jit.script(standalone_model(model))
+        with new_file(output) as temporary:
+            torch.jit.save(scripted, str(temporary))
+    return output
+
+
+def export(model: torch.nn.Module, output, format: str, **bioimageio_options) -> Path:
+    """Write ``model`` to ``output`` as "bioimageio" (a .zip package), "onnx" or "torchscript" (.pt).
+
+    bioimageio_options go to ``unet_fast.bioimageio_package.export_bioimageio`` (test_image, name,
+    authors, ...); the other formats take none.
+    """
+    check_output(output, format)
+    if format == "bioimageio":
+        from .bioimageio_package import export_bioimageio
+
+        return export_bioimageio(model, output, **bioimageio_options)
+    if bioimageio_options:
+        raise TypeError(f"format {format!r} takes no options, got {sorted(bioimageio_options)}")
+    return export_onnx(model, output) if format == "onnx" else export_torchscript(model, output)

@@ -1,0 +1,109 @@
+"""The napari dock widget: segment the chosen image layer with a model file, in a thread worker.
+
+The work itself (segmentation.py) knows nothing of Qt; this file only lays out the controls, runs
+``Segmentation.steps`` in napari's thread worker (the viewer stays responsive, the progress bar
+follows the tiles, the button turns into Cancel) and adds the result as a Labels layer.
+"""
+from pathlib import Path
+
+import napari
+import torch
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+
+from ..model_file import load_model
+from .segmentation import RESULTS, Segmentation, labels_layer
+
+MODEL_FILES = "Models (*.safetensors *.zip *.pt *.pth);;bioimage.io rdf (*.yaml)"
+
+
+def devices() -> list[str]:
+    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+class SegmentWidget(Container):
+    """Image layer, model file, device, precision and result kind; Segment adds a Labels layer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=self._image_layers)
+        self.model_path = FileEdit(label="model", mode="r", filter=MODEL_FILES)
+        self.device = ComboBox(label="device", choices=devices())
+        self.precision = ComboBox(label="precision", choices=["fp32", "bf16", "fp16"], value="fp32")
+        self.result = ComboBox(label="result", choices=list(RESULTS), value="instances")
+        self.button = PushButton(text="Segment")
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = Label(value="")
+        super().__init__(widgets=[self.image, self.model_path, self.device, self.precision, self.result,
+                                  self.button, self.progress, self.status])
+        self.button.changed.connect(self._clicked)
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+        self.run: Segmentation | None = None
+        self.worker = None
+        self._model_cache: dict = {}
+
+    def _image_layers(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _model(self, path: Path, device: str):
+        """The model in ``path`` on ``device``, read again only when the file changed."""
+        key = (path.resolve(), path.stat().st_mtime_ns, device)
+        if key not in self._model_cache:
+            self._model_cache = {key: load_model(path, device=device)}
+        return self._model_cache[key]
+
+    def _clicked(self, _=None):
+        if self.run is not None:
+            self.run.cancel()
+            self.status.value = "cancelling after the tile in flight..."
+            return
+        layer = self.image.value
+        path = Path(self.model_path.value)
+        if layer is None:
+            return self._fail("add or open an image layer first")
+        if not path.is_file():
+            return self._fail(f"choose a model file (.safetensors, .zip bioimage.io package, .pt); {path} is not one")
+        try:
+            model = self._model(path, self.device.value)
+        except Exception as error:           # any unreadable file: say why, keep the viewer alive
+            return self._fail(f"cannot read the model {path.name}: {error}")
+        self.run = Segmentation(model, layer.data, rgb=layer.rgb, result=self.result.value,
+                                device=self.device.value, dtype=self.precision.value)
+        self.worker = create_worker(self.run.steps)
+        # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
+        run = self.run
+        self.worker.yielded.connect(lambda fraction: self._progressed(run, fraction))
+        self.worker.returned.connect(lambda labels: self._add(layer, None if run.cancelled else labels))
+        self.worker.errored.connect(lambda error: self._fail(f"segmentation failed: {error}"))
+        self.worker.finished.connect(self._finished)
+        self.progress.value = 0
+        self.button.text = "Cancel"
+        self.status.value = f"segmenting {layer.name} on {self.device.value}..."
+        self.worker.start()
+
+    def _progressed(self, run: Segmentation, fraction: float):
+        if not run.cancelled:               # after Cancel the bar stays where it was
+            self.progress.value = round(100 * fraction)
+
+    def _add(self, layer, labels):
+        if labels is None:
+            self.status.value = "cancelled"
+            return
+        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, self.result.value)
+        self.viewer.add_labels(data, **kwargs)
+        what = f"{int(data.max())} objects" if self.result.value == "instances" else "classes"
+        self.status.value = f"done: {kwargs['name']} ({what})"
+
+    def _fail(self, message: str):
+        self.status.value = message
+        show_error(message)
+
+    def _finished(self):
+        self.run = None
+        self.button.text = "Segment"

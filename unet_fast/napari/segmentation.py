@@ -1,0 +1,146 @@
+"""What the napari widget does, without Qt: segment an image layer's data, tile by tile.
+
+The widget runs ``Segmentation.steps`` in napari's thread worker: it yields the fraction done after
+each output tile (a progress bar) and returns the labels; ``cancel`` stops the prediction after the
+tile in flight. ``labels_layer`` describes the Labels layer to add, on the
+image's grid (scale, translate, units), so the two overlay in world coordinates.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+
+import numpy as np
+from scipy import ndimage
+
+from ..inference import predict_tiled
+
+RESULTS = ("instances", "classes")   # connected objects, one id each; or the class of every pixel
+
+
+class Cancelled(Exception):
+    """The user stopped the segmentation."""
+
+
+def model_input(data, rgb: bool, in_channels: int):
+    """(image, layout) for predict_tiled from an image layer's data, or an error saying what fits."""
+    shape = tuple(data.shape)
+    if rgb:
+        if len(shape) == 3 and shape[-1] == in_channels:
+            return np.moveaxis(np.asarray(data), -1, 0), "CYX"
+    elif in_channels == 1 and len(shape) in (2, 3):
+        return data, "YX" if len(shape) == 2 else "ZYX"
+    elif len(shape) == 3 and shape[0] == in_channels:
+        return data, "CYX"
+    wanted = ("a 2-D image or a stack of them (Z, Y, X)" if in_channels == 1
+              else f"an image of {in_channels} channels, ({in_channels}, Y, X) or RGB(A) with as many")
+    raise ValueError(f"the image layer holds {'RGB ' if rgb else ''}data of shape {shape}; "
+                     f"the model takes {in_channels} channel(s): choose {wanted}")
+
+
+class _ReportingArray:
+    """The output array, telling ``report`` the fraction written after each block predict_tiled writes."""
+
+    def __init__(self, array: np.ndarray, report):
+        self.array, self.report = array, report
+        self.shape, self.dtype = array.shape, array.dtype
+        self.written = 0
+
+    def __setitem__(self, index, block):
+        self.array[index] = block
+        self.written += np.asarray(block).size
+        self.report(self.written / self.array.size)
+
+
+def instances(classes: np.ndarray) -> np.ndarray:
+    """Connected components of every non-background class, plane by plane, each with its own id."""
+    objects = np.zeros(classes.shape, np.int32)
+    count = 0
+    for plane, out in zip(classes.reshape(-1, *classes.shape[-2:]), objects.reshape(-1, *classes.shape[-2:])):
+        for value in np.unique(plane[plane > 0]):
+            pieces, found = ndimage.label(plane == value)
+            out[pieces > 0] = pieces[pieces > 0] + count
+            count += found
+    return objects
+
+
+def segment(model, data, *, rgb: bool = False, result: str = "instances", device=None, dtype=None,
+            on_progress=None) -> np.ndarray:
+    """Labels for an image layer's data: classes, or instances (see RESULTS), on the image's pixel grid."""
+    if result not in RESULTS:
+        raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
+    image, layout = model_input(data, rgb, model.in_channels)
+    shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
+    classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
+    out = classes if on_progress is None else _ReportingArray(classes, on_progress)
+    predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=out, progress=False)
+    return instances(classes) if result == "instances" else classes
+
+
+class Segmentation:
+    """One run of ``segment``, reporting progress and stoppable: the widget runs ``steps`` in a thread worker."""
+
+    def __init__(self, model, data, **options):
+        self.model, self.data, self.options = model, data, options
+        self.cancelled = False
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop after the tile in flight; ``steps`` then returns None. ``cancelled`` stays True, so a
+        result already on its way to the GUI thread when the user cancelled can be dropped there."""
+        self.cancelled = True
+        self._stop.set()
+
+    def steps(self):
+        """Yields the fraction done after each tile; returns the labels (StopIteration.value).
+
+        The prediction runs in a thread of its own so that progress arrives while it works, at most
+        two tiles ahead of the consumer (so a cancel takes effect at once); closing the generator
+        cancels it too.
+        """
+        updates: queue.Queue = queue.Queue(maxsize=1)
+
+        def report(fraction):
+            if self._stop.is_set():
+                raise Cancelled()
+            updates.put(fraction)
+
+        def run():
+            try:
+                updates.put(("done", segment(self.model, self.data, on_progress=report, **self.options)))
+            except BaseException as error:      # handed over to the generator's thread
+                updates.put(("failed", error))
+
+        worker = threading.Thread(target=run, name="unet_fast-napari-segment", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = updates.get()
+                if not isinstance(item, tuple):
+                    yield item
+                elif item[0] == "done":
+                    return item[1]
+                elif isinstance(item[1], Cancelled):
+                    return None
+                else:
+                    raise item[1]
+        finally:
+            self._stop.set()
+            while worker.is_alive():             # let a report waiting to be taken finish
+                with contextlib.suppress(queue.Empty):
+                    updates.get(timeout=0.05)
+
+
+def labels_layer(labels: np.ndarray, image_name: str, scale, translate, units=None, result: str = "instances"):
+    """(data, layer keyword arguments) of the Labels layer for ``labels`` of an image layer.
+
+    The labels have the image's spatial axes (its last ones), so they take those axes' scale,
+    translate and units: in world coordinates the two lie on top of each other.
+    """
+    spatial = labels.ndim
+    kwargs = {"name": f"{image_name} {result}", "scale": tuple(scale)[-spatial:],
+              "translate": tuple(translate)[-spatial:]}
+    if units is not None:
+        kwargs["units"] = tuple(str(unit) for unit in units)[-spatial:]
+    return labels, kwargs

@@ -1,0 +1,168 @@
+"""Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, written into outputs, checked.
+
+A network learns structures at the scale of its training images, so unet_fast carries the pixel size
+along: ``unet-fast segment`` writes the input's pixel size into every output (OME-Zarr scale and
+units, OME-TIFF physical sizes plus TIFF resolution tags), ``unet-fast train`` records the training
+images' pixel size in the model file (metadata "pixel_size"), and segmenting an image whose pixels
+are much larger or smaller than that draws a warning. Units are the OME-NGFF names ("micrometer").
+"""
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ElementTree
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MICROMETERS_PER_UNIT = {"angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
+                        "centimeter": 1e4, "meter": 1e6}
+UNIT_NAMES = {"Å": "angstrom", "nm": "nanometer", "µm": "micrometer", "\u03bcm": "micrometer", "um": "micrometer",
+              "micron": "micrometer", "microns": "micrometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
+              **{name: name for name in MICROMETERS_PER_UNIT}}
+UNIT_SYMBOLS = {"angstrom": "Å", "nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "centimeter": "cm",
+                "meter": "m"}
+SCALE_WARNING_FACTOR = 1.5      # pixels this many times larger or smaller than the training data's: warn
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """Size of one pixel along y and x (and of the step between planes, z, where known) in ``unit``."""
+
+    y: float
+    x: float
+    unit: str = "micrometer"
+    z: float | None = None
+
+    def __post_init__(self):
+        if self.unit not in MICROMETERS_PER_UNIT:
+            raise ValueError(f"unit must be one of {sorted(MICROMETERS_PER_UNIT)}, got {self.unit!r}")
+        for axis in ("y", "x", "z"):
+            value = getattr(self, axis)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"pixel size {axis} must be a positive number, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PixelSize":
+        return cls(**data)
+
+    def micrometers(self) -> tuple[float, float]:
+        """(y, x) in micrometers."""
+        factor = MICROMETERS_PER_UNIT[self.unit]
+        return self.y * factor, self.x * factor
+
+
+def _unit_name(text) -> str | None:
+    return UNIT_NAMES.get(str(text).strip()) if text is not None else None
+
+
+def read_pixel_size(path) -> PixelSize | None:
+    """The pixel size an OME-TIFF, ImageJ TIFF or OME-Zarr declares; None where it declares none."""
+    path = Path(path)
+    if path.name.lower().endswith(".zarr"):
+        from .ome_zarr import open_ome_zarr
+
+        return open_ome_zarr(path).pixel_size
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome:
+            return _from_ome_xml(tif.ome_metadata)
+        if tif.is_imagej:
+            return _from_imagej(tif.imagej_metadata or {}, tif.pages[0])
+    return None
+
+
+def _from_ome_xml(xml: str) -> PixelSize | None:
+    pixels = next((element for element in ElementTree.fromstring(xml).iter() if element.tag.endswith("}Pixels")), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+        return None
+    unit = _unit_name(pixels.get("PhysicalSizeXUnit", "µm"))
+    if unit is None or _unit_name(pixels.get("PhysicalSizeYUnit", "µm")) != unit:
+        return None            # units unet_fast does not convert (or y and x in different ones)
+    z = pixels.get("PhysicalSizeZ")
+    z = float(z) * MICROMETERS_PER_UNIT[_unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit] \
+        / MICROMETERS_PER_UNIT[unit] if z is not None else None
+    return PixelSize(float(pixels.get("PhysicalSizeY")), float(pixels.get("PhysicalSizeX")), unit, z)
+
+
+def _from_imagej(metadata: dict, page) -> PixelSize | None:
+    """ImageJ keeps the unit in its metadata and the pixels per unit in the TIFF resolution tags."""
+    unit = _unit_name(metadata.get("unit"))
+    tags = page.tags
+    if unit is None or "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    (x_num, x_den), (y_num, y_den) = tags["XResolution"].value, tags["YResolution"].value
+    if not (x_num and y_num):
+        return None
+    spacing = metadata.get("spacing")
+    return PixelSize(y_den / y_num, x_den / x_num, unit, float(spacing) if spacing else None)
+
+
+def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:
+    """tifffile.imwrite arguments recording ``pixel_size``: OME-XML physical sizes (read by Fiji's
+    Bio-Formats, QuPath, napari) and the TIFF resolution tags in centimetres (read by most viewers)."""
+    if pixel_size is None:
+        return {"metadata": None}
+    y_um, x_um = pixel_size.micrometers()
+    symbol = UNIT_SYMBOLS[pixel_size.unit]
+    metadata = {"axes": axes, "PhysicalSizeX": pixel_size.x, "PhysicalSizeXUnit": symbol,
+                "PhysicalSizeY": pixel_size.y, "PhysicalSizeYUnit": symbol}
+    if pixel_size.z is not None and "Z" in axes:
+        metadata.update(PhysicalSizeZ=pixel_size.z, PhysicalSizeZUnit=symbol)
+    return {"ome": True, "metadata": metadata, "resolution": (1e4 / x_um, 1e4 / y_um), "resolutionunit": "CENTIMETER"}
+
+
+def ngff_axes_and_scale(pixel_size: PixelSize | None, names: list[str]) -> tuple[list[dict], list[float]]:
+    """OME-NGFF axes (with units where known) and the scale of dataset 0 for axes named z/c/y/x."""
+    sizes = {} if pixel_size is None else {"y": pixel_size.y, "x": pixel_size.x, "z": pixel_size.z}
+    axes, scale = [], []
+    for name in names:
+        axis = {"name": name, "type": "channel" if name == "c" else "space"}
+        if sizes.get(name) is not None:
+            axis["unit"] = pixel_size.unit
+        axes.append(axis)
+        scale.append(float(sizes.get(name) or 1.0))
+    return axes, scale
+
+
+def common_pixel_size(paths) -> tuple[PixelSize | None, str | None]:
+    """The pixel size shared by image files, and a warning where they disagree or only some declare one."""
+    found = {str(path): read_pixel_size(path) for path in paths}
+    declared = {path: size for path, size in found.items() if size is not None}
+    if not declared:
+        return None, None
+    sizes = sorted(declared.values(), key=lambda size: size.micrometers())
+    typical = sizes[len(sizes) // 2]
+    problem = None
+    if len(declared) < len(found):
+        problem = (f"{len(found) - len(declared)} of {len(found)} training images declare no pixel size; "
+                   f"recording {typical.y} x {typical.x} {typical.unit} from the others")
+    elif scale_factor(sizes[0], sizes[-1]) > SCALE_WARNING_FACTOR:
+        problem = (f"the training images' pixel sizes range from {sizes[0].y} x {sizes[0].x} to {sizes[-1].y} x "
+                   f"{sizes[-1].x} ({typical.unit}); recording the median, {typical.y} x {typical.x}")
+    return typical, problem
+
+
+def scale_factor(a: PixelSize, b: PixelSize) -> float:
+    """How many times larger the pixels of one are than the other's (>= 1), the worse of y and x."""
+    return max(max(p, q) / min(p, q) for p, q in zip(a.micrometers(), b.micrometers()))
+
+
+def scale_warning(model, pixel_size: PixelSize | None, name) -> str | None:
+    """A warning when ``pixel_size`` differs from the model's training pixel size by more than
+    SCALE_WARNING_FACTOR; None when it does not, or when either is unknown."""
+    trained = (getattr(model, "metadata", None) or {}).get("pixel_size")
+    if trained is None or pixel_size is None:
+        return None
+    trained = PixelSize.from_dict(trained)
+    factor = scale_factor(trained, pixel_size)
+    if factor <= SCALE_WARNING_FACTOR:
+        return None
+    return (f"{name}: pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} {pixel_size.unit}, {factor:.1f} times "
+            f"{'larger' if pixel_size.micrometers()[1] > trained.micrometers()[1] else 'smaller'} than the model's "
+            f"training images ({trained.y:.4g} x {trained.x:.4g} {trained.unit}); resample the image to about that "
+            f"pixel size, or the model sees objects at a size it was not trained on")

@@ -133,7 +133,8 @@ def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_ch
         return Config(block_m, block_n, 32 if dtype == "tf32" else 64, warps(block_m, block_n), 3)
     block_n = channel_block(out_channels)
     if dtype == "fp32":
-        return Config(128, block_n, 16, warps(128, block_n), 2)
+        # a thin input (the first layer) leaves nothing to pipeline, and 2 stages spill on sm_80 (16 bytes)
+        return Config(128, block_n, 16, warps(128, block_n), 1 if wide < 16 else 2)
     # TF32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
     block_k = min(32 if dtype == "tf32" else 64, channel_block(wide))
     # TF32 reading a skip into at most 64 output channels: 3 stages spill 8 bytes on sm_80 under

@@ -207,6 +207,7 @@ def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
     assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img2.tif"]     # rank 0's share is done
 
 
+@needs_zarr
 def test_run_from_python_with_a_loaded_model(tmp_path, model_file):
     """segment.run takes keyword arguments and a model object, reports counts and never exits."""
     _images(tmp_path / "in", count=2)

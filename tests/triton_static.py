@@ -219,7 +219,7 @@ def shipped_launches(quick: bool = False):
     layers = [(128, 64, 392, 64)]
     dtypes = [torch.bfloat16]
     if not quick:  # fp16 shares bf16's configurations and compiles to the same registers and shared memory
-        layers += [(1, 64, 572, 0), (64, 64, 568, 0), (512, 1024, 32, 0), (1024, 512, 52, 512)]
+        layers += [(1, 64, 572, 0), (3, 64, 572, 0), (64, 64, 568, 0), (512, 1024, 32, 0), (1024, 512, 52, 512)]
         dtypes += [torch.float32]
     for dtype in dtypes:
         for cin, cout, size, cs in layers:

@@ -133,7 +133,9 @@ def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_ch
         return Config(block_m, block_n, 32 if dtype == "tf32" else 64, warps(block_m, block_n), 3)
     block_n = channel_block(out_channels)
     if dtype == "fp32":
-        # a thin input (the first layer) leaves nothing to pipeline, and 2 stages spill on sm_80 (16 bytes)
+        # Exact fp32 reading fewer than 16 channels (a thin first layer: FMA, never TF32): with 2 stages
+        # the sm_80 build spills 16-32 bytes under triton 3.9 (1 and 3 channels; ptxas -v,
+        # tests/triton_static.py); 1 stage does not, under 3.6 or 3.9 (its loads are a few bytes).
         return Config(128, block_n, 16, warps(128, block_n), 1 if wide < 16 else 2)
     # TF32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
     block_k = min(32 if dtype == "tf32" else 64, channel_block(wide))

@@ -148,6 +148,56 @@ def test_large_logits_are_stable(implementation, dtype):
     check_against_oracle(logits, target, weight, "none", implementation=implementation)
 
 
+def special_logits(channels, dtype, layout):
+    """Logits (1, C, 3, 9) with NaN, +inf and -inf at chosen pixels and channels, targets that pick
+    and miss them (some ignored), and a weight that is 0 at some of them."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.randn(1, channels, 3, 9, generator=torch.Generator().manual_seed(0)) * 2
+    last = channels - 1
+    for w, (c, value) in enumerate([(0, nan), (last, nan), (0, inf), (last, inf), (None, -inf), (0, -inf),
+                                    (last, -inf), (None, nan), (None, None)]):
+        if value is not None:
+            logits[0, slice(None) if c is None else c, :, w] = value
+    target = torch.tensor([[0] * 9, [last] * 9, [-100] * 9])
+    weight = torch.rand(1, 3, 9, generator=torch.Generator().manual_seed(1)) + 0.5
+    weight[0, 1, ::2] = 0
+    logits = logits.to(dtype)
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    return logits.to(DEVICE), target[None].to(DEVICE), weight.to(DEVICE)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's numpy
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("channels", [1, 2, 5])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_nan_and_infinity_propagate_as_in_aten(implementation, dtype, channels, layout):
+    """A NaN logit, or an infinite largest logit, makes its pixel's loss and gradient NaN exactly where
+    aten's F.cross_entropy(...) * weight does (a finite loss there would hide a diverging run)."""
+    skip_unless_runnable(implementation, dtype)
+    logits, target, weight = special_logits(channels, dtype, layout)
+    x = logits.detach().clone().requires_grad_()
+    want = F_cross_entropy(x, target, weight)
+    want_grad, = torch.autograd.grad(want.sum(), x)
+    loss, grad = run(logits, target, weight, "none", implementation=implementation)
+    case = f"{implementation} {dtype} C={channels} {layout}"
+    assert torch.equal(loss.isnan().cpu(), want.isnan().cpu()), f"{case}: loss NaN at {loss.isnan()} want {want.isnan()}"
+    assert torch.equal(grad.isnan().cpu(), want_grad.isnan().cpu()), case
+    finite = want.isfinite()
+    assert torch.equal(loss.isinf(), want.isinf()), case
+    assert_close(loss[finite].cpu(), want[finite].detach().cpu(), dtype=dtype, msg=case)
+    for reduction in ("mean", "sum"):
+        total, _ = run(logits, target, weight, reduction, implementation=implementation)
+        assert total.isnan().item(), f"{case} {reduction}: {total.item()}"
+
+
+def F_cross_entropy(logits, target, weight):
+    """aten's loss, per pixel, in the kernels' accumulation type."""
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return torch.nn.functional.cross_entropy(logits.to(compute), target, reduction="none") * weight.to(compute)
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_every_pixel_ignored_gives_zero(implementation):
     skip_unless_runnable(implementation)

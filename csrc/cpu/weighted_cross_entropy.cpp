@@ -9,7 +9,8 @@
 // the gradient in the logits' layout and dtype). Targets are read in their own dtype. Each
 // block writes its partial loss sum and non-ignored count; they are added in block order, so the
 // result does not depend on the thread count. Invalid targets and weights are flagged on the way
-// (no extra pass) and reported after the loop, naming the first one.
+// (no extra pass) and reported after the loop, naming the first one. A NaN logit, or an infinite largest
+// logit, makes its pixel's loss and gradient NaN, exactly where aten's are (tests/test_weighted_cross_entropy.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -39,7 +40,8 @@ constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
 inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 
-// exp(x) for x <= 0 (arguments are max-subtracted): Cephes expf, range-reduced by ln 2.
+// exp(x) for x <= 0 (arguments are max-subtracted): Cephes expf, range-reduced by ln 2. NaN (from a NaN
+// logit, or inf - inf when the largest logit is infinite) propagates, so the pixel's loss is NaN as aten's is.
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
@@ -51,7 +53,8 @@ inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+  const float e = p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+  return x != x ? x : e;  // NaN stays NaN (as aten's exp), whatever the bit tricks above made of it
 }
 
 // log(s) for a positive normal s (a sum of exps, in [1, C]): Cephes logf.
@@ -74,7 +77,8 @@ inline float log_positive(float s) {
   y = y * m + 3.3333331174e-1f;
   y = y * m * z;
   y += -2.12194440e-4f * e - 0.5f * z;
-  return m + y + 0.693359375f * e;
+  const float result = m + y + 0.693359375f * e;
+  return s != s ? s : result;  // NaN in, NaN out: the bit tricks above would make a finite number of it
 }
 
 inline double exp_nonpositive(double x) { return std::exp(x); }

@@ -79,7 +79,9 @@ __global__ void weighted_cross_entropy_kernel(
       }
       if (c == t) xt = v;
     }
-    const acc_t lse = m + log_acc(s);
+    // + (m - m): NaN when the largest logit is infinite, where aten's x - max is inf - inf (its online
+    // sum above would make exp(inf - inf) a 1); 0 otherwise. NaN logits already made s NaN.
+    const acc_t lse = m + log_acc(s) + (m - m);
     const acc_t loss = use ? (lse - xt) * w : acc_t(0);
     loss_sum += loss;
     if (loss_out) loss_out[pix] = loss;

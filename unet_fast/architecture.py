@@ -17,9 +17,74 @@ from torch import nn
 from . import geometry
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+#: Upper bounds on a U-Net's size, checked before anything is allocated (a model file is untrusted
+#: input: its claims go through ``check_config`` first). The paper's network: depth 5, 1024 channels
+#: at the bottom, 31 M parameters.
+MAX_DEPTH = geometry.MAX_DEPTH
+MAX_CHANNELS = 16384           # the widest layer (base_channels * 2 ** (depth - 1)), in_channels, num_classes
+MAX_PARAMETERS = 2 ** 30       # 4 GiB of float32 weights
+
+
+def _check_positive_int(name: str, value, smallest: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+        raise ValueError(f"{name} must be {'a positive integer' if smallest == 1 else f'an integer >= {smallest}'}, "
+                         f"got {value!r}")
+
+
+def check_config(in_channels=1, num_classes=2, depth=5, base_channels=64, padding="valid", dropout=0.0) -> None:
+    """Raise ValueError naming the argument when these constructor arguments do not make a U-Net
+    this package can build: types, ranges, and the size limits above (pure arithmetic, no tensors)."""
+    _check_positive_int("in_channels", in_channels)
+    if isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes == 1:
+        raise ValueError("num_classes must be at least 2: the pixel-wise softmax over one class is constant "
+                         "(a binary mask is num_classes=2, background and foreground), got 1")
+    _check_positive_int("num_classes", num_classes, 2)
+    _check_positive_int("depth", depth)
+    _check_positive_int("base_channels", base_channels)
+    if padding not in geometry.PADDINGS:
+        raise ValueError(f"padding must be one of {geometry.PADDINGS}, got {padding!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be at most {MAX_DEPTH} (unet_fast.architecture.MAX_DEPTH), got {depth}")
+    widest = base_channels * 2 ** (depth - 1)
+    for name, value, what in (("base_channels", widest, f"the widest layer, base_channels * 2 ** (depth - 1) = "
+                                                        f"{base_channels} * 2 ** {depth - 1} = {widest:,}"),
+                              ("in_channels", in_channels, str(in_channels)),
+                              ("num_classes", num_classes, str(num_classes))):
+        if value > MAX_CHANNELS:
+            raise ValueError(f"{name}: {what} channels is above the limit of {MAX_CHANNELS} "
+                             f"(unet_fast.architecture.MAX_CHANNELS)")
+    count = parameter_count(in_channels, num_classes, depth, base_channels)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"depth={depth}, base_channels={base_channels}: {count:,} parameters, above the limit of "
+                         f"{MAX_PARAMETERS:,} (unet_fast.architecture.MAX_PARAMETERS); the paper's network has "
+                         f"31 M (depth 5, base_channels 64)")
+
+
+def parameter_shapes(in_channels: int, num_classes: int, depth: int, base_channels: int) -> dict[str, tuple]:
+    """The state_dict's names and shapes, in its order, without building anything."""
+    widths = [base_channels * 2 ** level for level in range(depth)]
+    shapes: dict[str, tuple] = {}
+
+    def conv(name, c_in, c_out, k):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c_out, c_in, k, k), (c_out,)
+
+    for level, (c_in, width) in enumerate(zip([in_channels] + widths, widths)):
+        conv(f"encoder.{level}.conv1", c_in, width, 3)
+        conv(f"encoder.{level}.conv2", width, width, 3)
+    for i, level in enumerate(reversed(range(depth - 1))):
+        shapes[f"decoder.{i}.upconv.weight"] = (widths[level + 1], widths[level], 2, 2)   # transposed: (in, out)
+        shapes[f"decoder.{i}.upconv.bias"] = (widths[level],)
+        conv(f"decoder.{i}.conv1", 2 * widths[level], widths[level], 3)
+        conv(f"decoder.{i}.conv2", widths[level], widths[level], 3)
+    conv("head", base_channels, num_classes, 1)
+    return shapes
+
+
+def parameter_count(in_channels: int, num_classes: int, depth: int, base_channels: int) -> int:
+    """Number of parameters, in closed form (a sum over levels; no tensors)."""
+    return sum(math.prod(shape) for shape in parameter_shapes(in_channels, num_classes, depth, base_channels).values())
 
 
 class UNetArchitecture(nn.Module):
@@ -35,14 +100,7 @@ class UNetArchitecture(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 5,
                  base_channels: int = 64, padding: str = "valid", dropout: float = 0.0):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("depth", depth)
-        _check_positive_int("base_channels", base_channels)
-        if padding not in geometry.PADDINGS:
-            raise ValueError(f"padding must be one of {geometry.PADDINGS}, got {padding!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        check_config(in_channels, num_classes, depth, base_channels, padding, dropout)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
@@ -98,6 +156,10 @@ class UNetArchitecture(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise an error saying what is wrong with x and how to fix it."""
         check_input(x, self.in_channels, self.depth, self.padding)
+        weights = self.head.weight.dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input is {x.dtype} but the network's weights are {weights}; convert the input "
+                            f"(x.to({weights})) or the network (model.to({x.dtype})), or run under torch.autocast")
 
 
 def check_input(x, in_channels: int, depth: int, padding: str) -> None:

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 PADDINGS = ("valid", "same")
+#: the deepest network anything here describes: at depth 16 the smallest legal input is 393,212 px a side
+MAX_DEPTH = 16
 
 
 def _check_depth(depth: int) -> None:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be at most {MAX_DEPTH} (unet_fast.geometry.MAX_DEPTH: the smallest legal "
+                         f"input would already be {_smallest_legal(MAX_DEPTH, 'valid'):,} px a side), got {depth}")
 
 
 def _check_padding(padding: str) -> None:
@@ -98,18 +103,29 @@ def size_step(depth: int = 5) -> int:
 
 
 def min_input_size(depth: int = 5, padding: str = "valid") -> int:
-    """Smallest legal input size, found by walking upwards (once per depth and padding)."""
+    """Smallest legal input size, in closed form (see ``_smallest_legal``)."""
     _check_depth(depth)        # before the cache: only exact ints and known paddings become keys
     _check_padding(padding)
-    return _min_input_size(depth, padding)
+    return _smallest_legal(depth, padding)
 
 
 @functools.lru_cache(maxsize=None)     # the tile planner asks for it hundreds of times per plan
-def _min_input_size(depth: int, padding: str) -> int:
-    n = 1
-    while not is_valid_input_size(n, depth, padding):
-        n += 1
-    return n
+def _smallest_legal(depth: int, padding: str) -> int:
+    """The input of the smallest bottleneck output b whose decoder never vanishes.
+
+    Legal inputs and bottleneck outputs correspond one to one (each encoder level maps s to
+    (s - loss) / 2 and back as s = 2 s' + loss), and the input grows with b, so the smallest
+    input is the smallest working b mapped back through the encoder. For b >= loss the decoder
+    (s -> 2 s - loss) never shrinks, so some b <= loss + 1 works: at most a few O(depth) walks.
+    """
+    loss = 2 * _conv_loss(padding)
+    for bottleneck in range(1, loss + 2):
+        n = bottleneck + loss
+        for _ in range(depth - 1):
+            n = 2 * n + loss
+        if trace_sizes(n, depth, padding).problem is None:
+            return n
+    raise AssertionError(f"no legal input size for depth {depth}, padding {padding!r}")  # unreachable
 
 
 def valid_input_sizes(depth: int = 5, max_size: int = 1024, padding: str = "valid") -> list[int]:
@@ -132,13 +148,10 @@ def nearest_valid_input_sizes(n: int, depth: int = 5, padding: str = "valid") ->
 
 def input_size_for(output: int, depth: int = 5, padding: str = "valid") -> int:
     """Smallest legal input size whose output is at least ``output`` pixels."""
-    if output < 1:
-        raise ValueError(f"output must be >= 1, got {output}")
-    n = min_input_size(depth, padding)
-    step = size_step(depth)
-    while output_size(n, depth, padding) < output:
-        n += step
-    return n
+    if isinstance(output, bool) or not isinstance(output, int) or output < 1:
+        raise ValueError(f"output must be an integer >= 1, got {output!r}")
+    # legal sizes keep a fixed context: output = input - 2 * context
+    return nearest_valid_input_sizes(output + 2 * context(depth, padding), depth, padding)[1]
 
 
 def context(depth: int = 5, padding: str = "valid") -> int:

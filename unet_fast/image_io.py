@@ -158,12 +158,16 @@ class _MovedAxes:
 
 
 def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
-    """Refuse files whose declared size exceeds max_pixels, unless they can be streamed."""
-    if max_pixels is None or info.pixels <= max_pixels or info.streamable:
+    """Refuse files whose declared size exceeds max_pixels (None: no limit). Files that can be read
+    piece by piece too: memory stays bounded for them, but the time does not (a 1 MB file can declare
+    10^10 pixels), so a file that large must be asked for by raising the limit."""
+    if max_pixels is None or info.pixels <= max_pixels:
         return
-    raise ImageTooLargeError(
-        f"{path}: declares {info.pixels} pixels (shape {info.shape}), above the limit of {max_pixels}, "
-        f"and cannot be read piece by piece; raise the limit (--max-pixels) if you trust the file")
+    how = ("it can be read piece by piece, so if you mean to process it, raise the limit to at least "
+           f"{info.pixels} (--max-pixels, or max_pixels=)" if info.streamable else
+           "and cannot be read piece by piece; raise the limit (--max-pixels, or max_pixels=) if you trust the file")
+    raise ImageTooLargeError(f"{path}: declares {info.pixels:,} pixels (shape {info.shape}), above the limit of "
+                             f"{max_pixels:,}; {how}")
 
 
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS):
@@ -240,6 +244,28 @@ def commit(temporary, path) -> None:
         os.replace(temporary, path)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode(temporary) -> None:
+    """Give a finished temporary file the mode a plain open() would have (0666 less the umask): some
+    writers (safetensors) create files 0600, and the outputs of one run should not differ in that."""
+    temporary = Path(temporary)
+    if temporary.is_file() and not temporary.is_symlink():
+        os.chmod(temporary, 0o666 & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write; it becomes ``path`` on success and is removed on error."""
@@ -248,6 +274,7 @@ def atomic_path(path):
     temporary = temporary_sibling(path)
     try:
         yield temporary
+        default_file_mode(temporary)
         commit(temporary, path)
     except BaseException:
         discard(temporary)

@@ -1,0 +1,103 @@
+"""Checks of what users hand in, shared by the Python API and the command line, run before any work.
+
+``BadArgument`` is a ValueError that knows which argument was wrong (its keyword name), so
+``unet-fast`` can name the flag and exit with the usage status. The path checks exist because an
+output must never replace a user's input, and because a path that cannot be written should fail
+in the first second, not after an hour of training.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class BadArgument(ValueError):
+    """An argument's value cannot work; ``argument`` is its keyword name (e.g. "output_dir")."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(path, argument: str = "output_dir") -> Path:
+    """``path`` is a folder that can be written, or can be created (nothing is created here)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadArgument(argument, f"{str(path)!r} is a file, not a folder")
+    where = _existing_ancestor(path)
+    if not where.is_dir():
+        raise BadArgument(argument, f"{str(path)!r} cannot be created: {str(where)!r} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise BadArgument(argument, f"{str(path)!r}: no permission to write in {str(where)!r}")
+    return path
+
+
+def check_writable_file(path, argument: str = "output") -> Path:
+    """``path`` can be written as a file: it is not a folder, and its folder is (or can be made) writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadArgument(argument, f"{str(path)!r} is a folder; name a file in it")
+    check_writable_folder(path.parent if str(path.parent) else Path("."), argument)
+    return path
+
+
+def same_file(a, b) -> bool:
+    """True when ``a`` and ``b`` are one file (or folder) on disk: equal paths, symlinks to it, hard links."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # one of them does not exist
+        return False
+
+
+def overlapping(output, source) -> bool:
+    """True when writing ``output`` (a file, or a folder replaced as a whole such as a .zarr) would touch
+    ``source``: the same file, or ``source`` inside the folder ``output``."""
+    if same_file(output, source):
+        return True
+    output = Path(os.path.realpath(output))
+    source = Path(os.path.realpath(source))
+    return output in source.parents
+
+
+def check_output_is_not_an_input(output, inputs, argument: str, what: str = "input") -> None:
+    """BadArgument when ``output`` is, or would replace, one of ``inputs`` (paths)."""
+    for source in inputs:
+        if overlapping(output, source):
+            detail = "" if Path(output) == Path(source) else f" (it resolves to {str(source)!r})"
+            raise BadArgument(argument, f"the output {str(output)!r} would overwrite the {what} "
+                                        f"{str(source)!r}{detail}; choose another output")
+
+
+def check_device(device, argument: str = "device") -> torch.device | None:
+    """A device string or torch.device that exists here (None stays None)."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise BadArgument(argument, f"{device!r} is not a device ({error}); use cpu, cuda or cuda:K") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise BadArgument(argument, f"{device!r}: CUDA is not available ({why}); use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise BadArgument(argument, f"{device!r}: there are {torch.cuda.device_count()} CUDA device(s), "
+                                        f"numbered from 0")
+    return parsed
+
+
+def check_positive_int(value, argument: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadArgument(argument, f"{argument} must be a positive integer{' or None' if allow_none else ''}, "
+                                    f"got {value!r}")

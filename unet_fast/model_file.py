@@ -9,20 +9,41 @@ only tensors, and a ``.pt`` state_dict (bare or in a training checkpoint) is rea
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file, safe_open
 
+from .architecture import check_config, parameter_shapes
+from .checks import BadArgument, check_writable_file
 from .image_io import atomic_path
-from .model import UNet
+from .model import BACKENDS, UNet
 from .normalization import Normalization
 
 FORMAT = "unet_fast-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "unet_fast"
+SUFFIX = ".safetensors"
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")      # safetensors' names of the dtypes weights may have
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: unreadable, not a model, or claiming what its contents are
+    not. The message starts with the file's path."""
+
+
+def check_model_path(path, argument: str = "path") -> Path:
+    """The path ``save_model`` will write, checked before any work: the suffix, and a parent folder that
+    exists (or can be made) and is writable (``checks.BadArgument`` naming ``argument`` otherwise).
+    Run it before training, not after."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        fix = f"; use {str(path.with_suffix(SUFFIX))!r}" if path.stem and not path.name.startswith(".") else ""
+        raise BadArgument(argument, f"a model file must end in {SUFFIX}, got {str(path)!r}{fix}")
+    return check_writable_file(path, argument)
 
 
 def save_model(model: torch.nn.Module, path, *, normalization: Normalization | None = None,
@@ -34,8 +55,8 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     set, else "class0", ...); metadata: further JSON-serialisable values (e.g. epochs=100).
     """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
+    if path.suffix != SUFFIX:
+        raise ValueError(f"path must end in {SUFFIX}, got {str(path)!r}")
     if not hasattr(model, "config"):
         raise TypeError(f"model must have a config() method giving its constructor arguments "
                         f"(unet_fast.UNet does), got {type(model).__name__}")
@@ -63,26 +84,127 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     except TypeError as error:
         raise TypeError(f"metadata must be JSON-serialisable: {error}") from None
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    bad = next((name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()),
+               None)
+    if bad is not None:
+        raise ValueError(f"the model's {bad} holds NaN or infinite values (did training diverge?); "
+                         f"not writing {str(path)!r}, which load_model would refuse")
     with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata={METADATA_KEY: text})
     return path
 
 
 def read_model_config(path) -> dict:
-    """The JSON config stored in a .safetensors model file (no weights are read)."""
+    """The JSON config stored in a .safetensors model file, checked (``check_model_config``); no
+    weights are read."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-    except SafetensorError as error:
-        raise ValueError(f"{path}: not a readable .safetensors file ({error})") from None
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: not a readable .safetensors file ({error})") from None
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{path}: not a unet_fast model file (no {METADATA_KEY!r} metadata); "
-                         f"write it with unet_fast.save_model")
-    config = json.loads(metadata[METADATA_KEY])
-    if config.get("format") != FORMAT or config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported model file format {config.get('format')!r} "
-                         f"version {config.get('format_version')!r}")
+        raise ModelFileError(f"{path}: not a unet_fast model file (no {METADATA_KEY!r} metadata); "
+                             f"write it with unet_fast.save_model")
+    try:
+        config = json.loads(metadata[METADATA_KEY])
+    except ValueError as error:
+        raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata is a {type(config).__name__}, not an object")
+    if config.get("format") != FORMAT or not isinstance(config.get("format_version", 0), int) \
+            or config.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unsupported model file format {config.get('format')!r} "
+                             f"version {config.get('format_version')!r}")
+    check_model_config(config, path)
     return config
+
+
+def check_model_config(config: dict, path) -> None:
+    """ModelFileError naming ``path`` unless ``config`` describes a model this package can build:
+    the architecture's types, ranges and size limits (``architecture.check_config``), the
+    normalisation, and one class name per class. Pure arithmetic: nothing is allocated."""
+    architecture = config.get("architecture")
+    if not isinstance(architecture, dict):
+        raise ModelFileError(f"{path}: 'architecture' must be an object, got {architecture!r:.80}")
+    known = {"class", "in_channels", "num_classes", "depth", "base_channels", "padding", "dropout", "backend"}
+    if set(architecture) - known:
+        raise ModelFileError(f"{path}: unknown architecture fields {sorted(set(architecture) - known)}")
+    arguments = {k: v for k, v in architecture.items() if k not in ("class", "backend")}
+    try:
+        check_config(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: architecture: {error}") from None
+    if architecture.get("backend", "auto") not in BACKENDS:
+        raise ModelFileError(f"{path}: architecture: backend must be one of {BACKENDS}, "
+                             f"got {architecture.get('backend')!r:.80}")
+    try:
+        Normalization.from_dict(config.get("normalization"))
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: normalization: {error}") from None
+    names = config.get("class_names")
+    classes = architecture.get("num_classes", 2)
+    if names is not None and (not isinstance(names, list) or len(names) != classes
+                              or not all(isinstance(n, str) for n in names)):
+        raise ModelFileError(f"{path}: class_names must be a list of {classes} strings, got {names!r:.80}")
+    if not isinstance(config.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: metadata must be an object, got {config.get('metadata')!r:.80}")
+
+
+def _check_tensors(shapes: dict, dtypes: dict, architecture: dict, path) -> None:
+    """The file's tensors (names, shapes, dtypes; read from its header) are the ones ``architecture`` has."""
+    expected = parameter_shapes(*(architecture.get(k, d) for k, d in
+                                  (("in_channels", 1), ("num_classes", 2), ("depth", 5), ("base_channels", 64))))
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: its tensors do not match its architecture ({_describe(architecture)}): "
+                             + "; ".join(f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}"
+                                         for what, names in (("missing", missing), ("unexpected", unexpected))
+                                         if names))
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(shapes[name])}, but its architecture "
+                                 f"({_describe(architecture)}) needs {shape}")
+        if dtypes[name] not in FLOAT_DTYPES:
+            raise ModelFileError(f"{path}: tensor {name} is {dtypes[name]}; weights must be floating point")
+
+
+def _check_loaded(config: dict, state: dict, path) -> None:
+    """A config and state_dict read whole (a .pt file, a bioimage.io package): the same checks as a
+    .safetensors file's, before anything is built from them."""
+    check_model_config(config, path)
+    _check_tensors({n: tuple(t.shape) for n, t in state.items()},
+                   {n: "F32" if t.is_floating_point() else str(t.dtype) for n, t in state.items()},
+                   config["architecture"], path)
+    _check_finite(state, path)
+
+
+def _check_finite(state: dict, path) -> None:
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ModelFileError(f"{path}: tensor {name} holds {count} NaN or infinite value(s) of "
+                                 f"{math.prod(tensor.shape)}; the weights are corrupt (or training diverged)")
+
+
+def _describe(architecture: dict) -> str:
+    return ", ".join(f"{k}={architecture[k]}" for k in ("in_channels", "num_classes", "depth", "base_channels")
+                     if k in architecture)
+
+
+def _read_safetensors(path) -> tuple[dict, dict]:
+    """(config, state) of a .safetensors model file; everything the header claims is checked before a
+    tensor is read, and the tensors' values before anything is built from them."""
+    config = read_model_config(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            _check_tensors({n: s.get_shape() for n, s in slices.items()},
+                           {n: s.get_dtype() for n, s in slices.items()}, config["architecture"], path)
+            state = {name: f.get_tensor(name) for name in slices}
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: not a readable .safetensors file ({error})") from None
+    _check_finite(state, path)
+    return config, state
 
 
 def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
@@ -98,10 +220,13 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     from .bioimageio_package import is_package, read_package
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file (.safetensors, or .pt/.pth)")
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if is_package(path):
         config, state = read_package(path)
+        _check_loaded(config, state, path)
     elif path.suffix in (".pt", ".pth"):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -114,15 +239,18 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
                 f"{f' ({detail})' if detail else ''}, and unet_fast never unpickles arbitrary objects. "
                 "If you trust the file, save its weights alone and load that file: "
                 "torch.save(checkpoint['state_dict'], 'weights.pt'), or save_model(...)") from error
+        except (RuntimeError, OSError, EOFError) as error:   # truncated, not a zip or pickle at all
+            raise ModelFileError(f"{path}: not a readable PyTorch file ({type(error).__name__}: "
+                                 f"{str(error).splitlines()[0] if str(error) else ''})") from None
         state = _unwrap_state_dict(loaded, path)
-        config = {"architecture": _architecture_from_state(state), "normalization": Normalization().to_dict(),
+        config = {"architecture": _architecture_from_state(state, path), "normalization": Normalization().to_dict(),
                   "class_names": None, "metadata": {}}
-    elif path.suffix == ".safetensors":
-        config = read_model_config(path)
-        state = load_file(str(path))
+        _check_loaded(config, state, path)
+    elif path.suffix == SUFFIX:
+        config, state = _read_safetensors(path)
     else:
-        raise ValueError(f"{path}: model files end in .safetensors (or .pt/.pth for a state_dict, "
-                         f".zip or rdf.yaml for a bioimage.io package)")
+        raise ModelFileError(f"{path}: model files end in {SUFFIX} (or .pt/.pth for a state_dict, "
+                             f".zip or rdf.yaml for a bioimage.io package)")
     architecture = dict(config["architecture"])
     architecture.pop("class", None)  # whichever U-Net class saved it: they share one state_dict format
     if backend is not None:
@@ -152,7 +280,7 @@ def _unwrap_state_dict(loaded, path) -> dict:
     if state is None or not is_state_dict(state):
         found = (f"a dict with top-level keys {sorted(map(str, loaded))[:20]}" if isinstance(loaded, dict)
                  else f"a {type(loaded).__name__}")
-        raise ValueError(f"{path}: found {found}; expected a state_dict (parameter name -> tensor), or a "
+        raise ModelFileError(f"{path}: found {found}; expected a state_dict (parameter name -> tensor), or a "
                          f"dict holding one under {' or '.join(map(repr, STATE_DICT_KEYS))}")
     # repeatedly, in any order: DDP(torch.compile(model)) gives "module._orig_mod."
     while prefix := next((p for p in STATE_DICT_PREFIXES if all(name.startswith(p) for name in state)), None):
@@ -160,13 +288,14 @@ def _unwrap_state_dict(loaded, path) -> dict:
     return state
 
 
-def _architecture_from_state(state: dict) -> dict:
+def _architecture_from_state(state: dict, path=None) -> dict:
     """Constructor arguments of a UNet read off its state_dict's shapes."""
     try:
         first = state["encoder.0.conv1.weight"]
         depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("encoder."))
         head = state["head.weight"]
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"the state_dict is not a unet_fast UNet's (missing {error})") from None
-    return {"class": "UNet", "in_channels": first.shape[1], "num_classes": head.shape[0], "depth": depth,
-            "base_channels": first.shape[0], "padding": "valid"}
+        return {"class": "UNet", "in_channels": first.shape[1], "num_classes": head.shape[0], "depth": depth,
+                "base_channels": first.shape[0], "padding": "valid"}
+    except (KeyError, ValueError, IndexError) as error:
+        raise ModelFileError(f"{f'{path}: ' if path is not None else ''}the state_dict is not a unet_fast UNet's "
+                             f"({'missing ' if isinstance(error, KeyError) else ''}{error})") from None

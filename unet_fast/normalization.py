@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 NORMALIZATION_MODES = ("percentile", "fixed", "dtype", "none")
+NONFINITE_POLICIES = ("error", "zero")
+
+
+class NonFiniteInputError(ValueError):
+    """An image holds NaN or infinite pixels, and the normalisation was not told what to do with them."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,11 @@ class Normalization:
       - "dtype": integers divided by their type's maximum (uint8 / 255, uint16 / 65535); floats as is.
       - "none": cast to float32 unchanged.
     ``clip`` clips the result to [0, 1] (not for "none").
+    ``nonfinite``: what NaN and infinite pixels of a floating-point image get. "error" (default):
+    ``NonFiniteInputError``, because one such pixel silently spoils the percentiles, and so every
+    label, of its image. "zero" (opt in): the statistics come from the finite pixels only, and
+    non-finite pixels become 0 in the normalised input (the level of the low percentile, usually
+    background). Integer images cannot hold them.
     """
 
     mode: str = "percentile"
@@ -31,19 +42,32 @@ class Normalization:
     per_channel: bool = True
     clip: bool = False
     sample_pixels: int = 4_000_000
+    nonfinite: str = "error"
 
     def __post_init__(self):
         if self.mode not in NORMALIZATION_MODES:
             raise ValueError(f"Normalization mode must be one of {NORMALIZATION_MODES}, got {self.mode!r}")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"Normalization {name} must be a finite number, got {value!r}")
+        for name in ("per_channel", "clip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Normalization {name} must be True or False, got {getattr(self, name)!r}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"Normalization nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         if self.mode in ("percentile", "fixed") and not float(self.high) > float(self.low):
             raise ValueError(f"Normalization needs high > low, got low={self.low!r}, high={self.high!r}")
         if self.mode == "percentile" and not 0.0 <= self.low < self.high <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
-        if not isinstance(self.sample_pixels, int) or self.sample_pixels < 1:
+        if not isinstance(self.sample_pixels, int) or isinstance(self.sample_pixels, bool) or self.sample_pixels < 1:
             raise ValueError(f"sample_pixels must be a positive integer, got {self.sample_pixels!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["nonfinite"] == "error":    # the default: files stay readable by versions without the field
+            del data["nonfinite"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Normalization":
@@ -70,21 +94,46 @@ class Normalization:
             top = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
             return np.zeros(channels), np.full(channels, top)
         sample = _subsample(image, channel_axis if self.per_channel else None, self.sample_pixels)
-        lo = np.percentile(sample, self.low, axis=1)
-        hi = np.percentile(sample, self.high, axis=1)
+        finite = np.isfinite(sample)
+        if not finite.all():
+            self._refuse_nonfinite(sample, finite, f"{finite.size - np.count_nonzero(finite)} of the pixels "
+                                                   f"sampled for the normalisation statistics")
+            sample = np.where(finite, sample, np.nan)
+            if not finite.any(axis=1).all():
+                raise NonFiniteInputError("image (or one of its channels) holds no finite pixel at all")
+        lo = np.nanpercentile(sample, self.low, axis=1)
+        hi = np.nanpercentile(sample, self.high, axis=1)
         return lo, np.maximum(hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0))
+
+    def _refuse_nonfinite(self, values: np.ndarray, finite: np.ndarray, where: str) -> None:
+        if self.nonfinite == "error":
+            raise NonFiniteInputError(
+                f"image holds NaN or infinite pixel values ({where}), which would silently spoil "
+                f"the prediction; repair the image, or opt in to setting them to 0: "
+                f"Normalization(nonfinite='zero') (unet-fast segment --nonfinite zero)")
 
     def apply(self, x: np.ndarray, offset: np.ndarray, scale: np.ndarray,
               channel_axis: int | None = None) -> np.ndarray:
         """Normalise an in-memory block with statistics from ``statistics`` (float32 result)."""
+        floating = np.asarray(x).dtype.kind in "fc"
         x = np.asarray(x, dtype=np.float32)
+        finite = np.isfinite(x) if floating else None   # integers have no NaN: no extra pass for them
+        if finite is not None and not finite.all():
+            self._refuse_nonfinite(x, finite, "found in a block being normalised")
+        else:
+            finite = None
         if self.mode == "none":
-            return x
-        shape = [1] * x.ndim
-        if channel_axis is not None and len(offset) > 1:
-            shape[channel_axis] = len(offset)
-        out = (x - offset.astype(np.float32).reshape(shape)) / scale.astype(np.float32).reshape(shape)
-        return np.clip(out, 0.0, 1.0, out=out) if self.clip else out
+            out = x
+        else:
+            shape = [1] * x.ndim
+            if channel_axis is not None and len(offset) > 1:
+                shape[channel_axis] = len(offset)
+            out = (x - offset.astype(np.float32).reshape(shape)) / scale.astype(np.float32).reshape(shape)
+            if self.clip:
+                np.clip(out, 0.0, 1.0, out=out)
+        if finite is not None:      # nonfinite="zero"
+            out = np.where(finite, out, np.float32(0))
+        return out
 
     def __call__(self, image, channel_axis: int | None = None) -> np.ndarray:
         """Normalise a whole image (in memory) by this rule."""

@@ -100,16 +100,21 @@ def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path,
 
 
 @needs_zarr
-def test_pixel_limit_refuses_unstreamable_files(tmp_path, model_file, capsys):
+def test_pixel_limit_refuses_large_files_streamable_or_not(tmp_path, model_file, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     image_io.write_image(folder / "bomb.png", np.zeros((60, 60), np.uint8))
     tifffile.imwrite(folder / "strips.tif", np.zeros((60, 60), np.uint8), rowsperstrip=4)
+    tifffile.imwrite(folder / "small.tif", np.zeros((30, 30), np.uint8), rowsperstrip=4)
     status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
                        "--max-pixels", "1000", "--no-progress"])
     err = capsys.readouterr().err
-    assert status == 1 and "bomb.png" in err and "ImageTooLargeError" in err and "strips" not in err
-    assert os.listdir(tmp_path / "out") == ["strips.tif"]
+    assert status == 1 and "bomb.png" in err and "ImageTooLargeError" in err
+    assert "strips.tif" in err and "raise the limit to at least 3600" in err
+    assert os.listdir(tmp_path / "out") == ["small.tif"]
+    status = cli.main(["segment", "-i", str(folder / "strips.tif"), "-o", str(tmp_path / "out"), "-m",
+                       str(model_file), "--max-pixels", "3600", "--no-progress"])
+    assert status == 0 and sorted(os.listdir(tmp_path / "out")) == ["small.tif", "strips.tif"]
 
 
 @needs_zarr

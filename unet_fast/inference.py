@@ -7,6 +7,7 @@ tifffile aszarr) and results are written tile by tile.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checks
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .sinks import open_sink
@@ -279,7 +281,8 @@ class _Runner:
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
-                  memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None):
+                  memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None,
+                  nonfinite: str | None = None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -307,16 +310,28 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
         kept on the model for later calls; None: when the image has at least two full batches or a
         graph of this shape is kept already. Results are the same either way.
+    nonfinite: NaN and infinite pixels of a float image: None (the normalization's rule, by default
+        "error": ``NonFiniteInputError``), "error", or "zero" (statistics of the finite pixels, and
+        the non-finite ones become 0 after normalising; see ``Normalization``).
+    memory_budget_bytes: bytes the plan may use (None: planned from free memory).
+    An ``out`` path that is, or would replace, the file ``image`` is read from (through symlinks and
+    hard links too) is refused before anything is read.
     Returns the result array, ``out``, or the path written.
     """
     _, _, in_channels, num_classes = model_geometry(model)
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool) or not isinstance(
+            memory_budget_bytes, int) or memory_budget_bytes < 1):
+        raise checks.BadArgument("memory_budget_bytes", f"memory_budget_bytes must be None or a positive number "
+                                                        f"of bytes, got {memory_budget_bytes!r}")
+    if isinstance(out, (str, Path)):
+        checks.check_output_is_not_an_input(out, _backing_files(image), "out", "file the image is read from")
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
     device = torch.device(device) if device is not None else model_device(model)
-    normalize = _normalizer(normalization if normalization is not None else getattr(model, "normalization", None),
-                            source)
+    normalization = normalization if normalization is not None else getattr(model, "normalization", None)
+    normalize = _normalizer(normalization, source, nonfinite)
     shape = ((source.slices,) if source.stacked else ()) + (
         (source.height, source.width) if output == "labels" else (num_classes, source.height, source.width))
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
@@ -347,14 +362,36 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     return result
 
 
-def _normalizer(normalization: Normalization | None, source: "_Source"):
+def _backing_files(image) -> list[str]:
+    """The files a lazy image reads from, where it says: a numpy memmap, a zarr array over a folder or
+    over a TIFF (tifffile's aszarr store), or unet_fast's axis-moving view of one of these."""
+    image = getattr(image, "_array", image)           # image_io._MovedAxes
+    filename = getattr(image, "filename", None)       # numpy.memmap
+    if isinstance(filename, (str, Path)):
+        return [str(filename)]
+    store = getattr(image, "store", None)
+    root = getattr(store, "root", None)               # zarr LocalStore
+    if isinstance(root, (str, Path)):
+        return [str(root)]
+    files = []
+    for series in getattr(store, "_data", None) or []:   # tifffile.ZarrTiffStore: its TiffPageSeries
+        path = getattr(getattr(getattr(series, "parent", None), "filehandle", None), "path", None)
+        if isinstance(path, str):
+            files.append(path)
+    return files
+
+
+def _normalizer(normalization: Normalization | None, source: "_Source", nonfinite: str | None = None):
     """The function that turns a raw (C, h, w) block into network inputs: ``normalization`` with
-    statistics of the whole image, by default percentiles for integer images and none for float ones."""
+    statistics of the whole image, by default percentiles for integer images and none for float ones;
+    ``nonfinite`` overrides its rule for NaN/inf pixels."""
     if normalization is None:
         raw_dtype = np.dtype(source.image.dtype) if hasattr(source.image, "dtype") else np.dtype(np.float32)
         normalization = Normalization(mode="none") if raw_dtype.kind == "f" else Normalization()
     if not isinstance(normalization, Normalization):
         raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
+    if nonfinite is not None:
+        normalization = dataclasses.replace(normalization, nonfinite=nonfinite)
     offset, scale = normalization.statistics(source.image, source.layout.index("C") if "C" in source.layout else None)
     return lambda block: normalization.apply(block, offset, scale, 0)
 

@@ -12,6 +12,8 @@ at the final summary, naming it (``unet_fast.ranks``).
 from __future__ import annotations
 
 import glob
+import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import image_io
-from .inference import predict_tiled
+from . import checks, geometry, image_io
+from .inference import OUTPUTS, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .ranks import shared_failures
 from .torchrun import Torchrun
@@ -80,6 +82,53 @@ def output_name(path: Path, suffix: str) -> str:
     return path.stem + suffix
 
 
+def check_outputs(files: list[Path], outdir: Path, suffix: str) -> None:
+    """BadArgument (output_dir) when an input's output would be, or would replace, an input: the same
+    path (outputs written into the inputs' folder under their names), or the same file through a
+    symlink or a hard link, or a folder output (.ome.zarr) holding an input."""
+    inputs = {}
+    for path in files:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        inputs[(stat.st_dev, stat.st_ino)] = path
+    folders = suffix.endswith(".zarr")
+    for path in files:
+        target = outdir / output_name(path, suffix)
+        try:
+            stat = os.stat(target)          # follows symlinks: a link to an input is that input
+        except OSError:
+            continue
+        source = inputs.get((stat.st_dev, stat.st_ino))
+        if source is None and folders:
+            source = next((f for f in files if checks.overlapping(target, f)), None)
+        if source is not None:
+            same = Path(os.path.abspath(target)) == Path(os.path.abspath(source))
+            raise checks.BadArgument(
+                "output_dir", f"the output for {str(path)!r} would be {str(target)!r}, which "
+                              + ("is that input itself" if same and source == path else
+                                 f"is the input {str(source)!r}" if same else f"is the same file as the input "
+                                                                               f"{str(source)!r}")
+                              + "; nothing was written. Choose an output folder that holds no inputs")
+
+
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial(\..*)?")
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove what killed runs left of ``target``: hidden ``.NAME.<hex>.partial.*`` files or folders
+    (image_io.temporary_sibling's names) beside it. Returns what was removed."""
+    removed = []
+    if target.parent.is_dir():
+        for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.partial*"):
+            match = _PARTIAL.fullmatch(candidate.name)
+            if match and match["name"] == target.name:
+                image_io.discard(candidate)
+                removed.append(candidate)
+    return removed
+
+
 def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
     other = [a for a in info.axes[:-2] if a != "C"]
     if info.axes[-2:] != "YX" or len(other) > 1:
@@ -92,11 +141,16 @@ def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
     return ("Z" if other else "") + ("C" if "C" in info.axes else "") + "YX"
 
 
+#: files above this many pixels get a line when they start, not only when they finish
+ANNOUNCED_PIXELS = 2 ** 26
+
+
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",
                   tile_size=None, batch_size=None, device=None, dtype=None, resume: bool = False,
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
-                  log=print) -> SegmentSummary:
-    """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary)."""
+                  nonfinite: str | None = None, log=print) -> SegmentSummary:
+    """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
+    killed runs (``remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -110,6 +164,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             log(f"FAILED {path}: output {target} is also the output of {claimed[target]}", file=sys.stderr)
             continue
         claimed[target] = path
+        remove_leftovers(target)
         if resume and target.exists():
             summary.skipped.append(str(path))
             continue
@@ -120,8 +175,11 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             if warning := scale_warning(model, pixel_size, path):
                 log(f"WARNING {warning}", file=sys.stderr)
             began = time.perf_counter()
+            if info.pixels >= ANNOUNCED_PIXELS:
+                log(f"segmenting {path} ({'x'.join(map(str, info.shape))}, {info.pixels / 1e6:.0f} megapixels) ...")
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
-                          output=output, progress=False, out=target, layout=layout, pixel_size=pixel_size)
+                          output=output, progress=progress, out=target, layout=layout, pixel_size=pixel_size,
+                          nonfinite=nonfinite)
             pixels = info.pixels // (info.shape[info.axes.index("C")] if "C" in info.axes else 1)
             summary.pixels += pixels
             summary.done.append(str(path))
@@ -129,7 +187,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
-            reason = f"{type(error).__name__}: {error}"
+            kind = type(error).__name__
+            reason = f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {error}"   # zlib.error
             summary.failed.append((str(path), reason))
             log(f"FAILED {path}: {reason}", file=sys.stderr)
     summary.seconds = time.perf_counter() - start
@@ -156,17 +215,48 @@ class SegmentResult:
 
 def check_parts(num_parts: int, part_id: int) -> None:
     """A job-array split: ``part_id`` in [0, ``num_parts``)."""
-    if not isinstance(num_parts, int) or num_parts < 1:
-        raise ValueError(f"num_parts must be a positive integer, got {num_parts!r}")
-    if not isinstance(part_id, int) or not 0 <= part_id < num_parts:
-        raise ValueError(f"part_id must be in [0, {num_parts}), got {part_id!r}")
+    if not isinstance(num_parts, int) or isinstance(num_parts, bool) or num_parts < 1:
+        raise checks.BadArgument("num_parts", f"num_parts must be a positive integer, got {num_parts!r}")
+    if not isinstance(part_id, int) or isinstance(part_id, bool) or not 0 <= part_id < num_parts:
+        raise checks.BadArgument("part_id", f"part_id must be in [0, {num_parts}), got {part_id!r}")
+
+
+def check_arguments(output_dir, *, output: str, format: str, tile_size, batch_size, device, dtype,
+                    max_pixels, nonfinite) -> None:
+    """What ``run`` can check before reading anything: BadArgument naming the argument."""
+    from .normalization import NONFINITE_POLICIES
+    from .tiling import parse_compute_dtype
+
+    if format not in OUTPUT_SUFFIXES:
+        raise checks.BadArgument("format", f"format must be one of {tuple(OUTPUT_SUFFIXES)}, got {format!r}")
+    if output not in OUTPUTS:
+        raise checks.BadArgument("output", f"output must be one of {OUTPUTS}, got {output!r}")
+    if nonfinite is not None and nonfinite not in NONFINITE_POLICIES:
+        raise checks.BadArgument("nonfinite", f"nonfinite must be None or one of {NONFINITE_POLICIES}, "
+                                              f"got {nonfinite!r}")
+    for name, value in (("tile_size", tile_size), ("batch_size", batch_size), ("max_pixels", max_pixels)):
+        checks.check_positive_int(value, name, allow_none=True)
+    try:
+        parse_compute_dtype(dtype)
+    except ValueError as error:
+        raise checks.BadArgument("dtype", str(error)) from None
+    checks.check_device(device)
+    checks.check_writable_folder(output_dir, "output_dir")
+
+
+def _check_tile_size(tile_size, model) -> None:
+    if tile_size is not None:
+        trace = geometry.trace_sizes(tile_size, model.depth, model.padding)
+        if trace.problem is not None:
+            raise checks.BadArgument("tile_size", "tile_size: " + geometry.size_error_message(
+                tile_size, model.depth, model.padding, trace.problem))
 
 
 def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | torch.nn.Module, *,
         output: str = "labels", format: str = "tif", tile_size: int | None = None, batch_size: int | None = None,
         device: str | None = None, dtype: str = "fp32", resume: bool = False, num_parts: int = 1, part_id: int = 0,
         max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool | None = None,
-        log=print) -> SegmentResult:
+        nonfinite: str | None = None, log=print) -> SegmentResult:
     """Segment every image the ``inputs`` name (files, folders, glob patterns) into ``output_dir``:
     ``unet-fast segment`` from Python.
 
@@ -174,24 +264,27 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     resume: skip inputs whose output exists; num_parts, part_id: this job-array task's share of the
     files (under torchrun shared again among the processes, whose group is joined here if it is not
     yet); progress: a bar over files (None: when stderr is a terminal); log: where each file's line
-    goes. Files that fail are reported and skipped (see the result); a failure of a whole process
-    makes every process raise (``unet_fast.ranks``).
+    goes; nonfinite: NaN/inf pixels, see ``predict_tiled``. Files that fail are reported and skipped
+    (see the result); a failure of a whole process makes every process raise (``unet_fast.ranks``).
+    Arguments that cannot work raise ``checks.BadArgument`` naming them before anything is read or
+    written: among them an output folder where an output would replace an input.
     """
     check_parts(num_parts, part_id)
-    if format not in OUTPUT_SUFFIXES:
-        raise ValueError(f"format must be one of {tuple(OUTPUT_SUFFIXES)}, got {format!r}")
+    check_arguments(output_dir, output=output, format=format, tile_size=tile_size, batch_size=batch_size,
+                    device=device, dtype=dtype, max_pixels=max_pixels, nonfinite=nonfinite)
     from .model_file import load_model
-
     job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the counts travel
     try:
         with shared_failures("segment"):    # what segment_files does not catch: listing, model, out of memory
             files, problems = expand_inputs([str(item) for item in inputs])
+            check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format])    # every file, not only this share
             mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
+            _check_tile_size(tile_size, model)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,
                                     tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
-                                    resume=resume, max_pixels=max_pixels,
+                                    resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
                                     progress=sys.stderr.isatty() if progress is None else progress, log=log)
         if job.rank == 0:
             for item, reason in problems:

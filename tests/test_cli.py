@@ -26,12 +26,15 @@ def test_sizes_nothing_legal(capsys):
     assert "smallest is 188" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["sizes", "--depth", "0"], ["sizes", "--max-size", "-3"], ["frobnicate"]])
-def test_bad_arguments_exit_with_usage(argv, capsys):
+@pytest.mark.parametrize("argv, named", [(["sizes", "--depth", "0"], "--depth"), (["sizes", "--max-size", "-3"], "--max-size"),
+                                         (["frobnicate"], "frobnicate")])
+def test_bad_arguments_exit_with_usage(argv, named, capsys):
+    """argparse's own errors: exit status 2 and one line naming the argument and pointing to --help."""
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
-    assert "usage" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert named in err and "--help" in err and len(err.strip().splitlines()) == 1
 
 
 def test_info_json(capsys):

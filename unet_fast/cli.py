@@ -1,13 +1,25 @@
-"""The unet-fast command line."""
+"""The unet-fast command line.
+
+Every user mistake gets one line naming the argument and what to do (exit status 2); a failure while
+working gets one line saying what failed (exit status 1); a traceback only with --debug (or
+UNET_FAST_DEBUG=1). Arguments are checked before any work: nothing is trained or read that would be
+lost to a wrong output path.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pickle
+import signal
 import sys
 from pathlib import Path
 
 from . import geometry
+from .checks import BadArgument
+
+DEBUG_ENVIRONMENT = "UNET_FAST_DEBUG"
 
 
 def cmd_info(args) -> int:
@@ -35,7 +47,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_sizes(args) -> int:
-    sizes = geometry.valid_input_sizes(args.depth, args.max_size, args.padding)
+    first = geometry.min_input_size(args.depth, args.padding)
+    sizes = range(first, args.max_size + 1, geometry.size_step(args.depth))   # a range: any --max-size is cheap
     if not sizes:
         print(f"no legal input size up to {args.max_size} for depth {args.depth}; the smallest is "
               f"{geometry.min_input_size(args.depth, args.padding)}", file=sys.stderr)
@@ -53,27 +66,56 @@ def cmd_train(args) -> int:
     import torch
 
     from . import UNet, save_model
+    from .architecture import check_config
+    from .checks import check_device, check_writable_folder
     from .data import ImageFolderDataset, TiffStackDataset, split_dataset
+    from .model_file import check_model_path
     from .pixel_size import common_pixel_size
     from .train import fit, load_checkpoint
 
-    options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
+    # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
+    check_model_path(args.output, "output")
+    work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
+    check_writable_folder(work_dir, "work_dir")
+    if args.cache_dir is not None:
+        check_writable_folder(args.cache_dir, "cache_dir")
+    check_device(args.device)
+    for name in ("images", "labels"):
+        if not Path(getattr(args, name)).exists():
+            raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
+    config = dict(num_classes=args.num_classes, depth=args.depth, base_channels=args.base_channels,
+                  padding=args.padding, dropout=args.dropout)
+    if args.resume:
+        with _blame("resume"):
+            config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
+            if not isinstance(config, dict):
+                raise ValueError(f"{args.resume}: its model_config is not an object: {config!r:.80}")
+        config.pop("backend", None)
+    with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
+        check_config(**config)
+    if args.tile_size is not None:
+        trace = geometry.trace_sizes(args.tile_size, config["depth"], config["padding"])
+        if trace.problem is not None:
+            raise BadArgument("tile_size", geometry.size_error_message(args.tile_size, config["depth"],
+                                                                       config["padding"], trace.problem))
+
+    options = dict(num_classes=config["num_classes"], label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
                    cache_dir=args.cache_dir)
     images, labels = Path(args.images), Path(args.labels)
-    if images.is_file():
-        dataset = TiffStackDataset(images, labels, **options)
-    else:
-        dataset = ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
-    train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
-    config = dict(in_channels=dataset.in_channels, num_classes=args.num_classes, depth=args.depth,
-                  base_channels=args.base_channels, padding=args.padding, dropout=args.dropout)
-    if args.resume:
-        config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
-        config.pop("backend", None)
+    with _blame("images/labels"):
+        if images.is_file():
+            dataset = TiffStackDataset(images, labels, **options)
+        else:
+            dataset = ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
+        in_channels = dataset.in_channels
+        if config.setdefault("in_channels", in_channels) != in_channels:
+            raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
+                             f"{config['in_channels']}")
+    with _blame("val_fraction"):
+        train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
     torch.manual_seed(args.seed)
     model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
     torch.manual_seed(args.seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
-    work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
     result = fit(model, train_data, val_data, epochs=args.epochs, tile_size=args.tile_size,
                  batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, device=args.device,
                  amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
@@ -96,7 +138,10 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import demo
+    from .checks import check_device, check_writable_folder
 
+    check_writable_folder(args.output, "output")
+    check_device(args.device)
     result = demo.run(args.output, quick=args.quick, seed=args.seed, epochs=args.epochs, device=args.device,
                       threads=args.threads or None, progress=False if args.no_progress else None)
     if args.quick:
@@ -119,10 +164,19 @@ def cmd_segment(args) -> int:
         segment.check_parts(num_parts, part_id)
     except ValueError as error:
         args.parser.error(str(error))
-    result = segment.run(args.input, args.output_dir, args.model, output=args.output, format=args.format,
+    from .model_file import load_model
+
+    # the arguments first (an output folder that cannot be written, a device that is not there), then the
+    # model: a model file that cannot be used is a wrong -m, whatever process of a torchrun job finds it
+    segment.check_arguments(args.output_dir, output=args.output, format=args.format, tile_size=args.tile_size,
+                            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                            max_pixels=args.max_pixels, nonfinite=args.nonfinite)
+    with _blame("model"):
+        model = load_model(args.model)
+    result = segment.run(args.input, args.output_dir, model, output=args.output, format=args.format,
                          tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
-                         progress=False if args.no_progress else None)
+                         nonfinite=args.nonfinite, progress=False if args.no_progress else None)
     return result.exit_status
 
 
@@ -163,122 +217,298 @@ def _read_test_image(path):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
 
 
+def _depth(text: str) -> int:
+    value = _positive_int(text)
+    if value > geometry.MAX_DEPTH:
+        raise argparse.ArgumentTypeError(f"must be at most {geometry.MAX_DEPTH}, got {value}")
+    return value
+
+
+def _number(low: float, high: float, low_open: bool = False, high_open: bool = True):
+    """An argparse type: a finite float in the interval (bounds open or closed as asked)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not ((low < value if low_open else low <= value) and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"must be a number in {'(' if low_open else '['}{low:g}, {high:g}"
+                                             f"{')' if high_open else ']'}, got {text!r}")
+        return value
+    return parse
+
+
+_fraction = _number(0.0, 1.0)                 # [0, 1)
+_positive_float = _number(0.0, float("inf"), low_open=True)
+_non_negative_float = _number(0.0, float("inf"))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in one line (its usage block buries them), exit status 2 as argparse's."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it); descriptions keep
+    their paragraphs."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n\n".join(super(_HelpFormatter, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or action.required or not action.option_strings:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unet-fast", description=__doc__)
+    parser = _Parser(prog="unet-fast", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show Python tracebacks of errors (also: {DEBUG_ENVIRONMENT}=1)")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show Python tracebacks of errors (also: {DEBUG_ENVIRONMENT}=1; default: off)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="versions, devices, available backends")
+    def command(name, **kwargs):
+        p = sub.add_parser(name, parents=[common], formatter_class=_HelpFormatter, **kwargs)
+        p.set_defaults(parser=p)
+        return p
+
+    p = command("info", help="versions, devices, available backends")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("sizes", help="table of legal input sizes and their output sizes")
-    p.add_argument("--depth", type=_positive_int, default=5)
-    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid")
-    p.add_argument("--max-size", type=_positive_int, default=1024)
+    p = command("sizes", help="table of legal input sizes and their output sizes")
+    p.add_argument("--depth", type=_depth, default=5, help=f"resolution levels, 1 to {geometry.MAX_DEPTH}")
+    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid", help="3x3 convolution padding")
+    p.add_argument("--max-size", type=_positive_int, default=1024, help="largest input size listed")
     p.set_defaults(func=cmd_sizes)
 
-    p = sub.add_parser("train", help="train a U-Net on labelled images (the paper's recipe)",
-                       description="Train with SGD (momentum 0.99), random large tiles, the weighted loss with the "
-                                   "paper's weight maps and elastic deformation; saves a model file for "
-                                   "`unet-fast segment`. Under torchrun it trains data-parallel.")
+    p = command("train", help="train a U-Net on labelled images (the paper's recipe)",
+                description="Train with SGD (momentum 0.99), random large tiles, the weighted loss with the "
+                            "paper's weight maps and elastic deformation; saves a model file for "
+                            "`unet-fast segment`. Under torchrun it trains data-parallel.\n\n"
+                            "Writes: OUTPUT (the model, .safetensors), and in the work folder (default: OUTPUT "
+                            "without its suffix) last.safetensors (the checkpoint --resume reads, every epoch), "
+                            "history.csv, history.json and curves.png.")
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG), or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
-    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("-o", "--output", required=True, help="model file to write (must end in .safetensors)")
+    p.add_argument("--epochs", type=_positive_int, default=50, help="passes over the training tiles")
     p.add_argument("--tile-size", type=_positive_int, default=None,
                    help="input tile size (legal for the net); default: the largest up to 572 that fits the images")
-    p.add_argument("--batch-size", type=_positive_int, default=1)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.99)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="tiles per step")
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate")
+    p.add_argument("--momentum", type=_fraction, default=0.99, help="SGD momentum, in [0, 1)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available, else cpu)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint (last.safetensors)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue from a checkpoint (WORK_DIR/last.safetensors); default: start afresh")
     p.add_argument("--val-fraction", type=_fraction, default=0.0, help="share of images held out for validation")
-    p.add_argument("--tiles-per-epoch", type=_positive_int, default=None)
-    p.add_argument("--depth", type=_positive_int, default=5)
-    p.add_argument("--base-channels", type=_positive_int, default=64)
-    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid")
-    p.add_argument("--dropout", type=float, default=0.5, help="at the end of the contracting path")
-    p.add_argument("--num-classes", type=_positive_int, default=2)
+    p.add_argument("--tiles-per-epoch", type=_positive_int, default=None,
+                   help="default: about one pass over every image's pixels")
+    p.add_argument("--depth", type=_depth, default=5, help=f"resolution levels, 1 to {geometry.MAX_DEPTH}")
+    p.add_argument("--base-channels", type=_positive_int, default=64, help="channels of the first level")
+    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid", help="3x3 convolution padding")
+    p.add_argument("--dropout", type=_fraction, default=0.5, help="at the end of the contracting path, in [0, 1)")
+    p.add_argument("--num-classes", type=_positive_int, default=2,
+                   help="output classes, at least 2 (a binary mask is 2: background and foreground)")
     p.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
                    help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
     p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
-    p.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
-    p.add_argument("--sigma", type=float, default=5.0, help="weight-map border width in pixels")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--cache-dir", default=None, help="cache weight maps on disk here")
-    p.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--w0", type=_non_negative_float, default=10.0, help="weight-map border weight")
+    p.add_argument("--sigma", type=_positive_float, default=5.0, help="weight-map border width in pixels")
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations, elastic deformation, grey values")
+    p.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: no cache)")
+    p.add_argument("--work-dir", default=None,
+                   help="checkpoints and logs (default: the output path without its suffix)")
+    p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, tiles, augmentation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
-                       description="The built-in example: about a minute and a half on 2 CPU cores, no GPU or download needed. "
-                                   "Writes demo.png, model.safetensors, heldout.tif and training logs.")
-    p.add_argument("-o", "--output", default="demo_output", help="output folder (default: ./demo_output)")
+    p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
+                description="The built-in example: about a minute and a half on 2 CPU cores, no GPU or download "
+                            "needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
+                            "history.json and curves.png.")
+    p.add_argument("-o", "--output", default="demo_output", help="output folder")
     p.add_argument("--quick", action="store_true", help="a few training steps only (a smoke test)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (default: 70)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (data, weights, tiles)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=_non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("segment", help="segment image files (TIFF, PNG, JPEG) with a saved model",
-                       description="One output per input, OUTDIR/<name><suffix>, written atomically. Under "
-                                   "torchrun the files are shared among the processes.")
+    p = command("segment", help="segment image files (TIFF, PNG, JPEG) with a saved model",
+                description="One output per input: OUTDIR/<input name without its suffix>.tif (or .ome.zarr), "
+                            "written atomically (a hidden .<name>.<hex>.partial.* file until complete; leftovers "
+                            "of killed runs are removed). An output folder where an output would replace an "
+                            "input is refused. Under torchrun the files are shared among the processes.")
     p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
-    p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
     p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
     p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
     p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--output", choices=("labels", "probabilities"), default="labels")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
+    p.add_argument("--output", choices=("labels", "probabilities"), default="labels",
+                   help="class index per pixel, or one probability per class")
     p.add_argument("--format", choices=("tif", "ome.zarr"), default="tif",
                    help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip inputs whose output exists")
-    p.add_argument("--num-parts", type=_positive_int, help="split the file list into this many parts ...")
-    p.add_argument("--part-id", type=int, help="... and segment part K (0-based), e.g. a job-array index")
+    p.add_argument("--num-parts", type=_positive_int,
+                   help="split the file list into this many parts ... (default: 1, no split)")
+    p.add_argument("--part-id", type=_non_negative_int,
+                   help="... and segment part K (0-based), e.g. a job-array index (default: 0)")
     p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
-                   help="refuse files declaring more pixels unless they can be streamed (default 2^30)")
+                   help="refuse files declaring more pixels (tiled TIFFs too: raise it to segment larger ones)")
+    p.add_argument("--nonfinite", choices=("error", "zero"), default=None,
+                   help="NaN/inf pixels in float images: error, or zero (statistics from the finite pixels, "
+                        "the others set to 0); default: the model's normalisation's rule, error unless it says")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_segment, parser=p)
+    p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("export", help="write a model as a bioimage.io package, ONNX or TorchScript",
-                       description="bioimageio: a .zip for the bioimage.io model zoo and the tools that run it (Fiji/"
-                                   "deepImageJ, ilastik, QuPath, napari); onnx: a .onnx file; torchscript: a .pt file. "
-                                   "Any batch size and legal image size runs. Never overwrites a file.")
+    p = command("export", help="write a model as a bioimage.io package, ONNX or TorchScript",
+                description="bioimageio: a .zip for the bioimage.io model zoo and the tools that run it (Fiji/"
+                            "deepImageJ, ilastik, QuPath, napari); onnx: a .onnx file; torchscript: a .pt file. "
+                            "Any batch size and legal image size runs. Never overwrites a file.")
     p.add_argument("model", help="model file (.safetensors written by unet-fast train or save_model)")
-    p.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
+    p.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"), help="what to write")
     p.add_argument("-o", "--output", required=True, help="file to write: .zip (bioimageio), .onnx or .pt (torchscript)")
     p.add_argument("--test-image", help="bioimageio: an image (TIFF/PNG) of your data; its centre becomes the "
                                         "package's test input (default: a synthetic nuclei image)")
     p.add_argument("--name", help="bioimageio: the model's name (default: from the output file name)")
-    p.add_argument("--author", action="append", help="bioimageio: an author's name (repeat for several)")
+    p.add_argument("--author", action="append", help="bioimageio: an author's name (repeat for several; default: none)")
     p.add_argument("--license", help="bioimageio: SPDX license of the weights (default CC-BY-4.0)")
-    p.add_argument("--description", help="bioimageio: one sentence on what the model segments")
+    p.add_argument("--description", help="bioimageio: one sentence on what the model segments (default: none)")
     p.set_defaults(func=cmd_export)
     return parser
 
 
+# ---- errors: one line each, naming the argument
+
+def _flag(parser: argparse.ArgumentParser, argument: str) -> str:
+    """The option strings of the argument whose dest is ``argument`` ("a/b": both)."""
+    names = []
+    for part in argument.split("/"):
+        action = next((a for a in parser._actions if a.dest == part), None)
+        names.append("/".join(action.option_strings) if action is not None and action.option_strings else part)
+    return " and ".join(names)
+
+
+@contextlib.contextmanager
+def _blame(argument: str | None):
+    """Errors inside are the named argument's fault (a usage error), e.g. a checkpoint that cannot be read."""
+    try:
+        yield
+    except BadArgument:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as error:
+        if argument is None:
+            raise
+        raise BadArgument(argument, _message(error)) from error
+
+
+@contextlib.contextmanager
+def _blame_config():
+    """Architecture errors name their argument first ("depth must be ..."): blame that one."""
+    try:
+        yield
+    except BadArgument:
+        raise
+    except ValueError as error:
+        text = str(error)
+        names = ("in_channels", "num_classes", "depth", "base_channels", "padding", "dropout")
+        found = sorted((text.find(name), name) for name in names if name in text)
+        raise BadArgument(found[0][1] if found else "depth", text) from error
+
+
+def _message(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError):
+        text = f"missing {text}"
+    lines = text.splitlines()
+    if len(lines) > 1:
+        text = f"{lines[0]} (and {len(lines) - 1} more lines: --debug shows them)"
+    if not isinstance(error, (OSError, ValueError, TypeError, BadArgument)):
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
+def _report(error: BaseException, args) -> int:
+    """Print one line for ``error``; the exit status: 2 for an argument's fault, else 1."""
+    where = f"unet-fast {args.command}"
+    if isinstance(error, BadArgument):
+        print(f"{where}: error: argument {_flag(args.parser, error.argument)}: {_message(error)}", file=sys.stderr)
+        return 2
+    print(f"{where}: error: {_message(error)}", file=sys.stderr)
+    return 1
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _quiet_abandoned_reads() -> None:
+    """zarr reads chunks in asyncio tasks: when one fails (a truncated TIFF), its siblings are abandoned,
+    and at exit each prints a "Task was destroyed" or "never retrieved" report with a traceback, over
+    a hundred lines after the one that matters, which segment has already printed."""
+    import logging
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message="Enable tracemalloc", category=RuntimeWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
+    if not debug:
+        _quiet_abandoned_reads()
+    # SIGTERM (kill, torchrun stopping a job, a scheduler's time limit) unwinds like Ctrl-C, so that
+    # temporary files are removed on the way out instead of being left behind
+    previous = None
+    with contextlib.suppress(ValueError):       # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"unet-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        return _report(error, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -27,17 +27,19 @@ def _plot_curves(history: list[dict]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 3.5), dpi=100)
+    validated = any(row.get(key) is not None for row in history for key in ("val_iou", "val_object_f1"))
+    figure = Figure(figsize=(9, 3.5) if validated else (5, 3.5), dpi=100)   # no empty validation panel
     FigureCanvasAgg(figure)
-    losses, scores = figure.subplots(1, 2)
+    losses, scores = figure.subplots(1, 2) if validated else (figure.subplots(1, 1), None)
     epochs = [row["epoch"] for row in history]
     for key, axes in (("train_loss", losses), ("val_loss", losses), ("val_iou", scores), ("val_object_f1", scores)):
         values = [row.get(key) for row in history]
-        if any(v is not None for v in values):
+        if axes is not None and any(v is not None for v in values):
             axes.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=key)
     losses.set(xlabel="epoch", ylabel="weighted cross-entropy", title="loss")
-    scores.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
-    for axes in (losses, scores):
+    if scores is not None:
+        scores.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    for axes in (losses, scores) if validated else (losses,):
         if axes.lines:
             axes.legend()
         axes.grid(alpha=0.3)

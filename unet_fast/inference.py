@@ -335,20 +335,21 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     shape = ((source.slices,) if source.stacked else ()) + (
         (source.height, source.width) if output == "labels" else (num_classes, source.height, source.width))
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
-    sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
-                     pixel_size=pixel_size)
-
     plan = plan_tiles(model, (source.height, source.width), slices=source.slices, tile_size=tile_size,
                       batch_size=batch_size, device=device, dtype=compute_dtype,
                       memory_budget_bytes=memory_budget_bytes)
     log.info("predict_tiled plan: %s", plan.explain())
     was_training = model.training
-    model.to(device=device, memory_format=torch.channels_last).eval()
-    if cuda_graphs is None:
-        cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
-    runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
-                     bool(cuda_graphs))
+    # the sink last, and everything after it under the try: an error (or SIGTERM) before the first
+    # tile must leave neither its temporary file nor its writer thread behind
+    sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
+                     pixel_size=pixel_size)
     try:
+        model.to(device=device, memory_format=torch.channels_last).eval()
+        if cuda_graphs is None:
+            cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
+        runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
+                         bool(cuda_graphs))
         with torch.inference_mode():
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()

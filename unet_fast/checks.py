@@ -14,11 +14,13 @@ import torch
 
 
 class BadArgument(ValueError):
-    """An argument's value cannot work; ``argument`` is its keyword name (e.g. "output_dir")."""
+    """An argument's value cannot work; ``argument`` is its keyword name (e.g. "output_dir"), which the
+    message starts with; ``detail`` is the message without it (the command line names the flag instead)."""
 
     def __init__(self, argument: str, message: str):
-        super().__init__(message)
+        super().__init__(message if message.startswith(argument) else f"{argument}: {message}")
         self.argument = argument
+        self.detail = message
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -449,8 +449,8 @@ def _blame_config():
         raise BadArgument(found[0][1] if found else "depth", text) from error
 
 
-def _message(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
+def _message(error: BaseException, text: str | None = None) -> str:
+    text = (str(error) if text is None else text).strip() or type(error).__name__
     if isinstance(error, KeyError):
         text = f"missing {text}"
     lines = text.splitlines()
@@ -465,7 +465,8 @@ def _report(error: BaseException, args) -> int:
     """Print one line for ``error``; the exit status: 2 for an argument's fault, else 1."""
     where = f"unet-fast {args.command}"
     if isinstance(error, BadArgument):
-        print(f"{where}: error: argument {_flag(args.parser, error.argument)}: {_message(error)}", file=sys.stderr)
+        print(f"{where}: error: argument {_flag(args.parser, error.argument)}: {_message(error, error.detail)}",
+              file=sys.stderr)
         return 2
     print(f"{where}: error: {_message(error)}", file=sys.stderr)
     return 1

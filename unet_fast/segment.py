@@ -248,7 +248,7 @@ def _check_tile_size(tile_size, model) -> None:
     if tile_size is not None:
         trace = geometry.trace_sizes(tile_size, model.depth, model.padding)
         if trace.problem is not None:
-            raise checks.BadArgument("tile_size", "tile_size: " + geometry.size_error_message(
+            raise checks.BadArgument("tile_size", geometry.size_error_message(
                 tile_size, model.depth, model.padding, trace.problem))
 
 

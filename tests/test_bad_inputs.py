@@ -1,0 +1,489 @@
+"""What a hostile or careless user hands in: every case is refused (or reported) with an error of the
+right type naming the argument at fault, within seconds, and no input file changes (issue 9).
+
+API cases: (id, call, error type, text the message must hold). CLI cases: (id, argv, exit status,
+text stderr must hold); usage errors (status 2) print exactly one line and write nothing at all.
+Everything is tiny (a depth-2 net with 2 channels, images of a few thousand pixels), so the whole
+file runs in seconds.
+"""
+import hashlib
+import json
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from safetensors.torch import save_file
+
+import unet_fast
+from unet_fast import cli, geometry, image_io, reference, segment
+from unet_fast.checks import BadArgument
+from unet_fast.inference import predict_tiled
+from unet_fast.model_file import METADATA_KEY, ModelFileError, read_model_config
+from unet_fast.normalization import NonFiniteInputError, Normalization
+from unet_fast.ops import weighted_softmax_cross_entropy
+from unet_fast.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the user's files
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return unet_fast.UNet(depth=2, base_channels=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """The user's files, shared by every case (each case checks that none of them changed)."""
+    root = tmp_path_factory.mktemp("user")
+    rng = np.random.default_rng(0)
+    (root / "in").mkdir()
+    image_io.write_image(root / "in" / "a.tif", rng.integers(0, 255, (40, 50)).astype(np.uint8))
+    image_io.write_image(root / "in" / "b.png", rng.integers(0, 255, (30, 30)).astype(np.uint8))
+    nan = rng.random((40, 40)).astype(np.float32)
+    nan[5, 7] = np.nan
+    tifffile.imwrite(root / "nan.tif", nan)
+    inf = rng.random((40, 40)).astype(np.float32)
+    inf[9, 9] = np.inf
+    tifffile.imwrite(root / "inf.tif", inf)
+    tifffile.imwrite(root / "tiled.tif", rng.integers(0, 255, (64, 64)).astype(np.uint8), tile=(16, 16))
+    whole = (root / "in" / "a.tif").read_bytes()
+    (root / "truncated.tif").write_bytes(whole[:len(whole) // 2])
+    images, labels = unet_fast.synthetic_nuclei(2, 64, seed=0)
+    for folder, data in (("train_images", images), ("train_labels", labels)):
+        (root / folder).mkdir()
+        for i, array in enumerate(data):
+            tifffile.imwrite(root / folder / f"x{i}.tif", array)
+    (root / "other_labels").mkdir()
+    tifffile.imwrite(root / "other_labels" / "y0.tif", labels[0])
+    (root / "one_image").mkdir()
+    tifffile.imwrite(root / "one_image" / "y0.tif", images[0])
+    unet_fast.save_model(tiny_model(), root / "model.safetensors",
+                         normalization=Normalization(mode="dtype"))
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root: content hash, size, mode and modification time."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            state[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_size,
+                                                  stat.st_mode, stat.st_mtime_ns)
+    return state
+
+
+# ---- model files as a hostile user writes them
+
+def model_file(path: Path, config=lambda c: None, state=lambda s: None) -> Path:
+    """A .safetensors model file from a valid one, its JSON config and tensors edited in place."""
+    model = tiny_model()
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    good = path.parent / "good.safetensors"
+    unet_fast.save_model(model, good)
+    metadata = read_model_config(good)
+    config(metadata)
+    state(tensors)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+    good.unlink()
+    return path
+
+
+def pt_file(path: Path, state=lambda s: None) -> Path:
+    tensors = dict(tiny_model().state_dict())
+    state(tensors)
+    torch.save(tensors, path)
+    return path
+
+
+def set_architecture(**values):
+    return lambda c: c["architecture"].update(values)
+
+
+def x(shape=(1, 1, 28, 28), dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+def lazy(path):
+    import zarr
+
+    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+# ---- API cases: (id, call(ws, tmp), error type, text the message holds)
+
+API = [
+    # the architecture, before anything is allocated
+    ("depth 40", lambda ws, t: unet_fast.UNet(depth=40, base_channels=1), ValueError, "depth"),
+    ("widest layer", lambda ws, t: unet_fast.UNet(depth=12, base_channels=64), ValueError, "base_channels"),
+    ("too many parameters", lambda ws, t: unet_fast.UNet(depth=8, base_channels=128), ValueError, "parameters"),
+    ("huge base", lambda ws, t: unet_fast.UNet(base_channels=10 ** 6), ValueError, "base_channels"),
+    ("huge in_channels", lambda ws, t: unet_fast.UNet(in_channels=10 ** 6), ValueError, "in_channels"),
+    ("num_classes 1", lambda ws, t: unet_fast.UNet(num_classes=1), ValueError, "num_classes"),
+    ("num_classes 0", lambda ws, t: unet_fast.UNet(num_classes=0), ValueError, "num_classes"),
+    ("depth bool", lambda ws, t: unet_fast.UNet(depth=True), ValueError, "depth"),
+    ("padding", lambda ws, t: unet_fast.UNet(padding="full"), ValueError, "padding"),
+    ("dropout nan", lambda ws, t: unet_fast.UNet(dropout=float("nan")), ValueError, "dropout"),
+    ("dropout 1", lambda ws, t: unet_fast.UNet(dropout=1.0), ValueError, "dropout"),
+    ("reference depth 40", lambda ws, t: reference.UNet(depth=40), ValueError, "depth"),
+    # forward inputs
+    ("float64 input", lambda ws, t: tiny_model()(x(dtype=torch.float64)), TypeError, "torch.float64"),
+    ("float16 input", lambda ws, t: tiny_model()(x(dtype=torch.float16)), TypeError, "torch.float16"),
+    ("integer input", lambda ws, t: tiny_model()(x(dtype=torch.int64)), TypeError, "floating-point"),
+    ("3-D input", lambda ws, t: tiny_model()(x((1, 28, 28))), ValueError, "4 dimensions"),
+    ("illegal size", lambda ws, t: tiny_model()(x((1, 1, 27, 28))), ValueError, "nearest legal"),
+    ("wrong channels", lambda ws, t: tiny_model()(x((1, 3, 28, 28))), ValueError, "in_channels"),
+    # geometry, in closed form
+    ("geometry depth 64", lambda ws, t: geometry.min_input_size(64), ValueError, "depth"),
+    ("input_size_for 0", lambda ws, t: geometry.input_size_for(0), ValueError, "output"),
+    ("output_size illegal", lambda ws, t: geometry.output_size(13, 2), ValueError, "legal"),
+    # the loss
+    ("loss target out of range", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.full((1, 3, 3), 2), None), IndexError, "target"),
+    ("loss negative weight", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), -torch.ones(1, 3, 3)), ValueError, "weight"),
+    ("loss NaN weight", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), torch.full((1, 3, 3), float("nan"))),
+     ValueError, "weight"),
+    ("loss target shape", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, dtype=torch.long)), ValueError, "target"),
+    ("loss float target", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3)), TypeError, "target"),
+    ("loss reduction", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), reduction="avg"), ValueError, "reduction"),
+    # model files: untrusted input
+    ("model missing", lambda ws, t: unet_fast.load_model(t / "none.safetensors"), FileNotFoundError,
+     "none.safetensors"),
+    ("model is a folder", lambda ws, t: unet_fast.load_model(ws / "in"), ModelFileError, "folder"),
+    ("model suffix", lambda ws, t: unet_fast.load_model(ws / "in" / "a.tif"), ModelFileError, "a.tif"),
+    ("model garbage", lambda ws, t: unet_fast.load_model(
+        (t / "g.safetensors").write_bytes(os.urandom(300)) and t / "g.safetensors"), ModelFileError,
+     "g.safetensors"),
+    ("model truncated", lambda ws, t: unet_fast.load_model(
+        (t / "t.safetensors").write_bytes((ws / "model.safetensors").read_bytes()[:-100]) and t / "t.safetensors"),
+     ModelFileError, "t.safetensors"),
+    ("model without metadata", lambda ws, t: unet_fast.load_model(
+        save_file({"w": torch.zeros(2)}, str(t / "p.safetensors")) or t / "p.safetensors"), ModelFileError,
+     "not a unet_fast model file"),
+    ("model metadata not JSON", lambda ws, t: unet_fast.load_model(
+        save_file({"w": torch.zeros(2)}, str(t / "j.safetensors"), metadata={METADATA_KEY: "{depth: 5"})
+        or t / "j.safetensors"), ModelFileError, "JSON"),
+    ("model claims depth 40", lambda ws, t: unet_fast.load_model(
+        model_file(t / "d40.safetensors", set_architecture(depth=40, base_channels=1))), ModelFileError, "depth"),
+    ("model claims num_classes 1", lambda ws, t: unet_fast.load_model(
+        model_file(t / "k1.safetensors", set_architecture(num_classes=1))), ModelFileError, "num_classes"),
+    ("model depth is text", lambda ws, t: unet_fast.load_model(
+        model_file(t / "ds.safetensors", set_architecture(depth="2"))), ModelFileError, "depth"),
+    ("model claims wider layers", lambda ws, t: unet_fast.load_model(
+        model_file(t / "w.safetensors", set_architecture(base_channels=4))), ModelFileError, "shape"),
+    ("model tensor missing", lambda ws, t: unet_fast.load_model(
+        model_file(t / "m.safetensors", state=lambda s: s.pop("head.bias"))), ModelFileError, "missing"),
+    ("model tensor extra", lambda ws, t: unet_fast.load_model(
+        model_file(t / "e.safetensors", state=lambda s: s.update(extra=torch.zeros(3)))), ModelFileError,
+     "unexpected"),
+    ("model NaN weights", lambda ws, t: unet_fast.load_model(
+        model_file(t / "n.safetensors", state=lambda s: s["head.weight"].fill_(float("nan")))), ModelFileError,
+     "NaN"),
+    ("model integer weights", lambda ws, t: unet_fast.load_model(
+        model_file(t / "i.safetensors", state=lambda s: s.update({"head.bias": torch.zeros(2, dtype=torch.int32)}))),
+     ModelFileError, "floating point"),
+    ("model normalisation", lambda ws, t: unet_fast.load_model(
+        model_file(t / "z.safetensors", lambda c: c["normalization"].update(mode="magic"))), ModelFileError,
+     "normalization"),
+    ("model class names", lambda ws, t: unet_fast.load_model(
+        model_file(t / "c.safetensors", lambda c: c.update(class_names=["only one"]))), ModelFileError,
+     "class_names"),
+    ("model unknown field", lambda ws, t: unet_fast.load_model(
+        model_file(t / "u.safetensors", set_architecture(kernel=5))), ModelFileError, "kernel"),
+    ("model format version", lambda ws, t: unet_fast.load_model(
+        model_file(t / "v.safetensors", lambda c: c.update(format_version=99))), ModelFileError, "version"),
+    ("pt truncated", lambda ws, t: unet_fast.load_model(
+        (t / "x.pt").write_bytes(b"PK\x03\x04 truncated") and t / "x.pt"), ModelFileError, "x.pt"),
+    ("pt pickle with code", lambda ws, t: unet_fast.load_model(
+        (t / "evil.pt").write_bytes(pickle.dumps(Hostile())) and t / "evil.pt"), pickle.UnpicklingError, "evil.pt"),
+    ("pt without head", lambda ws, t: unet_fast.load_model(
+        pt_file(t / "h.pt", lambda s: s.pop("head.weight"))), ModelFileError, "head.weight"),
+    ("pt NaN weights", lambda ws, t: unet_fast.load_model(
+        pt_file(t / "n.pt", lambda s: s["encoder.0.conv1.bias"].fill_(float("inf")))), ModelFileError, "NaN"),
+    ("save to .pt", lambda ws, t: unet_fast.save_model(tiny_model(), t / "m.pt"), ValueError, ".safetensors"),
+    ("save NaN weights", lambda ws, t: unet_fast.save_model(
+        tiny_model().requires_grad_(False).apply(lambda m: getattr(m, "bias", None) is not None
+                                                 and m.bias.fill_(float("nan"))), t / "n.safetensors"),
+     ValueError, "NaN"),
+    # predict_tiled
+    ("out is the input", lambda ws, t: predict_tiled(tiny_model(), lazy(ws / "tiled.tif"), out=ws / "tiled.tif"),
+     BadArgument, "out"),
+    ("out is a symlink to the input", lambda ws, t: predict_tiled(
+        tiny_model(), lazy(ws / "tiled.tif"), out=(t / "l.tif").symlink_to(ws / "tiled.tif") or t / "l.tif"),
+     BadArgument, "tiled.tif"),
+    ("out is a hard link to the input", lambda ws, t: predict_tiled(
+        tiny_model(), lazy(ws / "tiled.tif"), out=(t / "h.tif").hardlink_to(ws / "tiled.tif") or t / "h.tif"),
+     BadArgument, "tiled.tif"),
+    ("memory budget -5", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
+                                                     memory_budget_bytes=-5), BadArgument, "memory_budget_bytes"),
+    ("memory budget float", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
+                                                        memory_budget_bytes=1.5e9), BadArgument, "memory_budget_bytes"),
+    ("NaN pixel", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "nan.tif")), NonFiniteInputError,
+     "nonfinite"),
+    ("inf pixel, percentiles", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "inf.tif"),
+                                                           normalization=Normalization()), NonFiniteInputError,
+     "nonfinite"),
+    ("output kind", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30)), output="mask"), ValueError,
+     "output"),
+    ("compute dtype", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30)), dtype="int8"), ValueError,
+     "dtype"),
+    ("tile size", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30)), tile_size=13, out=t / "o.tif"),
+     ValueError, "tile_size"),
+    ("layout", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30)), layout="XY"), ValueError, "layout"),
+    ("image channels", lambda ws, t: predict_tiled(tiny_model(), np.zeros((3, 30, 30)), layout="CYX"), ValueError,
+     "channel"),
+    ("percentiles reversed", lambda ws, t: Normalization(low=50, high=10), ValueError, "low"),
+    ("nonfinite policy", lambda ws, t: Normalization(nonfinite="ignore"), ValueError, "nonfinite"),
+    ("normalisation low NaN", lambda ws, t: Normalization(mode="fixed", low=float("nan")), ValueError, "low"),
+    # segment.run
+    ("segment into the inputs' folder", lambda ws, t: segment.run([ws / "in"], ws / "in", ws / "model.safetensors"),
+     BadArgument, "output_dir"),
+    ("segment into a symlink to it", lambda ws, t: segment.run(
+        [ws / "in"], (t / "link").symlink_to(ws / "in") or t / "link", ws / "model.safetensors"), BadArgument,
+     "a.tif"),
+    ("segment onto a hard link", lambda ws, t: segment.run(
+        [ws / "in" / "a.tif"], (t / "o").mkdir() or (t / "o" / "a.tif").hardlink_to(ws / "in" / "a.tif") or t / "o",
+        ws / "model.safetensors"), BadArgument, "same file"),
+    ("segment format", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", format="png"),
+     BadArgument, "format"),
+    ("segment num_parts 0", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", num_parts=0),
+     BadArgument, "num_parts"),
+    ("segment part_id", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", num_parts=2,
+                                                  part_id=2), BadArgument, "part_id"),
+    ("segment device gpu", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", device="gpu"),
+     BadArgument, "gpu"),
+    ("segment output_dir is a file", lambda ws, t: segment.run([ws / "in"], ws / "a_file", ws / "model.safetensors"),
+     BadArgument, "a_file"),
+    ("segment max_pixels 0", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", max_pixels=0),
+     BadArgument, "max_pixels"),
+    ("segment nonfinite", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors",
+                                                    nonfinite="drop"), BadArgument, "nonfinite"),
+    ("segment tile size", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", tile_size=13),
+     BadArgument, "tile_size"),
+    # fit
+    ("fit epochs 0", lambda ws, t: fit(tiny_model(), None, epochs=0), ValueError, "epochs"),
+    ("fit lr negative", lambda ws, t: fit(tiny_model(), None, epochs=1, lr=-1.0), ValueError, "lr"),
+    ("fit momentum 1", lambda ws, t: fit(tiny_model(), None, epochs=1, momentum=1.0), ValueError, "momentum"),
+]
+if torch.cuda.is_available():
+    API = [case for case in API if "float16 input" not in case[0]]
+else:
+    API.append(("segment on cuda without CUDA", lambda ws, t: segment.run(
+        [ws / "in"], t / "o", ws / "model.safetensors", device="cuda"), BadArgument, "CUDA is not available"))
+
+
+@pytest.mark.parametrize("call, error, named", [pytest.param(*case[1:], id=case[0]) for case in API])
+def test_api_refuses(ws, tmp_path, call, error, named):
+    before = snapshot(ws)
+    started = time.perf_counter()
+    with pytest.raises(error) as raised:
+        call(ws, tmp_path)
+    assert named in str(raised.value)
+    assert time.perf_counter() - started < 10
+    assert snapshot(ws) == before
+    assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))     # no temporary left behind
+
+
+def test_an_8_kb_model_file_claiming_depth_16_is_refused_before_allocating(tmp_path):
+    """Within the depth limit, but 2^30+ parameters: refused from its header, in far less than the
+    seconds (and gigabytes) building it would take."""
+    path = model_file(tmp_path / "claims.safetensors", set_architecture(depth=16, base_channels=64))
+    assert path.stat().st_size < 8192
+    started = time.perf_counter()
+    with pytest.raises(ModelFileError, match="claims.safetensors.*limit"):
+        unet_fast.load_model(path)
+    assert time.perf_counter() - started < 1.0
+
+
+# ---- CLI cases: (id, argv(ws, tmp), exit status, text stderr holds)
+
+def _segment(ws, t, *more, model=None):
+    return ["segment", "-i", str(ws / "in"), "-o", str(t / "out"), "-m", str(model or ws / "model.safetensors"),
+            "--no-progress", *more]
+
+
+def _train(ws, t, *more, output=None):
+    return ["train", "--images", str(ws / "train_images"), "--labels", str(ws / "train_labels"), "-o",
+            str(output or t / "m.safetensors"), "--epochs", "1", "--depth", "2", "--base-channels", "2",
+            "--no-progress", *more]
+
+
+CLI = [
+    # usage errors: exit 2, one line naming the flag, nothing written
+    ("segment -o the input folder", lambda ws, t: ["segment", "-i", str(ws / "in"), "-o", str(ws / "in"), "-m",
+                                                   str(ws / "model.safetensors")], 2, "-o/--output-dir"),
+    ("segment -o a file", lambda ws, t: ["segment", "-i", str(ws / "in"), "-o", str(ws / "a_file"), "-m",
+                                         str(ws / "model.safetensors")], 2, "is a file"),
+    ("segment -m missing", lambda ws, t: _segment(ws, t, model=t / "nope.safetensors"), 2, "-m/--model"),
+    ("segment -m a folder", lambda ws, t: _segment(ws, t, model=ws / "in"), 2, "-m/--model"),
+    ("segment -m an image", lambda ws, t: _segment(ws, t, model=ws / "in" / "a.tif"), 2, "a.tif"),
+    ("segment -m garbage", lambda ws, t: _segment(
+        ws, t, model=(t / "g.safetensors").write_bytes(b"\x00" * 64) and t / "g.safetensors"), 2, "g.safetensors"),
+    ("segment -m claims depth 40", lambda ws, t: _segment(
+        ws, t, model=model_file(t / "d.safetensors", set_architecture(depth=40))), 2, "depth"),
+    ("segment -m NaN weights", lambda ws, t: _segment(ws, t, model=model_file(
+        t / "n.safetensors", state=lambda s: s["head.bias"].fill_(float("nan")))), 2, "NaN"),
+    ("segment --device cuda" if not torch.cuda.is_available() else "segment --device cuda:99",
+     lambda ws, t: _segment(ws, t, "--device", "cuda" if not torch.cuda.is_available() else "cuda:99"), 2,
+     "--device"),
+    ("segment --device gpu", lambda ws, t: _segment(ws, t, "--device", "gpu"), 2, "--device"),
+    ("segment --tile-size 13", lambda ws, t: _segment(ws, t, "--tile-size", "13"), 2, "--tile-size"),
+    ("segment --tile-size abc", lambda ws, t: _segment(ws, t, "--tile-size", "abc"), 2, "--tile-size"),
+    ("segment --max-pixels 0", lambda ws, t: _segment(ws, t, "--max-pixels", "0"), 2, "--max-pixels"),
+    ("segment --num-parts alone", lambda ws, t: _segment(ws, t, "--num-parts", "2"), 2, "--part-id"),
+    ("segment --part-id too large", lambda ws, t: _segment(ws, t, "--num-parts", "2", "--part-id", "2"), 2,
+     "part_id"),
+    ("segment --format png", lambda ws, t: _segment(ws, t, "--format", "png"), 2, "--format"),
+    ("segment without -m", lambda ws, t: ["segment", "-i", str(ws / "in"), "-o", str(t / "out")], 2, "-m/--model"),
+    ("train -o model.pt", lambda ws, t: _train(ws, t, output=t / "model.pt"), 2, "-o/--output"),
+    ("train -o in a file's folder", lambda ws, t: _train(ws, t, output=ws / "a_file" / "m.safetensors"), 2,
+     "-o/--output"),
+    ("train -o a folder", lambda ws, t: _train(ws, t, output=ws / "in"), 2, "-o/--output"),
+    ("train --work-dir a file", lambda ws, t: _train(ws, t, "--work-dir", str(ws / "a_file")), 2, "--work-dir"),
+    ("train --labels missing", lambda ws, t: _train(ws, t, "--labels", str(t / "none")), 2, "--labels"),
+    ("train labels of other names", lambda ws, t: _train(ws, t, "--labels", str(ws / "other_labels")), 2,
+     "--images and --labels"),
+    ("train --resume corrupt", lambda ws, t: _train(ws, t, "--resume", str(ws / "truncated.tif")), 2, "--resume"),
+    ("train --resume a model file", lambda ws, t: _train(ws, t, "--resume", str(ws / "model.safetensors")), 2,
+     "--resume"),
+    ("train --depth 40", lambda ws, t: _train(ws, t, "--depth", "40"), 2, "--depth"),
+    ("train --depth 10 too wide", lambda ws, t: _train(ws, t, "--depth", "10", "--base-channels", "64"), 2,
+     "--base-channels"),
+    ("train --num-classes 1", lambda ws, t: _train(ws, t, "--num-classes", "1"), 2, "--num-classes"),
+    ("train --lr nan", lambda ws, t: _train(ws, t, "--lr", "nan"), 2, "--lr"),
+    ("train --momentum 1.5", lambda ws, t: _train(ws, t, "--momentum", "1.5"), 2, "--momentum"),
+    ("train --dropout -0.1", lambda ws, t: _train(ws, t, "--dropout", "-0.1"), 2, "--dropout"),
+    ("train --sigma 0", lambda ws, t: _train(ws, t, "--sigma", "0"), 2, "--sigma"),
+    ("train --tile-size 13", lambda ws, t: _train(ws, t, "--tile-size", "13"), 2, "--tile-size"),
+    ("train --val-fraction with 1 image", lambda ws, t: _train(ws, t, "--images", str(ws / "one_image"), "--labels",
+                                                                str(ws / "other_labels"), "--val-fraction", "0.5"),
+     2, "--val-fraction"),
+    ("train --device cuda:99", lambda ws, t: _train(ws, t, "--device", "cuda:99"), 2, "--device"),
+    ("train --workers -1", lambda ws, t: _train(ws, t, "--workers", "-1"), 2, "--workers"),
+    ("demo -o a file", lambda ws, t: ["demo", "-o", str(ws / "a_file")], 2, "-o/--output"),
+    ("demo --threads -1", lambda ws, t: ["demo", "--threads", "-1", "-o", str(t / "d")], 2, "--threads"),
+    ("sizes --depth 64", lambda ws, t: ["sizes", "--depth", "64"], 2, "--depth"),
+    ("unknown command", lambda ws, t: ["segmnet"], 2, "segmnet"),
+    # failures while working: exit 1, the file named, the others done
+    ("segment a NaN image", lambda ws, t: ["segment", "-i", str(ws / "nan.tif"), "-o", str(t / "out"), "-m",
+                                           str(ws / "model.safetensors"), "--no-progress"], 1, "NonFiniteInputError"),
+    ("segment a truncated TIFF", lambda ws, t: ["segment", "-i", str(ws / "truncated.tif"), "-o", str(t / "out"),
+                                                "-m", str(ws / "model.safetensors"), "--no-progress"], 1,
+     "truncated.tif"),
+    ("segment a tiled TIFF above --max-pixels", lambda ws, t: [
+        "segment", "-i", str(ws / "tiled.tif"), "-o", str(t / "out"), "-m", str(ws / "model.safetensors"),
+        "--max-pixels", "1000", "--no-progress"], 1, "raise the limit to at least 4096"),
+    ("segment a pattern matching nothing", lambda ws, t: ["segment", "-i", str(ws / "*.jpg"), "-o", str(t / "out"),
+                                                          "-m", str(ws / "model.safetensors"), "--no-progress"], 1,
+     "no such file"),
+]
+
+
+@pytest.mark.parametrize("argv, status, named", [pytest.param(*case[1:], id=case[0]) for case in CLI])
+def test_cli_refuses(ws, tmp_path, capsys, argv, status, named):
+    arguments = argv(ws, tmp_path)
+    before, written_before = snapshot(ws), snapshot(tmp_path)
+    try:
+        got = cli.main(arguments)
+    except SystemExit as exit_:          # argparse's own errors
+        got = exit_.code
+    err = capsys.readouterr().err
+    assert got == status, err
+    assert named in err
+    assert "Traceback" not in err and "Task was destroyed" not in err
+    assert snapshot(ws) == before
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1, err
+        assert snapshot(tmp_path) == written_before          # nothing written, not even a folder's content
+        assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
+
+
+def test_debug_shows_the_traceback(ws, tmp_path, capsys, monkeypatch):
+    argv = _segment(ws, tmp_path, model=tmp_path / "nope.safetensors")
+    with pytest.raises(BadArgument, match="nope.safetensors"):
+        cli.main(["--debug", *argv])
+    monkeypatch.setenv("UNET_FAST_DEBUG", "1")
+    with pytest.raises(BadArgument):
+        cli.main(argv)
+
+
+def test_help_gives_every_flag_a_description_and_its_default(capsys):
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        text = command.format_help()
+        assert "Writes" in text or "OUTDIR/" in text or name in ("info", "sizes"), name
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings}: no help"
+                formatted = command._get_formatter()._get_help_string(action)
+                assert action.required or "default" in formatted, f"{name} {action.option_strings}: no default"
+
+
+# ---- data never lost: leftovers of killed runs, SIGTERM
+
+def test_continue_removes_leftovers_of_killed_runs_and_nothing_else(ws, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    leftovers = [out / ".a.tif.0123abcd.partial.tif", out / ".b.tif.deadbeef.partial.tif"]
+    for path in leftovers:
+        path.write_bytes(b"")
+    kept = [out / ".a.tif.notes", out / "a.tif.0123abcd.partial.tif", out / ".c.tif.0123abcd.partial.tif"]
+    for path in kept:
+        path.write_bytes(b"mine")
+    assert cli.main(_segment(ws, tmp_path, "--continue")) == 0
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"mine" for path in kept)
+    assert {"a.tif", "b.tif"} <= set(os.listdir(out))
+
+
+def test_sigterm_during_a_file_leaves_no_partial_file(tmp_path):
+    """kill (SIGTERM) in the middle of a file: the command unwinds as for Ctrl-C, removing the file
+    being written, and exits with 128 + 15. (In this process: a thread sends the signal once the
+    hidden partial file exists; a late signal would only reach the handler installed here.)"""
+    import threading
+
+    tifffile.imwrite(tmp_path / "big.tif", np.random.default_rng(0).integers(0, 255, (1200, 1200), np.uint8),
+                     tile=(256, 256))
+    unet_fast.save_model(tiny_model(), tmp_path / "m.safetensors")
+    late = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))
+    done = threading.Event()
+
+    def kill_when_writing():
+        while not done.is_set() and not list((tmp_path / "out").glob(".big.tif.*.partial.tif")):
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=kill_when_writing)
+    killer.start()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["segment", "-i", str(tmp_path / "big.tif"), "-o", str(tmp_path / "out"), "-m",
+                      str(tmp_path / "m.safetensors"), "--tile-size", "20", "--no-progress"])
+    finally:
+        done.set()
+        killer.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_.value.code == 128 + signal.SIGTERM and not late
+    assert os.listdir(tmp_path / "out") == []

@@ -65,6 +65,10 @@ def ws(tmp_path_factory):
     tifffile.imwrite(root / "other_labels" / "y0.tif", labels[0])
     (root / "one_image").mkdir()
     tifffile.imwrite(root / "one_image" / "y0.tif", images[0])
+    (root / "nan_images").mkdir()
+    for i, array in enumerate(images):
+        tifffile.imwrite(root / "nan_images" / f"x{i}.tif", np.where(np.arange(array.size).reshape(array.shape) == 7,
+                                                                     np.nan, array).astype(np.float32))
     unet_fast.save_model(tiny_model(), root / "model.safetensors",
                          normalization=Normalization(mode="dtype"))
     (root / "a_file").write_text("not a folder")
@@ -204,6 +208,9 @@ API = [
     ("model normalisation", lambda ws, t: unet_fast.load_model(
         model_file(t / "z.safetensors", lambda c: c["normalization"].update(mode="magic"))), ModelFileError,
      "normalization"),
+    ("model normalisation sample 10^12", lambda ws, t: unet_fast.load_model(
+        model_file(t / "s.safetensors", lambda c: c["normalization"].update(sample_pixels=10 ** 12))),
+     ModelFileError, "sample_pixels"),
     ("model class names", lambda ws, t: unet_fast.load_model(
         model_file(t / "c.safetensors", lambda c: c.update(class_names=["only one"]))), ModelFileError,
      "class_names"),
@@ -233,6 +240,12 @@ API = [
     ("out is a hard link to the input", lambda ws, t: predict_tiled(
         tiny_model(), lazy(ws / "tiled.tif"), out=(t / "h.tif").hardlink_to(ws / "tiled.tif") or t / "h.tif"),
      BadArgument, "tiled.tif"),
+    ("tile beyond memory", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
+                                                       tile_size=100002), BadArgument, "tile_size"),
+    ("tile beyond the budget", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32), tile_size=402,
+                                                           memory_budget_bytes=2 ** 20), BadArgument, "budget"),
+    ("batch beyond memory", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32), tile_size=4002,
+                                                        batch_size=10 ** 5), BadArgument, "batch_size"),
     ("memory budget -5", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
                                                      memory_budget_bytes=-5), BadArgument, "memory_budget_bytes"),
     ("memory budget float", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
@@ -291,6 +304,7 @@ else:
         [ws / "in"], t / "o", ws / "model.safetensors", device="cuda"), BadArgument, "CUDA is not available"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("call, error, named", [pytest.param(*case[1:], id=case[0]) for case in API])
 def test_api_refuses(ws, tmp_path, call, error, named):
     before = snapshot(ws)
@@ -379,6 +393,16 @@ CLI = [
      2, "--val-fraction"),
     ("train --device cuda:99", lambda ws, t: _train(ws, t, "--device", "cuda:99"), 2, "--device"),
     ("train --workers -1", lambda ws, t: _train(ws, t, "--workers", "-1"), 2, "--workers"),
+    ("train --seed 2^70", lambda ws, t: _train(ws, t, "--seed", str(2 ** 70)), 2, "--seed"),
+    ("train --work-dir the images folder", lambda ws, t: _train(ws, t, "--work-dir", str(ws / "train_images")), 2,
+     "--work-dir"),
+    ("train -o the checkpoint", lambda ws, t: _train(ws, t, "--work-dir", str(t / "w"),
+                                                     output=t / "w" / "last.safetensors"), 2, "checkpoint"),
+    ("train on NaN images", lambda ws, t: _train(ws, t, "--images", str(ws / "nan_images")), 2, "'x0'"),
+    ("segment --tile-size beyond memory", lambda ws, t: _segment(ws, t, "--tile-size", "100002"), 2,
+     "--tile-size"),
+    ("segment --batch-size beyond memory", lambda ws, t: _segment(ws, t, "--tile-size", "4002", "--batch-size",
+                                                                  "100000"), 2, "GiB"),
     ("demo -o a file", lambda ws, t: ["demo", "-o", str(ws / "a_file")], 2, "-o/--output"),
     ("demo --threads -1", lambda ws, t: ["demo", "--threads", "-1", "-o", str(t / "d")], 2, "--threads"),
     ("sizes --depth 64", lambda ws, t: ["sizes", "--depth", "64"], 2, "--depth"),

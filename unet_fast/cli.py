@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 
     from . import UNet, save_model
     from .architecture import check_config
-    from .checks import check_device, check_writable_folder
+    from .checks import check_device, check_writable_folder, same_file
     from .data import ImageFolderDataset, TiffStackDataset, split_dataset
     from .model_file import check_model_path
     from .pixel_size import common_pixel_size
@@ -77,6 +77,15 @@ def cmd_train(args) -> int:
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
     check_writable_folder(work_dir, "work_dir")
+    for name in ("images", "labels"):       # the logs (curves.png) would become training images there
+        if same_file(work_dir, getattr(args, name)):
+            raise BadArgument("work_dir", f"{str(work_dir)!r} is the {name} folder; checkpoints and logs need "
+                                          f"another (--work-dir)")
+    checkpoint = work_dir / "last.safetensors"
+    if same_file(args.output, checkpoint) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(checkpoint)) \
+            or (args.resume and same_file(args.output, args.resume)):
+        raise BadArgument("output", f"{args.output!r} is the training checkpoint ({checkpoint}, read by --resume), "
+                                    f"which the model would replace at the end; name the model otherwise")
     if args.cache_dir is not None:
         check_writable_folder(args.cache_dir, "cache_dir")
     check_device(args.device)
@@ -257,6 +266,16 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = T
     return parse
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {text!r}")
+    return value
+
+
 _fraction = _number(0.0, 1.0)                 # [0, 1)
 _positive_float = _number(0.0, float("inf"), low_open=True)
 _non_negative_float = _number(0.0, float("inf"))
@@ -348,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None,
                    help="checkpoints and logs (default: the output path without its suffix)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=0, help="random seed (weights, tiles, augmentation)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (weights, tiles, augmentation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -359,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo_output", help="output folder")
     p.add_argument("--quick", action="store_true", help="a few training steps only (a smoke test)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (default: 70)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (data, weights, tiles)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (data, weights, tiles)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=_non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -36,7 +36,7 @@ from .geometry import mirror_indices
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
 from .image_io import atomic_path
 from .image_io import read_image as _read_image
-from .normalization import Normalization
+from .normalization import NonFiniteInputError, Normalization
 from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
@@ -110,7 +110,10 @@ class SegmentationDataset(Sequence):
                              f"they must be the same size")
         if index not in self._cache:
             self._cache[index] = self._targets(name, label)
-        image = self.normalization(image, channel_axis=0)
+        try:
+            image = self.normalization(image, channel_axis=0)
+        except NonFiniteInputError as error:
+            raise NonFiniteInputError(f"image {name!r}: {error}") from None
         if self.cache_images:
             self._images[index] = (name, image)
         return LabelledImage(name, image, *self._cache[index])

@@ -25,7 +25,7 @@ from .tile_graphs import has_tile_graph, tile_graph
 from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
                      parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
-__all__ = ["predict_tiled", "OUTPUTS", "LAYOUTS",
+__all__ = ["predict_tiled", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
            # planning moved to unet_fast.tiling; importable from here as before
            "TilePlan", "plan_tiles", "estimate_activation_bytes", "memory_budget", "same_padding_margin",
            "usable_tile_sizes"]
@@ -339,6 +339,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                       batch_size=batch_size, device=device, dtype=compute_dtype,
                       memory_budget_bytes=memory_budget_bytes)
     log.info("predict_tiled plan: %s", plan.explain())
+    check_chosen_plan_fits(plan, tile_size, batch_size, memory_budget_bytes)
     was_training = model.training
     # the sink last, and everything after it under the try: an error (or SIGTERM) before the first
     # tile must leave neither its temporary file nor its writer thread behind
@@ -361,6 +362,37 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if plan.retries:
         log.info("predict_tiled finished after retries: %s", plan.explain())
     return result
+
+
+def available_memory(device) -> int | None:
+    """Bytes free on ``device`` now (MemAvailable on the CPU); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_chosen_plan_fits(plan: TilePlan, tile_size, batch_size, memory_budget_bytes=None) -> None:
+    """A tile or batch size the caller chose must fit: in ``memory_budget_bytes`` when given, else in
+    the memory free on the device. The planner never picks more than fits; a chosen tile of 10^5 px
+    a side would not fail but take the machine down, so it is refused (BadArgument) before any work."""
+    if tile_size is None and batch_size is None:
+        return
+    limit = memory_budget_bytes if memory_budget_bytes is not None else available_memory(plan.device)
+    if limit is None or plan.estimated_bytes <= limit:
+        return
+    argument = "tile_size" if tile_size is not None else "batch_size"
+    where = "the memory budget (memory_budget_bytes)" if memory_budget_bytes is not None else \
+        f"the memory free on {plan.device}"
+    raise checks.BadArgument(argument, f"a batch of {plan.batch_size} tile(s) of {plan.tile[0]}x{plan.tile[1]} px "
+                                       f"needs about {plan.estimated_bytes / 2 ** 30:.3g} GiB, more than "
+                                       f"{where}, {limit / 2 ** 30:.3g} GiB; choose a smaller {argument}"
+                                       f"{' or batch_size' if tile_size is not None and batch_size is not None else ''}"
+                                       f", or leave it out to have it planned")
 
 
 def _backing_files(image) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 
 NORMALIZATION_MODES = ("percentile", "fixed", "dtype", "none")
 NONFINITE_POLICIES = ("error", "zero")
+MAX_SAMPLE_PIXELS = 2 ** 26       # 512 MiB of float64
 
 
 class NonFiniteInputError(ValueError):
@@ -60,8 +61,10 @@ class Normalization:
             raise ValueError(f"Normalization needs high > low, got low={self.low!r}, high={self.high!r}")
         if self.mode == "percentile" and not 0.0 <= self.low < self.high <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
-        if not isinstance(self.sample_pixels, int) or isinstance(self.sample_pixels, bool) or self.sample_pixels < 1:
-            raise ValueError(f"sample_pixels must be a positive integer, got {self.sample_pixels!r}")
+        if not isinstance(self.sample_pixels, int) or isinstance(self.sample_pixels, bool) \
+                or not 1 <= self.sample_pixels <= MAX_SAMPLE_PIXELS:
+            raise ValueError(f"sample_pixels must be an integer in [1, {MAX_SAMPLE_PIXELS}] (a model file sets it: "
+                             f"the sample is held in memory as float64), got {self.sample_pixels!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -110,7 +113,7 @@ class Normalization:
             raise NonFiniteInputError(
                 f"image holds NaN or infinite pixel values ({where}), which would silently spoil "
                 f"the prediction; repair the image, or opt in to setting them to 0: "
-                f"Normalization(nonfinite='zero') (unet-fast segment --nonfinite zero)")
+                f"Normalization(nonfinite='zero') (for unet-fast segment: --nonfinite zero)")
 
     def apply(self, x: np.ndarray, offset: np.ndarray, scale: np.ndarray,
               channel_axis: int | None = None) -> np.ndarray:

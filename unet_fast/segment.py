@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from . import checks, geometry, image_io
-from .inference import OUTPUTS, predict_tiled
+from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .ranks import shared_failures
 from .torchrun import Torchrun
@@ -244,12 +244,21 @@ def check_arguments(output_dir, *, output: str, format: str, tile_size, batch_si
     checks.check_writable_folder(output_dir, "output_dir")
 
 
-def _check_tile_size(tile_size, model) -> None:
+def check_tiles(model, tile_size, batch_size, device, dtype) -> None:
+    """A chosen tile size must be legal for the model, and a chosen tile or batch size must fit in
+    memory (``inference.check_chosen_plan_fits``): BadArgument before any file is read."""
     if tile_size is not None:
         trace = geometry.trace_sizes(tile_size, model.depth, model.padding)
         if trace.problem is not None:
             raise checks.BadArgument("tile_size", geometry.size_error_message(
                 tile_size, model.depth, model.padding, trace.problem))
+    if tile_size is not None or batch_size is not None:
+        from .tiling import plan_tiles
+
+        size = tile_size or geometry.min_input_size(model.depth, model.padding)
+        plan = plan_tiles(model, (size, size), tile_size=tile_size, batch_size=batch_size, device=device,
+                          dtype=dtype)
+        check_chosen_plan_fits(plan, tile_size, batch_size)
 
 
 def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | torch.nn.Module, *,
@@ -281,7 +290,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
-            _check_tile_size(tile_size, model)
+            check_tiles(model, tile_size, batch_size, job.device, dtype)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,
                                     tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import geometry
+from . import geometry, image_io
 from .checks import BadArgument
 
 DEBUG_ENVIRONMENT = "UNET_FAST_DEBUG"
@@ -100,6 +100,9 @@ def cmd_train(args) -> int:
             if not isinstance(config, dict):
                 raise ValueError(f"{args.resume}: its model_config is not an object: {config!r:.80}")
         config.pop("backend", None)
+    for name in ("last.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers of killed runs
+        image_io.remove_leftovers(work_dir / name)
+    image_io.remove_leftovers(args.output)
     with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
         check_config(**config)
     if args.tile_size is not None:

@@ -13,8 +13,10 @@ Images written as they are computed, tile by tile, go through ``unet_fast.sinks`
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -220,6 +222,23 @@ def temporary_sibling(path) -> Path:
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".ome.zarr") else path.suffix
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+
+
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial(\..*)?")
+
+
+def remove_leftovers(path) -> list[Path]:
+    """Remove what killed runs (SIGKILL, a power cut) left of ``path``: the hidden
+    ``.NAME.<hex>.partial.*`` files or folders ``temporary_sibling`` names beside it. Returns them."""
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
+            match = _PARTIAL.fullmatch(candidate.name)
+            if match and match["name"] == path.name:
+                discard(candidate)
+                removed.append(candidate)
+    return removed
 
 
 def discard(path) -> None:

@@ -329,7 +329,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         checks.check_output_is_not_an_input(out, _backing_files(image), "out", "file the image is read from")
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
-    device = torch.device(device) if device is not None else model_device(model)
+    device = checks.check_device(device) or model_device(model)
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     normalize = _normalizer(normalization, source, nonfinite)
     shape = ((source.slices,) if source.stacked else ()) + (

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file, safe_open
 
 from .architecture import check_config, parameter_shapes
-from .checks import BadArgument, check_writable_file
+from .checks import BadArgument, check_device, check_writable_file
 from .image_io import atomic_path
 from .model import BACKENDS, UNet
 from .normalization import Normalization
@@ -220,6 +220,7 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     from .bioimageio_package import is_package, read_package
 
     path = Path(path)
+    check_device(device)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file (.safetensors, or .pt/.pth)")
     if not path.is_file():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -113,22 +112,6 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str) -> None:
                               + "; nothing was written. Choose an output folder that holds no inputs")
 
 
-_PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial(\..*)?")
-
-
-def remove_leftovers(target: Path) -> list[Path]:
-    """Remove what killed runs left of ``target``: hidden ``.NAME.<hex>.partial.*`` files or folders
-    (image_io.temporary_sibling's names) beside it. Returns what was removed."""
-    removed = []
-    if target.parent.is_dir():
-        for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.partial*"):
-            match = _PARTIAL.fullmatch(candidate.name)
-            if match and match["name"] == target.name:
-                image_io.discard(candidate)
-                removed.append(candidate)
-    return removed
-
-
 def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
     other = [a for a in info.axes[:-2] if a != "C"]
     if info.axes[-2:] != "YX" or len(other) > 1:
@@ -150,7 +133,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   nonfinite: str | None = None, log=print) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
-    killed runs (``remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``."""
+    killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -164,7 +147,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             log(f"FAILED {path}: output {target} is also the output of {claimed[target]}", file=sys.stderr)
             continue
         claimed[target] = path
-        remove_leftovers(target)
+        image_io.remove_leftovers(target)
         if resume and target.exists():
             summary.skipped.append(str(path))
             continue

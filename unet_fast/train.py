@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from . import geometry
+from .checks import check_device
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
@@ -87,6 +88,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     (``unet_fast.ranks``): a ``RankFailedError`` naming the failed rank where it did not fail.
     """
     _check_fit_arguments(model, epochs, batch_size, lr, momentum, lr_schedule)
+    check_device(device)
     job = Torchrun.join(device)
     run = None
     try:

@@ -86,3 +86,22 @@ def test_old_io_module_still_imports_with_a_warning():
     with pytest.warns(DeprecationWarning, match="use unet_fast.image_io.read_image"):
         import unet_fast.io
         assert unet_fast.io.read_image is image_io.read_image
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Every file written atomically gets 0666 less the umask, as open() would give it, whatever its writer
+    made of the temporary file (safetensors makes it 0600)."""
+    import torch
+
+    import unet_fast
+
+    previous = os.umask(umask)
+    try:
+        torch.manual_seed(0)
+        written = [unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=2), tmp_path / "m.safetensors"),
+                   image_io.write_image(tmp_path / "a.tif", np.zeros((4, 4), np.uint8)),
+                   image_io.write_bytes_atomically(tmp_path / "b.csv", b"x\n")]
+    finally:
+        os.umask(previous)
+    assert {oct(os.stat(path).st_mode & 0o777) for path in written} == {oct(0o666 & ~umask)}

@@ -228,31 +228,24 @@ def _read_test_image(path):
     return image
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _integer(smallest: int, largest: int | None = None):
+    """An argparse type: an integer in [smallest, largest]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < smallest or (largest is not None and value > largest):
+            bound = f">= {smallest}" if largest is None else f"in [{smallest}, {largest}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def _depth(text: str) -> int:
-    value = _positive_int(text)
-    if value > geometry.MAX_DEPTH:
-        raise argparse.ArgumentTypeError(f"must be at most {geometry.MAX_DEPTH}, got {value}")
-    return value
+_positive_int = _integer(1)
+_non_negative_int = _integer(0)
+_depth = _integer(1, geometry.MAX_DEPTH)
+_seed = _integer(0, 2 ** 63 - 1)
 
 
 def _number(low: float, high: float, low_open: bool = False, high_open: bool = True):
@@ -267,16 +260,6 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = T
                                              f"{')' if high_open else ']'}, got {text!r}")
         return value
     return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {text!r}")
-    return value
 
 
 _fraction = _number(0.0, 1.0)                 # [0, 1)

@@ -92,6 +92,9 @@ def cmd_train(args) -> int:
     for name in ("images", "labels"):
         if not Path(getattr(args, name)).exists():
             raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
+    if same_file(args.images, args.labels):
+        raise BadArgument("labels", f"{args.labels!r} is the --images {'file' if Path(args.images).is_file() else 'folder'}"
+                                    f" itself; labels are separate images, matched to the images by name")
     config = dict(num_classes=args.num_classes, depth=args.depth, base_channels=args.base_channels,
                   padding=args.padding, dropout=args.dropout)
     if args.resume:

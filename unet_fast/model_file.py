@@ -224,7 +224,8 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file (.safetensors, or .pt/.pth)")
     if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"model file {str(path)!r} " + ("is not a regular file" if path.exists()
+                                                                else "does not exist"))
     if is_package(path):
         config, state = read_package(path)
         _check_loaded(config, state, path)

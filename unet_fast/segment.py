@@ -61,7 +61,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             matches = [Path(m) for m in glob.glob(item, recursive=True)
                        if Path(m).is_file() or image_io.is_zarr_image(m)]
             if not matches:
-                problems.append((item, "no such file, folder or matching pattern"))
+                problems.append((item, "neither a regular file nor a folder" if path.exists() else
+                                 "no such file, folder or matching pattern"))
             files.update(matches)
     return sorted(files, key=lambda p: str(p)), problems
 

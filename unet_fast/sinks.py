@@ -159,7 +159,11 @@ class StreamingTiffWriter:
                     pass
 
         self._thread = threading.Thread(target=run, name="unet_fast-tiff-writer", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:   # e.g. SIGTERM while the thread starts: no caller holds this writer to abort it
+            self.abort()
+            raise
 
     def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
         if self._error is not None:
@@ -216,15 +220,19 @@ class StreamingZarrWriter:
         if plane_dims not in (0, 1):
             raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
         names = ["z"] * plane_dims + ["c"] * int(channels) + ["y", "x"]
-        group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
-        chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
-        self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
-        axes, scale = ngff_axes_and_scale(pixel_size, names)
-        group.attrs["multiscales"] = [{
-            "version": "0.4",
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }]
+        try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
+            group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
+            chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
+            self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
+            axes, scale = ngff_axes_and_scale(pixel_size, names)
+            group.attrs["multiscales"] = [{
+                "version": "0.4",
+                "axes": axes,
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            }]
+        except BaseException:
+            discard(self.temporary)
+            raise
         self.plane_dims = plane_dims
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
 

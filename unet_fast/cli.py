@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
-                description="The built-in example: about a minute and a half on 2 CPU cores, no GPU or download "
-                            "needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
+                description="The built-in example: about 50 s of CPU time (a minute and a half on 2 quiet cores), "
+                            "no GPU or download needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
                             "history.json and curves.png.")
     p.add_argument("-o", "--output", default="demo_output", help="output folder")
     p.add_argument("--quick", action="store_true", help="a few training steps only (a smoke test)")

@@ -123,6 +123,17 @@ def lazy(path):
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
+def ome_zarr(path):
+    """An OME-Zarr image folder (written as segment writes its outputs)."""
+    pytest.importorskip("zarr")
+    from unet_fast.sinks import StreamingZarrWriter
+
+    writer = StreamingZarrWriter(path, (30, 30), np.uint8)
+    writer.write(0, 0, 0, np.arange(900, dtype=np.uint8).reshape(30, 30))
+    writer.close()
+    return path
+
+
 class Hostile:
     def __reduce__(self):
         return (os.system, ("true",))
@@ -276,6 +287,9 @@ API = [
     ("segment onto a hard link", lambda ws, t: segment.run(
         [ws / "in" / "a.tif"], (t / "o").mkdir() or (t / "o" / "a.tif").hardlink_to(ws / "in" / "a.tif") or t / "o",
         ws / "model.safetensors"), BadArgument, "same file"),
+    ("segment an OME-Zarr into its own folder", lambda ws, t: segment.run(
+        [ome_zarr(t / "in" / "x.ome.zarr")], t / "in", ws / "model.safetensors", format="ome.zarr"), BadArgument,
+     "x.ome.zarr"),
     ("segment format", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", format="png"),
      BadArgument, "format"),
     ("segment num_parts 0", lambda ws, t: segment.run([ws / "in"], t / "o", ws / "model.safetensors", num_parts=0),
@@ -314,7 +328,7 @@ def test_api_refuses(ws, tmp_path, call, error, named):
     assert named in str(raised.value)
     assert time.perf_counter() - started < 10
     assert snapshot(ws) == before
-    assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))     # no temporary left behind
+    assert not any(".partial" in p.name for p in tmp_path.rglob("*"))     # no temporary left behind
 
 
 def test_an_8_kb_model_file_claiming_depth_16_is_refused_before_allocating(tmp_path):

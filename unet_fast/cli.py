@@ -196,25 +196,24 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import pickle
-
     from . import load_model
     from .export import check_output, export
 
-    package_options = {"--test-image": args.test_image, "--name": args.name, "--author": args.author,
-                       "--license": args.license, "--description": args.description}
-    try:
+    package_options = {"test_image": args.test_image, "name": args.name, "author": args.author,
+                       "license": args.license, "description": args.description}
+    with _blame("output"):
         check_output(args.output, args.format)          # before the model is read: fail fast
-        given = [flag for flag, value in package_options.items() if value is not None]
-        if args.format != "bioimageio" and given:
-            raise ValueError(f"{', '.join(given)}: options of --format bioimageio only; drop them for --format {args.format}")
-        options = {} if args.format != "bioimageio" else dict(
-            test_image=_read_test_image(args.test_image) if args.test_image else None, name=args.name,
-            authors=args.author, license=args.license or "CC-BY-4.0", description=args.description)
+    given = [name for name, value in package_options.items() if value is not None]
+    if args.format != "bioimageio" and given:
+        raise BadArgument(given[0], f"an option of --format bioimageio only; drop it for --format {args.format}")
+    with _blame("test_image"):
+        test_image = _read_test_image(args.test_image) if args.test_image else None
+    options = {} if args.format != "bioimageio" else dict(
+        test_image=test_image, name=args.name, authors=args.author, license=args.license or "CC-BY-4.0",
+        description=args.description)
+    with _blame("model"):
         model = load_model(args.model)
-        written = export(model, args.output, args.format, **options)
-    except (OSError, ValueError, TypeError, ImportError, pickle.UnpicklingError) as error:
-        raise SystemExit(f"export: {error}") from None
+    written = export(model, args.output, args.format, **options)     # a failure here: exit 1, one line
     synthetic = args.format == "bioimageio" and not args.test_image
     print(f"wrote {written}" + ("; its test image is synthetic nuclei: pass --test-image with an image of your "
                                 "data to show what the model is for" if synthetic else ""))
@@ -403,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = command("export", help="write a model as a bioimage.io package, ONNX or TorchScript",
-                description="bioimageio: a .zip for the bioimage.io model zoo and the tools that run it (Fiji/"
-                            "deepImageJ, ilastik, QuPath, napari); onnx: a .onnx file; torchscript: a .pt file. "
-                            "Any batch size and legal image size runs. Never overwrites a file.")
+                description="Writes OUTPUT, never overwriting a file. bioimageio: a .zip for the bioimage.io model "
+                            "zoo and the tools that run it (Fiji/deepImageJ, ilastik, QuPath, napari); onnx: a .onnx "
+                            "file; torchscript: a .pt file. Any batch size and legal image size runs.")
     p.add_argument("model", help="model file (.safetensors written by unet-fast train or save_model)")
     p.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"), help="what to write")
     p.add_argument("-o", "--output", required=True, help="file to write: .zip (bioimageio), .onnx or .pt (torchscript)")

@@ -87,7 +87,7 @@ def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path):
     assert masks.images[0].iou == pytest.approx(by_folders.images[0].iou)     # 0/255 masks: components as objects
     with Image.open(tmp_path / "overlays" / "n0.png") as picture:
         pixels = np.asarray(picture)
-    assert pixels.shape == (64, 64, 3) and (pixels == overlays.BOTH).all(-1).any()
+    assert pixels.shape == (512, 512, 3) and (pixels == overlays.BOTH).all(-1).any()     # enlarged 8 times
 
 
 def test_evaluate_stacks_and_bad_inputs(nuclei, tmp_path):
@@ -145,8 +145,9 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
     for fmt in ("tif", "ome.zarr"):
         with Image.open(folder / fmt / "overlays" / "n0.png") as picture:
             drawn = np.asarray(picture)
-        assert drawn.shape == (64, 64, 3)
-        assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(want))
+        assert drawn.shape == (512, 512, 3)
+        enlarged = np.kron(want, np.ones((8, 8), want.dtype))
+        assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(enlarged))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,7 +3,8 @@
 Predicted objects are outlined in yellow and, where given, the true objects in cyan (pixels on both
 outlines in white). Large images are shown subsampled (every k-th pixel, so that the longer side is
 at most ``max_side``), read lazily where the arrays are lazy: outlines are then those of the
-subsampled labels, good for a glance, not for measuring.
+subsampled labels, good for a glance, not for measuring. Small images are enlarged (each pixel
+repeated) to at least ``max_side / 2``, so that outlines stay thinner than the objects.
 """
 from __future__ import annotations
 
@@ -66,10 +67,15 @@ def render_overlay(image, predicted, truth=None, *, max_side: int = 1024) -> np.
                          + " must have the same height and width")
     step = subsample_step(height, width, max_side)
     sample = (slice(None, None, step), slice(None, None, step))
-    picture = _display(np.asarray(image[(Ellipsis, *sample)]))
-    mine = outlines(np.asarray(predicted[sample]))
+    zoom = max(1, (max_side // 2) // max(-(-height // step), -(-width // step)))
+
+    def enlarged(array):
+        return np.repeat(np.repeat(np.asarray(array), zoom, axis=-2), zoom, axis=-1) if zoom > 1 else np.asarray(array)
+
+    picture = _display(enlarged(image[(Ellipsis, *sample)]))
+    mine = outlines(enlarged(predicted[sample]))
     if truth is not None:
-        theirs = outlines(np.asarray(truth[sample]))
+        theirs = outlines(enlarged(truth[sample]))
         picture[theirs & ~mine] = TRUE
         picture[theirs & mine] = BOTH
     picture[mine & (truth is None or ~theirs)] = PREDICTED

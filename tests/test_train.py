@@ -172,7 +172,8 @@ images, labels = synthetic_nuclei(2, 48, seed=0)
 torch.manual_seed(int(__import__("os").environ["RANK"]))     # different initial weights: DDP must sync them
 model = UNet(depth=2, base_channels=4, dropout=0.0)
 result = fit(model, ArrayDataset(images, labels), ArrayDataset(images[:1], labels[:1]), epochs=2,
-             recipe="paper", tile_size=44, tiles_per_epoch=4, lr=0.01, device="cpu", checkpoint_dir=sys.argv[1] + "/ckpt")
+             recipe="paper", tile_size=44, tiles_per_epoch=4, lr=0.01, device="cpu",
+             checkpoint_dir=sys.argv[1] + "/ckpt")
 rank = __import__("os").environ["RANK"]
 torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv[1]}/rank{rank}.pt")
 """

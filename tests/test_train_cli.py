@@ -37,7 +37,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
                           "--lr-schedule", "cosine", "--weight-decay", "0.01", "--momentum", "0.8", "--epochs", "9",
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
                           "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--depth", "2",
-                          "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3", "--time-limit", "0.5",
+                          "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
+                          "--time-limit", "0.5",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
                           "--best-metric", "iou", "--tile-size", "44")) == 0
     recipe = seen["recipe"]

@@ -429,16 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a model on labelled images (IoU, Dice, object F1, AP, Rand error)",
                        description="Segment each labelled image into objects as `segment --output instances` does and "
-                                   "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the mean "
-                                   "over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) and of "
-                                   "F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per image and "
-                                   "the mean) and prints a summary. Labels with more than two values are instances; a "
-                                   "two-valued mask's objects are its connected components.")
+                                   "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the "
+                                   "mean over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) "
+                                   "and of F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per "
+                                   "image and the mean) and prints a summary. Labels with more than two values are "
+                                   "instances; a two-valued mask's objects are its connected components.")
     p.add_argument("-m", "--model", required=True, help="model file (2 classes)")
     p.add_argument("--images", required=True, help="folder of images, or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
     p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
-    p.add_argument("-o", "--output-dir", default="evaluation", help="for evaluation.csv and overlays (default: %(default)s)")
+    p.add_argument("-o", "--output-dir", default="evaluation",
+                   help="for evaluation.csv and overlays (default: %(default)s)")
     p.add_argument("--overlay", action="store_true",
                    help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan")
     _instance_flags(p)

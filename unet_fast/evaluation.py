@@ -83,12 +83,8 @@ class Evaluation:
     @property
     def pooled(self) -> metrics.ObjectScores:
         """Object precision, recall and F1 at IoU 0.5 from the counts summed over the images."""
-        tp, fp, fn = (sum(getattr(s, key) for s in self.images)
-                      for key in ("true_positives", "false_positives", "false_negatives"))
-        precision = tp / (tp + fp) if tp + fp else 1.0
-        recall = tp / (tp + fn) if tp + fn else 1.0
-        return metrics.ObjectScores(tp, fp, fn, precision, recall, 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
-                                    float("nan"))
+        return metrics.scores_from_counts(*(sum(getattr(s, key) for s in self.images)
+                                            for key in ("true_positives", "false_positives", "false_negatives")))
 
     def csv(self) -> str:
         """One row per image and a last row "mean" (means; counts summed)."""
@@ -120,8 +116,8 @@ class Evaluation:
                            f"{sum(s.true_objects for s in self.images)}/"
                            f"{sum(s.predicted_objects for s in self.images)}"))
         pooled = self.pooled
-        lines.append(f"objects pooled over the images, IoU >= 0.5: F1 {pooled.f1:.3f}, precision {pooled.precision:.3f}, "
-                     f"recall {pooled.recall:.3f} ({pooled.true_positives} matched, {pooled.false_positives} false, "
+        lines.append(f"objects pooled over the images, IoU >= 0.5: F1 {pooled.f1:.3f}, "
+                     f"precision {pooled.precision:.3f}, recall {pooled.recall:.3f} ({pooled.true_positives} matched, {pooled.false_positives} false, "
                      f"{pooled.false_negatives} missed)")
         return "\n".join(lines)
 

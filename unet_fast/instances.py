@@ -125,7 +125,8 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, out=N
     shape = tuple(int(s) for s in foreground.shape)
     stacked = len(shape) == 3 if stacked is None else stacked
     if len(shape) != 2 + int(stacked) or min(shape) < 1:
-        raise ValueError(f"foreground must be a non-empty {'(Z, H, W)' if stacked else '(H, W)'} mask, got shape {shape}")
+        raise ValueError(f"foreground must be a non-empty {'(Z, H, W)' if stacked else '(H, W)'} mask, "
+                         f"got shape {shape}")
     block = DEFAULT_BLOCK if block is None else block
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}")
@@ -329,28 +330,13 @@ def give_back_borders(window: np.ndarray, band: int) -> np.ndarray:
 
 # ---- outputs
 
-class _ArrayOutput:
-    def __init__(self, array, stacked: bool):
-        self.array, self.stacked = array, stacked
-
-    def write(self, plane, y, x, labels):
-        index = ((plane,) if self.stacked else ()) + (slice(y, y + labels.shape[0]), slice(x, x + labels.shape[1]))
-        self.array[index] = labels
-
-    def close(self):
-        return self.array
-
-    def abort(self):
-        pass
-
-
 def _open_output(out, shape, count: int):
+    from .sinks import ArraySink, StreamingZarrWriter, open_streaming_writer
+
     stacked = len(shape) == 3
     if out is None:
-        return _ArrayOutput(np.zeros(shape, instance_dtype(count)), stacked)
+        return ArraySink(np.zeros(shape, instance_dtype(count)), stacked)
     if isinstance(out, (str, Path)):
-        from .sinks import StreamingZarrWriter, open_streaming_writer
-
         writer = open_streaming_writer(out, shape, instance_dtype(count))
         if isinstance(writer, StreamingZarrWriter):
             writer.set_attributes({"image-label": {"version": "0.4"}})
@@ -360,4 +346,4 @@ def _open_output(out, shape, count: int):
     kind = np.dtype(out.dtype)
     if kind.kind not in "iu" or np.iinfo(kind).max < count:
         raise ValueError(f"out must be an integer array that holds labels up to {count}, got {out.dtype}")
-    return _ArrayOutput(out, stacked)
+    return ArraySink(out, stacked)

@@ -246,7 +246,9 @@ def _match(overlaps: _Overlaps, threshold: float) -> tuple[int, int, int, list[f
     return tp, overlaps.n_pred - tp, overlaps.n_true - tp, matched
 
 
-def _scores(tp: int, fp: int, fn: int, matched: list[float]) -> ObjectScores:
+def scores_from_counts(tp: int, fp: int, fn: int, matched: list[float] = ()) -> ObjectScores:
+    """ObjectScores of counts of true positives, false positives and false negatives (and the IoUs
+    of the matched pairs, for their mean)."""
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
@@ -279,7 +281,7 @@ def object_scores_by_threshold(prediction, target, thresholds=IOU_THRESHOLDS,
             total[1] += fp
             total[2] += fn
             total[3] += matched
-    return [_scores(*total) for total in counts]
+    return [scores_from_counts(*total) for total in counts]
 
 
 def object_scores(prediction, target, iou_threshold: float = 0.5, connected_components: bool = False) -> ObjectScores:

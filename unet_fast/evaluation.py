@@ -117,8 +117,8 @@ class Evaluation:
                            f"{sum(s.predicted_objects for s in self.images)}"))
         pooled = self.pooled
         lines.append(f"objects pooled over the images, IoU >= 0.5: F1 {pooled.f1:.3f}, "
-                     f"precision {pooled.precision:.3f}, recall {pooled.recall:.3f} ({pooled.true_positives} matched, {pooled.false_positives} false, "
-                     f"{pooled.false_negatives} missed)")
+                     f"precision {pooled.precision:.3f}, recall {pooled.recall:.3f} ({pooled.true_positives} matched, "
+                     f"{pooled.false_positives} false, {pooled.false_negatives} missed)")
         return "\n".join(lines)
 
 

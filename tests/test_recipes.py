@@ -46,11 +46,15 @@ def test_augmentation_and_tile_sizes():
     assert bare.augmentation() is None
     assert kinds(bare.replace(noise=0.1).augmentation()) == [augment.RandomNoise]
     default = get_recipe("default")
-    assert default.tile_for(3, "valid") == 140
+    assert default.tile_for(3, "valid") == 140                  # 100 px out: the same for other networks
+    assert [default.tile_for(d, p) for d, p in [(2, "valid"), (4, "valid"), (5, "valid"), (3, "same")]] == \
+        [116, 188, 284, 100]
     for depth, padding in [(2, "valid"), (4, "valid"), (5, "valid"), (3, "same")]:
         tile = default.tile_for(depth, padding)
-        assert geometry.is_valid_input_size(tile, depth, padding) and tile >= 140
-        assert tile - geometry.size_step(depth) < max(140, geometry.min_input_size(depth, padding))
+        assert geometry.output_size(tile, depth, padding) >= 100
+        assert not any(geometry.is_valid_input_size(n, depth, padding) and geometry.output_size(n, depth, padding)
+                       >= 100 for n in range(geometry.min_input_size(depth, padding), tile))
+    assert default.replace(tile_size=141).tile_for(3, "valid") == 144     # not legal for its own net: the next
     assert get_recipe("paper").tile_for(5, "valid") is None
 
 

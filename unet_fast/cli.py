@@ -335,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=None, help="SGD's momentum, Adam's beta1")
     g.add_argument("--weight-decay", type=_non_negative_float, default=None)
     g.add_argument("--tile-size", type=_positive_int, default=None,
-                   help="input tile size (legal for the net); default: the recipe's, made legal for the depth "
-                        "(paper: the largest up to 572 that fits the images)")
+                   help="input tile size (legal for the net); default: the recipe's (for another depth, the "
+                        "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
     g.add_argument("--batch-size", type=_positive_int, default=None)
     g = p.add_argument_group("augmentation")
     g.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None)

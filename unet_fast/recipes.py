@@ -107,13 +107,18 @@ class Recipe:
         return Compose(transforms) if transforms else None
 
     def tile_for(self, depth: int, padding: str) -> int | None:
-        """The recipe's tile size made legal for a network of ``depth`` and ``padding``: the smallest
-        legal input size at least ``tile_size`` (None stays None: planned from the images)."""
+        """The recipe's tile size for a network of ``depth`` and ``padding``: the smallest legal input
+        whose output covers at least as many pixels as ``tile_size`` gives the recipe's own network
+        (the same tile for that network; None stays None: planned from the images)."""
         if self.tile_size is None:
             return None
-        smallest = geometry.min_input_size(depth, padding)
-        sizes = geometry.valid_input_sizes(depth, max(self.tile_size, smallest) + geometry.size_step(depth), padding)
-        return next(n for n in sizes if n >= self.tile_size)
+        wanted = (geometry.output_size(self.tile_size, self.depth, self.padding)
+                  if geometry.is_valid_input_size(self.tile_size, self.depth, self.padding) else 1)
+        n = geometry.min_input_size(depth, padding)
+        while not (geometry.is_valid_input_size(n, depth, padding) and geometry.output_size(n, depth, padding) >= wanted
+                   and n >= (self.tile_size if wanted == 1 else 0)):
+            n += 1
+        return n
 
     def describe(self) -> str:
         """One line: the optimisation and the augmentation."""

@@ -348,8 +348,8 @@ def default_tile_size(model, images: SegmentationDataset, largest: int = 572) ->
 
 
 def _training_tiles(model, train_data, recipe: Recipe, tile_size, augment, seed):
-    """The tiles to train on; tile_size: as given (checked), else the recipe's made legal for the model,
-    else (the paper's recipe) the largest legal one up to 572 px that fits the images."""
+    """The tiles to train on; tile_size: as given (checked), else the recipe's for the model's depth
+    (``Recipe.tile_for``), else (the paper's recipe) the largest legal one up to 572 px that fits the images."""
     if isinstance(train_data, SegmentationDataset):
         if len(train_data) == 0:
             raise ValueError("train_data is empty: training needs at least one labelled image")

@@ -135,6 +135,7 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     (lambda: InstanceOptions(min_size=-1), "min_size must be an integer >= 0, got -1"),
     (lambda: InstanceOptions(border=1.5), "border must be an integer >= 0"),
     (lambda: InstanceOptions(fill_holes="yes"), "fill_holes must be True or False"),
+    (lambda: InstanceOptions(threshold=1.0), "threshold must be a probability in (0, 1), got 1.0"),
     (lambda: label_instances(np.zeros((0, 3), bool)), "non-empty"),
     (lambda: label_instances(np.zeros((3, 3), bool), block=0), "block must be a positive integer"),
     (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((3, 3), np.float32)), "integer array"),
@@ -184,6 +185,26 @@ def test_predict_tiled_instances_do_not_depend_on_tiles_or_blocks(height, width,
         got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
                             tile_size=tile, instance_options=options)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+def test_a_foreground_threshold_other_than_the_argmax(threshold, tmp_path, monkeypatch):
+    image = blobs(5, 30, 40, "smooth").astype(np.float32) * 0.6 + 0.2    # probabilities 0.4 .. 0.6 and more
+    image += np.random.default_rng(0).normal(0, 0.15, image.shape).astype(np.float32)
+    probability = 1 / (1 + np.exp(-2 * (image.astype(np.float64) - 0.5)))      # CentreThreshold's softmax
+    probability[np.abs(probability - threshold) < 1e-3] = 0.01   # no ties within float16's rounding
+    image = (0.5 + np.log(probability / (1 - probability)) / 2).astype(np.float32)
+    options = InstanceOptions(min_size=0, threshold=threshold)
+    want = label_instances(probability > threshold, options)
+    got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
+                        tile_size=44, instance_options=options)
+    np.testing.assert_array_equal(got, want)
+    assert got.max() > 1
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    stack = predict_tiled(CentreThreshold(), np.stack([image, image[::-1]]), output="instances", progress=False,
+                          normalization=NONE, tile_size=60, instance_options=options, layout="ZYX",
+                          out=tmp_path / "stack.tif")
+    np.testing.assert_array_equal(tifffile.imread(stack)[0], got)
 
 
 def test_predict_tiled_instances_of_a_unet_are_its_labels_made_objects():

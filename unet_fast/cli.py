@@ -153,7 +153,7 @@ def cmd_segment(args) -> int:
         args.parser.error(str(error))
     options = _instance_options(args)
     if options is not None and args.output != "instances":
-        args.parser.error("--min-size, --no-fill-holes and --border go with --output instances")
+        args.parser.error("--min-size, --no-fill-holes, --border and --threshold go with --output instances")
     if args.overlay and args.output == "probabilities":
         args.parser.error("--overlay outlines labels or instances, not probabilities")
     if args.output == "instances":
@@ -210,7 +210,8 @@ def _instance_options(args):
     from .instances import InstanceOptions
 
     given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
-                                           ("fill_holes", False if args.no_fill_holes else None)) if value is not None}
+                                           ("fill_holes", False if args.no_fill_holes else None),
+                                           ("threshold", args.threshold)) if value is not None}
     return InstanceOptions(**given) if given else None
 
 
@@ -244,8 +245,9 @@ def cmd_evaluate(args) -> int:
                                 overlay_dir=output_dir / "overlays" if args.overlay else None,
                                 log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
     csv_path = write_bytes_atomically(output_dir / "evaluation.csv", evaluation.csv().encode())
-    print(f"{args.model} on {len(evaluation.images)} image(s); objects: min size {options.min_size} px, "
-          f"holes {'filled' if options.fill_holes else 'kept'}, borders {options.border} px")
+    print(f"{args.model} on {len(evaluation.images)} image(s); objects: foreground probability above "
+          f"{options.threshold:g}, min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
+          f"borders {options.border} px")
     print(evaluation.summary())
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
                                  if args.overlay else ""))
@@ -277,6 +279,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1), got {text}")
     return value
 
 
@@ -462,6 +471,9 @@ def _instance_flags(p) -> None:
     p.add_argument("--border", type=_non_negative_int, default=None, metavar="PX",
                    help=f"instances: give background within this distance of two objects to the nearest "
                         f"(default {defaults.border}; 0: off)")
+    p.add_argument("--threshold", type=_probability, default=None, metavar="P",
+                   help=f"instances: foreground where its probability is above P (default {defaults.threshold}: "
+                        f"where it wins the argmax)")
 
 
 def main(argv: list[str] | None = None) -> int:

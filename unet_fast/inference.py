@@ -386,7 +386,7 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
 def _predict_instances(model, image, options, *, out, layout, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
-    from .instances import InstanceOptions, label_instances, scratch_for
+    from .instances import Above, InstanceOptions, label_instances, scratch_for
     from .sinks import ZARR_SUFFIXES
     from .image_io import TIFF_SUFFIXES
 
@@ -401,8 +401,14 @@ def _predict_instances(model, image, options, *, out, layout, **predict):
     if isinstance(out, (str, Path)) and Path(out).suffix.lower() not in TIFF_SUFFIXES + ZARR_SUFFIXES:
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
-    shape = ((source.slices,) if source.stacked else ()) + (source.height, source.width)
+    planes = (source.slices,) if source.stacked else ()
     with scratch_for(out, source.height * source.width) as scratch:
-        mask = scratch.array(shape, np.uint8)
-        predict_tiled(model, source.image, layout=source.layout, output="labels", out=mask, **predict)
-        return label_instances(mask, options, out=out, stacked=source.stacked, scratch=scratch)
+        if options.threshold == 0.5:     # foreground wins the argmax: labels, 1 byte a pixel
+            foreground = scratch.array(planes + (source.height, source.width), np.uint8)
+            predict_tiled(model, source.image, layout=source.layout, output="labels", out=foreground, **predict)
+        else:
+            probabilities = scratch.array(planes + (2, source.height, source.width), np.float16)
+            predict_tiled(model, source.image, layout=source.layout, output="probabilities", out=probabilities,
+                          **predict)
+            foreground = Above(probabilities, options.threshold, stacked=source.stacked)
+        return label_instances(foreground, options, out=out, stacked=source.stacked, scratch=scratch)

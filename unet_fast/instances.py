@@ -2,7 +2,8 @@
 
 The rules (``InstanceOptions``), applied to one 2-D plane:
 
-1. objects are the 4-connected components of the foreground;
+1. objects are the 4-connected components of the foreground (for a network's output: the pixels whose
+   foreground probability is above ``threshold``, by default where foreground wins the argmax);
 2. objects of fewer than ``min_size`` pixels are removed (they become background);
 3. with ``fill_holes``, a hole -- a 4-connected region of background (removed objects included)
    that does not touch the image border and whose 4-neighbours all belong to one object -- joins
@@ -32,7 +33,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch"]
+__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "Above"]
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 #: pixels of one plane above which scratch arrays of a file output go to disk rather than memory
@@ -47,11 +48,14 @@ class InstanceOptions:
     min_size: objects of fewer pixels (as predicted, before filling holes) are removed; 0 keeps all.
     fill_holes: background regions enclosed by one object join it.
     border: px; background pixels within this distance of two objects join the nearest (0: off).
+    threshold: a 2-class network's foreground is where its foreground probability is above this
+    (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
     """
 
     min_size: int = 15
     fill_holes: bool = True
     border: int = 2
+    threshold: float = 0.5
 
     def __post_init__(self):
         for name in ("min_size", "border"):
@@ -60,6 +64,24 @@ class InstanceOptions:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.fill_holes, (bool, np.bool_)):
             raise ValueError(f"fill_holes must be True or False, got {self.fill_holes!r}")
+        if not (isinstance(self.threshold, (int, float, np.floating)) and 0 < self.threshold < 1):
+            raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+
+
+class Above:
+    """A lazy foreground mask: ``probabilities[..., channel, y, x] > threshold`` of a (K, H, W) or
+    (Z, K, H, W) array, read block by block as ``label_instances`` asks."""
+
+    def __init__(self, probabilities, threshold: float, channel: int = 1, stacked: bool = False):
+        self.probabilities, self.threshold, self.channel, self.stacked = probabilities, threshold, channel, stacked
+        shape = tuple(probabilities.shape)
+        self.shape = shape[:1] + shape[2:] if stacked else shape[1:]
+
+    def __getitem__(self, key):
+        if self.stacked and isinstance(key, (int, np.integer)):
+            return Above(self.probabilities[key], self.threshold, self.channel)
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.probabilities[(self.channel,) + key]) > self.threshold
 
 
 def instance_dtype(count: int) -> np.dtype:

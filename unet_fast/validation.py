@@ -48,7 +48,12 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             weights = torch.from_numpy(sample.weights).to(device)
             pixels = target.numel()
             loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
-            instances = label_instances(logits.argmax(0).cpu().numpy() > 0, instance_options)
+            options = instance_options or InstanceOptions()
+            if options.threshold == 0.5 or logits.shape[0] != 2:   # as predict_tiled(output="instances")
+                foreground = logits.argmax(0).cpu().numpy() > 0
+            else:
+                foreground = torch.softmax(logits, 0)[1].cpu().numpy() > options.threshold
+            instances = label_instances(foreground, options)
             predicted = instances > 0
             truth = sample.instances > 0
             objects = object_scores(instances, sample.instances)

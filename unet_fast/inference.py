@@ -402,7 +402,7 @@ def _predict_instances(model, image, options, *, out, layout, **predict):
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
     planes = (source.slices,) if source.stacked else ()
-    with scratch_for(out, source.height * source.width) as scratch:
+    with scratch_for(out, source.slices * source.height * source.width) as scratch:
         if options.threshold == 0.5:     # foreground wins the argmax: labels, 1 byte a pixel
             foreground = scratch.array(planes + (source.height, source.width), np.uint8)
             predict_tiled(model, source.image, layout=source.layout, output="labels", out=foreground, **predict)

@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 __all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "Above"]
 
 FOUR = ndimage.generate_binary_structure(2, 1)
-#: pixels of one plane above which scratch arrays of a file output go to disk rather than memory
+#: pixels (all planes) above which the scratch arrays of a result not kept in memory go to disk
 IN_MEMORY_PIXELS = 2 ** 24
 DEFAULT_BLOCK = 1024
 
@@ -155,7 +155,7 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, out=N
     planes = shape[0] if stacked else 1
     height, width = shape[-2:]
     own_scratch = scratch is None
-    scratch = scratch_for(out, height * width) if own_scratch else scratch
+    scratch = scratch_for(out, planes * height * width) if own_scratch else scratch
     try:
         provisional = scratch.array((planes, height, width), np.uint32 if height * width < 2 ** 32 - 1 else np.uint64)
         tables = []

@@ -30,7 +30,8 @@ def test_replace_keeps_unset_values_and_checks_the_rest():
                             (dict(momentum=1.0), "momentum must be in"), (dict(warmup_steps=-1), "warmup_steps"),
                             (dict(dropout=1.0), "dropout"), (dict(epochs=0), "epochs must be an integer >= 1"),
                             (dict(rotation="45"), "rotation"), (dict(tile_size=0), "tile_size"),
-                            (dict(elastic_sigma=-1), "elastic_sigma")]:
+                            (dict(elastic_sigma=-1), "elastic_sigma"), (dict(percentiles=(5, 2)), "needs high > low"),
+                            (dict(percentiles=(1,)), "percentiles must be two numbers")]:
         with pytest.raises(ValueError, match=message):
             recipe.replace(**change)
     with pytest.raises(ValueError, match="recipe must be one of"):

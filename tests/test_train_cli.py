@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_fast import cli, load_model, train
+from unet_fast import Normalization, cli, load_model, train
 from unet_fast.synthetic import synthetic_nuclei
 
 
@@ -38,7 +38,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
                           "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--depth", "2",
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
-                          "--time-limit", "0.5",
+                          "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
                           "--best-metric", "iou", "--tile-size", "44")) == 0
     recipe = seen["recipe"]
@@ -49,6 +49,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
         (False, "90", 0.0, False, 0.05)
     assert seen["model"].config()["depth"] == 2 and seen["model"].config()["dropout"] == 0.1
     assert seen["val"].weight_params["w0"] == 5.0 and seen["val"].weight_params["sigma"] == 3.0
+    assert seen["val"].normalization == Normalization(low=2.0, high=99.0, clip=True) == recipe.normalization()
+    assert load_model(folders / "model.safetensors").normalization == recipe.normalization()
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
     assert load_model(folders / "model.safetensors").metadata["recipe"]["optimizer"] == "adamw"
 
@@ -76,6 +78,7 @@ def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, cap
     (["--dropout", "1.5"], "dropout must be in [0, 1)"),
     (["--momentum", "1"], "momentum must be in [0, 1)"),
     (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--percentiles", "50", "20"], "needs high > low"),
 ])
 def test_bad_options_exit_with_usage(folders, capsys, more, message):
     with pytest.raises(SystemExit) as stop:

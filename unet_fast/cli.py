@@ -52,7 +52,7 @@ def cmd_sizes(args) -> int:
 #: train's flags that set a recipe field of the same name (None: the recipe's value)
 RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                 "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
-                "elastic_sigma", "grey_values", "noise")
+                "elastic_sigma", "grey_values", "noise", "percentiles", "clip")
 
 
 def _labelled_images(images, labels, args, recipe):
@@ -60,7 +60,7 @@ def _labelled_images(images, labels, args, recipe):
     from .data import ImageFolderDataset, TiffStackDataset
 
     options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=recipe.w0, sigma=recipe.sigma,
-                   class_weights=recipe.class_weights, cache_dir=args.cache_dir)
+                   class_weights=recipe.class_weights, normalization=recipe.normalization(), cache_dir=args.cache_dir)
     if Path(images).is_file():
         return TiffStackDataset(images, labels, **options)
     return ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random gamma, contrast and brightness")
     g.add_argument("--noise", type=_non_negative_float, default=None, help="std of added Gaussian noise")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
-    g = p.add_argument_group("network and targets")
+    g = p.add_argument_group("network, inputs and targets")
     g.add_argument("--depth", type=_positive_int, default=None)
     g.add_argument("--base-channels", type=_positive_int, default=None)
     g.add_argument("--padding", choices=geometry.PADDINGS, default=None)
@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
                    help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
     g.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    g.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="inputs: (x - P_LOW) / (P_HIGH - P_LOW) with the image's percentiles (stored with the model)")
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="inputs: clipped to [0, 1] after the percentiles")
     g.add_argument("--w0", type=_non_negative_float, default=None, help="weight-map border weight")
     g.add_argument("--sigma", type=_positive_float, default=None, help="weight-map border width in pixels")
     g.add_argument("--class-weights", choices=("balanced", "none"), default=None,

@@ -79,7 +79,8 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
 
     images, labels = synthetic_nuclei(setup["train_images"], setup["train_size"], seed=seed)
     test_images, test_labels = synthetic_nuclei(1, setup["test_size"], seed=seed + 1000)
-    train_data = ArrayDataset(images, labels, w0=recipe.w0, sigma=recipe.sigma, class_weights=recipe.class_weights)
+    train_data = ArrayDataset(images, labels, w0=recipe.w0, sigma=recipe.sigma, class_weights=recipe.class_weights,
+                              normalization=recipe.normalization())
     log(f"training a depth-{recipe.depth} U-Net (base {recipe.base_channels}, {recipe.padding} padding) on "
         f"{len(images)} synthetic {setup['train_size']}x{setup['train_size']} images for {recipe.epochs} "
         f"epochs of {recipe.tiles_per_epoch} tiles ({recipe.tile_size} px, batch {recipe.batch_size}) "

@@ -9,9 +9,10 @@
   constant rate, batch 1 with the largest tile up to 572 px, rotations by any angle, the elastic
   deformation of a 3 x 3 lattice with 10 px displacements, grey values.
 
-A recipe has three kinds of values: the network's (depth, base_channels, dropout, padding), the
-targets' (w0, sigma, class_weights: see ``unet_weight_map``) and training's (the rest). ``fit`` takes
-the model and data as given and uses the training values; ``unet-fast train`` builds all three.
+A recipe has four kinds of values: the network's (depth, base_channels, dropout, padding), the
+inputs' (percentiles, clip: ``normalization()``), the targets' (w0, sigma, class_weights: see
+``unet_weight_map``) and training's (the rest). ``fit`` takes the model and data as given and uses the
+training values; ``unet-fast train`` builds all of them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import geometry
+from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomNoise, RandomRot90, \
     RandomRotation
 
@@ -39,6 +41,9 @@ class Recipe:
     base_channels: int
     dropout: float
     padding: str = "valid"
+    # the inputs: (x - P_low) / (P_high - P_low) with the image's percentiles, clipped to [0, 1] with clip
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    clip: bool = False
     # the targets: the paper's weight map
     w0: float = 10.0
     sigma: float = 5.0
@@ -64,6 +69,9 @@ class Recipe:
     noise: float = 0.0                # std of added Gaussian noise (normalised units; 0: none)
 
     def __post_init__(self):
+        if not (isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2):
+            raise ValueError(f"percentiles must be two numbers (low, high), got {self.percentiles!r}")
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -85,6 +93,12 @@ class Recipe:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma!r}")
+        self.normalization()     # checks the percentiles
+
+    def normalization(self) -> Normalization:
+        """How raw pixels become the network's inputs (stored with the model, applied by inference too)."""
+        low, high = self.percentiles
+        return Normalization(mode="percentile", low=low, high=high, clip=self.clip)
 
     def replace(self, **changes) -> "Recipe":
         """A copy with ``changes``; None values leave a field as it is (so unset flags can be passed)."""

@@ -122,9 +122,9 @@ def test_cli_evaluate(nuclei, model_file, capsys):
     folder, _ = nuclei
     assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
                      str(folder / "labels"), "-o", str(folder / "eval"), "--overlay", "--min-size", "3",
-                     "--no-progress"]) == 0
+                     "--split", "0.9", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "above 0.5, min size 3 px, holes filled, borders 2 px" in out and "mean of 2" in out and "pooled" in out
+    assert "above 0.5, split at cores above 0.9, min size 3 px, holes filled, borders 2 px" in out and "mean of 2" in out and "pooled" in out
     rows = list(csv.reader(open(folder / "eval" / "evaluation.csv")))
     assert len(rows) == 4 and all(0 <= float(r[1]) <= 1 for r in rows[1:])
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
@@ -156,6 +156,7 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
     (["--output", "probabilities", "--overlay"], "not probabilities"),
     (["--output", "instances", "--border", "x"], "invalid _non_negative_int value"),
     (["--output", "instances", "--threshold", "1"], "must be a probability in (0, 1)"),
+    (["--output", "instances", "--threshold", "0.7", "--split", "0.6"], "split must be None or a probability in"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
     folder, _ = nuclei

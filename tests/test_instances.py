@@ -18,9 +18,34 @@ from unet_fast.weights import separate_touching
 FOUR = ndimage.generate_binary_structure(2, 1)
 
 
-def oracle(mask, options: InstanceOptions):
+def split_objects(labels, n, probability, options):
+    """Rule 1's split, object by object on the whole image (the watershed as the module defines it)."""
+    labels = labels.copy()
+    for k, box in enumerate(ndimage.find_objects(labels), 1):
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = labels[box] == k
+        cores, m = ndimage.label((probability[box] > options.split) & inside, FOUR)
+        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=m + 1)[1:] >= options.core_size) + 1
+        if len(big) >= 2:
+            markers = np.where(np.isin(cores, big), cores, 0).astype(np.int32)
+            cost = np.where(inside, np.rint((1 - probability[box]) * 254), 255).astype(np.uint8)
+            pieces = ndimage.watershed_ift(cost, markers, FOUR)
+            labels[box][inside] = n + pieces[inside]
+            n += m + 1
+    return labels
+
+
+def oracle(mask, options: InstanceOptions, probability=None):
     """The module docstring's rules, written the slow, obvious way on the whole image."""
-    labels, n = ndimage.label(mask, FOUR)                      # raster-order numbering
+    labels, n = ndimage.label(mask, FOUR)
+    if options.split is not None:
+        labels = split_objects(labels, n, probability, options)
+    _, first = np.unique(labels.ravel(), return_index=True)         # renumbered in raster order of first pixels
+    ids = np.unique(labels.ravel())
+    order = np.zeros(ids.max() + 1, np.int64)
+    ranked = ids[np.argsort(first)]
+    order[ranked[ranked > 0]] = np.arange(1, (ranked > 0).sum() + 1)
+    labels, n = order[labels], (ranked > 0).sum()
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     kept = np.flatnonzero(sizes >= options.min_size)
     kept = kept[kept > 0]
@@ -67,6 +92,37 @@ def test_blocks_equal_the_whole_image_and_the_oracle(seed, height, width, kind, 
     whole = label_instances(mask, options, block=max(height, width))
     np.testing.assert_array_equal(whole, oracle(mask, options))
     np.testing.assert_array_equal(label_instances(mask, options, block=block), whole)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), height=st.integers(1, 60), width=st.integers(1, 60), plateaus=st.booleans(),
+       options=options_strategy, threshold=st.floats(0.3, 0.6), split=st.floats(0.05, 0.4),
+       core_size=st.integers(1, 6), block=st.integers(1, 50))
+def test_split_objects_the_same_in_blocks_and_as_the_oracle(seed, height, width, plateaus, options, threshold, split,
+                                                             core_size, block):
+    rng = np.random.default_rng(seed)
+    probability = ndimage.gaussian_filter(rng.random((height, width)), rng.uniform(1, 3))
+    probability = (probability - probability.min()) / (np.ptp(probability) + 1e-9)
+    if plateaus:                       # ties for the watershed to break
+        probability = np.round(probability * 8) / 8
+    options = InstanceOptions(options.min_size, options.fill_holes, options.border, threshold, threshold + split,
+                              core_size)
+    mask = probability > threshold
+    whole = label_instances(mask, options, probability=probability, block=max(height, width))
+    np.testing.assert_array_equal(whole, oracle(mask, options, probability))
+    np.testing.assert_array_equal(label_instances(mask, options, probability=probability, block=block), whole)
+
+
+def test_split_by_hand():
+    """Two touching discs, one object at P > 0.5, two cores at P > 0.8: two objects split along the valley."""
+    y, x = np.mgrid[:21, :34]
+    probability = np.maximum(np.exp(-((y - 10) ** 2 + (x - 10) ** 2) / 60), np.exp(-((y - 10) ** 2 + (x - 22) ** 2) / 60))
+    options = InstanceOptions(min_size=0, border=0, split=0.8)
+    assert label_instances(probability > 0.5, InstanceOptions(min_size=0, border=0)).max() == 1
+    got = label_instances(probability > 0.5, options, probability=probability)
+    assert got.max() == 2 and (got[:, :16][probability[:, :16] > 0.5] == 1).all() and (got[:, 17:] != 1).all()
+    with pytest.raises(ValueError, match="options.split needs the foreground probability"):
+        label_instances(probability > 0.5, options)
 
 
 def test_rules_by_hand():
@@ -136,6 +192,8 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     (lambda: InstanceOptions(border=1.5), "border must be an integer >= 0"),
     (lambda: InstanceOptions(fill_holes="yes"), "fill_holes must be True or False"),
     (lambda: InstanceOptions(threshold=1.0), "threshold must be a probability in (0, 1), got 1.0"),
+    (lambda: InstanceOptions(threshold=0.6, split=0.5), "split must be None or a probability in (threshold, 1)"),
+    (lambda: InstanceOptions(split=0.8, core_size=0), "core_size must be a positive integer"),
     (lambda: label_instances(np.zeros((0, 3), bool)), "non-empty"),
     (lambda: label_instances(np.zeros((3, 3), bool), block=0), "block must be a positive integer"),
     (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((3, 3), np.float32)), "integer array"),
@@ -205,6 +263,23 @@ def test_a_foreground_threshold_other_than_the_argmax(threshold, tmp_path, monke
                           normalization=NONE, tile_size=60, instance_options=options, layout="ZYX",
                           out=tmp_path / "stack.tif")
     np.testing.assert_array_equal(tifffile.imread(stack)[0], got)
+
+
+@settings(max_examples=6, deadline=None)
+@given(height=st.integers(20, 80), width=st.integers(20, 80), tile=st.sampled_from([44, 60, 92]),
+       block=st.integers(5, 40))
+def test_predict_tiled_split_instances_do_not_depend_on_tiles_or_blocks(height, width, tile, block):
+    image = 4 * blobs(height + width, height, width, "smooth").astype(np.float32)     # probabilities 0.12 .. 0.98
+    image += ndimage.gaussian_filter(np.random.default_rng(height).random((height, width)), 2).astype(np.float32)
+    options = InstanceOptions(min_size=3, split=0.9)
+    probability = predict_tiled(CentreThreshold(), image, output="probabilities", progress=False,
+                                normalization=NONE, tile_size=140)[1]
+    want = label_instances(probability > 0.5, options, probability=probability)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(instances, "DEFAULT_BLOCK", block)
+        got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
+                            tile_size=tile, instance_options=options)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_predict_tiled_instances_of_a_unet_are_its_labels_made_objects():

@@ -153,7 +153,7 @@ def cmd_segment(args) -> int:
         args.parser.error(str(error))
     options = _instance_options(args)
     if options is not None and args.output != "instances":
-        args.parser.error("--min-size, --no-fill-holes, --border and --threshold go with --output instances")
+        args.parser.error("--min-size, --no-fill-holes, --border, --threshold and --split go with --output instances")
     if args.overlay and args.output == "probabilities":
         args.parser.error("--overlay outlines labels or instances, not probabilities")
     if args.output == "instances":
@@ -206,13 +206,17 @@ def _read_test_image(path):
 
 
 def _instance_options(args):
-    """An InstanceOptions from --min-size, --no-fill-holes, --border; None when none was given."""
+    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split; None when none
+    was given."""
     from .instances import InstanceOptions
 
     given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
                                            ("fill_holes", False if args.no_fill_holes else None),
-                                           ("threshold", args.threshold)) if value is not None}
-    return InstanceOptions(**given) if given else None
+                                           ("threshold", args.threshold), ("split", args.split)) if value is not None}
+    try:
+        return InstanceOptions(**given) if given else None
+    except ValueError as error:
+        args.parser.error(str(error))
 
 
 def _model_classes(path) -> int | None:
@@ -246,7 +250,8 @@ def cmd_evaluate(args) -> int:
                                 log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
     csv_path = write_bytes_atomically(output_dir / "evaluation.csv", evaluation.csv().encode())
     print(f"{args.model} on {len(evaluation.images)} image(s); objects: foreground probability above "
-          f"{options.threshold:g}, min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
+          f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
+          + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
           f"borders {options.border} px")
     print(evaluation.summary())
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
@@ -478,6 +483,10 @@ def _instance_flags(p) -> None:
     p.add_argument("--threshold", type=_probability, default=None, metavar="P",
                    help=f"instances: foreground where its probability is above P (default {defaults.threshold}: "
                         f"where it wins the argmax)")
+    p.add_argument("--split", type=_probability, default=None, metavar="P",
+                   help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
+                        f"where the probability is above P) along the probability's valleys (default: "
+                        f"{'off' if defaults.split is None else defaults.split})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -386,7 +386,7 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
 def _predict_instances(model, image, options, *, out, layout, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
-    from .instances import Above, InstanceOptions, label_instances, scratch_for
+    from .instances import ClassView, InstanceOptions, label_instances, scratch_for
     from .sinks import ZARR_SUFFIXES
     from .image_io import TIFF_SUFFIXES
 
@@ -403,12 +403,15 @@ def _predict_instances(model, image, options, *, out, layout, **predict):
     source = _Source.open(image, layout, in_channels)
     planes = (source.slices,) if source.stacked else ()
     with scratch_for(out, source.slices * source.height * source.width) as scratch:
-        if options.threshold == 0.5:     # foreground wins the argmax: labels, 1 byte a pixel
+        probability = None
+        if options.threshold == 0.5 and options.split is None:    # foreground wins the argmax: 1 byte a pixel
             foreground = scratch.array(planes + (source.height, source.width), np.uint8)
             predict_tiled(model, source.image, layout=source.layout, output="labels", out=foreground, **predict)
         else:
-            probabilities = scratch.array(planes + (2, source.height, source.width), np.float16)
+            probabilities = scratch.array(planes + (2, source.height, source.width), np.float32)
             predict_tiled(model, source.image, layout=source.layout, output="probabilities", out=probabilities,
                           **predict)
-            foreground = Above(probabilities, options.threshold, stacked=source.stacked)
-        return label_instances(foreground, options, out=out, stacked=source.stacked, scratch=scratch)
+            foreground = ClassView(probabilities, stacked=source.stacked, threshold=options.threshold)
+            probability = ClassView(probabilities, stacked=source.stacked)
+        return label_instances(foreground, options, probability=probability, out=out, stacked=source.stacked,
+                               scratch=scratch)

@@ -4,6 +4,11 @@ The rules (``InstanceOptions``), applied to one 2-D plane:
 
 1. objects are the 4-connected components of the foreground (for a network's output: the pixels whose
    foreground probability is above ``threshold``, by default where foreground wins the argmax);
+   With ``split``, an object holding two or more cores -- 4-connected regions of at least
+   ``core_size`` pixels where the foreground probability is above ``split`` -- is divided among its
+   cores along the valleys of the probability -- a watershed of 1 - P (in 255 levels) from the cores,
+   inside the object (scipy's ``watershed_ift``, whose paths cost their highest level, with the
+   outside dearer than any pixel of the object) -- each piece then an object;
 2. objects of fewer than ``min_size`` pixels are removed (they become background);
 3. with ``fill_holes``, a hole -- a 4-connected region of background (removed objects included)
    that does not touch the image border and whose 4-neighbours all belong to one object -- joins
@@ -17,7 +22,7 @@ Every rule is defined on the whole plane, and the streamed computation gives exa
 labels (not only up to renumbering), for any block size: a first pass labels each block, merges
 components across block seams (equivalences solved as a graph) and counts each component's area,
 first pixel, contact with the image border and the background regions it touches (rules 1-3 need
-nothing else); a second pass maps each block's provisional labels to final ones and applies rule 4,
+nothing else; splitting reads each object with a core in its bounding box); a second pass maps each block's provisional labels to final ones and applies rule 4,
 which looks ``border`` px around a pixel, with a halo of ``border`` px. Memory holds one block and
 its halo, per-component tables and the seam rows; the mask and the provisional labels live in
 ``scratch`` arrays, in memory or memory-mapped files, so images larger than memory stream.
@@ -33,7 +38,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "Above"]
+__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "ClassView"]
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 #: pixels (all planes) above which the scratch arrays of a result not kept in memory go to disk
@@ -50,12 +55,16 @@ class InstanceOptions:
     border: px; background pixels within this distance of two objects join the nearest (0: off).
     threshold: a 2-class network's foreground is where its foreground probability is above this
     (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
+    split: None (off), or a probability above ``threshold``: objects with two or more cores (regions
+    of at least ``core_size`` pixels above it) are divided among them (rule 1 of the module docstring).
     """
 
     min_size: int = 15
     fill_holes: bool = True
     border: int = 2
     threshold: float = 0.5
+    split: float | None = None
+    core_size: int = 5
 
     def __post_init__(self):
         for name in ("min_size", "border"):
@@ -66,22 +75,29 @@ class InstanceOptions:
             raise ValueError(f"fill_holes must be True or False, got {self.fill_holes!r}")
         if not (isinstance(self.threshold, (int, float, np.floating)) and 0 < self.threshold < 1):
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+        if self.split is not None and not (isinstance(self.split, (int, float, np.floating))
+                                           and self.threshold < self.split < 1):
+            raise ValueError(f"split must be None or a probability in (threshold, 1) = ({self.threshold}, 1), "
+                             f"got {self.split!r}")
+        if not isinstance(self.core_size, (int, np.integer)) or isinstance(self.core_size, bool) or self.core_size < 1:
+            raise ValueError(f"core_size must be a positive integer, got {self.core_size!r}")
 
 
-class Above:
-    """A lazy foreground mask: ``probabilities[..., channel, y, x] > threshold`` of a (K, H, W) or
-    (Z, K, H, W) array, read block by block as ``label_instances`` asks."""
+class ClassView:
+    """One class of a (K, H, W) or (Z, K, H, W) array of probabilities, lazily, as ``label_instances``
+    reads it block by block: the values, or with ``threshold`` whether they are above it (a mask)."""
 
-    def __init__(self, probabilities, threshold: float, channel: int = 1, stacked: bool = False):
-        self.probabilities, self.threshold, self.channel, self.stacked = probabilities, threshold, channel, stacked
+    def __init__(self, probabilities, channel: int = 1, stacked: bool = False, threshold: float | None = None):
+        self.probabilities, self.channel, self.stacked, self.threshold = probabilities, channel, stacked, threshold
         shape = tuple(probabilities.shape)
         self.shape = shape[:1] + shape[2:] if stacked else shape[1:]
 
     def __getitem__(self, key):
         if self.stacked and isinstance(key, (int, np.integer)):
-            return Above(self.probabilities[key], self.threshold, self.channel)
+            return ClassView(self.probabilities[key], self.channel, threshold=self.threshold)
         key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self.probabilities[(self.channel,) + key]) > self.threshold
+        values = np.asarray(self.probabilities[(self.channel,) + key])
+        return values if self.threshold is None else values > self.threshold
 
 
 def instance_dtype(count: int) -> np.dtype:
@@ -129,12 +145,13 @@ def scratch_for(out, pixels: int) -> Scratch:
     return Scratch(tempfile.gettempdir())
 
 
-def label_instances(foreground, options: InstanceOptions | None = None, *, out=None, stacked: bool | None = None,
-                    block: int | None = None, scratch: Scratch | None = None):
+def label_instances(foreground, options: InstanceOptions | None = None, *, probability=None, out=None,
+                    stacked: bool | None = None, block: int | None = None, scratch: Scratch | None = None):
     """Instance labels (``InstanceOptions`` rules) of a foreground mask (nonzero = foreground).
 
     foreground: (H, W), or (Z, H, W) with ``stacked`` (default: 3-D means stacked), each plane labelled
         on its own; a numpy array, memmap or any lazy array indexable by slices.
+    probability: the foreground probability, the same shape (lazy too); needed by ``options.split`` only.
     out: None (a new numpy array of ``instance_dtype``), an integer array to fill, or a path ending in
         .tif/.tiff or .zarr (streamed, committed atomically; an OME-Zarr is marked as a label image,
         NGFF "image-label"). block: edge of the square blocks processed at once (default: 1024; the result does
@@ -149,6 +166,10 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, out=N
     if len(shape) != 2 + int(stacked) or min(shape) < 1:
         raise ValueError(f"foreground must be a non-empty {'(Z, H, W)' if stacked else '(H, W)'} mask, "
                          f"got shape {shape}")
+    if options.split is not None:
+        if probability is None or tuple(probability.shape) != shape:
+            raise ValueError(f"options.split needs the foreground probability of shape {shape}, got "
+                             f"{None if probability is None else tuple(probability.shape)}")
     block = DEFAULT_BLOCK if block is None else block
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}")
@@ -157,12 +178,14 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, out=N
     own_scratch = scratch is None
     scratch = scratch_for(out, planes * height * width) if own_scratch else scratch
     try:
-        provisional = scratch.array((planes, height, width), np.uint32 if height * width < 2 ** 32 - 1 else np.uint64)
+        # provisional ids: at most one per pixel, and the pieces of split objects (at most one per core)
+        provisional = scratch.array((planes, height, width), np.uint32 if height * width < 2 ** 31 else np.uint64)
         tables = []
         for plane in range(planes):
             mask = foreground[plane] if stacked else foreground
-            graph = _first_pass(mask, provisional[plane], block)
-            tables.append(_resolve(graph, options))
+            chance = None if options.split is None else (probability[plane] if stacked else probability)
+            graph = _first_pass(mask, provisional[plane], block, chance)
+            tables.append(_resolve(graph, options, provisional[plane], chance))
         count = max(count for _, count in tables)
         sink = _open_output(out, shape, count)
         dtype = instance_dtype(count)
@@ -191,13 +214,16 @@ class _Graph:
     border: np.ndarray       # bool: touches the image border
     same: np.ndarray         # (2, E) ids of the same component (across seams)
     touching: np.ndarray     # (2, F) (foreground id, background id) 4-adjacent pairs
+    box: np.ndarray | None = None    # (n + 1, 4) y0, y1, x0, x1 of each object id (for splitting)
+    peak: np.ndarray | None = None   # highest foreground probability of each object id (for splitting)
 
 
-def _first_pass(mask, provisional: np.ndarray, block: int) -> _Graph:
+def _first_pass(mask, provisional: np.ndarray, block: int, probability=None) -> _Graph:
     height, width = provisional.shape
     foreground, area, first, border = [np.zeros(1, bool)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], \
         [np.zeros(1, bool)]
     same, touching = [], []
+    box, peak = [np.zeros((1, 4), np.int64)], [np.zeros(1)]
     next_id = 1
     for y0 in range(0, height, block):
         y1 = min(y0 + block, height)
@@ -220,6 +246,13 @@ def _first_pass(mask, provisional: np.ndarray, block: int) -> _Graph:
                 if hit:
                     edge[pixels] = True
             border.append(edge[1:])
+            if probability is not None:
+                box.append(np.array([[s[0].start + y0, s[0].stop + y0, s[1].start + x0, s[1].stop + x0]
+                                     for s in ndimage.find_objects(objects)] + [[0, 0, 0, 0]] * n_background,
+                                    np.int64).reshape(n, 4))
+                chance = np.asarray(probability[y0:y1, x0:x1], dtype=np.float64)
+                peak.append(np.concatenate([ndimage.maximum(chance, objects, np.arange(1, n_objects + 1))
+                                            if n_objects else np.zeros(0), np.zeros(n_background)]))
             pairs = [(ids[:, :-1], ids[:, 1:], fg[:, :-1], fg[:, 1:]), (ids[:-1], ids[1:], fg[:-1], fg[1:])]
             if y0 > 0:   # the seam with the block above, already labelled
                 above = provisional[y0 - 1, x0:x1]
@@ -237,7 +270,9 @@ def _first_pass(mask, provisional: np.ndarray, block: int) -> _Graph:
             next_id += n
     return _Graph(np.concatenate(foreground), np.concatenate(area), np.concatenate(first), np.concatenate(border),
                   np.concatenate(same, axis=1) if same else np.zeros((2, 0), np.int64),
-                  np.concatenate(touching, axis=1) if touching else np.zeros((2, 0), np.int64))
+                  np.concatenate(touching, axis=1) if touching else np.zeros((2, 0), np.int64),
+                  np.concatenate(box) if probability is not None else None,
+                  np.concatenate(peak) if probability is not None else None)
 
 
 def _first_pixels(objects: np.ndarray, y0: int, x0: int, width: int) -> np.ndarray:
@@ -267,7 +302,7 @@ def _components(nodes: int, edges: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _resolve(graph: _Graph, options: InstanceOptions) -> tuple[np.ndarray, int]:
+def _resolve(graph: _Graph, options: InstanceOptions, provisional=None, probability=None) -> tuple[np.ndarray, int]:
     """(final label of every provisional id, number of objects): rules 1-3 and the numbering."""
     ids = len(graph.area)
     root = _components(ids, graph.same)
@@ -278,14 +313,28 @@ def _resolve(graph: _Graph, options: InstanceOptions) -> tuple[np.ndarray, int]:
     border = np.bincount(root, weights=graph.border, minlength=roots) > 0
     foreground = np.zeros(roots, bool)
     foreground[root[1:]] = graph.foreground[1:]
+    foreground[root[0]] = False                             # id 0 is unused
+    touching = np.unique(root[graph.touching], axis=1) if graph.touching.size else np.zeros((2, 0), np.int64)
+    node = root
+    if options.split is not None:
+        pieces = _split(graph, options, root, foreground, provisional, probability)
+        if pieces.count:
+            node = np.concatenate([root, roots + np.arange(pieces.count)])
+            area = np.concatenate([area, pieces.area])
+            first = np.concatenate([first, pieces.first])
+            border = np.concatenate([border, pieces.border])
+            foreground = np.concatenate([foreground, np.ones(pieces.count, bool)])
+            foreground[pieces.replaced] = False              # the split objects are gone, their pieces stay
+            siblings = pieces.siblings + roots              # a removed piece is background beside the others
+            touching = np.concatenate([touching[:, ~np.isin(touching[0], pieces.replaced)],
+                                       pieces.touching + np.array([[roots], [0]]), siblings, siblings[::-1]], axis=1)
+            roots += pieces.count
     kept = foreground & (area >= options.min_size)
-    kept[root[0]] = False                                   # id 0 is unused
     final = np.zeros(roots, np.int64)
     order = np.flatnonzero(kept)[np.argsort(first[kept], kind="stable")]
     final[order] = np.arange(1, len(order) + 1)
     if options.fill_holes and len(order):
-        touching = np.unique(root[graph.touching], axis=1) if graph.touching.size else np.zeros((2, 0), np.int64)
-        small = touching[:, ~kept[touching[0]]]              # removed objects join the background around them
+        small = touching[:, ~kept[touching[0]] & ~kept[touching[1]]]   # removed objects join the background
         group = _components(roots, small)
         group_border = np.bincount(group, weights=border, minlength=roots) > 0
         neighbours = np.unique(np.stack([group[touching[1]], touching[0]])[:, kept[touching[0]]], axis=1)
@@ -295,7 +344,83 @@ def _resolve(graph: _Graph, options: InstanceOptions) -> tuple[np.ndarray, int]:
         owner[neighbours[0]] = neighbours[1]
         holes = ~kept & enclosed[group]
         final[holes] = final[owner[group[holes]]]
-    return final[root], len(order)
+    return final[node], len(order)
+
+
+@dataclass
+class _Pieces:
+    """Objects split among their cores: the new nodes (pieces) and the objects they replace."""
+
+    count: int
+    area: np.ndarray
+    first: np.ndarray
+    border: np.ndarray
+    touching: np.ndarray      # (2, F) (piece index, background root)
+    siblings: np.ndarray      # (2, S) (piece index, piece index) of 4-adjacent pieces
+    replaced: np.ndarray      # roots of the split objects
+
+
+def _split(graph: _Graph, options: InstanceOptions, root, foreground, provisional, probability) -> _Pieces:
+    """Rule 1's split, object by object in its bounding box and a 1-pixel margin; the pieces get new
+    provisional ids (after every id of the first pass), written over their pixels in ``provisional``."""
+    height, width = provisional.shape
+    ids, roots = len(graph.area), len(foreground)
+    box = np.stack([np.full(roots, height), np.zeros(roots, np.int64), np.full(roots, width),
+                    np.zeros(roots, np.int64)], 1)
+    objects = np.flatnonzero(graph.foreground)
+    for column, reduce in ((0, np.minimum), (1, np.maximum), (2, np.minimum), (3, np.maximum)):
+        reduce.at(box[:, column], root[objects], graph.box[objects, column])
+    peak = np.zeros(roots)
+    np.maximum.at(peak, root[objects], graph.peak[objects])
+    area = np.bincount(root, weights=graph.area, minlength=roots)
+    found = dict(area=[], first=[], border=[], touching=[], siblings=[], replaced=[])
+    count = 0
+    for r in np.flatnonzero(foreground & (peak > options.split) & (area >= 2 * options.core_size)):
+        y0, y1 = max(box[r, 0] - 1, 0), min(box[r, 1] + 1, height)
+        x0, x1 = max(box[r, 2] - 1, 0), min(box[r, 3] + 1, width)
+        here = np.asarray(provisional[y0:y1, x0:x1]).astype(np.int64)
+        node = np.where(here < ids, root[np.minimum(here, ids - 1)], -1)    # -1: a piece of an earlier split
+        inside = node == r
+        chance = np.asarray(probability[y0:y1, x0:x1], dtype=np.float64)
+        cores, n_cores = ndimage.label((chance > options.split) & inside, FOUR)
+        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=n_cores + 1) >= options.core_size)
+        big = big[big > 0]
+        if len(big) < 2:
+            continue
+        renumber = np.zeros(n_cores + 1, np.int32)
+        renumber[big] = np.arange(1, len(big) + 1)
+        # watershed_ift's paths cost their highest value: with the outside dearest, every pixel of the
+        # object is reached through the object, whatever the outside (flooded too, then ignored) holds
+        markers = np.where(inside, renumber[cores], 0).astype(np.int32)
+        cost = np.where(inside, np.rint((1 - np.clip(chance, 0, 1)) * 254), 255).astype(np.uint8)
+        piece = np.where(inside, ndimage.watershed_ift(cost, markers, FOUR), 0)
+        found["area"].append(np.bincount(piece.ravel(), minlength=len(big) + 1)[1:])
+        at = np.flatnonzero(piece.ravel())
+        _, where = np.unique(piece.ravel()[at], return_index=True)   # each piece's first pixel
+        at = at[where]
+        found["first"].append((y0 + at // piece.shape[1]) * width + x0 + at % piece.shape[1])
+        edge = np.zeros(len(big) + 1, bool)
+        for hit, pixels in ((y0 == 0, piece[0]), (y1 == height, piece[-1]), (x0 == 0, piece[:, 0]),
+                            (x1 == width, piece[:, -1])):
+            if hit:
+                edge[pixels] = True
+        found["border"].append(edge[1:])
+        for a, b, na, nb in ((piece[:, :-1], piece[:, 1:], node[:, :-1], node[:, 1:]),
+                             (piece[:-1], piece[1:], node[:-1], node[1:])):
+            ba, bb = (na >= 0) & ~foreground[np.maximum(na, 0)], (nb >= 0) & ~foreground[np.maximum(nb, 0)]
+            found["touching"] += [_unique_pairs(a[(a > 0) & bb] - 1 + count, nb[(a > 0) & bb]),
+                                  _unique_pairs(b[(b > 0) & ba] - 1 + count, na[(b > 0) & ba])]
+            apart = (a > 0) & (b > 0) & (a != b)
+            found["siblings"].append(_unique_pairs(a[apart] - 1 + count, b[apart] - 1 + count))
+        provisional[y0:y1, x0:x1] = np.where(inside, ids + count + piece - 1, here).astype(provisional.dtype)
+        found["replaced"].append(r)
+        count += len(big)
+    if not count:
+        return _Pieces(0, np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros((2, 0), np.int64),
+                       np.zeros((2, 0), np.int64), np.zeros(0, np.int64))
+    return _Pieces(count, np.concatenate(found["area"]), np.concatenate(found["first"]),
+                   np.concatenate(found["border"]), np.unique(np.concatenate(found["touching"], axis=1), axis=1),
+                   np.unique(np.concatenate(found["siblings"], axis=1), axis=1), np.array(found["replaced"], np.int64))
 
 
 # ---- second pass: final labels and the borders given back, block by block

@@ -49,11 +49,12 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             pixels = target.numel()
             loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
             options = instance_options or InstanceOptions()
-            if options.threshold == 0.5 or logits.shape[0] != 2:   # as predict_tiled(output="instances")
-                foreground = logits.argmax(0).cpu().numpy() > 0
-            else:
-                foreground = torch.softmax(logits, 0)[1].cpu().numpy() > options.threshold
-            instances = label_instances(foreground, options)
+            if logits.shape[0] != 2:          # as predict_tiled(output="instances"), which needs 2 classes
+                options = InstanceOptions(options.min_size, options.fill_holes, options.border)
+            probability = torch.softmax(logits, 0)[-1].cpu().numpy() if logits.shape[0] == 2 else None
+            foreground = (logits.argmax(0).cpu().numpy() > 0 if options.threshold == 0.5
+                          else probability > options.threshold)
+            instances = label_instances(foreground, options, probability=probability)
             predicted = instances > 0
             truth = sample.instances > 0
             objects = object_scores(instances, sample.instances)

@@ -157,6 +157,7 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
     (["--output", "instances", "--border", "x"], "invalid _non_negative_int value"),
     (["--output", "instances", "--threshold", "1"], "must be a probability in (0, 1)"),
     (["--output", "instances", "--threshold", "0.7", "--split", "0.6"], "split must be None or a probability in"),
+    (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
     folder, _ = nuclei

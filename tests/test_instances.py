@@ -38,7 +38,7 @@ def split_objects(labels, n, probability, options):
 def oracle(mask, options: InstanceOptions, probability=None):
     """The module docstring's rules, written the slow, obvious way on the whole image."""
     labels, n = ndimage.label(mask, FOUR)
-    if options.split is not None:
+    if options.split is not None and probability is not None:
         labels = split_objects(labels, n, probability, options)
     _, first = np.unique(labels.ravel(), return_index=True)         # renumbered in raster order of first pixels
     ids = np.unique(labels.ravel())
@@ -121,8 +121,10 @@ def test_split_by_hand():
     assert label_instances(probability > 0.5, InstanceOptions(min_size=0, border=0)).max() == 1
     got = label_instances(probability > 0.5, options, probability=probability)
     assert got.max() == 2 and (got[:, :16][probability[:, :16] > 0.5] == 1).all() and (got[:, 17:] != 1).all()
-    with pytest.raises(ValueError, match="options.split needs the foreground probability"):
-        label_instances(probability > 0.5, options)
+    np.testing.assert_array_equal(label_instances(probability > 0.5, options),      # a mask alone: not split
+                                  label_instances(probability > 0.5, InstanceOptions(min_size=0, border=0, split=None)))
+    with pytest.raises(ValueError, match="probability must have the foreground's shape"):
+        label_instances(probability > 0.5, options, probability=probability[1:])
 
 
 def test_rules_by_hand():
@@ -285,7 +287,7 @@ def test_predict_tiled_split_instances_do_not_depend_on_tiles_or_blocks(height, 
 def test_predict_tiled_instances_of_a_unet_are_its_labels_made_objects():
     image = blobs(7, 70, 50, "smooth").astype(np.float32)
     model = two_class_net(image)
-    options = InstanceOptions(min_size=2, border=1)           # a random net draws many tiny objects
+    options = InstanceOptions(min_size=2, border=1, split=None)     # a random net draws many tiny objects
     mask = predict_tiled(model, image, output="labels", progress=False, normalization=NONE, tile_size=60)
     got = predict_tiled(model, image, output="instances", progress=False, normalization=NONE, tile_size=60,
                         instance_options=options)

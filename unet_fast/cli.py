@@ -153,7 +153,8 @@ def cmd_segment(args) -> int:
         args.parser.error(str(error))
     options = _instance_options(args)
     if options is not None and args.output != "instances":
-        args.parser.error("--min-size, --no-fill-holes, --border, --threshold and --split go with --output instances")
+        args.parser.error("--min-size, --no-fill-holes, --border, --threshold, --split and --no-split go with "
+                          "--output instances")
     if args.overlay and args.output == "probabilities":
         args.parser.error("--overlay outlines labels or instances, not probabilities")
     if args.output == "instances":
@@ -206,13 +207,17 @@ def _read_test_image(path):
 
 
 def _instance_options(args):
-    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split; None when none
-    was given."""
+    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split, --no-split;
+    None when none was given."""
     from .instances import InstanceOptions
 
     given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
                                            ("fill_holes", False if args.no_fill_holes else None),
                                            ("threshold", args.threshold), ("split", args.split)) if value is not None}
+    if args.no_split:
+        if args.split is not None:
+            args.parser.error("--split and --no-split exclude each other")
+        given["split"] = None
     try:
         return InstanceOptions(**given) if given else None
     except ValueError as error:
@@ -485,8 +490,8 @@ def _instance_flags(p) -> None:
                         f"where it wins the argmax)")
     p.add_argument("--split", type=_probability, default=None, metavar="P",
                    help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
-                        f"where the probability is above P) along the probability's valleys (default: "
-                        f"{'off' if defaults.split is None else defaults.split})")
+                        f"where the probability is above P) along the probability's valleys (default {defaults.split})")
+    p.add_argument("--no-split", action="store_true", help="instances: never split an object")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ its halo, per-component tables and the seam rows; the mask and the provisional l
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +58,19 @@ class InstanceOptions:
     (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
     split: None (off), or a probability above ``threshold``: objects with two or more cores (regions
     of at least ``core_size`` pixels above it) are divided among them (rule 1 of the module docstring).
+    A mask alone (``label_instances`` without probabilities) cannot be split.
+
+    The defaults, measured on real nuclei (the dev image of issue 11, 3 models of the default recipe
+    trained 4 minutes on its top half, scored on its bottom half): object F1 at IoU 0.5 0.70 for the
+    plain components, 0.85 with ``split=0.9`` (0.845 with 0.8), foreground IoU unchanged (0.82); on the
+    demo's synthetic nuclei (3 models, 3 held-out images each) F1 0.978 -> 0.984, IoU 0.880 -> 0.895.
     """
 
     min_size: int = 15
     fill_holes: bool = True
     border: int = 2
     threshold: float = 0.5
-    split: float | None = None
+    split: float | None = 0.9
     core_size: int = 5
 
     def __post_init__(self):
@@ -151,7 +158,8 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, proba
 
     foreground: (H, W), or (Z, H, W) with ``stacked`` (default: 3-D means stacked), each plane labelled
         on its own; a numpy array, memmap or any lazy array indexable by slices.
-    probability: the foreground probability, the same shape (lazy too); needed by ``options.split`` only.
+    probability: the foreground probability, the same shape (lazy too), for ``options.split``; without
+        it objects are not split.
     out: None (a new numpy array of ``instance_dtype``), an integer array to fill, or a path ending in
         .tif/.tiff or .zarr (streamed, committed atomically; an OME-Zarr is marked as a label image,
         NGFF "image-label"). block: edge of the square blocks processed at once (default: 1024; the result does
@@ -166,10 +174,10 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, proba
     if len(shape) != 2 + int(stacked) or min(shape) < 1:
         raise ValueError(f"foreground must be a non-empty {'(Z, H, W)' if stacked else '(H, W)'} mask, "
                          f"got shape {shape}")
-    if options.split is not None:
-        if probability is None or tuple(probability.shape) != shape:
-            raise ValueError(f"options.split needs the foreground probability of shape {shape}, got "
-                             f"{None if probability is None else tuple(probability.shape)}")
+    if probability is not None and tuple(probability.shape) != shape:
+        raise ValueError(f"probability must have the foreground's shape {shape}, got {tuple(probability.shape)}")
+    if probability is None:
+        options = dataclasses.replace(options, split=None)
     block = DEFAULT_BLOCK if block is None else block
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}")

@@ -12,6 +12,7 @@ from unet_fast import geometry, instances, reference
 from unet_fast.inference import predict_tiled
 from unet_fast.instances import InstanceOptions, label_instances
 from unet_fast.normalization import Normalization
+from unet_fast.pixel_size import PixelSize, read_pixel_size
 from unet_fast.synthetic import synthetic_nuclei
 from unet_fast.weights import separate_touching
 
@@ -304,10 +305,12 @@ def test_predict_tiled_instances_to_files_and_stacks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(want[1], predict_tiled(model, image[1], output="instances", progress=False,
                                                          normalization=none))
     monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    size = PixelSize(0.5, 0.25, z=2.0)
     path = predict_tiled(model, image, output="instances", progress=False, normalization=none, layout="ZYX",
-                         tile_size=44, out=tmp_path / "stack.tif")
+                         tile_size=44, out=tmp_path / "stack.tif", pixel_size=size)
     np.testing.assert_array_equal(tifffile.imread(path), want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
+    assert read_pixel_size(path) == size                       # written into the labels as into any output
 
 
 def test_predict_tiled_instances_bad_arguments(tmp_path):

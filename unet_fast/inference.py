@@ -320,7 +320,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         return _predict_instances(model, image, instance_options, out=out, layout=layout, tile_size=tile_size,
                                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                   normalization=normalization, memory_budget_bytes=memory_budget_bytes,
-                                  cuda_graphs=cuda_graphs)
+                                  cuda_graphs=cuda_graphs, pixel_size=pixel_size)
     if instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     compute_dtype = parse_compute_dtype(dtype)
@@ -383,7 +383,7 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
     return torch.float32
 
 
-def _predict_instances(model, image, options, *, out, layout, **predict):
+def _predict_instances(model, image, options, *, out, layout, pixel_size, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
     from .instances import ClassView, InstanceOptions, label_instances, scratch_for
@@ -414,4 +414,4 @@ def _predict_instances(model, image, options, *, out, layout, **predict):
             foreground = ClassView(probabilities, stacked=source.stacked, threshold=options.threshold)
             probability = ClassView(probabilities, stacked=source.stacked)
         return label_instances(foreground, options, probability=probability, out=out, stacked=source.stacked,
-                               scratch=scratch)
+                               scratch=scratch, pixel_size=pixel_size)

@@ -417,6 +417,7 @@ def test_start_up_line_and_progress_from_the_first_step(nuclei, capsys):
     train, val = nuclei
     fit(tiny_net(), train, val, epochs=2, tile_size=44, tiles_per_epoch=2, batch_size=1)
     err = capsys.readouterr().err.splitlines()
+    assert err.pop(0) == "preparing 2 training image(s): reading, normalising, weight maps"
     assert err[0].startswith("training U-Net depth 2, base 4, valid padding, ") and "on 2 image(s), 0.00819 Mpx; " \
         "validation on 1 image(s): 44 px tiles (28 px out), batch 1, 2 tiles/epoch, 2 epochs = 4 steps; " \
         "recipe default: adam lr 0.001, cosine with 50 warm-up steps" in err[0] and "cpu, " in err[0]

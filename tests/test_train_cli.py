@@ -60,7 +60,8 @@ def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, cap
                           "--epochs", "1000", "--time-limit", "0.01", "--val-images", str(folders / "val_im"),
                           "--val-labels", str(folders / "val_lb"))) == 0
     out, err = capsys.readouterr()
-    assert err.startswith("training U-Net depth 2, base 4, valid padding") and "on 2 image(s)" in err
+    assert err.startswith("preparing 2 training image(s)") and "\ntraining U-Net depth 2, base 4, valid padding" in err
+    assert "on 2 image(s)" in err
     assert "validation on 1 image(s)" in err and "recipe default: adam" in err and "time limit 0.01 min" in err
     assert "step 1/1000 (epoch 1)" in err and "time limit of 0.01 min reached" in err
     assert "stopped by the time limit" in out and "best model" in out

@@ -117,14 +117,16 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     clock = _Clock(time_limit)
     job = Torchrun.join(device)
     run = None
+    report = Progress(job.rank == 0 and progress is not False, bar=sys.stderr.isatty() if progress is None
+                      else bool(progress) and sys.stderr.isatty())
+    if isinstance(train_data, SegmentationDataset):
+        report.note(f"preparing {len(train_data)} training image(s): reading, normalising, weight maps")
     try:
         with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
             run = _prepare(model, train_data, job, settings, tile_size=tile_size, augment=augment, seed=seed,
                            loss_fn=loss_fn, resume=resume, clock=clock)
         run.net = DistributedDataParallel(model, device_ids=[job.device] if job.device.type == "cuda" else None) \
             if job.world > 1 else model
-        report = Progress(job.rank == 0 and progress is not False, bar=sys.stderr.isatty() if progress is None
-                          else bool(progress) and sys.stderr.isatty())
         checkpoint_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
         best_path = Path(checkpoint_dir) / "best.safetensors" if checkpoint_dir is not None and val_data is not None \
             else None
@@ -149,11 +151,11 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                 report.note(f"time limit of {_minutes(time_limit)} reached after {row['step']} steps "
                             f"(epoch {epoch + 1} of {settings.epochs})")
                 break
-        report.close()
         model.eval()
         return FitResult(model, run.history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None,
                          best_path if best_path and best_path.exists() else None, stopped)
     finally:
+        report.close()
         # DDP holds the process group: let it go, so that destroying the group closes this rank's
         # connections and ranks still in a collective with it fail now rather than at the timeout (an
         # error's traceback keeps the frames of the epoch alive: none of them holds DDP but through the run)

@@ -271,32 +271,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+def _checked(name: str, kind, accept, need: str):
+    """An argparse type: ``kind(text)`` where ``accept`` holds, else an error saying what is needed."""
+    def parse(text: str):
+        value = kind(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+        return value
+    parse.__name__ = name          # argparse names it in "invalid <name> value"
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1), got {text}")
-    return value
+_positive_float = _checked("_positive_float", float, lambda v: 0 < v < float("inf"), "a number > 0")
+_non_negative_float = _checked("_non_negative_float", float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+_non_negative_int = _checked("_non_negative_int", int, lambda v: v >= 0, "an integer >= 0")
+_probability = _checked("_probability", float, lambda v: 0 < v < 1, "a probability in (0, 1)")
 
 
 def _fraction(text: str) -> float:

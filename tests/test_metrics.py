@@ -115,6 +115,26 @@ def test_object_scores_by_hand():
     assert (batch.true_positives, batch.false_positives, batch.false_negatives) == (4, 2, 2)
 
 
+def test_scores_over_iou_thresholds_by_hand():
+    true = np.zeros((20, 20), int)
+    pred = np.zeros_like(true)
+    square(true, 1, 0, 0, 4)      # IoU 12 / 20 = 0.6: matched at 0.5, 0.55, 0.6
+    square(pred, 5, 0, 1, 4)
+    square(true, 3, 16, 0, 2)     # missed
+    square(pred, 7, 6, 14, 2)     # spurious
+    square(true, 2, 10, 10, 3)    # exact
+    square(pred, 9, 10, 10, 3)
+    assert metrics.IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    by_threshold = metrics.object_scores_by_threshold(pred, true)
+    assert [s.true_positives for s in by_threshold] == [2, 2, 2] + [1] * 7
+    assert [s.accuracy for s in by_threshold] == pytest.approx([0.5] * 3 + [0.2] * 7)
+    assert metrics.average_precision(pred, true) == pytest.approx((3 * 0.5 + 7 * 0.2) / 10)
+    assert by_threshold[0] == metrics.object_scores(pred, true)
+    assert metrics.average_precision(np.zeros((3, 3), int), np.zeros((3, 3), int)) == 1.0
+    with pytest.raises(ValueError, match="every threshold must be in"):
+        metrics.object_scores_by_threshold(pred, true, [0.5, 1.5])
+
+
 def test_object_scores_tie_at_half_and_empty():
     true = np.zeros((4, 4), int)
     true[0, :] = 1

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from unet_fast import UNet
+from unet_fast import UNet, load_model
 from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.instances import label_instances
+from unet_fast.metrics import foreground_iou
 from unet_fast.normalization import Normalization
 from unet_fast.weights import separate_touching
-from unet_fast.train import evaluate, fit, load_checkpoint
+from unet_fast.train import BEST_METRICS, evaluate, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,7 @@ def tiny_net(seed=0, dropout=0.5):
 
 def run(train, epochs, tmp, resume=None, **kwargs):
     model = tiny_net()
-    options = dict(tile_size=44, lr=0.01, tiles_per_epoch=2, batch_size=1, seed=3)
+    options = dict(recipe="paper", tile_size=44, lr=0.01, tiles_per_epoch=2, batch_size=1, seed=3)
     options.update(kwargs)
     result = fit(model, train, epochs=epochs, checkpoint_dir=tmp, resume=resume, **options)
     return model, result
@@ -42,7 +44,7 @@ def test_loss_falls(nuclei):
     train, _ = nuclei
     model = tiny_net(dropout=0.0)
     before = evaluate(model, train)["loss"]
-    result = fit(model, train, epochs=6, tile_size=48, tiles_per_epoch=4, batch_size=2, lr=0.02,
+    result = fit(model, train, recipe="paper", epochs=6, tile_size=48, tiles_per_epoch=4, batch_size=2, lr=0.02,
                  augment=None)
     after = evaluate(model, train)["loss"]
     assert after < 0.8 * before
@@ -120,7 +122,10 @@ def test_evaluate_scores_a_perfect_prediction(nuclei):
             return torch.cat([1 - x, x], 1) * self.scale
 
     scores = evaluate(Oracle(), val)
-    assert scores["iou"] == 1.0 and scores["object_f1"] == 1.0 and scores["loss"] < 1e-3
+    # the separated target's objects, their borders given back, against the labelled instances
+    objects = label_instances(image > 0)
+    assert scores["iou"] == pytest.approx(foreground_iou(objects > 0, labels[0] > 0)) and scores["iou"] > 0.95
+    assert scores["object_f1"] == 1.0 and scores["loss"] < 1e-3
 
 
 def test_amp_bf16_runs(nuclei):
@@ -157,6 +162,8 @@ DDP_SCRIPT = """
 import sys, torch
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.instances import label_instances
+from unet_fast.metrics import foreground_iou
 from unet_fast.normalization import Normalization
 from unet_fast.weights import separate_touching
 from unet_fast.train import fit
@@ -165,7 +172,8 @@ images, labels = synthetic_nuclei(2, 48, seed=0)
 torch.manual_seed(int(__import__("os").environ["RANK"]))     # different initial weights: DDP must sync them
 model = UNet(depth=2, base_channels=4, dropout=0.0)
 result = fit(model, ArrayDataset(images, labels), ArrayDataset(images[:1], labels[:1]), epochs=2,
-             tile_size=44, tiles_per_epoch=4, lr=0.01, device="cpu", checkpoint_dir=sys.argv[1] + "/ckpt")
+             recipe="paper", tile_size=44, tiles_per_epoch=4, lr=0.01, device="cpu",
+             checkpoint_dir=sys.argv[1] + "/ckpt")
 rank = __import__("os").environ["RANK"]
 torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv[1]}/rank{rank}.pt")
 """
@@ -200,14 +208,16 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key]), key
-    assert a["history"] == [dict(row, seconds=a["history"][i]["seconds"]) for i, row in enumerate(b["history"])]
+    assert a["history"] == [dict(row, seconds=a["history"][i]["seconds"], elapsed=a["history"][i]["elapsed"])
+                            for i, row in enumerate(b["history"])]     # the same but for each rank's clock
     assert a["history"][-1]["step"] == 4          # 4 tiles per epoch shared by 2 ranks: 2 steps each
     assert (tmp_path / "ckpt" / "last.safetensors").is_file()
 
 
 def test_lr_schedule_cosine_decays(nuclei):
     train, _ = nuclei
-    result = fit(tiny_net(), train, epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01, lr_schedule="cosine")
+    result = fit(tiny_net(), train, recipe="paper", epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01,
+                 lr_schedule="cosine")
     assert 0 < result.history[-1]["lr"] < result.history[0]["lr"] < 0.01
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(tiny_net(), train, epochs=1, lr_schedule="step")
@@ -217,6 +227,8 @@ DDP_RESUME_SCRIPT = """
 import os, random, sys, numpy as np, torch, torch.distributed as dist
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.instances import label_instances
+from unet_fast.metrics import foreground_iou
 from unet_fast.train import fit
 out, rank = sys.argv[1], int(os.environ["RANK"])
 dist.init_process_group("gloo")          # one group for the three runs (fit leaves it as it found it)
@@ -300,6 +312,8 @@ import torch
 import unet_fast.train
 from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
+from unet_fast.instances import label_instances
+from unet_fast.metrics import foreground_iou
 where, out, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"])
 
 class Images(ArrayDataset):
@@ -352,3 +366,77 @@ def test_ddp_a_failed_rank_stops_the_others(tmp_path, where, failed, message):
     if message is not None:        # where ranks meet on purpose, the others learn who failed and why
         assert other["error"] == "RankFailedError", reports
         assert f"rank {failed} failed ({message})" in other["message"], reports
+
+
+def test_time_limit_stops_at_a_step_saves_and_anneals(nuclei, tmp_path):
+    """Many epochs, a 0.4 s budget: it stops early with a checkpoint, the rate annealed; resuming
+    with the same budget has none left and stops after one step."""
+    train, _ = nuclei
+    model = tiny_net()
+    result = fit(model, train, recipe="paper", lr_schedule="cosine", epochs=10 ** 4, tile_size=44,
+                 tiles_per_epoch=50, lr=0.01, time_limit=0.4, checkpoint_dir=tmp_path, progress=False)
+    last = result.history[-1]
+    assert result.stopped_early and last["epoch"] < 10 ** 4 and last["step"] >= 1
+    assert last["elapsed"] >= 0.4 and last["lr"] < 0.005
+    assert load_checkpoint(result.checkpoint)["epoch"] == last["epoch"]
+    again = fit(tiny_net(), train, recipe="paper", lr_schedule="cosine", epochs=10 ** 4, tile_size=44,
+                tiles_per_epoch=50, lr=0.01, time_limit=0.4, checkpoint_dir=tmp_path, progress=False,
+                resume=result.checkpoint)
+    assert again.stopped_early and again.history[-1]["step"] == last["step"] + 1
+
+
+@pytest.mark.parametrize("metric", ["f1", "loss"])
+def test_best_model_is_kept_by_the_chosen_metric(nuclei, tmp_path, metric):
+    train, val = nuclei
+    result = fit(tiny_net(), train, val, recipe="paper", epochs=3, tile_size=44, tiles_per_epoch=2, lr=0.01,
+                 checkpoint_dir=tmp_path, best_metric=metric if metric != "f1" else None, progress=False)
+    column, larger = BEST_METRICS[metric]
+    values = [row[column] for row in result.history]
+    best_epoch = 1 + values.index(max(values) if larger else min(values))
+    model = load_model(result.best)
+    assert result.best == tmp_path / "best.safetensors"
+    assert model.metadata["epoch"] == best_epoch and model.metadata["best_metric"] == metric
+    assert model.metadata[column] == pytest.approx(values[best_epoch - 1])
+
+
+def test_optimizers_and_warm_up(nuclei, tmp_path):
+    from safetensors import safe_open
+
+    train, _ = nuclei
+    for name, state in [("adam", "exp_avg"), ("adamw", "exp_avg_sq"), ("sgd", "momentum_buffer")]:
+        result = fit(tiny_net(), train, epochs=1, tile_size=44, tiles_per_epoch=1, optimizer=name,
+                     checkpoint_dir=tmp_path / name, progress=False)
+        with safe_open(str(result.checkpoint), framework="pt") as handle:
+            assert any(key.endswith("." + state) for key in handle.keys()), name
+    result = fit(tiny_net(), train, recipe="paper", epochs=5, tile_size=44, tiles_per_epoch=1, lr=0.01,
+                 warmup_steps=4, progress=False)
+    assert [row["lr"] for row in result.history] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])
+
+
+def test_start_up_line_and_progress_from_the_first_step(nuclei, capsys):
+    train, val = nuclei
+    fit(tiny_net(), train, val, epochs=2, tile_size=44, tiles_per_epoch=2, batch_size=1)
+    err = capsys.readouterr().err.splitlines()
+    assert err.pop(0) == "preparing 2 training image(s): reading, normalising, weight maps"
+    assert err[0].startswith("training U-Net depth 2, base 4, valid padding, ") and "on 2 image(s), 0.00819 Mpx; " \
+        "validation on 1 image(s): 44 px tiles (28 px out), batch 1, 2 tiles/epoch, 2 epochs = 4 steps; " \
+        "recipe default: adam lr 0.001, cosine with 50 warm-up steps" in err[0] and "cpu, " in err[0]
+    assert err[1].startswith("step 1/4 (epoch 1): loss ")
+    assert err[2].startswith("epoch 1  step 2  train_loss") and "val_object_f1" in err[2]
+    fit(tiny_net(), train, epochs=1, tile_size=44, tiles_per_epoch=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_more_bad_arguments(nuclei):
+    train, val = nuclei
+    for kwargs, error, message in [
+        (dict(best_metric="f1"), ValueError, "best_metric needs validation images"),
+        (dict(best_metric="dice"), ValueError, "best_metric must be one of"),
+        (dict(time_limit=0), ValueError, "time_limit must be a number of seconds > 0, got 0"),
+        (dict(optimizer="rmsprop"), ValueError, "optimizer must be one of"),
+        (dict(recipe="fast"), ValueError, "recipe must be one of"),
+        (dict(recipe=3), TypeError, "recipe must be a recipe name"),
+        (dict(warmup_steps=-2), ValueError, "warmup_steps must be an integer >= 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            fit(tiny_net(), train, epochs=1, progress=False, **kwargs)

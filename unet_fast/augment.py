@@ -453,6 +453,19 @@ class RandomRotation:
         return rotate(image, *targets, angle=angle, target_modes=self.target_modes)
 
 
+class RandomRot90:
+    """Rotate by k x 90 degrees, k drawn uniformly from 0..3 per call (the same k for every sample of a
+    batch): exact, no interpolation. Non-square inputs turn only by 0 or 180 degrees, keeping their shape."""
+
+    def __call__(self, image, *targets, generator=None):
+        batch = _Batch(image, targets, None, interpolated=False)
+        k = int(_draw((1,), generator, "uniform").cpu() * 4) % 4
+        if batch.h != batch.w:
+            k = 2 * (k % 2)
+        out = [torch.rot90(t, k, dims=(-2, -1)) for t in (image, *targets)]
+        return tuple(out) if targets else out[0]
+
+
 class RandomFlip:
     """Flip rows and/or columns, each with probability p, independently per sample."""
 

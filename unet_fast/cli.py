@@ -62,17 +62,48 @@ def cmd_sizes(args) -> int:
     return 0
 
 
+#: train's flags that set a recipe field of the same name (None: the recipe's value)
+RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
+                "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
+                "elastic_sigma", "grey_values", "noise", "percentiles", "clip")
+
+
+def _labelled_images(images, labels, args, recipe):
+    """A dataset of labelled images: two folders matched by name, or two multi-page TIFF stacks."""
+    from .data import ImageFolderDataset, TiffStackDataset
+
+    options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=recipe.w0, sigma=recipe.sigma,
+                   class_weights=recipe.class_weights, normalization=recipe.normalization(), cache_dir=args.cache_dir)
+    if Path(images).is_file():
+        return TiffStackDataset(images, labels, **options)
+    return ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
+
+
 def cmd_train(args) -> int:
+    import dataclasses
+
     import torch
 
     from . import UNet, save_model
     from .architecture import check_config
     from .checks import check_device, check_writable_folder, same_file
-    from .data import ImageFolderDataset, TiffStackDataset, split_dataset
+    from .data import split_dataset
     from .model_file import check_model_path
     from .pixel_size import common_pixel_size
+    from .recipes import get_recipe
     from .train import fit, load_checkpoint
 
+    if (args.val_images is None) != (args.val_labels is None):
+        raise BadArgument("val_images/val_labels", "--val-images and --val-labels go together")
+    if args.val_images is not None and args.val_fraction:
+        raise BadArgument("val_fraction", "--val-fraction and --val-images exclude each other; give one")
+    try:
+        recipe = get_recipe(args.recipe).replace(
+            **{name: getattr(args, name) for name in RECIPE_FLAGS},
+            **({"class_weights": None if args.class_weights == "none" else args.class_weights}
+               if args.class_weights else {}))
+    except ValueError as error:
+        args.parser.error(str(error))
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
@@ -89,21 +120,21 @@ def cmd_train(args) -> int:
     if args.cache_dir is not None:
         check_writable_folder(args.cache_dir, "cache_dir")
     check_device(args.device)
-    for name in ("images", "labels"):
-        if not Path(getattr(args, name)).exists():
+    for name in ("images", "labels", "val_images", "val_labels"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).exists():
             raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
     if same_file(args.images, args.labels):
         raise BadArgument("labels", f"{args.labels!r} is the --images {'file' if Path(args.images).is_file() else 'folder'}"
                                     f" itself; labels are separate images, matched to the images by name")
-    config = dict(num_classes=args.num_classes, depth=args.depth, base_channels=args.base_channels,
-                  padding=args.padding, dropout=args.dropout)
+    config = dict(num_classes=args.num_classes, depth=recipe.depth, base_channels=recipe.base_channels,
+                  padding=recipe.padding, dropout=recipe.dropout)
     if args.resume:
         with _blame("resume"):
             config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
             if not isinstance(config, dict):
                 raise ValueError(f"{args.resume}: its model_config is not an object: {config!r:.80}")
         config.pop("backend", None)
-    for name in ("last.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers of killed runs
+    for name in ("last.safetensors", "best.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers
         image_io.remove_leftovers(work_dir / name)
     image_io.remove_leftovers(args.output)
     with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
@@ -114,40 +145,42 @@ def cmd_train(args) -> int:
             raise BadArgument("tile_size", geometry.size_error_message(args.tile_size, config["depth"],
                                                                        config["padding"], trace.problem))
 
-    options = dict(num_classes=config["num_classes"], label_kind=args.label_kind, w0=args.w0, sigma=args.sigma,
-                   cache_dir=args.cache_dir)
-    images, labels = Path(args.images), Path(args.labels)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with _blame("images/labels"):
-        if images.is_file():
-            dataset = TiffStackDataset(images, labels, **options)
-        else:
-            dataset = ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
+        dataset = _labelled_images(args.images, args.labels, args, recipe)
         in_channels = dataset.in_channels
         if config.setdefault("in_channels", in_channels) != in_channels:
             raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
                              f"{config['in_channels']}")
-    with _blame("val_fraction"):
-        train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
+    if args.val_images is not None:
+        with _blame("val_images/val_labels"):
+            train_data, val_data = dataset, _labelled_images(args.val_images, args.val_labels, args, recipe)
+    else:
+        with _blame("val_fraction"):
+            train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
     torch.manual_seed(args.seed)
     model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
     torch.manual_seed(args.seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
-    result = fit(model, train_data, val_data, epochs=args.epochs, tile_size=args.tile_size,
-                 batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, device=args.device,
+    result = fit(model, train_data, val_data, recipe=recipe, tile_size=args.tile_size, device=args.device,
                  amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
-                 tiles_per_epoch=args.tiles_per_epoch, augment=None if args.no_augment else "default",
-                 seed=args.seed, num_workers=args.workers, progress=False if args.no_progress else None)
+                 augment=None if args.no_augment else "recipe", seed=args.seed, num_workers=args.workers,
+                 time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
+                 progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:
         pixel_size, problem = common_pixel_size([image for image, _ in dataset.pairs] if hasattr(dataset, "pairs")
-                                                else [images])
+                                                else [Path(args.images)])
         if problem:
             print(f"train: {problem}", file=sys.stderr)
         recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
-        save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
-                   epochs=args.epochs, history=result.history[-1:], **recorded)
         last = result.history[-1] if result.history else {}
-        print(f"saved {args.output} ({len(result.history)} epochs; "
-              + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + f"); "
-              f"checkpoints and logs in {work_dir}")
+        save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
+                   epochs=last.get("epoch", 0), steps=last.get("step", 0), history=result.history[-1:],
+                   recipe=dataclasses.asdict(recipe), **recorded)
+        print(f"saved {args.output} ({len(result.history)} epochs, {last.get('step', 0)} steps"
+              + (", stopped by the time limit" if result.stopped_early else "") + "; "
+              + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + "); "
+              f"checkpoints and logs in {work_dir}" + (f"; best model {result.best}" if result.best else ""))
     return 0
 
 
@@ -179,6 +212,12 @@ def cmd_segment(args) -> int:
         segment.check_parts(num_parts, part_id)
     except ValueError as error:
         args.parser.error(str(error))
+    options = _instance_options(args)
+    if options is not None and args.output != "instances":
+        raise BadArgument("output", "--min-size, --no-fill-holes, --border, --threshold, --split and --no-split go "
+                                    "with --output instances")
+    if args.overlay and args.output == "probabilities":
+        raise BadArgument("overlay", "--overlay outlines labels or instances, not probabilities")
     from .model_file import load_model
 
     # the arguments first (an output folder that cannot be written, a device that is not there), then the
@@ -188,10 +227,14 @@ def cmd_segment(args) -> int:
                             max_pixels=args.max_pixels, nonfinite=args.nonfinite)
     with _blame("model"):
         model = load_model(args.model)
+    if args.output == "instances" and model.num_classes != 2:
+        raise BadArgument("output", f"--output instances needs a model of 2 classes (background, foreground); "
+                                    f"{args.model} has {model.num_classes}: use --output labels (a class per pixel)")
     result = segment.run(args.input, args.output_dir, model, output=args.output, format=args.format,
                          tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
-                         nonfinite=args.nonfinite, progress=False if args.no_progress else None)
+                         nonfinite=args.nonfinite, progress=False if args.no_progress else None,
+                         instance_options=options, overlay=args.overlay)
     return result.exit_status
 
 
@@ -267,6 +310,7 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = T
 _fraction = _number(0.0, 1.0)                 # [0, 1)
 _positive_float = _number(0.0, float("inf"), low_open=True)
 _non_negative_float = _number(0.0, float("inf"))
+_probability = _number(0.0, 1.0, low_open=True)    # (0, 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -290,6 +334,59 @@ class _HelpFormatter(argparse.HelpFormatter):
         if isinstance(action, argparse._StoreTrueAction):
             return f"{text} (default: off)"
         return f"{text} (default: {action.default})"
+
+
+def _instance_options(args):
+    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split, --no-split;
+    None when none was given."""
+    from .instances import InstanceOptions
+
+    given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
+                                           ("fill_holes", False if args.no_fill_holes else None),
+                                           ("threshold", args.threshold), ("split", args.split)) if value is not None}
+    if args.no_split:
+        if args.split is not None:
+            args.parser.error("--split and --no-split exclude each other")
+        given["split"] = None
+    try:
+        return InstanceOptions(**given) if given else None
+    except ValueError as error:
+        raise BadArgument("min_size/border/threshold/split", str(error)) from error
+
+
+def cmd_evaluate(args) -> int:
+    from .checks import check_device, check_writable_folder
+    from .evaluation import evaluate_model
+    from .image_io import write_bytes_atomically
+    from .instances import InstanceOptions
+    from .model_file import load_model
+
+    output_dir = Path(args.output_dir)
+    check_writable_folder(output_dir, "output_dir")
+    check_device(args.device)
+    for name in ("images", "labels"):
+        if not Path(getattr(args, name)).exists():
+            raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
+    options = _instance_options(args) or InstanceOptions()
+    with _blame("model"):
+        model = load_model(args.model, device=args.device or "cpu")
+    if model.num_classes != 2:
+        raise BadArgument("model", f"evaluate needs a model of 2 classes (background, foreground); {args.model} "
+                                   f"has {model.num_classes}")
+    evaluation = evaluate_model(model, args.images, args.labels, label_suffix=args.label_suffix,
+                                instance_options=options, tile_size=args.tile_size, batch_size=args.batch_size,
+                                device=args.device, dtype=args.dtype,
+                                overlay_dir=output_dir / "overlays" if args.overlay else None,
+                                log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
+    csv_path = write_bytes_atomically(output_dir / "evaluation.csv", evaluation.csv().encode())
+    print(f"{args.model} on {len(evaluation.images)} image(s); objects: foreground probability above "
+          f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
+          + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
+          f"borders {options.border} px")
+    print(evaluation.summary())
+    print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
+                                 if args.overlay else ""))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,47 +413,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=_positive_int, default=1024, help="largest input size listed")
     p.set_defaults(func=cmd_sizes)
 
-    p = command("train", help="train a U-Net on labelled images (the paper's recipe)",
-                description="Train with SGD (momentum 0.99), random large tiles, the weighted loss with the "
-                            "paper's weight maps and elastic deformation; saves a model file for "
-                            "`unet-fast segment`. Under torchrun it trains data-parallel.\n\n"
+    p = command("train", help="train a U-Net on labelled images (a fast recipe by default, or the paper's)",
+                description="Train on labelled images by a recipe: 'default' (a small U-Net, Adam with warm-up "
+                            "and cosine decay, batches of 140 px tiles, 90-degree rotations, flips, mild "
+                            "elastic deformation and grey values: minutes on a CPU) or 'paper' (SGD with "
+                            "momentum 0.99, batch 1, large tiles, the paper's network and augmentation). Every "
+                            "recipe value has its own flag; unset flags keep the recipe's. Saves a model file "
+                            "for `unet-fast segment` and `evaluate`. Under torchrun it trains data-parallel.\n\n"
                             "Writes: OUTPUT (the model, .safetensors), and in the work folder (default: OUTPUT "
                             "without its suffix) last.safetensors (the checkpoint --resume reads, every epoch), "
-                            "history.csv, history.json and curves.png.")
+                            "best.safetensors (with validation), history.csv, history.json and curves.png.")
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG), or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
     p.add_argument("-o", "--output", required=True, help="model file to write (must end in .safetensors)")
-    p.add_argument("--epochs", type=_positive_int, default=50, help="passes over the training tiles")
-    p.add_argument("--tile-size", type=_positive_int, default=None,
-                   help="input tile size (legal for the net); default: the largest up to 572 that fits the images")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="tiles per step")
-    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate")
-    p.add_argument("--momentum", type=_fraction, default=0.99, help="SGD momentum, in [0, 1)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available, else cpu)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue from a checkpoint (WORK_DIR/last.safetensors); default: start afresh")
-    p.add_argument("--val-fraction", type=_fraction, default=0.0, help="share of images held out for validation")
-    p.add_argument("--tiles-per-epoch", type=_positive_int, default=None,
-                   help="default: about one pass over every image's pixels")
-    p.add_argument("--depth", type=_depth, default=5, help=f"resolution levels, 1 to {geometry.MAX_DEPTH}")
-    p.add_argument("--base-channels", type=_positive_int, default=64, help="channels of the first level")
-    p.add_argument("--padding", choices=geometry.PADDINGS, default="valid", help="3x3 convolution padding")
-    p.add_argument("--dropout", type=_fraction, default=0.5, help="at the end of the contracting path, in [0, 1)")
-    p.add_argument("--num-classes", type=_positive_int, default=2,
+    p.add_argument("--recipe", choices=("default", "paper"), default="default",
+                   help="the values of every flag below left unset (default: %(default)s; see unet_fast.recipes)")
+    g = p.add_argument_group("length and validation")
+    g.add_argument("--epochs", type=_positive_int, default=None)
+    g.add_argument("--tiles-per-epoch", type=_positive_int, default=None)
+    g.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
+                   help="stop at the first step past this wall-clock budget (resumes included), saving the model; "
+                 "the learning-rate schedule then anneals within it")
+    g.add_argument("--val-images", default=None, help="validation images (folder or stack), scored every epoch")
+    g.add_argument("--val-labels", default=None, help="their labels")
+    g.add_argument("--val-fraction", type=_fraction, default=0.0,
+                   help="or: share of the training images held out for validation")
+    g.add_argument("--best-metric", choices=("f1", "iou", "loss"), default=None,
+                   help="with validation, the work dir's best.safetensors is the best model by this (default f1: "
+                 "object F1 at IoU 0.5)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None)
+    g.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    g.add_argument("--warmup", dest="warmup_steps", type=_non_negative_int, default=None, metavar="STEPS",
+                   help="linear warm-up steps")
+    g.add_argument("--momentum", type=_fraction, default=None, help="SGD's momentum, Adam's beta1")
+    g.add_argument("--weight-decay", type=_non_negative_float, default=None)
+    g.add_argument("--tile-size", type=_positive_int, default=None,
+                   help="input tile size (legal for the net); default: the recipe's (for another depth, the "
+                 "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
+    g.add_argument("--batch-size", type=_positive_int, default=None)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--rotation", choices=("90", "any", "none"), default=None,
+                   help="90: by multiples of 90 degrees (exact); any: by any angle (interpolated)")
+    g.add_argument("--elastic", dest="elastic_sigma", type=_non_negative_float, default=None, metavar="PX",
+                   help="elastic deformation: std of the 3x3 lattice's displacements (0: off)")
+    g.add_argument("--grey-values", action=argparse.BooleanOptionalAction, default=None,
+                   help="random gamma, contrast and brightness")
+    g.add_argument("--noise", type=_non_negative_float, default=None, help="std of added Gaussian noise")
+    g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    g = p.add_argument_group("network, inputs and targets")
+    g.add_argument("--depth", type=_depth, default=None, help=f"resolution levels, 1 to {geometry.MAX_DEPTH}")
+    g.add_argument("--base-channels", type=_positive_int, default=None)
+    g.add_argument("--padding", choices=geometry.PADDINGS, default=None)
+    g.add_argument("--dropout", type=_fraction, default=None, help="at the end of the contracting path")
+    g.add_argument("--num-classes", type=_positive_int, default=2,
                    help="output classes, at least 2 (a binary mask is 2: background and foreground)")
-    p.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
+    g.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
                    help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
-    p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
-    p.add_argument("--w0", type=_non_negative_float, default=10.0, help="weight-map border weight")
-    p.add_argument("--sigma", type=_positive_float, default=5.0, help="weight-map border width in pixels")
-    p.add_argument("--no-augment", action="store_true", help="no flips, rotations, elastic deformation, grey values")
-    p.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: no cache)")
-    p.add_argument("--work-dir", default=None,
-                   help="checkpoints and logs (default: the output path without its suffix)")
-    p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed (weights, tiles, augmentation)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    g.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="inputs: (x - P_LOW) / (P_HIGH - P_LOW) with the image's percentiles (stored with the model)")
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="inputs: clipped to [0, 1] after the percentiles")
+    g.add_argument("--w0", type=_non_negative_float, default=None, help="weight-map border weight")
+    g.add_argument("--sigma", type=_positive_float, default=None, help="weight-map border width in pixels")
+    g.add_argument("--class-weights", choices=("balanced", "none"), default=None,
+                   help="weight-map class balancing")
+    g = p.add_argument_group("running")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
+    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast")
+    g.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue from a checkpoint (last.safetensors), with the same options")
+    g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here")
+    g.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
+    g.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed (weights, tiles, augmentation)")
+    g.add_argument("--no-progress", action="store_true", help="no start-up line, progress or epoch lines")
     p.set_defaults(func=cmd_train)
 
     p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
@@ -384,10 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
     p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
-    p.add_argument("--output", choices=("labels", "probabilities"), default="labels",
-                   help="class index per pixel, or one probability per class")
+    p.add_argument("--output", choices=("labels", "probabilities", "instances"), default="labels",
+                   help="labels: a class per pixel; probabilities: one per class; instances (2-class models): "
+                        "objects numbered 1..K, uint16 (uint32 above 65534 objects), the same whatever the tiles")
     p.add_argument("--format", choices=("tif", "ome.zarr"), default="tif",
-                   help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr")
+                   help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr (instances: an NGFF label image)")
+    _instance_flags(p)
+    p.add_argument("--overlay", action="store_true",
+                   help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip inputs whose output exists")
     p.add_argument("--num-parts", type=_positive_int,
                    help="split the file list into this many parts ... (default: 1, no split)")
@@ -415,6 +554,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", help="bioimageio: SPDX license of the weights (default CC-BY-4.0)")
     p.add_argument("--description", help="bioimageio: one sentence on what the model segments (default: none)")
     p.set_defaults(func=cmd_export)
+
+    p = command("evaluate", help="score a model on labelled images (IoU, Dice, object F1, AP, Rand error)",
+                       description="Segment each labelled image into objects as `segment --output instances` does and "
+                                   "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the "
+                                   "mean over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) "
+                                   "and of F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per "
+                                   "image and the mean) and prints a summary. Labels with more than two values are "
+                                   "instances; a two-valued mask's objects are its connected components.")
+    p.add_argument("-m", "--model", required=True, help="model file (2 classes)")
+    p.add_argument("--images", required=True, help="folder of images, or a multi-page TIFF stack")
+    p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
+    p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    p.add_argument("-o", "--output-dir", default="evaluation",
+                   help="for evaluation.csv and overlays (default: %(default)s)")
+    p.add_argument("--overlay", action="store_true",
+                   help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan")
+    _instance_flags(p)
+    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
+    p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
+    p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -493,6 +655,25 @@ def _quiet_abandoned_reads() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     warnings.filterwarnings("ignore", message="Enable tracemalloc", category=RuntimeWarning)
+
+
+def _instance_flags(p) -> None:
+    from .instances import InstanceOptions
+
+    defaults = InstanceOptions()
+    p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",
+                   help=f"instances: remove objects of fewer pixels (default {defaults.min_size})")
+    p.add_argument("--no-fill-holes", action="store_true", help="instances: keep holes inside objects")
+    p.add_argument("--border", type=_non_negative_int, default=None, metavar="PX",
+                   help=f"instances: give background within this distance of two objects to the nearest "
+                        f"(default {defaults.border}; 0: off)")
+    p.add_argument("--threshold", type=_probability, default=None, metavar="P",
+                   help=f"instances: foreground where its probability is above P (default {defaults.threshold}: "
+                        f"where it wins the argmax)")
+    p.add_argument("--split", type=_probability, default=None, metavar="P",
+                   help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
+                        f"where the probability is above P) along the probability's valleys (default {defaults.split})")
+    p.add_argument("--no-split", action="store_true", help="instances: never split an object")
 
 
 def main(argv: list[str] | None = None) -> int:

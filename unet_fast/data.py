@@ -41,7 +41,8 @@ from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
 __all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
-           "TiffStackDataset", "SubsetDataset", "split_dataset", "RandomTiles", "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
+           "TiffStackDataset", "SubsetDataset", "split_dataset", "matching_files", "RandomTiles", "synthetic_nuclei",
+           "IMAGE_SUFFIXES", "LABEL_KINDS"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 #: part of the weight-map cache key: bumped when the cached weights' definition changes (2: weight
@@ -199,24 +200,7 @@ class ImageFolderDataset(SegmentationDataset):
     def __init__(self, images_dir, labels_dir, *, label_suffix: str = "", **options):
         super().__init__(**options)
         self.images_dir, self.labels_dir = Path(images_dir), Path(labels_dir)
-        for arg, folder in (("images_dir", self.images_dir), ("labels_dir", self.labels_dir)):
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{arg} {str(folder)!r} is not a folder")
-        images = _image_files(self.images_dir)
-        if not images:
-            raise ValueError(f"images_dir {str(self.images_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        labels = {path.stem: path for path in _image_files(self.labels_dir)}
-        self.pairs, missing = [], []
-        for path in images:
-            label = labels.get(path.stem + label_suffix)
-            if label is None:
-                missing.append(path.name)
-            else:
-                self.pairs.append((path, label))
-        if missing:
-            raise ValueError(f"no label in {str(self.labels_dir)!r} for {len(missing)} image(s): "
-                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                             f"(labels are matched by base name{' + ' + repr(label_suffix) if label_suffix else ''})")
+        self.pairs = matching_files(images_dir, labels_dir, label_suffix)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -224,6 +208,31 @@ class ImageFolderDataset(SegmentationDataset):
     def _load(self, index):
         image_path, label_path = self.pairs[index]
         return image_path.stem, read_image(image_path), read_image(label_path)
+
+
+def matching_files(images_dir, labels_dir, label_suffix: str = "") -> list[tuple[Path, Path]]:
+    """(image, label) file pairs of two folders, matched by base name (``labels/a.png`` labels
+    ``images/a.tif``; with ``label_suffix`` "_mask", ``labels/a_mask.png``); every image needs a label."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for arg, folder in (("images_dir", images_dir), ("labels_dir", labels_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{arg} {str(folder)!r} is not a folder")
+    images = _image_files(images_dir)
+    if not images:
+        raise ValueError(f"images_dir {str(images_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    labels = {path.stem: path for path in _image_files(labels_dir)}
+    pairs, missing = [], []
+    for path in images:
+        label = labels.get(path.stem + label_suffix)
+        if label is None:
+            missing.append(path.name)
+        else:
+            pairs.append((path, label))
+    if missing:
+        raise ValueError(f"no label in {str(labels_dir)!r} for {len(missing)} image(s): "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                         f"(labels are matched by base name{' + ' + repr(label_suffix) if label_suffix else ''})")
+    return pairs
 
 
 class TiffStackDataset(SegmentationDataset):

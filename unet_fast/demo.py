@@ -1,9 +1,9 @@
 """The built-in example (``unet-fast demo``): train a small U-Net on synthetic nuclei, segment a
 held-out image larger than one tile, score it and draw it.
 
-Everything comes from this package: ``synthetic_nuclei`` for data, the paper's weight maps and
-augmentation, ``train.fit`` (SGD, momentum 0.99) on the CPU, overlap-tile inference, and the
-metrics. It is sized to finish in well under 3 minutes on 2 CPU cores.
+Everything comes from this package: ``synthetic_nuclei`` for data, the paper's weight maps,
+``train.fit`` with the "default" recipe (``unet_fast.recipes``) on the CPU, overlap-tile inference,
+and the metrics. It is sized to finish in well under 3 minutes on 2 CPU cores.
 
 The score that matters is the object F1: the paper's point is separating touching cells, and a
 network that merges them can still reach a high foreground IoU. Objects are the 4-connected
@@ -12,6 +12,7 @@ across a border merges two nuclei.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -27,19 +28,16 @@ from .image_io import write_bytes_atomically, write_image
 from .inference import predict_tiled
 from .model import UNet
 from .model_file import save_model
+from .recipes import get_recipe
 from .train import fit
 from .training_logs import write_logs
 
-#: the recipe: a depth-3 valid U-Net (base 16), 140-pixel tiles (100-pixel outputs), batch 4, 560 steps.
-#: No dropout: in so short a run it only slows learning the borders between touching nuclei (object
-#: F1 0.82, 0.71, 0.79 with dropout 0.1 against 0.90, 0.97, 0.94 without, on three held-out images
-#: of seed 2); the augmentation draws new tiles every step, so there is no overfitting to prevent.
-RECIPE = dict(depth=3, base_channels=16, dropout=0.0, tile_size=140, batch_size=4, lr=0.01,
-              momentum=0.99, lr_schedule="cosine", train_images=8, train_size=256, test_size=400, epochs=70,
-              tiles_per_epoch=32)
+#: the data and the length of training; everything else is the "default" recipe (``unet_fast.recipes``):
+#: a depth-3 valid U-Net (base 16, no dropout), 140-pixel tiles (100-pixel outputs), batch 4, here 560 steps.
+SETUP = dict(recipe="default", train_images=8, train_size=256, test_size=400, epochs=70, tiles_per_epoch=32)
 #: what the full demo must reach on its held-out image (``unet-fast demo`` exits with 1 below it)
 TARGETS = dict(iou=0.85, object_f1=0.8)
-QUICK = dict(RECIPE, train_images=2, train_size=128, test_size=160, epochs=1, tiles_per_epoch=2)
+QUICK = dict(SETUP, train_images=2, train_size=128, test_size=160, epochs=1, tiles_per_epoch=2)
 
 
 @dataclass
@@ -71,36 +69,37 @@ def run(output_dir="demo_output", *, quick: bool = False, seed: int = 0, epochs:
 
 def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     started = time.perf_counter()
-    recipe = dict(QUICK if quick else RECIPE)
+    setup = dict(QUICK if quick else SETUP)
     if epochs is not None:
-        recipe["epochs"] = epochs
+        setup["epochs"] = epochs
+    recipe = get_recipe(setup["recipe"]).replace(epochs=setup["epochs"], tiles_per_epoch=setup["tiles_per_epoch"])
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or "cpu")
 
-    images, labels = synthetic_nuclei(recipe["train_images"], recipe["train_size"], seed=seed)
-    test_images, test_labels = synthetic_nuclei(1, recipe["test_size"], seed=seed + 1000)
-    train_data = ArrayDataset(images, labels)
-    log(f"training a depth-{recipe['depth']} U-Net (base {recipe['base_channels']}, valid padding) on "
-        f"{len(images)} synthetic {recipe['train_size']}x{recipe['train_size']} images for {recipe['epochs']} "
-        f"epochs of {recipe['tiles_per_epoch']} tiles ({recipe['tile_size']} px, batch {recipe['batch_size']}) "
-        f"on {device}")
+    images, labels = synthetic_nuclei(setup["train_images"], setup["train_size"], seed=seed)
+    test_images, test_labels = synthetic_nuclei(1, setup["test_size"], seed=seed + 1000)
+    train_data = ArrayDataset(images, labels, w0=recipe.w0, sigma=recipe.sigma, class_weights=recipe.class_weights,
+                              normalization=recipe.normalization())
+    log(f"training a depth-{recipe.depth} U-Net (base {recipe.base_channels}, {recipe.padding} padding) on "
+        f"{len(images)} synthetic {setup['train_size']}x{setup['train_size']} images for {recipe.epochs} "
+        f"epochs of {recipe.tiles_per_epoch} tiles ({recipe.tile_size} px, batch {recipe.batch_size}) "
+        f"on {device}, recipe {recipe.name}: {recipe.describe()}")
 
     torch.manual_seed(seed)
-    model = UNet(depth=recipe["depth"], base_channels=recipe["base_channels"], dropout=recipe["dropout"])
+    model = UNet(depth=recipe.depth, base_channels=recipe.base_channels, dropout=recipe.dropout,
+                 padding=recipe.padding)
+    tile_size = recipe.tile_for(model.depth, model.padding)
     train_started = time.perf_counter()
-    result = fit(model, train_data, epochs=recipe["epochs"], tile_size=recipe["tile_size"],
-                 batch_size=recipe["batch_size"], lr=recipe["lr"], momentum=recipe["momentum"], device=device,
-                 lr_schedule=recipe["lr_schedule"],
-                 tiles_per_epoch=recipe["tiles_per_epoch"], seed=seed, progress=progress)
+    result = fit(model, train_data, recipe=recipe, device=device, seed=seed, progress=progress)
     train_seconds = time.perf_counter() - train_started
     write_logs(output_dir, result.history)
     model_path = save_model(model.cpu(), output_dir / "model.safetensors", normalization=train_data.normalization,
-                            class_names=["background", "nucleus"], recipe=recipe)
+                            class_names=["background", "nucleus"], recipe=dataclasses.asdict(recipe), demo=setup)
 
     # the held-out image, larger than one tile, segmented tile by tile
     test = ArrayDataset(test_images, test_labels)[0]      # for its weight map
-    prediction = predict_tiled(model, test_images[0], tile_size=recipe["tile_size"], device="cpu",
+    prediction = predict_tiled(model, test_images[0], tile_size=tile_size, device="cpu",
                                normalization=train_data.normalization, output="labels", progress=False)
     truth = test_labels[0] > 0
     iou = metrics.foreground_iou(prediction, truth.astype(np.uint8))
@@ -109,7 +108,7 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     figure = draw(output_dir / "demo.png", test_images[0], test_labels[0], prediction, test.weights,
                   iou, objects.f1)
     seconds = time.perf_counter() - started
-    log(f"held-out {recipe['test_size']}x{recipe['test_size']} image: foreground IoU {iou:.3f}, "
+    log(f"held-out {setup['test_size']}x{setup['test_size']} image: foreground IoU {iou:.3f}, "
         f"object F1 {objects.f1:.3f} ({objects.true_positives} matched, {objects.false_positives} false, "
         f"{objects.false_negatives} missed)")
     log(f"trained in {train_seconds:.0f} s, {seconds:.0f} s in all; wrote {figure}, {model_path}")

@@ -32,7 +32,7 @@ __all__ = ["predict_tiled", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("labels", "probabilities", "logits")
+OUTPUTS = ("labels", "probabilities", "logits", "instances")
 LAYOUTS = ("YX", "CYX", "ZYX", "ZCYX")
 
 
@@ -282,7 +282,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
                   memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None,
-                  nonfinite: str | None = None):
+                  nonfinite: str | None = None, instance_options=None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -298,7 +298,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     batch_size: tiles per forward; None: planned. device: default the model's device.
     dtype: None/"fp32", "bf16" or "fp16" (autocast).
     output: "labels" (argmax, uint8; int32 above 256 classes), "probabilities" (softmax; float16
-        when dtype is fp16/bf16, else float32) or "logits" (float32); an array ``out`` sets the type.
+        when dtype is fp16/bf16, else float32), "logits" (float32), or "instances" for a 2-class
+        model: objects numbered 1..K (uint16, uint32 above 65534 objects), by the rules of
+        ``instance_options`` (an ``unet_fast.instances.InstanceOptions``; default: its defaults), the
+        same labels whatever the tiles; an array ``out`` sets the type.
     progress: a tqdm bar over tiles; None: only when stderr is a terminal.
     out: None (a numpy array is returned), an array to fill (shape (..., H, W) for labels,
         (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
@@ -327,6 +330,14 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                                                         f"of bytes, got {memory_budget_bytes!r}")
     if isinstance(out, (str, Path)):
         checks.check_output_is_not_an_input(out, _backing_files(image), "out", "file the image is read from")
+    if output == "instances":
+        return _predict_instances(model, image, instance_options, out=out, layout=layout, tile_size=tile_size,
+                                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                                  normalization=normalization, memory_budget_bytes=memory_budget_bytes,
+                                  cuda_graphs=cuda_graphs, pixel_size=pixel_size,
+                                  nonfinite=nonfinite)
+    if instance_options is not None:
+        raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
     device = checks.check_device(device) or model_device(model)
@@ -442,3 +453,35 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
     return torch.float32
 
 
+def _predict_instances(model, image, options, *, out, layout, pixel_size, **predict):
+    """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
+    (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
+    from .instances import ClassView, InstanceOptions, label_instances, scratch_for
+    from .sinks import ZARR_SUFFIXES
+    from .image_io import TIFF_SUFFIXES
+
+    _, _, in_channels, num_classes = model_geometry(model)
+    if num_classes != 2:
+        raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "
+                         f"{num_classes}: use output='labels' (a class per pixel) and label each class's regions, "
+                         f"or train a 2-class model")
+    options = InstanceOptions() if options is None else options
+    if not isinstance(options, InstanceOptions):
+        raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got {type(options).__name__}")
+    if isinstance(out, (str, Path)) and Path(out).suffix.lower() not in TIFF_SUFFIXES + ZARR_SUFFIXES:
+        raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
+    source = _Source.open(image, layout, in_channels)
+    planes = (source.slices,) if source.stacked else ()
+    with scratch_for(out, source.slices * source.height * source.width) as scratch:
+        probability = None
+        if options.threshold == 0.5 and options.split is None:    # foreground wins the argmax: 1 byte a pixel
+            foreground = scratch.array(planes + (source.height, source.width), np.uint8)
+            predict_tiled(model, source.image, layout=source.layout, output="labels", out=foreground, **predict)
+        else:
+            probabilities = scratch.array(planes + (2, source.height, source.width), np.float32)
+            predict_tiled(model, source.image, layout=source.layout, output="probabilities", out=probabilities,
+                          **predict)
+            foreground = ClassView(probabilities, stacked=source.stacked, threshold=options.threshold)
+            probability = ClassView(probabilities, stacked=source.stacked)
+        return label_instances(foreground, options, probability=probability, out=out, stacked=source.stacked,
+                               scratch=scratch, pixel_size=pixel_size)

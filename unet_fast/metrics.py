@@ -1,5 +1,5 @@
 """Segmentation metrics: per-class IoU (Jaccard) and Dice, pixel error, the ISBI 2012 Rand error,
-and object-level precision / recall / F1.
+and object-level precision / recall / F1, at one IoU threshold or averaged over 0.5..0.95.
 
 Inputs are label maps of the same shape, numpy arrays or torch tensors (any device), integer or
 bool: class indices for the pixel metrics (take the argmax of logits first), instance labels
@@ -178,6 +178,10 @@ def rand_error(prediction, target, connected_components: bool = False) -> float:
 # ---------------------------------------------------------------------------------------------
 # object-level matching
 
+#: the IoU thresholds the nuclei literature averages over (2018 Data Science Bowl, StarDist): 0.5, 0.55, ..., 0.95
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
 @dataclass(frozen=True)
 class ObjectScores:
     true_positives: int
@@ -188,25 +192,96 @@ class ObjectScores:
     f1: float         # 1.0 when both are empty
     mean_matched_iou: float  # NaN when nothing matched
 
+    @property
+    def accuracy(self) -> float:
+        """TP / (TP + FP + FN): what the 2018 Data Science Bowl calls the average precision at this
+        threshold (StarDist's "accuracy"); 1.0 when both are empty."""
+        total = self.true_positives + self.false_positives + self.false_negatives
+        return self.true_positives / total if total else 1.0
 
-def _match_one(pred: np.ndarray, true: np.ndarray, threshold: float):
+
+@dataclass(frozen=True)
+class _Overlaps:
+    """The overlapping (target object, predicted object) pairs of one image and their IoU."""
+
+    target: np.ndarray      # index of the target object (0..n_true-1) of each pair
+    predicted: np.ndarray   # index of the predicted object of each pair
+    iou: np.ndarray
+    n_true: int
+    n_pred: int
+
+
+def _overlaps(pred: np.ndarray, true: np.ndarray) -> _Overlaps:
     p_ids, p = np.unique(pred, return_inverse=True)
     t_ids, t = np.unique(true, return_inverse=True)
-    table = np.bincount(t.ravel() * len(p_ids) + p.ravel(), minlength=len(t_ids) * len(p_ids))
-    table = table.reshape(len(t_ids), len(p_ids))[t_ids > 0][:, p_ids > 0].astype(np.float64)
-    t_area = np.bincount(t.ravel())[t_ids > 0]
-    p_area = np.bincount(p.ravel())[p_ids > 0]
-    n_true, n_pred = len(t_area), len(p_area)
-    if n_true == 0 or n_pred == 0:
-        return 0, n_pred, n_true, []
-    union = t_area[:, None] + p_area[None, :] - table
-    ious = table / union
-    # one-to-one matching maximising the number of pairs above the threshold, then their IoU
-    score = np.where(ious >= threshold, 1.0 + ious, 0.0)
-    rows, cols = linear_sum_assignment(score, maximize=True)
-    matched = [ious[r, c] for r, c in zip(rows, cols) if ious[r, c] >= threshold]
+    p, t = p.ravel(), t.ravel()
+    p_area, t_area = np.bincount(p, minlength=len(p_ids)), np.bincount(t, minlength=len(t_ids))
+    both = (p_ids[p] > 0) & (t_ids[t] > 0)
+    pairs, counts = np.unique(t[both].astype(np.int64) * len(p_ids) + p[both], return_counts=True)
+    ti, pi = pairs // len(p_ids), pairs % len(p_ids)
+    iou = counts / (t_area[ti] + p_area[pi] - counts)
+    # objects numbered from 0 without the background
+    t_shift, p_shift = int(t_ids[0] == 0), int(p_ids[0] == 0)
+    return _Overlaps(ti - t_shift, pi - p_shift, iou, len(t_ids) - t_shift, len(p_ids) - p_shift)
+
+
+def _match(overlaps: _Overlaps, threshold: float) -> tuple[int, int, int, list[float]]:
+    """(TP, FP, FN, matched IoUs): one-to-one matching maximising the number of pairs at or above
+    the threshold, then their IoU (Hungarian). Above an IoU of 0.5 an object can match only one other,
+    so only the pairs that compete for an object (ties at exactly 0.5, or thresholds below it) need it."""
+    keep = overlaps.iou >= threshold
+    ti, pi, iou = overlaps.target[keep], overlaps.predicted[keep], overlaps.iou[keep]
+    t_degree = np.bincount(ti, minlength=overlaps.n_true)
+    p_degree = np.bincount(pi, minlength=overlaps.n_pred)
+    alone = (t_degree[ti] == 1) & (p_degree[pi] == 1)
+    matched = iou[alone].tolist()
+    if not alone.all():
+        rows, r = np.unique(ti[~alone], return_inverse=True)
+        cols, c = np.unique(pi[~alone], return_inverse=True)
+        score = np.zeros((len(rows), len(cols)))
+        score[r, c] = 1.0 + iou[~alone]
+        chosen_rows, chosen_cols = linear_sum_assignment(score, maximize=True)
+        matched += [s - 1.0 for s in score[chosen_rows, chosen_cols] if s > 0]
     tp = len(matched)
-    return tp, n_pred - tp, n_true - tp, matched
+    return tp, overlaps.n_pred - tp, overlaps.n_true - tp, matched
+
+
+def scores_from_counts(tp: int, fp: int, fn: int, matched: list[float] = ()) -> ObjectScores:
+    """ObjectScores of counts of true positives, false positives and false negatives (and the IoUs
+    of the matched pairs, for their mean)."""
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return ObjectScores(tp, fp, fn, precision, recall, f1, float(np.mean(matched)) if matched else float("nan"))
+
+
+def _check_threshold(value, name: str) -> None:
+    if not (isinstance(value, (int, float, np.floating)) and 0 < value <= 1):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def object_scores_by_threshold(prediction, target, thresholds=IOU_THRESHOLDS,
+                               connected_components: bool = False) -> list[ObjectScores]:
+    """``object_scores`` at each IoU threshold (default 0.5, 0.55, ..., 0.95), the overlaps computed once."""
+    thresholds = list(thresholds)
+    if not thresholds:
+        raise ValueError("thresholds must not be empty")
+    for value in thresholds:
+        _check_threshold(value, "every threshold")
+    p, t = _pair_of_maps(prediction, target)
+    pred, true = _as_images(p, "prediction"), _as_images(t, "target")
+    if connected_components:
+        pred, true = _components(pred), _components(true)
+    counts = [[0, 0, 0, []] for _ in thresholds]
+    for a, b in zip(pred, true):
+        overlaps = _overlaps(a, b)
+        for total, threshold in zip(counts, thresholds):
+            tp, fp, fn, matched = _match(overlaps, threshold)
+            total[0] += tp
+            total[1] += fp
+            total[2] += fn
+            total[3] += matched
+    return [scores_from_counts(*total) for total in counts]
 
 
 def object_scores(prediction, target, iou_threshold: float = 0.5, connected_components: bool = False) -> ObjectScores:
@@ -216,19 +291,12 @@ def object_scores(prediction, target, iou_threshold: float = 0.5, connected_comp
     Inputs are instance label maps (0 = background), or binary masks with connected_components=True
     (4-connected components of the nonzero pixels). A batch (N, H, W) sums the counts over images.
     """
-    if not (isinstance(iou_threshold, (int, float)) and 0 < iou_threshold <= 1):
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold!r}")
-    p, t = _pair_of_maps(prediction, target)
-    pred, true = _as_images(p, "prediction"), _as_images(t, "target")
-    if connected_components:
-        pred, true = _components(pred), _components(true)
-    tp = fp = fn = 0
-    matched: list[float] = []
-    for a, b in zip(pred, true):
-        one = _match_one(a, b, iou_threshold)
-        tp, fp, fn = tp + one[0], fp + one[1], fn + one[2]
-        matched += one[3]
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return ObjectScores(tp, fp, fn, precision, recall, f1, float(np.mean(matched)) if matched else float("nan"))
+    _check_threshold(iou_threshold, "iou_threshold")
+    return object_scores_by_threshold(prediction, target, [iou_threshold], connected_components)[0]
+
+
+def average_precision(prediction, target, thresholds=IOU_THRESHOLDS, connected_components: bool = False) -> float:
+    """The mean over IoU thresholds (default 0.5, 0.55, ..., 0.95) of TP / (TP + FP + FN)
+    (``ObjectScores.accuracy``): the 2018 Data Science Bowl's score, StarDist's mean accuracy."""
+    return float(np.mean([s.accuracy for s in object_scores_by_threshold(prediction, target, thresholds,
+                                                                          connected_components)]))

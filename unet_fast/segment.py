@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -132,9 +133,12 @@ ANNOUNCED_PIXELS = 2 ** 26
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",
                   tile_size=None, batch_size=None, device=None, dtype=None, resume: bool = False,
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
-                  nonfinite: str | None = None, log=print) -> SegmentSummary:
+                  nonfinite: str | None = None, log=print, instance_options=None,
+                  overlay: bool = False) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
-    killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``."""
+    killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``.
+    overlay: also write outdir/overlays/<name>.png, the image with the outlines of the result
+    (``unet_fast.overlays``)."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -163,7 +167,10 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                 log(f"segmenting {path} ({'x'.join(map(str, info.shape))}, {info.pixels / 1e6:.0f} megapixels) ...")
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
                           output=output, progress=progress, out=target, layout=layout, pixel_size=pixel_size,
-                          nonfinite=nonfinite)
+                          nonfinite=nonfinite,
+                          **({"instance_options": instance_options} if output == "instances" else {}))
+            if overlay:
+                write_result_overlay(outdir / "overlays" / output_name(path, ".png"), image, target, layout)
             pixels = info.pixels // (info.shape[info.axes.index("C")] if "C" in info.axes else 1)
             summary.pixels += pixels
             summary.done.append(str(path))
@@ -177,6 +184,35 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             log(f"FAILED {path}: {reason}", file=sys.stderr)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def write_result_overlay(path: Path, image, result: Path, layout: str) -> Path:
+    """The overlay of a written result (labels or instances; the middle plane of a stack), read back
+    lazily and subsampled (``unet_fast.overlays``)."""
+    from .overlays import subsample_step, write_overlay
+
+    if result.suffix == ".zarr":
+        import zarr
+
+        labels = zarr.open_group(str(result), mode="r")["0"]
+    else:
+        labels = image_io.read_image(result, max_pixels=None)[0]
+    if layout.startswith("Z"):
+        middle = image.shape[0] // 2
+        image, labels = _Plane(image, middle), _Plane(labels, middle)
+    step = subsample_step(*labels.shape[-2:], 1024)
+    sample = (slice(None, None, step), slice(None, None, step))
+    return write_overlay(path, np.asarray(image[(Ellipsis, *sample)]), np.asarray(labels[sample]), max_side=1024)
+
+
+class _Plane:
+    """Plane ``index`` of a lazy stack, indexable by slices like the plane itself."""
+
+    def __init__(self, stack, index: int):
+        self.stack, self.index, self.shape = stack, index, tuple(stack.shape[1:])
+
+    def __getitem__(self, key):
+        return self.stack[(self.index,) + (key if isinstance(key, tuple) else (key,))]
 
 
 @dataclass
@@ -195,6 +231,22 @@ class SegmentResult:
     def exit_status(self) -> int:
         """``unet-fast segment``'s: 1 when anything failed."""
         return 1 if self.failed else 0
+
+
+def check_output(output: str, model, instance_options=None, overlay: bool = False) -> None:
+    """What ``output`` needs of the model and the other options, checked before any file is read."""
+    from .inference import OUTPUTS
+
+    if output not in OUTPUTS or output == "logits":
+        raise ValueError(f"output must be 'labels', 'probabilities' or 'instances', got {output!r}")
+    if output == "instances" and model.num_classes != 2:
+        raise ValueError(f"output 'instances' needs a model of 2 classes (background, foreground); this model has "
+                         f"{model.num_classes}: segment with output 'labels' (a class per pixel) instead")
+    if instance_options is not None and output != "instances":
+        raise ValueError(f"instance options (min size, holes, borders) apply to output 'instances' only, "
+                         f"got output {output!r}")
+    if overlay and output == "probabilities":
+        raise ValueError("overlays outline labels or instances; output 'probabilities' has none")
 
 
 def check_parts(num_parts: int, part_id: int) -> None:
@@ -249,11 +301,13 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         output: str = "labels", format: str = "tif", tile_size: int | None = None, batch_size: int | None = None,
         device: str | None = None, dtype: str = "fp32", resume: bool = False, num_parts: int = 1, part_id: int = 0,
         max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool | None = None,
-        nonfinite: str | None = None, log=print) -> SegmentResult:
+        nonfinite: str | None = None, log=print, instance_options=None, overlay: bool = False) -> SegmentResult:
     """Segment every image the ``inputs`` name (files, folders, glob patterns) into ``output_dir``:
     ``unet-fast segment`` from Python.
 
-    model: a model file (loaded on every process) or a loaded model; format: "tif" or "ome.zarr";
+    model: a model file (loaded on every process) or a loaded model; output: "labels", "probabilities" or
+    "instances" (a 2-class model's objects, by ``instance_options``: see ``unet_fast.instances``); overlay:
+    a PNG per input in output_dir/overlays (the image with the result's outlines); format: "tif" or "ome.zarr";
     resume: skip inputs whose output exists; num_parts, part_id: this job-array task's share of the
     files (under torchrun shared again among the processes, whose group is joined here if it is not
     yet); progress: a bar over files (None: when stderr is a terminal); log: where each file's line
@@ -275,10 +329,12 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
             check_tiles(model, tile_size, batch_size, job.device, dtype)
+            check_output(output, model, instance_options, overlay)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,
                                     tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
-                                    progress=sys.stderr.isatty() if progress is None else progress, log=log)
+                                    progress=sys.stderr.isatty() if progress is None else progress, log=log,
+                                    instance_options=instance_options, overlay=overlay)
         if job.rank == 0:
             for item, reason in problems:
                 log(f"FAILED {item}: {reason}", file=sys.stderr)

@@ -236,6 +236,12 @@ class StreamingZarrWriter:
         self.plane_dims = plane_dims
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
 
+    def set_attributes(self, attributes: dict) -> None:
+        """Add to the group's attributes (e.g. NGFF "image-label" for a label image)."""
+        import zarr
+
+        zarr.open_group(str(self.temporary), mode="r+").attrs.update(attributes)
+
     def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
         self._collector.write(plane, y0, x0, block)
 

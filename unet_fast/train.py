@@ -1,9 +1,11 @@
-"""Training the paper's way: ``fit`` with SGD (momentum 0.99), large tiles, the weighted loss.
+"""Training: ``fit``, by a recipe (``unet_fast.recipes``: "default" converges in minutes, "paper" is
+SGD with momentum 0.99, batch 1, large tiles), every value of which can be overridden.
 
 The model brings He initialisation and dropout (``UNet(dropout=...)``); the data brings the paper's
-weight maps and augmentation (``unet_fast.data``). ``fit`` adds what a training run needs around
-them: validation each epoch (loss, foreground IoU, object F1), atomic checkpoints that resume
-exactly, a progress bar, CSV/JSON logs with a PNG of the curves, bf16 autocast, and
+weight maps (``unet_fast.data``). ``fit`` adds what a training run needs around them: the recipe's
+augmentation, optimizer and learning-rate schedule (with warm-up), a wall-clock budget, validation
+each epoch (loss, foreground IoU, object F1) with the best model kept, atomic checkpoints that resume
+exactly, progress from the first step, CSV/JSON logs with a PNG of the curves, bf16 autocast, and
 DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA; ranks draw disjoint tiles).
 """
 from __future__ import annotations
@@ -27,15 +29,17 @@ from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
+from .recipes import LR_SCHEDULES, OPTIMIZERS, Recipe, get_recipe
 from .torchrun import Torchrun
-from .training_logs import format_row, write_logs
+from .training_logs import Progress, format_row, write_logs
 from .validation import evaluate
 
 # evaluate, the checkpoint format and the logs have modules of their own; importable from here as before
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "write_logs",
-           "default_tile_size", "CHECKPOINT_FORMAT"]
+           "default_tile_size", "learning_rate", "CHECKPOINT_FORMAT", "BEST_METRICS"]
 
-LR_SCHEDULES = ("constant", "cosine")
+#: how ``best_metric`` reads the validation row: (column, larger is better)
+BEST_METRICS = {"f1": ("val_object_f1", True), "iou": ("val_iou", True), "loss": ("val_loss", False)}
 
 
 @dataclass
@@ -43,6 +47,8 @@ class FitResult:
     model: torch.nn.Module                 # the trained model (unwrapped from DDP), in eval mode
     history: list[dict] = field(default_factory=list)   # one row per epoch, training_logs.LOG_COLUMNS
     checkpoint: Path | None = None         # the last checkpoint written, if any
+    best: Path | None = None               # the best model by best_metric (a model file), if kept
+    stopped_early: bool = False            # the time limit ended the run before its last epoch
 
 
 @dataclass
@@ -54,6 +60,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     history: list[dict]
     start_epoch: int
+    recipe: Recipe
+    clock: "_Clock"
     net: torch.nn.Module | None = None   # the model, in DDP under torchrun; only the run refers to it (see fit)
 
     @property
@@ -61,60 +69,95 @@ class _Run:
         return self.history[-1]["step"] if self.history else 0
 
 
-def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None = None, *, epochs: int,
-        tile_size: int | None = None, batch_size: int = 1, lr: float = 0.01, momentum: float = 0.99,
-        weight_decay: float = 0.0, device=None, amp: bool = False, checkpoint_dir=None, resume=None,
-        log_dir=None, tiles_per_epoch: int | None = None, augment: Callable | str | None = "default",
-        seed: int = 0, num_workers: int = 0, loss_fn: Callable | None = None,
-        lr_schedule: str = "constant", progress: bool | None = None) -> FitResult:
-    """Train ``model`` for ``epochs`` epochs; returns the trained model and the per-epoch history.
+def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None = None, *,
+        recipe: str | Recipe = "default", epochs: int | None = None, tile_size: int | None = None,
+        batch_size: int | None = None, optimizer: str | None = None, lr: float | None = None,
+        momentum: float | None = None, weight_decay: float | None = None, lr_schedule: str | None = None,
+        warmup_steps: int | None = None, tiles_per_epoch: int | None = None, augment: Callable | str | None = "recipe",
+        time_limit: float | None = None, best_metric: str | None = None, device=None, amp: bool = False,
+        checkpoint_dir=None, resume=None, log_dir=None, seed: int = 0, num_workers: int = 0,
+        loss_fn: Callable | None = None, progress: bool | None = None) -> FitResult:
+    """Train ``model``; returns the trained model and the per-epoch history.
 
+    recipe: "default", "paper" or a ``recipes.Recipe``: the training values (tile_size, batch_size,
+    tiles_per_epoch, epochs, optimizer, lr, momentum, weight_decay, lr_schedule, warmup_steps, and the
+    augmentation); each argument given here (not None) overrides the recipe's. The model and the data
+    are used as given (the recipe's network and weight-map values are for building them, as
+    ``unet-fast train`` does).
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
-    by ``augment``: "default" = ``data.default_augmentation()`` (flips, rotations, the elastic
-    deformation, grey values), None = none, or a callable
-    ``(image, target, weights, generator=...) -> (image, target, weights)`` such as ``augment.Compose``),
-    a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m), weights (m, m))`` tiles.
-    val_data: whole labelled images, evaluated after every epoch with ``evaluate``.
+    by ``augment``: "recipe" = the recipe's, "default" = ``data.default_augmentation()`` (the paper's),
+    None = none, or a callable ``(image, target, weights, generator=...) -> (image, target, weights)``
+    such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
+    weights (m, m))`` tiles.
+    optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).
+    lr_schedule: "constant" or "cosine" (from lr to 0 over the run), after ``warmup_steps`` steps of
+    linear warm-up; a function of the step and of the time used, so resuming needs no scheduler state.
+    time_limit: seconds for the whole run, resumes included: training stops at the first step
+    boundary past it (the epoch's row, checkpoint and best model are written as usual), and the
+    schedule anneals over whichever comes first, the epochs or the time limit (then the learning
+    rates depend on the machine's speed, and a run is not repeatable bit for bit).
+    val_data: whole labelled images, evaluated after every epoch with ``evaluate``; with
+    ``checkpoint_dir`` the best model by ``best_metric`` ("f1": object F1, the default; "iou": foreground
+    IoU; "loss") is written as a model file (``save_model``) to ``checkpoint_dir/best.safetensors``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
-    lr_schedule: "constant" (the paper) or "cosine" (lr decays to 0 over all steps; a function of the
-    step alone, so resuming needs no scheduler state).
     loss_fn(logits, target, weights): default the paper's weighted loss,
     ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``.
+    progress: None: a start-up line saying what is trained on what, then a progress bar on a terminal,
+    else a line after the first step and every 15 s, and a line per epoch (rank 0, on stderr); False: none.
     Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
     ``fit``; the process group is created here if it is not yet (and destroyed at the end). Each rank's
     random states go into the checkpoint and come back to the same rank on resume; a checkpoint of
     another world size resumes with a warning, not exactly. When one rank fails, every rank raises
     (``unet_fast.ranks``): a ``RankFailedError`` naming the failed rank where it did not fail.
     """
-    _check_fit_arguments(model, epochs, batch_size, lr, momentum, lr_schedule)
+    settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                                      lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                                      warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
+    best_metric = _check_fit_arguments(model, val_data, time_limit, best_metric)
     check_device(device)
+    clock = _Clock(time_limit)
     job = Torchrun.join(device)
     run = None
+    report = Progress(job.rank == 0 and progress is not False, bar=sys.stderr.isatty() if progress is None
+                      else bool(progress) and sys.stderr.isatty())
+    if isinstance(train_data, SegmentationDataset):
+        report.note(f"preparing {len(train_data)} training image(s): reading, normalising, weight maps")
     try:
         with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
-            run = _prepare(model, train_data, job, tile_size=tile_size, tiles_per_epoch=tiles_per_epoch,
-                           augment=augment, seed=seed, loss_fn=loss_fn, lr=lr, momentum=momentum,
-                           weight_decay=weight_decay, resume=resume)
+            run = _prepare(model, train_data, job, settings, tile_size=tile_size, augment=augment, seed=seed,
+                           loss_fn=loss_fn, resume=resume, clock=clock)
         run.net = DistributedDataParallel(model, device_ids=[job.device] if job.device.type == "cuda" else None) \
             if job.world > 1 else model
-        show = job.rank == 0 and (sys.stderr.isatty() if progress is None else progress)
         checkpoint_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
-        for epoch in range(run.start_epoch, epochs):
+        best_path = Path(checkpoint_dir) / "best.safetensors" if checkpoint_dir is not None and val_data is not None \
+            else None
+        steps_per_epoch = -(-len(run.tiles) // (settings.batch_size * job.world))
+        report.start(_describe(model, train_data, val_data, run, settings, job, steps_per_epoch, time_limit),
+                     total=settings.epochs * steps_per_epoch, done=run.step)
+        stopped = False
+        for epoch in range(run.start_epoch, settings.epochs):
             started = time.perf_counter()
-            row = _train_epoch(run, job, epoch, epochs, batch_size=batch_size, num_workers=num_workers,
-                               amp=amp, lr=lr, lr_schedule=lr_schedule, show=show)
+            row, stopped = _train_epoch(run, job, epoch, num_workers=num_workers, amp=amp, report=report,
+                                        total_steps=settings.epochs * steps_per_epoch)
             if val_data is not None:
                 metrics = evaluate(model, val_data, device=job.device, amp=amp, loss_fn=run.loss_fn,
                                    rank=job.rank, world=job.world)
                 row.update({f"val_{key}": value for key, value in metrics.items()})
             row["seconds"] = time.perf_counter() - started
+            row["elapsed"] = clock.elapsed()
             run.history.append(row)
-            _save_epoch(model, run, job, epoch, checkpoint_path=checkpoint_path, log_dir=log_dir, seed=seed,
-                        show=show)
+            _save_epoch(model, run, job, epoch, checkpoint_path=checkpoint_path, best_path=best_path,
+                        best_metric=best_metric, train_data=train_data, log_dir=log_dir, seed=seed, report=report)
+            if stopped:
+                report.note(f"time limit of {_minutes(time_limit)} reached after {row['step']} steps "
+                            f"(epoch {epoch + 1} of {settings.epochs})")
+                break
         model.eval()
-        return FitResult(model, run.history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None)
+        return FitResult(model, run.history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None,
+                         best_path if best_path and best_path.exists() else None, stopped)
     finally:
+        report.close()
         # DDP holds the process group: let it go, so that destroying the group closes this rank's
         # connections and ranks still in a collective with it fail now rather than at the timeout (an
         # error's traceback keeps the frames of the epoch alive: none of them holds DDP but through the run)
@@ -123,53 +166,95 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         job.leave()
 
 
-def _check_fit_arguments(model, epochs, batch_size, lr, momentum, lr_schedule) -> None:
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+def _settings(recipe, overrides: dict) -> Recipe:
+    """The recipe with the arguments given to ``fit``; checks every value."""
+    if isinstance(recipe, str) or isinstance(recipe, Recipe):
+        return get_recipe(recipe).replace(**overrides)
+    raise TypeError(f"recipe must be a recipe name or a unet_fast.recipes.Recipe, got {type(recipe).__name__}")
+
+
+def _check_fit_arguments(model, val_data, time_limit, best_metric) -> str | None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0
+                                       and math.isfinite(time_limit)):
+        raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
+    if best_metric is not None:
+        if best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {tuple(BEST_METRICS)}, got {best_metric!r}")
+        if val_data is None:
+            raise ValueError("best_metric needs validation images (val_data): the best model is chosen on them")
+    return best_metric or ("f1" if val_data is not None else None)
 
 
-def _prepare(model, train_data, job: Torchrun, *, tile_size, tiles_per_epoch, augment, seed, loss_fn, lr, momentum,
-             weight_decay, resume) -> _Run:
+class _Clock:
+    """Seconds used by a run, resumes included (the checkpoint's history carries the earlier ones)."""
+
+    def __init__(self, limit: float | None):
+        self.limit, self.before, self.started = limit, 0.0, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def fraction(self) -> float:
+        """Share of the time limit used (0 without one)."""
+        return self.elapsed() / self.limit if self.limit else 0.0
+
+
+def learning_rate(recipe: Recipe, step: int, progress: float) -> float:
+    """The rate of step ``step`` (0-based) at ``progress`` (0..1) through the run: a linear warm-up
+    over ``warmup_steps`` steps, then constant or cosine from ``lr`` to 0."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    if recipe.lr_schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return recipe.lr
+
+
+def _make_optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    return kind(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, 0.999), weight_decay=recipe.weight_decay)
+
+
+def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, augment, seed, loss_fn, resume,
+             clock) -> _Run:
     """The model on its device, the training tiles, loss and optimizer, and what ``resume`` restores."""
     model.to(job.device)
-    tiles = _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    run = _Run(tiles, loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True), optimizer, [], 0)
+    tiles = _training_tiles(model, train_data, recipe, tile_size, augment, seed)
+    optimizer = _make_optimizer(model, recipe)
+    run = _Run(tiles, loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True), optimizer, [], 0, recipe, clock)
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer)
         if state.get("seed") is not None and state["seed"] != seed:
             raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
                              f"got seed={seed}; pass the same seed to continue exactly")
         run.start_epoch, run.history = state["epoch"], state["history"]
+        clock.before = run.history[-1].get("elapsed", 0.0) if run.history else 0.0
         restore_rng_state(state["rng"], job.rank, job.world, job.device, resume)
     return run
 
 
-def _train_epoch(run: _Run, job: Torchrun, epoch: int, epochs: int, *, batch_size, num_workers, amp, lr,
-                 lr_schedule, show) -> dict:
-    """One pass over this epoch's tiles (this rank's share); the epoch's row of the history so far."""
+def _train_epoch(run: _Run, job: Torchrun, epoch: int, *, num_workers, amp, report: Progress,
+                 total_steps: int) -> tuple[dict, bool]:
+    """One pass over this epoch's tiles (this rank's share), or until the time limit; the epoch's row
+    of the history so far, and whether the time limit stopped it."""
     if hasattr(run.tiles, "set_epoch"):
         run.tiles.set_epoch(epoch)
     sampler = (DistributedSampler(run.tiles, job.world, job.rank, shuffle=False) if job.world > 1
                else SequentialSampler(run.tiles))
-    loader = DataLoader(run.tiles, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(run.tiles, batch_size=run.recipe.batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=job.device.type == "cuda")
     run.net.train()
     step = run.step
     loss_sum = torch.zeros((), dtype=torch.float64, device=job.device)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
-    for image, target, weights in bar:
-        if lr_schedule == "cosine":
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / (epochs * len(loader))))
+    steps, stopped = 0, False
+    for image, target, weights in loader:
+        rate = learning_rate(run.recipe, step, max(step / total_steps, run.clock.fraction()))
+        for group in run.optimizer.param_groups:
+            group["lr"] = rate
         image = image.to(job.device, non_blocking=True)
         target = target.to(job.device, non_blocking=True)
         weights = weights.to(job.device, non_blocking=True)
@@ -181,27 +266,79 @@ def _train_epoch(run: _Run, job: Torchrun, epoch: int, epochs: int, *, batch_siz
         run.optimizer.step()
         loss_sum += loss.detach()
         step += 1
-        if show:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+        steps += 1
+        report.step(step, epoch, loss, rate)
+        if run.clock.limit is not None and _agreed(job, run.clock.fraction() >= 1):
+            stopped = True
+            break
     check_pending()  # invalid targets or weights the loss found without stopping the GPU
-    return {"epoch": epoch + 1, "step": step, "train_loss": job.mean(loss_sum, len(loader)),
-            "lr": run.optimizer.param_groups[0]["lr"]}
+    return {"epoch": epoch + 1, "step": step, "train_loss": job.mean(loss_sum, steps),
+            "lr": run.optimizer.param_groups[0]["lr"]}, stopped
 
 
-def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path, log_dir, seed, show) -> None:
-    """Rank 0 writes the checkpoint (with every rank's random states) and the logs of this epoch."""
+def _agreed(job: Torchrun, stop: bool) -> bool:
+    """Whether any rank wants to stop (each rank's clock differs a little; all must stop at the same step)."""
+    if job.world == 1:
+        return stop
+    return bool(job.all_reduce(torch.tensor([float(stop)], device=job.device)).item() > 0)
+
+
+def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path, best_path, best_metric, train_data,
+                log_dir, seed, report: Progress) -> None:
+    """Rank 0 writes the checkpoint (with every rank's random states), the best model and the logs of this epoch."""
     rng_states = job.gather(rng_state(job.device))     # every rank's, for rank 0 to save
     with shared_failures(f"writing the checkpoint and logs of epoch {epoch + 1}"):   # also a barrier
         if job.rank != 0:
             return
-        if show:
-            tqdm.write(format_row(run.history[-1]))
+        report.row(format_row(run.history[-1]))
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
                             rng_states=rng_states)
+        if best_path is not None and _is_best(run.history, best_metric):
+            from .model_file import save_model
+
+            column = BEST_METRICS[best_metric][0]
+            save_model(model, best_path, normalization=getattr(train_data, "normalization", None),
+                       epoch=epoch + 1, step=run.history[-1]["step"], best_metric=best_metric,
+                       **{column: run.history[-1][column]})
         if log_dir is not None:
             write_logs(log_dir, run.history)
+
+
+def _is_best(history: list[dict], metric: str) -> bool:
+    """Whether the last row is the best so far by ``metric`` (the first of equals stays the best)."""
+    column, larger = BEST_METRICS[metric]
+    values = [row[column] for row in history if row.get(column) is not None and not math.isnan(row[column])]
+    if not values or history[-1].get(column) is None or math.isnan(history[-1][column]):
+        return False
+    earlier = values[:-1]
+    return not earlier or (history[-1][column] > max(earlier) if larger else history[-1][column] < min(earlier))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.3g} min"
+
+
+def _describe(model, train_data, val_data, run: _Run, recipe: Recipe, job: Torchrun, steps_per_epoch: int,
+              time_limit) -> str:
+    """The start-up line: what is trained on what, how, where."""
+    parameters = sum(p.numel() for p in model.parameters())
+    network = (f"U-Net depth {model.depth}, base {getattr(model, 'base_channels', '?')}, {model.padding} padding, "
+               if hasattr(model, "depth") else f"{type(model).__name__}, ") + f"{parameters / 1e6:.3g} M parameters"
+    if isinstance(train_data, SegmentationDataset):
+        pixels = sum(train_data[i].target.size for i in range(len(train_data)))
+        data = f"{len(train_data)} image(s), {pixels / 1e6:.3g} Mpx"
+    else:
+        data = "a dataset of tiles"
+    if val_data is not None:
+        data += f"; validation on {len(val_data)} image(s)"
+    tiles = getattr(run.tiles, "tile_size", None)
+    tiling = (f"{tiles} px tiles ({run.tiles.output_size} px out), " if tiles else "") + \
+        f"batch {recipe.batch_size}, {len(run.tiles)} tiles/epoch, {recipe.epochs} epochs = " \
+        f"{recipe.epochs * steps_per_epoch} steps" + (f", time limit {_minutes(time_limit)}" if time_limit else "")
+    where = f"{job.device}" + (f", {torch.get_num_threads()} thread(s)" if job.device.type == "cpu" else "") + \
+        (f", {job.world} processes" if job.world > 1 else "")
+    return (f"training {network} on {data}: {tiling}; recipe {recipe.name}: {recipe.describe()}; {where}")
 
 
 def default_tile_size(model, images: SegmentationDataset, largest: int = 572) -> int:
@@ -214,7 +351,9 @@ def default_tile_size(model, images: SegmentationDataset, largest: int = 572) ->
     return fitting[-1] if fitting else sizes[0]
 
 
-def _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed):
+def _training_tiles(model, train_data, recipe: Recipe, tile_size, augment, seed):
+    """The tiles to train on; tile_size: as given (checked), else the recipe's for the model's depth
+    (``Recipe.tile_for``), else (the paper's recipe) the largest legal one up to 572 px that fits the images."""
     if isinstance(train_data, SegmentationDataset):
         if len(train_data) == 0:
             raise ValueError("train_data is empty: training needs at least one labelled image")
@@ -222,22 +361,20 @@ def _training_tiles(model, train_data, tile_size, tiles_per_epoch, augment, seed
             if not hasattr(model, attr):
                 raise TypeError(f"model must be a unet_fast UNet (with .depth and .padding) to draw tiles "
                                 f"from a SegmentationDataset; got {type(model).__name__}. Pass RandomTiles instead.")
+        tile_size = recipe.tile_for(model.depth, model.padding) if tile_size is None else tile_size
         if tile_size is None:
             tile_size = default_tile_size(model, train_data)
-        if augment == "default":
+        if augment == "recipe":
+            augment = recipe.augmentation()
+        elif augment == "default":
             augment = default_augmentation()
         elif augment is not None and not callable(augment):
-            raise ValueError(f"augment must be 'default', None or a callable, got {augment!r}")
+            raise ValueError(f"augment must be 'recipe', 'default', None or a callable, got {augment!r}")
         return RandomTiles(train_data, tile_size, depth=model.depth, padding=model.padding,
-                           tiles_per_epoch=tiles_per_epoch, augment=augment, seed=seed)
+                           tiles_per_epoch=recipe.tiles_per_epoch, augment=augment, seed=seed)
     if isinstance(train_data, torch.utils.data.Dataset) and hasattr(train_data, "__len__"):
         if len(train_data) == 0:
             raise ValueError("train_data is empty")
         return train_data
     raise TypeError(f"train_data must be a SegmentationDataset, RandomTiles or a Dataset of "
                     f"(image, target, weights) tiles; got {type(train_data).__name__}")
-
-
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,5 +1,6 @@
 """Validation of a model on whole labelled images: the weighted loss, foreground IoU and object F1,
-by the same overlap-tile inference as segmentation (``predict_tiled``)."""
+by the same overlap-tile inference and instance rules as segmentation (``predict_tiled``,
+``unet_fast.instances``)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +9,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from scipy import ndimage
 
 from .data import SegmentationDataset
 from .inference import predict_tiled
+from .instances import InstanceOptions, label_instances
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
 from .normalization import Normalization
@@ -20,12 +21,15 @@ from .ranks import shared_failures
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None, amp: bool = False,
-             loss_fn: Callable | None = None, rank: int = 0, world: int = 1) -> dict:
+             loss_fn: Callable | None = None, rank: int = 0, world: int = 1,
+             instance_options: InstanceOptions | None = None) -> dict:
     """Whole-image validation by overlap-tile inference (``predict_tiled``): {"loss", "iou", "object_f1"}.
 
-    loss: the weighted loss per pixel; iou: foreground IoU pooled over all pixels of all images;
-    object_f1: F1 of predicted objects (connected foreground components) matched to the labelled
-    instances at IoU >= 0.5 (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
+    loss: the weighted loss per pixel; the predicted objects are the instances of the predicted
+    foreground (every class but 0) by ``instance_options`` (default: ``InstanceOptions()``, as
+    ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
+    images; object_f1: their F1 matched to the labelled instances at IoU >= 0.5
+    (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
     image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
     """
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
@@ -44,9 +48,16 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             weights = torch.from_numpy(sample.weights).to(device)
             pixels = target.numel()
             loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
-            predicted = logits.argmax(0).cpu().numpy() > 0
-            truth = sample.target > 0
-            objects = object_scores(ndimage.label(predicted)[0], sample.instances)
+            options = instance_options or InstanceOptions()
+            if logits.shape[0] != 2:          # as predict_tiled(output="instances"), which needs 2 classes
+                options = InstanceOptions(options.min_size, options.fill_holes, options.border)
+            probability = torch.softmax(logits, 0)[-1].cpu().numpy() if logits.shape[0] == 2 else None
+            foreground = (logits.argmax(0).cpu().numpy() > 0 if options.threshold == 0.5
+                          else probability > options.threshold)
+            instances = label_instances(foreground, options, probability=probability)
+            predicted = instances > 0
+            truth = sample.instances > 0
+            objects = object_scores(instances, sample.instances)
             tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives
             sums += torch.tensor([loss, pixels, np.sum(predicted & truth), np.sum(predicted | truth), tp, fp, fn],
                                  dtype=torch.float64)

@@ -1,0 +1,195 @@
+"""unet_fast.evaluation and `unet-fast evaluate`; unet_fast.overlays; `unet-fast segment --output
+instances --overlay`."""
+import csv
+import io
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from PIL import Image
+from scipy import ndimage
+
+import unet_fast
+from unet_fast import cli, image_io, metrics, overlays
+from unet_fast.evaluation import Evaluation, evaluate_model, labelled_files, score_instances
+from unet_fast.inference import predict_tiled
+from unet_fast.instances import InstanceOptions
+from unet_fast.normalization import Normalization
+from unet_fast.synthetic import synthetic_nuclei
+
+
+class Threshold(torch.nn.Module):
+    """A '2-class model' whose foreground is where the image is bright: known predictions."""
+
+    depth, padding, in_channels, num_classes, base_channels = 1, "same", 1, 2, 1
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], 1) * self.scale
+
+
+@pytest.fixture
+def nuclei(tmp_path):
+    """Two synthetic images (their own separated labels as pixels, so the threshold model is near perfect)
+    written as folders: images/, labels/ (instances), masks/ (0/255)."""
+    _, labels = synthetic_nuclei(2, 64, seed=3)
+    for folder in ("images", "labels", "masks"):
+        (tmp_path / folder).mkdir()
+    for i, label in enumerate(labels):
+        image = (unet_fast.separate_touching(label) > 0).astype(np.float32)
+        tifffile.imwrite(tmp_path / "images" / f"n{i}.tif", image)
+        tifffile.imwrite(tmp_path / "labels" / f"n{i}.tif", label.astype(np.uint16))
+        Image.fromarray(((label > 0) * 255).astype(np.uint8)).save(tmp_path / "masks" / f"n{i}_mask.png")
+    return tmp_path, labels
+
+
+def test_scores_of_one_image_by_hand():
+    truth = np.zeros((20, 20), int)
+    truth[0:4, 0:4] = 1
+    truth[10:13, 10:13] = 2
+    predicted = np.zeros_like(truth)
+    predicted[0:4, 1:5] = 7           # IoU 0.6
+    predicted[10:13, 10:13] = 3       # exact
+    predicted[16:18, 16:18] = 4       # spurious
+    s = score_instances(predicted, truth, "x")
+    assert (s.true_positives, s.false_positives, s.false_negatives, s.true_objects, s.predicted_objects) == \
+        (2, 1, 0, 2, 3)
+    assert s.f1 == pytest.approx(0.8) and s.iou == pytest.approx(21 / 33) and s.dice == pytest.approx(42 / 54)
+    assert s.ap_50_95 == pytest.approx(metrics.average_precision(predicted, truth))
+    assert s.rand_error == pytest.approx(metrics.rand_error(predicted, truth))
+    evaluation = Evaluation([s, score_instances(truth, truth, "y")])
+    assert evaluation.mean["f1"] == pytest.approx(0.9) and evaluation.pooled.f1 == pytest.approx(8 / 9)
+    rows = list(csv.reader(io.StringIO(evaluation.csv())))
+    assert rows[0][:6] == ["name", "iou", "dice", "precision", "recall", "f1"] and [r[0] for r in rows[1:]] == \
+        ["x", "y", "mean"]
+    assert rows[-1][rows[0].index("true_positives")] == "4"
+    assert "mean of 2" in evaluation.summary() and "2 matched" not in evaluation.summary()
+
+
+def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path):
+    folder, labels = nuclei
+    model = Threshold()
+    model.normalization = Normalization(mode="none")
+    options = InstanceOptions(min_size=0)
+    by_folders = evaluate_model(model, folder / "images", folder / "labels", instance_options=options,
+                                overlay_dir=tmp_path / "overlays")
+    assert [s.name for s in by_folders.images] == ["n0", "n1"]
+    assert all(s.f1 == 1.0 and s.iou > 0.95 for s in by_folders.images)
+    images = [tifffile.imread(folder / "images" / f"n{i}.tif") for i in range(2)]
+    by_arrays = evaluate_model(model, images, list(labels), instance_options=options)
+    assert [s.f1 for s in by_arrays.images] == [s.f1 for s in by_folders.images]
+    masks = evaluate_model(model, folder / "images", folder / "masks", label_suffix="_mask", instance_options=options)
+    assert masks.images[0].iou == pytest.approx(by_folders.images[0].iou)     # 0/255 masks: components as objects
+    with Image.open(tmp_path / "overlays" / "n0.png") as picture:
+        pixels = np.asarray(picture)
+    assert pixels.shape == (512, 512, 3) and (pixels == overlays.BOTH).all(-1).any()     # enlarged 8 times
+
+
+def test_evaluate_stacks_and_bad_inputs(nuclei, tmp_path):
+    folder, labels = nuclei
+    stack = np.stack([tifffile.imread(folder / "images" / f"n{i}.tif") for i in range(2)])
+    tifffile.imwrite(tmp_path / "im.tif", stack)
+    tifffile.imwrite(tmp_path / "lb.tif", labels.astype(np.uint16))
+    assert [name for name, _, _ in labelled_files(tmp_path / "im.tif", tmp_path / "lb.tif")] == ["im[0]", "im[1]"]
+    three = unet_fast.UNet(num_classes=3, depth=2, base_channels=2)
+    with pytest.raises(ValueError, match="needs a model of 2 classes"):
+        evaluate_model(three, tmp_path / "im.tif", tmp_path / "lb.tif")
+    with pytest.raises(ValueError, match="no label in"):
+        evaluate_model(Threshold(), folder / "images", folder / "masks")
+    with pytest.raises(ValueError, match="2 pages but labels"):
+        evaluate_model(Threshold(), tmp_path / "im.tif", folder / "labels" / "n0.tif")
+    with pytest.raises(TypeError, match="both be paths"):
+        labelled_files(folder / "images", [labels[0]])
+
+
+@pytest.fixture
+def model_file(nuclei, tmp_path):
+    torch.manual_seed(0)
+    model = unet_fast.UNet(depth=2, base_channels=4)
+    image = tifffile.imread(nuclei[0] / "images" / "n0.tif")
+    logits = predict_tiled(model, image, output="logits", progress=False, normalization=Normalization(mode="none"))
+    with torch.no_grad():                       # about half the pixels foreground
+        model.head.bias[1] -= float(np.median(logits[1] - logits[0]))
+    return unet_fast.save_model(model, tmp_path / "model.safetensors", normalization=Normalization(mode="none"))
+
+
+def test_cli_evaluate(nuclei, model_file, capsys):
+    folder, _ = nuclei
+    assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                     str(folder / "labels"), "-o", str(folder / "eval"), "--overlay", "--min-size", "3",
+                     "--split", "0.9", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "above 0.5, split at cores above 0.9, min size 3 px, holes filled, borders 2 px" in out and "mean of 2" in out and "pooled" in out
+    rows = list(csv.reader(open(folder / "eval" / "evaluation.csv")))
+    assert len(rows) == 4 and all(0 <= float(r[1]) <= 1 for r in rows[1:])
+    assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
+
+
+def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
+    folder, _ = nuclei
+    model = unet_fast.load_model(model_file)
+    for fmt in ("tif", "ome.zarr"):
+        assert cli.main(["segment", "-i", str(folder / "images"), "-o", str(folder / fmt), "-m", str(model_file),
+                         "--output", "instances", "--format", fmt, "--overlay", "--border", "1", "--no-progress"]) == 0
+    image = tifffile.imread(folder / "images" / "n0.tif")
+    want = predict_tiled(model, image, output="instances", instance_options=InstanceOptions(border=1), progress=False)
+    got = tifffile.imread(folder / "tif" / "n0.tif")
+    assert got.dtype == np.uint16 and np.array_equal(got, want) and want.max() >= 1
+    group = zarr.open_group(str(folder / "ome.zarr" / "n0.ome.zarr"), mode="r")
+    assert "image-label" in group.attrs and np.array_equal(group["0"][:], want)
+    for fmt in ("tif", "ome.zarr"):
+        with Image.open(folder / fmt / "overlays" / "n0.png") as picture:
+            drawn = np.asarray(picture)
+        assert drawn.shape == (512, 512, 3)
+        enlarged = np.kron(want, np.ones((8, 8), want.dtype))
+        assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(enlarged))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "instances", "--min-size", "-1"], "must be an integer >= 0"),
+    (["--output", "labels", "--min-size", "5"], "go with --output instances"),
+    (["--output", "probabilities", "--overlay"], "not probabilities"),
+    (["--output", "instances", "--border", "x"], "invalid _non_negative_int value"),
+    (["--output", "instances", "--threshold", "1"], "must be a probability in (0, 1)"),
+    (["--output", "instances", "--threshold", "0.7", "--split", "0.6"], "split must be None or a probability in"),
+    (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
+])
+def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
+    folder, _ = nuclei
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["segment", "-i", str(folder / "images"), "-o", str(folder / "out"), "-m", str(model_file), *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_instances_with_a_3_class_model(nuclei, tmp_path, capsys):
+    folder, _ = nuclei
+    path = unet_fast.save_model(unet_fast.UNet(num_classes=3, depth=2, base_channels=2), tmp_path / "three.safetensors")
+    for argv in (["segment", "-i", str(folder / "images"), "-o", str(tmp_path / "out"), "-m", str(path),
+                  "--output", "instances"],
+                 ["evaluate", "-m", str(path), "--images", str(folder / "images"), "--labels", str(folder / "labels")]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2 and "needs a model of 2 classes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlay_outlines_and_subsampling():
+    labels = np.zeros((6, 7), int)
+    labels[1:4, 1:5] = 3
+    labels[4, 1:5] = 4
+    edge = overlays.outlines(labels)
+    assert edge[1, 1] and edge[3, 2] and not edge[2, 2] and edge[4, 3] and not edge[0, 0]
+    image = np.random.default_rng(0).random((3, 2000, 900)).astype(np.float32)
+    picture = overlays.render_overlay(image, np.zeros((2000, 900), np.uint16), max_side=500)
+    assert picture.shape == (500, 225, 3) and picture.dtype == np.uint8
+    with pytest.raises(ValueError, match="same height and width"):
+        overlays.render_overlay(image, np.zeros((20, 9), int))
+    with pytest.raises(ValueError, match="max_side"):
+        overlays.render_overlay(image[0], np.zeros((2000, 900), int), max_side=3)
+    assert image_io.IMAGE_SUFFIXES    # overlays are PNGs that the image readers read back
+    assert ndimage.label(edge)[1] >= 1

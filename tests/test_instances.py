@@ -1,0 +1,326 @@
+"""unet_fast.instances: the rules against an independent whole-image oracle, and the streamed
+(block by block) labels equal to the whole-image labels for fuzzed image, block and tile sizes."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from hypothesis import given, settings, strategies as st
+from scipy import ndimage
+
+from unet_fast import geometry, instances, reference
+from unet_fast.inference import predict_tiled
+from unet_fast.instances import InstanceOptions, label_instances
+from unet_fast.normalization import Normalization
+from unet_fast.pixel_size import PixelSize, read_pixel_size
+from unet_fast.synthetic import synthetic_nuclei
+from unet_fast.weights import separate_touching
+
+FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def split_objects(labels, n, probability, options):
+    """Rule 1's split, object by object on the whole image (the watershed as the module defines it)."""
+    labels = labels.copy()
+    for k, box in enumerate(ndimage.find_objects(labels), 1):
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = labels[box] == k
+        cores, m = ndimage.label((probability[box] > options.split) & inside, FOUR)
+        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=m + 1)[1:] >= options.core_size) + 1
+        if len(big) >= 2:
+            markers = np.where(np.isin(cores, big), cores, 0).astype(np.int32)
+            cost = np.where(inside, np.rint((1 - probability[box]) * 254), 255).astype(np.uint8)
+            pieces = ndimage.watershed_ift(cost, markers, FOUR)
+            labels[box][inside] = n + pieces[inside]
+            n += m + 1
+    return labels
+
+
+def oracle(mask, options: InstanceOptions, probability=None):
+    """The module docstring's rules, written the slow, obvious way on the whole image."""
+    labels, n = ndimage.label(mask, FOUR)
+    if options.split is not None and probability is not None:
+        labels = split_objects(labels, n, probability, options)
+    _, first = np.unique(labels.ravel(), return_index=True)         # renumbered in raster order of first pixels
+    ids = np.unique(labels.ravel())
+    order = np.zeros(ids.max() + 1, np.int64)
+    ranked = ids[np.argsort(first)]
+    order[ranked[ranked > 0]] = np.arange(1, (ranked > 0).sum() + 1)
+    labels, n = order[labels], (ranked > 0).sum()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    kept = np.flatnonzero(sizes >= options.min_size)
+    kept = kept[kept > 0]
+    renumber = np.zeros(n + 1, np.int64)
+    renumber[kept] = np.arange(1, len(kept) + 1)
+    out = renumber[labels]
+    if options.fill_holes:
+        regions, count = ndimage.label(out == 0, FOUR)
+        for k in range(1, count + 1):
+            region = regions == k
+            if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
+                continue
+            owners = np.unique(out[ndimage.binary_dilation(region, FOUR) & ~region])
+            if len(owners) == 1:
+                out[region] = owners[0]
+    if options.border and out.max() > 0:
+        ids = np.arange(1, out.max() + 1)
+        distance = np.stack([ndimage.distance_transform_edt(out != k) for k in ids])
+        several = (distance <= options.border).sum(0) >= 2
+        out = np.where((out == 0) & several, ids[np.argmin(distance, axis=0)], out)
+    return out
+
+
+def blobs(seed, height, width, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "noise":             # worst case for connectivity: salt and pepper
+        return rng.random((height, width)) < 0.45
+    if kind == "nuclei":            # what a U-Net trained on separated labels predicts: 1-px-per-side borders
+        _, labels = synthetic_nuclei(1, max(height, width, 16), seed=seed)
+        return separate_touching(labels[0])[:height, :width] > 0
+    smooth = ndimage.gaussian_filter(rng.random((height, width)), 1.5)
+    return smooth > np.quantile(smooth, 0.5)
+
+
+options_strategy = st.builds(InstanceOptions, min_size=st.integers(0, 25), fill_holes=st.booleans(),
+                             border=st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), height=st.integers(1, 48), width=st.integers(1, 48),
+       kind=st.sampled_from(["noise", "nuclei", "smooth"]), options=options_strategy, block=st.integers(1, 50))
+def test_blocks_equal_the_whole_image_and_the_oracle(seed, height, width, kind, options, block):
+    mask = blobs(seed, height, width, kind)
+    whole = label_instances(mask, options, block=max(height, width))
+    np.testing.assert_array_equal(whole, oracle(mask, options))
+    np.testing.assert_array_equal(label_instances(mask, options, block=block), whole)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), height=st.integers(1, 60), width=st.integers(1, 60), plateaus=st.booleans(),
+       options=options_strategy, threshold=st.floats(0.3, 0.6), split=st.floats(0.05, 0.4),
+       core_size=st.integers(1, 6), block=st.integers(1, 50))
+def test_split_objects_the_same_in_blocks_and_as_the_oracle(seed, height, width, plateaus, options, threshold, split,
+                                                             core_size, block):
+    rng = np.random.default_rng(seed)
+    probability = ndimage.gaussian_filter(rng.random((height, width)), rng.uniform(1, 3))
+    probability = (probability - probability.min()) / (np.ptp(probability) + 1e-9)
+    if plateaus:                       # ties for the watershed to break
+        probability = np.round(probability * 8) / 8
+    options = InstanceOptions(options.min_size, options.fill_holes, options.border, threshold, threshold + split,
+                              core_size)
+    mask = probability > threshold
+    whole = label_instances(mask, options, probability=probability, block=max(height, width))
+    np.testing.assert_array_equal(whole, oracle(mask, options, probability))
+    np.testing.assert_array_equal(label_instances(mask, options, probability=probability, block=block), whole)
+
+
+def test_split_by_hand():
+    """Two touching discs, one object at P > 0.5, two cores at P > 0.8: two objects split along the valley."""
+    y, x = np.mgrid[:21, :34]
+    probability = np.maximum(np.exp(-((y - 10) ** 2 + (x - 10) ** 2) / 60), np.exp(-((y - 10) ** 2 + (x - 22) ** 2) / 60))
+    options = InstanceOptions(min_size=0, border=0, split=0.8)
+    assert label_instances(probability > 0.5, InstanceOptions(min_size=0, border=0)).max() == 1
+    got = label_instances(probability > 0.5, options, probability=probability)
+    assert got.max() == 2 and (got[:, :16][probability[:, :16] > 0.5] == 1).all() and (got[:, 17:] != 1).all()
+    np.testing.assert_array_equal(label_instances(probability > 0.5, options),      # a mask alone: not split
+                                  label_instances(probability > 0.5, InstanceOptions(min_size=0, border=0, split=None)))
+    with pytest.raises(ValueError, match="probability must have the foreground's shape"):
+        label_instances(probability > 0.5, options, probability=probability[1:])
+
+
+def test_rules_by_hand():
+    mask = np.zeros((9, 12), bool)
+    mask[1:8, 1:6] = True        # a cell with a hole
+    mask[4, 3] = False
+    mask[1:8, 7:11] = True       # its neighbour behind a 1-px background border (column 6)
+    mask[0, 11] = True           # a speck
+    got = label_instances(mask, InstanceOptions(min_size=2, fill_holes=True, border=1))
+    want = np.zeros(mask.shape, np.uint16)
+    want[1:8, 1:7] = 1           # hole filled, the border column given to the nearer (equal: smaller) label
+    want[1:8, 7:11] = 2
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.uint16
+    raw = label_instances(mask, InstanceOptions(min_size=0, fill_holes=False, border=0))
+    np.testing.assert_array_equal(raw, ndimage.label(mask, FOUR)[0])
+
+
+def test_a_hole_with_a_speck_inside_is_filled_and_a_pocket_between_two_objects_is_not():
+    mask = np.zeros((12, 20), bool)
+    mask[1:10, 1:10] = True
+    mask[3:7, 3:7] = False
+    mask[4, 4] = True            # a speck in the hole: removed, then the hole is filled
+    mask[1:10, 11:19] = True
+    mask[0:11, 10] = False
+    got = label_instances(mask, InstanceOptions(min_size=3, fill_holes=True, border=0))
+    assert (got[1:10, 1:10] == 1).all()
+    two = np.array([[0, 0, 0, 0, 0, 0],       # objects 1 and 2 meet only diagonally, around a pocket
+                    [0, 1, 1, 1, 0, 0],
+                    [0, 1, 0, 0, 2, 0],
+                    [0, 1, 0, 0, 2, 0],
+                    [0, 0, 2, 2, 2, 0],
+                    [0, 0, 0, 0, 0, 0]])
+    got = label_instances(two > 0, InstanceOptions(min_size=0, fill_holes=True, border=0))
+    np.testing.assert_array_equal(got, two)
+
+
+def test_stacks_are_labelled_plane_by_plane_and_large_counts_take_uint32():
+    mask = np.zeros((2, 6, 6), bool)
+    mask[0, 1:3, 1:3] = True
+    mask[1, 3:5, 3:5] = True
+    got = label_instances(mask, InstanceOptions(min_size=0), block=4)
+    assert got.shape == (2, 6, 6) and got[0].max() == 1 and got[1].max() == 1
+    grid = np.zeros((2 * 260, 2 * 260), bool)
+    grid[::2, ::2] = True        # 67,600 single-pixel objects
+    many = label_instances(grid, InstanceOptions(min_size=0, border=0), block=128)
+    assert many.dtype == np.uint32 and many.max() == 260 * 260
+
+
+def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
+    mask = blobs(3, 40, 50, "nuclei")
+    want = label_instances(mask)
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)     # scratch arrays as files beside the output
+    written = label_instances(mask, out=tmp_path / "labels.tif", block=16)
+    np.testing.assert_array_equal(tifffile.imread(written), want)
+    written = label_instances(mask, out=tmp_path / "labels.ome.zarr", block=16)
+    group = zarr.open_group(str(written), mode="r")
+    assert "image-label" in group.attrs and group["0"].dtype == np.uint16
+    np.testing.assert_array_equal(group["0"][:], want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.ome.zarr", "labels.tif"]   # scratch removed
+    filled = label_instances(mask, out=np.zeros(mask.shape, np.int32))
+    np.testing.assert_array_equal(filled, want)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: InstanceOptions(min_size=-1), "min_size must be an integer >= 0, got -1"),
+    (lambda: InstanceOptions(border=1.5), "border must be an integer >= 0"),
+    (lambda: InstanceOptions(fill_holes="yes"), "fill_holes must be True or False"),
+    (lambda: InstanceOptions(threshold=1.0), "threshold must be a probability in (0, 1), got 1.0"),
+    (lambda: InstanceOptions(threshold=0.6, split=0.5), "split must be None or a probability in (threshold, 1)"),
+    (lambda: InstanceOptions(split=0.8, core_size=0), "core_size must be a positive integer"),
+    (lambda: label_instances(np.zeros((0, 3), bool)), "non-empty"),
+    (lambda: label_instances(np.zeros((3, 3), bool), block=0), "block must be a positive integer"),
+    (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((3, 3), np.float32)), "integer array"),
+    (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((2, 3), np.int32)), "shape (2, 3)"),
+])
+def test_bad_arguments(call, message):
+    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def two_class_net(image=None, seed=0):
+    """A random 2-class net, its bias set so that about half the pixels of ``image`` are foreground."""
+    torch.manual_seed(seed)
+    model = reference.UNet(in_channels=1, num_classes=2, depth=2, base_channels=4).eval()
+    if image is not None:
+        logits = predict_tiled(model, image, output="logits", progress=False, normalization=NONE)
+        with torch.no_grad():
+            model.head.bias[1] -= float(np.median(logits[1] - logits[0]))
+    return model
+
+
+NONE = Normalization(mode="none")
+
+
+class CentreThreshold(torch.nn.Module):
+    """A valid-padding '2-class U-Net' whose foreground is where its input is above 0.5: the crop of a
+    depth-2 U-Net, the prediction a pixel-wise function, so that tiles cannot change it at all (a real
+    network's logits differ in the last bits between tile sizes, which can flip a pixel at a tie)."""
+
+    depth, padding, in_channels, num_classes = 2, "valid", 1, 2
+
+    def forward(self, x):
+        margin = (x.shape[-1] - geometry.output_size(x.shape[-1], self.depth, self.padding)) // 2
+        x = x[..., margin:x.shape[-2] - margin, margin:x.shape[-1] - margin]
+        return torch.cat([0.5 - x, x - 0.5], 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(height=st.integers(20, 90), width=st.integers(20, 90), tile=st.sampled_from([44, 60, 92]),
+       block=st.integers(5, 40))
+def test_predict_tiled_instances_do_not_depend_on_tiles_or_blocks(height, width, tile, block):
+    image = blobs(height * width, height, width, "nuclei").astype(np.float32)
+    options = InstanceOptions(min_size=4, border=2)
+    want = label_instances(image > 0.5, options, block=max(height, width))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(instances, "DEFAULT_BLOCK", block)
+        got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
+                            tile_size=tile, instance_options=options)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+def test_a_foreground_threshold_other_than_the_argmax(threshold, tmp_path, monkeypatch):
+    image = blobs(5, 30, 40, "smooth").astype(np.float32) * 0.6 + 0.2    # probabilities 0.4 .. 0.6 and more
+    image += np.random.default_rng(0).normal(0, 0.15, image.shape).astype(np.float32)
+    probability = 1 / (1 + np.exp(-2 * (image.astype(np.float64) - 0.5)))      # CentreThreshold's softmax
+    probability[np.abs(probability - threshold) < 1e-3] = 0.01   # no ties within float16's rounding
+    image = (0.5 + np.log(probability / (1 - probability)) / 2).astype(np.float32)
+    options = InstanceOptions(min_size=0, threshold=threshold)
+    want = label_instances(probability > threshold, options)
+    got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
+                        tile_size=44, instance_options=options)
+    np.testing.assert_array_equal(got, want)
+    assert got.max() > 1
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    stack = predict_tiled(CentreThreshold(), np.stack([image, image[::-1]]), output="instances", progress=False,
+                          normalization=NONE, tile_size=60, instance_options=options, layout="ZYX",
+                          out=tmp_path / "stack.tif")
+    np.testing.assert_array_equal(tifffile.imread(stack)[0], got)
+
+
+@settings(max_examples=6, deadline=None)
+@given(height=st.integers(20, 80), width=st.integers(20, 80), tile=st.sampled_from([44, 60, 92]),
+       block=st.integers(5, 40))
+def test_predict_tiled_split_instances_do_not_depend_on_tiles_or_blocks(height, width, tile, block):
+    image = 4 * blobs(height + width, height, width, "smooth").astype(np.float32)     # probabilities 0.12 .. 0.98
+    image += ndimage.gaussian_filter(np.random.default_rng(height).random((height, width)), 2).astype(np.float32)
+    options = InstanceOptions(min_size=3, split=0.9)
+    probability = predict_tiled(CentreThreshold(), image, output="probabilities", progress=False,
+                                normalization=NONE, tile_size=140)[1]
+    want = label_instances(probability > 0.5, options, probability=probability)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(instances, "DEFAULT_BLOCK", block)
+        got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
+                            tile_size=tile, instance_options=options)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_predict_tiled_instances_of_a_unet_are_its_labels_made_objects():
+    image = blobs(7, 70, 50, "smooth").astype(np.float32)
+    model = two_class_net(image)
+    options = InstanceOptions(min_size=2, border=1, split=None)     # a random net draws many tiny objects
+    mask = predict_tiled(model, image, output="labels", progress=False, normalization=NONE, tile_size=60)
+    got = predict_tiled(model, image, output="instances", progress=False, normalization=NONE, tile_size=60,
+                        instance_options=options)
+    np.testing.assert_array_equal(got, label_instances(mask, options))
+    assert got.max() > 1
+
+
+def test_predict_tiled_instances_to_files_and_stacks(tmp_path, monkeypatch):
+    image = np.random.default_rng(2).normal(0, 1, (2, 50, 60)).astype(np.float32)
+    model = two_class_net(image[0])
+    none = NONE
+    want = predict_tiled(model, image, output="instances", progress=False, normalization=none, layout="ZYX")
+    assert want.shape == (2, 50, 60) and want.dtype == np.uint16
+    np.testing.assert_array_equal(want[1], predict_tiled(model, image[1], output="instances", progress=False,
+                                                         normalization=none))
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    size = PixelSize(0.5, 0.25, z=2.0)
+    path = predict_tiled(model, image, output="instances", progress=False, normalization=none, layout="ZYX",
+                         tile_size=44, out=tmp_path / "stack.tif", pixel_size=size)
+    np.testing.assert_array_equal(tifffile.imread(path), want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
+    assert read_pixel_size(path) == size                       # written into the labels as into any output
+
+
+def test_predict_tiled_instances_bad_arguments(tmp_path):
+    three = reference.UNet(in_channels=1, num_classes=3, depth=2, base_channels=2)
+    with pytest.raises(ValueError, match="needs a model of 2 classes .* this one has 3: use output='labels'"):
+        predict_tiled(three, np.zeros((20, 20), np.float32), output="instances", progress=False)
+    model = two_class_net()
+    with pytest.raises(ValueError, match="instance_options applies to output='instances' only"):
+        predict_tiled(model, np.zeros((20, 20), np.float32), output="labels", instance_options=InstanceOptions())
+    with pytest.raises(ValueError, match="must end in .tif, .tiff or .zarr"):
+        predict_tiled(model, np.zeros((20, 20), np.float32), output="instances", out=tmp_path / "x.png")
+    with pytest.raises(TypeError, match="InstanceOptions"):
+        predict_tiled(model, np.zeros((20, 20), np.float32), output="instances", instance_options={"min_size": 3})

@@ -1,0 +1,215 @@
+"""Scoring a model on labelled images: ``evaluate_model``, behind ``unet-fast evaluate``.
+
+Each image is segmented as ``unet-fast segment --output instances`` would (``predict_tiled``, the
+instance rules of ``unet_fast.instances``) and compared with its labels: foreground IoU and Dice,
+object precision, recall and F1 at IoU 0.5, their mean over IoU thresholds 0.5..0.95 (F1, and the
+2018 Data Science Bowl's average precision TP / (TP + FP + FN)), and the ISBI 2012 Rand error.
+Labels with more than two values are instances; a two-valued mask's objects are its 4-connected
+components.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import metrics
+from .instances import InstanceOptions
+
+__all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files"]
+
+
+@dataclass
+class ImageScores:
+    """The scores of one image (see the module docstring)."""
+
+    name: str
+    iou: float              # foreground IoU
+    dice: float             # foreground Dice
+    precision: float        # objects, at IoU >= 0.5
+    recall: float
+    f1: float
+    ap_50_95: float         # mean over IoU 0.5..0.95 of TP / (TP + FP + FN)
+    f1_50_95: float         # mean over IoU 0.5..0.95 of F1
+    rand_error: float       # ISBI 2012 foreground-restricted Rand error (NaN without true objects)
+    true_objects: int
+    predicted_objects: int
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    seconds: float = 0.0
+
+
+COLUMNS = [f.name for f in fields(ImageScores)]
+MEAN_COLUMNS = ("iou", "dice", "precision", "recall", "f1", "ap_50_95", "f1_50_95", "rand_error")
+
+
+def score_instances(predicted: np.ndarray, truth: np.ndarray, name: str = "") -> ImageScores:
+    """The scores of predicted instance labels against true ones (both (H, W), 0 = background)."""
+    by_threshold = metrics.object_scores_by_threshold(predicted, truth)
+    at_half = by_threshold[0]
+    fg_p, fg_t = (predicted > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
+    return ImageScores(
+        name=name, iou=float(metrics.iou(fg_p, fg_t, num_classes=2)[1]),
+        dice=float(metrics.dice(fg_p, fg_t, num_classes=2)[1]),
+        precision=at_half.precision, recall=at_half.recall, f1=at_half.f1,
+        ap_50_95=float(np.mean([s.accuracy for s in by_threshold])),
+        f1_50_95=float(np.mean([s.f1 for s in by_threshold])),
+        rand_error=metrics.rand_error(predicted, truth) if truth.any() else float("nan"),
+        true_objects=at_half.true_positives + at_half.false_negatives,
+        predicted_objects=at_half.true_positives + at_half.false_positives,
+        true_positives=at_half.true_positives, false_positives=at_half.false_positives,
+        false_negatives=at_half.false_negatives)
+
+
+@dataclass
+class Evaluation:
+    """Per-image scores, their means, and the object counts pooled over the images."""
+
+    images: list[ImageScores]
+
+    @property
+    def mean(self) -> dict:
+        """The mean over images of each score (NaNs left out)."""
+        return {key: float(np.nanmean([getattr(s, key) for s in self.images])) if self.images else float("nan")
+                for key in MEAN_COLUMNS}
+
+    @property
+    def pooled(self) -> metrics.ObjectScores:
+        """Object precision, recall and F1 at IoU 0.5 from the counts summed over the images."""
+        return metrics.scores_from_counts(*(sum(getattr(s, key) for s in self.images)
+                                            for key in ("true_positives", "false_positives", "false_negatives")))
+
+    def csv(self) -> str:
+        """One row per image and a last row "mean" (means; counts summed)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for scores in self.images:
+            writer.writerow([_cell(value) for value in asdict(scores).values()])
+        mean = self.mean
+        writer.writerow(["mean"] + [_cell(mean[key]) if key in mean else
+                                    _cell(sum(getattr(s, key) for s in self.images)) for key in COLUMNS[1:]])
+        return buffer.getvalue()
+
+    def summary(self, worst: int = 10) -> str:
+        """One screen: a line per image (the ``worst`` by F1 when there are more than 2 x worst), the
+        means and the pooled object counts."""
+        header = (f"{'image':24s} {'IoU':>6s} {'Dice':>6s} {'prec':>6s} {'recall':>6s} {'F1':>6s} "
+                  f"{'AP50-95':>7s} {'F1 50-95':>8s} {'Rand err':>8s} {'objects true/pred':>18s}")
+        shown = self.images
+        lines = [header]
+        if len(shown) > 2 * worst:
+            shown = sorted(shown, key=lambda s: s.f1)[:worst]
+            lines.append(f"(the {worst} images of lowest F1 of {len(self.images)}; every image in the CSV)")
+        for s in shown:
+            lines.append(_line(s.name, s.iou, s.dice, s.precision, s.recall, s.f1, s.ap_50_95, s.f1_50_95,
+                               s.rand_error, f"{s.true_objects}/{s.predicted_objects}"))
+        mean = self.mean
+        lines.append(_line(f"mean of {len(self.images)}", *(mean[key] for key in MEAN_COLUMNS),
+                           f"{sum(s.true_objects for s in self.images)}/"
+                           f"{sum(s.predicted_objects for s in self.images)}"))
+        pooled = self.pooled
+        lines.append(f"objects pooled over the images, IoU >= 0.5: F1 {pooled.f1:.3f}, "
+                     f"precision {pooled.precision:.3f}, recall {pooled.recall:.3f} ({pooled.true_positives} matched, "
+                     f"{pooled.false_positives} false, {pooled.false_negatives} missed)")
+        return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _line(name, *values) -> str:
+    *scores, objects = values
+    widths = (6, 6, 6, 6, 6, 7, 8, 8)
+    return f"{name[:24]:24s} " + " ".join(f"{v:{w}.3f}" for v, w in zip(scores, widths)) + f" {objects:>18s}"
+
+
+def labelled_files(images, labels, label_suffix: str = "") -> list[tuple[str, object, object]]:
+    """(name, image, labels) triples: two folders matched by base name (``data.matching_files``), two
+    multi-page TIFF stacks (page by page), or two sequences of arrays."""
+    from .data import matching_files, read_image
+
+    if isinstance(images, (str, Path)) and isinstance(labels, (str, Path)):
+        if Path(images).is_file():
+            import tifffile
+
+            stack, truth = tifffile.imread(images), tifffile.imread(labels)
+            stack, truth = (stack[None] if stack.ndim == 2 else stack), (truth[None] if truth.ndim == 2 else truth)
+            if truth.ndim != 3 or stack.shape[0] != truth.shape[0]:
+                raise ValueError(f"images {str(images)!r} holds {stack.shape[0]} pages but labels {str(labels)!r} "
+                                 f"has shape {truth.shape}; they must be stacks of as many pages")
+            return [(f"{Path(images).stem}[{z}]", stack[z], truth[z]) for z in range(stack.shape[0])]
+        return [(image.stem, image, label) for image, label in matching_files(images, labels, label_suffix)]
+    if isinstance(images, (str, Path)) or isinstance(labels, (str, Path)):
+        raise TypeError("images and labels must both be paths (folders or stacks) or both sequences of arrays")
+    if len(images) != len(labels):
+        raise ValueError(f"images and labels must be as many, got {len(images)} and {len(labels)}")
+    return [(f"image{i}", image, label) for i, (image, label) in enumerate(zip(images, labels))]
+
+
+def _instances_of(labels: np.ndarray, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels of {name!r} must be a 2-D image, got shape {labels.shape}")
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        raise ValueError(f"labels of {name!r} have non-integer values")
+    if labels.min(initial=0) < 0:
+        raise ValueError(f"labels of {name!r} have negative values")
+    if len(np.unique(labels)) <= 2:
+        return ndimage.label(labels > 0)[0]
+    return labels.astype(np.int64)
+
+
+def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_options: InstanceOptions | None = None,
+                   tile_size=None, batch_size=None, device=None, dtype=None, overlay_dir=None,
+                   overlay_max_side: int = 1024, log=None) -> Evaluation:
+    """Score ``model`` (a model file or a loaded 2-class model) on labelled images.
+
+    images, labels: two folders matched by base name (label files may carry ``label_suffix``), two
+    multi-page TIFF stacks, or two sequences of arrays ((H, W) or (C, H, W) images, (H, W) labels).
+    instance_options: the rules making objects of the predicted foreground (default: their defaults,
+    as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype: as for
+    ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
+    yellow, true ones in cyan). log: called with a line per image (None: quiet).
+    """
+    from .data import read_image
+    from .inference import predict_tiled
+    from .model_file import load_model
+
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model, device=device or "cpu")
+    if model.num_classes != 2:
+        raise ValueError(f"evaluate needs a model of 2 classes (background, foreground) to make objects; this one "
+                         f"has {model.num_classes}")
+    triples = labelled_files(images, labels, label_suffix)
+    if not triples:
+        raise ValueError("no labelled images to evaluate")
+    scores = []
+    for name, image, truth in triples:
+        image = read_image(image) if isinstance(image, Path) else np.asarray(image)
+        truth = _instances_of(read_image(truth) if isinstance(truth, Path) else truth, name)
+        if image.shape[-2:] != truth.shape:
+            raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its labels are {truth.shape}")
+        started = time.perf_counter()
+        predicted = predict_tiled(model, image, layout="YX" if image.ndim == 2 else "CYX", output="instances",
+                                  instance_options=instance_options, tile_size=tile_size, batch_size=batch_size,
+                                  device=device, dtype=dtype, progress=False)
+        result = score_instances(predicted, truth, name)
+        result.seconds = time.perf_counter() - started
+        scores.append(result)
+        if overlay_dir is not None:
+            from .overlays import write_overlay
+
+            write_overlay(Path(overlay_dir) / f"{name}.png", image, predicted, truth, max_side=overlay_max_side)
+        if log is not None:
+            log(f"{name}: IoU {result.iou:.3f}, F1 {result.f1:.3f}, AP50-95 {result.ap_50_95:.3f} "
+                f"({result.seconds:.1f} s)")
+    return Evaluation(scores)

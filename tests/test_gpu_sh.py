@@ -84,6 +84,20 @@ def test_only_the_selected_stages_count():
     assert not gpu_run.plan_fits(gpu_run.allot(plan, network, 60, build=False))  # 65 s of estimate
 
 
+def test_only_runs_its_stages_in_the_order_given():
+    plan = gpu_run.ordered(gpu_run.stages(), ["network", "max_autotune", "correctness"])
+    names = [s.name for s in plan]
+    assert names[:3] == ["network", "max_autotune", "correctness"]
+    rest = [s.name for s in gpu_run.stages() if s.name not in names[:3]]
+    assert names[3:] == rest  # the others keep their order of value
+    selected = gpu_run.selected_stages(plan, {"network", "max_autotune", "correctness"}, set())
+    allotments = gpu_run.allot(plan, selected, 600, build=False)
+    run = [a for a in allotments if not a.skipped]
+    assert [a.stage.name for a in run] == ["network", "max_autotune", "correctness"]
+    # max_autotune is not essential: it leaves correctness its estimate
+    assert run[1].seconds <= 600 - gpu_run.PACK_RESERVE_S - run[0].seconds - run[2].stage.estimate_s
+
+
 def test_a_stage_that_is_not_essential_keeps_time_for_the_essential_ones_after_it():
     plan = gpu_run.stages()
     index = [s.name for s in plan].index("tune")

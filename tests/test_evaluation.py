@@ -150,32 +150,47 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
         assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(enlarged))
 
 
+def _usage_error(argv, capsys):
+    """The exit status and stderr of a command line refused: a BadArgument's status is main's return
+    value, argparse's own errors exit; either way 2 and one line."""
+    try:
+        status = cli.main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return status, err
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--output", "instances", "--min-size", "-1"], "must be an integer >= 0"),
+    (["--output", "instances", "--min-size", "-1"], "argument --min-size: must be an integer >= 0, got '-1'"),
     (["--output", "labels", "--min-size", "5"], "go with --output instances"),
-    (["--output", "probabilities", "--overlay"], "not probabilities"),
-    (["--output", "instances", "--border", "x"], "invalid _non_negative_int value"),
-    (["--output", "instances", "--threshold", "1"], "must be a probability in (0, 1)"),
-    (["--output", "instances", "--threshold", "0.7", "--split", "0.6"], "split must be None or a probability in"),
+    (["--output", "probabilities", "--overlay"], "argument --overlay: --overlay outlines labels or instances, not "
+                                                 "probabilities"),
+    (["--output", "instances", "--border", "x"], "argument --border: must be an integer >= 0, got 'x'"),
+    (["--output", "instances", "--threshold", "1"], "argument --threshold: must be a number in (0, 1), got '1'"),
+    (["--output", "instances", "--threshold", "0.7", "--split", "0.6"],
+     "argument --split: split must be None or a probability in (threshold, 1) = (0.7, 1), got 0.6"),
     (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
     folder, _ = nuclei
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["segment", "-i", str(folder / "images"), "-o", str(folder / "out"), "-m", str(model_file), *argv])
-    assert stop.value.code == 2 and message in capsys.readouterr().err
+    status, err = _usage_error(["segment", "-i", str(folder / "images"), "-o", str(folder / "out"), "-m",
+                                str(model_file), *argv], capsys)
+    assert status == 2 and message in err, err
+    assert not (folder / "out").exists()
 
 
 def test_cli_instances_with_a_3_class_model(nuclei, tmp_path, capsys):
     folder, _ = nuclei
     path = unet_fast.save_model(unet_fast.UNet(num_classes=3, depth=2, base_channels=2), tmp_path / "three.safetensors")
-    for argv in (["segment", "-i", str(folder / "images"), "-o", str(tmp_path / "out"), "-m", str(path),
-                  "--output", "instances"],
-                 ["evaluate", "-m", str(path), "--images", str(folder / "images"), "--labels", str(folder / "labels")]):
-        with pytest.raises(SystemExit) as stop:
-            cli.main(argv)
-        assert stop.value.code == 2 and "needs a model of 2 classes" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    for argv, named in ((["segment", "-i", str(folder / "images"), "-o", str(tmp_path / "out"), "-m", str(path),
+                          "--output", "instances"], "argument --output:"),
+                        (["evaluate", "-m", str(path), "--images", str(folder / "images"), "--labels",
+                          str(folder / "labels"), "-o", str(tmp_path / "evaluation")], "argument -m/--model:")):
+        status, err = _usage_error(argv, capsys)
+        assert status == 2 and named in err and "needs a model of 2 classes" in err and "has 3" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evaluation").exists()
 
 
 def test_overlay_outlines_and_subsampling():

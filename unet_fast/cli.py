@@ -336,6 +336,31 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {action.default})"
 
 
+#: how the help shows a recipe value of None
+_RECIPE_NONE = {"tiles_per_epoch": "about one pass over the images' pixels"}
+
+
+def _recipe_default(name: str) -> str:
+    """'default: from --recipe: ...', the value of each recipe for the train flag of the field ``name``."""
+    from .recipes import RECIPES
+
+    def shown(value):
+        if value is None:
+            return _RECIPE_NONE.get(name, "none")
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, tuple):
+            return " ".join(shown(v) for v in value)
+        return str(value)
+
+    values = {recipe_name: shown(getattr(recipe, name)) for recipe_name, recipe in RECIPES.items()}
+    if len(set(values.values())) == 1:
+        return f"default: from --recipe, {next(iter(values.values()))} in each"
+    return "default: from --recipe: " + ", ".join(f"{recipe_name} {value}" for recipe_name, value in values.items())
+
+
 def _instance_options(args):
     """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split, --no-split;
     None when none was given."""
@@ -350,8 +375,9 @@ def _instance_options(args):
         given["split"] = None
     try:
         return InstanceOptions(**given) if given else None
-    except ValueError as error:
-        raise BadArgument("min_size/border/threshold/split", str(error)) from error
+    except ValueError as error:     # its message starts with the field at fault (split: against --threshold)
+        named = str(error).split(" ", 1)[0]
+        raise BadArgument(named if named in given else "min_size/border/threshold/split", str(error)) from error
 
 
 def cmd_evaluate(args) -> int:
@@ -429,65 +455,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("default", "paper"), default="default",
                    help="the values of every flag below left unset (default: %(default)s; see unet_fast.recipes)")
     g = p.add_argument_group("length and validation")
-    g.add_argument("--epochs", type=_positive_int, default=None)
-    g.add_argument("--tiles-per-epoch", type=_positive_int, default=None)
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs to train, unless --time-limit ends it first ({_recipe_default('epochs')})")
+    g.add_argument("--tiles-per-epoch", type=_positive_int, default=None,
+                   help=f"training tiles in an epoch ({_recipe_default('tiles_per_epoch')})")
     g.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
                    help="stop at the first step past this wall-clock budget (resumes included), saving the model; "
-                 "the learning-rate schedule then anneals within it")
-    g.add_argument("--val-images", default=None, help="validation images (folder or stack), scored every epoch")
-    g.add_argument("--val-labels", default=None, help="their labels")
+                 "the learning-rate schedule then anneals within it (default: no limit)")
+    g.add_argument("--val-images", default=None, help="validation images (folder or stack), scored every epoch (default: none)")
+    g.add_argument("--val-labels", default=None, help="their labels (default: none)")
     g.add_argument("--val-fraction", type=_fraction, default=0.0,
                    help="or: share of the training images held out for validation")
     g.add_argument("--best-metric", choices=("f1", "iou", "loss"), default=None,
                    help="with validation, the work dir's best.safetensors is the best model by this (default f1: "
                  "object F1 at IoU 0.5)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None)
-    g.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                   help=f"sgd (with --momentum), adam or adamw ({_recipe_default('optimizer')})")
+    g.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"peak learning rate ({_recipe_default('lr')})")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help=f"after the warm-up: constant, or cosine from --lr down to 0 over the run (its steps or "
+                        f"--time-limit) ({_recipe_default('lr_schedule')})")
     g.add_argument("--warmup", dest="warmup_steps", type=_non_negative_int, default=None, metavar="STEPS",
-                   help="linear warm-up steps")
-    g.add_argument("--momentum", type=_fraction, default=None, help="SGD's momentum, Adam's beta1")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=None)
+                   help=f"steps of a linear warm-up to --lr ({_recipe_default('warmup_steps')})")
+    g.add_argument("--momentum", type=_fraction, default=None,
+                   help=f"SGD's momentum, Adam's beta1 ({_recipe_default('momentum')})")
+    g.add_argument("--weight-decay", type=_non_negative_float, default=None,
+                   help=f"weight decay (adamw: decoupled) ({_recipe_default('weight_decay')})")
     g.add_argument("--tile-size", type=_positive_int, default=None,
                    help="input tile size (legal for the net); default: the recipe's (for another depth, the "
                  "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
-    g.add_argument("--batch-size", type=_positive_int, default=None)
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"tiles per training step ({_recipe_default('batch_size')})")
     g = p.add_argument_group("augmentation")
-    g.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random horizontal and vertical flips ({_recipe_default('flips')})")
     g.add_argument("--rotation", choices=("90", "any", "none"), default=None,
-                   help="90: by multiples of 90 degrees (exact); any: by any angle (interpolated)")
+                   help=f"90: by multiples of 90 degrees (exact); any: by any angle (interpolated) "
+                        f"({_recipe_default('rotation')})")
     g.add_argument("--elastic", dest="elastic_sigma", type=_non_negative_float, default=None, metavar="PX",
-                   help="elastic deformation: std of the 3x3 lattice's displacements (0: off)")
+                   help=f"elastic deformation: std of the 3x3 lattice's displacements (0: off) "
+                        f"({_recipe_default('elastic_sigma')})")
     g.add_argument("--grey-values", action=argparse.BooleanOptionalAction, default=None,
-                   help="random gamma, contrast and brightness")
-    g.add_argument("--noise", type=_non_negative_float, default=None, help="std of added Gaussian noise")
+                   help=f"random gamma, contrast and brightness ({_recipe_default('grey_values')})")
+    g.add_argument("--noise", type=_non_negative_float, default=None,
+                   help=f"std of added Gaussian noise, in normalised units ({_recipe_default('noise')})")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g = p.add_argument_group("network, inputs and targets")
-    g.add_argument("--depth", type=_depth, default=None, help=f"resolution levels, 1 to {geometry.MAX_DEPTH}")
-    g.add_argument("--base-channels", type=_positive_int, default=None)
-    g.add_argument("--padding", choices=geometry.PADDINGS, default=None)
-    g.add_argument("--dropout", type=_fraction, default=None, help="at the end of the contracting path")
+    g.add_argument("--depth", type=_depth, default=None,
+                   help=f"resolution levels, 1 to {geometry.MAX_DEPTH} ({_recipe_default('depth')})")
+    g.add_argument("--base-channels", type=_positive_int, default=None,
+                   help=f"channels of the first level, doubled at each level below ({_recipe_default('base_channels')})")
+    g.add_argument("--padding", choices=geometry.PADDINGS, default=None,
+                   help=f"3x3 convolution padding ({_recipe_default('padding')})")
+    g.add_argument("--dropout", type=_fraction, default=None,
+                   help=f"at the end of the contracting path ({_recipe_default('dropout')})")
     g.add_argument("--num-classes", type=_positive_int, default=2,
                    help="output classes, at least 2 (a binary mask is 2: background and foreground)")
     g.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
                    help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
-    g.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    g.add_argument("--label-suffix", default="",
+                   help="label files are named <image base name><suffix>.* (default: no suffix)")
     g.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="inputs: (x - P_LOW) / (P_HIGH - P_LOW) with the image's percentiles (stored with the model)")
+                   help=f"inputs: (x - P_LOW) / (P_HIGH - P_LOW) with the image's percentiles (stored with the "
+                        f"model) ({_recipe_default('percentiles')})")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
-                   help="inputs: clipped to [0, 1] after the percentiles")
-    g.add_argument("--w0", type=_non_negative_float, default=None, help="weight-map border weight")
-    g.add_argument("--sigma", type=_positive_float, default=None, help="weight-map border width in pixels")
+                   help=f"inputs: clipped to [0, 1] after the percentiles ({_recipe_default('clip')})")
+    g.add_argument("--w0", type=_non_negative_float, default=None,
+                   help=f"weight-map border weight ({_recipe_default('w0')})")
+    g.add_argument("--sigma", type=_positive_float, default=None,
+                   help=f"weight-map border width in pixels ({_recipe_default('sigma')})")
     g.add_argument("--class-weights", choices=("balanced", "none"), default=None,
-                   help="weight-map class balancing")
+                   help=f"weight-map class balancing ({_recipe_default('class_weights')})")
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue from a checkpoint (last.safetensors), with the same options")
-    g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here")
+                   help="continue from a checkpoint (last.safetensors), with the same options (default: start "
+                        "afresh)")
+    g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: none: kept in memory only)")
     g.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
     g.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
     g.add_argument("--seed", type=_seed, default=0, help="random seed (weights, tiles, augmentation)")
@@ -565,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True, help="model file (2 classes)")
     p.add_argument("--images", required=True, help="folder of images, or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
-    p.add_argument("--label-suffix", default="", help="label files are named <image base name><suffix>.*")
+    p.add_argument("--label-suffix", default="",
+                   help="label files are named <image base name><suffix>.* (default: no suffix)")
     p.add_argument("-o", "--output-dir", default="evaluation",
                    help="for evaluation.csv and overlays (default: %(default)s)")
     p.add_argument("--overlay", action="store_true",
@@ -574,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
     p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
     p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
     p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -480,7 +480,16 @@ def stage_pipeline(s: Setting, record: Recorder) -> None:
     large = rng.random((s.large_size, s.large_size), dtype=np.float32)
     plan = plan_tiles(model, large.shape, device=s.device, dtype=dtype)
     batches = -(-plan.tiles // plan.batch_size)
-    bare = s.time(bare_forward(plan.tile, plan.batch_size, batches), min_reps=2, max_reps=3)
+    # run 4 ran out of its cap in this part with no line to say where: one per phase
+    began = time.perf_counter()
+    print(f"[pipeline] large image {s.large_size}^2: {plan.explain()}", flush=True)
+    first = bare_forward(plan.tile, plan.batch_size, batches)
+    first()
+    print(f"[pipeline] bare forward, first call: {time.perf_counter() - began:.1f} s", flush=True)
+    bare = s.time(first, min_reps=2, max_reps=3)
+    print(f"[pipeline] bare forward timed: {bare.median_ms:.0f} ms ({time.perf_counter() - began:.1f} s)", flush=True)
+    predict_tiled(model, large, dtype=dtype, progress=False)
+    print(f"[pipeline] predict_tiled, first call: {time.perf_counter() - began:.1f} s", flush=True)
     piped = s.time(lambda: predict_tiled(model, large, dtype=dtype, progress=False), min_reps=2, max_reps=3)
     record("large_image", size=s.large_size, tile=list(plan.tile), batch=plan.batch_size, tiles=plan.tiles,
            timing=piped.as_dict(), bare_timing=bare.as_dict(),

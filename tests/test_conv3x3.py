@@ -380,6 +380,19 @@ def test_pool_and_direct_error_within_twice_aten(dtype, cx, cout, pool, direct):
         assert_within_twice_plain_error(a, b, c, msg=f"gradient of {name}")
 
 
+def test_the_tf32_switch_is_a_constant_inside_a_compiled_graph():
+    """The GPU dispatch reads cuDNN's TF32 switch, which dynamo cannot trace (a fullgraph compile of the
+    model broke on it on an H200, run 4): it is read as a constant when traced, on any machine."""
+    def scale(x):
+        return x * (2.0 if kernels.input_precision(torch.float32, "cuda") == "tf32" else 1.0)
+
+    compiled = torch.compile(scale, fullgraph=True, backend="eager")
+    for allowed in (True, False):
+        torch._dynamo.reset()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allowed):
+            assert compiled(torch.ones(3)).tolist() == [2.0 if allowed else 1.0] * 3
+
+
 @pytest.mark.gpu
 def test_compile_inductor_on_gpu():
     """Inductor (the default backend) compiles around our ops; outputs and gradients equal the oracle's."""

@@ -17,6 +17,7 @@ from unet_fast import UNet, geometry, reference
 from unet_fast.inference import predict_tiled
 from unet_fast.ops import conv3x3_relu, weighted_softmax_cross_entropy
 from unet_fast.ops.conv3x3 import conv3x3_relu_reference
+from unet_fast.ops.triton import conv3x3 as kernels
 from tolerances import relative_error
 from triton_device import exact_fp32, needs_triton
 
@@ -54,7 +55,11 @@ def forward_and_grads(fn, inputs, grad):
 def check_layer(layer, batch, device, dtype):
     """Ours in ``dtype`` vs aten in ``dtype``, both against aten in fp32 without TF32 (or float64 on the CPU)."""
     x, weight, bias, skip = layer_inputs(layer, batch, device)
-    reference_dtype = torch.float64 if device.type == "cpu" else torch.float32
+    # float64 where fp32 is computed exactly (the CPU; a thin first layer on a GPU, see
+    # THIN_LAYER_CHANNELS): an fp32 reference's own rounding over 2.6 M summed pixels is then as large
+    # as the error measured (enc0.conv1's weight gradient, H200 run 4: 3.1e-6 vs cuDNN's 8.8e-7)
+    thin = layer.in_channels + layer.skip_channels < kernels.THIN_LAYER_CHANNELS
+    reference_dtype = torch.float64 if device.type == "cpu" or (dtype == torch.float32 and thin) else torch.float32
     out_size = layer.output_size
     grad = torch.randn(batch, layer.out_channels, out_size, out_size, device=device,
                        generator=torch.Generator(device=device).manual_seed(1))
@@ -76,7 +81,11 @@ def check_layer(layer, batch, device, dtype):
         assert g.shape == w.shape, f"{layer.name} {name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
         assert torch.isfinite(g).all(), f"{layer.name} {name}: non-finite values"
         ours_error, aten_error = relative_error(g, w), relative_error(a, w)
-        assert ours_error <= ERROR_FACTOR * aten_error + ERROR_FLOOR, (
+        floor = ERROR_FLOOR
+        if thin and dtype == torch.float32 and name in ("weight", "bias"):
+            # exact fp32 sums over every output pixel: any summation order is good to about u * sqrt(n)
+            floor = max(floor, 2.0 ** -24 * (batch * out_size * out_size) ** 0.5)
+        assert ours_error <= ERROR_FACTOR * aten_error + floor, (
             f"{layer.name} {name} {dtype}: error {ours_error:.2e} vs aten's {aten_error:.2e}")
 
 

@@ -349,7 +349,7 @@ def test_bad_arguments():
         weighted_softmax_cross_entropy(logits, target, weight.long())
     with pytest.raises(ValueError, match=f"target is on meta but logits on {logits.device}"):
         weighted_softmax_cross_entropy(logits, target.to("meta"), weight)
-    with pytest.raises(ValueError, match="weight is on meta but logits on cpu"):
+    with pytest.raises(ValueError, match=f"weight is on meta but logits on {logits.device}"):
         weighted_softmax_cross_entropy(logits, target, weight.to("meta"))
     with pytest.raises(ValueError, match="reduction must be 'none', 'mean' or 'sum', got 'avg'"):
         weighted_softmax_cross_entropy(logits, target, weight, reduction="avg")

@@ -344,7 +344,8 @@ def input_precision(dtype: torch.dtype, device_type: str = "cuda") -> str:
     return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
 
 
-def _cudnn_allows_tf32() -> bool:
+@torch.compiler.assume_constant_result   # dynamo cannot trace the flag's __getattr__ (H200 run 4): a
+def _cudnn_allows_tf32() -> bool:          # compiled graph keeps the value it was traced with
     """cuDNN's TF32 switch for convolutions, read through whichever API torch has (2.9+ added
     torch.backends.cudnn.conv.fp32_precision; "none" defers to the legacy allow_tf32 flag)."""
     conv = getattr(torch.backends.cudnn, "conv", None)

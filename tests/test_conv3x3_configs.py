@@ -150,6 +150,23 @@ def test_aten_entries_send_the_op_to_cudnn_and_triton_launches_to_the_heuristic(
     assert configs.choose("wgrad", cuda, "bf16", 0, 64, 64, 2_000_000) == configs.heuristic("wgrad", "bf16", 0, 64, 64)
 
 
+def test_an_unmeasured_backward_goes_to_cudnn_and_an_unmeasured_forward_to_triton(monkeypatch):
+    """No table entry (another GPU, dtype or layer): cuDNN's dgrad and wgrad, which beat ours on the
+    H200, and our forward; a measured Triton tile keeps the backward on Triton; never on the CPU."""
+    measured = configs.Config(*configs.table_entry(configs.heuristic("wgrad", "bf16", 0, 1, 64)))
+    key = configs.problem_key("wgrad", "bf16", 0, 1, 64, 2_000_000)
+    monkeypatch.setattr(configs, "table", lambda: {"sm90-132": {key: measured}})
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm90-132")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    for kind in ("dgrad", "wgrad"):
+        assert configs.prefers_aten(kind, cuda, "bf16", 0, 64, 128, 2_000_000)
+        assert configs.prefers_aten(kind, cuda, "tf32", 0, 64, 64, 2_000_000)
+        assert not configs.prefers_aten(kind, torch.device("cpu"), "bf16", 0, 64, 128, 2_000_000)
+    assert not configs.prefers_aten("forward", cuda, "bf16", 0, 64, 128, 2_000_000)
+    assert not configs.prefers_aten("wgrad", cuda, "bf16", 0, 1, 64, 2_000_000)   # measured: ours won
+
+
 def test_the_shipped_table_is_well_formed():
     """Every entry of the measured table names a known kind and dtype and holds a config or "aten"."""
     for device, problems in configs.table().items():

@@ -59,6 +59,9 @@ def rows_bucket(rows: int) -> int:
     return 1 << max(0, int(rows - 1).bit_length())
 
 
+BACKWARD_KINDS = ("dgrad", "wgrad")
+
+
 def problem_key(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int, rows: int) -> str:
     return f"{kind}/{dtype}/{skip_channels}+{x_channels}->{out_channels}/{rows_bucket(rows)}"
 
@@ -97,8 +100,14 @@ def _measured(kind: str, device: torch.device, dtype: str, skip_channels: int, x
 
 def prefers_aten(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
                  out_channels: int, rows: int) -> bool:
-    """True where the table says cuDNN/aten does this problem faster than any Triton tile here."""
-    return _measured(kind, device, dtype, skip_channels, x_channels, out_channels, rows) == ATEN
+    """True where the table says cuDNN/aten does this problem faster than any Triton tile here; for a
+    backward problem the table does not list (another GPU, dtype or layer), True as well: cuDNN's
+    dgrad and wgrad beat ours on every layer but the first's wgrad on the H200 (run 2: ours 0.27-0.74x),
+    so an unmeasured backward goes to cuDNN until ``python -m unet_fast.tune`` says otherwise."""
+    measured = _measured(kind, device, dtype, skip_channels, x_channels, out_channels, rows)
+    if measured is None and kind in BACKWARD_KINDS and device.type == "cuda" and torch.cuda.is_available():
+        return True
+    return measured == ATEN
 
 
 def choose(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,

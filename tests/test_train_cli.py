@@ -79,7 +79,8 @@ def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, cap
     (["--dropout", "1.5"], "argument --dropout: must be a number in [0, 1), got '1.5'"),
     (["--momentum", "1"], "argument --momentum: must be a number in [0, 1), got '1'"),
     (["--optimizer", "rmsprop"], "invalid choice"),
-    (["--percentiles", "50", "20"], "needs high > low"),
+    (["--percentiles", "50", "20"], "argument --percentiles: percentiles must be (low, high)"),
+    (["--percentiles", "1", "101"], "argument --percentiles: percentiles must be (low, high)"),
 ])
 def test_bad_options_exit_with_usage(folders, capsys, more, message):
     """A usage error: exit status 2 (argparse's own errors exit, a BadArgument is main's return value)

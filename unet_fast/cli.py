@@ -102,8 +102,10 @@ def cmd_train(args) -> int:
             **{name: getattr(args, name) for name in RECIPE_FLAGS},
             **({"class_weights": None if args.class_weights == "none" else args.class_weights}
                if args.class_weights else {}))
-    except ValueError as error:
-        args.parser.error(str(error))
+    except ValueError as error:      # a recipe value out of range: the flag its message names first
+        text = str(error)
+        found = sorted((text.find(name), name) for name in RECIPE_FLAGS + ("class_weights",) if name in text)
+        raise BadArgument(found[0][1] if found else "recipe", text) from error
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")

@@ -93,7 +93,11 @@ class Recipe:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma!r}")
-        self.normalization()     # checks the percentiles
+        try:
+            self.normalization()
+        except ValueError as error:
+            raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                             f"{self.percentiles}: {error}") from error
 
     def normalization(self) -> Normalization:
         """How raw pixels become the network's inputs (stored with the model, applied by inference too)."""

@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
-                description="The built-in example: about 50 s of CPU time (a minute and a half on 2 quiet cores), "
+                description="The built-in example: under a minute on 2 quiet cores, "
                             "no GPU or download needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
                             "history.json and curves.png.")
     p.add_argument("-o", "--output", default="demo_output", help="output folder")

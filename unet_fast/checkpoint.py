@@ -26,11 +26,14 @@ READABLE_FORMATS = (CHECKPOINT_FORMAT, "unet_fast.checkpoint/1")
 
 def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
                     history: list[dict] | None = None, seed: int | None = None,
-                    rng_states: list[dict] | None = None) -> Path:
+                    rng_states: list[dict] | None = None, recipe: dict | None = None,
+                    tile_size: int | None = None) -> Path:
     """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic.
 
     rng_states: every rank's random states in rank order (``fit`` gathers them); default: this
-    process's only, as one rank."""
+    process's only, as one rank. recipe: the run's training values (``dataclasses.asdict`` of its
+    ``Recipe``) and tile_size the tile it drew, so that a resume can tell a changed option (``unet-fast
+    train --resume`` refuses one); the number of classes is in the model's config."""
     tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
@@ -52,6 +55,9 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "seed": json.dumps(seed),
         "history": json.dumps(history or []),
         "model_config": json.dumps(model.config() if hasattr(model, "config") else None),
+        "num_classes": json.dumps(getattr(model, "num_classes", None)),
+        "recipe": json.dumps(recipe),
+        "tile_size": json.dumps(tile_size),
         "optimizer.param_groups": json.dumps(optimizer_state["param_groups"]),
         "optimizer.scalars": json.dumps(scalars),
     }
@@ -62,8 +68,9 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Read a checkpoint; load its weights into ``model`` and state into ``optimizer`` when given.
 
-    Returns {"epoch", "history", "seed", "model_config", "rng" (a list: each rank's dict of random
-    states), "model_state"}."""
+    Returns {"epoch", "history", "seed", "model_config", "num_classes", "recipe" (a dict of the
+    run's ``Recipe``), "tile_size", "rng" (a list: each rank's dict of random states), "model_state"};
+    num_classes, recipe and tile_size are None in checkpoints written before they were recorded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -88,7 +95,13 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
         for key, value in json.loads(metadata["optimizer.scalars"]).items():
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["optimizer.param_groups"])})
+        try:
+            optimizer.load_state_dict({"state": state,
+                                       "param_groups": json.loads(metadata["optimizer.param_groups"])})
+        except (KeyError, ValueError) as error:     # e.g. SGD's momentum buffers missing from Adam's state
+            raise ValueError(f"checkpoint {str(path)!r}: its optimizer state does not fit a "
+                             f"{type(optimizer).__name__} optimizer ({type(error).__name__}: {error}); resume "
+                             f"with the optimizer it was trained with") from error
     rng: list[dict] = [{} for _ in range(int(metadata.get("world_size", "1")))]
     for key, value in tensors.items():
         if key.startswith("rng."):      # rng.<rank>.<generator>; format /1 had one process: rng.<generator>
@@ -96,6 +109,9 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
             rng[int(rank)][name] = value
     return {"epoch": int(metadata["epoch"]), "history": json.loads(metadata["history"]),
             "seed": json.loads(metadata["seed"]), "model_config": json.loads(metadata["model_config"]),
+            "num_classes": json.loads(metadata.get("num_classes", "null")),
+            "recipe": json.loads(metadata.get("recipe", "null")),
+            "tile_size": json.loads(metadata.get("tile_size", "null")),
             "rng": rng, "model_state": model_state}
 
 

@@ -10,6 +10,7 @@ DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA; ranks draw di
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -227,14 +228,33 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
     optimizer = _make_optimizer(model, recipe)
     run = _Run(tiles, loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True), optimizer, [], 0, recipe, clock)
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer)
+        state = load_checkpoint(resume)
         if state.get("seed") is not None and state["seed"] != seed:
             raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
                              f"got seed={seed}; pass the same seed to continue exactly")
+        _check_resumed_recipe(recipe, state.get("recipe"), resume)
+        state = load_checkpoint(resume, model, optimizer)
         run.start_epoch, run.history = state["epoch"], state["history"]
         clock.before = run.history[-1].get("elapsed", 0.0) if run.history else 0.0
         restore_rng_state(state["rng"], job.rank, job.world, job.device, resume)
     return run
+
+
+#: the recipe values a resumed run must share with its checkpoint (``epochs`` may change: a run can be
+#: extended; the network and data values belong to the model and data the caller built)
+RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
+                  "tiles_per_epoch")
+
+
+def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
+    """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
+    if not isinstance(saved, dict):
+        return
+    changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in RESUMED_FIELDS
+               if name in saved and saved[name] != getattr(recipe, name)]
+    if changed:
+        raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with other values ({', '.join(changed)}); "
+                         f"resuming continues the same run with the same values")
 
 
 def _train_epoch(run: _Run, job: Torchrun, epoch: int, *, num_workers, amp, report: Progress,
@@ -293,7 +313,8 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
         report.row(format_row(run.history[-1]))
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
-                            rng_states=rng_states)
+                            rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
+                            tile_size=getattr(run.tiles, "tile_size", None))
         if best_path is not None and _is_best(run.history, best_metric):
             from .model_file import save_model
 

@@ -94,6 +94,18 @@ class SegmentationDataset(Sequence):
     def in_channels(self) -> int:
         return self[0].image.shape[0] if len(self) else 1
 
+    def load_all(self) -> list[str]:
+        """Load every labelled image now, checking each pair (image and label shapes, label values) and
+        computing its weight map: the work training does anyway before its first step, kept in the
+        caches, so a fault in any pair shows before training starts. Returns the names of the images
+        whose labels hold no object (no foreground pixel)."""
+        empty = []
+        for index in range(len(self)):
+            sample = self[index]
+            if not np.any(sample.target > 0):
+                empty.append(sample.name)
+        return empty
+
     def __getitem__(self, index: int) -> LabelledImage:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")

@@ -29,7 +29,11 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     foreground (every class but 0) by ``instance_options`` (default: ``InstanceOptions()``, as
     ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
     images; object_f1: their F1 matched to the labelled instances at IoU >= 0.5
-    (``metrics.object_scores``), pooled over images. With ``world`` > 1 each rank takes every world-th
+    (``metrics.object_scores``), pooled over images. An image with no true and no predicted object adds
+    nothing to either (it is left out, not scored 1.0); when no image has a true or a predicted
+    foreground pixel the IoU is NaN, and when none has a true or a predicted object the F1 is NaN
+    (undefined, as ``evaluate_model`` leaves such scores out of its means; ``fit`` never picks a best
+    model by a NaN). With ``world`` > 1 each rank takes every world-th
     image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
     """
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
@@ -68,5 +72,5 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     model.to(memory_format=torch.contiguous_format)    # predict_tiled left it channels_last
     model.train(was_training)
     loss, pixels, intersection, union, tp, fp, fn = sums.tolist()
-    return {"loss": loss / max(pixels, 1), "iou": intersection / union if union else 1.0,
-            "object_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    return {"loss": loss / max(pixels, 1), "iou": intersection / union if union else float("nan"),
+            "object_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")}

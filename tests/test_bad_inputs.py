@@ -72,6 +72,20 @@ def ws(tmp_path_factory):
     unet_fast.save_model(tiny_model(), root / "model.safetensors",
                          normalization=Normalization(mode="dtype"))
     (root / "a_file").write_text("not a folder")
+    # validation sets: a good one, one with a label of the wrong shape, one holding a training image
+    val_images, val_labels = unet_fast.synthetic_nuclei(1, 64, seed=1)
+    for folder, data in (("val_images", val_images[0]), ("val_labels", val_labels[0]), ("bad_val_images", val_images[0]),
+                         ("bad_val_labels", val_labels[0][:60]), ("copy_images", images[1]),
+                         ("copy_labels", labels[1])):
+        (root / folder).mkdir()
+        tifffile.imwrite(root / folder / "v0.tif", data)
+    (root / "later_bad_labels").mkdir()          # the second training label is of the wrong shape
+    tifffile.imwrite(root / "later_bad_labels" / "x0.tif", labels[0])
+    tifffile.imwrite(root / "later_bad_labels" / "x1.tif", labels[1][:, :50])
+    # a finished run of 2 epochs (adam, seed 0, depth 2, base 2), for the --resume cases
+    assert cli.main(["train", "--images", str(root / "train_images"), "--labels", str(root / "train_labels"),
+                     "-o", str(root / "run.safetensors"), "--epochs", "2", "--depth", "2", "--base-channels", "2",
+                     "--tiles-per-epoch", "1", "--batch-size", "1", "--tile-size", "44", "--no-progress"]) == 0
     return root
 
 
@@ -355,6 +369,17 @@ def _train(ws, t, *more, output=None):
             "--no-progress", *more]
 
 
+def _validated(ws, t, images="val_images", labels="val_labels", *more):
+    return _train(ws, t, "--val-images", str(ws / images), "--val-labels", str(ws / labels), *more)
+
+
+def _resume(ws, t, *more):
+    """Resume the fixture's run (2 epochs) into a fresh work dir, with the flags ``more``."""
+    return ["train", "--images", str(ws / "train_images"), "--labels", str(ws / "train_labels"), "-o",
+            str(t / "m.safetensors"), "--work-dir", str(t / "w"), "--resume", str(ws / "run" / "last.safetensors"),
+            "--no-progress", *more]
+
+
 CLI = [
     # usage errors: exit 2, one line naming the flag, nothing written
     ("segment -o the input folder", lambda ws, t: ["segment", "-i", str(ws / "in"), "-o", str(ws / "in"), "-m",
@@ -416,6 +441,40 @@ CLI = [
     ("train -o the checkpoint", lambda ws, t: _train(ws, t, "--work-dir", str(t / "w"),
                                                      output=t / "w" / "last.safetensors"), 2, "checkpoint"),
     ("train on NaN images", lambda ws, t: _train(ws, t, "--images", str(ws / "nan_images")), 2, "'x0'"),
+    ("train a later label of the wrong shape", lambda ws, t: _train(ws, t, "--labels", str(ws / "later_bad_labels")),
+     2, "argument --images and --labels: image 'x1'"),
+    ("train a validation label of the wrong shape", lambda ws, t: _validated(ws, t, "bad_val_images", "bad_val_labels"),
+     2, "argument --val-images and --val-labels: image 'v0'"),
+    ("train --val-labels the --val-images folder", lambda ws, t: _validated(ws, t, "val_images", "val_images"), 2,
+     "argument --val-labels: "),
+    ("train --val-images the --images folder", lambda ws, t: _validated(ws, t, "train_images", "train_labels"), 2,
+     "argument --val-images: "),
+    ("train validation images that are training images", lambda ws, t: _validated(ws, t, "copy_images", "copy_labels"),
+     2, "argument --val-images: 1 validation image(s) are training images too: v0 (= x1)"),
+    ("train --work-dir the --val-images folder", lambda ws, t: _validated(ws, t, "val_images", "val_labels",
+                                                                         "--work-dir", str(ws / "val_images")), 2,
+     "argument --work-dir: "),
+    ("train --work-dir the --val-labels folder", lambda ws, t: _validated(ws, t, "val_images", "val_labels",
+                                                                         "--work-dir", str(ws / "val_labels")), 2,
+     "argument --work-dir: "),
+    ("train --best-metric without validation", lambda ws, t: _train(ws, t, "--best-metric", "iou"), 2,
+     "argument --best-metric: "),
+    ("train into a work dir holding a checkpoint", lambda ws, t: _train(ws, t, "--work-dir", str(ws / "run")), 2,
+     "argument --work-dir: "),
+    ("train -o whose work dir holds a checkpoint", lambda ws, t: _train(ws, t, output=ws / "run.safetensors"), 2,
+     "pass --resume"),
+    ("train --resume --optimizer sgd (an adam run)", lambda ws, t: _resume(ws, t, "--optimizer", "sgd"), 2,
+     "argument --optimizer: "),
+    ("train --resume --depth 3", lambda ws, t: _resume(ws, t, "--depth", "3"), 2, "argument --depth: "),
+    ("train --resume --num-classes 3", lambda ws, t: _resume(ws, t, "--num-classes", "3"), 2,
+     "argument --num-classes: "),
+    ("train --resume --percentiles 2 99", lambda ws, t: _resume(ws, t, "--percentiles", "2", "99"), 2,
+     "argument --percentiles: "),
+    ("train --resume --clip", lambda ws, t: _resume(ws, t, "--clip"), 2, "argument --clip/--no-clip: "),
+    ("train --resume --recipe paper", lambda ws, t: _resume(ws, t, "--recipe", "paper"), 2, "argument --recipe: "),
+    ("train --resume --tile-size 60", lambda ws, t: _resume(ws, t, "--tile-size", "60"), 2, "argument --tile-size: "),
+    ("train --resume --seed 5", lambda ws, t: _resume(ws, t, "--seed", "5"), 2, "argument --seed: "),
+    ("train --resume --epochs 1 (2 done)", lambda ws, t: _resume(ws, t, "--epochs", "1"), 2, "argument --epochs: "),
     ("segment --tile-size beyond memory", lambda ws, t: _segment(ws, t, "--tile-size", "100002"), 2,
      "--tile-size"),
     ("segment --batch-size beyond memory", lambda ws, t: _segment(ws, t, "--tile-size", "4002", "--batch-size",

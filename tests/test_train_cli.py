@@ -40,7 +40,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
-                          "--best-metric", "iou", "--tile-size", "44")) == 0
+                          "--best-metric", "iou", "--tile-size", "44", "--class-weights", "none")) == 0
     recipe = seen["recipe"]
     assert (recipe.name, recipe.optimizer, recipe.lr, recipe.warmup_steps, recipe.lr_schedule, recipe.weight_decay,
             recipe.momentum, recipe.epochs, recipe.tiles_per_epoch, recipe.batch_size) == \
@@ -49,6 +49,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
         (False, "90", 0.0, False, 0.05)
     assert seen["model"].config()["depth"] == 2 and seen["model"].config()["dropout"] == 0.1
     assert seen["val"].weight_params["w0"] == 5.0 and seen["val"].weight_params["sigma"] == 3.0
+    assert recipe.class_weights is None and seen["val"].weight_params["class_weights"] is None   # not dropped
     assert seen["val"].normalization == Normalization(low=2.0, high=99.0, clip=True) == recipe.normalization()
     assert load_model(folders / "model.safetensors").normalization == recipe.normalization()
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
@@ -92,3 +93,108 @@ def test_bad_options_exit_with_usage(folders, capsys, more, message):
     err = capsys.readouterr().err
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (folders / "run").exists() and not (folders / "model.safetensors").exists()
+
+
+# ---- resume, the work dir, the data checked up front (defects of a review)
+
+def _tiny(folders, *more):
+    return _args(folders, "--depth", "2", "--base-channels", "2", "--tiles-per-epoch", "1", "--batch-size", "1",
+                 "--tile-size", "44", "--no-progress", *more)
+
+
+def test_resume_takes_the_runs_recipe_and_network(folders, capsys):
+    """The run's values come from the checkpoint: the saved model's recipe and normalisation are the run's,
+    not the flags' defaults (a resume without --depth/--percentiles used to record depth 3, percentiles 1 99.8)."""
+    assert cli.main(_tiny(folders, "--epochs", "1", "--percentiles", "2", "99", "--clip", "--optimizer", "sgd",
+                          "--seed", "7")) == 0
+    state = train.load_checkpoint(folders / "run" / "last.safetensors")
+    assert state["recipe"]["optimizer"] == "sgd" and state["recipe"]["percentiles"] == [2.0, 99.0]
+    assert state["num_classes"] == 2 and state["tile_size"] == 44 and state["seed"] == 7
+    assert cli.main(["train", "--images", str(folders / "train_im"), "--labels", str(folders / "train_lb"),
+                     "-o", str(folders / "model.safetensors"), "--work-dir", str(folders / "run"), "--no-progress",
+                     "--resume", str(folders / "run" / "last.safetensors"), "--epochs", "2"]) == 0
+    assert "(2 epochs, 2 steps" in capsys.readouterr().out
+    model = load_model(folders / "model.safetensors")
+    recipe = model.metadata["recipe"]
+    assert (recipe["depth"], recipe["base_channels"], recipe["optimizer"], recipe["percentiles"], recipe["clip"],
+            recipe["epochs"]) == (2, 2, "sgd", [2.0, 99.0], True, 2)
+    assert model.depth == 2 and model.normalization == Normalization(low=2.0, high=99.0, clip=True)
+    assert train.load_checkpoint(folders / "run" / "last.safetensors")["epoch"] == 2
+
+
+def test_resume_reads_checkpoints_without_a_recipe(folders):
+    """Checkpoints written before the recipe was recorded still resume (the flags' recipe, the network's
+    values from the checkpoint's model)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    path = folders / "run" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k not in ("recipe", "num_classes", "tile_size")}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), metadata)
+    assert train.load_checkpoint(path)["recipe"] is None
+    assert cli.main(_args(folders, "--no-progress", "--tiles-per-epoch", "1", "--batch-size", "1", "--tile-size", "44",
+                          "--resume", str(path), "--epochs", "2")) == 0
+    assert load_model(folders / "model.safetensors").metadata["recipe"]["depth"] == 2
+
+
+def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    before = (folders / "run" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "argument --work-dir:" in err and "pass --resume" in err and len(err.strip().splitlines()) == 1
+    assert (folders / "run" / "last.safetensors").read_bytes() == before
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "run" / "last.safetensors"))) == 0
+
+
+def test_fit_refuses_to_resume_with_another_optimizer(folders):
+    """In Python too: another optimizer is a clear ValueError, not a KeyError from the optimizer's state."""
+    from unet_fast import UNet
+    from unet_fast.data import ImageFolderDataset
+
+    data = ImageFolderDataset(folders / "train_im", folders / "train_lb")
+    options = dict(recipe="default", epochs=1, tile_size=44, tiles_per_epoch=1, batch_size=1,
+                   checkpoint_dir=folders / "run", progress=False)
+    train.fit(UNet(depth=2, base_channels=2), data, **options)
+    with pytest.raises(ValueError, match="optimizer 'adam' -> 'sgd'.*same run"):
+        train.fit(UNet(depth=2, base_channels=2), data, **{**options, "epochs": 2},
+                  resume=folders / "run" / "last.safetensors", optimizer="sgd")
+
+
+def test_labels_without_objects_warn(folders, monkeypatch, capsys):
+    tifffile.imwrite(folders / "train_lb" / "n1.tif", np.zeros((48, 48), np.uint16))
+    tifffile.imwrite(folders / "val_lb" / "n2.tif", np.zeros((48, 48), np.uint16))
+    monkeypatch.setattr(train, "fit", lambda model, *a, **k: train.FitResult(model, []))
+    assert cli.main(_tiny(folders, "--val-images", str(folders / "val_im"), "--val-labels",
+                          str(folders / "val_lb"))) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2
+    assert "1 training label image(s) hold no object: n1" in warnings[0]
+    assert "1 validation label image(s) hold no object: n2" in warnings[1] and "NaN" in warnings[1]
+
+
+def test_validation_of_images_without_objects_is_nan_not_perfect():
+    """An image with no true and no predicted object scores nothing (not IoU and F1 1.0): left out of the
+    pooled counts; with no object anywhere, IoU and F1 are NaN."""
+    import math
+
+    import torch
+
+    from unet_fast import UNet
+    from unet_fast.data import ArrayDataset
+    from unet_fast.validation import evaluate
+
+    model = UNet(depth=2, base_channels=2)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([20.0, -20.0]))       # predicts background everywhere
+    images, labels = synthetic_nuclei(1, 48, seed=0)
+    empty = ArrayDataset([images[0]], [np.zeros((48, 48), np.int32)])
+    scores = evaluate(model, empty)
+    assert math.isnan(scores["iou"]) and math.isnan(scores["object_f1"])
+    alone = evaluate(model, ArrayDataset([images[0]], [labels[0]]))
+    both = evaluate(model, ArrayDataset([images[0], images[0]], [labels[0], np.zeros((48, 48), np.int32)]))
+    assert (alone["iou"], alone["object_f1"]) == (both["iou"], both["object_f1"]) == (0.0, 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -68,11 +69,11 @@ RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "m
                 "elastic_sigma", "grey_values", "noise", "percentiles", "clip")
 
 
-def _labelled_images(images, labels, args, recipe):
+def _labelled_images(images, labels, args, recipe, num_classes: int):
     """A dataset of labelled images: two folders matched by name, or two multi-page TIFF stacks."""
     from .data import ImageFolderDataset, TiffStackDataset
 
-    options = dict(num_classes=args.num_classes, label_kind=args.label_kind, w0=recipe.w0, sigma=recipe.sigma,
+    options = dict(num_classes=num_classes, label_kind=args.label_kind, w0=recipe.w0, sigma=recipe.sigma,
                    class_weights=recipe.class_weights, normalization=recipe.normalization(), cache_dir=args.cache_dir)
     if Path(images).is_file():
         return TiffStackDataset(images, labels, **options)
@@ -84,89 +85,237 @@ def cmd_train(args) -> int:
 
     import torch
 
-    from . import UNet, save_model
-    from .architecture import check_config
     from .checks import check_device, check_writable_folder, same_file
-    from .data import split_dataset
     from .model_file import check_model_path
-    from .pixel_size import common_pixel_size
-    from .recipes import get_recipe
-    from .train import fit, load_checkpoint
+    from .train import load_checkpoint
 
     if (args.val_images is None) != (args.val_labels is None):
         raise BadArgument("val_images/val_labels", "--val-images and --val-labels go together")
     if args.val_images is not None and args.val_fraction:
         raise BadArgument("val_fraction", "--val-fraction and --val-images exclude each other; give one")
-    try:
-        recipe = get_recipe(args.recipe).replace(
-            **{name: getattr(args, name) for name in RECIPE_FLAGS},
-            **({"class_weights": None if args.class_weights == "none" else args.class_weights}
-               if args.class_weights else {}))
-    except ValueError as error:      # a recipe value out of range: the flag its message names first
-        text = str(error)
-        found = sorted((text.find(name), name) for name in RECIPE_FLAGS + ("class_weights",) if name in text)
-        raise BadArgument(found[0][1] if found else "recipe", text) from error
+    if args.best_metric is not None and args.val_images is None and not args.val_fraction:
+        raise BadArgument("best_metric", "the best model is chosen on validation images: give --val-images and "
+                                         "--val-labels, or --val-fraction (or leave --best-metric out)")
+    given = _given_recipe_values(args)
+    recipe = _flags_recipe(args, given)
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
     check_writable_folder(work_dir, "work_dir")
-    for name in ("images", "labels"):       # the logs (curves.png) would become training images there
-        if same_file(work_dir, getattr(args, name)):
-            raise BadArgument("work_dir", f"{str(work_dir)!r} is the {name} folder; checkpoints and logs need "
-                                          f"another (--work-dir)")
+    for name in ("images", "labels", "val_images", "val_labels"):   # the logs would become images there
+        if getattr(args, name) is not None and same_file(work_dir, getattr(args, name)):
+            raise BadArgument("work_dir", f"{str(work_dir)!r} is the --{name.replace('_', '-')} folder; checkpoints "
+                                          f"and logs need another (--work-dir)")
     checkpoint = work_dir / "last.safetensors"
     if same_file(args.output, checkpoint) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(checkpoint)) \
             or (args.resume and same_file(args.output, args.resume)):
         raise BadArgument("output", f"{args.output!r} is the training checkpoint ({checkpoint}, read by --resume), "
                                     f"which the model would replace at the end; name the model otherwise")
+    if args.resume is None and checkpoint.exists():
+        raise BadArgument("work_dir" if args.work_dir else "output",
+                          f"{str(checkpoint)!r} is the checkpoint of an earlier run, which this run would replace: "
+                          f"pass --resume {checkpoint} to continue that run, or choose another work dir "
+                          f"(--work-dir) or remove it")
     if args.cache_dir is not None:
         check_writable_folder(args.cache_dir, "cache_dir")
     check_device(args.device)
     for name in ("images", "labels", "val_images", "val_labels"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).exists():
             raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
-    if same_file(args.images, args.labels):
-        raise BadArgument("labels", f"{args.labels!r} is the --images {'file' if Path(args.images).is_file() else 'folder'}"
-                                    f" itself; labels are separate images, matched to the images by name")
-    config = dict(num_classes=args.num_classes, depth=recipe.depth, base_channels=recipe.base_channels,
-                  padding=recipe.padding, dropout=recipe.dropout)
+    for images, labels in (("images", "labels"), ("val_images", "val_labels")):
+        if getattr(args, images) is not None and same_file(getattr(args, images), getattr(args, labels)):
+            raise BadArgument(labels, f"{getattr(args, labels)!r} is the --{images.replace('_', '-')} "
+                                      f"{'file' if Path(getattr(args, images)).is_file() else 'folder'} itself; "
+                                      f"labels are separate images, matched to the images by name")
+    if args.val_images is not None and same_file(args.val_images, args.images):
+        raise BadArgument("val_images", f"{args.val_images!r} is the --images "
+                                        f"{'file' if Path(args.images).is_file() else 'folder'}: the best model would "
+                                        f"be chosen on the data it was trained on; give images kept aside (or "
+                                        f"--val-fraction)")
+    seed = 0 if args.seed is None else args.seed
+    tile_size = args.tile_size
+    config = dict(num_classes=2 if args.num_classes is None else args.num_classes, depth=recipe.depth,
+                  base_channels=recipe.base_channels, padding=recipe.padding, dropout=recipe.dropout)
     if args.resume:
         with _blame("resume"):
-            config = load_checkpoint(args.resume)["model_config"]   # the run being resumed decides
+            state = load_checkpoint(args.resume)
+            config = state["model_config"]              # the run being resumed decides
             if not isinstance(config, dict):
                 raise ValueError(f"{args.resume}: its model_config is not an object: {config!r:.80}")
-        config.pop("backend", None)
+        config = {key: value for key, value in config.items() if key != "backend"}
+        recipe, seed, tile_size = _resumed_run(args, state, config, recipe, given)
     for name in ("last.safetensors", "best.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers
         image_io.remove_leftovers(work_dir / name)
     image_io.remove_leftovers(args.output)
+    from .architecture import check_config
+
     with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
         check_config(**config)
-    if args.tile_size is not None:
-        trace = geometry.trace_sizes(args.tile_size, config["depth"], config["padding"])
+    if tile_size is not None:
+        trace = geometry.trace_sizes(tile_size, config["depth"], config["padding"])
         if trace.problem is not None:
-            raise BadArgument("tile_size", geometry.size_error_message(args.tile_size, config["depth"],
-                                                                       config["padding"], trace.problem))
+            raise BadArgument("tile_size" if args.tile_size is not None else "resume",
+                              geometry.size_error_message(tile_size, config["depth"], config["padding"],
+                                                          trace.problem))
+    return _train_from_folders(args, recipe, config, seed=seed, tile_size=tile_size, work_dir=work_dir)
+
+
+#: the recipe's fields that describe the network (a resumed run takes them from the checkpoint's model)
+NETWORK_FIELDS = ("depth", "base_channels", "padding", "dropout")
+
+
+def _given_recipe_values(args) -> dict:
+    """The recipe values given by flags (a flag left out is None)."""
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    if args.class_weights:
+        given["class_weights"] = None if args.class_weights == "none" else args.class_weights
+    return given
+
+
+def _flags_recipe(args, given: dict):
+    """--recipe with the values of the flags given."""
+    from .recipes import get_recipe
+
+    try:
+        recipe = get_recipe(args.recipe or "default").replace(
+            **{name: value for name, value in given.items() if name != "class_weights"})
+        if "class_weights" in given:       # None ("none") is a value here, which Recipe.replace would skip
+            recipe = dataclasses.replace(recipe, class_weights=given["class_weights"])
+    except ValueError as error:      # a recipe value out of range: the flag its message names first
+        text = str(error)
+        found = sorted((text.find(name), name) for name in RECIPE_FLAGS + ("class_weights",) if name in text)
+        raise BadArgument(found[0][1] if found else "recipe", text) from error
+    return recipe
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
+    """(recipe, seed, tile size) of the run ``--resume`` continues: the checkpoint's. A flag given with
+    another value than the run's is a usage error (resuming continues the same run with the same
+    options), except --epochs, which may extend or shorten the run but not below the epochs done."""
+    from .recipes import RECIPES, Recipe
+
+    def refuse(dest, value, saved, what=None):
+        raise BadArgument(dest, f"{args.resume} was trained with {what or dest} {saved!r}, got {value!r}: --resume "
+                                f"continues the same run with the same options; leave the flag out (or give "
+                                f"the run's value), or start a new run in another --work-dir")
+
+    for name in NETWORK_FIELDS:
+        if name in given and name in config and not _same_value(given[name], config[name]):
+            refuse(name, given[name], config[name])
+    if args.num_classes is not None and args.num_classes != config.get("num_classes"):
+        refuse("num_classes", args.num_classes, config.get("num_classes"))
+    saved_seed = state.get("seed")
+    if args.seed is not None and saved_seed is not None and args.seed != saved_seed:
+        refuse("seed", args.seed, saved_seed)
+    seed = saved_seed if args.seed is None and isinstance(saved_seed, int) else (args.seed or 0)
+    done = state["epoch"]
+    if args.epochs is not None and args.epochs < done:
+        raise BadArgument("epochs", f"{args.resume} has trained {done} epoch(s) already; --epochs counts the "
+                                    f"whole run: give at least {done} (or leave it out for the run's own)")
+    tile_size = args.tile_size
+    if state.get("tile_size") is not None:
+        if tile_size is not None and tile_size != state["tile_size"]:
+            refuse("tile_size", tile_size, state["tile_size"], "tile size")
+        tile_size = state["tile_size"]
+    saved = state.get("recipe")
+    if isinstance(saved, dict):            # checkpoints of earlier versions have none: the flags' recipe
+        if args.recipe is not None and args.recipe != saved.get("name"):
+            refuse("recipe", args.recipe, saved.get("name"), "recipe")
+        for name, value in given.items():
+            if name not in NETWORK_FIELDS and name != "epochs" and name in saved \
+                    and not _same_value(value, saved[name]):
+                refuse(name, value, saved[name])
+        with _blame("resume"):
+            known = {field.name for field in dataclasses.fields(Recipe)}
+            recipe = dataclasses.replace(RECIPES.get(saved.get("name"), RECIPES["default"]),
+                                         **{key: value for key, value in saved.items() if key in known})
+    changes = {name: config[name] for name in NETWORK_FIELDS if name in config}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    with _blame("resume"):
+        recipe = dataclasses.replace(recipe, **changes)
+    return recipe, seed, tile_size
+
+
+def _warn_empty(names: list[str], what: str, consequence: str) -> None:
+    if names and int(os.environ.get("RANK", "0")) == 0:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        print(f"train: warning: {len(names)} {what} label image(s) hold no object: {shown}; {consequence}",
+              file=sys.stderr)
+
+
+def _shared_images(train_data, val_data) -> list[str]:
+    """'val (= train)' for each validation image whose pixels are those of a training image."""
+    import hashlib
+
+    import numpy as np
+
+    def key(sample):
+        image = np.ascontiguousarray(sample.image)
+        return hashlib.sha256(repr((image.shape, str(image.dtype))).encode() + image.tobytes()).hexdigest()
+
+    training = {key(train_data[i]): train_data[i].name for i in range(len(train_data))}
+    shared = []
+    for i in range(len(val_data)):
+        sample = val_data[i]
+        if key(sample) in training:
+            shared.append(f"{sample.name} (= {training[key(sample)]})" if sample.name != training[key(sample)]
+                          else sample.name)
+    return shared
+
+
+def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, work_dir: Path) -> int:
+    """Read and check every training and validation pair (usage errors), then train and save."""
+    import torch
+
+    from . import save_model
+    from .data import split_dataset
+    from .pixel_size import common_pixel_size
+    from .train import fit
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with _blame("images/labels"):
-        dataset = _labelled_images(args.images, args.labels, args, recipe)
+    with _blame("images/labels"):        # every pair now: a fault in the last one is as much theirs as in the first
+        dataset = _labelled_images(args.images, args.labels, args, recipe, config["num_classes"])
+        empty = dataset.load_all()
         in_channels = dataset.in_channels
         if config.setdefault("in_channels", in_channels) != in_channels:
             raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
                              f"{config['in_channels']}")
+    _warn_empty(empty, "training", "they teach background only: check that they are the right files")
     if args.val_images is not None:
         with _blame("val_images/val_labels"):
-            train_data, val_data = dataset, _labelled_images(args.val_images, args.val_labels, args, recipe)
+            val_data = _labelled_images(args.val_images, args.val_labels, args, recipe, config["num_classes"])
+            val_empty = val_data.load_all()
+            if val_data.in_channels != in_channels:
+                raise ValueError(f"the validation images have {val_data.in_channels} channel(s) but the training "
+                                 f"images {in_channels}")
+        shared = _shared_images(dataset, val_data)
+        if shared:
+            raise BadArgument("val_images", f"{len(shared)} validation image(s) are training images too: "
+                                            f"{', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}; the best "
+                                            f"model would be chosen on the data it was trained on: validate on "
+                                            f"images kept aside")
+        _warn_empty(val_empty, "validation", "they add no object to the validation IoU and F1 (which are NaN "
+                                             "when no image has any)")
+        train_data = dataset
     else:
         with _blame("val_fraction"):
-            train_data, val_data = split_dataset(dataset, args.val_fraction, seed=args.seed)
-    torch.manual_seed(args.seed)
+            train_data, val_data = split_dataset(dataset, args.val_fraction, seed=seed)
+    from . import UNet
+
+    torch.manual_seed(seed)
     model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
-    torch.manual_seed(args.seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
-    result = fit(model, train_data, val_data, recipe=recipe, tile_size=args.tile_size, device=args.device,
+    torch.manual_seed(seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
+    result = fit(model, train_data, val_data, recipe=recipe, tile_size=tile_size, device=args.device,
                  amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
-                 augment=None if args.no_augment else "recipe", seed=args.seed, num_workers=args.workers,
+                 augment=None if args.no_augment else "recipe", seed=seed, num_workers=args.workers,
                  time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
                  progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -454,8 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG), or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
     p.add_argument("-o", "--output", required=True, help="model file to write (must end in .safetensors)")
-    p.add_argument("--recipe", choices=("default", "paper"), default="default",
-                   help="the values of every flag below left unset (default: %(default)s; see unet_fast.recipes)")
+    p.add_argument("--recipe", choices=("default", "paper"), default=None,
+                   help="the values of every flag below left unset (default: default, or on --resume the run's; "
+                        "see unet_fast.recipes)")
     g = p.add_argument_group("length and validation")
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help=f"epochs to train, unless --time-limit ends it first ({_recipe_default('epochs')})")
@@ -513,8 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"3x3 convolution padding ({_recipe_default('padding')})")
     g.add_argument("--dropout", type=_fraction, default=None,
                    help=f"at the end of the contracting path ({_recipe_default('dropout')})")
-    g.add_argument("--num-classes", type=_positive_int, default=2,
-                   help="output classes, at least 2 (a binary mask is 2: background and foreground)")
+    g.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="output classes, at least 2 (a binary mask is 2: background and foreground) (default: 2, "
+                        "or on --resume the run's)")
     g.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
                    help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
     g.add_argument("--label-suffix", default="",
@@ -535,12 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue from a checkpoint (last.safetensors), with the same options (default: start "
-                        "afresh)")
+                   help="continue the run of a checkpoint (last.safetensors): its network, recipe, tile size and "
+                        "seed; a flag given with another value is refused, but --epochs may extend the run "
+                        "(default: start afresh; a work dir holding a checkpoint is refused without --resume)")
     g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: none: kept in memory only)")
     g.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
     g.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
-    g.add_argument("--seed", type=_seed, default=0, help="random seed (weights, tiles, augmentation)")
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="random seed (weights, tiles, augmentation) (default: 0, or on --resume the run's)")
     g.add_argument("--no-progress", action="store_true", help="no start-up line, progress or epoch lines")
     p.set_defaults(func=cmd_train)
 

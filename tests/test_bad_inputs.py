@@ -65,6 +65,10 @@ def ws(tmp_path_factory):
     tifffile.imwrite(root / "other_labels" / "y0.tif", labels[0])
     (root / "one_image").mkdir()
     tifffile.imwrite(root / "one_image" / "y0.tif", images[0])
+    (root / "dup_images").mkdir()                 # x0.tif and x0.png: which one does x0's label label?
+    for i, array in enumerate(images):
+        tifffile.imwrite(root / "dup_images" / f"x{i}.tif", array)
+    image_io.write_image(root / "dup_images" / "x0.png", images[0].astype(np.uint8))
     (root / "nan_images").mkdir()
     for i, array in enumerate(images):
         tifffile.imwrite(root / "nan_images" / f"x{i}.tif", np.where(np.arange(array.size).reshape(array.shape) == 7,
@@ -440,6 +444,21 @@ CLI = [
      "--work-dir"),
     ("train -o the checkpoint", lambda ws, t: _train(ws, t, "--work-dir", str(t / "w"),
                                                      output=t / "w" / "last.safetensors"), 2, "checkpoint"),
+    ("train on two images of one base name", lambda ws, t: _train(ws, t, "--images", str(ws / "dup_images")), 2,
+     "--images and --labels: "),
+    ("train: the ambiguous files named", lambda ws, t: _train(ws, t, "--images", str(ws / "dup_images")), 2,
+     "x0.png' and '"),
+    ("evaluate --tile-size 7", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"), "--images",
+                                              str(ws / "train_images"), "--labels", str(ws / "train_labels"), "-o",
+                                              str(t / "out"), "--tile-size", "7"], 2, "--tile-size"),
+    ("evaluate --labels the images folder", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"),
+                                                           "--images", str(ws / "train_images"), "--labels",
+                                                           str(ws / "train_images"), "-o", str(t / "out")], 2,
+     "--labels"),
+    ("evaluate two images of one base name", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"),
+                                                            "--images", str(ws / "dup_images"), "--labels",
+                                                            str(ws / "train_labels"), "-o", str(t / "out")], 2,
+     "--images: "),
     ("train on NaN images", lambda ws, t: _train(ws, t, "--images", str(ws / "nan_images")), 2, "'x0'"),
     ("train a later label of the wrong shape", lambda ws, t: _train(ws, t, "--labels", str(ws / "later_bad_labels")),
      2, "argument --images and --labels: image 'x1'"),

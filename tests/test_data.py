@@ -96,6 +96,26 @@ def test_label_suffix_and_missing_label(tmp_path):
     assert len(ImageFolderDataset(images, labels, label_suffix="_mask")) == 2
 
 
+def test_ambiguous_base_names_are_refused_naming_both_files(tmp_path):
+    """a.tif and a.png: which one a label (or which label an image) belongs to is a guess; train and
+    evaluate refuse it instead of using both, or the last one listed."""
+    from unet_fast.data import NameMatchError, matching_files
+
+    images, labels = write_folder(tmp_path, n=2)
+    (images / "img0.png").write_bytes((labels / "img0.png").read_bytes())
+    with pytest.raises(NameMatchError, match=r"img0\.png.*img0\.tif.*same base name") as caught:
+        matching_files(images, labels)
+    assert caught.value.argument == "images"
+    (images / "img0.png").unlink()
+    (labels / "img1.tif").write_bytes((images / "img1.tif").read_bytes())
+    with pytest.raises(NameMatchError, match=r"img1\.png.*img1\.tif") as caught:
+        ImageFolderDataset(images, labels)
+    assert caught.value.argument == "labels"
+    (labels / "img1.tif").rename(labels / "unused.tif")
+    (labels / "unused.png").write_bytes((labels / "img1.png").read_bytes())   # matched by no image: harmless
+    assert [image.name for image, _ in matching_files(images, labels)] == ["img0.tif", "img1.tif"]
+
+
 def test_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "labels").mkdir()

@@ -2,6 +2,7 @@
 instances --overlay`."""
 import csv
 import io
+import os
 
 import numpy as np
 import pytest
@@ -170,7 +171,9 @@ def _usage_error(argv, capsys):
     (["--output", "instances", "--border", "x"], "argument --border: must be an integer >= 0, got 'x'"),
     (["--output", "instances", "--threshold", "1"], "argument --threshold: must be a number in (0, 1), got '1'"),
     (["--output", "instances", "--threshold", "0.7", "--split", "0.6"],
-     "argument --split: split must be None or a probability in (threshold, 1) = (0.7, 1), got 0.6"),
+     "argument --split: --split 0.6 must be above --threshold 0.7"),
+    (["--output", "instances", "--threshold", "0.95"],     # the default --split 0.9, which the user never gave
+     "argument --threshold: --threshold 0.95 is at or above the default --split 0.9"),
     (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
@@ -208,3 +211,158 @@ def test_overlay_outlines_and_subsampling():
         overlays.render_overlay(image[0], np.zeros((2000, 900), int), max_side=3)
     assert image_io.IMAGE_SUFFIXES    # overlays are PNGs that the image readers read back
     assert ndimage.label(edge)[1] >= 1
+
+
+# ---- evaluate: every usage error before the first image is scored (exit 2, one line naming the flag)
+
+def _tif(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array)
+    return path
+
+
+def _copy_labels(folder, name, change):
+    """labels/ copied to <name>/, n1's labels replaced by change(labels): n0 would be scored first."""
+    target = folder / name
+    target.mkdir()
+    for i in range(2):
+        label = tifffile.imread(folder / "labels" / f"n{i}.tif")
+        tifffile.imwrite(target / f"n{i}.tif", change(label) if i == 1 else label, photometric="minisblack")
+    return target
+
+
+def _stack(folder):
+    return _tif(folder / "stack.tif", np.stack([tifffile.imread(folder / "images" / f"n{i}.tif") for i in range(2)]))
+
+
+def _duplicate_image(folder):
+    dup = folder / "dup_images"
+    dup.mkdir()
+    for i in range(2):
+        (dup / f"n{i}.tif").write_bytes((folder / "images" / f"n{i}.tif").read_bytes())
+    image = tifffile.imread(folder / "images" / "n0.tif")
+    Image.fromarray((image * 255).astype(np.uint8)).save(dup / "n0.png")
+    return dup
+
+
+def _duplicate_label(folder):
+    dup = _copy_labels(folder, "dup_labels", lambda label: label)
+    Image.fromarray((tifffile.imread(dup / "n0.tif") > 0).astype(np.uint8) * 255).save(dup / "n0.png")
+    return dup
+
+
+def _nan_images(folder):
+    nan = folder / "nan_images"
+    nan.mkdir()
+    for i in range(2):
+        image = tifffile.imread(folder / "images" / f"n{i}.tif")
+        if i == 1:
+            image[3, 4] = np.nan
+        tifffile.imwrite(nan / f"n{i}.tif", image)
+    return nan
+
+
+def _csv_linked_to_an_input(folder):
+    out = folder / "linked"
+    out.mkdir()
+    os.symlink(folder / "labels" / "n0.tif", out / "evaluation.csv")
+    return {"-o": out}
+
+
+EVALUATE_REFUSALS = [
+    # (id, what to change: {flag: value} made from the nuclei folder, flag named, text in the message)
+    ("labels of other names", lambda f: {"--labels": _tif(f / "other" / "m0.tif", np.zeros((64, 64), np.uint16)).parent},
+     "argument --labels:", "no label in"),
+    ("--label-suffix matching nothing", lambda f: {"--label-suffix": "_nope"}, "argument --labels and --label-suffix:",
+     "'_nope'"),
+    ("a label of another size", lambda f: {"--labels": _copy_labels(f, "small", lambda label: label[:50])},
+     "argument --labels:", "(50, 64)"),
+    ("a 3-D label", lambda f: {"--labels": _copy_labels(f, "thick", lambda label: np.stack([label, label, label]))},
+     "argument --labels:", "2-D"),
+    ("negative labels", lambda f: {"--labels": _copy_labels(f, "negative", lambda label: label.astype(np.int16) - 1)},
+     "argument --labels:", "negative"),
+    ("fractional labels", lambda f: {"--labels": _copy_labels(f, "fraction", lambda label: label / 2.0)},
+     "argument --labels:", "non-integer"),
+    ("--labels the images folder", lambda f: {"--labels": f / "images"}, "argument --labels:", "itself"),
+    ("a stack with a folder", lambda f: {"--images": _stack(f)}, "argument --labels:", "is a file (a TIFF stack)"),
+    ("a folder with a stack", lambda f: {"--labels": _stack(f)}, "argument --labels:", "is a folder"),
+    ("--tile-size 7", lambda f: {"--tile-size": "7"}, "argument --tile-size:", "7"),
+    ("a NaN image", lambda f: {"--images": _nan_images(f)}, "argument --images:", "--nonfinite zero"),
+    ("two images of one base name", lambda f: {"--images": _duplicate_image(f)}, "argument --images:",
+     "n0.png"),
+    ("two labels of one base name", lambda f: {"--labels": _duplicate_label(f)}, "argument --labels:", "n0.png"),
+    ("evaluation.csv a link to an input", _csv_linked_to_an_input, "argument -o/--output-dir:", "would overwrite"),
+    ("--threshold above the default --split", lambda f: {"--threshold": "0.95"}, "argument --threshold:",
+     "--no-split"),
+]
+
+
+@pytest.mark.parametrize("change, named, text", [pytest.param(*case[1:], id=case[0]) for case in EVALUATE_REFUSALS])
+def test_cli_evaluate_refuses_before_scoring(nuclei, model_file, capsys, change, named, text):
+    folder, _ = nuclei
+    flags = {"-m": model_file, "--images": folder / "images", "--labels": folder / "labels",
+             "-o": folder / "eval"}
+    flags.update(change(folder))
+    argv = ["evaluate", "--overlay", "--no-progress"] + [str(item) for pair in flags.items() for item in pair]
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    status, err = _usage_error(argv, capsys)
+    assert status == 2 and named in err and text in err, err
+    assert not (folder / "eval").exists()                       # nothing scored, no overlay written
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_cli_evaluate_nonfinite_zero_scores_a_nan_image(nuclei, model_file, capsys):
+    folder, _ = nuclei
+    assert cli.main(["evaluate", "-m", str(model_file), "--images", str(_nan_images(folder)), "--labels",
+                     str(folder / "labels"), "-o", str(folder / "eval"), "--nonfinite", "zero", "--no-progress"]) == 0
+    assert "mean of 2" in capsys.readouterr().out
+
+
+def test_cli_evaluate_never_overwrites_an_input_with_an_overlay(nuclei, model_file, capsys):
+    """The reviewer's case: evaluating the PNGs of q/overlays into q would replace them by their overlays;
+    and an overlay path that is a hard link of an input image."""
+    folder, _ = nuclei
+    q = folder / "q"
+    (q / "overlays").mkdir(parents=True)
+    for i in range(2):
+        image = tifffile.imread(folder / "images" / f"n{i}.tif")
+        Image.fromarray((image * 255).astype(np.uint8)).save(q / "overlays" / f"n{i}.png")
+    linked = folder / "linked"
+    (linked / "overlays").mkdir(parents=True)
+    os.link(folder / "images" / "n1.tif", linked / "overlays" / "n1.png")
+    for images, out in ((q / "overlays", q), (folder / "images", linked)):
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        status, err = _usage_error(["evaluate", "-m", str(model_file), "--images", str(images), "--labels",
+                                    str(folder / "labels"), "-o", str(out), "--overlay", "--no-progress"], capsys)
+        assert status == 2 and "argument -o/--output-dir:" in err and "would overwrite" in err, err
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+        assert not (out / "evaluation.csv").exists()
+
+
+def test_evaluate_model_checks_every_pair_first(nuclei, tmp_path, monkeypatch):
+    """The API: BadArgument naming the argument, raised before predict_tiled runs once."""
+    from unet_fast import inference
+    from unet_fast.checks import BadArgument
+
+    folder, labels = nuclei
+    calls = []
+    monkeypatch.setattr(inference, "predict_tiled", lambda *a, **k: calls.append(1))
+    model = Threshold()
+    images = [tifffile.imread(folder / "images" / f"n{i}.tif") for i in range(2)]
+    for bad_labels, match in (([labels[0], labels[1][:10]], "same size"), ([labels[0], -labels[1]], "negative"),
+                              ([labels[0], labels[1] + 0.5], "non-integer")):
+        with pytest.raises(BadArgument, match=match) as caught:
+            evaluate_model(model, images, bad_labels)
+        assert caught.value.argument == "labels"
+    with pytest.raises(BadArgument, match="channel") as caught:
+        evaluate_model(model, [images[0], np.stack([images[1]] * 3)], list(labels))
+    assert caught.value.argument == "images"
+    (tmp_path / "ov").mkdir()
+    os.link(folder / "labels" / "n1.tif", tmp_path / "ov" / "n1.png")
+    with pytest.raises(BadArgument, match="overwrite") as caught:
+        evaluate_model(model, folder / "images", folder / "labels", overlay_dir=tmp_path / "ov")
+    assert caught.value.argument == "overlay_dir"
+    with pytest.raises(BadArgument) as caught:
+        evaluate_model(unet_fast.UNet(depth=2, base_channels=2), images, list(labels), tile_size=7)
+    assert caught.value.argument == "tile_size"
+    assert calls == []

@@ -224,3 +224,96 @@ def test_run_from_python_with_a_loaded_model(tmp_path, model_file):
     assert result.exit_status == 1 and result.pixels == 30 * 41 + 31 * 41
     assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif"]
     assert any("FAILED" in line and "missing" in line for line in lines) and "summary" in lines[-1]
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overlay_that_would_replace_an_input_is_refused(tmp_path, model_file, capsys):
+    """segment -i p/overlays -o p --overlay used to replace p/overlays/*.png by their own overlays; an
+    overlay path that is a hard link of an input is refused too."""
+    p = tmp_path / "p"
+    (p / "overlays").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image_io.write_image(p / "overlays" / f"img{i}.png", rng.integers(0, 255, (30, 41)).astype(np.uint8))
+    linked = tmp_path / "linked"
+    (linked / "overlays").mkdir(parents=True)
+    os.link(p / "overlays" / "img1.png", linked / "overlays" / "img1.png")
+    for out in (p, linked):
+        before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+        status = cli.main(["segment", "-i", str(p / "overlays"), "-o", str(out), "-m", str(model_file), "--overlay",
+                           "--no-progress"])
+        err = capsys.readouterr().err
+        assert status == 2 and "argument -o/--output-dir:" in err and "the overlay for" in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
+        assert not list(out.glob("*.tif"))
+    # without --overlay nothing collides: the outputs are p/img0.tif, p/img1.tif
+    assert cli.main(["segment", "-i", str(p / "overlays"), "-o", str(p), "-m", str(model_file), "--no-progress"]) == 0
+
+
+def test_continue_draws_missing_overlays_from_existing_outputs(tmp_path, model_file, capsys):
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model_file), "--no-progress",
+            "--output", "instances"]
+    assert cli.main(argv) == 0                                   # a first run without --overlay
+    outputs = _mtimes(out)
+    assert cli.main(argv + ["--continue", "--overlay"]) == 0
+    assert "0 segmented, 3 skipped" in capsys.readouterr().out
+    assert sorted(os.listdir(out / "overlays")) == ["img0.png", "img1.png", "img2.png"]
+    drawn = (out / "overlays" / "img1.png").read_bytes()
+    (out / "overlays" / "img1.png").unlink()                     # as if interrupted between output and overlay
+    assert cli.main(argv + ["--continue", "--overlay"]) == 0
+    assert (out / "overlays" / "img1.png").read_bytes() == drawn
+    assert all(_mtimes(out)[path] == mtime for path, mtime in outputs.items())    # the outputs kept as they were
+    fresh = tmp_path / "fresh"
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(fresh), "-m", str(model_file), "--no-progress",
+                     "--output", "instances", "--overlay"]) == 0
+    assert (fresh / "overlays" / "img1.png").read_bytes() == drawn     # the same as drawn while segmenting
+
+
+@pytest.mark.parametrize("fmt", ["tif", pytest.param("ome.zarr", marks=needs_zarr)])
+def test_continue_never_keeps_an_output_of_another_kind(tmp_path, model_file, capsys, fmt):
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+
+    def segment_(output, *more):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model_file),
+                           "--no-progress", "--format", fmt, "--output", output, *more])
+        return status, capsys.readouterr()
+
+    assert segment_("labels")[0] == 0
+    before = _mtimes(out)
+    for output in ("instances", "probabilities"):
+        status, captured = segment_(output, "--continue")
+        assert status == 2 and "argument --continue:" in captured.err and f"holds labels, not {output}" in \
+            captured.err, captured.err
+        assert _mtimes(out) == before                            # refused before anything was segmented
+    status, captured = segment_("labels", "--continue")
+    assert status == 0 and "0 segmented, 3 skipped" in captured.out
+    assert segment_("instances")[0] == 0                         # without --continue: replaced
+    status, captured = segment_("instances", "--continue")
+    assert status == 0 and "0 segmented, 3 skipped" in captured.out
+    assert segment_("labels", "--continue")[0] == 2
+    ext = segment.OUTPUT_SUFFIXES[fmt]
+    assert [segment.output_kind(out / f"img0{ext}")] == ["instances"]
+    assert segment_("probabilities")[0] == 0 and segment.output_kind(out / f"img0{ext}") == "probabilities"
+
+
+def test_an_output_that_is_a_folder_fails_that_file_at_once(tmp_path, model_file, capsys, monkeypatch):
+    _images(tmp_path / "in")
+    (tmp_path / "out" / "img1.tif").mkdir(parents=True)
+    segmented = []
+    real = segment.predict_tiled
+    monkeypatch.setattr(segment, "predict_tiled", lambda model, image, **kw: segmented.append(kw["out"].name)
+                        or real(model, image, **kw))
+    for more in ([], ["--continue"]):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                           "--no-progress", *more])
+        captured = capsys.readouterr()
+        assert status == 1 and "img1.tif is a folder" in captured.err and "1 failed" in captured.out, captured
+    assert "img1.tif" not in segmented and segmented.count("img0.tif") == 1
+    assert (tmp_path / "out" / "img1.tif").is_dir() and os.listdir(tmp_path / "out" / "img1.tif") == []

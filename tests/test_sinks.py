@@ -40,3 +40,26 @@ def test_streaming_writer_refuses_an_incomplete_image(tmp_path):
     with pytest.raises(RuntimeError, match="before every pixel"):
         writer.close()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("output", ["labels", "instances"])
+def test_an_out_path_that_is_a_folder_fails_before_any_work(tmp_path, output, monkeypatch):
+    """predict_tiled(out=<a folder named x.tif>) used to fail with IsADirectoryError after all the work."""
+    import torch
+
+    import unet_fast
+    from unet_fast import inference
+    from unet_fast.checks import BadArgument
+
+    (tmp_path / "x.tif").mkdir()
+    (tmp_path / "file.zarr").write_text("")
+    model = unet_fast.UNet(depth=2, base_channels=2)
+    monkeypatch.setattr(inference, "plan_tiles", lambda *a, **k: pytest.fail("planned work for a bad out"))
+    for out, text in ((tmp_path / "x.tif", "is a folder"), (tmp_path / "file.zarr", "is a file"),
+                      (tmp_path / "x.png", "must end in")):
+        with pytest.raises(BadArgument, match=text) as caught:
+            inference.predict_tiled(model, torch.zeros(1, 40, 40), output=output, out=out, progress=False)
+        assert caught.value.argument == "out"
+    with pytest.raises(BadArgument, match="is a folder"):
+        sinks.open_sink(tmp_path / "x.tif", (8, 8), torch.uint8, stacked=False, channels=False)
+    assert sorted(os.listdir(tmp_path)) == ["file.zarr", "x.tif"] and os.listdir(tmp_path / "x.tif") == []

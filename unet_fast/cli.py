@@ -526,41 +526,62 @@ def _instance_options(args):
         given["split"] = None
     try:
         return InstanceOptions(**given) if given else None
-    except ValueError as error:     # its message starts with the field at fault (split: against --threshold)
+    except ValueError as error:     # its message starts with the field at fault
         named = str(error).split(" ", 1)[0]
+        if named == "split" and "split" not in given:     # --threshold at or above the default --split
+            raise BadArgument("threshold", f"--threshold {args.threshold:g} is at or above the default --split "
+                                           f"{InstanceOptions().split:g} (objects are split at cores of "
+                                           f"probability above it, which must be above the threshold); give a "
+                                           f"--split above {args.threshold:g}, or --no-split") from error
+        if named == "split" and "threshold" in given:
+            raise BadArgument("split", f"--split {args.split:g} must be above --threshold {args.threshold:g} "
+                                       f"(and below 1); give a larger --split, a smaller --threshold, or --no-split"
+                              ) from error
         raise BadArgument(named if named in given else "min_size/border/threshold/split", str(error)) from error
 
 
 def cmd_evaluate(args) -> int:
+    from . import evaluation
     from .checks import check_device, check_writable_folder
-    from .evaluation import evaluate_model
     from .image_io import write_bytes_atomically
     from .instances import InstanceOptions
     from .model_file import load_model
+    from .segment import check_tiles
 
+    # everything is checked before the first image is scored: the folders, the options, the model, every
+    # pair of files (names, sizes, label values) and every output against the inputs
     output_dir = Path(args.output_dir)
     check_writable_folder(output_dir, "output_dir")
+    if args.overlay:
+        check_writable_folder(output_dir / "overlays", "output_dir")
     check_device(args.device)
     for name in ("images", "labels"):
         if not Path(getattr(args, name)).exists():
             raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
+    evaluation.check_outputs(args.images, args.labels, [output_dir / "evaluation.csv"], "output_dir")
     options = _instance_options(args) or InstanceOptions()
     with _blame("model"):
         model = load_model(args.model, device=args.device or "cpu")
     if model.num_classes != 2:
         raise BadArgument("model", f"evaluate needs a model of 2 classes (background, foreground); {args.model} "
                                    f"has {model.num_classes}")
-    evaluation = evaluate_model(model, args.images, args.labels, label_suffix=args.label_suffix,
-                                instance_options=options, tile_size=args.tile_size, batch_size=args.batch_size,
-                                device=args.device, dtype=args.dtype,
-                                overlay_dir=output_dir / "overlays" if args.overlay else None,
-                                log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
-    csv_path = write_bytes_atomically(output_dir / "evaluation.csv", evaluation.csv().encode())
-    print(f"{args.model} on {len(evaluation.images)} image(s); objects: foreground probability above "
+    check_tiles(model, args.tile_size, args.batch_size, args.device or "cpu", args.dtype)
+    try:
+        result = evaluation.evaluate_model(
+            model, args.images, args.labels, label_suffix=args.label_suffix, instance_options=options,
+            tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            overlay_dir=output_dir / "overlays" if args.overlay else None, nonfinite=args.nonfinite,
+            log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
+    except BadArgument as error:
+        if error.argument == "overlay_dir":         # OUTDIR/overlays: -o's
+            raise BadArgument("output_dir", error.detail) from error
+        raise
+    csv_path = write_bytes_atomically(output_dir / "evaluation.csv", result.csv().encode())
+    print(f"{args.model} on {len(result.images)} image(s); objects: foreground probability above "
           f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
           + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
           f"borders {options.border} px")
-    print(evaluation.summary())
+    print(result.summary())
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
                                  if args.overlay else ""))
     return 0
@@ -713,8 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("segment", help="segment image files (TIFF, PNG, JPEG) with a saved model",
                 description="One output per input: OUTDIR/<input name without its suffix>.tif (or .ome.zarr), "
                             "written atomically (a hidden .<name>.<hex>.partial.* file until complete; leftovers "
-                            "of killed runs are removed). An output folder where an output would replace an "
-                            "input is refused. Under torchrun the files are shared among the processes.")
+                            "of killed runs are removed). An output folder where an output or an overlay would "
+                            "replace an input is refused. Under torchrun the files are shared among the processes.")
     p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
@@ -730,7 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     _instance_flags(p)
     p.add_argument("--overlay", action="store_true",
                    help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px")
-    p.add_argument("--continue", dest="resume", action="store_true", help="skip inputs whose output exists")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip inputs whose output exists and holds the kind --output asks for (told by its data "
+                        "type: labels uint8 or int32, instances uint16 or uint32, probabilities floats with a class "
+                        "axis); an existing output of another kind is refused before anything is segmented. With "
+                        "--overlay, a skipped input's missing overlay is drawn from its output")
     p.add_argument("--num-parts", type=_positive_int,
                    help="split the file list into this many parts ... (default: 1, no split)")
     p.add_argument("--part-id", type=_non_negative_int,
@@ -779,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
     p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
+    p.add_argument("--nonfinite", choices=("error", "zero"), default=None,
+                   help="NaN/inf pixels in float images: error (refused before any image is scored), or zero "
+                        "(statistics from the finite pixels, the others set to 0); default: the model's "
+                        "normalisation's rule, error unless it says")
     p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")
     p.set_defaults(func=cmd_evaluate)
     return parser

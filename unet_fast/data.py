@@ -41,8 +41,8 @@ from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
 __all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
-           "TiffStackDataset", "SubsetDataset", "split_dataset", "matching_files", "RandomTiles", "synthetic_nuclei",
-           "IMAGE_SUFFIXES", "LABEL_KINDS"]
+           "TiffStackDataset", "SubsetDataset", "split_dataset", "matching_files", "NameMatchError", "RandomTiles",
+           "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 #: part of the weight-map cache key: bumped when the cached weights' definition changes (2: weight
@@ -222,17 +222,31 @@ class ImageFolderDataset(SegmentationDataset):
         return image_path.stem, read_image(image_path), read_image(label_path)
 
 
+class NameMatchError(ValueError):
+    """Two folders whose files cannot be paired by base name; ``argument`` says whose fault: "images",
+    "labels", or "labels/label_suffix" (labels missing)."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
 def matching_files(images_dir, labels_dir, label_suffix: str = "") -> list[tuple[Path, Path]]:
     """(image, label) file pairs of two folders, matched by base name (``labels/a.png`` labels
-    ``images/a.tif``; with ``label_suffix`` "_mask", ``labels/a_mask.png``); every image needs a label."""
+    ``images/a.tif``; with ``label_suffix`` "_mask", ``labels/a_mask.png``); every image needs a label.
+    Ambiguous names are refused (``NameMatchError``): two images of one base name (a.tif and a.png), or
+    two labels of the base name an image looks for."""
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for arg, folder in (("images_dir", images_dir), ("labels_dir", labels_dir)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{arg} {str(folder)!r} is not a folder")
     images = _image_files(images_dir)
     if not images:
-        raise ValueError(f"images_dir {str(images_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    labels = {path.stem: path for path in _image_files(labels_dir)}
+        raise NameMatchError("images", f"images_dir {str(images_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    _refuse_same_stems(images, "images", "image", {path.stem for path in images})
+    label_files = _image_files(labels_dir)
+    _refuse_same_stems(label_files, "labels", "label", {path.stem + label_suffix for path in images})
+    labels = {path.stem: path for path in label_files}
     pairs, missing = [], []
     for path in images:
         label = labels.get(path.stem + label_suffix)
@@ -241,10 +255,24 @@ def matching_files(images_dir, labels_dir, label_suffix: str = "") -> list[tuple
         else:
             pairs.append((path, label))
     if missing:
-        raise ValueError(f"no label in {str(labels_dir)!r} for {len(missing)} image(s): "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                         f"(labels are matched by base name{' + ' + repr(label_suffix) if label_suffix else ''})")
+        raise NameMatchError("labels/label_suffix" if label_suffix else "labels",
+                             f"no label in {str(labels_dir)!r} for {len(missing)} image(s): "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                             f"(labels are matched by base name{' + ' + repr(label_suffix) if label_suffix else ''})")
     return pairs
+
+
+def _refuse_same_stems(files: list[Path], argument: str, what: str, wanted: set[str]) -> None:
+    """NameMatchError when two of ``files`` whose base name is in ``wanted`` share it."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem not in wanted:
+            continue
+        if path.stem in seen:
+            raise NameMatchError(argument, f"{str(seen[path.stem])!r} and {str(path)!r} have the same base name "
+                                           f"{path.stem!r}: which {what} is meant is ambiguous (files are matched "
+                                           f"by base name); rename or move one of them")
+        seen[path.stem] = path
 
 
 class TiffStackDataset(SegmentationDataset):

@@ -22,7 +22,8 @@ from scipy import ndimage
 from . import metrics
 from .instances import InstanceOptions
 
-__all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files"]
+__all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files", "check_labelled",
+           "check_outputs", "input_files"]
 
 
 @dataclass
@@ -134,20 +135,38 @@ def _line(name, *values) -> str:
 
 def labelled_files(images, labels, label_suffix: str = "") -> list[tuple[str, object, object]]:
     """(name, image, labels) triples: two folders matched by base name (``data.matching_files``), two
-    multi-page TIFF stacks (page by page), or two sequences of arrays."""
-    from .data import matching_files, read_image
+    multi-page TIFF stacks (page by page), or two sequences of arrays. Paths that cannot pair up (missing,
+    one the other, a stack with a folder, names without a label or ambiguous) raise ``BadArgument``
+    naming "images", "labels" or "label_suffix"."""
+    from .checks import BadArgument, same_file
+    from .data import NameMatchError, matching_files
 
     if isinstance(images, (str, Path)) and isinstance(labels, (str, Path)):
-        if Path(images).is_file():
-            import tifffile
-
-            stack, truth = tifffile.imread(images), tifffile.imread(labels)
-            stack, truth = (stack[None] if stack.ndim == 2 else stack), (truth[None] if truth.ndim == 2 else truth)
+        images, labels = Path(images), Path(labels)
+        for argument, path in (("images", images), ("labels", labels)):
+            if not path.exists():
+                raise BadArgument(argument, f"{str(path)!r}: no such file or folder")
+        if same_file(images, labels):
+            raise BadArgument("labels", f"{str(labels)!r} is the images {'file' if images.is_file() else 'folder'} "
+                                        f"itself; labels are separate images (a folder matched by name, or a stack)")
+        if images.is_dir() != labels.is_dir():
+            stack, folder = (labels, images) if images.is_dir() else (images, labels)
+            raise BadArgument("labels", f"{'images' if stack == images else 'labels'} {str(stack)!r} is a file (a "
+                                        f"TIFF stack) but {'images' if folder == images else 'labels'} "
+                                        f"{str(folder)!r} is a folder; give two folders (matched by base name) or "
+                                        f"two stacks of as many pages")
+        if images.is_file():
+            stack, truth = _read_stack(images, "images"), _read_stack(labels, "labels")
             if truth.ndim != 3 or stack.shape[0] != truth.shape[0]:
-                raise ValueError(f"images {str(images)!r} holds {stack.shape[0]} pages but labels {str(labels)!r} "
-                                 f"has shape {truth.shape}; they must be stacks of as many pages")
-            return [(f"{Path(images).stem}[{z}]", stack[z], truth[z]) for z in range(stack.shape[0])]
-        return [(image.stem, image, label) for image, label in matching_files(images, labels, label_suffix)]
+                raise BadArgument("labels", f"images {str(images)!r} holds {stack.shape[0]} pages but labels "
+                                            f"{str(labels)!r} has shape {truth.shape}; they must be stacks of as "
+                                            f"many pages")
+            return [(f"{images.stem}[{z}]", stack[z], truth[z]) for z in range(stack.shape[0])]
+        try:
+            pairs = matching_files(images, labels, label_suffix)
+        except NameMatchError as error:
+            raise BadArgument(error.argument, str(error)) from error
+        return [(image.stem, image, label) for image, label in pairs]
     if isinstance(images, (str, Path)) or isinstance(labels, (str, Path)):
         raise TypeError("images and labels must both be paths (folders or stacks) or both sequences of arrays")
     if len(images) != len(labels):
@@ -155,14 +174,105 @@ def labelled_files(images, labels, label_suffix: str = "") -> list[tuple[str, ob
     return [(f"image{i}", image, label) for i, (image, label) in enumerate(zip(images, labels))]
 
 
+def _read_stack(path: Path, argument: str) -> np.ndarray:
+    import tifffile
+
+    from .checks import BadArgument
+
+    try:
+        stack = tifffile.imread(path)
+    except Exception as error:   # not a TIFF, truncated
+        raise BadArgument(argument, f"cannot read {str(path)!r} as a TIFF stack: {error}") from error
+    return stack[None] if stack.ndim == 2 else stack
+
+
+def input_files(images, labels) -> list[Path]:
+    """Every file an evaluation reads or could read: the files in the images and labels folders, or the
+    two stacks (none for arrays); outputs must be none of them."""
+    files = []
+    for source in (images, labels):
+        if isinstance(source, (str, Path)):
+            source = Path(source)
+            files.extend(sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source])
+    return files
+
+
+def check_outputs(images, labels, outputs, argument: str) -> None:
+    """BadArgument (``argument``) when one of ``outputs`` (paths to be written) is, through its path, a
+    symlink or a hard link, one of the input files (``input_files``)."""
+    from .checks import check_output_is_not_an_input
+
+    inputs = input_files(images, labels)
+    for output in outputs:
+        check_output_is_not_an_input(output, inputs, argument)
+
+
+def check_labelled(triples, *, in_channels: int, nonfinite: str = "error") -> None:
+    """Every pair readable and usable, before any is scored: BadArgument naming "images" or "labels"
+    for an unreadable file, labels not 2-D, not of the image's size, negative or not integers, an
+    image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels."""
+    for name, image, truth in triples:
+        image = _image(image, name)
+        if image.ndim not in (2, 3):
+            raise _bad("images", f"image {name!r} must be (H, W) or (C, H, W), got shape {image.shape}")
+        channels = 1 if image.ndim == 2 else image.shape[0]
+        if channels != in_channels:
+            raise _bad("images", f"image {name!r} has {channels} channel(s) (shape {image.shape}); the model "
+                                 f"expects {in_channels}")
+        if nonfinite == "error" and image.dtype.kind in "fc" and not np.isfinite(image).all():
+            raise _bad("images", f"image {name!r} holds {np.count_nonzero(~np.isfinite(image))} NaN or infinite "
+                                 f"pixel(s), which would spoil its scores; repair it, or set them to 0 with "
+                                 f"--nonfinite zero (nonfinite='zero')")
+        truth = _labels(truth, name)
+        if image.shape[-2:] != truth.shape:
+            raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
+                                 f"{image.shape[-2:]}; they must be the same size")
+
+
+def _bad(argument: str, message: str):
+    from .checks import BadArgument
+
+    return BadArgument(argument, message)
+
+
+def _image(image, name: str) -> np.ndarray:
+    from .data import read_image
+
+    if not isinstance(image, Path):
+        return np.asarray(image)
+    try:
+        return read_image(image)
+    except ValueError as error:
+        raise _bad("images", str(error)) from error
+
+
+def _labels(truth, name: str) -> np.ndarray:
+    """The label image, checked: 2-D, integer values >= 0 (BadArgument "labels")."""
+    from .data import read_image
+
+    if isinstance(truth, Path):
+        try:
+            truth = read_image(truth)
+        except ValueError as error:
+            raise _bad("labels", str(error)) from error
+    truth = np.asarray(truth)
+    if truth.ndim == 3 and truth.shape[0] == 1:
+        truth = truth[0]
+    if truth.ndim != 2:
+        raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}")
+    if truth.dtype.kind not in "uifb":
+        raise _bad("labels", f"labels of {name!r} must be integers, got {truth.dtype}")
+    if truth.dtype.kind == "f" and not np.all(truth == np.round(truth)):
+        raise _bad("labels", f"labels of {name!r} have non-integer values (e.g. "
+                             f"{truth[truth != np.round(truth)].flat[0]!r}); labels are 0 (background) and "
+                             f"object or class numbers")
+    if truth.dtype.kind in "if" and truth.min(initial=0) < 0:
+        raise _bad("labels", f"labels of {name!r} have negative values (min {truth.min()}); labels are >= 0")
+    return truth
+
+
 def _instances_of(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels of {name!r} must be a 2-D image, got shape {labels.shape}")
-    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
-        raise ValueError(f"labels of {name!r} have non-integer values")
-    if labels.min(initial=0) < 0:
-        raise ValueError(f"labels of {name!r} have negative values")
+    labels = _labels(labels, name)
     if len(np.unique(labels)) <= 2:
         return ndimage.label(labels > 0)[0]
     return labels.astype(np.int64)
@@ -170,38 +280,51 @@ def _instances_of(labels: np.ndarray, name: str) -> np.ndarray:
 
 def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_options: InstanceOptions | None = None,
                    tile_size=None, batch_size=None, device=None, dtype=None, overlay_dir=None,
-                   overlay_max_side: int = 1024, log=None) -> Evaluation:
+                   overlay_max_side: int = 1024, nonfinite: str | None = None, log=None) -> Evaluation:
     """Score ``model`` (a model file or a loaded 2-class model) on labelled images.
 
     images, labels: two folders matched by base name (label files may carry ``label_suffix``), two
     multi-page TIFF stacks, or two sequences of arrays ((H, W) or (C, H, W) images, (H, W) labels).
     instance_options: the rules making objects of the predicted foreground (default: their defaults,
-    as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype: as for
+    as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype, nonfinite: as for
     ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
     yellow, true ones in cyan). log: called with a line per image (None: quiet).
+
+    Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
+    names that do not pair up or are ambiguous, labels of another size, negative or not integers,
+    images of other channels or with NaN/inf pixels (unless nonfinite="zero"), a tile size the model
+    cannot take, and overlays that would replace an input file.
     """
-    from .data import read_image
+    from .checks import BadArgument, check_writable_folder
     from .inference import predict_tiled
     from .model_file import load_model
+    from .normalization import NONFINITE_POLICIES
+    from .segment import check_tiles
 
+    if nonfinite is not None and nonfinite not in NONFINITE_POLICIES:
+        raise BadArgument("nonfinite", f"nonfinite must be None or one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device=device or "cpu")
     if model.num_classes != 2:
         raise ValueError(f"evaluate needs a model of 2 classes (background, foreground) to make objects; this one "
                          f"has {model.num_classes}")
+    check_tiles(model, tile_size, batch_size, device, dtype)
     triples = labelled_files(images, labels, label_suffix)
     if not triples:
         raise ValueError("no labelled images to evaluate")
+    if overlay_dir is not None:
+        check_writable_folder(overlay_dir, "overlay_dir")
+        check_outputs(images, labels, [Path(overlay_dir) / f"{name}.png" for name, _, _ in triples], "overlay_dir")
+    rule = nonfinite or getattr(getattr(model, "normalization", None), "nonfinite", "error")
+    check_labelled(triples, in_channels=model.in_channels, nonfinite=rule)
     scores = []
     for name, image, truth in triples:
-        image = read_image(image) if isinstance(image, Path) else np.asarray(image)
-        truth = _instances_of(read_image(truth) if isinstance(truth, Path) else truth, name)
-        if image.shape[-2:] != truth.shape:
-            raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its labels are {truth.shape}")
+        image = _image(image, name)
+        truth = _instances_of(truth, name)
         started = time.perf_counter()
         predicted = predict_tiled(model, image, layout="YX" if image.ndim == 2 else "CYX", output="instances",
                                   instance_options=instance_options, tile_size=tile_size, batch_size=batch_size,
-                                  device=device, dtype=dtype, progress=False)
+                                  device=device, dtype=dtype, progress=False, nonfinite=nonfinite)
         result = score_instances(predicted, truth, name)
         result.seconds = time.perf_counter() - started
         scores.append(result)

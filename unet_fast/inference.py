@@ -329,6 +329,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         raise checks.BadArgument("memory_budget_bytes", f"memory_budget_bytes must be None or a positive number "
                                                         f"of bytes, got {memory_budget_bytes!r}")
     if isinstance(out, (str, Path)):
+        check_out_path(out)
         checks.check_output_is_not_an_input(out, _backing_files(image), "out", "file the image is read from")
     if output == "instances":
         return _predict_instances(model, image, instance_options, out=out, layout=layout, tile_size=tile_size,
@@ -373,6 +374,25 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if plan.retries:
         log.info("predict_tiled finished after retries: %s", plan.explain())
     return result
+
+
+def check_out_path(out) -> Path:
+    """A path ``out`` a result can be written to, checked before any work (BadArgument "out"): it ends in
+    .tif/.tiff (a file: not an existing folder) or .zarr (a folder: not an existing file), in a folder
+    that is, or can be created, writable."""
+    from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES
+
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return checks.check_writable_file(path, "out")
+    if suffix in ZARR_SUFFIXES:
+        if path.exists() and not path.is_dir():
+            raise checks.BadArgument("out", f"{str(path)!r} is a file, but a .zarr result is a folder; name "
+                                            f"another")
+        checks.check_writable_folder(path.parent if str(path.parent) else Path("."), "out")
+        return path
+    raise checks.BadArgument("out", f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")
 
 
 def available_memory(device) -> int | None:

@@ -110,7 +110,7 @@ class Normalization:
             raise NonFiniteInputError(
                 f"image holds NaN or infinite pixel values ({where}), which would silently spoil "
                 f"the prediction; repair the image, or opt in to setting them to 0: "
-                f"Normalization(nonfinite='zero') (for unet-fast segment: --nonfinite zero)")
+                f"Normalization(nonfinite='zero') (for unet-fast segment and evaluate: --nonfinite zero)")
 
     def apply(self, x: np.ndarray, offset: np.ndarray, scale: np.ndarray,
               channel_axis: int | None = None) -> np.ndarray:

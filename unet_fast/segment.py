@@ -11,6 +11,7 @@ at the final summary, naming it (``unet_fast.ranks``).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
@@ -83,10 +84,11 @@ def output_name(path: Path, suffix: str) -> str:
     return path.stem + suffix
 
 
-def check_outputs(files: list[Path], outdir: Path, suffix: str) -> None:
+def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = False) -> None:
     """BadArgument (output_dir) when an input's output would be, or would replace, an input: the same
     path (outputs written into the inputs' folder under their names), or the same file through a
-    symlink or a hard link, or a folder output (.ome.zarr) holding an input."""
+    symlink or a hard link, or a folder output (.ome.zarr) holding an input; with ``overlay`` the
+    overlays (outdir/overlays/<name>.png) too."""
     inputs = {}
     for path in files:
         try:
@@ -96,22 +98,69 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str) -> None:
         inputs[(stat.st_dev, stat.st_ino)] = path
     folders = suffix.endswith(".zarr")
     for path in files:
+        targets = [(outdir / output_name(path, suffix), "output", folders)]
+        if overlay:
+            targets.append((outdir / "overlays" / output_name(path, ".png"), "overlay", False))
+        for target, what, folder in targets:
+            try:
+                stat = os.stat(target)          # follows symlinks: a link to an input is that input
+            except OSError:
+                continue
+            source = inputs.get((stat.st_dev, stat.st_ino))
+            if source is None and folder:
+                source = next((f for f in files if checks.overlapping(target, f)), None)
+            if source is not None:
+                same = Path(os.path.abspath(target)) == Path(os.path.abspath(source))
+                raise checks.BadArgument(
+                    "output_dir", f"the {what} for {str(path)!r} would be {str(target)!r}, which "
+                                  + ("is that input itself" if same and source == path else
+                                     f"is the input {str(source)!r}" if same else f"is the same file as the input "
+                                                                                   f"{str(source)!r}")
+                                  + "; nothing was written. Choose an output folder that holds no inputs")
+
+
+def output_kind(path: Path) -> str | None:
+    """What an existing output of ``segment`` holds, told by what the writers make of each kind: "labels"
+    (uint8, or int32 above 256 classes), "instances" (uint16 or uint32; an OME-Zarr's NGFF "image-label"),
+    "probabilities" (floats, a class axis); None when it cannot be read or is none of these."""
+    try:
+        _, info = image_io.read_image(path, lazy=True, max_pixels=None)
+    except Exception:   # unreadable: not something --continue may keep
+        return None
+    dtype = np.dtype(info.dtype)
+    if dtype.kind == "f":
+        return "probabilities" if "C" in info.axes else None
+    if "C" in info.axes and info.shape[info.axes.index("C")] != 1:
+        return None
+    if dtype in (np.uint16, np.uint32):
+        return "instances"
+    if dtype in (np.uint8, np.int32):
+        if image_io.is_zarr_image(path):
+            import zarr
+
+            with contextlib.suppress(Exception):
+                if "image-label" in zarr.open_group(str(path), mode="r").attrs:
+                    return "instances"
+        return "labels"
+    return None
+
+
+def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str) -> None:
+    """``resume`` keeps an existing output only when it holds the kind asked for (``output_kind``):
+    BadArgument (resume) before anything is segmented when one holds another, or cannot be told. A
+    .tif output that is a folder is left to fail as that file's own failure."""
+    for path in files:
         target = outdir / output_name(path, suffix)
-        try:
-            stat = os.stat(target)          # follows symlinks: a link to an input is that input
-        except OSError:
+        if not target.exists() or (target.is_dir() and not suffix.endswith(".zarr")):
             continue
-        source = inputs.get((stat.st_dev, stat.st_ino))
-        if source is None and folders:
-            source = next((f for f in files if checks.overlapping(target, f)), None)
-        if source is not None:
-            same = Path(os.path.abspath(target)) == Path(os.path.abspath(source))
+        kind = output_kind(target)
+        if kind != output:
             raise checks.BadArgument(
-                "output_dir", f"the output for {str(path)!r} would be {str(target)!r}, which "
-                              + ("is that input itself" if same and source == path else
-                                 f"is the input {str(source)!r}" if same else f"is the same file as the input "
-                                                                               f"{str(source)!r}")
-                              + "; nothing was written. Choose an output folder that holds no inputs")
+                "resume", f"the existing output {str(target)!r} holds "
+                          + (f"{kind}, not {output}" if kind else f"no result of segment that can be read (wanted "
+                                                                  f"{output})")
+                          + "; --continue keeps only outputs of the kind asked for (--output). Choose another "
+                            "output folder, or leave out --continue to replace the outputs")
 
 
 def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
@@ -153,7 +202,25 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             continue
         claimed[target] = path
         image_io.remove_leftovers(target)
+        overlay_path = outdir / "overlays" / output_name(path, ".png")
+        if suffix.endswith((".tif", ".tiff")) and target.is_dir():
+            reason = f"the output {target} is a folder, which a result cannot replace; move or rename it"
+            summary.failed.append((str(path), reason))
+            log(f"FAILED {path}: {reason}", file=sys.stderr)
+            continue
         if resume and target.exists():
+            if overlay and not overlay_path.exists():    # interrupted before it, or a first run without --overlay
+                try:
+                    image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
+                    write_result_overlay(overlay_path, image, target, _layout(info, model.in_channels))
+                    log(f"overlay {path} -> {overlay_path} (from the existing {target})")
+                except (KeyboardInterrupt, torch.OutOfMemoryError):
+                    raise
+                except Exception as error:
+                    reason = f"its output exists, but drawing the overlay failed: {type(error).__name__}: {error}"
+                    summary.failed.append((str(path), reason))
+                    log(f"FAILED {path}: {reason}", file=sys.stderr)
+                    continue
             summary.skipped.append(str(path))
             continue
         try:
@@ -170,7 +237,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                           nonfinite=nonfinite,
                           **({"instance_options": instance_options} if output == "instances" else {}))
             if overlay:
-                write_result_overlay(outdir / "overlays" / output_name(path, ".png"), image, target, layout)
+                write_result_overlay(overlay_path, image, target, layout)
             pixels = info.pixels // (info.shape[info.axes.index("C")] if "C" in info.axes else 1)
             summary.pixels += pixels
             summary.done.append(str(path))
@@ -308,8 +375,9 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     model: a model file (loaded on every process) or a loaded model; output: "labels", "probabilities" or
     "instances" (a 2-class model's objects, by ``instance_options``: see ``unet_fast.instances``); overlay:
     a PNG per input in output_dir/overlays (the image with the result's outlines); format: "tif" or "ome.zarr";
-    resume: skip inputs whose output exists; num_parts, part_id: this job-array task's share of the
-    files (under torchrun shared again among the processes, whose group is joined here if it is not
+    resume: skip inputs whose output exists (drawing a missing overlay from it), refusing (BadArgument)
+    an existing output of another kind than ``output`` (``check_resumable``); num_parts, part_id: this
+    job-array task's share of the files (under torchrun shared again among the processes, whose group is joined here if it is not
     yet); progress: a bar over files (None: when stderr is a terminal); log: where each file's line
     goes; nonfinite: NaN/inf pixels, see ``predict_tiled``. Files that fail are reported and skipped
     (see the result); a failure of a whole process makes every process raise (``unet_fast.ranks``).
@@ -324,7 +392,10 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     try:
         with shared_failures("segment"):    # what segment_files does not catch: listing, model, out of memory
             files, problems = expand_inputs([str(item) for item in inputs])
-            check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format])    # every file, not only this share
+            # every file, not only this share
+            check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
+            if resume:
+                check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output)
             mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)

@@ -28,6 +28,9 @@ def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool,
     if out is None:
         return ArraySink(np.zeros(shape, _numpy_dtype(dtype)), stacked)
     if isinstance(out, (str, Path)):
+        from .inference import check_out_path
+
+        check_out_path(out)     # before a writer thread or temporary file exists
         return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels, pixel_size=pixel_size)
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but this result needs {shape}")

@@ -4,11 +4,13 @@ import sys
 import types
 import warnings
 
-from . import image_io, normalization, sinks
-
 
 class _DeprecatedIo(types.ModuleType):
     def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(f"module 'unet_fast.io' has no attribute {name!r}")
+        from . import image_io, normalization, sinks   # here: importing unet_fast must not import torch
+
         for module in (normalization, image_io, sinks):
             if hasattr(module, name) and not name.startswith("_"):
                 warnings.warn(f"unet_fast.io is deprecated: use {module.__name__}.{name}", DeprecationWarning,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 
 class BadArgument(ValueError):
     """An argument's value cannot work; ``argument`` is its keyword name (e.g. "output_dir"), which the
@@ -81,6 +79,8 @@ def check_output_is_not_an_input(output, inputs, argument: str, what: str = "inp
 
 def check_device(device, argument: str = "device") -> torch.device | None:
     """A device string or torch.device that exists here (None stays None)."""
+    import torch     # here: the command line imports this module before its slow imports
+
     if device is None:
         return None
     try:

@@ -13,11 +13,12 @@ import dataclasses
 import json
 import os
 import pickle
-import signal
 import sys
 from pathlib import Path
 
-from . import geometry, image_io
+# nothing here imports numpy or torch: main() must be running (its handlers for Ctrl-C and SIGTERM
+# installed) before the slow imports, which the commands and build_parser do where they need them
+from . import termination
 from .checks import BadArgument
 
 DEBUG_ENVIRONMENT = "UNET_FAST_DEBUG"
@@ -48,6 +49,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_sizes(args) -> int:
+    from . import geometry
+
     first = geometry.min_input_size(args.depth, args.padding)
     sizes = range(first, args.max_size + 1, geometry.size_step(args.depth))   # a range: any --max-size is cheap
     if not sizes:
@@ -81,10 +84,7 @@ def _labelled_images(images, labels, args, recipe, num_classes: int):
 
 
 def cmd_train(args) -> int:
-    import dataclasses
-
-    import torch
-
+    from . import geometry, image_io
     from .checks import check_device, check_writable_folder, same_file
     from .model_file import check_model_path
     from .train import load_checkpoint
@@ -440,7 +440,13 @@ def _integer(smallest: int, largest: int | None = None):
 
 _positive_int = _integer(1)
 _non_negative_int = _integer(0)
-_depth = _integer(1, geometry.MAX_DEPTH)
+
+
+def _depth(text: str) -> int:
+    from .geometry import MAX_DEPTH
+
+    return _integer(1, MAX_DEPTH)(text)
+
 _seed = _integer(0, 2 ** 63 - 1)
 
 
@@ -588,6 +594,8 @@ def cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import geometry
+
     parser = _Parser(prog="unet-fast", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help=f"show Python tracebacks of errors (also: {DEBUG_ENVIRONMENT}=1)")
@@ -874,10 +882,6 @@ def _report(error: BaseException, args) -> int:
     return 1
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def _quiet_abandoned_reads() -> None:
     """zarr reads chunks in asyncio tasks: when one fails (a truncated TIFF), its siblings are abandoned,
     and at exit each prints a "Task was destroyed" or "never retrieved" report with a traceback, over
@@ -888,6 +892,27 @@ def _quiet_abandoned_reads() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     warnings.filterwarnings("ignore", message="Enable tracemalloc", category=RuntimeWarning)
+    import threading
+
+    if not isinstance(sys.unraisablehook, _QuietAfterStop):
+        sys.unraisablehook = _QuietAfterStop(sys.unraisablehook)
+    if not isinstance(threading.excepthook, _QuietAfterStop):
+        threading.excepthook = _QuietAfterStop(threading.excepthook)
+
+
+class _QuietAfterStop:
+    """A sys.unraisablehook (or threading.excepthook) that drops the reports of exceptions Python could
+    not raise once the run is stopping: a SIGTERM's SystemExit that landed in a weakref callback or
+    __del__ (termination.check() stops the run instead), and, after SIGTERM, the "Event loop is closed"
+    tracebacks of every zarr read abandoned at exit. The line main() prints is the one that matters."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, report):
+        if isinstance(report.exc_value, (SystemExit, KeyboardInterrupt)) or termination.received_in_this_process():
+            return
+        self.previous(report)
 
 
 def _instance_flags(p) -> None:
@@ -910,27 +935,47 @@ def _instance_flags(p) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (kill, torchrun stopping a job, a scheduler's time limit) unwinds like Ctrl-C, so that
+    # temporary files are removed on the way out instead of being left behind; installed first, and
+    # Ctrl-C caught from the first line, since building the parser and the commands import torch
+    try:
+        with termination.handling(ignore_after_stop=argv is None):   # None: this process is the command
+            try:
+                return _main(argv)
+            except (KeyboardInterrupt, SystemExit) as stop:
+                if termination.requested() is None:
+                    raise
+                print(f"unet-fast{_command(argv)}: terminated (SIGTERM)", file=sys.stderr)
+                if isinstance(stop, SystemExit):
+                    raise
+                termination.check()      # Ctrl-C and SIGTERM both: SIGTERM's status
+    except KeyboardInterrupt:
+        print(f"unet-fast{_command(argv)}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(argv) -> str:
+    """" train" for the command line ``argv`` (sys.argv without the program), or "" if none is named."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((f" {word}" for word in words if not word.startswith("-")), "")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
     if not debug:
         _quiet_abandoned_reads()
-    # SIGTERM (kill, torchrun stopping a job, a scheduler's time limit) unwinds like Ctrl-C, so that
-    # temporary files are removed on the way out instead of being left behind
-    previous = None
-    with contextlib.suppress(ValueError):       # not the main thread: leave signals alone
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"unet-fast {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        if debug:
+        status = args.func(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:
+        termination.check()          # SIGTERM turned into another error on its way (a library's except)
+        if debug or not isinstance(error, Exception):
             raise
         return _report(error, args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    termination.check()              # SIGTERM whose exception was swallowed, in a command with no check
+    return status
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import geometry
+from . import geometry, termination
 from .image_io import discard, temporary_sibling
 from .standalone_unet import UNet as StandaloneUNet
 
@@ -69,6 +69,7 @@ def new_file(path: Path):
     temporary = temporary_sibling(path)
     try:
         yield temporary
+        termination.check()              # a run stopped by SIGTERM writes nothing
         try:
             os.link(temporary, path)     # unlike os.replace, refuses to replace a file made meanwhile
         except FileExistsError:

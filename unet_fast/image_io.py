@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import termination
+
 DEFAULT_MAX_PIXELS = 2 ** 30  # about 1.07 gigapixels (32768 x 32768) per file
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -252,8 +254,13 @@ def discard(path) -> None:
 
 
 def commit(temporary, path) -> None:
-    """Move a finished temporary file or folder onto ``path`` (os.replace; folders swapped)."""
+    """Move a finished temporary file or folder onto ``path`` (os.replace; folders swapped). After a
+    SIGTERM (``termination``) the temporary is removed instead and SystemExit raised: a stopped run
+    commits nothing, even where the signal's first exception was swallowed."""
     temporary, path = Path(temporary), Path(path)
+    if termination.requested() is not None:
+        discard(temporary)
+        termination.check()
     if temporary.is_dir() and path.exists():
         old = temporary_sibling(path)
         os.replace(path, old)

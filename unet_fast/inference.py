@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, termination
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .sinks import open_sink
@@ -222,6 +222,7 @@ class _Runner:
                 if isinstance(item, BaseException):
                     raise item
                 chunk, batch = item
+                termination.check()   # SIGTERM, even where its exception was swallowed
                 launched = self._launch_batch(chunk, batch)
                 if in_flight is not None:
                     self._finish_batch(*in_flight)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import checks, geometry, image_io
+from . import checks, geometry, image_io, termination
 from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .ranks import shared_failures
@@ -195,6 +195,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     claimed: dict[Path, Path] = {}
     start = time.perf_counter()
     for path in tqdm(files, unit="file", disable=not progress, desc="segment"):
+        termination.check()   # SIGTERM, even where its exception was swallowed
         target = outdir / output_name(path, suffix)
         if target in claimed:
             summary.failed.append((str(path), f"output {target} is also the output of {claimed[target]}"))

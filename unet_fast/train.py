@@ -21,16 +21,15 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
-from tqdm.auto import tqdm
 
-from . import geometry
+from . import geometry, termination
 from .checks import check_device
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import WeightedSoftmaxCrossEntropy
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
-from .recipes import LR_SCHEDULES, OPTIMIZERS, Recipe, get_recipe
+from .recipes import Recipe, get_recipe
 from .torchrun import Torchrun
 from .training_logs import Progress, format_row, write_logs
 from .validation import evaluate
@@ -138,6 +137,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                      total=settings.epochs * steps_per_epoch, done=run.step)
         stopped = False
         for epoch in range(run.start_epoch, settings.epochs):
+            termination.check()
             started = time.perf_counter()
             row, stopped = _train_epoch(run, job, epoch, num_workers=num_workers, amp=amp, report=report,
                                         total_steps=settings.epochs * steps_per_epoch)
@@ -288,6 +288,7 @@ def _train_epoch(run: _Run, job: Torchrun, epoch: int, *, num_workers, amp, repo
         step += 1
         steps += 1
         report.step(step, epoch, loss, rate)
+        termination.check()   # SIGTERM, even where its exception was swallowed (a weakref callback)
         if run.clock.limit is not None and _agreed(job, run.clock.fraction() >= 1):
             stopped = True
             break

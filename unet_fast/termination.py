@@ -1,0 +1,69 @@
+"""Stopping reliably on SIGTERM (kill, a scheduler's time limit, torchrun stopping a job).
+
+``unet-fast`` handles SIGTERM by raising SystemExit(128 + 15), which unwinds like Ctrl-C: atomic
+writes remove their temporary files on the way out. But Python ignores an exception raised where
+it cannot propagate (a weakref callback, ``__del__``, a finalizer): a signal landing there would be
+swallowed and the run would go on to the end. So the handler also records the signal, and
+``check()`` raises again wherever work can stop: every training step, every file of segment, every
+batch of tiles, and before any output is committed (``image_io.commit``). A run that received
+SIGTERM therefore never completes, and exits with 143 whatever happened to the first exception.
+
+Without ``handling()`` (the Python API) nothing is installed and ``check()`` does nothing. The module
+imports nothing heavy: the command line installs the handler before its first slow import.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+_received: int | None = None    # the signal received while handling() is active, else None
+_ever_received = False          # whether one was received in this process (for quieting shutdown reports)
+
+
+def _handler(signum, frame):
+    global _received, _ever_received
+    first = _received is None
+    _received, _ever_received = signum, True
+    # A repeated signal must not interrupt the clean-up of the first (removing a partial file):
+    # while an exception is being handled, leave it to that exception and to check().
+    if first or sys.exc_info()[1] is None:
+        raise SystemExit(128 + signum)
+
+
+def requested() -> int | None:
+    """The signal number received, or None."""
+    return _received
+
+
+def received_in_this_process() -> bool:
+    return _ever_received
+
+
+def check() -> None:
+    """Raise SystemExit(128 + signal) if a stopping signal was received (even if its first exception
+    was swallowed); a no-op otherwise. Cheap: call it in loops."""
+    if _received is not None:
+        raise SystemExit(128 + _received)
+
+
+@contextlib.contextmanager
+def handling(signals=(signal.SIGTERM,), *, ignore_after_stop: bool = False):
+    """Within: ``signals`` raise SystemExit(128 + signum) and are remembered for ``check()``. Outside the
+    main thread (where handlers cannot be installed) nothing changes. On the way out the previous
+    handlers return; but with ``ignore_after_stop`` (for a process that is the command and now exits)
+    once a signal was received further ones are ignored, so that a repeated kill cannot cut the exit
+    short (a death by the signal instead of the status 128 + signum)."""
+    global _received
+    previous = {}
+    for signum in signals:
+        with contextlib.suppress(ValueError):    # not the main thread: leave signals alone
+            previous[signum] = signal.signal(signum, _handler)
+    _received = None
+    try:
+        yield
+    finally:
+        stopped = _received is not None
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if stopped and ignore_after_stop else handler)
+        _received = None

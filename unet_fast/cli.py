@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"weight decay (adamw: decoupled) ({_recipe_default('weight_decay')})")
     g.add_argument("--tile-size", type=_positive_int, default=None,
                    help="input tile size (legal for the net); default: the recipe's (for another depth, the "
-                 "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
+                        "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"tiles per training step ({_recipe_default('batch_size')})")
     g = p.add_argument_group("augmentation")

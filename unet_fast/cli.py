@@ -747,10 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
-    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
-    p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
-    p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
+    _inference_flags(p)
     p.add_argument("--output", choices=("labels", "probabilities", "instances"), default="labels",
                    help="labels: a class per pixel; probabilities: one per class; instances (2-class models): "
                         "objects numbered 1..K, uint16 (uint32 above 65534 objects), the same whatever the tiles")
@@ -770,9 +767,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... and segment part K (0-based), e.g. a job-array index (default: 0)")
     p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
                    help="refuse files declaring more pixels (tiled TIFFs too: raise it to segment larger ones)")
-    p.add_argument("--nonfinite", choices=("error", "zero"), default=None,
-                   help="NaN/inf pixels in float images: error, or zero (statistics from the finite pixels, "
-                        "the others set to 0); default: the model's normalisation's rule, error unless it says")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
 
@@ -792,12 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = command("evaluate", help="score a model on labelled images (IoU, Dice, object F1, AP, Rand error)",
-                       description="Segment each labelled image into objects as `segment --output instances` does and "
-                                   "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the "
-                                   "mean over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) "
-                                   "and of F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per "
-                                   "image and the mean) and prints a summary. Labels with more than two values are "
-                                   "instances; a two-valued mask's objects are its connected components.")
+                description="Segment each labelled image into objects as `segment --output instances` does and "
+                            "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the "
+                            "mean over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) "
+                            "and of F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per "
+                            "image and the mean) and prints a summary. Labels with more than two values are "
+                            "instances; a two-valued mask's objects are its connected components.")
     p.add_argument("-m", "--model", required=True, help="model file (2 classes)")
     p.add_argument("--images", required=True, help="folder of images, or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
@@ -808,14 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true",
                    help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan")
     _instance_flags(p)
-    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
-    p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
-    p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
-    p.add_argument("--nonfinite", choices=("error", "zero"), default=None,
-                   help="NaN/inf pixels in float images: error (refused before any image is scored), or zero "
-                        "(statistics from the finite pixels, the others set to 0); default: the model's "
-                        "normalisation's rule, error unless it says")
+    _inference_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")
     p.set_defaults(func=cmd_evaluate)
     return parser
@@ -913,6 +900,18 @@ class _QuietAfterStop:
         if isinstance(report.exc_value, (SystemExit, KeyboardInterrupt)) or termination.received_in_this_process():
             return
         self.previous(report)
+
+
+def _inference_flags(p) -> None:
+    """The flags of tiled inference that segment and evaluate share."""
+    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
+    p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
+    p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")
+    p.add_argument("--nonfinite", choices=("error", "zero"), default=None,
+                   help="NaN/inf pixels in float images: error (refused before any work), or zero (statistics "
+                        "from the finite pixels, the others set to 0); default: the model's normalisation's rule, "
+                        "error unless it says")
 
 
 def _instance_flags(p) -> None:

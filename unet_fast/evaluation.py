@@ -207,10 +207,12 @@ def check_outputs(images, labels, outputs, argument: str) -> None:
         check_output_is_not_an_input(output, inputs, argument)
 
 
-def check_labelled(triples, *, in_channels: int, nonfinite: str = "error") -> None:
+def check_labelled(triples, *, in_channels: int, nonfinite: str = "error") -> list:
     """Every pair readable and usable, before any is scored: BadArgument naming "images" or "labels"
     for an unreadable file, labels not 2-D, not of the image's size, negative or not integers, an
-    image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels."""
+    image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels.
+    Returns the (name, image, labels) arrays read, so that scoring does not read them again."""
+    checked = []
     for name, image, truth in triples:
         image = _image(image, name)
         if image.ndim not in (2, 3):
@@ -227,6 +229,8 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error") -> No
         if image.shape[-2:] != truth.shape:
             raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
                                  f"{image.shape[-2:]}; they must be the same size")
+        checked.append((name, image, truth))
+    return checked
 
 
 def _bad(argument: str, message: str):
@@ -271,8 +275,8 @@ def _labels(truth, name: str) -> np.ndarray:
     return truth
 
 
-def _instances_of(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = _labels(labels, name)
+def _instances_of(labels: np.ndarray) -> np.ndarray:
+    """Checked labels (``_labels``) as instances: a two-valued mask's connected components."""
     if len(np.unique(labels)) <= 2:
         return ndimage.label(labels > 0)[0]
     return labels.astype(np.int64)
@@ -316,11 +320,9 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
         check_writable_folder(overlay_dir, "overlay_dir")
         check_outputs(images, labels, [Path(overlay_dir) / f"{name}.png" for name, _, _ in triples], "overlay_dir")
     rule = nonfinite or getattr(getattr(model, "normalization", None), "nonfinite", "error")
-    check_labelled(triples, in_channels=model.in_channels, nonfinite=rule)
     scores = []
-    for name, image, truth in triples:
-        image = _image(image, name)
-        truth = _instances_of(truth, name)
+    for name, image, truth in check_labelled(triples, in_channels=model.in_channels, nonfinite=rule):
+        truth = _instances_of(truth)
         started = time.perf_counter()
         predicted = predict_tiled(model, image, layout="YX" if image.ndim == 2 else "CYX", output="instances",
                                   instance_options=instance_options, tile_size=tile_size, batch_size=batch_size,

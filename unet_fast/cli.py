@@ -85,6 +85,7 @@ def _labelled_images(images, labels, args, recipe, num_classes: int):
 
 def cmd_train(args) -> int:
     from . import geometry, image_io
+    from .architecture import check_config
     from .checks import check_device, check_writable_folder, same_file
     from .model_file import check_model_path
     from .train import load_checkpoint
@@ -147,8 +148,6 @@ def cmd_train(args) -> int:
     for name in ("last.safetensors", "best.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers
         image_io.remove_leftovers(work_dir / name)
     image_io.remove_leftovers(args.output)
-    from .architecture import check_config
-
     with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
         check_config(**config)
     if tile_size is not None:
@@ -177,10 +176,8 @@ def _flags_recipe(args, given: dict):
     from .recipes import get_recipe
 
     try:
-        recipe = get_recipe(args.recipe or "default").replace(
-            **{name: value for name, value in given.items() if name != "class_weights"})
-        if "class_weights" in given:       # None ("none") is a value here, which Recipe.replace would skip
-            recipe = dataclasses.replace(recipe, class_weights=given["class_weights"])
+        # only the flags given (class_weights None included): Recipe.replace would skip a None
+        recipe = dataclasses.replace(get_recipe(args.recipe or "default"), **given)
     except ValueError as error:      # a recipe value out of range: the flag its message names first
         text = str(error)
         found = sorted((text.find(name), name) for name in RECIPE_FLAGS + ("class_weights",) if name in text)

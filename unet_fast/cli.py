@@ -16,8 +16,8 @@ import pickle
 import sys
 from pathlib import Path
 
-# nothing here imports numpy or torch: main() must be running (its handlers for Ctrl-C and SIGTERM
-# installed) before the slow imports, which the commands and build_parser do where they need them
+# The commands import what they need where they need it; the package itself (unet_fast/__init__)
+# imports torch and registers the ops before main() runs, so a Ctrl-C in that first second is Python's
 from . import termination
 from .checks import BadArgument
 

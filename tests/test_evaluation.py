@@ -151,6 +151,24 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
         assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(enlarged))
 
 
+def test_cli_tta_segments_and_scores_as_predict_tiled(nuclei, model_file, capsys):
+    folder, labels = nuclei
+    model = unet_fast.load_model(model_file)
+    assert cli.main(["segment", "-i", str(folder / "images"), "-o", str(folder / "tta"), "-m", str(model_file),
+                     "--output", "instances", "--tta", "--no-progress"]) == 0
+    image = tifffile.imread(folder / "images" / "n1.tif")
+    want = predict_tiled(model, image, output="instances", tta=True, progress=False)
+    assert not np.array_equal(want, predict_tiled(model, image, output="instances", progress=False))
+    assert np.array_equal(tifffile.imread(folder / "tta" / "n1.tif"), want)
+    assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                     str(folder / "labels"), "-o", str(folder / "eval"), "--tta", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(folder / "eval" / "evaluation.csv")))
+    scored = [row for row in rows if row["name"] == "n1"][0]
+    assert float(scored["iou"]) == pytest.approx(score_instances(want, labels[1]).iou, abs=1e-5)
+    with pytest.raises(ValueError, match="tta must be True or False"):
+        evaluate_model(model, folder / "images", folder / "labels", tta="on")
+
+
 def _usage_error(argv, capsys):
     """The exit status and stderr of a command line refused: a BadArgument's status is main's return
     value, argparse's own errors exit; either way 2 and one line."""

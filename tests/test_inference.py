@@ -198,3 +198,71 @@ def test_out_of_memory_retries_with_a_smaller_plan(caplog, limit, expect):
         got = predict_tiled(model, image, tile_size=52, batch_size=4, output="logits", progress=False)
     assert expect in caplog.text and "retry" in caplog.text
     assert_close(torch.from_numpy(got), whole_image_logits(tiny(3), image)[0])
+
+
+# ---- test-time augmentation
+
+def _dihedral(array, k):
+    array = np.rot90(array, k % 4, axes=(-2, -1))
+    return array[..., ::-1] if k >= 4 else array
+
+
+def _undo_dihedral(array, k):
+    array = array[..., ::-1] if k >= 4 else array
+    return np.rot90(array, -(k % 4), axes=(-2, -1))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_tta_is_the_mean_of_the_eight_views(padding):
+    """An image that one legal, non-square tile covers exactly (no pool-grid phase between the views): the
+    TTA probabilities equal the mean of 8 plain predictions of the flipped/rotated image, turned back."""
+    depth = 3
+    model = tiny(depth, padding, num_classes=3, base=4)
+    lead = geometry.context(depth) if padding == "valid" else same_padding_margin(depth)
+    tile = (usable_tile_sizes(depth, padding, 90)[-1], usable_tile_sizes(depth, padding, 70)[-1])
+    if padding == "valid":
+        shape = tuple(geometry.output_size(t, depth, padding) for t in tile)
+    else:
+        shape = tuple(t - 2 * lead for t in tile)
+    image = np.random.default_rng(5).random(shape, dtype=np.float32)
+    got = predict_tiled(model, image, tile_size=tile, output="probabilities", tta=True, progress=False,
+                        normalization=NONE)
+    views = [_undo_dihedral(predict_tiled(model, np.ascontiguousarray(_dihedral(image, k)), output="probabilities",
+                                          tile_size=tile if k % 2 == 0 else tile[::-1], progress=False,
+                                          normalization=NONE), k) for k in range(8)]
+    np.testing.assert_allclose(got, np.mean(views, axis=0), atol=2e-6)
+    # not the plain prediction: the views do differ
+    plain = predict_tiled(model, image, tile_size=tile, output="probabilities", progress=False, normalization=NONE)
+    assert np.abs(plain - got).max() > 1e-3
+
+
+@settings(max_examples=6, deadline=None)
+@given(height=st.integers(1, 90), width=st.integers(1, 90), tile_index=st.integers(0, 2))
+def test_tta_is_the_same_whatever_the_tiles(height, width, tile_index):
+    model = tiny(3, num_classes=2, cls=unet_fast.UNet)
+    image = np.random.default_rng(height * 97 + width).random((2, height, width), dtype=np.float32)[:, ::-1]  # strided
+    sizes = usable_tile_sizes(3, "valid", 100)
+    tiles = [None, sizes[0], (sizes[len(sizes) // 2], sizes[-1])]
+    got = predict_tiled(model, image, tile_size=tiles[tile_index], batch_size=3, output="logits", tta=True,
+                        progress=False)
+    one = predict_tiled(model, image, tile_size=sizes[-1], output="logits", tta=True, progress=False)
+    assert got.shape == (2, 2, height, width)
+    np.testing.assert_allclose(got, one, atol=2e-5)
+    # the logits are the log of the mean probabilities: labels and probabilities agree with them
+    labels = predict_tiled(model, image, tile_size=tiles[tile_index], tta=True, progress=False)
+    probabilities = predict_tiled(model, image, tile_size=tiles[tile_index], output="probabilities", tta=True,
+                                  progress=False)
+    np.testing.assert_allclose(probabilities, np.exp(got), atol=2e-6)
+    decided = np.abs(probabilities[:, 1] - 0.5) > 1e-4
+    np.testing.assert_array_equal(labels[decided], got.argmax(1)[decided])
+
+
+def test_tta_instances_and_bad_values():
+    model = tiny(2, num_classes=2)
+    image = np.random.default_rng(7).random((37, 41), dtype=np.float32)
+    instances = predict_tiled(model, image, output="instances", tta=True, tile_size=44, progress=False)
+    whole = predict_tiled(model, image, output="instances", tta=True, progress=False)
+    np.testing.assert_array_equal(instances, whole)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="tta must be True or False"):
+            predict_tiled(model, image, tta=bad, progress=False)

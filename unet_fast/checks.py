@@ -97,6 +97,12 @@ def check_device(device, argument: str = "device") -> torch.device | None:
     return parsed
 
 
+def check_bool(value, argument: str) -> None:
+    """A switch must be True or False: a string such as "no" would otherwise count as True."""
+    if not isinstance(value, bool):
+        raise BadArgument(argument, f"{argument} must be True or False, got {value!r}")
+
+
 def check_positive_int(value, argument: str, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return

@@ -382,7 +382,7 @@ def cmd_segment(args) -> int:
                          tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
                          nonfinite=args.nonfinite, progress=False if args.no_progress else None,
-                         instance_options=options, overlay=args.overlay)
+                         instance_options=options, overlay=args.overlay, tta=args.tta)
     return result.exit_status
 
 
@@ -573,7 +573,7 @@ def cmd_evaluate(args) -> int:
         result = evaluation.evaluate_model(
             model, args.images, args.labels, label_suffix=args.label_suffix, instance_options=options,
             tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-            overlay_dir=output_dir / "overlays" if args.overlay else None, nonfinite=args.nonfinite,
+            overlay_dir=output_dir / "overlays" if args.overlay else None, nonfinite=args.nonfinite, tta=args.tta,
             log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
     except BadArgument as error:
         if error.argument == "overlay_dir":         # OUTDIR/overlays: -o's
@@ -909,6 +909,9 @@ def _inference_flags(p) -> None:
                    help="NaN/inf pixels in float images: error (refused before any work), or zero (statistics "
                         "from the finite pixels, the others set to 0); default: the model's normalisation's rule, "
                         "error unless it says")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the predictions of the 8 flips and 90-degree rotations "
+                        "of every tile (8 times the compute; slightly more accurate outlines)")
 
 
 def _instance_flags(p) -> None:

@@ -98,8 +98,9 @@ def _infer_layout(image, in_channels: int) -> str:
 
 class _Runner:
     def __init__(self, model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
-                 cuda_graphs: bool):
+                 cuda_graphs: bool, tta: bool = False):
         self.model, self.source, self.plan, self.device = model, source, plan, device
+        self.tta = tta
         self.compute_dtype, self.output, self.out_dtype = compute_dtype, output, out_dtype
         self.sink, self.normalize = sink, normalize
         self.depth, self.padding = model.depth, model.padding
@@ -116,7 +117,7 @@ class _Runner:
         """The model on a device batch, cropped to the kept pixels and turned into the output kind."""
         with torch.autocast(self.device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
-            logits = self.model(x)
+            logits = dihedral_mean_logits(self.model, x) if self.tta else self.model(x)
         logits = logits[..., offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]].float()
         if self.output == "labels":
             return logits.argmax(1).to(self.out_dtype)
@@ -134,7 +135,8 @@ class _Runner:
         if self.cuda_graphs and batch.shape[0] == self.plan.batch_size:
             try:
                 graph = tile_graph(self.model, tuple(x.shape), lambda t: self.compute(t, offset, size),
-                                   (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size)),
+                                   (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size),
+                                    self.tta),
                                    self.device)
                 result = graph(x)
             except torch.OutOfMemoryError:  # no room for a graph's own pool: eager from here on
@@ -279,11 +281,28 @@ class _Runner:
             self.write(n, y, x, result)
 
 
+def dihedral_mean_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the log of the mean, over the 8 flips and 90-degree rotations of the tiles
+    ``x``, of the model's softmax probabilities (each view turned back first), in float32. They are
+    logits whose softmax is that mean. Exact for any legal tile, square or not: a flip or rotation of
+    a tile whose every level has an even size keeps the pooling pairs, so each view predicts the same
+    pixels."""
+    total = None
+    for k in range(8):
+        view = torch.rot90(x, k % 4, dims=(-2, -1))
+        view = view.flip(-1) if k >= 4 else view
+        probabilities = torch.softmax(model(view.contiguous(memory_format=torch.channels_last)).float(), 1)
+        probabilities = probabilities.flip(-1) if k >= 4 else probabilities
+        probabilities = torch.rot90(probabilities, -(k % 4), dims=(-2, -1))
+        total = probabilities if total is None else total + probabilities
+    return (total / 8).log()
+
+
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
                   memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None,
-                  nonfinite: str | None = None, instance_options=None):
+                  nonfinite: str | None = None, instance_options=None, tta: bool = False):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -311,6 +330,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     normalization: how raw pixels become inputs; None: ``model.normalization`` (set by
         load_model) if present, else percentiles (Normalization()) for integer images and no
         change for float images.
+    tta: test-time augmentation: the mean of the predictions of the 8 flips and 90-degree rotations of
+        every tile (``dihedral_mean_logits``); 8 times the compute, a slightly smoother, more accurate
+        result (real nuclei, 4 models of the default recipe: foreground IoU +0.5 to +0.7 points), the same
+        whatever the tiles.
     cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
         kept on the model for later calls; None: when the image has at least two full batches or a
         graph of this shape is kept already. Results are the same either way.
@@ -325,6 +348,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     _, _, in_channels, num_classes = model_geometry(model)
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    checks.check_bool(tta, "tta")
     if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool) or not isinstance(
             memory_budget_bytes, int) or memory_budget_bytes < 1):
         raise checks.BadArgument("memory_budget_bytes", f"memory_budget_bytes must be None or a positive number "
@@ -337,7 +361,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                   normalization=normalization, memory_budget_bytes=memory_budget_bytes,
                                   cuda_graphs=cuda_graphs, pixel_size=pixel_size,
-                                  nonfinite=nonfinite)
+                                  nonfinite=nonfinite, tta=tta)
     if instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     compute_dtype = parse_compute_dtype(dtype)
@@ -363,7 +387,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         if cuda_graphs is None:
             cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
-                         bool(cuda_graphs))
+                         bool(cuda_graphs), tta)
         with torch.inference_mode():
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()

@@ -69,7 +69,7 @@ def cmd_sizes(args) -> int:
 #: train's flags that set a recipe field of the same name (None: the recipe's value)
 RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                 "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
-                "elastic_sigma", "grey_values", "noise", "percentiles", "clip")
+                "elastic_sigma", "grey_values", "noise", "percentiles", "clip", "object_size")
 
 
 def _labelled_images(images, labels, args, recipe, num_classes: int):
@@ -231,7 +231,8 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
         with _blame("resume"):
             known = {field.name for field in dataclasses.fields(Recipe)}
             recipe = dataclasses.replace(RECIPES.get(saved.get("name"), RECIPES["default"]),
-                                         **{key: value for key, value in saved.items() if key in known})
+                                         **{"object_size": 0.0,    # runs from before object_size: never resampled
+                                            **{key: value for key, value in saved.items() if key in known}})
     changes = {name: config[name] for name in NETWORK_FIELDS if name in config}
     if args.epochs is not None:
         changes["epochs"] = args.epochs
@@ -280,6 +281,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
         torch.set_num_threads(args.threads)
     with _blame("images/labels"):        # every pair now: a fault in the last one is as much theirs as in the first
         dataset = _labelled_images(args.images, args.labels, args, recipe, config["num_classes"])
+        dataset.scale = _object_scale(dataset, recipe)
         empty = dataset.load_all()
         in_channels = dataset.in_channels
         if config.setdefault("in_channels", in_channels) != in_channels:
@@ -289,6 +291,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
     if args.val_images is not None:
         with _blame("val_images/val_labels"):
             val_data = _labelled_images(args.val_images, args.val_labels, args, recipe, config["num_classes"])
+            val_data.scale = dataset.scale
             val_empty = val_data.load_all()
             if val_data.in_channels != in_channels:
                 raise ValueError(f"the validation images have {val_data.in_channels} channel(s) but the training "
@@ -322,7 +325,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
             print(f"train: {problem}", file=sys.stderr)
         recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
         last = result.history[-1] if result.history else {}
-        save_model(result.model.cpu(), args.output, normalization=dataset.normalization,
+        save_model(result.model.cpu(), args.output, normalization=dataset.normalization, input_scale=dataset.scale,
                    epochs=last.get("epoch", 0), steps=last.get("step", 0), history=result.history[-1:],
                    recipe=dataclasses.asdict(recipe), **recorded)
         print(f"saved {args.output} ({len(result.history)} epochs, {last.get('step', 0)} steps"
@@ -330,6 +333,25 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + "); "
               f"checkpoints and logs in {work_dir}" + (f"; best model {result.best}" if result.best else ""))
     return 0
+
+
+def _object_scale(dataset, recipe) -> float:
+    """The factor the images are resampled by (``unet_fast.rescale.choose_scale``), said on stdout."""
+    import numpy as np
+
+    from .rescale import TOLERANCE, choose_scale
+
+    if not recipe.object_size:
+        return 1.0
+    diameters = dataset.object_diameters()
+    scale = choose_scale(diameters, recipe.object_size)
+    if int(os.environ.get("RANK", "0")) == 0 and diameters.size:
+        median = float(np.median(diameters))
+        print(f"objects in the labels: median diameter {median:.1f} px; " + (
+            f"images as they are (within {TOLERANCE:g}x of --object-size {recipe.object_size:g})" if scale == 1.0 else
+            f"every image resampled by {scale:.3g} (objects of {median * scale:.1f} px; --object-size "
+            f"{recipe.object_size:g}), in segment and evaluate too"))
+    return scale
 
 
 def cmd_demo(args) -> int:
@@ -382,7 +404,7 @@ def cmd_segment(args) -> int:
                          tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
                          nonfinite=args.nonfinite, progress=False if args.no_progress else None,
-                         instance_options=options, overlay=args.overlay, tta=args.tta)
+                         instance_options=options, overlay=args.overlay, tta=args.tta, scale=args.scale)
     return result.exit_status
 
 
@@ -404,7 +426,7 @@ def cmd_export(args) -> int:
         description=args.description)
     with _blame("model"):
         model = load_model(args.model)
-    written = export(model, args.output, args.format, **options)     # a failure here: exit 1, one line
+    written = export(model, args.output, args.format, ignore_scale=args.ignore_scale, **options)   # failure: exit 1
     synthetic = args.format == "bioimageio" and not args.test_image
     print(f"wrote {written}" + ("; its test image is synthetic nuclei: pass --test-image with an image of your "
                                 "data to show what the model is for" if synthetic else ""))
@@ -574,6 +596,7 @@ def cmd_evaluate(args) -> int:
             model, args.images, args.labels, label_suffix=args.label_suffix, instance_options=options,
             tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
             overlay_dir=output_dir / "overlays" if args.overlay else None, nonfinite=args.nonfinite, tta=args.tta,
+            scale=args.scale,
             log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
     except BadArgument as error:
         if error.argument == "overlay_dir":         # OUTDIR/overlays: -o's
@@ -701,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"model) ({_recipe_default('percentiles')})")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help=f"inputs: clipped to [0, 1] after the percentiles ({_recipe_default('clip')})")
+    g.add_argument("--object-size", type=_non_negative_float, default=None, metavar="PX",
+                   help=f"inputs: when the labels' median object diameter is not within 1.25x of PX, every image "
+                        f"is resampled to bring it to PX, in training and, by the factor stored with the model, "
+                        f"in segment and evaluate; 0: never ({_recipe_default('object_size')})")
     g.add_argument("--w0", type=_non_negative_float, default=None,
                    help=f"weight-map border weight ({_recipe_default('w0')})")
     g.add_argument("--sigma", type=_positive_float, default=None,
@@ -780,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author", action="append", help="bioimageio: an author's name (repeat for several; default: none)")
     p.add_argument("--license", help="bioimageio: SPDX license of the weights (default CC-BY-4.0)")
     p.add_argument("--description", help="bioimageio: one sentence on what the model segments (default: none)")
+    p.add_argument("--ignore-scale", action="store_true",
+                   help="export a model that resamples its images (trained with --object-size) anyway: the file "
+                        "cannot record the factor, so resample images by it yourself (default: refused)")
     p.set_defaults(func=cmd_export)
 
     p = command("evaluate", help="score a model on labelled images (IoU, Dice, object F1, AP, Rand error)",
@@ -912,6 +942,9 @@ def _inference_flags(p) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the predictions of the 8 flips and 90-degree rotations "
                         "of every tile (8 times the compute; slightly more accurate outlines)")
+    p.add_argument("--scale", type=_number(1 / 16, 16, high_open=False), default=None, metavar="FACTOR",
+                   help="resample each image by FACTOR before the network, the result back after it (default: the "
+                        "model's, which train chose to bring the objects to its --object-size; 1 for older models)")
 
 
 def _instance_flags(p) -> None:

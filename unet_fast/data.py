@@ -37,6 +37,7 @@ from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, 
 from .image_io import atomic_path
 from .image_io import read_image as _read_image
 from .normalization import NonFiniteInputError, Normalization
+from .rescale import check_scale, object_diameters, resample_image, resample_labels, scaled_size
 from .synthetic import synthetic_nuclei
 from .weights import separate_touching, unet_weight_map
 
@@ -64,11 +65,15 @@ class LabelledImage:
 
 
 class SegmentationDataset(Sequence):
-    """Base of the datasets: subclasses provide ``_load(i) -> (name, image, label)``."""
+    """Base of the datasets: subclasses provide ``_load(i) -> (name, image, label)``.
+
+    scale: every image and label is resampled by this factor when read (linear for images, nearest for
+    labels; ``unet_fast.rescale``), before the weight maps; set it before the first image is read.
+    ``unet-fast train`` chooses it from ``object_diameters`` and the recipe's ``object_size``."""
 
     def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
                  sigma: float = 5.0, class_weights="balanced", normalization: Normalization | None = None,
-                 cache_dir: str | os.PathLike | None = None, cache_images: bool = True):
+                 cache_dir: str | os.PathLike | None = None, cache_images: bool = True, scale: float = 1.0):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -79,6 +84,7 @@ class SegmentationDataset(Sequence):
         self.normalization = normalization if normalization is not None else Normalization()
         if not isinstance(self.normalization, Normalization):
             raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
+        self.scale = check_scale(scale)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_images = cache_images
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -106,6 +112,18 @@ class SegmentationDataset(Sequence):
                 empty.append(sample.name)
         return empty
 
+    def object_diameters(self) -> np.ndarray:
+        """The equivalent diameters (px, as the files hold them, before ``scale``) of every object of
+        every label image: what ``unet_fast.rescale.choose_scale`` takes. Labels that are not 2-D are
+        skipped here (``load_all`` names them)."""
+        found = [np.zeros(0)]
+        for index in range(len(self)):
+            name, _, label = self._load(index)
+            label = np.asarray(label)
+            if label.ndim == 2:
+                found.append(object_diameters(self._interpret(name, label)[2]))
+        return np.concatenate(found)
+
     def __getitem__(self, index: int) -> LabelledImage:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
@@ -121,6 +139,9 @@ class SegmentationDataset(Sequence):
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
+        if self.scale != 1.0:          # the objects at the size the network learns them (unet_fast.rescale)
+            size = (scaled_size(label.shape[0], self.scale), scaled_size(label.shape[1], self.scale))
+            image, label = resample_image(image, size), resample_labels(label, size)
         if index not in self._cache:
             self._cache[index] = self._targets(name, label)
         try:
@@ -307,7 +328,8 @@ class SubsetDataset(SegmentationDataset):
     def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]):
         self.dataset, self.indices = dataset, list(indices)
         self.__dict__.update({k: v for k, v in dataset.__dict__.items()
-                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir")})
+                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir",
+                                       "scale")})
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -285,14 +285,14 @@ def _instances_of(labels: np.ndarray) -> np.ndarray:
 def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_options: InstanceOptions | None = None,
                    tile_size=None, batch_size=None, device=None, dtype=None, overlay_dir=None,
                    overlay_max_side: int = 1024, nonfinite: str | None = None, tta: bool = False,
-                   log=None) -> Evaluation:
+                   scale: float | None = None, log=None) -> Evaluation:
     """Score ``model`` (a model file or a loaded 2-class model) on labelled images.
 
     images, labels: two folders matched by base name (label files may carry ``label_suffix``), two
     multi-page TIFF stacks, or two sequences of arrays ((H, W) or (C, H, W) images, (H, W) labels).
     instance_options: the rules making objects of the predicted foreground (default: their defaults,
-    as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype, nonfinite, tta: as
-    for ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
+    as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype, nonfinite, tta, scale:
+    as for ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
     yellow, true ones in cyan). log: called with a line per image (None: quiet).
 
     Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
@@ -301,6 +301,7 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     cannot take, and overlays that would replace an input file.
     """
     from .checks import BadArgument, check_bool, check_writable_folder
+    from .rescale import check_scale
     from .inference import predict_tiled
     from .model_file import load_model
     from .normalization import NONFINITE_POLICIES
@@ -309,6 +310,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     if nonfinite is not None and nonfinite not in NONFINITE_POLICIES:
         raise BadArgument("nonfinite", f"nonfinite must be None or one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     check_bool(tta, "tta")
+    if scale is not None:
+        check_scale(scale)
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device=device or "cpu")
     if model.num_classes != 2:
@@ -328,7 +331,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
         started = time.perf_counter()
         predicted = predict_tiled(model, image, layout="YX" if image.ndim == 2 else "CYX", output="instances",
                                   instance_options=instance_options, tile_size=tile_size, batch_size=batch_size,
-                                  device=device, dtype=dtype, progress=False, nonfinite=nonfinite, tta=tta)
+                                  device=device, dtype=dtype, progress=False, nonfinite=nonfinite, tta=tta,
+                                  scale=scale)
         result = score_instances(predicted, truth, name)
         result.seconds = time.perf_counter() - started
         scores.append(result)

@@ -138,13 +138,25 @@ def export_torchscript(model: torch.nn.Module, output) -> Path:
     return output
 
 
-def export(model: torch.nn.Module, output, format: str, **bioimageio_options) -> Path:
+def export(model: torch.nn.Module, output, format: str, *, ignore_scale: bool = False,
+           **bioimageio_options) -> Path:
     """Write ``model`` to ``output`` as "bioimageio" (a .zip package), "onnx" or "torchscript" (.pt).
 
     bioimageio_options go to ``unet_fast.bioimageio_package.export_bioimageio`` (test_image, name,
-    authors, ...); the other formats take none.
+    authors, ...); the other formats take none. A model that resamples its images (``input_scale`` !=
+    1: see ``unet_fast.rescale``) is refused unless ``ignore_scale``: none of these formats can say so,
+    and the tools that run them would feed it images at the wrong scale.
     """
     check_output(output, format)
+    scale = getattr(model, "input_scale", 1.0)
+    if scale != 1.0 and not ignore_scale:
+        from .checks import BadArgument
+
+        raise BadArgument("model", f"the model resamples images by {scale:.4g} before the network (its training "
+                                   f"brought the objects to the recipe's size), which a {format} file cannot "
+                                   f"record: the tools running it would see images at the wrong scale. Export "
+                                   f"anyway with --ignore-scale (ignore_scale=True) and resample images by "
+                                   f"{scale:.4g} before giving them to it, or train with --object-size none")
     if format == "bioimageio":
         from .bioimageio_package import export_bioimageio
 

@@ -20,6 +20,7 @@ import torch
 from . import checks, termination
 from .geometry import mirror_indices
 from .normalization import Normalization
+from .rescale import Resampled, check_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import has_tile_graph, tile_graph
 from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
@@ -302,7 +303,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
                   memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None,
-                  nonfinite: str | None = None, instance_options=None, tta: bool = False):
+                  nonfinite: str | None = None, instance_options=None, tta: bool = False, scale=None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -334,6 +335,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         every tile (``dihedral_mean_logits``); 8 times the compute, a slightly smoother, more accurate
         result (real nuclei, 4 models of the default recipe: foreground IoU +0.5 to +0.7 points), the same
         whatever the tiles.
+    scale: resample the image by this factor before the network and its logits back after it (see
+        ``unet_fast.rescale``): None: ``model.input_scale`` (set by load_model from the model file: the
+        factor training resampled its images by to bring their objects to the recipe's size), else 1.
+        Results are on the image's own grid whatever the scale.
     cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
         kept on the model for later calls; None: when the image has at least two full batches or a
         graph of this shape is kept already. Results are the same either way.
@@ -349,6 +354,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     checks.check_bool(tta, "tta")
+    scale = check_scale(getattr(model, "input_scale", 1.0) if scale is None else scale)
     if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool) or not isinstance(
             memory_budget_bytes, int) or memory_budget_bytes < 1):
         raise checks.BadArgument("memory_budget_bytes", f"memory_budget_bytes must be None or a positive number "
@@ -361,9 +367,14 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                   normalization=normalization, memory_budget_bytes=memory_budget_bytes,
                                   cuda_graphs=cuda_graphs, pixel_size=pixel_size,
-                                  nonfinite=nonfinite, tta=tta)
+                                  nonfinite=nonfinite, tta=tta, scale=scale)
     if instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
+    if scale != 1.0:
+        return _predict_rescaled(model, image, scale, output=output, out=out, layout=layout, dtype=dtype,
+                                 normalization=normalization, nonfinite=nonfinite, pixel_size=pixel_size,
+                                 tile_size=tile_size, batch_size=batch_size, device=device, progress=progress,
+                                 memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs, tta=tta)
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
     device = checks.check_device(device) or model_device(model)
@@ -399,6 +410,56 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if plan.retries:
         log.info("predict_tiled finished after retries: %s", plan.explain())
     return result
+
+
+#: pixels per band when rescaled logits are turned back to the image's grid
+BACK_BAND_PIXELS = 2 ** 22
+
+
+def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype, normalization, nonfinite,
+                      pixel_size, progress, **predict):
+    """predict_tiled with ``scale`` != 1: the logits of the image resampled by ``scale`` (a lazy view,
+    normalised with the statistics of the image as given), into scratch space, then resampled back to
+    the image's grid band by band and turned into ``output``. Every pixel of both resamplings is read
+    from a fixed neighbourhood, so the result is the same whatever the tiles."""
+    from .instances import scratch_for
+
+    _, _, in_channels, num_classes = model_geometry(model)
+    source = _Source.open(image, layout, in_channels)
+    normalization = normalization if normalization is not None else getattr(model, "normalization", None)
+    normalize = _normalizer(normalization, source, nonfinite)
+    channels = "C" in source.layout
+    size = (scaled_size(source.height, scale), scaled_size(source.width, scale))
+    virtual = Resampled(source.image, size,   # blocks come as (C, h, w) or (h, w): one plane at a time
+                        lambda block: normalize(block) if channels else normalize(block[None])[0])
+    planes = (source.slices,) if source.stacked else ()
+    compute_dtype = parse_compute_dtype(dtype)
+    out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
+    shape = planes + ((source.height, source.width) if output == "labels" else
+                      (num_classes, source.height, source.width))
+    with scratch_for(out, source.slices * num_classes * size[0] * size[1]) as scratch:
+        logits = scratch.array(planes + (num_classes,) + size, np.float32)
+        predict_tiled(model, virtual, layout=source.layout, output="logits", out=logits, dtype=dtype, scale=1.0,
+                      normalization=Normalization(mode="none"), progress=progress, **predict)
+        back = Resampled(logits, (source.height, source.width))
+        sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
+                         pixel_size=pixel_size)
+        try:
+            band = max(1, BACK_BAND_PIXELS // (num_classes * source.width))
+            for n in range(source.slices):
+                for y0 in range(0, source.height, band):
+                    termination.check()
+                    lead = (n,) if source.stacked else ()
+                    block = torch.from_numpy(back[lead + (slice(None), slice(y0, y0 + band), slice(None))])
+                    if output == "labels":
+                        block = block.argmax(0)
+                    elif output == "probabilities":
+                        block = torch.softmax(block, 0)
+                    sink.write(n, y0, 0, block.to(out_dtype).numpy())
+            return sink.close()
+        except BaseException:
+            sink.abort()
+            raise
 
 
 def check_out_path(out) -> Path:

@@ -22,6 +22,7 @@ from .checks import BadArgument, check_device, check_writable_file
 from .image_io import atomic_path
 from .model import BACKENDS, UNet
 from .normalization import Normalization
+from .rescale import check_scale
 
 FORMAT = "unet_fast-model"
 FORMAT_VERSION = 1
@@ -47,12 +48,14 @@ def check_model_path(path, argument: str = "path") -> Path:
 
 
 def save_model(model: torch.nn.Module, path, *, normalization: Normalization | None = None,
-               class_names: list[str] | None = None, **metadata) -> Path:
+               class_names: list[str] | None = None, input_scale: float | None = None, **metadata) -> Path:
     """Write ``model`` to ``path`` (.safetensors) atomically; returns the path.
 
     normalization: the rule training used (default: ``model.normalization`` if set, else
     ``Normalization()``); class_names: one per output class (default: ``model.class_names`` if
-    set, else "class0", ...); metadata: further JSON-serialisable values (e.g. epochs=100).
+    set, else "class0", ...); input_scale: the factor images are resampled by before the network
+    (``unet_fast.rescale``; default: ``model.input_scale`` if set, else 1); metadata: further
+    JSON-serialisable values (e.g. epochs=100).
     """
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -63,6 +66,8 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     normalization = normalization or getattr(model, "normalization", None) or Normalization()
     if not isinstance(normalization, Normalization):
         raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
+    input_scale = check_scale(getattr(model, "input_scale", 1.0) if input_scale is None else input_scale,
+                              "input_scale")
     num_classes = model.config()["num_classes"]
     class_names = list(class_names or getattr(model, "class_names", None)
                        or [f"class{i}" for i in range(num_classes)])
@@ -76,6 +81,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
         "architecture": {"class": type(model).__name__, **model.config()},
         "normalization": normalization.to_dict(),
         "class_names": class_names,
+        "input_scale": input_scale,
         "unet_fast_version": __version__,
         "metadata": metadata,
     }
@@ -146,6 +152,10 @@ def check_model_config(config: dict, path) -> None:
     if names is not None and (not isinstance(names, list) or len(names) != classes
                               or not all(isinstance(n, str) for n in names)):
         raise ModelFileError(f"{path}: class_names must be a list of {classes} strings, got {names!r:.80}")
+    try:
+        check_scale(config.get("input_scale", 1.0), "input_scale")
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}") from None
     if not isinstance(config.get("metadata", {}), dict):
         raise ModelFileError(f"{path}: metadata must be an object, got {config.get('metadata')!r:.80}")
 
@@ -262,6 +272,7 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     model.normalization = Normalization.from_dict(config["normalization"])
     model.class_names = config["class_names"] or [f"class{i}" for i in range(model.num_classes)]
     model.metadata = config.get("metadata", {})
+    model.input_scale = float(config.get("input_scale", 1.0))
     return model.to(device).eval()
 
 

@@ -162,7 +162,10 @@ def scale_warning(model, pixel_size: PixelSize | None, name) -> str | None:
     factor = scale_factor(trained, pixel_size)
     if factor <= SCALE_WARNING_FACTOR:
         return None
+    # objects of this image are (its pixel / the training pixel) times fewer pixels across: enlarge by that
+    suggested = getattr(model, "input_scale", 1.0) * pixel_size.micrometers()[1] / trained.micrometers()[1]
     return (f"{name}: pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} {pixel_size.unit}, {factor:.1f} times "
             f"{'larger' if pixel_size.micrometers()[1] > trained.micrometers()[1] else 'smaller'} than the model's "
-            f"training images ({trained.y:.4g} x {trained.x:.4g} {trained.unit}); resample the image to about that "
-            f"pixel size, or the model sees objects at a size it was not trained on")
+            f"training images ({trained.y:.4g} x {trained.x:.4g} {trained.unit}); pass --scale {suggested:.3g} "
+            f"(predict_tiled(scale=...)) or resample the image to about that pixel size, or the model sees objects "
+            f"at a size it was not trained on")

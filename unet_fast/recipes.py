@@ -4,19 +4,21 @@
 - "default": converges in minutes on a CPU (seconds on a GPU) from one or a few annotated images: a
   small valid U-Net (depth 3, base 16), Adam with a linear warm-up and a cosine decay, batches of 4
   tiles of 140 px, exact 90-degree rotations and flips, a mild elastic deformation and grey-value
-  changes, no dropout, the paper's weight maps.
+  changes, no dropout, the paper's weight maps; images whose objects are not about 24 px across
+  (within 1.25x) resampled so that they are, in training and inference alike.
 - "paper": Ronneberger et al. (2015): depth 5, base 64, dropout 0.5, SGD with momentum 0.99 at a
   constant rate, batch 1 with the largest tile up to 572 px, rotations by any angle, the elastic
   deformation of a 3 x 3 lattice with 10 px displacements, grey values.
 
 A recipe has four kinds of values: the network's (depth, base_channels, dropout, padding), the
-inputs' (percentiles, clip: ``normalization()``), the targets' (w0, sigma, class_weights: see
+inputs' (percentiles, clip: ``normalization()``; object_size: ``unet_fast.rescale``), the targets' (w0, sigma, class_weights: see
 ``unet_weight_map``) and training's (the rest). ``fit`` takes the model and data as given and uses the
 training values; ``unet-fast train`` builds all of them.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from . import geometry
@@ -44,6 +46,9 @@ class Recipe:
     # the inputs: (x - P_low) / (P_high - P_low) with the image's percentiles, clipped to [0, 1] with clip
     percentiles: tuple[float, float] = (1.0, 99.8)
     clip: bool = False
+    # px: images whose labels' median object diameter is not within 1.25x of this are resampled to it,
+    # in training and (the factor stored with the model) in inference (unet_fast.rescale); 0: never
+    object_size: float = 0.0
     # the targets: the paper's weight map
     w0: float = 10.0
     sigma: float = 5.0
@@ -86,9 +91,11 @@ class Recipe:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        for name in ("weight_decay", "elastic_sigma", "noise", "w0"):
+        for name in ("weight_decay", "elastic_sigma", "noise", "w0", "object_size"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not math.isfinite(self.object_size):
+            raise ValueError(f"object_size must be a finite number of px (0: never resample), got {self.object_size!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.sigma > 0:
@@ -166,13 +173,12 @@ def _check_int(name, value, low) -> None:
 
 
 RECIPES = {
-    # PROVISIONAL until the recipe experiments of issue 11 report (depth 3, base 16, Adam 1e-3 with
-    # cosine decay and 50 warm-up steps, 90-degree rotations + flips + elastic 7 px + grey values:
-    # the best so far on the real dev image, object F1 0.78-0.83 on either half with the other for training)
+    # chosen by the experiments of benchmarks/results/2026-11-26-recipe-experiments.md (real nuclei of
+    # about 24 px and synthetic ones of about 21 px: object_size keeps other sizes near what was tuned)
     "default": Recipe(name="default", depth=3, base_channels=16, dropout=0.0, tile_size=140, batch_size=4,
                       tiles_per_epoch=200, epochs=30, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                       lr_schedule="cosine", warmup_steps=50, flips=True, rotation="90", elastic_sigma=7.0,
-                      grey_values=True),
+                      grey_values=True, object_size=24.0),
     "paper": Recipe(name="paper", depth=5, base_channels=64, dropout=0.5, tile_size=None, batch_size=1,
                     tiles_per_epoch=None, epochs=50, optimizer="sgd", lr=0.01, momentum=0.99, weight_decay=0.0,
                     lr_schedule="constant", warmup_steps=0, flips=True, rotation="any", elastic_sigma=10.0,

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from . import checks, geometry, image_io, termination
 from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
+from .rescale import check_scale
 from .ranks import shared_failures
 from .torchrun import Torchrun
 
@@ -183,11 +184,12 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   tile_size=None, batch_size=None, device=None, dtype=None, resume: bool = False,
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   nonfinite: str | None = None, log=print, instance_options=None,
-                  overlay: bool = False, tta: bool = False) -> SegmentSummary:
+                  overlay: bool = False, tta: bool = False, scale: float | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
     killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``.
     overlay: also write outdir/overlays/<name>.png, the image with the outlines of the result
-    (``unet_fast.overlays``). tta: test-time augmentation, see ``predict_tiled``."""
+    (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling factor (None: the model's):
+    see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -235,7 +237,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                 log(f"segmenting {path} ({'x'.join(map(str, info.shape))}, {info.pixels / 1e6:.0f} megapixels) ...")
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
                           output=output, progress=progress, out=target, layout=layout, pixel_size=pixel_size,
-                          nonfinite=nonfinite, tta=tta,
+                          nonfinite=nonfinite, tta=tta, scale=scale,
                           **({"instance_options": instance_options} if output == "instances" else {}))
             if overlay:
                 write_result_overlay(overlay_path, image, target, layout)
@@ -370,7 +372,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         device: str | None = None, dtype: str = "fp32", resume: bool = False, num_parts: int = 1, part_id: int = 0,
         max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool | None = None,
         nonfinite: str | None = None, log=print, instance_options=None, overlay: bool = False,
-        tta: bool = False) -> SegmentResult:
+        tta: bool = False, scale: float | None = None) -> SegmentResult:
     """Segment every image the ``inputs`` name (files, folders, glob patterns) into ``output_dir``:
     ``unet-fast segment`` from Python.
 
@@ -381,13 +383,16 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     an existing output of another kind than ``output`` (``check_resumable``); num_parts, part_id: this
     job-array task's share of the files (under torchrun shared again among the processes, whose group is joined here if it is not
     yet); progress: a bar over files (None: when stderr is a terminal); log: where each file's line
-    goes; nonfinite: NaN/inf pixels, and tta, test-time augmentation: see ``predict_tiled``. Files that fail are reported and skipped
+    goes; nonfinite: NaN/inf pixels, tta: test-time augmentation, scale: the resampling factor (None: the
+    model's): see ``predict_tiled``. Files that fail are reported and skipped
     (see the result); a failure of a whole process makes every process raise (``unet_fast.ranks``).
     Arguments that cannot work raise ``checks.BadArgument`` naming them before anything is read or
     written: among them an output folder where an output would replace an input.
     """
     check_parts(num_parts, part_id)
     checks.check_bool(tta, "tta")
+    if scale is not None:
+        check_scale(scale)
     check_arguments(output_dir, output=output, format=format, tile_size=tile_size, batch_size=batch_size,
                     device=device, dtype=dtype, max_pixels=max_pixels, nonfinite=nonfinite)
     from .model_file import load_model
@@ -408,7 +413,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                                     tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
                                     progress=sys.stderr.isatty() if progress is None else progress, log=log,
-                                    instance_options=instance_options, overlay=overlay, tta=tta)
+                                    instance_options=instance_options, overlay=overlay, tta=tta, scale=scale)
         if job.rank == 0:
             for item, reason in problems:
                 log(f"FAILED {item}: {reason}", file=sys.stderr)

@@ -321,6 +321,7 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
 
             column = BEST_METRICS[best_metric][0]
             save_model(model, best_path, normalization=getattr(train_data, "normalization", None),
+                       input_scale=getattr(train_data, "scale", 1.0),
                        epoch=epoch + 1, step=run.history[-1]["step"], best_metric=best_metric,
                        **{column: run.history[-1][column]})
         if log_dir is not None:

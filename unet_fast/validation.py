@@ -47,7 +47,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             sample = images[index]
             logits = torch.from_numpy(predict_tiled(model, sample.image, layout="CYX", device=device,
                                                     dtype="bf16" if amp else None, output="logits", progress=False,
-                                                    normalization=Normalization(mode="none")))
+                                                    normalization=Normalization(mode="none"),
+                                                    scale=1.0))  # the dataset resampled its images
             target = torch.from_numpy(sample.target).to(device)
             weights = torch.from_numpy(sample.weights).to(device)
             pixels = target.numel()

@@ -1,0 +1,157 @@
+"""Images seen at the object size a model was trained for: the scale, and resampling by it.
+
+A U-Net learns the objects at the size in pixels it was shown: a model trained on nuclei 24 px across
+misses the borders between touching nuclei 60 px across (its receptive field and its weight map's
+width are in pixels). So training measures its labels' objects and, when they are far from the
+recipe's ``object_size``, resamples every training image by ``scale = object_size / median diameter``;
+the scale is stored with the model, and inference resamples each image by it, predicts, and resamples
+the logits back (``predict_tiled``): labels, instances and probabilities come on the image's own grid.
+
+Resampling is linear and separable, each output pixel a weighted sum of input pixels in a fixed
+order: a triangle filter one input pixel wide when enlarging (bilinear) and ``1 / scale`` wide when
+shrinking (antialiased), the taps beyond the image dropped and the rest renormalised (as
+``torch.nn.functional.interpolate(..., mode="bilinear", antialias=True, align_corners=False)``). A
+window of the result reads only the input pixels under it and equals the same window of the whole
+result exactly, which keeps tiled inference exact and lets huge images stream.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["Resampled", "resample_image", "resample_labels", "object_diameters", "choose_scale", "scaled_size",
+           "check_scale", "MAX_SCALE", "TOLERANCE"]
+
+#: scales outside [1 / MAX_SCALE, MAX_SCALE] are refused: a mistake (or a hostile model file), not a magnification
+MAX_SCALE = 16.0
+#: objects within this factor of the recipe's object size are left as they are (no resampling)
+TOLERANCE = 1.25
+
+
+def check_scale(scale, argument: str = "scale") -> float:
+    """``scale`` as a float, refused (ValueError naming ``argument``) unless finite and within the limits."""
+    from .checks import BadArgument
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(scale) or not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        raise BadArgument(argument, f"{argument} must be a number in [1/{MAX_SCALE:g}, {MAX_SCALE:g}] (the factor "
+                                    f"images are resampled by before the network), got {scale!r}")
+    return float(scale)
+
+
+def scaled_size(size: int, scale: float) -> int:
+    """The length of an axis of ``size`` pixels resampled by ``scale`` (at least 1)."""
+    return max(1, int(round(size * scale)))
+
+
+def axis_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights), each (size_out, K): output pixel j = sum_k weights[j, k] * input[indices[j, k]].
+    Pixel centres map as (j + 0.5) / s - 0.5 with s = size_out / size_in; dropped taps have weight 0."""
+    s = size_out / size_in
+    support = max(1.0, 1.0 / s)                     # half-width of the triangle, in input pixels
+    centre = (np.arange(size_out, dtype=np.float64) + 0.5) / s - 0.5
+    first = np.floor(centre - support).astype(np.int64) + 1
+    taps = int(math.ceil(2 * support)) + 1
+    indices = first[:, None] + np.arange(taps)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs(indices - centre[:, None]) / support)
+    inside = (indices >= 0) & (indices < size_in)
+    weights = np.where(inside, weights, 0.0)
+    weights /= weights.sum(1, keepdims=True)
+    return np.clip(indices, 0, size_in - 1), weights.astype(np.float32)
+
+
+def _apply_taps(block: np.ndarray, indices: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """Resample ``block`` along ``axis`` (indices relative to the block), taps summed in order."""
+    block = np.moveaxis(block, axis, -1)
+    out = np.zeros(block.shape[:-1] + (indices.shape[0],), np.float32)
+    for k in range(indices.shape[1]):
+        out += block[..., indices[:, k]] * weights[:, k]
+    return np.moveaxis(out, -1, axis)
+
+
+class Resampled:
+    """A lazy view of ``image`` (any array-like: numpy, memmap, zarr; axes (..., Y, X)) resampled to
+    ``size`` = (height, width) on its last two axes, float32. Indexing takes integers or slices on the
+    leading axes and unit-step slices on Y and X; only the input pixels under the window are read.
+    ``transform``, if given, maps each raw block read (its leading axes as indexed) to float32 first
+    (e.g. the intensity normalisation)."""
+
+    def __init__(self, image, size: tuple[int, int], transform=None):
+        self.image = image
+        self.size = (int(size[0]), int(size[1]))
+        self.transform = transform
+        shape = tuple(image.shape)
+        self.shape = shape[:-2] + self.size
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.float32)
+        self._taps = (axis_taps(shape[-2], self.size[0]), axis_taps(shape[-1], self.size[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[(slice(None),) * self.ndim]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            raise IndexError(f"too many indices for a Resampled view of shape {self.shape}")
+        lead, (ky, kx) = key[:-2], key[-2:]
+        reads, picks = [], []
+        for k, n, (indices, weights) in ((ky, self.size[0], self._taps[0]), (kx, self.size[1], self._taps[1])):
+            if not isinstance(k, slice) or k.step not in (None, 1):
+                raise IndexError("a Resampled view takes unit-step slices on its last two axes")
+            start, stop, _ = k.indices(n)
+            stop = max(start, stop)
+            rows, row_weights = indices[start:stop], weights[start:stop]
+            low = int(rows.min()) if len(rows) else 0
+            high = int(rows.max()) + 1 if len(rows) else 0
+            reads.append(slice(low, high))
+            picks.append((rows - low, row_weights))
+        block = np.asarray(self.image[lead + tuple(reads)])
+        block = self.transform(block) if self.transform is not None else block.astype(np.float32, copy=False)
+        block = _apply_taps(block, *picks[0], axis=block.ndim - 2)
+        return _apply_taps(block, *picks[1], axis=block.ndim - 1)
+
+
+def resample_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (..., H, W) resampled linearly to (..., *size), float32."""
+    return Resampled(np.asarray(image), size)[...]
+
+
+def resample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Label image (..., H, W) resampled to (..., *size) by the nearest pixel centre (values unchanged)."""
+    labels = np.asarray(labels)
+    rows = _nearest(labels.shape[-2], size[0])
+    columns = _nearest(labels.shape[-1], size[1])
+    return labels[..., rows[:, None], columns[None, :]]
+
+
+def _nearest(size_in: int, size_out: int) -> np.ndarray:
+    return np.minimum(((np.arange(size_out) + 0.5) * size_in / size_out).astype(np.int64), size_in - 1)
+
+
+def object_diameters(instances: np.ndarray) -> np.ndarray:
+    """The equivalent diameter (that of the disc of the same area), px, of every object of an instance
+    label image (objects cut by the image border included: their visible part)."""
+    areas = np.bincount(np.asarray(instances, np.int64).ravel())[1:]
+    areas = areas[areas > 0]
+    return 2.0 * np.sqrt(areas / math.pi)
+
+
+def choose_scale(diameters, object_size: float | None) -> float:
+    """The factor that brings the median of ``diameters`` to ``object_size`` px; 1.0 when there is no
+    object, no ``object_size``, or the median is within ``TOLERANCE`` of it; clamped to the limits."""
+    diameters = np.asarray(diameters, np.float64)
+    if object_size is None or diameters.size == 0:
+        return 1.0
+    factor = float(object_size) / float(np.median(diameters))
+    if 1 / TOLERANCE <= factor <= TOLERANCE:
+        return 1.0
+    return float(min(MAX_SCALE, max(1 / MAX_SCALE, factor)))

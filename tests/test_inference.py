@@ -266,3 +266,19 @@ def test_tta_instances_and_bad_values():
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="tta must be True or False"):
             predict_tiled(model, image, tta=bad, progress=False)
+
+
+def test_gpu_plans_cap_the_tile_and_batch_instead():
+    """On a GPU a huge image gets tiles of at most MAX_ACCELERATOR_TILE px, batched, however much memory
+    there is (the H200 planned one 8380 px tile for an 8192^2 image); the CPU keeps its largest tile."""
+    from unet_fast.tiling import MAX_ACCELERATOR_TILE
+
+    model = tiny(3, base=4)
+    huge = 140 * 2 ** 30
+    plan = plan_tiles(model, (8192, 8192), device="meta", memory_budget_bytes=huge)
+    assert max(plan.tile) <= MAX_ACCELERATOR_TILE and plan.grid[0] * plan.grid[1] >= 16
+    assert plan.batch_size == plan.grid[0] * plan.grid[1] and f"up to {MAX_ACCELERATOR_TILE} px" in plan.reason
+    small = plan_tiles(model, (500, 300), device="meta", memory_budget_bytes=huge)
+    assert small.grid == (1, 1) and "one tile" in small.reason
+    cpu = plan_tiles(model, (3000, 3000), device="cpu", memory_budget_bytes=huge)
+    assert cpu.grid == (1, 1) and cpu.tile[0] > MAX_ACCELERATOR_TILE

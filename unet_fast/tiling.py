@@ -228,13 +228,19 @@ def _tile_pair(tile_size) -> tuple[int, int]:
     raise ValueError(f"tile_size must be an int or (height, width), got {tile_size!r}")
 
 
+#: the largest tile side planned on a GPU: a batch of such tiles is many times the work that saturated an
+#: H200 (8 tiles of 572 px: 346 TFLOP/s); one giant tile instead (8380 px for an 8192^2 image on 141 GB)
+#: leaves nothing to overlap reading and writing with, and its first forward took over a minute there
+MAX_ACCELERATOR_TILE = 2048
+
+
 def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size: int | None = None,
                device=None, dtype=None, memory_budget_bytes: int | None = None) -> TilePlan:
     """Choose tile and batch for an image of ``image_size`` = (H, W) (``slices`` of them).
 
     Without ``tile_size``: the largest legal square-capped tile whose activations fit the
-    budget (larger tiles recompute fewer context pixels), shrunk to the smallest tile that
-    covers the image in the same number of tiles. Batch: 1 on CPU (one tile fills the cores;
+    budget (larger tiles recompute fewer context pixels), at most ``MAX_ACCELERATOR_TILE`` px off
+    the CPU, shrunk to the smallest tile that covers the image in the same number of tiles. Batch: 1 on CPU (one tile fills the cores;
     more only costs memory), else as many tiles as fit the budget (at most 64).
     """
     depth, padding, in_channels, num_classes = model_geometry(model)
@@ -263,9 +269,13 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
         reason = "tile size given by the caller"
     else:
         need = max(_smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding))
+        caps = usable_tile_sizes(depth, padding, need)
+        capped = device.type != "cpu" and caps[-1] > MAX_ACCELERATOR_TILE
+        if capped:
+            caps = [cap for cap in caps if cap <= MAX_ACCELERATOR_TILE] or caps[:1]
         rows = cols = None
         larger = None  # the next larger tiling, which does not fit
-        for cap in usable_tile_sizes(depth, padding, need):
+        for cap in caps:
             r, c = balanced_axis_tiling(height, cap, depth, padding), balanced_axis_tiling(width, cap, depth, padding)
             if rows is not None and cost(r.tile, c.tile) > budget:
                 larger = (r, c)
@@ -273,6 +283,9 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
             rows, cols = r, c
         if cost(rows.tile, cols.tile) > budget:
             reason = "even the smallest usable tile exceeds the memory budget; trying it anyway"
+        elif larger is None and capped:
+            reason = (f"the largest tiles up to {MAX_ACCELERATOR_TILE} px, batched (on {device.type}, larger tiles "
+                      f"add no throughput, only a longer wait before the first tile is written)")
         elif larger is None:
             reason = "the whole image fits in one tile within the budget"
         else:

@@ -221,7 +221,8 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     """Rebuild a model saved by ``save_model`` as a ``unet_fast.UNet`` (in eval mode, on ``device``).
 
     backend: the UNet's backend (default: the one saved, else "auto"). The returned model carries
-    ``normalization`` (a Normalization), ``class_names`` and ``metadata``. A ``.pt``/``.pth`` file is
+    ``normalization`` (a Normalization), ``class_names``, ``metadata`` and ``input_scale`` (the factor
+    inference resamples images by: ``unet_fast.rescale``; 1 for files without one). A ``.pt``/``.pth`` file is
     read only with ``torch.load(weights_only=True)``; it may hold a state_dict, bare or as a training
     script saved it (see ``_unwrap_state_dict``), and the UNet its shapes describe is built around it
     (valid padding, default normalisation). A bioimage.io package (.zip, or its rdf.yaml) of a U-Net

@@ -266,3 +266,18 @@ def test_segment_and_evaluate_scale_flags_override_the_models(tmp_path, capsys):
         assert stop.value.code == 2 and "--scale" in capsys.readouterr().err
     with pytest.raises(ValueError, match="scale must be a number"):
         unet_fast.segment.run([str(tmp_path / "im")], tmp_path / "s3", model, scale=-1.0)
+
+
+def test_the_pixel_limit_counts_the_resampled_pixels(tmp_path, capsys):
+    model = _tiny()
+    model.input_scale = 4.0
+    path = save_model(model, tmp_path / "m.safetensors")
+    (tmp_path / "im").mkdir()
+    tifffile.imwrite(tmp_path / "im" / "a.tif", np.zeros((60, 50), np.uint8))
+    assert cli.main(["segment", "-i", str(tmp_path / "im"), "-o", str(tmp_path / "seg"), "-m", str(path),
+                     "--max-pixels", "20000", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "3,000 pixels resampled by 4 (the model's input_scale, or --scale) make 48,000" in err
+    assert not (tmp_path / "seg" / "a.tif").exists()
+    assert cli.main(["segment", "-i", str(tmp_path / "im"), "-o", str(tmp_path / "seg"), "-m", str(path),
+                     "--max-pixels", "20000", "--scale", "2", "--no-progress"]) == 0

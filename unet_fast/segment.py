@@ -228,6 +228,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             continue
         try:
             image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
+            _check_scaled_pixels(info, path, scale if scale is not None else getattr(model, "input_scale", 1.0),
+                                 max_pixels)
             layout = _layout(info, model.in_channels)
             pixel_size = read_pixel_size(path)
             if warning := scale_warning(model, pixel_size, path):
@@ -254,6 +256,15 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             log(f"FAILED {path}: {reason}", file=sys.stderr)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _check_scaled_pixels(info: image_io.ImageInfo, path: Path, scale: float, max_pixels: int | None) -> None:
+    """The network sees scale^2 times the pixels: the limit holds for those too."""
+    scaled = int(info.pixels * scale * scale)
+    if max_pixels is not None and scaled > max_pixels:
+        raise image_io.ImageTooLargeError(
+            f"{path}: {info.pixels:,} pixels resampled by {scale:.3g} (the model's input_scale, or --scale) make "
+            f"{scaled:,}, above the limit of {max_pixels:,}; raise --max-pixels to at least {scaled} if you mean it")
 
 
 def write_result_overlay(path: Path, image, result: Path, layout: str) -> Path:

@@ -113,6 +113,22 @@ def test_gradients_match_oracle(skip_shape, x_shape, impl):
     assert torch.equal(got_skip.cpu(), want_skip) and torch.equal(got_x.cpu(), want_x)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_the_composites_skip_gradient_keeps_the_skips_layout(layout):
+    """Else a channels_last network adds a contiguous gradient to the pool's channels_last one, and the
+    ReLU's backward then reads mixed layouts (a strided path, 10x slower on the CPU)."""
+    skip, x = (t.requires_grad_() for t in make(SHAPES[1][0], SHAPES[1][1], torch.float32, layout, "cpu"))
+    out = crop_concat(skip, x, implementation="composite")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    got_skip, got_x = torch.autograd.grad(out, (skip, x), grad)
+    want_skip, want_x = gradient_oracle(skip.shape, x.shape[1], grad)
+    assert torch.equal(got_skip, want_skip) and torch.equal(got_x, want_x)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got_skip.is_contiguous(memory_format=memory_format)
+    with torch.no_grad():        # inference: the plain composite, no autograd node
+        assert crop_concat(skip, x, implementation="composite").grad_fn is None
+
+
 def test_default_is_the_composite_on_the_cpu():
     """Aten's cat of the cropped view is the CPU implementation (no faster kernel exists there), and
     Triton's interpreter is never a default."""

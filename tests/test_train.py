@@ -52,6 +52,29 @@ def test_loss_falls(nuclei):
     assert [row["step"] for row in result.history] == [2, 4, 6, 8, 10, 12]
 
 
+def test_cpu_training_runs_channels_last_with_the_same_numbers(nuclei):
+    """fit trains in channels_last on the CPU (measured faster there): the model is left in it, and its
+    losses equal those of the same run in the plain layout."""
+    from unet_fast import train as train_module
+
+    train, _ = nuclei
+    options = dict(recipe="default", epochs=2, tile_size=44, tiles_per_epoch=4, batch_size=2, seed=1)
+    model = tiny_net(dropout=0.0)
+    fast = fit(model, train, **options)
+    assert model.encoder[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.encoder[1].conv1.weight.is_contiguous()
+    plain_model = tiny_net(dropout=0.0)
+    original = train_module.training_memory_format
+    train_module.training_memory_format = lambda device: torch.contiguous_format
+    try:
+        plain = fit(plain_model, train, **options)
+    finally:
+        train_module.training_memory_format = original
+    assert plain_model.encoder[1].conv1.weight.is_contiguous()
+    np.testing.assert_allclose([r["train_loss"] for r in fast.history], [r["train_loss"] for r in plain.history],
+                               rtol=1e-4)
+
+
 def test_resume_continues_exactly(nuclei, tmp_path):
     """2 epochs, then resume for 2 more == 4 epochs straight (dropout, augmentation and momentum)."""
     train, _ = nuclei

@@ -220,10 +220,17 @@ def _make_optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
     return kind(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, 0.999), weight_decay=recipe.weight_decay)
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout training runs in: channels_last on the CPU, where it was measured faster (a step of the
+    default recipe's network, batch 4 of 140 px, one thread: 73-81 -> 57-60 ms; max-pooling alone 4.7 ->
+    0.4 ms), plain contiguous elsewhere (not measured on a GPU)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, augment, seed, loss_fn, resume,
              clock) -> _Run:
     """The model on its device, the training tiles, loss and optimizer, and what ``resume`` restores."""
-    model.to(job.device)
+    model.to(job.device, memory_format=training_memory_format(job.device))
     tiles = _training_tiles(model, train_data, recipe, tile_size, augment, seed)
     optimizer = _make_optimizer(model, recipe)
     run = _Run(tiles, loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True), optimizer, [], 0, recipe, clock)
@@ -275,7 +282,7 @@ def _train_epoch(run: _Run, job: Torchrun, epoch: int, *, num_workers, amp, repo
         rate = learning_rate(run.recipe, step, max(step / total_steps, run.clock.fraction()))
         for group in run.optimizer.param_groups:
             group["lr"] = rate
-        image = image.to(job.device, non_blocking=True)
+        image = image.to(job.device, non_blocking=True, memory_format=training_memory_format(job.device))
         target = target.to(job.device, non_blocking=True)
         weights = weights.to(job.device, non_blocking=True)
         with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -16,6 +16,7 @@ from .instances import InstanceOptions, label_instances
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
 from .normalization import Normalization
+from .ops._library import memory_format_of
 from .ranks import shared_failures
 
 
@@ -39,6 +40,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
+    largest = max((p for p in model.parameters() if p.dim() == 4), key=torch.numel, default=None)
+    layout = memory_format_of(largest) if largest is not None else torch.contiguous_format
     model.eval()
     # loss sum, pixels, intersection, union, true positives, false positives, false negatives
     sums = torch.zeros(7, dtype=torch.float64)
@@ -70,7 +73,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
         sums = sums.to(device)
         dist.all_reduce(sums)
         sums = sums.cpu()
-    model.to(memory_format=torch.contiguous_format)    # predict_tiled left it channels_last
+    model.to(memory_format=layout)    # predict_tiled left it channels_last
     model.train(was_training)
     loss, pixels, intersection, union, tp, fp, fn = sums.tolist()
     return {"loss": loss / max(pixels, 1), "iou": intersection / union if union else float("nan"),

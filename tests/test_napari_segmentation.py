@@ -77,6 +77,22 @@ def test_steps_report_progress_and_return_the_labels(model):
     np.testing.assert_array_equal(done.value.value, segment(model, data, result="classes"))
 
 
+def test_a_scaled_model_reports_progress_tile_by_tile_too():
+    """A model that resamples its images (input_scale) predicts on a scratch grid before anything reaches
+    the labels: progress still comes after each tile, not once at the end."""
+    torch.manual_seed(0)
+    scaled = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    scaled.input_scale = 2.0
+    data = image((3, 70, 90))
+    steps = Segmentation(scaled, data, result="classes").steps()
+    fractions = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            fractions.append(next(steps))
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    np.testing.assert_array_equal(done.value.value, predict_tiled(scaled, data, output="labels", progress=False))
+
+
 def test_cancel_stops_after_the_tile_in_flight(model):
     run = Segmentation(model, image((6, 70, 90)), result="classes")
     steps = run.steps()

@@ -281,3 +281,116 @@ def test_the_pixel_limit_counts_the_resampled_pixels(tmp_path, capsys):
     assert not (tmp_path / "seg" / "a.tif").exists()
     assert cli.main(["segment", "-i", str(tmp_path / "im"), "-o", str(tmp_path / "seg"), "-m", str(path),
                      "--max-pixels", "20000", "--scale", "2", "--no-progress"]) == 0
+
+
+# ---- the review's cases
+
+class _Confident(torch.nn.Module):
+    """A '2-class model' so sure that float32 softmax underflows: log(probability) would be -inf."""
+
+    depth, padding, in_channels, num_classes, base_channels = 1, "same", 1, 2, 1
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(120.0))
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], 1) * self.gain
+
+
+def test_tta_logits_stay_finite_for_a_confident_model_and_resample():
+    image = np.random.default_rng(8).random((40, 50), dtype=np.float32)
+    logits = predict_tiled(_Confident(), image, output="logits", tta=True, scale=0.5, normalization=NONE,
+                           progress=False)
+    assert np.isfinite(logits).all()
+    np.testing.assert_array_equal(
+        predict_tiled(_Confident(), image, tta=True, scale=0.5, normalization=NONE, progress=False),
+        predict_tiled(_Confident(), image, scale=0.5, normalization=NONE, progress=False))
+
+
+def test_object_diameters_of_huge_ids_need_no_huge_table():
+    labels = np.zeros((20, 20), np.int64)
+    labels[2:6, 2:6] = 2_000_000_000
+    labels[10:12, 10:12] = 7
+    np.testing.assert_allclose(sorted(object_diameters(labels)), [2 * math.sqrt(4 / math.pi),
+                                                                   2 * math.sqrt(16 / math.pi)])
+
+
+def test_masks_are_not_measured_as_objects(tmp_path, capsys):
+    """A binary mask's regions are touching cells or tissue, not objects: no resampling from them."""
+    images, labels = _big_nuclei(count=1)
+    mask = (labels[0] > 0).astype(np.uint8) * 255
+    assert ArrayDataset(images, [mask]).object_diameters().size == 0
+    assert ArrayDataset(images, [labels[0]], label_kind="semantic", num_classes=2).object_diameters().size == 0
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lb").mkdir()
+    tifffile.imwrite(tmp_path / "im" / "a.tif", (images[0] * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "lb" / "a.tif", mask)
+    assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"), "-o",
+                     str(tmp_path / "m.safetensors"), "--depth", "2", "--base-channels", "2", "--tiles-per-epoch", "1",
+                     "--batch-size", "1", "--epochs", "1", "--no-progress"]) == 0
+    assert "not instances" in capsys.readouterr().out
+    assert load_model(tmp_path / "m.safetensors").input_scale == 1.0
+
+
+def test_tiny_objects_that_would_blow_up_the_training_images_are_refused(tmp_path, capsys):
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lb").mkdir()
+    labels = np.zeros((1500, 1500), np.uint16)
+    labels[::4, ::4] = np.arange(1, 375 * 375 + 1, dtype=np.uint32).reshape(375, 375) % 60000 + 1   # 1-px specks
+    tifffile.imwrite(tmp_path / "im" / "a.tif", np.zeros((1500, 1500), np.uint8))
+    tifffile.imwrite(tmp_path / "lb" / "a.tif", labels)
+    assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"), "-o",
+                     str(tmp_path / "m.safetensors"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--object-size" in err and "training pixels" in err and not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_datasets_scale_drops_what_was_read_and_subsets_follow_it():
+    images, labels = synthetic_nuclei(3, 48, seed=2)
+    data = ArrayDataset(images, labels)
+    assert data.in_channels == 1                  # reads image 0 at scale 1
+    data.scale = 2.0
+    assert {data[i].image.shape for i in range(3)} == {(1, 96, 96)}
+    from unet_fast.data import split_dataset
+
+    train, val = split_dataset(data, 0.34)
+    data.scale = 0.5
+    assert train.scale == val.scale == 0.5 and train[0].image.shape == (1, 24, 24)
+    with pytest.raises(AttributeError):
+        train.scale = 3.0
+
+
+def test_fit_checks_the_scales_and_gives_the_model_its_scale(tmp_path):
+    from unet_fast.train import fit
+
+    images, labels = synthetic_nuclei(3, 48, seed=2)
+    train, val = ArrayDataset(images[:2], labels[:2], scale=2.0), ArrayDataset(images[2:], labels[2:])
+    model = unet_fast.UNet(depth=2, base_channels=2)
+    with pytest.raises(ValueError, match="val_data's scale"):
+        fit(model, train, val, epochs=1, tile_size=44, tiles_per_epoch=1, batch_size=1)
+    val.scale = 2.0
+    result = fit(model, train, val, epochs=1, tile_size=44, tiles_per_epoch=1, batch_size=1, checkpoint_dir=tmp_path)
+    assert result.model.input_scale == 2.0 and load_model(result.best).input_scale == 2.0
+    assert load_model(save_model(result.model, tmp_path / "m.safetensors")).input_scale == 2.0
+
+
+def test_training_normalises_before_resampling_as_inference_does():
+    images, labels = synthetic_nuclei(1, 64, seed=4)
+    raw = (images[0] * 1000 + 50).astype(np.uint16)
+    item = ArrayDataset([raw], labels, scale=0.5)[0]
+    statistics = Normalization().statistics(raw)
+    want = resample_image(Normalization().apply(raw[None], *statistics, 0), (32, 32))
+    np.testing.assert_allclose(item.image, want, atol=1e-6)
+
+
+def test_the_pixel_size_warning_takes_the_scale_given():
+    from unet_fast.pixel_size import PixelSize, scale_warning
+
+    model = _tiny()
+    model.metadata = {"pixel_size": PixelSize(0.5, 0.5).to_dict()}
+    coarse = PixelSize(2.0, 2.0)
+    assert "pass --scale 4" in scale_warning(model, coarse, "a.tif")
+    assert scale_warning(model, coarse, "a.tif", scale=4.0) is None
+    assert "pass --scale 4" in scale_warning(model, coarse, "a.tif", scale=1.0)
+    assert "too far" in scale_warning(model, PixelSize(20.0, 20.0), "a.tif")

@@ -140,6 +140,29 @@ def test_resume_reads_checkpoints_without_a_recipe(folders):
     assert load_model(folders / "model.safetensors").metadata["recipe"]["depth"] == 2
 
 
+def test_resume_of_a_run_from_before_object_size_refuses_one(folders, capsys):
+    """Such a run trained on the images as they are: an --object-size would change it, so it is refused,
+    not silently dropped; 0 (its own) is accepted."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    path = folders / "run" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    recipe = json.loads(metadata["recipe"])
+    del recipe["object_size"]
+    metadata["recipe"] = json.dumps(recipe)
+    save_file(tensors, str(path), metadata)
+    capsys.readouterr()
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "30")) == 2
+    assert "--object-size" in capsys.readouterr().err
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0")) == 0
+
+
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):
     assert cli.main(_tiny(folders, "--epochs", "1")) == 0
     before = (folders / "run" / "last.safetensors").read_bytes()

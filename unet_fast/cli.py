@@ -221,6 +221,8 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
             refuse("tile_size", tile_size, state["tile_size"], "tile size")
         tile_size = state["tile_size"]
     saved = state.get("recipe")
+    if isinstance(saved, dict) and "object_size" not in saved and given.get("object_size", 0.0) != 0.0:
+        refuse("object_size", given["object_size"], 0, "object size (a run from before --object-size)")
     if isinstance(saved, dict):            # checkpoints of earlier versions have none: the flags' recipe
         if args.recipe is not None and args.recipe != saved.get("name"):
             refuse("recipe", args.recipe, saved.get("name"), "recipe")
@@ -345,13 +347,27 @@ def _object_scale(dataset, recipe) -> float:
         return 1.0
     diameters = dataset.object_diameters()
     scale = choose_scale(diameters, recipe.object_size)
-    if int(os.environ.get("RANK", "0")) == 0 and diameters.size:
-        median = float(np.median(diameters))
+    median = float(np.median(diameters)) if diameters.size else None
+    pixels = int(dataset.label_pixels * scale * scale)
+    if pixels > MAX_RESAMPLED_TRAINING_PIXELS:
+        raise BadArgument("object_size", f"the labels' objects are {median:.1f} px across (median): resampling them "
+                                         f"to {recipe.object_size:g} px would make {pixels:,} training pixels (above "
+                                         f"{MAX_RESAMPLED_TRAINING_PIXELS:,}); check the labels, give a smaller "
+                                         f"--object-size, or 0 to train on the images as they are")
+    if int(os.environ.get("RANK", "0")) == 0:
+        if median is None:
+            print("objects in the labels: none (masks or classes, not instances: --object-size needs instance "
+                  "labels); images as they are")
+            return scale
         print(f"objects in the labels: median diameter {median:.1f} px; " + (
             f"images as they are (within {TOLERANCE:g}x of --object-size {recipe.object_size:g})" if scale == 1.0 else
             f"every image resampled by {scale:.3g} (objects of {median * scale:.1f} px; --object-size "
             f"{recipe.object_size:g}), in segment and evaluate too"))
     return scale
+
+
+#: --object-size may enlarge the training images up to this many pixels in all (about 1 GiB per float32 copy)
+MAX_RESAMPLED_TRAINING_PIXELS = 2 ** 28
 
 
 def cmd_demo(args) -> int:
@@ -790,7 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-id", type=_non_negative_int,
                    help="... and segment part K (0-based), e.g. a job-array index (default: 0)")
     p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
-                   help="refuse files declaring more pixels (tiled TIFFs too: raise it to segment larger ones)")
+                   help="refuse files declaring more pixels, or more once resampled by the model's scale or --scale "
+                        "(tiled TIFFs too: raise it to segment larger ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
 

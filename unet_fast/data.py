@@ -67,9 +67,10 @@ class LabelledImage:
 class SegmentationDataset(Sequence):
     """Base of the datasets: subclasses provide ``_load(i) -> (name, image, label)``.
 
-    scale: every image and label is resampled by this factor when read (linear for images, nearest for
-    labels; ``unet_fast.rescale``), before the weight maps; set it before the first image is read.
-    ``unet-fast train`` chooses it from ``object_diameters`` and the recipe's ``object_size``."""
+    scale: every image and label is resampled by this factor when read (images normalised first, then
+    linear; labels by the nearest pixel; ``unet_fast.rescale``), before the weight maps; setting it
+    drops what was read at the old one. ``unet-fast train`` chooses it from ``object_diameters`` and the
+    recipe's ``object_size``; ``fit`` gives it to the model it trains (``input_scale``)."""
 
     def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
                  sigma: float = 5.0, class_weights="balanced", normalization: Normalization | None = None,
@@ -84,11 +85,12 @@ class SegmentationDataset(Sequence):
         self.normalization = normalization if normalization is not None else Normalization()
         if not isinstance(self.normalization, Normalization):
             raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
-        self.scale = check_scale(scale)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_images = cache_images
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._images: dict[int, np.ndarray] = {}
+        self.scale = scale
+        self.label_pixels = 0
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_images = cache_images
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -112,16 +114,30 @@ class SegmentationDataset(Sequence):
                 empty.append(sample.name)
         return empty
 
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = check_scale(value)
+        self._cache.clear()          # images read before were read at the old scale
+        self._images.clear()
+
     def object_diameters(self) -> np.ndarray:
         """The equivalent diameters (px, as the files hold them, before ``scale``) of every object of
-        every label image: what ``unet_fast.rescale.choose_scale`` takes. Labels that are not 2-D are
-        skipped here (``load_all`` names them)."""
-        found = [np.zeros(0)]
+        every instance label image: what ``unet_fast.rescale.choose_scale`` takes. Masks (binary or
+        classes) hold regions, not objects -- touching cells, a whole tissue -- and add none; labels that
+        are not 2-D are skipped here (``load_all`` names them). Sets ``label_pixels``, the pixels of the
+        label images read."""
+        found, self.label_pixels = [np.zeros(0)], 0
         for index in range(len(self)):
             name, _, label = self._load(index)
             label = np.asarray(label)
             if label.ndim == 2:
-                found.append(object_diameters(self._interpret(name, label)[2]))
+                self.label_pixels += label.size
+                if self._kind(label) == "instance":
+                    found.append(object_diameters(label))
         return np.concatenate(found)
 
     def __getitem__(self, index: int) -> LabelledImage:
@@ -139,15 +155,15 @@ class SegmentationDataset(Sequence):
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
-        if self.scale != 1.0:          # the objects at the size the network learns them (unet_fast.rescale)
-            size = (scaled_size(label.shape[0], self.scale), scaled_size(label.shape[1], self.scale))
-            image, label = resample_image(image, size), resample_labels(label, size)
-        if index not in self._cache:
-            self._cache[index] = self._targets(name, label)
         try:
             image = self.normalization(image, channel_axis=0)
         except NonFiniteInputError as error:
             raise NonFiniteInputError(f"image {name!r}: {error}") from None
+        if self.scale != 1.0:  # the objects at the size the network learns them, normalised first as inference does
+            size = (scaled_size(label.shape[0], self.scale), scaled_size(label.shape[1], self.scale))
+            image, label = resample_image(image, size), resample_labels(label, size)
+        if index not in self._cache:
+            self._cache[index] = self._targets(name, label)
         if self.cache_images:
             self._images[index] = (name, image)
         return LabelledImage(name, image, *self._cache[index])
@@ -173,6 +189,14 @@ class SegmentationDataset(Sequence):
         digest.update(np.ascontiguousarray(label).tobytes())
         return digest.hexdigest()
 
+    def _kind(self, label: np.ndarray, values: np.ndarray | None = None) -> str:
+        """"instance" or "semantic": ``label_kind``, or for "auto" instances where a 2-class dataset's
+        label has more than two values."""
+        if self.label_kind != "auto":
+            return self.label_kind
+        values = np.unique(label) if values is None else values
+        return "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
+
     def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(class target int64, objects for the weight map int32, instances int32) from one label
         image, per ``label_kind``. The weight map's objects are the instances after
@@ -185,10 +209,7 @@ class SegmentationDataset(Sequence):
         if label.dtype.kind in "fi" and label.min() < 0:
             raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
         values = np.unique(label)
-        kind = self.label_kind
-        if kind == "auto":
-            kind = "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
-        if kind == "instance":
+        if self._kind(label, values) == "instance":
             instances = label.astype(np.int32)
             target, separated = separate_touching(instances, return_instances=True)
             return target, separated, instances
@@ -328,8 +349,12 @@ class SubsetDataset(SegmentationDataset):
     def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]):
         self.dataset, self.indices = dataset, list(indices)
         self.__dict__.update({k: v for k, v in dataset.__dict__.items()
-                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir",
-                                       "scale")})
+                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir")})
+
+    @property
+    def scale(self) -> float:
+        """The scale of the dataset it was split from (set it there)."""
+        return self.dataset.scale
 
     def __len__(self) -> int:
         return len(self.indices)

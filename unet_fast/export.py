@@ -156,7 +156,7 @@ def export(model: torch.nn.Module, output, format: str, *, ignore_scale: bool = 
                                    f"brought the objects to the recipe's size), which a {format} file cannot "
                                    f"record: the tools running it would see images at the wrong scale. Export "
                                    f"anyway with --ignore-scale (ignore_scale=True) and resample images by "
-                                   f"{scale:.4g} before giving them to it, or train with --object-size none")
+                                   f"{scale:.4g} before giving them to it, or train with --object-size 0")
     if format == "bioimageio":
         from .bioimageio_package import export_bioimageio
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -206,8 +208,9 @@ class _Runner:
             log.warning("out of memory with a %d px tile; retrying with %d px tiles", tile, smaller[-1])
             self.compute_region(n, y0, x0, h, w, smaller[-1])
 
-    def run(self, progress: bool):
-        """Every tile of the plan: read on a background thread, computed and written here."""
+    def run(self, progress):
+        """Every tile of the plan: read on a background thread, computed and written here. progress: show a
+        bar (bool), or a callable told the fraction of tiles done after each batch."""
         from tqdm.auto import tqdm
 
         plan = self.plan
@@ -218,7 +221,16 @@ class _Runner:
         reader = threading.Thread(target=self._read_batches, args=(jobs, staged, stop),
                                   name="unet_fast-tile-reader", daemon=True)
         reader.start()
-        bar = tqdm(total=len(jobs), unit="tile", disable=not progress, desc="predict_tiled")
+        bar = tqdm(total=len(jobs), unit="tile", disable=callable(progress) or not progress, desc="predict_tiled")
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            bar.update(count)
+            if callable(progress):
+                progress(done / len(jobs))
+
         in_flight = None  # the batch launched last, written after the next one is launched
         try:
             while (item := staged.get()) is not None:
@@ -229,11 +241,11 @@ class _Runner:
                 launched = self._launch_batch(chunk, batch)
                 if in_flight is not None:
                     self._finish_batch(*in_flight)
-                    bar.update(len(in_flight[0]))
+                    advance(len(in_flight[0]))
                 in_flight = launched
             if in_flight is not None:
                 self._finish_batch(*in_flight)
-                bar.update(len(in_flight[0]))
+                advance(len(in_flight[0]))
         finally:
             stop.set()
             while reader.is_alive():  # unblock the reader if it waits on a full queue
@@ -285,18 +297,19 @@ class _Runner:
 def dihedral_mean_logits(model, x: torch.Tensor) -> torch.Tensor:
     """Test-time augmentation: the log of the mean, over the 8 flips and 90-degree rotations of the tiles
     ``x``, of the model's softmax probabilities (each view turned back first), in float32. They are
-    logits whose softmax is that mean. Exact for any legal tile, square or not: a flip or rotation of
-    a tile whose every level has an even size keeps the pooling pairs, so each view predicts the same
-    pixels."""
+    logits whose softmax is that mean, summed in log space so that they stay finite (a class no view
+    gives any probability would be log 0 = -inf, and NaN once resampled). Exact for any legal tile,
+    square or not: a flip or rotation of a tile whose every level has an even size keeps the pooling
+    pairs, so each view predicts the same pixels."""
     total = None
     for k in range(8):
         view = torch.rot90(x, k % 4, dims=(-2, -1))
         view = view.flip(-1) if k >= 4 else view
-        probabilities = torch.softmax(model(view.contiguous(memory_format=torch.channels_last)).float(), 1)
-        probabilities = probabilities.flip(-1) if k >= 4 else probabilities
-        probabilities = torch.rot90(probabilities, -(k % 4), dims=(-2, -1))
-        total = probabilities if total is None else total + probabilities
-    return (total / 8).log()
+        log_probabilities = torch.log_softmax(model(view.contiguous(memory_format=torch.channels_last)).float(), 1)
+        log_probabilities = log_probabilities.flip(-1) if k >= 4 else log_probabilities
+        log_probabilities = torch.rot90(log_probabilities, -(k % 4), dims=(-2, -1))
+        total = log_probabilities if total is None else torch.logaddexp(total, log_probabilities)
+    return total - math.log(8)
 
 
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
@@ -323,7 +336,9 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         model: objects numbered 1..K (uint16, uint32 above 65534 objects), by the rules of
         ``instance_options`` (an ``unet_fast.instances.InstanceOptions``; default: its defaults), the
         same labels whatever the tiles; an array ``out`` sets the type.
-    progress: a tqdm bar over tiles; None: only when stderr is a terminal.
+    progress: a tqdm bar over tiles (True, False; None: only when stderr is a terminal), or a callable
+        given the fraction of the tiles done after each batch (an exception it raises stops the
+        prediction: nothing is written, as on any error).
     out: None (a numpy array is returned), an array to fill (shape (..., H, W) for labels,
         (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
         samples per pixel) or .zarr (OME-Zarr), written as tiles finish and committed atomically.
@@ -422,7 +437,7 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     normalised with the statistics of the image as given), into scratch space, then resampled back to
     the image's grid band by band and turned into ``output``. Every pixel of both resamplings is read
     from a fixed neighbourhood, so the result is the same whatever the tiles."""
-    from .instances import scratch_for
+    from .instances import IN_MEMORY_PIXELS, Scratch
 
     _, _, in_channels, num_classes = model_geometry(model)
     source = _Source.open(image, layout, in_channels)
@@ -437,7 +452,8 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
     shape = planes + ((source.height, source.width) if output == "labels" else
                       (num_classes, source.height, source.width))
-    with scratch_for(out, source.slices * num_classes * size[0] * size[1]) as scratch:
+    pixels = source.slices * num_classes * size[0] * size[1]       # scale^2 times the image's: on disk when large
+    with Scratch(tempfile.gettempdir() if pixels > IN_MEMORY_PIXELS else None) as scratch:
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
         predict_tiled(model, virtual, layout=source.layout, output="logits", out=logits, dtype=dtype, scale=1.0,
                       normalization=Normalization(mode="none"), progress=progress, **predict)

@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .rescale import MAX_SCALE
+
 MICROMETERS_PER_UNIT = {"angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
                         "centimeter": 1e4, "meter": 1e6}
 UNIT_NAMES = {"Å": "angstrom", "nm": "nanometer", "µm": "micrometer", "\u03bcm": "micrometer", "um": "micrometer",
@@ -152,18 +154,25 @@ def scale_factor(a: PixelSize, b: PixelSize) -> float:
     return max(max(p, q) / min(p, q) for p, q in zip(a.micrometers(), b.micrometers()))
 
 
-def scale_warning(model, pixel_size: PixelSize | None, name) -> str | None:
+def scale_warning(model, pixel_size: PixelSize | None, name, scale: float | None = None) -> str | None:
     """A warning when ``pixel_size`` differs from the model's training pixel size by more than
-    SCALE_WARNING_FACTOR; None when it does not, or when either is unknown."""
+    SCALE_WARNING_FACTOR and ``scale`` (the factor given instead of the model's ``input_scale``) does not
+    make up for it; None when it does not, or when either pixel size is unknown."""
     trained = (getattr(model, "metadata", None) or {}).get("pixel_size")
     if trained is None or pixel_size is None:
         return None
     trained = PixelSize.from_dict(trained)
     factor = scale_factor(trained, pixel_size)
-    if factor <= SCALE_WARNING_FACTOR:
-        return None
     # objects of this image are (its pixel / the training pixel) times fewer pixels across: enlarge by that
     suggested = getattr(model, "input_scale", 1.0) * pixel_size.micrometers()[1] / trained.micrometers()[1]
+    if scale is not None:
+        factor = max(scale / suggested, suggested / scale)
+    if factor <= SCALE_WARNING_FACTOR:
+        return None
+    if not 1 / MAX_SCALE <= suggested <= MAX_SCALE:
+        return (f"{name}: pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} {pixel_size.unit}, too far from the "
+                f"model's training images' ({trained.y:.4g} x {trained.x:.4g} {trained.unit}) for --scale; "
+                f"the model sees objects at a size it was not trained on")
     return (f"{name}: pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} {pixel_size.unit}, {factor:.1f} times "
             f"{'larger' if pixel_size.micrometers()[1] > trained.micrometers()[1] else 'smaller'} than the model's "
             f"training images ({trained.y:.4g} x {trained.x:.4g} {trained.unit}); pass --scale {suggested:.3g} "

@@ -140,9 +140,8 @@ def _nearest(size_in: int, size_out: int) -> np.ndarray:
 def object_diameters(instances: np.ndarray) -> np.ndarray:
     """The equivalent diameter (that of the disc of the same area), px, of every object of an instance
     label image (objects cut by the image border included: their visible part)."""
-    areas = np.bincount(np.asarray(instances, np.int64).ravel())[1:]
-    areas = areas[areas > 0]
-    return 2.0 * np.sqrt(areas / math.pi)
+    values, areas = np.unique(np.asarray(instances), return_counts=True)   # not bincount: ids may be huge
+    return 2.0 * np.sqrt(areas[values != 0] / math.pi)
 
 
 def choose_scale(diameters, object_size: float | None) -> float:

@@ -232,7 +232,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                                  max_pixels)
             layout = _layout(info, model.in_channels)
             pixel_size = read_pixel_size(path)
-            if warning := scale_warning(model, pixel_size, path):
+            if warning := scale_warning(model, pixel_size, path, scale):
                 log(f"WARNING {warning}", file=sys.stderr)
             began = time.perf_counter()
             if info.pixels >= ANNOUNCED_PIXELS:

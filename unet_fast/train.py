@@ -96,7 +96,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     boundary past it (the epoch's row, checkpoint and best model are written as usual), and the
     schedule anneals over whichever comes first, the epochs or the time limit (then the learning
     rates depend on the machine's speed, and a run is not repeatable bit for bit).
-    val_data: whole labelled images, evaluated after every epoch with ``evaluate``; with
+    The returned model's ``input_scale`` is train_data's ``scale`` (1 for data without one).
+    val_data: whole labelled images (at train_data's ``scale``), evaluated after every epoch with ``evaluate``; with
     ``checkpoint_dir`` the best model by ``best_metric`` ("f1": object F1, the default; "iou": foreground
     IoU; "loss") is written as a model file (``save_model``) to ``checkpoint_dir/best.safetensors``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
@@ -114,7 +115,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
-    best_metric = _check_fit_arguments(model, val_data, time_limit, best_metric)
+    best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)
     job = Torchrun.join(device)
@@ -155,6 +156,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                             f"(epoch {epoch + 1} of {settings.epochs})")
                 break
         model.eval()
+        model.input_scale = getattr(train_data, "scale", 1.0)   # inference resamples as training did
         return FitResult(model, run.history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None,
                          best_path if best_path and best_path.exists() else None, stopped)
     finally:
@@ -174,9 +176,13 @@ def _settings(recipe, overrides: dict) -> Recipe:
     raise TypeError(f"recipe must be a recipe name or a unet_fast.recipes.Recipe, got {type(recipe).__name__}")
 
 
-def _check_fit_arguments(model, val_data, time_limit, best_metric) -> str | None:
+def _check_fit_arguments(model, train_data, val_data, time_limit, best_metric) -> str | None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    scales = getattr(train_data, "scale", 1.0), getattr(val_data, "scale", 1.0) if val_data is not None else None
+    if val_data is not None and scales[0] != scales[1]:
+        raise ValueError(f"val_data's scale ({scales[1]:g}) differs from train_data's ({scales[0]:g}): validation "
+                         f"would score the model on objects of another size; give both datasets the same scale")
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0
                                        and math.isfinite(time_limit)):
         raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")

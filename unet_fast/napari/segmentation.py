@@ -39,20 +39,6 @@ def model_input(data, rgb: bool, in_channels: int):
                      f"the model takes {in_channels} channel(s): choose {wanted}")
 
 
-class _ReportingArray:
-    """The output array, telling ``report`` the fraction written after each block predict_tiled writes."""
-
-    def __init__(self, array: np.ndarray, report):
-        self.array, self.report = array, report
-        self.shape, self.dtype = array.shape, array.dtype
-        self.written = 0
-
-    def __setitem__(self, index, block):
-        self.array[index] = block
-        self.written += np.asarray(block).size
-        self.report(self.written / self.array.size)
-
-
 def instances(classes: np.ndarray) -> np.ndarray:
     """Connected components of every non-background class, plane by plane, each with its own id."""
     objects = np.zeros(classes.shape, np.int32)
@@ -73,8 +59,8 @@ def segment(model, data, *, rgb: bool = False, result: str = "instances", device
     image, layout = model_input(data, rgb, model.in_channels)
     shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
     classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
-    out = classes if on_progress is None else _ReportingArray(classes, on_progress)
-    predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=out, progress=False)
+    predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=classes,
+                  progress=on_progress or False)   # told after each batch of tiles, whatever the model's scale
     return instances(classes) if result == "instances" else classes
 
 

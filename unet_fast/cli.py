@@ -356,8 +356,8 @@ def _object_scale(dataset, recipe) -> float:
                                          f"--object-size, or 0 to train on the images as they are")
     if int(os.environ.get("RANK", "0")) == 0:
         if median is None:
-            print("objects in the labels: none (masks or classes, not instances: --object-size needs instance "
-                  "labels); images as they are")
+            print("objects in the labels: none measured (--object-size needs instance labels with objects; masks "
+                  "and classes hold regions, not objects); images as they are")
             return scale
         print(f"objects in the labels: median diameter {median:.1f} px; " + (
             f"images as they are (within {TOLERANCE:g}x of --object-size {recipe.object_size:g})" if scale == 1.0 else

@@ -394,3 +394,12 @@ def test_the_pixel_size_warning_takes_the_scale_given():
     assert scale_warning(model, coarse, "a.tif", scale=4.0) is None
     assert "pass --scale 4" in scale_warning(model, coarse, "a.tif", scale=1.0)
     assert "too far" in scale_warning(model, PixelSize(20.0, 20.0), "a.tif")
+
+
+def test_the_class_by_class_argmax_equals_argmax_ties_included():
+    from unet_fast.inference import _first_largest
+
+    scores = torch.randn(5, 30, 40, generator=torch.Generator().manual_seed(0))
+    scores[1, 0, 0] = scores[3, 0, 0] = 50.0          # a tie: the first class wins, as in argmax
+    scores[:, 1, 1] = 0.0
+    assert torch.equal(_first_largest(scores), scores.argmax(0))

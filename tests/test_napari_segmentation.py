@@ -66,15 +66,20 @@ def test_segment_gives_predict_tiled_classes(model, shape):
     np.testing.assert_array_equal(segment(model, data, result="instances"), instances(expected))
 
 
-def test_steps_report_progress_and_return_the_labels(model):
-    data = image((4, 70, 90))
-    steps = Segmentation(model, data, result="classes").steps()
-    fractions = []
+def run_to_the_end(run: Segmentation):
+    """(the fractions ``steps`` yielded, the labels it returned)."""
+    steps, fractions = run.steps(), []
     with pytest.raises(StopIteration) as done:
         while True:
             fractions.append(next(steps))
+    return fractions, done.value.value
+
+
+def test_steps_report_progress_and_return_the_labels(model):
+    data = image((4, 70, 90))
+    fractions, labels = run_to_the_end(Segmentation(model, data, result="classes"))
     assert len(fractions) >= 4 and fractions == sorted(fractions) and fractions[-1] == 1.0
-    np.testing.assert_array_equal(done.value.value, segment(model, data, result="classes"))
+    np.testing.assert_array_equal(labels, segment(model, data, result="classes"))
 
 
 def test_a_scaled_model_reports_progress_tile_by_tile_too():
@@ -84,13 +89,9 @@ def test_a_scaled_model_reports_progress_tile_by_tile_too():
     scaled = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
     scaled.input_scale = 2.0
     data = image((3, 70, 90))
-    steps = Segmentation(scaled, data, result="classes").steps()
-    fractions = []
-    with pytest.raises(StopIteration) as done:
-        while True:
-            fractions.append(next(steps))
+    fractions, labels = run_to_the_end(Segmentation(scaled, data, result="classes"))
     assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
-    np.testing.assert_array_equal(done.value.value, predict_tiled(scaled, data, output="labels", progress=False))
+    np.testing.assert_array_equal(labels, predict_tiled(scaled, data, output="labels", progress=False))
 
 
 def test_cancel_stops_after_the_tile_in_flight(model):

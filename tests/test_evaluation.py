@@ -125,7 +125,8 @@ def test_cli_evaluate(nuclei, model_file, capsys):
                      str(folder / "labels"), "-o", str(folder / "eval"), "--overlay", "--min-size", "3",
                      "--split", "0.9", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "above 0.5, split at cores above 0.9, min size 3 px, holes filled, borders 2 px" in out and "mean of 2" in out and "pooled" in out
+    assert "above 0.5, split at cores above 0.9, min size 3 px, holes filled, borders 2 px; images resampled by 1" \
+        in out and "mean of 2" in out and "pooled" in out
     rows = list(csv.reader(open(folder / "eval" / "evaluation.csv")))
     assert len(rows) == 4 and all(0 <= float(r[1]) <= 1 for r in rows[1:])
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
@@ -162,6 +163,7 @@ def test_cli_tta_segments_and_scores_as_predict_tiled(nuclei, model_file, capsys
     assert np.array_equal(tifffile.imread(folder / "tta" / "n1.tif"), want)
     assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
                      str(folder / "labels"), "-o", str(folder / "eval"), "--tta", "--no-progress"]) == 0
+    assert "images resampled by 1; test-time augmentation" in capsys.readouterr().out
     rows = list(csv.DictReader(open(folder / "eval" / "evaluation.csv")))
     scored = [row for row in rows if row["name"] == "n1"][0]
     assert float(scored["iou"]) == pytest.approx(score_instances(want, labels[1]).iou, abs=1e-5)

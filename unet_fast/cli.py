@@ -622,7 +622,9 @@ def cmd_evaluate(args) -> int:
     print(f"{args.model} on {len(result.images)} image(s); objects: foreground probability above "
           f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
           + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
-          f"borders {options.border} px")
+          f"borders {options.border} px"
+          + f"; images resampled by {args.scale if args.scale is not None else model.input_scale:g}"
+          + ("; test-time augmentation" if args.tta else ""))
     print(result.summary())
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
                                  if args.overlay else ""))

@@ -153,7 +153,7 @@ def export(model: torch.nn.Module, output, format: str, *, ignore_scale: bool = 
         from .checks import BadArgument
 
         raise BadArgument("model", f"the model resamples images by {scale:.4g} before the network (its training "
-                                   f"brought the objects to the recipe's size), which a {format} file cannot "
+                                   f"brought the objects to the recipe's size), which {format} files cannot "
                                    f"record: the tools running it would see images at the wrong scale. Export "
                                    f"anyway with --ignore-scale (ignore_scale=True) and resample images by "
                                    f"{scale:.4g} before giving them to it, or train with --object-size 0")

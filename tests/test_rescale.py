@@ -253,9 +253,10 @@ def test_segment_and_evaluate_scale_flags_override_the_models(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "im" / "a.tif", (images[0] * 255).astype(np.uint8))
     tifffile.imwrite(tmp_path / "lb" / "a.tif", labels[0].astype(np.uint16))
     assert cli.main(["segment", "-i", str(tmp_path / "im"), "-o", str(tmp_path / "seg"), "-m", str(path),
-                     "--output", "probabilities", "--scale", "1.5", "--no-progress"]) == 0
+                     "--output", "probabilities", "--scale", "1.5", "--tta", "--no-progress"]) == 0
+    assert "images resampled by 1.5; test-time augmentation" in capsys.readouterr().out
     want = predict_tiled(model, tifffile.imread(tmp_path / "im" / "a.tif"), output="probabilities", scale=1.5,
-                         progress=False)
+                         tta=True, progress=False)
     np.testing.assert_array_equal(np.moveaxis(tifffile.imread(tmp_path / "seg" / "a.tif"), -1, 0), want)
     assert cli.main(["evaluate", "-m", str(path), "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lb"),
                      "-o", str(tmp_path / "ev"), "--scale", "0.5", "--no-progress"]) == 0

@@ -441,5 +441,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         rate = pixels / 1e6 / seconds if seconds > 0 else 0.0
         log(f"{prefix}summary: {len(files)} file(s) found, {segmented} segmented, {skipped} skipped (exist), "
             f"{failed} failed; {pixels / 1e6:.4g} megapixels in {seconds:.1f} s = {rate:.2f} MP/s"
-            + (f" over {job.world} processes" if job.world > 1 else ""))
+            + (f" over {job.world} processes" if job.world > 1 else "")
+            + (f"; images resampled by {factor:g}" if (factor := scale or getattr(model, "input_scale", 1.0)) != 1
+               else "") + ("; test-time augmentation" if tta else ""))
     return result

@@ -317,3 +317,56 @@ def test_an_output_that_is_a_folder_fails_that_file_at_once(tmp_path, model_file
         assert status == 1 and "img1.tif is a folder" in captured.err and "1 failed" in captured.out, captured
     assert "img1.tif" not in segmented and segmented.count("img0.tif") == 1
     assert (tmp_path / "out" / "img1.tif").is_dir() and os.listdir(tmp_path / "out" / "img1.tif") == []
+
+
+@pytest.mark.parametrize("fmt", ["tif", pytest.param("ome.zarr", marks=needs_zarr)])
+def test_outputs_record_how_they_were_made_and_continue_keeps_only_the_same(tmp_path, model_file, capsys, fmt):
+    """Every output records the weights' digest and the settings (sinks.read_provenance); --continue refuses
+    an output made with other settings or another model instead of silently mixing them."""
+    from unet_fast.sinks import read_provenance
+
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+
+    def segment_(*more, model=model_file):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model),
+                           "--no-progress", "--format", fmt, "--output", "instances", *more])
+        return status, capsys.readouterr()
+
+    assert segment_("--min-size", "3")[0] == 0
+    recorded = read_provenance(out / f"img0{segment.OUTPUT_SUFFIXES[fmt]}")
+    assert recorded["output"] == "instances" and recorded["tta"] is False and recorded["scale"] == 1.0
+    assert recorded["instance_options"]["min_size"] == 3 and len(recorded["weights_sha256"]) == 64
+    before = _mtimes(out)
+    status, captured = segment_("--min-size", "3", "--continue")
+    assert status == 0 and "0 segmented, 3 skipped" in captured.out
+    for more, named in ((("--min-size", "3", "--tta"), "tta False there, True now"),
+                        (("--continue",), "'min_size': 3"),
+                        (("--min-size", "3", "--scale", "2"), "scale 1.0 there, 2.0 now")):
+        status, captured = segment_(*more, *(() if "--continue" in more else ("--continue",)))
+        assert status == 2 and "argument --continue:" in captured.err and named in captured.err, captured.err
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    unet_fast.save_model(unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2), other,
+                         normalization=unet_fast.Normalization(mode="dtype"))
+    status, captured = segment_("--min-size", "3", "--continue", model=other)
+    assert status == 2 and "the model's weights" in captured.err
+    assert _mtimes(out) == before                                  # every refusal before any work
+    # an output that records nothing (another tool's, or an older version's) is kept by its kind alone
+    assert read_provenance(tmp_path / "in" / "img0.tif") is None
+
+
+@pytest.mark.parametrize("output, scale", [("labels", None), ("probabilities", None), ("labels", 1.5),
+                                           ("instances", 0.7)])
+def test_predict_tiled_records_provenance_in_files(tmp_path, model_file, output, scale):
+    from unet_fast.sinks import read_provenance
+
+    model = unet_fast.load_model(model_file)
+    image = np.random.default_rng(1).integers(0, 255, (40, 33)).astype(np.uint8)
+    for suffix in (".tif",) + ((".zarr",) if segment.OUTPUT_SUFFIXES["ome.zarr"] else ()):
+        try:
+            path = predict_tiled(model, image, output=output, scale=scale, out=tmp_path / f"r{suffix}",
+                                 provenance={"note": "made here", "n": [1, 2]}, progress=False)
+        except ImportError:       # no zarr
+            continue
+        assert read_provenance(path) == {"note": "made here", "n": [1, 2]}

@@ -316,7 +316,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                   output: str = "labels", progress=None, out=None,
                   normalization: Normalization | None = None, layout: str | None = None,
                   memory_budget_bytes: int | None = None, cuda_graphs: bool | None = None, pixel_size=None,
-                  nonfinite: str | None = None, instance_options=None, tta: bool = False, scale=None):
+                  nonfinite: str | None = None, instance_options=None, tta: bool = False, scale=None,
+                  provenance: dict | None = None):
     """Segment an image of any size by overlap-tile inference (see the module docstring).
 
     model: any module with unet_fast's config attributes (depth, padding, in_channels,
@@ -343,6 +344,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
         samples per pixel) or .zarr (OME-Zarr), written as tiles finish and committed atomically.
     pixel_size: the image's (unet_fast.pixel_size.PixelSize), written into a file ``out``.
+    provenance: a JSON-serialisable dict of how the result was made, written into a file ``out``
+        (``unet_fast.sinks.read_provenance`` reads it back; ``unet-fast segment --continue`` compares it).
     normalization: how raw pixels become inputs; None: ``model.normalization`` (set by
         load_model) if present, else percentiles (Normalization()) for integer images and no
         change for float images.
@@ -382,12 +385,13 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                   normalization=normalization, memory_budget_bytes=memory_budget_bytes,
                                   cuda_graphs=cuda_graphs, pixel_size=pixel_size,
-                                  nonfinite=nonfinite, tta=tta, scale=scale)
+                                  nonfinite=nonfinite, tta=tta, scale=scale, provenance=provenance)
     if instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     if scale != 1.0:
         return _predict_rescaled(model, image, scale, output=output, out=out, layout=layout, dtype=dtype,
                                  normalization=normalization, nonfinite=nonfinite, pixel_size=pixel_size,
+                                 provenance=provenance,
                                  tile_size=tile_size, batch_size=batch_size, device=device, progress=progress,
                                  memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs, tta=tta)
     compute_dtype = parse_compute_dtype(dtype)
@@ -407,7 +411,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     # the sink last, and everything after it under the try: an error (or SIGTERM) before the first
     # tile must leave neither its temporary file nor its writer thread behind
     sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
-                     pixel_size=pixel_size)
+                     pixel_size=pixel_size, provenance=provenance)
     try:
         model.to(device=device, memory_format=torch.channels_last).eval()
         if cuda_graphs is None:
@@ -432,7 +436,7 @@ BACK_BAND_PIXELS = 2 ** 22
 
 
 def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype, normalization, nonfinite,
-                      pixel_size, progress, **predict):
+                      pixel_size, provenance, progress, **predict):
     """predict_tiled with ``scale`` != 1: the logits of the image resampled by ``scale`` (a lazy view,
     normalised with the statistics of the image as given), into scratch space, then resampled back to
     the image's grid band by band and turned into ``output``. Every pixel of both resamplings is read
@@ -459,7 +463,7 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
                       normalization=Normalization(mode="none"), progress=progress, **predict)
         back = Resampled(logits, (source.height, source.width))
         sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
-                         pixel_size=pixel_size)
+                         pixel_size=pixel_size, provenance=provenance)
         try:
             band = max(1, BACK_BAND_PIXELS // (num_classes * source.width))
             for n in range(source.slices):
@@ -585,7 +589,7 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
     return torch.float32
 
 
-def _predict_instances(model, image, options, *, out, layout, pixel_size, **predict):
+def _predict_instances(model, image, options, *, out, layout, pixel_size, provenance=None, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
     from .instances import ClassView, InstanceOptions, label_instances, scratch_for
@@ -616,4 +620,4 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, **pred
             foreground = ClassView(probabilities, stacked=source.stacked, threshold=options.threshold)
             probability = ClassView(probabilities, stacked=source.stacked)
         return label_instances(foreground, options, probability=probability, out=out, stacked=source.stacked,
-                               scratch=scratch, pixel_size=pixel_size)
+                               scratch=scratch, pixel_size=pixel_size, provenance=provenance)

@@ -154,7 +154,7 @@ def scratch_for(out, pixels: int) -> Scratch:
 
 def label_instances(foreground, options: InstanceOptions | None = None, *, probability=None, out=None,
                     stacked: bool | None = None, block: int | None = None, scratch: Scratch | None = None,
-                    pixel_size=None):
+                    pixel_size=None, provenance: dict | None = None):
     """Instance labels (``InstanceOptions`` rules) of a foreground mask (nonzero = foreground).
 
     foreground: (H, W), or (Z, H, W) with ``stacked`` (default: 3-D means stacked), each plane labelled
@@ -165,7 +165,8 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, proba
         .tif/.tiff or .zarr (streamed, committed atomically; an OME-Zarr is marked as a label image,
         NGFF "image-label"). block: edge of the square blocks processed at once (default: 1024; the result does
         not depend on it). scratch: where the provisional labels go (default: ``scratch_for(out, ...)``).
-    pixel_size: written into a file ``out`` (a ``unet_fast.pixel_size.PixelSize``).
+    pixel_size: written into a file ``out`` (a ``unet_fast.pixel_size.PixelSize``); provenance: too (a dict, see
+    ``unet_fast.sinks.read_provenance``).
     Returns the array, or the path written.
     """
     options = options or InstanceOptions()
@@ -197,7 +198,7 @@ def label_instances(foreground, options: InstanceOptions | None = None, *, proba
             graph = _first_pass(mask, provisional[plane], block, chance)
             tables.append(_resolve(graph, options, provisional[plane], chance))
         count = max(count for _, count in tables)
-        sink = _open_output(out, shape, count, pixel_size)
+        sink = _open_output(out, shape, count, pixel_size, provenance)
         dtype = instance_dtype(count)
         try:
             for plane, (final, _) in enumerate(tables):
@@ -487,14 +488,15 @@ def give_back_borders(window: np.ndarray, band: int) -> np.ndarray:
 
 # ---- outputs
 
-def _open_output(out, shape, count: int, pixel_size=None):
+def _open_output(out, shape, count: int, pixel_size=None, provenance=None):
     from .sinks import ArraySink, StreamingZarrWriter, open_streaming_writer
 
     stacked = len(shape) == 3
     if out is None:
         return ArraySink(np.zeros(shape, instance_dtype(count)), stacked)
     if isinstance(out, (str, Path)):
-        writer = open_streaming_writer(out, shape, instance_dtype(count), pixel_size=pixel_size)
+        writer = open_streaming_writer(out, shape, instance_dtype(count), pixel_size=pixel_size,
+                                       provenance=provenance)
         if isinstance(writer, StreamingZarrWriter):
             writer.set_attributes({"image-label": {"version": "0.4"}})
         return writer

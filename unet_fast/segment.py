@@ -12,7 +12,10 @@ at the final summary, naming it (``unet_fast.ranks``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import hashlib
+import json
 import os
 import sys
 import time
@@ -26,6 +29,7 @@ import torch.distributed as dist
 from . import checks, geometry, image_io, termination
 from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
+from .sinks import read_provenance
 from .rescale import check_scale
 from .ranks import shared_failures
 from .torchrun import Torchrun
@@ -146,9 +150,32 @@ def output_kind(path: Path) -> str | None:
     return None
 
 
-def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str) -> None:
-    """``resume`` keeps an existing output only when it holds the kind asked for (``output_kind``):
-    BadArgument (resume) before anything is segmented when one holds another, or cannot be told. A
+def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options) -> dict:
+    """How segment makes its outputs, recorded in each (``sinks.read_provenance``): the weights (a digest),
+    the kind, the test-time augmentation, the resampling factor, the precision and the instance rules."""
+    from . import __version__
+    from .instances import InstanceOptions
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    normalization = getattr(model, "normalization", None)
+    return json.loads(json.dumps({"unet_fast": __version__, "weights_sha256": digest.hexdigest(), "output": output, "tta": bool(tta),
+            "scale": float(scale if scale is not None else getattr(model, "input_scale", 1.0)),
+            "dtype": dtype or "fp32", "normalization": normalization.to_dict() if normalization is not None else None,
+            "instance_options": dataclasses.asdict(instance_options or InstanceOptions())
+            if output == "instances" else None}))     # as it reads back from a file (lists, not tuples)
+
+
+#: what --continue compares (not the version that wrote an output)
+COMPARED = ("weights_sha256", "output", "tta", "scale", "dtype", "normalization", "instance_options")
+
+
+def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str, made: dict | None = None) -> None:
+    """``resume`` keeps an existing output only when it holds the kind asked for (``output_kind``) and, where
+    it records how it was made (``provenance``), was made as ``made`` would make it: BadArgument (resume)
+    before anything is segmented when one holds another kind or other settings, or cannot be told. A
     .tif output that is a folder is left to fail as that file's own failure."""
     for path in files:
         target = outdir / output_name(path, suffix)
@@ -162,6 +189,15 @@ def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str) -
                                                                   f"{output})")
                           + "; --continue keeps only outputs of the kind asked for (--output). Choose another "
                             "output folder, or leave out --continue to replace the outputs")
+        recorded = read_provenance(target) if made is not None else None
+        changed = [key for key in COMPARED if recorded is not None and recorded.get(key) != made.get(key)]
+        if changed:
+            what = ", ".join("the model's weights" if key == "weights_sha256" else
+                             f"{key} {recorded.get(key)!r} there, {made.get(key)!r} now" for key in changed)
+            raise checks.BadArgument(
+                "resume", f"the existing output {str(target)!r} was made otherwise ({what}); --continue keeps only "
+                          f"outputs made as this run would make them. Run with that output's settings, choose "
+                          f"another output folder, or leave out --continue to replace the outputs")
 
 
 def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
@@ -184,12 +220,13 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   tile_size=None, batch_size=None, device=None, dtype=None, resume: bool = False,
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   nonfinite: str | None = None, log=print, instance_options=None,
-                  overlay: bool = False, tta: bool = False, scale: float | None = None) -> SegmentSummary:
+                  overlay: bool = False, tta: bool = False, scale: float | None = None,
+                  provenance: dict | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
     killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``.
     overlay: also write outdir/overlays/<name>.png, the image with the outlines of the result
-    (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling factor (None: the model's):
-    see ``predict_tiled``."""
+    (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling factor (None: the model's);
+    provenance: recorded in every output: see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -239,7 +276,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                 log(f"segmenting {path} ({'x'.join(map(str, info.shape))}, {info.pixels / 1e6:.0f} megapixels) ...")
             predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
                           output=output, progress=progress, out=target, layout=layout, pixel_size=pixel_size,
-                          nonfinite=nonfinite, tta=tta, scale=scale,
+                          nonfinite=nonfinite, tta=tta, scale=scale, provenance=provenance,
                           **({"instance_options": instance_options} if output == "instances" else {}))
             if overlay:
                 write_result_overlay(overlay_path, image, target, layout)
@@ -413,18 +450,21 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             files, problems = expand_inputs([str(item) for item in inputs])
             # every file, not only this share
             check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
-            if resume:
-                check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output)
-            mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
+            made = provenance(model, output=output, tta=tta, scale=scale, dtype=dtype,
+                              instance_options=instance_options)
+            if resume:
+                check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output, made)
+            mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             check_tiles(model, tile_size, batch_size, job.device, dtype)
             check_output(output, model, instance_options, overlay)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,
                                     tile_size=tile_size, batch_size=batch_size, device=job.device, dtype=dtype,
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
                                     progress=sys.stderr.isatty() if progress is None else progress, log=log,
-                                    instance_options=instance_options, overlay=overlay, tta=tta, scale=scale)
+                                    instance_options=instance_options, overlay=overlay, tta=tta, scale=scale,
+                                    provenance=made)
         if job.rank == 0:
             for item, reason in problems:
                 log(f"FAILED {item}: {reason}", file=sys.stderr)

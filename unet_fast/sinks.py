@@ -7,6 +7,7 @@ it is complete, so memory holds the bands of the current row of tiles, not the i
 """
 from __future__ import annotations
 
+import json
 import math
 import queue
 import threading
@@ -19,11 +20,35 @@ from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES, commit, discard, temporary_s
 from .pixel_size import PixelSize, ngff_axes_and_scale, tiff_options
 
 
+#: the private TIFF tag, and the OME-Zarr attribute, holding how a result was made (``read_provenance``)
+PROVENANCE_TAG = 65001
+PROVENANCE_ATTRIBUTE = "unet_fast"
+
+
+def read_provenance(path) -> dict | None:
+    """How the result file ``path`` was made, as its writer recorded it; None when it records nothing."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in ZARR_SUFFIXES:
+            import zarr
+
+            found = zarr.open_group(str(path), mode="r").attrs.get(PROVENANCE_ATTRIBUTE)
+            return dict(found) if isinstance(found, dict) else None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            tag = tiff.pages[0].tags.get(PROVENANCE_TAG)
+            found = json.loads(tag.value) if tag is not None else None
+        return found if isinstance(found, dict) else None
+    except Exception:       # unreadable or not ours: it records nothing we can use
+        return None
+
+
 def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool, channels: bool,
-              pixel_size: PixelSize | None = None):
+              pixel_size: PixelSize | None = None, provenance: dict | None = None):
     """A sink for a result of ``shape`` and ``dtype``: a new numpy array when ``out`` is None, ``out``
     itself when it is an array (of that shape), else a streaming writer for the path ``out``
-    (``open_streaming_writer``, which records ``pixel_size`` in the file). stacked: the first axis
+    (``open_streaming_writer``, which records ``pixel_size`` and ``provenance`` in the file). stacked: the first axis
     counts planes; channels: classes before Y, X."""
     if out is None:
         return ArraySink(np.zeros(shape, _numpy_dtype(dtype)), stacked)
@@ -31,7 +56,8 @@ def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool,
         from .inference import check_out_path
 
         check_out_path(out)     # before a writer thread or temporary file exists
-        return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels, pixel_size=pixel_size)
+        return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels, pixel_size=pixel_size,
+                                     provenance=provenance)
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but this result needs {shape}")
     return ArraySink(out, stacked)
@@ -122,11 +148,13 @@ class StreamingTiffWriter:
 
     shape: (H, W), (Z, H, W), or with classes (K, H, W) / (Z, K, H, W) when ``channels=True``;
     class values are stored as samples per pixel (tifffile reads them back channels-last).
-    pixel_size: written as OME-XML physical sizes and TIFF resolution.
+    pixel_size: written as OME-XML physical sizes and TIFF resolution. provenance: a JSON-serialisable
+    dict stored as JSON in the private tag ``PROVENANCE_TAG`` (``read_provenance``).
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
-                 compression: str | None = "zlib", pixel_size: PixelSize | None = None):
+                 compression: str | None = "zlib", pixel_size: PixelSize | None = None,
+                 provenance: dict | None = None):
         import tifffile
 
         self.path = Path(path)
@@ -142,6 +170,8 @@ class StreamingTiffWriter:
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
         physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels))
+        if provenance is not None:
+            physical["extratags"] = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance, sort_keys=True), True)]
         self._error: BaseException | None = None
         self._ended = False
 
@@ -209,10 +239,11 @@ class StreamingTiffWriter:
 class StreamingZarrWriter:
     """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
 
-    pixel_size: the scale and units of the y, x (and z) axes."""
+    pixel_size: the scale and units of the y, x (and z) axes. provenance: stored as the group's attribute
+    "unet_fast" (``read_provenance``)."""
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512,
-                 pixel_size: PixelSize | None = None):
+                 pixel_size: PixelSize | None = None, provenance: dict | None = None):
         import zarr
 
         self.path = Path(path)
@@ -233,6 +264,8 @@ class StreamingZarrWriter:
                 "axes": axes,
                 "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
             }]
+            if provenance is not None:
+                group.attrs[PROVENANCE_ATTRIBUTE] = provenance
         except BaseException:
             discard(self.temporary)
             raise
@@ -263,11 +296,12 @@ class StreamingZarrWriter:
         discard(self.temporary)
 
 
-def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None):
+def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None,
+                          provenance: dict | None = None):
     """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr)."""
     suffix = Path(path).suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
+        return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)
     if suffix in ZARR_SUFFIXES:
-        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size)
+        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)
     raise ValueError(f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")

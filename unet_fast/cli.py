@@ -799,10 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true",
                    help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px")
     p.add_argument("--continue", dest="resume", action="store_true",
-                   help="skip inputs whose output exists and holds the kind --output asks for (told by its data "
+                   help="skip inputs whose output exists, holds the kind --output asks for (told by its data "
                         "type: labels uint8 or int32, instances uint16 or uint32, probabilities floats with a class "
-                        "axis); an existing output of another kind is refused before anything is segmented. With "
-                        "--overlay, a skipped input's missing overlay is drawn from its output")
+                        "axis) and records the same model and settings as this run (--tta, --scale, --dtype, the "
+                        "instance rules); an existing output of another kind, model or setting is refused before "
+                        "anything is segmented. With --overlay, a skipped input's missing overlay is drawn from its "
+                        "output")
     p.add_argument("--num-parts", type=_positive_int,
                    help="split the file list into this many parts ... (default: 1, no split)")
     p.add_argument("--part-id", type=_non_negative_int,

@@ -398,9 +398,9 @@ def test_the_pixel_size_warning_takes_the_scale_given():
 
 
 def test_the_class_by_class_argmax_equals_argmax_ties_included():
-    from unet_fast.inference import _first_largest
+    from unet_fast.inference import argmax_classes
 
     scores = torch.randn(5, 30, 40, generator=torch.Generator().manual_seed(0))
     scores[1, 0, 0] = scores[3, 0, 0] = 50.0          # a tie: the first class wins, as in argmax
     scores[:, 1, 1] = 0.0
-    assert torch.equal(_first_largest(scores), scores.argmax(0))
+    assert torch.equal(argmax_classes(scores), scores.argmax(0))

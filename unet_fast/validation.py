@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .data import SegmentationDataset
-from .inference import predict_tiled
+from .inference import argmax_classes, predict_tiled
 from .instances import InstanceOptions, label_instances
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
@@ -60,7 +60,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             if logits.shape[0] != 2:          # as predict_tiled(output="instances"), which needs 2 classes
                 options = InstanceOptions(options.min_size, options.fill_holes, options.border)
             probability = torch.softmax(logits, 0)[-1].cpu().numpy() if logits.shape[0] == 2 else None
-            foreground = (logits.argmax(0).cpu().numpy() > 0 if options.threshold == 0.5
+            foreground = (argmax_classes(logits.cpu()).numpy() > 0 if options.threshold == 0.5
                           else probability > options.threshold)
             instances = label_instances(foreground, options, probability=probability)
             predicted = instances > 0

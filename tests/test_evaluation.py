@@ -19,19 +19,7 @@ from unet_fast.inference import predict_tiled
 from unet_fast.instances import InstanceOptions
 from unet_fast.normalization import Normalization
 from unet_fast.synthetic import synthetic_nuclei
-
-
-class Threshold(torch.nn.Module):
-    """A '2-class model' whose foreground is where the image is bright: known predictions."""
-
-    depth, padding, in_channels, num_classes, base_channels = 1, "same", 1, 2, 1
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(50.0))
-
-    def forward(self, x):
-        return torch.cat([0.5 - x, x - 0.5], 1) * self.scale
+from toy_models import Threshold
 
 
 @pytest.fixture

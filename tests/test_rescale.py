@@ -23,6 +23,7 @@ from unet_fast.recipes import get_recipe
 from unet_fast.rescale import (MAX_SCALE, Resampled, check_scale, choose_scale, object_diameters, resample_image,
                                resample_labels)
 from unet_fast.synthetic import synthetic_nuclei
+from toy_models import Threshold
 
 NONE = Normalization(mode="none")
 
@@ -286,27 +287,14 @@ def test_the_pixel_limit_counts_the_resampled_pixels(tmp_path, capsys):
 
 # ---- the review's cases
 
-class _Confident(torch.nn.Module):
-    """A '2-class model' so sure that float32 softmax underflows: log(probability) would be -inf."""
-
-    depth, padding, in_channels, num_classes, base_channels = 1, "same", 1, 2, 1
-
-    def __init__(self):
-        super().__init__()
-        self.gain = torch.nn.Parameter(torch.tensor(120.0))
-
-    def forward(self, x):
-        return torch.cat([0.5 - x, x - 0.5], 1) * self.gain
-
-
 def test_tta_logits_stay_finite_for_a_confident_model_and_resample():
     image = np.random.default_rng(8).random((40, 50), dtype=np.float32)
-    logits = predict_tiled(_Confident(), image, output="logits", tta=True, scale=0.5, normalization=NONE,
+    logits = predict_tiled(Threshold(gain=120.0), image, output="logits", tta=True, scale=0.5, normalization=NONE,
                            progress=False)
     assert np.isfinite(logits).all()
     np.testing.assert_array_equal(
-        predict_tiled(_Confident(), image, tta=True, scale=0.5, normalization=NONE, progress=False),
-        predict_tiled(_Confident(), image, scale=0.5, normalization=NONE, progress=False))
+        predict_tiled(Threshold(gain=120.0), image, tta=True, scale=0.5, normalization=NONE, progress=False),
+        predict_tiled(Threshold(gain=120.0), image, scale=0.5, normalization=NONE, progress=False))
 
 
 def test_object_diameters_of_huge_ids_need_no_huge_table():

@@ -220,6 +220,101 @@ def test_backward_ops_directly(padding):
     assert torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight[:, 2:], x, None, padding)[0].shape == x.shape
 
 
+# A double convolution with the first conv's ReLU mask moved into the second's dgrad (UNet's wiring):
+# every implementation of either conv, and the mix the measured table can give (one on Triton, one composite).
+@needs_triton
+@pytest.mark.parametrize("first, second", [("triton", "triton"), ("triton", "composite"), ("composite", "triton")])
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, mid, padding, layout", [
+    pytest.param(2, 5, 0, 11, 9, 0, 0, 7, 0, "strided", id="odd-strided"),
+    pytest.param(1, 3, 4, 9, 10, 13, 12, 17, 1, "channels_last", id="skip-pad1-mid-17"),
+])
+def test_relu_mask_moved_into_the_next_dgrad(first, second, batch, cx, cs, h, w, sh, sw, mid, padding, layout):
+    x, w1, b1, skip = make(batch, cx, cs, h, w, sh, sw, mid, layout)
+    w2 = (torch.randn(6, mid, 3, 3, generator=torch.Generator().manual_seed(3)) / (3 * mid ** 0.5)).to(DEVICE)
+    b2 = torch.full((6,), 0.05, device=DEVICE)
+    w2.requires_grad_(), b2.requires_grad_()
+    with exact_fp32():
+        y1 = conv3x3_relu(x, w1, b1, skip=skip, padding=padding, implementation=first, output_grad_masked=True)
+        y2 = conv3x3_relu(y1, w2, b2, padding=padding, implementation=second, mask_input_grad=True)
+    (o1,) = oracle(x, w1, b1, skip, padding)
+    (o2,) = oracle(o1, w2, b2, None, padding)
+    assert (o1 == 0).any() and (o1 > 0).any() and (o2 == 0).any()  # both masks matter
+    inputs = present(x, w1, b1, skip, w2, b2)
+    grad = torch.randn(o2.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with exact_fp32():
+        got = torch.autograd.grad(y2, inputs, grad)
+    want = torch.autograd.grad(o2, inputs, grad.double())
+    for name, g, r in zip(("x", "w1", "b1", "skip", "w2", "b2")[:len(inputs)] if skip is not None else
+                          ("x", "w1", "b1", "w2", "b2"), got, want):
+        assert_close(g, r, dtype=torch.float32, msg=f"gradient of {name}")
+
+
+@needs_triton
+def test_dgrad_applies_the_relu_mask_of_x_and_not_of_skip():
+    """conv3x3_input_grad(relu_mask_x=True): grad_x is 0 where x <= 0 (x's NaN passes, as masked_fill);
+    skip's gradient is left unmasked (its ReLU also feeds the pool: relu_pool_backward masks the sum)."""
+    x, weight, _, skip = (t.detach() for t in make(2, 3, 2, 7, 8, 11, 10, 5, "channels_last"))
+    x = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    x[0, 1, 2, 3] = float("nan")
+    skip = skip - 0.5  # negative values too: they must not mask skip's gradient
+    grad = torch.randn(2, 5, 5, 6, device=DEVICE)
+    with exact_fp32():
+        plain = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, 0)
+        masked = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, 0, True)
+    assert (x == 0).any()
+    torch.testing.assert_close(masked[0], plain[0].masked_fill(x <= 0, 0), rtol=0, atol=0)
+    torch.testing.assert_close(masked[1], plain[1], rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_input_grad_triton.default, (grad, weight, x, skip, 0, True))
+
+
+@needs_triton
+def test_frozen_weights_pack_once_and_only_while_frozen(monkeypatch):
+    """Inside frozen_weights each weight is packed (and cast) once; an in-place change is seen; outside it,
+    nothing is reused, so a change through .data (invisible to the version counter) is seen too."""
+    from unet_fast.ops import conv3x3 as op_module
+    from unet_fast.ops.frozen_weights import frozen_weights
+
+    packs = []
+    real = kernels.pack_forward_weight
+    monkeypatch.setattr(kernels, "pack_forward_weight", lambda w: packs.append(1) or real(w))
+    x, weight, bias = (t.detach() for t in make(1, 3, 0, 7, 6, 0, 0, 5, "channels_last")[:3])
+
+    def run():
+        with exact_fp32():
+            return conv3x3_relu(x, weight, bias, implementation="triton")
+
+    with torch.no_grad():
+        with frozen_weights():
+            first, again = run(), run()
+            assert len(packs) == 1
+            torch.testing.assert_close(again, first, rtol=0, atol=0)
+            weight.mul_(-1)  # in place: a new version, packed anew
+            assert len(packs) == 1 and not torch.equal(run(), first) and len(packs) == 2
+            weight.mul_(-1)
+        torch.testing.assert_close(run(), first, rtol=0, atol=0)
+        weight.data.mul_(-1)  # not versioned: only safe because nothing is reused outside frozen_weights
+        (want,) = oracle(x, weight, bias, None, 0)
+        assert_close(run(), want, dtype=torch.float32)
+    assert op_module._cast(weight, torch.float32) is weight
+
+
+def test_frozen_weights_reuse_casts_without_grad_only():
+    from unet_fast.ops.conv3x3 import _cast
+    from unet_fast.ops.frozen_weights import frozen_weights
+
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with frozen_weights():
+        with torch.no_grad():
+            a, b = _cast(weight, torch.bfloat16), _cast(weight, torch.bfloat16)
+            assert a is b and a.dtype == torch.bfloat16
+            with torch.inference_mode():  # inference tensors have no version counter
+                assert _cast(weight, torch.float16) is _cast(weight, torch.float16)
+        c = _cast(weight, torch.bfloat16)  # recording gradients: a fresh cast, linked to weight
+        assert c is not a and c.grad_fn is not None
+    with torch.no_grad():
+        assert _cast(weight, torch.bfloat16) is not _cast(weight, torch.bfloat16)
+
+
 def test_default_implementations():
     """Triton where it compiles for the device and takes the dtype; never the interpreter, never float64."""
     cpu = torch.device("cpu")
@@ -262,6 +357,9 @@ def test_input_precision_follows_cudnn_tf32_flag():
     (dict(x=torch.randn(1, 3, 3, 6), skip=None, weight=torch.randn(4, 3, 3, 3), pool=True), ValueError,
      r"pool=True needs an output of at least 2x2 .* got output \(1, 4\)"),
     (dict(implementation="extension"), ValueError, "implementation 'extension' cannot run"),
+    (dict(mask_input_grad="no"), TypeError, "mask_input_grad must be True or False, got 'no'"),
+    (dict(output_grad_masked=1), TypeError, "output_grad_masked must be True or False, got 1"),
+    (dict(output_grad_masked=True, pool=True), ValueError, "output_grad_masked=True cannot go with pool=True"),
 ])
 def test_bad_inputs(kwargs, error, match):
     args = dict(x=torch.randn(1, 3, 6, 6), weight=torch.randn(4, 5, 3, 3), bias=torch.randn(4),
@@ -281,6 +379,10 @@ def test_opcheck(skip_channels, padding, direct):
     forward = (x, weight, bias, skip, padding, direct)
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_triton.default, forward)
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_pool_triton.default, forward)
+    # the backward-only flags: x's gradient masked by x's ReLU, y's gradient taken as masked already
+    relu_x = torch.relu(x.detach() - 0.2).requires_grad_()
+    torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_triton.default,
+                          (relu_x, weight, bias, skip, padding, direct, False, True, True))
     grad = torch.randn(2, 6, 6 + 2 * padding, 7 + 2 * padding, device=DEVICE)
     plain = [t.detach() if t is not None else None for t in (weight, x, skip)]
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_input_grad_triton.default, (grad, *plain, padding))

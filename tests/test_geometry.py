@@ -117,3 +117,16 @@ def test_center_crop_is_a_centred_view():
     assert torch.equal(crop, x[:, 2:6, 1:6]) and crop.data_ptr() == x[:, 2:, 1:].data_ptr()
     with pytest.raises(ValueError, match="cannot crop 8 pixels to a larger size 9"):
         geometry.center_crop(x, (4, 9))
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 9, 12), (4, 5)), ((1, 1, 7, 7), (7, 7)), ((2, 2, 10, 6), (1, 6))])
+def test_zero_outside_center_keeps_only_the_window(shape, size):
+    x = torch.arange(1, 1 + torch.Size(shape).numel(), dtype=torch.float32).reshape(shape)
+    x = x.contiguous(memory_format=torch.channels_last)
+    window = geometry.center_crop(x, size).clone()
+    geometry.zero_outside_center(x, size)
+    assert torch.equal(geometry.center_crop(x, size), window)
+    geometry.center_crop(x, size).zero_()
+    assert not x.any()
+    with pytest.raises(ValueError, match="larger size"):
+        geometry.zero_outside_center(x, (shape[2] + 1, 1))

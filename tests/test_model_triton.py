@@ -151,3 +151,21 @@ def test_torch_compile_fullgraph_matches(switches):
     assert_close(x_fast.grad, x_ref.grad, msg="gradient of the input")
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
         assert_close(p_fast.grad, p_ref.grad, msg=f"gradient of {name}")
+
+
+@needs_triton
+def test_predict_tiled_packs_each_weight_once_and_matches_the_reference(monkeypatch):
+    """predict_tiled runs its tiles inside frozen_weights: over several batches of tiles, each of the
+    network's 3x3 weights is packed once, and the labels are the reference network's."""
+    from unet_fast.inference import predict_tiled
+
+    ref, fast = twins(**TINY)
+    packs = []
+    real = kernels.pack_forward_weight
+    monkeypatch.setattr(kernels, "pack_forward_weight", lambda w: packs.append(w.shape) or real(w))
+    image = torch.rand(36, 30, generator=torch.Generator().manual_seed(4)).numpy()  # 2 x 2 tiles of 20
+    with exact_fp32():
+        got = predict_tiled(fast, image, tile_size=60, batch_size=1, device=DEVICE, output="logits")
+        want = predict_tiled(ref, image, tile_size=60, batch_size=1, device=DEVICE, output="logits")
+    assert len(packs) == 4 * TINY["depth"] - 2  # the 3x3 convs, once each, over four batches
+    assert_close(torch.as_tensor(got), torch.as_tensor(want), dtype=torch.float32)

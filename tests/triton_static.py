@@ -149,9 +149,10 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
     if "forward" in configs or not configs:
         launches["forward"] = k.plan_conv(x, skip, offset, w_fwd, bias, y, None, (0, 0), padding, True,
                                           device_type="cuda", config=configs.get("forward"))
-    if "dgrad" in configs or not configs:
+    if "dgrad" in configs or not configs:  # a second conv (no skip) masks x's gradient by x's ReLU, as UNet runs it
         launches["dgrad"] = k.plan_conv(y, None, (0, 0), w_bwd, None, x, skip, offset, 2 - padding, False,
-                                        device_type="cuda", kind="dgrad", config=configs.get("dgrad"))
+                                        device_type="cuda", kind="dgrad", config=configs.get("dgrad"),
+                                        out_mask=None if skip_channels else x)
     if "wgrad" in configs or not configs:
         cfg = configs.get("wgrad") or k.wgrad_config(y, x, skip, device_type="cuda")
         splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg,
@@ -213,13 +214,13 @@ def option_launches(dtype: torch.dtype, quick: bool):
 def shipped_launches(quick: bool = False):
     """(label, launch) per shipped (kernel, dtype, config) on a representative U-Net layer.
 
-    quick: the bf16 decoder layer only (skip read in place; all three kernels), one pooled forward,
-    one direct kernel.
+    quick: the bf16 decoder level only (first conv: skip read in place; second: ReLU-masked dgrad; all three
+    kernels), one pooled forward, one direct kernel.
     """
-    layers = [(128, 64, 392, 64)]
+    layers = [(128, 64, 392, 64), (64, 64, 390, 0)]  # a decoder's first conv (skip) and second (ReLU-masked dgrad)
     dtypes = [torch.bfloat16]
     if not quick:  # fp16 shares bf16's configurations and compiles to the same registers and shared memory
-        layers += [(1, 64, 572, 0), (3, 64, 572, 0), (64, 64, 568, 0), (512, 1024, 32, 0), (1024, 512, 52, 512)]
+        layers += [(1, 64, 572, 0), (3, 64, 572, 0), (512, 1024, 32, 0), (1024, 512, 52, 512)]
         dtypes += [torch.float32]
     for dtype in dtypes:
         for cin, cout, size, cs in layers:

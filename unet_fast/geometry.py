@@ -188,6 +188,18 @@ def center_crop(x, size):
     return x[..., top:top + h, left:left + w]
 
 
+def zero_outside_center(x, size) -> None:
+    """Zero x's last two dimensions outside their centre ``size`` window, in place: four strips, for a
+    gradient whose window is written next (the decoder's read of an encoder map, about half to three
+    quarters of it in the paper's network), so the window is not zeroed only to be overwritten."""
+    h, w = size
+    top, left = crop_offset(x.shape[-2], h), crop_offset(x.shape[-1], w)
+    x[..., :top, :].zero_()
+    x[..., top + h:, :].zero_()
+    x[..., top:top + h, :left].zero_()
+    x[..., top:top + h, left + w:].zero_()
+
+
 def mirror(positions, length: int):
     """Positions (numpy or torch, integer or fractional) folded into [0, length - 1] by reflection
     about the end pixels without repeating them (numpy's "reflect"; the paper's overlap-tile

@@ -22,6 +22,7 @@ import torch
 from . import checks, termination
 from .geometry import mirror_indices
 from .normalization import Normalization
+from .ops.frozen_weights import frozen_weights
 from .rescale import Resampled, check_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import has_tile_graph, tile_graph
@@ -418,7 +419,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
             cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
                          bool(cuda_graphs), tta)
-        with torch.inference_mode():
+        with torch.inference_mode(), frozen_weights():  # the weights cannot change during the call
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()
     except BaseException:

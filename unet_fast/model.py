@@ -108,18 +108,21 @@ class UNet(UNetArchitecture):
             return conv3x3_relu(t, layer.weight, layer.bias, skip=skip, padding=padding,
                                 implementation=implementation, **options)
 
+        # A level's first conv feeds only its second: the second's dgrad applies the first's ReLU mask
+        # in its epilogue, so the first's backward makes no masked copy of its gradient.
+        first, second = dict(output_grad_masked=True), dict(mask_input_grad=True)
         skips = []
         for level, block in enumerate(self.encoder):
-            x = conv(block.conv1, x, direct=self.direct_first_layer and level == 0)
+            x = conv(block.conv1, x, direct=self.direct_first_layer and level == 0, **first)
             if level == self.depth - 1:
-                x = conv(block.conv2, x)
+                x = conv(block.conv2, x, **second)
             elif self.pool_epilogue:
-                skip, x = conv(block.conv2, x, pool=True)
+                skip, x = conv(block.conv2, x, pool=True, **second)
                 skips.append(skip)
             else:
-                skips.append(conv(block.conv2, x))
+                skips.append(conv(block.conv2, x, **second))
                 x = F.max_pool2d(skips[-1], 2)
         x = self.dropout(x)
         for block, skip in zip(self.decoder, reversed(skips)):
-            x = conv(block.conv2, conv(block.conv1, block.upconv(x), skip))
+            x = conv(block.conv2, conv(block.conv1, block.upconv(x), skip, **first), **second)
         return self.head(x)

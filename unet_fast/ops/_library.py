@@ -40,14 +40,19 @@ SCHEMAS = {
                                "bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)"),
     # relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), channels_last; direct: the FMA
     # kernel where x alone has at most 4 channels; measured: the backward's parts run where the measured
-    # table says (cuDNN where it beat every Triton tile on this GPU), else all on Triton.
+    # table says (cuDNN where it beat every Triton tile on this GPU), else all on Triton. Backward only:
+    # mask_input_grad: x is a ReLU's output, its gradient comes back with that ReLU's mask applied;
+    # output_grad_masked: y's gradient arrives with y's ReLU mask applied already (see ops/conv3x3.py).
     "conv3x3_relu": ("(Tensor x, Tensor weight, Tensor? bias, Tensor? skip, int padding, bool direct, "
-                     "bool measured=False) -> Tensor"),
+                     "bool measured=False, bool mask_input_grad=False, bool output_grad_masked=False) -> Tensor"),
     # (y, max_pool2d(y, 2)) of conv3x3_relu from one kernel.
     "conv3x3_relu_pool": ("(Tensor x, Tensor weight, Tensor? bias, Tensor? skip, int padding, bool direct, "
-                          "bool measured=False) -> (Tensor, Tensor)"),
-    # [grad_x] or [grad_x, grad_skip (skip's full shape)] of conv2d([centre_crop(skip), x]) for a masked grad.
-    "conv3x3_input_grad": "(Tensor grad, Tensor weight, Tensor x, Tensor? skip, int padding) -> Tensor[]",
+                          "bool measured=False, bool mask_input_grad=False, bool output_grad_masked=False) "
+                          "-> (Tensor, Tensor)"),
+    # [grad_x] or [grad_x, grad_skip (skip's full shape)] of conv2d([centre_crop(skip), x]) for a masked grad;
+    # relu_mask_x: grad_x is 0 where x <= 0 (x a ReLU's output: its gradient then that ReLU's input's).
+    "conv3x3_input_grad": ("(Tensor grad, Tensor weight, Tensor x, Tensor? skip, int padding, "
+                           "bool relu_mask_x=False) -> Tensor[]"),
     # [weight gradient, bias gradient] of conv2d([centre_crop(skip), x]) for a masked grad, float32, from
     # one kernel (the bias gradient is the gradient's sum over pixels, taken on the way).
     "conv3x3_weight_grad": "(Tensor grad, Tensor x, Tensor? skip, int padding) -> Tensor[]",

@@ -18,6 +18,9 @@ Two forward options await a GPU measurement (benchmarks/test_bench_conv.py) and 
 encoder's second convs: y is still written, the decoder's skip needs it), and ``direct=True``
 computes an unpooled convolution of x alone with at most 4 input channels (the first layer) with
 FMA over the 9 * C_in taps instead of a tensor-core GEMM whose K would be mostly padding.
+Within a double convolution, ``mask_input_grad`` on the second conv and ``output_grad_masked`` on the
+first move the first's ReLU mask into the second's dgrad epilogue (it reads x there, the first's
+output): the first's backward then makes no masked copy of its gradient (UNet does this per level).
 The pool's backward, the skip's gradient and the ReLU mask are one Triton pass
 (ops/triton/relu_pool_backward.py: aten's argmax and NaN rules, bit for bit); the forward writes no
 index tensor.
@@ -34,8 +37,9 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..geometry import center_crop
+from ..geometry import center_crop, zero_outside_center
 from . import triton as _triton
+from .frozen_weights import derived
 from ._library import choose_implementation, register_fake_and_autograd, register_triton
 from .crop_concat import check_skip_covers
 
@@ -100,19 +104,21 @@ def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) ->
 
 # ---- fake kernels
 
-def _fake_forward(x, weight, bias, skip, padding, direct, measured=False):
+def _fake_forward(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
+                  output_grad_masked=False):
     n, _, h, w = x.shape
     return x.new_empty((n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)).contiguous(
         memory_format=torch.channels_last)
 
 
-def _fake_forward_pool(x, weight, bias, skip, padding, direct, measured=False):
+def _fake_forward_pool(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
+                       output_grad_masked=False):
     y = _fake_forward(x, weight, bias, skip, padding, direct)
     return y, y.new_empty((*y.shape[:2], y.shape[2] // 2, y.shape[3] // 2)).contiguous(
         memory_format=torch.channels_last)
 
 
-def _fake_input_grad(grad, weight, x, skip, padding):
+def _fake_input_grad(grad, weight, x, skip, padding, relu_mask_x=False):
     return [torch.empty_like(t, memory_format=torch.channels_last) for t in (x, skip) if t is not None]
 
 
@@ -135,10 +141,12 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, skip, y)
     ctx.padding = padding
     ctx.has_skip = skip is not None
-    ctx.measured = bool(inputs[6]) if len(inputs) > 6 else False
+    ctx.measured, ctx.mask_input_grad, ctx.output_grad_masked = (bool(flag) for flag in inputs[6:9])
 
 
 def _backward(ctx, grad):
+    if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
+        return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
     return _masked_backward(ctx, grad.masked_fill(y <= 0, 0))  # ReLU's mask, read from its output
 
@@ -169,15 +177,18 @@ def _masked_backward(ctx, grad):
         grads = _aten_backward(grad, weight, x, skip, ctx.padding, needs_input and aten_dgrad,
                                (needs_weight or needs_bias) and aten_wgrad)
         grad_x, grad_skip, grad_weight, grad_bias = grads
+        if ctx.mask_input_grad and grad_x is not None:  # cuDNN's dgrad: the mask as a pass of its own
+            grad_x = grad_x.masked_fill(x <= 0, 0)
     if needs_input and not aten_dgrad:
-        grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding)
+        grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding,
+                                                              ctx.mask_input_grad)
         grad_x = grads[0]
         grad_skip = grads[1] if ctx.has_skip else None
     if (needs_weight or needs_bias) and not aten_wgrad:
         grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_weight_grad_triton(grad, x, skip, ctx.padding)
     grad_weight = grad_weight.to(weight.dtype) if needs_weight else None
     grad_bias = grad_bias.to(weight.dtype) if needs_bias else None
-    return grad_x, grad_weight, grad_bias, grad_skip, None, None, None
+    return grad_x, grad_weight, grad_bias, grad_skip, None, None, None, None, None
 
 
 def _aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool):
@@ -193,23 +204,34 @@ def _aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad
         cs = 0 if skip is None else skip.shape[1]
         grad_x = grad_cat[:, cs:]
         if skip is not None:
-            grad_skip = torch.zeros_like(skip, memory_format=torch.channels_last)
+            grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
+            zero_outside_center(grad_skip, x.shape[-2:])
             center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
     return grad_x, grad_skip, grad_weight, grad_bias
 
 
 # ---- Triton implementations
 
-def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False):
-    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct)[0]
+def _packed_forward(weight):
+    return derived(weight, "forward packing", _kernels.pack_forward_weight)
 
 
-def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False):
-    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct)
+def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
+                         output_grad_masked=False):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct,
+                                    packed_weight=_packed_forward(weight))[0]
 
 
-def _conv3x3_input_grad_triton(grad, weight, x, skip, padding):
-    return [t for t in _kernels.conv3x3_input_grad(grad, weight, x, skip, padding) if t is not None]
+def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
+                              output_grad_masked=False):
+    return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct,
+                                    packed_weight=_packed_forward(weight))
+
+
+def _conv3x3_input_grad_triton(grad, weight, x, skip, padding, relu_mask_x=False):
+    packed = derived(weight, "dgrad packing", _kernels.pack_dgrad_weight)
+    return [t for t in _kernels.conv3x3_input_grad(grad, weight, x, skip, padding, packed_weight=packed,
+                                                   relu_mask_x=relu_mask_x) if t is not None]
 
 
 def _conv3x3_weight_grad_triton(grad, x, skip, padding):
@@ -240,10 +262,36 @@ def _backend(device: torch.device, dtype: torch.dtype, implementation: str | Non
     return choose_implementation("conv3x3_relu", device, dtype, implementation)
 
 
+def _cast(t, dtype):
+    """t.to(dtype), made once per weight inside frozen_weights() when no gradient is being recorded (the
+    same tensor each time then, so its packings are reused too)."""
+    if not isinstance(t, torch.Tensor) or t.dtype == dtype:
+        return t
+    if torch.is_grad_enabled():
+        return t.to(dtype)
+    return derived(t, f"cast to {dtype}", lambda w: w.to(dtype))
+
+
+class _ReluMaskedGrad(torch.autograd.Function):
+    """Identity whose backward applies the ReLU mask of its input: mask_input_grad where the composite runs."""
+
+    @staticmethod
+    def forward(x):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.masked_fill(ctx.saved_tensors[0] <= 0, 0)
+
+
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  skip: Optional[torch.Tensor] = None, padding: int = 0, pool: bool = False,
-                 direct: bool = False, implementation: Optional[str] = None
-                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                 direct: bool = False, implementation: Optional[str] = None, mask_input_grad: bool = False,
+                 output_grad_masked: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """y = relu(conv2d(cat([centre_crop(skip), x]) or x, weight, bias, padding)), fused where Triton runs.
 
     pool: return (y, F.max_pool2d(y, 2)) from one kernel (the pool floors odd sizes, as F.max_pool2d).
@@ -252,19 +300,32 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     implementation: None (the default choice for the tensors, and on a GPU whose measured table says
     cuDNN is faster for a part of this layer, cuDNN for that part), or "triton" (every part on the
     Triton kernels), "composite".
+    mask_input_grad: x is a ReLU's output (another conv3x3_relu's y); x's gradient then comes back with
+    that ReLU's mask applied (0 where x <= 0), i.e. as the gradient of the ReLU's input. Parameter
+    gradients are unchanged; x.grad, were it kept, would differ where x is 0.
+    output_grad_masked: every use of y was a conv3x3_relu(y, ..., mask_input_grad=True), so y's gradient
+    arrives masked: the backward skips applying the mask again. Anything else reading y makes the
+    gradients wrong; not with pool=True (the pool's gradient is not masked). UNet sets both per level.
     Under autocast the inputs are cast to the autocast dtype first, as aten's conv2d would.
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
     if torch.is_autocast_enabled(device_type) and isinstance(x, torch.Tensor) and x.is_floating_point():
         dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
+        x, weight, bias = x.to(dtype), _cast(weight, dtype), _cast(bias, dtype)
         skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
     _check(x, weight, bias, skip, padding, pool, direct)
+    for name, flag in (("mask_input_grad", mask_input_grad), ("output_grad_masked", output_grad_masked)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"conv3x3_relu: {name} must be True or False, got {flag!r}")
+    if pool and output_grad_masked:
+        raise ValueError("conv3x3_relu: output_grad_masked=True cannot go with pool=True: the pooled output's "
+                         "gradient arrives unmasked; leave output_grad_masked False")
     measured = implementation is None
     if _backend(x.device, x.dtype, implementation) == "triton" and not (
             measured and not pool and _kernels.forward_prefers_aten(x, weight, skip, padding)):
         op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
-        return op(x, weight, bias, skip, padding, direct, measured)
+        return op(x, weight, bias, skip, padding, direct, measured, mask_input_grad, output_grad_masked)
+    if mask_input_grad and x.requires_grad and torch.is_grad_enabled():
+        x = _ReluMaskedGrad.apply(x)
     y = conv3x3_relu_reference(x, weight, bias, skip, padding)
     return (y, F.max_pool2d(y, 2)) if pool else y

@@ -30,7 +30,7 @@ import torch
 
 from . import Launch, conv3x3_configs as configs, triton
 
-from ...geometry import crop_offset
+from ...geometry import crop_offset, zero_outside_center
 
 if triton is not None:
     import triton.language as tl
@@ -137,16 +137,20 @@ if triton is not None:
         out_ptr, so_n, so_c, so_h, so_w,
         out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
         pool_ptr, sp_n, sp_c, sp_h, sp_w,
+        mask_ptr, sm_n, sm_c, sm_h, sm_w,
         N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-        HAS_OUT2: tl.constexpr, POOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_OUT2: tl.constexpr, POOL: tl.constexpr, MASK_OUT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr, SWAP: tl.constexpr,
     ):
         """out = act(conv3x3([skip window, x], w, padding=PAD) + bias); w packed as (9 * (Cs + Cx), Cout).
 
         With HAS_OUT2, output channels [0, C_SPLIT) go to out2's window at (out2_top, out2_left)
         and the rest to out (channel - C_SPLIT): the dgrad split between grad_skip and grad_x.
-        With POOL, also pool = max_pool2d(out, 2).
+        With POOL, also pool = max_pool2d(out, 2). With MASK_OUT, out is 0 where mask (out's shape) is <= 0:
+        the dgrad of a layer whose x is the previous layer's ReLU output applies that ReLU's mask here,
+        instead of the previous layer's backward making a masked copy of the whole gradient.
         """
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
@@ -190,8 +194,13 @@ if triton is not None:
             tl.store(out2_ptr + out2_rows[:, None] + (offs_n * so2_c)[None, :], value,
                      mask=row_ok[:, None] & (offs_n < C_SPLIT)[None, :])
         out_rows = n * so_n + oh64 * so_h + ow64 * so_w
-        tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value,
-                 mask=row_ok[:, None] & (col_ok & (offs_n >= C_SPLIT))[None, :])
+        out_ok = row_ok[:, None] & (col_ok & (offs_n >= C_SPLIT))[None, :]
+        if MASK_OUT:
+            mask_rows = n * sm_n + oh64 * sm_h + ow64 * sm_w
+            relu_out = tl.load(mask_ptr + mask_rows[:, None] + ((offs_n - C_SPLIT).to(tl.int64) * sm_c)[None, :],
+                               mask=out_ok, other=1.0)
+            value = tl.where(relu_out <= 0, 0.0, acc).to(out_ptr.dtype.element_ty)  # a NaN passes, as masked_fill
+        tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value, mask=out_ok)
         if POOL:
             _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M, BLOCK_N)
 
@@ -404,11 +413,12 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
               device_type: str | None = None, pooled=None, kind: str = "forward",
-              config: configs.Config | None = None) -> Launch:
+              config: configs.Config | None = None, out_mask=None) -> Launch:
     """conv3x3_kernel's launch for these tensors (device_type overrides x's, e.g. for meta tensors).
 
     pooled: where to write max_pool2d(out, 2) from the epilogue, or None. kind: "forward" or "dgrad",
     the config table's key; config: these tiles instead of the table's or the heuristic's (the tuner).
+    out_mask: a tensor of out's shape; out is written as 0 where it is <= 0 (a ReLU's mask), or None.
     """
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
@@ -428,15 +438,18 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
     pool_t = pooled if pooled is not None else out  # never written without POOL
+    mask_t = out_mask if out_mask is not None else out  # never read without MASK_OUT
     args = (x, *_strides(x),
             skip_t, *_strides(skip_t), *skip_offset,
             w_packed, bias if bias is not None else w_packed,
             out, *_strides(out),
             out2_t, *_strides(out2_t), *out2_offset,
             pool_t, *_strides(pool_t),
+            mask_t, *_strides(mask_t),
             n, h, w, oh, ow, cs, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
-                HAS_OUT2=out2 is not None, POOL=pooled is not None, BLOCK_M=config.block_m,
+                HAS_OUT2=out2 is not None, POOL=pooled is not None, MASK_OUT=out_mask is not None,
+                BLOCK_M=config.block_m,
                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, INPUT_PRECISION=precision, ROUND_TF32=round_tf32,
                 SWAP=config.swap, num_warps=config.num_warps, num_stages=config.num_stages)
     return Launch(conv3x3_kernel, grid, args, meta)
@@ -501,8 +514,11 @@ def pack_dgrad_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False, direct: bool = False,
-                    config: configs.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(relu(conv2d([centre_crop(skip), x], weight, bias, padding)), its 2x2 max-pool or None), channels_last."""
+                    config: configs.Config | None = None, packed_weight: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(relu(conv2d([centre_crop(skip), x], weight, bias, padding)), its 2x2 max-pool or None), channels_last.
+
+    packed_weight: pack_forward_weight(weight), where the caller has it already."""
     n, _, h, w = x.shape
     cout = weight.shape[0]
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
@@ -511,23 +527,31 @@ def conv3x3_forward(x, weight, bias, skip, padding: int, pool: bool = False, dir
     if pool:
         pooled = torch.empty((n, cout, oh // 2, ow // 2), device=x.device, dtype=x.dtype,
                              memory_format=torch.channels_last)
-    plan_forward(x, skip, pack_forward_weight(weight), bias, out, pooled, padding, direct, config=config).run()
+    if packed_weight is None:
+        packed_weight = pack_forward_weight(weight)
+    plan_forward(x, skip, packed_weight, bias, out, pooled, padding, direct, config=config).run()
     return out, pooled
 
 
-def conv3x3_input_grad(grad, weight, x, skip, padding: int,
-                       config: configs.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def conv3x3_input_grad(grad, weight, x, skip, padding: int, config: configs.Config | None = None,
+                       packed_weight: torch.Tensor | None = None, relu_mask_x: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of conv2d([centre_crop(skip), x], weight, padding) for x and for skip (full shape).
 
-    ``grad`` is the output gradient with the activation's mask already applied.
+    ``grad`` is the output gradient with the activation's mask already applied. relu_mask_x: x is a
+    ReLU's output; grad_x comes back with that ReLU's mask applied (0 where x <= 0), i.e. as the
+    gradient of the ReLU's input. packed_weight: pack_dgrad_weight(weight), where the caller has it.
     """
     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     grad_skip = None
-    if skip is not None:  # zero outside the window the forward read
-        grad_skip = torch.empty(skip.shape, device=skip.device, dtype=skip.dtype,
-                                memory_format=torch.channels_last).zero_()
-    plan_conv(grad.to(x.dtype), None, (0, 0), pack_dgrad_weight(weight), None, grad_x, grad_skip,
-              _skip_offset(skip, *x.shape[2:]), 2 - padding, relu=False, kind="dgrad", config=config).run()
+    offset = _skip_offset(skip, *x.shape[2:])
+    if skip is not None:  # the kernel writes the window the forward read; zero around it
+        grad_skip = torch.empty(skip.shape, device=skip.device, dtype=skip.dtype, memory_format=torch.channels_last)
+        zero_outside_center(grad_skip, x.shape[2:])
+    if packed_weight is None:
+        packed_weight = pack_dgrad_weight(weight)
+    plan_conv(grad.to(x.dtype), None, (0, 0), packed_weight, None, grad_x, grad_skip, offset, 2 - padding,
+              relu=False, kind="dgrad", config=config, out_mask=x if relu_mask_x else None).run()
     return grad_x, grad_skip
 
 

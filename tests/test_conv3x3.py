@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_fast import ops
+import dataclasses
+
+from unet_fast import geometry, ops
 from unet_fast.ops import conv3x3_relu
 from unet_fast.ops.conv3x3 import conv3x3_relu_reference
 from unet_fast.ops.triton import conv3x3 as kernels
+from unet_fast.ops.triton.conv3x3_configs import Config
 from tolerances import assert_close, assert_within_twice_plain_error
 from triton_device import DEVICE, exact_fp32, needs_bf16_interpreter, needs_triton
 
@@ -313,6 +316,71 @@ def test_frozen_weights_reuse_casts_without_grad_only():
         assert c is not a and c.grad_fn is not None
     with torch.no_grad():
         assert _cast(weight, torch.bfloat16) is not _cast(weight, torch.bfloat16)
+
+
+# The TMA kernel (tensor descriptors; sm_90 through the tuner's table, the interpreter here) against the oracle:
+# forward with and without skip, dgrad split between grad_skip's window and grad_x with the ReLU mask, odd
+# output sizes (partial patches), channels that are no multiple of BLOCK_K, swapped operands.
+TMA = Config(32, 16, 16, 4, 1, tma=True)  # 2 x 16 output pixels per program
+
+
+@needs_triton
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding, swap", [
+    pytest.param(2, 8, 0, 9, 11, 0, 0, 20, 0, False, id="odd-cout-20"),
+    pytest.param(2, 8, 4, 9, 21, 13, 25, 20, 0, False, id="skip-offset-two-patches-wide"),
+    pytest.param(1, 12, 0, 7, 19, 0, 0, 8, 1, False, id="pad1-cin-12"),
+    pytest.param(2, 8, 20, 7, 10, 7, 10, 12, 1, True, id="pad1-skip-same-size-swap"),
+])
+def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, swap):
+    x, weight, bias, skip = (t.detach() if t is not None else None
+                             for t in make(batch, cx, cs, h, w, sh, sw, cout, "channels_last"))
+    config = dataclasses.replace(TMA, swap=swap)
+    with exact_fp32():
+        out, _ = kernels.conv3x3_forward(x, weight, bias, skip, padding, config=config)
+    launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, None, padding, False,
+                                  config=config)
+    assert launch.kernel is kernels.conv3x3_tma_kernel
+    (expected,) = oracle(x, weight, bias, skip, padding)
+    assert_close(out, expected, dtype=torch.float32)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    relu_x = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    with exact_fp32():
+        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, relu_x, skip, padding, config=config,
+                                                       relu_mask_x=True)
+    cat = relu_x if skip is None else torch.cat([geometry.center_crop(skip, (h, w)), relu_x], dim=1)
+    cat = cat.double().requires_grad_()
+    (want,) = torch.autograd.grad(F.conv2d(cat, weight.double(), padding=padding), [cat], grad.double())
+    assert_close(grad_x, want[:, cs:].masked_fill(relu_x <= 0, 0), dtype=torch.float32, msg="x")
+    if skip is not None:
+        assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
+
+
+@needs_triton
+def test_tma_applies_only_where_descriptors_can():
+    """Elsewhere the same tiles run on the pointer kernel: pooled epilogues, TF32 rounding, NCHW or unaligned
+    operands, and padding that would fall on a larger skip's own pixels."""
+    cl = torch.channels_last
+
+    def case(cx=8, cs=0, size=10, skip_size=10, padding=0, pooled=False, round_tf32=False, layout=cl,
+             misaligned=False, cout=16):
+        x = torch.randn(2, cx, size, size).contiguous(memory_format=layout)
+        if misaligned:  # the same layout, 4 bytes into its storage
+            x = torch.randn(x.numel() + 1)[1:].view(2, size, size, cx).permute(0, 3, 1, 2)
+        skip = torch.randn(2, cs, skip_size, skip_size).contiguous(memory_format=cl) if cs else None
+        offset = ((skip_size - size) // 2,) * 2 if cs else (0, 0)
+        w_packed = torch.randn(9 * (cx + cs), cout)
+        pool = torch.empty(1) if pooled else None
+        return kernels.tma_applies(x, skip, offset, w_packed, padding, pool, round_tf32, TMA)
+
+    assert case() and case(cs=4, skip_size=14) and case(cs=4, padding=1)
+    assert case(misaligned=False) and not case(misaligned=True)
+    assert not case(pooled=True)
+    assert not case(round_tf32=True)
+    assert not case(layout=torch.contiguous_format)
+    assert not case(cx=5)          # a pixel's 20 bytes: strides not 16-byte multiples
+    assert not case(cout=6)        # weight rows of 24 bytes
+    assert not case(cs=4, skip_size=14, padding=1)  # the padding would read skip's frame
 
 
 def test_default_implementations():

@@ -4,6 +4,8 @@ Tile sizes change nothing in Triton's interpreter but the code paths do: the swa
 (channels x pixels), the wgrad that reads one source per channel tile, the bias gradient summed in
 wgrad, TF32 rounding of fp32 operands. Each is run here on the CPU against aten.
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,6 +120,21 @@ def test_heuristic_and_candidates():
             assert all(c.shared_bytes(2) <= configs.SHARED_MEMORY_BUDGET for c in found)
             assert any(c.swap for c in found) == (kind != "wgrad" and cout <= 64)
     assert configs.candidates("forward", "fp32", 0, 64, 64) == [configs.heuristic("forward", "fp32", 0, 64, 64)]
+
+
+def test_tma_candidates_only_for_16_bit_forward_and_dgrad():
+    """On a GPU with TMA the tuner also tries the first three tiles through tensor descriptors; never for wgrad
+    (its own kernel) or TF32 (operands rounded in registers), and a table entry from before the field reads
+    as no TMA."""
+    plain = configs.candidates("dgrad", "bf16", 0, 64, 128)
+    with_tma = configs.candidates("dgrad", "bf16", 0, 64, 128, tma=True)
+    assert with_tma[:len(plain)] == plain
+    assert with_tma[len(plain):] == [dataclasses.replace(c, tma=True) for c in plain[:3]]
+    for kind, dtype in (("wgrad", "bf16"), ("forward", "tf32")):
+        assert not any(c.tma for c in configs.candidates(kind, dtype, 0, 64, 64, tma=True))
+    assert Config(*[128, 64, 64, 8, 3, False]).tma is False
+    assert configs.table_entry(Config(128, 64, 64, 8, 3, tma=True)) == [128, 64, 64, 8, 3, False, True]
+    assert configs.table_entry(Config(128, 64, 64, 8, 3)) == [128, 64, 64, 8, 3, False]
 
 
 def test_table_lookup_by_device_and_rows_bucket(monkeypatch):

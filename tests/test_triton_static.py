@@ -34,6 +34,7 @@ def check(rows):
         where = f"{r['label']} sm_{r['capability']}"
         assert r["spill_bytes"] == 0, f"{where}: {r['spill_bytes']} bytes spilled"
         assert r["shared"] <= r["smem_limit"], f"{where}: {r['shared']} bytes of shared memory"
+        assert r["tma_loads"] == r["tma_kernel"], f"{where}: TMA loads {r['tma_loads']}"
         if not r["gemm"]:  # a copy kernel, or the direct kernel's FMA (tensor cores would be a mistake there)
             assert r["tensor_cores"] == "none", where
             continue
@@ -50,7 +51,7 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
     check(rows)
     assert {r["capability"] for r in rows} == {80, 90}
     assert {r["label"].split()[0] for r in rows} == {"forward", "dgrad", "wgrad", "crop_concat", "forward+pool",
-                                                      "direct"}
+                                                      "direct", "forward+tma", "dgrad+tma"}
 
 
 @pytest.mark.slow

@@ -42,6 +42,10 @@ class Compiled:
         return "wgmma.mma_async" in self.ptx
 
     @property
+    def uses_tma(self) -> bool:
+        return "cp.async.bulk.tensor" in self.ptx
+
+    @property
     def uses_mma(self) -> bool:
         return re.search(r"\bmma\.sync\.aligned", self.ptx) is not None
 
@@ -228,11 +232,34 @@ def shipped_launches(quick: bool = False):
                 yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
         yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
         yield from option_launches(dtype, quick)
+    yield from tma_launches(quick)
     if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for kind, launch in layer_launches(torch.float32, 128, 64, 392, 64).items():
                 yield f"{kind} float32-exact cin=128 cout=64 skip", launch
             yield "forward+pool float32-exact cin=64 cout=64", option_launch(torch.float32, 64, 64, 570, True, False)
+
+
+def tma_launches(quick: bool):
+    """(label, launch) of conv3x3_tma_kernel (tensor-descriptor loads, for sm_90): each layer's heuristic tiles
+    and the swapped 64-output-channel tile, forward and dgrad, as the tuner would try them."""
+    from dataclasses import replace
+
+    from unet_fast.ops.triton import conv3x3_configs as table_module
+
+    layers = [(128, 64, 392, 64), (64, 64, 390, 0)]
+    if not quick:
+        layers += [(512, 1024, 32, 0), (1024, 512, 52, 512)]
+    for cin, cout, size, cs in layers:
+        for kind in ("forward", "dgrad"):
+            channels = (cs, cin - cs, cout) if kind == "forward" else (0, cout, cin)
+            tiles = [table_module.heuristic(kind, "bf16", *channels)]
+            if channels[2] <= 64:
+                tiles.append(table_module.Config(256, 64, 64, 8, 3, swap=True))
+            for config in tiles:
+                launch = layer_launches(torch.bfloat16, cin, cout, size, cs,
+                                        configs={kind: replace(config, tma=True)})[kind]
+                yield f"{kind}+tma bfloat16 cin={cin} cout={cout}{' skip' if cs else ''}{' swap' if config.swap else ''}", launch
 
 
 def crop_concat_launch(dtype: torch.dtype):
@@ -245,7 +272,7 @@ def crop_concat_launch(dtype: torch.dtype):
     return plan_crop_concat(empty(8, 64, 568, 568), empty(8, 64, 392, 392), 88, 88, empty(8, 128, 392, 392))
 
 
-_GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel")  # tl.dot: tensor cores expected
+_GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel", "conv3x3_tma_kernel")  # tl.dot: tensor cores expected
 
 
 def report(quick: bool = False, table_only: bool = False):
@@ -253,13 +280,15 @@ def report(quick: bool = False, table_only: bool = False):
     launches = table_launches() if table_only else shipped_launches(quick)
     for label, launch in launches:
         m = launch.meta
-        for capability in (90, 80):
+        tma = launch.kernel.__name__ == "conv3x3_tma_kernel"
+        for capability in (90,) if tma else (90, 80):  # TMA is sm_90's; the tuner tries it from there on
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
                        gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact=m.get("INPUT_PRECISION") == "ieee",
                        num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
-                       tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none")
+                       tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none",
+                       tma_kernel=tma, tma_loads=c.uses_tma)
 
 
 def _main(argv) -> None:
@@ -273,7 +302,7 @@ def _main(argv) -> None:
         else:
             print(f"| {r['label']} | sm_{r['capability']} | {tuple(r['blocks'])} | {r['num_warps']} | "
                   f"{r['num_stages']} | {r['registers']} | {r['spill_bytes']} | {r['shared'] / 1024:.0f} | "
-                  f"{r['tensor_cores']} |", flush=True)
+                  f"{r['tensor_cores']}{' + TMA' if r['tma_loads'] else ''} |", flush=True)
 
 
 if __name__ == "__main__":

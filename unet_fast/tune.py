@@ -207,7 +207,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                     return {"best": winners(measurements), "measurements": measurements}
                 want = problem.aten(kind)()
                 aten_ms = _time(problem.aten(kind))
-                candidates = configs.candidates(kind, dtype_name, *problem.channels(kind))
+                candidates = configs.candidates(kind, dtype_name, *problem.channels(kind),
+                                                tma=torch.cuda.get_device_capability(device)[0] >= 9)
                 runs = [problem.ours(kind, config) for config in candidates]
                 with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # compiles overlap
                     failures = list(pool.map(_compile, runs))

@@ -17,6 +17,11 @@ Optional, forward only: the 2x2 max-pool of the output from the same epilogue (P
 fours, one pooling window each), and a direct kernel for unpooled inputs of at most 4 channels (the
 first layer), whose K = 9 * C_in would otherwise be mostly padding in tensor-core tiles.
 
+An alternative forward/dgrad kernel, conv3x3_tma_kernel, loads both operands through tensor descriptors
+(TMA on sm_90): each program computes a patch of output pixels of one image, so a tap's input is one
+rectangular NHWC box. It runs only where a measured table entry asks for it (Config.tma; the tuner tries
+it on sm_90 and later) and the operands allow it (``tma_applies``); until measured, nothing chooses it.
+
 Accumulation is fp32. fp16/bf16 inputs use their tensor-core path; fp32 inputs use TF32 when
 ``torch.backends.cudnn.allow_tf32`` allows it (as PyTorch's own convolutions do) and exact fp32
 ("ieee") otherwise. Configurations are fixed per (dtype, channel counts): no autotuning, so the
@@ -181,7 +186,19 @@ if triton is not None:
                                  ROUND_TF32, SWAP)
         if SWAP:
             acc = tl.trans(acc)
+        acc = _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                        out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h, sm_w,
+                        C_SPLIT, HAS_BIAS, RELU, HAS_OUT2, MASK_OUT)
+        if POOL:
+            _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M, BLOCK_N)
 
+    @triton.jit
+    def _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                  out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h, sm_w,
+                  C_SPLIT, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, HAS_OUT2: tl.constexpr,
+                  MASK_OUT: tl.constexpr):
+        """Bias, ReLU, the split between out2's window and out, the ReLU mask of out, the stores; returns
+        the activated fp32 tile (for the pooled epilogue)."""
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if RELU:
@@ -201,8 +218,84 @@ if triton is not None:
                                mask=out_ok, other=1.0)
             value = tl.where(relu_out <= 0, 0.0, acc).to(out_ptr.dtype.element_ty)  # a NaN passes, as masked_fill
         tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value, mask=out_ok)
-        if POOL:
-            _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M, BLOCK_N)
+        return acc
+
+    @triton.jit
+    def _accumulate_tma(acc, src, n, ih0, iw0, C, w_desc, w_row0, w_rows, col0,
+                        TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr,
+                        INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr):
+        """_accumulate_source through tensor descriptors: each (tap, channel block) step loads the input as one
+        (1, TILE_H, TILE_W, BLOCK_K) box at the tap's offset and the weights as one (BLOCK_K, BLOCK_N) box.
+        Out of bounds reads zeros: the padding, the channels past C (so the weight rows they meet, the next
+        source's or tap's, add nothing) and the rows past the output, which are not stored."""
+        k_blocks = tl.cdiv(C, BLOCK_K)
+        for it in range(0, 9 * k_blocks):
+            tap = it // k_blocks
+            c0 = (it - tap * k_blocks) * BLOCK_K
+            kh = tap // 3
+            kw = tap - kh * 3
+            a = tl.reshape(src.load([n, ih0 + kh, iw0 + kw, c0]), (TILE_H * TILE_W, BLOCK_K))
+            b = w_desc.load([tap * w_rows + w_row0 + c0, col0])
+            if SWAP:
+                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=INPUT_PRECISION)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        return acc
+
+    @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "out2_top", "out2_left"])
+    def conv3x3_tma_kernel(
+        x_ptr, sx_n, sx_h, sx_w,
+        skip_ptr, ss_n, ss_h, ss_w, skip_top, skip_left, SH, SW,
+        w_ptr, bias_ptr,
+        out_ptr, so_n, so_c, so_h, so_w,
+        out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
+        mask_ptr, sm_n, sm_c, sm_h, sm_w,
+        N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
+        PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        HAS_OUT2: tl.constexpr, MASK_OUT: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr,
+    ):
+        """conv3x3_kernel without POOL or TF32 rounding, its operands loaded by TMA (tensor descriptors, sm_90):
+        a program computes a TILE_H x TILE_W patch of one image's output pixels, so each tap's input is one
+        rectangular box of the NHWC input (channel stride 1, other strides multiples of 16 bytes), read by
+        the copy engine with its bounds checked in hardware instead of per-element masks and addresses."""
+        pid = tl.program_id(0)
+        num_n = tl.cdiv(Cout, BLOCK_N)
+        pid_m = pid // num_n
+        pid_n = pid - pid_m * num_n
+        tiles_h = tl.cdiv(OH, TILE_H)
+        tiles_w = tl.cdiv(OW, TILE_W)
+        n = pid_m // (tiles_h * tiles_w)
+        rem = pid_m - n * (tiles_h * tiles_w)
+        oh0 = (rem // tiles_w) * TILE_H
+        ow0 = (rem % tiles_w) * TILE_W
+        offs_m = tl.arange(0, TILE_H * TILE_W)
+        oh = oh0 + offs_m // TILE_W
+        ow = ow0 + offs_m % TILE_W
+        row_ok = (oh < OH) & (ow < OW)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < Cout
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[9 * (Cs + Cx), Cout], strides=[Cout, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+        if SWAP:
+            acc = tl.zeros((BLOCK_N, TILE_H * TILE_W), dtype=tl.float32)
+        else:
+            acc = tl.zeros((TILE_H * TILE_W, BLOCK_N), dtype=tl.float32)
+        if HAS_SKIP:  # PAD is 0 here or the window is all of skip: no padding falls on skip's own pixels
+            skip = tl.make_tensor_descriptor(skip_ptr, shape=[N, SH, SW, Cs], strides=[ss_n, ss_h, ss_w, 1],
+                                             block_shape=[1, TILE_H, TILE_W, BLOCK_K])
+            acc = _accumulate_tma(acc, skip, n, oh0 - PAD + skip_top, ow0 - PAD + skip_left, Cs, w_desc, 0,
+                                  Cs + Cx, pid_n * BLOCK_N, TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
+        x = tl.make_tensor_descriptor(x_ptr, shape=[N, H, W, Cx], strides=[sx_n, sx_h, sx_w, 1],
+                                      block_shape=[1, TILE_H, TILE_W, BLOCK_K])
+        acc = _accumulate_tma(acc, x, n, oh0 - PAD, ow0 - PAD, Cx, w_desc, Cs, Cs + Cx, pid_n * BLOCK_N,
+                              TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
+        if SWAP:
+            acc = tl.trans(acc)
+        _epilogue(acc, n.to(tl.int64), oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                  out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h, sm_w,
+                  C_SPLIT, HAS_BIAS, RELU, HAS_OUT2, MASK_OUT)
 
     @triton.jit
     def conv3x3_direct_kernel(
@@ -434,11 +527,16 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
         config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
     if config.swap and pooled is not None:  # the pooled epilogue needs pixels as rows: same tiles, unswapped
         config = dataclasses.replace(config, swap=False)
-    grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
-    pool_t = pooled if pooled is not None else out  # never written without POOL
     mask_t = out_mask if out_mask is not None else out  # never read without MASK_OUT
+    if config.tma:
+        if tma_applies(x, skip, skip_offset, w_packed, padding, pooled, round_tf32, config):
+            return _plan_tma(x, skip_t, skip is not None, skip_offset, w_packed, bias, out, out2_t, out2 is not None,
+                             out2_offset, mask_t, out_mask is not None, padding, relu, c_split, precision, config)
+        config = dataclasses.replace(config, tma=False)
+    grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
+    pool_t = pooled if pooled is not None else out  # never written without POOL
     args = (x, *_strides(x),
             skip_t, *_strides(skip_t), *skip_offset,
             w_packed, bias if bias is not None else w_packed,
@@ -453,6 +551,59 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, INPUT_PRECISION=precision, ROUND_TF32=round_tf32,
                 SWAP=config.swap, num_warps=config.num_warps, num_stages=config.num_stages)
     return Launch(conv3x3_kernel, grid, args, meta)
+
+
+TMA_TILE_W = 16  # output pixels per row of a TMA program's patch: block_m / 16 rows of 16
+
+
+def _tma_operand_ok(t: torch.Tensor) -> bool:
+    """A tensor descriptor's rules: NHWC (channel stride 1), other strides and the base 16-byte aligned."""
+    size = t.element_size()
+    return (t.stride(1) == 1 and all(stride * size % 16 == 0 for stride in (t.stride(0), t.stride(2), t.stride(3)))
+            and t.data_ptr() % 16 == 0)
+
+
+def tma_applies(x, skip, skip_offset, w_packed, padding: int, pooled, round_tf32: bool, config: configs.Config) -> bool:
+    """Whether conv3x3_tma_kernel can run these operands with ``config``: no pooled epilogue, no TF32 rounding
+    (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors, a patch of 16-pixel rows,
+    and no padding falling inside skip (its zeros come from bounds checks, which see skip's whole extent)."""
+    cout = w_packed.shape[1]
+    return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0 and config.block_n <= 256
+            and _tma_operand_ok(x) and (skip is None or _tma_operand_ok(skip))
+            and w_packed.is_contiguous() and cout * w_packed.element_size() % 16 == 0
+            and w_packed.data_ptr() % 16 == 0
+            and (padding == 0 or skip is None or tuple(skip_offset) == (0, 0)))
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _plan_tma(x, skip_t, has_skip, skip_offset, w_packed, bias, out, out2_t, has_out2, out2_offset, mask_t,
+              has_mask, padding, relu, c_split, precision, config) -> Launch:
+    """conv3x3_tma_kernel's launch; on CUDA, Triton's allocator is set first where none is (the kernel builds
+    its descriptors in global scratch memory; Triton's allocator is per thread)."""
+    from triton.runtime import _allocation
+
+    n, cx, h, w = x.shape
+    cout = w_packed.shape[1]
+    oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    tile_h = config.block_m // TMA_TILE_W
+    if x.device.type == "cuda" and isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_tma_scratch)
+    grid = (n * triton.cdiv(oh, tile_h) * triton.cdiv(ow, TMA_TILE_W) * triton.cdiv(cout, config.block_n),)
+    args = (x, x.stride(0), x.stride(2), x.stride(3),
+            skip_t, skip_t.stride(0), skip_t.stride(2), skip_t.stride(3), *skip_offset, *skip_t.shape[2:],
+            w_packed, bias if bias is not None else w_packed,
+            out, *_strides(out),
+            out2_t, *_strides(out2_t), *out2_offset,
+            mask_t, *_strides(mask_t),
+            n, h, w, oh, ow, skip_t.shape[1] if has_skip else 0, cx, cout, c_split)
+    meta = dict(PAD=padding, HAS_SKIP=has_skip, HAS_BIAS=bias is not None, RELU=relu, HAS_OUT2=has_out2,
+                MASK_OUT=has_mask, TILE_H=tile_h, TILE_W=TMA_TILE_W, BLOCK_N=config.block_n,
+                BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap,
+                num_warps=config.num_warps, num_stages=config.num_stages)
+    return Launch(conv3x3_tma_kernel, grid, args, meta)
 
 
 def _gemm_rows(n: int, oh: int, ow: int, pool: bool) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,8 +29,9 @@ SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles per progra
 @dataclass(frozen=True)
 class Config:
     """Tiles of one launch. forward/dgrad: block_m pixels, block_n output channels, block_k input
-    channels per step; swap computes the tile as (channels x pixels), the channels being the MMA's M.
-    wgrad: block_m input channels, block_n output channels, block_k pixels per step."""
+    channels per step; swap computes the tile as (channels x pixels), the channels being the MMA's M;
+    tma loads both operands by TMA (sm_90: ``conv3x3.tma_applies`` says where), block_m pixels as a
+    (block_m / 16) x 16 patch. wgrad: block_m input channels, block_n output channels, block_k pixels per step."""
 
     block_m: int
     block_n: int
@@ -38,6 +39,7 @@ class Config:
     num_warps: int
     num_stages: int
     swap: bool = False
+    tma: bool = False  # forward/dgrad: operands through tensor descriptors (conv3x3_tma_kernel), where it applies
 
     def shared_bytes(self, element_size: int) -> int:
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
@@ -87,7 +89,12 @@ def table() -> dict:
 
 
 def table_entry(config) -> list | str:
-    return ATEN if config == ATEN else list(astuple(config))
+    """config as the table stores it: its fields in order, without a trailing ``tma`` False (entries
+    written before the field existed read the same)."""
+    if config == ATEN:
+        return ATEN
+    entry = list(astuple(config))
+    return entry if config.tma else entry[:-1]
 
 
 def _measured(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
@@ -148,16 +155,18 @@ def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_ch
         return Config(128, block_n, 16, warps(128, block_n), 1 if wide < 16 else 2)
     # TF32 tiles are twice the bytes: halve K. Narrow inputs (the first layer) get a narrow K.
     block_k = min(32 if dtype == "tf32" else 64, channel_block(wide))
-    # TF32 reading a skip into at most 64 output channels: 3 stages spill 8 bytes on sm_80 under
-    # triton 3.9 (ptxas -v, tests/triton_static.py); 2 stages do not, under 3.6 or 3.9.
-    stages = 2 if dtype == "tf32" and skip_channels and block_n <= 64 else 3
+    # TF32 into at most 64 output channels, reading a skip or (dgrad) masking by the ReLU: 3 stages spill
+    # 8-12 bytes on sm_80 under triton 3.9 (ptxas -v, tests/triton_static.py); 2 stages do not, under 3.6 or 3.9.
+    stages = 2 if dtype == "tf32" and (skip_channels or kind == "dgrad") and block_n <= 64 else 3
     return Config(128, block_n, block_k, warps(128, block_n), stages)
 
 
-def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int) -> list[Config]:
+def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int,
+               tma: bool = False) -> list[Config]:
     """What the tuner tries for a problem: the heuristic's choice first, then a few tiles of other shapes
-    and pipeline depths, and (forward/dgrad, up to 64 output channels) the swapped product. Few on
-    purpose: each is a compile on the GPU machine, whose time is short."""
+    and pipeline depths, and (forward/dgrad, up to 64 output channels) the swapped product; with ``tma``
+    (a GPU with TMA, sm_90 on), forward/dgrad in 16-bit types also try the first three through tensor
+    descriptors. Few on purpose: each is a compile on the GPU machine, whose time is short."""
     base = heuristic(kind, dtype, skip_channels, x_channels, out_channels)
     if dtype == "fp32":
         return [base]
@@ -185,4 +194,6 @@ def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_c
     for config in found:
         if config not in unique and config.shared_bytes(element) <= SHARED_MEMORY_BUDGET:
             unique.append(config)
+    if tma and kind != "wgrad" and dtype in ("bf16", "fp16"):  # TF32 rounds its operands in registers: no TMA
+        unique += [replace(config, tma=True) for config in unique[:3]]
     return unique

@@ -327,9 +327,10 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
             print(f"train: {problem}", file=sys.stderr)
         recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
         last = result.history[-1] if result.history else {}
+        trained = recipe if tile_size is None else dataclasses.replace(recipe, tile_size=tile_size)  # as used
         save_model(result.model.cpu(), args.output, normalization=dataset.normalization, input_scale=dataset.scale,
                    epochs=last.get("epoch", 0), steps=last.get("step", 0), history=result.history[-1:],
-                   recipe=dataclasses.asdict(recipe), **recorded)
+                   recipe=dataclasses.asdict(trained), **recorded)
         print(f"saved {args.output} ({len(result.history)} epochs, {last.get('step', 0)} steps"
               + (", stopped by the time limit" if result.stopped_early else "") + "; "
               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith(("loss", "iou", "f1"))) + "); "

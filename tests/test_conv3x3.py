@@ -224,32 +224,72 @@ def test_backward_ops_directly(padding):
 
 
 # A double convolution with the first conv's ReLU mask moved into the second's dgrad (UNet's wiring):
-# every implementation of either conv, and the mix the measured table can give (one on Triton, one composite).
+# every implementation of either conv, the mix the measured table can give (one on Triton, one composite),
+# and the measured backward sending both convs' dgrad and wgrad to aten ("aten-backward": the mask is then
+# a masked_fill after aten's dgrad).
 @needs_triton
-@pytest.mark.parametrize("first, second", [("triton", "triton"), ("triton", "composite"), ("composite", "triton")])
+@pytest.mark.parametrize("first, second", [("triton", "triton"), ("triton", "composite"), ("composite", "triton"),
+                                           ("aten-backward", "aten-backward")])
 @pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, mid, padding, layout", [
     pytest.param(2, 5, 0, 11, 9, 0, 0, 7, 0, "strided", id="odd-strided"),
     pytest.param(1, 3, 4, 9, 10, 13, 12, 17, 1, "channels_last", id="skip-pad1-mid-17"),
 ])
-def test_relu_mask_moved_into_the_next_dgrad(first, second, batch, cx, cs, h, w, sh, sw, mid, padding, layout):
+def test_relu_mask_moved_into_the_next_dgrad(first, second, batch, cx, cs, h, w, sh, sw, mid, padding, layout,
+                                             monkeypatch):
     x, w1, b1, skip = make(batch, cx, cs, h, w, sh, sw, mid, layout)
     w2 = (torch.randn(6, mid, 3, 3, generator=torch.Generator().manual_seed(3)) / (3 * mid ** 0.5)).to(DEVICE)
     b2 = torch.full((6,), 0.05, device=DEVICE)
     w2.requires_grad_(), b2.requires_grad_()
-    with exact_fp32():
-        y1 = conv3x3_relu(x, w1, b1, skip=skip, padding=padding, implementation=first, output_grad_masked=True)
-        y2 = conv3x3_relu(y1, w2, b2, padding=padding, implementation=second, mask_input_grad=True)
+    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (True, True))
+
+    def conv(implementation, *args, skip=None, **flags):
+        if implementation != "aten-backward":
+            return conv3x3_relu(*args, skip=skip, padding=padding, implementation=implementation, **flags)
+        return torch.ops.unet_fast.conv3x3_relu_triton(*args, skip, padding, False, True,  # measured
+                                                       flags.get("mask_input_grad", False),
+                                                       flags.get("output_grad_masked", False))
+
     (o1,) = oracle(x, w1, b1, skip, padding)
     (o2,) = oracle(o1, w2, b2, None, padding)
     assert (o1 == 0).any() and (o1 > 0).any() and (o2 == 0).any()  # both masks matter
     inputs = present(x, w1, b1, skip, w2, b2)
+    names = ("x", "w1", "b1", "skip", "w2", "b2") if skip is not None else ("x", "w1", "b1", "w2", "b2")
     grad = torch.randn(o2.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    with exact_fp32():
-        got = torch.autograd.grad(y2, inputs, grad)
     want = torch.autograd.grad(o2, inputs, grad.double())
-    for name, g, r in zip(("x", "w1", "b1", "skip", "w2", "b2")[:len(inputs)] if skip is not None else
-                          ("x", "w1", "b1", "w2", "b2"), got, want):
+    with exact_fp32():
+        y1 = conv(first, x, w1, b1, skip=skip, output_grad_masked=True)
+        got = torch.autograd.grad(conv(second, y1, w2, b2, mask_input_grad=True), inputs, grad)
+    for name, g, r in zip(names, got, want):
         assert_close(g, r, dtype=torch.float32, msg=f"gradient of {name}")
+    if first != "composite":  # the flag is honoured: without the second's mask, the first's gradients are wrong
+        with exact_fp32():
+            y1 = conv(first, x, w1, b1, skip=skip, output_grad_masked=True)
+            unmasked = torch.autograd.grad(conv(second, y1, w2, b2), [w1], grad)[0]
+        assert not torch.allclose(unmasked, want[1], rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+def test_mask_of_an_autocast_input_is_taken_before_the_cast():
+    """A positive ReLU output that the autocast cast rounds to 0 keeps its gradient (the mask is x's, as given)."""
+    x = torch.full((1, 4, 6, 6), 1e-9, device=DEVICE, requires_grad=True)  # 0 in float16
+    weight = torch.randn(3, 4, 3, 3, device=DEVICE)
+    grads = []
+    for flag in (False, True):
+        with torch.autocast(DEVICE.type, dtype=torch.float16):
+            y = conv3x3_relu(x, weight, torch.ones(3, device=DEVICE), mask_input_grad=flag, implementation="composite")
+        grads.append(torch.autograd.grad(y.float().sum(), [x])[0])
+    assert grads[0].abs().min() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_compile_fullgraph_without_grad_under_autocast():
+    """The weight-cast cache is not traced: fullgraph compiles under no_grad and autocast (inference)."""
+    x, weight, bias = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    compiled = torch.compile(lambda t: conv3x3_relu(t, weight, bias), fullgraph=True, backend="eager")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = compiled(x)
+        want = conv3x3_relu_reference(x, weight, bias)
+    torch.testing.assert_close(got, want)
 
 
 @needs_triton
@@ -330,6 +370,8 @@ TMA = Config(32, 16, 16, 4, 1, tma=True)  # 2 x 16 output pixels per program
     pytest.param(2, 8, 4, 9, 21, 13, 25, 20, 0, False, id="skip-offset-two-patches-wide"),
     pytest.param(1, 12, 0, 7, 19, 0, 0, 8, 1, False, id="pad1-cin-12"),
     pytest.param(2, 8, 20, 7, 10, 7, 10, 12, 1, True, id="pad1-skip-same-size-swap"),
+    pytest.param(1, 8, 8, 10, 10, 11, 11, 12, 1, False, id="pad1-skip-one-larger"),   # offset 0, frame on 2 sides
+    pytest.param(2, 4, 8, 7, 9, 12, 14, 16, 1, False, id="pad1-skip-offset-gt0"),
 ])
 def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, swap):
     x, weight, bias, skip = (t.detach() if t is not None else None
@@ -359,28 +401,28 @@ def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, s
 @needs_triton
 def test_tma_applies_only_where_descriptors_can():
     """Elsewhere the same tiles run on the pointer kernel: pooled epilogues, TF32 rounding, NCHW or unaligned
-    operands, and padding that would fall on a larger skip's own pixels."""
+    operands (x, skip's window, the packed weight)."""
     cl = torch.channels_last
 
-    def case(cx=8, cs=0, size=10, skip_size=10, padding=0, pooled=False, round_tf32=False, layout=cl,
-             misaligned=False, cout=16):
+    def case(cx=8, cs=0, size=10, skip_size=10, pooled=False, round_tf32=False, layout=cl, misaligned=False,
+             cout=16):
         x = torch.randn(2, cx, size, size).contiguous(memory_format=layout)
         if misaligned:  # the same layout, 4 bytes into its storage
             x = torch.randn(x.numel() + 1)[1:].view(2, size, size, cx).permute(0, 3, 1, 2)
         skip = torch.randn(2, cs, skip_size, skip_size).contiguous(memory_format=cl) if cs else None
-        offset = ((skip_size - size) // 2,) * 2 if cs else (0, 0)
+        window = geometry.center_crop(skip, (size, size)) if cs else None
         w_packed = torch.randn(9 * (cx + cs), cout)
         pool = torch.empty(1) if pooled else None
-        return kernels.tma_applies(x, skip, offset, w_packed, padding, pool, round_tf32, TMA)
+        return kernels.tma_applies(x, window, w_packed, pool, round_tf32, TMA)
 
-    assert case() and case(cs=4, skip_size=14) and case(cs=4, padding=1)
-    assert case(misaligned=False) and not case(misaligned=True)
+    assert case() and case(cs=4, skip_size=14) and case(cs=4, skip_size=11)
+    assert not case(misaligned=True)
     assert not case(pooled=True)
     assert not case(round_tf32=True)
     assert not case(layout=torch.contiguous_format)
     assert not case(cx=5)          # a pixel's 20 bytes: strides not 16-byte multiples
     assert not case(cout=6)        # weight rows of 24 bytes
-    assert not case(cs=4, skip_size=14, padding=1)  # the padding would read skip's frame
+    assert not case(cs=5, skip_size=14)  # skip's window: strides of 20 bytes
 
 
 def test_default_implementations():

@@ -72,6 +72,14 @@ def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, cap
     assert load_model(folders / "model.safetensors").metadata["recipe"]["name"] == "default"
 
 
+def test_the_recorded_recipe_holds_the_tile_trained_on(folders):
+    """--depth 5 makes the default recipe's 140 px tile illegal: training takes 188 px, and says so in the file."""
+    assert cli.main(_args(folders, "--depth", "5", "--base-channels", "2", "--tiles-per-epoch", "1", "--batch-size",
+                          "1", "--epochs", "1", "--no-progress")) == 0
+    recorded = load_model(folders / "model.safetensors").metadata["recipe"]
+    assert (recorded["depth"], recorded["tile_size"]) == (5, 188)
+
+
 @pytest.mark.parametrize("more, message", [
     (["--val-images", "x"], "--val-images and --val-labels go together"),
     (["--val-images", "x", "--val-labels", "y", "--val-fraction", "0.5"], "exclude each other"),

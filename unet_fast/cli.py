@@ -327,7 +327,8 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
             print(f"train: {problem}", file=sys.stderr)
         recorded = {} if pixel_size is None else {"pixel_size": pixel_size.to_dict()}
         last = result.history[-1] if result.history else {}
-        trained = recipe if tile_size is None else dataclasses.replace(recipe, tile_size=tile_size)  # as used
+        used = result.tile_size if result.tile_size is not None else tile_size
+        trained = recipe if used is None else dataclasses.replace(recipe, tile_size=used)  # the tile trained on
         save_model(result.model.cpu(), args.output, normalization=dataset.normalization, input_scale=dataset.scale,
                    epochs=last.get("epoch", 0), steps=last.get("step", 0), history=result.history[-1:],
                    recipe=dataclasses.asdict(trained), **recorded)

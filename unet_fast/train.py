@@ -49,6 +49,7 @@ class FitResult:
     checkpoint: Path | None = None         # the last checkpoint written, if any
     best: Path | None = None               # the best model by best_metric (a model file), if kept
     stopped_early: bool = False            # the time limit ended the run before its last epoch
+    tile_size: int | None = None           # the input tile trained on (None: a custom tile dataset's own)
 
 
 @dataclass
@@ -158,7 +159,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         model.eval()
         model.input_scale = getattr(train_data, "scale", 1.0)   # inference resamples as training did
         return FitResult(model, run.history, checkpoint_path if checkpoint_path and checkpoint_path.exists() else None,
-                         best_path if best_path and best_path.exists() else None, stopped)
+                         best_path if best_path and best_path.exists() else None, stopped,
+                         getattr(run.tiles, "tile_size", None))
     finally:
         report.close()
         # DDP holds the process group: let it go, so that destroying the group closes this rank's

@@ -65,6 +65,8 @@ class Problem:
             return torch.randn(shape, device=device, generator=g).to(dtype)
 
         self.layer = layer
+        # a level's second conv reads the first's ReLU output: UNet's dgrad applies that ReLU's mask (epilogue)
+        self.relu_input = layer.name.endswith("conv2")
         self.x = randn(batch, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
         self.skip = None
         self.cat = self.x
@@ -113,7 +115,8 @@ class Problem:
 
             def run():
                 launch = kernels.plan_conv(self.grad, None, (0, 0), w_packed, None, grad_x, grad_skip, self.offset,
-                                           2, False, kind="dgrad", config=config)
+                                           2, False, kind="dgrad", config=config,
+                                           out_mask=x if self.relu_input else None)
                 self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
                 if grad_skip is None:
                     return grad_x
@@ -152,7 +155,9 @@ class Problem:
         def backward():
             grads = torch.ops.aten.convolution_backward(self.grad, self.cat, self.weight, [self.layer.out_channels],
                                                         [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
-            return grads[0] if kind == "dgrad" else grads[1]
+            if kind == "dgrad":  # with the mask as its own pass, as the op does after cuDNN's dgrad
+                return grads[0].masked_fill(self.x <= 0, 0) if self.relu_input else grads[0]
+            return grads[1]
         return backward
 
 

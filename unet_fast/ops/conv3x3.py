@@ -311,6 +311,9 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
     if torch.is_autocast_enabled(device_type) and isinstance(x, torch.Tensor) and x.is_floating_point():
         dtype = torch.get_autocast_dtype(device_type)
+        if mask_input_grad is True and x.dtype != dtype and x.requires_grad and torch.is_grad_enabled():
+            # the mask of the values as the ReLU gave them: a positive value the cast rounds to 0 keeps its gradient
+            x, mask_input_grad = _ReluMaskedGrad.apply(x), False
         x, weight, bias = x.to(dtype), _cast(weight, dtype), _cast(bias, dtype)
         skip = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
     _check(x, weight, bias, skip, padding, pool, direct)

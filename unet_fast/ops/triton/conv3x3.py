@@ -282,7 +282,7 @@ if triton is not None:
             acc = tl.zeros((BLOCK_N, TILE_H * TILE_W), dtype=tl.float32)
         else:
             acc = tl.zeros((TILE_H * TILE_W, BLOCK_N), dtype=tl.float32)
-        if HAS_SKIP:  # PAD is 0 here or the window is all of skip: no padding falls on skip's own pixels
+        if HAS_SKIP:  # skip_ptr: the window the forward reads (bounds = the window's, so padding reads zeros)
             skip = tl.make_tensor_descriptor(skip_ptr, shape=[N, SH, SW, Cs], strides=[ss_n, ss_h, ss_w, 1],
                                              block_shape=[1, TILE_H, TILE_W, BLOCK_K])
             acc = _accumulate_tma(acc, skip, n, oh0 - PAD + skip_top, ow0 - PAD + skip_left, Cs, w_desc, 0,
@@ -531,8 +531,12 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
     out2_t = out2 if out2 is not None else out
     mask_t = out_mask if out_mask is not None else out  # never read without MASK_OUT
     if config.tma:
-        if tma_applies(x, skip, skip_offset, w_packed, padding, pooled, round_tf32, config):
-            return _plan_tma(x, skip_t, skip is not None, skip_offset, w_packed, bias, out, out2_t, out2 is not None,
+        # the window of skip the forward reads, as a tensor of its own: the descriptor's bounds are then the
+        # window's, so padding (and the rows past the output) read zeros, never skip's pixels around it
+        window = skip_t if skip is None else skip[:, :, skip_offset[0]:skip_offset[0] + h,
+                                                  skip_offset[1]:skip_offset[1] + w]
+        if tma_applies(x, None if skip is None else window, w_packed, pooled, round_tf32, config):
+            return _plan_tma(x, window, skip is not None, w_packed, bias, out, out2_t, out2 is not None,
                              out2_offset, mask_t, out_mask is not None, padding, relu, c_split, precision, config)
         config = dataclasses.replace(config, tma=False)
     grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
@@ -563,26 +567,26 @@ def _tma_operand_ok(t: torch.Tensor) -> bool:
             and t.data_ptr() % 16 == 0)
 
 
-def tma_applies(x, skip, skip_offset, w_packed, padding: int, pooled, round_tf32: bool, config: configs.Config) -> bool:
+def tma_applies(x, skip_window, w_packed, pooled, round_tf32: bool, config: configs.Config) -> bool:
     """Whether conv3x3_tma_kernel can run these operands with ``config``: no pooled epilogue, no TF32 rounding
-    (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors, a patch of 16-pixel rows,
-    and no padding falling inside skip (its zeros come from bounds checks, which see skip's whole extent)."""
+    (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors (x, the window of skip the
+    forward reads, the packed weight) and a patch of 16-pixel rows."""
     cout = w_packed.shape[1]
     return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0 and config.block_n <= 256
-            and _tma_operand_ok(x) and (skip is None or _tma_operand_ok(skip))
+            and _tma_operand_ok(x) and (skip_window is None or _tma_operand_ok(skip_window))
             and w_packed.is_contiguous() and cout * w_packed.element_size() % 16 == 0
-            and w_packed.data_ptr() % 16 == 0
-            and (padding == 0 or skip is None or tuple(skip_offset) == (0, 0)))
+            and w_packed.data_ptr() % 16 == 0)
 
 
 def _tma_scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def _plan_tma(x, skip_t, has_skip, skip_offset, w_packed, bias, out, out2_t, has_out2, out2_offset, mask_t,
+def _plan_tma(x, window, has_skip, w_packed, bias, out, out2_t, has_out2, out2_offset, mask_t,
               has_mask, padding, relu, c_split, precision, config) -> Launch:
-    """conv3x3_tma_kernel's launch; on CUDA, Triton's allocator is set first where none is (the kernel builds
-    its descriptors in global scratch memory; Triton's allocator is per thread)."""
+    """conv3x3_tma_kernel's launch (``window``: skip's window, x's height and width); on CUDA, Triton's
+    allocator is set first where none is (the kernel builds its descriptors in global scratch memory;
+    Triton's allocator is per thread)."""
     from triton.runtime import _allocation
 
     n, cx, h, w = x.shape
@@ -593,12 +597,12 @@ def _plan_tma(x, skip_t, has_skip, skip_offset, w_packed, bias, out, out2_t, has
         triton.set_allocator(_tma_scratch)
     grid = (n * triton.cdiv(oh, tile_h) * triton.cdiv(ow, TMA_TILE_W) * triton.cdiv(cout, config.block_n),)
     args = (x, x.stride(0), x.stride(2), x.stride(3),
-            skip_t, skip_t.stride(0), skip_t.stride(2), skip_t.stride(3), *skip_offset, *skip_t.shape[2:],
+            window, window.stride(0), window.stride(2), window.stride(3), 0, 0, *window.shape[2:],
             w_packed, bias if bias is not None else w_packed,
             out, *_strides(out),
             out2_t, *_strides(out2_t), *out2_offset,
             mask_t, *_strides(mask_t),
-            n, h, w, oh, ow, skip_t.shape[1] if has_skip else 0, cx, cout, c_split)
+            n, h, w, oh, ow, window.shape[1] if has_skip else 0, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=has_skip, HAS_BIAS=bias is not None, RELU=relu, HAS_OUT2=has_out2,
                 MASK_OUT=has_mask, TILE_H=tile_h, TILE_W=TMA_TILE_W, BLOCK_N=config.block_n,
                 BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap,

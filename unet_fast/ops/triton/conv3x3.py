@@ -124,10 +124,16 @@ if triton is not None:
             if ROUND_TF32:
                 a = _round_to_tf32(a)
                 b = _round_to_tf32(b)
-            if SWAP:
-                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=INPUT_PRECISION)
-            else:
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = _mma(acc, a, b, INPUT_PRECISION, SWAP)
+        return acc
+
+    @triton.jit
+    def _mma(acc, a, b, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr):
+        """acc += a @ b, or with SWAP acc (the transposed tile) += b^T @ a^T."""
+        if SWAP:
+            acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=INPUT_PRECISION)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         return acc
 
     # Spatial sizes and offsets vary per layer and tile but do not change the code: not specialised on
@@ -235,11 +241,7 @@ if triton is not None:
             kh = tap // 3
             kw = tap - kh * 3
             a = tl.reshape(src.load([n, ih0 + kh, iw0 + kw, c0]), (TILE_H * TILE_W, BLOCK_K))
-            b = w_desc.load([tap * w_rows + w_row0 + c0, col0])
-            if SWAP:
-                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=INPUT_PRECISION)
-            else:
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = _mma(acc, a, w_desc.load([tap * w_rows + w_row0 + c0, col0]), INPUT_PRECISION, SWAP)
         return acc
 
     @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "out2_top", "out2_left"])

@@ -398,6 +398,42 @@ def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, s
         assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
 
 
+# Split-K (the tuner's candidate for the small deep layers): the K steps of skip then x shared among programs,
+# fp32 partials summed in order by a second kernel that runs the epilogue (bias, ReLU, the dgrad's split
+# between grad_skip and grad_x, the ReLU mask); splits that do not divide the steps, more splits than steps.
+@needs_triton
+@pytest.mark.parametrize("split_k", [2, 3, 100])
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding, swap", [
+    pytest.param(2, 5, 3, 7, 9, 12, 14, 17, 0, False, id="skip-offset-cout-17"),
+    pytest.param(1, 20, 0, 6, 5, 0, 0, 9, 1, True, id="pad1-swap"),
+])
+def test_split_k_matches_oracle(split_k, batch, cx, cs, h, w, sh, sw, cout, padding, swap):
+    x, weight, bias, skip = (t.detach() if t is not None else None
+                             for t in make(batch, cx, cs, h, w, sh, sw, cout, "channels_last"))
+    config = Config(32, 16, 16, 4, 1, swap=swap, split_k=split_k)
+    with exact_fp32():
+        out, _ = kernels.conv3x3_forward(x, weight, bias, skip, padding, config=config)
+    launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, None, padding, False,
+                                  config=config)
+    assert launch.meta["SPLIT_K"] > 1 and launch.then.kernel is kernels.conv3x3_split_sum_kernel
+    (expected,) = oracle(x, weight, bias, skip, padding)
+    assert_close(out, expected, dtype=torch.float32)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    relu_x = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    with exact_fp32():
+        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, relu_x, skip, padding, config=config,
+                                                       relu_mask_x=True)
+    cat = relu_x if skip is None else torch.cat([geometry.center_crop(skip, (h, w)), relu_x], dim=1)
+    cat = cat.double().requires_grad_()
+    (want,) = torch.autograd.grad(F.conv2d(cat, weight.double(), padding=padding), [cat], grad.double())
+    assert_close(grad_x, want[:, cs:].masked_fill(relu_x <= 0, 0), dtype=torch.float32, msg="x")
+    if skip is not None:
+        assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
+    pooled = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, out[:, :, ::2, ::2],
+                                  padding, False, config=config)
+    assert pooled.meta["SPLIT_K"] == 1 and pooled.then is None  # the pooled epilogue: one program per tile
+
+
 @needs_triton
 def test_tma_applies_only_where_descriptors_can():
     """Elsewhere the same tiles run on the pointer kernel: pooled epilogues, TF32 rounding, NCHW or unaligned

@@ -137,6 +137,17 @@ def test_tma_candidates_only_for_16_bit_forward_and_dgrad():
     assert configs.table_entry(Config(128, 64, 64, 8, 3)) == [128, 64, 64, 8, 3, False]
 
 
+def test_split_k_candidates_only_for_the_small_layers():
+    """Forward/dgrad whose heuristic tiles are fewer than two waves also try split-K 2 and 4; not wgrad (split
+    already), not the wide layers; the table keeps split_k (and the tma before it) only when it is not 1."""
+    deep = configs.candidates("forward", "bf16", 0, 512, 1024, rows=8 * 30 * 30)
+    assert [c.split_k for c in deep if c.split_k > 1] == [2, 4]
+    assert all(c.split_k == 1 for c in configs.candidates("forward", "bf16", 0, 64, 64, rows=8 * 390 * 390))
+    assert all(c.split_k == 1 for c in configs.candidates("wgrad", "bf16", 0, 512, 1024, rows=8 * 30 * 30))
+    assert configs.table_entry(Config(128, 64, 64, 8, 3, split_k=2)) == [128, 64, 64, 8, 3, False, False, 2]
+    assert Config(*[128, 64, 64, 8, 3, False, False, 2]).split_k == 2
+
+
 def test_table_lookup_by_device_and_rows_bucket(monkeypatch):
     key = configs.problem_key("forward", "bf16", 0, 64, 64, 2_592_800)
     assert key == "forward/bf16/0+64->64/4194304"

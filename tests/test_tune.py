@@ -21,8 +21,9 @@ from triton_device import DEVICE, exact_fp32, needs_triton
 @pytest.mark.parametrize("kind", configs.KINDS)
 def test_each_kind_matches_aten_for_the_first_candidates(layer, kind):
     problem = tune.Problem(layer, 2, torch.float32, DEVICE)
-    found = configs.candidates(kind, "bf16", *problem.channels(kind), tma=True)
-    candidates = found[:2] + [c for c in found if c.tma][:1]  # and the first through TMA (forward, dgrad)
+    found = configs.candidates(kind, "bf16", *problem.channels(kind), tma=True, rows=problem.rows[kind])
+    # and the first through TMA and the first split-K one (forward, dgrad)
+    candidates = found[:2] + [c for c in found if c.tma][:1] + [c for c in found if c.split_k > 1][:1]
     with exact_fp32():
         want = problem.aten(kind)()
         for config in candidates:  # bf16 tiles on fp32 data: the interpreter runs any tile shape

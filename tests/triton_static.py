@@ -233,6 +233,7 @@ def shipped_launches(quick: bool = False):
         yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
         yield from option_launches(dtype, quick)
     yield from tma_launches(quick)
+    yield from split_k_launches(quick)
     if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for kind, launch in layer_launches(torch.float32, 128, 64, 392, 64).items():
@@ -262,6 +263,25 @@ def tma_launches(quick: bool):
                 yield f"{kind}+tma bfloat16 cin={cin} cout={cout}{' skip' if cs else ''}{' swap' if config.swap else ''}", launch
 
 
+def split_k_launches(quick: bool):
+    """(label, launch) of split-K forward and dgrad (the tuner's candidates for the small deep layers): the GEMM
+    kernel writing fp32 partials, then (its ``then``) the sum kernel running the epilogue."""
+    from dataclasses import replace
+
+    from unet_fast.ops.triton import conv3x3_configs as table_module
+
+    layers = [(512, 1024, 32, 0)] if quick else [(512, 1024, 32, 0), (1024, 512, 52, 512)]
+    for dtype in (torch.bfloat16,) if quick else (torch.bfloat16, torch.float32):
+        for cin, cout, size, cs in layers:
+            for kind in ("forward", "dgrad"):
+                channels = (cs, cin - cs, cout) if kind == "forward" else (0, cout, cin)
+                name = "tf32" if dtype == torch.float32 else "bf16"
+                config = replace(table_module.heuristic(kind, name, *channels), split_k=4)
+                with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+                    launch = layer_launches(dtype, cin, cout, size, cs, configs={kind: config})[kind]
+                yield f"{kind}+splitk {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
+
+
 def crop_concat_launch(dtype: torch.dtype):
     """crop_concat_kernel on the decoder's top level (NHWC, meta tensors)."""
     from unet_fast.ops.triton.crop_concat import plan_crop_concat
@@ -275,10 +295,18 @@ def crop_concat_launch(dtype: torch.dtype):
 _GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel", "conv3x3_tma_kernel")  # tl.dot: tensor cores expected
 
 
+def _with_followers(launches):
+    """Each (label, launch), then the launch that completes it (``then``: a split-K sum), labelled so."""
+    for label, launch in launches:
+        yield label, launch
+        if launch.then is not None:
+            yield f"{label} (sum)", launch.then
+
+
 def report(quick: bool = False, table_only: bool = False):
     """One dict per (launch, target): what the static checks assert on."""
     launches = table_launches() if table_only else shipped_launches(quick)
-    for label, launch in launches:
+    for label, launch in _with_followers(launches):
         m = launch.meta
         tma = launch.kernel.__name__ == "conv3x3_tma_kernel"
         for capability in (90,) if tma else (90, 80):  # TMA is sm_90's; the tuner tries it from there on

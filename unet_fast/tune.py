@@ -105,7 +105,7 @@ class Problem:
 
             def run():
                 launch = kernels.plan_forward(x, skip, w_packed, self.bias, out, None, 0, False, config=config)
-                self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+                self.compiled[kind, config] = launch.run()  # with its split-K sum, if any
                 return out
             return run
         if kind == "dgrad":
@@ -117,7 +117,7 @@ class Problem:
                 launch = kernels.plan_conv(self.grad, None, (0, 0), w_packed, None, grad_x, grad_skip, self.offset,
                                            2, False, kind="dgrad", config=config,
                                            out_mask=x if self.relu_input else None)
-                self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+                self.compiled[kind, config] = launch.run()  # with its split-K sum, if any
                 if grad_skip is None:
                     return grad_x
                 top = self.offset[0]
@@ -132,7 +132,7 @@ class Problem:
         def run():
             launch = kernels.plan_wgrad(self.grad, x, skip, partial, per_split, 0, bias_partial=bias_partial,
                                         config=config)
-            self.compiled[kind, config] = launch.kernel[launch.grid](*launch.args, **launch.meta)
+            self.compiled[kind, config] = launch.run()  # with its split-K sum, if any
             bias_partial.sum(0)
             return partial.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
         return run
@@ -213,7 +213,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                 want = problem.aten(kind)()
                 aten_ms = _time(problem.aten(kind))
                 candidates = configs.candidates(kind, dtype_name, *problem.channels(kind),
-                                                tma=torch.cuda.get_device_capability(device)[0] >= 9)
+                                                tma=torch.cuda.get_device_capability(device)[0] >= 9,
+                                                rows=problem.rows[kind])
                 runs = [problem.ours(kind, config) for config in candidates]
                 with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # compiles overlap
                     failures = list(pool.map(_compile, runs))

@@ -46,7 +46,12 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     meta: dict  # constexprs, num_warps, num_stages
+    then: "Launch | None" = None  # a second launch that completes this one's work (a split-K sum)
 
     def run(self):
-        """Launch; returns what Triton returns (the compiled kernel, with its register and spill counts)."""
-        return self.kernel[self.grid](*self.args, **self.meta)
+        """Launch (and ``then``); returns what Triton returns for this kernel (the compiled kernel, with its
+        register and spill counts)."""
+        compiled = self.kernel[self.grid](*self.args, **self.meta)
+        if self.then is not None:
+            self.then.run()
+        return compiled

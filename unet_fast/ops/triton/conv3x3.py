@@ -17,6 +17,10 @@ Optional, forward only: the 2x2 max-pool of the output from the same epilogue (P
 fours, one pooling window each), and a direct kernel for unpooled inputs of at most 4 channels (the
 first layer), whose K = 9 * C_in would otherwise be mostly padding in tensor-core tiles.
 
+For the small deep layers, whose few output tiles leave SMs idle, forward and dgrad can split their K
+loop (Config.split_k): the programs of a tile write fp32 partial sums, and conv3x3_split_sum_kernel adds
+them in order and runs the epilogue. Only a measured table entry chooses it.
+
 An alternative forward/dgrad kernel, conv3x3_tma_kernel, loads both operands through tensor descriptors
 (TMA on sm_90): each program computes a patch of output pixels of one image, so a tap's input is one
 rectangular NHWC box. It runs only where a measured table entry asks for it (Config.tma; the tuner tries
@@ -93,10 +97,11 @@ if triton is not None:
 
     @triton.jit
     def _accumulate_source(acc, src_ptr, row_base, ih0, iw0, row_ok, s_c, s_h, s_w, C, H, W,
-                           w_ptr, w_row0, w_rows, offs_n, col_ok, Cout,
+                           w_ptr, w_row0, w_rows, offs_n, col_ok, Cout, step_lo, step_hi,
                            PAD: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                            ROUND_TF32: tl.constexpr, SWAP: tl.constexpr):
-        """acc += im2col(src)[rows, (tap, c)] @ w[(tap, w_row0 + c), cols] for c in [0, C).
+        """acc += im2col(src)[rows, (tap, c)] @ w[(tap, w_row0 + c), cols] for c in [0, C), over the K steps
+        [step_lo, step_hi) of the 9 * cdiv(C, BLOCK_K) (all of them but under split-K).
 
         row_base is the (int64) address offset of each row's tap (0, 0) pixel in src; (ih0, iw0) its
         coordinates in the (virtual) input of height H and width W, used for the padding masks.
@@ -106,7 +111,7 @@ if triton is not None:
         """
         offs_k = tl.arange(0, BLOCK_K)
         k_blocks = tl.cdiv(C, BLOCK_K)
-        for it in range(0, 9 * k_blocks):
+        for it in range(step_lo, step_hi):
             tap = it // k_blocks
             c = (it - tap * k_blocks) * BLOCK_K + offs_k
             kh = tap // 3
@@ -149,9 +154,10 @@ if triton is not None:
         out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
         pool_ptr, sp_n, sp_c, sp_h, sp_w,
         mask_ptr, sm_n, sm_c, sm_h, sm_w,
+        partial_ptr, STEPS_PER_SPLIT,
         N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-        HAS_OUT2: tl.constexpr, POOL: tl.constexpr, MASK_OUT: tl.constexpr,
+        HAS_OUT2: tl.constexpr, POOL: tl.constexpr, MASK_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr, SWAP: tl.constexpr,
     ):
@@ -162,6 +168,10 @@ if triton is not None:
         With POOL, also pool = max_pool2d(out, 2). With MASK_OUT, out is 0 where mask (out's shape) is <= 0:
         the dgrad of a layer whose x is the previous layer's ReLU output applies that ReLU's mask here,
         instead of the previous layer's backward making a masked copy of the whole gradient.
+        With SPLIT_K > 1 (not with POOL), program (tile, split) sums the K steps [split, split + 1) *
+        STEPS_PER_SPLIT of the skip-then-x sequence into partial[split, row, column] (fp32), and
+        conv3x3_split_sum_kernel adds the splits up and runs the epilogue: more programs for the deep layers,
+        whose few output tiles leave SMs idle, summed in a fixed order (deterministic, no atomics).
         """
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
@@ -181,22 +191,36 @@ if triton is not None:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        skip_steps = 9 * tl.cdiv(Cs, BLOCK_K) if HAS_SKIP else 0
+        x_steps = 9 * tl.cdiv(Cx, BLOCK_K)
+        if SPLIT_K > 1:  # this split's steps of the skip-then-x sequence
+            lo = tl.program_id(1) * STEPS_PER_SPLIT
+            skip_lo, skip_hi = lo, tl.minimum(lo + STEPS_PER_SPLIT, skip_steps)
+            x_lo = tl.maximum(lo - skip_steps, 0)
+            x_hi = tl.minimum(lo + STEPS_PER_SPLIT - skip_steps, x_steps)
+        else:
+            skip_lo, skip_hi, x_lo, x_hi = 0, skip_steps, 0, x_steps
         if HAS_SKIP:
             skip_base = n * ss_n + (ih64 + skip_top) * ss_h + (iw64 + skip_left) * ss_w
             acc = _accumulate_source(acc, skip_ptr, skip_base, ih0, iw0, row_ok, ss_c, ss_h, ss_w, Cs, H, W,
-                                     w_ptr, 0, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION,
-                                     ROUND_TF32, SWAP)
+                                     w_ptr, 0, Cs + Cx, offs_n, col_ok, Cout, skip_lo, skip_hi,
+                                     PAD, BLOCK_K, INPUT_PRECISION, ROUND_TF32, SWAP)
         x_base = n * sx_n + ih64 * sx_h + iw64 * sx_w
         acc = _accumulate_source(acc, x_ptr, x_base, ih0, iw0, row_ok, sx_c, sx_h, sx_w, Cx, H, W,
-                                 w_ptr, Cs, Cs + Cx, offs_n, col_ok, Cout, PAD, BLOCK_K, INPUT_PRECISION,
+                                 w_ptr, Cs, Cs + Cx, offs_n, col_ok, Cout, x_lo, x_hi, PAD, BLOCK_K, INPUT_PRECISION,
                                  ROUND_TF32, SWAP)
         if SWAP:
             acc = tl.trans(acc)
-        acc = _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
-                        out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h, sm_w,
-                        C_SPLIT, HAS_BIAS, RELU, HAS_OUT2, MASK_OUT)
-        if POOL:
-            _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M, BLOCK_N)
+        if SPLIT_K > 1:
+            part = partial_ptr + (tl.program_id(1) * N * OH * OW + offs_m).to(tl.int64)[:, None] * Cout
+            tl.store(part + offs_n[None, :], acc, mask=row_ok[:, None] & col_ok[None, :])
+        else:
+            acc = _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                            out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h,
+                            sm_w, C_SPLIT, HAS_BIAS, RELU, HAS_OUT2, MASK_OUT)
+            if POOL:
+                _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW, BLOCK_M,
+                              BLOCK_N)
 
     @triton.jit
     def _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
@@ -225,6 +249,30 @@ if triton is not None:
             value = tl.where(relu_out <= 0, 0.0, acc).to(out_ptr.dtype.element_ty)  # a NaN passes, as masked_fill
         tl.store(out_ptr + out_rows[:, None] + ((offs_n - C_SPLIT) * so_c)[None, :], value, mask=out_ok)
         return acc
+
+    @triton.jit(do_not_specialize=["N", "OH", "OW", "out2_top", "out2_left"])
+    def conv3x3_split_sum_kernel(
+        partial_ptr, SPLITS, bias_ptr,
+        out_ptr, so_n, so_c, so_h, so_w,
+        out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left,
+        mask_ptr, sm_n, sm_c, sm_h, sm_w,
+        N, OH, OW, Cout, C_SPLIT,
+        HAS_BIAS: tl.constexpr, RELU: tl.constexpr, HAS_OUT2: tl.constexpr, MASK_OUT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """conv3x3_kernel's split-K second half: the sum of partial[0:SPLITS] in order, then its epilogue."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < Cout
+        n, oh, ow, row_ok = _output_pixels(offs_m, N, OH, OW, False)
+        ok = row_ok[:, None] & col_ok[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for split in range(0, SPLITS):
+            rows = (split * N * OH * OW + offs_m).to(tl.int64)
+            acc += tl.load(partial_ptr + rows[:, None] * Cout + offs_n[None, :], mask=ok, other=0.0)
+        _epilogue(acc, n, oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                  out2_ptr, so2_n, so2_c, so2_h, so2_w, out2_top, out2_left, mask_ptr, sm_n, sm_c, sm_h, sm_w,
+                  C_SPLIT, HAS_BIAS, RELU, HAS_OUT2, MASK_OUT)
 
     @triton.jit
     def _accumulate_tma(acc, src, n, ih0, iw0, C, w_desc, w_row0, w_rows, col0,
@@ -529,6 +577,8 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
         config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
     if config.swap and pooled is not None:  # the pooled epilogue needs pixels as rows: same tiles, unswapped
         config = dataclasses.replace(config, swap=False)
+    if config.split_k > 1 and (pooled is not None or config.tma):  # split-K: the pointer kernel, unpooled
+        config = dataclasses.replace(config, split_k=1)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     out2_t = out2 if out2 is not None else out
     mask_t = out_mask if out_mask is not None else out  # never read without MASK_OUT
@@ -543,6 +593,13 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
         config = dataclasses.replace(config, tma=False)
     grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(cout, config.block_n),)
     pool_t = pooled if pooled is not None else out  # never written without POOL
+    steps = (9 * triton.cdiv(cs, config.block_k) if cs else 0) + 9 * triton.cdiv(cx, config.block_k)
+    per_split = triton.cdiv(steps, config.split_k)
+    splits = triton.cdiv(steps, per_split)
+    partial = out  # never written without SPLIT_K > 1
+    if splits > 1:
+        partial = torch.empty((splits, rows, cout), device=x.device, dtype=torch.float32)
+        grid = (grid[0], splits)
     args = (x, *_strides(x),
             skip_t, *_strides(skip_t), *skip_offset,
             w_packed, bias if bias is not None else w_packed,
@@ -550,13 +607,22 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
             out2_t, *_strides(out2_t), *out2_offset,
             pool_t, *_strides(pool_t),
             mask_t, *_strides(mask_t),
+            partial, per_split,
             n, h, w, oh, ow, cs, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
                 HAS_OUT2=out2 is not None, POOL=pooled is not None, MASK_OUT=out_mask is not None,
-                BLOCK_M=config.block_m,
+                SPLIT_K=splits, BLOCK_M=config.block_m,
                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, INPUT_PRECISION=precision, ROUND_TF32=round_tf32,
                 SWAP=config.swap, num_warps=config.num_warps, num_stages=config.num_stages)
-    return Launch(conv3x3_kernel, grid, args, meta)
+    then = None
+    if splits > 1:
+        sum_args = (partial, splits, bias if bias is not None else w_packed,
+                    out, *_strides(out), out2_t, *_strides(out2_t), *out2_offset, mask_t, *_strides(mask_t),
+                    n, oh, ow, cout, c_split)
+        then = Launch(conv3x3_split_sum_kernel, (triton.cdiv(rows, 64), triton.cdiv(cout, 64)), sum_args,
+                      dict(HAS_BIAS=bias is not None, RELU=relu, HAS_OUT2=out2 is not None,
+                           MASK_OUT=out_mask is not None, BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1))
+    return Launch(conv3x3_kernel, grid, args, meta, then)
 
 
 TMA_TILE_W = 16  # output pixels per row of a TMA program's patch: block_m / 16 rows of 16

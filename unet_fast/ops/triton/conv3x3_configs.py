@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class Config:
     num_stages: int
     swap: bool = False
     tma: bool = False  # forward/dgrad: operands through tensor descriptors (conv3x3_tma_kernel), where it applies
+    split_k: int = 1   # forward/dgrad, unpooled, pointer kernel: K split over this many programs per tile
 
     def shared_bytes(self, element_size: int) -> int:
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
@@ -89,12 +90,14 @@ def table() -> dict:
 
 
 def table_entry(config) -> list | str:
-    """config as the table stores it: its fields in order, without a trailing ``tma`` False (entries
-    written before the field existed read the same)."""
+    """config as the table stores it: its fields in order, without trailing defaults after ``swap`` (entries
+    written before those fields existed read the same)."""
     if config == ATEN:
         return ATEN
     entry = list(astuple(config))
-    return entry if config.tma else entry[:-1]
+    while len(entry) > 6 and entry[-1] == getattr(Config, [f.name for f in fields(Config)][len(entry) - 1]):
+        entry.pop()  # trailing defaults (tma False, split_k 1): the table's older entries read the same
+    return entry
 
 
 def _measured(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
@@ -161,12 +164,19 @@ def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_ch
     return Config(128, block_n, block_k, warps(128, block_n), stages)
 
 
+# forward/dgrad with fewer output tiles than this try split-K: four waves of an H100 at two programs per SM
+# (the deepest layers of the paper's network at batch 8 run 1.5-2.8 waves: a partial last wave idles SMs)
+SPLIT_K_BELOW_PROGRAMS = 4 * 2 * 132
+
+
 def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int,
-               tma: bool = False) -> list[Config]:
+               tma: bool = False, rows: int | None = None) -> list[Config]:
     """What the tuner tries for a problem: the heuristic's choice first, then a few tiles of other shapes
     and pipeline depths, and (forward/dgrad, up to 64 output channels) the swapped product; with ``tma``
     (a GPU with TMA, sm_90 on), forward/dgrad in 16-bit types also try the first three through tensor
-    descriptors. Few on purpose: each is a compile on the GPU machine, whose time is short."""
+    descriptors; given the GEMM's ``rows``, forward/dgrad whose heuristic tiles are fewer than
+    SPLIT_K_BELOW_PROGRAMS also try them with the K loop split 2 and 4 ways (the small deep layers).
+    Few on purpose: each is a compile on the GPU machine, whose time is short."""
     base = heuristic(kind, dtype, skip_channels, x_channels, out_channels)
     if dtype == "fp32":
         return [base]
@@ -194,6 +204,11 @@ def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_c
     for config in found:
         if config not in unique and config.shared_bytes(element) <= SHARED_MEMORY_BUDGET:
             unique.append(config)
+    plain = list(unique)
     if tma and kind != "wgrad" and dtype in ("bf16", "fp16"):  # TF32 rounds its operands in registers: no TMA
-        unique += [replace(config, tma=True) for config in unique[:3]]
+        unique += [replace(config, tma=True) for config in plain[:3]]
+    if rows is not None and kind != "wgrad":
+        tiles = -(-rows // base.block_m) * -(-out_channels // base.block_n)
+        if tiles < SPLIT_K_BELOW_PROGRAMS:
+            unique += [replace(base, split_k=split) for split in (2, 4)]
     return unique

@@ -435,6 +435,25 @@ def test_split_k_matches_oracle(split_k, batch, cx, cs, h, w, sh, sw, cout, padd
 
 
 @needs_triton
+@pytest.mark.parametrize("group_m, pool", [(2, False), (3, True), (8, False)])
+def test_grouped_row_tiles_match_oracle(group_m, pool):
+    """Config.group_m reorders which program computes which tile (rows grouped per column tile); every tile is
+    still computed once: 5 row tiles (the last partial) x 3 column tiles, groups that do not divide them."""
+    x, weight, bias, skip = (t.detach() for t in make(2, 5, 3, 9, 9, 12, 12, 40, "channels_last"))
+    config = Config(32, 16, 16, 4, 1, group_m=group_m)
+    nan = dict(fill_value=float("nan"), device=DEVICE)  # a tile never computed stays NaN
+    out = torch.full((2, 40, 7, 7), **nan).contiguous(memory_format=torch.channels_last)
+    pooled = torch.full((2, 40, 3, 3), **nan).contiguous(memory_format=torch.channels_last) if pool else None
+    with exact_fp32():
+        kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, pooled, 0, False,
+                             config=config).run()
+    expected = oracle(x, weight, bias, skip, 0, pool=pool)
+    assert_close(out, expected[0], dtype=torch.float32)
+    if pool:
+        assert_close(pooled, expected[1], dtype=torch.float32)
+
+
+@needs_triton
 def test_tma_applies_only_where_descriptors_can():
     """Elsewhere the same tiles run on the pointer kernel: pooled epilogues, TF32 rounding, NCHW or unaligned
     operands (x, skip's window, the packed weight)."""

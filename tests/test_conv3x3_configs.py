@@ -146,6 +146,9 @@ def test_split_k_candidates_only_for_the_small_layers():
     assert all(c.split_k == 1 for c in configs.candidates("wgrad", "bf16", 0, 512, 1024, rows=8 * 30 * 30))
     assert configs.table_entry(Config(128, 64, 64, 8, 3, split_k=2)) == [128, 64, 64, 8, 3, False, False, 2]
     assert Config(*[128, 64, 64, 8, 3, False, False, 2]).split_k == 2
+    wide = configs.candidates("dgrad", "bf16", 0, 256, 512, rows=8 * 66 * 66)   # 4 column tiles of 128
+    assert [c.group_m for c in wide if c.group_m > 1] == [8]
+    assert all(c.group_m == 1 for c in configs.candidates("forward", "bf16", 0, 64, 64, rows=8 * 390 * 390))
 
 
 def test_table_lookup_by_device_and_rows_bucket(monkeypatch):

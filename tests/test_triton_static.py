@@ -52,7 +52,7 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
     assert {r["capability"] for r in rows} == {80, 90}
     assert {r["label"].split()[0] for r in rows} == {"forward", "dgrad", "wgrad", "crop_concat", "forward+pool",
                                                       "direct", "forward+tma", "dgrad+tma", "forward+splitk",
-                                                      "dgrad+splitk"}
+                                                      "dgrad+splitk", "forward+group", "dgrad+group"}
     assert sum(r["label"].endswith("(sum)") for r in rows) == 4  # each split-K launch's sum kernel, 2 targets
 
 

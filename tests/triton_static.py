@@ -265,7 +265,8 @@ def tma_launches(quick: bool):
 
 def split_k_launches(quick: bool):
     """(label, launch) of split-K forward and dgrad (the tuner's candidates for the small deep layers): the GEMM
-    kernel writing fp32 partials, then (its ``then``) the sum kernel running the epilogue."""
+    kernel writing fp32 partials, then (its ``then``) the sum kernel running the epilogue; and of grouped
+    row tiles (``group_m``)."""
     from dataclasses import replace
 
     from unet_fast.ops.triton import conv3x3_configs as table_module
@@ -276,10 +277,11 @@ def split_k_launches(quick: bool):
             for kind in ("forward", "dgrad"):
                 channels = (cs, cin - cs, cout) if kind == "forward" else (0, cout, cin)
                 name = "tf32" if dtype == torch.float32 else "bf16"
-                config = replace(table_module.heuristic(kind, name, *channels), split_k=4)
-                with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
-                    launch = layer_launches(dtype, cin, cout, size, cs, configs={kind: config})[kind]
-                yield f"{kind}+splitk {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
+                for option, change in (("splitk", dict(split_k=4)), ("group", dict(group_m=8))):
+                    config = replace(table_module.heuristic(kind, name, *channels), **change)
+                    with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+                        launch = layer_launches(dtype, cin, cout, size, cs, configs={kind: config})[kind]
+                    yield f"{kind}+{option} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
 
 
 def crop_concat_launch(dtype: torch.dtype):

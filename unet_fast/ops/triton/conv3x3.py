@@ -158,7 +158,7 @@ if triton is not None:
         N, H, W, OH, OW, Cs, Cx, Cout, C_SPLIT,
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         HAS_OUT2: tl.constexpr, POOL: tl.constexpr, MASK_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr, SWAP: tl.constexpr,
     ):
         """out = act(conv3x3([skip window, x], w, padding=PAD) + bias); w packed as (9 * (Cs + Cx), Cout).
@@ -175,8 +175,16 @@ if triton is not None:
         """
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
-        pid_m = pid // num_n  # neighbouring programs share the same rows (A tile) and differ in columns
-        pid_n = pid - pid_m * num_n
+        if GROUP_M > 1:  # GROUP_M row tiles sweep each column tile together: their weight tile is read once
+            num_m = tl.num_programs(0) // num_n
+            first_m = (pid // (GROUP_M * num_n)) * GROUP_M
+            group_rows = tl.minimum(num_m - first_m, GROUP_M)
+            in_group = pid % (GROUP_M * num_n)
+            pid_m = first_m + in_group % group_rows
+            pid_n = in_group // group_rows
+        else:
+            pid_m = pid // num_n  # neighbouring programs share the same rows (A tile) and differ in columns
+            pid_n = pid - pid_m * num_n
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Cout
@@ -611,7 +619,7 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
             n, h, w, oh, ow, cs, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=relu,
                 HAS_OUT2=out2 is not None, POOL=pooled is not None, MASK_OUT=out_mask is not None,
-                SPLIT_K=splits, BLOCK_M=config.block_m,
+                SPLIT_K=splits, GROUP_M=config.group_m, BLOCK_M=config.block_m,
                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, INPUT_PRECISION=precision, ROUND_TF32=round_tf32,
                 SWAP=config.swap, num_warps=config.num_warps, num_stages=config.num_stages)
     then = None

@@ -41,6 +41,7 @@ class Config:
     swap: bool = False
     tma: bool = False  # forward/dgrad: operands through tensor descriptors (conv3x3_tma_kernel), where it applies
     split_k: int = 1   # forward/dgrad, unpooled, pointer kernel: K split over this many programs per tile
+    group_m: int = 1   # forward/dgrad, pointer kernel: row tiles that sweep the column tiles together
 
     def shared_bytes(self, element_size: int) -> int:
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * element_size
@@ -211,4 +212,6 @@ def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_c
         tiles = -(-rows // base.block_m) * -(-out_channels // base.block_n)
         if tiles < SPLIT_K_BELOW_PROGRAMS:
             unique += [replace(base, split_k=split) for split in (2, 4)]
+    if kind != "wgrad" and -(-out_channels // base.block_n) >= 4:  # several column tiles: grouped rows
+        unique.append(replace(base, group_m=8))
     return unique

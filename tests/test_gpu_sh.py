@@ -105,11 +105,11 @@ def test_a_stage_that_is_not_essential_keeps_time_for_the_essential_ones_after_i
     assert gpu_run.reserve_for(plan, index, plan) == sum(min(s.estimate_s, s.cap_s) for s in later)
     assert gpu_run.reserve_for(plan, index, [plan[index]]) == 0  # nothing selected after it
     assert gpu_run.reserve_for(plan, 0, plan) == 0  # an essential stage keeps nothing back
-    tune = plan[index]  # 65 s
-    assert gpu_run.does_not_fit(tune, 265, 200) is None
-    assert gpu_run.does_not_fit(tune, 230, 200) == ("needs about 65 s, 30 s left of the budget "
+    tune = plan[index]  # 75 s
+    assert gpu_run.does_not_fit(tune, 275, 200) is None
+    assert gpu_run.does_not_fit(tune, 230, 200) == ("needs about 75 s, 30 s left of the budget "
                                                     "after 200 s kept for later stages")
-    assert gpu_run.does_not_fit(tune, 30, 0) == "needs about 65 s, 30 s left of the budget"
+    assert gpu_run.does_not_fit(tune, 30, 0) == "needs about 75 s, 30 s left of the budget"
 
 
 def test_execute_skips_what_no_longer_fits_and_runs_the_rest(tmp_path, monkeypatch):

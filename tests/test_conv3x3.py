@@ -358,6 +358,26 @@ def test_frozen_weights_reuse_casts_without_grad_only():
         assert _cast(weight, torch.bfloat16) is not _cast(weight, torch.bfloat16)
 
 
+def check_masked_dgrad(x, weight, skip, padding, config):
+    """conv3x3_input_grad with ``config`` and the ReLU mask of x (made a ReLU output here) against float64
+    aten: grad_x masked, skip's window unmasked."""
+    h, w = x.shape[-2:]
+    cs = skip.shape[1] if skip is not None else 0
+    grad = torch.randn(x.shape[0], weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2,
+                       generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    relu_x = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    with exact_fp32():
+        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, relu_x, skip, padding, config=config,
+                                                       relu_mask_x=True)
+    cat = relu_x if skip is None else torch.cat([geometry.center_crop(skip, (h, w)), relu_x], dim=1)
+    cat = cat.double().requires_grad_()
+    (want,) = torch.autograd.grad(F.conv2d(cat, weight.double(), padding=padding), [cat], grad.double())
+    assert_close(grad_x, want[:, cs:].masked_fill(relu_x <= 0, 0), dtype=torch.float32, msg="x")
+    if skip is not None:
+        assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
+
+
 # The TMA kernel (tensor descriptors; sm_90 through the tuner's table, the interpreter here) against the oracle:
 # forward with and without skip, dgrad split between grad_skip's window and grad_x with the ReLU mask, odd
 # output sizes (partial patches), channels that are no multiple of BLOCK_K, swapped operands.
@@ -384,18 +404,7 @@ def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, s
     assert launch.kernel is kernels.conv3x3_tma_kernel
     (expected,) = oracle(x, weight, bias, skip, padding)
     assert_close(out, expected, dtype=torch.float32)
-    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    grad = grad.contiguous(memory_format=torch.channels_last)
-    relu_x = torch.relu(x).contiguous(memory_format=torch.channels_last)
-    with exact_fp32():
-        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, relu_x, skip, padding, config=config,
-                                                       relu_mask_x=True)
-    cat = relu_x if skip is None else torch.cat([geometry.center_crop(skip, (h, w)), relu_x], dim=1)
-    cat = cat.double().requires_grad_()
-    (want,) = torch.autograd.grad(F.conv2d(cat, weight.double(), padding=padding), [cat], grad.double())
-    assert_close(grad_x, want[:, cs:].masked_fill(relu_x <= 0, 0), dtype=torch.float32, msg="x")
-    if skip is not None:
-        assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
+    check_masked_dgrad(x, weight, skip, padding, config)
 
 
 # Split-K (the tuner's candidate for the small deep layers): the K steps of skip then x shared among programs,
@@ -418,17 +427,7 @@ def test_split_k_matches_oracle(split_k, batch, cx, cs, h, w, sh, sw, cout, padd
     assert launch.meta["SPLIT_K"] > 1 and launch.then.kernel is kernels.conv3x3_split_sum_kernel
     (expected,) = oracle(x, weight, bias, skip, padding)
     assert_close(out, expected, dtype=torch.float32)
-    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    relu_x = torch.relu(x).contiguous(memory_format=torch.channels_last)
-    with exact_fp32():
-        grad_x, grad_skip = kernels.conv3x3_input_grad(grad, weight, relu_x, skip, padding, config=config,
-                                                       relu_mask_x=True)
-    cat = relu_x if skip is None else torch.cat([geometry.center_crop(skip, (h, w)), relu_x], dim=1)
-    cat = cat.double().requires_grad_()
-    (want,) = torch.autograd.grad(F.conv2d(cat, weight.double(), padding=padding), [cat], grad.double())
-    assert_close(grad_x, want[:, cs:].masked_fill(relu_x <= 0, 0), dtype=torch.float32, msg="x")
-    if skip is not None:
-        assert_close(geometry.center_crop(grad_skip, (h, w)), want[:, :cs], dtype=torch.float32, msg="skip")
+    check_masked_dgrad(x, weight, skip, padding, config)
     pooled = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, out[:, :, ::2, ::2],
                                   padding, False, config=config)
     assert pooled.meta["SPLIT_K"] == 1 and pooled.then is None  # the pooled epilogue: one program per tile

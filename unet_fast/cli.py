@@ -589,6 +589,7 @@ def cmd_evaluate(args) -> int:
     from .image_io import write_bytes_atomically
     from .instances import InstanceOptions
     from .model_file import load_model
+    from .rescale import model_scale
     from .segment import check_tiles
 
     # everything is checked before the first image is scored: the folders, the options, the model, every
@@ -625,7 +626,7 @@ def cmd_evaluate(args) -> int:
           f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
           + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
           f"borders {options.border} px"
-          + f"; images resampled by {args.scale if args.scale is not None else model.input_scale:g}"
+          + f"; images resampled by {model_scale(model, args.scale):g}"
           + ("; test-time augmentation" if args.tta else ""))
     print(result.summary())
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"

@@ -23,7 +23,7 @@ from . import checks, termination
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .ops.frozen_weights import frozen_weights
-from .rescale import Resampled, check_scale, scaled_size
+from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import has_tile_graph, tile_graph
 from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
@@ -373,7 +373,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     checks.check_bool(tta, "tta")
-    scale = check_scale(getattr(model, "input_scale", 1.0) if scale is None else scale)
+    scale = model_scale(model, scale)
     if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool) or not isinstance(
             memory_budget_bytes, int) or memory_budget_bytes < 1):
         raise checks.BadArgument("memory_budget_bytes", f"memory_budget_bytes must be None or a positive number "

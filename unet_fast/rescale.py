@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 __all__ = ["Resampled", "resample_image", "resample_labels", "object_diameters", "choose_scale", "scaled_size",
-           "check_scale", "MAX_SCALE", "TOLERANCE"]
+           "check_scale", "model_scale", "MAX_SCALE", "TOLERANCE"]
 
 #: scales outside [1 / MAX_SCALE, MAX_SCALE] are refused: a mistake (or a hostile model file), not a magnification
 MAX_SCALE = 16.0
@@ -38,6 +38,12 @@ def check_scale(scale, argument: str = "scale") -> float:
         raise BadArgument(argument, f"{argument} must be a number in [1/{MAX_SCALE:g}, {MAX_SCALE:g}] (the factor "
                                     f"images are resampled by before the network), got {scale!r}")
     return float(scale)
+
+
+def model_scale(model, scale=None) -> float:
+    """The factor images are resampled by for ``model``: ``scale`` where given, else the model's own
+    ``input_scale`` (1 for a model without one), checked."""
+    return check_scale(getattr(model, "input_scale", 1.0) if scale is None else scale)
 
 
 def scaled_size(size: int, scale: float) -> int:

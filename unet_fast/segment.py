@@ -30,7 +30,7 @@ from . import checks, geometry, image_io, termination
 from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .sinks import read_provenance
-from .rescale import check_scale
+from .rescale import check_scale, model_scale
 from .ranks import shared_failures
 from .torchrun import Torchrun
 
@@ -152,7 +152,8 @@ def output_kind(path: Path) -> str | None:
 
 def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options) -> dict:
     """How segment makes its outputs, recorded in each (``sinks.read_provenance``): the weights (a digest),
-    the kind, the test-time augmentation, the resampling factor, the precision and the instance rules."""
+    the kind, the test-time augmentation, the resampling factor (None: the model's), the precision and the
+    instance rules."""
     from . import __version__
     from .instances import InstanceOptions
 
@@ -161,11 +162,12 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     normalization = getattr(model, "normalization", None)
-    return json.loads(json.dumps({"unet_fast": __version__, "weights_sha256": digest.hexdigest(), "output": output, "tta": bool(tta),
-            "scale": float(scale if scale is not None else getattr(model, "input_scale", 1.0)),
-            "dtype": dtype or "fp32", "normalization": normalization.to_dict() if normalization is not None else None,
+    made = {"unet_fast": __version__, "weights_sha256": digest.hexdigest(), "output": output, "tta": bool(tta),
+            "scale": model_scale(model, scale), "dtype": dtype or "fp32",
+            "normalization": normalization.to_dict() if normalization is not None else None,
             "instance_options": dataclasses.asdict(instance_options or InstanceOptions())
-            if output == "instances" else None}))     # as it reads back from a file (lists, not tuples)
+            if output == "instances" else None}
+    return json.loads(json.dumps(made))     # as it reads back from a file (lists, not tuples)
 
 
 #: what --continue compares (not the version that wrote an output)
@@ -229,6 +231,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     provenance: recorded in every output: see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
+    factor = model_scale(model, scale)    # scale as given goes on (None: predict_tiled takes the model's)
     summary = SegmentSummary()
     outdir.mkdir(parents=True, exist_ok=True)
     claimed: dict[Path, Path] = {}
@@ -265,8 +268,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             continue
         try:
             image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
-            _check_scaled_pixels(info, path, scale if scale is not None else getattr(model, "input_scale", 1.0),
-                                 max_pixels)
+            _check_scaled_pixels(info, path, factor, max_pixels)
             layout = _layout(info, model.in_channels)
             pixel_size = read_pixel_size(path)
             if warning := scale_warning(model, pixel_size, path, scale):
@@ -482,6 +484,6 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         log(f"{prefix}summary: {len(files)} file(s) found, {segmented} segmented, {skipped} skipped (exist), "
             f"{failed} failed; {pixels / 1e6:.4g} megapixels in {seconds:.1f} s = {rate:.2f} MP/s"
             + (f" over {job.world} processes" if job.world > 1 else "")
-            + (f"; images resampled by {factor:g}" if (factor := scale or getattr(model, "input_scale", 1.0)) != 1
-               else "") + ("; test-time augmentation" if tta else ""))
+            + (f"; images resampled by {made['scale']:g}" if made["scale"] != 1 else "")
+            + ("; test-time augmentation" if tta else ""))
     return result

@@ -3,6 +3,8 @@
 The work itself (segmentation.py) knows nothing of Qt; this file only lays out the controls, runs
 ``Segmentation.steps`` in napari's thread worker (the viewer stays responsive, the progress bar
 follows the tiles, the button turns into Cancel) and adds the result as a Labels layer.
+It needs napari and magicgui, the optional extra ``pip install "unet_fast[napari]"``; napari imports
+this module only when the widget is opened, and nothing else in unet_fast imports it.
 """
 from pathlib import Path
 

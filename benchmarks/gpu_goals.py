@@ -440,7 +440,7 @@ def stage_augment(s: Setting, record: Recorder) -> None:
 
 
 def stage_pipeline(s: Setting, record: Recorder) -> None:
-    from unet_fast.inference import plan_tiles, predict_tiled
+    from unet_fast.inference import plan_tiles, predict_images, predict_tiled
 
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
@@ -476,6 +476,13 @@ def stage_pipeline(s: Setting, record: Recorder) -> None:
                timing=piped.as_dict(), bare_timing=bare.as_dict(),
                images_per_s=round(s.images / (piped.median_ms / 1e3), 1),
                overhead=round(piped.median_ms / bare.median_ms - 1, 4))
+    # the same images through one predict_images call (what `unet-fast segment` does with a folder of small
+    # files of one shape): their tiles share the batches
+    one_by_one = s.time(folder(s.device == "cuda"), min_reps=3, max_reps=5)
+    together = s.time(lambda: predict_images(model, images, dtype=dtype, progress=False), min_reps=3, max_reps=5)
+    record("images_512_together", images=s.images, timing=together.as_dict(), one_by_one_timing=one_by_one.as_dict(),
+           images_per_s=round(s.images / (together.median_ms / 1e3), 1),
+           speedup=round(one_by_one.median_ms / together.median_ms, 3))
 
     large = rng.random((s.large_size, s.large_size), dtype=np.float32)
     plan = plan_tiles(model, large.shape, device=s.device, dtype=dtype)

@@ -5,6 +5,8 @@ has it. Ours: the valid (paper) net, exact overlap-tile, tile planned from memor
 monai.inferers.sliding_window_inference (roi 512, overlap 0.25, gaussian blending) on the
 same-padding twin of the net with the same weights. Skipped when MONAI is not installed.
 
+CPU: a folder of 64 small images through `segment`, together and one by one.
+
 GPU (marked gpu): images per second for a folder of 512x512 images and tiles per second for a
 large image, each beside the pure model forward at the same tile and batch.
 """
@@ -53,6 +55,26 @@ def test_cpu_1024_vs_monai(timed, benchmark, impl):
 
     benchmark.group = f"1024x1024 depth-5 base-64 cpu {str(dtype).removeprefix('torch.')}"
     timed(run, rounds=2, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["segment_together", "segment_one_by_one-baseline"])
+def test_cpu_folder_of_small_images(timed, benchmark, impl, tmp_path, monkeypatch):
+    """`unet-fast segment` of a folder of 64 images of 192 x 192 with the default recipe's network: small files
+    of one shape segmented together (predict_images) against one file at a time, as before."""
+    from unet_fast import image_io, segment
+
+    torch.manual_seed(0)
+    model = UNet(depth=3, base_channels=16).eval()
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        image_io.write_image(tmp_path / "in" / f"im{i:03d}.tif", rng.integers(0, 4000, (192, 192)).astype(np.uint16))
+    files, _ = segment.expand_inputs([str(tmp_path / "in")])
+    if impl.endswith("baseline"):
+        monkeypatch.setattr(segment, "SMALL_FILE_PIXELS", 0)
+    run = lambda: segment.segment_files(files, tmp_path / "out", model, log=lambda *args, **kwargs: None)
+    benchmark.group = "folder of 64 images 192x192, depth-3 base-16 cpu fp32"
+    benchmark.extra_info.update(images=64)
+    timed(run, rounds=3, warmup_rounds=1)
 
 
 def _gpu_forward(model, batch, tile):

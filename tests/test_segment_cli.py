@@ -14,6 +14,7 @@ import unet_fast
 from tolerances import TOLERANCES
 from unet_fast import cli, image_io, segment
 from unet_fast.inference import predict_tiled
+from unet_fast.pixel_size import read_pixel_size
 from optional_deps import needs_zarr
 
 
@@ -370,3 +371,45 @@ def test_predict_tiled_records_provenance_in_files(tmp_path, model_file, output,
         except ImportError:       # no zarr
             continue
         assert read_provenance(path) == {"note": "made here", "n": [1, 2]}
+
+
+@needs_zarr
+def test_small_files_of_one_shape_are_segmented_together_with_the_same_results(tmp_path, model_file, capsys,
+                                                                                 monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    images = {}
+    for i in range(5):     # four of one shape, of very different ranges; a large one and a NaN one between
+        name = ["a0", "a1", "b_large", "c_nan", "d0"][i]
+        image = rng.normal(0.3 + 0.1 * i, 0.2, (40, 50) if name != "b_large" else (70, 90)).astype(np.float32)
+        if name == "c_nan":
+            image[3, 4] = np.nan
+        tifffile.imwrite(folder / f"{name}.tif", image, resolution=(1 / (0.5 + i), 1 / (0.5 + i)),
+                         metadata={"unit": "um"}, photometric="minisblack")
+        images[name] = image
+    image_io.write_image(folder / "e1.tif", (images["d0"] * 100).astype(np.uint16))
+    monkeypatch.setattr(segment, "SMALL_FILE_PIXELS", 40 * 50)      # the large one is segmented alone
+    status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                       "--output", "instances", "--overlay", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert status == 1 and "c_nan.tif" in err and "NaN" in err and err.count("FAILED") == 1
+    # a0 and a1 together; b_large alone; c_nan, d0 and e1 together, which fails, so each again on its own
+    assert out.count("for a batch of 2 files") == 2 and "batch of 3" not in out
+    assert all(f"{name}.tif" in out for name in ("b_large", "d0", "e1"))
+    assert "5 segmented, 0 skipped (exist), 1 failed" in out
+    model = unet_fast.load_model(model_file)
+    images["e1"] = (images.pop("d0") * 100).astype(np.uint16)
+    images["d0"] = tifffile.imread(folder / "d0.tif")
+    for name, image in images.items():
+        if name == "c_nan":
+            assert not (tmp_path / "out" / f"{name}.tif").exists()
+            continue
+        written = tmp_path / "out" / f"{name}.tif"
+        np.testing.assert_array_equal(tifffile.imread(written),
+                                      predict_tiled(model, image, output="instances", progress=False))
+        assert (tmp_path / "out" / "overlays" / f"{name}.png").exists()
+        assert read_pixel_size(written) == read_pixel_size(folder / f"{name}.tif")
+    status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                       "--output", "instances", "--continue", "--no-progress", "--nonfinite", "zero"])
+    assert status == 0 and "1 segmented, 5 skipped" in capsys.readouterr().out

@@ -29,7 +29,7 @@ from .tile_graphs import has_tile_graph, tile_graph
 from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
                      parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
-__all__ = ["predict_tiled", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
+__all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
            # planning moved to unet_fast.tiling; importable from here as before
            "TilePlan", "plan_tiles", "estimate_activation_bytes", "memory_budget", "same_padding_margin",
            "usable_tile_sizes"]
@@ -593,7 +593,7 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
 def _predict_instances(model, image, options, *, out, layout, pixel_size, provenance=None, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
-    from .instances import ClassView, InstanceOptions, label_instances, scratch_for
+    from .instances import InstanceOptions, scratch_for
     from .sinks import ZARR_SUFFIXES
     from .image_io import TIFF_SUFFIXES
 
@@ -609,16 +609,112 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
     planes = (source.slices,) if source.stacked else ()
+    kind = _instance_input(options)
     with scratch_for(out, source.slices * source.height * source.width) as scratch:
-        probability = None
-        if options.threshold == 0.5 and options.split is None:    # foreground wins the argmax: 1 byte a pixel
-            foreground = scratch.array(planes + (source.height, source.width), np.uint8)
-            predict_tiled(model, source.image, layout=source.layout, output="labels", out=foreground, **predict)
-        else:
-            probabilities = scratch.array(planes + (2, source.height, source.width), np.float32)
-            predict_tiled(model, source.image, layout=source.layout, output="probabilities", out=probabilities,
-                          **predict)
-            foreground = ClassView(probabilities, stacked=source.stacked, threshold=options.threshold)
-            probability = ClassView(probabilities, stacked=source.stacked)
-        return label_instances(foreground, options, probability=probability, out=out, stacked=source.stacked,
-                               scratch=scratch, pixel_size=pixel_size, provenance=provenance)
+        prediction = scratch.array(planes + ((source.height, source.width) if kind == "labels" else
+                                             (2, source.height, source.width)), np.uint8 if kind == "labels"
+                                   else np.float32)
+        predict_tiled(model, source.image, layout=source.layout, output=kind, out=prediction, **predict)
+        return _label_prediction(prediction, options, out=out, stacked=source.stacked, scratch=scratch,
+                                 pixel_size=pixel_size, provenance=provenance)
+
+
+def _instance_input(options) -> str:
+    """What the instance rules need of the network: its "labels" when the foreground is where it wins the
+    argmax (1 byte a pixel), else its "probabilities" (a threshold other than 0.5, or splitting)."""
+    return "labels" if options.threshold == 0.5 and options.split is None else "probabilities"
+
+
+def _label_prediction(prediction, options, *, stacked: bool, **label):
+    """The objects (``label_instances``) of a prediction made as ``_instance_input`` says."""
+    from .instances import ClassView, label_instances
+
+    if _instance_input(options) == "labels":
+        return label_instances(prediction, options, stacked=stacked, **label)
+    return label_instances(ClassView(prediction, stacked=stacked, threshold=options.threshold), options,
+                           probability=ClassView(prediction, stacked=stacked), stacked=stacked, **label)
+
+
+def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: dict | None = None,
+                   layout: str | None = None, output: str = "labels", normalization: Normalization | None = None,
+                   nonfinite: str | None = None, instance_options=None, tile_size=None, batch_size=None,
+                   device=None, dtype=None, progress=None, memory_budget_bytes: int | None = None,
+                   cuda_graphs: bool | None = None, tta: bool = False, scale=None) -> list:
+    """Segment many images of one shape together: the result of each equals ``predict_tiled`` on it alone
+    (each normalised with its own statistics), but the tiles of all of them share the network's batches,
+    which for small images (one or a few tiles each) is several times faster than one call per image.
+
+    images: a sequence of (H, W) or (C, H, W) images of one shape, read whole into memory; layout: "YX" or
+        "CYX" (None: from the dimensions and the model's in_channels, as predict_tiled).
+    outs: None (arrays are returned), or one out per image as predict_tiled's ``out`` (a path, an array,
+        or None), each written when all are predicted; pixel_sizes: one per image, or None, for files.
+    Every other argument is predict_tiled's, for every image.
+    Returns the results (arrays or the paths written), in the order of ``images``.
+    """
+    from .instances import InstanceOptions
+
+    images = list(images)
+    if not images:
+        return []
+    outs = [None] * len(images) if outs is None else list(outs)
+    pixel_sizes = [None] * len(images) if pixel_sizes is None else list(pixel_sizes)
+    for name, values in (("outs", outs), ("pixel_sizes", pixel_sizes)):
+        if len(values) != len(images):
+            raise ValueError(f"{name} must have one entry per image ({len(images)}), got {len(values)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if layout not in (None, "YX", "CYX"):
+        raise ValueError(f"layout must be None, 'YX' or 'CYX' (predict_images takes single planes; segment a "
+                         f"stack with predict_tiled), got {layout!r}")
+    _, _, in_channels, num_classes = model_geometry(model)
+    sources = [_Source.open(image, layout, in_channels) for image in images]
+    for index, source in enumerate(sources):
+        if source.stacked:
+            raise ValueError(f"images[{index}] has shape {tuple(source.image.shape)}, a stack (Z, H, W); "
+                             f"predict_images takes single planes: segment stacks with predict_tiled")
+        if (source.layout, source.image.shape) != (sources[0].layout, sources[0].image.shape):
+            raise ValueError(f"images[{index}] has shape {tuple(source.image.shape)} but images[0] has "
+                             f"{tuple(sources[0].image.shape)}; predict_images needs images of one shape")
+    if output == "instances":
+        options = InstanceOptions() if instance_options is None else instance_options
+        if num_classes != 2:
+            raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "
+                             f"{num_classes}: use output='labels'")
+        if not isinstance(options, InstanceOptions):
+            raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got "
+                            f"{type(options).__name__}")
+    elif instance_options is not None:
+        raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
+    shape = (height, width) = sources[0].height, sources[0].width
+    result_shape = shape if output in ("labels", "instances") else (num_classes, *shape)
+    for index, (out, image) in enumerate(zip(outs, images)):
+        if isinstance(out, (str, Path)):
+            check_out_path(out)
+            checks.check_output_is_not_an_input(out, _backing_files(image), "outs", "file the image is read from")
+        elif out is not None and tuple(out.shape) != result_shape:
+            raise ValueError(f"outs[{index}] has shape {tuple(out.shape)} but this result needs {result_shape}")
+    normalization = normalization if normalization is not None else getattr(model, "normalization", None)
+    # each image normalised as predict_tiled would (a pointwise rule with its own statistics), so the stack
+    # goes through unchanged
+    stack = np.stack([_normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width))
+                      for source in sources])
+    kind = _instance_input(options) if output == "instances" else output
+    predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
+                              tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
+                              progress=progress, memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs,
+                              tta=tta, scale=scale)
+    results = []
+    for index, out in enumerate(outs):
+        if output == "instances":
+            results.append(_label_prediction(predicted[index], options, stacked=False, out=out,
+                                             pixel_size=pixel_sizes[index], provenance=provenance))
+            continue
+        sink = open_sink(out, predicted.shape[1:], torch.from_numpy(predicted[:0]).dtype, stacked=False,
+                         channels=output != "labels", pixel_size=pixel_sizes[index], provenance=provenance)
+        try:
+            sink.write(0, 0, 0, predicted[index])
+            results.append(sink.close())
+        except BaseException:
+            sink.abort()
+            raise
+    return results

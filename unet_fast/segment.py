@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from . import checks, geometry, image_io, termination
-from .inference import OUTPUTS, check_chosen_plan_fits, predict_tiled
+from .inference import OUTPUTS, check_chosen_plan_fits, predict_images, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .sinks import read_provenance
 from .rescale import check_scale, model_scale
@@ -216,6 +216,146 @@ def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
 
 #: files above this many pixels get a line when they start, not only when they finish
 ANNOUNCED_PIXELS = 2 ** 26
+#: files of at most this many pixels (as the network sees them) are segmented in batches of files of their
+#: shape (``predict_images``): their tiles share the network's batches, which a file of a tile or two alone
+#: cannot fill
+SMALL_FILE_PIXELS = 2 ** 20
+#: a batch of small files holds at most this many pixels (the network's view) and this many files
+BATCH_PIXELS, BATCH_FILES = 2 ** 24, 256
+
+
+@dataclass
+class _File:
+    """An input read lazily and checked, with where its results go."""
+    path: Path
+    target: Path
+    overlay: Path
+    image: object
+    info: image_io.ImageInfo
+    layout: str
+    pixel_size: object
+
+    @property
+    def plane_pixels(self) -> int:
+        return self.info.pixels // (self.info.shape[self.info.axes.index("C")] if "C" in self.info.axes else 1)
+
+
+@dataclass
+class _Segmenter:
+    """segment_files' settings and summary, and how it segments one file or a batch of small ones."""
+    outdir: Path
+    model: torch.nn.Module
+    summary: SegmentSummary
+    log: object
+    suffix: str
+    output: str
+    overlay: bool
+    resume: bool
+    max_pixels: int | None
+    factor: float
+    progress: bool      # a bar over each large file's tiles
+    predict: dict       # predict_tiled's arguments common to every file
+
+    def fail(self, path, reason: str) -> None:
+        self.summary.failed.append((str(path), reason))
+        self.log(f"FAILED {path}: {reason}", file=sys.stderr)
+
+    def open(self, path: Path, claimed: dict) -> _File | None:
+        """The file read lazily and checked; None when it is done with here (failed, or kept by resume)."""
+        target = self.outdir / output_name(path, self.suffix)
+        if target in claimed:
+            self.fail(path, f"output {target} is also the output of {claimed[target]}")
+            return None
+        claimed[target] = path
+        image_io.remove_leftovers(target)
+        overlay_path = self.outdir / "overlays" / output_name(path, ".png")
+        if self.suffix.endswith((".tif", ".tiff")) and target.is_dir():
+            self.fail(path, f"the output {target} is a folder, which a result cannot replace; move or rename it")
+            return None
+        if self.resume and target.exists():
+            if self.overlay and not overlay_path.exists():   # interrupted before it, or a first run without --overlay
+                try:
+                    image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
+                    write_result_overlay(overlay_path, image, target, _layout(info, self.model.in_channels))
+                    self.log(f"overlay {path} -> {overlay_path} (from the existing {target})")
+                except (KeyboardInterrupt, torch.OutOfMemoryError):
+                    raise
+                except Exception as error:
+                    self.fail(path, f"its output exists, but drawing the overlay failed: {_describe(error)}")
+                    return None
+            self.summary.skipped.append(str(path))
+            return None
+        try:
+            image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
+            _check_scaled_pixels(info, path, self.factor, self.max_pixels)
+            layout = _layout(info, self.model.in_channels)
+            pixel_size = read_pixel_size(path)
+            if warning := scale_warning(self.model, pixel_size, path, self.predict["scale"]):
+                self.log(f"WARNING {warning}", file=sys.stderr)
+        except (KeyboardInterrupt, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # reported and skipped: one bad file must not stop the batch
+            self.fail(path, _describe(error))
+            return None
+        return _File(path, target, overlay_path, image, info, layout, pixel_size)
+
+    def small(self, file: _File) -> bool:
+        """Whether ``file`` is segmented in a batch of files (a single plane of few pixels)."""
+        return not file.layout.startswith("Z") and file.plane_pixels * self.factor ** 2 <= SMALL_FILE_PIXELS
+
+    def one(self, file: _File) -> None:
+        """Segment ``file`` on its own, streamed to its output."""
+        try:
+            began = time.perf_counter()
+            if file.info.pixels >= ANNOUNCED_PIXELS:
+                self.log(f"segmenting {file.path} ({'x'.join(map(str, file.info.shape))}, "
+                         f"{file.info.pixels / 1e6:.0f} megapixels) ...")
+            predict_tiled(self.model, file.image, output=self.output, out=file.target, layout=file.layout,
+                          pixel_size=file.pixel_size, progress=self.progress, **self.predict)
+            self.finish(file, f"{time.perf_counter() - began:.2f} s")
+        except (KeyboardInterrupt, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # reported and skipped: one bad file must not stop the batch
+            self.fail(file.path, _describe(error))
+
+    def batch(self, files: list[_File]) -> None:
+        """Segment small files of one shape together (``predict_images``), each into its own output; on
+        an error, each again on its own, so that only the files at fault fail, each with its reason."""
+        if len(files) == 1:
+            return self.one(files[0])
+        try:
+            began = time.perf_counter()
+            predict_images(self.model, [file.image for file in files],
+                           outs=[file.target for file in files], pixel_sizes=[file.pixel_size for file in files],
+                           layout=files[0].layout, output=self.output, progress=False, **self.predict)
+        except (KeyboardInterrupt, torch.OutOfMemoryError):
+            raise
+        except Exception:
+            for file in files:
+                self.one(file)
+            return
+        took = time.perf_counter() - began
+        for file in files:
+            self.finish(file, f"{took:.2f} s for a batch of {len(files)} files")
+
+    def finish(self, file: _File, timing: str) -> None:
+        """The overlay of a written output, and the file's line and counts."""
+        try:
+            if self.overlay:
+                write_result_overlay(file.overlay, file.image, file.target, file.layout)
+        except (KeyboardInterrupt, torch.OutOfMemoryError):
+            raise
+        except Exception as error:
+            self.fail(file.path, f"its output was written, but drawing the overlay failed: {_describe(error)}")
+            return
+        self.summary.pixels += file.plane_pixels
+        self.summary.done.append(str(file.path))
+        self.log(f"ok {file.path} -> {file.target} ({'x'.join(map(str, file.info.shape))}, {timing})")
+
+
+def _describe(error: BaseException) -> str:
+    kind = type(error).__name__
+    return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {error}"   # zlib.error
 
 
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",
@@ -225,74 +365,56 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   overlay: bool = False, tta: bool = False, scale: float | None = None,
                   provenance: dict | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
-    killed runs (``image_io.remove_leftovers``) are removed before each file. nonfinite: see ``predict_tiled``.
-    overlay: also write outdir/overlays/<name>.png, the image with the outlines of the result
-    (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling factor (None: the model's);
-    provenance: recorded in every output: see ``predict_tiled``."""
+    killed runs (``image_io.remove_leftovers``) are removed before each file. Consecutive small files of
+    one shape are segmented together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results.
+    nonfinite: see ``predict_tiled``. overlay: also write outdir/overlays/<name>.png, the image with the
+    outlines of the result (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling
+    factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``."""
     from tqdm.auto import tqdm
 
-    factor = model_scale(model, scale)    # scale as given goes on (None: predict_tiled takes the model's)
     summary = SegmentSummary()
     outdir.mkdir(parents=True, exist_ok=True)
+    predict = dict(tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype, nonfinite=nonfinite,
+                   tta=tta, scale=scale, provenance=provenance,       # scale as given (None: the model's)
+                   **({"instance_options": instance_options} if output == "instances" else {}))
+    segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
+                           model_scale(model, scale), progress, predict)
     claimed: dict[Path, Path] = {}
+    pending: list[_File] = []      # small files of one shape, waiting for more
     start = time.perf_counter()
-    for path in tqdm(files, unit="file", disable=not progress, desc="segment"):
-        termination.check()   # SIGTERM, even where its exception was swallowed
-        target = outdir / output_name(path, suffix)
-        if target in claimed:
-            summary.failed.append((str(path), f"output {target} is also the output of {claimed[target]}"))
-            log(f"FAILED {path}: output {target} is also the output of {claimed[target]}", file=sys.stderr)
-            continue
-        claimed[target] = path
-        image_io.remove_leftovers(target)
-        overlay_path = outdir / "overlays" / output_name(path, ".png")
-        if suffix.endswith((".tif", ".tiff")) and target.is_dir():
-            reason = f"the output {target} is a folder, which a result cannot replace; move or rename it"
-            summary.failed.append((str(path), reason))
-            log(f"FAILED {path}: {reason}", file=sys.stderr)
-            continue
-        if resume and target.exists():
-            if overlay and not overlay_path.exists():    # interrupted before it, or a first run without --overlay
-                try:
-                    image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
-                    write_result_overlay(overlay_path, image, target, _layout(info, model.in_channels))
-                    log(f"overlay {path} -> {overlay_path} (from the existing {target})")
-                except (KeyboardInterrupt, torch.OutOfMemoryError):
-                    raise
-                except Exception as error:
-                    reason = f"its output exists, but drawing the overlay failed: {type(error).__name__}: {error}"
-                    summary.failed.append((str(path), reason))
-                    log(f"FAILED {path}: {reason}", file=sys.stderr)
-                    continue
-            summary.skipped.append(str(path))
-            continue
-        try:
-            image, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels)
-            _check_scaled_pixels(info, path, factor, max_pixels)
-            layout = _layout(info, model.in_channels)
-            pixel_size = read_pixel_size(path)
-            if warning := scale_warning(model, pixel_size, path, scale):
-                log(f"WARNING {warning}", file=sys.stderr)
-            began = time.perf_counter()
-            if info.pixels >= ANNOUNCED_PIXELS:
-                log(f"segmenting {path} ({'x'.join(map(str, info.shape))}, {info.pixels / 1e6:.0f} megapixels) ...")
-            predict_tiled(model, image, tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
-                          output=output, progress=progress, out=target, layout=layout, pixel_size=pixel_size,
-                          nonfinite=nonfinite, tta=tta, scale=scale, provenance=provenance,
-                          **({"instance_options": instance_options} if output == "instances" else {}))
-            if overlay:
-                write_result_overlay(overlay_path, image, target, layout)
-            pixels = info.pixels // (info.shape[info.axes.index("C")] if "C" in info.axes else 1)
-            summary.pixels += pixels
-            summary.done.append(str(path))
-            log(f"ok {path} -> {target} ({'x'.join(map(str, info.shape))}, {time.perf_counter() - began:.2f} s)")
-        except (KeyboardInterrupt, torch.OutOfMemoryError):
-            raise
-        except Exception as error:  # reported and skipped: one bad file must not stop the batch
-            kind = type(error).__name__
-            reason = f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {error}"   # zlib.error
-            summary.failed.append((str(path), reason))
-            log(f"FAILED {path}: {reason}", file=sys.stderr)
+    with tqdm(total=len(files), unit="file", disable=not progress, desc="segment") as bar:
+        def flush() -> None:
+            segmenter.batch(pending)
+            bar.update(len(pending))
+            pending.clear()
+
+        for path in files:
+            termination.check()   # SIGTERM, even where its exception was swallowed
+            file = segmenter.open(path, claimed)
+            if file is None:
+                bar.update(1)
+                continue
+            if pending and not (segmenter.small(file) and (file.info.shape, file.layout) == (
+                    pending[0].info.shape, pending[0].layout)):
+                flush()
+            if not segmenter.small(file):
+                segmenter.one(file)
+                bar.update(1)
+                continue
+            try:     # read now: a file that cannot be decoded fails alone, and no file stays open meanwhile
+                file.image = np.asarray(file.image)
+            except (KeyboardInterrupt, torch.OutOfMemoryError):
+                raise
+            except Exception as error:
+                segmenter.fail(file.path, _describe(error))
+                bar.update(1)
+                continue
+            pending.append(file)
+            if len(pending) >= BATCH_FILES or sum(f.plane_pixels for f in pending) * segmenter.factor ** 2 >= \
+                    BATCH_PIXELS:
+                flush()
+        if pending:
+            flush()
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -1,0 +1,113 @@
+"""predict_images: many images of one shape through shared batches, each result equal to predict_tiled's."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import unet_fast
+from unet_fast import checks
+from unet_fast.inference import predict_images, predict_tiled
+from unet_fast.normalization import NonFiniteInputError
+from unet_fast.instances import InstanceOptions
+from unet_fast.pixel_size import PixelSize, read_pixel_size
+from unet_fast.sinks import read_provenance
+
+
+def _model(in_channels=1, num_classes=2, padding="valid"):
+    torch.manual_seed(0)
+    return unet_fast.UNet(in_channels=in_channels, num_classes=num_classes, depth=2, base_channels=4,
+                          padding=padding).eval()
+
+
+def _images(count, shape, seed=0):
+    """Integer images of very different ranges: each must be normalised with its own statistics."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 50 + 400 * i, shape).astype(np.uint16) for i in range(count)]
+
+
+@pytest.mark.parametrize("output", ["labels", "probabilities", "logits", "instances"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_each_result_is_predict_tiled_on_that_image(output, padding):
+    model = _model(padding=padding)
+    images = _images(3, (37, 45))
+    images[1] = np.ascontiguousarray(np.pad(images[1], 1))[1:-1, 1:-1]     # a strided view
+    images[2] = np.asfortranarray(images[2])                           # not C-contiguous
+    got = predict_images(model, images, output=output, tile_size=28 if padding == "valid" else 24, progress=False)
+    for image, result in zip(images, got):
+        _assert_same(result, predict_tiled(model, image, output=output, progress=False))
+
+
+def _assert_same(result, expected):
+    """Labels exactly; floats to the last bits, which depend on how the tiles are batched."""
+    assert result.dtype == expected.dtype and result.shape == expected.shape
+    if result.dtype.kind == "f":
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_multichannel_scale_tta_and_instance_rules():
+    model = _model(in_channels=2)
+    images = [np.random.default_rng(i).normal(10 * i, 1 + i, (2, 33, 29)).astype(np.float32) for i in range(3)]
+    for kwargs in ({"scale": 0.7}, {"tta": True}, {"output": "instances",
+                                                  "instance_options": InstanceOptions(threshold=0.4, min_size=3)}):
+        got = predict_images(model, images, progress=False, **kwargs)
+        for image, result in zip(images, got):
+            _assert_same(result, predict_tiled(model, image, progress=False, **kwargs))
+
+
+def test_files_with_their_own_pixel_sizes_and_provenance(tmp_path):
+    model = _model()
+    images = _images(2, (30, 31))
+    sizes = [PixelSize(0.5, 0.5), PixelSize(0.25, 0.25)]
+    outs = [tmp_path / "a.tif", tmp_path / "b.ome.zarr"]
+    pytest.importorskip("zarr")
+    got = predict_images(model, images, outs=outs, pixel_sizes=sizes, output="instances", provenance={"run": 1},
+                         progress=False)
+    assert got == outs
+    for image, out, size in zip(images, outs, sizes):
+        expected = predict_tiled(model, image, output="instances", progress=False)
+        if out.suffix == ".tif":
+            written = tifffile.imread(out)
+        else:
+            import zarr
+            written = zarr.open_group(str(out), mode="r")["0"][...]
+        np.testing.assert_array_equal(written, expected)
+        assert read_pixel_size(out).y == size.y and read_provenance(out) == {"run": 1}
+    arrays = [np.zeros((30, 31), np.uint8), np.zeros((30, 31), np.uint8)]
+    assert predict_images(model, images, outs=arrays, progress=False) == arrays
+    np.testing.assert_array_equal(arrays[1], predict_tiled(model, images[1], progress=False))
+
+
+def test_bad_inputs_are_named(tmp_path):
+    model = _model()
+    images = _images(2, (30, 31))
+    assert predict_images(model, [], progress=False) == []
+    with pytest.raises(ValueError, match=r"images\[1\] has shape \(30, 32\)"):
+        predict_images(model, [images[0], np.zeros((30, 32), np.uint16)])
+    with pytest.raises(ValueError, match="stack"):
+        predict_images(model, [np.zeros((2, 30, 31), np.uint16)])
+    with pytest.raises(ValueError, match="layout must be"):
+        predict_images(model, images, layout="ZYX")
+    with pytest.raises(ValueError, match="outs must have one entry per image"):
+        predict_images(model, images, outs=[None])
+    with pytest.raises(ValueError, match="pixel_sizes must have one entry per image"):
+        predict_images(model, images, pixel_sizes=[None] * 3)
+    with pytest.raises(ValueError, match=r"outs\[0\] has shape"):
+        predict_images(model, images, outs=[np.zeros((3, 3), np.uint8), None])
+    with pytest.raises(ValueError, match="2 classes"):
+        predict_images(_model(num_classes=3), images, output="instances")
+    with pytest.raises(ValueError, match="instances' only"):
+        predict_images(model, images, instance_options=InstanceOptions())
+    with pytest.raises(ValueError, match="in_channels=2"):
+        predict_images(_model(in_channels=2), images)
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, images[0])
+    lazy = tifffile.memmap(source)
+    with pytest.raises(checks.BadArgument, match="would overwrite"):
+        predict_images(model, [lazy, images[1]], outs=[source, None])
+    with pytest.raises(checks.BadArgument, match="must end in"):
+        predict_images(model, images, outs=[tmp_path / "x.png", None])
+    with pytest.raises(NonFiniteInputError):
+        predict_images(model, [images[0].astype(np.float32), np.full((30, 31), np.nan, np.float32)])
+    assert list(tmp_path.iterdir()) == [source]      # nothing written by any of them

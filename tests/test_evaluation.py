@@ -14,7 +14,8 @@ from scipy import ndimage
 
 import unet_fast
 from unet_fast import cli, image_io, metrics, overlays
-from unet_fast.evaluation import Evaluation, evaluate_model, labelled_files, score_instances
+from unet_fast.evaluation import (Evaluation, _instances_of as evaluation_instances, evaluate_model, labelled_files,
+                                  score_instances)
 from unet_fast.inference import predict_tiled
 from unet_fast.instances import InstanceOptions
 from unet_fast.normalization import Normalization
@@ -374,3 +375,20 @@ def test_evaluate_model_checks_every_pair_first(nuclei, tmp_path, monkeypatch):
         evaluate_model(unet_fast.UNet(depth=2, base_channels=2), images, list(labels), tile_size=7)
     assert caught.value.argument == "tile_size"
     assert calls == []
+
+
+def test_small_images_of_one_shape_are_scored_together_as_each_alone():
+    torch.manual_seed(0)
+    model = unet_fast.UNet(depth=2, base_channels=4).eval()
+    images, labels = synthetic_nuclei(4, 48, seed=5)
+    images = [image * (1 + i) for i, image in enumerate(images)]        # their own normalisation each
+    other, other_labels = synthetic_nuclei(1, 40, seed=6)
+    images, labels = images[:2] + [other[0]] + images[2:], list(labels[:2]) + [other_labels[0]] + list(labels[2:])
+    lines = []
+    together = evaluate_model(model, images, labels, log=lines.append)
+    assert sum("in a batch of 2 images" in line for line in lines) == 4 and len(lines) == 5
+    for image, truth, scored in zip(images, labels, together.images):
+        alone = score_instances(predict_tiled(model, image, output="instances", progress=False),
+                                evaluation_instances(truth))
+        assert (scored.iou, scored.f1, scored.true_positives, scored.predicted_objects) == \
+            (alone.iou, alone.f1, alone.true_positives, alone.predicted_objects)

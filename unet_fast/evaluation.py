@@ -282,6 +282,32 @@ def _instances_of(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+#: images segmented together (``predict_images``) hold at most this many pixels, and each at most
+#: ``segment.SMALL_FILE_PIXELS``
+BATCH_PIXELS = 2 ** 24
+
+
+def _same_shape_runs(triples, scale: float = 1.0):
+    """(name, image, labels) triples in runs of consecutive small images of one shape, to be segmented
+    together; a large image (as the network sees it, resampled by ``scale``) is a run of its own."""
+    from .segment import SMALL_FILE_PIXELS
+
+    run: list = []
+    for triple in triples:
+        shape = triple[1].shape
+        pixels = shape[-2] * shape[-1] * scale ** 2
+        small = pixels <= SMALL_FILE_PIXELS
+        if run and (not small or shape != run[0][1].shape or (len(run) + 1) * pixels > BATCH_PIXELS):
+            yield run
+            run = []
+        run.append(triple)
+        if not small:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
 def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_options: InstanceOptions | None = None,
                    tile_size=None, batch_size=None, device=None, dtype=None, overlay_dir=None,
                    overlay_max_side: int = 1024, nonfinite: str | None = None, tta: bool = False,
@@ -302,8 +328,9 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     """
     from .checks import BadArgument, check_bool, check_writable_folder
     from .rescale import check_scale
-    from .inference import predict_tiled
+    from .inference import predict_images, predict_tiled
     from .model_file import load_model
+    from .rescale import model_scale
     from .normalization import NONFINITE_POLICIES
     from .segment import check_tiles
 
@@ -325,22 +352,28 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
         check_writable_folder(overlay_dir, "overlay_dir")
         check_outputs(images, labels, [Path(overlay_dir) / f"{name}.png" for name, _, _ in triples], "overlay_dir")
     rule = nonfinite or getattr(getattr(model, "normalization", None), "nonfinite", "error")
+    predict = dict(output="instances", instance_options=instance_options, tile_size=tile_size,
+                   batch_size=batch_size, device=device, dtype=dtype, progress=False, nonfinite=nonfinite, tta=tta,
+                   scale=scale)
     scores = []
-    for name, image, truth in check_labelled(triples, in_channels=model.in_channels, nonfinite=rule):
-        truth = _instances_of(truth)
+    factor = model_scale(model, scale)
+    for group in _same_shape_runs(check_labelled(triples, in_channels=model.in_channels, nonfinite=rule), factor):
         started = time.perf_counter()
-        predicted = predict_tiled(model, image, layout="YX" if image.ndim == 2 else "CYX", output="instances",
-                                  instance_options=instance_options, tile_size=tile_size, batch_size=batch_size,
-                                  device=device, dtype=dtype, progress=False, nonfinite=nonfinite, tta=tta,
-                                  scale=scale)
-        result = score_instances(predicted, truth, name)
-        result.seconds = time.perf_counter() - started
-        scores.append(result)
-        if overlay_dir is not None:
-            from .overlays import write_overlay
+        images = [image for _, image, _ in group]
+        layout = "YX" if images[0].ndim == 2 else "CYX"
+        predictions = predict_images(model, images, layout=layout, **predict) if len(group) > 1 else \
+            [predict_tiled(model, images[0], layout=layout, **predict)]
+        seconds = (time.perf_counter() - started) / len(group)
+        for (name, image, truth), predicted in zip(group, predictions):
+            truth = _instances_of(truth)
+            result = score_instances(predicted, truth, name)
+            result.seconds = seconds
+            scores.append(result)
+            if overlay_dir is not None:
+                from .overlays import write_overlay
 
-            write_overlay(Path(overlay_dir) / f"{name}.png", image, predicted, truth, max_side=overlay_max_side)
-        if log is not None:
-            log(f"{name}: IoU {result.iou:.3f}, F1 {result.f1:.3f}, AP50-95 {result.ap_50_95:.3f} "
-                f"({result.seconds:.1f} s)")
+                write_overlay(Path(overlay_dir) / f"{name}.png", image, predicted, truth, max_side=overlay_max_side)
+            if log is not None:
+                log(f"{name}: IoU {result.iou:.3f}, F1 {result.f1:.3f}, AP50-95 {result.ap_50_95:.3f} "
+                    f"({result.seconds:.1f} s{f', in a batch of {len(group)} images' if len(group) > 1 else ''})")
     return Evaluation(scores)

@@ -11,6 +11,7 @@ at the final summary, naming it (``unet_fast.ranks``).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import glob
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +224,8 @@ ANNOUNCED_PIXELS = 2 ** 26
 SMALL_FILE_PIXELS = 2 ** 20
 #: a batch of small files holds at most this many pixels (the network's view) and this many files
 BATCH_PIXELS, BATCH_FILES = 2 ** 24, 256
+#: files opened (small ones read whole) ahead of the one being segmented, by this many reader threads
+READ_AHEAD, READERS = 32, 4
 
 
 @dataclass
@@ -234,6 +238,7 @@ class _File:
     info: image_io.ImageInfo
     layout: str
     pixel_size: object
+    warning: str | None = None      # the image's pixels are far from the model's training scale
 
     @property
     def plane_pixels(self) -> int:
@@ -260,8 +265,8 @@ class _Segmenter:
         self.summary.failed.append((str(path), reason))
         self.log(f"FAILED {path}: {reason}", file=sys.stderr)
 
-    def open(self, path: Path, claimed: dict) -> _File | None:
-        """The file read lazily and checked; None when it is done with here (failed, or kept by resume)."""
+    def claim(self, path: Path, claimed: dict) -> tuple[Path, Path] | None:
+        """(output, overlay) of ``path``; None when it is done with here (failed, or kept by resume)."""
         target = self.outdir / output_name(path, self.suffix)
         if target in claimed:
             self.fail(path, f"output {target} is also the output of {claimed[target]}")
@@ -285,19 +290,32 @@ class _Segmenter:
                     return None
             self.summary.skipped.append(str(path))
             return None
+        return target, overlay_path
+
+    def load(self, path: Path, target: Path, overlay: Path) -> _File:
+        """The file opened and checked (on a reader thread): lazily, or read whole when it is small."""
+        image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
+        _check_scaled_pixels(info, path, self.factor, self.max_pixels)
+        layout = _layout(info, self.model.in_channels)
+        pixel_size = read_pixel_size(path)
+        file = _File(path, target, overlay, image, info, layout, pixel_size,
+                     scale_warning(self.model, pixel_size, path, self.predict["scale"]))
+        if self.small(file):   # read now: a file that cannot be decoded fails alone, and none stays open meanwhile
+            file.image = np.asarray(image)
+        return file
+
+    def loaded(self, path: Path, reading: Future) -> _File | None:
+        """What ``load`` made of ``path``, its warning said; None when it failed (reported)."""
         try:
-            image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
-            _check_scaled_pixels(info, path, self.factor, self.max_pixels)
-            layout = _layout(info, self.model.in_channels)
-            pixel_size = read_pixel_size(path)
-            if warning := scale_warning(self.model, pixel_size, path, self.predict["scale"]):
-                self.log(f"WARNING {warning}", file=sys.stderr)
+            file = reading.result()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
             self.fail(path, _describe(error))
             return None
-        return _File(path, target, overlay_path, image, info, layout, pixel_size)
+        if file.warning:
+            self.log(f"WARNING {file.warning}", file=sys.stderr)
+        return file
 
     def small(self, file: _File) -> bool:
         """Whether ``file`` is segmented in a batch of files (a single plane of few pixels)."""
@@ -365,8 +383,9 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   overlay: bool = False, tta: bool = False, scale: float | None = None,
                   provenance: dict | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
-    killed runs (``image_io.remove_leftovers``) are removed before each file. Consecutive small files of
-    one shape are segmented together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results.
+    killed runs (``image_io.remove_leftovers``) are removed before each file. Reader threads open files
+    ahead of the one being segmented (``READ_AHEAD``); consecutive small files of one shape are segmented
+    together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results.
     nonfinite: see ``predict_tiled``. overlay: also write outdir/overlays/<name>.png, the image with the
     outlines of the result (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling
     factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``."""
@@ -381,40 +400,46 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                            model_scale(model, scale), progress, predict)
     claimed: dict[Path, Path] = {}
     pending: list[_File] = []      # small files of one shape, waiting for more
+    ahead: collections.deque = collections.deque()   # (path, its reading or None), in order
+    listed = iter(files)
     start = time.perf_counter()
-    with tqdm(total=len(files), unit="file", disable=not progress, desc="segment") as bar:
-        def flush() -> None:
-            segmenter.batch(pending)
-            bar.update(len(pending))
-            pending.clear()
+    readers = ThreadPoolExecutor(READERS, thread_name_prefix="unet_fast-reader")
+    try:
+        with tqdm(total=len(files), unit="file", disable=not progress, desc="segment") as bar:
+            def read_ahead() -> None:
+                while len(ahead) < READ_AHEAD and (path := next(listed, None)) is not None:
+                    claim = segmenter.claim(path, claimed)
+                    ahead.append((path, readers.submit(segmenter.load, path, *claim) if claim else None))
 
-        for path in files:
-            termination.check()   # SIGTERM, even where its exception was swallowed
-            file = segmenter.open(path, claimed)
-            if file is None:
-                bar.update(1)
-                continue
-            if pending and not (segmenter.small(file) and (file.info.shape, file.layout) == (
-                    pending[0].info.shape, pending[0].layout)):
+            def flush() -> None:
+                segmenter.batch(pending)
+                bar.update(len(pending))
+                pending.clear()
+
+            read_ahead()
+            while ahead:
+                termination.check()   # SIGTERM, even where its exception was swallowed
+                path, reading = ahead.popleft()
+                read_ahead()
+                file = segmenter.loaded(path, reading) if reading is not None else None
+                if file is None:
+                    bar.update(1)
+                    continue
+                if pending and not (segmenter.small(file) and (file.info.shape, file.layout) == (
+                        pending[0].info.shape, pending[0].layout)):
+                    flush()
+                if not segmenter.small(file):
+                    segmenter.one(file)
+                    bar.update(1)
+                    continue
+                pending.append(file)
+                if len(pending) >= BATCH_FILES or sum(f.plane_pixels for f in pending) * segmenter.factor ** 2 >= \
+                        BATCH_PIXELS:
+                    flush()
+            if pending:
                 flush()
-            if not segmenter.small(file):
-                segmenter.one(file)
-                bar.update(1)
-                continue
-            try:     # read now: a file that cannot be decoded fails alone, and no file stays open meanwhile
-                file.image = np.asarray(file.image)
-            except (KeyboardInterrupt, torch.OutOfMemoryError):
-                raise
-            except Exception as error:
-                segmenter.fail(file.path, _describe(error))
-                bar.update(1)
-                continue
-            pending.append(file)
-            if len(pending) >= BATCH_FILES or sum(f.plane_pixels for f in pending) * segmenter.factor ** 2 >= \
-                    BATCH_PIXELS:
-                flush()
-        if pending:
-            flush()
+    finally:
+        readers.shutdown(cancel_futures=True)
     summary.seconds = time.perf_counter() - start
     return summary
 

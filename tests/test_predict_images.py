@@ -106,6 +106,8 @@ def test_bad_inputs_are_named(tmp_path):
     lazy = tifffile.memmap(source)
     with pytest.raises(checks.BadArgument, match="would overwrite"):
         predict_images(model, [lazy, images[1]], outs=[source, None])
+    with pytest.raises(checks.BadArgument, match="would overwrite"):
+        predict_images(model, [lazy, images[1]], outs=[None, source])
     with pytest.raises(checks.BadArgument, match="must end in"):
         predict_images(model, images, outs=[tmp_path / "x.png", None])
     with pytest.raises(NonFiniteInputError):

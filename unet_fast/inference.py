@@ -687,10 +687,11 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     shape = (height, width) = sources[0].height, sources[0].width
     result_shape = shape if output in ("labels", "instances") else (num_classes, *shape)
-    for index, (out, image) in enumerate(zip(outs, images)):
+    read_from = [path for image in images for path in _backing_files(image)]
+    for index, out in enumerate(outs):
         if isinstance(out, (str, Path)):
             check_out_path(out)
-            checks.check_output_is_not_an_input(out, _backing_files(image), "outs", "file the image is read from")
+            checks.check_output_is_not_an_input(out, read_from, "outs", "file an image is read from")
         elif out is not None and tuple(out.shape) != result_shape:
             raise ValueError(f"outs[{index}] has shape {tuple(out.shape)} but this result needs {result_shape}")
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)

@@ -46,6 +46,15 @@ def _assert_same(result, expected):
         np.testing.assert_array_equal(result, expected)
 
 
+def test_tiles_of_several_images_in_one_batch():
+    model = _model()
+    images = _images(5, (41, 38), seed=2)
+    for output in ("labels", "probabilities"):
+        got = predict_images(model, images, output=output, batch_size=4, tile_size=28, progress=False)
+        for image, result in zip(images, got):
+            _assert_same(result, predict_tiled(model, image, output=output, progress=False))
+
+
 def test_multichannel_scale_tta_and_instance_rules():
     model = _model(in_channels=2)
     images = [np.random.default_rng(i).normal(10 * i, 1 + i, (2, 33, 29)).astype(np.float32) for i in range(3)]
@@ -110,6 +119,14 @@ def test_bad_inputs_are_named(tmp_path):
         predict_images(model, [lazy, images[1]], outs=[None, source])
     with pytest.raises(checks.BadArgument, match="must end in"):
         predict_images(model, images, outs=[tmp_path / "x.png", None])
-    with pytest.raises(NonFiniteInputError):
+    with pytest.raises(NonFiniteInputError, match=r"^images\[1\]: image holds NaN"):
         predict_images(model, [images[0].astype(np.float32), np.full((30, 31), np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"^images\[1\]: image has 2 channel"):
+        predict_images(model, [images[0][None], np.zeros((2, 30, 31))], layout="CYX")
+    for bad, argument in (({"images": images[0]}, "images"), ({"images": None}, "images"),
+                          ({"outs": str(tmp_path / "a.tif")}, "outs"), ({"pixel_sizes": PixelSize(1, 1)}, "pixel_sizes"),
+                          ({"outs": [tmp_path / "a.tif", tmp_path / "." / "a.tif"]}, "outs"),
+                          ({"outs": [np.zeros((30, 31), np.float32), None]}, "outs")):
+        with pytest.raises(ValueError, match=rf"^{argument}"):
+            predict_images(model, **{"images": images, **bad})
     assert list(tmp_path.iterdir()) == [source]      # nothing written by any of them

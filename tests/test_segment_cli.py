@@ -3,6 +3,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -413,3 +414,33 @@ def test_small_files_of_one_shape_are_segmented_together_with_the_same_results(t
     status = cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
                        "--output", "instances", "--continue", "--no-progress", "--nonfinite", "zero"])
     assert status == 0 and "1 segmented, 5 skipped" in capsys.readouterr().out
+
+
+def test_batched_files_keep_their_lines_in_order_and_never_replace_inputs(tmp_path, model_file, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for name in ("a0", "a1", "a3", "a4"):
+        image = rng.integers(0, 255, (36, 44)).astype(np.uint8)
+        if name == "a3":     # pixels 6 times the model's: a warning, which must stay with its file
+            tifffile.imwrite(folder / f"{name}.tif", image, resolution=(1 / 3, 1 / 3), imagej=True,
+                             metadata={"unit": "um"})
+        else:
+            tifffile.imwrite(folder / f"{name}.tif", image)
+    (folder / "a2.tif").write_bytes(b"II*\x00 not a TIFF")                                 # fails between them
+    tifffile.imwrite(folder / "a5.tif", rng.integers(0, 255, (60, 70)).astype(np.uint8))   # large as read
+    model = unet_fast.load_model(model_file)
+    model.metadata = {**(getattr(model, "metadata", None) or {}), "pixel_size": {"y": 0.5, "x": 0.5}}
+    monkeypatch.setattr(segment, "SMALL_FILE_PIXELS", 36 * 44)     # a5 is 4 times that read, 1.07 times at 0.5
+    lines = []
+    files, _ = segment.expand_inputs([str(folder)])
+    summary = segment.segment_files(files, tmp_path / "out", model, scale=0.5,
+                                    log=lambda line, **_: lines.append(line))
+    order = [f"{line.split()[0]} {Path(line.split()[1].rstrip(':')).stem}" for line in lines]
+    assert order == ["ok a0", "ok a1", "FAILED a2", "WARNING a3", "ok a3", "ok a4", "ok a5"], lines
+    assert sum("for a batch of 4 files" in line for line in lines) == 4 and "for a batch" not in lines[-1]
+    assert len(summary.done) == 5 and summary.pixels == 4 * 36 * 44 + 60 * 70
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    summary = segment.segment_files(files, folder, model, log=lambda *args, **kwargs: None)
+    assert len(summary.done) == 0 and sum("would overwrite it" in reason for _, reason in summary.failed) == 6
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -289,13 +289,13 @@ BATCH_PIXELS = 2 ** 24
 
 def _same_shape_runs(triples, scale: float = 1.0):
     """(name, image, labels) triples in runs of consecutive small images of one shape, to be segmented
-    together; a large image (as the network sees it, resampled by ``scale``) is a run of its own."""
+    together; a large image (as read, or as the network sees it resampled by ``scale``) is a run of its own."""
     from .segment import SMALL_FILE_PIXELS
 
     run: list = []
     for triple in triples:
         shape = triple[1].shape
-        pixels = shape[-2] * shape[-1] * scale ** 2
+        pixels = shape[-2] * shape[-1] * max(1.0, scale ** 2)     # what memory holds of it
         small = pixels <= SMALL_FILE_PIXELS
         if run and (not small or shape != run[0][1].shape or (len(run) + 1) * pixels > BATCH_PIXELS):
             yield run

@@ -7,6 +7,7 @@ tifffile aszarr) and results are written tile by tile.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -311,6 +312,24 @@ def dihedral_mean_logits(model, x: torch.Tensor) -> torch.Tensor:
         log_probabilities = torch.rot90(log_probabilities, -(k % 4), dims=(-2, -1))
         total = log_probabilities if total is None else torch.logaddexp(total, log_probabilities)
     return total - math.log(8)
+
+
+def _sequence(values, argument: str, what: str) -> list:
+    """``values`` as a list: BadArgument when it is a single array, a path or not a sequence at all."""
+    if isinstance(values, (str, Path, np.ndarray, torch.Tensor)) or not hasattr(values, "__iter__"):
+        raise checks.BadArgument(argument, f"{argument} must be {what}, got {type(values).__name__}")
+    return list(values)
+
+
+@contextlib.contextmanager
+def _naming(index: int, argument: str = "images"):
+    """A ValueError about one image (or out) says which, keeping its type (NonFiniteInputError, ...)."""
+    try:
+        yield
+    except ValueError as error:
+        if isinstance(error, checks.BadArgument):
+            raise
+        raise type(error)(f"{argument}[{index}]: {error}") from error
 
 
 def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None, dtype=None,
@@ -640,9 +659,11 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                    nonfinite: str | None = None, instance_options=None, tile_size=None, batch_size=None,
                    device=None, dtype=None, progress=None, memory_budget_bytes: int | None = None,
                    cuda_graphs: bool | None = None, tta: bool = False, scale=None) -> list:
-    """Segment many images of one shape together: the result of each equals ``predict_tiled`` on it alone
-    (each normalised with its own statistics), but the tiles of all of them share the network's batches,
-    which for small images (one or a few tiles each) is several times faster than one call per image.
+    """Segment many images of one shape together: each is normalised with its own statistics and its result
+    is ``predict_tiled``'s on it alone, but the tiles of all of them go through one planned run and share
+    the network's batches, which for small images (one or a few tiles each) is faster than one call per
+    image. (Tiles batched differently can differ in the last bits of floating point, so a pixel where two
+    classes tie to those bits may get the other label.)
 
     images: a sequence of (H, W) or (C, H, W) images of one shape, read whole into memory; layout: "YX" or
         "CYX" (None: from the dimensions and the model's in_channels, as predict_tiled).
@@ -653,28 +674,34 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
     """
     from .instances import InstanceOptions
 
-    images = list(images)
+    images = _sequence(images, "images", "a list of (H, W) or (C, H, W) images (for one image or a (Z, H, W) "
+                                          "stack: predict_tiled)")
     if not images:
         return []
-    outs = [None] * len(images) if outs is None else list(outs)
-    pixel_sizes = [None] * len(images) if pixel_sizes is None else list(pixel_sizes)
+    outs = [None] * len(images) if outs is None else _sequence(outs, "outs", "a list with one out per image")
+    pixel_sizes = [None] * len(images) if pixel_sizes is None else \
+        _sequence(pixel_sizes, "pixel_sizes", "a list with one pixel size (or None) per image")
     for name, values in (("outs", outs), ("pixel_sizes", pixel_sizes)):
         if len(values) != len(images):
-            raise ValueError(f"{name} must have one entry per image ({len(images)}), got {len(values)}")
+            raise checks.BadArgument(name, f"{name} must have one entry per image ({len(images)}), got {len(values)}")
     if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        raise checks.BadArgument("output", f"output must be one of {OUTPUTS}, got {output!r}")
     if layout not in (None, "YX", "CYX"):
-        raise ValueError(f"layout must be None, 'YX' or 'CYX' (predict_images takes single planes; segment a "
-                         f"stack with predict_tiled), got {layout!r}")
+        raise checks.BadArgument("layout", f"layout must be None, 'YX' or 'CYX' (predict_images takes single "
+                                           f"planes; segment a stack with predict_tiled), got {layout!r}")
     _, _, in_channels, num_classes = model_geometry(model)
-    sources = [_Source.open(image, layout, in_channels) for image in images]
-    for index, source in enumerate(sources):
-        if source.stacked:
-            raise ValueError(f"images[{index}] has shape {tuple(source.image.shape)}, a stack (Z, H, W); "
-                             f"predict_images takes single planes: segment stacks with predict_tiled")
-        if (source.layout, source.image.shape) != (sources[0].layout, sources[0].image.shape):
-            raise ValueError(f"images[{index}] has shape {tuple(source.image.shape)} but images[0] has "
-                             f"{tuple(sources[0].image.shape)}; predict_images needs images of one shape")
+    sources = []
+    for index, image in enumerate(images):
+        with _naming(index):
+            sources.append(_Source.open(image, layout, in_channels))
+        if sources[-1].stacked:
+            raise checks.BadArgument("images", f"images[{index}] has shape {tuple(sources[-1].image.shape)}, a stack "
+                                               f"(Z, H, W); predict_images takes single planes: segment stacks with "
+                                               f"predict_tiled")
+        if (sources[-1].layout, sources[-1].image.shape) != (sources[0].layout, sources[0].image.shape):
+            raise checks.BadArgument("images", f"images[{index}] has shape {tuple(sources[-1].image.shape)} but "
+                                               f"images[0] has {tuple(sources[0].image.shape)}; predict_images needs "
+                                               f"images of one shape (group them by shape)")
     if output == "instances":
         options = InstanceOptions() if instance_options is None else instance_options
         if num_classes != 2:
@@ -688,17 +715,29 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
     shape = (height, width) = sources[0].height, sources[0].width
     result_shape = shape if output in ("labels", "instances") else (num_classes, *shape)
     read_from = [path for image in images for path in _backing_files(image)]
+    paths = [Path(out).resolve() for out in outs if isinstance(out, (str, Path))]
+    if len(set(paths)) != len(paths):
+        raise checks.BadArgument("outs", "outs names one file twice, so one result would replace another; give "
+                                         "each image its own out")
     for index, out in enumerate(outs):
         if isinstance(out, (str, Path)):
             check_out_path(out)
             checks.check_output_is_not_an_input(out, read_from, "outs", "file an image is read from")
-        elif out is not None and tuple(out.shape) != result_shape:
-            raise ValueError(f"outs[{index}] has shape {tuple(out.shape)} but this result needs {result_shape}")
+        elif out is not None:
+            if tuple(out.shape) != result_shape:
+                raise checks.BadArgument("outs", f"outs[{index}] has shape {tuple(out.shape)} but this result needs "
+                                                 f"{result_shape}")
+            with _naming(index, "outs"):
+                _output_dtype(output if output != "instances" else "labels", torch.float32, num_classes, out)
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     # each image normalised as predict_tiled would (a pointwise rule with its own statistics), so the stack
     # goes through unchanged
-    stack = np.stack([_normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width))
-                      for source in sources])
+    planes = []
+    for index, source in enumerate(sources):
+        with _naming(index):
+            planes.append(_normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width)))
+    stack = np.stack(planes)
+    del planes
     kind = _instance_input(options) if output == "instances" else output
     predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
                               tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,

@@ -14,14 +14,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,7 @@ from .ranks import shared_failures
 from .torchrun import Torchrun
 
 OUTPUT_SUFFIXES = {"tif": ".tif", "ome.zarr": ".ome.zarr"}
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -265,65 +269,81 @@ class _Segmenter:
         self.summary.failed.append((str(path), reason))
         self.log(f"FAILED {path}: {reason}", file=sys.stderr)
 
-    def claim(self, path: Path, claimed: dict) -> tuple[Path, Path] | None:
-        """(output, overlay) of ``path``; None when it is done with here (failed, or kept by resume)."""
+    def claim(self, path: Path, claimed: dict) -> tuple[Path, Path] | Callable[[], None]:
+        """(output, overlay) of ``path``; or, when it is done with here (it cannot be segmented, or resume keeps
+        its output), the report to make in its turn."""
         target = self.outdir / output_name(path, self.suffix)
         if target in claimed:
-            self.fail(path, f"output {target} is also the output of {claimed[target]}")
-            return None
+            return functools.partial(self.fail, path, f"output {target} is also the output of {claimed[target]}")
         claimed[target] = path
+        if checks.overlapping(target, path):
+            return functools.partial(self.fail, path, f"its output {target} would overwrite it; choose an output "
+                                                      f"folder that holds no inputs")
         image_io.remove_leftovers(target)
         overlay_path = self.outdir / "overlays" / output_name(path, ".png")
         if self.suffix.endswith((".tif", ".tiff")) and target.is_dir():
-            self.fail(path, f"the output {target} is a folder, which a result cannot replace; move or rename it")
-            return None
-        if self.resume and target.exists():
-            if self.overlay and not overlay_path.exists():   # interrupted before it, or a first run without --overlay
-                try:
-                    image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
-                    write_result_overlay(overlay_path, image, target, _layout(info, self.model.in_channels))
-                    self.log(f"overlay {path} -> {overlay_path} (from the existing {target})")
-                except (KeyboardInterrupt, torch.OutOfMemoryError):
-                    raise
-                except Exception as error:
-                    self.fail(path, f"its output exists, but drawing the overlay failed: {_describe(error)}")
-                    return None
-            self.summary.skipped.append(str(path))
-            return None
-        return target, overlay_path
+            return functools.partial(self.fail, path, f"the output {target} is a folder, which a result cannot "
+                                                      f"replace; move or rename it")
+        if not (self.resume and target.exists()):
+            return target, overlay_path
+        drawn = None
+        if self.overlay and not overlay_path.exists():   # interrupted before it, or a first run without --overlay
+            try:
+                image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
+                write_result_overlay(overlay_path, image, target, _layout(info, self.model.in_channels))
+                drawn = f"overlay {path} -> {overlay_path} (from the existing {target})"
+            except (KeyboardInterrupt, torch.OutOfMemoryError):
+                raise
+            except Exception as error:
+                return functools.partial(self.fail, path, f"its output exists, but drawing the overlay failed: "
+                                                          f"{_describe(error)}")
 
-    def load(self, path: Path, target: Path, overlay: Path) -> _File:
-        """The file opened and checked (on a reader thread): lazily, or read whole when it is small."""
+        def skipped():
+            if drawn:
+                self.log(drawn)
+            self.summary.skipped.append(str(path))
+        return skipped
+
+    def load(self, path: Path, target: Path, overlay: Path, ahead: bool = False) -> _File | None:
+        """The file opened and checked: lazily, or read whole when it is small. ahead (on a reader thread):
+        None for a file that is not small, opened only in its turn, so that memory holds one such at a time."""
+        if ahead and not self.small(image_io.image_info(path)):
+            return None
         image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
         _check_scaled_pixels(info, path, self.factor, self.max_pixels)
-        layout = _layout(info, self.model.in_channels)
         pixel_size = read_pixel_size(path)
-        file = _File(path, target, overlay, image, info, layout, pixel_size,
+        file = _File(path, target, overlay, image, info, _layout(info, self.model.in_channels), pixel_size,
                      scale_warning(self.model, pixel_size, path, self.predict["scale"]))
-        if self.small(file):   # read now: a file that cannot be decoded fails alone, and none stays open meanwhile
+        if self.small(info):   # read now: a file that cannot be decoded fails alone, and none stays open meanwhile
             file.image = np.asarray(image)
         return file
 
-    def loaded(self, path: Path, reading: Future) -> _File | None:
-        """What ``load`` made of ``path``, its warning said; None when it failed (reported)."""
+    def loaded(self, path: Path, where: tuple[Path, Path], reading: Future) -> _File | Callable[[], None]:
+        """The file a reader opened (or, when it was left for its turn, opened now); or the report of why it
+        cannot be segmented."""
         try:
-            file = reading.result()
+            return reading.result() or self.load(path, *where)
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
-            self.fail(path, _describe(error))
-            return None
-        if file.warning:
-            self.log(f"WARNING {file.warning}", file=sys.stderr)
-        return file
+            return functools.partial(self.fail, path, _describe(error))
 
-    def small(self, file: _File) -> bool:
-        """Whether ``file`` is segmented in a batch of files (a single plane of few pixels)."""
-        return not file.layout.startswith("Z") and file.plane_pixels * self.factor ** 2 <= SMALL_FILE_PIXELS
+    def small(self, info: image_io.ImageInfo) -> bool:
+        """Whether a file is segmented in a batch of files: a single plane of few pixels, as read and as the
+        network sees it (``network_pixels``)."""
+        return (len([a for a in info.axes[:-2] if a != "C"]) == 0
+                and self.network_pixels(info) <= SMALL_FILE_PIXELS)
+
+    def network_pixels(self, info: image_io.ImageInfo) -> float:
+        """The pixels of a plane, or of its resampled view when that is larger: what memory holds of it."""
+        planes = info.shape[info.axes.index("C")] if "C" in info.axes else 1
+        return info.pixels // planes * max(1.0, self.factor ** 2)
 
     def one(self, file: _File) -> None:
         """Segment ``file`` on its own, streamed to its output."""
         try:
+            if file.warning:
+                self.log(f"WARNING {file.warning}", file=sys.stderr)
             began = time.perf_counter()
             if file.info.pixels >= ANNOUNCED_PIXELS:
                 self.log(f"segmenting {file.path} ({'x'.join(map(str, file.info.shape))}, "
@@ -336,11 +356,12 @@ class _Segmenter:
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
             self.fail(file.path, _describe(error))
 
-    def batch(self, files: list[_File]) -> None:
-        """Segment small files of one shape together (``predict_images``), each into its own output; on
-        an error, each again on its own, so that only the files at fault fail, each with its reason."""
-        if len(files) == 1:
-            return self.one(files[0])
+    def together(self, files: list[_File]) -> str | None:
+        """Segment small files of one shape together (``predict_images``), each into its own output: how long
+        it took; None when there are fewer than two, or it failed (then each is segmented on its own, so that
+        only the files at fault fail, each with its reason)."""
+        if len(files) < 2:
+            return None
         try:
             began = time.perf_counter()
             predict_images(self.model, [file.image for file in files],
@@ -348,16 +369,15 @@ class _Segmenter:
                            layout=files[0].layout, output=self.output, progress=False, **self.predict)
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
-        except Exception:
-            for file in files:
-                self.one(file)
-            return
-        took = time.perf_counter() - began
-        for file in files:
-            self.finish(file, f"{took:.2f} s for a batch of {len(files)} files")
+        except Exception as error:
+            logger.info("a batch of %d files failed (%s); segmenting them one by one", len(files), _describe(error))
+            return None
+        return f"{time.perf_counter() - began:.2f} s for a batch of {len(files)} files"
 
-    def finish(self, file: _File, timing: str) -> None:
-        """The overlay of a written output, and the file's line and counts."""
+    def finish(self, file: _File, timing: str, warn: bool = False) -> None:
+        """The overlay of a written output, and the file's lines and counts."""
+        if warn and file.warning:
+            self.log(f"WARNING {file.warning}", file=sys.stderr)
         try:
             if self.overlay:
                 write_result_overlay(file.overlay, file.image, file.target, file.layout)
@@ -399,8 +419,9 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
                            model_scale(model, scale), progress, predict)
     claimed: dict[Path, Path] = {}
-    pending: list[_File] = []      # small files of one shape, waiting for more
-    ahead: collections.deque = collections.deque()   # (path, its reading or None), in order
+    # small files of one shape waiting for more, and the reports of the files between them, in file order
+    pending: list[_File | Callable[[], None]] = []
+    ahead: collections.deque = collections.deque()   # (path, report, (output, overlay), reading), in order
     listed = iter(files)
     start = time.perf_counter()
     readers = ThreadPoolExecutor(READERS, thread_name_prefix="unet_fast-reader")
@@ -409,32 +430,42 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
             def read_ahead() -> None:
                 while len(ahead) < READ_AHEAD and (path := next(listed, None)) is not None:
                     claim = segmenter.claim(path, claimed)
-                    ahead.append((path, readers.submit(segmenter.load, path, *claim) if claim else None))
+                    ahead.append((path, claim, None, None) if callable(claim) else
+                                 (path, None, claim, readers.submit(segmenter.load, path, *claim, ahead=True)))
 
             def flush() -> None:
-                segmenter.batch(pending)
-                bar.update(len(pending))
+                timing = segmenter.together([entry for entry in pending if isinstance(entry, _File)])
+                for entry in pending:
+                    if not isinstance(entry, _File):
+                        entry()
+                    elif timing:
+                        segmenter.finish(entry, timing, warn=True)
+                    else:
+                        segmenter.one(entry)
+                    bar.update(1)
                 pending.clear()
 
             read_ahead()
             while ahead:
                 termination.check()   # SIGTERM, even where its exception was swallowed
-                path, reading = ahead.popleft()
+                path, report, where, reading = ahead.popleft()
                 read_ahead()
-                file = segmenter.loaded(path, reading) if reading is not None else None
-                if file is None:
+                file = report or segmenter.loaded(path, where, reading)
+                if not isinstance(file, _File) or not segmenter.small(file.info):
+                    if pending and not isinstance(file, _File):
+                        pending.append(file)      # its report in its turn, after the files before it
+                        continue
+                    if pending:
+                        flush()
+                    file() if not isinstance(file, _File) else segmenter.one(file)
                     bar.update(1)
                     continue
-                if pending and not (segmenter.small(file) and (file.info.shape, file.layout) == (
-                        pending[0].info.shape, pending[0].layout)):
+                if pending and (file.info.shape, file.layout) != (pending[0].info.shape, pending[0].layout):
                     flush()
-                if not segmenter.small(file):
-                    segmenter.one(file)
-                    bar.update(1)
-                    continue
                 pending.append(file)
-                if len(pending) >= BATCH_FILES or sum(f.plane_pixels for f in pending) * segmenter.factor ** 2 >= \
-                        BATCH_PIXELS:
+                files_pending = [entry for entry in pending if isinstance(entry, _File)]
+                if len(files_pending) >= BATCH_FILES or \
+                        sum(segmenter.network_pixels(entry.info) for entry in files_pending) >= BATCH_PIXELS:
                     flush()
             if pending:
                 flush()

@@ -227,9 +227,9 @@ ANNOUNCED_PIXELS = 2 ** 26
 #: cannot fill
 SMALL_FILE_PIXELS = 2 ** 20
 #: a batch of small files holds at most this many pixels (the network's view) and this many files
-BATCH_PIXELS, BATCH_FILES = 2 ** 24, 256
+BATCH_PIXELS, BATCH_FILES = 2 ** 24, 32
 #: files opened (small ones read whole) ahead of the one being segmented, by this many reader threads
-READ_AHEAD, READERS = 32, 4
+READ_AHEAD, READERS = 64, 4
 
 
 @dataclass

@@ -98,7 +98,8 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
                             class_names=["background", "nucleus"], recipe=dataclasses.asdict(recipe), demo=setup)
 
     # the held-out image, larger than one tile, segmented tile by tile
-    test = ArrayDataset(test_images, test_labels)[0]      # for its weight map
+    test = ArrayDataset(test_images, test_labels, w0=recipe.w0, sigma=recipe.sigma,     # for its weight map
+                        class_weights=recipe.class_weights)[0]
     prediction = predict_tiled(model, test_images[0], tile_size=tile_size, device="cpu",
                                normalization=train_data.normalization, output="labels", progress=False)
     truth = test_labels[0] > 0
@@ -106,7 +107,7 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     objects = metrics.object_scores(ndimage.label(prediction)[0], test_labels[0])
     write_image(output_dir / "heldout.tif", test_images[0])
     figure = draw(output_dir / "demo.png", test_images[0], test_labels[0], prediction, test.weights,
-                  iou, objects.f1)
+                  iou, objects.f1, f"weight map (w0 {recipe.w0:g}, sigma {recipe.sigma:g} px)")
     seconds = time.perf_counter() - started
     log(f"held-out {setup['test_size']}x{setup['test_size']} image: foreground IoU {iou:.3f}, "
         f"object F1 {objects.f1:.3f} ({objects.true_positives} matched, {objects.false_positives} false, "
@@ -115,7 +116,7 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     return DemoResult(iou, objects.f1, seconds, train_seconds, figure, model_path, result.history)
 
 
-def draw(path, image, instances, prediction, weights, iou, f1) -> Path:
+def draw(path, image, instances, prediction, weights, iou, f1, weights_title: str = "weight map") -> Path:
     """image | ground truth | predicted objects (connected components, truth outlined) | weight map,
     side by side, as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -134,7 +135,7 @@ def draw(path, image, instances, prediction, weights, iou, f1) -> Path:
     panels[2].contour(truth_outline, levels=[0.5], colors="white", linewidths=0.4)
     panels[2].set_title(f"prediction: {count} objects, IoU {iou:.3f}, F1 {f1:.2f}")
     shown = panels[3].imshow(weights, cmap="magma")
-    panels[3].set_title("paper weight map")
+    panels[3].set_title(weights_title)
     figure.colorbar(shown, ax=panels[3], fraction=0.046, pad=0.02)
     for axes in panels:
         axes.set_axis_off()

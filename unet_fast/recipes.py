@@ -4,7 +4,8 @@
 - "default": converges in minutes on a CPU (seconds on a GPU) from one or a few annotated images: a
   small valid U-Net (depth 3, base 16), Adam with a linear warm-up and a cosine decay, batches of 4
   tiles of 140 px, exact 90-degree rotations and flips, a mild elastic deformation and grey-value
-  changes, no dropout, the paper's weight maps; images whose objects are not about 24 px across
+  changes, no dropout, the paper's weight maps with half its border weight (w0 5); images whose objects are
+  not about 24 px across
   (within 1.25x) resampled so that they are, in training and inference alike.
 - "paper": Ronneberger et al. (2015): depth 5, base 64, dropout 0.5, SGD with momentum 0.99 at a
   constant rate, batch 1 with the largest tile up to 572 px, rotations by any angle, the elastic
@@ -178,7 +179,10 @@ RECIPES = {
     "default": Recipe(name="default", depth=3, base_channels=16, dropout=0.0, tile_size=140, batch_size=4,
                       tiles_per_epoch=200, epochs=30, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                       lr_schedule="cosine", warmup_steps=50, flips=True, rotation="90", elastic_sigma=7.0,
-                      grey_values=True, object_size=24.0),
+                      grey_values=True, object_size=24.0,
+                      # half the paper's border weight: foreground IoU +0.6 to +0.9 points on real nuclei,
+                      # object F1 unchanged within the noise (session 19's cross-validation)
+                      w0=5.0),
     "paper": Recipe(name="paper", depth=5, base_channels=64, dropout=0.5, tile_size=None, batch_size=1,
                     tiles_per_epoch=None, epochs=50, optimizer="sgd", lr=0.01, momentum=0.99, weight_decay=0.0,
                     lr_schedule="constant", warmup_steps=0, flips=True, rotation="any", elastic_sigma=10.0,

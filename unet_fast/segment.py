@@ -391,6 +391,43 @@ class _Segmenter:
         self.log(f"ok {file.path} -> {file.target} ({'x'.join(map(str, file.info.shape))}, {timing})")
 
 
+class _Pending:
+    """Small files of one shape waiting for more to be segmented with, and the reports of the files between
+    them, in file order: ``flush`` segments the files and makes each file's lines in that order."""
+
+    def __init__(self, segmenter: _Segmenter, done: Callable[[int], object]):
+        self.segmenter, self.done = segmenter, done
+        self.entries: list[_File | Callable[[], None]] = []
+
+    def files(self) -> list[_File]:
+        return [entry for entry in self.entries if isinstance(entry, _File)]
+
+    def add(self, entry) -> None:
+        self.entries.append(entry)
+
+    def takes(self, file: _File) -> bool:
+        """Whether ``file`` can join the files waiting (the same shape and layout)."""
+        files = self.files()
+        return not files or (file.info.shape, file.layout) == (files[0].info.shape, files[0].layout)
+
+    def full(self) -> bool:
+        files = self.files()
+        return len(files) >= BATCH_FILES or \
+            sum(self.segmenter.network_pixels(file.info) for file in files) >= BATCH_PIXELS
+
+    def flush(self) -> None:
+        timing = self.segmenter.together(self.files())
+        for entry in self.entries:
+            if not isinstance(entry, _File):
+                entry()
+            elif timing:
+                self.segmenter.finish(entry, timing, warn=True)
+            else:
+                self.segmenter.one(entry)
+            self.done(1)
+        self.entries.clear()
+
+
 def _describe(error: BaseException) -> str:
     kind = type(error).__name__
     return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {error}"   # zlib.error
@@ -419,8 +456,6 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
                            model_scale(model, scale), progress, predict)
     claimed: dict[Path, Path] = {}
-    # small files of one shape waiting for more, and the reports of the files between them, in file order
-    pending: list[_File | Callable[[], None]] = []
     ahead: collections.deque = collections.deque()   # (path, report, (output, overlay), reading), in order
     listed = iter(files)
     start = time.perf_counter()
@@ -433,42 +468,29 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                     ahead.append((path, claim, None, None) if callable(claim) else
                                  (path, None, claim, readers.submit(segmenter.load, path, *claim, ahead=True)))
 
-            def flush() -> None:
-                timing = segmenter.together([entry for entry in pending if isinstance(entry, _File)])
-                for entry in pending:
-                    if not isinstance(entry, _File):
-                        entry()
-                    elif timing:
-                        segmenter.finish(entry, timing, warn=True)
-                    else:
-                        segmenter.one(entry)
-                    bar.update(1)
-                pending.clear()
-
+            pending = _Pending(segmenter, bar.update)
             read_ahead()
             while ahead:
                 termination.check()   # SIGTERM, even where its exception was swallowed
                 path, report, where, reading = ahead.popleft()
                 read_ahead()
                 file = report or segmenter.loaded(path, where, reading)
-                if not isinstance(file, _File) or not segmenter.small(file.info):
-                    if pending and not isinstance(file, _File):
-                        pending.append(file)      # its report in its turn, after the files before it
-                        continue
-                    if pending:
-                        flush()
-                    file() if not isinstance(file, _File) else segmenter.one(file)
+                if not isinstance(file, _File) and pending.entries:
+                    pending.add(file)                   # its report, in its turn after the files before it
+                elif not isinstance(file, _File):
+                    file()
                     bar.update(1)
-                    continue
-                if pending and (file.info.shape, file.layout) != (pending[0].info.shape, pending[0].layout):
-                    flush()
-                pending.append(file)
-                files_pending = [entry for entry in pending if isinstance(entry, _File)]
-                if len(files_pending) >= BATCH_FILES or \
-                        sum(segmenter.network_pixels(entry.info) for entry in files_pending) >= BATCH_PIXELS:
-                    flush()
-            if pending:
-                flush()
+                elif not segmenter.small(file.info):
+                    pending.flush()
+                    segmenter.one(file)
+                    bar.update(1)
+                else:
+                    if not pending.takes(file):
+                        pending.flush()
+                    pending.add(file)
+                    if pending.full():
+                        pending.flush()
+            pending.flush()
     finally:
         readers.shutdown(cancel_futures=True)
     summary.seconds = time.perf_counter() - start

@@ -789,8 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "written atomically (a hidden .<name>.<hex>.partial.* file until complete; leftovers "
                             "of killed runs are removed). An output folder where an output or an overlay would "
                             "replace an input is refused. Small files (up to a megapixel) of one shape are "
-                            "segmented in batches of up to 32, each with its own normalisation and the same result "
-                            "as alone. Under torchrun the files are shared among the processes.")
+                            "segmented in batches of up to 32, each with its own normalisation and the result it "
+                            "gets alone. Under torchrun the files are shared among the processes.")
     p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")

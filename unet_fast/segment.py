@@ -442,7 +442,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
     killed runs (``image_io.remove_leftovers``) are removed before each file. Reader threads open files
     ahead of the one being segmented (``READ_AHEAD``); consecutive small files of one shape are segmented
-    together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results.
+    together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results (see there).
     nonfinite: see ``predict_tiled``. overlay: also write outdir/overlays/<name>.png, the image with the
     outlines of the result (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling
     factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``."""

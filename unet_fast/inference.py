@@ -732,12 +732,10 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     # each image normalised as predict_tiled would (a pointwise rule with its own statistics), so the stack
     # goes through unchanged
-    planes = []
+    stack = np.empty((len(sources), sources[0].channels, height, width), np.float32)
     for index, source in enumerate(sources):
         with _naming(index):
-            planes.append(_normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width)))
-    stack = np.stack(planes)
-    del planes
+            stack[index] = _normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width))
     kind = _instance_input(options) if output == "instances" else output
     predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
                               tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,

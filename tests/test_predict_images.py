@@ -143,7 +143,7 @@ def test_on_a_gpu_each_result_is_its_own_up_to_rounding(dtype):
     together = predict_images(model, images, output="probabilities", dtype=dtype, batch_size=4, progress=False)
     for image, result in zip(images, together):
         alone = predict_tiled(model, image, output="probabilities", dtype=dtype, progress=False)
-        tolerance = 1e-4 if dtype == "fp32" else 2e-2
+        tolerance = 2e-3 if dtype == "fp32" else 2e-2     # fp32 convolutions may run in TF32 on a GPU
         np.testing.assert_allclose(result.astype(np.float32), alone.astype(np.float32), atol=tolerance)
         flipped = (result.argmax(0) != alone.argmax(0)) & (np.abs(alone[1] - alone[0]) > 2 * tolerance)
         assert not flipped.any()

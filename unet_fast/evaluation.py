@@ -282,22 +282,19 @@ def _instances_of(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-#: images segmented together (``predict_images``) hold at most this many pixels, and each at most
-#: ``segment.SMALL_FILE_PIXELS``
-BATCH_PIXELS = 2 ** 24
-
-
 def _same_shape_runs(triples, scale: float = 1.0):
     """(name, image, labels) triples in runs of consecutive small images of one shape, to be segmented
-    together; a large image (as read, or as the network sees it resampled by ``scale``) is a run of its own."""
-    from .segment import SMALL_FILE_PIXELS
+    together, by ``segment_files``' rule (``segment.SMALL_FILE_PIXELS``, ``BATCH_PIXELS``, ``BATCH_FILES``);
+    a large image is a run of its own."""
+    from .segment import BATCH_FILES, BATCH_PIXELS, SMALL_FILE_PIXELS, held_pixels
 
     run: list = []
     for triple in triples:
         shape = triple[1].shape
-        pixels = shape[-2] * shape[-1] * max(1.0, scale ** 2)     # what memory holds of it
+        pixels = held_pixels(shape[-2] * shape[-1], scale)
         small = pixels <= SMALL_FILE_PIXELS
-        if run and (not small or shape != run[0][1].shape or (len(run) + 1) * pixels > BATCH_PIXELS):
+        if run and (not small or shape != run[0][1].shape or (len(run) + 1) * pixels > BATCH_PIXELS
+                    or len(run) >= BATCH_FILES):
             yield run
             run = []
         run.append(triple)
@@ -327,10 +324,9 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     cannot take, and overlays that would replace an input file.
     """
     from .checks import BadArgument, check_bool, check_writable_folder
-    from .rescale import check_scale
     from .inference import predict_images, predict_tiled
     from .model_file import load_model
-    from .rescale import model_scale
+    from .rescale import check_scale, model_scale
     from .normalization import NONFINITE_POLICIES
     from .segment import check_tiles
 

@@ -612,18 +612,12 @@ def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out
 def _predict_instances(model, image, options, *, out, layout, pixel_size, provenance=None, **predict):
     """output="instances": the class labels of a 2-class model into a scratch mask, then the objects
     (``unet_fast.instances``), streamed through scratch files when the result goes to a file."""
-    from .instances import InstanceOptions, scratch_for
+    from .instances import scratch_for
     from .sinks import ZARR_SUFFIXES
     from .image_io import TIFF_SUFFIXES
 
     _, _, in_channels, num_classes = model_geometry(model)
-    if num_classes != 2:
-        raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "
-                         f"{num_classes}: use output='labels' (a class per pixel) and label each class's regions, "
-                         f"or train a 2-class model")
-    options = InstanceOptions() if options is None else options
-    if not isinstance(options, InstanceOptions):
-        raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got {type(options).__name__}")
+    options = _instance_options(options, num_classes)
     if isinstance(out, (str, Path)) and Path(out).suffix.lower() not in TIFF_SUFFIXES + ZARR_SUFFIXES:
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
@@ -636,6 +630,20 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
         predict_tiled(model, source.image, layout=source.layout, output=kind, out=prediction, **predict)
         return _label_prediction(prediction, options, out=out, stacked=source.stacked, scratch=scratch,
                                  pixel_size=pixel_size, provenance=provenance)
+
+
+def _instance_options(options, num_classes: int):
+    """The instance rules (None: the defaults), checked, for a model of ``num_classes``, which must be 2."""
+    from .instances import InstanceOptions
+
+    if num_classes != 2:
+        raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "
+                         f"{num_classes}: use output='labels' (a class per pixel) and label each class's regions, "
+                         f"or train a 2-class model")
+    options = InstanceOptions() if options is None else options
+    if not isinstance(options, InstanceOptions):
+        raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got {type(options).__name__}")
+    return options
 
 
 def _instance_input(options) -> str:
@@ -672,8 +680,6 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
     Every other argument is predict_tiled's, for every image.
     Returns the results (arrays or the paths written), in the order of ``images``.
     """
-    from .instances import InstanceOptions
-
     images = _sequence(images, "images", "a list of (H, W) or (C, H, W) images (for one image or a (Z, H, W) "
                                           "stack: predict_tiled)")
     if not images:
@@ -703,13 +709,7 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                                                f"images[0] has {tuple(sources[0].image.shape)}; predict_images needs "
                                                f"images of one shape (group them by shape)")
     if output == "instances":
-        options = InstanceOptions() if instance_options is None else instance_options
-        if num_classes != 2:
-            raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "
-                             f"{num_classes}: use output='labels'")
-        if not isinstance(options, InstanceOptions):
-            raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got "
-                            f"{type(options).__name__}")
+        options = _instance_options(instance_options, num_classes)
     elif instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     shape = (height, width) = sources[0].height, sources[0].width

@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -222,11 +223,11 @@ def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
 
 #: files above this many pixels get a line when they start, not only when they finish
 ANNOUNCED_PIXELS = 2 ** 26
-#: files of at most this many pixels (as the network sees them) are segmented in batches of files of their
-#: shape (``predict_images``): their tiles share the network's batches, which a file of a tile or two alone
-#: cannot fill
+#: files of at most this many pixels (``held_pixels``) are segmented in batches of files of their shape
+#: (``predict_images``): their tiles share the network's batches, which a file of a tile or two alone cannot
+#: fill; ``evaluate_model`` batches labelled images by the same rule
 SMALL_FILE_PIXELS = 2 ** 20
-#: a batch of small files holds at most this many pixels (the network's view) and this many files
+#: a batch of small files holds at most this many pixels (``held_pixels``) and this many files
 BATCH_PIXELS, BATCH_FILES = 2 ** 24, 32
 #: files opened (small ones read whole) ahead of the one being segmented, by this many reader threads: one
 #: per two cores, at most 4 (on 2 cores a second reader only competes with the network: measured slower)
@@ -247,7 +248,19 @@ class _File:
 
     @property
     def plane_pixels(self) -> int:
-        return self.info.pixels // (self.info.shape[self.info.axes.index("C")] if "C" in self.info.axes else 1)
+        return plane_pixels(self.info.shape, self.info.axes)
+
+
+def plane_pixels(shape, axes: str) -> int:
+    """The pixels of an image of ``shape`` and ``axes`` without its channels."""
+    return math.prod(shape) // (shape[axes.index("C")] if "C" in axes else 1)
+
+
+def held_pixels(plane: int, scale: float) -> float:
+    """The pixels memory holds of a plane of ``plane`` pixels segmented at ``scale``: the plane as read, or
+    its resampled view when that is larger. Small files and batches (``SMALL_FILE_PIXELS``,
+    ``BATCH_PIXELS``) count these."""
+    return plane * max(1.0, scale ** 2)
 
 
 @dataclass
@@ -330,15 +343,11 @@ class _Segmenter:
             return functools.partial(self.fail, path, _describe(error))
 
     def small(self, info: image_io.ImageInfo) -> bool:
-        """Whether a file is segmented in a batch of files: a single plane of few pixels, as read and as the
-        network sees it (``network_pixels``)."""
-        return (len([a for a in info.axes[:-2] if a != "C"]) == 0
-                and self.network_pixels(info) <= SMALL_FILE_PIXELS)
+        """Whether a file is segmented in a batch of files: a single plane of few pixels (``held_pixels``)."""
+        return set(info.axes[:-2]) <= {"C"} and self.held_pixels(info) <= SMALL_FILE_PIXELS
 
-    def network_pixels(self, info: image_io.ImageInfo) -> float:
-        """The pixels of a plane, or of its resampled view when that is larger: what memory holds of it."""
-        planes = info.shape[info.axes.index("C")] if "C" in info.axes else 1
-        return info.pixels // planes * max(1.0, self.factor ** 2)
+    def held_pixels(self, info: image_io.ImageInfo) -> float:
+        return held_pixels(plane_pixels(info.shape, info.axes), self.factor)
 
     def one(self, file: _File) -> None:
         """Segment ``file`` on its own, streamed to its output."""
@@ -414,7 +423,7 @@ class _Pending:
     def full(self) -> bool:
         files = self.files()
         return len(files) >= BATCH_FILES or \
-            sum(self.segmenter.network_pixels(file.info) for file in files) >= BATCH_PIXELS
+            sum(self.segmenter.held_pixels(file.info) for file in files) >= BATCH_PIXELS
 
     def flush(self) -> None:
         timing = self.segmenter.together(self.files())

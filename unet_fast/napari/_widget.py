@@ -8,12 +8,17 @@ this module only when the widget is opened, and nothing else in unet_fast import
 """
 from pathlib import Path
 
-import napari
 import torch
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
-from napari.layers import Image
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
+
+try:        # the optional extra: say how to get it rather than fail with a bare ModuleNotFoundError
+    import napari
+    from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+    from napari.layers import Image
+    from napari.qt.threading import create_worker
+    from napari.utils.notifications import show_error
+except ImportError as error:
+    raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra: "
+                      f"pip install \"unet_fast[napari]\"") from error
 
 from ..model_file import load_model
 from .segmentation import RESULTS, Segmentation, labels_layer

@@ -22,7 +22,7 @@ from .checks import BadArgument, check_device, check_writable_file
 from .image_io import atomic_path
 from .model import BACKENDS, UNet
 from .normalization import Normalization
-from .rescale import check_scale
+from .rescale import check_scale, model_scale
 
 FORMAT = "unet_fast-model"
 FORMAT_VERSION = 1
@@ -66,8 +66,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     normalization = normalization or getattr(model, "normalization", None) or Normalization()
     if not isinstance(normalization, Normalization):
         raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
-    input_scale = check_scale(getattr(model, "input_scale", 1.0) if input_scale is None else input_scale,
-                              "input_scale")
+    input_scale = model_scale(model, input_scale, "input_scale")
     num_classes = model.config()["num_classes"]
     class_names = list(class_names or getattr(model, "class_names", None)
                        or [f"class{i}" for i in range(num_classes)])

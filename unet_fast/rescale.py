@@ -40,10 +40,10 @@ def check_scale(scale, argument: str = "scale") -> float:
     return float(scale)
 
 
-def model_scale(model, scale=None) -> float:
+def model_scale(model, scale=None, argument: str = "scale") -> float:
     """The factor images are resampled by for ``model``: ``scale`` where given, else the model's own
-    ``input_scale`` (1 for a model without one), checked."""
-    return check_scale(getattr(model, "input_scale", 1.0) if scale is None else scale)
+    ``input_scale`` (1 for a model without one), checked (an error names ``argument``)."""
+    return check_scale(getattr(model, "input_scale", 1.0) if scale is None else scale, argument)
 
 
 def scaled_size(size: int, scale: float) -> int:

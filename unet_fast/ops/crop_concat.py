@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import center_crop, crop_offset
+from ..geometry import center_crop, crop_offset, zero_outside_center
 from . import triton as _triton
 from ._library import choose_implementation, memory_format_of, register_fake_and_autograd, register_triton
 
@@ -68,8 +68,8 @@ def _backward(ctx, grad):
     h, w = grad.shape[-2:]
     # in skip's layout: it is added to the pool's gradient and read by the ReLU's backward with skip itself,
     # which for mixed layouts take a strided path (10x slower on the CPU for channels_last skips)
-    grad_skip = torch.empty(ctx.skip_shape, dtype=grad.dtype, device=grad.device,
-                            memory_format=ctx.skip_format).zero_()
+    grad_skip = torch.empty(ctx.skip_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.skip_format)
+    zero_outside_center(grad_skip, (h, w))      # the window is written next
     top, left = crop_offset(ctx.skip_shape[2], h), crop_offset(ctx.skip_shape[3], w)
     grad_skip[:, :, top:top + h, left:left + w] = grad[:, :cs]
     return grad_skip, grad[:, cs:]

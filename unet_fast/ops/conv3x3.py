@@ -94,11 +94,11 @@ def _check(x, weight, bias, skip, padding, pool=False, direct=False) -> None:
 
 # ---- reference
 
-def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0) -> torch.Tensor:
+def conv3x3_relu_reference(x, weight, bias=None, skip=None, padding: int = 0, relu=F.relu) -> torch.Tensor:
     """The aten composite: crop (a view), cat, conv2d, relu."""
     if skip is not None:
         x = torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
-    return F.relu(F.conv2d(x, weight, bias, padding=padding))
+    return relu(F.conv2d(x, weight, bias, padding=padding))
 
 
 
@@ -288,6 +288,23 @@ class _ReluMaskedGrad(torch.autograd.Function):
         return grad.masked_fill(ctx.saved_tensors[0] <= 0, 0)
 
 
+class _ReluOfMaskedGrad(torch.autograd.Function):
+    """relu whose backward passes the gradient through: for output_grad_masked where the composite runs, the
+    gradient arrives with this ReLU's mask applied already (y > 0 exactly where its input is > 0)."""
+
+    @staticmethod
+    def forward(x):
+        return F.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  skip: Optional[torch.Tensor] = None, padding: int = 0, pool: bool = False,
                  direct: bool = False, implementation: Optional[str] = None, mask_input_grad: bool = False,
@@ -330,5 +347,6 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return op(x, weight, bias, skip, padding, direct, measured, mask_input_grad, output_grad_masked)
     if mask_input_grad and x.requires_grad and torch.is_grad_enabled():
         x = _ReluMaskedGrad.apply(x)
-    y = conv3x3_relu_reference(x, weight, bias, skip, padding)
+    relu = _ReluOfMaskedGrad.apply if output_grad_masked and torch.is_grad_enabled() else F.relu
+    y = conv3x3_relu_reference(x, weight, bias, skip, padding, relu)
     return (y, F.max_pool2d(y, 2)) if pool else y

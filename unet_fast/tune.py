@@ -214,7 +214,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                 aten_ms = _time(problem.aten(kind))
                 candidates = configs.candidates(kind, dtype_name, *problem.channels(kind),
                                                 tma=torch.cuda.get_device_capability(device)[0] >= 9,
-                                                rows=problem.rows[kind])
+                                                rows=problem.rows[kind],
+                                                sms=torch.cuda.get_device_properties(device).multi_processor_count)
                 runs = [problem.ours(kind, config) for config in candidates]
                 with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # compiles overlap
                     failures = list(pool.map(_compile, runs))

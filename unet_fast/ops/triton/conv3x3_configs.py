@@ -165,18 +165,20 @@ def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_ch
     return Config(128, block_n, block_k, warps(128, block_n), stages)
 
 
-# forward/dgrad with fewer output tiles than this try split-K: four waves of an H100 at two programs per SM
-# (the deepest layers of the paper's network at batch 8 run 1.5-2.8 waves: a partial last wave idles SMs)
-SPLIT_K_BELOW_PROGRAMS = 4 * 2 * 132
+# forward/dgrad with fewer output tiles than this many per SM try split-K: four waves at two programs per SM
+# (the deepest layers of the paper's network at batch 8 run 1.5-2.8 waves on an H100: a partial last wave
+# idles SMs)
+SPLIT_K_BELOW_PROGRAMS_PER_SM = 4 * 2
 
 
 def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int,
-               tma: bool = False, rows: int | None = None) -> list[Config]:
+               tma: bool = False, rows: int | None = None, sms: int = 132) -> list[Config]:
     """What the tuner tries for a problem: the heuristic's choice first, then a few tiles of other shapes
     and pipeline depths, and (forward/dgrad, up to 64 output channels) the swapped product; with ``tma``
     (a GPU with TMA, sm_90 on), forward/dgrad in 16-bit types also try the first three through tensor
     descriptors; given the GEMM's ``rows``, forward/dgrad whose heuristic tiles are fewer than
-    SPLIT_K_BELOW_PROGRAMS also try them with the K loop split 2 and 4 ways (the small deep layers).
+    SPLIT_K_BELOW_PROGRAMS_PER_SM times the GPU's ``sms`` also try them with the K loop split 2 and 4 ways
+    (the small deep layers).
     Few on purpose: each is a compile on the GPU machine, whose time is short."""
     base = heuristic(kind, dtype, skip_channels, x_channels, out_channels)
     if dtype == "fp32":
@@ -210,7 +212,7 @@ def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_c
         unique += [replace(config, tma=True) for config in plain[:3]]
     if rows is not None and kind != "wgrad":
         tiles = -(-rows // base.block_m) * -(-out_channels // base.block_n)
-        if tiles < SPLIT_K_BELOW_PROGRAMS:
+        if tiles < SPLIT_K_BELOW_PROGRAMS_PER_SM * sms:
             unique += [replace(base, split_k=split) for split in (2, 4)]
     if kind != "wgrad" and -(-out_channels // base.block_n) >= 4:  # several column tiles: grouped rows
         unique.append(replace(base, group_m=8))

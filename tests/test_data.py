@@ -51,6 +51,23 @@ def test_folder_of_tiffs_with_binary_png_masks(tmp_path):
     np.testing.assert_allclose(sample.weights, unet_weight_map(sample.instances), **REORDERED_FP32)
 
 
+def test_grey_images_saved_as_rgba_train_a_grey_network_and_colour_ones_a_colour_one(tmp_path):
+    images, labels = write_folder(tmp_path, n=2, image_ext=".png")
+    grey = {p.name: np.asarray(Image.open(p)) for p in images.iterdir()}
+    grey_sample = ImageFolderDataset(images, labels)[1].image
+    for name, pixels in grey.items():     # as the 2018 Data Science Bowl ships its nuclei: grey in RGBA
+        Image.fromarray(np.stack([pixels] * 3 + [np.full_like(pixels, 255)], -1), "RGBA").save(images / name)
+    rgba = ImageFolderDataset(images, labels)
+    assert rgba.in_channels == 1
+    np.testing.assert_array_equal(rgba[1].image, grey_sample)
+    np.testing.assert_array_equal(data.read_image(images / "img1.png"), grey["img1.png"])
+    colour = np.stack([grey["img1.png"]] * 3, -1)
+    colour[3, 4, 2] ^= 1
+    Image.fromarray(colour, "RGB").save(images / "img1.png")
+    Image.fromarray(colour, "RGB").save(images / "img0.png")
+    assert ImageFolderDataset(images, labels).in_channels == 3
+
+
 def test_instance_labels_are_separated_as_in_the_paper(tmp_path):
     images, labels = write_folder(tmp_path, n=1, label_ext=".tif", image_ext=".png")
     sample = ImageFolderDataset(images, labels)[0]

@@ -42,6 +42,34 @@ def test_png_jpeg(tmp_path, suffix):
         np.testing.assert_array_equal(array, image)
 
 
+@pytest.mark.parametrize("mode", ["LA", "RGB", "RGBA"])
+def test_grey_saved_in_colour_is_read_as_grey_and_colour_as_channels(tmp_path, mode):
+    from PIL import Image
+
+    grey = np.random.default_rng(4).integers(0, 256, (23, 31)).astype(np.uint8)
+    colours = 1 if mode == "LA" else 3
+    opaque = np.full_like(grey, 255)
+    bands = [grey] * colours + ([opaque] if "A" in mode else [])
+    Image.fromarray(np.stack(bands, -1), mode).save(tmp_path / "grey.png")
+    array, info = image_io.read_image(tmp_path / "grey.png")
+    assert info.axes == "YX" and info.shape == (23, 31) and image_io.image_info(tmp_path / "grey.png") == info
+    np.testing.assert_array_equal(array, grey)
+    # one pixel of another colour, or one pixel not opaque: a colour image, read as its channels
+    for band in range(1, len(bands)):
+        changed = [b.copy() for b in bands]
+        changed[band][5, 7] ^= 1
+        Image.fromarray(np.stack(changed, -1), mode).save(tmp_path / "colour.png")
+        array, info = image_io.read_image(tmp_path / "colour.png")
+        assert info.axes == "CYX" and array.shape == (len(bands), 23, 31)
+        assert image_io.image_info(tmp_path / "colour.png") == info
+        np.testing.assert_array_equal(array, np.stack(changed))
+    # beyond the pixel limit the file is not decoded: its header is all that is read, and reading refuses it
+    declared = image_io.image_info(tmp_path / "grey.png", max_pixels=100)
+    assert declared.axes == "CYX" and declared.shape == (len(bands), 23, 31)
+    with pytest.raises(image_io.ImageTooLargeError, match="above the limit of 100"):
+        image_io.read_image(tmp_path / "grey.png", max_pixels=100)
+
+
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     image_io.write_image(path, np.zeros((200, 300), np.uint8))

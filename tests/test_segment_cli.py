@@ -42,7 +42,12 @@ def _images(folder, count=3):
 def test_folder_with_bad_files(tmp_path, model_file, capsys):
     images = _images(tmp_path / "in")
     image_io.write_image(tmp_path / "in" / "photo.png", np.full((20, 25), 7, np.uint8))
-    image_io.write_image(tmp_path / "in" / "rgb.png", np.zeros((20, 25, 3), np.uint8))       # wrong channels
+    colour = np.zeros((20, 25, 3), np.uint8)
+    colour[..., 1] = 1
+    image_io.write_image(tmp_path / "in" / "rgb.png", colour)                                # wrong channels
+    # a grey image saved as RGBA (as the 2018 Data Science Bowl ships nuclei) is read as the grey image it is
+    grey = images["img1"]
+    image_io.write_image(tmp_path / "in" / "grey_rgba.png", np.stack([grey] * 3 + [np.full_like(grey, 255)], -1))
     (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")         # corrupt
     (tmp_path / "in" / "notes.txt").write_text("not an image, ignored")
     stack = np.random.default_rng(1).integers(0, 255, (2, 30, 33)).astype(np.uint8)
@@ -52,9 +57,13 @@ def test_folder_with_bad_files(tmp_path, model_file, capsys):
     out, err = capsys.readouterr()
     assert status == 1
     assert "rgb.png" in err and "channel" in err and "broken.tif" in err
-    assert "summary: 7 file(s) found, 5 segmented, 0 skipped (exist), 2 failed" in out and "MP/s" in out
-    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif", "img2.tif", "photo.tif", "stack.tif"]
+    assert "summary: 8 file(s) found, 6 segmented, 0 skipped (exist), 2 failed" in out and "MP/s" in out
+    assert "has 3 channel(s)" in err and "the model expects 1" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["grey_rgba.tif", "img0.tif", "img1.tif", "img2.tif", "photo.tif",
+                                                    "stack.tif"]
     model = unet_fast.load_model(model_file)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "grey_rgba.tif"),
+                                  tifffile.imread(tmp_path / "out" / "img1.tif"))
     for name, image in images.items():
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"),
                                       predict_tiled(model, image, progress=False))

@@ -78,8 +78,10 @@ def _ome_zarr(path):
     return (array if order == sorted(order) else _MovedAxes(array, order)), info
 
 
-def image_info(path) -> ImageInfo:
-    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file or an OME-Zarr image, without decoding pixels."""
+def image_info(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Shape, dtype and axes declared by a TIFF/PNG/JPEG file or an OME-Zarr image, without decoding pixels;
+    except a PNG/JPEG in colour within ``max_pixels`` (None: any), decoded to see whether it is grey saved
+    in colour (``grey_saved_in_colour``)."""
     path = Path(path)
     suffix = _suffix(path)
     if is_zarr_image(path):
@@ -97,17 +99,7 @@ def image_info(path) -> ImageInfo:
             return _channels_first_info(tuple(series.shape), np.dtype(series.dtype), axes,
                                         streamable=chunk_pixels <= 64 * 2 ** 20)
     if suffix in PIL_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            width, height = img.size
-            bands = len(img.getbands())
-            dtype = np.dtype(np.uint16) if img.mode.startswith("I;16") else (
-                np.dtype(np.int32) if img.mode == "I" else np.dtype(np.float32) if img.mode == "F"
-                else np.dtype(np.uint8))
-        if bands == 1:
-            return ImageInfo((height, width), dtype, "YX", streamable=False)
-        return ImageInfo((bands, height, width), dtype, "CYX", streamable=False)
+        return _pil_image(path, max_pixels)[1]
     raise ValueError(f"{path}: unsupported image type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
 
 
@@ -180,16 +172,22 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
 
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
-    indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy.
+    indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy; one that is grey
+    saved in colour (``grey_saved_in_colour``) comes as YX.
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
     if is_zarr_image(path):
         array, info = _ome_zarr(path)
         return (array if lazy else np.asarray(array[...])), info
+    suffix = _suffix(path)
+    if suffix in PIL_SUFFIXES:
+        data, info = _pil_image(path, max_pixels, decode=True)
+        if data.shape != info.shape:
+            raise ValueError(f"{path}: decoded shape {data.shape} differs from the declared {info.shape}")
+        return data, info
     info = image_info(path)
     check_pixel_limit(info, path, max_pixels)
-    suffix = _suffix(path)
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
@@ -206,15 +204,48 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
             order = _channels_first_order(raw_axes)
             array = _MovedAxes(array, order) if lazy else np.transpose(array, order)
         return array, info
+    raise AssertionError(f"image_info accepted {suffix!r}")  # it raises for every other type
+
+
+#: Pillow modes of colour images that may hold a grey image: grey + alpha, RGB, RGB + alpha
+_COLOUR_MODES = {"LA": 1, "RGB": 3, "RGBA": 3}
+
+
+def grey_saved_in_colour(pixels: np.ndarray, mode: str) -> bool:
+    """Whether decoded (H, W, bands) pixels of Pillow ``mode`` are a grey image saved in colour: every
+    colour band equal to the first and the alpha band, if any, fully opaque. Such files are common (the
+    2018 Data Science Bowl ships its fluorescence nuclei as RGBA PNGs) and are read as one grey channel,
+    which they are, so that they fit a model of one input channel and a model trained on them fits grey
+    TIFFs. Exact equality only: a colour image is never made grey."""
+    colours = _COLOUR_MODES.get(mode)
+    if colours is None or pixels.ndim != 3:
+        return False
+    grey = pixels[..., 0]
+    if any(not np.array_equal(pixels[..., band], grey) for band in range(1, colours)):
+        return False
+    return pixels.shape[-1] == colours or bool((pixels[..., colours] == np.iinfo(pixels.dtype).max).all())
+
+
+def _pil_image(path, max_pixels: int | None, decode: bool = False):
+    """(pixels or None, ImageInfo) of a PNG/JPEG. The pixels are decoded when ``decode``, or when the file
+    is in colour and within ``max_pixels``, to tell grey saved in colour (read as YX) from colour (CYX)."""
     from PIL import Image
 
     with Image.open(path) as img:
-        data = np.asarray(img)
-    if data.ndim == 3:
-        data = np.moveaxis(data, -1, 0)
-    if data.shape != info.shape:
-        raise ValueError(f"{path}: decoded shape {data.shape} differs from the declared {info.shape}")
-    return data, info
+        width, height = img.size
+        bands, mode = len(img.getbands()), img.mode
+        dtype = np.dtype(np.uint16) if mode.startswith("I;16") else (
+            np.dtype(np.int32) if mode == "I" else np.dtype(np.float32) if mode == "F" else np.dtype(np.uint8))
+        declared = ImageInfo((height, width) if bands == 1 else (bands, height, width), dtype,
+                             "YX" if bands == 1 else "CYX", streamable=False)
+        within = max_pixels is None or declared.pixels <= max_pixels
+        if not (decode or (mode in _COLOUR_MODES and within)):
+            return None, declared
+        check_pixel_limit(declared, path, max_pixels)
+        pixels = np.asarray(img)
+    if grey_saved_in_colour(pixels, mode):
+        return np.ascontiguousarray(pixels[..., 0]), ImageInfo((height, width), pixels.dtype, "YX", streamable=False)
+    return (np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 else pixels), declared
 
 
 # ---- atomic writing

@@ -217,7 +217,8 @@ def _layout(info: image_io.ImageInfo, in_channels: int) -> str:
     channels = info.shape[info.axes.index("C")] if "C" in info.axes else 1
     if channels != in_channels:
         raise ValueError(f"has {channels} channel(s) (shape {info.shape}, axes {info.axes!r}); "
-                         f"the model expects {in_channels}")
+                         f"the model expects {in_channels}: give it images of {in_channels} channel(s), or train "
+                         f"a model on images like this one")
     return ("Z" if other else "") + ("C" if "C" in info.axes else "") + "YX"
 
 

@@ -156,8 +156,23 @@ def test_a_package_of_another_network_is_refused(package, tmp_path):
 ])
 def test_each_normalization_becomes_ops(normalization, dtype, steps):
     ops = _preprocessing(normalization, np.dtype(dtype))
-    assert ops[0] == {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
-    assert [(op["id"], op["kwargs"]) for op in ops[1:]] == steps
+    assert ops[0] == ops[-1] == {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    assert [(op["id"], op["kwargs"]) for op in ops[1:-1]] == steps
+
+
+@pytest.mark.parametrize("normalization", [Normalization("dtype"), Normalization("dtype", clip=True),
+                                           Normalization("fixed", low=100.0, high=4195.0)])
+def test_integer_inputs_reach_the_network_as_scaled_floats(normalization):
+    """Preprocessing that did not end in ensure_dtype got one from the spec, casting back to the input's type:
+    uint16 pixels scaled to [0, 1] became uint16 again, and `bioimageio test` failed on unet_fast's own package."""
+    from bioimageio.spec.model.v0_5 import InputTensorDescr
+
+    descr = InputTensorDescr.model_validate({
+        "id": "raw", "axes": [{"type": "channel", "channel_names": ["c0"]}, {"type": "space", "id": "y", "size": 8},
+                              {"type": "space", "id": "x", "size": 8}],
+        "data": {"type": "uint16"}, "preprocessing": _preprocessing(normalization, np.dtype(np.uint16))})
+    assert [step.id for step in descr.preprocessing][-1] == "ensure_dtype"
+    assert descr.preprocessing[-1].kwargs.dtype == "float32"
 
 
 def test_ops_give_the_normalization_back():

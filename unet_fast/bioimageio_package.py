@@ -153,7 +153,9 @@ def _preprocessing(normalization: Normalization, dtype: np.dtype) -> list[dict]:
                                                            "offset": float(-offset[0] / scale[0])}})
     if normalization.clip and normalization.mode != "none":
         steps.append({"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}})
-    return steps
+    # said, not left to the spec: it ends preprocessing without ensure_dtype with a cast back to the input's
+    # type, which turns integer pixels scaled to [0, 1] into zeros and ones (or hands the net uint16)
+    return steps + [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}] if len(steps) > 1 else steps
 
 
 def _identifiers(names: list[str]) -> list[str]:

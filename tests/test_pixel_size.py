@@ -1,5 +1,7 @@
 """Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, kept from input to every output,
 recorded by `unet-fast train`, compared by `unet-fast segment`."""
+import importlib.util
+
 import numpy as np
 import pytest
 import tifffile
@@ -65,6 +67,28 @@ def test_stack_spacing_and_nanometers(tmp_path):
     write_imagej_tiff(tmp_path / "ij.tif", pixels((3, 30, 40)), PixelSize(0.04, 0.04, z=0.25), axes="ZYX")
     assert read_pixel_size(tmp_path / "em.ome.tif") == size
     assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.04, 0.04, "micrometer", z=0.25)
+
+
+def test_a_declared_size_that_is_no_length_counts_as_none(tmp_path):
+    """PhysicalSizeX="0" (written for uncalibrated images), NaN or a negative scale used to raise, and segment
+    failed the image for its metadata alone; Bio-Formats ignores such sizes, and so does unet_fast now."""
+    for i, value in enumerate((0, float("nan"), -0.5, "abc")):
+        tifffile.imwrite(tmp_path / f"{i}.ome.tif", pixels(), ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": value, "PhysicalSizeY": value})
+        assert read_pixel_size(tmp_path / f"{i}.ome.tif") is None
+    tifffile.imwrite(tmp_path / "z.ome.tif", pixels((2, 30, 40)), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 0})
+    assert read_pixel_size(tmp_path / "z.ome.tif") == PixelSize(0.5, 0.5)       # only the bad z step is dropped
+    tifffile.imwrite(tmp_path / "ij.tif", pixels((2, 30, 40)), imagej=True, resolution=(2, 2),
+                     metadata={"unit": "um", "axes": "ZYX", "spacing": -1.0})
+    assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.5, 0.5)
+    if importlib.util.find_spec("zarr") is not None:
+        write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), ANISOTROPIC)
+        group = __import__("zarr").open_group(str(tmp_path / "a.ome.zarr"), mode="r+")
+        multiscales = group.attrs["multiscales"]
+        multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [-0.5, 0.0]
+        group.attrs["multiscales"] = multiscales
+        assert read_pixel_size(tmp_path / "a.ome.zarr") is None
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pixel_size import PixelSize, _unit_name
+from .pixel_size import PixelSize, _length, _unit_name
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,10 @@ class OmeZarrImage:
     @property
     def pixel_size(self) -> PixelSize | None:
         """From the y and x axes' scale, where they have a unit unet_fast knows."""
-        named = {axis["name"]: (scale, _unit_name(axis.get("unit"))) for axis, scale in zip(self.axes, self.scale)}
-        if "y" not in named or "x" not in named or named["y"][1] is None or named["y"][1] != named["x"][1]:
+        named = {axis["name"]: (_length(scale), _unit_name(axis.get("unit")))
+                 for axis, scale in zip(self.axes, self.scale)}
+        if "y" not in named or "x" not in named or named["y"][1] is None or named["y"][1] != named["x"][1] \
+                or None in (named["y"][0], named["x"][0]):
             return None
         z = named.get("z", (None, None))
         return PixelSize(named["y"][0], named["x"][0], named["y"][1], z[0] if z[1] == named["y"][1] else None)

@@ -91,6 +91,33 @@ def test_a_declared_size_that_is_no_length_counts_as_none(tmp_path):
         assert read_pixel_size(tmp_path / "a.ome.zarr") is None
 
 
+def edit_multiscale(path, change):
+    group = __import__("zarr").open_group(str(path), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    change(multiscales[0])
+    group.attrs["multiscales"] = multiscales
+
+
+@needs_zarr
+@pytest.mark.parametrize("change, detail", [
+    (lambda entry: entry.update(datasets=[]), "it lists no datasets"),
+    (lambda entry: entry["datasets"][0].update(path="7"), "its dataset '7' is no array of the group"),
+    (lambda entry: entry["axes"].insert(0, {"name": "z", "type": "space"}), "it names 3 axes for an array of 2"),
+    (lambda entry: entry.pop("axes"), "no 'axes'"),
+    (lambda entry: entry["datasets"][0]["coordinateTransformations"][0].update(scale=[0.5]),
+     "a scale or translation of 1, 2 numbers for 2 axes"),
+    (lambda entry: entry["datasets"][0]["coordinateTransformations"][0].update(scale=None, path="scale.bin"),
+     "not given inline"),
+])
+def test_malformed_ome_zarr_metadata_is_named(tmp_path, change, detail):
+    """It used to fail with a bare IndexError or KeyError (segment: "FAILED x.ome.zarr: IndexError: tuple index
+    out of range"), or, for a short scale, to pass with no pixel size."""
+    write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), ANISOTROPIC)
+    edit_multiscale(tmp_path / "a.ome.zarr", change)
+    with pytest.raises(ValueError, match=f"a.ome.zarr: malformed OME-Zarr multiscales metadata .*{detail}"):
+        image_io.read_image(tmp_path / "a.ome.zarr")
+
+
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)

@@ -43,21 +43,45 @@ def multiscales(path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):   # no zarr group there
         return None
     found = attrs.get("ome", attrs).get("multiscales")   # NGFF 0.5 nests the metadata under "ome"
-    return found[0] if found else None
+    return (found[0] if isinstance(found, list) else found) or None     # a malformed one: open_ome_zarr says so
 
 
 def open_ome_zarr(path) -> OmeZarrImage:
+    """The image at ``path``; a ValueError naming the path and what is wrong where its metadata is malformed."""
     import zarr
 
     entry = multiscales(path)
     if entry is None:
         raise ValueError(f"{path}: not an OME-Zarr image (a zarr group with multiscales metadata)")
     group = zarr.open_group(str(path), mode="r")
-    levels = [group[dataset["path"]] for dataset in entry["datasets"]]
-    axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in entry["axes"]]   # 0.3 listed names
-    transforms = {t["type"]: t[t["type"]] for t in entry["datasets"][0].get("coordinateTransformations", [])}
-    return OmeZarrImage(levels, axes, [float(s) for s in transforms.get("scale", [1.0] * len(axes))],
-                        [float(t) for t in transforms.get("translation", [0.0] * len(axes))])
+    try:
+        if not entry["datasets"]:
+            raise ValueError("it lists no datasets")
+        missing = [dataset["path"] for dataset in entry["datasets"] if dataset["path"] not in group]
+        if missing:
+            raise ValueError(f"its dataset {missing[0]!r} is no array of the group")
+        levels = [group[dataset["path"]] for dataset in entry["datasets"]]
+        axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in entry["axes"]]   # 0.3 listed names
+        if len(axes) != levels[0].ndim:
+            raise ValueError(f"it names {len(axes)} axes for an array of {levels[0].ndim} dimensions")
+        scale, translation = _transformation(entry["datasets"][0], len(axes))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata ({detail})") from None
+    return OmeZarrImage(levels, axes, scale, translation)
+
+
+def _transformation(entry: dict, count: int) -> tuple[list[float], list[float]]:
+    """(scale, translation) of an NGFF coordinateTransformations list, one number per axis."""
+    transforms = {t["type"]: t.get(t["type"]) for t in entry.get("coordinateTransformations", [])
+                  if t["type"] in ("scale", "translation")}
+    if None in transforms.values():
+        raise ValueError("a scale or translation not given inline (unet_fast reads no 'path' to one)")
+    scale = [float(s) for s in transforms.get("scale", [1.0] * count)]
+    translation = [float(t) for t in transforms.get("translation", [0.0] * count)]
+    if len(scale) != count or len(translation) != count:
+        raise ValueError(f"a scale or translation of {len(scale)}, {len(translation)} numbers for {count} axes")
+    return scale, translation
 
 
 def is_ome_zarr(path) -> bool:

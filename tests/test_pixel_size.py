@@ -99,6 +99,19 @@ def edit_multiscale(path, change):
 
 
 @needs_zarr
+def test_the_scale_of_the_whole_multiscale_counts_too(tmp_path):
+    """NGFF 0.4 lets a multiscale carry transformations applied after each dataset's; they were ignored, and an
+    image of 0.5 x 0.25 um pixels (scale 1 per dataset, 0.5 x 0.25 for all) was read as 1 x 1 um."""
+    from unet_fast.ome_zarr import open_ome_zarr
+
+    write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), PixelSize(1.0, 1.0))
+    edit_multiscale(tmp_path / "a.ome.zarr", lambda entry: entry.update(coordinateTransformations=[
+        {"type": "scale", "scale": [0.5, 0.25]}, {"type": "translation", "translation": [10.0, 20.0]}]))
+    assert read_pixel_size(tmp_path / "a.ome.zarr") == ANISOTROPIC
+    assert open_ome_zarr(tmp_path / "a.ome.zarr").translation == [10.0, 20.0]
+
+
+@needs_zarr
 @pytest.mark.parametrize("change, detail", [
     (lambda entry: entry.update(datasets=[]), "it lists no datasets"),
     (lambda entry: entry["datasets"][0].update(path="7"), "its dataset '7' is no array of the group"),

@@ -65,10 +65,13 @@ def open_ome_zarr(path) -> OmeZarrImage:
         if len(axes) != levels[0].ndim:
             raise ValueError(f"it names {len(axes)} axes for an array of {levels[0].ndim} dimensions")
         scale, translation = _transformation(entry["datasets"][0], len(axes))
+        # transformations of the multiscale as a whole come after each dataset's (NGFF 0.4)
+        whole_scale, whole_translation = _transformation(entry, len(axes))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
         detail = f"no {error}" if isinstance(error, KeyError) else str(error)
         raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata ({detail})") from None
-    return OmeZarrImage(levels, axes, scale, translation)
+    return OmeZarrImage(levels, axes, [s * w for s, w in zip(scale, whole_scale)],
+                        [t * w + u for t, w, u in zip(translation, whole_scale, whole_translation)])
 
 
 def _transformation(entry: dict, count: int) -> tuple[list[float], list[float]]:

@@ -22,6 +22,7 @@ from .checks import BadArgument, check_device, check_writable_file
 from .image_io import atomic_path
 from .model import BACKENDS, UNet
 from .normalization import Normalization
+from .pixel_size import PixelSize
 from .rescale import check_scale, model_scale
 
 FORMAT = "unet_fast-model"
@@ -157,6 +158,14 @@ def check_model_config(config: dict, path) -> None:
         raise ModelFileError(f"{path}: {error}") from None
     if not isinstance(config.get("metadata", {}), dict):
         raise ModelFileError(f"{path}: metadata must be an object, got {config.get('metadata')!r:.80}")
+    pixel_size = config.get("metadata", {}).get("pixel_size")   # the training images' (segment compares, export writes)
+    try:
+        if pixel_size is not None and not isinstance(pixel_size, dict):
+            raise TypeError("must be an object with y, x and unit")
+        if pixel_size is not None:
+            PixelSize.from_dict(pixel_size)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: metadata pixel_size {pixel_size!r:.80}: {error}") from None
 
 
 def _check_tensors(shapes: dict, dtypes: dict, architecture: dict, path) -> None:

@@ -2,6 +2,7 @@
 
 Needs the `export` extra (bioimageio.spec, onnxscript; bioimageio.core for the runs): skipped without it.
 """
+import pickle
 import zipfile
 
 import numpy as np
@@ -17,6 +18,7 @@ from ruyaml import YAML  # noqa: E402   (YAML 1.2, as rdf.yaml; a bioimageio.spe
 import unet_fast  # noqa: E402
 from unet_fast import cli, geometry  # noqa: E402
 from unet_fast.bioimageio_package import _normalization_from_ops, _preprocessing, export_bioimageio  # noqa: E402
+from unet_fast.model_file import ModelFileError  # noqa: E402
 from unet_fast.normalization import Normalization  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
@@ -141,6 +143,38 @@ def test_a_package_of_another_network_is_refused(package, tmp_path):
     del rdf["weights"]["pytorch_state_dict"]["sha256"], rdf["config"]
     write_yaml(rdf, tmp_path / "rdf.yaml")
     with pytest.raises(ValueError, match="not a unet_fast UNet's .*unet_fast reads packages of its own U-Net"):
+        unet_fast.load_model(tmp_path / "rdf.yaml")
+
+
+class Hostile:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('code ran')",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("weights, config, error, message", [
+    (lambda: b"PK\x03\x04 truncated", None, ModelFileError, r"rdf.yaml \(weights.pt\): not a readable PyTorch file"),
+    (lambda: pickle.dumps(Hostile()), None, pickle.UnpicklingError,
+     r"rdf.yaml \(weights.pt\): refused: it holds objects other than tensors"),
+    (None, lambda saved: saved.pop("normalization"), ModelFileError,
+     r"rdf.yaml: its config.unet_fast is no unet_fast model config \(no 'normalization'\)"),
+    (None, lambda saved: saved.update(architecture="UNet"), ModelFileError,
+     "rdf.yaml: its config.unet_fast is no unet_fast model config"),
+])
+def test_a_package_is_untrusted_input(package, tmp_path, weights, config, error, message):
+    """Its weights are read weights_only, with unet_fast's errors (torch's advice for a pickle is to load it with
+    weights_only=False), and its config.unet_fast is checked: both used to raise torch's RuntimeError or a bare
+    KeyError/TypeError, with no path, which the CLI did not blame on -m."""
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    rdf = read_yaml(tmp_path / "rdf.yaml")
+    if weights is not None:
+        (tmp_path / "weights.pt").write_bytes(weights())
+        del rdf["weights"]["pytorch_state_dict"]["sha256"]
+    if config is not None:
+        config(rdf["config"]["unet_fast"])
+    write_yaml(rdf, tmp_path / "rdf.yaml")
+    with pytest.raises(error, match=message):
         unet_fast.load_model(tmp_path / "rdf.yaml")
 
 

@@ -243,6 +243,13 @@ API = [
     ("model class names", lambda ws, t: unet_fast.load_model(
         model_file(t / "c.safetensors", lambda c: c.update(class_names=["only one"]))), ModelFileError,
      "class_names"),
+    # a training pixel size that is none used to fail every image segment read (and export) later, unnamed
+    ("model pixel size 0", lambda ws, t: unet_fast.load_model(
+        model_file(t / "p0.safetensors", lambda c: c["metadata"].update(pixel_size={"y": 0, "x": 0.5}))),
+     ModelFileError, "pixel size y must be a positive number"),
+    ("model pixel size text", lambda ws, t: unet_fast.load_model(
+        model_file(t / "pt.safetensors", lambda c: c["metadata"].update(pixel_size="0.5 um"))),
+     ModelFileError, "pt.safetensors: metadata pixel_size '0.5 um': must be an object"),
     ("model unknown field", lambda ws, t: unet_fast.load_model(
         model_file(t / "u.safetensors", set_architecture(kernel=5))), ModelFileError, "kernel"),
     ("model format version", lambda ws, t: unet_fast.load_model(

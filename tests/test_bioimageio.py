@@ -2,6 +2,7 @@
 
 Needs the `export` extra (bioimageio.spec, onnxscript; bioimageio.core for the runs): skipped without it.
 """
+import pickle
 import zipfile
 
 import numpy as np
@@ -17,6 +18,7 @@ from ruyaml import YAML  # noqa: E402   (YAML 1.2, as rdf.yaml; a bioimageio.spe
 import unet_fast  # noqa: E402
 from unet_fast import cli, geometry  # noqa: E402
 from unet_fast.bioimageio_package import _normalization_from_ops, _preprocessing, export_bioimageio  # noqa: E402
+from unet_fast.model_file import ModelFileError  # noqa: E402
 from unet_fast.normalization import Normalization  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
@@ -144,6 +146,38 @@ def test_a_package_of_another_network_is_refused(package, tmp_path):
         unet_fast.load_model(tmp_path / "rdf.yaml")
 
 
+class Hostile:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('code ran')",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("weights, config, error, message", [
+    (lambda: b"PK\x03\x04 truncated", None, ModelFileError, r"rdf.yaml \(weights.pt\): not a readable PyTorch file"),
+    (lambda: pickle.dumps(Hostile()), None, pickle.UnpicklingError,
+     r"rdf.yaml \(weights.pt\): refused: it holds objects other than tensors"),
+    (None, lambda saved: saved.pop("normalization"), ModelFileError,
+     r"rdf.yaml: its config.unet_fast is no unet_fast model config \(no 'normalization'\)"),
+    (None, lambda saved: saved.update(architecture="UNet"), ModelFileError,
+     "rdf.yaml: its config.unet_fast is no unet_fast model config"),
+])
+def test_a_package_is_untrusted_input(package, tmp_path, weights, config, error, message):
+    """Its weights are read weights_only, with unet_fast's errors (torch's advice for a pickle is to load it with
+    weights_only=False), and its config.unet_fast is checked: both used to raise torch's RuntimeError or a bare
+    KeyError/TypeError, with no path, which the CLI did not blame on -m."""
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    rdf = read_yaml(tmp_path / "rdf.yaml")
+    if weights is not None:
+        (tmp_path / "weights.pt").write_bytes(weights())
+        del rdf["weights"]["pytorch_state_dict"]["sha256"]
+    if config is not None:
+        config(rdf["config"]["unet_fast"])
+    write_yaml(rdf, tmp_path / "rdf.yaml")
+    with pytest.raises(error, match=message):
+        unet_fast.load_model(tmp_path / "rdf.yaml")
+
+
 @pytest.mark.parametrize("normalization, dtype, steps", [
     (Normalization("percentile", 1.0, 99.8, per_channel=False), np.float32,
      [("scale_range", {"axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6})]),
@@ -156,8 +190,23 @@ def test_a_package_of_another_network_is_refused(package, tmp_path):
 ])
 def test_each_normalization_becomes_ops(normalization, dtype, steps):
     ops = _preprocessing(normalization, np.dtype(dtype))
-    assert ops[0] == {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
-    assert [(op["id"], op["kwargs"]) for op in ops[1:]] == steps
+    assert ops[0] == ops[-1] == {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    assert [(op["id"], op["kwargs"]) for op in ops[1:-1]] == steps
+
+
+@pytest.mark.parametrize("normalization", [Normalization("dtype"), Normalization("dtype", clip=True),
+                                           Normalization("fixed", low=100.0, high=4195.0)])
+def test_integer_inputs_reach_the_network_as_scaled_floats(normalization):
+    """Preprocessing that did not end in ensure_dtype got one from the spec, casting back to the input's type:
+    uint16 pixels scaled to [0, 1] became uint16 again, and `bioimageio test` failed on unet_fast's own package."""
+    from bioimageio.spec.model.v0_5 import InputTensorDescr
+
+    descr = InputTensorDescr.model_validate({
+        "id": "raw", "axes": [{"type": "channel", "channel_names": ["c0"]}, {"type": "space", "id": "y", "size": 8},
+                              {"type": "space", "id": "x", "size": 8}],
+        "data": {"type": "uint16"}, "preprocessing": _preprocessing(normalization, np.dtype(np.uint16))})
+    assert [step.id for step in descr.preprocessing][-1] == "ensure_dtype"
+    assert descr.preprocessing[-1].kwargs.dtype == "float32"
 
 
 def test_ops_give_the_normalization_back():

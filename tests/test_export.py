@@ -5,7 +5,9 @@ onnxruntime) and is skipped without it; everything else runs on the core install
 """
 import os
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 
 import unet_fast
@@ -145,6 +147,25 @@ def test_cli_export_refuses_unreadable_models(tmp_path, capsys, content, message
     err = capsys.readouterr().err
     assert err.startswith("unet-fast export: error: argument model: ") and message in err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("channels, image, message", [
+    (2, None, "argument --test-image: test_image is needed: the model takes 2 channels"),
+    (1, np.zeros((3, 64, 64), np.uint8), "argument --test-image: test_image must be (H, W) or (C, H, W) with C = 1"),
+    (1, np.zeros((20, 64), np.uint8), "argument --test-image: test_image of shape (1, 20, 64) is too small"),
+])
+def test_cli_export_names_a_test_image_that_does_not_fit(tmp_path, capsys, channels, image, message):
+    """A usage error of --test-image (exit 2, the flag named), found before any work; it used to be an exit 1
+    naming the Python argument test_image."""
+    model = unet_fast.save_model(net(in_channels=channels), tmp_path / "model.safetensors")
+    arguments = ["export", str(model), "--format", "bioimageio", "-o", str(tmp_path / "m.zip")]
+    if image is not None:
+        tifffile.imwrite(tmp_path / "test.tif", image)
+        arguments += ["--test-image", str(tmp_path / "test.tif")]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.zip").exists()
 
 
 def test_cli_export_refuses_an_unknown_format(tmp_path, model_file, capsys):

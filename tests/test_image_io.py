@@ -32,6 +32,20 @@ def test_ome_tiff_and_rgb_samples_come_channels_first(tmp_path):
     np.testing.assert_array_equal(array[2], rgb[..., 2])
 
 
+@pytest.mark.parametrize("lazy", [pytest.param(True, marks=needs_zarr), False])
+def test_a_channel_major_ome_tiff_comes_planes_then_channels(tmp_path, lazy):
+    """OME-TIFFs stored XYZCT (tifffile axes CZYX) used to be read as ZCYX unchanged: with as many channels as
+    planes, every plane passed for a channel and the result was silently wrong."""
+    zcyx = np.random.default_rng(5).integers(0, 255, (3, 3, 20, 30)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "czyx.ome.tif", np.ascontiguousarray(zcyx.transpose(1, 0, 2, 3)), ome=True,
+                     metadata={"axes": "CZYX"})
+    array, info = image_io.read_image(tmp_path / "czyx.ome.tif", lazy=lazy)
+    assert info.axes == "ZCYX" and info.shape == array.shape == (3, 3, 20, 30)
+    assert image_io.image_info(tmp_path / "czyx.ome.tif") == info
+    np.testing.assert_array_equal(np.asarray(array[...]), zcyx)
+    np.testing.assert_array_equal(np.asarray(array[1, :, 4:9]), zcyx[1, :, 4:9])
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_png_jpeg(tmp_path, suffix):
     image = (np.arange(30 * 20) % 251).astype(np.uint8).reshape(30, 20)

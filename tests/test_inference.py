@@ -142,7 +142,7 @@ def test_outputs_memmap_zarr_tiff_and_ome_zarr(tmp_path):
     probabilities = predict_tiled(model, image, tile_size=128, output="probabilities", progress=False)
     path = predict_tiled(model, image, tile_size=128, output="probabilities", progress=False,
                          out=tmp_path / "p.ome.zarr")
-    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], probabilities)
+    np.testing.assert_array_equal(np.moveaxis(zarr.open_group(str(path), mode="r")["0"][...], 0, 1), probabilities)
     with pytest.raises(ValueError, match="out has shape"):
         predict_tiled(model, image, progress=False, out=np.zeros((2, 300, 271), np.uint8))
 

@@ -1,5 +1,7 @@
 """Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, kept from input to every output,
 recorded by `unet-fast train`, compared by `unet-fast segment`."""
+import importlib.util
+
 import numpy as np
 import pytest
 import tifffile
@@ -65,6 +67,68 @@ def test_stack_spacing_and_nanometers(tmp_path):
     write_imagej_tiff(tmp_path / "ij.tif", pixels((3, 30, 40)), PixelSize(0.04, 0.04, z=0.25), axes="ZYX")
     assert read_pixel_size(tmp_path / "em.ome.tif") == size
     assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.04, 0.04, "micrometer", z=0.25)
+
+
+def test_a_declared_size_that_is_no_length_counts_as_none(tmp_path):
+    """PhysicalSizeX="0" (written for uncalibrated images), NaN or a negative scale used to raise, and segment
+    failed the image for its metadata alone; Bio-Formats ignores such sizes, and so does unet_fast now."""
+    for i, value in enumerate((0, float("nan"), -0.5, "abc")):
+        tifffile.imwrite(tmp_path / f"{i}.ome.tif", pixels(), ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": value, "PhysicalSizeY": value})
+        assert read_pixel_size(tmp_path / f"{i}.ome.tif") is None
+    tifffile.imwrite(tmp_path / "z.ome.tif", pixels((2, 30, 40)), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 0})
+    assert read_pixel_size(tmp_path / "z.ome.tif") == PixelSize(0.5, 0.5)       # only the bad z step is dropped
+    tifffile.imwrite(tmp_path / "ij.tif", pixels((2, 30, 40)), imagej=True, resolution=(2, 2),
+                     metadata={"unit": "um", "axes": "ZYX", "spacing": -1.0})
+    assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.5, 0.5)
+    if importlib.util.find_spec("zarr") is not None:
+        write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), ANISOTROPIC)
+        group = __import__("zarr").open_group(str(tmp_path / "a.ome.zarr"), mode="r+")
+        multiscales = group.attrs["multiscales"]
+        multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [-0.5, 0.0]
+        group.attrs["multiscales"] = multiscales
+        assert read_pixel_size(tmp_path / "a.ome.zarr") is None
+
+
+def edit_multiscale(path, change):
+    group = __import__("zarr").open_group(str(path), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    change(multiscales[0])
+    group.attrs["multiscales"] = multiscales
+
+
+@needs_zarr
+def test_the_scale_of_the_whole_multiscale_counts_too(tmp_path):
+    """NGFF 0.4 lets a multiscale carry transformations applied after each dataset's; they were ignored, and an
+    image of 0.5 x 0.25 um pixels (scale 1 per dataset, 0.5 x 0.25 for all) was read as 1 x 1 um."""
+    from unet_fast.ome_zarr import open_ome_zarr
+
+    write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), PixelSize(1.0, 1.0))
+    edit_multiscale(tmp_path / "a.ome.zarr", lambda entry: entry.update(coordinateTransformations=[
+        {"type": "scale", "scale": [0.5, 0.25]}, {"type": "translation", "translation": [10.0, 20.0]}]))
+    assert read_pixel_size(tmp_path / "a.ome.zarr") == ANISOTROPIC
+    assert open_ome_zarr(tmp_path / "a.ome.zarr").translation == [10.0, 20.0]
+
+
+@needs_zarr
+@pytest.mark.parametrize("change, detail", [
+    (lambda entry: entry.update(datasets=[]), "it lists no datasets"),
+    (lambda entry: entry["datasets"][0].update(path="7"), "its dataset '7' is no array of the group"),
+    (lambda entry: entry["axes"].insert(0, {"name": "z", "type": "space"}), "it names 3 axes for an array of 2"),
+    (lambda entry: entry.pop("axes"), "no 'axes'"),
+    (lambda entry: entry["datasets"][0]["coordinateTransformations"][0].update(scale=[0.5]),
+     "a scale or translation of 1, 2 numbers for 2 axes"),
+    (lambda entry: entry["datasets"][0]["coordinateTransformations"][0].update(scale=None, path="scale.bin"),
+     "not given inline"),
+])
+def test_malformed_ome_zarr_metadata_is_named(tmp_path, change, detail):
+    """It used to fail with a bare IndexError or KeyError (segment: "FAILED x.ome.zarr: IndexError: tuple index
+    out of range"), or, for a short scale, to pass with no pixel size."""
+    write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), ANISOTROPIC)
+    edit_multiscale(tmp_path / "a.ome.zarr", change)
+    with pytest.raises(ValueError, match=f"a.ome.zarr: malformed OME-Zarr multiscales metadata .*{detail}"):
+        image_io.read_image(tmp_path / "a.ome.zarr")
 
 
 @pytest.fixture

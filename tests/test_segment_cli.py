@@ -241,6 +241,23 @@ def _mtimes(folder):
     return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@needs_zarr
+@pytest.mark.parametrize("format", ["tif", "ome.zarr"])
+def test_an_output_folder_inside_an_ome_zarr_input_is_refused(tmp_path, model_file, capsys, format):
+    """segment -i a.ome.zarr -o a.ome.zarr/out used to write the results into the user's OME-Zarr image."""
+    from unet_fast.sinks import StreamingZarrWriter
+
+    writer = StreamingZarrWriter(tmp_path / "a.ome.zarr", (30, 41), np.uint8)
+    writer.write(0, 0, 0, np.random.default_rng(0).integers(0, 255, (30, 41)).astype(np.uint8))
+    writer.close()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    status = cli.main(["segment", "-i", str(tmp_path / "a.ome.zarr"), "-o", str(tmp_path / "a.ome.zarr" / "out"),
+                       "-m", str(model_file), "--format", format, "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and "argument -o/--output-dir" in err and "lies inside the input" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_overlay_that_would_replace_an_input_is_refused(tmp_path, model_file, capsys):
     """segment -i p/overlays -o p --overlay used to replace p/overlays/*.png by their own overlays; an
     overlay path that is a hard link of an input is refused too."""

@@ -30,8 +30,29 @@ def test_streaming_writers_accept_blocks_in_tile_order(tmp_path, suffix, shape, 
         back = np.moveaxis(back, -1, -3) if channels else back
     else:
         back = __import__("zarr").open_group(str(tmp_path / "o.zarr"), mode="r")["0"][...]
+        back = np.moveaxis(back, 0, 1) if channels and len(shape) == 4 else back   # stored c, z, y, x
     np.testing.assert_array_equal(back, image)
     assert sorted(os.listdir(tmp_path)) == [f"o{suffix}"]
+
+
+@pytest.mark.parametrize("shape, channels", [((2, 40, 30), False), ((3, 40, 30), True), ((2, 3, 40, 30), True)])
+def test_ome_zarr_axes_are_ordered_by_type_as_ngff_requires(tmp_path, shape, channels):
+    """NGFF 0.4: time, then channel, then space axes; a stack of class probabilities was written z, c, y, x,
+    which ome-zarr-py (napari's reader) refuses."""
+    pytest.importorskip("zarr")
+    from unet_fast import image_io
+
+    image = np.random.default_rng(5).random(shape, dtype=np.float32)
+    writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", shape, np.float32, channels=channels)
+    for p in range(shape[0] if len(shape) - channels == 3 else 1):
+        writer.write(p, 0, 0, image[p] if len(shape) - channels == 3 else image)
+    path = writer.close()
+    [multiscale] = __import__("zarr").open_group(str(path), mode="r").attrs["multiscales"]
+    types = [axis["type"] for axis in multiscale["axes"]]
+    assert types == sorted(types, key=["time", "channel", "space"].index)
+    assert types.count("space") == len(shape) - channels
+    array, info = image_io.read_image(path)
+    np.testing.assert_array_equal(np.asarray(array[...]), image)     # read back as written: Z, K, H, W
 
 
 def test_streaming_writer_refuses_an_incomplete_image(tmp_path):

@@ -153,7 +153,9 @@ def _preprocessing(normalization: Normalization, dtype: np.dtype) -> list[dict]:
                                                            "offset": float(-offset[0] / scale[0])}})
     if normalization.clip and normalization.mode != "none":
         steps.append({"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}})
-    return steps
+    # said, not left to the spec: it ends preprocessing without ensure_dtype with a cast back to the input's
+    # type, which turns integer pixels scaled to [0, 1] into zeros and ones (or hands the net uint16)
+    return steps + [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}] if len(steps) > 1 else steps
 
 
 def _identifiers(names: list[str]) -> list[str]:
@@ -309,7 +311,7 @@ def read_package(path) -> tuple[dict, dict]:
     unet_fast.reference.UNet (as in every package unet_fast exports).
     """
     spec = require("bioimageio.spec", "reading a bioimage.io package")
-    from .model_file import _architecture_from_state, _unwrap_state_dict
+    from .model_file import ModelFileError, _architecture_from_state, _unwrap_state_dict, load_weights_only
 
     try:
         descr = spec.load_model_description(str(path), format_version="latest")
@@ -319,8 +321,8 @@ def read_package(path) -> tuple[dict, dict]:
     if weights is None:
         raise ValueError(f"{path}: the package has no pytorch_state_dict weights (it has "
                          f"{', '.join(descr.weights.available_formats)}); unet_fast reads only those")
-    state = _unwrap_state_dict(torch.load(io.BytesIO(weights.get_reader().read()), map_location="cpu",
-                                          weights_only=True), path)
+    weights_file = io.BytesIO(weights.get_reader().read())
+    state = _unwrap_state_dict(load_weights_only(weights_file, f"{path} ({weights.source})"), path)
     saved = (descr.config.model_extra or {}).get("unet_fast") if descr.config is not None else None
     try:
         architecture = _architecture_from_state(state)
@@ -328,9 +330,13 @@ def read_package(path) -> tuple[dict, dict]:
         raise ValueError(f"{path}: {error}; unet_fast reads packages of its own U-Net "
                          f"(architecture {weights.architecture.callable})") from None
     if saved:
-        return ({"architecture": {"class": "UNet", **saved["architecture"], "backend": "auto"},
-                 "normalization": saved["normalization"], "class_names": saved["class_names"],
-                 "metadata": saved.get("metadata", {})}, state)
+        try:
+            return ({"architecture": {"class": "UNet", **saved["architecture"], "backend": "auto"},
+                     "normalization": saved["normalization"], "class_names": saved["class_names"],
+                     "metadata": saved.get("metadata", {})}, state)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ModelFileError(f"{path}: its config.unet_fast is no unet_fast model config "
+                                 f"({'no ' if isinstance(error, KeyError) else ''}{error})") from None
     offset = getattr(next(a.size for a in descr.outputs[0].axes if a.type == "space"), "offset", 0)
     architecture.update(padding="valid" if offset < 0 else "same", backend="auto")
     channel_names = [str(n) for a in descr.outputs[0].axes if a.type == "channel" for n in a.channel_names]

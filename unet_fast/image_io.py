@@ -112,15 +112,17 @@ def _tiff_chunk_pixels(page) -> int:
 
 
 def _channels_first_info(shape, dtype, axes, streamable) -> ImageInfo:
-    if axes.endswith("C") and len(axes) >= 3 and axes[-3:-1] == "YX":
-        order = _channels_first_order(axes)
-        return ImageInfo(tuple(shape[i] for i in order), dtype, "".join(axes[i] for i in order), streamable)
-    return ImageInfo(shape, dtype, axes, streamable)
+    order = _channels_first_order(axes)
+    return ImageInfo(tuple(shape[i] for i in order), dtype, "".join(axes[i] for i in order), streamable)
 
 
 def _channels_first_order(axes: str) -> list[int]:
-    n = len(axes)
-    return list(range(n - 3)) + [n - 1, n - 3, n - 2]
+    """The axes as unet_fast reads them: the others (Z, T, ...), then C, then Y, X. Samples (YXC) and
+    OME-TIFFs stored channel-major (CZYX: Bio-Formats' XYZCT) both need it, or planes pass as channels."""
+    if axes.count("C") != 1 or not axes.replace("C", "").endswith("YX"):
+        return list(range(len(axes)))
+    channel, y, x = axes.index("C"), axes.index("Y"), axes.index("X")
+    return [i for i in range(len(axes)) if i not in (channel, y, x)] + [channel, y, x]
 
 
 class _MovedAxes:

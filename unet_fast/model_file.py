@@ -22,6 +22,7 @@ from .checks import BadArgument, check_device, check_writable_file
 from .image_io import atomic_path
 from .model import BACKENDS, UNet
 from .normalization import Normalization
+from .pixel_size import PixelSize
 from .rescale import check_scale, model_scale
 
 FORMAT = "unet_fast-model"
@@ -157,6 +158,14 @@ def check_model_config(config: dict, path) -> None:
         raise ModelFileError(f"{path}: {error}") from None
     if not isinstance(config.get("metadata", {}), dict):
         raise ModelFileError(f"{path}: metadata must be an object, got {config.get('metadata')!r:.80}")
+    pixel_size = config.get("metadata", {}).get("pixel_size")   # the training images' (segment compares, export writes)
+    try:
+        if pixel_size is not None and not isinstance(pixel_size, dict):
+            raise TypeError("must be an object with y, x and unit")
+        if pixel_size is not None:
+            PixelSize.from_dict(pixel_size)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: metadata pixel_size {pixel_size!r:.80}: {error}") from None
 
 
 def _check_tensors(shapes: dict, dtypes: dict, architecture: dict, path) -> None:
@@ -240,21 +249,7 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
         config, state = read_package(path)
         _check_loaded(config, state, path)
     elif path.suffix in (".pt", ".pth"):
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            # torch's message suggests weights_only=False, the one thing we must never do for a user
-            detail = next((line.split(" was not")[0].split("error: ")[-1].strip()
-                           for line in str(error).splitlines() if "Unsupported" in line), "")
-            raise pickle.UnpicklingError(
-                f"{path}: refused: it holds objects other than tensors and plain containers"
-                f"{f' ({detail})' if detail else ''}, and unet_fast never unpickles arbitrary objects. "
-                "If you trust the file, save its weights alone and load that file: "
-                "torch.save(checkpoint['state_dict'], 'weights.pt'), or save_model(...)") from error
-        except (RuntimeError, OSError, EOFError) as error:   # truncated, not a zip or pickle at all
-            raise ModelFileError(f"{path}: not a readable PyTorch file ({type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''})") from None
-        state = _unwrap_state_dict(loaded, path)
+        state = _unwrap_state_dict(load_weights_only(path, path), path)
         config = {"architecture": _architecture_from_state(state, path), "normalization": Normalization().to_dict(),
                   "class_names": None, "metadata": {}}
         _check_loaded(config, state, path)
@@ -274,6 +269,25 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     model.metadata = config.get("metadata", {})
     model.input_scale = float(config.get("input_scale", 1.0))
     return model.to(device).eval()
+
+
+def load_weights_only(source, path):
+    """``torch.load(source, weights_only=True)`` (a file or a file-like object: a package's weights), its errors
+    naming ``path``: a file that is no PyTorch file, or one holding objects other than tensors, which are refused."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, the one thing we must never do for a user
+        detail = next((line.split(" was not")[0].split("error: ")[-1].strip()
+                       for line in str(error).splitlines() if "Unsupported" in line), "")
+        raise pickle.UnpicklingError(
+            f"{path}: refused: it holds objects other than tensors and plain containers"
+            f"{f' ({detail})' if detail else ''}, and unet_fast never unpickles arbitrary objects. "
+            "If you trust the file, save its weights alone and load that file: "
+            "torch.save(checkpoint['state_dict'], 'weights.pt'), or save_model(...)") from error
+    except (RuntimeError, OSError, EOFError) as error:   # truncated, not a zip or pickle at all
+        raise ModelFileError(f"{path}: not a readable PyTorch file ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")   # where training scripts put the weights

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pixel_size import PixelSize, _unit_name
+from .pixel_size import PixelSize, _length, _unit_name
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,10 @@ class OmeZarrImage:
     @property
     def pixel_size(self) -> PixelSize | None:
         """From the y and x axes' scale, where they have a unit unet_fast knows."""
-        named = {axis["name"]: (scale, _unit_name(axis.get("unit"))) for axis, scale in zip(self.axes, self.scale)}
-        if "y" not in named or "x" not in named or named["y"][1] is None or named["y"][1] != named["x"][1]:
+        named = {axis["name"]: (_length(scale), _unit_name(axis.get("unit")))
+                 for axis, scale in zip(self.axes, self.scale)}
+        if "y" not in named or "x" not in named or named["y"][1] is None or named["y"][1] != named["x"][1] \
+                or None in (named["y"][0], named["x"][0]):
             return None
         z = named.get("z", (None, None))
         return PixelSize(named["y"][0], named["x"][0], named["y"][1], z[0] if z[1] == named["y"][1] else None)
@@ -41,21 +43,48 @@ def multiscales(path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):   # no zarr group there
         return None
     found = attrs.get("ome", attrs).get("multiscales")   # NGFF 0.5 nests the metadata under "ome"
-    return found[0] if found else None
+    return (found[0] if isinstance(found, list) else found) or None     # a malformed one: open_ome_zarr says so
 
 
 def open_ome_zarr(path) -> OmeZarrImage:
+    """The image at ``path``; a ValueError naming the path and what is wrong where its metadata is malformed."""
     import zarr
 
     entry = multiscales(path)
     if entry is None:
         raise ValueError(f"{path}: not an OME-Zarr image (a zarr group with multiscales metadata)")
     group = zarr.open_group(str(path), mode="r")
-    levels = [group[dataset["path"]] for dataset in entry["datasets"]]
-    axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in entry["axes"]]   # 0.3 listed names
-    transforms = {t["type"]: t[t["type"]] for t in entry["datasets"][0].get("coordinateTransformations", [])}
-    return OmeZarrImage(levels, axes, [float(s) for s in transforms.get("scale", [1.0] * len(axes))],
-                        [float(t) for t in transforms.get("translation", [0.0] * len(axes))])
+    try:
+        if not entry["datasets"]:
+            raise ValueError("it lists no datasets")
+        missing = [dataset["path"] for dataset in entry["datasets"] if dataset["path"] not in group]
+        if missing:
+            raise ValueError(f"its dataset {missing[0]!r} is no array of the group")
+        levels = [group[dataset["path"]] for dataset in entry["datasets"]]
+        axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in entry["axes"]]   # 0.3 listed names
+        if len(axes) != levels[0].ndim:
+            raise ValueError(f"it names {len(axes)} axes for an array of {levels[0].ndim} dimensions")
+        scale, translation = _transformation(entry["datasets"][0], len(axes))
+        # transformations of the multiscale as a whole come after each dataset's (NGFF 0.4)
+        whole_scale, whole_translation = _transformation(entry, len(axes))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata ({detail})") from None
+    return OmeZarrImage(levels, axes, [s * w for s, w in zip(scale, whole_scale)],
+                        [t * w + u for t, w, u in zip(translation, whole_scale, whole_translation)])
+
+
+def _transformation(entry: dict, count: int) -> tuple[list[float], list[float]]:
+    """(scale, translation) of an NGFF coordinateTransformations list, one number per axis."""
+    transforms = {t["type"]: t.get(t["type"]) for t in entry.get("coordinateTransformations", [])
+                  if t["type"] in ("scale", "translation")}
+    if None in transforms.values():
+        raise ValueError("a scale or translation not given inline (unet_fast reads no 'path' to one)")
+    scale = [float(s) for s in transforms.get("scale", [1.0] * count)]
+    translation = [float(t) for t in transforms.get("translation", [0.0] * count)]
+    if len(scale) != count or len(translation) != count:
+        raise ValueError(f"a scale or translation of {len(scale)}, {len(translation)} numbers for {count} axes")
+    return scale, translation
 
 
 def is_ome_zarr(path) -> bool:

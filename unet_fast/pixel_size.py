@@ -59,6 +59,16 @@ def _unit_name(text) -> str | None:
     return UNIT_NAMES.get(str(text).strip()) if text is not None else None
 
 
+def _length(value) -> float | None:
+    """A declared pixel size as a float; None where it is no positive finite number: files declare 0 for
+    uncalibrated images (Bio-Formats ignores those too), and such an image is still one to segment."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def read_pixel_size(path) -> PixelSize | None:
     """The pixel size an OME-TIFF, ImageJ TIFF or OME-Zarr declares; None where it declares none."""
     path = Path(path)
@@ -80,15 +90,18 @@ def read_pixel_size(path) -> PixelSize | None:
 
 def _from_ome_xml(xml: str) -> PixelSize | None:
     pixels = next((element for element in ElementTree.fromstring(xml).iter() if element.tag.endswith("}Pixels")), None)
-    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+    if pixels is None:
+        return None
+    y, x = _length(pixels.get("PhysicalSizeY")), _length(pixels.get("PhysicalSizeX"))
+    if y is None or x is None:
         return None
     unit = _unit_name(pixels.get("PhysicalSizeXUnit", "µm"))
     if unit is None or _unit_name(pixels.get("PhysicalSizeYUnit", "µm")) != unit:
         return None            # units unet_fast does not convert (or y and x in different ones)
-    z = pixels.get("PhysicalSizeZ")
-    z = float(z) * MICROMETERS_PER_UNIT[_unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit] \
+    z = _length(pixels.get("PhysicalSizeZ"))
+    z = z * MICROMETERS_PER_UNIT[_unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit] \
         / MICROMETERS_PER_UNIT[unit] if z is not None else None
-    return PixelSize(float(pixels.get("PhysicalSizeY")), float(pixels.get("PhysicalSizeX")), unit, z)
+    return PixelSize(y, x, unit, z)
 
 
 def _from_imagej(metadata: dict, page) -> PixelSize | None:
@@ -98,10 +111,9 @@ def _from_imagej(metadata: dict, page) -> PixelSize | None:
     if unit is None or "XResolution" not in tags or "YResolution" not in tags:
         return None
     (x_num, x_den), (y_num, y_den) = tags["XResolution"].value, tags["YResolution"].value
-    if not (x_num and y_num):
+    if not (x_num and y_num) or _length(y_den / y_num) is None or _length(x_den / x_num) is None:
         return None
-    spacing = metadata.get("spacing")
-    return PixelSize(y_den / y_num, x_den / x_num, unit, float(spacing) if spacing else None)
+    return PixelSize(y_den / y_num, x_den / x_num, unit, _length(metadata.get("spacing")))
 
 
 def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:

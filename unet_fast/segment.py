@@ -110,6 +110,10 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = 
         inputs[(stat.st_dev, stat.st_ino)] = path
     folders = suffix.endswith(".zarr")
     for path in files:
+        if image_io.is_zarr_image(path) and checks.overlapping(path, outdir):   # outputs would go into the image
+            raise checks.BadArgument("output_dir", f"{str(outdir)!r} lies inside the input {str(path)!r}, an OME-Zarr "
+                                                   f"image that outputs must not be written into; nothing was written. "
+                                                   f"Choose an output folder outside it")
         targets = [(outdir / output_name(path, suffix), "output", folders)]
         if overlay:
             targets.append((outdir / "overlays" / output_name(path, ".png"), "overlay", False))

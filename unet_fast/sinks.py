@@ -239,6 +239,8 @@ class StreamingTiffWriter:
 class StreamingZarrWriter:
     """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
 
+    shape as ``StreamingTiffWriter``'s; a stack with classes (Z, K, H, W) is stored (K, Z, H, W), axes c, z, y, x:
+    NGFF orders axes by type, channel before space, and readers (ome-zarr-py, napari) refuse z before c.
     pixel_size: the scale and units of the y, x (and z) axes. provenance: stored as the group's attribute
     "unet_fast" (``read_provenance``)."""
 
@@ -253,11 +255,13 @@ class StreamingZarrWriter:
         plane_dims = len(self.shape) - 2 - int(channels)
         if plane_dims not in (0, 1):
             raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
-        names = ["z"] * plane_dims + ["c"] * int(channels) + ["y", "x"]
+        self.channels_first = channels and plane_dims == 1
+        stored = self.shape[1::-1] + self.shape[2:] if self.channels_first else self.shape
+        names = ["c"] * int(channels) + ["z"] * plane_dims + ["y", "x"]
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
             group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
-            chunks = (1,) * plane_dims + self.shape[plane_dims:-2] + (chunk, chunk)
-            self.array = group.create_array("0", shape=self.shape, chunks=chunks, dtype=np.dtype(dtype))
+            chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
+            self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype))
             axes, scale = ngff_axes_and_scale(pixel_size, names)
             group.attrs["multiscales"] = [{
                 "version": "0.4",
@@ -282,8 +286,9 @@ class StreamingZarrWriter:
         self._collector.write(plane, y0, x0, block)
 
     def _emit(self, plane, row0, band):
-        index = (plane,) * self.plane_dims + (Ellipsis, slice(row0, row0 + band.shape[-2]), slice(None))
-        self.array[index] = band
+        rows = slice(row0, row0 + band.shape[-2])
+        planes = (slice(None), plane) if self.channels_first else (plane,) * self.plane_dims
+        self.array[planes + (Ellipsis, rows, slice(None))] = band
 
     def close(self) -> Path:
         if not self._collector.complete:

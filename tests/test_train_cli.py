@@ -40,13 +40,13 @@ def test_flags_override_the_recipe(folders, monkeypatch):
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
-                          "--best-metric", "iou", "--tile-size", "44", "--class-weights", "none")) == 0
+                          "--best-metric", "iou", "--tile-size", "44", "--class-weights", "none", "--dice", "0.5")) == 0
     recipe = seen["recipe"]
     assert (recipe.name, recipe.optimizer, recipe.lr, recipe.warmup_steps, recipe.lr_schedule, recipe.weight_decay,
             recipe.momentum, recipe.epochs, recipe.tiles_per_epoch, recipe.batch_size) == \
         ("paper", "adamw", 0.003, 7, "cosine", 0.01, 0.8, 9, 12, 3)
-    assert (recipe.flips, recipe.rotation, recipe.elastic_sigma, recipe.grey_values, recipe.noise) == \
-        (False, "90", 0.0, False, 0.05)
+    assert (recipe.flips, recipe.rotation, recipe.elastic_sigma, recipe.grey_values, recipe.noise, recipe.dice) == \
+        (False, "90", 0.0, False, 0.05, 0.5)
     assert seen["model"].config()["depth"] == 2 and seen["model"].config()["dropout"] == 0.1
     assert seen["val"].weight_params["w0"] == 5.0 and seen["val"].weight_params["sigma"] == 3.0
     assert recipe.class_weights is None and seen["val"].weight_params["class_weights"] is None   # not dropped
@@ -54,7 +54,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert load_model(folders / "model.safetensors").normalization == recipe.normalization()
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
     saved = load_model(folders / "model.safetensors").metadata["recipe"]
-    assert (saved["optimizer"], saved["tile_size"]) == ("adamw", 44)   # the tile trained on, not the recipe's
+    assert (saved["optimizer"], saved["tile_size"], saved["dice"]) == ("adamw", 44, 0.5)  # the tile trained on
 
 
 def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, capsys):
@@ -63,7 +63,7 @@ def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, cap
                           "--val-labels", str(folders / "val_lb"))) == 0
     out, err = capsys.readouterr()
     assert err.startswith("preparing 2 training image(s)") and "\ntraining U-Net depth 2, base 4, valid padding" in err
-    assert "on 2 image(s)" in err
+    assert "on 2 image(s)" in err and "loss: weighted cross-entropy + 1 x soft Dice" in err
     assert "validation on 1 image(s)" in err and "recipe default: adam" in err and "time limit 0.01 min" in err
     assert "step 1/1000 (epoch 1)" in err and "time limit of 0.01 min reached" in err
     assert "stopped by the time limit" in out and "best model" in out
@@ -89,6 +89,8 @@ def test_the_recorded_recipe_holds_the_tile_trained_on(folders):
     (["--dropout", "1.5"], "argument --dropout: must be a number in [0, 1), got '1.5'"),
     (["--momentum", "1"], "argument --momentum: must be a number in [0, 1), got '1'"),
     (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--dice", "-1"], "argument --dice: must be a number in [0, inf), got '-1'"),
+    (["--dice", "nan"], "argument --dice: must be a number in [0, inf), got 'nan'"),
     (["--percentiles", "50", "20"], "argument --percentiles: percentiles must be (low, high)"),
     (["--percentiles", "1", "101"], "argument --percentiles: percentiles must be (low, high)"),
 ])
@@ -149,9 +151,10 @@ def test_resume_reads_checkpoints_without_a_recipe(folders):
     assert load_model(folders / "model.safetensors").metadata["recipe"]["depth"] == 2
 
 
-def test_resume_of_a_run_from_before_object_size_refuses_one(folders, capsys):
-    """Such a run trained on the images as they are: an --object-size would change it, so it is refused,
-    not silently dropped; 0 (its own) is accepted."""
+def test_resume_of_a_run_from_before_object_size_and_dice_refuses_them(folders, capsys):
+    """Such a run trained on the images as they are, with cross-entropy alone: an --object-size or a --dice
+    would change it, so they are refused, not silently dropped; 0 (its own) is accepted, and the run goes on
+    without a Dice term although the default recipe has one."""
     import json
 
     from safetensors import safe_open
@@ -163,13 +166,17 @@ def test_resume_of_a_run_from_before_object_size_refuses_one(folders, capsys):
         metadata = dict(handle.metadata())
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     recipe = json.loads(metadata["recipe"])
-    del recipe["object_size"]
+    del recipe["object_size"], recipe["dice"]
     metadata["recipe"] = json.dumps(recipe)
     save_file(tensors, str(path), metadata)
     capsys.readouterr()
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "30")) == 2
     assert "--object-size" in capsys.readouterr().err
-    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0")) == 0
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--dice", "1")) == 2
+    assert "argument --dice:" in capsys.readouterr().err
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0",
+                          "--dice", "0")) == 0
+    assert load_model(folders / "model.safetensors").metadata["recipe"]["dice"] == 0.0
 
 
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):

@@ -69,7 +69,7 @@ def cmd_sizes(args) -> int:
 #: train's flags that set a recipe field of the same name (None: the recipe's value)
 RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                 "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
-                "elastic_sigma", "grey_values", "noise", "percentiles", "clip", "object_size")
+                "elastic_sigma", "grey_values", "noise", "percentiles", "clip", "object_size", "dice")
 
 
 def _labelled_images(images, labels, args, recipe, num_classes: int):
@@ -223,6 +223,8 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     saved = state.get("recipe")
     if isinstance(saved, dict) and "object_size" not in saved and given.get("object_size", 0.0) != 0.0:
         refuse("object_size", given["object_size"], 0, "object size (a run from before --object-size)")
+    if isinstance(saved, dict) and "dice" not in saved and given.get("dice", 0.0) != 0.0:
+        refuse("dice", given["dice"], 0, "Dice weight (a run from before --dice)")
     if isinstance(saved, dict):            # checkpoints of earlier versions have none: the flags' recipe
         if args.recipe is not None and args.recipe != saved.get("name"):
             refuse("recipe", args.recipe, saved.get("name"), "recipe")
@@ -234,6 +236,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
             known = {field.name for field in dataclasses.fields(Recipe)}
             recipe = dataclasses.replace(RECIPES.get(saved.get("name"), RECIPES["default"]),
                                          **{"object_size": 0.0,    # runs from before object_size: never resampled
+                                            "dice": 0.0,           # and from before dice: cross-entropy alone
                                             **{key: value for key, value in saved.items() if key in known}})
     changes = {name: config[name] for name in NETWORK_FIELDS if name in config}
     if args.epochs is not None:
@@ -761,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"weight-map border width in pixels ({_recipe_default('sigma')})")
     g.add_argument("--class-weights", choices=("balanced", "none"), default=None,
                    help=f"weight-map class balancing ({_recipe_default('class_weights')})")
+    g.add_argument("--dice", type=_non_negative_float, default=None, metavar="WEIGHT",
+                   help=f"loss: the weighted cross-entropy plus WEIGHT x a soft Dice loss of the foreground "
+                        f"(0: cross-entropy alone) ({_recipe_default('dice')})")
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")

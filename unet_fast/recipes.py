@@ -4,7 +4,8 @@
 - "default": converges in minutes on a CPU (seconds on a GPU) from one or a few annotated images: a
   small valid U-Net (depth 3, base 16), Adam with a linear warm-up and a cosine decay, batches of 4
   tiles of 140 px, exact 90-degree rotations and flips, a mild elastic deformation and grey-value
-  changes, no dropout, the paper's weight maps with half its border weight (w0 5); images whose objects are
+  changes, no dropout, the paper's weight maps with half its border weight (w0 5) weighting the
+  cross-entropy, plus a soft Dice loss of the foreground (dice 1); images whose objects are
   not about 24 px across
   (within 1.25x) resampled so that they are, in training and inference alike.
 - "paper": Ronneberger et al. (2015): depth 5, base 64, dropout 0.5, SGD with momentum 0.99 at a
@@ -12,9 +13,10 @@
   deformation of a 3 x 3 lattice with 10 px displacements, grey values.
 
 A recipe has four kinds of values: the network's (depth, base_channels, dropout, padding), the
-inputs' (percentiles, clip: ``normalization()``; object_size: ``unet_fast.rescale``), the targets' (w0, sigma, class_weights: see
-``unet_weight_map``) and training's (the rest). ``fit`` takes the model and data as given and uses the
-training values; ``unet-fast train`` builds all of them.
+inputs' (percentiles, clip: ``normalization()``; object_size: ``unet_fast.rescale``), the loss's (w0,
+sigma, class_weights: see ``unet_weight_map``; dice: ``losses.training_loss``) and training's (the rest).
+``fit`` takes the model and data as given and uses the training values (the loss's dice included);
+``unet-fast train`` builds all of them.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class Recipe:
     w0: float = 10.0
     sigma: float = 5.0
     class_weights: str | None = "balanced"
+    # the loss: the weighted cross-entropy, plus this times the soft Dice loss of the foreground (0: none)
+    dice: float = 0.0
     # the tiles and how many
     tile_size: int | None = None      # None: the largest legal tile up to 572 px whose output fits the images
     batch_size: int = 1
@@ -92,9 +96,11 @@ class Recipe:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        for name in ("weight_decay", "elastic_sigma", "noise", "w0", "object_size"):
+        for name in ("weight_decay", "elastic_sigma", "noise", "w0", "object_size", "dice"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not math.isfinite(self.dice):
+            raise ValueError(f"dice must be a finite weight >= 0 (0: no Dice term), got {self.dice!r}")
         if not math.isfinite(self.object_size):
             raise ValueError(f"object_size must be a finite number of px (0: never resample), got {self.object_size!r}")
         if not 0 <= self.dropout < 1:
@@ -160,7 +166,8 @@ class Recipe:
                 f"elastic {self.elastic_sigma:g} px" if self.elastic_sigma else "",
                 "grey values" if self.grey_values else "",
                 f"noise {self.noise:g}" if self.noise else "") if part) or "none"
-        return f"{optimiser}, {schedule}; augmentation: {augmentation}"
+        loss = "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
+        return f"{optimiser}, {schedule}; loss: {loss}; augmentation: {augmentation}"
 
 
 def _check_choice(name, value, choices) -> None:
@@ -182,7 +189,10 @@ RECIPES = {
                       grey_values=True, object_size=24.0,
                       # half the paper's border weight: foreground IoU +0.6 to +0.9 points on real nuclei,
                       # object F1 unchanged within the noise (session 19's cross-validation)
-                      w0=5.0),
+                      w0=5.0,
+                      # a soft Dice term beside the cross-entropy (as nnU-Net's): foreground IoU +0.7 points
+                      # in 12 of 12 cross-validation runs on real nuclei, object F1 +1 point (session 20)
+                      dice=1.0),
     "paper": Recipe(name="paper", depth=5, base_channels=64, dropout=0.5, tile_size=None, batch_size=1,
                     tiles_per_epoch=None, epochs=50, optimizer="sgd", lr=0.01, momentum=0.99, weight_decay=0.0,
                     lr_schedule="constant", warmup_steps=0, flips=True, rotation="any", elastic_sigma=10.0,

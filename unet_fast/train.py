@@ -26,7 +26,7 @@ from . import geometry, termination
 from .checks import check_device
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import RandomTiles, SegmentationDataset, default_augmentation
-from .losses import WeightedSoftmaxCrossEntropy
+from .losses import training_loss
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
 from .recipes import Recipe, get_recipe
@@ -103,8 +103,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     IoU; "loss") is written as a model file (``save_model``) to ``checkpoint_dir/best.safetensors``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
-    loss_fn(logits, target, weights): default the paper's weighted loss,
-    ``WeightedSoftmaxCrossEntropy(crop_to_logits=True)``.
+    loss_fn(logits, target, weights): default the recipe's, ``losses.training_loss(recipe.dice)``: the paper's
+    weighted cross-entropy, plus the soft Dice loss times ``dice`` (the default recipe's 1; the paper's 0).
     progress: None: a start-up line saying what is trained on what, then a progress bar on a terminal,
     else a line after the first step and every 15 s, and a line per epoch (rank 0, on stderr); False: none.
     Logs (history.csv, history.json, curves.png) go to ``log_dir``. Under torchrun every rank calls
@@ -241,7 +241,7 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
     model.to(job.device, memory_format=training_memory_format(job.device))
     tiles = _training_tiles(model, train_data, recipe, tile_size, augment, seed)
     optimizer = _make_optimizer(model, recipe)
-    run = _Run(tiles, loss_fn or WeightedSoftmaxCrossEntropy(crop_to_logits=True), optimizer, [], 0, recipe, clock)
+    run = _Run(tiles, loss_fn or training_loss(recipe.dice), optimizer, [], 0, recipe, clock)
     if resume is not None:
         state = load_checkpoint(resume)
         if state.get("seed") is not None and state["seed"] != seed:
@@ -258,7 +258,7 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
 #: the recipe values a resumed run must share with its checkpoint (``epochs`` may change: a run can be
 #: extended; the network and data values belong to the model and data the caller built)
 RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
-                  "tiles_per_epoch")
+                  "tiles_per_epoch", "dice")
 
 
 def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:

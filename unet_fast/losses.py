@@ -60,7 +60,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     """1 - the soft Dice coefficient of the foreground classes, averaged over them (classes 1..C-1; for
     two classes, of class 1 alone), each summed over the whole batch ("batch Dice", as nnU-Net): for class
     c, (2 sum p_c t_c + smooth) / (sum p_c + sum t_c + smooth), p_c its softmax probability and t_c
-    whether the target is c. Pixels whose target is ``ignore_index`` count in no sum.
+    whether the target is c. Pixels whose target is ``ignore_index`` count in no sum. Under torchrun each
+    rank sums its own batch (nnU-Net gathers them across ranks; here the ranks are not synchronised).
 
     logits [N, C, h, w] (C >= 2), target [N, h, w] integers (no cropping here). Computed in float32 (or
     the logits' type if wider).

@@ -6,6 +6,7 @@ import pytest
 import tifffile
 
 from unet_fast import image_io
+from ome_zarr_files import write_ome_zarr_axes
 from optional_deps import needs_zarr
 
 
@@ -82,6 +83,26 @@ def test_grey_saved_in_colour_is_read_as_grey_and_colour_as_channels(tmp_path, m
     assert declared.axes == "CYX" and declared.shape == (len(bands), 23, 31)
     with pytest.raises(image_io.ImageTooLargeError, match="above the limit of 100"):
         image_io.read_image(tmp_path / "grey.png", max_pixels=100)
+
+
+@needs_zarr
+@pytest.mark.parametrize("shape, axes", [((1, 1, 1, 20, 30), "CYX"), ((1, 2, 1, 20, 30), "CYX"),
+                                         ((1, 1, 3, 20, 30), "ZCYX"), ((4, 1, 1, 20, 30), "TCYX"),
+                                         ((2, 1, 3, 20, 30), "TZCYX")])
+def test_ome_zarr_axes_of_length_one_are_dropped_when_there_are_several(tmp_path, shape, axes):
+    """t, c, z, y, x with one time point and one plane is a 2-D image (of its channels): the axes of length
+    1 other than c go, so that it can be segmented; two axes of more than one stay, for segment to refuse."""
+    from unet_fast.pixel_size import read_pixel_size
+
+    image = np.random.default_rng(5).integers(0, 4000, shape).astype(np.uint16)
+    write_ome_zarr_axes(tmp_path / "a.ome.zarr", image)
+    array, info = image_io.read_image(tmp_path / "a.ome.zarr")
+    reordered = np.moveaxis(image, 1, 2)                                 # t, z, c, y, x: others first
+    expected = reordered[tuple(slice(None) if n in axes else 0 for n in "TZ")]
+    assert info.axes == axes and array.shape == info.shape == expected.shape
+    np.testing.assert_array_equal(np.asarray(array[...]), expected)
+    np.testing.assert_array_equal(array[..., 3:9, 4:11], expected[..., 3:9, 4:11])
+    assert read_pixel_size(tmp_path / "a.ome.zarr").y == 0.5
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path):

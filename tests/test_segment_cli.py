@@ -16,6 +16,7 @@ from tolerances import TOLERANCES
 from unet_fast import cli, image_io, segment
 from unet_fast.inference import predict_tiled
 from unet_fast.pixel_size import read_pixel_size
+from ome_zarr_files import write_ome_zarr_axes
 from optional_deps import needs_zarr
 
 
@@ -80,6 +81,25 @@ def test_probabilities_as_ome_zarr(tmp_path, model_file):
     probabilities = zarr.open_group(str(tmp_path / "out" / "img0.ome.zarr"), mode="r")["0"][...]
     assert status == 0 and probabilities.shape == (2, 30, 41)
     np.testing.assert_allclose(probabilities.sum(0), 1.0, rtol=TOLERANCES[torch.float32][0])
+
+
+@needs_zarr
+def test_ome_zarr_of_bioformats2raw_shape_t_c_z_y_x_with_one_plane(tmp_path, model_file, capsys):
+    """Such a file is a 2-D image: segmented as one, with its pixel size; two extra axes of more than one
+    element are refused, naming them, and the other files go on."""
+    image = np.random.default_rng(6).integers(0, 255, (1, 1, 1, 37, 45)).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    write_ome_zarr_axes(tmp_path / "in" / "plane.ome.zarr", image)
+    write_ome_zarr_axes(tmp_path / "in" / "movie.ome.zarr", np.zeros((2, 1, 3, 20, 20), np.uint8))
+    status = cli.main(["segment", "-i", str(tmp_path / "in" / "plane.ome.zarr"), str(tmp_path / "in" / "movie.ome.zarr"),
+                       "-o", str(tmp_path / "out"), "-m", str(model_file), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert status == 1 and "movie.ome.zarr" in err and "unsupported axes 'TZCYX'" in err
+    labels = tifffile.imread(tmp_path / "out" / "plane.tif")
+    np.testing.assert_array_equal(labels, predict_tiled(unet_fast.load_model(model_file), image[0, 0, 0],
+                                                        progress=False))
+    size = read_pixel_size(tmp_path / "out" / "plane.tif")
+    assert (size.y, size.x) == (0.5, 0.25)
 
 
 class FailsOnThirdForward(unet_fast.UNet):

@@ -71,11 +71,16 @@ def _ome_zarr(path):
     array, axes = image.levels[0], "".join(name.upper() for name in image.names)
     if axes[-2:] != "YX":
         raise ValueError(f"{path}: the last two OME-Zarr axes must be y, x, got {image.names}")
-    order = ([i for i, a in enumerate(axes[:-2]) if a != "C"] + [i for i, a in enumerate(axes) if a == "C"]
+    others = [i for i, a in enumerate(axes[:-2]) if a != "C"]
+    # bioformats2raw and most writers store every image as t, c, z, y, x: one time point of one plane is a 2-D
+    # image, not two extra axes unet_fast cannot process; so with more than one other axis, those of length
+    # 1 go (as tifffile drops them from a TIFF's series)
+    dropped = [i for i in others if array.shape[i] == 1] if len(others) > 1 else []
+    order = ([i for i in others if i not in dropped] + [i for i, a in enumerate(axes) if a == "C"]
              + [len(axes) - 2, len(axes) - 1])
     info = ImageInfo(tuple(array.shape[i] for i in order), np.dtype(array.dtype), "".join(axes[i] for i in order),
                      streamable=True)
-    return (array if order == sorted(order) else _MovedAxes(array, order)), info
+    return (array if order == list(range(array.ndim)) else _MovedAxes(array, order, dropped)), info
 
 
 def image_info(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -128,9 +133,10 @@ def _channels_first_order(axes: str) -> list[int]:
 class _MovedAxes:
     """A lazy view of an array with its axes permuted; indexing reads only what is asked for."""
 
-    def __init__(self, array, order):
+    def __init__(self, array, order, dropped=()):
         self._array = array
         self._order = list(order)
+        self._dropped = set(dropped)     # axes of length 1 left out (indexed at 0); the others are in order
         self.shape = tuple(array.shape[i] for i in self._order)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
@@ -143,11 +149,10 @@ class _MovedAxes:
         key = key + (slice(None),) * (self.ndim - len(key))
         if not all(isinstance(k, (slice, int, np.integer)) for k in key):
             raise TypeError("only integers and slices index a lazy image")
-        inverse = [0] * self.ndim
-        for new, old in enumerate(self._order):
-            inverse[old] = new
-        data = np.asarray(self._array[tuple(key[inverse[old]] for old in range(self.ndim))])
-        kept = [old for old in range(self.ndim) if not isinstance(key[inverse[old]], (int, np.integer))]
+        position = {old: new for new, old in enumerate(self._order)}
+        stored = tuple(0 if old in self._dropped else key[position[old]] for old in range(self._array.ndim))
+        data = np.asarray(self._array[stored])
+        kept = [old for old in range(self._array.ndim) if not isinstance(stored[old], (int, np.integer))]
         return np.transpose(data, [kept.index(old) for old in self._order if old in kept])
 
     def __array__(self, dtype=None, copy=None):

@@ -69,6 +69,22 @@ def test_stack_spacing_and_nanometers(tmp_path):
     assert read_pixel_size(tmp_path / "ij.tif") == PixelSize(0.04, 0.04, "micrometer", z=0.25)
 
 
+def test_y_and_x_in_different_units_are_converted_to_x_s(tmp_path):
+    tifffile.imwrite(tmp_path / "mixed.ome.tif", pixels((2, 30, 40)), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 500,
+                               "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 0.002, "PhysicalSizeZUnit": "mm"})
+    assert read_pixel_size(tmp_path / "mixed.ome.tif") == PixelSize(0.5, 0.25, "micrometer", z=2.0)
+    tifffile.imwrite(tmp_path / "unknown.ome.tif", pixels(), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "pc"})
+    assert read_pixel_size(tmp_path / "unknown.ome.tif") is None
+    if importlib.util.find_spec("zarr") is not None:
+        write_ome_zarr(tmp_path / "a.ome.zarr", pixels(), ANISOTROPIC)
+        edit_multiscale(tmp_path / "a.ome.zarr", lambda m: (m["axes"][0].update(unit="nanometer"),
+                                                            m["datasets"][0]["coordinateTransformations"][0].update(
+                                                                scale=[500.0, 0.25])))
+        assert read_pixel_size(tmp_path / "a.ome.zarr") == ANISOTROPIC
+
+
 def test_a_declared_size_that_is_no_length_counts_as_none(tmp_path):
     """PhysicalSizeX="0" (written for uncalibrated images), NaN or a negative scale used to raise, and segment
     failed the image for its metadata alone; Bio-Formats ignores such sizes, and so does unet_fast now."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pixel_size import PixelSize, _length, _unit_name
+from .pixel_size import PixelSize, _length, _unit_name, in_unit
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,13 @@ class OmeZarrImage:
         """From the y and x axes' scale, where they have a unit unet_fast knows."""
         named = {axis["name"]: (_length(scale), _unit_name(axis.get("unit")))
                  for axis, scale in zip(self.axes, self.scale)}
-        if "y" not in named or "x" not in named or named["y"][1] is None or named["y"][1] != named["x"][1] \
-                or None in (named["y"][0], named["x"][0]):
+        if "y" not in named or "x" not in named:
             return None
-        z = named.get("z", (None, None))
-        return PixelSize(named["y"][0], named["x"][0], named["y"][1], z[0] if z[1] == named["y"][1] else None)
+        unit = named["x"][1]
+        y, x = in_unit(*named["y"], unit), in_unit(*named["x"], unit)     # y may be in another unit than x
+        if y is None or x is None:
+            return None
+        return PixelSize(y, x, unit, in_unit(*named.get("z", (None, None)), unit))
 
 
 def multiscales(path) -> dict | None:

@@ -96,12 +96,20 @@ def _from_ome_xml(xml: str) -> PixelSize | None:
     if y is None or x is None:
         return None
     unit = _unit_name(pixels.get("PhysicalSizeXUnit", "µm"))
-    if unit is None or _unit_name(pixels.get("PhysicalSizeYUnit", "µm")) != unit:
-        return None            # units unet_fast does not convert (or y and x in different ones)
+    y = in_unit(y, _unit_name(pixels.get("PhysicalSizeYUnit", "µm")), unit)
+    if unit is None or y is None:
+        return None            # a unit unet_fast does not know
     z = _length(pixels.get("PhysicalSizeZ"))
-    z = z * MICROMETERS_PER_UNIT[_unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit] \
-        / MICROMETERS_PER_UNIT[unit] if z is not None else None
+    z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit, unit) if z is not None else None
     return PixelSize(y, x, unit, z)
+
+
+def in_unit(length: float | None, unit: str | None, wanted: str | None) -> float | None:
+    """``length`` in ``unit`` converted to ``wanted`` (files may give y and x in different units); None
+    where a unit is unknown."""
+    if length is None or unit not in MICROMETERS_PER_UNIT or wanted not in MICROMETERS_PER_UNIT:
+        return None
+    return length if unit == wanted else length * MICROMETERS_PER_UNIT[unit] / MICROMETERS_PER_UNIT[wanted]
 
 
 def _from_imagej(metadata: dict, page) -> PixelSize | None:

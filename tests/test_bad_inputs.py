@@ -69,6 +69,10 @@ def ws(tmp_path_factory):
     for i, array in enumerate(images):
         tifffile.imwrite(root / "dup_images" / f"x{i}.tif", array)
     image_io.write_image(root / "dup_images" / "x0.png", images[0].astype(np.uint8))
+    tifffile.imwrite(root / "complex.tif", (rng.random((40, 40)) + 1j * rng.random((40, 40))).astype(np.complex64))
+    (root / "complex_images").mkdir()
+    for i, array in enumerate(images):
+        tifffile.imwrite(root / "complex_images" / f"x{i}.tif", array.astype(np.complex64))
     (root / "nan_images").mkdir()
     for i, array in enumerate(images):
         tifffile.imwrite(root / "nan_images" / f"x{i}.tif", np.where(np.arange(array.size).reshape(array.shape) == 7,
@@ -288,6 +292,10 @@ API = [
                                                         memory_budget_bytes=1.5e9), BadArgument, "memory_budget_bytes"),
     ("NaN pixel", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "nan.tif")), NonFiniteInputError,
      "nonfinite"),
+    ("complex pixels", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "complex.tif")), ValueError,
+     "pixels of type complex64; unet_fast segments real numbers"),
+    ("pixels that are objects", lambda ws, t: predict_tiled(tiny_model(), np.full((30, 30), None)), ValueError,
+     "pixels of type object"),
     ("inf pixel, percentiles", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "inf.tif"),
                                                            normalization=Normalization()), NonFiniteInputError,
      "nonfinite"),
@@ -467,6 +475,11 @@ CLI = [
                                                             str(ws / "train_labels"), "-o", str(t / "out")], 2,
      "--images: "),
     ("train on NaN images", lambda ws, t: _train(ws, t, "--images", str(ws / "nan_images")), 2, "'x0'"),
+    ("train on complex images", lambda ws, t: _train(ws, t, "--images", str(ws / "complex_images")), 2,
+     "image 'x0' has pixels of type complex64"),
+    ("evaluate complex images", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"), "--images",
+                                               str(ws / "complex_images"), "--labels", str(ws / "train_labels"), "-o",
+                                               str(t / "out")], 2, "argument --images: image 'x0' has pixels of type"),
     ("train a later label of the wrong shape", lambda ws, t: _train(ws, t, "--labels", str(ws / "later_bad_labels")),
      2, "argument --images and --labels: image 'x1'"),
     ("train a validation label of the wrong shape", lambda ws, t: _validated(ws, t, "bad_val_images", "bad_val_labels"),
@@ -512,6 +525,9 @@ CLI = [
     # failures while working: exit 1, the file named, the others done
     ("segment a NaN image", lambda ws, t: ["segment", "-i", str(ws / "nan.tif"), "-o", str(t / "out"), "-m",
                                            str(ws / "model.safetensors"), "--no-progress"], 1, "NonFiniteInputError"),
+    ("segment a complex image", lambda ws, t: ["segment", "-i", str(ws / "complex.tif"), "-o", str(t / "out"), "-m",
+                                               str(ws / "model.safetensors"), "--no-progress"], 1,
+     "complex.tif: ValueError: image has pixels of type complex64"),
     ("segment a truncated TIFF", lambda ws, t: ["segment", "-i", str(ws / "truncated.tif"), "-o", str(t / "out"),
                                                 "-m", str(ws / "model.safetensors"), "--no-progress"], 1,
      "truncated.tif"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 class BadArgument(ValueError):
     """An argument's value cannot work; ``argument`` is its keyword name (e.g. "output_dir"), which the
@@ -109,3 +111,13 @@ def check_positive_int(value, argument: str, allow_none: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadArgument(argument, f"{argument} must be a positive integer{' or None' if allow_none else ''}, "
                                     f"got {value!r}")
+
+
+def pixel_type_problem(dtype) -> str | None:
+    """Why pixels of ``dtype`` cannot be segmented or trained on (complex would lose its imaginary part;
+    objects and records are no numbers), or None for bool, integer and float pixels."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biuf":
+        return None
+    return (f"has pixels of type {dtype}; unet_fast segments real numbers (bool, integer or float): convert "
+            f"the image first (for complex data, e.g. its magnitude, np.abs)")

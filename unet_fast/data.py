@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from . import geometry
+from . import checks, geometry
 from .geometry import mirror_indices
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomRotation
 from .image_io import atomic_path
@@ -406,6 +406,9 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
     image = np.asarray(image)
+    problem = checks.pixel_type_problem(image.dtype)
+    if problem:
+        raise ValueError(f"image {name!r} {problem}")
     if image.ndim == 2:
         return image[None]
     if image.ndim == 3:

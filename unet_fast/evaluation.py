@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from . import metrics
+from . import checks, metrics
 from .instances import InstanceOptions
 
 __all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files", "check_labelled",
@@ -217,6 +217,9 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error") -> li
         image = _image(image, name)
         if image.ndim not in (2, 3):
             raise _bad("images", f"image {name!r} must be (H, W) or (C, H, W), got shape {image.shape}")
+        problem = checks.pixel_type_problem(image.dtype)
+        if problem:
+            raise _bad("images", f"image {name!r} {problem}")
         channels = 1 if image.ndim == 2 else image.shape[0]
         if channels != in_channels:
             raise _bad("images", f"image {name!r} has {channels} channel(s) (shape {image.shape}); the model "

@@ -75,6 +75,9 @@ class _Source:
                              f"the model expects in_channels={in_channels}")
         if self.height < 1 or self.width < 1 or self.slices < 1:
             raise ValueError(f"image must not be empty, got shape {shape}")
+        problem = checks.pixel_type_problem(getattr(image, "dtype", np.float64))
+        if problem:
+            raise ValueError(f"image {problem}")
 
     def window(self, n: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         ys, xs = mirror_indices(y0, y1, self.height), mirror_indices(x0, x1, self.width)

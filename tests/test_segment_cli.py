@@ -490,3 +490,24 @@ def test_batched_files_keep_their_lines_in_order_and_never_replace_inputs(tmp_pa
     summary = segment.segment_files(files, folder, model, log=lambda *args, **kwargs: None)
     assert len(summary.done) == 0 and sum("would overwrite it" in reason for _, reason in summary.failed) == 6
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_colour_pngs_are_decoded_once_each_small_or_large(tmp_path, model_file, monkeypatch):
+    """The reader threads ask a file's header whether it is small; a PNG in colour used to be decoded whole for
+    that question (to tell grey from colour, which it need not know), then again to be segmented: twice per
+    small file, and a large one decoded ahead of its turn, beside the one being segmented."""
+    from PIL import ImageFile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name, shape in (("small", (30, 41)), ("large", (70, 90))):
+        grey = rng.integers(0, 255, shape).astype(np.uint8)
+        image_io.write_image(folder / f"{name}.png", np.stack([grey] * 3 + [np.full_like(grey, 255)], -1))
+    monkeypatch.setattr(segment, "SMALL_FILE_PIXELS", 40 * 50)
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image))
+    assert cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--no-progress"]) == 0
+    assert sorted(decoded) == [(41, 30), (90, 70)]

@@ -85,8 +85,8 @@ def _ome_zarr(path):
 
 def image_info(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Shape, dtype and axes declared by a TIFF/PNG/JPEG file or an OME-Zarr image, without decoding pixels;
-    except a PNG/JPEG in colour within ``max_pixels`` (None: any), decoded to see whether it is grey saved
-    in colour (``grey_saved_in_colour``)."""
+    except a PNG/JPEG in colour within ``max_pixels`` (None: any; 0: none, the header alone), decoded to see
+    whether it is grey saved in colour (``grey_saved_in_colour``)."""
     path = Path(path)
     suffix = _suffix(path)
     if is_zarr_image(path):

@@ -326,7 +326,9 @@ class _Segmenter:
     def load(self, path: Path, target: Path, overlay: Path, ahead: bool = False) -> _File | None:
         """The file opened and checked: lazily, or read whole when it is small. ahead (on a reader thread):
         None for a file that is not small, opened only in its turn, so that memory holds one such at a time."""
-        if ahead and not self.small(image_io.image_info(path)):
+        # the header only (max_pixels=0: a colour PNG is not decoded to tell grey from colour, which small() need not
+        # know): a large file stays unread until its turn, and a small one is decoded once, below
+        if ahead and not self.small(image_io.image_info(path, max_pixels=0)):
             return None
         image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
         _check_scaled_pixels(info, path, self.factor, self.max_pixels)

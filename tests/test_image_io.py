@@ -85,6 +85,37 @@ def test_grey_saved_in_colour_is_read_as_grey_and_colour_as_channels(tmp_path, m
         image_io.read_image(tmp_path / "grey.png", max_pixels=100)
 
 
+
+def _png_16_bits(path, image, colour_type):
+    """A 16-bit PNG (which Pillow cannot write in colour): image (H, W, bands), big-endian rows, no filter."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in image)
+    header = struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("mode, colour_type, colours", [("LA", 4, 1), ("RGB", 2, 3), ("RGBA", 6, 3)])
+def test_a_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path, mode, colour_type, colours):
+    """Pillow reads 16-bit colour PNGs as 8-bit modes, keeping each band's high byte: grey 1000 saved as LA
+    was read as a grey image of 3. A 16-bit grey PNG keeps its values."""
+    grey = np.random.default_rng(7).integers(0, 4096, (9, 11)).astype(np.uint16)
+    opaque = [np.full_like(grey, 65535)] if "A" in mode else []
+    _png_16_bits(tmp_path / "a.png", np.stack([grey] * colours + opaque, -1), colour_type)
+    for read in (image_io.read_image, image_io.image_info):
+        with pytest.raises(ValueError, match=f"a.png: a 16-bit colour PNG \\({mode};16B\\).*save it as a TIFF"):
+            read(tmp_path / "a.png")
+    _png_16_bits(tmp_path / "grey.png", grey[..., None], 0)
+    array, info = image_io.read_image(tmp_path / "grey.png")
+    assert info.axes == "YX" and array.dtype == np.uint16
+    np.testing.assert_array_equal(array, grey)
+
+
 @needs_zarr
 @pytest.mark.parametrize("shape, axes", [((1, 1, 1, 20, 30), "CYX"), ((1, 2, 1, 20, 30), "CYX"),
                                          ((1, 1, 3, 20, 30), "ZCYX"), ((4, 1, 1, 20, 30), "TCYX"),

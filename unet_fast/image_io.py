@@ -241,6 +241,11 @@ def _pil_image(path, max_pixels: int | None, decode: bool = False):
     with Image.open(path) as img:
         width, height = img.size
         bands, mode = len(img.getbands()), img.mode
+        rawmode = img.tile[0][3] if img.tile else ""        # PNG: a string; JPEG: (rawmode, ...)
+        rawmode = rawmode if isinstance(rawmode, str) else str(rawmode[0]) if rawmode else ""
+        if bands > 1 and ";16" in rawmode:     # Pillow has no 16-bit colour modes: it keeps each band's high byte
+            raise ValueError(f"{path}: a 16-bit colour PNG ({rawmode}), whose values Pillow would cut to their "
+                             f"high 8 bits; save it as a TIFF (a grey one as a 16-bit grey PNG or a TIFF)")
         dtype = np.dtype(np.uint16) if mode.startswith("I;16") else (
             np.dtype(np.int32) if mode == "I" else np.dtype(np.float32) if mode == "F" else np.dtype(np.uint8))
         declared = ImageInfo((height, width) if bands == 1 else (bands, height, width), dtype,

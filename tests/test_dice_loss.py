@@ -59,6 +59,17 @@ def test_soft_dice_matches_the_oracle_and_its_gradient(n, c, h, w, layout):
     np.testing.assert_allclose(soft_dice_loss(x.detach().float(), t).item(), oracle(logits, target), rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("c, ignore_index", [(3, 2), (3, 0), (2, 1)])
+def test_an_ignore_index_that_is_a_class_leaves_its_pixels_out_of_every_sum(c, ignore_index):
+    """The target of an ignored pixel used to count as truth of the class ignore_index names (probabilities
+    were masked, truth not): ignoring class 2 of 3 scored its Dice against pixels the loss was told to leave out."""
+    logits, target = _inputs(2, c, 9, 8, seed=11, ignored=0)
+    target[:, :3] = ignore_index
+    loss = soft_dice_loss(torch.tensor(logits), torch.tensor(target), ignore_index=ignore_index)
+    assert loss.item() == pytest.approx(oracle(logits, target, ignore_index), rel=1e-12)
+
+
 def test_soft_dice_known_values():
     target = torch.tensor([[[0, 1], [1, 1]]])
     sure = torch.stack([(target == 0).double(), (target == 1).double()], 1) * 60 - 30   # softmax ~ one-hot

@@ -75,8 +75,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
                          f"got shape {tuple(target.shape)}")
     probabilities = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), 1)[:, 1:]
     classes = torch.arange(1, logits.shape[1], device=target.device).view(1, -1, 1, 1)
-    truth = (target.unsqueeze(1) == classes).to(probabilities.dtype)
-    probabilities = probabilities * (target != ignore_index).unsqueeze(1)
+    valid = (target != ignore_index).unsqueeze(1)     # ignore_index may be a class: its pixels are no one's truth
+    truth = ((target.unsqueeze(1) == classes) & valid).to(probabilities.dtype)
+    probabilities = probabilities * valid
     dims = (0, 2, 3)
     overlap = (probabilities * truth).sum(dims)
     total = probabilities.sum(dims) + truth.sum(dims)

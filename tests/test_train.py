@@ -116,6 +116,34 @@ def test_resume_refuses_other_files_and_other_seeds(nuclei, tmp_path):
         run(train, 2, tmp_path, resume=tmp_path / "missing.safetensors")
 
 
+
+def test_resume_of_a_run_from_before_dice_keeps_it_without(nuclei, tmp_path):
+    """A checkpoint whose recipe has no dice trained with cross-entropy alone: resuming it with a recipe that
+    adds a Dice term (as the default recipe does) was accepted, and the run went on with another loss; it is
+    refused, as any other changed training value, and with dice 0 it goes on."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from unet_fast.recipes import get_recipe
+
+    train, _ = nuclei
+    run(train, 1, tmp_path)
+    path = tmp_path / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    recipe = json.loads(metadata["recipe"])
+    assert recipe.pop("dice") == 0.0                                     # the paper's recipe
+    save_file(tensors, str(path), {**metadata, "recipe": json.dumps(recipe)})
+    with pytest.raises(ValueError, match=r"other values \(dice 0.0 -> 1.0\)"):
+        run(train, 2, tmp_path, resume=path, recipe=dataclasses.replace(get_recipe("paper"), dice=1.0))
+    _, result = run(train, 2, tmp_path, resume=path)
+    assert len(result.history) == 2
+
+
 def test_validation_and_logs(nuclei, tmp_path):
     train, val = nuclei
     result = fit(tiny_net(), train, val, epochs=2, tile_size=44, tiles_per_epoch=2, log_dir=tmp_path)

@@ -265,6 +265,7 @@ def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
     if not isinstance(saved, dict):
         return
+    saved = {"dice": 0.0, **saved}      # runs from before the Dice term trained with cross-entropy alone
     changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in RESUMED_FIELDS
                if name in saved and saved[name] != getattr(recipe, name)]
     if changed:

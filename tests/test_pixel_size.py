@@ -85,6 +85,17 @@ def test_y_and_x_in_different_units_are_converted_to_x_s(tmp_path):
         assert read_pixel_size(tmp_path / "a.ome.zarr") == ANISOTROPIC
 
 
+
+@pytest.mark.parametrize("unit", ["pm", "in", "reference frame"])
+def test_a_plane_spacing_in_a_unit_unet_fast_does_not_know_counts_as_none(tmp_path, unit):
+    """It was taken to be in x's unit: 2 picometres (or inches) between planes read as 2 micrometres, and
+    written into every output."""
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels((2, 30, 40)), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
+                               "PhysicalSizeZUnit": unit})
+    assert read_pixel_size(tmp_path / "a.ome.tif") == PixelSize(0.5, 0.25, "micrometer", z=None)
+
+
 def test_a_declared_size_that_is_no_length_counts_as_none(tmp_path):
     """PhysicalSizeX="0" (written for uncalibrated images), NaN or a negative scale used to raise, and segment
     failed the image for its metadata alone; Bio-Formats ignores such sizes, and so does unet_fast now."""

@@ -100,7 +100,7 @@ def _from_ome_xml(xml: str) -> PixelSize | None:
     if unit is None or y is None:
         return None            # a unit unet_fast does not know
     z = _length(pixels.get("PhysicalSizeZ"))
-    z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")) or unit, unit) if z is not None else None
+    z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")), unit)    # an unknown unit: no z
     return PixelSize(y, x, unit, z)
 
 

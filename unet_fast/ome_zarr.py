@@ -33,7 +33,10 @@ class OmeZarrImage:
         y, x = in_unit(*named["y"], unit), in_unit(*named["x"], unit)     # y may be in another unit than x
         if y is None or x is None:
             return None
-        return PixelSize(y, x, unit, in_unit(*named.get("z", (None, None)), unit))
+        # the spacing of planes where there are planes: a z of length 1 is dropped when read (``image_io``) beside
+        # a longer t, which its spacing must not describe
+        planes = self.levels[0].shape[self.names.index("z")] if "z" in named else 1
+        return PixelSize(y, x, unit, in_unit(*named["z"], unit) if planes > 1 else None)
 
 
 def multiscales(path) -> dict | None:

@@ -61,6 +61,16 @@ def test_files_without_a_physical_size_give_none(tmp_path):
     assert [read_pixel_size(tmp_path / n) for n in ("plain.tif", "uncalibrated.tif", "photo.png")] == [None] * 3
 
 
+def test_a_time_series_of_one_plane_has_no_plane_spacing(tmp_path):
+    """tifffile reads t, z, y, x with one plane as TYX, segmented as a stack: its time points are no planes
+    PhysicalSizeZ apart. Three planes keep their spacing."""
+    for planes in (1, 3):
+        tifffile.imwrite(tmp_path / f"t{planes}.ome.tif", pixels((4, planes, 30, 40)), ome=True,
+                         metadata={"axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
+    assert read_pixel_size(tmp_path / "t1.ome.tif") == PixelSize(0.5, 0.5)
+    assert read_pixel_size(tmp_path / "t3.ome.tif") == PixelSize(0.5, 0.5, z=2.0)
+
+
 def test_stack_spacing_and_nanometers(tmp_path):
     size = PixelSize(y=40.0, x=40.0, unit="nanometer", z=250.0)
     write_ome_tiff(tmp_path / "em.ome.tif", pixels((3, 30, 40)), size, axes="ZYX")

@@ -99,7 +99,8 @@ def _from_ome_xml(xml: str) -> PixelSize | None:
     y = in_unit(y, _unit_name(pixels.get("PhysicalSizeYUnit", "µm")), unit)
     if unit is None or y is None:
         return None            # a unit unet_fast does not know
-    z = _length(pixels.get("PhysicalSizeZ"))
+    # one plane has no spacing to keep (and with time points, tifffile reads them as the planes: TYX)
+    z = _length(pixels.get("PhysicalSizeZ")) if pixels.get("SizeZ") != "1" else None
     z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")), unit)    # an unknown unit: no z
     return PixelSize(y, x, unit, z)
 

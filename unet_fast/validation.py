@@ -26,7 +26,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
              instance_options: InstanceOptions | None = None) -> dict:
     """Whole-image validation by overlap-tile inference (``predict_tiled``): {"loss", "iou", "object_f1"}.
 
-    loss: the weighted loss per pixel; the predicted objects are the instances of the predicted
+    loss: ``loss_fn`` (default: the weighted cross-entropy; in ``fit``, the training loss, its Dice term
+    included) of each whole image, averaged over the images weighted by their pixels; the predicted objects are the instances of the predicted
     foreground (every class but 0) by ``instance_options`` (default: ``InstanceOptions()``, as
     ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
     images; object_f1: their F1 matched to the labelled instances at IoU >= 0.5

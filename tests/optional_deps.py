@@ -1,8 +1,8 @@
 """Skip markers for tests that need a package some machines lack.
 
 zarr is a declared dependency, but the GPU machines run without it (benchmarks/README.md): there
-unet_fast.image_io cannot open a TIFF lazily (it reads one through zarr) nor any OME-Zarr image, and
-the tests that do skip.
+unet_fast.image_io opens no OME-Zarr image and reads TIFFs through a memory map or whole instead of
+through zarr, and the tests that need zarr itself skip.
 """
 import importlib.util
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import zarr
 from PIL import Image
 from scipy import ndimage
 
@@ -21,6 +20,7 @@ from unet_fast.instances import InstanceOptions
 from unet_fast.normalization import Normalization
 from unet_fast.synthetic import synthetic_nuclei
 from toy_models import Threshold
+from optional_deps import needs_zarr
 
 
 @pytest.fixture
@@ -121,7 +121,10 @@ def test_cli_evaluate(nuclei, model_file, capsys):
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
 
 
+@needs_zarr
 def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
+    import zarr
+
     folder, _ = nuclei
     model = unet_fast.load_model(model_file)
     for fmt in ("tif", "ome.zarr"):

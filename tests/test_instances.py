@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import zarr
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage
 
@@ -15,6 +14,7 @@ from unet_fast.normalization import Normalization
 from unet_fast.pixel_size import PixelSize, read_pixel_size
 from unet_fast.synthetic import synthetic_nuclei
 from unet_fast.weights import separate_touching
+from optional_deps import needs_zarr
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -175,7 +175,10 @@ def test_stacks_are_labelled_plane_by_plane_and_large_counts_take_uint32():
     assert many.dtype == np.uint32 and many.max() == 260 * 260
 
 
+@needs_zarr
 def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
+    import zarr
+
     mask = blobs(3, 40, 50, "nuclei")
     want = label_instances(mask)
     monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)     # scratch arrays as files beside the output

@@ -179,7 +179,8 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
 
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
-    indexing decodes only the tiles/strips touched. PNG/JPEG are decoded into numpy; one that is grey
+    indexing decodes only the tiles/strips touched; without zarr installed, a memory map where the file
+    allows one, else the whole image decoded. PNG/JPEG are decoded into numpy; one that is grey
     saved in colour (``grey_saved_in_colour``) comes as YX.
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
@@ -198,11 +199,11 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
-        if lazy:
-            import zarr
-
+        if lazy and _zarr() is not None:
             store = tifffile.imread(path, aszarr=True, series=0, level=0)
-            array = zarr.open(store, mode="r")
+            array = _zarr().open(store, mode="r")
+        elif lazy:
+            array = _tiff_without_zarr(path)
         else:
             array = tifffile.imread(path, series=0)
         with tifffile.TiffFile(path) as tif:
@@ -212,6 +213,27 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
             array = _MovedAxes(array, order) if lazy else np.transpose(array, order)
         return array, info
     raise AssertionError(f"image_info accepted {suffix!r}")  # it raises for every other type
+
+
+def _zarr():
+    """The zarr module, or None where it is missing (a declared dependency, but the GPU machines of
+    benchmarks/README.md run without it)."""
+    try:
+        import zarr
+    except ImportError:
+        return None
+    return zarr
+
+
+def _tiff_without_zarr(path):
+    """A TIFF's first series without zarr: memory-mapped where its pixels are stored uncompressed in one
+    piece (still read piece by piece), else decoded whole."""
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, series=0, mode="r")
+    except ValueError:     # compressed, tiled or scattered: tifffile cannot map it
+        return tifffile.imread(path, series=0)
 
 
 #: Pillow modes of colour images that may hold a grey image: grey + alpha, RGB, RGB + alpha

@@ -1,5 +1,6 @@
 """unet_fast.image_io: lazy reading with a pixel limit, atomic writing; and the deprecated unet_fast.io."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,8 @@ def test_without_zarr_a_tiff_is_memory_mapped_or_read_whole(tmp_path, monkeypatc
             assert isinstance(array, kind)
         np.testing.assert_array_equal(np.asarray(array[..., 3:9, 4:11]), expected[..., 3:9, 4:11])
         np.testing.assert_array_equal(np.asarray(array[...]), expected)
+        # it still names its file, so that no output replaces it
+        assert Path(getattr(getattr(array, "_array", array), "filename")) == tmp_path / f"{name}.tif"
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path):

@@ -233,7 +233,16 @@ def _tiff_without_zarr(path):
     try:
         return tifffile.memmap(path, series=0, mode="r")
     except ValueError:     # compressed, tiled or scattered: tifffile cannot map it
-        return tifffile.imread(path, series=0)
+        decoded = tifffile.imread(path, series=0).view(_DecodedFile)
+        decoded.filename = str(path)
+        return decoded
+
+
+class _DecodedFile(np.ndarray):
+    """A file decoded whole that says which file it is (``filename``, as a numpy.memmap does), so that
+    ``predict_tiled`` still refuses an ``out`` that would replace it."""
+
+    filename: str | None = None
 
 
 #: Pillow modes of colour images that may hold a grey image: grey + alpha, RGB, RGB + alpha

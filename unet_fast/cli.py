@@ -195,7 +195,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     """(recipe, seed, tile size) of the run ``--resume`` continues: the checkpoint's. A flag given with
     another value than the run's is a usage error (resuming continues the same run with the same
     options), except --epochs, which may extend or shorten the run but not below the epochs done."""
-    from .recipes import RECIPES, Recipe
+    from .recipes import RECIPES, UNRECORDED_VALUES, Recipe
 
     def refuse(dest, value, saved, what=None):
         raise BadArgument(dest, f"{args.resume} was trained with {what or dest} {saved!r}, got {value!r}: --resume "
@@ -221,11 +221,8 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
             refuse("tile_size", tile_size, state["tile_size"], "tile size")
         tile_size = state["tile_size"]
     saved = state.get("recipe")
-    if isinstance(saved, dict) and "object_size" not in saved and given.get("object_size", 0.0) != 0.0:
-        refuse("object_size", given["object_size"], 0, "object size (a run from before --object-size)")
-    if isinstance(saved, dict) and "dice" not in saved and given.get("dice", 0.0) != 0.0:
-        refuse("dice", given["dice"], 0, "Dice weight (a run from before --dice)")
     if isinstance(saved, dict):            # checkpoints of earlier versions have none: the flags' recipe
+        saved = {**UNRECORDED_VALUES, **saved}
         if args.recipe is not None and args.recipe != saved.get("name"):
             refuse("recipe", args.recipe, saved.get("name"), "recipe")
         for name, value in given.items():
@@ -235,9 +232,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
         with _blame("resume"):
             known = {field.name for field in dataclasses.fields(Recipe)}
             recipe = dataclasses.replace(RECIPES.get(saved.get("name"), RECIPES["default"]),
-                                         **{"object_size": 0.0,    # runs from before object_size: never resampled
-                                            "dice": 0.0,           # and from before dice: cross-entropy alone
-                                            **{key: value for key, value in saved.items() if key in known}})
+                                         **{key: value for key, value in saved.items() if key in known})
     changes = {name: config[name] for name in NETWORK_FIELDS if name in config}
     if args.epochs is not None:
         changes["epochs"] = args.epochs

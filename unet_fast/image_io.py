@@ -199,9 +199,9 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
-        if lazy and _zarr() is not None:
-            store = tifffile.imread(path, aszarr=True, series=0, level=0)
-            array = _zarr().open(store, mode="r")
+        zarr = _zarr() if lazy else None
+        if zarr is not None:
+            array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
         elif lazy:
             array = _tiff_without_zarr(path)
         else:

@@ -29,7 +29,7 @@ from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomNoise, RandomRot90, \
     RandomRotation
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
+__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -198,6 +198,11 @@ RECIPES = {
                     lr_schedule="constant", warmup_steps=0, flips=True, rotation="any", elastic_sigma=10.0,
                     grey_values=True),
 }
+
+
+#: what a run trained with whose saved recipe predates a field: never resampled, cross-entropy alone
+#: (resuming it keeps these, and a flag asking for another value is refused)
+UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0}
 
 
 def get_recipe(recipe: "str | Recipe") -> Recipe:

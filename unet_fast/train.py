@@ -29,7 +29,7 @@ from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import training_loss
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
-from .recipes import Recipe, get_recipe
+from .recipes import UNRECORDED_VALUES, Recipe, get_recipe
 from .torchrun import Torchrun
 from .training_logs import Progress, format_row, write_logs
 from .validation import evaluate
@@ -265,7 +265,7 @@ def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
     if not isinstance(saved, dict):
         return
-    saved = {"dice": 0.0, **saved}      # runs from before the Dice term trained with cross-entropy alone
+    saved = {**UNRECORDED_VALUES, **saved}      # what runs saved before a field existed trained with
     changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in RESUMED_FIELDS
                if name in saved and saved[name] != getattr(recipe, name)]
     if changed:

@@ -27,9 +27,9 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     """Whole-image validation by overlap-tile inference (``predict_tiled``): {"loss", "iou", "object_f1"}.
 
     loss: ``loss_fn`` (default: the weighted cross-entropy; in ``fit``, the training loss, its Dice term
-    included) of each whole image, averaged over the images weighted by their pixels; the predicted objects are the instances of the predicted
-    foreground (every class but 0) by ``instance_options`` (default: ``InstanceOptions()``, as
-    ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
+    included) of each whole image, averaged over the images weighted by their pixels; the predicted objects
+    are the instances of the predicted foreground (every class but 0) by ``instance_options`` (default:
+    ``InstanceOptions()``, as ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
     images; object_f1: their F1 matched to the labelled instances at IoU >= 0.5
     (``metrics.object_scores``), pooled over images. An image with no true and no predicted object adds
     nothing to either (it is left out, not scored 1.0); when no image has a true or a predicted

@@ -495,13 +495,16 @@ def stage_pipeline(s: Setting, record: Recorder) -> None:
     print(f"[pipeline] bare forward, first call: {time.perf_counter() - began:.1f} s", flush=True)
     bare = s.time(first, min_reps=2, max_reps=3)
     print(f"[pipeline] bare forward timed: {bare.median_ms:.0f} ms ({time.perf_counter() - began:.1f} s)", flush=True)
+    if s.device == "cuda":  # H100 run of 2026-11-26: out of memory at batch 19 after this forward; peak to compare
+        torch.cuda.reset_peak_memory_stats()
     predict_tiled(model, large, dtype=dtype, progress=False)
-    print(f"[pipeline] predict_tiled, first call: {time.perf_counter() - began:.1f} s", flush=True)
+    peak_gib = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if s.device == "cuda" else None
+    print(f"[pipeline] predict_tiled, first call: {time.perf_counter() - began:.1f} s; peak {peak_gib} GiB", flush=True)
     piped = s.time(lambda: predict_tiled(model, large, dtype=dtype, progress=False), min_reps=2, max_reps=3)
     record("large_image", size=s.large_size, tile=list(plan.tile), batch=plan.batch_size, tiles=plan.tiles,
            timing=piped.as_dict(), bare_timing=bare.as_dict(),
            tiles_per_s=round(plan.tiles / (piped.median_ms / 1e3), 1),
-           overhead=round(piped.median_ms / bare.median_ms - 1, 4), plan=plan.explain())
+           overhead=round(piped.median_ms / bare.median_ms - 1, 4), plan=plan.explain(), peak_memory_gib=peak_gib)
 
 
 STAGES = {"ceilings": stage_ceilings, "network": stage_network, "max_autotune": stage_max_autotune,

@@ -14,6 +14,7 @@ from unet_fast import geometry, ops
 from unet_fast.ops import conv3x3_relu
 from unet_fast.ops.conv3x3 import conv3x3_relu_reference
 from unet_fast.ops.triton import conv3x3 as kernels
+from unet_fast.ops.triton import conv3x3_configs as configs
 from unet_fast.ops.triton.conv3x3_configs import Config
 from tolerances import assert_close, assert_within_twice_plain_error
 from triton_device import DEVICE, exact_fp32, needs_bf16_interpreter, needs_triton
@@ -397,10 +398,10 @@ def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, s
     x, weight, bias, skip = (t.detach() if t is not None else None
                              for t in make(batch, cx, cs, h, w, sh, sw, cout, "channels_last"))
     config = dataclasses.replace(TMA, swap=swap)
-    with exact_fp32():
+    with exact_fp32():  # the plan too: with TF32 allowed, fp32 layers of 16+ channels round and take no TMA
         out, _ = kernels.conv3x3_forward(x, weight, bias, skip, padding, config=config)
-    launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, None, padding, False,
-                                  config=config)
+        launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, None, padding, False,
+                                      config=config)
     assert launch.kernel is kernels.conv3x3_tma_kernel
     (expected,) = oracle(x, weight, bias, skip, padding)
     assert_close(out, expected, dtype=torch.float32)
@@ -477,6 +478,9 @@ def test_tma_applies_only_where_descriptors_can():
     assert not case(cx=5)          # a pixel's 20 bytes: strides not 16-byte multiples
     assert not case(cout=6)        # weight rows of 24 bytes
     assert not case(cs=5, skip_size=14)  # skip's window: strides of 20 bytes
+    wide = dataclasses.replace(TMA, block_n=configs.TMA_MAX_BLOCK_N * 2)  # wrong on an H100: pointer kernel
+    assert not kernels.tma_applies(torch.randn(2, 8, 10, 10).contiguous(memory_format=cl), None,
+                                   torch.randn(72, 128), None, False, wide)
 
 
 def test_default_implementations():

@@ -239,6 +239,36 @@ def test_junit_counts(tmp_path):
     assert gpu_run.junit_counts(path) == "junit unreadable"
 
 
+def test_a_verbose_log_names_the_failures_of_a_stage_stopped_by_its_cap(tmp_path):
+    """The H100 run of 2026-11-26: the whole suite, stopped at 92 % by its cap, left no junit file and a -q log
+    of dots: six failures nobody could name. Now the stage logs a line per test (-v)."""
+    log = tmp_path / "full_tests.log"
+    assert gpu_run.failures_in_log(log) is None
+    log.write_text("bringing up nodes...\n"
+                   "[gw0] [  1%] PASSED tests/test_a.py::test_one \n"
+                   "[gw1] [  2%] FAILED tests/test_b.py::test_two[x-1] \n"
+                   "[gw0] [  3%] SKIPPED tests/test_a.py::test_three \n"
+                   "[gw1] [ 92%] ERROR tests/test_c.py::test_four \n")
+    assert gpu_run.failures_in_log(log) == ("stopped at 92% (4 tests ended): 2 failed "
+                                            "(tests/test_b.py::test_two[x-1]; tests/test_c.py::test_four)")
+    log.write_text("tests/test_a.py::test_one PASSED                    [ 50%]\n"
+                   "tests/test_a.py::test_two FAILED                    [100%]\n")  # without xdist
+    assert gpu_run.failures_in_log(log) == "stopped at 100% (2 tests ended): 1 failed (tests/test_a.py::test_two)"
+    log.write_text("....F....\n")
+    assert gpu_run.failures_in_log(log) is None
+    assert "-v" in gpu_run.pytest_args(["tests/"], tmp_path / "x.xml", verbose=True)
+
+
+def test_packing_into_out_itself(tmp_path, monkeypatch):
+    """gpu.sh --budget N "$OUT" (the results folder is $OUT): packing copied each file onto itself and failed
+    (shutil.SameFileError) after every stage had run."""
+    run = gpu_run.Run(tmp_path, 480, dry_run=False)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    info = {"gpu": "NVIDIA H100", "python": "3.12.3"}
+    packed = gpu_run.pack(run, gpu_run.stages(), info)
+    assert {p.name for p in packed} == PACKED and all(p.parent == tmp_path and p.stat().st_size for p in packed)
+
+
 def test_summary_tables_and_file(tmp_path):
     network = gpu_run.network_table(SYNTHETIC)
     assert network[2].startswith("| triton | forward | 5.00 | 0.625 | 480.0 | 1.5 | 5.0e-03 (5.0e-03) | 2.00x |")

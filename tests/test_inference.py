@@ -282,3 +282,17 @@ def test_gpu_plans_cap_the_tile_and_batch_instead():
     assert small.grid == (1, 1) and "one tile" in small.reason
     cpu = plan_tiles(model, (3000, 3000), device="cpu", memory_budget_bytes=huge)
     assert cpu.grid == (1, 1) and cpu.tile[0] > MAX_ACCELERATOR_TILE
+
+
+def test_gpu_memory_budget_counts_what_pytorch_holds_unused(monkeypatch):
+    """Blocks PyTorch's caching allocator keeps from earlier work count as free: the driver alone said a third
+    less on an H100 after one forward pass, and predict_tiled planned (and then retried) smaller batches."""
+    from unet_fast import inference, tiling
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 8000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 600)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 100)
+    assert tiling.cuda_free_bytes("cuda") == 1500
+    assert tiling.memory_budget("cuda") == 1200
+    assert inference.available_memory("cuda") == 1500
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 700)  # never less than the driver's
+    assert tiling.cuda_free_bytes("cuda") == 1000

@@ -27,8 +27,8 @@ from .ops.frozen_weights import frozen_weights
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import has_tile_graph, tile_graph
-from .tiling import (TilePlan, estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
-                     parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
+from .tiling import (TilePlan, cuda_free_bytes, estimate_activation_bytes, kept_output, memory_budget, model_device,
+                     model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
 __all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
            # planning moved to unet_fast.tiling; importable from here as before
@@ -538,7 +538,7 @@ def available_memory(device) -> int | None:
     """Bytes free on ``device`` now (MemAvailable on the CPU); None where it cannot be told."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        return cuda_free_bytes(device)
     try:
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))

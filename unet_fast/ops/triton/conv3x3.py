@@ -646,9 +646,11 @@ def _tma_operand_ok(t: torch.Tensor) -> bool:
 def tma_applies(x, skip_window, w_packed, pooled, round_tf32: bool, config: configs.Config) -> bool:
     """Whether conv3x3_tma_kernel can run these operands with ``config``: no pooled epilogue, no TF32 rounding
     (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors (x, the window of skip the
-    forward reads, the packed weight) and a patch of 16-pixel rows."""
+    forward reads, the packed weight), a patch of 16-pixel rows and an output-channel tile the kernel was
+    measured right with on a GPU (configs.TMA_MAX_BLOCK_N)."""
     cout = w_packed.shape[1]
-    return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0 and config.block_n <= 256
+    return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0
+            and config.block_n <= configs.TMA_MAX_BLOCK_N
             and _tma_operand_ok(x) and (skip_window is None or _tma_operand_ok(skip_window))
             and w_packed.is_contiguous() and cout * w_packed.element_size() % 16 == 0
             and w_packed.data_ptr() % 16 == 0)

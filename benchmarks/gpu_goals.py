@@ -24,6 +24,7 @@ to prove the script runs; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -214,6 +215,21 @@ def _selected(names, env="UNET_FAST_BENCH_VARIANTS"):
     return [n for n in names if not chosen or n in chosen.split(",")]
 
 
+@contextlib.contextmanager
+def conv_table(path):
+    """The conv3x3 kernels choose their tiles from the table at ``path`` inside this context: the table that
+    ships timed beside the one the tune stage just wrote, in the same run, before either is committed."""
+    from unet_fast.ops.triton import conv3x3_configs as configs
+    saved = configs.TABLE_PATH
+    configs.TABLE_PATH = Path(path)
+    configs.table.cache_clear()
+    try:
+        yield
+    finally:
+        configs.TABLE_PATH = saved
+        configs.table.cache_clear()
+
+
 def stage_network(s: Setting, record: Recorder) -> None:
     torch.backends.cudnn.benchmark = True  # the cuDNN baseline at full strength
     ref = _network_models(s)
@@ -229,6 +245,15 @@ def stage_network(s: Setting, record: Recorder) -> None:
         for mode in modes:
             _time_network(s, record, name, model, reference_results, x, grad, mode)
         del model
+    shipped = os.environ.get("UNET_FAST_SHIPPED_TABLE")  # set by gpu_run when its tune stage rewrote the table
+    if shipped and Path(shipped).exists() and not s.dry_run and _selected(["triton_shipped_table"]):
+        with conv_table(shipped):
+            model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS["triton"]).to(s.device, s.dtype)
+            model.load_state_dict(ref.state_dict())
+            model = model.to(memory_format=torch.channels_last).eval()
+            for mode in modes:
+                _time_network(s, record, "triton_shipped_table", model, reference_results, x, grad, mode)
+            del model
     if s.dry_run:
         record("compiled_reference_default", skipped="dry run: no torch.compile")
         return

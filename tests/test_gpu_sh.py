@@ -347,3 +347,18 @@ def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
         names = set(tar.getnames())
     assert {f"logs/{name}.log" for name in stages_run} <= names
     assert {"logs/build.log", "logs/correctness.xml", "logs/full_tests.xml"} <= names
+
+
+def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
+    """After the tune stage rewrote the package's table (H100, 2026-11-26: with wrong TMA tiles), the network
+    stage could only time the new table; the one that ships is now timed in the same run (conv_table)."""
+    spec = importlib.util.spec_from_file_location("gpu_goals", ROOT / "benchmarks" / "gpu_goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    from unet_fast.ops.triton import conv3x3_configs as configs
+    before = configs.table()
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps({"devices": {"sm90-132": {"forward/bf16/0+64->64/1024": [128, 64, 64, 8, 3, False]}}}))
+    with goals.conv_table(shipped):
+        assert configs.table() == {"sm90-132": {"forward/bf16/0+64->64/1024": configs.Config(128, 64, 64, 8, 3)}}
+    assert configs.table() == before and configs.TABLE_PATH.name == "conv3x3_configs.json"

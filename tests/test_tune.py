@@ -99,14 +99,6 @@ def test_winners_reject_a_candidate_whose_error_is_an_outlier():
     assert forward[3]["ok"]  # winners works on copies: a results file's records stay as measured
 
 
-def test_tma_candidates_only_where_the_kernel_was_measured_right():
-    for kind in ("forward", "dgrad"):
-        for channels in ((0, 64, 64), (0, 128, 128), (256, 256, 256), (0, 512, 1024)):
-            found = configs.candidates(kind, "bf16", *channels, tma=True, rows=1 << 20)
-            assert all(c.block_n <= configs.TMA_MAX_BLOCK_N for c in found if c.tma)
-    assert any(c.tma for c in configs.candidates("forward", "bf16", 0, 64, 64, tma=True))
-
-
 def test_table_from_saved_results(tmp_path, monkeypatch):
     results = tmp_path / "tune.json"
     results.write_text(json.dumps({"device": "sm90-132", "measured_on": {"gpu": "H"}, "measurements": [

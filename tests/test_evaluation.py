@@ -184,8 +184,8 @@ def _usage_error(argv, capsys):
     (["--output", "instances", "--threshold", "1"], "argument --threshold: must be a number in (0, 1), got '1'"),
     (["--output", "instances", "--threshold", "0.7", "--split", "0.6"],
      "argument --split: --split 0.6 must be above --threshold 0.7"),
-    (["--output", "instances", "--threshold", "0.95"],     # the default --split 0.9, which the user never gave
-     "argument --threshold: --threshold 0.95 is at or above the default --split 0.9"),
+    (["--output", "instances", "--threshold", "0.97"],     # the default --split 0.95, which the user never gave
+     "argument --threshold: --threshold 0.97 is at or above the default --split 0.95"),
     (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):

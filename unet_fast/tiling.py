@@ -164,8 +164,7 @@ def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_cl
 def cuda_free_bytes(device) -> int:
     """Bytes a new allocation on this GPU can have: the driver's free memory plus what PyTorch's caching
     allocator holds unused (blocks of earlier work in this process: training, another image), which the
-    driver counts as taken. Planning on the driver's number alone gave an H100 a third fewer tiles per batch
-    after one forward pass had run."""
+    driver counts as taken, so a plan made after such work saw less memory than there was."""
     device = torch.device(device)
     free, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

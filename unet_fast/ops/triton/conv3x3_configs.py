@@ -27,7 +27,7 @@ SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles per progra
 
 
 # The TMA kernel gave wrong outputs on an H100 (triton 3.6, 2026-11-26: benchmarks/results/
-# 2026-11-26-NVIDIA_H100_80GB_HBM3.md) with output-channel tiles of 128 and 256: relative error against
+# 2026-11-26-NVIDIA_H100.md) with output-channel tiles of 128 and 256: relative error against
 # cuDNN up to 1.1e-2 (forward) and 0.16, where the pointer kernel's was 2.9e-3. At 64 it matched the pointer
 # kernel in all 21 candidates tried. Cause not found without a GPU: wider tiles stay on the pointer kernel.
 TMA_MAX_BLOCK_N = 64

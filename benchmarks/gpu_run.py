@@ -143,11 +143,11 @@ def find_cuda_home() -> tuple[str | None, str]:
 
 
 def install_carried_wheels(run: "Run") -> None:
-    """Install the wheels sent along in .whl/ (tools/gpu_wheels.sh: zarr, elasticdeform, ...) offline,
+    """Install the wheels sent along in .whl/ (tools/gpu_wheels.sh: zarr and its dependencies) offline,
     into a folder on this run's PYTHONPATH: what the GPU machine lacks travels with the run."""
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if not wheels:
-        run.notes.append("no .whl/ folder: tests and benchmarks needing zarr or elasticdeform skip or fall back")
+        run.notes.append("no .whl/ folder: tests and benchmarks needing zarr skip or fall back")
         return
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     foreign = [w.name for w in wheels if not ("-py3-none-" in w.name or f"-{tag}-" in w.name)]

@@ -87,7 +87,10 @@ def test_elastic_matches_independent_resampling(dtype, size):
 
 
 def test_elastic_matches_elasticdeform():
-    elasticdeform = pytest.importorskip("elasticdeform")
+    try:  # elasticdeform 0.5.1 wheels are built for numpy 1: under numpy 2 the import raises ImportError
+        import elasticdeform
+    except ImportError as error:
+        pytest.skip(f"elasticdeform does not import: {error}")
     rng = np.random.default_rng(2)
     image = ndi.gaussian_filter(rng.random((45, 38)), 3)  # smooth: B-spline and Keys cubic agree closely
     labels = rng.integers(0, 4, (45, 38))

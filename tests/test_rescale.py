@@ -392,3 +392,29 @@ def test_the_class_by_class_argmax_equals_argmax_ties_included():
     scores[1, 0, 0] = scores[3, 0, 0] = 50.0          # a tie: the first class wins, as in argmax
     scores[:, 1, 1] = 0.0
     assert torch.equal(argmax_classes(scores), scores.argmax(0))
+
+
+def test_instance_rules_are_measured_in_the_networks_pixels():
+    """min_size, border and core_size are in the pixels the network sees: a model that resamples by 0.5
+    removes objects under 15 of its pixels, 60 of the image's (a speck of 49 image px, which the same rules
+    in image pixels kept)."""
+    from unet_fast.instances import InstanceOptions
+
+    options = InstanceOptions()
+    assert options.in_image_pixels(1.0) is options
+    assert options.in_image_pixels(0.4) == InstanceOptions(min_size=94, border=5, core_size=31)
+    assert options.in_image_pixels(2.0) == InstanceOptions(min_size=4, border=1, core_size=1)
+    image = np.zeros((64, 64), np.float32)
+    image[4:44, 4:44] = 1.0      # an object of 1600 px
+    image[52:59, 52:59] = 1.0    # a speck of 49 px: 12 of the network's pixels at scale 0.5
+    model = Threshold()
+    model.input_scale = 0.5
+    rules = dict(output="instances", normalization=NONE, progress=False, instance_options=InstanceOptions(split=None))
+
+    def areas(labels):  # the resampling round trip rounds the square's corners by a few pixels
+        return [int(round(area, -1)) for area in sorted(np.bincount(labels.ravel())[1:])]
+
+    assert areas(predict_tiled(model, image, **rules)) == [1600]
+    assert areas(predict_tiled(model, image, scale=1.0, **rules)) == [50, 1600]
+    (found,) = unet_fast.inference.predict_images(model, [image], **rules)
+    assert areas(found) == [1600]

@@ -985,7 +985,9 @@ def _instance_flags(p) -> None:
 
     defaults = InstanceOptions()
     p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",
-                   help=f"instances: remove objects of fewer pixels (default {defaults.min_size})")
+                   help=f"instances: remove objects of fewer pixels (default {defaults.min_size}); this, --border and "
+                        f"the cores of --split count the network's pixels: with a model that resamples images by "
+                        f"a scale s (see --scale), 1/s^2 of the image's per pixel (1/s for --border)")
     p.add_argument("--no-fill-holes", action="store_true", help="instances: keep holes inside objects")
     p.add_argument("--border", type=_non_negative_int, default=None, metavar="PX",
                    help=f"instances: give background within this distance of two objects to the nearest "

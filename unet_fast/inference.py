@@ -620,7 +620,7 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
     from .image_io import TIFF_SUFFIXES
 
     _, _, in_channels, num_classes = model_geometry(model)
-    options = _instance_options(options, num_classes)
+    options = _instance_options(options, num_classes, model_scale(model, predict.get("scale")))
     if isinstance(out, (str, Path)) and Path(out).suffix.lower() not in TIFF_SUFFIXES + ZARR_SUFFIXES:
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
@@ -635,8 +635,9 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
                                  pixel_size=pixel_size, provenance=provenance)
 
 
-def _instance_options(options, num_classes: int):
-    """The instance rules (None: the defaults), checked, for a model of ``num_classes``, which must be 2."""
+def _instance_options(options, num_classes: int, scale: float = 1.0):
+    """The instance rules (None: the defaults), checked, for a model of ``num_classes``, which must be 2, in
+    the pixels of the image the model resamples by ``scale`` (``InstanceOptions.in_image_pixels``)."""
     from .instances import InstanceOptions
 
     if num_classes != 2:
@@ -646,7 +647,7 @@ def _instance_options(options, num_classes: int):
     options = InstanceOptions() if options is None else options
     if not isinstance(options, InstanceOptions):
         raise TypeError(f"instance_options must be a unet_fast.instances.InstanceOptions, got {type(options).__name__}")
-    return options
+    return options.in_image_pixels(scale)
 
 
 def _instance_input(options) -> str:
@@ -712,7 +713,7 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                                                f"images[0] has {tuple(sources[0].image.shape)}; predict_images needs "
                                                f"images of one shape (group them by shape)")
     if output == "instances":
-        options = _instance_options(instance_options, num_classes)
+        options = _instance_options(instance_options, num_classes, model_scale(model, scale))
     elif instance_options is not None:
         raise ValueError(f"instance_options applies to output='instances' only, got output={output!r}")
     shape = (height, width) = sources[0].height, sources[0].width

@@ -94,6 +94,19 @@ class InstanceOptions:
         if not isinstance(self.core_size, (int, np.integer)) or isinstance(self.core_size, bool) or self.core_size < 1:
             raise ValueError(f"core_size must be a positive integer, got {self.core_size!r}")
 
+    def in_image_pixels(self, scale: float) -> "InstanceOptions":
+        """These rules on the grid of an image that a model resamples by ``scale`` before the network
+        (``unet_fast.rescale``): ``min_size``, ``border`` and ``core_size`` are measured in the network's
+        pixels, where the model learnt its objects and the borders between them, so on the image's grid an
+        area is 1 / scale^2 times as many pixels and a distance 1 / scale times. The same objects then come
+        out whatever size the nuclei have in the image (on the dev nuclei magnified 2.5x and segmented at
+        scale 0.4 by 12 models, pooled object F1 0.777 -> 0.786, 10 fewer specks kept)."""
+        if scale == 1:
+            return self
+        return dataclasses.replace(self, min_size=round(self.min_size / scale ** 2),
+                                   border=round(self.border / scale),
+                                   core_size=max(1, round(self.core_size / scale ** 2)))
+
 
 class ClassView:
     """One class of a (K, H, W) or (Z, K, H, W) array of probabilities, lazily, as ``label_instances``

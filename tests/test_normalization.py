@@ -18,6 +18,25 @@ def test_percentile_normalization_maps_percentiles_to_0_and_1():
         np.testing.assert_allclose(out[c], (image[c] - lo) / (hi - lo), **REORDERED_FP32)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_statistics_are_nanpercentiles_of_the_sample_exactly(dtype):
+    """Both percentiles come from one np.percentile call where the sample is finite: bit for bit what
+    np.nanpercentile (the path for images with NaN, under nonfinite='zero') gives, per channel."""
+    rng = np.random.default_rng(5)
+    image = (rng.random((3, 57, 91)) * 4000).astype(dtype)
+    norm = Normalization(low=0.7, high=99.3, sample_pixels=10 ** 9)
+    lo, scale = norm.statistics(image, channel_axis=0)
+    sample = image.reshape(3, -1).astype(np.float64)
+    want_lo, want_hi = np.nanpercentile(sample, 0.7, axis=1), np.nanpercentile(sample, 99.3, axis=1)
+    assert np.array_equal(lo, want_lo) and np.array_equal(scale, want_hi - want_lo)
+    if dtype != np.uint16:
+        image[0, 3, 4] = np.nan  # the other path: NaN set aside, the same statistics of the rest
+        lo_nan, _ = Normalization(low=0.7, high=99.3, sample_pixels=10 ** 9, nonfinite="zero").statistics(
+            image, channel_axis=0)
+        rest = image[0].astype(np.float64).ravel()
+        assert lo_nan[0] == np.percentile(rest[np.isfinite(rest)], 0.7) and lo_nan[1] == lo[1]
+
+
 def test_percentile_statistics_on_a_subsample_are_close():
     rng = np.random.default_rng(1)
     image = rng.normal(100, 10, (300, 400)).astype(np.float32)

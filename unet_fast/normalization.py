@@ -95,14 +95,16 @@ class Normalization:
             return np.zeros(channels), np.full(channels, top)
         sample = _subsample(image, channel_axis if self.per_channel else None, self.sample_pixels)
         finite = np.isfinite(sample)
-        if not finite.all():
+        if finite.all():  # one partition for both percentiles: the same values as nanpercentile's, a third faster
+            lo, hi = np.percentile(sample, [self.low, self.high], axis=1)
+        else:
             self._refuse_nonfinite(sample, finite, f"{finite.size - np.count_nonzero(finite)} of the pixels "
                                                    f"sampled for the normalisation statistics")
             sample = np.where(finite, sample, np.nan)
             if not finite.any(axis=1).all():
                 raise NonFiniteInputError("image (or one of its channels) holds no finite pixel at all")
-        lo = np.nanpercentile(sample, self.low, axis=1)
-        hi = np.nanpercentile(sample, self.high, axis=1)
+            lo = np.nanpercentile(sample, self.low, axis=1)
+            hi = np.nanpercentile(sample, self.high, axis=1)
         return lo, np.maximum(hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0))
 
     def _refuse_nonfinite(self, values: np.ndarray, finite: np.ndarray, where: str) -> None:

@@ -404,6 +404,18 @@ def test_outputs_record_how_they_were_made_and_continue_keeps_only_the_same(tmp_
     assert read_provenance(tmp_path / "in" / "img0.tif") is None
 
 
+def test_provenance_records_the_instance_rules_on_the_images_grid():
+    """Outputs record the rules as applied (network pixels converted by the scale), so --continue refuses to
+    mix an output of an older version (rules in image pixels) with one made now, by a model that resamples."""
+    model = unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2)
+    model.input_scale = 0.5
+    made = dict(output="instances", tta=False, dtype=None, instance_options=None)
+    rules = segment.provenance(model, scale=None, **made)["instance_options"]
+    assert (rules["min_size"], rules["border"], rules["core_size"]) == (60, 4, 20)
+    rules = segment.provenance(model, scale=1.0, **made)["instance_options"]
+    assert (rules["min_size"], rules["border"], rules["core_size"]) == (15, 2, 5)
+
+
 @pytest.mark.parametrize("output, scale", [("labels", None), ("probabilities", None), ("labels", 1.5),
                                            ("instances", 0.7)])
 def test_predict_tiled_records_provenance_in_files(tmp_path, model_file, output, scale):

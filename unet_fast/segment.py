@@ -164,7 +164,9 @@ def output_kind(path: Path) -> str | None:
 def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options) -> dict:
     """How segment makes its outputs, recorded in each (``sinks.read_provenance``): the weights (a digest),
     the kind, the test-time augmentation, the resampling factor (None: the model's), the precision and the
-    instance rules."""
+    instance rules as applied on the image's grid (``InstanceOptions.in_image_pixels``: an output made before
+    the rules counted the network's pixels, by a model that resamples, differs from one made now, and
+    --continue must not mix them)."""
     from . import __version__
     from .instances import InstanceOptions
 
@@ -176,8 +178,8 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
     made = {"unet_fast": __version__, "weights_sha256": digest.hexdigest(), "output": output, "tta": bool(tta),
             "scale": model_scale(model, scale), "dtype": dtype or "fp32",
             "normalization": normalization.to_dict() if normalization is not None else None,
-            "instance_options": dataclasses.asdict(instance_options or InstanceOptions())
-            if output == "instances" else None}
+            "instance_options": dataclasses.asdict((instance_options or InstanceOptions()).in_image_pixels(
+                model_scale(model, scale))) if output == "instances" else None}
     return json.loads(json.dumps(made))     # as it reads back from a file (lists, not tuples)
 
 

@@ -33,6 +33,7 @@ import tifffile
 import torch
 
 from . import geometry, standalone_unet
+from .checks import BadArgument
 from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
                      require, standalone_model)
 from .normalization import Normalization
@@ -62,10 +63,10 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
     The package is checked with the bioimage.io validator (bioimageio.spec) before it is written.
     """
     output = check_output(output, "bioimageio")
-    spec = require("bioimageio.spec", "writing a bioimage.io package")
     normalization = getattr(model, "normalization", None) or Normalization()
+    raw = _test_crop(model, normalization, test_image)      # the caller's input first: before any other work
+    spec = require("bioimageio.spec", "writing a bioimage.io package")
     class_names = list(getattr(model, "class_names", None) or [f"class{i}" for i in range(model.config()["num_classes"])])
-    raw = _test_crop(model, normalization, test_image)
     probabilities = _probabilities(model, normalization, raw)
     with tempfile.TemporaryDirectory(prefix="unet_fast-bioimageio-") as folder:
         folder = Path(folder)
@@ -93,26 +94,28 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
 
 
 def _test_crop(model, normalization: Normalization, test_image) -> np.ndarray:
-    """The test input: the centre of ``test_image`` as (C, n, n), n legal and about TEST_OUTPUT_SIZE out."""
+    """The test input: the centre of ``test_image`` as (C, n, n), n legal and about TEST_OUTPUT_SIZE out; an image
+    that cannot be one is test_image's fault (BadArgument: a usage error of `unet-fast export --test-image`)."""
     config = model.config()
     depth, padding, channels = config["depth"], config["padding"], config["in_channels"]
     wanted = geometry.input_size_for(TEST_OUTPUT_SIZE, depth, padding)
     if test_image is None:
         if channels != 1:
-            raise ValueError(f"test_image is needed: the model takes {channels} channels and the built-in "
-                             f"synthetic image has one; pass an image (C, H, W) of the model's kind of data")
+            raise BadArgument("test_image", f"test_image is needed: the model takes {channels} channels and the "
+                                            f"built-in synthetic image has one; pass an image (C, H, W) of the "
+                                            f"model's kind of data")
         from .synthetic import synthetic_nuclei
 
         test_image = synthetic_nuclei(n=1, size=wanted, seed=0)[0][0]
     image = np.asarray(test_image)
     image = image[None] if image.ndim == 2 else image
     if image.ndim != 3 or image.shape[0] != channels:
-        raise ValueError(f"test_image must be (H, W) or (C, H, W) with C = {channels} (the model's in_channels), "
-                         f"got shape {np.asarray(test_image).shape}")
+        raise BadArgument("test_image", f"test_image must be (H, W) or (C, H, W) with C = {channels} (the model's "
+                                        f"in_channels), got shape {np.asarray(test_image).shape}")
     size = geometry.nearest_valid_input_sizes(min(wanted, *image.shape[1:]), depth, padding)[0]
     if size is None:
-        raise ValueError(f"test_image of shape {image.shape} is too small: the model needs at least "
-                         f"{geometry.min_input_size(depth, padding)} pixels a side")
+        raise BadArgument("test_image", f"test_image of shape {image.shape} is too small: the model needs at "
+                                        f"least {geometry.min_input_size(depth, padding)} pixels a side")
     top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
     crop = image[:, top:top + size, left:left + size]
     # integer pixels stay integers where the rule depends on the type ("dtype" divides by its maximum)

@@ -131,7 +131,7 @@ def draw(path, image, instances, prediction, weights, iou, f1, weights_title: st
     panels[0].set_title("held-out synthetic image")
     panels[1].imshow(_instance_colours(instances))
     panels[1].set_title(f"ground truth: {int(instances.max())} nuclei")
-    count = len(np.unique(prediction[prediction > 0]))    # the objects the F1 counts, one colour each
+    count = int(prediction.max())                           # instances are numbered 1..K: the objects the F1 counts
     panels[2].imshow(_instance_colours(prediction))
     panels[2].contour(truth_outline, levels=[0.5], colors="white", linewidths=0.4)
     panels[2].set_title(f"prediction: {count} objects, IoU {iou:.3f}, F1 {f1:.2f}")

@@ -74,6 +74,8 @@ def stages() -> list[Stage]:
     return [
         Stage("correctness", "Triton kernels and the network at the paper's shapes vs cuDNN/aten (pytest)", 120, 240),
         Stage("ceilings", "copy bandwidth and bf16 matrix rate", 10, 40),
+        Stage("tma_check", "which TMA tiles (weight N- or K-major) and decoder wgrad tiles compute right", 60, 120,
+              essential=False),
         Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 75, 200,
               essential=False),  # 42 s measured, before the TMA, split-K and grouped candidates (about 1.7x)
         Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 65, 180),
@@ -312,6 +314,18 @@ def pytest_args(tests: list[str], junit: Path, parallel: bool = True, verbose: b
     return args + (_xdist_args() if parallel else []) + tests
 
 
+TMA_BLOCK_N_ENV = "UNET_FAST_TMA_MAX_BLOCK_N"  # unet_fast.ops.triton.conv3x3_configs's (not imported here)
+
+
+def tma_check_outcome(run: Run) -> str:
+    """The tma_check stage's verdict; where every K-major TMA tile ran right, the later stages (the tuner, the
+    network) may use TMA tiles up to 256 output channels wide."""
+    if (run.logs / "tma_check" / "kmajor_ok").exists():
+        run.env[TMA_BLOCK_N_ENV] = "256"
+        return f"K-major TMA tiles right: later stages run with {TMA_BLOCK_N_ENV}=256"
+    return "K-major TMA tiles not shown right (logs/tma_check/summary.md): TMA stays at 64 channels"
+
+
 def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
     cap = min(stage.cap_s, run.left() - reserve)
     py = sys.executable
@@ -341,6 +355,9 @@ def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
             if shipped.exists():  # the network stage times the table that ships beside the one tuned here
                 shutil.copyfile(shipped, run.logs / "conv3x3_configs.shipped.json")
                 run.env["UNET_FAST_SHIPPED_TABLE"] = str(run.logs / "conv3x3_configs.shipped.json")
+    elif stage.name == "tma_check":
+        command = [py, str(BENCH / "gpu_tma_check.py"), str(run.logs / "tma_check"),
+                   "--budget", str(max(10, int(cap) - 30))] + dry
     elif stage.name == "full_tests":
         command = (pytest_args(DRY_RUN_SMOKE_TESTS, run.logs / "full_tests.xml", parallel=False) if run.dry_run
                    else pytest_args(["tests/"], run.logs / "full_tests.xml", verbose=True))
@@ -355,6 +372,8 @@ def run_stage(run: Run, stage: Stage, reserve: float = 0.0) -> None:
     table = ROOT / "unet_fast" / "ops" / "triton" / "conv3x3_configs.json"
     if stage.name == "tune" and table.exists():  # the table the tuner wrote, to commit from the results
         shutil.copyfile(table, run.logs / table.name)
+    if stage.name == "tma_check":
+        stage.detail = tma_check_outcome(run)
     if stage.status.startswith("timeout"):
         stage.detail = f"cap {cap:.0f} s"
     if run.dry_run and stage.needs_extension and not run.extension_ready:

@@ -362,3 +362,50 @@ def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
     with goals.conv_table(shipped):
         assert configs.table() == {"sm90-132": {"forward/bf16/0+64->64/1024": configs.Config(128, 64, 64, 8, 3)}}
     assert configs.table() == before and configs.TABLE_PATH.name == "conv3x3_configs.json"
+
+
+# ----------------------------------------------------------------------------- the TMA check (gpu_tma_check.py)
+
+def _load_tma_check():
+    spec = importlib.util.spec_from_file_location("gpu_tma_check", ROOT / "benchmarks" / "gpu_tma_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tma_check_verdict_needs_every_k_major_tile_right_beside_its_pointer_twin():
+    check = _load_tma_check()
+    tile = [128, 128, 64, 8, 3]
+
+    def rows(kmajor_error=2.9e-3, deterministic=True, twin=True, failed=False):
+        found = [dict(kind="forward", layer="a", tile=tile, layout="pointer", error=2.8e-3, deterministic=True)]
+        found = found if twin else []
+        kmajor = dict(kind="forward", layer="a", tile=tile, layout="kmajor", deterministic=deterministic)
+        kmajor.update(failed="OutOfResources: shared memory") if failed else kmajor.update(error=kmajor_error)
+        return found + [kmajor, dict(kind="forward", layer="a", tile=tile, layout="nmajor", error=0.16,
+                                     deterministic=False)]  # the N-major layout's fault does not count
+
+    assert check.verdict(rows())
+    assert not check.verdict(rows(kmajor_error=1.1e-2))     # the H100's fault, K-major
+    assert not check.verdict(rows(deterministic=False))     # a race
+    assert not check.verdict(rows(twin=False))              # nothing to compare with
+    assert not check.verdict(rows(failed=True))             # did not run: not shown right
+    assert not check.verdict([])
+    assert gpu_run.TMA_BLOCK_N_ENV == __import__("unet_fast.ops.triton.conv3x3_configs",
+                                                 fromlist=["x"]).TMA_BLOCK_N_ENV
+
+
+def test_tma_check_dry_run_writes_results_and_its_verdict(tmp_path):
+    """The interpreter on tiny shapes: forward tiles in each layout and the wgrad tile, each right (fp32)."""
+    pytest.importorskip("triton")
+    env = _env(OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)  # --dry-run sets it itself
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_tma_check.py"), str(tmp_path / "out"),
+                           "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {(r["kind"], r.get("layout")) for r in rows} == {("wgrad", None), ("forward", "pointer"),
+                                                          ("forward", "nmajor"), ("forward", "kmajor")}
+    assert all(r["error"] < 1e-5 and r["deterministic"] for r in rows), rows
+    assert (tmp_path / "out" / "kmajor_ok").exists()
+    assert "K-major tiles all right: True" in (tmp_path / "out" / "summary.md").read_text()

@@ -243,8 +243,10 @@ def shipped_launches(quick: bool = False):
 
 def tma_launches(quick: bool):
     """(label, launch) of conv3x3_tma_kernel (tensor-descriptor loads, for sm_90): each layer's heuristic tiles
-    and the swapped 64-output-channel tile, forward and dgrad, as the tuner would try them."""
+    and the swapped 64-output-channel tile, forward and dgrad, as the tuner would try them; tiles wider than
+    TMA_MAX_BLOCK_N too (K-major weight), as a measuring run with the limit raised would."""
     from dataclasses import replace
+    from unittest import mock
 
     from unet_fast.ops.triton import conv3x3_configs as table_module
 
@@ -258,8 +260,10 @@ def tma_launches(quick: bool):
             if channels[2] <= 64:
                 tiles.append(table_module.Config(256, 64, 64, 8, 3, swap=True))
             for config in tiles:
-                launch = layer_launches(torch.bfloat16, cin, cout, size, cs,
-                                        configs={kind: replace(config, tma=True)})[kind]
+                with mock.patch.dict(os.environ, {table_module.TMA_BLOCK_N_ENV: "256"}):
+                    launch = layer_launches(torch.bfloat16, cin, cout, size, cs,
+                                            configs={kind: replace(config, tma=True)})[kind]
+                assert launch.kernel.__name__ == "conv3x3_tma_kernel", (kind, config)
                 yield f"{kind}+tma bfloat16 cin={cin} cout={cout}{' skip' if cs else ''}{' swap' if config.swap else ''}", launch
 
 

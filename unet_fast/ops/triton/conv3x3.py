@@ -285,9 +285,10 @@ if triton is not None:
     @triton.jit
     def _accumulate_tma(acc, src, n, ih0, iw0, C, w_desc, w_row0, w_rows, col0,
                         TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr):
+                        INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr, W_KMAJOR: tl.constexpr):
         """_accumulate_source through tensor descriptors: each (tap, channel block) step loads the input as one
-        (1, TILE_H, TILE_W, BLOCK_K) box at the tap's offset and the weights as one (BLOCK_K, BLOCK_N) box.
+        (1, TILE_H, TILE_W, BLOCK_K) box at the tap's offset and the weights as one (BLOCK_K, BLOCK_N) box,
+        or with W_KMAJOR one (BLOCK_N, BLOCK_K) box of the transposed packing, used transposed.
         Out of bounds reads zeros: the padding, the channels past C (so the weight rows they meet, the next
         source's or tap's, add nothing) and the rows past the output, which are not stored."""
         k_blocks = tl.cdiv(C, BLOCK_K)
@@ -297,7 +298,11 @@ if triton is not None:
             kh = tap // 3
             kw = tap - kh * 3
             a = tl.reshape(src.load([n, ih0 + kh, iw0 + kw, c0]), (TILE_H * TILE_W, BLOCK_K))
-            acc = _mma(acc, a, w_desc.load([tap * w_rows + w_row0 + c0, col0]), INPUT_PRECISION, SWAP)
+            if W_KMAJOR:
+                b = tl.trans(w_desc.load([col0, tap * w_rows + w_row0 + c0]))
+            else:
+                b = w_desc.load([tap * w_rows + w_row0 + c0, col0])
+            acc = _mma(acc, a, b, INPUT_PRECISION, SWAP)
         return acc
 
     @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "out2_top", "out2_left"])
@@ -312,12 +317,14 @@ if triton is not None:
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         HAS_OUT2: tl.constexpr, MASK_OUT: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr,
+        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr, W_KMAJOR: tl.constexpr,
     ):
         """conv3x3_kernel without POOL or TF32 rounding, its operands loaded by TMA (tensor descriptors, sm_90):
         a program computes a TILE_H x TILE_W patch of one image's output pixels, so each tap's input is one
         rectangular box of the NHWC input (channel stride 1, other strides multiples of 16 bytes), read by
-        the copy engine with its bounds checked in hardware instead of per-element masks and addresses."""
+        the copy engine with its bounds checked in hardware instead of per-element masks and addresses.
+        W_KMAJOR: w_ptr holds the packed weight transposed, (Cout, 9 * Cin) with the GEMM's K contiguous,
+        the B layout of Triton's own TMA matmuls (see TMA_NMAJOR_MAX_BLOCK_N for why)."""
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
         pid_m = pid // num_n
@@ -334,8 +341,12 @@ if triton is not None:
         row_ok = (oh < OH) & (ow < OW)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Cout
-        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[9 * (Cs + Cx), Cout], strides=[Cout, 1],
-                                           block_shape=[BLOCK_K, BLOCK_N])
+        if W_KMAJOR:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[Cout, 9 * (Cs + Cx)], strides=[9 * (Cs + Cx), 1],
+                                               block_shape=[BLOCK_N, BLOCK_K])
+        else:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[9 * (Cs + Cx), Cout], strides=[Cout, 1],
+                                               block_shape=[BLOCK_K, BLOCK_N])
         if SWAP:
             acc = tl.zeros((BLOCK_N, TILE_H * TILE_W), dtype=tl.float32)
         else:
@@ -344,11 +355,12 @@ if triton is not None:
             skip = tl.make_tensor_descriptor(skip_ptr, shape=[N, SH, SW, Cs], strides=[ss_n, ss_h, ss_w, 1],
                                              block_shape=[1, TILE_H, TILE_W, BLOCK_K])
             acc = _accumulate_tma(acc, skip, n, oh0 - PAD + skip_top, ow0 - PAD + skip_left, Cs, w_desc, 0,
-                                  Cs + Cx, pid_n * BLOCK_N, TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
+                                  Cs + Cx, pid_n * BLOCK_N, TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP,
+                                  W_KMAJOR)
         x = tl.make_tensor_descriptor(x_ptr, shape=[N, H, W, Cx], strides=[sx_n, sx_h, sx_w, 1],
                                       block_shape=[1, TILE_H, TILE_W, BLOCK_K])
         acc = _accumulate_tma(acc, x, n, oh0 - PAD, ow0 - PAD, Cx, w_desc, Cs, Cs + Cx, pid_n * BLOCK_N,
-                              TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
+                              TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP, W_KMAJOR)
         if SWAP:
             acc = tl.trans(acc)
         _epilogue(acc, n.to(tl.int64), oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
@@ -647,13 +659,20 @@ def tma_applies(x, skip_window, w_packed, pooled, round_tf32: bool, config: conf
     """Whether conv3x3_tma_kernel can run these operands with ``config``: no pooled epilogue, no TF32 rounding
     (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors (x, the window of skip the
     forward reads, the packed weight), a patch of 16-pixel rows and an output-channel tile the kernel was
-    measured right with on a GPU (configs.TMA_MAX_BLOCK_N)."""
-    cout = w_packed.shape[1]
+    measured right with on a GPU (configs.TMA_MAX_BLOCK_N). Tiles wider than configs.TMA_NMAJOR_MAX_BLOCK_N
+    read the weight transposed (weight_kmajor), whose rows of 9 * Cin elements must be 16-byte multiples too."""
+    rows, cout = w_packed.shape
+    row_elements = rows if weight_kmajor(config) else cout
     return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0
-            and config.block_n <= configs.TMA_MAX_BLOCK_N
+            and config.block_n <= configs.tma_max_block_n()
             and _tma_operand_ok(x) and (skip_window is None or _tma_operand_ok(skip_window))
-            and w_packed.is_contiguous() and cout * w_packed.element_size() % 16 == 0
+            and w_packed.is_contiguous() and row_elements * w_packed.element_size() % 16 == 0
             and w_packed.data_ptr() % 16 == 0)
+
+
+def weight_kmajor(config: configs.Config) -> bool:
+    """Whether the TMA kernel reads the weight K-major (transposed packing) for this tile."""
+    return config.block_n > configs.TMA_NMAJOR_MAX_BLOCK_N
 
 
 def _tma_scratch(size: int, alignment: int, stream):
@@ -674,16 +693,18 @@ def _plan_tma(x, window, has_skip, w_packed, bias, out, out2_t, has_out2, out2_o
     if x.device.type == "cuda" and isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(_tma_scratch)
     grid = (n * triton.cdiv(oh, tile_h) * triton.cdiv(ow, TMA_TILE_W) * triton.cdiv(cout, config.block_n),)
+    kmajor = weight_kmajor(config)
+    w_arg = w_packed.t().contiguous() if kmajor else w_packed  # (Cout, 9 * Cin): a copy of the small weight
     args = (x, x.stride(0), x.stride(2), x.stride(3),
             window, window.stride(0), window.stride(2), window.stride(3), 0, 0, *window.shape[2:],
-            w_packed, bias if bias is not None else w_packed,
+            w_arg, bias if bias is not None else w_packed,
             out, *_strides(out),
             out2_t, *_strides(out2_t), *out2_offset,
             mask_t, *_strides(mask_t),
             n, h, w, oh, ow, window.shape[1] if has_skip else 0, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=has_skip, HAS_BIAS=bias is not None, RELU=relu, HAS_OUT2=has_out2,
                 MASK_OUT=has_mask, TILE_H=tile_h, TILE_W=TMA_TILE_W, BLOCK_N=config.block_n,
-                BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap,
+                BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap, W_KMAJOR=kmajor,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     return Launch(conv3x3_tma_kernel, grid, args, meta)
 

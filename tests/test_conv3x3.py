@@ -394,18 +394,15 @@ TMA = Config(32, 16, 16, 4, 1, tma=True)  # 2 x 16 output pixels per program
     pytest.param(1, 8, 8, 10, 10, 11, 11, 12, 1, False, id="pad1-skip-one-larger"),   # offset 0, frame on 2 sides
     pytest.param(2, 4, 8, 7, 9, 12, 14, 16, 1, False, id="pad1-skip-offset-gt0"),
 ])
-@pytest.mark.parametrize("kmajor", [False, True], ids=["w-nmajor", "w-kmajor"])
-def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, swap, kmajor, monkeypatch):
+def test_tma_kernel_matches_oracle(batch, cx, cs, h, w, sh, sw, cout, padding, swap):
     x, weight, bias, skip = (t.detach() if t is not None else None
                              for t in make(batch, cx, cs, h, w, sh, sw, cout, "channels_last"))
     config = dataclasses.replace(TMA, swap=swap)
-    if kmajor:  # the wide tiles' transposed weight, here at TMA's 16 channels
-        monkeypatch.setattr(configs, "TMA_NMAJOR_MAX_BLOCK_N", config.block_n // 2)
     with exact_fp32():  # the plan too: with TF32 allowed, fp32 layers of 16+ channels round and take no TMA
         out, _ = kernels.conv3x3_forward(x, weight, bias, skip, padding, config=config)
         launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, None, padding, False,
                                       config=config)
-    assert launch.kernel is kernels.conv3x3_tma_kernel and launch.meta["W_KMAJOR"] is kmajor
+    assert launch.kernel is kernels.conv3x3_tma_kernel
     (expected,) = oracle(x, weight, bias, skip, padding)
     assert_close(out, expected, dtype=torch.float32)
     check_masked_dgrad(x, weight, skip, padding, config)
@@ -481,28 +478,10 @@ def test_tma_applies_only_where_descriptors_can():
     assert not case(cx=5)          # a pixel's 20 bytes: strides not 16-byte multiples
     assert not case(cout=6)        # weight rows of 24 bytes
     assert not case(cs=5, skip_size=14)  # skip's window: strides of 20 bytes
-    wide = dataclasses.replace(TMA, block_n=configs.TMA_MAX_BLOCK_N * 2)  # not yet measured right: pointer kernel
     x = torch.randn(2, 8, 10, 10).contiguous(memory_format=cl)
-    assert not kernels.tma_applies(x, None, torch.randn(72, 128), None, False, wide)
-
-
-@needs_triton
-def test_tma_width_limit_from_the_environment(monkeypatch):
-    """A measuring run raises the TMA tile limit; the wide tiles then read the weight K-major, whose rows
-    (9 * Cin elements) must be 16-byte multiples: 72 fp32 rows are (288 bytes), 18 are not (72)."""
-    wide = dataclasses.replace(TMA, block_n=128)
-    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
-    assert not kernels.tma_applies(x, None, torch.randn(72, 128), None, False, wide)
-    monkeypatch.setenv(configs.TMA_BLOCK_N_ENV, "128")
-    assert configs.tma_max_block_n() == 128 and kernels.weight_kmajor(wide)
-    assert kernels.tma_applies(x, None, torch.randn(72, 128), None, False, wide)
-    assert not kernels.tma_applies(x, None, torch.randn(18, 128), None, False, wide)
-    assert not kernels.weight_kmajor(TMA)
-    monkeypatch.setenv(configs.TMA_BLOCK_N_ENV, "100")
-    with pytest.raises(ValueError, match="UNET_FAST_TMA_MAX_BLOCK_N='100': use 64, 128 or 256"):
-        configs.tma_max_block_n()
-    monkeypatch.delenv(configs.TMA_BLOCK_N_ENV)
-    assert configs.tma_max_block_n() == configs.TMA_MAX_BLOCK_N == 64
+    for block_n, stages, right in ((128, 3, False), (256, 4, False), (128, 2, True), (64, 4, True)):
+        tile = dataclasses.replace(TMA, block_n=block_n, num_stages=stages)  # raced on an H100: pointer kernel
+        assert kernels.tma_applies(x, None, torch.randn(72, 256), None, False, tile) is right, tile
 
 
 def test_default_implementations():

@@ -123,9 +123,10 @@ def test_heuristic_and_candidates():
 
 
 def test_tma_candidates_only_for_16_bit_forward_and_dgrad():
-    """On a GPU with TMA the tuner also tries the first three tiles of at most TMA_MAX_BLOCK_N output channels
-    through tensor descriptors (wider ones were wrong on an H100); never for wgrad (its own kernel) or TF32
-    (operands rounded in registers), and a table entry from before the field reads as no TMA."""
+    """On a GPU with TMA the tuner also tries the first three tiles through tensor descriptors, those wider than
+    TMA_MAX_BLOCK_N output channels with at most TMA_WIDE_MAX_STAGES stages (deeper ones raced on an H100);
+    never for wgrad (its own kernel) or TF32 (operands rounded in registers), and a table entry from before
+    the field reads as no TMA."""
     plain = configs.candidates("dgrad", "bf16", 0, 128, 64)
     with_tma = configs.candidates("dgrad", "bf16", 0, 128, 64, tma=True)
     assert with_tma[:len(plain)] == plain
@@ -133,7 +134,11 @@ def test_tma_candidates_only_for_16_bit_forward_and_dgrad():
     for channels in ((0, 64, 128), (0, 128, 128), (256, 256, 256), (0, 512, 1024)):
         for kind in ("forward", "dgrad"):
             found = configs.candidates(kind, "bf16", *channels, tma=True, rows=1 << 20)
-            assert all(c.block_n <= configs.TMA_MAX_BLOCK_N for c in found if c.tma), (kind, channels)
+            tma = [c for c in found if c.tma]
+            assert tma and all(configs.tma_measured_right(c) for c in tma), (kind, channels)
+            if channels[2] >= 256:  # wide tiles among the first three: tried at the depth measured right
+                assert any(c.block_n > configs.TMA_MAX_BLOCK_N and c.num_stages == configs.TMA_WIDE_MAX_STAGES
+                           for c in tma), (kind, channels, tma)
     for kind, dtype in (("wgrad", "bf16"), ("forward", "tf32")):
         assert not any(c.tma for c in configs.candidates(kind, dtype, 0, 64, 64, tma=True))
     assert Config(*[128, 64, 64, 8, 3, False]).tma is False

@@ -373,30 +373,34 @@ def _load_tma_check():
     return module
 
 
-def test_tma_check_verdict_needs_every_k_major_tile_right_beside_its_pointer_twin():
+def test_tma_check_verdict_needs_every_allowed_tma_tile_and_every_wgrad_right():
     check = _load_tma_check()
-    tile = [128, 128, 64, 8, 3]
+    tile = [128, 128, 64, 8, 2]
 
-    def rows(kmajor_error=2.9e-3, deterministic=True, twin=True, failed=False):
-        found = [dict(kind="forward", layer="a", tile=tile, layout="pointer", error=2.8e-3, deterministic=True)]
-        found = found if twin else []
-        kmajor = dict(kind="forward", layer="a", tile=tile, layout="kmajor", deterministic=deterministic)
-        kmajor.update(failed="OutOfResources: shared memory") if failed else kmajor.update(error=kmajor_error)
-        return found + [kmajor, dict(kind="forward", layer="a", tile=tile, layout="nmajor", error=0.16,
-                                     deterministic=False)]  # the N-major layout's fault does not count
+    def rows(tma_error=2.9e-3, deterministic=True, twin=True, failed=False, bias_error=1.2e-5):
+        found = [dict(kind="forward", layer="a", tile=tile, layout="pointer", allowed=True, error=2.8e-3,
+                      deterministic=True)] if twin else []
+        tma = dict(kind="forward", layer="a", tile=tile, layout="tma", allowed=True, deterministic=deterministic)
+        tma.update(failed="OutOfResources: shared memory") if failed else tma.update(error=tma_error)
+        raced = dict(kind="forward", layer="a", tile=[128, 128, 64, 8, 3], layout="tma", allowed=False, error=0.16,
+                     deterministic=False)  # a tile the package does not run through TMA: reported, not counted
+        wgrad = [dict(kind="wgrad", layer="b", tile=[128, 128, 64, 8, 3], bias_grad=bias, deterministic=True,
+                      error=bias_error if bias else 1.2e-5) for bias in (True, False)]
+        return found + [tma, raced] + wgrad
 
-    assert check.verdict(rows())
-    assert not check.verdict(rows(kmajor_error=1.1e-2))     # the H100's fault, K-major
-    assert not check.verdict(rows(deterministic=False))     # a race
-    assert not check.verdict(rows(twin=False))              # nothing to compare with
-    assert not check.verdict(rows(failed=True))             # did not run: not shown right
-    assert not check.verdict([])
-    assert gpu_run.TMA_BLOCK_N_ENV == __import__("unet_fast.ops.triton.conv3x3_configs",
-                                                 fromlist=["x"]).TMA_BLOCK_N_ENV
+    ok, line = check.verdict(rows())
+    assert ok and "all 3 right" in line and "1 TMA tiles it does not allow raced" in line
+    assert not check.verdict(rows(tma_error=1.1e-2))[0]    # the H100's fault
+    assert not check.verdict(rows(deterministic=False))[0]  # a race
+    assert not check.verdict(rows(twin=False))[0]           # nothing to compare with
+    assert not check.verdict(rows(failed=True))[0]          # did not run: not shown right
+    ok, line = check.verdict(rows(bias_error=3.7e-3))       # the wgrad bias fault
+    assert not ok and "wgrad b [128, 128, 64, 8, 3] bias_grad=True" in line
+    assert check.verdict([]) == (False, "nothing checked")
 
 
 def test_tma_check_dry_run_writes_results_and_its_verdict(tmp_path):
-    """The interpreter on tiny shapes: forward tiles in each layout and the wgrad tile, each right (fp32)."""
+    """The interpreter on tiny shapes: forward tiles both ways and the wgrad tile, each right (fp32)."""
     pytest.importorskip("triton")
     env = _env(OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)  # --dry-run sets it itself
@@ -405,7 +409,6 @@ def test_tma_check_dry_run_writes_results_and_its_verdict(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {(r["kind"], r.get("layout")) for r in rows} == {("wgrad", None), ("forward", "pointer"),
-                                                          ("forward", "nmajor"), ("forward", "kmajor")}
+                                                          ("forward", "tma")}
     assert all(r["error"] < 1e-5 and r["deterministic"] for r in rows), rows
-    assert (tmp_path / "out" / "kmajor_ok").exists()
-    assert "K-major tiles all right: True" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "verdict.txt").read_text().startswith("right: all ")

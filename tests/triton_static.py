@@ -169,7 +169,8 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
 
 
 def table_launches():
-    """(label, launch) for every distinct configuration the measured table holds (any device)."""
+    """(label, launch, target) for every distinct configuration the measured table holds, for the capability
+    of the device it was measured on (an entry keyed sm90-132 runs only there)."""
     from unet_fast.ops.triton import conv3x3_configs as table_module
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
@@ -181,14 +182,15 @@ def table_launches():
             kind, dtype, channels, _rows = key.split("/")
             skip_and_x, cout = channels.split("->")
             cs, cx = (int(c) for c in skip_and_x.split("+"))
-            variant = (kind, dtype, cs > 0, min(cx, 16) if cx < 16 else 16, config)  # what the compile depends on
+            capability = int(device[2:].split("-")[0])
+            variant = (capability, kind, dtype, cs > 0, min(cx, 16), config)  # what the compile depends on
             if variant in seen:
                 continue
             seen.add(variant)
             context = torch.backends.cudnn.flags(enabled=True, allow_tf32=True)
             with context:
                 launch = layer_launches(dtypes[dtype], cs + cx, int(cout), 40, cs, configs={kind: config})[kind]
-            yield f"table {device} {key} {config}", launch
+            yield f"table {device} {key} {config}", launch, capability
 
 
 def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool, direct: bool, batch: int = 8):
@@ -243,10 +245,7 @@ def shipped_launches(quick: bool = False):
 
 def tma_launches(quick: bool):
     """(label, launch) of conv3x3_tma_kernel (tensor-descriptor loads, for sm_90): each layer's heuristic tiles
-    and the swapped 64-output-channel tile, forward and dgrad, as the tuner would try them; tiles wider than
-    TMA_MAX_BLOCK_N too (K-major weight), as a measuring run with the limit raised would."""
-    from dataclasses import replace
-    from unittest import mock
+    and the swapped 64-output-channel tile, forward and dgrad, as the tuner would try them."""
 
     from unet_fast.ops.triton import conv3x3_configs as table_module
 
@@ -260,9 +259,8 @@ def tma_launches(quick: bool):
             if channels[2] <= 64:
                 tiles.append(table_module.Config(256, 64, 64, 8, 3, swap=True))
             for config in tiles:
-                with mock.patch.dict(os.environ, {table_module.TMA_BLOCK_N_ENV: "256"}):
-                    launch = layer_launches(torch.bfloat16, cin, cout, size, cs,
-                                            configs={kind: replace(config, tma=True)})[kind]
+                launch = layer_launches(torch.bfloat16, cin, cout, size, cs,
+                                        configs={kind: table_module.tma_candidate(config)})[kind]
                 assert launch.kernel.__name__ == "conv3x3_tma_kernel", (kind, config)
                 yield f"{kind}+tma bfloat16 cin={cin} cout={cout}{' skip' if cs else ''}{' swap' if config.swap else ''}", launch
 
@@ -302,20 +300,24 @@ _GEMM_KERNELS = ("conv3x3_kernel", "conv3x3_wgrad_kernel", "conv3x3_tma_kernel")
 
 
 def _with_followers(launches):
-    """Each (label, launch), then the launch that completes it (``then``: a split-K sum), labelled so."""
-    for label, launch in launches:
-        yield label, launch
+    """Each (label, launch[, target]), then the launch that completes it (``then``: a split-K sum), labelled so;
+    as (label, launch, targets): the target given, else sm_90 and sm_80 (TMA: sm_90 only, where the tuner
+    tries it)."""
+    for label, launch, *target in launches:
+        tma = launch.kernel.__name__ == "conv3x3_tma_kernel"
+        targets = tuple(target) or ((90,) if tma else (90, 80))
+        yield label, launch, targets
         if launch.then is not None:
-            yield f"{label} (sum)", launch.then
+            yield f"{label} (sum)", launch.then, targets
 
 
 def report(quick: bool = False, table_only: bool = False):
     """One dict per (launch, target): what the static checks assert on."""
     launches = table_launches() if table_only else shipped_launches(quick)
-    for label, launch in _with_followers(launches):
+    for label, launch, targets in _with_followers(launches):
         m = launch.meta
         tma = launch.kernel.__name__ == "conv3x3_tma_kernel"
-        for capability in (90,) if tma else (90, 80):  # TMA is sm_90's; the tuner tries it from there on
+        for capability in targets:
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
                        gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact=m.get("INPUT_PRECISION") == "ieee",

@@ -285,10 +285,9 @@ if triton is not None:
     @triton.jit
     def _accumulate_tma(acc, src, n, ih0, iw0, C, w_desc, w_row0, w_rows, col0,
                         TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr, W_KMAJOR: tl.constexpr):
+                        INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr):
         """_accumulate_source through tensor descriptors: each (tap, channel block) step loads the input as one
-        (1, TILE_H, TILE_W, BLOCK_K) box at the tap's offset and the weights as one (BLOCK_K, BLOCK_N) box,
-        or with W_KMAJOR one (BLOCK_N, BLOCK_K) box of the transposed packing, used transposed.
+        (1, TILE_H, TILE_W, BLOCK_K) box at the tap's offset and the weights as one (BLOCK_K, BLOCK_N) box.
         Out of bounds reads zeros: the padding, the channels past C (so the weight rows they meet, the next
         source's or tap's, add nothing) and the rows past the output, which are not stored."""
         k_blocks = tl.cdiv(C, BLOCK_K)
@@ -298,11 +297,7 @@ if triton is not None:
             kh = tap // 3
             kw = tap - kh * 3
             a = tl.reshape(src.load([n, ih0 + kh, iw0 + kw, c0]), (TILE_H * TILE_W, BLOCK_K))
-            if W_KMAJOR:
-                b = tl.trans(w_desc.load([col0, tap * w_rows + w_row0 + c0]))
-            else:
-                b = w_desc.load([tap * w_rows + w_row0 + c0, col0])
-            acc = _mma(acc, a, b, INPUT_PRECISION, SWAP)
+            acc = _mma(acc, a, w_desc.load([tap * w_rows + w_row0 + c0, col0]), INPUT_PRECISION, SWAP)
         return acc
 
     @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "skip_top", "skip_left", "out2_top", "out2_left"])
@@ -317,14 +312,12 @@ if triton is not None:
         PAD: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         HAS_OUT2: tl.constexpr, MASK_OUT: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr, W_KMAJOR: tl.constexpr,
+        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SWAP: tl.constexpr,
     ):
         """conv3x3_kernel without POOL or TF32 rounding, its operands loaded by TMA (tensor descriptors, sm_90):
         a program computes a TILE_H x TILE_W patch of one image's output pixels, so each tap's input is one
         rectangular box of the NHWC input (channel stride 1, other strides multiples of 16 bytes), read by
-        the copy engine with its bounds checked in hardware instead of per-element masks and addresses.
-        W_KMAJOR: w_ptr holds the packed weight transposed, (Cout, 9 * Cin) with the GEMM's K contiguous,
-        the B layout of Triton's own TMA matmuls (see TMA_NMAJOR_MAX_BLOCK_N for why)."""
+        the copy engine with its bounds checked in hardware instead of per-element masks and addresses."""
         pid = tl.program_id(0)
         num_n = tl.cdiv(Cout, BLOCK_N)
         pid_m = pid // num_n
@@ -341,12 +334,8 @@ if triton is not None:
         row_ok = (oh < OH) & (ow < OW)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Cout
-        if W_KMAJOR:
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[Cout, 9 * (Cs + Cx)], strides=[9 * (Cs + Cx), 1],
-                                               block_shape=[BLOCK_N, BLOCK_K])
-        else:
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[9 * (Cs + Cx), Cout], strides=[Cout, 1],
-                                               block_shape=[BLOCK_K, BLOCK_N])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[9 * (Cs + Cx), Cout], strides=[Cout, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
         if SWAP:
             acc = tl.zeros((BLOCK_N, TILE_H * TILE_W), dtype=tl.float32)
         else:
@@ -355,12 +344,11 @@ if triton is not None:
             skip = tl.make_tensor_descriptor(skip_ptr, shape=[N, SH, SW, Cs], strides=[ss_n, ss_h, ss_w, 1],
                                              block_shape=[1, TILE_H, TILE_W, BLOCK_K])
             acc = _accumulate_tma(acc, skip, n, oh0 - PAD + skip_top, ow0 - PAD + skip_left, Cs, w_desc, 0,
-                                  Cs + Cx, pid_n * BLOCK_N, TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP,
-                                  W_KMAJOR)
+                                  Cs + Cx, pid_n * BLOCK_N, TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
         x = tl.make_tensor_descriptor(x_ptr, shape=[N, H, W, Cx], strides=[sx_n, sx_h, sx_w, 1],
                                       block_shape=[1, TILE_H, TILE_W, BLOCK_K])
         acc = _accumulate_tma(acc, x, n, oh0 - PAD, ow0 - PAD, Cx, w_desc, Cs, Cs + Cx, pid_n * BLOCK_N,
-                              TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP, W_KMAJOR)
+                              TILE_H, TILE_W, BLOCK_K, INPUT_PRECISION, SWAP)
         if SWAP:
             acc = tl.trans(acc)
         _epilogue(acc, n.to(tl.int64), oh, ow, row_ok, offs_n, col_ok, bias_ptr, out_ptr, so_n, so_c, so_h, so_w,
@@ -429,8 +417,10 @@ if triton is not None:
         ONE_SOURCE_PER_TILE (skip's channels a multiple of BLOCK_CI): each program's input channels lie
         wholly in skip or wholly in x, so it reads one tensor with one load per step (which the
         compiler pipelines like the others) instead of two masked loads summed in registers.
-        BIAS_GRAD: the centre tap's programs of the first channel tile also sum g over their pixels,
-        bias_partial[split, co], so the bias gradient needs no pass of its own over the gradient.
+        BIAS_GRAD: one more row of programs (channel tile index num_ci, tap 0) sums g over the split's pixels
+        into bias_partial[split, co], in the same launch, so the bias gradient needs no launch of its own.
+        Its own programs, not the GEMM's: on an H100 (triton 3.6) summing the pipelined block that also fed
+        tl.dot raced at 3 stages (benchmarks/results/2026-11-26-NVIDIA_H100.md).
         """
         pid = tl.program_id(0)
         tap = tl.program_id(1)
@@ -438,15 +428,46 @@ if triton is not None:
         num_co = tl.cdiv(Cout, BLOCK_CO)
         pid_ci = pid // num_co
         pid_co = pid - pid_ci * num_co
-        kh = tap // 3
-        kw = tap - kh * 3
         Cin = Cs + Cx
-        ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
         co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_ok = co < Cout
         pixels = N * OH * OW
         p_begin = split * P_PER_SPLIT
         p_end = tl.minimum(p_begin + P_PER_SPLIT, pixels)
+        if pid_ci * BLOCK_CI < Cin:
+            _wgrad_tile(g_ptr, sg_n, sg_h, sg_w, sg_c, x_ptr, sx_n, sx_c, sx_h, sx_w,
+                        skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left, partial_ptr,
+                        H, W, OH, OW, Cs, Cx, Cout, tap, split, pid_ci, co, co_ok, p_begin, p_end,
+                        PAD, HAS_SKIP, ONE_SOURCE_PER_TILE, BLOCK_CI, BLOCK_CO, BLOCK_P, INPUT_PRECISION,
+                        ROUND_TF32)
+        elif BIAS_GRAD:
+            if tap == 0:
+                bias_sum = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+                for p0 in range(p_begin, p_end, BLOCK_P):
+                    p = p0 + tl.arange(0, BLOCK_P)
+                    p_ok = p < p_end
+                    n = (p // (OH * OW)).to(tl.int64)
+                    rem = p % (OH * OW)
+                    oh = rem // OW
+                    ow = rem - oh * OW
+                    g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
+                    g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
+                                mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+                    bias_sum += tl.sum(g.to(tl.float32), axis=0)
+                tl.store(bias_partial_ptr + split * Cout + co, bias_sum, mask=co_ok)
+
+    @triton.jit
+    def _wgrad_tile(g_ptr, sg_n, sg_h, sg_w, sg_c, x_ptr, sx_n, sx_c, sx_h, sx_w,
+                    skip_ptr, ss_n, ss_c, ss_h, ss_w, skip_top, skip_left, partial_ptr,
+                    H, W, OH, OW, Cs, Cx, Cout, tap, split, pid_ci, co, co_ok, p_begin, p_end,
+                    PAD: tl.constexpr, HAS_SKIP: tl.constexpr, ONE_SOURCE_PER_TILE: tl.constexpr,
+                    BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                    INPUT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr):
+        """conv3x3_wgrad_kernel's GEMM: one (tap, input-channel tile, output-channel tile) of one split."""
+        kh = tap // 3
+        kw = tap - kh * 3
+        Cin = Cs + Cx
+        ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
         if ONE_SOURCE_PER_TILE:  # pick this tile's tensor once: (pointer, strides, window offset, channel base)
             from_skip = pid_ci * BLOCK_CI < Cs
             src_ptr = tl.where(from_skip, skip_ptr, x_ptr)
@@ -458,8 +479,6 @@ if triton is not None:
             left = tl.where(from_skip, skip_left, 0)
             c_local = ci - tl.where(from_skip, 0, Cs)
             c_ok = (ci < Cin) & (c_local < tl.where(from_skip, Cs, Cx))
-        is_bias_program = (tap == 4) & (pid_ci == 0)
-        bias_sum = tl.zeros((BLOCK_CO,), dtype=tl.float32)
 
         acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
         for p0 in range(p_begin, p_end, BLOCK_P):
@@ -491,18 +510,12 @@ if triton is not None:
             g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
             g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
                         mask=p_ok[:, None] & co_ok[None, :], other=0.0)
-            if BIAS_GRAD:
-                if is_bias_program:
-                    bias_sum += tl.sum(g.to(tl.float32), axis=0)
             if ROUND_TF32:
                 a = _round_to_tf32(a)
                 g = _round_to_tf32(g)
             acc = tl.dot(tl.trans(a), g, acc, input_precision=INPUT_PRECISION)
         out = partial_ptr + ((split * 9 + tap) * Cin + ci).to(tl.int64)[:, None] * Cout + co[None, :]
         tl.store(out, acc, mask=(ci < Cin)[:, None] & co_ok[None, :])
-        if BIAS_GRAD:
-            if is_bias_program:
-                tl.store(bias_partial_ptr + split * Cout + co, bias_sum, mask=co_ok)
 
 
 MAX_GEMM_ROWS = 2 ** 31 - 1  # pixel indices are 32-bit inside the kernels (addresses are 64-bit)
@@ -659,20 +672,13 @@ def tma_applies(x, skip_window, w_packed, pooled, round_tf32: bool, config: conf
     """Whether conv3x3_tma_kernel can run these operands with ``config``: no pooled epilogue, no TF32 rounding
     (TMA feeds the tensor cores unchanged), NHWC operands aligned for descriptors (x, the window of skip the
     forward reads, the packed weight), a patch of 16-pixel rows and an output-channel tile the kernel was
-    measured right with on a GPU (configs.TMA_MAX_BLOCK_N). Tiles wider than configs.TMA_NMAJOR_MAX_BLOCK_N
-    read the weight transposed (weight_kmajor), whose rows of 9 * Cin elements must be 16-byte multiples too."""
-    rows, cout = w_packed.shape
-    row_elements = rows if weight_kmajor(config) else cout
+    measured right with on a GPU (configs.tma_measured_right)."""
+    cout = w_packed.shape[1]
     return (pooled is None and not round_tf32 and config.block_m % TMA_TILE_W == 0
-            and config.block_n <= configs.tma_max_block_n()
+            and configs.tma_measured_right(config)
             and _tma_operand_ok(x) and (skip_window is None or _tma_operand_ok(skip_window))
-            and w_packed.is_contiguous() and row_elements * w_packed.element_size() % 16 == 0
+            and w_packed.is_contiguous() and cout * w_packed.element_size() % 16 == 0
             and w_packed.data_ptr() % 16 == 0)
-
-
-def weight_kmajor(config: configs.Config) -> bool:
-    """Whether the TMA kernel reads the weight K-major (transposed packing) for this tile."""
-    return config.block_n > configs.TMA_NMAJOR_MAX_BLOCK_N
 
 
 def _tma_scratch(size: int, alignment: int, stream):
@@ -693,18 +699,16 @@ def _plan_tma(x, window, has_skip, w_packed, bias, out, out2_t, has_out2, out2_o
     if x.device.type == "cuda" and isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(_tma_scratch)
     grid = (n * triton.cdiv(oh, tile_h) * triton.cdiv(ow, TMA_TILE_W) * triton.cdiv(cout, config.block_n),)
-    kmajor = weight_kmajor(config)
-    w_arg = w_packed.t().contiguous() if kmajor else w_packed  # (Cout, 9 * Cin): a copy of the small weight
     args = (x, x.stride(0), x.stride(2), x.stride(3),
             window, window.stride(0), window.stride(2), window.stride(3), 0, 0, *window.shape[2:],
-            w_arg, bias if bias is not None else w_packed,
+            w_packed, bias if bias is not None else w_packed,
             out, *_strides(out),
             out2_t, *_strides(out2_t), *out2_offset,
             mask_t, *_strides(mask_t),
             n, h, w, oh, ow, window.shape[1] if has_skip else 0, cx, cout, c_split)
     meta = dict(PAD=padding, HAS_SKIP=has_skip, HAS_BIAS=bias is not None, RELU=relu, HAS_OUT2=has_out2,
                 MASK_OUT=has_mask, TILE_H=tile_h, TILE_W=TMA_TILE_W, BLOCK_N=config.block_n,
-                BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap, W_KMAJOR=kmajor,
+                BLOCK_K=config.block_k, INPUT_PRECISION=precision, SWAP=config.swap,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     return Launch(conv3x3_tma_kernel, grid, args, meta)
 
@@ -852,7 +856,8 @@ def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type
     check_rows(n * oh * ow, "the gradient")
     precision, _, round_tf32 = _compute_type(x.dtype, device_type, cin)
     cfg = config or wgrad_config(grad, x, skip, device_type)
-    tiles = triton.cdiv(cin, cfg.block_m) * triton.cdiv(cout, cfg.block_n)
+    # the GEMM's tiles, then with the bias one more row of channel tiles (its programs at tap 0 sum g)
+    tiles = (triton.cdiv(cin, cfg.block_m) + (bias_partial is not None)) * triton.cdiv(cout, cfg.block_n)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP
     args = (grad, *_strides(grad),
             x, *_strides(x),

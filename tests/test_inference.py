@@ -1,5 +1,6 @@
 """predict_tiled: tiled == one whole-image pass, for any size, both paddings, lazy in and out."""
 import logging
+import weakref
 
 import numpy as np
 import pytest
@@ -177,14 +178,21 @@ def test_bad_arguments_are_named():
 
 
 class OutOfMemoryAbove(reference.UNet):
-    """Raises torch.OutOfMemoryError when a forward gets more than ``limit`` input pixels."""
+    """Raises torch.OutOfMemoryError when a forward gets more than ``limit`` input pixels, holding an
+    activation in its frame as a real failed forward does; a forward asserts that no failed forward's
+    activation is alive any more (a retry inside the ``except`` block would keep it, and on a GPU
+    run out of memory again: an H100 did, at every halved batch)."""
 
     limit = 0
     calls = 0
+    failed: list = []
 
     def forward(self, x):
         type(self).calls += 1
+        assert all(alive() is None for alive in self.failed), "a retry while the failed forward's tensors live"
         if x.shape[0] * x.shape[2] * x.shape[3] > self.limit:
+            activation = torch.empty(x.shape)
+            self.failed.append(weakref.ref(activation))
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
         return super().forward(x)
 
@@ -193,10 +201,11 @@ class OutOfMemoryAbove(reference.UNet):
 def test_out_of_memory_retries_with_a_smaller_plan(caplog, limit, expect):
     model = tiny(3, cls=OutOfMemoryAbove)
     OutOfMemoryAbove.limit = limit
+    OutOfMemoryAbove.failed = []
     image = np.random.default_rng(7).random((40, 29), dtype=np.float32)
     with caplog.at_level(logging.INFO, logger="unet_fast.inference"):
         got = predict_tiled(model, image, tile_size=52, batch_size=4, output="logits", progress=False)
-    assert expect in caplog.text and "retry" in caplog.text
+    assert expect in caplog.text and "retry" in caplog.text and OutOfMemoryAbove.failed
     assert_close(torch.from_numpy(got), whole_image_logits(tiny(3), image)[0])
 
 

@@ -140,19 +140,18 @@ class _Runner:
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type != "cuda":
             return self.compute(x, offset, size), None
+        graph = None
         if self.cuda_graphs and batch.shape[0] == self.plan.batch_size:
             try:
                 graph = tile_graph(self.model, tuple(x.shape), lambda t: self.compute(t, offset, size),
                                    (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size),
                                     self.tta),
                                    self.device)
-                result = graph(x)
             except torch.OutOfMemoryError:  # no room for a graph's own pool: eager from here on
                 self.cuda_graphs = False
+            if graph is None:  # outside the handler: see _release
                 self._release()
-                result = self.compute(x, offset, size)
-        else:
-            result = self.compute(x, offset, size)
+        result = graph(x) if graph is not None else self.compute(x, offset, size)
         host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
         host.copy_(result, non_blocking=True)
         done = torch.cuda.Event()
@@ -170,20 +169,24 @@ class _Runner:
         try:
             return self.launch(batch, offset, size)
         except torch.OutOfMemoryError:
-            self._release()
             if batch.shape[0] == 1:
                 raise
-            half = max(1, batch.shape[0] // 2)
-            self.plan.batch_size = min(self.plan.batch_size, half)
-            self.plan.retries.append(f"out of memory at batch {batch.shape[0]}: batch {half}")
-            log.warning("out of memory at batch %d; retrying with batch %d", batch.shape[0], half)
-            parts = [self.launch_splitting(part, offset, size) for part in batch.split(half)]
-            for _, done in parts:
-                if done is not None:
-                    done.synchronize()
-            return torch.cat([host for host, _ in parts]), None
+        self._release()  # outside the handler: see _release
+        half = max(1, batch.shape[0] // 2)
+        self.plan.batch_size = min(self.plan.batch_size, half)
+        self.plan.retries.append(f"out of memory at batch {batch.shape[0]}: batch {half}")
+        log.warning("out of memory at batch %d; retrying with batch %d", batch.shape[0], half)
+        parts = [self.launch_splitting(part, offset, size) for part in batch.split(half)]
+        for _, done in parts:
+            if done is not None:
+                done.synchronize()
+        return torch.cat([host for host, _ in parts]), None
 
     def _release(self):
+        """Return the allocator's free blocks to the driver before a retry after an out-of-memory error.
+        Called after the ``except`` block, never in it: while the error is handled its traceback keeps
+        the failed forward's frames, and so their activations (or a half-captured graph's pool), alive.
+        An H100 (2026-11-26) ran out of memory at every halved batch, 25 down to 1, that way."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -196,22 +199,23 @@ class _Runner:
         """Output rows y0..y0+h, columns x0..x0+w (offsets pool-aligned) with square tiles of
         ``tile`` px, one at a time; on out-of-memory, again with the next smaller usable tile."""
         stride, lead, offset = kept_output(tile, self.depth, self.padding)
+        smaller = [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t <= tile // 2 + 1] or \
+            [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t < tile]
         try:
             for y in range(y0, y0 + h, stride):
                 for x in range(x0, x0 + w, stride):
                     hh, ww = min(stride, y0 + h - y), min(stride, x0 + w - x)
                     batch = torch.from_numpy(self.read_tile(n, y, x, (tile, tile), (lead, lead))[None])
                     self.write(n, y, x, self.forward(batch, (offset, offset), (hh, ww)))
+            return
         except torch.OutOfMemoryError:
-            self._release()
-            smaller = [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t <= tile // 2 + 1] or \
-                [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t < tile]
             if not smaller:
                 raise
-            self.fallback_tile = smaller[-1]
-            self.plan.retries.append(f"out of memory with a {tile} px tile: {smaller[-1]} px tiles")
-            log.warning("out of memory with a %d px tile; retrying with %d px tiles", tile, smaller[-1])
-            self.compute_region(n, y0, x0, h, w, smaller[-1])
+        self._release()  # outside the handler: see _release
+        self.fallback_tile = smaller[-1]
+        self.plan.retries.append(f"out of memory with a {tile} px tile: {smaller[-1]} px tiles")
+        log.warning("out of memory with a %d px tile; retrying with %d px tiles", tile, smaller[-1])
+        self.compute_region(n, y0, x0, h, w, smaller[-1])
 
     def run(self, progress):
         """Every tile of the plan: read on a background thread, computed and written here. progress: show a
@@ -285,7 +289,8 @@ class _Runner:
             try:
                 return (chunk, *self.launch_splitting(batch, offset, plan.stride))
             except torch.OutOfMemoryError:
-                self._release()
+                pass
+            self._release()  # outside the handler: see _release
         for n, y, x in chunk:
             self.compute_region(n, y, x, *plan.stride, self.fallback_tile or min(plan.tile))
         return chunk, None, None

@@ -74,7 +74,7 @@ def stages() -> list[Stage]:
     return [
         Stage("correctness", "Triton kernels and the network at the paper's shapes vs cuDNN/aten (pytest)", 120, 240),
         Stage("ceilings", "copy bandwidth and bf16 matrix rate", 10, 40),
-        Stage("tma_check", "which TMA tiles (weight N- or K-major) and decoder wgrad tiles compute right", 60, 120,
+        Stage("tma_check", "which TMA tiles and decoder wgrad tiles compute right (error, run-to-run races)", 70, 120,
               essential=False),
         Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 75, 200,
               essential=False),  # 42 s measured, before the TMA, split-K and grouped candidates (about 1.7x)

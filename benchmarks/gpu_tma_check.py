@@ -34,7 +34,10 @@ from unet_fast.ops.triton import conv3x3_configs as configs  # noqa: E402
 from unet_fast.ops.triton.conv3x3_configs import Config  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
-RIGHT = 1.25  # a tile is right when its error is within this factor of the pointer kernel's (or best tile's)
+RIGHT = 1.25  # a forward tile is right when its error is within this factor of the pointer kernel's, same tile
+# a wgrad tile, within this factor of its layer's best tile: the summation order alone moves the fp32 sum's
+# error by up to 1.35x between right tiles (H100 run 4: 1.17e-5 to 1.58e-5); the raced one was 3.7e-3
+RIGHT_WGRAD = 2.0
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -121,7 +124,7 @@ def wgrad_rows(layers, tiles, deadline):
 
 def verdict(rows) -> tuple[bool, str]:
     """(every TMA tile the package allows and every wgrad ran right, a line saying what did not): right is
-    deterministic and within RIGHT of the pointer twin (forward) or of the layer's best tile (wgrad)."""
+    deterministic and within RIGHT of the pointer twin (forward) or RIGHT_WGRAD of the layer's best tile."""
     best = {}
     for r in rows:
         if "error" in r:
@@ -132,7 +135,8 @@ def verdict(rows) -> tuple[bool, str]:
         if r["kind"] == "forward" and (r["layout"] == "pointer" or not r["allowed"]):
             continue
         baseline = best.get((r["kind"], r["layer"]) if r["kind"] == "wgrad" else (r["layer"], tuple(r["tile"]), "pointer"))
-        if "error" not in r or not r["deterministic"] or baseline is None or r["error"] > RIGHT * baseline:
+        bound = RIGHT_WGRAD if r["kind"] == "wgrad" else RIGHT
+        if "error" not in r or not r["deterministic"] or baseline is None or r["error"] > bound * baseline:
             what = r["layout"] if r["kind"] == "forward" else f"bias_grad={r['bias_grad']}"
             wrong.append(f"{r['kind']} {r['layer']} {r['tile']} {what}")
     checked = [r for r in rows if r["kind"] == "wgrad" or (r["layout"] == "tma" and r["allowed"])]

@@ -8,6 +8,9 @@ Stages (benchmarks/gpu_run.py runs them in order of value, each with a time cap)
                 forward+backward: UNet(backend="triton") (kernel switches off and on), the torch
                 backend, the reference eager on cuDNN (cudnn.benchmark on) and torch.compile of the
                 reference (default mode); effective TFLOP/s and peak memory
+  profile       where a forward+backward step's GPU time goes: torch.profiler's kernels of UNet(triton)
+                and of torch.compile(reference), grouped (our convs, cuDNN/CUTLASS convs, the rest),
+                the top kernels by time, and the device time against the step's wall time
   max_autotune  torch.compile(reference, mode="max-autotune"): the goals' baseline (run apart, capped)
   layers        each of the 18 distinct 3x3 conv layers: fused vs cuDNN, TFLOP/s; pooled epilogue and
                 direct first layer against their alternatives
@@ -262,6 +265,70 @@ def stage_network(s: Setting, record: Recorder) -> None:
     compiled = torch.compile(ref)
     for mode in modes:
         _time_network(s, record, "compiled_reference_default", compiled, reference_results, x, grad, mode)
+
+
+def _kernel_group(name: str) -> str:
+    lowered = name.lower()
+    if "conv3x3" in lowered or "wgrad_kernel" in lowered:
+        return "ours: conv3x3"
+    if any(k in lowered for k in ("cudnn", "xmma", "implicit_gemm", "dgrad", "wgrad", "conv", "cutlass", "sm90_")):
+        return "cuDNN/CUTLASS conv"
+    if lowered.startswith("triton_") or "relu_pool" in lowered or "crop_concat" in lowered:
+        return "Triton elementwise/reductions"
+    return "other (aten elementwise, copies, fills)"
+
+
+def _profile_step(s, record, name, fn, steps: int = 3) -> None:
+    """torch.profiler over ``steps`` calls of ``fn`` after a warm-up: device time per step by kernel group,
+    the top kernels, and the wall time per step (a step whose device time is far below its wall time is
+    bound by the host)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn()
+    if s.device == "cuda":
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        if s.device == "cuda":
+            torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    kernels = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "self_cuda_time_total", 0)
+        if device_us and getattr(event, "device_type", None) == DeviceType.CUDA:  # kernels, not the ops above them
+            kernels.append((event.key, device_us / 1e3 / steps, event.count / steps))
+    kernels.sort(key=lambda k: -k[1])
+    device_ms = sum(k[1] for k in kernels)
+    groups: dict[str, float] = {}
+    for key, ms, _ in kernels:
+        groups[_kernel_group(key)] = groups.get(_kernel_group(key), 0.0) + ms
+    record(name, mode="forward+backward", batch=s.batch, wall_ms_per_step=round(wall_ms, 3),
+           device_ms_per_step=round(device_ms, 3),
+           groups_ms={k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+           top_kernels=[f"{ms:.3f} ms x{calls:g} {key[:90]}" for key, ms, calls in kernels[:15]])
+
+
+def stage_profile(s: Setting, record: Recorder) -> None:
+    torch.backends.cudnn.benchmark = True
+    ref = _network_models(s)
+    x, grad = _network_inputs(s, ref)
+    model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS["triton"]).to(s.device, s.dtype)
+    model.load_state_dict(ref.state_dict())
+    model = model.to(memory_format=torch.channels_last).eval()
+    _profile_step(s, record, "triton", _network_step(model, x, grad, "forward+backward"))
+    del model
+    if s.dry_run:
+        record("compiled_reference_default", skipped="dry run: no torch.compile")
+        return
+    _profile_step(s, record, "compiled_reference_default", _network_step(torch.compile(ref), x, grad,
+                                                                          "forward+backward"))
 
 
 def stage_max_autotune(s: Setting, record: Recorder) -> None:
@@ -532,7 +599,8 @@ def stage_pipeline(s: Setting, record: Recorder) -> None:
            overhead=round(piped.median_ms / bare.median_ms - 1, 4), plan=plan.explain(), peak_memory_gib=peak_gib)
 
 
-STAGES = {"ceilings": stage_ceilings, "network": stage_network, "max_autotune": stage_max_autotune,
+STAGES = {"ceilings": stage_ceilings, "network": stage_network, "profile": stage_profile,
+          "max_autotune": stage_max_autotune,
           "layers": stage_layers, "loss": stage_loss, "augment": stage_augment, "pipeline": stage_pipeline}
 
 

@@ -79,6 +79,8 @@ def stages() -> list[Stage]:
         Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 75, 200,
               essential=False),  # 42 s measured, before the TMA, split-K and grouped candidates (about 1.7x)
         Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 65, 180),
+        Stage("profile", "where a forward+backward step's GPU time goes: kernels of ours vs torch.compile", 40, 90,
+              essential=False),
         Stage("layers", "per-layer forward and forward+backward, pooled epilogue, direct first layer", 25, 100),
         Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 45, 90,
               needs_extension=True),
@@ -653,7 +655,7 @@ def tune_table(logs: Path) -> list[str]:
 
 
 def other_table(results: list[dict]) -> list[str]:
-    rows = [r for r in results if r.get("stage") in ("ceilings", "loss", "augment", "pipeline")]
+    rows = [r for r in results if r.get("stage") in ("ceilings", "loss", "augment", "pipeline", "profile")]
     lines = []
     for r in rows:
         fields = {k: v for k, v in r.items() if k not in ("stage", "name", "timing", "bare_timing", "plan")}
@@ -717,7 +719,7 @@ def write_summary(run: Run, plan: list[Stage], info: dict) -> str:
         lines.append(f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.estimate_s:.0f} | {s.cap_s:.0f} | {detail} |")
     for title_, table in (("Network (batch 8, 572x572, bf16, channels_last)", network_table(results)),
                           ("Layers", layer_table(results)), ("Tuning (unet_fast.tune)", tune_table(run.logs)),
-                          ("Loss, augmentation, pipeline, ceilings",
+                          ("Loss, augmentation, pipeline, ceilings, profile",
                                                                other_table(results))):
         if table:
             lines += ["", f"## {title_}", ""] + table

@@ -130,8 +130,9 @@ def test_execute_skips_what_no_longer_fits_and_runs_the_rest(tmp_path, monkeypat
     assert status["tune"][0] == "skipped" and "kept for later stages" in status["tune"][1]
     assert status["extension_checks"][0] == "skipped" and "no extension" in status["extension_checks"][1]
     # the fake stages take no time: every essential stage fits, and max_autotune, last, keeps nothing back
-    assert ran == ["correctness", "ceilings", "network", "layers", "loss", "augment", "pipeline", "max_autotune",
-                   "sanitizer"]
+    assert status["tma_check"][0] == "skipped" and "kept for later stages" in status["tma_check"][1]
+    assert ran == ["correctness", "ceilings", "network", "profile", "layers", "loss", "augment", "pipeline",
+                   "max_autotune", "sanitizer"]
 
     # a dry run's CPU seconds are not a GPU's: every stage runs with its own cap, whatever the budget
     ran.clear()
@@ -414,3 +415,16 @@ def test_tma_check_dry_run_writes_results_and_its_verdict(tmp_path):
                                                           ("forward", "tma")}
     assert all(r["error"] < 1e-5 and r["deterministic"] for r in rows), rows
     assert (tmp_path / "out" / "verdict.txt").read_text().startswith("right: all ")
+
+
+def test_profile_groups_kernels_by_whose_they_are():
+    spec = importlib.util.spec_from_file_location("gpu_goals", ROOT / "benchmarks" / "gpu_goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    group = goals._kernel_group
+    assert group("conv3x3_kernel") == group("conv3x3_wgrad_kernel") == "ours: conv3x3"
+    assert group("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64") == \
+        group("cudnn::engines_precompiled::nchwToNhwcKernel") == "cuDNN/CUTLASS conv"
+    assert group("triton_poi_fused_cat_relu_threshold_backward_0") == "Triton elementwise/reductions"
+    assert group("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>") == \
+        "other (aten elementwise, copies, fills)"

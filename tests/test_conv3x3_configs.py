@@ -78,6 +78,35 @@ def test_wgrad_sources_and_bias_under_any_configuration(cs, config):
 
 
 @needs_triton
+@pytest.mark.parametrize("cx, padding, layout", [(1, 0, "channels_last"), (3, 1, "channels_last"),
+                                                 (4, 0, "nchw"), (2, 1, "nchw")])
+@pytest.mark.parametrize("config", [Config(16, 16, 32, 4, 1), Config(16, 64, 64, 4, 1)], ids=["co16", "co64"])
+def test_wgrad_folding_the_taps_for_thin_inputs(cx, padding, layout, config):
+    """The first layer's wgrad (x alone, 1-4 channels) puts all nine taps in one tile's rows, reading each
+    block of the gradient once; against autograd's conv2d, with the bias, odd sizes, batch 3, several
+    output-channel tiles (24 of 16) and splits, both layouts of x."""
+    x, weight, _, _ = inputs(3, cx, 0, 11, 0, 24)
+    if layout == "nchw":
+        x = x.contiguous()
+    out = 11 + 2 * padding - 2
+    grad = torch.randn(3, 24, out, out, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    assert kernels.wgrad_folds_taps(cx, None) and not kernels.wgrad_folds_taps(cx, x) \
+        and not kernels.wgrad_folds_taps(5, None)
+    with exact_fp32():
+        grad_weight, grad_bias = kernels.conv3x3_weight_grad(grad, x, None, padding, bias_grad=True, config=config)
+        w = weight.detach().requires_grad_()
+        (want,) = torch.autograd.grad(F.conv2d(x, w, padding=padding), [w], grad)
+    assert_close(grad_weight, want, msg=f"folded wgrad with {config}, {cx} channels")
+    assert_close(grad_bias, grad.sum((0, 2, 3)), msg="bias gradient")
+    splits, per_split = kernels.wgrad_splits(3 * out * out, cx, 24, config, (27, 1), fold_taps=True)
+    partial = torch.empty((splits, 9, cx, 24), device=DEVICE)
+    launch = kernels.plan_wgrad(grad, x, None, partial, per_split, padding, config=config,
+                                bias_partial=torch.empty((splits, 24), device=DEVICE))
+    assert launch.meta["FOLD_TAPS"] and launch.meta["BLOCK_CI"] == max(16, 1 << (9 * cx - 1).bit_length())
+    assert launch.grid[1] == 1 and launch.grid[0] == 2 * -(-24 // config.block_n)  # GEMM tiles, then the bias's
+
+
+@needs_triton
 def test_tf32_rounding_is_round_to_nearest_of_both_operands():
     """ROUND_TF32 (fp32 on a GPU with TF32 allowed): the kernel's product equals an exact convolution of
     operands rounded to TF32 the way cuDNN rounds them (10 mantissa bits, nearest, ties away)."""

@@ -160,7 +160,8 @@ def layer_launches(dtype: torch.dtype, cin: int, cout: int, size: int, skip_chan
     if "wgrad" in configs or not configs:
         cfg = configs.get("wgrad") or k.wgrad_config(y, x, skip, device_type="cuda")
         splits, per_split = k.wgrad_splits(batch * out_size * out_size, cin, cout, cfg,
-                                           (k.WGRAD_WAVES * 132, k.WGRAD_MIN_STEPS))  # an H100's 132 SMs
+                                           (k.WGRAD_WAVES * 132, k.WGRAD_MIN_STEPS),  # an H100's 132 SMs
+                                           k.wgrad_folds_taps(cin - skip_channels, skip))
         partial = torch.empty((splits, 9, cin, cout), device="meta", dtype=torch.float32)
         bias_partial = torch.empty((splits, cout), device="meta", dtype=torch.float32)
         launches["wgrad"] = k.plan_wgrad(y, x, skip, partial, per_split, padding, device_type="cuda",

@@ -126,7 +126,8 @@ class Problem:
             return run
         cin, cout = layer.in_channels + layer.skip_channels, layer.out_channels
         splits, per_split = kernels.wgrad_splits(self.pixels, cin, cout, config,
-                                                 kernels.wgrad_split_target(x.device))
+                                                 kernels.wgrad_split_target(x.device),
+                                                 kernels.wgrad_folds_taps(layer.in_channels, skip))
         partial = torch.empty((splits, 9, cin, cout), device=x.device, dtype=torch.float32)
         bias_partial = torch.empty((splits, cout), device=x.device, dtype=torch.float32)
 

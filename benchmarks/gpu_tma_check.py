@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -32,7 +33,6 @@ if "--dry-run" in sys.argv[1:]:  # before Triton is imported
 from unet_fast.ops.triton import conv3x3 as kernels  # noqa: E402
 from unet_fast.ops.triton import conv3x3_configs as configs  # noqa: E402
 from unet_fast.ops.triton.conv3x3_configs import Config  # noqa: E402
-from dataclasses import replace  # noqa: E402
 
 RIGHT = 1.25  # a forward tile is right when its error is within this factor of the pointer kernel's, same tile
 # a wgrad tile, within this factor of its layer's best tile: the summation order alone moves the fp32 sum's

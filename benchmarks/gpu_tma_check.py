@@ -134,7 +134,8 @@ def verdict(rows) -> tuple[bool, str]:
     for r in rows:
         if r["kind"] == "forward" and (r["layout"] == "pointer" or not r["allowed"]):
             continue
-        baseline = best.get((r["kind"], r["layer"]) if r["kind"] == "wgrad" else (r["layer"], tuple(r["tile"]), "pointer"))
+        twin = (r["kind"], r["layer"]) if r["kind"] == "wgrad" else (r["layer"], tuple(r["tile"]), "pointer")
+        baseline = best.get(twin)
         bound = RIGHT_WGRAD if r["kind"] == "wgrad" else RIGHT
         if "error" not in r or not r["deterministic"] or baseline is None or r["error"] > bound * baseline:
             what = r["layout"] if r["kind"] == "forward" else f"bias_grad={r['bias_grad']}"

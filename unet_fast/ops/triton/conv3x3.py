@@ -457,17 +457,25 @@ if triton is not None:
             if tap == 0:
                 bias_sum = tl.zeros((BLOCK_CO,), dtype=tl.float32)
                 for p0 in range(p_begin, p_end, BLOCK_P):
-                    p = p0 + tl.arange(0, BLOCK_P)
-                    p_ok = p < p_end
-                    n = (p // (OH * OW)).to(tl.int64)
-                    rem = p % (OH * OW)
-                    oh = rem // OW
-                    ow = rem - oh * OW
-                    g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
-                    g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
-                                mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+                    p_ok, n, oh, ow = _wgrad_pixels(p0, p_end, OH, OW, BLOCK_P)
+                    g = _wgrad_grad_block(g_ptr, sg_n, sg_c, sg_h, sg_w, n, oh, ow, p_ok, co, co_ok)
                     bias_sum += tl.sum(g.to(tl.float32), axis=0)
                 tl.store(bias_partial_ptr + split * Cout + co, bias_sum, mask=co_ok)
+
+    @triton.jit
+    def _wgrad_pixels(p0, p_end, OH, OW, BLOCK_P: tl.constexpr):
+        """The wgrad K step's output pixels p0 .. p0 + BLOCK_P: (in range, image index (int64), row, column)."""
+        p = p0 + tl.arange(0, BLOCK_P)
+        rem = p % (OH * OW)
+        oh = rem // OW
+        return p < p_end, (p // (OH * OW)).to(tl.int64), oh, rem - oh * OW
+
+    @triton.jit
+    def _wgrad_grad_block(g_ptr, sg_n, sg_c, sg_h, sg_w, n, oh, ow, p_ok, co, co_ok):
+        """g[pixels, output channels] of one wgrad K step, zero outside."""
+        rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
+        return tl.load(g_ptr + rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
+                       mask=p_ok[:, None] & co_ok[None, :], other=0.0)
 
     @triton.jit
     def _wgrad_tile_folded(g_ptr, sg_n, sg_h, sg_w, sg_c, x_ptr, sx_n, sx_c, sx_h, sx_w, partial_ptr,
@@ -484,12 +492,7 @@ if triton is not None:
         k_kw = row_tap - k_kh * 3
         acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
         for p0 in range(p_begin, p_end, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            p_ok = p < p_end
-            n = (p // (OH * OW)).to(tl.int64)
-            rem = p % (OH * OW)
-            oh = rem // OW
-            ow = rem - oh * OW
+            p_ok, n, oh, ow = _wgrad_pixels(p0, p_end, OH, OW, BLOCK_P)
             ih = oh[:, None] + k_kh[None, :] - PAD
             iw = ow[:, None] + k_kw[None, :] - PAD
             in_ok = p_ok[:, None] & k_ok[None, :]
@@ -497,9 +500,7 @@ if triton is not None:
                 in_ok = in_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + (n * sx_n)[:, None] + (k_ci.to(tl.int64) * sx_c)[None, :]
                         + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w, mask=in_ok, other=0.0)
-            g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
-            g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
-                        mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+            g = _wgrad_grad_block(g_ptr, sg_n, sg_c, sg_h, sg_w, n, oh, ow, p_ok, co, co_ok)
             if ROUND_TF32:
                 a = _round_to_tf32(a)
                 g = _round_to_tf32(g)
@@ -534,12 +535,7 @@ if triton is not None:
 
         acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
         for p0 in range(p_begin, p_end, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            p_ok = p < p_end
-            n = (p // (OH * OW)).to(tl.int64)
-            rem = p % (OH * OW)
-            oh = rem // OW
-            ow = rem - oh * OW
+            p_ok, n, oh, ow = _wgrad_pixels(p0, p_end, OH, OW, BLOCK_P)
             ih = oh + kh - PAD
             iw = ow + kw - PAD
             in_ok = p_ok
@@ -559,9 +555,7 @@ if triton is not None:
                     skip_rows = n * ss_n + (ih64 + skip_top) * ss_h + (iw64 + skip_left) * ss_w
                     a += tl.load(skip_ptr + skip_rows[:, None] + (ci.to(tl.int64) * ss_c)[None, :],
                                  mask=in_ok[:, None] & (ci < Cs)[None, :], other=0.0)
-            g_rows = n * sg_n + oh.to(tl.int64) * sg_h + ow.to(tl.int64) * sg_w
-            g = tl.load(g_ptr + g_rows[:, None] + (co.to(tl.int64) * sg_c)[None, :],
-                        mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+            g = _wgrad_grad_block(g_ptr, sg_n, sg_c, sg_h, sg_w, n, oh, ow, p_ok, co, co_ok)
             if ROUND_TF32:
                 a = _round_to_tf32(a)
                 g = _round_to_tf32(g)

@@ -147,9 +147,10 @@ class _Runner:
                                    (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size),
                                     self.tta),
                                    self.device)
-            except torch.OutOfMemoryError:  # no room for a graph's own pool: eager from here on
+            except torch.OutOfMemoryError:  # no room for a graph's own pool (None later: tile_graph remembers)
+                pass
+            if graph is None:  # eager from here on; released outside the handler: see _release
                 self.cuda_graphs = False
-            if graph is None:  # outside the handler: see _release
                 self._release()
         result = graph(x) if graph is not None else self.compute(x, offset, size)
         host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)

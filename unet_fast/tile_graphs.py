@@ -10,6 +10,8 @@ A graph reads the parameters in place, so it stays right when the weights change
 optimizer step, load_state_dict); it is captured again when the parameters move (new storage, other
 device or dtype). Its activations live in a memory pool of their own: the eager warm-up's blocks
 are returned to the driver before capturing, so the pool takes their place instead of doubling it.
+A shape whose capture ran out of memory is remembered as such, and runs eagerly from then on without
+trying again (each try costs two eager forwards and the failed capture), until the parameters move.
 """
 from __future__ import annotations
 
@@ -40,16 +42,25 @@ def _parameters_key(model: torch.nn.Module) -> tuple:
 
 
 def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Tensor], torch.Tensor],
-               key: tuple, device: torch.device) -> TileGraph:
+               key: tuple, device: torch.device) -> TileGraph | None:
     """The graph of ``compute(input)`` for inputs of ``shape`` (channels_last, float32 on ``device``),
-    cached on ``model`` under ``key`` (what else changes the computation: output kind, crop, dtypes)."""
+    cached on ``model`` under ``key`` (what else changes the computation: output kind, crop, dtypes);
+    None where capturing it ran out of memory before (the error itself is raised the first time)."""
     cache = _graphs.setdefault(model, {})
     full_key = (tuple(shape), key, _parameters_key(model))
-    graph = cache.get(full_key)
-    if graph is not None:
-        return graph
+    if full_key in cache:
+        return cache[full_key]
     for stale in [k for k in cache if k[:2] == full_key[:2]]:  # the parameters moved: capture anew
         del cache[stale]
+    try:
+        cache[full_key] = _capture(compute, shape, device)
+    except torch.OutOfMemoryError:
+        cache[full_key] = None
+        raise
+    return cache[full_key]
+
+
+def _capture(compute: Callable[[torch.Tensor], torch.Tensor], shape: tuple, device: torch.device) -> TileGraph:
     static_input = torch.zeros(shape, device=device).contiguous(memory_format=torch.channels_last)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -62,14 +73,13 @@ def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Te
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_output = compute(static_input)
-    cache[full_key] = TileGraph(graph, static_input, static_output)
-    return cache[full_key]
+    return TileGraph(graph, static_input, static_output)
 
 
 def has_tile_graph(model: torch.nn.Module) -> bool:
     """True when a graph was captured for ``model`` and its parameters have not moved since."""
     key = _parameters_key(model)
-    return any(k[2] == key for k in _graphs.get(model, {}))
+    return any(k[2] == key and graph is not None for k, graph in _graphs.get(model, {}).items())
 
 
 def forget(model: torch.nn.Module) -> None:

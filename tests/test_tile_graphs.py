@@ -1,0 +1,66 @@
+"""unet_fast.tile_graphs' bookkeeping, on the CPU with CUDA's stream and graph calls stubbed (the captures
+themselves are checked on a GPU: tests/test_realistic_shapes.py)."""
+import contextlib
+
+import pytest
+import torch
+
+from unet_fast import tile_graphs
+
+
+class _Stream:
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """CUDA's calls made harmless; a capture runs ``compute`` once and raises what ``capture_error`` holds."""
+    state = {"capture_error": None, "captures": 0}
+
+    @contextlib.contextmanager
+    def graph(cuda_graph):
+        state["captures"] += 1
+        if state["capture_error"] is not None:
+            raise state["capture_error"]
+        yield
+
+    class Graph:
+        def replay(self):
+            pass
+
+    for name, value in {"Stream": lambda device: _Stream(), "current_stream": lambda device: _Stream(),
+                        "stream": lambda s: contextlib.nullcontext(), "synchronize": lambda device: None,
+                        "empty_cache": lambda: None, "CUDAGraph": Graph, "graph": graph}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    return state
+
+
+def test_a_shape_whose_capture_ran_out_of_memory_runs_eagerly_without_trying_again(fake_cuda):
+    """H100, 2026-11-26: an 8192^2 image's batch of 25 tiles could not be captured; every later call tried again
+    (two eager forwards and a failed capture each) before running eagerly. Now the first call raises, the
+    later ones get None at once, until the parameters move."""
+    model = torch.nn.Conv2d(1, 1, 1)
+    calls = []
+
+    def compute(x):
+        calls.append(x.shape)
+        return x * 2
+
+    tile_graphs.forget(model)
+    fake_cuda["capture_error"] = torch.OutOfMemoryError("simulated: out of memory while capturing")
+    with pytest.raises(torch.OutOfMemoryError):
+        tile_graphs.tile_graph(model, (25, 1, 8, 8), compute, ("labels",), torch.device("cpu"))
+    assert len(calls) == 2 and fake_cuda["captures"] == 1  # the warm-up, then the capture that failed
+    assert tile_graphs.tile_graph(model, (25, 1, 8, 8), compute, ("labels",), torch.device("cpu")) is None
+    assert len(calls) == 2 and fake_cuda["captures"] == 1 and not tile_graphs.has_tile_graph(model)
+
+    fake_cuda["capture_error"] = None  # another shape still captures; so does this one once the weights move
+    assert tile_graphs.tile_graph(model, (12, 1, 8, 8), compute, ("labels",), torch.device("cpu")) is not None
+    assert tile_graphs.has_tile_graph(model)
+    model.weight.data = model.weight.data.clone()
+    assert not tile_graphs.has_tile_graph(model)
+    graph = tile_graphs.tile_graph(model, (25, 1, 8, 8), compute, ("labels",), torch.device("cpu"))
+    assert graph is not None and fake_cuda["captures"] == 3
+    tile_graphs.forget(model)
+    assert not tile_graphs.has_tile_graph(model)

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--dry-run" in sys.argv[1:]:  # before Triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import triton_interpreter_fix  # noqa: E402,F401  (--dry-run: Triton 3.5/3.6's interpreter under numpy >= 2.4)
 
 from unet_fast.ops.triton import conv3x3 as kernels  # noqa: E402
 from unet_fast.ops.triton import conv3x3_configs as configs  # noqa: E402

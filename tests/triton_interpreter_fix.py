@@ -9,7 +9,7 @@ Triton 3.7 reads ``int(self.handle.data.squeeze())``; this module makes 3.5/3.6 
 
 Applied only when TRITON_INTERPRET=1 and the installed triton is one of KNOWN_VERSIONS; compiled
 kernels never see it. Imported by tests/conftest.py (pytest runs) and by the benchmarks scripts that
-run kernels in the interpreter under ``gpu.sh --dry-run`` (gpu_goals.py, gpu_sanitize.py).
+run kernels in the interpreter under ``gpu.sh --dry-run`` (gpu_goals.py, gpu_sanitize.py, gpu_tma_check.py).
 ``APPLIED`` says whether it was applied, ``REASON`` why not.
 """
 from __future__ import annotations

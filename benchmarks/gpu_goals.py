@@ -278,14 +278,15 @@ def _kernel_group(name: str) -> str:
     return "other (aten elementwise, copies, fills)"
 
 
-def _profile_step(s, record, name, fn, steps: int = 3) -> None:
-    """torch.profiler over ``steps`` calls of ``fn`` after a warm-up: device time per step by kernel group,
-    the top kernels, and the wall time per step (a step whose device time is far below its wall time is
-    bound by the host)."""
+def _profile_step(s, record, name, fn) -> None:
+    """torch.profiler over 3 calls of ``fn`` after 2 warm-up calls (the dry run: 1, none): device time per
+    step by kernel group, the top kernels, and the wall time per step (a step whose device time is far
+    below its wall time is bound by the host)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(2):
+    warmup, steps = (0, 1) if s.dry_run else (2, 3)
+    for _ in range(warmup):
         fn()
     if s.device == "cuda":
         torch.cuda.synchronize()

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         device, dtype = "cpu", torch.float32
         layers = {"plain": _layer(device, dtype, 2, 0, 16, 32, 10), "skip": _layer(device, dtype, 1, 16, 16, 32, 9)}
-        tiles = [(32, n, 16, 4, 1) for n in (16, 32)]
+        tiles = [(32, 16, 16, 4, 1)]  # one tile: the interpreter is slow, and proving the script runs is the point
         wgrad_tiles = [(32, 32, 16, 4, 1)]
     else:
         if not torch.cuda.is_available():

@@ -337,18 +337,21 @@ def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
     for stage in plan:
         assert stage.name in rows, stage.name
     assert "| ok |" in rows["correctness"] and " 0 failed, 0 errors" in rows["correctness"]
+    assert "| ok |" in rows["tma_check"] and "right: all " in rows["tma_check"]  # each layout right in fp32
     assert "skipped" in rows["extension_checks"]  # --no-build: nothing to check
 
     everything = json.loads((outdir / "results.json").read_text())
     assert everything["dry_run"] is True and everything["budget_s"] == gpu_run.DEFAULT_BUDGET_S
     assert [s["name"] for s in everything["stages"]] == [s.name for s in plan]
     stages_run = [s["name"] for s in everything["stages"] if s["status"] == "ok"]
-    assert {r["stage"] for r in everything["results"]} >= {"network", "layers", "loss", "augment", "pipeline"}
+    assert {r["stage"] for r in everything["results"]} >= {"network", "profile", "layers", "loss", "augment",
+                                                          "pipeline"}
 
     with tarfile.open(outdir / "logs.tar.gz") as tar:
         names = set(tar.getnames())
     assert {f"logs/{name}.log" for name in stages_run} <= names
     assert {"logs/build.log", "logs/correctness.xml", "logs/full_tests.xml"} <= names
+    assert {f"logs/tma_check/{name}" for name in ("results.json", "summary.md", "verdict.txt")} <= names
 
 
 def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
@@ -401,21 +404,6 @@ def test_tma_check_verdict_needs_every_allowed_tma_tile_and_every_wgrad_right():
     ok, line = check.verdict(rows(bias_error=3.7e-3))       # the wgrad bias fault
     assert not ok and "wgrad b [128, 128, 64, 8, 3] bias_grad=True" in line
     assert check.verdict([]) == (False, "nothing checked")
-
-
-def test_tma_check_dry_run_writes_results_and_its_verdict(tmp_path):
-    """The interpreter on tiny shapes: forward tiles both ways and the wgrad tile, each right (fp32)."""
-    pytest.importorskip("triton")
-    env = _env(OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)  # --dry-run sets it itself
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_tma_check.py"), str(tmp_path / "out"),
-                           "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {(r["kind"], r.get("layout")) for r in rows} == {("wgrad", None), ("forward", "pointer"),
-                                                          ("forward", "tma")}
-    assert all("error" in r and r["error"] < 1e-5 and r["deterministic"] for r in rows), rows
-    assert (tmp_path / "out" / "verdict.txt").read_text().startswith("right: all ")
 
 
 def test_profile_groups_kernels_by_whose_they_are():

@@ -202,6 +202,29 @@ def test_only_requested_gradients():
 
 
 @needs_triton
+def test_an_nchw_gradient_reaches_the_kernels_channels_last(monkeypatch):
+    """A 1x1 head's or an up-convolution's backward hands the conv an NCHW gradient (on the CPU at least);
+    ReLU's mask is applied into y's channels_last layout, so the kernels read it coalesced, and the
+    gradients are the reference's (aten's threshold_backward: zero unless y > 0)."""
+    from unet_fast.ops import conv3x3 as op_module
+    seen = []
+    real = op_module._masked_backward
+    monkeypatch.setattr(op_module, "_masked_backward",
+                        lambda ctx, grad: seen.append(grad.is_contiguous(memory_format=torch.channels_last))
+                        or real(ctx, grad))
+    x, weight, bias, skip = make(2, 3, 2, 7, 9, 11, 13, 4, "channels_last")
+    grad = torch.randn(2, 4, 5, 7, device=DEVICE)  # NCHW
+    with exact_fp32():
+        out = conv3x3_relu(x, weight, bias, skip=skip, padding=0, implementation="triton")
+        got = torch.autograd.grad(out, [x, weight, bias, skip], grad)
+    expected = conv3x3_relu_reference(x, weight, bias, skip, padding=0)
+    want = torch.autograd.grad(expected, [x, weight, bias, skip], grad)
+    assert seen == [True]
+    for name, g, w in zip(("x", "weight", "bias", "skip"), got, want):
+        assert_close(g, w, dtype=torch.float32, msg=name)
+
+
+@needs_triton
 @pytest.mark.parametrize("padding", [0, 1])
 def test_backward_ops_directly(padding):
     """The backward ops without autograd: dgrad splits its output between grad_skip's window and grad_x."""

@@ -268,13 +268,15 @@ def stage_network(s: Setting, record: Recorder) -> None:
 
 
 def _kernel_group(name: str) -> str:
+    """Whose kernel: ours, cuDNN's/CUTLASS's convolutions, Triton's elementwise (inductor's fused kernels are
+    named after the ops they absorb, "triton_poi_fused_convolution_relu_3": not convolutions), or aten's."""
     lowered = name.lower()
     if "conv3x3" in lowered or "wgrad_kernel" in lowered:
         return "ours: conv3x3"
-    if any(k in lowered for k in ("cudnn", "xmma", "implicit_gemm", "dgrad", "wgrad", "conv", "cutlass", "sm90_")):
-        return "cuDNN/CUTLASS conv"
     if lowered.startswith("triton_") or "relu_pool" in lowered or "crop_concat" in lowered:
         return "Triton elementwise/reductions"
+    if any(k in lowered for k in ("cudnn", "xmma", "implicit_gemm", "dgrad", "wgrad", "conv", "cutlass", "sm90_")):
+        return "cuDNN/CUTLASS conv"
     return "other (aten elementwise, copies, fills)"
 
 
@@ -310,6 +312,7 @@ def _profile_step(s, record, name, fn) -> None:
     groups: dict[str, float] = {}
     for key, ms, _ in kernels:
         groups[_kernel_group(key)] = groups.get(_kernel_group(key), 0.0) + ms
+    # wall time includes the CPU profiler's own overhead: it overstates how much a step is bound by the host
     record(name, mode="forward+backward", batch=s.batch, wall_ms_per_step=round(wall_ms, 3),
            device_ms_per_step=round(device_ms, 3),
            groups_ms={k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},

@@ -205,7 +205,7 @@ def test_only_requested_gradients():
 def test_an_nchw_gradient_reaches_the_kernels_channels_last(monkeypatch):
     """A 1x1 head's or an up-convolution's backward hands the conv an NCHW gradient (on the CPU at least);
     ReLU's mask is applied into y's channels_last layout, so the kernels read it coalesced, and the
-    gradients are the reference's (aten's threshold_backward: zero unless y > 0)."""
+    gradients are the reference's (aten's threshold_backward: zero where y <= 0)."""
     from unet_fast.ops import conv3x3 as op_module
     seen = []
     real = op_module._masked_backward

@@ -403,7 +403,12 @@ def test_tma_check_verdict_needs_every_allowed_tma_tile_and_every_wgrad_right():
     assert not check.verdict(rows(failed=True))[0]          # did not run: not shown right
     ok, line = check.verdict(rows(bias_error=3.7e-3))       # the wgrad bias fault
     assert not ok and "wgrad b [128, 128, 64, 8, 3] bias_grad=True" in line
-    assert check.verdict([]) == (False, "nothing checked")
+    wrong_bias = rows()
+    wrong_bias[-3]["bias_error"] = 2e-3                     # a bias sum wrong the same way on every run
+    ok, line = check.verdict(wrong_bias)
+    assert not ok and "bias_grad=True" in line
+    ok, line = check.verdict([r for r in rows() if r["kind"] == "wgrad"])  # the deadline before any TMA tile
+    assert not ok and line.startswith("incomplete")
 
 
 def test_profile_groups_kernels_by_whose_they_are():
@@ -415,5 +420,6 @@ def test_profile_groups_kernels_by_whose_they_are():
     assert group("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64") == \
         group("cudnn::engines_precompiled::nchwToNhwcKernel") == "cuDNN/CUTLASS conv"
     assert group("triton_poi_fused_cat_relu_threshold_backward_0") == "Triton elementwise/reductions"
+    assert group("triton_red_fused_convolution_backward_threshold_backward_7") == "Triton elementwise/reductions"
     assert group("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>") == \
         "other (aten elementwise, copies, fills)"

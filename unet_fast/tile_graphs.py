@@ -10,8 +10,9 @@ A graph reads the parameters in place, so it stays right when the weights change
 optimizer step, load_state_dict); it is captured again when the parameters move (new storage, other
 device or dtype). Its activations live in a memory pool of their own: the eager warm-up's blocks
 are returned to the driver before capturing, so the pool takes their place instead of doubling it.
-A shape whose capture ran out of memory is remembered as such, and runs eagerly from then on without
-trying again (each try costs two eager forwards and the failed capture), until the parameters move.
+A shape whose capture (or its eager warm-up) ran out of memory is remembered as such, and runs eagerly
+from then on without trying again (each try costs two eager forwards and the failed capture), until the
+parameters move.
 """
 from __future__ import annotations
 

@@ -148,10 +148,11 @@ def _backward(ctx, grad):
     if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
         return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
-    # ReLU's mask, read from its output, as aten's threshold_backward applies it (zero unless y > 0). The
-    # result takes y's channels_last layout, which the kernels read coalesced, whatever layout the gradient
-    # came in: a 1x1 head's or an up-convolution's backward gives NCHW on the CPU.
-    return _masked_backward(ctx, torch.where(y > 0, grad, 0))
+    # ReLU's mask, read from its output, as aten's threshold_backward applies it (zero where y <= 0; a NaN
+    # passes, as in the kernels' fused masks). The result takes y's channels_last layout (the condition's),
+    # which the kernels read coalesced, whatever layout the gradient came in: a 1x1 head's or an
+    # up-convolution's backward gives NCHW on the CPU.
+    return _masked_backward(ctx, torch.where(y <= 0, 0, grad))
 
 
 def _backward_pool(ctx, grad, grad_pooled):
@@ -181,7 +182,7 @@ def _masked_backward(ctx, grad):
                                (needs_weight or needs_bias) and aten_wgrad)
         grad_x, grad_skip, grad_weight, grad_bias = grads
         if ctx.mask_input_grad and grad_x is not None:  # cuDNN's dgrad: the mask as a pass of its own
-            grad_x = torch.where(x > 0, grad_x, 0)
+            grad_x = torch.where(x <= 0, 0, grad_x)
     if needs_input and not aten_dgrad:
         grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding,
                                                               ctx.mask_input_grad)

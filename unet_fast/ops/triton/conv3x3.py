@@ -931,7 +931,8 @@ def plan_wgrad(grad, x, skip, partial, per_split: int, padding: int, device_type
             n, h, w, oh, ow, cs, cx, cout, per_split)
     meta = dict(PAD=padding, HAS_SKIP=skip is not None, ONE_SOURCE_PER_TILE=skip is not None and cs % cfg.block_m == 0,
                 BIAS_GRAD=bias_partial is not None, BLOCK_CI=rows, BLOCK_CO=cfg.block_n, BLOCK_P=cfg.block_k,
-                INPUT_PRECISION=precision, ROUND_TF32=round_tf32, FOLD_TAPS=fold, num_warps=cfg.num_warps,
+                INPUT_PRECISION=precision, ROUND_TF32=round_tf32, FOLD_TAPS=fold,
+                num_warps=max(cfg.num_warps, configs.warps(rows, cfg.block_n)) if fold else cfg.num_warps,
                 num_stages=cfg.num_stages)
     return Launch(conv3x3_wgrad_kernel, (tiles, 1 if fold else 9, partial.shape[0]), args, meta)
 

@@ -144,6 +144,13 @@ def _network_models(s: Setting):
     return ref.to(memory_format=torch.channels_last).eval()
 
 
+def _fast_model(s: Setting, ref, variant: str):
+    """UNet with NETWORK_VARIANTS[variant]'s switches and the reference's weights, as the network stages run it."""
+    model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS[variant]).to(s.device, s.dtype)
+    model.load_state_dict(ref.state_dict())
+    return model.to(memory_format=torch.channels_last).eval()
+
+
 def _network_step(model, x, grad, mode: str):
     if mode == "forward":
         def fn():
@@ -242,18 +249,14 @@ def stage_network(s: Setting, record: Recorder) -> None:
     for mode in modes:
         _time_network(s, record, "reference_eager_cudnn", ref, reference_results, x, grad, mode)
     for name in _selected(DRY_RUN_VARIANTS if s.dry_run else NETWORK_VARIANTS):
-        model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS[name]).to(s.device, s.dtype)
-        model.load_state_dict(ref.state_dict())
-        model = model.to(memory_format=torch.channels_last).eval()
+        model = _fast_model(s, ref, name)
         for mode in modes:
             _time_network(s, record, name, model, reference_results, x, grad, mode)
         del model
     shipped = os.environ.get("UNET_FAST_SHIPPED_TABLE")  # set by gpu_run when its tune stage rewrote the table
     if shipped and Path(shipped).exists() and not s.dry_run and _selected(["triton_shipped_table"]):
         with conv_table(shipped):
-            model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS["triton"]).to(s.device, s.dtype)
-            model.load_state_dict(ref.state_dict())
-            model = model.to(memory_format=torch.channels_last).eval()
+            model = _fast_model(s, ref, "triton")
             for mode in modes:
                 _time_network(s, record, "triton_shipped_table", model, reference_results, x, grad, mode)
             del model
@@ -311,7 +314,8 @@ def _profile_step(s, record, name, fn) -> None:
     device_ms = sum(k[1] for k in kernels)
     groups: dict[str, float] = {}
     for key, ms, _ in kernels:
-        groups[_kernel_group(key)] = groups.get(_kernel_group(key), 0.0) + ms
+        group = _kernel_group(key)
+        groups[group] = groups.get(group, 0.0) + ms
     # wall time includes the CPU profiler's own overhead: it overstates how much a step is bound by the host
     record(name, mode="forward+backward", batch=s.batch, wall_ms_per_step=round(wall_ms, 3),
            device_ms_per_step=round(device_ms, 3),
@@ -323,9 +327,7 @@ def stage_profile(s: Setting, record: Recorder) -> None:
     torch.backends.cudnn.benchmark = True
     ref = _network_models(s)
     x, grad = _network_inputs(s, ref)
-    model = UNet(depth=s.depth, base_channels=s.base, **NETWORK_VARIANTS["triton"]).to(s.device, s.dtype)
-    model.load_state_dict(ref.state_dict())
-    model = model.to(memory_format=torch.channels_last).eval()
+    model = _fast_model(s, ref, "triton")
     _profile_step(s, record, "triton", _network_step(model, x, grad, "forward+backward"))
     del model
     if s.dry_run:

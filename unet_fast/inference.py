@@ -200,8 +200,6 @@ class _Runner:
         """Output rows y0..y0+h, columns x0..x0+w (offsets pool-aligned) with square tiles of
         ``tile`` px, one at a time; on out-of-memory, again with the next smaller usable tile."""
         stride, lead, offset = kept_output(tile, self.depth, self.padding)
-        smaller = [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t <= tile // 2 + 1] or \
-            [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t < tile]
         try:
             for y in range(y0, y0 + h, stride):
                 for x in range(x0, x0 + w, stride):
@@ -210,6 +208,8 @@ class _Runner:
                     self.write(n, y, x, self.forward(batch, (offset, offset), (hh, ww)))
             return
         except torch.OutOfMemoryError:
+            usable = [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t < tile]
+            smaller = [t for t in usable if t <= tile // 2 + 1] or usable
             if not smaller:
                 raise
         self._release()  # outside the handler: see _release

@@ -41,9 +41,9 @@ def tma_measured_right(config: Config) -> bool:
 
 
 def tma_candidate(config: Config) -> Config:
-    """``config`` through the TMA kernel, wide tiles with the pipeline depth measured right."""
-    stages = config.num_stages if config.block_n <= TMA_MAX_BLOCK_N else min(config.num_stages, TMA_WIDE_MAX_STAGES)
-    return replace(config, tma=True, num_stages=stages)
+    """``config`` through the TMA kernel, with the pipeline depth measured right where its own is not."""
+    candidate = replace(config, tma=True)
+    return candidate if tma_measured_right(candidate) else replace(candidate, num_stages=TMA_WIDE_MAX_STAGES)
 
 
 @dataclass(frozen=True)

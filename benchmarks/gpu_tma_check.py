@@ -32,6 +32,7 @@ if "--dry-run" in sys.argv[1:]:  # before Triton is imported
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 import triton_interpreter_fix  # noqa: E402,F401  (--dry-run: Triton 3.5/3.6's interpreter under numpy >= 2.4)
 
+from unet_fast.geometry import center_crop  # noqa: E402
 from unet_fast.ops.triton import conv3x3 as kernels  # noqa: E402
 from unet_fast.ops.triton import conv3x3_configs as configs  # noqa: E402
 from unet_fast.ops.triton.conv3x3_configs import Config  # noqa: E402
@@ -59,11 +60,8 @@ def _layer(device, dtype, batch, cs, cx, cout, size):
 
 
 def _cat(x, skip):
-    if skip is None:
-        return x.float()
-    top = (skip.shape[2] - x.shape[2]) // 2
-    left = (skip.shape[3] - x.shape[3]) // 2
-    return torch.cat([skip[:, :, top:top + x.shape[2], left:left + x.shape[3]].float(), x.float()], 1)
+    """The decoder's input in float32: skip's centre crop, then x (the reference's copy and crop)."""
+    return x.float() if skip is None else torch.cat([center_crop(skip, x.shape[-2:]), x], 1).float()
 
 
 def _run_twice(fn):

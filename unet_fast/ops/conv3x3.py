@@ -41,7 +41,7 @@ from ..geometry import center_crop, zero_outside_center
 from . import triton as _triton
 from .frozen_weights import derived
 from ._library import choose_implementation, register_fake_and_autograd, register_triton
-from .crop_concat import check_skip_covers
+from .crop_concat import check_skip_covers, crop_concat
 
 if _triton.available():
     from .triton import conv3x3 as _kernels
@@ -289,7 +289,9 @@ class _ReluMaskedGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.masked_fill(ctx.saved_tensors[0] <= 0, 0)
+        # torch.where, not masked_fill: masked_fill returns NCHW whatever its input, and cuDNN's backward would
+        # then copy the gradient back to the layer's channels_last
+        return torch.where(ctx.saved_tensors[0] <= 0, 0, grad)
 
 
 class _ReluOfMaskedGrad(torch.autograd.Function):
@@ -352,5 +354,9 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if mask_input_grad and x.requires_grad and torch.is_grad_enabled():
         x = _ReluMaskedGrad.apply(x)
     relu = _ReluOfMaskedGrad.apply if output_grad_masked and torch.is_grad_enabled() else F.relu
+    if skip is not None and torch.is_grad_enabled():
+        # the crop_concat op, not torch.cat of a cropped view: its backward gives skip's gradient in skip's
+        # layout in one pass, where cat's and the crop's backward give it NCHW in two
+        x, skip = crop_concat(skip, x), None
     y = conv3x3_relu_reference(x, weight, bias, skip, padding, relu)
     return (y, F.max_pool2d(y, 2)) if pool else y

@@ -476,6 +476,50 @@ def test_grouped_row_tiles_match_oracle(group_m, pool):
         assert_close(pooled, expected[1], dtype=torch.float32)
 
 
+# NaN and infinities in the input, as aten treats them: relu(NaN) = NaN (F.relu), and a 2x2 window holding a
+# NaN pools to NaN (F.max_pool2d), in every forward kernel and epilogue: the GEMM's (with and without skip and
+# pool), the direct kernel, split-K's sum kernel, the TMA kernel. An inf spreads as +-inf (0 after the ReLU, or
+# NaN where +inf meets -inf), a NaN to its 3x3 neighbourhood of outputs, whole and partly NaN pool windows.
+@needs_triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's inf - inf
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding, pool, direct, config, kernel", [
+    pytest.param(2, 5, 0, 9, 11, 0, 0, 7, 0, False, False, None, "conv3x3_kernel", id="gemm"),
+    pytest.param(2, 5, 3, 9, 11, 13, 14, 17, 1, True, False, None, "conv3x3_kernel", id="gemm-skip-pool-pad1"),
+    pytest.param(2, 3, 0, 9, 10, 0, 0, 6, 0, True, True, None, "conv3x3_kernel", id="direct-pooled-takes-gemm"),
+    pytest.param(2, 2, 0, 9, 11, 0, 0, 40, 1, False, True, None, "conv3x3_direct_kernel", id="direct-pad1"),
+    pytest.param(2, 5, 3, 7, 9, 12, 14, 17, 0, False, False, Config(32, 16, 16, 4, 1, split_k=2),
+                 "conv3x3_split_sum_kernel", id="split-k-skip"),
+    pytest.param(2, 8, 4, 9, 21, 13, 25, 20, 1, False, False, TMA, "conv3x3_tma_kernel", id="tma-skip-pad1"),
+])
+def test_nan_and_inf_propagate_like_aten(batch, cx, cs, h, w, sh, sw, cout, padding, pool, direct, config, kernel):
+    x, weight, bias, skip = (t.detach() if t is not None else None
+                             for t in make(batch, cx, cs, h, w, sh, sw, cout, "channels_last"))
+    nan, inf = float("nan"), float("inf")
+    x[0, cx - 1, 3, 4] = nan
+    x[1, 0, h - 3, w - 3] = inf
+    x[1, cx - 1, h - 4, w - 2] = -inf  # overlaps the +inf's outputs: NaN where both reach
+    x[0, 0, h - 1, 0] = inf            # a corner
+    if skip is not None:
+        top, left = (sh - h) // 2, (sw - w) // 2
+        skip[1, cs - 1, top + 2, left + w // 2] = nan
+        skip[0, 0, 0, 0] = nan  # outside the window the forward reads (offsets > 0): reaches nothing
+        assert top > 0 and left > 0
+    with exact_fp32():
+        out, pooled = kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=pool, direct=direct, config=config)
+        launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, pooled, padding,
+                                      direct, config=config)
+    assert (launch.then or launch).kernel is getattr(kernels, kernel)
+    expected = oracle(x, weight, bias, skip, padding, pool)
+    y = expected[0]
+    assert y.isnan().any() and (y == inf).any() and (y == 0).any()
+    assert_close(out, y, dtype=torch.float32, equal_nan=True, msg="y")
+    if pool:
+        share = F.avg_pool2d(y.isnan().double(), 2)  # windows partly NaN: a NaN must win over the numbers
+        assert ((share > 0) & (share < 1)).any()
+        assert_close(pooled, expected[1], dtype=torch.float32, equal_nan=True, msg="pooled")
+        assert_close(pooled, F.max_pool2d(out, 2), rtol=0, atol=0, equal_nan=True, msg="pooled is max_pool2d(y)")
+
+
 @needs_triton
 def test_tma_applies_only_where_descriptors_can():
     """Elsewhere the same tiles run on the pointer kernel: pooled epilogues, TF32 rounding, NCHW or unaligned

@@ -38,10 +38,10 @@ WEIGHT_MAP_AGREEMENT = 1e-4
 
 def assert_close(actual, expected, dtype=None, msg=None, **overrides):
     """torch.testing.assert_close with the table's tolerance for ``dtype`` (default: actual's); ``msg``
-    names what is compared in the failure."""
+    names what is compared in the failure; ``equal_nan=True``: NaN equals NaN (at the same positions)."""
     rtol, atol = TOLERANCES[dtype or actual.dtype]
     torch.testing.assert_close(actual, expected, rtol=overrides.get("rtol", rtol), atol=overrides.get("atol", atol),
-                               check_dtype=False, check_device=False,
+                               equal_nan=overrides.get("equal_nan", False), check_dtype=False, check_device=False,
                                msg=None if msg is None else (lambda default: f"{msg}: {default}"))
 
 

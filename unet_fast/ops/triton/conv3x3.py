@@ -75,14 +75,24 @@ if triton is not None:
         return n.to(tl.int64), oh, ow, ok
 
     @triton.jit
+    def _relu(x):
+        """max(x, 0) with relu(NaN) = NaN, as F.relu: tl.maximum's default (maxnum) would make a NaN 0."""
+        return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
+    def _max_propagating_nan(a, b):
+        return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
     def _store_pooled(acc, pool_ptr, sp_n, sp_c, sp_h, sp_w, pid_m, offs_n, col_ok, N, OH, OW,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """pool = max of each window's four rows of acc (rows laid out by _output_pixels with POOL).
 
         Only windows wholly inside the output are stored: the pool floors, as F.max_pool2d does.
         acc is the activated fp32 value: rounding is monotonic, so max-then-round equals the max of y.
+        A window holding a NaN pools to NaN, as F.max_pool2d (tl.max would skip the NaN).
         """
-        pooled = tl.max(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_propagating_nan)
         PH = (OH + 1) // 2
         PW = (OW + 1) // 2
         window = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
@@ -240,7 +250,7 @@ if triton is not None:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         value = acc.to(out_ptr.dtype.element_ty)
         oh64 = oh.to(tl.int64)
         ow64 = ow.to(tl.int64)
@@ -396,7 +406,7 @@ if triton is not None:
 
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        acc = tl.maximum(acc, 0.0)
+        acc = _relu(acc)
         out_rows = n * so_n + oh.to(tl.int64) * so_h + ow.to(tl.int64) * so_w
         tl.store(out_ptr + out_rows[:, None] + (offs_n * so_c)[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

@@ -128,6 +128,26 @@ def test_tf32_rounding_is_round_to_nearest_of_both_operands():
     assert (out - unrounded).abs().max() > 1e-6  # the rounding did something
 
 
+@needs_triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN, in the interpreter
+def test_tf32_rounding_keeps_nan_and_inf():
+    """A GPU's NaN (0x7fffffff, what max.NaN and 0/0 give) plus the rounding's half-unit carries into the sign
+    bit: without care it became -0.0 and the NaN vanished from the next layer's input."""
+    x, weight, bias, _ = inputs(1, 8, 0, 7, 0, 16)
+    x = x.clone()
+    x.view(torch.int32)[0, 0, 1, 1] = 0x7FFFFFFF
+    x[0, 3, 5, 5] = float("inf")
+    out = torch.empty(1, 16, 5, 5).contiguous(memory_format=torch.channels_last).to(DEVICE)
+    launch = kernels.plan_conv(x, None, (0, 0), kernels.pack_forward_weight(weight), bias, out, None, (0, 0), 0, True)
+    launch.meta.update(ROUND_TF32=True)
+    launch.run()
+    with exact_fp32():
+        want = F.relu(F.conv2d(x, weight, bias))
+    assert torch.isnan(want).any() and torch.isinf(want).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(want))
+    assert torch.equal(torch.isinf(out), torch.isinf(want))
+
+
 def test_rows_beyond_32_bits_are_refused_with_the_way_out():
     x = torch.empty(2, 4, 40000, 40000, device="meta").contiguous(memory_format=torch.channels_last)
     out = torch.empty(2, 8, 39998, 39998, device="meta").contiguous(memory_format=torch.channels_last)

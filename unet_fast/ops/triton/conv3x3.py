@@ -50,7 +50,9 @@ if triton is not None:
         cores read only the top 19 bits of an fp32 operand, so feeding it unrounded truncates, which
         measured 2.6x the error of cuDNN's TF32 convolutions on an H200 (benchmarks/results/*-run1)."""
         bits = x.to(tl.uint32, bitcast=True)
-        return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        rounded = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        # a NaN stays NaN: the GPUs' NaN (0x7fffffff) would carry into the sign bit and round to -0.0
+        return tl.where(x != x, x, rounded)
 
     @triton.jit
     def _output_pixels(offs_m, N, OH, OW, POOL: tl.constexpr):

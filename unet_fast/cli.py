@@ -1000,8 +1000,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, torchrun stopping a job, a scheduler's time limit) unwinds like Ctrl-C, so that
     # temporary files are removed on the way out instead of being left behind; installed first, and
     # Ctrl-C caught from the first line, since building the parser and the commands import torch
+    if not isinstance(sys.unraisablehook, _QuietAfterStop):  # a signal's exception swallowed while importing torch
+        sys.unraisablehook = _QuietAfterStop(sys.unraisablehook)
     try:
-        with termination.handling(ignore_after_stop=argv is None):   # None: this process is the command
+        with termination.handling(interrupts=True, ignore_after_stop=argv is None):  # None: the process is the command
             try:
                 return _main(argv)
             except (KeyboardInterrupt, SystemExit) as stop:

@@ -329,10 +329,11 @@ def discard(path) -> None:
 
 def commit(temporary, path) -> None:
     """Move a finished temporary file or folder onto ``path`` (os.replace; folders swapped). After a
-    SIGTERM (``termination``) the temporary is removed instead and SystemExit raised: a stopped run
-    commits nothing, even where the signal's first exception was swallowed."""
+    SIGTERM or the command line's Ctrl-C (``termination``) the temporary is removed instead and SystemExit or
+    KeyboardInterrupt raised: a stopped run commits nothing, even where the signal's first exception was
+    swallowed."""
     temporary, path = Path(temporary), Path(path)
-    if termination.requested() is not None:
+    if termination.stopping():
         discard(temporary)
         termination.check()
     if temporary.is_dir() and path.exists():

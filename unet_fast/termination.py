@@ -8,6 +8,10 @@ swallowed and the run would go on to the end. So the handler also records the si
 batch of tiles, and before any output is committed (``image_io.commit``). A run that received
 SIGTERM therefore never completes, and exits with 143 whatever happened to the first exception.
 
+Ctrl-C (SIGINT) with ``interrupts=True`` gets the same care: its handler raises KeyboardInterrupt as
+Python's own does, and remembers it, so ``check()`` raises KeyboardInterrupt again where the first one was
+swallowed (a bare ``except:`` or a finalizer while torch is being imported lost a Ctrl-C, and training ran on).
+
 Without ``handling()`` (the Python API) nothing is installed and ``check()`` does nothing. The module
 imports nothing heavy: the command line installs the handler before its first slow import.
 """
@@ -18,6 +22,7 @@ import signal
 import sys
 
 _received: int | None = None    # the signal received while handling() is active, else None
+_interrupted = False            # Ctrl-C received while handling(interrupts=True) is active
 _ever_received = False          # whether one was received in this process (for quieting shutdown reports)
 
 
@@ -31,6 +36,14 @@ def _handler(signum, frame):
         raise SystemExit(128 + signum)
 
 
+def _interrupt_handler(signum, frame):
+    global _interrupted, _ever_received
+    first = not _interrupted
+    _interrupted, _ever_received = True, True
+    if first or sys.exc_info()[1] is None:    # as above: not into the clean-up of the first
+        raise KeyboardInterrupt
+
+
 def requested() -> int | None:
     """The signal number received, or None."""
     return _received
@@ -40,30 +53,41 @@ def received_in_this_process() -> bool:
     return _ever_received
 
 
+def stopping() -> bool:
+    """Whether a stopping signal or (with interrupts) Ctrl-C was received."""
+    return _received is not None or _interrupted
+
+
 def check() -> None:
-    """Raise SystemExit(128 + signal) if a stopping signal was received (even if its first exception
-    was swallowed); a no-op otherwise. Cheap: call it in loops."""
+    """Raise SystemExit(128 + signal) if a stopping signal was received, else KeyboardInterrupt if Ctrl-C
+    was (even if the first exception was swallowed); a no-op otherwise. Cheap: call it in loops."""
     if _received is not None:
         raise SystemExit(128 + _received)
+    if _interrupted:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def handling(signals=(signal.SIGTERM,), *, ignore_after_stop: bool = False):
-    """Within: ``signals`` raise SystemExit(128 + signum) and are remembered for ``check()``. Outside the
-    main thread (where handlers cannot be installed) nothing changes. On the way out the previous
-    handlers return; but with ``ignore_after_stop`` (for a process that is the command and now exits)
-    once a signal was received further ones are ignored, so that a repeated kill cannot cut the exit
-    short (a death by the signal instead of the status 128 + signum)."""
-    global _received
+def handling(signals=(signal.SIGTERM,), *, interrupts: bool = False, ignore_after_stop: bool = False):
+    """Within: ``signals`` raise SystemExit(128 + signum) and are remembered for ``check()``; with
+    ``interrupts``, Ctrl-C raises KeyboardInterrupt and is remembered too. Outside the main thread (where
+    handlers cannot be installed) nothing changes. On the way out the previous handlers return; but with
+    ``ignore_after_stop`` (for a process that is the command and now exits) once a signal was received
+    further ones are ignored, so that a repeated kill cannot cut the exit short (a death by the signal
+    instead of the status 128 + signum)."""
+    global _received, _interrupted
+    handlers = {signum: _handler for signum in signals}
+    if interrupts:
+        handlers[signal.SIGINT] = _interrupt_handler
     previous = {}
-    for signum in signals:
+    for signum, handler in handlers.items():
         with contextlib.suppress(ValueError):    # not the main thread: leave signals alone
-            previous[signum] = signal.signal(signum, _handler)
-    _received = None
+            previous[signum] = signal.signal(signum, handler)
+    _received, _interrupted = None, False
     try:
         yield
     finally:
-        stopped = _received is not None
+        stopped = stopping()
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if stopped and ignore_after_stop else handler)
-        _received = None
+        _received, _interrupted = None, False

@@ -305,6 +305,12 @@ def test_summary_tables_and_file(tmp_path):
 
 # ----------------------------------------------------------------------------- the dry run, end to end
 
+# gpu.sh runs every stage in a process of its own, a few seconds each of importing torch here: the end-to-end
+# dry run takes the stages whose outputs the packing handles specially, the goal stages all run in one process
+END_TO_END_STAGES = ("correctness", "tma_check", "network", "full_tests")
+GOAL_STAGES_TOGETHER = ("ceilings", "profile", "layers", "loss", "augment", "pipeline", "max_autotune")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, gpu.sh runs for real")
 def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
@@ -314,8 +320,8 @@ def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
     env.pop("TRITON_INTERPRET", None)  # gpu.sh --dry-run sets it itself
     results = ROOT / "benchmarks" / "results"
     before = sorted(results.iterdir())
-    done = subprocess.run([str(GPU_SH), "--dry-run", "--no-build"], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = subprocess.run([str(GPU_SH), "--dry-run", "--no-build", "--only", ",".join(END_TO_END_STAGES)],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "every essential stage fits" in done.stdout
     where = re.findall(r"^== results in ([^\s:]+)", done.stdout, re.MULTILINE)  # printed first and last
@@ -342,16 +348,44 @@ def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
 
     everything = json.loads((outdir / "results.json").read_text())
     assert everything["dry_run"] is True and everything["budget_s"] == gpu_run.DEFAULT_BUDGET_S
-    assert [s["name"] for s in everything["stages"]] == [s.name for s in plan]
+    names = [s["name"] for s in everything["stages"]]  # --only's first, in its order, then the rest as planned
+    assert names == list(END_TO_END_STAGES) + [s.name for s in plan if s.name not in END_TO_END_STAGES]
     stages_run = [s["name"] for s in everything["stages"] if s["status"] == "ok"]
-    assert {r["stage"] for r in everything["results"]} >= {"network", "profile", "layers", "loss", "augment",
-                                                          "pipeline"}
+    assert stages_run == list(END_TO_END_STAGES)
+    assert {r["stage"] for r in everything["results"]} == {"network"}
 
     with tarfile.open(outdir / "logs.tar.gz") as tar:
         names = set(tar.getnames())
     assert {f"logs/{name}.log" for name in stages_run} <= names
     assert {"logs/build.log", "logs/correctness.xml", "logs/full_tests.xml"} <= names
     assert {f"logs/tma_check/{name}" for name in ("results.json", "summary.md", "verdict.txt")} <= names
+
+
+TOGETHER = """
+import sys
+sys.path.insert(0, "benchmarks")
+import gpu_goals, gpu_sanitize
+for stage in sys.argv[2:]:
+    assert gpu_goals.main([stage, "--out", sys.argv[1], "--dry-run"]) == 0, stage
+gpu_sanitize.main("cpu")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, gpu.sh runs for real")
+def test_dry_run_of_the_goal_stages_and_the_sanitizer(tmp_path):
+    """The stages the end-to-end dry run leaves out, as gpu.sh --dry-run runs them (its environment, its
+    arguments) but in one process. The tune stage's dry run is tests/test_tune.py, which this suite runs."""
+    pytest.importorskip("triton")
+    assert set(END_TO_END_STAGES + GOAL_STAGES_TOGETHER + ("tune", "sanitizer", "extension_checks")) == {
+        s.name for s in gpu_run.stages()}
+    env = _env(OMP_NUM_THREADS="1", TRITON_INTERPRET="1", UNET_FAST_BENCH_DRY_RUN="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", TOGETHER, str(tmp_path), *GOAL_STAGES_TOGETHER], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == set(GOAL_STAGES_TOGETHER)
 
 
 def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):

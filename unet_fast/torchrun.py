@@ -6,15 +6,11 @@ collective below is a no-op.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
-import torch._dynamo  # noqa: F401  (see below)
 import torch.distributed as dist
-
-# torch._dynamo, imported after a process group exists (torch.optim imports it on first use), keeps
-# references to the group past destroy_process_group (torch 2.13): a rank's connections would then stay
-# open after ``leave``, and the other ranks wait in a collective until it exits. So it comes first.
 
 
 class Torchrun:
@@ -32,6 +28,11 @@ class Torchrun:
             "cuda" if torch.cuda.is_available() else "cpu")
         owns = False
         if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # torch._dynamo, imported after a process group exists (torch.optim imports it on first
+            # use), keeps references to the group past destroy_process_group (torch 2.13): a rank's
+            # connections would then stay open after ``leave``, and the other ranks wait in a collective
+            # until it exits. So it comes first; only here, as it costs about a second to import.
+            importlib.import_module("torch._dynamo")  # not `import torch._dynamo`: torch would be local
             dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
             owns = True
         if dist.is_available() and dist.is_initialized():

@@ -587,8 +587,16 @@ def input_precision(dtype: torch.dtype, device_type: str = "cuda") -> str:
     return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
 
 
-@torch.compiler.assume_constant_result   # dynamo cannot trace the flag's __getattr__ (H200 run 4): a
-def _cudnn_allows_tf32() -> bool:          # compiled graph keeps the value it was traced with
+def mark_constant_for_dynamo(fn):
+    """``torch.compiler.assume_constant_result`` without its import of torch._dynamo, which takes a
+    second or more: most runs never compile, and every command-line start would pay it. The public
+    decorator only sets this attribute (tests/test_import.py checks that it still does)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@mark_constant_for_dynamo  # dynamo cannot trace the flag's __getattr__ (H200 run 4): a compiled graph
+def _cudnn_allows_tf32() -> bool:  # keeps the value it was traced with
     """cuDNN's TF32 switch for convolutions, read through whichever API torch has (2.9+ added
     torch.backends.cudnn.conv.fp32_precision; "none" defers to the legacy allow_tf32 flag)."""
     conv = getattr(torch.backends.cudnn, "conv", None)

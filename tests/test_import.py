@@ -1,0 +1,35 @@
+"""What importing the package costs: torch._dynamo (a second or more to import) stays out of every
+command-line start that does not compile or train (training imports it through torch.optim)."""
+import subprocess
+import sys
+
+import torch
+
+from unet_fast.ops.triton.conv3x3 import mark_constant_for_dynamo
+
+SEGMENTING_MODULES = ["unet_fast", "unet_fast.cli", "unet_fast.segment", "unet_fast.evaluation",
+                      "unet_fast.inference"]
+
+
+def test_importing_the_package_and_segmenting_leaves_dynamo_out():
+    imports = "; ".join(f"import {name}" for name in SEGMENTING_MODULES)
+    probe = f"import sys; {imports}; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"torch._dynamo imported: {run.stdout}"
+
+
+def test_the_constant_mark_is_what_torch_compiler_sets():
+    """mark_constant_for_dynamo stands in for torch.compiler.assume_constant_result: both must leave a
+    function with the same attributes (test_conv3x3 checks the effect inside a compiled graph)."""
+    def by_torch():
+        return 1
+
+    def by_us():
+        return 1
+
+    marked = torch.compiler.assume_constant_result(by_torch)
+    assert marked is by_torch
+    assert mark_constant_for_dynamo(by_us) is by_us
+    assert vars(by_us) == vars(by_torch) and vars(by_us), vars(by_torch)
+

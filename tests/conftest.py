@@ -11,6 +11,7 @@ import os
 
 import torch
 
+import ahead
 import triton_interpreter
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
@@ -19,3 +20,12 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 if os.environ.get("TRITON_INTERPRET") == "1":
     triton_interpreter.patch_bf16()
 import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly:
+        ahead.start(session.items)
+
+
+def pytest_sessionfinish(session):
+    ahead.finish()

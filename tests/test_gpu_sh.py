@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import ahead
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
@@ -311,24 +313,34 @@ END_TO_END_STAGES = ("correctness", "tma_check", "network", "full_tests")
 GOAL_STAGES_TOGETHER = ("ceilings", "profile", "layers", "loss", "augment", "pipeline", "max_autotune")
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _end_to_end_dry_run(folder):
+    env = _env(OMP_NUM_THREADS="1", TMPDIR=folder, OUT=str(Path(folder) / "device_out"))
+    env.pop("TRITON_INTERPRET", None)  # gpu.sh --dry-run sets it itself
+    argv = [str(GPU_SH), "--dry-run", "--no-build", "--only", ",".join(END_TO_END_STAGES)]
+    return argv, {"cwd": folder, "env": env}, sorted(RESULTS.iterdir())
+
+
+END_TO_END_DRY_RUN = ahead.Command("gpu-sh-dry-run", _end_to_end_dry_run, timeout=600)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, gpu.sh runs for real")
-def test_dry_run_packs_three_files_with_every_goal_line(tmp_path):
+@END_TO_END_DRY_RUN.mark
+def test_dry_run_packs_three_files_with_every_goal_line():
     pytest.importorskip("triton")
+    run = END_TO_END_DRY_RUN.result()
+    done, tmp_path, before = run.done, Path(run.folder), run.context
     out = tmp_path / "device_out"
-    env = _env(OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), OUT=str(out))
-    env.pop("TRITON_INTERPRET", None)  # gpu.sh --dry-run sets it itself
-    results = ROOT / "benchmarks" / "results"
-    before = sorted(results.iterdir())
-    done = subprocess.run([str(GPU_SH), "--dry-run", "--no-build", "--only", ",".join(END_TO_END_STAGES)],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "every essential stage fits" in done.stdout
     where = re.findall(r"^== results in ([^\s:]+)", done.stdout, re.MULTILINE)  # printed first and last
     assert len(where) == 2 and where[0] == where[1], done.stdout[-4000:]
     outdir = Path(where[0])
     assert outdir.parent == tmp_path and outdir.name.startswith("unet_fast-gpu-dry-run."), outdir
-    assert sorted(results.iterdir()) == before  # nothing beside the real results
+    assert sorted(RESULTS.iterdir()) == before  # nothing beside the real results
 
     assert {p.name for p in out.iterdir()} == PACKED  # exactly what comes back from a device
     for name in PACKED:
@@ -371,20 +383,27 @@ gpu_sanitize.main("cpu")
 """
 
 
+def _goal_stages_together(folder):
+    env = _env(OMP_NUM_THREADS="1", TRITON_INTERPRET="1", UNET_FAST_BENCH_DRY_RUN="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return [sys.executable, "-c", TOGETHER, folder, *GOAL_STAGES_TOGETHER], {"cwd": ROOT, "env": env}, None
+
+
+GOAL_STAGES_DRY_RUN = ahead.Command("goal-stages-dry-run", _goal_stages_together, timeout=600)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, gpu.sh runs for real")
-def test_dry_run_of_the_goal_stages_and_the_sanitizer(tmp_path):
+@GOAL_STAGES_DRY_RUN.mark
+def test_dry_run_of_the_goal_stages_and_the_sanitizer():
     """The stages the end-to-end dry run leaves out, as gpu.sh --dry-run runs them (its environment, its
     arguments) but in one process. The tune stage's dry run is tests/test_tune.py, which this suite runs."""
     pytest.importorskip("triton")
     assert set(END_TO_END_STAGES + GOAL_STAGES_TOGETHER + ("tune", "sanitizer", "extension_checks")) == {
         s.name for s in gpu_run.stages()}
-    env = _env(OMP_NUM_THREADS="1", TRITON_INTERPRET="1", UNET_FAST_BENCH_DRY_RUN="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-c", TOGETHER, str(tmp_path), *GOAL_STAGES_TOGETHER], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    run = GOAL_STAGES_DRY_RUN.result()
+    assert run.done.returncode == 0, run.done.stdout[-4000:] + run.done.stderr[-4000:]
+    records = [json.loads(line) for line in (Path(run.folder) / "results.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == set(GOAL_STAGES_TOGETHER)
 
 

@@ -13,17 +13,27 @@ from pathlib import Path
 
 import pytest
 
+import ahead
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_static_checks(*flags):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_static.py"), "--json", *flags],
-                          capture_output=True, text=True, env=env, timeout=1200)
+def _static_checks(*flags):
+    def build(folder):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        return [sys.executable, str(ROOT / "tests" / "triton_static.py"), "--json", *flags], {"env": env}, None
+    return ahead.Command("static" + "".join(flags), build, timeout=1200)
+
+
+SHIPPED, QUICK, TABLE = _static_checks(), _static_checks("--quick"), _static_checks("--table")
+
+
+def rows_of(command):
+    done = command.result().done
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -46,8 +56,9 @@ def check(rows):
         assert r["tensor_cores"] == ("wgmma" if wgmma else "mma"), where
 
 
+@QUICK.mark
 def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80():
-    rows = run_static_checks("--quick")
+    rows = rows_of(QUICK)
     check(rows)
     assert {r["capability"] for r in rows} == {80, 90}
     assert {r["label"].split()[0] for r in rows} == {"forward", "dgrad", "wgrad", "crop_concat", "forward+pool",
@@ -57,15 +68,17 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
 
 
 @pytest.mark.slow
+@SHIPPED.mark
 def test_every_shipped_configuration_compiles():
-    check(run_static_checks())
+    check(rows_of(SHIPPED))
 
 
 @pytest.mark.slow
+@TABLE.mark
 def test_every_table_configuration_compiles():
     """The measured per-layer table (unet_fast/ops/triton/conv3x3_configs.json): every entry compiles."""
     from unet_fast.ops.triton import conv3x3_configs
 
     if not conv3x3_configs.table():
         pytest.skip("no measured table in the package")
-    check(run_static_checks("--table"))
+    check(rows_of(TABLE))

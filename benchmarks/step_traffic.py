@@ -88,7 +88,7 @@ def _prefers_aten_on(device_key: str, everywhere: bool | None):
             return everywhere
         entry = configs.table().get(device_key, {}).get(
             configs.problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
-        return entry == configs.ATEN or (entry is None and kind in configs.BACKWARD_KINDS)
+        return configs.aten_wins(kind, entry)
     return prefers_aten
 
 

@@ -31,12 +31,15 @@ class Run:
 
 class Command:
     """``build(folder) -> (argv, subprocess options, context)``; run with ``timeout`` seconds (the process
-    group is killed after it, and the test fails saying so)."""
+    group is killed after it, and the test fails saying so). ``build`` runs in the thread that queues the
+    command or asks for it, never beside a test: it reads the environment and the working folder (which
+    tests change) as they are between tests, and the command gets them even if it runs later."""
 
     def __init__(self, name: str, build: Callable, timeout: float):
         self.name, self._build, self.timeout = name, build, timeout
         self._state = "idle"             # idle -> queued -> running -> done
         self._finished = threading.Event()
+        self._prepared: tuple | None = None
         self._run: Run | None = None
         self._error: BaseException | None = None
         self.started_at: float | None = None
@@ -52,6 +55,8 @@ class Command:
             if mine:
                 self._state = "running"
         if mine:
+            if self._prepared is None:
+                self._prepare()
             self._execute()
         else:
             self._finished.wait()
@@ -59,15 +64,28 @@ class Command:
             raise self._error
         return self._run
 
-    def _execute(self) -> None:
-        self.started_at = time.monotonic()
+    def _prepare(self) -> None:
         folder = tempfile.mkdtemp(prefix=f"unet_fast-ahead-{self.name}-")
         _folders.append(folder)
         try:
             argv, options, context = self._build(folder)
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       start_new_session=True, **options)
-            _running.add(process)
+            options = {"cwd": os.getcwd(), "env": dict(os.environ), **options}
+        except BaseException as error:   # handed to the test that asks, as if it had built the command itself
+            argv, options, context, self._error = None, None, None, error
+        self._prepared = folder, argv, options, context
+
+    def _execute(self) -> None:
+        self.started_at = time.monotonic()
+        folder, argv, options, context = self._prepared
+        try:
+            if self._error is not None:
+                return
+            with _lock:                  # finish() either sees this process or stops it from starting
+                if _stopping.is_set():
+                    raise RuntimeError(f"{self.name}: not started, the session is ending")
+                process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           start_new_session=True, **options)
+                _running.add(process)
             try:
                 stdout, stderr = process.communicate(timeout=self.timeout)
             except subprocess.TimeoutExpired:
@@ -79,7 +97,8 @@ class Command:
                 _kill(process)
                 raise
             finally:
-                _running.discard(process)
+                with _lock:
+                    _running.discard(process)
             self._run = Run(subprocess.CompletedProcess(argv, process.returncode, stdout, stderr), folder, context)
         except BaseException as error:   # handed to the test that asks, as if it had run the command itself
             self._error = error
@@ -134,6 +153,7 @@ def start(items) -> None:
                 if command._state != "idle":
                     continue
                 command._state = "queued"
+            command._prepare()
             commands.append(command)
     if commands:
         threading.Thread(target=_run_in_turn, args=(commands,), name="ahead", daemon=True).start()
@@ -142,8 +162,10 @@ def start(items) -> None:
 def finish() -> None:
     """At the end of the session: start nothing more, stop what still runs (an interrupted suite), remove the
     folders."""
-    _stopping.set()
-    for process in list(_running):
+    with _lock:
+        _stopping.set()
+        running = list(_running)
+    for process in running:
         _kill(process)
     for folder in _folders:
         shutil.rmtree(folder, ignore_errors=True)

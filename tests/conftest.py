@@ -23,7 +23,9 @@ import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter un
 
 
 def pytest_collection_finish(session):
-    if not session.config.option.collectonly:
+    # not in an xdist worker (gpu.sh's full_tests stage runs 8): each collects every test, and the commands
+    # would run once per worker; there a test runs its command itself
+    if not session.config.option.collectonly and not hasattr(session.config, "workerinput"):
         ahead.start(session.items)
 
 

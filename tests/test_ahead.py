@@ -1,5 +1,6 @@
 """tests/ahead.py: a command started ahead gives the test the same run as one started by the test itself."""
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import ahead
 def _writer(text):
     def build(folder):
         argv = [sys.executable, "-c", f"import pathlib; pathlib.Path('out.txt').write_text({text!r}); print('ok')"]
-        return argv, {"cwd": folder}, "recorded before"
+        return argv, {"cwd": folder}, threading.current_thread() is threading.main_thread()
     return build
 
 
@@ -30,7 +31,7 @@ def test_a_command_nobody_started_runs_when_asked():
     command = ahead.Command("inline", _writer("inline"), timeout=60)
     run = command.result()
     assert run.done.returncode == 0 and run.done.stdout == "ok\n"
-    assert (Path(run.folder) / "out.txt").read_text() == "inline" and run.context == "recorded before"
+    assert (Path(run.folder) / "out.txt").read_text() == "inline" and run.context is True
     assert command.result() is run  # once
 
 
@@ -47,6 +48,7 @@ def test_commands_of_selected_tests_run_in_the_background_in_their_order():
     assert second.started_at < first.started_at  # in the order the tests come
     assert (Path(first.result().folder) / "out.txt").read_text() == "1"
     assert (Path(second.result().folder) / "out.txt").read_text() == "2"
+    assert first.result().context is second.result().context is True  # built here, not beside a test
     assert skipped._state == "idle"  # a skipped test's command never starts
 
 

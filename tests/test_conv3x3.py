@@ -502,8 +502,9 @@ def test_nan_and_inf_propagate_like_aten(batch, cx, cs, h, w, sh, sw, cout, padd
     if skip is not None:
         top, left = (sh - h) // 2, (sw - w) // 2
         skip[1, cs - 1, top + 2, left + w // 2] = nan
-        skip[0, 0, 0, 0] = nan  # outside the window the forward reads (offsets > 0): reaches nothing
         assert top > 0 and left > 0
+        skip[0, 0, top - 1, left - 1] = nan  # the pixel diagonal to the window's corner, which a kernel reading
+        skip[0, 0, 0, 0] = nan               # a halo of the skip beyond the window would take: reaches nothing
     with exact_fp32():
         out, pooled = kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=pool, direct=direct, config=config)
         launch = kernels.plan_forward(x, skip, kernels.pack_forward_weight(weight), bias, out, pooled, padding,
@@ -569,6 +570,36 @@ def test_float64_composite_and_gradcheck():
                                                             implementation="composite"), (x, weight, bias, skip))
     with pytest.raises(ValueError, match="implementation 'triton' cannot run on cpu tensors of torch.float64"):
         conv3x3_relu(x, weight, bias, skip=skip, implementation="triton")
+
+
+def test_the_composite_with_a_skip_dispatches_only_aten(monkeypatch):
+    """implementation="composite" is the tests' oracle and the users' way out of our kernels: its crop and
+    concatenation of the skip input stay aten too, with gradients, where crop_concat's default is a kernel
+    of ours (a GPU's Triton kernel, here in the interpreter)."""
+    import importlib
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    crop_concat_module = importlib.import_module("unet_fast.ops.crop_concat")
+    choose = crop_concat_module._backend
+    monkeypatch.setattr(crop_concat_module, "_backend", lambda device, dtype, implementation:
+                        "triton" if implementation is None else choose(device, dtype, implementation))
+
+    class Namespaces(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.namespace)
+            return func(*args, **(kwargs or {}))
+
+    x, weight, bias, skip = make(2, 3, 2, 6, 7, 10, 9, 4, "channels_last")
+    for t in (x, weight, bias, skip):
+        t.requires_grad_(True)
+    with Namespaces() as recorded:
+        y = conv3x3_relu(x, weight, bias, skip=skip, implementation="composite")
+        y.sum().backward()
+    assert recorded.seen == {"aten"}, recorded.seen
+    assert_close(y, oracle(x, weight, bias, skip, 0)[0].float(), dtype=torch.float32)
 
 
 def test_input_precision_follows_cudnn_tf32_flag():

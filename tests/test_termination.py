@@ -216,6 +216,22 @@ def test_a_ctrl_c_is_remembered_only_with_interrupts(tmp_path):
     termination.check()                             # outside: nothing remembered
 
 
+def test_a_ctrl_c_the_process_was_started_ignoring_stays_ignored():
+    """A shell without job control starts `unet-fast train ... &` with SIGINT ignored: the Ctrl-C meant for
+    the foreground job must not stop it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with termination.handling(interrupts=True):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)                          # a handler would have raised by now
+            assert not termination.stopping()
+            termination.check()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ignored_exception_reports_are_hidden_after_sigterm(monkeypatch):
     """A SystemExit raised where Python ignores it is not reported (termination.check() acts on it), and
     after a SIGTERM nothing Python reports on the way out (zarr's abandoned reads) is printed either."""

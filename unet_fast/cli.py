@@ -944,9 +944,10 @@ def _quiet_abandoned_reads() -> None:
 
 class _QuietAfterStop:
     """A sys.unraisablehook (or threading.excepthook) that drops the reports of exceptions Python could
-    not raise once the run is stopping: a SIGTERM's SystemExit that landed in a weakref callback or
-    __del__ (termination.check() stops the run instead), and, after SIGTERM, the "Event loop is closed"
-    tracebacks of every zarr read abandoned at exit. The line main() prints is the one that matters."""
+    not raise once the run is stopping: a SIGTERM's SystemExit or a Ctrl-C's KeyboardInterrupt that landed
+    in a weakref callback or __del__ (termination.check() stops the run instead), and, after either signal,
+    the "Event loop is closed" tracebacks of every zarr read abandoned at exit. The line main() prints is
+    the one that matters."""
 
     def __init__(self, previous):
         self.previous = previous

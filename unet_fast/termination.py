@@ -70,14 +70,17 @@ def check() -> None:
 @contextlib.contextmanager
 def handling(signals=(signal.SIGTERM,), *, interrupts: bool = False, ignore_after_stop: bool = False):
     """Within: ``signals`` raise SystemExit(128 + signum) and are remembered for ``check()``; with
-    ``interrupts``, Ctrl-C raises KeyboardInterrupt and is remembered too. Outside the main thread (where
+    ``interrupts``, Ctrl-C raises KeyboardInterrupt and is remembered too (unless the process was started
+    with it ignored). Outside the main thread (where
     handlers cannot be installed) nothing changes. On the way out the previous handlers return; but with
     ``ignore_after_stop`` (for a process that is the command and now exits) once a signal was received
     further ones are ignored, so that a repeated kill cannot cut the exit short (a death by the signal
     instead of the status 128 + signum)."""
     global _received, _interrupted
     handlers = {signum: _handler for signum in signals}
-    if interrupts:
+    # an ignored Ctrl-C stays ignored: a shell without job control starts background jobs (`cmd &` in a
+    # script) so, and the Ctrl-C meant for the foreground job must not stop them
+    if interrupts and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         handlers[signal.SIGINT] = _interrupt_handler
     previous = {}
     for signum, handler in handlers.items():

@@ -136,9 +136,13 @@ def prefers_aten(kind: str, device: torch.device, dtype: str, skip_channels: int
     dgrad and wgrad beat ours on every layer but the first's wgrad on the H200 (run 2: ours 0.27-0.74x),
     so an unmeasured backward goes to cuDNN until ``python -m unet_fast.tune`` says otherwise."""
     measured = _measured(kind, device, dtype, skip_channels, x_channels, out_channels, rows)
-    if measured is None and kind in BACKWARD_KINDS and device.type == "cuda" and torch.cuda.is_available():
-        return True
-    return measured == ATEN
+    on_gpu = device.type == "cuda" and torch.cuda.is_available()
+    return aten_wins(kind, measured) if on_gpu else measured == ATEN
+
+
+def aten_wins(kind: str, entry) -> bool:
+    """prefers_aten's rule for a GPU's table ``entry`` of a ``kind`` problem (None: not in the table)."""
+    return entry == ATEN or (entry is None and kind in BACKWARD_KINDS)
 
 
 def choose(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,

@@ -233,10 +233,72 @@ def test_grey_values():
     assert abs(noisy.std().item() - 0.5) < SAMPLE_STD * 0.5
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 9, 30), (12, 7)])
+def test_gaussian_blur_matches_scipy_per_sample(shape):
+    """Each sample with its own sigma (0: untouched), edges mirrored as scipy's mode="mirror"; odd sizes, a
+    kernel wider than the image (clipped to what reflection allows), a channels_last batch."""
+    image = torch.rand(shape, dtype=torch.float64)
+    if image.ndim == 4:
+        image = image.contiguous(memory_format=torch.channels_last)
+        sigmas = [1.3, 0.0]
+    else:
+        sigmas = [0.7]
+    got = augment.gaussian_blur(image, sigmas if len(sigmas) > 1 else sigmas[0])
+    assert got.shape == image.shape and got.dtype == image.dtype
+    samples = image.numpy().reshape(-1, *shape[-3 if image.ndim > 2 else -2:]) if image.ndim == 4 else [image.numpy()]
+    for sample, sigma, out in zip(samples, sigmas, got.reshape(len(sigmas), *samples[0].shape).numpy()):
+        sigma_axes = (0, sigma, sigma) if sample.ndim == 3 else sigma
+        np.testing.assert_allclose(out, ndi.gaussian_filter(sample, sigma_axes, mode="mirror", truncate=3.0) if sigma
+                                   else sample, rtol=1e-12, atol=1e-12)
+    tiny = torch.rand(1, 1, 2, 3)
+    assert augment.gaussian_blur(tiny, 5.0).shape == tiny.shape  # a radius of 1 at most: still defined
+
+
+def test_illumination_is_a_ramp_of_the_amplitude_in_the_direction():
+    flat = torch.zeros(2, 1, 5, 9)
+    lit = augment.illuminate(flat, [0.4, 1.0], [0.0, np.pi / 2])
+    assert_close(lit[0, 0, 2], torch.linspace(-0.2, 0.2, 9))              # along the columns, to the right
+    assert_close(lit[0, 0, :, 4], torch.zeros(5))
+    assert_close(lit[1, 0, :, 0], torch.linspace(-0.5, 0.5, 5))           # down the rows
+    image = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    assert_close(augment.illuminate(image, 0.3, 1.0) - image, augment.illuminate(torch.zeros_like(image), 0.3, 1.0))
+
+
+def test_random_imaging_changes_only_the_chosen_samples_and_never_the_targets():
+    image, labels = torch.rand(64, 1, 24, 20), torch.randint(0, 3, (64, 24, 20))
+    generator = torch.Generator().manual_seed(3)
+    out, kept = augment.RandomImaging(p=0.2)(image, labels, generator=generator)
+    assert torch.equal(kept, labels)
+    changed = (out != image).flatten(1).any(1)
+    share = changed.double().mean().item()       # chosen for any of three changes: 1 - 0.8^3 = 0.49
+    assert 0.3 < share < 0.7, share
+    assert torch.equal(augment.RandomImaging(p=0.0)(image, generator=generator), image)
+    again = augment.RandomImaging(p=0.2)(image, labels, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], out)           # the generator decides everything
+    single = augment.RandomImaging(p=1.0)(image[0, 0], generator=generator)
+    assert single.shape == (24, 20) and not torch.equal(single, image[0, 0])
+    noisy = augment.RandomImaging(p=1.0, blur=(0.0, 0.0), illumination=0.0, noise=0.3)(
+        torch.zeros(400, 1, 32, 32), generator=generator)
+    stds = noisy.flatten(1).std(1)              # each sample its own std, drawn from 0 to 0.3
+    assert stds.min() < 0.03 and 0.27 < stds.max() < 0.32 and abs(stds.mean().item() - 0.15) < 0.02
+
+
+def test_random_imaging_refuses_bad_settings():
+    for kwargs, message in (({"p": 1.5}, "p must be a probability"), ({"blur": (2.0, 1.0)}, "blur must be"),
+                            ({"illumination": -1}, "illumination must be"), ({"noise": float("inf")}, "noise must be"),
+                            ({"blur": -0.5}, "blur must be")):
+        with pytest.raises(ValueError, match=message):
+            augment.RandomImaging(**kwargs)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        augment.gaussian_blur(torch.rand(1, 1, 8, 8), -1.0)
+    with pytest.raises(ValueError, match="sigma must be a finite number or 2 finite numbers"):
+        augment.gaussian_blur(torch.rand(2, 1, 8, 8), [1.0, 2.0, 3.0])
+
+
 def test_compose_is_deterministic_and_keeps_targets():
     transform = augment.Compose([augment.RandomFlip(), augment.RandomRotation(20), augment.RandomShift(3),
                                  augment.RandomElasticDeform(sigma=5), augment.RandomGreyValue(),
-                                 augment.RandomNoise(0.01)])
+                                 augment.RandomImaging(p=0.5), augment.RandomNoise(0.01)])
     image, labels = torch.rand(2, 1, 20, 22), torch.randint(0, 4, (2, 20, 22))
     a = transform(image, labels, generator=torch.Generator().manual_seed(7))
     b = transform(image, labels, generator=torch.Generator().manual_seed(7))

@@ -31,7 +31,10 @@ def test_replace_keeps_unset_values_and_checks_the_rest():
                             (dict(dropout=1.0), "dropout"), (dict(epochs=0), "epochs must be an integer >= 1"),
                             (dict(rotation="45"), "rotation"), (dict(tile_size=0), "tile_size"),
                             (dict(elastic_sigma=-1), "elastic_sigma"), (dict(percentiles=(5, 2)), "needs high > low"),
-                            (dict(percentiles=(1,)), "percentiles must be two numbers")]:
+                            (dict(percentiles=(1,)), "percentiles must be two numbers"),
+                            (dict(gamma=(2.0, 0.5)), "gamma must be a range"), (dict(gamma=(0, 1)), "gamma must be"),
+                            (dict(gamma=(1.0,)), "gamma must be"), (dict(gamma=(1, math.inf)), "gamma must be"),
+                            (dict(gamma=(True, 2)), "gamma must be")]:
         with pytest.raises(ValueError, match=message):
             recipe.replace(**change)
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -40,10 +43,15 @@ def test_replace_keeps_unset_values_and_checks_the_rest():
 
 def test_augmentation_and_tile_sizes():
     kinds = lambda compose: [type(t) for t in compose.transforms]      # noqa: E731
-    assert kinds(get_recipe("default").augmentation()) == [augment.RandomFlip, augment.RandomRot90,
-                                                           augment.RandomElasticDeform, augment.RandomGreyValue]
+    default = get_recipe("default").augmentation()
+    assert kinds(default) == [augment.RandomFlip, augment.RandomRot90, augment.RandomElasticDeform,
+                              augment.RandomGreyValue, augment.RandomImaging]
+    assert default.transforms[3].gamma == get_recipe("default").gamma
     assert kinds(get_recipe("paper").augmentation()) == kinds(default_augmentation())
-    bare = get_recipe("default").replace(flips=False, rotation="none", elastic_sigma=0, grey_values=False)
+    assert get_recipe("paper").augmentation().transforms[-1].gamma == (0.7, 1.4)  # the paper recipe as it was
+    assert get_recipe("default").replace(gamma=[0.8, 1.25]).gamma == (0.8, 1.25)  # a list (a model file's JSON)
+    bare = get_recipe("default").replace(flips=False, rotation="none", elastic_sigma=0, grey_values=False,
+                                         imaging=False)
     assert bare.augmentation() is None
     assert kinds(bare.replace(noise=0.1).augmentation()) == [augment.RandomNoise]
     default = get_recipe("default")

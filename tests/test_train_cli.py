@@ -36,7 +36,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert cli.main(_args(folders, "--recipe", "paper", "--optimizer", "adamw", "--lr", "0.003", "--warmup", "7",
                           "--lr-schedule", "cosine", "--weight-decay", "0.01", "--momentum", "0.8", "--epochs", "9",
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
-                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--depth", "2",
+                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--gamma", "0.9",
+                          "1.2", "--depth", "2",
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
@@ -45,8 +46,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert (recipe.name, recipe.optimizer, recipe.lr, recipe.warmup_steps, recipe.lr_schedule, recipe.weight_decay,
             recipe.momentum, recipe.epochs, recipe.tiles_per_epoch, recipe.batch_size) == \
         ("paper", "adamw", 0.003, 7, "cosine", 0.01, 0.8, 9, 12, 3)
-    assert (recipe.flips, recipe.rotation, recipe.elastic_sigma, recipe.grey_values, recipe.noise, recipe.dice) == \
-        (False, "90", 0.0, False, 0.05, 0.5)
+    assert (recipe.flips, recipe.rotation, recipe.elastic_sigma, recipe.grey_values, recipe.noise, recipe.dice,
+            recipe.imaging, recipe.gamma) == (False, "90", 0.0, False, 0.05, 0.5, True, (0.9, 1.2))
     assert seen["model"].config()["depth"] == 2 and seen["model"].config()["dropout"] == 0.1
     assert seen["val"].weight_params["w0"] == 5.0 and seen["val"].weight_params["sigma"] == 3.0
     assert recipe.class_weights is None and seen["val"].weight_params["class_weights"] is None   # not dropped
@@ -55,6 +56,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
     saved = load_model(folders / "model.safetensors").metadata["recipe"]
     assert (saved["optimizer"], saved["tile_size"], saved["dice"]) == ("adamw", 44, 0.5)  # the tile trained on
+    assert (saved["imaging"], saved["gamma"]) == (True, [0.9, 1.2])
 
 
 def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, capsys):
@@ -151,10 +153,11 @@ def test_resume_reads_checkpoints_without_a_recipe(folders):
     assert load_model(folders / "model.safetensors").metadata["recipe"]["depth"] == 2
 
 
-def test_resume_of_a_run_from_before_object_size_and_dice_refuses_them(folders, capsys):
-    """Such a run trained on the images as they are, with cross-entropy alone: an --object-size or a --dice
-    would change it, so they are refused, not silently dropped; 0 (its own) is accepted, and the run goes on
-    without a Dice term although the default recipe has one."""
+def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(folders, capsys):
+    """Such a run trained on the images as they are, with cross-entropy alone, the first grey values and no
+    imaging conditions: an --object-size, a --dice or --imaging would change it, so they are refused, not
+    silently dropped; 0 (its own) is accepted, and the run goes on without a Dice term or imaging conditions
+    although the default recipe has them."""
     import json
 
     from safetensors import safe_open
@@ -166,17 +169,20 @@ def test_resume_of_a_run_from_before_object_size_and_dice_refuses_them(folders, 
         metadata = dict(handle.metadata())
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     recipe = json.loads(metadata["recipe"])
-    del recipe["object_size"], recipe["dice"]
+    del recipe["object_size"], recipe["dice"], recipe["gamma"], recipe["imaging"]
     metadata["recipe"] = json.dumps(recipe)
     save_file(tensors, str(path), metadata)
     capsys.readouterr()
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--imaging")) == 2
+    assert "argument --imaging/--no-imaging:" in capsys.readouterr().err      # the run trained without: refused
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "30")) == 2
     assert "--object-size" in capsys.readouterr().err
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--dice", "1")) == 2
     assert "argument --dice:" in capsys.readouterr().err
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0",
                           "--dice", "0")) == 0
-    assert load_model(folders / "model.safetensors").metadata["recipe"]["dice"] == 0.0
+    resumed = load_model(folders / "model.safetensors").metadata["recipe"]
+    assert (resumed["dice"], resumed["imaging"], resumed["gamma"]) == (0.0, False, [0.7, 1.4])
 
 
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):

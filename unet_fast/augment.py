@@ -412,6 +412,50 @@ def add_noise(image, std: float = 0.05, generator=None):
     return batch.restore([x + (std * noise).to(device=batch.device, dtype=x.dtype)])
 
 
+# imaging conditions: defocus and uneven illumination (noise: add_noise)
+
+def gaussian_blur(image, sigma):
+    """Blur each sample with a Gaussian of standard deviation ``sigma`` px (a number or one per sample; 0
+    leaves it unchanged), its edges reflected (no targets: the labels stay sharp, as a defocused image of
+    the same cells would be labelled)."""
+    batch = _Batch(image, (), None)
+    sigmas = _per_sample(sigma, batch.n, "sigma")
+    if (sigmas < 0).any():
+        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    x = batch.tensors[0]
+    dtype = _grid_dtype(image)
+    out = []
+    for sample, s in zip(x.to(dtype).split(1), sigmas.tolist()):
+        # 3 sigma a side (as scipy.ndimage.gaussian_filter), no wider than reflection allows
+        radius = min(int(3 * s + 0.5), batch.h - 1, batch.w - 1)
+        if s == 0 or radius < 1:
+            out.append(sample)
+            continue
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (t / s) ** 2)
+        kernel = (kernel / kernel.sum()).to(device=batch.device, dtype=dtype)
+        c = sample.shape[1]
+        sample = F.pad(sample, (radius, radius, radius, radius), mode="reflect")
+        sample = F.conv2d(sample, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        out.append(F.conv2d(sample, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c))
+    return batch.restore([torch.cat(out).to(image.dtype)])
+
+
+def illuminate(image, amplitude, angle):
+    """Add uneven illumination: a linear ramp rising by ``amplitude`` (image units; a number or one per
+    sample) across the sample, from -amplitude/2 to +amplitude/2, in the direction ``angle`` (radians,
+    0 = along the columns to the right; a number or one per sample)."""
+    batch = _Batch(image, (), None)
+    a = _per_sample(amplitude, batch.n, "amplitude")
+    theta = _per_sample(angle, batch.n, "angle")
+    dtype = _grid_dtype(image)
+    yy = torch.linspace(-0.5, 0.5, batch.h, dtype=torch.float64).view(1, -1, 1)
+    xx = torch.linspace(-0.5, 0.5, batch.w, dtype=torch.float64).view(1, 1, -1)
+    ramp = a.view(-1, 1, 1) * (torch.cos(theta).view(-1, 1, 1) * xx + torch.sin(theta).view(-1, 1, 1) * yy)
+    x = batch.tensors[0].to(dtype) + ramp.unsqueeze(1).to(device=batch.device, dtype=dtype)
+    return batch.restore([x.to(image.dtype)])
+
+
 # ---------------------------------------------------------------------------------------------
 # random transforms: callables (image, *targets, generator=None) -> image or (image, *targets)
 
@@ -509,6 +553,46 @@ class RandomNoise:
     def __call__(self, image, *targets, generator=None):
         _Batch(image, targets, None)
         out = add_noise(image, self.std, generator)
+        return (out, *targets) if targets else out
+
+
+class RandomImaging:
+    """What another microscope or another day changes in an image, each applied independently to a random
+    fraction ``p`` of the samples: a Gaussian blur of sigma drawn from ``blur`` (px: defocus), a linear
+    illumination ramp of amplitude drawn from 0 to ``illumination`` in a random direction, and Gaussian
+    noise of standard deviation drawn from 0 to ``noise`` (both in the image's units: the normalised
+    inputs' range is about 1). Targets pass through unchanged.
+
+    Models trained without it lose much of their accuracy on noisier, blurred or unevenly lit images of
+    the same cells (benchmarks/results/2026-11-26-recipe-experiments.md, session 24)."""
+
+    def __init__(self, p: float = 0.2, blur=(0.5, 1.5), illumination: float = 0.5, noise: float = 0.1):
+        if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.blur = _check_range(blur, "blur", low=0.0)
+        for name, value in (("illumination", illumination), ("noise", noise)):
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.illumination, self.noise = float(illumination), float(noise)
+
+    def __call__(self, image, *targets, generator=None):
+        n = _Batch(image, targets, None).n
+        chosen = lambda: (_draw((n,), generator, kind="uniform") < self.p).double()  # noqa: E731
+        out = image
+        blurred = chosen()
+        if blurred.any():
+            out = gaussian_blur(out, blurred * _uniform(n, self.blur, generator).double())
+        lit = chosen()
+        if lit.any():
+            out = illuminate(out, lit * _uniform(n, (0.0, self.illumination), generator).double(),
+                             _uniform(n, (0.0, 2 * math.pi), generator).double())
+        noisy = chosen()
+        if noisy.any():
+            std = (noisy * _uniform(n, (0.0, self.noise), generator).double()).to(torch.float32)
+            std = std.view(-1, 1, 1, 1) if image.ndim == 4 else std[0]
+            noise = _draw(out.shape, generator) * std.to(generator.device if generator is not None else "cpu")
+            out = out + noise.to(device=out.device, dtype=out.dtype)
         return (out, *targets) if targets else out
 
 

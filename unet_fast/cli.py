@@ -69,7 +69,8 @@ def cmd_sizes(args) -> int:
 #: train's flags that set a recipe field of the same name (None: the recipe's value)
 RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                 "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
-                "elastic_sigma", "grey_values", "noise", "percentiles", "clip", "object_size", "dice")
+                "elastic_sigma", "grey_values", "gamma", "imaging", "noise", "percentiles", "clip", "object_size",
+                "dice")
 
 
 def _labelled_images(images, labels, args, recipe, num_classes: int):
@@ -720,8 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({_recipe_default('elastic_sigma')})")
     g.add_argument("--grey-values", action=argparse.BooleanOptionalAction, default=None,
                    help=f"random gamma, contrast and brightness ({_recipe_default('grey_values')})")
+    g.add_argument("--gamma", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help=f"the grey values' range of gamma ({_recipe_default('gamma')})")
+    g.add_argument("--imaging", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"what another microscope changes: random blur (sigma 0.5-1.5 px), uneven illumination "
+                        f"(a ramp up to 0.5) and noise (std up to 0.1), each on a fifth of the tiles "
+                        f"({_recipe_default('imaging')})")
     g.add_argument("--noise", type=_non_negative_float, default=None,
-                   help=f"std of added Gaussian noise, in normalised units ({_recipe_default('noise')})")
+                   help=f"std of Gaussian noise added to every tile, in normalised units ({_recipe_default('noise')})")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g = p.add_argument_group("network, inputs and targets")
     g.add_argument("--depth", type=_depth, default=None,

@@ -45,8 +45,9 @@ def test_augmentation_and_tile_sizes():
     kinds = lambda compose: [type(t) for t in compose.transforms]      # noqa: E731
     default = get_recipe("default").augmentation()
     assert kinds(default) == [augment.RandomFlip, augment.RandomRot90, augment.RandomElasticDeform,
-                              augment.RandomGreyValue, augment.RandomImaging]
-    assert default.transforms[3].gamma == get_recipe("default").gamma
+                              augment.RandomGreyValue]
+    robust = get_recipe("default").replace(imaging=True, gamma=(0.5, 2.0)).augmentation()
+    assert kinds(robust) == kinds(default) + [augment.RandomImaging] and robust.transforms[3].gamma == (0.5, 2.0)
     assert kinds(get_recipe("paper").augmentation()) == kinds(default_augmentation())
     assert get_recipe("paper").augmentation().transforms[-1].gamma == (0.7, 1.4)  # the paper recipe as it was
     assert get_recipe("default").replace(gamma=[0.8, 1.25]).gamma == (0.8, 1.25)  # a list (a model file's JSON)

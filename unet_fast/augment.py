@@ -1,4 +1,5 @@
-"""The paper's data augmentation in torch: elastic deformation, shifts, rotations, flips, grey values.
+"""The paper's data augmentation in torch: elastic deformation, shifts, rotations, flips, grey values;
+and what another microscope changes in an image (``RandomImaging``: defocus, uneven illumination, noise).
 
 Every geometric transform is "output pixel p takes the input at a sampling point s(p)", resampled
 with one ``F.grid_sample`` call per tensor (one field per sample, any device):

@@ -236,7 +236,7 @@ def test_grey_values():
 @pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 9, 30), (12, 7)])
 def test_gaussian_blur_matches_scipy_per_sample(shape):
     """Each sample with its own sigma (0: untouched), edges mirrored as scipy's mode="mirror"; odd sizes, a
-    kernel wider than the image (clipped to what reflection allows), a channels_last batch."""
+    channels_last batch."""
     image = torch.rand(shape, dtype=torch.float64)
     if image.ndim == 4:
         image = image.contiguous(memory_format=torch.channels_last)
@@ -252,6 +252,10 @@ def test_gaussian_blur_matches_scipy_per_sample(shape):
                                    else sample, rtol=1e-12, atol=1e-12)
     tiny = torch.rand(1, 1, 2, 3)
     assert augment.gaussian_blur(tiny, 5.0).shape == tiny.shape  # a radius of 1 at most: still defined
+    row = torch.rand(1, 1, 1, 15, dtype=torch.float64)          # one pixel high: blurred along the row only
+    np.testing.assert_allclose(augment.gaussian_blur(row, 1.0)[0, 0, 0].numpy(),
+                               ndi.gaussian_filter1d(row[0, 0, 0].numpy(), 1.0, mode="mirror", truncate=3.0),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_illumination_is_a_ramp_of_the_amplitude_in_the_direction():
@@ -286,7 +290,7 @@ def test_random_imaging_changes_only_the_chosen_samples_and_never_the_targets():
 def test_random_imaging_refuses_bad_settings():
     for kwargs, message in (({"p": 1.5}, "p must be a probability"), ({"blur": (2.0, 1.0)}, "blur must be"),
                             ({"illumination": -1}, "illumination must be"), ({"noise": float("inf")}, "noise must be"),
-                            ({"blur": -0.5}, "blur must be")):
+                            ({"blur": -0.5}, "blur must be"), ({"blur": 1.0}, r"blur must be a \(low, high\) range")):
         with pytest.raises(ValueError, match=message):
             augment.RandomImaging(**kwargs)
     with pytest.raises(ValueError, match="sigma must be >= 0"):
@@ -334,3 +338,8 @@ def test_cuda_matches_cpu():
     gpu = augment.elastic_deform(image.cuda(), labels.cuda(), generator=torch.Generator().manual_seed(9))
     assert_close(gpu[0].cpu(), cpu[0], **GPU_RESAMPLING)
     assert (gpu[1].cpu() != cpu[1]).float().mean() < GPU_LABEL_MISMATCH
+    imaging = augment.RandomImaging(p=1.0, noise=0.0)     # blur and light: the same parameters from a CPU generator
+    cpu = imaging(image, labels, generator=torch.Generator().manual_seed(9))
+    gpu = imaging(image.cuda(), labels.cuda(), generator=torch.Generator().manual_seed(9))
+    assert_close(gpu[0].cpu(), cpu[0], **GPU_RESAMPLING)
+    assert torch.equal(gpu[1].cpu(), labels)

@@ -36,8 +36,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert cli.main(_args(folders, "--recipe", "paper", "--optimizer", "adamw", "--lr", "0.003", "--warmup", "7",
                           "--lr-schedule", "cosine", "--weight-decay", "0.01", "--momentum", "0.8", "--epochs", "9",
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
-                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--gamma", "0.9",
-                          "1.2", "--depth", "2",
+                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--depth", "2",
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
@@ -47,7 +46,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
             recipe.momentum, recipe.epochs, recipe.tiles_per_epoch, recipe.batch_size) == \
         ("paper", "adamw", 0.003, 7, "cosine", 0.01, 0.8, 9, 12, 3)
     assert (recipe.flips, recipe.rotation, recipe.elastic_sigma, recipe.grey_values, recipe.noise, recipe.dice,
-            recipe.imaging, recipe.gamma) == (False, "90", 0.0, False, 0.05, 0.5, True, (0.9, 1.2))
+            recipe.imaging) == (False, "90", 0.0, False, 0.05, 0.5, True)
     assert seen["model"].config()["depth"] == 2 and seen["model"].config()["dropout"] == 0.1
     assert seen["val"].weight_params["w0"] == 5.0 and seen["val"].weight_params["sigma"] == 3.0
     assert recipe.class_weights is None and seen["val"].weight_params["class_weights"] is None   # not dropped
@@ -56,7 +55,13 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
     saved = load_model(folders / "model.safetensors").metadata["recipe"]
     assert (saved["optimizer"], saved["tile_size"], saved["dice"]) == ("adamw", 44, 0.5)  # the tile trained on
-    assert (saved["imaging"], saved["gamma"]) == (True, [0.9, 1.2])
+    assert (saved["imaging"], saved["gamma"]) == (True, [0.7, 1.4])
+    assert cli.main(_args(folders, "--no-grey-values", "--gamma", "0.9", "1.2")) == 2   # a range nothing uses
+    assert cli.main(_args(folders, "--gamma", "0.9", "1.2", "--epochs", "1", "--depth", "2", "--base-channels", "4",
+                          "--tiles-per-epoch", "1", "--tile-size", "44", "--no-progress",
+                          "-o", str(folders / "gamma.safetensors"))) == 0
+    assert seen["recipe"].gamma == (0.9, 1.2)
+    assert load_model(folders / "gamma.safetensors").metadata["recipe"]["gamma"] == [0.9, 1.2]
 
 
 def test_default_recipe_end_to_end_with_validation_and_a_time_limit(folders, capsys):

@@ -33,7 +33,8 @@ called without targets, else the tuple (image, *targets), every tensor in its in
 
 Randomness: parameters are drawn from ``generator`` (a torch.Generator; the global RNG when None)
 on the generator's device, so a CPU generator gives the same augmentation on every device. Only the
-noise of ``RandomNoise`` is image-sized: pass a generator on the image's device to draw it there.
+noise of ``RandomNoise`` and ``RandomImaging`` is image-sized: pass a generator on the image's device to
+draw it there.
 """
 from __future__ import annotations
 
@@ -427,25 +428,31 @@ def gaussian_blur(image, sigma):
     dtype = _grid_dtype(image)
     out = []
     for sample, s in zip(x.to(dtype).split(1), sigmas.tolist()):
-        # 3 sigma a side (as scipy.ndimage.gaussian_filter), no wider than reflection allows
-        radius = min(int(3 * s + 0.5), batch.h - 1, batch.w - 1)
-        if s == 0 or radius < 1:
+        if s == 0:
             out.append(sample)
             continue
-        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        kernel = torch.exp(-0.5 * (t / s) ** 2)
-        kernel = (kernel / kernel.sum()).to(device=batch.device, dtype=dtype)
         c = sample.shape[1]
-        sample = F.pad(sample, (radius, radius, radius, radius), mode="reflect")
-        sample = F.conv2d(sample, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        out.append(F.conv2d(sample, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c))
+        for axis, size in ((3, batch.w), (2, batch.h)):
+            # 3 sigma a side (as scipy.ndimage.gaussian_filter), no wider than reflection allows on this axis
+            radius = min(int(3 * s + 0.5), size - 1)
+            if radius < 1:
+                continue
+            t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+            kernel = torch.exp(-0.5 * (t / s) ** 2)
+            kernel = (kernel / kernel.sum()).to(device=batch.device, dtype=dtype)
+            shape = (c, 1, 1, -1) if axis == 3 else (c, 1, -1, 1)
+            pad = (radius, radius, 0, 0) if axis == 3 else (0, 0, radius, radius)
+            sample = F.conv2d(F.pad(sample, pad, mode="reflect"), kernel.view(1, 1, *shape[2:]).expand(*shape),
+                              groups=c)
+        out.append(sample)
     return batch.restore([torch.cat(out).to(image.dtype)])
 
 
 def illuminate(image, amplitude, angle):
-    """Add uneven illumination: a linear ramp rising by ``amplitude`` (image units; a number or one per
-    sample) across the sample, from -amplitude/2 to +amplitude/2, in the direction ``angle`` (radians,
-    0 = along the columns to the right; a number or one per sample)."""
+    """Add uneven illumination: a linear ramp of slope ``amplitude`` per image width (image units; a number
+    or one per sample) in the direction ``angle`` (radians, 0 = along the columns to the right; a number or
+    one per sample), zero at the centre: from -amplitude/2 to +amplitude/2 along an axis, up to sqrt(2) times
+    that span along a diagonal of a square sample."""
     batch = _Batch(image, (), None)
     a = _per_sample(amplitude, batch.n, "amplitude")
     theta = _per_sample(angle, batch.n, "angle")
@@ -567,10 +574,14 @@ class RandomImaging:
     Models trained without it lose much of their accuracy on noisier, blurred or unevenly lit images of
     the same cells (benchmarks/results/2026-11-26-recipe-experiments.md, session 24)."""
 
+    # A recipe's imaging=True means these defaults, and model files record only that bool: changing them
+    # needs a recipe field of their own (a resumed run must train with the same augmentation).
     def __init__(self, p: float = 0.2, blur=(0.5, 1.5), illumination: float = 0.5, noise: float = 0.1):
         if not (isinstance(p, (int, float)) and 0 <= p <= 1):
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
+        if isinstance(blur, (int, float)):
+            raise ValueError(f"blur must be a (low, high) range of sigmas in px with 0 <= low <= high, got {blur!r}")
         self.blur = _check_range(blur, "blur", low=0.0)
         for name, value in (("illumination", illumination), ("noise", noise)):
             if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
@@ -592,8 +603,9 @@ class RandomImaging:
         if noisy.any():
             std = (noisy * _uniform(n, (0.0, self.noise), generator).double()).to(torch.float32)
             std = std.view(-1, 1, 1, 1) if image.ndim == 4 else std[0]
-            noise = _draw(out.shape, generator) * std.to(generator.device if generator is not None else "cpu")
-            out = out + noise.to(device=out.device, dtype=out.dtype)
+            device = generator.device if generator is not None else out.device   # as add_noise
+            noise = torch.randn(out.shape, generator=generator, device=device, dtype=torch.float32)
+            out = out + (noise * std.to(device)).to(device=out.device, dtype=out.dtype)
         return (out, *targets) if targets else out
 
 

@@ -100,6 +100,9 @@ def cmd_train(args) -> int:
                                          "--val-labels, or --val-fraction (or leave --best-metric out)")
     given = _given_recipe_values(args)
     recipe = _flags_recipe(args, given)
+    if "gamma" in given and not recipe.grey_values:
+        raise BadArgument("gamma", "--gamma sets the grey values' range, which --no-grey-values turns off: give one "
+                                   "of the two")
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
@@ -725,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the grey values' range of gamma ({_recipe_default('gamma')})")
     g.add_argument("--imaging", action=argparse.BooleanOptionalAction, default=None,
                    help=f"what another microscope changes: random blur (sigma 0.5-1.5 px), uneven illumination "
-                        f"(a ramp up to 0.5) and noise (std up to 0.1), each on a fifth of the tiles "
+                        f"(a ramp of up to 0.5 across the tile) and noise (std up to 0.1), each on a fifth of the tiles "
                         f"({_recipe_default('imaging')})")
     g.add_argument("--noise", type=_non_negative_float, default=None,
                    help=f"std of Gaussian noise added to every tile, in normalised units ({_recipe_default('noise')})")

@@ -24,7 +24,7 @@ def changes(image: np.ndarray, rng: np.random.Generator):
     lo, hi = np.percentile(image, 1), np.percentile(image, 99.8)
     span = hi - lo
     h, w = image.shape
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
     r2 = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.5
     unit = np.clip((image - lo) / span, 0, None)
     haze = ndi.gaussian_filter(image, 15)

@@ -401,20 +401,33 @@ def adjust_grey_values(image, gamma=1.0, contrast=1.0, brightness=0.0):
     return batch.restore([y.to(image.dtype)])
 
 
+def _check_amount(value, name) -> float:
+    """A finite number >= 0 (a standard deviation, an amplitude), as a float."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def add_noise(image, std: float = 0.05, generator=None):
-    """Add Gaussian noise N(0, std^2) to the image, drawn on the generator's device (the image's
-    device with the global RNG when generator is None)."""
+    """Add Gaussian noise N(0, std^2) to the image (std: a number or one per sample), drawn on the
+    generator's device (the image's device with the global RNG when generator is None)."""
     batch = _Batch(image, (), None)
-    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
-        raise ValueError(f"std must be a finite number >= 0, got {std!r}")
+    if isinstance(std, (int, float)):
+        _check_amount(std, "std")
+    else:
+        std = _per_sample(std, batch.n, "std")
+        if (std < 0).any():
+            raise ValueError(f"std must be >= 0, got {std.tolist()!r}")
     _check_generator(generator)
     device = generator.device if generator is not None else batch.device
+    if isinstance(std, torch.Tensor):
+        std = std.to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
     x = batch.tensors[0]
     noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
     return batch.restore([x + (std * noise).to(device=batch.device, dtype=x.dtype)])
 
 
-# imaging conditions: defocus and uneven illumination (noise: add_noise)
+# imaging conditions: defocus and uneven illumination (noise: add_noise, a std per sample)
 
 def gaussian_blur(image, sigma):
     """Blur each sample with a Gaussian of standard deviation ``sigma`` px (a number or one per sample; 0
@@ -554,9 +567,7 @@ class RandomNoise:
     """Add Gaussian noise with standard deviation ``std``. Targets pass through unchanged."""
 
     def __init__(self, std: float = 0.05):
-        if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
-            raise ValueError(f"std must be a finite number >= 0, got {std!r}")
-        self.std = float(std)
+        self.std = _check_amount(std, "std")
 
     def __call__(self, image, *targets, generator=None):
         _Batch(image, targets, None)
@@ -583,10 +594,7 @@ class RandomImaging:
         if isinstance(blur, (int, float)):
             raise ValueError(f"blur must be a (low, high) range of sigmas in px with 0 <= low <= high, got {blur!r}")
         self.blur = _check_range(blur, "blur", low=0.0)
-        for name, value in (("illumination", illumination), ("noise", noise)):
-            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.illumination, self.noise = float(illumination), float(noise)
+        self.illumination, self.noise = _check_amount(illumination, "illumination"), _check_amount(noise, "noise")
 
     def __call__(self, image, *targets, generator=None):
         n = _Batch(image, targets, None).n
@@ -601,11 +609,7 @@ class RandomImaging:
                              _uniform(n, (0.0, 2 * math.pi), generator).double())
         noisy = chosen()
         if noisy.any():
-            std = (noisy * _uniform(n, (0.0, self.noise), generator).double()).to(torch.float32)
-            std = std.view(-1, 1, 1, 1) if image.ndim == 4 else std[0]
-            device = generator.device if generator is not None else out.device   # as add_noise
-            noise = torch.randn(out.shape, generator=generator, device=device, dtype=torch.float32)
-            out = out + (noise * std.to(device)).to(device=out.device, dtype=out.dtype)
+            out = add_noise(out, noisy * _uniform(n, (0.0, self.noise), generator).double(), generator)
         return (out, *targets) if targets else out
 
 

@@ -5,7 +5,6 @@ synthetic results, in this process; one slow test runs ``gpu.sh --dry-run`` end 
 (Triton's interpreter, tiny shapes, no extension build: CI builds it anyway) and checks the files
 it packs, in the fresh temporary folder it picks (never benchmarks/results/) and in $OUT.
 """
-import importlib.util
 import json
 import os
 import re
@@ -18,20 +17,13 @@ import pytest
 import torch
 
 import ahead
+import benchmark_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
 
-def _load_gpu_run():
-    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "benchmarks" / "gpu_run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_run"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_run = _load_gpu_run()
+gpu_run = benchmark_scripts.load("gpu_run")
 PACKED = {"summary.md", "results.json", "logs.tar.gz"}
 
 
@@ -414,9 +406,7 @@ def test_dry_run_of_the_goal_stages_and_the_sanitizer():
 def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
     """After the tune stage rewrote the package's table (H100, 2026-11-26: with wrong TMA tiles), the network
     stage could only time the new table; the one that ships is now timed in the same run (conv_table)."""
-    spec = importlib.util.spec_from_file_location("gpu_goals", ROOT / "benchmarks" / "gpu_goals.py")
-    goals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(goals)
+    goals = benchmark_scripts.load("gpu_goals")
     from unet_fast.ops.triton import conv3x3_configs as configs
     before = configs.table()
     shipped = tmp_path / "shipped.json"
@@ -429,10 +419,7 @@ def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
 # ----------------------------------------------------------------------------- the TMA check (gpu_tma_check.py)
 
 def _load_tma_check():
-    spec = importlib.util.spec_from_file_location("gpu_tma_check", ROOT / "benchmarks" / "gpu_tma_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("gpu_tma_check")
 
 
 def test_tma_check_verdict_needs_every_allowed_tma_tile_and_every_wgrad_right():
@@ -469,9 +456,7 @@ def test_tma_check_verdict_needs_every_allowed_tma_tile_and_every_wgrad_right():
 
 
 def test_profile_groups_kernels_by_whose_they_are():
-    spec = importlib.util.spec_from_file_location("gpu_goals", ROOT / "benchmarks" / "gpu_goals.py")
-    goals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(goals)
+    goals = benchmark_scripts.load("gpu_goals")
     group = goals._kernel_group
     assert group("conv3x3_kernel") == group("conv3x3_wgrad_kernel") == "ours: conv3x3"
     assert group("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64") == \

@@ -1,28 +1,15 @@
 """benchmarks/step_traffic.py: a GPU training step's ops on fake tensors, and the layouts its gradients reach
 the kernels in (a gradient in NCHW in a channels_last network costs cuDNN a copy and our kernels strided reads)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import benchmark_scripts
 from unet_fast import UNet
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("step_traffic", ROOT / "benchmarks" / "step_traffic.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_traffic"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-step_traffic = _load()
+step_traffic = benchmark_scripts.load("step_traffic")
 TINY = dict(depth=3, base_channels=8)
 
 

@@ -31,7 +31,8 @@ class Torchrun:
             # torch._dynamo, imported after a process group exists (torch.optim imports it on first
             # use), keeps references to the group past destroy_process_group (torch 2.13): a rank's
             # connections would then stay open after ``leave``, and the other ranks wait in a collective
-            # until it exits. So it comes first; only here, as it costs about a second to import.
+            # until it exits. So it comes first: here for a group this process starts, and on importing
+            # unet_fast.train for one its caller started; not on every import, as it takes about a second.
             importlib.import_module("torch._dynamo")  # not `import torch._dynamo`: torch would be local
             dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
             owns = True

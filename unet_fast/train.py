@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+# before any process group, which fit's caller may create before calling it: torch.optim would import
+# torch._dynamo after it, and the group would outlive destroy_process_group (torchrun.py says more)
+import torch._dynamo  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 

@@ -358,6 +358,18 @@ def rotate(image, *targets, angle, target_modes=None):
     return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _grid_dtype(image))
 
 
+def zoom(image, *targets, factor, target_modes=None):
+    """Magnify the content by ``factor`` about the image centre (a number > 0, or one per sample):
+    objects grow by ``factor`` (< 1 shrinks them); the shape is kept and borders that a factor < 1
+    uncovers are mirrored."""
+    batch = _Batch(image, targets, target_modes)
+    f = _per_sample(factor, batch.n, "factor")
+    if not (f > 0).all():
+        raise ValueError(f"factor must be > 0 (1: unchanged), got {factor!r}")
+    matrix = torch.eye(2, dtype=torch.float64) / f.view(-1, 1, 1)   # output p takes the input at c + (p - c) / f
+    return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _grid_dtype(image))
+
+
 def flip(image, *targets, vertical=False, horizontal=False):
     """Mirror rows (vertical) and/or columns (horizontal); bools, or one bool per sample."""
     batch = _Batch(image, targets, None, interpolated=False)
@@ -516,6 +528,24 @@ class RandomRotation:
         n = _Batch(image, targets, self.target_modes).n
         angle = _uniform(n, self.range, generator).cpu()
         return rotate(image, *targets, angle=angle, target_modes=self.target_modes)
+
+
+class RandomZoom:
+    """Magnify by a factor drawn log-uniformly from ``factors`` = (low, high) per sample (``zoom``): the
+    same objects at other sizes, as another magnification or cell line shows them."""
+
+    def __init__(self, factors=(0.8, 1.25), target_modes=None):
+        if isinstance(factors, (int, float)):
+            raise ValueError(f"factors must be a (low, high) range with 0 < low <= high, got {factors!r}")
+        low, high = _check_range(factors, "factors", low=0.0)
+        if not (low > 0 and math.isfinite(high)):
+            raise ValueError(f"factors must be a (low, high) range with 0 < low <= high, got {factors!r}")
+        self.range, self.target_modes = (math.log(low), math.log(high)), target_modes
+
+    def __call__(self, image, *targets, generator=None):
+        n = _Batch(image, targets, self.target_modes).n
+        factor = torch.exp(_uniform(n, self.range, generator).double()).cpu()
+        return zoom(image, *targets, factor=factor, target_modes=self.target_modes)
 
 
 class RandomRot90:

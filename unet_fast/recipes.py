@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from . import geometry
 from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomImaging, RandomNoise, \
-    RandomRot90, RandomRotation
+    RandomRot90, RandomRotation, RandomZoom
 
 __all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
 
@@ -73,6 +73,7 @@ class Recipe:
     # the augmentation, drawn anew for every tile
     flips: bool = True
     rotation: str = "any"             # "90": by multiples of 90 degrees (exact); "any": any angle; "none"
+    zoom: tuple[float, float] = (1.0, 1.0)   # magnification drawn log-uniformly from (low, high); (1, 1): none
     elastic_sigma: float = 10.0       # px: displacements of the elastic deformation's lattice (0: none)
     elastic_grid: int = 3
     grey_values: bool = True          # random gamma, contrast and brightness
@@ -89,6 +90,12 @@ class Recipe:
                 and 0 < self.gamma[0] <= self.gamma[1] < math.inf):
             raise ValueError(f"gamma must be a range (low, high) with 0 < low <= high, got {self.gamma!r}")
         object.__setattr__(self, "gamma", tuple(float(g) for g in self.gamma))
+        if not (isinstance(self.zoom, (tuple, list)) and len(self.zoom) == 2
+                and all(isinstance(z, (int, float)) and not isinstance(z, bool) for z in self.zoom)
+                and 0 < self.zoom[0] <= self.zoom[1] < math.inf):
+            raise ValueError(f"zoom must be a range of magnifications (low, high) with 0 < low <= high "
+                             f"((1, 1): none), got {self.zoom!r}")
+        object.__setattr__(self, "zoom", tuple(float(z) for z in self.zoom))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -133,10 +140,12 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def augmentation(self) -> Compose | None:
-        """The random transforms of one training tile, in this order: flips, rotation, elastic
+        """The random transforms of one training tile, in this order: flips, rotation, zoom, elastic
         deformation, grey values, imaging conditions, noise; None when there are none."""
         transforms = [RandomFlip()] if self.flips else []
         transforms += {"90": [RandomRot90()], "any": [RandomRotation(180.0)], "none": []}[self.rotation]
+        if self.zoom != (1.0, 1.0):
+            transforms.append(RandomZoom(self.zoom))
         if self.elastic_sigma > 0:
             transforms.append(RandomElasticDeform(grid=self.elastic_grid, sigma=self.elastic_sigma))
         if self.grey_values:
@@ -172,6 +181,7 @@ class Recipe:
             part for part in (
                 "flips" if self.flips else "",
                 {"90": "90-degree rotations", "any": "rotations", "none": ""}[self.rotation],
+                f"zoom {self.zoom[0]:g}-{self.zoom[1]:g}" if self.zoom != (1.0, 1.0) else "",
                 f"elastic {self.elastic_sigma:g} px" if self.elastic_sigma else "",
                 f"grey values (gamma {self.gamma[0]:g}-{self.gamma[1]:g})" if self.grey_values else "",
                 "blur, uneven illumination and noise on a fifth of the tiles each" if self.imaging else "",
@@ -215,9 +225,9 @@ RECIPES = {
 
 
 #: what a run trained with whose saved recipe predates a field: never resampled, cross-entropy alone, the
-#: first grey values, no imaging conditions (resuming it keeps these, and a flag asking for another value
+#: first grey values, no imaging conditions, no zoom (resuming it keeps these, and a flag asking for another value
 #: is refused)
-UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0, "gamma": (0.7, 1.4), "imaging": False}
+UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0, "gamma": (0.7, 1.4), "imaging": False, "zoom": (1.0, 1.0)}
 
 
 def get_recipe(recipe: "str | Recipe") -> Recipe:

@@ -6,6 +6,8 @@ labels and weight maps are scipy map_coordinates order 0 / 1 (mode="mirror") at 
 image is compared with a numpy Keys cubic convolution (a = -0.75, what "bicubic" means in
 grid_sample), since scipy's order 3 is a B-spline, a different interpolant.
 """
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -191,6 +193,63 @@ def test_rotate_and_shift_non_square_match_independent_points():
     assert_close(augment.rotate(image, angle=30.0), torch.from_numpy(keys_resample(image.numpy(), py, px)))
     shifted = augment.shift(image, offset=(1.25, -2.5))
     assert_close(shifted, torch.from_numpy(keys_resample(image.numpy(), ys - 1.25, xs + 2.5)))
+
+
+def test_zoom_matches_independent_points_per_sample_and_keeps_labels():
+    image = torch.rand(2, 1, 11, 16, dtype=torch.float64)
+    cy, cx = 5.0, 7.5
+    ys, xs = np.meshgrid(np.arange(11.0), np.arange(16.0), indexing="ij")
+    out = augment.zoom(image, factor=[1.3, 0.8])
+    for i, f in enumerate((1.3, 0.8)):     # output p takes the input at c + (p - c) / f, borders mirrored
+        expected = keys_resample(image[i, 0].numpy(), cy + (ys - cy) / f, cx + (xs - cx) / f)
+        assert_close(out[i, 0], torch.from_numpy(expected))
+    labels = torch.zeros(1, 41, 41, dtype=torch.int64)
+    labels[0, 15:26, 15:26] = 7                      # an 11 px square
+    _, grown = augment.zoom(torch.rand(1, 1, 41, 41), labels, factor=2.0)
+    assert set(grown.unique().tolist()) == {0, 7} and grown.dtype == torch.int64
+    rows = grown[0].eq(7).any(1).nonzero().flatten()
+    assert rows[-1] - rows[0] + 1 in (21, 22, 23) and grown[0, 20, 20] == 7      # about 22 px, still centred
+    assert_close(augment.zoom(image, factor=1.0), image)
+    strided = image.transpose(2, 3).contiguous().transpose(2, 3)
+    assert_close(augment.zoom(strided, factor=1.3), augment.zoom(image, factor=1.3))
+    for factor in (0, -1.0, float("nan"), [1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="factor"):
+            augment.zoom(image, factor=factor)
+    # in the elastic deformation's resampling: the same as zooming the deformed image, labels resampled once
+    lattice = augment.random_displacement(2, sigma=3.0, generator=torch.Generator().manual_seed(2)).double()
+    deformed = augment.elastic_deform(image, displacement=lattice)
+    ys2, xs2 = np.meshgrid(np.arange(11.0), np.arange(16.0), indexing="ij")
+    field = augment.displacement_field(lattice, (11, 16)).numpy()
+    both = augment.elastic_deform(image, displacement=lattice, zoom=[1.3, 0.8])
+    for i, f in enumerate((1.3, 0.8)):
+        expected = keys_resample(image[i, 0].numpy(), cy + (ys2 + field[i, 0] - cy) / f, cx + (xs2 + field[i, 1] - cx) / f)
+        assert_close(both[i, 0], torch.from_numpy(expected))
+    assert not torch.allclose(both, deformed)
+    with pytest.raises(ValueError, match="zoom"):
+        augment.elastic_deform(image, displacement=lattice, zoom=0)
+
+
+def test_random_zoom_draws_log_uniformly_per_sample_and_checks_its_range(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    transform = augment.RandomZoom((0.5, 2.0))
+    drawn = []
+    with monkeypatch.context() as patch:
+        patch.setattr(augment, "zoom", lambda image, *targets, factor, target_modes=None: drawn.append(factor) or image)
+        for _ in range(200):
+            transform(torch.rand(5, 1, 8, 8), generator=gen)
+    logs = torch.log(torch.cat(drawn))
+    assert logs.min() >= math.log(0.5) and logs.max() <= math.log(2.0)
+    assert abs(float(logs.mean())) < 0.05 and len(torch.cat(drawn).unique()) == 1000   # symmetric in log; per sample
+    gen.manual_seed(4)
+    a = transform(torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(0)), generator=gen)
+    gen.manual_seed(4)
+    b = transform(torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(0)), generator=gen)
+    assert torch.equal(a, b)
+    for factors in (1.2, (2.0, 0.5), (0, 1), (1, math.inf), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="factors"):
+            augment.RandomZoom(factors)
+        with pytest.raises(ValueError, match="zoom"):
+            augment.RandomElasticDeform(zoom=factors)
 
 
 def test_label_gather_fallback_agrees_with_grid_sample_path():

@@ -34,7 +34,9 @@ def test_replace_keeps_unset_values_and_checks_the_rest():
                             (dict(percentiles=(1,)), "percentiles must be two numbers"),
                             (dict(gamma=(2.0, 0.5)), "gamma must be a range"), (dict(gamma=(0, 1)), "gamma must be"),
                             (dict(gamma=(1.0,)), "gamma must be"), (dict(gamma=(1, math.inf)), "gamma must be"),
-                            (dict(gamma=(True, 2)), "gamma must be")]:
+                            (dict(gamma=(True, 2)), "gamma must be"), (dict(zoom=(1.25, 0.8)), "zoom must be"),
+                            (dict(zoom=(0, 1)), "zoom must be"), (dict(zoom=(1, math.inf)), "zoom must be"),
+                            (dict(zoom=(1.0,)), "zoom must be"), (dict(zoom=(float("nan"), 1)), "zoom must be")]:
         with pytest.raises(ValueError, match=message):
             recipe.replace(**change)
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -51,6 +53,11 @@ def test_augmentation_and_tile_sizes():
     assert kinds(get_recipe("paper").augmentation()) == kinds(default_augmentation())
     assert get_recipe("paper").augmentation().transforms[-1].gamma == (0.7, 1.4)  # the paper recipe as it was
     assert get_recipe("default").replace(gamma=[0.8, 1.25]).gamma == (0.8, 1.25)  # a list (a model file's JSON)
+    zoomed = get_recipe("default").replace(zoom=[0.8, 1.25]).augmentation()  # in the deformation's resampling
+    assert kinds(zoomed) == kinds(default) and zoomed.transforms[2].zoom == (math.log(0.8), math.log(1.25))
+    assert default.transforms[2].zoom == (0.0, 0.0)
+    rigid = get_recipe("default").replace(zoom=(0.8, 1.25), elastic_sigma=0).augmentation()
+    assert kinds(rigid) == kinds(default)[:2] + [augment.RandomZoom] + kinds(default)[3:]
     bare = get_recipe("default").replace(flips=False, rotation="none", elastic_sigma=0, grey_values=False,
                                          imaging=False)
     assert bare.augmentation() is None

@@ -36,7 +36,7 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert cli.main(_args(folders, "--recipe", "paper", "--optimizer", "adamw", "--lr", "0.003", "--warmup", "7",
                           "--lr-schedule", "cosine", "--weight-decay", "0.01", "--momentum", "0.8", "--epochs", "9",
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
-                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--depth", "2",
+                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--zoom", "0.9", "1.2", "--depth", "2",
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
@@ -55,7 +55,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert (seen["time_limit"], seen["best_metric"], seen["tile_size"], seen["augment"]) == (30.0, "iou", 44, "recipe")
     saved = load_model(folders / "model.safetensors").metadata["recipe"]
     assert (saved["optimizer"], saved["tile_size"], saved["dice"]) == ("adamw", 44, 0.5)  # the tile trained on
-    assert (saved["imaging"], saved["gamma"]) == (True, [0.7, 1.4])
+    assert (saved["imaging"], saved["gamma"], saved["zoom"]) == (True, [0.7, 1.4], [0.9, 1.2])
+    assert recipe.zoom == (0.9, 1.2)
     assert cli.main(_args(folders, "--no-grey-values", "--gamma", "0.9", "1.2")) == 2   # a range nothing uses
     assert cli.main(_args(folders, "--gamma", "0.9", "1.2", "--epochs", "1", "--depth", "2", "--base-channels", "4",
                           "--tiles-per-epoch", "1", "--tile-size", "44", "--no-progress",
@@ -100,6 +101,8 @@ def test_the_recorded_recipe_holds_the_tile_trained_on(folders):
     (["--dice", "nan"], "argument --dice: must be a number in [0, inf), got 'nan'"),
     (["--percentiles", "50", "20"], "argument --percentiles: percentiles must be (low, high)"),
     (["--percentiles", "1", "101"], "argument --percentiles: percentiles must be (low, high)"),
+    (["--zoom", "1.25", "0.8"], "argument --zoom: zoom must be a range of magnifications"),
+    (["--zoom", "0", "1"], "argument --zoom: zoom must be a range of magnifications"),
 ])
 def test_bad_options_exit_with_usage(folders, capsys, more, message):
     """A usage error: exit status 2 (argparse's own errors exit, a BadArgument is main's return value)
@@ -174,12 +177,14 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
         metadata = dict(handle.metadata())
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     recipe = json.loads(metadata["recipe"])
-    del recipe["object_size"], recipe["dice"], recipe["gamma"], recipe["imaging"]
+    del recipe["object_size"], recipe["dice"], recipe["gamma"], recipe["imaging"], recipe["zoom"]
     metadata["recipe"] = json.dumps(recipe)
     save_file(tensors, str(path), metadata)
     capsys.readouterr()
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--imaging")) == 2
     assert "argument --imaging/--no-imaging:" in capsys.readouterr().err      # the run trained without: refused
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--zoom", "0.8", "1.25")) == 2
+    assert "argument --zoom:" in capsys.readouterr().err
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "30")) == 2
     assert "--object-size" in capsys.readouterr().err
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--dice", "1")) == 2
@@ -187,7 +192,7 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0",
                           "--dice", "0")) == 0
     resumed = load_model(folders / "model.safetensors").metadata["recipe"]
-    assert (resumed["dice"], resumed["imaging"], resumed["gamma"]) == (0.0, False, [0.7, 1.4])
+    assert (resumed["dice"], resumed["imaging"], resumed["gamma"], resumed["zoom"]) == (0.0, False, [0.7, 1.4], [1.0, 1.0])
 
 
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):

@@ -1,5 +1,6 @@
 """The paper's data augmentation in torch: elastic deformation, shifts, rotations, flips, grey values;
-and what another microscope changes in an image (``RandomImaging``: defocus, uneven illumination, noise).
+zooms (``RandomZoom``: objects of other sizes); and what another microscope changes in an image
+(``RandomImaging``: defocus, uneven illumination, noise).
 
 Every geometric transform is "output pixel p takes the input at a sampling point s(p)", resampled
 with one ``F.grid_sample`` call per tensor (one field per sample, any device):
@@ -280,7 +281,7 @@ def random_displacement(n: int, grid=3, sigma: float = 10.0, generator=None) -> 
 
 
 def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None, target_modes=None,
-                   displacement=None):
+                   displacement=None, zoom=None):
     """The paper's elastic deformation of ``image`` and its ``targets`` (one field per sample).
 
     grid: lattice points per axis (int or (gy, gx), >= 2); sigma: standard deviation of the
@@ -288,7 +289,9 @@ def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None,
     None); target_modes: one of "nearest" / "linear" / "cubic" per target (default: "nearest" for
     integer and bool targets, "linear" for floating ones); displacement: an explicit lattice in pixels,
     (2, gy, gx) for every sample or (N, 2, gy, gx), component 0 along rows; when given, grid, sigma and
-    generator are not used. Returns the image, or (image, *targets), in the input shapes and dtypes.
+    generator are not used; zoom: a magnification about the image centre in the same resampling (a number > 0 or
+    one per sample; ``zoom`` after the deformation, out(p) = in(c + (p + d(p) - c) / zoom), labels resampled once).
+    Returns the image, or (image, *targets), in the input shapes and dtypes.
     """
     batch = _Batch(image, targets, target_modes)
     if displacement is None:
@@ -305,7 +308,11 @@ def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None,
             raise ValueError("displacement must be finite")
         lattice = lattice.expand(batch.n, -1, -1, -1)
     lattice = lattice.to(device=batch.device, dtype=_grid_dtype(image))
-    return _resample(batch, _elastic_grid(lattice, batch.h, batch.w))
+    grid = _elastic_grid(lattice, batch.h, batch.w)
+    if zoom is not None:       # normalised coordinates are centred on the image: a zoom divides them
+        factor = _zoom_factors(zoom, batch.n)
+        grid = grid / factor.to(device=batch.device, dtype=grid.dtype).view(-1, 1, 1, 1)
+    return _resample(batch, grid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,14 +365,33 @@ def rotate(image, *targets, angle, target_modes=None):
     return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _grid_dtype(image))
 
 
+def _zoom_factors(value, n, name="zoom") -> torch.Tensor:
+    f = _per_sample(value, n, name)
+    if not (f > 0).all():
+        raise ValueError(f"{name} must be > 0 (1: unchanged), got {value!r}")
+    return f
+
+
+def _log_uniform(n, log_range, generator) -> torch.Tensor:
+    return torch.exp(_uniform(n, log_range, generator).double()).cpu()
+
+
+def _zoom_range(factors, name) -> tuple[float, float]:
+    """(log low, log high) of a (low, high) range of magnifications."""
+    if isinstance(factors, (int, float)):
+        raise ValueError(f"{name} must be a (low, high) range with 0 < low <= high, got {factors!r}")
+    low, high = _check_range(factors, name, low=0.0)
+    if not (low > 0 and math.isfinite(high)):
+        raise ValueError(f"{name} must be a (low, high) range with 0 < low <= high, got {factors!r}")
+    return math.log(low), math.log(high)
+
+
 def zoom(image, *targets, factor, target_modes=None):
     """Magnify the content by ``factor`` about the image centre (a number > 0, or one per sample):
     objects grow by ``factor`` (< 1 shrinks them); the shape is kept and borders that a factor < 1
     uncovers are mirrored."""
     batch = _Batch(image, targets, target_modes)
-    f = _per_sample(factor, batch.n, "factor")
-    if not (f > 0).all():
-        raise ValueError(f"factor must be > 0 (1: unchanged), got {factor!r}")
+    f = _zoom_factors(factor, batch.n, "factor")
     matrix = torch.eye(2, dtype=torch.float64) / f.view(-1, 1, 1)   # output p takes the input at c + (p - c) / f
     return _affine(batch, matrix, torch.zeros(batch.n, 2, dtype=torch.float64), _grid_dtype(image))
 
@@ -493,15 +519,19 @@ def illuminate(image, amplitude, angle):
 # random transforms: callables (image, *targets, generator=None) -> image or (image, *targets)
 
 class RandomElasticDeform:
-    """``elastic_deform`` with a new random lattice per sample at every call."""
+    """``elastic_deform`` with a new random lattice per sample at every call; with ``zoom`` = (low, high)
+    also a magnification drawn log-uniformly per sample (as ``RandomZoom``) in the same resampling."""
 
-    def __init__(self, grid=3, sigma: float = 10.0, target_modes=None):
+    def __init__(self, grid=3, sigma: float = 10.0, target_modes=None, zoom=(1.0, 1.0)):
         random_displacement(1, grid, sigma)  # validates grid and sigma now, not at the first call
         self.grid, self.sigma, self.target_modes = grid, sigma, target_modes
+        self.zoom = _zoom_range(zoom, "zoom")
 
     def __call__(self, image, *targets, generator=None):
-        return elastic_deform(image, *targets, grid=self.grid, sigma=self.sigma, generator=generator,
-                              target_modes=self.target_modes)
+        n = _Batch(image, targets, self.target_modes).n
+        lattice = random_displacement(n, self.grid, self.sigma, generator)
+        factor = None if self.zoom == (0.0, 0.0) else _log_uniform(n, self.zoom, generator)
+        return elastic_deform(image, *targets, target_modes=self.target_modes, displacement=lattice, zoom=factor)
 
 
 class RandomShift:
@@ -535,17 +565,11 @@ class RandomZoom:
     same objects at other sizes, as another magnification or cell line shows them."""
 
     def __init__(self, factors=(0.8, 1.25), target_modes=None):
-        if isinstance(factors, (int, float)):
-            raise ValueError(f"factors must be a (low, high) range with 0 < low <= high, got {factors!r}")
-        low, high = _check_range(factors, "factors", low=0.0)
-        if not (low > 0 and math.isfinite(high)):
-            raise ValueError(f"factors must be a (low, high) range with 0 < low <= high, got {factors!r}")
-        self.range, self.target_modes = (math.log(low), math.log(high)), target_modes
+        self.range, self.target_modes = _zoom_range(factors, "factors"), target_modes
 
     def __call__(self, image, *targets, generator=None):
         n = _Batch(image, targets, self.target_modes).n
-        factor = torch.exp(_uniform(n, self.range, generator).double()).cpu()
-        return zoom(image, *targets, factor=factor, target_modes=self.target_modes)
+        return zoom(image, *targets, factor=_log_uniform(n, self.range, generator), target_modes=self.target_modes)
 
 
 class RandomRot90:

@@ -144,10 +144,10 @@ class Recipe:
         deformation, grey values, imaging conditions, noise; None when there are none."""
         transforms = [RandomFlip()] if self.flips else []
         transforms += {"90": [RandomRot90()], "any": [RandomRotation(180.0)], "none": []}[self.rotation]
-        if self.zoom != (1.0, 1.0):
+        if self.elastic_sigma > 0:     # the zoom in the deformation's resampling: labels resampled once
+            transforms.append(RandomElasticDeform(grid=self.elastic_grid, sigma=self.elastic_sigma, zoom=self.zoom))
+        elif self.zoom != (1.0, 1.0):
             transforms.append(RandomZoom(self.zoom))
-        if self.elastic_sigma > 0:
-            transforms.append(RandomElasticDeform(grid=self.elastic_grid, sigma=self.elastic_sigma))
         if self.grey_values:
             transforms.append(RandomGreyValue(gamma=self.gamma))
         if self.imaging:

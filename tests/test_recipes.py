@@ -61,6 +61,9 @@ def test_augmentation_and_tile_sizes():
     bare = get_recipe("default").replace(flips=False, rotation="none", elastic_sigma=0, grey_values=False,
                                          imaging=False)
     assert bare.augmentation() is None
+    for name in ("default", "paper"):
+        off = get_recipe(name).replace(imaging=True, noise=0.1, zoom=(0.8, 1.25)).without_augmentation()
+        assert off.augmentation() is None and off.lr == get_recipe(name).lr
     assert kinds(bare.replace(noise=0.1).augmentation()) == [augment.RandomNoise]
     default = get_recipe("default")
     assert default.tile_for(3, "valid") == 140                  # 100 px out: the same for other networks

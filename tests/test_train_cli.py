@@ -103,6 +103,9 @@ def test_the_recorded_recipe_holds_the_tile_trained_on(folders):
     (["--percentiles", "1", "101"], "argument --percentiles: percentiles must be (low, high)"),
     (["--zoom", "1.25", "0.8"], "argument --zoom: zoom must be a range of magnifications"),
     (["--zoom", "0", "1"], "argument --zoom: zoom must be a range of magnifications"),
+    (["--no-augment", "--zoom", "0.8", "1.25"], "argument --zoom: sets an augmentation, which --no-augment turns off"),
+    (["--no-augment", "--imaging"], "argument --imaging/--no-imaging: sets an augmentation, which --no-augment"),
+    (["--no-augment", "--gamma", "0.5", "2"], "argument --gamma: sets an augmentation, which --no-augment turns off"),
 ])
 def test_bad_options_exit_with_usage(folders, capsys, more, message):
     """A usage error: exit status 2 (argparse's own errors exit, a BadArgument is main's return value)
@@ -193,6 +196,31 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
                           "--dice", "0")) == 0
     resumed = load_model(folders / "model.safetensors").metadata["recipe"]
     assert (resumed["dice"], resumed["imaging"], resumed["gamma"], resumed["zoom"]) == (0.0, False, [0.7, 1.4], [1.0, 1.0])
+
+
+def test_no_augment_is_recorded_and_resumed_as_no_augmentation(folders, capsys, monkeypatch):
+    """--no-augment trains on the tiles as they are, and the model file and checkpoint say so: a resume without
+    the flag goes on without augmentation (it used to switch the recipe's back on), and a run trained with
+    augmentation is not resumed without it."""
+    seen = []
+    original = train._training_tiles
+    monkeypatch.setattr(train, "_training_tiles", lambda model, data, recipe, *rest: seen.append(recipe.augmentation())
+                        or original(model, data, recipe, *rest))
+    assert cli.main(_tiny(folders, "--epochs", "1", "--no-augment")) == 0
+    recorded = load_model(folders / "model.safetensors").metadata["recipe"]
+    assert (recorded["flips"], recorded["rotation"], recorded["zoom"], recorded["elastic_sigma"],
+            recorded["grey_values"], recorded["imaging"], recorded["noise"]) == \
+        (False, "none", [1.0, 1.0], 0.0, False, False, 0.0)
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "run" / "last.safetensors"))) == 0
+    assert seen == [None, None]
+    assert load_model(folders / "model.safetensors").metadata["recipe"]["flips"] is False
+    other = ["--work-dir", str(folders / "other"), "-o", str(folders / "other.safetensors")]
+    assert cli.main(_tiny(folders, "--epochs", "1", *other)) == 0 and seen[-1] is not None
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "2", "--no-augment", *other,
+                          "--resume", str(folders / "other" / "last.safetensors"))) == 2
+    err = capsys.readouterr().err
+    assert "argument --no-augment:" in err and "trained with augmentation" in err and len(err.strip().splitlines()) == 1
 
 
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):

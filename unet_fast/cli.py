@@ -99,6 +99,13 @@ def cmd_train(args) -> int:
         raise BadArgument("best_metric", "the best model is chosen on validation images: give --val-images and "
                                          "--val-labels, or --val-fraction (or leave --best-metric out)")
     given = _given_recipe_values(args)
+    if args.no_augment:     # a recipe without augmentation, so the model file and --resume know it
+        from .recipes import AUGMENTATION_OFF
+
+        clash = [name for name in (*AUGMENTATION_OFF, "gamma") if name in given]
+        if clash:
+            raise BadArgument(clash[0], "sets an augmentation, which --no-augment turns off: give one of the two")
+        given = {**given, **AUGMENTATION_OFF}
     recipe = _flags_recipe(args, given)
     if "gamma" in given and not recipe.grey_values:
         raise BadArgument("gamma", "--gamma sets the grey values' range, which --no-grey-values turns off: give one "
@@ -199,7 +206,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     """(recipe, seed, tile size) of the run ``--resume`` continues: the checkpoint's. A flag given with
     another value than the run's is a usage error (resuming continues the same run with the same
     options), except --epochs, which may extend or shorten the run but not below the epochs done."""
-    from .recipes import RECIPES, UNRECORDED_VALUES, Recipe
+    from .recipes import AUGMENTATION_OFF, RECIPES, UNRECORDED_VALUES, Recipe
 
     def refuse(dest, value, saved, what=None):
         raise BadArgument(dest, f"{args.resume} was trained with {what or dest} {saved!r}, got {value!r}: --resume "
@@ -232,6 +239,11 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
         for name, value in given.items():
             if name not in NETWORK_FIELDS and name != "epochs" and name in saved \
                     and not _same_value(value, saved[name]):
+                if args.no_augment and name in AUGMENTATION_OFF:
+                    raise BadArgument("no_augment", f"{args.resume} was trained with augmentation ({name} "
+                                                    f"{saved[name]!r}): --resume continues the same run with the same "
+                                                    f"options; leave --no-augment out, or start a new run in another "
+                                                    f"--work-dir")
                 refuse(name, value, saved[name])
         with _blame("resume"):
             known = {field.name for field in dataclasses.fields(Recipe)}
@@ -319,7 +331,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
     torch.manual_seed(seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
     result = fit(model, train_data, val_data, recipe=recipe, tile_size=tile_size, device=args.device,
                  amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
-                 augment=None if args.no_augment else "recipe", seed=seed, num_workers=args.workers,
+                 augment="recipe", seed=seed, num_workers=args.workers,
                  time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
                  progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -29,7 +29,7 @@ from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomImaging, RandomNoise, \
     RandomRot90, RandomRotation, RandomZoom
 
-__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
+__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "AUGMENTATION_OFF", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -156,6 +156,11 @@ class Recipe:
             transforms.append(RandomNoise(self.noise))
         return Compose(transforms) if transforms else None
 
+    def without_augmentation(self) -> "Recipe":
+        """This recipe with every random transform off (``augmentation()`` is None), so a model file
+        records that it trained on the images as they are."""
+        return dataclasses.replace(self, **AUGMENTATION_OFF)
+
     def tile_for(self, depth: int, padding: str) -> int | None:
         """The recipe's tile size for a network of ``depth`` and ``padding``: the smallest legal input
         whose output covers at least as many pixels as ``tile_size`` gives the recipe's own network
@@ -188,6 +193,11 @@ class Recipe:
                 f"noise {self.noise:g}" if self.noise else "") if part) or "none"
         loss = "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
         return f"{optimiser}, {schedule}; loss: {loss}; augmentation: {augmentation}"
+
+
+#: the augmentation fields, each at the value that turns it off (gamma only shapes grey values, which are off)
+AUGMENTATION_OFF = dict(flips=False, rotation="none", zoom=(1.0, 1.0), elastic_sigma=0.0, grey_values=False,
+                        imaging=False, noise=0.0)
 
 
 def _check_choice(name, value, choices) -> None:

@@ -60,6 +60,20 @@ def test_loss_falls(nuclei):
     assert [row["step"] for row in result.history] == [2, 4, 6, 8, 10, 12]
 
 
+def test_a_run_without_augmentation_records_none(nuclei, tmp_path):
+    """fit(augment=None) checkpoints the recipe with every augmentation off (it recorded the recipe's own), so a
+    resume with the recorded recipe trains as the run did."""
+    from unet_fast.train import load_checkpoint
+
+    train, _ = nuclei
+    run(train, 1, tmp_path / "bare", augment=None)
+    bare = load_checkpoint(tmp_path / "bare" / "last.safetensors")["recipe"]
+    assert (bare["flips"], bare["rotation"], bare["elastic_sigma"], bare["grey_values"]) == (False, "none", 0.0, False)
+    run(train, 1, tmp_path / "augmented")
+    augmented = load_checkpoint(tmp_path / "augmented" / "last.safetensors")["recipe"]
+    assert (augmented["flips"], augmented["rotation"], augmented["elastic_sigma"]) == (True, "any", 10.0)
+
+
 def test_cpu_training_runs_channels_last_with_the_same_numbers(nuclei):
     """fit trains in channels_last on the CPU (measured faster there): the model is left in it, and its
     losses equal those of the same run in the plain layout."""

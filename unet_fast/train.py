@@ -90,7 +90,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     ``unet-fast train`` does).
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
     by ``augment``: "recipe" = the recipe's, "default" = ``data.default_augmentation()`` (the paper's),
-    None = none, or a callable ``(image, target, weights, generator=...) -> (image, target, weights)``
+    None = none (checkpoints record the recipe without augmentation), or a callable ``(image, target, weights, generator=...) -> (image, target, weights)``
     such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
     weights (m, m))`` tiles.
     optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).
@@ -119,6 +119,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
+    if augment is None:       # what the checkpoint records: trained without augmentation
+        settings = settings.without_augmentation()
     best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)

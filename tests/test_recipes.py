@@ -36,7 +36,8 @@ def test_replace_keeps_unset_values_and_checks_the_rest():
                             (dict(gamma=(1.0,)), "gamma must be"), (dict(gamma=(1, math.inf)), "gamma must be"),
                             (dict(gamma=(True, 2)), "gamma must be"), (dict(zoom=(1.25, 0.8)), "zoom must be"),
                             (dict(zoom=(0, 1)), "zoom must be"), (dict(zoom=(1, math.inf)), "zoom must be"),
-                            (dict(zoom=(1.0,)), "zoom must be"), (dict(zoom=(float("nan"), 1)), "zoom must be")]:
+                            (dict(zoom=(1.0,)), "zoom must be"), (dict(zoom=(float("nan"), 1)), "zoom must be"),
+                            (dict(zoom=(0.1, 1)), "1/8 <= low <= high <= 8"), (dict(zoom=(1, 9)), "zoom must be")]:
         with pytest.raises(ValueError, match=message):
             recipe.replace(**change)
     with pytest.raises(ValueError, match="recipe must be one of"):

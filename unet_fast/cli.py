@@ -732,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"90: by multiples of 90 degrees (exact); any: by any angle (interpolated) "
                         f"({_recipe_default('rotation')})")
     g.add_argument("--zoom", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help=f"random magnification, drawn log-uniformly from LOW to HIGH per tile: objects of other "
+                   help=f"random magnification, drawn log-uniformly from LOW to HIGH (within 1/8 and 8) per tile: objects of other "
                         f"sizes (1 1: off) ({_recipe_default('zoom')})")
     g.add_argument("--elastic", dest="elastic_sigma", type=_non_negative_float, default=None, metavar="PX",
                    help=f"elastic deformation: std of the 3x3 lattice's displacements (0: off) "

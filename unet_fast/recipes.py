@@ -92,8 +92,8 @@ class Recipe:
         object.__setattr__(self, "gamma", tuple(float(g) for g in self.gamma))
         if not (isinstance(self.zoom, (tuple, list)) and len(self.zoom) == 2
                 and all(isinstance(z, (int, float)) and not isinstance(z, bool) for z in self.zoom)
-                and 0 < self.zoom[0] <= self.zoom[1] < math.inf):
-            raise ValueError(f"zoom must be a range of magnifications (low, high) with 0 < low <= high "
+                and 1 / 8 <= self.zoom[0] <= self.zoom[1] <= 8):
+            raise ValueError(f"zoom must be a range of magnifications (low, high) with 1/8 <= low <= high <= 8 "
                              f"((1, 1): none), got {self.zoom!r}")
         object.__setattr__(self, "zoom", tuple(float(z) for z in self.zoom))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -222,7 +222,8 @@ def test_zoom_matches_independent_points_per_sample_and_keeps_labels():
     field = augment.displacement_field(lattice, (11, 16)).numpy()
     both = augment.elastic_deform(image, displacement=lattice, zoom=[1.3, 0.8])
     for i, f in enumerate((1.3, 0.8)):
-        expected = keys_resample(image[i, 0].numpy(), cy + (ys2 + field[i, 0] - cy) / f, cx + (xs2 + field[i, 1] - cx) / f)
+        expected = keys_resample(image[i, 0].numpy(), cy + (ys2 + field[i, 0] - cy) / f,
+                                 cx + (xs2 + field[i, 1] - cx) / f)
         assert_close(both[i, 0], torch.from_numpy(expected))
     assert not torch.allclose(both, deformed)
     with pytest.raises(ValueError, match="zoom"):

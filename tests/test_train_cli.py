@@ -36,7 +36,8 @@ def test_flags_override_the_recipe(folders, monkeypatch):
     assert cli.main(_args(folders, "--recipe", "paper", "--optimizer", "adamw", "--lr", "0.003", "--warmup", "7",
                           "--lr-schedule", "cosine", "--weight-decay", "0.01", "--momentum", "0.8", "--epochs", "9",
                           "--tiles-per-epoch", "12", "--batch-size", "3", "--no-flips", "--rotation", "90",
-                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--zoom", "0.9", "1.2", "--depth", "2",
+                          "--elastic", "0", "--no-grey-values", "--noise", "0.05", "--imaging", "--zoom", "0.9", "1.2",
+                          "--depth", "2",
                           "--base-channels", "4", "--dropout", "0.1", "--w0", "5", "--sigma", "3",
                           "--time-limit", "0.5", "--percentiles", "2", "99", "--clip",
                           "--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb"),
@@ -186,7 +187,8 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
     capsys.readouterr()
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--imaging")) == 2
     assert "argument --imaging/--no-imaging:" in capsys.readouterr().err      # the run trained without: refused
-    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--zoom", "0.8", "1.25")) == 2
+    assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--zoom", "0.8",
+                          "1.25")) == 2
     assert "argument --zoom:" in capsys.readouterr().err
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "30")) == 2
     assert "--object-size" in capsys.readouterr().err
@@ -195,7 +197,8 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--object-size", "0",
                           "--dice", "0")) == 0
     resumed = load_model(folders / "model.safetensors").metadata["recipe"]
-    assert (resumed["dice"], resumed["imaging"], resumed["gamma"], resumed["zoom"]) == (0.0, False, [0.7, 1.4], [1.0, 1.0])
+    assert (resumed["dice"], resumed["imaging"], resumed["gamma"], resumed["zoom"]) == \
+        (0.0, False, [0.7, 1.4], [1.0, 1.0])
 
 
 def test_no_augment_is_recorded_and_resumed_as_no_augmentation(folders, capsys, monkeypatch):

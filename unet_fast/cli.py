@@ -69,8 +69,8 @@ def cmd_sizes(args) -> int:
 #: train's flags that set a recipe field of the same name (None: the recipe's value)
 RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                 "warmup_steps", "depth", "base_channels", "padding", "dropout", "w0", "sigma", "flips", "rotation",
-                "elastic_sigma", "zoom", "grey_values", "gamma", "imaging", "noise", "percentiles", "clip", "object_size",
-                "dice")
+                "elastic_sigma", "zoom", "grey_values", "gamma", "imaging", "noise", "percentiles", "clip",
+                "object_size", "dice")
 
 
 def _labelled_images(images, labels, args, recipe, num_classes: int):
@@ -732,8 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"90: by multiples of 90 degrees (exact); any: by any angle (interpolated) "
                         f"({_recipe_default('rotation')})")
     g.add_argument("--zoom", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help=f"random magnification, drawn log-uniformly from LOW to HIGH (within 1/8 and 8) per tile: objects of other "
-                        f"sizes (1 1: off) ({_recipe_default('zoom')})")
+                   help=f"random magnification, drawn log-uniformly from LOW to HIGH (within 1/8 and 8) per tile: "
+                        f"objects of other sizes (1 1: off) ({_recipe_default('zoom')})")
     g.add_argument("--elastic", dest="elastic_sigma", type=_non_negative_float, default=None, metavar="PX",
                    help=f"elastic deformation: std of the 3x3 lattice's displacements (0: off) "
                         f"({_recipe_default('elastic_sigma')})")

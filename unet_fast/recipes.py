@@ -29,7 +29,8 @@ from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomImaging, RandomNoise, \
     RandomRot90, RandomRotation, RandomZoom
 
-__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "AUGMENTATION_OFF", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
+__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "AUGMENTATION_OFF", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES",
+           "ROTATIONS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")

@@ -90,7 +90,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     ``unet-fast train`` does).
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
     by ``augment``: "recipe" = the recipe's, "default" = ``data.default_augmentation()`` (the paper's),
-    None = none (checkpoints record the recipe without augmentation), or a callable ``(image, target, weights, generator=...) -> (image, target, weights)``
+    None = none (checkpoints record the recipe without augmentation), or a callable
+    ``(image, target, weights, generator=...) -> (image, target, weights)``
     such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
     weights (m, m))`` tiles.
     optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).

@@ -102,3 +102,12 @@ def test_random_rot90_is_exact_and_shared_by_the_targets():
     for _ in range(10):
         assert augment.RandomRot90()(wide, generator=gen).shape == (1, 3, 5)
     assert math.isfinite(float(augment.RandomRot90()(torch.rand(4, 4)).sum()))
+
+
+def test_imaging_true_means_the_imaging_defaults_model_files_were_trained_with():
+    """A model file records imaging=True, not RandomImaging's settings: changing these defaults would make a
+    resumed --imaging run train differently from how it started. Change them only with recipe fields of their own
+    (and an UNRECORDED_VALUES entry that keeps these for older files)."""
+    imaging = next(t for t in get_recipe("default").replace(imaging=True).augmentation().transforms
+                   if isinstance(t, augment.RandomImaging))
+    assert (imaging.p, imaging.blur, imaging.illumination, imaging.noise) == (0.2, (0.5, 1.5), 0.5, 0.1)

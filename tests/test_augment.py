@@ -215,7 +215,7 @@ def test_zoom_matches_independent_points_per_sample_and_keeps_labels():
     for factor in (0, -1.0, float("nan"), [1.0, 1.0, 1.0]):
         with pytest.raises(ValueError, match="factor"):
             augment.zoom(image, factor=factor)
-    # in the elastic deformation's resampling: the same as zooming the deformed image, labels resampled once
+    # in the elastic deformation's resampling: the zoomed image deformed, in one resampling
     lattice = augment.random_displacement(2, sigma=3.0, generator=torch.Generator().manual_seed(2)).double()
     deformed = augment.elastic_deform(image, displacement=lattice)
     ys2, xs2 = np.meshgrid(np.arange(11.0), np.arange(16.0), indexing="ij")
@@ -228,6 +228,22 @@ def test_zoom_matches_independent_points_per_sample_and_keeps_labels():
     assert not torch.allclose(both, deformed)
     with pytest.raises(ValueError, match="zoom"):
         augment.elastic_deform(image, displacement=lattice, zoom=0)
+
+
+def test_random_elastic_deform_zooms_in_its_resampling_and_draws_nothing_more_without_zoom():
+    image, labels = torch.rand(3, 1, 21, 26, dtype=torch.float64), torch.randint(0, 9, (3, 21, 26))
+    gen, again = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    out, lab = augment.RandomElasticDeform(sigma=4.0, zoom=(1.5, 1.5))(image, labels, generator=gen)
+    lattice = augment.random_displacement(3, sigma=4.0, generator=again)
+    expected = augment.elastic_deform(image, labels, displacement=lattice, zoom=1.5)
+    assert_close(out, expected[0]) and torch.equal(lab, expected[1])
+    assert not torch.allclose(out, augment.elastic_deform(image, displacement=lattice))
+    # without a zoom it is the paper's deformation as before: the same output and random numbers used
+    gen.manual_seed(9), again.manual_seed(9)
+    plain = augment.RandomElasticDeform(sigma=4.0)(image, labels, generator=gen)
+    before = augment.elastic_deform(image, labels, sigma=4.0, generator=again)
+    assert torch.equal(plain[0], before[0]) and torch.equal(plain[1], before[1])
+    assert torch.equal(torch.rand(4, generator=gen), torch.rand(4, generator=again))
 
 
 def test_random_zoom_draws_log_uniformly_per_sample_and_checks_its_range(monkeypatch):

@@ -226,6 +226,32 @@ def test_no_augment_is_recorded_and_resumed_as_no_augmentation(folders, capsys, 
     assert "argument --no-augment:" in err and "trained with augmentation" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_no_augment_run_from_before_the_zoom_field_resumes_with_no_augment(folders, capsys, monkeypatch):
+    """Such checkpoints recorded the recipe's augmentation although the run had none: with --no-augment the
+    run goes on as it was (the flag is believed), without it as recorded."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    seen = []
+    original = train._training_tiles
+    monkeypatch.setattr(train, "_training_tiles", lambda model, data, recipe, *rest: seen.append(recipe.augmentation())
+                        or original(model, data, recipe, *rest))
+    assert cli.main(_tiny(folders, "--epochs", "1", "--no-augment")) == 0
+    path = folders / "run" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    recipe = json.loads(metadata["recipe"])
+    recipe.update(flips=True, rotation="90", elastic_sigma=7.0, grey_values=True)   # what such runs recorded
+    del recipe["zoom"]
+    metadata["recipe"] = json.dumps(recipe)
+    save_file(tensors, str(path), metadata)
+    assert cli.main(_tiny(folders, "--epochs", "2", "--no-augment", "--resume", str(path))) == 0
+    assert seen[-1] is None and load_model(folders / "model.safetensors").metadata["recipe"]["flips"] is False
+
+
 def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, capsys):
     assert cli.main(_tiny(folders, "--epochs", "1")) == 0
     before = (folders / "run" / "last.safetensors").read_bytes()

@@ -290,7 +290,7 @@ def elastic_deform(image, *targets, grid=3, sigma: float = 10.0, generator=None,
     integer and bool targets, "linear" for floating ones); displacement: an explicit lattice in pixels,
     (2, gy, gx) for every sample or (N, 2, gy, gx), component 0 along rows; when given, grid, sigma and
     generator are not used; zoom: a magnification about the image centre in the same resampling (a number > 0 or
-    one per sample; ``zoom`` after the deformation, out(p) = in(c + (p + d(p) - c) / zoom), labels resampled once).
+    one per sample): the image zoomed, then deformed, out(p) = in(c + (p + d(p) - c) / zoom), labels resampled once.
     Returns the image, or (image, *targets), in the input shapes and dtypes.
     """
     batch = _Batch(image, targets, target_modes)
@@ -373,7 +373,9 @@ def _zoom_factors(value, n, name="zoom") -> torch.Tensor:
 
 
 def _log_uniform(n, log_range, generator) -> torch.Tensor:
-    return torch.exp(_uniform(n, log_range, generator).double()).cpu()
+    """n float64 CPU values drawn log-uniformly (in float64 after the float32 draw: exact at the range's ends)."""
+    low, high = log_range
+    return torch.exp(low + (high - low) * _draw((n,), generator, kind="uniform").double()).cpu()
 
 
 def _zoom_range(factors, name) -> tuple[float, float]:

@@ -233,9 +233,13 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
         tile_size = state["tile_size"]
     saved = state.get("recipe")
     if isinstance(saved, dict):            # checkpoints of earlier versions have none: the flags' recipe
+        # before the zoom field, a --no-augment run recorded the recipe's augmentation: the flag is believed
+        unrecorded_no_augment = args.no_augment and "zoom" not in saved
         saved = {**UNRECORDED_VALUES, **saved}
         if args.recipe is not None and args.recipe != saved.get("name"):
             refuse("recipe", args.recipe, saved.get("name"), "recipe")
+        if unrecorded_no_augment:
+            saved.update(AUGMENTATION_OFF)
         for name, value in given.items():
             if name not in NETWORK_FIELDS and name != "epochs" and name in saved \
                     and not _same_value(value, saved[name]):

@@ -120,8 +120,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
-    if augment is None:       # what the checkpoint records: trained without augmentation
-        settings = settings.without_augmentation()
+    if augment is None and isinstance(train_data, SegmentationDataset):  # what the checkpoint records (other
+        settings = settings.without_augmentation()                       # data bring their own tiles)
     best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)

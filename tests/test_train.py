@@ -60,9 +60,9 @@ def test_loss_falls(nuclei):
     assert [row["step"] for row in result.history] == [2, 4, 6, 8, 10, 12]
 
 
-def test_a_run_without_augmentation_records_none(nuclei, tmp_path):
-    """fit(augment=None) checkpoints the recipe with every augmentation off (it recorded the recipe's own), so a
-    resume with the recorded recipe trains as the run did."""
+def test_a_run_records_the_augmentation_it_ran_and_resumes_only_with_it(nuclei, tmp_path):
+    """fit(augment=None) checkpoints the recipe with every augmentation off, augment="default" with the paper's
+    (both recorded the recipe's own), so the record says how the run trained and a resume must train so too."""
     from unet_fast.train import load_checkpoint
 
     train, _ = nuclei
@@ -72,6 +72,16 @@ def test_a_run_without_augmentation_records_none(nuclei, tmp_path):
     run(train, 1, tmp_path / "augmented")
     augmented = load_checkpoint(tmp_path / "augmented" / "last.safetensors")["recipe"]
     assert (augmented["flips"], augmented["rotation"], augmented["elastic_sigma"]) == (True, "any", 10.0)
+    # the paper's augmentation, asked for by name from another recipe, is what the checkpoint records
+    run(train, 1, tmp_path / "paper", recipe="default", augment="default")
+    paper = load_checkpoint(tmp_path / "paper" / "last.safetensors")["recipe"]
+    assert (paper["name"], paper["rotation"], paper["elastic_sigma"], paper["lr"]) == ("default", "any", 10.0, 0.01)
+    # a resume with other augmentation is refused, as with any other training value; with the same it goes on
+    with pytest.raises(ValueError, match=r"flips True -> False.*resuming continues the same run"):
+        run(train, 2, tmp_path / "augmented", resume=tmp_path / "augmented" / "last.safetensors", augment=None)
+    run(train, 2, tmp_path / "bare", resume=tmp_path / "bare" / "last.safetensors", augment=None)
+    run(train, 2, tmp_path / "paper", resume=tmp_path / "paper" / "last.safetensors", recipe="default",
+        augment="default")
 
 
 def test_cpu_training_runs_channels_last_with_the_same_numbers(nuclei):

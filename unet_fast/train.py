@@ -32,7 +32,7 @@ from .data import RandomTiles, SegmentationDataset, default_augmentation
 from .losses import training_loss
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
-from .recipes import UNRECORDED_VALUES, Recipe, get_recipe
+from .recipes import AUGMENTATION_OFF, UNRECORDED_VALUES, Recipe, get_recipe
 from .torchrun import Torchrun
 from .training_logs import Progress, format_row, write_logs
 from .validation import evaluate
@@ -90,10 +90,11 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     ``unet-fast train`` does).
     train_data: a ``SegmentationDataset`` (random tiles of ``tile_size`` are drawn from it, augmented
     by ``augment``: "recipe" = the recipe's, "default" = ``data.default_augmentation()`` (the paper's),
-    None = none (checkpoints record the recipe without augmentation), or a callable
+    None = none, or a callable
     ``(image, target, weights, generator=...) -> (image, target, weights)``
     such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
-    weights (m, m))`` tiles.
+    weights (m, m))`` tiles. Checkpoints record the augmentation that ran ("default": the paper recipe's values;
+    a callable's: the recipe's), and a resume must run the same.
     optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).
     lr_schedule: "constant" or "cosine" (from lr to 0 over the run), after ``warmup_steps`` steps of
     linear warm-up; a function of the step and of the time used, so resuming needs no scheduler state.
@@ -120,8 +121,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
-    if augment is None and isinstance(train_data, SegmentationDataset):  # what the checkpoint records (other
-        settings = settings.without_augmentation()                       # data bring their own tiles)
+    if isinstance(train_data, SegmentationDataset):   # the checkpoint records the augmentation that runs (other
+        settings = _augmentation_run(settings, augment)   # data bring their own tiles)
     best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)
@@ -265,15 +266,31 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
 #: extended; the network and data values belong to the model and data the caller built)
 RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
                   "tiles_per_epoch", "dice")
+#: and its augmentation, where the checkpoint records it truly (those with a zoom field: before it, a run
+#: without augmentation recorded the recipe's)
+AUGMENTATION_FIELDS = (*AUGMENTATION_OFF, "gamma", "elastic_grid")
+
+
+def _augmentation_run(recipe: Recipe, augment) -> Recipe:
+    """The recipe with the augmentation fields of what ``augment`` does: "recipe" its own, None none, "default"
+    the paper's (``default_augmentation``); a callable's cannot be known (the recipe's stay)."""
+    if augment is None:
+        return recipe.without_augmentation()
+    if isinstance(augment, str) and augment == "default":
+        paper = get_recipe("paper")
+        return dataclasses.replace(recipe, **{name: getattr(paper, name) for name in AUGMENTATION_FIELDS})
+    return recipe
 
 
 def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
     if not isinstance(saved, dict):
         return
+    fields = RESUMED_FIELDS + (AUGMENTATION_FIELDS if "zoom" in saved else ())
     saved = {**UNRECORDED_VALUES, **saved}      # what runs saved before a field existed trained with
-    changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in RESUMED_FIELDS
-               if name in saved and saved[name] != getattr(recipe, name)]
+    same = lambda a, b: list(a) == list(b) if isinstance(a, (list, tuple)) else a == b      # noqa: E731 (JSON lists)
+    changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in fields
+               if name in saved and not same(saved[name], getattr(recipe, name))]
     if changed:
         raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with other values ({', '.join(changed)}); "
                          f"resuming continues the same run with the same values")

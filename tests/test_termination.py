@@ -22,6 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_delivered():
+    """Python's own SIGINT handler while each test runs, whatever the suite was started with: a suite started
+    in the background (`pytest &` in a script, nohup) ignores SIGINT, and an ignored signal stays ignored
+    in every child it starts, so the Ctrl-C these tests send would never arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sigterm")

@@ -100,9 +100,9 @@ def cmd_train(args) -> int:
                                          "--val-labels, or --val-fraction (or leave --best-metric out)")
     given = _given_recipe_values(args)
     if args.no_augment:     # a recipe without augmentation, so the model file and --resume know it
-        from .recipes import AUGMENTATION_OFF
+        from .recipes import AUGMENTATION_FIELDS, AUGMENTATION_OFF
 
-        clash = [name for name in (*AUGMENTATION_OFF, "gamma") if name in given]
+        clash = [name for name in AUGMENTATION_FIELDS if name in given]
         if clash:
             raise BadArgument(clash[0], "sets an augmentation, which --no-augment turns off: give one of the two")
         given = {**given, **AUGMENTATION_OFF}
@@ -196,17 +196,11 @@ def _flags_recipe(args, given: dict):
     return recipe
 
 
-def _same_value(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     """(recipe, seed, tile size) of the run ``--resume`` continues: the checkpoint's. A flag given with
     another value than the run's is a usage error (resuming continues the same run with the same
     options), except --epochs, which may extend or shorten the run but not below the epochs done."""
-    from .recipes import AUGMENTATION_OFF, RECIPES, UNRECORDED_VALUES, Recipe
+    from .recipes import AUGMENTATION_OFF, RECIPES, UNRECORDED_VALUES, Recipe, same_value
 
     def refuse(dest, value, saved, what=None):
         raise BadArgument(dest, f"{args.resume} was trained with {what or dest} {saved!r}, got {value!r}: --resume "
@@ -214,7 +208,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
                                 f"the run's value), or start a new run in another --work-dir")
 
     for name in NETWORK_FIELDS:
-        if name in given and name in config and not _same_value(given[name], config[name]):
+        if name in given and name in config and not same_value(given[name], config[name]):
             refuse(name, given[name], config[name])
     if args.num_classes is not None and args.num_classes != config.get("num_classes"):
         refuse("num_classes", args.num_classes, config.get("num_classes"))
@@ -242,7 +236,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
             saved.update(AUGMENTATION_OFF)
         for name, value in given.items():
             if name not in NETWORK_FIELDS and name != "epochs" and name in saved \
-                    and not _same_value(value, saved[name]):
+                    and not same_value(value, saved[name]):
                 if args.no_augment and name in AUGMENTATION_OFF:
                     raise BadArgument("no_augment", f"{args.resume} was trained with augmentation ({name} "
                                                     f"{saved[name]!r}): --resume continues the same run with the same "

@@ -29,8 +29,8 @@ from .normalization import Normalization
 from .augment import Compose, RandomElasticDeform, RandomFlip, RandomGreyValue, RandomImaging, RandomNoise, \
     RandomRot90, RandomRotation, RandomZoom
 
-__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "AUGMENTATION_OFF", "get_recipe", "OPTIMIZERS", "LR_SCHEDULES",
-           "ROTATIONS"]
+__all__ = ["Recipe", "RECIPES", "UNRECORDED_VALUES", "AUGMENTATION_OFF", "AUGMENTATION_FIELDS", "same_value",
+           "get_recipe", "OPTIMIZERS", "LR_SCHEDULES", "ROTATIONS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -86,17 +86,9 @@ class Recipe:
         if not (isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2):
             raise ValueError(f"percentiles must be two numbers (low, high), got {self.percentiles!r}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
-        if not (isinstance(self.gamma, (tuple, list)) and len(self.gamma) == 2
-                and all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in self.gamma)
-                and 0 < self.gamma[0] <= self.gamma[1] < math.inf):
-            raise ValueError(f"gamma must be a range (low, high) with 0 < low <= high, got {self.gamma!r}")
-        object.__setattr__(self, "gamma", tuple(float(g) for g in self.gamma))
-        if not (isinstance(self.zoom, (tuple, list)) and len(self.zoom) == 2
-                and all(isinstance(z, (int, float)) and not isinstance(z, bool) for z in self.zoom)
-                and 1 / 8 <= self.zoom[0] <= self.zoom[1] <= 8):
-            raise ValueError(f"zoom must be a range of magnifications (low, high) with 1/8 <= low <= high <= 8 "
-                             f"((1, 1): none), got {self.zoom!r}")
-        object.__setattr__(self, "zoom", tuple(float(z) for z in self.zoom))
+        self._range("gamma", lambda low, high: 0 < low and high < math.inf, "(low, high) with 0 < low <= high")
+        self._range("zoom", lambda low, high: 1 / 8 <= low and high <= 8,
+                    "of magnifications (low, high) with 1/8 <= low <= high <= 8 ((1, 1): none)")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -127,6 +119,15 @@ class Recipe:
         except ValueError as error:
             raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got "
                              f"{self.percentiles}: {error}") from error
+
+    def _range(self, name: str, within, wanted: str) -> None:
+        """Field ``name`` as a (low, high) tuple of floats with low <= high and ``within(low, high)``."""
+        value = getattr(self, name)
+        if not (isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                and value[0] <= value[1] and within(*value)):
+            raise ValueError(f"{name} must be a range {wanted}, got {value!r}")
+        object.__setattr__(self, name, tuple(float(v) for v in value))
 
     def normalization(self) -> Normalization:
         """How raw pixels become the network's inputs (stored with the model, applied by inference too)."""
@@ -199,6 +200,17 @@ class Recipe:
 #: the augmentation fields, each at the value that turns it off (gamma only shapes grey values, which are off)
 AUGMENTATION_OFF = dict(flips=False, rotation="none", zoom=(1.0, 1.0), elastic_sigma=0.0, grey_values=False,
                         imaging=False, noise=0.0)
+
+
+#: every augmentation field: AUGMENTATION_OFF's, and those that only shape one of them
+AUGMENTATION_FIELDS = (*AUGMENTATION_OFF, "gamma", "elastic_grid")
+
+
+def same_value(a, b) -> bool:
+    """Whether two recipe values are equal, a model file's JSON lists equal to the recipe's tuples."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _check_choice(name, value, choices) -> None:

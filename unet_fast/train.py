@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from . import geometry, termination
 from .checks import check_device
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .data import RandomTiles, SegmentationDataset, default_augmentation
+from .data import RandomTiles, SegmentationDataset
 from .losses import training_loss
 from .ops.weighted_cross_entropy import check_pending
 from .ranks import shared_failures
-from .recipes import AUGMENTATION_OFF, UNRECORDED_VALUES, Recipe, get_recipe
+from .recipes import AUGMENTATION_FIELDS, UNRECORDED_VALUES, Recipe, get_recipe, same_value
 from .torchrun import Torchrun
 from .training_logs import Progress, format_row, write_logs
 from .validation import evaluate
@@ -266,9 +266,6 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
 #: extended; the network and data values belong to the model and data the caller built)
 RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
                   "tiles_per_epoch", "dice")
-#: and its augmentation, where the checkpoint records it truly (those with a zoom field: before it, a run
-#: without augmentation recorded the recipe's)
-AUGMENTATION_FIELDS = (*AUGMENTATION_OFF, "gamma", "elastic_grid")
 
 
 def _augmentation_run(recipe: Recipe, augment) -> Recipe:
@@ -286,11 +283,12 @@ def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
     if not isinstance(saved, dict):
         return
+    # and the augmentation, where the checkpoint records it truly (with a zoom field: before it, a run without
+    # augmentation recorded the recipe's)
     fields = RESUMED_FIELDS + (AUGMENTATION_FIELDS if "zoom" in saved else ())
     saved = {**UNRECORDED_VALUES, **saved}      # what runs saved before a field existed trained with
-    same = lambda a, b: list(a) == list(b) if isinstance(a, (list, tuple)) else a == b      # noqa: E731 (JSON lists)
     changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in fields
-               if name in saved and not same(saved[name], getattr(recipe, name))]
+               if name in saved and not same_value(saved[name], getattr(recipe, name))]
     if changed:
         raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with other values ({', '.join(changed)}); "
                          f"resuming continues the same run with the same values")
@@ -426,11 +424,9 @@ def _training_tiles(model, train_data, recipe: Recipe, tile_size, augment, seed)
         tile_size = recipe.tile_for(model.depth, model.padding) if tile_size is None else tile_size
         if tile_size is None:
             tile_size = default_tile_size(model, train_data)
-        if augment == "recipe":
-            augment = recipe.augmentation()
-        elif augment == "default":
-            augment = default_augmentation()
-        elif augment is not None and not callable(augment):
+        if augment is None or (isinstance(augment, str) and augment in ("recipe", "default")):
+            augment = recipe.augmentation()     # fit wrote None's and "default"'s into the recipe
+        elif not callable(augment):
             raise ValueError(f"augment must be 'recipe', 'default', None or a callable, got {augment!r}")
         return RandomTiles(train_data, tile_size, depth=model.depth, padding=model.padding,
                            tiles_per_epoch=recipe.tiles_per_epoch, augment=augment, seed=seed)

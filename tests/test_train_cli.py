@@ -127,6 +127,37 @@ def _tiny(folders, *more):
                  "--tile-size", "44", "--no-progress", *more)
 
 
+def _rewrite_metadata(path, change):
+    """Rewrite a checkpoint's metadata with ``change(metadata)``, as an older version would have written it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), change(metadata))
+
+
+def _rewrite_recipe(path, change):
+    """Rewrite the recipe a checkpoint records: ``change(recipe)`` edits the dict in place."""
+    import json
+
+    def rewrite(metadata):
+        recipe = json.loads(metadata["recipe"])
+        change(recipe)
+        return {**metadata, "recipe": json.dumps(recipe)}
+    _rewrite_metadata(path, rewrite)
+
+
+def _augmentations_built(monkeypatch) -> list:
+    """The augmentation (a Compose, or None) each training run of this test builds from its recipe."""
+    seen = []
+    original = train._training_tiles
+    monkeypatch.setattr(train, "_training_tiles", lambda model, data, recipe, *rest: seen.append(recipe.augmentation())
+                        or original(model, data, recipe, *rest))
+    return seen
+
+
 def test_resume_takes_the_runs_recipe_and_network(folders, capsys):
     """The run's values come from the checkpoint: the saved model's recipe and normalisation are the run's,
     not the flags' defaults (a resume without --depth/--percentiles used to record depth 3, percentiles 1 99.8)."""
@@ -150,15 +181,10 @@ def test_resume_takes_the_runs_recipe_and_network(folders, capsys):
 def test_resume_reads_checkpoints_without_a_recipe(folders):
     """Checkpoints written before the recipe was recorded still resume (the flags' recipe, the network's
     values from the checkpoint's model)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     assert cli.main(_tiny(folders, "--epochs", "1")) == 0
     path = folders / "run" / "last.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = {k: v for k, v in handle.metadata().items() if k not in ("recipe", "num_classes", "tile_size")}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    save_file(tensors, str(path), metadata)
+    _rewrite_metadata(path, lambda metadata: {k: v for k, v in metadata.items()
+                                              if k not in ("recipe", "num_classes", "tile_size")})
     assert train.load_checkpoint(path)["recipe"] is None
     assert cli.main(_args(folders, "--no-progress", "--tiles-per-epoch", "1", "--batch-size", "1", "--tile-size", "44",
                           "--resume", str(path), "--epochs", "2")) == 0
@@ -170,20 +196,13 @@ def test_resume_of_a_run_from_before_object_size_dice_and_imaging_refuses_them(f
     imaging conditions: an --object-size, a --dice or --imaging would change it, so they are refused, not
     silently dropped; 0 (its own) is accepted, and the run goes on without a Dice term or imaging conditions
     although the default recipe has them."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     assert cli.main(_tiny(folders, "--epochs", "1")) == 0
     path = folders / "run" / "last.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata())
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    recipe = json.loads(metadata["recipe"])
-    del recipe["object_size"], recipe["dice"], recipe["gamma"], recipe["imaging"], recipe["zoom"]
-    metadata["recipe"] = json.dumps(recipe)
-    save_file(tensors, str(path), metadata)
+
+    def before_these_fields(recipe):
+        for name in ("object_size", "dice", "gamma", "imaging", "zoom"):
+            del recipe[name]
+    _rewrite_recipe(path, before_these_fields)
     capsys.readouterr()
     assert cli.main(_args(folders, "--no-progress", "--resume", str(path), "--epochs", "2", "--imaging")) == 2
     assert "argument --imaging/--no-imaging:" in capsys.readouterr().err      # the run trained without: refused
@@ -205,10 +224,7 @@ def test_no_augment_is_recorded_and_resumed_as_no_augmentation(folders, capsys, 
     """--no-augment trains on the tiles as they are, and the model file and checkpoint say so: a resume without
     the flag goes on without augmentation (it used to switch the recipe's back on), and a run trained with
     augmentation is not resumed without it."""
-    seen = []
-    original = train._training_tiles
-    monkeypatch.setattr(train, "_training_tiles", lambda model, data, recipe, *rest: seen.append(recipe.augmentation())
-                        or original(model, data, recipe, *rest))
+    seen = _augmentations_built(monkeypatch)
     assert cli.main(_tiny(folders, "--epochs", "1", "--no-augment")) == 0
     recorded = load_model(folders / "model.safetensors").metadata["recipe"]
     assert (recorded["flips"], recorded["rotation"], recorded["zoom"], recorded["elastic_sigma"],
@@ -229,25 +245,14 @@ def test_no_augment_is_recorded_and_resumed_as_no_augmentation(folders, capsys, 
 def test_a_no_augment_run_from_before_the_zoom_field_resumes_with_no_augment(folders, capsys, monkeypatch):
     """Such checkpoints recorded the recipe's augmentation although the run had none: with --no-augment the
     run goes on as it was (the flag is believed), without it as recorded."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    seen = []
-    original = train._training_tiles
-    monkeypatch.setattr(train, "_training_tiles", lambda model, data, recipe, *rest: seen.append(recipe.augmentation())
-                        or original(model, data, recipe, *rest))
+    seen = _augmentations_built(monkeypatch)
     assert cli.main(_tiny(folders, "--epochs", "1", "--no-augment")) == 0
     path = folders / "run" / "last.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata())
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    recipe = json.loads(metadata["recipe"])
-    recipe.update(flips=True, rotation="90", elastic_sigma=7.0, grey_values=True)   # what such runs recorded
-    del recipe["zoom"]
-    metadata["recipe"] = json.dumps(recipe)
-    save_file(tensors, str(path), metadata)
+
+    def as_recorded_then(recipe):      # the recipe's augmentation, and no zoom field
+        recipe.update(flips=True, rotation="90", elastic_sigma=7.0, grey_values=True)
+        del recipe["zoom"]
+    _rewrite_recipe(path, as_recorded_then)
     assert cli.main(_tiny(folders, "--epochs", "2", "--no-augment", "--resume", str(path))) == 0
     assert seen[-1] is None and load_model(folders / "model.safetensors").metadata["recipe"]["flips"] is False
 

@@ -65,7 +65,7 @@ def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path):
     folder, labels = nuclei
     model = Threshold()
     model.normalization = Normalization(mode="none")
-    options = InstanceOptions(min_size=0)
+    options = InstanceOptions(min_size=0, smoothing=0)    # the labels themselves, to the pixel
     by_folders = evaluate_model(model, folder / "images", folder / "labels", instance_options=options,
                                 overlay_dir=tmp_path / "overlays")
     assert [s.name for s in by_folders.images] == ["n0", "n1"]
@@ -114,8 +114,8 @@ def test_cli_evaluate(nuclei, model_file, capsys):
                      str(folder / "labels"), "-o", str(folder / "eval"), "--overlay", "--min-size", "3",
                      "--split", "0.9", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "above 0.5, split at cores above 0.9, min size 3 px, holes filled, borders 2 px; images resampled by 1" \
-        in out and "mean of 2" in out and "pooled" in out
+    assert "foreground probability smoothed (Gaussian of 1.5 px) above 0.5, split at cores above 0.9, min size 3 px, " \
+           "holes filled, borders 2 px; images resampled by 1" in out and "mean of 2" in out and "pooled" in out
     rows = list(csv.reader(open(folder / "eval" / "evaluation.csv")))
     assert len(rows) == 4 and all(0 <= float(r[1]) <= 1 for r in rows[1:])
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
@@ -142,6 +142,28 @@ def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
         assert drawn.shape == (512, 512, 3)
         enlarged = np.kron(want, np.ones((8, 8), want.dtype))
         assert np.array_equal((drawn == overlays.PREDICTED).all(-1), overlays.outlines(enlarged))
+
+
+def test_cli_smoothing_segments_and_scores_as_predict_tiled(nuclei, model_file, capsys):
+    folder, labels = nuclei
+    model = unet_fast.load_model(model_file)
+    image = tifffile.imread(folder / "images" / "n0.tif")
+    for given, sigma in ((["--smoothing", "0"], 0.0), ([], 1.5), (["--smoothing", "3"], 3.0)):
+        out = folder / f"smoothing{sigma:g}"
+        assert cli.main(["segment", "-i", str(folder / "images"), "-o", str(out), "-m", str(model_file), "--output",
+                         "instances", "--no-progress", *given]) == 0
+        want = predict_tiled(model, image, output="instances", instance_options=InstanceOptions(smoothing=sigma),
+                             progress=False)
+        assert np.array_equal(tifffile.imread(out / "n0.tif"), want)
+        assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                         str(folder / "labels"), "-o", str(folder / f"eval{sigma:g}"), "--no-progress", *given]) == 0
+        printed = capsys.readouterr().out
+        assert ("foreground probability above 0.5" if sigma == 0 else
+                f"foreground probability smoothed (Gaussian of {sigma:g} px) above 0.5") in printed
+        row = next(csv.DictReader(open(folder / f"eval{sigma:g}" / "evaluation.csv")))
+        assert float(row["iou"]) == pytest.approx(score_instances(want, labels[0]).iou, abs=1e-5)
+    assert not np.array_equal(tifffile.imread(folder / "smoothing0" / "n0.tif"),
+                              tifffile.imread(folder / "smoothing3" / "n0.tif"))
 
 
 def test_cli_tta_segments_and_scores_as_predict_tiled(nuclei, model_file, capsys):
@@ -187,6 +209,9 @@ def _usage_error(argv, capsys):
     (["--output", "instances", "--threshold", "0.97"],     # the default --split 0.95, which the user never gave
      "argument --threshold: --threshold 0.97 is at or above the default --split 0.95"),
     (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
+    (["--output", "instances", "--smoothing", "-1"], "argument --smoothing: must be a number in [0, 64], got '-1'"),
+    (["--output", "instances", "--smoothing", "inf"], "argument --smoothing: must be a number in [0, 64], got 'inf'"),
+    (["--output", "labels", "--smoothing", "2"], "go with --output instances"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
     folder, _ = nuclei

@@ -1,5 +1,7 @@
 """unet_fast.instances: the rules against an independent whole-image oracle, and the streamed
 (block by block) labels equal to the whole-image labels for fuzzed image, block and tile sizes."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tifffile
@@ -200,6 +202,11 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     (lambda: InstanceOptions(threshold=1.0), "threshold must be a probability in (0, 1), got 1.0"),
     (lambda: InstanceOptions(threshold=0.6, split=0.5), "split must be None or a probability in (threshold, 1)"),
     (lambda: InstanceOptions(split=0.8, core_size=0), "core_size must be a positive integer"),
+    (lambda: InstanceOptions(smoothing=-0.5), "smoothing must be a sigma in px from 0 (off) to 64.0, got -0.5"),
+    (lambda: InstanceOptions(smoothing=float("nan")), "smoothing must be a sigma in px"),
+    (lambda: InstanceOptions(smoothing=65), "smoothing must be a sigma in px from 0 (off) to 64.0, got 65"),
+    (lambda: InstanceOptions(smoothing=True), "smoothing must be a sigma in px"),
+    (lambda: InstanceOptions(smoothing="2"), "smoothing must be a sigma in px"),
     (lambda: label_instances(np.zeros((0, 3), bool)), "non-empty"),
     (lambda: label_instances(np.zeros((3, 3), bool), block=0), "block must be a positive integer"),
     (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((3, 3), np.float32)), "integer array"),
@@ -208,6 +215,67 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
 def test_bad_arguments(call, message):
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def smoothed_oracle(plane, sigma):
+    """InstanceOptions.smoothing's definition, written out: a normalised Gaussian to 4 sigma, the plane mirrored
+    about its edges (d c b a | a b c d), in float64, along rows then columns."""
+    radius = int(4 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    padded = np.pad(plane.astype(np.float64), radius, mode="symmetric")      # mirrors again where radius > size
+    rows = sum(w * padded[k:k + plane.shape[0]] for k, w in enumerate(taps))
+    return sum(w * rows[:, k:k + plane.shape[1]] for k, w in enumerate(taps))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), height=st.integers(1, 40), width=st.integers(1, 40),
+       sigma=st.floats(0.3, 6.0), data=st.data())
+def test_smoothing_is_the_gaussian_and_any_block_of_it_is_exact(seed, height, width, sigma, data):
+    rng = np.random.default_rng(seed)
+    probabilities = rng.random((2, 3, height, width)).astype(np.float32)       # (Z, K, H, W)
+    whole = instances.smoothed(probabilities[1, 1], sigma)
+    assert whole.dtype == np.float32
+    np.testing.assert_allclose(whole, smoothed_oracle(probabilities[1, 1], sigma), atol=2e-6)
+    view = instances.ClassView(probabilities, channel=1, stacked=True, smoothing=sigma)[1]
+    mask = instances.ClassView(probabilities, channel=1, stacked=True, threshold=0.5, smoothing=sigma)[1]
+    y0 = data.draw(st.integers(0, height - 1))
+    y1 = data.draw(st.integers(y0 + 1, height))
+    x0 = data.draw(st.integers(0, width - 1))
+    x1 = data.draw(st.integers(x0 + 1, width))
+    np.testing.assert_array_equal(view[y0:y1, x0:x1], whole[y0:y1, x0:x1])        # bit for bit: not approx
+    np.testing.assert_array_equal(view[y0, x0:x1], whole[y0, x0:x1])              # the seam rows and columns
+    np.testing.assert_array_equal(view[y0:y1, x1 - 1], whole[y0:y1, x1 - 1])
+    np.testing.assert_array_equal(mask[y0:y1, x0:x1], whole[y0:y1, x0:x1] > 0.5)
+    options = InstanceOptions(smoothing=sigma, threshold=0.4, split=None)
+    np.testing.assert_array_equal(instances.foreground_mask(probabilities[:, 1], options)[1], whole > 0.4)
+    transposed = np.ascontiguousarray(probabilities[1, 1].T).T                  # a non-contiguous plane
+    np.testing.assert_array_equal(instances.smoothed(transposed, sigma), whole)
+
+
+def test_smoothing_straightens_a_ragged_outline_and_keeps_cores_apart():
+    """A disk with a spur and a notch: smoothed at 1.5 px both go and the disk is the disk (but for the single
+    pixels at the tips of its axes), where without smoothing the outline stays ragged; two disks touching
+    across a valley, each with its own core, stay two objects."""
+    yy, xx = np.mgrid[:40, :70]
+    disk = (yy - 20) ** 2 + (xx - 15) ** 2 <= 100
+    ragged = disk.copy()
+    ragged[20, 26:28] = True                 # a spur out of the right edge
+    ragged[9:12, 15] = False                 # a notch into the top
+    probability = np.where(ragged, 0.99, 0.01).astype(np.float32)
+    smooth = label_instances(instances.foreground_mask(probability, InstanceOptions()), InstanceOptions(),
+                             probability=probability)
+    assert smooth.max() == 1 and ((smooth > 0) != disk).sum() == 3 and not smooth[20, 5]   # the tips
+    rough = label_instances(probability > 0.5, InstanceOptions(smoothing=0), probability=probability)
+    assert rough.max() == 1 and not rough[11, 15] and rough[20, 27]       # the notch and the spur
+    other = (yy - 20) ** 2 + (xx - 36) ** 2 <= 100                    # touches the disk at (20, 25)-(20, 26)
+    probability = np.where(disk | other, 0.99, 0.01).astype(np.float32)
+    probability[:, 25:27] = np.minimum(probability[:, 25:27], 0.4)    # a valley between the two cores
+    options = InstanceOptions(border=0)
+    joined = instances.foreground_mask(probability, options)
+    assert joined[20, 25:27].all() and label_instances(joined, dataclasses.replace(options, split=None)).max() == 1
+    two = label_instances(joined, options, probability=probability)
+    assert two.max() == 2 and two[20, 15] != two[20, 36]
 
 
 def two_class_net(image=None, seed=0):
@@ -239,11 +307,14 @@ class CentreThreshold(torch.nn.Module):
 
 @settings(max_examples=15, deadline=None)
 @given(height=st.integers(20, 90), width=st.integers(20, 90), tile=st.sampled_from([44, 60, 92]),
-       block=st.integers(5, 40))
-def test_predict_tiled_instances_do_not_depend_on_tiles_or_blocks(height, width, tile, block):
+       block=st.integers(5, 40), smoothing=st.sampled_from([0, 0.7, 1.5, 3.0]))
+def test_predict_tiled_instances_do_not_depend_on_tiles_or_blocks(height, width, tile, block, smoothing):
     image = blobs(height * width, height, width, "nuclei").astype(np.float32)
-    options = InstanceOptions(min_size=4, border=2)
-    want = label_instances(image > 0.5, options, block=max(height, width))
+    options = InstanceOptions(min_size=4, border=2, smoothing=smoothing)
+    probability = predict_tiled(CentreThreshold(), image, output="probabilities", progress=False,
+                                normalization=NONE, tile_size=140)[1]
+    want = label_instances(instances.foreground_mask(probability, options), options, probability=probability,
+                           block=max(height, width))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(instances, "DEFAULT_BLOCK", block)
         got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
@@ -258,7 +329,7 @@ def test_a_foreground_threshold_other_than_the_argmax(threshold, tmp_path, monke
     probability = 1 / (1 + np.exp(-2 * (image.astype(np.float64) - 0.5)))      # CentreThreshold's softmax
     probability[np.abs(probability - threshold) < 1e-3] = 0.01   # no ties within float16's rounding
     image = (0.5 + np.log(probability / (1 - probability)) / 2).astype(np.float32)
-    options = InstanceOptions(min_size=0, threshold=threshold)
+    options = InstanceOptions(min_size=0, threshold=threshold, smoothing=0)
     want = label_instances(probability > threshold, options)
     got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
                         tile_size=44, instance_options=options)
@@ -280,7 +351,7 @@ def test_predict_tiled_split_instances_do_not_depend_on_tiles_or_blocks(height, 
     options = InstanceOptions(min_size=3, split=0.9)
     probability = predict_tiled(CentreThreshold(), image, output="probabilities", progress=False,
                                 normalization=NONE, tile_size=140)[1]
-    want = label_instances(probability > 0.5, options, probability=probability)
+    want = label_instances(instances.foreground_mask(probability, options), options, probability=probability)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(instances, "DEFAULT_BLOCK", block)
         got = predict_tiled(CentreThreshold(), image, output="instances", progress=False, normalization=NONE,
@@ -291,7 +362,7 @@ def test_predict_tiled_split_instances_do_not_depend_on_tiles_or_blocks(height, 
 def test_predict_tiled_instances_of_a_unet_are_its_labels_made_objects():
     image = blobs(7, 70, 50, "smooth").astype(np.float32)
     model = two_class_net(image)
-    options = InstanceOptions(min_size=2, border=1, split=None)     # a random net draws many tiny objects
+    options = InstanceOptions(min_size=2, border=1, split=None, smoothing=0)   # a random net draws many tiny objects
     mask = predict_tiled(model, image, output="labels", progress=False, normalization=NONE, tile_size=60)
     got = predict_tiled(model, image, output="instances", progress=False, normalization=NONE, tile_size=60,
                         instance_options=options)

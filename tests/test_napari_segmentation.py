@@ -66,6 +66,24 @@ def test_segment_gives_predict_tiled_classes(model, shape):
     np.testing.assert_array_equal(segment(model, data, result="instances"), instances(expected))
 
 
+@pytest.mark.parametrize("shape", [(70, 90), (2, 70, 90)])
+def test_a_2_class_models_instances_are_those_of_segment_output_instances(shape):
+    """Touching objects split, borders given back, specks removed, outlines smoothed: predict_tiled's instances,
+    not the bare connected components of the foreground."""
+    torch.manual_seed(3)
+    net = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    data = image(shape)
+    logits = predict_tiled(net, data, output="logits", progress=False)
+    net.head.bias.data[1] -= float(np.median(logits[:, 1] - logits[:, 0] if len(shape) == 3 else logits[1] - logits[0]))
+    expected = predict_tiled(net, data, output="instances", progress=False)
+    got = segment(net, data, result="instances")
+    np.testing.assert_array_equal(got, expected)
+    assert expected.max() > 1 and not np.array_equal(got > 0, segment(net, data, result="classes") > 0)
+    fractions, labels = run_to_the_end(Segmentation(net, data, result="instances"))
+    assert fractions and fractions[-1] == 1.0
+    np.testing.assert_array_equal(labels, expected)
+
+
 def run_to_the_end(run: Segmentation):
     """(the fractions ``steps`` yielded, the labels it returned)."""
     steps, fractions = run.steps(), []

@@ -402,14 +402,16 @@ def test_instance_rules_are_measured_in_the_networks_pixels():
 
     options = InstanceOptions()
     assert options.in_image_pixels(1.0) is options
-    assert options.in_image_pixels(0.4) == InstanceOptions(min_size=94, border=5, core_size=31)
-    assert options.in_image_pixels(2.0) == InstanceOptions(min_size=4, border=1, core_size=1)
+    assert options.in_image_pixels(0.4) == InstanceOptions(min_size=94, border=5, core_size=31, smoothing=3.75)
+    assert options.in_image_pixels(2.0) == InstanceOptions(min_size=4, border=1, core_size=1, smoothing=0.75)
+    assert InstanceOptions(smoothing=40).in_image_pixels(0.25).smoothing == 64     # at most MAX_SMOOTHING
     image = np.zeros((64, 64), np.float32)
     image[4:44, 4:44] = 1.0      # an object of 1600 px
     image[52:59, 52:59] = 1.0    # a speck of 49 px: 12 of the network's pixels at scale 0.5
     model = Threshold()
     model.input_scale = 0.5
-    rules = dict(output="instances", normalization=NONE, progress=False, instance_options=InstanceOptions(split=None))
+    rules = dict(output="instances", normalization=NONE, progress=False,
+                 instance_options=InstanceOptions(split=None, smoothing=0))   # square corners stay square
 
     def areas(labels):  # the resampling round trip rounds the square's corners by a few pixels
         return [int(round(area, -1)) for area in sorted(np.bincount(labels.ravel())[1:])]

@@ -315,3 +315,37 @@ def test_validation_of_images_without_objects_is_nan_not_perfect():
     alone = evaluate(model, ArrayDataset([images[0]], [labels[0]]))
     both = evaluate(model, ArrayDataset([images[0], images[0]], [labels[0], np.zeros((48, 48), np.int32)]))
     assert (alone["iou"], alone["object_f1"]) == (both["iou"], both["object_f1"]) == (0.0, 0.0)
+
+
+def test_validation_scores_the_objects_evaluate_scores():
+    """fit's validation (best.safetensors is chosen by it) makes objects by the same rules, smoothing included,
+    as ``evaluate_model`` and ``segment --output instances``: the same pooled IoU and object F1."""
+    import torch
+
+    from unet_fast import UNet
+    from unet_fast.inference import predict_tiled
+    from unet_fast.data import ArrayDataset
+    from unet_fast.evaluation import evaluate_model
+    from unet_fast.instances import InstanceOptions
+    from unet_fast.normalization import Normalization
+    from unet_fast.validation import evaluate
+
+    torch.manual_seed(1)
+    model = UNet(depth=2, base_channels=4)
+    images, labels = synthetic_nuclei(2, 60, seed=4)
+    images = [image.astype(np.float32) for image in images]
+    none = Normalization(mode="none")
+    logits = predict_tiled(model, images[0], output="logits", progress=False, normalization=none)
+    with torch.no_grad():                       # about half the pixels foreground
+        model.head.bias[1] -= float(np.median(logits[1] - logits[0]))
+    model.normalization = none
+    data = ArrayDataset(images, labels, normalization=none)
+    for options in (None, InstanceOptions(smoothing=0), InstanceOptions(smoothing=3, split=None)):
+        scores = evaluate(model, data, instance_options=options)
+        pooled = evaluate_model(model, images, labels, instance_options=options)
+        predicted = [predict_tiled(model, image, output="instances", instance_options=options,
+                                             progress=False) for image in images]
+        union = sum(np.sum((p > 0) | (t > 0)) for p, t in zip(predicted, labels))
+        assert scores["iou"] == pytest.approx(sum(np.sum((p > 0) & (t > 0)) for p, t in zip(predicted, labels)) / union)
+        assert scores["object_f1"] == pytest.approx(pooled.pooled.f1)
+    assert evaluate(model, data)["iou"] != evaluate(model, data, instance_options=InstanceOptions(smoothing=0))["iou"]

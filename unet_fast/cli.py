@@ -569,13 +569,14 @@ def _recipe_default(name: str) -> str:
 
 
 def _instance_options(args):
-    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --split, --no-split;
-    None when none was given."""
+    """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --smoothing, --split,
+    --no-split; None when none was given."""
     from .instances import InstanceOptions
 
     given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
                                            ("fill_holes", False if args.no_fill_holes else None),
-                                           ("threshold", args.threshold), ("split", args.split)) if value is not None}
+                                           ("threshold", args.threshold), ("smoothing", args.smoothing),
+                                           ("split", args.split)) if value is not None}
     if args.no_split:
         if args.split is not None:
             args.parser.error("--split and --no-split exclude each other")
@@ -593,7 +594,8 @@ def _instance_options(args):
             raise BadArgument("split", f"--split {args.split:g} must be above --threshold {args.threshold:g} "
                                        f"(and below 1); give a larger --split, a smaller --threshold, or --no-split"
                               ) from error
-        raise BadArgument(named if named in given else "min_size/border/threshold/split", str(error)) from error
+        raise BadArgument(named if named in given else "min_size/border/threshold/smoothing/split", str(error)
+                          ) from error
 
 
 def cmd_evaluate(args) -> int:
@@ -635,8 +637,9 @@ def cmd_evaluate(args) -> int:
             raise BadArgument("output_dir", error.detail) from error
         raise
     csv_path = write_bytes_atomically(output_dir / "evaluation.csv", result.csv().encode())
-    print(f"{args.model} on {len(result.images)} image(s); objects: foreground probability above "
-          f"{options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
+    print(f"{args.model} on {len(result.images)} image(s); objects: foreground probability"
+          + (f" smoothed (Gaussian of {options.smoothing:g} px)" if options.smoothing else "")
+          + f" above {options.threshold:g}" + (f", split at cores above {options.split:g}" if options.split else "")
           + f", min size {options.min_size} px, holes {'filled' if options.fill_holes else 'kept'}, "
           f"borders {options.border} px"
           + f"; images resampled by {model_scale(model, args.scale):g}"
@@ -797,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
-                description="The built-in example: under a minute on 2 quiet cores, "
+                description="The built-in example: about a minute on 2 quiet cores, "
                             "no GPU or download needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
                             "history.json and curves.png.")
     p.add_argument("-o", "--output", default="demo_output", help="output folder")
@@ -1000,13 +1003,14 @@ def _inference_flags(p) -> None:
 
 
 def _instance_flags(p) -> None:
-    from .instances import InstanceOptions
+    from .instances import MAX_SMOOTHING, InstanceOptions
 
     defaults = InstanceOptions()
     p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",
-                   help=f"instances: remove objects of fewer pixels (default {defaults.min_size}); this, --border and "
-                        f"the cores of --split count the network's pixels: with a model that resamples images by "
-                        f"a scale s (see --scale), 1/s^2 of the image's per pixel (1/s for --border)")
+                   help=f"instances: remove objects of fewer pixels (default {defaults.min_size}); this, --border, "
+                        f"--smoothing and the cores of --split count the network's pixels: with a model that "
+                        f"resamples images by a scale s (see --scale), 1/s^2 of the image's per pixel (1/s for "
+                        f"--border and --smoothing)")
     p.add_argument("--no-fill-holes", action="store_true", help="instances: keep holes inside objects")
     p.add_argument("--border", type=_non_negative_int, default=None, metavar="PX",
                    help=f"instances: give background within this distance of two objects to the nearest "
@@ -1014,6 +1018,9 @@ def _instance_flags(p) -> None:
     p.add_argument("--threshold", type=_probability, default=None, metavar="P",
                    help=f"instances: foreground where its probability is above P (default {defaults.threshold}: "
                         f"where it wins the argmax)")
+    p.add_argument("--smoothing", type=_number(0.0, MAX_SMOOTHING, high_open=False), default=None, metavar="PX",
+                   help=f"instances: smooth the foreground probability by a Gaussian of this sigma before "
+                        f"--threshold, for smooth outlines (default {defaults.smoothing:g}; 0: off)")
     p.add_argument("--split", type=_probability, default=None, metavar="P",
                    help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
                         f"where the probability is above P) along the probability's valleys (default {defaults.split})")

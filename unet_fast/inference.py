@@ -658,8 +658,9 @@ def _instance_options(options, num_classes: int, scale: float = 1.0):
 
 def _instance_input(options) -> str:
     """What the instance rules need of the network: its "labels" when the foreground is where it wins the
-    argmax (1 byte a pixel), else its "probabilities" (a threshold other than 0.5, or splitting)."""
-    return "labels" if options.threshold == 0.5 and options.split is None else "probabilities"
+    argmax (1 byte a pixel), else its "probabilities" (smoothing, a threshold other than 0.5, or splitting)."""
+    return "labels" if options.threshold == 0.5 and options.split is None and not options.smoothing \
+        else "probabilities"
 
 
 def _label_prediction(prediction, options, *, stacked: bool, **label):
@@ -668,7 +669,8 @@ def _label_prediction(prediction, options, *, stacked: bool, **label):
 
     if _instance_input(options) == "labels":
         return label_instances(prediction, options, stacked=stacked, **label)
-    return label_instances(ClassView(prediction, stacked=stacked, threshold=options.threshold), options,
+    return label_instances(ClassView(prediction, stacked=stacked, threshold=options.threshold,
+                                     smoothing=options.smoothing), options,
                            probability=ClassView(prediction, stacked=stacked), stacked=stacked, **label)
 
 

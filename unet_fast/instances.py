@@ -3,7 +3,7 @@
 The rules (``InstanceOptions``), applied to one 2-D plane:
 
 1. objects are the 4-connected components of the foreground (for a network's output: the pixels whose
-   foreground probability is above ``threshold``, by default where foreground wins the argmax);
+   foreground probability, smoothed by a Gaussian of ``smoothing`` px, is above ``threshold``);
    With ``split``, an object holding two or more cores -- 4-connected regions of at least
    ``core_size`` pixels where the foreground probability is above ``split`` -- is divided among its
    cores along the valleys of the probability -- a watershed of 1 - P (in 255 levels) from the cores,
@@ -39,12 +39,16 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "ClassView"]
+__all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "ClassView", "foreground_mask",
+           "smoothed"]
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 #: pixels (all planes) above which the scratch arrays of a result not kept in memory go to disk
 IN_MEMORY_PIXELS = 2 ** 24
 DEFAULT_BLOCK = 1024
+#: the Gaussian of ``InstanceOptions.smoothing``: taps out to this many sigmas (scipy's default); at most this sigma
+TRUNCATE = 4.0
+MAX_SMOOTHING = 64.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,15 @@ class InstanceOptions:
     border: px; background pixels within this distance of two objects join the nearest (0: off).
     threshold: a 2-class network's foreground is where its foreground probability is above this
     (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
+    smoothing: px, the sigma of a Gaussian (scipy's ``gaussian_filter``, mirrored at the image's edges)
+    applied to the foreground probability before the threshold, for the mask only (cores for ``split``
+    are the probability's own); 0: off. A network's outline is ragged to a pixel where a hand-drawn one is
+    smooth: on real nuclei (the dev image of issue 11, models of the default recipe) 1.5 px raised
+    foreground IoU from 0.849 to 0.853 in 12 cross-validation runs and from 0.837 to 0.843 in 4 half-image
+    runs (up in 14 of the 16), object F1 the same or better (pooled 0.877 -> 0.878, 0.861 -> 0.880); on the
+    demo's synthetic nuclei (3 models, 9 held-out images) IoU 0.914 -> 0.936, one object fewer of 635. Wider
+    Gaussians join touching objects that have no core of their own (2 px: 14 fewer found on the synthetic
+    images). ``benchmarks/results/2026-11-27-outline-smoothing.md`` has every width tried.
     split: None (off), or a probability above ``threshold``: objects with two or more cores (regions
     of at least ``core_size`` pixels above it) are divided among them (rule 1 of the module docstring).
     A mask alone (``label_instances`` without probabilities) cannot be split.
@@ -77,6 +90,7 @@ class InstanceOptions:
     threshold: float = 0.5
     split: float | None = 0.95
     core_size: int = 5
+    smoothing: float = 1.5
 
     def __post_init__(self):
         for name in ("min_size", "border"):
@@ -93,6 +107,10 @@ class InstanceOptions:
                              f"got {self.split!r}")
         if not isinstance(self.core_size, (int, np.integer)) or isinstance(self.core_size, bool) or self.core_size < 1:
             raise ValueError(f"core_size must be a positive integer, got {self.core_size!r}")
+        if isinstance(self.smoothing, (bool, np.bool_)) or not isinstance(self.smoothing, (int, float, np.integer,
+                                                                                          np.floating)) \
+                or not 0 <= self.smoothing <= MAX_SMOOTHING:
+            raise ValueError(f"smoothing must be a sigma in px from 0 (off) to {MAX_SMOOTHING}, got {self.smoothing!r}")
 
     def in_image_pixels(self, scale: float) -> "InstanceOptions":
         """These rules on the grid of an image that a model resamples by ``scale`` before the network
@@ -105,24 +123,55 @@ class InstanceOptions:
             return self
         return dataclasses.replace(self, min_size=round(self.min_size / scale ** 2),
                                    border=round(self.border / scale),
-                                   core_size=max(1, round(self.core_size / scale ** 2)))
+                                   core_size=max(1, round(self.core_size / scale ** 2)),
+                                   smoothing=min(self.smoothing / scale, MAX_SMOOTHING))
+
+
+def smoothed(plane, sigma: float) -> np.ndarray:
+    """A (H, W) plane of probabilities smoothed as ``InstanceOptions.smoothing`` says (float32; 0: as it is)."""
+    plane = np.asarray(plane, dtype=np.float32)
+    return ndimage.gaussian_filter(plane, sigma, mode="reflect", truncate=TRUNCATE) if sigma else plane
+
+
+def foreground_mask(probability, options: InstanceOptions) -> np.ndarray:
+    """The foreground of a (H, W) or (Z, H, W) foreground probability by ``options`` (smoothing, threshold)."""
+    probability = np.asarray(probability)
+    if probability.ndim == 3:
+        return np.stack([foreground_mask(plane, options) for plane in probability])
+    return smoothed(probability, options.smoothing) > options.threshold
 
 
 class ClassView:
     """One class of a (K, H, W) or (Z, K, H, W) array of probabilities, lazily, as ``label_instances``
-    reads it block by block: the values, or with ``threshold`` whether they are above it (a mask)."""
+    reads it block by block: the values, or with ``threshold`` whether they are above it (a mask), after
+    ``smoothed`` by ``smoothing`` px. A smoothed block is read with a halo of the Gaussian's radius (or up to
+    the image's edge, where the mirror is the whole plane's), so it equals that block of the whole smoothed
+    plane exactly."""
 
-    def __init__(self, probabilities, channel: int = 1, stacked: bool = False, threshold: float | None = None):
-        self.probabilities, self.channel, self.stacked, self.threshold = probabilities, channel, stacked, threshold
+    def __init__(self, probabilities, channel: int = 1, stacked: bool = False, threshold: float | None = None,
+                 smoothing: float = 0.0):
+        self.probabilities, self.channel, self.stacked = probabilities, channel, stacked
+        self.threshold, self.smoothing = threshold, smoothing
         shape = tuple(probabilities.shape)
         self.shape = shape[:1] + shape[2:] if stacked else shape[1:]
 
     def __getitem__(self, key):
         if self.stacked and isinstance(key, (int, np.integer)):
-            return ClassView(self.probabilities[key], self.channel, threshold=self.threshold)
+            return ClassView(self.probabilities[key], self.channel, threshold=self.threshold,
+                             smoothing=self.smoothing)
         key = key if isinstance(key, tuple) else (key,)
-        values = np.asarray(self.probabilities[(self.channel,) + key])
+        values = self._smoothed(key) if self.smoothing else np.asarray(self.probabilities[(self.channel,) + key])
         return values if self.threshold is None else values > self.threshold
+
+    def _smoothed(self, key) -> np.ndarray:
+        radius = int(TRUNCATE * self.smoothing + 0.5)          # scipy's: the Gaussian's last tap
+        read, keep = [], []
+        for index, size in zip(key + (slice(None),) * (2 - len(key)), self.shape[-2:]):
+            start, stop = (index, index + 1) if isinstance(index, (int, np.integer)) else index.indices(size)[:2]
+            low, high = max(start - radius, 0), min(stop + radius, size)
+            read.append(slice(low, high))
+            keep.append(start - low if isinstance(index, (int, np.integer)) else slice(start - low, stop - low))
+        return smoothed(self.probabilities[(self.channel, *read)], self.smoothing)[tuple(keep)]
 
 
 def instance_dtype(count: int) -> np.dtype:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from .data import SegmentationDataset
 from .inference import argmax_classes, predict_tiled
-from .instances import InstanceOptions, label_instances
+from .instances import InstanceOptions, foreground_mask, label_instances
 from .losses import WeightedSoftmaxCrossEntropy
 from .metrics import object_scores
 from .normalization import Normalization
@@ -58,11 +58,13 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             pixels = target.numel()
             loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
             options = instance_options or InstanceOptions()
-            if logits.shape[0] != 2:          # as predict_tiled(output="instances"), which needs 2 classes
-                options = InstanceOptions(options.min_size, options.fill_holes, options.border)
-            probability = torch.softmax(logits, 0)[-1].cpu().numpy() if logits.shape[0] == 2 else None
-            foreground = (argmax_classes(logits.cpu()).numpy() > 0 if options.threshold == 0.5
-                          else probability > options.threshold)
+            if logits.shape[0] == 2:          # as predict_tiled(output="instances")
+                probability = torch.softmax(logits, 0)[-1].cpu().numpy()
+                foreground = foreground_mask(probability, options)
+            else:                             # every class but 0 is foreground, as it is
+                options = InstanceOptions(options.min_size, options.fill_holes, options.border, split=None,
+                                          smoothing=0)
+                probability, foreground = None, argmax_classes(logits.cpu()).numpy() > 0
             instances = label_instances(foreground, options, probability=probability)
             predicted = instances > 0
             truth = sample.instances > 0

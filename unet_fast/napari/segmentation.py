@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..inference import predict_tiled
 
-RESULTS = ("instances", "classes")   # connected objects, one id each; or the class of every pixel
+RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
 
 class Cancelled(Exception):
@@ -40,7 +40,8 @@ def model_input(data, rgb: bool, in_channels: int):
 
 
 def instances(classes: np.ndarray) -> np.ndarray:
-    """Connected components of every non-background class, plane by plane, each with its own id."""
+    """Connected components of every non-background class, plane by plane, each with its own id: the objects of
+    a model of more than 2 classes (a 2-class model's are ``segment --output instances``'s, see ``segment``)."""
     objects = np.zeros(classes.shape, np.int32)
     count = 0
     for plane, out in zip(classes.reshape(-1, *classes.shape[-2:]), objects.reshape(-1, *classes.shape[-2:])):
@@ -53,10 +54,18 @@ def instances(classes: np.ndarray) -> np.ndarray:
 
 def segment(model, data, *, rgb: bool = False, result: str = "instances", device=None, dtype=None,
             on_progress=None) -> np.ndarray:
-    """Labels for an image layer's data: classes, or instances (see RESULTS), on the image's pixel grid."""
+    """Labels for an image layer's data: classes, or instances (see RESULTS), on the image's pixel grid.
+
+    A 2-class model's instances are those of ``unet-fast segment --output instances`` (``predict_tiled``'s, with
+    the default ``InstanceOptions``: touching cells split, borders given back, specks removed, holes filled,
+    outlines smoothed), numbered plane by plane; a model of more classes gives each class's connected regions.
+    """
     if result not in RESULTS:
         raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
     image, layout = model_input(data, rgb, model.in_channels)
+    if result == "instances" and model.num_classes == 2:
+        return predict_tiled(model, image, device=device, dtype=dtype, output="instances", layout=layout,
+                             progress=on_progress or False)
     shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
     classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
     predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=classes,

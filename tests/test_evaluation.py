@@ -148,19 +148,20 @@ def test_cli_smoothing_segments_and_scores_as_predict_tiled(nuclei, model_file, 
     folder, labels = nuclei
     model = unet_fast.load_model(model_file)
     image = tifffile.imread(folder / "images" / "n0.tif")
-    for given, sigma in ((["--smoothing", "0"], 0.0), ([], 1.5), (["--smoothing", "3"], 3.0)):
-        out = folder / f"smoothing{sigma:g}"
+    for given, sigma in ((["--smoothing", "0"], 0.0), ([], 1.5), (["--smoothing", "3"], 3.0),
+                         (["--no-split"], 0.0)):      # off without the split it needs
+        out = folder / f"smoothing{sigma:g}{'-no-split' if given == ['--no-split'] else ''}"
         assert cli.main(["segment", "-i", str(folder / "images"), "-o", str(out), "-m", str(model_file), "--output",
                          "instances", "--no-progress", *given]) == 0
-        want = predict_tiled(model, image, output="instances", instance_options=InstanceOptions(smoothing=sigma),
-                             progress=False)
+        options = InstanceOptions(split=None) if "--no-split" in given else InstanceOptions(smoothing=sigma)
+        want = predict_tiled(model, image, output="instances", instance_options=options, progress=False)
         assert np.array_equal(tifffile.imread(out / "n0.tif"), want)
         assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
-                         str(folder / "labels"), "-o", str(folder / f"eval{sigma:g}"), "--no-progress", *given]) == 0
+                         str(folder / "labels"), "-o", str(out / "eval"), "--no-progress", *given]) == 0
         printed = capsys.readouterr().out
         assert ("foreground probability above 0.5" if sigma == 0 else
                 f"foreground probability smoothed (Gaussian of {sigma:g} px) above 0.5") in printed
-        row = next(csv.DictReader(open(folder / f"eval{sigma:g}" / "evaluation.csv")))
+        row = next(csv.DictReader(open(out / "eval" / "evaluation.csv")))
         assert float(row["iou"]) == pytest.approx(score_instances(want, labels[0]).iou, abs=1e-5)
     assert not np.array_equal(tifffile.imread(folder / "smoothing0" / "n0.tif"),
                               tifffile.imread(folder / "smoothing3" / "n0.tif"))

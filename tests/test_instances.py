@@ -253,6 +253,14 @@ def test_smoothing_is_the_gaussian_and_any_block_of_it_is_exact(seed, height, wi
     np.testing.assert_array_equal(instances.smoothed(transposed, sigma), whole)
 
 
+def test_smoothing_is_on_by_default_only_with_the_split():
+    """A smoothed foreground bridges thin valleys that only the split parts again: without it the default is off."""
+    assert InstanceOptions().smoothing == 1.5 and InstanceOptions(split=0.8).smoothing == 1.5
+    assert InstanceOptions(split=None).smoothing == 0 and InstanceOptions(split=None, smoothing=2).smoothing == 2
+    assert InstanceOptions(split=None) == InstanceOptions(split=None, smoothing=0)
+    assert dataclasses.asdict(InstanceOptions())["smoothing"] == 1.5       # what outputs' provenance records
+
+
 def test_smoothing_straightens_a_ragged_outline_and_keeps_cores_apart():
     """A disk with a spur and a notch: smoothed at 1.5 px both go and the disk is the disk (but for the single
     pixels at the tips of its axes), where without smoothing the outline stays ragged; two disks touching

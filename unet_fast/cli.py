@@ -1003,7 +1003,7 @@ def _inference_flags(p) -> None:
 
 
 def _instance_flags(p) -> None:
-    from .instances import MAX_SMOOTHING, InstanceOptions
+    from .instances import DEFAULT_SMOOTHING, MAX_SMOOTHING, InstanceOptions
 
     defaults = InstanceOptions()
     p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",
@@ -1020,7 +1020,7 @@ def _instance_flags(p) -> None:
                         f"where it wins the argmax)")
     p.add_argument("--smoothing", type=_number(0.0, MAX_SMOOTHING, high_open=False), default=None, metavar="PX",
                    help=f"instances: smooth the foreground probability by a Gaussian of this sigma before "
-                        f"--threshold, for smooth outlines (default {defaults.smoothing:g}; 0: off)")
+                        f"--threshold, for smooth outlines (default {DEFAULT_SMOOTHING:g}, 0 with --no-split; 0: off)")
     p.add_argument("--split", type=_probability, default=None, metavar="P",
                    help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
                         f"where the probability is above P) along the probability's valleys (default {defaults.split})")

@@ -49,6 +49,7 @@ DEFAULT_BLOCK = 1024
 #: the Gaussian of ``InstanceOptions.smoothing``: taps out to this many sigmas (scipy's default); at most this sigma
 TRUNCATE = 4.0
 MAX_SMOOTHING = 64.0
+DEFAULT_SMOOTHING = 1.5
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class InstanceOptions:
     (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
     smoothing: px, the sigma of a Gaussian (scipy's ``gaussian_filter``, mirrored at the image's edges)
     applied to the foreground probability before the threshold, for the mask only (cores for ``split``
-    are the probability's own); 0: off. A network's outline is ragged to a pixel where a hand-drawn one is
+    are the probability's own); 0: off; None (the default): 1.5 px, or 0 without ``split``, which it needs:
+    a smoothed foreground bridges more of the thin valleys between touching objects and only the split
+    parts them again (without the split, 15 real models found 17 of 369 nuclei fewer). A network's outline is ragged to a pixel where a hand-drawn one is
     smooth: on real nuclei (the dev image of issue 11, models of the default recipe) 1.5 px raised
     foreground IoU from 0.849 to 0.853 in 12 cross-validation runs and from 0.837 to 0.843 in 4 half-image
     runs (up in 14 of the 16), object F1 the same or better (pooled 0.877 -> 0.878, 0.861 -> 0.880); on the
@@ -90,9 +93,11 @@ class InstanceOptions:
     threshold: float = 0.5
     split: float | None = 0.95
     core_size: int = 5
-    smoothing: float = 1.5
+    smoothing: float | None = None
 
     def __post_init__(self):
+        if self.smoothing is None:                  # resolved now: equal, hashed and recorded as the number
+            object.__setattr__(self, "smoothing", DEFAULT_SMOOTHING if self.split is not None else 0.0)
         for name in ("min_size", "border"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:

@@ -212,7 +212,8 @@ def _usage_error(argv, capsys):
     (["--output", "instances", "--split", "0.8", "--no-split"], "exclude each other"),
     (["--output", "instances", "--smoothing", "-1"], "argument --smoothing: must be a number in [0, 64], got '-1'"),
     (["--output", "instances", "--smoothing", "inf"], "argument --smoothing: must be a number in [0, 64], got 'inf'"),
-    (["--output", "labels", "--smoothing", "2"], "go with --output instances"),
+    (["--output", "labels", "--smoothing", "2"], "--threshold, --smoothing, --split and --no-split go with --output "
+                                                 "instances"),
 ])
 def test_cli_segment_bad_instance_options(nuclei, model_file, capsys, argv, message):
     folder, _ = nuclei

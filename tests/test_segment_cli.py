@@ -389,7 +389,8 @@ def test_outputs_record_how_they_were_made_and_continue_keeps_only_the_same(tmp_
     status, captured = segment_("--min-size", "3", "--continue")
     assert status == 0 and "0 segmented, 3 skipped" in captured.out
     for more, named in ((("--min-size", "3", "--tta"), "tta False there, True now"),
-                        (("--continue",), "'min_size': 3"),
+                        (("--continue",), "instance_options.min_size 3 there, 15 now"),
+                        (("--min-size", "3", "--smoothing", "2"), "instance_options.smoothing 1.5 there, 2.0 now"),
                         (("--min-size", "3", "--scale", "2"), "scale 1.0 there, 2.0 now")):
         status, captured = segment_(*more, *(() if "--continue" in more else ("--continue",)))
         assert status == 2 and "argument --continue:" in captured.err and named in captured.err, captured.err

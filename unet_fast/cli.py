@@ -414,8 +414,8 @@ def cmd_segment(args) -> int:
         args.parser.error(str(error))
     options = _instance_options(args)
     if options is not None and args.output != "instances":
-        raise BadArgument("output", "--min-size, --no-fill-holes, --border, --threshold, --split and --no-split go "
-                                    "with --output instances")
+        raise BadArgument("output", "--min-size, --no-fill-holes, --border, --threshold, --smoothing, --split and "
+                                    "--no-split go with --output instances")
     if args.overlay and args.output == "probabilities":
         raise BadArgument("overlay", "--overlay outlines labels or instances, not probabilities")
     from .model_file import load_model

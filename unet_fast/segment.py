@@ -208,11 +208,20 @@ def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str, m
         changed = [key for key in COMPARED if recorded is not None and recorded.get(key) != made.get(key)]
         if changed:
             what = ", ".join("the model's weights" if key == "weights_sha256" else
-                             f"{key} {recorded.get(key)!r} there, {made.get(key)!r} now" for key in changed)
+                             _difference(key, recorded.get(key), made.get(key)) for key in changed)
             raise checks.BadArgument(
                 "resume", f"the existing output {str(target)!r} was made otherwise ({what}); --continue keeps only "
                           f"outputs made as this run would make them. Run with that output's settings, choose "
                           f"another output folder, or leave out --continue to replace the outputs")
+
+
+def _difference(key: str, there, now) -> str:
+    """How a recorded setting differs from this run's: for a dict (the instance rules), only the entries that
+    differ (one that an older version did not record reads None there)."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        return ", ".join(f"{key}.{name} {there.get(name)!r} there, {now.get(name)!r} now"
+                         for name in sorted(set(there) | set(now)) if there.get(name) != now.get(name))
+    return f"{key} {there!r} there, {now!r} now"
 
 
 def _layout(info: image_io.ImageInfo, in_channels: int) -> str:

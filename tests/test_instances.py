@@ -1,6 +1,7 @@
 """unet_fast.instances: the rules against an independent whole-image oracle, and the streamed
 (block by block) labels equal to the whole-image labels for fuzzed image, block and tile sizes."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -202,18 +203,22 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     (lambda: InstanceOptions(threshold=1.0), "threshold must be a probability in (0, 1), got 1.0"),
     (lambda: InstanceOptions(threshold=0.6, split=0.5), "split must be None or a probability in (threshold, 1)"),
     (lambda: InstanceOptions(split=0.8, core_size=0), "core_size must be a positive integer"),
-    (lambda: InstanceOptions(smoothing=-0.5), "smoothing must be a sigma in px from 0 (off) to 64.0, got -0.5"),
-    (lambda: InstanceOptions(smoothing=float("nan")), "smoothing must be a sigma in px"),
-    (lambda: InstanceOptions(smoothing=65), "smoothing must be a sigma in px from 0 (off) to 64.0, got 65"),
-    (lambda: InstanceOptions(smoothing=True), "smoothing must be a sigma in px"),
-    (lambda: InstanceOptions(smoothing="2"), "smoothing must be a sigma in px"),
+    (lambda: InstanceOptions(smoothing=-0.5), "smoothing must be 0 (off) or a sigma in px from 0.1 to 64.0, got -0.5"),
+    (lambda: InstanceOptions(smoothing=float("nan")), "smoothing must be 0 (off) or a sigma in px"),
+    (lambda: InstanceOptions(smoothing=65), "smoothing must be 0 (off) or a sigma in px from 0.1 to 64.0, got 65"),
+    (lambda: InstanceOptions(smoothing=True), "smoothing must be 0 (off) or a sigma in px"),
+    (lambda: InstanceOptions(smoothing="2"), "smoothing must be 0 (off) or a sigma in px"),
+    (lambda: InstanceOptions(smoothing=1e-320), "smoothing must be 0 (off) or a sigma in px from 0.1 to 64.0"),
+    (lambda: instances.ClassView(np.zeros((2, 5, 4)), smoothing=1)[::2], "step-1 slices only, got step 2"),
+    (lambda: instances.ClassView(np.zeros((2, 5, 4)), smoothing=1)[5], "index 5 is out of range for 5 pixels"),
+    (lambda: instances.ClassView(np.zeros((2, 5, 4)), smoothing=1)[0, 0, 0], "at most 2 indices"),
     (lambda: label_instances(np.zeros((0, 3), bool)), "non-empty"),
     (lambda: label_instances(np.zeros((3, 3), bool), block=0), "block must be a positive integer"),
     (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((3, 3), np.float32)), "integer array"),
     (lambda: label_instances(np.ones((3, 3), bool), out=np.zeros((2, 3), np.int32)), "shape (2, 3)"),
 ])
 def test_bad_arguments(call, message):
-    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises((ValueError, TypeError, IndexError), match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
 
 
@@ -246,6 +251,8 @@ def test_smoothing_is_the_gaussian_and_any_block_of_it_is_exact(seed, height, wi
     np.testing.assert_array_equal(view[y0:y1, x0:x1], whole[y0:y1, x0:x1])        # bit for bit: not approx
     np.testing.assert_array_equal(view[y0, x0:x1], whole[y0, x0:x1])              # the seam rows and columns
     np.testing.assert_array_equal(view[y0:y1, x1 - 1], whole[y0:y1, x1 - 1])
+    np.testing.assert_array_equal(view[-1], whole[-1])                          # negative indices, as numpy's
+    np.testing.assert_array_equal(view[y0 - height, x0 - width:], whole[y0 - height, x0 - width:])
     np.testing.assert_array_equal(mask[y0:y1, x0:x1], whole[y0:y1, x0:x1] > 0.5)
     options = InstanceOptions(smoothing=sigma, threshold=0.4, split=None)
     np.testing.assert_array_equal(instances.foreground_mask(probabilities[:, 1], options)[1], whole > 0.4)
@@ -259,6 +266,10 @@ def test_smoothing_is_on_by_default_only_with_the_split():
     assert InstanceOptions(split=None).smoothing == 0 and InstanceOptions(split=None, smoothing=2).smoothing == 2
     assert InstanceOptions(split=None) == InstanceOptions(split=None, smoothing=0)
     assert dataclasses.asdict(InstanceOptions())["smoothing"] == 1.5       # what outputs' provenance records
+    numpy = InstanceOptions(min_size=np.int64(3), border=np.uint8(1), threshold=np.float32(0.25),
+                            split=np.float16(0.75), core_size=np.int32(2), smoothing=np.float32(2))
+    assert json.loads(json.dumps(dataclasses.asdict(numpy))) == dict(
+        min_size=3, fill_holes=True, border=1, threshold=0.25, split=0.75, core_size=2, smoothing=2.0)
 
 
 def test_smoothing_straightens_a_ragged_outline_and_keeps_cores_apart():

@@ -19,6 +19,7 @@ pytest.importorskip("pytestqt", reason="widget tests need pytest-qt (the napari-
 import unet_fast  # noqa: E402
 from unet_fast.napari._widget import SegmentWidget  # noqa: E402
 from unet_fast.inference import predict_tiled  # noqa: E402
+from unet_fast.napari.segmentation import numbered_through  # noqa: E402
 from optional_deps import needs_zarr  # noqa: E402
 
 
@@ -70,7 +71,9 @@ def test_widget_adds_labels_on_the_images_grid(viewer, qtbot, model_file):
     with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
         pass
     labels = viewer.layers["cells instances"]
-    expected = predict_tiled(unet_fast.load_model(model_file), image, output="instances", progress=False)
+    planes = predict_tiled(unet_fast.load_model(model_file), image, output="instances", progress=False)
+    expected = numbered_through(planes)                      # ids of their own through the stack
+    assert expected.max() == sum(int(plane.max()) for plane in planes)
     np.testing.assert_array_equal(labels.data, expected)
     assert expected.max() > 1                                # several objects, not an empty answer
     np.testing.assert_array_equal(labels.scale, (2.0, 0.5, 0.25))

@@ -405,6 +405,35 @@ def test_outputs_record_how_they_were_made_and_continue_keeps_only_the_same(tmp_
     assert read_provenance(tmp_path / "in" / "img0.tif") is None
 
 
+def test_continue_takes_outputs_from_before_smoothing_as_unsmoothed(tmp_path, model_file, capsys, monkeypatch):
+    """Outputs written before the instance rules had ``smoothing`` record none: they were made unsmoothed, so
+    --continue keeps them for --no-split (unsmoothed today too) and refuses them for the default rules."""
+    from unet_fast import sinks
+
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model_file), "--no-progress",
+            "--output", "instances"]
+    assert cli.main([*argv, "--no-split"]) == 0
+
+    def older(path):
+        recorded = sinks.read_provenance(path)
+        del recorded["instance_options"]["smoothing"]
+        return recorded
+
+    monkeypatch.setattr(segment, "read_provenance", older)
+    capsys.readouterr()
+    assert cli.main([*argv, "--no-split", "--continue"]) == 0 and "0 segmented, 3 skipped" in capsys.readouterr().out
+    status, captured = None, None
+    try:
+        status = cli.main([*argv, "--continue"])
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2 and "instance_options.smoothing 0.0 there, 1.5 now" in err and \
+        "instance_options.split None there, 0.95 now" in err, err
+
+
 def test_provenance_records_the_instance_rules_on_the_images_grid():
     """Outputs record the rules as applied (network pixels converted by the scale), so --continue refuses to
     mix an output of an older version (rules in image pixels) with one made now, by a model that resamples."""

@@ -1003,7 +1003,7 @@ def _inference_flags(p) -> None:
 
 
 def _instance_flags(p) -> None:
-    from .instances import DEFAULT_SMOOTHING, MAX_SMOOTHING, InstanceOptions
+    from .instances import DEFAULT_SMOOTHING, MAX_SMOOTHING, MIN_SMOOTHING, InstanceOptions
 
     defaults = InstanceOptions()
     p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",
@@ -1016,11 +1016,12 @@ def _instance_flags(p) -> None:
                    help=f"instances: give background within this distance of two objects to the nearest "
                         f"(default {defaults.border}; 0: off)")
     p.add_argument("--threshold", type=_probability, default=None, metavar="P",
-                   help=f"instances: foreground where its probability is above P (default {defaults.threshold}: "
-                        f"where it wins the argmax)")
+                   help=f"instances: foreground where its probability (smoothed, see --smoothing) is above P "
+                        f"(default {defaults.threshold})")
     p.add_argument("--smoothing", type=_number(0.0, MAX_SMOOTHING, high_open=False), default=None, metavar="PX",
                    help=f"instances: smooth the foreground probability by a Gaussian of this sigma before "
-                        f"--threshold, for smooth outlines (default {DEFAULT_SMOOTHING:g}, 0 with --no-split; 0: off)")
+                        f"--threshold, for smooth outlines (default {DEFAULT_SMOOTHING:g}, 0 with --no-split; 0: off; "
+                        f"else at least {MIN_SMOOTHING:g})")
     p.add_argument("--split", type=_probability, default=None, metavar="P",
                    help=f"instances: split objects with two or more cores (regions of >= {defaults.core_size} px "
                         f"where the probability is above P) along the probability's valleys (default {defaults.split})")

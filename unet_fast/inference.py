@@ -749,10 +749,14 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
         with _naming(index):
             stack[index] = _normalizer(normalization, source, nonfinite)(source.window(0, 0, height, 0, width))
     kind = _instance_input(options) if output == "instances" else output
+    # the instance rules read float32 probabilities, as predict_tiled(output="instances") keeps them (float16
+    # ones, what fp16/bf16 give by default, would move the smoothed outlines and the split's cores)
+    scratch = np.empty((len(sources), num_classes, height, width), np.float32) \
+        if output == "instances" and kind == "probabilities" else None
     predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
                               tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
                               progress=progress, memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs,
-                              tta=tta, scale=scale)
+                              tta=tta, scale=scale, out=scratch)
     results = []
     for index, out in enumerate(outs):
         if output == "instances":

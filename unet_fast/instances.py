@@ -30,6 +30,7 @@ its halo, per-component tables and the seam rows; the mask and the provisional l
 from __future__ import annotations
 
 import dataclasses
+import operator
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,7 @@ IN_MEMORY_PIXELS = 2 ** 24
 DEFAULT_BLOCK = 1024
 #: the Gaussian of ``InstanceOptions.smoothing``: taps out to this many sigmas (scipy's default); at most this sigma
 TRUNCATE = 4.0
-MAX_SMOOTHING = 64.0
-DEFAULT_SMOOTHING = 1.5
+MIN_SMOOTHING, MAX_SMOOTHING, DEFAULT_SMOOTHING = 0.1, 64.0, 1.5   # below 0.1 px the Gaussian is the identity
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,12 @@ class InstanceOptions:
     min_size: objects of fewer pixels (as predicted, before filling holes) are removed; 0 keeps all.
     fill_holes: background regions enclosed by one object join it.
     border: px; background pixels within this distance of two objects join the nearest (0: off).
-    threshold: a 2-class network's foreground is where its foreground probability is above this
-    (0.5: where foreground wins the argmax); ``label_instances`` takes the mask as given.
+    threshold: a 2-class network's foreground is where its foreground probability (smoothed, see
+    ``smoothing``) is above this; ``label_instances`` takes the mask as given.
     smoothing: px, the sigma of a Gaussian (scipy's ``gaussian_filter``, mirrored at the image's edges)
     applied to the foreground probability before the threshold, for the mask only (cores for ``split``
-    are the probability's own); 0: off; None (the default): 1.5 px, or 0 without ``split``, which it needs:
+    are the probability's own); 0: off, else from 0.1 to 64 px; None (the default): 1.5 px, or 0 without
+    ``split``, resolved when the options are made (``dataclasses.replace`` keeps the number), since it needs it:
     a smoothed foreground bridges more of the thin valleys between touching objects and only the split
     parts them again (without the split, 15 real models found 17 of 369 nuclei fewer). A network's outline is ragged to a pixel where a hand-drawn one is
     smooth: on real nuclei (the dev image of issue 11, models of the default recipe) 1.5 px raised
@@ -114,14 +115,20 @@ class InstanceOptions:
             raise ValueError(f"core_size must be a positive integer, got {self.core_size!r}")
         if isinstance(self.smoothing, (bool, np.bool_)) or not isinstance(self.smoothing, (int, float, np.integer,
                                                                                           np.floating)) \
-                or not 0 <= self.smoothing <= MAX_SMOOTHING:
-            raise ValueError(f"smoothing must be a sigma in px from 0 (off) to {MAX_SMOOTHING}, got {self.smoothing!r}")
+                or not (self.smoothing == 0 or MIN_SMOOTHING <= self.smoothing <= MAX_SMOOTHING):
+            raise ValueError(f"smoothing must be 0 (off) or a sigma in px from {MIN_SMOOTHING} to {MAX_SMOOTHING}, "
+                             f"got {self.smoothing!r}")
+        # plain Python numbers, as they are recorded (JSON) and compared
+        for name, kind in (("min_size", int), ("border", int), ("core_size", int), ("threshold", float),
+                           ("smoothing", float)) + ((("split", float),) if self.split is not None else ()):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     def in_image_pixels(self, scale: float) -> "InstanceOptions":
         """These rules on the grid of an image that a model resamples by ``scale`` before the network
         (``unet_fast.rescale``): ``min_size``, ``border`` and ``core_size`` are measured in the network's
         pixels, where the model learnt its objects and the borders between them, so on the image's grid an
-        area is 1 / scale^2 times as many pixels and a distance 1 / scale times. The same objects then come
+        area is 1 / scale^2 times as many pixels and a distance 1 / scale times (``smoothing`` too, at most
+        ``MAX_SMOOTHING`` px of the image). The same objects then come
         out whatever size the nuclei have in the image (on the dev nuclei magnified 2.5x and segmented at
         scale 0.4 by 12 models, pooled object F1 0.777 -> 0.786, 10 fewer specks kept)."""
         if scale == 1:
@@ -169,13 +176,26 @@ class ClassView:
         return values if self.threshold is None else values > self.threshold
 
     def _smoothed(self, key) -> np.ndarray:
+        """The smoothed values at ``key``: up to two integers or step-1 slices (rows, then columns)."""
         radius = int(TRUNCATE * self.smoothing + 0.5)          # scipy's: the Gaussian's last tap
+        if len(key) > 2:
+            raise IndexError(f"a smoothed ClassView takes at most 2 indices (rows, columns), got {len(key)}")
         read, keep = [], []
         for index, size in zip(key + (slice(None),) * (2 - len(key)), self.shape[-2:]):
-            start, stop = (index, index + 1) if isinstance(index, (int, np.integer)) else index.indices(size)[:2]
+            if isinstance(index, slice):
+                start, stop, step = index.indices(size)
+                if step != 1:
+                    raise IndexError(f"a smoothed ClassView reads step-1 slices only, got step {step}")
+                stop = max(stop, start)
+            else:
+                start = operator.index(index)         # an integer (not Ellipsis, None or an array)
+                if not -size <= start < size:
+                    raise IndexError(f"index {start} is out of range for {size} pixels")
+                start %= size
+                stop = start + 1
             low, high = max(start - radius, 0), min(stop + radius, size)
             read.append(slice(low, high))
-            keep.append(start - low if isinstance(index, (int, np.integer)) else slice(start - low, stop - low))
+            keep.append(slice(start - low, stop - low) if isinstance(index, slice) else start - low)
         return smoothed(self.probabilities[(self.channel, *read)], self.smoothing)[tuple(keep)]
 
 

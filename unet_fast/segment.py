@@ -205,6 +205,8 @@ def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str, m
                           + "; --continue keeps only outputs of the kind asked for (--output). Choose another "
                             "output folder, or leave out --continue to replace the outputs")
         recorded = read_provenance(target) if made is not None else None
+        if recorded is not None and isinstance(recorded.get("instance_options"), dict):
+            recorded["instance_options"].setdefault("smoothing", 0.0)   # written before outlines were smoothed
         changed = [key for key in COMPARED if recorded is not None and recorded.get(key) != made.get(key)]
         if changed:
             what = ", ".join("the model's weights" if key == "weights_sha256" else

@@ -28,7 +28,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
 
     loss: ``loss_fn`` (default: the weighted cross-entropy; in ``fit``, the training loss, its Dice term
     included) of each whole image, averaged over the images weighted by their pixels; the predicted objects
-    are the instances of the predicted foreground (every class but 0) by ``instance_options`` (default:
+    are the instances of the predicted foreground (a 2-class model's as ``segment --output instances`` makes
+    them, smoothing included; with more classes, every class but 0) by ``instance_options`` (default:
     ``InstanceOptions()``, as ``unet-fast segment --output instances``); iou: their foreground IoU pooled over all pixels of all
     images; object_f1: their F1 matched to the labelled instances at IoU >= 0.5
     (``metrics.object_scores``), pooled over images. An image with no true and no predicted object adds

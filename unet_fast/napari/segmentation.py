@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..inference import predict_tiled
+from ..instances import instance_dtype
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
@@ -52,20 +53,35 @@ def instances(classes: np.ndarray) -> np.ndarray:
     return objects
 
 
+def numbered_through(planes: np.ndarray) -> np.ndarray:
+    """A stack's objects, numbered 1..K in each plane (``segment --output instances``), given ids of their own
+    through the stack (plane 0's first, then plane 1's, ...): one Labels layer shows the stack, and an id
+    shared by two planes would colour and select two objects as one."""
+    out = planes.astype(np.int64)
+    offset = 0
+    for plane in out:
+        count = int(plane.max(initial=0))
+        plane[plane > 0] += offset
+        offset += count
+    return out.astype(instance_dtype(offset))
+
+
 def segment(model, data, *, rgb: bool = False, result: str = "instances", device=None, dtype=None,
             on_progress=None) -> np.ndarray:
     """Labels for an image layer's data: classes, or instances (see RESULTS), on the image's pixel grid.
 
     A 2-class model's instances are those of ``unet-fast segment --output instances`` (``predict_tiled``'s, with
     the default ``InstanceOptions``: touching cells split, borders given back, specks removed, holes filled,
-    outlines smoothed), numbered plane by plane; a model of more classes gives each class's connected regions.
+    outlines smoothed), each with an id of its own through a stack; a model of more classes gives each class's
+    connected regions.
     """
     if result not in RESULTS:
         raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
     image, layout = model_input(data, rgb, model.in_channels)
     if result == "instances" and model.num_classes == 2:
-        return predict_tiled(model, image, device=device, dtype=dtype, output="instances", layout=layout,
-                             progress=on_progress or False)
+        objects = predict_tiled(model, image, device=device, dtype=dtype, output="instances", layout=layout,
+                                progress=on_progress or False)
+        return numbered_through(objects) if layout.startswith("Z") else objects
     shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
     classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
     predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=classes,

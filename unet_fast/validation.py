@@ -63,8 +63,7 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
                 probability = torch.softmax(logits, 0)[-1].cpu().numpy()
                 foreground = foreground_mask(probability, options)
             else:                             # every class but 0 is foreground, as it is
-                options = InstanceOptions(options.min_size, options.fill_holes, options.border, split=None,
-                                          smoothing=0)
+                options = InstanceOptions(options.min_size, options.fill_holes, options.border, split=None)
                 probability, foreground = None, argmax_classes(logits.cpu()).numpy() > 0
             instances = label_instances(foreground, options, probability=probability)
             predicted = instances > 0

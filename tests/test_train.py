@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from unet_fast import UNet, load_model
@@ -82,6 +83,41 @@ def test_a_run_records_the_augmentation_it_ran_and_resumes_only_with_it(nuclei, 
     run(train, 2, tmp_path / "bare", resume=tmp_path / "bare" / "last.safetensors", augment=None)
     run(train, 2, tmp_path / "paper", resume=tmp_path / "paper" / "last.safetensors", recipe="default",
         augment="default")
+
+
+def halve_contrast(image, target, weights, generator=None):
+    return image * 0.5, target, weights
+
+
+def test_a_run_with_a_callable_augmentation_records_its_name_not_the_recipes(nuclei, tmp_path, capsys):
+    """A callable augmentation is not the recipe's: the checkpoint records every augmentation field off and the
+    callable's name, a resume must pass a callable of that name, and the CLI, which cannot run it, refuses."""
+    from unet_fast.cli import main
+    from unet_fast.recipes import Recipe
+    from unet_fast.train import load_checkpoint
+
+    train, _ = nuclei
+    run(train, 1, tmp_path / "custom", augment=halve_contrast)
+    recorded = load_checkpoint(tmp_path / "custom" / "last.safetensors")["recipe"]
+    assert recorded["custom_augmentation"] == f"{__name__}.halve_contrast"
+    assert (recorded["flips"], recorded["rotation"], recorded["elastic_sigma"], recorded["grey_values"]) == \
+        (False, "none", 0.0, False)
+    assert "halve_contrast (a callable)" in Recipe(**{**recorded, "percentiles": (1.0, 99.8)}).describe()
+    last = tmp_path / "custom" / "last.safetensors"
+    with pytest.raises(ValueError, match=r"custom_augmentation .*halve_contrast' -> ''"):
+        run(train, 2, tmp_path / "custom", resume=last)     # the recipe's augmentation is not the one that ran
+    with pytest.raises(ValueError, match="pass that callable as augment"):
+        fit(tiny_net(), train, recipe=Recipe(**{**recorded, "percentiles": (1.0, 99.8)}), epochs=1, tile_size=44,
+            tiles_per_epoch=2, batch_size=1)
+    run(train, 2, tmp_path / "custom", resume=last, augment=halve_contrast)
+    assert load_checkpoint(last)["epoch"] == 2
+    images, labels = synthetic_nuclei(1, 48, seed=1)
+    tifffile.imwrite(tmp_path / "image.tif", images[0].astype(np.float32))
+    tifffile.imwrite(tmp_path / "labels.tif", labels[0].astype(np.uint16))
+    assert main(["train", "--images", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "-o", str(tmp_path / "cli.safetensors"), "--resume", str(last), "--work-dir",
+                 str(tmp_path / "cli")]) == 2
+    assert "custom augmentation" in capsys.readouterr().err and not (tmp_path / "cli.safetensors").exists()
 
 
 def test_cpu_training_runs_channels_last_with_the_same_numbers(nuclei):

@@ -81,8 +81,13 @@ class Recipe:
     gamma: tuple[float, float] = (0.7, 1.4)   # the grey values' range of gamma
     imaging: bool = False             # random blur, uneven illumination and noise, each on a fifth of the tiles
     noise: float = 0.0                # std of added Gaussian noise on every tile (normalised units; 0: none)
+    # a callable given to fit as ``augment``, by its qualified name ("" for none): the fields above are then
+    # off in the record, since what the callable does cannot be recorded
+    custom_augmentation: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.custom_augmentation, str):
+            raise ValueError(f"custom_augmentation must be a str (\"\": none), got {self.custom_augmentation!r}")
         if not (isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2):
             raise ValueError(f"percentiles must be two numbers (low, high), got {self.percentiles!r}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
@@ -192,7 +197,8 @@ class Recipe:
                 f"elastic {self.elastic_sigma:g} px" if self.elastic_sigma else "",
                 f"grey values (gamma {self.gamma[0]:g}-{self.gamma[1]:g})" if self.grey_values else "",
                 "blur, uneven illumination and noise on a fifth of the tiles each" if self.imaging else "",
-                f"noise {self.noise:g}" if self.noise else "") if part) or "none"
+                f"noise {self.noise:g}" if self.noise else "",
+                f"{self.custom_augmentation} (a callable)" if self.custom_augmentation else "") if part) or "none"
         loss = "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
         return f"{optimiser}, {schedule}; loss: {loss}; augmentation: {augmentation}"
 
@@ -202,8 +208,8 @@ AUGMENTATION_OFF = dict(flips=False, rotation="none", zoom=(1.0, 1.0), elastic_s
                         imaging=False, noise=0.0)
 
 
-#: every augmentation field: AUGMENTATION_OFF's, and those that only shape one of them
-AUGMENTATION_FIELDS = (*AUGMENTATION_OFF, "gamma", "elastic_grid")
+#: every augmentation field: AUGMENTATION_OFF's, those that only shape one of them, and the custom callable's name
+AUGMENTATION_FIELDS = (*AUGMENTATION_OFF, "gamma", "elastic_grid", "custom_augmentation")
 
 
 def same_value(a, b) -> bool:
@@ -250,7 +256,8 @@ RECIPES = {
 #: what a run trained with whose saved recipe predates a field: never resampled, cross-entropy alone, the
 #: first grey values, no imaging conditions, no zoom (resuming it keeps these, and a flag asking for another value
 #: is refused)
-UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0, "gamma": (0.7, 1.4), "imaging": False, "zoom": (1.0, 1.0)}
+UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0, "gamma": (0.7, 1.4), "imaging": False, "zoom": (1.0, 1.0),
+                     "custom_augmentation": ""}
 
 
 def get_recipe(recipe: "str | Recipe") -> Recipe:

@@ -94,7 +94,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     ``(image, target, weights, generator=...) -> (image, target, weights)``
     such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
     weights (m, m))`` tiles. Checkpoints record the augmentation that ran ("default": the paper recipe's values;
-    a callable's: the recipe's), and a resume must run the same.
+    a callable: every augmentation field off and ``custom_augmentation`` its module.name), and a resume must
+    run the same.
     optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).
     lr_schedule: "constant" or "cosine" (from lr to 0 over the run), after ``warmup_steps`` steps of
     linear warm-up; a function of the step and of the time used, so resuming needs no scheduler state.
@@ -270,7 +271,12 @@ RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", 
 
 def _augmentation_run(recipe: Recipe, augment) -> Recipe:
     """The recipe with the augmentation fields of what ``augment`` does: "recipe" its own, None none, "default"
-    the paper's (``default_augmentation``); a callable's cannot be known (the recipe's stay)."""
+    the paper's (``default_augmentation``), a callable every field off and the callable's name."""
+    if callable(augment):
+        return dataclasses.replace(recipe.without_augmentation(), custom_augmentation=_qualified_name(augment))
+    if recipe.custom_augmentation:
+        raise ValueError(f"augment: the recipe records a custom augmentation ({recipe.custom_augmentation}), "
+                         f"which fit cannot rebuild from its name; pass that callable as augment")
     if augment is None:
         return recipe.without_augmentation()
     if isinstance(augment, str) and augment == "default":
@@ -279,13 +285,21 @@ def _augmentation_run(recipe: Recipe, augment) -> Recipe:
     return recipe
 
 
+def _qualified_name(augment) -> str:
+    """module.name of a function or class, else of the object's class (an instance such as ``Compose``)."""
+    named = augment if hasattr(augment, "__qualname__") else type(augment)
+    return f"{getattr(named, '__module__', None) or '?'}.{named.__qualname__}"
+
+
 def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     """ValueError when a training value differs from the checkpoint's recipe (older checkpoints have none)."""
     if not isinstance(saved, dict):
         return
     # and the augmentation, where the checkpoint records it truly (with a zoom field: before it, a run without
     # augmentation recorded the recipe's)
-    fields = RESUMED_FIELDS + (AUGMENTATION_FIELDS if "zoom" in saved else ())
+    # (a run with a callable before the callable's name was recorded also recorded the recipe's: not compared)
+    fields = RESUMED_FIELDS + (AUGMENTATION_FIELDS if "zoom" in saved and (
+        "custom_augmentation" in saved or not recipe.custom_augmentation) else ())
     saved = {**UNRECORDED_VALUES, **saved}      # what runs saved before a field existed trained with
     changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in fields
                if name in saved and not same_value(saved[name], getattr(recipe, name))]

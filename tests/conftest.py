@@ -19,6 +19,8 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     triton_interpreter.patch_bf16()
+    triton_interpreter.skip_overflow_checks()
+    triton_interpreter.patch_language_once_per_launch()
 import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)
 
 

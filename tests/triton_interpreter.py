@@ -10,6 +10,9 @@ Written for Triton 3.9 (the CPU test machines): it replaces two methods of the p
 rather than interpret them. Where those internals differ, the patch is not applied, a probe kernel
 shows it, and ``patch_bf16`` returns the reason, with which the bf16 interpreter tests skip.
 Import this module without unet_fast: it must not decide TRITON_INTERPRET for the process.
+
+Two more patches only save time (``skip_overflow_checks``, ``patch_language_once_per_launch``): together
+they halve the interpreter's time in the kernel tests, the larger part of the suite's.
 """
 from __future__ import annotations
 
@@ -95,3 +98,70 @@ def _probe() -> str | None:
     if not torch.equal(rounded, value.to(torch.bfloat16)):
         return "the fp32 -> bf16 cast does not round to nearest even"
     return None
+
+
+def skip_overflow_checks() -> bool:
+    """Stop the interpreter computing Triton's integer-overflow checks, which it then drops: whether it did.
+
+    Each 32-bit integer +, - and * of a kernel is also done in int64 and compared with int32's range, for a
+    ``device_assert`` that does nothing unless the options say debug, which the interpreter's never do
+    (triton 3.9: ``semantic.device_assert``). That was a third of the interpreter's time. Were debug on,
+    the checks would run and be kept, so they are left on then. Compiled kernels are unaffected."""
+    import dataclasses
+
+    try:
+        from triton.runtime import interpreter
+        options = interpreter.interpreter_builder.options
+    except (ImportError, AttributeError):
+        return False
+    if getattr(options, "debug", True) or not getattr(options, "sanitize_overflow", False):
+        return False
+    interpreter.interpreter_builder.options = dataclasses.replace(options, sanitize_overflow=False)
+    return True
+
+
+def patch_language_once_per_launch() -> bool:
+    """Make the interpreter patch each triton.language module once per kernel launch, not again at every
+    call of a @triton.jit helper inside it: whether it did.
+
+    A launch (``GridExecutor``) patches the builtins of the language modules its kernel sees for the
+    interpreter, and restores them when it ends; each helper call inside it patches the modules the helper
+    sees (triton 3.9: ``InterpretedFunction.__call__``), which for our helpers are the kernel's, patched
+    already: listing their members to learn so was about a seventh of the interpreter's time in the network
+    tests. A helper that sees another module (``tl.cdiv`` sees ``triton.language.core``) still patches it,
+    once per launch. Compiled kernels are unaffected."""
+    try:
+        from triton.runtime import interpreter
+        patch, scope_type, languages = interpreter._patch_lang, interpreter._LangPatchScope, (
+            interpreter.tl, interpreter.tl.core)
+    except (ImportError, AttributeError):
+        return False
+    if getattr(patch, "once_per_launch", False):
+        return True
+    patched: set[int] = set()    # the language modules patched in the launch in progress (launches do not nest)
+    launching = []
+
+    def seen(fn) -> set[int]:
+        return {id(value) for value in fn.__globals__.values() if any(value is lang for lang in languages)}
+
+    def patch_lang(fn):
+        modules = seen(fn)
+        if launching and modules <= patched:     # a helper's call inside a launch, its modules patched
+            return scope_type()
+        scope = patch(fn)
+        patched.update(modules)
+        if not launching:                        # a launch: forget the modules when it restores them
+            restore = scope.restore
+
+            def restore_and_end():
+                launching.clear()
+                patched.clear()
+                restore()
+
+            scope.restore = restore_and_end
+            launching.append(True)
+        return scope
+
+    patch_lang.once_per_launch, patch_lang.__wrapped__ = True, patch
+    interpreter._patch_lang = patch_lang
+    return True

@@ -79,7 +79,8 @@ def stages() -> list[Stage]:
         Stage("tune", "per-layer kernel tiles: every candidate timed, the fastest written to the table", 75, 200,
               essential=False),  # 42 s measured, before the TMA, split-K and grouped candidates (about 1.7x)
         Stage("network", "network forward, forward+backward: Triton vs cuDNN eager vs torch.compile default", 65, 180),
-        Stage("profile", "where a forward+backward step's GPU time goes: kernels of ours vs torch.compile", 70, 150,
+        Stage("profile", "where the forward's and a forward+backward step's GPU time goes: ours vs torch.compile",
+              85, 150,
               essential=False),
         Stage("layers", "per-layer forward and forward+backward, pooled epilogue, direct first layer", 25, 100),
         Stage("extension_checks", "CUDA C++ kernels (loss, crop_concat) vs composites (pytest)", 45, 90,

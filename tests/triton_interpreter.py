@@ -141,8 +141,13 @@ def patch_language_once_per_launch() -> bool:
     patched: set[int] = set()    # the language modules patched in the launch in progress (launches do not nest)
     launching = []
 
-    def seen(fn) -> set[int]:
-        return {id(value) for value in fn.__globals__.values() if any(value is lang for lang in languages)}
+    seen_by: dict = {}           # a function's language modules (a jit function's globals are its module's)
+
+    def seen(fn) -> frozenset[int]:
+        if fn not in seen_by:
+            seen_by[fn] = frozenset(id(value) for value in fn.__globals__.values()
+                                    if any(value is lang for lang in languages))
+        return seen_by[fn]
 
     def patch_lang(fn):
         modules = seen(fn)

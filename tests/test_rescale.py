@@ -270,6 +270,19 @@ def test_segment_and_evaluate_scale_flags_override_the_models(tmp_path, capsys):
         unet_fast.segment.run([str(tmp_path / "im")], tmp_path / "s3", model, scale=-1.0)
 
 
+def test_a_magnifying_model_segments_instances_with_its_smoothing_scaled_down_to_none(tmp_path, capsys):
+    """At scale 16 the default Gaussian (1.5 network px) is under 0.1 image px: off, not an error (it was one)."""
+    model = _tiny()
+    path = save_model(model, tmp_path / "m.safetensors")
+    (tmp_path / "im").mkdir()
+    image = (synthetic_nuclei(1, 24, seed=2)[0][0] * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "im" / "a.tif", image)
+    assert cli.main(["segment", "-i", str(tmp_path / "im"), "-o", str(tmp_path / "seg"), "-m", str(path),
+                     "--output", "instances", "--scale", "16", "--no-progress"]) == 0
+    want = predict_tiled(model, image, output="instances", scale=16.0, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg" / "a.tif"), want)
+
+
 def test_the_pixel_limit_counts_the_resampled_pixels(tmp_path, capsys):
     model = _tiny()
     model.input_scale = 4.0
@@ -405,6 +418,9 @@ def test_instance_rules_are_measured_in_the_networks_pixels():
     assert options.in_image_pixels(0.4) == InstanceOptions(min_size=94, border=5, core_size=31, smoothing=3.75)
     assert options.in_image_pixels(2.0) == InstanceOptions(min_size=4, border=1, core_size=1, smoothing=0.75)
     assert InstanceOptions(smoothing=40).in_image_pixels(0.25).smoothing == 64     # at most MAX_SMOOTHING
+    # a magnifying model narrows the Gaussian on the image's grid; under MIN_SMOOTHING (the identity) it is off
+    assert options.in_image_pixels(15.0).smoothing == 0.1 and options.in_image_pixels(16.0).smoothing == 0.0
+    assert InstanceOptions(smoothing=0.3).in_image_pixels(4.0).smoothing == 0.0
     image = np.zeros((64, 64), np.float32)
     image[4:44, 4:44] = 1.0      # an object of 1600 px
     image[52:59, 52:59] = 1.0    # a speck of 49 px: 12 of the network's pixels at scale 0.5

@@ -49,7 +49,9 @@ IN_MEMORY_PIXELS = 2 ** 24
 DEFAULT_BLOCK = 1024
 #: the Gaussian of ``InstanceOptions.smoothing``: taps out to this many sigmas (scipy's default); at most this sigma
 TRUNCATE = 4.0
-MIN_SMOOTHING, MAX_SMOOTHING, DEFAULT_SMOOTHING = 0.1, 64.0, 1.5   # below 0.1 px the Gaussian is the identity
+# below 0.125 px scipy's Gaussian is the identity (its radius, 4 sigma rounded, is 0); under 0.1 px is refused as
+# a likely slip, a width scaled under it becomes 0 (in_image_pixels)
+MIN_SMOOTHING, MAX_SMOOTHING, DEFAULT_SMOOTHING = 0.1, 64.0, 1.5
 
 
 @dataclass(frozen=True)
@@ -128,15 +130,16 @@ class InstanceOptions:
         (``unet_fast.rescale``): ``min_size``, ``border`` and ``core_size`` are measured in the network's
         pixels, where the model learnt its objects and the borders between them, so on the image's grid an
         area is 1 / scale^2 times as many pixels and a distance 1 / scale times (``smoothing`` too, at most
-        ``MAX_SMOOTHING`` px of the image). The same objects then come
+        ``MAX_SMOOTHING`` px of the image, and 0 under ``MIN_SMOOTHING``). The same objects then come
         out whatever size the nuclei have in the image (on the dev nuclei magnified 2.5x and segmented at
         scale 0.4 by 12 models, pooled object F1 0.777 -> 0.786, 10 fewer specks kept)."""
         if scale == 1:
             return self
+        smoothing = min(self.smoothing / scale, MAX_SMOOTHING)
         return dataclasses.replace(self, min_size=round(self.min_size / scale ** 2),
                                    border=round(self.border / scale),
                                    core_size=max(1, round(self.core_size / scale ** 2)),
-                                   smoothing=min(self.smoothing / scale, MAX_SMOOTHING))
+                                   smoothing=smoothing if smoothing >= MIN_SMOOTHING else 0.0)
 
 
 def smoothed(plane, sigma: float) -> np.ndarray:

@@ -331,8 +331,14 @@ def _first_pass(mask, provisional: np.ndarray, block: int, probability=None) -> 
     same, touching = [], []
     box, peak = [np.zeros((1, 4), np.int64)], [np.zeros(1)]
     next_id = 1
+    # the foreground along the seams, kept from the blocks that read it (a smoothed mask would smooth a strip
+    # as wide as its Gaussian again to read one row): the last row of the block row above, the last column
+    # of the block on the left
+    row_above, row_here = np.zeros(width, bool), np.zeros(width, bool)
     for y0 in range(0, height, block):
         y1 = min(y0 + block, height)
+        row_above, row_here = row_here, row_above
+        column_left = None
         for x0 in range(0, width, block):
             x1 = min(x0 + block, width)
             fg = np.asarray(mask[y0:y1, x0:x1]) != 0
@@ -362,10 +368,11 @@ def _first_pass(mask, provisional: np.ndarray, block: int, probability=None) -> 
             pairs = [(ids[:, :-1], ids[:, 1:], fg[:, :-1], fg[:, 1:]), (ids[:-1], ids[1:], fg[:-1], fg[1:])]
             if y0 > 0:   # the seam with the block above, already labelled
                 above = provisional[y0 - 1, x0:x1]
-                pairs.append((above, ids[0], np.asarray(mask[y0 - 1, x0:x1]) != 0, fg[0]))
+                pairs.append((above, ids[0], row_above[x0:x1], fg[0]))
             if x0 > 0:   # the seam with the block on the left
                 left = provisional[y0:y1, x0 - 1]
-                pairs.append((left, ids[:, 0], np.asarray(mask[y0:y1, x0 - 1]) != 0, fg[:, 0]))
+                pairs.append((left, ids[:, 0], column_left, fg[:, 0]))
+            row_here[x0:x1], column_left = fg[-1], fg[:, -1]
             for index, (a, b, fa, fb) in enumerate(pairs):
                 a, b, fa, fb = a.ravel(), b.ravel(), fa.ravel(), fb.ravel()
                 if index >= 2:   # across a seam: equal kinds are one component

@@ -1,6 +1,7 @@
 """`unet-fast segment` and segment.run: folders, bad files, --continue, atomic outputs, pixel limit, sharding."""
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -158,6 +159,45 @@ def test_num_parts_cover_every_file_once(tmp_path, model_file):
         assert status == 0
         seen += os.listdir(tmp_path / f"out{part}")
     assert sorted(seen) == [f"img{i}.tif" for i in range(5)]
+
+
+def test_parts_agree_on_which_file_owns_an_output_name(tmp_path, model_file, capsys):
+    """a.png and a.tif both make out/a.tif: the first in order owns it, and the other fails in whichever part
+    it lands (each part once replaced the other's output and both reported success)."""
+    (tmp_path / "in").mkdir()
+    image_io.write_image(tmp_path / "in" / "a.png", np.full((20, 25), 200, np.uint8))
+    image_io.write_image(tmp_path / "in" / "a.tif", np.zeros((31, 17), np.uint8))
+    statuses = [cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                          "--num-parts", "2", "--part-id", str(part), "--no-progress"]) for part in range(2)]
+    assert statuses == [0, 1]
+    assert f"FAILED {tmp_path / 'in' / 'a.tif'}: output {tmp_path / 'out' / 'a.tif'} is also the output of " \
+           f"{tmp_path / 'in' / 'a.png'}" in capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (20, 25)
+
+
+@needs_zarr
+@pytest.mark.parametrize("fmt", ["tif", "ome.zarr"])
+def test_a_file_in_the_output_folder_that_segment_did_not_write_is_never_replaced(tmp_path, model_file, capsys,
+                                                                                  fmt):
+    _images(tmp_path / "in", count=2)
+    (tmp_path / "out").mkdir()
+    if fmt == "tif":     # the user's own labels, under the name an output would take
+        mine = tmp_path / "out" / "img1.tif"
+        tifffile.imwrite(mine, np.arange(31 * 41, dtype=np.uint16).reshape(31, 41))
+    else:                # a folder of notes named like an output
+        mine = tmp_path / "out" / "img1.ome.zarr" / "notes.txt"
+        mine.parent.mkdir()
+        mine.write_text("precious")
+    before = mine.read_bytes()
+    arguments = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                 "--format", fmt, "--no-progress"]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "--output-dir" in err and "did not write" in err and "nothing was written" in err
+    assert mine.read_bytes() == before and sorted(os.listdir(tmp_path / "out")) == [f"img1.{fmt}"]
+    mine.unlink() if fmt == "tif" else shutil.rmtree(mine.parent)
+    assert cli.main(arguments) == 0
+    assert cli.main(arguments) == 0        # its own outputs it replaces
 
 
 def test_bad_arguments(tmp_path, model_file, capsys):

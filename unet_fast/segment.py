@@ -135,6 +135,29 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = 
                                   + "; nothing was written. Choose an output folder that holds no inputs")
 
 
+def check_replaceable(files: list[Path], outdir: Path, suffix: str) -> None:
+    """BadArgument (output_dir) when an input's output would replace a file or folder that segment did not
+    write (it records no provenance): a user's own labels in the output folder, say, are never replaced."""
+    for path in files:
+        target = outdir / output_name(path, suffix)
+        if (target.exists() or target.is_symlink()) and read_provenance(target) is None:
+            if target.is_dir() and not suffix.endswith(".zarr"):
+                continue       # a folder where a .tif goes: that file's own failure (claim)
+            raise checks.BadArgument(
+                "output_dir", f"the output for {str(path)!r} would replace {str(target)!r}, which unet-fast segment "
+                              f"did not write (it records no provenance); nothing was written. Move or rename it, or "
+                              f"choose another output folder")
+
+
+def output_owners(files: list[Path], outdir: Path, suffix: str) -> dict[Path, Path]:
+    """{output path: the first of ``files`` (in their order) whose output it is}: a later file of the same output
+    name fails, in whichever part or process it is segmented."""
+    owners: dict[Path, Path] = {}
+    for path in files:
+        owners.setdefault(outdir / output_name(path, suffix), path)
+    return owners
+
+
 def output_kind(path: Path) -> str | None:
     """What an existing output of ``segment`` holds, told by what the writers make of each kind: "labels"
     (uint8, or int32 above 256 classes), "instances" (uint16 or uint32; an OME-Zarr's NGFF "image-label"),
@@ -305,9 +328,9 @@ class _Segmenter:
         """(output, overlay) of ``path``; or, when it is done with here (it cannot be segmented, or resume keeps
         its output), the report to make in its turn."""
         target = self.outdir / output_name(path, self.suffix)
-        if target in claimed:
-            return functools.partial(self.fail, path, f"output {target} is also the output of {claimed[target]}")
-        claimed[target] = path
+        owner = claimed.setdefault(target, path)
+        if owner != path:
+            return functools.partial(self.fail, path, f"output {target} is also the output of {owner}")
         if checks.overlapping(target, path):
             return functools.partial(self.fail, path, f"its output {target} would overwrite it; choose an output "
                                                       f"folder that holds no inputs")
@@ -468,14 +491,16 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   nonfinite: str | None = None, log=print, instance_options=None,
                   overlay: bool = False, tta: bool = False, scale: float | None = None,
-                  provenance: dict | None = None) -> SegmentSummary:
+                  provenance: dict | None = None, owners: dict[Path, Path] | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
     killed runs (``image_io.remove_leftovers``) are removed before each file. Reader threads open files
     ahead of the one being segmented (``READ_AHEAD``); consecutive small files of one shape are segmented
     together (``SMALL_FILE_PIXELS``, ``predict_images``), with the same results (see there).
     nonfinite: see ``predict_tiled``. overlay: also write outdir/overlays/<name>.png, the image with the
     outlines of the result (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling
-    factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``."""
+    factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``. owners: the file
+    each output belongs to when ``files`` are a share of a larger list (``output_owners`` of that list; default:
+    ``files``' own): a file whose output name another file owns fails."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -485,7 +510,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                    **({"instance_options": instance_options} if output == "instances" else {}))
     segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
                            model_scale(model, scale), progress, predict)
-    claimed: dict[Path, Path] = {}
+    claimed: dict[Path, Path] = dict(owners or {})
     ahead: collections.deque = collections.deque()   # (path, report, (output, overlay), reading), in order
     listed = iter(files)
     start = time.perf_counter()
@@ -682,6 +707,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             files, problems = expand_inputs([str(item) for item in inputs])
             # every file, not only this share
             check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
+            if not resume:   # --continue keeps what is there (check_resumable)
+                check_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format])
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
             made = provenance(model, output=output, tta=tta, scale=scale, dtype=dtype,
@@ -696,7 +723,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
                                     progress=sys.stderr.isatty() if progress is None else progress, log=log,
                                     instance_options=instance_options, overlay=overlay, tta=tta, scale=scale,
-                                    provenance=made)
+                                    provenance=made, owners=output_owners(files, Path(output_dir),
+                                                                          OUTPUT_SUFFIXES[format]))
         if job.rank == 0:
             for item, reason in problems:
                 log(f"FAILED {item}: {reason}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """unet_fast.image_io: lazy reading with a pixel limit, atomic writing; and the deprecated unet_fast.io."""
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,57 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     with pytest.raises(image_io.ImageTooLargeError, match="piece by piece.*raise the limit to at least 60000"):
         image_io.read_image(tmp_path / "big.tif", max_pixels=1000)
     image_io.read_image(tmp_path / "big.tif", max_pixels=60000)
+
+
+def test_pillows_own_pixel_limit_gives_way_to_ours(tmp_path, monkeypatch):
+    """Pillow refuses images over 2 x its MAX_IMAGE_PIXELS (179 Mpx) with an error that names no flag; the
+    limit is max_pixels (--max-pixels), and Pillow's is left as it was."""
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    image_io.write_image(path, np.arange(40 * 50, dtype=np.uint8).reshape(40, 50))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)      # 2000 px: a "decompression bomb" to Pillow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # Pillow's warning too (between 1x and 2x its limit)
+        pixels, info = image_io.read_image(path, max_pixels=2000)
+    assert info.shape == (40, 50) and np.array_equal(pixels, np.arange(2000).reshape(40, 50).astype(np.uint8))
+    assert Image.MAX_IMAGE_PIXELS == 10
+    with pytest.raises(image_io.ImageTooLargeError, match="2,000 pixels"):
+        image_io.read_image(path, max_pixels=1999)
+
+
+def test_a_palette_png_is_its_colours_as_an_image_and_its_indices_as_labels(tmp_path):
+    from PIL import Image
+
+    grey = np.add.outer(np.arange(30), np.arange(20)).astype(np.uint8)
+    inverted = Image.fromarray(255 - grey).convert("P")
+    inverted.putpalette([255 - i for i in range(256) for _ in range(3)])     # index i shows grey 255 - i
+    inverted.save(tmp_path / "grey.png")
+    colour = Image.fromarray(np.zeros((30, 20), np.uint8)).convert("P")
+    colour.putpalette([200, 10, 0] + [0, 0, 0] * 255)                         # index 0 is red
+    colour.save(tmp_path / "red.png")
+    image, info = image_io.read_image(tmp_path / "grey.png")
+    assert info.axes == "YX" and np.array_equal(image, grey)
+    labels, info = image_io.read_image(tmp_path / "grey.png", labels=True)
+    assert info.axes == "YX" and np.array_equal(labels, 255 - grey)
+    image, info = image_io.read_image(tmp_path / "red.png")
+    assert info.axes == "CYX" and image.shape == (3, 30, 20) and (image[:, 0, 0] == [200, 10, 0]).all()
+    with pytest.raises(image_io.ImageTooLargeError):
+        image_io.read_image(tmp_path / "red.png", max_pixels=100)
+
+
+def test_a_tiff_of_several_series_says_which_it_reads(tmp_path):
+    plane = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tif:
+        tif.write(plane)
+        tif.write(np.stack([plane, plane]))
+    image, info = image_io.read_image(tmp_path / "two.ome.tif", lazy=False)
+    assert np.array_equal(image, plane)
+    assert image_io.series_warning(tmp_path / "two.ome.tif") == (
+        f"{tmp_path / 'two.ome.tif'} holds 2 image series; only the first, (12, 10), is read; the others ((2, 12, 10)) "
+        f"are left out: save each series as a file of its own to segment it")
+    tifffile.imwrite(tmp_path / "one.tif", plane)
+    assert image_io.series_warning(tmp_path / "one.tif") is None
 
 
 def test_unsupported_and_corrupt_files(tmp_path):

@@ -593,3 +593,37 @@ def test_colour_pngs_are_decoded_once_each_small_or_large(tmp_path, model_file, 
     assert cli.main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
                      "--no-progress"]) == 0
     assert sorted(decoded) == [(41, 30), (90, 70)]
+
+
+def test_reports_of_abandoned_zarr_reads_are_dropped_others_kept():
+    """A truncated tiled TIFF fails its file; the zarr reads abandoned with it report "Event loop is closed"
+    at exit, each with a traceback, after segment's FAILED line: those are dropped, any other report kept."""
+    import types
+
+    seen = []
+    hook = cli._QuietAfterStop(seen.append)
+    for error in (RuntimeError("Event loop is closed"), RuntimeError("something else"), ValueError("x")):
+        hook(types.SimpleNamespace(exc_value=error))
+    assert [str(report.exc_value) for report in seen] == ["something else", "x"]
+
+
+def test_a_tiff_of_several_series_is_segmented_as_its_first_with_a_warning(tmp_path, model_file, capsys):
+    plane = np.random.default_rng(0).integers(0, 255, (20, 30)).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    with tifffile.TiffWriter(tmp_path / "in" / "two.ome.tif", ome=True) as tif:
+        tif.write(plane)
+        tif.write(np.stack([plane, plane]))
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "two.ome.tif holds 2 image series; only the first, (20, 30), is read" in err
+    assert tifffile.imread(tmp_path / "out" / "two.tif").shape == (20, 30)
+
+
+def test_one_file_named_three_ways_is_segmented_once(tmp_path, model_file, monkeypatch, capsys):
+    _images(tmp_path / "in", count=1)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["segment", "-i", "in/img0.tif", "in/../in/img0.tif", str(tmp_path / "in" / "img0.tif"),
+                     "-o", "out", "-m", str(model_file), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "summary: 1 file(s) found, 1 segmented" in out and out.count("ok ") == 1

@@ -975,15 +975,17 @@ def _quiet_abandoned_reads() -> None:
 class _QuietAfterStop:
     """A sys.unraisablehook (or threading.excepthook) that drops the reports of exceptions Python could
     not raise once the run is stopping: a SIGTERM's SystemExit or a Ctrl-C's KeyboardInterrupt that landed
-    in a weakref callback or __del__ (termination.check() stops the run instead), and, after either signal,
-    the "Event loop is closed" tracebacks of every zarr read abandoned at exit. The line main() prints is
-    the one that matters."""
+    in a weakref callback or __del__ (termination.check() stops the run instead), after either signal every
+    report, and always the "Event loop is closed" tracebacks of the zarr reads abandoned at exit (a truncated
+    TIFF: segment has printed its FAILED line). The line main() prints is the one that matters."""
 
     def __init__(self, previous):
         self.previous = previous
 
     def __call__(self, report):
         if isinstance(report.exc_value, (SystemExit, KeyboardInterrupt)) or termination.received_in_this_process():
+            return
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
             return
         self.previous(report)
 

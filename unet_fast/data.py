@@ -261,7 +261,7 @@ class ImageFolderDataset(SegmentationDataset):
 
     def _load(self, index):
         image_path, label_path = self.pairs[index]
-        return image_path.stem, read_image(image_path), read_image(label_path)
+        return image_path.stem, read_image(image_path), read_image(label_path, labels=True)
 
 
 class NameMatchError(ValueError):
@@ -379,10 +379,11 @@ def split_dataset(dataset: SegmentationDataset, val_fraction: float, seed: int =
     return SubsetDataset(dataset, sorted(order[n_val:])), SubsetDataset(dataset, sorted(order[:n_val]))
 
 
-def read_image(path) -> np.ndarray:
-    """A whole TIFF (first series) or PNG as a numpy array, channels first."""
+def read_image(path, labels: bool = False) -> np.ndarray:
+    """A whole TIFF (first series) or PNG as a numpy array, channels first (a palette PNG: its colours, or
+    with ``labels`` its indices)."""
     try:
-        return np.asarray(_read_image(path, lazy=False)[0])
+        return np.asarray(_read_image(path, lazy=False, labels=labels)[0])
     except Exception as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
 

@@ -259,7 +259,7 @@ def _labels(truth, name: str) -> np.ndarray:
 
     if isinstance(truth, Path):
         try:
-            truth = read_image(truth)
+            truth = read_image(truth, labels=True)
         except ValueError as error:
             raise _bad("labels", str(error)) from error
     truth = np.asarray(truth)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,26 @@ def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
                              f"{max_pixels:,}; {how}")
 
 
-def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+def series_warning(path) -> str | None:
+    """What a TIFF of several image series (positions, an OME-TIFF of many images) loses, read as its first
+    series as ``read_image`` reads it; None for one series, other files, or a file that cannot be read."""
+    if _suffix(Path(path)) not in TIFF_SUFFIXES:
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shapes = [tuple(series.shape) for series in tif.series]
+    except Exception:       # read_image reports an unreadable file
+        return None
+    if len(shapes) < 2:
+        return None
+    others = ", ".join(str(shape) for shape in shapes[1:4]) + (" ..." if len(shapes) > 4 else "")
+    return (f"{path} holds {len(shapes)} image series; only the first, {shapes[0]}, is read; the others ({others}) "
+            f"are left out: save each series as a file of its own to segment it")
+
+
+def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, labels: bool = False):
     """Open an image; returns (array, ImageInfo) with channels before Y, X ("CYX", "ZCYX", ...).
 
     OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
@@ -181,7 +201,9 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
     indexing decodes only the tiles/strips touched; without zarr installed, a memory map where the file
     allows one, else the whole image decoded. PNG/JPEG are decoded into numpy; one that is grey
-    saved in colour (``grey_saved_in_colour``) comes as YX.
+    saved in colour (``grey_saved_in_colour``) comes as YX, a palette PNG as its colours (its indices with
+    ``labels``: label images are saved with palettes). A TIFF of several series is read as its first: a note
+    says so (``TIFF_SERIES_NOTE``).
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
@@ -190,7 +212,7 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
         return (array if lazy else np.asarray(array[...])), info
     suffix = _suffix(path)
     if suffix in PIL_SUFFIXES:
-        data, info = _pil_image(path, max_pixels, decode=True)
+        data, info = _pil_image(path, max_pixels, decode=True, labels=labels)
         if data.shape != info.shape:
             raise ValueError(f"{path}: decoded shape {data.shape} differs from the declared {info.shape}")
         return data, info
@@ -264,16 +286,36 @@ def grey_saved_in_colour(pixels: np.ndarray, mode: str) -> bool:
     return pixels.shape[-1] == colours or bool((pixels[..., colours] == np.iinfo(pixels.dtype).max).all())
 
 
-def _pil_image(path, max_pixels: int | None, decode: bool = False):
-    """(pixels or None, ImageInfo) of a PNG/JPEG. The pixels are decoded when ``decode``, or when the file
-    is in colour and within ``max_pixels``, to tell grey saved in colour (read as YX) from colour (CYX)."""
+_PIL_OPEN = threading.Lock()
+
+
+def _open_pil(path):
+    """PIL.Image.open without Pillow's own pixel limit (a warning over 89 Mpx, an error over 179 Mpx, naming no
+    flag): the caller checks ``max_pixels`` (--max-pixels) on the size the header declares."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        width, height = img.size
-        bands, mode = len(img.getbands()), img.mode
+    with _PIL_OPEN:                         # the limit is Pillow's global: lifted only while this thread opens
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pil_image(path, max_pixels: int | None, decode: bool = False, labels: bool = False):
+    """(pixels or None, ImageInfo) of a PNG/JPEG. The pixels are decoded when ``decode``, or when the file
+    is in colour and within ``max_pixels``, to tell grey saved in colour (read as YX) from colour (CYX).
+    A palette image is its colours, unless it holds ``labels``: then its indices are the labels."""
+    with _open_pil(path) as img:
         rawmode = img.tile[0][3] if img.tile else ""        # PNG: a string; JPEG: (rawmode, ...)
         rawmode = rawmode if isinstance(rawmode, str) else str(rawmode[0]) if rawmode else ""
+        if img.mode in ("P", "PA") and not labels and (decode or max_pixels is None
+                                                       or img.size[0] * img.size[1] <= max_pixels):
+            check_pixel_limit(ImageInfo((img.size[1], img.size[0]), np.dtype(np.uint8), "YX", streamable=False),
+                              path, max_pixels)
+            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+        width, height = img.size
+        bands, mode = len(img.getbands()), img.mode
         if bands > 1 and ";16" in rawmode:     # Pillow has no 16-bit colour modes: it keeps each band's high byte
             raise ValueError(f"{path}: a 16-bit colour PNG ({rawmode}), whose values Pillow would cut to their "
                              f"high 8 bits; save it as a TIFF (a grey one as a 16-bit grey PNG or a TIFF)")

@@ -54,12 +54,18 @@ class SegmentSummary:
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named, image files directly inside folders, and glob matches; sorted, unique.
+    """Files named, image files directly inside folders, and glob matches; sorted, unique (one file named
+    two ways, ``a/x.tif`` and ``b/../a/x.tif`` or its absolute path, is listed once, as first named).
 
     Returns (files, problems) where problems are inputs that matched nothing.
     """
-    files: set[Path] = set()
+    found_as: dict[str, Path] = {}     # absolute, normalised path -> the path as first named
     problems = []
+
+    def add(paths) -> None:
+        for found in paths:
+            found_as.setdefault(os.path.abspath(found), found)
+
     for item in inputs:
         path = Path(item)
         if path.is_dir() and not image_io.is_zarr_image(path):
@@ -68,17 +74,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not found:
                 kinds = ", ".join(image_io.IMAGE_SUFFIXES + image_io.ZARR_SUFFIXES)
                 problems.append((item, f"folder holds no image files ({kinds})"))
-            files.update(found)
+            add(sorted(found))
         elif path.is_file() or image_io.is_zarr_image(path):
-            files.add(path)
+            add([path])
         else:
             matches = [Path(m) for m in glob.glob(item, recursive=True)
                        if Path(m).is_file() or image_io.is_zarr_image(m)]
             if not matches:
                 problems.append((item, "neither a regular file nor a folder" if path.exists() else
                                  "no such file, folder or matching pattern"))
-            files.update(matches)
-    return sorted(files, key=lambda p: str(p)), problems
+            add(sorted(matches))
+    return sorted(found_as.values(), key=lambda p: str(p)), problems
 
 
 def shard(files: list, part: int, parts: int) -> list:
@@ -285,7 +291,7 @@ class _File:
     info: image_io.ImageInfo
     layout: str
     pixel_size: object
-    warning: str | None = None      # the image's pixels are far from the model's training scale
+    warning: str | None = None      # the image's pixels are far from the model's training scale; series left out
 
     @property
     def plane_pixels(self) -> int:
@@ -369,8 +375,9 @@ class _Segmenter:
         image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
         _check_scaled_pixels(info, path, self.factor, self.max_pixels)
         pixel_size = read_pixel_size(path)
+        warnings = [scale_warning(self.model, pixel_size, path, self.predict["scale"]), image_io.series_warning(path)]
         file = _File(path, target, overlay, image, info, _layout(info, self.model.in_channels), pixel_size,
-                     scale_warning(self.model, pixel_size, path, self.predict["scale"]))
+                     "; ".join(w for w in warnings if w) or None)
         if self.small(info):   # read now: a file that cannot be decoded fails alone, and none stays open meanwhile
             file.image = np.asarray(image)
         return file

@@ -37,6 +37,20 @@ def test_statistics_are_nanpercentiles_of_the_sample_exactly(dtype):
         assert lo_nan[0] == np.percentile(rest[np.isfinite(rest)], 0.7) and lo_nan[1] == lo[1]
 
 
+def test_collapsed_percentiles_take_the_range_of_the_pixels_instead():
+    """A flat image with a few bright pixels (both percentiles 100): the bright ones came out at about 5e7,
+    which float16 cannot hold (a NaN result); now at 1. A flat channel comes out 0, the other channel as before."""
+    image = np.full((2, 200, 200), 100, np.uint16)
+    image[0, :2, :20] = 5000
+    image[1] = np.arange(200 * 200).reshape(200, 200) % 1000
+    out = Normalization(low=1.0, high=99.8, per_channel=True)(image, channel_axis=0)
+    assert out[0].min() == 0 and out[0].max() == 1 and np.isfinite(out.astype(np.float16)).all()
+    lo, hi = np.percentile(image[1], [1.0, 99.8])
+    np.testing.assert_allclose(out[1], (image[1] - lo) / (hi - lo), rtol=1e-6, atol=1e-6)
+    flat = Normalization()(np.full((30, 30), 7.5, np.float32))
+    assert (flat == 0).all()
+
+
 def test_percentile_statistics_on_a_subsample_are_close():
     rng = np.random.default_rng(1)
     image = rng.normal(100, 10, (300, 400)).astype(np.float32)

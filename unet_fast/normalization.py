@@ -25,6 +25,9 @@ class Normalization:
         ``low``-th and ``high``-th percentiles (0..100) of the whole image (all slices of a stack),
         per channel when ``per_channel``. For images above ``sample_pixels`` the percentiles are
         taken from a regular strided subsample, so huge images need no second full copy in memory.
+        Where the two percentiles (nearly) coincide (a flat image with a few bright pixels), the range of
+        the sampled pixels takes their place (1 for a flat image): the bright pixels come out near 1, not
+        at 10^6, which no network was trained on and which overflows float16.
       - "fixed": ``(x - low) / (high - low)`` with fixed values (e.g. low=0, high=4095 for 12 bit).
       - "dtype": integers divided by their type's maximum (uint8 / 255, uint16 / 65535); floats as is.
       - "none": cast to float32 unchanged.
@@ -105,7 +108,11 @@ class Normalization:
                 raise NonFiniteInputError("image (or one of its channels) holds no finite pixel at all")
             lo = np.nanpercentile(sample, self.low, axis=1)
             hi = np.nanpercentile(sample, self.high, axis=1)
-        return lo, np.maximum(hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0))
+        spread, tiny = hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0)
+        if (spread < tiny).any():   # the percentiles collapsed: the sample's whole range, else 1
+            whole = np.nanmax(sample, axis=1) - np.nanmin(sample, axis=1)
+            spread = np.where(spread >= tiny, spread, np.where(whole >= tiny, whole, 1.0))
+        return lo, spread
 
     def _refuse_nonfinite(self, values: np.ndarray, finite: np.ndarray, where: str) -> None:
         if self.nonfinite == "error":

@@ -61,7 +61,7 @@ def test_scores_of_one_image_by_hand():
     assert "mean of 2" in evaluation.summary() and "2 matched" not in evaluation.summary()
 
 
-def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path):
+def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path, monkeypatch):
     folder, labels = nuclei
     model = Threshold()
     model.normalization = Normalization(mode="none")
@@ -75,6 +75,16 @@ def test_evaluate_model_on_folders_masks_and_arrays(nuclei, tmp_path):
     assert [s.f1 for s in by_arrays.images] == [s.f1 for s in by_folders.images]
     masks = evaluate_model(model, folder / "images", folder / "masks", label_suffix="_mask", instance_options=options)
     assert masks.images[0].iou == pytest.approx(by_folders.images[0].iou)     # 0/255 masks: components as objects
+    # beyond HELD_BYTES the files checked are not kept but read again to be scored: the same scores
+    import unet_fast.evaluation as evaluation_module
+
+    checked = evaluation_module.check_labelled(evaluation_module.labelled_files(folder / "images", folder / "labels"),
+                                               in_channels=1, keep_bytes=1)
+    assert all(isinstance(image, evaluation_module.Unread) and isinstance(truth, evaluation_module.Unread)
+               and image.shape == truth.shape == (64, 64) for _, image, truth in checked)
+    monkeypatch.setattr(evaluation_module, "HELD_BYTES", 1)
+    reread = evaluate_model(model, folder / "images", folder / "labels", instance_options=options)
+    assert [(s.name, s.iou, s.f1) for s in reread.images] == [(s.name, s.iou, s.f1) for s in by_folders.images]
     with Image.open(tmp_path / "overlays" / "n0.png") as picture:
         pixels = np.asarray(picture)
     assert pixels.shape == (512, 512, 3) and (pixels == overlays.BOTH).all(-1).any()     # enlarged 8 times

@@ -36,7 +36,11 @@ class OmeZarrImage:
         # the spacing of planes where there are planes: a z of length 1 is dropped when read (``image_io``) beside
         # a longer t, which its spacing must not describe
         planes = self.levels[0].shape[self.names.index("z")] if "z" in named else 1
-        return PixelSize(y, x, unit, in_unit(*named["z"], unit) if planes > 1 else None)
+        shifted = {axis["name"]: in_unit(offset, _unit_name(axis.get("unit")), unit)
+                   for axis, offset in zip(self.axes, self.translation) if axis["name"] in ("z", "y", "x") and offset}
+        translation = None if not shifted or None in shifted.values() else tuple(
+            shifted.get(name, 0.0) for name in "zyx")
+        return PixelSize(y, x, unit, in_unit(*named["z"], unit) if planes > 1 else None, translation)
 
 
 def multiscales(path) -> dict | None:

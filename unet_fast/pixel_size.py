@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ElementTree
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .rescale import MAX_SCALE
@@ -27,12 +27,15 @@ SCALE_WARNING_FACTOR = 1.5      # pixels this many times larger or smaller than 
 
 @dataclass(frozen=True)
 class PixelSize:
-    """Size of one pixel along y and x (and of the step between planes, z, where known) in ``unit``."""
+    """Size of one pixel along y and x (and of the step between planes, z, where known) in ``unit``; and where
+    the image lies (``translation``: z, y, x of its first pixel, in ``unit``; an OME-Zarr's), so that results
+    written as OME-Zarr lie on the image in a viewer. A model records no translation."""
 
     y: float
     x: float
     unit: str = "micrometer"
     z: float | None = None
+    translation: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.unit not in MICROMETERS_PER_UNIT:
@@ -41,6 +44,12 @@ class PixelSize:
             value = getattr(self, axis)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"pixel size {axis} must be a positive number, got {value!r}")
+        if self.translation is not None:
+            if not (isinstance(self.translation, (tuple, list)) and len(self.translation) == 3 and all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+                    for t in self.translation)):
+                raise ValueError(f"translation must be None or 3 finite numbers (z, y, x), got {self.translation!r}")
+            object.__setattr__(self, "translation", tuple(float(t) for t in self.translation))
 
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -139,8 +148,9 @@ def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:
     return {"ome": True, "metadata": metadata, "resolution": (1e4 / x_um, 1e4 / y_um), "resolutionunit": "CENTIMETER"}
 
 
-def ngff_axes_and_scale(pixel_size: PixelSize | None, names: list[str]) -> tuple[list[dict], list[float]]:
-    """OME-NGFF axes (with units where known) and the scale of dataset 0 for axes named z/c/y/x."""
+def ngff_axes_and_scale(pixel_size: PixelSize | None, names: list[str]) -> tuple[list[dict], list[dict]]:
+    """OME-NGFF axes (with units where known) and the coordinateTransformations of dataset 0 (its scale, and
+    the translation where ``pixel_size`` has one) for axes named z/c/y/x."""
     sizes = {} if pixel_size is None else {"y": pixel_size.y, "x": pixel_size.x, "z": pixel_size.z}
     axes, scale = [], []
     for name in names:
@@ -149,7 +159,11 @@ def ngff_axes_and_scale(pixel_size: PixelSize | None, names: list[str]) -> tuple
             axis["unit"] = pixel_size.unit
         axes.append(axis)
         scale.append(float(sizes.get(name) or 1.0))
-    return axes, scale
+    transformations = [{"type": "scale", "scale": scale}]
+    if pixel_size is not None and pixel_size.translation is not None and any(pixel_size.translation):
+        offsets = dict(zip("zyx", pixel_size.translation))
+        transformations.append({"type": "translation", "translation": [offsets.get(name, 0.0) for name in names]})
+    return axes, transformations
 
 
 def common_pixel_size(paths) -> tuple[PixelSize | None, str | None]:
@@ -167,7 +181,7 @@ def common_pixel_size(paths) -> tuple[PixelSize | None, str | None]:
     elif scale_factor(sizes[0], sizes[-1]) > SCALE_WARNING_FACTOR:
         problem = (f"the training images' pixel sizes range from {sizes[0].y} x {sizes[0].x} to {sizes[-1].y} x "
                    f"{sizes[-1].x} ({typical.unit}); recording the median, {typical.y} x {typical.x}")
-    return typical, problem
+    return replace(typical, translation=None), problem
 
 
 def scale_factor(a: PixelSize, b: PixelSize) -> float:

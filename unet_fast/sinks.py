@@ -262,11 +262,11 @@ class StreamingZarrWriter:
             group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
             chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
             self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype))
-            axes, scale = ngff_axes_and_scale(pixel_size, names)
+            axes, transformations = ngff_axes_and_scale(pixel_size, names)
             group.attrs["multiscales"] = [{
                 "version": "0.4",
                 "axes": axes,
-                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+                "datasets": [{"path": "0", "coordinateTransformations": transformations}],
             }]
             if provenance is not None:
                 group.attrs[PROVENANCE_ATTRIBUTE] = provenance

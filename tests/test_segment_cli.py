@@ -627,3 +627,18 @@ def test_one_file_named_three_ways_is_segmented_once(tmp_path, model_file, monke
                      "-o", "out", "-m", str(model_file), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "summary: 1 file(s) found, 1 segmented" in out and out.count("ok ") == 1
+
+
+def test_half_precision_probabilities_are_written_to_tiff_as_float32(tmp_path, model_file):
+    """fp16/bf16 give float16 probabilities, which OME-TIFF, ImageJ and Bio-Formats cannot hold (a file with a
+    pixel size failed to write): TIFF results are float32, the same values."""
+    (tmp_path / "in").mkdir()
+    image = np.random.default_rng(3).integers(0, 255, (40, 50)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in" / "a.ome.tif", image, metadata={"axes": "YX", "PhysicalSizeX": 0.5,
+                                                                     "PhysicalSizeY": 0.5})
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--output", "probabilities", "--dtype", "bf16", "--no-progress"]) == 0
+    written = tifffile.imread(tmp_path / "out" / "a.tif")
+    want = predict_tiled(unet_fast.load_model(model_file), image, output="probabilities", dtype="bf16", progress=False)
+    assert written.dtype == np.float32 and want.dtype == np.float16
+    np.testing.assert_array_equal(np.moveaxis(written, -1, 0), want.astype(np.float32))

@@ -362,7 +362,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     batch_size: tiles per forward; None: planned. device: default the model's device.
     dtype: None/"fp32", "bf16" or "fp16" (autocast).
     output: "labels" (argmax, uint8; int32 above 256 classes), "probabilities" (softmax; float16
-        when dtype is fp16/bf16, else float32), "logits" (float32), or "instances" for a 2-class
+        when dtype is fp16/bf16, else float32; a TIFF ``out`` holds float32), "logits" (float32), or
+        "instances" for a 2-class
         model: objects numbered 1..K (uint16, uint32 above 65534 objects), by the rules of
         ``instance_options`` (an ``unet_fast.instances.InstanceOptions``; default: its defaults), the
         same labels whatever the tiles; an array ``out`` sets the type.

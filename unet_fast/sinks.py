@@ -303,9 +303,12 @@ class StreamingZarrWriter:
 
 def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None,
                           provenance: dict | None = None):
-    """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr)."""
+    """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr). A TIFF of float16
+    (the probabilities of fp16/bf16 inference) is written as float32: OME-XML, ImageJ and Bio-Formats know no
+    16-bit floats (tifffile refused to write the OME metadata of one)."""
     suffix = Path(path).suffix.lower()
     if suffix in TIFF_SUFFIXES:
+        dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else dtype
         return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)
     if suffix in ZARR_SUFFIXES:
         return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)

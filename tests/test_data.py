@@ -104,6 +104,17 @@ def test_label_kind_flag_overrides_auto():
         ArrayDataset([np.zeros((4, 4))], [np.zeros((4, 4))], label_kind="objects")
 
 
+@pytest.mark.parametrize("dtype, offset", [(np.uint64, 2 ** 40), (np.uint32, 4_000_000_000), (np.float64, 2.0 ** 35)])
+def test_instance_ids_beyond_int32_are_the_same_objects(dtype, offset):
+    """Ids of 2^31 and more wrapped in int32: 2^40 multiples became 0 (all background), 4e9 negative (refused)."""
+    instances = two_touching_squares()
+    want = ArrayDataset([np.zeros((24, 30))], [instances])[0]
+    big = np.where(instances > 0, instances.astype(np.float64) * 7 + offset, 0).astype(dtype)
+    got = ArrayDataset([np.zeros((24, 30))], [big])[0]
+    np.testing.assert_array_equal(got.target, want.target)
+    np.testing.assert_array_equal(got.weights, want.weights)
+
+
 def test_label_suffix_and_missing_label(tmp_path):
     images, labels = write_folder(tmp_path, n=2)
     (labels / "img0.png").rename(labels / "img0_mask.png")

@@ -210,7 +210,10 @@ class SegmentationDataset(Sequence):
             raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
         values = np.unique(label)
         if self._kind(label, values) == "instance":
-            instances = label.astype(np.int32)
+            if values.max(initial=0) > np.iinfo(np.int32).max:   # ids int32 cannot hold (they wrapped): 1..n
+                instances = (np.searchsorted(values, label) + int(values[0] != 0)).astype(np.int32)
+            else:
+                instances = label.astype(np.int32)
             target, separated = separate_touching(instances, return_instances=True)
             return target, separated, instances
         if len(values) <= 2 and values.max(initial=0) > self.num_classes - 1:

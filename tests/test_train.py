@@ -102,7 +102,8 @@ def test_a_run_with_a_callable_augmentation_records_its_name_not_the_recipes(nuc
     assert recorded["custom_augmentation"] == f"{__name__}.halve_contrast"
     assert (recorded["flips"], recorded["rotation"], recorded["elastic_sigma"], recorded["grey_values"]) == \
         (False, "none", 0.0, False)
-    assert "halve_contrast (a callable)" in Recipe(**{**recorded, "percentiles": (1.0, 99.8)}).describe()
+    assert "augmentation: custom (test_train.halve_contrast)" in \
+        Recipe(**{**recorded, "percentiles": (1.0, 99.8)}).describe()
     last = tmp_path / "custom" / "last.safetensors"
     with pytest.raises(ValueError, match=r"custom_augmentation .*halve_contrast' -> ''"):
         run(train, 2, tmp_path / "custom", resume=last)     # the recipe's augmentation is not the one that ran
@@ -118,6 +119,31 @@ def test_a_run_with_a_callable_augmentation_records_its_name_not_the_recipes(nuc
                  "-o", str(tmp_path / "cli.safetensors"), "--resume", str(last), "--work-dir",
                  str(tmp_path / "cli")]) == 2
     assert "custom augmentation" in capsys.readouterr().err and not (tmp_path / "cli.safetensors").exists()
+
+
+def test_tiles_that_bring_their_own_augmentation_are_recorded_so_and_refuse_another(nuclei, tmp_path):
+    from unet_fast.data import RandomTiles
+
+    train, _ = nuclei
+    tiles = RandomTiles(train, 44, depth=2, tiles_per_epoch=2, seed=1)
+    with pytest.raises(ValueError, match=r"augment: train_data \(RandomTiles\) brings its own tiles"):
+        fit(tiny_net(), tiles, epochs=1, augment=halve_contrast)
+    fit(tiny_net(), tiles, epochs=1, lr=0.01, batch_size=1, checkpoint_dir=tmp_path)
+    recorded = load_checkpoint(tmp_path / "last.safetensors")["recipe"]
+    assert recorded["custom_augmentation"] == "tiles of unet_fast.data.RandomTiles" and not recorded["flips"]
+
+
+def test_a_resume_into_another_network_or_tile_size_is_refused(nuclei, tmp_path):
+    """The weights cannot show padding or dropout, and a left-out tile_size planned another tile: both went on."""
+    train, _ = nuclei
+    run(train, 1, tmp_path)
+    last = tmp_path / "last.safetensors"
+    with pytest.raises(ValueError, match=r"another network or tiles \(padding 'valid' -> 'same'\)"):
+        fit(UNet(depth=2, base_channels=4, dropout=0.5, padding="same"), train, recipe="paper", epochs=2,
+            tile_size=44, lr=0.01, tiles_per_epoch=2, batch_size=1, seed=3, checkpoint_dir=tmp_path, resume=last)
+    with pytest.raises(ValueError, match=r"tile_size 44 -> 60"):
+        run(train, 2, tmp_path, resume=last, tile_size=60)
+    run(train, 2, tmp_path, resume=last)
 
 
 def test_cpu_training_runs_channels_last_with_the_same_numbers(nuclei):

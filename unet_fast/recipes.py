@@ -81,8 +81,9 @@ class Recipe:
     gamma: tuple[float, float] = (0.7, 1.4)   # the grey values' range of gamma
     imaging: bool = False             # random blur, uneven illumination and noise, each on a fifth of the tiles
     noise: float = 0.0                # std of added Gaussian noise on every tile (normalised units; 0: none)
-    # a callable given to fit as ``augment``, by its qualified name ("" for none): the fields above are then
-    # off in the record, since what the callable does cannot be recorded
+    # a callable given to fit as ``augment``, by its qualified name (not its parameters), or "tiles of <dataset
+    # class>" for data that bring their own tiles; "" for none: the fields above are then off in the record,
+    # since what such augmentation does cannot be recorded
     custom_augmentation: str = ""
 
     def __post_init__(self):
@@ -198,7 +199,7 @@ class Recipe:
                 f"grey values (gamma {self.gamma[0]:g}-{self.gamma[1]:g})" if self.grey_values else "",
                 "blur, uneven illumination and noise on a fifth of the tiles each" if self.imaging else "",
                 f"noise {self.noise:g}" if self.noise else "",
-                f"{self.custom_augmentation} (a callable)" if self.custom_augmentation else "") if part) or "none"
+                f"custom ({self.custom_augmentation})" if self.custom_augmentation else "") if part) or "none"
         loss = "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
         return f"{optimiser}, {schedule}; loss: {loss}; augmentation: {augmentation}"
 

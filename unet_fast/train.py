@@ -122,8 +122,15 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
-    if isinstance(train_data, SegmentationDataset):   # the checkpoint records the augmentation that runs (other
-        settings = _augmentation_run(settings, augment)   # data bring their own tiles)
+    if isinstance(train_data, SegmentationDataset):   # the checkpoint records the augmentation that runs
+        settings = _augmentation_run(settings, augment)
+    else:                                             # other data bring their own tiles, augmented or not
+        if not (isinstance(augment, str) and augment == "recipe"):
+            raise ValueError(f"augment: train_data ({type(train_data).__name__}) brings its own tiles, so augment="
+                             f"{augment!r} would not run; augment a SegmentationDataset's tiles, or give the "
+                             f"augmentation to the tiles (RandomTiles(..., augment=...))")
+        settings = dataclasses.replace(settings.without_augmentation(),
+                                       custom_augmentation=f"tiles of {_qualified_name(train_data)}")
     best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)
@@ -256,6 +263,7 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
             raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
                              f"got seed={seed}; pass the same seed to continue exactly")
         _check_resumed_recipe(recipe, state.get("recipe"), resume)
+        _check_resumed_network_and_tiles(model, tiles, state, resume)
         state = load_checkpoint(resume, model, optimizer)
         run.start_epoch, run.history = state["epoch"], state["history"]
         clock.before = run.history[-1].get("elapsed", 0.0) if run.history else 0.0
@@ -267,6 +275,24 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
 #: extended; the network and data values belong to the model and data the caller built)
 RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
                   "tiles_per_epoch", "dice")
+
+
+def _check_resumed_network_and_tiles(model, tiles, state: dict, resume) -> None:
+    """ValueError when the network (its architecture: padding and dropout too, which the weights do not show)
+    or the tile size differ from the checkpoint's (older checkpoints may record neither)."""
+    saved = state.get("model_config")
+    now = model.config() if hasattr(model, "config") else None
+    changed = []
+    if isinstance(saved, dict) and isinstance(now, dict):
+        changed = [f"{name} {saved[name]!r} -> {now[name]!r}" for name in sorted(set(saved) & set(now))
+                   if name != "backend" and saved[name] != now[name]]
+    tile_size = getattr(tiles, "tile_size", None)
+    if state.get("tile_size") is not None and tile_size is not None and state["tile_size"] != tile_size:
+        changed.append(f"tile_size {state['tile_size']!r} -> {tile_size!r}")
+    if changed:
+        raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with another network or tiles "
+                         f"({', '.join(changed)}); resuming continues the same run: build the same network and "
+                         f"pass the same tile_size")
 
 
 def _augmentation_run(recipe: Recipe, augment) -> Recipe:

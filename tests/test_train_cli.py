@@ -1,5 +1,7 @@
 """`unet-fast train`: every recipe value reaches fit through its own flag; validation sets, the time
 limit and the best model; bad combinations of options."""
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
@@ -266,6 +268,28 @@ def test_training_again_into_a_work_dir_with_a_checkpoint_needs_resume(folders, 
     assert "argument --work-dir:" in err and "pass --resume" in err and len(err.strip().splitlines()) == 1
     assert (folders / "run" / "last.safetensors").read_bytes() == before
     assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "run" / "last.safetensors"))) == 0
+
+
+def test_a_new_run_never_replaces_the_files_a_work_dir_holds(folders, capsys):
+    """-o the work dir's best model (replaced each epoch), or a work dir holding logs or a best model: refused."""
+    (folders / "run").mkdir()
+    arguments = _tiny(folders, "--epochs", "1")
+    best = str(folders / "run" / "best.safetensors")
+    assert cli.main([best if a == str(folders / "model.safetensors") else a for a in arguments]) == 2
+    assert "argument -o/--output:" in capsys.readouterr().err and not (folders / "run" / "best.safetensors").exists()
+    (folders / "run" / "history.csv").write_text("my own notes\n")
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "argument --work-dir:" in err and "holds history.csv, which this run would replace" in err
+    assert (folders / "run" / "history.csv").read_text() == "my own notes\n"
+    (folders / "run" / "history.csv").unlink()
+    (folders / "model.safetensors").write_bytes(b"not a model, but someone's file")
+    assert cli.main(arguments) == 2
+    assert "exists and is no unet_fast model file" in capsys.readouterr().err
+    (folders / "model.safetensors").unlink()
+    assert cli.main(arguments) == 0
+    shutil.rmtree(folders / "run")
+    assert cli.main(arguments) == 0          # a model file of an earlier run is replaced
 
 
 def test_fit_refuses_to_resume_with_another_optimizer(folders):

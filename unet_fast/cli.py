@@ -118,16 +118,33 @@ def cmd_train(args) -> int:
         if getattr(args, name) is not None and same_file(work_dir, getattr(args, name)):
             raise BadArgument("work_dir", f"{str(work_dir)!r} is the --{name.replace('_', '-')} folder; checkpoints "
                                           f"and logs need another (--work-dir)")
-    checkpoint = work_dir / "last.safetensors"
-    if same_file(args.output, checkpoint) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(checkpoint)) \
-            or (args.resume and same_file(args.output, args.resume)):
-        raise BadArgument("output", f"{args.output!r} is the training checkpoint ({checkpoint}, read by --resume), "
-                                    f"which the model would replace at the end; name the model otherwise")
+    checkpoint, best = work_dir / "last.safetensors", work_dir / "best.safetensors"
+    for written, what in ((checkpoint, "the training checkpoint (read by --resume)"), (best, "the best model so far")):
+        if same_file(args.output, written) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(written)) \
+                or (args.resume and same_file(args.output, args.resume)):
+            raise BadArgument("output", f"{args.output!r} is {what}, {written}, which the run writes as it goes; "
+                                        f"name the model otherwise")
     if args.resume is None and checkpoint.exists():
         raise BadArgument("work_dir" if args.work_dir else "output",
                           f"{str(checkpoint)!r} is the checkpoint of an earlier run, which this run would replace: "
                           f"pass --resume {checkpoint} to continue that run, or choose another work dir "
                           f"(--work-dir) or remove it")
+    if Path(args.output).exists():      # a model file of ours is replaced, as segment replaces its own outputs
+        from .model_file import ModelFileError, read_model_config
+
+        try:
+            read_model_config(args.output)
+        except (ModelFileError, OSError, ValueError):
+            raise BadArgument("output", f"{args.output!r} exists and is no unet_fast model file, which the model would "
+                                        f"replace; name the model otherwise, or move that file") from None
+    # what a run writes there besides the checkpoint: a new run never replaces such files (a resumed one goes on
+    # writing its own)
+    earlier = [name for name in ("best.safetensors", "history.csv", "history.json", "curves.png")
+               if args.resume is None and (work_dir / name).exists()]
+    if earlier:
+        raise BadArgument("work_dir" if args.work_dir else "output",
+                          f"{str(work_dir)!r} holds {', '.join(earlier)}, which this run would replace; choose "
+                          f"another work dir (--work-dir) or move them")
     if args.cache_dir is not None:
         check_writable_folder(args.cache_dir, "cache_dir")
     check_device(args.device)

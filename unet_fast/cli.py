@@ -538,6 +538,15 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = T
 _fraction = _number(0.0, 1.0)                 # [0, 1)
 _positive_float = _number(0.0, float("inf"), low_open=True)
 _non_negative_float = _number(0.0, float("inf"))
+# bounds far beyond any use, so that a slip (1e308, 100000) is a usage error, not an overflow, a crash or a
+# fork bomb after the data were read
+_minutes = _number(0.0, 1e7, low_open=True)                 # 19 years
+_learning_rate = _number(0.0, 1e3, low_open=True)
+_weight = _number(0.0, 1e6)                                   # w0, --dice, --weight-decay, --noise
+_pixels = _number(0.0, 1e5)                                   # --object-size, --elastic
+_threads = _integer(1, 1024)                                  # torch.set_num_threads(100000) crashed
+_workers = _integer(0, 256)
+_tile = _integer(1, 16384)
 _probability = _number(0.0, 1.0, low_open=True)    # (0, 1)
 
 
@@ -718,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"epochs to train, unless --time-limit ends it first ({_recipe_default('epochs')})")
     g.add_argument("--tiles-per-epoch", type=_positive_int, default=None,
                    help=f"training tiles in an epoch ({_recipe_default('tiles_per_epoch')})")
-    g.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
+    g.add_argument("--time-limit", type=_minutes, default=None, metavar="MINUTES",
                    help="stop at the first step past this wall-clock budget (resumes included), saving the model; "
                  "the learning-rate schedule then anneals within it (default: no limit)")
     g.add_argument("--val-images", default=None, help="validation images (folder or stack), scored every epoch (default: none)")
@@ -731,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
                    help=f"sgd (with --momentum), adam or adamw ({_recipe_default('optimizer')})")
-    g.add_argument("--lr", type=_positive_float, default=None,
+    g.add_argument("--lr", type=_learning_rate, default=None,
                    help=f"peak learning rate ({_recipe_default('lr')})")
     g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                    help=f"after the warm-up: constant, or cosine from --lr down to 0 over the run (its steps or "
@@ -740,9 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps of a linear warm-up to --lr ({_recipe_default('warmup_steps')})")
     g.add_argument("--momentum", type=_fraction, default=None,
                    help=f"SGD's momentum, Adam's beta1 ({_recipe_default('momentum')})")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=None,
+    g.add_argument("--weight-decay", type=_weight, default=None,
                    help=f"weight decay (adamw: decoupled) ({_recipe_default('weight_decay')})")
-    g.add_argument("--tile-size", type=_positive_int, default=None,
+    g.add_argument("--tile-size", type=_tile, default=None,
                    help="input tile size (legal for the net); default: the recipe's (for another depth, the "
                         "smallest tile with as large an output; paper: the largest up to 572 that fits the images)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
@@ -756,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zoom", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help=f"random magnification, drawn log-uniformly from LOW to HIGH (within 1/8 and 8) per tile: "
                         f"objects of other sizes (1 1: off) ({_recipe_default('zoom')})")
-    g.add_argument("--elastic", dest="elastic_sigma", type=_non_negative_float, default=None, metavar="PX",
+    g.add_argument("--elastic", dest="elastic_sigma", type=_pixels, default=None, metavar="PX",
                    help=f"elastic deformation: std of the 3x3 lattice's displacements (0: off) "
                         f"({_recipe_default('elastic_sigma')})")
     g.add_argument("--grey-values", action=argparse.BooleanOptionalAction, default=None,
@@ -767,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"what another microscope changes: random blur (sigma 0.5-1.5 px), uneven illumination "
                         f"(a ramp of up to 0.5 across the tile) and noise (std up to 0.1), each on a fifth of the tiles "
                         f"({_recipe_default('imaging')})")
-    g.add_argument("--noise", type=_non_negative_float, default=None,
+    g.add_argument("--noise", type=_weight, default=None,
                    help=f"std of Gaussian noise added to every tile, in normalised units ({_recipe_default('noise')})")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g = p.add_argument_group("network, inputs and targets")
@@ -791,22 +800,22 @@ def build_parser() -> argparse.ArgumentParser:
                         f"model) ({_recipe_default('percentiles')})")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help=f"inputs: clipped to [0, 1] after the percentiles ({_recipe_default('clip')})")
-    g.add_argument("--object-size", type=_non_negative_float, default=None, metavar="PX",
+    g.add_argument("--object-size", type=_pixels, default=None, metavar="PX",
                    help=f"inputs: when the labels' median object diameter is not within 1.25x of PX, every image "
                         f"is resampled to bring it to PX, in training and, by the factor stored with the model, "
                         f"in segment and evaluate; 0: never ({_recipe_default('object_size')})")
-    g.add_argument("--w0", type=_non_negative_float, default=None,
+    g.add_argument("--w0", type=_weight, default=None,
                    help=f"weight-map border weight ({_recipe_default('w0')})")
-    g.add_argument("--sigma", type=_positive_float, default=None,
+    g.add_argument("--sigma", type=_number(0.0, 1e5, low_open=True), default=None,
                    help=f"weight-map border width in pixels ({_recipe_default('sigma')})")
     g.add_argument("--class-weights", choices=("balanced", "none"), default=None,
                    help=f"weight-map class balancing ({_recipe_default('class_weights')})")
-    g.add_argument("--dice", type=_non_negative_float, default=None, metavar="WEIGHT",
+    g.add_argument("--dice", type=_weight, default=None, metavar="WEIGHT",
                    help=f"loss: the weighted cross-entropy plus WEIGHT x a soft Dice loss of the foreground "
                         f"(0: cross-entropy alone) ({_recipe_default('dice')})")
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
-    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run of a checkpoint (last.safetensors): its network, recipe, tile size and "
@@ -814,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: start afresh; a work dir holding a checkpoint is refused without --resume)")
     g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: none: kept in memory only)")
     g.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
-    g.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes")
+    g.add_argument("--workers", type=_workers, default=0, help="data loader worker processes")
     g.add_argument("--seed", type=_seed, default=None,
                    help="random seed (weights, tiles, augmentation) (default: 0, or on --resume the run's)")
     g.add_argument("--no-progress", action="store_true", help="no start-up line, progress or epoch lines")
@@ -829,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (default: 70)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (data, weights, tiles)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=_non_negative_int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_integer(0, 1024), default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
@@ -1009,7 +1018,7 @@ class _QuietAfterStop:
 
 def _inference_flags(p) -> None:
     """The flags of tiled inference that segment and evaluate share."""
-    p.add_argument("--tile-size", type=_positive_int, help="input tile edge (default: planned from memory)")
+    p.add_argument("--tile-size", type=_tile, help="input tile edge (default: planned from memory)")
     p.add_argument("--batch-size", type=_positive_int, help="tiles per forward (default: planned)")
     p.add_argument("--device", help="cpu, cuda or cuda:K (default: cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision")

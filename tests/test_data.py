@@ -290,3 +290,15 @@ def test_default_augmentation_keeps_image_and_labels_aligned():
 def test_synthetic_nuclei_reexported():
     images, labels = data.synthetic_nuclei(1, 32, seed=0)
     assert images.shape == labels.shape == (1, 32, 32)
+
+
+def test_a_stack_in_a_folder_of_labelled_images_is_refused_not_read_as_channels(tmp_path):
+    """A (Z, H, W) ImageJ stack trained a network of Z input channels, which segment then refused on it."""
+    images, labels = data.synthetic_nuclei(1, 32, seed=0)
+    for kind in ("im", "lb"):
+        (tmp_path / kind).mkdir()
+    tifffile.imwrite(tmp_path / "im" / "a.tif", np.stack([images[0]] * 5).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "lb" / "a.tif", labels[0].astype(np.uint16))
+    with pytest.raises(ValueError, match=r"is a stack \(axes ZYX, shape \(5, 32, 32\)\)"):
+        ImageFolderDataset(tmp_path / "im", tmp_path / "lb")[0]

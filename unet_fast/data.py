@@ -386,9 +386,14 @@ def read_image(path, labels: bool = False) -> np.ndarray:
     """A whole TIFF (first series) or PNG as a numpy array, channels first (a palette PNG: its colours, or
     with ``labels`` its indices)."""
     try:
-        return np.asarray(_read_image(path, lazy=False, labels=labels)[0])
+        array, info = _read_image(path, lazy=False, labels=labels)
     except Exception as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
+    if set(info.axes[:-2]) - {"C"}:      # planes (Z, T) would pass for channels: a network of as many inputs
+        raise ValueError(f"image {str(path)!r} is a stack (axes {info.axes}, shape {info.shape}); a labelled image is "
+                         f"one plane, (H, W) or (C, H, W): save each plane as a file of its own (or give two "
+                         f"multi-page TIFF stacks as the images and labels)")
+    return np.asarray(array)
 
 
 def _read_stack(path, arg: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 """`unet-fast train`: every recipe value reaches fit through its own flag; validation sets, the time
 limit and the best model; bad combinations of options."""
+import json
 import shutil
 
 import numpy as np
@@ -296,6 +297,21 @@ def test_a_new_run_never_replaces_the_files_a_work_dir_holds(folders, capsys):
     assert cli.main(arguments) == 0
     shutil.rmtree(folders / "run")
     assert cli.main(arguments) == 0          # a model file of an earlier run is replaced
+
+
+def test_a_resume_on_other_images_or_another_split_is_refused(folders, capsys):
+    """Leaving out --val-fraction on resume trained on the held-out images (and stopped validating): refused."""
+    for i in range(2, 4):                                   # four training images, one held out
+        tifffile.imwrite(folders / "train_im" / f"m{i}.tif", tifffile.imread(folders / "train_im" / "n0.tif"))
+        tifffile.imwrite(folders / "train_lb" / f"m{i}.tif", tifffile.imread(folders / "train_lb" / "n0.tif"))
+    assert cli.main(_tiny(folders, "--epochs", "1", "--val-fraction", "0.25")) == 0
+    recorded = json.loads((folders / "run" / "training-images.json").read_text())
+    assert len(recorded["training"]) == 3 and len(recorded["validation"]) == 1
+    resume = ["--epochs", "2", "--resume", str(folders / "run" / "last.safetensors")]
+    assert cli.main(_tiny(folders, *resume)) == 2
+    err = capsys.readouterr().err
+    assert "argument --resume:" in err and "training: 1 added, 0 left out; validation: 0 added, 1 left out" in err
+    assert cli.main(_tiny(folders, *resume, "--val-fraction", "0.25")) == 0
 
 
 def test_fit_refuses_to_resume_with_another_optimizer(folders):

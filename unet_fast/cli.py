@@ -303,6 +303,38 @@ def _shared_images(train_data, val_data) -> list[str]:
     return shared
 
 
+#: the images a run trains and validates on, by name, written into the work dir beside the checkpoint
+DATA_RECORD = "training-images.json"
+
+
+def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
+    """A new run records which images it trains and validates on; a resumed one must use the same (another
+    --val-fraction or folder trained on the held-out images, or other ones, and went on): BadArgument (resume)."""
+    import json
+
+    names = {"training": sorted(train_data[i].name for i in range(len(train_data))),
+             "validation": sorted(val_data[i].name for i in range(len(val_data))) if val_data is not None else []}
+    if args.resume is not None:
+        recorded = Path(args.resume).parent / DATA_RECORD
+        try:
+            saved = json.loads(recorded.read_text())
+        except (OSError, ValueError):       # runs from before the record, or a checkpoint moved alone
+            return
+        changed = [f"{kind}: {len(set(names[kind]) - set(saved.get(kind, [])))} added, "
+                   f"{len(set(saved.get(kind, [])) - set(names[kind]))} left out" for kind in names
+                   if sorted(saved.get(kind, [])) != names[kind]]
+        if changed:
+            raise BadArgument("resume", f"{args.resume} trained on other images ({'; '.join(changed)}; recorded in "
+                                        f"{recorded}): --resume continues the same run on the same images and split "
+                                        f"(the same --images, --labels, --val-fraction or --val-images)")
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        from .image_io import atomic_path
+
+        with atomic_path(work_dir / DATA_RECORD) as temporary:
+            Path(temporary).write_text(json.dumps(names, indent=1))
+
+
 def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, work_dir: Path) -> int:
     """Read and check every training and validation pair (usage errors), then train and save."""
     import torch
@@ -343,6 +375,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
     else:
         with _blame("val_fraction"):
             train_data, val_data = split_dataset(dataset, args.val_fraction, seed=seed)
+    _record_or_check_data(args, work_dir, train_data, val_data)
     from . import UNet
 
     torch.manual_seed(seed)

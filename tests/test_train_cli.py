@@ -314,6 +314,23 @@ def test_a_resume_on_other_images_or_another_split_is_refused(folders, capsys):
     assert cli.main(_tiny(folders, *resume, "--val-fraction", "0.25")) == 0
 
 
+@pytest.mark.parametrize("key, value, named", [
+    ("world_size", "300000000", "world_size"), ("world_size", "-1", "world_size"), ("epoch", "-3", "epoch"),
+    ("history", "{}", "history"), ("tile_size", "1e3", "tile_size"), ("seed", '"x"', "seed"),
+    ("recipe", "[1]", "recipe"), ("epoch", "not json", "JSONDecodeError")])
+def test_a_crafted_checkpoint_is_refused_before_it_is_used(folders, capsys, key, value, named):
+    """A checkpoint is untrusted input: a world_size of 3e8 made a list of 3e8 dicts (7 GB), epoch -3 trained
+    6 epochs, a history {} failed after a whole epoch; each is now one line naming the value, before any work."""
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    last = folders / "run" / "last.safetensors"
+    _rewrite_metadata(last, lambda metadata: {**metadata, key: value})
+    with pytest.raises(ValueError, match=f"is damaged or was not written by unet_fast: .*{named}"):
+        train.load_checkpoint(last)
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(last))) == 2
+    assert "argument --resume:" in capsys.readouterr().err
+
+
 def test_fit_refuses_to_resume_with_another_optimizer(folders):
     """In Python too: another optimizer is a clear ValueError, not a KeyError from the optimizer's state."""
     from unet_fast import UNet

@@ -83,6 +83,7 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
     if metadata.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{str(path)!r} is not a unet_fast checkpoint (format {metadata.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r}); a model file is loaded with unet_fast.load_model")
+    fields = _checked_metadata(metadata, tensors, path)   # a checkpoint is untrusted input: before any use
     model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     if model is not None:
         model.load_state_dict(model_state)
@@ -102,17 +103,54 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
             raise ValueError(f"checkpoint {str(path)!r}: its optimizer state does not fit a "
                              f"{type(optimizer).__name__} optimizer ({type(error).__name__}: {error}); resume "
                              f"with the optimizer it was trained with") from error
-    rng: list[dict] = [{} for _ in range(int(metadata.get("world_size", "1")))]
+    rng: list[dict] = [{} for _ in range(fields["world_size"])]
     for key, value in tensors.items():
         if key.startswith("rng."):      # rng.<rank>.<generator>; format /1 had one process: rng.<generator>
-            rank, name = key[4:].split(".", 1) if key[4].isdigit() else ("0", key[4:])
-            rng[int(rank)][name] = value
-    return {"epoch": int(metadata["epoch"]), "history": json.loads(metadata["history"]),
-            "seed": json.loads(metadata["seed"]), "model_config": json.loads(metadata["model_config"]),
-            "num_classes": json.loads(metadata.get("num_classes", "null")),
-            "recipe": json.loads(metadata.get("recipe", "null")),
-            "tile_size": json.loads(metadata.get("tile_size", "null")),
-            "rng": rng, "model_state": model_state}
+            rank, name = _rng_key(key)
+            rng[rank][name] = value
+    del fields["world_size"]
+    return {**fields, "rng": rng, "model_state": model_state}
+
+
+def _rng_key(key: str) -> tuple[int, str]:
+    """(rank, generator) of a tensor named rng.<rank>.<generator> (or rng.<generator>: rank 0)."""
+    rank, name = key[4:].split(".", 1) if key[4:5].isdigit() else ("0", key[4:])
+    return int(rank), name
+
+
+def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
+    """The checkpoint's values, each of its type and range (ValueError naming the file otherwise); world_size
+    from the random states it holds, which must agree with the one it declares."""
+    def bad(what: str):
+        return ValueError(f"checkpoint {str(path)!r} is damaged or was not written by unet_fast: {what}")
+
+    try:
+        fields = {"epoch": json.loads(metadata["epoch"]), "history": json.loads(metadata["history"]),
+                  "seed": json.loads(metadata["seed"]), "model_config": json.loads(metadata["model_config"]),
+                  "num_classes": json.loads(metadata.get("num_classes", "null")),
+                  "recipe": json.loads(metadata.get("recipe", "null")),
+                  "tile_size": json.loads(metadata.get("tile_size", "null"))}
+        ranks = {_rng_key(key)[0] for key in tensors if key.startswith("rng.")}
+        declared = json.loads(metadata.get("world_size", "1"))
+    except (KeyError, ValueError) as error:
+        raise bad(f"{type(error).__name__}: {error}") from None
+
+    def whole(value, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    world = max(ranks) + 1 if ranks else 1
+    checks = [("epoch", whole(fields["epoch"], 0)),
+              ("history", isinstance(fields["history"], list) and all(isinstance(r, dict) for r in fields["history"])),
+              ("seed", fields["seed"] is None or whole(fields["seed"], 0)),
+              ("model_config", fields["model_config"] is None or isinstance(fields["model_config"], dict)),
+              ("num_classes", fields["num_classes"] is None or whole(fields["num_classes"], 1)),
+              ("recipe", fields["recipe"] is None or isinstance(fields["recipe"], dict)),
+              ("tile_size", fields["tile_size"] is None or whole(fields["tile_size"], 1)),
+              ("world_size", whole(declared, 1) and declared == world and (not ranks or ranks == set(range(world))))]
+    wrong = [name for name, ok in checks if not ok]
+    if wrong:
+        raise bad(f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not what a checkpoint holds")
+    return {**fields, "world_size": world}
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

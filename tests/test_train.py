@@ -121,6 +121,21 @@ def test_a_run_with_a_callable_augmentation_records_its_name_not_the_recipes(nuc
     assert "custom augmentation" in capsys.readouterr().err and not (tmp_path / "cli.safetensors").exists()
 
 
+def test_a_custom_loss_is_recorded_by_name_and_a_resume_must_pass_it(nuclei, tmp_path):
+    """fit(loss_fn=...) recorded the recipe's dice and resumed without it."""
+    from unet_fast.losses import training_loss
+
+    train, _ = nuclei
+    loss = training_loss(0.0)
+    run(train, 1, tmp_path, loss_fn=loss)
+    last = tmp_path / "last.safetensors"
+    recorded = load_checkpoint(last)["recipe"]
+    assert recorded["custom_loss"] == f"{type(loss).__module__}.{type(loss).__qualname__}"
+    with pytest.raises(ValueError, match=r"custom_loss '.*' -> ''"):
+        run(train, 2, tmp_path, resume=last)
+    run(train, 2, tmp_path, resume=last, loss_fn=loss)
+
+
 def test_tiles_that_bring_their_own_augmentation_are_recorded_so_and_refuse_another(nuclei, tmp_path):
     from unet_fast.data import RandomTiles
 

@@ -247,10 +247,12 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
         # before the zoom field, a --no-augment run recorded the recipe's augmentation: the flag is believed
         unrecorded_no_augment = args.no_augment and "zoom" not in saved
         saved = {**UNRECORDED_VALUES, **saved}
-        if saved["custom_augmentation"]:
-            raise BadArgument("resume", f"{args.resume} was trained from Python with a custom augmentation "
-                                        f"({saved['custom_augmentation']}), which the command line cannot run: "
-                                        f"resume it with unet_fast.fit(..., augment=<that callable>, resume=...)")
+        for field, what, argument in (("custom_augmentation", "augmentation", "augment"),
+                                      ("custom_loss", "loss", "loss_fn")):
+            if saved[field]:
+                raise BadArgument("resume", f"{args.resume} was trained from Python with a custom {what} "
+                                            f"({saved[field]}), which the command line cannot run: resume it with "
+                                            f"unet_fast.fit(..., {argument}=<that callable>, resume=...)")
         if args.recipe is not None and args.recipe != saved.get("name"):
             refuse("recipe", args.recipe, saved.get("name"), "recipe")
         if unrecorded_no_augment:

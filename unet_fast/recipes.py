@@ -85,10 +85,13 @@ class Recipe:
     # class>" for data that bring their own tiles; "" for none: the fields above are then off in the record,
     # since what such augmentation does cannot be recorded
     custom_augmentation: str = ""
+    # a loss_fn given to fit, by its qualified name ("" for none: the weighted cross-entropy plus ``dice``)
+    custom_loss: str = ""
 
     def __post_init__(self):
-        if not isinstance(self.custom_augmentation, str):
-            raise ValueError(f"custom_augmentation must be a str (\"\": none), got {self.custom_augmentation!r}")
+        for name in ("custom_augmentation", "custom_loss"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a str (\"\": none), got {getattr(self, name)!r}")
         if not (isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2):
             raise ValueError(f"percentiles must be two numbers (low, high), got {self.percentiles!r}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
@@ -200,7 +203,8 @@ class Recipe:
                 "blur, uneven illumination and noise on a fifth of the tiles each" if self.imaging else "",
                 f"noise {self.noise:g}" if self.noise else "",
                 f"custom ({self.custom_augmentation})" if self.custom_augmentation else "") if part) or "none"
-        loss = "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
+        loss = f"custom ({self.custom_loss})" if self.custom_loss else \
+            "weighted cross-entropy" + (f" + {self.dice:g} x soft Dice" if self.dice else "")
         return f"{optimiser}, {schedule}; loss: {loss}; augmentation: {augmentation}"
 
 
@@ -258,7 +262,7 @@ RECIPES = {
 #: first grey values, no imaging conditions, no zoom (resuming it keeps these, and a flag asking for another value
 #: is refused)
 UNRECORDED_VALUES = {"object_size": 0.0, "dice": 0.0, "gamma": (0.7, 1.4), "imaging": False, "zoom": (1.0, 1.0),
-                     "custom_augmentation": ""}
+                     "custom_augmentation": "", "custom_loss": ""}
 
 
 def get_recipe(recipe: "str | Recipe") -> Recipe:

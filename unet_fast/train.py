@@ -95,7 +95,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     such as ``augment.Compose``), a ``RandomTiles``, or any dataset of ``(image (C, n, n), target (m, m),
     weights (m, m))`` tiles. Checkpoints record the augmentation that ran ("default": the paper recipe's values;
     a callable: every augmentation field off and ``custom_augmentation`` its module.name), and a resume must
-    run the same.
+    run the same (a callable's name is checked, not its parameters).
     optimizer: "sgd" (with ``momentum``), "adam" or "adamw" (``momentum`` is their beta1).
     lr_schedule: "constant" or "cosine" (from lr to 0 over the run), after ``warmup_steps`` steps of
     linear warm-up; a function of the step and of the time used, so resuming needs no scheduler state.
@@ -109,7 +109,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     IoU; "loss") is written as a model file (``save_model``) to ``checkpoint_dir/best.safetensors``.
     Checkpoints go to ``checkpoint_dir/last.safetensors`` after every epoch; ``resume`` (a checkpoint
     path) continues a run exactly: same weights, optimizer state, tiles and random numbers.
-    loss_fn(logits, target, weights): default the recipe's, ``losses.training_loss(recipe.dice)``: the paper's
+    loss_fn(logits, target, weights) (recorded by name, ``custom_loss``; a resume must pass one of that name):
+    default the recipe's, ``losses.training_loss(recipe.dice)``: the paper's
     weighted cross-entropy, plus the soft Dice loss times ``dice`` (the default recipe's 1; the paper's 0).
     progress: None: a start-up line saying what is trained on what, then a progress bar on a terminal,
     else a line after the first step and every 15 s, and a line per epoch (rank 0, on stderr); False: none.
@@ -122,6 +123,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     settings = _settings(recipe, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                       lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
                                       warmup_steps=warmup_steps, tiles_per_epoch=tiles_per_epoch))
+    if loss_fn is not None:                           # and the loss, by name
+        settings = dataclasses.replace(settings, custom_loss=_qualified_name(loss_fn))
     if isinstance(train_data, SegmentationDataset):   # the checkpoint records the augmentation that runs
         settings = _augmentation_run(settings, augment)
     else:                                             # other data bring their own tiles, augmented or not
@@ -274,7 +277,7 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
 #: the recipe values a resumed run must share with its checkpoint (``epochs`` may change: a run can be
 #: extended; the network and data values belong to the model and data the caller built)
 RESUMED_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_steps", "batch_size",
-                  "tiles_per_epoch", "dice")
+                  "tiles_per_epoch", "dice", "custom_loss")
 
 
 def _check_resumed_network_and_tiles(model, tiles, state: dict, resume) -> None:
@@ -326,6 +329,8 @@ def _check_resumed_recipe(recipe: Recipe, saved: dict | None, resume) -> None:
     # (a run with a callable before the callable's name was recorded also recorded the recipe's: not compared)
     fields = RESUMED_FIELDS + (AUGMENTATION_FIELDS if "zoom" in saved and (
         "custom_augmentation" in saved or not recipe.custom_augmentation) else ())
+    if "custom_loss" not in saved and recipe.custom_loss:    # written before a loss_fn was recorded: unknown
+        fields = tuple(name for name in fields if name != "custom_loss")
     saved = {**UNRECORDED_VALUES, **saved}      # what runs saved before a field existed trained with
     changed = [f"{name} {saved[name]!r} -> {getattr(recipe, name)!r}" for name in fields
                if name in saved and not same_value(saved[name], getattr(recipe, name))]

@@ -112,7 +112,8 @@ def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_mode
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, (name, stderr)
         assert not (out / "m.safetensors").exists(), name
         assert not [f for f in _files(out) if ".partial" in f], (name, _files(out))
-        assert set(_files(out)) <= {"m/last.safetensors", "m/history.csv", "m/history.json", "m/curves.png"}, \
+        assert set(_files(out)) <= {"m/last.safetensors", "m/history.csv", "m/history.json", "m/curves.png",
+                                    "m/training-images.json"}, \
             (name, _files(out))     # at most the last finished epoch's checkpoint and logs (for --resume)
 
 

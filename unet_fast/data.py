@@ -389,7 +389,7 @@ def read_image(path, labels: bool = False) -> np.ndarray:
         array, info = _read_image(path, lazy=False, labels=labels)
     except Exception as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-    if set(info.axes[:-2]) - {"C"}:      # planes (Z, T) would pass for channels: a network of as many inputs
+    if not labels and set(info.axes[:-2]) - {"C"}:   # planes (Z, T) would pass for channels (labels: not 2-D)
         raise ValueError(f"image {str(path)!r} is a stack (axes {info.axes}, shape {info.shape}); a labelled image is "
                          f"one plane, (H, W) or (C, H, W): save each plane as a file of its own (or give two "
                          f"multi-page TIFF stacks as the images and labels)")

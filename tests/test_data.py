@@ -302,3 +302,21 @@ def test_a_stack_in_a_folder_of_labelled_images_is_refused_not_read_as_channels(
     tifffile.imwrite(tmp_path / "lb" / "a.tif", labels[0].astype(np.uint16))
     with pytest.raises(ValueError, match=r"is a stack \(axes ZYX, shape \(5, 32, 32\)\)"):
         ImageFolderDataset(tmp_path / "im", tmp_path / "lb")[0]
+
+
+def test_a_stack_declaring_more_pixels_than_memory_holds_is_refused_before_it_is_read(tmp_path):
+    """A stack is read whole: a file that declares 1.8 gigapixels (sparse, written in no time) is refused from
+    its header, for training and for evaluate, instead of exhausting memory."""
+    from unet_fast import cli
+    from unet_fast.image_io import ImageTooLargeError
+
+    tifffile.imwrite(tmp_path / "huge.tif", shape=(3, 30000, 20000), dtype=np.uint8, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", np.zeros((3, 30, 20), np.uint16), photometric="minisblack")
+    with pytest.raises(ImageTooLargeError, match="declares 1,800,000,000 pixels"):
+        TiffStackDataset(tmp_path / "huge.tif", tmp_path / "labels.tif")
+    model = tmp_path / "m.safetensors"
+    import unet_fast
+
+    unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=2), model)
+    assert cli.main(["evaluate", "-m", str(model), "--images", str(tmp_path / "huge.tif"), "--labels",
+                     str(tmp_path / "labels.tif"), "-o", str(tmp_path / "ev"), "--no-progress"]) == 2

@@ -401,6 +401,9 @@ def _read_stack(path, arg: str) -> np.ndarray:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{arg} {str(path)!r} is not a file")
+    from .image_io import check_stack_size
+
+    check_stack_size(path)
     stack = tifffile.imread(path)
     if stack.ndim == 2:
         stack = stack[None]

@@ -179,8 +179,13 @@ def _read_stack(path: Path, argument: str) -> np.ndarray:
 
     from .checks import BadArgument
 
+    from .image_io import ImageTooLargeError, check_stack_size
+
     try:
+        check_stack_size(path)
         stack = tifffile.imread(path)
+    except ImageTooLargeError as error:
+        raise BadArgument(argument, str(error)) from error
     except Exception as error:   # not a TIFF, truncated
         raise BadArgument(argument, f"cannot read {str(path)!r} as a TIFF stack: {error}") from error
     return stack[None] if stack.ndim == 2 else stack

@@ -161,6 +161,18 @@ class _MovedAxes:
         return data if dtype is None else data.astype(dtype)
 
 
+def check_stack_size(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse a TIFF stack (of labelled images, read whole into memory) whose header declares more than
+    ``max_pixels``: a small file can declare enough to exhaust memory. Unreadable files are left to the reader."""
+    try:
+        info = image_info(path)
+    except Exception:
+        return
+    if info.pixels > max_pixels:
+        raise ImageTooLargeError(f"{path}: declares {info.pixels:,} pixels (shape {info.shape}), above the "
+                                 f"{max_pixels:,} a stack read whole may hold; split it into smaller stacks or files")
+
+
 def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
     """Refuse files whose declared size exceeds max_pixels (None: no limit). Files that can be read
     piece by piece too: memory stays bounded for them, but the time does not (a 1 MB file can declare

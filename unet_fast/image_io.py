@@ -20,7 +20,7 @@ import re
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class ImageInfo:
     dtype: np.dtype
     axes: str          # one letter per axis; Y, X last; C for channels/samples
     streamable: bool   # True when pieces can be decoded without decoding the whole image
+    other_series: tuple = ()   # a TIFF's image series after the first (which is the image): their shapes
 
     @property
     def pixels(self) -> int:
@@ -102,8 +103,9 @@ def image_info(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
             page = series.pages[0] if series.pages else tif.pages[0]
             chunk_pixels = _tiff_chunk_pixels(page)
             axes = "".join("C" if a in "CS" else a for a in series.axes)
-            return _channels_first_info(tuple(series.shape), np.dtype(series.dtype), axes,
+            info = _channels_first_info(tuple(series.shape), np.dtype(series.dtype), axes,
                                         streamable=chunk_pixels <= 64 * 2 ** 20)
+            return replace(info, other_series=tuple(tuple(s.shape) for s in tif.series[1:]))
     if suffix in PIL_SUFFIXES:
         return _pil_image(path, max_pixels)[1]
     raise ValueError(f"{path}: unsupported image type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
@@ -186,23 +188,20 @@ def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
                              f"{max_pixels:,}; {how}")
 
 
-def series_warning(path) -> str | None:
+def series_warning(path, info: ImageInfo | None = None) -> str | None:
     """What a TIFF of several image series (positions, an OME-TIFF of many images) loses, read as its first
-    series as ``read_image`` reads it; None for one series, other files, or a file that cannot be read."""
-    if _suffix(Path(path)) not in TIFF_SUFFIXES:
+    series as ``read_image`` reads it; None for one series, other files, or a file that cannot be read.
+    ``info``: the file's ``image_info``, when the caller has it (else it is read)."""
+    if info is None:
+        try:
+            info = image_info(path)
+        except Exception:       # read_image reports an unreadable file
+            return None
+    if not info.other_series:
         return None
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            shapes = [tuple(series.shape) for series in tif.series]
-    except Exception:       # read_image reports an unreadable file
-        return None
-    if len(shapes) < 2:
-        return None
-    others = ", ".join(str(shape) for shape in shapes[1:4]) + (" ..." if len(shapes) > 4 else "")
-    return (f"{path} holds {len(shapes)} image series; only the first, {shapes[0]}, is read; the others ({others}) "
-            f"are left out: save each series as a file of its own to segment it")
+    others = ", ".join(str(shape) for shape in info.other_series[:3]) + (" ..." if len(info.other_series) > 3 else "")
+    return (f"{path} holds {len(info.other_series) + 1} image series; only the first, {info.shape}, is read; the others "
+            f"({others}) are left out: save each series as a file of its own to segment it")
 
 
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, labels: bool = False):
@@ -215,7 +214,7 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     allows one, else the whole image decoded. PNG/JPEG are decoded into numpy; one that is grey
     saved in colour (``grey_saved_in_colour``) comes as YX, a palette PNG as its colours (its indices with
     ``labels``: label images are saved with palettes). A TIFF of several series is read as its first: a note
-    says so (``TIFF_SERIES_NOTE``).
+    says so (``series_warning``).
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
@@ -321,11 +320,7 @@ def _pil_image(path, max_pixels: int | None, decode: bool = False, labels: bool 
     with _open_pil(path) as img:
         rawmode = img.tile[0][3] if img.tile else ""        # PNG: a string; JPEG: (rawmode, ...)
         rawmode = rawmode if isinstance(rawmode, str) else str(rawmode[0]) if rawmode else ""
-        if img.mode in ("P", "PA") and not labels and (decode or max_pixels is None
-                                                       or img.size[0] * img.size[1] <= max_pixels):
-            check_pixel_limit(ImageInfo((img.size[1], img.size[0]), np.dtype(np.uint8), "YX", streamable=False),
-                              path, max_pixels)
-            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+        palette = img.mode in ("P", "PA") and not labels
         width, height = img.size
         bands, mode = len(img.getbands()), img.mode
         if bands > 1 and ";16" in rawmode:     # Pillow has no 16-bit colour modes: it keeps each band's high byte
@@ -336,9 +331,13 @@ def _pil_image(path, max_pixels: int | None, decode: bool = False, labels: bool 
         declared = ImageInfo((height, width) if bands == 1 else (bands, height, width), dtype,
                              "YX" if bands == 1 else "CYX", streamable=False)
         within = max_pixels is None or declared.pixels <= max_pixels
-        if not (decode or (mode in _COLOUR_MODES and within)):
+        if not (decode or ((mode in _COLOUR_MODES or palette) and within)):
             return None, declared
         check_pixel_limit(declared, path, max_pixels)
+        if palette:       # the colours the indices stand for
+            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+            mode = img.mode
+            declared = ImageInfo((len(img.getbands()), height, width), np.dtype(np.uint8), "CYX", streamable=False)
         pixels = np.asarray(img)
     if grey_saved_in_colour(pixels, mode):
         return np.ascontiguousarray(pixels[..., 0]), ImageInfo((height, width), pixels.dtype, "YX", streamable=False)

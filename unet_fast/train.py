@@ -314,9 +314,9 @@ def _augmentation_run(recipe: Recipe, augment) -> Recipe:
     return recipe
 
 
-def _qualified_name(augment) -> str:
+def _qualified_name(thing) -> str:
     """module.name of a function or class, else of the object's class (an instance such as ``Compose``)."""
-    named = augment if hasattr(augment, "__qualname__") else type(augment)
+    named = thing if hasattr(thing, "__qualname__") else type(thing)
     return f"{getattr(named, '__module__', None) or '?'}.{named.__qualname__}"
 
 

@@ -21,6 +21,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     triton_interpreter.patch_bf16()
     triton_interpreter.skip_overflow_checks()
     triton_interpreter.patch_language_once_per_launch()
+    triton_interpreter.vectorise_custom_reductions()
+    triton_interpreter.memoise_numpy_dtypes()
 import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)
 
 

@@ -1,9 +1,9 @@
 import json
-import subprocess
 import sys
 
 import pytest
 
+import ahead
 from unet_fast import cli, geometry
 
 
@@ -43,7 +43,13 @@ def test_info_json(capsys):
     assert {"torch", "backends", "devices", "extension"} <= set(report)
 
 
+# a process of its own, started ahead, beside the suite (tests/ahead.py)
+AS_MODULE = ahead.Command("cli-as-module", lambda folder: ([sys.executable, "-m", "unet_fast.cli", "info"], {}, None),
+                          timeout=120)
+
+
+@AS_MODULE.mark
 def test_console_entry_point_runs_as_module():
-    done = subprocess.run([sys.executable, "-m", "unet_fast.cli", "info"], capture_output=True, text=True, timeout=120)
+    done = AS_MODULE.result().done
     assert done.returncode == 0, done.stderr
     assert "backends:" in done.stdout

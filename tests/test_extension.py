@@ -1,12 +1,13 @@
 """The package works, and says why, when the compiled extension is missing."""
 import json
 import os
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import ahead
 from tolerances import assert_close
 
 CODE = """
@@ -25,18 +26,19 @@ print(json.dumps({"info": unet_fast.info(), "loss_backend": ops.backend("weighte
 """
 
 
-def run_isolated(env_extra, outputs):
-    env = {**os.environ, **env_extra}
-    done = subprocess.run([sys.executable, "-c", CODE, str(outputs)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+# CODE in a process of its own, without the extension: a command started ahead, beside the suite (tests/ahead.py)
+WITHOUT_EXTENSION = ahead.Command("without-extension", lambda folder: (
+    [sys.executable, "-c", CODE, str(Path(folder) / "outputs.pt")],
+    {"env": {**os.environ, "UNET_FAST_DISABLE_EXTENSION": "1"}}, None), timeout=300)
 
 
 @pytest.mark.slow
-def test_package_works_without_the_extension(tmp_path):
-    result = run_isolated({"UNET_FAST_DISABLE_EXTENSION": "1"}, tmp_path / "outputs.pt")
-    outputs = torch.load(tmp_path / "outputs.pt")
+@WITHOUT_EXTENSION.mark
+def test_package_works_without_the_extension():
+    run = WITHOUT_EXTENSION.result()
+    assert run.done.returncode == 0, run.done.stderr
+    result = json.loads(run.done.stdout.strip().splitlines()[-1])
+    outputs = torch.load(Path(run.folder) / "outputs.pt")
     assert_close(outputs["fast"], outputs["reference"], msg="network")
     assert result["loss_backend"] == "composite"
     assert_close(outputs["loss"], outputs["oracle_loss"], msg="loss")

@@ -1,20 +1,26 @@
 """What importing the package costs: torch._dynamo (a second or more to import) stays out of every
 command-line start that does not compile or train (training imports it through torch.optim)."""
-import subprocess
 import sys
 
 import torch
 
+import ahead
 from unet_fast.ops.triton.conv3x3 import mark_constant_for_dynamo
 
 SEGMENTING_MODULES = ["unet_fast", "unet_fast.cli", "unet_fast.segment", "unet_fast.evaluation",
                       "unet_fast.inference"]
 
 
+_IMPORTS = "; ".join(f"import {name}" for name in SEGMENTING_MODULES)
+# a process of its own, started ahead, beside the suite (tests/ahead.py)
+IMPORTS_ALONE = ahead.Command("imports-alone", lambda folder: ([sys.executable, "-c", (
+    f"import sys; {_IMPORTS}; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")], {}, None),
+    timeout=120)
+
+
+@IMPORTS_ALONE.mark
 def test_importing_the_package_and_segmenting_leaves_dynamo_out():
-    imports = "; ".join(f"import {name}" for name in SEGMENTING_MODULES)
-    probe = f"import sys; {imports}; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))"
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    run = IMPORTS_ALONE.result().done
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", f"torch._dynamo imported: {run.stdout}"
 

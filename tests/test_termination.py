@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import tifffile
 
+import ahead
 import unet_fast
 from unet_fast import cli, image_io, termination
 
@@ -36,10 +37,13 @@ def ctrl_c_delivered():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sigterm")
+    return _write_data(tmp_path_factory.mktemp("sigterm"))
+
+
+def _write_data(root: Path) -> Path:
     images, labels = unet_fast.synthetic_nuclei(2, 64, seed=0)
     for folder, arrays in (("im", images), ("lb", labels)):
-        (root / folder).mkdir()
+        (root / folder).mkdir(parents=True)
         for i, array in enumerate(arrays):
             tifffile.imwrite(root / folder / f"x{i}.tif", array)
     return root
@@ -50,12 +54,16 @@ def _train_argv(data, out, *more):
             "--depth", "2", "--base-channels", "2", *more]
 
 
-def _start(argv, *prefix):
+def _env():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     env.pop("UNET_FAST_DEBUG", None)
+    return env
+
+
+def _start(argv, *prefix):
     return subprocess.Popen([sys.executable, *(prefix or ("-m", "unet_fast.cli")), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
 
 
 def _catches(pid: int, signum: int) -> bool:
@@ -122,6 +130,7 @@ def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_mode
 # before termination.check(), the run went on to the end, saved the model and exited 0.
 SWALLOWED = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as ctrl_c_delivered does: the suite may ignore it
 from unet_fast import cli, training_logs
 
 step_before = training_logs.Progress.step
@@ -142,18 +151,33 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("signum, status, message", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
-                                                     (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_whose_exception_python_ignored_still_stops_the_run(data, tmp_path, signum, status, message):
+def _swallowed_run(signum):
+    """A command started ahead, beside the suite (tests/ahead.py): train with SWALLOWED's finalizer sending
+    ``signum``, in a folder of its own (the run's output folder is the context)."""
+    def build(folder):
+        data, out = _write_data(Path(folder) / "data"), Path(folder) / "out"
+        out.mkdir()
+        argv = [sys.executable, "-c", SWALLOWED.replace("SIGNAL", signum.name),
+                *_train_argv(data, out, "--epochs", "4", "--tiles-per-epoch", "8", "--batch-size", "4", "--no-progress")]
+        return argv, {"env": _env(), "cwd": ROOT}, out
+    return ahead.Command(f"swallowed-{signum.name}", build, timeout=120)
+
+
+SWALLOWED_RUNS = {signum: _swallowed_run(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+@pytest.mark.parametrize("signum, status, message", [
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="SIGTERM", marks=SWALLOWED_RUNS[signal.SIGTERM].mark),
+    pytest.param(signal.SIGINT, 130, "interrupted", id="SIGINT", marks=SWALLOWED_RUNS[signal.SIGINT].mark)])
+def test_a_signal_whose_exception_python_ignored_still_stops_the_run(signum, status, message):
     """SystemExit (SIGTERM) or KeyboardInterrupt (Ctrl-C) raised in a finalizer is lost; the run stops anyway.
     A Ctrl-C lost so while torch was being imported let a training run on (seen once in the suite)."""
-    process = _start(_train_argv(data, tmp_path, "--epochs", "4", "--tiles-per-epoch", "8", "--batch-size", "4",
-                                 "--no-progress"), "-c", SWALLOWED.replace("SIGNAL", signum.name))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == status, stderr
+    run = SWALLOWED_RUNS[signum].result()
+    stderr, out = run.done.stderr, run.context
+    assert run.done.returncode == status, stderr
     assert stderr == f"unet-fast train: {message}\n"       # no "Exception ignored ... SystemExit/KeyboardInterrupt"
-    assert not (tmp_path / "m.safetensors").exists()
-    assert not [f for f in _files(tmp_path) if ".partial" in f]
+    assert not (out / "m.safetensors").exists()
+    assert not [f for f in _files(out) if ".partial" in f]
 
 
 @linux_only
@@ -168,13 +192,17 @@ def test_ctrl_c_during_the_startup_imports_prints_one_line_and_exits_130(data, t
     assert _files(tmp_path) == []
 
 
+IMPORT_ALONE = ahead.Command("import-registers-ops", lambda folder: (
+    [sys.executable, "-c", "import torch, unet_fast; print(hasattr(torch.ops.unet_fast, 'crop_concat'))"],
+    {"cwd": ROOT, "env": dict(os.environ, PYTHONPATH=str(ROOT))}, None), timeout=120)
+
+
+@IMPORT_ALONE.mark
 def test_importing_the_package_registers_its_ops():
     """``import unet_fast`` alone registers the torch ops (a torch.export'ed program or a user calling
     torch.ops.unet_fast.* relies on it), so the command line's startup imports torch before main():
     a Ctrl-C in that first second or two gets Python's own KeyboardInterrupt (a known window)."""
-    code = "import torch, unet_fast; print(hasattr(torch.ops.unet_fast, 'crop_concat'))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    done = IMPORT_ALONE.result().done
     assert done.stdout.strip() == "True", done.stderr
 
 

@@ -50,3 +50,53 @@ def test_overflow_checks_are_off_only_where_they_would_be_dropped():
     out = torch.zeros(16, dtype=torch.int32)
     _helpers_kernel[(1,)](x, out, 16, 4, BLOCK=16)          # wraps as int32 does on a GPU (no check compiled)
     assert torch.equal(out, x * 4)
+
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max_and_first_index(a, i, b, j):
+    """(the larger value, its index; the lower index on ties): a combine function of two values each side."""
+    take_b = (b > a) | ((b == a) & (j < i))
+    return tl.where(take_b, b, a), tl.where(take_b, j, i)
+
+
+@triton.jit
+def _reductions_kernel(x_ptr, rows_ptr, cols_ptr, all_ptr, kept_ptr, arg_ptr, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    x = tl.load(x_ptr + r[:, None] * C + c[None, :])
+    tl.store(rows_ptr + c, tl.reduce(x, 0, _max_nan))
+    tl.store(cols_ptr + r, tl.reduce(x, 1, _max_nan))
+    tl.store(all_ptr, tl.reduce(x, None, _max_nan))
+    tl.store(kept_ptr + r[:, None] + c[None, :] * 0, tl.reduce(x, 1, _max_nan, keep_dims=True) + x * 0)
+    index = r[:, None] * C + c[None, :]
+    value, where = tl.reduce((tl.where(x == x, x, -100.0), index), 1, _max_and_first_index)  # NaN as -100
+    tl.store(arg_ptr + r, where)
+
+
+@pytest.mark.parametrize("rows, cols", [(8, 4), (1, 16), (16, 1)])
+def test_custom_reductions_give_a_gpus_answer(rows, cols):
+    """Reductions with a kernel's own combine function (vectorised in the interpreter by conftest) give the
+    max with NaNs propagated and the first index of the max, along either axis, the whole block or kept."""
+    from triton.runtime import interpreter
+
+    assert getattr(interpreter.ReduceOps.generic_reduce, "vectorised", False)   # installed by conftest
+    generator = torch.Generator().manual_seed(rows * cols)
+    x = torch.randint(-3, 4, (rows, cols), generator=generator).float()   # ties for the first index
+    x[rows // 2, cols - 1] = float("nan")
+    x[rows - 1, 0] = 7.0
+    rows_out, cols_out = torch.empty(cols), torch.empty(rows)
+    all_out, kept, arg = torch.empty(1), torch.empty(rows), torch.empty(rows, dtype=torch.int32)
+    _reductions_kernel[(1,)](x, rows_out, cols_out, all_out, kept, arg, R=rows, C=cols)
+
+    assert torch.allclose(rows_out, x.amax(0), equal_nan=True)   # amax propagates NaN, as PropagateNan.ALL
+    assert torch.allclose(cols_out, x.amax(1), equal_nan=True)
+    assert torch.isnan(all_out).all()
+    assert torch.allclose(kept, x.amax(1), equal_nan=True)
+    finite = torch.nan_to_num(x, nan=-100.0)
+    expected = torch.tensor([int(torch.nonzero(row == row.max())[0]) + i * cols for i, row in enumerate(finite)])
+    assert torch.equal(arg.long(), expected)

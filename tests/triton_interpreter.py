@@ -11,8 +11,9 @@ rather than interpret them. Where those internals differ, the patch is not appli
 shows it, and ``patch_bf16`` returns the reason, with which the bf16 interpreter tests skip.
 Import this module without unet_fast: it must not decide TRITON_INTERPRET for the process.
 
-Two more patches only save time (``skip_overflow_checks``, ``patch_language_once_per_launch``): together
-they halve the interpreter's time in the kernel tests, the larger part of the suite's.
+Four more patches only save time (``skip_overflow_checks``, ``patch_language_once_per_launch``,
+``vectorise_custom_reductions``, ``memoise_numpy_dtypes``): together they more than halve the interpreter's time in the kernel tests,
+the larger part of the suite's.
 """
 from __future__ import annotations
 
@@ -169,4 +170,91 @@ def patch_language_once_per_launch() -> bool:
 
     patch_lang.once_per_launch, patch_lang.__wrapped__ = True, patch
     interpreter._patch_lang = patch_lang
+    return True
+
+
+def vectorise_custom_reductions() -> bool:
+    """Make the interpreter reduce with a kernel's own combine function (``tl.reduce(x, axis, fn)``) on whole
+    arrays, halving the axis at each step, instead of calling it once per element: whether it did.
+
+    Triton 3.9's interpreter runs sum, min, max and argmin/argmax in numpy but any other combine function
+    element by element in Python (``ReduceOps.generic_reduce``): the pooled conv's NaN-propagating max took a
+    quarter of the network tests' time. Triton asks a combine function to be associative and elementwise and
+    fixes no order (a GPU reduces in a tree, as this does), so the result is one a GPU may give; for a max
+    it is the same in any order. Compiled kernels are unaffected."""
+    try:
+        import numpy as np
+        from triton.runtime import interpreter
+        reduce_ops = interpreter.ReduceOps
+        generic = reduce_ops.generic_reduce
+    except (ImportError, AttributeError):
+        return False
+    if getattr(generic, "vectorised", False):
+        return True
+
+    def tree_reduce(self, input):
+        original_axis = self.axis
+        input, axis = self.unravel(input, self.axis)
+        dtypes = [arg.dtype for arg in input]
+        data = [arg.handle.data for arg in input]
+        while data[0].shape[axis] > 1:
+            n = data[0].shape[axis]
+            half = n // 2
+            left = [self.to_tensor(np.take(d, range(half), axis=axis), t) for d, t in zip(data, dtypes)]
+            right = [self.to_tensor(np.take(d, range(half, 2 * half), axis=axis), t) for d, t in zip(data, dtypes)]
+            combined = self.combine_fn.fn(*left, *right)
+            combined = combined if isinstance(combined, tuple) else (combined,)
+            # a combine function may give back a Python scalar (a constant): as wide as the half it replaces
+            merged = [np.broadcast_to(c.handle.data if hasattr(c, "handle") else np.asarray(c, d.dtype),
+                                      left[0].handle.data.shape).astype(d.dtype) for c, d in zip(combined, data)]
+            if n % 2:   # the odd element out joins the next round
+                merged = [np.concatenate([m, np.take(d, [n - 1], axis=axis)], axis=axis) for m, d in zip(merged, data)]
+            data = merged
+        ret = []
+        for d, t in zip(data, dtypes):
+            if self.keep_dims:
+                if original_axis is None:
+                    d = d.reshape((1,) * len(input[0].handle.data.shape))
+            else:
+                d = np.squeeze(d, axis=axis)
+                if original_axis is None:
+                    d = d.item()
+            ret.append(self.to_tensor(d, t))
+        return ret
+
+    tree_reduce.vectorised, tree_reduce.__wrapped__ = True, generic
+    reduce_ops.generic_reduce = tree_reduce
+    return True
+
+
+def memoise_numpy_dtypes() -> bool:
+    """Make the interpreter look up the numpy dtype of a Triton dtype in a table kept between calls: whether
+    it did.
+
+    Triton 3.9's ``interpreter._get_np_dtype`` builds its table of 18 dtypes, hashing each, at every call,
+    and it is called for nearly every value a kernel makes: a tenth of the interpreter's time in the network
+    tests. The answer depends on the scalar dtype alone, so it is computed once per dtype by the original.
+    Compiled kernels are unaffected."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+        original = interpreter._get_np_dtype
+    except (ImportError, AttributeError):
+        return False
+    if getattr(original, "memoised", False):
+        return True
+    known: dict = {}
+
+    def get_np_dtype(tt_dtype):
+        scalar = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
+        try:
+            return known[scalar]
+        except KeyError:
+            known[scalar] = original(scalar)
+            return known[scalar]
+        except TypeError:   # not hashable: not a dtype the table knows; the original says so
+            return original(tt_dtype)
+
+    get_np_dtype.memoised, get_np_dtype.__wrapped__ = True, original
+    interpreter._get_np_dtype = get_np_dtype
     return True

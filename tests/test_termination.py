@@ -157,8 +157,8 @@ def _swallowed_run(signum):
     def build(folder):
         data, out = _write_data(Path(folder) / "data"), Path(folder) / "out"
         out.mkdir()
-        argv = [sys.executable, "-c", SWALLOWED.replace("SIGNAL", signum.name),
-                *_train_argv(data, out, "--epochs", "4", "--tiles-per-epoch", "8", "--batch-size", "4", "--no-progress")]
+        more = ("--epochs", "4", "--tiles-per-epoch", "8", "--batch-size", "4", "--no-progress")
+        argv = [sys.executable, "-c", SWALLOWED.replace("SIGNAL", signum.name), *_train_argv(data, out, *more)]
         return argv, {"env": _env(), "cwd": ROOT}, out
     return ahead.Command(f"swallowed-{signum.name}", build, timeout=120)
 

@@ -1,6 +1,7 @@
 """tests/triton_interpreter.py's speed patches: kernels still compute the same, and the language is restored."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,18 @@ def test_custom_reductions_give_a_gpus_answer(rows, cols):
     finite = torch.nan_to_num(x, nan=-100.0)
     expected = torch.tensor([int(torch.nonzero(row == row.max())[0]) + i * cols for i, row in enumerate(finite)])
     assert torch.equal(arg.long(), expected)
+
+
+def test_numpy_dtypes_are_the_originals():
+    """The memoised dtype lookup (installed by conftest) answers as the original, for scalars, blocks and
+    pointers, call after call."""
+    from triton.runtime import interpreter
+
+    lookup = interpreter._get_np_dtype
+    assert getattr(lookup, "memoised", False)
+    original = lookup.__wrapped__
+    for dtype in (tl.float32, tl.bfloat16, tl.float16, tl.int1, tl.int8, tl.uint32, tl.int64, tl.float8e4nv):
+        pointer = tl.pointer_type(dtype)
+        for tt in (dtype, tl.block_type(dtype, [4, 8]), pointer, tl.block_type(pointer, [2])):
+            assert lookup(tt) == original(tt) and lookup(tt) == original(tt), tt
+    assert lookup(tl.bfloat16) == np.uint16 and lookup(tl.block_type(tl.int1, [2])) == np.bool_

@@ -12,8 +12,8 @@ shows it, and ``patch_bf16`` returns the reason, with which the bf16 interpreter
 Import this module without unet_fast: it must not decide TRITON_INTERPRET for the process.
 
 Four more patches only save time (``skip_overflow_checks``, ``patch_language_once_per_launch``,
-``vectorise_custom_reductions``, ``memoise_numpy_dtypes``): together they more than halve the interpreter's time in the kernel tests,
-the larger part of the suite's.
+``vectorise_custom_reductions``, ``memoise_numpy_dtypes``): together they more than halve the interpreter's
+time in the kernel tests, the larger part of the suite's.
 """
 from __future__ import annotations
 
@@ -188,6 +188,8 @@ def vectorise_custom_reductions() -> bool:
         reduce_ops = interpreter.ReduceOps
         generic = reduce_ops.generic_reduce
     except (ImportError, AttributeError):
+        return False
+    if not all(hasattr(reduce_ops, name) for name in ("unravel", "to_tensor")):   # the helpers used below
         return False
     if getattr(generic, "vectorised", False):
         return True

@@ -84,3 +84,35 @@ def test_an_out_path_that_is_a_folder_fails_before_any_work(tmp_path, output, mo
     with pytest.raises(BadArgument, match="is a folder"):
         sinks.open_sink(tmp_path / "x.tif", (8, 8), torch.uint8, stacked=False, channels=False)
     assert sorted(os.listdir(tmp_path)) == ["file.zarr", "x.tif"] and os.listdir(tmp_path / "x.tif") == []
+
+
+def test_a_failed_ome_zarr_write_leaves_nothing_once_aborted(tmp_path, monkeypatch):
+    """A disk that fills up under one chunk of a band: the write fails, and abort() removes the hidden
+    temporary for good. Before, the band's other chunks were still being written (zarr writes a call's
+    chunks concurrently) when abort() removed it, and re-created it after."""
+    pytest.importorskip("zarr")
+    import errno
+    import threading
+    import time
+
+    import zarr.storage._local as local_store
+
+    put = local_store._put
+    full = threading.Event()
+
+    def put_on_a_filling_disk(path, value, *args, **kwargs):
+        if path.name == "0.1":           # the band's second chunk: the disk is full
+            full.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if path.parent.name == "0" and path.name[:1].isdigit():
+            full.wait(5)                 # the others are slower, and still on their way when it fails
+            time.sleep(0.3)
+        return put(path, value, *args, **kwargs)
+
+    monkeypatch.setattr(local_store, "_put", put_on_a_filling_disk)
+    writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", (100, 2600), np.uint8)
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(0, 0, 0, np.ones((100, 2600), np.uint8))
+    writer.abort()
+    time.sleep(0.6)                      # as long as any chunk write could still take
+    assert os.listdir(tmp_path) == []

@@ -258,8 +258,9 @@ class StreamingZarrWriter:
         self.channels_first = channels and plane_dims == 1
         stored = self.shape[1::-1] + self.shape[2:] if self.channels_first else self.shape
         names = ["c"] * int(channels) + ["z"] * plane_dims + ["y", "x"]
+        self._store = _stoppable_store(self.temporary)
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
-            group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
+            group = zarr.open_group(self._store, mode="w", zarr_format=2)
             chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
             self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype))
             axes, transformations = ngff_axes_and_scale(pixel_size, names)
@@ -271,7 +272,7 @@ class StreamingZarrWriter:
             if provenance is not None:
                 group.attrs[PROVENANCE_ATTRIBUTE] = provenance
         except BaseException:
-            discard(self.temporary)
+            self.abort()
             raise
         self.plane_dims = plane_dims
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
@@ -298,7 +299,67 @@ class StreamingZarrWriter:
         return self.path
 
     def abort(self) -> None:
+        self._store.stop_writes()
         discard(self.temporary)
+
+
+_STOPPABLE_STORE = None
+
+
+def _stoppable_store(root):
+    """A zarr LocalStore at ``root`` whose writes ``stop_writes()`` ends: it returns when no write is under
+    way, and none starts after it. zarr writes the chunks of one assignment concurrently; when one fails
+    (a full disk) the assignment raises while the others are still being written, and they would re-create
+    the folder an abort had just removed."""
+    global _STOPPABLE_STORE
+    if _STOPPABLE_STORE is None:
+        from zarr.storage import LocalStore
+
+        class StoppableLocalStore(LocalStore):
+            def __init__(self, root):
+                super().__init__(root)
+                self._guard = threading.Condition()
+                self._writing, self._stopped = 0, False
+
+            def _start(self):
+                with self._guard:
+                    if self._stopped:
+                        raise RuntimeError(f"{self.root}: the writer was aborted")
+                    self._writing += 1
+
+            def _end(self):
+                with self._guard:
+                    self._writing -= 1
+                    self._guard.notify_all()
+
+            def stop_writes(self, timeout: float = 60.0):
+                with self._guard:
+                    self._stopped = True
+                    self._guard.wait_for(lambda: self._writing == 0, timeout)
+
+            async def set(self, key, value):
+                self._start()
+                try:
+                    return await super().set(key, value)
+                finally:
+                    self._end()
+
+            async def set_if_not_exists(self, key, value):
+                self._start()
+                try:
+                    return await super().set_if_not_exists(key, value)
+                finally:
+                    self._end()
+
+            def set_sync(self, key, value):
+                self._start()
+                try:
+                    return super().set_sync(key, value)
+                finally:
+                    self._end()
+
+        _STOPPABLE_STORE = StoppableLocalStore
+    return _STOPPABLE_STORE(root)
 
 
 def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None,

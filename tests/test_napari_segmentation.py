@@ -165,3 +165,49 @@ def test_reader_declines_what_is_not_an_ome_zarr_image(tmp_path):
     assert napari_get_reader(str(tmp_path / "plain.zarr")) is None
     assert napari_get_reader(str(tmp_path / "image.tif")) is None
     assert napari_get_reader([str(tmp_path / "plain.zarr"), str(tmp_path / "image.tif")]) is None
+
+
+def test_cancel_stops_the_instance_labelling_between_blocks(monkeypatch):
+    """After the last tile the widget's run labels instances (seconds to minutes on a large image): a Cancel
+    then stops it at the next block, where before it ran to the end and handed back the labels."""
+    from unet_fast import instances as instance_module
+
+    torch.manual_seed(0)
+    two_classes = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    run = Segmentation(two_classes, image((70, 90)), result="instances")
+    first_pass, blocks = instance_module._first_pass, []
+
+    def first_pass_cancelled_in_the_middle(mask, provisional, block, probability=None):
+        run.cancel()                                   # the user's Cancel, once labelling has begun
+
+        class Counted:                                 # the blocks the first pass reads after it
+            shape = mask.shape
+
+            def __getitem__(self, key):
+                blocks.append(key)
+                return mask[key]
+        return first_pass(Counted(), provisional, 16, probability)   # 16-pixel blocks: 30 of them
+
+    monkeypatch.setattr(instance_module, "_first_pass", first_pass_cancelled_in_the_middle)
+    fractions, labels = run_to_the_end(run)
+    assert labels is None and fractions and len(blocks) == 0
+
+
+def test_cancelled_by_applies_on_its_own_thread_only():
+    import threading
+
+    from unet_fast import termination
+
+    class Stopped(Exception):
+        pass
+
+    event, seen = threading.Event(), []
+    event.set()
+    with termination.cancelled_by(event, Stopped):
+        with pytest.raises(Stopped):
+            termination.check()
+        other = threading.Thread(target=lambda: seen.append(termination.check()))
+        other.start()
+        other.join()
+    termination.check()                                # outside: nothing to raise
+    assert seen == [None]                              # another thread's check() ignores this thread's Cancel

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
+
+from . import termination
 from scipy.sparse.csgraph import connected_components
 
 __all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "ClassView", "foreground_mask",
@@ -340,6 +342,7 @@ def _first_pass(mask, provisional: np.ndarray, block: int, probability=None) -> 
         row_above, row_here = row_here, row_above
         column_left = None
         for x0 in range(0, width, block):
+            termination.check()   # SIGTERM (even swallowed), or a GUI's Cancel: between blocks
             x1 = min(x0 + block, width)
             fg = np.asarray(mask[y0:y1, x0:x1]) != 0
             objects, n_objects = ndimage.label(fg, FOUR)
@@ -489,6 +492,7 @@ def _split(graph: _Graph, options: InstanceOptions, root, foreground, provisiona
     found = dict(area=[], first=[], border=[], touching=[], siblings=[], replaced=[])
     count = 0
     for r in np.flatnonzero(foreground & (peak > options.split) & (area >= 2 * options.core_size)):
+        termination.check()
         y0, y1 = max(box[r, 0] - 1, 0), min(box[r, 1] + 1, height)
         x0, x1 = max(box[r, 2] - 1, 0), min(box[r, 3] + 1, width)
         here = np.asarray(provisional[y0:y1, x0:x1]).astype(np.int64)
@@ -543,6 +547,7 @@ def _second_pass(provisional: np.ndarray, final: np.ndarray, band: int, block: i
     for y0 in range(0, height, block):
         y1 = min(y0 + block, height)
         for x0 in range(0, width, block):
+            termination.check()
             x1 = min(x0 + block, width)
             if band == 0:
                 write(y0, x0, final[np.asarray(provisional[y0:y1, x0:x1])])

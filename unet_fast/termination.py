@@ -14,16 +14,22 @@ swallowed (a bare ``except:`` or a finalizer while torch is being imported lost 
 
 Without ``handling()`` (the Python API) nothing is installed and ``check()`` does nothing. The module
 imports nothing heavy: the command line installs the handler before its first slow import.
+
+A GUI's Cancel uses the same places: within ``cancelled_by(event, exception)`` on a worker thread, ``check()``
+on that thread raises ``exception`` once ``event`` is set (the napari plugin's Cancel stops instance labelling
+between blocks as it stops the tiles).
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import sys
+import threading
 
 _received: int | None = None    # the signal received while handling() is active, else None
 _interrupted = False            # Ctrl-C received while handling(interrupts=True) is active
 _ever_received = False          # whether one was received in this process (for quieting shutdown reports)
+_thread = threading.local()     # .cancel: (event, exception class) of cancelled_by on this thread
 
 
 def _handler(signum, frame):
@@ -65,6 +71,21 @@ def check() -> None:
         raise SystemExit(128 + _received)
     if _interrupted:
         raise KeyboardInterrupt
+    cancel = getattr(_thread, "cancel", None)
+    if cancel is not None and cancel[0].is_set():
+        raise cancel[1]()
+
+
+@contextlib.contextmanager
+def cancelled_by(event: threading.Event, exception: type[BaseException]):
+    """Within, on this thread: ``check()`` raises ``exception()`` once ``event`` is set (a GUI's Cancel).
+    Nests: the innermost applies, and the outer one again after it."""
+    outer = getattr(_thread, "cancel", None)
+    _thread.cancel = (event, exception)
+    try:
+        yield
+    finally:
+        _thread.cancel = outer
 
 
 @contextlib.contextmanager

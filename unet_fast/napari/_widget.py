@@ -68,7 +68,7 @@ class SegmentWidget(Container):
     def _clicked(self, _=None):
         if self.run is not None:
             self.run.cancel()
-            self.status.value = "cancelling after the tile in flight..."
+            self.status.value = "cancelling after the tile (or block of labelling) in flight..."
             return
         layer = self.image.value
         path = Path(self.model_path.value)
@@ -97,6 +97,8 @@ class SegmentWidget(Container):
     def _progressed(self, run: Segmentation, fraction: float):
         if not run.cancelled:               # after Cancel the bar stays where it was
             self.progress.value = round(100 * fraction)
+            if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done; not the work
+                self.status.value = "separating the objects (Cancel still stops it)..."
 
     def _add(self, layer, labels):
         if labels is None:

@@ -2,7 +2,7 @@
 
 The widget runs ``Segmentation.steps`` in napari's thread worker: it yields the fraction done after
 each output tile (a progress bar) and returns the labels; ``cancel`` stops the prediction after the
-tile in flight. ``labels_layer`` describes the Labels layer to add, on the
+tile in flight, or the instance labelling that follows it after the block in flight. ``labels_layer`` describes the Labels layer to add, on the
 image's grid (scale, translate, units), so the two overlay in world coordinates.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import threading
 import numpy as np
 from scipy import ndimage
 
+from .. import termination
 from ..inference import predict_tiled
 from ..instances import instance_dtype
 
@@ -98,8 +99,9 @@ class Segmentation:
         self._stop = threading.Event()
 
     def cancel(self) -> None:
-        """Stop after the tile in flight; ``steps`` then returns None. ``cancelled`` stays True, so a
-        result already on its way to the GUI thread when the user cancelled can be dropped there."""
+        """Stop after the tile (or the instance labelling's block) in flight; ``steps`` then returns None.
+        ``cancelled`` stays True, so a result already on its way to the GUI thread when the user cancelled
+        can be dropped there."""
         self.cancelled = True
         self._stop.set()
 
@@ -119,7 +121,9 @@ class Segmentation:
 
         def run():
             try:
-                updates.put(("done", segment(self.model, self.data, on_progress=report, **self.options)))
+                with termination.cancelled_by(self._stop, Cancelled):   # instance labelling, between blocks
+                    labels = segment(self.model, self.data, on_progress=report, **self.options)
+                updates.put(("done", labels))
             except BaseException as error:      # handed over to the generator's thread
                 updates.put(("failed", error))
 

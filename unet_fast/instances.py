@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from . import termination
-from scipy.sparse.csgraph import connected_components
 
 __all__ = ["InstanceOptions", "label_instances", "instance_dtype", "Scratch", "ClassView", "foreground_mask",
            "smoothed"]

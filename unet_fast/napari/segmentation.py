@@ -2,8 +2,9 @@
 
 The widget runs ``Segmentation.steps`` in napari's thread worker: it yields the fraction done after
 each output tile (a progress bar) and returns the labels; ``cancel`` stops the prediction after the
-tile in flight, or the instance labelling that follows it after the block in flight. ``labels_layer`` describes the Labels layer to add, on the
-image's grid (scale, translate, units), so the two overlay in world coordinates.
+tile in flight, or the instance labelling that follows it after the block in flight. ``labels_layer``
+describes the Labels layer to add, on the image's grid (scale, translate, units), so the two overlay in
+world coordinates.
 """
 from __future__ import annotations
 

@@ -9,7 +9,13 @@ why and the bf16 interpreter tests skip with it (triton_device.needs_bf16_interp
 """
 import os
 
-import torch
+# Threads that wait sleep instead of spinning (libgomp reads this when torch loads it, here, and every command
+# the tests start inherits it). The suite runs commands beside its in-process tests on 2 cores: torch's spinning
+# OpenMP threads took the core a command needed: the suite took 322-350 s (484-540 s of CPU) without this,
+# 268-289 s (400-425 s of CPU) with it, two runs each on 2 cores (2026-11-27).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 import ahead
 import triton_interpreter

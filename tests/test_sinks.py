@@ -116,3 +116,6 @@ def test_a_failed_ome_zarr_write_leaves_nothing_once_aborted(tmp_path, monkeypat
     writer.abort()
     time.sleep(0.6)                      # as long as any chunk write could still take
     assert os.listdir(tmp_path) == []
+    with pytest.raises(RuntimeError, match="the writer was aborted"):   # and nothing is written after it
+        writer.array[0:10, 0:10] = 1
+    assert os.listdir(tmp_path) == []

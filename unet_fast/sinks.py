@@ -316,8 +316,8 @@ def _stoppable_store(root):
         from zarr.storage import LocalStore
 
         class StoppableLocalStore(LocalStore):
-            def __init__(self, root):
-                super().__init__(root)
+            def __init__(self, root, *, read_only: bool = False):   # with_read_only() builds one so
+                super().__init__(root, read_only=read_only)
                 self._guard = threading.Condition()
                 self._writing, self._stopped = 0, False
 

@@ -7,6 +7,7 @@ it is complete, so memory holds the bands of the current row of tiles, not the i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
@@ -319,44 +320,37 @@ def _stoppable_store(root):
             def __init__(self, root, *, read_only: bool = False):   # with_read_only() builds one so
                 super().__init__(root, read_only=read_only)
                 self._guard = threading.Condition()
-                self._writing, self._stopped = 0, False
+                self._writing_now, self._stopped = 0, False
 
-            def _start(self):
+            @contextlib.contextmanager
+            def _writing(self):
                 with self._guard:
                     if self._stopped:
                         raise RuntimeError(f"{self.root}: the writer was aborted")
-                    self._writing += 1
-
-            def _end(self):
-                with self._guard:
-                    self._writing -= 1
-                    self._guard.notify_all()
+                    self._writing_now += 1
+                try:
+                    yield
+                finally:
+                    with self._guard:
+                        self._writing_now -= 1
+                        self._guard.notify_all()
 
             def stop_writes(self, timeout: float = 60.0):
                 with self._guard:
                     self._stopped = True
-                    self._guard.wait_for(lambda: self._writing == 0, timeout)
+                    self._guard.wait_for(lambda: self._writing_now == 0, timeout)
 
             async def set(self, key, value):
-                self._start()
-                try:
+                with self._writing():
                     return await super().set(key, value)
-                finally:
-                    self._end()
 
             async def set_if_not_exists(self, key, value):
-                self._start()
-                try:
+                with self._writing():
                     return await super().set_if_not_exists(key, value)
-                finally:
-                    self._end()
 
             def set_sync(self, key, value):
-                self._start()
-                try:
+                with self._writing():
                     return super().set_sync(key, value)
-                finally:
-                    self._end()
 
         _STOPPABLE_STORE = StoppableLocalStore
     return _STOPPABLE_STORE(root)

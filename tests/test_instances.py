@@ -417,3 +417,18 @@ def test_predict_tiled_instances_bad_arguments(tmp_path):
         predict_tiled(model, np.zeros((20, 20), np.float32), output="instances", out=tmp_path / "x.png")
     with pytest.raises(TypeError, match="InstanceOptions"):
         predict_tiled(model, np.zeros((20, 20), np.float32), output="instances", instance_options={"min_size": 3})
+
+
+@needs_zarr
+def test_labels_whose_ome_zarr_cannot_be_marked_leave_nothing(tmp_path, monkeypatch):
+    """The "image-label" attribute is written when the output opens: a full disk there leaves no hidden
+    partial folder (no caller held the writer yet to abort it)."""
+    from unet_fast import sinks
+
+    def disk_full(self, attributes):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sinks.StreamingZarrWriter, "set_attributes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        label_instances(np.ones((20, 30), bool), out=tmp_path / "y.ome.zarr")
+    assert list(tmp_path.iterdir()) == []

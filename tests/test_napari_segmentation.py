@@ -211,3 +211,20 @@ def test_cancelled_by_applies_on_its_own_thread_only():
         other.join()
     termination.check()                                # outside: nothing to raise
     assert seen == [None]                              # another thread's check() ignores this thread's Cancel
+
+
+def test_cancel_stops_the_objects_of_a_model_of_more_classes(model, monkeypatch):
+    """A 3-class model's objects are each class's connected regions: a Cancel while they are found stops it."""
+    from unet_fast.napari import segmentation
+
+    run = Segmentation(model, image((70, 90)), result="instances")
+    label, classes_labelled = segmentation.ndimage.label, []
+
+    def label_then_cancel(mask, *args, **kwargs):
+        classes_labelled.append(1)
+        run.cancel()
+        return label(mask, *args, **kwargs)
+
+    monkeypatch.setattr(segmentation.ndimage, "label", label_then_cancel)
+    fractions, labels = run_to_the_end(run)
+    assert labels is None and classes_labelled == [1]     # two classes present: stopped before the second

@@ -86,36 +86,89 @@ def test_an_out_path_that_is_a_folder_fails_before_any_work(tmp_path, output, mo
     assert sorted(os.listdir(tmp_path)) == ["file.zarr", "x.tif"] and os.listdir(tmp_path / "x.tif") == []
 
 
-def test_a_failed_ome_zarr_write_leaves_nothing_once_aborted(tmp_path, monkeypatch):
-    """A disk that fills up under one chunk of a band: the write fails, and abort() removes the hidden
-    temporary for good. Before, the band's other chunks were still being written (zarr writes a call's
-    chunks concurrently) when abort() removed it, and re-created it after."""
-    pytest.importorskip("zarr")
+def _failing_band_writer(tmp_path, monkeypatch, slow: float):
+    """An OME-Zarr writer whose first band fails on a full disk while its other chunks take ``slow`` s each."""
     import errno
     import threading
     import time
 
     import zarr.storage._local as local_store
 
-    put = local_store._put
-    full = threading.Event()
+    put, full = local_store._put, threading.Event()
 
     def put_on_a_filling_disk(path, value, *args, **kwargs):
-        if path.name == "0.1":           # the band's second chunk: the disk is full
+        if path.name == "0.1":
             full.set()
             raise OSError(errno.ENOSPC, "No space left on device")
         if path.parent.name == "0" and path.name[:1].isdigit():
-            full.wait(5)                 # the others are slower, and still on their way when it fails
-            time.sleep(0.3)
+            full.wait(5)
+            time.sleep(slow)
         return put(path, value, *args, **kwargs)
 
     monkeypatch.setattr(local_store, "_put", put_on_a_filling_disk)
     writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", (100, 2600), np.uint8)
     with pytest.raises(OSError, match="No space left"):
         writer.write(0, 0, 0, np.ones((100, 2600), np.uint8))
+    return writer
+
+
+def test_a_failed_ome_zarr_write_leaves_nothing_once_aborted(tmp_path, monkeypatch):
+    """A disk that fills up under one chunk of a band: the write fails, and abort() removes the hidden
+    temporary for good. Before, the band's other chunks were still being written (zarr writes a call's
+    chunks concurrently) when abort() removed it, and re-created it after."""
+    pytest.importorskip("zarr")
+    import time
+
+    writer = _failing_band_writer(tmp_path, monkeypatch, slow=0.3)
     writer.abort()
     time.sleep(0.6)                      # as long as any chunk write could still take
     assert os.listdir(tmp_path) == []
     with pytest.raises(RuntimeError, match="the writer was aborted"):   # and nothing is written after it
         writer.array[0:10, 0:10] = 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_signal_while_an_abort_waits_for_the_writes_still_removes_the_folder(tmp_path, monkeypatch):
+    """A SIGTERM (SystemExit) or Ctrl-C that lands while abort() waits for the chunks under way: the wait
+    goes on, the folder is removed, and then the signal's exception is raised."""
+    pytest.importorskip("zarr")
+    import time
+
+    writer = _failing_band_writer(tmp_path, monkeypatch, slow=0.3)
+    stop_writes, calls = writer._store.stop_writes, []
+
+    def interrupted_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit(143)
+        return stop_writes()
+
+    monkeypatch.setattr(writer._store, "stop_writes", interrupted_once)
+    with pytest.raises(SystemExit):
+        writer.abort()
+    time.sleep(0.6)
+    assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+def test_an_abort_that_outlasts_the_wait_says_the_folder_may_remain(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("zarr")
+    import time
+
+    writer = _failing_band_writer(tmp_path, monkeypatch, slow=0.5)
+    monkeypatch.setattr(sinks, "STOP_WRITES_TIMEOUT", 0.01)
+    with caplog.at_level("WARNING", logger="unet_fast.sinks"):
+        writer.abort()
+    assert "zarr writes still under way" in caplog.text and writer.temporary.name in caplog.text
+    time.sleep(0.8)                      # the late writes end; remove what they left
+    sinks.discard(writer.temporary)
+
+
+def test_attributes_are_written_through_the_stoppable_store(tmp_path):
+    """set_attributes (the "image-label" of instance labels) goes through the store an abort stops."""
+    pytest.importorskip("zarr")
+    writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", (10, 10), np.uint8)
+    writer.set_attributes({"image-label": {"version": "0.4"}})
+    writer.abort()
+    with pytest.raises(RuntimeError, match="the writer was aborted"):
+        writer.set_attributes({"more": 1})
     assert os.listdir(tmp_path) == []

@@ -605,7 +605,11 @@ def _open_output(out, shape, count: int, pixel_size=None, provenance=None):
         writer = open_streaming_writer(out, shape, instance_dtype(count), pixel_size=pixel_size,
                                        provenance=provenance)
         if isinstance(writer, StreamingZarrWriter):
-            writer.set_attributes({"image-label": {"version": "0.4"}})
+            try:
+                writer.set_attributes({"image-label": {"version": "0.4"}})
+            except BaseException:   # a full disk, a signal: no caller holds this writer yet to abort it
+                writer.abort()
+                raise
         return writer
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)} but the labels need {tuple(shape)}")

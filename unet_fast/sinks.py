@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import queue
 import threading
@@ -19,6 +20,8 @@ import torch
 
 from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES, commit, discard, temporary_sibling
 from .pixel_size import PixelSize, ngff_axes_and_scale, tiff_options
+
+log = logging.getLogger(__name__)
 
 
 #: the private TIFF tag, and the OME-Zarr attribute, holding how a result was made (``read_provenance``)
@@ -261,7 +264,7 @@ class StreamingZarrWriter:
         names = ["c"] * int(channels) + ["z"] * plane_dims + ["y", "x"]
         self._store = _stoppable_store(self.temporary)
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
-            group = zarr.open_group(self._store, mode="w", zarr_format=2)
+            self._group = group = zarr.open_group(self._store, mode="w", zarr_format=2)
             chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
             self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype))
             axes, transformations = ngff_axes_and_scale(pixel_size, names)
@@ -279,10 +282,9 @@ class StreamingZarrWriter:
         self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
 
     def set_attributes(self, attributes: dict) -> None:
-        """Add to the group's attributes (e.g. NGFF "image-label" for a label image)."""
-        import zarr
-
-        zarr.open_group(str(self.temporary), mode="r+").attrs.update(attributes)
+        """Add to the group's attributes (e.g. NGFF "image-label" for a label image), through the writer's store
+        (so an abort waits for this write too)."""
+        self._group.attrs.update(attributes)
 
     def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:
         self._collector.write(plane, y0, x0, block)
@@ -300,11 +302,25 @@ class StreamingZarrWriter:
         return self.path
 
     def abort(self) -> None:
-        self._store.stop_writes()
+        # the writes under way end before the folder is removed, even if a signal (SIGTERM, Ctrl-C) arrives
+        # while waiting for them: it is raised once the folder is gone
+        interrupted = None
+        while True:
+            try:
+                settled = self._store.stop_writes()
+                break
+            except (KeyboardInterrupt, SystemExit) as error:
+                interrupted = interrupted or error
+        if not settled:
+            log.warning("%s: zarr writes still under way after %.0f s; its temporary folder %s may remain",
+                        self.path, STOP_WRITES_TIMEOUT, self.temporary)
         discard(self.temporary)
+        if interrupted is not None:
+            raise interrupted
 
 
 _STOPPABLE_STORE = None
+STOP_WRITES_TIMEOUT = 60.0   # seconds an abort waits for the zarr writes under way
 
 
 def _stoppable_store(root):
@@ -335,10 +351,11 @@ def _stoppable_store(root):
                         self._writing_now -= 1
                         self._guard.notify_all()
 
-            def stop_writes(self, timeout: float = 60.0):
+            def stop_writes(self) -> bool:
+                """Whether every write had ended within STOP_WRITES_TIMEOUT seconds; none starts after this."""
                 with self._guard:
                     self._stopped = True
-                    self._guard.wait_for(lambda: self._writing_now == 0, timeout)
+                    return self._guard.wait_for(lambda: self._writing_now == 0, STOP_WRITES_TIMEOUT)
 
             async def set(self, key, value):
                 with self._writing():

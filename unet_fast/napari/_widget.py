@@ -97,7 +97,7 @@ class SegmentWidget(Container):
     def _progressed(self, run: Segmentation, fraction: float):
         if not run.cancelled:               # after Cancel the bar stays where it was
             self.progress.value = round(100 * fraction)
-            if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done; not the work
+            if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done, not the objects
                 self.status.value = "separating the objects (Cancel still stops it)..."
 
     def _add(self, layer, labels):

@@ -49,6 +49,7 @@ def instances(classes: np.ndarray) -> np.ndarray:
     count = 0
     for plane, out in zip(classes.reshape(-1, *classes.shape[-2:]), objects.reshape(-1, *classes.shape[-2:])):
         for value in np.unique(plane[plane > 0]):
+            termination.check()   # the widget's Cancel (cancelled_by), between classes
             pieces, found = ndimage.label(plane == value)
             out[pieces > 0] = pieces[pieces > 0] + count
             count += found

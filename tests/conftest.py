@@ -9,10 +9,13 @@ why and the bf16 interpreter tests skip with it (triton_device.needs_bf16_interp
 """
 import os
 
-# Threads that wait sleep instead of spinning (libgomp reads this when torch loads it, here, and every command
-# the tests start inherits it). The suite runs commands beside its in-process tests on 2 cores: torch's spinning
-# OpenMP threads took the core a command needed: the suite took 322-350 s (484-540 s of CPU) without this,
-# 268-289 s (400-425 s of CPU) with it, two runs each on 2 cores (2026-11-27).
+# One OpenMP thread per process, and waiting threads sleep instead of spinning (libgomp reads both when torch
+# loads it, here, and every command the tests start inherits them; a value the user set wins). The suite runs
+# commands beside its in-process tests on 2 cores, and its tensors are small: two torch threads per process
+# fought over the cores and waited on each other. On 2 cores (2026-11-27) the suite took 322-350 s (484-540 s
+# of CPU) as it was, 268-289 s (400-425 s) with sleeping waits, 216 s (322 s) with one thread as well; the test
+# of TTA over tiles alone took 27 s with two sleeping threads, 6.8 s with two spinning, 1.8 s with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402

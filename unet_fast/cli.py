@@ -119,9 +119,11 @@ def cmd_train(args) -> int:
             raise BadArgument("work_dir", f"{str(work_dir)!r} is the --{name.replace('_', '-')} folder; checkpoints "
                                           f"and logs need another (--work-dir)")
     checkpoint, best = work_dir / "last.safetensors", work_dir / "best.safetensors"
+    if args.resume and same_file(args.output, args.resume):
+        raise BadArgument("output", f"{args.output!r} is the checkpoint --resume reads, which the model would "
+                                    f"replace at the end; name the model otherwise")
     for written, what in ((checkpoint, "the training checkpoint (read by --resume)"), (best, "the best model so far")):
-        if same_file(args.output, written) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(written)) \
-                or (args.resume and same_file(args.output, args.resume)):
+        if same_file(args.output, written) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(written)):
             raise BadArgument("output", f"{args.output!r} is {what}, {written}, which the run writes as it goes; "
                                         f"name the model otherwise")
     if args.resume is None and checkpoint.exists():

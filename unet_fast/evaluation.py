@@ -22,8 +22,8 @@ from scipy import ndimage
 from . import checks, metrics
 from .instances import InstanceOptions
 
-__all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files", "check_labelled", "Unread",
-           "check_outputs", "input_files"]
+__all__ = ["ImageScores", "Evaluation", "score_instances", "evaluate_model", "labelled_files", "check_labelled",
+           "Unread", "check_outputs", "input_files"]
 
 
 @dataclass
@@ -178,7 +178,6 @@ def _read_stack(path: Path, argument: str) -> np.ndarray:
     import tifffile
 
     from .checks import BadArgument
-
     from .image_io import ImageTooLargeError, check_stack_size
 
     try:

@@ -200,8 +200,8 @@ def series_warning(path, info: ImageInfo | None = None) -> str | None:
     if not info.other_series:
         return None
     others = ", ".join(str(shape) for shape in info.other_series[:3]) + (" ..." if len(info.other_series) > 3 else "")
-    return (f"{path} holds {len(info.other_series) + 1} image series; only the first, {info.shape}, is read; the others "
-            f"({others}) are left out: save each series as a file of its own to segment it")
+    return (f"{path} holds {len(info.other_series) + 1} image series; only the first, {info.shape}, is read; the "
+            f"others ({others}) are left out: save each series as a file of its own to segment it")
 
 
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, labels: bool = False):

@@ -375,7 +375,8 @@ class _Segmenter:
         image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
         _check_scaled_pixels(info, path, self.factor, self.max_pixels)
         pixel_size = read_pixel_size(path)
-        warnings = [scale_warning(self.model, pixel_size, path, self.predict["scale"]), image_io.series_warning(path, info)]
+        warnings = [scale_warning(self.model, pixel_size, path, self.predict["scale"]),
+                    image_io.series_warning(path, info)]
         file = _File(path, target, overlay, image, info, _layout(info, self.model.in_channels), pixel_size,
                      "; ".join(w for w in warnings if w) or None)
         if self.small(info):   # read now: a file that cannot be decoded fails alone, and none stays open meanwhile

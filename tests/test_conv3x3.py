@@ -217,8 +217,8 @@ def test_an_nchw_gradient_reaches_the_kernels_channels_last(monkeypatch):
     with exact_fp32():
         out = conv3x3_relu(x, weight, bias, skip=skip, padding=0, implementation="triton")
         got = torch.autograd.grad(out, [x, weight, bias, skip], grad)
-    expected = conv3x3_relu_reference(x, weight, bias, skip, padding=0)
-    want = torch.autograd.grad(expected, [x, weight, bias, skip], grad)
+        expected = conv3x3_relu_reference(x, weight, bias, skip, padding=0)  # cuDNN's, without TF32 too
+        want = torch.autograd.grad(expected, [x, weight, bias, skip], grad)
     assert seen == [True]
     for name, g, w in zip(("x", "weight", "bias", "skip"), got, want):
         assert_close(g, w, dtype=torch.float32, msg=name)

@@ -57,7 +57,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             target = torch.from_numpy(sample.target).to(device)
             weights = torch.from_numpy(sample.weights).to(device)
             pixels = target.numel()
-            loss = float(loss_fn(logits[None], target[None], weights[None])) * pixels
+            # predict_tiled hands the logits back on the CPU; the loss runs where training ran it
+            loss = float(loss_fn(logits[None].to(device), target[None], weights[None])) * pixels
             options = instance_options or InstanceOptions()
             if logits.shape[0] == 2:          # as predict_tiled(output="instances")
                 probability = torch.softmax(logits, 0)[-1].cpu().numpy()

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import geometry
+from .ops.conv3x3 import aten_backward
 from .ops.triton import conv3x3 as kernels
 from .ops.triton import conv3x3_configs as configs
 
@@ -50,8 +51,11 @@ def _time(fn, reps: int = 20) -> float:
     return times[len(times) // 2]
 
 
-def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    a, e = actual.double(), expected.double()
+def _relative_error(actual, expected) -> float:
+    """|actual - expected| / |expected| over a tensor, or over a tuple of tensors (dgrad's grad_x, grad_skip)."""
+    def flat(t):
+        return torch.cat([p.double().flatten() for p in t]) if isinstance(t, tuple) else t.double()
+    a, e = flat(actual), flat(expected)
     return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
@@ -70,14 +74,11 @@ class Problem:
         self.relu_input = layer.name.endswith("conv2")
         self.x = randn(batch, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
         self.skip = None
-        self.cat = self.x
         self.offset = (0, 0)
         if layer.skip_channels:
             self.skip = randn(batch, layer.skip_channels, layer.skip_size, layer.skip_size).contiguous(memory_format=cl)
             top = geometry.crop_offset(layer.skip_size, layer.size)
             self.offset = (top, top)
-            window = self.skip[:, :, top:top + layer.size, top:top + layer.size]
-            self.cat = torch.cat([window, self.x], dim=1).contiguous(memory_format=cl)
         cin = layer.in_channels + layer.skip_channels
         self.weight = randn(layer.out_channels, cin, 3, 3) * (2 / (9 * cin)) ** 0.5
         self.bias = randn(layer.out_channels) * 0.1
@@ -111,18 +112,18 @@ class Problem:
             return run
         if kind == "dgrad":
             w_packed = kernels.pack_dgrad_weight(self.weight)
-            grad_x = torch.empty_like(x)
-            grad_skip = torch.zeros_like(skip) if skip is not None else None
 
-            def run():
+            def run():  # what conv3x3_input_grad does: skip's gradient zero around the window it writes
+                grad_x = torch.empty_like(x)
+                grad_skip = None
+                if skip is not None:
+                    grad_skip = torch.empty_like(skip)
+                    geometry.zero_outside_center(grad_skip, x.shape[2:])
                 launch = kernels.plan_conv(self.grad, None, (0, 0), w_packed, None, grad_x, grad_skip, self.offset,
                                            2, False, kind="dgrad", config=config,
                                            out_mask=x if self.relu_input else None)
                 self.compiled[kind, config] = launch.run()  # with its split-K sum, if any
-                if grad_skip is None:
-                    return grad_x
-                top = self.offset[0]
-                return torch.cat([grad_skip[:, :, top:top + layer.size, top:top + layer.size], grad_x], dim=1)
+                return grad_x if grad_skip is None else (grad_x, grad_skip)
             return run
         cin, cout = layer.in_channels + layer.skip_channels, layer.out_channels
         splits, per_split = kernels.wgrad_splits(self.pixels, cin, cout, config,
@@ -144,7 +145,9 @@ class Problem:
         return int(getattr(compiled, "n_spills", 0) or 0)
 
     def aten(self, kind: str):
-        """aten/cuDNN doing the same work: conv + ReLU (with the crop and cat), or its backward."""
+        """aten/cuDNN doing the same work: conv + ReLU (with the crop and cat), or its backward as the op
+        runs it where the table picks aten (conv3x3.aten_backward: the cat, skip's gradient and the
+        ReLU mask, each a pass of its own)."""
         if kind == "forward":
             def forward():
                 cat = self.x if self.skip is None else torch.cat(
@@ -152,14 +155,12 @@ class Problem:
                                self.offset[1]:self.offset[1] + self.layer.size], self.x], dim=1)
                 return F.relu(F.conv2d(cat, self.weight, self.bias))
             return forward
-        mask = [kind == "dgrad", kind == "wgrad", kind == "wgrad"]
-
         def backward():
-            grads = torch.ops.aten.convolution_backward(self.grad, self.cat, self.weight, [self.layer.out_channels],
-                                                        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
-            if kind == "dgrad":  # with the mask as its own pass, as the op does after cuDNN's dgrad
-                return grads[0].masked_fill(self.x <= 0, 0) if self.relu_input else grads[0]
-            return grads[1]
+            grad_x, grad_skip, grad_weight, _ = aten_backward(self.grad, self.weight, self.x, self.skip, 0,
+                                                              kind == "dgrad", kind == "wgrad", self.relu_input)
+            if kind == "wgrad":
+                return grad_weight
+            return grad_x if grad_skip is None else (grad_x, grad_skip)
         return backward
 
 

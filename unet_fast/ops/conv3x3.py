@@ -178,11 +178,9 @@ def _masked_backward(ctx, grad):
         aten_dgrad, aten_wgrad = _kernels.backward_prefers_aten(grad, weight, x, skip, ctx.padding)
     grad_x = grad_weight = grad_bias = grad_skip = None
     if aten_dgrad or aten_wgrad:
-        grads = _aten_backward(grad, weight, x, skip, ctx.padding, needs_input and aten_dgrad,
-                               (needs_weight or needs_bias) and aten_wgrad)
+        grads = aten_backward(grad, weight, x, skip, ctx.padding, needs_input and aten_dgrad,
+                              (needs_weight or needs_bias) and aten_wgrad, ctx.mask_input_grad)
         grad_x, grad_skip, grad_weight, grad_bias = grads
-        if ctx.mask_input_grad and grad_x is not None:  # cuDNN's dgrad: the mask as a pass of its own
-            grad_x = torch.where(x <= 0, 0, grad_x)
     if needs_input and not aten_dgrad:
         grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding,
                                                               ctx.mask_input_grad)
@@ -195,9 +193,11 @@ def _masked_backward(ctx, grad):
     return grad_x, grad_weight, grad_bias, grad_skip, None, None, None, None, None
 
 
-def _aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool):
+def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool, mask_x: bool = False):
     """cuDNN's convolution_backward on the (materialised) concatenated input: (grad_x, grad_skip in skip's
-    full shape, grad_weight, grad_bias), each None where not asked for."""
+    full shape, grad_weight, grad_bias), each None where not asked for; mask_x: grad_x with x's ReLU mask
+    applied (mask_input_grad), a pass of its own. What the op runs where the table picks aten, and what
+    the tuner (unet_fast.tune) times against the Triton tiles, every pass included."""
     window = center_crop(skip, x.shape[-2:]) if skip is not None else None
     cat = x if skip is None else torch.cat([window, x], dim=1)
     grad_cat, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
@@ -207,6 +207,8 @@ def _aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad
     if input_grad:
         cs = 0 if skip is None else skip.shape[1]
         grad_x = grad_cat[:, cs:]
+        if mask_x:  # torch.where, not masked_fill, keeps x's channels_last (see _ReluMaskedGrad)
+            grad_x = torch.where(x <= 0, 0, grad_x)
         if skip is not None:
             grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
             zero_outside_center(grad_skip, x.shape[-2:])

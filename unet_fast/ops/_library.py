@@ -59,6 +59,9 @@ SCHEMAS = {
     # (grad_y + max_pool2d's backward of grad_pooled) where not y <= 0, else 0: the backward of an encoder
     # level's y = relu(conv) that feeds the skip connection and the 2x2 pool (grad_y None: zeros).
     "relu_pool_backward": "(Tensor y, Tensor? grad_y, Tensor grad_pooled) -> Tensor",
+    # [bias gradient] (grad's float32 sum over batch and pixels), or with y (a ReLU's output) [grad where
+    # not y <= 0 else 0, channels_last; the bias gradient of that masked grad], from one pass.
+    "bias_grad": "(Tensor grad, Tensor? y) -> Tensor[]",
 }
 COMPILED = ("crop_concat", "weighted_cross_entropy")  # ops with kernels in csrc/
 TRITON_DTYPES = {"conv3x3_relu": (torch.float16, torch.bfloat16, torch.float32)}  # where not every dtype

@@ -11,7 +11,9 @@ forward read. By default (``measured``) each part of each layer runs where the m
 (ops/triton/conv3x3_configs.py) says it is fastest on this GPU: on an H200, cuDNN's backward
 convolutions beat every Triton tile measured (benchmarks/results/*-run2), so there the backward is
 aten's convolution_backward on the concatenated input, and a layer whose forward cuDNN also wins
-is aten's composite altogether.
+is aten's composite altogether. There the bias gradient is not cuDNN's (aten's slow reduction) but the
+unet_fast::bias_grad_triton op's channel sum, taken in the ReLU mask's pass where the backward makes one
+(ops/triton/bias_grad.py).
 
 Two forward options await a GPU measurement (benchmarks/test_bench_conv.py) and are off by default:
 ``pool=True`` also returns the 2x2 max-pool of y, written by the same kernel's epilogue (the
@@ -44,6 +46,7 @@ from ._library import choose_implementation, register_fake_and_autograd, registe
 from .crop_concat import check_skip_covers, crop_concat
 
 if _triton.available():
+    from .triton import bias_grad as _bias_grad_kernels
     from .triton import conv3x3 as _kernels
     from .triton import relu_pool_backward as _pool_backward_kernels
 
@@ -126,6 +129,11 @@ def _fake_relu_pool_backward(y, grad_y, grad_pooled):
     return torch.empty_like(y, memory_format=torch.channels_last)
 
 
+def _fake_bias_grad(grad, y):
+    bias = grad.new_empty((grad.shape[1],), dtype=torch.float32)
+    return [bias] if y is None else [torch.empty_like(y, memory_format=torch.channels_last), bias]
+
+
 def _fake_weight_grad(grad, x, skip, padding):
     cin = x.shape[1] + (skip.shape[1] if skip is not None else 0)
     # the layout conv3x3_weight_grad returns: a (kh, kw, ci, co) buffer viewed as (co, ci, kh, kw)
@@ -148,6 +156,10 @@ def _backward(ctx, grad):
     if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
         return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
+    if ctx.needs_input_grad[2] and _aten_parts(ctx, grad)[1] and _triton.can_run(y.device):
+        # cuDNN's wgrad computes no bias gradient worth having: the mask's pass sums it on the way
+        masked, grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, y)
+        return _masked_backward(ctx, masked, grad_bias)
     # ReLU's mask, read from its output, as aten's threshold_backward applies it (zero where y <= 0; a NaN
     # passes, as in the kernels' fused masks). The result takes y's channels_last layout (the condition's),
     # which the kernels read coalesced, whatever layout the gradient came in: a 1x1 head's or an
@@ -168,19 +180,28 @@ def _backward_pool(ctx, grad, grad_pooled):
     return _backward(ctx, pooled if grad is None else grad + pooled)
 
 
-def _masked_backward(ctx, grad):
-    """Gradients for (x, weight, bias, skip) from the output gradient with ReLU's mask applied."""
+def _aten_parts(ctx, grad) -> tuple[bool, bool]:
+    """(dgrad, wgrad): whether this layer's backward parts run on cuDNN (the measured table's choice)."""
+    if not ctx.measured:
+        return False, False
+    x, weight, skip, _ = ctx.saved_tensors
+    return _kernels.backward_prefers_aten(grad, weight, x, skip, ctx.padding)
+
+
+def _masked_backward(ctx, grad, grad_bias=None):
+    """Gradients for (x, weight, bias, skip) from the output gradient with ReLU's mask applied (grad_bias:
+    the bias gradient, where the mask's pass summed it)."""
     x, weight, skip, y = ctx.saved_tensors
     needs_x, needs_weight, needs_bias, needs_skip = ctx.needs_input_grad[:4]
     needs_input = needs_x or (ctx.has_skip and needs_skip)
-    aten_dgrad = aten_wgrad = False
-    if ctx.measured:
-        aten_dgrad, aten_wgrad = _kernels.backward_prefers_aten(grad, weight, x, skip, ctx.padding)
-    grad_x = grad_weight = grad_bias = grad_skip = None
+    aten_dgrad, aten_wgrad = _aten_parts(ctx, grad)
+    grad_x = grad_weight = grad_skip = None
     if aten_dgrad or aten_wgrad:
         grads = aten_backward(grad, weight, x, skip, ctx.padding, needs_input and aten_dgrad,
-                              (needs_weight or needs_bias) and aten_wgrad, ctx.mask_input_grad)
-        grad_x, grad_skip, grad_weight, grad_bias = grads
+                              needs_weight and aten_wgrad, ctx.mask_input_grad,
+                              bias_grad=needs_bias and aten_wgrad and grad_bias is None)
+        grad_x, grad_skip, grad_weight = grads[:3]
+        grad_bias = grads[3] if grad_bias is None else grad_bias
     if needs_input and not aten_dgrad:
         grads = torch.ops.unet_fast.conv3x3_input_grad_triton(grad, weight, x, skip, ctx.padding,
                                                               ctx.mask_input_grad)
@@ -193,16 +214,24 @@ def _masked_backward(ctx, grad):
     return grad_x, grad_weight, grad_bias, grad_skip, None, None, None, None, None
 
 
-def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool, mask_x: bool = False):
+def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad: bool, mask_x: bool = False,
+                  bias_grad: bool | None = None):
     """cuDNN's convolution_backward on the (materialised) concatenated input: (grad_x, grad_skip in skip's
-    full shape, grad_weight, grad_bias), each None where not asked for; mask_x: grad_x with x's ReLU mask
-    applied (mask_input_grad), a pass of its own. What the op runs where the table picks aten, and what
+    full shape, grad_weight, grad_bias), each None where not asked for (bias_grad: as weight_grad unless
+    given); mask_x: grad_x with x's ReLU mask applied (mask_input_grad), a pass of its own. The bias
+    gradient is the Triton channel sum where Triton runs (aten's reduction of a bf16 channels_last
+    gradient is slow: ops/triton/bias_grad.py). What the op runs where the table picks aten, and what
     the tuner (unet_fast.tune) times against the Triton tiles, every pass included."""
-    window = center_crop(skip, x.shape[-2:]) if skip is not None else None
-    cat = x if skip is None else torch.cat([window, x], dim=1)
-    grad_cat, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad, cat, weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
-        [input_grad, weight_grad, weight_grad])
+    bias_grad = weight_grad if bias_grad is None else bias_grad
+    triton_bias = bias_grad and _triton.can_run(grad.device)
+    grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, None)[0] if triton_bias else None
+    grad_cat = grad_weight = None
+    if input_grad or weight_grad or (bias_grad and not triton_bias):
+        cat = x if skip is None else torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
+        grad_cat, grad_weight, aten_bias = torch.ops.aten.convolution_backward(
+            grad, cat, weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
+            [input_grad, weight_grad, bias_grad and not triton_bias])
+        grad_bias = aten_bias if grad_bias is None else grad_bias
     grad_x = grad_skip = None
     if input_grad:
         cs = 0 if skip is None else skip.shape[1]
@@ -248,17 +277,24 @@ def _relu_pool_backward_triton(y, grad_y, grad_pooled):
     return _pool_backward_kernels.relu_pool_backward(y, grad_y, grad_pooled)
 
 
+def _bias_grad_triton(grad, y):
+    masked, bias = _bias_grad_kernels.bias_grad(grad, y)
+    return [bias] if masked is None else [masked, bias]
+
+
 if _triton.available():
     register_triton("conv3x3_relu", _conv3x3_relu_triton)
     register_triton("conv3x3_relu_pool", _conv3x3_relu_pool_triton)
     register_triton("conv3x3_input_grad", _conv3x3_input_grad_triton)
     register_triton("conv3x3_weight_grad", _conv3x3_weight_grad_triton)
     register_triton("relu_pool_backward", _relu_pool_backward_triton)
+    register_triton("bias_grad", _bias_grad_triton)
 register_fake_and_autograd("conv3x3_relu", _fake_forward, _backward, _setup_context)
 register_fake_and_autograd("conv3x3_relu_pool", _fake_forward_pool, _backward_pool, _setup_context)
 register_fake_and_autograd("conv3x3_input_grad", _fake_input_grad)
 register_fake_and_autograd("conv3x3_weight_grad", _fake_weight_grad)
 register_fake_and_autograd("relu_pool_backward", _fake_relu_pool_backward)
+register_fake_and_autograd("bias_grad", _fake_bias_grad)
 
 
 # ---- implementation choice

@@ -776,3 +776,58 @@ def test_compile_inductor_on_gpu():
         assert_close(o, e, dtype=torch.float32, msg=name)
     for name, g, r in zip(("x", "weight", "bias", "skip"), grads, want):
         assert_close(g, r, dtype=torch.float32, msg=f"gradient of {name}")
+
+
+@needs_triton
+@pytest.mark.parametrize("pool", [False, True], ids=["plain", "pool"])
+@pytest.mark.parametrize("batch, cx, cs, h, w, sh, sw, cout, padding", [
+    pytest.param(2, 5, 3, 7, 9, 12, 14, 17, 0, id="skip-odd-cout-17"),
+    pytest.param(2, 20, 0, 6, 5, 0, 0, 40, 1, id="pad1-cout-40"),
+])
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_the_measured_cudnn_forward_matches_the_reference(batch, cx, cs, h, w, sh, sw, cout, padding, layout, pool,
+                                                          monkeypatch):
+    """Where the table picks cuDNN's forward (default implementation): cuDNN's convolution, then the bias, ReLU
+    and pool in one Triton pass, behind the same op; its gradients are the op's backward."""
+    chosen = []
+    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: chosen.append(args) or True)
+    monkeypatch.setattr(kernels, "conv3x3_forward", None)  # a Triton forward tile would fail loudly
+    x, weight, bias, skip = make(batch, cx, cs, h, w, sh, sw, cout, layout)
+    with exact_fp32():
+        got = torch.ops.unet_fast.conv3x3_relu_pool_triton(x, weight, bias, skip, padding, False, True) if pool \
+            else (torch.ops.unet_fast.conv3x3_relu_triton(x, weight, bias, skip, padding, False, True),)
+        want = oracle(x, weight, bias, skip, padding, pool=pool)
+        assert chosen
+        for name, g, r in zip(("y", "pooled"), got, want):
+            assert g.is_contiguous(memory_format=torch.channels_last), name
+            assert_close(g, r, dtype=torch.float32, msg=name)
+        grads = [torch.randn(r.shape, generator=torch.Generator().manual_seed(i)).to(DEVICE) for i, r in enumerate(want)]
+        inputs = present(x, weight, bias, skip)
+        for g, r in zip(torch.autograd.grad(got, inputs, grads), torch.autograd.grad(want, inputs, grads)):
+            assert_close(g, r, dtype=torch.float32)
+    op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
+    torch.library.opcheck(op.default, (x, weight, bias, skip, padding, False, True))  # fake kernel: same strides
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_interpreter)])
+@pytest.mark.parametrize("h, w", [(7, 9), (1, 1), (4, 6)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_relu_pool_pass_matches_aten(h, w, dtype, with_bias):
+    """The cuDNN forward's epilogue pass alone: relu(z + bias) in place and the pool, aten's NaN rules."""
+    from unet_fast.ops.triton.bias_relu import bias_relu_
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 37, h, w, generator=g).to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
+    z[1, 3, 0, 0] = float("nan")  # relu passes it; the pool's window takes it
+    bias = (torch.randn(37, generator=g) * 0.5).to(DEVICE, dtype) if with_bias else None
+    want = F.relu(z.float() + (bias.float()[:, None, None] if with_bias else 0)).to(dtype)
+    pooled = bias_relu_(z, bias, pool=True)
+    assert_close(z, want, dtype=dtype, equal_nan=True)
+    assert pooled.shape == (2, 37, h // 2, w // 2) and pooled.is_contiguous(memory_format=torch.channels_last)
+    if h >= 2 and w >= 2:
+        assert_close(pooled, F.max_pool2d(want.float(), 2).to(dtype), dtype=dtype, equal_nan=True)
+        assert pooled[1, 3, 0, 0].isnan()
+    nchw = torch.randn(2, 5, h, w, generator=g).to(DEVICE, dtype)  # any layout, in place
+    expected = F.relu(nchw)
+    assert bias_relu_(nchw, None) is None
+    assert torch.equal(nchw, expected)

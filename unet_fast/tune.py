@@ -27,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import geometry
-from .ops.conv3x3 import aten_backward
+from .ops.conv3x3 import aten_backward, aten_forward
 from .ops.triton import conv3x3 as kernels
 from .ops.triton import conv3x3_configs as configs
 
@@ -149,12 +148,7 @@ class Problem:
         runs it where the table picks aten (conv3x3.aten_backward: the cat, skip's gradient and the
         ReLU mask, each a pass of its own)."""
         if kind == "forward":
-            def forward():
-                cat = self.x if self.skip is None else torch.cat(
-                    [self.skip[:, :, self.offset[0]:self.offset[0] + self.layer.size,
-                               self.offset[1]:self.offset[1] + self.layer.size], self.x], dim=1)
-                return F.relu(F.conv2d(cat, self.weight, self.bias))
-            return forward
+            return lambda: aten_forward(self.x, self.weight, self.bias, self.skip, 0)
         def backward():
             grad_x, grad_skip, grad_weight, _ = aten_backward(self.grad, self.weight, self.x, self.skip, 0,
                                                               kind == "dgrad", kind == "wgrad", self.relu_input)

@@ -10,10 +10,11 @@ kernel on its way; the gradient for skip lands in skip's full shape, zero outsid
 forward read. By default (``measured``) each part of each layer runs where the measured table
 (ops/triton/conv3x3_configs.py) says it is fastest on this GPU: on an H200, cuDNN's backward
 convolutions beat every Triton tile measured (benchmarks/results/*-run2), so there the backward is
-aten's convolution_backward on the concatenated input, and a layer whose forward cuDNN also wins
-is aten's composite altogether. There the bias gradient is not cuDNN's (aten's slow reduction) but the
-unet_fast::bias_grad_triton op's channel sum, taken in the ReLU mask's pass where the backward makes one
-(ops/triton/bias_grad.py).
+aten's convolution_backward on the concatenated input; its bias gradient is not aten's (a slow
+reduction) but the unet_fast::bias_grad_triton op's channel sum, taken in the ReLU mask's pass where
+the backward makes one (ops/triton/bias_grad.py). Where cuDNN's forward convolution wins, it runs
+without the bias, and the bias, the ReLU (and the pool) follow as one Triton pass
+(ops/triton/bias_relu.py), as torch.compile fuses them; the op's backward is the same either way.
 
 Two forward options await a GPU measurement (benchmarks/test_bench_conv.py) and are off by default:
 ``pool=True`` also returns the 2x2 max-pool of y, written by the same kernel's epilogue (the
@@ -47,6 +48,7 @@ from .crop_concat import check_skip_covers, crop_concat
 
 if _triton.available():
     from .triton import bias_grad as _bias_grad_kernels
+    from .triton import bias_relu as _bias_relu_kernels
     from .triton import conv3x3 as _kernels
     from .triton import relu_pool_backward as _pool_backward_kernels
 
@@ -227,7 +229,7 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
     grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, None)[0] if triton_bias else None
     grad_cat = grad_weight = None
     if input_grad or weight_grad or (bias_grad and not triton_bias):
-        cat = x if skip is None else torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
+        cat = x if skip is None else crop_concat(skip, x)  # one pass, reading the window in place
         grad_cat, grad_weight, aten_bias = torch.ops.aten.convolution_backward(
             grad, cat, weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
             [input_grad, weight_grad, bias_grad and not triton_bias])
@@ -251,14 +253,28 @@ def _packed_forward(weight):
     return derived(weight, "forward packing", _kernels.pack_forward_weight)
 
 
+def aten_forward(x, weight, bias, skip, padding, pool: bool = False):
+    """cuDNN's convolution of the (concatenated) input without its bias, then one Triton pass adding the
+    bias and applying the ReLU in place (with pool, also writing the 2x2 max-pool): y, or (y, pooled).
+    The op's forward where the measured table picks cuDNN, and what the tuner times against the tiles."""
+    cat = x if skip is None else crop_concat(skip, x)
+    z = F.conv2d(cat, weight, None, padding=padding).contiguous(memory_format=torch.channels_last)
+    pooled = _bias_relu_kernels.bias_relu_(z, bias, pool)
+    return (z, pooled) if pool else z
+
+
 def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
                          output_grad_masked=False):
+    if measured and _kernels.forward_prefers_aten(x, weight, skip, padding):
+        return aten_forward(x, weight, bias, skip, padding)
     return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct,
                                     packed_weight=_packed_forward(weight))[0]
 
 
 def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
                               output_grad_masked=False):
+    if measured and _kernels.forward_prefers_aten(x, weight, skip, padding):
+        return aten_forward(x, weight, bias, skip, padding, pool=True)
     return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct,
                                     packed_weight=_packed_forward(weight))
 
@@ -385,8 +401,7 @@ def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         raise ValueError("conv3x3_relu: output_grad_masked=True cannot go with pool=True: the pooled output's "
                          "gradient arrives unmasked; leave output_grad_masked False")
     measured = implementation is None
-    if _backend(x.device, x.dtype, implementation) == "triton" and not (
-            measured and not pool and _kernels.forward_prefers_aten(x, weight, skip, padding)):
+    if _backend(x.device, x.dtype, implementation) == "triton":
         op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
         return op(x, weight, bias, skip, padding, direct, measured, mask_input_grad, output_grad_masked)
     if mask_input_grad and x.requires_grad and torch.is_grad_enabled():

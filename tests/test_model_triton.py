@@ -170,3 +170,47 @@ def test_predict_tiled_packs_each_weight_once_and_matches_the_reference(monkeypa
         want = predict_tiled(ref, image, tile_size=60, batch_size=1, device=DEVICE, output="logits")
     assert len(packs) == 4 * TINY["depth"] - 2  # the 3x3 convs, once each, over four batches
     assert_close(torch.as_tensor(got), torch.as_tensor(want), dtype=torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("aten", ["forward", "backward", "every-other"])
+def test_network_with_the_parts_the_table_gives_cudnn(aten, monkeypatch):
+    """The default implementation on a GPU (measured): each layer's forward, dgrad and wgrad run where the table
+    says. Here cuDNN takes every forward, every backward part, or alternate layers' parts (a layer whose input
+    gradient cuDNN makes beside one whose next layer's dgrad masks it): the network still matches the reference."""
+    from unet_fast.ops import _library
+    from unet_fast import model as model_module
+    calls = []
+
+    def triton_by_default(name, device, dtype):  # as on a GPU: the measured route, not implementation="triton"
+        return "triton" if name == "conv3x3_relu" and dtype == torch.float32 else original(name, device, dtype)
+
+    def by_layer(kind):
+        def prefers(*args):
+            calls.append(kind)
+            weight = args[1]
+            return aten == kind or (aten == "every-other" and weight.shape[0] % 16 == 8)
+        return prefers
+
+    original = _library.backend
+    monkeypatch.setattr(_library, "backend", triton_by_default)
+    monkeypatch.setattr(model_module.ops, "backend", triton_by_default)
+    monkeypatch.setattr(kernels, "forward_prefers_aten", by_layer("forward"))
+    prefers_backward = by_layer("backward")
+    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (prefers_backward(*args),) * 2)
+    ref, fast = twins(POOL_AND_DIRECT, **TINY)
+    with torch.no_grad():  # biases start at 0: give them values, so a lost bias shows
+        for p_ref, p_fast in zip(ref.parameters(), fast.parameters()):
+            if p_ref.dim() == 1:
+                p_fast.copy_(p_ref.normal_(0.0, 0.1))
+    x = torch.randn(2, 1, 44, 48, device=DEVICE)
+    with exact_fp32():
+        out_ref, out_fast = ref(x), fast(x.contiguous(memory_format=torch.channels_last))
+        assert_close(out_fast, out_ref)
+        grad = torch.randn_like(out_ref)
+        out_ref.backward(grad)
+        out_fast.backward(grad)
+    assert "forward" in calls and "backward" in calls  # the measured route was taken
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        error = relative_error(p_fast.grad, p_ref.grad)
+        assert error <= FP32_SUMMED_GRADIENT, f"gradient of {name}: relative error {error:.2e}"

@@ -305,3 +305,29 @@ def test_gpu_memory_budget_counts_what_pytorch_holds_unused(monkeypatch):
     assert inference.available_memory("cuda") == 1500
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 700)  # never less than the driver's
     assert tiling.cuda_free_bytes("cuda") == 1000
+
+
+@pytest.mark.parametrize("layout, shape", [("YX", (13, 9)), ("CYX", (2, 1, 6)), ("ZYX", (2, 3, 1))])
+def test_a_window_mirrors_as_the_index_arrays_say(layout, shape):
+    """_Source.window copies runs of slices (reversed where mirrored), or gathers by axis for an image a few
+    pixels long: the same pixels as indexing by geometry.mirror_indices, inside, across a border, wholly in a
+    mirrored margin, and many times the image's size; into a given buffer of another dtype too."""
+    from unet_fast.geometry import mirror_indices
+    from unet_fast.inference import _Source
+    image = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    source = _Source(image, layout, 2 if layout == "CYX" else 1)
+    planes = image if layout == "CYX" else image[None]
+    rng = np.random.default_rng(0)
+    height, width = shape[-2:]
+    windows = [(0, height, 0, width), (-5, -1, -3, -1), (height + 1, height + 4, 0, 2)]
+    for _ in range(60):
+        y0, x0 = int(rng.integers(-3 * height, 3 * height)), int(rng.integers(-3 * width, 3 * width))
+        windows.append((y0, y0 + int(rng.integers(1, 4 * height)), x0, x0 + int(rng.integers(1, 4 * width))))
+    for y0, y1, x0, x1 in windows:
+        n = int(rng.integers(0, 2)) if layout == "ZYX" else 0
+        plane = planes[:, n] if layout == "ZYX" else planes
+        want = plane[:, mirror_indices(y0, y1, height)[:, None], mirror_indices(x0, x1, width)[None, :]]
+        assert np.array_equal(source.window(n, y0, y1, x0, x1), want), (y0, y1, x0, x1)
+        out = np.full(want.shape, -1.0, np.float32)
+        assert source.window(n, y0, y1, x0, x1, out=out) is out
+        assert np.array_equal(out, want.astype(np.float32)), (y0, y1, x0, x1)

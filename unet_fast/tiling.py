@@ -105,6 +105,7 @@ def axis_tiling(length: int, tile: int, depth: int, padding: str) -> AxisTiling:
     return AxisTiling(tile, stride, lead, offset, -(-length // stride))
 
 
+@functools.lru_cache(maxsize=4096)   # the planner tries every cap for each axis: 64 calls per 512^2 image
 def balanced_axis_tiling(length: int, max_tile: int, depth: int, padding: str) -> AxisTiling:
     """The smallest tile that covers ``length`` in as few tiles as ``max_tile`` would."""
     count = -(-length // kept_output(max_tile, depth, padding)[0])

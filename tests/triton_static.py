@@ -120,7 +120,7 @@ def compile_launch(launch, capability: int) -> Compiled:
     import triton
     from triton.backends.compiler import GPUTarget
     signature, constexprs, attrs = _specialise(launch.kernel, launch.args, launch.meta)
-    options = {k: launch.meta[k] for k in ("num_warps", "num_stages")}
+    options = {k: launch.meta[k] for k in ("num_warps", "num_stages") if k in launch.meta}
     compiled = triton.compile(_ast_source(launch.kernel, signature, constexprs, attrs),
                               target=GPUTarget("cuda", capability, 32), options=options)
     ptx = compiled.asm["ptx"]
@@ -191,11 +191,18 @@ def table_launches():
             context = torch.backends.cudnn.flags(enabled=True, allow_tf32=True)
             with context:
                 launch = layer_launches(dtypes[dtype], cs + cx, int(cout), 40, cs, configs={kind: config})[kind]
+                # an encoder's second conv runs the entry with the pooled epilogue (more registers)
+                pooled = option_launch(dtypes[dtype], cx, int(cout), 40, True, False, config=config) \
+                    if kind == "forward" and cs == 0 else None
             yield f"table {device} {key} {config}", launch, capability
+            if pooled is not None:
+                yield f"table+pool {device} {key} {config}", pooled, capability
 
 
-def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool, direct: bool, batch: int = 8):
-    """The forward launch of conv3x3_relu(pool=, direct=) on x of (batch, cin, size, size), planned as the op does."""
+def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool, direct: bool, batch: int = 8,
+                  config=None):
+    """The forward launch of conv3x3_relu(pool=, direct=) on x of (batch, cin, size, size), planned as the op does
+    (config: these tiles instead of the table's or the heuristic's)."""
     from unet_fast.ops.triton import conv3x3 as k
     cl = torch.channels_last
     out = size - 2
@@ -204,7 +211,8 @@ def option_launch(dtype: torch.dtype, cin: int, cout: int, size: int, pool: bool
     pooled = torch.empty((batch, cout, out // 2, out // 2), device="meta", dtype=dtype).contiguous(memory_format=cl)
     w_packed = torch.empty((9 * cin, cout), device="meta", dtype=dtype)
     bias = torch.empty((cout,), device="meta", dtype=dtype)
-    return k.plan_forward(x, None, w_packed, bias, y, pooled if pool else None, 0, direct, device_type="cuda")
+    return k.plan_forward(x, None, w_packed, bias, y, pooled if pool else None, 0, direct, device_type="cuda",
+                          config=config)
 
 
 def option_launches(dtype: torch.dtype, quick: bool):
@@ -235,6 +243,8 @@ def shipped_launches(quick: bool = False):
                 yield f"{kind} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
         yield f"crop_concat {str(dtype)[6:]} 64+64 channels", crop_concat_launch(dtype)
         yield from option_launches(dtype, quick)
+        if not quick:
+            yield from elementwise_launches(dtype)
     yield from tma_launches(quick)
     yield from split_k_launches(quick)
     if not quick:  # fp32 with TF32 disallowed: exact fp32 on FMA units
@@ -287,6 +297,25 @@ def split_k_launches(quick: bool):
                     yield f"{kind}+{option} {str(dtype)[6:]} cin={cin} cout={cout}{' skip' if cs else ''}", launch
 
 
+def elementwise_launches(dtype: torch.dtype):
+    """(label, launch) of the passes beside the GEMMs, on the top level's tensors (NHWC, meta): the ReLU + pool
+    backward, the bias gradient (alone and with the ReLU mask), cuDNN's forward epilogue (alone and pooled)."""
+    from unet_fast.ops.triton import bias_grad, bias_relu, relu_pool_backward
+
+    def empty(*shape, dtype=dtype):
+        return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    name = str(dtype)[6:]
+    y, pooled = empty(8, 64, 568, 568), empty(8, 64, 284, 284)
+    yield f"relu_pool_backward {name} 64 channels", relu_pool_backward.plan(y, y, pooled, y)
+    partial = torch.empty((bias_grad.INTERPRETER_BANDS, 64), device="meta", dtype=torch.float32)
+    yield f"bias_grad {name} 64 channels", bias_grad.plan(y, None, None, partial)
+    yield f"bias_grad+mask {name} 64 channels", bias_grad.plan(y, y, y, partial)
+    deep = empty(8, 512, 64, 64)
+    yield f"bias_relu {name} 512 channels", bias_relu.plan(deep, deep[0, :, 0, 0], None)
+    yield f"bias_relu+pool {name} 512 channels", bias_relu.plan(deep, deep[0, :, 0, 0], empty(8, 512, 32, 32))
+
+
 def crop_concat_launch(dtype: torch.dtype):
     """crop_concat_kernel on the decoder's top level (NHWC, meta tensors)."""
     from unet_fast.ops.triton.crop_concat import plan_crop_concat
@@ -322,7 +351,7 @@ def report(quick: bool = False, table_only: bool = False):
             c = compile_launch(launch, capability)
             yield dict(label=label, capability=capability, blocks=[m[k] for k in m if k.startswith("BLOCK_")],
                        gemm=launch.kernel.__name__ in _GEMM_KERNELS, exact=m.get("INPUT_PRECISION") == "ieee",
-                       num_warps=m["num_warps"], num_stages=m["num_stages"], registers=c.registers,
+                       num_warps=m["num_warps"], num_stages=m.get("num_stages"), registers=c.registers,
                        spill_bytes=c.spill_bytes, shared=c.shared, smem_limit=SMEM_LIMIT[capability],
                        tensor_cores="wgmma" if c.uses_wgmma else "mma" if c.uses_mma else "none",
                        tma_kernel=tma, tma_loads=c.uses_tma)
@@ -343,4 +372,8 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Plan as a machine without a GPU does (the heuristic's tiles, as CI checks them): on a GPU machine the planner
+    # takes that GPU's table entries and they were compiled for sm_80 too, where they never run (the H100 table's
+    # pooled 256x64 forward spilled 24 bytes on sm_80 under triton 3.6); --table checks entries for their target.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     _main(sys.argv[1:])

@@ -653,6 +653,11 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
+#: the most accumulators a tile with the pooled epilogue holds: the H100 table's 256 x 128 forward tile, pooled,
+#: spilled 16 bytes on sm_90 (triton 3.6 and 3.9; 160 and 336 on sm_80); its 128-row half does not
+POOLED_MAX_TILE = 128 * 128
+
+
 def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
               device_type: str | None = None, pooled=None, kind: str = "forward",
               config: configs.Config | None = None, out_mask=None) -> Launch:
@@ -676,6 +681,8 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
         config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
     if config.swap and pooled is not None:  # the pooled epilogue needs pixels as rows: same tiles, unswapped
         config = dataclasses.replace(config, swap=False)
+    if pooled is not None and config.block_m * config.block_n > POOLED_MAX_TILE:
+        config = dataclasses.replace(config, block_m=POOLED_MAX_TILE // config.block_n)
     if config.split_k > 1 and (pooled is not None or config.tma):  # split-K: the pointer kernel, unpooled
         config = dataclasses.replace(config, split_k=1)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP

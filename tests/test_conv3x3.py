@@ -831,3 +831,19 @@ def test_bias_relu_pool_pass_matches_aten(h, w, dtype, with_bias):
     expected = F.relu(nchw)
     assert bias_relu_(nchw, None) is None
     assert torch.equal(nchw, expected)
+
+
+@needs_triton
+@pytest.mark.parametrize("tile, pooled_tile", [((256, 128), (128, 128)), ((128, 256), (64, 256)),
+                                               ((256, 64), (256, 64)), ((128, 128), (128, 128))])
+def test_the_pooled_epilogue_takes_at_most_128x128_accumulators(tile, pooled_tile):
+    """A table tile of more accumulators than 128 x 128 runs pooled with fewer rows (the 256 x 128 spilled on
+    sm_90 with the pool's epilogue); unpooled it is kept."""
+    x = torch.empty(2, 16, 12, 12, device="meta").contiguous(memory_format=torch.channels_last)
+    out = torch.empty(2, 8, 10, 10, device="meta").contiguous(memory_format=torch.channels_last)
+    pooled = torch.empty(2, 8, 5, 5, device="meta").contiguous(memory_format=torch.channels_last)
+    w_packed = torch.empty(9 * 16, 8, device="meta")
+    config = Config(*tile, 64, 8, 3)
+    for pool, want in ((None, tile), (pooled, pooled_tile)):
+        launch = kernels.plan_forward(x, None, w_packed, None, out, pool, 0, False, device_type="cuda", config=config)
+        assert (launch.meta["BLOCK_M"], launch.meta["BLOCK_N"]) == want, (pool is not None, tile)

@@ -64,3 +64,26 @@ def test_a_shape_whose_capture_ran_out_of_memory_runs_eagerly_without_trying_aga
     assert graph is not None and fake_cuda["captures"] == 3
     tile_graphs.forget(model)
     assert not tile_graphs.has_tile_graph(model)
+
+
+def test_graphs_are_kept_per_shape_and_the_least_recently_used_dropped(fake_cuda):
+    """Each graph holds its own memory pool: a model keeps MAX_GRAPHS_PER_MODEL of them, the least recently used
+    dropped first; has_tile_graph(model, shape) answers for that batch shape only (predict_tiled replays a
+    single batch only where a graph of its shape is kept)."""
+    model = torch.nn.Conv2d(1, 1, 1)
+    tile_graphs.forget(model)
+    assert tile_graphs.MAX_GRAPHS_PER_MODEL == 2
+
+    def graph(shape):
+        return tile_graphs.tile_graph(model, shape, lambda x: x * 2, ("labels",), torch.device("cpu"))
+
+    first, second = graph((4, 1, 8, 8)), graph((2, 1, 16, 16))
+    assert tile_graphs.has_tile_graph(model, (4, 1, 8, 8)) and tile_graphs.has_tile_graph(model, (2, 1, 16, 16))
+    assert not tile_graphs.has_tile_graph(model, (1, 1, 8, 8)) and tile_graphs.has_tile_graph(model)
+    assert graph((4, 1, 8, 8)) is first and fake_cuda["captures"] == 2  # replayed, now the most recent
+    graph((1, 1, 32, 32))                                                # a third shape drops the 16 x 16 one
+    assert fake_cuda["captures"] == 3
+    assert not tile_graphs.has_tile_graph(model, (2, 1, 16, 16))
+    assert tile_graphs.has_tile_graph(model, (4, 1, 8, 8)) and tile_graphs.has_tile_graph(model, (1, 1, 32, 32))
+    assert graph((2, 1, 16, 16)) is not second and fake_cuda["captures"] == 4  # captured anew
+    tile_graphs.forget(model)

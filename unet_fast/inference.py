@@ -492,8 +492,9 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         factor training resampled its images by to bring their objects to the recipe's size), else 1.
         Results are on the image's own grid whatever the scale.
     cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
-        kept on the model for later calls; None: when the image has at least two full batches or a
-        graph of this shape is kept already. Results are the same either way.
+        kept on the model for later calls (the two most recently used batch shapes: each holds its own
+        memory pool); None: when the image has at least two full batches or a graph of this batch shape
+        is kept already. Results are the same either way.
     nonfinite: NaN and infinite pixels of a float image: None (the normalization's rule, by default
         "error": ``NonFiniteInputError``), "error", or "zero" (statistics of the finite pixels, and
         the non-finite ones become 0 after normalising; see ``Normalization``).
@@ -549,7 +550,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     try:
         model.to(device=device, memory_format=torch.channels_last).eval()
         if cuda_graphs is None:
-            cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(model)
+            # a graph of this batch shape, kept from an earlier call, replays even a single batch; any other
+            # shape is captured only where it pays (two full batches or more), its memory pool kept on the model
+            cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(
+                model, (plan.batch_size, source.channels, *plan.tile))
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
                          bool(cuda_graphs), tta)
         with torch.inference_mode(), frozen_weights():  # the weights cannot change during the call

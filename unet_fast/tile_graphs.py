@@ -12,7 +12,9 @@ device or dtype). Its activations live in a memory pool of their own: the eager 
 are returned to the driver before capturing, so the pool takes their place instead of doubling it.
 A shape whose capture (or its eager warm-up) ran out of memory is remembered as such, and runs eagerly
 from then on without trying again (each try costs two eager forwards and the failed capture), until the
-parameters move.
+parameters move. At most MAX_GRAPHS_PER_MODEL graphs are kept per model, the least recently used dropped
+first: each holds its activations' pool (40 GiB for the 25 tiles of 1836 px of an 8192^2 image on an H200),
+and a folder of images of many sizes would otherwise keep one per tile shape.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 
 _graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+MAX_GRAPHS_PER_MODEL = 2
 
 
 @dataclass
@@ -50,9 +53,15 @@ def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Te
     cache = _graphs.setdefault(model, {})
     full_key = (tuple(shape), key, _parameters_key(model))
     if full_key in cache:
+        cache[full_key] = cache.pop(full_key)  # the most recently used last
         return cache[full_key]
     for stale in [k for k in cache if k[:2] == full_key[:2]]:  # the parameters moved: capture anew
         del cache[stale]
+    kept = [k for k in cache if cache[k] is not None]
+    for old in kept[:max(0, len(kept) - MAX_GRAPHS_PER_MODEL + 1)]:  # room for this one: its pool replaces theirs
+        del cache[old]
+    if len(kept) >= MAX_GRAPHS_PER_MODEL:
+        torch.cuda.empty_cache()  # the dropped pools back to the driver before the warm-up and capture
     try:
         cache[full_key] = _capture(compute, shape, device)
     except torch.OutOfMemoryError:
@@ -77,10 +86,12 @@ def _capture(compute: Callable[[torch.Tensor], torch.Tensor], shape: tuple, devi
     return TileGraph(graph, static_input, static_output)
 
 
-def has_tile_graph(model: torch.nn.Module) -> bool:
-    """True when a graph was captured for ``model`` and its parameters have not moved since."""
+def has_tile_graph(model: torch.nn.Module, shape: tuple | None = None) -> bool:
+    """True when a graph was captured for ``model`` (for input batches of ``shape``, where given) and its
+    parameters have not moved since."""
     key = _parameters_key(model)
-    return any(k[2] == key and graph is not None for k, graph in _graphs.get(model, {}).items())
+    return any(k[2] == key and graph is not None and (shape is None or k[0] == tuple(shape))
+               for k, graph in _graphs.get(model, {}).items())
 
 
 def forget(model: torch.nn.Module) -> None:

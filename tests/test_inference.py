@@ -286,7 +286,9 @@ def test_gpu_plans_cap_the_tile_and_batch_instead():
     huge = 140 * 2 ** 30
     plan = plan_tiles(model, (8192, 8192), device="meta", memory_budget_bytes=huge)
     assert max(plan.tile) <= MAX_ACCELERATOR_TILE and plan.grid[0] * plan.grid[1] >= 16
-    assert plan.batch_size == plan.grid[0] * plan.grid[1] and f"up to {MAX_ACCELERATOR_TILE} px" in plan.reason
+    assert f"up to {MAX_ACCELERATOR_TILE} px" in plan.reason
+    # tiles this large saturate the GPU one by one: three batches, so reading and writing overlap a forward
+    assert plan.batch_size == -(-plan.tiles // 3)
     small = plan_tiles(model, (500, 300), device="meta", memory_budget_bytes=huge)
     assert small.grid == (1, 1) and "one tile" in small.reason
     cpu = plan_tiles(model, (3000, 3000), device="cpu", memory_budget_bytes=huge)
@@ -331,3 +333,30 @@ def test_a_window_mirrors_as_the_index_arrays_say(layout, shape):
         out = np.full(want.shape, -1.0, np.float32)
         assert source.window(n, y0, y1, x0, x1, out=out) is out
         assert np.array_equal(out, want.astype(np.float32)), (y0, y1, x0, x1)
+
+
+@pytest.mark.parametrize("image, tile, tiles, batch", [
+    ((8192, 8192), 1836, 25, 9),     # 3.4 Mpx tiles: a third of them a batch
+    ((1536, 1536), 572, 16, 8),      # 0.33 Mpx tiles (384 px apart): 8 make a busy GPU, two batches
+    ((2000, 2000), 572, 36, 12),     # many: a third of them a batch
+    ((768, 768), 572, 4, 4),         # too few tiles to saturate in three batches: one
+])
+def test_gpu_batches_pipeline_where_they_saturate_the_gpu(image, tile, tiles, batch):
+    """On a GPU, batches hold at most a third of the tiles unless that falls below SATURATING_BATCH_PIXELS (the
+    H200 ran one batch of 25 tiles of 1836 px with nothing overlapping its reading and writing: +161 %)."""
+    from unet_fast.tiling import SATURATING_BATCH_PIXELS
+    plan = plan_tiles(tiny(5, base=4), image, tile_size=tile, device="meta", memory_budget_bytes=140 * 2 ** 30)
+    assert plan.tiles == tiles and plan.batch_size == batch
+    assert plan.batch_size * tile * tile >= min(SATURATING_BATCH_PIXELS, tiles * tile * tile)
+    assert plan_tiles(tiny(5, base=4), image, tile_size=tile, batch_size=25, device="meta").batch_size == 25
+
+
+def test_graphs_are_captured_by_default_only_where_launches_matter():
+    """Two full batches or more of small tiles: a graph; batches of giant tiles (their forward computes for
+    tens of milliseconds, and the graph would keep their activations as its pool), or one batch: none."""
+    from unet_fast.inference import graphs_pay
+    model = tiny(5, base=4)
+    plan = lambda image, tile: plan_tiles(model, image, tile_size=tile, device="meta", memory_budget_bytes=2 ** 40)
+    assert graphs_pay(model, plan((1536, 1536), 572), 1)        # 16 tiles of 572 px, batches of 8
+    assert not graphs_pay(model, plan((8192, 8192), 1836), 1)   # 3 batches of 9 tiles of 1836 px
+    assert not graphs_pay(model, plan((768, 768), 572), 1)      # one batch

@@ -43,6 +43,10 @@ OUTPUTS = ("labels", "probabilities", "logits", "instances")
 LAYOUTS = ("YX", "CYX", "ZYX", "ZCYX")
 #: threads reading the tiles of one batch (``_Runner._tile_readers``)
 MAX_TILE_READERS = 8
+#: input pixels of a batch above which predict_tiled captures no CUDA graph by default: its forward then
+#: computes for tens of milliseconds (the network: about 0.9 TFLOP a megapixel, some 400 TFLOP/s on an
+#: H200) against a millisecond or two of launches, and a graph keeps the batch's activations as its pool
+GRAPH_MAX_BATCH_PIXELS = 4 * 8 * 572 * 572
 
 
 # ---- input
@@ -143,6 +147,16 @@ def _mirror_copy(out: np.ndarray, block: np.ndarray, rows: np.ndarray, columns: 
     for target_rows, source_rows in row_runs:
         for target_columns, source_columns in column_runs:
             out[:, target_rows, target_columns] = block[:, source_rows, source_columns]
+
+
+def graphs_pay(model, plan, channels: int) -> bool:
+    """predict_tiled's default for cuda_graphs: a graph of this batch shape, kept from an earlier call, replays
+    even a single batch; any other shape is captured only where it pays (two full batches or more, of
+    launches that matter beside the batch's compute: at most GRAPH_MAX_BATCH_PIXELS), as its memory pool
+    stays on the model."""
+    small = plan.batch_size * plan.tile[0] * plan.tile[1] <= GRAPH_MAX_BATCH_PIXELS
+    return (plan.tiles >= 2 * plan.batch_size and small) or has_tile_graph(
+        model, (plan.batch_size, channels, *plan.tile))
 
 
 def _infer_layout(image, in_channels: int) -> str:
@@ -493,8 +507,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         Results are on the image's own grid whatever the scale.
     cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
         kept on the model for later calls (the two most recently used batch shapes: each holds its own
-        memory pool); None: when the image has at least two full batches or a graph of this batch shape
-        is kept already. Results are the same either way.
+        memory pool); None: when the image has at least two full batches of at most GRAPH_MAX_BATCH_PIXELS
+        input pixels, or a graph of this batch shape is kept already. Results are the same either way.
     nonfinite: NaN and infinite pixels of a float image: None (the normalization's rule, by default
         "error": ``NonFiniteInputError``), "error", or "zero" (statistics of the finite pixels, and
         the non-finite ones become 0 after normalising; see ``Normalization``).
@@ -550,10 +564,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     try:
         model.to(device=device, memory_format=torch.channels_last).eval()
         if cuda_graphs is None:
-            # a graph of this batch shape, kept from an earlier call, replays even a single batch; any other
-            # shape is captured only where it pays (two full batches or more), its memory pool kept on the model
-            cuda_graphs = plan.tiles >= 2 * plan.batch_size or has_tile_graph(
-                model, (plan.batch_size, source.channels, *plan.tile))
+            cuda_graphs = graphs_pay(model, plan, source.channels)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
                          bool(cuda_graphs), tta)
         with torch.inference_mode(), frozen_weights():  # the weights cannot change during the call

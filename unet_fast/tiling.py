@@ -242,6 +242,13 @@ def _tile_pair(tile_size) -> tuple[int, int]:
 #: H200 (8 tiles of 572 px: 346 TFLOP/s); one giant tile instead (8380 px for an 8192^2 image on 141 GB)
 #: leaves nothing to overlap reading and writing with, and its first forward took over a minute there
 MAX_ACCELERATOR_TILE = 2048
+#: input pixels of a batch that keep a GPU busy (an H200: 8 tiles of 572 px, 2.6 Mpx, ran the network at
+#: 346 TFLOP/s) ...
+SATURATING_BATCH_PIXELS = 8 * 572 * 572
+#: ... beyond which an image's tiles go in at least this many batches, so that reading one batch and writing
+#: another overlap a third's forward (an H200, 2026-11-27: one batch of the 25 tiles of 1836 px of an 8192^2
+#: image took 875 ms in predict_tiled against 335 ms for its bare forward: nothing overlapped)
+PIPELINED_BATCHES = 3
 
 
 def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size: int | None = None,
@@ -250,8 +257,10 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
 
     Without ``tile_size``: the largest legal square-capped tile whose activations fit the
     budget (larger tiles recompute fewer context pixels), at most ``MAX_ACCELERATOR_TILE`` px off
-    the CPU, shrunk to the smallest tile that covers the image in the same number of tiles. Batch: 1 on CPU (one tile fills the cores;
-    more only costs memory), else as many tiles as fit the budget (at most 64).
+    the CPU, shrunk to the smallest tile that covers the image in the same number of tiles. Batch: 1 on CPU
+    (one tile fills the cores; more only costs memory), else as many tiles as fit the budget (at most 64),
+    but no more than a third of the tiles where fewer still make SATURATING_BATCH_PIXELS (reading and
+    writing then overlap the forward of another batch).
     """
     depth, padding, in_channels, num_classes = model_geometry(model)
     height, width = (int(s) for s in image_size)
@@ -312,6 +321,8 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
         batch = 1
     else:
         batch = max(1, min(64, tiles, budget // max(per_tile, 1)))
+        saturating = -(-SATURATING_BATCH_PIXELS // (rows.tile * cols.tile))
+        batch = min(batch, max(-(-tiles // PIPELINED_BATCHES), saturating))
     return TilePlan((rows.tile, cols.tile), (rows.stride, cols.stride), (rows.lead, cols.lead),
                     (rows.count, cols.count), slices, batch, per_tile * batch, budget, str(device), reason)
 

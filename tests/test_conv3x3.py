@@ -847,3 +847,51 @@ def test_the_pooled_epilogue_takes_at_most_128x128_accumulators(tile, pooled_til
     for pool, want in ((None, tile), (pooled, pooled_tile)):
         launch = kernels.plan_forward(x, None, w_packed, None, out, pool, 0, False, device_type="cuda", config=config)
         assert (launch.meta["BLOCK_M"], launch.meta["BLOCK_N"]) == want, (pool is not None, tile)
+
+
+@needs_triton
+@pytest.mark.parametrize("route", ["triton", "measured-cudnn"])
+def test_a_strided_or_expanded_bias_is_read_as_its_values(route, monkeypatch):
+    """The kernels read the bias as C_out consecutive values: a strided view or an expanded scalar is copied
+    first (it read the wrong values, or past the storage of an expanded one)."""
+    if route == "measured-cudnn":
+        monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: True)
+    x, weight, _, skip = make(2, 5, 3, 7, 9, 12, 14, 4, "channels_last")
+    for bias in (torch.randn(8, generator=torch.Generator().manual_seed(5))[::2].to(DEVICE),
+                 torch.tensor([0.7], device=DEVICE).expand(4)):
+        with exact_fp32():
+            for pool in (False, True):
+                op = torch.ops.unet_fast.conv3x3_relu_pool_triton if pool else torch.ops.unet_fast.conv3x3_relu_triton
+                got = op(x.detach(), weight.detach(), bias, skip.detach(), 0, False, route != "triton")
+                got = got if pool else (got,)
+                want = oracle(x, weight, bias, skip, 0, pool=pool)
+                for g, r in zip(got, want):
+                    assert_close(g, r, dtype=torch.float32, msg=f"bias strides {bias.stride()}")
+
+
+@needs_triton
+def test_the_cudnn_route_keeps_the_inputs_dtype_under_autocast(monkeypatch):
+    """The op called directly under autocast with float32 inputs: float32 out, as its fake kernel and the Triton
+    route say (cuDNN's conv inside it must not autocast)."""
+    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: True)
+    x, weight, bias, skip = make(1, 3, 0, 6, 6, 0, 0, 4, "channels_last")
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y = torch.ops.unet_fast.conv3x3_relu_triton(x.detach(), weight.detach(), bias.detach(), None, 0, False, True)
+    assert y.dtype == torch.float32
+
+
+@needs_triton
+def test_double_backward_through_cudnn_backward_parts(monkeypatch):
+    """Where the table gives the backward to cuDNN, create_graph=True gives a differentiable gradient (aten's
+    mask and bias sum: the Triton passes have no derivative of their own)."""
+    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (True, True))
+    x, weight, bias, _ = make(2, 3, 0, 7, 8, 0, 0, 5, "channels_last")
+    with exact_fp32():
+        y = torch.ops.unet_fast.conv3x3_relu_triton(x, weight, bias, None, 0, False, True)
+        (gw,) = torch.autograd.grad((y ** 2).sum(), [weight], create_graph=True)
+        (ggx,) = torch.autograd.grad(gw.sum(), [x])
+    y_ref = oracle(x, weight, bias, None, 0)[0]
+    (gw_ref,) = torch.autograd.grad((y_ref ** 2).sum(), [weight], create_graph=True)
+    (ggx_ref,) = torch.autograd.grad(gw_ref.sum(), [x])
+    assert_close(gw, gw_ref, dtype=torch.float32)
+    assert_close(ggx, ggx_ref, dtype=torch.float32)

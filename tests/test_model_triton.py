@@ -173,7 +173,7 @@ def test_predict_tiled_packs_each_weight_once_and_matches_the_reference(monkeypa
 
 
 @needs_triton
-@pytest.mark.parametrize("aten", ["forward", "backward", "every-other"])
+@pytest.mark.parametrize("aten", ["forward", "backward", "every-other", "dgrad-only"])
 def test_network_with_the_parts_the_table_gives_cudnn(aten, monkeypatch):
     """The default implementation on a GPU (measured): each layer's forward, dgrad and wgrad run where the table
     says. Here cuDNN takes every forward, every backward part, or alternate layers' parts (a layer whose input
@@ -197,7 +197,10 @@ def test_network_with_the_parts_the_table_gives_cudnn(aten, monkeypatch):
     monkeypatch.setattr(model_module.ops, "backend", triton_by_default)
     monkeypatch.setattr(kernels, "forward_prefers_aten", by_layer("forward"))
     prefers_backward = by_layer("backward")
-    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (prefers_backward(*args),) * 2)
+    if aten == "dgrad-only":  # cuDNN's dgrad (no concatenation made for it) beside our wgrad
+        monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (calls.append("backward") or True, False))
+    else:
+        monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (prefers_backward(*args),) * 2)
     ref, fast = twins(POOL_AND_DIRECT, **TINY)
     with torch.no_grad():  # biases start at 0: give them values, so a lost bias shows
         for p_ref, p_fast in zip(ref.parameters(), fast.parameters()):

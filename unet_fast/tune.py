@@ -61,7 +61,9 @@ def _relative_error(actual, expected) -> float:
 class Problem:
     """One layer's tensors and, per kind, how to run it with a given config and how aten does it."""
 
-    def __init__(self, layer: geometry.ConvLayer, batch: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, layer: geometry.ConvLayer, batch: int, dtype: torch.dtype, device: torch.device,
+                 bottom: bool = False):
+        """bottom: the deepest encoder level's layer (its second conv feeds no pool)."""
         g = torch.Generator(device=device).manual_seed(0)
         cl = torch.channels_last
 
@@ -71,6 +73,9 @@ class Problem:
         self.layer = layer
         # a level's second conv reads the first's ReLU output: UNet's dgrad applies that ReLU's mask (epilogue)
         self.relu_input = layer.name.endswith("conv2")
+        # the op sums the bias in the ReLU mask's pass of a second conv whose output feeds no pool (the
+        # decoder's, the bottom's): there cuDNN's route makes no pass of its own for it
+        self.bias_in_mask_pass = self.relu_input and (layer.name.startswith("dec") or bottom)
         self.x = randn(batch, layer.in_channels, layer.size, layer.size).contiguous(memory_format=cl)
         self.skip = None
         self.offset = (0, 0)
@@ -149,9 +154,12 @@ class Problem:
         ReLU mask, each a pass of its own)."""
         if kind == "forward":
             return lambda: aten_forward(self.x, self.weight, self.bias, self.skip, 0)
+        bias = kind == "wgrad" and not self.bias_in_mask_pass
+
         def backward():
             grad_x, grad_skip, grad_weight, _ = aten_backward(self.grad, self.weight, self.x, self.skip, 0,
-                                                              kind == "dgrad", kind == "wgrad", self.relu_input)
+                                                              kind == "dgrad", kind == "wgrad", self.relu_input,
+                                                              bias_grad=bias)
             if kind == "wgrad":
                 return grad_weight
             return grad_x if grad_skip is None else (grad_x, grad_skip)
@@ -218,7 +226,7 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
     with context, torch.inference_mode():
         # deepest (smallest) layers first: there fixed tiles waste the most (few tiles, a partial wave)
         for layer in sorted(geometry.conv_layers(size, depth, base), key=lambda layer: layer.size):
-            problem = Problem(layer, batch, dtype, device)
+            problem = Problem(layer, batch, dtype, device, bottom=layer.name.startswith(f"enc{depth - 1}."))
             for kind in kinds:
                 if kind == "dgrad" and layer.name == "enc0.conv1":
                     continue  # the image needs no gradient

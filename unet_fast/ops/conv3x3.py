@@ -158,7 +158,8 @@ def _backward(ctx, grad):
     if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
         return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
-    if ctx.needs_input_grad[2] and _aten_parts(ctx, grad)[1] and _triton.can_run(y.device):
+    if ctx.needs_input_grad[2] and _aten_parts(ctx, grad)[1] and _triton.can_run(y.device) \
+            and not torch.is_grad_enabled():  # create_graph: the differentiable aten mask below
         # cuDNN's wgrad computes no bias gradient worth having: the mask's pass sums it on the way
         masked, grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, y)
         return _masked_backward(ctx, masked, grad_bias)
@@ -225,11 +226,18 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
     gradient is slow: ops/triton/bias_grad.py). What the op runs where the table picks aten, and what
     the tuner (unet_fast.tune) times against the Triton tiles, every pass included."""
     bias_grad = weight_grad if bias_grad is None else bias_grad
-    triton_bias = bias_grad and _triton.can_run(grad.device)
+    # create_graph (a double backward) needs aten's differentiable sum
+    triton_bias = bias_grad and _triton.can_run(grad.device) and not torch.is_grad_enabled()
     grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, None)[0] if triton_bias else None
     grad_cat = grad_weight = None
     if input_grad or weight_grad or (bias_grad and not triton_bias):
-        cat = x if skip is None else crop_concat(skip, x)  # one pass, reading the window in place
+        if skip is None:
+            cat = x
+        elif weight_grad or torch.is_grad_enabled():  # one pass, reading the window in place
+            cat = crop_concat(skip, x)
+        else:  # dgrad reads only the input's shape and layout: no concatenation made for it
+            cat = x.new_empty((x.shape[0], skip.shape[1] + x.shape[1], *x.shape[2:])).contiguous(
+                memory_format=torch.channels_last)
         grad_cat, grad_weight, aten_bias = torch.ops.aten.convolution_backward(
             grad, cat, weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
             [input_grad, weight_grad, bias_grad and not triton_bias])
@@ -258,13 +266,20 @@ def aten_forward(x, weight, bias, skip, padding, pool: bool = False):
     bias and applying the ReLU in place (with pool, also writing the 2x2 max-pool): y, or (y, pooled).
     The op's forward where the measured table picks cuDNN, and what the tuner times against the tiles."""
     cat = x if skip is None else crop_concat(skip, x)
-    z = F.conv2d(cat, weight, None, padding=padding).contiguous(memory_format=torch.channels_last)
-    pooled = _bias_relu_kernels.bias_relu_(z, bias, pool)
+    with torch.autocast(x.device.type, enabled=False):  # the op's dtype is its inputs', as the Triton route's
+        z = F.conv2d(cat, weight, None, padding=padding).contiguous(memory_format=torch.channels_last)
+    pooled = _bias_relu_kernels.bias_relu_(z, _contiguous(bias), pool)
     return (z, pooled) if pool else z
+
+
+def _contiguous(bias):
+    """The kernels read the bias as C_out consecutive values: a strided or expanded one is copied once."""
+    return bias.contiguous() if bias is not None else None
 
 
 def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
                          output_grad_masked=False):
+    bias = _contiguous(bias)
     if measured and _kernels.forward_prefers_aten(x, weight, skip, padding):
         return aten_forward(x, weight, bias, skip, padding)
     return _kernels.conv3x3_forward(x, weight, bias, skip, padding, direct=direct,
@@ -273,6 +288,9 @@ def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False,
 
 def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
                               output_grad_masked=False):
+    # the table's forward entries were timed unpooled: pooled, both routes add about the same (the pool's
+    # write), but a tile over POOLED_MAX_TILE runs smaller than timed; a pooled kind for the tuner is to come
+    bias = _contiguous(bias)
     if measured and _kernels.forward_prefers_aten(x, weight, skip, padding):
         return aten_forward(x, weight, bias, skip, padding, pool=True)
     return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct,

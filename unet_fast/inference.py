@@ -149,6 +149,14 @@ def _mirror_copy(out: np.ndarray, block: np.ndarray, rows: np.ndarray, columns: 
             out[:, target_rows, target_columns] = block[:, source_rows, source_columns]
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def graphs_pay(model, plan, channels: int) -> bool:
     """predict_tiled's default for cuda_graphs: a graph of this batch shape, kept from an earlier call, replays
     even a single batch; any other shape is captured only where it pays (two full batches or more, of
@@ -305,10 +313,13 @@ class _Runner:
         plan = self.plan
         jobs = [(n, r * plan.stride[0], c * plan.stride[1]) for n in range(plan.slices)
                 for r in range(plan.grid[0]) for c in range(plan.grid[1])]
-        staged: queue.Queue = queue.Queue(maxsize=2)
+        single = len(jobs) <= plan.batch_size
+        # unbounded for a single batch read here: a put (of the batch, None, or an error a signal raised
+        # between those) must never wait for a reader that is this very thread
+        staged: queue.Queue = queue.Queue(maxsize=0 if single else 2)
         stop = threading.Event()
         reader = None
-        if len(jobs) <= plan.batch_size:   # the batch, then None: both fit the queue
+        if single:
             self._read_batches(jobs, staged, stop)
         else:
             reader = threading.Thread(target=self._read_batches, args=(jobs, staged, stop),
@@ -392,7 +403,7 @@ class _Runner:
         array or memmap; lazy stores read through one file handle stay on one thread) and batches of
         several tiles. One thread copied the 337 MB of a batch of 25 tiles of 1836 px, and checked them
         for NaN, while the GPU waited."""
-        workers = min(self.plan.batch_size, os.cpu_count() or 1, MAX_TILE_READERS)
+        workers = min(self.plan.batch_size, _usable_cpus(), MAX_TILE_READERS)
         if workers < 2 or not isinstance(self.source.image, np.ndarray):
             yield None
             return

@@ -790,14 +790,14 @@ def test_the_measured_cudnn_forward_matches_the_reference(batch, cx, cs, h, w, s
     """Where the table picks cuDNN's forward (default implementation): cuDNN's convolution, then the bias, ReLU
     and pool in one Triton pass, behind the same op; its gradients are the op's backward."""
     chosen = []
-    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: chosen.append(args) or True)
+    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args, pool=False: chosen.append(pool) or True)
     monkeypatch.setattr(kernels, "conv3x3_forward", None)  # a Triton forward tile would fail loudly
     x, weight, bias, skip = make(batch, cx, cs, h, w, sh, sw, cout, layout)
     with exact_fp32():
         got = torch.ops.unet_fast.conv3x3_relu_pool_triton(x, weight, bias, skip, padding, False, True) if pool \
             else (torch.ops.unet_fast.conv3x3_relu_triton(x, weight, bias, skip, padding, False, True),)
         want = oracle(x, weight, bias, skip, padding, pool=pool)
-        assert chosen
+        assert chosen == [pool]  # the table asked about the pooled problem where the forward pools
         for name, g, r in zip(("y", "pooled"), got, want):
             assert g.is_contiguous(memory_format=torch.channels_last), name
             assert_close(g, r, dtype=torch.float32, msg=name)
@@ -855,7 +855,7 @@ def test_a_strided_or_expanded_bias_is_read_as_its_values(route, monkeypatch):
     """The kernels read the bias as C_out consecutive values: a strided view or an expanded scalar is copied
     first (it read the wrong values, or past the storage of an expanded one)."""
     if route == "measured-cudnn":
-        monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: True)
+        monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args, **kwargs: True)
     x, weight, _, skip = make(2, 5, 3, 7, 9, 12, 14, 4, "channels_last")
     for bias in (torch.randn(8, generator=torch.Generator().manual_seed(5))[::2].to(DEVICE),
                  torch.tensor([0.7], device=DEVICE).expand(4)):
@@ -873,7 +873,7 @@ def test_a_strided_or_expanded_bias_is_read_as_its_values(route, monkeypatch):
 def test_the_cudnn_route_keeps_the_inputs_dtype_under_autocast(monkeypatch):
     """The op called directly under autocast with float32 inputs: float32 out, as its fake kernel and the Triton
     route say (cuDNN's conv inside it must not autocast)."""
-    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args: True)
+    monkeypatch.setattr(kernels, "forward_prefers_aten", lambda *args, **kwargs: True)
     x, weight, bias, skip = make(1, 3, 0, 6, 6, 0, 0, 4, "channels_last")
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         y = torch.ops.unet_fast.conv3x3_relu_triton(x.detach(), weight.detach(), bias.detach(), None, 0, False, True)

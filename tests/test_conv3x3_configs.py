@@ -167,7 +167,10 @@ def test_heuristic_and_candidates():
             assert found[0] == configs.heuristic(kind, "bf16", cs, cx, cout)
             assert len(found) == len(set(found))
             assert all(c.shared_bytes(2) <= configs.SHARED_MEMORY_BUDGET for c in found)
-            assert any(c.swap for c in found) == (kind != "wgrad" and cout <= 64)
+            assert any(c.swap for c in found) == (kind in ("forward", "dgrad") and cout <= 64)
+            if kind == "pool":  # what the pooled epilogue runs: pointer kernel, unsplit, a capped tile
+                assert all(not (c.tma or c.split_k > 1) and c.block_m * c.block_n <= configs.POOLED_MAX_TILE
+                           for c in found)
     assert configs.candidates("forward", "fp32", 0, 64, 64) == [configs.heuristic("forward", "fp32", 0, 64, 64)]
 
 
@@ -296,3 +299,27 @@ def test_relu_pool_backward_op_passes_opcheck():
     grad_y, grad_pooled = torch.randn_like(y), torch.randn(2, 6, 4, 4).to(DEVICE)
     torch.library.opcheck(torch.ops.unet_fast.relu_pool_backward_triton.default, (y, grad_y, grad_pooled))
     torch.library.opcheck(torch.ops.unet_fast.relu_pool_backward_triton.default, (y, None, grad_pooled))
+
+
+def test_a_pooled_forward_takes_its_own_entry_else_the_forwards(monkeypatch):
+    """kind "pool" (the forward with the pooled epilogue): its own table entry where tuned; in a table tuned
+    before pooled problems were, the forward's entry of the same shape (tile and aten verdict alike)."""
+    forward = configs.problem_key("forward", "bf16", 0, 512, 512, 30_000)
+    pool = configs.problem_key("pool", "bf16", 0, 256, 256, 30_000)
+    tile = configs.Config(128, 64, 64, 8, 3)
+    monkeypatch.setattr(configs, "table", lambda: {"sm90-132": {forward: configs.ATEN, pool: tile,
+                        configs.problem_key("forward", "bf16", 0, 256, 256, 30_000): configs.ATEN}})
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm90-132")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert configs.prefers_aten("pool", cuda, "bf16", 0, 512, 512, 30_000)        # the forward's verdict
+    assert not configs.prefers_aten("pool", cuda, "bf16", 0, 256, 256, 30_000)    # its own, against the forward's
+    assert configs.choose("pool", cuda, "bf16", 0, 256, 256, 30_000) == tile
+    assert not configs.prefers_aten("pool", cuda, "bf16", 0, 64, 64, 30_000)      # unmeasured: our kernel
+    x = torch.empty(8, 256, 64, 64, device="meta").contiguous(memory_format=torch.channels_last)
+    out = torch.empty(8, 256, 62, 62, device="meta").contiguous(memory_format=torch.channels_last)
+    pooled = torch.empty(8, 256, 31, 31, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(9 * 256, 256, device="meta", dtype=torch.bfloat16)
+    launch = kernels.plan_conv(x.to(torch.bfloat16), None, (0, 0), w, None, out.to(torch.bfloat16), None, (0, 0), 0,
+                               True, device_type="cuda", pooled=pooled.to(torch.bfloat16))
+    assert (launch.meta["BLOCK_M"], launch.meta["BLOCK_N"]) == (128, 64)          # the pool entry's tile

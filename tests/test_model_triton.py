@@ -186,7 +186,7 @@ def test_network_with_the_parts_the_table_gives_cudnn(aten, monkeypatch):
         return "triton" if name == "conv3x3_relu" and dtype == torch.float32 else original(name, device, dtype)
 
     def by_layer(kind):
-        def prefers(*args):
+        def prefers(*args, **kwargs):
             calls.append(kind)
             weight = args[1]
             return aten == kind or (aten == "every-other" and weight.shape[0] % 16 == 8)

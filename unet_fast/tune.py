@@ -1,11 +1,12 @@
 """Measure the conv3x3 kernels' candidate tiles on this GPU and keep the fastest per layer.
 
     python -m unet_fast.tune [--size 572] [--depth 5] [--base-channels 64] [--batch 8] [--dtype bf16]
-                             [--kinds forward,dgrad,wgrad] [--time-limit SECONDS] [--results FILE] [--write]
+                             [--kinds forward,pool,dgrad,wgrad] [--time-limit SECONDS] [--results FILE] [--write]
     python -m unet_fast.tune --from-results FILE --write     # the table from an earlier run's results
 
-For every 3x3 layer of the network at that input size, and each kind of launch (forward, dgrad =
-input gradient, wgrad = weight gradient), every candidate of ``conv3x3_configs.candidates`` is
+For every 3x3 layer of the network at that input size, and each kind of launch (forward, pool = the
+forward with its 2x2 max-pool for an encoder's second conv, dgrad = input gradient, wgrad = weight
+gradient), every candidate of ``conv3x3_configs.candidates`` is
 compiled, checked against aten on the same inputs (a candidate that is wrong, or whose kernel spills
 registers, is never chosen) and timed with CUDA events; aten/cuDNN's time for the same work is
 measured beside it, and where it beats every candidate the winner is "aten" (the op then calls
@@ -89,7 +90,10 @@ class Problem:
         out = layer.output_size
         self.grad = randn(batch, layer.out_channels, out, out).contiguous(memory_format=cl)
         self.pixels = batch * out * out
-        self.rows = {"forward": self.pixels, "dgrad": batch * layer.size * layer.size, "wgrad": self.pixels}
+        self.rows = {"forward": self.pixels, "pool": batch * 4 * ((out + 1) // 2) ** 2,  # 4 per window
+                     "dgrad": batch * layer.size * layer.size, "wgrad": self.pixels}
+        # an encoder's second conv above the bottom writes the 2x2 max-pool too (UNet's pooled epilogue)
+        self.pools = layer.name.startswith("enc") and self.relu_input and not bottom
         self.compiled = {}  # (kind, config) -> the CompiledKernel of its last launch (registers, spills)
 
     def channels(self, kind: str) -> tuple[int, int, int]:
@@ -105,14 +109,19 @@ class Problem:
     def ours(self, kind: str, config: configs.Config):
         """A callable running our kernel for this kind with ``config`` and returning the result."""
         layer, x, skip = self.layer, self.x, self.skip
-        if kind == "forward":
+        if kind in ("forward", "pool"):
             w_packed = kernels.pack_forward_weight(self.weight)
             out = torch.empty_like(self.grad)
+            pooled = None
+            if kind == "pool":
+                n, c, h, w = out.shape
+                pooled = torch.empty((n, c, h // 2, w // 2), device=out.device, dtype=out.dtype,
+                                     memory_format=torch.channels_last)
 
             def run():
-                launch = kernels.plan_forward(x, skip, w_packed, self.bias, out, None, 0, False, config=config)
+                launch = kernels.plan_forward(x, skip, w_packed, self.bias, out, pooled, 0, False, config=config)
                 self.compiled[kind, config] = launch.run()  # with its split-K sum, if any
-                return out
+                return out if pooled is None else (out, pooled)
             return run
         if kind == "dgrad":
             w_packed = kernels.pack_dgrad_weight(self.weight)
@@ -152,8 +161,8 @@ class Problem:
         """aten/cuDNN doing the same work: conv + ReLU (with the crop and cat), or its backward as the op
         runs it where the table picks aten (conv3x3.aten_backward: the cat, skip's gradient and the
         ReLU mask, each a pass of its own)."""
-        if kind == "forward":
-            return lambda: aten_forward(self.x, self.weight, self.bias, self.skip, 0)
+        if kind in ("forward", "pool"):
+            return lambda: aten_forward(self.x, self.weight, self.bias, self.skip, 0, pool=kind == "pool")
         bias = kind == "wgrad" and not self.bias_in_mask_pass
 
         def backward():
@@ -230,6 +239,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
             for kind in kinds:
                 if kind == "dgrad" and layer.name == "enc0.conv1":
                     continue  # the image needs no gradient
+                if kind == "pool" and not problem.pools:
+                    continue
                 key = problem.key(kind, dtype_name)
                 if key in seen:
                     continue
@@ -300,7 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--base-channels", type=int, default=64, help="first level's channels (default 64)")
     parser.add_argument("--batch", type=int, default=8, help="tiles per call (default 8)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="compute type (default bf16)")
-    parser.add_argument("--kinds", default="forward,dgrad,wgrad", help="launch kinds to tune (default all three)")
+    parser.add_argument("--kinds", default=",".join(configs.KINDS), help="launch kinds to tune (default all: "
+                        "forward, pool = the forward with the pooled epilogue, dgrad, wgrad)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="stop starting new layers after this")
     parser.add_argument("--results", type=Path, help="write every measurement here (JSON)")
     parser.add_argument("--write", action="store_true", help="merge the winners into the package's table")

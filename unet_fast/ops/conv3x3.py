@@ -288,10 +288,8 @@ def _conv3x3_relu_triton(x, weight, bias, skip, padding, direct, measured=False,
 
 def _conv3x3_relu_pool_triton(x, weight, bias, skip, padding, direct, measured=False, mask_input_grad=False,
                               output_grad_masked=False):
-    # the table's forward entries were timed unpooled: pooled, both routes add about the same (the pool's
-    # write), but a tile over POOLED_MAX_TILE runs smaller than timed; a pooled kind for the tuner is to come
     bias = _contiguous(bias)
-    if measured and _kernels.forward_prefers_aten(x, weight, skip, padding):
+    if measured and _kernels.forward_prefers_aten(x, weight, skip, padding, pool=True):
         return aten_forward(x, weight, bias, skip, padding, pool=True)
     return _kernels.conv3x3_forward(x, weight, bias, skip, padding, pool=True, direct=direct,
                                     packed_weight=_packed_forward(weight))

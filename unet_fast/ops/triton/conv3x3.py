@@ -633,11 +633,12 @@ def _prefers_aten(kind: str, x, cs: int, cx: int, cout: int, rows: int) -> bool:
     return configs.prefers_aten(kind, x.device, dtype_name, cs, cx, cout, rows)
 
 
-def forward_prefers_aten(x, weight, skip, padding: int) -> bool:
-    """True where the measured table says cuDNN's conv + ReLU beat every Triton tile for this layer."""
+def forward_prefers_aten(x, weight, skip, padding: int, pool: bool = False) -> bool:
+    """True where the measured table says cuDNN's conv + ReLU (+ pool) beat every Triton tile for this layer."""
     n, cx, h, w = x.shape
     cs = skip.shape[1] if skip is not None else 0
-    return _prefers_aten("forward", x, cs, cx, weight.shape[0], n * (h + 2 * padding - 2) * (w + 2 * padding - 2))
+    rows = _gemm_rows(n, h + 2 * padding - 2, w + 2 * padding - 2, pool)
+    return _prefers_aten("pool" if pool else "forward", x, cs, cx, weight.shape[0], rows)
 
 
 def backward_prefers_aten(grad, weight, x, skip, padding: int) -> tuple[bool, bool]:
@@ -651,11 +652,6 @@ def backward_prefers_aten(grad, weight, x, skip, padding: int) -> tuple[bool, bo
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
-
-
-#: the most accumulators a tile with the pooled epilogue holds: the H100 table's 256 x 128 forward tile, pooled,
-#: spilled 16 bytes on sm_90 (triton 3.6 and 3.9; 160 and 336 on sm_80); its 128-row half does not
-POOLED_MAX_TILE = 128 * 128
 
 
 def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padding, relu,
@@ -678,11 +674,11 @@ def plan_conv(x, skip, skip_offset, w_packed, bias, out, out2, out2_offset, padd
     precision, dtype_name, round_tf32 = _compute_type(x.dtype, device_type, cout if kind == "dgrad" else cs + cx)
     if config is None:
         device = x.device if x.device.type == device_type else torch.device(device_type)
-        config = configs.choose(kind, device, dtype_name, cs, cx, cout, rows)
+        config = configs.choose("pool" if pooled is not None else kind, device, dtype_name, cs, cx, cout, rows)
     if config.swap and pooled is not None:  # the pooled epilogue needs pixels as rows: same tiles, unswapped
         config = dataclasses.replace(config, swap=False)
-    if pooled is not None and config.block_m * config.block_n > POOLED_MAX_TILE:
-        config = dataclasses.replace(config, block_m=POOLED_MAX_TILE // config.block_n)
+    if pooled is not None and config.block_m * config.block_n > configs.POOLED_MAX_TILE:
+        config = dataclasses.replace(config, block_m=configs.POOLED_MAX_TILE // config.block_n)
     if config.split_k > 1 and (pooled is not None or config.tma):  # split-K: the pointer kernel, unpooled
         config = dataclasses.replace(config, split_k=1)
     skip_t = skip if skip is not None else x  # never read without HAS_SKIP

@@ -1,8 +1,9 @@
 """Which tiles the conv3x3 kernels use: a per-layer table measured on GPUs, and a heuristic for the rest.
 
 A problem is (kind, dtype, skip channels, x channels, output channels, GEMM rows): kind "forward" and
-"dgrad" run conv3x3_kernel (rows = output pixels), "wgrad" runs conv3x3_wgrad_kernel (rows = the
-pixels it sums over). The table, conv3x3_configs.json beside this file, maps a device ("sm90-132":
+"dgrad" run conv3x3_kernel (rows = output pixels), "pool" is the forward with the 2x2 max-pool in its
+epilogue (an encoder's second conv; rows = 4 per window; where the table has no "pool" entry the
+"forward" one serves), "wgrad" runs conv3x3_wgrad_kernel (rows = the pixels it sums over). The table, conv3x3_configs.json beside this file, maps a device ("sm90-132":
 compute capability and SM count) and a problem, its rows rounded up to a power of two, to the
 configuration `python -m unet_fast.tune` measured fastest there, or to "aten" where cuDNN did the
 same work faster than every candidate (``prefers_aten``: the op then calls aten for that part);
@@ -21,7 +22,10 @@ from pathlib import Path
 import torch
 
 TABLE_PATH = Path(__file__).with_name("conv3x3_configs.json")
-KINDS = ("forward", "dgrad", "wgrad")
+KINDS = ("forward", "pool", "dgrad", "wgrad")
+#: the most accumulators a tile with the pooled epilogue holds: the H100 table's 256 x 128 forward tile, pooled,
+#: spilled 16 bytes on sm_90 (triton 3.6 and 3.9; 160 and 336 on sm_80); its 128-row half does not
+POOLED_MAX_TILE = 128 * 128
 ATEN = "aten"  # a table entry: cuDNN/aten measured faster than every Triton candidate
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles per program (sm_90: 227 KiB in all)
 
@@ -68,8 +72,8 @@ class Config:
 
 
 # The interpreter's cost is mostly per program and per loop step, so it gets few, large tiles.
-INTERPRETER = {"forward": Config(128, 32, 16, 4, 1), "dgrad": Config(128, 32, 16, 4, 1),
-               "wgrad": Config(32, 32, 128, 4, 1)}
+INTERPRETER = {"forward": Config(128, 32, 16, 4, 1), "pool": Config(128, 32, 16, 4, 1),
+               "dgrad": Config(128, 32, 16, 4, 1), "wgrad": Config(32, 32, 128, 4, 1)}
 
 
 def dtype_name(dtype: torch.dtype, precision: str) -> str:
@@ -125,8 +129,11 @@ def _measured(kind: str, device: torch.device, dtype: str, skip_channels: int, x
               out_channels: int, rows: int):
     if device.type != "cuda" or dtype == "fp32" or not torch.cuda.is_available():
         return None  # (planning for a GPU without one: the static checks)
-    return table().get(device_key(device), {}).get(
-        problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
+    problems = table().get(device_key(device), {})
+    entry = problems.get(problem_key(kind, dtype, skip_channels, x_channels, out_channels, rows))
+    if entry is None and kind == "pool":  # a table tuned before pooled problems were: the forward's entry
+        entry = problems.get(problem_key("forward", dtype, skip_channels, x_channels, out_channels, rows))
+    return entry
 
 
 def prefers_aten(kind: str, device: torch.device, dtype: str, skip_channels: int, x_channels: int,
@@ -168,7 +175,7 @@ def warps(block_m: int, block_n: int) -> int:
 
 
 def heuristic(kind: str, dtype: str, skip_channels: int, x_channels: int, out_channels: int) -> Config:
-    """Tiles sized to the layer, for problems the table does not hold."""
+    """Tiles sized to the layer, for problems the table does not hold (pool: the forward's)."""
     wide = max(skip_channels, x_channels)
     if kind == "wgrad":
         block_m, block_n = channel_block(skip_channels + x_channels), channel_block(out_channels)
@@ -207,6 +214,9 @@ def candidates(kind: str, dtype: str, skip_channels: int, x_channels: int, out_c
     base = heuristic(kind, dtype, skip_channels, x_channels, out_channels)
     if dtype == "fp32":
         return [base]
+    if kind == "pool":  # the pooled epilogue: pixels as rows, one pass, pointer kernel, a capped tile
+        return [c for c in candidates("forward", dtype, skip_channels, x_channels, out_channels, sms=sms)
+                if not (c.swap or c.tma or c.split_k > 1) and c.block_m * c.block_n <= POOLED_MAX_TILE]
     element = 4 if dtype == "tf32" else 2
     k = 32 if dtype == "tf32" else 64
     narrow_in = channel_block(skip_channels + x_channels if kind == "wgrad" else max(skip_channels, x_channels))

@@ -172,3 +172,24 @@ def test_implementation_that_cannot_run_is_refused():
     if not runnable("extension", "cpu"):
         with pytest.raises(ValueError, match="implementation 'extension' cannot run on cpu"):
             crop_concat(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4), implementation="extension")
+
+
+@needs_triton
+@pytest.mark.parametrize("skip_shape, x_shape", SHAPES)
+@pytest.mark.parametrize("skip_channels_last", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_backward_op_splits_the_gradient_in_one_pass(skip_shape, x_shape, skip_channels_last, x_grad):
+    """unet_fast::crop_concat_backward_triton: skip's gradient in its full shape and layout (zero around the
+    window), and x's as a channels_last tensor of its own, from a gradient of any layout (here strided)."""
+    cs, cx = skip_shape[1], x_shape[1]
+    wide = torch.randn((x_shape[0], cs + cx + 2, *x_shape[2:]), generator=torch.Generator().manual_seed(3))
+    grad = wide.contiguous(memory_format=torch.channels_last)[:, 1:-1].to(DEVICE)  # a channel slice: strided
+    want_skip, want_x = gradient_oracle(skip_shape, cx, grad.cpu())
+    got = torch.ops.unet_fast.crop_concat_backward_triton(grad, list(skip_shape), skip_channels_last, x_grad)
+    assert len(got) == (2 if x_grad else 1)
+    layout = torch.channels_last if skip_channels_last else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=layout) and torch.equal(got[0].cpu(), want_skip)
+    if x_grad:
+        assert got[1].is_contiguous(memory_format=torch.channels_last) and torch.equal(got[1].cpu(), want_x)
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat_backward_triton.default,
+                          (grad, list(skip_shape), skip_channels_last, x_grad))

@@ -303,8 +303,10 @@ def split_k_launches(quick: bool):
 
 def elementwise_launches(dtype: torch.dtype):
     """(label, launch) of the passes beside the GEMMs, on the top level's tensors (NHWC, meta): the ReLU + pool
-    backward, the bias gradient (alone and with the ReLU mask), cuDNN's forward epilogue (alone and pooled)."""
+    backward, the bias gradient (alone and with the ReLU mask), skip's and x's gradients from the
+    concatenation's, cuDNN's forward epilogue (alone and pooled)."""
     from unet_fast.ops.triton import bias_grad, bias_relu, relu_pool_backward
+    from unet_fast.ops.triton.crop_concat import plan_crop_concat_backward
 
     def empty(*shape, dtype=dtype):
         return torch.empty(shape, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -315,6 +317,8 @@ def elementwise_launches(dtype: torch.dtype):
     partial = torch.empty((bias_grad.INTERPRETER_BANDS, 64), device="meta", dtype=torch.float32)
     yield f"bias_grad {name} 64 channels", bias_grad.plan(y, None, None, partial)
     yield f"bias_grad+mask {name} 64 channels", bias_grad.plan(y, y, y, partial)
+    yield (f"crop_concat_backward {name} 64+64 channels",
+           plan_crop_concat_backward(empty(8, 128, 392, 392), y, empty(8, 64, 392, 392), 88, 88))
     deep = empty(8, 512, 64, 64)
     yield f"bias_relu {name} 512 channels", bias_relu.plan(deep, deep[0, :, 0, 0], None)
     yield f"bias_relu+pool {name} 512 channels", bias_relu.plan(deep, deep[0, :, 0, 0], empty(8, 512, 32, 32))

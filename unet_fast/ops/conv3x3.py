@@ -245,13 +245,17 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
     grad_x = grad_skip = None
     if input_grad:
         cs = 0 if skip is None else skip.shape[1]
-        grad_x = grad_cat[:, cs:]
+        if skip is not None and _triton.can_run(grad.device) and not torch.is_grad_enabled():
+            # one pass: skip's gradient (window and zeroed border) and x's, each a tensor of its own
+            grad_skip, grad_x = torch.ops.unet_fast.crop_concat_backward_triton(grad_cat, list(skip.shape), True, True)
+        else:
+            grad_x = grad_cat[:, cs:]
+            if skip is not None:
+                grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
+                zero_outside_center(grad_skip, x.shape[-2:])
+                center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
         if mask_x:  # torch.where, not masked_fill, keeps x's channels_last (see _ReluMaskedGrad)
             grad_x = torch.where(x <= 0, 0, grad_x)
-        if skip is not None:
-            grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
-            zero_outside_center(grad_skip, x.shape[-2:])
-            center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
     return grad_x, grad_skip, grad_weight, grad_bias
 
 

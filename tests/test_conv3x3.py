@@ -210,8 +210,8 @@ def test_an_nchw_gradient_reaches_the_kernels_channels_last(monkeypatch):
     seen = []
     real = op_module._masked_backward
     monkeypatch.setattr(op_module, "_masked_backward",
-                        lambda ctx, grad: seen.append(grad.is_contiguous(memory_format=torch.channels_last))
-                        or real(ctx, grad))
+                        lambda ctx, grad, *rest: seen.append(grad.is_contiguous(memory_format=torch.channels_last))
+                        or real(ctx, grad, *rest))
     x, weight, bias, skip = make(2, 3, 2, 7, 9, 11, 13, 4, "channels_last")
     grad = torch.randn(2, 4, 5, 7, device=DEVICE)  # NCHW
     with exact_fp32():

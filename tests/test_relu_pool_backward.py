@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import unet_fast.ops  # noqa: F401  (registers the ops)
 from unet_fast.ops.triton.relu_pool_backward import relu_pool_backward
 from triton_device import DEVICE, needs_triton
 
@@ -30,3 +31,8 @@ def test_matches_aten_bit_for_bit_with_ties_and_nan(shape, layout):
     want = aten_reference(y, grad_y, grad_pooled)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, want)
+    # with the bias gradient summed by the same pass (the op where cuDNN computes the weight gradient)
+    masked, bias = torch.ops.unet_fast.relu_pool_backward_bias_triton(y, grad_y, grad_pooled)
+    assert torch.equal(masked, want) and bias.dtype == torch.float32
+    torch.testing.assert_close(bias, want.double().sum((0, 2, 3)).float(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    torch.library.opcheck(torch.ops.unet_fast.relu_pool_backward_bias_triton.default, (y, grad_y, grad_pooled))

@@ -314,6 +314,8 @@ def elementwise_launches(dtype: torch.dtype):
     name = str(dtype)[6:]
     y, pooled = empty(8, 64, 568, 568), empty(8, 64, 284, 284)
     yield f"relu_pool_backward {name} 64 channels", relu_pool_backward.plan(y, y, pooled, y)
+    windows = torch.empty((8 * 284 * 284 // relu_pool_backward.blocks(y)[0], 64), device="meta", dtype=torch.float32)
+    yield f"relu_pool_backward+bias {name} 64 channels", relu_pool_backward.plan(y, y, pooled, y, windows)
     partial = torch.empty((bias_grad.INTERPRETER_BANDS, 64), device="meta", dtype=torch.float32)
     yield f"bias_grad {name} 64 channels", bias_grad.plan(y, None, None, partial)
     yield f"bias_grad+mask {name} 64 channels", bias_grad.plan(y, y, y, partial)

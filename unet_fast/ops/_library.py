@@ -59,6 +59,8 @@ SCHEMAS = {
     # (grad_y + max_pool2d's backward of grad_pooled) where not y <= 0, else 0: the backward of an encoder
     # level's y = relu(conv) that feeds the skip connection and the 2x2 pool (grad_y None: zeros).
     "relu_pool_backward": "(Tensor y, Tensor? grad_y, Tensor grad_pooled) -> Tensor",
+    # [relu_pool_backward's result, its float32 sum over batch and pixels (the bias gradient)], one pass.
+    "relu_pool_backward_bias": "(Tensor y, Tensor? grad_y, Tensor grad_pooled) -> Tensor[]",
     # [skip's gradient (skip_size, channels_last or contiguous), zero outside the window] or with x_grad
     # [that, x's gradient (channels_last)] from crop_concat's output gradient, in one pass.
     "crop_concat_backward": "(Tensor grad, SymInt[] skip_size, bool skip_channels_last, bool x_grad) -> Tensor[]",

@@ -131,6 +131,10 @@ def _fake_relu_pool_backward(y, grad_y, grad_pooled):
     return torch.empty_like(y, memory_format=torch.channels_last)
 
 
+def _fake_relu_pool_backward_bias(y, grad_y, grad_pooled):
+    return [_fake_relu_pool_backward(y, grad_y, grad_pooled), y.new_empty((y.shape[1],), dtype=torch.float32)]
+
+
 def _fake_bias_grad(grad, y):
     bias = grad.new_empty((grad.shape[1],), dtype=torch.float32)
     return [bias] if y is None else [torch.empty_like(y, memory_format=torch.channels_last), bias]
@@ -158,11 +162,12 @@ def _backward(ctx, grad):
     if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
         return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
-    if ctx.needs_input_grad[2] and _aten_parts(ctx, grad)[1] and _triton.can_run(y.device) \
-            and not torch.is_grad_enabled():  # create_graph: the differentiable aten mask below
-        # cuDNN's wgrad computes no bias gradient worth having: the mask's pass sums it on the way
+    if _triton.can_run(y.device) and not torch.is_grad_enabled():  # create_graph: the differentiable aten mask
+        # one pass (aten's is two: y <= 0, then where), which sums the bias gradient on the way: used where
+        # cuDNN computes the weight's, which gives no bias gradient worth having
         masked, grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, y)
-        return _masked_backward(ctx, masked, grad_bias)
+        aten_wgrad = ctx.needs_input_grad[2] and _aten_parts(ctx, grad)[1]
+        return _masked_backward(ctx, masked, grad_bias if aten_wgrad else None)
     # ReLU's mask, read from its output, as aten's threshold_backward applies it (zero where y <= 0; a NaN
     # passes, as in the kernels' fused masks). The result takes y's channels_last layout (the condition's),
     # which the kernels read coalesced, whatever layout the gradient came in: a 1x1 head's or an
@@ -176,6 +181,10 @@ def _backward_pool(ctx, grad, grad_pooled):
     if grad_pooled is None:
         return _backward(ctx, grad)
     if _triton.can_run(y.device):
+        if ctx.needs_input_grad[2] and _aten_parts(ctx, y)[1]:  # (y: the shape of y's gradient)
+            # cuDNN's wgrad computes no bias gradient worth having: the same pass sums it
+            masked, grad_bias = torch.ops.unet_fast.relu_pool_backward_bias_triton(y, grad, grad_pooled)
+            return _masked_backward(ctx, masked, grad_bias)
         return _masked_backward(ctx, torch.ops.unet_fast.relu_pool_backward_triton(y, grad, grad_pooled))
     _, indices = F.max_pool2d(y, 2, return_indices=True)  # aten's argmax, so aten's tie-breaking
     pooled = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1],
@@ -254,7 +263,9 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
                 grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
                 zero_outside_center(grad_skip, x.shape[-2:])
                 center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
-        if mask_x:  # torch.where, not masked_fill, keeps x's channels_last (see _ReluMaskedGrad)
+        if mask_x and _triton.can_run(grad.device) and not torch.is_grad_enabled():
+            grad_x = torch.ops.unet_fast.bias_grad_triton(grad_x, x)[0]  # the mask in one pass (its sum unused)
+        elif mask_x:  # torch.where, not masked_fill, keeps x's channels_last (see _ReluMaskedGrad)
             grad_x = torch.where(x <= 0, 0, grad_x)
     return grad_x, grad_skip, grad_weight, grad_bias
 
@@ -313,6 +324,10 @@ def _relu_pool_backward_triton(y, grad_y, grad_pooled):
     return _pool_backward_kernels.relu_pool_backward(y, grad_y, grad_pooled)
 
 
+def _relu_pool_backward_bias_triton(y, grad_y, grad_pooled):
+    return list(_pool_backward_kernels.relu_pool_backward(y, grad_y, grad_pooled, bias_grad=True))
+
+
 def _bias_grad_triton(grad, y):
     masked, bias = _bias_grad_kernels.bias_grad(grad, y)
     return [bias] if masked is None else [masked, bias]
@@ -324,12 +339,14 @@ if _triton.available():
     register_triton("conv3x3_input_grad", _conv3x3_input_grad_triton)
     register_triton("conv3x3_weight_grad", _conv3x3_weight_grad_triton)
     register_triton("relu_pool_backward", _relu_pool_backward_triton)
+    register_triton("relu_pool_backward_bias", _relu_pool_backward_bias_triton)
     register_triton("bias_grad", _bias_grad_triton)
 register_fake_and_autograd("conv3x3_relu", _fake_forward, _backward, _setup_context)
 register_fake_and_autograd("conv3x3_relu_pool", _fake_forward_pool, _backward_pool, _setup_context)
 register_fake_and_autograd("conv3x3_input_grad", _fake_input_grad)
 register_fake_and_autograd("conv3x3_weight_grad", _fake_weight_grad)
 register_fake_and_autograd("relu_pool_backward", _fake_relu_pool_backward)
+register_fake_and_autograd("relu_pool_backward_bias", _fake_relu_pool_backward_bias)
 register_fake_and_autograd("bias_grad", _fake_bias_grad)
 
 

@@ -7,7 +7,9 @@ the pooled gradient of those windows, and writes the masked sum. Unfused, aten's
 pool's argmax indices (an int64 tensor a quarter of y), writes the scattered pool gradient, adds and
 masks: about three times the memory traffic. The argmax is aten's: the first maximum of the window in
 row-major order, the last NaN winning over every number, so the result equals aten's bit for bit. Pixels of a
-trailing odd row or column belong to no window (the pool floors) and get only the masked grad_y.
+trailing odd row or column belong to no window (the pool floors) and get only the masked grad_y. With a
+``partial`` buffer each program also sums what it wrote per channel (the bias gradient, where cuDNN computes
+the weight's: no pass of its own over the gradient).
 """
 from __future__ import annotations
 
@@ -27,14 +29,16 @@ if triton is not None:
     def _write(out_ptr, n, h, w, so_n, so_h, so_w, so_c, c64, mask, y, gy, gp, is_arg):
         grad = tl.where(y <= 0, 0.0, gy + tl.where(is_arg, gp, 0.0))  # a NaN passes, as masked_fill(y <= 0)
         rows = n * so_n + h.to(tl.int64) * so_h + w.to(tl.int64) * so_w
-        tl.store(out_ptr + rows[:, None] + (c64 * so_c)[None, :], grad.to(out_ptr.dtype.element_ty), mask=mask)
+        stored = grad.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] + (c64 * so_c)[None, :], stored, mask=mask)
+        return tl.sum(tl.where(mask, stored.to(tl.float32), 0.0), axis=0)  # what was written, per channel
 
     @triton.jit(do_not_specialize=["N", "H", "W", "PH", "PW", "C"])
     def relu_pool_backward_kernel(
-        y_ptr, gy_ptr, gp_ptr, out_ptr,
+        y_ptr, gy_ptr, gp_ptr, out_ptr, partial_ptr,
         sy_n, sy_c, sy_h, sy_w, sg_n, sg_c, sg_h, sg_w, sp_n, sp_c, sp_h, sp_w, so_n, so_c, so_h, so_w,
         N, H, W, PH, PW, C,
-        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+        BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         """Rows: the ceil(H/2) x ceil(W/2) grid of 2x2 windows per image (trailing odd rows/columns included)."""
         pid_m = tl.program_id(0)
@@ -72,30 +76,50 @@ if triton is not None:
         take = (y11 > best) | (y11 != y11)
         arg = tl.where(take, 3, arg)
         gp = _tap(gp_ptr, n, top // 2, left // 2, sp_n, sp_h, sp_w, c64 * sp_c, m00 & pooled)
-        _write(out_ptr, n, top, left, so_n, so_h, so_w, so_c, c64, m00, y00,
-               _tap(gy_ptr, n, top, left, sg_n, sg_h, sg_w, c64 * sg_c, m00), gp, pooled & (arg == 0))
-        _write(out_ptr, n, top, left + 1, so_n, so_h, so_w, so_c, c64, m01, y01,
-               _tap(gy_ptr, n, top, left + 1, sg_n, sg_h, sg_w, c64 * sg_c, m01), gp, pooled & (arg == 1))
-        _write(out_ptr, n, top + 1, left, so_n, so_h, so_w, so_c, c64, m10, y10,
-               _tap(gy_ptr, n, top + 1, left, sg_n, sg_h, sg_w, c64 * sg_c, m10), gp, pooled & (arg == 2))
-        _write(out_ptr, n, top + 1, left + 1, so_n, so_h, so_w, so_c, c64, m11, y11,
-               _tap(gy_ptr, n, top + 1, left + 1, sg_n, sg_h, sg_w, c64 * sg_c, m11), gp, pooled & (arg == 3))
+        total = _write(out_ptr, n, top, left, so_n, so_h, so_w, so_c, c64, m00, y00,
+                       _tap(gy_ptr, n, top, left, sg_n, sg_h, sg_w, c64 * sg_c, m00), gp, pooled & (arg == 0))
+        total += _write(out_ptr, n, top, left + 1, so_n, so_h, so_w, so_c, c64, m01, y01,
+                        _tap(gy_ptr, n, top, left + 1, sg_n, sg_h, sg_w, c64 * sg_c, m01), gp, pooled & (arg == 1))
+        total += _write(out_ptr, n, top + 1, left, so_n, so_h, so_w, so_c, c64, m10, y10,
+                        _tap(gy_ptr, n, top + 1, left, sg_n, sg_h, sg_w, c64 * sg_c, m10), gp, pooled & (arg == 2))
+        total += _write(out_ptr, n, top + 1, left + 1, so_n, so_h, so_w, so_c, c64, m11, y11,
+                        _tap(gy_ptr, n, top + 1, left + 1, sg_n, sg_h, sg_w, c64 * sg_c, m11), gp, pooled & (arg == 3))
+        if BIAS:
+            tl.store(partial_ptr + pid_m.to(tl.int64) * C + c64, total, mask=c_ok)
 
 
-def plan(y: torch.Tensor, grad_y: torch.Tensor, grad_pooled: torch.Tensor, out: torch.Tensor) -> Launch:
+def blocks(y: torch.Tensor) -> tuple[int, int]:
+    """(windows, channels) per program."""
+    return (64, 32) if y.device.type == "cuda" else (32, 32)
+
+
+def plan(y: torch.Tensor, grad_y: torch.Tensor, grad_pooled: torch.Tensor, out: torch.Tensor,
+         partial: torch.Tensor | None = None) -> Launch:
+    """The launch; ``partial`` (programs along the windows, C), float32: each program's per-channel sum of what
+    it wrote, or None."""
     n, c, h, w = y.shape
     windows = n * ((h + 1) // 2) * ((w + 1) // 2)
-    block_m, block_c = (64, 32) if y.device.type == "cuda" else (32, 32)
+    block_m, block_c = blocks(y)
     grid = (triton.cdiv(windows, block_m), triton.cdiv(c, block_c))
-    args = (y, grad_y, grad_pooled, out, *y.stride(), *grad_y.stride(), *grad_pooled.stride(), *out.stride(),
+    args = (y, grad_y, grad_pooled, out, partial if partial is not None else out,
+            *y.stride(), *grad_y.stride(), *grad_pooled.stride(), *out.stride(),
             n, h, w, grad_pooled.shape[2], grad_pooled.shape[3], c)
-    return Launch(relu_pool_backward_kernel, grid, args, dict(BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4))
+    return Launch(relu_pool_backward_kernel, grid, args, dict(BIAS=partial is not None, BLOCK_M=block_m,
+                                                              BLOCK_C=block_c, num_warps=4))
 
 
-def relu_pool_backward(y: torch.Tensor, grad_y: torch.Tensor | None, grad_pooled: torch.Tensor) -> torch.Tensor:
-    """(y > 0) * (grad_y + max_pool2d_backward(grad_pooled)) in y's shape, channels_last; grad_y None: zeros."""
+def relu_pool_backward(y: torch.Tensor, grad_y: torch.Tensor | None, grad_pooled: torch.Tensor,
+                       bias_grad: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(y > 0) * (grad_y + max_pool2d_backward(grad_pooled)) in y's shape, channels_last; grad_y None: zeros.
+    bias_grad: also its float32 sum over batch and pixels, (grad, bias gradient)."""
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype, memory_format=torch.channels_last)
     if grad_y is None:
         grad_y = torch.zeros_like(out)
-    plan(y, grad_y.to(y.dtype), grad_pooled.to(y.dtype), out).run()
-    return out
+    n, c, h, w = y.shape
+    partial = None
+    if bias_grad:
+        programs = triton.cdiv(n * ((h + 1) // 2) * ((w + 1) // 2), blocks(y)[0])
+        partial = torch.zeros((max(programs, 1), c), device=y.device, dtype=torch.float32)
+    if y.numel():
+        plan(y, grad_y.to(y.dtype), grad_pooled.to(y.dtype), out, partial).run()
+    return (out, partial.sum(0)) if bias_grad else out

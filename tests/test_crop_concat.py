@@ -193,3 +193,13 @@ def test_backward_op_splits_the_gradient_in_one_pass(skip_shape, x_shape, skip_c
         assert got[1].is_contiguous(memory_format=torch.channels_last) and torch.equal(got[1].cpu(), want_x)
     torch.library.opcheck(torch.ops.unet_fast.crop_concat_backward_triton.default,
                           (grad, list(skip_shape), skip_channels_last, x_grad))
+
+
+@needs_triton
+@pytest.mark.parametrize("skip_size", [[3, 3, 20, 21], [2, 9, 20, 21], [2, 3, 10, 21], [2, 3, 20]])
+def test_backward_op_refuses_a_skip_size_that_does_not_fit(skip_size):
+    """The op is public: a batch, channel count or size that does not fit the gradient is refused, not read
+    past (it returned uninitialised rows, or read channels beyond the gradient's)."""
+    grad = torch.randn(2, 8, 11, 12, device=DEVICE)
+    with pytest.raises(ValueError, match="skip_size .* does not fit"):
+        torch.ops.unet_fast.crop_concat_backward_triton(grad, skip_size, True, True)

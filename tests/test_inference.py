@@ -209,6 +209,25 @@ def test_out_of_memory_retries_with_a_smaller_plan(caplog, limit, expect):
     assert_close(torch.from_numpy(got), whole_image_logits(tiny(3), image)[0])
 
 
+def test_out_of_memory_never_retries_a_batch_size_that_failed():
+    """Batches read before a halving go in parts of the size that worked: one failed forward at 8 and one at 4,
+    not one per queued batch (a 32-slice stack ran {8: 3, 4: 6, 2: 16} forwards before)."""
+    model = tiny(3, cls=OutOfMemoryAbove)
+    OutOfMemoryAbove.limit = 2 * 52 * 52
+    OutOfMemoryAbove.failed = []
+    sizes = []
+    forward = OutOfMemoryAbove.forward
+    stack = np.random.default_rng(8).random((32, 20, 20), dtype=np.float32)
+    try:
+        OutOfMemoryAbove.forward = lambda self, x: sizes.append(x.shape[0]) or forward(self, x)
+        got = predict_tiled(model, stack, layout="ZYX", tile_size=52, batch_size=8, output="logits", progress=False)
+    finally:
+        OutOfMemoryAbove.forward = forward
+    assert sizes.count(8) == 1 and sizes.count(4) == 1 and set(sizes) == {8, 4, 2}
+    want = predict_tiled(tiny(3), stack, layout="ZYX", tile_size=52, output="logits", progress=False)
+    assert_close(torch.from_numpy(got), torch.from_numpy(want))
+
+
 # ---- test-time augmentation
 
 def _dihedral(array, k):
@@ -348,7 +367,11 @@ def test_gpu_batches_pipeline_where_they_saturate_the_gpu(image, tile, tiles, ba
     plan = plan_tiles(tiny(5, base=4), image, tile_size=tile, device="meta", memory_budget_bytes=140 * 2 ** 30)
     assert plan.tiles == tiles and plan.batch_size == batch
     assert plan.batch_size * tile * tile >= min(SATURATING_BATCH_PIXELS, tiles * tile * tile)
-    assert plan_tiles(tiny(5, base=4), image, tile_size=tile, batch_size=25, device="meta").batch_size == 25
+    # a caller's batch size is kept, but never more than the tiles (nor is more memory charged for it)
+    given = plan_tiles(tiny(5, base=4), image, tile_size=tile, batch_size=25, device="meta", memory_budget_bytes=2 ** 40)
+    assert given.batch_size == min(25, tiles) and given.estimated_bytes == min(25, tiles) * (
+        plan.estimated_bytes // plan.batch_size)
+    assert ("reading and writing overlap" in plan.reason) == (batch < min(tiles, 64))
 
 
 def test_graphs_are_captured_by_default_only_where_launches_matter():
@@ -360,3 +383,18 @@ def test_graphs_are_captured_by_default_only_where_launches_matter():
     assert graphs_pay(model, plan((1536, 1536), 572), 1)        # 16 tiles of 572 px, batches of 8
     assert not graphs_pay(model, plan((8192, 8192), 1836), 1)   # 3 batches of 9 tiles of 1836 px
     assert not graphs_pay(model, plan((768, 768), 572), 1)      # one batch
+
+
+def test_a_kept_graph_replays_only_its_own_computation(monkeypatch):
+    """graphs_pay with the graph's key: a graph kept for labels does not make a single-batch call for probabilities
+    capture a new graph (it would warm up twice and take another memory pool)."""
+    from unet_fast import tile_graphs
+    from unet_fast.inference import graphs_pay
+    model = tiny(5, base=4)
+    plan = plan_tiles(model, (768, 768), tile_size=572, device="meta", memory_budget_bytes=2 ** 40)  # one batch
+    shape = (plan.batch_size, 1, *plan.tile)
+    labels = ("labels", torch.uint8, torch.bfloat16, (92, 92), (384, 384), False)
+    probabilities = ("probabilities",) + labels[1:]
+    monkeypatch.setitem(tile_graphs._graphs, model, {(shape, labels, tile_graphs._parameters_key(model)): object()})
+    assert graphs_pay(model, plan, 1, labels) and graphs_pay(model, plan, 1)
+    assert not graphs_pay(model, plan, 1, probabilities)

@@ -120,3 +120,14 @@ def test_table_from_saved_results(tmp_path, monkeypatch):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit):
         tune.main(["--from-results", str(tmp_path / "bad.json")])
+
+
+def test_which_layers_pool_and_sum_their_bias_in_the_mask():
+    """The tuner times the pooled forward for an encoder's second convs above the bottom, and charges cuDNN's
+    wgrad no bias pass where the op sums it in the ReLU mask's pass (the decoder's and the bottom's second convs)."""
+    def problem(name, bottom=False):
+        return tune.Problem(geometry.ConvLayer(name, 4, 4, 8), 1, torch.float32, torch.device("cpu"), bottom=bottom)
+    assert problem("enc0.conv2").pools and not problem("enc0.conv2").bias_in_mask_pass
+    assert not problem("enc3.conv2", bottom=True).pools and problem("enc3.conv2", bottom=True).bias_in_mask_pass
+    assert not problem("dec0.conv2").pools and problem("dec0.conv2").bias_in_mask_pass
+    assert not problem("enc0.conv1").pools and not problem("dec0.conv1").bias_in_mask_pass

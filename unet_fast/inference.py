@@ -157,14 +157,14 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def graphs_pay(model, plan, channels: int) -> bool:
-    """predict_tiled's default for cuda_graphs: a graph of this batch shape, kept from an earlier call, replays
-    even a single batch; any other shape is captured only where it pays (two full batches or more, of
-    launches that matter beside the batch's compute: at most GRAPH_MAX_BATCH_PIXELS), as its memory pool
-    stays on the model."""
+def graphs_pay(model, plan, channels: int, key: tuple | None = None) -> bool:
+    """predict_tiled's default for cuda_graphs: a graph of this batch shape (and computation ``key``: output,
+    dtypes, crop, TTA), kept from an earlier call, replays even a single batch; any other is captured only
+    where it pays (two full batches or more, of launches that matter beside the batch's compute: at most
+    GRAPH_MAX_BATCH_PIXELS), as its memory pool stays on the model."""
     small = plan.batch_size * plan.tile[0] * plan.tile[1] <= GRAPH_MAX_BATCH_PIXELS
     return (plan.tiles >= 2 * plan.batch_size and small) or has_tile_graph(
-        model, (plan.batch_size, channels, *plan.tile))
+        model, (plan.batch_size, channels, *plan.tile), key)
 
 
 def _infer_layout(image, in_channels: int) -> str:
@@ -189,7 +189,17 @@ class _Runner:
         self.sink, self.normalize = sink, normalize
         self.depth, self.padding = model.depth, model.padding
         self.fallback_tile: int | None = None
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        if cuda_graphs is None:
+            cuda_graphs = graphs_pay(model, plan, source.channels, self.graph_key(self.plan_offset(), plan.stride))
+        self.cuda_graphs = bool(cuda_graphs) and device.type == "cuda"
+
+    def plan_offset(self) -> tuple:
+        """Where a planned tile's kept output starts in its network output."""
+        return tuple(kept_output(t, self.depth, self.padding)[2] for t in self.plan.tile)
+
+    def graph_key(self, offset, size) -> tuple:
+        """What, beside the batch shape and the parameters, a tile graph computes (tile_graphs' key)."""
+        return self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size), self.tta
 
     # -- reading
     def read_tile(self, n, y, x, tile, lead, out: np.ndarray | None = None) -> np.ndarray:
@@ -229,9 +239,7 @@ class _Runner:
         if self.cuda_graphs and batch.shape[0] == self.plan.batch_size:
             try:
                 graph = tile_graph(self.model, tuple(x.shape), lambda t: self.compute(t, offset, size),
-                                   (self.output, self.out_dtype, self.compute_dtype, tuple(offset), tuple(size),
-                                    self.tta),
-                                   self.device)
+                                   self.graph_key(offset, size), self.device)
             except torch.OutOfMemoryError:  # no room for a graph's own pool (None later: tile_graph remembers)
                 pass
             if graph is None:  # eager from here on; released outside the handler: see _release
@@ -251,7 +259,11 @@ class _Runner:
         return host
 
     def launch_splitting(self, batch, offset, size):
-        """launch, halving the batch on out-of-memory errors (same tiles, same results)."""
+        """launch, halving the batch on out-of-memory errors (same tiles, same results). A batch read before
+        an earlier halving goes in parts of the batch size that worked, not at the size that failed."""
+        if batch.shape[0] > self.plan.batch_size:
+            parts = [self.launch_splitting(part, offset, size) for part in batch.split(self.plan.batch_size)]
+            return self._joined(parts)
         try:
             return self.launch(batch, offset, size)
         except torch.OutOfMemoryError:
@@ -259,10 +271,16 @@ class _Runner:
                 raise
         self._release()  # outside the handler: see _release
         half = max(1, batch.shape[0] // 2)
-        self.plan.batch_size = min(self.plan.batch_size, half)
+        planned = self.plan.batch_size
+        self.plan.batch_size = min(planned, half)
+        self.plan.estimated_bytes = self.plan.estimated_bytes * self.plan.batch_size // planned  # explain() says so
         self.plan.retries.append(f"out of memory at batch {batch.shape[0]}: batch {half}")
         log.warning("out of memory at batch %d; retrying with batch %d", batch.shape[0], half)
         parts = [self.launch_splitting(part, offset, size) for part in batch.split(half)]
+        return self._joined(parts)
+
+    @staticmethod
+    def _joined(parts):
         for _, done in parts:
             if done is not None:
                 done.synchronize()
@@ -415,7 +433,7 @@ class _Runner:
         computed and written here, tile by tile with smaller tiles, after an out-of-memory error."""
         plan = self.plan
         if self.fallback_tile is None:
-            offset = tuple(kept_output(t, self.depth, self.padding)[2] for t in plan.tile)
+            offset = self.plan_offset()
             try:
                 return (chunk, *self.launch_splitting(batch, offset, plan.stride))
             except torch.OutOfMemoryError:
@@ -516,7 +534,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         ``unet_fast.rescale``): None: ``model.input_scale`` (set by load_model from the model file: the
         factor training resampled its images by to bring their objects to the recipe's size), else 1.
         Results are on the image's own grid whatever the scale.
-    cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs),
+    cuda_graphs: on CUDA, replay each full batch as one captured graph (unet_fast.tile_graphs; a graph's
+        buffers are shared: calls on one model from several threads at once need cuda_graphs=False),
         kept on the model for later calls (the two most recently used batch shapes: each holds its own
         memory pool); None: when the image has at least two full batches of at most GRAPH_MAX_BATCH_PIXELS
         input pixels, or a graph of this batch shape is kept already. Results are the same either way.
@@ -574,10 +593,8 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                      pixel_size=pixel_size, provenance=provenance)
     try:
         model.to(device=device, memory_format=torch.channels_last).eval()
-        if cuda_graphs is None:
-            cuda_graphs = graphs_pay(model, plan, source.channels)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
-                         bool(cuda_graphs), tta)
+                         cuda_graphs, tta)
         with torch.inference_mode(), frozen_weights():  # the weights cannot change during the call
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()

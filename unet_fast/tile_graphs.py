@@ -14,7 +14,9 @@ A shape whose capture (or its eager warm-up) ran out of memory is remembered as 
 from then on without trying again (each try costs two eager forwards and the failed capture), until the
 parameters move. At most MAX_GRAPHS_PER_MODEL graphs are kept per model, the least recently used dropped
 first: each holds its activations' pool (40 GiB for the 25 tiles of 1836 px of an 8192^2 image on an H200),
-and a folder of images of many sizes would otherwise keep one per tile shape.
+and a folder of images of many sizes would otherwise keep one per tile shape. A graph's input and output
+buffers are its own, shared by every call that replays it: one model's graphs are not for several threads
+at once (predict_tiled(cuda_graphs=False) there).
 """
 from __future__ import annotations
 
@@ -86,12 +88,12 @@ def _capture(compute: Callable[[torch.Tensor], torch.Tensor], shape: tuple, devi
     return TileGraph(graph, static_input, static_output)
 
 
-def has_tile_graph(model: torch.nn.Module, shape: tuple | None = None) -> bool:
-    """True when a graph was captured for ``model`` (for input batches of ``shape``, where given) and its
-    parameters have not moved since."""
-    key = _parameters_key(model)
-    return any(k[2] == key and graph is not None and (shape is None or k[0] == tuple(shape))
-               for k, graph in _graphs.get(model, {}).items())
+def has_tile_graph(model: torch.nn.Module, shape: tuple | None = None, key: tuple | None = None) -> bool:
+    """True when a graph was captured for ``model`` (for input batches of ``shape`` and of ``key``, tile_graph's
+    key, where given) and its parameters have not moved since."""
+    parameters = _parameters_key(model)
+    return any(k[2] == parameters and graph is not None and (shape is None or k[0] == tuple(shape))
+               and (key is None or k[1] == key) for k, graph in _graphs.get(model, {}).items())
 
 
 def forget(model: torch.nn.Module) -> None:

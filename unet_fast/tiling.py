@@ -316,13 +316,17 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
     if batch_size is not None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        batch = batch_size
+        batch = min(batch_size, tiles)  # no more tiles run at once than there are: nor are more charged
     elif device.type == "cpu":
         batch = 1
     else:
-        batch = max(1, min(64, tiles, budget // max(per_tile, 1)))
+        fits = max(1, min(64, tiles, budget // max(per_tile, 1)))
         saturating = -(-SATURATING_BATCH_PIXELS // (rows.tile * cols.tile))
-        batch = min(batch, max(-(-tiles // PIPELINED_BATCHES), saturating))
+        batch = min(fits, max(-(-tiles // PIPELINED_BATCHES), saturating))
+        if batch < fits:
+            reason += (f"; batches of {batch} of the {tiles} tiles, so reading and writing overlap the forward of "
+                       f"another batch ({fits} would fit; {batch} still make "
+                       f"{batch * rows.tile * cols.tile / 1e6:.1f} Mpx, enough to keep the GPU busy)")
     return TilePlan((rows.tile, cols.tile), (rows.stride, cols.stride), (rows.lead, cols.lead),
                     (rows.count, cols.count), slices, batch, per_tile * batch, budget, str(device), reason)
 

@@ -102,7 +102,11 @@ def _crop_concat_triton(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _crop_concat_backward_triton(grad, skip_size, skip_channels_last, x_grad):
-    h, w = grad.shape[-2:]
+    n, c, h, w = grad.shape
+    if len(skip_size) != 4 or skip_size[0] != n or not 0 <= skip_size[1] <= c or skip_size[2] < h \
+            or skip_size[3] < w:
+        raise ValueError(f"crop_concat_backward: skip_size {list(skip_size)} does not fit the concatenation's "
+                         f"gradient {tuple(grad.shape)}: it must be (N, C_skip <= C, H >= {h}, W >= {w}), N = {n}")
     memory_format = torch.channels_last if skip_channels_last else torch.contiguous_format
     grad_skip, grad_x = _kernels.crop_concat_backward(grad, skip_size, crop_offset(skip_size[2], h),
                                                       crop_offset(skip_size[3], w), memory_format, x_grad)

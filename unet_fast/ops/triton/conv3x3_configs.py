@@ -7,8 +7,8 @@ epilogue (an encoder's second conv; rows = 4 per window; where the table has no 
 compute capability and SM count) and a problem, its rows rounded up to a power of two, to the
 configuration `python -m unet_fast.tune` measured fastest there, or to "aten" where cuDNN did the
 same work faster than every candidate (``prefers_aten``: the op then calls aten for that part);
-everything else (other GPUs, other shapes, exact fp32, the interpreter) gets ``heuristic``. Every configuration in the table must
-compile for sm_90 and sm_80 without register spills, under the Triton of the GPU machines and the
+everything else (other GPUs, other shapes, exact fp32, the interpreter) gets ``heuristic``. Every
+configuration in the table must compile for sm_90 and sm_80 without register spills, under the Triton of the GPU machines and the
 current one (tests/test_triton_static.py), so a table entry can never be slower to build than to
 measure.
 """

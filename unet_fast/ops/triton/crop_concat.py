@@ -68,10 +68,11 @@ if triton is not None:
     ):
         """Programs over skip's whole pixel grid: skip's channels take the gradient inside the window and 0
         around it; with X_GRAD, x's channels (window pixels only) are copied out too."""
-        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        # 64-bit pixel indices: skip's grid can be larger than the concatenation's, and than 2^31 pixels
+        p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        p_ok = p < N * SH * SW
-        n = (p // (SH * SW)).to(tl.int64)
+        p_ok = p < N.to(tl.int64) * SH * SW
+        n = p // (SH * SW)
         rem = p % (SH * SW)
         sh = rem // SW
         sw = rem - sh * SW
@@ -86,7 +87,8 @@ if triton is not None:
                  + (c64 * ss_c)[None, :], value, mask=p_ok[:, None] & (c < Cs)[None, :])
         if X_GRAD:
             tl.store(x_ptr + (n * sx_n + h.to(tl.int64) * sx_h + w.to(tl.int64) * sx_w)[:, None]
-                     + ((c64 - Cs) * sx_c)[None, :], value, mask=inside[:, None] & ((c >= Cs) & (c < channels))[None, :])
+                     + ((c64 - Cs) * sx_c)[None, :], value,
+                     mask=inside[:, None] & ((c >= Cs) & (c < channels))[None, :])
 
 
 def plan_crop_concat_backward(grad: torch.Tensor, grad_skip: torch.Tensor, grad_x: torch.Tensor | None,

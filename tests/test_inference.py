@@ -326,6 +326,13 @@ def test_gpu_memory_budget_counts_what_pytorch_holds_unused(monkeypatch):
     assert inference.available_memory("cuda") == 1500
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 700)  # never less than the driver's
     assert tiling.cuda_free_bytes("cuda") == 1000
+    # by the allocator's segments where it gives them: a kept CUDA graph's private pool is no one else's
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: [
+        {"device": 0, "segment_pool_id": (0, 0), "total_size": 400, "allocated_size": 100},
+        {"device": 0, "segment_pool_id": (1, 3), "total_size": 300, "allocated_size": 0},  # a graph's pool
+        {"device": 1, "segment_pool_id": (0, 0), "total_size": 900, "allocated_size": 0}])  # another GPU
+    assert tiling.cuda_free_bytes("cuda") == 1300
 
 
 @pytest.mark.parametrize("layout, shape", [("YX", (13, 9)), ("CYX", (2, 1, 6)), ("ZYX", (2, 3, 1))])

@@ -168,8 +168,27 @@ def cuda_free_bytes(device) -> int:
     driver counts as taken, so a plan made after such work saw less memory than there was."""
     device = torch.device(device)
     free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return int(free + max(0, cached))
+    return int(free + max(0, _reusable_cached_bytes(device)))
+
+
+def _reusable_cached_bytes(device: torch.device) -> int:
+    """What the caching allocator holds unused and can hand to any allocation: its default pool's free bytes.
+    A kept CUDA graph's private pool (unet_fast.tile_graphs) is reserved and mostly unallocated, but only its
+    graph reuses it: counting it planned batches that then ran out of memory."""
+    fallback = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        segments = torch.cuda.memory_snapshot()
+        unused = 0
+        for segment in segments:
+            if segment.get("device", index) != index:
+                continue
+            if tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):  # a graph's private pool
+                continue
+            unused += segment["total_size"] - segment["allocated_size"]
+        return unused
+    except (KeyError, TypeError, RuntimeError, AssertionError):  # no snapshot as expected: the totals
+        return fallback
 
 
 def memory_budget(device) -> int:

@@ -201,3 +201,24 @@ def test_cuda_graph_tiles_equal_eager_and_are_kept_on_the_model():
     np.testing.assert_allclose(again, eager + 1.0, rtol=1e-5, atol=1e-4)
     forget(model)
     assert not has_tile_graph(model)
+
+
+@pytest.mark.gpu
+def test_the_memory_budget_reads_the_allocators_segments_and_leaves_graph_pools_out():
+    """tiling._reusable_cached_bytes reads torch.cuda.memory_snapshot()'s segments (the keys it needs exist in this
+    torch) and leaves a kept tile graph's private pool out of the free memory predict_tiled plans with."""
+    from unet_fast import tiling
+    from unet_fast.tile_graphs import forget
+
+    torch.manual_seed(0)
+    model = UNet(depth=3, base_channels=16).cuda()
+    image = np.random.default_rng(1).random((300, 260), dtype=np.float32)
+    predict_tiled(model, image, tile_size=92, batch_size=3, output="logits", cuda_graphs=True)
+    segments = torch.cuda.memory_snapshot()
+    assert segments and all({"device", "segment_pool_id", "total_size", "allocated_size"} <= set(s) for s in segments)
+    private = sum(s["total_size"] - s["allocated_size"] for s in segments if tuple(s["segment_pool_id"]) != (0, 0))
+    assert private > 0  # the graph's pool
+    device = torch.device("cuda")
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    assert tiling._reusable_cached_bytes(device) <= unused - private
+    forget(model)

@@ -335,7 +335,7 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
     if batch_size is not None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        batch = min(batch_size, tiles)  # no more tiles run at once than there are: nor are more charged
+        batch = batch_size  # as asked, and charged so: a batch that cannot fit is refused, whatever the image
     elif device.type == "cpu":
         batch = 1
     else:

@@ -40,11 +40,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..geometry import center_crop, zero_outside_center
+from ..geometry import center_crop
 from . import triton as _triton
 from .frozen_weights import derived
 from ._library import choose_implementation, register_fake_and_autograd, register_triton
-from .crop_concat import check_skip_covers, crop_concat
+from .crop_concat import check_skip_covers, crop_concat, gradient_parts
 
 if _triton.available():
     from .triton import bias_grad as _bias_grad_kernels
@@ -158,11 +158,17 @@ def _setup_context(ctx, inputs, output):
     ctx.measured, ctx.mask_input_grad, ctx.output_grad_masked = (bool(flag) for flag in inputs[6:9])
 
 
+def _fused_passes(device: torch.device) -> bool:
+    """Whether the backward's passes beside the GEMMs (masks, bias sums, skip's gradient) run as Triton kernels:
+    where Triton runs, and no graph is being recorded (create_graph: aten's differentiable ops instead)."""
+    return _triton.can_run(device) and not torch.is_grad_enabled()
+
+
 def _backward(ctx, grad):
     if ctx.output_grad_masked:  # every consumer of y applied ReLU's mask to y's gradient already
         return _masked_backward(ctx, grad)
     y = ctx.saved_tensors[3]
-    if _triton.can_run(y.device) and not torch.is_grad_enabled():  # create_graph: the differentiable aten mask
+    if _fused_passes(y.device):
         # one pass (aten's is two: y <= 0, then where), which sums the bias gradient on the way: used where
         # cuDNN computes the weight's, which gives no bias gradient worth having
         masked, grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, y)
@@ -235,14 +241,14 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
     gradient is slow: ops/triton/bias_grad.py). What the op runs where the table picks aten, and what
     the tuner (unet_fast.tune) times against the Triton tiles, every pass included."""
     bias_grad = weight_grad if bias_grad is None else bias_grad
-    # create_graph (a double backward) needs aten's differentiable sum
-    triton_bias = bias_grad and _triton.can_run(grad.device) and not torch.is_grad_enabled()
+    fused = _fused_passes(grad.device)
+    triton_bias = bias_grad and fused
     grad_bias = torch.ops.unet_fast.bias_grad_triton(grad, None)[0] if triton_bias else None
     grad_cat = grad_weight = None
     if input_grad or weight_grad or (bias_grad and not triton_bias):
         if skip is None:
             cat = x
-        elif weight_grad or torch.is_grad_enabled():  # one pass, reading the window in place
+        elif weight_grad or not fused:  # one pass, reading the window in place (create_graph: aten saves it)
             cat = crop_concat(skip, x)
         else:  # dgrad reads only the input's shape and layout: no concatenation made for it
             cat = x.new_empty((x.shape[0], skip.shape[1] + x.shape[1], *x.shape[2:])).contiguous(
@@ -253,17 +259,10 @@ def aten_backward(grad, weight, x, skip, padding, input_grad: bool, weight_grad:
         grad_bias = aten_bias if grad_bias is None else grad_bias
     grad_x = grad_skip = None
     if input_grad:
-        cs = 0 if skip is None else skip.shape[1]
-        if skip is not None and _triton.can_run(grad.device) and not torch.is_grad_enabled():
-            # one pass: skip's gradient (window and zeroed border) and x's, each a tensor of its own
-            grad_skip, grad_x = torch.ops.unet_fast.crop_concat_backward_triton(grad_cat, list(skip.shape), True, True)
-        else:
-            grad_x = grad_cat[:, cs:]
-            if skip is not None:
-                grad_skip = torch.empty_like(skip, memory_format=torch.channels_last)
-                zero_outside_center(grad_skip, x.shape[-2:])
-                center_crop(grad_skip, x.shape[-2:]).copy_(grad_cat[:, :cs])
-        if mask_x and _triton.can_run(grad.device) and not torch.is_grad_enabled():
+        grad_x = grad_cat
+        if skip is not None:  # fused: x's gradient a tensor of its own, which its mask and consumers read faster
+            grad_skip, grad_x = gradient_parts(grad_cat, skip.shape, torch.channels_last, fused, x_copy=True)
+        if mask_x and fused:
             grad_x = torch.ops.unet_fast.bias_grad_triton(grad_x, x)[0]  # the mask in one pass (its sum unused)
         elif mask_x:  # torch.where, not masked_fill, keeps x's channels_last (see _ReluMaskedGrad)
             grad_x = torch.where(x <= 0, 0, grad_x)

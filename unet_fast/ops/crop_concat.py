@@ -63,22 +63,27 @@ def _setup_context(ctx, inputs, output):
     ctx.skip_format = memory_format_of(skip)
 
 
-def _backward(ctx, grad):
-    cs = ctx.skip_shape[1]
-    if _triton.can_run(grad.device) and not _triton.INTERPRETED and not torch.is_grad_enabled():
-        # on a GPU, one pass for skip's gradient (window and zeroed border) instead of five kernels;
-        # x's stays a view (its consumer may read it strided)
-        (grad_skip,) = torch.ops.unet_fast.crop_concat_backward_triton(
-            grad, list(ctx.skip_shape), ctx.skip_format == torch.channels_last, False)
-        return grad_skip, grad[:, cs:]
-    h, w = grad.shape[-2:]
-    # in skip's layout: it is added to the pool's gradient and read by the ReLU's backward with skip itself,
-    # which for mixed layouts take a strided path (10x slower on the CPU for channels_last skips)
-    grad_skip = torch.empty(ctx.skip_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.skip_format)
-    zero_outside_center(grad_skip, (h, w))      # the window is written next
-    top, left = crop_offset(ctx.skip_shape[2], h), crop_offset(ctx.skip_shape[3], w)
-    grad_skip[:, :, top:top + h, left:left + w] = grad[:, :cs]
+def gradient_parts(grad, skip_shape, skip_format: torch.memory_format, triton: bool, x_copy: bool = False):
+    """(skip's gradient in ``skip_shape`` and ``skip_format``, zero outside the window; x's) from the
+    concatenation's gradient ``grad``. With ``triton``, one pass (crop_concat_backward_triton; x's gradient a
+    channels_last tensor of its own where ``x_copy``), else four fills and a copy; x's is otherwise a view."""
+    cs = skip_shape[1]
+    if triton:
+        parts = torch.ops.unet_fast.crop_concat_backward_triton(grad, list(skip_shape),
+                                                                 skip_format == torch.channels_last, x_copy)
+        return parts[0], parts[1] if x_copy else grad[:, cs:]
+    grad_skip = torch.empty(tuple(skip_shape), dtype=grad.dtype, device=grad.device, memory_format=skip_format)
+    zero_outside_center(grad_skip, grad.shape[-2:])      # the window is written next
+    center_crop(grad_skip, grad.shape[-2:]).copy_(grad[:, :cs])
     return grad_skip, grad[:, cs:]
+
+
+def _backward(ctx, grad):
+    # in skip's layout: it is added to the pool's gradient and read by the ReLU's backward with skip itself,
+    # which for mixed layouts take a strided path (10x slower on the CPU for channels_last skips); on a GPU
+    # in one pass, x's gradient left a view (its consumer may read it strided)
+    triton = _triton.can_run(grad.device) and not _triton.INTERPRETED and not torch.is_grad_enabled()
+    return gradient_parts(grad, ctx.skip_shape, ctx.skip_format, triton)
 
 
 class _CompositeCropConcat(torch.autograd.Function):

@@ -17,6 +17,9 @@ from . import Launch, triton
 if triton is not None:
     import triton.language as tl
 
+    from .conv3x3 import _max_propagating_nan
+    from .relu_pool_backward import window_taps
+
     @triton.jit
     def _relu_tap(z_ptr, n, h, w, s_n, s_h, s_w, c_offsets, mask, bias):
         at = z_ptr + (n * s_n + h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)[:, None] + c_offsets[None, :]
@@ -24,10 +27,6 @@ if triton is not None:
         y = tl.where(v <= 0, 0.0, v)  # a NaN passes, as aten's relu
         tl.store(at, y.to(z_ptr.dtype.element_ty), mask=mask)
         return y
-
-    @triton.jit
-    def _nan_max(a, b):
-        return tl.where((b > a) | (b != b), b, a)
 
     @triton.jit(do_not_specialize=["N", "H", "W", "PH", "PW", "C"])
     def bias_relu_kernel(
@@ -44,25 +43,14 @@ if triton is not None:
         bias = tl.zeros((BLOCK_C,), tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        wh = (H + 1) // 2
-        ww = (W + 1) // 2
-        window = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        n = (window // (wh * ww)).to(tl.int64)
-        rem = window % (wh * ww)
-        top = (rem // ww) * 2
-        left = (rem % ww) * 2
-        ok = window < N * wh * ww
+        n, top, left, ok, m00, m01, m10, m11 = window_taps(pid_m, N, H, W, c_ok, BLOCK_M)
         cz = c64 * sz_c
-        m00 = (ok & (top < H) & (left < W))[:, None] & c_ok[None, :]
-        m01 = (ok & (top < H) & (left + 1 < W))[:, None] & c_ok[None, :]
-        m10 = (ok & (top + 1 < H) & (left < W))[:, None] & c_ok[None, :]
-        m11 = (ok & (top + 1 < H) & (left + 1 < W))[:, None] & c_ok[None, :]
         y00 = _relu_tap(z_ptr, n, top, left, sz_n, sz_h, sz_w, cz, m00, bias)
         y01 = _relu_tap(z_ptr, n, top, left + 1, sz_n, sz_h, sz_w, cz, m01, bias)
         y10 = _relu_tap(z_ptr, n, top + 1, left, sz_n, sz_h, sz_w, cz, m10, bias)
         y11 = _relu_tap(z_ptr, n, top + 1, left + 1, sz_n, sz_h, sz_w, cz, m11, bias)
         if POOL:
-            pooled = _nan_max(_nan_max(_nan_max(y00, y01), y10), y11)
+            pooled = _max_propagating_nan(_max_propagating_nan(_max_propagating_nan(y00, y01), y10), y11)
             whole = ok & (top // 2 < PH) & (left // 2 < PW)
             rows = n * sp_n + (top // 2).to(tl.int64) * sp_h + (left // 2).to(tl.int64) * sp_w
             tl.store(pool_ptr + rows[:, None] + (c64 * sp_c)[None, :], pooled.to(pool_ptr.dtype.element_ty),

@@ -33,6 +33,25 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] + (c64 * so_c)[None, :], stored, mask=mask)
         return tl.sum(tl.where(mask, stored.to(tl.float32), 0.0), axis=0)  # what was written, per channel
 
+    @triton.jit
+    def window_taps(pid_m, N, H, W, c_ok, BLOCK_M: tl.constexpr):
+        """A program's BLOCK_M windows of the ceil(H/2) x ceil(W/2) grid of 2x2 windows per image (trailing odd
+        rows/columns included): (image, top row, left column, window in range, and the masks of its four
+        taps, row-major, by channel). Shared with bias_relu's kernel."""
+        wh = (H + 1) // 2
+        ww = (W + 1) // 2
+        window = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = (window // (wh * ww)).to(tl.int64)
+        rem = window % (wh * ww)
+        top = (rem // ww) * 2
+        left = (rem % ww) * 2
+        ok = window < N * wh * ww
+        m00 = (ok & (top < H) & (left < W))[:, None] & c_ok[None, :]
+        m01 = (ok & (top < H) & (left + 1 < W))[:, None] & c_ok[None, :]
+        m10 = (ok & (top + 1 < H) & (left < W))[:, None] & c_ok[None, :]
+        m11 = (ok & (top + 1 < H) & (left + 1 < W))[:, None] & c_ok[None, :]
+        return n, top, left, ok, m00, m01, m10, m11
+
     @triton.jit(do_not_specialize=["N", "H", "W", "PH", "PW", "C"])
     def relu_pool_backward_kernel(
         y_ptr, gy_ptr, gp_ptr, out_ptr, partial_ptr,
@@ -42,23 +61,11 @@ if triton is not None:
     ):
         """Rows: the ceil(H/2) x ceil(W/2) grid of 2x2 windows per image (trailing odd rows/columns included)."""
         pid_m = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        wh = (H + 1) // 2
-        ww = (W + 1) // 2
-        window = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         c_ok = c < C
         c64 = c.to(tl.int64)
-        n = (window // (wh * ww)).to(tl.int64)
-        rem = window % (wh * ww)
-        top = (rem // ww) * 2
-        left = (rem % ww) * 2
-        ok = window < N * wh * ww
+        n, top, left, ok, m00, m01, m10, m11 = window_taps(pid_m, N, H, W, c_ok, BLOCK_M)
         pooled = ((top // 2 < PH) & (left // 2 < PW))[:, None]  # a whole window the forward pooled
-        m00 = (ok & (top < H) & (left < W))[:, None] & c_ok[None, :]
-        m01 = (ok & (top < H) & (left + 1 < W))[:, None] & c_ok[None, :]
-        m10 = (ok & (top + 1 < H) & (left < W))[:, None] & c_ok[None, :]
-        m11 = (ok & (top + 1 < H) & (left + 1 < W))[:, None] & c_ok[None, :]
         y00 = _tap(y_ptr, n, top, left, sy_n, sy_h, sy_w, c64 * sy_c, m00)
         y01 = _tap(y_ptr, n, top, left + 1, sy_n, sy_h, sy_w, c64 * sy_c, m01)
         y10 = _tap(y_ptr, n, top + 1, left, sy_n, sy_h, sy_w, c64 * sy_c, m10)

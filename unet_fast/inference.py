@@ -29,8 +29,9 @@ from .ops.frozen_weights import frozen_weights
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import has_tile_graph, tile_graph
-from .tiling import (TilePlan, cuda_free_bytes, estimate_activation_bytes, kept_output, memory_budget, model_device,
-                     model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
+from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cuda_free_bytes, estimate_activation_bytes, kept_output,
+                     memory_budget, model_device, model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin,
+                     usable_tile_sizes)
 
 __all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
            # planning moved to unet_fast.tiling; importable from here as before
@@ -46,7 +47,7 @@ MAX_TILE_READERS = 8
 #: input pixels of a batch above which predict_tiled captures no CUDA graph by default: its forward then
 #: computes for tens of milliseconds (the network: about 0.9 TFLOP a megapixel, some 400 TFLOP/s on an
 #: H200) against a millisecond or two of launches, and a graph keeps the batch's activations as its pool
-GRAPH_MAX_BATCH_PIXELS = 4 * 8 * 572 * 572
+GRAPH_MAX_BATCH_PIXELS = 4 * SATURATING_BATCH_PIXELS
 
 
 # ---- input

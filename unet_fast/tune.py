@@ -90,7 +90,7 @@ class Problem:
         out = layer.output_size
         self.grad = randn(batch, layer.out_channels, out, out).contiguous(memory_format=cl)
         self.pixels = batch * out * out
-        self.rows = {"forward": self.pixels, "pool": batch * 4 * ((out + 1) // 2) ** 2,  # 4 per window
+        self.rows = {"forward": self.pixels, "pool": kernels._gemm_rows(batch, out, out, True),  # 4 per window
                      "dgrad": batch * layer.size * layer.size, "wgrad": self.pixels}
         # an encoder's second conv above the bottom writes the 2x2 max-pool too (UNet's pooled epilogue)
         self.pools = layer.name.startswith("enc") and self.relu_input and not bottom

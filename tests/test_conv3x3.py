@@ -895,3 +895,20 @@ def test_double_backward_through_cudnn_backward_parts(monkeypatch):
     (ggx_ref,) = torch.autograd.grad(gw_ref.sum(), [x])
     assert_close(gw, gw_ref, dtype=torch.float32)
     assert_close(ggx, ggx_ref, dtype=torch.float32)
+
+
+@needs_triton
+def test_double_backward_through_cudnn_backward_parts_of_a_pooled_layer(monkeypatch):
+    """The same for an encoder's pooled layer (UNet's default on a GPU): its backward ran the fused Triton pool
+    backward under create_graph too, which has no derivative ("no autograd formula was registered")."""
+    monkeypatch.setattr(kernels, "backward_prefers_aten", lambda *args: (True, True))
+    x, weight, bias, _ = make(2, 3, 0, 7, 10, 0, 0, 5, "channels_last")
+    with exact_fp32():
+        y, pooled = torch.ops.unet_fast.conv3x3_relu_pool_triton(x, weight, bias, None, 0, False, True)
+        (gw,) = torch.autograd.grad((y ** 2).sum() + (pooled ** 3).sum(), [weight], create_graph=True)
+        (ggx,) = torch.autograd.grad(gw.sum(), [x])
+    y_ref, pooled_ref = oracle(x, weight, bias, None, 0, pool=True)
+    (gw_ref,) = torch.autograd.grad((y_ref ** 2).sum() + (pooled_ref ** 3).sum(), [weight], create_graph=True)
+    (ggx_ref,) = torch.autograd.grad(gw_ref.sum(), [x])
+    assert_close(gw, gw_ref, dtype=torch.float32)
+    assert_close(ggx, ggx_ref, dtype=torch.float32)

@@ -203,3 +203,22 @@ def test_backward_op_refuses_a_skip_size_that_does_not_fit(skip_size):
     grad = torch.randn(2, 8, 11, 12, device=DEVICE)
     with pytest.raises(ValueError, match="skip_size .* does not fit"):
         torch.ops.unet_fast.crop_concat_backward_triton(grad, skip_size, True, True)
+
+
+@needs_triton
+def test_triton_op_addresses_an_image_of_more_than_2_31_elements():
+    """One image of a large tile can hold more than 2^31 elements (a 6000 px tile's first level: 64 x 5996^2),
+    so a row times the row stride passes int32: the forward kernel read row 2 here 2^31 elements before it
+    (its backward and the conv kernels already addressed in 64 bits). The rows of this 3 x 1 skip lie 2^30
+    elements apart, so row 2 is the one past int32; the storage is mostly never touched (uint8, 4 GiB)."""
+    big = 2 ** 30
+    try:
+        storage = torch.empty(4 * big + 8, dtype=torch.uint8, device=DEVICE)
+    except (RuntimeError, MemoryError) as error:  # no room for 4 GiB of address space here
+        pytest.skip(f"cannot reserve 4 GiB: {error}")
+    storage[:16] = 0  # where the wrapped address lands
+    skip = storage.as_strided((1, 1, 3, 1), (3 * big, 1, big, 1), storage_offset=2 * big)
+    skip[0, 0, :, 0] = torch.tensor([5, 6, 7], dtype=torch.uint8)
+    x = torch.full((1, 1, 3, 1), 3, dtype=torch.uint8, device=DEVICE)
+    out = torch.ops.unet_fast.crop_concat_triton(skip, x)
+    assert out.flatten().tolist() == [5, 6, 7, 3, 3, 3]

@@ -1,6 +1,7 @@
 """unet_fast.tile_graphs' bookkeeping, on the CPU with CUDA's stream and graph calls stubbed (the captures
 themselves are checked on a GPU: tests/test_realistic_shapes.py)."""
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -86,4 +87,43 @@ def test_graphs_are_kept_per_shape_and_the_least_recently_used_dropped(fake_cuda
     assert not tile_graphs.has_tile_graph(model, (2, 1, 16, 16))
     assert tile_graphs.has_tile_graph(model, (4, 1, 8, 8)) and tile_graphs.has_tile_graph(model, (1, 1, 32, 32))
     assert graph((2, 1, 16, 16)) is not second and fake_cuda["captures"] == 4  # captured anew
+    tile_graphs.forget(model)
+
+
+def test_no_pinned_batch_is_allocated_while_a_graph_is_captured(fake_cuda, monkeypatch):
+    """In torch.cuda.graph's default mode a capture makes other threads' potentially unsafe CUDA calls fail, and
+    predict_tiled's reader thread allocates the next pinned batch (querying the events of earlier copies, or
+    calling cudaHostAlloc) while the main thread captures a new batch shape: it now waits for the capture."""
+    from unet_fast import inference
+
+    model = torch.nn.Conv2d(1, 1, 1)
+    tile_graphs.forget(model)
+    in_capture, release = threading.Event(), threading.Event()
+
+    def compute(x):
+        if fake_cuda["captures"]:  # the capture, after the eager warm-up
+            in_capture.set()
+            release.wait(10)
+        return x * 2
+
+    allocated = []
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda shape, dtype, pin_memory: allocated.append(pin_memory) or
+                        empty(shape, dtype=dtype))  # (no CUDA here to pin with)
+    capture = threading.Thread(target=tile_graphs.tile_graph,
+                               args=(model, (2, 1, 8, 8), compute, ("labels",), torch.device("cpu")))
+    reader = threading.Thread(target=inference._host_batch, args=((2, 1, 8, 8), True))
+    capture.start()
+    try:
+        assert in_capture.wait(10)
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive() and not allocated  # waits for the capture
+    finally:
+        release.set()
+        capture.join(10)
+    reader.join(10)
+    assert allocated == [True] and tile_graphs.has_tile_graph(model, (2, 1, 8, 8))
+    inference._host_batch((1, 1, 4, 4), False)  # a CPU device: unpinned, as before
+    assert allocated == [True, False]
     tile_graphs.forget(model)

@@ -28,7 +28,7 @@ from .normalization import Normalization
 from .ops.frozen_weights import frozen_weights
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
-from .tile_graphs import has_tile_graph, tile_graph
+from .tile_graphs import capturing, has_tile_graph, tile_graph
 from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cuda_free_bytes, estimate_activation_bytes, kept_output,
                      memory_budget, model_device, model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin,
                      usable_tile_sizes)
@@ -401,7 +401,7 @@ class _Runner:
         337 MB for the 25 tiles of 1836 px of an 8192^2 image (182 ms on a 2-core CPU), all before the
         single batch's forward could start."""
         plan = self.plan
-        batch = torch.empty((len(chunk), self.source.channels, *plan.tile), dtype=torch.float32, pin_memory=pin)
+        batch = _host_batch((len(chunk), self.source.channels, *plan.tile), pin)
         slots = batch.numpy()
 
         def read(index: int) -> None:
@@ -451,6 +451,13 @@ class _Runner:
             done.synchronize()
         for (n, y, x), result in zip(chunk, results):
             self.write(n, y, x, result)
+
+
+def _host_batch(shape: tuple, pin: bool) -> torch.Tensor:
+    """An empty float32 batch in host memory, pinned for a CUDA device: never while a tile graph is captured on
+    another thread (tile_graphs.capturing), which a pinned allocation's CUDA calls would make fail."""
+    with capturing if pin else contextlib.nullcontext():
+        return torch.empty(shape, dtype=torch.float32, pin_memory=pin)
 
 
 def dihedral_mean_logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -596,7 +603,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         model.to(device=device, memory_format=torch.channels_last).eval()
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
                          cuda_graphs, tta)
-        with torch.inference_mode(), frozen_weights():  # the weights cannot change during the call
+        # on the model's GPU as the current device: the events, stream and graph captures of the run are its own
+        # (a plain torch.cuda.Event() records on the current device's stream, cuda:0 for a model on cuda:1)
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), frozen_weights(), on_device:  # the weights cannot change during the call
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()
     except BaseException:

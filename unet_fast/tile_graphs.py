@@ -16,10 +16,12 @@ parameters move. At most MAX_GRAPHS_PER_MODEL graphs are kept per model, the lea
 first: each holds its activations' pool (40 GiB for the 25 tiles of 1836 px of an 8192^2 image on an H200),
 and a folder of images of many sizes would otherwise keep one per tile shape. A graph's input and output
 buffers are its own, shared by every call that replays it: one model's graphs are not for several threads
-at once (predict_tiled(cuda_graphs=False) there).
+at once (predict_tiled(cuda_graphs=False) there). While a graph is captured, no other thread may call CUDA
+(``capturing``).
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +30,10 @@ import torch
 
 _graphs: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 MAX_GRAPHS_PER_MODEL = 2
+#: held while a graph is captured: in torch.cuda.graph's default ("global") mode a capture makes the potentially
+#: unsafe CUDA calls of every other thread fail; predict_tiled's reader thread allocates its pinned batches
+#: under it (a pinned allocation queries the events of earlier copies, or calls cudaHostAlloc)
+capturing = threading.Lock()
 
 
 @dataclass
@@ -83,7 +89,7 @@ def _capture(compute: Callable[[torch.Tensor], torch.Tensor], shape: tuple, devi
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()  # the warm-up's activations back to the driver, for the graph's own pool
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capturing, torch.cuda.graph(graph):
         static_output = compute(static_input)
     return TileGraph(graph, static_input, static_output)
 

@@ -182,11 +182,12 @@ def _backward(ctx, grad):
 
 
 def _backward_pool(ctx, grad, grad_pooled):
-    """y fed the skip connection (grad) and the pool (grad_pooled): one fused pass where Triton runs."""
+    """y fed the skip connection (grad) and the pool (grad_pooled): one fused pass where Triton runs (and no
+    graph is recorded: under create_graph aten's differentiable pool backward and mask)."""
     y = ctx.saved_tensors[3]
     if grad_pooled is None:
         return _backward(ctx, grad)
-    if _triton.can_run(y.device):
+    if _fused_passes(y.device):
         if ctx.needs_input_grad[2] and _aten_parts(ctx, y)[1]:  # (y: the shape of y's gradient)
             # cuDNN's wgrad computes no bias gradient worth having: the same pass sums it
             masked, grad_bias = torch.ops.unet_fast.relu_pool_backward_bias_triton(y, grad, grad_pooled)

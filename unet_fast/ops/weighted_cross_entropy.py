@@ -141,7 +141,7 @@ def _defer(first_bad, target, weight, num_classes: int, ignore_index: int) -> No
     host = torch.empty(first_bad.shape, dtype=first_bad.dtype, pin_memory=True)
     host.copy_(first_bad, non_blocking=True)
     arrived = torch.cuda.Event()
-    arrived.record()
+    arrived.record(torch.cuda.current_stream(first_bad.device))  # the copy's stream (not the current device's)
     _pending.append(_Pending(host, arrived, target, weight, num_classes, ignore_index))
 
 

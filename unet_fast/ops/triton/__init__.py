@@ -7,6 +7,7 @@ is fixed per process. The kernel modules import nothing from the op modules (ops
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,14 @@ def can_run(device: torch.device) -> bool:
     return triton is not None and device.type == ("cpu" if INTERPRETED else "cuda")
 
 
+def on_device(tensor):
+    """Where a launch for ``tensor`` must run: Triton launches on the current CUDA device (and its current
+    stream), not the tensors', so a tensor on another GPU (cuda:1, the current device being 0) makes it its own
+    for the launch; a no-op on the current device and off CUDA."""
+    device = tensor.device
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @dataclass
 class Launch:
     """One kernel launch, planned: kept apart from running it so tools can compile it offline."""
@@ -51,7 +60,8 @@ class Launch:
     def run(self):
         """Launch (and ``then``); returns what Triton returns for this kernel (the compiled kernel, with its
         register and spill counts)."""
-        compiled = self.kernel[self.grid](*self.args, **self.meta)
+        with on_device(self.args[0]):  # every plan's first argument is a tensor of the launch
+            compiled = self.kernel[self.grid](*self.args, **self.meta)
         if self.then is not None:
             self.then.run()
         return compiled

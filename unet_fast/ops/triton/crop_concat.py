@@ -22,11 +22,12 @@ if triton is not None:
         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
         p_ok = p < N * H * W
         n = (p // (H * W)).to(tl.int64)
         rem = p % (H * W)
-        h = rem // W
+        # 64-bit offsets: one image of a large tile can hold more than 2^31 elements (row * row stride)
+        h = (rem // W).to(tl.int64)
         w = rem - h * W
         from_skip = p_ok[:, None] & (c < Cs)[None, :]
         from_x = p_ok[:, None] & ((c >= Cs) & (c < Cs + Cx))[None, :]

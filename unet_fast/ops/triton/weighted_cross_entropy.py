@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
+
 BLOCK = 1024
 NUM_WARPS = 4
 
@@ -88,12 +90,13 @@ def weighted_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, w
     part_count = logits.new_empty((programs,), dtype=torch.int64)
     part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
     stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
-    _weighted_cross_entropy_kernel[(programs,)](
-        logits, target, weight if weight is not None else logits, loss, grad if grad is not None else logits,
-        part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,
-        HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=grad is not None,
-        FP64=logits.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+    with on_device(logits):
+        _weighted_cross_entropy_kernel[(programs,)](
+            logits, target, weight if weight is not None else logits, loss, grad if grad is not None else logits,
+            part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,
+            HAS_WEIGHT=weight is not None, PER_PIXEL=reduction == 0, WITH_GRAD=grad is not None,
+            FP64=logits.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
     count = part_count.sum()
     if reduction != 0:
         loss = part_loss.sum()

@@ -432,3 +432,26 @@ def test_small_images_of_one_shape_are_scored_together_as_each_alone():
                                 evaluation_instances(truth))
         assert (scored.iou, scored.f1, scored.true_positives, scored.predicted_objects) == \
             (alone.iou, alone.f1, alone.true_positives, alone.predicted_objects)
+
+
+def test_labels_beyond_int64_are_ids_and_infinite_ones_are_refused_first(monkeypatch):
+    """uint64 ids above 2^63 - 1 are objects like any other (not negative numbers half-way through scoring);
+    float labels holding inf are refused before anything is predicted, as fractions are."""
+    from unet_fast import inference
+    from unet_fast.checks import BadArgument
+
+    truth = np.zeros((32, 32), np.uint64)
+    truth[2:12, 2:12], truth[16:28, 4:14], truth[18:26, 20:30] = 2 ** 63 + 1, 5, 2 ** 64 - 1
+    image = (truth > 0).astype(np.float32)
+    scores = evaluate_model(Threshold(), [image], [truth]).images[0]
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (3, 0, 0)
+    small = np.unique(truth, return_inverse=True)[1].reshape(truth.shape)        # the same objects, ids 0..3
+    same = evaluate_model(Threshold(), [image], [small]).images[0]
+    assert (scores.rand_error, scores.ap_50_95, scores.iou) == (same.rand_error, same.ap_50_95, same.iou)
+    calls = []
+    monkeypatch.setattr(inference, "predict_tiled", lambda *a, **k: calls.append(1))
+    infinite = truth.astype(np.float64)
+    infinite[0, 0] = np.inf
+    with pytest.raises(BadArgument, match="non-integer") as caught:
+        evaluate_model(Threshold(), [image], [infinite])
+    assert caught.value.argument == "labels" and calls == []

@@ -57,7 +57,7 @@ def test_info_reports_the_kernels_the_ops_run():
     assert report["backends"]["torch"]["available"]
     assert report["backends"]["extension-cpu"]["available"] == bool(_extension.kernels("cpu"))
     if _extension.available():
-        assert report["backends"]["extension-cpu"]["why"] == "compiled CPU kernels: weighted_cross_entropy"
+        assert report["backends"]["extension-cpu"]["why"] == "compiled CPU kernels: watershed_flood, weighted_cross_entropy"
     assert report["extension"].startswith("loaded" if _extension.available() else "missing")
     cpu = torch.device("cpu")
     assert report["ops"]["cpu"] == {op: ops.backend(op, cpu, torch.float32) for op in ops.OPS}

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage
 
-from unet_fast import geometry, instances, reference
+from unet_fast import _extension, geometry, instances, reference
 from unet_fast.inference import predict_tiled
 from unet_fast.instances import InstanceOptions, label_instances
 from unet_fast.normalization import Normalization
@@ -23,7 +23,7 @@ FOUR = ndimage.generate_binary_structure(2, 1)
 
 
 def split_objects(labels, n, probability, options):
-    """Rule 1's split, object by object on the whole image (the watershed as the module defines it)."""
+    """Rule 1's split, object by object on the whole image (the module's flooding, tested on its own)."""
     labels = labels.copy()
     for k, box in enumerate(ndimage.find_objects(labels), 1):
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
@@ -32,8 +32,8 @@ def split_objects(labels, n, probability, options):
         big = np.flatnonzero(np.bincount(cores.ravel(), minlength=m + 1)[1:] >= options.core_size) + 1
         if len(big) >= 2:
             markers = np.where(np.isin(cores, big), cores, 0).astype(np.int32)
-            cost = np.where(inside, np.rint((1 - probability[box]) * 254), 255).astype(np.uint8)
-            pieces = ndimage.watershed_ift(cost, markers, FOUR)
+            level = np.rint((1 - probability[box]) * 254).astype(np.uint8)
+            pieces = instances._flood(level, markers, inside)      # checked on its own below
             labels[box][inside] = n + pieces[inside]
             n += m + 1
     return labels
@@ -432,3 +432,76 @@ def test_labels_whose_ome_zarr_cannot_be_marked_leave_nothing(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         label_instances(np.ones((20, 30), bool), out=tmp_path / "y.ome.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_split_follows_the_valley_between_two_cores():
+    """One object (the whole image) with two equal bumps of probability: the valley between them is the
+    column in the middle, so each half goes to its own core, whatever the order the flood takes."""
+    y, x = np.mgrid[:20, :41]
+    bump = lambda cx: np.exp(-((y - 10) ** 2 + (x - cx) ** 2) / 40)
+    probability = 0.5 + 0.5 * np.maximum(bump(10), bump(30))          # valley along column 20
+    options = InstanceOptions(min_size=0, border=0, smoothing=0)
+    for flip in (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1]):
+        got = flip(label_instances(np.ones((20, 41), bool), options, probability=flip(probability).copy()))
+        assert got.max() == 2 and len(np.unique(got[:, :20])) == 1 and len(np.unique(got[:, 21:])) == 1
+        assert got[0, 0] != got[0, -1]
+
+
+def minimax_levels(level, inside, marker):
+    """The lowest highest level of a 4-connected path inside ``inside`` from ``marker`` (bool) to each pixel,
+    by thresholds: the first level at which the pixel and the marker lie in one component."""
+    best = np.full(level.shape, np.inf)
+    for value in np.unique(level[inside]):
+        components = ndimage.label(inside & (level <= value), FOUR)[0]
+        reached = np.isin(components, np.unique(components[marker & (components > 0)]))
+        best[reached & np.isinf(best)] = value
+    return best
+
+
+FLOODS = {"default": instances._flood, "python": instances._flood_python}
+
+
+@pytest.mark.parametrize("flood", FLOODS)
+@pytest.mark.parametrize("seed", range(6))
+def test_flood_gives_each_pixel_the_core_it_reaches_climbing_least(seed, flood):
+    rng = np.random.default_rng(seed)
+    level = np.rint(ndimage.gaussian_filter(rng.random((24, 30)), 2) * 2000 % 255).astype(np.uint8)
+    components, _ = ndimage.label(ndimage.gaussian_filter(rng.random((24, 30)), 3) > 0.45, FOUR)
+    inside = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+    markers = np.zeros(level.shape, np.int32)
+    for k, at in enumerate(rng.choice(np.flatnonzero(inside), 3, replace=False), 1):
+        markers.flat[at] = k
+    got = FLOODS[flood](level, markers, inside)
+    assert (got[~inside] == 0).all() and (got[inside] > 0).all() and (got[markers > 0] == markers[markers > 0]).all()
+    climbs = np.stack([minimax_levels(level, inside, markers == k) for k in (1, 2, 3)])
+    assigned = np.take_along_axis(climbs, np.maximum(got, 1)[None].astype(np.int64) - 1, 0)[0]
+    assert (assigned[inside] == climbs.min(0)[inside]).all()
+    for k in (1, 2, 3):                                              # every piece one 4-connected region
+        assert ndimage.label(got == k, FOUR)[1] == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (33, 47)])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_compiled_flood_equals_the_python_one_tie_for_tie(shape, seed):
+    """The extension's bucket queue and the heap take pixels in the same (cost, order of entry): the same labels,
+    plateaus (few levels, many ties) and markers outside ``inside`` included, from strided inputs too."""
+    if not _extension.has_kernel("watershed_flood", "cpu"):
+        pytest.skip(f"the extension is not loaded: {_extension.describe()}")
+    rng = np.random.default_rng(seed)
+    level = (rng.integers(0, 4, (shape[1], shape[0])) * 60).astype(np.uint8).T            # strided
+    inside = rng.random(shape) > 0.2
+    markers = np.where(rng.random(shape) > 0.9, rng.integers(1, 5, shape), 0)[:, ::-1]    # strided
+    expected = instances._flood_python(np.ascontiguousarray(level), np.ascontiguousarray(markers), inside)
+    np.testing.assert_array_equal(instances._flood(level, markers, inside), expected)
+    np.testing.assert_array_equal(instances._flood(level, np.zeros(shape, np.int64), inside), np.zeros(shape))
+
+
+def test_the_compiled_flood_names_a_wrong_argument():
+    if not _extension.has_kernel("watershed_flood", "cpu"):
+        pytest.skip(f"the extension is not loaded: {_extension.describe()}")
+    level, markers = torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, 4, dtype=torch.int64)
+    inside = torch.ones(3, 4, dtype=torch.bool)
+    for bad, name in (((level.float(), markers, inside), "level"), ((level, markers.int(), inside), "markers"),
+                      ((level, markers, inside[:2]), "inside"), ((level[0], markers, inside), "level")):
+        with pytest.raises(RuntimeError, match=f"watershed_flood: {name} must be"):
+            torch.ops.unet_fast.watershed_flood(*bad)

@@ -170,3 +170,68 @@ def test_cuda_inputs():
     p, t = torch.as_tensor(PRED).cuda(), torch.as_tensor(TRUE).cuda()
     np.testing.assert_allclose(metrics.iou(p, t), [1 / 2, 2 / 3])
     assert metrics.object_scores(p, t).true_positives == 1
+
+
+def stardist_matching_counts(pred, true, threshold):
+    """(TP, FP, FN) of StarDist's ``matching`` (stardist.matching), transcribed: one-to-one, the number of pairs at
+    or above the threshold first, their IoU only as a tie-break (scaled so that it never outweighs a pair)."""
+    from scipy.optimize import linear_sum_assignment
+    t_ids, p_ids = np.unique(true[true > 0]), np.unique(pred[pred > 0])
+    overlap = np.array([[np.sum((true == t) & (pred == p)) for p in p_ids] for t in t_ids], float).reshape(
+        len(t_ids), len(p_ids))
+    union = np.array([[np.sum((true == t) | (pred == p)) for p in p_ids] for t in t_ids], float).reshape(overlap.shape)
+    scores = np.divide(overlap, union, out=np.zeros_like(overlap), where=union > 0)
+    n_matched = min(len(t_ids), len(p_ids))
+    tp = 0
+    if n_matched and np.any(scores >= threshold):
+        costs = -(scores >= threshold).astype(float) - scores / (2 * n_matched)
+        rows, cols = linear_sum_assignment(costs)
+        tp = int(np.count_nonzero(scores[rows, cols] >= threshold))
+    return tp, len(p_ids) - tp, len(t_ids) - tp
+
+
+def test_matching_maximises_pairs_before_their_iou():
+    """At a low threshold a chain of overlaps P0-T1-P1-T2-P2-T3 has a matching of 3 pairs of low IoU and one of
+    2 pairs of high IoU: the one of most pairs wins (StarDist's rule), whatever the IoUs."""
+    true, pred = np.zeros((1, 60), int), np.zeros((1, 60), int)
+    true[0, 0:20], true[0, 20:40], true[0, 40:60] = 1, 2, 3
+    pred[0, 0:2], pred[0, 2:22], pred[0, 22:42] = 4, 5, 6     # IoU T1-P1 = T2-P2 = 18/22; T1-P0 2/20, T2-P1 = T3-P2 2/38
+    scores = metrics.object_scores(pred, true, iou_threshold=0.05)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (3, 0, 0)
+    assert scores.mean_matched_iou == pytest.approx((2 / 20 + 2 / 38 + 2 / 38) / 3)
+    assert stardist_matching_counts(pred, true, 0.05) == (3, 0, 0)
+    at_half = metrics.object_scores(pred, true)             # at 0.5 only the two high pairs qualify
+    assert (at_half.true_positives, at_half.mean_matched_iou) == (2, pytest.approx(18 / 22))
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.7])
+def test_matching_counts_equal_stardists_on_random_labels(threshold):
+    rng = np.random.default_rng(int(threshold * 10))
+    for _ in range(5):
+        true = ndi.label(ndi.gaussian_filter(rng.random((40, 40)), 1.5) > 0.5)[0]
+        pred = ndi.label(ndi.gaussian_filter(rng.random((40, 40)), 1.5) > 0.5)[0] * 3   # other, non-consecutive ids
+        s = metrics.object_scores(pred, true, iou_threshold=threshold)
+        assert (s.true_positives, s.false_positives, s.false_negatives) == \
+            stardist_matching_counts(pred, true, threshold)
+
+
+def test_uint64_labels_beyond_int64():
+    """Label ids above 2^63 - 1 (uint64) are ids like any other, not negative numbers."""
+    true = np.zeros((4, 4), np.uint64)
+    true[:2], true[2:, :2] = 2 ** 63 + 5, 7
+    pred = true.copy()
+    pred[:2] = 2 ** 64 - 1
+    s = metrics.object_scores(pred, true)
+    assert (s.true_positives, s.false_positives, s.false_negatives) == (2, 0, 0)
+    assert metrics.rand_error(pred, true) == 0.0
+
+
+def test_rand_scores_of_a_batch_leave_out_images_without_target_objects():
+    true = np.zeros((2, 4, 4), int)
+    true[0, :2] = 1
+    pred = true.copy()
+    pred[0, 0, :2] = 2                     # image 0: one object split in two; image 1: nothing to score
+    alone = metrics.rand_scores(pred[0], true[0])
+    assert np.isnan(metrics.rand_error(pred[1], true[1]))
+    assert metrics.rand_scores(pred, true) == alone
+    assert np.isnan(metrics.rand_error(np.zeros((2, 3, 3), int), np.zeros((2, 3, 3), int)))

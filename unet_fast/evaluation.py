@@ -297,10 +297,11 @@ def _labels(truth, name: str) -> np.ndarray:
         raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}")
     if truth.dtype.kind not in "uifb":
         raise _bad("labels", f"labels of {name!r} must be integers, got {truth.dtype}")
-    if truth.dtype.kind == "f" and not np.all(truth == np.round(truth)):
-        raise _bad("labels", f"labels of {name!r} have non-integer values (e.g. "
-                             f"{truth[truth != np.round(truth)].flat[0]!r}); labels are 0 (background) and "
-                             f"object or class numbers")
+    if truth.dtype.kind == "f":
+        whole = np.isfinite(truth) & (truth == np.round(truth))
+        if not whole.all():
+            raise _bad("labels", f"labels of {name!r} have non-integer values (e.g. {truth[~whole].flat[0]!r}); "
+                                 f"labels are 0 (background) and object or class numbers")
     if truth.dtype.kind in "if" and truth.min(initial=0) < 0:
         raise _bad("labels", f"labels of {name!r} have negative values (min {truth.min()}); labels are >= 0")
     return truth
@@ -310,7 +311,7 @@ def _instances_of(labels: np.ndarray) -> np.ndarray:
     """Checked labels (``_labels``) as instances: a two-valued mask's connected components."""
     if len(np.unique(labels)) <= 2:
         return ndimage.label(labels > 0)[0]
-    return labels.astype(np.int64)
+    return labels if labels.dtype.kind in "iu" else labels.astype(np.int64)   # uint64 ids may not fit int64
 
 
 def _same_shape_runs(triples, scale: float = 1.0):

@@ -48,6 +48,9 @@ def _as_images(x, name) -> np.ndarray:
         raise ValueError(f"{name} must be one image (H, W) or a batch (N, H, W), got shape {a.shape}")
     if a.dtype == bool:
         a = a.astype(np.int64)
+    if a.dtype == np.uint64 and a.max(initial=0) > np.iinfo(np.int64).max:   # ids int64 cannot hold: renumbered
+        ids, inverse = np.unique(a, return_inverse=True)
+        a = inverse.reshape(a.shape) + int(ids[0] != 0)                     # 0 stays the background
     if a.min(initial=0) < 0:
         raise ValueError(f"{name} must hold labels >= 0 (0 = background), got a minimum of {a.min()}")
     return a.reshape(-1, *a.shape[-2:]).astype(np.int64, copy=False)
@@ -160,14 +163,16 @@ def rand_scores(prediction, target, connected_components: bool = False) -> RandS
     (Fiji's RandError N^2 normalisation, SNEMI3D's adapted_rand) those pixels add only c / n to the
     pair sums (c of them, n pixels in the image), which makes them nearly unmatched singletons.
     connected_components: label the nonzero pixels of both maps into 4-connected components first
-    (for binary masks). A batch (N, H, W) gives the mean over its images of each score.
+    (for binary masks). A batch (N, H, W) gives the mean over its images of each score, leaving out the
+    images without target objects (whose scores are undefined); NaN when no image has any.
     """
     p, t = _pair_of_maps(prediction, target)
     pred, true = _as_images(p, "prediction"), _as_images(t, "target")
     if connected_components:
         pred, true = _components(pred), _components(true)
     scores = np.array([_rand_scores_one(a, b) for a, b in zip(pred, true)])
-    return RandScores(*(float(v) for v in scores.mean(0)))
+    scores = scores[~np.isnan(scores[:, 0])]           # images without target objects have no score
+    return RandScores(*(float(v) for v in scores.mean(0))) if len(scores) else RandScores(*[float("nan")] * 3)
 
 
 def rand_error(prediction, target, connected_components: bool = False) -> float:
@@ -238,10 +243,13 @@ def _match(overlaps: _Overlaps, threshold: float) -> tuple[int, int, int, list[f
     if not alone.all():
         rows, r = np.unique(ti[~alone], return_inverse=True)
         cols, c = np.unique(pi[~alone], return_inverse=True)
-        score = np.zeros((len(rows), len(cols)))
-        score[r, c] = 1.0 + iou[~alone]
+        score, pair_iou = np.zeros((len(rows), len(cols))), np.zeros((len(rows), len(cols)))
+        pair_iou[r, c] = iou[~alone]
+        # a pair counts 1, its IoU only breaks ties: the IoUs of any matching sum to under 1/2 (StarDist's weights)
+        score[r, c] = 1.0 + pair_iou[r, c] / (2 * min(len(rows), len(cols)))
         chosen_rows, chosen_cols = linear_sum_assignment(score, maximize=True)
-        matched += [s - 1.0 for s in score[chosen_rows, chosen_cols] if s > 0]
+        chosen = score[chosen_rows, chosen_cols] > 0
+        matched += pair_iou[chosen_rows[chosen], chosen_cols[chosen]].tolist()
     tp = len(matched)
     return tp, overlaps.n_pred - tp, overlaps.n_true - tp, matched
 

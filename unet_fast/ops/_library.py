@@ -74,6 +74,11 @@ IMPLEMENTATIONS = ("extension", "triton", "composite")
 
 for _name in COMPILED:
     torch.library.define(f"unet_fast::{_name}", SCHEMAS[_name])
+# Not a network op, so none of the above applies (no Triton kernel, fake kernel or autograd): the CPU kernel
+# of the watershed that splits touching cells (csrc/cpu/watershed_flood.cpp); instances.py floods in Python
+# where the extension is missing. Meyer's flooding of level (uint8 [H, W]) from markers (int64 [H, W], 0:
+# none) within inside (bool [H, W]), 4-connected; returns the labels (int64 [H, W], 0 outside).
+torch.library.define("unet_fast::watershed_flood", "(Tensor level, Tensor markers, Tensor inside) -> Tensor")
 
 
 def register_triton(name: str, implementation: Callable) -> None:

@@ -243,6 +243,9 @@ API = [
     ("model normalisation sample 0", lambda ws, t: unet_fast.load_model(
         model_file(t / "s.safetensors", lambda c: c["normalization"].update(sample_pixels=0))),
      ModelFileError, "sample_pixels"),
+    ("model normalisation range beyond float32", lambda ws, t: unet_fast.load_model(
+        model_file(t / "r.safetensors", lambda c: c["normalization"].update(mode="fixed", low=-1e308, high=1e308))),
+     ModelFileError, "r.safetensors: normalization: Normalization high - low"),
     ("model class names", lambda ws, t: unet_fast.load_model(
         model_file(t / "c.safetensors", lambda c: c.update(class_names=["only one"]))), ModelFileError,
      "class_names"),
@@ -265,6 +268,12 @@ API = [
         pt_file(t / "h.pt", lambda s: s.pop("head.weight"))), ModelFileError, "head.weight"),
     ("pt NaN weights", lambda ws, t: unet_fast.load_model(
         pt_file(t / "n.pt", lambda s: s["encoder.0.conv1.bias"].fill_(float("inf")))), ModelFileError, "NaN"),
+    ("pt float8 weights", lambda ws, t: unet_fast.load_model(
+        pt_file(t / "f8.pt", lambda s: s.update({k: v.to(torch.float8_e4m3fn) for k, v in s.items()}))),
+     ModelFileError, "f8.pt: tensor encoder.0.conv1.weight is torch.float8_e4m3fn"),
+    ("pt sparse weights", lambda ws, t: unet_fast.load_model(
+        pt_file(t / "sp.pt", lambda s: s.update({k: v.to_sparse() for k, v in s.items()}))),
+     ModelFileError, "sp.pt: tensor encoder.0.conv1.weight is sparse"),
     ("save to .pt", lambda ws, t: unet_fast.save_model(tiny_model(), t / "m.pt"), ValueError, ".safetensors"),
     ("save NaN weights", lambda ws, t: unet_fast.save_model(
         tiny_model().requires_grad_(False).apply(lambda m: getattr(m, "bias", None) is not None
@@ -310,6 +319,8 @@ API = [
     ("percentiles reversed", lambda ws, t: Normalization(low=50, high=10), ValueError, "low"),
     ("nonfinite policy", lambda ws, t: Normalization(nonfinite="ignore"), ValueError, "nonfinite"),
     ("normalisation low NaN", lambda ws, t: Normalization(mode="fixed", low=float("nan")), ValueError, "low"),
+    ("normalisation range below float32's", lambda ws, t: Normalization(mode="fixed", low=0.0, high=1e-45),
+     ValueError, "high - low"),
     # segment.run
     ("segment into the inputs' folder", lambda ws, t: segment.run([ws / "in"], ws / "in", ws / "model.safetensors"),
      BadArgument, "output_dir"),
@@ -454,6 +465,10 @@ CLI = [
     ("train --device cuda:99", lambda ws, t: _train(ws, t, "--device", "cuda:99"), 2, "--device"),
     ("train --workers -1", lambda ws, t: _train(ws, t, "--workers", "-1"), 2, "--workers"),
     ("train --seed 2^70", lambda ws, t: _train(ws, t, "--seed", str(2 ** 70)), 2, "--seed"),
+    ("train --work-dir the -o path", lambda ws, t: _train(ws, t, "--work-dir", str(t / "m.safetensors")), 2,
+     "argument --work-dir: "),
+    ("train --work-dir inside the -o path", lambda ws, t: _train(ws, t, "--work-dir", str(t / "m.safetensors" / "w")),
+     2, "argument --work-dir: "),
     ("train --work-dir the images folder", lambda ws, t: _train(ws, t, "--work-dir", str(ws / "train_images")), 2,
      "--work-dir"),
     ("train -o the checkpoint", lambda ws, t: _train(ws, t, "--work-dir", str(t / "w"),
@@ -469,6 +484,10 @@ CLI = [
                                                            "--images", str(ws / "train_images"), "--labels",
                                                            str(ws / "train_images"), "-o", str(t / "out")], 2,
      "--labels"),
+    ("evaluate -o holding the user's evaluation.csv", lambda ws, t: (t / "ev").mkdir() or (
+        t / "ev" / "evaluation.csv").write_text("my notes\n") and [
+        "evaluate", "-m", str(ws / "model.safetensors"), "--images", str(ws / "train_images"), "--labels",
+        str(ws / "train_labels"), "-o", str(t / "ev")], 2, "argument -o/--output-dir: "),
     ("evaluate two images of one base name", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"),
                                                             "--images", str(ws / "dup_images"), "--labels",
                                                             str(ws / "train_labels"), "-o", str(t / "out")], 2,

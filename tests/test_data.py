@@ -115,6 +115,13 @@ def test_instance_ids_beyond_int32_are_the_same_objects(dtype, offset):
     np.testing.assert_array_equal(got.weights, want.weights)
 
 
+def test_complex_labels_are_refused_not_cast_to_their_real_part():
+    """A complex label image trained on its real part, with only a ComplexWarning, as complex images would."""
+    labels = two_touching_squares().astype(np.complex64) * (1 + 1j)
+    with pytest.raises(ValueError, match=r"label of 'image0' has pixels of type complex64"):
+        ArrayDataset([np.zeros((24, 30))], [labels])[0]
+
+
 def test_label_suffix_and_missing_label(tmp_path):
     images, labels = write_folder(tmp_path, n=2)
     (labels / "img0.png").rename(labels / "img0_mask.png")

@@ -113,6 +113,10 @@ def cmd_train(args) -> int:
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
+    real_work_dir = Path(os.path.realpath(work_dir))
+    if Path(os.path.realpath(args.output)) in (real_work_dir, *real_work_dir.parents):
+        raise BadArgument("work_dir", f"{str(work_dir)!r} is, or lies inside, the model file -o writes "
+                                      f"({args.output!r}); checkpoints and logs need another folder")
     check_writable_folder(work_dir, "work_dir")
     for name in ("images", "labels", "val_images", "val_labels"):   # the logs would become images there
         if getattr(args, name) is not None and same_file(work_dir, getattr(args, name)):
@@ -685,6 +689,10 @@ def cmd_evaluate(args) -> int:
         if not Path(getattr(args, name)).exists():
             raise BadArgument(name, f"{getattr(args, name)!r}: no such file or folder")
     evaluation.check_outputs(args.images, args.labels, [output_dir / "evaluation.csv"], "output_dir")
+    if (output_dir / "evaluation.csv").exists() and not _written_by_evaluate(output_dir / "evaluation.csv"):
+        raise BadArgument("output_dir", f"{str(output_dir / 'evaluation.csv')!r} exists and is no table unet-fast "
+                                        f"evaluate wrote, which this run would replace; choose another output folder "
+                                        f"or move that file")
     options = _instance_options(args) or InstanceOptions()
     with _blame("model"):
         model = load_model(args.model, device=args.device or "cpu")
@@ -715,6 +723,17 @@ def cmd_evaluate(args) -> int:
     print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
                                  if args.overlay else ""))
     return 0
+
+
+def _written_by_evaluate(path: Path) -> bool:
+    """Whether ``path`` starts as the evaluation.csv that evaluate writes (its first columns' names)."""
+    from .evaluation import COLUMNS
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().startswith(",".join(COLUMNS[:2]) + ",")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

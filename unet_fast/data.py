@@ -152,6 +152,9 @@ class SegmentationDataset(Sequence):
         label = np.asarray(label)
         if label.ndim != 2:
             raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
+        problem = checks.pixel_type_problem(label.dtype)
+        if problem:
+            raise ValueError(f"label of {name!r} {problem}")
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")

@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "unet_fast"
 SUFFIX = ".safetensors"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")      # safetensors' names of the dtypes weights may have
+TORCH_FLOAT_DTYPES = dict(zip((torch.float64, torch.float32, torch.float16, torch.bfloat16), FLOAT_DTYPES))
 
 
 class ModelFileError(ValueError):
@@ -183,7 +184,8 @@ def _check_tensors(shapes: dict, dtypes: dict, architecture: dict, path) -> None
             raise ModelFileError(f"{path}: tensor {name} has shape {tuple(shapes[name])}, but its architecture "
                                  f"({_describe(architecture)}) needs {shape}")
         if dtypes[name] not in FLOAT_DTYPES:
-            raise ModelFileError(f"{path}: tensor {name} is {dtypes[name]}; weights must be floating point")
+            raise ModelFileError(f"{path}: tensor {name} is {dtypes[name]}; weights must be floating point "
+                                 f"({', '.join(FLOAT_DTYPES)})")
 
 
 def _check_loaded(config: dict, state: dict, path) -> None:
@@ -191,8 +193,11 @@ def _check_loaded(config: dict, state: dict, path) -> None:
     .safetensors file's, before anything is built from them."""
     check_model_config(config, path)
     _check_tensors({n: tuple(t.shape) for n, t in state.items()},
-                   {n: "F32" if t.is_floating_point() else str(t.dtype) for n, t in state.items()},
+                   {n: TORCH_FLOAT_DTYPES.get(t.dtype, str(t.dtype)) for n, t in state.items()},
                    config["architecture"], path)
+    sparse = next((name for name, tensor in state.items() if tensor.layout != torch.strided), None)
+    if sparse is not None:
+        raise ModelFileError(f"{path}: tensor {sparse} is sparse ({state[sparse].layout}); weights must be dense")
     _check_finite(state, path)
 
 

@@ -61,6 +61,14 @@ class Normalization:
             raise ValueError(f"Normalization nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         if self.mode in ("percentile", "fixed") and not float(self.high) > float(self.low):
             raise ValueError(f"Normalization needs high > low, got low={self.low!r}, high={self.high!r}")
+        if self.mode == "fixed":      # inputs are (x - low) / (high - low) in float32: both must be float32 numbers
+            float32 = np.finfo(np.float32)
+            with np.errstate(over="ignore"):
+                low, span = np.float32(self.low), np.float32(float(self.high) - float(self.low))
+            if not (np.isfinite(low) and np.isfinite(span) and span >= float32.tiny):
+                raise ValueError(f"Normalization high - low and low must be within float32's range (inputs are "
+                                 f"computed in float32: {float32.tiny:.3g} <= high - low, |low| <= "
+                                 f"{float32.max:.3g}), got low={self.low!r}, high={self.high!r}")
         if self.mode == "percentile" and not 0.0 <= self.low < self.high <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         if not isinstance(self.sample_pixels, int) or isinstance(self.sample_pixels, bool) or self.sample_pixels < 1:

@@ -10,12 +10,12 @@ Usage: python 2026-11-27-split-flood.py OUT.jsonl TAG MODEL FOLDER [TAG MODEL FO
          (the demo's model of --seed SEED on synthetic_nuclei(3, 400, seed=SEED + 1000))
        python 2026-11-27-split-flood.py --tables OUT.jsonl"""
 import collections
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 from scipy import ndimage
 
@@ -23,9 +23,13 @@ from unet_fast import instances
 from unet_fast.evaluation import _instances_of, score_instances
 from unet_fast.inference import predict_tiled
 from unet_fast.model_file import load_model
-from unet_fast.synthetic import synthetic_nuclei
 
 FOUR = ndimage.generate_binary_structure(2, 1)
+# the same cases (models, images, labels) and groups as the smoothing experiment's
+_spec = importlib.util.spec_from_file_location("smoothing_probe", Path(__file__).with_name("2026-11-27-smoothing-probe.py"))
+_probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_probe)
+cases, GROUPS = _probe.cases, _probe.GROUPS
 
 
 def steepest_step_flood(level, markers, inside):
@@ -35,18 +39,6 @@ def steepest_step_flood(level, markers, inside):
 
 
 FLOODS = {"before": steepest_step_flood, "after": instances._flood}
-
-
-def cases(args):
-    if args[0] == "--synthetic":
-        for seed, model in zip(args[1::2], args[2::2]):
-            images, labels = synthetic_nuclei(3, 400, seed=int(seed) + 1000)
-            for k in range(3):
-                yield f"demo-s{seed}-i{k}", model, images[k], labels[k]
-    else:
-        for tag, model, folder in zip(args[0::3], args[1::3], args[2::3]):
-            yield (tag, model, tifffile.imread(next(Path(folder, "images").glob("*.tif"))),
-                   tifffile.imread(next(Path(folder, "labels").glob("*.tif"))))
 
 
 def main(out_path, *args):
@@ -62,10 +54,6 @@ def main(out_path, *args):
                 out.write(json.dumps(dict(tag=tag, flood=name, iou=s.iou, f1=s.f1, ap=s.ap_50_95,
                                           tp=s.true_positives, fp=s.false_positives, fn=s.false_negatives)) + "\n")
             instances._flood = FLOODS["after"]
-
-
-GROUPS = {"cross-validation (12 models)": ("def-f",), "halves (4 models)": ("def-top", "def-bottom"),
-          "synthetic (3 demo models x 3 images)": ("demo",)}
 
 
 def tables(path):

@@ -327,3 +327,18 @@ def test_a_stack_declaring_more_pixels_than_memory_holds_is_refused_before_it_is
     unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=2), model)
     assert cli.main(["evaluate", "-m", str(model), "--images", str(tmp_path / "huge.tif"), "--labels",
                      str(tmp_path / "labels.tif"), "-o", str(tmp_path / "ev"), "--no-progress"]) == 2
+
+
+def test_two_ids_without_background_train_as_two_objects():
+    """Two touching cells filling a label image (ids 1 and 2, no 0): "auto" takes them as instances, so the
+    target separates them by the paper's background border and the weight map weights it; a {0, v} mask and a
+    label image of one value stay binary masks."""
+    label = np.ones((12, 14), np.int32)
+    label[:, 7:] = 2
+    sample = ArrayDataset([np.zeros((12, 14))], [label])[0]
+    assert len(np.unique(sample.instances)) == 2 and sample.target[:, 7].max() == 0 and sample.target[:, 6].max() == 0
+    assert sample.target[:, :6].min() == 1 and sample.weights[:, 6].min() > sample.weights[:, 0].max()
+    mask = ArrayDataset([np.zeros((12, 14))], [np.where(label == 2, 255, 0)])[0]
+    np.testing.assert_array_equal(mask.target, label == 2)
+    whole = ArrayDataset([np.zeros((12, 14))], [np.full((12, 14), 255)])[0]
+    np.testing.assert_array_equal(whole.target, np.ones((12, 14)))

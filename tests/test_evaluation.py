@@ -455,3 +455,17 @@ def test_labels_beyond_int64_are_ids_and_infinite_ones_are_refused_first(monkeyp
     with pytest.raises(BadArgument, match="non-integer") as caught:
         evaluate_model(Threshold(), [image], [infinite])
     assert caught.value.argument == "labels" and calls == []
+
+
+@pytest.mark.parametrize("ids", [(1, 2), (3, 7)])
+def test_two_ids_without_background_are_two_objects_not_one_mask(ids):
+    """A crop of two touching cells that fills the image holds two ids and no 0: two objects (as `auto`
+    trains on them), where it was read as a mask and scored as one object covering the image."""
+    truth = np.full((10, 12), ids[0], np.uint16)
+    truth[:, 6:] = ids[1]
+    objects = evaluation_instances(truth)
+    assert len(np.unique(objects)) == 2 and len(np.unique(objects[:, :6])) == 1 and objects[0, 0] != objects[0, -1]
+    mask = np.where(truth == ids[1], 255, 0).astype(np.uint8)          # a {0, v} mask: its components
+    mask[:, 9] = 0
+    np.testing.assert_array_equal(evaluation_instances(mask), ndimage.label(mask > 0)[0])
+    np.testing.assert_array_equal(evaluation_instances(np.full((3, 4), 5)), np.ones((3, 4)))  # one value: one object

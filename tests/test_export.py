@@ -81,9 +81,13 @@ def test_onnx_runs_in_onnxruntime_like_the_model(tmp_path):
     ("model.onnx", "torchscript", ValueError, "must end in .pt for format 'torchscript'"),
     ("model.zip", "tflite", ValueError, "format must be one of"),
     ("taken.onnx", "onnx", FileExistsError, "already exists; choose another name"),
+    (".", "onnx", ValueError, r"is a folder; give the file to write, ending in \.onnx .*model\.onnx"),
+    ("folder", "bioimageio", ValueError, r"is a folder; .*folder/model\.zip"),
+    (".pt", "torchscript", ValueError, r"must end in \.pt for format 'torchscript'; e\.g\. model\.pt$"),
 ])
 def test_check_output_names_the_problem(tmp_path, output, format, error, message):
     (tmp_path / "taken.onnx").write_text("a user's file")
+    (tmp_path / "folder").mkdir(exist_ok=True)
     with pytest.raises(error, match=message):
         check_output(tmp_path / output, format)
     assert (tmp_path / "taken.onnx").read_text() == "a user's file"

@@ -31,6 +31,20 @@ def test_absent_class_is_nan_and_ignore_index():
     np.testing.assert_allclose(metrics.iou(PRED, true, ignore_index=255), [1.0, 1.0])
 
 
+def test_a_class_table_beyond_its_limit_is_refused_naming_the_instance_metrics():
+    """Instance ids in the millions made confusion_matrix ask for a table of terabytes (a crash, or the machine
+    swapping); its limit is MAX_CLASSES, and the message names the metrics that take ids."""
+    ids = np.array([[0, 3_000_000], [5, 5]])
+    for metric in (metrics.iou, metrics.dice, metrics.confusion_matrix):
+        with pytest.raises(ValueError, match="foreground_iou, object_scores"):
+            metric(ids, ids)
+    with pytest.raises(ValueError, match="4097 x 4097"):
+        metrics.iou(PRED, TRUE, num_classes=metrics.MAX_CLASSES + 1)
+    top = metrics.MAX_CLASSES - 1                                      # the largest allowed label still counts
+    assert metrics.confusion_matrix(np.array([top]), np.array([top]))[top, top] == 1
+    assert metrics.foreground_iou(ids, ids) == 1.0
+
+
 def test_foreground_iou_on_instances_and_batches():
     true = np.zeros((2, 6, 6), int)
     true[0, 1:4, 1:4], true[1, 1:4, 1:4] = 1, 2

@@ -848,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output classes, at least 2 (a binary mask is 2: background and foreground) (default: 2, "
                         "or on --resume the run's)")
     g.add_argument("--label-kind", choices=("auto", "instance", "semantic"), default="auto",
-                   help="auto: >2 distinct values = instances, else a binary mask (see unet_fast.data)")
+                   help="auto: >2 distinct values, or 2 without a 0 = instances, else a binary mask (see "
+                        "unet_fast.data)")
     g.add_argument("--label-suffix", default="",
                    help="label files are named <image base name><suffix>.* (default: no suffix)")
     g.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -957,8 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "score them: foreground IoU and Dice, object precision/recall/F1 at IoU 0.5, the "
                             "mean over IoU 0.5..0.95 of TP/(TP+FP+FN) (AP, as the nuclei literature reports) "
                             "and of F1, and the ISBI 2012 Rand error. Writes OUTDIR/evaluation.csv (a row per "
-                            "image and the mean) and prints a summary. Labels with more than two values are "
-                            "instances; a two-valued mask's objects are its connected components.")
+                            "image and the mean) and prints a summary. Labels with more than two values (or two "
+                            "without a 0) are instances; a {0, v} mask's objects are its connected components.")
     p.add_argument("-m", "--model", required=True, help="model file (2 classes)")
     p.add_argument("--images", required=True, help="folder of images, or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")

@@ -11,8 +11,10 @@ Labels come in two kinds, told apart by ``label_kind``:
 - "semantic": values are class indices; a two-valued mask {0, v} (e.g. 0/255 PNGs, ISBI 2012
   stacks) means background/foreground. Objects for the weight map are the connected components
   of the foreground.
-- "auto" (default): for two classes, a label image with more than two distinct values is taken as
-  instances and one with at most two as a binary semantic mask; for more classes, semantic.
+- "auto" (default): for two classes, a label image with more than two distinct values, or with two and no
+  0 (two objects filling the image, as in a crop of touching cells), is taken as instances, and any other
+  (a {0, v} mask, or one value) as a binary semantic mask; for more classes, semantic
+  (``auto_is_instances``).
 
 Weight maps are computed once per label image and cached in memory, and on disk under
 ``cache_dir`` (keyed by a hash of the label image and the weight-map parameters) when given;
@@ -198,7 +200,7 @@ class SegmentationDataset(Sequence):
         if self.label_kind != "auto":
             return self.label_kind
         values = np.unique(label) if values is None else values
-        return "instance" if self.num_classes == 2 and len(values) > 2 else "semantic"
+        return "instance" if self.num_classes == 2 and auto_is_instances(values) else "semantic"
 
     def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(class target int64, objects for the weight map int32, instances int32) from one label
@@ -229,6 +231,13 @@ class SegmentationDataset(Sequence):
             target = label.astype(np.int64)
         instances = ndimage.label(target > 0)[0].astype(np.int32)
         return target, instances, instances
+
+
+def auto_is_instances(values: np.ndarray) -> bool:
+    """Whether a label image of these sorted distinct values holds instances (else it is a binary mask): more
+    than two values, or two with no background 0 among them (ids 1 and 2 filling a crop are two objects, not
+    one foreground). The "auto" rule of training (``label_kind``) and of ``unet-fast evaluate``."""
+    return len(values) > 2 or (len(values) == 2 and values[0] != 0)
 
 
 class ArrayDataset(SegmentationDataset):

@@ -4,8 +4,8 @@ Each image is segmented as ``unet-fast segment --output instances`` would (``pre
 instance rules of ``unet_fast.instances``) and compared with its labels: foreground IoU and Dice,
 object precision, recall and F1 at IoU 0.5, their mean over IoU thresholds 0.5..0.95 (F1, and the
 2018 Data Science Bowl's average precision TP / (TP + FP + FN)), and the ISBI 2012 Rand error.
-Labels with more than two values are instances; a two-valued mask's objects are its 4-connected
-components.
+Labels with more than two values, or two without a 0, are instances; a {0, v} mask's objects are its
+4-connected components.
 """
 from __future__ import annotations
 
@@ -308,8 +308,11 @@ def _labels(truth, name: str) -> np.ndarray:
 
 
 def _instances_of(labels: np.ndarray) -> np.ndarray:
-    """Checked labels (``_labels``) as instances: a two-valued mask's connected components."""
-    if len(np.unique(labels)) <= 2:
+    """Checked labels (``_labels``) as instances: a binary mask's connected components (``auto_is_instances``:
+    a {0, v} mask; two values without a 0 are two objects)."""
+    from .data import auto_is_instances
+
+    if not auto_is_instances(np.unique(labels)):
         return ndimage.label(labels > 0)[0]
     return labels if labels.dtype.kind in "iu" else labels.astype(np.int64)   # uint64 ids may not fit int64
 

@@ -52,9 +52,13 @@ def check_output(output, format: str) -> Path:
         raise ValueError(f"format must be one of {sorted(FORMAT_SUFFIXES)}, got {format!r}")
     output = Path(output)
     suffix = FORMAT_SUFFIXES[format]
+    if output.name in ("", ".", "..") or output.is_dir():
+        raise ValueError(f"output {str(output)!r} is a folder; give the file to write, ending in {suffix} for "
+                         f"format {format!r}, e.g. {output / ('model' + suffix)}")
     if output.suffix.lower() != suffix:
-        raise ValueError(f"output {str(output)!r} must end in {suffix} for format {format!r}; "
-                         f"e.g. {output.with_suffix(suffix).name}")
+        # ".pt" alone is a hidden file's name, not a suffix: its example is model.pt, not .pt.pt
+        example = "model" + suffix if output.name.lower() == suffix else output.with_suffix(suffix).name
+        raise ValueError(f"output {str(output)!r} must end in {suffix} for format {format!r}; e.g. {example}")
     if output.exists():
         raise FileExistsError(f"output {str(output)!r} already exists; choose another name or remove it "
                               f"(export never overwrites a file)")

@@ -59,6 +59,11 @@ def _as_images(x, name) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # pixel metrics
 
+#: the most classes confusion_matrix takes: its table of 4096^2 int64 counts is 128 MiB (instance ids in the
+#: millions would ask for terabytes)
+MAX_CLASSES = 4096
+
+
 def confusion_matrix(prediction, target, num_classes: int | None = None, ignore_index: int | None = None) -> np.ndarray:
     """(K, K) int64 counts, rows = target class, columns = predicted class.
 
@@ -76,6 +81,10 @@ def confusion_matrix(prediction, target, num_classes: int | None = None, ignore_
         num_classes = largest + 1
     elif not isinstance(num_classes, int) or num_classes < 1 or largest >= num_classes:
         raise ValueError(f"num_classes must be an int > every label (largest label {largest}), got {num_classes!r}")
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"confusion_matrix (and iou, dice) count classes in a {num_classes} x {num_classes} table, "
+                         f"over the {MAX_CLASSES} classes it allows (largest label {largest}): for instance labels "
+                         f"use foreground_iou, object_scores or rand_error, which take any ids")
     counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
 

@@ -387,8 +387,8 @@ def test_an_8_kb_model_file_claiming_depth_16_is_refused_before_allocating(tmp_p
 
 # ---- CLI cases: (id, argv(ws, tmp), exit status, text stderr holds)
 
-def _segment(ws, t, *more, model=None):
-    return ["segment", "-i", str(ws / "in"), "-o", str(t / "out"), "-m", str(model or ws / "model.safetensors"),
+def _segment(ws, t, *more, model=None, out=None):
+    return ["segment", "-i", str(ws / "in"), "-o", str(out or t / "out"), "-m", str(model or ws / "model.safetensors"),
             "--no-progress", *more]
 
 
@@ -407,6 +407,16 @@ def _resume(ws, t, *more):
     return ["train", "--images", str(ws / "train_images"), "--labels", str(ws / "train_labels"), "-o",
             str(t / "m.safetensors"), "--work-dir", str(t / "w"), "--resume", str(ws / "run" / "last.safetensors"),
             "--no-progress", *more]
+
+
+def _overlay_in_the_way(path: Path, link: bool = False) -> bool:
+    """The user's own PNG at an overlay's path (or, with ``link``, a symlink there to the user's PNG beside it)."""
+    path.parent.mkdir(parents=True)
+    mine = path.parent.parent / "mine.png" if link else path
+    image_io.write_image(mine, np.full((8, 8), 7, np.uint8))
+    if link:
+        path.symlink_to(mine)
+    return True
 
 
 CLI = [
@@ -488,6 +498,22 @@ CLI = [
         t / "ev" / "evaluation.csv").write_text("my notes\n") and [
         "evaluate", "-m", str(ws / "model.safetensors"), "--images", str(ws / "train_images"), "--labels",
         str(ws / "train_labels"), "-o", str(t / "ev")], 2, "argument -o/--output-dir: "),
+    ("segment --overlay onto the user's PNG", lambda ws, t: _overlay_in_the_way(t / "so" / "overlays" / "b.png") and
+     _segment(ws, t, "--overlay", out=t / "so"), 2, "argument -o/--output-dir: the overlay"),
+    ("segment --overlay onto a folder", lambda ws, t: (t / "so" / "overlays" / "b.png").mkdir(parents=True) or
+     _segment(ws, t, "--overlay", out=t / "so"), 2, "a folder"),
+    ("segment --overlay onto a symlink to the user's file", lambda ws, t: _overlay_in_the_way(
+        t / "so" / "overlays" / "b.png", link=True) and _segment(ws, t, "--overlay", out=t / "so"), 2, "a symlink"),
+    ("evaluate --overlay onto the user's PNG", lambda ws, t: _overlay_in_the_way(t / "ev" / "overlays" / "x1.png") and [
+        "evaluate", "-m", str(ws / "model.safetensors"), "--images", str(ws / "train_images"), "--labels",
+        str(ws / "train_labels"), "-o", str(t / "ev"), "--overlay"], 2, "argument -o/--output-dir: the overlay"),
+    ("evaluate --overlay onto a folder", lambda ws, t: (t / "ev" / "overlays" / "x1.png").mkdir(parents=True) or [
+        "evaluate", "-m", str(ws / "model.safetensors"), "--images", str(ws / "train_images"), "--labels",
+        str(ws / "train_labels"), "-o", str(t / "ev"), "--overlay"], 2, "a folder"),
+    ("evaluate --overlay onto a symlink to the user's file", lambda ws, t: _overlay_in_the_way(
+        t / "ev" / "overlays" / "x1.png", link=True) and [
+        "evaluate", "-m", str(ws / "model.safetensors"), "--images", str(ws / "train_images"), "--labels",
+        str(ws / "train_labels"), "-o", str(t / "ev"), "--overlay"], 2, "a symlink"),
     ("evaluate two images of one base name", lambda ws, t: ["evaluate", "-m", str(ws / "model.safetensors"),
                                                             "--images", str(ws / "dup_images"), "--labels",
                                                             str(ws / "train_labels"), "-o", str(t / "out")], 2,

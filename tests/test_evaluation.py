@@ -388,6 +388,53 @@ def test_cli_evaluate_never_overwrites_an_input_with_an_overlay(nuclei, model_fi
         assert not (out / "evaluation.csv").exists()
 
 
+def test_evaluate_replaces_only_overlays_unet_fast_wrote(nuclei, model_file, tmp_path, capsys, monkeypatch):
+    """evaluate --overlay used to replace OUTDIR/overlays/<name>.png whatever it was: now an overlay without the
+    marker (a user's PNG, folder or symlink) is refused before the first image is scored, by the API too."""
+    from unet_fast import inference
+    from unet_fast.checks import BadArgument
+
+    folder, _ = nuclei
+    out = folder / "eval"
+    argv = ["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels", str(folder / "labels"),
+            "-o", str(out), "--overlay", "--no-progress"]
+    assert cli.main(argv) == 0
+    drawn = out / "overlays" / "n1.png"
+    before = drawn.stat().st_ino
+    assert cli.main(argv) == 0 and drawn.stat().st_ino != before       # its own overlays: replaced, atomically
+    capsys.readouterr()
+    mine = tmp_path / "mine.png"
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(mine)
+    for what, place in [("a file", lambda: drawn.write_bytes(mine.read_bytes())), ("a folder", drawn.mkdir),
+                        ("a symlink", lambda: drawn.symlink_to(mine))]:
+        drawn.unlink() if drawn.is_symlink() or drawn.is_file() else drawn.rmdir()
+        place()
+        written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+        status, err = _usage_error(argv, capsys)
+        assert status == 2 and "argument -o/--output-dir: the overlay" in err and f"would replace {what}" in err, err
+        assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()} == written
+    for name in ("predict_tiled", "predict_images"):
+        monkeypatch.setattr(inference, name, lambda *a, **k: pytest.fail("scored before the check"))
+    with pytest.raises(BadArgument, match="would replace a symlink") as caught:
+        evaluate_model(Threshold(), folder / "images", folder / "labels", overlay_dir=out / "overlays")
+    assert caught.value.argument == "overlay_dir" and drawn.is_symlink() and mine.read_bytes() == written[mine][0]
+
+
+def test_only_overlays_carry_the_marker(tmp_path):
+    """segment and evaluate replace a PNG only when it carries overlays.MARKER (write_overlay's text chunk)."""
+    labels = np.zeros((20, 30), np.uint16)
+    labels[5:10, 5:12] = 1
+    overlays.write_overlay(tmp_path / "ours.png", labels.astype(np.float32), labels, max_side=64)
+    assert overlays.written_by_unet_fast(tmp_path / "ours.png")
+    Image.open(tmp_path / "ours.png").save(tmp_path / "resaved.png")      # the same pixels, without the marker
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "text.png").write_text(overlays.MARKER)
+    (tmp_path / "link.png").symlink_to(tmp_path / "ours.png")
+    for name in ("resaved.png", "folder.png", "text.png", "link.png", "absent.png"):
+        assert not overlays.written_by_unet_fast(tmp_path / name), name
+    overlays.check_replaceable([tmp_path / "ours.png", tmp_path / "absent.png"], "here")     # nothing to refuse
+
+
 def test_evaluate_model_checks_every_pair_first(nuclei, tmp_path, monkeypatch):
     """The API: BadArgument naming the argument, raised before predict_tiled runs once."""
     from unet_fast import inference

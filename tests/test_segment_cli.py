@@ -342,6 +342,43 @@ def test_overlay_that_would_replace_an_input_is_refused(tmp_path, model_file, ca
     assert cli.main(["segment", "-i", str(p / "overlays"), "-o", str(p), "-m", str(model_file), "--no-progress"]) == 0
 
 
+def test_overlay_replaces_only_overlays_unet_fast_wrote(tmp_path, model_file, capsys):
+    """segment --overlay used to replace out/overlays/<name>.png whatever it was; now only an overlay that carries
+    the marker (a PNG text chunk) is replaced: a user's file, folder or symlink there is refused up front, and
+    --continue refuses only where it would write an overlay."""
+    from unet_fast import overlays
+
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model_file), "--no-progress", "--overlay"]
+    assert cli.main(argv) == 0
+    drawn = out / "overlays" / "img1.png"
+    assert all(overlays.written_by_unet_fast(out / "overlays" / f"img{i}.png") for i in range(3))
+    before = drawn.stat().st_ino
+    assert cli.main(argv) == 0 and drawn.stat().st_ino != before        # its own overlays: replaced, atomically
+    mine = tmp_path / "mine.png"
+    image_io.write_image(mine, np.full((8, 8), 7, np.uint8))
+    for what, place in [("a file", lambda: shutil.copy(mine, drawn)), ("a folder", drawn.mkdir),
+                        ("a symlink", lambda: drawn.symlink_to(mine)),
+                        ("a symlink", lambda: drawn.symlink_to(tmp_path / "nowhere.png"))]:
+        drawn.unlink() if drawn.is_symlink() or drawn.is_file() else drawn.rmdir()
+        place()
+        outputs, ours = _mtimes(out), mine.read_bytes()
+        status = cli.main(argv)
+        err = capsys.readouterr().err
+        assert status == 2 and "argument -o/--output-dir: the overlay" in err and f"would replace {what}" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert _mtimes(out) == outputs and mine.read_bytes() == ours
+        assert drawn.is_symlink() == (what == "a symlink") and drawn.is_dir() == (what == "a folder")
+    drawn.unlink()
+    shutil.copy(mine, drawn)
+    assert cli.main(argv + ["--continue"]) == 0         # every output kept: no overlay written, the user's file kept
+    assert "0 segmented, 3 skipped" in capsys.readouterr().out and drawn.read_bytes() == mine.read_bytes()
+    (out / "img1.tif").unlink()                           # img1 would be segmented and its overlay written
+    assert cli.main(argv + ["--continue"]) == 2
+    assert "argument -o/--output-dir: the overlay" in capsys.readouterr().err and not (out / "img1.tif").exists()
+
+
 def test_continue_draws_missing_overlays_from_existing_outputs(tmp_path, model_file, capsys):
     _images(tmp_path / "in")
     out = tmp_path / "out"

@@ -917,7 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr (instances: an NGFF label image)")
     _instance_flags(p)
     p.add_argument("--overlay", action="store_true",
-                   help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px")
+                   help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px "
+                        "(an existing one is replaced only if unet-fast wrote it)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="skip inputs whose output exists, holds the kind --output asks for (told by its data "
                         "type: labels uint8 or int32, instances uint16 or uint32, probabilities floats with a class "
@@ -968,7 +969,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", default="evaluation",
                    help="for evaluation.csv and overlays (default: %(default)s)")
     p.add_argument("--overlay", action="store_true",
-                   help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan")
+                   help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan (an "
+                        "existing one is replaced only if unet-fast wrote it)")
     _instance_flags(p)
     _inference_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")

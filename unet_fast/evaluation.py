@@ -356,7 +356,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
     names that do not pair up or are ambiguous, labels of another size, negative or not integers,
     images of other channels or with NaN/inf pixels (unless nonfinite="zero"), a tile size the model
-    cannot take, and overlays that would replace an input file.
+    cannot take, and overlays that would replace an input file, or anything but an overlay written here
+    (``overlays.check_replaceable``).
     """
     from .checks import BadArgument, check_bool, check_writable_folder
     from .inference import predict_images, predict_tiled
@@ -380,8 +381,12 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     if not triples:
         raise ValueError("no labelled images to evaluate")
     if overlay_dir is not None:
+        from .overlays import check_replaceable
+
+        written = [Path(overlay_dir) / f"{name}.png" for name, _, _ in triples]
         check_writable_folder(overlay_dir, "overlay_dir")
-        check_outputs(images, labels, [Path(overlay_dir) / f"{name}.png" for name, _, _ in triples], "overlay_dir")
+        check_outputs(images, labels, written, "overlay_dir")
+        check_replaceable(written, "overlay_dir")
     rule = nonfinite or getattr(getattr(model, "normalization", None), "nonfinite", "error")
     predict = dict(output="instances", instance_options=instance_options, tile_size=tile_size,
                    batch_size=batch_size, device=device, dtype=dtype, progress=False, nonfinite=nonfinite, tta=tta,

@@ -5,22 +5,30 @@ outlines in white). Large images are shown subsampled (every k-th pixel, so that
 at most ``max_side``), read lazily where the arrays are lazy: outlines are then those of the
 subsampled labels, good for a glance, not for measuring. Small images are enlarged (each pixel
 repeated) to at least ``max_side / 2``, so that outlines stay thinner than the objects.
+
+Every overlay carries a PNG text chunk, ``MARKER``: ``segment --overlay`` and ``evaluate --overlay`` replace
+only overlays that carry it (``check_replaceable``), never a user's file, folder or symlink of the same name.
 """
 from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .image_io import write_bytes_atomically
 
-__all__ = ["outlines", "render_overlay", "write_overlay", "PREDICTED", "TRUE", "BOTH"]
+__all__ = ["outlines", "render_overlay", "write_overlay", "written_by_unet_fast", "check_replaceable", "MARKER",
+           "PREDICTED", "TRUE", "BOTH"]
 
 PREDICTED = (255, 220, 0)
 TRUE = (0, 220, 255)
 BOTH = (255, 255, 255)
+
+#: the key of the PNG text chunk that marks an overlay as written here (its value: the version that wrote it)
+MARKER = "unet_fast overlay"
 
 
 def outlines(labels: np.ndarray) -> np.ndarray:
@@ -83,9 +91,48 @@ def render_overlay(image, predicted, truth=None, *, max_side: int = 1024) -> np.
 
 
 def write_overlay(path, image, predicted, truth=None, *, max_side: int = 1024) -> Path:
-    """``render_overlay`` written as a PNG, atomically."""
+    """``render_overlay`` written as a PNG carrying ``MARKER``, atomically."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from . import __version__
+
+    marked = PngInfo()
+    marked.add_text(MARKER, __version__)
+    buffer = io.BytesIO()
+    Image.fromarray(render_overlay(image, predicted, truth, max_side=max_side)).save(buffer, format="PNG",
+                                                                                    pnginfo=marked)
+    return write_bytes_atomically(path, buffer.getvalue())
+
+
+def written_by_unet_fast(path) -> bool:
+    """Whether ``path`` is an overlay that ``write_overlay`` wrote: a regular file (not a symlink, which this
+    package never writes) whose PNG header carries ``MARKER``. Only the header is read, not the pixels."""
     from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.fromarray(render_overlay(image, predicted, truth, max_side=max_side)).save(buffer, format="PNG")
-    return write_bytes_atomically(path, buffer.getvalue())
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)    # a user's large PNG: not ours
+            with Image.open(path, formats=["PNG"]) as picture:
+                return MARKER in picture.info      # text chunks before the pixels, where write_overlay puts it
+    except Exception:   # unreadable, not a PNG, a declared size past Pillow's limit: not ours
+        return False
+
+
+def check_replaceable(overlays, argument: str) -> None:
+    """BadArgument (``argument``) when one of ``overlays`` (paths to be written by ``write_overlay``) exists and
+    is not an overlay written here (``written_by_unet_fast``): a file, folder or symlink of the user's under
+    that name is never replaced."""
+    from .checks import BadArgument
+
+    for path in map(Path, overlays):
+        if not (path.exists() or path.is_symlink()) or written_by_unet_fast(path):
+            continue
+        what = ("a symlink, which unet-fast never writes" if path.is_symlink() else
+                "a folder, which unet-fast never writes" if path.is_dir() else
+                f"a file that unet-fast did not write (its overlays carry the PNG text chunk {MARKER!r})")
+        raise BadArgument(argument, f"the overlay {str(path)!r} would replace {what}; nothing was written. Move or "
+                                    f"rename it, or choose another output folder")

@@ -155,6 +155,20 @@ def check_replaceable(files: list[Path], outdir: Path, suffix: str) -> None:
                               f"choose another output folder")
 
 
+def check_overlays_replaceable(files: list[Path], outdir: Path, suffix: str, resume: bool = False) -> None:
+    """BadArgument (output_dir) when an overlay this run would write (outdir/overlays/<name>.png) would replace
+    a file, folder or symlink that segment did not write (``overlays.check_replaceable``: overlays carry a
+    marker). With ``resume``, an input whose output is kept and whose overlay exists writes none (``claim``)."""
+    from . import overlays
+
+    written = []
+    for path in files:
+        overlay = outdir / "overlays" / output_name(path, ".png")
+        if not (resume and (outdir / output_name(path, suffix)).exists() and overlay.exists()):
+            written.append(overlay)
+    overlays.check_replaceable(written, "output_dir")
+
+
 def output_owners(files: list[Path], outdir: Path, suffix: str) -> dict[Path, Path]:
     """{output path: the first of ``files`` (in their order) whose output it is}: a later file of the same output
     name fails, in whichever part or process it is segmented."""
@@ -717,6 +731,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
             if not resume:   # --continue keeps what is there (check_resumable)
                 check_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format])
+            if overlay:
+                check_overlays_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format], resume)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
             made = provenance(model, output=output, tta=tta, scale=scale, dtype=dtype,

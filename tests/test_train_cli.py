@@ -357,6 +357,21 @@ def test_labels_without_objects_warn(folders, monkeypatch, capsys):
     assert "1 validation label image(s) hold no object: n2" in warnings[1] and "NaN" in warnings[1]
 
 
+@pytest.mark.parametrize("bad, message", [
+    (lambda label: label.astype(np.int32) - 1, "negative values"),
+    (lambda label: label.astype(np.float32) / 2, "non-integer values"),
+    (lambda label: label.astype(np.complex64), "complex64"),
+])
+def test_labels_that_cannot_train_are_refused_before_their_objects_are_measured(folders, capsys, bad, message):
+    """The object-size line ("objects in the labels: median diameter ...") measured labels the run then refused:
+    the refusal now comes first, and alone."""
+    tifffile.imwrite(folders / "train_lb" / "n1.tif", bad(tifffile.imread(folders / "train_lb" / "n1.tif")))
+    assert cli.main(_args(folders, "--epochs", "1")) == 2
+    out, err = capsys.readouterr()
+    assert "objects in the labels" not in out and message in err and "label of 'n1'" in err
+    assert not (folders / "model.safetensors").exists()
+
+
 def test_validation_of_images_without_objects_is_nan_not_perfect():
     """An image with no true and no predicted object scores nothing (not IoU and F1 1.0): left out of the
     pooled counts; with no object anywhere, IoU and F1 are NaN."""

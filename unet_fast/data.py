@@ -137,6 +137,7 @@ class SegmentationDataset(Sequence):
             name, _, label = self._load(index)
             label = np.asarray(label)
             if label.ndim == 2:
+                _check_label_values(name, label)   # before anything is measured or said about the objects
                 self.label_pixels += label.size
                 if self._kind(label) == "instance":
                     found.append(object_diameters(label))
@@ -154,9 +155,7 @@ class SegmentationDataset(Sequence):
         label = np.asarray(label)
         if label.ndim != 2:
             raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
-        problem = checks.pixel_type_problem(label.dtype)
-        if problem:
-            raise ValueError(f"label of {name!r} {problem}")
+        _check_label_values(name, label)
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
@@ -208,11 +207,6 @@ class SegmentationDataset(Sequence):
         ``separate_touching``: the borders it draws between touching objects are background in the
         target, and only as background pixels between two objects do they get the border weight
         (on the unseparated instances they would be weighted as foreground)."""
-        if label.dtype.kind == "f":
-            if not np.all(label == np.round(label)):
-                raise ValueError(f"label of {name!r} has non-integer values; labels must be integers")
-        if label.dtype.kind in "fi" and label.min() < 0:
-            raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
         values = np.unique(label)
         if self._kind(label, values) == "instance":
             if values.max(initial=0) > np.iinfo(np.int32).max:   # ids int32 cannot hold (they wrapped): 1..n
@@ -231,6 +225,18 @@ class SegmentationDataset(Sequence):
             target = label.astype(np.int64)
         instances = ndimage.label(target > 0)[0].astype(np.int32)
         return target, instances, instances
+
+
+def _check_label_values(name: str, label: np.ndarray) -> None:
+    """ValueError for a label image whose values training cannot take: a pixel type it refuses (complex, ...),
+    non-integer or negative values."""
+    problem = checks.pixel_type_problem(label.dtype)
+    if problem:
+        raise ValueError(f"label of {name!r} {problem}")
+    if label.dtype.kind == "f" and not np.all(label == np.round(label)):
+        raise ValueError(f"label of {name!r} has non-integer values; labels must be integers")
+    if label.dtype.kind in "fi" and label.min(initial=0) < 0:
+        raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
 
 
 def auto_is_instances(values: np.ndarray) -> bool:

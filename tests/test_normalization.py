@@ -76,3 +76,22 @@ def test_normalization_round_trips_and_validates():
         Normalization(mode="fixed", low=5, high=5)
     with pytest.raises(ValueError, match="unknown Normalization fields"):
         Normalization.from_dict({"mode": "none", "gain": 2})
+
+
+@pytest.mark.parametrize("image", [
+    1e9 + np.arange(48 * 40, dtype=np.float64).reshape(48, 40) % 97,          # a large offset, a small spread
+    (4_000_000_000 + np.arange(48 * 40) % 97).astype(np.uint32).reshape(48, 40),
+    (2 ** 40 + np.arange(48 * 40) % 97).astype(np.int64).reshape(48, 40),
+    np.arange(48 * 40, dtype=np.float64).reshape(48, 40) * 1e300,              # past float32's range
+], ids=["float64-offset", "uint32-offset", "int64-offset", "float64-huge"])
+def test_pixel_types_wider_than_float32_normalise_as_in_float64(image):
+    """In float32, 1e9 + x is rounded to 64s before the offset comes off (and the 1e-6 relative spread then
+    counted as collapsed: every pixel 0), and values past 3.4e38 became infinite and were refused as "NaN or
+    infinite pixels": wider pixel types are normalised in float64, then given as float32."""
+    low, high = np.percentile(image.astype(np.float64), [1.0, 99.8])
+    got = Normalization()(image)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, (image.astype(np.float64) - low) / (high - low), rtol=0, atol=1e-6)
+    if high < np.finfo(np.float32).max:   # (a fixed range must itself be float32's: Normalization refuses others)
+        fixed = Normalization(mode="fixed", low=float(low), high=float(high))(image[::-1])    # strided too
+        np.testing.assert_allclose(fixed, (image[::-1].astype(np.float64) - low) / (high - low), rtol=0, atol=1e-6)

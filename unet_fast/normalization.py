@@ -116,7 +116,8 @@ class Normalization:
                 raise NonFiniteInputError("image (or one of its channels) holds no finite pixel at all")
             lo = np.nanpercentile(sample, self.low, axis=1)
             hi = np.nanpercentile(sample, self.high, axis=1)
-        spread, tiny = hi - lo, 1e-6 * np.maximum(np.abs(hi), 1.0)
+        # a spread below what the arithmetic of apply resolves at this level counts as none
+        spread, tiny = hi - lo, (1e-12 if _wide(image.dtype) else 1e-6) * np.maximum(np.abs(hi), 1.0)
         if (spread < tiny).any():   # the percentiles collapsed: the sample's whole range, else 1
             whole = np.nanmax(sample, axis=1) - np.nanmin(sample, axis=1)
             spread = np.where(spread >= tiny, spread, np.where(whole >= tiny, whole, 1.0))
@@ -131,9 +132,14 @@ class Normalization:
 
     def apply(self, x: np.ndarray, offset: np.ndarray, scale: np.ndarray,
               channel_axis: int | None = None) -> np.ndarray:
-        """Normalise an in-memory block with statistics from ``statistics`` (float32 result)."""
-        floating = np.asarray(x).dtype.kind in "fc"
-        x = np.asarray(x, dtype=np.float32)
+        """Normalise an in-memory block with statistics from ``statistics`` (float32 result). Pixel types wider
+        than float32's 24-bit mantissa (float64, 32- and 64-bit integers) are normalised in float64 first: in
+        float32, 1e9 + x is rounded to 64s before the offset is taken off, and float64 values past float32's
+        range would become infinite."""
+        x = np.asarray(x)
+        floating = x.dtype.kind in "fc"
+        work = np.float64 if _wide(x.dtype) and self.mode != "none" else np.float32
+        x = x.astype(work, copy=False)
         finite = np.isfinite(x) if floating else None   # integers have no NaN: no extra pass for them
         if finite is not None and not finite.all():
             self._refuse_nonfinite(x, finite, "found in a block being normalised")
@@ -145,7 +151,7 @@ class Normalization:
             shape = [1] * x.ndim
             if channel_axis is not None and len(offset) > 1:
                 shape[channel_axis] = len(offset)
-            out = (x - offset.astype(np.float32).reshape(shape)) / scale.astype(np.float32).reshape(shape)
+            out = ((x - offset.astype(work).reshape(shape)) / scale.astype(work).reshape(shape)).astype(np.float32)
             if self.clip:
                 np.clip(out, 0.0, 1.0, out=out)
         if finite is not None:      # nonfinite="zero"
@@ -156,6 +162,13 @@ class Normalization:
         """Normalise a whole image (in memory) by this rule."""
         offset, scale = self.statistics(image, channel_axis)
         return self.apply(np.asarray(image), offset, scale, channel_axis)
+
+
+def _wide(dtype) -> bool:
+    """Whether pixels of ``dtype`` hold more than float32's 24-bit mantissa (float64, 32- and 64-bit integers):
+    ``Normalization.apply`` normalises those in float64."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "uif" and dtype.itemsize >= 4 and dtype != np.float32
 
 
 def _subsample(image, channel_axis: int | None, max_pixels: int) -> np.ndarray:

@@ -140,6 +140,21 @@ def test_ome_zarr_axes_of_length_one_are_dropped_when_there_are_several(tmp_path
     assert (size.y, size.z) == (0.5, 2.0 if "Z" in axes else None)
 
 
+@needs_zarr
+def test_ome_zarr_axes_named_by_words_are_refused_by_name(tmp_path):
+    """NGFF lets axes have any name; their letters were taken as axes ("time" as four): IndexError."""
+    import zarr
+
+    write_ome_zarr_axes(tmp_path / "a.ome.zarr", np.zeros((3, 20, 30), np.uint8), names="tyx")
+    group = zarr.open_group(str(tmp_path / "a.ome.zarr"), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["axes"][0]["name"] = "time"
+    group.attrs["multiscales"] = multiscales
+    for read in (image_io.read_image, image_io.image_info):
+        with pytest.raises(ValueError, match=r"a.ome.zarr: .*one letter.*\['time', 'y', 'x'\]"):
+            read(tmp_path / "a.ome.zarr")
+
+
 def test_without_zarr_a_tiff_is_memory_mapped_or_read_whole(tmp_path, monkeypatch):
     """zarr is declared but the GPU machines lack it: segment must still read TIFFs (it failed every one)."""
     monkeypatch.setattr(image_io, "_zarr", lambda: None)

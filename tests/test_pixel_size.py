@@ -72,6 +72,38 @@ def test_a_time_series_of_one_plane_has_no_plane_spacing(tmp_path):
     assert read_pixel_size(tmp_path / "t3.ome.tif") == PixelSize(0.5, 0.5, z=2.0)
 
 
+def test_an_imagej_time_series_has_no_plane_spacing(tmp_path):
+    """ImageJ writes spacing= for any stack whose voxel depth is set, time-lapses too; a time series (frames, no
+    slices) is segmented as a stack whose time points are no planes that far apart, as OME-TIFF's rule above."""
+    for axes, shape in (("TYX", (4, 30, 40)), ("TZYX", (2, 3, 30, 40)), ("ZYX", (3, 30, 40))):
+        tifffile.imwrite(tmp_path / f"{axes}.tif", pixels(shape), imagej=True, resolution=(2, 2),
+                         metadata={"unit": "um", "axes": axes, "spacing": 2.0})
+    assert read_pixel_size(tmp_path / "TYX.tif") == PixelSize(0.5, 0.5)
+    for stack in ("TZYX.tif", "ZYX.tif"):
+        assert read_pixel_size(tmp_path / stack) == PixelSize(0.5, 0.5, z=2.0)
+
+
+@pytest.mark.parametrize("unit, expected", [("\\u00B5m", "micrometer"), ("\\u00b5m", "micrometer"),
+                                            ("micron", "micrometer"), ("nm", "nanometer")])
+def test_imagej_units_escaped_as_imagej_reads_them(tmp_path, unit, expected):
+    """ImageJ reads its description as Java properties, where \\u00B5m is µm; TIFF descriptions are ASCII (tifffile
+    refuses µm), so that is how scripts write micrometres for ImageJ, and it was read as no unit at all."""
+    tifffile.imwrite(tmp_path / "a.tif", pixels(), imagej=True, resolution=(4, 2), metadata={"unit": unit})
+    assert read_pixel_size(tmp_path / "a.tif") == PixelSize(0.5, 0.25, expected)
+
+
+def test_malformed_ome_xml_gives_no_pixel_size(tmp_path):
+    """tifffile reads the pixels of an OME-TIFF whose OME-XML does not parse (a raw & in a name), as a plain TIFF;
+    its pixel size raised ParseError, failing the image (and `unet-fast train` as a whole) for its metadata."""
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0" Name="a & b"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="90" '
+           'SizeY="70" SizeC="1" SizeZ="1" SizeT="1" PhysicalSizeX="0.5" PhysicalSizeY="0.5"><TiffData/></Pixels>'
+           '</Image></OME>')
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels(), description=xml, metadata=None)
+    assert image_io.image_info(tmp_path / "a.ome.tif").shape == (70, 90)
+    assert read_pixel_size(tmp_path / "a.ome.tif") is None
+
+
 def test_stack_spacing_and_nanometers(tmp_path):
     size = PixelSize(y=40.0, x=40.0, unit="nanometer", z=250.0)
     write_ome_tiff(tmp_path / "em.ome.tif", pixels((3, 30, 40)), size, axes="ZYX")

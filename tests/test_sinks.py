@@ -55,6 +55,20 @@ def test_ome_zarr_axes_are_ordered_by_type_as_ngff_requires(tmp_path, shape, cha
     np.testing.assert_array_equal(np.asarray(array[...]), image)     # read back as written: Z, K, H, W
 
 
+def test_ome_zarr_chunks_are_nested_as_ngff_requires(tmp_path):
+    """NGFF (since 0.2) keeps chunks in nested folders, 0/c/z/y/x: "/" is its only dimension separator; zarr
+    writes format 2 arrays with "." (0/c.z.y.x files) unless told."""
+    pytest.importorskip("zarr")
+    shape = (2, 3, 40, 30)
+    writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", shape, np.uint8, channels=True)
+    for p in range(2):
+        writer.write(p, 0, 0, np.full(shape[1:], p, np.uint8))
+    path = writer.close()
+    assert __import__("json").loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    assert (path / "0" / "0" / "1" / "0" / "0").is_file()      # the classes' chunk (c), plane 1 (z), y, x
+    assert __import__("zarr").open_group(str(path), mode="r")["0"][2, 1].max() == 1
+
+
 def test_streaming_writer_refuses_an_incomplete_image(tmp_path):
     writer = sinks.open_streaming_writer(tmp_path / "o.tif", (64, 64), np.uint8)
     writer.write(0, 0, 0, np.ones((32, 64), np.uint8))
@@ -97,10 +111,11 @@ def _failing_band_writer(tmp_path, monkeypatch, slow: float):
     put, full = local_store._put, threading.Event()
 
     def put_on_a_filling_disk(path, value, *args, **kwargs):
-        if path.name == "0.1":
+        chunk = path.parent.parent.name == "0" and path.name.isdigit()     # array 0's chunks: 0/row/column (NGFF)
+        if chunk and path.parts[-2:] == ("0", "1"):
             full.set()
             raise OSError(errno.ENOSPC, "No space left on device")
-        if path.parent.name == "0" and path.name[:1].isdigit():
+        if chunk:
             full.wait(5)
             time.sleep(slow)
         return put(path, value, *args, **kwargs)

@@ -9,6 +9,7 @@ are much larger or smaller than that draws a warning. Units are the OME-NGFF nam
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -65,7 +66,12 @@ class PixelSize:
 
 
 def _unit_name(text) -> str | None:
-    return UNIT_NAMES.get(str(text).strip()) if text is not None else None
+    """The NGFF name of a unit as files spell it, ImageJ's \\u00B5m too: ImageJ reads its description as Java
+    properties, which unescape \\uXXXX, and scripts write µm so into that ASCII text."""
+    if text is None:
+        return None
+    text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda escape: chr(int(escape[1], 16)), str(text).strip())
+    return UNIT_NAMES.get(text)
 
 
 def _length(value) -> float | None:
@@ -98,7 +104,11 @@ def read_pixel_size(path) -> PixelSize | None:
 
 
 def _from_ome_xml(xml: str) -> PixelSize | None:
-    pixels = next((element for element in ElementTree.fromstring(xml).iter() if element.tag.endswith("}Pixels")), None)
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:      # tifffile reads such a file as a plain TIFF: an image with no pixel size
+        return None
+    pixels = next((element for element in root.iter() if element.tag.endswith("}Pixels")), None)
     if pixels is None:
         return None
     y, x = _length(pixels.get("PhysicalSizeY")), _length(pixels.get("PhysicalSizeX"))
@@ -131,7 +141,9 @@ def _from_imagej(metadata: dict, page) -> PixelSize | None:
     (x_num, x_den), (y_num, y_den) = tags["XResolution"].value, tags["YResolution"].value
     if not (x_num and y_num) or _length(y_den / y_num) is None or _length(x_den / x_num) is None:
         return None
-    return PixelSize(y_den / y_num, x_den / x_num, unit, _length(metadata.get("spacing")))
+    # ImageJ writes spacing= for time-lapses too: frames without slices have no planes that far apart (as SizeZ="1")
+    time_series = (_length(metadata.get("frames")) or 1) > 1 and (_length(metadata.get("slices")) or 1) == 1
+    return PixelSize(y_den / y_num, x_den / x_num, unit, None if time_series else _length(metadata.get("spacing")))
 
 
 def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:

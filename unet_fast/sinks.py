@@ -266,7 +266,9 @@ class StreamingZarrWriter:
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
             self._group = group = zarr.open_group(self._store, mode="w", zarr_format=2)
             chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
-            self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype))
+            # NGFF keeps chunks in nested folders ("/" its only separator); zarr's format 2 default is "."
+            self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype),
+                                            chunk_key_encoding={"name": "v2", "separator": "/"})
             axes, transformations = ngff_axes_and_scale(pixel_size, names)
             group.attrs["multiscales"] = [{
                 "version": "0.4",

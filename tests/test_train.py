@@ -604,3 +604,96 @@ def test_more_bad_arguments(nuclei):
     ]:
         with pytest.raises(error, match=message):
             fit(tiny_net(), train, epochs=1, progress=False, **kwargs)
+
+
+def test_a_kill_while_writing_the_best_model_leaves_it_and_the_checkpoint_consistent(nuclei, tmp_path, monkeypatch):
+    """The checkpoint was written before the best model: a kill between the two left a checkpoint whose
+    history has the epoch as the best, and best.safetensors an older model that the resumed run, comparing
+    with that history, never replaced. Written best first, a resume redoes the epoch and writes it."""
+    from unet_fast import model_file
+
+    train, val = nuclei
+    options = dict(recipe="paper", tile_size=48, tiles_per_epoch=4, batch_size=2, lr=0.02, augment=None, seed=0,
+                   best_metric="loss", checkpoint_dir=tmp_path, progress=False)
+    save_model, calls = model_file.save_model, []
+
+    def killed_at_the_second(*args, **kwargs):
+        calls.append(kwargs["epoch"])
+        if len(calls) == 2:
+            raise SystemExit(143)       # SIGTERM, as unet-fast's handler raises it
+        return save_model(*args, **kwargs)
+
+    monkeypatch.setattr(model_file, "save_model", killed_at_the_second)
+    with pytest.raises(SystemExit):
+        fit(tiny_net(dropout=0.0), train, val, epochs=2, **options)
+    assert calls == [1, 2]                 # epoch 2 was the best
+    monkeypatch.setattr(model_file, "save_model", save_model)
+    result = fit(tiny_net(dropout=0.0), train, val, epochs=2, resume=tmp_path / "last.safetensors", **options)
+    losses = [row["val_loss"] for row in result.history]
+    assert losses[1] < losses[0]
+    assert load_model(result.best).metadata["epoch"] == 2
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("optimizer.param_groups", "3", "optimizer.param_groups"),
+    ("optimizer.param_groups", "[1]", "optimizer.param_groups"),
+    ("optimizer.scalars", "[]", "optimizer.scalars"), ("optimizer.scalars", '{"x": 1}', "optimizer.scalars"),
+    ("history", '[{"epoch": 1}]', "history")])
+def test_a_checkpoint_with_damaged_optimizer_values_or_history_rows_is_refused_by_name(tmp_path, key, value, named):
+    """The optimizer's values and the history rows were used unchecked: a TypeError or AttributeError with no
+    file named on loading, or a KeyError ('step') when training started; now the ValueError of any damage."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from unet_fast.checkpoint import save_checkpoint
+
+    model = tiny_net()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(1, 1, 44, 44)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model, optimizer, epoch=1, history=[{"epoch": 1, "step": 1}], seed=0)
+    load_checkpoint(path, tiny_net(), torch.optim.Adam(tiny_net().parameters()))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = dict(handle.metadata()), {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(tensors, str(path), {**metadata, key: value})
+    with pytest.raises(ValueError, match=f"is damaged or was not written by unet_fast: .*{named}"):
+        load_checkpoint(path)
+
+
+def test_a_run_killed_mid_epoch_resumes_bit_for_bit(nuclei, tmp_path, monkeypatch):
+    """The default recipe (Adam, warm-up, cosine, a partial last batch, dropout) with validation, killed in its
+    third epoch and resumed from the second's checkpoint: the weights, the history and the random states of the
+    uninterrupted run, exactly."""
+    from unet_fast import train as train_module
+
+    train, val = nuclei
+    options = dict(recipe="default", epochs=4, tile_size=44, tiles_per_epoch=5, batch_size=2, warmup_steps=2,
+                   seed=3, progress=False)
+    straight = tiny_net()
+    expected = fit(straight, train, val, checkpoint_dir=tmp_path / "straight", **options)
+    step, steps = train_module.Progress.step, []
+
+    def killed_in_the_third_epoch(self, *args):
+        steps.append(None)
+        if len(steps) == 8:      # 3 steps an epoch: the third epoch's second step
+            raise SystemExit(143)
+        return step(self, *args)
+
+    monkeypatch.setattr(train_module.Progress, "step", killed_in_the_third_epoch)
+    with pytest.raises(SystemExit):
+        fit(tiny_net(), train, val, checkpoint_dir=tmp_path / "killed", **options)
+    monkeypatch.setattr(train_module.Progress, "step", step)
+    checkpoint = tmp_path / "killed" / "last.safetensors"
+    assert load_checkpoint(checkpoint)["epoch"] == 2
+    torch.manual_seed(1234)
+    resumed = tiny_net(seed=5)
+    result = fit(resumed, train, val, checkpoint_dir=tmp_path / "killed", resume=checkpoint, **options)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    timeless = [[{k: v for k, v in row.items() if k not in ("seconds", "elapsed")} for row in run.history]
+                for run in (expected, result)]
+    assert timeless[0] == timeless[1]
+    states = [load_checkpoint(tmp_path / name / "last.safetensors")["rng"][0] for name in ("straight", "killed")]
+    for name in ("cpu", "numpy", "python"):
+        assert torch.equal(states[0][name], states[1][name]), name

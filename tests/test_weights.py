@@ -28,6 +28,42 @@ def nuclei():
 
 # --- unet_weight_map: known answers ------------------------------------------------------------
 
+def _weight_map_by_pixel_pairs(labels, w0, sigma, class_weights):
+    """The definition, pixel by pixel: d_k = the least Euclidean distance to a pixel of object k (no distance
+    transform, no cut-off); the border term on background pixels of images with two or more objects."""
+    foreground = labels > 0
+    if class_weights == "balanced":
+        counts = [int(np.sum(~foreground)), int(np.sum(foreground))]
+        present = sum(count > 0 for count in counts)
+        w_c = [labels.size / (present * max(count, 1)) for count in counts]
+    else:
+        w_c = [1.0, 1.0] if class_weights is None else list(class_weights)
+    points = {k: np.argwhere(labels == k) for k in np.unique(labels[foreground])}
+    out = np.where(foreground, w_c[1], w_c[0]).astype(np.float64)
+    for y, x in np.argwhere(~foreground) if len(points) >= 2 else ():
+        d1, d2 = sorted(float(np.hypot(*(pixels - (y, x)).T).min()) for pixels in points.values())[:2]
+        out[y, x] += w0 * math.exp(-(d1 + d2) ** 2 / (2 * sigma ** 2))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_rectangles_match_the_definition_pixel_by_pixel(seed):
+    """Against the definition itself (not scipy's distance transform): random small images of rectangles,
+    ids sparse, huge and repeated (one object in two pieces), w0 and sigma from small to large."""
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        height, width = (int(v) for v in rng.integers(1, 16, 2))
+        labels = np.zeros((height, width), np.int64)
+        for i in range(int(rng.integers(0, 6))):
+            y, x, h, w = rng.integers(0, height), rng.integers(0, width), *rng.integers(1, 4, 2)
+            labels[y:y + h, x:x + w] = rng.choice([i + 1, 10 ** 12 + i, 7])
+        w0, sigma = float(rng.choice([0.5, 10.0, 1e3])), float(rng.choice([0.3, 5.0, 20.0]))
+        class_weights = ["balanced", None, (0.25, 2.0)][trial % 3]
+        expected = _weight_map_by_pixel_pairs(labels, w0, sigma, class_weights)
+        np.testing.assert_allclose(unet_weight_map(labels, w0, sigma, class_weights), expected,
+                                   rtol=1e-5, atol=1e-5 * w0)
+
+
 def test_known_answer_two_single_pixels():
     labels = np.zeros((1, 9), np.int32)
     labels[0, 0], labels[0, 8] = 1, 2

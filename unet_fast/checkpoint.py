@@ -130,6 +130,8 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
                   "num_classes": json.loads(metadata.get("num_classes", "null")),
                   "recipe": json.loads(metadata.get("recipe", "null")),
                   "tile_size": json.loads(metadata.get("tile_size", "null"))}
+        optimizer = {"param_groups": json.loads(metadata["optimizer.param_groups"]),
+                     "scalars": json.loads(metadata["optimizer.scalars"])}
         ranks = {_rng_key(key)[0] for key in tensors if key.startswith("rng.")}
         declared = json.loads(metadata.get("world_size", "1"))
     except (KeyError, ValueError) as error:
@@ -140,12 +142,17 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
 
     world = max(ranks) + 1 if ranks else 1
     checks = [("epoch", whole(fields["epoch"], 0)),
-              ("history", isinstance(fields["history"], list) and all(isinstance(r, dict) for r in fields["history"])),
+              ("history", isinstance(fields["history"], list) and all(isinstance(r, dict) and whole(r.get("step"), 0)
+                                                                     for r in fields["history"])),
               ("seed", fields["seed"] is None or whole(fields["seed"], 0)),
               ("model_config", fields["model_config"] is None or isinstance(fields["model_config"], dict)),
               ("num_classes", fields["num_classes"] is None or whole(fields["num_classes"], 1)),
               ("recipe", fields["recipe"] is None or isinstance(fields["recipe"], dict)),
               ("tile_size", fields["tile_size"] is None or whole(fields["tile_size"], 1)),
+              ("optimizer.param_groups", isinstance(optimizer["param_groups"], list)
+               and all(isinstance(group, dict) for group in optimizer["param_groups"])),
+              ("optimizer.scalars", isinstance(optimizer["scalars"], dict) and all(
+                  key.split(".", 1)[0].isdigit() and "." in key for key in optimizer["scalars"])),
               ("world_size", whole(declared, 1) and declared == world and (not ranks or ranks == set(range(world))))]
     wrong = [name for name, ok in checks if not ok]
     if wrong:

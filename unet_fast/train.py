@@ -394,10 +394,9 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
         if job.rank != 0:
             return
         report.row(format_row(run.history[-1]))
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
-                            rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
-                            tile_size=getattr(run.tiles, "tile_size", None))
+        # the best model before the checkpoint: a kill between the two writes then leaves the checkpoint of
+        # the epoch before, whose resume redoes this epoch and writes its best model (the other way round,
+        # the resumed history held this epoch as the best, which best.safetensors never got)
         if best_path is not None and _is_best(run.history, best_metric):
             from .model_file import save_model
 
@@ -406,6 +405,10 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
                        input_scale=getattr(train_data, "scale", 1.0),
                        epoch=epoch + 1, step=run.history[-1]["step"], best_metric=best_metric,
                        **{column: run.history[-1][column]})
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
+                            rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
+                            tile_size=getattr(run.tiles, "tile_size", None))
         if log_dir is not None:
             write_logs(log_dir, run.history)
 

@@ -290,3 +290,27 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
     finally:
         os.umask(previous)
     assert {oct(os.stat(path).st_mode & 0o777) for path in written} == {oct(0o666 & ~umask)}
+
+
+@needs_zarr
+@pytest.mark.parametrize("listed", [True, False])
+def test_bioformats2raw_output_is_read_as_its_first_image(tmp_path, listed):
+    """bioformats2raw, the converter to OME-Zarr, writes a root group holding the file's images as 0/, 1/, ...:
+    it was "not an OME-Zarr image". Its first image is read, with that image's pixel size, and the others are
+    named the way a TIFF's other series are (series_warning)."""
+    from ome_zarr_files import write_bioformats2raw
+    from unet_fast.ome_zarr import is_ome_zarr
+    from unet_fast.pixel_size import read_pixel_size
+
+    rng = np.random.default_rng(6)
+    first, second = (rng.integers(0, 4000, (1, 1, 1, 20, 30)).astype(np.uint16),
+                     rng.integers(0, 4000, (1, 1, 1, 12, 14)).astype(np.uint16))
+    write_bioformats2raw(tmp_path / "scan.zarr", [first, second], listed)
+    array, info = image_io.read_image(tmp_path / "scan.zarr")
+    assert info.axes == "CYX" and info.other_series == ((1, 1, 1, 12, 14),) and is_ome_zarr(tmp_path / "scan.zarr")
+    np.testing.assert_array_equal(np.asarray(array[...]), first[0, :, 0])
+    assert (read_pixel_size(tmp_path / "scan.zarr").y, read_pixel_size(tmp_path / "scan.zarr").x) == (0.5, 0.25)
+    warning = image_io.series_warning(tmp_path / "scan.zarr")
+    assert "holds 2 image series" in warning and "(1, 1, 1, 12, 14)" in warning and "bioformats2raw --series" in warning
+    write_bioformats2raw(tmp_path / "one.zarr", [first], listed)
+    assert image_io.series_warning(tmp_path / "one.zarr") is None

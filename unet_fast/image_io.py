@@ -67,9 +67,15 @@ def is_zarr_image(path) -> bool:
 def _ome_zarr(path):
     """(full-resolution array, ImageInfo) of an OME-Zarr image, axes ordered as unet_fast reads them:
     other axes (Z, T), then C, then Y, X (NGFF stores C before Z)."""
-    from .ome_zarr import open_ome_zarr
+    from .ome_zarr import bioformats2raw_series, open_ome_zarr
 
     image = open_ome_zarr(path)
+    other_series = []
+    for name in (bioformats2raw_series(path) or [])[1:]:   # bioformats2raw's other images (series_warning)
+        try:
+            other_series.append(tuple(open_ome_zarr(Path(path) / name).levels[0].shape))
+        except ValueError:
+            other_series.append("unreadable")
     if not all(isinstance(name, str) and len(name) == 1 for name in image.names):   # NGFF allows any names
         raise ValueError(f"{path}: unet_fast reads OME-Zarr axes named by one letter (t, c, z, y, x), got {image.names}")
     array, axes = image.levels[0], "".join(name.upper() for name in image.names)
@@ -83,7 +89,7 @@ def _ome_zarr(path):
     order = ([i for i in others if i not in dropped] + [i for i, a in enumerate(axes) if a == "C"]
              + [len(axes) - 2, len(axes) - 1])
     info = ImageInfo(tuple(array.shape[i] for i in order), np.dtype(array.dtype), "".join(axes[i] for i in order),
-                     streamable=True)
+                     streamable=True, other_series=tuple(other_series))
     return (array if order == list(range(array.ndim)) else _MovedAxes(array, order, dropped)), info
 
 
@@ -191,8 +197,9 @@ def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
 
 
 def series_warning(path, info: ImageInfo | None = None) -> str | None:
-    """What a TIFF of several image series (positions, an OME-TIFF of many images) loses, read as its first
-    series as ``read_image`` reads it; None for one series, other files, or a file that cannot be read.
+    """What a TIFF of several image series (positions, an OME-TIFF of many images), or bioformats2raw's OME-Zarr
+    of several images, loses, read as its first series as ``read_image`` reads it; None for one series, other
+    files, or a file that cannot be read.
     ``info``: the file's ``image_info``, when the caller has it (else it is read)."""
     if info is None:
         try:
@@ -202,8 +209,10 @@ def series_warning(path, info: ImageInfo | None = None) -> str | None:
     if not info.other_series:
         return None
     others = ", ".join(str(shape) for shape in info.other_series[:3]) + (" ..." if len(info.other_series) > 3 else "")
+    fix = ("convert each series on its own (bioformats2raw --series N) to segment it" if is_zarr_image(path) else
+           "save each series as a file of its own to segment it")
     return (f"{path} holds {len(info.other_series) + 1} image series; only the first, {info.shape}, is read; the "
-            f"others ({others}) are left out: save each series as a file of its own to segment it")
+            f"others ({others}) are left out: {fix}")
 
 
 def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, labels: bool = False):

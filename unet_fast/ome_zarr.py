@@ -43,15 +43,43 @@ class OmeZarrImage:
         return PixelSize(y, x, unit, in_unit(*named["z"], unit) if planes > 1 else None, translation)
 
 
-def multiscales(path) -> dict | None:
-    """The first multiscales entry of the group at ``path``; None if it is no OME-Zarr image."""
+def _attrs(path) -> dict | None:
+    """The NGFF attributes of the zarr group at ``path`` (NGFF 0.5 nests them under "ome"); None: no group."""
     import zarr
 
     try:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except (OSError, ValueError, KeyError, TypeError):   # no zarr group there
         return None
-    found = attrs.get("ome", attrs).get("multiscales")   # NGFF 0.5 nests the metadata under "ome"
+    return attrs.get("ome", attrs)
+
+
+def bioformats2raw_series(path) -> list[str] | None:
+    """The image groups of bioformats2raw's layout at ``path`` (a root group marked "bioformats2raw.layout",
+    the images of the converted file in 0/, 1/, ..., listed in OME/'s "series" where it is written); None for
+    any other path."""
+    attrs = _attrs(path)
+    if attrs is None or "bioformats2raw.layout" not in attrs:
+        return None
+    listed = (_attrs(Path(path) / "OME") or {}).get("series")
+    if isinstance(listed, list) and listed and all(isinstance(name, str) for name in listed):
+        return listed
+    found = sorted((child.name for child in Path(path).iterdir() if child.name.isdigit() and child.is_dir()), key=int)
+    return found or ["0"]
+
+
+def image_path(path) -> Path:
+    """Where the image at ``path`` is: ``path`` itself, or the first image of bioformats2raw's layout."""
+    series = bioformats2raw_series(path)
+    return Path(path) / series[0] if series else Path(path)
+
+
+def multiscales(path) -> dict | None:
+    """The first multiscales entry of the image at ``path`` (``image_path``); None if it is no OME-Zarr image."""
+    attrs = _attrs(image_path(path))
+    if attrs is None:
+        return None
+    found = attrs.get("multiscales")
     return (found[0] if isinstance(found, list) else found) or None     # a malformed one: open_ome_zarr says so
 
 
@@ -61,8 +89,9 @@ def open_ome_zarr(path) -> OmeZarrImage:
 
     entry = multiscales(path)
     if entry is None:
-        raise ValueError(f"{path}: not an OME-Zarr image (a zarr group with multiscales metadata)")
-    group = zarr.open_group(str(path), mode="r")
+        raise ValueError(f"{path}: not an OME-Zarr image (a zarr group with multiscales metadata, or "
+                         f"bioformats2raw's layout of them)")
+    group = zarr.open_group(str(image_path(path)), mode="r")
     try:
         if not entry["datasets"]:
             raise ValueError("it lists no datasets")

@@ -516,3 +516,23 @@ def test_two_ids_without_background_are_two_objects_not_one_mask(ids):
     mask[:, 9] = 0
     np.testing.assert_array_equal(evaluation_instances(mask), ndimage.label(mask > 0)[0])
     np.testing.assert_array_equal(evaluation_instances(np.full((3, 4), 5)), np.ones((3, 4)))  # one value: one object
+
+
+def test_an_image_whose_output_is_not_finite_is_refused_by_its_name(tmp_path):
+    """float16 activations that overflow on one image of a group scored together: the error names that image
+    (not its place in the group) and the fix."""
+    from unet_fast.inference import NonFiniteOutputError
+    torch.manual_seed(0)
+    model = unet_fast.UNet(depth=2, base_channels=4).eval()
+    with torch.no_grad():
+        model.encoder[0]["conv1"].weight.mul_(1e4)
+    images, labels = synthetic_nuclei(3, 48, seed=5)
+    images = [image.astype(np.float32) * scale for image, scale in zip(images, (1e-3, 1.0, 1e-3))]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        for folder, array in (("images", image), ("labels", label.astype(np.uint16))):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / folder / f"n{i}.tif", array)
+    with pytest.raises(NonFiniteOutputError, match=r"^image 'n1': the network's output holds NaN or infinite values "
+                                                   r"\(in the tile of output rows 0\.\.48, columns 0\.\.48\).*'bf16'"):
+        evaluate_model(model, tmp_path / "images", tmp_path / "labels", dtype="fp16")
+    assert len(evaluate_model(model, tmp_path / "images", tmp_path / "labels", dtype="bf16").images) == 3

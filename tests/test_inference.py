@@ -404,3 +404,112 @@ def test_a_kept_graph_replays_only_its_own_computation(monkeypatch):
     monkeypatch.setitem(tile_graphs._graphs, model, {(shape, labels, tile_graphs._parameters_key(model)): object()})
     assert graphs_pay(model, plan, 1, labels) and graphs_pay(model, plan, 1)
     assert not graphs_pay(model, plan, 1, probabilities)
+
+
+# ---- non-finite outputs: refused, naming the tile and the cause, nothing written
+
+class NaNInTile(reference.UNet):
+    """Its logits hold one NaN (at the tile's first kept pixel) in tile number ``poisoned``, counted over the tiles
+    of its forwards in the order they come."""
+
+    poisoned, seen = 0, 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        first, self.seen = self.seen, self.seen + x.shape[0]
+        if first <= self.poisoned < self.seen:
+            out = out.clone()
+            out[self.poisoned - first, 0, 0, 0] = float("nan")
+        return out
+
+
+def overflows_in_float16(**kwargs):
+    """A 2-class model whose activations exceed float16's 65504 on images of [0, 1], but not float32's range."""
+    model = tiny(2, num_classes=2, cls=unet_fast.UNet, **kwargs)
+    with torch.no_grad():
+        model.encoder[0]["conv1"].weight.mul_(1e4)
+    return model
+
+
+@pytest.mark.parametrize("output, tta", [("labels", False), ("probabilities", False), ("logits", False),
+                                         ("instances", False), ("probabilities", True)])
+def test_a_forward_that_overflows_float16_is_refused_naming_the_fix(tmp_path, output, tta):
+    """fp16 autocast whose activations overflow: the labels were argmax of inf/NaN logits, written with exit 0.
+    Now NonFiniteOutputError names the dtype and the fix, and the file out is not left behind; bf16 and fp32
+    (whose range the model stays in) give finite results."""
+    model = overflows_in_float16()
+    image = np.random.default_rng(11).random((50, 60), dtype=np.float32)
+    for dtype in ("fp32", "bf16"):
+        got = predict_tiled(model, image, dtype=dtype, output=output, tta=tta, progress=False, normalization=NONE)
+        assert np.isfinite(got).all()
+    out = tmp_path / "result.tif"
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError,
+                       match=r"the network's output holds NaN or infinite values \(in the tile of output rows 0\.\.50, "
+                             r"columns 0\.\.60\).*nothing is written; in float16 \(dtype 'fp16'\).*use dtype 'bf16'"):
+        predict_tiled(model, image, dtype="fp16", output=output, tta=tta, progress=False, normalization=NONE,
+                      out=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("batch_size, poisoned, rows, columns", [(1, 4, "44..88", "44..88"), (3, 4, "44..88", "44..88"),
+                                                                 (3, 8, "88..100", "88..90")])
+def test_one_non_finite_tile_is_named_and_nothing_of_the_image_is_written(tmp_path, batch_size, poisoned, rows,
+                                                                           columns):
+    """A NaN in one tile's logits (of 3 x 3 tiles of 44 px, the last ones cut by the image's border), batched
+    or not: the error names that tile's output pixels and says to check the model (fp32); the TIFF is not
+    written, and no temporary file remains."""
+    model = tiny(2, cls=NaNInTile)
+    model.poisoned = poisoned
+    image = np.random.default_rng(12).random((100, 90), dtype=np.float32)
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError,
+                       match=rf"output rows {rows}, columns {columns}\).*check its weights") as error:
+        predict_tiled(model, image, tile_size=60, batch_size=batch_size, progress=False, out=tmp_path / "labels.tif")
+    assert error.value.plane is None and list(tmp_path.iterdir()) == []
+    model.poisoned = -1                                                  # the same calls, all finite: written
+    assert predict_tiled(model, image, tile_size=60, batch_size=batch_size, progress=False,
+                         out=tmp_path / "labels.tif").exists()
+
+
+def test_a_non_finite_tile_of_a_stack_and_of_test_time_augmentation_is_refused():
+    """The slice of a stack is named (its tiles batched across slices); with tta, a NaN in one of a tile's 8
+    views spoils the mean of the views, and is refused too; with a scale, the tile is the resampled image's."""
+    model = tiny(2, cls=NaNInTile)
+    stack = np.random.default_rng(13).random((3, 40, 40), dtype=np.float32)
+    model.poisoned = 1                                                   # one tile a slice: slice 1's
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError, match=r"^slice 1: the network's output") as error:
+        predict_tiled(model, stack, layout="ZYX", tile_size=60, batch_size=2, progress=False)
+    assert error.value.plane == 1 and error.value.detail.startswith("the network's output holds NaN")
+    model.poisoned, model.seen = 0, 0
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError, match=r"output rows 0\.\.40, columns 0\.\.40"):
+        predict_tiled(model, stack[0], tile_size=60, tta=True, output="probabilities", progress=False)
+    model.poisoned, model.seen = 0, 0                                    # resampled: whose rows and columns they are
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError,
+                       match=r"^slice 0: .*output rows 0\.\.20, columns 0\.\.20 of the image resampled to 20x20\)"):
+        predict_tiled(model, stack, layout="ZYX", tile_size=60, scale=0.5, progress=False)
+
+
+def test_a_non_finite_output_after_an_out_of_memory_retry_with_smaller_tiles_is_refused(tmp_path):
+    """The tile-by-tile path taken after out-of-memory errors checks its tiles too (a model with a NaN weight)."""
+    model = tiny(3, cls=OutOfMemoryAbove)
+    OutOfMemoryAbove.limit = 50 * 50                                     # 52 px tiles fail: 48 px ones
+    OutOfMemoryAbove.failed = []
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")
+    image = np.random.default_rng(7).random((40, 29), dtype=np.float32)
+    with pytest.raises(unet_fast.inference.NonFiniteOutputError, match="check its weights"):
+        predict_tiled(model, image, tile_size=52, batch_size=4, output="logits", progress=False,
+                      out=tmp_path / "logits.tif")
+    assert OutOfMemoryAbove.failed and list(tmp_path.iterdir()) == []
+
+
+def test_finite_tiles_is_exact_per_tile():
+    """NaN, +inf and -inf each mark their tile, in every dtype; the largest finite values do not."""
+    from unet_fast.inference import finite_tiles
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        logits = torch.zeros(4, 2, 9, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)[..., 1:8, 1:6]
+        logits[0] = torch.finfo(dtype).max
+        logits[1, 1, 3, 2] = float("nan")
+        logits[2, 0, 6, 4] = float("inf")
+        logits[3, 1, 0, 0] = -float("inf")
+        assert finite_tiles(logits).tolist() == [True, False, False, False]
+        assert finite_tiles(logits[:1].neg()).tolist() == [True]

@@ -6,7 +6,7 @@ import torch
 
 import unet_fast
 from unet_fast import checks
-from unet_fast.inference import predict_images, predict_tiled
+from unet_fast.inference import NonFiniteOutputError, predict_images, predict_tiled
 from unet_fast.normalization import NonFiniteInputError
 from unet_fast.instances import InstanceOptions
 from unet_fast.pixel_size import PixelSize, read_pixel_size
@@ -130,6 +130,25 @@ def test_bad_inputs_are_named(tmp_path):
         with pytest.raises(ValueError, match=rf"^{argument}"):
             predict_images(model, **{"images": images, **bad})
     assert list(tmp_path.iterdir()) == [source]      # nothing written by any of them
+
+
+def test_an_image_whose_output_is_not_finite_is_named_and_no_out_is_written(tmp_path):
+    """float16 activations that overflow on the bright image only: the error names it (images[1], not the slice of
+    the stack its tiles went through) and the fix, and none of the outs is written."""
+    model = _model()
+    with torch.no_grad():
+        model.encoder[0]["conv1"].weight.mul_(1e4)
+    rng = np.random.default_rng(5)
+    images = [rng.random((30, 31), dtype=np.float32) * scale for scale in (1e-3, 1.0, 1e-3)]
+    none = unet_fast.Normalization(mode="none")
+    assert all(np.isfinite(p).all() for p in predict_images(model, images, dtype="bf16", normalization=none,
+                                                            output="probabilities", progress=False))
+    outs = [tmp_path / f"{i}.tif" for i in range(3)]
+    with pytest.raises(NonFiniteOutputError, match=r"^images\[1\]: the network's output holds NaN or infinite "
+                                                   r"values \(in the tile of output rows 0\.\.30, columns 0\.\.31\).*"
+                                                   r"use dtype 'bf16'") as error:
+        predict_images(model, images, outs=outs, dtype="fp16", normalization=none, progress=False)
+    assert error.value.plane == 1 and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.gpu

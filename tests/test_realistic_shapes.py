@@ -204,6 +204,35 @@ def test_cuda_graph_tiles_equal_eager_and_are_kept_on_the_model():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_a_non_finite_output_is_refused_from_eager_batches_and_replayed_graphs(tmp_path, cuda_graphs):
+    """Each batch's finite flags come back with its result (copied after the forward, looked at after the wait for
+    the result that was there already), from an eager forward or a replayed graph: a NaN weight, or fp16
+    activations that overflow, fail the call before anything is written, naming the first tile."""
+    from unet_fast.inference import NonFiniteOutputError
+    from unet_fast.tile_graphs import forget, has_tile_graph
+
+    torch.manual_seed(0)
+    model = UNet(depth=3, base_channels=16).cuda()
+    image = np.random.default_rng(1).random((300, 260), dtype=np.float32)
+    run = dict(tile_size=92, batch_size=3, cuda_graphs=cuda_graphs, progress=False)
+    predict_tiled(model, image, **run)                   # finite; with cuda_graphs, the graph is kept
+    assert has_tile_graph(model) == cuda_graphs
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")                # in place: a kept graph reads it
+    with pytest.raises(NonFiniteOutputError, match=r"output rows 0\.\.52, columns 0\.\.52\).*check its weights"):
+        predict_tiled(model, image, out=tmp_path / "labels.tif", **run)
+    assert list(tmp_path.iterdir()) == []
+    with torch.no_grad():
+        model.head.bias[1] = 0.0
+        model.encoder[0]["conv1"].weight.mul_(2e4)       # float32 holds its activations, float16 does not
+    assert np.isfinite(predict_tiled(model, image, output="logits", **run)).all()
+    with pytest.raises(NonFiniteOutputError, match=r"in float16 \(dtype 'fp16'\).*use dtype 'bf16'"):
+        predict_tiled(model, image, dtype="fp16", **run)
+    forget(model)
+
+
+@pytest.mark.gpu
 def test_the_memory_budget_reads_the_allocators_segments_and_leaves_graph_pools_out():
     """tiling._reusable_cached_bytes reads torch.cuda.memory_snapshot()'s segments (the keys it needs exist in this
     torch) and leaves a kept tile graph's private pool out of the free memory predict_tiled plans with."""

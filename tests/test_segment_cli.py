@@ -681,3 +681,32 @@ def test_half_precision_probabilities_are_written_to_tiff_as_float32(tmp_path, m
     want = predict_tiled(unet_fast.load_model(model_file), image, output="probabilities", dtype="bf16", progress=False)
     assert written.dtype == np.float32 and want.dtype == np.float16
     np.testing.assert_array_equal(np.moveaxis(written, -1, 0), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("output", ["labels", "instances"])
+def test_an_image_whose_output_overflows_float16_fails_alone_with_the_fix(tmp_path, capsys, output):
+    """--dtype fp16 with a model whose activations overflow float16 on bright images: the labels were argmax of
+    inf/NaN logits, written with exit 0. Now that file fails with one line naming the cause and the fix, leaves no
+    output (nor temporary file), and the others are segmented; --dtype bf16 segments all of them."""
+    torch.manual_seed(0)
+    model = unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2)
+    with torch.no_grad():
+        model.encoder[0]["conv1"].weight.mul_(3e4)
+    model_file = unet_fast.save_model(model, tmp_path / "model.safetensors",
+                                      normalization=unet_fast.Normalization(mode="dtype"))
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    for name, (low, high) in {"bright": (150, 255), "dark": (0, 2), "dark2": (0, 2)}.items():
+        image_io.write_image(tmp_path / "in" / f"{name}.tif", rng.integers(low, high, (30, 41)).astype(np.uint8))
+    status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                       "--output", output, "--dtype", "fp16", "--no-progress"])
+    out, err = capsys.readouterr()
+    failed = [line for line in err.splitlines() if "FAILED" in line]
+    assert status == 1 and len(failed) == 1 and "3 file(s) found, 2 segmented, 0 skipped (exist), 1 failed" in out
+    assert failed[0].startswith(f"FAILED {tmp_path / 'in' / 'bright.tif'}: NonFiniteOutputError: the network's output "
+                                f"holds NaN or infinite values (in the tile of output rows 0..30, columns 0..41)")
+    assert "in float16 (dtype 'fp16')" in failed[0] and "--dtype bf16" in failed[0]
+    assert sorted(os.listdir(tmp_path / "out")) == ["dark.tif", "dark2.tif"]
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "bf16"), "-m", str(model_file),
+                     "--output", output, "--dtype", "bf16", "--no-progress"]) == 0
+    assert "3 segmented, 0 skipped (exist), 0 failed" in capsys.readouterr().out

@@ -360,7 +360,7 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     (``overlays.check_replaceable``).
     """
     from .checks import BadArgument, check_bool, check_writable_folder
-    from .inference import predict_images, predict_tiled
+    from .inference import NonFiniteOutputError, predict_images, predict_tiled
     from .model_file import load_model
     from .rescale import check_scale, model_scale
     from .normalization import NONFINITE_POLICIES
@@ -399,8 +399,12 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
         started = time.perf_counter()
         images = [image for _, image, _ in group]
         layout = "YX" if images[0].ndim == 2 else "CYX"
-        predictions = predict_images(model, images, layout=layout, **predict) if len(group) > 1 else \
-            [predict_tiled(model, images[0], layout=layout, **predict)]
+        try:
+            predictions = predict_images(model, images, layout=layout, **predict) if len(group) > 1 else \
+                [predict_tiled(model, images[0], layout=layout, **predict)]
+        except NonFiniteOutputError as error:   # named by the image's name, not its place in the group
+            raise NonFiniteOutputError(f"image {group[error.plane or 0][0]!r}: {error.detail}", error.plane,
+                                       error.detail) from None
         seconds = (time.perf_counter() - started) / len(group)
         for (name, image, truth), predicted in zip(group, predictions):
             truth = _instances_of(truth)

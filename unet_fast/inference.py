@@ -33,7 +33,7 @@ from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cuda_free_bytes, estimat
                      memory_budget, model_device, model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin,
                      usable_tile_sizes)
 
-__all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits",
+__all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits", "NonFiniteOutputError",
            # planning moved to unet_fast.tiling; importable from here as before
            "TilePlan", "plan_tiles", "estimate_activation_bytes", "memory_budget", "same_padding_margin",
            "usable_tile_sizes"]
@@ -48,6 +48,35 @@ MAX_TILE_READERS = 8
 #: computes for tens of milliseconds (the network: about 0.9 TFLOP a megapixel, some 400 TFLOP/s on an
 #: H200) against a millisecond or two of launches, and a graph keeps the batch's activations as its pool
 GRAPH_MAX_BATCH_PIXELS = 4 * SATURATING_BATCH_PIXELS
+
+
+class NonFiniteOutputError(ValueError):
+    """The network's output (its logits) for an image holds NaN or infinite values, from finite inputs: the
+    labels, probabilities or objects made from it would be silently wrong, so none of that image is written (a
+    file ``out`` is left as it was). plane: the slice of a stack (the image of predict_images) it was found in,
+    or None; detail: the message without the words naming that plane (for callers naming the image their way)."""
+
+    def __init__(self, message: str, plane: int | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.plane, self.detail = plane, message if detail is None else detail
+
+
+def finite_tiles(logits: torch.Tensor) -> torch.Tensor:
+    """Per tile of a (B, K, h, w) batch of logits, whether all of them are finite: a (B,) bool tensor on their
+    device, computed without waiting for it (a CUDA graph captures it with the forward). Two reductions, exact:
+    NaN carries through amax and amin, and an infinity is one of them."""
+    dims = tuple(range(1, logits.dim()))
+    return logits.amax(dims).isfinite() & logits.amin(dims).isfinite()
+
+
+def nonfinite_cause(compute_dtype: torch.dtype) -> str:
+    """What makes a network's output non-finite from finite inputs under ``compute_dtype``, and what to do."""
+    if compute_dtype == torch.float16:
+        return ("in float16 (dtype 'fp16'), whose largest value is 65504, the network's activations overflowed: "
+                "use dtype 'bf16' (float32's range) or 'fp32' (unet-fast segment, evaluate: --dtype bf16)")
+    return ("the model makes them itself, in float32's range: check its weights (NaN or infinite ones: did its "
+            "training diverge?) and the image's normalisation (inputs far outside the range it was trained on can "
+            "make the activations overflow)")
 
 
 # ---- input
@@ -216,26 +245,29 @@ class _Runner:
         return normalized if out is None else out
 
     # -- computing
-    def compute(self, x: torch.Tensor, offset, size) -> torch.Tensor:
-        """The model on a device batch, cropped to the kept pixels and turned into the output kind."""
+    def compute(self, x: torch.Tensor, offset, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model on a device batch, cropped to the kept pixels and turned into the output kind; and which
+        tiles' kept logits are finite (``finite_tiles``), checked when the result is written (``check_finite``)."""
         with torch.autocast(self.device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
             logits = dihedral_mean_logits(self.model, x) if self.tta else self.model(x)
         logits = logits[..., offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]]
+        finite = finite_tiles(logits)
         if self.output == "labels":   # argmax of bf16/fp16 logits is theirs in float32 (exact, monotone cast):
-            return logits.argmax(1).to(self.out_dtype)   # no float32 copy of the logits (4 bytes a class a pixel)
+            return logits.argmax(1).to(self.out_dtype), finite   # no float32 copy of the logits
         logits = logits.float()
         if self.output == "probabilities":
-            return torch.softmax(logits, 1).to(self.out_dtype)
-        return logits.to(self.out_dtype)
+            return torch.softmax(logits, 1).to(self.out_dtype), finite
+        return logits.to(self.out_dtype), finite
 
     def launch(self, batch: torch.Tensor, offset, size):
-        """Start a batch: (its result on the host, the event after which it is there, None on the CPU).
-        On CUDA nothing waits here: the copy back runs on the stream after the forward, into pinned
-        memory, so the next batch is launched before this one is written."""
+        """Start a batch: (its result on the host, its tiles' finite flags on the host, the event after which
+        both are there, None on the CPU). On CUDA nothing waits here: the copies back run on the stream after
+        the forward, into pinned memory, so the next batch is launched before this one is written (the flags
+        are looked at then, after the wait for the result: no synchronisation of their own)."""
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type != "cuda":
-            return self.compute(x, offset, size), None
+            return *self.compute(x, offset, size), None
         graph = None
         if self.cuda_graphs and batch.shape[0] == self.plan.batch_size:
             try:
@@ -246,18 +278,19 @@ class _Runner:
             if graph is None:  # eager from here on; released outside the handler: see _release
                 self.cuda_graphs = False
                 self._release()
-        result = graph(x) if graph is not None else self.compute(x, offset, size)
-        host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+        result, finite = graph(x) if graph is not None else self.compute(x, offset, size)
+        host, host_finite = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (result, finite))
         host.copy_(result, non_blocking=True)
+        host_finite.copy_(finite, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return host, done
+        return host, host_finite, done
 
-    def forward(self, batch: torch.Tensor, offset, size) -> torch.Tensor:
-        host, done = self.launch(batch, offset, size)
+    def forward(self, batch: torch.Tensor, offset, size) -> tuple[torch.Tensor, torch.Tensor]:
+        host, finite, done = self.launch(batch, offset, size)
         if done is not None:
             done.synchronize()
-        return host
+        return host, finite
 
     def launch_splitting(self, batch, offset, size):
         """launch, halving the batch on out-of-memory errors (same tiles, same results). A batch read before
@@ -282,10 +315,10 @@ class _Runner:
 
     @staticmethod
     def _joined(parts):
-        for _, done in parts:
+        for *_, done in parts:
             if done is not None:
                 done.synchronize()
-        return torch.cat([host for host, _ in parts]), None
+        return torch.cat([host for host, _, _ in parts]), torch.cat([finite for _, finite, _ in parts]), None
 
     def _release(self):
         """Return the allocator's free blocks to the driver before a retry after an out-of-memory error.
@@ -300,6 +333,22 @@ class _Runner:
         w = min(result.shape[-1], self.source.width - x)
         self.sink.write(n, y, x, result[..., :h, :w].numpy())
 
+    def check_finite(self, tiles, finite: torch.Tensor, size) -> None:
+        """NonFiniteOutputError for the first of ``tiles`` ((n, y, x) each, output pixels; ``size`` kept) whose
+        flag in ``finite`` (on the host) is False: its result must not be written. A flag covers the whole kept
+        tile, past the image's border too (mirrored pixels of the image: what overflows there overflows in it)."""
+        if bool(finite.all()):
+            return
+        n, y, x = tiles[int((~finite).nonzero()[0])]
+        height, width = self.source.height, self.source.width
+        grid = f" of the image resampled to {height}x{width}" if isinstance(self.source.image, Resampled) else ""
+        detail = (f"the network's output holds NaN or infinite values (in the tile of output rows "
+                  f"{y}..{min(y + size[0], height)}, columns {x}..{min(x + size[1], width)}{grid}), "
+                  f"so its result would be wrong: nothing is written; {nonfinite_cause(self.compute_dtype)}")
+        if not self.source.stacked:
+            raise NonFiniteOutputError(detail)
+        raise NonFiniteOutputError(f"slice {n}: {detail}", n, detail)
+
     def compute_region(self, n, y0, x0, h, w, tile: int):
         """Output rows y0..y0+h, columns x0..x0+w (offsets pool-aligned) with square tiles of
         ``tile`` px, one at a time; on out-of-memory, again with the next smaller usable tile."""
@@ -309,7 +358,9 @@ class _Runner:
                 for x in range(x0, x0 + w, stride):
                     hh, ww = min(stride, y0 + h - y), min(stride, x0 + w - x)
                     batch = torch.from_numpy(self.read_tile(n, y, x, (tile, tile), (lead, lead))[None])
-                    self.write(n, y, x, self.forward(batch, (offset, offset), (hh, ww)))
+                    result, finite = self.forward(batch, (offset, offset), (hh, ww))
+                    self.check_finite([(n, y, x)], finite, (hh, ww))
+                    self.write(n, y, x, result)
             return
         except torch.OutOfMemoryError:
             usable = [t for t in usable_tile_sizes(self.depth, self.padding, tile) if t < tile]
@@ -430,8 +481,9 @@ class _Runner:
             yield readers
 
     def _launch_batch(self, chunk, batch):
-        """Start one batch of tiles: (tiles, host result, its event), or (tiles, None, None) when it was
-        computed and written here, tile by tile with smaller tiles, after an out-of-memory error."""
+        """Start one batch of tiles: (tiles, host result, its finite flags, its event), or (tiles, None, None,
+        None) when it was computed and written here, tile by tile with smaller tiles, after an out-of-memory
+        error."""
         plan = self.plan
         if self.fallback_tile is None:
             offset = self.plan_offset()
@@ -442,13 +494,14 @@ class _Runner:
             self._release()  # outside the handler: see _release
         for n, y, x in chunk:
             self.compute_region(n, y, x, *plan.stride, self.fallback_tile or min(plan.tile))
-        return chunk, None, None
+        return chunk, None, None, None
 
-    def _finish_batch(self, chunk, results, done):
+    def _finish_batch(self, chunk, results, finite, done):
         if results is None:  # written already
             return
         if done is not None:
             done.synchronize()
+        self.check_finite(chunk, finite, self.plan.stride)   # before any of the batch is written
         for (n, y, x), result in zip(chunk, results):
             self.write(n, y, x, result)
 
@@ -553,6 +606,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     memory_budget_bytes: bytes the plan may use (None: planned from free memory).
     An ``out`` path that is, or would replace, the file ``image`` is read from (through symlinks and
     hard links too) is refused before anything is read.
+    The network's output (its kept logits) is checked tile by tile as it is written: NaN or infinite values
+    (float16 activations that overflow, NaN weights) raise ``NonFiniteOutputError`` naming the tile and the
+    cause; no file ``out`` is written. The check reads the logits twice (amax, amin) and comes back with each
+    batch's result: no wait of its own on a GPU.
     Returns the result array, ``out``, or the path written.
     """
     _, _, in_channels, num_classes = model_geometry(model)
@@ -912,10 +969,13 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
     # ones, what fp16/bf16 give by default, would move the smoothed outlines and the split's cores)
     scratch = np.empty((len(sources), num_classes, height, width), np.float32) \
         if output == "instances" and kind == "probabilities" else None
-    predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
-                              tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
-                              progress=progress, memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs,
-                              tta=tta, scale=scale, out=scratch)
+    try:
+        predicted = predict_tiled(model, stack, layout="ZCYX", output=kind, normalization=Normalization(mode="none"),
+                                  tile_size=tile_size, batch_size=batch_size, device=device, dtype=dtype,
+                                  progress=progress, memory_budget_bytes=memory_budget_bytes, cuda_graphs=cuda_graphs,
+                                  tta=tta, scale=scale, out=scratch)
+    except NonFiniteOutputError as error:   # the stack's slices are the images
+        raise NonFiniteOutputError(f"images[{error.plane}]: {error.detail}", error.plane, error.detail) from None
     results = []
     for index, out in enumerate(outs):
         if output == "instances":

@@ -40,9 +40,9 @@ capturing = threading.Lock()
 class TileGraph:
     graph: torch.cuda.CUDAGraph
     static_input: torch.Tensor
-    static_output: torch.Tensor
+    static_output: object   # what the captured computation returns: a tensor, or a tuple of them
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor):
         """The captured computation on ``batch``; the result is overwritten by the next replay."""
         self.static_input.copy_(batch, non_blocking=True)
         self.graph.replay()
@@ -53,11 +53,11 @@ def _parameters_key(model: torch.nn.Module) -> tuple:
     return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
 
 
-def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Tensor], torch.Tensor],
+def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Tensor], object],
                key: tuple, device: torch.device) -> TileGraph | None:
-    """The graph of ``compute(input)`` for inputs of ``shape`` (channels_last, float32 on ``device``),
-    cached on ``model`` under ``key`` (what else changes the computation: output kind, crop, dtypes);
-    None where capturing it ran out of memory before (the error itself is raised the first time)."""
+    """The graph of ``compute(input)`` (a tensor, or a tuple of them) for inputs of ``shape`` (channels_last,
+    float32 on ``device``), cached on ``model`` under ``key`` (what else changes the computation: output kind,
+    crop, dtypes); None where capturing it ran out of memory before (the error itself is raised the first time)."""
     cache = _graphs.setdefault(model, {})
     full_key = (tuple(shape), key, _parameters_key(model))
     if full_key in cache:
@@ -78,7 +78,7 @@ def tile_graph(model: torch.nn.Module, shape: tuple, compute: Callable[[torch.Te
     return cache[full_key]
 
 
-def _capture(compute: Callable[[torch.Tensor], torch.Tensor], shape: tuple, device: torch.device) -> TileGraph:
+def _capture(compute: Callable[[torch.Tensor], object], shape: tuple, device: torch.device) -> TileGraph:
     static_input = torch.zeros(shape, device=device).contiguous(memory_format=torch.channels_last)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))

@@ -272,3 +272,55 @@ def test_a_model_from_unet_fast_train_exports_a_valid_package(tmp_path, capsys):
     core = pytest.importorskip("bioimageio.core", reason="running packages needs bioimageio.core")
     tested = core.test_model(tmp_path / "model.zip")
     assert tested.status == "passed", tested.format()
+
+
+def test_weights_larger_than_the_declared_network_are_refused_unread(package, tmp_path):
+    """A zip bomb: 64 MiB of zeros deflate to 64 KiB. They used to be read whole into memory (twice) before torch
+    refused them; a package of 2 MB took 4.4 GB and 24 s to refuse."""
+    with zipfile.ZipFile(package) as archive:
+        rdf = read_yaml(archive.read("rdf.yaml"))
+        del rdf["weights"]["pytorch_state_dict"]["sha256"]
+        with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as bomb:
+            for name in archive.namelist():
+                if name == "weights.pt":
+                    with bomb.open(name, "w") as weights:
+                        for _ in range(64):
+                            weights.write(bytes(1 << 20))
+                elif name == "rdf.yaml":
+                    with bomb.open(name, "w") as text:
+                        YAML(typ="safe").dump(rdf, text)
+                else:
+                    bomb.writestr(name, archive.read(name))
+    assert (tmp_path / "bomb.zip").stat().st_size < (1 << 20)
+    with pytest.raises(ModelFileError, match=r"bomb.zip: its weights \(weights.pt\) hold more than [\d,]+ bytes"):
+        unet_fast.load_model(tmp_path / "bomb.zip")
+
+
+@pytest.mark.parametrize("source", ["OUTSIDE", "../outside/weights.pt", "https://example.invalid/weights.pt"])
+def test_a_package_reads_no_weights_from_outside_itself(package, tmp_path, source):
+    """Its rdf.yaml named weights by an absolute path, a path up out of its folder or a URL, and load_model read
+    (or downloaded) them: opening a package reached files it does not hold."""
+    (tmp_path / "package").mkdir()
+    (tmp_path / "outside").mkdir()
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path / "package")
+    (tmp_path / "package" / "weights.pt").rename(tmp_path / "outside" / "weights.pt")
+    rdf = read_yaml(tmp_path / "package" / "rdf.yaml")
+    rdf["weights"]["pytorch_state_dict"]["source"] = str(tmp_path / "outside" / "weights.pt") if source == "OUTSIDE" \
+        else source
+    del rdf["weights"]["pytorch_state_dict"]["sha256"]
+    write_yaml(rdf, tmp_path / "package" / "rdf.yaml")
+    with pytest.raises(ModelFileError, match=r"rdf.yaml: its weights .* are not a file inside the package"):
+        unet_fast.load_model(tmp_path / "package" / "rdf.yaml")
+
+
+def test_a_test_image_whose_percentiles_coincide_is_refused(tmp_path):
+    """Normalization takes the range of such an image (its percentiles coincide), the package's scale_range divides
+    by 1e-6: the written test output was not what bioimageio.core computes, and `bioimageio test` failed."""
+    torch.manual_seed(0)
+    net = unet_fast.UNet(1, 2, depth=2, base_channels=2, backend="torch").eval()
+    flat = np.full((150, 150), 10.0, np.float32)
+    flat[::37, ::41] = 1000.0                  # 25 bright pixels of 22,500: both percentiles are 10
+    with pytest.raises(ValueError, match="test_image.*equal 1.0 and 99.8 percentiles"):
+        export_bioimageio(net, tmp_path / "flat.zip", test_image=flat)
+    assert list(tmp_path.iterdir()) == []

@@ -109,6 +109,18 @@ def test_cancel_after_the_last_tile_still_adds_nothing(viewer, qtbot, model_file
     assert widget.status.value == "cancelled" and widget.button.text == "Segment"
 
 
+def test_a_result_kind_changed_during_the_run_names_nothing(viewer, qtbot, model_file):
+    """The layer's name and the status were those of the result chosen when the run ended, not the one it computed:
+    instances switched to classes while segmenting came as a layer "cells classes" holding instances."""
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.button.clicked()
+    widget.result.value = "classes"
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells instances"]
+    assert widget.status.value.startswith("done: cells instances (")
+
+
 def test_a_bad_model_file_is_reported_not_raised(viewer, qtbot, tmp_path, model_file):
     widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
     (tmp_path / "broken.safetensors").write_bytes(b"not a model")

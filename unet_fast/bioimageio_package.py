@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import io
 import keyword
+import math
 import re
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ import tifffile
 import torch
 
 from . import geometry, standalone_unet
+from .architecture import MAX_DEPTH, MAX_PARAMETERS, check_config, parameter_shapes
 from .checks import BadArgument
 from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
                      require, standalone_model)
@@ -120,7 +122,18 @@ def _test_crop(model, normalization: Normalization, test_image) -> np.ndarray:
     crop = image[:, top:top + size, left:left + size]
     # integer pixels stay integers where the rule depends on the type ("dtype" divides by its maximum)
     keep_type = normalization.mode == "dtype" and crop.dtype.kind in "ui"
-    return np.ascontiguousarray(crop if keep_type else crop.astype(np.float32))
+    crop = np.ascontiguousarray(crop if keep_type else crop.astype(np.float32))
+    if normalization.mode == "percentile":
+        # scale_range divides by the percentiles' spread (plus 1e-6) where Normalization, finding them equal, takes
+        # the range of the pixels: the package's own test would fail in every tool that runs it
+        sample = crop.reshape(crop.shape[0] if normalization.per_channel else 1, -1).astype(np.float64)
+        low, high = np.percentile(sample, [normalization.low, normalization.high], axis=1)
+        if not np.allclose(normalization.statistics(crop, channel_axis=0)[1], high - low, rtol=1e-6, atol=0):
+            raise BadArgument("test_image", f"the centre of test_image ({size} x {size} px) has (nearly) equal "
+                                            f"{normalization.low} and {normalization.high} percentiles, which the "
+                                            f"bioimage.io tools scale unlike unet_fast; pass an image with more "
+                                            f"of its kind of content in the centre")
+    return crop
 
 
 def _probabilities(model, normalization: Normalization, raw: np.ndarray) -> np.ndarray:
@@ -316,17 +329,26 @@ def read_package(path) -> tuple[dict, dict]:
     spec = require("bioimageio.spec", "reading a bioimage.io package")
     from .model_file import ModelFileError, _architecture_from_state, _unwrap_state_dict, load_weights_only
 
-    try:
-        descr = spec.load_model_description(str(path), format_version="latest")
+    try:     # no I/O checks: they would fetch every file the rdf names, URLs and paths outside the package too
+        descr = spec.load_model_description(str(path), format_version="latest", perform_io_checks=False)
     except ValueError as error:
         raise ValueError(f"{path}: not a valid bioimage.io model package: {error}") from None
     weights = descr.weights.pytorch_state_dict
     if weights is None:
         raise ValueError(f"{path}: the package has no pytorch_state_dict weights (it has "
                          f"{', '.join(descr.weights.available_formats)}); unet_fast reads only those")
-    weights_file = io.BytesIO(weights.get_reader().read())
-    state = _unwrap_state_dict(load_weights_only(weights_file, f"{path} ({weights.source})"), path)
+    source = weights.source
+    if not isinstance(source, spec.common.RelativeFilePath) or ".." in source.path.parts:
+        raise ModelFileError(f"{path}: its weights {str(source)!r} are not a file inside the package; unet_fast "
+                             f"reads no file from elsewhere (another folder, a URL)")
     saved = (descr.config.model_extra or {}).get("unet_fast") if descr.config is not None else None
+    declared = saved.get("architecture") if isinstance(saved, dict) else None
+    limit = _weights_limit(declared if isinstance(declared, dict) else dict(weights.architecture.kwargs or {}))
+    data = weights.get_reader().read(limit + 1)       # checks the sha256 where the rdf gives one
+    if len(data) > limit:
+        raise ModelFileError(f"{path}: its weights ({source}) hold more than {limit:,} bytes, more than the U-Net "
+                             f"it declares (or the largest one unet_fast builds) can take; refused unread")
+    state = _unwrap_state_dict(load_weights_only(io.BytesIO(data), f"{path} ({source})"), path)
     try:
         architecture = _architecture_from_state(state)
     except ValueError as error:
@@ -346,6 +368,21 @@ def read_package(path) -> tuple[dict, dict]:
     return ({"architecture": architecture,
              "normalization": _normalization_from_ops(descr.inputs[0].preprocessing, path).to_dict(),
              "class_names": channel_names or None, "metadata": {}}, state)
+
+
+def _weights_limit(architecture: dict) -> int:
+    """The most bytes a state_dict file of the U-Net ``architecture`` (constructor arguments) takes: float64
+    weights plus torch.save's framing; for an architecture unet_fast would not build, the largest one it does."""
+    arguments = {name: architecture[name] for name in ("in_channels", "num_classes", "depth", "base_channels")
+                 if name in architecture}
+    try:
+        check_config(**arguments)
+        shapes = parameter_shapes(*(arguments.get(k, d) for k, d in
+                                    (("in_channels", 1), ("num_classes", 2), ("depth", 5), ("base_channels", 64))))
+        values = sum(math.prod(shape) for shape in shapes.values())
+    except (TypeError, ValueError):
+        shapes, values = parameter_shapes(1, 2, MAX_DEPTH, 1), MAX_PARAMETERS
+    return 8 * values + 4096 * len(shapes) + (1 << 20)
 
 
 def _normalization_from_ops(steps, path) -> Normalization:

@@ -86,7 +86,8 @@ class SegmentWidget(Container):
         # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
         run = self.run
         self.worker.yielded.connect(lambda fraction: self._progressed(run, fraction))
-        self.worker.returned.connect(lambda labels: self._add(layer, None if run.cancelled else labels))
+        self.worker.returned.connect(lambda labels: self._add(layer, None if run.cancelled else labels,
+                                                              run.options["result"]))
         self.worker.errored.connect(lambda error: self._fail(f"segmentation failed: {error}"))
         self.worker.finished.connect(self._finished)
         self.progress.value = 0
@@ -100,13 +101,14 @@ class SegmentWidget(Container):
             if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done, not the objects
                 self.status.value = "separating the objects (Cancel still stops it)..."
 
-    def _add(self, layer, labels):
+    def _add(self, layer, labels, result: str):
+        """``result``: the kind the run computed (the combo box may have changed since)."""
         if labels is None:
             self.status.value = "cancelled"
             return
-        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, self.result.value)
+        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, result)
         self.viewer.add_labels(data, **kwargs)
-        what = f"{int(data.max())} objects" if self.result.value == "instances" else "classes"
+        what = f"{int(data.max())} objects" if result == "instances" else "classes"
         self.status.value = f"done: {kwargs['name']} ({what})"
 
     def _fail(self, message: str):

@@ -697,3 +697,40 @@ def test_a_run_killed_mid_epoch_resumes_bit_for_bit(nuclei, tmp_path, monkeypatc
     states = [load_checkpoint(tmp_path / name / "last.safetensors")["rng"][0] for name in ("straight", "killed")]
     for name in ("cpu", "numpy", "python"):
         assert torch.equal(states[0][name], states[1][name]), name
+
+
+def test_a_diverged_epoch_stops_training_and_keeps_the_last_good_checkpoint(nuclei, tmp_path, monkeypatch):
+    """NaN weights after an epoch: fit stops there with TrainingDiverged naming the epoch and the checkpoint to
+    resume from; that epoch is neither validated, nor checkpointed over the last good one, nor logged (its
+    validation failed with a message about writing outputs, or, before that check, NaN scores were recorded and
+    the NaN weights checkpointed)."""
+    from unet_fast import train as train_module
+
+    train, val = nuclei
+    epoch_of = train_module._train_epoch
+
+    def nan_in_the_second_epoch(run, job, epoch, **kwargs):
+        row = epoch_of(run, job, epoch, **kwargs)
+        if epoch == 1:
+            with torch.no_grad():
+                next(run.net.parameters()).view(-1)[3] = float("nan")
+        return row
+
+    monkeypatch.setattr(train_module, "_train_epoch", nan_in_the_second_epoch)
+    with pytest.raises(train_module.TrainingDiverged, match=r"diverged in epoch 2 .*the checkpoint of epoch 1 .*"
+                                                            r"last.safetensors\) is kept"):
+        run(train, 3, tmp_path, val_data=val, log_dir=tmp_path / "logs", progress=False)
+    kept = load_checkpoint(tmp_path / "last.safetensors")
+    assert kept["epoch"] == 1 and len(kept["history"]) == 1
+    assert len(json.loads((tmp_path / "logs" / "history.json").read_text())) == 1
+    model = tiny_net()
+    load_checkpoint(tmp_path / "last.safetensors", model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    monkeypatch.setattr(train_module, "_train_epoch", epoch_of)
+    nan_at_once = tiny_net()
+    with torch.no_grad():
+        next(nan_at_once.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(train_module.TrainingDiverged, match="diverged in epoch 1 .*train again with a lower"):
+        fit(nan_at_once, train, epochs=2, recipe="paper", tile_size=44, tiles_per_epoch=2, batch_size=1,
+            checkpoint_dir=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other" / "last.safetensors").exists()

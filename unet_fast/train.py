@@ -39,7 +39,7 @@ from .validation import evaluate
 
 # evaluate, the checkpoint format and the logs have modules of their own; importable from here as before
 __all__ = ["fit", "FitResult", "evaluate", "save_checkpoint", "load_checkpoint", "write_logs",
-           "default_tile_size", "learning_rate", "CHECKPOINT_FORMAT", "BEST_METRICS"]
+           "default_tile_size", "learning_rate", "CHECKPOINT_FORMAT", "BEST_METRICS", "TrainingDiverged"]
 
 #: how ``best_metric`` reads the validation row: (column, larger is better)
 BEST_METRICS = {"f1": ("val_object_f1", True), "iou": ("val_iou", True), "loss": ("val_loss", False)}
@@ -161,6 +161,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
             started = time.perf_counter()
             row, stopped = _train_epoch(run, job, epoch, num_workers=num_workers, amp=amp, report=report,
                                         total_steps=settings.epochs * steps_per_epoch)
+            _check_not_diverged(model, row, epoch, checkpoint_path)   # before anything of this epoch is written
             if val_data is not None:
                 metrics = evaluate(model, val_data, device=job.device, amp=amp, loss_fn=run.loss_fn,
                                    rank=job.rank, world=job.world)
@@ -421,6 +422,24 @@ def _is_best(history: list[dict], metric: str) -> bool:
         return False
     earlier = values[:-1]
     return not earlier or (history[-1][column] > max(earlier) if larger else history[-1][column] < min(earlier))
+
+
+class TrainingDiverged(ValueError):
+    """The network's weights became NaN or infinite during an epoch: nothing of that epoch is kept."""
+
+
+def _check_not_diverged(model, row: dict, epoch: int, checkpoint_path) -> None:
+    """TrainingDiverged when a weight is NaN or infinite after ``epoch`` (every rank holds the same weights, so
+    every rank raises): validating, checkpointing or saving such a model would only pass the NaNs on (and the
+    epoch's checkpoint would replace the last good one). One pass over the weights, once an epoch."""
+    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return
+    kept = (f"the checkpoint of epoch {epoch} ({checkpoint_path}) is kept: resume from it with a lower learning "
+            f"rate, or train again with one" if epoch and checkpoint_path is not None and checkpoint_path.exists()
+            else "train again with a lower learning rate")
+    raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (by step {row.get('step')}; its mean loss "
+                           f"{row.get('loss', float('nan')):.4g}): the network's weights hold NaN or infinite values; "
+                           f"{kept} (--lr; the recipe's warm-up, --warmup, helps too)")
 
 
 def _minutes(seconds: float) -> str:

@@ -243,6 +243,35 @@ def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_fil
     assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in range(5)]
 
 
+def _rank_main_listing_late(rank, world, port, arguments, report):
+    """A rank that lists the inputs after a file appeared (a microscope still writing, an NFS listing that lags
+    on one node): rank 0 does not see img2.tif, rank 1 does."""
+    listed = segment.expand_inputs
+
+    def listed_before_img2(inputs):
+        files, problems = listed(inputs)
+        return [path for path in files if path.name != "img2.tif"], problems
+
+    if rank == 0:
+        segment.expand_inputs = listed_before_img2
+    _rank_main(rank, world, port, arguments, report)
+
+
+@needs_zarr
+def test_torch_distributed_ranks_segment_rank_0s_listing(tmp_path, model_file):
+    """Each rank listed the inputs itself and took every world-th file of its own list: where the lists differed,
+    a file was segmented by two ranks (each removing the other's partial file as a leftover) and another by none.
+    Every rank now shares rank 0's list."""
+    _images(tmp_path / "in", count=5)
+    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
+    mp.spawn(_rank_main_listing_late, args=(2, _free_port(), arguments, str(tmp_path / "report")), nprocs=2,
+             join=True)
+    reports = [json.load(open(tmp_path / f"report.{rank}.json")) for rank in range(2)]
+    done = reports[0]["done"] + reports[1]["done"]
+    assert sorted(done) == sorted(str(tmp_path / "in" / f"img{i}.tif") for i in (0, 1, 3, 4))
+    assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in (0, 1, 3, 4)]
+
+
 def _rank_main_lives_on(rank, world, port, arguments, report):
     """One rank of ``segment`` that records its result or error, then lives on (as in a notebook) until
     every rank has reported: a rank still waiting in a collective for a failed one never would."""
@@ -398,6 +427,28 @@ def test_continue_draws_missing_overlays_from_existing_outputs(tmp_path, model_f
     assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(fresh), "-m", str(model_file), "--no-progress",
                      "--output", "instances", "--overlay"]) == 0
     assert (fresh / "overlays" / "img1.png").read_bytes() == drawn     # the same as drawn while segmenting
+
+
+def test_an_output_replaced_takes_its_old_overlay_with_it(tmp_path, model_file, capsys):
+    """An overlay outlines the output it was drawn from. A run that replaced the outputs (another model) without
+    --overlay, or was killed between an output and its overlay, left the old overlay beside the new output, and
+    --continue --overlay kept it (it exists): the overlays showed another model's result. Replacing an output now
+    removes its overlay (if segment drew it), so that --continue --overlay draws it from the output there."""
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["segment", "-i", str(tmp_path / "in"), "-o", str(out), "--no-progress"]
+    torch.manual_seed(1)
+    other = unet_fast.save_model(unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2),
+                                 tmp_path / "other.safetensors", normalization=unet_fast.Normalization(mode="dtype"))
+    assert cli.main(argv + ["-m", str(other), "--overlay"]) == 0
+    assert cli.main(argv + ["-m", str(model_file)]) == 0                 # replaced by another model's outputs
+    assert cli.main(argv + ["-m", str(model_file), "--overlay", "--continue"]) == 0
+    assert "0 segmented, 3 skipped" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(fresh), "-m", str(model_file), "--no-progress",
+                     "--overlay"]) == 0
+    for i in range(3):
+        assert (out / "overlays" / f"img{i}.png").read_bytes() == (fresh / "overlays" / f"img{i}.png").read_bytes()
 
 
 @pytest.mark.parametrize("fmt", ["tif", pytest.param("ome.zarr", marks=needs_zarr)])

@@ -4,7 +4,7 @@ Each input file gives one output file, OUTDIR/<input stem><suffix>, written atom
 predict_tiled, so ``resume`` (``--continue``) can trust any output that exists. The input's pixel size
 (OME-TIFF, ImageJ TIFF, OME-Zarr) goes into the output, and an image at a very different scale from
 the model's training images draws a warning (``unet_fast.pixel_size``). Files that cannot be read or
-do not match the model are reported and skipped. The file list is sharded over torch.distributed
+do not match the model are reported and skipped. The file list (rank 0's) is sharded over torch.distributed
 ranks (under torchrun) and over ``num_parts``/``part_id`` (job arrays);
 a rank that fails as a whole (model file unreadable there, out of memory) makes every rank raise
 at the final summary, naming it (``unet_fast.ranks``).
@@ -360,6 +360,10 @@ class _Segmenter:
             return functools.partial(self.fail, path, f"the output {target} is a folder, which a result cannot "
                                                       f"replace; move or rename it")
         if not (self.resume and target.exists()):
+            from .overlays import written_by_unet_fast
+
+            if written_by_unet_fast(overlay_path):     # it outlines the output this run replaces: never keep it
+                image_io.discard(overlay_path)         # beside the new one (--continue --overlay would)
             return target, overlay_path
         drawn = None
         if self.overlay and not overlay_path.exists():   # interrupted before it, or a first run without --overlay
@@ -723,10 +727,14 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     check_arguments(output_dir, output=output, format=format, tile_size=tile_size, batch_size=batch_size,
                     device=device, dtype=dtype, max_pixels=max_pixels, nonfinite=nonfinite)
     from .model_file import load_model
-    job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the counts travel
+    job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the list and counts travel
     try:
-        with shared_failures("segment"):    # what segment_files does not catch: listing, model, out of memory
-            files, problems = expand_inputs([str(item) for item in inputs])
+        with shared_failures("segment"):    # rank 0 lists the files (a folder it cannot read fails the job)
+            listing = expand_inputs([str(item) for item in inputs]) if job.rank == 0 else None
+        # every rank shards rank 0's list: lists of their own differ where a file appears or goes while they list
+        # (or one node's view of a network file system lags), and a file would be segmented twice and another never
+        files, problems = job.broadcast(listing)
+        with shared_failures("segment"):    # what segment_files does not catch: model, out of memory
             # every file, not only this share
             check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
             if not resume:   # --continue keeps what is there (check_resumable)

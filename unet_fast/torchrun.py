@@ -58,6 +58,14 @@ class Torchrun:
         """Mean of a per-rank sum over ``count`` items per rank, across ranks."""
         return float(self.all_reduce(total)) / max(count * self.world, 1)
 
+    def broadcast(self, value):
+        """Rank 0's ``value`` (picklable) on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, value) -> list | None:
         """``value`` of every rank, in rank order, on rank 0 (None on the others)."""
         if self.world == 1:

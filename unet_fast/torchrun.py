@@ -48,9 +48,11 @@ class Torchrun:
         return cls(rank, world, device, owns)
 
     def all_reduce(self, values: torch.Tensor, op=None) -> torch.Tensor:
-        """``values`` reduced over every rank (sum by default); a copy, on the CPU."""
+        """``values`` reduced over every rank (sum by default); a copy, on the CPU. Under NCCL (a group the caller
+        started for its GPUs) the reduction runs on this rank's GPU, as NCCL reduces no CPU tensor."""
         if self.world > 1:
-            values = values.clone()
+            nccl = dist.get_backend() == "nccl"
+            values = values.to(self.device, copy=True) if nccl else values.clone()
             dist.all_reduce(values, op=op or dist.ReduceOp.SUM)
         return values.cpu()
 

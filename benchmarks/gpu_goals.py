@@ -11,7 +11,8 @@ Stages (benchmarks/gpu_run.py runs them in order of value, each with a time cap)
   profile       where a forward+backward step's GPU time goes: torch.profiler's kernels of UNet(triton)
                 and of torch.compile(reference), grouped (our convs, cuDNN/CUTLASS convs, the rest),
                 the top kernels by time, and the device time against the step's wall time
-  max_autotune  torch.compile(reference, mode="max-autotune"): the goals' baseline (run apart, capped)
+  max_autotune  torch.compile(reference, mode="max-autotune"): the goals' baseline (run apart, capped;
+                $UNET_FAST_BENCH_MODES=forward+backward leaves the forward's compile out)
   layers        each of the 18 distinct 3x3 conv layers: fused vs cuDNN, TFLOP/s; pooled epilogue and
                 direct first layer against their alternatives
   loss          weighted softmax cross-entropy, forward + backward, GB/s: each kernel vs the composite
@@ -220,7 +221,7 @@ def _reference_results(s, ref, x, grad):
 
 
 def _selected(names, env="UNET_FAST_BENCH_VARIANTS"):
-    """The variants named in $UNET_FAST_BENCH_VARIANTS (comma-separated; all when unset)."""
+    """The variants (modes) named in $UNET_FAST_BENCH_VARIANTS (or ``env``; comma-separated; all when unset)."""
     chosen = os.environ.get(env)
     return [n for n in names if not chosen or n in chosen.split(",")]
 
@@ -353,7 +354,8 @@ def stage_max_autotune(s: Setting, record: Recorder) -> None:
     x, grad = _network_inputs(s, ref)
     reference_results = _reference_results(s, ref, x, grad)
     compiled = torch.compile(ref, mode="max-autotune")
-    for mode in ("forward", "forward+backward"):
+    # each mode compiles a graph of its own (the forward's took 149 s on an H200): one alone fits a short run
+    for mode in _selected(("forward", "forward+backward"), "UNET_FAST_BENCH_MODES"):
         _time_network(s, record, "compiled_reference_max_autotune", compiled, reference_results, x, grad, mode)
 
 

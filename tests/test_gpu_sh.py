@@ -136,6 +136,42 @@ def test_execute_skips_what_no_longer_fits_and_runs_the_rest(tmp_path, monkeypat
     assert ran == [s.name for s in plan if s.name != "extension_checks"]
 
 
+def test_a_suite_capped_by_the_budget_still_runs(tmp_path, monkeypatch):
+    """The plan of 2026-11-27 for the next GPU run, `--budget 330 --only pipeline,full_tests`: the suite (360 s
+    estimated) was skipped with 290 s left, although a capped suite names the failures it reached, while the
+    dry run (every stage its own cap) ran it and passed."""
+    plan = gpu_run.ordered(gpu_run.stages(), ["pipeline", "full_tests"])
+    selected = gpu_run.selected_stages(plan, {"pipeline", "full_tests"}, set())
+    allotments = {a.stage.name: a for a in gpu_run.allot(plan, selected, 330, build=False)}
+    assert not allotments["full_tests"].skipped
+    pipeline = _stage(plan, "pipeline").estimate_s
+    assert allotments["full_tests"].seconds == 330 - gpu_run.PACK_RESERVE_S - pipeline  # what is left: a part
+    assert "(capped before its estimate" in "\n".join(gpu_run.plan_lines(list(allotments.values()), 330, False))
+    assert gpu_run.does_not_fit(_stage(plan, "full_tests"), 100, 0) == "needs about 120 s, 100 s left of the budget"
+
+    caps = {}
+
+    def fake_stage(run, stage, reserve=0.0):
+        caps[stage.name] = min(stage.cap_s, run.left() - reserve)
+        stage.status, stage.seconds = "ok", 0.0
+
+    monkeypatch.setattr(gpu_run, "run_stage", fake_stage)
+    monkeypatch.setattr(gpu_run, "install_carried_wheels", lambda run: None)
+    gpu_run.execute(gpu_run.Run(tmp_path, 330, dry_run=False), plan, selected, build=False)
+    assert list(caps) == ["pipeline", "full_tests"] and 300 < caps["full_tests"] <= 330 - gpu_run.PACK_RESERVE_S
+
+
+def test_a_dry_run_fails_when_its_plan_skips_a_stage_named_by_only(tmp_path, capsys):
+    """A dry run runs every stage whatever the budget: that a GPU would skip one --only names shows in its plan
+    alone, so the dry run fails on it, before running anything."""
+    argv = ["--dry-run", "--no-build", "--budget", "120", "--only", "pipeline,max_autotune", str(tmp_path / "out")]
+    assert gpu_run.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "max_autotune (if time is left)" in captured.out and "skipped: needs about 150 s" in captured.out
+    assert "on a GPU the plan skips max_autotune, named by --only" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_budget_and_stage_names_are_checked(capsys):
     for argv, message in ((["--dry-run", "--budget", "59"], "--budget must be at least 60 seconds"),
                           (["--dry-run", "--only", "network,warp_drive"], "unknown stage(s) ['warp_drive']"),
@@ -414,6 +450,27 @@ def test_network_stage_times_the_shipped_table_beside_the_tuned_one(tmp_path):
     with goals.conv_table(shipped):
         assert configs.table() == {"sm90-132": {"forward/bf16/0+64->64/1024": configs.Config(128, 64, 64, 8, 3)}}
     assert configs.table() == before and configs.TABLE_PATH.name == "conv3x3_configs.json"
+
+
+def test_max_autotune_times_the_modes_asked_for(monkeypatch):
+    """H200 run 3 of 2026-11-27: the forward's max-autotune compile took 149 s of the 269 s cap and the
+    forward+backward's did not finish; a short run can now ask for the forward+backward alone."""
+    goals = benchmark_scripts.load("gpu_goals")
+    timed = []
+    monkeypatch.setattr(goals, "_network_models", lambda s: "ref")
+    monkeypatch.setattr(goals, "_network_inputs", lambda s, ref: ("x", "grad"))
+    monkeypatch.setattr(goals, "_reference_results", lambda s, ref, x, grad: {})
+    monkeypatch.setattr(goals.torch, "compile", lambda model, mode=None: (model, mode))
+    monkeypatch.setattr(goals, "_time_network", lambda s, record, name, model, *args: timed.append((name, model,
+                                                                                                   args[-1])))
+    monkeypatch.setattr(goals.torch.backends.cudnn, "benchmark", False)
+    goals.stage_max_autotune(goals.Setting(dry_run=False), None)
+    assert [t[2] for t in timed] == ["forward", "forward+backward"]
+    assert timed[0][:2] == ("compiled_reference_max_autotune", ("ref", "max-autotune"))
+    timed.clear()
+    monkeypatch.setenv("UNET_FAST_BENCH_MODES", "forward+backward")
+    goals.stage_max_autotune(goals.Setting(dry_run=False), None)
+    assert [t[2] for t in timed] == ["forward+backward"]
 
 
 # ----------------------------------------------------------------------------- the TMA check (gpu_tma_check.py)

@@ -226,6 +226,34 @@ def test_resume_refuses_other_files_and_other_seeds(nuclei, tmp_path):
 
 
 
+def test_resume_refuses_to_switch_bf16_autocast(nuclei, tmp_path):
+    """amp (bf16 autocast) was not recorded: a resume could switch it silently, and the run went on otherwise than
+    it began. The checkpoint records it; a resume that changes it is refused either way, the same value goes on,
+    and a checkpoint from before it was recorded (no "amp") resumes as before."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    train, _ = nuclei
+    run(train, 1, tmp_path / "plain")
+    run(train, 1, tmp_path / "amp", amp=True)
+    assert load_checkpoint(tmp_path / "plain" / "last.safetensors")["amp"] is False
+    assert load_checkpoint(tmp_path / "amp" / "last.safetensors")["amp"] is True
+    with pytest.raises(ValueError, match=r"trained without bf16 autocast \(amp=False\), got amp=True.*leave out --amp"):
+        run(train, 2, tmp_path / "plain", resume=tmp_path / "plain" / "last.safetensors", amp=True)
+    with pytest.raises(ValueError, match=r"trained with bf16 autocast \(amp=True\), got amp=False.*add --amp"):
+        run(train, 2, tmp_path / "amp", resume=tmp_path / "amp" / "last.safetensors")
+    _, result = run(train, 2, tmp_path / "amp", resume=tmp_path / "amp" / "last.safetensors", amp=True)
+    assert len(result.history) == 2
+    path = tmp_path / "plain" / "last.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    del metadata["amp"]                                                   # as written before 2026-11-27
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata)
+    assert load_checkpoint(tmp_path / "old.safetensors")["amp"] is None
+    _, result = run(train, 2, tmp_path / "plain", resume=tmp_path / "old.safetensors", amp=True)
+    assert len(result.history) == 2
+
+
 def test_resume_of_a_run_from_before_dice_keeps_it_without(nuclei, tmp_path):
     """A checkpoint whose recipe has no dice trained with cross-entropy alone: resuming it with a recipe that
     adds a Dice term (as the default recipe does) was accepted, and the run went on with another loss; it is

@@ -187,6 +187,26 @@ def test_resume_takes_the_runs_recipe_and_network(folders, capsys):
     assert train.load_checkpoint(folders / "run" / "last.safetensors")["epoch"] == 2
 
 
+def test_resume_takes_the_runs_amp_and_refuses_adding_it(folders, capsys, monkeypatch):
+    """--amp is the run's own on --resume, as every other value: a resume of an --amp run without the flag trains
+    on in bf16 autocast (it was refused by fit, or before amp was recorded went on in float32), and --amp on a run
+    without it is refused naming the flag."""
+    amps = []
+    fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: amps.append(kwargs["amp"]) or fit(*args, **kwargs))
+    resume = ["--resume", str(folders / "run" / "last.safetensors"), "--epochs", "2"]
+    assert cli.main(_tiny(folders, "--epochs", "1", "--amp")) == 0
+    assert cli.main(_args(folders, "--no-progress", *resume)) == 0
+    assert amps == [True, True] and train.load_checkpoint(folders / "run" / "last.safetensors")["amp"] is True
+    plain = folders / "plain"
+    assert cli.main(_tiny(folders, "--epochs", "1", "--work-dir", str(plain))) == 0
+    capsys.readouterr()
+    again = ["--resume", str(plain / "last.safetensors"), "--epochs", "2", "--work-dir", str(plain)]
+    assert cli.main(_args(folders, "--no-progress", "--amp", *again)) == 2
+    assert "trained with --amp False, got True" in capsys.readouterr().err
+    assert train.load_checkpoint(plain / "last.safetensors")["epoch"] == 1
+
+
 def test_resume_reads_checkpoints_without_a_recipe(folders):
     """Checkpoints written before the recipe was recorded still resume (the flags' recipe, the network's
     values from the checkpoint's model)."""

@@ -239,6 +239,9 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     if args.seed is not None and saved_seed is not None and args.seed != saved_seed:
         refuse("seed", args.seed, saved_seed)
     seed = saved_seed if args.seed is None and isinstance(saved_seed, int) else (args.seed or 0)
+    if args.amp and state.get("amp") is False:
+        refuse("amp", True, False, "--amp")
+    args.amp = args.amp or bool(state.get("amp"))   # the run's own (--amp is a switch: not given reads False)
     done = state["epoch"]
     if args.epochs is not None and args.epochs < done:
         raise BadArgument("epochs", f"{args.resume} has trained {done} epoch(s) already; --epochs counts the "

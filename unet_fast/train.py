@@ -67,6 +67,7 @@ class _Run:
     recipe: Recipe
     clock: "_Clock"
     net: torch.nn.Module | None = None   # the model, in DDP under torchrun; only the run refers to it (see fit)
+    amp: bool = False                    # bf16 autocast (recorded in the checkpoints: a resume must keep it)
 
     @property
     def step(self) -> int:
@@ -146,7 +147,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     try:
         with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
             run = _prepare(model, train_data, job, settings, tile_size=tile_size, augment=augment, seed=seed,
-                           loss_fn=loss_fn, resume=resume, clock=clock)
+                           loss_fn=loss_fn, resume=resume, clock=clock, amp=amp)
         run.net = DistributedDataParallel(model, device_ids=[job.device] if job.device.type == "cuda" else None) \
             if job.world > 1 else model
         checkpoint_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
@@ -255,17 +256,22 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
 
 
 def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, augment, seed, loss_fn, resume,
-             clock) -> _Run:
+             clock, amp: bool = False) -> _Run:
     """The model on its device, the training tiles, loss and optimizer, and what ``resume`` restores."""
     model.to(job.device, memory_format=training_memory_format(job.device))
     tiles = _training_tiles(model, train_data, recipe, tile_size, augment, seed)
     optimizer = _make_optimizer(model, recipe)
-    run = _Run(tiles, loss_fn or training_loss(recipe.dice), optimizer, [], 0, recipe, clock)
+    run = _Run(tiles, loss_fn or training_loss(recipe.dice), optimizer, [], 0, recipe, clock, amp=bool(amp))
     if resume is not None:
         state = load_checkpoint(resume)
         if state.get("seed") is not None and state["seed"] != seed:
             raise ValueError(f"resume: checkpoint {str(resume)!r} was trained with seed {state['seed']}, "
                              f"got seed={seed}; pass the same seed to continue exactly")
+        if state.get("amp") is not None and state["amp"] != bool(amp):   # (not recorded before 2026-11-27)
+            raise ValueError(f"resume: checkpoint {str(resume)!r} was trained {'with' if state['amp'] else 'without'} "
+                             f"bf16 autocast (amp={state['amp']}), got amp={bool(amp)}; resuming continues the same "
+                             f"run with the same values (unet-fast train: {'add' if state['amp'] else 'leave out'} "
+                             f"--amp)")
         _check_resumed_recipe(recipe, state.get("recipe"), resume)
         _check_resumed_network_and_tiles(model, tiles, state, resume)
         state = load_checkpoint(resume, model, optimizer)
@@ -409,7 +415,7 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
                             rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
-                            tile_size=getattr(run.tiles, "tile_size", None))
+                            tile_size=getattr(run.tiles, "tile_size", None), amp=run.amp)
         if log_dir is not None:
             write_logs(log_dir, run.history)
 

@@ -131,3 +131,27 @@ def test_which_layers_pool_and_sum_their_bias_in_the_mask():
     assert not problem("enc3.conv2", bottom=True).pools and problem("enc3.conv2", bottom=True).bias_in_mask_pass
     assert not problem("dec0.conv2").pools and problem("dec0.conv2").bias_in_mask_pass
     assert not problem("enc0.conv1").pools and not problem("dec0.conv1").bias_in_mask_pass
+
+
+def test_a_tuner_killed_midway_leaves_what_it_measured(tmp_path, monkeypatch):
+    """The results file was written only at the end: a GPU run's tuner killed by its stage's cap lost every
+    measurement. It is rewritten after each problem, atomically, so --from-results --write can make the table
+    of the problems tuned so far."""
+    record = {"key": "forward/bf16/0+64->64/1024", "config": [128, 64, 64, 8, 3, False], "ms": 0.5, "ok": True,
+              "aten_ms": 1.0}
+
+    def killed_after_one_problem(*args, measured=None, **kwargs):
+        measured([record])
+        raise KeyboardInterrupt   # what the stage's cap does to it, near enough
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setattr(configs, "device_key", lambda device: "sm90-132")
+    monkeypatch.setattr(tune, "tune", killed_after_one_problem)
+    results = tmp_path / "tune.json"
+    with pytest.raises(KeyboardInterrupt):
+        tune.main(["--results", str(results)])
+    saved = json.loads(results.read_text())
+    assert saved["device"] == "sm90-132" and saved["measurements"] == [record]
+    assert saved["best"] == {record["key"]: record["config"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["tune.json"]   # no staging file left behind

@@ -224,8 +224,9 @@ def winners(measurements: list[dict]) -> dict:
 
 
 def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: list[str], time_limit: float,
-         log=print) -> dict:
-    """{"best": {problem key: Config or ATEN}, "measurements": [...]} for this GPU."""
+         log=print, measured=None) -> dict:
+    """{"best": {problem key: Config or ATEN}, "measurements": [...]} for this GPU. ``measured(measurements)``
+    is called after every problem with all so far (``main`` saves them: a run killed later keeps them)."""
     device = torch.device("cuda")
     dtype = DTYPES[dtype_name]
     started = time.monotonic()
@@ -275,6 +276,8 @@ def tune(size: int, depth: int, base: int, batch: int, dtype_name: str, kinds: l
                     records.append(record)
                 reject_outliers(records)
                 measurements += records
+                if measured is not None:
+                    measured(measurements)
                 results = [(r["ms"], config) for r, config in zip(records, candidates) if r.get("ok")]
                 if results:
                     best_ms, best_config = min(results, key=lambda r: r[0])
@@ -296,12 +299,15 @@ def write_table(best: dict, device_key: str, path: Path = configs.TABLE_PATH, me
     data = json.loads(path.read_text()) if path.exists() else {"version": 1, "devices": {}, "measured_on": {}}
     data["devices"].setdefault(device_key, {}).update({k: configs.table_entry(c) for k, c in sorted(best.items())})
     data.setdefault("measured_on", {})[device_key] = measured_on or _measured_on()
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(handle, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(staging, path)
+    _write_atomically(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     configs.table.cache_clear()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, staging = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".partial")
+    with os.fdopen(handle, "w") as f:
+        f.write(text)
+    os.replace(staging, path)
 
 
 def main(argv=None) -> int:
@@ -336,14 +342,20 @@ def main(argv=None) -> int:
     unknown = set(kinds) - set(configs.KINDS)
     if unknown:
         parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(configs.KINDS)}")
-    found = tune(args.size, args.depth, args.base_channels, args.batch, args.dtype, kinds, args.time_limit)
     device_key = configs.device_key(torch.device("cuda"))
-    if args.results:
-        args.results.write_text(json.dumps({"device": device_key, "gpu": torch.cuda.get_device_name(0),
-                                            "measured_on": _measured_on(),
-                                            "measurements": found["measurements"],
-                                            "best": {k: configs.table_entry(c) for k, c in found["best"].items()}},
-                                           indent=1) + "\n")
+
+    def save(measurements):
+        """The results file, rewritten atomically after every problem: if the run is killed (a time cap), what it
+        measured is there for ``--from-results --write``."""
+        if args.results:
+            _write_atomically(args.results, json.dumps({
+                "device": device_key, "gpu": torch.cuda.get_device_name(0), "measured_on": _measured_on(),
+                "measurements": measurements,
+                "best": {k: configs.table_entry(c) for k, c in winners(measurements).items()}}, indent=1) + "\n")
+
+    found = tune(args.size, args.depth, args.base_channels, args.batch, args.dtype, kinds, args.time_limit,
+                 measured=save)
+    save(found["measurements"])
     if args.write and found["best"]:
         write_table(found["best"], device_key)
         print(f"unet_fast.tune: {len(found['best'])} entries for {device_key} written to {configs.TABLE_PATH}")

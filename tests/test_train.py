@@ -254,6 +254,23 @@ def test_resume_refuses_to_switch_bf16_autocast(nuclei, tmp_path):
     assert len(result.history) == 2
 
 
+def test_resume_keeps_the_runs_best_metric_and_counts_its_epochs(nuclei, tmp_path):
+    """best_metric was not recorded: a resume could choose the best model by another measure than the run began
+    with (its best.safetensors then neither's best), and a resume asking for fewer epochs than were done returned
+    without a word. The run's measure goes on where none is given, another is refused, and so are too few epochs."""
+    train, val = nuclei
+    run(train, 1, tmp_path, val_data=val, best_metric="iou", progress=False)
+    assert load_checkpoint(tmp_path / "last.safetensors")["best_metric"] == "iou"
+    last = tmp_path / "last.safetensors"
+    with pytest.raises(ValueError, match="chose its best model by 'iou', got best_metric='f1'"):
+        run(train, 2, tmp_path, resume=last, val_data=val, best_metric="f1", progress=False)
+    _, result = run(train, 2, tmp_path, resume=last, val_data=val, progress=False)   # none given: the run's
+    assert len(result.history) == 2 and load_checkpoint(last)["best_metric"] == "iou"
+    assert load_model(tmp_path / "best.safetensors").metadata["best_metric"] == "iou"
+    with pytest.raises(ValueError, match="has trained 2 epoch.*give at least 2"):
+        run(train, 1, tmp_path, resume=last, val_data=val, progress=False)
+
+
 def test_resume_of_a_run_from_before_dice_keeps_it_without(nuclei, tmp_path):
     """A checkpoint whose recipe has no dice trained with cross-entropy alone: resuming it with a recipe that
     adds a Dice term (as the default recipe does) was accepted, and the run went on with another loss; it is

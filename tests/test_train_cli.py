@@ -207,6 +207,17 @@ def test_resume_takes_the_runs_amp_and_refuses_adding_it(folders, capsys, monkey
     assert train.load_checkpoint(plain / "last.safetensors")["epoch"] == 1
 
 
+def test_resume_refuses_another_best_metric_naming_the_flag(folders, capsys):
+    val = ["--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb")]
+    assert cli.main(_tiny(folders, "--epochs", "1", "--best-metric", "iou", *val)) == 0
+    capsys.readouterr()
+    resume = ["--resume", str(folders / "run" / "last.safetensors"), "--epochs", "2", *val]
+    assert cli.main(_args(folders, "--no-progress", "--best-metric", "loss", *resume)) == 2
+    assert "trained with --best-metric 'iou', got 'loss'" in capsys.readouterr().err
+    assert cli.main(_args(folders, "--no-progress", *resume)) == 0          # none given: the run's own
+    assert load_model(folders / "run" / "best.safetensors").metadata["best_metric"] == "iou"
+
+
 def test_resume_reads_checkpoints_without_a_recipe(folders):
     """Checkpoints written before the recipe was recorded still resume (the flags' recipe, the network's
     values from the checkpoint's model)."""

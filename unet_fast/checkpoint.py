@@ -27,14 +27,14 @@ READABLE_FORMATS = (CHECKPOINT_FORMAT, "unet_fast.checkpoint/1")
 def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
                     history: list[dict] | None = None, seed: int | None = None,
                     rng_states: list[dict] | None = None, recipe: dict | None = None,
-                    tile_size: int | None = None, amp: bool | None = None) -> Path:
+                    tile_size: int | None = None, amp: bool | None = None, best_metric: str | None = None) -> Path:
     """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic.
 
     rng_states: every rank's random states in rank order (``fit`` gathers them); default: this
     process's only, as one rank. recipe: the run's training values (``dataclasses.asdict`` of its
-    ``Recipe``) and tile_size the tile it drew, and amp whether it trained in bf16 autocast, so that a resume
-    can tell a changed option (``unet-fast train --resume`` refuses one); the number of classes is in the
-    model's config."""
+    ``Recipe``) and tile_size the tile it drew, amp whether it trained in bf16 autocast and best_metric what
+    chose its best model, so that a resume can tell a changed option (``unet-fast train --resume`` refuses
+    one); the number of classes is in the model's config."""
     tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
@@ -60,6 +60,7 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "recipe": json.dumps(recipe),
         "tile_size": json.dumps(tile_size),
         "amp": json.dumps(amp),
+        "best_metric": json.dumps(best_metric),
         "optimizer.param_groups": json.dumps(optimizer_state["param_groups"]),
         "optimizer.scalars": json.dumps(scalars),
     }
@@ -71,8 +72,9 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
     """Read a checkpoint; load its weights into ``model`` and state into ``optimizer`` when given.
 
     Returns {"epoch", "history", "seed", "model_config", "num_classes", "recipe" (a dict of the
-    run's ``Recipe``), "tile_size", "amp", "rng" (a list: each rank's dict of random states), "model_state"};
-    num_classes, recipe, tile_size and amp are None in checkpoints written before they were recorded."""
+    run's ``Recipe``), "tile_size", "amp", "best_metric", "rng" (a list: each rank's dict of random states),
+    "model_state"}; num_classes, recipe, tile_size, amp and best_metric are None in checkpoints written before
+    they were recorded (best_metric also in runs without validation)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -132,7 +134,8 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
                   "num_classes": json.loads(metadata.get("num_classes", "null")),
                   "recipe": json.loads(metadata.get("recipe", "null")),
                   "tile_size": json.loads(metadata.get("tile_size", "null")),
-                  "amp": json.loads(metadata.get("amp", "null"))}
+                  "amp": json.loads(metadata.get("amp", "null")),
+                  "best_metric": json.loads(metadata.get("best_metric", "null"))}
         optimizer = {"param_groups": json.loads(metadata["optimizer.param_groups"]),
                      "scalars": json.loads(metadata["optimizer.scalars"])}
         ranks = {_rng_key(key)[0] for key in tensors if key.startswith("rng.")}
@@ -153,6 +156,7 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
               ("recipe", fields["recipe"] is None or isinstance(fields["recipe"], dict)),
               ("tile_size", fields["tile_size"] is None or whole(fields["tile_size"], 1)),
               ("amp", fields["amp"] is None or isinstance(fields["amp"], bool)),
+              ("best_metric", fields["best_metric"] is None or isinstance(fields["best_metric"], str)),
               ("optimizer.param_groups", isinstance(optimizer["param_groups"], list)
                and all(isinstance(group, dict) for group in optimizer["param_groups"])),
               ("optimizer.scalars", isinstance(optimizer["scalars"], dict) and all(

@@ -68,6 +68,7 @@ class _Run:
     clock: "_Clock"
     net: torch.nn.Module | None = None   # the model, in DDP under torchrun; only the run refers to it (see fit)
     amp: bool = False                    # bf16 autocast (recorded in the checkpoints: a resume must keep it)
+    best_metric: str | None = None       # what picks the best model (recorded too)
 
     @property
     def step(self) -> int:
@@ -135,6 +136,7 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                              f"augmentation to the tiles (RandomTiles(..., augment=...))")
         settings = dataclasses.replace(settings.without_augmentation(),
                                        custom_augmentation=f"tiles of {_qualified_name(train_data)}")
+    chose_metric = best_metric is not None      # else a resume keeps the run's own
     best_metric = _check_fit_arguments(model, train_data, val_data, time_limit, best_metric)
     check_device(device)
     clock = _Clock(time_limit)
@@ -147,7 +149,12 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     try:
         with shared_failures("preparing the training data and model"):   # e.g. a file unreadable on one node
             run = _prepare(model, train_data, job, settings, tile_size=tile_size, augment=augment, seed=seed,
-                           loss_fn=loss_fn, resume=resume, clock=clock, amp=amp)
+                           loss_fn=loss_fn, resume=resume, clock=clock, amp=amp, best_metric=best_metric,
+                           chose_metric=chose_metric)
+        best_metric = run.best_metric
+        if run.start_epoch > settings.epochs:
+            raise ValueError(f"epochs: {settings.epochs}, but checkpoint {str(resume)!r} has trained {run.start_epoch} "
+                             f"epoch(s) already; epochs counts the whole run: give at least {run.start_epoch}")
         run.net = DistributedDataParallel(model, device_ids=[job.device] if job.device.type == "cuda" else None) \
             if job.world > 1 else model
         checkpoint_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
@@ -256,12 +263,13 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
 
 
 def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, augment, seed, loss_fn, resume,
-             clock, amp: bool = False) -> _Run:
+             clock, amp: bool = False, best_metric: str | None = None, chose_metric: bool = False) -> _Run:
     """The model on its device, the training tiles, loss and optimizer, and what ``resume`` restores."""
     model.to(job.device, memory_format=training_memory_format(job.device))
     tiles = _training_tiles(model, train_data, recipe, tile_size, augment, seed)
     optimizer = _make_optimizer(model, recipe)
-    run = _Run(tiles, loss_fn or training_loss(recipe.dice), optimizer, [], 0, recipe, clock, amp=bool(amp))
+    run = _Run(tiles, loss_fn or training_loss(recipe.dice), optimizer, [], 0, recipe, clock, amp=bool(amp),
+               best_metric=best_metric)
     if resume is not None:
         state = load_checkpoint(resume)
         if state.get("seed") is not None and state["seed"] != seed:
@@ -272,6 +280,12 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
                              f"bf16 autocast (amp={state['amp']}), got amp={bool(amp)}; resuming continues the same "
                              f"run with the same values (unet-fast train: {'add' if state['amp'] else 'leave out'} "
                              f"--amp)")
+        if state.get("best_metric") is not None and best_metric is not None and state["best_metric"] != best_metric:
+            if chose_metric:
+                raise ValueError(f"resume: checkpoint {str(resume)!r} chose its best model by "
+                                 f"{state['best_metric']!r}, got best_metric={best_metric!r}; resuming continues the "
+                                 f"same run with the same values (a best model chosen by two measures is neither's)")
+            run.best_metric = state["best_metric"]      # the run's own, where the caller chose none
         _check_resumed_recipe(recipe, state.get("recipe"), resume)
         _check_resumed_network_and_tiles(model, tiles, state, resume)
         state = load_checkpoint(resume, model, optimizer)
@@ -415,7 +429,8 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
                             rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
-                            tile_size=getattr(run.tiles, "tile_size", None), amp=run.amp)
+                            tile_size=getattr(run.tiles, "tile_size", None), amp=run.amp,
+                            best_metric=run.best_metric)
         if log_dir is not None:
             write_logs(log_dir, run.history)
 

@@ -391,6 +391,7 @@ def test_labels_without_objects_warn(folders, monkeypatch, capsys):
 @pytest.mark.parametrize("bad, message", [
     (lambda label: label.astype(np.int32) - 1, "negative values"),
     (lambda label: label.astype(np.float32) / 2, "non-integer values"),
+    (lambda label: np.where(label > 0, np.inf, 0).astype(np.float32), "non-integer values (e.g. inf)"),
     (lambda label: label.astype(np.complex64), "complex64"),
 ])
 def test_labels_that_cannot_train_are_refused_before_their_objects_are_measured(folders, capsys, bad, message):

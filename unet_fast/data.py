@@ -137,7 +137,7 @@ class SegmentationDataset(Sequence):
             name, _, label = self._load(index)
             label = np.asarray(label)
             if label.ndim == 2:
-                _check_label_values(name, label)   # before anything is measured or said about the objects
+                check_label_values(name, label)   # before anything is measured or said about the objects
                 self.label_pixels += label.size
                 if self._kind(label) == "instance":
                     found.append(object_diameters(label))
@@ -155,7 +155,7 @@ class SegmentationDataset(Sequence):
         label = np.asarray(label)
         if label.ndim != 2:
             raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
-        _check_label_values(name, label)
+        check_label_values(name, label)
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
@@ -227,14 +227,17 @@ class SegmentationDataset(Sequence):
         return target, instances, instances
 
 
-def _check_label_values(name: str, label: np.ndarray) -> None:
-    """ValueError for a label image whose values training cannot take: a pixel type it refuses (complex, ...),
-    non-integer or negative values."""
+def check_label_values(name: str, label: np.ndarray) -> None:
+    """ValueError for a label image whose values cannot be labels (training's and ``unet-fast evaluate``'s
+    rule): a pixel type it refuses (complex, ...), non-integer or infinite values, negative values."""
     problem = checks.pixel_type_problem(label.dtype)
     if problem:
         raise ValueError(f"label of {name!r} {problem}")
-    if label.dtype.kind == "f" and not np.all(label == np.round(label)):
-        raise ValueError(f"label of {name!r} has non-integer values; labels must be integers")
+    if label.dtype.kind == "f":
+        whole = np.isfinite(label) & (label == np.round(label))
+        if not whole.all():
+            raise ValueError(f"label of {name!r} has non-integer values (e.g. {label[~whole].flat[0].item()!r}); labels "
+                             f"are 0 (background) and object or class numbers")
     if label.dtype.kind in "fi" and label.min(initial=0) < 0:
         raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
 

@@ -283,7 +283,7 @@ def _image(image, name: str) -> np.ndarray:
 
 def _labels(truth, name: str) -> np.ndarray:
     """The label image, checked: 2-D, integer values >= 0 (BadArgument "labels")."""
-    from .data import read_image
+    from .data import check_label_values, read_image
 
     if isinstance(truth, Path):
         try:
@@ -295,15 +295,10 @@ def _labels(truth, name: str) -> np.ndarray:
         truth = truth[0]
     if truth.ndim != 2:
         raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}")
-    if truth.dtype.kind not in "uifb":
-        raise _bad("labels", f"labels of {name!r} must be integers, got {truth.dtype}")
-    if truth.dtype.kind == "f":
-        whole = np.isfinite(truth) & (truth == np.round(truth))
-        if not whole.all():
-            raise _bad("labels", f"labels of {name!r} have non-integer values (e.g. {truth[~whole].flat[0]!r}); "
-                                 f"labels are 0 (background) and object or class numbers")
-    if truth.dtype.kind in "if" and truth.min(initial=0) < 0:
-        raise _bad("labels", f"labels of {name!r} have negative values (min {truth.min()}); labels are >= 0")
+    try:
+        check_label_values(name, truth)
+    except ValueError as error:
+        raise _bad("labels", str(error)) from None
     return truth
 
 

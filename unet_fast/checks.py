@@ -67,7 +67,7 @@ def overlapping(output, source) -> bool:
         return True
     output = Path(os.path.realpath(output))
     source = Path(os.path.realpath(source))
-    return output in source.parents
+    return output == source or output in source.parents     # (equal paths of what does not exist yet too)
 
 
 def check_output_is_not_an_input(output, inputs, argument: str, what: str = "input") -> None:

@@ -87,7 +87,7 @@ def _labelled_images(images, labels, args, recipe, num_classes: int):
 def cmd_train(args) -> int:
     from . import geometry, image_io
     from .architecture import check_config
-    from .checks import check_device, check_writable_folder, same_file
+    from .checks import check_device, check_writable_folder, overlapping, same_file
     from .model_file import check_model_path
     from .train import load_checkpoint
 
@@ -113,8 +113,7 @@ def cmd_train(args) -> int:
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
-    real_work_dir = Path(os.path.realpath(work_dir))
-    if Path(os.path.realpath(args.output)) in (real_work_dir, *real_work_dir.parents):
+    if overlapping(args.output, work_dir):
         raise BadArgument("work_dir", f"{str(work_dir)!r} is, or lies inside, the model file -o writes "
                                       f"({args.output!r}); checkpoints and logs need another folder")
     check_writable_folder(work_dir, "work_dir")

@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from . import geometry
+from .image_io import write_bytes_atomically
 from .ops.conv3x3 import aten_backward, aten_forward
 from .ops.triton import conv3x3 as kernels
 from .ops.triton import conv3x3_configs as configs
@@ -299,15 +299,8 @@ def write_table(best: dict, device_key: str, path: Path = configs.TABLE_PATH, me
     data = json.loads(path.read_text()) if path.exists() else {"version": 1, "devices": {}, "measured_on": {}}
     data["devices"].setdefault(device_key, {}).update({k: configs.table_entry(c) for k, c in sorted(best.items())})
     data.setdefault("measured_on", {})[device_key] = measured_on or _measured_on()
-    _write_atomically(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_bytes_atomically(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     configs.table.cache_clear()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, staging = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".partial")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.replace(staging, path)
 
 
 def main(argv=None) -> int:
@@ -348,10 +341,10 @@ def main(argv=None) -> int:
         """The results file, rewritten atomically after every problem: if the run is killed (a time cap), what it
         measured is there for ``--from-results --write``."""
         if args.results:
-            _write_atomically(args.results, json.dumps({
+            write_bytes_atomically(args.results, (json.dumps({
                 "device": device_key, "gpu": torch.cuda.get_device_name(0), "measured_on": _measured_on(),
                 "measurements": measurements,
-                "best": {k: configs.table_entry(c) for k, c in winners(measurements).items()}}, indent=1) + "\n")
+                "best": {k: configs.table_entry(c) for k, c in winners(measurements).items()}}, indent=1) + "\n").encode())
 
     found = tune(args.size, args.depth, args.base_channels, args.batch, args.dtype, kinds, args.time_limit,
                  measured=save)

@@ -236,8 +236,9 @@ def check_label_values(name: str, label: np.ndarray) -> None:
     if label.dtype.kind == "f":
         whole = np.isfinite(label) & (label == np.round(label))
         if not whole.all():
-            raise ValueError(f"label of {name!r} has non-integer values (e.g. {label[~whole].flat[0].item()!r}); labels "
-                             f"are 0 (background) and object or class numbers")
+            example = label[~whole].flat[0].item()
+            raise ValueError(f"label of {name!r} has non-integer values (e.g. {example!r}); labels are 0 "
+                             f"(background) and object or class numbers")
     if label.dtype.kind in "fi" and label.min(initial=0) < 0:
         raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
 

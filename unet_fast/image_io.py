@@ -77,7 +77,8 @@ def _ome_zarr(path):
         except ValueError:
             other_series.append("unreadable")
     if not all(isinstance(name, str) and len(name) == 1 for name in image.names):   # NGFF allows any names
-        raise ValueError(f"{path}: unet_fast reads OME-Zarr axes named by one letter (t, c, z, y, x), got {image.names}")
+        raise ValueError(f"{path}: unet_fast reads OME-Zarr axes named by one letter (t, c, z, y, x), "
+                         f"got {image.names}")
     array, axes = image.levels[0], "".join(name.upper() for name in image.names)
     if axes[-2:] != "YX":
         raise ValueError(f"{path}: the last two OME-Zarr axes must be y, x, got {image.names}")

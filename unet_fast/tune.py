@@ -341,10 +341,10 @@ def main(argv=None) -> int:
         """The results file, rewritten atomically after every problem: if the run is killed (a time cap), what it
         measured is there for ``--from-results --write``."""
         if args.results:
+            best = {k: configs.table_entry(c) for k, c in winners(measurements).items()}
             write_bytes_atomically(args.results, (json.dumps({
                 "device": device_key, "gpu": torch.cuda.get_device_name(0), "measured_on": _measured_on(),
-                "measurements": measurements,
-                "best": {k: configs.table_entry(c) for k, c in winners(measurements).items()}}, indent=1) + "\n").encode())
+                "measurements": measurements, "best": best}, indent=1) + "\n").encode())
 
     found = tune(args.size, args.depth, args.base_channels, args.batch, args.dtype, kinds, args.time_limit,
                  measured=save)

@@ -76,7 +76,12 @@ def image_path(path) -> Path:
 
 def multiscales(path) -> dict | None:
     """The first multiscales entry of the image at ``path`` (``image_path``); None if it is no OME-Zarr image."""
-    attrs = _attrs(image_path(path))
+    return _multiscales_at(image_path(path))
+
+
+def _multiscales_at(where) -> dict | None:
+    """The first multiscales entry of the zarr group ``where``; None if it has none."""
+    attrs = _attrs(where)
     if attrs is None:
         return None
     found = attrs.get("multiscales")
@@ -87,11 +92,12 @@ def open_ome_zarr(path) -> OmeZarrImage:
     """The image at ``path``; a ValueError naming the path and what is wrong where its metadata is malformed."""
     import zarr
 
-    entry = multiscales(path)
+    where = image_path(path)
+    entry = _multiscales_at(where)
     if entry is None:
         raise ValueError(f"{path}: not an OME-Zarr image (a zarr group with multiscales metadata, or "
                          f"bioformats2raw's layout of them)")
-    group = zarr.open_group(str(image_path(path)), mode="r")
+    group = zarr.open_group(str(where), mode="r")
     try:
         if not entry["datasets"]:
             raise ValueError("it lists no datasets")

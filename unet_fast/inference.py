@@ -26,6 +26,7 @@ from . import checks, termination
 from .geometry import mirror_indices
 from .normalization import Normalization
 from .ops.frozen_weights import frozen_weights
+from .ops.triton import on_device
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import capturing, has_tile_graph, tile_graph
@@ -662,8 +663,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
                          cuda_graphs, tta)
         # on the model's GPU as the current device: the events, stream and graph captures of the run are its own
         # (a plain torch.cuda.Event() records on the current device's stream, cuda:0 for a model on cuda:1)
-        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        with torch.inference_mode(), frozen_weights(), on_device:  # the weights cannot change during the call
+        with torch.inference_mode(), frozen_weights(), on_device(device):  # the weights cannot change during it
             runner.run(sys.stderr.isatty() if progress is None else progress)
         result = sink.close()
     except BaseException:

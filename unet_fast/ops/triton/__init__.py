@@ -39,11 +39,9 @@ def can_run(device: torch.device) -> bool:
     return triton is not None and device.type == ("cpu" if INTERPRETED else "cuda")
 
 
-def on_device(tensor):
-    """Where a launch for ``tensor`` must run: Triton launches on the current CUDA device (and its current
-    stream), not the tensors', so a tensor on another GPU (cuda:1, the current device being 0) makes it its own
-    for the launch; a no-op on the current device and off CUDA."""
-    device = tensor.device
+def on_device(device: torch.device):
+    """``device`` as the current CUDA device for a with-block (a no-op off CUDA): Triton launches, CUDA events and
+    graph captures use the current device and its stream, not the tensors' (cuda:1 while the current is 0)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
@@ -60,7 +58,7 @@ class Launch:
     def run(self):
         """Launch (and ``then``); returns what Triton returns for this kernel (the compiled kernel, with its
         register and spill counts)."""
-        with on_device(self.args[0]):  # every plan's first argument is a tensor of the launch
+        with on_device(self.args[0].device):  # every plan's first argument is a tensor of the launch
             compiled = self.kernel[self.grid](*self.args, **self.meta)
         if self.then is not None:
             self.then.run()

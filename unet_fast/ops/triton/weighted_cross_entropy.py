@@ -90,7 +90,7 @@ def weighted_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, w
     part_count = logits.new_empty((programs,), dtype=torch.int64)
     part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
     stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
-    with on_device(logits):
+    with on_device(logits.device):
         _weighted_cross_entropy_kernel[(programs,)](
             logits, target, weight if weight is not None else logits, loss, grad if grad is not None else logits,
             part_loss, part_count, part_bad, num_pixels, h * w, c, c * h * w, stride_c, stride_p, ignore_index,

@@ -66,6 +66,11 @@ class Stage:
     seconds: float = 0.0
     detail: str = ""
 
+    @property
+    def planned_s(self) -> float:
+        """The seconds the plan gives it when the budget allows: its estimate, within its cap."""
+        return min(self.estimate_s, self.cap_s)
+
 
 def stages() -> list[Stage]:
     """The stages in order of value. Estimates: seconds on an H200 (2026-11-26 runs 1 and 2, rounded up:
@@ -394,12 +399,12 @@ def reserve_for(plan: list[Stage], index: int, selected: list[Stage]) -> float:
     never takes the time they need (an essential stage keeps nothing back)."""
     if plan[index].essential:
         return 0.0
-    return sum(min(s.estimate_s, s.cap_s) for s in plan[index + 1:] if s in selected and s.essential)
+    return sum(s.planned_s for s in plan[index + 1:] if s in selected and s.essential)
 
 
 def needed_s(stage: Stage) -> float:
     """The seconds ``stage`` needs to start: its estimate, or for a stage worth running in part its least_s."""
-    return min(stage.estimate_s, stage.cap_s, stage.least_s if stage.least_s is not None else float("inf"))
+    return min(stage.planned_s, stage.least_s if stage.least_s is not None else float("inf"))
 
 
 def does_not_fit(stage: Stage, left_s: float, reserve_s: float) -> str | None:
@@ -436,7 +441,7 @@ def allot(plan: list[Stage], selected: list[Stage], budget_s: float, build: bool
         if why:
             allotments.append(Allotment(stage, elapsed, skipped=why))
             continue
-        allotments.append(Allotment(stage, elapsed, min(stage.estimate_s, stage.cap_s, left - reserve)))
+        allotments.append(Allotment(stage, elapsed, min(stage.planned_s, left - reserve)))
         elapsed += allotments[-1].seconds
     return allotments
 
@@ -455,7 +460,7 @@ def plan_lines(allotments: list[Allotment], budget_s: float, build: bool = True)
     for a in allotments:
         name = a.stage.name + ("" if a.stage.essential else " (if time is left)")
         what = f"skipped: {a.skipped}" if a.skipped else f"{a.seconds:.0f} s"
-        if not a.skipped and a.seconds < min(a.stage.estimate_s, a.stage.cap_s):
+        if not a.skipped and a.seconds < a.stage.planned_s:
             what += " (capped before its estimate: a part of it)"
         lines.append(f"   {name:32s} {a.stage.estimate_s:6.0f} s {a.stage.cap_s:3.0f} s {a.start_s:4.0f} s  {what}")
     end = max((a.start_s + a.seconds for a in allotments), default=0.0) + PACK_RESERVE_S
@@ -465,7 +470,7 @@ def plan_lines(allotments: list[Allotment], budget_s: float, build: bool = True)
     else:
         missing = [a.stage.name for a in allotments
                    if a.stage.essential and a.skipped and not a.skipped.startswith("not selected")]
-        essential = sum(min(a.stage.estimate_s, a.stage.cap_s) for a in allotments
+        essential = sum(a.stage.planned_s for a in allotments
                         if a.stage.essential and not a.skipped.startswith("not selected"))
         lines.append(f"== the essential stages need about {essential + PACK_RESERVE_S:.0f} s: over the "
                      f"{budget_s:.0f} s budget ({', '.join(missing)} would be skipped)")

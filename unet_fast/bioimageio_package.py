@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import io
 import keyword
-import math
 import re
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ import tifffile
 import torch
 
 from . import geometry, standalone_unet
-from .architecture import MAX_DEPTH, MAX_PARAMETERS, check_config, parameter_shapes
+from .architecture import MAX_DEPTH, MAX_PARAMETERS, check_config, parameter_count, parameter_shapes
 from .checks import BadArgument
 from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
                      require, standalone_model)
@@ -373,13 +372,11 @@ def read_package(path) -> tuple[dict, dict]:
 def _weights_limit(architecture: dict) -> int:
     """The most bytes a state_dict file of the U-Net ``architecture`` (constructor arguments) takes: float64
     weights plus torch.save's framing; for an architecture unet_fast would not build, the largest one it does."""
-    arguments = {name: architecture[name] for name in ("in_channels", "num_classes", "depth", "base_channels")
-                 if name in architecture}
+    defaults = dict(in_channels=1, num_classes=2, depth=5, base_channels=64)    # UNet's
+    arguments = {**defaults, **{name: architecture[name] for name in defaults if name in architecture}}
     try:
         check_config(**arguments)
-        shapes = parameter_shapes(*(arguments.get(k, d) for k, d in
-                                    (("in_channels", 1), ("num_classes", 2), ("depth", 5), ("base_channels", 64))))
-        values = sum(math.prod(shape) for shape in shapes.values())
+        shapes, values = parameter_shapes(**arguments), parameter_count(**arguments)
     except (TypeError, ValueError):
         shapes, values = parameter_shapes(1, 2, MAX_DEPTH, 1), MAX_PARAMETERS
     return 8 * values + 4096 * len(shapes) + (1 << 20)

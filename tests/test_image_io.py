@@ -71,21 +71,44 @@ def test_grey_saved_in_colour_is_read_as_grey_and_colour_as_channels(tmp_path, m
     array, info = image_io.read_image(tmp_path / "grey.png")
     assert info.axes == "YX" and info.shape == (23, 31) and image_io.image_info(tmp_path / "grey.png") == info
     np.testing.assert_array_equal(array, grey)
-    # one pixel of another colour, or one pixel not opaque: a colour image, read as its channels
+    # one pixel of another colour, or one pixel not opaque: a colour image, read as its channels; an alpha
+    # band that is opaque everywhere is not one of them
     for band in range(1, len(bands)):
         changed = [b.copy() for b in bands]
         changed[band][5, 7] ^= 1
         Image.fromarray(np.stack(changed, -1), mode).save(tmp_path / "colour.png")
         array, info = image_io.read_image(tmp_path / "colour.png")
-        assert info.axes == "CYX" and array.shape == (len(bands), 23, 31)
+        kept = changed[:colours] if "A" in mode and (changed[-1] == 255).all() else changed
+        assert info.axes == "CYX" and array.shape == (len(kept), 23, 31)
         assert image_io.image_info(tmp_path / "colour.png") == info
-        np.testing.assert_array_equal(array, np.stack(changed))
+        np.testing.assert_array_equal(array, np.stack(kept))
     # beyond the pixel limit the file is not decoded: its header is all that is read, and reading refuses it
     declared = image_io.image_info(tmp_path / "grey.png", max_pixels=100)
     assert declared.axes == "CYX" and declared.shape == (len(bands), 23, 31)
     with pytest.raises(image_io.ImageTooLargeError, match="above the limit of 100"):
         image_io.read_image(tmp_path / "grey.png", max_pixels=100)
 
+
+
+def test_an_opaque_alpha_band_is_dropped_and_a_transparent_one_kept(tmp_path):
+    """A colour RGBA PNG whose alpha is 255 everywhere (the 2018 Data Science Bowl's histology) is its RGB
+    image, read as 3 channels as its RGB copy is; one pixel less than opaque keeps the 4th channel."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(6).integers(0, 256, (17, 13, 3)).astype(np.uint8)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.png")
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    expected, expected_info = image_io.read_image(tmp_path / "rgb.png")
+    array, info = image_io.read_image(tmp_path / "rgba.png")
+    assert info == expected_info == image_io.image_info(tmp_path / "rgba.png") and info.shape == (3, 17, 13)
+    np.testing.assert_array_equal(array, np.moveaxis(rgb, -1, 0))
+    np.testing.assert_array_equal(array, expected)
+    alpha[16, 12] = 254
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    array, info = image_io.read_image(tmp_path / "rgba.png")
+    assert info.shape == (4, 17, 13)
+    np.testing.assert_array_equal(array, np.moveaxis(np.dstack([rgb, alpha]), -1, 0))
 
 
 def _png_16_bits(path, image, colour_type):

@@ -309,6 +309,15 @@ def grey_saved_in_colour(pixels: np.ndarray, mode: str) -> bool:
     return pixels.shape[-1] == colours or bool((pixels[..., colours] == np.iinfo(pixels.dtype).max).all())
 
 
+def opaque_alpha(pixels: np.ndarray, mode: str) -> bool:
+    """Whether decoded (H, W, bands) pixels of Pillow ``mode`` end in an alpha band that is fully opaque
+    everywhere. Such a band holds no information (the 2018 Data Science Bowl ships its colour histology as
+    RGBA PNGs so), and is dropped: an RGBA photograph is read as the 3 channels of its RGB image, so that it
+    fits a model of 3 input channels, as its RGB or JPEG copy does."""
+    return (mode in ("LA", "RGBA") and pixels.ndim == 3 and pixels.shape[-1] in (2, 4)
+            and bool((pixels[..., -1] == np.iinfo(pixels.dtype).max).all()))
+
+
 _PIL_OPEN = threading.Lock()
 
 
@@ -353,6 +362,9 @@ def _pil_image(path, max_pixels: int | None, decode: bool = False, labels: bool 
         pixels = np.asarray(img)
     if grey_saved_in_colour(pixels, mode):
         return np.ascontiguousarray(pixels[..., 0]), ImageInfo((height, width), pixels.dtype, "YX", streamable=False)
+    if opaque_alpha(pixels, mode):      # an alpha band that hides nothing is no channel of the image
+        pixels = pixels[..., :-1]
+        declared = ImageInfo((pixels.shape[-1], height, width), pixels.dtype, "CYX", streamable=False)
     return (np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 else pixels), declared
 
 

@@ -2,7 +2,9 @@
 
 Needs the `export` extra (bioimageio.spec, onnxscript; bioimageio.core for the runs): skipped without it.
 """
+import copy
 import pickle
+import warnings
 import zipfile
 
 import numpy as np
@@ -18,7 +20,7 @@ from ruyaml import YAML  # noqa: E402   (YAML 1.2, as rdf.yaml; a bioimageio.spe
 import unet_fast  # noqa: E402
 from unet_fast import cli, geometry  # noqa: E402
 from unet_fast.bioimageio_package import _normalization_from_ops, _preprocessing, export_bioimageio  # noqa: E402
-from unet_fast.model_file import ModelFileError  # noqa: E402
+from unet_fast.model_file import ModelFileError, load_model  # noqa: E402
 from unet_fast.normalization import Normalization  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
@@ -324,3 +326,22 @@ def test_a_test_image_whose_percentiles_coincide_is_refused(tmp_path):
     with pytest.raises(ValueError, match="test_image.*equal 1.0 and 99.8 percentiles"):
         export_bioimageio(net, tmp_path / "flat.zip", test_image=flat)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_zeroes_nonfinite_pixels_exports_with_a_warning_and_says_so(model, tmp_path):
+    """bioimage.io preprocessing has no op for "NaN and inf become 0": other tools would hand them to the
+    network. Export warns, and the package's README tells its users; unet_fast reads the rule back."""
+    from dataclasses import replace
+
+    zeroing = copy.deepcopy(model)
+    zeroing.normalization = replace(model.normalization, nonfinite="zero")
+    with pytest.warns(UserWarning, match="nonfinite='zero'.*cannot express"):
+        path = export_bioimageio(zeroing, tmp_path / "zero.zip", test_image=two_channel_image())
+    with zipfile.ZipFile(path) as archive:
+        readme = archive.read("README.md").decode()
+    assert "NaN and infinite pixels: unet_fast sets them to 0" in readme
+    assert load_model(path).normalization.nonfinite == "zero"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_bioimageio(model, tmp_path / "plain.zip", test_image=two_channel_image())
+    assert not [w for w in caught if "nonfinite" in str(w.message)]

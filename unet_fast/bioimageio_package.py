@@ -26,6 +26,7 @@ import keyword
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,8 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
     output = check_output(output, "bioimageio")
     normalization = getattr(model, "normalization", None) or Normalization()
     raw = _test_crop(model, normalization, test_image)      # the caller's input first: before any other work
+    if normalization.nonfinite == "zero":
+        warnings.warn(NONFINITE_ZERO_CAVEAT + "; the package's README says so", stacklevel=2)
     spec = require("bioimageio.spec", "writing a bioimage.io package")
     class_names = list(getattr(model, "class_names", None) or [f"class{i}" for i in range(model.config()["num_classes"])])
     probabilities = _probabilities(model, normalization, raw)
@@ -242,6 +245,12 @@ def _description(spec, model, name, description, authors, license, tags, normali
     }
 
 
+#: what a package of a model that sets NaN/inf pixels to 0 cannot tell other tools
+NONFINITE_ZERO_CAVEAT = ("the model's normalisation sets NaN and infinite pixels to 0 (nonfinite='zero'), which "
+                         "bioimage.io preprocessing cannot express: other tools than unet_fast hand them to the "
+                         "network as they are")
+
+
 def _normalization_text(normalization: Normalization) -> str:
     n = normalization
     text = {"percentile": f"scaled so that its {n.low} and {n.high} percentiles become 0 and 1"
@@ -263,6 +272,9 @@ def _documentation(model, name, normalization, class_names, raw, probabilities) 
     scale = (f"Trained on images of {pixel.y} x {pixel.x} {pixel.unit} per pixel (y x); segment images of "
              f"about that pixel size." if pixel else "The training data's pixel size was not recorded.")
     parameters = sum(p.numel() for p in model.parameters())
+    nonfinite = ("\n\nNaN and infinite pixels: unet_fast sets them to 0 (this model's normalisation says so), "
+                 "which bioimage.io preprocessing cannot express; other tools hand them to the network as they "
+                 "are, so set them to 0 first." if normalization.nonfinite == "zero" else "")
     return f"""# {name}
 
 A U-Net (Ronneberger, Fischer and Brox, MICCAI 2015) trained with [unet_fast]{trained}: depth {depth}
@@ -272,7 +284,7 @@ input channel(s), classes {', '.join(class_names)}.
 ## Input
 
 A raw image (batch, channel, y, x), {_normalization_text(normalization)} (the preprocessing in rdf.yaml).
-Legal sizes per axis are {smallest} + {step} k pixels (k = 0, 1, ...). {scale}
+Legal sizes per axis are {smallest} + {step} k pixels (k = 0, 1, ...). {scale}{nonfinite}
 
 ## Output
 

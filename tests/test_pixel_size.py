@@ -1,6 +1,7 @@
 """Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, kept from input to every output,
 recorded by `unet-fast train`, compared by `unet-fast segment`."""
 import importlib.util
+import xml.etree.ElementTree as ElementTree
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ import unet_fast
 from unet_fast import cli, image_io, sinks
 from unet_fast.inference import predict_tiled
 from unet_fast.napari.reader import read_ome_zarr
-from unet_fast.pixel_size import PixelSize, common_pixel_size, read_pixel_size, scale_warning
+from unet_fast.pixel_size import PixelSize, common_pixel_size, in_unit, read_pixel_size, scale_warning
 from optional_deps import needs_zarr
 
 ANISOTROPIC = PixelSize(y=0.5, x=0.25, unit="micrometer")
@@ -202,6 +203,69 @@ def test_malformed_ome_zarr_metadata_is_named(tmp_path, change, detail):
         image_io.read_image(tmp_path / "a.ome.zarr")
 
 
+def write_positioned_ome_tiff(path, image, size: PixelSize, position, unit="µm", axes="YX"):
+    """An OME-TIFF of ``size`` whose planes lie at ``position`` (z, y, x, in ``unit``; None: not given), the
+    planes of a stack one z step apart, as a microscope's stage writes them."""
+    symbol = {"micrometer": "µm", "nanometer": "nm"}[size.unit]
+    planes = image.shape[0] if axes == "ZYX" else 1
+    metadata = {"axes": axes, "PhysicalSizeX": size.x, "PhysicalSizeY": size.y, "PhysicalSizeXUnit": symbol,
+                "PhysicalSizeYUnit": symbol, "Plane": {}}
+    if size.z is not None:
+        metadata.update(PhysicalSizeZ=size.z, PhysicalSizeZUnit=symbol)
+    step = 0.0 if size.z is None else in_unit(size.z, size.unit, {"µm": "micrometer", "nm": "nanometer"}[unit])
+    for axis, value in zip("ZYX", position):
+        if value is not None:
+            values = [value + k * step for k in range(planes)] if axis == "Z" else [value] * planes
+            metadata["Plane"].update({f"Position{axis}": values, f"Position{axis}Unit": [unit] * planes})
+    tifffile.imwrite(path, image, metadata=metadata)
+
+
+def test_an_ome_tiff_plane_position_is_its_translation(tmp_path):
+    """OME-TIFFs say where they lie in their planes' PositionX/Y/Z; it was dropped, and results were laid at 0, 0."""
+    write_positioned_ome_tiff(tmp_path / "um.ome.tif", pixels(), ANISOTROPIC, (None, 3.0, 7.5))
+    assert read_pixel_size(tmp_path / "um.ome.tif") == replace(ANISOTROPIC, translation=(0.0, 3.0, 7.5))
+    # positions in nm on pixels in µm, and in µm on pixels in nm, come in the pixel size's unit
+    write_positioned_ome_tiff(tmp_path / "nm.ome.tif", pixels(), ANISOTROPIC, (250.0, -1500.0, 2500.0), unit="nm")
+    assert read_pixel_size(tmp_path / "nm.ome.tif").translation == pytest.approx((0.25, -1.5, 2.5))
+    em = PixelSize(40.0, 40.0, "nanometer", z=250.0)
+    write_positioned_ome_tiff(tmp_path / "em.ome.tif", pixels((3, 30, 40)), em, (10.0, 1.5, 2.0), axes="ZYX")
+    read = read_pixel_size(tmp_path / "em.ome.tif")
+    assert (read.y, read.x, read.z) == (40.0, 40.0, 250.0)
+    assert read.translation == pytest.approx((10000.0, 1500.0, 2000.0))      # the first plane's: z 10 µm, not 10.5
+    # no position, or all of it 0, is no translation, as an OME-Zarr's
+    write_positioned_ome_tiff(tmp_path / "zero.ome.tif", pixels(), ANISOTROPIC, (0.0, 0.0, 0.0))
+    assert read_pixel_size(tmp_path / "zero.ome.tif") == ANISOTROPIC
+
+
+def test_the_position_of_the_first_plane_counts_whatever_the_order_of_the_planes(tmp_path):
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="40" SizeY="30" '
+           'SizeC="1" SizeZ="2" SizeT="1" PhysicalSizeX="0.5" PhysicalSizeY="0.5" PhysicalSizeZ="2">'
+           '<Plane TheZ="1" PositionX="1" PositionXUnit="&#181;m" PositionZ="7" PositionZUnit="&#181;m"/>'
+           '<Plane TheZ="0" PositionX="1" PositionXUnit="&#181;m" PositionZ="5" PositionZUnit="&#181;m"/>'
+           '<TiffData IFD="0" PlaneCount="2"/></Pixels></Image></OME>')
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels((2, 30, 40)), description=xml, metadata=None)
+    assert read_pixel_size(tmp_path / "a.ome.tif") == PixelSize(0.5, 0.5, z=2.0, translation=(5.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("value, unit", [("abc", "µm"), ("inf", "µm"), ("nan", "µm"), ("-inf", "nm"), (7.5, "pc"),
+                                         (7.5, "reference frame"), (7.5, None), (1e306, "m")])
+def test_a_plane_position_that_is_no_length_is_no_translation(tmp_path, value, unit, model_file):
+    """No number, not finite, in a unit unet_fast does not know (OME's default, "reference frame", of no known
+    length), or beyond floats in the pixel size's unit: the image has no translation, and is segmented."""
+    plane = {"PositionX": [value] * 2, "PositionY": [3.0] * 2, "PositionYUnit": ["µm"] * 2}
+    if unit is not None:
+        plane["PositionXUnit"] = [unit] * 2
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.ome.tif", pixels((2, 30, 40)), metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeYUnit": "nm", "Plane": plane})
+    assert read_pixel_size(tmp_path / "in" / "a.ome.tif") == PixelSize(0.5, 0.25, "nanometer")
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--no-progress"]) == 0
+    assert read_pixel_size(tmp_path / "out" / "a.tif") == PixelSize(0.5, 0.25, "nanometer")
+
+
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
@@ -216,7 +280,7 @@ def test_segment_keeps_the_pixel_size_in_every_output(tmp_path, model_file, kind
     write, name = WRITERS[kind]
     (tmp_path / "in").mkdir()
     image = pixels((2, 70, 90))                     # a stack: the z step survives too
-    # an OME-Zarr's translation (where it lies) stays in an OME-Zarr result, so a viewer lays one on the other
+    # an OME-Zarr's translation (where it lies) stays in the result, so a viewer lays one on the other
     size = PixelSize(0.5, 0.25, "micrometer", z=None, translation=(0.0, 3.0, 7.5)) if kind == "ome-zarr" else \
         PixelSize(0.5, 0.25, "micrometer", z=2.0)
     write(tmp_path / "in" / name, image, size, **({} if kind == "ome-zarr" else {"axes": "ZYX"}))
@@ -224,10 +288,39 @@ def test_segment_keeps_the_pixel_size_in_every_output(tmp_path, model_file, kind
                      "--format", output_format, "--no-progress"]) == 0
     [output] = list((tmp_path / "out").iterdir())
     assert output.name == f"in.{output_format}"
-    assert read_pixel_size(output) == (size if output_format == "ome.zarr" else replace(size, translation=None))
+    assert read_pixel_size(output) == size        # an OME-TIFF keeps the translation as plane positions too
     labels, info = image_io.read_image(output, lazy=False)
     np.testing.assert_array_equal(labels, predict_tiled(unet_fast.load_model(model_file), image, progress=False))
     assert "WARNING" not in capsys.readouterr().err     # 0.5 x 0.25 against 0.5 x 0.3: within a factor 1.5
+
+
+@needs_zarr      # segment reads TIFF inputs lazily, through zarr
+@pytest.mark.parametrize("scale", [None, "2"])
+@pytest.mark.parametrize("output_format", ["tif", "ome.zarr"])
+def test_segment_keeps_an_ome_tiff_position_in_every_output(tmp_path, model_file, output_format, scale):
+    """An OME-TIFF's plane positions come out in either format, a stack's planes one z step apart; resampled
+    (--scale) results are on the image's own grid, so where their first pixel lies does not change."""
+    (tmp_path / "in").mkdir()
+    size = PixelSize(0.5, 0.25, "micrometer", z=2.0)
+    write_positioned_ome_tiff(tmp_path / "in" / "in.ome.tif", pixels((3, 70, 90)), size, (-4.0, 3.0, 7.5),
+                              axes="ZYX")
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--format", output_format, "--no-progress"] + (["--scale", scale] if scale else [])) == 0
+    output = tmp_path / "out" / f"in.{output_format}"
+    assert read_pixel_size(output) == replace(size, translation=(-4.0, 3.0, 7.5))
+    if output_format == "tif":
+        with tifffile.TiffFile(output) as tif:
+            planes = [element.attrib for element in ElementTree.fromstring(tif.ome_metadata).iter()
+                      if element.tag.endswith("}Plane")]
+        assert [(p["TheZ"], float(p["PositionZ"]), float(p["PositionY"]), float(p["PositionX"])) for p in planes] == [
+            ("0", -4.0, 3.0, 7.5), ("1", -2.0, 3.0, 7.5), ("2", 0.0, 3.0, 7.5)]
+        assert {p[f"Position{axis}Unit"] for p in planes for axis in "XYZ"} == {"µm"}
+    else:
+        [dataset] = __import__("zarr").open_group(str(output), mode="r").attrs["multiscales"][0]["datasets"]
+        assert dataset["coordinateTransformations"] == [{"type": "scale", "scale": [2.0, 0.5, 0.25]},
+                                                        {"type": "translation", "translation": [-4.0, 3.0, 7.5]}]
+    labels, _ = image_io.read_image(output, lazy=False)
+    assert labels.shape == (3, 70, 90)
 
 
 @needs_zarr

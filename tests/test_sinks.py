@@ -69,6 +69,33 @@ def test_ome_zarr_chunks_are_nested_as_ngff_requires(tmp_path):
     assert __import__("zarr").open_group(str(path), mode="r")["0"][2, 1].max() == 1
 
 
+@pytest.mark.parametrize("shape, channels", [((40, 30), False), ((3, 40, 30), False), ((2, 3, 40, 30), True),
+                                             ((3, 40, 30), True)])
+def test_a_tiff_records_the_translation_as_every_planes_position(tmp_path, shape, channels):
+    """OME-XML Plane PositionX/Y/Z in the pixel size's unit, a stack's planes one z step apart (the class samples
+    of probabilities are no planes); an image at 0, 0, 0 or of no known position writes none."""
+    import xml.etree.ElementTree as ElementTree
+
+    from unet_fast.pixel_size import PixelSize
+
+    planes = shape[0] if len(shape) - channels == 3 else 1
+    at = PixelSize(40.0, 20.0, "nanometer", z=250.0 if planes > 1 else None, translation=(-500.0, 120.0, 60.5))
+    for name, pixel_size in (("at.tif", at), ("origin.tif", PixelSize(40.0, 20.0, "nanometer", z=at.z))):
+        writer = sinks.open_streaming_writer(tmp_path / name, shape, np.uint8, channels=channels,
+                                             pixel_size=pixel_size)
+        for p in range(planes):
+            writer.write(p, 0, 0, np.zeros(shape[-3:] if channels else shape[-2:], np.uint8))
+        with tifffile.TiffFile(writer.close()) as tif:
+            found = [element.attrib for element in ElementTree.fromstring(tif.ome_metadata).iter()
+                     if element.tag.endswith("}Plane")]
+        if pixel_size is at:
+            assert [(int(f["TheZ"]), float(f["PositionZ"]), float(f["PositionY"]), float(f["PositionX"]))
+                    for f in found] == [(k, -500.0 + 250.0 * k, 120.0, 60.5) for k in range(planes)]
+            assert {f[f"Position{axis}Unit"] for f in found for axis in "XYZ"} == {"nm"}
+        else:
+            assert not any(key.startswith("Position") for f in found for key in f)
+
+
 def test_streaming_writer_refuses_an_incomplete_image(tmp_path):
     writer = sinks.open_streaming_writer(tmp_path / "o.tif", (64, 64), np.uint8)
     writer.write(0, 0, 0, np.ones((32, 64), np.uint8))

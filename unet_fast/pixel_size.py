@@ -1,10 +1,11 @@
 """Physical pixel sizes: read from OME-TIFF, ImageJ TIFF and OME-Zarr, written into outputs, checked.
 
 A network learns structures at the scale of its training images, so unet_fast carries the pixel size
-along: ``unet-fast segment`` writes the input's pixel size into every output (OME-Zarr scale and
-units, OME-TIFF physical sizes plus TIFF resolution tags), ``unet-fast train`` records the training
-images' pixel size in the model file (metadata "pixel_size"), and segmenting an image whose pixels
-are much larger or smaller than that draws a warning. Units are the OME-NGFF names ("micrometer").
+along: ``unet-fast segment`` writes the input's pixel size and position into every output (OME-Zarr
+scale, translation and units; OME-TIFF physical sizes and plane positions, plus TIFF resolution tags),
+``unet-fast train`` records the training images' pixel size in the model file (metadata "pixel_size"),
+and segmenting an image whose pixels are much larger or smaller than that draws a warning. Units are
+the OME-NGFF names ("micrometer").
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ SCALE_WARNING_FACTOR = 1.5      # pixels this many times larger or smaller than 
 @dataclass(frozen=True)
 class PixelSize:
     """Size of one pixel along y and x (and of the step between planes, z, where known) in ``unit``; and where
-    the image lies (``translation``: z, y, x of its first pixel, in ``unit``; an OME-Zarr's), so that results
-    written as OME-Zarr lie on the image in a viewer. A model records no translation."""
+    the image lies (``translation``: z, y, x of its first pixel, in ``unit``; an OME-Zarr's translation, or an
+    OME-TIFF's first plane position), so that results lie on the image in a viewer. A model records no
+    translation."""
 
     y: float
     x: float
@@ -121,7 +123,34 @@ def _from_ome_xml(xml: str) -> PixelSize | None:
     # one plane has no spacing to keep (and with time points, tifffile reads them as the planes: TYX)
     z = _length(pixels.get("PhysicalSizeZ")) if pixels.get("SizeZ") != "1" else None
     z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")), unit)    # an unknown unit: no z
-    return PixelSize(y, x, unit, z)
+    return PixelSize(y, x, unit, z, _plane_position(pixels, unit))
+
+
+def _plane_position(pixels, unit: str) -> tuple[float, float, float] | None:
+    """z, y, x in ``unit`` of the first plane (TheZ, TheT, TheC 0) of an OME-XML Pixels element, from its
+    PositionZ/Y/X (one not given is 0, as an OME-Zarr axis without a translation); None where none is given,
+    all are 0, or one is no finite number or in a unit unet_fast does not know: OME's default unit, "reference
+    frame", is none (the stage's own, of no known length), and a position in it cannot be placed."""
+    planes = [element for element in pixels if element.tag.endswith("}Plane")]
+    first = next((plane for plane in planes if all(plane.get(f"The{axis}", "0") == "0" for axis in "ZTC")),
+                 planes[0] if planes else None)
+    if first is None or not any(first.get(f"Position{axis}") is not None for axis in "ZYX"):
+        return None
+    position = []
+    for axis in "ZYX":
+        text = first.get(f"Position{axis}")
+        if text is None:
+            position.append(0.0)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        value = in_unit(value, _unit_name(first.get(f"Position{axis}Unit", "reference frame")), unit)
+        if value is None or not math.isfinite(value):    # an unknown unit; inf, NaN, or too far for ``unit``
+            return None
+        position.append(value)
+    return tuple(position) if any(position) else None
 
 
 def in_unit(length: float | None, unit: str | None, wanted: str | None) -> float | None:
@@ -146,9 +175,11 @@ def _from_imagej(metadata: dict, page) -> PixelSize | None:
     return PixelSize(y_den / y_num, x_den / x_num, unit, None if time_series else _length(metadata.get("spacing")))
 
 
-def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:
+def tiff_options(pixel_size: PixelSize | None, axes: str, planes: int = 1) -> dict:
     """tifffile.imwrite arguments recording ``pixel_size``: OME-XML physical sizes (read by Fiji's
-    Bio-Formats, QuPath, napari) and the TIFF resolution tags in centimetres (read by most viewers)."""
+    Bio-Formats, QuPath, napari) and the TIFF resolution tags in centimetres (read by most viewers); and its
+    translation, where it has one, as the position of each of the image's ``planes`` planes (OME-XML Plane
+    PositionX/Y/Z): plane k of a stack with a known z step lies k steps below the first."""
     if pixel_size is None:
         return {"metadata": None}
     y_um, x_um = pixel_size.micrometers()
@@ -157,6 +188,12 @@ def tiff_options(pixel_size: PixelSize | None, axes: str) -> dict:
                 "PhysicalSizeY": pixel_size.y, "PhysicalSizeYUnit": symbol}
     if pixel_size.z is not None and "Z" in axes:
         metadata.update(PhysicalSizeZ=pixel_size.z, PhysicalSizeZUnit=symbol)
+    if pixel_size.translation is not None and any(pixel_size.translation):
+        z, y, x = pixel_size.translation
+        step = pixel_size.z if pixel_size.z is not None and "Z" in axes else 0.0
+        metadata["Plane"] = {"PositionX": [x] * planes, "PositionXUnit": [symbol] * planes,
+                             "PositionY": [y] * planes, "PositionYUnit": [symbol] * planes,
+                             "PositionZ": [z + k * step for k in range(planes)], "PositionZUnit": [symbol] * planes}
     return {"ome": True, "metadata": metadata, "resolution": (1e4 / x_um, 1e4 / y_um), "resolutionunit": "CENTIMETER"}
 
 

@@ -152,8 +152,9 @@ class StreamingTiffWriter:
 
     shape: (H, W), (Z, H, W), or with classes (K, H, W) / (Z, K, H, W) when ``channels=True``;
     class values are stored as samples per pixel (tifffile reads them back channels-last).
-    pixel_size: written as OME-XML physical sizes and TIFF resolution. provenance: a JSON-serialisable
-    dict stored as JSON in the private tag ``PROVENANCE_TAG`` (``read_provenance``).
+    pixel_size: written as OME-XML physical sizes (its translation as plane positions) and TIFF resolution.
+    provenance: a JSON-serialisable dict stored as JSON in the private tag ``PROVENANCE_TAG``
+    (``read_provenance``).
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
@@ -173,7 +174,8 @@ class StreamingTiffWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
-        physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels))
+        physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels),
+                                planes=self.shape[0] if plane_dims else 1)
         if provenance is not None:
             physical["extratags"] = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance, sort_keys=True), True)]
         self._error: BaseException | None = None

@@ -228,3 +228,82 @@ def test_cancel_stops_the_objects_of_a_model_of_more_classes(model, monkeypatch)
     monkeypatch.setattr(segmentation.ndimage, "label", label_then_cancel)
     fractions, labels = run_to_the_end(run)
     assert labels is None and classes_labelled == [1]     # two classes present: stopped before the second
+
+
+def test_the_model_cache_reads_a_file_again_only_when_it_changed(tmp_path, monkeypatch):
+    """Held while the file keeps its modification time and size, and the device is the same."""
+    import os
+
+    from unet_fast.napari import segmentation
+
+    reads = []
+    monkeypatch.setattr(segmentation, "load_model", lambda path, device: reads.append((path, device)) or object())
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"first")
+    cache = segmentation.ModelCache()
+    assert not cache.holds(path, "cpu")
+    model = cache.get(path, "cpu")
+    assert cache.get(path, "cpu") is model and cache.holds(path, "cpu") and len(reads) == 1
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))          # saved again
+    assert not cache.holds(path, "cpu")
+    assert cache.get(path, "cpu") is not model and len(reads) == 2
+    stat = os.stat(path)
+    path.write_bytes(b"second, longer")                                                # same time, other size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    cache.get(path, "cpu")
+    assert len(reads) == 3
+    cache.get(path, "cuda:0")                                                          # other device
+    assert len(reads) == 4 and not cache.holds(path, "cpu")                            # one model at a time
+
+
+def test_the_model_cache_says_which_file_it_cannot_read(tmp_path):
+    from unet_fast.napari.segmentation import ModelCache, UnreadableModel
+
+    cache = ModelCache()
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    with pytest.raises(UnreadableModel, match=r"^cannot read the model broken.safetensors: .*broken.safetensors"):
+        cache.get(tmp_path / "broken.safetensors", "cpu")
+    with pytest.raises(UnreadableModel, match=r"^cannot read the model gone.pt: "):
+        cache.get(tmp_path / "gone.pt", "cpu")
+    assert not cache.holds(tmp_path / "broken.safetensors", "cpu")
+
+
+def test_steps_read_the_model_in_a_thread_of_their_own(model):
+    import threading
+
+    threads = []
+
+    def read():
+        threads.append(threading.current_thread())
+        return model
+
+    data = image((70, 90))
+    run = Segmentation(read, data, result="classes")
+    assert run.reading_model
+    fractions, labels = run_to_the_end(run)
+    assert threads and threads[0] is not threading.current_thread() and not run.reading_model
+    np.testing.assert_array_equal(labels, segment(model, data, result="classes"))
+
+
+def test_a_cancel_while_the_model_is_read_segments_nothing(model, monkeypatch):
+    from unet_fast.napari import segmentation
+
+    segmented = []
+    monkeypatch.setattr(segmentation, "segment", lambda *args, **kwargs: segmented.append(1))
+
+    def read_then_cancelled():
+        run.cancel()                       # the user's Cancel, while the file is read
+        return model
+
+    run = Segmentation(read_then_cancelled, image((70, 90)), result="classes")
+    assert run_to_the_end(run) == ([], None) and segmented == []
+
+
+def test_steps_raise_what_reading_the_model_raised(tmp_path):
+    from unet_fast.napari.segmentation import ModelCache, UnreadableModel
+
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    run = Segmentation(lambda: ModelCache().get(tmp_path / "broken.safetensors", "cpu"), image((70, 90)))
+    with pytest.raises(UnreadableModel, match="cannot read the model broken.safetensors"):
+        run_to_the_end(run)

@@ -126,8 +126,102 @@ def test_a_bad_model_file_is_reported_not_raised(viewer, qtbot, tmp_path, model_
     (tmp_path / "broken.safetensors").write_bytes(b"not a model")
     widget.model_path.value = tmp_path / "broken.safetensors"
     widget.button.clicked()
+    qtbot.waitUntil(lambda: widget.run is None, timeout=10_000)     # read in the worker, reported when it ends
     assert widget.worker is None
     assert widget.status.value.startswith("cannot read the model broken.safetensors: ")
+
+
+def counting_reads(monkeypatch, wait=None):
+    """The threads load_model ran in, one per read; ``wait``: an Event each read waits for."""
+    from unet_fast.napari import segmentation
+
+    threads, load_model = [], segmentation.load_model
+
+    def counted(*args, **kwargs):
+        threads.append(threading.current_thread())
+        if wait is not None:
+            assert wait.wait(30)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "load_model", counted)
+    return threads
+
+
+def run_to_the_end(widget, qtbot):
+    widget.button.clicked()
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+
+
+def test_the_model_is_read_in_the_worker_not_the_gui_thread(viewer, qtbot, model_file, monkeypatch):
+    """load_model ran in the GUI thread at the click (1.5 s for a bioimage.io zip, more for a large .pt): the viewer
+    froze."""
+    threads = counting_reads(monkeypatch)
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    run_to_the_end(widget, qtbot)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells instances"]
+
+
+def test_the_model_is_read_again_only_when_its_file_changed(viewer, qtbot, model_file, monkeypatch):
+    threads = counting_reads(monkeypatch)
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    run_to_the_end(widget, qtbot)
+    widget.result.value = "classes"                          # the reading does not depend on it
+    run_to_the_end(widget, qtbot)
+    assert len(threads) == 1 and widget.status.value.startswith("done: cells classes")
+    stat = os.stat(model_file)
+    os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))    # saved again
+    run_to_the_end(widget, qtbot)
+    assert len(threads) == 2
+
+
+def test_an_untrusted_model_file_is_reported_without_a_traceback(viewer, qtbot, model_file, tmp_path):
+    """A checkpoint with pickled objects, refused by load_model: one error notification saying so (not napari's
+    traceback of a worker's exception), the button back to Segment, no run left, nothing added."""
+    import argparse
+
+    from napari.utils.notifications import ErrorNotification, Notification, notification_manager
+
+    untrusted = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=0.1)}, untrusted)
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.model_path.value = untrusted
+    notifications = []
+    notification_manager.notification_ready.connect(notifications.append)
+    try:
+        widget.button.clicked()
+        qtbot.waitUntil(lambda: widget.run is None, timeout=10_000)
+    finally:
+        notification_manager.notification_ready.disconnect(notifications.append)
+    assert widget.status.value.startswith("cannot read the model checkpoint.pt: ") and "refused" in widget.status.value
+    assert [type(notification) for notification in notifications] == [Notification]
+    assert not isinstance(notifications[0], ErrorNotification) and notifications[0].message == widget.status.value
+    assert widget.button.text == "Segment" and widget.worker is None
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_cancel_while_the_model_is_read_segments_nothing(viewer, qtbot, model_file, monkeypatch):
+    from unet_fast.napari import segmentation
+
+    release = threading.Event()
+    threads = counting_reads(monkeypatch, wait=release)
+    segmented = []
+    monkeypatch.setattr(segmentation, "segment", lambda *args, **kwargs: segmented.append(1))
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.button.clicked()
+    qtbot.waitUntil(lambda: len(threads) == 1, timeout=10_000)        # reading
+    assert widget.button.text == "Cancel"
+    widget.button.clicked()                                           # Cancel
+    assert widget.status.value == "cancelling once the model is read..."
+    release.set()
+    qtbot.waitUntil(lambda: widget.run is None, timeout=30_000)
+    assert segmented == [] and [layer.name for layer in viewer.layers] == ["cells"]
+    assert widget.status.value == "cancelled" and widget.button.text == "Segment" and widget.progress.value == 0
+    monkeypatch.undo()                                                # the model read stays for the next run
+    threads = counting_reads(monkeypatch)
+    run_to_the_end(widget, qtbot)
+    assert threads == [] and [layer.name for layer in viewer.layers] == ["cells", "cells instances"]
 
 
 def test_the_image_choice_follows_the_layer_list(viewer, qtbot, model_file):

@@ -1,8 +1,9 @@
 """The napari dock widget: segment the chosen image layer with a model file, in a thread worker.
 
 The work itself (segmentation.py) knows nothing of Qt; this file only lays out the controls, runs
-``Segmentation.steps`` in napari's thread worker (the viewer stays responsive, the progress bar
-follows the tiles, the button turns into Cancel) and adds the result as a Labels layer.
+``Segmentation.steps`` in napari's thread worker (the viewer stays responsive while the model file is
+read and the tiles predicted, the progress bar follows the tiles, the button turns into Cancel) and adds
+the result as a Labels layer.
 It needs napari and magicgui, the optional extra ``pip install "unet_fast[napari]"``; napari imports
 this module only when the widget is opened, and nothing else in unet_fast imports it.
 """
@@ -20,10 +21,19 @@ except ImportError as error:
     raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra: "
                       f"pip install \"unet_fast[napari]\"") from error
 
-from ..model_file import load_model
-from .segmentation import RESULTS, Segmentation, labels_layer
+from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer
 
 MODEL_FILES = "Models (*.safetensors *.zip *.pt *.pth);;bioimage.io rdf (*.yaml)"
+
+
+def steps_or_unreadable(run: Segmentation):
+    """``run.steps``, returning what is wrong with an unreadable model file (a str) rather than raising it: napari's
+    worker shows what it raises with a traceback, and a file the user chose is no bug. (Not the exception itself:
+    superqt's worker raises an Exception returned by a generator.)"""
+    try:
+        return (yield from run.steps())
+    except UnreadableModel as error:
+        return str(error)
 
 
 def devices() -> list[str]:
@@ -53,46 +63,36 @@ class SegmentWidget(Container):
         viewer.layers.events.removed.connect(self.image.reset_choices)
         self.run: Segmentation | None = None
         self.worker = None
-        self._model_cache: dict = {}
+        self._models = ModelCache()      # read in the worker; kept for the next Segment
 
     def _image_layers(self, _widget=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _model(self, path: Path, device: str):
-        """The model in ``path`` on ``device``, read again only when the file changed."""
-        key = (path.resolve(), path.stat().st_mtime_ns, device)
-        if key not in self._model_cache:
-            self._model_cache = {key: load_model(path, device=device)}
-        return self._model_cache[key]
-
     def _clicked(self, _=None):
         if self.run is not None:
             self.run.cancel()
-            self.status.value = "cancelling after the tile (or block of labelling) in flight..."
+            self.status.value = ("cancelling once the model is read..." if self.run.reading_model
+                                 else "cancelling after the tile (or block of labelling) in flight...")
             return
-        layer = self.image.value
+        layer, device, models = self.image.value, self.device.value, self._models
         path = Path(self.model_path.value)
         if layer is None:
             return self._fail("add or open an image layer first")
         if not path.is_file():
             return self._fail(f"choose a model file (.safetensors, .zip bioimage.io package, .pt); {path} is not one")
-        try:
-            model = self._model(path, self.device.value)
-        except Exception as error:           # any unreadable file: say why, keep the viewer alive
-            return self._fail(f"cannot read the model {path.name}: {error}")
-        self.run = Segmentation(model, layer.data, rgb=layer.rgb, result=self.result.value,
-                                device=self.device.value, dtype=self.precision.value)
-        self.worker = create_worker(self.run.steps)
+        reading = "" if models.holds(path, device) else f"reading {path.name}, then "
+        self.run = Segmentation(lambda: models.get(path, device), layer.data, rgb=layer.rgb,
+                                result=self.result.value, device=device, dtype=self.precision.value)
+        self.worker = create_worker(steps_or_unreadable, self.run)
         # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
         run = self.run
         self.worker.yielded.connect(lambda fraction: self._progressed(run, fraction))
-        self.worker.returned.connect(lambda labels: self._add(layer, None if run.cancelled else labels,
-                                                              run.options["result"]))
+        self.worker.returned.connect(lambda outcome: self._returned(layer, run, outcome))
         self.worker.errored.connect(lambda error: self._fail(f"segmentation failed: {error}"))
         self.worker.finished.connect(self._finished)
         self.progress.value = 0
         self.button.text = "Cancel"
-        self.status.value = f"segmenting {layer.name} on {self.device.value}..."
+        self.status.value = f"{reading}segmenting {layer.name} on {device}..."
         self.worker.start()
 
     def _progressed(self, run: Segmentation, fraction: float):
@@ -100,6 +100,12 @@ class SegmentWidget(Container):
             self.progress.value = round(100 * fraction)
             if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done, not the objects
                 self.status.value = "separating the objects (Cancel still stops it)..."
+
+    def _returned(self, layer, run: Segmentation, outcome):
+        """``outcome``: ``steps_or_unreadable``'s, the labels, None when cancelled, or why the model is unreadable."""
+        if isinstance(outcome, str):
+            return self._fail(outcome)
+        self._add(layer, None if run.cancelled else outcome, run.options["result"])
 
     def _add(self, layer, labels, result: str):
         """``result``: the kind the run computed (the combo box may have changed since)."""
@@ -116,5 +122,5 @@ class SegmentWidget(Container):
         show_error(message)
 
     def _finished(self):
-        self.run = None
+        self.run = self.worker = None
         self.button.text = "Segment"

@@ -1,29 +1,74 @@
 """What the napari widget does, without Qt: segment an image layer's data, tile by tile.
 
-The widget runs ``Segmentation.steps`` in napari's thread worker: it yields the fraction done after
-each output tile (a progress bar) and returns the labels; ``cancel`` stops the prediction after the
-tile in flight, or the instance labelling that follows it after the block in flight. ``labels_layer``
-describes the Labels layer to add, on the image's grid (scale, translate, units), so the two overlay in
-world coordinates.
+The widget runs ``Segmentation.steps`` in napari's thread worker: it reads the model file first (through a
+``ModelCache``, so a second run reads nothing), then yields the fraction done after each output tile (a
+progress bar) and returns the labels; ``cancel`` stops the prediction after the tile in flight, or the
+instance labelling that follows it after the block in flight, or, while the model is read, the run before
+its first tile. ``labels_layer`` describes the Labels layer to add, on the image's grid (scale, translate,
+units), so the two overlay in world coordinates.
 """
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
+from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from .. import termination
 from ..inference import predict_tiled
 from ..instances import instance_dtype
+from ..model_file import load_model
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
 
 class Cancelled(Exception):
     """The user stopped the segmentation."""
+
+
+class UnreadableModel(Exception):
+    """A model file that cannot be read (missing, not a model, refused as unsafe): the message, meant for the
+    user, names the file and says why."""
+
+
+class ModelCache:
+    """The model last read, kept while its file is unchanged on disk (same modification time and size) and it is
+    asked for on the same device: the widget's next Segment reads nothing again. One model at a time: a model
+    on a GPU holds its memory."""
+
+    def __init__(self):
+        self._key = self._model = None
+        self._lock = threading.Lock()      # ``get`` runs in worker threads: one read at a time
+
+    @staticmethod
+    def _key_of(path: Path, device: str):
+        stat = path.stat()
+        return path.resolve(), stat.st_mtime_ns, stat.st_size, device
+
+    def holds(self, path, device: str) -> bool:
+        """Whether ``get(path, device)`` would return at once, without reading the file."""
+        try:
+            return self._key_of(Path(path), device) == self._key    # one attribute read: no lock needed
+        except OSError:
+            return False
+
+    def get(self, path, device: str):
+        """The model in ``path`` on ``device``, read only when not held; UnreadableModel when it cannot be read."""
+        path = Path(path)
+        with self._lock:
+            try:
+                key = self._key_of(path, device)
+                if key != self._key:
+                    self._key = self._model = None      # the old model's (GPU) memory freed before the new one's taken
+                    self._model = load_model(path, device=device)
+                    self._key = key
+            except Exception as error:
+                raise UnreadableModel(f"cannot read the model {path.name}: {error}") from error
+            return self._model
 
 
 def model_input(data, rgb: bool, in_channels: int):
@@ -93,12 +138,26 @@ def segment(model, data, *, rgb: bool = False, result: str = "instances", device
 
 
 class Segmentation:
-    """One run of ``segment``, reporting progress and stoppable: the widget runs ``steps`` in a thread worker."""
+    """One run of ``segment``, reporting progress and stoppable: the widget runs ``steps`` in a thread worker.
+
+    model: the UNet, or a function of no arguments returning it (the widget's calls a ModelCache's ``get``), which
+    ``steps`` calls in its own thread: reading a model file takes seconds, which the GUI thread must not wait for.
+    """
 
     def __init__(self, model, data, **options):
-        self.model, self.data, self.options = model, data, options
+        given = isinstance(model, torch.nn.Module)
+        self._model = (lambda: model) if given else model
+        self.data, self.options = data, options
         self.cancelled = False
         self._stop = threading.Event()
+        self._model_read = threading.Event()
+        if given:
+            self._model_read.set()
+
+    @property
+    def reading_model(self) -> bool:
+        """True until ``steps`` has the model (a cancel then takes effect once it is read)."""
+        return not self._model_read.is_set()
 
     def cancel(self) -> None:
         """Stop after the tile (or the instance labelling's block) in flight; ``steps`` then returns None.
@@ -108,10 +167,12 @@ class Segmentation:
         self._stop.set()
 
     def steps(self):
-        """Yields the fraction done after each tile; returns the labels (StopIteration.value).
+        """Reads the model, then yields the fraction done after each tile; returns the labels (StopIteration.value),
+        or None when cancelled (a cancel while the model is read: before any tile). Raises what reading the model
+        raised (a ModelCache's UnreadableModel), or segmenting.
 
-        The prediction runs in a thread of its own so that progress arrives while it works, at most
-        two tiles ahead of the consumer (so a cancel takes effect at once); closing the generator
+        The reading and the prediction run in a thread of their own so that progress arrives while they work, at
+        most two tiles ahead of the consumer (so a cancel takes effect at once); closing the generator
         cancels it too.
         """
         updates: queue.Queue = queue.Queue(maxsize=1)
@@ -123,8 +184,12 @@ class Segmentation:
 
         def run():
             try:
+                model = self._model()
+                self._model_read.set()
+                if self._stop.is_set():             # cancelled while the model was read: no tile at all
+                    raise Cancelled()
                 with termination.cancelled_by(self._stop, Cancelled):   # instance labelling, between blocks
-                    labels = segment(self.model, self.data, on_progress=report, **self.options)
+                    labels = segment(model, self.data, on_progress=report, **self.options)
                 updates.put(("done", labels))
             except BaseException as error:      # handed over to the generator's thread
                 updates.put(("failed", error))

@@ -201,6 +201,56 @@ def test_an_untrusted_model_file_is_reported_without_a_traceback(viewer, qtbot, 
     assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
+def notified(qtbot, widget):
+    """The notifications napari shows while the widget's run goes from the click to its end."""
+    from napari.utils.notifications import notification_manager
+
+    notifications = []
+    notification_manager.notification_ready.connect(notifications.append)
+    try:
+        widget.button.clicked()
+        qtbot.waitUntil(lambda: widget.run is None, timeout=30_000)
+    finally:
+        notification_manager.notification_ready.disconnect(notifications.append)
+    return notifications
+
+
+def test_an_image_the_model_does_not_take_is_one_plain_notification(viewer, qtbot, model_file):
+    """An RGB layer for a model of one channel: the user's choice, not a bug. It was shown three times (our
+    notification, napari's error with a traceback, and superqt raising it again in the GUI thread)."""
+    from napari.utils.notifications import ErrorNotification
+
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    viewer.layers.remove("cells")
+    widget.image.value = viewer.add_image(np.zeros((70, 90, 3), np.uint8), name="cells", rgb=True)
+    notifications = notified(qtbot, widget)
+    assert len(notifications) == 1 and not isinstance(notifications[0], ErrorNotification)
+    assert notifications[0].message == widget.status.value
+    assert widget.status.value.startswith("segmentation failed: the image layer holds RGB data of shape (70, 90, 3)")
+    assert widget.button.text == "Segment" and [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_a_bug_is_one_error_notification_with_its_traceback(viewer, qtbot, model_file, monkeypatch):
+    """An exception unet_fast does not expect is napari's error notification (its traceback a click away), once,
+    and not raised again in the GUI thread; the widget is ready for the next run. A RuntimeError (torch's kind)
+    out of the worker left the button on Cancel for ever: superqt takes it for a deleted worker's."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    from unet_fast.napari import segmentation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(segmentation, "segment", broken)
+    monkeypatch.setattr(notification_manager, "catch_error", True)     # as in napari's app (tests: off)
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    notifications = notified(qtbot, widget)
+    assert [type(notification) for notification in notifications] == [ErrorNotification]
+    assert "boom" in notifications[0].message
+    assert widget.status.value == "segmentation failed: RuntimeError: boom"
+    assert widget.button.text == "Segment" and [layer.name for layer in viewer.layers] == ["cells"]
+
+
 def test_cancel_while_the_model_is_read_segments_nothing(viewer, qtbot, model_file, monkeypatch):
     from unet_fast.napari import segmentation
 

@@ -16,7 +16,7 @@ try:        # the optional extra: say how to get it rather than fail with a bare
     from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
     from napari.layers import Image
     from napari.qt.threading import create_worker
-    from napari.utils.notifications import show_error
+    from napari.utils.notifications import notification_manager, show_error
 except ImportError as error:
     raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra: "
                       f"pip install \"unet_fast[napari]\"") from error
@@ -26,14 +26,26 @@ from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, la
 MODEL_FILES = "Models (*.safetensors *.zip *.pt *.pth);;bioimage.io rdf (*.yaml)"
 
 
-def steps_or_unreadable(run: Segmentation):
-    """``run.steps``, returning what is wrong with an unreadable model file (a str) rather than raising it: napari's
-    worker shows what it raises with a traceback, and a file the user chose is no bug. (Not the exception itself:
-    superqt's worker raises an Exception returned by a generator.)"""
+def steps_or_problem(run: Segmentation):
+    """``run.steps``, returning what is wrong (a str) rather than raising it where the user can mend it: an
+    unreadable model file, an image the model does not take (unet_fast says so with a ValueError), a GPU without
+    the memory. napari's worker shows what it raises as an error with a traceback, and none of these is a bug.
+    (Not the exception itself: superqt's worker raises an Exception returned by a generator.)"""
     try:
         return (yield from run.steps())
-    except UnreadableModel as error:
-        return str(error)
+    except (UnreadableModel, ValueError) as error:
+        return f"segmentation failed: {error}" if not isinstance(error, UnreadableModel) else str(error)
+    except torch.OutOfMemoryError:
+        return (f"segmentation failed: {run.options.get('device')} ran out of memory; close other work on it, "
+                f"choose the cpu device, or segment a smaller image")
+    except Exception as error:
+        # superqt takes a RuntimeError out of a generator for a deleted worker: it only warns, and neither
+        # ``errored`` nor ``finished`` comes (the button would say Cancel for ever). torch raises RuntimeErrors.
+        raise SegmentationError(f"{type(error).__name__}: {error}") from error
+
+
+class SegmentationError(Exception):
+    """What went wrong in a worker that unet_fast did not expect (its cause: the exception itself)."""
 
 
 def devices() -> list[str]:
@@ -83,12 +95,13 @@ class SegmentWidget(Container):
         reading = "" if models.holds(path, device) else f"reading {path.name}, then "
         self.run = Segmentation(lambda: models.get(path, device), layer.data, rgb=layer.rgb,
                                 result=self.result.value, device=device, dtype=self.precision.value)
-        self.worker = create_worker(steps_or_unreadable, self.run)
+        # what the worker raises is a bug: _bug reports it once (superqt would raise it again in this thread)
+        self.worker = create_worker(steps_or_problem, self.run, _ignore_errors=True)
         # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
         run = self.run
         self.worker.yielded.connect(lambda fraction: self._progressed(run, fraction))
         self.worker.returned.connect(lambda outcome: self._returned(layer, run, outcome))
-        self.worker.errored.connect(lambda error: self._fail(f"segmentation failed: {error}"))
+        self.worker.errored.connect(self._bug)
         self.worker.finished.connect(self._finished)
         self.progress.value = 0
         self.button.text = "Cancel"
@@ -102,7 +115,7 @@ class SegmentWidget(Container):
                 self.status.value = "separating the objects (Cancel still stops it)..."
 
     def _returned(self, layer, run: Segmentation, outcome):
-        """``outcome``: ``steps_or_unreadable``'s, the labels, None when cancelled, or why the model is unreadable."""
+        """``outcome``: ``steps_or_problem``'s, the labels, None when cancelled, or what went wrong."""
         if isinstance(outcome, str):
             return self._fail(outcome)
         self._add(layer, None if run.cancelled else outcome, run.options["result"])
@@ -116,6 +129,11 @@ class SegmentWidget(Container):
         self.viewer.add_labels(data, **kwargs)
         what = f"{int(data.max())} objects" if result == "instances" else "classes"
         self.status.value = f"done: {kwargs['name']} ({what})"
+
+    def _bug(self, error: BaseException):
+        """An error unet_fast did not expect: napari's error notification, with the traceback a click away."""
+        self.status.value = f"segmentation failed: {error}"
+        notification_manager.receive_error(type(error), error, error.__traceback__)
 
     def _fail(self, message: str):
         self.status.value = message

@@ -151,6 +151,19 @@ def test_ambiguous_base_names_are_refused_naming_both_files(tmp_path):
     assert [image.name for image, _ in matching_files(images, labels)] == ["img0.tif", "img1.tif"]
 
 
+def test_hidden_files_in_the_folders_are_skipped(tmp_path):
+    """macOS's AppleDouble ._x.tif files (resource forks copied to USB disks and shares) are no images: train
+    and evaluate skip names starting with "." as segment does, instead of failing on them (an image without a
+    label, or a label that cannot be read)."""
+    from unet_fast.data import matching_files
+
+    images, labels = write_folder(tmp_path, n=2)
+    (images / "._img0.tif").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (labels / "._img1.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    assert [(image.name, label.name) for image, label in matching_files(images, labels)] == \
+        [("img0.tif", "img0.png"), ("img1.tif", "img1.png")]
+
+
 def test_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "labels").mkdir()

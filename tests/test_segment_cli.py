@@ -248,8 +248,8 @@ def _rank_main_listing_late(rank, world, port, arguments, report):
     on one node): rank 0 does not see img2.tif, rank 1 does."""
     listed = segment.expand_inputs
 
-    def listed_before_img2(inputs):
-        files, problems = listed(inputs)
+    def listed_before_img2(inputs, **options):
+        files, problems = listed(inputs, **options)
         return [path for path in files if path.name != "img2.tif"], problems
 
     if rank == 0:
@@ -761,3 +761,124 @@ def test_an_image_whose_output_overflows_float16_fails_alone_with_the_fix(tmp_pa
     assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "bf16"), "-m", str(model_file),
                      "--output", output, "--dtype", "bf16", "--no-progress"]) == 0
     assert "3 segmented, 0 skipped (exist), 0 failed" in capsys.readouterr().out
+
+
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "   # a resource fork's header: no image
+
+
+def test_hidden_files_in_a_folder_are_skipped_but_taken_when_named(tmp_path, model_file, capsys):
+    """macOS's AppleDouble ._x.tif files (copied to USB disks and shares) failed as images, and an unfinished
+    output's .NAME.<hex>.partial.tif was listed when the output folder was the input folder."""
+    _images(tmp_path / "in", count=2)
+    (tmp_path / "in" / "._img0.tif").write_bytes(APPLE_DOUBLE)
+    image_io.write_image(tmp_path / "in" / ".img1.tif.0123abcd.partial.tif", np.zeros((20, 20), np.uint8))
+    for given in (tmp_path / "in", tmp_path / "in" / "*.tif"):      # glob wildcards skip them as well
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        assert cli.main(["segment", "-i", str(given), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                         "--no-progress"]) == 0
+        assert "summary: 2 file(s) found, 2 segmented" in capsys.readouterr().out
+        assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif"]
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "._img0.tif"), "-o", str(tmp_path / "named"), "-m",
+                     str(model_file), "--no-progress"]) == 1
+    assert f"FAILED {tmp_path / 'in' / '._img0.tif'}" in capsys.readouterr().err
+    assert segment.expand_inputs([str(tmp_path / "in"), str(tmp_path / "in" / "._img0.tif")])[0] == \
+        [tmp_path / "in" / "._img0.tif", tmp_path / "in" / "img0.tif", tmp_path / "in" / "img1.tif"]
+
+
+def _tree(root):
+    """in/top.tif, in/p1/A01.tif, in/p1/deep/B.png, in/p2/A01.tif (as A01 of another well; of top.tif's shape,
+    which follows it: the two are segmented in one batch) and a hidden folder's image: {relative path of the
+    output: image}."""
+    rng = np.random.default_rng(3)
+    images = {}
+    for name, shape in (("top.tif", (30, 41)), ("p1/A01.tif", (31, 40)), ("p1/deep/B.png", (25, 33)),
+                        ("p2/A01.tif", (30, 41)), (".hidden/C.tif", (20, 20))):
+        images[name] = rng.integers(0, 255, shape).astype(np.uint8)
+        image_io.write_image(root / name, images[name])     # creates the folders
+    del images[".hidden/C.tif"]
+    return {str(Path(name).with_suffix(".tif")): image for name, image in images.items()}
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_recursive_mirrors_subfolders_into_the_output_folder(tmp_path, model_file, capsys):
+    """Folders of folders (plates, wells): -r lists their images at any depth, and each output goes to the same
+    subfolder of OUTDIR, so two wells' A01.tif do not collide; overlays to OUTDIR/overlays/<subfolder>."""
+    images = _tree(tmp_path / "in")
+    arguments = ["segment", "-i", str(tmp_path / "in"), "-m", str(model_file), "--no-progress"]
+    assert cli.main([*arguments, "-o", str(tmp_path / "flat")]) == 0          # without -r: as before
+    assert _files(tmp_path / "flat") == ["top.tif"]
+    capsys.readouterr()
+    assert cli.main([*arguments, "-o", str(tmp_path / "out"), "-r", "--overlay"]) == 0
+    assert "summary: 4 file(s) found, 4 segmented" in capsys.readouterr().out
+    assert _files(tmp_path / "out") == sorted([*images, *(f"overlays/{Path(n).with_suffix('.png')}" for n in images)])
+    model = unet_fast.load_model(model_file)
+    for name, image in images.items():
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name),
+                                      predict_tiled(model, image, progress=False))
+    for part in range(2):       # job-array parts share the outputs' subfolders
+        assert cli.main([*arguments, "-o", str(tmp_path / "parts"), "--recursive", "--num-parts", "2",
+                         "--part-id", str(part)]) == 0
+    assert _files(tmp_path / "parts") == sorted(images)
+    capsys.readouterr()
+    # two folders named, each mirrored from itself: their A01.tif share an output, which the first owns
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "p1"), str(tmp_path / "in" / "p2"), "-o",
+                     str(tmp_path / "wells"), "-m", str(model_file), "-r", "--no-progress"]) == 1
+    assert f"output {tmp_path / 'wells' / 'A01.tif'} is also the output of {tmp_path / 'in' / 'p1' / 'A01.tif'}" \
+           in capsys.readouterr().err
+    # outputs into the input tree itself would replace the inputs: refused, nothing written
+    before = _mtimes(tmp_path / "in")
+    assert cli.main([*arguments, "-o", str(tmp_path / "in"), "-r"]) == 2
+    assert "is that input itself" in capsys.readouterr().err and _mtimes(tmp_path / "in") == before
+
+
+def test_recursive_continue_keeps_outputs_in_subfolders_and_never_lists_them(tmp_path, model_file, capsys):
+    """--continue finds the outputs in their subfolders; an output folder inside the folder named is not
+    listed (its outputs and overlays would be segmented as inputs on the next run)."""
+    images = _tree(tmp_path / "in")
+    arguments = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "in" / "seg"), "-m", str(model_file),
+                 "-r", "--overlay", "--no-progress"]
+    assert cli.main(arguments) == 0
+    (tmp_path / "in" / "seg" / "p2" / "A01.tif").unlink()
+    (tmp_path / "in" / "seg" / "overlays" / "p1" / "A01.png").unlink()
+    before = _mtimes(tmp_path / "in" / "seg")
+    del before[tmp_path / "in" / "seg" / "overlays" / "p2" / "A01.png"]     # redrawn with its output
+    capsys.readouterr()
+    assert cli.main([*arguments, "--continue"]) == 0
+    out = capsys.readouterr().out
+    assert "summary: 4 file(s) found, 1 segmented, 3 skipped" in out and "overlay" in out
+    assert _files(tmp_path / "in" / "seg") == \
+        sorted([*images, *(f"overlays/{Path(n).with_suffix('.png')}" for n in images)])
+    assert all(os.stat(path).st_mtime_ns == mtime for path, mtime in before.items())
+
+
+def test_recursive_listing_ends_symlink_loops_and_takes_ome_zarr_as_one_image(tmp_path):
+    """A symlink to a folder above it (or itself) is not followed round the loop, each folder is listed once
+    however many links lead to it, and an OME-Zarr folder is an image, never entered."""
+    (tmp_path / "in" / "p1").mkdir(parents=True)
+    image_io.write_image(tmp_path / "in" / "p1" / "a.tif", np.zeros((20, 20), np.uint8))
+    (tmp_path / "in" / "p1" / "up").symlink_to(tmp_path / "in", target_is_directory=True)
+    (tmp_path / "in" / "p1" / "here").symlink_to(".", target_is_directory=True)
+    (tmp_path / "in" / "z" / "w1" / "img.ome.zarr").mkdir(parents=True)     # a folder ending .zarr: an image
+    (tmp_path / "in" / "z" / "w1" / "img.ome.zarr" / "0").mkdir()
+    image_io.write_image(tmp_path / "in" / "z" / "w1" / "img.ome.zarr" / "0" / "b.tif", np.zeros((8, 8), np.uint8))
+    files, problems = segment.expand_inputs([str(tmp_path / "in")], recursive=True)
+    assert files == [tmp_path / "in" / "p1" / "a.tif", tmp_path / "in" / "z" / "w1" / "img.ome.zarr"] and not problems
+    assert segment.output_subfolders(files, [str(tmp_path / "in")]) == {files[0]: Path("p1"), files[1]: Path("z/w1")}
+    files, problems = segment.expand_inputs([str(tmp_path / "in")])
+    assert files == [] and "folder holds no image files" in problems[0][1]
+
+
+@needs_zarr
+def test_recursive_segments_an_ome_zarr_in_a_tree_as_one_image(tmp_path, model_file, capsys):
+    image = np.random.default_rng(6).integers(0, 255, (1, 1, 1, 37, 45)).astype(np.uint8)
+    (tmp_path / "in" / "plate" / "B02").mkdir(parents=True)
+    write_ome_zarr_axes(tmp_path / "in" / "plate" / "B02" / "field.ome.zarr", image)
+    assert cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "-r", "--no-progress"]) == 0
+    assert "summary: 1 file(s) found, 1 segmented" in capsys.readouterr().out
+    assert _files(tmp_path / "out") == ["plate/B02/field.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "plate" / "B02" / "field.tif"),
+                                  predict_tiled(unet_fast.load_model(model_file), image[0, 0, 0], progress=False))

@@ -500,7 +500,8 @@ def cmd_segment(args) -> int:
                          tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                          resume=args.resume, num_parts=num_parts, part_id=part_id, max_pixels=args.max_pixels,
                          nonfinite=args.nonfinite, progress=False if args.no_progress else None,
-                         instance_options=options, overlay=args.overlay, tta=args.tta, scale=args.scale)
+                         instance_options=options, overlay=args.overlay, tta=args.tta, scale=args.scale,
+                         recursive=args.recursive)
     return result.exit_status
 
 
@@ -910,9 +911,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "replace an input is refused. Small files (up to a megapixel) of one shape are "
                             "segmented in batches of up to 32, each with its own normalisation and the result it "
                             "gets alone. Under torchrun the files are shared among the processes.")
-    p.add_argument("-i", "--input", nargs="+", required=True, help="files, folders or glob patterns")
+    p.add_argument("-i", "--input", nargs="+", required=True,
+                   help="files, folders or glob patterns; a folder gives the images directly in it, names starting "
+                        "with '.' skipped (macOS's ._* files, unfinished outputs), as wildcards skip them; a hidden "
+                        "file named is taken")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="folders give the images in their subfolders at any depth too (hidden ones skipped, an "
+                        ".ome.zarr being one image, each folder entered once however symlinks lead to it); each "
+                        "output goes to the same subfolder of OUTDIR as its input's in the folder named "
+                        "(-i plates/ -o out/: plates/p1/A01.tif -> out/p1/A01.tif, overlays to "
+                        "out/overlays/p1/A01.png); OUTDIR is not listed when it lies inside a folder named")
     _inference_flags(p)
     p.add_argument("--output", choices=("labels", "probabilities", "instances"), default="labels",
                    help="labels: a class per pixel; probabilities: one per class; instances (2-class models): "

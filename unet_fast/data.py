@@ -301,6 +301,7 @@ class NameMatchError(ValueError):
 def matching_files(images_dir, labels_dir, label_suffix: str = "") -> list[tuple[Path, Path]]:
     """(image, label) file pairs of two folders, matched by base name (``labels/a.png`` labels
     ``images/a.tif``; with ``label_suffix`` "_mask", ``labels/a_mask.png``); every image needs a label.
+    Hidden files (names starting with ".") are skipped.
     Ambiguous names are refused (``NameMatchError``): two images of one base name (a.tif and a.png), or
     two labels of the base name an image looks for."""
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
@@ -435,7 +436,10 @@ def _read_stack(path, arg: str) -> np.ndarray:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files directly in ``folder``, hidden names skipped as ``segment`` skips them (macOS's ``._x.tif``
+    resource forks are no images)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _channels_first(image: np.ndarray, name: str) -> np.ndarray:

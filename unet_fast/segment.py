@@ -1,9 +1,10 @@
 """Batch segmentation of files: ``unet-fast segment``, or ``run`` from Python.
 
-Each input file gives one output file, OUTDIR/<input stem><suffix>, written atomically by
-predict_tiled, so ``resume`` (``--continue``) can trust any output that exists. The input's pixel size
-(OME-TIFF, ImageJ TIFF, OME-Zarr) goes into the output, and an image at a very different scale from
-the model's training images draws a warning (``unet_fast.pixel_size``). Files that cannot be read or
+Each input file gives one output file, OUTDIR/<input stem><suffix> (with ``recursive``, in the subfolder of
+OUTDIR its input is in under the folder named: ``output_subfolders``), written atomically by predict_tiled,
+so ``resume`` (``--continue``) can trust any output that exists. The input's pixel size (OME-TIFF, ImageJ
+TIFF, OME-Zarr) goes into the output, and an image at a very different scale from the model's training
+images draws a warning (``unet_fast.pixel_size``). Files that cannot be read or
 do not match the model are reported and skipped. The file list (rank 0's) is sharded over torch.distributed
 ranks (under torchrun) and over ``num_parts``/``part_id`` (job arrays);
 a rank that fails as a whole (model file unreadable there, out of memory) makes every rank raise
@@ -53,14 +54,21 @@ class SegmentSummary:
     seconds: float = 0.0
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named, image files directly inside folders, and glob matches; sorted, unique (one file named
-    two ways, ``a/x.tif`` and ``b/../a/x.tif`` or its absolute path, is listed once, as first named).
+def expand_inputs(inputs: list[str], recursive: bool = False,
+                  skip=()) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files named, image files inside folders, and glob matches; sorted, unique (one file named two ways,
+    ``a/x.tif`` and ``b/../a/x.tif`` or its absolute path, is listed once, as first named).
 
-    Returns (files, problems) where problems are inputs that matched nothing.
+    A folder gives the images directly in it, or with ``recursive`` those in its subfolders at any depth too
+    (``_folder_images``): names starting with "." are skipped there (macOS's ``._x.tif`` resource forks, our own
+    ``.NAME.<hex>.partial.*`` temporaries), as glob wildcards skip them; a hidden file named is taken. ``skip``:
+    folders a recursive listing does not enter (the output folder, when it lies inside an input folder).
+
+    Returns (files, problems) where problems are inputs that matched nothing, and subfolders that cannot be read.
     """
     found_as: dict[str, Path] = {}     # absolute, normalised path -> the path as first named
     problems = []
+    skipped = {key for key in map(_identity, skip) if key is not None}
 
     def add(paths) -> None:
         for found in paths:
@@ -69,12 +77,13 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     for item in inputs:
         path = Path(item)
         if path.is_dir() and not image_io.is_zarr_image(path):
-            found = [p for p in path.iterdir()
-                     if (p.is_file() and p.suffix.lower() in image_io.IMAGE_SUFFIXES) or image_io.is_zarr_image(p)]
+            found, unreadable = _folder_images(path, recursive, skipped)
+            problems.extend(unreadable)
             if not found:
                 kinds = ", ".join(image_io.IMAGE_SUFFIXES + image_io.ZARR_SUFFIXES)
-                problems.append((item, f"folder holds no image files ({kinds})"))
-            add(sorted(found))
+                problems.append((item, f"folder holds no image files ({kinds})"
+                                       + (" in it or its subfolders" if recursive else "")))
+            add(found)
         elif path.is_file() or image_io.is_zarr_image(path):
             add([path])
         else:
@@ -85,6 +94,62 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
                                  "no such file, folder or matching pattern"))
             add(sorted(matches))
     return sorted(found_as.values(), key=lambda p: str(p)), problems
+
+
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` leads to (through symlinks); None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _folder_images(folder: Path, recursive: bool, skipped: set) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files (OME-Zarr folders included, never entered) not hidden in ``folder``, in name order; with
+    ``recursive`` in its subfolders too, depth first. Each folder is entered once however many symlinks lead
+    to it, so a symlink to a folder above it ends there; folders in ``skipped`` ((device, inode)) are not
+    entered. Returns (files, problems): a subfolder that cannot be read is a problem, ``folder`` itself raises."""
+    found, problems = [], []
+    entered = {_identity(folder)}
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = sorted(directory.iterdir())
+        except OSError as error:
+            if directory == folder:
+                raise
+            problems.append((str(directory), f"subfolder cannot be read ({error.strerror or error})"))
+            continue
+        below = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if image_io.is_zarr_image(entry) or (entry.is_file() and entry.suffix.lower() in image_io.IMAGE_SUFFIXES):
+                found.append(entry)
+            elif recursive and entry.is_dir():
+                key = _identity(entry)
+                if key is not None and key not in entered and key not in skipped:
+                    entered.add(key)
+                    below.append(entry)
+        pending.extend(reversed(below))
+    return found, problems
+
+
+def output_subfolders(files: list[Path], inputs: list[str]) -> dict[Path, Path]:
+    """{file: its folder relative to the first folder of ``inputs`` (in their order) it lies in, as named}: where
+    a recursive run writes its output under the output folder. Files directly in a folder, or in none, are left
+    out: their outputs go into the output folder itself."""
+    roots = [Path(os.path.abspath(item)) for item in inputs
+             if Path(item).is_dir() and not image_io.is_zarr_image(item)]
+    subfolders = {}
+    for path in files:
+        within = Path(os.path.abspath(path)).parent
+        root = next((root for root in roots if root == within or root in within.parents), None)
+        if root is not None and root != within:
+            subfolders[path] = within.relative_to(root)
+    return subfolders
 
 
 def shard(files: list, part: int, parts: int) -> list:
@@ -102,11 +167,22 @@ def output_name(path: Path, suffix: str) -> str:
     return path.stem + suffix
 
 
-def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = False) -> None:
+def output_path(outdir: Path, path: Path, suffix: str, subfolders: dict[Path, Path] | None = None) -> Path:
+    """Where the output of ``path`` goes: outdir/<its subfolder, if any (``output_subfolders``)>/<output_name>."""
+    return outdir / (subfolders or {}).get(path, "") / output_name(path, suffix)
+
+
+def overlay_path(outdir: Path, path: Path, subfolders: dict[Path, Path] | None = None) -> Path:
+    """Where the overlay of ``path`` goes: outdir/overlays/<its subfolder, if any>/<name>.png."""
+    return output_path(outdir / "overlays", path, ".png", subfolders)
+
+
+def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = False,
+                  subfolders: dict[Path, Path] | None = None) -> None:
     """BadArgument (output_dir) when an input's output would be, or would replace, an input: the same
     path (outputs written into the inputs' folder under their names), or the same file through a
     symlink or a hard link, or a folder output (.ome.zarr) holding an input; with ``overlay`` the
-    overlays (outdir/overlays/<name>.png) too."""
+    overlays (outdir/overlays/<name>.png) too. subfolders: see ``output_path``."""
     inputs = {}
     for path in files:
         try:
@@ -120,9 +196,9 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = 
             raise checks.BadArgument("output_dir", f"{str(outdir)!r} lies inside the input {str(path)!r}, an OME-Zarr "
                                                    f"image that outputs must not be written into; nothing was written. "
                                                    f"Choose an output folder outside it")
-        targets = [(outdir / output_name(path, suffix), "output", folders)]
+        targets = [(output_path(outdir, path, suffix, subfolders), "output", folders)]
         if overlay:
-            targets.append((outdir / "overlays" / output_name(path, ".png"), "overlay", False))
+            targets.append((overlay_path(outdir, path, subfolders), "overlay", False))
         for target, what, folder in targets:
             try:
                 stat = os.stat(target)          # follows symlinks: a link to an input is that input
@@ -141,11 +217,12 @@ def check_outputs(files: list[Path], outdir: Path, suffix: str, overlay: bool = 
                                   + "; nothing was written. Choose an output folder that holds no inputs")
 
 
-def check_replaceable(files: list[Path], outdir: Path, suffix: str) -> None:
+def check_replaceable(files: list[Path], outdir: Path, suffix: str,
+                      subfolders: dict[Path, Path] | None = None) -> None:
     """BadArgument (output_dir) when an input's output would replace a file or folder that segment did not
     write (it records no provenance): a user's own labels in the output folder, say, are never replaced."""
     for path in files:
-        target = outdir / output_name(path, suffix)
+        target = output_path(outdir, path, suffix, subfolders)
         if (target.exists() or target.is_symlink()) and read_provenance(target) is None:
             if target.is_dir() and not suffix.endswith(".zarr"):
                 continue       # a folder where a .tif goes: that file's own failure (claim)
@@ -155,7 +232,8 @@ def check_replaceable(files: list[Path], outdir: Path, suffix: str) -> None:
                               f"choose another output folder")
 
 
-def check_overlays_replaceable(files: list[Path], outdir: Path, suffix: str, resume: bool = False) -> None:
+def check_overlays_replaceable(files: list[Path], outdir: Path, suffix: str, resume: bool = False,
+                               subfolders: dict[Path, Path] | None = None) -> None:
     """BadArgument (output_dir) when an overlay this run would write (outdir/overlays/<name>.png) would replace
     a file, folder or symlink that segment did not write (``overlays.check_replaceable``: overlays carry a
     marker). With ``resume``, an input whose output is kept and whose overlay exists writes none (``claim``)."""
@@ -163,18 +241,19 @@ def check_overlays_replaceable(files: list[Path], outdir: Path, suffix: str, res
 
     written = []
     for path in files:
-        overlay = outdir / "overlays" / output_name(path, ".png")
-        if not (resume and (outdir / output_name(path, suffix)).exists() and overlay.exists()):
+        overlay = overlay_path(outdir, path, subfolders)
+        if not (resume and output_path(outdir, path, suffix, subfolders).exists() and overlay.exists()):
             written.append(overlay)
     overlays.check_replaceable(written, "output_dir")
 
 
-def output_owners(files: list[Path], outdir: Path, suffix: str) -> dict[Path, Path]:
+def output_owners(files: list[Path], outdir: Path, suffix: str,
+                  subfolders: dict[Path, Path] | None = None) -> dict[Path, Path]:
     """{output path: the first of ``files`` (in their order) whose output it is}: a later file of the same output
     name fails, in whichever part or process it is segmented."""
     owners: dict[Path, Path] = {}
     for path in files:
-        owners.setdefault(outdir / output_name(path, suffix), path)
+        owners.setdefault(output_path(outdir, path, suffix, subfolders), path)
     return owners
 
 
@@ -230,13 +309,14 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
 COMPARED = ("weights_sha256", "output", "tta", "scale", "dtype", "normalization", "instance_options")
 
 
-def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str, made: dict | None = None) -> None:
+def check_resumable(files: list[Path], outdir: Path, suffix: str, output: str, made: dict | None = None,
+                    subfolders: dict[Path, Path] | None = None) -> None:
     """``resume`` keeps an existing output only when it holds the kind asked for (``output_kind``) and, where
     it records how it was made (``provenance``), was made as ``made`` would make it: BadArgument (resume)
     before anything is segmented when one holds another kind or other settings, or cannot be told. A
     .tif output that is a folder is left to fail as that file's own failure."""
     for path in files:
-        target = outdir / output_name(path, suffix)
+        target = output_path(outdir, path, suffix, subfolders)
         if not target.exists() or (target.is_dir() and not suffix.endswith(".zarr")):
             continue
         kind = output_kind(target)
@@ -339,6 +419,7 @@ class _Segmenter:
     factor: float
     progress: bool      # a bar over each large file's tiles
     predict: dict       # predict_tiled's arguments common to every file
+    subfolders: dict    # see output_path
 
     def fail(self, path, reason: str) -> None:
         self.summary.failed.append((str(path), reason))
@@ -347,7 +428,7 @@ class _Segmenter:
     def claim(self, path: Path, claimed: dict) -> tuple[Path, Path] | Callable[[], None]:
         """(output, overlay) of ``path``; or, when it is done with here (it cannot be segmented, or resume keeps
         its output), the report to make in its turn."""
-        target = self.outdir / output_name(path, self.suffix)
+        target = output_path(self.outdir, path, self.suffix, self.subfolders)
         owner = claimed.setdefault(target, path)
         if owner != path:
             return functools.partial(self.fail, path, f"output {target} is also the output of {owner}")
@@ -355,22 +436,22 @@ class _Segmenter:
             return functools.partial(self.fail, path, f"its output {target} would overwrite it; choose an output "
                                                       f"folder that holds no inputs")
         image_io.remove_leftovers(target)
-        overlay_path = self.outdir / "overlays" / output_name(path, ".png")
+        overlay_file = overlay_path(self.outdir, path, self.subfolders)
         if self.suffix.endswith((".tif", ".tiff")) and target.is_dir():
             return functools.partial(self.fail, path, f"the output {target} is a folder, which a result cannot "
                                                       f"replace; move or rename it")
         if not (self.resume and target.exists()):
             from .overlays import written_by_unet_fast
 
-            if written_by_unet_fast(overlay_path):     # it outlines the output this run replaces: never keep it
-                image_io.discard(overlay_path)         # beside the new one (--continue --overlay would)
-            return target, overlay_path
+            if written_by_unet_fast(overlay_file):     # it outlines the output this run replaces: never keep it
+                image_io.discard(overlay_file)         # beside the new one (--continue --overlay would)
+            return target, overlay_file
         drawn = None
-        if self.overlay and not overlay_path.exists():   # interrupted before it, or a first run without --overlay
+        if self.overlay and not overlay_file.exists():   # interrupted before it, or a first run without --overlay
             try:
                 image, info = image_io.read_image(path, lazy=True, max_pixels=self.max_pixels)
-                write_result_overlay(overlay_path, image, target, _layout(info, self.model.in_channels))
-                drawn = f"overlay {path} -> {overlay_path} (from the existing {target})"
+                write_result_overlay(overlay_file, image, target, _layout(info, self.model.in_channels))
+                drawn = f"overlay {path} -> {overlay_file} (from the existing {target})"
             except (KeyboardInterrupt, torch.OutOfMemoryError):
                 raise
             except Exception as error:
@@ -517,7 +598,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                   max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool = False,
                   nonfinite: str | None = None, log=print, instance_options=None,
                   overlay: bool = False, tta: bool = False, scale: float | None = None,
-                  provenance: dict | None = None, owners: dict[Path, Path] | None = None) -> SegmentSummary:
+                  provenance: dict | None = None, owners: dict[Path, Path] | None = None,
+                  subfolders: dict[Path, Path] | None = None) -> SegmentSummary:
     """Segment ``files`` into ``outdir``; never raises for a bad file (see the summary). Leftovers of
     killed runs (``image_io.remove_leftovers``) are removed before each file. Reader threads open files
     ahead of the one being segmented (``READ_AHEAD``); consecutive small files of one shape are segmented
@@ -526,7 +608,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     outlines of the result (``unet_fast.overlays``). tta: test-time augmentation; scale: the resampling
     factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``. owners: the file
     each output belongs to when ``files`` are a share of a larger list (``output_owners`` of that list; default:
-    ``files``' own): a file whose output name another file owns fails."""
+    ``files``' own): a file whose output name another file owns fails. subfolders: {file: the folder under
+    ``outdir`` its output and overlay go to} (``output_subfolders``; created as needed); default: none."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -535,7 +618,7 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                    tta=tta, scale=scale, provenance=provenance,       # scale as given (None: the model's)
                    **({"instance_options": instance_options} if output == "instances" else {}))
     segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
-                           model_scale(model, scale), progress, predict)
+                           model_scale(model, scale), progress, predict, dict(subfolders or {}))
     claimed: dict[Path, Path] = dict(owners or {})
     ahead: collections.deque = collections.deque()   # (path, report, (output, overlay), reading), in order
     listed = iter(files)
@@ -703,9 +786,14 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         device: str | None = None, dtype: str = "fp32", resume: bool = False, num_parts: int = 1, part_id: int = 0,
         max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, progress: bool | None = None,
         nonfinite: str | None = None, log=print, instance_options=None, overlay: bool = False,
-        tta: bool = False, scale: float | None = None) -> SegmentResult:
+        tta: bool = False, scale: float | None = None, recursive: bool = False) -> SegmentResult:
     """Segment every image the ``inputs`` name (files, folders, glob patterns) into ``output_dir``:
     ``unet-fast segment`` from Python.
+
+    recursive: folders give the images in their subfolders at any depth too, each output (and overlay) going to
+    the same subfolder of ``output_dir`` as its input's in the folder named; ``output_dir`` and its overlays
+    are not listed when they lie inside a folder named. Names starting with "." in folders are skipped either
+    way (``expand_inputs``).
 
     model: a model file (loaded on every process) or a loaded model; output: "labels", "probabilities" or
     "instances" (a 2-class model's objects, by ``instance_options``: see ``unet_fast.instances``); overlay:
@@ -722,6 +810,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     """
     check_parts(num_parts, part_id)
     checks.check_bool(tta, "tta")
+    checks.check_bool(recursive, "recursive")
     if scale is not None:
         check_scale(scale)
     check_arguments(output_dir, output=output, format=format, tile_size=tile_size, batch_size=batch_size,
@@ -729,24 +818,29 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     from .model_file import load_model
     job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the list and counts travel
     try:
+        items = [str(item) for item in inputs]
         with shared_failures("segment"):    # rank 0 lists the files (a folder it cannot read fails the job)
-            listing = expand_inputs([str(item) for item in inputs]) if job.rank == 0 else None
+            listing = None
+            if job.rank == 0:
+                files, problems = expand_inputs(items, recursive=recursive,
+                                                skip=(output_dir, Path(output_dir) / "overlays"))
+                listing = files, problems, output_subfolders(files, items) if recursive else {}
         # every rank shards rank 0's list: lists of their own differ where a file appears or goes while they list
         # (or one node's view of a network file system lags), and a file would be segmented twice and another never
-        files, problems = job.broadcast(listing)
+        files, problems, subfolders = job.broadcast(listing)
         with shared_failures("segment"):    # what segment_files does not catch: model, out of memory
             # every file, not only this share
-            check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay)
+            check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay, subfolders=subfolders)
             if not resume:   # --continue keeps what is there (check_resumable)
-                check_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format])
+                check_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format], subfolders)
             if overlay:
-                check_overlays_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format], resume)
+                check_overlays_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format], resume, subfolders)
             if not isinstance(model, torch.nn.Module):
                 model = load_model(model, device=job.device)
             made = provenance(model, output=output, tta=tta, scale=scale, dtype=dtype,
                               instance_options=instance_options)
             if resume:
-                check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output, made)
+                check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output, made, subfolders)
             mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
             check_tiles(model, tile_size, batch_size, job.device, dtype)
             check_output(output, model, instance_options, overlay)
@@ -755,8 +849,9 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                                     resume=resume, max_pixels=max_pixels, nonfinite=nonfinite,
                                     progress=sys.stderr.isatty() if progress is None else progress, log=log,
                                     instance_options=instance_options, overlay=overlay, tta=tta, scale=scale,
-                                    provenance=made, owners=output_owners(files, Path(output_dir),
-                                                                          OUTPUT_SUFFIXES[format]))
+                                    provenance=made, subfolders=subfolders,
+                                    owners=output_owners(files, Path(output_dir), OUTPUT_SUFFIXES[format],
+                                                         subfolders))
         if job.rank == 0:
             for item, reason in problems:
                 log(f"FAILED {item}: {reason}", file=sys.stderr)

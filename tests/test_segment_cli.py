@@ -161,6 +161,42 @@ def test_num_parts_cover_every_file_once(tmp_path, model_file):
     assert sorted(seen) == [f"img{i}.tif" for i in range(5)]
 
 
+def test_parts_of_a_job_array_share_a_list_of_inputs_given_as_at_file(tmp_path, model_file):
+    """-i @LIST: the inputs LIST names, one per line (spaces kept, blank lines none). The parts of a job array
+    that share it cover every listed file once even when the folder changes between the parts' starts."""
+    _images(tmp_path / "in", count=5)
+    (tmp_path / "in" / "img0.tif").rename(tmp_path / "in" / "img 0.tif")
+    listed = sorted(str(path) for path in (tmp_path / "in").iterdir())
+    (tmp_path / "list.txt").write_text("\n".join(listed[:2]) + "\n\n  \n" + "\n".join(listed[2:]) + "\n")
+    arguments = ["segment", "-i", f"@{tmp_path / 'list.txt'}", "-o", str(tmp_path / "out"), "-m", str(model_file),
+                 "--num-parts", "2", "--no-progress"]
+    assert cli.main([*arguments, "--part-id", "0"]) == 0
+    image_io.write_image(tmp_path / "in" / "img00.tif", np.zeros((30, 41), np.uint8))   # after part 0 listed
+    assert cli.main([*arguments, "--part-id", "1"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["img 0.tif", "img1.tif", "img2.tif", "img3.tif", "img4.tif"]
+
+
+@pytest.mark.parametrize("content, reason", [(None, "No such file or directory"), ("folder", "Is a directory"),
+                                             (b"II*\x00\xff\xfe\x00", "can't decode byte"),
+                                             (b"a" * 65, "over 0 MiB")])
+def test_an_at_file_that_is_no_list_is_refused_naming_it(tmp_path, model_file, capsys, monkeypatch, content,
+                                                           reason):
+    """A missing list, a folder, a binary file (a TIFF named by mistake: a UnicodeDecodeError traceback from
+    argparse) and one too large to be a list (/dev/zero) are one-line errors naming the @argument."""
+    path = tmp_path / "list"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    monkeypatch.setattr(cli, "_LIST_BYTES", 64)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["segment", "-i", f"@{path}", "-o", str(tmp_path / "out"), "-m", str(model_file)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: @{path}: cannot read the list" in err and reason in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_parts_agree_on_which_file_owns_an_output_name(tmp_path, model_file, capsys):
     """a.png and a.tif both make out/a.tif: the first in order owns it, and the other fails in whichever part
     it lands (each part once replaced the other's output and both reported success)."""

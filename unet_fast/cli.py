@@ -596,11 +596,36 @@ _tile = _integer(1, 16384)
 _probability = _number(0.0, 1.0, low_open=True)    # (0, 1)
 
 
+_LIST_BYTES = 64 * 2**20      # the largest @FILE list of arguments read (a million paths of 60 characters fit)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's errors in one line (its usage block buries them), exit status 2 as argparse's."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _read_args_from_files(self, arg_strings):
+        """argparse's @FILE (where ``fromfile_prefix_chars`` allows it), with errors that name the file (argparse
+        raised UnicodeDecodeError for a binary file): each line of FILE is one argument, spaces kept, blank lines
+        none, taken as written (an @ there is no further list)."""
+        expanded = []
+        for argument in arg_strings:
+            if not argument or argument[0] not in (self.fromfile_prefix_chars or ""):
+                expanded.append(argument)
+                continue
+            try:
+                with open(argument[1:], "rb") as listed:
+                    data = listed.read(_LIST_BYTES + 1)     # /dev/zero or a huge file: refused, not read whole
+                if len(data) > _LIST_BYTES:
+                    raise OSError(0, f"over {_LIST_BYTES // 2**20} MiB")
+                text = data.decode("utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                self.error(f"{argument}: cannot read the list {argument[1:]!r} ({reason}); @FILE stands for a text "
+                           f"file of arguments, one per line (a file whose name starts with @: ./@name)")
+            expanded.extend(line for line in text.splitlines() if line.strip())
+        return expanded
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -910,11 +935,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "of killed runs are removed). An output folder where an output or an overlay would "
                             "replace an input is refused. Small files (up to a megapixel) of one shape are "
                             "segmented in batches of up to 32, each with its own normalisation and the result it "
-                            "gets alone. Under torchrun the files are shared among the processes.")
+                            "gets alone. Under torchrun the files are shared among the processes. @FILE in the "
+                            "arguments stands for FILE's lines, one argument each: -i @list.txt segments the "
+                            "inputs listed there (one per line), a list every part of a job array shares.",
+                fromfile_prefix_chars="@")
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="files, folders or glob patterns; a folder gives the images directly in it, names starting "
                         "with '.' skipped (macOS's ._* files, unfinished outputs), as wildcards skip them; a hidden "
-                        "file named is taken")
+                        "file named is taken; @LIST: the inputs LIST names, one per line (a file whose name "
+                        "starts with @: ./@name)")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
     p.add_argument("-r", "--recursive", action="store_true",

@@ -513,3 +513,79 @@ def test_finite_tiles_is_exact_per_tile():
         logits[3, 1, 0, 0] = -float("inf")
         assert finite_tiles(logits).tolist() == [True, False, False, False]
         assert finite_tiles(logits[:1].neg()).tolist() == [True]
+
+
+# ---- what users hand in: out arrays, tensors, numpy integers
+
+class CountingForwards(reference.UNet):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("output, classes, out, match", [
+    ("probabilities", 3, np.zeros((3, 30, 31), np.uint8), "probabilities need an out array of a floating-point"),
+    ("logits", 3, np.zeros((3, 30, 31), np.int16), "logits need an out array of a floating-point"),
+    ("labels", 3, np.zeros((30, 31), bool), "cannot hold the labels of 3 classes"),
+    ("labels", 300, np.zeros((30, 31), np.uint8), "cannot hold the labels of 300 classes"),
+    ("instances", 2, np.zeros((29, 31), np.uint16), r"out has shape \(29, 31\) but the labels need \(30, 31\)"),
+    ("instances", 2, np.zeros((30, 31), bool), "integer array"),
+])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_an_out_array_that_cannot_hold_the_result_is_refused_before_any_work(output, classes, out, match, scale):
+    """A cast into the out array would truncate probabilities to 0, or wrap labels of the higher classes round,
+    silently; an out array of the wrong shape was refused only after the whole prediction (a rescaled one, or
+    instances)."""
+    model = tiny(2, num_classes=classes, cls=CountingForwards)
+    CountingForwards.calls = 0
+    image = np.random.default_rng(0).random((30, 31), dtype=np.float32)
+    with pytest.raises(ValueError, match=match):
+        predict_tiled(model, image, output=output, out=out, scale=scale, progress=False)
+    assert CountingForwards.calls == 0
+    with pytest.raises(ValueError, match=r"outs\[0\]"):
+        unet_fast.inference.predict_images(model, [image], outs=[out], output=output, scale=scale, progress=False)
+
+
+def test_out_arrays_of_other_types_that_hold_the_result_are_filled():
+    model = tiny(2, num_classes=2)
+    image = np.random.default_rng(1).random((30, 31), dtype=np.float32)
+    labels = predict_tiled(model, image, progress=False)
+    probabilities = predict_tiled(model, image, output="probabilities", progress=False)
+    for out in (np.zeros((30, 31), bool), np.zeros((30, 31), ">u2"), torch.zeros(30, 31, dtype=torch.int64)):
+        assert predict_tiled(model, image, out=out, progress=False) is out
+        np.testing.assert_array_equal(np.asarray(out), labels)
+    half = torch.zeros(2, 30, 31, dtype=torch.bfloat16)   # no numpy type: was a TypeError
+    assert predict_tiled(model, image, output="probabilities", out=half, progress=False) is half
+    np.testing.assert_allclose(half.float().numpy(), probabilities, atol=4e-3)
+
+
+def test_a_bfloat16_tensor_image_is_read_as_its_float32_values():
+    model = tiny(2)
+    image = torch.from_numpy(np.random.default_rng(2).random((30, 31), dtype=np.float32)).bfloat16()
+    got = predict_tiled(model, image, output="logits", progress=False)   # was a TypeError from .numpy()
+    np.testing.assert_array_equal(got, predict_tiled(model, image.float(), output="logits", progress=False))
+
+
+def test_numpy_integers_are_tile_and_batch_sizes():
+    model = tiny(3)
+    image = np.random.default_rng(3).random((40, 50), dtype=np.float32)
+    want = predict_tiled(model, image, tile_size=52, batch_size=3, output="logits", progress=False)
+    for tile in (np.int64(52), (np.int32(52), np.uint16(52))):
+        got = predict_tiled(model, image, tile_size=tile, batch_size=np.int64(3), output="logits", progress=False)
+        np.testing.assert_array_equal(got, want)
+    for bad in (np.bool_(True), np.float64(52)):
+        with pytest.raises(ValueError, match="tile_size must be an int"):
+            predict_tiled(model, image, tile_size=bad, progress=False)
+
+
+def test_out_of_memory_with_smaller_tiles_reads_a_flipped_image():
+    """The retry with smaller tiles read a tile with nothing mirrored as a view of the image, which
+    torch.from_numpy refuses when it has negative strides (np.flip, image[:, ::-1])."""
+    model = tiny(3, cls=OutOfMemoryAbove)
+    OutOfMemoryAbove.limit = 50 * 50
+    OutOfMemoryAbove.failed = []
+    image = np.random.default_rng(9).random((100, 60), dtype=np.float32)[::-1, ::-1]
+    got = predict_tiled(model, image, tile_size=52, output="logits", progress=False)
+    assert_close(torch.from_numpy(got), whole_image_logits(tiny(3), np.ascontiguousarray(image))[0])

@@ -436,3 +436,35 @@ def test_instance_rules_are_measured_in_the_networks_pixels():
     assert areas(predict_tiled(model, image, scale=1.0, **rules)) == [50, 1600]
     (found,) = unet_fast.inference.predict_images(model, [image], **rules)
     assert areas(found) == [1600]
+
+
+class _ReadSpy:
+    """An array-like that records how many pixels each read takes."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+    def __getitem__(self, key):
+        block = np.asarray(self.array[key])
+        self.reads.append(block.size)
+        return block
+
+
+def test_a_window_reads_its_input_in_bounded_bands(monkeypatch):
+    """Shrinking by 16, each pixel of a window reads 256 of the input: a 2048 px tile read 2^30 input pixels at once
+    (4 GiB as float32, more for the normalisation), and a band of logits resampled back from an image enlarged 16
+    times as many. The rows are read in bands of about READ_PIXELS, with the same result bit for bit."""
+    from unet_fast import rescale
+
+    image = np.random.default_rng(5).random((2, 512, 520), dtype=np.float32)
+    want = Resampled(image, (32, 33))[...]
+    monkeypatch.setattr(rescale, "READ_PIXELS", 2 ** 16)
+    spy = _ReadSpy(image)
+    np.testing.assert_array_equal(Resampled(spy, (32, 33))[...], want)
+    np.testing.assert_array_equal(Resampled(spy, (32, 33))[1, 3:20, 5:9], want[1, 3:20, 5:9])
+    assert max(spy.reads) <= 2 ** 16 < image.size
+    spy.reads.clear()     # predict_tiled's tiles of the image shrunk by 16 too
+    model = Threshold()
+    got = predict_tiled(model, spy, layout="ZYX", output="logits", scale=1 / 16,
+                        normalization=NONE, progress=False)
+    assert got.shape == (2, 2, 512, 520) and max(spy.reads) <= 2 ** 16

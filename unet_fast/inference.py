@@ -100,7 +100,10 @@ class _Source:
 
     def __init__(self, image, layout: str, in_channels: int):
         if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
+            image = image.detach().cpu()
+            if image.dtype.is_floating_point and image.dtype not in (torch.float16, torch.float32, torch.float64):
+                image = image.float()   # bfloat16, float8: no numpy type holds them; float32 holds them exactly
+            image = image.numpy()
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
             image = np.asarray(image)
         self.image, self.layout = image, layout
@@ -358,7 +361,10 @@ class _Runner:
             for y in range(y0, y0 + h, stride):
                 for x in range(x0, x0 + w, stride):
                     hh, ww = min(stride, y0 + h - y), min(stride, x0 + w - x)
-                    batch = torch.from_numpy(self.read_tile(n, y, x, (tile, tile), (lead, lead))[None])
+                    # into a batch of its own: a view of the image (a tile with nothing mirrored) may have
+                    # negative strides (np.flip), which torch.from_numpy refuses
+                    batch = _host_batch((1, self.source.channels, tile, tile), self.device.type == "cuda")
+                    self.read_tile(n, y, x, (tile, tile), (lead, lead), out=batch.numpy()[0])
                     result, finite = self.forward(batch, (offset, offset), (hh, ww))
                     self.check_finite([(n, y, x)], finite, (hh, ww))
                     self.write(n, y, x, result)
@@ -580,8 +586,10 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         given the fraction of the tiles done after each batch (an exception it raises stops the
         prediction: nothing is written, as on any error).
     out: None (a numpy array is returned), an array to fill (shape (..., H, W) for labels,
-        (..., K, H, W) otherwise), or a path ending in .tif/.tiff (tiled BigTIFF; classes stored as
-        samples per pixel) or .zarr (OME-Zarr), written as tiles finish and committed atomically.
+        (..., K, H, W) otherwise; of an integer type that holds every class for labels and instances, a
+        floating-point type for probabilities and logits), or a path ending in .tif/.tiff (tiled
+        BigTIFF; classes stored as samples per pixel) or .zarr (OME-Zarr), written as tiles finish and
+        committed atomically.
     pixel_size: the image's (unet_fast.pixel_size.PixelSize), written into a file ``out``.
     provenance: a JSON-serialisable dict of how the result was made, written into a file ``out``
         (``unet_fast.sinks.read_provenance`` reads it back; ``unet-fast segment --continue`` compares it).
@@ -704,12 +712,13 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     pixels = source.slices * num_classes * size[0] * size[1]       # scale^2 times the image's: on disk when large
     with Scratch(tempfile.gettempdir() if pixels > IN_MEMORY_PIXELS else None) as scratch:
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
-        predict_tiled(model, virtual, layout=source.layout, output="logits", out=logits, dtype=dtype, scale=1.0,
-                      normalization=Normalization(mode="none"), progress=progress, **predict)
-        back = Resampled(logits, (source.height, source.width))
+        # the sink before the network: an out array of the wrong shape is refused before any work, not after it
         sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
                          pixel_size=pixel_size, provenance=provenance)
         try:
+            predict_tiled(model, virtual, layout=source.layout, output="logits", out=logits, dtype=dtype, scale=1.0,
+                          normalization=Normalization(mode="none"), progress=progress, **predict)
+            back = Resampled(logits, (source.height, source.width))
             band = max(1, BACK_BAND_PIXELS // (num_classes * source.width))
             for n in range(source.slices):
                 for y0 in range(0, source.height, band):
@@ -823,15 +832,33 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
 
 def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out) -> torch.dtype:
     if out is not None and not isinstance(out, (str, Path)) and hasattr(out, "dtype"):
-        dtype = out.dtype if isinstance(out.dtype, torch.dtype) else torch.from_numpy(np.zeros(0, out.dtype)).dtype
-        if output == "labels" and dtype.is_floating_point:
-            raise ValueError(f"labels need an integer out array, got {out.dtype}")
+        dtype = out.dtype if isinstance(out.dtype, torch.dtype) else _torch_dtype(out.dtype)
+        if output == "labels":
+            if dtype is None or dtype.is_floating_point or dtype.is_complex:
+                raise ValueError(f"labels need an integer out array, got {out.dtype}")
+            top = 1 if dtype == torch.bool else torch.iinfo(dtype).max
+            if top < num_classes - 1:   # a cast would wrap the higher classes round, silently
+                raise ValueError(f"out of type {out.dtype} cannot hold the labels of {num_classes} "
+                                 f"classes (up to {num_classes - 1}); give an out array of a wider "
+                                 f"integer type (np.int32), or none")
+        elif dtype is None or not dtype.is_floating_point:   # a cast would truncate them, silently
+            raise ValueError(f"{output} need an out array of a floating-point type (np.float32), got {out.dtype}")
+        if dtype not in (torch.float16, torch.float32, torch.float64) and dtype.is_floating_point:
+            return torch.float32   # a bfloat16 tensor: results come as numpy blocks, cast when written into it
         return dtype
     if output == "labels":
         return torch.uint8 if num_classes <= 256 else torch.int32
     if output == "probabilities" and compute_dtype != torch.float32:
         return torch.float16
     return torch.float32
+
+
+def _torch_dtype(dtype) -> torch.dtype | None:
+    """The torch type of a numpy (or zarr) array's ``dtype`` in native byte order; None where torch has none."""
+    try:
+        return torch.from_numpy(np.zeros(0, np.dtype(dtype).newbyteorder("="))).dtype
+    except (TypeError, ValueError):
+        return None
 
 
 def _predict_instances(model, image, options, *, out, layout, pixel_size, provenance=None, **predict):
@@ -847,6 +874,12 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
         raise ValueError(f"out path {str(out)!r} must end in .tif, .tiff or .zarr")
     source = _Source.open(image, layout, in_channels)
     planes = (source.slices,) if source.stacked else ()
+    if out is not None and not isinstance(out, (str, Path)):   # before any work (the type is checked again with
+        if tuple(out.shape) != planes + (source.height, source.width):       # the count of objects, after it)
+            raise ValueError(f"out has shape {tuple(out.shape)} but the labels need "
+                             f"{planes + (source.height, source.width)}")
+        if _output_dtype("labels", torch.float32, 2, out) == torch.bool:
+            raise ValueError(f"out must be an integer array that holds labels, got {out.dtype}")
     kind = _instance_input(options)
     with scratch_for(out, source.slices * source.height * source.width) as scratch:
         prediction = scratch.array(planes + ((source.height, source.width) if kind == "labels" else
@@ -956,7 +989,9 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                 raise checks.BadArgument("outs", f"outs[{index}] has shape {tuple(out.shape)} but this result needs "
                                                  f"{result_shape}")
             with _naming(index, "outs"):
-                _output_dtype(output if output != "instances" else "labels", torch.float32, num_classes, out)
+                if _output_dtype(output if output != "instances" else "labels", torch.float32, num_classes,
+                                 out) == torch.bool and output == "instances":
+                    raise ValueError(f"out must be an integer array that holds labels, got {out.dtype}")
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     # each image normalised as predict_tiled would (a pointwise rule with its own statistics), so the stack
     # goes through unchanged

@@ -27,6 +27,8 @@ __all__ = ["Resampled", "resample_image", "resample_labels", "object_diameters",
 MAX_SCALE = 16.0
 #: objects within this factor of the recipe's object size are left as they are (no resampling)
 TOLERANCE = 1.25
+#: input pixels a Resampled view reads at once (a window's rows are read in bands of about this many)
+READ_PIXELS = 2 ** 24
 
 
 def check_scale(scale, argument: str = "scale") -> float:
@@ -81,7 +83,8 @@ class Resampled:
     ``size`` = (height, width) on its last two axes, float32. Indexing takes integers or slices on the
     leading axes and unit-step slices on Y and X; only the input pixels under the window are read.
     ``transform``, if given, maps each raw block read (its leading axes as indexed) to float32 first
-    (e.g. the intensity normalisation)."""
+    (e.g. the intensity normalisation); it must act pixel by pixel, as a window's rows are read in bands of
+    about READ_PIXELS input pixels."""
 
     def __init__(self, image, size: tuple[int, int], transform=None):
         self.image = image
@@ -109,21 +112,37 @@ class Resampled:
         if len(key) != self.ndim:
             raise IndexError(f"too many indices for a Resampled view of shape {self.shape}")
         lead, (ky, kx) = key[:-2], key[-2:]
-        reads, picks = [], []
+        picks = []
         for k, n, (indices, weights) in ((ky, self.size[0], self._taps[0]), (kx, self.size[1], self._taps[1])):
             if not isinstance(k, slice) or k.step not in (None, 1):
                 raise IndexError("a Resampled view takes unit-step slices on its last two axes")
             start, stop, _ = k.indices(n)
             stop = max(start, stop)
-            rows, row_weights = indices[start:stop], weights[start:stop]
-            low = int(rows.min()) if len(rows) else 0
-            high = int(rows.max()) + 1 if len(rows) else 0
-            reads.append(slice(low, high))
-            picks.append((rows - low, row_weights))
-        block = np.asarray(self.image[lead + tuple(reads)])
-        block = self.transform(block) if self.transform is not None else block.astype(np.float32, copy=False)
-        block = _apply_taps(block, *picks[0], axis=block.ndim - 2)
-        return _apply_taps(block, *picks[1], axis=block.ndim - 1)
+            picks.append((indices[start:stop], weights[start:stop]))
+        (rows, row_weights), (columns, column_weights) = picks
+        low = int(columns.min()) if len(columns) else 0
+        high = int(columns.max()) + 1 if len(columns) else 0
+        columns = columns - low
+        # the input rows under the window, read in bands of about READ_PIXELS: a window of an image shrunk by 16
+        # reads 256 input pixels a pixel (a 2048 px tile: 2^30 of them, 4 GiB as float32), and a band of logits
+        # resampled back from an image enlarged by 16 as many; every output row is computed as from one read
+        planes = math.prod(len(range(*k.indices(n))) if isinstance(k, slice) else int(np.size(k))
+                           for k, n in zip(lead, self.image.shape[:-2]))
+        band_rows = max(1, READ_PIXELS // max(1, planes * (high - low)))
+        parts, start = [], 0
+        while True:
+            stop = len(rows) if not len(rows) else max(start + 1, int(np.searchsorted(
+                rows[:, -1], rows[start, 0] + band_rows - 1, side="right")))
+            first = int(rows[start:stop].min()) if stop > start else 0
+            last = int(rows[start:stop].max()) + 1 if stop > start else 0
+            block = np.asarray(self.image[lead + (slice(first, last), slice(low, high))])
+            block = self.transform(block) if self.transform is not None else block.astype(np.float32, copy=False)
+            block = _apply_taps(block, rows[start:stop] - first, row_weights[start:stop], axis=block.ndim - 2)
+            parts.append(_apply_taps(block, columns, column_weights, axis=block.ndim - 1))
+            start = stop
+            if start >= len(rows):
+                break
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-2)
 
 
 def resample_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

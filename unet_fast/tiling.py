@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import geometry
@@ -248,12 +249,16 @@ def model_geometry(model) -> tuple[int, str, int, int]:
     return model.depth, model.padding, model.in_channels, model.num_classes
 
 
+def _integer(value) -> bool:
+    """An int, or a numpy integer (a size read from an array or a config), but not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _tile_pair(tile_size) -> tuple[int, int]:
-    if isinstance(tile_size, int) and not isinstance(tile_size, bool):
-        return tile_size, tile_size
-    if (isinstance(tile_size, (tuple, list)) and len(tile_size) == 2
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in tile_size)):
-        return tuple(tile_size)
+    if _integer(tile_size):
+        return int(tile_size), int(tile_size)
+    if isinstance(tile_size, (tuple, list)) and len(tile_size) == 2 and all(_integer(t) for t in tile_size):
+        return int(tile_size[0]), int(tile_size[1])
     raise ValueError(f"tile_size must be an int or (height, width), got {tile_size!r}")
 
 
@@ -333,9 +338,9 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
     per_tile = cost(rows.tile, cols.tile)
     tiles = rows.count * cols.count * slices
     if batch_size is not None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not _integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        batch = batch_size  # as asked, and charged so: a batch that cannot fit is refused, whatever the image
+        batch = int(batch_size)  # as asked, and charged so: a batch that cannot fit is refused, whatever the image
     elif device.type == "cpu":
         batch = 1
     else:

@@ -300,6 +300,12 @@ API = [
                                                         memory_budget_bytes=1.5e9), BadArgument, "memory_budget_bytes"),
     ("NaN pixel", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "nan.tif")), NonFiniteInputError,
      "nonfinite"),
+    # an (H, W, 1) grey or (H, W, 3) RGB array as imageio and PIL give them: a stack of 1 px wide planes, or 40
+    # channels, before
+    ("channels last, one channel", lambda ws, t: predict_tiled(tiny_model(), np.zeros((40, 30, 1), np.float32)),
+     ValueError, "looks channels-last (H, W, C)"),
+    ("channels last, RGB", lambda ws, t: predict_tiled(tiny_model(in_channels=3), np.zeros((40, 30, 3), np.float32)),
+     ValueError, "np.moveaxis(image, -1, 0)"),
     ("complex pixels", lambda ws, t: predict_tiled(tiny_model(), tifffile.imread(ws / "complex.tif")), ValueError,
      "pixels of type complex64; unet_fast segments real numbers"),
     ("pixels that are objects", lambda ws, t: predict_tiled(tiny_model(), np.full((30, 30), None)), ValueError,

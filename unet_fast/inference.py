@@ -206,6 +206,14 @@ def _infer_layout(image, in_channels: int) -> str:
     if ndim == 2:
         return "YX"
     if ndim == 3:
+        shape = tuple(image.shape)
+        if shape[-1] <= 4 < min(shape[:2]) and shape[0] != in_channels:
+            # (H, W, 1) or an RGB (H, W, 3) from imageio/PIL: read as a stack of 1-4 px wide planes (or as H
+            # channels) it would give a result of the input's shape, and a silently wrong one
+            raise ValueError(f"image of shape {shape} looks channels-last (H, W, C); unet_fast takes channels "
+                             f"first: pass np.moveaxis(image, -1, 0) (or image[..., 0] for one channel), or say "
+                             f"how to read it with layout= ('ZYX' for a stack of {shape[0]} planes "
+                             f"{shape[1]} x {shape[2]} px)")
         return "CYX" if in_channels > 1 else "ZYX"
     if ndim == 4:
         return "ZCYX"

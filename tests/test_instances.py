@@ -1,6 +1,7 @@
 """unet_fast.instances: the rules against an independent whole-image oracle, and the streamed
 (block by block) labels equal to the whole-image labels for fuzzed image, block and tile sizes."""
 import dataclasses
+import errno
 import json
 
 import numpy as np
@@ -194,6 +195,25 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.ome.zarr", "labels.tif"]   # scratch removed
     filled = label_instances(mask, out=np.zeros(mask.shape, np.int32))
     np.testing.assert_array_equal(filled, want)
+
+
+def test_scratch_on_a_disk_without_room_is_an_error_not_a_sigbus(tmp_path, monkeypatch):
+    """Scratch arrays are sparse memory-mapped files: on a full disk a write into one raised SIGBUS, killing the
+    process with no message. An array the disk has no room for is refused when it is made, naming the folder and
+    the fix, and nothing is left behind."""
+    import collections
+
+    mask = blobs(1, 40, 50, "nuclei")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(instances.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    with pytest.raises(OSError, match=f"not enough free disk space for a scratch array .* in {tmp_path} "
+                                      f"\\(0.0 GiB free\\).*TMPDIR") as raised:
+        label_instances(mask, out=tmp_path / "labels.tif", block=16)
+    assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(instances.shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    np.testing.assert_array_equal(tifffile.imread(label_instances(mask, out=tmp_path / "labels.tif", block=16)),
+                                  label_instances(mask))
 
 
 @pytest.mark.parametrize("call, message", [

@@ -30,8 +30,11 @@ its halo, per-component tables and the seam rows; the mask and the provisional l
 from __future__ import annotations
 
 import dataclasses
+import errno
 import heapq
+import math
 import operator
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +232,13 @@ class Scratch:
             return np.zeros(shape, dtype)
         self._count += 1
         path = Path(self._folder.name) / f"{self._count}.dat"
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+        free = shutil.disk_usage(self._folder.name).free
+        if size > free:
+            # the file is sparse: a full disk would surface as a SIGBUS killing the process mid-write, not an error
+            raise OSError(errno.ENOSPC, f"not enough free disk space for a scratch array of {size / 2**30:.1f} GiB "
+                                        f"in {Path(self._folder.name).parent} ({free / 2**30:.1f} GiB free): free "
+                                        f"space there, or point TMPDIR (or the output) at a larger disk")
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
 
     def close(self) -> None:

@@ -278,6 +278,25 @@ def test_label_gather_fallback_agrees_with_grid_sample_path():
     assert torch.equal(big - 2**60, small)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint64"])
+def test_unsigned_wide_labels_follow_every_transform(dtype):
+    """uint16 instance masks (TIFFs) as torch tensors: torch has no flip or aminmax for uint16/32/64, so every
+    geometric transform raised NotImplementedError. Values above the signed range come back unchanged."""
+    signed = {"uint16": torch.int16, "uint32": torch.int32, "uint64": torch.int64}[dtype]
+    dtype = getattr(torch, dtype)
+    image = torch.rand(2, 1, 16, 16)
+    small = torch.randint(0, 40, (2, 16, 16))
+    lowest = torch.iinfo(signed).min
+    wide = (small + lowest).to(signed).view(dtype)     # 2**15 (2**31, 2**63) + small: beyond the signed type
+    for transform in (augment.RandomFlip(p=0.5), augment.RandomFlip(p=1.0), augment.RandomRot90(),
+                      augment.RandomRotation(), augment.RandomElasticDeform(sigma=6.0), augment.RandomShift(2.5),
+                      augment.RandomZoom()):
+        _, expected = transform(image, small, generator=torch.Generator().manual_seed(5))
+        _, got = transform(image, wide, generator=torch.Generator().manual_seed(5))
+        assert got.dtype == dtype and got.shape == wide.shape, transform
+        assert torch.equal(got.view(signed).to(torch.int64) - lowest, expected), transform
+
+
 def test_flip_per_sample():
     image = torch.rand(2, 1, 5, 7)
     labels = torch.randint(0, 3, (2, 5, 7))

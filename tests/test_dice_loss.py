@@ -70,6 +70,19 @@ def test_an_ignore_index_that_is_a_class_leaves_its_pixels_out_of_every_sum(c, i
     assert loss.item() == pytest.approx(oracle(logits, target, ignore_index), rel=1e-12)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, -1, 256, -256])
+def test_uint8_targets_compare_with_ignore_index_unwrapped(ignore_index):
+    """torch compares a uint8 tensor with an int wrapped mod 256: ignore_index 256 (-256) matched class 0, -1
+    matched 255, -100 matched 156, and those pixels were left out of the Dice sums although no pixel is ignored."""
+    logits, target = _inputs(2, 3, 9, 8, seed=12, ignored=0)
+    want = oracle(logits, target, ignore_index)
+    wide = torch.tensor(target)
+    assert soft_dice_loss(torch.tensor(logits), wide.to(torch.uint8), ignore_index=ignore_index).item() == \
+        pytest.approx(want, rel=1e-12)
+    assert soft_dice_loss(torch.tensor(logits), wide, ignore_index=ignore_index).item() == \
+        pytest.approx(want, rel=1e-12)
+
+
 def test_soft_dice_known_values():
     target = torch.tensor([[[0, 1], [1, 1]]])
     sure = torch.stack([(target == 0).double(), (target == 1).double()], 1) * 60 - 30   # softmax ~ one-hot

@@ -365,6 +365,11 @@ def test_bad_arguments(nuclei):
         fit(tiny_net(), [1, 2], epochs=1)
     with pytest.raises(ValueError, match="augment"):
         fit(tiny_net(), train, epochs=1, augment="elastic")
+    three = ArrayDataset([np.zeros((64, 64), np.float32)], [np.full((64, 64), 2)], num_classes=3,
+                         label_kind="semantic")
+    for data in (dict(train_data=three), dict(train_data=train, val_data=three)):  # before any image is read
+        with pytest.raises(ValueError, match="num_classes=3 but the model gives 2 classes"):
+            fit(tiny_net(), **data, epochs=1)
 
 
 DDP_SCRIPT = """

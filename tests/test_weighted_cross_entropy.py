@@ -207,6 +207,39 @@ def test_every_pixel_ignored_gives_zero(implementation):
     assert loss.item() == 0 and not grad.any()
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape", [(0, 2, 4, 5), (2, 3, 0, 5), (1, 2, 4, 0)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_pixels(implementation, shape, reduction):
+    """An empty batch or image: loss 0 ("none": empty) and an empty gradient, as aten's (Triton's launcher
+    reduced a zero-length array of per-program results and raised)."""
+    skip_unless_runnable(implementation)
+    logits, target, weight = make_inputs(shape)
+    check_against_oracle(logits, target, weight, reduction, implementation=implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("ignore_index", [256, -256, -255])
+def test_uint8_target_compares_with_ignore_index_unwrapped(implementation, ignore_index):
+    """torch compares a uint8 tensor with an int wrapped mod 256: the composite counted the pixels of class 0 (1)
+    as ignored in "mean"'s divisor for ignore_index 256 or -256 (-255), halving the loss, which aten's
+    cross-entropy and the kernels did not ignore."""
+    skip_unless_runnable(implementation)
+    logits, target, weight = make_inputs((2, 3, 5, 6), ignore_index=None)
+    check_against_oracle(logits, target.to(torch.uint8), weight, "mean", ignore_index, implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_uint8_target_that_wraps_onto_ignore_index_is_named(implementation):
+    """156 in a uint8 target is no class of 2 and not ignore_index -100 (which it equals mod 256)."""
+    skip_unless_runnable(implementation)
+    logits, target, weight = make_inputs((1, 2, 3, 4), ignore_index=None)
+    target = target.to(torch.uint8)
+    target[0, 1, 2] = 156
+    with pytest.raises(IndexError, match=r"value 156 at \(n=0, h=1, w=2\)"):
+        weighted_softmax_cross_entropy(logits, target, weight, implementation=implementation)
+
+
 @pytest.mark.parametrize("op", list(OPS))
 def test_op_outputs_without_a_gradient(op):
     """compute_grad=False: an empty gradient and the count of non-ignored pixels, the same from every kernel."""

@@ -271,6 +271,30 @@ def test_separate_touching_batched_torch_non_contiguous():
         np.testing.assert_array_equal(instances[i].numpy(), expected[1])
 
 
+@pytest.mark.parametrize("dtype, ids", [
+    (np.int64, (7, 9, 12)), (np.uint64, (7, 9, 12)),                      # ids an int32 holds, 64-bit dtype
+    (np.int64, (2**40, 2**62, 2**63 - 1)), (np.uint64, (2**40, 2**63, 2**64 - 1)),   # and ids it does not
+])
+def test_separate_touching_64_bit_labels(dtype, ids):
+    """scipy's grey filters take cval as a double: int64's maximum came back as int64's minimum, so every
+    object pixel looked next to a smaller id and was dropped (all background) for any int64 label image."""
+    _, labels = synthetic_nuclei(1, (40, 52), seed=4, num_objects=10)
+    small = labels[0].astype(np.int32)
+    values = np.unique(small)
+    wide = np.zeros(small.shape, dtype)
+    for rank, value in enumerate(values[1:]):  # the objects get ids far apart, in the order of the small ones
+        wide[small == value] = ids[rank % len(ids)] - rank // len(ids)
+    assert len(np.unique(wide)) == len(values)
+    semantic, instances = separate_touching(wide, return_instances=True)
+    expected_semantic, expected_instances = separate_touching(small, return_instances=True)
+    assert semantic.any()
+    np.testing.assert_array_equal(semantic, expected_semantic)
+    np.testing.assert_array_equal(instances > 0, expected_instances > 0)
+    assert instances.dtype == dtype
+    if dtype == np.int64:   # torch's default integer labels
+        np.testing.assert_array_equal(separate_touching(torch.from_numpy(wide)).numpy(), expected_semantic)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(connectivity=6), "connectivity must be 4 or 8"),
     (dict(width=0), "width must be an integer >= 1"),

@@ -69,10 +69,11 @@ class _Batch:
             raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
         self.batched = image.ndim == 4
         self.shapes = [image.shape] + [t.shape if isinstance(t, torch.Tensor) else None for t in targets]
+        self.dtypes = [image.dtype] + [t.dtype if isinstance(t, torch.Tensor) else None for t in targets]
         image4 = image if self.batched else image.reshape(1, -1, *image.shape[-2:])
         self.n, _, self.h, self.w = image4.shape
         self.device = image.device
-        self.tensors = [image4] + [self._target(i, t) for i, t in enumerate(targets)]
+        self.tensors = [_signed_view(image4)] + [_signed_view(self._target(i, t)) for i, t in enumerate(targets)]
         self.modes = ["cubic"] + _target_modes(targets, target_modes)
 
     def _target(self, i, t):
@@ -92,8 +93,21 @@ class _Batch:
         return t.reshape(1, -1, self.h, self.w)
 
     def restore(self, tensors):
-        out = [t.reshape(shape) for t, shape in zip(tensors, self.shapes)]
+        out = [t.reshape(shape).view(dtype) if t.dtype != dtype else t.reshape(shape)
+               for t, shape, dtype in zip(tensors, self.shapes, self.dtypes)]
         return out[0] if len(out) == 1 else tuple(out)
+
+
+#: unsigned integer types torch flips, gathers and measures (aminmax) only as the signed type of their width
+_SIGNED = {getattr(torch, f"uint{bits}"): getattr(torch, f"int{bits}") for bits in (16, 32, 64)
+           if hasattr(torch, f"uint{bits}")}
+
+
+def _signed_view(t: torch.Tensor) -> torch.Tensor:
+    """uint16/32/64 labels (uint16 instance masks are common) as the signed type of their width, the same bits:
+    flips, rotations and nearest-neighbour resampling only copy values, so ``restore`` views them back."""
+    signed = _SIGNED.get(t.dtype)
+    return t if signed is None else t.view(signed)
 
 
 def _target_modes(targets, target_modes) -> list[str]:
@@ -583,7 +597,7 @@ class RandomRot90:
         k = int(_draw((1,), generator, "uniform").cpu() * 4) % 4
         if batch.h != batch.w:
             k = 2 * (k % 2)
-        out = [torch.rot90(t, k, dims=(-2, -1)) for t in (image, *targets)]
+        out = [torch.rot90(_signed_view(t), k, dims=(-2, -1)).view(t.dtype) for t in (image, *targets)]
         return tuple(out) if targets else out[0]
 
 

@@ -75,6 +75,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
                          f"got shape {tuple(target.shape)}")
     probabilities = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), 1)[:, 1:]
     classes = torch.arange(1, logits.shape[1], device=target.device).view(1, -1, 1, 1)
+    target = target.long()  # a uint8 target compares with ignore_index wrapped mod 256 (-1 as 255, 256 as 0)
     valid = (target != ignore_index).unsqueeze(1)     # ignore_index may be a class: its pixels are no one's truth
     truth = ((target.unsqueeze(1) == classes) & valid).to(probabilities.dtype)
     probabilities = probabilities * valid

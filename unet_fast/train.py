@@ -212,6 +212,13 @@ def _check_fit_arguments(model, train_data, val_data, time_limit, best_metric) -
     if val_data is not None and scales[0] != scales[1]:
         raise ValueError(f"val_data's scale ({scales[1]:g}) differs from train_data's ({scales[0]:g}): validation "
                          f"would score the model on objects of another size; give both datasets the same scale")
+    outputs = getattr(model, "num_classes", None)
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        classes = getattr(data, "num_classes", None) if isinstance(data, SegmentationDataset) else None
+        if isinstance(outputs, int) and isinstance(classes, int) and classes > outputs:
+            raise ValueError(f"{name} has num_classes={classes} but the model gives {outputs} classes: its targets "
+                             f"up to {classes - 1} would fail the loss at the first step; build the model with "
+                             f"num_classes={classes}")
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0
                                        and math.isfinite(time_limit)):
         raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")

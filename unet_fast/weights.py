@@ -101,12 +101,13 @@ def separate_touching(instance_labels, *, connectivity: int = 8, width: int = 1,
         raise ValueError(f"width must be an integer >= 1, got {width!r}")
     step = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
     footprint = ndimage.iterate_structure(step, int(width))[(None,) * (labels.ndim - 2)]  # one image at a time
-    highest = np.iinfo(labels.dtype).max
-    largest_near = ndimage.grey_dilation(labels, footprint=footprint, mode="constant", cval=0)
-    smallest_near = ndimage.grey_erosion(np.where(labels > 0, labels, highest), footprint=footprint,
+    ids = _filterable_ids(labels)
+    highest = np.iinfo(ids.dtype).max
+    largest_near = ndimage.grey_dilation(ids, footprint=footprint, mode="constant", cval=0)
+    smallest_near = ndimage.grey_erosion(np.where(ids > 0, ids, highest), footprint=footprint,
                                          mode="constant", cval=highest)
-    objects = labels > 0
-    border = objects & ((largest_near > labels) | (smallest_near < labels))
+    objects = ids > 0
+    border = objects & ((largest_near > ids) | (smallest_near < ids))
     semantic = (objects & ~border).astype(np.int64)
     if not return_instances:
         return wrap(semantic)
@@ -172,6 +173,19 @@ def _parse_class_weights(class_weights):
     if not all(isinstance(w, Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in pair):
         raise ValueError(f"class_weights must be finite numbers >= 0, got {class_weights!r}")
     return tuple(float(w) for w in pair)
+
+
+def _filterable_ids(labels):
+    """The labels, or ids equal where they are equal (0 stays 0), in a dtype whose maximum survives
+    scipy's grey filters: they pass ``cval`` through a double, where int64's and uint64's maxima round
+    up to 2**63 / 2**64 and wrap (int64 max came back as int64 min, erasing every object)."""
+    if labels.dtype.itemsize < 8:
+        return labels
+    if labels.size == 0 or labels.max() < np.iinfo(np.int32).max:
+        return labels.astype(np.int32)
+    with_background = np.concatenate([np.zeros(1, labels.dtype), labels.ravel()])  # keeps 0 -> 0
+    ids = np.unique(with_background, return_inverse=True)[1][1:].reshape(labels.shape)
+    return ids.astype(np.int32) if ids.max() < np.iinfo(np.int32).max else ids.astype(np.uint32)
 
 
 def _compact(labels):

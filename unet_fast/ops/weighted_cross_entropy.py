@@ -147,7 +147,7 @@ def _defer(first_bad, target, weight, num_classes: int, ignore_index: int) -> No
 
 def _first_bad_values(logits, target, weight, ignore_index) -> tuple[int, int]:
     """Vectorised value check for the composite path: flat index of the first bad target / weight, or -1."""
-    kept = target != ignore_index
+    kept = target.long() != ignore_index  # a uint8 target would compare with ignore_index wrapped mod 256
     bad = kept & ((target < 0) | (target >= logits.shape[1]))
     bad_target = int(bad.reshape(-1).nonzero()[0, 0]) if bool(bad.any()) else -1
     bad_weight = -1
@@ -171,7 +171,8 @@ def weighted_cross_entropy_reference(logits, target, weight=None, reduction="mea
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
-        return loss.sum() / (target != ignore_index).sum().clamp(min=1)
+        # widened: uint8 targets compare with ignore_index wrapped mod 256 (-100 as 156, 256 as class 0)
+        return loss.sum() / (target.long() != ignore_index).sum().clamp(min=1)
     raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 

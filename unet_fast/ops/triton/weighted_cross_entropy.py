@@ -89,6 +89,10 @@ def weighted_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, w
     part_loss = logits.new_empty((programs,), dtype=loss_dtype)
     part_count = logits.new_empty((programs,), dtype=torch.int64)
     part_bad = logits.new_empty((programs, 2), dtype=torch.int64)
+    if programs == 0:  # no pixel: nothing to launch, and amin below has nothing to reduce
+        count = logits.new_zeros((), dtype=torch.int64)
+        return (loss if reduction == 0 else logits.new_zeros((), dtype=loss_dtype)), count, \
+            logits.new_full((2,), -1, dtype=torch.int64)
     stride_c, stride_p = (1, c) if channels_last else (h * w, 1)
     with on_device(logits.device):
         _weighted_cross_entropy_kernel[(programs,)](

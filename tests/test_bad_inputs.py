@@ -218,6 +218,10 @@ API = [
     ("model metadata not JSON", lambda ws, t: unet_fast.load_model(
         save_file({"w": torch.zeros(2)}, str(t / "j.safetensors"), metadata={METADATA_KEY: "{depth: 5"})
         or t / "j.safetensors"), ModelFileError, "JSON"),
+    # JSON nested deeper than Python's recursion limit: it was a RecursionError naming no file
+    ("model metadata nests deeply", lambda ws, t: unet_fast.load_model(
+        save_file({"w": torch.zeros(2)}, str(t / "r.safetensors"), metadata={METADATA_KEY: "[" * 100_000})
+        or t / "r.safetensors"), ModelFileError, "r.safetensors: its 'unet_fast' metadata nests too deeply"),
     ("model claims depth 40", lambda ws, t: unet_fast.load_model(
         model_file(t / "d40.safetensors", set_architecture(depth=40, base_channels=1))), ModelFileError, "depth"),
     ("model claims num_classes 1", lambda ws, t: unet_fast.load_model(
@@ -234,6 +238,11 @@ API = [
     ("model NaN weights", lambda ws, t: unet_fast.load_model(
         model_file(t / "n.safetensors", state=lambda s: s["head.weight"].fill_(float("nan")))), ModelFileError,
      "NaN"),
+    # finite as float64, infinite in the float32 model it loads into: it used to load, with an infinite weight
+    ("model float64 weights beyond float32", lambda ws, t: unet_fast.load_model(
+        model_file(t / "f64.safetensors", state=lambda s: s.update(
+            {k: v.double().fill_(1e300) if k == "head.bias" else v.double() for k, v in s.items()}))),
+     ModelFileError, "f64.safetensors: tensor head.bias holds 2 NaN or infinite value(s) of 2 (once float32"),
     ("model integer weights", lambda ws, t: unet_fast.load_model(
         model_file(t / "i.safetensors", state=lambda s: s.update({"head.bias": torch.zeros(2, dtype=torch.int32)}))),
      ModelFileError, "floating point"),

@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 import unet_fast
-from unet_fast import cli, geometry, reference
+from unet_fast import cli, geometry, reference, standalone_unet
 from unet_fast.export import check_output, export_onnx, export_torchscript, new_file
 from unet_fast.standalone_unet import UNet as StandaloneUNet
 from tolerances import assert_close
@@ -75,6 +75,60 @@ def test_onnx_runs_in_onnxruntime_like_the_model(tmp_path):
         (logits,) = session.run(None, {"input": x.numpy()})
         with torch.no_grad():
             assert_close(torch.from_numpy(logits), model(x))
+
+
+def test_standalone_unet_knows_the_legal_sizes():
+    """The standalone file cannot import unet_fast.geometry: its own arithmetic must agree with it."""
+    for padding in ("valid", "same"):
+        for depth in range(1, geometry.MAX_DEPTH + 1):
+            assert (standalone_unet.smallest_input(depth, padding)
+                    == geometry.min_input_size(depth, padding)), (depth, padding)
+
+
+def illegal_and_legal_sizes(model):
+    return [(n, geometry.is_valid_input_size(n, model.depth, model.padding)) for n in range(1, 62)]
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_standalone_and_torchscript_refuse_illegal_sizes(tmp_path, padding):
+    """An illegal size used to run: each 2x2 max-pool of an odd size floored, the copy and crop took a window half
+    a pixel off centre, and the result was plausible and wrong (45 px at depth 3 gave 4 px, as 44 does)."""
+    model = net(padding)
+    standalone = StandaloneUNet(1, 3, depth=3, base_channels=4, padding=padding).eval()
+    standalone.load_state_dict(model.state_dict())
+    scripted = torch.jit.load(str(export_torchscript(model, tmp_path / "model.pt")))
+    legal = geometry.min_input_size(3, padding)
+    for n, is_legal in illegal_and_legal_sizes(model):
+        for network in (standalone, scripted):
+            x = torch.zeros(1, 1, legal, n)
+            if is_legal:
+                network(x)
+            else:
+                with pytest.raises((ValueError, torch.jit.Error), match=f"input width is {n} pixels, not a legal "
+                                   f"size for this U-Net: the legal sizes are {legal} \\+ 4 k"):
+                    network(x)
+    with pytest.raises(ValueError, match=r"nearest: 44 or 48\)"):
+        StandaloneUNet(1, 3, depth=3, base_channels=4)(torch.zeros(1, 1, 45, 44))
+    with pytest.raises(ValueError, match="4 dimensions"):
+        standalone(torch.zeros(1, legal, legal))
+
+
+def test_onnx_refuses_illegal_sizes(tmp_path):
+    """onnxruntime ran some illegal sizes (an odd size max-pooled, floored): a plausible, wrong result."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnxscript)")
+    ort = pytest.importorskip("onnxruntime", reason="running ONNX needs the export extra (onnxruntime)")
+    model = net(in_channels=3)
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "model.onnx")))
+    legal = geometry.min_input_size(model.depth)
+    for n, is_legal in illegal_and_legal_sizes(model):
+        x = torch.randn(2, 3, n, legal)
+        if is_legal:
+            (logits,) = session.run(None, {"input": x.numpy()})
+            with torch.no_grad():
+                assert_close(torch.from_numpy(logits), model(x))
+        else:
+            with pytest.raises(Exception, match="Reshape|Conv|Concat"):
+                session.run(None, {"input": x.numpy()})
 
 
 @pytest.mark.parametrize("output, format, error, message", [

@@ -69,6 +69,23 @@ def test_ome_zarr_chunks_are_nested_as_ngff_requires(tmp_path):
     assert __import__("zarr").open_group(str(path), mode="r")["0"][2, 1].max() == 1
 
 
+@pytest.mark.parametrize("shape", [(200, 20, 30), (2, 200, 20, 30)])
+def test_ome_zarr_chunks_of_many_classes_stay_small(tmp_path, shape, monkeypatch):
+    """A chunk held every class in 512 x 512 pixels, however small the image (format 2 stores edge chunks whole):
+    200 classes of float32 probabilities made 200 MiB chunks (1000 classes, 1 GiB), each read whole by a reader
+    that shows one class of one tile."""
+    zarr = pytest.importorskip("zarr")
+    monkeypatch.setattr(sinks, "MAX_CHUNK_BYTES", 64 * 20 * 30 * 4)      # 64 classes of this image a chunk
+    image = np.random.default_rng(6).random(shape, dtype=np.float32)
+    writer = sinks.open_streaming_writer(tmp_path / "p.ome.zarr", shape, np.float32, channels=True)
+    for p in range(shape[0] if len(shape) == 4 else 1):
+        writer.write(p, 0, 0, image[p] if len(shape) == 4 else image)
+    array = zarr.open_group(str(writer.close()), mode="r")["0"]
+    assert array.chunks == (64, 20, 30) if len(shape) == 3 else (64, 1, 20, 30)
+    back = array[...]
+    np.testing.assert_array_equal(np.moveaxis(back, 0, 1) if len(shape) == 4 else back, image)
+
+
 @pytest.mark.parametrize("shape, channels", [((40, 30), False), ((3, 40, 30), False), ((2, 3, 40, 30), True),
                                              ((3, 40, 30), True)])
 def test_a_tiff_records_the_translation_as_every_planes_position(tmp_path, shape, channels):

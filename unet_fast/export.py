@@ -36,12 +36,12 @@ def require(module: str, purpose: str):
                           f"pip install 'unet_fast[export]'") from None
 
 
-def standalone_model(model: torch.nn.Module) -> StandaloneUNet:
-    """A standalone U-Net holding ``model``'s weights (float32, CPU, eval mode)."""
+def standalone_model(model: torch.nn.Module, cls: type = StandaloneUNet) -> StandaloneUNet:
+    """A standalone U-Net (``cls``) holding ``model``'s weights (float32, CPU, eval mode)."""
     if not hasattr(model, "config"):
         raise TypeError(f"model must be a unet_fast UNet (or reference.UNet), got {type(model).__name__}")
     config = model.config()
-    standalone = StandaloneUNet(**{name: config[name] for name in STANDALONE_ARGUMENTS})
+    standalone = cls(**{name: config[name] for name in STANDALONE_ARGUMENTS})
     standalone.load_state_dict({name: value.detach().float().cpu() for name, value in model.state_dict().items()})
     return standalone.eval()
 
@@ -95,15 +95,27 @@ def example_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, config["in_channels"], size, size)
 
 
+class OnnxUNet(StandaloneUNet):
+    """The standalone U-Net as the ONNX file holds it. ONNX has no assertion: the size check of the forward
+    holds for every size of the symbolic form min + step * k, so the exporter drops it, and onnxruntime would
+    run an illegal size, flooring a max-pool of an odd size and cropping half a pixel off centre (a plausible,
+    wrong result). So each 2x2 max-pool is a Reshape to 2x2 blocks and their maximum (the same numbers),
+    which fails on an odd size: an illegal input size is refused by a Reshape node."""
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = x.shape
+        return x.reshape(n, c, height // 2, 2, width // 2, 2).amax(dim=(3, 5))
+
+
 def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPSET) -> Path:
     """Write ``model`` as ONNX: input "input" (N, C, H, W), output "logits" (N, K, H', W').
 
     H and W are symbolic, of the form min + step * k (the exporter proves the network legal for
-    every such size), N is free.
+    every such size), N is free; another size fails in onnxruntime (``OnnxUNet``).
     """
     output = check_output(output, "onnx")
     require("onnxscript", "ONNX export")
-    standalone = standalone_model(model)
+    standalone = standalone_model(model, OnnxUNet)
     config = model.config()
     step = geometry.size_step(config["depth"])
     smallest = geometry.min_input_size(config["depth"], config["padding"])

@@ -116,6 +116,9 @@ def read_model_config(path) -> dict:
         config = json.loads(metadata[METADATA_KEY])
     except ValueError as error:
         raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata is not valid JSON ({error})") from None
+    except RecursionError:      # "[[[[...": a file's header is up to 100 MB
+        raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata nests too deeply to be a model's "
+                             f"config") from None
     if not isinstance(config, dict):
         raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata is a {type(config).__name__}, not an object")
     if config.get("format") != FORMAT or not isinstance(config.get("format_version", 0), int) \
@@ -202,11 +205,15 @@ def _check_loaded(config: dict, state: dict, path) -> None:
 
 
 def _check_finite(state: dict, path) -> None:
+    """Every weight finite, as the model holds it: float32, so a float64 weight beyond its range (1e39) counts."""
     for name, tensor in state.items():
-        if not torch.isfinite(tensor).all():
-            count = int((~torch.isfinite(tensor)).sum())
+        finite = torch.isfinite(tensor.float() if tensor.dtype == torch.float64 else tensor)
+        if not finite.all():
+            count = int((~finite).sum())
             raise ModelFileError(f"{path}: tensor {name} holds {count} NaN or infinite value(s) of "
-                                 f"{math.prod(tensor.shape)}; the weights are corrupt (or training diverged)")
+                                 f"{math.prod(tensor.shape)}"
+                                 f"{' (once float32, as the model holds it)' if tensor.dtype == torch.float64 else ''}"
+                                 f"; the weights are corrupt (or training diverged)")
 
 
 def _describe(architecture: dict) -> str:

@@ -242,6 +242,10 @@ class StreamingTiffWriter:
         discard(self.temporary)
 
 
+#: the most bytes one OME-Zarr chunk holds (readers decompress whole chunks): 64 float32 classes of 512 x 512
+MAX_CHUNK_BYTES = 64 << 20
+
+
 class StreamingZarrWriter:
     """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
 
@@ -267,7 +271,13 @@ class StreamingZarrWriter:
         self._store = _stoppable_store(self.temporary)
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
             self._group = group = zarr.open_group(self._store, mode="w", zarr_format=2)
-            chunks = tuple(1 if name == "z" else size for name, size in zip(names, stored[:-2])) + (chunk, chunk)
+            # no larger than the image (format 2 stores edge chunks whole: a 40 x 30 image in 512 x 512 chunks is
+            # read as 1 MB a plane), and every class in one chunk, up to MAX_CHUNK_BYTES (1000 classes' float32
+            # probabilities would be 1 GB chunks)
+            rows, columns = (max(1, min(chunk, size)) for size in stored[-2:])
+            classes = max(1, MAX_CHUNK_BYTES // (rows * columns * np.dtype(dtype).itemsize))
+            chunks = tuple(1 if name == "z" else min(size, classes) for name, size in zip(names, stored[:-2])) \
+                + (rows, columns)
             # NGFF keeps chunks in nested folders ("/" its only separator); zarr's format 2 default is "."
             self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype),
                                             chunk_key_encoding={"name": "v2", "separator": "/"})
@@ -283,7 +293,7 @@ class StreamingZarrWriter:
             self.abort()
             raise
         self.plane_dims = plane_dims
-        self._collector = _BandCollector(self.shape, dtype, chunk, plane_dims, self._emit)
+        self._collector = _BandCollector(self.shape, dtype, rows, plane_dims, self._emit)
 
     def set_attributes(self, attributes: dict) -> None:
         """Add to the group's attributes (e.g. NGFF "image-label" for a label image), through the writer's store

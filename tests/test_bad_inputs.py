@@ -195,6 +195,9 @@ API = [
     ("loss NaN weight", lambda ws, t: weighted_softmax_cross_entropy(
         torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), torch.full((1, 3, 3), float("nan"))),
      ValueError, "weight"),
+    ("loss infinite weight", lambda ws, t: weighted_softmax_cross_entropy(
+        torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), torch.full((1, 3, 3), float("inf"))),
+     ValueError, "not NaN or infinite"),
     ("loss target shape", lambda ws, t: weighted_softmax_cross_entropy(
         torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, dtype=torch.long)), ValueError, "target"),
     ("loss float target", lambda ws, t: weighted_softmax_cross_entropy(

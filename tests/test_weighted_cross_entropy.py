@@ -357,7 +357,7 @@ def test_target_out_of_range_names_value_and_position(implementation, target_dty
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("bad", [-0.5, float("nan")])
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
 def test_bad_weight_names_value_and_position(implementation, bad):
     skip_unless_runnable(implementation)
     logits, target, weight = make_inputs((2, 3, 5, 7))

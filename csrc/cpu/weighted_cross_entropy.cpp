@@ -111,7 +111,7 @@ inline __attribute__((always_inline)) ChunkResult<acc_t> chunk_math(
     const bool is_kept = t != acc_t(kIgnored), valid = t >= 0 && t < num_classes;
     kept += is_kept;
     bad_target += is_kept && !valid;
-    bad_weight += !(wi >= 0);  // negative or NaN
+    bad_weight += !(wi >= 0 && wi <= std::numeric_limits<acc_t>::max());  // negative, NaN or infinite
     cls[i] = valid ? t : acc_t(-1);
     w[i] = valid ? wi : acc_t(0);
     m[i] = in[i];
@@ -192,7 +192,7 @@ struct BlockResult {
   double loss = 0;
   int64_t count = 0;             // non-ignored pixels
   int64_t bad_target = kNone;    // flat pixel index of the first invalid target
-  int64_t bad_weight = kNone;    // ... of the first negative or NaN weight
+  int64_t bad_weight = kNone;    // ... of the first negative, NaN or infinite weight
 };
 
 // One image's pixels [p_begin, p_end), chunk by chunk. Logits (n, c, p) sit at x + n*C*HW + c*plane + p*step;
@@ -256,7 +256,8 @@ void run_block(const scalar_t* x, scalar_t* g, const target_t* target,
     }
     if (r.bad_weight && result.bad_weight == kNone) {
       for (int64_t i = 0; i < len; ++i) {
-        if (!(weight[flat + i] >= 0)) { result.bad_weight = flat + i; break; }
+        const acc_t wi = weight[flat + i];
+        if (!(wi >= 0 && wi <= std::numeric_limits<acc_t>::max())) { result.bad_weight = flat + i; break; }
       }
     }
   }

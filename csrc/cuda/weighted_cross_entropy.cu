@@ -63,7 +63,7 @@ __global__ void weighted_cross_entropy_kernel(
     const acc_t w_raw = weight ? weight[pix] : acc_t(1);
     const bool kept = t != ignore_index, valid = t >= 0 && t < C, use = kept && valid;
     if (kept && !valid) bad_target = min(bad_target, local);
-    if (!(w_raw >= acc_t(0))) bad_weight = min(bad_weight, local);  // negative or NaN
+    if (!(w_raw >= acc_t(0)) || isinf(w_raw)) bad_weight = min(bad_weight, local);  // negative, NaN or infinite
     kept_count += kept;
     const acc_t w = use ? w_raw : acc_t(0);
     const int64_t offset = n * stride_n + p * stride_p;

@@ -34,7 +34,7 @@ SCHEMAS = {
     # Pixel-wise softmax cross-entropy times weight (None: 1); reduction 0 none, 1 mean over non-ignored
     # pixels, 2 sum. Returns (loss, d loss_sum / d logits = (softmax - onehot) * weight, unscaled, in
     # logits' layout, or an empty tensor when compute_grad is false, number of non-ignored pixels,
-    # first_bad: int64 [flat index of the first invalid target, of the first negative or NaN weight],
+    # first_bad: int64 [flat index of the first invalid target, of the first negative, NaN or infinite weight],
     # -1 where none). It never raises for values: the caller decides when to look (no device sync).
     "weighted_cross_entropy": ("(Tensor logits, Tensor target, Tensor? weight, int reduction, int ignore_index, "
                                "bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)"),

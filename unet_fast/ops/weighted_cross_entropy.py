@@ -17,7 +17,7 @@ a weight that needs a gradient takes the PyTorch composite. All accumulate in fp
 logits) and reduce per-block partial sums in a fixed order, so results are deterministic.
 
 Checks on values cost no extra pass: the kernels flag invalid targets (outside [0, C) and not
-ignore_index) and negative or NaN weights while they read them and return the first one's flat
+ignore_index) and negative, NaN or infinite weights while they read them and return the first one's flat
 index (``first_bad``); the op never raises for values. When to look is the caller's choice
 (``value_check``): on the CPU at once (free); on CUDA, by default, without stalling the GPU: the
 16 bytes are copied to pinned host memory asynchronously and looked at by the next call (or by
@@ -102,7 +102,7 @@ def _raise_for_bad_values(first_bad: tuple[int, int], target, weight, num_classe
     if bad_weight >= 0:
         value = weight.reshape(-1)[bad_weight].item()
         raise ValueError(f"{_NAME}: weight has value {value} at {_position(bad_weight, weight.shape)}{when}; "
-                         "weights must be >= 0 and not NaN")
+                         "weights must be >= 0 and not NaN or infinite")
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _first_bad_values(logits, target, weight, ignore_index) -> tuple[int, int]:
     bad_target = int(bad.reshape(-1).nonzero()[0, 0]) if bool(bad.any()) else -1
     bad_weight = -1
     if weight is not None:
-        bad_w = ~(weight >= 0)
+        bad_w = ~(weight >= 0) | torch.isinf(weight)
         bad_weight = int(bad_w.reshape(-1).nonzero()[0, 0]) if bool(bad_w.any()) else -1
     return bad_target, bad_weight
 

@@ -39,7 +39,7 @@ def _weighted_cross_entropy_kernel(
     use = kept & in_range
     if HAS_WEIGHT:
         w_raw = tl.load(weight_ptr + offs, mask=mask, other=0).to(acc_dtype)
-        bad_w = mask & ~(w_raw >= 0)  # negative or NaN
+        bad_w = mask & ~((w_raw >= 0) & (w_raw < float("inf")))  # negative, NaN or infinite
     else:
         w_raw = tl.full([BLOCK], 1, acc_dtype)
         bad_w = offs < 0

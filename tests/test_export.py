@@ -77,6 +77,42 @@ def test_onnx_runs_in_onnxruntime_like_the_model(tmp_path):
             assert_close(torch.from_numpy(logits), model(x))
 
 
+def described(model):
+    model.normalization = unet_fast.Normalization("percentile", low=2.0, high=99.0)
+    model.class_names = ["background", "nucleus", "border"]
+    return model
+
+
+def check_description(text, model):
+    import json
+
+    found = json.loads(text)
+    assert found["architecture"] == model.config()
+    assert found["input"]["legal_sizes"] == {"min": geometry.min_input_size(model.depth, model.padding),
+                                             "step": geometry.size_step(model.depth)}
+    assert unet_fast.Normalization.from_dict(found["input"]["normalization"]) == model.normalization
+    assert found["output"]["class_names"] == ["background", "nucleus", "border"]
+    assert found["output"]["pixels_lost_per_side"] == geometry.context(model.depth, model.padding)
+
+
+def test_torchscript_says_what_its_inputs_need(tmp_path):
+    """A bare TorchScript file cannot say how to normalise its input, which sizes are legal or what its
+    channels are: it holds unet_fast's description as an extra file."""
+    model = described(net())
+    extra = {"unet_fast.json": ""}
+    torch.jit.load(str(export_torchscript(model, tmp_path / "model.pt")), _extra_files=extra)
+    check_description(extra["unet_fast.json"], model)
+
+
+def test_onnx_says_what_its_inputs_need(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the export extra")
+    pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnxscript)")
+    model = described(net())
+    props = {p.key: p.value for p in onnx.load(str(export_onnx(model, tmp_path / "model.onnx"))).metadata_props}
+    check_description(props["unet_fast"], model)
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
+
+
 def test_standalone_unet_knows_the_legal_sizes():
     """The standalone file cannot import unet_fast.geometry: its own arithmetic must agree with it."""
     for padding in ("valid", "same"):

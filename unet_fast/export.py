@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import warnings
@@ -107,11 +108,37 @@ class OnnxUNet(StandaloneUNet):
         return x.reshape(n, c, height // 2, 2, width // 2, 2).amax(dim=(3, 5))
 
 
+#: where ONNX (metadata_props) and TorchScript (an extra file) files keep ``description``
+METADATA_KEY, METADATA_FILE = "unet_fast", "unet_fast.json"
+
+
+def description(model: torch.nn.Module) -> dict:
+    """What a bare ONNX or TorchScript file cannot say by itself, for whoever runs it: the legal input sizes,
+    the normalisation its inputs need, the classes of its output, the pixel size it was trained at."""
+    from . import __version__
+    from .normalization import Normalization
+
+    config = model.config()
+    depth, padding = config["depth"], config["padding"]
+    normalization = getattr(model, "normalization", None) or Normalization()
+    names = getattr(model, "class_names", None) or [f"class{i}" for i in range(config["num_classes"])]
+    pixel_size = (getattr(model, "metadata", None) or {}).get("pixel_size")
+    return {"producer": f"unet_fast {__version__}", "architecture": config,
+            "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
+                      "legal_sizes": {"min": geometry.min_input_size(depth, padding), "step": geometry.size_step(depth)},
+                      "normalization": normalization.to_dict()},
+            "output": {"name": "logits", "layout": "NCHW", "class_names": list(names),
+                       "pixels_lost_per_side": geometry.context(depth, padding),
+                       "meaning": "logits: their softmax over C is each class's probability"},
+            "pixel_size": pixel_size, "input_scale": float(getattr(model, "input_scale", 1.0))}
+
+
 def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPSET) -> Path:
     """Write ``model`` as ONNX: input "input" (N, C, H, W), output "logits" (N, K, H', W').
 
     H and W are symbolic, of the form min + step * k (the exporter proves the network legal for
-    every such size), N is free; another size fails in onnxruntime (``OnnxUNet``).
+    every such size), N is free; another size fails in onnxruntime (``OnnxUNet``). The file's
+    metadata_props hold ``description`` as JSON under "unet_fast".
     """
     output = check_output(output, "onnx")
     require("onnxscript", "ONNX export")
@@ -125,6 +152,11 @@ def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPS
         torch.onnx.export(standalone, (example_input(model),), str(temporary), dynamo=True, external_data=False,
                           input_names=["input"], output_names=["logits"], dynamic_shapes=shapes,
                           opset_version=opset_version, verbose=False)
+        onnx = require("onnx", "ONNX export")
+        written = onnx.load(str(temporary))
+        entry = written.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(description(model))
+        onnx.save(written, str(temporary))
     return output
 
 
@@ -143,14 +175,15 @@ def _quiet_onnx_exporter():
 
 
 def export_torchscript(model: torch.nn.Module, output) -> Path:
-    """Write ``model`` as TorchScript (torch.jit.load runs it; any batch and legal size)."""
+    """Write ``model`` as TorchScript (torch.jit.load runs it; any batch and legal size). The file holds
+    ``description`` as JSON in the extra file "unet_fast.json" (``torch.jit.load(path, _extra_files=...)``)."""
     output = check_output(output, "torchscript")
     with warnings.catch_warnings():
         # the bioimage.io format is TorchScript itself, so torch's advice to move on does not apply
         warnings.filterwarnings("ignore", message=".*torch.jit.(script|save).*deprecated", category=DeprecationWarning)
         scripted = torch.jit.script(standalone_model(model))
         with new_file(output) as temporary:
-            torch.jit.save(scripted, str(temporary))
+            torch.jit.save(scripted, str(temporary), _extra_files={METADATA_FILE: json.dumps(description(model))})
     return output
 
 

@@ -176,31 +176,6 @@ def test_the_model_is_read_again_only_when_its_file_changed(viewer, qtbot, model
     assert len(threads) == 2
 
 
-def test_an_untrusted_model_file_is_reported_without_a_traceback(viewer, qtbot, model_file, tmp_path):
-    """A checkpoint with pickled objects, refused by load_model: one error notification saying so (not napari's
-    traceback of a worker's exception), the button back to Segment, no run left, nothing added."""
-    import argparse
-
-    from napari.utils.notifications import ErrorNotification, Notification, notification_manager
-
-    untrusted = tmp_path / "checkpoint.pt"
-    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=0.1)}, untrusted)
-    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
-    widget.model_path.value = untrusted
-    notifications = []
-    notification_manager.notification_ready.connect(notifications.append)
-    try:
-        widget.button.clicked()
-        qtbot.waitUntil(lambda: widget.run is None, timeout=10_000)
-    finally:
-        notification_manager.notification_ready.disconnect(notifications.append)
-    assert widget.status.value.startswith("cannot read the model checkpoint.pt: ") and "refused" in widget.status.value
-    assert [type(notification) for notification in notifications] == [Notification]
-    assert not isinstance(notifications[0], ErrorNotification) and notifications[0].message == widget.status.value
-    assert widget.button.text == "Segment" and widget.worker is None
-    assert [layer.name for layer in viewer.layers] == ["cells"]
-
-
 def notified(qtbot, widget):
     """The notifications napari shows while the widget's run goes from the click to its end."""
     from napari.utils.notifications import notification_manager
@@ -213,6 +188,25 @@ def notified(qtbot, widget):
     finally:
         notification_manager.notification_ready.disconnect(notifications.append)
     return notifications
+
+
+def test_an_untrusted_model_file_is_reported_without_a_traceback(viewer, qtbot, model_file, tmp_path):
+    """A checkpoint with pickled objects, refused by load_model: one error notification saying so (not napari's
+    traceback of a worker's exception), the button back to Segment, no run left, nothing added."""
+    import argparse
+
+    from napari.utils.notifications import ErrorNotification, Notification
+
+    untrusted = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=0.1)}, untrusted)
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    widget.model_path.value = untrusted
+    notifications = notified(qtbot, widget)
+    assert widget.status.value.startswith("cannot read the model checkpoint.pt: ") and "refused" in widget.status.value
+    assert [type(notification) for notification in notifications] == [Notification]
+    assert not isinstance(notifications[0], ErrorNotification) and notifications[0].message == widget.status.value
+    assert widget.button.text == "Segment" and widget.worker is None
+    assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
 def test_an_image_the_model_does_not_take_is_one_plain_notification(viewer, qtbot, model_file):
@@ -304,3 +298,21 @@ def test_napari_opens_segment_outputs_with_their_pixel_size(viewer, tmp_path, mo
     assert isinstance(layer, napari.layers.Labels) and layer.name == "cells"
     np.testing.assert_array_equal(layer.scale, (0.5, 0.25))
     assert [str(unit) for unit in layer.units] == ["micrometer", "micrometer"]
+
+
+@needs_zarr
+def test_napari_shows_an_output_pyramid_as_a_multiscale_layer(viewer, tmp_path, model_file, monkeypatch):
+    from unet_fast import sinks
+    from unet_fast.inference import predict_tiled
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 32)
+    model = unet_fast.load_model(model_file)
+    for output, layer_type in (("labels", napari.layers.Labels), ("probabilities", napari.layers.Image)):
+        path = predict_tiled(model, stack(planes=2), output=output, progress=False,
+                             out=tmp_path / f"{output}.ome.zarr")
+        layers = viewer.open(str(path), plugin="unet_fast")
+        assert len(layers) == (1 if output == "labels" else 2)                   # probabilities: one per class
+        for layer in layers:
+            assert isinstance(layer, layer_type) and layer.multiscale
+            assert [list(shape[-2:]) for shape in layer.level_shapes] == [[70, 90], [35, 45], [18, 23]]
+            assert layer.level_shapes[-1][0] == 2                                 # planes are never halved

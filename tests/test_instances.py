@@ -197,6 +197,27 @@ def test_file_outputs_and_scratch_on_disk(tmp_path, monkeypatch):
     np.testing.assert_array_equal(filled, want)
 
 
+@needs_zarr
+def test_an_ome_zarr_of_instances_has_a_pyramid_of_the_final_ids(tmp_path, monkeypatch):
+    """The pyramid is built from what the second pass writes, the final ids (the borders given back, objects
+    numbered 1..K): level k is level 0[::2**k, ::2**k], each plane on its own; no id is averaged or made up."""
+    import zarr
+
+    from unet_fast import sinks
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    mask = np.stack([blobs(seed, 41, 50, "smooth") for seed in (3, 4)])
+    want = label_instances(mask)
+    group = zarr.open_group(str(label_instances(mask, out=tmp_path / "labels.ome.zarr", block=16)), mode="r")
+    assert "image-label" in group.attrs and group.attrs["multiscales"][0]["type"] == "nearest"
+    assert [d["path"] for d in group.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"]    # 41 x 50 to 11 x 13
+    for k in range(3):
+        level = group[str(k)][...]
+        assert level.dtype == np.uint16 and level.shape == (2,) + tuple(-(-s // 2 ** k) for s in (41, 50))
+        np.testing.assert_array_equal(level, want[:, ::2 ** k, ::2 ** k])
+    assert set(np.unique(group["2"][...])) <= set(np.unique(want)) and want.max() >= 5
+
+
 def test_scratch_on_a_disk_without_room_is_an_error_not_a_sigbus(tmp_path, monkeypatch):
     """Scratch arrays are sparse memory-mapped files: on a full disk a write into one raised SIGBUS, killing the
     process with no message. An array the disk has no room for is refused when it is made, naming the folder and

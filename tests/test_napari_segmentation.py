@@ -157,6 +157,27 @@ def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
 
 
 @needs_zarr
+@pytest.mark.parametrize("output, kind", [("labels", "labels"), ("probabilities", "image")])
+def test_reader_hands_napari_a_pyramid_as_a_multiscale_list(model, tmp_path, monkeypatch, output, kind):
+    """An output with pyramid levels opens as one multiscale layer (one per class): its lazy levels, full
+    resolution first, so napari reads the level and the chunks it shows; the grid is level 0's."""
+    from unet_fast import sinks
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 32)
+    data = image((70, 90))
+    path = predict_tiled(model, data, output=output, progress=False, out=tmp_path / "cells.ome.zarr")
+    [(layer_data, kwargs, layer_kind)] = read_ome_zarr(str(path))
+    assert layer_kind == kind and kwargs["multiscale"] is True and isinstance(layer_data, list)
+    assert [level.shape[-2:] for level in layer_data] == [(70, 90), (35, 45), (18, 23)]
+    assert all(type(level).__module__.startswith("zarr") for level in layer_data)      # lazy, not read
+    np.testing.assert_array_equal(layer_data[0][...], predict_tiled(model, data, output=output, progress=False))
+    if output == "probabilities":
+        assert kwargs["channel_axis"] == 0 and kwargs["scale"] == [[1.0, 1.0]] * 3
+    else:
+        assert kwargs["scale"] == [1.0, 1.0] and kwargs["translate"] == [0.0, 0.0]
+
+
+@needs_zarr
 def test_reader_declines_what_is_not_an_ome_zarr_image(tmp_path):
     import zarr
 

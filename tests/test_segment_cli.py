@@ -515,6 +515,38 @@ def test_continue_never_keeps_an_output_of_another_kind(tmp_path, model_file, ca
     assert segment_("probabilities")[0] == 0 and segment.output_kind(out / f"img0{ext}") == "probabilities"
 
 
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "instances", "probabilities"])
+def test_continue_keeps_ome_zarr_outputs_with_pyramid_levels(tmp_path, model_file, capsys, monkeypatch, output):
+    """An OME-Zarr output has pyramid levels (datasets 1, 2, ...) beside level 0: its kind is still told by level 0
+    (and "image-label"), its provenance by the group's attribute, so --continue keeps it and refuses other kinds."""
+    import zarr
+
+    from unet_fast import sinks
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    _images(tmp_path / "in")
+    out = tmp_path / "out"
+
+    def segment_(kind, *more):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model_file),
+                           "--no-progress", "--format", "ome.zarr", "--output", kind, *more])
+        return status, capsys.readouterr()
+
+    assert segment_(output, *(["--overlay"] if output != "probabilities" else []))[0] == 0
+    result = out / "img0.ome.zarr"
+    group = zarr.open_group(str(result), mode="r")
+    assert [d["path"] for d in group.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"]    # 30 x 41 to 8 x 11
+    assert group["2"].shape[-2:] == (8, 11)
+    assert segment.output_kind(result) == output and sinks.read_provenance(result)["output"] == output
+    before = _mtimes(out)
+    status, captured = segment_(output, "--continue")
+    assert status == 0 and "0 segmented, 3 skipped" in captured.out and _mtimes(out) == before
+    other = "probabilities" if output != "probabilities" else "labels"
+    status, captured = segment_(other, "--continue")
+    assert status == 2 and f"holds {output}, not {other}" in captured.err, captured.err
+
+
 def test_an_output_that_is_a_folder_fails_that_file_at_once(tmp_path, model_file, capsys, monkeypatch):
     _images(tmp_path / "in")
     (tmp_path / "out" / "img1.tif").mkdir(parents=True)

@@ -231,3 +231,203 @@ def test_attributes_are_written_through_the_stoppable_store(tmp_path):
     with pytest.raises(RuntimeError, match="the writer was aborted"):
         writer.set_attributes({"more": 1})
     assert os.listdir(tmp_path) == []
+
+
+# ---- OME-Zarr pyramids: levels written while level 0 streams in
+
+
+def _write_in_tiles(writer, image, shape, channels, tile=(7, 9)):
+    planes = shape[0] if len(shape) - channels == 3 else 1
+    for p in range(planes):
+        plane = image[p] if len(shape) - channels == 3 else image
+        for y in range(0, shape[-2], tile[0]):
+            for x in range(0, shape[-1], tile[1]):
+                writer.write(p, y, x, plane[..., y:y + tile[0], x:x + tile[1]])
+    return writer.close()
+
+
+def _block_means(level):
+    """The mean of each 2 x 2 block of y, x, of the pixels it has (an odd last row or column: 1 or 2), in float64."""
+    height, width = level.shape[-2:]
+    means = np.empty(level.shape[:-2] + (-(-height // 2), -(-width // 2)))
+    for i in range(means.shape[-2]):
+        for j in range(means.shape[-1]):
+            means[..., i, j] = level[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2].astype(np.float64).mean(axis=(-2, -1))
+    return means
+
+
+@pytest.mark.parametrize("shape, channels, dtype", [
+    ((37, 50), False, np.uint16),            # instances: odd height, even width
+    ((2, 36, 21), False, np.uint8),          # a stack of labels: even height, odd width
+    ((3, 37, 21), True, np.float32),         # probabilities of 3 classes
+    ((2, 2, 36, 22), True, np.float16),      # a stack of them (stored c, z, y, x), even sizes
+])
+def test_ome_zarr_pyramid_levels_are_picked_pixels_or_block_means(tmp_path, monkeypatch, shape, channels, dtype):
+    """Level k halves y and x of level k - 1 (rounding up), never z or the classes: ids and classes by the top-left
+    pixel of each 2 x 2 block (level 0[::2**k, ::2**k]), probabilities by the block's mean (of the pixels an edge
+    block has); written from blocks that arrive in tile order, in bands of 5 rows."""
+    zarr = pytest.importorskip("zarr")
+    import torch
+    from tolerances import TOLERANCES
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 8)
+    rng = np.random.default_rng(7)
+    image = (rng.random(shape) if np.dtype(dtype).kind == "f" else rng.integers(0, 200, shape)).astype(dtype)
+    path = _write_in_tiles(sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", shape, dtype, channels=channels,
+                                                     chunk=5), image, shape, channels)
+    group = zarr.open_group(str(path), mode="r")
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    stored = np.moveaxis(image, 0, 1) if channels and len(shape) == 4 else image
+    sizes = [stored.shape[-2:]]
+    while max(sizes[-1]) > 8:
+        sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
+    assert [d["path"] for d in datasets] == [str(k) for k in range(len(sizes))] and len(sizes) == 4
+    want = stored
+    for k, size in enumerate(sizes):
+        level = group[str(k)][...]
+        assert level.shape == stored.shape[:-2] + size and level.dtype == dtype
+        if np.dtype(dtype).kind == "f":
+            want = stored if k == 0 else _block_means(want).astype(dtype)
+            rtol, atol = TOLERANCES[{np.float32: torch.float32, np.float16: torch.float16}[dtype]]
+            np.testing.assert_allclose(level, want, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(level, stored[..., ::2 ** k, ::2 ** k])
+    assert sorted(os.listdir(tmp_path)) == ["o.ome.zarr"]
+
+
+@pytest.mark.parametrize("dtype, kind", [(np.uint8, "nearest"), (np.float32, "mean")])
+def test_ome_zarr_pyramid_metadata_lists_every_level_with_its_scale_and_translation(tmp_path, monkeypatch, dtype,
+                                                                                      kind):
+    """NGFF 0.4: datasets from the highest resolution down, each a scale (level 0's times 2**k in y and x) then a
+    translation; a mean's pixel centre lies at its block's centre (+ (2**k - 1) / 2 pixel of level 0), a picked
+    pixel's at the picked (top-left) pixel's (translation unchanged); "type" and "metadata" name the method."""
+    zarr = pytest.importorskip("zarr")
+    from unet_fast.pixel_size import PixelSize
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 10)
+    shape = (3, 2, 30, 41)                                   # z, classes, y, x: stored c, z, y, x
+    for translation in ((-4.0, 3.0, 7.5), None):
+        size = PixelSize(0.5, 0.25, "micrometer", z=2.0, translation=translation)
+        path = tmp_path / f"{translation is None}.ome.zarr"
+        _write_in_tiles(sinks.StreamingZarrWriter(path, shape, dtype, channels=True, chunk=8, pixel_size=size),
+                        np.zeros(shape, dtype), shape, True)
+        [multiscale] = zarr.open_group(str(path), mode="r").attrs["multiscales"]
+        assert multiscale["version"] == "0.4" and [a["name"] for a in multiscale["axes"]] == ["c", "z", "y", "x"]
+        assert multiscale["type"] == kind and set(multiscale["metadata"]) == {"description", "method", "version"}
+        y0, x0 = (3.0, 7.5) if translation else (0.0, 0.0)
+        for k, dataset in enumerate(multiscale["datasets"]):
+            shift = (2 ** k - 1) / 2 if kind == "mean" else 0.0
+            want = [{"type": "scale", "scale": [1.0, 2.0, 0.5 * 2 ** k, 0.25 * 2 ** k]}]
+            if translation or shift:
+                want.append({"type": "translation",
+                             "translation": [0.0, -4.0 if translation else 0.0, y0 + 0.5 * shift, x0 + 0.25 * shift]})
+            assert dataset == {"path": str(k), "coordinateTransformations": want}
+        assert len(multiscale["datasets"]) == 4                          # x: 41, 21, 11, 6
+        assert zarr.open_group(str(path), mode="r")["3"].shape == (2, 3, 4, 6)
+
+
+def test_pyramid_levels_stop_at_a_side_of_1024():
+    assert sinks.pyramid_sizes(1024, 700) == [(1024, 700)]                 # a small image: level 0 alone
+    assert sinks.pyramid_sizes(1025, 3) == [(1025, 3), (513, 2)]
+    assert sinks.pyramid_sizes(50_000, 50_000)[-1] == (782, 782) and len(sinks.pyramid_sizes(50_000, 50_000)) == 7
+
+
+def test_a_small_ome_zarr_result_has_one_level(tmp_path):
+    """Up to 1024 px a side: level 0 alone, as before; a pixel more: a level of half."""
+    zarr = pytest.importorskip("zarr")
+    for shape, paths in (((1024, 300), ["0"]), ((2, 300, 1024), ["0"]), ((1025, 3), ["0", "1"])):
+        writer = sinks.open_streaming_writer(tmp_path / f"{shape}.ome.zarr", shape, np.float32, channels=False)
+        for p in range(shape[0] if len(shape) == 3 else 1):
+            writer.write(p, 0, 0, np.ones(shape[-2:], np.float32))
+        group = zarr.open_group(str(writer.close()), mode="r")
+        [multiscale] = group.attrs["multiscales"]
+        assert [d["path"] for d in multiscale["datasets"]] == paths and ("type" in multiscale) == (len(paths) > 1)
+    assert group["1"].shape == (513, 2) and np.all(group["1"][...] == 1)
+
+
+def _held_bytes(writer) -> int:
+    """The bytes of the numpy arrays a writer holds (through its own objects; zarr's arrays are on disk)."""
+    seen, bases, stack = set(), {}, [writer]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            base = item
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            bases[id(base)] = base.nbytes
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif type(item).__module__.startswith("unet_fast") and hasattr(item, "__dict__"):
+            stack.extend(vars(item).values())
+    return sum(bases.values())
+
+
+def test_an_ome_zarr_pyramid_is_written_in_bands_never_holding_a_level(tmp_path, monkeypatch):
+    """Each level is written as the bands of the level above come: between writes the writer holds less than
+    two bands of level 0 however tall the image, and every level of more than one band has rows on disk while
+    level 0 is three quarters written."""
+    zarr = pytest.importorskip("zarr")
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    shape, band = (1024, 64), 16
+    image = np.random.default_rng(8).random(shape, dtype=np.float32)
+    writer = sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", shape, np.float32, chunk=band)
+    assert len(writer.levels) == 7                                    # 1024, 512, ..., 16 rows
+    held = []
+    for y in range(0, shape[0], 24):                                  # 24 rows: bands end mid-write
+        writer.write(0, y, 0, image[y:y + 24])
+        held.append(_held_bytes(writer))
+        if y == 768:
+            group = zarr.open_group(str(writer.temporary), mode="r")
+            assert all(np.any(group[str(k)][:1] != 0) for k in range(6))   # level 6 is one band: 16 rows
+    assert max(held) < 2 * band * shape[1] * 4 and max(held) < image.nbytes / 30
+    levels = zarr.open_group(str(writer.close()), mode="r")
+    np.testing.assert_allclose(levels["6"][...], image.reshape(16, 64, 1, 64).mean(axis=(1, 3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("finish", ["abort", "close"])
+def test_an_unfinished_ome_zarr_pyramid_leaves_nothing(tmp_path, monkeypatch, finish):
+    pytest.importorskip("zarr")
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 8)
+    writer = sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", (2, 40, 30), np.uint16, chunk=4)
+    writer.write(0, 0, 0, np.ones((40, 30), np.uint16))              # plane 0 and its levels written
+    writer.write(1, 0, 0, np.ones((12, 30), np.uint16))
+    assert (writer.temporary / "2" / "0" / "0" / "0").is_file()
+    if finish == "abort":
+        writer.abort()
+    else:
+        with pytest.raises(RuntimeError, match="before every pixel"):
+            writer.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_readers_take_level_0_of_a_pyramid_ours_or_another_writers(tmp_path, monkeypatch):
+    """image_io, the pixel size and the napari reader's grid come from the first dataset, the full resolution:
+    of our outputs, and of a pyramid as ome-zarr-py 0.18 writes it (datasets s0, s1 with centred translations)."""
+    zarr = pytest.importorskip("zarr")
+    from unet_fast import image_io
+    from unet_fast.pixel_size import PixelSize, read_pixel_size
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    image = np.random.default_rng(9).random((2, 40, 30), dtype=np.float32)
+    size = PixelSize(0.5, 0.25, "micrometer", translation=(0.0, 3.0, 7.5))
+    ours = _write_in_tiles(sinks.StreamingZarrWriter(tmp_path / "ours.ome.zarr", image.shape, np.float32,
+                                                     channels=True, pixel_size=size), image, image.shape, True)
+    group = zarr.open_group(str(tmp_path / "theirs.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("s0", shape=image.shape, dtype=np.float32)[...] = image
+    group.create_array("s1", shape=(2, 20, 15), dtype=np.float32)[...] = image[:, ::2, ::2]
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "name": "image", "datasets": [
+        {"path": f"s{k}", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 0.5 * 2 ** k, 0.25 * 2 ** k]},
+            {"type": "translation", "translation": [0.0, 3.0 + 0.25 * k, 7.5 + 0.125 * k]}]} for k in (0, 1)]}]
+    for path in (ours, tmp_path / "theirs.ome.zarr"):
+        assert len(zarr.open_group(str(path), mode="r").attrs["multiscales"][0]["datasets"]) >= 2
+        array, info = image_io.read_image(path)
+        assert info.shape == (2, 40, 30) and info.axes == "CYX"
+        np.testing.assert_array_equal(np.asarray(array[...]), image)
+        assert read_pixel_size(path) == size

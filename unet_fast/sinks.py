@@ -3,7 +3,8 @@ disk (a tiled BigTIFF or an OME-Zarr), committed atomically when complete.
 
 Every sink has ``write(plane, y0, x0, block)``, ``close()`` (returns the result: the array or the
 path) and ``abort()``. The file writers collect blocks into row bands and write each band as soon as
-it is complete, so memory holds the bands of the current row of tiles, not the image.
+it is complete, so memory holds the bands of the current row of tiles, not the image. The OME-Zarr
+writer also writes a multiscale pyramid as the bands come (``_Halving``), one band a level.
 """
 from __future__ import annotations
 
@@ -245,6 +246,106 @@ class StreamingTiffWriter:
 #: the most bytes one OME-Zarr chunk holds (readers decompress whole chunks): 64 float32 classes of 512 x 512
 MAX_CHUNK_BYTES = 64 << 20
 
+#: an OME-Zarr result gets pyramid levels, each halving y and x, until a level's larger side is at most this (a
+#: viewer shows the whole of such a level from a few chunks, where level 0 of 50,000 x 50,000 px is 10,000 of them)
+PYRAMID_MAX_SIDE = 1024
+
+
+def pyramid_sizes(height: int, width: int, max_side: int | None = None) -> list[tuple[int, int]]:
+    """(height, width) of every level of a pyramid: level 0, then each halving of the one before (rounding up:
+    an odd last row or column makes a row or column of its own) while the level before has a side above
+    ``max_side`` (default ``PYRAMID_MAX_SIDE``), so an image of at most that has level 0 only."""
+    max_side = PYRAMID_MAX_SIDE if max_side is None else max_side
+    sizes = [(int(height), int(width))]
+    while max(sizes[-1]) > max_side:
+        sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+    return sizes
+
+
+def _pick_top_left(rows: np.ndarray) -> np.ndarray:
+    """Labels and instances: the top-left pixel of each 2 x 2 block (ids are never averaged). It exists in the
+    blocks of an odd last row or column too, so level k is level 0[::2**k, ::2**k]."""
+    return rows[..., ::2, ::2]
+
+
+def _mean_of_blocks(rows: np.ndarray) -> np.ndarray:
+    """Probabilities (floats): the mean of each 2 x 2 block, of the pixels it has in an odd last row or column,
+    in float32 at least: the means of the pairs of rows, then of their pairs of columns (copies of half and a
+    quarter of ``rows``, never a float32 copy of it all)."""
+    work = np.result_type(rows.dtype, np.float32)
+    return _mean_of_pairs(_mean_of_pairs(rows, -2, work), -1, work).astype(rows.dtype, copy=False)
+
+
+def _mean_of_pairs(values: np.ndarray, axis: int, work: np.dtype) -> np.ndarray:
+    """The mean of each pair of rows (axis -2) or columns (-1) of ``values``, the last alone where they are odd."""
+    def every_other(start: int) -> tuple:
+        return (Ellipsis, slice(start, None, 2)) + (slice(None),) * (-1 - axis)
+
+    means = values[every_other(0)].astype(work)                  # a copy: summed into in place
+    paired = (Ellipsis, slice(0, values.shape[axis] // 2)) + (slice(None),) * (-1 - axis)
+    means[paired] += values[every_other(1)]
+    means[paired] *= 0.5
+    return means
+
+
+class _Halving:
+    """One pyramid level written while the level above it (finer, twice its size) arrives in bands.
+
+    ``add(plane, rows)`` takes the finer level's next rows, planes in order and rows in order within each; each
+    pair of them makes one row here (``reduce``), the finer level's odd last row one on its own. These rows are
+    gathered into bands of ``band`` rows (this level's chunk rows, so no chunk is written twice), each band
+    ``store``d and handed to ``coarser`` (the next level) as soon as it is full or its plane ends.
+    Memory: this level's band and one unpaired row of the finer, never the level."""
+
+    def __init__(self, store, finer_height: int, band: int, reduce, coarser: "_Halving | None"):
+        self.store, self.finer_height, self.band = store, finer_height, band
+        self.reduce, self.coarser = reduce, coarser
+        self.unpaired: np.ndarray | None = None       # the finer row waiting for its partner
+        self.received = 0                             # finer rows of the current plane
+        self.pieces: list[np.ndarray] = []            # this level's rows not yet stored (under a band)
+        self.gathered = 0                             # rows in pieces
+        self.row0 = 0                                 # where the next band starts in the current plane
+
+    def add(self, plane: int, rows: np.ndarray) -> None:
+        self.received += rows.shape[-2]
+        end = self.received == self.finer_height
+        if self.unpaired is not None:
+            rows = np.concatenate([self.unpaired, rows], axis=-2)
+            self.unpaired = None
+        if rows.shape[-2] % 2 and not end:
+            self.unpaired = rows[..., -1:, :].copy()
+            rows = rows[..., :-1, :]
+        if rows.shape[-2]:
+            reduced = self.reduce(rows)
+            self.pieces.append(reduced)
+            self.gathered += reduced.shape[-2]
+        while self.gathered >= self.band or (end and self.gathered):
+            gathered = np.concatenate(self.pieces, axis=-2) if len(self.pieces) > 1 else self.pieces[0]
+            band, rest = gathered[..., :self.band, :], gathered[..., self.band:, :]
+            self.store(plane, self.row0, band)
+            if self.coarser is not None:
+                self.coarser.add(plane, band)
+            self.row0 += band.shape[-2]
+            self.pieces, self.gathered = ([rest.copy()] if rest.shape[-2] else []), rest.shape[-2]
+        if end:
+            self.received, self.row0 = 0, 0
+
+
+def _level_transformations(level0: list[dict], names: list[str], level: int, centred: bool) -> list[dict]:
+    """The NGFF coordinateTransformations of pyramid level ``level``: level 0's scale times 2**level in y and x;
+    its translation moved by (2**level - 1) / 2 of level 0's pixel in y and x where a level's pixel is the mean
+    of its block (``centred``: NGFF's convention, its centre at the block's centre), unchanged where it is the
+    block's top-left pixel (its centre at that pixel's centre)."""
+    factor = [2 ** level if name in ("y", "x") else 1 for name in names]
+    scale = level0[0]["scale"]
+    translation = next((t["translation"] for t in level0 if t["type"] == "translation"), [0.0] * len(names))
+    if centred:
+        translation = [t + (f - 1) / 2 * s for t, f, s in zip(translation, factor, scale)]
+    transformations = [{"type": "scale", "scale": [s * f for s, f in zip(scale, factor)]}]
+    if any(translation):
+        transformations.append({"type": "translation", "translation": list(translation)})
+    return transformations
+
 
 class StreamingZarrWriter:
     """An OME-Zarr (NGFF 0.4, zarr format 2) image written band by band, committed atomically.
@@ -252,7 +353,10 @@ class StreamingZarrWriter:
     shape as ``StreamingTiffWriter``'s; a stack with classes (Z, K, H, W) is stored (K, Z, H, W), axes c, z, y, x:
     NGFF orders axes by type, channel before space, and readers (ome-zarr-py, napari) refuse z before c.
     pixel_size: the scale and units of the y, x (and z) axes. provenance: stored as the group's attribute
-    "unet_fast" (``read_provenance``)."""
+    "unet_fast" (``read_provenance``).
+    A multiscale pyramid comes with level 0 (datasets "1", "2", ...; ``pyramid_sizes``): y and x halved a level
+    (z and classes never), integer results (labels, instances) by the top-left pixel of each 2 x 2 block, floats
+    (probabilities) by its mean; each written from the level above as that one's bands come."""
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512,
                  pixel_size: PixelSize | None = None, provenance: dict | None = None):
@@ -266,34 +370,50 @@ class StreamingZarrWriter:
         if plane_dims not in (0, 1):
             raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
         self.channels_first = channels and plane_dims == 1
+        self.plane_dims = plane_dims
         stored = self.shape[1::-1] + self.shape[2:] if self.channels_first else self.shape
         names = ["c"] * int(channels) + ["z"] * plane_dims + ["y", "x"]
+        dtype = np.dtype(dtype)
+        picked = dtype.kind != "f"      # ids and classes are picked, never averaged
         self._store = _stoppable_store(self.temporary)
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
             self._group = group = zarr.open_group(self._store, mode="w", zarr_format=2)
-            # no larger than the image (format 2 stores edge chunks whole: a 40 x 30 image in 512 x 512 chunks is
-            # read as 1 MB a plane), and every class in one chunk, up to MAX_CHUNK_BYTES (1000 classes' float32
-            # probabilities would be 1 GB chunks)
-            rows, columns = (max(1, min(chunk, size)) for size in stored[-2:])
-            classes = max(1, MAX_CHUNK_BYTES // (rows * columns * np.dtype(dtype).itemsize))
-            chunks = tuple(1 if name == "z" else min(size, classes) for name, size in zip(names, stored[:-2])) \
-                + (rows, columns)
-            # NGFF keeps chunks in nested folders ("/" its only separator); zarr's format 2 default is "."
-            self.array = group.create_array("0", shape=stored, chunks=chunks, dtype=np.dtype(dtype),
-                                            chunk_key_encoding={"name": "v2", "separator": "/"})
             axes, transformations = ngff_axes_and_scale(pixel_size, names)
-            group.attrs["multiscales"] = [{
-                "version": "0.4",
-                "axes": axes,
-                "datasets": [{"path": "0", "coordinateTransformations": transformations}],
-            }]
+            self.levels, datasets = [], []
+            for level, size in enumerate(pyramid_sizes(*stored[-2:])):
+                # NGFF keeps chunks in nested folders ("/" its only separator); zarr's format 2 default is "."
+                self.levels.append(group.create_array(
+                    str(level), shape=stored[:-2] + size, chunks=_chunks(names, stored[:-2] + size, chunk, dtype),
+                    dtype=dtype, chunk_key_encoding={"name": "v2", "separator": "/"}))
+                datasets.append({"path": str(level), "coordinateTransformations": transformations if level == 0
+                                 else _level_transformations(transformations, names, level, centred=not picked)})
+            self.array = self.levels[0]
+            multiscale = {"version": "0.4", "axes": axes, "datasets": datasets}
+            if len(datasets) > 1:     # NGFF 0.4's "type" and "metadata" of the downscaling
+                from . import __version__
+
+                multiscale["type"] = "nearest" if picked else "mean"
+                multiscale["metadata"] = {
+                    "description": "y and x halved a level, rounding up; " + (
+                        "the top-left pixel of each 2x2 block (translation unchanged)" if picked else
+                        "the mean of each 2x2 block, of the pixels it has at an odd edge (translation moved by "
+                        "half a pixel of the level above)"),
+                    "method": f"unet_fast.sinks.{'_pick_top_left' if picked else '_mean_of_blocks'}",
+                    "version": __version__}
+            group.attrs["multiscales"] = [multiscale]
             if provenance is not None:
                 group.attrs[PROVENANCE_ATTRIBUTE] = provenance
         except BaseException:
             self.abort()
             raise
-        self.plane_dims = plane_dims
-        self._collector = _BandCollector(self.shape, dtype, rows, plane_dims, self._emit)
+        self._halvings: list[_Halving] = []
+        coarser = None
+        for level in range(len(self.levels) - 1, 0, -1):     # built coarsest first: each hands on to the next
+            coarser = _Halving(lambda plane, row0, band, array=self.levels[level]: self._put(array, plane, row0, band),
+                               self.levels[level - 1].shape[-2], self.levels[level].chunks[-2],
+                               _pick_top_left if picked else _mean_of_blocks, coarser)
+            self._halvings.insert(0, coarser)
+        self._collector = _BandCollector(self.shape, dtype, self.array.chunks[-2], plane_dims, self._emit)
 
     def set_attributes(self, attributes: dict) -> None:
         """Add to the group's attributes (e.g. NGFF "image-label" for a label image), through the writer's store
@@ -304,9 +424,14 @@ class StreamingZarrWriter:
         self._collector.write(plane, y0, x0, block)
 
     def _emit(self, plane, row0, band):
+        self._put(self.array, plane, row0, band)
+        if self._halvings:
+            self._halvings[0].add(plane, band)
+
+    def _put(self, array, plane, row0, band):
         rows = slice(row0, row0 + band.shape[-2])
         planes = (slice(None), plane) if self.channels_first else (plane,) * self.plane_dims
-        self.array[planes + (Ellipsis, rows, slice(None))] = band
+        array[planes + (Ellipsis, rows, slice(None))] = band
 
     def close(self) -> Path:
         if not self._collector.complete:
@@ -385,6 +510,15 @@ def _stoppable_store(root):
 
         _STOPPABLE_STORE = StoppableLocalStore
     return _STOPPABLE_STORE(root)
+
+
+def _chunks(names: list[str], shape: tuple[int, ...], chunk: int, dtype: np.dtype) -> tuple[int, ...]:
+    """The chunks of an OME-Zarr array: no larger than the array (format 2 stores edge chunks whole: a 40 x 30
+    image in 512 x 512 chunks is read as 1 MB a plane), one plane of z, and every class in one chunk, up to
+    MAX_CHUNK_BYTES (1000 classes' float32 probabilities would be 1 GB chunks)."""
+    rows, columns = (max(1, min(chunk, size)) for size in shape[-2:])
+    classes = max(1, MAX_CHUNK_BYTES // (rows * columns * np.dtype(dtype).itemsize))
+    return tuple(1 if name == "z" else min(size, classes) for name, size in zip(names, shape[:-2])) + (rows, columns)
 
 
 def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None,

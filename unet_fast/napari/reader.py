@@ -3,7 +3,9 @@
 Integer images without a channel axis open as Labels (segmentations), others as Images, a channel
 axis ("c", e.g. class probabilities) split into one layer per channel. Every layer gets the file's
 pixel size (the scale and translation of its first dataset) and units, so it lies on top of the image
-it was computed from. The arrays stay lazy: napari reads what it shows.
+it was computed from. The arrays stay lazy: napari reads what it shows. A pyramid (segment's outputs of more
+than 1024 px a side have one) opens as a multiscale layer, the list of its levels from full resolution down,
+so napari reads the level it shows, not level 0's every chunk when zoomed out.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -674,7 +675,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
                      pixel_size=pixel_size, provenance=provenance)
     try:
-        model.to(device=device, memory_format=torch.channels_last).eval()
+        _ready_for_inference(model, device)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
                          cuda_graphs, tta)
         # on the model's GPU as the current device: the events, stream and graph captures of the run are its own
@@ -686,10 +687,25 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         sink.abort()
         raise
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     if plan.retries:
         log.info("predict_tiled finished after retries: %s", plan.explain())
     return result
+
+
+def _ready_for_inference(model, device: torch.device) -> None:
+    """The model on ``device``, its 4-D weights channels_last, in eval mode; without touching a model that is so
+    already: ``Module.to`` and ``eval`` walk every module in Python (about 1.5 ms for a U-Net of depth 5, a fifth
+    of a 512 x 512 image's forward on an H200: a folder of small images paid it on every image)."""
+    if device.type == "cuda" and device.index is None:     # "cuda": the current GPU, where .to would put it
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if not all(t.device == device and (t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last))
+               for t in tensors):
+        model.to(device=device, memory_format=torch.channels_last)
+    if any(module.training for module in model.modules()):
+        model.eval()
 
 
 #: pixels per band when rescaled logits are turned back to the image's grid

@@ -248,6 +248,24 @@ def test_the_position_of_the_first_plane_counts_whatever_the_order_of_the_planes
     assert read_pixel_size(tmp_path / "a.ome.tif") == PixelSize(0.5, 0.5, z=2.0, translation=(5.0, 0.0, 1.0))
 
 
+def test_a_stack_positioned_on_later_planes_only_begins_where_its_first_plane_lies(tmp_path):
+    """Positions given on some planes only (plane 0 bare, or not listed): the first positioned plane's were taken as
+    the stack's, and a stack whose PositionZ came from plane 2 began two z steps too deep (its results too)."""
+    def ome(planes):
+        return ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+                '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="40" SizeY="30" '
+                'SizeC="1" SizeZ="3" SizeT="1" PhysicalSizeX="0.5" PhysicalSizeY="0.5" PhysicalSizeZ="2">'
+                f'<TiffData IFD="0" PlaneCount="3"/>{planes}</Pixels></Image></OME>')
+
+    def at(z, the_z):
+        return (f'<Plane TheZ="{the_z}" PositionX="1" PositionXUnit="&#181;m" PositionZ="{z}" '
+                f'PositionZUnit="&#181;m"/>')
+
+    for planes in ('<Plane TheZ="0"/>' + at(11, 2) + at(9, 1), at(11, 2)):
+        tifffile.imwrite(tmp_path / "a.ome.tif", pixels((3, 30, 40)), description=ome(planes), metadata=None)
+        assert read_pixel_size(tmp_path / "a.ome.tif") == PixelSize(0.5, 0.5, z=2.0, translation=(7.0, 0.0, 1.0))
+
+
 @pytest.mark.parametrize("value, unit", [("abc", "µm"), ("inf", "µm"), ("nan", "µm"), ("-inf", "nm"), (7.5, "pc"),
                                          (7.5, "reference frame"), (7.5, None), (1e306, "m")])
 def test_a_plane_position_that_is_no_length_is_no_translation(tmp_path, value, unit, model_file):

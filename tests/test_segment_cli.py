@@ -950,3 +950,63 @@ def test_recursive_segments_an_ome_zarr_in_a_tree_as_one_image(tmp_path, model_f
     assert _files(tmp_path / "out") == ["plate/B02/field.tif"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "plate" / "B02" / "field.tif"),
                                   predict_tiled(unet_fast.load_model(model_file), image[0, 0, 0], progress=False))
+
+
+def test_an_at_list_from_windows_or_a_spreadsheet_reads_as_written(tmp_path, model_file, capsys, monkeypatch):
+    """A list saved by Notepad (a UTF-8 byte order mark, CRLF) or exported with trailing blanks, with # comments:
+    the mark stuck to the first path, and the blanks and comments were taken as paths (three FAILED lines).
+    Relative paths are relative to the current folder, as on the command line."""
+    _images(tmp_path / "in", count=2)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "list.txt").write_bytes(
+        b"\xef\xbb\xbfin/img0.tif\r\n# the second well\r\n  in/img1.tif \t\r\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["segment", "-i", "@lists/list.txt", "-o", "out", "-m", str(model_file), "--no-progress"]) == 0
+    assert "2 file(s) found, 2 segmented, 0 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif"]
+    (tmp_path / "lists" / "empty.txt").write_text("\n# nothing yet\n  \n")
+    with pytest.raises(SystemExit) as exit_:       # argparse said only "-i: expected at least one argument"
+        cli.main(["segment", "-i", "@lists/empty.txt", "-o", "out2", "-m", str(model_file)])
+    assert exit_.value.code == 2 and "@lists/empty.txt: the list 'lists/empty.txt' gives no argument" in \
+        capsys.readouterr().err
+    (tmp_path / "lists" / "lists.txt").write_text("@lists/list.txt\n")     # not read: a file may start with @
+    assert cli.main(["segment", "-i", "@lists/lists.txt", "-o", "out3", "-m", str(model_file), "--no-progress"]) == 1
+    assert "FAILED @lists/list.txt: no such file, folder or matching pattern; an @LIST inside a list is not read" \
+           in capsys.readouterr().err
+
+
+def test_recursive_mirrors_a_folder_named_inside_another_as_a_part_of_it(tmp_path, model_file, capsys):
+    """-i in/p1 in -r: in/p1's images went to OUTDIR itself (the first folder named that holds them), where in's
+    own images go too: in/p1/top.tif and in/top.tif shared an output, and p1 alone was not mirrored."""
+    images = _tree(tmp_path / "in")
+    image_io.write_image(tmp_path / "in" / "p1" / "top.tif", images["top.tif"])
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "p1"), str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                     "-m", str(model_file), "-r", "--no-progress"]) == 0
+    assert "5 file(s) found, 5 segmented, 0 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert _files(tmp_path / "out") == sorted([*images, "p1/top.tif"])
+
+
+def test_recursive_glob_patterns_mirror_from_their_folder_and_list_the_folders_they_match(tmp_path, model_file,
+                                                                                           capsys):
+    """-r with a pattern: 'in/**/*.tif' flattened every well into OUTDIR (two A01.tif: one FAILED), and 'in/*'
+    dropped the folders it matched (only top.tif). Now the pattern's folder before its wildcards is mirrored, the
+    folders it matches are listed as named ones, and an output folder inside is listed by neither."""
+    images = _tree(tmp_path / "in")
+    arguments = ["-m", str(model_file), "-r", "--no-progress"]
+    out = tmp_path / "in" / "seg"
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "**" / "*.tif"), "-o", str(out), *arguments]) == 0
+    assert "3 file(s) found, 3 segmented, 0 skipped (exist), 0 failed" in capsys.readouterr().out   # B.png is none
+    assert _files(out) == ["p1/A01.tif", "p2/A01.tif", "top.tif"]
+    files, problems = segment.expand_inputs([str(tmp_path / "in" / "**")], recursive=True, skip=[out])
+    assert len(files) == 4 and not problems and not any("seg" in path.parts for path in files)
+    for pattern in ("*.tif", "**"):     # the output folder is the pattern's own: listed, as a named folder is
+        files, _ = segment.expand_inputs([str(tmp_path / "in" / pattern)], recursive=True, skip=[tmp_path / "in"])
+        assert tmp_path / "in" / "top.tif" in files and (pattern == "*.tif" or len(files) == 7)
+    shutil.rmtree(out)
+    for pattern in ("*", "**", "p*"):
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        assert cli.main(["segment", "-i", str(tmp_path / "in" / pattern), "-o", str(tmp_path / "out"), *arguments,
+                         "--overlay"]) == 0, pattern
+        listed = sorted(images) if pattern != "p*" else ["p1/A01.tif", "p1/deep/B.tif", "p2/A01.tif"]
+        assert f"{len(listed)} file(s) found, {len(listed)} segmented" in capsys.readouterr().out
+        assert [name for name in _files(tmp_path / "out") if not name.startswith("overlays")] == listed

@@ -389,6 +389,24 @@ def test_an_ome_zarr_pyramid_is_written_in_bands_never_holding_a_level(tmp_path,
     np.testing.assert_allclose(levels["6"][...], image.reshape(16, 64, 1, 64).mean(axis=(1, 3)), rtol=1e-5)
 
 
+def test_picked_pyramid_levels_hold_their_own_rows_not_the_bands_above(tmp_path, monkeypatch):
+    """Labels and instances: a level's rows waiting for its band were views of the finer level's bands (every other
+    row and column), which kept those bands whole in memory: level 1 held two bands of level 0 where it needs a
+    quarter of each. The writer holds about as little as for a float result (the means are copies)."""
+    pytest.importorskip("zarr")
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    shape, band = (1024, 256), 32
+    image = np.random.default_rng(9).integers(0, 2**31, shape).astype(np.uint32)
+    writer = sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", shape, np.uint32, chunk=band)
+    held = []
+    for y in range(0, shape[0], band):
+        writer.write(0, y, 0, image[y:y + band])
+        held.append(_held_bytes(writer))
+    assert max(held) < band * shape[1] * 4        # a band of level 0: its half and quarter bands, and so on
+    levels = __import__("zarr").open_group(str(writer.close()), mode="r")
+    np.testing.assert_array_equal(levels["3"][...], image[::8, ::8])
+
+
 @pytest.mark.parametrize("finish", ["abort", "close"])
 def test_an_unfinished_ome_zarr_pyramid_leaves_nothing(tmp_path, monkeypatch, finish):
     pytest.importorskip("zarr")

@@ -607,8 +607,11 @@ class _Parser(argparse.ArgumentParser):
 
     def _read_args_from_files(self, arg_strings):
         """argparse's @FILE (where ``fromfile_prefix_chars`` allows it), with errors that name the file (argparse
-        raised UnicodeDecodeError for a binary file): each line of FILE is one argument, spaces kept, blank lines
-        none, taken as written (an @ there is no further list)."""
+        raised UnicodeDecodeError for a binary file): each line of FILE is one argument, spaces inside kept, those
+        around it dropped (an editor's or a spreadsheet's trailing blanks, a Windows CR), blank lines and lines
+        starting with # none, a UTF-8 byte order mark (Windows Notepad's) ignored, taken as written (an @ there is
+        no further list; a relative path is relative to the current folder, as typed on the command line, not to
+        FILE's). A list that gives no argument is an error naming it."""
         expanded = []
         for argument in arg_strings:
             if not argument or argument[0] not in (self.fromfile_prefix_chars or ""):
@@ -619,12 +622,16 @@ class _Parser(argparse.ArgumentParser):
                     data = listed.read(_LIST_BYTES + 1)     # /dev/zero or a huge file: refused, not read whole
                 if len(data) > _LIST_BYTES:
                     raise OSError(0, f"over {_LIST_BYTES // 2**20} MiB")
-                text = data.decode("utf-8")
+                text = data.decode("utf-8-sig")
             except (OSError, UnicodeDecodeError) as error:
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 self.error(f"{argument}: cannot read the list {argument[1:]!r} ({reason}); @FILE stands for a text "
                            f"file of arguments, one per line (a file whose name starts with @: ./@name)")
-            expanded.extend(line for line in text.splitlines() if line.strip())
+            lines = [line.strip() for line in text.splitlines()]
+            lines = [line for line in lines if line and not line.startswith("#")]
+            if not lines:
+                self.error(f"{argument}: the list {argument[1:]!r} gives no argument (blank, or only # comments)")
+            expanded.extend(lines)
         return expanded
 
 
@@ -937,7 +944,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "segmented in batches of up to 32, each with its own normalisation and the result it "
                             "gets alone. Under torchrun the files are shared among the processes. @FILE in the "
                             "arguments stands for FILE's lines, one argument each: -i @list.txt segments the "
-                            "inputs listed there (one per line), a list every part of a job array shares.",
+                            "inputs listed there (one per line; blanks around a line, blank lines and lines "
+                            "starting with # ignored; relative paths relative to the current folder, not to the "
+                            "list's), a list every part of a job array shares.",
                 fromfile_prefix_chars="@")
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="files, folders or glob patterns; a folder gives the images directly in it, names starting "
@@ -951,7 +960,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ".ome.zarr being one image, each folder entered once however symlinks lead to it); each "
                         "output goes to the same subfolder of OUTDIR as its input's in the folder named "
                         "(-i plates/ -o out/: plates/p1/A01.tif -> out/p1/A01.tif, overlays to "
-                        "out/overlays/p1/A01.png); OUTDIR is not listed when it lies inside a folder named")
+                        "out/overlays/p1/A01.png); a folder named inside another is a part of it; a glob pattern "
+                        "stands for its folders before the first wildcard, the folders it matches listed as named "
+                        "ones (-i 'plates/**/*.tif': plates); OUTDIR is not listed when it lies inside a folder "
+                        "named")
     _inference_flags(p)
     p.add_argument("--output", choices=("labels", "probabilities", "instances"), default="labels",
                    help="labels: a class per pixel; probabilities: one per class; instances (2-class models): "

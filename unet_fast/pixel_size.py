@@ -123,19 +123,28 @@ def _from_ome_xml(xml: str) -> PixelSize | None:
     # one plane has no spacing to keep (and with time points, tifffile reads them as the planes: TYX)
     z = _length(pixels.get("PhysicalSizeZ")) if pixels.get("SizeZ") != "1" else None
     z = in_unit(z, _unit_name(pixels.get("PhysicalSizeZUnit", "µm")), unit)    # an unknown unit: no z
-    return PixelSize(y, x, unit, z, _plane_position(pixels, unit))
+    return PixelSize(y, x, unit, z, _plane_position(pixels, unit, z))
 
 
-def _plane_position(pixels, unit: str) -> tuple[float, float, float] | None:
+def _plane_position(pixels, unit: str, z_step: float | None = None) -> tuple[float, float, float] | None:
     """z, y, x in ``unit`` of the first plane (TheZ, TheT, TheC 0) of an OME-XML Pixels element, from its
     PositionZ/Y/X (one not given is 0, as an OME-Zarr axis without a translation); None where none is given,
     all are 0, or one is no finite number or in a unit unet_fast does not know: OME's default unit, "reference
-    frame", is none (the stage's own, of no known length), and a position in it cannot be placed."""
-    planes = [element for element in pixels if element.tag.endswith("}Plane")]
-    first = next((plane for plane in planes if all(plane.get(f"The{axis}", "0") == "0" for axis in "ZTC")),
-                 planes[0] if planes else None)
-    if first is None or not any(first.get(f"Position{axis}") is not None for axis in "ZYX"):
+    frame", is none (the stage's own, of no known length), and a position in it cannot be placed.
+    Where the first plane gives no position (files that list positions on some planes, or not plane 0), the
+    plane of the lowest TheZ (then TheT, TheC) that gives one stands for it, its PositionZ moved back TheZ steps
+    of ``z_step`` (the z spacing in ``unit``, where known): plane 3's z is not where the stack begins."""
+    def index(plane, axis: str) -> float:
+        try:
+            return int(plane.get(f"The{axis}", "0"))
+        except ValueError:
+            return math.inf
+
+    placed = [element for element in pixels if element.tag.endswith("}Plane")
+              and any(element.get(f"Position{axis}") is not None for axis in "ZYX")]
+    if not placed:
         return None
+    first = min(placed, key=lambda plane: tuple(index(plane, axis) for axis in "ZTC"))   # the first of equals
     position = []
     for axis in "ZYX":
         text = first.get(f"Position{axis}")
@@ -147,6 +156,8 @@ def _plane_position(pixels, unit: str) -> tuple[float, float, float] | None:
         except ValueError:
             return None
         value = in_unit(value, _unit_name(first.get(f"Position{axis}Unit", "reference frame")), unit)
+        if axis == "Z" and value is not None and z_step is not None and 0 < index(first, "Z") < math.inf:
+            value -= index(first, "Z") * z_step
         if value is None or not math.isfinite(value):    # an unknown unit; inf, NaN, or too far for ``unit``
             return None
         position.append(value)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -61,8 +62,10 @@ def expand_inputs(inputs: list[str], recursive: bool = False,
 
     A folder gives the images directly in it, or with ``recursive`` those in its subfolders at any depth too
     (``_folder_images``): names starting with "." are skipped there (macOS's ``._x.tif`` resource forks, our own
-    ``.NAME.<hex>.partial.*`` temporaries), as glob wildcards skip them; a hidden file named is taken. ``skip``:
-    folders a recursive listing does not enter (the output folder, when it lies inside an input folder).
+    ``.NAME.<hex>.partial.*`` temporaries), as glob wildcards skip them; a hidden file named is taken. With
+    ``recursive`` a folder a glob pattern matches is listed as a named one (without, only files match). ``skip``:
+    folders a recursive listing does not enter (the output folder, when it lies inside an input folder), nor
+    takes the glob matches inside.
 
     Returns (files, problems) where problems are inputs that matched nothing, and subfolders that cannot be read.
     """
@@ -87,13 +90,48 @@ def expand_inputs(inputs: list[str], recursive: bool = False,
         elif path.is_file() or image_io.is_zarr_image(path):
             add([path])
         else:
-            matches = [Path(m) for m in glob.glob(item, recursive=True)
-                       if Path(m).is_file() or image_io.is_zarr_image(m)]
+            matched = [Path(m) for m in glob.glob(item, recursive=True)]
+            matches = [m for m in matched if m.is_file() or image_io.is_zarr_image(m)]
+            if recursive:   # as the folders it matches were named ("plates/*", "plates/**"), the output folder left out
+                base, known = Path(os.path.abspath(_pattern_base(item))), {}
+                matches = [m for m in matches if not _inside(m, skipped, known, base)]
+                for folder in _outermost(m for m in matched if m.is_dir() and not image_io.is_zarr_image(m)):
+                    if Path(os.path.abspath(folder)) == base or not (
+                            _identity(folder) in skipped or _inside(folder, skipped, known, base)):
+                        found, unreadable = _folder_images(folder, recursive, skipped)
+                        problems.extend(unreadable)
+                        matches.extend(found)
             if not matches:
                 problems.append((item, "neither a regular file nor a folder" if path.exists() else
-                                 "no such file, folder or matching pattern"))
+                                 "no such file, folder or matching pattern" + (
+                                     "; an @LIST inside a list is not read: name each list on the command line"
+                                     if item.startswith("@") and Path(item[1:]).is_file() else "")))
             add(sorted(matches))
     return sorted(found_as.values(), key=lambda p: str(p)), problems
+
+
+def _inside(path: Path, folders: set, known: dict, base: Path) -> bool:
+    """Whether ``path`` lies in one of ``folders`` ((device, inode), ``_identity``) below ``base`` (absolute: a
+    pattern's folder, which is listed as a named folder is, even when it is one of them); ``known``: the answers
+    for folders so far (the matches of one pattern share their parents)."""
+    def within(folder: Path) -> bool:
+        if folder == base or folder.parent == folder:
+            return False
+        if folder not in known:
+            known[folder] = _identity(folder) in folders or within(folder.parent)
+        return known[folder]
+
+    return bool(folders) and within(Path(os.path.abspath(path)).parent)
+
+
+def _outermost(folders) -> list[Path]:
+    """``folders`` without those inside another of them (a recursive listing of that one lists them)."""
+    kept: list[Path] = []
+    for folder in sorted(folders, key=lambda f: len(Path(os.path.abspath(f)).parts)):
+        absolute = Path(os.path.abspath(folder))
+        if not any(Path(os.path.abspath(k)) in (absolute, *absolute.parents) for k in kept):
+            kept.append(folder)
+    return sorted(kept)
 
 
 def _identity(path) -> tuple[int, int] | None:
@@ -138,18 +176,33 @@ def _folder_images(folder: Path, recursive: bool, skipped: set) -> tuple[list[Pa
 
 
 def output_subfolders(files: list[Path], inputs: list[str]) -> dict[Path, Path]:
-    """{file: its folder relative to the first folder of ``inputs`` (in their order) it lies in, as named}: where
-    a recursive run writes its output under the output folder. Files directly in a folder, or in none, are left
-    out: their outputs go into the output folder itself."""
-    roots = [Path(os.path.abspath(item)) for item in inputs
-             if Path(item).is_dir() and not image_io.is_zarr_image(item)]
+    """{file: its folder relative to the outermost folder of ``inputs`` it lies in, as named}: where a recursive
+    run writes its output under the output folder. A glob pattern stands for the folder before its first
+    wildcard ("plates/**/*.tif": plates). The outermost, so that a folder named inside another (-i plates/p1
+    plates) is mirrored as a part of it, not flattened onto the outer one's own images. Files directly in that
+    folder, or in none, are left out: their outputs go into the output folder itself."""
+    roots = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and not image_io.is_zarr_image(item):
+            roots.add(Path(os.path.abspath(item)))
+        elif not path.is_file() and not image_io.is_zarr_image(item) and glob.has_magic(item):
+            roots.add(Path(os.path.abspath(_pattern_base(item))))
     subfolders = {}
     for path in files:
         within = Path(os.path.abspath(path)).parent
-        root = next((root for root in roots if root == within or root in within.parents), None)
+        root = min((root for root in roots if root == within or root in within.parents),
+                   key=lambda root: len(root.parts), default=None)
         if root is not None and root != within:
             subfolders[path] = within.relative_to(root)
     return subfolders
+
+
+def _pattern_base(pattern: str) -> str:
+    """The folder of a glob pattern before its first wildcard ("plates/*/A*.tif": plates; "*.tif": .)."""
+    parts = Path(pattern).parts[:-1]
+    literal = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    return str(Path(*literal)) if literal else "."
 
 
 def shard(files: list, part: int, parts: int) -> list:
@@ -791,9 +844,10 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     ``unet-fast segment`` from Python.
 
     recursive: folders give the images in their subfolders at any depth too, each output (and overlay) going to
-    the same subfolder of ``output_dir`` as its input's in the folder named; ``output_dir`` and its overlays
-    are not listed when they lie inside a folder named. Names starting with "." in folders are skipped either
-    way (``expand_inputs``).
+    the same subfolder of ``output_dir`` as its input's in the outermost folder named (a glob pattern: its
+    folder before the first wildcard, the folders it matches listed as named ones; ``output_subfolders``);
+    ``output_dir`` and its overlays are not listed when they lie inside a folder named. Names starting with "."
+    in folders are skipped either way (``expand_inputs``).
 
     model: a model file (loaded on every process) or a loaded model; output: "labels", "probabilities" or
     "instances" (a 2-class model's objects, by ``instance_options``: see ``unet_fast.instances``); overlay:

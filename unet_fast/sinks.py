@@ -264,8 +264,9 @@ def pyramid_sizes(height: int, width: int, max_side: int | None = None) -> list[
 
 def _pick_top_left(rows: np.ndarray) -> np.ndarray:
     """Labels and instances: the top-left pixel of each 2 x 2 block (ids are never averaged). It exists in the
-    blocks of an odd last row or column too, so level k is level 0[::2**k, ::2**k]."""
-    return rows[..., ::2, ::2]
+    blocks of an odd last row or column too, so level k is level 0[::2**k, ::2**k]. A copy: a view would keep the
+    finer band whole in memory while the rows wait for the rest of their band (``_Halving``)."""
+    return np.ascontiguousarray(rows[..., ::2, ::2])
 
 
 def _mean_of_blocks(rows: np.ndarray) -> np.ndarray:

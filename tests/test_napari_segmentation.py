@@ -290,6 +290,21 @@ def test_the_model_cache_says_which_file_it_cannot_read(tmp_path):
     assert not cache.holds(tmp_path / "broken.safetensors", "cpu")
 
 
+def test_a_device_out_of_memory_while_reading_is_not_the_files_fault(tmp_path, monkeypatch):
+    """A GPU without room for the weights raised "cannot read the model": the widget names the device instead."""
+    from unet_fast.napari import segmentation
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(segmentation, "load_model", full)
+    cache = segmentation.ModelCache()
+    with pytest.raises(torch.OutOfMemoryError):
+        cache.get(tmp_path / "model.safetensors", "cuda")
+    assert not cache.holds(tmp_path / "model.safetensors", "cuda")
+
+
 def test_steps_read_the_model_in_a_thread_of_their_own(model):
     import threading
 

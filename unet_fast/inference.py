@@ -698,8 +698,8 @@ def _ready_for_inference(model, device: torch.device) -> None:
     """The model on ``device``, its 4-D weights channels_last, in eval mode; without touching a model that is so
     already: ``Module.to`` and ``eval`` walk every module in Python (about 1.5 ms for a U-Net of depth 5, a fifth
     of a 512 x 512 image's forward on an H200: a folder of small images paid it on every image)."""
-    if device.type == "cuda" and device.index is None:     # "cuda": the current GPU, where .to would put it
-        device = torch.device("cuda", torch.cuda.current_device())
+    if device.index is None and device.type != "cpu":     # "cuda", "mps": the device .to would put it on
+        device = torch.device(device.type, torch.cuda.current_device() if device.type == "cuda" else 0)
     tensors = itertools.chain(model.parameters(), model.buffers())
     if not all(t.device == device and (t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last))
                for t in tensors):

@@ -66,6 +66,8 @@ class ModelCache:
                     self._key = self._model = None      # the old model's (GPU) memory freed before the new one's taken
                     self._model = load_model(path, device=device)
                     self._key = key
+            except torch.OutOfMemoryError:      # not the file's fault: steps_or_problem names the device
+                raise
             except Exception as error:
                 raise UnreadableModel(f"cannot read the model {path.name}: {error}") from error
             return self._model

@@ -939,6 +939,18 @@ def test_recursive_listing_ends_symlink_loops_and_takes_ome_zarr_as_one_image(tm
     assert files == [] and "folder holds no image files" in problems[0][1]
 
 
+def test_one_file_named_through_a_symlink_too_is_listed_once(tmp_path):
+    """-i plates plates_link (a link to the same folder), or a file and a link to it: each file once, as first
+    named. Before, the second name of each failed as "also the output of" the first."""
+    (tmp_path / "plates").mkdir()
+    image_io.write_image(tmp_path / "plates" / "a.tif", np.zeros((20, 20), np.uint8))
+    (tmp_path / "plates_link").symlink_to(tmp_path / "plates", target_is_directory=True)
+    (tmp_path / "b.tif").symlink_to(tmp_path / "plates" / "a.tif")
+    inputs = [str(tmp_path / "plates"), str(tmp_path / "plates_link"), str(tmp_path / "b.tif")]
+    assert segment.expand_inputs(inputs) == ([tmp_path / "plates" / "a.tif"], [])
+    assert segment.expand_inputs(inputs[::-1]) == ([tmp_path / "b.tif"], [])
+
+
 @needs_zarr
 def test_recursive_segments_an_ome_zarr_in_a_tree_as_one_image(tmp_path, model_file, capsys):
     image = np.random.default_rng(6).integers(0, 255, (1, 1, 1, 37, 45)).astype(np.uint8)

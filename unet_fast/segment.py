@@ -58,7 +58,8 @@ class SegmentSummary:
 def expand_inputs(inputs: list[str], recursive: bool = False,
                   skip=()) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named, image files inside folders, and glob matches; sorted, unique (one file named two ways,
-    ``a/x.tif`` and ``b/../a/x.tif`` or its absolute path, is listed once, as first named).
+    ``a/x.tif`` and ``b/../a/x.tif``, its absolute path, or through a symlink to it or to a folder above it, is
+    listed once, as first named).
 
     A folder gives the images directly in it, or with ``recursive`` those in its subfolders at any depth too
     (``_folder_images``): names starting with "." are skipped there (macOS's ``._x.tif`` resource forks, our own
@@ -69,13 +70,13 @@ def expand_inputs(inputs: list[str], recursive: bool = False,
 
     Returns (files, problems) where problems are inputs that matched nothing, and subfolders that cannot be read.
     """
-    found_as: dict[str, Path] = {}     # absolute, normalised path -> the path as first named
+    found_as: dict[str, Path] = {}     # the file itself (symlinks resolved) -> the path as first named
     problems = []
     skipped = {key for key in map(_identity, skip) if key is not None}
 
     def add(paths) -> None:
         for found in paths:
-            found_as.setdefault(os.path.abspath(found), found)
+            found_as.setdefault(os.path.realpath(found), found)
 
     for item in inputs:
         path = Path(item)

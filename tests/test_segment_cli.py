@@ -922,6 +922,22 @@ def test_recursive_continue_keeps_outputs_in_subfolders_and_never_lists_them(tmp
     assert all(os.stat(path).st_mtime_ns == mtime for path, mtime in before.items())
 
 
+def test_recursive_says_when_the_output_folder_hides_part_of_the_input_tree(tmp_path, model_file, capsys):
+    """-r -i in -o in/p2: in/p2's own image is no input (the output folder is never listed); a note says so,
+    where before the count of files found was the only hint. An output folder outside the tree: no note."""
+    _tree(tmp_path / "in")
+    arguments = ["segment", "-i", str(tmp_path / "in"), "-m", str(model_file), "-r", "--no-progress"]
+    assert cli.main([*arguments, "-o", str(tmp_path / "in" / "p2")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: the output folder {tmp_path / 'in' / 'p2'} lies inside the input folder {tmp_path / 'in'}" in out
+    assert "summary: 3 file(s) found" in out
+    _tree(tmp_path / "fresh")
+    assert cli.main(["segment", "-i", str(tmp_path / "fresh"), "-m", str(model_file), "-r", "--no-progress",
+                     "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "note: the output folder" not in out and "summary: 4 file(s) found" in out
+
+
 def test_recursive_listing_ends_symlink_loops_and_takes_ome_zarr_as_one_image(tmp_path):
     """A symlink to a folder above it (or itself) is not followed round the loop, each folder is listed once
     however many links lead to it, and an OME-Zarr folder is an image, never entered."""

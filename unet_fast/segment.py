@@ -199,6 +199,20 @@ def output_subfolders(files: list[Path], inputs: list[str]) -> dict[Path, Path]:
     return subfolders
 
 
+def _say_output_not_listed(inputs: list[str], outdir: Path, log) -> None:
+    """A recursive run does not list what lies in its output folder: say so where that folder is inside an input
+    folder (-r -i plates -o plates/p1 leaves p1's own images out; -o plates/seg, earlier outputs)."""
+    if not outdir.is_dir():
+        return
+    inside = Path(os.path.realpath(outdir))
+    for item in inputs:
+        folder = Path(item)
+        if folder.is_dir() and not image_io.is_zarr_image(folder) and Path(os.path.realpath(folder)) in inside.parents:
+            log(f"note: the output folder {outdir} lies inside the input folder {item}: nothing in it is listed "
+                f"as an input (earlier outputs, or images of yours there)")
+            return
+
+
 def _pattern_base(pattern: str) -> str:
     """The folder of a glob pattern before its first wildcard ("plates/*/A*.tif": plates; "*.tif": .)."""
     parts = Path(pattern).parts[:-1]
@@ -880,6 +894,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                 files, problems = expand_inputs(items, recursive=recursive,
                                                 skip=(output_dir, Path(output_dir) / "overlays"))
                 listing = files, problems, output_subfolders(files, items) if recursive else {}
+                if recursive:
+                    _say_output_not_listed(items, Path(output_dir), log)
         # every rank shards rank 0's list: lists of their own differ where a file appears or goes while they list
         # (or one node's view of a network file system lags), and a file would be segmented twice and another never
         files, problems, subfolders = job.broadcast(listing)

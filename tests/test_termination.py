@@ -235,6 +235,28 @@ def test_check_raises_after_a_signal_only_while_handling(tmp_path):
     termination.check()
 
 
+def test_a_sigterm_while_the_handlers_go_in_exits_143_saying_so(monkeypatch, capsys):
+    """The flaky end of the subprocess test above, made certain: a SIGTERM landing while handling() installs its
+    handlers (as soon as the process catches SIGTERM, which is when that test signals) raised there, before the
+    block that reports it: the process exited 143 with nothing on stderr, and in-process the handlers stayed."""
+    real = signal.signal
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def landing(signum, handler):
+        previous = real(signum, handler)
+        if signum == signal.SIGTERM and handler is termination._handler:
+            handler(signum, None)          # the signal, at once
+        return previous
+
+    monkeypatch.setattr(termination.signal, "signal", landing)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["info"])
+    monkeypatch.undo()
+    assert stop.value.code == 143
+    assert capsys.readouterr().err.splitlines() == ["unet-fast info: terminated (SIGTERM)"]
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
 def test_a_ctrl_c_is_remembered_only_with_interrupts(tmp_path):
     previous = signal.getsignal(signal.SIGINT)
     with termination.handling():                    # the API's default: Ctrl-C is Python's own

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -1187,13 +1188,18 @@ def main(argv: list[str] | None = None) -> int:
             except (KeyboardInterrupt, SystemExit) as stop:
                 if termination.requested() is None:
                     raise
-                print(f"unet-fast{_command(argv)}: terminated (SIGTERM)", file=sys.stderr)
                 if isinstance(stop, SystemExit):
                     raise
                 termination.check()      # Ctrl-C and SIGTERM both: SIGTERM's status
     except KeyboardInterrupt:
         print(f"unet-fast{_command(argv)}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:
+        # said here, outside handling(): a SIGTERM that lands while handling() installs its handlers raises there,
+        # before the block above (the process exited 143 saying nothing)
+        if stop.code == 128 + signal.SIGTERM and termination.received_in_this_process():
+            print(f"unet-fast{_command(argv)}: terminated (SIGTERM)", file=sys.stderr)
+        raise
 
 
 def _command(argv) -> str:

@@ -104,11 +104,12 @@ def handling(signals=(signal.SIGTERM,), *, interrupts: bool = False, ignore_afte
     if interrupts and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         handlers[signal.SIGINT] = _interrupt_handler
     previous = {}
-    for signum, handler in handlers.items():
-        with contextlib.suppress(ValueError):    # not the main thread: leave signals alone
-            previous[signum] = signal.signal(signum, handler)
     _received, _interrupted = None, False
-    try:
+    try:    # a signal may land while the handlers go in: it raises here, and the ones in place still come out
+        for signum, handler in handlers.items():
+            with contextlib.suppress(ValueError):    # not the main thread: leave signals alone
+                previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, handler)
         yield
     finally:
         stopped = stopping()

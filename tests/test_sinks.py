@@ -449,3 +449,96 @@ def test_readers_take_level_0_of_a_pyramid_ours_or_another_writers(tmp_path, mon
         assert info.shape == (2, 40, 30) and info.axes == "CYX"
         np.testing.assert_array_equal(np.asarray(array[...]), image)
         assert read_pixel_size(path) == size
+
+
+# ---- TIFF pyramids: reduced levels as SubIFDs of each plane's page (pyramidal OME-TIFF, as Bio-Formats reads it)
+
+
+@pytest.mark.parametrize("shape, channels, dtype", [
+    ((37, 50), False, np.uint16),            # instances: odd height, even width
+    ((2, 36, 21), False, np.uint8),          # a stack of labels
+    ((3, 37, 21), True, np.float32),         # probabilities of 3 classes (samples per pixel)
+    ((2, 2, 36, 22), True, np.float32),      # a stack of them
+])
+def test_a_large_tiff_gets_its_pyramid_as_subifds(tmp_path, monkeypatch, shape, channels, dtype):
+    """Each plane's page has the levels of pyramid_sizes as SubIFDs (reduced images), made as the OME-Zarr
+    writer makes them: level 0[::2**k, ::2**k] for integers, block means for floats; level 0 reads as before."""
+    from unet_fast import image_io
+    from unet_fast.pixel_size import PixelSize, read_pixel_size
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 8)
+    rng = np.random.default_rng(3)
+    image = (rng.random(shape) if np.dtype(dtype).kind == "f" else rng.integers(0, 200, shape)).astype(dtype)
+    size = PixelSize(0.5, 0.25, "micrometer", translation=(0.0, 3.0, 7.5))
+    path = _write_in_tiles(sinks.StreamingTiffWriter(tmp_path / "o.tif", shape, dtype, channels=channels, tile=16,
+                                                     pixel_size=size, provenance={"model": "m"}),
+                           image, shape, channels)
+    assert sorted(os.listdir(tmp_path)) == ["o.tif"]          # the scratch folder is gone
+    stack = len(shape) - channels == 3
+    stored = np.moveaxis(image, -3, -1) if channels else image     # classes as samples per pixel
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.pages) == (shape[0] if stack else 1)
+        levels = tif.series[0].levels
+        assert len(levels) == 4 and all(len(page.subifds) == 3 for page in tif.pages)
+        base_resolution = tif.pages[0].tags["XResolution"].value
+        np.testing.assert_array_equal(levels[0].asarray(), stored)
+        want = image
+        for k in range(1, 4):
+            assert levels[k].keyframe.subfiletype == 1          # FILETYPE.REDUCEDIMAGE
+            level = levels[k].asarray()
+            if np.dtype(dtype).kind == "f":
+                want = _block_means(want).astype(dtype)
+                np.testing.assert_allclose(level, np.moveaxis(want, -3, -1) if channels else want, rtol=1e-6)
+            else:
+                step = slice(None, None, 2 ** k)
+                np.testing.assert_array_equal(level, stored[(slice(None),) * stack + (step, step)])
+            resolution = levels[k].pages[0].tags["XResolution"].value
+            assert resolution[0] / resolution[1] == pytest.approx(base_resolution[0] / base_resolution[1] / 2 ** k)
+    array, info = image_io.read_image(path)
+    np.testing.assert_array_equal(np.asarray(array[...]), image)
+    np.testing.assert_array_equal(tifffile.imread(path), stored)
+    assert read_pixel_size(path) == size
+    assert sinks.read_provenance(path) == {"model": "m"}
+
+
+def test_a_large_tiff_without_a_pixel_size_is_still_a_pyramidal_ome_tiff(tmp_path, monkeypatch):
+    from unet_fast.pixel_size import read_pixel_size
+    from unet_fast.segment import output_kind
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    image = np.random.default_rng(4).integers(0, 9, (40, 30)).astype(np.uint8)
+    path = _write_in_tiles(sinks.StreamingTiffWriter(tmp_path / "o.tif", image.shape, np.uint8, tile=16,
+                                                     provenance={"kind": "labels"}), image, image.shape, False)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.pages[0].subifds) == 2
+        np.testing.assert_array_equal(tif.series[0].levels[2].asarray(), image[::4, ::4])
+    assert read_pixel_size(path) is None and sinks.read_provenance(path) == {"kind": "labels"}
+    assert output_kind(path) == "labels"
+
+
+def test_a_small_tiff_has_no_subifds(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 40)
+    image = np.random.default_rng(5).integers(0, 9, (2, 40, 30)).astype(np.uint16)
+    path = _write_in_tiles(sinks.StreamingTiffWriter(tmp_path / "o.tif", image.shape, np.uint16, tile=16),
+                           image, image.shape, False)
+    with tifffile.TiffFile(path) as tif:
+        assert all(page.subifds is None for page in tif.pages) and len(tif.series[0].levels) == 1
+        assert not tif.is_ome       # no pixel size, no pyramid: a plain tiled TIFF as before
+    np.testing.assert_array_equal(tifffile.imread(path), image)
+    assert sorted(os.listdir(tmp_path)) == ["o.tif"]
+
+
+@pytest.mark.parametrize("finish", ["abort", "close"])
+def test_an_unfinished_tiff_pyramid_leaves_nothing(tmp_path, monkeypatch, finish):
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 8)
+    writer = sinks.StreamingTiffWriter(tmp_path / "o.tif", (2, 40, 30), np.uint16, tile=16)
+    writer.write(0, 0, 0, np.ones((40, 30), np.uint16))              # plane 0 and its levels built
+    writer.write(1, 0, 0, np.ones((12, 30), np.uint16))
+    assert writer.scratch.is_dir() and writer.scratch.parent == tmp_path and writer.scratch.name.startswith(".")
+    assert writer._levels[2][0].max() == 1                            # plane 0's smallest level is in the scratch
+    if finish == "abort":
+        writer.abort()
+    else:
+        with pytest.raises(RuntimeError, match="before every pixel"):
+            writer.close()
+    assert os.listdir(tmp_path) == []

@@ -4,14 +4,17 @@ disk (a tiled BigTIFF or an OME-Zarr), committed atomically when complete.
 Every sink has ``write(plane, y0, x0, block)``, ``close()`` (returns the result: the array or the
 path) and ``abort()``. The file writers collect blocks into row bands and write each band as soon as
 it is complete, so memory holds the bands of the current row of tiles, not the image. The OME-Zarr
-writer also writes a multiscale pyramid as the bands come (``_Halving``), one band a level.
+writer also writes a multiscale pyramid as the bands come (``_Halving``), one band a level; the TIFF writer builds
+the same levels as the bands come, in memory-mapped scratch files, and writes them as SubIFDs after level 0.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
+import os
 import queue
 import threading
 from pathlib import Path
@@ -156,6 +159,11 @@ class StreamingTiffWriter:
     pixel_size: written as OME-XML physical sizes (its translation as plane positions) and TIFF resolution.
     provenance: a JSON-serialisable dict stored as JSON in the private tag ``PROVENANCE_TAG``
     (``read_provenance``).
+    An image with a side above ``PYRAMID_MAX_SIDE`` becomes a pyramidal OME-TIFF as Bio-Formats (QuPath, Fiji)
+    reads it: each plane's page (level 0) has the reduced levels of ``pyramid_sizes`` as its SubIFDs, made as
+    the OME-Zarr writer makes its levels (``_Halving``: integers the top-left pixel of each 2 x 2 block, floats its
+    mean). Level 0 streams into the file; the reduced levels (a third of its bytes) are built as its bands come
+    into memory-mapped scratch files in a hidden folder beside the output, and written after level 0.
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
@@ -172,15 +180,45 @@ class StreamingTiffWriter:
         if plane_dims not in (0, 1):
             raise ValueError(f"shape must be (H, W) or (Z, H, W) (plus a class axis), got {self.shape}")
         self.channels = channels
+        self.plane_dims = plane_dims
+        dtype = np.dtype(dtype)
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
-        physical = tiff_options(pixel_size, "Z" * plane_dims + "YX" + "S" * int(channels),
-                                planes=self.shape[0] if plane_dims else 1)
+        axes = "Z" * plane_dims + "YX" + "S" * int(channels)
+        physical = tiff_options(pixel_size, axes, planes=self.shape[0] if plane_dims else 1)
+        sizes = pyramid_sizes(*self.shape[-2:])
+        if len(sizes) > 1 and not physical.get("ome"):      # Bio-Formats reads SubIFD levels of an OME-TIFF
+            physical = {"ome": True, "metadata": {"axes": axes}}
+        ome = physical.pop("ome", None)
         if provenance is not None:
             physical["extratags"] = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance, sort_keys=True), True)]
+        options = dict(dtype=dtype, tile=(tile, tile), compression=compression, photometric="minisblack",
+                       planarconfig="contig" if channels else None)
         self._error: BaseException | None = None
         self._ended = False
+        self._levels_ready = False      # set by close() once every pixel came: only then are the levels written
+        self.scratch: Path | None = None
+        self._levels: list[np.ndarray] = []
+        self._halvings: list[_Halving] = []
+        try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
+            if len(sizes) > 1:
+                self.scratch = self.temporary.with_suffix(".pyramid")    # hidden, .NAME.<hex>.partial.pyramid
+                self.scratch.mkdir()
+                for level, size in enumerate(sizes[1:], 1):
+                    self._levels.append(_scratch_array(self.scratch / f"{level}.raw", stored[:plane_dims] + size
+                                                       + stored[plane_dims + 2:], dtype))
+                picked = dtype.kind != "f"
+                coarser = None
+                for level in range(len(sizes) - 1, 0, -1):     # built coarsest first: each hands on to the next
+                    coarser = _Halving(lambda plane, row0, band, array=self._levels[level - 1]:
+                                       self._store(array, plane, row0, band),
+                                       sizes[level - 1][0], tile, _pick_top_left if picked else _mean_of_blocks,
+                                       coarser)
+                    self._halvings.insert(0, coarser)
+        except BaseException:
+            self.abort()
+            raise
 
         def tiles():
             while (item := self._queue.get()) is not None:
@@ -189,10 +227,16 @@ class StreamingTiffWriter:
 
         def run():
             try:
-                tifffile.imwrite(self.temporary, tiles(), shape=stored, dtype=np.dtype(dtype),
-                                 tile=(tile, tile), bigtiff=True, compression=compression,
-                                 photometric="minisblack", planarconfig="contig" if channels else None,
-                                 **physical)
+                with tifffile.TiffWriter(self.temporary, bigtiff=True, ome=ome) as tif:
+                    tif.write(tiles(), shape=stored, subifds=len(self._levels) or None, **options, **physical)
+                    if self._levels and self._levels_ready:
+                        resolution = physical.get("resolution")
+                        for level, array in enumerate(self._levels, 1):
+                            extra = {} if resolution is None else {
+                                "resolution": tuple(r / 2 ** level for r in resolution),
+                                "resolutionunit": physical["resolutionunit"]}
+                            tif.write(_tiles_of(array, tile, plane_dims), shape=array.shape, subfiletype=1,
+                                      metadata=None, **options, **extra)
             except BaseException as error:  # handed to the caller in close()
                 self._error = error
                 while not self._ended and self._queue.get() is not None:  # never block the producer
@@ -211,6 +255,8 @@ class StreamingTiffWriter:
         self._collector.write(plane, y0, x0, block)
 
     def _emit(self, plane, row0, band):
+        if self._halvings:
+            self._halvings[0].add(plane, band)
         if self.channels:
             band = np.moveaxis(band, 0, -1)
         rows = band.shape[0]
@@ -222,10 +268,18 @@ class StreamingTiffWriter:
                 piece = padded
             self._queue.put(np.ascontiguousarray(piece))
 
+    def _store(self, array, plane, row0, band):
+        """A band of a reduced level (classes first, as the collector hands them) into its scratch array."""
+        if self.channels:
+            band = np.moveaxis(band, 0, -1)
+        array[(plane,) * self.plane_dims + (slice(row0, row0 + band.shape[0]),)] = band
+
     def close(self) -> Path:
         complete = self._collector.complete
+        self._levels_ready = complete
         self._queue.put(None)
         self._thread.join()
+        self._discard_scratch()
         if not complete:
             discard(self.temporary)
             raise RuntimeError(f"{self.path}: closed before every pixel was written")
@@ -236,17 +290,54 @@ class StreamingTiffWriter:
         return self.path
 
     def abort(self) -> None:
-        if self._thread.is_alive():
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread.is_alive():
             self._error = self._error or RuntimeError("aborted")
             self._queue.put(None)
-            self._thread.join()
+            thread.join()
+        self._discard_scratch()
         discard(self.temporary)
+
+    def _discard_scratch(self) -> None:
+        self._levels, self._halvings = [], []      # the memmaps closed (once unreferenced) before their folder goes
+        if self.scratch is not None:
+            discard(self.scratch)
+
+
+def _scratch_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new memory-mapped array in the file ``path``, its disk space reserved up front where the system can
+    (a full disk fails here, not as a SIGBUS when a page of the map is written later)."""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    with open(path, "wb") as file:
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(file.fileno(), 0, size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                file.truncate(size)
+        else:
+            file.truncate(size)
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
+def _tiles_of(array: np.ndarray, tile: int, plane_dims: int):
+    """The tiles of ``array`` (planes, then Y, X, then samples) in the order tifffile writes them, padded to
+    ``tile`` x ``tile``: one tile in memory at a time, never a page of it."""
+    for plane in (array if plane_dims else [array]):
+        height, width = plane.shape[:2]
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
+                piece = plane[y0:y0 + tile, x0:x0 + tile]
+                padded = np.zeros((tile, tile) + piece.shape[2:], array.dtype)
+                padded[:piece.shape[0], :piece.shape[1]] = piece
+                yield padded
 
 
 #: the most bytes one OME-Zarr chunk holds (readers decompress whole chunks): 64 float32 classes of 512 x 512
 MAX_CHUNK_BYTES = 64 << 20
 
-#: an OME-Zarr result gets pyramid levels, each halving y and x, until a level's larger side is at most this (a
+#: an OME-Zarr or TIFF result gets pyramid levels, each halving y and x, until a level's larger side is at most this (a
 #: viewer shows the whole of such a level from a few chunks, where level 0 of 50,000 x 50,000 px is 10,000 of them)
 PYRAMID_MAX_SIDE = 1024
 

@@ -857,9 +857,11 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
 def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out) -> torch.dtype:
     if out is not None and not isinstance(out, (str, Path)) and hasattr(out, "dtype"):
         dtype = out.dtype if isinstance(out.dtype, torch.dtype) else _torch_dtype(out.dtype)
-        if output == "labels":
+        if output in ("labels", "instances"):
             if dtype is None or dtype.is_floating_point or dtype.is_complex:
                 raise ValueError(f"labels need an integer out array, got {out.dtype}")
+            if output == "instances" and dtype == torch.bool:      # ids, not a mask
+                raise ValueError(f"out must be an integer array that holds labels, got {out.dtype}")
             top = 1 if dtype == torch.bool else torch.iinfo(dtype).max
             if top < num_classes - 1:   # a cast would wrap the higher classes round, silently
                 raise ValueError(f"out of type {out.dtype} cannot hold the labels of {num_classes} "
@@ -902,8 +904,7 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
         if tuple(out.shape) != planes + (source.height, source.width):       # the count of objects, after it)
             raise ValueError(f"out has shape {tuple(out.shape)} but the labels need "
                              f"{planes + (source.height, source.width)}")
-        if _output_dtype("labels", torch.float32, 2, out) == torch.bool:
-            raise ValueError(f"out must be an integer array that holds labels, got {out.dtype}")
+        _output_dtype("instances", torch.float32, 2, out)
     kind = _instance_input(options)
     with scratch_for(out, source.slices * source.height * source.width) as scratch:
         prediction = scratch.array(planes + ((source.height, source.width) if kind == "labels" else
@@ -1013,9 +1014,7 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                 raise checks.BadArgument("outs", f"outs[{index}] has shape {tuple(out.shape)} but this result needs "
                                                  f"{result_shape}")
             with _naming(index, "outs"):
-                if _output_dtype(output if output != "instances" else "labels", torch.float32, num_classes,
-                                 out) == torch.bool and output == "instances":
-                    raise ValueError(f"out must be an integer array that holds labels, got {out.dtype}")
+                _output_dtype(output, torch.float32, num_classes, out)
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     # each image normalised as predict_tiled would (a pointwise rule with its own statistics), so the stack
     # goes through unchanged

@@ -33,8 +33,10 @@ def steps_or_problem(run: Segmentation):
     (Not the exception itself: superqt's worker raises an Exception returned by a generator.)"""
     try:
         return (yield from run.steps())
-    except (UnreadableModel, ValueError) as error:
-        return f"segmentation failed: {error}" if not isinstance(error, UnreadableModel) else str(error)
+    except UnreadableModel as error:       # says which file, and why
+        return str(error)
+    except ValueError as error:
+        return f"segmentation failed: {error}"
     except torch.OutOfMemoryError:
         return (f"segmentation failed: {run.options.get('device')} ran out of memory; close other work on it, "
                 f"choose the cpu device, or segment a smaller image")

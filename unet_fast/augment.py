@@ -597,8 +597,7 @@ class RandomRot90:
         k = int(_draw((1,), generator, "uniform").cpu() * 4) % 4
         if batch.h != batch.w:
             k = 2 * (k % 2)
-        out = [torch.rot90(_signed_view(t), k, dims=(-2, -1)).view(t.dtype) for t in (image, *targets)]
-        return tuple(out) if targets else out[0]
+        return batch.restore([torch.rot90(t, k, dims=(-2, -1)) for t in batch.tensors])
 
 
 class RandomFlip:

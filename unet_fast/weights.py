@@ -181,11 +181,8 @@ def _filterable_ids(labels):
     up to 2**63 / 2**64 and wrap (int64 max came back as int64 min, erasing every object)."""
     if labels.dtype.itemsize < 8:
         return labels
-    if labels.size == 0 or labels.max() < np.iinfo(np.int32).max:
-        return labels.astype(np.int32)
-    with_background = np.concatenate([np.zeros(1, labels.dtype), labels.ravel()])  # keeps 0 -> 0
-    ids = np.unique(with_background, return_inverse=True)[1][1:].reshape(labels.shape)
-    return ids.astype(np.int32) if ids.max() < np.iinfo(np.int32).max else ids.astype(np.uint32)
+    ids = _compact(labels)      # at most labels.size
+    return ids.astype(np.int32 if ids.size == 0 or ids.max() < np.iinfo(np.int32).max else np.uint32)
 
 
 def _compact(labels):

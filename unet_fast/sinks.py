@@ -200,7 +200,7 @@ class StreamingTiffWriter:
         self._levels_ready = False      # set by close() once every pixel came: only then are the levels written
         self.scratch: Path | None = None
         self._levels: list[np.ndarray] = []
-        self._halvings: list[_Halving] = []
+        self._pyramid: _Halving | None = None      # level 1's, which hands on to the next
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
             if len(sizes) > 1:
                 self.scratch = self.temporary.with_suffix(".pyramid")    # hidden, .NAME.<hex>.partial.pyramid
@@ -208,14 +208,9 @@ class StreamingTiffWriter:
                 for level, size in enumerate(sizes[1:], 1):
                     self._levels.append(_scratch_array(self.scratch / f"{level}.raw", stored[:plane_dims] + size
                                                        + stored[plane_dims + 2:], dtype))
-                picked = dtype.kind != "f"
-                coarser = None
-                for level in range(len(sizes) - 1, 0, -1):     # built coarsest first: each hands on to the next
-                    coarser = _Halving(lambda plane, row0, band, array=self._levels[level - 1]:
-                                       self._store(array, plane, row0, band),
-                                       sizes[level - 1][0], tile, _pick_top_left if picked else _mean_of_blocks,
-                                       coarser)
-                    self._halvings.insert(0, coarser)
+                self._pyramid = _halving_chain(
+                    [lambda plane, row0, band, array=array: self._store(array, plane, row0, band)
+                     for array in self._levels], [size[0] for size in sizes[:-1]], [tile] * len(self._levels), dtype)
         except BaseException:
             self.abort()
             raise
@@ -255,18 +250,12 @@ class StreamingTiffWriter:
         self._collector.write(plane, y0, x0, block)
 
     def _emit(self, plane, row0, band):
-        if self._halvings:
-            self._halvings[0].add(plane, band)
+        if self._pyramid is not None:
+            self._pyramid.add(plane, band)
         if self.channels:
             band = np.moveaxis(band, 0, -1)
-        rows = band.shape[0]
         for x0 in range(0, band.shape[1], self.tile):
-            piece = band[:, x0:x0 + self.tile]
-            if piece.shape[0] < self.tile or piece.shape[1] < self.tile:
-                padded = np.zeros((self.tile, self.tile) + piece.shape[2:], piece.dtype)
-                padded[:rows, :piece.shape[1]] = piece
-                piece = padded
-            self._queue.put(np.ascontiguousarray(piece))
+            self._queue.put(_padded(band[:, x0:x0 + self.tile], self.tile))
 
     def _store(self, array, plane, row0, band):
         """A band of a reduced level (classes first, as the collector hands them) into its scratch array."""
@@ -299,7 +288,7 @@ class StreamingTiffWriter:
         discard(self.temporary)
 
     def _discard_scratch(self) -> None:
-        self._levels, self._halvings = [], []      # the memmaps closed (once unreferenced) before their folder goes
+        self._levels, self._pyramid = [], None      # the memmaps closed (once unreferenced) before their folder goes
         if self.scratch is not None:
             discard(self.scratch)
 
@@ -328,10 +317,17 @@ def _tiles_of(array: np.ndarray, tile: int, plane_dims: int):
         height, width = plane.shape[:2]
         for y0 in range(0, height, tile):
             for x0 in range(0, width, tile):
-                piece = plane[y0:y0 + tile, x0:x0 + tile]
-                padded = np.zeros((tile, tile) + piece.shape[2:], array.dtype)
-                padded[:piece.shape[0], :piece.shape[1]] = piece
-                yield padded
+                yield _padded(plane[y0:y0 + tile, x0:x0 + tile], tile)
+
+
+def _padded(piece: np.ndarray, tile: int) -> np.ndarray:
+    """A (h, w, ...) piece of an image as a contiguous ``tile`` x ``tile`` tile, zeros past its edge (a TIFF's
+    edge tiles are stored whole); a full one is only made contiguous."""
+    if piece.shape[:2] == (tile, tile):
+        return np.ascontiguousarray(piece)
+    padded = np.zeros((tile, tile) + piece.shape[2:], piece.dtype)
+    padded[:piece.shape[0], :piece.shape[1]] = piece
+    return padded
 
 
 #: the most bytes one OME-Zarr chunk holds (readers decompress whole chunks): 64 float32 classes of 512 x 512
@@ -423,6 +419,17 @@ class _Halving:
             self.received, self.row0 = 0, 0
 
 
+def _halving_chain(stores, finer_heights, bands, dtype) -> _Halving | None:
+    """The ``_Halving`` of pyramid level 1, handing on to level 2's and so on (None without reduced levels): level
+    k + 1 stores through ``stores[k]`` in bands of ``bands[k]`` rows, made from the ``finer_heights[k]`` rows of
+    level k; integer results by their top-left pixels, floats by their means."""
+    reduce = _pick_top_left if np.dtype(dtype).kind != "f" else _mean_of_blocks
+    head = None
+    for store, height, band in reversed(list(zip(stores, finer_heights, bands))):   # coarsest first
+        head = _Halving(store, height, band, reduce, head)
+    return head
+
+
 def _level_transformations(level0: list[dict], names: list[str], level: int, centred: bool) -> list[dict]:
     """The NGFF coordinateTransformations of pyramid level ``level``: level 0's scale times 2**level in y and x;
     its translation moved by (2**level - 1) / 2 of level 0's pixel in y and x where a level's pixel is the mean
@@ -498,13 +505,9 @@ class StreamingZarrWriter:
         except BaseException:
             self.abort()
             raise
-        self._halvings: list[_Halving] = []
-        coarser = None
-        for level in range(len(self.levels) - 1, 0, -1):     # built coarsest first: each hands on to the next
-            coarser = _Halving(lambda plane, row0, band, array=self.levels[level]: self._put(array, plane, row0, band),
-                               self.levels[level - 1].shape[-2], self.levels[level].chunks[-2],
-                               _pick_top_left if picked else _mean_of_blocks, coarser)
-            self._halvings.insert(0, coarser)
+        self._pyramid = _halving_chain(
+            [lambda plane, row0, band, array=array: self._put(array, plane, row0, band) for array in self.levels[1:]],
+            [level.shape[-2] for level in self.levels[:-1]], [level.chunks[-2] for level in self.levels[1:]], dtype)
         self._collector = _BandCollector(self.shape, dtype, self.array.chunks[-2], plane_dims, self._emit)
 
     def set_attributes(self, attributes: dict) -> None:
@@ -517,8 +520,8 @@ class StreamingZarrWriter:
 
     def _emit(self, plane, row0, band):
         self._put(self.array, plane, row0, band)
-        if self._halvings:
-            self._halvings[0].add(plane, band)
+        if self._pyramid is not None:
+            self._pyramid.add(plane, band)
 
     def _put(self, array, plane, row0, band):
         rows = slice(row0, row0 + band.shape[-2])

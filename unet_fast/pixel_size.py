@@ -186,13 +186,14 @@ def _from_imagej(metadata: dict, page) -> PixelSize | None:
     return PixelSize(y_den / y_num, x_den / x_num, unit, None if time_series else _length(metadata.get("spacing")))
 
 
-def tiff_options(pixel_size: PixelSize | None, axes: str, planes: int = 1) -> dict:
+def tiff_options(pixel_size: PixelSize | None, axes: str, planes: int = 1, ome: bool = False) -> dict:
     """tifffile.imwrite arguments recording ``pixel_size``: OME-XML physical sizes (read by Fiji's
     Bio-Formats, QuPath, napari) and the TIFF resolution tags in centimetres (read by most viewers); and its
     translation, where it has one, as the position of each of the image's ``planes`` planes (OME-XML Plane
-    PositionX/Y/Z): plane k of a stack with a known z step lies k steps below the first."""
+    PositionX/Y/Z): plane k of a stack with a known z step lies k steps below the first. ``ome``: an OME-TIFF
+    even without a pixel size (a pyramid: Bio-Formats reads SubIFD levels of OME-TIFFs)."""
     if pixel_size is None:
-        return {"metadata": None}
+        return {"ome": True, "metadata": {"axes": axes}} if ome else {"metadata": None}
     y_um, x_um = pixel_size.micrometers()
     symbol = UNIT_SYMBOLS[pixel_size.unit]
     metadata = {"axes": axes, "PhysicalSizeX": pixel_size.x, "PhysicalSizeXUnit": symbol,

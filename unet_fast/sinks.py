@@ -186,10 +186,8 @@ class StreamingTiffWriter:
         self._collector = _BandCollector(self.shape, dtype, tile, plane_dims, self._emit)
         stored = self.shape[:plane_dims] + self.shape[-2:] + (self.shape[-3:-2] if channels else ())
         axes = "Z" * plane_dims + "YX" + "S" * int(channels)
-        physical = tiff_options(pixel_size, axes, planes=self.shape[0] if plane_dims else 1)
         sizes = pyramid_sizes(*self.shape[-2:])
-        if len(sizes) > 1 and not physical.get("ome"):      # Bio-Formats reads SubIFD levels of an OME-TIFF
-            physical = {"ome": True, "metadata": {"axes": axes}}
+        physical = tiff_options(pixel_size, axes, planes=self.shape[0] if plane_dims else 1, ome=len(sizes) > 1)
         ome = physical.pop("ome", None)
         if provenance is not None:
             physical["extratags"] = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance, sort_keys=True), True)]

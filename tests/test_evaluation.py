@@ -131,6 +131,42 @@ def test_cli_evaluate(nuclei, model_file, capsys):
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
 
 
+def test_cli_evaluate_with_an_ignore_label_scores_the_annotated_pixels_only(nuclei, model_file, tmp_path, capsys):
+    """Nucleus 1 of each image and 2 px around it not annotated (65535): predicted objects mostly there are no
+    false positives, and those pixels count in no IoU (the known answer by hand, from predict_tiled's objects)."""
+    folder, labels = nuclei
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    unannotated = [ndimage.binary_dilation(label == 1, iterations=2) & (label != 2) for label in labels]
+    for i, label in enumerate(labels):
+        tifffile.imwrite(sparse / f"n{i}.tif", np.where(unannotated[i], 65535, label).astype(np.uint16))
+    assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels", str(sparse),
+                     "-o", str(tmp_path / "eval"), "--ignore-label", "65535", "--no-progress"]) == 0
+    rows = {row["name"]: row for row in csv.DictReader(open(tmp_path / "eval" / "evaluation.csv"))}
+    model = unet_fast.load_model(model_file)
+    for i, label in enumerate(labels):
+        predicted = predict_tiled(model, tifffile.imread(folder / "images" / f"n{i}.tif"), output="instances",
+                                  progress=False)
+        annotated = ~unannotated[i]
+        for value in np.unique(predicted[predicted > 0]):          # mostly unannotated: left out
+            if np.count_nonzero((predicted == value) & ~annotated) * 2 > np.count_nonzero(predicted == value):
+                predicted[predicted == value] = 0
+        truth = np.where(annotated, label, 0)
+        p, t = (predicted > 0) & annotated, truth > 0
+        assert float(rows[f"n{i}"]["iou"]) == pytest.approx(np.sum(p & t) / np.sum(p | t), abs=1e-6)
+        assert int(rows[f"n{i}"]["predicted_objects"]) == len(np.unique(predicted[predicted > 0]))
+        assert int(rows[f"n{i}"]["true_objects"]) == len(np.unique(truth[truth > 0]))
+    # a near-perfect model: every object found; those nobody annotated are no false positives
+    scored = evaluate_model(Threshold(), folder / "images", sparse, ignore_label=65535)
+    assert scored.pooled.false_positives == 0 and scored.pooled.false_negatives == 0
+    naive = [np.where(mask, 0, label) for mask, label in zip(unannotated, labels)]   # unannotated as background
+    images = [tifffile.imread(folder / "images" / f"n{i}.tif") for i in range(len(labels))]
+    assert evaluate_model(Threshold(), images, naive).pooled.false_positives == 2
+    code, err = _usage_error(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                              str(sparse), "-o", str(tmp_path / "eval3"), "--ignore-label", "0"], capsys)
+    assert code == 2 and "--ignore-label" in err and "background" in err
+
+
 @needs_zarr
 def test_cli_segment_instances_with_overlays(nuclei, model_file, capsys):
     import zarr

@@ -1003,6 +1003,17 @@ def test_an_at_list_from_windows_or_a_spreadsheet_reads_as_written(tmp_path, mod
            in capsys.readouterr().err
 
 
+def test_an_at_list_of_inputs_takes_a_name_starting_with_a_dash_as_a_file(tmp_path, model_file, capsys, monkeypatch):
+    """A listed file named -x.tif was read as an option: argparse ended -i there and failed on '-x.tif'."""
+    _images(tmp_path / "in", count=2)
+    os.rename(tmp_path / "in" / "img1.tif", tmp_path / "in" / "-dash.tif")
+    monkeypatch.chdir(tmp_path / "in")
+    (tmp_path / "list.txt").write_text("img0.tif\n-dash.tif\n")
+    assert cli.main(["segment", "-i", "@../list.txt", "-o", "../out", "-m", str(model_file), "--no-progress"]) == 0
+    assert "2 file(s) found, 2 segmented" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["-dash.tif", "img0.tif"]
+
+
 def test_recursive_mirrors_a_folder_named_inside_another_as_a_part_of_it(tmp_path, model_file, capsys):
     """-i in/p1 in -r: in/p1's images went to OUTDIR itself (the first folder named that holds them), where in's
     own images go too: in/p1/top.tif and in/top.tif shared an output, and p1 alone was not mirrored."""

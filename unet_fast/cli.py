@@ -76,10 +76,15 @@ RECIPE_FLAGS = ("epochs", "batch_size", "tiles_per_epoch", "optimizer", "lr", "m
 
 def _labelled_images(images, labels, args, recipe, num_classes: int):
     """A dataset of labelled images: two folders matched by name, or two multi-page TIFF stacks."""
-    from .data import ImageFolderDataset, TiffStackDataset
+    from .data import ImageFolderDataset, TiffStackDataset, check_ignore_label
 
+    try:
+        check_ignore_label(args.ignore_label, num_classes, args.label_kind)
+    except ValueError as error:
+        raise BadArgument("ignore_label", str(error)) from None
     options = dict(num_classes=num_classes, label_kind=args.label_kind, w0=recipe.w0, sigma=recipe.sigma,
-                   class_weights=recipe.class_weights, normalization=recipe.normalization(), cache_dir=args.cache_dir)
+                   class_weights=recipe.class_weights, normalization=recipe.normalization(), cache_dir=args.cache_dir,
+                   ignore_label=args.ignore_label)
     if Path(images).is_file():
         return TiffStackDataset(images, labels, **options)
     return ImageFolderDataset(images, labels, label_suffix=args.label_suffix, **options)
@@ -333,6 +338,12 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
             saved = json.loads(recorded.read_text())
         except (OSError, ValueError):       # runs from before the record, or a checkpoint moved alone
             return
+        if not isinstance(saved, dict):
+            return
+        if saved.get("ignore_label") != args.ignore_label:   # absent: a run without it (or from before it)
+            raise BadArgument("ignore_label", f"{args.resume} was trained with --ignore-label "
+                                              f"{saved.get('ignore_label')}, got {args.ignore_label}: --resume "
+                                              f"continues the same run on the same targets; give the run's value")
         changed = [f"{kind}: {len(set(names[kind]) - set(saved.get(kind, [])))} added, "
                    f"{len(set(saved.get(kind, [])) - set(names[kind]))} left out" for kind in names
                    if sorted(saved.get(kind, [])) != names[kind]]
@@ -344,6 +355,8 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         from .image_io import atomic_path
 
+        if args.ignore_label is not None:
+            names["ignore_label"] = args.ignore_label
         with atomic_path(work_dir / DATA_RECORD) as temporary:
             Path(temporary).write_text(json.dumps(names, indent=1))
 
@@ -612,10 +625,13 @@ class _Parser(argparse.ArgumentParser):
         around it dropped (an editor's or a spreadsheet's trailing blanks, a Windows CR), blank lines and lines
         starting with # none, a UTF-8 byte order mark (Windows Notepad's) ignored, taken as written (an @ there is
         no further list; a relative path is relative to the current folder, as typed on the command line, not to
-        FILE's). A list that gives no argument is an error naming it."""
-        expanded = []
+        FILE's). A list that gives no argument is an error naming it. A list given to -i/--input holds inputs
+        only: a line starting with - is a file name (./-name), not an option that would end the inputs."""
+        expanded, option = [], None
         for argument in arg_strings:
             if not argument or argument[0] not in (self.fromfile_prefix_chars or ""):
+                if argument.startswith("-"):
+                    option = argument
                 expanded.append(argument)
                 continue
             try:
@@ -632,6 +648,8 @@ class _Parser(argparse.ArgumentParser):
             lines = [line for line in lines if line and not line.startswith("#")]
             if not lines:
                 self.error(f"{argument}: the list {argument[1:]!r} gives no argument (blank, or only # comments)")
+            if option in ("-i", "--input"):
+                lines = [os.path.join(".", line) if line.startswith("-") else line for line in lines]
             expanded.extend(lines)
         return expanded
 
@@ -743,7 +761,7 @@ def cmd_evaluate(args) -> int:
             model, args.images, args.labels, label_suffix=args.label_suffix, instance_options=options,
             tile_size=args.tile_size, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
             overlay_dir=output_dir / "overlays" if args.overlay else None, nonfinite=args.nonfinite, tta=args.tta,
-            scale=args.scale,
+            scale=args.scale, ignore_label=args.ignore_label,
             log=None if args.no_progress else lambda line: print(line, file=sys.stderr))
     except BadArgument as error:
         if error.argument == "overlay_dir":         # OUTDIR/overlays: -o's
@@ -890,6 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "unet_fast.data)")
     g.add_argument("--label-suffix", default="",
                    help="label files are named <image base name><suffix>.* (default: no suffix)")
+    g.add_argument("--ignore-label", type=int, default=None, metavar="V",
+                   help="pixels of label value V were not annotated (sparse labels: cells nobody outlined): they "
+                        "count in no loss, no class balance and no validation score; V is no object and no "
+                        "class (e.g. 255, or -1 in a signed image) (default: every pixel is annotated)")
     g.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help=f"inputs: (x - P_LOW) / (P_HIGH - P_LOW) with the image's percentiles (stored with the "
                         f"model) ({_recipe_default('percentiles')})")
@@ -1022,6 +1044,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
     p.add_argument("--label-suffix", default="",
                    help="label files are named <image base name><suffix>.* (default: no suffix)")
+    p.add_argument("--ignore-label", type=int, default=None, metavar="V",
+                   help="pixels of label value V were not annotated: they count in no score, and predicted objects "
+                        "lying mostly in them are no false positives (default: every pixel is annotated)")
     p.add_argument("-o", "--output-dir", default="evaluation",
                    help="for evaluation.csv and overlays (default: %(default)s)")
     p.add_argument("--overlay", action="store_true",

@@ -16,6 +16,12 @@ Labels come in two kinds, told apart by ``label_kind``:
   (a {0, v} mask, or one value) as a binary semantic mask; for more classes, semantic
   (``auto_is_instances``).
 
+Sparse annotation: with ``ignore_label`` set, pixels of that value were not annotated (cells nobody outlined,
+a region left for later). Their class target is ``IGNORE`` (the losses' ``ignore_index``), so they count in
+no loss term, their weight is 0 and the class balance is counted over the annotated pixels; the label
+kind and the objects are those of the annotated pixels (the value is no object and no class); validation
+scores the annotated pixels, and leaves out predicted objects lying mostly in unannotated ones.
+
 Weight maps are computed once per label image and cached in memory, and on disk under
 ``cache_dir`` (keyed by a hash of the label image and the weight-map parameters) when given;
 normalised images are kept in memory too unless ``cache_images=False``.
@@ -45,9 +51,11 @@ from .weights import separate_touching, unet_weight_map
 
 __all__ = ["LabelledImage", "SegmentationDataset", "default_augmentation", "ArrayDataset", "ImageFolderDataset",
            "TiffStackDataset", "SubsetDataset", "split_dataset", "matching_files", "NameMatchError", "RandomTiles",
-           "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS"]
+           "synthetic_nuclei", "IMAGE_SUFFIXES", "LABEL_KINDS", "IGNORE", "check_ignore_label"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+#: the class target of pixels not annotated (``ignore_label``): the losses' default ``ignore_index``
+IGNORE = -100
 #: part of the weight-map cache key: bumped when the cached weights' definition changes (2: weight
 #: maps of instance labels are computed on the separated instances)
 _CACHE_VERSION = 2
@@ -57,7 +65,8 @@ LABEL_KINDS = ("auto", "instance", "semantic")
 @dataclass
 class LabelledImage:
     """One training image: ``image`` (C, H, W) float32 normalised, ``target`` (H, W) int64 class
-    indices, ``weights`` (H, W) float32 paper weight map, ``instances`` (H, W) int32 objects."""
+    indices (``IGNORE`` where not annotated), ``weights`` (H, W) float32 paper weight map (0 where not
+    annotated), ``instances`` (H, W) int32 objects."""
 
     name: str
     image: np.ndarray
@@ -72,17 +81,21 @@ class SegmentationDataset(Sequence):
     scale: every image and label is resampled by this factor when read (images normalised first, then
     linear; labels by the nearest pixel; ``unet_fast.rescale``), before the weight maps; setting it
     drops what was read at the old one. ``unet-fast train`` chooses it from ``object_diameters`` and the
-    recipe's ``object_size``; ``fit`` gives it to the model it trains (``input_scale``)."""
+    recipe's ``object_size``; ``fit`` gives it to the model it trains (``input_scale``).
+
+    ignore_label: the label value of pixels that were not annotated (see the module docstring), or None."""
 
     def __init__(self, *, num_classes: int = 2, label_kind: str = "auto", w0: float = 10.0,
                  sigma: float = 5.0, class_weights="balanced", normalization: Normalization | None = None,
-                 cache_dir: str | os.PathLike | None = None, cache_images: bool = True, scale: float = 1.0):
+                 cache_dir: str | os.PathLike | None = None, cache_images: bool = True, scale: float = 1.0,
+                 ignore_label: int | None = None):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         self.num_classes = num_classes
         self.label_kind = label_kind
+        self.ignore_label = check_ignore_label(ignore_label, num_classes, label_kind)
         self.weight_params = dict(w0=float(w0), sigma=float(sigma), class_weights=class_weights)
         self.normalization = normalization if normalization is not None else Normalization()
         if not isinstance(self.normalization, Normalization):
@@ -137,9 +150,10 @@ class SegmentationDataset(Sequence):
             name, _, label = self._load(index)
             label = np.asarray(label)
             if label.ndim == 2:
-                check_label_values(name, label)   # before anything is measured or said about the objects
+                check_label_values(name, label, self.ignore_label)  # before anything is measured or said
+                label, ignored = self._annotated(label)
                 self.label_pixels += label.size
-                if self._kind(label) == "instance":
+                if self._kind(label, np.unique(label if ignored is None else label[~ignored])) == "instance":
                     found.append(object_diameters(label))
         return np.concatenate(found)
 
@@ -155,7 +169,7 @@ class SegmentationDataset(Sequence):
         label = np.asarray(label)
         if label.ndim != 2:
             raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
-        check_label_values(name, label)
+        check_label_values(name, label, self.ignore_label)
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
@@ -179,8 +193,12 @@ class SegmentationDataset(Sequence):
             cached = _read_cache(self.cache_dir / f"{key}.npz")
             if cached is not None:
                 return cached
-        target, weighted_objects, instances = self._interpret(name, label)
-        weights = unet_weight_map(weighted_objects, **self.weight_params).astype(np.float32)
+        label, ignored = self._annotated(label)
+        if ignored is not None and ignored.all():
+            raise ValueError(f"label of {name!r} is ignore_label={self.ignore_label} everywhere: nothing in it is "
+                             f"annotated; leave the image out, or annotate some of it")
+        target, weighted_objects, instances = self._interpret(name, label, ignored)
+        weights = unet_weight_map(weighted_objects, **self.weight_params, ignored=ignored).astype(np.float32)
         result = (target, weights, instances)
         if key is not None:
             _write_cache(self.cache_dir / f"{key}.npz", result)
@@ -188,10 +206,22 @@ class SegmentationDataset(Sequence):
 
     def _cache_key(self, label: np.ndarray) -> str:
         digest = hashlib.sha256()
-        digest.update(json.dumps([_CACHE_VERSION, self.weight_params, self.label_kind, self.num_classes,
-                                  str(label.dtype), label.shape], default=str).encode())
+        settings = [_CACHE_VERSION, self.weight_params, self.label_kind, self.num_classes, str(label.dtype), label.shape]
+        if self.ignore_label is not None:       # appended only when set: keys of caches written before stay valid
+            settings.append({"ignore_label": self.ignore_label})
+        digest.update(json.dumps(settings, default=str).encode())
         digest.update(np.ascontiguousarray(label).tobytes())
         return digest.hexdigest()
+
+    def _annotated(self, label: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label with 0 where not annotated, the mask of those pixels or None): ``ignore_label``'s pixels are
+        no object and no class; the label kind is told from the other pixels' values."""
+        if self.ignore_label is None:
+            return label, None
+        ignored = label == self.ignore_label
+        if not ignored.any():
+            return label, None
+        return np.where(ignored, np.zeros((), label.dtype), label), ignored
 
     def _kind(self, label: np.ndarray, values: np.ndarray | None = None) -> str:
         """"instance" or "semantic": ``label_kind``, or for "auto" instances where a 2-class dataset's
@@ -201,13 +231,21 @@ class SegmentationDataset(Sequence):
         values = np.unique(label) if values is None else values
         return "instance" if self.num_classes == 2 and auto_is_instances(values) else "semantic"
 
-    def _interpret(self, name: str, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _interpret(self, name: str, label: np.ndarray, ignored: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(class target int64, objects for the weight map int32, instances int32) from one label
         image, per ``label_kind``. The weight map's objects are the instances after
         ``separate_touching``: the borders it draws between touching objects are background in the
         target, and only as background pixels between two objects do they get the border weight
-        (on the unseparated instances they would be weighted as foreground)."""
-        values = np.unique(label)
+        (on the unseparated instances they would be weighted as foreground). ``ignored``: the pixels
+        not annotated (0 in ``label``), ``IGNORE`` in the target."""
+        target, objects, instances = self._classes_and_objects(name, label, ignored)
+        if ignored is not None:
+            target[ignored] = IGNORE
+        return target, objects, instances
+
+    def _classes_and_objects(self, name: str, label: np.ndarray, ignored: np.ndarray | None):
+        values = np.unique(label if ignored is None else label[~ignored])
         if self._kind(label, values) == "instance":
             if values.max(initial=0) > np.iinfo(np.int32).max:   # ids int32 cannot hold (they wrapped): 1..n
                 instances = (np.searchsorted(values, label) + int(values[0] != 0)).astype(np.int32)
@@ -227,9 +265,28 @@ class SegmentationDataset(Sequence):
         return target, instances, instances
 
 
-def check_label_values(name: str, label: np.ndarray) -> None:
+def check_ignore_label(ignore_label, num_classes: int = 2, label_kind: str = "auto") -> int | None:
+    """``ignore_label`` as an int (None stays None), or ValueError naming it: not an integer, 0 (the
+    background), or a class of labels whose values are classes (``label_kind`` "semantic", or "auto" with more
+    than 2 classes)."""
+    if ignore_label is None:
+        return None
+    if isinstance(ignore_label, (bool, np.bool_)) or not isinstance(ignore_label, (int, np.integer)):
+        raise ValueError(f"ignore_label must be an integer label value (the value of pixels nobody annotated) or "
+                         f"None, got {ignore_label!r}")
+    value = int(ignore_label)
+    classes = label_kind == "semantic" or (label_kind == "auto" and num_classes > 2)   # values are classes
+    if value == 0 or (classes and 0 <= value < num_classes):
+        raise ValueError(f"ignore_label={value} is " + ("the background" if value == 0 else
+                         f"one of the {num_classes} classes (0..{num_classes - 1})") + "; give the value that marks "
+                         f"pixels nobody annotated, one no class or object uses (255, or -1 in a signed image)")
+    return value
+
+
+def check_label_values(name: str, label: np.ndarray, ignore_label: int | None = None) -> None:
     """ValueError for a label image whose values cannot be labels (training's and ``unet-fast evaluate``'s
-    rule): a pixel type it refuses (complex, ...), non-integer or infinite values, negative values."""
+    rule): a pixel type it refuses (complex, ...), non-integer or infinite values, negative values (but for
+    ``ignore_label``, which may be negative, such as -1)."""
     problem = checks.pixel_type_problem(label.dtype)
     if problem:
         raise ValueError(f"label of {name!r} {problem}")
@@ -240,7 +297,11 @@ def check_label_values(name: str, label: np.ndarray) -> None:
             raise ValueError(f"label of {name!r} has non-integer values (e.g. {example!r}); labels are 0 "
                              f"(background) and object or class numbers")
     if label.dtype.kind in "fi" and label.min(initial=0) < 0:
-        raise ValueError(f"label of {name!r} has negative values (min {label.min()}); labels must be >= 0")
+        negative = label < 0 if ignore_label is None or ignore_label >= 0 else (label < 0) & (label != ignore_label)
+        if negative.any():
+            raise ValueError(f"label of {name!r} has negative values (e.g. {label[negative].flat[0].item()!r}); "
+                             f"labels must be >= 0" + ("" if ignore_label is None else
+                                                        f", or ignore_label={ignore_label} for pixels not annotated"))
 
 
 def auto_is_instances(values: np.ndarray) -> bool:
@@ -375,7 +436,8 @@ class SubsetDataset(SegmentationDataset):
     def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]):
         self.dataset, self.indices = dataset, list(indices)
         self.__dict__.update({k: v for k, v in dataset.__dict__.items()
-                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir")})
+                              if k in ("num_classes", "label_kind", "weight_params", "normalization", "cache_dir",
+                                       "ignore_label")})
 
     @property
     def scale(self) -> float:

@@ -5,7 +5,9 @@ instance rules of ``unet_fast.instances``) and compared with its labels: foregro
 object precision, recall and F1 at IoU 0.5, their mean over IoU thresholds 0.5..0.95 (F1, and the
 2018 Data Science Bowl's average precision TP / (TP + FP + FN)), and the ISBI 2012 Rand error.
 Labels with more than two values, or two without a 0, are instances; a {0, v} mask's objects are its
-4-connected components.
+4-connected components. With ``ignore_label``, pixels of that label value were not annotated: they count
+in no pixel score, are no object, and predicted objects lying mostly in them are left out
+(``metrics.without_ignored_objects``): a cell the annotator skipped is not the net's false positive.
 """
 from __future__ import annotations
 
@@ -51,14 +53,23 @@ COLUMNS = [f.name for f in fields(ImageScores)]
 MEAN_COLUMNS = ("iou", "dice", "precision", "recall", "f1", "ap_50_95", "f1_50_95", "rand_error")
 
 
-def score_instances(predicted: np.ndarray, truth: np.ndarray, name: str = "") -> ImageScores:
-    """The scores of predicted instance labels against true ones (both (H, W), 0 = background)."""
+def score_instances(predicted: np.ndarray, truth: np.ndarray, name: str = "", ignored: np.ndarray | None = None
+                    ) -> ImageScores:
+    """The scores of predicted instance labels against true ones (both (H, W), 0 = background). ignored: a
+    bool mask of pixels not annotated (0 in ``truth``), or None: they count in no pixel score, and predicted
+    objects lying mostly in them are left out."""
+    if ignored is not None:
+        predicted = metrics.without_ignored_objects(predicted, ignored)
     by_threshold = metrics.object_scores_by_threshold(predicted, truth)
     at_half = by_threshold[0]
     fg_p, fg_t = (predicted > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
+    ignore_index = None
+    if ignored is not None and ignored.any():
+        fg_t = np.where(ignored, np.uint8(2), fg_t)      # a third value, left out of the confusion matrix
+        ignore_index = 2
     return ImageScores(
-        name=name, iou=float(metrics.iou(fg_p, fg_t, num_classes=2)[1]),
-        dice=float(metrics.dice(fg_p, fg_t, num_classes=2)[1]),
+        name=name, iou=float(metrics.iou(fg_p, fg_t, num_classes=2, ignore_index=ignore_index)[1]),
+        dice=float(metrics.dice(fg_p, fg_t, num_classes=2, ignore_index=ignore_index)[1]),
         precision=at_half.precision, recall=at_half.recall, f1=at_half.f1,
         ap_50_95=float(np.mean([s.accuracy for s in by_threshold])),
         f1_50_95=float(np.mean([s.f1 for s in by_threshold])),
@@ -223,7 +234,8 @@ class Unread:
 HELD_BYTES = 2 ** 30
 
 
-def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_bytes: int | None = None) -> list:
+def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_bytes: int | None = None,
+                   ignore_label: int | None = None) -> list:
     """Every pair readable and usable, before any is scored: BadArgument naming "images" or "labels"
     for an unreadable file, labels not 2-D, not of the image's size, negative or not integers, an
     image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels.
@@ -245,7 +257,7 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
             raise _bad("images", f"image {name!r} holds {np.count_nonzero(~np.isfinite(image))} NaN or infinite "
                                  f"pixel(s), which would spoil its scores; repair it, or set them to 0 with "
                                  f"--nonfinite zero (nonfinite='zero')")
-        truth = _labels(given_truth, name)
+        truth = _labels(given_truth, name, ignore_label)
         if image.shape[-2:] != truth.shape:
             raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
                                  f"{image.shape[-2:]}; they must be the same size")
@@ -257,11 +269,11 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
     return checked
 
 
-def _reread(checked: tuple) -> tuple:
+def _reread(checked: tuple, ignore_label: int | None = None) -> tuple:
     """A (name, image, labels) triple of check_labelled with its Unread files read again."""
     name, image, truth = checked
     return (name, _image(image.path, name) if isinstance(image, Unread) else image,
-            _labels(truth.path, name) if isinstance(truth, Unread) else truth)
+            _labels(truth.path, name, ignore_label) if isinstance(truth, Unread) else truth)
 
 
 def _bad(argument: str, message: str):
@@ -281,8 +293,8 @@ def _image(image, name: str) -> np.ndarray:
         raise _bad("images", str(error)) from error
 
 
-def _labels(truth, name: str) -> np.ndarray:
-    """The label image, checked: 2-D, integer values >= 0 (BadArgument "labels")."""
+def _labels(truth, name: str, ignore_label: int | None = None) -> np.ndarray:
+    """The label image, checked: 2-D, integer values >= 0 or ``ignore_label`` (BadArgument "labels")."""
     from .data import check_label_values, read_image
 
     if isinstance(truth, Path):
@@ -296,18 +308,22 @@ def _labels(truth, name: str) -> np.ndarray:
     if truth.ndim != 2:
         raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}")
     try:
-        check_label_values(name, truth)
+        check_label_values(name, truth, ignore_label)
     except ValueError as error:
         raise _bad("labels", str(error)) from None
     return truth
 
 
-def _instances_of(labels: np.ndarray) -> np.ndarray:
+def _instances_of(labels: np.ndarray, ignored: np.ndarray | None = None) -> np.ndarray:
     """Checked labels (``_labels``) as instances: a binary mask's connected components (``auto_is_instances``:
-    a {0, v} mask; two values without a 0 are two objects)."""
+    a {0, v} mask; two values without a 0 are two objects), told from the annotated pixels' values (those
+    not ``ignored``, which become background)."""
     from .data import auto_is_instances
 
-    if not auto_is_instances(np.unique(labels)):
+    values = np.unique(labels if ignored is None else labels[~ignored])
+    if ignored is not None:
+        labels = np.where(ignored, np.zeros((), labels.dtype), labels)
+    if not auto_is_instances(values):
         return ndimage.label(labels > 0)[0]
     return labels if labels.dtype.kind in "iu" else labels.astype(np.int64)   # uint64 ids may not fit int64
 
@@ -338,7 +354,7 @@ def _same_shape_runs(triples, scale: float = 1.0):
 def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_options: InstanceOptions | None = None,
                    tile_size=None, batch_size=None, device=None, dtype=None, overlay_dir=None,
                    overlay_max_side: int = 1024, nonfinite: str | None = None, tta: bool = False,
-                   scale: float | None = None, log=None) -> Evaluation:
+                   scale: float | None = None, ignore_label: int | None = None, log=None) -> Evaluation:
     """Score ``model`` (a model file or a loaded 2-class model) on labelled images.
 
     images, labels: two folders matched by base name (label files may carry ``label_suffix``), two
@@ -346,7 +362,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     instance_options: the rules making objects of the predicted foreground (default: their defaults,
     as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype, nonfinite, tta, scale:
     as for ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
-    yellow, true ones in cyan). log: called with a line per image (None: quiet).
+    yellow, true ones in cyan). ignore_label: the label value of pixels not annotated (see the module
+    docstring), or None. log: called with a line per image (None: quiet).
 
     Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
     names that do not pair up or are ambiguous, labels of another size, negative or not integers,
@@ -355,6 +372,7 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     (``overlays.check_replaceable``).
     """
     from .checks import BadArgument, check_bool, check_writable_folder
+    from .data import check_ignore_label
     from .inference import NonFiniteOutputError, predict_images, predict_tiled
     from .model_file import load_model
     from .rescale import check_scale, model_scale
@@ -364,6 +382,10 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     if nonfinite is not None and nonfinite not in NONFINITE_POLICIES:
         raise BadArgument("nonfinite", f"nonfinite must be None or one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     check_bool(tta, "tta")
+    try:
+        ignore_label = check_ignore_label(ignore_label)
+    except ValueError as error:
+        raise BadArgument("ignore_label", str(error)) from None
     if scale is not None:
         check_scale(scale)
     if not isinstance(model, torch.nn.Module):
@@ -388,9 +410,10 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
                    scale=scale)
     scores = []
     factor = model_scale(model, scale)
-    checked = check_labelled(triples, in_channels=model.in_channels, nonfinite=rule, keep_bytes=HELD_BYTES)
+    checked = check_labelled(triples, in_channels=model.in_channels, nonfinite=rule, keep_bytes=HELD_BYTES,
+                             ignore_label=ignore_label)
     for group in _same_shape_runs(checked, factor):
-        group = [_reread(triple) for triple in group]
+        group = [_reread(triple, ignore_label) for triple in group]
         started = time.perf_counter()
         images = [image for _, image, _ in group]
         layout = "YX" if images[0].ndim == 2 else "CYX"
@@ -402,8 +425,10 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
                                        error.detail) from None
         seconds = (time.perf_counter() - started) / len(group)
         for (name, image, truth), predicted in zip(group, predictions):
-            truth = _instances_of(truth)
-            result = score_instances(predicted, truth, name)
+            ignored = truth == ignore_label if ignore_label is not None else None
+            ignored = ignored if ignored is not None and ignored.any() else None
+            truth = _instances_of(truth, ignored)
+            result = score_instances(predicted, truth, name, ignored)
             result.seconds = seconds
             scores.append(result)
             if overlay_dir is not None:

@@ -277,6 +277,32 @@ def _check_threshold(value, name: str) -> None:
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
 
 
+def without_ignored_objects(prediction, ignored) -> np.ndarray:
+    """The instance labels ``prediction`` ((H, W) or (N, H, W), numpy or torch) as a numpy array, with 0 for the
+    objects lying mostly in ``ignored`` (a bool mask of its shape: pixels nobody annotated): more than half of
+    their pixels there. Such an object cannot match a true object at IoU >= 0.5 (true objects lie in annotated
+    pixels), and counting it as a false positive would score a cell the annotator left out as the net's error,
+    as COCO's and the Data Science Bowl's ignore regions do not. Objects partly in ignored pixels stay whole."""
+    labels = _as_tensor(prediction, "prediction").detach().cpu().numpy()
+    mask = _as_tensor(ignored, "ignored").detach().cpu().numpy()
+    if mask.shape != labels.shape:
+        raise ValueError(f"ignored must have the prediction's shape {labels.shape}, got {mask.shape}")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"prediction must be one image (H, W) or a batch (N, H, W), got shape {labels.shape}")
+    mask = mask.astype(bool, copy=False)
+    if not mask.any():
+        return labels
+    kept = labels.copy()
+    for image, ignored_pixels in zip(kept.reshape(-1, *labels.shape[-2:]), mask.reshape(-1, *labels.shape[-2:])):
+        ids, inverse = np.unique(image, return_inverse=True)   # each image's objects on their own
+        inverse = inverse.reshape(-1)
+        area = np.bincount(inverse, minlength=len(ids))
+        inside = np.bincount(inverse[ignored_pixels.reshape(-1)], minlength=len(ids))
+        dropped = (2 * inside > area) & (ids != 0)
+        image[dropped[inverse].reshape(image.shape)] = 0
+    return kept
+
+
 def object_scores_by_threshold(prediction, target, thresholds=IOU_THRESHOLDS,
                                connected_components: bool = False) -> list[ObjectScores]:
     """``object_scores`` at each IoU threshold (default 0.5, 0.55, ..., 0.95), the overlaps computed once."""

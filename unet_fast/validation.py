@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import SegmentationDataset
+from .data import IGNORE, SegmentationDataset
 from .inference import argmax_classes, predict_tiled
 from .instances import InstanceOptions, foreground_mask, label_instances
 from .losses import WeightedSoftmaxCrossEntropy
-from .metrics import object_scores
+from .metrics import object_scores, without_ignored_objects
 from .normalization import Normalization
 from .ops._library import memory_format_of
 from .ranks import shared_failures
@@ -36,7 +36,9 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
     nothing to either (it is left out, not scored 1.0); when no image has a true or a predicted
     foreground pixel the IoU is NaN, and when none has a true or a predicted object the F1 is NaN
     (undefined, as ``evaluate_model`` leaves such scores out of its means; ``fit`` never picks a best
-    model by a NaN). With ``world`` > 1 each rank takes every world-th
+    model by a NaN). Pixels not annotated (target ``IGNORE``, the dataset's ``ignore_label``) count in no
+    score and in no pixel count, and predicted objects lying mostly in them are left out
+    (``metrics.without_ignored_objects``). With ``world`` > 1 each rank takes every world-th
     image and the sums are all-reduced, so every rank returns the same numbers (or raises, if one rank failed).
     """
     loss_fn = loss_fn or WeightedSoftmaxCrossEntropy()
@@ -56,7 +58,8 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
                                                     scale=1.0))  # the dataset resampled its images
             target = torch.from_numpy(sample.target).to(device)
             weights = torch.from_numpy(sample.weights).to(device)
-            pixels = target.numel()
+            ignored = sample.target == IGNORE
+            pixels = target.numel() - int(np.count_nonzero(ignored))   # the loss's mean is over these
             # predict_tiled hands the logits back on the CPU; the loss runs where training ran it
             loss = float(loss_fn(logits[None].to(device), target[None], weights[None])) * pixels
             options = instance_options or InstanceOptions()
@@ -66,8 +69,9 @@ def evaluate(model: torch.nn.Module, images: SegmentationDataset, *, device=None
             else:                             # every class but 0 is foreground, as it is
                 options = InstanceOptions(options.min_size, options.fill_holes, options.border, split=None)
                 probability, foreground = None, argmax_classes(logits.cpu()).numpy() > 0
-            instances = label_instances(foreground, options, probability=probability)
-            predicted = instances > 0
+            instances = without_ignored_objects(label_instances(foreground, options, probability=probability),
+                                                ignored)
+            predicted = (instances > 0) & ~ignored
             truth = sample.instances > 0
             objects = object_scores(instances, sample.instances)
             tp, fp, fn = objects.true_positives, objects.false_positives, objects.false_negatives

@@ -49,7 +49,7 @@ _NEGLIGIBLE = 1e-5
 _CLASSES = 2  # background (label 0) and foreground (label > 0)
 
 
-def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class_weights="balanced"):
+def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class_weights="balanced", ignored=None):
     """Weight map w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) of the U-Net paper (see module doc).
 
     Args:
@@ -59,6 +59,9 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
         sigma: width of the border term in pixels (> 0); the paper uses 5.
         class_weights: ``"balanced"`` (inverse class frequency, mean 1), a pair / dict of the
             background and foreground weights, or None (1.0 everywhere).
+        ignored: None, or a bool mask of the labels' shape (same kind) of pixels nobody annotated (0 in
+            ``instance_labels``): their weight is 0, and "balanced" counts the classes over the other pixels
+            (the mean of w_c over the annotated pixels is 1).
 
     Returns:
         float32 weights of the input's shape and kind (a torch tensor comes back on its device).
@@ -67,11 +70,19 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
     w0 = _positive_number(w0, "w0")
     sigma = _positive_number(sigma, "sigma")
     fixed = _parse_class_weights(class_weights)
+    if ignored is not None:
+        ignored = np.asarray(ignored.detach().cpu() if isinstance(ignored, torch.Tensor) else ignored)
+        if ignored.shape != labels.shape or ignored.dtype != bool:
+            raise ValueError(f"ignored must be a bool mask of the labels' shape {labels.shape}, got "
+                             f"{ignored.dtype} of shape {ignored.shape}")
     weights = np.empty(labels.shape, np.float32)
     batched = labels.ndim == 3
-    for image, out in zip(labels if batched else labels[None], weights if batched else weights[None]):
+    masks = [None] * (len(labels) if batched else 1) if ignored is None else ignored if batched else ignored[None]
+    for image, out, mask in zip(labels if batched else labels[None], weights if batched else weights[None], masks):
         image = _compact(image)
-        out[...] = _class_term(image, fixed) + _border_term(image, w0, sigma)
+        out[...] = _class_term(image, fixed, mask) + _border_term(image, w0, sigma)
+        if mask is not None:
+            out[mask] = 0
     return wrap(weights)
 
 
@@ -193,12 +204,13 @@ def _compact(labels):
     return labels
 
 
-def _class_term(labels, fixed):
+def _class_term(labels, fixed, ignored=None):
     foreground = labels > 0
     if fixed is None:
-        counts = np.array([foreground.size - np.count_nonzero(foreground), np.count_nonzero(foreground)])
+        annotated = foreground.size - (0 if ignored is None else np.count_nonzero(ignored))
+        counts = np.array([annotated - np.count_nonzero(foreground), np.count_nonzero(foreground)])
         present = max(1, np.count_nonzero(counts))  # an empty image has no class present
-        fixed = foreground.size / (present * np.maximum(counts, 1))
+        fixed = annotated / (present * np.maximum(counts, 1))
     return np.where(foreground, np.float32(fixed[1]), np.float32(fixed[0]))
 
 

@@ -1,0 +1,212 @@
+"""Sparse labels (``ignore_label``): pixels nobody annotated count in no loss, no class balance and no score."""
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from unet_fast import cli
+from unet_fast.data import IGNORE, ArrayDataset, RandomTiles, default_augmentation
+from unet_fast.evaluation import score_instances
+from unet_fast.losses import training_loss
+from unet_fast.metrics import without_ignored_objects
+from unet_fast.weights import unet_weight_map
+
+IGNORED = 255
+
+
+def _instances():
+    """Two touching nuclei and a third apart on 40 x 50, the lower rows not annotated."""
+    label = np.zeros((40, 50), np.uint8)
+    label[4:14, 4:14] = 1
+    label[4:14, 14:22] = 2       # touches 1
+    label[5:12, 30:40] = 3
+    label[26:, :] = IGNORED
+    return label
+
+
+def test_targets_weights_and_objects_of_an_instance_label_with_unannotated_pixels():
+    label = _instances()
+    ignored = label == IGNORED
+    sample = ArrayDataset([np.random.default_rng(0).random((40, 50))], [label], ignore_label=IGNORED)[0]
+    assert np.all(sample.target[ignored] == IGNORE)
+    assert np.all(sample.weights[ignored] == 0)
+    assert np.all(sample.instances[ignored] == 0)
+    # the annotated pixels are what the same objects give with the unannotated rows cut away
+    cut = ArrayDataset([np.zeros((26, 50))], [label[:26]], class_weights=None)[0]
+    np.testing.assert_array_equal(sample.target[:26], cut.target)
+    np.testing.assert_array_equal(sample.instances[:26], cut.instances)
+    assert set(np.unique(sample.instances)) == {0, 1, 2, 3}          # 255 is no object
+    # balanced classes counted over the annotated pixels: each class carries half their weight
+    plain = ArrayDataset([np.zeros((40, 50))], [label], ignore_label=IGNORED, w0=1e-30)[0].weights
+    annotated = ~ignored
+    foreground = annotated & (sample.target == 1)
+    background = annotated & (sample.target == 0)
+    assert plain[foreground].sum() == pytest.approx(plain[background].sum(), rel=1e-5)
+    assert plain[annotated].mean() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_the_weight_map_of_unannotated_pixels_is_zero_batched_and_checked():
+    labels = np.stack([_instances(), _instances()[::-1]]).astype(np.int32)
+    ignored = labels == IGNORED
+    labels[ignored] = 0
+    weights = unet_weight_map(labels, ignored=ignored)
+    assert np.all(weights[ignored] == 0)
+    np.testing.assert_allclose(weights[0][~ignored[0]], unet_weight_map(labels[0], ignored=ignored[0])[~ignored[0]])
+    tensor = unet_weight_map(torch.from_numpy(labels), ignored=torch.from_numpy(ignored))
+    np.testing.assert_allclose(tensor.numpy(), weights)
+    with pytest.raises(ValueError, match="ignored must be a bool mask"):
+        unet_weight_map(labels, ignored=ignored[0])
+    with pytest.raises(ValueError, match="ignored must be a bool mask"):
+        unet_weight_map(labels, ignored=ignored.astype(np.uint8))
+
+
+def test_the_label_kind_is_told_from_the_annotated_values():
+    # two objects filling the annotated pixels (no 0 there): instances, as without the unannotated ones
+    label = np.full((20, 20), IGNORED, np.uint8)
+    label[:10, :10], label[:10, 10:] = 1, 2
+    sample = ArrayDataset([np.zeros((20, 20))], [label], ignore_label=IGNORED)[0]
+    assert set(np.unique(sample.instances)) == {0, 1, 2}
+    assert np.all(sample.target[10:] == IGNORE)
+    # a {0, 200} mask with unannotated 100s: background / foreground
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:9, 5:9], mask[15:, :] = 200, 100
+    sample = ArrayDataset([np.zeros((20, 20))], [mask], ignore_label=100)[0]
+    assert set(np.unique(sample.target)) == {IGNORE, 0, 1}
+    assert np.count_nonzero(sample.target == 1) == 16
+    # three classes, 9 not annotated (-1 allowed as the value, in a signed image)
+    classes = np.array([[0, 1, 2, -1]] * 4, np.int16)
+    sample = ArrayDataset([np.zeros((4, 4))], [classes], num_classes=3, ignore_label=-1)[0]
+    np.testing.assert_array_equal(sample.target[0], [0, 1, 2, IGNORE])
+
+
+def test_training_tiles_keep_unannotated_pixels_out_of_the_loss():
+    rng = np.random.default_rng(1)
+    label = _instances()
+    data = ArrayDataset([rng.random((40, 50)), rng.random((40, 50))], [label, label[::-1].copy()],
+                        ignore_label=IGNORED)
+    tiles = RandomTiles(data, 44, depth=2, augment=default_augmentation(), tiles_per_epoch=6, seed=3)
+    loss_fn = training_loss(dice=1.0)
+    for i in range(len(tiles)):
+        _, target, weights = tiles[i]
+        assert set(np.unique(target.numpy())) <= {IGNORE, 0, 1}
+        logits = torch.randn(2, 2, *target.shape, requires_grad=True)
+        loss = loss_fn(logits, torch.stack([target, target]), torch.stack([weights, weights]))
+        loss.backward()
+        assert torch.isfinite(loss)
+        # unannotated pixels give no gradient: the net is never taught they are background
+        assert torch.all(logits.grad[:, :, target == IGNORE] == 0)
+
+
+def test_a_tile_of_unannotated_pixels_only_gives_a_zero_loss():
+    target = torch.full((2, 8, 8), IGNORE)
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    loss = training_loss(dice=1.0)(logits, target, torch.zeros(2, 8, 8))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.all(logits.grad == 0)
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "is the background"), (1.5, "must be an integer"), (True, "must be an integer"), ("255", "must be an integer")])
+def test_bad_ignore_labels_are_refused_naming_the_argument(value, message):
+    with pytest.raises(ValueError, match="ignore_label") as error:
+        ArrayDataset([np.zeros((8, 8))], [np.zeros((8, 8), np.uint8)], ignore_label=value)
+    assert message in str(error.value)
+
+
+def test_a_class_value_is_refused_as_the_ignore_label_of_class_labels():
+    with pytest.raises(ValueError, match="ignore_label=2 is one of the 3 classes"):
+        ArrayDataset([np.zeros((8, 8))], [np.zeros((8, 8), np.uint8)], num_classes=3, ignore_label=2)
+    with pytest.raises(ValueError, match="ignore_label=1 is one of the 2 classes"):
+        ArrayDataset([np.zeros((8, 8))], [np.zeros((8, 8), np.uint8)], label_kind="semantic", ignore_label=1)
+
+
+def test_a_label_annotated_nowhere_and_negative_values_are_refused_naming_the_image():
+    data = ArrayDataset([np.zeros((8, 8))], [np.full((8, 8), IGNORED, np.uint8)], names=["empty"],
+                        ignore_label=IGNORED)
+    with pytest.raises(ValueError, match="'empty' is ignore_label=255 everywhere"):
+        data[0]
+    negative = np.zeros((8, 8), np.int16)
+    negative[0, 0], negative[1, 1] = -1, -2
+    with pytest.raises(ValueError, match=r"negative values \(e.g. -2\).*ignore_label=-1"):
+        ArrayDataset([np.zeros((8, 8))], [negative], ignore_label=-1)[0]
+
+
+def test_without_ignored_objects_drops_objects_mostly_unannotated_per_image():
+    predicted = np.zeros((2, 10, 10), np.int32)
+    predicted[0, 0:2, 0:5] = 1      # 10 px, 6 unannotated: dropped
+    predicted[0, 5:7, 0:5] = 2      # 10 px, 5 unannotated: kept (not more than half)
+    predicted[1, 0:2, 0:5] = 1      # the same id in the second image, all annotated: kept
+    ignored = np.zeros((2, 10, 10), bool)
+    ignored[0, 0:2, 0:3] = True
+    ignored[0, 0, 3] = True
+    ignored[0, 5:7, 0:2] = True
+    ignored[0, 5, 2] = True
+    kept = without_ignored_objects(torch.from_numpy(predicted), ignored)
+    assert set(np.unique(kept[0])) == {0, 2} and np.count_nonzero(kept[0] == 2) == 10
+    np.testing.assert_array_equal(kept[1], predicted[1])
+    np.testing.assert_array_equal(without_ignored_objects(predicted, np.zeros_like(ignored)), predicted)
+    with pytest.raises(ValueError, match="ignored must have the prediction's shape"):
+        without_ignored_objects(predicted, ignored[0])
+
+
+def test_scores_leave_unannotated_pixels_and_the_objects_in_them_out():
+    truth = np.zeros((20, 20), np.int32)
+    truth[2:6, 2:6] = 1
+    truth[2:6, 10:14] = 2
+    ignored = np.zeros((20, 20), bool)
+    ignored[12:, :] = True
+    predicted = np.zeros((20, 20), np.int32)
+    predicted[2:6, 2:6] = 1            # right
+    predicted[2:6, 10:14] = 2          # right
+    predicted[14:18, 4:8] = 3          # a nucleus nobody annotated: no false positive
+    predicted[10:14, 15:19] = 4        # half in annotated background: a false positive
+    scores = score_instances(predicted, truth, "x", ignored)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (2, 1, 0)
+    assert scores.iou == pytest.approx(32 / (32 + 8))   # object 4's 8 annotated pixels are the only error
+    unmasked = score_instances(predicted, truth, "x")
+    assert (unmasked.false_positives, unmasked.iou) == (2, pytest.approx(32 / 64))
+
+
+def _folders(tmp_path, label):
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    image = (rng.random((64, 64)) * 100).astype(np.uint16)
+    image[label > 0] += 500
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", label)
+
+
+def _label64():
+    label = np.zeros((64, 64), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (10, 30), (30, 12), (40, 40)], start=1):
+        label[y - 5:y + 5, x - 5:x + 5] = i
+    label[50:, :] = 65535
+    return label
+
+
+def test_train_cli_takes_ignore_label_records_it_and_refuses_another_on_resume(tmp_path, capsys):
+    _folders(tmp_path, _label64())
+    model = tmp_path / "m.safetensors"
+    common = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"), "--depth", "2",
+              "--base-channels", "4", "--tiles-per-epoch", "2", "--batch-size", "2", "--no-progress"]
+    assert cli.main(common + ["-o", str(model), "--epochs", "1", "--ignore-label", "65535"]) == 0
+    record = json.loads((tmp_path / "m" / "training-images.json").read_text())
+    assert record["ignore_label"] == 65535
+    capsys.readouterr()
+    resume = ["--resume", str(tmp_path / "m" / "last.safetensors"), "-o", str(tmp_path / "m2.safetensors"),
+              "--work-dir", str(tmp_path / "m"), "--epochs", "2"]
+    assert cli.main(common + resume) == 2
+    err = capsys.readouterr().err
+    assert "--ignore-label" in err and "65535" in err and "Traceback" not in err
+
+
+def test_train_cli_refuses_ignore_label_zero_naming_the_flag(tmp_path, capsys):
+    _folders(tmp_path, _label64())
+    code = cli.main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                     "-o", str(tmp_path / "m.safetensors"), "--ignore-label", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ignore-label" in err and "background" in err and "Traceback" not in err
+    assert not (tmp_path / "m.safetensors").exists()

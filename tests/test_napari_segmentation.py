@@ -343,3 +343,216 @@ def test_steps_raise_what_reading_the_model_raised(tmp_path):
     run = Segmentation(lambda: ModelCache().get(tmp_path / "broken.safetensors", "cpu"), image((70, 90)))
     with pytest.raises(UnreadableModel, match="cannot read the model broken.safetensors"):
         run_to_the_end(run)
+
+
+def test_a_multiscale_image_layer_is_segmented_at_full_resolution(model):
+    """An image the reader opens as a pyramid is a multiscale layer, whose data napari hands over as the list of its
+    levels (MultiScaleData, a sequence): segmenting one failed with "list indices must be integers or slices, not
+    tuple" as the tiles indexed the list; level 0 is segmented, on the layer's grid."""
+    data = image((70, 90))
+    assert model_input([data, data[::2, ::2]], False, 1)[0] is data
+    np.testing.assert_array_equal(segment(model, (data, data[::2, ::2]), result="classes"),
+                                  segment(model, data, result="classes"))
+    with pytest.raises(ValueError, match="multiscale image without levels"):
+        model_input([], False, 1)
+
+
+# ---- the reader: level 0's grid, the pyramid napari can draw, malformed metadata
+
+
+def write_pyramid(path, shapes, transformations, *, axes="yx", dtype=np.uint8, whole=None, paths=None):
+    """An OME-Zarr image (NGFF 0.4) of levels of ``shapes``, each with its ``transformations`` (scale, translation
+    or None), as another writer may leave it: ``whole``, the multiscale's own transformations; ``paths``, the
+    datasets' paths as listed (default "0", "1", ...; one listed but not written is a missing level)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for k, shape in enumerate(shapes):
+        group.create_array(str(k), shape=shape, dtype=dtype)[...] = np.arange(np.prod(shape)).reshape(shape) % 7
+    names = {"y": "space", "x": "space", "z": "space", "c": "channel", "t": "time"}
+    datasets = []
+    for k, (scale, translation) in enumerate(transformations):
+        listed = [{"type": "scale", "scale": scale}]
+        if translation is not None:
+            listed.append({"type": "translation", "translation": translation})
+        datasets.append({"path": (paths or [str(k) for k in range(len(transformations))])[k],
+                         "coordinateTransformations": listed})
+    listed_axes = [{"name": n, "type": names[n], **({"unit": "micrometer"} if names[n] == "space" else {})}
+                   for n in axes]
+    entry = {"version": "0.4", "axes": listed_axes, "datasets": datasets}
+    if whole is not None:
+        entry["coordinateTransformations"] = whole
+    group.attrs["multiscales"] = [entry]
+    return path
+
+
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_the_reader_gives_napari_level_0s_grid_and_the_stage_position(model, tmp_path, monkeypatch, output):
+    """napari takes one scale and translate for a multiscale layer, level 0's; an image positioned on the stage (a
+    translation, written into segment's outputs from the input's) lies there in napari, its coarser levels too (their
+    own translations, half a pixel further for block means, are napari's to derive: it takes none per level)."""
+    from unet_fast import sinks
+    from unet_fast.pixel_size import PixelSize
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 32)
+    size = PixelSize(0.5, 0.25, "micrometer", translation=(0.0, 3.0, 7.5))
+    path = predict_tiled(model, image((71, 93)), output=output, progress=False, out=tmp_path / "cells.ome.zarr",
+                         pixel_size=size)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # every level is one napari draws where it belongs
+        [(layer_data, kwargs, _)] = read_ome_zarr(str(path))
+    assert len(layer_data) == 3
+    grid = {key: kwargs[key][0] if output == "probabilities" else kwargs[key] for key in ("scale", "translate")}
+    assert grid == {"scale": [0.5, 0.25], "translate": [3.0, 7.5]}
+
+
+@needs_zarr
+def test_the_multiscales_own_transformations_come_after_level_0s(tmp_path):
+    path = write_pyramid(tmp_path / "a.ome.zarr", [(40, 30), (20, 15)],
+                         [([1.0, 1.0], [2.0, 4.0]), ([2.0, 2.0], [2.5, 4.5])],
+                         whole=[{"type": "scale", "scale": [0.5, 0.25]},
+                                {"type": "translation", "translation": [10.0, 20.0]}])
+    [(data, kwargs, kind)] = read_ome_zarr(str(path))
+    assert kind == "labels" and len(data) == 2
+    assert kwargs["scale"] == [0.5, 0.25] and kwargs["translate"] == [11.0, 21.0]
+    assert kwargs["units"] == ["micrometer", "micrometer"]
+
+
+@needs_zarr
+@pytest.mark.parametrize("shapes, transformations", [
+    # picked levels (segment's labels): the scale doubled, no translation of their own
+    ([(41, 29), (21, 15), (11, 8)], [([0.5, 0.25], None), ([1.0, 0.5], None), ([2.0, 1.0], None)]),
+    # block means centred on their blocks (segment's probabilities, ome-zarr-py): translation (2**k - 1) / 2 pixels
+    ([(41, 29), (21, 15), (11, 8)], [([0.5, 0.25], [3.0, 7.5]), ([1.0, 0.5], [3.25, 7.625]),
+                                     ([2.0, 1.0], [3.75, 7.875])]),
+    # sizes rounded down (odd rows and columns dropped), and a level reduced by 3
+    ([(41, 29), (20, 14), (6, 4)], [([0.5, 0.25], None), ([1.0, 0.5], [0.25, 0.125]), ([3.0, 1.5], None)]),
+])
+def test_the_reader_keeps_every_level_napari_draws_where_it_belongs(tmp_path, shapes, transformations):
+    import warnings
+
+    path = write_pyramid(tmp_path / "a.ome.zarr", shapes, transformations)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [(data, kwargs, _)] = read_ome_zarr(str(path))
+    assert [level.shape for level in data] == shapes
+    assert kwargs["scale"] == transformations[0][0] and kwargs["translate"] == (transformations[0][1] or [0.0, 0.0])
+
+
+S0, S1, S2 = ([0.5, 0.25], None), ([1.0, 0.5], None), ([2.0, 1.0], None)
+LEVELS = [(40, 30), (20, 15), (10, 8)]
+
+
+@needs_zarr
+@pytest.mark.parametrize("change, kept, problem", [
+    (dict(transformations=[S0, ([1.0, 0.5], [5.0, 0.0]), S2]), 1,
+     r"level 1 \(dataset '1'\) starts at 5 along 'y', level 0 at 0: more than half its pixel"),
+    (dict(transformations=[S0, S0, S0]), 1,      # the scale of level 0 on every level: a crop to napari's eyes
+     r"level 1 \(dataset '1'\) covers 20 x 0.5 along 'y' where level 0 covers 40 x 0.5"),
+    (dict(transformations=[S0, S1, ([4.0, 2.0], None)]), 2, r"level 2 \(dataset '2'\) covers 10 x 4 along 'y'"),
+    (dict(transformations=[S0, S1, ([-2.0, 1.0], None)]), 2, r"level 2 .* a scale of -2.0"),
+    (dict(transformations=[S0, ([1.0, 0.5], [float("inf"), 0.0]), S2]), 1, r"level 1 .* a translation of inf"),
+    (dict(transformations=[S0, ({"y": 1.0}, None), S2]), 1,
+     r"level 1 \(dataset '1'\) has malformed coordinateTransformations \(a scale of \{'y': 1.0\}, not a list"),
+    (dict(transformations=[S0, ([1.0, 0.5, 1.0], None), S2]), 1,
+     r"level 1 .* malformed coordinateTransformations \(a scale or translation of 3, 2"),
+    (dict(transformations=[S0, S1, S2], shapes=[(40, 30), (20, 15), (10, 8, 1)]), 2,
+     r"level 2 \(dataset '2'\) has 3 dimensions, level 0 2"),
+    (dict(transformations=[S0, S1, S2], shapes=[(40, 30), (20, 31), (10, 8)]), 1,
+     r"level 1 .* of shape \(20, 31\) is no reduction of the level above it, \(40, 30\)"),
+    (dict(transformations=[S0, S1, S2], paths=["0", "1", "gone"]), 2,
+     r"level 2 cannot be read: its dataset 'gone' is no array of the group"),
+    (dict(transformations=[S0, S1, S2], paths=["0", 1, "2"]), 1, r"level 1 cannot be read: a dataset path 1"),
+])
+def test_the_reader_ends_the_pyramid_at_a_level_napari_would_misplace(tmp_path, change, kept, problem):
+    """napari draws every level by level 0's grid and the ratio of the shapes: a level whose metadata put it
+    elsewhere (shifted, cropped, of another scale), or that cannot be read, would be drawn in the wrong place or fail
+    napari, so the layer gets the levels above it, with a warning naming the file, level and what is wrong."""
+    shapes = change.pop("shapes", LEVELS)
+    path = write_pyramid(tmp_path / "a.ome.zarr", shapes, **change)
+    with pytest.warns(UserWarning, match=rf"a.ome.zarr: napari gets {kept} of its 3 pyramid levels: {problem}"):
+        [(data, kwargs, kind)] = read_ome_zarr(str(path))
+    assert kind == "labels" and kwargs["scale"] == [0.5, 0.25]
+    assert ([level.shape for level in data] if kept > 1 else [data.shape]) == shapes[:kept]
+    assert kwargs.get("multiscale", False) == (kept > 1)
+
+
+@needs_zarr
+def test_a_level_of_another_type_or_channel_count_ends_the_pyramid(tmp_path):
+    import zarr
+
+    path = write_pyramid(tmp_path / "a.ome.zarr", [(2, 40, 30), (2, 20, 15)],
+                         [([1.0, 0.5, 0.25], None), ([1.0, 1.0, 0.5], None)], axes="cyx", dtype=np.float32)
+    group = zarr.open_group(str(path), mode="r+")
+    group.create_array("1", shape=(3, 20, 15), dtype=np.float32, overwrite=True)
+    with pytest.warns(UserWarning, match=r"gets 1 of its 2 pyramid levels: level 1 .* has 3 channels, level 0 2"):
+        [(data, kwargs, kind)] = read_ome_zarr(str(path))
+    assert kind == "image" and kwargs["channel_axis"] == 0 and data.shape == (2, 40, 30)
+    group.create_array("1", shape=(2, 20, 15), dtype=np.float16, overwrite=True)
+    with pytest.warns(UserWarning, match=r"level 1 \(dataset '1'\) holds float16, level 0 float32"):
+        read_ome_zarr(str(path))
+
+
+@needs_zarr
+@pytest.mark.parametrize("attributes, problem", [
+    ({"multiscales": 5}, "its multiscales entry 5 is no object"),
+    ({"multiscales": [{"axes": ["y", "x"], "datasets": "0"}]}, "its datasets '0' are no list"),
+    ({"multiscales": [{"axes": ["y", "x"], "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": "12"}]}]}]}, "a scale of '12', not a list of numbers"),
+    ({"multiscales": [{"axes": ["y", "x"], "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [True, 1]}]}]}]}, r"a scale of \[True, 1\], not a list of numbers"),
+    ({"multiscales": [{"axes": ["y", "x"], "datasets": [{"path": "0", "coordinateTransformations": {
+        "type": "scale", "scale": [1, 1]}}]}]}, "coordinateTransformations .* is no list of objects"),
+    ({"multiscales": [{"axes": 2, "datasets": [{"path": "0"}]}]}, "its axes 2 are no list"),
+    ({"multiscales": [{"axes": [{"type": "space"}, {"type": "space"}], "datasets": [{"path": "0"}]}]},
+     r"its axes are named \[None, None\]: NGFF names each by a string of its own"),
+    ({"multiscales": [{"axes": ["x", "x"], "datasets": [{"path": "0"}]}]}, r"its axes are named \['x', 'x'\]"),
+    ({"multiscales": [{"axes": [1, 2], "datasets": [{"path": "0"}]}]}, r"its axes are named \[1, 2\]"),
+    ({"multiscales": [{"axes": [{"name": "c", "type": "channel"}, {"name": "x", "type": "channel"}],
+                       "datasets": [{"path": "0"}]}]}, r"axes \['c', 'x'\] are all channel axes"),
+])
+def test_malformed_metadata_is_an_error_naming_the_file(tmp_path, attributes, problem):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "bad.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(8, 8), dtype=np.uint8)
+    group.attrs.update(attributes)
+    assert napari_get_reader(str(tmp_path / "bad.ome.zarr")) is read_ome_zarr     # it claims to be one
+    with pytest.raises(ValueError, match=rf"bad.ome.zarr: malformed OME-Zarr multiscales metadata \(.*{problem}"):
+        read_ome_zarr(str(tmp_path / "bad.ome.zarr"))
+
+
+@needs_zarr
+@pytest.mark.parametrize("attributes", [{"multiscales": []}, {"ome": 5}, {"ome": [1], "multiscales": []}])
+def test_the_reader_declines_a_group_without_an_image_without_failing(tmp_path, attributes):
+    """An empty multiscales list, or an "ome" (NGFF 0.5's nesting) that is no object, made napari_get_reader raise
+    IndexError or TypeError: napari then reported a traceback, not "no reader"."""
+    import zarr
+
+    zarr.open_group(str(tmp_path / "empty.zarr"), mode="w", zarr_format=2).attrs.update(attributes)
+    assert napari_get_reader(str(tmp_path / "empty.zarr")) is None
+    with pytest.raises(ValueError, match="empty.zarr: not an OME-Zarr image"):
+        read_ome_zarr(str(tmp_path / "empty.zarr"))
+
+
+@needs_zarr
+@pytest.mark.parametrize("scale, unit, expected_scale, expected_unit", [
+    ([0.5, 0.25], "µm", [0.5, 0.25], "micrometer"),        # a length as files spell it: its NGFF name
+    ([0.5, 0.25], "second", [0.5, 0.25], "second"),
+    ([0.5, 0.25], 3, [0.5, 0.25], "pixel"),                # no unit napari knows: it refused the layer
+    ([0.5, 0.25], "furlongs", [0.5, 0.25], "pixel"),
+    ([0.0, 0.25], "micrometer", [1.0, 0.25], "pixel"),     # uncalibrated (0): napari refuses a scale of 0
+])
+def test_napari_gets_units_and_scales_it_takes(tmp_path, scale, unit, expected_scale, expected_unit):
+    import zarr
+
+    path = write_pyramid(tmp_path / "a.ome.zarr", [(8, 8)], [(scale, None)])
+    group = zarr.open_group(str(path), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["axes"][0]["unit"] = unit
+    group.attrs["multiscales"] = multiscales
+    [(_, kwargs, _)] = read_ome_zarr(str(path))
+    assert kwargs["scale"] == expected_scale and kwargs["units"] == [expected_unit, "micrometer"]

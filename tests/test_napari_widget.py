@@ -316,3 +316,67 @@ def test_napari_shows_an_output_pyramid_as_a_multiscale_layer(viewer, tmp_path, 
             assert isinstance(layer, layer_type) and layer.multiscale
             assert [list(shape[-2:]) for shape in layer.level_shapes] == [[70, 90], [35, 45], [18, 23]]
             assert layer.level_shapes[-1][0] == 2                                 # planes are never halved
+
+
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_napari_draws_every_pyramid_level_where_its_ngff_metadata_puts_it(viewer, tmp_path, model_file, monkeypatch,
+                                                                          output):
+    """The reader hands napari level 0's grid (here a stage position too); napari places level k's pixel i at level 0's
+    data coordinate i x downsample_factors[k] (its slicer's tile-to-data transform) and ignores per-level
+    translations. Where NGFF puts that pixel (its dataset's scale and translation: half a pixel further for block
+    means, none for picked labels), napari draws it within half a pixel of that level at its first pixel and within
+    a pixel and a half at its last (odd sizes), level 0 exactly."""
+    import zarr
+
+    from unet_fast import sinks
+    from unet_fast.pixel_size import PixelSize
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 16)
+    path = predict_tiled(unet_fast.load_model(model_file), stack(planes=1)[0][:67, :85], output=output,
+                         progress=False, out=tmp_path / f"{output}.ome.zarr",
+                         pixel_size=PixelSize(0.5, 0.25, translation=(0.0, 3.0, 7.5)))
+    datasets = zarr.open_group(str(path), mode="r").attrs["multiscales"][0]["datasets"]
+    layers = viewer.open(str(path), plugin="unet_fast")
+    assert len(layers) == (1 if output == "labels" else 2)
+    for layer in layers:
+        assert layer.multiscale and len(layer.level_shapes) == len(datasets) == 4
+        np.testing.assert_array_equal(layer.translate, (3.0, 7.5))
+        for k, dataset in enumerate(datasets):
+            scale, *translation = (t[t["type"]] for t in dataset["coordinateTransformations"])
+            translation = translation[0][-2:] if translation else [3.0, 7.5]
+            size = np.asarray(layer.level_shapes[k][-2:])
+            for index, bound in ((np.zeros(2), 0.5), (size - 1, 1.5)):
+                napari_at = np.asarray(layer.data_to_world(index * layer.downsample_factors[k]))
+                ngff_at = np.asarray(translation) + index * np.asarray(scale[-2:])
+                assert np.all(np.abs(napari_at - ngff_at) <= (bound * np.asarray(scale[-2:]) if k else 1e-12)), (
+                    k, index, napari_at, ngff_at)
+
+
+@needs_zarr
+def test_the_widget_segments_a_multiscale_image_layer_at_full_resolution(viewer, qtbot, tmp_path, model_file,
+                                                                         monkeypatch):
+    """An image the reader opens as a pyramid (a probability output here) is a multiscale layer: segmenting it
+    failed inside the tiles ("list indices must be integers or slices, not tuple"); level 0 is segmented, and the
+    labels lie on the layer's grid."""
+    from unet_fast import sinks
+    from unet_fast.pixel_size import PixelSize
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 32)
+    model = unet_fast.load_model(model_file)
+    path = predict_tiled(model, stack(planes=1)[0], output="probabilities", progress=False,
+                         out=tmp_path / "p.ome.zarr", pixel_size=PixelSize(0.5, 0.25, translation=(0.0, 3.0, 7.5)))
+    layer = viewer.open(str(path), plugin="unet_fast")[1]          # the foreground's probabilities
+    assert layer.multiscale
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value, widget.model_path.value, widget.device.value = layer, model_file, "cpu"
+    widget.result.value = "classes"
+    widget.button.clicked()
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    labels = viewer.layers[f"{layer.name} classes"]
+    level0 = np.asarray(layer.data[0])
+    np.testing.assert_array_equal(labels.data, predict_tiled(model, level0, output="labels", progress=False))
+    np.testing.assert_array_equal(labels.scale, (0.5, 0.25))
+    np.testing.assert_array_equal(labels.translate, (3.0, 7.5))

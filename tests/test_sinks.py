@@ -543,3 +543,123 @@ def test_an_unfinished_tiff_pyramid_leaves_nothing(tmp_path, monkeypatch, finish
     assert writer._levels[2][0].max() == 1                            # plane 0's smallest level is in the scratch
     _finish_unfinished(writer, finish)
     assert os.listdir(tmp_path) == []
+
+
+# ---- NGFF label images, and how --continue tells the kinds of OME-Zarr outputs apart
+
+
+@pytest.mark.parametrize("shape, dtype, channels, label_image", [
+    ((40, 30), np.uint8, False, True),          # class labels
+    ((2, 40, 30), np.int32, False, True),       # class labels of more than 256 classes, a stack
+    ((40, 30), np.uint16, False, True),         # instances
+    ((3, 40, 30), np.float32, True, False),     # probabilities
+    ((3, 40, 30), np.uint8, True, False),       # integers with a class axis: no label image
+])
+def test_integer_results_without_a_class_axis_are_ngff_label_images(tmp_path, shape, dtype, channels, label_image):
+    """Class labels are a label image in NGFF's sense as much as instances ("integer values corresponding to certain
+    labels with custom meanings"): the writer marks both with "image-label"; only instances were marked."""
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(2).integers(0, 9, shape).astype(dtype)
+    path = _write_in_tiles(sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", shape, dtype, channels=channels,
+                                                     provenance={"output": "x"}), image, shape, channels)
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    assert ("image-label" in attrs) == label_image
+    if label_image:
+        assert attrs["image-label"] == {"version": "0.4"}          # the version of the multiscales beside it
+        assert attrs["multiscales"][0]["version"] == "0.4"
+    assert attrs[sinks.PROVENANCE_ATTRIBUTE] == {"output": "x"}
+
+
+def _output(path, dtype, *, provenance, label_image, classes=None, zarr_format="zarr"):
+    """An output file as a writer of this or an earlier version left it: ``provenance`` (None: none recorded),
+    NGFF "image-label" or not (an OME-Zarr), a class axis of ``classes``."""
+    shape = (classes, 20, 30) if classes else (20, 30)
+    image = np.ones(shape, dtype)
+    if zarr_format == "tif":
+        return _write_in_tiles(sinks.StreamingTiffWriter(path.with_suffix(".tif"), shape, dtype,
+                                                         channels=bool(classes), provenance=provenance),
+                               image, shape, bool(classes))
+    zarr = pytest.importorskip("zarr")
+    path = _write_in_tiles(sinks.StreamingZarrWriter(path, shape, dtype, channels=bool(classes), provenance=provenance),
+                           image, shape, bool(classes))
+    group = zarr.open_group(str(path), mode="r+")
+    if label_image:
+        group.attrs["image-label"] = {"version": "0.4"}
+    else:
+        group.attrs.pop("image-label", None)
+    return path
+
+
+@pytest.mark.parametrize("recorded, dtype, label_image, classes, kind", [
+    ("labels", np.uint8, True, None, "labels"),            # class labels as written now: told by their provenance
+    ("labels", np.int32, True, None, "labels"),
+    ("labels", np.uint8, False, None, "labels"),           # as written before they were label images
+    ("instances", np.uint16, True, None, "instances"),     # instances as written now and before
+    ("instances", np.uint32, True, None, "instances"),
+    ("probabilities", np.float32, False, 3, "probabilities"),
+    ("logits", np.float32, False, 3, "logits"),            # predict_tiled's other kind: never taken for probabilities
+    (None, np.uint16, True, None, "instances"),            # no provenance (older outputs): by the data type
+    (None, np.uint8, False, None, "labels"),
+    (None, np.uint8, True, None, "labels"),                # "image-label" no longer tells instances
+    (None, np.float32, False, 3, "probabilities"),
+    ("labels", np.float32, False, 3, None),                # a recorded kind its data do not hold: cannot be told
+    ("probabilities", np.uint8, True, None, None),
+    ("instances", np.float32, False, 3, None),
+    ("cells", np.uint8, True, None, None),                 # a kind no version wrote
+    (5, np.uint8, True, None, None),
+    (["labels"], np.uint8, True, None, None),
+])
+def test_output_kind_is_the_recorded_kind_where_the_data_hold_it(tmp_path, recorded, dtype, label_image, classes,
+                                                                 kind):
+    from unet_fast.segment import output_kind
+
+    provenance = None if recorded is None else {"output": recorded, "weights_sha256": "0"}
+    path = _output(tmp_path / "o.ome.zarr", dtype, provenance=provenance, label_image=label_image, classes=classes)
+    assert output_kind(path) == kind
+
+
+@pytest.mark.parametrize("recorded, dtype, classes, kind", [
+    ("labels", np.uint8, None, "labels"), ("instances", np.uint16, None, "instances"), ("logits", np.float32, 2,
+    "logits"), ("probabilities", np.uint8, None, None), (None, np.uint16, None, "instances")])
+def test_output_kind_of_a_tiff_is_its_recorded_kind_too(tmp_path, recorded, dtype, classes, kind):
+    from unet_fast.segment import output_kind
+
+    provenance = None if recorded is None else {"output": recorded}
+    path = _output(tmp_path / "o.ome.zarr", dtype, provenance=provenance, label_image=False, classes=classes,
+                   zarr_format="tif")
+    assert output_kind(path) == kind
+
+
+def test_continue_tells_ome_zarr_class_labels_from_instances(tmp_path, capsys):
+    """Both kinds are NGFF label images now; --continue tells them apart by the kind their provenance records: class
+    labels kept for --output labels and refused for instances, instances the other way round."""
+    zarr = pytest.importorskip("zarr")
+    import torch
+
+    import unet_fast
+    from unet_fast import cli, image_io
+    from unet_fast.segment import output_kind
+
+    torch.manual_seed(0)
+    model = unet_fast.save_model(unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2),
+                                 tmp_path / "model.safetensors", normalization=unet_fast.Normalization(mode="dtype"))
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        image_io.write_image(tmp_path / "in" / f"img{i}.tif",
+                             np.random.default_rng(i).integers(0, 255, (30, 41)).astype(np.uint8))
+    out = tmp_path / "out"
+
+    def segment(kind, *more):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model), "--no-progress",
+                           "--format", "ome.zarr", "--output", kind, *more])
+        return status, capsys.readouterr()
+
+    for kind, other in (("labels", "instances"), ("instances", "labels")):
+        assert segment(kind)[0] == 0
+        group = zarr.open_group(str(out / "img0.ome.zarr"), mode="r")
+        assert group.attrs["image-label"] == {"version": "0.4"} and group.attrs["unet_fast"]["output"] == kind
+        assert output_kind(out / "img0.ome.zarr") == kind
+        status, captured = segment(kind, "--continue")
+        assert status == 0 and "0 segmented, 2 skipped" in captured.out
+        status, captured = segment(other, "--continue")
+        assert status == 2 and f"holds {kind}, not {other}" in captured.err, captured.err

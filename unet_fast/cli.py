@@ -992,7 +992,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels: a class per pixel; probabilities: one per class; instances (2-class models): "
                         "objects numbered 1..K, uint16 (uint32 above 65534 objects), the same whatever the tiles")
     p.add_argument("--format", choices=("tif", "ome.zarr"), default="tif",
-                   help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr (instances: an NGFF label image)")
+                   help="tiled BigTIFF (classes as samples per pixel) or OME-Zarr (class labels and instances: "
+                        "an NGFF label image)")
     _instance_flags(p)
     p.add_argument("--overlay", action="store_true",
                    help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px "

@@ -1,14 +1,25 @@
 """Reading OME-Zarr images (OME-NGFF 0.4, zarr format 2, and 0.5, zarr format 3): arrays, axes, pixel size.
 
 Only what unet_fast needs: the pyramid's arrays (lazy zarr arrays), the axis names and types, and the
-scale, translation and units of the full-resolution level, from which the pixel size follows.
+scale, translation and units of the full-resolution level, from which the pixel size follows; and, for viewers, the
+scale and translation of each coarser level (``OmeZarrImage.level_grid``). Level 0's metadata must be well formed (a
+ValueError naming the file says what is not); a coarser level that cannot be read ends the pyramid there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .pixel_size import PixelSize, _length, _unit_name, in_unit
+
+
+#: the units NGFF 0.4 and 0.5 name for axes of type "space" and "time" (UDUNITS-2 names, which napari's pint knows)
+NGFF_UNITS = frozenset(
+    "angstrom attometer centimeter decimeter exameter femtometer foot gigameter hectometer inch kilometer megameter "
+    "meter micrometer mile millimeter nanometer parsec petameter picometer terameter yard yoctometer yottameter "
+    "zeptometer zettameter attosecond centisecond day decisecond exasecond femtosecond gigasecond hectosecond hour "
+    "kilosecond megasecond microsecond millisecond minute nanosecond petasecond picosecond second terasecond "
+    "yoctosecond yottasecond zeptosecond zettasecond".split())
 
 
 @dataclass(frozen=True)
@@ -17,10 +28,22 @@ class OmeZarrImage:
     axes: list[dict]             # NGFF axes: name, type, unit
     scale: list[float]           # of levels[0], one per axis
     translation: list[float]
+    entry: dict = field(default_factory=dict, repr=False, compare=False)    # the multiscales entry read
+    unread: str | None = None    # why the dataset after the last of ``levels`` cannot be read; None: all were
 
     @property
     def names(self) -> list[str]:
         return [axis["name"] for axis in self.axes]
+
+    def level_grid(self, level: int) -> tuple[list[float], list[float]]:
+        """(scale, translation) of ``levels[level]``, one number per axis: its dataset's coordinateTransformations
+        followed by the multiscale's (level 0's are ``scale`` and ``translation``). A ValueError saying what is
+        malformed where they are (only level 0's are checked when the image opens: its coarser levels are read
+        by viewers only)."""
+        try:
+            return _grid(self.entry, self.entry["datasets"][level], len(self.axes))
+        except _MALFORMED as error:
+            raise ValueError(_detail(error)) from None
 
     @property
     def pixel_size(self) -> PixelSize | None:
@@ -51,7 +74,8 @@ def _attrs(path) -> dict | None:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except (OSError, ValueError, KeyError, TypeError):   # no zarr group there
         return None
-    return attrs.get("ome", attrs)
+    nested = attrs.get("ome")
+    return nested if isinstance(nested, dict) else attrs
 
 
 def bioformats2raw_series(path) -> list[str] | None:
@@ -85,7 +109,9 @@ def _multiscales_at(where) -> dict | None:
     if attrs is None:
         return None
     found = attrs.get("multiscales")
-    return (found[0] if isinstance(found, list) else found) or None     # a malformed one: open_ome_zarr says so
+    if isinstance(found, list):
+        found = found[0] if found else None
+    return found or None      # a malformed one (not an object): open_ome_zarr says so
 
 
 def open_ome_zarr(path) -> OmeZarrImage:
@@ -99,36 +125,87 @@ def open_ome_zarr(path) -> OmeZarrImage:
                          f"bioformats2raw's layout of them)")
     group = zarr.open_group(str(where), mode="r")
     try:
-        if not entry["datasets"]:
+        if not isinstance(entry, dict):
+            raise ValueError(f"its multiscales entry {entry!r:.80} is no object")
+        datasets = entry["datasets"]
+        if not isinstance(datasets, list):
+            raise ValueError(f"its datasets {datasets!r:.80} are no list")
+        if not datasets:
             raise ValueError("it lists no datasets")
-        missing = [dataset["path"] for dataset in entry["datasets"] if dataset["path"] not in group]
-        if missing:
-            raise ValueError(f"its dataset {missing[0]!r} is no array of the group")
-        levels = [group[dataset["path"]] for dataset in entry["datasets"]]
+        levels, unread = [_array(group, datasets[0])], None
+        for dataset in datasets[1:]:    # a coarser level that cannot be read ends the pyramid: level 0 is the image
+            try:
+                levels.append(_array(group, dataset))
+            except _MALFORMED as error:
+                unread = _detail(error)
+                break
+        if not isinstance(entry["axes"], list):
+            raise ValueError(f"its axes {entry['axes']!r:.80} are no list")
         axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in entry["axes"]]   # 0.3 listed names
+        names = [axis.get("name") for axis in axes]
+        if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+            raise ValueError(f"its axes are named {names!r:.80}: NGFF names each by a string of its own")
         if len(axes) != levels[0].ndim:
             raise ValueError(f"it names {len(axes)} axes for an array of {levels[0].ndim} dimensions")
-        scale, translation = _transformation(entry["datasets"][0], len(axes))
-        # transformations of the multiscale as a whole come after each dataset's (NGFF 0.4)
-        whole_scale, whole_translation = _transformation(entry, len(axes))
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
-        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-        raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata ({detail})") from None
-    return OmeZarrImage(levels, axes, [s * w for s, w in zip(scale, whole_scale)],
-                        [t * w + u for t, w, u in zip(translation, whole_scale, whole_translation)])
+        scale, translation = _grid(entry, datasets[0], len(axes))
+    except _MALFORMED as error:
+        raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata ({_detail(error)})") from None
+    return OmeZarrImage(levels, axes, scale, translation, entry, unread)
+
+
+def _array(group, dataset: dict):
+    """The zarr array of the multiscales dataset ``dataset`` in ``group``; a ValueError saying why there is none."""
+    import zarr
+
+    where = dataset["path"]
+    if not isinstance(where, str):
+        raise ValueError(f"a dataset path {where!r:.80} that is no string")
+    try:
+        found = group[where]
+    except KeyError:
+        found = None
+    except Exception as error:      # a path zarr refuses, array metadata it cannot parse
+        raise ValueError(f"its dataset {where!r} cannot be read: {type(error).__name__}: {error}") from None
+    if not isinstance(found, zarr.Array):
+        raise ValueError(f"its dataset {where!r} is no array of the group")
+    return found
+
+
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def _detail(error: Exception) -> str:
+    return f"no {error}" if isinstance(error, KeyError) else str(error)
+
+
+def _grid(entry: dict, dataset: dict, count: int) -> tuple[list[float], list[float]]:
+    """(scale, translation) of ``dataset`` of the multiscales ``entry``: the dataset's transformations, then the
+    multiscale's as a whole (NGFF 0.4 applies them after each dataset's)."""
+    scale, translation = _transformation(dataset, count)
+    whole_scale, whole_translation = _transformation(entry, count)
+    return ([s * w for s, w in zip(scale, whole_scale)],
+            [t * w + u for t, w, u in zip(translation, whole_scale, whole_translation)])
 
 
 def _transformation(entry: dict, count: int) -> tuple[list[float], list[float]]:
     """(scale, translation) of an NGFF coordinateTransformations list, one number per axis."""
-    transforms = {t["type"]: t.get(t["type"]) for t in entry.get("coordinateTransformations", [])
-                  if t["type"] in ("scale", "translation")}
+    listed = entry.get("coordinateTransformations", [])
+    if not isinstance(listed, list) or not all(isinstance(t, dict) for t in listed):
+        raise ValueError(f"coordinateTransformations {listed!r:.80} is no list of objects")
+    transforms = {t.get("type"): t.get(t.get("type")) for t in listed if t.get("type") in ("scale", "translation")}
     if None in transforms.values():
         raise ValueError("a scale or translation not given inline (unet_fast reads no 'path' to one)")
-    scale = [float(s) for s in transforms.get("scale", [1.0] * count)]
-    translation = [float(t) for t in transforms.get("translation", [0.0] * count)]
+    scale, translation = transforms.get("scale", [1.0] * count), transforms.get("translation", [0.0] * count)
+    for name, values in (("scale", scale), ("translation", translation)):
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            raise ValueError(f"a {name} of {values!r:.80}, not a list of numbers")
     if len(scale) != count or len(translation) != count:
         raise ValueError(f"a scale or translation of {len(scale)}, {len(translation)} numbers for {count} axes")
-    return scale, translation
+    return [float(s) for s in scale], [float(t) for t in translation]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_ome_zarr(path) -> bool:

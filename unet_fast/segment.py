@@ -13,7 +13,6 @@ at the final summary, naming it (``unet_fast.ranks``).
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import glob
@@ -326,27 +325,31 @@ def output_owners(files: list[Path], outdir: Path, suffix: str,
 
 
 def output_kind(path: Path) -> str | None:
-    """What an existing output of ``segment`` holds, told by what the writers make of each kind: "labels"
-    (uint8, or int32 above 256 classes), "instances" (uint16 or uint32; an OME-Zarr's NGFF "image-label"),
-    "probabilities" (floats, a class axis); None when it cannot be read or is none of these."""
+    """What an existing output of ``segment`` holds: "labels" (a class per pixel: uint8, or int32 above 256
+    classes), "instances" (objects: uint16 or uint32), "probabilities" (floats, a class axis), or another kind of
+    predict_tiled (``inference.OUTPUTS``); None when it cannot be read or is none of these.
+
+    The kind its provenance records ("output", ``provenance``), where its data is of that kind (an integer per
+    pixel, or floats with a class axis); None where it is not, or the recorded kind is unknown. An output that
+    records no kind (written before outputs recorded their provenance) is told by its data type alone. NGFF's
+    "image-label" tells nothing: every integer OME-Zarr output, class labels and instances, carries it."""
     try:
         _, info = image_io.read_image(path, lazy=True, max_pixels=None)
     except Exception:   # unreadable: not something --continue may keep
         return None
     dtype = np.dtype(info.dtype)
-    if dtype.kind == "f":
-        return "probabilities" if "C" in info.axes else None
-    if "C" in info.axes and info.shape[info.axes.index("C")] != 1:
-        return None
-    if dtype in (np.uint16, np.uint32):
+    classes = info.shape[info.axes.index("C")] if "C" in info.axes else None
+    per_pixel = ("integer" if dtype.kind in "iu" and classes in (None, 1) else
+                 "floats" if dtype.kind == "f" and classes is not None else None)
+    recorded = (read_provenance(path) or {}).get("output")
+    if recorded is not None:
+        holds = {"labels": "integer", "instances": "integer", "probabilities": "floats", "logits": "floats"}
+        return recorded if isinstance(recorded, str) and holds.get(recorded) == per_pixel else None
+    if per_pixel == "floats":
+        return "probabilities"
+    if per_pixel == "integer" and dtype in (np.uint16, np.uint32):
         return "instances"
-    if dtype in (np.uint8, np.int32):
-        if image_io.is_zarr_image(path):
-            import zarr
-
-            with contextlib.suppress(Exception):
-                if "image-label" in zarr.open_group(str(path), mode="r").attrs:
-                    return "instances"
+    if per_pixel == "integer" and dtype in (np.uint8, np.int32):
         return "labels"
     return None
 

@@ -450,7 +450,11 @@ class StreamingZarrWriter:
     shape as ``StreamingTiffWriter``'s; a stack with classes (Z, K, H, W) is stored (K, Z, H, W), axes c, z, y, x:
     NGFF orders axes by type, channel before space, and readers (ome-zarr-py, napari) refuse z before c.
     pixel_size: the scale and units of the y, x (and z) axes. provenance: stored as the group's attribute
-    "unet_fast" (``read_provenance``).
+    "unet_fast" (``read_provenance``; its "output" says which kind of result the file holds).
+    An integer result without a class axis (class labels, instances) is a label image in NGFF's sense (integers
+    "corresponding to certain labels with custom meanings", a class or an object): the group carries NGFF's
+    "image-label" metadata, so ome-zarr-py and napari-ome-zarr open it as labels. It stands alone, not in the
+    "labels" group of an image (the image it was computed from may be no OME-Zarr), so it names no "source".
     A multiscale pyramid comes with level 0 (datasets "1", "2", ...; ``pyramid_sizes``): y and x halved a level
     (z and classes never), integer results (labels, instances) by the top-left pixel of each 2 x 2 block, floats
     (probabilities) by its mean; each written from the level above as that one's bands come."""
@@ -497,9 +501,12 @@ class StreamingZarrWriter:
                         "half a pixel of the level above)"),
                     "method": f"unet_fast.sinks.{'_pick_top_left' if picked else '_mean_of_blocks'}",
                     "version": __version__}
-            group.attrs["multiscales"] = [multiscale]
+            attributes = {"multiscales": [multiscale]}
+            if dtype.kind in "iu" and not channels:     # class labels, instances: NGFF's label image
+                attributes["image-label"] = {"version": "0.4"}
             if provenance is not None:
-                group.attrs[PROVENANCE_ATTRIBUTE] = provenance
+                attributes[PROVENANCE_ATTRIBUTE] = provenance
+            group.attrs.update(attributes)     # one write of the group's attributes
         except BaseException:
             self.abort()
             raise
@@ -509,8 +516,8 @@ class StreamingZarrWriter:
         self._collector = _BandCollector(self.shape, dtype, self.array.chunks[-2], plane_dims, self._emit)
 
     def set_attributes(self, attributes: dict) -> None:
-        """Add to the group's attributes (e.g. NGFF "image-label" for a label image), through the writer's store
-        (so an abort waits for this write too)."""
+        """Add to or replace the group's attributes (e.g. a label image's NGFF "image-label", which the writer makes,
+        given "colors" or "properties"), through the writer's store (so an abort waits for this write too)."""
         self._group.attrs.update(attributes)
 
     def write(self, plane: int, y0: int, x0: int, block: np.ndarray) -> None:

@@ -1,19 +1,36 @@
 """napari reader for OME-Zarr images (NGFF 0.4 and 0.5), such as `unet-fast segment --format ome.zarr` writes.
 
 Integer images without a channel axis open as Labels (segmentations), others as Images, a channel
-axis ("c", e.g. class probabilities) split into one layer per channel. Every layer gets the file's
-pixel size (the scale and translation of its first dataset) and units, so it lies on top of the image
-it was computed from. The arrays stay lazy: napari reads what it shows. A pyramid (segment's outputs of more
+axis (type "channel", or an untyped "c": e.g. class probabilities) split into one layer per channel. Every layer
+gets the file's pixel size (the scale and translation of its first dataset, the multiscale's own transformations
+applied after them) and units, so it lies on top of the image it was computed from, and where the image lies
+(a stage position). The arrays stay lazy: napari reads what it shows. A pyramid (segment's outputs of more
 than 1024 px a side have one) opens as a multiscale layer, the list of its levels from full resolution down,
 so napari reads the level it shows, not level 0's every chunk when zoomed out.
+
+napari takes one grid for a multiscale layer, level 0's (its scale and translate), and places each coarser level
+by the ratio of its shape to level 0's, the centres of their first pixels together: NGFF's place for a level made
+by picking pixels (segment's labels and instances: level k is level 0[::2**k, ::2**k], with no translation of its
+own). A level of block means (segment's probabilities, ome-zarr-py's pyramids) has each pixel at its block's centre,
+(2**k - 1) / 2 pixels of level 0 further along y and x (its translation): napari draws it that much up and left of
+that, under half a pixel of the level, and only while it shows that level (zoomed out until a pixel of it is about a
+pixel of the screen); one translate for every level cannot do better, and level 0, seen close up, is exact.
+Anywhere in a level, napari's place and NGFF's differ by less than a pixel and a half of the level (the rest: a
+level of an odd size covers a little more or less than level 0, and napari stretches it over level 0). A level napari
+would draw further from where its metadata puts it (a crop, a shifted level, a scale its shape does not match), or
+that cannot be read, ends the pyramid napari gets, with a warning naming the file: napari then shows the levels
+above it, level 0 at least, where they belong.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..ome_zarr import is_ome_zarr, open_ome_zarr
+from ..ome_zarr import NGFF_UNITS, OmeZarrImage, is_ome_zarr, open_ome_zarr
+from ..pixel_size import _unit_name
 
 
 def napari_get_reader(path):
@@ -26,20 +43,99 @@ def napari_get_reader(path):
 
 
 def read_ome_zarr(path) -> list[tuple]:
-    """napari layer data: [(data, layer keyword arguments, "labels" or "image")]."""
+    """napari layer data: [(data, layer keyword arguments, "labels" or "image")]. A ValueError naming ``path`` where
+    its metadata is malformed (level 0's; a coarser level's ends the pyramid, with a warning)."""
     image = open_ome_zarr(path)
     names = image.names
-    spatial = [i for i, axis in enumerate(image.axes) if axis.get("type") != "channel"]
+    channel = _channel_axis(image, path)
+    spatial = [i for i in range(len(names)) if i != channel]
+    # a scale of 0 (files declare it for uncalibrated images), or not finite, napari refuses or cannot draw: pixels
+    calibrated = [math.isfinite(image.scale[i]) and image.scale[i] != 0 for i in spatial]
     kwargs = {"name": Path(str(path).rstrip("/")).name.removesuffix(".zarr").removesuffix(".ome"),
-              "scale": [image.scale[i] for i in spatial], "translate": [image.translation[i] for i in spatial],
-              "units": [image.axes[i].get("unit") or "pixel" for i in spatial],
+              "scale": [image.scale[i] if known else 1.0 for i, known in zip(spatial, calibrated)],
+              "translate": [image.translation[i] if math.isfinite(image.translation[i]) else 0.0 for i in spatial],
+              "units": [(_napari_unit(image.axes[i].get("unit")) if known else None) or "pixel"
+                        for i, known in zip(spatial, calibrated)],
               "axis_labels": [names[i] for i in spatial]}
-    data = image.levels if len(image.levels) > 1 else image.levels[0]
-    if len(image.levels) > 1:
+    levels = _levels_napari_places(image, channel, path)
+    data = levels if len(levels) > 1 else levels[0]
+    if len(levels) > 1:
         kwargs["multiscale"] = True
-    if "c" in names:       # one layer per channel: per-layer values, so napari cannot misread the lists
-        channels = image.levels[0].shape[names.index("c")]
+    if channel is not None:      # one layer per channel: per-layer values, so napari cannot misread the lists
+        channels = image.levels[0].shape[channel]
         per_layer = {key: [kwargs[key]] * channels for key in ("scale", "translate", "units", "axis_labels")}
-        return [(data, {**kwargs, **per_layer, "channel_axis": names.index("c")}, "image")]
+        return [(data, {**kwargs, **per_layer, "channel_axis": channel}, "image")]
     kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" else "image"
     return [(data, kwargs, kind)]
+
+
+def _channel_axis(image: OmeZarrImage, path) -> int | None:
+    """The index of the channel axis: of type "channel", or untyped and named "c" (NGFF 0.3 named axes only)."""
+    found = [i for i, axis in enumerate(image.axes)
+             if axis.get("type") == "channel" or ("type" not in axis and axis.get("name") == "c")]
+    if len(found) > 1:
+        raise ValueError(f"{path}: malformed OME-Zarr multiscales metadata (axes {[image.names[i] for i in found]} "
+                         f"are all channel axes; NGFF allows one)")
+    return found[0] if found else None
+
+
+def _napari_unit(unit) -> str | None:
+    """The NGFF name of an axis's unit (a length as files spell it too: "µm"); None where NGFF names no such unit."""
+    if not isinstance(unit, str):
+        return None
+    return _unit_name(unit) or (unit.strip() if unit.strip() in NGFF_UNITS else None)
+
+
+def _levels_napari_places(image: OmeZarrImage, channel: int | None, path) -> list:
+    """The levels of ``image`` down to the first that cannot be read or that napari would misplace (``_misplaced``),
+    with a warning naming ``path`` and what is wrong with that level."""
+    levels = [image.levels[0]]
+    problem = None
+    for k in range(1, len(image.levels)):
+        problem = _misplaced(image, k, levels[-1], channel)
+        if problem is not None:
+            problem = f"level {k} (dataset {image.entry['datasets'][k]['path']!r}) {problem}"
+            break
+        levels.append(image.levels[k])
+    else:
+        if image.unread is not None:
+            problem = f"level {len(image.levels)} cannot be read: {image.unread}"
+    if problem is not None:
+        listed = image.entry["datasets"]
+        warnings.warn(f"{path}: napari gets {len(levels)} of its {len(listed)} pyramid levels: {problem}", stacklevel=3)
+    return levels
+
+
+def _misplaced(image: OmeZarrImage, k: int, finer, channel: int | None) -> str | None:
+    """Why napari cannot show ``image.levels[k]`` in the layer of level 0 (``finer``: the level above it); None
+    where it can: its data fit (the same dimensions, type and channels as level 0, no side longer than the level
+    above), and on every axis that level 0 calibrates it covers level 0's extent but for less than one of its pixels
+    and starts within half a pixel of it (NGFF's place for a block mean; a picked pixel's is level 0's own), so
+    napari, which stretches it over level 0's extent, draws it within a pixel and a half of where it belongs."""
+    level, first = image.levels[k], image.levels[0]
+    if level.ndim != first.ndim:
+        return f"has {level.ndim} dimensions, level 0 {first.ndim}"
+    if np.dtype(level.dtype) != np.dtype(first.dtype):
+        return f"holds {level.dtype}, level 0 {first.dtype}"
+    if channel is not None and level.shape[channel] != first.shape[channel]:
+        return f"has {level.shape[channel]} channels, level 0 {first.shape[channel]}"
+    if any(not 1 <= size <= above for size, above in zip(level.shape, finer.shape)):
+        return f"of shape {tuple(level.shape)} is no reduction of the level above it, {tuple(finer.shape)}"
+    try:
+        scale, translation = image.level_grid(k)
+    except ValueError as error:
+        return f"has malformed coordinateTransformations ({error})"
+    axes = zip(image.names, first.shape, level.shape, image.scale, scale, image.translation, translation)
+    for i, (name, n0, n, s0, s, t0, t) in enumerate(axes):
+        if i == channel or not (math.isfinite(s0) and s0 != 0):
+            continue       # napari shows an uncalibrated axis in pixels: the shapes alone place the level
+        slack = 1e-6 * abs(s)
+        if not (math.isfinite(s) and math.isfinite(t) and s / s0 > 0):
+            return f"has a scale of {s} and a translation of {t} along {name!r}, level 0 {s0} and {t0}"
+        if abs(n * s - n0 * s0) > abs(s) - abs(s0) + slack:
+            return (f"covers {n} x {abs(s):g} along {name!r} where level 0 covers {n0} x {abs(s0):g}: its scale does "
+                    f"not match its shape")
+        if abs(t - t0) > (abs(s) - abs(s0)) / 2 + slack:
+            return (f"starts at {t:g} along {name!r}, level 0 at {t0:g}: more than half its pixel ({abs(s):g}) "
+                    f"from where napari draws it")
+    return None

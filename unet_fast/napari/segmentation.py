@@ -9,6 +9,7 @@ units), so the two overlay in world coordinates.
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import queue
 import threading
@@ -74,7 +75,13 @@ class ModelCache:
 
 
 def model_input(data, rgb: bool, in_channels: int):
-    """(image, layout) for predict_tiled from an image layer's data, or an error saying what fits."""
+    """(image, layout) for predict_tiled from an image layer's data, or an error saying what fits. The data of a
+    multiscale layer (a pyramid, as the reader opens one: napari's MultiScaleData, a sequence of levels) gives
+    its full resolution, level 0, whose grid is the layer's scale and translate."""
+    if isinstance(data, collections.abc.Sequence):
+        if not len(data):
+            raise ValueError("the image layer holds a multiscale image without levels")
+        data = data[0]
     shape = tuple(data.shape)
     if rgb:
         if len(shape) == 3 and shape[-1] == in_channels:

@@ -203,6 +203,16 @@ def test_train_cli_takes_ignore_label_records_it_and_refuses_another_on_resume(t
     assert "--ignore-label" in err and "65535" in err and "Traceback" not in err
 
 
+def test_train_cli_warns_when_no_label_holds_the_ignore_label(tmp_path, capsys):
+    _folders(tmp_path, _label64())
+    assert cli.main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                     "-o", str(tmp_path / "m.safetensors"), "--ignore-label", "255", "--depth", "2",
+                     "--base-channels", "4", "--tiles-per-epoch", "1", "--batch-size", "1", "--epochs", "1",
+                     "--no-progress"]) == 0
+    assert "no training label image holds --ignore-label 255: every pixel counts as annotated" in \
+        capsys.readouterr().err
+
+
 def test_train_cli_refuses_ignore_label_zero_naming_the_flag(tmp_path, capsys):
     _folders(tmp_path, _label64())
     code = cli.main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),

@@ -301,6 +301,20 @@ def _warn_empty(names: list[str], what: str, consequence: str) -> None:
               file=sys.stderr)
 
 
+def _warn_ignore_label_unused(ignore_label, dataset) -> None:
+    """A warning when no label image holds --ignore-label's value: a mistyped value (256 for 255) would train
+    every unannotated pixel as background without a word."""
+    import numpy as np
+
+    from .data import IGNORE
+
+    if ignore_label is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    if not any(np.any(dataset[i].target == IGNORE) for i in range(len(dataset))):
+        print(f"train: warning: no training label image holds --ignore-label {ignore_label}: every pixel counts as "
+              f"annotated; check the value your annotation tool wrote", file=sys.stderr)
+
+
 def _shared_images(train_data, val_data) -> list[str]:
     """'val (= train)' for each validation image whose pixels are those of a training image."""
     import hashlib
@@ -381,6 +395,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
             raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
                              f"{config['in_channels']}")
     _warn_empty(empty, "training", "they teach background only: check that they are the right files")
+    _warn_ignore_label_unused(args.ignore_label, dataset)
     if args.val_images is not None:
         with _blame("val_images/val_labels"):
             val_data = _labelled_images(args.val_images, args.val_labels, args, recipe, config["num_classes"])

@@ -597,8 +597,8 @@ CLI = [
         "segment", "-i", str(ws / "tiled.tif"), "-o", str(t / "out"), "-m", str(ws / "model.safetensors"),
         "--max-pixels", "1000", "--no-progress"], 1, "raise the limit to at least 4096"),
     ("segment a pattern matching nothing", lambda ws, t: ["segment", "-i", str(ws / "*.jpg"), "-o", str(t / "out"),
-                                                          "-m", str(ws / "model.safetensors"), "--no-progress"], 1,
-     "no such file"),
+                                                          "-m", str(ws / "model.safetensors"), "--no-progress"], 2,
+     "no image to segment"),
 ]
 
 

@@ -246,9 +246,12 @@ def test_bad_arguments(tmp_path, model_file, capsys):
         segment.run([tmp_path], tmp_path / "o", model_file, num_parts=2, part_id=2)
     with pytest.raises(ValueError, match="format must be one of"):
         segment.run([tmp_path], tmp_path / "o", model_file, format="png")
+    # no input gives an image: a usage error naming -i (it was exit 1, a FAILED line, and an empty -o made)
     assert cli.main(["segment", "-i", str(tmp_path / "nothing*.tif"), "-o", str(tmp_path / "o"), "-m",
-                     str(model_file), "--no-progress"]) == 1
-    assert "no such file" in capsys.readouterr().err
+                     str(model_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "argument -i/--input: no image to segment" in err and "no such file" in err
+    assert not (tmp_path / "o").exists()
 
 
 def _free_port():
@@ -998,8 +1001,8 @@ def test_an_at_list_from_windows_or_a_spreadsheet_reads_as_written(tmp_path, mod
     assert exit_.value.code == 2 and "@lists/empty.txt: the list 'lists/empty.txt' gives no argument" in \
         capsys.readouterr().err
     (tmp_path / "lists" / "lists.txt").write_text("@lists/list.txt\n")     # not read: a file may start with @
-    assert cli.main(["segment", "-i", "@lists/lists.txt", "-o", "out3", "-m", str(model_file), "--no-progress"]) == 1
-    assert "FAILED @lists/list.txt: no such file, folder or matching pattern; an @LIST inside a list is not read" \
+    assert cli.main(["segment", "-i", "@lists/lists.txt", "-o", "out3", "-m", str(model_file), "--no-progress"]) == 2
+    assert "@lists/list.txt: no such file, folder or matching pattern; an @LIST inside a list is not read" \
            in capsys.readouterr().err
 
 

@@ -902,6 +902,10 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
         # every rank shards rank 0's list: lists of their own differ where a file appears or goes while they list
         # (or one node's view of a network file system lags), and a file would be segmented twice and another never
         files, problems, subfolders = job.broadcast(listing)
+        if not files:       # every input wrong (a mistyped folder, an empty one): a usage error, nothing written
+            shown = "; ".join(f"{item}: {reason}" for item, reason in problems[:5])
+            raise checks.BadArgument("input", f"no image to segment: {shown}" + (
+                f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
         with shared_failures("segment"):    # what segment_files does not catch: model, out of memory
             # every file, not only this share
             check_outputs(files, Path(output_dir), OUTPUT_SUFFIXES[format], overlay=overlay, subfolders=subfolders)

@@ -17,6 +17,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import geometry, termination
@@ -38,12 +39,18 @@ def require(module: str, purpose: str):
 
 
 def standalone_model(model: torch.nn.Module, cls: type = StandaloneUNet) -> StandaloneUNet:
-    """A standalone U-Net (``cls``) holding ``model``'s weights (float32, CPU, eval mode)."""
+    """A standalone U-Net (``cls``) holding ``model``'s weights (float32, CPU, eval mode).
+
+    It is built on the meta device and takes the weights themselves (``assign``): those of a float32 CPU
+    model are shared, not copied, and no random initial weights are made only to be overwritten (at depth 6,
+    base 64 each would be another 474 MiB). So do not train it: export only reads it."""
     if not hasattr(model, "config"):
         raise TypeError(f"model must be a unet_fast UNet (or reference.UNet), got {type(model).__name__}")
     config = model.config()
-    standalone = cls(**{name: config[name] for name in STANDALONE_ARGUMENTS})
-    standalone.load_state_dict({name: value.detach().float().cpu() for name, value in model.state_dict().items()})
+    with torch.device("meta"):
+        standalone = cls(**{name: config[name] for name in STANDALONE_ARGUMENTS})
+    standalone.load_state_dict({name: value.detach().float().cpu() for name, value in model.state_dict().items()},
+                               assign=True)
     return standalone.eval()
 
 
@@ -89,7 +96,9 @@ def new_file(path: Path):
 
 
 def example_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
-    """A legal input, min + 2 * step pixels a side: tracing at k = 0 or 1 would fix the size."""
+    """A legal input, min + 2 * step pixels a side: tracing at k = 0 or 1 would fix the size (torch.export
+    refuses a batch of 1 or k < 2 for a dynamic axis). Its size costs no memory: the ONNX exporter traces with
+    fake tensors and never runs the network on it."""
     config = model.config()
     size = (geometry.min_input_size(config["depth"], config["padding"])
             + 2 * geometry.size_step(config["depth"]))
@@ -138,7 +147,8 @@ def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPS
 
     H and W are symbolic, of the form min + step * k (the exporter proves the network legal for
     every such size), N is free; another size fails in onnxruntime (``OnnxUNet``). The file's
-    metadata_props hold ``description`` as JSON under "unet_fast".
+    metadata_props hold ``description`` as JSON under "unet_fast". It is one file, written once
+    (``_write_onnx``), weights included: a model of more than 2 GiB of weights cannot be one.
     """
     output = check_output(output, "onnx")
     require("onnxscript", "ONNX export")
@@ -148,16 +158,86 @@ def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPS
     smallest = geometry.min_input_size(config["depth"], config["padding"])
     height, width = torch.export.Dim("k_height"), torch.export.Dim("k_width")
     shapes = {"x": {0: torch.export.Dim("batch"), 2: step * height + smallest, 3: step * width + smallest}}
-    with new_file(output) as temporary, _quiet_onnx_exporter():
-        torch.onnx.export(standalone, (example_input(model),), str(temporary), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=["logits"], dynamic_shapes=shapes,
-                          opset_version=opset_version, verbose=False)
-        onnx = require("onnx", "ONNX export")
-        written = onnx.load(str(temporary))
-        entry = written.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(description(model))
-        onnx.save(written, str(temporary))
+    with _quiet_onnx_exporter():
+        program = torch.onnx.export(standalone, (example_input(model),), None, dynamo=True,
+                                    input_names=["input"], output_names=["logits"], dynamic_shapes=shapes,
+                                    opset_version=opset_version, verbose=False)
+    program.model.metadata_props[METADATA_KEY] = json.dumps(description(model))
+    with new_file(output) as temporary:
+        _write_onnx(program.model, temporary)
     return output
+
+
+#: protobuf, and so onnxruntime and onnx, parses no message (an ONNX file without external data) larger
+PROTOBUF_LIMIT = 2 ** 31 - 1
+
+
+def _write_onnx(model, path: Path) -> None:
+    """Write the ONNX IR ``model`` (the exporter's ``ONNXProgram.model``) as one ONNX file, each weight
+    written from the memory that holds it.
+
+    ``ONNXProgram.save`` (``onnx_ir.save``) builds the whole ModelProto, weights included, then serialises it:
+    protobuf's encoder and the Python bytes are two more copies, three beside the model's own (exporting
+    depth 6, base 64, 474 MiB of weights, peaked at 2.9 GB). It also moves the weights of a model of over
+    1.5 GiB to an external data file, named after the temporary file, which a single .onnx cannot have. Here
+    the ModelProto is serialised without its initializers, and each follows as one more ``graph`` field holding
+    that initializer, its raw data written straight from the tensor: protobuf merges the occurrences of a
+    message field, so the file parses as the very ModelProto ``onnx_ir.serde.serialize_model`` gives (the
+    tests compare them)."""
+    onnx = require("onnx", "ONNX export")
+    from onnxscript import ir
+
+    def key(message, field: str, length: int) -> bytes:      # a length-delimited field's tag and length
+        return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2) + _varint(length)
+
+    values = [value for value in model.graph.initializers.values() if value.const_value is not None]
+    tensors = [value.const_value for value in values]
+    try:
+        for value in values:             # stand-ins: the value_info of each initializer is kept, its data is not
+            value.const_value = ir.Tensor(np.zeros(0, np.float32))
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in zip(values, tensors):
+            value.const_value = tensor
+    del proto.graph.initializer[:]
+    pieces = [(proto.SerializeToString(), None)]      # (bytes, then the raw data of this tensor, or None)
+    for value, tensor in zip(values, tensors):
+        if isinstance(tensor, ir.Tensor) and not tensor.doc_string and not tensor.metadata_props:
+            header = onnx.TensorProto(name=value.name, data_type=tensor.dtype.value, dims=tensor.shape.numpy())
+            entry = header.SerializeToString() + key(onnx.TensorProto, "raw_data", tensor.nbytes)
+            data, length = tensor, len(entry) + tensor.nbytes
+        else:                            # another kind of tensor (none in a U-Net): serialised whole
+            tensor.name = value.name
+            entry, data = ir.serde.serialize_tensor(tensor).SerializeToString(), None
+            length = len(entry)
+        initializer = key(onnx.GraphProto, "initializer", length)
+        pieces.append((key(onnx.ModelProto, "graph", len(initializer) + length) + initializer + entry, data))
+    size = sum(len(head) + (0 if data is None else data.nbytes) for head, data in pieces)
+    if size > PROTOBUF_LIMIT:
+        raise ValueError(f"the ONNX file would be {size / 2 ** 30:.2f} GiB, over the 2 GiB a single ONNX file "
+                         f"(a protobuf message) can hold: export this model as torchscript instead")
+    with open(path, "wb") as file:
+        for head, data in pieces:
+            file.write(head)
+            if data is not None:
+                start = file.tell()
+                if hasattr(data, "tofile"):                # no copy of a torch tensor (onnx_ir >= 0.1.11)
+                    data.tofile(file)
+                else:
+                    file.write(data.tobytes())
+                if file.tell() - start != data.nbytes:
+                    raise RuntimeError(f"ONNX export: a {data.dtype} initializer of shape {data.shape} wrote "
+                                       f"{file.tell() - start} bytes, not its {data.nbytes}")
+
+
+def _varint(n: int) -> bytes:
+    """``n`` >= 0 as a protobuf varint: 7 bits a byte, least significant first."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 @contextlib.contextmanager

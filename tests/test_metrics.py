@@ -249,3 +249,17 @@ def test_rand_scores_of_a_batch_leave_out_images_without_target_objects():
     assert np.isnan(metrics.rand_error(pred[1], true[1]))
     assert metrics.rand_scores(pred, true) == alone
     assert np.isnan(metrics.rand_error(np.zeros((2, 3, 3), int), np.zeros((2, 3, 3), int)))
+
+
+def test_read_only_label_arrays_are_scored_without_a_warning():
+    """A memory-mapped TIFF stack's pages are read-only: torch warned on every metric of unet-fast evaluate."""
+    import warnings
+
+    truth = np.zeros((8, 8), np.int32)
+    truth[1:4, 1:4] = 1
+    predicted = truth.copy()
+    truth.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.object_scores(predicted, truth).f1 == 1.0
+        assert metrics.iou(predicted, truth, num_classes=2)[1] == 1.0

@@ -10,6 +10,7 @@ images.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,9 @@ from scipy.optimize import linear_sum_assignment
 
 def _as_tensor(x, name) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        with warnings.catch_warnings():   # a read-only array (a memory-mapped stack) is only read here: no copy
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a numpy array or a torch.Tensor, got {type(x).__name__}")
     if x.is_floating_point() or x.is_complex():

@@ -53,3 +53,15 @@ def test_console_entry_point_runs_as_module():
     done = AS_MODULE.result().done
     assert done.returncode == 0, done.stderr
     assert "backends:" in done.stdout
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`unet-fast sizes | head -2` printed "error: [Errno 32] Broken pipe" and exited 1."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "unet_fast.cli", "sizes", "--depth", "3", "--max-size",
+                                "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()                       # as head does after its lines
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and first.startswith(b"depth 3") and err == "", err

@@ -111,3 +111,14 @@ def test_checkpoint_with_non_tensor_objects_is_refused_with_the_way_out(tmp_path
     torch.save({"state_dict": _tiny().state_dict(), "best_score": np.float64(0.5)}, tmp_path / "c.pt")
     with pytest.raises(pickle.UnpicklingError, match=r"c\.pt: refused.*Unsupported global.*numpy.*save its weights"):
         unet_fast.load_model(tmp_path / "c.pt")
+
+
+def test_a_training_checkpoint_given_as_a_model_is_named_as_one(tmp_path):
+    """segment -m work/last.safetensors said "not a unet_fast model file ... write it with save_model"."""
+    from unet_fast.checkpoint import save_checkpoint
+    from unet_fast.model_file import ModelFileError
+
+    model = unet_fast.UNet(depth=2, base_channels=4)
+    path = save_checkpoint(tmp_path / "last.safetensors", model, torch.optim.SGD(model.parameters(), lr=0.1), epoch=1)
+    with pytest.raises(ModelFileError, match="a training checkpoint of unet-fast train .* best.safetensors"):
+        unet_fast.load_model(path)

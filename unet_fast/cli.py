@@ -1243,6 +1243,23 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe its reader closed; if so it is pointed at /dev/null, so that Python's
+    flush at exit does not fail on it again."""
+    import select
+
+    try:
+        descriptor = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(descriptor, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))   # a pipe whose reader is gone
+    except (OSError, ValueError, AttributeError):   # no real file (a test's capture): not a broken pipe
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
+    return closed
+
+
 def _command(argv) -> str:
     """" train" for the command line ``argv`` (sys.argv without the program), or "" if none is named."""
     words = sys.argv[1:] if argv is None else argv
@@ -1258,6 +1275,10 @@ def _main(argv) -> int:
         status = args.func(args)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except BrokenPipeError as error:
+        if not _stdout_closed():
+            return _report(error, args)
+        return 128 + signal.SIGPIPE  # `unet-fast sizes | head`: the reader had enough; quiet, as `seq | head` is
     except BaseException as error:
         termination.check()          # SIGTERM turned into another error on its way (a library's except)
         if debug or not isinstance(error, Exception):

@@ -110,6 +110,9 @@ def read_model_config(path) -> dict:
     except (SafetensorError, OSError) as error:
         raise ModelFileError(f"{path}: not a readable .safetensors file ({error})") from None
     if METADATA_KEY not in metadata:
+        if str(metadata.get("format", "")).startswith("unet_fast.checkpoint"):   # checkpoint.CHECKPOINT_FORMAT
+            raise ModelFileError(f"{path}: a training checkpoint of unet-fast train (what --resume reads), not a "
+                                 f"model file: use the model train wrote with -o, or best.safetensors beside it")
         raise ModelFileError(f"{path}: not a unet_fast model file (no {METADATA_KEY!r} metadata); "
                              f"write it with unet_fast.save_model")
     try:

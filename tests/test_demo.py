@@ -1,4 +1,6 @@
 """The built-in example in its quick mode, and the train/demo command lines (tiny runs)."""
+import csv
+
 import numpy as np
 import pytest
 import tifffile
@@ -18,6 +20,18 @@ def test_demo_quick_writes_picture_and_model(tmp_path):
     model = load_model(result.model)
     assert model.depth == 3 and model.class_names == ["background", "nucleus"]
     assert (tmp_path / "heldout.tif").is_file() and (tmp_path / "history.csv").is_file()
+
+
+def test_the_demo_held_out_image_scores_with_evaluate_as_the_demo_scored_it(tmp_path, capsys):
+    """The demo printed its F1 "as unet-fast evaluate scores your own images", but wrote no labels to do so."""
+    result = run(tmp_path, quick=True, progress=False, log=lambda *_: None)
+    assert cli.main(["evaluate", "-m", str(result.model), "--images", str(tmp_path / "heldout.tif"), "--labels",
+                     str(tmp_path / "heldout_labels.tif"), "-o", str(tmp_path / "eval"), "--no-progress"]) == 0
+    row = next(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
+    assert float(row["iou"]) == pytest.approx(result.iou, abs=1e-6)
+    assert float(row["f1"]) == pytest.approx(result.object_f1, abs=1e-6)
+    _, truth = synthetic_nuclei(1, demo.QUICK["test_size"], seed=1000)          # the held-out nuclei, all of them
+    assert int(row["true_objects"]) == len(np.unique(truth[truth > 0])) > 5
 
 
 def test_cli_demo_quick(tmp_path, capsys):

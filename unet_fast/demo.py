@@ -54,7 +54,8 @@ class DemoResult:
 
 def run(output_dir="demo_output", *, quick: bool = False, seed: int = 0, epochs: int | None = None,
         device=None, threads: int | None = 1, progress: bool | None = None, log=print) -> DemoResult:
-    """Run the demo; writes demo.png, model.safetensors, heldout.tif and the training logs into
+    """Run the demo; writes demo.png, model.safetensors, heldout.tif (and its true nuclei, heldout_labels.tif,
+    for ``unet-fast evaluate --images heldout.tif --labels heldout_labels.tif``) and the training logs into
     ``output_dir``. ``quick`` trains a few steps only (for tests: the scores are meaningless).
     ``threads``: CPU threads for torch during the demo (None: torch's default). One is the default
     because these small convolutions gain little from a second thread, and multi-threaded torch
@@ -107,6 +108,7 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     scores = score_instances(prediction, test_labels[0])
     iou = scores.iou
     write_image(output_dir / "heldout.tif", test_images[0])
+    write_image(output_dir / "heldout_labels.tif", test_labels[0].astype(np.uint16))   # to score it yourself
     figure = draw(output_dir / "demo.png", test_images[0], test_labels[0], prediction, test.weights,
                   iou, scores.f1, f"weight map (w0 {recipe.w0:g}, sigma {recipe.sigma:g} px)")
     seconds = time.perf_counter() - started

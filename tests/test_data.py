@@ -285,7 +285,7 @@ def test_random_tiles_default_count_and_bad_size():
     ds, _ = identity_dataset(40, 50)
     tiles = RandomTiles(ds, 44, depth=2)              # output 36: 2 x 2 tiles cover 40 x 50
     assert len(tiles) == 4
-    with pytest.raises(ValueError, match="tile_size: input size 45.*44 or 46"):
+    with pytest.raises(ValueError, match="tile_size: tile size 45.*44 or 46"):
         RandomTiles(ds, 45, depth=2)
 
 

@@ -1052,3 +1052,16 @@ def test_recursive_glob_patterns_mirror_from_their_folder_and_list_the_folders_t
         listed = sorted(images) if pattern != "p*" else ["p1/A01.tif", "p1/deep/B.tif", "p2/A01.tif"]
         assert f"{len(listed)} file(s) found, {len(listed)} segmented" in capsys.readouterr().out
         assert [name for name in _files(tmp_path / "out") if not name.startswith("overlays")] == listed
+
+
+def test_a_bad_tile_size_or_part_id_is_one_line_naming_its_flag_with_the_right_advice(tmp_path, model_file, capsys):
+    """--part-id 2 of 2 said "part_id must be in [0, 2)" naming no flag; an illegal --tile-size was told to
+    "pad or crop the image", which is not what is wrong."""
+    _images(tmp_path / "in", count=1)
+    common = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file)]
+    assert cli.main(common + ["--num-parts", "2", "--part-id", "2"]) == 2
+    assert "argument --part-id: part_id must be in [0, 2), got 2" in capsys.readouterr().err
+    assert cli.main(common + ["--tile-size", "141"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --tile-size: tile size 141 is not legal" in err and "tiles need not fit the image" in err
+    assert "crop the image" not in err and not (tmp_path / "out").exists()

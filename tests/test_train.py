@@ -359,7 +359,7 @@ def test_bad_arguments(nuclei):
         fit(tiny_net(), train, epochs=0)
     with pytest.raises(ValueError, match="lr"):
         fit(tiny_net(), train, epochs=1, lr=0)
-    with pytest.raises(ValueError, match="tile_size: input size 45"):
+    with pytest.raises(ValueError, match="tile_size: tile size 45"):
         fit(tiny_net(), train, epochs=1, tile_size=45)
     with pytest.raises(TypeError, match="train_data"):
         fit(tiny_net(), [1, 2], epochs=1)

@@ -194,7 +194,7 @@ def cmd_train(args) -> int:
         if trace.problem is not None:
             raise BadArgument("tile_size" if args.tile_size is not None else "resume",
                               geometry.size_error_message(tile_size, config["depth"], config["padding"],
-                                                          trace.problem))
+                                                          trace.problem, tile=True))
     return _train_from_folders(args, recipe, config, seed=seed, tile_size=tile_size, work_dir=work_dir)
 
 
@@ -503,10 +503,7 @@ def cmd_segment(args) -> int:
     if (args.num_parts is None) != (args.part_id is None):
         args.parser.error("--num-parts and --part-id go together")
     num_parts, part_id = (args.num_parts, args.part_id) if args.num_parts is not None else (1, 0)
-    try:
-        segment.check_parts(num_parts, part_id)
-    except ValueError as error:
-        args.parser.error(str(error))
+    segment.check_parts(num_parts, part_id)     # BadArgument: one line naming --num-parts or --part-id
     options = _instance_options(args)
     if options is not None and args.output != "instances":
         raise BadArgument("output", "--min-size, --no-fill-holes, --border, --threshold, --smoothing, --split and "

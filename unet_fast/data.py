@@ -547,7 +547,7 @@ class RandomTiles(torch.utils.data.Dataset):
             raise ValueError("dataset is empty: training needs at least one labelled image")
         if not geometry.is_valid_input_size(tile_size, depth, padding):
             raise ValueError("tile_size: " + geometry.size_error_message(
-                tile_size, depth, padding, geometry.trace_sizes(tile_size, depth, padding).problem or ""))
+                tile_size, depth, padding, geometry.trace_sizes(tile_size, depth, padding).problem or "", tile=True))
         self.dataset = dataset
         self.tile_size = tile_size
         self.output_size = geometry.output_size(tile_size, depth, padding)

@@ -167,17 +167,22 @@ def crop_offset(source_size: int, target_size: int) -> int:
     return (source_size - target_size) // 2
 
 
-def size_error_message(n: int, depth: int, padding: str, problem: str) -> str:
+def size_error_message(n: int, depth: int, padding: str, problem: str, tile: bool = False) -> str:
+    """Why ``n`` px is no legal input, and what to do: for an image, pad or crop it or tile it; for a ``tile``
+    size (tiles need not fit the image), take a legal size."""
     below, above = nearest_valid_input_sizes(n, depth, padding)
+    what = "tile size" if tile else "input size"
     if below is None:
-        return (f"input size {n} is too small for a U-Net of depth {depth} with {padding!r} padding "
-                f"({problem}); the smallest legal size is {above}. Pad the image, or use "
-                f"unet_fast.inference.predict_tiled, which mirrors the border as needed.")
+        return (f"{what} {n} is too small for a U-Net of depth {depth} with {padding!r} padding "
+                f"({problem}); the smallest legal size is {above}. " + (
+                    "Give a legal tile size, or none to have one chosen." if tile else
+                    "Pad the image, or use unet_fast.inference.predict_tiled, which mirrors the border as needed."))
     return (
-        f"input size {n} is not legal for a U-Net of depth {depth} with {padding!r} padding "
+        f"{what} {n} is not legal for a U-Net of depth {depth} with {padding!r} padding "
         f"({problem}); the nearest legal sizes are {below} or {above}. "
-        f"Legal sizes are spaced by {size_step(depth)} pixels; "
-        f"pad or crop the image, or use unet_fast.inference.predict_tiled for any size."
+        f"Legal sizes are spaced by {size_step(depth)} pixels; " + (
+            "give one of them (tiles need not fit the image), or no tile size to have one chosen." if tile else
+            "pad or crop the image, or use unet_fast.inference.predict_tiled for any size.")
     )
 
 

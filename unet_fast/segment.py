@@ -842,7 +842,7 @@ def check_tiles(model, tile_size, batch_size, device, dtype) -> None:
         trace = geometry.trace_sizes(tile_size, model.depth, model.padding)
         if trace.problem is not None:
             raise checks.BadArgument("tile_size", geometry.size_error_message(
-                tile_size, model.depth, model.padding, trace.problem))
+                tile_size, model.depth, model.padding, trace.problem, tile=True))
     if tile_size is not None or batch_size is not None:
         from .tiling import plan_tiles
 

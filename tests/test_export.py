@@ -367,3 +367,12 @@ def test_cli_export_refuses_an_unknown_format(tmp_path, model_file, capsys):
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert "argument --format: invalid choice: 'tflite'" in err and "bioimageio" in err
+
+
+def test_a_missing_optional_package_is_named_with_the_install_line_the_readme_gives():
+    """It said pip install 'unet_fast[export]', which asks the package index for a package installed from a checkout."""
+    from unet_fast.export import require
+
+    with pytest.raises(ImportError, match=r"'no_such_module_here': install the extra, in the unet_fast checkout: "
+                                          r"pip install --no-build-isolation -e \"\.\[export\]\""):
+        require("no_such_module_here", "ONNX export")

@@ -34,8 +34,8 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{purpose} needs the optional package {module!r}: "
-                          f"pip install 'unet_fast[export]'") from None
+        raise ImportError(f"{purpose} needs the optional package {module!r}: install the extra, in the unet_fast "
+                          f"checkout: pip install --no-build-isolation -e \".[export]\"") from None
 
 
 def standalone_model(model: torch.nn.Module, cls: type = StandaloneUNet) -> StandaloneUNet:

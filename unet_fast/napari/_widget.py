@@ -4,7 +4,7 @@ The work itself (segmentation.py) knows nothing of Qt; this file only lays out t
 ``Segmentation.steps`` in napari's thread worker (the viewer stays responsive while the model file is
 read and the tiles predicted, the progress bar follows the tiles, the button turns into Cancel) and adds
 the result as a Labels layer.
-It needs napari and magicgui, the optional extra ``pip install "unet_fast[napari]"``; napari imports
+It needs napari and magicgui, the optional extra (``pip install --no-build-isolation -e ".[napari]"``); napari imports
 this module only when the widget is opened, and nothing else in unet_fast imports it.
 """
 from pathlib import Path
@@ -18,8 +18,8 @@ try:        # the optional extra: say how to get it rather than fail with a bare
     from napari.qt.threading import create_worker
     from napari.utils.notifications import notification_manager, show_error
 except ImportError as error:
-    raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra: "
-                      f"pip install \"unet_fast[napari]\"") from error
+    raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra, in the "
+                      f"unet_fast checkout: pip install --no-build-isolation -e \".[napari]\"") from error
 
 from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer
 

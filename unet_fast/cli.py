@@ -839,7 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "for `unet-fast segment` and `evaluate`. Under torchrun it trains data-parallel.\n\n"
                             "Writes: OUTPUT (the model, .safetensors), and in the work folder (default: OUTPUT "
                             "without its suffix) last.safetensors (the checkpoint --resume reads, every epoch), "
-                            "best.safetensors (with validation), history.csv, history.json and curves.png.")
+                            "best.safetensors (with validation), history.csv, history.json, curves.png and "
+                            "training-images.json (the images and split --resume must find again).")
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG), or a multi-page TIFF stack")
     p.add_argument("--labels", required=True, help="folder of label images matched by base name, or a label stack")
     p.add_argument("-o", "--output", required=True, help="model file to write (must end in .safetensors)")
@@ -947,8 +948,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue the run of a checkpoint (last.safetensors): its network, recipe, tile size and "
-                        "seed; a flag given with another value is refused, but --epochs may extend the run "
+                   help="continue the run of a checkpoint (last.safetensors): its network, recipe, tile size, "
+                        "seed, --amp, --best-metric, --ignore-label and images; a flag given with another value "
+                        "is refused, but --epochs may extend the run "
                         "(default: start afresh; a work dir holding a checkpoint is refused without --resume)")
     g.add_argument("--cache-dir", default=None, help="cache weight maps on disk here (default: none: kept in memory only)")
     g.add_argument("--work-dir", default=None, help="checkpoints and logs (default: the output path without suffix)")
@@ -967,7 +969,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (default: 70)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (data, weights, tiles)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=_integer(0, 1024), default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_integer(0, 1024), default=1,
+                   help="torch CPU threads (0: torch's default, every core) (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="compute type (default bf16)")
     parser.add_argument("--kinds", default=",".join(configs.KINDS), help="launch kinds to tune (default all: "
                         "forward, pool = the forward with the pooled epilogue, dgrad, wgrad)")
-    parser.add_argument("--time-limit", type=float, default=600.0, help="stop starting new layers after this")
+    parser.add_argument("--time-limit", type=float, default=600.0, help="seconds: stop starting new layers after this (default: 600)")
     parser.add_argument("--results", type=Path, help="write every measurement here (JSON)")
     parser.add_argument("--write", action="store_true", help="merge the winners into the package's table")
     parser.add_argument("--from-results", type=Path, help="take the measurements from this results file "

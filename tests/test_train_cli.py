@@ -459,3 +459,13 @@ def test_validation_scores_the_objects_evaluate_scores():
         assert scores["iou"] == pytest.approx(sum(np.sum((p > 0) & (t > 0)) for p, t in zip(predicted, labels)) / union)
         assert scores["object_f1"] == pytest.approx(pooled.pooled.f1)
     assert evaluate(model, data)["iou"] != evaluate(model, data, instance_options=InstanceOptions(smoothing=0))["iou"]
+
+
+def test_a_val_fraction_of_one_image_is_refused_before_the_labels_are_read(folders, capsys):
+    """It was refused only after every label was read and its objects measured (and that line printed)."""
+    code = cli.main(["train", "--images", str(folders / "val_im"), "--labels", str(folders / "val_lb"), "-o",
+                     str(folders / "one.safetensors"), "--val-fraction", "0.2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and "argument --val-fraction: --val-fraction 0.2 needs at least 2 labelled images to split, " \
+                         "got 1" in captured.err
+    assert "objects in the labels" not in captured.out + captured.err

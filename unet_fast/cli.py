@@ -388,6 +388,9 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
         torch.set_num_threads(args.threads)
     with _blame("images/labels"):        # every pair now: a fault in the last one is as much theirs as in the first
         dataset = _labelled_images(args.images, args.labels, args, recipe, config["num_classes"])
+        if args.val_fraction and len(dataset) < 2:     # before the labels are read and measured
+            raise BadArgument("val_fraction", f"--val-fraction {args.val_fraction:g} needs at least 2 labelled images "
+                                              f"to split, got {len(dataset)}; give --val-images, or leave it out")
         dataset.scale = _object_scale(dataset, recipe)
         empty = dataset.load_all()
         in_channels = dataset.in_channels

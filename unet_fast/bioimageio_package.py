@@ -38,6 +38,7 @@ from .architecture import MAX_DEPTH, MAX_PARAMETERS, check_config, parameter_cou
 from .checks import BadArgument
 from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
                      require, standalone_model)
+from .model_file import class_names_of, default_class_names
 from .normalization import Normalization
 from .pixel_size import PixelSize
 
@@ -70,7 +71,7 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
     if normalization.nonfinite == "zero":
         warnings.warn(NONFINITE_ZERO_CAVEAT + "; the package's README says so", stacklevel=2)
     spec = require("bioimageio.spec", "writing a bioimage.io package")
-    class_names = list(getattr(model, "class_names", None) or [f"class{i}" for i in range(model.config()["num_classes"])])
+    class_names = class_names_of(model)
     probabilities = _probabilities(model, normalization, raw)
     with tempfile.TemporaryDirectory(prefix="unet_fast-bioimageio-") as folder:
         folder = Path(folder)
@@ -181,7 +182,7 @@ def _identifiers(names: list[str]) -> list[str]:
     cleaned = [re.sub(r"\W", "_", name) for name in names]
     cleaned = [f"c_{name}" if not re.match(r"[A-Za-z_]", name) else name for name in cleaned]
     if len(set(cleaned)) < len(cleaned) or any(keyword.iskeyword(name) for name in cleaned):
-        return [f"class{i}" for i in range(len(names))]
+        return default_class_names(len(names))
     return cleaned
 
 

@@ -22,6 +22,7 @@ import torch
 
 from . import geometry, termination
 from .image_io import discard, temporary_sibling
+from .model_file import class_names_of
 from .standalone_unet import UNet as StandaloneUNet
 
 FORMAT_SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -130,7 +131,7 @@ def description(model: torch.nn.Module) -> dict:
     config = model.config()
     depth, padding = config["depth"], config["padding"]
     normalization = getattr(model, "normalization", None) or Normalization()
-    names = getattr(model, "class_names", None) or [f"class{i}" for i in range(config["num_classes"])]
+    names = class_names_of(model)
     pixel_size = (getattr(model, "metadata", None) or {}).get("pixel_size")
     return {"producer": f"unet_fast {__version__}", "architecture": config,
             "input": {"name": "input", "layout": "NCHW", "dtype": "float32",

@@ -70,8 +70,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
         raise TypeError(f"normalization must be a unet_fast.Normalization, got {type(normalization).__name__}")
     input_scale = model_scale(model, input_scale, "input_scale")
     num_classes = model.config()["num_classes"]
-    class_names = list(class_names or getattr(model, "class_names", None)
-                       or [f"class{i}" for i in range(num_classes)])
+    class_names = list(class_names or class_names_of(model))
     if len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
     from . import __version__
@@ -99,6 +98,16 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata={METADATA_KEY: text})
     return path
+
+
+def class_names_of(model: torch.nn.Module) -> list[str]:
+    """The model's class names (``model.class_names``, as a model file gives them), or class0, class1, ..."""
+    return list(getattr(model, "class_names", None) or default_class_names(model.config()["num_classes"]))
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """class0, class1, ...: the names of classes nobody named."""
+    return [f"class{i}" for i in range(num_classes)]
 
 
 def read_model_config(path) -> dict:
@@ -280,7 +289,7 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
     model = UNet(**architecture)
     model.load_state_dict(state)
     model.normalization = Normalization.from_dict(config["normalization"])
-    model.class_names = config["class_names"] or [f"class{i}" for i in range(model.num_classes)]
+    model.class_names = config["class_names"] or default_class_names(model.num_classes)
     model.metadata = config.get("metadata", {})
     model.input_scale = float(config.get("input_scale", 1.0))
     return model.to(device).eval()

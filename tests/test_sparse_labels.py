@@ -220,3 +220,97 @@ def test_train_cli_refuses_ignore_label_zero_naming_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--ignore-label" in err and "background" in err and "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_instance_ids_beyond_int32_leave_unannotated_pixels_out_of_every_object():
+    """uint64 ids int32 cannot hold are renumbered 1..n: the unannotated pixels (no 0 among the annotated values)
+    stayed behind as object 1, which grew into them and cut object 2's annotated pixels off as a border."""
+    huge = np.full((20, 20), 2 ** 64 - 1, np.uint64)
+    huge[:10, :10], huge[:10, 10:] = 2 ** 40, 2 ** 40 + 1
+    small = np.where(huge == 2 ** 64 - 1, 255, huge - 2 ** 40 + 1).astype(np.uint16)   # the same objects as 1, 2
+    big = ArrayDataset([np.zeros((20, 20))], [huge], ignore_label=2 ** 64 - 1)[0]
+    ref = ArrayDataset([np.zeros((20, 20))], [small], ignore_label=255)[0]
+    assert np.all(big.instances[10:] == 0)
+    np.testing.assert_array_equal(big.instances, ref.instances)
+    np.testing.assert_array_equal(big.target, ref.target)
+    np.testing.assert_allclose(big.weights, ref.weights)
+
+
+def test_the_weight_map_takes_ignored_pixels_as_background_whatever_the_labels_hold_there():
+    label = np.zeros((20, 20), np.int32)
+    label[:4, :4] = 1
+    label[10:, :] = 7                       # the raw label value of the unannotated pixels, not zeroed
+    ignored = label == 7
+    weights = unet_weight_map(label, ignored=ignored, w0=1e-30)
+    np.testing.assert_allclose(weights, unet_weight_map(np.where(ignored, 0, label), ignored=ignored, w0=1e-30))
+    assert weights[~ignored].mean() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_score_instances_takes_ignored_pixels_as_no_true_object_whatever_the_truth_holds_there():
+    truth = np.zeros((20, 20), np.int32)
+    truth[2:6, 2:6] = 1
+    truth[12:, :] = 65535                   # the raw label, its unannotated value not zeroed
+    ignored = truth == 65535
+    predicted = np.zeros((20, 20), np.int32)
+    predicted[2:6, 2:6] = 1
+    scores = score_instances(predicted, truth, "x", ignored)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (1, 0, 0)
+    assert scores.true_objects == 1 and scores.rand_error == pytest.approx(0.0)
+
+
+def _threshold_images():
+    from toy_models import Threshold
+
+    label = np.zeros((32, 32), np.int16)
+    label[4:10, 4:10] = 1
+    label[20:, :] = -1
+    image = (label > 0).astype(np.float32)
+    return Threshold(), image, label
+
+
+def test_evaluate_refuses_a_label_annotated_nowhere_rather_than_score_it_perfect():
+    """An image nobody annotated has no truth: it scored precision, recall, F1 and AP 1.0 and raised the means."""
+    from unet_fast.checks import BadArgument
+    from unet_fast.evaluation import evaluate_model
+
+    model, image, label = _threshold_images()
+    with pytest.raises(BadArgument, match="'image1' are ignore_label=-1 everywhere") as error:
+        evaluate_model(model, [image, image], [label, np.full_like(label, -1)], ignore_label=-1)
+    assert error.value.argument == "labels"
+    assert evaluate_model(model, [image], [label], ignore_label=-1).images[0].f1 == 1.0
+
+
+def test_evaluate_warns_when_no_label_holds_the_ignore_label():
+    """--ignore-label 255 on labels whose unannotated pixels are 65535 (or 65535 on uint8 labels, which cannot
+    hold it) scored every unannotated pixel as background without a word (train warns)."""
+    import warnings
+
+    from unet_fast.evaluation import evaluate_model
+
+    model, image, label = _threshold_images()
+    with pytest.warns(UserWarning, match="no label image holds ignore_label=255"):
+        evaluate_model(model, [image], [np.where(label < 0, 65535, label).astype(np.uint16)], ignore_label=255)
+    with pytest.warns(UserWarning, match="no label image holds ignore_label=65535"):
+        evaluate_model(model, [image], [np.where(label < 0, 255, label).astype(np.uint8)], ignore_label=65535)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_model(model, [image], [label], ignore_label=-1)
+
+
+def test_the_evaluate_command_shows_its_warning_as_one_line(tmp_path):
+    """The warning came as Python's form: a source path, a line number and a code line."""
+    import subprocess
+    import sys
+
+    import unet_fast
+
+    _folders(tmp_path, _label64())
+    unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=4), tmp_path / "m.safetensors")
+    done = subprocess.run([sys.executable, "-m", "unet_fast.cli", "evaluate", "-m", str(tmp_path / "m.safetensors"),
+                           "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                           "--ignore-label", "255", "-o", str(tmp_path / "eval"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert lines == ["unet-fast evaluate: warning: no label image holds ignore_label=255 (--ignore-label): every "
+                     "pixel counts as annotated; check the value your annotation tool wrote"], done.stderr

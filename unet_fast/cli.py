@@ -1139,6 +1139,22 @@ def _report(error: BaseException, args) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _one_line_warnings(where: str):
+    """Warnings shown as one line while the command runs, "unet-fast evaluate: warning: ...", not a source path,
+    line number and code line that say nothing to a user of the command (--debug keeps Python's form)."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"{where}: warning: {message}\n"
+
+    previous, warnings.formatwarning = warnings.formatwarning, one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def _quiet_abandoned_reads() -> None:
     """zarr reads chunks in asyncio tasks: when one fails (a truncated TIFF), its siblings are abandoned,
     and at exit each prints a "Task was destroyed" or "never retrieved" report with a traceback, over
@@ -1275,7 +1291,8 @@ def _main(argv) -> int:
     if not debug:
         _quiet_abandoned_reads()
     try:
-        status = args.func(args)
+        with _one_line_warnings(f"unet-fast{_command(argv)}") if not debug else contextlib.nullcontext():
+            status = args.func(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BrokenPipeError as error:

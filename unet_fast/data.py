@@ -248,7 +248,10 @@ class SegmentationDataset(Sequence):
         values = np.unique(label if ignored is None else label[~ignored])
         if self._kind(label, values) == "instance":
             if values.max(initial=0) > np.iinfo(np.int32).max:   # ids int32 cannot hold (they wrapped): 1..n
-                instances = (np.searchsorted(values, label) + int(values[0] != 0)).astype(np.int32)
+                # 0 among the values looked up: the unannotated pixels (0 in label, not among the annotated
+                # values) stay background rather than join the first object
+                values = np.union1d(values, np.zeros(1, values.dtype))
+                instances = np.searchsorted(values, label).astype(np.int32)
             else:
                 instances = label.astype(np.int32)
             target, separated = separate_touching(instances, return_instances=True)

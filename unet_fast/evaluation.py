@@ -7,7 +7,8 @@ object precision, recall and F1 at IoU 0.5, their mean over IoU thresholds 0.5..
 Labels with more than two values, or two without a 0, are instances; a {0, v} mask's objects are its
 4-connected components. With ``ignore_label``, pixels of that label value were not annotated: they count
 in no pixel score, are no object, and predicted objects lying mostly in them are left out
-(``metrics.without_ignored_objects``): a cell the annotator skipped is not the net's false positive.
+(``metrics.without_ignored_objects``): a cell the annotator skipped is not the net's false positive. A label
+image of that value everywhere has nothing to score and is refused (as training refuses it).
 """
 from __future__ import annotations
 
@@ -56,10 +57,13 @@ MEAN_COLUMNS = ("iou", "dice", "precision", "recall", "f1", "ap_50_95", "f1_50_9
 def score_instances(predicted: np.ndarray, truth: np.ndarray, name: str = "", ignored: np.ndarray | None = None
                     ) -> ImageScores:
     """The scores of predicted instance labels against true ones (both (H, W), 0 = background). ignored: a
-    bool mask of pixels not annotated (0 in ``truth``), or None: they count in no pixel score, and predicted
-    objects lying mostly in them are left out."""
+    bool mask of pixels not annotated (background in ``truth`` whatever it holds there: the label value that
+    marks them is no object), or None: they count in no pixel score, and predicted objects lying mostly in them
+    are left out."""
     if ignored is not None:
         predicted = metrics.without_ignored_objects(predicted, ignored)
+        ignored = np.asarray(ignored, bool)
+        truth = np.where(ignored, np.zeros((), np.asarray(truth).dtype), truth)
     by_threshold = metrics.object_scores_by_threshold(predicted, truth)
     at_half = by_threshold[0]
     fg_p, fg_t = (predicted > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
@@ -238,10 +242,11 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
                    ignore_label: int | None = None) -> list:
     """Every pair readable and usable, before any is scored: BadArgument naming "images" or "labels"
     for an unreadable file, labels not 2-D, not of the image's size, negative or not integers, an
-    image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels.
+    image of other channels than the model's, or (``nonfinite`` "error") one with NaN/inf pixels, or labels
+    that are ``ignore_label`` everywhere (nothing annotated); a warning when no label holds ``ignore_label``.
     Returns the (name, image, labels) arrays read, so that scoring does not read them again; with
     ``keep_bytes``, only while they hold that many bytes in all: files after that come as ``Unread``."""
-    checked, held = [], 0
+    checked, held, holds_ignore = [], 0, False
     for name, given_image, given_truth in triples:
         image = _image(given_image, name)
         if image.ndim not in (2, 3):
@@ -258,6 +263,7 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
                                  f"pixel(s), which would spoil its scores; repair it, or set them to 0 with "
                                  f"--nonfinite zero (nonfinite='zero')")
         truth = _labels(given_truth, name, ignore_label)
+        holds_ignore = holds_ignore or (ignore_label is not None and bool(np.any(truth == ignore_label)))
         if image.shape[-2:] != truth.shape:
             raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
                                  f"{image.shape[-2:]}; they must be the same size")
@@ -266,6 +272,11 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
             image, truth = (Unread(given, array.shape) if isinstance(given, Path) else array
                             for given, array in ((given_image, image), (given_truth, truth)))
         checked.append((name, image, truth))
+    if ignore_label is not None and checked and not holds_ignore:
+        import warnings
+
+        warnings.warn(f"no label image holds ignore_label={ignore_label} (--ignore-label): every pixel counts as "
+                      f"annotated; check the value your annotation tool wrote", stacklevel=2)
     return checked
 
 
@@ -311,6 +322,10 @@ def _labels(truth, name: str, ignore_label: int | None = None) -> np.ndarray:
         check_label_values(name, truth, ignore_label)
     except ValueError as error:
         raise _bad("labels", str(error)) from None
+    if ignore_label is not None and truth.size and bool(np.all(truth == ignore_label)):
+        raise _bad("labels", f"labels of {name!r} are ignore_label={ignore_label} everywhere: nothing in them is "
+                             f"annotated, so there is nothing to score (it would count as a perfect image); leave "
+                             f"the image out, or annotate some of it")
     return truth
 
 
@@ -366,7 +381,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     docstring), or None. log: called with a line per image (None: quiet).
 
     Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
-    names that do not pair up or are ambiguous, labels of another size, negative or not integers,
+    names that do not pair up or are ambiguous, labels of another size, negative or not integers, or not
+    annotated anywhere (``ignore_label`` everywhere),
     images of other channels or with NaN/inf pixels (unless nonfinite="zero"), a tile size the model
     cannot take, and overlays that would replace an input file, or anything but an overlay written here
     (``overlays.check_replaceable``).

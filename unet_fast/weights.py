@@ -59,9 +59,9 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
         sigma: width of the border term in pixels (> 0); the paper uses 5.
         class_weights: ``"balanced"`` (inverse class frequency, mean 1), a pair / dict of the
             background and foreground weights, or None (1.0 everywhere).
-        ignored: None, or a bool mask of the labels' shape (same kind) of pixels nobody annotated (0 in
-            ``instance_labels``): their weight is 0, and "balanced" counts the classes over the other pixels
-            (the mean of w_c over the annotated pixels is 1).
+        ignored: None, or a bool mask of the labels' shape (same kind) of pixels nobody annotated (taken as
+            background whatever ``instance_labels`` holds there): their weight is 0, and "balanced" counts the
+            classes over the other pixels (the mean of w_c over the annotated pixels is 1).
 
     Returns:
         float32 weights of the input's shape and kind (a torch tensor comes back on its device).
@@ -79,6 +79,8 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
     batched = labels.ndim == 3
     masks = [None] * (len(labels) if batched else 1) if ignored is None else ignored if batched else ignored[None]
     for image, out, mask in zip(labels if batched else labels[None], weights if batched else weights[None], masks):
+        if mask is not None and mask.any():   # an object there was not annotated: background, weight 0 below
+            image = np.where(mask, np.zeros((), image.dtype), image)
         image = _compact(image)
         out[...] = _class_term(image, fixed, mask) + _border_term(image, w0, sigma)
         if mask is not None:

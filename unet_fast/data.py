@@ -538,8 +538,9 @@ class RandomTiles(torch.utils.data.Dataset):
 
     Item i of epoch e is (image (C, n, n) float32, target (m, m) int64, weights (m, m) float32):
     an input tile of legal size n = ``tile_size`` and the centred m x m target its output covers.
-    The target window is uniform over the image; the input's context beyond the border is
-    mirrored. ``augment(image, target, weights, generator=...)`` (e.g. an ``augment.Compose``) acts
+    The target window is uniform over the image; the input's context beyond the border is mirrored. With sparse
+    labels (``ignore_label``) it is placed around an annotated pixel drawn uniformly instead, so that no tile is
+    of unannotated pixels only (which teaches nothing: a zero loss). ``augment(image, target, weights, generator=...)`` (e.g. an ``augment.Compose``) acts
     on the input-sized tiles before the targets are cropped. Every item is a pure function of (seed, epoch, i), so
     resuming, worker processes and distributed ranks all see the same tiles.
     """
@@ -559,6 +560,13 @@ class RandomTiles(torch.utils.data.Dataset):
         self.epoch = 0
         # loads every image once: fills the caches before DataLoader workers fork
         shapes = [dataset[i].target.shape for i in range(len(dataset))]
+        #: {image: flat indices of its annotated pixels}, for the images with sparse labels only
+        self.annotated = {}
+        for i in range(len(dataset)):
+            target = dataset[i].target
+            if np.any(target == IGNORE):
+                self.annotated[i] = np.flatnonzero(target != IGNORE).astype(
+                    np.int32 if target.size < 2 ** 31 else np.int64)
         if tiles_per_epoch is None:     # about one pass over every image's pixels
             tiles_per_epoch = sum(-(-h // self.output_size) * -(-w // self.output_size) for h, w in shapes)
         if tiles_per_epoch < 1:
@@ -577,11 +585,21 @@ class RandomTiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         generator = self.generator(index)
-        sample = self.dataset[int(torch.randint(len(self.dataset), (1,), generator=generator))]
+        chosen = int(torch.randint(len(self.dataset), (1,), generator=generator))
+        sample = self.dataset[chosen]
         height, width = sample.target.shape
         n, m = self.tile_size, self.output_size
-        top = int(torch.randint(max(height - m, 0) + 1, (1,), generator=generator)) - max(m - height, 0) // 2
-        left = int(torch.randint(max(width - m, 0) + 1, (1,), generator=generator)) - max(m - width, 0) // 2
+        annotated = self.annotated.get(chosen)
+        if annotated is None:
+            top = int(torch.randint(max(height - m, 0) + 1, (1,), generator=generator)) - max(m - height, 0) // 2
+            left = int(torch.randint(max(width - m, 0) + 1, (1,), generator=generator)) - max(m - width, 0) // 2
+        else:       # sparse labels: around an annotated pixel drawn uniformly, so that no tile is unannotated only
+            y, x = divmod(int(annotated[int(torch.randint(len(annotated), (1,), generator=generator))]), width)
+            # within the disc the output square holds, which a rotation of the tile about its centre keeps inside
+            inner = max(1, int(m / 2 ** 0.5))
+            dy, dx = (int(v) + (m - inner) // 2 for v in torch.randint(inner, (2,), generator=generator))
+            top = min(max(y - dy, 0), height - m) if height >= m else -((m - height) // 2)
+            left = min(max(x - dx, 0), width - m) if width >= m else -((m - width) // 2)
         margin = (n - m) // 2
         rows = mirror_indices(top - margin, top - margin + n, height)
         cols = mirror_indices(left - margin, left - margin + n, width)

@@ -12,6 +12,7 @@ import unet_fast
 from unet_fast import geometry, reference
 from unet_fast.inference import (estimate_activation_bytes, plan_tiles, predict_tiled,
                                  same_padding_margin, usable_tile_sizes)
+from unet_fast.tiling import cpu_batch_bytes
 from unet_fast.normalization import Normalization
 from tolerances import BF16_TILED, assert_close
 
@@ -177,22 +178,22 @@ def test_the_model_is_made_ready_once_and_left_as_it_was_found(monkeypatch):
 
 def test_planner_picks_the_largest_tile_that_fits_and_explains():
     model = tiny(3, base=4)
-    bytes_of = lambda t: estimate_activation_bytes(3, "valid", 1, 3, 4, t, t)
-    budget = bytes_of(200)
+    budget = cpu_batch_bytes(3, "valid", 1, 3, 4, 200, 200)   # what a CPU batch of one such tile takes
     plan = plan_tiles(model, (1000, 1000), device="cpu", memory_budget_bytes=budget)
     assert plan.estimated_bytes <= budget and plan.batch_size == 1
     assert plan.tile[0] >= 180 and "budget" in plan.explain()
     small = plan_tiles(model, (30, 20), device="cpu", memory_budget_bytes=budget)
     assert small.grid == (1, 1) and small.tile == (72, 60) and "one tile" in small.reason  # 32 and 20 px out
-    batched = plan_tiles(model, (1000, 1000), tile_size=200, device="meta", memory_budget_bytes=10 * budget)
-    assert batched.batch_size == 10 and batched.estimated_bytes <= 10 * budget  # not on CPU: batch 1 there
+    gpu_budget = estimate_activation_bytes(3, "valid", 1, 3, 4, 200, 200)   # the GPU's model of a tile
+    batched = plan_tiles(model, (1000, 1000), tile_size=200, device="meta", memory_budget_bytes=10 * gpu_budget)
+    assert batched.batch_size == 10 and batched.estimated_bytes <= 10 * gpu_budget  # not on CPU: batch 1 there
     assert 200 * 2 ** 20 < estimate_activation_bytes(5, "valid", 1, 2, 64, 572, 572) < 2 ** 30
 
 
 def test_bad_arguments_are_named():
     model = tiny(2)
     image = np.zeros((20, 20), np.float32)
-    with pytest.raises(ValueError, match="tile_size height: input size 21"):
+    with pytest.raises(ValueError, match="tile_size height: tile size 21"):
         predict_tiled(model, image, tile_size=21, progress=False)
     with pytest.raises(ValueError, match="output must be one of"):
         predict_tiled(model, image, output="mask", progress=False)

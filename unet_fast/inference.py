@@ -31,9 +31,9 @@ from .ops.triton import on_device
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import capturing, has_tile_graph, tile_graph
-from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cuda_free_bytes, estimate_activation_bytes, kept_output,
-                     memory_budget, model_device, model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin,
-                     usable_tile_sizes)
+from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cpu_available_bytes, cuda_free_bytes,
+                     estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
+                     parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
 __all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits", "NonFiniteOutputError",
            # planning moved to unet_fast.tiling; importable from here as before
@@ -790,15 +790,12 @@ def check_out_path(out) -> Path:
 
 
 def available_memory(device) -> int | None:
-    """Bytes free on ``device`` now (MemAvailable on the CPU); None where it cannot be told."""
+    """Bytes free on ``device`` now (on the CPU ``tiling.cpu_available_bytes``: MemAvailable, or a container's
+    memory limit where that leaves less); None where it cannot be told."""
     device = torch.device(device)
     if device.type == "cuda":
         return cuda_free_bytes(device)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
+    return cpu_available_bytes()
 
 
 def check_chosen_plan_fits(plan: TilePlan, tile_size, batch_size, memory_budget_bytes=None) -> None:

@@ -34,7 +34,19 @@ DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, 
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16, torch.float16: torch.float16}
 CPU_BUDGET_CAP = 2 ** 30
-WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of live activations
+WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of live activations (GPU)
+#: The CPU forward's peak resident memory (RSS) over the torch allocator's peak, as glibc's malloc serves it.
+#: Tensors below its mmap threshold (which grows to 32 MiB as tensors are freed) come from its heap, which
+#: keeps up to twice that threshold of freed memory, and blocks the next, differently sized, tensors do not
+#: fit: proportional fragmentation (the factor), plus what it keeps freed (a fraction of the forward, at most
+#: the cap). With MALLOC_TRIM_THRESHOLD_=0 the excess went (and the forward ran 1.7x slower). Fitted, with
+#: CPU_RUNTIME_BYTES, to 112 fresh-process peaks: benchmarks/results/2026-11-27-cpu-memory-estimate.md.
+CPU_ALLOCATOR_FACTOR = 1.1
+CPU_HEAP_KEPT_FRACTION = 0.3
+CPU_HEAP_KEPT_MAX = 32 * 2 ** 20
+#: what a process's first CPU forward adds once, whatever the tile: the code pages of the kernels it runs
+#: (13 MiB of file pages measured), oneDNN's generated kernels, the heap's first growth
+CPU_RUNTIME_BYTES = 12 * 2 ** 20
 
 
 # ---- tiles along one axis
@@ -124,15 +136,31 @@ def _base_channels(model) -> int:
     return int(base)
 
 
-@functools.lru_cache(maxsize=4096)
 def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_classes: int,
                               base_channels: int, height: int, width: int, batch: int = 1,
-                              element_size: int = 4) -> int:
+                              element_size: int = 4, device_type: str = "cuda", onednn: bool | None = None) -> int:
     """Peak bytes of live activations of one inference forward pass, walked layer by layer.
 
-    Counts the kept skip connections plus, at every layer, its input, output and the ReLU
-    copy (the forward is not in place), times ``WORKSPACE_FACTOR`` for workspaces.
+    ``device_type`` "cpu": the resident memory (RSS) the forward adds to a process (the input batch is the
+    caller's): ``_cpu_forward_bytes``, the live set of unet_fast.UNet's forward on the CPU as its code keeps
+    it, as malloc holds it (``cpu_resident_bytes``); ``onednn`` None: ``cpu_convolutions_use_onednn`` for
+    float32 (element size 4) or bfloat16 (2). Any other device (the GPU model, unchanged
+    since an H200 measured it): the kept skip connections plus, at every layer, its input, output and a
+    ReLU copy, times ``WORKSPACE_FACTOR`` for workspaces.
     """
+    if device_type != "cpu":
+        return _gpu_activation_bytes(depth, padding, in_channels, num_classes, base_channels, height, width, batch,
+                                     element_size)
+    if onednn is None:   # asked here, not cached: torch.backends.mkldnn can be switched off and on
+        onednn = cpu_convolutions_use_onednn(torch.float32 if element_size == 4 else torch.bfloat16)
+    return cpu_resident_bytes(_cpu_forward_bytes(depth, padding, in_channels, num_classes, base_channels,
+                                                 height, width, batch, element_size, onednn))
+
+
+@functools.lru_cache(maxsize=4096)
+def _gpu_activation_bytes(depth: int, padding: str, in_channels: int, num_classes: int, base_channels: int,
+                          height: int, width: int, batch: int, element_size: int) -> int:
+    """estimate_activation_bytes off the CPU (the planner asks it thousands of times a plan: cached)."""
     loss = 2 if padding == "valid" else 0
     h, w, channels = height, width, in_channels
     skips: list[int] = []
@@ -161,6 +189,131 @@ def estimate_activation_bytes(depth: int, padding: str, in_channels: int, num_cl
         channels = width_l
     peak = max(peak, (channels + 2 * num_classes) * h * w)
     return int(peak * batch * element_size * WORKSPACE_FACTOR)
+
+
+def cpu_resident_bytes(allocated: int) -> int:
+    """Peak resident memory a process gains on the CPU for work whose tensors peak at ``allocated`` bytes: the
+    allocator's fragmentation and the freed memory it keeps, and the first run's fixed cost (see the constants)."""
+    return int(allocated * CPU_ALLOCATOR_FACTOR + min(CPU_HEAP_KEPT_MAX, CPU_HEAP_KEPT_FRACTION * allocated)) + \
+        CPU_RUNTIME_BYTES
+
+
+def cpu_convolutions_use_onednn(dtype: torch.dtype) -> bool:
+    """Whether aten runs the CPU forward's convolutions in ``dtype`` through oneDNN (a packed copy of each weight)
+    rather than its own im2col GEMM (a column buffer 9 times the convolution's input): float32 where oneDNN is
+    built and enabled (torch.backends.mkldnn); bfloat16 and float16 only where the CPU has oneDNN kernels for
+    them (bf16: AVX-512 and up, not AVX2-only CPUs)."""
+    mkldnn = torch.backends.mkldnn
+    if not (mkldnn.is_available() and mkldnn.enabled):
+        return False
+    if dtype == torch.float32:
+        return True
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    try:
+        return check is not None and bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):   # a torch without the query: the im2col path's larger estimate
+        return False
+
+
+#: aten's float32 CPU convolution of a single image with at most this many input values is its own im2col
+#: GEMM, not oneDNN ("for some case, native is faster": ConvParams::use_mkldnn)
+ATEN_SMALL_CONVOLUTION = 20480
+
+
+@functools.lru_cache(maxsize=4096)
+def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: int, base: int, height: int,
+                       width: int, batch: int, element: int, onednn: bool = True) -> int:
+    """Peak bytes the torch allocator holds above the input during unet_fast.UNet's forward on the CPU
+    (backend "torch"), step by step as ``UNet._forward_torch`` keeps its tensors alive (exact, to the
+    allocation, against torch.profiler's memory events: tests/test_memory_estimate.py):
+
+    - every skip connection lives until the forward returns (the ``skips`` list holds it), not only until
+      its decoder level reads it;
+    - a double convolution's input lives while its second convolution runs (``x`` is rebound only after
+      it), beside the first's output (ReLU is in place: no copies);
+    - each convolution, while it runs: through oneDNN (``onednn``: ``cpu_convolutions_use_onednn``) a packed
+      copy of its weight (under bf16 autocast a cast, then a packed copy of that: 36 MiB at the bottom of a
+      depth-5, base-64 net); through aten's im2col GEMM (float32 convolutions of one small image, and every
+      convolution without oneDNN) a column buffer 9 times its input's channels at its output's size;
+    - the 2x2 max-pool writes int64 indices beside its output (8 bytes per pooled value);
+    - the up-convolution (aten's transposed convolution) a column buffer of one sample's output and its
+      weight's copy through oneDNN, of the whole batch's output without;
+    - the concatenation a new tensor while both its parts live; under autocast the first convolution's copy
+      of the input.
+    """
+    loss = 2 if padding == "valid" else 0
+    cast = element < 4   # autocast: each weight cast for each use, then packed
+
+    def tensor(channels, h, w, size=element, n=batch):
+        return n * channels * h * w * size
+
+    def conv_scratch(c_in, c_out, h, w, h_out, w_out, kernel=9):
+        weight = kernel * c_in * c_out * element
+        if onednn and (cast or batch > 1 or c_in * h * w > ATEN_SMALL_CONVOLUTION):
+            return weight * (1 + cast)
+        return weight * cast + tensor(kernel * c_in, h_out, w_out)
+
+    peak = skips = 0
+    h, w, channels, x = height, width, in_channels, 0   # x: the level's input, the caller's at level 0
+
+    def double_conv(h, w, c_in, c_out, live, x, input_copy=0):
+        nonlocal peak
+        h1, w1 = h - loss, w - loss
+        h2, w2 = h1 - loss, w1 - loss
+        first, second = tensor(c_out, h1, w1), tensor(c_out, h2, w2)
+        peak = max(peak, live + x + input_copy + first + conv_scratch(c_in, c_out, h, w, h1, w1),
+                   live + x + first + second + conv_scratch(c_out, c_out, h1, w1, h2, w2))
+        return h2, w2, second
+
+    for level in range(depth):
+        width_l = base * 2 ** level
+        input_copy = tensor(in_channels, h, w) if level == 0 and cast else 0
+        h, w, x = double_conv(h, w, channels, width_l, skips, x, input_copy)
+        channels = width_l
+        if level < depth - 1:
+            skips += x
+            h, w = h // 2, w // 2
+            pooled = tensor(channels, h, w)
+            peak = max(peak, skips + pooled + tensor(channels, h, w, size=8))   # values + int64 indices
+            x = pooled
+    for level in reversed(range(depth - 1)):
+        width_l = base * 2 ** level
+        up = tensor(width_l, 2 * h, 2 * w)
+        weight = 4 * channels * width_l * element
+        if onednn:
+            upconv = tensor(width_l, 2 * h, 2 * w, n=1) + weight * (1 + cast)
+        else:
+            upconv = up + weight * cast
+        concatenated = tensor(2 * width_l, 2 * h, 2 * w)
+        peak = max(peak, skips + x + up + max(upconv, concatenated))
+        h, w, x = double_conv(2 * h, 2 * w, 2 * width_l, width_l, skips, concatenated)
+        channels = width_l
+    head = conv_scratch(channels, num_classes, h, w, h, w, kernel=1)
+    return max(peak, skips + x + tensor(num_classes, h, w) + head)
+
+
+#: float32 input batches predict_tiled holds at once on the CPU: the one computed, two staged by its reader
+#: thread (inference._Runner.run's queue) and one that thread is filling
+CPU_INPUT_BATCHES = 4
+
+
+def cpu_batch_bytes(depth: int, padding: str, in_channels: int, num_classes: int, base_channels: int,
+                    height: int, width: int, batch: int = 1, element_size: int = 4,
+                    onednn: bool | None = None) -> int:
+    """Peak bytes one batch of predict_tiled adds on the CPU: the forward (``estimate_activation_bytes`` on
+    "cpu") or the conversion of its logits after it (the largest, probabilities: a float32 copy of
+    low-precision logits, their softmax and its cast), whichever is larger; plus the float32 input batches in
+    flight (``CPU_INPUT_BATCHES``; with more than one channel also the channels_last copy of the one computed)
+    and the previous batch's result, written only after this batch's forward. ``onednn``: as for
+    ``estimate_activation_bytes`` (plan_tiles asks ``cpu_convolutions_use_onednn`` for its dtype)."""
+    forward = estimate_activation_bytes(depth, padding, in_channels, num_classes, base_channels, height, width,
+                                        batch, element_size, "cpu", onednn)
+    outputs = batch * num_classes * geometry.output_size(height, depth, padding) * \
+        geometry.output_size(width, depth, padding)
+    low = element_size < 4
+    converted = outputs * (element_size + 4 * low + 4 + 2 * low)
+    inputs = batch * in_channels * height * width * 4 * (CPU_INPUT_BATCHES + (in_channels > 1))
+    return max(forward, cpu_resident_bytes(converted)) + inputs + 4 * outputs
 
 
 def cuda_free_bytes(device) -> int:
@@ -192,20 +345,75 @@ def _reusable_cached_bytes(device: torch.device) -> int:
         return fallback
 
 
+def cpu_available_bytes(proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes a new allocation in host memory can have: the kernel's MemAvailable, or less where a memory cgroup
+    of this process (a container's limit; v2, or v1's memory controller) leaves less: its limit less its usage,
+    the page cache it can drop (inactive_file) counted free. None where neither can be read. Inside a container
+    MemAvailable is the host's: a 4 GiB container on a 64 GiB machine saw some 60 GiB free, and was killed by
+    its cgroup's OOM killer instead of being refused a batch."""
+    available = None
+    try:
+        with open(f"{proc}/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    for left in _cgroup_room(proc, cgroup_root):
+        available = left if available is None else min(available, left)
+    return None if available is None else max(0, available)
+
+
+def _cgroup_room(proc: str, root: str):
+    """Limit - (usage - inactive_file) of each limited memory cgroup of this process and its ancestors."""
+    try:
+        with open(f"{proc}/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return
+    for fields in lines:
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":       # v2: limit, usage, stat files in the unified hierarchy
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = f"{root}/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        # the process's own cgroup and its ancestors; a cgroup namespace mounts the own one at the root instead
+        for depth in range(len(parts), -1, -1):
+            room = _cgroup_files_room(base + "".join("/" + part for part in parts[:depth]), *files)
+            if room is not None:
+                yield room
+
+
+def _cgroup_files_room(folder: str, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        with open(f"{folder}/{limit_file}") as f:
+            limit = f.read().strip()
+        if limit == "max" or int(limit) >= 2 ** 60:  # unlimited (v1 writes PAGE_COUNTER_MAX's bytes)
+            return None
+        with open(f"{folder}/{usage_file}") as f:
+            usage = int(f.read().strip())
+        inactive = 0
+        try:
+            with open(f"{folder}/memory.stat") as f:
+                inactive = next((int(line.split()[1]) for line in f if line.split()[:1] == [inactive_key]), 0)
+        except OSError:
+            pass
+        return int(limit) - (usage - inactive)
+    except (OSError, ValueError):
+        return None
+
+
 def memory_budget(device) -> int:
     """Bytes inference may use: 80 % of free memory on CUDA (cuda_free_bytes); on CPU a quarter of available
-    RAM (at most 1 GiB: one tile already keeps the cores busy, and larger tiles save little)."""
+    RAM (``cpu_available_bytes``: a container's limit too; at most 1 GiB: one tile already keeps the cores busy,
+    and larger tiles save little)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(0.8 * cuda_free_bytes(device))
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = cpu_available_bytes()
     return CPU_BUDGET_CAP if available is None else int(min(CPU_BUDGET_CAP, available // 4))
 
 
@@ -221,7 +429,7 @@ class TilePlan:
     grid: tuple[int, int]          # tiles per slice (rows, columns)
     slices: int
     batch_size: int
-    estimated_bytes: int           # activations of one batch
+    estimated_bytes: int           # one batch's activations (on the CPU: the resident memory its step adds)
     budget_bytes: int
     device: str
     reason: str
@@ -295,8 +503,11 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
     element = torch.empty((), dtype=compute_dtype).element_size()
     budget = memory_budget_bytes if memory_budget_bytes is not None else memory_budget(device)
     base = _base_channels(model)
+    onednn = cpu_convolutions_use_onednn(compute_dtype) if device.type == "cpu" else None
 
     def cost(th, tw, batch=1):
+        if device.type == "cpu":
+            return cpu_batch_bytes(depth, padding, in_channels, num_classes, base, th, tw, batch, element, onednn)
         return estimate_activation_bytes(depth, padding, in_channels, num_classes, base, th, tw, batch, element)
 
     if tile_size is not None:
@@ -304,7 +515,8 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
         for name, t in (("height", th), ("width", tw)):
             trace = geometry.trace_sizes(t, depth, padding)
             if trace.problem is not None:
-                raise ValueError(f"tile_size {name}: " + geometry.size_error_message(t, depth, padding, trace.problem))
+                raise ValueError(f"tile_size {name}: " + geometry.size_error_message(t, depth, padding, trace.problem,
+                                                                                    tile=True))
             if kept_output(t, depth, padding)[0] < 1:
                 smallest = usable_tile_sizes(depth, padding, t + 64 * geometry.size_step(depth))[0]
                 raise ValueError(f"tile_size {name} {t} keeps no output pixel; the smallest usable tile is {smallest}")
@@ -351,8 +563,10 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
             reason += (f"; batches of {batch} of the {tiles} tiles, so reading and writing overlap the forward of "
                        f"another batch ({fits} would fit; {batch} still make "
                        f"{batch * rows.tile * cols.tile / 1e6:.1f} Mpx, enough to keep the GPU busy)")
+    # on the CPU the batch is walked as it is: its weights' packed copies do not grow with it
+    estimated = cost(rows.tile, cols.tile, batch) if device.type == "cpu" else per_tile * batch
     return TilePlan((rows.tile, cols.tile), (rows.stride, cols.stride), (rows.lead, cols.lead),
-                    (rows.count, cols.count), slices, batch, per_tile * batch, budget, str(device), reason)
+                    (rows.count, cols.count), slices, batch, estimated, budget, str(device), reason)
 
 
 def model_device(model) -> torch.device:

@@ -163,10 +163,20 @@ def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPS
         program = torch.onnx.export(standalone, (example_input(model),), None, dynamo=True,
                                     input_names=["input"], output_names=["logits"], dynamic_shapes=shapes,
                                     opset_version=opset_version, verbose=False)
+    _drop_debug_metadata(program.model)
     program.model.metadata_props[METADATA_KEY] = json.dumps(description(model))
     with new_file(output) as temporary:
         _write_onnx(program.model, temporary)
     return output
+
+
+def _drop_debug_metadata(model) -> None:
+    """Remove the exporter's debugging notes from every node (torch's stack traces, FX nodes, module scopes,
+    onnxscript's rewrite rules): the stack traces name the exporting machine's absolute paths (its home folder,
+    its virtual environment) in a file meant to be shared, and running the model needs none of them."""
+    nodes = [*model.graph, *(node for function in model.functions.values() for node in function)]
+    for node in nodes:
+        node.metadata_props.clear()
 
 
 #: protobuf, and so onnxruntime and onnx, parses no message (an ONNX file without external data) larger

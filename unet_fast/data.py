@@ -559,11 +559,12 @@ class RandomTiles(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         # loads every image once: fills the caches before DataLoader workers fork
-        shapes = [dataset[i].target.shape for i in range(len(dataset))]
+        shapes = []
         #: {image: flat indices of its annotated pixels}, for the images with sparse labels only
         self.annotated = {}
         for i in range(len(dataset)):
             target = dataset[i].target
+            shapes.append(target.shape)
             if np.any(target == IGNORE):
                 self.annotated[i] = np.flatnonzero(target != IGNORE).astype(
                     np.int32 if target.size < 2 ** 31 else np.int64)

@@ -263,7 +263,13 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
                                  f"pixel(s), which would spoil its scores; repair it, or set them to 0 with "
                                  f"--nonfinite zero (nonfinite='zero')")
         truth = _labels(given_truth, name, ignore_label)
-        holds_ignore = holds_ignore or (ignore_label is not None and bool(np.any(truth == ignore_label)))
+        if ignore_label is not None:       # one comparison for both checks (a re-read file was checked here)
+            ignored = truth == ignore_label
+            if ignored.size and ignored.all():
+                raise _bad("labels", f"labels of {name!r} are ignore_label={ignore_label} everywhere: nothing in "
+                                     f"them is annotated, so there is nothing to score (it would count as a "
+                                     f"perfect image); leave the image out, or annotate some of it")
+            holds_ignore = holds_ignore or bool(ignored.any())
         if image.shape[-2:] != truth.shape:
             raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
                                  f"{image.shape[-2:]}; they must be the same size")
@@ -322,10 +328,6 @@ def _labels(truth, name: str, ignore_label: int | None = None) -> np.ndarray:
         check_label_values(name, truth, ignore_label)
     except ValueError as error:
         raise _bad("labels", str(error)) from None
-    if ignore_label is not None and truth.size and bool(np.all(truth == ignore_label)):
-        raise _bad("labels", f"labels of {name!r} are ignore_label={ignore_label} everywhere: nothing in them is "
-                             f"annotated, so there is nothing to score (it would count as a perfect image); leave "
-                             f"the image out, or annotate some of it")
     return truth
 
 

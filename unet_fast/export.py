@@ -196,7 +196,7 @@ def _write_onnx(model, path: Path) -> None:
     message field, so the file parses as the very ModelProto ``onnx_ir.serde.serialize_model`` gives (the
     tests compare them)."""
     onnx = require("onnx", "ONNX export")
-    from onnxscript import ir
+    ir = require("onnxscript", "ONNX export").ir        # the export extra's; named if it is missing
 
     def key(message, field: str, length: int) -> bytes:      # a length-delimited field's tag and length
         return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2) + _varint(length)

@@ -77,8 +77,12 @@ def unet_weight_map(instance_labels, w0: float = 10.0, sigma: float = 5.0, class
                              f"{ignored.dtype} of shape {ignored.shape}")
     weights = np.empty(labels.shape, np.float32)
     batched = labels.ndim == 3
-    masks = [None] * (len(labels) if batched else 1) if ignored is None else ignored if batched else ignored[None]
-    for image, out, mask in zip(labels if batched else labels[None], weights if batched else weights[None], masks):
+    images, outs = (labels, weights) if batched else (labels[None], weights[None])
+    if ignored is None:
+        masks = [None] * len(images)
+    else:
+        masks = ignored if batched else ignored[None]
+    for image, out, mask in zip(images, outs, masks):
         if mask is not None and mask.any():   # an object there was not annotated: background, weight 0 below
             image = np.where(mask, np.zeros((), image.dtype), image)
         image = _compact(image)

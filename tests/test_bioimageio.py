@@ -241,6 +241,33 @@ def test_export_never_overwrites(model, package):
     assert package.read_bytes() == before
 
 
+def test_a_model_over_the_onnx_limit_is_refused_before_its_torchscript_weights(model, tmp_path, monkeypatch):
+    """The package holds ONNX weights, at most 2 GiB (``export.PROTOBUF_LIMIT``, here just below or at this model's
+    weights): over it, the package was refused at its ONNX step, after its test tensors and TorchScript weights
+    (minutes for a model of GiBs); now before any of them. At the limit it goes on to them."""
+    import os
+
+    from unet_fast import bioimageio_package, export
+    from unet_fast.checks import BadArgument
+
+    class Reached(Exception):
+        pass
+
+    def torchscript(model, path):
+        raise Reached(path)
+
+    weights = 4 * sum(parameter.numel() for parameter in model.parameters())
+    monkeypatch.setattr(bioimageio_package, "export_torchscript", torchscript)
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", weights - 1)
+    with pytest.raises(BadArgument, match=f"the model's weights are 0.00 GiB in float32 \\({weights:,} bytes\\), over "
+                                          f"the 2 GiB a single ONNX file .* export it as torchscript instead"):
+        export_bioimageio(model, tmp_path / "a.zip", test_image=two_channel_image())
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", weights)
+    with pytest.raises(Reached):
+        export_bioimageio(model, tmp_path / "a.zip", test_image=two_channel_image())
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_bioimageio_core_reproduces_the_test_output_with_every_weights_format(package):
     core = pytest.importorskip("bioimageio.core", reason="running packages needs bioimageio.core")

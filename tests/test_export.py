@@ -185,6 +185,48 @@ def test_write_onnx_refuses_a_file_protobuf_cannot_read(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def _over_the_onnx_limit():
+    """A U-Net of 629,536,610 parameters (depth 6, base 144; the count by the paper's formula, 31,030,658 at depth 5,
+    base 64): 2.35 GiB of float32 weights, on the meta device (their shapes, no memory)."""
+    with torch.device("meta"):
+        return unet_fast.UNet(1, 2, depth=6, base_channels=144, backend="torch")
+
+
+def test_onnx_weight_bytes_are_the_float32_weights_whatever_the_model_holds():
+    from unet_fast.export import onnx_weight_bytes
+
+    assert onnx_weight_bytes(net()) == 4 * 7407                  # depth 3, base 4, 1 channel in, 3 classes out
+    assert onnx_weight_bytes(net().to(torch.bfloat16)) == 4 * 7407   # the standalone U-Net holds float32
+    assert onnx_weight_bytes(_over_the_onnx_limit()) == 4 * 629_536_610
+
+
+@pytest.mark.parametrize("format, suffix, fix", [
+    ("onnx", ".onnx", "export this model as torchscript instead"),
+    ("bioimageio", ".zip", "a bioimage.io package holds the weights as ONNX too, so it cannot hold this model; "
+                           "export it as torchscript instead (unet-fast export --format torchscript)"),
+])
+def test_a_model_over_the_onnx_limit_is_refused_before_any_work(tmp_path, monkeypatch, capsys, model_file, format,
+                                                                 suffix, fix):
+    """An ONNX file (one protobuf message) holds at most 2 GiB, and a bioimage.io package holds ONNX weights: a
+    model of more is refused up front, naming the model, its size and what to do instead, with nothing written (the
+    package was refused at its ONNX step, after its test tensors and TorchScript weights). In Python and on the
+    command line (a usage error of the model: exit 2, one line)."""
+    from unet_fast.checks import BadArgument
+    from unet_fast.export import export
+
+    model = _over_the_onnx_limit()
+    message = ("the model's weights are 2.35 GiB in float32 (2,518,146,440 bytes), over the 2 GiB a single ONNX file "
+               "(a protobuf message) can hold: " + fix)
+    with pytest.raises(BadArgument) as raised:
+        export(model, tmp_path / f"m{suffix}", format)
+    assert raised.value.argument == "model" and message in str(raised.value)
+    monkeypatch.setattr(unet_fast, "load_model", lambda path: model)
+    assert cli.main(["export", str(model_file), "--format", format, "-o", str(tmp_path / f"m{suffix}")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unet-fast export: error: argument model: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == ["model.safetensors"]
+
+
 def _export_a_deep_model(folder):
     script = """if True:
         import json, resource, sys

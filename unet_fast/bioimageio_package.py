@@ -36,8 +36,8 @@ import torch
 from . import geometry, standalone_unet
 from .architecture import MAX_DEPTH, MAX_PARAMETERS, check_config, parameter_count, parameter_shapes
 from .checks import BadArgument
-from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_output, export_onnx, export_torchscript, new_file,
-                     require, standalone_model)
+from .export import (ONNX_OPSET, STANDALONE_ARGUMENTS, check_onnx_size, check_output, export_onnx,
+                     export_torchscript, new_file, require, standalone_model)
 from .model_file import class_names_of, default_class_names
 from .normalization import Normalization
 from .pixel_size import PixelSize
@@ -63,9 +63,14 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
       it the test output; None: a synthetic nuclei image (single-channel models only).
     name, description: default to ones built from the model; authors: names (default: "unet_fast
       user", say who you are); license: an SPDX identifier for the weights.
-    The package is checked with the bioimage.io validator (bioimageio.spec) before it is written.
+    The package is checked with the bioimage.io validator (bioimageio.spec) before it is written. It holds ONNX
+    weights, so a model of more than 2 GiB of weights cannot be one: refused before anything is done or written
+    (``export.check_onnx_size``), not after its TorchScript weights.
     """
     output = check_output(output, "bioimageio")
+    check_onnx_size(model, "a bioimage.io package holds the weights as ONNX too, so it cannot hold this model; "
+                           "export it as torchscript instead (unet-fast export --format torchscript), which has no "
+                           "such limit, and share that file")
     normalization = getattr(model, "normalization", None) or Normalization()
     raw = _test_crop(model, normalization, test_image)      # the caller's input first: before any other work
     if normalization.nonfinite == "zero":

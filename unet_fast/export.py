@@ -149,9 +149,11 @@ def export_onnx(model: torch.nn.Module, output, *, opset_version: int = ONNX_OPS
     H and W are symbolic, of the form min + step * k (the exporter proves the network legal for
     every such size), N is free; another size fails in onnxruntime (``OnnxUNet``). The file's
     metadata_props hold ``description`` as JSON under "unet_fast". It is one file, written once
-    (``_write_onnx``), weights included: a model of more than 2 GiB of weights cannot be one.
+    (``_write_onnx``), weights included: a model of more than 2 GiB of weights cannot be one, and is refused before
+    the export begins (``check_onnx_size``).
     """
     output = check_output(output, "onnx")
+    check_onnx_size(model, "export this model as torchscript instead")
     require("onnxscript", "ONNX export")
     standalone = standalone_model(model, OnnxUNet)
     config = model.config()
@@ -181,6 +183,25 @@ def _drop_debug_metadata(model) -> None:
 
 #: protobuf, and so onnxruntime and onnx, parses no message (an ONNX file without external data) larger
 PROTOBUF_LIMIT = 2 ** 31 - 1
+
+
+def onnx_weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the weights an ONNX file of ``model`` holds: every tensor of its state_dict in float32, as the
+    standalone U-Net it is made from holds them (``standalone_model``); read from the shapes only (a model on the
+    meta device too)."""
+    return sum(4 * tensor.numel() for tensor in model.state_dict().values())
+
+
+def check_onnx_size(model: torch.nn.Module, fix: str) -> None:
+    """A BadArgument naming ``model``, saying ``fix``, when its weights alone (``onnx_weight_bytes``) are more than
+    an ONNX file can hold (``PROTOBUF_LIMIT``): refused before any work, where the ONNX step would fail after it.
+    The graph beside the weights adds some kilobytes, which ``_write_onnx`` counts when it writes the file."""
+    size = onnx_weight_bytes(model)
+    if size > PROTOBUF_LIMIT:
+        from .checks import BadArgument
+
+        raise BadArgument("model", f"the model's weights are {size / 2 ** 30:.2f} GiB in float32 ({size:,} bytes), "
+                                   f"over the 2 GiB a single ONNX file (a protobuf message) can hold: {fix}")
 
 
 def _write_onnx(model, path: Path) -> None:

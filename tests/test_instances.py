@@ -462,17 +462,25 @@ def test_predict_tiled_instances_bad_arguments(tmp_path):
 
 @needs_zarr
 def test_labels_whose_ome_zarr_cannot_be_marked_leave_nothing(tmp_path, monkeypatch):
-    """The "image-label" attribute is written when the output opens: a full disk there leaves no hidden
-    partial folder (no caller held the writer yet to abort it)."""
-    from unet_fast import sinks
+    """The "image-label" attribute is written when the output opens (with the group's other attributes, by the
+    writer): a full disk there leaves no hidden partial folder (no caller held the writer yet to abort it)."""
+    import zarr
+    import zarr.storage._local as local_store
 
-    def disk_full(self, attributes):
-        raise OSError(28, "No space left on device")
+    put = local_store._put
 
-    monkeypatch.setattr(sinks.StreamingZarrWriter, "set_attributes", disk_full)
+    def disk_full_for_attributes(path, value, *args, **kwargs):
+        if path.name == ".zattrs":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return put(path, value, *args, **kwargs)
+
+    monkeypatch.setattr(local_store, "_put", disk_full_for_attributes)
     with pytest.raises(OSError, match="No space left"):
         label_instances(np.ones((20, 30), bool), out=tmp_path / "y.ome.zarr")
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(local_store, "_put", put)
+    label_instances(np.ones((20, 30), bool), out=tmp_path / "y.ome.zarr")
+    assert zarr.open_group(str(tmp_path / "y.ome.zarr"), mode="r").attrs["image-label"] == {"version": "0.4"}
 
 
 def test_split_follows_the_valley_between_two_cores():

@@ -90,3 +90,31 @@ def test_a_scale_of_other_than_numbers_is_named(tmp_path, scale, message):
     path = _pyramid(tmp_path / "a.ome.zarr", [_dataset("0", scale)], shapes=[(40, 30)])
     with pytest.raises(ValueError, match=rf"a.ome.zarr: malformed OME-Zarr multiscales metadata \({message}"):
         open_ome_zarr(path)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_label_classes_are_the_named_entries_of_image_label_properties(tmp_path, zarr_format):
+    """NGFF lets each label's "properties" entry hold any keys beside its "label-value", or none: the class names are
+    the entries with an integer "label-value" and a string "class", the last of two for one value (as NGFF asks of
+    readers); the napari reader gives them to the Labels layer as its features (shown under the cursor)."""
+    import zarr
+
+    from unet_fast.napari.reader import read_ome_zarr
+    from unet_fast.ome_zarr import label_classes
+
+    path = _pyramid(tmp_path / "a.ome.zarr", [_dataset("0", [1.0, 1.0])], zarr_format=zarr_format, shapes=((40, 30),))
+    assert label_classes(path) == {} and "features" not in read_ome_zarr(path)[0][1]     # no "image-label"
+    properties = [{"label-value": 0, "class": "background"}, {"label-value": 1, "area (pixels)": 1200},
+                  {"label-value": True, "class": "yes"}, {"label-value": 2.0, "class": "two"}, {"class": "none"},
+                  "cell", {"label-value": 3, "class": "cell"}, {"label-value": 3, "class": "neuron"}]
+    for listed, want in ((properties, {0: "background", 3: "neuron"}), ("cells", {}), (None, {})):
+        group = zarr.open_group(str(path), mode="r+")
+        label = {"version": "0.4"} if listed is None else {"version": "0.4", "properties": listed}
+        if zarr_format == 3:
+            group.attrs["ome"] = {**group.attrs["ome"], "image-label": label}
+        else:
+            group.attrs["image-label"] = label
+        assert label_classes(path) == want
+        [(_, layer, kind)] = read_ome_zarr(path)
+        assert kind == "labels" and layer.get("features") == (
+            {"index": list(want), "class": list(want.values())} if want else None)

@@ -223,7 +223,7 @@ def test_an_abort_that_outlasts_the_wait_says_the_folder_may_remain(tmp_path, mo
 
 
 def test_attributes_are_written_through_the_stoppable_store(tmp_path):
-    """set_attributes (the "image-label" of instance labels) goes through the store an abort stops."""
+    """set_attributes (e.g. a label image's "colors") goes through the store an abort stops."""
     pytest.importorskip("zarr")
     writer = sinks.open_streaming_writer(tmp_path / "o.ome.zarr", (10, 10), np.uint8)
     writer.set_attributes({"image-label": {"version": "0.4"}})
@@ -654,12 +654,125 @@ def test_continue_tells_ome_zarr_class_labels_from_instances(tmp_path, capsys):
                            "--format", "ome.zarr", "--output", kind, *more])
         return status, capsys.readouterr()
 
+    classes = [{"label-value": 0, "class": "class0"}, {"label-value": 1, "class": "class1"}]   # the default names
     for kind, other in (("labels", "instances"), ("instances", "labels")):
         assert segment(kind)[0] == 0
         group = zarr.open_group(str(out / "img0.ome.zarr"), mode="r")
-        assert group.attrs["image-label"] == {"version": "0.4"} and group.attrs["unet_fast"]["output"] == kind
+        label = {"version": "0.4", **({"properties": classes} if kind == "labels" else {})}  # class labels name them
+        assert group.attrs["image-label"] == label and group.attrs["unet_fast"]["output"] == kind
         assert output_kind(out / "img0.ome.zarr") == kind
         status, captured = segment(kind, "--continue")
         assert status == 0 and "0 segmented, 2 skipped" in captured.out
         status, captured = segment(other, "--continue")
         assert status == 2 and f"holds {kind}, not {other}" in captured.err, captured.err
+
+
+# ---- class names of class labels: NGFF "image-label" "properties"
+
+NAMED = [{"label-value": 0, "class": "background"}, {"label-value": 1, "class": "nucleus"},
+         {"label-value": 2, "class": "border"}]
+
+
+@pytest.mark.parametrize("shape, dtype", [((40, 30), np.uint8), ((2, 40, 30), np.int32)])
+def test_class_labels_name_their_classes_in_ngff_label_properties(tmp_path, shape, dtype):
+    """NGFF 0.4 "image-label" "properties": a list of objects, each with the integer pixel value it describes
+    ("label-value", unique) and any keys beside it; the name of each class, background (0) included, goes there as
+    "class", the key of NGFF's own example. ome_zarr.label_classes reads them back."""
+    zarr = pytest.importorskip("zarr")
+    from unet_fast.ome_zarr import label_classes
+
+    image = np.random.default_rng(3).integers(0, 3, shape).astype(dtype)
+    path = _write_in_tiles(sinks.open_streaming_writer(tmp_path / "o.ome.zarr", shape, dtype,
+                                                       class_names=["background", "nucleus", "border"]),
+                           image, shape, False)
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["image-label"] == {"version": "0.4", "properties": NAMED}
+    np.testing.assert_array_equal(group["0"][...], image)
+    assert label_classes(path) == {0: "background", 1: "nucleus", 2: "border"}
+
+
+@pytest.mark.parametrize("shape, dtype, channels, class_names, message", [
+    ((3, 40, 30), np.float32, True, ["a", "b", "c"], "name the values of class labels .* float32 with a class axis: "
+                                                     "leave class_names out"),
+    ((3, 40, 30), np.uint8, True, ["a", "b", "c"], "uint8 with a class axis: leave class_names out"),
+    ((40, 30), np.uint8, False, "nucleus", "must be a non-empty list of the classes' names"),
+    ((40, 30), np.uint8, False, [], "must be a non-empty list"),
+    ((40, 30), np.uint8, False, ["background", 1], "must be a non-empty list"),
+    ((40, 30), np.uint8, False, [f"c{i}" for i in range(257)], "257 classes, but uint8 holds values up to 255: "
+                                                                "write the labels as a wider integer type"),
+])
+def test_class_names_that_cannot_name_the_labels_are_refused_before_anything_is_written(
+        tmp_path, shape, dtype, channels, class_names, message):
+    pytest.importorskip("zarr")
+    from unet_fast.checks import BadArgument
+
+    with pytest.raises(BadArgument, match=message) as raised:
+        sinks.StreamingZarrWriter(tmp_path / "o.ome.zarr", shape, dtype, channels=channels, class_names=class_names)
+    assert raised.value.argument == "class_names" and str(raised.value).startswith("class_names")
+    assert os.listdir(tmp_path) == []
+
+
+def test_segment_names_the_models_classes_in_ome_zarr_class_labels_only(tmp_path, capsys):
+    """unet-fast segment --format ome.zarr: class labels name the model file's classes (NGFF "image-label"
+    "properties"), whichever way a file is segmented (small files of one shape together, another alone, resampled);
+    the provenance records them (a TIFF's too); probabilities are no label image and get none (instances, objects
+    not classes, neither: test_continue_tells_ome_zarr_class_labels_from_instances). unet_fast's napari reader
+    gives them to the Labels layer as its features."""
+    zarr = pytest.importorskip("zarr")
+    import torch
+
+    import unet_fast
+    from unet_fast import cli, image_io
+    from unet_fast.napari.reader import read_ome_zarr
+
+    torch.manual_seed(0)
+    model = unet_fast.save_model(unet_fast.UNet(in_channels=1, num_classes=3, depth=2, base_channels=2),
+                                 tmp_path / "model.safetensors", normalization=unet_fast.Normalization(mode="dtype"),
+                                 class_names=["background", "nucleus", "border"])
+    (tmp_path / "in").mkdir()
+    for i, shape in enumerate([(30, 41), (30, 41), (33, 45)]):    # two segmented together, the third alone
+        image_io.write_image(tmp_path / "in" / f"img{i}.tif",
+                             np.random.default_rng(i).integers(0, 255, shape).astype(np.uint8))
+
+    def segment(out, *more):
+        status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / out), "-m", str(model),
+                           "--no-progress", *more])
+        assert status == 0, capsys.readouterr()
+        return tmp_path / out
+
+    for out in (segment("labels", "--format", "ome.zarr"), segment("scaled", "--format", "ome.zarr", "--scale", "1.5")):
+        for i in range(3):
+            path = out / f"img{i}.ome.zarr"
+            assert zarr.open_group(str(path), mode="r").attrs["image-label"] == {"version": "0.4", "properties": NAMED}
+            assert sinks.read_provenance(path)["class_names"] == ["background", "nucleus", "border"]
+        [(_, layer, kind)] = read_ome_zarr(out / "img2.ome.zarr")
+        assert kind == "labels" and layer["features"] == {"index": [0, 1, 2], "class": ["background", "nucleus",
+                                                                                          "border"]}
+    assert sinks.read_provenance(segment("tif") / "img0.tif")["class_names"] == ["background", "nucleus", "border"]
+    probabilities = segment("probabilities", "--format", "ome.zarr", "--output", "probabilities") / "img0.ome.zarr"
+    assert "image-label" not in zarr.open_group(str(probabilities), mode="r").attrs
+    assert sinks.read_provenance(probabilities)["class_names"] is None
+
+
+def test_predict_tiled_names_the_classes_of_an_ome_zarr_of_class_labels(tmp_path):
+    """From Python too, not only through segment's provenance: predict_tiled(out=...ome.zarr) names the model's
+    classes (``model.class_names``, as load_model gives them; else class0, class1, ...) in "image-label"
+    "properties"; logits get none."""
+    zarr = pytest.importorskip("zarr")
+    import torch
+
+    import unet_fast
+    from unet_fast.inference import predict_tiled
+
+    torch.manual_seed(0)
+    model = unet_fast.UNet(in_channels=1, num_classes=3, depth=2, base_channels=2)
+    image = np.random.default_rng(0).random((2, 37, 29), dtype=np.float32)    # a stack, odd sizes
+    predict_tiled(model, image, out=tmp_path / "default.ome.zarr", progress=False)
+    model.class_names = ["background", "nucleus", "border"]
+    predict_tiled(model, image[:, ::-1], out=tmp_path / "named.ome.zarr", progress=False)
+    predict_tiled(model, image, out=tmp_path / "logits.ome.zarr", output="logits", progress=False)
+    read = lambda name: zarr.open_group(str(tmp_path / name), mode="r").attrs
+    assert read("default.ome.zarr")["image-label"]["properties"] == [
+        {"label-value": v, "class": f"class{v}"} for v in range(3)]
+    assert read("named.ome.zarr")["image-label"]["properties"] == NAMED
+    assert "image-label" not in read("logits.ome.zarr")

@@ -673,7 +673,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     # the sink last, and everything after it under the try: an error (or SIGTERM) before the first
     # tile must leave neither its temporary file nor its writer thread behind
     sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
-                     pixel_size=pixel_size, provenance=provenance)
+                     pixel_size=pixel_size, provenance=provenance, class_names=label_names(model, output))
     try:
         _ready_for_inference(model, device)
         runner = _Runner(model, source, plan, device, compute_dtype, output, out_dtype, sink, normalize,
@@ -738,7 +738,7 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
         # the sink before the network: an out array of the wrong shape is refused before any work, not after it
         sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",
-                         pixel_size=pixel_size, provenance=provenance)
+                         pixel_size=pixel_size, provenance=provenance, class_names=label_names(model, output))
         try:
             predict_tiled(model, virtual, layout=source.layout, output="logits", out=logits, dtype=dtype, scale=1.0,
                           normalization=Normalization(mode="none"), progress=progress, **predict)
@@ -849,6 +849,16 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
         normalization = dataclasses.replace(normalization, nonfinite=nonfinite)
     offset, scale = normalization.statistics(source.image, source.layout.index("C") if "C" in source.layout else None)
     return lambda block: normalization.apply(block, offset, scale, 0)
+
+
+def label_names(model, output: str) -> list[str] | None:
+    """What an OME-Zarr of class labels names its values by (NGFF "image-label" "properties"): the model's class
+    names (``class_names``, as a model file gives them), else class0, class1, ...; None for any other output."""
+    if output != "labels":
+        return None
+    from .model_file import default_class_names
+
+    return list(getattr(model, "class_names", None) or default_class_names(model_geometry(model)[3]))
 
 
 def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out) -> torch.dtype:
@@ -1038,7 +1048,8 @@ def predict_images(model, images, *, outs=None, pixel_sizes=None, provenance: di
                                              pixel_size=pixel_sizes[index], provenance=provenance))
             continue
         sink = open_sink(out, predicted.shape[1:], torch.from_numpy(predicted[:0]).dtype, stacked=False,
-                         channels=output != "labels", pixel_size=pixel_sizes[index], provenance=provenance)
+                         channels=output != "labels", pixel_size=pixel_sizes[index], provenance=provenance,
+                         class_names=label_names(model, output))
         try:
             sink.write(0, 0, 0, predicted[index])
             results.append(sink.close())

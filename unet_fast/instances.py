@@ -648,21 +648,13 @@ def give_back_borders(window: np.ndarray, band: int) -> np.ndarray:
 # ---- outputs
 
 def _open_output(out, shape, count: int, pixel_size=None, provenance=None):
-    from .sinks import ArraySink, StreamingZarrWriter, open_streaming_writer
+    from .sinks import ArraySink, open_streaming_writer
 
     stacked = len(shape) == 3
     if out is None:
         return ArraySink(np.zeros(shape, instance_dtype(count)), stacked)
-    if isinstance(out, (str, Path)):
-        writer = open_streaming_writer(out, shape, instance_dtype(count), pixel_size=pixel_size,
-                                       provenance=provenance)
-        if isinstance(writer, StreamingZarrWriter):
-            try:
-                writer.set_attributes({"image-label": {"version": "0.4"}})
-            except BaseException:   # a full disk, a signal: no caller holds this writer yet to abort it
-                writer.abort()
-                raise
-        return writer
+    if isinstance(out, (str, Path)):    # an OME-Zarr of them is marked "image-label" by its writer
+        return open_streaming_writer(out, shape, instance_dtype(count), pixel_size=pixel_size, provenance=provenance)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)} but the labels need {tuple(shape)}")
     kind = np.dtype(out.dtype)

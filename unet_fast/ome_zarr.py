@@ -2,7 +2,8 @@
 
 Only what unet_fast needs: the pyramid's arrays (lazy zarr arrays), the axis names and types, and the
 scale, translation and units of the full-resolution level, from which the pixel size follows; and, for viewers, the
-scale and translation of each coarser level (``OmeZarrImage.level_grid``). Level 0's metadata must be well formed (a
+scale and translation of each coarser level (``OmeZarrImage.level_grid``) and a label image's class names
+(``label_classes``; ``class_properties`` writes them). Level 0's metadata must be well formed (a
 ValueError naming the file says what is not); a coarser level that cannot be read ends the pyramid there.
 """
 from __future__ import annotations
@@ -206,6 +207,25 @@ def _transformation(entry: dict, count: int) -> tuple[list[float], list[float]]:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def class_properties(class_names) -> list[dict]:
+    """NGFF 0.4's "image-label" "properties" of class labels: one object per class, its pixel value ("label-value",
+    the class's index: 0 the first class, background) and its name ("class", the key of NGFF's own example)."""
+    return [{"label-value": value, "class": name} for value, name in enumerate(class_names)]
+
+
+def label_classes(path) -> dict[int, str]:
+    """{label value: class name} of the label image at ``path``, from its "image-label" "properties": the entries with
+    an integer "label-value" and a string "class" (NGFF lets a label have other keys, or none; of two entries for
+    one value, the last, as NGFF asks of readers); {} where there are none."""
+    label = (_attrs(image_path(path)) or {}).get("image-label")
+    listed = label.get("properties") if isinstance(label, dict) else None
+    if not isinstance(listed, list):
+        return {}
+    return {entry["label-value"]: entry["class"] for entry in listed
+            if isinstance(entry, dict) and isinstance(entry.get("label-value"), int)
+            and not isinstance(entry["label-value"], bool) and isinstance(entry.get("class"), str)}
 
 
 def is_ome_zarr(path) -> bool:

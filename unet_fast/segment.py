@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from . import checks, geometry, image_io, termination
 from .inference import OUTPUTS, check_chosen_plan_fits, predict_images, predict_tiled
+from .model_file import class_names_of
 from .pixel_size import read_pixel_size, scale_warning
 from .sinks import read_provenance
 from .rescale import check_scale, model_scale
@@ -359,7 +360,9 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
     the kind, the test-time augmentation, the resampling factor (None: the model's), the precision and the
     instance rules as applied on the image's grid (``InstanceOptions.in_image_pixels``: an output made before
     the rules counted the network's pixels, by a model that resamples, differs from one made now, and
-    --continue must not mix them)."""
+    --continue must not mix them); class labels also the model's class names (value 0 the first), which an
+    OME-Zarr output gives as NGFF "image-label" "properties" too (``sinks.open_sink``); --continue does not compare
+    them (names, not results)."""
     from . import __version__
     from .instances import InstanceOptions
 
@@ -372,7 +375,8 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
             "scale": model_scale(model, scale), "dtype": dtype or "fp32",
             "normalization": normalization.to_dict() if normalization is not None else None,
             "instance_options": dataclasses.asdict((instance_options or InstanceOptions()).in_image_pixels(
-                model_scale(model, scale))) if output == "instances" else None}
+                model_scale(model, scale))) if output == "instances" else None,
+            "class_names": class_names_of(model) if output == "labels" else None}
     return json.loads(json.dumps(made))     # as it reads back from a file (lists, not tuples)
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import BadArgument
 from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES, commit, discard, temporary_sibling
+from .ome_zarr import class_properties
 from .pixel_size import PixelSize, ngff_axes_and_scale, tiff_options
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,12 @@ def read_provenance(path) -> dict | None:
 
 
 def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool, channels: bool,
-              pixel_size: PixelSize | None = None, provenance: dict | None = None):
+              pixel_size: PixelSize | None = None, provenance: dict | None = None, class_names=None):
     """A sink for a result of ``shape`` and ``dtype``: a new numpy array when ``out`` is None, ``out``
     itself when it is an array (of that shape), else a streaming writer for the path ``out``
-    (``open_streaming_writer``, which records ``pixel_size`` and ``provenance`` in the file). stacked: the first axis
-    counts planes; channels: classes before Y, X."""
+    (``open_streaming_writer``, which records ``pixel_size`` and ``provenance`` in the file, and in an OME-Zarr of
+    class labels ``class_names``: ``StreamingZarrWriter``). stacked: the first axis counts planes; channels: classes
+    before Y, X."""
     if out is None:
         return ArraySink(np.zeros(shape, _numpy_dtype(dtype)), stacked)
     if isinstance(out, (str, Path)):
@@ -65,7 +68,7 @@ def open_sink(out, shape: tuple[int, ...], dtype: torch.dtype, *, stacked: bool,
 
         check_out_path(out)     # before a writer thread or temporary file exists
         return open_streaming_writer(out, shape, _numpy_dtype(dtype), channels=channels, pixel_size=pixel_size,
-                                     provenance=provenance)
+                                     provenance=provenance, class_names=class_names)
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but this result needs {shape}")
     return ArraySink(out, stacked)
@@ -455,14 +458,21 @@ class StreamingZarrWriter:
     "corresponding to certain labels with custom meanings", a class or an object): the group carries NGFF's
     "image-label" metadata, so ome-zarr-py and napari-ome-zarr open it as labels. It stands alone, not in the
     "labels" group of an image (the image it was computed from may be no OME-Zarr), so it names no "source".
+    class_names: class labels' names, value 0 the first (background): NGFF's "image-label" "properties", one
+    {"label-value": value, "class": name} a class (``ome_zarr.class_properties``; unet_fast's napari reader shows
+    the class under the cursor).
     A multiscale pyramid comes with level 0 (datasets "1", "2", ...; ``pyramid_sizes``): y and x halved a level
     (z and classes never), integer results (labels, instances) by the top-left pixel of each 2 x 2 block, floats
     (probabilities) by its mean; each written from the level above as that one's bands come."""
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, chunk: int = 512,
-                 pixel_size: PixelSize | None = None, provenance: dict | None = None):
+                 pixel_size: PixelSize | None = None, provenance: dict | None = None, class_names=None):
         import zarr
 
+        dtype = np.dtype(dtype)
+        label_image = dtype.kind in "iu" and not channels   # class labels, instances: NGFF's label image
+        if class_names is not None:
+            _check_class_names(class_names, label_image, dtype, channels)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temporary = temporary_sibling(self.path)
@@ -474,7 +484,6 @@ class StreamingZarrWriter:
         self.plane_dims = plane_dims
         stored = self.shape[1::-1] + self.shape[2:] if self.channels_first else self.shape
         names = ["c"] * int(channels) + ["z"] * plane_dims + ["y", "x"]
-        dtype = np.dtype(dtype)
         picked = dtype.kind != "f"      # ids and classes are picked, never averaged
         self._store = _stoppable_store(self.temporary)
         try:       # an error (or SIGTERM) before the constructor returns: no caller could abort this writer
@@ -502,8 +511,10 @@ class StreamingZarrWriter:
                     "method": f"unet_fast.sinks.{'_pick_top_left' if picked else '_mean_of_blocks'}",
                     "version": __version__}
             attributes = {"multiscales": [multiscale]}
-            if dtype.kind in "iu" and not channels:     # class labels, instances: NGFF's label image
+            if label_image:
                 attributes["image-label"] = {"version": "0.4"}
+                if class_names is not None:
+                    attributes["image-label"]["properties"] = class_properties(class_names)
             if provenance is not None:
                 attributes[PROVENANCE_ATTRIBUTE] = provenance
             group.attrs.update(attributes)     # one write of the group's attributes
@@ -560,6 +571,21 @@ class StreamingZarrWriter:
 
 _STOPPABLE_STORE = None
 STOP_WRITES_TIMEOUT = 60.0   # seconds an abort waits for the zarr writes under way
+
+
+def _check_class_names(class_names, label_image: bool, dtype: np.dtype, channels: bool) -> None:
+    """A BadArgument naming class_names unless they are strings that name the values of class labels."""
+    if not isinstance(class_names, (list, tuple)) or not class_names or \
+            not all(isinstance(name, str) for name in class_names):
+        raise BadArgument("class_names", f"class_names must be a non-empty list of the classes' names (strings), value "
+                                         f"0 first; got {class_names!r:.80}")
+    if not label_image:
+        raise BadArgument("class_names", f"class_names name the values of class labels (integers without a class "
+                                         f"axis); this result holds {dtype}{' with a class axis' * channels}: leave "
+                                         f"class_names out")
+    if len(class_names) - 1 > np.iinfo(dtype).max:
+        raise BadArgument("class_names", f"class_names lists {len(class_names)} classes, but {dtype} holds values up "
+                                         f"to {np.iinfo(dtype).max}: write the labels as a wider integer type")
 
 
 def _stoppable_store(root):
@@ -622,14 +648,16 @@ def _chunks(names: list[str], shape: tuple[int, ...], chunk: int, dtype: np.dtyp
 
 
 def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_size: PixelSize | None = None,
-                          provenance: dict | None = None):
+                          provenance: dict | None = None, class_names=None):
     """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr). A TIFF of float16
     (the probabilities of fp16/bf16 inference) is written as float32: OME-XML, ImageJ and Bio-Formats know no
-    16-bit floats (tifffile refused to write the OME metadata of one)."""
+    16-bit floats (tifffile refused to write the OME metadata of one). class_names: of class labels, an OME-Zarr's
+    NGFF "image-label" "properties" (``StreamingZarrWriter``); a TIFF has no place for them but its provenance."""
     suffix = Path(path).suffix.lower()
     if suffix in TIFF_SUFFIXES:
         dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else dtype
         return StreamingTiffWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)
     if suffix in ZARR_SUFFIXES:
-        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance)
+        return StreamingZarrWriter(path, shape, dtype, channels=channels, pixel_size=pixel_size, provenance=provenance,
+                                   class_names=class_names)
     raise ValueError(f"out path {str(path)!r} must end in .tif, .tiff or .zarr (got {suffix!r})")

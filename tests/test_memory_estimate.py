@@ -30,8 +30,8 @@ def unet(depth, base, padding, in_channels, num_classes):
 ])
 def test_the_cpu_walk_is_the_allocators_peak(depth, base, padding, in_channels, num_classes, tile, batch, dtype,
                                              mkldnn):
-    """_cpu_forward_bytes follows what UNet's forward keeps alive (every skip until the end, a double
-    convolution's input through its second convolution, the pool's int64 indices, the weights' packed copies or
+    """_cpu_forward_bytes follows what UNet's forward keeps alive (each skip until its decoder level reads it,
+    each layer's input until its output is made, the pool's int64 indices, the weights' packed copies or
     the im2col column buffers, the up-convolution's): equal, to the allocation, to the peak the torch allocator
     reached above the input, as torch.profiler's memory events give it. A change to the forward's live set, or
     to the convolutions torch picks, fails here."""

@@ -40,8 +40,10 @@ WORKSPACE_FACTOR = 1.25  # convolution workspaces and allocator slack on top of 
 #: keeps up to twice that threshold of freed memory, and blocks the next, differently sized, tensors do not
 #: fit: proportional fragmentation (the factor), plus what it keeps freed (a fraction of the forward, at most
 #: the cap). With MALLOC_TRIM_THRESHOLD_=0 the excess went (and the forward ran 1.7x slower). Fitted, with
-#: CPU_RUNTIME_BYTES, to 112 fresh-process peaks: benchmarks/results/2026-11-27-cpu-memory-estimate.md.
-CPU_ALLOCATOR_FACTOR = 1.1
+#: CPU_RUNTIME_BYTES, to 112 fresh-process peaks (benchmarks/results/2026-11-27-cpu-memory-estimate.md); the
+#: factor raised from 1.1 when the forward began to free each tensor once read, which leaves the heap more holes
+#: (130 peaks of that forward: benchmarks/results/2026-11-27-cpu-forward-memory.md).
+CPU_ALLOCATOR_FACTOR = 1.15
 CPU_HEAP_KEPT_FRACTION = 0.3
 CPU_HEAP_KEPT_MAX = 32 * 2 ** 20
 #: what a process's first CPU forward adds once, whatever the tile: the code pages of the kernels it runs
@@ -227,10 +229,9 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
     (backend "torch"), step by step as ``UNet._forward_torch`` keeps its tensors alive (exact, to the
     allocation, against torch.profiler's memory events: tests/test_memory_estimate.py):
 
-    - every skip connection lives until the forward returns (the ``skips`` list holds it), not only until
-      its decoder level reads it;
-    - a double convolution's input lives while its second convolution runs (``x`` is rebound only after
-      it), beside the first's output (ReLU is in place: no copies);
+    - every skip connection lives until its decoder level's concatenation has read it;
+    - each tensor lives until the next layer's output is made (``x`` rebound after every layer; ReLU is in
+      place: no copies): a convolution's input beside its output, not beyond;
     - each convolution, while it runs: through oneDNN (``onednn``: ``cpu_convolutions_use_onednn``) a packed
       copy of its weight (under bf16 autocast a cast, then a packed copy of that: 36 MiB at the bottom of a
       depth-5, base-64 net); through aten's im2col GEMM (float32 convolutions of one small image, and every
@@ -254,6 +255,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         return weight * cast + tensor(kernel * c_in, h_out, w_out)
 
     peak = skips = 0
+    skip_sizes = []
     h, w, channels, x = height, width, in_channels, 0   # x: the level's input, the caller's at level 0
 
     def double_conv(h, w, c_in, c_out, live, x, input_copy=0):
@@ -262,7 +264,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         h2, w2 = h1 - loss, w1 - loss
         first, second = tensor(c_out, h1, w1), tensor(c_out, h2, w2)
         peak = max(peak, live + x + input_copy + first + conv_scratch(c_in, c_out, h, w, h1, w1),
-                   live + x + first + second + conv_scratch(c_out, c_out, h1, w1, h2, w2))
+                   live + first + second + conv_scratch(c_out, c_out, h1, w1, h2, w2))
         return h2, w2, second
 
     for level in range(depth):
@@ -272,6 +274,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         channels = width_l
         if level < depth - 1:
             skips += x
+            skip_sizes.append((h, w))
             h, w = h // 2, w // 2
             pooled = tensor(channels, h, w)
             peak = max(peak, skips + pooled + tensor(channels, h, w, size=8))   # values + int64 indices
@@ -285,11 +288,12 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         else:
             upconv = up + weight * cast
         concatenated = tensor(2 * width_l, 2 * h, 2 * w)
-        peak = max(peak, skips + x + up + max(upconv, concatenated))
+        peak = max(peak, skips + x + up + upconv, skips + up + concatenated)
+        skips -= tensor(width_l, *skip_sizes.pop())
         h, w, x = double_conv(2 * h, 2 * w, 2 * width_l, width_l, skips, concatenated)
         channels = width_l
     head = conv_scratch(channels, num_classes, h, w, h, w, kernel=1)
-    return max(peak, skips + x + tensor(num_classes, h, w) + head)
+    return max(peak, x + tensor(num_classes, h, w) + head)
 
 
 #: float32 input batches predict_tiled holds at once on the CPU: the one computed, two staged by its reader

@@ -213,6 +213,38 @@ def test_train_cli_warns_when_no_label_holds_the_ignore_label(tmp_path, capsys):
         capsys.readouterr().err
 
 
+def test_the_train_command_warns_of_an_unused_ignore_label_once(tmp_path, capsys, recwarn):
+    """The command says it (rank 0, of every image) and silences the training tiles' own warning of it."""
+    from unet_fast.data import IgnoreLabelUnusedWarning
+
+    _folders(tmp_path, _label64())
+    assert cli.main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                     "-o", str(tmp_path / "m.safetensors"), "--ignore-label", "255", "--depth", "2",
+                     "--base-channels", "4", "--tiles-per-epoch", "1", "--batch-size", "1", "--epochs", "1",
+                     "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("ignore") == 1
+    assert not [w for w in recwarn if issubclass(w.category, IgnoreLabelUnusedWarning)]
+
+
+def test_training_tiles_warn_when_no_label_holds_the_ignore_label():
+    """From Python (fit, RandomTiles) as from the command: a mistyped value (256 for 255) would train every
+    unannotated pixel as background without a word. A dataset that holds it, or sets none, warns nothing."""
+    import warnings
+
+    from unet_fast.data import IgnoreLabelUnusedWarning
+
+    label = np.zeros((30, 31), np.uint8)
+    label[5:12, 5:12] = 1
+    with pytest.warns(IgnoreLabelUnusedWarning, match="no label image of the dataset holds ignore_label=256"):
+        RandomTiles(ArrayDataset([np.zeros((30, 31))] * 2, [label] * 2, ignore_label=256), 28, depth=2)
+    sparse = label.copy()
+    sparse[20:] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RandomTiles(ArrayDataset([np.zeros((30, 31))] * 2, [label, sparse], ignore_label=255), 28, depth=2)
+        RandomTiles(ArrayDataset([np.zeros((30, 31))], [label]), 28, depth=2)
+
+
 def test_train_cli_refuses_ignore_label_zero_naming_the_flag(tmp_path, capsys):
     _folders(tmp_path, _label64())
     code = cli.main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),

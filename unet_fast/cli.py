@@ -377,10 +377,12 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
 
 def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, work_dir: Path) -> int:
     """Read and check every training and validation pair (usage errors), then train and save."""
+    import warnings
+
     import torch
 
     from . import save_model
-    from .data import split_dataset
+    from .data import IgnoreLabelUnusedWarning, split_dataset
     from .pixel_size import common_pixel_size
     from .train import fit
 
@@ -425,11 +427,13 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
     torch.manual_seed(seed)
     model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
     torch.manual_seed(seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
-    result = fit(model, train_data, val_data, recipe=recipe, tile_size=tile_size, device=args.device,
-                 amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
-                 augment="recipe", seed=seed, num_workers=args.workers,
-                 time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
-                 progress=False if args.no_progress else None)
+    with warnings.catch_warnings():     # said above, of every image, by rank 0 only (the tiles see a part)
+        warnings.simplefilter("ignore", IgnoreLabelUnusedWarning)
+        result = fit(model, train_data, val_data, recipe=recipe, tile_size=tile_size, device=args.device,
+                     amp=args.amp, checkpoint_dir=work_dir, resume=args.resume, log_dir=work_dir,
+                     augment="recipe", seed=seed, num_workers=args.workers,
+                     time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
+                     progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) == 0:
         pixel_size, problem = common_pixel_size([image for image, _ in dataset.pairs] if hasattr(dataset, "pairs")
                                                 else [Path(args.images)])

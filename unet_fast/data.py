@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -266,6 +267,11 @@ class SegmentationDataset(Sequence):
             target = label.astype(np.int64)
         instances = ndimage.label(target > 0)[0].astype(np.int32)
         return target, instances, instances
+
+
+class IgnoreLabelUnusedWarning(UserWarning):
+    """``ignore_label`` was given but no label image holds it: a mistyped value (256 for 255) trains every unannotated
+    pixel as background."""
 
 
 def check_ignore_label(ignore_label, num_classes: int = 2, label_kind: str = "auto") -> int | None:
@@ -568,6 +574,11 @@ class RandomTiles(torch.utils.data.Dataset):
             if np.any(target == IGNORE):
                 self.annotated[i] = np.flatnonzero(target != IGNORE).astype(
                     np.int32 if target.size < 2 ** 31 else np.int64)
+        ignore_label = getattr(dataset, "ignore_label", None)
+        if ignore_label is not None and not self.annotated:
+            warnings.warn(f"no label image of the dataset holds ignore_label={ignore_label}: every pixel counts as "
+                          f"annotated; check the value your annotation tool wrote", IgnoreLabelUnusedWarning,
+                          stacklevel=2)
         if tiles_per_epoch is None:     # about one pass over every image's pixels
             tiles_per_epoch = sum(-(-h // self.output_size) * -(-w // self.output_size) for h, w in shapes)
         if tiles_per_epoch < 1:

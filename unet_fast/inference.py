@@ -18,6 +18,7 @@ import queue
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ from .ops.triton import on_device
 from .rescale import Resampled, model_scale, scaled_size
 from .sinks import open_sink
 from .tile_graphs import capturing, has_tile_graph, tile_graph
-from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cpu_available_bytes, cuda_free_bytes,
-                     estimate_activation_bytes, kept_output, memory_budget, model_device, model_geometry,
-                     parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
+from .tiling import (SATURATING_BATCH_PIXELS, TilePlan, cpu_available_bytes, cpu_convolutions_use_onednn,
+                     cuda_free_bytes, estimate_activation_bytes, kept_output, memory_budget, model_device,
+                     model_geometry, parse_compute_dtype, plan_tiles, same_padding_margin, usable_tile_sizes)
 
 __all__ = ["predict_tiled", "predict_images", "OUTPUTS", "LAYOUTS", "check_chosen_plan_fits", "NonFiniteOutputError",
            # planning moved to unet_fast.tiling; importable from here as before
@@ -659,6 +660,7 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
     compute_dtype = parse_compute_dtype(dtype)
     source = _Source.open(image, layout, in_channels)
     device = checks.check_device(device) or model_device(model)
+    warn_slow_cpu_precision(device, compute_dtype)
     normalization = normalization if normalization is not None else getattr(model, "normalization", None)
     normalize = _normalizer(normalization, source, nonfinite)
     shape = ((source.slices,) if source.stacked else ()) + (
@@ -849,6 +851,21 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
         normalization = dataclasses.replace(normalization, nonfinite=nonfinite)
     offset, scale = normalization.statistics(source.image, source.layout.index("C") if "C" in source.layout else None)
     return lambda block: normalization.apply(block, offset, scale, 0)
+
+
+def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype) -> None:
+    """A warning where a CPU has no oneDNN kernels for a low precision (fp16 on CPUs without AVX-512 FP16 or AMX;
+    bf16 on AVX2-only CPUs): aten's im2col fallback ran a 572 px tile 8-9x slower than fp32 on a 2-core AVX-512
+    EPYC, in 2-2.3x the memory (benchmarks/results/2026-11-27-cpu-precision.md), where bf16 with kernels ran 2-2.3x
+    faster than fp32."""
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(compute_dtype)
+    if device.type != "cpu" or name is None or cpu_convolutions_use_onednn(compute_dtype):
+        return
+    other = (", or bf16, which this CPU has oneDNN kernels for (about 2x faster than fp32 where measured)"
+             if name == "fp16" and cpu_convolutions_use_onednn(torch.bfloat16) else "")
+    warnings.warn(f"{name} on this CPU: torch has no oneDNN kernels for it here, and its fallback convolutions ran "
+                  f"8-9x slower than fp32 in about twice the memory where measured; use fp32 (the default){other}",
+                  stacklevel=3)
 
 
 def label_names(model, output: str) -> list[str] | None:

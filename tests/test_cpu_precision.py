@@ -1,5 +1,5 @@
 """A low precision the CPU has no oneDNN kernels for (fp16 on most CPUs, bf16 on AVX2-only ones) runs aten's
-fallback convolutions, 8-9x slower than fp32 (benchmarks/results/2026-11-27-cpu-precision.md): predict_tiled says so,
+fallback convolutions, 8-11x slower than fp32 (benchmarks/results/2026-11-27-cpu-precision.md): predict_tiled says so,
 naming the way out, and stays quiet where the kernels exist."""
 import warnings
 

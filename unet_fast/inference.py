@@ -855,8 +855,8 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
 
 def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype) -> None:
     """A warning where a CPU has no oneDNN kernels for a low precision (fp16 on CPUs without AVX-512 FP16 or AMX;
-    bf16 on AVX2-only CPUs): aten's im2col fallback ran a 572 px tile 8-9x slower than fp32 on a 2-core AVX-512
-    EPYC, in 2-2.3x the memory (benchmarks/results/2026-11-27-cpu-precision.md), where bf16 with kernels ran 2-2.3x
+    bf16 on AVX2-only CPUs): aten's im2col fallback ran a 572 px tile 8-11x slower than fp32 on a 2-core AVX-512
+    EPYC, in 2-2.3x the memory (benchmarks/results/2026-11-27-cpu-precision.md), where bf16 with kernels ran 1.9-2.3x
     faster than fp32."""
     name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(compute_dtype)
     if device.type != "cpu" or name is None or cpu_convolutions_use_onednn(compute_dtype):
@@ -864,7 +864,7 @@ def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype) ->
     other = (", or bf16, which this CPU has oneDNN kernels for (about 2x faster than fp32 where measured)"
              if name == "fp16" and cpu_convolutions_use_onednn(torch.bfloat16) else "")
     warnings.warn(f"{name} on this CPU: torch has no oneDNN kernels for it here, and its fallback convolutions ran "
-                  f"8-9x slower than fp32 in about twice the memory where measured; use fp32 (the default){other}",
+                  f"8-11x slower than fp32 in about twice the memory where measured; use fp32 (the default){other}",
                   stacklevel=3)
 
 

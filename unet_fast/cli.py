@@ -538,6 +538,32 @@ def cmd_segment(args) -> int:
     return result.exit_status
 
 
+def cmd_measure(args) -> int:
+    import logging
+
+    from . import measure
+
+    def log(line: str, file=None) -> None:       # FAILED lines (to stderr) always; a line per file unless asked not
+        if file is not None or not args.no_progress:
+            print(line, file=file or sys.stdout)
+
+    # tifffile logs what it finds wrong in a damaged file, once each time it is opened (a few times here): the
+    # file's FAILED line says what matters, once
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        result = measure.run(args.input, args.output_dir, images=args.images, label_suffix=args.label_suffix,
+                             max_pixels=args.max_pixels, log=log)
+    finally:
+        quiet.setLevel(level)
+    if result.written:
+        print(f"measured {len(result.measured)} file(s): {result.objects} objects in {result.seconds:.1f} s"
+              + (f", {len(result.failed)} failed" if result.failed else "")
+              + f"; wrote {' and '.join(map(str, result.written))}")
+    return result.exit_status
+
+
 def cmd_export(args) -> int:
     from . import load_model
     from .export import check_output, export
@@ -1036,6 +1062,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tiled TIFFs too: raise it to segment larger ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
+
+    p = command("measure", help="measure the objects of instance label images into CSV tables (area, centroid, "
+                                "bounding box, intensities)",
+                description="One row per object of every instance label image (0 background, 1..K one object "
+                            "each: what `segment --output instances` writes; a stack's planes each on their own) "
+                            "in OUTDIR/objects.csv: the label file, (plane,) label, area_px, centroid_y_px, "
+                            "centroid_x_px, bbox_min_row, bbox_min_col, bbox_max_row, bbox_max_col (inclusive); "
+                            "where a pixel size is recorded (in the label file, else in its image) also area_<u>2, "
+                            "centroid_y_<u> and centroid_x_<u> in its unit (um: micrometers); with --images, the "
+                            "mean, min, max and sum of each object's pixels in its image, per channel "
+                            "(intensity_mean, ...; _c<k> with several channels), as stored. OUTDIR/summary.csv: "
+                            "one row per file (objects; total, mean and median area). Files are read in bands of "
+                            "rows. Each table is written atomically and replaces only a table "
+                            "measure wrote. A file that cannot be measured is reported as FAILED (exit status "
+                            "1) and left out. @FILE stands for FILE's lines, one argument each.",
+                fromfile_prefix_chars="@")
+    p.add_argument("-i", "--input", nargs="+", required=True,
+                   help="instance label images: files, folders (the images directly in them) or glob patterns, as "
+                        "segment takes them; @LIST: those LIST names, one per line")
+    p.add_argument("--images", nargs="+", default=None,
+                   help="intensity images (files, folders or patterns): each label file is paired with the image "
+                        "of its base name (segment's OUTDIR/A01.tif with A01.tif, A01.ome.tif, A01.png or "
+                        "A01.ome.zarr) (default: none, no intensity columns)")
+    p.add_argument("--label-suffix", default="",
+                   help="label files are named <image base name><suffix>.* (e.g. _labels) (default: no suffix)")
+    p.add_argument("-o", "--output-dir", required=True,
+                   help="folder for objects.csv and summary.csv (created if needed)")
+    p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,
+                   help="refuse files declaring more pixels (a guard against files declaring huge sizes; memory "
+                        "holds a band of rows whatever the size: raise it to measure larger ones)")
+    p.add_argument("--no-progress", action="store_true", help="no line per file")
+    p.set_defaults(func=cmd_measure)
 
     p = command("export", help="write a model as a bioimage.io package, ONNX or TorchScript",
                 description="Writes OUTPUT, never overwriting a file. bioimageio: a .zip for the bioimage.io model "

@@ -776,3 +776,63 @@ def test_predict_tiled_names_the_classes_of_an_ome_zarr_of_class_labels(tmp_path
         {"label-value": v, "class": f"class{v}"} for v in range(3)]
     assert read("named.ome.zarr")["image-label"]["properties"] == NAMED
     assert "image-label" not in read("logits.ome.zarr")
+
+
+def test_tiff_writers_open_at_once_keep_their_pyramids_however_late_they_are_closed(tmp_path, monkeypatch):
+    """Several TIFF writers open at once, their blocks interleaved, each closed only after its level 0 was written
+    (as another writer's last bands or close, or a slow progress callable, delay it): each keeps every level of its
+    pyramid. The writer thread read whether to write the levels as soon as tifffile had taken level 0's last tile,
+    which was before close() said so: the SubIFDs were left at offset 0 (tifffile: "OME series level 1 is empty")."""
+    import threading
+
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 8)
+    level0_written: dict[str, threading.Event] = {}
+    write = tifffile.TiffWriter.write
+
+    def spied(self, data, *args, **kwargs):
+        result = write(self, data, *args, **kwargs)
+        if kwargs.get("subifds"):                      # level 0 (its pages given room for the SubIFDs)
+            level0_written.setdefault(self.filehandle.name, threading.Event()).set()
+        return result
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", spied)
+    rng = np.random.default_rng(6)
+    cases = [((37, 50), False, np.uint16),          # instances: odd height
+             ((2, 36, 21), False, np.uint8),        # a stack of class labels: odd width
+             ((3, 37, 21), True, np.float32)]       # probabilities of 3 classes (samples per pixel)
+    images = [(rng.random(shape) if np.dtype(dtype).kind == "f" else rng.integers(1, 250, shape)).astype(dtype)
+              for shape, _, dtype in cases]
+    writers = [sinks.StreamingTiffWriter(tmp_path / f"{n}.tif", shape, dtype, channels=channels, tile=16)
+               for n, (shape, channels, dtype) in enumerate(cases)]
+    queues = []                                      # each writer's blocks: every plane in bands of 9 rows
+    for (shape, channels, _), image in zip(cases, images):
+        stack = len(shape) - channels == 3
+        queues.append([(p, y, (image[p] if stack else image)[..., y:y + 9, :])
+                       for p in range(shape[0] if stack else 1) for y in range(0, shape[-2], 9)])
+    while any(queues):                               # round robin: the writers' blocks interleave
+        for writer, queue in zip(writers, queues):
+            if queue:
+                plane, y, block = queue.pop(0)
+                writer.write(plane, y, 0, block)
+    for writer in writers:
+        event = level0_written.setdefault(writer.temporary.name, threading.Event())
+        assert event.wait(10), f"{writer.path}: level 0 was not written"
+    paths = [writer.close() for writer in reversed(writers)][::-1]
+    assert sorted(os.listdir(tmp_path)) == ["0.tif", "1.tif", "2.tif"]     # no scratch folder left
+    for (shape, channels, dtype), image, path in zip(cases, images, paths):
+        stack = len(shape) - channels == 3
+        stored = np.moveaxis(image, -3, -1) if channels else image
+        with tifffile.TiffFile(path) as tif:
+            assert all(offset > 0 for page in tif.pages for offset in page.tags["SubIFDs"].value), path
+            levels = tif.series[0].levels
+            assert len(levels) == len(sinks.pyramid_sizes(*shape[-2:])) == 4, path
+            np.testing.assert_array_equal(levels[0].asarray(), stored)
+            want = image
+            for k in range(1, len(levels)):
+                level = levels[k].asarray()
+                if np.dtype(dtype).kind == "f":
+                    want = _block_means(want).astype(dtype)
+                    np.testing.assert_allclose(level, np.moveaxis(want, -3, -1), rtol=1e-6, err_msg=str(path))
+                else:
+                    step = slice(None, None, 2 ** k)
+                    np.testing.assert_array_equal(level, stored[(slice(None),) * stack + (step, step)], str(path))

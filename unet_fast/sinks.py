@@ -225,6 +225,15 @@ class StreamingTiffWriter:
             try:
                 with tifffile.TiffWriter(self.temporary, bigtiff=True, ome=ome) as tif:
                     tif.write(tiles(), shape=stored, subifds=len(self._levels) or None, **options, **physical)
+                    # tifffile takes exactly the tiles of ``stored`` and returns without asking for more (and
+                    # closes ``tiles()``: its peek_iterator wraps it in a ``yield from``): the end of the stream,
+                    # put by close() or abort(), is awaited here, so _levels_ready is what close() decided. Read
+                    # at once, it raced close(): a pause between the last band and close() (another writer's
+                    # bands, a slow progress callable) let level 0 end first, and the pyramid was left out.
+                    if not self._ended:
+                        if self._queue.get() is not None:
+                            raise RuntimeError("more tiles came than the image holds")
+                        self._ended = True
                     if self._levels and self._levels_ready:
                         resolution = physical.get("resolution")
                         for level, array in enumerate(self._levels, 1):

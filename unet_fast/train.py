@@ -141,6 +141,10 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
     check_device(device)
     clock = _Clock(time_limit)
     job = Torchrun.join(device)
+    if amp:
+        from .inference import warn_slow_cpu_precision
+
+        warn_slow_cpu_precision(job.device, torch.bfloat16, "train without bf16 autocast (amp=False, no --amp)")
     run = None
     report = Progress(job.rank == 0 and progress is not False, bar=sys.stderr.isatty() if progress is None
                       else bool(progress) and sys.stderr.isatty())

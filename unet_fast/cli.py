@@ -979,7 +979,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if available)")
     g.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's)")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast: faster on GPUs, and on CPUs with AVX-512 BF16 or AMX (the default recipe "
+                        "trained in 1.6x less CPU time, scoring as well); a warning says when a CPU has no bf16 "
+                        "kernels (default: off, fp32)")
     g.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run of a checkpoint (last.safetensors): its network, recipe, tile size, "
                         "seed, --amp, --best-metric, --ignore-label and images; a flag given with another value "

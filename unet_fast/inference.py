@@ -853,8 +853,8 @@ def _normalizer(normalization: Normalization | None, source: "_Source", nonfinit
     return lambda block: normalization.apply(block, offset, scale, 0)
 
 
-def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype, instead: str = "use fp32 (the default)",
-                            stacklevel: int = 3) -> None:
+def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype,
+                            instead: str = "use fp32 (the default)") -> None:
     """A warning where a CPU has no oneDNN kernels for a low precision (fp16 on CPUs without AVX-512 FP16 or AMX;
     bf16 on AVX2-only CPUs): aten's im2col fallback ran a 572 px tile 8-11x slower than fp32 on a 2-core AVX-512
     EPYC, in 2-2.3x the memory (benchmarks/results/2026-11-27-cpu-precision.md), where bf16 with kernels ran 1.9-2.3x
@@ -866,7 +866,7 @@ def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype, in
              if name == "fp16" and cpu_convolutions_use_onednn(torch.bfloat16) else "")
     warnings.warn(f"{name} on this CPU: torch has no oneDNN kernels for it here, and its fallback convolutions ran "
                   f"8-11x slower than fp32 in about twice the memory where measured; {instead}{other}",
-                  stacklevel=stacklevel)
+                  stacklevel=3)    # the caller of predict_tiled or fit
 
 
 def label_names(model, output: str) -> list[str] | None:

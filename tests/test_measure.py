@@ -512,3 +512,30 @@ def test_label_images_are_measured_like_their_connected_components_say(tmp_path)
     assert list(got["area_px"]) == ndimage.sum(mask, labels, index).astype(int).tolist()
     centres = np.array(ndimage.center_of_mass(mask, labels, index))
     np.testing.assert_allclose(np.stack([got["centroid_y_px"], got["centroid_x_px"]], 1), centres, rtol=1e-12)
+
+
+def test_an_intensity_image_given_as_labels_is_measured_with_a_warning(tmp_path):
+    """A grey-value image without unet_fast's provenance cannot be refused by its type (another tool's uint16
+    instance labels look the same), but its values lie scattered over the image, each over a bounding box it
+    hardly fills: measure says so, naming -i and --images; real instance labels (discs, a thin rod) draw no word."""
+    import tifffile
+
+    from unet_fast import measure
+
+    yy, xx = np.mgrid[:60, :70]
+    grey = (1000 + 40 * np.sin(yy / 3.0) * np.cos(xx / 4.0) + np.random.default_rng(0).integers(0, 30, (60, 70)))
+    tifffile.imwrite(tmp_path / "grey.tif", grey.astype(np.uint16))
+    cells = np.zeros((60, 70), np.uint16)
+    for k, (cy, cx) in enumerate([(8, 8), (8, 30), (8, 52), (30, 8), (30, 30), (30, 52), (50, 8), (50, 30),
+                                  (50, 52), (20, 64)], 1):
+        cells[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = k
+    cells[np.arange(40, 50), np.arange(60, 70)] = 11             # a thin diagonal rod: fills 10 % of its box
+    tifffile.imwrite(tmp_path / "cells.tif", cells)
+    for name, warned in (("grey.tif", True), ("cells.tif", False)):
+        lines = []
+        measure.run([str(tmp_path / name)], tmp_path / f"out-{name}", log=lambda line, file=None: lines.append(line))
+        said = [line for line in lines if line.startswith("warning:")]
+        assert len(said) == warned, lines
+        if warned:
+            assert "fill a median" in said[0] and "give instance labels (segment --output instances) to -i, and " \
+                                                  "the image to --images" in said[0]

@@ -7,15 +7,18 @@ from unet_fast import geometry
 
 
 def brute_force_output(n: int, depth: int, padding: str):
-    """Push an n x n image through real conv / pool / up-conv ops; None when the size is illegal."""
+    """Push an n x n image through real conv / pool / up-conv ops; None when the size is illegal.
+
+    On the meta device: the ops' own size rules and size errors, without the arithmetic (the same answer for
+    each of the 1180 cases below as on the CPU, where convolving images of up to 1000 x 1000 took 3.8 s)."""
     pad = 1 if padding == "same" else 0
 
     def two_convs(t):
         for _ in range(2):
-            t = F.conv2d(t, torch.ones(1, 1, 3, 3), padding=pad)
+            t = F.conv2d(t, torch.ones(1, 1, 3, 3, device="meta"), padding=pad)
         return t
 
-    x = torch.ones(1, 1, n, n)
+    x = torch.ones(1, 1, n, n, device="meta")
     skips = []
     try:
         for level in range(depth):
@@ -26,7 +29,7 @@ def brute_force_output(n: int, depth: int, padding: str):
                 skips.append(x.shape[-1])
                 x = F.max_pool2d(x, 2)
         for skip in reversed(skips):
-            x = two_convs(F.conv_transpose2d(x, torch.ones(1, 1, 2, 2), stride=2))
+            x = two_convs(F.conv_transpose2d(x, torch.ones(1, 1, 2, 2, device="meta"), stride=2))
             if x.shape[-1] > skip:
                 return None
     except RuntimeError:  # a convolution got an input smaller than its kernel

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tifffile
 import torch
 import torch.multiprocessing as mp
 
+import ahead
 import unet_fast
 from tolerances import TOLERANCES
 from unet_fast import cli, image_io, segment
@@ -21,11 +23,18 @@ from ome_zarr_files import write_ome_zarr_axes
 from optional_deps import needs_zarr
 
 
+TESTS = Path(__file__).resolve().parent
+
+
 @pytest.fixture
 def model_file(tmp_path):
+    return _write_model(tmp_path)
+
+
+def _write_model(folder):
     torch.manual_seed(0)
     model = unet_fast.UNet(in_channels=1, num_classes=2, depth=2, base_channels=2)
-    return unet_fast.save_model(model, tmp_path / "model.safetensors",
+    return unet_fast.save_model(model, folder / "model.safetensors",
                                 normalization=unet_fast.Normalization(mode="dtype"))
 
 
@@ -262,6 +271,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# The torch.distributed tests spawn their 2 ranks (torch.multiprocessing, as a user's script would) from a
+# command started ahead, beside the suite (tests/ahead.py): `python -c` imports this module and calls the
+# test's ``ranks(folder)`` there, in a folder holding the model and the test's images; the test then checks
+# what the ranks wrote.
+def _spawning(ranks, count):
+    def build(folder):
+        folder = Path(folder)
+        _images(folder / "in", count=count)
+        with torch.random.fork_rng(devices=[]):        # at collection's end: the suite's random state stays
+            _write_model(folder)
+        code = (f"import sys; sys.path[:0] = [{str(TESTS.parent)!r}, {str(TESTS)!r}]; "
+                f"import {ranks.__module__} as tests; tests.{ranks.__name__}(sys.argv[1])")
+        return [sys.executable, "-c", code, str(folder)], {"cwd": folder}, None
+    return ahead.Command("segment-" + ranks.__name__.strip("_").replace("_", "-"), build, timeout=240)
+
+
+def _spawned(command) -> Path:
+    """The folder of ``command``'s run; the test fails with its output if it failed or hung."""
+    run = command.result()
+    assert run.done.returncode == 0, f"the ranks failed:\n{run.done.stdout}\n{run.done.stderr}"
+    return Path(run.folder)
+
+
+def _arguments(folder):
+    return dict(inputs=[folder / "in"], output_dir=folder / "out", model=folder / "model.safetensors",
+                progress=False)
+
+
 def _rank_main(rank, world, port, arguments, report):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -272,16 +309,23 @@ def _rank_main(rank, world, port, arguments, report):
         json.dump({"done": summary.done, "status": status}, f)
 
 
+def _shard_ranks(folder):
+    folder = Path(folder)
+    mp.spawn(_rank_main, args=(2, _free_port(), _arguments(folder), str(folder / "report")), nprocs=2, join=True)
+
+
+SHARDS = _spawning(_shard_ranks, count=5)
+
+
 @needs_zarr
-def test_torch_distributed_gloo_shards_cover_every_file_once(tmp_path, model_file):
-    _images(tmp_path / "in", count=5)
-    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
-    mp.spawn(_rank_main, args=(2, _free_port(), arguments, str(tmp_path / "report")), nprocs=2, join=True)
-    reports = [json.load(open(tmp_path / f"report.{rank}.json")) for rank in range(2)]
+@SHARDS.mark
+def test_torch_distributed_gloo_shards_cover_every_file_once():
+    folder = _spawned(SHARDS)
+    reports = [json.load(open(folder / f"report.{rank}.json")) for rank in range(2)]
     done = reports[0]["done"] + reports[1]["done"]
     assert all(r["status"] == 0 for r in reports) and reports[0]["done"] and reports[1]["done"]
-    assert sorted(done) == sorted(str(tmp_path / "in" / f"img{i}.tif") for i in range(5))
-    assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in range(5)]
+    assert sorted(done) == sorted(str(folder / "in" / f"img{i}.tif") for i in range(5))
+    assert sorted(os.listdir(folder / "out")) == [f"img{i}.tif" for i in range(5)]
 
 
 def _rank_main_listing_late(rank, world, port, arguments, report):
@@ -298,19 +342,26 @@ def _rank_main_listing_late(rank, world, port, arguments, report):
     _rank_main(rank, world, port, arguments, report)
 
 
+def _listing_late_ranks(folder):
+    folder = Path(folder)
+    mp.spawn(_rank_main_listing_late, args=(2, _free_port(), _arguments(folder), str(folder / "report")), nprocs=2,
+             join=True)
+
+
+LISTING_LATE = _spawning(_listing_late_ranks, count=5)
+
+
 @needs_zarr
-def test_torch_distributed_ranks_segment_rank_0s_listing(tmp_path, model_file):
+@LISTING_LATE.mark
+def test_torch_distributed_ranks_segment_rank_0s_listing():
     """Each rank listed the inputs itself and took every world-th file of its own list: where the lists differed,
     a file was segmented by two ranks (each removing the other's partial file as a leftover) and another by none.
     Every rank now shares rank 0's list."""
-    _images(tmp_path / "in", count=5)
-    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
-    mp.spawn(_rank_main_listing_late, args=(2, _free_port(), arguments, str(tmp_path / "report")), nprocs=2,
-             join=True)
-    reports = [json.load(open(tmp_path / f"report.{rank}.json")) for rank in range(2)]
+    folder = _spawned(LISTING_LATE)
+    reports = [json.load(open(folder / f"report.{rank}.json")) for rank in range(2)]
     done = reports[0]["done"] + reports[1]["done"]
-    assert sorted(done) == sorted(str(tmp_path / "in" / f"img{i}.tif") for i in (0, 1, 3, 4))
-    assert sorted(os.listdir(tmp_path / "out")) == [f"img{i}.tif" for i in (0, 1, 3, 4)]
+    assert sorted(done) == sorted(str(folder / "in" / f"img{i}.tif") for i in (0, 1, 3, 4))
+    assert sorted(os.listdir(folder / "out")) == [f"img{i}.tif" for i in (0, 1, 3, 4)]
 
 
 def _rank_main_lives_on(rank, world, port, arguments, report):
@@ -330,14 +381,12 @@ def _rank_main_lives_on(rank, world, port, arguments, report):
         time.sleep(0.05)
 
 
-@needs_zarr
-def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
-    """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises
-    naming rank 1, instead of waiting for it at the summary for ever."""
-    _images(tmp_path / "in", count=4)
-    arguments = dict(inputs=[tmp_path / "in"], output_dir=tmp_path / "out", model=model_file, progress=False)
-    arguments = [arguments, {**arguments, "model": tmp_path / "elsewhere.safetensors"}]
-    report = str(tmp_path / "report")
+def _failed_rank_ranks(folder):
+    """Writes hung.json: the ranks still running after 50 s (killed then)."""
+    folder = Path(folder)
+    arguments = _arguments(folder)
+    arguments = [arguments, {**arguments, "model": folder / "elsewhere.safetensors"}]
+    report = str(folder / "report")
     context = mp.spawn(_rank_main_lives_on, args=(2, _free_port(), arguments, report), nprocs=2, join=False)
     deadline = time.monotonic() + 50            # less than the ranks' own 60 s of living on
     while not context.join(timeout=1) and time.monotonic() < deadline:
@@ -345,12 +394,26 @@ def test_torch_distributed_a_failed_rank_stops_the_others(tmp_path, model_file):
     hung = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
     for process in context.processes:
         process.kill()
+    (folder / "hung.json").write_text(json.dumps(hung))
+
+
+FAILED_RANK = _spawning(_failed_rank_ranks, count=4)
+
+
+@needs_zarr
+@FAILED_RANK.mark
+def test_torch_distributed_a_failed_rank_stops_the_others():
+    """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises
+    naming rank 1, instead of waiting for it at the summary for ever."""
+    folder = _spawned(FAILED_RANK)
+    report = str(folder / "report")
+    hung = json.loads((folder / "hung.json").read_text())
     assert not hung, f"ranks {hung} still running after 50 s"
     reports = [json.load(open(f"{report}.{rank}.json")) for rank in range(2)]
     assert reports[1]["error"] == "FileNotFoundError"
     assert reports[0]["error"] == "RankFailedError", reports
     assert "rank 1 failed (FileNotFoundError: model file" in reports[0]["message"]
-    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img2.tif"]     # rank 0's share is done
+    assert sorted(os.listdir(folder / "out")) == ["img0.tif", "img2.tif"]     # rank 0's share is done
 
 
 @needs_zarr  # reads its TIFF inputs lazily

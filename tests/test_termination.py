@@ -5,6 +5,7 @@ Real processes: `python -m unet_fast.cli train` (a tiny net, 200 epochs: minutes
 signals at several moments. "Once the handler is installed" is read from /proc/PID/status (SigCgt), so
 that no signal reaches the interpreter before unet_fast's first line, where it could only kill it.
 """
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import unet_fast
 from unet_fast import cli, image_io, termination
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
 
 
@@ -88,21 +90,25 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-@linux_only
-def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_model(data, tmp_path):
-    """Signals (single and repeated bursts) during the startup imports, while preparing the data, and
-    during training: every run exits 143 with one line on stderr and no model; none exits 0."""
-    schedules = {   # when to start, and the delays of the signals after that
-        "startup imports": ("handler", [0.0]),
-        "startup, repeated": ("handler", [0.0, 0.01, 0.05, 0.2, 0.4]),
-        "preparing the data": ("preparing", [0.0]),
-        "training": ("step", [0.05]),
-        "training, repeated": ("step", [0.0, 0.002, 0.01, 0.03, 0.1, 0.3, 0.5]),
-    }
+SCHEDULES = {   # when to start, and the delays of the signals after that
+    "startup imports": ("handler", [0.0]),
+    "startup, repeated": ("handler", [0.0, 0.01, 0.05, 0.2, 0.4]),
+    "preparing the data": ("preparing", [0.0]),
+    "training": ("step", [0.05]),
+    "training, repeated": ("step", [0.0, 0.002, 0.01, 0.03, 0.1, 0.3, 0.5]),
+}
+
+
+def _signal_the_schedules(folder):
+    """In a process of its own (SIGNALLED, started ahead, beside the suite: tests/ahead.py): one train per
+    schedule, all at once (the test takes one run's time), each sent SIGTERM as its schedule says; each run's
+    status, stderr (after its awaited line), files and whether its model exists go to report.json."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # the trains get what ctrl_c_delivered gives tests
+    folder = Path(folder)
     runs = {}
-    for name, (when, delays) in schedules.items():        # all at once: the test takes one run's time
-        out = tmp_path / name.replace(" ", "_").replace(",", "")
-        runs[name] = (out, _start(_train_argv(data, out, "--epochs", "200")), when, delays)
+    for name, (when, delays) in SCHEDULES.items():
+        out = folder / name.replace(" ", "_").replace(",", "")
+        runs[name] = (out, _start(_train_argv(folder / "data", out, "--epochs", "200")), when, delays)
     for name, (out, process, when, delays) in runs.items():
         _wait_for(lambda: _catches(process.pid, signal.SIGTERM), process)
         if when != "handler":      # the progress lines: "preparing ...", then "step 1/10000 ..."
@@ -113,16 +119,43 @@ def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_mode
             time.sleep(max(0.0, start + delay - time.monotonic()))
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+    report = {}
     for name, (out, process, when, delays) in runs.items():
         _, stderr = process.communicate(timeout=60)
-        assert process.returncode == 128 + signal.SIGTERM, (name, process.returncode, stderr)
+        report[name] = dict(status=process.returncode, stderr=stderr, files=_files(out),
+                            model=(out / "m.safetensors").exists())
+    (folder / "report.json").write_text(json.dumps(report))
+
+
+def _signalled(folder):
+    _write_data(Path(folder) / "data")
+    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]; import {__name__} as tests; "
+            f"tests._signal_the_schedules(sys.argv[1])")
+    return [sys.executable, "-c", code, folder], {"env": _env(), "cwd": ROOT}, None
+
+
+SIGNALLED = ahead.Command("sigterm-at-several-moments", _signalled, timeout=300)
+
+
+@linux_only
+@SIGNALLED.mark
+def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_model():
+    """Signals (single and repeated bursts) during the startup imports, while preparing the data, and
+    during training: every run exits 143 with one line on stderr and no model; none exits 0."""
+    run = SIGNALLED.result()
+    assert run.done.returncode == 0, run.done.stderr
+    report = json.loads((Path(run.folder) / "report.json").read_text())
+    assert list(report) == list(SCHEDULES)
+    for name, result in report.items():
+        stderr, files = result["stderr"], result["files"]
+        assert result["status"] == 128 + signal.SIGTERM, (name, result["status"], stderr)
         assert stderr.splitlines()[-1:] == ["unet-fast train: terminated (SIGTERM)"], (name, stderr)
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, (name, stderr)
-        assert not (out / "m.safetensors").exists(), name
-        assert not [f for f in _files(out) if ".partial" in f], (name, _files(out))
-        assert set(_files(out)) <= {"m/last.safetensors", "m/history.csv", "m/history.json", "m/curves.png",
-                                    "m/training-images.json"}, \
-            (name, _files(out))     # at most the last finished epoch's checkpoint and logs (for --resume)
+        assert not result["model"], name
+        assert not [f for f in files if ".partial" in f], (name, files)
+        assert set(files) <= {"m/last.safetensors", "m/history.csv", "m/history.json", "m/curves.png",
+                              "m/training-images.json"}, \
+            (name, files)     # at most the last finished epoch's checkpoint and logs (for --resume)
 
 
 # Python ignores an exception raised in a __del__ (or weakref callback): a SIGTERM whose handler runs

@@ -2,8 +2,6 @@
 import functools
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+import ahead
 from unet_fast import UNet, load_model
 from unet_fast.data import ArrayDataset, synthetic_nuclei
 from unet_fast.instances import InstanceOptions, foreground_mask, label_instances
@@ -393,39 +392,53 @@ torch.save({"state": model.state_dict(), "history": result.history}, f"{sys.argv
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Each DDP test's torchrun is started ahead, beside the suite (tests/ahead.py), in a folder of its own that the
+# script gets as its first argument; the test then checks what the ranks wrote. Rendezvous on 127.0.0.1, not
+# `--standalone`: that one advertises the hostname, and where the hostname does not resolve (CI sandboxes)
+# every rank waits for ever. The port is picked as the launcher starts, not when the command is built (a
+# minute or more before, time for another process to take it).
+TORCHRUN = """
+import os, socket, sys
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          "--master-addr=127.0.0.1", f"--master-port={port}", *sys.argv[1:]])
+"""
 
 
-def _torchrun(tmp_path, script_text, *args):
-    """Run a script in 2 gloo processes under torchrun; fail the test with its output if it fails or hangs."""
-    script = tmp_path / "script.py"
-    script.write_text(script_text)
-    # Rendezvous on 127.0.0.1, not `--standalone`: that one advertises the hostname, and where the
-    # hostname does not resolve (CI sandboxes) every rank waits for ever.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), *map(str, args)]
-    try:
-        run = subprocess.run(command, env=env, timeout=240, cwd=tmp_path, capture_output=True, text=True)
-    except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"torchrun hung for 240 s; its output:\n{hung.stdout}\n{hung.stderr}")
-    assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
+def _torchrun(name, script_text, *args):
+    """A command run ahead: ``script_text`` in 2 gloo processes under torchrun, given its folder, then ``args``."""
+    def build(folder):
+        script = Path(folder) / "script.py"
+        script.write_text(script_text)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+        return [sys.executable, "-c", TORCHRUN, str(script), folder, *args], {"env": env, "cwd": folder}, None
+    return ahead.Command(name, build, timeout=240)
 
 
-def test_ddp_two_cpu_processes_end_identical(tmp_path):
-    _torchrun(tmp_path, DDP_SCRIPT, tmp_path)
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+def _ranks_wrote(command) -> Path:
+    """The folder of ``command``'s run; the test fails with torchrun's output if it failed or hung."""
+    run = command.result()
+    assert run.done.returncode == 0, f"torchrun failed:\n{run.done.stdout}\n{run.done.stderr}"
+    return Path(run.folder)
+
+
+DDP_TWO = _torchrun("ddp-two-processes", DDP_SCRIPT)
+
+
+@DDP_TWO.mark
+def test_ddp_two_cpu_processes_end_identical():
+    out = _ranks_wrote(DDP_TWO)
+    a = torch.load(out / "rank0.pt", weights_only=True)
+    b = torch.load(out / "rank1.pt", weights_only=True)
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key]), key
     assert a["history"] == [dict(row, seconds=a["history"][i]["seconds"], elapsed=a["history"][i]["elapsed"])
                             for i, row in enumerate(b["history"])]     # the same but for each rank's clock
     assert a["history"][-1]["step"] == 4          # 4 tiles per epoch shared by 2 ranks: 2 steps each
-    assert (tmp_path / "ckpt" / "last.safetensors").is_file()
+    assert (out / "ckpt" / "last.safetensors").is_file()
 
 
 def test_lr_schedule_cosine_decays(nuclei):
@@ -469,19 +482,23 @@ dist.destroy_process_group()
 """
 
 
-def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
+DDP_RESUME = _torchrun("ddp-resume", DDP_RESUME_SCRIPT)
+
+
+@DDP_RESUME.mark
+def test_ddp_resume_restores_every_ranks_random_state():
     """2 epochs straight == 1 epoch + resume, on 2 ranks whose random states differ: same weights,
     and each rank ends with the random states (torch, numpy, random) of the uninterrupted run."""
-    _torchrun(tmp_path, DDP_RESUME_SCRIPT, tmp_path)
-    assert len(load_checkpoint(tmp_path / "first" / "last.safetensors")["rng"]) == 2
+    out = _ranks_wrote(DDP_RESUME)
+    assert len(load_checkpoint(out / "first" / "last.safetensors")["rng"]) == 2
     for rank in range(2):
-        straight = torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)
-        resumed = torch.load(tmp_path / f"resumed.rank{rank}.pt", weights_only=True)
+        straight = torch.load(out / f"straight.rank{rank}.pt", weights_only=True)
+        resumed = torch.load(out / f"resumed.rank{rank}.pt", weights_only=True)
         for key, value in straight["state"].items():
             assert torch.equal(value, resumed["state"][key]), (rank, key)
         for generator in ("torch", "numpy", "python"):
             assert torch.equal(straight[generator], resumed[generator]), (rank, generator)
-    states = [torch.load(tmp_path / f"straight.rank{rank}.pt", weights_only=True)["torch"] for rank in range(2)]
+    states = [torch.load(out / f"straight.rank{rank}.pt", weights_only=True)["torch"] for rank in range(2)]
     assert not torch.equal(*states)         # the ranks' states did differ
 
 
@@ -528,7 +545,7 @@ from unet_fast import UNet
 from unet_fast.data import ArrayDataset, synthetic_nuclei
 from unet_fast.instances import label_instances
 from unet_fast.metrics import foreground_iou
-where, out, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"])
+out, where, rank = Path(sys.argv[1]), sys.argv[2], int(os.environ["RANK"])
 
 class Images(ArrayDataset):
     def _load(self, index):
@@ -565,15 +582,22 @@ while not all((out / f"rank{r}.json").exists() for r in range(2)) and time.monot
 """
 
 
+FAILING_RANK = {where: _torchrun(f"ddp-failing-rank-{where}", FAILING_RANK_SCRIPT, where)
+                for where in ("data", "checkpoint", "step")}
+
+
 @pytest.mark.parametrize("where, failed, message", [
-    ("data", 1, "OSError: cannot read img1.tif"),              # before any collective
-    ("checkpoint", 0, "OSError: No space left on device"),      # rank 0 alone writes checkpoints
-    ("step", 1, None),                                          # in a step: the others are in DDP's all-reduce
+    pytest.param("data", 1, "OSError: cannot read img1.tif",          # before any collective
+                 marks=FAILING_RANK["data"].mark),
+    pytest.param("checkpoint", 0, "OSError: No space left on device",  # rank 0 alone writes checkpoints
+                 marks=FAILING_RANK["checkpoint"].mark),
+    pytest.param("step", 1, None,                                      # in a step: the others are in DDP's all-reduce
+                 marks=FAILING_RANK["step"].mark),
 ])
-def test_ddp_a_failed_rank_stops_the_others(tmp_path, where, failed, message):
-    _torchrun(tmp_path, FAILING_RANK_SCRIPT, where, tmp_path)
-    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-    assert all((tmp_path / f"rank{rank}.waited").read_text() == "True" for rank in range(2)), reports
+def test_ddp_a_failed_rank_stops_the_others(where, failed, message):
+    out = _ranks_wrote(FAILING_RANK[where])
+    reports = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all((out / f"rank{rank}.waited").read_text() == "True" for rank in range(2)), reports
     assert reports[failed]["error"] == "OSError"
     other = reports[1 - failed]
     assert other["error"] is not None, reports

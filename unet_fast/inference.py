@@ -26,6 +26,7 @@ import torch
 
 from . import checks, termination
 from .geometry import mirror_indices
+from .model_file import class_names_of
 from .normalization import Normalization
 from .ops.frozen_weights import frozen_weights
 from .ops.triton import on_device
@@ -870,13 +871,9 @@ def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype,
 
 
 def label_names(model, output: str) -> list[str] | None:
-    """What an OME-Zarr of class labels names its values by (NGFF "image-label" "properties"): the model's class
-    names (``class_names``, as a model file gives them), else class0, class1, ...; None for any other output."""
-    if output != "labels":
-        return None
-    from .model_file import default_class_names
-
-    return list(getattr(model, "class_names", None) or default_class_names(model_geometry(model)[3]))
+    """What an OME-Zarr of class labels names its values by (NGFF "image-label" "properties"): ``class_names_of``
+    the model; None for any other output."""
+    return class_names_of(model) if output == "labels" else None
 
 
 def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out) -> torch.dtype:

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from . import image_io, termination
-from .checks import BadArgument
-from .pixel_size import PixelSize, in_unit, read_pixel_size, scale_factor
+from .checks import BadArgument, same_file
+from .pixel_size import UNIT_SYMBOLS, PixelSize, in_unit, read_pixel_size, scale_factor
 
 __all__ = ["measure_objects", "run", "MeasureResult", "pair_files", "check_output_dir", "unit_symbol",
            "written_by_measure", "OBJECTS_CSV", "SUMMARY_CSV"]
@@ -56,16 +56,15 @@ __all__ = ["measure_objects", "run", "MeasureResult", "pair_files", "check_outpu
 BAND_PIXELS = 2 ** 22
 #: rows of partial tables (objects seen in earlier bands) merged into the running table once this many wait
 MERGE_ROWS = 2 ** 17
-#: ASCII names of units for column headers (``area_um2``)
-UNIT_SYMBOLS = {"angstrom": "angstrom", "nanometer": "nm", "micrometer": "um", "millimeter": "mm",
-                "centimeter": "cm", "meter": "m"}
+#: the units whose symbols (pixel_size.UNIT_SYMBOLS) are no ASCII, as column headers spell them (``area_um2``)
+ASCII_SYMBOLS = {"angstrom": "angstrom", "micrometer": "um"}
 OBJECTS_CSV, SUMMARY_CSV = "objects.csv", "summary.csv"
 STATISTICS = ("mean", "min", "max", "sum")
 
 
 def unit_symbol(unit: str) -> str:
     """The name of ``unit`` (an OME-NGFF name, "micrometer") in column headers: "um"."""
-    return UNIT_SYMBOLS[unit]
+    return ASCII_SYMBOLS.get(unit) or UNIT_SYMBOLS[unit]
 
 
 # ---- what is read: labels (and an intensity image) as bands of rows of planes
@@ -524,7 +523,7 @@ def pair_files(label_files: list[Path], image_files: list[Path] | None, label_su
     for path in label_files:
         name = _base_name(path)
         wanted = name[:len(name) - len(label_suffix)] if name.endswith(label_suffix) else None
-        found = [image for image in by_name.get(wanted, []) if not _same(image, path)]
+        found = [image for image in by_name.get(wanted, []) if not same_file(image, path)]
         if len(found) > 1:
             raise BadArgument("images", f"{', '.join(map(str, found))} have the same base name {wanted!r}: which "
                                         f"is the image of {path} is ambiguous; name one of them")
@@ -541,26 +540,19 @@ def pair_files(label_files: list[Path], image_files: list[Path] | None, label_su
     return pairs
 
 
-def _same(a: Path, b: Path) -> bool:
-    from .checks import same_file
-
-    return same_file(a, b)
-
-
 def _check_pair(pair: _Pair, max_pixels: int | None) -> None:
     """Open a pair (headers, checks) and note its planes, channels and pixel size; ValueError/OSError if bad."""
-    labels, image, pixel_size = _opened(pair.labels, pair.image, None, max_pixels)
+    labels, pixel_size = _label_input(pair.labels, max_pixels)
+    image, recorded = (None, None) if pair.image is None else _image_input(pair.image, labels, max_pixels)
     pair.planes = labels.planes
     pair.channels = None if image is None else (image.channels or 1)
-    pair.pixel_size = pixel_size
-    if pair.image is not None:
-        recorded = read_pixel_size(pair.image)
-        if recorded is not None and pixel_size is not None and scale_factor(recorded, pixel_size) > 1.001:
-            import warnings
+    if recorded is not None and pixel_size is not None and scale_factor(recorded, pixel_size) > 1.001:
+        import warnings
 
-            warnings.warn(f"{pair.labels} records pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} "
-                          f"{pixel_size.unit} but its image {pair.image} {recorded.y:.4g} x {recorded.x:.4g} "
-                          f"{recorded.unit}; the label file's are used", stacklevel=2)
+        warnings.warn(f"{pair.labels} records pixels of {pixel_size.y:.4g} x {pixel_size.x:.4g} "
+                      f"{pixel_size.unit} but its image {pair.image} {recorded.y:.4g} x {recorded.x:.4g} "
+                      f"{recorded.unit}; the label file's are used", stacklevel=2)
+    pair.pixel_size = pixel_size or recorded
 
 
 def _in_unit(pixel_size: PixelSize | None, unit: str | None) -> PixelSize | None:

@@ -102,7 +102,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
 
 def class_names_of(model: torch.nn.Module) -> list[str]:
     """The model's class names (``model.class_names``, as a model file gives them), or class0, class1, ..."""
-    return list(getattr(model, "class_names", None) or default_class_names(model.config()["num_classes"]))
+    return list(getattr(model, "class_names", None) or default_class_names(model.num_classes))
 
 
 def default_class_names(num_classes: int) -> list[str]:

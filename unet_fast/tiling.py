@@ -255,7 +255,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         return weight * cast + tensor(kernel * c_in, h_out, w_out)
 
     peak = skips = 0
-    skip_sizes = []
+    skip_bytes = []     # each level's, popped by the decoder level that reads it
     h, w, channels, x = height, width, in_channels, 0   # x: the level's input, the caller's at level 0
 
     def double_conv(h, w, c_in, c_out, live, x, input_copy=0):
@@ -274,7 +274,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
         channels = width_l
         if level < depth - 1:
             skips += x
-            skip_sizes.append((h, w))
+            skip_bytes.append(x)
             h, w = h // 2, w // 2
             pooled = tensor(channels, h, w)
             peak = max(peak, skips + pooled + tensor(channels, h, w, size=8))   # values + int64 indices
@@ -289,7 +289,7 @@ def _cpu_forward_bytes(depth: int, padding: str, in_channels: int, num_classes: 
             upconv = up + weight * cast
         concatenated = tensor(2 * width_l, 2 * h, 2 * w)
         peak = max(peak, skips + x + up + upconv, skips + up + concatenated)
-        skips -= tensor(width_l, *skip_sizes.pop())
+        skips -= skip_bytes.pop()
         h, w, x = double_conv(2 * h, 2 * w, 2 * width_l, width_l, skips, concatenated)
         channels = width_l
     head = conv_scratch(channels, num_classes, h, w, h, w, kernel=1)

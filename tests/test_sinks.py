@@ -1,4 +1,5 @@
 """unet_fast.sinks: results written as tiles finish, into arrays or streamed files committed atomically."""
+import itertools
 import os
 
 import numpy as np
@@ -836,3 +837,62 @@ def test_tiff_writers_open_at_once_keep_their_pyramids_however_late_they_are_clo
                 else:
                     step = slice(None, None, 2 ** k)
                     np.testing.assert_array_equal(level, stored[(slice(None),) * stack + (step, step)], str(path))
+
+
+def _tiff_segments(path) -> list[bytes]:
+    """The stored (compressed) tiles of every page of a TIFF, its SubIFDs' too, as bytes."""
+    with tifffile.TiffFile(path) as tif:
+        segments = []
+        for level in tif.series[0].levels:
+            for page in level.pages:
+                for offset, count in zip(page.dataoffsets, page.databytecounts):
+                    tif.filehandle.seek(offset)
+                    segments.append(tif.filehandle.read(count))
+        return segments
+
+
+@pytest.mark.parametrize("shape, channels, dtype, across", [
+    ((700, 650), False, np.uint16, [6, 3, 2]),                # instances: 6, then 3 and 2 tiles a band a level
+    ((2, 3, 300, 650), True, np.float32, [6, 3, 2]),          # a stack of 3 classes' probabilities (samples)
+])
+def test_compression_threads_take_a_band_of_tiles_at_a_time(tmp_path, monkeypatch, shape, channels, dtype, across):
+    """With several compression threads (TIFF.MAXWORKERS > 1: 4 CPU cores or more) tifffile draws ``buffersize``
+    bytes of tiles (512 MiB unless told) from the stream before it writes any: a 16384^2 uint32 image drew
+    2048 tiles, half of it. The writer asks for a band's worth, level by level, so no more than a band of tiles
+    is drawn ahead of the file (each tile drawn is seen against the file's length: all drawn at one length were
+    drawn before any of them was written); the file is as one thread writes it, byte for byte."""
+    monkeypatch.setattr(sinks, "PYRAMID_MAX_SIDE", 300)        # two reduced levels, as SubIFDs
+    tile = 128                                                 # 32 KiB of uint16: tifffile's least for threads
+    tile_bytes = tile * tile * (shape[-3] if channels else 1) * np.dtype(dtype).itemsize
+    rng = np.random.default_rng(6)
+    image = (rng.random(shape) if np.dtype(dtype).kind == "f" else rng.integers(0, 5000, shape)).astype(dtype)
+    original = tifffile.TiffWriter.write
+    writes = []
+
+    def spy(self, data, *args, **kwargs):
+        drawn_at = []                                          # the file's length as each tile was drawn
+
+        def drawn():
+            for item in data:
+                drawn_at.append(self._fh.tell())
+                yield item
+        writes.append((kwargs.get("buffersize"), drawn_at))
+        return original(self, drawn(), *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", spy)
+    paths = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(tifffile.TIFF, "MAXWORKERS", threads)
+        writes.clear()
+        paths[threads] = _write_in_tiles(sinks.StreamingTiffWriter(tmp_path / f"{threads}.tif", shape, dtype,
+                                                                   channels=channels, tile=tile),
+                                         image, shape, channels, tile=(100, 90))
+    planes = shape[0] if len(shape) - channels == 3 else 1
+    assert [buffersize for buffersize, _ in writes] == [n * tile_bytes for n in across]
+    for (_, drawn_at), n, (height, width) in zip(writes, across, sinks.pyramid_sizes(*shape[-2:])):
+        assert len(drawn_at) == planes * -(-height // tile) * n
+        ahead = max(len(list(run)) for _, run in itertools.groupby(drawn_at))
+        assert 1 < ahead <= n, (n, ahead)         # threads at work, never on more than a band of tiles
+    assert _tiff_segments(paths[2]) == _tiff_segments(paths[1])
+    stored = np.moveaxis(image, -3, -1) if channels else image
+    np.testing.assert_array_equal(tifffile.imread(paths[2]), stored)

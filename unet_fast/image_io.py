@@ -20,6 +20,7 @@ import re
 import shutil
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -222,11 +223,12 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     OME-Zarr images (folders named *.zarr) open as lazy zarr arrays of their full-resolution level.
 
     TIFF with ``lazy=True`` gives a zarr array over the file (or a lazy axis-moving view of one):
-    indexing decodes only the tiles/strips touched; without zarr installed, a memory map where the file
-    allows one, else the whole image decoded. PNG/JPEG are decoded into numpy; one that is grey
-    saved in colour (``grey_saved_in_colour``) comes as YX, a palette PNG as its colours (its indices with
-    ``labels``: label images are saved with palettes). A TIFF of several series is read as its first: a note
-    says so (``series_warning``).
+    indexing decodes only the tiles/strips touched (the file, opened at the first read, closes when the array
+    is dropped; at once with ``close_image``, or read it in ``with opened_image(path) as (array, info)``);
+    without zarr installed, a memory map where the file allows one, else the whole image decoded.
+    PNG/JPEG are decoded into numpy; one that is grey saved in colour (``grey_saved_in_colour``) comes as YX, a
+    palette PNG as its colours (its indices with ``labels``: label images are saved with palettes). A TIFF of
+    several series is read as its first: a note says so (``series_warning``).
     The declared size is checked against ``max_pixels`` before decoding (None: no limit).
     """
     path = Path(path)
@@ -244,20 +246,65 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
+        with tifffile.TiffFile(path) as tif:
+            raw_axes = "".join("C" if a in "CS" else a for a in tif.series[0].axes)
         zarr = _zarr() if lazy else None
         if zarr is not None:
-            array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+            array = _closing_when_dropped(zarr, tifffile.imread(path, aszarr=True, series=0, level=0))
         elif lazy:
             array = _tiff_without_zarr(path)
         else:
             array = tifffile.imread(path, series=0)
-        with tifffile.TiffFile(path) as tif:
-            raw_axes = "".join("C" if a in "CS" else a for a in tif.series[0].axes)
         if raw_axes != info.axes:
             order = _channels_first_order(raw_axes)
             array = _MovedAxes(array, order) if lazy else np.transpose(array, order)
         return array, info
     raise AssertionError(f"image_info accepted {suffix!r}")  # it raises for every other type
+
+
+#: {id of a zarr array over a TIFF that read_image returned, while it lives: tifffile's store of it}
+_OPEN_TIFFS: dict = {}
+
+
+def _closing_when_dropped(zarr, store):
+    """A zarr array over tifffile's ``store``, whose file closes when the array is dropped (or ``close_image``).
+    The store reopens the file at its first read and keeps it open; the TiffFile it hangs from is in reference
+    cycles, so the file stayed open until the garbage collector ran, then closed with a ResourceWarning (a run
+    over thousands of files held as many handles). A zarr array is in none: dropping it closes the file at once."""
+    try:
+        array = zarr.open(store, mode="r")
+    except BaseException:
+        store.close()
+        raise
+    _OPEN_TIFFS[id(array)] = store
+    weakref.finalize(array, _close_store, id(array), store)
+    return array
+
+
+def _close_store(key: int, store) -> None:
+    _OPEN_TIFFS.pop(key, None)
+    store.close()
+
+
+def close_image(array) -> None:
+    """Close the file a lazy image of ``read_image`` holds open (a TIFF read through zarr, or a lazy view of one)
+    now, not when the array is dropped; nothing for other arrays (numpy, OME-Zarr folders, which hold no file
+    open; memory maps, which hold theirs until dropped). An array read again after it opens its file again, which
+    closes when it is dropped."""
+    store = _OPEN_TIFFS.get(id(array._array if isinstance(array, _MovedAxes) else array))
+    if store is not None:
+        store.close()
+
+
+@contextlib.contextmanager
+def opened_image(path, **options):
+    """``read_image(path, **options)`` as a context: yields (array, ImageInfo) and closes the file (``close_image``)
+    at its end, however it ends."""
+    array, info = read_image(path, **options)
+    try:
+        yield array, info
+    finally:
+        close_image(array)
 
 
 def _zarr():

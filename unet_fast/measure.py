@@ -35,6 +35,7 @@ input's), or else in the intensity image's file.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -102,8 +103,12 @@ class _Input:
         return np.asarray(self.array[key + (slice(y0, y1),)])
 
 
-def _open_file(path: Path, max_pixels: int | None, labels: bool) -> tuple[_Input, image_io.ImageInfo]:
+def _open_file(path: Path, max_pixels: int | None, labels: bool,
+               closing: contextlib.ExitStack | None = None) -> tuple[_Input, image_io.ImageInfo]:
+    """The file as an _Input read lazily, its file closed when ``closing`` ends (else when the array is dropped)."""
     array, info = image_io.read_image(path, lazy=True, max_pixels=max_pixels, labels=labels)
+    if closing is not None:
+        closing.callback(image_io.close_image, array)
     chunk_rows = _array_chunk_rows(array)
     taller = chunk_rows is not None and chunk_rows * info.shape[-1] > BAND_PIXELS
     if taller and path.suffix.lower() in image_io.TIFF_SUFFIXES:
@@ -153,8 +158,9 @@ def _check_label_kind(name: str, dtype, axes: str, shape, recorded: str | None =
                          f"planes (Z, Y, X): save each stack as a file of its own")
 
 
-def _label_input(labels, max_pixels: int | None) -> tuple[_Input, PixelSize | None]:
-    """The label image as an _Input, checked (ValueError naming it), and the pixel size its file records."""
+def _label_input(labels, max_pixels: int | None, closing: contextlib.ExitStack) -> tuple[_Input, PixelSize | None]:
+    """The label image as an _Input, checked (ValueError naming it), and the pixel size its file records; a file
+    opened is closed when ``closing`` ends."""
     if isinstance(labels, (str, Path)):
         from .sinks import read_provenance
 
@@ -166,7 +172,7 @@ def _label_input(labels, max_pixels: int | None) -> tuple[_Input, PixelSize | No
                              f"save instance labels as TIFF, PNG or OME-Zarr")
         info = image_io.image_info(path, max_pixels=0)      # the header: refused before any pixel is decoded
         _check_label_kind(str(path), info.dtype, info.axes, info.shape, (read_provenance(path) or {}).get("output"))
-        source, info = _open_file(path, max_pixels, labels=True)
+        source, info = _open_file(path, max_pixels, labels=True, closing=closing)
         _check_label_kind(str(path), info.dtype, info.axes, info.shape)      # what was read (a palette PNG)
         return source, read_pixel_size(path)
     array = _array(labels)
@@ -177,15 +183,16 @@ def _label_input(labels, max_pixels: int | None) -> tuple[_Input, PixelSize | No
     return _Input(array, "ZYX"[-len(array.shape):], "labels", "labels", _array_chunk_rows(array)), None
 
 
-def _image_input(image, labels: _Input, max_pixels: int | None) -> tuple[_Input, PixelSize | None]:
+def _image_input(image, labels: _Input, max_pixels: int | None,
+                 closing: contextlib.ExitStack) -> tuple[_Input, PixelSize | None]:
     """The intensity image as an _Input of the labels' planes and size (ValueError naming both otherwise), and
-    the pixel size its file records."""
+    the pixel size its file records; a file opened is closed when ``closing`` ends."""
     pixel_size = None
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
-        source, info = _open_file(path, max_pixels, labels=False)
+        source, info = _open_file(path, max_pixels, labels=False, closing=closing)
         pixel_size = read_pixel_size(path)
         if len([axis for axis in info.axes if axis not in "CYX"]) > 1:
             raise ValueError(f"{path} has axes {info.axes} (shape {info.shape}); an intensity image is a plane, "
@@ -416,12 +423,16 @@ def _pixel_size(value) -> PixelSize | None:
                     f"None, got {value!r}")
 
 
+@contextlib.contextmanager
 def _opened(labels, image, pixel_size, max_pixels):
-    """The inputs opened and checked, and the pixel size that applies (given, the labels' file's, the image's)."""
+    """The inputs opened and checked, and the pixel size that applies (given, the labels' file's, the image's);
+    the files opened are closed when the context ends (a run over thousands held them until garbage collection)."""
     given = _pixel_size(pixel_size)
-    label_source, recorded = _label_input(labels, max_pixels)
-    image_source, image_recorded = (None, None) if image is None else _image_input(image, label_source, max_pixels)
-    return label_source, image_source, given or recorded or image_recorded
+    with contextlib.ExitStack() as closing:
+        label_source, recorded = _label_input(labels, max_pixels, closing)
+        image_source, image_recorded = ((None, None) if image is None else
+                                        _image_input(image, label_source, max_pixels, closing))
+        yield label_source, image_source, given or recorded or image_recorded
 
 
 def measure_objects(labels, image=None, pixel_size=None, *, max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS
@@ -440,8 +451,8 @@ def measure_objects(labels, image=None, pixel_size=None, *, max_pixels: int | No
     Raises ValueError naming the input for what is no instance label image (floats, a class axis, bool, negative
     values), or an image of another size; FileNotFoundError for a missing file.
     """
-    label_source, image_source, size = _opened(labels, image, pixel_size, max_pixels)
-    return _measure(label_source, image_source, size)
+    with _opened(labels, image, pixel_size, max_pixels) as (label_source, image_source, size):
+        return _measure(label_source, image_source, size)
 
 
 def _measure(labels: _Input, image: _Input | None, pixel_size: PixelSize | None) -> dict[str, np.ndarray]:
@@ -542,8 +553,9 @@ def pair_files(label_files: list[Path], image_files: list[Path] | None, label_su
 
 def _check_pair(pair: _Pair, max_pixels: int | None) -> None:
     """Open a pair (headers, checks) and note its planes, channels and pixel size; ValueError/OSError if bad."""
-    labels, pixel_size = _label_input(pair.labels, max_pixels)
-    image, recorded = (None, None) if pair.image is None else _image_input(pair.image, labels, max_pixels)
+    with contextlib.ExitStack() as closing:
+        labels, pixel_size = _label_input(pair.labels, max_pixels, closing)
+        image, recorded = (None, None) if pair.image is None else _image_input(pair.image, labels, max_pixels, closing)
     pair.planes = labels.planes
     pair.channels = None if image is None else (image.channels or 1)
     if recorded is not None and pixel_size is not None and scale_factor(recorded, pixel_size) > 1.001:
@@ -728,8 +740,8 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "",
                 for pair in usable:
                     began = time.perf_counter()
                     try:
-                        labels, image, _ = _opened(pair.labels, pair.image, None, max_pixels)
-                        columns = _measure(labels, image, _in_unit(pair.pixel_size, unit))
+                        with _opened(pair.labels, pair.image, None, max_pixels) as (labels, image, _):
+                            columns = _measure(labels, image, _in_unit(pair.pixel_size, unit))
                     except Exception as error:      # a file that fails while read (a truncated tile, a negative id)
                         result.failed.append((str(pair.labels), str(error)))
                         log(f"FAILED {pair.labels}: {_reason(error, pair.labels)}", file=sys.stderr)

@@ -167,6 +167,8 @@ class StreamingTiffWriter:
     the OME-Zarr writer makes its levels (``_Halving``: integers the top-left pixel of each 2 x 2 block, floats its
     mean). Level 0 streams into the file; the reduced levels (a third of its bytes) are built as its bands come
     into memory-mapped scratch files in a hidden folder beside the output, and written after level 0.
+    Memory besides the collector's bands: up to 64 tiles queued for the writer thread, and the band of tiles
+    tifffile's compression threads encode before writing it (``buffersize``), whatever the image's size.
     """
 
     def __init__(self, path, shape, dtype, *, channels: bool = False, tile: int = 256,
@@ -196,6 +198,15 @@ class StreamingTiffWriter:
             physical["extratags"] = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance, sort_keys=True), True)]
         options = dict(dtype=dtype, tile=(tile, tile), compression=compression, photometric="minisblack",
                        planarconfig="contig" if channels else None)
+        tile_bytes = tile * tile * (self.shape[-3] if channels else 1) * dtype.itemsize
+
+        def band_of_tiles(width: int) -> int:
+            """tifffile's ``buffersize`` (TiffWriter.write has it since 2023.9.26) for a level ``width`` px wide.
+            With several compression threads (TIFF.MAXWORKERS: half the CPU cores) tifffile draws max(threads,
+            buffersize // tile bytes) tiles from the stream and encodes them all before it writes one; its default,
+            512 MiB, drew up to whole images ahead of the file. A band's worth bounds that to a band of tiles, and
+            still gives the threads a band to share; one thread ignores it, encoding tile by tile."""
+            return -(-width // tile) * tile_bytes
         self._error: BaseException | None = None
         self._ended = False
         self._levels_ready = False      # set by close() once every pixel came: only then are the levels written
@@ -224,7 +235,8 @@ class StreamingTiffWriter:
         def run():
             try:
                 with tifffile.TiffWriter(self.temporary, bigtiff=True, ome=ome) as tif:
-                    tif.write(tiles(), shape=stored, subifds=len(self._levels) or None, **options, **physical)
+                    tif.write(tiles(), shape=stored, subifds=len(self._levels) or None,
+                              buffersize=band_of_tiles(self.shape[-1]), **options, **physical)
                     # tifffile takes exactly the tiles of ``stored`` and returns without asking for more (and
                     # closes ``tiles()``: its peek_iterator wraps it in a ``yield from``): the end of the stream,
                     # put by close() or abort(), is awaited here, so _levels_ready is what close() decided. Read
@@ -241,7 +253,8 @@ class StreamingTiffWriter:
                                 "resolution": tuple(r / 2 ** level for r in resolution),
                                 "resolutionunit": physical["resolutionunit"]}
                             tif.write(_tiles_of(array, tile, plane_dims), shape=array.shape, subfiletype=1,
-                                      metadata=None, **options, **extra)
+                                      metadata=None, buffersize=band_of_tiles(array.shape[plane_dims + 1]),
+                                      **options, **extra)
             except BaseException as error:  # handed to the caller in close()
                 self._error = error
                 while not self._ended and self._queue.get() is not None:  # never block the producer

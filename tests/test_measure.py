@@ -441,6 +441,44 @@ def test_label_suffix_pairs_labels_with_their_images(tmp_path, capsys):
     assert [float(r["intensity_sum"]) for r in rows] == oracle(labels, image)["intensity_sum"]
 
 
+def test_recursive_pairs_each_plate_with_its_own_image(tmp_path, capsys):
+    """segment -r's layout: every plate has an A01, so only the subfolder tells whose image is whose; segment's
+    overlays there are pictures, passed over, not FAILED label files."""
+    from unet_fast.overlays import write_overlay
+
+    labels, images = {}, {}
+    for k, plate in enumerate(("p1", "p2/deeper")):
+        labels[plate] = blobs((11, 13), 3 + k, seed=40 + k)
+        images[plate] = np.random.default_rng(k).integers(0, 1000, (11, 13)).astype(np.uint16)
+        for root, array in (("out", labels[plate]), ("plates", images[plate])):
+            (tmp_path / root / plate).mkdir(parents=True)
+            tifffile.imwrite(tmp_path / root / plate / "A01.tif", array)
+    labels["."], images["."] = blobs((7, 9), 2, seed=42), np.full((7, 9), 5, np.uint16)   # unique name: found
+    tifffile.imwrite(tmp_path / "out" / "B02.tif", labels["."])                          # in another folder
+    tifffile.imwrite(tmp_path / "plates" / "p2" / "B02.tif", images["."])
+    (tmp_path / "out" / "overlays" / "p1").mkdir(parents=True)
+    write_overlay(tmp_path / "out" / "overlays" / "p1" / "A01.png", images["p1"], labels["p1"])
+    out = tmp_path / "tables"
+    arguments = ["measure", "-i", str(tmp_path / "out"), "--images", str(tmp_path / "plates"), "-o", str(out)]
+    assert cli.main(arguments) == 2          # without -r: plates/ holds no image directly
+    assert "plates" in capsys.readouterr().err
+    assert cli.main(arguments[:1] + ["-r", "-i", str(tmp_path / "out" / "p1" / "A01.tif"),
+                                     str(tmp_path / "out" / "p2" / "deeper" / "A01.tif")] + arguments[3:]) == 2
+    assert "ambiguous" in capsys.readouterr().err     # files named: no subfolder to tell them apart
+    assert cli.main(arguments + ["-r"]) == 0
+    captured = capsys.readouterr()
+    assert "FAILED" not in captured.err and "1 overlay(s)" in captured.out
+    rows = read_csv(out / "objects.csv")
+    for plate, name in (("p1", "A01.tif"), ("p2/deeper", "A01.tif"), (".", "B02.tif")):
+        mine = [r for r in rows if r["file"] == str(tmp_path / "out" / plate / name)]
+        assert [float(r["intensity_sum"]) for r in mine] == oracle(labels[plate], images[plate])["intensity_sum"]
+    summary = {row["file"]: row["image_file"] for row in read_csv(out / "summary.csv")}
+    assert summary == {str(tmp_path / "out" / "p1" / "A01.tif"): str(tmp_path / "plates" / "p1" / "A01.tif"),
+                       str(tmp_path / "out" / "p2" / "deeper" / "A01.tif"):
+                           str(tmp_path / "plates" / "p2" / "deeper" / "A01.tif"),
+                       str(tmp_path / "out" / "B02.tif"): str(tmp_path / "plates" / "p2" / "B02.tif")}
+
+
 def test_tables_the_user_wrote_are_never_replaced(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "l.tif", blobs((9, 9), 2, seed=18))
     out = tmp_path / "out"

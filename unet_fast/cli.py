@@ -554,7 +554,7 @@ def cmd_measure(args) -> int:
     quiet.setLevel(logging.CRITICAL)
     try:
         result = measure.run(args.input, args.output_dir, images=args.images, label_suffix=args.label_suffix,
-                             max_pixels=args.max_pixels, log=log)
+                             recursive=args.recursive, max_pixels=args.max_pixels, log=log)
     finally:
         quiet.setLevel(level)
     if result.written:
@@ -1090,6 +1090,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "A01.ome.zarr) (default: none, no intensity columns)")
     p.add_argument("--label-suffix", default="",
                    help="label files are named <image base name><suffix>.* (e.g. _labels) (default: no suffix)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="folders (of -i and --images) give the files in their subfolders at any depth too, as "
+                        "segment -r lists them; a label file is paired with the image of its base name in the "
+                        "same subfolder first (-r -i out/ --images plates/: out/p1/A01.tif with "
+                        "plates/p1/A01.tif), and overlays segment drew (out/overlays/...) are passed over "
+                        "(default: off)")
     p.add_argument("-o", "--output-dir", required=True,
                    help="folder for objects.csv and summary.csv (created if needed)")
     p.add_argument("--max-pixels", type=_positive_int, default=2 ** 30,

@@ -521,23 +521,33 @@ def _base_name(path: Path) -> str:
     return output_name(Path(path), "")
 
 
-def pair_files(label_files: list[Path], image_files: list[Path] | None, label_suffix: str = "") -> list[_Pair]:
+def pair_files(label_files: list[Path], image_files: list[Path] | None, label_suffix: str = "",
+               places: dict[Path, Path] | None = None) -> list[_Pair]:
     """Each label file with the image of its base name (``segment``'s output name: the input's without its
-    suffix, ".ome.tif" and ".ome.zarr" counting as one), less ``label_suffix``. BadArgument ("images") for a label
-    file without its image, or two images of the name it looks for."""
+    suffix, ".ome.tif" and ".ome.zarr" counting as one), less ``label_suffix``. places: {file: its subfolder in
+    the folder named} of label and image files alike (``segment.output_subfolders``: a recursive run's), where
+    the image in the label file's own subfolder is taken first (plates/p1/A01.tif for out/p1/A01.tif, where every
+    plate has an A01). BadArgument ("images") for a label file without its image, or two images it could be."""
     if image_files is None:
         return [_Pair(path, None) for path in label_files]
+    places = places or {}
     by_name: dict[str, list[Path]] = {}
+    by_place: dict[tuple[Path, str], list[Path]] = {}
     for path in image_files:
         by_name.setdefault(_base_name(path), []).append(path)
+        by_place.setdefault((places.get(path, Path()), _base_name(path)), []).append(path)
     pairs, missing = [], []
     for path in label_files:
         name = _base_name(path)
         wanted = name[:len(name) - len(label_suffix)] if name.endswith(label_suffix) else None
-        found = [image for image in by_name.get(wanted, []) if not same_file(image, path)]
+        found = [image for image in by_place.get((places.get(path, Path()), wanted), []) if not same_file(image, path)]
+        if not found:
+            found = [image for image in by_name.get(wanted, []) if not same_file(image, path)]
         if len(found) > 1:
+            where = ("" if places else "; -r pairs a label file with the image in the same subfolder of the "
+                                       "folders named")
             raise BadArgument("images", f"{', '.join(map(str, found))} have the same base name {wanted!r}: which "
-                                        f"is the image of {path} is ambiguous; name one of them")
+                                        f"is the image of {path} is ambiguous; name one of them{where}")
         if not found:
             missing.append(str(path))
         else:
@@ -674,7 +684,7 @@ def check_output_dir(output_dir, inputs: list[Path]) -> None:
                                             f"this run would replace; choose another output folder or move that file")
 
 
-def run(inputs, output_dir, *, images=None, label_suffix: str = "",
+def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: bool = False,
         max_pixels: int | None = image_io.DEFAULT_MAX_PIXELS, log=print) -> MeasureResult:
     """Measure the objects of every label file ``inputs`` name (files, folders, glob patterns, as ``segment``
     takes them) into ``output_dir``/objects.csv (a row per object, the file first) and ``output_dir``/summary.csv
@@ -682,17 +692,29 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "",
 
     images: files, folders or patterns of the intensity images, each label file paired with the image of its
     base name (``pair_files``; ``label_suffix``: label files are named <image name><suffix>), or None.
+    recursive: folders give the files in their subfolders at any depth too (as ``segment -r`` lists its inputs
+    and places its outputs), each label file paired with the image of its subfolder first; the overlays segment
+    wrote there (OUTDIR/overlays/...) are passed over.
     Usage errors (nothing to measure, a label file without its image, an output folder that cannot be written or
     holds tables it did not write) raise BadArgument before anything is read. A file that cannot be measured
     (unreadable, no instance labels, of another size than its image) is reported by ``log`` as FAILED and left
     out; the tables are written (atomically, each replacing one ``run`` wrote) when any file was measured.
     """
-    from .segment import expand_inputs
+    from .checks import check_bool
+    from .overlays import written_by_unet_fast
+    from .segment import expand_inputs, output_subfolders
 
+    check_bool(recursive, "recursive")
     started = time.perf_counter()
     result = MeasureResult()
     items = [str(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
-    label_files, problems = expand_inputs(items)
+    label_files, problems = expand_inputs(items, recursive=recursive)
+    if recursive:       # segment -r's OUTDIR/overlays/<subfolders>/*.png: pictures, not labels
+        overlays = [path for path in label_files if written_by_unet_fast(path)]
+        if overlays:
+            passed = set(overlays)
+            label_files = [path for path in label_files if path not in passed]
+            log(f"note: {len(overlays)} overlay(s) segment or evaluate drew passed over (e.g. {overlays[0]})")
     if not label_files:
         shown = "; ".join(f"{item}: {reason}" for item, reason in problems[:5])
         raise BadArgument("input", f"no label image to measure: {shown}"
@@ -700,13 +722,15 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "",
     image_files = None
     if images is not None:
         image_items = [str(item) for item in ([images] if isinstance(images, (str, Path)) else images)]
-        image_files, image_problems = expand_inputs(image_items)
+        image_files, image_problems = expand_inputs(image_items, recursive=recursive)
         if image_problems:
             item, reason = image_problems[0]
             raise BadArgument("images", f"{item}: {reason}")
     elif label_suffix:
         raise BadArgument("label_suffix", "--label-suffix pairs label files with --images; give --images too")
-    pairs = pair_files(label_files, image_files, label_suffix)
+    places = ({**output_subfolders(label_files, items), **output_subfolders(image_files or [], image_items)}
+              if recursive and images is not None else None)
+    pairs = pair_files(label_files, image_files, label_suffix, places)
     check_output_dir(output_dir, label_files + (image_files or []))
     output_dir = Path(output_dir)
     created = not output_dir.exists()

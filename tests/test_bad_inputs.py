@@ -589,7 +589,7 @@ CLI = [
                                            str(ws / "model.safetensors"), "--no-progress"], 1, "NonFiniteInputError"),
     ("segment a complex image", lambda ws, t: ["segment", "-i", str(ws / "complex.tif"), "-o", str(t / "out"), "-m",
                                                str(ws / "model.safetensors"), "--no-progress"], 1,
-     "complex.tif: ValueError: image has pixels of type complex64"),
+     "complex.tif: image has pixels of type complex64"),
     ("segment a truncated TIFF", lambda ws, t: ["segment", "-i", str(ws / "truncated.tif"), "-o", str(t / "out"),
                                                 "-m", str(ws / "model.safetensors"), "--no-progress"], 1,
      "truncated.tif"),
@@ -691,3 +691,22 @@ def test_sigterm_during_a_file_leaves_no_partial_file(tmp_path):
         signal.signal(signal.SIGTERM, previous)
     assert exit_.value.code == 128 + signal.SIGTERM and not late
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_failed_lines_say_the_type_only_where_it_adds_something(tmp_path):
+    """segment's and measure's FAILED lines: "ValueError: has 3 channel(s)" read like a crash; a plain ValueError
+    or OSError says what it means without its type, which other errors keep (the file is named first, once)."""
+    import zlib
+
+    from unet_fast.checks import failure_reason
+
+    path = tmp_path / "a.tif"
+    assert failure_reason(ValueError("has 3 channel(s)\n  the model expects 1")) == \
+        "has 3 channel(s) the model expects 1"
+    assert failure_reason(ValueError(f"{path}: holds no image series"), path) == "holds no image series"
+    assert failure_reason(FileNotFoundError(2, "No such file or directory", str(path))) == \
+        f"[Errno 2] No such file or directory: '{path}'"
+    assert failure_reason(NonFiniteInputError("image holds NaN")) == "NonFiniteInputError: image holds NaN"
+    assert failure_reason(zlib.error("incorrect header check")) == "zlib.error: incorrect header check"
+    assert failure_reason(RuntimeError()) == "RuntimeError: RuntimeError"
+    assert failure_reason(ValueError(str(path)), path) == "ValueError"

@@ -121,3 +121,17 @@ def pixel_type_problem(dtype) -> str | None:
         return None
     return (f"has pixels of type {dtype}; unet_fast segments real numbers (bool, integer or float): convert "
             f"the image first (for complex data, e.g. its magnitude, np.abs)")
+
+
+def failure_reason(error: BaseException, path=None) -> str:
+    """The line a FAILED report gives for ``error``: its message on one line, without ``path`` where the message
+    starts with it (the report names the file first). A plain ValueError or an OSError (which says its errno) says
+    what it means without its type; other types keep their name (NonFiniteInputError, TiffFileError, zlib.error:
+    an error's type is part of what it says)."""
+    text = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip()) or type(error).__name__
+    if path is not None and text.startswith(str(path)):
+        text = text[len(str(path)):].lstrip(": ") or type(error).__name__
+    if type(error) is ValueError or isinstance(error, OSError):
+        return text
+    kind = type(error).__name__
+    return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {text}"     # zlib.error

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import image_io, termination
-from .checks import BadArgument, same_file
+from .checks import BadArgument, failure_reason, same_file
 from .pixel_size import UNIT_SYMBOLS, PixelSize, in_unit, read_pixel_size, scale_factor
 
 __all__ = ["measure_objects", "run", "MeasureResult", "pair_files", "check_output_dir", "unit_symbol",
@@ -749,7 +749,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
             _check_pair(pair, max_pixels)
         except Exception as error:      # unreadable (tifffile's, zarr's, zlib's errors), or no instance labels
             result.failed.append((str(pair.labels), str(error)))
-            log(f"FAILED {pair.labels}: {_reason(error, pair.labels)}", file=sys.stderr)
+            log(f"FAILED {pair.labels}: {failure_reason(error, pair.labels)}", file=sys.stderr)
             continue
         usable.append(pair)
     if not usable:
@@ -768,7 +768,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
                             columns = _measure(labels, image, _in_unit(pair.pixel_size, unit))
                     except Exception as error:      # a file that fails while read (a truncated tile, a negative id)
                         result.failed.append((str(pair.labels), str(error)))
-                        log(f"FAILED {pair.labels}: {_reason(error, pair.labels)}", file=sys.stderr)
+                        log(f"FAILED {pair.labels}: {failure_reason(error, pair.labels)}", file=sys.stderr)
                         continue
                     table.writelines(_object_rows(str(pair.labels), columns, header))
                     summary_rows.append(_summary_row(pair, columns, unit))
@@ -828,12 +828,3 @@ def _nothing_measured(result: MeasureResult, output_dir: Path, created: bool, st
 
 class _NothingMeasured(Exception):
     """Every file failed: no table is written."""
-
-
-def _reason(error: BaseException, path: Path) -> str:
-    """One line for a file's failure, without the file's name the line starts with (a zlib error says nothing
-    without its type)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if text.startswith(str(path)):
-        text = text[len(str(path)):].lstrip(": ")
-    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"

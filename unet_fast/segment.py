@@ -531,7 +531,7 @@ class _Segmenter:
                 raise
             except Exception as error:
                 return functools.partial(self.fail, path, f"its output exists, but drawing the overlay failed: "
-                                                          f"{_describe(error)}")
+                                                          f"{checks.failure_reason(error)}")
 
         def skipped():
             if drawn:
@@ -565,7 +565,7 @@ class _Segmenter:
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
-            return functools.partial(self.fail, path, _describe(error))
+            return functools.partial(self.fail, path, checks.failure_reason(error, path))
 
     def small(self, info: image_io.ImageInfo) -> bool:
         """Whether a file is segmented in a batch of files: a single plane of few pixels (``held_pixels``)."""
@@ -589,7 +589,7 @@ class _Segmenter:
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:  # reported and skipped: one bad file must not stop the batch
-            self.fail(file.path, _describe(error))
+            self.fail(file.path, checks.failure_reason(error, file.path))
 
     def together(self, files: list[_File]) -> str | None:
         """Segment small files of one shape together (``predict_images``), each into its own output: how long
@@ -605,7 +605,8 @@ class _Segmenter:
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:
-            logger.info("a batch of %d files failed (%s); segmenting them one by one", len(files), _describe(error))
+            logger.info("a batch of %d files failed (%s); segmenting them one by one", len(files),
+                        checks.failure_reason(error))
             return None
         return f"{time.perf_counter() - began:.2f} s for a batch of {len(files)} files"
 
@@ -619,7 +620,8 @@ class _Segmenter:
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as error:
-            self.fail(file.path, f"its output was written, but drawing the overlay failed: {_describe(error)}")
+            self.fail(file.path, "its output was written, but drawing the overlay failed: "
+                                 + checks.failure_reason(error))
             return
         self.summary.pixels += file.plane_pixels
         self.summary.done.append(str(file.path))
@@ -661,11 +663,6 @@ class _Pending:
                 self.segmenter.one(entry)
             self.done(1)
         self.entries.clear()
-
-
-def _describe(error: BaseException) -> str:
-    kind = type(error).__name__
-    return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {error}"   # zlib.error
 
 
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",

@@ -808,3 +808,65 @@ def test_a_diverged_epoch_stops_training_and_keeps_the_last_good_checkpoint(nucl
         fit(nan_at_once, train, epochs=2, recipe="paper", tile_size=44, tiles_per_epoch=2, batch_size=1,
             checkpoint_dir=tmp_path / "other", progress=False)
     assert not (tmp_path / "other" / "last.safetensors").exists()
+
+
+def _rewritten(path, tensors=None, metadata=None):
+    """The checkpoint at ``path`` rewritten with ``tensors(dict)`` and ``metadata(dict)`` editing its contents."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        header, contents = dict(handle.metadata()), {name: handle.get_tensor(name) for name in handle.keys()}
+    (tensors or (lambda t: None))(contents)
+    (metadata or (lambda m: None))(header)
+    save_file(contents, str(path), header)
+    return path
+
+
+def _history(change):
+    def edit(metadata):
+        rows = json.loads(metadata["history"])
+        change(rows[-1])
+        metadata["history"] = json.dumps(rows)
+    return edit
+
+
+@pytest.mark.parametrize("tensors, metadata, named", [
+    (lambda t: t.update({"model.head.weight": torch.zeros(3, 3)}), None,
+     r"weight head.weight of shape \(3, 3\), its network's \(2, 4, 1, 1\)"),
+    (lambda t: t.update({"model.head.bias": torch.tensor([0.5, float("nan")])}), None,
+     "weight head.bias holding NaN or infinite values"),
+    (lambda t: t.update({"model.head.bias": torch.ones(2, dtype=torch.int32)}), None, "weight head.bias of type"),
+    (lambda t: t.pop("model.head.bias"), None, r"weights missing \['head.bias'\]"),
+    (lambda t: t.update({"optimizer.state.0.exp_avg": torch.zeros(2)}), None,
+     r"optimizer state optimizer.state.0.exp_avg of shape \(2,\) .*its parameter's shape: \(4, 1, 3, 3\)"),
+    (lambda t: t.update({"optimizer.state.0.step": torch.zeros(1, 2)}), None, "a step is one number"),
+    (lambda t: t.update({"optimizer.state.99.exp_avg": torch.zeros(2)}), None,
+     "optimizer.state.99.exp_avg' of no parameter"),
+    (lambda t: t.update({"rng.0.cpu": torch.zeros(5, dtype=torch.uint8)}), None,
+     r"random state rng.0.cpu of shape \(5,\)"),
+    (lambda t: t.update({"rng.0.python.scalars": torch.zeros(3, dtype=torch.float64)}), None,
+     "random state rng.0.python.scalars"),
+    (None, _history(lambda row: row.update(elapsed="12 s")), "its history is not"),
+    (None, _history(lambda row: row.update(val_object_f1="0.8")), "its history is not"),
+    (None, _history(lambda row: row.pop("epoch")), "its history is not"),
+    (None, lambda m: m.update({"optimizer.param_groups": m["optimizer.param_groups"].replace('"eps": 1e-08',
+                                                                                            '"eps": "small"')}),
+     "its optimizer.param_groups is not"),
+])
+def test_a_checkpoint_with_damaged_tensors_or_history_values_is_refused_by_name(nuclei, tmp_path, tensors, metadata,
+                                                                                named):
+    """A weight, an optimizer state or a random state of another shape or type failed in load_state_dict, at the
+    first step or in set_rng_state without naming the file ("The size of tensor a (2) must match ...", "too many
+    values to unpack"); a history value of another type after a whole epoch; a NaN weight trained an epoch and then
+    named the damaged checkpoint as the one to resume from. Now each is refused by name on reading, before any work."""
+    train, val = nuclei
+    options = dict(recipe="default", tile_size=44, tiles_per_epoch=2, batch_size=1, seed=0, progress=False)
+    fit(tiny_net(), train, val, epochs=1, checkpoint_dir=tmp_path, **options)
+    path = _rewritten(tmp_path / "last.safetensors", tensors, metadata)
+    with pytest.raises(ValueError, match=f"checkpoint '{path}' is damaged or was not written by unet_fast: .*{named}"):
+        load_checkpoint(path)
+    damaged = path.read_bytes()
+    with pytest.raises(ValueError, match=f"checkpoint '{path}' is damaged"):
+        fit(tiny_net(), train, val, epochs=2, checkpoint_dir=tmp_path, resume=path, **options)
+    assert path.read_bytes() == damaged

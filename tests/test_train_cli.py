@@ -469,3 +469,49 @@ def test_a_val_fraction_of_one_image_is_refused_before_the_labels_are_read(folde
     assert code == 2 and "argument --val-fraction: --val-fraction 0.2 needs at least 2 labelled images to split, " \
                          "got 1" in captured.err
     assert "objects in the labels" not in captured.out + captured.err
+
+
+def test_a_second_run_into_a_work_dir_in_use_is_refused(folders, capsys):
+    """Two runs started together into one work dir both found it free of checkpoints and logs, then wrote their
+    checkpoints, logs and image records over each other's (the model too); now the first holds the folder and the
+    second is refused, writing nothing."""
+    import fcntl
+    import os
+
+    work_dir = folders / "run"
+    work_dir.mkdir()
+    running = os.open(work_dir, os.O_RDONLY)       # what the first run holds while it trains
+    try:
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(_tiny(folders, "--epochs", "1")) == 2
+        err = capsys.readouterr().err
+        assert "argument --work-dir: " in err and "is the work dir of another unet-fast train, which is running" in err
+        assert list(work_dir.iterdir()) == [] and not (folders / "model.safetensors").exists()
+    finally:
+        os.close(running)
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0     # held no longer: and a run lets it go when it ends
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(work_dir / "last.safetensors"))) == 0
+
+
+def test_a_resume_into_another_runs_work_dir_is_refused_and_into_a_new_one_records_its_images(folders, capsys):
+    """--resume A/last.safetensors with a work dir B holding another run replaced B's checkpoint and logs, and
+    called B's best model (trained on other images) this run's best; a resume into a new work dir recorded no
+    images there, so resuming from it again was not checked."""
+    val = ["--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb")]
+    assert cli.main(_tiny(folders, "--epochs", "1", *val)) == 0
+    other = ["--work-dir", str(folders / "other"), "-o", str(folders / "other.safetensors")]
+    assert cli.main(_tiny(folders, "--epochs", "1", *other)) == 0
+    before = {path.name: path.read_bytes() for path in (folders / "other").iterdir()}
+    capsys.readouterr()
+    resume = ["--resume", str(folders / "run" / "last.safetensors")]
+    assert cli.main(_tiny(folders, "--epochs", "2", *val, *resume, *other)) == 2
+    err = capsys.readouterr().err
+    assert "argument --work-dir: " in err and "is the checkpoint of another run than --resume's" in err
+    assert {path.name: path.read_bytes() for path in (folders / "other").iterdir()} == before
+    fork = ["--work-dir", str(folders / "fork"), "-o", str(folders / "fork.safetensors")]
+    assert cli.main(_tiny(folders, "--epochs", "2", *val, *resume, *fork)) == 0
+    assert json.loads((folders / "fork" / "training-images.json").read_text()) == \
+        json.loads((folders / "run" / "training-images.json").read_text())
+    assert cli.main(_tiny(folders, "--epochs", "3", *fork, "--resume", str(folders / "fork" / "last.safetensors"))) == 2
+    err = capsys.readouterr().err
+    assert "argument --resume: " in err and "validation: 0 added, 1 left out" in err

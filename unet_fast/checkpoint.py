@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
+from .architecture import check_config, parameter_shapes
 from .image_io import write_bytes_atomically
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "restore_rng_state", "CHECKPOINT_FORMAT"]
@@ -146,10 +147,20 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
     def whole(value, low: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
+    def number(value) -> bool:      # a value of a history row or of the optimizer
+        return value is None or isinstance(value, (int, float)) or (isinstance(value, list) and all(
+            isinstance(item, (int, float)) for item in value))
+
+    def group(values) -> bool:      # numbers where the optimizer computes with them; its flags any JSON scalar
+        return isinstance(values, dict) and all(number(value) if key in NUMERIC_GROUP_VALUES else
+                                                value is None or isinstance(value, (int, float, str))
+                                                for key, value in values.items())
+
     world = max(ranks) + 1 if ranks else 1
     checks = [("epoch", whole(fields["epoch"], 0)),
-              ("history", isinstance(fields["history"], list) and all(isinstance(r, dict) and whole(r.get("step"), 0)
-                                                                     for r in fields["history"])),
+              ("history", isinstance(fields["history"], list) and all(
+                  isinstance(r, dict) and whole(r.get("step"), 0) and whole(r.get("epoch"), 1)
+                  and all(number(v) and not isinstance(v, list) for v in r.values()) for r in fields["history"])),
               ("seed", fields["seed"] is None or whole(fields["seed"], 0)),
               ("model_config", fields["model_config"] is None or isinstance(fields["model_config"], dict)),
               ("num_classes", fields["num_classes"] is None or whole(fields["num_classes"], 1)),
@@ -158,14 +169,82 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
               ("amp", fields["amp"] is None or isinstance(fields["amp"], bool)),
               ("best_metric", fields["best_metric"] is None or isinstance(fields["best_metric"], str)),
               ("optimizer.param_groups", isinstance(optimizer["param_groups"], list)
-               and all(isinstance(group, dict) for group in optimizer["param_groups"])),
+               and all(map(group, optimizer["param_groups"]))),
               ("optimizer.scalars", isinstance(optimizer["scalars"], dict) and all(
-                  key.split(".", 1)[0].isdigit() and "." in key for key in optimizer["scalars"])),
+                  key.split(".", 1)[0].isdigit() and "." in key and number(value)
+                  for key, value in optimizer["scalars"].items())),
               ("world_size", whole(declared, 1) and declared == world and (not ranks or ranks == set(range(world))))]
     wrong = [name for name, ok in checks if not ok]
     if wrong:
         raise bad(f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not what a checkpoint holds")
+    wrong = _tensor_problems(tensors, fields["model_config"])
+    if wrong:
+        raise bad(f"{'; '.join(wrong[:3])}{f' (and {len(wrong) - 3} more)' if len(wrong) > 3 else ''}")
     return {**fields, "world_size": world}
+
+
+#: the values of an optimizer's param_groups its step computes with (all numbers, or lists of numbers)
+NUMERIC_GROUP_VALUES = ("params", "lr", "momentum", "dampening", "weight_decay", "eps", "betas")
+
+
+def _tensor_problems(tensors: dict, model_config) -> list[str]:
+    """What is wrong with a checkpoint's tensors, before any is used (a weight, an optimizer state or a random state of
+    another shape or type failed in load_state_dict, at the first step or in torch.set_rng_state, naming no file; a
+    NaN weight trained a whole epoch and then called the damaged checkpoint the one to resume from): the weights of
+    the network ``model_config`` describes (names, shapes: where it is a unet_fast network's), floating point and
+    finite; each optimizer state of its parameter's shape (its step one number); the random states' layouts."""
+    shapes = _network_shapes(model_config)
+    weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    problems = []
+    if shapes is not None and set(shapes) != set(weights):
+        problems += [f"weights {what} {sorted(names)[:3]}{' ...' if len(names) > 3 else ''} for its network"
+                     for what, names in (("missing", set(shapes) - set(weights)),
+                                         ("unexpected", set(weights) - set(shapes))) if names]
+    for name, value in weights.items():
+        if shapes is not None and name in shapes and tuple(value.shape) != shapes[name]:
+            problems.append(f"weight {name} of shape {tuple(value.shape)}, its network's {shapes[name]}")
+        elif not value.is_floating_point():
+            if shapes is not None:      # (another model may have integer buffers: BatchNorm's count)
+                problems.append(f"weight {name} of type {value.dtype}")
+        elif not bool(torch.isfinite(value).all()):
+            problems.append(f"weight {name} holding NaN or infinite values")
+    parameters = list(shapes.values()) if shapes is not None else None
+    for key, value in tensors.items():
+        if not key.startswith("optimizer.state."):
+            continue
+        index, _, name = key[len("optimizer.state."):].partition(".")
+        if not (index.isdigit() and name) or (parameters is not None and int(index) >= len(parameters)):
+            problems.append(f"optimizer state {key!r} of no parameter")
+        elif not value.is_floating_point() or (value.numel() != 1 if name == "step" else
+                                               parameters is not None and tuple(value.shape) != parameters[int(index)]):
+            problems.append(f"optimizer state {key} of shape {tuple(value.shape)} and type {value.dtype}"
+                            + (" (a step is one number)" if name == "step" else f" (its parameter's shape: "
+                               f"{parameters[int(index)]})" if parameters is not None else ""))
+    layouts = {"cpu": (torch.uint8, (torch.get_rng_state().numel(),)), "numpy": (torch.int64, (624,)),
+               "numpy.scalars": (torch.float64, (3,)), "python": (torch.int64, (625,)),
+               "python.scalars": (torch.float64, (2,))}
+    for key, value in tensors.items():
+        if key.startswith("rng."):
+            name = _rng_key(key)[1]
+            dtype, shape = layouts.get(name, (torch.uint8, None) if name.split(".")[0] == "cuda" else (None, None))
+            if dtype is not None and (value.dtype != dtype or value.dim() != 1
+                                      or shape not in (None, tuple(value.shape))):
+                problems.append(f"random state {key} of shape {tuple(value.shape)} and type {value.dtype}")
+    return problems
+
+
+def _network_shapes(model_config) -> dict | None:
+    """The weights' names and shapes of the unet_fast network ``model_config`` describes; None for the config of
+    another model, or one that describes no network (what builds the network from it says why)."""
+    if not isinstance(model_config, dict) or not {"in_channels", "num_classes", "depth", "base_channels"} <= set(
+            model_config):
+        return None
+    arguments = {key: value for key, value in model_config.items() if key not in ("class", "backend")}
+    try:
+        check_config(**arguments)
+    except (TypeError, ValueError):
+        return None
+    return parameter_shapes(*(arguments[key] for key in ("in_channels", "num_classes", "depth", "base_channels")))
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -148,14 +148,7 @@ def cmd_train(args) -> int:
         except (ModelFileError, OSError, ValueError):
             raise BadArgument("output", f"{args.output!r} exists and is no unet_fast model file, which the model would "
                                         f"replace; name the model otherwise, or move that file") from None
-    # what a run writes there besides the checkpoint: a new run never replaces such files (a resumed one goes on
-    # writing its own)
-    earlier = [name for name in ("best.safetensors", "history.csv", "history.json", "curves.png")
-               if args.resume is None and (work_dir / name).exists()]
-    if earlier:
-        raise BadArgument("work_dir" if args.work_dir else "output",
-                          f"{str(work_dir)!r} holds {', '.join(earlier)}, which this run would replace; choose "
-                          f"another work dir (--work-dir) or move them")
+    _refuse_another_runs_files(args, work_dir)
     if args.cache_dir is not None:
         check_writable_folder(args.cache_dir, "cache_dir")
     check_device(args.device)
@@ -195,7 +188,78 @@ def cmd_train(args) -> int:
             raise BadArgument("tile_size" if args.tile_size is not None else "resume",
                               geometry.size_error_message(tile_size, config["depth"], config["padding"],
                                                           trace.problem, tile=True))
-    return _train_from_folders(args, recipe, config, seed=seed, tile_size=tile_size, work_dir=work_dir)
+    with _work_dir_held(work_dir, "work_dir" if args.work_dir else "output"):
+        _refuse_another_runs_files(args, work_dir)      # again: another run may have begun since the check above
+        for name in RUN_FILES:      # leftovers of a killed run, removed only once the work dir is this run's
+            image_io.remove_leftovers(work_dir / name)
+        image_io.remove_leftovers(args.output)
+        return _train_from_folders(args, recipe, config, seed=seed, tile_size=tile_size, work_dir=work_dir)
+
+
+#: what a run writes into its work dir (besides DATA_RECORD), none of which another run may replace
+RUN_FILES = ("last.safetensors", "best.safetensors", "history.csv", "history.json", "curves.png")
+
+
+def _refuse_another_runs_files(args, work_dir: Path) -> None:
+    """BadArgument when the work dir holds files of a run this one does not continue: a new run's, or a resume's
+    into a work dir other than its checkpoint's (which replaced that dir's run's checkpoint and logs, and called
+    its best model this run's)."""
+    from .checks import same_file
+
+    if args.resume is not None and same_file(Path(args.resume).parent, work_dir):
+        return                                  # the run goes on writing its own files
+    argument = "work_dir" if args.work_dir else "output"
+    checkpoint = work_dir / "last.safetensors"
+    if checkpoint.exists() and args.resume is not None:
+        raise BadArgument(argument, f"{str(checkpoint)!r} is the checkpoint of another run than --resume's, which "
+                                    f"this run would replace: a resumed run writes into its checkpoint's work dir "
+                                    f"(--work-dir {str(Path(args.resume).parent)!r}) or a new one")
+    if checkpoint.exists():
+        raise BadArgument(argument, f"{str(checkpoint)!r} is the checkpoint of an earlier run, which this run would "
+                                    f"replace: pass --resume {checkpoint} to continue that run, or choose another "
+                                    f"work dir (--work-dir) or remove it")
+    earlier = [name for name in RUN_FILES if (work_dir / name).exists()]
+    if earlier:
+        raise BadArgument(argument, f"{str(work_dir)!r} holds {', '.join(earlier)}, which this run would replace; "
+                                    f"choose another work dir (--work-dir) or move them")
+
+
+@contextlib.contextmanager
+def _work_dir_held(work_dir: Path, argument: str):
+    """The work dir, made and held for this run (by rank 0 under torchrun): another ``unet-fast train`` into it
+    while this one runs is refused (BadArgument naming ``argument``). Two runs started together both found it free
+    of checkpoints and logs, then wrote their checkpoints, logs and image records over each other's. An advisory
+    flock on the folder itself, which ends with the process however it ends; where the file system has none (some
+    network file systems) the run goes on unguarded. Folders made here are removed again if the run fails with
+    nothing written in them (a usage error found in the images: nothing written, as before any work)."""
+    made = [folder for folder in (work_dir, *work_dir.parents) if not folder.exists()]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(work_dir, os.O_RDONLY) if int(os.environ.get("RANK", "0")) == 0 else None
+    held = False        # (the folders of a run that holds the work dir are that run's, even where this one made them)
+    try:
+        if descriptor is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BadArgument(argument, f"{str(work_dir)!r} is the work dir of another unet-fast train, which "
+                                            f"is running: let it finish, or choose another work dir (--work-dir)"
+                                  ) from None
+            except OSError:
+                pass
+            held = True
+        yield
+    except BaseException:
+        for folder in made if held else ():
+            try:
+                folder.rmdir()
+            except OSError:     # something was written there
+                break
+        raise
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 #: the recipe's fields that describe the network (a resumed run takes them from the checkpoint's model)
@@ -344,28 +408,14 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
     --val-fraction or folder trained on the held-out images, or other ones, and went on): BadArgument (resume)."""
     import json
 
+    from .checks import same_file
+
     names = {"training": sorted(train_data[i].name for i in range(len(train_data))),
              "validation": sorted(val_data[i].name for i in range(len(val_data))) if val_data is not None else []}
     if args.resume is not None:
-        recorded = Path(args.resume).parent / DATA_RECORD
-        try:
-            saved = json.loads(recorded.read_text())
-        except (OSError, ValueError):       # runs from before the record, or a checkpoint moved alone
-            return
-        if not isinstance(saved, dict):
-            return
-        if saved.get("ignore_label") != args.ignore_label:   # absent: a run without it (or from before it)
-            raise BadArgument("ignore_label", f"{args.resume} was trained with --ignore-label "
-                                              f"{saved.get('ignore_label')}, got {args.ignore_label}: --resume "
-                                              f"continues the same run on the same targets; give the run's value")
-        changed = [f"{kind}: {len(set(names[kind]) - set(saved.get(kind, [])))} added, "
-                   f"{len(set(saved.get(kind, [])) - set(names[kind]))} left out" for kind in names
-                   if sorted(saved.get(kind, [])) != names[kind]]
-        if changed:
-            raise BadArgument("resume", f"{args.resume} trained on other images ({'; '.join(changed)}; recorded in "
-                                        f"{recorded}): --resume continues the same run on the same images and split "
-                                        f"(the same --images, --labels, --val-fraction or --val-images)")
-        return
+        _check_recorded_data(args, names)
+        if same_file(Path(args.resume).parent, work_dir):
+            return          # recorded there already (a resume into a new work dir records the run there too)
     if int(os.environ.get("RANK", "0")) == 0:
         from .image_io import atomic_path
 
@@ -373,6 +423,31 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
             names["ignore_label"] = args.ignore_label
         with atomic_path(work_dir / DATA_RECORD) as temporary:
             Path(temporary).write_text(json.dumps(names, indent=1))
+
+
+def _check_recorded_data(args, names: dict) -> None:
+    """BadArgument (resume, ignore_label) when the images and split ``names`` or --ignore-label differ from those
+    recorded beside the checkpoint --resume reads (nothing to compare where none is recorded)."""
+    import json
+
+    recorded = Path(args.resume).parent / DATA_RECORD
+    try:
+        saved = json.loads(recorded.read_text())
+    except (OSError, ValueError):       # runs from before the record, or a checkpoint moved alone
+        return
+    if not isinstance(saved, dict):
+        return
+    if saved.get("ignore_label") != args.ignore_label:   # absent: a run without it (or from before it)
+        raise BadArgument("ignore_label", f"{args.resume} was trained with --ignore-label "
+                                          f"{saved.get('ignore_label')}, got {args.ignore_label}: --resume "
+                                          f"continues the same run on the same targets; give the run's value")
+    changed = [f"{kind}: {len(set(names[kind]) - set(saved.get(kind, [])))} added, "
+               f"{len(set(saved.get(kind, [])) - set(names[kind]))} left out" for kind in names
+               if sorted(saved.get(kind, [])) != names[kind]]
+    if changed:
+        raise BadArgument("resume", f"{args.resume} trained on other images ({'; '.join(changed)}; recorded in "
+                                    f"{recorded}): --resume continues the same run on the same images and split "
+                                    f"(the same --images, --labels, --val-fraction or --val-images)")
 
 
 def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, work_dir: Path) -> int:

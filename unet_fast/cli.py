@@ -135,11 +135,6 @@ def cmd_train(args) -> int:
         if same_file(args.output, written) or Path(os.path.abspath(args.output)) == Path(os.path.abspath(written)):
             raise BadArgument("output", f"{args.output!r} is {what}, {written}, which the run writes as it goes; "
                                         f"name the model otherwise")
-    if args.resume is None and checkpoint.exists():
-        raise BadArgument("work_dir" if args.work_dir else "output",
-                          f"{str(checkpoint)!r} is the checkpoint of an earlier run, which this run would replace: "
-                          f"pass --resume {checkpoint} to continue that run, or choose another work dir "
-                          f"(--work-dir) or remove it")
     if Path(args.output).exists():      # a model file of ours is replaced, as segment replaces its own outputs
         from .model_file import ModelFileError, read_model_config
 
@@ -177,9 +172,6 @@ def cmd_train(args) -> int:
                 raise ValueError(f"{args.resume}: its model_config is not an object: {config!r:.80}")
         config = {key: value for key, value in config.items() if key != "backend"}
         recipe, seed, tile_size = _resumed_run(args, state, config, recipe, given)
-    for name in ("last.safetensors", "best.safetensors", "history.csv", "history.json", "curves.png"):   # leftovers
-        image_io.remove_leftovers(work_dir / name)
-    image_io.remove_leftovers(args.output)
     with _blame("resume") if args.resume else _blame_config():     # a checkpoint's config is its fault
         check_config(**config)
     if tile_size is not None:

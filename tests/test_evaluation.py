@@ -572,3 +572,150 @@ def test_an_image_whose_output_is_not_finite_is_refused_by_its_name(tmp_path):
                                                    r"\(in the tile of output rows 0\.\.48, columns 0\.\.48\).*'bf16'"):
         evaluate_model(model, tmp_path / "images", tmp_path / "labels", dtype="fp16")
     assert len(evaluate_model(model, tmp_path / "images", tmp_path / "labels", dtype="bf16").images) == 3
+
+
+def test_the_rand_error_of_sparse_labels_leaves_the_unannotated_pixels_out():
+    """As the IoU does: by hand (see test_metrics), a 4-pixel nucleus half found, in a 10 x 10 image whose lower
+    half is not annotated: recall (4 + 2/50) / 16, precision 1; n = 100 pixels would give (4 + 2/100) / 16."""
+    truth = np.zeros((10, 10), np.uint16)
+    truth[:2, :2] = 1
+    truth[5:] = 65535
+    predicted = np.zeros((10, 10), np.int32)
+    predicted[0, :2] = 1
+    recall = (4 + 2 / 50) / 16
+    scores = score_instances(predicted, truth, "x", truth == 65535)
+    assert scores.rand_error == pytest.approx(1 - 2 * recall / (1 + recall), rel=1e-12)
+
+
+def test_overlays_hatch_the_pixels_nobody_annotated():
+    """The unannotated pixels are dimmed to half and hatched (a magenta diagonal every 6 px), under the outlines;
+    the annotated ones are drawn as without sparse labels."""
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    predicted = np.zeros((40, 40), np.int32)
+    predicted[22:30, 22:30] = 1                    # an object in the unannotated corner: outlined on the hatching
+    ignored = np.zeros((40, 40), bool)
+    ignored[20:, 20:] = True
+    plain = overlays.render_overlay(image, predicted, max_side=80)
+    hatched = overlays.render_overlay(image, predicted, ignored=ignored, max_side=80)
+    assert hatched.shape == plain.shape == (40, 40, 3)
+    rows, cols = np.indices((40, 40))
+    line = (rows + cols) % 6 == 0
+    edge = overlays.outlines(predicted)
+    np.testing.assert_array_equal(hatched[~ignored], plain[~ignored])
+    assert (hatched[ignored & line & ~edge] == overlays.HATCH).all() and np.count_nonzero(ignored & line) == 67
+    np.testing.assert_array_equal(hatched[ignored & ~line & ~edge], plain[ignored & ~line & ~edge] // 2)
+    assert (hatched[edge] == overlays.PREDICTED).all()
+    with pytest.raises(ValueError, match="ignored"):
+        overlays.render_overlay(image, predicted, ignored=ignored[:30])
+
+
+def test_evaluate_overlays_show_where_the_labels_are_not_annotated(nuclei, tmp_path):
+    """evaluate --overlay --ignore-label: the hatching covers the unannotated pixels, only them (the overlay of a
+    64 px image is enlarged 8 times)."""
+    folder, labels = nuclei
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    unannotated = [np.zeros(label.shape, bool) for label in labels]
+    for i, label in enumerate(labels):
+        unannotated[i][:, 40:] = True
+        tifffile.imwrite(sparse / f"n{i}.tif", np.where(unannotated[i], 65535, label).astype(np.uint16))
+    evaluate_model(Threshold(), folder / "images", sparse, ignore_label=65535, overlay_dir=tmp_path / "overlays")
+    for i in range(2):
+        picture = np.asarray(Image.open(tmp_path / "overlays" / f"n{i}.png").convert("RGB"))
+        assert picture.shape == (512, 512, 3)
+        magenta = (picture == overlays.HATCH).all(-1)
+        assert not magenta[:, :320].any() and magenta[:, 320:].mean() > 0.1
+    evaluate_model(Threshold(), folder / "images", folder / "labels", overlay_dir=tmp_path / "dense")
+    assert not (np.asarray(Image.open(tmp_path / "dense" / "n0.png").convert("RGB")) == overlays.HATCH).all(-1).any()
+
+
+def test_uint64_label_files_are_scored(tmp_path):
+    """tifffile reads uint64 labels as numpy.ulonglong, which torch refused: `unet-fast evaluate` failed with
+    "can't convert np.ndarray of type numpy.ulonglong" on label files holding ids beyond 2^32."""
+    truth = np.zeros((32, 32), np.uint64)
+    truth[2:12, 2:12], truth[16:28, 4:14], truth[18:26, 20:30] = 2 ** 63 + 1, 5, 2 ** 40
+    image = (truth > 0).astype(np.float32)
+    image[18:26, 20:30] = 0                                  # one object missed
+    _tif(tmp_path / "images" / "a.tif", image)
+    _tif(tmp_path / "labels" / "a.tif", truth)
+    scores = evaluate_model(Threshold(), tmp_path / "images", tmp_path / "labels").images[0]
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (2, 0, 1)
+
+
+def test_images_without_true_objects_have_no_mean_rand_error_and_no_warning():
+    """Labels with no object (a blank field): the Rand error is undefined, and its mean NaN; numpy's
+    "Mean of empty slice" warning reached the user as `unet-fast evaluate: warning: Mean of empty slice`."""
+    import warnings
+
+    truth = np.zeros((16, 16), np.uint16)
+    predicted = np.zeros((16, 16), np.int32)
+    predicted[2:6, 2:6] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluation = Evaluation([score_instances(predicted, truth, "a"), score_instances(truth, truth, "b")])
+        mean = evaluation.mean
+        evaluation.summary()
+    assert np.isnan(mean["rand_error"]) and mean["f1"] == pytest.approx(0.5) and mean["precision"] == 0.5
+    assert np.isnan(Evaluation([]).mean["iou"])
+
+
+def test_cli_evaluate_into_the_images_folder_runs_again(nuclei, model_file, capsys):
+    """-o the images folder: the second run refused, saying that the first run's evaluation.csv "would overwrite
+    the input" (every file in the folder was taken for an input, not only its images); an image file there is
+    still never replaced."""
+    folder, _ = nuclei
+    argv = ["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels", str(folder / "labels"),
+            "-o", str(folder / "images"), "--no-progress"]
+    assert cli.main(argv) == 0
+    first = [row[:-1] for row in csv.reader(open(folder / "images" / "evaluation.csv"))]   # all but the seconds
+    (folder / "images" / "evaluation.csv").write_text(",".join(first[0]) + "\nstale\n")  # an earlier evaluate table
+    assert cli.main(argv) == 0
+    assert [row[:-1] for row in csv.reader(open(folder / "images" / "evaluation.csv"))] == first
+    capsys.readouterr()
+    (folder / "images" / "evaluation.csv").unlink()
+    os.link(folder / "images" / "n1.tif", folder / "images" / "evaluation.csv")
+    status, err = _usage_error(argv, capsys)
+    assert status == 2 and "would overwrite the input" in err
+
+
+def test_cli_evaluate_keeps_a_users_table_of_ious(nuclei, model_file, tmp_path, capsys):
+    """An evaluation.csv of the user's own whose columns start "name,iou," was taken for evaluate's and replaced
+    (only the first two column names were compared)."""
+    folder, _ = nuclei
+    (tmp_path / "mine").mkdir()
+    table = tmp_path / "mine" / "evaluation.csv"
+    table.write_text("name,iou,notes\nn0,0.81,by hand\n")
+    status, err = _usage_error(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                                str(folder / "labels"), "-o", str(tmp_path / "mine"), "--no-progress"], capsys)
+    assert status == 2 and "no table unet-fast evaluate wrote" in err
+    assert table.read_text() == "name,iou,notes\nn0,0.81,by hand\n"
+
+
+class _RGBThreshold(Threshold):
+    in_channels = 3
+
+    def forward(self, x):
+        return super().forward(x[:, :1])
+
+
+def test_an_rgb_tiff_and_its_labels_given_as_files_are_one_pair(tmp_path):
+    """--images and --labels two files: an RGB TIFF (Y, X, samples) was read as Y pages of (X, 3), refused as
+    "holds 64 pages but labels ... has shape (1, 64, 48)"; its samples are its channels, a stack of RGB pages too.
+    The scores are those of the same arrays given channels first."""
+    truth = np.zeros((64, 48), np.uint16)
+    truth[4:20, 4:20], truth[30:50, 10:40] = 1, 2
+    rgb = np.repeat((truth > 0)[..., None], 3, axis=-1).astype(np.uint8) * 255
+    rgb[45:50, 10:40] = 0                                       # object 2 found in part
+    rgb[55:62, 2:9] = 255                                       # a false one
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "labels.tif", truth)
+    model = _RGBThreshold()
+    model.normalization = Normalization(mode="none")
+    [scores] = evaluate_model(model, tmp_path / "rgb.tif", tmp_path / "labels.tif").images
+    [expected] = evaluate_model(model, [np.moveaxis(rgb, -1, 0)], [truth]).images
+    assert scores.name == "rgb[0]" and (scores.true_positives, scores.false_positives, scores.false_negatives) == \
+        (2, 1, 0) and (scores.iou, scores.ap_50_95) == (expected.iou, expected.ap_50_95)
+    tifffile.imwrite(tmp_path / "rgbs.tif", np.stack([rgb, rgb]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "labelss.tif", np.stack([truth, truth]))
+    assert [s.iou for s in evaluate_model(model, tmp_path / "rgbs.tif", tmp_path / "labelss.tif").images] == \
+        [expected.iou] * 2

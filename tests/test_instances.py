@@ -554,3 +554,18 @@ def test_the_compiled_flood_names_a_wrong_argument():
                       ((level, markers, inside[:2]), "inside"), ((level[0], markers, inside), "level")):
         with pytest.raises(RuntimeError, match=f"watershed_flood: {name} must be"):
             torch.ops.unet_fast.watershed_flood(*bad)
+
+
+def test_a_border_beyond_its_limit_is_refused_not_run_for_hours(capsys):
+    """Rule 4 looks at every offset within ``border`` px of every pixel: `unet-fast evaluate --border 1000` on a
+    512 x 256 image ran for hours without a word. Refused above MAX_BORDER, naming --border; a model's resampling
+    (in_image_pixels) stops at it, as it stops the smoothing at MAX_SMOOTHING."""
+    from unet_fast import cli
+
+    assert InstanceOptions(border=instances.MAX_BORDER).border == 64
+    with pytest.raises(ValueError, match="border must be at most 64 px"):
+        InstanceOptions(border=65)
+    assert InstanceOptions(border=2).in_image_pixels(0.01).border == 64
+    assert InstanceOptions(border=2).in_image_pixels(0.4).border == 5
+    assert cli.main(["evaluate", "-m", "missing.safetensors", "--images", ".", "--labels", ".", "--border", "1000"]) == 2
+    assert "argument --border: border must be at most 64 px" in capsys.readouterr().err

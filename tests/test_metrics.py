@@ -263,3 +263,41 @@ def test_read_only_label_arrays_are_scored_without_a_warning():
         warnings.simplefilter("error")
         assert metrics.object_scores(predicted, truth).f1 == 1.0
         assert metrics.iou(predicted, truth, num_classes=2)[1] == 1.0
+
+
+def test_rand_scores_leave_ignored_pixels_out_of_the_image():
+    """Pixels nobody annotated are no pixels of the image: not in the pair sums (whatever the target holds there)
+    nor among the n of the unassigned pixels' c / n. By hand: a 4-pixel object of which the prediction finds 2,
+    in a 10 x 10 image whose lower half (50 pixels) is not annotated: sum p_ij^2 = 4 + 2/50, sum s_j^2 = 4 + 2/50,
+    sum t_i^2 = 16, so precision 1, recall 4.04 / 16 (counting the ignored pixels, n = 100: 4.02 / 16)."""
+    true = np.zeros((10, 10), np.int64)
+    true[:2, :2] = 1
+    true[5:] = 9                                 # the unannotated pixels' raw value, not an object
+    ignored = true == 9
+    pred = np.zeros_like(true)
+    pred[0, :2] = 4
+    pred[6:8, 3:6] = 5                           # an object in the unannotated half: no pair
+    recall = (4 + 2 / 50) / 16
+    scores = metrics.rand_scores(pred, true, ignored=ignored)
+    assert (scores.precision, scores.recall, scores.error) == pytest.approx((1.0, recall, 1 - 2 * recall / (1 + recall)),
+                                                                            rel=1e-12)
+    assert metrics.rand_error(pred, true, ignored=ignored) == scores.error
+    batch = metrics.rand_scores(np.stack([pred, pred]), np.stack([true, true]), ignored=np.stack([ignored, ignored]))
+    assert batch.recall == pytest.approx(recall, rel=1e-12)
+    assert metrics.rand_scores(pred, np.where(ignored, 0, true)).recall == pytest.approx((4 + 2 / 100) / 16, rel=1e-12)
+    with pytest.raises(ValueError, match="ignored must have the target's shape"):
+        metrics.rand_scores(pred, true, ignored=ignored[:5])
+
+
+@pytest.mark.parametrize("dtype", ["Q", ">u2", ">i8", ">u8"])
+def test_label_maps_of_numpys_other_64_bit_names_and_of_the_other_byte_order(dtype):
+    """tifffile reads a uint64 TIFF as numpy.ulonglong ('Q'), and a big-endian array comes from np.load or a
+    memory map: torch.from_numpy took neither (a TypeError from unet-fast evaluate on uint64 label files)."""
+    true = np.zeros((4, 4), np.int64)
+    true[:2], true[2:, :2] = 5, 7
+    pred = true.copy()
+    pred[3, 3] = 9
+    s = metrics.object_scores(pred.astype(dtype), true.astype(dtype))
+    assert (s.true_positives, s.false_positives, s.false_negatives) == (2, 1, 0)
+    assert metrics.iou(pred.astype(dtype) > 0, true.astype(dtype) > 0)[1] == pytest.approx(12 / 13)
+    assert metrics.rand_error(pred.astype(dtype), true.astype(dtype)) == 0.0

@@ -888,18 +888,20 @@ def cmd_evaluate(args) -> int:
           + f"; images resampled by {model_scale(model, args.scale):g}"
           + ("; test-time augmentation" if args.tta else ""))
     print(result.summary())
-    print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true)"
-                                 if args.overlay else ""))
+    print(f"wrote {csv_path}" + (f" and overlays in {output_dir / 'overlays'} (yellow: predicted, cyan: true"
+                                 + ("; hatched in magenta: not annotated" if args.ignore_label is not None else "")
+                                 + ")" if args.overlay else ""))
     return 0
 
 
 def _written_by_evaluate(path: Path) -> bool:
-    """Whether ``path`` starts as the evaluation.csv that evaluate writes (its first columns' names)."""
+    """Whether ``path`` starts as the evaluation.csv that evaluate writes: its name and score columns, through
+    rand_error (a table of the user's own with name and iou columns is no evaluate table)."""
     from .evaluation import COLUMNS
 
     try:
         with open(path, encoding="utf-8") as file:
-            return file.readline().startswith(",".join(COLUMNS[:2]) + ",")
+            return file.readline().startswith(",".join(COLUMNS[:COLUMNS.index("rand_error") + 1]) + ",")
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -1207,8 +1209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", default="evaluation",
                    help="for evaluation.csv and overlays (default: %(default)s)")
     p.add_argument("--overlay", action="store_true",
-                   help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan (an "
-                        "existing one is replaced only if unet-fast wrote it)")
+                   help="write OUTDIR/overlays/<name>.png: predicted outlines in yellow, true ones in cyan, pixels "
+                        "not annotated (--ignore-label) dimmed and hatched in magenta (an existing one is replaced "
+                        "only if unet-fast wrote it)")
     _instance_flags(p)
     _inference_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no line per image while it runs")

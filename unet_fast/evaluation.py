@@ -77,7 +77,7 @@ def score_instances(predicted: np.ndarray, truth: np.ndarray, name: str = "", ig
         precision=at_half.precision, recall=at_half.recall, f1=at_half.f1,
         ap_50_95=float(np.mean([s.accuracy for s in by_threshold])),
         f1_50_95=float(np.mean([s.f1 for s in by_threshold])),
-        rand_error=metrics.rand_error(predicted, truth) if truth.any() else float("nan"),
+        rand_error=metrics.rand_error(predicted, truth, ignored=ignored) if truth.any() else float("nan"),
         true_objects=at_half.true_positives + at_half.false_negatives,
         predicted_objects=at_half.true_positives + at_half.false_positives,
         true_positives=at_half.true_positives, false_positives=at_half.false_positives,
@@ -92,9 +92,8 @@ class Evaluation:
 
     @property
     def mean(self) -> dict:
-        """The mean over images of each score (NaNs left out)."""
-        return {key: float(np.nanmean([getattr(s, key) for s in self.images])) if self.images else float("nan")
-                for key in MEAN_COLUMNS}
+        """The mean over images of each score (NaNs left out; NaN, without numpy's warning, where all are)."""
+        return {key: _mean_of_numbers([getattr(s, key) for s in self.images]) for key in MEAN_COLUMNS}
 
     @property
     def pooled(self) -> metrics.ObjectScores:
@@ -136,6 +135,12 @@ class Evaluation:
                      f"precision {pooled.precision:.3f}, recall {pooled.recall:.3f} ({pooled.true_positives} matched, "
                      f"{pooled.false_positives} false, {pooled.false_negatives} missed)")
         return "\n".join(lines)
+
+
+def _mean_of_numbers(values) -> float:
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
 
 
 def _cell(value) -> str:
@@ -193,26 +198,36 @@ def _read_stack(path: Path, argument: str) -> np.ndarray:
     import tifffile
 
     from .checks import BadArgument
-    from .image_io import ImageTooLargeError, check_stack_size
+    from .image_io import ImageTooLargeError, _channels_first_order, check_stack_size
 
     try:
         check_stack_size(path)
-        stack = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = "".join("C" if a in "CS" else a for a in series.axes)
+            stack = series.asarray()
     except ImageTooLargeError as error:
         raise BadArgument(argument, str(error)) from error
     except Exception as error:   # not a TIFF, truncated
         raise BadArgument(argument, f"cannot read {str(path)!r} as a TIFF stack: {error}") from error
-    return stack[None] if stack.ndim == 2 else stack
+    # the channels (an RGB image's samples, last in the file) before the pages' Y, X; one image is one page
+    order = _channels_first_order(axes)
+    stack = stack.transpose(order)
+    return stack[None] if stack.ndim == 2 or "".join(axes[i] for i in order) == "CYX" else stack
 
 
 def input_files(images, labels) -> list[Path]:
-    """Every file an evaluation reads or could read: the files in the images and labels folders, or the
-    two stacks (none for arrays); outputs must be none of them."""
+    """Every file an evaluation reads or could read: the image files (``IMAGE_SUFFIXES``) in the images and
+    labels folders, or the two stacks (none for arrays); outputs must be none of them. Other files are no
+    inputs: the evaluation.csv of an earlier run with ``-o`` the images folder is replaced as any other."""
+    from .image_io import IMAGE_SUFFIXES
+
     files = []
     for source in (images, labels):
         if isinstance(source, (str, Path)):
             source = Path(source)
-            files.extend(sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source])
+            files.extend(sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                         if source.is_dir() else [source])
     return files
 
 
@@ -379,8 +394,9 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
     instance_options: the rules making objects of the predicted foreground (default: their defaults,
     as ``unet-fast segment --output instances``). tile_size, batch_size, device, dtype, nonfinite, tta, scale:
     as for ``predict_tiled``. overlay_dir: write <name>.png there for each image (predicted outlines in
-    yellow, true ones in cyan). ignore_label: the label value of pixels not annotated (see the module
-    docstring), or None. log: called with a line per image (None: quiet).
+    yellow, true ones in cyan, pixels not annotated dimmed and hatched in magenta). ignore_label: the label
+    value of pixels not annotated (see the module docstring), or None. log: called with a line per image
+    (None: quiet).
 
     Everything is checked before the first image is scored (``checks.BadArgument`` naming the argument):
     names that do not pair up or are ambiguous, labels of another size, negative or not integers, or not
@@ -452,7 +468,8 @@ def evaluate_model(model, images, labels, *, label_suffix: str = "", instance_op
             if overlay_dir is not None:
                 from .overlays import write_overlay
 
-                write_overlay(Path(overlay_dir) / f"{name}.png", image, predicted, truth, max_side=overlay_max_side)
+                write_overlay(Path(overlay_dir) / f"{name}.png", image, predicted, truth, ignored=ignored,
+                              max_side=overlay_max_side)
             if log is not None:
                 log(f"{name}: IoU {result.iou:.3f}, F1 {result.f1:.3f}, AP50-95 {result.ap_50_95:.3f} "
                     f"({result.seconds:.1f} s{f', in a batch of {len(group)} images' if len(group) > 1 else ''})")

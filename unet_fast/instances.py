@@ -58,6 +58,9 @@ TRUNCATE = 4.0
 # below 0.125 px scipy's Gaussian is the identity (its radius, 4 sigma rounded, is 0); under 0.1 px is refused as
 # a likely slip, a width scaled under it becomes 0 (in_image_pixels)
 MIN_SMOOTHING, MAX_SMOOTHING, DEFAULT_SMOOTHING = 0.1, 64.0, 1.5
+#: the widest ``border`` (px): rule 4 looks at every offset within it, about pi * border^2 of them for every pixel
+#: (64 px: 9 s for a 512 x 256 image on one core; 1000 px, hours, with no sign of progress)
+MAX_BORDER = 64
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class InstanceOptions:
 
     min_size: objects of fewer pixels (as predicted, before filling holes) are removed; 0 keeps all.
     fill_holes: background regions enclosed by one object join it.
-    border: px; background pixels within this distance of two objects join the nearest (0: off).
+    border: px; background pixels within this distance of two objects join the nearest (0: off; at most
+    ``MAX_BORDER``).
     threshold: a 2-class network's foreground is where its foreground probability (smoothed, see
     ``smoothing``) is above this; ``label_instances`` takes the mask as given.
     smoothing: px, the sigma of a Gaussian (scipy's ``gaussian_filter``, mirrored at the image's edges)
@@ -113,6 +117,10 @@ class InstanceOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.border > MAX_BORDER:
+            raise ValueError(f"border must be at most {MAX_BORDER} px (the width of the background borders between "
+                             f"touching objects, 1 or 2 px as a U-Net learns them; every pixel looks that far), "
+                             f"got {self.border}")
         if not isinstance(self.fill_holes, (bool, np.bool_)):
             raise ValueError(f"fill_holes must be True or False, got {self.fill_holes!r}")
         if not (isinstance(self.threshold, (int, float, np.floating)) and 0 < self.threshold < 1):
@@ -138,14 +146,15 @@ class InstanceOptions:
         (``unet_fast.rescale``): ``min_size``, ``border`` and ``core_size`` are measured in the network's
         pixels, where the model learnt its objects and the borders between them, so on the image's grid an
         area is 1 / scale^2 times as many pixels and a distance 1 / scale times (``smoothing`` too, at most
-        ``MAX_SMOOTHING`` px of the image, and 0 under ``MIN_SMOOTHING``). The same objects then come
-        out whatever size the nuclei have in the image (on the dev nuclei magnified 2.5x and segmented at
-        scale 0.4 by 12 models, pooled object F1 0.777 -> 0.786, 10 fewer specks kept)."""
+        ``MAX_SMOOTHING`` px of the image, and 0 under ``MIN_SMOOTHING``; ``border`` at most ``MAX_BORDER``).
+        The same objects then come out whatever size the nuclei have in the image (on the dev nuclei
+        magnified 2.5x and segmented at scale 0.4 by 12 models, pooled object F1 0.777 -> 0.786, 10 fewer
+        specks kept)."""
         if scale == 1:
             return self
         smoothing = min(self.smoothing / scale, MAX_SMOOTHING)
         return dataclasses.replace(self, min_size=round(self.min_size / scale ** 2),
-                                   border=round(self.border / scale),
+                                   border=min(round(self.border / scale), MAX_BORDER),
                                    core_size=max(1, round(self.core_size / scale ** 2)),
                                    smoothing=smoothing if smoothing >= MIN_SMOOTHING else 0.0)
 

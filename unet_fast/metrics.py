@@ -24,9 +24,12 @@ from scipy.optimize import linear_sum_assignment
 
 def _as_tensor(x, name) -> torch.Tensor:
     if isinstance(x, np.ndarray):
+        # torch takes neither the other byte order nor numpy's second names of 64-bit types ('Q', the uint64 that
+        # tifffile reads): both as the native type of their size
+        native = np.dtype(x.dtype.newbyteorder("=").str)
         with warnings.catch_warnings():   # a read-only array (a memory-mapped stack) is only read here: no copy
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            x = torch.from_numpy(np.ascontiguousarray(x))
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=native))
     elif not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a numpy array or a torch.Tensor, got {type(x).__name__}")
     if x.is_floating_point() or x.is_complex():
@@ -143,8 +146,8 @@ def _components(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rand_scores_one(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
-    n = true.size
+def _rand_scores_one(pred: np.ndarray, true: np.ndarray, n: int) -> tuple[float, float, float]:
+    """The scores of one image whose ``n`` pixels count (the annotated ones: ``true`` is 0 in the others)."""
     fg = true > 0
     if not fg.any():
         return float("nan"), float("nan"), float("nan")
@@ -165,7 +168,7 @@ def _rand_scores_one(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, 
     return 1.0 - f_score, precision, recall
 
 
-def rand_scores(prediction, target, connected_components: bool = False) -> RandScores:
+def rand_scores(prediction, target, connected_components: bool = False, ignored=None) -> RandScores:
     """The ISBI 2012 / SNEMI3D foreground-restricted Rand scores (Arganda-Carreras et al. 2015).
 
     With p_ij the number of pixels in target object i and predicted object j, counted only where the
@@ -175,21 +178,32 @@ def rand_scores(prediction, target, connected_components: bool = False) -> RandS
     (Fiji's RandError N^2 normalisation, SNEMI3D's adapted_rand) those pixels add only c / n to the
     pair sums (c of them, n pixels in the image), which makes them nearly unmatched singletons.
     connected_components: label the nonzero pixels of both maps into 4-connected components first
-    (for binary masks). A batch (N, H, W) gives the mean over its images of each score, leaving out the
+    (for binary masks). ignored: a bool mask of the target's shape, pixels nobody annotated, or None: they
+    are left out as if the image did not hold them (in no pair, and not among the n pixels), whatever the
+    target holds there. A batch (N, H, W) gives the mean over its images of each score, leaving out the
     images without target objects (whose scores are undefined); NaN when no image has any.
     """
     p, t = _pair_of_maps(prediction, target)
     pred, true = _as_images(p, "prediction"), _as_images(t, "target")
+    if ignored is None:
+        annotated = [true.shape[-2] * true.shape[-1]] * len(true)
+    else:
+        mask = _as_tensor(ignored, "ignored").detach().cpu().numpy()
+        if mask.shape != tuple(t.shape):
+            raise ValueError(f"ignored must have the target's shape {tuple(t.shape)}, got {mask.shape}")
+        mask = mask.astype(bool, copy=False).reshape(true.shape)
+        true = np.where(mask, 0, true)
+        annotated = (~mask).reshape(len(true), -1).sum(1).tolist()
     if connected_components:
         pred, true = _components(pred), _components(true)
-    scores = np.array([_rand_scores_one(a, b) for a, b in zip(pred, true)])
+    scores = np.array([_rand_scores_one(a, b, n) for a, b, n in zip(pred, true, annotated)])
     scores = scores[~np.isnan(scores[:, 0])]           # images without target objects have no score
     return RandScores(*(float(v) for v in scores.mean(0))) if len(scores) else RandScores(*[float("nan")] * 3)
 
 
-def rand_error(prediction, target, connected_components: bool = False) -> float:
+def rand_error(prediction, target, connected_components: bool = False, ignored=None) -> float:
     """The ISBI 2012 Rand error, 1 - foreground-restricted Rand F-score (see ``rand_scores``)."""
-    return rand_scores(prediction, target, connected_components).error
+    return rand_scores(prediction, target, connected_components, ignored).error
 
 
 # ---------------------------------------------------------------------------------------------

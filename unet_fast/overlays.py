@@ -1,10 +1,12 @@
 """Overlays: an image with object outlines drawn on it, as a small PNG, to check results at a glance.
 
 Predicted objects are outlined in yellow and, where given, the true objects in cyan (pixels on both
-outlines in white). Large images are shown subsampled (every k-th pixel, so that the longer side is
-at most ``max_side``), read lazily where the arrays are lazy: outlines are then those of the
-subsampled labels, good for a glance, not for measuring. Small images are enlarged (each pixel
-repeated) to at least ``max_side / 2``, so that outlines stay thinner than the objects.
+outlines in white); pixels nobody annotated (sparse labels, ``ignored``) are dimmed and hatched in magenta,
+so that an object there, which is scored neither as found nor as false, is told from a false positive.
+Large images are shown subsampled (every k-th pixel, so that the longer side is at most ``max_side``),
+read lazily where the arrays are lazy: outlines are then those of the subsampled labels, good for a
+glance, not for measuring. Small images are enlarged (each pixel repeated) to at least ``max_side / 2``,
+so that outlines stay thinner than the objects.
 
 Every overlay carries a PNG text chunk, ``MARKER``: ``segment --overlay`` and ``evaluate --overlay`` replace
 only overlays that carry it (``check_replaceable``), never a user's file, folder or symlink of the same name.
@@ -21,11 +23,16 @@ import numpy as np
 from .image_io import write_bytes_atomically
 
 __all__ = ["outlines", "render_overlay", "write_overlay", "written_by_unet_fast", "check_replaceable", "MARKER",
-           "PREDICTED", "TRUE", "BOTH"]
+           "PREDICTED", "TRUE", "BOTH", "HATCH"]
 
 PREDICTED = (255, 220, 0)
 TRUE = (0, 220, 255)
 BOTH = (255, 255, 255)
+#: the hatching of the pixels nobody annotated: one diagonal line of this colour every HATCH_PERIOD pixels,
+#: the image between the lines at DIMMED of its brightness
+HATCH = (255, 0, 255)
+HATCH_PERIOD = 6
+DIMMED = 0.5
 
 #: the key of the PNG text chunk that marks an overlay as written here (its value: the version that wrote it)
 MARKER = "unet_fast overlay"
@@ -64,14 +71,16 @@ def subsample_step(height: int, width: int, max_side: int) -> int:
     return max(1, math.ceil(max(height, width) / max_side))
 
 
-def render_overlay(image, predicted, truth=None, *, max_side: int = 1024) -> np.ndarray:
+def render_overlay(image, predicted, truth=None, *, ignored=None, max_side: int = 1024) -> np.ndarray:
     """(h, w, 3) uint8: ``image`` ((H, W) or (C, H, W), any array indexable by slices) with the outlines
     of ``predicted`` (instance or class labels, (H, W)) and of ``truth`` if given, subsampled to fit
-    ``max_side``."""
+    ``max_side``; ``ignored`` ((H, W) bool, or None): the pixels nobody annotated, dimmed and hatched
+    (``HATCH``), under the outlines."""
     height, width = predicted.shape[-2:]
-    if tuple(image.shape[-2:]) != (height, width) or (truth is not None and tuple(truth.shape) != (height, width)):
+    others = [(name, array) for name, array in (("truth", truth), ("ignored", ignored)) if array is not None]
+    if tuple(image.shape[-2:]) != (height, width) or any(tuple(a.shape) != (height, width) for _, a in others):
         raise ValueError(f"image {tuple(image.shape)}, predicted {tuple(predicted.shape)}"
-                         + (f" and truth {tuple(truth.shape)}" if truth is not None else "")
+                         + "".join(f" and {name} {tuple(array.shape)}" for name, array in others)
                          + " must have the same height and width")
     step = subsample_step(height, width, max_side)
     sample = (slice(None, None, step), slice(None, None, step))
@@ -81,6 +90,12 @@ def render_overlay(image, predicted, truth=None, *, max_side: int = 1024) -> np.
         return np.repeat(np.repeat(np.asarray(array), zoom, axis=-2), zoom, axis=-1) if zoom > 1 else np.asarray(array)
 
     picture = _display(enlarged(image[(Ellipsis, *sample)]))
+    if ignored is not None:
+        unannotated = enlarged(ignored[sample]).astype(bool, copy=False)
+        rows, cols = np.indices(unannotated.shape)
+        line = (rows + cols) % HATCH_PERIOD == 0
+        picture[unannotated & ~line] = (picture[unannotated & ~line] * DIMMED).astype(np.uint8)
+        picture[unannotated & line] = HATCH
     mine = outlines(enlarged(predicted[sample]))
     if truth is not None:
         theirs = outlines(enlarged(truth[sample]))
@@ -90,7 +105,7 @@ def render_overlay(image, predicted, truth=None, *, max_side: int = 1024) -> np.
     return picture
 
 
-def write_overlay(path, image, predicted, truth=None, *, max_side: int = 1024) -> Path:
+def write_overlay(path, image, predicted, truth=None, *, ignored=None, max_side: int = 1024) -> Path:
     """``render_overlay`` written as a PNG carrying ``MARKER``, atomically."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -100,8 +115,8 @@ def write_overlay(path, image, predicted, truth=None, *, max_side: int = 1024) -
     marked = PngInfo()
     marked.add_text(MARKER, __version__)
     buffer = io.BytesIO()
-    Image.fromarray(render_overlay(image, predicted, truth, max_side=max_side)).save(buffer, format="PNG",
-                                                                                    pnginfo=marked)
+    Image.fromarray(render_overlay(image, predicted, truth, ignored=ignored, max_side=max_side)).save(
+        buffer, format="PNG", pnginfo=marked)
     return write_bytes_atomically(path, buffer.getvalue())
 
 

@@ -204,6 +204,28 @@ def test_tiff_stacks_isbi_style(tmp_path):
         TiffStackDataset(tmp_path / "train-volume.tif", tmp_path / "train-labels.tif", indices=[3])
 
 
+def test_tiff_stacks_of_colour_pages_are_read_by_their_axes(tmp_path):
+    """RGB pages (samples stored last): each page is a (3, H, W) image, as the same arrays given channels first
+    train; one RGB image is one page (its (H, W, 3) was read as H pages of (W, 3))."""
+    rng = np.random.default_rng(2)
+    colour = rng.integers(0, 255, (2, 24, 30, 3), dtype=np.uint8)
+    masks = np.stack([two_touching_squares() > 0] * 2).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb-stack.tif", colour, photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb-one.tif", colour[1], photometric="rgb")
+    tifffile.imwrite(tmp_path / "labels.tif", masks, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "label-one.tif", masks[1], photometric="minisblack")
+    expected = ArrayDataset([np.moveaxis(page, -1, 0) for page in colour], list(masks))
+    stack = TiffStackDataset(tmp_path / "rgb-stack.tif", tmp_path / "labels.tif")
+    one = TiffStackDataset(tmp_path / "rgb-one.tif", tmp_path / "label-one.tif")
+    assert len(stack) == 2 and len(one) == 1
+    for got, want in ((stack[0], expected[0]), (stack[1], expected[1]), (one[0], expected[1])):
+        assert got.image.shape == (3, 24, 30)
+        np.testing.assert_array_equal(got.image, want.image)
+        np.testing.assert_array_equal(got.target, want.target)
+    with pytest.raises(ValueError, match="labels_path .* must be a stack of 2-D pages"):
+        TiffStackDataset(tmp_path / "rgb-stack.tif", tmp_path / "rgb-stack.tif")
+
+
 def test_weight_maps_are_computed_once_and_cached_on_disk(tmp_path, monkeypatch):
     calls = []
     real = data.unet_weight_map

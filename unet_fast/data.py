@@ -491,18 +491,15 @@ def read_image(path, labels: bool = False) -> np.ndarray:
 
 
 def _read_stack(path, arg: str) -> np.ndarray:
-    import tifffile
-
+    """The pages of a stack, (Z, H, W), or for images (Z, C, H, W) where they have channels (``read_tiff_stack``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{arg} {str(path)!r} is not a file")
-    from .image_io import check_stack_size
+    from .image_io import read_tiff_stack
 
-    check_stack_size(path)
-    stack = tifffile.imread(path)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim != 3:
-        raise ValueError(f"{arg} {str(path)!r} must be a stack of 2-D pages (Z, H, W), got shape {stack.shape}")
+    stack = read_tiff_stack(path)
+    if stack.ndim != 3 and not (stack.ndim == 4 and arg == "images_path"):
+        shapes = "(Z, H, W)" + (" or, with channels, (Z, C, H, W)" if arg == "images_path" else "")
+        raise ValueError(f"{arg} {str(path)!r} must be a stack of 2-D pages {shapes}, got shape {stack.shape}")
     return stack
 
 

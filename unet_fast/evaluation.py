@@ -195,25 +195,15 @@ def labelled_files(images, labels, label_suffix: str = "") -> list[tuple[str, ob
 
 
 def _read_stack(path: Path, argument: str) -> np.ndarray:
-    import tifffile
-
     from .checks import BadArgument
-    from .image_io import ImageTooLargeError, _channels_first_order, check_stack_size
+    from .image_io import ImageTooLargeError, read_tiff_stack
 
     try:
-        check_stack_size(path)
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = "".join("C" if a in "CS" else a for a in series.axes)
-            stack = series.asarray()
+        return read_tiff_stack(path)
     except ImageTooLargeError as error:
         raise BadArgument(argument, str(error)) from error
     except Exception as error:   # not a TIFF, truncated
         raise BadArgument(argument, f"cannot read {str(path)!r} as a TIFF stack: {error}") from error
-    # the channels (an RGB image's samples, last in the file) before the pages' Y, X; one image is one page
-    order = _channels_first_order(axes)
-    stack = stack.transpose(order)
-    return stack[None] if stack.ndim == 2 or "".join(axes[i] for i in order) == "CYX" else stack
 
 
 def input_files(images, labels) -> list[Path]:

@@ -185,6 +185,22 @@ def check_stack_size(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
                                  f"{max_pixels:,} a stack read whole may hold; split it into smaller stacks or files")
 
 
+def read_tiff_stack(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A multi-page TIFF stack read whole (``check_stack_size`` first): its first series as (Z, H, W), or
+    (Z, C, H, W) where its pages have channels (an RGB image's samples, stored last, come before Y, X); one image
+    is a stack of one page. Read by its axes, not its shape: an RGB image's (H, W, 3) was H pages of (W, 3)."""
+    import tifffile
+
+    check_stack_size(path, max_pixels)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = "".join("C" if a in "CS" else a for a in series.axes)
+        stack = series.asarray()
+    order = _channels_first_order(axes)
+    stack = stack.transpose(order)
+    return stack[None] if stack.ndim == 2 or "".join(axes[i] for i in order) == "CYX" else stack
+
+
 def check_pixel_limit(info: ImageInfo, path, max_pixels: int | None) -> None:
     """Refuse files whose declared size exceeds max_pixels (None: no limit). Files that can be read
     piece by piece too: memory stays bounded for them, but the time does not (a 1 MB file can declare

@@ -608,7 +608,8 @@ def test_ddp_a_failed_rank_stops_the_others(where, failed, message):
 
 def test_time_limit_stops_at_a_step_saves_and_anneals(nuclei, tmp_path):
     """Many epochs, a 0.4 s budget: it stops early with a checkpoint, the rate annealed; resuming
-    with the same budget has none left and stops after one step."""
+    with the same budget has none left and trains nothing (one more step used to add an epoch row each time),
+    without one is refused (the rate would rise again), and with a larger one goes on."""
     train, _ = nuclei
     model = tiny_net()
     result = fit(model, train, recipe="paper", lr_schedule="cosine", epochs=10 ** 4, tile_size=44,
@@ -620,7 +621,19 @@ def test_time_limit_stops_at_a_step_saves_and_anneals(nuclei, tmp_path):
     again = fit(tiny_net(), train, recipe="paper", lr_schedule="cosine", epochs=10 ** 4, tile_size=44,
                 tiles_per_epoch=50, lr=0.01, time_limit=0.4, checkpoint_dir=tmp_path, progress=False,
                 resume=result.checkpoint)
-    assert again.stopped_early and again.history[-1]["step"] == last["step"] + 1
+    assert again.stopped_early and again.history == result.history
+    saved = load_checkpoint(result.checkpoint)["model_state"]
+    assert {k: v.dtype for k, v in again.model.state_dict().items()} == {k: v.dtype for k, v in saved.items()}
+    assert [k for k, v in again.model.state_dict().items() if not torch.equal(v.cpu(), saved[k])] == []
+    assert load_checkpoint(result.checkpoint)["time_limit"] == 0.4
+    with pytest.raises(ValueError, match="time_limit: .* trained under a time limit of 0.00667 min"):
+        fit(tiny_net(), train, recipe="paper", lr_schedule="cosine", epochs=10 ** 4, tile_size=44,
+            tiles_per_epoch=50, lr=0.01, checkpoint_dir=tmp_path, progress=False, resume=result.checkpoint)
+    longer = fit(tiny_net(), train, recipe="paper", lr_schedule="cosine", epochs=last["epoch"] + 1, tile_size=44,
+                 tiles_per_epoch=50, lr=0.01, time_limit=60, checkpoint_dir=tmp_path, progress=False,
+                 resume=result.checkpoint)
+    assert not longer.stopped_early and longer.history[:-1] == result.history
+    assert longer.history[-1]["epoch"] == last["epoch"] + 1
 
 
 @pytest.mark.parametrize("metric", ["f1", "loss"])

@@ -207,6 +207,23 @@ def test_resume_takes_the_runs_amp_and_refuses_adding_it(folders, capsys, monkey
     assert train.load_checkpoint(plain / "last.safetensors")["epoch"] == 1
 
 
+def test_resume_takes_the_runs_time_limit(folders, monkeypatch):
+    """--time-limit is the run's own on --resume: without the flag a run that used its limit trains nothing (fit
+    refuses none, where the rate would rise again to that of its step count); a larger one extends it."""
+    limits = []
+    fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: limits.append(kwargs["time_limit"])
+                        or fit(*args, **kwargs))
+    resume = ["--resume", str(folders / "run" / "last.safetensors"), "--epochs", "1000"]
+    assert cli.main(_tiny(folders, "--epochs", "1000", "--time-limit", "0.001")) == 0
+    history = train.load_checkpoint(folders / "run" / "last.safetensors")["history"]
+    assert cli.main(_args(folders, "--no-progress", *resume)) == 0
+    assert limits == [0.06, 0.06] and train.load_checkpoint(folders / "run" / "last.safetensors")["history"] == history
+    assert cli.main(_args(folders, "--no-progress", "--time-limit", "0.003", *resume)) == 0
+    assert limits[-1] == pytest.approx(0.18)
+    assert len(train.load_checkpoint(folders / "run" / "last.safetensors")["history"]) > len(history)
+
+
 def test_resume_refuses_another_best_metric_naming_the_flag(folders, capsys):
     val = ["--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb")]
     assert cli.main(_tiny(folders, "--epochs", "1", "--best-metric", "iou", *val)) == 0

@@ -28,14 +28,16 @@ READABLE_FORMATS = (CHECKPOINT_FORMAT, "unet_fast.checkpoint/1")
 def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
                     history: list[dict] | None = None, seed: int | None = None,
                     rng_states: list[dict] | None = None, recipe: dict | None = None,
-                    tile_size: int | None = None, amp: bool | None = None, best_metric: str | None = None) -> Path:
+                    tile_size: int | None = None, amp: bool | None = None, best_metric: str | None = None,
+                    time_limit: float | None = None) -> Path:
     """One safetensors file: model weights, optimizer state, epoch, history and RNG states; atomic.
 
     rng_states: every rank's random states in rank order (``fit`` gathers them); default: this
     process's only, as one rank. recipe: the run's training values (``dataclasses.asdict`` of its
     ``Recipe``) and tile_size the tile it drew, amp whether it trained in bf16 autocast and best_metric what
     chose its best model, so that a resume can tell a changed option (``unet-fast train --resume`` refuses
-    one); the number of classes is in the model's config."""
+    one); time_limit the run's wall-clock budget in seconds, over which its schedule anneals; the number of
+    classes is in the model's config."""
     tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
@@ -62,6 +64,7 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "tile_size": json.dumps(tile_size),
         "amp": json.dumps(amp),
         "best_metric": json.dumps(best_metric),
+        "time_limit": json.dumps(time_limit),
         "optimizer.param_groups": json.dumps(optimizer_state["param_groups"]),
         "optimizer.scalars": json.dumps(scalars),
     }
@@ -73,9 +76,10 @@ def load_checkpoint(path, model: torch.nn.Module | None = None,
     """Read a checkpoint; load its weights into ``model`` and state into ``optimizer`` when given.
 
     Returns {"epoch", "history", "seed", "model_config", "num_classes", "recipe" (a dict of the
-    run's ``Recipe``), "tile_size", "amp", "best_metric", "rng" (a list: each rank's dict of random states),
-    "model_state"}; num_classes, recipe, tile_size, amp and best_metric are None in checkpoints written before
-    they were recorded (best_metric also in runs without validation)."""
+    run's ``Recipe``), "tile_size", "amp", "best_metric", "time_limit", "rng" (a list: each rank's dict of random
+    states), "model_state"}; num_classes, recipe, tile_size, amp, best_metric and time_limit are None in
+    checkpoints written before they were recorded (best_metric also in runs without validation, time_limit in
+    runs without one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -136,7 +140,8 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
                   "recipe": json.loads(metadata.get("recipe", "null")),
                   "tile_size": json.loads(metadata.get("tile_size", "null")),
                   "amp": json.loads(metadata.get("amp", "null")),
-                  "best_metric": json.loads(metadata.get("best_metric", "null"))}
+                  "best_metric": json.loads(metadata.get("best_metric", "null")),
+                  "time_limit": json.loads(metadata.get("time_limit", "null"))}
         optimizer = {"param_groups": json.loads(metadata["optimizer.param_groups"]),
                      "scalars": json.loads(metadata["optimizer.scalars"])}
         ranks = {_rng_key(key)[0] for key in tensors if key.startswith("rng.")}
@@ -168,6 +173,9 @@ def _checked_metadata(metadata: dict, tensors: dict, path) -> dict:
               ("tile_size", fields["tile_size"] is None or whole(fields["tile_size"], 1)),
               ("amp", fields["amp"] is None or isinstance(fields["amp"], bool)),
               ("best_metric", fields["best_metric"] is None or isinstance(fields["best_metric"], str)),
+              ("time_limit", fields["time_limit"] is None or (
+                  isinstance(fields["time_limit"], (int, float)) and not isinstance(fields["time_limit"], bool)
+                  and math.isfinite(fields["time_limit"]) and fields["time_limit"] > 0)),
               ("optimizer.param_groups", isinstance(optimizer["param_groups"], list)
                and all(map(group, optimizer["param_groups"]))),
               ("optimizer.scalars", isinstance(optimizer["scalars"], dict) and all(

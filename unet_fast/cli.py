@@ -303,6 +303,8 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
     if args.amp and state.get("amp") is False:
         refuse("amp", True, False, "--amp")
     args.amp = args.amp or bool(state.get("amp"))   # the run's own (--amp is a switch: not given reads False)
+    if args.time_limit is None and state.get("time_limit") is not None:    # the run's own, which a larger one extends
+        args.time_limit = state["time_limit"] / 60
     if args.best_metric is not None and state.get("best_metric") not in (None, args.best_metric):
         refuse("best_metric", args.best_metric, state["best_metric"], "--best-metric")
     done = state["epoch"]

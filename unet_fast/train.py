@@ -167,8 +167,12 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         steps_per_epoch = -(-len(run.tiles) // (settings.batch_size * job.world))
         report.start(_describe(model, train_data, val_data, run, settings, job, steps_per_epoch, time_limit),
                      total=settings.epochs * steps_per_epoch, done=run.step)
-        stopped = False
-        for epoch in range(run.start_epoch, settings.epochs):
+        # a resumed run that used its time limit already: one more step would only add an epoch row
+        stopped = clock.limit is not None and clock.fraction() >= 1 and run.start_epoch < settings.epochs
+        if stopped:
+            report.note(f"time limit of {_minutes(time_limit)} used already (checkpoint at step {run.step}): "
+                        f"nothing trained; give a larger time limit to go on")
+        for epoch in range(run.start_epoch, run.start_epoch if stopped else settings.epochs):
             termination.check()
             started = time.perf_counter()
             row, stopped = _train_epoch(run, job, epoch, num_workers=num_workers, amp=amp, report=report,
@@ -291,6 +295,11 @@ def _prepare(model, train_data, job: Torchrun, recipe: Recipe, *, tile_size, aug
                              f"bf16 autocast (amp={state['amp']}), got amp={bool(amp)}; resuming continues the same "
                              f"run with the same values (unet-fast train: {'add' if state['amp'] else 'leave out'} "
                              f"--amp)")
+        if state.get("time_limit") is not None and clock.limit is None:      # (not recorded before 2026-11-28)
+            raise ValueError(f"time_limit: checkpoint {str(resume)!r} trained under a time limit of "
+                             f"{_minutes(state['time_limit'])}, over which its learning rate anneals; without one "
+                             f"it would rise again to the rate of its step count. Give time_limit: the same "
+                             f"finishes the run, a larger one extends it (unet-fast train: --time-limit MINUTES)")
         if state.get("best_metric") is not None and best_metric is not None and state["best_metric"] != best_metric:
             if chose_metric:
                 raise ValueError(f"resume: checkpoint {str(resume)!r} chose its best model by "
@@ -441,7 +450,7 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
             save_checkpoint(checkpoint_path, model, run.optimizer, epoch=epoch + 1, history=run.history, seed=seed,
                             rng_states=rng_states, recipe=dataclasses.asdict(run.recipe),
                             tile_size=getattr(run.tiles, "tile_size", None), amp=run.amp,
-                            best_metric=run.best_metric)
+                            best_metric=run.best_metric, time_limit=run.clock.limit)
         if log_dir is not None:
             write_logs(log_dir, run.history)
 

@@ -219,9 +219,9 @@ def test_resume_takes_the_runs_time_limit(folders, monkeypatch):
     history = train.load_checkpoint(folders / "run" / "last.safetensors")["history"]
     assert cli.main(_args(folders, "--no-progress", *resume)) == 0
     assert limits == [0.06, 0.06] and train.load_checkpoint(folders / "run" / "last.safetensors")["history"] == history
-    assert cli.main(_args(folders, "--no-progress", "--time-limit", "0.003", *resume)) == 0
-    assert limits[-1] == pytest.approx(0.18)
-    assert len(train.load_checkpoint(folders / "run" / "last.safetensors")["history"]) > len(history)
+    longer = resume[:2] + ["--epochs", str(len(history) + 1), "--time-limit", "10"]     # one epoch more
+    assert cli.main(_args(folders, "--no-progress", *longer)) == 0
+    assert limits[-1] == 600 and train.load_checkpoint(folders / "run" / "last.safetensors")["history"][:-1] == history
 
 
 def test_resume_refuses_another_best_metric_naming_the_flag(folders, capsys):
@@ -377,6 +377,21 @@ def test_a_crafted_checkpoint_is_refused_before_it_is_used(folders, capsys, key,
     capsys.readouterr()
     assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(last))) == 2
     assert "argument --resume:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", "x", "lr must be a number, got 'x'"), ("flips", 1, "flips must be True or False, got 1"),
+    ("sigma", None, "sigma must be a number, got None")])
+def test_a_checkpoint_recipe_of_the_wrong_types_is_refused_naming_the_field(folders, capsys, field, value, message):
+    """lr "x" in a checkpoint's recipe gave "argument --resume: '>' not supported between instances of 'str' and
+    'int'", naming neither the file's field nor what it must be."""
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    last = folders / "run" / "last.safetensors"
+    _rewrite_recipe(last, lambda recipe: recipe.update({field: value}))
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(last))) == 2
+    err = capsys.readouterr().err
+    assert "argument --resume:" in err and message in err
 
 
 def test_fit_refuses_to_resume_with_another_optimizer(folders):

@@ -92,6 +92,15 @@ class Recipe:
         for name in ("custom_augmentation", "custom_loss"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a str (\"\": none), got {getattr(self, name)!r}")
+        # types first: a recipe can come from a checkpoint or model file (untrusted JSON), where lr "x" failed
+        # as "'>' not supported between instances of 'str' and 'int'", naming no field
+        for name in NUMBER_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name in SWITCH_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2):
             raise ValueError(f"percentiles must be two numbers (low, high), got {self.percentiles!r}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
@@ -227,6 +236,12 @@ def same_value(a, b) -> bool:
 def _check_choice(name, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+#: the recipe's fields that are numbers, and its switches (the others are checked by kind below)
+NUMBER_FIELDS = ("dropout", "object_size", "w0", "sigma", "dice", "lr", "momentum", "weight_decay", "elastic_sigma",
+                 "noise")
+SWITCH_FIELDS = ("clip", "flips", "grey_values", "imaging")
 
 
 def _check_int(name, value, low) -> None:

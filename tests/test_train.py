@@ -636,6 +636,24 @@ def test_time_limit_stops_at_a_step_saves_and_anneals(nuclei, tmp_path):
     assert longer.history[-1]["epoch"] == last["epoch"] + 1
 
 
+def test_a_resume_writes_the_logs_of_its_checkpoint(nuclei, tmp_path):
+    """A kill between an epoch's checkpoint and its logs left history.csv an epoch short for good (a finished run
+    resumed trains nothing, and wrote nothing); a resume into another folder had no logs of the epochs before."""
+    train, _ = nuclei
+    first = fit(tiny_net(), train, recipe="paper", epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01,
+                checkpoint_dir=tmp_path, log_dir=tmp_path, progress=False)
+    written = (tmp_path / "history.csv").read_text()
+    assert len(written.splitlines()) == 3
+    (tmp_path / "history.csv").write_text(written.splitlines(keepends=True)[0] + written.splitlines(keepends=True)[1])
+    again = fit(tiny_net(), train, recipe="paper", epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01,
+                checkpoint_dir=tmp_path, log_dir=tmp_path, progress=False, resume=first.checkpoint)
+    assert again.history == first.history and (tmp_path / "history.csv").read_text() == written
+    elsewhere = tmp_path / "elsewhere"
+    fit(tiny_net(), train, recipe="paper", epochs=2, tile_size=44, tiles_per_epoch=2, lr=0.01,
+        checkpoint_dir=elsewhere, log_dir=elsewhere, progress=False, resume=first.checkpoint)
+    assert (elsewhere / "history.csv").read_text() == written
+
+
 @pytest.mark.parametrize("metric", ["f1", "loss"])
 def test_best_model_is_kept_by_the_chosen_metric(nuclei, tmp_path, metric):
     train, val = nuclei

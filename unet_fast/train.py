@@ -156,6 +156,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
                            loss_fn=loss_fn, resume=resume, clock=clock, amp=amp, best_metric=best_metric,
                            chose_metric=chose_metric)
         best_metric = run.best_metric
+        if resume is not None and log_dir is not None and job.rank == 0 and run.history:
+            write_logs(log_dir, run.history)    # the checkpoint's: a kill after its write left the logs an epoch short
         if run.start_epoch > settings.epochs:
             raise ValueError(f"epochs: {settings.epochs}, but checkpoint {str(resume)!r} has trained {run.start_epoch} "
                              f"epoch(s) already; epochs counts the whole run: give at least {run.start_epoch}")

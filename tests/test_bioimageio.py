@@ -372,3 +372,115 @@ def test_a_model_that_zeroes_nonfinite_pixels_exports_with_a_warning_and_says_so
         warnings.simplefilter("always")
         export_bioimageio(model, tmp_path / "plain.zip", test_image=two_channel_image())
     assert not [w for w in caught if "nonfinite" in str(w.message)]
+
+
+def test_a_model_that_resamples_declares_the_pixel_size_its_network_sees(model):
+    """Exported with ignore_scale, a model trained at 0.65 x 0.5 um that resamples its images by 0.5 (pixels twice
+    as large) declared 0.65 x 0.5 um, and its README said to segment images of that pixel size: the tools and
+    people that follow it fed the network objects at half the size it learnt. The network sees 1.3 x 1 um."""
+    from bioimageio import spec
+    from unet_fast.bioimageio_package import _description, _documentation
+
+    scaled = copy.deepcopy(model)
+    scaled.input_scale = 0.5
+    raw = two_channel_image()[:, :44, :44]
+    rdf = _description(spec, scaled, "scaled", None, ["Ann Example"], "CC-BY-4.0", [], NORMALIZATION, CLASSES, raw)
+    space = [axis for tensor in (*rdf["inputs"], *rdf["outputs"]) for axis in tensor["axes"] if axis["type"] == "space"]
+    assert [(axis["unit"], axis["scale"]) for axis in space] == [("micrometer", 1.3), ("micrometer", 1.0)] * 2
+    assert rdf["config"]["unet_fast"]["input_scale"] == 0.5
+    readme = _documentation(scaled, "scaled", NORMALIZATION, CLASSES, raw, raw)
+    assert "pixels of 1.3 x 1 micrometer (y x); segment images of about that pixel size" in readme
+    assert "resample your images by 0.5 first, to the pixel size above" in readme
+    plain = _description(spec, model, "plain", None, ["Ann Example"], "CC-BY-4.0", [], NORMALIZATION, CLASSES, raw)
+    assert plain["config"]["unet_fast"]["input_scale"] == 1.0
+    assert "resample" not in _documentation(model, "plain", NORMALIZATION, CLASSES, raw, raw)
+
+
+@pytest.mark.parametrize("input_scale, loaded", [(0.5, 0.5), (None, 1.0), (1e9, "input_scale must be a number")])
+def test_load_model_gives_a_package_its_input_scale_back(package, tmp_path, input_scale, loaded):
+    """load_model of a package exported with ignore_scale gave a model that no longer resampled its images: `unet-fast
+    segment -m THE.zip` segmented at the wrong scale without a word. A package without one (older, or another
+    tool's config) resamples nothing; one of a scale unet_fast refuses is refused."""
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    rdf = read_yaml(tmp_path / "rdf.yaml")
+    rdf["config"]["unet_fast"].pop("input_scale", None)
+    if input_scale is not None:
+        rdf["config"]["unet_fast"]["input_scale"] = input_scale
+    write_yaml(rdf, tmp_path / "rdf.yaml")
+    if isinstance(loaded, str):
+        with pytest.raises(ModelFileError, match=loaded):
+            load_model(tmp_path / "rdf.yaml")
+    else:
+        assert load_model(tmp_path / "rdf.yaml").input_scale == loaded
+
+
+@pytest.mark.parametrize("output, name", [
+    ("nuclei.v2.zip", "unet_fast U-Net nuclei_v2"),
+    ("modèle #2.zip", "unet_fast U-Net mod_le _2"),
+    ("x" * 100 + ".zip", "unet_fast U-Net " + "x" * 48),
+])
+def test_the_default_name_is_one_the_spec_takes(model, output, name):
+    """The name made from the output file's ("unet_fast U-Net nuclei.v2") was refused by the validator for its ".",
+    after the package's work (12 s), as "the bioimage.io validator rejected the package: (and 13 more lines: --debug
+    shows them)": `unet-fast export m.safetensors --format bioimageio -o nuclei.v2.zip` could not be done."""
+    from bioimageio import spec
+    from unet_fast.bioimageio_package import _description, default_name
+
+    assert default_name(output) == name
+    raw = two_channel_image()[:, :44, :44]
+    rdf = _description(spec, model, name, None, ["Ann Example"], "CC-BY-4.0", [], NORMALIZATION, CLASSES, raw)
+    with spec.ValidationContext(perform_io_checks=False):      # the files it names are not written: the fields only
+        errors = spec.build_description(rdf).validation_summary.errors
+    assert not [error for error in errors if error.loc[0] == "name"]
+
+
+@pytest.mark.parametrize("options, flag, message", [
+    ({"license": "NOT-A-LICENSE"}, "--license", "a license must be an SPDX identifier bioimage.io knows, e.g. "
+                                                "CC-BY-4.0, MIT, BSD-3-Clause, Apache-2.0; got 'NOT-A-LICENSE'"),
+    ({"name": "tiny"}, "--name", "a model's name must be 5 to 128 characters, letters, digits, spaces and _+-() "
+                                 "(bioimage.io's rule), got 'tiny'"),
+    ({"name": "nuclei/v2"}, "--name", "got 'nuclei/v2'"),
+    ({"name": "n" * 129}, "--name", "5 to 128 characters"),
+])
+def test_what_the_validator_refuses_of_the_callers_is_refused_before_any_work(model, tmp_path, monkeypatch, capsys,
+                                                                              options, flag, message):
+    """A license or name the spec refuses was found by the package's validation, after the work (22 s for the
+    real nuclei model), and said as the first line of its table, which said nothing: "the bioimage.io validator
+    rejected the package: (and 17 more lines: --debug shows them)", exit 1."""
+    import unet_fast.bioimageio_package as package
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the package's work began")
+
+    monkeypatch.setattr(package, "_probabilities", no_work)
+    with pytest.raises(ValueError, match=f"^{list(options)[0]}: ") as refused:
+        export_bioimageio(model, tmp_path / "m.zip", test_image=two_channel_image(), **options)
+    assert message in str(refused.value)
+    model_file = unet_fast.save_model(model, tmp_path / "model.safetensors")
+    arguments = [f"--{key}={value}" for key, value in options.items()]
+    assert cli.main(["export", str(model_file), "--format", "bioimageio", "-o", str(tmp_path / "m.zip"),
+                     "--test-image", str(_two_channel_tiff(tmp_path)), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unet-fast export: error: argument {flag}: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.zip").exists()
+
+
+def _two_channel_tiff(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "test.tif", two_channel_image(), imagej=True, metadata={"axes": "CYX"})
+    return tmp_path / "test.tif"
+
+
+def test_a_package_the_validator_refuses_is_said_in_one_line():
+    """The validator's refusal came as its table (a line per cell, hundreds of columns wide), of which the command
+    line showed the first line: "the bioimage.io validator rejected the package:" and nothing of why."""
+    from bioimageio import spec
+    from unet_fast.bioimageio_package import _errors
+
+    with spec.ValidationContext(perform_io_checks=False):
+        summary = spec.build_description({"format_version": "0.5.4", "type": "model", "name": "x"}).validation_summary
+    text = _errors(summary)
+    assert "\n" not in text and "|" not in text and "function-after" not in text
+    assert text.startswith("name: Value should have at least 5 items after validation, not 1; ")

@@ -17,6 +17,7 @@ import torch
 import unet_fast
 from unet_fast import cli, geometry, reference, standalone_unet
 from unet_fast.export import check_output, export_onnx, export_torchscript, new_file
+from unet_fast.inference import predict_tiled
 from unet_fast.standalone_unet import UNet as StandaloneUNet
 import ahead
 from tolerances import assert_close
@@ -104,6 +105,25 @@ def check_description(text, model):
     assert unet_fast.Normalization.from_dict(found["input"]["normalization"]) == model.normalization
     assert found["output"]["class_names"] == ["background", "nucleus", "border"]
     assert found["output"]["pixels_lost_per_side"] == geometry.context(model.depth, model.padding)
+
+
+@pytest.mark.parametrize("height, width", [(37, 53), (5, 90)])
+def test_an_image_of_any_size_mirrored_as_the_package_says_gives_predict_tileds_answer(tmp_path, height, width):
+    """The package's README: mirror by the context at the top and left, and at the bottom and right by the context
+    plus what makes a legal size, in one step; the first H x W outputs are unet_fast's (its tiles mirror alike)."""
+    model = net(in_channels=2)
+    image = np.random.default_rng(0).random((2, height, width)).astype(np.float32)
+    expected = predict_tiled(model, image, output="logits", layout="CYX", progress=False,
+                             normalization=unet_fast.Normalization("none"))
+    context = geometry.context(model.depth, model.padding)
+    legal = [geometry.nearest_valid_input_sizes(n + 2 * context, model.depth, model.padding)[1]
+             for n in (height, width)]
+    mirrored = np.pad(image, ((0, 0), (context, legal[0] - height - context), (context, legal[1] - width - context)),
+                      mode="reflect")
+    scripted = torch.jit.load(str(export_torchscript(model, tmp_path / "m.pt")))
+    with torch.no_grad():
+        logits = scripted(torch.from_numpy(mirrored)[None])[0]
+    assert_close(logits[:, :height, :width], torch.from_numpy(expected))
 
 
 def test_torchscript_says_what_its_inputs_need(tmp_path):
@@ -334,6 +354,49 @@ def test_check_output_names_the_problem(tmp_path, output, format, error, message
     with pytest.raises(error, match=message):
         check_output(tmp_path / output, format)
     assert (tmp_path / "taken.onnx").read_text() == "a user's file"
+
+
+def unwritable(monkeypatch, folder):
+    """``folder`` as a user without write permission sees it (the tests may run as root, whom chmod does not stop)."""
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (os.fspath(path) != os.fspath(folder)
+                                                                 and access(path, mode, **kw)))
+
+
+@pytest.mark.parametrize("output, error, message", [
+    ("a_file/m.onnx", ValueError, r"output: '.*a_file' is a file, not a folder"),
+    ("a_file/deeper/m.onnx", ValueError, r"output: '.*a_file/deeper' cannot be created: '.*a_file' is a file"),
+    ("broken_link.onnx", FileExistsError, "already exists; choose another name"),
+    ("read_only/m.onnx", ValueError, r"output: '.*read_only': no permission to write in '.*read_only'"),
+    ("read_only/new/m.onnx", ValueError, r"output: '.*read_only/new': no permission to write in '.*read_only'"),
+    ("a" * 240 + ".onnx", ValueError, r"its name is 245 bytes; export writes it first as a hidden temporary file "
+                                      r"beside it, 23 bytes longer, .* use a name of at most 232 bytes"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys, output, error,
+                                                                     message):
+    """Each of these was found after the export's work, naming a file the user never gave
+    (".NAME.<hex>.partial.onnx"), or nothing at all (torch.jit.save's "[enforce fail at inline_container.cc]");
+    a broken link was "an output that appeared while it was being written", or replaced where a file system has
+    no hard links. Now `unet-fast export` refuses them before it reads the model (here: one that does not exist)."""
+    (tmp_path / "a_file").write_text("a user's file")
+    (tmp_path / "broken_link.onnx").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "read_only").mkdir()
+    unwritable(monkeypatch, tmp_path / "read_only")
+    with pytest.raises(error, match=message):
+        check_output(tmp_path / output, "onnx")
+    arguments = ["export", str(tmp_path / "missing.safetensors"), "--format", "onnx", "-o", str(tmp_path / output)]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unet-fast export: error: argument -o/--output: ") and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "broken_link.onnx", "read_only"]
+    assert (tmp_path / "a_file").read_text() == "a user's file" and os.listdir(tmp_path / "read_only") == []
+
+
+def test_a_name_as_long_as_its_temporary_allows_is_written(tmp_path):
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    output = tmp_path / ("a" * (longest - 23 - len(".pt")) + ".pt")      # its temporary: 23 bytes longer
+    export_torchscript(net(), output)
+    assert os.listdir(tmp_path) == [output.name]
 
 
 def test_new_file_never_replaces_a_file_that_appears_meanwhile(tmp_path):

@@ -140,6 +140,28 @@ def test_labels_layer_takes_the_images_spatial_grid():
                       "units": ("micrometer", "micrometer")}
 
 
+
+def test_a_class_layer_names_its_classes():
+    """The widget's classes came as bare numbers, where the reader gives segment's class label images their names."""
+    labels = np.zeros((40, 50), np.uint8)
+    names = ["background", "nucleus", "cell border"]
+    _, kwargs = labels_layer(labels, "cells", (1.0, 1.0), (0.0, 0.0), result="classes", class_names=names)
+    assert kwargs["features"] == {"index": [0, 1, 2], "class": names}
+    _, kwargs = labels_layer(labels, "cells", (1.0, 1.0), (0.0, 0.0), result="instances", class_names=names)
+    assert "features" not in kwargs                         # an object's id is no class
+
+
+def test_a_run_knows_its_models_class_names(model):
+    named = unet_fast.UNet(1, 3, depth=2, base_channels=4, backend="torch").eval()
+    named.class_names = ["background", "nucleus", "cell border"]
+    run = Segmentation(lambda: named, image((50, 60)), result="classes")
+    assert run.class_names is None                          # not read yet
+    run_to_the_end(run)
+    assert run.class_names == ["background", "nucleus", "cell border"]
+    run = Segmentation(model, image((50, 60)), result="classes")
+    run_to_the_end(run)
+    assert run.class_names == ["class0", "class1", "class2"]     # a model without names: the default ones
+
 @needs_zarr
 @pytest.mark.parametrize("output, kind", [("labels", "labels"), ("probabilities", "image")])
 def test_reader_opens_segment_outputs(model, tmp_path, output, kind):

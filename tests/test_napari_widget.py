@@ -83,6 +83,20 @@ def test_widget_adds_labels_on_the_images_grid(viewer, qtbot, model_file):
     assert widget.button.text == "Segment" and widget.status.value.startswith("done: cells instances")
 
 
+def test_a_class_layer_shows_the_models_class_names(viewer, qtbot, tmp_path):
+    torch.manual_seed(0)
+    names = ["background", "nucleus"]
+    named = unet_fast.save_model(unet_fast.UNet(1, 2, depth=2, base_channels=4), tmp_path / "named.safetensors",
+                                 class_names=names)
+    widget = make_widget(viewer, qtbot, named, stack(planes=1)[0])
+    widget.result.value = "classes"
+    widget.button.clicked()
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    features = viewer.layers["cells classes"].features
+    assert list(features["index"]) == [0, 1] and list(features["class"]) == names
+
+
 def test_cancel_adds_nothing(viewer, qtbot, model_file):
     widget = make_widget(viewer, qtbot, model_file, stack(planes=12))
     widget.progress.changed.connect(lambda _: widget.button.clicked())    # Cancel at the first tile

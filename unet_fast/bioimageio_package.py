@@ -13,7 +13,8 @@ conventions from rdf.yaml alone, so they are spelled out there:
   fixed and dtype -> scale_linear, clip -> clip);
 - output: class probabilities (softmax of the logits), one channel per class;
 - pixel size: the training data's, as the space axes' unit and scale, where the model records one
-  (metadata "pixel_size", see unet_fast.pixel_size).
+  (metadata "pixel_size", see unet_fast.pixel_size); of a model that resamples its images (``input_scale``,
+  exported with ignore_scale), the pixel size the network sees, which images must be resampled to.
 
 The unet_fast settings go under config.unet_fast too, so ``read_package`` (behind
 ``unet_fast.load_model``) restores them exactly; without them it derives them from the ops above.
@@ -61,9 +62,11 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
     test_image: a raw image, (H, W) or (C, H, W) in the model's channels, from the kind of data the model
       is for: its centre, at a legal size, becomes the package's test input, and the model's output on
       it the test output; None: a synthetic nuclei image (single-channel models only).
-    name, description: default to ones built from the model; authors: names (default: "unet_fast
-      user", say who you are); license: an SPDX identifier for the weights.
-    The package is checked with the bioimage.io validator (bioimageio.spec) before it is written. It holds ONNX
+    name, description: default to ones built from the output's name and the model (a name is 5 to 128 letters,
+      digits, spaces and _+-(), the spec's rule); authors: names (default: "unet_fast user", say who you are);
+      license: an SPDX identifier for the weights.
+    The package is checked with the bioimage.io validator (bioimageio.spec) before it is written; the caller's
+    name, description, authors, license and tags before any work (a BadArgument naming the one refused). It holds ONNX
     weights, so a model of more than 2 GiB of weights cannot be one: refused before anything is done or written
     (``export.check_onnx_size``), not after its TorchScript weights.
     """
@@ -77,6 +80,10 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
         warnings.warn(NONFINITE_ZERO_CAVEAT + "; the package's README says so", stacklevel=2)
     spec = require("bioimageio.spec", "writing a bioimage.io package")
     class_names = class_names_of(model)
+    name = name or default_name(output)
+    rdf = _description(spec, model, name, description, authors or ["unet_fast user"], license, tags or [],
+                       normalization, class_names, raw)
+    _check_caller_fields(spec, rdf)         # before the work: the validator would refuse the package after it
     probabilities = _probabilities(model, normalization, raw)
     with tempfile.TemporaryDirectory(prefix="unet_fast-bioimageio-") as folder:
         folder = Path(folder)
@@ -89,18 +96,63 @@ def export_bioimageio(model: torch.nn.Module, output, *, test_image=None, name: 
         export_torchscript(model, folder / "weights_torchscript.pt")
         export_onnx(model, folder / "weights.onnx")
         _cover(model, normalization, raw, probabilities).save(folder / "cover.png")
-        name = name or f"unet_fast U-Net {Path(output).stem}"
         (folder / "README.md").write_text(_documentation(model, name, normalization, class_names, raw, probabilities))
-        rdf = _description(spec, model, name, description, authors or ["unet_fast user"], license, tags or [],
-                           normalization, class_names, raw)
         with spec.ValidationContext(root=folder, perform_io_checks=True):
             descr = spec.build_description(rdf)
         summary = descr.validation_summary
         if summary.status == "failed":
-            raise ValueError(f"the bioimage.io validator rejected the package:\n{summary.format()}")
+            raise ValueError(f"the bioimage.io validator rejected the package: {_errors(summary)}")
         with new_file(output) as temporary:
             spec.save_bioimageio_package(descr, output_path=temporary)
     return output
+
+
+#: the characters, and the lengths, of a model's name the bioimage.io spec (model 0.5) allows
+NAME_CHARACTERS, NAME_LENGTHS = "letters, digits, spaces and _+-()", (5, 128)
+
+
+def default_name(output) -> str:
+    """"unet_fast U-Net " and the output's stem, its characters the spec refuses (nuclei.v2.zip's ".") made "_"."""
+    stem = re.sub(r"[^A-Za-z0-9_+\- ()]", "_", Path(output).stem)
+    return f"unet_fast U-Net {stem}"[:64].rstrip()        # the spec advises 64 characters at most
+
+
+#: the rdf's fields that export_bioimageio's caller gives, by the argument that gives each
+CALLER_FIELDS = {"name": "name", "description": "description", "authors": "authors", "license": "license",
+                 "tags": "tags"}
+
+
+def _check_caller_fields(spec, rdf: dict) -> None:
+    """A BadArgument naming the argument whose value the bioimage.io validator refuses, before any work: the checks
+    of these fields need no file (io checks off), and the package's validation, which refused them after the
+    seconds of work the package takes, said only that it was refused (a table of many lines)."""
+    with spec.ValidationContext(perform_io_checks=False):
+        summary = spec.build_description(rdf).validation_summary
+    for error in summary.errors:
+        field = str(error.loc[0]) if error.loc else ""
+        if field not in CALLER_FIELDS:
+            continue           # the files it names, not written yet: checked with the package
+        if field == "name":
+            detail = (f"a model's name must be {NAME_LENGTHS[0]} to {NAME_LENGTHS[1]} characters, {NAME_CHARACTERS} "
+                      f"(bioimage.io's rule), got {rdf['name']!r:.140}")
+        elif field == "license":
+            detail = (f"a license must be an SPDX identifier bioimage.io knows, e.g. CC-BY-4.0, MIT, BSD-3-Clause, "
+                      f"Apache-2.0; got {rdf['license']!r:.80}")
+        else:
+            detail = f"bioimage.io refuses it: {_errors(summary, field)}"
+        raise BadArgument(CALLER_FIELDS[field], detail)
+
+
+def _errors(summary, field: str | None = None) -> str:
+    """The validator's errors (of ``field``, or all) in one line: where, and what, each (not its table)."""
+    lines = []
+    for error in summary.errors:
+        if field is not None and (not error.loc or str(error.loc[0]) != field):
+            continue
+        # pydantic's locations also name the validators tried ("function-after[HttpUrl(), str]"): the fields only
+        where = ".".join(str(part) for part in error.loc if isinstance(part, int) or re.fullmatch(r"\w+", str(part)))
+        lines.append(f"{where or 'rdf'}: {error.msg:.200}")
+    return "; ".join(dict.fromkeys(lines))
 
 
 def _test_crop(model, normalization: Normalization, test_image) -> np.ndarray:
@@ -151,9 +203,18 @@ def _probabilities(model, normalization: Normalization, raw: np.ndarray) -> np.n
         return torch.softmax(standalone_model(model)(x), dim=1)[0].numpy()
 
 
-def _training_pixel_size(model) -> PixelSize | None:
+def _network_pixel_size(model) -> PixelSize | None:
+    """The pixel size of the images the network takes: the training images' (metadata "pixel_size"), resampled by
+    the model's ``input_scale`` (by 0.5: pixels twice as large); None where the model records none."""
     recorded = (getattr(model, "metadata", None) or {}).get("pixel_size")
-    return None if recorded is None else PixelSize.from_dict(recorded)
+    if recorded is None:
+        return None
+    trained, scale = PixelSize.from_dict(recorded), _input_scale(model)
+    return PixelSize(trained.y / scale, trained.x / scale, trained.unit)
+
+
+def _input_scale(model) -> float:
+    return float(getattr(model, "input_scale", 1.0))
 
 
 def _space_axes(size, pixel_size: PixelSize | None) -> list[dict]:
@@ -195,7 +256,7 @@ def _description(spec, model, name, description, authors, license, tags, normali
     config = model.config()
     depth, padding = config["depth"], config["padding"]
     context = geometry.context(depth, padding)
-    pixel_size = _training_pixel_size(model)
+    pixel_size = _network_pixel_size(model)
     size = {"min": geometry.min_input_size(depth, padding), "step": geometry.size_step(depth)}
     output_axes = [{"tensor_id": INPUT_ID, "axis_id": axis, "offset": -2 * context} for axis in ("y", "x")]
     torch_version = torch.__version__.split("+")[0]
@@ -247,7 +308,8 @@ def _description(spec, model, name, description, authors, license, tags, normali
         },
         "config": {"unet_fast": {"architecture": {**architecture, "dropout": config.get("dropout", 0.0)},
                                  "normalization": normalization.to_dict(), "class_names": class_names,
-                                 "metadata": getattr(model, "metadata", {}), "unet_fast_version": __version__}},
+                                 "metadata": getattr(model, "metadata", {}), "input_scale": _input_scale(model),
+                                 "unet_fast_version": __version__}},
     }
 
 
@@ -274,9 +336,14 @@ def _documentation(model, name, normalization, class_names, raw, probabilities) 
     context = geometry.context(depth, padding)
     metadata = getattr(model, "metadata", None) or {}
     trained = f" for {metadata['epochs']} epochs" if "epochs" in metadata else ""
-    pixel = _training_pixel_size(model)
-    scale = (f"Trained on images of {pixel.y} x {pixel.x} {pixel.unit} per pixel (y x); segment images of "
-             f"about that pixel size." if pixel else "The training data's pixel size was not recorded.")
+    pixel, factor = _network_pixel_size(model), _input_scale(model)
+    scale = (f"Its training images, as the network saw them, had pixels of {pixel.y:.6g} x {pixel.x:.6g} {pixel.unit} "
+             f"(y x); segment images of about that pixel size." if pixel
+             else "The training data's pixel size was not recorded.")
+    if factor != 1.0:       # exported with ignore_scale: unet_fast resampled its images, the package cannot
+        scale += (f" unet_fast resampled every image by {factor:.6g} before this network (its training brought "
+                  f"the objects to the size it learns them at), which no bioimage.io tool does: resample your "
+                  f"images by {factor:.6g} first" + (", to the pixel size above." if pixel else "."))
     parameters = sum(p.numel() for p in model.parameters())
     nonfinite = ("\n\nNaN and infinite pixels: unet_fast sets them to 0 (this model's normalisation says so), "
                  "which bioimage.io preprocessing cannot express; other tools hand them to the network as they "
@@ -297,8 +364,12 @@ Legal sizes per axis are {smallest} + {step} k pixels (k = 0, 1, ...). {scale}{n
 Class probabilities (softmax of the network's logits), one channel per class. The network uses
 unpadded convolutions: each output pixel sees {context} pixels of context on every side, so the output
 is {2 * context} pixels smaller than the input along y and x (rdf.yaml: output size = input size
-{-2 * context:+d}). To segment a whole image, mirror its border by {context} pixels, or use
-`unet-fast segment -m THIS.zip`, which tiles an image of any size and gives the same result as one pass.
+{-2 * context:+d}). To segment a whole image of H x W pixels in one pass, mirror it (reflection without
+repeating the edge pixel: numpy's `np.pad(image, ..., mode="reflect")`) in one step by {context} pixels at the
+top and left, and at the bottom and right by {context} pixels plus what brings each axis to a legal size: the
+first H x W output pixels are the image's (the last rows and columns see a few of the pixels past {context}, so
+mirror those too, not pad them otherwise). Or use `unet-fast segment -m THIS.zip`, which tiles an image of any
+size and gives the same result as that one pass.
 
 ## Validation
 
@@ -339,7 +410,8 @@ def is_package(path) -> bool:
 def read_package(path) -> tuple[dict, dict]:
     """(config, state_dict) of a bioimage.io package of a U-Net unet_fast can represent.
 
-    config has the keys of a unet_fast model file's: architecture, normalization, class_names, metadata.
+    config has the keys of a unet_fast model file's: architecture, normalization, class_names, metadata,
+    input_scale (1 for a package without one).
     The weights come from the package's pytorch_state_dict entry; their names must be those of
     unet_fast.reference.UNet (as in every package unet_fast exports).
     """
@@ -375,7 +447,7 @@ def read_package(path) -> tuple[dict, dict]:
         try:
             return ({"architecture": {"class": "UNet", **saved["architecture"], "backend": "auto"},
                      "normalization": saved["normalization"], "class_names": saved["class_names"],
-                     "metadata": saved.get("metadata", {})}, state)
+                     "metadata": saved.get("metadata", {}), "input_scale": saved.get("input_scale", 1.0)}, state)
         except (KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(f"{path}: its config.unet_fast is no unet_fast model config "
                                  f"({'no ' if isinstance(error, KeyError) else ''}{error})") from None

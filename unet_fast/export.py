@@ -68,10 +68,31 @@ def check_output(output, format: str) -> Path:
         # ".pt" alone is a hidden file's name, not a suffix: its example is model.pt, not .pt.pt
         example = "model" + suffix if output.name.lower() == suffix else output.with_suffix(suffix).name
         raise ValueError(f"output {str(output)!r} must end in {suffix} for format {format!r}; e.g. {example}")
-    if output.exists():
+    if os.path.lexists(output):          # a dangling link too: writing it would write where it points
         raise FileExistsError(f"output {str(output)!r} already exists; choose another name or remove it "
                               f"(export never overwrites a file)")
+    _check_writable(output)
     return output
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse, before any work, an output that cannot be written: under a file, in a folder this user cannot
+    write in, or named so long that its temporary sibling (``new_file``) is longer than a name can be. Each of
+    these failed after the export's work, naming a file the user never gave (".NAME.<hex>.partial.pt") or
+    nothing at all (torch.jit.save: "[enforce fail at inline_container.cc:747] . open file failed")."""
+    from .checks import BadArgument, _existing_ancestor, check_writable_folder
+
+    check_writable_folder(output.parent, "output")
+    try:
+        longest = os.pathconf(_existing_ancestor(output.parent), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):     # no such limit known (or no pathconf: Windows)
+        return
+    length = len(os.fsencode(output.name))
+    extra = len(os.fsencode(temporary_sibling(output).name)) - length
+    if length + extra > longest:
+        raise BadArgument("output", f"output {str(output)!r}: its name is {length} bytes; export writes it first as "
+                                    f"a hidden temporary file beside it, {extra} bytes longer, and a name has at "
+                                    f"most {longest} bytes there: use a name of at most {longest - extra} bytes")
 
 
 @contextlib.contextmanager
@@ -89,7 +110,7 @@ def new_file(path: Path):
             raise FileExistsError(f"output {str(path)!r} appeared while it was being written; "
                                   f"nothing was overwritten") from None
         except OSError:                  # a file system without hard links
-            if path.exists():
+            if os.path.lexists(path):
                 raise FileExistsError(f"output {str(path)!r} appeared while it was being written") from None
             os.replace(temporary, path)
     finally:

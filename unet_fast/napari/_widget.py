@@ -120,14 +120,15 @@ class SegmentWidget(Container):
         """``outcome``: ``steps_or_problem``'s, the labels, None when cancelled, or what went wrong."""
         if isinstance(outcome, str):
             return self._fail(outcome)
-        self._add(layer, None if run.cancelled else outcome, run.options["result"])
+        self._add(layer, None if run.cancelled else outcome, run.options["result"], run.class_names)
 
-    def _add(self, layer, labels, result: str):
-        """``result``: the kind the run computed (the combo box may have changed since)."""
+    def _add(self, layer, labels, result: str, class_names=None):
+        """``result``: the kind the run computed (the combo box may have changed since); ``class_names``: its
+        model's."""
         if labels is None:
             self.status.value = "cancelled"
             return
-        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, result)
+        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, result, class_names)
         self.viewer.add_labels(data, **kwargs)
         what = f"{int(data.max())} objects" if result == "instances" else "classes"
         self.status.value = f"done: {kwargs['name']} ({what})"

@@ -22,7 +22,7 @@ from scipy import ndimage
 from .. import termination
 from ..inference import predict_tiled
 from ..instances import instance_dtype
-from ..model_file import load_model
+from ..model_file import class_names_of, load_model
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
@@ -158,6 +158,7 @@ class Segmentation:
         self._model = (lambda: model) if given else model
         self.data, self.options = data, options
         self.cancelled = False
+        self.class_names: list[str] | None = None       # the model's, once ``steps`` has read it
         self._stop = threading.Event()
         self._model_read = threading.Event()
         if given:
@@ -194,6 +195,7 @@ class Segmentation:
         def run():
             try:
                 model = self._model()
+                self.class_names = class_names_of(model)
                 self._model_read.set()
                 if self._stop.is_set():             # cancelled while the model was read: no tile at all
                     raise Cancelled()
@@ -223,15 +225,20 @@ class Segmentation:
                     updates.get(timeout=0.05)
 
 
-def labels_layer(labels: np.ndarray, image_name: str, scale, translate, units=None, result: str = "instances"):
+def labels_layer(labels: np.ndarray, image_name: str, scale, translate, units=None, result: str = "instances",
+                 class_names=None):
     """(data, layer keyword arguments) of the Labels layer for ``labels`` of an image layer.
 
     The labels have the image's spatial axes (its last ones), so they take those axes' scale,
-    translate and units: in world coordinates the two lie on top of each other.
+    translate and units: in world coordinates the two lie on top of each other. Classes get the model's
+    ``class_names`` as the layer's features, which napari shows under the cursor ("class: nucleus"), as the
+    reader gives a class label image of `unet-fast segment`.
     """
     spatial = labels.ndim
     kwargs = {"name": f"{image_name} {result}", "scale": tuple(scale)[-spatial:],
               "translate": tuple(translate)[-spatial:]}
     if units is not None:
         kwargs["units"] = tuple(str(unit) for unit in units)[-spatial:]
+    if result == "classes" and class_names:
+        kwargs["features"] = {"index": list(range(len(class_names))), "class": list(class_names)}
     return labels, kwargs

@@ -479,6 +479,16 @@ def test_recursive_pairs_each_plate_with_its_own_image(tmp_path, capsys):
                        str(tmp_path / "out" / "B02.tif"): str(tmp_path / "plates" / "p2" / "B02.tif")}
 
 
+def test_inputs_given_with_several_flags_are_all_measured(tmp_path):
+    """-i a -i b measured b alone (argparse's nargs="+" keeps the last flag's), as segment segmented only the last."""
+    for name, seed in (("a", 50), ("b", 51), ("c", 52)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", blobs((9, 10), 2, seed=seed))
+    assert cli.main(["measure", "-i", str(tmp_path / "a.tif"), "-i", str(tmp_path / "b.tif"), str(tmp_path / "c.tif"),
+                     "-o", str(tmp_path / "out")]) == 0
+    assert [row["file"] for row in read_csv(tmp_path / "out" / "summary.csv")] == \
+        [str(tmp_path / f"{name}.tif") for name in "abc"]
+
+
 def test_tables_the_user_wrote_are_never_replaced(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "l.tif", blobs((9, 9), 2, seed=18))
     out = tmp_path / "out"

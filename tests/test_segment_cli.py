@@ -185,6 +185,15 @@ def test_parts_of_a_job_array_share_a_list_of_inputs_given_as_at_file(tmp_path, 
     assert sorted(os.listdir(tmp_path / "out")) == ["img 0.tif", "img1.tif", "img2.tif", "img3.tif", "img4.tif"]
 
 
+def test_inputs_given_with_several_flags_are_all_segmented(tmp_path, model_file):
+    """-i a -i b segmented b alone (argparse's nargs="+" keeps the last flag's list), silently."""
+    _images(tmp_path / "in", count=3)
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "img0.tif"), "-i", str(tmp_path / "in" / "img1.tif"),
+                     str(tmp_path / "in" / "img2.tif"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                     "--no-progress"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.tif", "img1.tif", "img2.tif"]
+
+
 @pytest.mark.parametrize("content, reason", [(None, "No such file or directory"), ("folder", "Is a directory"),
                                              (b"II*\x00\xff\xfe\x00", "can't decode byte"),
                                              (b"a" * 65, "over 0 MiB")])

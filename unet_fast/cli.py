@@ -1093,11 +1093,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "starting with # ignored; relative paths relative to the current folder, not to the "
                             "list's), a list every part of a job array shares.",
                 fromfile_prefix_chars="@")
-    p.add_argument("-i", "--input", nargs="+", required=True,
+    p.add_argument("-i", "--input", nargs="+", action="extend", required=True,
                    help="files, folders or glob patterns; a folder gives the images directly in it, names starting "
                         "with '.' skipped (macOS's ._* files, unfinished outputs), as wildcards skip them; a hidden "
                         "file named is taken; @LIST: the inputs LIST names, one per line (a file whose name "
-                        "starts with @: ./@name)")
+                        "starts with @: ./@name); -i may be given more than once")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("-m", "--model", required=True, help="model file written by unet_fast.save_model")
     p.add_argument("-r", "--recursive", action="store_true",
@@ -1152,10 +1152,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "measure wrote. A file that cannot be measured is reported as FAILED (exit status "
                             "1) and left out. @FILE stands for FILE's lines, one argument each.",
                 fromfile_prefix_chars="@")
-    p.add_argument("-i", "--input", nargs="+", required=True,
+    p.add_argument("-i", "--input", nargs="+", action="extend", required=True,
                    help="instance label images: files, folders (the images directly in them) or glob patterns, as "
-                        "segment takes them; @LIST: those LIST names, one per line")
-    p.add_argument("--images", nargs="+", default=None,
+                        "segment takes them; @LIST: those LIST names, one per line; -i may be given more than once")
+    p.add_argument("--images", nargs="+", action="extend", default=None,
                    help="intensity images (files, folders or patterns): each label file is paired with the image "
                         "of its base name (segment's OUTDIR/A01.tif with A01.tif, A01.ome.tif, A01.png or "
                         "A01.ome.zarr) (default: none, no intensity columns)")

@@ -226,6 +226,28 @@ def test_tiff_stacks_of_colour_pages_are_read_by_their_axes(tmp_path):
         TiffStackDataset(tmp_path / "rgb-stack.tif", tmp_path / "rgb-stack.tif")
 
 
+def test_colour_coded_labels_are_refused_saying_how_to_convert_them(tmp_path):
+    """Labels saved as colours (one per object), in training and evaluate alike: refused as no 2-D image, with the
+    conversion (it said only "must be a 2-D image, got shape (3, H, W)")."""
+    from PIL import Image
+
+    from unet_fast.checks import BadArgument
+    from unet_fast.evaluation import check_labelled, labelled_files
+
+    objects = two_touching_squares()
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255]], np.uint8)[objects % 3]
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", (objects > 0).astype(np.uint8) * 200)
+    Image.fromarray(colours).save(tmp_path / "labels" / "a.png")
+    with pytest.raises(ValueError, match=r"shape \(3, .*colour-coded labels .* must be converted first"):
+        ImageFolderDataset(tmp_path / "images", tmp_path / "labels")[0]
+    with pytest.raises(BadArgument, match=r"shape \(3, .*colour-coded labels .* must be converted first"):
+        check_labelled(labelled_files(tmp_path / "images", tmp_path / "labels"), in_channels=1)
+    converted = np.unique(colours.reshape(-1, 3), axis=0, return_inverse=True)[1].reshape(objects.shape)
+    assert len(np.unique(converted)) == len(np.unique(objects % 3)) and (converted[objects == 0] == 0).all()
+
+
 def test_weight_maps_are_computed_once_and_cached_on_disk(tmp_path, monkeypatch):
     calls = []
     real = data.unet_weight_map

@@ -169,7 +169,7 @@ class SegmentationDataset(Sequence):
         image = _channels_first(image, name)
         label = np.asarray(label)
         if label.ndim != 2:
-            raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}")
+            raise ValueError(f"label of {name!r} must be a 2-D image, got shape {label.shape}{colour_hint(label.shape)}")
         check_label_values(name, label, self.ignore_label)
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
@@ -290,6 +290,16 @@ def check_ignore_label(ignore_label, num_classes: int = 2, label_kind: str = "au
                          f"one of the {num_classes} classes (0..{num_classes - 1})") + "; give the value that marks "
                          f"pixels nobody annotated, one no class or object uses (255, or -1 in a signed image)")
     return value
+
+
+def colour_hint(shape) -> str:
+    """What to say of a label image of ``shape`` that is no 2-D image, where it looks like colour (C, H, W)."""
+    if len(shape) == 3 and shape[0] in (3, 4):
+        return ("; it is a colour image: labels hold one integer per object or class (0: background), and "
+                "colour-coded labels (one colour per object) must be converted first, e.g. np.unique(rgb.reshape(-1, "
+                "3), axis=0, return_inverse=True)[1].reshape(H, W) on the (H, W, 3) pixels (the background colour "
+                "then becomes 0 only if it is black)")
+    return ""
 
 
 def check_label_values(name: str, label: np.ndarray, ignore_label: int | None = None) -> None:

@@ -317,7 +317,7 @@ def _image(image, name: str) -> np.ndarray:
 
 def _labels(truth, name: str, ignore_label: int | None = None) -> np.ndarray:
     """The label image, checked: 2-D, integer values >= 0 or ``ignore_label`` (BadArgument "labels")."""
-    from .data import check_label_values, read_image
+    from .data import check_label_values, colour_hint, read_image
 
     if isinstance(truth, Path):
         try:
@@ -328,7 +328,8 @@ def _labels(truth, name: str, ignore_label: int | None = None) -> np.ndarray:
     if truth.ndim == 3 and truth.shape[0] == 1:
         truth = truth[0]
     if truth.ndim != 2:
-        raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}")
+        raise _bad("labels", f"labels of {name!r} must be a 2-D image, got shape {truth.shape}"
+                             f"{colour_hint(truth.shape)}")
     try:
         check_label_values(name, truth, ignore_label)
     except ValueError as error:

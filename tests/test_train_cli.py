@@ -394,6 +394,17 @@ def test_a_checkpoint_recipe_of_the_wrong_types_is_refused_naming_the_field(fold
     assert "argument --resume:" in err and message in err
 
 
+def test_labels_without_background_anywhere_warn(folders, capsys):
+    """Background saved as 1 (objects 2, 3, ...): every pixel is an object, and the network learns no background;
+    one crop filled by objects is fine, every label image without a 0 is not."""
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    assert "holds background" not in capsys.readouterr().err
+    for path in (folders / "train_lb").iterdir():
+        tifffile.imwrite(path, tifffile.imread(path) + 1)
+    assert cli.main(_tiny(folders, "--epochs", "1", "--work-dir", str(folders / "other"))) == 0
+    assert "no training label image holds background (0) anywhere" in capsys.readouterr().err
+
+
 def test_fit_refuses_to_resume_with_another_optimizer(folders):
     """In Python too: another optimizer is a clear ValueError, not a KeyError from the optimizer's state."""
     from unet_fast import UNet

@@ -469,6 +469,11 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
             raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
                              f"{config['in_channels']}")
     _warn_empty(empty, "training", "they teach background only: check that they are the right files")
+    if config["num_classes"] == 2 and len(dataset.without_background) == len(dataset) \
+            and int(os.environ.get("RANK", "0")) == 0:          # (classes of a tissue may leave 0 unused)
+        print(f"train: warning: no training label image holds background (0) anywhere: every pixel is an object or "
+              f"a class, so the network learns no background; check that the labels mark background with 0 (not, "
+              f"say, 1 or 255)", file=sys.stderr)
     _warn_ignore_label_unused(args.ignore_label, dataset)
     if args.val_images is not None:
         with _blame("val_images/val_labels"):

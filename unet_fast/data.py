@@ -122,12 +122,15 @@ class SegmentationDataset(Sequence):
         """Load every labelled image now, checking each pair (image and label shapes, label values) and
         computing its weight map: the work training does anyway before its first step, kept in the
         caches, so a fault in any pair shows before training starts. Returns the names of the images
-        whose labels hold no object (no foreground pixel)."""
-        empty = []
+        whose labels hold no object (no foreground pixel); sets ``without_background``, those whose labels hold
+        no background pixel (0) at all (every one of them: the background was likely saved as another value)."""
+        empty, self.without_background = [], []
         for index in range(len(self)):
             sample = self[index]
             if not np.any(sample.target > 0):
                 empty.append(sample.name)
+            if not np.any(sample.instances == 0):      # (the target's borders between objects are 0 even there)
+                self.without_background.append(sample.name)
         return empty
 
     @property

@@ -140,6 +140,34 @@ def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path,
     assert all(os.stat(tmp_path / "out" / n).st_mtime_ns == t for n, t in before.items())
 
 
+@pytest.mark.parametrize("output, scale", [("instances", 1.0), ("labels", 2.0)])
+def test_scratch_files_a_killed_run_leaves_beside_its_output_are_removed_by_continue(tmp_path, model_file,
+                                                                                        monkeypatch, output, scale):
+    """A large result goes through scratch files beside its output (instances; the logits of a resampled image):
+    what a run killed meanwhile (SIGKILL, a power cut) leaves of them is named after the output, and --continue
+    removes it with the output's other leftovers. They were in a folder named for no output (instances), left in
+    the output folder for good (8 bytes a pixel of the image), or in the system's temporary folder (resampled)."""
+    from unet_fast import instances
+
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 0)        # scratch on disk, as for a large image
+    (tmp_path / "in").mkdir()
+    image_io.write_image(tmp_path / "in" / "img.tif", np.random.default_rng(0).integers(0, 255, (40, 50), np.uint8))
+    out, killed = tmp_path / "out", tmp_path / "killed"
+    out.mkdir()
+
+    def kill(fraction):     # the output folder as a SIGKILL during the network's tiles leaves it
+        if not killed.exists():
+            shutil.copytree(out, killed)
+
+    predict_tiled(unet_fast.load_model(model_file), image_io.read_image(tmp_path / "in" / "img.tif")[0],
+                  output=output, out=out / "img.tif", scale=scale, progress=kill)
+    assert any(name.endswith(".partial.scratch") for name in os.listdir(killed))
+    assert os.listdir(out) == ["img.tif"]
+    status = cli.main(["segment", "-i", str(tmp_path / "in"), "-o", str(killed), "-m", str(model_file), "--continue",
+                       "--no-progress", "--output", output, "--scale", str(scale)])
+    assert status == 0 and os.listdir(killed) == ["img.tif"]
+
+
 @needs_zarr
 def test_pixel_limit_refuses_large_files_streamable_or_not(tmp_path, model_file, capsys):
     folder = tmp_path / "in"
@@ -1089,6 +1117,22 @@ def test_an_at_list_of_inputs_takes_a_name_starting_with_a_dash_as_a_file(tmp_pa
     assert cli.main(["segment", "-i", "@../list.txt", "-o", "../out", "-m", str(model_file), "--no-progress"]) == 0
     assert "2 file(s) found, 2 segmented" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "out")) == ["-dash.tif", "img0.tif"]
+
+
+def test_a_glob_pattern_never_lists_the_output_folders_files_without_r_either(tmp_path, model_file, capsys):
+    """-i 'in/**/*.tif' -o in/seg without -r: a second run (--continue) listed the first one's outputs in in/seg as
+    inputs, and refused to run ("which is that input itself"); a pattern naming the output folder still takes
+    them (and is refused)."""
+    images = _images(tmp_path / "in", count=2)
+    (tmp_path / "in" / "p1").mkdir()
+    image_io.write_image(tmp_path / "in" / "p1" / "deep.tif", images["img0"])
+    command = ["segment", "-i", str(tmp_path / "in" / "**" / "*.tif"), "-o", str(tmp_path / "in" / "seg"),
+               "-m", str(model_file), "--no-progress"]
+    assert cli.main(command) == 0 and "3 file(s) found, 3 segmented" in capsys.readouterr().out
+    assert cli.main(command + ["--continue"]) == 0
+    assert "3 file(s) found, 0 segmented, 3 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert cli.main(command[:2] + [str(tmp_path / "in" / "seg" / "*.tif")] + command[3:]) == 2
+    assert "which is that input itself" in capsys.readouterr().err
 
 
 def test_recursive_mirrors_a_folder_named_inside_another_as_a_part_of_it(tmp_path, model_file, capsys):

@@ -1,6 +1,7 @@
 """unet_fast.sinks: results written as tiles finish, into arrays or streamed files committed atomically."""
 import itertools
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,38 @@ def test_a_tiff_records_the_translation_as_every_planes_position(tmp_path, shape
             assert {f[f"Position{axis}Unit"] for f in found for axis in "XYZ"} == {"nm"}
         else:
             assert not any(key.startswith("Position") for f in found for key in f)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_every_file_of_a_result_is_on_the_disk_before_it_takes_its_name(tmp_path, monkeypatch, suffix):
+    """A result is renamed into place only once its data is flushed to the disk (fsync): a machine that crashed
+    (a power cut, a node lost) after the rename could leave an output of that name with no data (empty, chunks
+    missing), which segment --continue keeps as finished. Nothing was flushed."""
+    if suffix == ".zarr":
+        pytest.importorskip("zarr")
+    synced, committed = set(), []
+    fsync = os.fsync
+
+    def record_fsync(fd):
+        synced.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def record_commit(temporary, path):
+        files = [temporary] if not temporary.is_dir() else [Path(folder, name) for folder, _, names in
+                                                            os.walk(temporary) for name in names]
+        committed.append([os.path.realpath(f) in synced for f in files])
+        commit(temporary, path)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd to tell a descriptor's file")
+    commit = sinks.commit
+    monkeypatch.setattr(sinks.os, "fsync", record_fsync)
+    monkeypatch.setattr(sinks, "commit", record_commit)
+    writer = sinks.open_streaming_writer(tmp_path / f"o{suffix}", (2, 40, 30), np.uint8, channels=False)
+    for plane in range(2):
+        writer.write(plane, 0, 0, np.full((40, 30), plane, np.uint8))
+    writer.close()
+    assert len(committed) == 1 and committed[0] and all(committed[0])
 
 
 def test_streaming_writer_refuses_an_incomplete_image(tmp_path):

@@ -736,8 +736,11 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
     shape = planes + ((source.height, source.width) if output == "labels" else
                       (num_classes, source.height, source.width))
-    pixels = source.slices * num_classes * size[0] * size[1]       # scale^2 times the image's: on disk when large
-    with Scratch(tempfile.gettempdir() if pixels > IN_MEMORY_PIXELS else None) as scratch:
+    # scale^2 times the image's pixels: on disk when large, beside a file ``out`` (named after it: what a killed run
+    # left there goes with its other leftovers), else in the system's temporary folder
+    pixels = source.slices * num_classes * size[0] * size[1]
+    with (Scratch() if pixels <= IN_MEMORY_PIXELS else Scratch(beside=out) if isinstance(out, (str, Path))
+          else Scratch(tempfile.gettempdir())) as scratch:
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
         # the sink before the network: an out array of the wrong shape is refused before any work, not after it
         sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",

@@ -65,8 +65,8 @@ def expand_inputs(inputs: list[str], recursive: bool = False,
     (``_folder_images``): names starting with "." are skipped there (macOS's ``._x.tif`` resource forks, our own
     ``.NAME.<hex>.partial.*`` temporaries), as glob wildcards skip them; a hidden file named is taken. With
     ``recursive`` a folder a glob pattern matches is listed as a named one (without, only files match). ``skip``:
-    folders a recursive listing does not enter (the output folder, when it lies inside an input folder), nor
-    takes the glob matches inside.
+    folders a recursive listing does not enter (the output folder, when it lies inside an input folder), nor a glob
+    pattern takes the matches inside, with ``recursive`` or not (below the pattern's folder: "seg/*.tif" names them).
 
     Returns (files, problems) where problems are inputs that matched nothing, and subfolders that cannot be read.
     """
@@ -93,9 +93,11 @@ def expand_inputs(inputs: list[str], recursive: bool = False,
         else:
             matched = [Path(m) for m in glob.glob(item, recursive=True)]
             matches = [m for m in matched if m.is_file() or image_io.is_zarr_image(m)]
+            # never the output folder's own files below the pattern's folder, -r or not ("plates/**/*.tif" -o
+            # plates/seg: a second run listed the first one's outputs as inputs, and refused to run)
+            base, known = Path(os.path.abspath(_pattern_base(item))), {}
+            matches = [m for m in matches if not _inside(m, skipped, known, base)]
             if recursive:   # as the folders it matches were named ("plates/*", "plates/**"), the output folder left out
-                base, known = Path(os.path.abspath(_pattern_base(item))), {}
-                matches = [m for m in matches if not _inside(m, skipped, known, base)]
                 for folder in _outermost(m for m in matched if m.is_dir() and not image_io.is_zarr_image(m)):
                     if Path(os.path.abspath(folder)) == base or not (
                             _identity(folder) in skipped or _inside(folder, skipped, known, base)):

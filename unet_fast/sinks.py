@@ -17,6 +17,7 @@ import math
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,27 @@ class _BandCollector:
     @property
     def complete(self) -> bool:
         return self.next[0] >= math.prod(self.shape[:self.plane_dims]) and not self.bands
+
+
+def _sync(path: Path) -> None:
+    """Flush a finished temporary file, or every file of a folder, to the disk before it is committed under its
+    name: without, a crash of the machine (a power cut, a node lost) could leave an output of that name whose data
+    never reached the disk (empty, or with chunks missing), which --continue would keep as finished."""
+    path = Path(path)
+    files = [path] if not path.is_dir() else [Path(folder, name) for folder, _, names in os.walk(path)
+                                               for name in names]
+
+    def sync(file: Path) -> None:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+    if len(files) < 2:
+        for file in files:
+            sync(file)
+        return
+    # a Zarr's chunk files, many at once: 4000 of 64 KB took 2.6 s one by one here, 1.4 s sixteen at a time
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        list(pool.map(sync, files))
 
 
 class StreamingTiffWriter:
@@ -298,6 +320,7 @@ class StreamingTiffWriter:
         if self._error is not None:
             discard(self.temporary)
             raise RuntimeError(f"writing {self.path} failed: {self._error!r}") from self._error
+        _sync(self.temporary)
         commit(self.temporary, self.path)
         return self.path
 
@@ -570,6 +593,7 @@ class StreamingZarrWriter:
         if not self._collector.complete:
             discard(self.temporary)
             raise RuntimeError(f"{self.path}: closed before every pixel was written")
+        _sync(self.temporary)
         commit(self.temporary, self.path)
         return self.path
 

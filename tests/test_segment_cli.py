@@ -140,6 +140,22 @@ def test_interrupted_file_leaves_no_output_and_continue_redoes_only_it(tmp_path,
     assert all(os.stat(tmp_path / "out" / n).st_mtime_ns == t for n, t in before.items())
 
 
+@pytest.mark.parametrize("fmt", ["tif", "ome.zarr"])
+def test_continue_segments_again_an_input_replaced_by_one_of_another_size(tmp_path, model_file, capsys, fmt):
+    """--continue compares settings, not images: an input replaced since kept its old output, even of another
+    size. Headers tell that case: it is segmented again, and said; the unchanged inputs are kept."""
+    _images(tmp_path / "in")
+    arguments = ["segment", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                 "--format", fmt, "--no-progress"]
+    assert cli.main(arguments) == 0
+    image_io.write_image(tmp_path / "in" / "img1.tif", np.full((45, 52), 9, np.uint8))
+    capsys.readouterr()
+    assert cli.main([*arguments, "--continue"]) == 0
+    out = capsys.readouterr().out
+    assert "1 segmented, 2 skipped" in out and f"of another size than {tmp_path / 'in' / 'img1.tif'}" in out
+    assert image_io.image_info(tmp_path / "out" / f"img1.{fmt}").shape[-2:] == (45, 52)
+
+
 @pytest.mark.parametrize("output, scale", [("instances", 1.0), ("labels", 2.0)])
 def test_scratch_files_a_killed_run_leaves_beside_its_output_are_removed_by_continue(tmp_path, model_file,
                                                                                         monkeypatch, output, scale):

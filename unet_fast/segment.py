@@ -517,7 +517,11 @@ class _Segmenter:
         if self.suffix.endswith((".tif", ".tiff")) and target.is_dir():
             return functools.partial(self.fail, path, f"the output {target} is a folder, which a result cannot "
                                                       f"replace; move or rename it")
-        if not (self.resume and target.exists()):
+        stale = self.resume and target.exists() and not _same_size(path, target)
+        if stale:        # the input was replaced since (settings are compared by check_resumable, not images)
+            self.log(f"note: the existing {target} is of another size than {path}, which changed since: segmented "
+                     f"again")
+        if stale or not (self.resume and target.exists()):
             from .overlays import written_by_unet_fast
 
             if written_by_unet_fast(overlay_file):     # it outlines the output this run replaces: never keep it
@@ -665,6 +669,15 @@ class _Pending:
                 self.segmenter.one(entry)
             self.done(1)
         self.entries.clear()
+
+
+def _same_size(image: Path, output: Path) -> bool:
+    """Whether an existing output has its input's height and width (headers only; True where either cannot be
+    read: segmenting it again, or failing, is then decided as before)."""
+    try:
+        return image_io.image_info(image, max_pixels=0).shape[-2:] == image_io.image_info(output, max_pixels=0).shape[-2:]
+    except Exception:
+        return True
 
 
 def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif", output: str = "labels",

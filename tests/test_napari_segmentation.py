@@ -170,12 +170,13 @@ def test_reader_opens_segment_outputs(model, tmp_path, output, kind):
     reader = napari_get_reader(str(path))
     assert reader is read_ome_zarr
     [(layer_data, kwargs, layer_kind)] = reader(str(path))
-    assert layer_kind == kind and kwargs["name"] == "cells"
+    assert layer_kind == kind
     np.testing.assert_array_equal(np.asarray(layer_data[...]), predict_tiled(model, data, output=output, progress=False))
-    if output == "probabilities":          # one layer per class: per-layer grids
+    if output == "probabilities":          # one layer per class, named by its class: per-layer grids
         assert kwargs["channel_axis"] == 0 and kwargs["axis_labels"] == [["y", "x"]] * 3
+        assert kwargs["name"] == ["cells class0", "cells class1", "cells class2"]
     else:
-        assert "channel_axis" not in kwargs and kwargs["axis_labels"] == ["y", "x"]
+        assert "channel_axis" not in kwargs and kwargs["axis_labels"] == ["y", "x"] and kwargs["name"] == "cells"
 
 
 @needs_zarr

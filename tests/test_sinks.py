@@ -726,9 +726,9 @@ def test_class_labels_name_their_classes_in_ngff_label_properties(tmp_path, shap
 
 
 @pytest.mark.parametrize("shape, dtype, channels, class_names, message", [
-    ((3, 40, 30), np.float32, True, ["a", "b", "c"], "name the values of class labels .* float32 with a class axis: "
-                                                     "leave class_names out"),
-    ((3, 40, 30), np.uint8, True, ["a", "b", "c"], "uint8 with a class axis: leave class_names out"),
+    ((3, 40, 30), np.float32, True, ["a", "b"], "2 classes, but the result has 3 along its class axis"),
+    ((2, 3, 40, 30), np.float32, True, ["a", "b", "c", "d"], "4 classes, but the result has 3 along its class axis"),
+    ((40, 30), np.float32, False, ["a", "b"], "name the values of class labels .* float32: leave class_names out"),
     ((40, 30), np.uint8, False, "nucleus", "must be a non-empty list of the classes' names"),
     ((40, 30), np.uint8, False, [], "must be a non-empty list"),
     ((40, 30), np.uint8, False, ["background", 1], "must be a non-empty list"),
@@ -749,9 +749,10 @@ def test_class_names_that_cannot_name_the_labels_are_refused_before_anything_is_
 def test_segment_names_the_models_classes_in_ome_zarr_class_labels_only(tmp_path, capsys):
     """unet-fast segment --format ome.zarr: class labels name the model file's classes (NGFF "image-label"
     "properties"), whichever way a file is segmented (small files of one shape together, another alone, resampled);
-    the provenance records them (a TIFF's too); probabilities are no label image and get none (instances, objects
-    not classes, neither: test_continue_tells_ome_zarr_class_labels_from_instances). unet_fast's napari reader
-    gives them to the Labels layer as its features."""
+    the provenance records them (a TIFF's too); probabilities are no label image: their class axis' channels are
+    named ("omero" labels), and the reader names a class's layer by it (instances, objects not classes, get none:
+    test_continue_tells_ome_zarr_class_labels_from_instances). unet_fast's napari reader gives class labels' names
+    to the Labels layer as its features."""
     zarr = pytest.importorskip("zarr")
     import torch
 
@@ -784,8 +785,12 @@ def test_segment_names_the_models_classes_in_ome_zarr_class_labels_only(tmp_path
                                                                                           "border"]}
     assert sinks.read_provenance(segment("tif") / "img0.tif")["class_names"] == ["background", "nucleus", "border"]
     probabilities = segment("probabilities", "--format", "ome.zarr", "--output", "probabilities") / "img0.ome.zarr"
-    assert "image-label" not in zarr.open_group(str(probabilities), mode="r").attrs
-    assert sinks.read_provenance(probabilities)["class_names"] is None
+    attributes = zarr.open_group(str(probabilities), mode="r").attrs
+    assert "image-label" not in attributes      # no label image: its class axis' channels are named instead
+    assert [channel["label"] for channel in attributes["omero"]["channels"]] == ["background", "nucleus", "border"]
+    assert sinks.read_provenance(probabilities)["class_names"] == ["background", "nucleus", "border"]
+    [(_, layer, kind)] = read_ome_zarr(probabilities)
+    assert kind == "image" and layer["name"] == ["img0 background", "img0 nucleus", "img0 border"]
 
 
 def test_predict_tiled_names_the_classes_of_an_ome_zarr_of_class_labels(tmp_path):

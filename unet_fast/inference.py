@@ -874,9 +874,9 @@ def warn_slow_cpu_precision(device: torch.device, compute_dtype: torch.dtype,
 
 
 def label_names(model, output: str) -> list[str] | None:
-    """What an OME-Zarr of class labels names its values by (NGFF "image-label" "properties"): ``class_names_of``
-    the model; None for any other output."""
-    return class_names_of(model) if output == "labels" else None
+    """What an OME-Zarr of class labels names its values by (NGFF "image-label" "properties"), or of probabilities
+    its class axis' channels ("omero"): ``class_names_of`` the model; None for instances."""
+    return class_names_of(model) if output in ("labels", "probabilities") else None
 
 
 def _output_dtype(output: str, compute_dtype: torch.dtype, num_classes: int, out) -> torch.dtype:

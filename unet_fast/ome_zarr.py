@@ -215,6 +215,30 @@ def class_properties(class_names) -> list[dict]:
     return [{"label-value": value, "class": name} for value, name in enumerate(class_names)]
 
 
+#: the colours of a class axis' channels in the "omero" metadata: background grey, then distinct hues
+CHANNEL_COLOURS = ("808080", "FFFF00", "00FFFF", "FF00FF", "00FF00", "FF8000", "0080FF", "FF0000")
+
+
+def channel_metadata(class_names) -> dict:
+    """The "omero" metadata (NGFF 0.4, transitional) of probabilities with a class axis: one channel a class,
+    labelled by its name, displayed over [0, 1] (what viewers that read it, ome-zarr-py's napari plugin among them,
+    take for the channels' names and contrast)."""
+    return {"channels": [{"label": name, "color": CHANNEL_COLOURS[k % len(CHANNEL_COLOURS)], "active": True,
+                          "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}}
+                         for k, name in enumerate(class_names)]}
+
+
+def channel_labels(path) -> list[str] | None:
+    """The labels of the channels the "omero" metadata of the image at ``path`` lists, or None where it lists none
+    or any without a string label."""
+    omero = (_attrs(image_path(path)) or {}).get("omero")
+    listed = omero.get("channels") if isinstance(omero, dict) else None
+    if not isinstance(listed, list) or not listed or not all(
+            isinstance(entry, dict) and isinstance(entry.get("label"), str) for entry in listed):
+        return None
+    return [entry["label"] for entry in listed]
+
+
 def label_classes(path) -> dict[int, str]:
     """{label value: class name} of the label image at ``path``, from its "image-label" "properties": the entries with
     an integer "label-value" and a string "class" (NGFF lets a label have other keys, or none; of two entries for

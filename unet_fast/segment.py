@@ -34,8 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import checks, geometry, image_io, termination
-from .inference import OUTPUTS, check_chosen_plan_fits, predict_images, predict_tiled
-from .model_file import class_names_of
+from .inference import OUTPUTS, check_chosen_plan_fits, label_names, predict_images, predict_tiled
 from .pixel_size import read_pixel_size, scale_warning
 from .sinks import read_provenance
 from .rescale import check_scale, model_scale
@@ -378,7 +377,7 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
             "normalization": normalization.to_dict() if normalization is not None else None,
             "instance_options": dataclasses.asdict((instance_options or InstanceOptions()).in_image_pixels(
                 model_scale(model, scale))) if output == "instances" else None,
-            "class_names": class_names_of(model) if output == "labels" else None}
+            "class_names": label_names(model, output)}
     return json.loads(json.dumps(made))     # as it reads back from a file (lists, not tuples)
 
 

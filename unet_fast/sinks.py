@@ -25,7 +25,7 @@ import torch
 
 from .checks import BadArgument
 from .image_io import TIFF_SUFFIXES, ZARR_SUFFIXES, commit, discard, temporary_sibling
-from .ome_zarr import class_properties
+from .ome_zarr import channel_metadata, class_properties
 from .pixel_size import PixelSize, ngff_axes_and_scale, tiff_options
 
 log = logging.getLogger(__name__)
@@ -503,9 +503,10 @@ class StreamingZarrWriter:
     "corresponding to certain labels with custom meanings", a class or an object): the group carries NGFF's
     "image-label" metadata, so ome-zarr-py and napari-ome-zarr open it as labels. It stands alone, not in the
     "labels" group of an image (the image it was computed from may be no OME-Zarr), so it names no "source".
-    class_names: class labels' names, value 0 the first (background): NGFF's "image-label" "properties", one
-    {"label-value": value, "class": name} a class (``ome_zarr.class_properties``; unet_fast's napari reader shows
-    the class under the cursor).
+    class_names: the classes' names, 0 the first (background): of class labels, NGFF's "image-label" "properties",
+    one {"label-value": value, "class": name} a class (``ome_zarr.class_properties``; unet_fast's napari reader shows
+    the class under the cursor); of probabilities, the class axis' channels' labels in the "omero" metadata
+    (``ome_zarr.channel_metadata``; the reader names each class's layer by it).
     A multiscale pyramid comes with level 0 (datasets "1", "2", ...; ``pyramid_sizes``): y and x halved a level
     (z and classes never), integer results (labels, instances) by the top-left pixel of each 2 x 2 block, floats
     (probabilities) by its mean; each written from the level above as that one's bands come."""
@@ -517,7 +518,7 @@ class StreamingZarrWriter:
         dtype = np.dtype(dtype)
         label_image = dtype.kind in "iu" and not channels   # class labels, instances: NGFF's label image
         if class_names is not None:
-            _check_class_names(class_names, label_image, dtype, channels)
+            _check_class_names(class_names, label_image, dtype, channels, shape)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temporary = temporary_sibling(self.path)
@@ -560,6 +561,8 @@ class StreamingZarrWriter:
                 attributes["image-label"] = {"version": "0.4"}
                 if class_names is not None:
                     attributes["image-label"]["properties"] = class_properties(class_names)
+            elif channels and class_names is not None:
+                attributes["omero"] = channel_metadata(class_names)
             if provenance is not None:
                 attributes[PROVENANCE_ATTRIBUTE] = provenance
             group.attrs.update(attributes)     # one write of the group's attributes
@@ -619,12 +622,18 @@ _STOPPABLE_STORE = None
 STOP_WRITES_TIMEOUT = 60.0   # seconds an abort waits for the zarr writes under way
 
 
-def _check_class_names(class_names, label_image: bool, dtype: np.dtype, channels: bool) -> None:
-    """A BadArgument naming class_names unless they are strings that name the values of class labels."""
+def _check_class_names(class_names, label_image: bool, dtype: np.dtype, channels: bool, shape) -> None:
+    """A BadArgument naming class_names unless they are strings that name the values of class labels, or one each
+    the channels of a class axis (probabilities)."""
     if not isinstance(class_names, (list, tuple)) or not class_names or \
             not all(isinstance(name, str) for name in class_names):
         raise BadArgument("class_names", f"class_names must be a non-empty list of the classes' names (strings), value "
                                          f"0 first; got {class_names!r:.80}")
+    if channels:
+        if len(class_names) != shape[-3]:
+            raise BadArgument("class_names", f"class_names lists {len(class_names)} classes, but the result has "
+                                             f"{shape[-3]} along its class axis: name each once")
+        return
     if not label_image:
         raise BadArgument("class_names", f"class_names name the values of class labels (integers without a class "
                                          f"axis); this result holds {dtype}{' with a class axis' * channels}: leave "
@@ -697,8 +706,8 @@ def open_streaming_writer(path, shape, dtype, *, channels: bool = False, pixel_s
                           provenance: dict | None = None, class_names=None):
     """A streaming writer chosen by suffix: .tif/.tiff (tiled BigTIFF) or .zarr (OME-Zarr). A TIFF of float16
     (the probabilities of fp16/bf16 inference) is written as float32: OME-XML, ImageJ and Bio-Formats know no
-    16-bit floats (tifffile refused to write the OME metadata of one). class_names: of class labels, an OME-Zarr's
-    NGFF "image-label" "properties" (``StreamingZarrWriter``); a TIFF has no place for them but its provenance."""
+    16-bit floats (tifffile refused to write the OME metadata of one). class_names: an OME-Zarr's names of the
+    classes (``StreamingZarrWriter``); a TIFF has no place for them but its provenance."""
     suffix = Path(path).suffix.lower()
     if suffix in TIFF_SUFFIXES:
         dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else dtype

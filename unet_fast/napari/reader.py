@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ome_zarr import NGFF_UNITS, OmeZarrImage, is_ome_zarr, label_classes, open_ome_zarr
+from ..ome_zarr import NGFF_UNITS, OmeZarrImage, channel_labels, is_ome_zarr, label_classes, open_ome_zarr
 from ..pixel_size import _unit_name
 
 
@@ -65,6 +65,9 @@ def read_ome_zarr(path) -> list[tuple]:
     if channel is not None:      # one layer per channel: per-layer values, so napari cannot misread the lists
         channels = image.levels[0].shape[channel]
         per_layer = {key: [kwargs[key]] * channels for key in ("scale", "translate", "units", "axis_labels")}
+        labels = channel_labels(path)
+        if labels is not None and len(labels) == channels:     # segment's probabilities: a layer a class, by name
+            per_layer["name"] = [f"{kwargs['name']} {label}" for label in labels]
         return [(data, {**kwargs, **per_layer, "channel_axis": channel}, "image")]
     kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" else "image"
     classes = label_classes(path) if kind == "labels" else {}

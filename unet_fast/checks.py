@@ -7,7 +7,9 @@ in the first second, not after an hour of training.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,47 @@ def failure_reason(error: BaseException, path=None) -> str:
         return text
     kind = type(error).__name__
     return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {text}"     # zlib.error
+
+
+# ---- errors as usage errors (the command line's one line each)
+
+def one_line(error: BaseException, text: str | None = None) -> str:
+    """The command line's line for ``error`` (``text``: its message, where not str(error)): the first line of it,
+    counting the others (--debug shows them); the type named where it is no usage error's (OSError, ValueError,
+    TypeError)."""
+    text = (str(error) if text is None else text).strip() or type(error).__name__
+    if isinstance(error, KeyError):
+        text = f"missing {text}"
+    lines = text.splitlines()
+    if len(lines) > 1:
+        text = f"{lines[0]} (and {len(lines) - 1} more lines: --debug shows them)"
+    if not isinstance(error, (OSError, ValueError, TypeError, BadArgument)):
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
+@contextlib.contextmanager
+def blame(argument: str | None):
+    """Errors inside are the named argument's fault (a usage error), e.g. a checkpoint that cannot be read."""
+    try:
+        yield
+    except BadArgument:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as error:
+        if argument is None:
+            raise
+        raise BadArgument(argument, one_line(error)) from error
+
+
+@contextlib.contextmanager
+def blame_config():
+    """Architecture errors name their argument first ("depth must be ..."): blame that one."""
+    try:
+        yield
+    except BadArgument:
+        raise
+    except ValueError as error:
+        text = str(error)
+        names = ("in_channels", "num_classes", "depth", "base_channels", "padding", "dropout")
+        found = sorted((text.find(name), name) for name in names if name in text)
+        raise BadArgument(found[0][1] if found else "depth", text) from error

@@ -195,3 +195,72 @@ def test_auto_backend_needs_compute_capability_8(monkeypatch, capability, expect
     if expected == "torch":
         assert f"compute capability {capability[0]}.{capability[1]}" in backends["auto"]["why"]
         assert ">= 8.0" in backends["auto"]["why"]
+
+
+def test_hooks_on_a_convolution_see_what_the_reference_gives():
+    """The torch backend's in-place ReLU changed what hooks see: a forward hook keeping a conv's features found
+    them rectified (the reference's are the conv's output), and a full backward hook raised (autograd forbids
+    changing its output view in place)."""
+    ref, fast = twins(**SMALL)
+    features, gradients = {}, {}
+    for name, model in (("ref", ref), ("fast", fast)):
+        model.encoder[0].conv1.register_forward_hook(lambda m, i, o, name=name: features.__setitem__(name, o))
+        model.decoder[0].conv2.register_full_backward_hook(
+            lambda m, grad_in, grad_out, name=name: gradients.__setitem__(name, (grad_in[0], grad_out[0])))
+    x = torch.randn(1, 2, 44, 44, requires_grad=True)
+    grad = torch.randn(1, 3, 4, 4)
+    ref(x).backward(grad)
+    fast(x).backward(grad)
+    assert features["ref"].min() < 0
+    assert_close(features["fast"], features["ref"])
+    for fast_grad, ref_grad in zip(gradients["fast"], gradients["ref"]):
+        assert_close(fast_grad, ref_grad)
+
+
+def test_jit_trace_checks_and_saves(tmp_path):
+    """torch.jit.trace (grad enabled, as by default) recorded the copy-and-crop's autograd.Function as a Python
+    call: the trace failed its own check ("Graphs differed across invocations") and could not be saved."""
+    ref, fast = twins(**SMALL)
+    x = torch.randn(2, 2, 44, 44)
+    traced = torch.jit.trace(fast.eval(), x)
+    traced.save(str(tmp_path / "traced.pt"))
+    other = torch.randn(1, 2, 52, 48)
+    assert_close(torch.jit.load(str(tmp_path / "traced.pt"))(other), ref(other))
+
+
+def test_torch_func_per_sample_gradients_and_jacobian():
+    """torch.func: vmap of grad (per-sample gradients) and jacrev raised inside the copy-and-crop's backward
+    (a layout query and in-place writes, which vmap cannot run); torch.func.grad raised for want of setup_context."""
+    ref, fast = twins(**SMALL)
+    x = torch.randn(3, 2, 44, 44)
+
+    def per_sample_gradients(model):
+        params = {name: p.detach() for name, p in model.named_parameters()}
+
+        def loss(p, sample):
+            return torch.func.functional_call(model, p, (sample[None],)).square().sum()
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+
+    expected = per_sample_gradients(ref)
+    for name, grad in per_sample_gradients(fast).items():
+        assert_close(grad, expected[name], msg=f"per-sample gradient of {name}")
+    assert_close(torch.func.jacrev(fast)(x[:1]), torch.func.jacrev(ref)(x[:1]))
+
+
+def test_triton_backend_runs_the_hooks_of_its_convolutions():
+    """The Triton path reads each 3x3 layer's weight and never calls the layer: a hook on it never fired and a
+    pruned layer (torch.nn.utils.prune: a forward pre-hook computing weight) used a stale weight, silently."""
+    import torch.nn.utils.prune as prune
+
+    ref, _ = twins(**SMALL)
+    fast = UNet(**SMALL, backend="triton")
+    fast.load_state_dict(ref.state_dict())
+    calls = []
+    fast.encoder[0].conv1.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    for model in (ref, fast):
+        prune.l1_unstructured(model.encoder[1].conv1, "weight", amount=0.5)
+        with torch.no_grad():
+            model.encoder[1].conv1.weight_orig.mul_(2)   # the pruned weight is recomputed from it at each call
+    x = torch.randn(1, 2, 44, 44)
+    assert_close(fast(x), ref(x))
+    assert calls == [(1, 4, 42, 42)]

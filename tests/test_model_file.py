@@ -122,3 +122,43 @@ def test_a_training_checkpoint_given_as_a_model_is_named_as_one(tmp_path):
     path = save_checkpoint(tmp_path / "last.safetensors", model, torch.optim.SGD(model.parameters(), lr=0.1), epoch=1)
     with pytest.raises(ModelFileError, match="a training checkpoint of unet-fast train .* best.safetensors"):
         unet_fast.load_model(path)
+
+
+def test_a_torchscript_export_given_as_a_model_is_named_as_one_without_weights_only_false(tmp_path):
+    """load_model (segment -m, the napari widget) of what `unet-fast export --format torchscript` writes showed
+    torch's advice that weights_only=False "will likely succeed": that would run the file's code."""
+    from unet_fast.export import export_torchscript
+    from unet_fast.model_file import ModelFileError
+
+    path = export_torchscript(unet_fast.UNet(depth=2, base_channels=2), tmp_path / "model.pt")
+    with pytest.raises(ModelFileError) as caught:
+        unet_fast.load_model(path)
+    message = str(caught.value)
+    assert "TorchScript export" in message and ".safetensors model files" in message and "state_dict" in message
+    assert "weights_only" not in message
+    with open(path, "rb") as f:   # a package's weights come as a file object: the same error, the position kept
+        f.seek(0)
+        with pytest.raises(ModelFileError, match="TorchScript export"):
+            unet_fast.model_file.load_weights_only(f, path)
+        assert f.tell() == 0
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel, lambda m: torch.nn.DataParallel(torch.compile(m))],
+                         ids=["compile", "DataParallel", "both"])
+def test_save_model_of_a_wrapped_model_writes_the_network(tmp_path, wrap):
+    """save_model(torch.compile(model)) wrote '_orig_mod.'-prefixed names, a file load_model then refused;
+    save_model(DataParallel(model)) raised that the model has no config()."""
+    model = _tiny()
+    loaded = unet_fast.load_model(unet_fast.save_model(wrap(model), tmp_path / "m.safetensors"))
+    assert loaded.config() == model.config()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_pt_file_of_meta_tensors_is_refused_by_name(tmp_path):
+    """A state_dict of a model built on the 'meta' device gave "Tensor.item() cannot be called on meta tensors"."""
+    from unet_fast.model_file import ModelFileError
+
+    torch.save({k: torch.empty_like(v, device="meta") for k, v in _tiny().state_dict().items()}, tmp_path / "w.pt")
+    with pytest.raises(ModelFileError, match=r"w\.pt: tensor encoder\.0\.conv1\.weight is a meta tensor"):
+        unet_fast.load_model(tmp_path / "w.pt")

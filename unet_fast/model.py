@@ -31,6 +31,26 @@ def auto_backend(device: torch.device) -> tuple[str, str]:
     return "triton", "CUDA device of compute capability >= 8.0 and triton installed"
 
 
+def conv_relu(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """relu(conv(x)), the ReLU in place on the convolution's fresh output where nothing else can hold it: not
+    where a hook on the layer (or a global module hook) sees it, as in the reference, before the ReLU (a forward
+    hook keeping features would find them rectified; a full backward hook's output is a view that autograd
+    forbids changing in place)."""
+    y = conv(x)
+    return F.relu(y) if hooked(conv) else F.relu_(y)
+
+
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks: its own (forward, pre-forward: torch.nn.utils.prune's, the old
+    weight_norm's and spectral_norm's; backward) or global module hooks."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _any_global_hook())
+
+
+# torch's own test of global module hooks (private; a torch without it is taken to have none)
+_any_global_hook = getattr(torch.nn.modules.module, "_has_any_global_hook", lambda: False)
+
+
 class UNet(UNetArchitecture):
     """U-Net with fused kernels where available; drop-in for ``unet_fast.reference.UNet`` (same
     constructor, state_dict and results).
@@ -51,6 +71,10 @@ class UNet(UNetArchitecture):
     8, 572 x 572, bf16 took 7.41 ms with both against 8.19 ms without (the pooled epilogue 2.1x faster
     than cuDNN + pool on the widest level, the direct first layer 1.4x faster than the GEMM). A choice
     of kernels, not of architecture: not part of config().
+
+    Hooks on a 3x3 convolution (or global module hooks, torch.nn.utils.prune's) run as in the reference: the
+    torch backend's in-place ReLU leaves a hooked layer's output alone, and a network with such a hook runs
+    the torch path whatever its backend (``hooked_convolutions``).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 5,
@@ -77,9 +101,15 @@ class UNet(UNetArchitecture):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.resolved_backend(x.device) == "triton":
+        if self.resolved_backend(x.device) == "triton" and not self.hooked_convolutions():
             return self._forward_triton(x)
         return self._forward_torch(x)
+
+    def hooked_convolutions(self) -> bool:
+        """Whether a 3x3 convolution runs hooks when called (``hooked``). The Triton path reads their weights
+        and never calls them, so it would skip the hooks (a pruned or weight-normalised layer would even use a
+        stale weight): the torch path, which calls every layer as the reference does, runs instead."""
+        return any(hooked(block[name]) for block in (*self.encoder, *self.decoder) for name in ("conv1", "conv2"))
 
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         # Each tensor is let go as soon as nothing reads it (x rebound after every layer, each skip popped by
@@ -87,8 +117,8 @@ class UNet(UNetArchitecture):
         # on the CPU than holding every skip and each double conv's input to the end (tiling._cpu_forward_bytes)
         skips = []
         for level, block in enumerate(self.encoder):
-            x = F.relu_(block.conv1(x))
-            x = F.relu_(block.conv2(x))
+            x = conv_relu(block.conv1, x)
+            x = conv_relu(block.conv2, x)
             if level < self.depth - 1:
                 skips.append(x)
                 x = F.max_pool2d(x, 2)
@@ -96,8 +126,8 @@ class UNet(UNetArchitecture):
         for block in self.decoder:
             x = block.upconv(x)
             x = crop_concat(skips.pop(), x)
-            x = F.relu_(block.conv1(x))
-            x = F.relu_(block.conv2(x))
+            x = conv_relu(block.conv1, x)
+            x = conv_relu(block.conv2, x)
         return self.head(x)
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:

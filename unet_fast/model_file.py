@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -62,6 +64,7 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"path must end in {SUFFIX}, got {str(path)!r}")
+    model = unwrapped(model)
     if not hasattr(model, "config"):
         raise TypeError(f"model must have a config() method giving its constructor arguments "
                         f"(unet_fast.UNet does), got {type(model).__name__}")
@@ -98,6 +101,19 @@ def save_model(model: torch.nn.Module, path, *, normalization: Normalization | N
     with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata={METADATA_KEY: text})
     return path
+
+
+def unwrapped(model):
+    """The network inside torch.compile's and (Distributed)DataParallel's wrappers, in any nesting: a wrapper's
+    state_dict names carry its prefix (STATE_DICT_PREFIXES), which a model file's names do not."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif "torch._dynamo.eval_frame" in sys.modules and isinstance(   # no compiled module without it
+                model, sys.modules["torch._dynamo.eval_frame"].OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def class_names_of(model: torch.nn.Module) -> list[str]:
@@ -210,6 +226,10 @@ def _check_loaded(config: dict, state: dict, path) -> None:
     _check_tensors({n: tuple(t.shape) for n, t in state.items()},
                    {n: TORCH_FLOAT_DTYPES.get(t.dtype, str(t.dtype)) for n, t in state.items()},
                    config["architecture"], path)
+    meta = next((name for name, tensor in state.items() if tensor.is_meta), None)
+    if meta is not None:
+        raise ModelFileError(f"{path}: tensor {meta} is a meta tensor (a shape without values, as a model built on "
+                             f"the 'meta' device saves); weights must hold values")
     sparse = next((name for name, tensor in state.items() if tensor.layout != torch.strided), None)
     if sparse is not None:
         raise ModelFileError(f"{path}: tensor {sparse} is sparse ({state[sparse].layout}); weights must be dense")
@@ -298,6 +318,13 @@ def load_model(path, *, device="cpu", backend: str | None = None) -> UNet:
 def load_weights_only(source, path):
     """``torch.load(source, weights_only=True)`` (a file or a file-like object: a package's weights), its errors
     naming ``path``: a file that is no PyTorch file, or one holding objects other than tensors, which are refused."""
+    if _is_torchscript_archive(source):
+        # torch.load's own error advises weights_only=False, which would run the file's code
+        raise ModelFileError(
+            f"{path}: a TorchScript export (what `unet-fast export --format torchscript` and torch.jit.save write), "
+            f"not a model file: it holds code, which unet_fast never loads. unet_fast loads its {SUFFIX} model files "
+            f"(unet_fast.save_model, unet-fast train -o) or a plain state_dict (.pt/.pth): use the model file this "
+            f"export was made from")
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -312,6 +339,20 @@ def load_weights_only(source, path):
     except (RuntimeError, OSError, EOFError) as error:   # truncated, not a zip or pickle at all
         raise ModelFileError(f"{path}: not a readable PyTorch file ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def _is_torchscript_archive(source) -> bool:
+    """Whether ``source`` (a path or a seekable file-like object, left where it was) is a zip archive laid out as
+    TorchScript's (torch.jit.save): a ``constants.pkl`` record in its top folder, torch.load's own test."""
+    position = source.tell() if hasattr(source, "tell") else None
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return any(name.partition("/")[2] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    finally:
+        if position is not None:
+            source.seek(position)
 
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")   # where training scripts put the weights

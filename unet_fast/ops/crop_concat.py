@@ -91,9 +91,10 @@ class _CompositeCropConcat(torch.autograd.Function):
     backward gives it plain contiguous, which makes a channels_last network's ReLU backward slow)."""
 
     @staticmethod
-    def forward(ctx, skip, x):
-        _setup_context(ctx, (skip, x), None)
+    def forward(skip, x):
         return crop_concat_reference(skip, x)
+
+    setup_context = staticmethod(_setup_context)
 
     @staticmethod
     def backward(ctx, grad):
@@ -141,6 +142,10 @@ def _backend(device: torch.device, dtype: torch.dtype, implementation: str | Non
     return choose_implementation("crop_concat", device, dtype, implementation)
 
 
+# whether a torch.func transform (vmap, grad, jacrev) is under way (private; a torch without it: none)
+_functorch_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def crop_concat(skip: torch.Tensor, x: torch.Tensor, *, implementation: str | None = None) -> torch.Tensor:
     """Concatenate the centre crop of ``skip`` (to x's height and width) and ``x`` along channels.
 
@@ -152,6 +157,11 @@ def crop_concat(skip: torch.Tensor, x: torch.Tensor, *, implementation: str | No
         return torch.ops.unet_fast.crop_concat(skip, x)
     if implementation == "triton":
         return torch.ops.unet_fast.crop_concat_triton(skip, x)
-    if torch.is_grad_enabled() and (skip.requires_grad or x.requires_grad):
+    # The gradients' layout, all _CompositeCropConcat changes, is not worth a failure where it does not fit:
+    # torch.jit.trace records it as a Python call (which fails the trace's check and cannot be saved), and
+    # torch.func's transforms (vmap of grad: per-sample gradients, jacrev) cannot run its backward's layout
+    # queries and in-place writes.
+    if torch.is_grad_enabled() and (skip.requires_grad or x.requires_grad) and not torch.jit.is_tracing() \
+            and not _functorch_transforms_active():
         return _CompositeCropConcat.apply(skip, x)
     return crop_concat_reference(skip, x)

@@ -136,7 +136,13 @@ def test_the_cpu_plan_covers_the_peak_rss_of_predict_tiled():
     while the next batch runs): the plan's estimated_bytes, which check_chosen_plan_fits holds against free memory."""
     measured, estimate = peak_rss_of_a_fresh_process(predict=True, depth=4, base=16, padding="valid", in_channels=1,
                                                      num_classes=2, tile=284, batch=2, dtype="fp32")
-    assert LOW * estimate <= measured <= HIGH * estimate, (measured / MiB, estimate / MiB)
+    assert LOW * estimate <= measured <= HIGH * estimate + PREDICT_SLACK, (measured / MiB, estimate / MiB)
+
+
+# What a first predict_tiled adds besides the plan's batches, whatever their size (its threads, oneDNN's primitives):
+# 20 fresh processes of the case above peaked at 1.08-1.41 times its 50 MiB estimate (2026-11-28, 2-core AMD EPYC),
+# 5 of them above HIGH; at most 21 MiB over the estimate, 6 MiB over HIGH times it
+PREDICT_SLACK = 16 * MiB
 
 
 def test_cpu_plans_charge_what_a_cpu_batch_takes(monkeypatch):

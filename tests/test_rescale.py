@@ -131,6 +131,21 @@ def test_predict_with_a_scale_is_resample_predict_resample_back(scale):
     np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(got), 0).numpy(), atol=1e-6)
 
 
+def test_a_scaled_prediction_too_large_for_memory_goes_into_a_folder_yet_to_be_made(tmp_path, monkeypatch):
+    """Its resampled logits go on disk (beside the output, or in the system's temporary folder while out's folder
+    does not exist yet: making the scratch there failed), and are gone after; the labels are those of a
+    prediction in memory."""
+    from unet_fast import instances
+
+    model = _tiny()
+    image = (np.random.default_rng(4).random((57, 43)) * 1000).astype(np.uint16)
+    expected = predict_tiled(model, image, scale=1.5, progress=False)
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    out = predict_tiled(model, image, scale=1.5, progress=False, out=tmp_path / "new" / "labels.tif")
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["labels.tif"]
+
+
 @settings(max_examples=6, deadline=None)
 @given(height=st.integers(1, 70), width=st.integers(1, 70), scale=st.sampled_from([0.4, 1.5, 2.5]),
        tile_index=st.integers(0, 2))

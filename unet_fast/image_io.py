@@ -433,10 +433,12 @@ def _pil_image(path, max_pixels: int | None, decode: bool = False, labels: bool 
 
 # ---- atomic writing
 
-def temporary_sibling(path) -> Path:
-    """A hidden, unique name next to ``path`` that keeps its suffix (so writers pick the format)."""
+def temporary_sibling(path, suffix: str | None = None) -> Path:
+    """A hidden, unique name next to ``path`` that keeps its suffix (so writers pick the format), or ends in
+    ``suffix`` (a scratch folder of its writing: ".scratch"), as ``remove_leftovers`` finds them."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".ome.zarr") else path.suffix
+    if suffix is None:
+        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".ome.zarr") else path.suffix
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
 
 

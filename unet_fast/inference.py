@@ -721,7 +721,7 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     normalised with the statistics of the image as given), into scratch space, then resampled back to
     the image's grid band by band and turned into ``output``. Every pixel of both resamplings is read
     from a fixed neighbourhood, so the result is the same whatever the tiles."""
-    from .instances import IN_MEMORY_PIXELS, Scratch
+    from .instances import IN_MEMORY_PIXELS, Scratch, scratch_for
 
     _, _, in_channels, num_classes = model_geometry(model)
     source = _Source.open(image, layout, in_channels)
@@ -736,11 +736,11 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
     shape = planes + ((source.height, source.width) if output == "labels" else
                       (num_classes, source.height, source.width))
-    # scale^2 times the image's pixels: on disk when large, beside a file ``out`` (named after it: what a killed run
-    # left there goes with its other leftovers), else in the system's temporary folder
+    # scale^2 times the image's pixels: on disk when large, beside a file ``out`` (scratch_for: named after it, what a
+    # killed run left there goes with its other leftovers), else in the system's temporary folder
     pixels = source.slices * num_classes * size[0] * size[1]
-    with (Scratch() if pixels <= IN_MEMORY_PIXELS else Scratch(beside=out) if isinstance(out, (str, Path))
-          else Scratch(tempfile.gettempdir())) as scratch:
+    with (scratch_for(out, pixels) if isinstance(out, (str, Path)) else
+          Scratch(tempfile.gettempdir() if pixels > IN_MEMORY_PIXELS else None)) as scratch:
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
         # the sink before the network: an out array of the wrong shape is refused before any work, not after it
         sink = open_sink(out, shape, out_dtype, stacked=source.stacked, channels=output != "labels",

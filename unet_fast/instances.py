@@ -36,7 +36,6 @@ import math
 import operator
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,9 +235,10 @@ class Scratch:
     before each file): 8 bytes a pixel of a huge image stayed in the output folder for good."""
 
     def __init__(self, directory=None, beside=None):
-        if beside is not None:      # temporary_sibling's pattern, which remove_leftovers matches
-            beside = Path(beside)
-            self._folder = _NamedFolder(beside.with_name(f".{beside.name}.{uuid.uuid4().hex[:8]}.partial.scratch"))
+        if beside is not None:
+            from .image_io import temporary_sibling
+
+            self._folder = _NamedFolder(temporary_sibling(beside, ".scratch"))
         elif directory is not None:
             self._folder = tempfile.TemporaryDirectory(prefix=".unet_fast-scratch-", dir=directory)
         else:

@@ -117,9 +117,8 @@ def default_name(output) -> str:
     return f"unet_fast U-Net {stem}"[:64].rstrip()        # the spec advises 64 characters at most
 
 
-#: the rdf's fields that export_bioimageio's caller gives, by the argument that gives each
-CALLER_FIELDS = {"name": "name", "description": "description", "authors": "authors", "license": "license",
-                 "tags": "tags"}
+#: the rdf's fields that export_bioimageio's caller gives, each by the argument of its name
+CALLER_FIELDS = ("name", "description", "authors", "license", "tags")
 
 
 def _check_caller_fields(spec, rdf: dict) -> None:
@@ -140,7 +139,7 @@ def _check_caller_fields(spec, rdf: dict) -> None:
                       f"Apache-2.0; got {rdf['license']!r:.80}")
         else:
             detail = f"bioimage.io refuses it: {_errors(summary, field)}"
-        raise BadArgument(CALLER_FIELDS[field], detail)
+        raise BadArgument(field, detail)
 
 
 def _errors(summary, field: str | None = None) -> str:

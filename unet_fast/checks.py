@@ -25,7 +25,8 @@ class BadArgument(ValueError):
         self.detail = message
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (what a path yet to be made is made in)."""
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -37,7 +38,7 @@ def check_writable_folder(path, argument: str = "output_dir") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise BadArgument(argument, f"{str(path)!r} is a file, not a folder")
-    where = _existing_ancestor(path)
+    where = existing_ancestor(path)
     if not where.is_dir():
         raise BadArgument(argument, f"{str(path)!r} cannot be created: {str(where)!r} is a file, not a folder")
     if not os.access(where, os.W_OK | os.X_OK):

@@ -80,11 +80,11 @@ def _check_writable(output: Path) -> None:
     write in, or named so long that its temporary sibling (``new_file``) is longer than a name can be. Each of
     these failed after the export's work, naming a file the user never gave (".NAME.<hex>.partial.pt") or
     nothing at all (torch.jit.save: "[enforce fail at inline_container.cc:747] . open file failed")."""
-    from .checks import BadArgument, _existing_ancestor, check_writable_folder
+    from .checks import BadArgument, check_writable_file, existing_ancestor
 
-    check_writable_folder(output.parent, "output")
+    check_writable_file(output, "output")
     try:
-        longest = os.pathconf(_existing_ancestor(output.parent), "PC_NAME_MAX")
+        longest = os.pathconf(existing_ancestor(output.parent), "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):     # no such limit known (or no pathconf: Windows)
         return
     length = len(os.fsencode(output.name))

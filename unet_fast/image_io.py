@@ -112,7 +112,7 @@ def image_info(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
             series = tif.series[0]
             page = series.pages[0] if series.pages else tif.pages[0]
             chunk_pixels = _tiff_chunk_pixels(page)
-            axes = "".join("C" if a in "CS" else a for a in series.axes)
+            axes = tiff_axes(series)
             info = _channels_first_info(tuple(series.shape), np.dtype(series.dtype), axes,
                                         streamable=chunk_pixels <= 64 * 2 ** 20)
             return replace(info, other_series=tuple(tuple(s.shape) for s in tif.series[1:]))
@@ -127,6 +127,11 @@ def _tiff_chunk_pixels(page) -> int:
         return page.tilewidth * page.tilelength * max(1, page.tiledepth)
     rows = page.rowsperstrip or page.imagelength
     return min(rows, page.imagelength) * page.imagewidth
+
+
+def tiff_axes(series) -> str:
+    """A tifffile series' axes as unet_fast names them: its samples (S, an RGB image's) and channels (C) both C."""
+    return "".join("C" if a in "CS" else a for a in series.axes)
 
 
 def _channels_first_info(shape, dtype, axes, streamable) -> ImageInfo:
@@ -194,7 +199,7 @@ def read_tiff_stack(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     check_stack_size(path, max_pixels)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes = "".join("C" if a in "CS" else a for a in series.axes)
+        axes = tiff_axes(series)
         stack = series.asarray()
     order = _channels_first_order(axes)
     stack = stack.transpose(order)
@@ -263,7 +268,7 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            raw_axes = "".join("C" if a in "CS" else a for a in tif.series[0].axes)
+            raw_axes = tiff_axes(tif.series[0])
         zarr = _zarr() if lazy else None
         if zarr is not None:
             array = _closing_when_dropped(zarr, tifffile.imread(path, aszarr=True, series=0, level=0))

@@ -125,7 +125,7 @@ def _memory_map(path: Path, info: image_io.ImageInfo) -> np.memmap | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            axes = "".join("C" if a in "CS" else a for a in tif.series[0].axes)
+            axes = image_io.tiff_axes(tif.series[0])
         mapped = tifffile.memmap(path, series=0, mode="r")
     except (ValueError, OSError, IndexError):      # compressed or scattered: tifffile cannot map it
         return None

@@ -4,6 +4,11 @@ Each planned launch is compiled with triton.compile(ASTSource, GPUTarget) in a s
 (this test process may run the kernels in the interpreter, whose kernels cannot be compiled):
 tensor-core instructions present (wgmma on sm_90, mma on sm_80), no register spills per
 ptxas -v, shared memory within the per-block limit (H100 228 KiB, A100 164 KiB).
+
+Every suite run compiles the decoder level's launches (one of each kernel, --quick) and the measured table's.
+Every shipped configuration is 187 compiles: about 3 minutes on one core with an empty Triton cache (as on a
+fresh machine), more than the rest of the suite leaves room for, so it runs where kernels or configurations
+are judged: UNET_FAST_STATIC_ALL=1 (.ci/run sets it in a step of its own; tools/gpu_env_check.sh runs it).
 """
 import json
 import os
@@ -30,6 +35,7 @@ def _static_checks(*flags):
 
 
 SHIPPED, QUICK, TABLE = _static_checks(), _static_checks("--quick"), _static_checks("--table")
+EVERY_CONFIGURATION = os.environ.get("UNET_FAST_STATIC_ALL") == "1"
 
 
 def rows_of(command):
@@ -68,6 +74,8 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not EVERY_CONFIGURATION, reason="187 compiles (3 min on one core with an empty Triton cache): "
+                    "UNET_FAST_STATIC_ALL=1 runs them, as .ci/run does")
 @SHIPPED.mark
 def test_every_shipped_configuration_compiles():
     check(rows_of(SHIPPED))

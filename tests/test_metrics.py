@@ -162,6 +162,19 @@ def test_object_scores_tie_at_half_and_empty():
     assert (nothing_found.recall, nothing_found.f1) == (0.0, 0.0)
 
 
+def test_a_ratio_of_nothing_scores_the_image_not_a_perfect_one():
+    """0/0: precision when nothing was predicted, recall when there was nothing to find. Averaged over images
+    (evaluate's mean row), a 1.0 for a model that finds nothing in an image of cells would flatter it."""
+    true = np.zeros((6, 6), int)
+    true[1:3, 1:3] = 1
+    nothing_predicted = metrics.object_scores(np.zeros_like(true), true)
+    assert (nothing_predicted.precision, nothing_predicted.recall, nothing_predicted.f1) == (0.0, 0.0, 0.0)
+    nothing_to_find = metrics.object_scores(true, np.zeros_like(true))
+    assert (nothing_to_find.precision, nothing_to_find.recall, nothing_to_find.f1) == (0.0, 0.0, 0.0)
+    assert metrics.scores_from_counts(0, 0, 0).precision == metrics.scores_from_counts(0, 0, 0).recall == 1.0
+    assert metrics.scores_from_counts(0, 0, 3).precision == 0.0 and metrics.scores_from_counts(0, 2, 0).recall == 0.0
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="argmax"):
         metrics.iou(np.zeros((2, 2)), TRUE)

@@ -218,8 +218,8 @@ class ObjectScores:
     true_positives: int
     false_positives: int
     false_negatives: int
-    precision: float  # 1.0 when nothing was predicted
-    recall: float     # 1.0 when there is nothing to find
+    precision: float  # nothing predicted: 1.0 if there was nothing to find, else 0.0
+    recall: float     # nothing to find: 1.0 if nothing was predicted, else 0.0
     f1: float         # 1.0 when both are empty
     mean_matched_iou: float  # NaN when nothing matched
 
@@ -283,8 +283,10 @@ def _match(overlaps: _Overlaps, threshold: float) -> tuple[int, int, int, list[f
 def scores_from_counts(tp: int, fp: int, fn: int, matched: list[float] = ()) -> ObjectScores:
     """ObjectScores of counts of true positives, false positives and false negatives (and the IoUs
     of the matched pairs, for their mean)."""
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
+    # a 0/0 ratio scores the image as a whole: 1.0 when both sides are empty, 0.0 when the other side has
+    # errors (a model that predicts nothing on an image of cells is not a perfectly precise one; StarDist: 0)
+    precision = tp / (tp + fp) if tp + fp else float(fn == 0)
+    recall = tp / (tp + fn) if tp + fn else float(fp == 0)
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     return ObjectScores(tp, fp, fn, precision, recall, f1, float(np.mean(matched)) if matched else float("nan"))
 

@@ -190,6 +190,22 @@ def test_planner_picks_the_largest_tile_that_fits_and_explains():
     assert 200 * 2 ** 20 < estimate_activation_bytes(5, "valid", 1, 2, 64, 572, 572) < 2 ** 30
 
 
+def test_a_given_tile_larger_than_the_image_is_cut_to_the_smallest_that_covers_it():
+    """--tile-size 1020 for a folder of mixed sizes: the small images get the 72 x 60 tile the planner gives them
+    (the same pixels, without computing a 1020 px tile of padding); larger axes keep the given tile."""
+    model = tiny(3, base=4).eval()
+    small = plan_tiles(model, (30, 20), tile_size=1020, device="cpu")
+    assert small.tile == (72, 60) and small.grid == (1, 1) and "cut to the image's 72 x 60" in small.reason
+    mixed = plan_tiles(model, (3000, 20), tile_size=(140, 1020), device="cpu")
+    assert mixed.tile == (140, 60) and mixed.grid[1] == 1 and mixed.grid[0] > 1
+    kept = plan_tiles(model, (3000, 3000), tile_size=140, device="cpu")
+    assert kept.tile == (140, 140) and kept.reason == "tile size given by the caller"
+    image = torch.rand(2, 1, 45, 31).permute(0, 1, 3, 2)                         # batch of 2, non-contiguous
+    with torch.no_grad():
+        want = predict_tiled(model, image, output="logits", progress=False)
+    np.testing.assert_array_equal(predict_tiled(model, image, tile_size=1020, output="logits", progress=False), want)
+
+
 def test_bad_arguments_are_named():
     model = tiny(2)
     image = np.zeros((20, 20), np.float32)

@@ -583,8 +583,9 @@ def predict_tiled(model, image, *, tile_size=None, batch_size=None, device=None,
         only the tiles in flight are read. ``layout`` ("YX", "CYX", "ZYX", "ZCYX") says which; by
         default 3-D means (C, H, W) if the model has in_channels > 1, else a (Z, H, W) stack.
         Stacks are processed slice by slice, tiles of several slices batched together.
-    tile_size: input tile edge (int) or (h, w), each a legal input size; None: planned (see
-        ``plan_tiles``; the plan is logged on the ``unet_fast.inference`` logger).
+    tile_size: input tile edge (int) or (h, w), each a legal input size, at most (an axis one tile covers gets
+        the smallest tile that does); None: planned (see ``plan_tiles``; the plan is logged on the
+        ``unet_fast.inference`` logger).
     batch_size: tiles per forward; None: planned. device: default the model's device.
     dtype: None/"fp32", "bf16" or "fp16" (autocast).
     output: "labels" (argmax, uint8; int32 above 256 classes), "probabilities" (softmax; float16

@@ -524,8 +524,14 @@ def plan_tiles(model, image_size, *, slices: int = 1, tile_size=None, batch_size
             if kept_output(t, depth, padding)[0] < 1:
                 smallest = usable_tile_sizes(depth, padding, t + 64 * geometry.size_step(depth))[0]
                 raise ValueError(f"tile_size {name} {t} keeps no output pixel; the smallest usable tile is {smallest}")
-        rows, cols = axis_tiling(height, th, depth, padding), axis_tiling(width, tw, depth, padding)
+        # a tile larger than the image would compute padding: the smallest tile covering the axis gives the
+        # same pixels (a folder of mixed sizes with one --tile-size gets it for its small images)
+        covering = _smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding)
         reason = "tile size given by the caller"
+        if th > covering[0] or tw > covering[1]:
+            th, tw = min(th, covering[0]), min(tw, covering[1])
+            reason += f", cut to the image's {th} x {tw} (one tile covers it)"
+        rows, cols = axis_tiling(height, th, depth, padding), axis_tiling(width, tw, depth, padding)
     else:
         need = max(_smallest_tile_covering(height, depth, padding), _smallest_tile_covering(width, depth, padding))
         caps = usable_tile_sizes(depth, padding, need)

@@ -146,6 +146,33 @@ def test_a_scaled_prediction_too_large_for_memory_goes_into_a_folder_yet_to_be_m
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["labels.tif"]
 
 
+def test_scaled_instances_too_large_for_memory_put_all_their_scratch_beside_the_output(tmp_path, monkeypatch):
+    """segment --output instances --scale on a huge image: the resampled logits (8 bytes a pixel times scale^2)
+    went to the system's temporary folder (often a small /tmp) while the mask went beside the output. Every
+    scratch file now goes beside the output, and is gone after."""
+    import tempfile
+    from pathlib import Path
+
+    from unet_fast import instances
+
+    model = _tiny()
+    image = (np.random.default_rng(5).random((2, 41, 37)) * 1000).astype(np.uint16)    # a stack: two planes
+    expected = predict_tiled(model, image, output="instances", scale=1.5, progress=False)
+    monkeypatch.setattr(instances, "IN_MEMORY_PIXELS", 10)
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    made = []
+    open_memmap = np.lib.format.open_memmap
+    monkeypatch.setattr(np.lib.format, "open_memmap", lambda path, *a, **k: made.append(Path(path)) or
+                        open_memmap(path, *a, **k))
+    (tmp_path / "out").mkdir()
+    out = predict_tiled(model, image, output="instances", scale=1.5, progress=False, out=tmp_path / "out" / "i.tif")
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert len(made) >= 3 and all(tmp_path / "out" in p.parents for p in made), made
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["i.tif"] and not any(system_tmp.iterdir())
+
+
 @settings(max_examples=6, deadline=None)
 @given(height=st.integers(1, 70), width=st.integers(1, 70), scale=st.sampled_from([0.4, 1.5, 2.5]),
        tile_index=st.integers(0, 2))

@@ -737,10 +737,11 @@ def _predict_rescaled(model, image, scale: float, *, output, out, layout, dtype,
     out_dtype = _output_dtype(output, compute_dtype, num_classes, out)
     shape = planes + ((source.height, source.width) if output == "labels" else
                       (num_classes, source.height, source.width))
-    # scale^2 times the image's pixels: on disk when large, beside a file ``out`` (scratch_for: named after it, what a
-    # killed run left there goes with its other leftovers), else in the system's temporary folder
+    # scale^2 times the image's pixels: on disk when large, where scratch_for puts it (beside a file ``out``, named
+    # after it: what a killed run left there goes with its other leftovers), in the system's temporary folder for a
+    # result returned in memory
     pixels = source.slices * num_classes * size[0] * size[1]
-    with (scratch_for(out, pixels) if isinstance(out, (str, Path)) else
+    with (scratch_for(out, pixels) if out is not None else
           Scratch(tempfile.gettempdir() if pixels > IN_MEMORY_PIXELS else None)) as scratch:
         logits = scratch.array(planes + (num_classes,) + size, np.float32)
         # the sink before the network: an out array of the wrong shape is refused before any work, not after it

@@ -283,11 +283,16 @@ class _NamedFolder:
 
 def scratch_for(out, pixels: int) -> Scratch:
     """Scratch space for a result written to ``out``: memory when the result is kept in memory
-    (``out`` None) or small, else files beside a path ``out`` (or in the system's temporary folder)."""
+    (``out`` None) or small, else files beside a path ``out``, in the folder of a memory-mapped ``out`` (the
+    disk its caller chose: an instance result's scratch mask, resampled by ``scale``, put its logits in the
+    system's temporary folder, often a small one), or in the system's temporary folder."""
     if out is None or pixels <= IN_MEMORY_PIXELS:
         return Scratch()
     if isinstance(out, (str, Path)):
         return Scratch(beside=out) if Path(out).parent.exists() else Scratch(tempfile.gettempdir())
+    filename = getattr(out, "filename", None)      # np.memmap (open_memmap's too)
+    if isinstance(out, np.memmap) and filename is not None and Path(filename).parent.is_dir():
+        return Scratch(Path(filename).parent)
     return Scratch(tempfile.gettempdir())
 
 

@@ -1,6 +1,7 @@
 """unet_fast.measure and `unet-fast measure`: every table checked against a per-object oracle (a loop over the
 ids with boolean masks), or against numbers worked out by hand."""
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -587,3 +588,165 @@ def test_an_intensity_image_given_as_labels_is_measured_with_a_warning(tmp_path)
         if warned:
             assert "fill a median" in said[0] and "give instance labels (segment --output instances) to -i, and " \
                                                   "the image to --images" in said[0]
+
+
+# ---- found in review: each test below failed before its fix
+
+def test_a_one_bit_png_mask_is_refused_as_a_mask(tmp_path):
+    """A 1-bit PNG declares 8 bits a pixel but decodes to bool: it was measured as one object labelled True."""
+    from PIL import Image
+
+    mask = blobs((20, 24), 4, seed=60) > 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert Image.open(tmp_path / "mask.png").mode == "1"
+    with pytest.raises(ValueError, match=r"mask.png is a mask \(bool\).*ndimage.label"):
+        measure.measure_objects(tmp_path / "mask.png")
+
+
+def test_inf_and_nan_pixels_give_their_values_without_numpy_warnings(small_bands):
+    """inf and -inf in one object (one band, and two bands apart) make its sum and mean NaN, as documented, without
+    numpy's 'invalid value encountered in reduceat', which the command printed as an anonymous warning."""
+    labels = np.zeros((20, 23), np.uint8)
+    labels[0, :4] = 1                  # inf and -inf in one run
+    labels[2:12, 5] = 2                # inf and -inf in bands apart: summed where the bands' tables merge
+    labels[15, 15] = 3
+    image = np.ones((20, 23))
+    image[0, 1], image[0, 2] = np.inf, -np.inf
+    image[2, 5], image[11, 5] = np.inf, -np.inf
+    image[15, 15] = 1e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = measure.measure_objects(labels, image)
+    assert np.isnan(got["intensity_sum"][:2]).all() and np.isnan(got["intensity_mean"][:2]).all()
+    assert list(got["intensity_min"][:2]) == [-np.inf, -np.inf] and list(got["intensity_max"][:2]) == [np.inf] * 2
+    assert got["intensity_sum"][2] == 1e308
+
+
+def damage_a_tile(path, tile=5):
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[tile]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_file_is_named_in_its_failed_line(tmp_path, capsys):
+    """A damaged tile of the intensity image gave 'FAILED labels.tif: zlib.error: ...', as if the labels were
+    damaged: the line names the file that failed, and where."""
+    labels = blobs((64, 64), 6, seed=61)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", labels, tile=(16, 16), compression="zlib")
+    tifffile.imwrite(tmp_path / "images" / "a.tif", labels * 3, tile=(16, 16), compression="zlib")
+    damage_a_tile(tmp_path / "images" / "a.tif")
+    assert cli.main(["measure", "-i", str(tmp_path / "labels"), "--images", str(tmp_path / "images"), "-o",
+                     str(tmp_path / "out")]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {tmp_path / 'labels' / 'a.tif'}: "
+                                                     f"{tmp_path / 'images' / 'a.tif'}: rows 0-63 cannot be read")
+    with pytest.raises(ValueError, match=r"images/a.tif: rows 0-63 cannot be read: zlib.error"):
+        measure.measure_objects(tmp_path / "labels" / "a.tif", tmp_path / "images" / "a.tif")
+
+
+def test_a_summary_that_cannot_be_written_leaves_both_earlier_tables(tmp_path, monkeypatch):
+    """summary.csv failing to be written (a full disk) left this run's objects.csv beside the earlier run's
+    summary.csv, which describes other files: now both earlier tables stay."""
+    for name, seed in (("a", 62), ("b", 63)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", blobs((9, 10), 2, seed=seed))
+    out = tmp_path / "out"
+    measure.run([str(tmp_path / "a.tif")], out, log=lambda *args, **kwargs: None)
+    before = {name: (out / name).read_text() for name in ("objects.csv", "summary.csv")}
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(measure.image_io, "write_bytes_atomically", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        measure.run([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")], out, log=lambda *args, **kwargs: None)
+    assert {name: (out / name).read_text() for name in ("objects.csv", "summary.csv")} == before
+    assert sorted(p.name for p in out.iterdir()) == ["objects.csv", "summary.csv"]
+
+
+def test_a_table_the_user_annotated_is_never_replaced(tmp_path, capsys):
+    """A table that starts as measure's but holds a column measure does not write (the user's notes on each
+    object) is the user's: it was replaced, its notes lost."""
+    tifffile.imwrite(tmp_path / "l.tif", blobs((9, 9), 2, seed=64))
+    out = tmp_path / "out"
+    arguments = ["measure", "-i", str(tmp_path / "l.tif"), "-o", str(out)]
+    assert cli.main(arguments) == 0
+    assert measure.written_by_measure(out / "objects.csv") and measure.written_by_measure(out / "summary.csv")
+    lines = (out / "objects.csv").read_text().splitlines()
+    annotated = "\n".join([lines[0] + ",notes"] + [line + ",mitotic" for line in lines[1:]]) + "\n"
+    (out / "objects.csv").write_text(annotated)
+    assert cli.main(arguments) == 2
+    assert "objects.csv' exists and is no table unet-fast measure wrote" in capsys.readouterr().err
+    assert (out / "objects.csv").read_text() == annotated
+    (out / "objects.csv").unlink()
+    (out / "summary.csv").write_text("file,image_file,planes,objects,area_total_px,comment\n")
+    assert cli.main(arguments) == 2 and not (out / "objects.csv").exists()
+    for header in ("file,plane,label,area_px,area_nm2,centroid_y_px,centroid_x_px,centroid_y_nm,centroid_x_nm,"
+                   "bbox_min_row,bbox_min_col,bbox_max_row,bbox_max_col,intensity_mean_c0,intensity_sum_c12\r\n",
+                   "file,image_file,planes,objects,area_total_px,area_mean_px,area_median_px,area_total_angstrom2,"
+                   "area_mean_angstrom2,area_median_angstrom2,pixel_size_y_angstrom,pixel_size_x_angstrom\n"):
+        (tmp_path / "t.csv").write_text(header)
+        assert measure.written_by_measure(tmp_path / "t.csv"), header
+
+
+def test_python_arguments_are_checked_naming_them(tmp_path):
+    """numpy numbers as pixel sizes (read from metadata) were refused; max_pixels, label_suffix and output_dir of
+    the wrong type, or a folder given as one image, failed deep inside with Python's own errors."""
+    labels = np.zeros((4, 4), np.uint8)
+    labels[1:3, 1:3] = 1
+    assert list(measure.measure_objects(labels, pixel_size=np.float32(0.5))["area_um2"]) == [1.0]
+    assert list(measure.measure_objects(labels, pixel_size=np.array([0.5, 0.25]))["area_um2"]) == [0.5]
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer or None, got 'many'"):
+        measure.measure_objects(labels, max_pixels="many")
+    (tmp_path / "folder.tif").mkdir()
+    for argument in ("labels", "image"):
+        with pytest.raises(ValueError, match=f"{argument}: .*folder.tif is a folder, not an image file"):
+            measure.measure_objects(*((tmp_path / "folder.tif",) if argument == "labels" else
+                                      (labels, tmp_path / "folder.tif")))
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    for kwargs, words in (({"output_dir": None}, "output_dir must be the path of a folder"),
+                          ({"label_suffix": 5, "images": tmp_path / "l.tif"}, "label_suffix must be a string"),
+                          ({"max_pixels": 0}, "max_pixels must be a positive integer"),
+                          ({"inputs": []}, "no label image given")):
+        arguments = {"inputs": [tmp_path / "l.tif"], "output_dir": tmp_path / "out", **kwargs}
+        with pytest.raises(measure.BadArgument, match=words):
+            measure.run(arguments.pop("inputs"), arguments.pop("output_dir"), **arguments)
+    assert not (tmp_path / "out").exists()
+
+
+@needs_zarr
+def test_a_stack_of_one_plane_pairs_with_a_plane(tmp_path):
+    """An OME-Zarr of axes z, y, x with one plane (a 2-D image some writers save so) is that plane: it was refused
+    as an image of another size than its 2-D labels ('in 1 planes' against 'one plane')."""
+    from unet_fast.sinks import StreamingZarrWriter
+
+    labels = blobs((20, 24), 4, seed=65)
+    image = np.random.default_rng(66).integers(0, 500, (1, 20, 24)).astype(np.uint16)
+    writer = StreamingZarrWriter(tmp_path / "image.ome.zarr", image.shape, np.uint16)
+    writer.write(0, 0, 0, image[0])
+    writer.close()
+    assert measure._open_file(tmp_path / "image.ome.zarr", None, labels=False)[0].planes == 1
+    assert_same_table(measure.measure_objects(labels, tmp_path / "image.ome.zarr"), oracle(labels, image[0]))
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert_same_table(measure.measure_objects(tmp_path / "image.ome.zarr", tmp_path / "labels.tif"),
+                      oracle(image, labels[None]))
+
+
+def test_a_pattern_that_matches_the_tables_of_an_earlier_run_passes_over_them(tmp_path, capsys):
+    """-i 'out/*' -o out, run twice: the second run's pattern matched the first run's tables, and the run was
+    refused ('would overwrite the input'); they are passed over with a note, and replaced."""
+    (tmp_path / "out").mkdir()
+    tifffile.imwrite(tmp_path / "out" / "a.tif", blobs((9, 10), 2, seed=67))
+    arguments = ["measure", "-i", str(tmp_path / "out" / "*"), "-o", str(tmp_path / "out")]
+    assert cli.main(arguments) == 0
+    first = (tmp_path / "out" / "objects.csv").read_text()
+    capsys.readouterr()
+    assert cli.main(arguments) == 0
+    captured = capsys.readouterr()
+    assert "2 table(s) measure wrote passed over" in captured.out and captured.err == ""
+    assert (tmp_path / "out" / "objects.csv").read_text() == first
+    (tmp_path / "out" / "summary.csv").write_text("my,own\n")       # not measure's: an input, refused as before
+    assert cli.main(arguments) == 2 and (tmp_path / "out" / "summary.csv").read_text() == "my,own\n"

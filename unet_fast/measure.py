@@ -38,6 +38,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import numbers
+import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +103,13 @@ class _Input:
         where the input has a channel axis, (rows, W) where it has none."""
         labels = self.role == "labels"
         key = tuple((0 if labels else slice(None)) if axis == "C" else plane for axis in self.axes[:-2])
-        return np.asarray(self.array[key + (slice(y0, y1),)])
+        try:
+            return np.asarray(self.array[key + (slice(y0, y1),)])
+        except MemoryError:
+            raise
+        except Exception as error:      # a damaged tile (zlib.error, TiffFileError): which file, where
+            where = f"rows {y0}-{y1 - 1}" + (f" of plane {plane}" if self.planes is not None else "")
+            raise ValueError(f"{self.name}: {where} cannot be read: {failure_reason(error, self.name)}") from error
 
 
 def _open_file(path: Path, max_pixels: int | None, labels: bool,
@@ -158,6 +167,17 @@ def _check_label_kind(name: str, dtype, axes: str, shape, recorded: str | None =
                          f"planes (Z, Y, X): save each stack as a file of its own")
 
 
+def _check_image_path(path: Path, argument: str) -> None:
+    """FileNotFoundError for a missing file, ValueError for a folder that is no OME-Zarr image (measure_objects
+    measures one image; ``run`` takes folders)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir() and not image_io.is_zarr_image(path):
+        raise ValueError(f"{argument}: {path} is a folder, not an image file (nor an OME-Zarr folder, *.zarr); "
+                         f"measure_objects measures one image: measure the files of a folder with unet-fast measure "
+                         f"(unet_fast.measure.run)")
+
+
 def _label_input(labels, max_pixels: int | None, closing: contextlib.ExitStack) -> tuple[_Input, PixelSize | None]:
     """The label image as an _Input, checked (ValueError naming it), and the pixel size its file records; a file
     opened is closed when ``closing`` ends."""
@@ -165,15 +185,15 @@ def _label_input(labels, max_pixels: int | None, closing: contextlib.ExitStack) 
         from .sinks import read_provenance
 
         path = Path(labels)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
+        _check_image_path(path, "labels")
         if path.suffix.lower() in (".jpg", ".jpeg"):
             raise ValueError(f"{path}: a JPEG, whose lossy compression changes label values at object edges; "
                              f"save instance labels as TIFF, PNG or OME-Zarr")
         info = image_io.image_info(path, max_pixels=0)      # the header: refused before any pixel is decoded
         _check_label_kind(str(path), info.dtype, info.axes, info.shape, (read_provenance(path) or {}).get("output"))
         source, info = _open_file(path, max_pixels, labels=True, closing=closing)
-        _check_label_kind(str(path), info.dtype, info.axes, info.shape)      # what was read (a palette PNG)
+        # what was read: a palette PNG's indices; a 1-bit PNG, whose header says 8 bits, decodes to bool (a mask)
+        _check_label_kind(str(path), source.array.dtype, info.axes, info.shape)
         return source, read_pixel_size(path)
     array = _array(labels)
     if len(array.shape) not in (2, 3):
@@ -190,8 +210,7 @@ def _image_input(image, labels: _Input, max_pixels: int | None,
     pixel_size = None
     if isinstance(image, (str, Path)):
         path = Path(image)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
+        _check_image_path(path, "image")
         source, info = _open_file(path, max_pixels, labels=False, closing=closing)
         pixel_size = read_pixel_size(path)
         if len([axis for axis in info.axes if axis not in "CYX"]) > 1:
@@ -208,7 +227,11 @@ def _image_input(image, labels: _Input, max_pixels: int | None,
     dtype = np.dtype(source.array.dtype)
     if dtype.kind not in "biuf":
         raise ValueError(f"{source.name} has pixels of type {dtype}; intensities are bool, integers or floats")
-    if (source.planes, source.shape[-2:]) != (labels.planes, labels.shape[-2:]):
+
+    def planes(item: _Input) -> int | None:     # a stack of one plane (an OME-Zarr's z of 1) is that plane
+        return None if item.planes == 1 else item.planes
+
+    if (planes(source), source.shape[-2:]) != (planes(labels), labels.shape[-2:]):
         def described(item: _Input) -> str:
             return (f"{item.shape[-2]} x {item.shape[-1]} px" +
                     (f" in {item.planes} planes" if item.planes is not None else " (one plane)"))
@@ -224,8 +247,9 @@ def _array(array):
         return array
     if not isinstance(array, (list, tuple)) and hasattr(array, "shape") and hasattr(array, "__getitem__"):
         try:
-            np.dtype(getattr(array, "dtype", None))
-            return array
+            if getattr(array, "dtype", None) is not None:
+                np.dtype(array.dtype)
+                return array
         except TypeError:                 # torch's dtypes are no numpy dtypes
             pass
     return np.asarray(array)
@@ -272,7 +296,8 @@ def _group(ids: np.ndarray, table: list[np.ndarray], ops: _Ops) -> tuple[np.ndar
     firsts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
     if firsts.size == ids.size:
         return ids, table
-    return ids[firsts], [ufunc.reduceat(column, firsts) for ufunc, column in zip(ops.ufuncs, table)]
+    with np.errstate(invalid="ignore", over="ignore"):      # sums of inf and -inf from two bands: NaN
+        return ids[firsts], [ufunc.reduceat(column, firsts) for ufunc, column in zip(ops.ufuncs, table)]
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
@@ -301,8 +326,9 @@ def _band_table(labels: np.ndarray, y0: int, values: np.ndarray | None, ops: _Op
     if values is not None:
         for channel in values:
             channel = np.ascontiguousarray(channel).reshape(-1)
-            channel_stats += [np.add.reduceat(channel, starts, dtype=_sum_dtype(channel.dtype)),
-                              np.minimum.reduceat(channel, starts), np.maximum.reduceat(channel, starts)]
+            with np.errstate(invalid="ignore", over="ignore"):      # inf - inf: NaN, as documented, unannounced
+                channel_stats += [np.add.reduceat(channel, starts, dtype=_sum_dtype(channel.dtype)),
+                                  np.minimum.reduceat(channel, starts), np.maximum.reduceat(channel, starts)]
     objects = ids != 0
     ids, starts, lengths = ids[objects], starts[objects], lengths[objects]
     row, column = np.divmod(starts, width)
@@ -412,12 +438,14 @@ def _columns(ids, table, ops: _Ops, channels: int | None, image_dtype, pixel_siz
 
 def _pixel_size(value) -> PixelSize | None:
     """``pixel_size=`` as a PixelSize: one already, a number (square pixels) or (y, x), in micrometers."""
+    def number(v) -> bool:          # numpy's numbers too (a size read from metadata): np.float32(0.5)
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
     if value is None or isinstance(value, PixelSize):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if number(value):
         return PixelSize(float(value), float(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2 and all(number(v) for v in value):
         return PixelSize(float(value[0]), float(value[1]))
     raise TypeError(f"pixel_size must be a unet_fast.pixel_size.PixelSize, a number or (y, x) in micrometers, or "
                     f"None, got {value!r}")
@@ -451,6 +479,9 @@ def measure_objects(labels, image=None, pixel_size=None, *, max_pixels: int | No
     Raises ValueError naming the input for what is no instance label image (floats, a class axis, bool, negative
     values), or an image of another size; FileNotFoundError for a missing file.
     """
+    from .checks import check_positive_int
+
+    check_positive_int(max_pixels, "max_pixels", allow_none=True)
     with _opened(labels, image, pixel_size, max_pixels) as (label_source, image_source, size):
         return _measure(label_source, image_source, size)
 
@@ -478,15 +509,25 @@ def _measure(labels: _Input, image: _Input | None, pixel_size: PixelSize | None)
 
 # ---- files to CSV: ``unet-fast measure``
 
+#: the columns ``run`` writes (``_header``, ``_summary_header``), a unit's symbol as <u>: a table whose header
+#: holds any other (a column the user added to annotate the objects) is the user's, never replaced
+_OBJECTS_COLUMNS = re.compile(r"plane|label|area_px|area_[a-z]+2|centroid_[yx]_[a-z]+|bbox_(min|max)_(row|col)|"
+                              r"intensity_(mean|min|max|sum)(_c[0-9]+)?")
+_SUMMARY_COLUMNS = re.compile(r"area_(total|mean|median)_(px|[a-z]+2)|pixel_size_[yx]_[a-z]+")
+
+
 def written_by_measure(path) -> bool:
-    """Whether ``path`` starts as the objects.csv or summary.csv that ``run`` writes (its first columns' names):
-    only such a file is replaced."""
+    """Whether ``path`` is an objects.csv or summary.csv that ``run`` writes, by its header (its first columns'
+    names, and no column ``run`` does not write): only such a file is replaced."""
     try:
-        with open(path, encoding="utf-8") as file:
-            first = file.readline()
-    except (OSError, UnicodeDecodeError):
+        with open(path, encoding="utf-8", newline="") as file:
+            names = next(csv.reader([file.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return first.startswith(("file,label,area_px,", "file,plane,label,area_px,", "file,image_file,planes,objects,"))
+    if names[:4] == ["file", "image_file", "planes", "objects"]:
+        return all(_SUMMARY_COLUMNS.fullmatch(name) for name in names[4:])
+    return (names[1:3] == ["label", "area_px"] or names[1:4] == ["plane", "label", "area_px"]) and \
+        names[0] == "file" and all(_OBJECTS_COLUMNS.fullmatch(name) for name in names[1:])
 
 
 @dataclass
@@ -694,20 +735,29 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
     base name (``pair_files``; ``label_suffix``: label files are named <image name><suffix>), or None.
     recursive: folders give the files in their subfolders at any depth too (as ``segment -r`` lists its inputs
     and places its outputs), each label file paired with the image of its subfolder first; the overlays segment
-    wrote there (OUTDIR/overlays/...) are passed over.
+    wrote there (OUTDIR/overlays/...) are passed over. So are the tables an earlier run wrote, where a pattern
+    matches them (-i 'out/*' -o out, run again).
     Usage errors (nothing to measure, a label file without its image, an output folder that cannot be written or
     holds tables it did not write) raise BadArgument before anything is read. A file that cannot be measured
     (unreadable, no instance labels, of another size than its image) is reported by ``log`` as FAILED and left
-    out; the tables are written (atomically, each replacing one ``run`` wrote) when any file was measured.
+    out; the tables are written (atomically, each replacing one ``run`` wrote; summary.csv first, so that a
+    failure leaves the earlier run's pair) when any file was measured.
     """
-    from .checks import check_bool
+    from .checks import check_bool, check_positive_int
     from .overlays import written_by_unet_fast
     from .segment import expand_inputs, output_subfolders
 
     check_bool(recursive, "recursive")
+    check_positive_int(max_pixels, "max_pixels", allow_none=True)
+    if not isinstance(label_suffix, str):
+        raise BadArgument("label_suffix", f"label_suffix must be a string (\"\" for none), got {label_suffix!r}")
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
+        raise BadArgument("output_dir", f"output_dir must be the path of a folder, got {output_dir!r}")
     started = time.perf_counter()
     result = MeasureResult()
     items = [str(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    if not items:
+        raise BadArgument("input", "no label image given: name files, folders or patterns of instance labels")
     label_files, problems = expand_inputs(items, recursive=recursive)
     if recursive:       # segment -r's OUTDIR/overlays/<subfolders>/*.png: pictures, not labels
         overlays = [path for path in label_files if written_by_unet_fast(path)]
@@ -715,6 +765,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
             passed = set(overlays)
             label_files = [path for path in label_files if path not in passed]
             log(f"note: {len(overlays)} overlay(s) segment or evaluate drew passed over (e.g. {overlays[0]})")
+    label_files = _without_tables(label_files, log)
     if not label_files:
         shown = "; ".join(f"{item}: {reason}" for item, reason in problems[:5])
         raise BadArgument("input", f"no label image to measure: {shown}"
@@ -723,6 +774,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
     if images is not None:
         image_items = [str(item) for item in ([images] if isinstance(images, (str, Path)) else images)]
         image_files, image_problems = expand_inputs(image_items, recursive=recursive)
+        image_files = _without_tables(image_files, log)
         if image_problems:
             item, reason = image_problems[0]
             raise BadArgument("images", f"{item}: {reason}")
@@ -783,16 +835,27 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
                         log(f"warning: {pair.labels}: {doubt}", file=sys.stderr)
             if not result.measured:
                 raise _NothingMeasured()          # the temporary table is discarded: an earlier one stays
+            # summary.csv is written (and committed) before objects.csv is: a failure writing it (a full disk)
+            # leaves both tables of the earlier run, not its summary beside this run's objects
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(_summary_header(unit))
+            writer.writerows(summary_rows)
+            image_io.write_bytes_atomically(output_dir / SUMMARY_CSV, buffer.getvalue().encode())
     except _NothingMeasured:
         return _nothing_measured(result, output_dir, created, started, log)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_summary_header(unit))
-    writer.writerows(summary_rows)
-    image_io.write_bytes_atomically(output_dir / SUMMARY_CSV, buffer.getvalue().encode())
     result.written = [output_dir / OBJECTS_CSV, output_dir / SUMMARY_CSV]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _without_tables(files: list[Path], log) -> list[Path]:
+    """``files`` less the tables an earlier run wrote there, which a pattern matches (-i 'out/*' -o out: run
+    again, its inputs were its own outputs), with a note."""
+    tables = [path for path in files if Path(path).name in (OBJECTS_CSV, SUMMARY_CSV) and written_by_measure(path)]
+    if tables:
+        log(f"note: {len(tables)} table(s) measure wrote passed over (e.g. {tables[0]})")
+    return [path for path in files if path not in tables]
 
 
 #: the median share of their bounding boxes below which a file's "objects" look scattered, not cells (a disc

@@ -750,3 +750,28 @@ def test_a_pattern_that_matches_the_tables_of_an_earlier_run_passes_over_them(tm
     assert (tmp_path / "out" / "objects.csv").read_text() == first
     (tmp_path / "out" / "summary.csv").write_text("my,own\n")       # not measure's: an input, refused as before
     assert cli.main(arguments) == 2 and (tmp_path / "out" / "summary.csv").read_text() == "my,own\n"
+
+
+def test_stacks_with_a_z_step_get_the_physical_z_of_each_plane(tmp_path):
+    """An OME-TIFF stack recording its z step and first plane's position: each object's centroid_z is its
+    plane's depth (as viewers place the plane), the summary gives the step; a 2-D file beside it has none."""
+    stack = np.zeros((3, 12, 10), np.uint16)
+    stack[0, 1:4, 1:4], stack[1, 5:9, 2:6], stack[2, 1:3, 6:9], stack[2, 8:11, 1:3] = 1, 1, 1, 2
+    size = PixelSize(0.5, 0.5, z=2.0, translation=(10.0, 3.0, 4.0))
+    write_labels_tiff(tmp_path / "stack.tif", stack, size)
+    write_labels_tiff(tmp_path / "flat.tif", stack[1], PixelSize(0.5, 0.5))
+    got = measure.measure_objects(tmp_path / "stack.tif")
+    np.testing.assert_array_equal(got["centroid_z_um"], [10.0, 12.0, 14.0, 14.0])
+    np.testing.assert_allclose(got["centroid_y_um"][1], 6.5 * 0.5 + 3.0)
+    assert "centroid_z_um" not in measure.measure_objects(tmp_path / "flat.tif")
+    assert "centroid_z_um" not in measure.measure_objects(stack, pixel_size=PixelSize(0.5, 0.5))
+    assert cli.main(["measure", "-i", str(tmp_path / "stack.tif"), str(tmp_path / "flat.tif"),
+                     "-o", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "objects.csv")))
+    assert sorted((r["file"][-9:], r["plane"], r["centroid_z_um"]) for r in rows) == [
+        ("/flat.tif", "", ""), ("stack.tif", "0", "10.0"), ("stack.tif", "1", "12.0"), ("stack.tif", "2", "14.0"),
+        ("stack.tif", "2", "14.0")]
+    summary = {r["file"][-9:]: r["pixel_size_z_um"] for r in csv.DictReader(open(tmp_path / "out" / "summary.csv"))}
+    assert summary == {"stack.tif": "2.0", "/flat.tif": ""}
+    assert measure.written_by_measure(tmp_path / "out" / "objects.csv")     # a second run may replace them
+    assert measure.written_by_measure(tmp_path / "out" / "summary.csv")

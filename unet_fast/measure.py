@@ -22,7 +22,8 @@ The columns (``measure_objects``), one row per object:
 - ``centroid_y_px``, ``centroid_x_px``: the mean row and column of its pixels (pixel (0, 0)'s centre is 0, 0);
   ``centroid_y_<unit>``, ``centroid_x_<unit>``: the same in physical coordinates, as viewers place the image
   (row x pixel size + the image's translation where it records one: an OME-Zarr translation, an OME-TIFF plane
-  position; ``pixel_size.PixelSize``);
+  position; ``pixel_size.PixelSize``); in a stack whose step between planes is known, ``centroid_z_<unit>``:
+  plane x that step + the translation's z (every pixel of an object lies in its plane);
 - ``bbox_min_row``, ``bbox_min_col``, ``bbox_max_row``, ``bbox_max_col``: its bounding box, in pixels, the maxima
   inclusive (the last row and column holding it);
 - with an intensity image, per channel: ``intensity_mean``, ``intensity_min``, ``intensity_max`` and
@@ -422,6 +423,9 @@ def _columns(ids, table, ops: _Ops, channels: int | None, image_dtype, pixel_siz
         _, ty, tx = pixel_size.translation or (0.0, 0.0, 0.0)
         columns[f"centroid_y_{unit}"] = centroid_y * pixel_size.y + ty
         columns[f"centroid_x_{unit}"] = centroid_x * pixel_size.x + tx
+        if plane is not None and pixel_size.z is not None:
+            tz = (pixel_size.translation or (0.0,))[0]
+            columns[f"centroid_z_{unit}"] = np.full(ids.size, plane * pixel_size.z + tz)
     for name in ("min_row", "min_col", "max_row", "max_col"):
         columns[f"bbox_{name}"] = stats[name].astype(np.int64)
     if channels is not None:
@@ -511,9 +515,9 @@ def _measure(labels: _Input, image: _Input | None, pixel_size: PixelSize | None)
 
 #: the columns ``run`` writes (``_header``, ``_summary_header``), a unit's symbol as <u>: a table whose header
 #: holds any other (a column the user added to annotate the objects) is the user's, never replaced
-_OBJECTS_COLUMNS = re.compile(r"plane|label|area_px|area_[a-z]+2|centroid_[yx]_[a-z]+|bbox_(min|max)_(row|col)|"
+_OBJECTS_COLUMNS = re.compile(r"plane|label|area_px|area_[a-z]+2|centroid_[yxz]_[a-z]+|bbox_(min|max)_(row|col)|"
                               r"intensity_(mean|min|max|sum)(_c[0-9]+)?")
-_SUMMARY_COLUMNS = re.compile(r"area_(total|mean|median)_(px|[a-z]+2)|pixel_size_[yx]_[a-z]+")
+_SUMMARY_COLUMNS = re.compile(r"area_(total|mean|median)_(px|[a-z]+2)|pixel_size_[yxz]_[a-z]+")
 
 
 def written_by_measure(path) -> bool:
@@ -633,6 +637,8 @@ def _header(pairs: list[_Pair], unit: str | None) -> list[str]:
     columns = ["file"] + (["plane"] if any(pair.planes is not None for pair in pairs) else [])
     columns += ["label", "area_px"] + ([f"area_{symbol}2"] if symbol else [])
     columns += ["centroid_y_px", "centroid_x_px"] + ([f"centroid_y_{symbol}", f"centroid_x_{symbol}"] if symbol else [])
+    if symbol and _stacks_with_a_step(pairs):
+        columns.append(f"centroid_z_{symbol}")
     columns += ["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]
     channels = max((pair.channels or 0 for pair in pairs), default=0)
     if channels == 1 and all(pair.channels in (None, 1) for pair in pairs):
@@ -642,10 +648,17 @@ def _header(pairs: list[_Pair], unit: str | None) -> list[str]:
     return columns
 
 
-def _summary_header(unit: str | None) -> list[str]:
+def _stacks_with_a_step(pairs: list[_Pair]) -> bool:
+    """Whether a pair is a stack whose step between planes is known: the tables get z columns."""
+    return any(pair.planes is not None and pair.pixel_size is not None and pair.pixel_size.z is not None
+               for pair in pairs)
+
+
+def _summary_header(unit: str | None, z: bool = False) -> list[str]:
     symbol = unit_symbol(unit) if unit else None
     physical = [f"area_total_{symbol}2", f"area_mean_{symbol}2", f"area_median_{symbol}2",
-                f"pixel_size_y_{symbol}", f"pixel_size_x_{symbol}"] if symbol else []
+                f"pixel_size_y_{symbol}", f"pixel_size_x_{symbol}"] + ([f"pixel_size_z_{symbol}"] if z else []) \
+        if symbol else []
     return ["file", "image_file", "planes", "objects", "area_total_px", "area_mean_px", "area_median_px"] + physical
 
 
@@ -681,7 +694,7 @@ def _object_rows(file: str, columns: dict[str, np.ndarray], header: list[str], r
         yield "".join(name + ",".join(row) + "\n" for row in zip(*cells))
 
 
-def _summary_row(pair: _Pair, columns: dict[str, np.ndarray], unit: str | None) -> list[str]:
+def _summary_row(pair: _Pair, columns: dict[str, np.ndarray], unit: str | None, z: bool = False) -> list[str]:
     area = columns["area_px"]
     count = area.size
     mean, median = (float(np.mean(area)), float(np.median(area))) if count else (None, None)
@@ -691,11 +704,13 @@ def _summary_row(pair: _Pair, columns: dict[str, np.ndarray], unit: str | None) 
     if unit:
         size = _in_unit(pair.pixel_size, unit)
         if size is None:
-            row += [""] * 5
+            row += [""] * (6 if z else 5)
         else:
             square = size.y * size.x
             row += [repr(float(area.sum()) * square), "" if mean is None else repr(mean * square),
                     "" if median is None else repr(median * square), repr(size.y), repr(size.x)]
+            if z:
+                row.append("" if size.z is None or pair.planes is None else repr(size.z))
     return row
 
 
@@ -808,6 +823,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
         return _nothing_measured(result, output_dir, created, started, log)
     unit = next((pair.pixel_size.unit for pair in usable if pair.pixel_size is not None), None)
     header = _header(usable, unit)
+    z_step = unit is not None and _stacks_with_a_step(usable)
     summary_rows = []
     try:
         with image_io.atomic_path(output_dir / OBJECTS_CSV) as temporary:
@@ -823,7 +839,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
                         log(f"FAILED {pair.labels}: {failure_reason(error, pair.labels)}", file=sys.stderr)
                         continue
                     table.writelines(_object_rows(str(pair.labels), columns, header))
-                    summary_rows.append(_summary_row(pair, columns, unit))
+                    summary_rows.append(_summary_row(pair, columns, unit, z_step))
                     result.measured.append(str(pair.labels))
                     result.objects += columns["label"].size
                     log(f"ok {pair.labels}: {columns['label'].size} objects"
@@ -839,7 +855,7 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
             # leaves both tables of the earlier run, not its summary beside this run's objects
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(_summary_header(unit))
+            writer.writerow(_summary_header(unit, z_step))
             writer.writerows(summary_rows)
             image_io.write_bytes_atomically(output_dir / SUMMARY_CSV, buffer.getvalue().encode())
     except _NothingMeasured:

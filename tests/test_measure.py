@@ -775,3 +775,18 @@ def test_stacks_with_a_z_step_get_the_physical_z_of_each_plane(tmp_path):
     assert summary == {"stack.tif": "2.0", "/flat.tif": ""}
     assert measure.written_by_measure(tmp_path / "out" / "objects.csv")     # a second run may replace them
     assert measure.written_by_measure(tmp_path / "out" / "summary.csv")
+
+
+def test_labels_beside_their_images_in_one_folder(tmp_path):
+    """-i data/ --images data/ --label-suffix _labels: the images in the folder given to both are not label files
+    without their images (exit 2 before), they are the images."""
+    labels = np.zeros((12, 10), np.uint16)
+    labels[2:6, 2:6], labels[7:11, 5:9] = 1, 2
+    image = np.arange(120, dtype=np.uint16).reshape(12, 10)
+    tifffile.imwrite(tmp_path / "a_labels.tif", labels)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    assert cli.main(["measure", "-i", str(tmp_path), "--images", str(tmp_path), "--label-suffix", "_labels",
+                     "-o", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "objects.csv")))
+    assert [(r["file"][-12:], r["label"], r["intensity_sum"]) for r in rows] == [
+        ("a_labels.tif", "1", str(int(image[2:6, 2:6].sum()))), ("a_labels.tif", "2", str(int(image[7:11, 5:9].sum())))]

@@ -797,6 +797,10 @@ def run(inputs, output_dir, *, images=None, label_suffix: str = "", recursive: b
         raise BadArgument("label_suffix", "--label-suffix pairs label files with --images; give --images too")
     places = ({**output_subfolders(label_files, items), **output_subfolders(image_files or [], image_items)}
               if recursive and images is not None else None)
+    if label_suffix and image_files:    # labels beside their images (-i data/ --images data/): the others are images
+        given = {Path(path).resolve() for path in image_files}
+        label_files = [path for path in label_files
+                       if _base_name(path).endswith(label_suffix) or Path(path).resolve() not in given]
     pairs = pair_files(label_files, image_files, label_suffix, places)
     check_output_dir(output_dir, label_files + (image_files or []))
     output_dir = Path(output_dir)

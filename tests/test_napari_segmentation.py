@@ -41,8 +41,8 @@ def test_model_input_layouts(shape, rgb, channels, layout, moved):
     ((4, 50, 60), False, 3, r"choose an image of 3 channels, \(3, Y, X\) or RGB"),
 ])
 def test_model_input_refuses_what_does_not_fit(shape, rgb, channels, message):
-    with pytest.raises(ValueError, match=message):
-        model_input(np.zeros(shape), rgb, channels)
+    with pytest.raises(ValueError, match=message):       # random bands: a colour image (grey in colour is taken)
+        model_input(image(shape), rgb, channels)
 
 
 def test_instances_numbers_each_object_of_each_class():
@@ -383,10 +383,11 @@ def test_a_multiscale_image_layer_is_segmented_at_full_resolution(model):
 # ---- the reader: level 0's grid, the pyramid napari can draw, malformed metadata
 
 
-def write_pyramid(path, shapes, transformations, *, axes="yx", dtype=np.uint8, whole=None, paths=None):
+def write_pyramid(path, shapes, transformations, *, axes="yx", dtype=np.uint8, whole=None, paths=None, label=None):
     """An OME-Zarr image (NGFF 0.4) of levels of ``shapes``, each with its ``transformations`` (scale, translation
     or None), as another writer may leave it: ``whole``, the multiscale's own transformations; ``paths``, the
-    datasets' paths as listed (default "0", "1", ...; one listed but not written is a missing level)."""
+    datasets' paths as listed (default "0", "1", ...; one listed but not written is a missing level); ``label``:
+    marked a label image (NGFF "image-label"; default: an integer ``dtype``'s, as segment marks its labels)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -406,6 +407,8 @@ def write_pyramid(path, shapes, transformations, *, axes="yx", dtype=np.uint8, w
     if whole is not None:
         entry["coordinateTransformations"] = whole
     group.attrs["multiscales"] = [entry]
+    if np.dtype(dtype).kind in "iu" if label is None else label:
+        group.attrs["image-label"] = {"version": "0.4"}
     return path
 
 
@@ -579,3 +582,136 @@ def test_napari_gets_units_and_scales_it_takes(tmp_path, scale, unit, expected_s
     group.attrs["multiscales"] = multiscales
     [(_, kwargs, _)] = read_ome_zarr(str(path))
     assert kwargs["scale"] == expected_scale and kwargs["units"] == [expected_unit, "micrometer"]
+
+
+# ---- layers as napari opens files: colour bands, axes of length 1, lazy data, pixel sizes
+
+
+class Recorded:
+    """A lazy array (as a dask or zarr layer is) that records the keys it is read by."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads.append("all of it")
+        return np.asarray(self.data, dtype)
+
+
+def test_a_grey_image_saved_in_colour_is_its_grey_channel(model):
+    """An RGB(A) PNG whose colour bands are equal (the 2018 Data Science Bowl's nuclei), which `unet-fast segment`
+    reads as grey, opens in napari as an RGB layer: the widget refused it ("the model takes 1 channel(s)"). It is
+    the grey image's result now, as segment gives it; an image in colour is still refused, saying how to split it."""
+    grey = np.random.default_rng(0).integers(0, 255, (70, 90), dtype=np.uint8)
+    expected = predict_tiled(model, grey, output="labels", progress=False)
+    opaque = np.full_like(grey, 255)
+    for bands in ([grey] * 3, [grey] * 3 + [opaque]):
+        np.testing.assert_array_equal(segment(model, np.stack(bands, -1), rgb=True, result="classes"), expected)
+    colour = np.stack([grey, grey, grey // 2], -1)
+    with pytest.raises(ValueError, match=r"RGB data of shape \(70, 90, 3\); the model takes 1 channel.*Split RGB"):
+        segment(model, colour, rgb=True, result="classes")
+    with pytest.raises(ValueError, match=r"RGB data of shape \(70, 90, 4\).*1 channel"):    # not opaque: not grey
+        segment(model, np.stack([grey] * 3 + [opaque // 2], -1), rgb=True, result="classes")
+
+
+def test_an_opaque_alpha_band_is_no_channel():
+    """An RGBA layer (a PNG with an alpha band) for a model of 3 channels: segment drops an alpha opaque everywhere,
+    the widget refused the layer; one that is not opaque is refused, saying so."""
+    torch.manual_seed(0)
+    net = unet_fast.UNet(3, 2, depth=2, base_channels=4, backend="torch").eval()
+    rgb = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    expected = predict_tiled(net, np.moveaxis(rgb, -1, 0), output="labels", progress=False)
+    rgba = np.concatenate([rgb, np.full((70, 90, 1), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(segment(net, rgba, rgb=True, result="classes"), expected)
+    rgba[5, 7, 3] = 254
+    with pytest.raises(ValueError, match=r"shape \(70, 90, 4\); the model takes 3 channel.*alpha band is not opaque"):
+        segment(net, rgba, rgb=True, result="classes")
+
+
+def test_an_rgb_layer_is_read_tile_by_tile_not_whole():
+    """An RGB layer's data went through np.asarray before the first tile: a lazy (dask, zarr) whole-slide image
+    was read whole into memory. Its view reads only the tiles asked for."""
+    data = Recorded(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    image, layout = model_input(data, True, 3)
+    assert layout == "CYX" and image.shape == (3, 70, 90) and data.reads == []
+    np.testing.assert_array_equal(image[:, 10:20, 30:45], np.moveaxis(data.data[10:20, 30:45], -1, 0))
+    np.testing.assert_array_equal(image[1, ::7, 4], data.data[::7, 4, 1])
+    assert data.reads == [(slice(10, 20), slice(30, 45), slice(0, 3)), (slice(None, None, 7), 4, slice(0, 3))]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 70, 90), (3, 1, 70, 90), (1, 1, 3, 70, 90)])
+def test_leading_axes_of_length_1_are_left_out(model, shape):
+    """An OME-Zarr of bioformats2raw (t, c, z, y, x) opens, a layer a channel, as (1, 1, Y, X): the widget refused it
+    ("the model takes 1 channel(s)") where `unet-fast segment` segments the file. Axes of length 1 are left out (read
+    lazily: indexing a zarr array at 0 reads it whole), one longer axis is a stack, and the labels keep every axis of
+    the layer, so they lie on it."""
+    data = image(shape)
+    planes = data.reshape((-1, 70, 90))
+    expected = predict_tiled(model, planes if len(planes) > 1 else planes[0], output="labels", progress=False)
+    recorded = Recorded(data)
+    image_in, layout = model_input(recorded, False, 1)
+    assert layout == ("ZYX" if len(planes) > 1 else "YX") and recorded.reads == []
+    classes = segment(model, recorded, result="classes")
+    assert classes.shape == shape[:-2] + (70, 90)
+    np.testing.assert_array_equal(classes.reshape(expected.shape), expected)
+    assert segment(model, data, result="instances").shape == classes.shape
+
+
+def test_an_image_of_bands_last_is_refused_not_segmented_as_thin_images(model):
+    """A grey + alpha PNG opens in napari as a (Y, X, 2) layer, not RGB: it was segmented as a stack of Y images 2
+    pixels wide (minutes, a wrong result), where predict_tiled refuses such an image unless told its layout."""
+    with pytest.raises(ValueError, match=r"shape \(70, 90, 2\), which napari shows as 70 images of 90 x 2 pixels"):
+        segment(model, image((70, 90, 2)), result="classes")
+
+
+def test_labels_layer_takes_the_images_rotation_shear_and_affine():
+    """An image layer rotated, sheared or under an affine (registered to another) got its labels without them: they
+    lay elsewhere in the world."""
+    rotate = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    affine = np.eye(4)
+    affine[1, 2], affine[2, 3] = 0.1, 5.0
+    _, kwargs = labels_layer(np.zeros((40, 50), np.int32), "cells", (2.0, 0.5, 0.25), (0.0, 10.0, 20.0),
+                             rotate=rotate, shear=[0.0, 0.0, 0.2], affine=affine)
+    np.testing.assert_array_equal(kwargs["rotate"], rotate[1:, 1:])
+    np.testing.assert_array_equal(kwargs["shear"], [[1.0, 0.2], [0.0, 1.0]])
+    np.testing.assert_array_equal(kwargs["affine"], [[1.0, 0.1, 0.0], [0.0, 1.0, 5.0], [0.0, 0.0, 1.0]])
+    _, kwargs = labels_layer(np.zeros((3, 40, 50), np.int32), "cells", (2.0, 0.5, 0.25), (0.0, 10.0, 20.0),
+                             rotate=rotate, shear=[0.0, 0.0, 0.2], affine=affine)
+    np.testing.assert_array_equal(kwargs["rotate"], rotate)
+    np.testing.assert_array_equal(kwargs["affine"], affine)
+
+
+def test_a_run_warns_where_the_images_pixels_are_far_from_the_models():
+    """`unet-fast segment` warns when the image's pixels are more than 1.5 times larger or smaller than the training
+    images' (the model file's pixel_size); the widget segmented such a layer (its scale in micrometers, as the reader
+    gives an OME-Zarr's) without a word."""
+    from unet_fast.napari.segmentation import layer_pixel_size
+
+    torch.manual_seed(0)
+    net = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    net.metadata = {"pixel_size": {"y": 0.5, "x": 0.5, "unit": "micrometer"}}
+    assert layer_pixel_size((1.0, 1.0), ("pixel", "pixel")) is None
+    size = layer_pixel_size((5.0, 2.0, 2.0), ("micrometer",) * 3)
+    assert (size.y, size.x, size.unit) == (2.0, 2.0, "micrometer")
+    run = Segmentation(net, image((70, 90)), result="classes", pixel_size=size, name="cells")
+    run_to_the_end(run)
+    assert run.warning.startswith("cells: pixels of 2 x 2 micrometer, 4.0 times larger than the model's training")
+    run = Segmentation(net, image((70, 90)), result="classes",
+                       pixel_size=layer_pixel_size((600.0, 400.0), ("nanometer",) * 2), name="cells")
+    run_to_the_end(run)
+    assert run.warning is None
+
+
+@needs_zarr
+def test_the_reader_opens_a_microscopes_integer_image_as_an_image(tmp_path):
+    """A uint16 OME-Zarr of a microscope (y, x, no channel axis) opened as Labels: shown in random colours, and not
+    offered to the widget, which segments Image layers. Labels are the images NGFF marks as such ("image-label")."""
+    path = write_pyramid(tmp_path / "raw.ome.zarr", [(40, 30)], [([0.5, 0.25], None)], dtype=np.uint16, label=False)
+    [(_, kwargs, kind)] = read_ome_zarr(str(path))
+    assert kind == "image" and "features" not in kwargs
+    path = write_pyramid(tmp_path / "labels.ome.zarr", [(40, 30)], [([0.5, 0.25], None)], dtype=np.uint16, label=True)
+    assert read_ome_zarr(str(path))[0][2] == "labels"

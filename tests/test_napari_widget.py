@@ -230,7 +230,8 @@ def test_an_image_the_model_does_not_take_is_one_plain_notification(viewer, qtbo
 
     widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
     viewer.layers.remove("cells")
-    widget.image.value = viewer.add_image(np.zeros((70, 90, 3), np.uint8), name="cells", rgb=True)
+    colour = np.random.default_rng(0).integers(0, 255, (70, 90, 3), np.uint8)     # bands differ: not grey in colour
+    widget.image.value = viewer.add_image(colour, name="cells", rgb=True)
     notifications = notified(qtbot, widget)
     assert len(notifications) == 1 and not isinstance(notifications[0], ErrorNotification)
     assert notifications[0].message == widget.status.value
@@ -394,3 +395,81 @@ def test_the_widget_segments_a_multiscale_image_layer_at_full_resolution(viewer,
     np.testing.assert_array_equal(labels.data, predict_tiled(model, level0, output="labels", progress=False))
     np.testing.assert_array_equal(labels.scale, (0.5, 0.25))
     np.testing.assert_array_equal(labels.translate, (3.0, 7.5))
+
+
+def test_a_second_run_names_the_layer_napari_added(viewer, qtbot, model_file):
+    """napari names a second "cells instances" layer "cells instances [1]": the status named the first one."""
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    run_to_the_end(widget, qtbot)
+    run_to_the_end(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells instances", "cells instances [1]"]
+    assert widget.status.value.startswith("done: cells instances [1] (")
+
+
+def test_the_labels_lie_on_a_rotated_sheared_image_under_an_affine(viewer, qtbot, model_file):
+    """The labels took the image's scale and translate only: on an image rotated, sheared or registered (affine)
+    they lay elsewhere in the world."""
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=2))
+    layer = viewer.layers["cells"]
+    layer.rotate, layer.shear = 30, [0.0, 0.0, 0.2]
+    layer.affine = np.array([[1.0, 0, 0, 0], [0, 1.0, 0.1, 5.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    run_to_the_end(widget, qtbot)
+    labels = viewer.layers["cells instances"]
+    np.testing.assert_allclose(labels._data_to_world.affine_matrix, layer._data_to_world.affine_matrix, atol=1e-12)
+
+
+def test_pixels_far_from_the_models_are_one_warning(viewer, qtbot, tmp_path):
+    """The model file records its training images' pixel size (0.5 um); a layer of 2 um pixels (scale and units, as
+    the reader opens an OME-Zarr) is 4 times coarser: `unet-fast segment` warns, the widget said nothing."""
+    from napari.utils.notifications import NotificationSeverity
+
+    torch.manual_seed(0)
+    path = unet_fast.save_model(unet_fast.UNet(1, 2, depth=2, base_channels=4), tmp_path / "m.safetensors",
+                                pixel_size={"y": 0.5, "x": 0.5, "unit": "micrometer"})
+    widget = make_widget(viewer, qtbot, path, stack(planes=1)[0])
+    viewer.layers["cells"].scale = (2.0, 2.0)
+    notifications = notified(qtbot, widget)
+    assert [n.severity for n in notifications] == [NotificationSeverity.WARNING]
+    assert notifications[0].message.startswith("cells: pixels of 2 x 2 micrometer, 4.0 times larger")
+    assert widget.status.value.startswith("done: cells instances")
+
+
+@needs_zarr
+def test_the_widget_segments_a_bioformats2raw_ome_zarr(viewer, qtbot, tmp_path, model_file):
+    """bioformats2raw's OME-Zarr (t, c, z, y, x), opened by the reader, is a (1, 1, Y, X) Image layer: the widget
+    refused it where `unet-fast segment` segments the file; a microscope's uint16 OME-Zarr without a channel axis
+    opened as Labels, which the widget does not offer."""
+    from ome_zarr_files import write_bioformats2raw, write_ome_zarr_axes
+
+    plane = (stack(planes=1)[0] * 100).astype(np.uint16)
+    write_bioformats2raw(tmp_path / "b2r.zarr", [plane[None, None, None]])
+    write_ome_zarr_axes(tmp_path / "yx.ome.zarr", plane, "yx")
+    [layer] = viewer.open(str(tmp_path / "b2r.zarr"), plugin="unet_fast")
+    [raw] = viewer.open(str(tmp_path / "yx.ome.zarr"), plugin="unet_fast")
+    assert layer.data.shape == (1, 1, 70, 90) and isinstance(raw, napari.layers.Image)
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget.native)
+    assert [choice.name for choice in widget.image.choices] == ["b2r", "yx"]
+    widget.image.value, widget.model_path.value, widget.device.value = layer, model_file, "cpu"
+    run_to_the_end(widget, qtbot)
+    labels = viewer.layers["b2r instances"]
+    expected = predict_tiled(unet_fast.load_model(model_file), plane, output="instances", progress=False)
+    np.testing.assert_array_equal(labels.data, expected[None, None])
+    np.testing.assert_array_equal(labels.scale, layer.scale)
+
+
+def test_a_grey_png_saved_in_colour_is_segmented_as_segment_does(viewer, qtbot, tmp_path, model_file):
+    """napari opens an RGB PNG whose bands are equal (the 2018 Data Science Bowl's nuclei) as an RGB layer: the widget
+    refused it, `unet-fast segment` reads the file as grey."""
+    from PIL import Image
+
+    grey = np.clip(stack(planes=1)[0], 0, 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "cells.png")
+    [layer] = viewer.open(str(tmp_path / "cells.png"))
+    assert layer.rgb
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value, widget.model_path.value, widget.device.value = layer, model_file, "cpu"
+    run_to_the_end(widget, qtbot)
+    expected = predict_tiled(unet_fast.load_model(model_file), grey, output="instances", progress=False)
+    np.testing.assert_array_equal(viewer.layers["cells instances"].data, expected)

@@ -239,6 +239,12 @@ def channel_labels(path) -> list[str] | None:
     return [entry["label"] for entry in listed]
 
 
+def is_label_image(path) -> bool:
+    """Whether the image at ``path`` is marked as a label image (NGFF "image-label", which segment's class labels and
+    instances carry): a segmentation, not pixels of a microscope, whatever its type."""
+    return "image-label" in (_attrs(image_path(path)) or {})
+
+
 def label_classes(path) -> dict[int, str]:
     """{label value: class name} of the label image at ``path``, from its "image-label" "properties": the entries with
     an integer "label-value" and a string "class" (NGFF lets a label have other keys, or none; of two entries for

@@ -16,12 +16,12 @@ try:        # the optional extra: say how to get it rather than fail with a bare
     from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
     from napari.layers import Image
     from napari.qt.threading import create_worker
-    from napari.utils.notifications import notification_manager, show_error
+    from napari.utils.notifications import notification_manager, show_error, show_warning
 except ImportError as error:
     raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra, in the "
                       f"unet_fast checkout: pip install --no-build-isolation -e \".[napari]\"") from error
 
-from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer
+from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer, layer_pixel_size
 
 MODEL_FILES = "Models (*.safetensors *.zip *.pt *.pth);;bioimage.io rdf (*.yaml)"
 
@@ -78,6 +78,7 @@ class SegmentWidget(Container):
         self.run: Segmentation | None = None
         self.worker = None
         self._models = ModelCache()      # read in the worker; kept for the next Segment
+        self._warned: Segmentation | None = None      # the last run whose warning was shown
 
     def _image_layers(self, _widget=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -96,7 +97,8 @@ class SegmentWidget(Container):
             return self._fail(f"choose a model file (.safetensors, .zip bioimage.io package, .pt); {path} is not one")
         reading = "" if models.holds(path, device) else f"reading {path.name}, then "
         self.run = Segmentation(lambda: models.get(path, device), layer.data, rgb=layer.rgb,
-                                result=self.result.value, device=device, dtype=self.precision.value)
+                                result=self.result.value, device=device, dtype=self.precision.value,
+                                pixel_size=layer_pixel_size(layer.scale, layer.units), name=layer.name)
         # what the worker raises is a bug: _bug reports it once (superqt would raise it again in this thread)
         self.worker = create_worker(steps_or_problem, self.run, _ignore_errors=True)
         # the worker may be tiles ahead of this (the GUI) thread: what arrives after Cancel is dropped
@@ -111,6 +113,7 @@ class SegmentWidget(Container):
         self.worker.start()
 
     def _progressed(self, run: Segmentation, fraction: float):
+        self._warn(run)
         if not run.cancelled:               # after Cancel the bar stays where it was
             self.progress.value = round(100 * fraction)
             if fraction >= 1.0 and run.options.get("result") == "instances":   # the tiles are done, not the objects
@@ -120,6 +123,7 @@ class SegmentWidget(Container):
         """``outcome``: ``steps_or_problem``'s, the labels, None when cancelled, or what went wrong."""
         if isinstance(outcome, str):
             return self._fail(outcome)
+        self._warn(run)
         self._add(layer, None if run.cancelled else outcome, run.options["result"], run.class_names)
 
     def _add(self, layer, labels, result: str, class_names=None):
@@ -128,10 +132,18 @@ class SegmentWidget(Container):
         if labels is None:
             self.status.value = "cancelled"
             return
-        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, result, class_names)
-        self.viewer.add_labels(data, **kwargs)
+        data, kwargs = labels_layer(labels, layer.name, layer.scale, layer.translate, layer.units, result, class_names,
+                                    rotate=layer.rotate, shear=layer.shear, affine=layer.affine.affine_matrix)
+        added = self.viewer.add_labels(data, **kwargs)
         what = f"{int(data.max())} objects" if result == "instances" else "classes"
-        self.status.value = f"done: {kwargs['name']} ({what})"
+        self.status.value = f"done: {added.name} ({what})"      # napari names a second run's "... [1]"
+
+    def _warn(self, run: Segmentation):
+        """The run's warning (the image's pixels far from the model's training pixels), shown once, as soon as the
+        model is read and a tile done (or at the end)."""
+        if run.warning and self._warned is not run:
+            self._warned = run
+            show_warning(run.warning)
 
     def _bug(self, error: BaseException):
         """An error unet_fast did not expect: napari's error notification, with the traceback a click away."""

@@ -1,11 +1,12 @@
 """napari reader for OME-Zarr images (NGFF 0.4 and 0.5), such as `unet-fast segment --format ome.zarr` writes.
 
-Integer images without a channel axis open as Labels (segmentations; the class names of NGFF "image-label"
-"properties", which segment writes for class labels, become the layer's features, shown under the cursor), others
-as Images, a channel axis (type "channel", or an untyped "c": e.g. class probabilities) split into one layer per
-channel. Every layer gets the file's pixel size (the scale and translation of its first dataset, the multiscale's
-own transformations applied after them) and units, so it lies on top of the image it was computed from, and where
-the image lies (a stage position). The arrays stay lazy: napari reads what it shows. A pyramid (segment's outputs
+Integer label images without a channel axis (marked NGFF "image-label", as segment marks its class labels and
+instances) open as Labels (the class names of its "properties", which segment writes for class labels, become the
+layer's features, shown under the cursor), others (a microscope's integer images among them) as Images, a channel
+axis (type "channel", or an untyped "c": e.g. class probabilities) split into one layer per channel. Every layer gets
+the file's pixel size (the scale and translation of its first dataset, the multiscale's own transformations applied
+after them) and units, so it lies on top of the image it was computed from, and where the image lies (a stage
+position). The arrays stay lazy: napari reads what it shows. A pyramid (segment's outputs
 of more than 1024 px a side have one) opens as a multiscale layer, the list of its levels from full resolution
 down, so napari reads the level it shows, not level 0's every chunk when zoomed out.
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ome_zarr import NGFF_UNITS, OmeZarrImage, channel_labels, is_ome_zarr, label_classes, open_ome_zarr
+from ..ome_zarr import (NGFF_UNITS, OmeZarrImage, channel_labels, is_label_image, is_ome_zarr, label_classes,
+                        open_ome_zarr)
 from ..pixel_size import _unit_name
 
 
@@ -69,7 +71,9 @@ def read_ome_zarr(path) -> list[tuple]:
         if labels is not None and len(labels) == channels:     # segment's probabilities: a layer a class, by name
             per_layer["name"] = [f"{kwargs['name']} {label}" for label in labels]
         return [(data, {**kwargs, **per_layer, "channel_axis": channel}, "image")]
-    kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" else "image"
+    # a label image by its NGFF mark, not its type: microscopes write integers too (a uint16 image opened as Labels
+    # could not be segmented, the widget takes Image layers)
+    kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" and is_label_image(path) else "image"
     classes = label_classes(path) if kind == "labels" else {}
     if classes:     # napari shows a label's row of its features under the cursor ("class: nucleus")
         kwargs["features"] = {"index": list(classes), "class": list(classes.values())}

@@ -23,6 +23,7 @@ from .. import termination
 from ..inference import predict_tiled
 from ..instances import instance_dtype
 from ..model_file import class_names_of, load_model
+from ..pixel_size import MICROMETERS_PER_UNIT, PixelSize, scale_warning
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
@@ -74,26 +75,117 @@ class ModelCache:
             return self._model
 
 
+class LayerPixels:
+    """A lazy view of an image layer's data as ``predict_tiled`` reads it: the axes ``dropped`` (of length 1, as an
+    OME-Zarr's t and c) left out and, for an RGB(A) layer (..., bands last), its first ``bands`` bands put first.
+    Indexing reads only what is asked for, so a dask or zarr layer streams tile by tile (np.asarray of an RGB layer,
+    and indexing a zarr array at 0, read it whole)."""
+
+    def __init__(self, data, dropped=(), bands: int | None = None):
+        self._data, self._bands = data, bands
+        self._axes = [axis for axis in range(len(data.shape) - (bands is not None)) if axis not in set(dropped)]
+        self.shape = ((bands,) if bands is not None else ()) + tuple(int(data.shape[axis]) for axis in self._axes)
+        self.dtype = np.dtype(data.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+        if ellipsis:
+            key = key[:ellipsis[0]] + (slice(None),) * (self.ndim - len(key) + 1) + key[ellipsis[0] + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        stored = [0] * len(self._data.shape)
+        for axis, k in zip(self._axes, key[self._bands is not None:]):
+            stored[axis] = k
+        if self._bands is None:
+            return np.asarray(self._data[tuple(stored)])
+        stored[-1] = slice(0, self._bands)
+        return np.moveaxis(np.asarray(self._data[tuple(stored)]), -1, 0)[key[0]]
+
+    def __array__(self, dtype=None, copy=None):
+        pixels = self[...]
+        return pixels if dtype is None else pixels.astype(dtype)
+
+
+def _opaque(dtype: np.dtype):
+    """The value of an opaque alpha: the largest of an integer type; 1 for floats (napari's RGB range) and bools."""
+    return np.iinfo(dtype).max if dtype.kind in "iu" else 1
+
+
+def _bands_agree(data, grey: bool) -> bool:
+    """Whether an RGB(A) layer's (Y, X, bands) data have an alpha band (the 4th) that is opaque everywhere and, with
+    ``grey``, colour bands all equal to the first (a grey image saved in colour): the rules by which unet_fast reads
+    such a file (``image_io.grey_saved_in_colour``, ``opaque_alpha``). Read in bands of rows, to the first pixel that
+    breaks them."""
+    height, width, bands = (int(n) for n in data.shape)
+    opaque = _opaque(np.dtype(data.dtype))
+    rows = max(1, 2 ** 22 // max(1, width * bands))
+    for y0 in range(0, height, rows):
+        termination.check()        # the widget's Cancel
+        block = np.asarray(data[y0:y0 + rows])
+        if grey and any(not np.array_equal(block[..., band], block[..., 0]) for band in range(1, min(bands, 3))):
+            return False
+        if bands == 4 and not (block[..., 3] == opaque).all():
+            return False
+    return True
+
+
 def model_input(data, rgb: bool, in_channels: int):
     """(image, layout) for predict_tiled from an image layer's data, or an error saying what fits. The data of a
     multiscale layer (a pyramid, as the reader opens one: napari's MultiScaleData, a sequence of levels) gives
     its full resolution, level 0, whose grid is the layer's scale and translate."""
+    image, layout, _ = layer_input(data, rgb, in_channels)
+    return image, layout
+
+
+def layer_input(data, rgb: bool, in_channels: int):
+    """``model_input``'s (image, layout) and the shape of the labels on the layer's grid but for their last two
+    axes: a 1-channel layer's leading axes (Z or T, and those of length 1), so the labels lie on every axis of the
+    layer; () where the layer's leading axis is its channels (labels of its last two axes, Y and X).
+
+    As ``unet-fast segment`` reads a file: leading axes of length 1 are left out (an OME-Zarr's t, c and z), and one
+    longer one (Z or T) is a stack of planes; an RGB(A) layer whose colour bands are all equal (a grey image saved in
+    colour, as PNGs of the 2018 Data Science Bowl) is its one grey channel, and an alpha band opaque everywhere is
+    no channel. A layer napari took for a stack of images a few pixels wide, (Y, X, 1-4) without RGB (a grey + alpha
+    PNG), is refused: its last axis holds the bands of one image."""
     if isinstance(data, collections.abc.Sequence):
         if not len(data):
             raise ValueError("the image layer holds a multiscale image without levels")
         data = data[0]
-    shape = tuple(data.shape)
-    if rgb:
-        if len(shape) == 3 and shape[-1] == in_channels:
-            return np.moveaxis(np.asarray(data), -1, 0), "CYX"
-    elif in_channels == 1 and len(shape) in (2, 3):
-        return data, "YX" if len(shape) == 2 else "ZYX"
-    elif len(shape) == 3 and shape[0] == in_channels:
-        return data, "CYX"
-    wanted = ("a 2-D image or a stack of them (Z, Y, X)" if in_channels == 1
+    shape = tuple(int(n) for n in data.shape)
+    problem = ""
+    if rgb and len(shape) == 3:
+        bands = shape[-1]
+        if bands == in_channels:
+            return LayerPixels(data, bands=bands), "CYX", ()
+        if in_channels == 3 and bands == 4:
+            if _bands_agree(data, grey=False):
+                return LayerPixels(data, bands=3), "CYX", ()
+            problem = "; its alpha band is not opaque everywhere, so it holds 4 channels"
+        elif in_channels == 1:
+            if _bands_agree(data, grey=True):
+                return LayerPixels(data, bands=1), "CYX", ()
+            problem = ("; a colour image (its bands differ): split it into one layer a band (right-click the layer: "
+                       "Split RGB) and segment the band the model was trained on")
+    elif not rgb and in_channels == 1 and len(shape) >= 2:
+        leading = shape[:-2]
+        if len(shape) == 3 and shape[-1] <= 4 < min(shape[:2]):
+            raise ValueError(f"the image layer holds data of shape {shape}, which napari shows as {shape[0]} images "
+                             f"of {shape[1]} x {shape[2]} pixels: an image of {shape[-1]} band(s) per pixel, last "
+                             f"(as napari opens a grey + alpha PNG); the model takes 1 channel: open the image as grey "
+                             f"(save it as a grey PNG or TIFF), or add its first band as a layer of its own (in "
+                             f"napari's console: viewer.add_image(layer.data[..., 0]) for this layer)")
+        longer = [axis for axis, n in enumerate(leading) if n != 1]
+        if len(longer) <= 1:
+            dropped = [axis for axis in range(len(leading)) if axis not in longer]
+            image = LayerPixels(data, dropped) if dropped else data
+            return image, "ZYX" if longer else "YX", leading
+    elif not rgb and in_channels > 1 and len(shape) >= 3 and shape[-3] == in_channels and set(shape[:-3]) <= {1}:
+        return (LayerPixels(data, range(len(shape) - 3)) if len(shape) > 3 else data), "CYX", ()
+    wanted = ("a 2-D image or a stack of them (Z, Y, X), with any leading axes of length 1" if in_channels == 1
               else f"an image of {in_channels} channels, ({in_channels}, Y, X) or RGB(A) with as many")
     raise ValueError(f"the image layer holds {'RGB ' if rgb else ''}data of shape {shape}; "
-                     f"the model takes {in_channels} channel(s): choose {wanted}")
+                     f"the model takes {in_channels} channel(s): choose {wanted}{problem}")
 
 
 def instances(classes: np.ndarray) -> np.ndarray:
@@ -134,16 +226,18 @@ def segment(model, data, *, rgb: bool = False, result: str = "instances", device
     """
     if result not in RESULTS:
         raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
-    image, layout = model_input(data, rgb, model.in_channels)
+    image, layout, leading = layer_input(data, rgb, model.in_channels)
     if result == "instances" and model.num_classes == 2:
-        objects = predict_tiled(model, image, device=device, dtype=dtype, output="instances", layout=layout,
-                                progress=on_progress or False)
-        return numbered_through(objects) if layout.startswith("Z") else objects
-    shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
-    classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
-    predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=classes,
-                  progress=on_progress or False)   # told after each batch of tiles, whatever the model's scale
-    return instances(classes) if result == "instances" else classes
+        labels = predict_tiled(model, image, device=device, dtype=dtype, output="instances", layout=layout,
+                               progress=on_progress or False)
+        labels = numbered_through(labels) if layout.startswith("Z") else labels
+    else:
+        shape = tuple(image.shape[:1]) * layout.startswith("Z") + tuple(image.shape[-2:])
+        classes = np.zeros(shape, np.uint8 if model.num_classes <= 256 else np.int32)
+        predict_tiled(model, image, device=device, dtype=dtype, output="labels", layout=layout, out=classes,
+                      progress=on_progress or False)   # told after each batch of tiles, whatever the model's scale
+        labels = instances(classes) if result == "instances" else classes
+    return labels.reshape(leading + labels.shape[-2:])     # the layer's axes of length 1 too: it lies on all of them
 
 
 class Segmentation:
@@ -151,14 +245,19 @@ class Segmentation:
 
     model: the UNet, or a function of no arguments returning it (the widget's calls a ModelCache's ``get``), which
     ``steps`` calls in its own thread: reading a model file takes seconds, which the GUI thread must not wait for.
+    pixel_size: the image's (``layer_pixel_size``), compared with the model's training pixel size as ``unet-fast
+    segment`` does: ``warning`` says, once the model is read, where the two are far apart (None where not); name:
+    the image's, for that warning.
     """
 
-    def __init__(self, model, data, **options):
+    def __init__(self, model, data, *, pixel_size: PixelSize | None = None, name: str = "the image", **options):
         given = isinstance(model, torch.nn.Module)
         self._model = (lambda: model) if given else model
         self.data, self.options = data, options
+        self.pixel_size, self.name = pixel_size, name
         self.cancelled = False
         self.class_names: list[str] | None = None       # the model's, once ``steps`` has read it
+        self.warning: str | None = None                 # the pixel size's, once ``steps`` has read the model
         self._stop = threading.Event()
         self._model_read = threading.Event()
         if given:
@@ -196,6 +295,7 @@ class Segmentation:
             try:
                 model = self._model()
                 self.class_names = class_names_of(model)
+                self.warning = scale_warning(model, self.pixel_size, self.name)
                 self._model_read.set()
                 if self._stop.is_set():             # cancelled while the model was read: no tile at all
                     raise Cancelled()
@@ -225,20 +325,52 @@ class Segmentation:
                     updates.get(timeout=0.05)
 
 
+def layer_pixel_size(scale, units) -> PixelSize | None:
+    """The pixel size of a layer's last two axes (y, x), where napari gives each a length as its unit (the reader
+    gives an OME-Zarr's, for one); None where it does not (napari's default: pixels)."""
+    if units is None or len(tuple(scale)) < 2 or len(tuple(units)) < 2:
+        return None
+    names = [str(unit) for unit in tuple(units)[-2:]]
+    if not all(name in MICROMETERS_PER_UNIT for name in names):
+        return None
+    y, x = (abs(float(size)) for size in tuple(scale)[-2:])
+    if names[0] != names[1]:     # one unit for both
+        y, x, names = y * MICROMETERS_PER_UNIT[names[0]], x * MICROMETERS_PER_UNIT[names[1]], ["micrometer"]
+    try:
+        return PixelSize(y, x, names[0])
+    except ValueError:           # a scale of 0 or not finite: no size
+        return None
+
+
 def labels_layer(labels: np.ndarray, image_name: str, scale, translate, units=None, result: str = "instances",
-                 class_names=None):
+                 class_names=None, *, rotate=None, shear=None, affine=None):
     """(data, layer keyword arguments) of the Labels layer for ``labels`` of an image layer.
 
     The labels have the image's spatial axes (its last ones), so they take those axes' scale,
-    translate and units: in world coordinates the two lie on top of each other. Classes get the model's
-    ``class_names`` as the layer's features, which napari shows under the cursor ("class: nucleus"), as the
-    reader gives a class label image of `unet-fast segment`.
+    translate and units, and where given the image's ``rotate`` (a matrix), ``shear`` (napari's upper-triangular
+    values, or the matrix) and ``affine`` (a homogeneous matrix): in world coordinates the two lie on top of each
+    other. Classes get the model's ``class_names`` as the layer's features, which napari shows under the cursor
+    ("class: nucleus"), as the reader gives a class label image of `unet-fast segment`.
     """
     spatial = labels.ndim
     kwargs = {"name": f"{image_name} {result}", "scale": tuple(scale)[-spatial:],
               "translate": tuple(translate)[-spatial:]}
     if units is not None:
         kwargs["units"] = tuple(str(unit) for unit in units)[-spatial:]
+    if rotate is not None:
+        kwargs["rotate"] = np.asarray(rotate, float)[-spatial:, -spatial:]
+    if shear is not None:
+        shear = np.asarray(shear, float)
+        if shear.ndim == 1:         # napari's values above the diagonal, row by row
+            size = round((1 + (1 + 8 * len(shear)) ** 0.5) / 2)
+            matrix = np.eye(size)
+            matrix[np.triu_indices(size, 1)] = shear
+            shear = matrix
+        kwargs["shear"] = shear[-spatial:, -spatial:]
+    if affine is not None:
+        affine = np.asarray(affine, float)
+        kept = list(range(len(affine) - 1 - spatial, len(affine)))     # the last axes, then the homogeneous one
+        kwargs["affine"] = affine[np.ix_(kept, kept)]
     if result == "classes" and class_names:
         kwargs["features"] = {"index": list(range(len(class_names))), "class": list(class_names)}
     return labels, kwargs

@@ -715,3 +715,161 @@ def test_the_reader_opens_a_microscopes_integer_image_as_an_image(tmp_path):
     assert kind == "image" and "features" not in kwargs
     path = write_pyramid(tmp_path / "labels.ome.zarr", [(40, 30)], [([0.5, 0.25], None)], dtype=np.uint16, label=True)
     assert read_ome_zarr(str(path))[0][2] == "labels"
+
+
+# ---- the reader: the TIFFs `unet-fast segment` writes (its default format), on the image's grid like its OME-Zarr
+
+CLASSES = ["background", "nucleus", "cell border"]
+
+
+def ome_tiff(path, data, *, z=None, position=(3.0, 7.5)):
+    """An OME-TIFF input of pixels 0.5 x 0.25 um (z: the plane spacing of a stack), its first plane at ``position``."""
+    import tifffile
+
+    metadata = {"axes": "ZYX"[-data.ndim:], "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm", "PhysicalSizeX": 0.25,
+                "PhysicalSizeXUnit": "µm"}
+    if z is not None:
+        metadata.update(PhysicalSizeZ=z, PhysicalSizeZUnit="µm")
+    planes = data.shape[0] if data.ndim == 3 else 1
+    if position is not None:
+        metadata["Plane"] = {"PositionY": [position[0]] * planes, "PositionYUnit": ["µm"] * planes,
+                             "PositionX": [position[1]] * planes, "PositionXUnit": ["µm"] * planes}
+    tifffile.imwrite(path, data, ome=True, metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def segment_tiffs(tmp_path_factory):
+    """{(output, input name): the TIFF `unet-fast segment` wrote}, by tiny untrained models (3 named classes; 2
+    for instances): cells (70 x 90, placed on the stage), stack (3 planes 2 um apart), wide (40 x 2100: a pyramid
+    of 3 levels, as segment makes one above 1024 px a side)."""
+    from unet_fast import cli
+
+    folder = tmp_path_factory.mktemp("segment_tiffs")
+    torch.manual_seed(0)
+    named = unet_fast.UNet(1, 3, depth=2, base_channels=4, backend="torch").eval()
+    named.head.bias.data = torch.tensor([0.0, 0.3, -0.3])
+    unet_fast.save_model(named, folder / "classes.safetensors", class_names=CLASSES)
+    torch.manual_seed(3)
+    two = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    logits = predict_tiled(two, image((70, 90)), output="logits", progress=False,
+                           normalization=unet_fast.Normalization())
+    two.head.bias.data[1] -= float(np.percentile(logits[1] - logits[0], 70))      # several objects, as segment reads
+    unet_fast.save_model(two, folder / "two.safetensors")
+    inputs = [ome_tiff(folder / "cells.ome.tif", image((70, 90))),
+              ome_tiff(folder / "stack.ome.tif", image((3, 70, 90)), z=2.0, position=None),
+              ome_tiff(folder / "wide.ome.tif", image((40, 2100)))]
+    made = {}
+    for output, model_file, files in (("labels", "classes", inputs), ("probabilities", "classes", inputs),
+                                      ("instances", "two", inputs[:1])):
+        assert cli.main(["segment", "-i", *map(str, files), "-o", str(folder / output), "-m",
+                         str(folder / f"{model_file}.safetensors"), "--output", output, "--no-progress"]) == 0
+        made.update({(output, path.name.removesuffix(".ome.tif")): folder / output / path.name.replace(".ome", "")
+                     for path in files})
+    return made
+
+
+def read_with_plugin(path):
+    """What the plugin's reader gives napari for ``path`` (it must claim the file)."""
+    read = napari_get_reader(str(path))
+    assert read is not None, f"the reader declined {path}"
+    return read(str(path))
+
+
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "instances", "probabilities"])
+def test_the_reader_opens_segment_tiffs_on_the_images_grid(segment_tiffs, output):
+    """napari's own reader opened segment's TIFF outputs in pixels (labels as an Image, probabilities as a (Y, X, 3)
+    stack); the plugin opens them as their OME-Zarr twins: Labels (class labels named), an Image a class, each with
+    the input's pixel size and stage position."""
+    import tifffile
+
+    path = segment_tiffs[output, "cells"]
+    [(data, kwargs, kind)] = read_with_plugin(path)
+    np.testing.assert_array_equal(np.asarray(data[...]), tifffile.imread(path))
+    assert type(data).__module__.startswith("zarr") and "multiscale" not in kwargs       # lazy, one level
+    if output == "probabilities":
+        assert kind == "image" and kwargs["channel_axis"] == 2 and data.shape == (70, 90, 3)
+        assert kwargs["name"] == [f"cells {name}" for name in CLASSES]
+        assert kwargs["scale"] == [[0.5, 0.25]] * 3 and kwargs["translate"] == [[3.0, 7.5]] * 3
+        assert kwargs["units"] == [["micrometer"] * 2] * 3 and kwargs["axis_labels"] == [["y", "x"]] * 3
+    else:
+        assert kind == "labels" and "channel_axis" not in kwargs and kwargs["name"] == "cells"
+        assert kwargs["scale"] == [0.5, 0.25] and kwargs["translate"] == [3.0, 7.5]
+        assert kwargs["units"] == ["micrometer"] * 2 and kwargs["axis_labels"] == ["y", "x"]
+        if output == "labels":         # shown under the cursor, as an OME-Zarr's NGFF properties are
+            assert kwargs["features"] == {"index": [0, 1, 2], "class": CLASSES}
+        else:
+            assert "features" not in kwargs and np.asarray(data[...]).max() > 1      # objects, not classes
+
+
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_the_reader_opens_a_segment_tiff_stack_as_a_stack(segment_tiffs, output):
+    import tifffile
+
+    path = segment_tiffs[output, "stack"]
+    [(data, kwargs, kind)] = read_with_plugin(path)
+    np.testing.assert_array_equal(np.asarray(data[...]), tifffile.imread(path))
+    grid = {key: kwargs[key] for key in ("scale", "translate", "units", "axis_labels")}
+    expected = {"scale": [2.0, 0.5, 0.25], "translate": [0.0] * 3, "units": ["micrometer"] * 3,
+                "axis_labels": ["z", "y", "x"]}
+    if output == "probabilities":
+        assert kind == "image" and data.shape == (3, 70, 90, 3) and kwargs["channel_axis"] == 3
+        assert grid == {key: [value] * 3 for key, value in expected.items()}
+    else:
+        assert kind == "labels" and data.shape == (3, 70, 90) and grid == expected
+
+
+@needs_zarr
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_the_reader_opens_a_segment_tiff_pyramid_as_a_lazy_multiscale_layer(segment_tiffs, output):
+    """Above 1024 px a side segment's TIFF is pyramidal (SubIFDs): napari gets its levels, full resolution first,
+    as lazy zarr arrays over the file (a 50,000 px result is never read whole), on level 0's grid."""
+    import tifffile
+
+    path = segment_tiffs[output, "wide"]
+    [(levels, kwargs, kind)] = read_with_plugin(path)
+    assert kwargs["multiscale"] is True and isinstance(levels, list)
+    assert all(type(level).__module__.startswith("zarr") for level in levels)
+    channels = (3,) if output == "probabilities" else ()
+    assert [level.shape for level in levels] == [(40, 2100) + channels, (20, 1050) + channels, (10, 525) + channels]
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(np.asarray(level[...]), tifffile.imread(path, series=0, level=k))
+    if output == "probabilities":
+        assert kind == "image" and kwargs["channel_axis"] == 2 and kwargs["name"] == [f"wide {c}" for c in CLASSES]
+        assert kwargs["scale"] == [[0.5, 0.25]] * 3 and kwargs["translate"] == [[3.0, 7.5]] * 3
+    else:
+        assert kind == "labels" and kwargs["name"] == "wide"
+        assert kwargs["scale"] == [0.5, 0.25] and kwargs["translate"] == [3.0, 7.5]
+
+
+@needs_zarr
+def test_the_reader_declines_tiffs_segment_did_not_write(segment_tiffs, tmp_path):
+    """The manifest claims *.tif and *.tiff (segment's outputs have no suffix of their own), so the reader declines
+    every TIFF without segment's provenance: napari's own reader opens those as it did."""
+    import tifffile
+
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.arange(20, dtype=np.uint8).reshape(4, 5))
+    foreign = tmp_path / "foreign.tiff"          # the private tag, used by another program
+    tifffile.imwrite(foreign, np.zeros((4, 5), np.uint8), extratags=[(65001, "s", 0, '{"made by": "x"}', True)])
+    for path in (plain, foreign, segment_tiffs["labels", "cells"].parent.parent / "cells.ome.tif"):   # an input
+        assert napari_get_reader(str(path)) is None
+    assert napari_get_reader([str(segment_tiffs["labels", "cells"])]) is not None
+    napari = pytest.importorskip("napari", reason="opening files in napari needs the napari extra")
+    import npe2
+    from napari.components import ViewerModel
+    from napari.plugins import _npe2
+
+    npe2.PluginManager.instance().discover()
+    assert set(_npe2.get_readers(str(plain))) == {"napari", "unet_fast"}         # both claim the name
+    viewer = ViewerModel()
+    [layer] = viewer.open(str(plain))                                             # napari's own reader
+    assert isinstance(layer, napari.layers.Image)
+    np.testing.assert_array_equal(np.asarray(layer.data), tifffile.imread(plain))
+    with pytest.raises(ValueError, match="refused the file"):                     # declined, not misread
+        viewer.open(str(plain), plugin="unet_fast")
+    [labels] = viewer.open(str(segment_tiffs["labels", "cells"]), plugin="unet_fast")
+    assert isinstance(labels, napari.layers.Labels) and tuple(labels.scale) == (0.5, 0.25)
+    assert tuple(labels.translate) == (3.0, 7.5)

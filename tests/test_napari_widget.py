@@ -295,7 +295,7 @@ def test_the_manifest_names_the_widget_and_the_reader():
 
     manifest = npe2.PluginManifest.from_distribution("unet_fast")
     assert [w.display_name for w in manifest.contributions.widgets] == ["U-Net segmentation"]
-    assert manifest.contributions.readers[0].filename_patterns == ["*.zarr"]
+    assert manifest.contributions.readers[0].filename_patterns == ["*.zarr", "*.tif", "*.tiff"]   # TIFFs: segment's
     commands = {command.id: command.python_name for command in manifest.contributions.commands}
     assert commands == {"unet_fast.segment_widget": "unet_fast.napari._widget:SegmentWidget",
                         "unet_fast.get_reader": "unet_fast.napari.reader:napari_get_reader"}

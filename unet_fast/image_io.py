@@ -269,9 +269,8 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
 
         with tifffile.TiffFile(path) as tif:
             raw_axes = tiff_axes(tif.series[0])
-        zarr = _zarr() if lazy else None
-        if zarr is not None:
-            array = _closing_when_dropped(zarr, tifffile.imread(path, aszarr=True, series=0, level=0))
+        if lazy and _zarr() is not None:
+            array = open_tiff_level(path)
         elif lazy:
             array = _tiff_without_zarr(path)
         else:
@@ -281,6 +280,16 @@ def read_image(path, *, lazy: bool = True, max_pixels: int | None = DEFAULT_MAX_
             array = _MovedAxes(array, order) if lazy else np.transpose(array, order)
         return array, info
     raise AssertionError(f"image_info accepted {suffix!r}")  # it raises for every other type
+
+
+def open_tiff_level(path, level: int = 0):
+    """A lazy zarr array over pyramid level ``level`` of a TIFF's first series (0: full resolution; 1, 2, ...: its
+    SubIFD levels), its axes as stored: indexing decodes only the tiles touched; the file closes when the array
+    is dropped (or ``close_image``). Needs zarr."""
+    import tifffile
+    import zarr
+
+    return _closing_when_dropped(zarr, tifffile.imread(path, aszarr=True, series=0, level=level))
 
 
 #: {id of a zarr array over a TIFF that read_image returned, while it lives: tifffile's store of it}

@@ -1,4 +1,6 @@
-"""napari reader for OME-Zarr images (NGFF 0.4 and 0.5), such as `unet-fast segment --format ome.zarr` writes.
+"""napari reader for OME-Zarr images (NGFF 0.4 and 0.5), such as `unet-fast segment --format ome.zarr` writes, and
+for the TIFFs `unet-fast segment` writes (``read_segment_tiff``: those that record its provenance; napari's own
+reader opens every other TIFF, as this reader declines it).
 
 Integer label images without a channel axis (marked NGFF "image-label", as segment marks its class labels and
 instances) open as Labels (the class names of its "properties", which segment writes for class labels, become the
@@ -26,23 +28,35 @@ above it, level 0 at least, where they belong.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
+from ..image_io import TIFF_SUFFIXES, open_tiff_level, tiff_axes
+from ..inference import OUTPUTS
 from ..ome_zarr import (NGFF_UNITS, OmeZarrImage, channel_labels, is_label_image, is_ome_zarr, label_classes,
                         open_ome_zarr)
-from ..pixel_size import _unit_name
+from ..pixel_size import _unit_name, read_pixel_size
+from ..sinks import read_provenance
 
 
 def napari_get_reader(path):
-    """The reader for ``path`` if it is an OME-Zarr image, else None (napari then asks other readers)."""
+    """The reader for ``path`` if it is an OME-Zarr image (``read_ome_zarr``) or a TIFF `unet-fast segment` wrote
+    (``read_segment_tiff``: its provenance records the kind of result it holds), else None: napari then asks other
+    readers, its own among them."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    return read_ome_zarr if is_ome_zarr(str(path).rstrip("/")) else None
+    path = str(path).rstrip("/")
+    if is_ome_zarr(path):
+        return read_ome_zarr
+    if path.lower().endswith(TIFF_SUFFIXES) and (read_provenance(path) or {}).get("output") in OUTPUTS:
+        return read_segment_tiff
+    return None
 
 
 def read_ome_zarr(path) -> list[tuple]:
@@ -54,30 +68,88 @@ def read_ome_zarr(path) -> list[tuple]:
     spatial = [i for i in range(len(names)) if i != channel]
     # a scale of 0 (files declare it for uncalibrated images), or not finite, napari refuses or cannot draw: pixels
     calibrated = [math.isfinite(image.scale[i]) and image.scale[i] != 0 for i in spatial]
-    kwargs = {"name": Path(str(path).rstrip("/")).name.removesuffix(".zarr").removesuffix(".ome"),
-              "scale": [image.scale[i] if known else 1.0 for i, known in zip(spatial, calibrated)],
-              "translate": [image.translation[i] if math.isfinite(image.translation[i]) else 0.0 for i in spatial],
-              "units": [(_napari_unit(image.axes[i].get("unit")) if known else None) or "pixel"
-                        for i, known in zip(spatial, calibrated)],
-              "axis_labels": [names[i] for i in spatial]}
+    grid = {"scale": [image.scale[i] if known else 1.0 for i, known in zip(spatial, calibrated)],
+            "translate": [image.translation[i] if math.isfinite(image.translation[i]) else 0.0 for i in spatial],
+            "units": [(_napari_unit(image.axes[i].get("unit")) if known else None) or "pixel"
+                      for i, known in zip(spatial, calibrated)],
+            "axis_labels": [names[i] for i in spatial]}
     levels = _levels_napari_places(image, channel, path)
+    if channel is not None:      # segment's probabilities: a layer a class, named by its class
+        return _layers(path, levels, grid, channel=channel, channel_names=channel_labels(path))
+    # a label image by its NGFF mark, not its type: microscopes write integers too (a uint16 image opened as Labels
+    # could not be segmented, the widget takes Image layers)
+    labels = np.dtype(image.levels[0].dtype).kind in "iu" and is_label_image(path)
+    return _layers(path, levels, grid, classes=label_classes(path) if labels else None, labels=labels)
+
+
+def read_segment_tiff(path) -> list[tuple]:
+    """napari layer data of a TIFF `unet-fast segment` wrote, as ``read_ome_zarr`` gives an OME-Zarr output's:
+    labels and instances as Labels (class labels' classes, named in its provenance, as features), probabilities
+    and logits (the TIFF's samples) as an Image a class, named by class where the provenance names them; on the
+    grid its OME-XML records (``read_pixel_size``: scale and units, the first plane's position as translation;
+    pixels where it records none). A pyramid (its SubIFD levels) is a multiscale layer; every level stays lazy
+    (``open_tiff_level``: napari reads the tiles it shows)."""
+    path = str(path)
+    made = read_provenance(path) or {}
+    with tifffile.TiffFile(path) as tif:
+        axes, count = tiff_axes(tif.series[0]), len(tif.series[0].levels)   # YX, or ZYX (IYX in plain TIFFs); C last
+    channel = axes.index("C") if "C" in axes else None
+    levels = _tiff_levels(path, count, channel)
+    size = read_pixel_size(path)
+    spatial = [axis if axis in "YX" else "Z" for axis in axes if axis != "C"]
+    lengths = {} if size is None else {"Y": size.y, "X": size.x, "Z": size.z}
+    position = dict(zip("ZYX", size.translation)) if size is not None and size.translation is not None else {}
+    grid = {"scale": [lengths.get(axis) or 1.0 for axis in spatial],
+            "translate": [position.get(axis, 0.0) for axis in spatial],
+            "units": [size.unit if lengths.get(axis) else "pixel" for axis in spatial],
+            "axis_labels": [axis.lower() for axis in spatial]}
+    names = made.get("class_names")
+    names = names if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
+    if channel is not None:
+        return _layers(path, levels, grid, channel=channel, channel_names=names)
+    labels = made.get("output") in ("labels", "instances") and np.dtype(levels[0].dtype).kind in "iu"
+    classes = dict(enumerate(names)) if labels and made.get("output") == "labels" and names else None
+    return _layers(path, levels, grid, classes=classes, labels=labels)
+
+
+def _tiff_levels(path, count: int, channel: int | None) -> list:
+    """A TIFF's ``count`` pyramid levels, lazy, full resolution first, down to the first that is no reduction of the
+    level above it (of its dimensions, type and ``channel`` axis), with a warning naming ``path``."""
+    levels = [open_tiff_level(path)]
+    for k in range(1, count):
+        level, above = open_tiff_level(path, k), levels[-1]
+        if (level.ndim != above.ndim or level.dtype != above.dtype
+                or (channel is not None and level.shape[channel] != above.shape[channel])
+                or any(not 1 <= size <= finer for size, finer in zip(level.shape, above.shape))):
+            warnings.warn(f"{path}: napari gets {len(levels)} of its {count} pyramid levels: level {k} of shape "
+                          f"{level.shape} {level.dtype} is no reduction of level {k - 1}, {above.shape} {above.dtype}",
+                          stacklevel=3)
+            break
+        levels.append(level)
+    return levels
+
+
+def _layers(path, levels: list, grid: dict, *, channel: int | None = None, channel_names=None, classes=None,
+            labels: bool = False) -> list[tuple]:
+    """napari layer data for the lazy ``levels`` of an image (full resolution first; more than one: a multiscale
+    layer) named after ``path``, on ``grid`` (scale, translate, units and axis_labels of its axes but ``channel``):
+    split along ``channel`` into an Image a channel (named by ``channel_names`` where it names each), else a Labels
+    layer (``labels``: ``classes``, {value: name}, as its features, which napari shows under the cursor) or an
+    Image."""
+    name = re.sub(r"\.(zarr|tiff?)$", "", Path(str(path).rstrip("/")).name, flags=re.IGNORECASE).removesuffix(".ome")
+    kwargs = {"name": name, **grid}
     data = levels if len(levels) > 1 else levels[0]
     if len(levels) > 1:
         kwargs["multiscale"] = True
     if channel is not None:      # one layer per channel: per-layer values, so napari cannot misread the lists
-        channels = image.levels[0].shape[channel]
-        per_layer = {key: [kwargs[key]] * channels for key in ("scale", "translate", "units", "axis_labels")}
-        labels = channel_labels(path)
-        if labels is not None and len(labels) == channels:     # segment's probabilities: a layer a class, by name
-            per_layer["name"] = [f"{kwargs['name']} {label}" for label in labels]
+        channels = levels[0].shape[channel]
+        per_layer = {key: [value] * channels for key, value in grid.items()}
+        if channel_names is not None and len(channel_names) == channels:
+            per_layer["name"] = [f"{name} {label}" for label in channel_names]
         return [(data, {**kwargs, **per_layer, "channel_axis": channel}, "image")]
-    # a label image by its NGFF mark, not its type: microscopes write integers too (a uint16 image opened as Labels
-    # could not be segmented, the widget takes Image layers)
-    kind = "labels" if np.dtype(image.levels[0].dtype).kind in "iu" and is_label_image(path) else "image"
-    classes = label_classes(path) if kind == "labels" else {}
-    if classes:     # napari shows a label's row of its features under the cursor ("class: nucleus")
+    if labels and classes:
         kwargs["features"] = {"index": list(classes), "class": list(classes.values())}
-    return [(data, kwargs, kind)]
+    return [(data, kwargs, "labels" if labels else "image")]
 
 
 def _channel_axis(image: OmeZarrImage, path) -> int | None:

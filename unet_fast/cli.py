@@ -632,9 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUTDIR/overlays/<name>.png: the image with the result's outlines, at most 1024 px "
                         "(an existing one is replaced only if unet-fast wrote it)")
     p.add_argument("--continue", dest="resume", action="store_true",
-                   help="skip inputs whose output exists, holds the kind --output asks for (told by its data "
-                        "type: labels uint8 or int32, instances uint16 or uint32, probabilities floats with a class "
-                        "axis) and records the same model and settings as this run (--tta, --scale, --dtype, the "
+                   help="skip inputs whose output exists, holds the kind --output asks for (told by the provenance "
+                        "segment records, else by its data type: labels uint8 or int32, instances uint16 or uint32, "
+                        "probabilities floats with a class axis) and records the same model and settings as this run (--tta, --scale, --dtype, the "
                         "instance rules); an existing output of another kind, model or setting is refused before "
                         "anything is segmented. With --overlay, a skipped input's missing overlay is drawn from its "
                         "output")

@@ -17,3 +17,25 @@ def test_curves_have_a_validation_panel_only_with_validation(tmp_path):
     lines = (tmp_path / "train" / "history.csv").read_text().splitlines()
     assert lines[0] == "epoch,step,train_loss,lr,seconds" and len(lines) == 4
     assert np.isclose(float(lines[1].split(",")[2]), 1.0)
+
+
+def test_the_progress_bar_reads_the_loss_without_a_warning():
+    """On a terminal (the bar) the loss of a step, a tensor that requires grad, was read with float(): torch
+    warned on every run of unet-fast demo and train ("Converting a tensor with requires_grad=True to a scalar")."""
+    import io
+    import warnings
+
+    import torch
+
+    from unet_fast.training_logs import Progress
+
+    stream = io.StringIO()
+    progress = Progress(True, bar=True, stream=stream)
+    progress.start("training", total=3, done=0)
+    weight = torch.ones((), requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in (1, 2, 3):
+            progress.step(step, 1, weight * 0.25, 0.1)
+    progress.bar.close()
+    assert "loss=0.2500" in stream.getvalue()

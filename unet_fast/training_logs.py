@@ -98,7 +98,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0 or step == self.first_step + 1:
-                self.bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}")
+                self.bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.3g}")
             return
         self.losses.append(loss.detach())
         now = time.perf_counter()

@@ -76,3 +76,25 @@ def test_cli_train_folder_then_resume(tmp_path, capsys):
     assert cli.main(["segment", "-i", str(tmp_path / "im" / "n0.tif"), "-o", str(tmp_path / "seg"),
                      "-m", str(tmp_path / "b.safetensors"), "--no-progress"]) == 0
     assert tifffile.imread(next((tmp_path / "seg").iterdir())).shape == (48, 48)
+
+
+def test_the_demo_replaces_only_files_an_earlier_demo_wrote(tmp_path, capsys):
+    """unet-fast demo -o DIR replaced a user's model.safetensors or heldout.tif of the same name (exit 0): refused
+    (exit 2) before any work, the file as it was; a folder the demo wrote is written again."""
+    from unet_fast import cli
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"my own model")
+    assert cli.main(["demo", "--quick", "-o", str(folder), "--no-progress"]) == 2
+    assert "holds model.safetensors, which the demo did not write" in capsys.readouterr().err
+    assert (folder / "model.safetensors").read_bytes() == b"my own model"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
+    demo_dir = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "-o", str(demo_dir), "--no-progress"]) == 0
+    assert cli.main(["demo", "--quick", "-o", str(demo_dir), "--no-progress"]) == 0      # its own files: replaced
+    (demo_dir / "heldout.tif").write_bytes(b"replaced by the user since")
+    assert cli.main(["demo", "--quick", "-o", str(demo_dir), "--no-progress"]) == 2
+    assert (demo_dir / "heldout.tif").read_bytes() == b"replaced by the user since"
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["demo", "--quick", "-o", str(tmp_path / "file"), "--no-progress"]) == 2

@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", help="train a small U-Net on synthetic nuclei, segment a held-out image, draw it",
                 description="The built-in example: about a minute on 2 quiet cores, "
-                            "no GPU or download needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, history.csv, "
-                            "history.json and curves.png.")
+                            "no GPU or download needed. Writes into OUTPUT: demo.png, model.safetensors, heldout.tif, heldout_labels.tif, "
+                            "history.csv, history.json and curves.png (replacing only files an earlier demo wrote).")
     p.add_argument("-o", "--output", default="demo_output", help="output folder")
     p.add_argument("--quick", action="store_true", help="a few training steps only (a smoke test)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (default: 70)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ SETUP = dict(recipe="default", train_images=8, train_size=256, test_size=400, ep
 #: what the full demo must reach on its held-out image (``unet-fast demo`` exits with 1 below it)
 TARGETS = dict(iou=0.85, object_f1=0.8)
 QUICK = dict(SETUP, train_images=2, train_size=128, test_size=160, epochs=1, tiles_per_epoch=2)
+#: the files a demo writes into its folder, and the record of them it leaves there: a later demo replaces a file
+#: only as that record describes it (size, modification time), never a user's file of the same name
+FILES = ("demo.png", "model.safetensors", "heldout.tif", "heldout_labels.tif", "history.csv", "history.json",
+         "curves.png")
+RECORD = ".unet_fast-demo.json"
 
 
 @dataclass
@@ -76,6 +82,7 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
         setup["epochs"] = epochs
     recipe = get_recipe(setup["recipe"]).replace(epochs=setup["epochs"], tiles_per_epoch=setup["tiles_per_epoch"])
     output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or "cpu")
 
@@ -111,12 +118,43 @@ def _run(output_dir, quick, seed, epochs, device, progress, log) -> DemoResult:
     write_image(output_dir / "heldout_labels.tif", test_labels[0].astype(np.uint16))   # to score it yourself
     figure = draw(output_dir / "demo.png", test_images[0], test_labels[0], prediction, test.weights,
                   iou, scores.f1, f"weight map (w0 {recipe.w0:g}, sigma {recipe.sigma:g} px)")
+    _record(output_dir)
     seconds = time.perf_counter() - started
     log(f"held-out {setup['test_size']}x{setup['test_size']} image: foreground IoU {iou:.3f}, "
         f"object F1 {scores.f1:.3f} ({scores.true_positives} matched, {scores.false_positives} false, "
         f"{scores.false_negatives} missed)")
     log(f"trained in {train_seconds:.0f} s, {seconds:.0f} s in all; wrote {figure}, {model_path}")
     return DemoResult(iou, scores.f1, seconds, train_seconds, figure, model_path, result.history)
+
+
+def _stamp(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _record(output_dir: Path) -> None:
+    stamps = {name: _stamp(output_dir / name) for name in FILES if (output_dir / name).is_file()}
+    write_bytes_atomically(output_dir / RECORD, json.dumps(stamps).encode())
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """BadArgument ("output") before any work where the demo would replace a file it did not write (a user's
+    model.safetensors in the folder named), or the folder is a file."""
+    from .checks import BadArgument
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BadArgument("output", f"{str(output_dir)!r} is a file; the demo writes into a folder: name a new one")
+    try:
+        recorded = json.loads((output_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    theirs = [name for name in FILES if (output_dir / name).exists()
+              and not ((output_dir / name).is_file() and recorded.get(name) == _stamp(output_dir / name))]
+    if theirs:
+        raise BadArgument("output", f"{str(output_dir)!r} holds {', '.join(theirs)}, which the demo did not write "
+                                    f"and would replace: name another folder (-o), or move them")
 
 
 def draw(path, image, instances, prediction, weights, iou, f1, weights_title: str = "weight map") -> Path:

@@ -62,3 +62,16 @@ def test_info_reports_the_kernels_the_ops_run():
     cpu = torch.device("cpu")
     assert report["ops"]["cpu"] == {op: ops.backend(op, cpu, torch.float32) for op in ops.OPS}
     assert report["ops"]["cpu"]["crop_concat"] == "composite"
+
+
+def test_implementations_names_the_ops_and_takes_a_device_name():
+    """implementations("no_such_op", ...) said ("composite",), and the loss's public name
+    (weighted_softmax_cross_entropy, not the op's) said the extension cannot run it; a device given as "cpu"
+    raised AttributeError."""
+    from unet_fast import ops
+
+    for wrong in ("no_such_op", "weighted_softmax_cross_entropy"):
+        with pytest.raises(ValueError, match=r"name must be one of the ops .*'weighted_cross_entropy'"):
+            ops.implementations(wrong, torch.device("cpu"), torch.float32)
+    assert ops.implementations("crop_concat", "cpu", torch.float32) == \
+        ops.implementations("crop_concat", torch.device("cpu"), torch.float32)

@@ -98,8 +98,12 @@ def register_fake_and_autograd(name: str, fake: Callable, backward: Callable | N
 
 
 def implementations(name: str, device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
-    """The implementations of op ``name`` that can run for tensors of ``device`` and ``dtype``, in the
-    order of the precedence: "extension", "triton", "composite" (always)."""
+    """The implementations of op ``name`` that can run for tensors of ``device`` (a torch.device or its name) and
+    ``dtype``, in the order of the precedence: "extension", "triton", "composite" (always)."""
+    if name not in SCHEMAS:     # else any name had the composite (weighted_softmax_cross_entropy: no extension)
+        raise ValueError(f"name must be one of the ops {tuple(SCHEMAS)} (unet_fast::<name>), got {name!r}")
+    if isinstance(device, str):
+        device = torch.device(device)
     found = []
     if name in COMPILED and _extension.has_kernel(name, device.type):
         found.append("extension")

@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the user's files
 
+HUGE_VIEW = np.broadcast_to(np.zeros((1, 1), np.float32), (100010, 100010))   # 40 GB to see, 4 bytes held
+
+
 def tiny_model(seed=0, **kw):
     torch.manual_seed(seed)
     return unet_fast.UNet(depth=2, base_channels=2, **kw)
@@ -300,11 +303,12 @@ API = [
     ("out is a hard link to the input", lambda ws, t: predict_tiled(
         tiny_model(), lazy(ws / "tiled.tif"), out=(t / "h.tif").hardlink_to(ws / "tiled.tif") or t / "h.tif"),
      BadArgument, "tiled.tif"),
-    ("tile beyond memory", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
-                                                       tile_size=100002), BadArgument, "tile_size"),
+    # (a huge image, a view of one pixel: a given tile larger than the image is cut to it)
+    ("tile beyond memory", lambda ws, t: predict_tiled(tiny_model(), HUGE_VIEW, tile_size=100002), BadArgument,
+     "tile_size"),
     ("tile beyond the budget", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32), tile_size=402,
                                                            memory_budget_bytes=2 ** 20), BadArgument, "budget"),
-    ("batch beyond memory", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32), tile_size=4002,
+    ("batch beyond memory", lambda ws, t: predict_tiled(tiny_model(), HUGE_VIEW, tile_size=4002,
                                                         batch_size=10 ** 5), BadArgument, "batch_size"),
     ("memory budget -5", lambda ws, t: predict_tiled(tiny_model(), np.zeros((30, 30), np.float32),
                                                      memory_budget_bytes=-5), BadArgument, "memory_budget_bytes"),
@@ -628,6 +632,25 @@ def test_debug_shows_the_traceback(ws, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("UNET_FAST_DEBUG", "1")
     with pytest.raises(BadArgument):
         cli.main(argv)
+
+
+def test_debug_shows_the_traceback_of_a_file_that_failed(ws, tmp_path, capsys, monkeypatch):
+    """A FAILED line (a truncated TIFF among the inputs) is one line; with --debug, Python's traceback follows it,
+    as the README says; the setting ends with the command."""
+    monkeypatch.delenv("UNET_FAST_DEBUG", raising=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "cut.tif").write_bytes((ws / "in" / "a.tif").read_bytes()[:300])
+    argv = _segment(ws, tmp_path, out=tmp_path / "out")
+    argv[argv.index(str(ws / "in"))] = str(folder)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "cut.tif" in err and "Traceback" not in err
+    assert cli.main(["--debug", *argv]) == 1
+    err = capsys.readouterr().err
+    failed = err[err.index("FAILED"):]
+    assert "cut.tif" in failed and "Traceback (most recent call last)" in failed
+    assert "UNET_FAST_DEBUG" not in __import__("os").environ
 
 
 def test_help_gives_every_flag_a_description_and_its_default(capsys):

@@ -126,6 +126,14 @@ def pixel_type_problem(dtype) -> str | None:
             f"the image first (for complex data, e.g. its magnitude, np.abs)")
 
 
+#: set (not "0") for tracebacks: unet-fast --debug sets it while its command runs
+DEBUG_ENVIRONMENT = "UNET_FAST_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
+
+
 def failure_reason(error: BaseException, path=None) -> str:
     """The line a FAILED report gives for ``error``: its message on one line, without ``path`` where the message
     starts with it (the report names the file first). A plain ValueError or an OSError (which says its errno) says
@@ -134,10 +142,14 @@ def failure_reason(error: BaseException, path=None) -> str:
     text = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip()) or type(error).__name__
     if path is not None and text.startswith(str(path)):
         text = text[len(str(path)):].lstrip(": ") or type(error).__name__
-    if type(error) is ValueError or isinstance(error, OSError):
-        return text
-    kind = type(error).__name__
-    return f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {text}"     # zlib.error
+    if not (type(error) is ValueError or isinstance(error, OSError)):
+        kind = type(error).__name__
+        text = f"{type(error).__module__ + '.' if kind == 'error' else ''}{kind}: {text}"     # zlib.error
+    if debugging():             # --debug: the FAILED line followed by Python's traceback
+        import traceback
+
+        text += "\n" + "".join(traceback.format_exception(error)).rstrip()
+    return text
 
 
 # ---- errors as usage errors (the command line's one line each)

@@ -17,11 +17,9 @@ from pathlib import Path
 
 # The commands import what they need where they need it; the package itself (unet_fast/__init__)
 # imports torch and registers the ops before main() runs, so a Ctrl-C in that first second is Python's
-from . import termination
-from .checks import BadArgument, blame, one_line
+from . import checks, termination
+from .checks import DEBUG_ENVIRONMENT, BadArgument, blame, one_line
 from .train_command import cmd_train
-
-DEBUG_ENVIRONMENT = "UNET_FAST_DEBUG"
 
 
 def cmd_info(args) -> int:
@@ -905,9 +903,28 @@ def _command(argv) -> str:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
+    debug = getattr(args, "debug", False) or checks.debugging()
     if not debug:
         _quiet_abandoned_reads()
+    with _debugging(debug):     # what the command reports per file (its FAILED lines) has tracebacks too
+        return _run(args, argv, debug)
+
+
+@contextlib.contextmanager
+def _debugging(debug: bool):
+    before = os.environ.get(DEBUG_ENVIRONMENT)
+    if debug:
+        os.environ[DEBUG_ENVIRONMENT] = "1"
+    try:
+        yield
+    finally:
+        if debug and before is None:
+            del os.environ[DEBUG_ENVIRONMENT]
+        elif debug:
+            os.environ[DEBUG_ENVIRONMENT] = before
+
+
+def _run(args, argv, debug: bool) -> int:
     try:
         with _one_line_warnings(f"unet-fast{_command(argv)}") if not debug else contextlib.nullcontext():
             status = args.func(args)

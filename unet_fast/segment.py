@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import functools
 import glob
 import hashlib
@@ -819,6 +820,10 @@ def check_output(output: str, model, instance_options=None, overlay: bool = Fals
         raise ValueError("overlays outline labels or instances; output 'probabilities' has none")
 
 
+#: how long a rank of segment under torchrun waits for the others at a meeting (their list of files, the summary)
+SEGMENT_MEETING_TIMEOUT = datetime.timedelta(days=365)
+
+
 def check_parts(num_parts: int, part_id: int) -> None:
     """A job-array split: ``part_id`` in [0, ``num_parts``)."""
     if not isinstance(num_parts, int) or isinstance(num_parts, bool) or num_parts < 1:
@@ -903,7 +908,9 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     check_arguments(output_dir, output=output, format=format, tile_size=tile_size, batch_size=batch_size,
                     device=device, dtype=dtype, max_pixels=max_pixels, nonfinite=nonfinite)
     from .model_file import load_model
-    job = Torchrun.join(device or "cpu", backend="gloo")   # gloo even with GPUs: only the list and counts travel
+    # gloo even with GPUs: only the list and counts travel; and no timeout that a rank done with its share
+    # could reach while another still works on its own (torch's 30 min failed the whole job at the summary)
+    job = Torchrun.join(device or "cpu", backend="gloo", timeout=SEGMENT_MEETING_TIMEOUT)
     try:
         items = [str(item) for item in inputs]
         with shared_failures("segment"):    # rank 0 lists the files (a folder it cannot read fails the job)
@@ -934,7 +941,9 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                               instance_options=instance_options)
             if resume:
                 check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output, made, subfolders)
-            mine = shard(files, part_id * job.world + job.rank, num_parts * job.world)
+            # this part's files, whatever the number of processes (a part run by 2 and another by 1 left files
+            # out and did others twice), then this process's among them
+            mine = shard(shard(files, part_id, num_parts), job.rank, job.world)
             check_tiles(model, tile_size, batch_size, job.device, dtype)
             check_output(output, model, instance_options, overlay)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,

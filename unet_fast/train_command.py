@@ -36,6 +36,28 @@ def _labelled_images(images, labels, args, recipe, num_classes: int):
 
 
 def cmd_train(args) -> int:
+    """Under torchrun the ranks join first, and each checks the arguments and reads the images within
+    ``ranks.shared_failures``: a file one node cannot read, or the work dir rank 0 finds held, stops every
+    rank with an error naming it (a rank that failed before joining left the others waiting, deaf to
+    torchrun's SIGTERM until it killed them, and on other machines for 30 min)."""
+    from .checks import check_device
+    from .ranks import shared_failures
+    from .torchrun import Torchrun
+
+    check_device(args.device)       # the same on every rank: before they meet
+    job = Torchrun.join(args.device)
+    try:
+        with contextlib.ExitStack() as held:
+            with shared_failures("checking the arguments and reading the images"):
+                run = _checked_run(args, held)
+            return _train_from_folders(args, job, *run)
+    finally:
+        job.leave()
+
+
+def _checked_run(args, held: contextlib.ExitStack):
+    """What cmd_train checks and reads before training (the work dir held in ``held``): the arguments of
+    ``_train_from_folders`` after ``args`` and the job."""
     from . import geometry, image_io
     from .architecture import check_config
     from .checks import check_device, check_writable_folder, overlapping, same_file
@@ -125,12 +147,21 @@ def cmd_train(args) -> int:
             raise BadArgument("tile_size" if args.tile_size is not None else "resume",
                               geometry.size_error_message(tile_size, config["depth"], config["padding"],
                                                           trace.problem, tile=True))
-    with _work_dir_held(work_dir, "work_dir" if args.work_dir else "output"):
-        _refuse_another_runs_files(args, work_dir)      # again: another run may have begun since the check above
-        for name in RUN_FILES:      # leftovers of a killed run, removed only once the work dir is this run's
-            image_io.remove_leftovers(work_dir / name)
-        image_io.remove_leftovers(args.output)
-        return _train_from_folders(args, recipe, config, seed=seed, tile_size=tile_size, work_dir=work_dir)
+    held.enter_context(_work_dir_held(work_dir, "work_dir" if args.work_dir else "output"))
+    _refuse_another_runs_files(args, work_dir)      # again: another run may have begun since the check above
+    for name in RUN_FILES:      # leftovers of a killed run, removed only once the work dir is this run's
+        image_io.remove_leftovers(work_dir / name)
+    image_io.remove_leftovers(args.output)
+    return (recipe, config, seed, tile_size, work_dir,
+            *_read_folders(args, recipe, config, seed=seed, work_dir=work_dir))
+
+
+def _rank() -> int:
+    """This process's rank: the process group's, which cmd_train joins first (0 without one); RANK alone, set
+    without WORLD_SIZE, named no job, and such a process trained as rank 0 but never saved its model."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 #: what a run writes into its work dir (besides DATA_RECORD), none of which another run may replace
@@ -171,7 +202,7 @@ def _work_dir_held(work_dir: Path, argument: str):
     nothing written in them (a usage error found in the images: nothing written, as before any work)."""
     made = [folder for folder in (work_dir, *work_dir.parents) if not folder.exists()]
     work_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(work_dir, os.O_RDONLY) if int(os.environ.get("RANK", "0")) == 0 else None
+    descriptor = os.open(work_dir, os.O_RDONLY) if _rank() == 0 else None
     held = False        # (the folders of a run that holds the work dir are that run's, even where this one made them)
     try:
         if descriptor is not None:
@@ -298,7 +329,7 @@ def _resumed_run(args, state: dict, config: dict, recipe, given: dict):
 
 
 def _warn_empty(names: list[str], what: str, consequence: str) -> None:
-    if names and int(os.environ.get("RANK", "0")) == 0:
+    if names and _rank() == 0:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         print(f"train: warning: {len(names)} {what} label image(s) hold no object: {shown}; {consequence}",
               file=sys.stderr)
@@ -311,7 +342,7 @@ def _warn_ignore_label_unused(ignore_label, dataset) -> None:
 
     from .data import IGNORE
 
-    if ignore_label is None or int(os.environ.get("RANK", "0")) != 0:
+    if ignore_label is None or _rank() != 0:
         return
     if not any(np.any(dataset[i].target == IGNORE) for i in range(len(dataset))):
         print(f"train: warning: no training label image holds --ignore-label {ignore_label}: every pixel counts as "
@@ -355,7 +386,7 @@ def _record_or_check_data(args, work_dir: Path, train_data, val_data) -> None:
         _check_recorded_data(args, names)
         if same_file(Path(args.resume).parent, work_dir):
             return          # recorded there already (a resume into a new work dir records the run there too)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _rank() == 0:
         from .image_io import atomic_path
 
         if args.ignore_label is not None:
@@ -389,16 +420,11 @@ def _check_recorded_data(args, names: dict) -> None:
                                     f"(the same --images, --labels, --val-fraction or --val-images)")
 
 
-def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, work_dir: Path) -> int:
-    """Read and check every training and validation pair (usage errors), then train and save."""
-    import warnings
-
+def _read_folders(args, recipe, config: dict, *, seed: int, work_dir: Path):
+    """Read and check every training and validation pair (usage errors): (dataset, train_data, val_data, model)."""
     import torch
 
-    from . import save_model
-    from .data import IgnoreLabelUnusedWarning, split_dataset
-    from .pixel_size import common_pixel_size
-    from .train import fit
+    from .data import split_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -415,7 +441,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
                              f"{config['in_channels']}")
     _warn_empty(empty, "training", "they teach background only: check that they are the right files")
     if config["num_classes"] == 2 and len(dataset.without_background) == len(dataset) \
-            and int(os.environ.get("RANK", "0")) == 0:          # (classes of a tissue may leave 0 unused)
+            and _rank() == 0:          # (classes of a tissue may leave 0 unused)
         print("train: warning: no training label image holds background (0) anywhere: every pixel is an object or "
               "a class, so the network learns no background; check that the labels mark background with 0 (not, "
               "say, 1 or 255)", file=sys.stderr)
@@ -445,7 +471,20 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
 
     torch.manual_seed(seed)
     model = UNet(**config)             # DDP gives every rank rank 0's weights anyway
-    torch.manual_seed(seed + int(os.environ.get("RANK", "0")))   # but each rank its own dropout masks
+    torch.manual_seed(seed + _rank())   # but each rank its own dropout masks
+    return dataset, train_data, val_data, model
+
+
+def _train_from_folders(args, job, recipe, config: dict, seed: int, tile_size, work_dir: Path, dataset, train_data,
+                        val_data, model) -> int:
+    """Train on what ``_read_folders`` read, and save (rank 0)."""
+    import warnings
+
+    from . import save_model
+    from .data import IgnoreLabelUnusedWarning
+    from .pixel_size import common_pixel_size
+    from .train import fit
+
     with warnings.catch_warnings():     # said above, of every image, by rank 0 only (the tiles see a part)
         warnings.simplefilter("ignore", IgnoreLabelUnusedWarning)
         result = fit(model, train_data, val_data, recipe=recipe, tile_size=tile_size, device=args.device,
@@ -453,7 +492,7 @@ def _train_from_folders(args, recipe, config: dict, *, seed: int, tile_size, wor
                      augment="recipe", seed=seed, num_workers=args.workers,
                      time_limit=args.time_limit * 60 if args.time_limit else None, best_metric=args.best_metric,
                      progress=False if args.no_progress else None)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if job.rank == 0:
         pixel_size, problem = common_pixel_size([image for image, _ in dataset.pairs] if hasattr(dataset, "pairs")
                                                 else [Path(args.images)])
         if problem:
@@ -489,7 +528,7 @@ def _object_scale(dataset, recipe) -> float:
                                          f"to {recipe.object_size:g} px would make {pixels:,} training pixels (above "
                                          f"{MAX_RESAMPLED_TRAINING_PIXELS:,}); check the labels, give a smaller "
                                          f"--object-size, or 0 to train on the images as they are")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _rank() == 0:
         if median is None:
             print("objects in the labels: none measured (--object-size needs instance labels with objects; masks "
                   "and classes hold regions, not objects); images as they are")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ahead
+from test_train import TORCHRUN   # the launcher the DDP tests of test_train.py use
 import unet_fast
 from unet_fast import cli, image_io, segment, torchrun
 from unet_fast.synthetic import synthetic_nuclei
@@ -272,14 +273,6 @@ while not all((folder / f"rank{r}.json").exists() for r in range(2)) and time.mo
     time.sleep(0.05)
 """
 
-TORCHRUN = """
-import os, socket, sys
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                          "--master-addr=127.0.0.1", f"--master-port={port}", *sys.argv[1:]])
-"""
 
 
 def _train_read_failure(folder):

@@ -1,5 +1,6 @@
 """unet_fast.measure and `unet-fast measure`: every table checked against a per-object oracle (a loop over the
 ids with boolean masks), or against numbers worked out by hand."""
+from pathlib import Path
 import csv
 import warnings
 
@@ -582,7 +583,7 @@ def test_an_intensity_image_given_as_labels_is_measured_with_a_warning(tmp_path)
     tifffile.imwrite(tmp_path / "cells.tif", cells)
     for name, warned in (("grey.tif", True), ("cells.tif", False)):
         lines = []
-        measure.run([str(tmp_path / name)], tmp_path / f"out-{name}", log=lambda line, file=None: lines.append(line))
+        measure.run([str(tmp_path / name)], tmp_path / f"out-{Path(name).stem}", log=lambda line, file=None: lines.append(line))
         said = [line for line in lines if line.startswith("warning:")]
         assert len(said) == warned, lines
         if warned:

@@ -131,6 +131,24 @@ def test_cli_evaluate(nuclei, model_file, capsys):
     assert sorted(p.name for p in (folder / "eval" / "overlays").iterdir()) == ["n0.png", "n1.png"]
 
 
+def test_cli_evaluate_warns_of_labels_that_look_like_an_intensity_image(nuclei, model_file, tmp_path, recwarn):
+    """--images and --labels swapped (here: microscope-like grey images given as labels) scored every grey value
+    as an object without a word; instance labels give none."""
+    folder, _ = nuclei
+    grey, _ = synthetic_nuclei(2, 64, seed=3)
+    (tmp_path / "grey").mkdir()
+    for i, image in enumerate(grey):
+        tifffile.imwrite(tmp_path / "grey" / f"n{i}.tif", (image * 255).astype(np.uint8))
+    for labels, warned in (("grey", True), ("labels", False)):
+        assert cli.main(["evaluate", "-m", str(model_file), "--images", str(folder / "images"), "--labels",
+                         str(tmp_path / labels if labels == "grey" else folder / labels), "-o",
+                         str(tmp_path / f"eval_{labels}"), "--no-progress"]) == 0
+        said = [str(warning.message) for warning in recwarn]
+        recwarn.clear()
+        assert any("labels of 'n0' look like an intensity image" in text and "fill a median" in text and
+                   "--images and --labels are not swapped" in text for text in said) == warned, said
+
+
 def test_cli_evaluate_with_an_ignore_label_scores_the_annotated_pixels_only(nuclei, model_file, tmp_path, capsys):
     """Nucleus 1 of each image and 2 px around it not annotated (65535): predicted objects mostly there are no
     false positives, and those pixels count in no IoU (the known answer by hand, from predict_tiled's objects)."""

@@ -167,6 +167,34 @@ def _augmentations_built(monkeypatch) -> list:
     return seen
 
 
+def test_a_mistyped_resume_path_is_named_as_missing_not_as_another_runs(folders, capsys):
+    """With the run's checkpoint in the work dir, a mistyped --resume said the work dir held "the checkpoint of
+    another run"; a work dir given to --resume said nothing of the checkpoint in it."""
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "run" / "lats.safetensors"))) == 2
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "lats.safetensors" in err and "no such file" in err and "another run" not in err
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "run"))) == 2
+    assert f"the checkpoint in it is '{folders / 'run' / 'last.safetensors'}'" in capsys.readouterr().err
+    assert cli.main(_tiny(folders, "--epochs", "2", "--resume", str(folders / "train_im"))) == 2
+    assert "a folder, not a checkpoint" in capsys.readouterr().err
+
+
+def test_labels_that_look_like_intensity_images_are_warned_of(folders, capsys):
+    """--images and --labels swapped trained every grey value as an object without a word."""
+    assert cli.main(_tiny(folders, "--epochs", "1")) == 0
+    assert "intensity images" not in capsys.readouterr().err
+    swapped = ["train", "--images", str(folders / "train_lb"), "--labels", str(folders / "train_im"),
+               "-o", str(folders / "swapped.safetensors"), "--work-dir", str(folders / "run2"), "--depth", "2",
+               "--base-channels", "2", "--tiles-per-epoch", "1", "--batch-size", "1", "--tile-size", "44",
+               "--no-progress", "--epochs", "1"]
+    assert cli.main(swapped) == 0
+    err = capsys.readouterr().err
+    assert "train: warning: 2 training label image(s) look like intensity images, not labels: 'n0'" in err
+    assert "fill a median" in err and "--images and --labels are not swapped" in err
+
+
 def test_resume_takes_the_runs_recipe_and_network(folders, capsys):
     """The run's values come from the checkpoint: the saved model's recipe and normalisation are the run's,
     not the flags' defaults (a resume without --depth/--percentiles used to record depth 3, percentiles 1 99.8)."""
@@ -417,6 +445,26 @@ def test_fit_refuses_to_resume_with_another_optimizer(folders):
     with pytest.raises(ValueError, match="optimizer 'adam' -> 'sgd'.*same run"):
         train.fit(UNet(depth=2, base_channels=2), data, **{**options, "epochs": 2},
                   resume=folders / "run" / "last.safetensors", optimizer="sgd")
+
+
+def test_a_run_resumed_into_another_work_dir_starts_with_its_best_model(folders, monkeypatch, capsys):
+    """The new work dir had no best model until the score improved; a resumed run that never improved ended
+    naming none, while its best model sat in the first work dir."""
+    val = ["--val-images", str(folders / "val_im"), "--val-labels", str(folders / "val_lb")]
+    assert cli.main(_tiny(folders, "--epochs", "2", *val)) == 0
+    first = (folders / "run" / "best.safetensors").read_bytes()
+    monkeypatch.setattr(train, "_is_best", lambda history, metric: False)     # the resumed epochs never improve
+    capsys.readouterr()
+    assert cli.main(_tiny(folders, "--epochs", "3", *val, "--resume", str(folders / "run" / "last.safetensors"),
+                          "--work-dir", str(folders / "run2"))) == 0
+    assert (folders / "run2" / "best.safetensors").read_bytes() == first
+    assert f"best model {folders / 'run2' / 'best.safetensors'}" in capsys.readouterr().out
+    # a best model of an epoch the checkpoint does not hold (killed between the two writes) is not this run's
+    _rewrite_metadata(folders / "run" / "best.safetensors", lambda metadata: {
+        **metadata, "unet_fast": metadata["unet_fast"].replace('"epoch": ', '"epoch": 1', 1)})   # epoch 1x
+    assert cli.main(_tiny(folders, "--epochs", "3", *val, "--resume", str(folders / "run" / "last.safetensors"),
+                          "--work-dir", str(folders / "run3"))) == 0
+    assert not (folders / "run3" / "best.safetensors").exists()
 
 
 def test_labels_without_objects_warn(folders, monkeypatch, capsys):

@@ -105,6 +105,8 @@ class SegmentationDataset(Sequence):
         self._images: dict[int, np.ndarray] = {}
         self.scale = scale
         self.label_pixels = 0
+        #: image name -> why its instance labels look like an intensity image (images and labels swapped)
+        self.scattered: dict[str, str] = {}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_images = cache_images
 
@@ -177,6 +179,8 @@ class SegmentationDataset(Sequence):
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {name!r} is {image.shape[-2:]} pixels but its label is {label.shape}; "
                              f"they must be the same size")
+        if index not in self._cache:
+            self._check_scattered(name, label)
         try:
             image = self.normalization(image, channel_axis=0)
         except NonFiniteInputError as error:
@@ -226,6 +230,16 @@ class SegmentationDataset(Sequence):
         if not ignored.any():
             return label, None
         return np.where(ignored, np.zeros((), label.dtype), label), ignored
+
+    def _check_scattered(self, name: str, label: np.ndarray) -> None:
+        """Record in ``scattered`` a label image read as instances whose ids lie scattered over it, as the grey
+        values of a microscope image do (``checks.scattered_label_image``): given for the image's labels."""
+        annotated, ignored = self._annotated(label)
+        values = np.unique(annotated if ignored is None else annotated[~ignored])
+        if self._kind(annotated, values) == "instance":
+            doubt = checks.scattered_label_image(annotated)
+            if doubt:
+                self.scattered[name] = doubt
 
     def _kind(self, label: np.ndarray, values: np.ndarray | None = None) -> str:
         """"instance" or "semantic": ``label_kind``, or for "auto" instances where a 2-class dataset's

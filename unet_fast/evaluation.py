@@ -278,6 +278,7 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
         if image.shape[-2:] != truth.shape:
             raise _bad("labels", f"labels of {name!r} are {truth.shape} pixels but the image is "
                                  f"{image.shape[-2:]}; they must be the same size")
+        _warn_scattered(name, truth, ignore_label)
         held += image.nbytes + truth.nbytes
         if keep_bytes is not None and held > keep_bytes:
             image, truth = (Unread(given, array.shape) if isinstance(given, Path) else array
@@ -289,6 +290,21 @@ def check_labelled(triples, *, in_channels: int, nonfinite: str = "error", keep_
         warnings.warn(f"no label image holds ignore_label={ignore_label} (--ignore-label): every pixel counts as "
                       f"annotated; check the value your annotation tool wrote", stacklevel=2)
     return checked
+
+
+def _warn_scattered(name: str, truth: np.ndarray, ignore_label: int | None) -> None:
+    """A warning when labels read as instances look like an intensity image (--images and --labels swapped):
+    every grey value would be scored as an object."""
+    from .data import auto_is_instances
+
+    annotated = truth if ignore_label is None else np.where(truth == ignore_label, 0, truth)
+    if auto_is_instances(np.unique(annotated)):
+        doubt = checks.scattered_label_image(annotated)
+        if doubt:
+            import warnings
+
+            warnings.warn(f"labels of {name!r} look like an intensity image, not labels: {doubt}; check that "
+                          f"--images and --labels are not swapped", stacklevel=3)
 
 
 def _reread(checked: tuple, ignore_label: int | None = None) -> tuple:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import image_io, termination
+from . import checks, image_io, termination
 from .checks import BadArgument, failure_reason, same_file
 from .pixel_size import UNIT_SYMBOLS, PixelSize, in_unit, read_pixel_size, scale_factor
 
@@ -878,26 +878,12 @@ def _without_tables(files: list[Path], log) -> list[Path]:
     return [path for path in files if path not in tables]
 
 
-#: the median share of their bounding boxes below which a file's "objects" look scattered, not cells (a disc
-#: fills 79 %, a thin diagonal rod of 10 x 1 px 10 %; the grey values of the real nuclei image 0.2 %)
-SCATTERED_FILL = 0.05
-
-
 def scattered_objects(columns: dict[str, np.ndarray], least: int = 10) -> str | None:
-    """Why a file measured as instance labels looks like an intensity image (its values scattered over the image,
-    as grey values are, not one blob each), or None: an image without unet_fast's provenance cannot be told from
-    another tool's instance labels by its type alone."""
-    area = columns["area_px"]
-    if area.size < least:
-        return None
+    """Why a file measured as instance labels looks like an intensity image, or None (``checks.scattered_objects``)."""
     boxes = (columns["bbox_max_row"] - columns["bbox_min_row"] + 1) * \
         (columns["bbox_max_col"] - columns["bbox_min_col"] + 1)
-    fill = float(np.median(area / boxes))
-    if fill >= SCATTERED_FILL:
-        return None
-    return (f"its {area.size} 'objects' fill a median {100 * fill:.1f} % of their bounding boxes (a cell fills "
-            f"most of its box): each value lies scattered over the image, as the grey values of an intensity image "
-            f"do; give instance labels (segment --output instances) to -i, and the image to --images")
+    doubt = checks.scattered_objects(columns["area_px"], boxes, least)
+    return doubt and (doubt + "; give instance labels (segment --output instances) to -i, and the image to --images")
 
 
 def _nothing_measured(result: MeasureResult, output_dir: Path, created: bool, started: float, log) -> MeasureResult:

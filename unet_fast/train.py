@@ -166,6 +166,8 @@ def fit(model: torch.nn.Module, train_data, val_data: SegmentationDataset | None
         checkpoint_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
         best_path = Path(checkpoint_dir) / "best.safetensors" if checkpoint_dir is not None and val_data is not None \
             else None
+        if best_path is not None and resume is not None and job.rank == 0:
+            _carry_best(Path(resume).parent / "best.safetensors", best_path, run)
         steps_per_epoch = -(-len(run.tiles) // (settings.batch_size * job.world))
         report.start(_describe(model, train_data, val_data, run, settings, job, steps_per_epoch, time_limit),
                      total=settings.epochs * steps_per_epoch, done=run.step)
@@ -455,6 +457,30 @@ def _save_epoch(model, run: _Run, job: Torchrun, epoch: int, *, checkpoint_path,
                             best_metric=run.best_metric, time_limit=run.clock.limit)
         if log_dir is not None:
             write_logs(log_dir, run.history)
+
+
+def _carry_best(earlier: Path, best_path: Path, run: _Run) -> None:
+    """A run resumed into another checkpoint_dir starts there with its best model so far (``earlier``, beside the
+    checkpoint it resumes): without it, the new folder had no best model until the score improved, and a run
+    that never improved ended naming none. Only a best model of this run up to the checkpoint is carried: of its
+    best_metric, from an epoch the checkpoint holds (a kill between the two writes leaves a later one)."""
+    import shutil
+
+    from .checks import same_file
+    from .image_io import atomic_path
+    from .model_file import read_model_config
+
+    if best_path.exists() or not earlier.is_file() or same_file(earlier, best_path):
+        return
+    try:
+        recorded = read_model_config(earlier).get("metadata") or {}
+    except Exception:       # not a model file of ours: nothing to carry
+        return
+    epoch = recorded.get("epoch")
+    if recorded.get("best_metric") != run.best_metric or not isinstance(epoch, int) or not 0 < epoch <= run.start_epoch:
+        return
+    with atomic_path(best_path) as temporary:
+        shutil.copyfile(earlier, temporary)
 
 
 def _is_best(history: list[dict], metric: str) -> bool:

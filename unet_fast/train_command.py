@@ -85,6 +85,12 @@ def _checked_run(args, held: contextlib.ExitStack):
                                    "of the two")
     # everything that can be checked before the first epoch, so that a wrong path fails now, not after it
     check_model_path(args.output, "output")
+    if args.resume is not None and not Path(args.resume).is_file():   # before the work dir's files are judged by it
+        saved = Path(args.resume) / "last.safetensors"
+        raise BadArgument("resume", f"{args.resume!r}: " + (
+            f"a folder; the checkpoint in it is {str(saved)!r}" if saved.is_file() else
+            "a folder, not a checkpoint (WORK_DIR/last.safetensors)" if Path(args.resume).is_dir() else
+            "no such file"))
     work_dir = Path(args.work_dir) if args.work_dir else Path(args.output).with_suffix("")
     if overlapping(args.output, work_dir):
         raise BadArgument("work_dir", f"{str(work_dir)!r} is, or lies inside, the model file -o writes "
@@ -335,6 +341,16 @@ def _warn_empty(names: list[str], what: str, consequence: str) -> None:
               file=sys.stderr)
 
 
+def _warn_scattered(dataset, what: str) -> None:
+    """A warning naming the label images that look like intensity images (--images and --labels swapped, or a
+    raw image among the labels): the network would learn each grey value as an object."""
+    if dataset.scattered and _rank() == 0:
+        name, why = next(iter(dataset.scattered.items()))
+        print(f"train: warning: {len(dataset.scattered)} {what} label image(s) look like intensity images, not "
+              f"labels: {name!r}: {why}; check that --{'val-' if what == 'validation' else ''}images and "
+              f"--{'val-' if what == 'validation' else ''}labels are not swapped", file=sys.stderr)
+
+
 def _warn_ignore_label_unused(ignore_label, dataset) -> None:
     """A warning when no label image holds --ignore-label's value: a mistyped value (256 for 255) would train
     every unannotated pixel as background without a word."""
@@ -440,6 +456,7 @@ def _read_folders(args, recipe, config: dict, *, seed: int, work_dir: Path):
             raise ValueError(f"the images have {in_channels} channel(s) but the checkpoint's network takes "
                              f"{config['in_channels']}")
     _warn_empty(empty, "training", "they teach background only: check that they are the right files")
+    _warn_scattered(dataset, "training")
     if config["num_classes"] == 2 and len(dataset.without_background) == len(dataset) \
             and _rank() == 0:          # (classes of a tissue may leave 0 unused)
         print("train: warning: no training label image holds background (0) anywhere: every pixel is an object or "
@@ -460,6 +477,7 @@ def _read_folders(args, recipe, config: dict, *, seed: int, work_dir: Path):
                                             f"{', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}; the best "
                                             f"model would be chosen on the data it was trained on: validate on "
                                             f"images kept aside")
+        _warn_scattered(val_data, "validation")
         _warn_empty(val_empty, "validation", "they add no object to the validation IoU and F1 (which are NaN "
                                              "when no image has any)")
         train_data = dataset

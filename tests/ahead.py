@@ -90,7 +90,10 @@ class Command:
                 stdout, stderr = process.communicate(timeout=self.timeout)
             except subprocess.TimeoutExpired:
                 _kill(process)
-                stdout, stderr = process.communicate()
+                try:
+                    stdout, stderr = process.communicate(timeout=10)
+                except subprocess.TimeoutExpired:   # a child in a session of its own (torchrun's workers) outlived
+                    stdout, stderr = "", "(output held open by a process that outlived the command)"   # the kill
                 raise AssertionError(f"{self.name}: no result after {self.timeout} s; its output:\n"
                                      f"{stdout[-3000:]}\n{stderr[-3000:]}") from None
             except BaseException:  # Ctrl-C while the test waited here

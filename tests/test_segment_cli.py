@@ -318,6 +318,19 @@ def test_bad_arguments(tmp_path, model_file, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_resumed_run_shares_the_files_still_to_segment_among_the_ranks():
+    """--continue under torchrun sharded every file: after a stop at half, rank 0 had its 4 files done and rank 1
+    its 4 still to segment. Every file is still one rank's, and one process keeps the order."""
+    files = [Path(f"img{i}.tif") for i in range(8)]
+    done = set(files[0::2])         # every other file: one rank's whole share, sharded as one list
+    shares = [segment.rank_share(files, rank, 2, done) for rank in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(files)
+    assert [len([path for path in share if path not in done]) for share in shares] == [2, 2]
+    assert segment.shard(files, 0, 2) == sorted(done)          # (the share it had before)
+    assert segment.rank_share(files, 0, 1, done) == files
+    assert [segment.rank_share(files[:3], rank, 3, set()) for rank in range(3)] == [[f] for f in files[:3]]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1015,8 +1028,14 @@ def test_recursive_mirrors_subfolders_into_the_output_folder(tmp_path, model_fil
     # two folders named, each mirrored from itself: their A01.tif share an output, which the first owns
     assert cli.main(["segment", "-i", str(tmp_path / "in" / "p1"), str(tmp_path / "in" / "p2"), "-o",
                      str(tmp_path / "wells"), "-m", str(model_file), "-r", "--no-progress"]) == 1
+    err = capsys.readouterr().err
     assert f"output {tmp_path / 'wells' / 'A01.tif'} is also the output of {tmp_path / 'in' / 'p1' / 'A01.tif'}" \
-           in capsys.readouterr().err
+           in err and "--recursive" not in err          # it is recursive: no hint to be
+    # a pattern reaching into the subfolders without -r: the two A01.tif collide, and -r is suggested
+    assert cli.main(["segment", "-i", str(tmp_path / "in" / "**" / "A01.tif"), "-o", str(tmp_path / "globbed"),
+                     "-m", str(model_file), "--no-progress"]) == 1
+    assert f"is also the output of {tmp_path / 'in' / 'p1' / 'A01.tif'}; -r/--recursive (recursive=True) writes " \
+           f"each output into its input's subfolder" in capsys.readouterr().err
     # outputs into the input tree itself would replace the inputs: refused, nothing written
     before = _mtimes(tmp_path / "in")
     assert cli.main([*arguments, "-o", str(tmp_path / "in"), "-r"]) == 2

@@ -301,3 +301,57 @@ def test_train_a_file_one_rank_cannot_read_stops_every_rank_naming_it():
     assert "rank 1 failed (BadArgument: " in reports[0]["error"] and "img1.tif: Input/output error" in \
         reports[0]["error"] and len(reports[0]["error"].strip().splitlines()) == 1, reports
     assert not (folder / "run" / "model.safetensors").exists()
+
+
+# `unet-fast segment` under torchrun, 2 processes; rank 1 cannot read the model file (a path missing on its node):
+# read before the ranks met, its failure left rank 0 waiting at the meeting
+SEGMENT_MODEL_FAILURE = r"""
+import contextlib, io, json, os, sys, time
+from pathlib import Path
+import unet_fast, unet_fast.model_file
+from unet_fast import cli
+folder, rank = Path(sys.argv[1]), int(os.environ["RANK"])
+model = folder / "segment_model.safetensors"
+if rank == 0:
+    unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=2), model)
+else:
+    def missing(path, *args, **kwargs):
+        raise FileNotFoundError(f"{path}: no such file")
+    unet_fast.model_file.load_model = missing
+errors = io.StringIO()
+started = time.monotonic()
+with contextlib.redirect_stderr(errors):
+    status = cli.main(["segment", "-i", sys.argv[sys.argv.index("--images") + 1], "-o", str(folder / "segmented"),
+                       "-m", str(model), "--no-progress"])
+(folder / f"segment{rank}.json").write_text(json.dumps({"status": status, "error": errors.getvalue(),
+                                                        "seconds": time.monotonic() - started}))
+deadline = time.monotonic() + 60
+while not all((folder / f"segment{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def _segment_model_failure(folder):
+    script = Path(folder) / "script.py"
+    script.write_text(SEGMENT_MODEL_FAILURE)
+    flags = _labelled_folders(Path(folder) / "data")
+    env = {**_environment(), "GLOO_SOCKET_IFNAME": "lo"}
+    return [sys.executable, "-c", TORCHRUN, str(script), folder, *flags], {"env": env, "cwd": folder}, None
+
+
+SEGMENT_MODEL = ahead.Command("torchrun-review-segment-unreadable-model", _segment_model_failure, timeout=120)
+
+
+@SEGMENT_MODEL.mark
+def test_segment_a_model_one_rank_cannot_read_stops_every_rank_naming_it():
+    """cmd_segment read -m before the ranks met: rank 1 failed alone, and rank 0 waited at the meeting (until
+    torchrun ended it; on another node, for as long as the meeting's limit). Now each rank reads it after they
+    met, as segment.run does: rank 0 segments its share and stops naming rank 1."""
+    run = SEGMENT_MODEL.result()
+    folder = Path(run.folder)
+    assert (folder / "segment0.json").exists() and (folder / "segment1.json").exists(), run.done.stderr[-3000:]
+    reports = [json.loads((folder / f"segment{rank}.json").read_text()) for rank in range(2)]
+    assert reports[1]["status"] == 1 and "segment_model.safetensors: no such file" in reports[1]["error"], reports
+    assert reports[0]["status"] == 1 and "rank 1 failed (FileNotFoundError: " in reports[0]["error"], reports
+    assert len(reports[0]["error"].strip().splitlines()) == 1, reports
+    assert sorted(path.name for path in (folder / "segmented").iterdir()) == ["img0.tif"]   # rank 0's share

@@ -96,15 +96,19 @@ def cmd_segment(args) -> int:
     if args.overlay and args.output == "probabilities":
         raise BadArgument("overlay", "--overlay outlines labels or instances, not probabilities")
     from .model_file import load_model
+    from .torchrun import job_size
 
     # the arguments first (an output folder that cannot be written, a device that is not there), then the
     # model: a model file that cannot be used is a wrong -m, whatever process of a torchrun job finds it
     segment.check_arguments(args.output_dir, output=args.output, format=args.format, tile_size=args.tile_size,
                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                             max_pixels=args.max_pixels, nonfinite=args.nonfinite)
-    with blame("model"):
-        model = load_model(args.model)
-    if args.output == "instances" and model.num_classes != 2:
+    if job_size() > 1:      # every rank reads it once the ranks have met (segment.run), where one rank that cannot
+        model = args.model  # (a path missing on one node) stops them all; read here, it left the others waiting
+    else:
+        with blame("model"):
+            model = load_model(args.model)
+    if args.output == "instances" and not isinstance(model, str) and model.num_classes != 2:
         raise BadArgument("output", f"--output instances needs a model of 2 classes (background, foreground); "
                                     f"{args.model} has {model.num_classes}: use --output labels (a class per pixel)")
     result = segment.run(args.input, args.output_dir, model, output=args.output, format=args.format,

@@ -229,6 +229,16 @@ def shard(files: list, part: int, parts: int) -> list:
     return files[part::parts]
 
 
+def rank_share(part: list, rank: int, world: int, done: set) -> list:
+    """This rank's files of a part (``shard``): the files still to segment shared among the ranks, then those whose
+    outputs exist (``done``: --continue skips them). Sharded as one list, a resumed run left some ranks all files
+    done and others all still to do, and the job took as long as a rank with twice its share."""
+    if world == 1:
+        return part
+    return shard([path for path in part if path not in done], rank, world) + \
+        shard([path for path in part if path in done], rank, world)
+
+
 def output_name(path: Path, suffix: str) -> str:
     """The input's name without its image suffix (".ome.tif" counts as one), plus ``suffix``."""
     for known in (".ome.tiff", ".ome.tif", ".ome.zarr"):
@@ -496,7 +506,7 @@ class _Segmenter:
     factor: float
     progress: bool      # a bar over each large file's tiles
     predict: dict       # predict_tiled's arguments common to every file
-    subfolders: dict    # see output_path
+    subfolders: dict | None     # see output_path; None: not a recursive run
 
     def fail(self, path, reason: str) -> None:
         self.summary.failed.append((str(path), reason))
@@ -508,7 +518,9 @@ class _Segmenter:
         target = output_path(self.outdir, path, self.suffix, self.subfolders)
         owner = claimed.setdefault(target, path)
         if owner != path:
-            return functools.partial(self.fail, path, f"output {target} is also the output of {owner}")
+            hint = ("; -r/--recursive (recursive=True) writes each output into its input's subfolder"
+                    if self.subfolders is None and owner.parent != path.parent else "")
+            return functools.partial(self.fail, path, f"output {target} is also the output of {owner}{hint}")
         if checks.overlapping(target, path):
             return functools.partial(self.fail, path, f"its output {target} would overwrite it; choose an output "
                                                       f"folder that holds no inputs")
@@ -696,7 +708,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
     factor (None: the model's); provenance: recorded in every output: see ``predict_tiled``. owners: the file
     each output belongs to when ``files`` are a share of a larger list (``output_owners`` of that list; default:
     ``files``' own): a file whose output name another file owns fails. subfolders: {file: the folder under
-    ``outdir`` its output and overlay go to} (``output_subfolders``; created as needed); default: none."""
+    ``outdir`` its output and overlay go to} (``output_subfolders``; created as needed); None (default): not a
+    recursive run, every output in ``outdir``."""
     from tqdm.auto import tqdm
 
     summary = SegmentSummary()
@@ -705,7 +718,8 @@ def segment_files(files: list[Path], outdir: Path, model, *, suffix: str = ".tif
                    tta=tta, scale=scale, provenance=provenance,       # scale as given (None: the model's)
                    **({"instance_options": instance_options} if output == "instances" else {}))
     segmenter = _Segmenter(outdir, model, summary, log, suffix, output, overlay, resume, max_pixels,
-                           model_scale(model, scale), progress, predict, dict(subfolders or {}))
+                           model_scale(model, scale), progress, predict,
+                           None if subfolders is None else dict(subfolders))
     claimed: dict[Path, Path] = dict(owners or {})
     ahead: collections.deque = collections.deque()   # (path, report, (output, overlay), reading), in order
     listed = iter(files)
@@ -918,12 +932,15 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             if job.rank == 0:
                 files, problems = expand_inputs(items, recursive=recursive,
                                                 skip=(output_dir, Path(output_dir) / "overlays"))
-                listing = files, problems, output_subfolders(files, items) if recursive else {}
+                subfolders = output_subfolders(files, items) if recursive else None
+                done = {path for path in files if output_path(Path(output_dir), path, OUTPUT_SUFFIXES[format],
+                                                              subfolders).exists()} if resume and job.world > 1 else set()
+                listing = files, problems, subfolders, done
                 if recursive:
                     _say_output_not_listed(items, Path(output_dir), log)
         # every rank shards rank 0's list: lists of their own differ where a file appears or goes while they list
         # (or one node's view of a network file system lags), and a file would be segmented twice and another never
-        files, problems, subfolders = job.broadcast(listing)
+        files, problems, subfolders, done = job.broadcast(listing)
         if not files:       # every input wrong (a mistyped folder, an empty one): a usage error, nothing written
             shown = "; ".join(f"{item}: {reason}" for item, reason in problems[:5])
             raise checks.BadArgument("input", f"no image to segment: {shown}" + (
@@ -943,7 +960,7 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
                 check_resumable(files, Path(output_dir), OUTPUT_SUFFIXES[format], output, made, subfolders)
             # this part's files, whatever the number of processes (a part run by 2 and another by 1 left files
             # out and did others twice), then this process's among them
-            mine = shard(shard(files, part_id, num_parts), job.rank, job.world)
+            mine = rank_share(shard(files, part_id, num_parts), job.rank, job.world, done)
             check_tiles(model, tile_size, batch_size, job.device, dtype)
             check_output(output, model, instance_options, overlay)
             summary = segment_files(mine, Path(output_dir), model, suffix=OUTPUT_SUFFIXES[format], output=output,

@@ -38,7 +38,7 @@ class Torchrun:
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         owns = False
-        if dist.is_available() and not dist.is_initialized() and _job_size() > 1:
+        if dist.is_available() and not dist.is_initialized() and job_size() > 1:
             # torch._dynamo, imported after a process group exists (torch.optim imports it on first
             # use), keeps references to the group past destroy_process_group (torch 2.13): a rank's
             # connections would then stay open after ``leave``, and the other ranks wait in a collective
@@ -114,7 +114,7 @@ def _environment_number(name: str) -> int | None:
                          f"command with torchrun, or unset {name} to run one process") from None
 
 
-def _job_size() -> int:
+def job_size() -> int:
     """WORLD_SIZE (1 where unset), checked with RANK: a RANK other than 0 without WORLD_SIZE (a launcher that
     sets one and not the other) would make every process a job of its own, each writing the same outputs."""
     world, rank = _environment_number("WORLD_SIZE"), _environment_number("RANK")

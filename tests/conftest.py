@@ -8,6 +8,7 @@ is made a GPU's (triton_interpreter.py); where that cannot be done, triton_inter
 why and the bf16 interpreter tests skip with it (triton_device.needs_bf16_interpreter).
 """
 import os
+import sys
 
 # One OpenMP thread per process, and waiting threads sleep instead of spinning (libgomp reads both when torch
 # loads it, here, and every command the tests start inherits them; a value the user set wins). The suite runs
@@ -17,6 +18,12 @@ import os
 # of TTA over tiles alone took 27 s with two sleeping threads, 6.8 s with two spinning, 1.8 s with one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The suite writes Python's bytecode caches whatever PYTHONDONTWRITEBYTECODE says (CI's machine sets it): without
+# them pytest rewrote the asserts of all 229 test and helper modules on every run (16 of the 27 s of collection)
+# and every command a test starts compiled unet_fast anew (about 1 s each). The caches are gitignored.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 import torch  # noqa: E402
 

@@ -247,6 +247,33 @@ def test_a_rank_without_a_gpu_for_its_local_rank_stops_every_rank():
         "LOCAL_RANK=1" in reports[0]["message"], reports
 
 
+# The end of the scripts below: the command ``argv`` run in-process; the rank's exit status, error lines and seconds
+# written to <report><rank>.json; the rank lives on until both have reported.
+RUN_AND_REPORT = r"""
+errors = io.StringIO()
+started = time.monotonic()
+with contextlib.redirect_stderr(errors):
+    status = cli.main(argv)
+(folder / f"{report}{rank}.json").write_text(json.dumps({"status": status, "error": errors.getvalue(),
+                                                         "seconds": time.monotonic() - started}))
+deadline = time.monotonic() + 60
+while not all((folder / f"{report}{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def _under_torchrun(script_text):
+    """A command's builder: ``script_text`` run by 2 gloo processes under torchrun, given its folder and the flags of
+    2 labelled images written under it."""
+    def build(folder):
+        script = Path(folder) / "script.py"
+        script.write_text(script_text)
+        flags = _labelled_folders(Path(folder) / "data")
+        env = {**_environment(), "GLOO_SOCKET_IFNAME": "lo"}
+        return [sys.executable, "-c", TORCHRUN, str(script), folder, *flags], {"env": env, "cwd": folder}, None
+    return build
+
+
 # `unet-fast train` under torchrun, 2 processes; rank 1 cannot read one image (its node's view of a network
 # file system). Each rank reports its exit status and error line, then lives on until both have reported.
 TRAIN_READ_FAILURE = r"""
@@ -262,28 +289,12 @@ if rank == 1:
             raise OSError(f"{path}: Input/output error")
         return read(path, labels)
     unet_fast.data.read_image = unreadable
-errors = io.StringIO()
-started = time.monotonic()
-with contextlib.redirect_stderr(errors):
-    status = cli.main(["train", *sys.argv[2:], "-o", str(folder / "run" / "model.safetensors")])
-(folder / f"rank{rank}.json").write_text(json.dumps({"status": status, "error": errors.getvalue(),
-                                                     "seconds": time.monotonic() - started}))
-deadline = time.monotonic() + 60
-while not all((folder / f"rank{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
-    time.sleep(0.05)
-"""
+argv, report = ["train", *sys.argv[2:], "-o", str(folder / "run" / "model.safetensors")], "rank"
+""" + RUN_AND_REPORT
 
 
 
-def _train_read_failure(folder):
-    script = Path(folder) / "script.py"
-    script.write_text(TRAIN_READ_FAILURE)
-    flags = _labelled_folders(Path(folder) / "data")
-    env = {**_environment(), "GLOO_SOCKET_IFNAME": "lo"}
-    return [sys.executable, "-c", TORCHRUN, str(script), folder, *flags], {"env": env, "cwd": folder}, None
-
-
-TRAIN_READ = ahead.Command("torchrun-review-train-unreadable", _train_read_failure, timeout=120)
+TRAIN_READ = ahead.Command("torchrun-review-train-unreadable", _under_torchrun(TRAIN_READ_FAILURE), timeout=120)
 
 
 @TRAIN_READ.mark
@@ -318,28 +329,14 @@ else:
     def missing(path, *args, **kwargs):
         raise FileNotFoundError(f"{path}: no such file")
     unet_fast.model_file.load_model = missing
-errors = io.StringIO()
-started = time.monotonic()
-with contextlib.redirect_stderr(errors):
-    status = cli.main(["segment", "-i", sys.argv[sys.argv.index("--images") + 1], "-o", str(folder / "segmented"),
-                       "-m", str(model), "--no-progress"])
-(folder / f"segment{rank}.json").write_text(json.dumps({"status": status, "error": errors.getvalue(),
-                                                        "seconds": time.monotonic() - started}))
-deadline = time.monotonic() + 60
-while not all((folder / f"segment{r}.json").exists() for r in range(2)) and time.monotonic() < deadline:
-    time.sleep(0.05)
-"""
+argv = ["segment", "-i", sys.argv[sys.argv.index("--images") + 1], "-o", str(folder / "segmented"), "-m", str(model),
+        "--no-progress"]
+report = "segment"
+""" + RUN_AND_REPORT
 
 
-def _segment_model_failure(folder):
-    script = Path(folder) / "script.py"
-    script.write_text(SEGMENT_MODEL_FAILURE)
-    flags = _labelled_folders(Path(folder) / "data")
-    env = {**_environment(), "GLOO_SOCKET_IFNAME": "lo"}
-    return [sys.executable, "-c", TORCHRUN, str(script), folder, *flags], {"env": env, "cwd": folder}, None
-
-
-SEGMENT_MODEL = ahead.Command("torchrun-review-segment-unreadable-model", _segment_model_failure, timeout=120)
+SEGMENT_MODEL = ahead.Command("torchrun-review-segment-unreadable-model", _under_torchrun(SEGMENT_MODEL_FAILURE),
+                              timeout=120)
 
 
 @SEGMENT_MODEL.mark

@@ -643,6 +643,43 @@ def test_an_rgb_layer_is_read_tile_by_tile_not_whole():
     assert data.reads == [(slice(10, 20), slice(30, 45), slice(0, 3)), (slice(None, None, 7), 4, slice(0, 3))]
 
 
+def test_an_rgb_stack_is_a_stack_of_its_planes(model):
+    """A (Z, Y, X, 3) RGB layer was refused where a (Y, X, 3) one is taken: its planes are read by the 2-D rules
+    (grey saved in colour: its grey channel; an opaque alpha: no channel), lazily, and the labels lie on the layer."""
+    grey = np.random.default_rng(0).integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    expected = predict_tiled(model, grey, output="labels", progress=False)
+    opaque = np.full_like(grey, 255)
+    for bands in ([grey] * 3, [grey] * 3 + [opaque]):
+        recorded = Recorded(np.stack(bands, -1))
+        image_in, layout = model_input(recorded, True, 1)
+        assert layout == "ZCYX" and image_in.shape == (3, 1, 70, 90)
+        np.testing.assert_array_equal(segment(model, recorded, rgb=True, result="classes"), expected)
+        assert "all of it" not in recorded.reads
+    np.testing.assert_array_equal(segment(model, np.stack([grey[None]] * 3, -1), rgb=True, result="classes"),
+                                  expected[None])        # an axis of length 1 kept in the labels
+    colour = np.stack([grey] * 3, -1)
+    colour[2, 5, 7, 2] += 1            # the last plane's one pixel: a colour stack
+    with pytest.raises(ValueError, match=r"RGB data of shape \(3, 70, 90, 3\); the model takes 1 channel.*Split RGB"):
+        segment(model, colour, rgb=True, result="classes")
+
+    torch.manual_seed(0)
+    net = unet_fast.UNet(3, 2, depth=2, base_channels=4, backend="torch").eval()
+    rgb = np.random.default_rng(1).integers(0, 255, (2, 70, 90, 3), dtype=np.uint8)
+    planes = np.moveaxis(rgb, -1, 1)                    # (Z, C, Y, X)
+    rgba = np.concatenate([rgb, np.full((2, 70, 90, 1), 255, np.uint8)], -1)
+    image_in, layout = model_input(rgba, True, 3)
+    assert layout == "ZCYX" and image_in.shape == (2, 3, 70, 90)
+    np.testing.assert_array_equal(image_in[1, :, 10:20, 30:45], planes[1, :, 10:20, 30:45])
+    np.testing.assert_array_equal(image_in[:, 2, ::7, 4], planes[:, 2, ::7, 4])
+    expected = predict_tiled(net, planes, layout="ZCYX", output="labels", progress=False)
+    for data in (rgb, rgba):
+        np.testing.assert_array_equal(segment(net, data, rgb=True, result="classes"), expected)
+    rgba[1, 5, 7, 3] = 254
+    with pytest.raises(ValueError, match=r"shape \(2, 70, 90, 4\); the model takes 3 channel.*alpha band is not "
+                                         r"opaque"):
+        segment(net, rgba, rgb=True, result="classes")
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 70, 90), (3, 1, 70, 90), (1, 1, 3, 70, 90)])
 def test_leading_axes_of_length_1_are_left_out(model, shape):
     """An OME-Zarr of bioformats2raw (t, c, z, y, x) opens, a layer a channel, as (1, 1, Y, X): the widget refused it
@@ -873,3 +910,40 @@ def test_the_reader_declines_tiffs_segment_did_not_write(segment_tiffs, tmp_path
     [labels] = viewer.open(str(segment_tiffs["labels", "cells"]), plugin="unet_fast")
     assert isinstance(labels, napari.layers.Labels) and tuple(labels.scale) == (0.5, 0.25)
     assert tuple(labels.translate) == (3.0, 7.5)
+
+
+def test_a_layer_over_the_commands_pixel_limit_is_refused():
+    """The widget holds a layer's labels in memory, whole: a huge lazy layer filled it. Above unet-fast segment's
+    default limit (DEFAULT_MAX_PIXELS) it is refused, naming the command, which streams to disk."""
+    from unet_fast.image_io import DEFAULT_MAX_PIXELS
+    from unet_fast.napari.segmentation import size_problem
+
+    assert DEFAULT_MAX_PIXELS == 16 * 8192 * 8192
+    assert size_problem(np.broadcast_to(np.uint8(0), (16, 8192, 8192)), "cells") is None      # views: no memory
+    over = np.broadcast_to(np.uint8(0), (16, 8192, 8193))
+    problem = size_problem(over, "cells")
+    assert problem.startswith("cells holds 1,073,872,896 pixels (shape (16, 8192, 8193)), above the limit of "
+                              "1,073,741,824") and "unet-fast segment -i" in problem
+    assert size_problem([over, over[:, ::2, ::2]], "cells") == problem       # a multiscale layer: its level 0
+    assert size_problem(over, "cells", max_pixels=over.size) is None
+
+
+def test_the_float16_overflow_advice_names_the_widgets_precision():
+    """The advice on float16's overflow named `--dtype bf16`; the widget's control for it is its precision."""
+    from unet_fast.inference import nonfinite_cause
+    from unet_fast.napari.segmentation import widget_wording
+
+    worded = widget_wording(nonfinite_cause(torch.float16))
+    assert "--dtype" not in worded and worded.endswith("use dtype 'bf16' (float32's range) or 'fp32' (the widget's "
+                                                       "precision)")
+
+
+def test_pixels_too_far_to_resample_name_no_flag():
+    """Pixels beyond what resampling makes up for were "too far ... for --scale", an option the widget lacks."""
+    from unet_fast.napari.segmentation import widget_wording
+    from unet_fast.pixel_size import PixelSize, scale_warning
+
+    net = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch")
+    net.metadata = {"pixel_size": {"y": 0.5, "x": 0.5, "unit": "micrometer"}}
+    worded = widget_wording(scale_warning(net, PixelSize(20.0, 20.0, "micrometer"), "cells"))
+    assert "--scale" not in worded and "for predict_tiled(scale=...) to make up for;" in worded

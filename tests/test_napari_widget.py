@@ -434,6 +434,68 @@ def test_pixels_far_from_the_models_are_one_warning(viewer, qtbot, tmp_path):
     assert widget.status.value.startswith("done: cells instances")
 
 
+def test_the_warning_names_what_the_widget_offers_not_a_flag(viewer, qtbot, tmp_path):
+    """The pixel-size warning, worded for `unet-fast segment`, told the widget's user to pass --scale, which the widget
+    does not have: it names the Python call, from napari's console, instead."""
+    torch.manual_seed(0)
+    path = unet_fast.save_model(unet_fast.UNet(1, 2, depth=2, base_channels=4), tmp_path / "m.safetensors",
+                                pixel_size={"y": 0.5, "x": 0.5, "unit": "micrometer"})
+    widget = make_widget(viewer, qtbot, path, stack(planes=1)[0])
+    viewer.layers["cells"].scale = (2.0, 2.0)
+    [warning] = notified(qtbot, widget)
+    assert "--scale" not in warning.message
+    assert "the widget has no scale of its own: segment it in napari's console with " in warning.message
+    assert "predict_tiled(unet_fast.load_model(MODEL), LAYER.data, output='instances', scale=4)" in warning.message
+
+
+def test_nan_pixels_are_refused_naming_what_the_widget_offers_not_a_flag(viewer, qtbot, model_file):
+    """The refusal of NaN pixels suggested `--nonfinite zero`, an option of the command, not of the widget."""
+    image = stack(planes=1)[0]
+    image[3, 4] = np.nan
+    widget = make_widget(viewer, qtbot, model_file, image)
+    [error] = notified(qtbot, widget)
+    assert error.message == widget.status.value
+    assert widget.status.value.startswith("segmentation failed: image holds NaN or infinite pixel values")
+    assert "--nonfinite" not in widget.status.value
+    assert widget.status.value.endswith("the widget has no such option; in napari's console: unet_fast.inference."
+                                        "predict_tiled(unet_fast.load_model(MODEL), LAYER.data, output='instances', "
+                                        "nonfinite='zero')")
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_the_widget_segments_an_rgb_stack_plane_by_plane(viewer, qtbot, model_file):
+    """A (Z, Y, X, 3) RGB layer was refused while a (Y, X, 3) one is taken: a grey stack saved in colour is the grey
+    stack's result, on the layer's grid."""
+    grey = np.clip(stack(planes=3), 0, 255).astype(np.uint8)
+    widget = make_widget(viewer, qtbot, model_file, grey)
+    viewer.layers.remove("cells")
+    layer = viewer.add_image(np.stack([grey] * 3, -1), name="cells", rgb=True, scale=(2.0, 0.5, 0.25))
+    widget.image.value = layer
+    run_to_the_end(widget, qtbot)
+    labels = viewer.layers["cells instances"]
+    planes = predict_tiled(unet_fast.load_model(model_file), grey, output="instances", progress=False)
+    np.testing.assert_array_equal(labels.data, numbered_through(planes))
+    np.testing.assert_array_equal(labels.scale, (2.0, 0.5, 0.25))
+
+
+def test_a_layer_too_large_to_hold_is_refused_naming_the_command(viewer, qtbot, model_file):
+    """A huge lazy layer's labels were computed into memory, whole, without a check: above the pixel limit of
+    `unet-fast segment` (DEFAULT_MAX_PIXELS) the widget says to use that command, which streams to disk."""
+    from unet_fast.image_io import DEFAULT_MAX_PIXELS
+
+    widget = make_widget(viewer, qtbot, model_file, stack(planes=1)[0])
+    viewer.layers.remove("cells")
+    planes = DEFAULT_MAX_PIXELS // (64 * 64) + 1            # a view of one pixel: no memory
+    huge = viewer.add_image(np.broadcast_to(np.float32(0), (planes, 64, 64)), name="cells", contrast_limits=(0, 1))
+    widget.image.value = huge
+    [error] = notified(qtbot, widget)
+    assert error.message == widget.status.value
+    assert widget.status.value.startswith(f"cells holds {planes * 64 * 64:,} pixels")
+    assert "unet-fast segment -i IMAGE -o OUTDIR -m MODEL" in widget.status.value
+    assert widget.worker is None and widget.button.text == "Segment"
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
 @needs_zarr
 def test_the_widget_segments_a_bioformats2raw_ome_zarr(viewer, qtbot, tmp_path, model_file):
     """bioformats2raw's OME-Zarr (t, c, z, y, x), opened by the reader, is a (1, 1, Y, X) Image layer: the widget

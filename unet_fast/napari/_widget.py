@@ -21,7 +21,8 @@ except ImportError as error:
     raise ImportError(f"the unet_fast napari widget needs napari and magicgui ({error}); install the extra, in the "
                       f"unet_fast checkout: pip install --no-build-isolation -e \".[napari]\"") from error
 
-from .segmentation import RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer, layer_pixel_size
+from .segmentation import (RESULTS, ModelCache, Segmentation, UnreadableModel, labels_layer, layer_pixel_size,
+                           size_problem, widget_wording)
 
 MODEL_FILES = "Models (*.safetensors *.zip *.pt *.pth);;bioimage.io rdf (*.yaml)"
 
@@ -35,8 +36,8 @@ def steps_or_problem(run: Segmentation):
         return (yield from run.steps())
     except UnreadableModel as error:       # says which file, and why
         return str(error)
-    except ValueError as error:
-        return f"segmentation failed: {error}"
+    except ValueError as error:     # worded for unet-fast segment too: its options become the widget's
+        return f"segmentation failed: {widget_wording(str(error))}"
     except torch.OutOfMemoryError:
         return (f"segmentation failed: {run.options.get('device')} ran out of memory; close other work on it, "
                 f"choose the cpu device, or segment a smaller image")
@@ -93,6 +94,8 @@ class SegmentWidget(Container):
         path = Path(self.model_path.value)
         if layer is None:
             return self._fail("add or open an image layer first")
+        if too_large := size_problem(layer.data, layer.name):   # before its labels fill the memory
+            return self._fail(too_large)
         if not path.is_file():
             return self._fail(f"choose a model file (.safetensors, .zip bioimage.io package, .pt); {path} is not one")
         reading = "" if models.holds(path, device) else f"reading {path.name}, then "
@@ -143,7 +146,7 @@ class SegmentWidget(Container):
         model is read and a tile done (or at the end)."""
         if run.warning and self._warned is not run:
             self._warned = run
-            show_warning(run.warning)
+            show_warning(widget_wording(run.warning))
 
     def _bug(self, error: BaseException):
         """An error unet_fast did not expect: napari's error notification, with the traceback a click away."""

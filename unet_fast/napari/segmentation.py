@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import math
 import queue
+import re
 import threading
 from pathlib import Path
 
@@ -20,12 +22,51 @@ import torch
 from scipy import ndimage
 
 from .. import termination
+from ..image_io import DEFAULT_MAX_PIXELS
 from ..inference import predict_tiled
 from ..instances import instance_dtype
 from ..model_file import class_names_of, load_model
 from ..pixel_size import MICROMETERS_PER_UNIT, PixelSize, scale_warning
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
+
+
+# The widget's words for the command-line options that messages shared with `unet-fast segment` suggest: the widget
+# has a precision control but neither --nonfinite nor --scale, which only a Python call (napari's console) offers.
+_CALL = "unet_fast.inference.predict_tiled(unet_fast.load_model(MODEL), LAYER.data, output='instances', "
+_WIDGET_WORDING = (
+    (r"Normalization\(nonfinite='zero'\) \(for unet-fast segment and evaluate: --nonfinite zero\)",
+     f"the widget has no such option; in napari's console: {_CALL}nonfinite='zero')"),
+    (r"pass --scale (\S+) \(predict_tiled\(scale=\.\.\.\)\)",
+     f"the widget has no scale of its own: segment it in napari's console with {_CALL}scale=\\1)"),
+    (r" for --scale;", " for predict_tiled(scale=...) to make up for;"),
+    (r"\(unet-fast segment, evaluate: --dtype bf16\)", "(the widget's precision)"),
+)
+
+
+def widget_wording(message: str) -> str:
+    """``message`` (an error or warning worded for ``unet-fast segment``) with the widget's controls, or the Python
+    call, in place of command-line options the widget does not have."""
+    for pattern, replacement in _WIDGET_WORDING:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+def size_problem(data, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the widget refuses an image layer's ``data`` (or None): more pixels than ``max_pixels``, the limit
+    ``unet-fast segment`` sets by default. The widget holds its result in memory, whole (a lazy layer's too), where
+    the command streams it to disk."""
+    if isinstance(data, collections.abc.Sequence):      # a multiscale layer: its full resolution is segmented
+        if not len(data):
+            return None                     # layer_input says what is wrong with it
+        data = data[0]
+    shape = tuple(int(n) for n in data.shape)
+    pixels = math.prod(shape)
+    if pixels <= max_pixels:
+        return None
+    return (f"{name} holds {pixels:,} pixels (shape {shape}), above the limit of {max_pixels:,} (unet-fast "
+            f"segment's default): the widget would hold its labels in memory, whole; segment its file with "
+            f"unet-fast segment -i IMAGE -o OUTDIR -m MODEL, which streams the labels to disk, and open them here")
 
 
 class Cancelled(Exception):
@@ -77,14 +118,17 @@ class ModelCache:
 
 class LayerPixels:
     """A lazy view of an image layer's data as ``predict_tiled`` reads it: the axes ``dropped`` (of length 1, as an
-    OME-Zarr's t and c) left out and, for an RGB(A) layer (..., bands last), its first ``bands`` bands put first.
-    Indexing reads only what is asked for, so a dask or zarr layer streams tile by tile (np.asarray of an RGB layer,
-    and indexing a zarr array at 0, read it whole)."""
+    OME-Zarr's t and c) left out and, for an RGB(A) layer (..., bands last), its first ``bands`` bands put before Y
+    and X: (C, Y, X), or (Z, C, Y, X) for a stack. Indexing reads only what is asked for, so a dask or zarr layer
+    streams tile by tile (np.asarray of an RGB layer, and indexing a zarr array at 0, read it whole)."""
 
     def __init__(self, data, dropped=(), bands: int | None = None):
         self._data, self._bands = data, bands
         self._axes = [axis for axis in range(len(data.shape) - (bands is not None)) if axis not in set(dropped)]
-        self.shape = ((bands,) if bands is not None else ()) + tuple(int(data.shape[axis]) for axis in self._axes)
+        kept = tuple(int(data.shape[axis]) for axis in self._axes)
+        # predict_tiled's layouts put the channels right before Y and X ("CYX", "ZCYX")
+        self._band_axis = len(kept) - 2 if bands is not None else None
+        self.shape = kept[:-2] + (bands,) + kept[-2:] if bands is not None else kept
         self.dtype = np.dtype(data.dtype)
         self.ndim = len(self.shape)
 
@@ -94,13 +138,23 @@ class LayerPixels:
         if ellipsis:
             key = key[:ellipsis[0]] + (slice(None),) * (self.ndim - len(key) + 1) + key[ellipsis[0] + 1:]
         key = key + (slice(None),) * (self.ndim - len(key))
-        stored = [0] * len(self._data.shape)
-        for axis, k in zip(self._axes, key[self._bands is not None:]):
-            stored[axis] = k
         if self._bands is None:
-            return np.asarray(self._data[tuple(stored)])
+            return np.asarray(self._data[tuple(self._stored(key))])
+        at = self._band_axis
+        spatial = key[:at] + key[at + 1:]
+        stored = self._stored(spatial)
         stored[-1] = slice(0, self._bands)
-        return np.moveaxis(np.asarray(self._data[tuple(stored)]), -1, 0)[key[0]]
+        # the bands come last out of the layer: move them to where the axes left before them end
+        position = sum(not isinstance(k, (int, np.integer)) for k in spatial[:at])
+        pixels = np.moveaxis(np.asarray(self._data[tuple(stored)]), -1, position)
+        return pixels[(slice(None),) * position + (key[at],)]
+
+    def _stored(self, key) -> list:
+        """The layer's index of ``key`` (one entry per axis of this view but the bands): 0 on the dropped axes."""
+        stored = [0] * len(self._data.shape)
+        for axis, k in zip(self._axes, key):
+            stored[axis] = k
+        return stored
 
     def __array__(self, dtype=None, copy=None):
         pixels = self[...]
@@ -113,20 +167,21 @@ def _opaque(dtype: np.dtype):
 
 
 def _bands_agree(data, grey: bool) -> bool:
-    """Whether an RGB(A) layer's (Y, X, bands) data have an alpha band (the 4th) that is opaque everywhere and, with
-    ``grey``, colour bands all equal to the first (a grey image saved in colour): the rules by which unet_fast reads
-    such a file (``image_io.grey_saved_in_colour``, ``opaque_alpha``). Read in bands of rows, to the first pixel that
-    breaks them."""
-    height, width, bands = (int(n) for n in data.shape)
+    """Whether an RGB(A) layer's (..., Y, X, bands) data have an alpha band (the 4th) that is opaque everywhere and,
+    with ``grey``, colour bands all equal to the first (a grey image saved in colour): the rules by which unet_fast
+    reads such a file (``image_io.grey_saved_in_colour``, ``opaque_alpha``). Every plane of a stack, read in bands of
+    rows, to the first pixel that breaks them."""
+    *leading, height, width, bands = (int(n) for n in data.shape)
     opaque = _opaque(np.dtype(data.dtype))
     rows = max(1, 2 ** 22 // max(1, width * bands))
-    for y0 in range(0, height, rows):
-        termination.check()        # the widget's Cancel
-        block = np.asarray(data[y0:y0 + rows])
-        if grey and any(not np.array_equal(block[..., band], block[..., 0]) for band in range(1, min(bands, 3))):
-            return False
-        if bands == 4 and not (block[..., 3] == opaque).all():
-            return False
+    for plane in np.ndindex(*leading):      # one empty index for a single image
+        for y0 in range(0, height, rows):
+            termination.check()        # the widget's Cancel
+            block = np.asarray(data[plane + (slice(y0, y0 + rows),)])
+            if grey and any(not np.array_equal(block[..., band], block[..., 0]) for band in range(1, min(bands, 3))):
+                return False
+            if bands == 4 and not (block[..., 3] == opaque).all():
+                return False
     return True
 
 
@@ -140,31 +195,36 @@ def model_input(data, rgb: bool, in_channels: int):
 
 def layer_input(data, rgb: bool, in_channels: int):
     """``model_input``'s (image, layout) and the shape of the labels on the layer's grid but for their last two
-    axes: a 1-channel layer's leading axes (Z or T, and those of length 1), so the labels lie on every axis of the
-    layer; () where the layer's leading axis is its channels (labels of its last two axes, Y and X).
+    axes: a 1-channel or RGB(A) layer's leading axes (Z or T, and those of length 1), so the labels lie on every axis
+    of the layer; () where the layer's leading axis is its channels (labels of its last two axes, Y and X).
 
     As ``unet-fast segment`` reads a file: leading axes of length 1 are left out (an OME-Zarr's t, c and z), and one
     longer one (Z or T) is a stack of planes; an RGB(A) layer whose colour bands are all equal (a grey image saved in
     colour, as PNGs of the 2018 Data Science Bowl) is its one grey channel, and an alpha band opaque everywhere is
-    no channel. A layer napari took for a stack of images a few pixels wide, (Y, X, 1-4) without RGB (a grey + alpha
-    PNG), is refused: its last axis holds the bands of one image."""
+    no channel; an RGB(A) stack (Z, Y, X, bands) is a stack of such planes, its bands read by the same rules. A
+    layer napari took for a stack of images a few pixels wide, (Y, X, 1-4) without RGB (a grey + alpha PNG), is
+    refused: its last axis holds the bands of one image."""
     if isinstance(data, collections.abc.Sequence):
         if not len(data):
             raise ValueError("the image layer holds a multiscale image without levels")
         data = data[0]
     shape = tuple(int(n) for n in data.shape)
     problem = ""
-    if rgb and len(shape) == 3:
-        bands = shape[-1]
+    # an RGB(A) stack, (..., Z, Y, X, bands), as a stack of grey planes below: axes of length 1 left out, one longer
+    longer = [axis for axis, n in enumerate(shape[:-3]) if n != 1] if rgb else []
+    if rgb and len(shape) >= 3 and len(longer) <= 1:
+        bands, leading = shape[-1], shape[:-3]
+        dropped = [axis for axis in range(len(leading)) if axis not in longer]
+        layout = "ZCYX" if longer else "CYX"
         if bands == in_channels:
-            return LayerPixels(data, bands=bands), "CYX", ()
+            return LayerPixels(data, dropped, bands=bands), layout, leading
         if in_channels == 3 and bands == 4:
             if _bands_agree(data, grey=False):
-                return LayerPixels(data, bands=3), "CYX", ()
+                return LayerPixels(data, dropped, bands=3), layout, leading
             problem = "; its alpha band is not opaque everywhere, so it holds 4 channels"
         elif in_channels == 1:
             if _bands_agree(data, grey=True):
-                return LayerPixels(data, bands=1), "CYX", ()
+                return LayerPixels(data, dropped, bands=1), layout, leading
             problem = ("; a colour image (its bands differ): split it into one layer a band (right-click the layer: "
                        "Split RGB) and segment the band the model was trained on")
     elif not rgb and in_channels == 1 and len(shape) >= 2:

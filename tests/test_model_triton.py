@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from unet_fast import UNet, reference
-from unet_fast.ops.triton import conv3x3 as kernels
+from unet_fast.ops.triton import conv3x3 as kernels, conv3x3_configs
 from tolerances import FP32_SUMMED_GRADIENT, assert_close, relative_error, assert_within_twice_plain_error
 from triton_device import DEVICE, exact_fp32, needs_triton
 
@@ -11,6 +11,18 @@ TINY = dict(in_channels=1, num_classes=2, depth=3, base_channels=8)
 
 
 PLAIN = dict(pool_epilogue=False, direct_first_layer=False)
+
+
+@pytest.fixture(autouse=True)
+def few_interpreted_programs(monkeypatch):
+    """The interpreter's time goes per program and per loop step, not per pixel: these tests check how the
+    network wires its kernels, so they take tiles of 1024 rows and 32 channels per step (a third less time
+    for the file). Tile edges are tests/test_conv3x3*.py's, under the shipped interpreter tiles and others.
+    Nothing changes on a GPU, where the interpreter's tiles are not used."""
+    rows = conv3x3_configs.Config(1024, 32, 32, 4, 1)
+    for kind in ("forward", "pool", "dgrad"):
+        monkeypatch.setitem(conv3x3_configs.INTERPRETER, kind, rows)
+    monkeypatch.setitem(conv3x3_configs.INTERPRETER, "wgrad", conv3x3_configs.Config(32, 32, 512, 4, 1))
 
 
 def twins(switches=None, **kwargs):

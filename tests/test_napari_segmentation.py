@@ -928,6 +928,29 @@ def test_a_layer_over_the_commands_pixel_limit_is_refused():
     assert size_problem(over, "cells", max_pixels=over.size) is None
 
 
+def test_the_pixel_limit_counts_the_pixels_a_scaled_model_sees():
+    """A model that resamples its images by input_scale holds scale^2 times the pixels, as unet-fast segment
+    counts them: a layer a quarter of the limit is refused for a model of input_scale 2 once it is read, before
+    any tile; one of input_scale 0.5 takes a layer of four times the plain limit."""
+    from unet_fast.image_io import DEFAULT_MAX_PIXELS, ImageTooLargeError
+    from unet_fast.napari.segmentation import size_problem
+
+    quarter_over = np.broadcast_to(np.uint8(0), (16, 4096, 4097))      # a view: no memory
+    assert size_problem(quarter_over, "cells") is None
+    problem = size_problem(quarter_over, "cells", scale=2.0)
+    assert problem.startswith("cells holds 268,500,992 pixels resampled by 2 (the model's input_scale) make "
+                              "1,074,003,968 (shape (16, 4096, 4097)), above the limit of 1,073,741,824")
+    assert size_problem(np.broadcast_to(np.uint8(0), (16, 16384, 16384)), "cells", scale=0.5) is None
+    torch.manual_seed(0)
+    scaled = unet_fast.UNet(1, 2, depth=2, base_channels=4, backend="torch").eval()
+    scaled.input_scale = 2.0
+    run = Segmentation(scaled, quarter_over, result="classes", name="cells")
+    with pytest.raises(ImageTooLargeError) as refused:
+        next(run.steps())
+    assert str(refused.value) == problem
+    assert 4 * quarter_over.size > DEFAULT_MAX_PIXELS
+
+
 def test_the_float16_overflow_advice_names_the_widgets_precision():
     """The advice on float16's overflow named `--dtype bf16`; the widget's control for it is its precision."""
     from unet_fast.inference import nonfinite_cause

@@ -22,11 +22,12 @@ import torch
 from scipy import ndimage
 
 from .. import termination
-from ..image_io import DEFAULT_MAX_PIXELS
+from ..image_io import DEFAULT_MAX_PIXELS, ImageTooLargeError
 from ..inference import predict_tiled
 from ..instances import instance_dtype
 from ..model_file import class_names_of, load_model
 from ..pixel_size import MICROMETERS_PER_UNIT, PixelSize, scale_warning
+from ..rescale import model_scale
 
 RESULTS = ("instances", "classes")   # objects, one id each; or the class of every pixel
 
@@ -52,19 +53,23 @@ def widget_wording(message: str) -> str:
     return message
 
 
-def size_problem(data, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def size_problem(data, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, scale: float = 1.0) -> str | None:
     """Why the widget refuses an image layer's ``data`` (or None): more pixels than ``max_pixels``, the limit
-    ``unet-fast segment`` sets by default. The widget holds its result in memory, whole (a lazy layer's too), where
-    the command streams it to disk."""
+    ``unet-fast segment`` sets by default, counted as that command counts them: resampled by ``scale`` (a model's
+    ``input_scale``; the network sees scale^2 times the pixels). The widget holds its result in memory, whole (a
+    lazy layer's too), where the command streams it to disk."""
     if isinstance(data, collections.abc.Sequence):      # a multiscale layer: its full resolution is segmented
         if not len(data):
             return None                     # layer_input says what is wrong with it
         data = data[0]
     shape = tuple(int(n) for n in data.shape)
     pixels = math.prod(shape)
-    if pixels <= max_pixels:
+    scaled = int(pixels * scale * scale)
+    if scaled <= max_pixels:
         return None
-    return (f"{name} holds {pixels:,} pixels (shape {shape}), above the limit of {max_pixels:,} (unet-fast "
+    held = f"{pixels:,} pixels" + (f" resampled by {scale:.3g} (the model's input_scale) make {scaled:,}"
+                                   if scale != 1.0 else "")
+    return (f"{name} holds {held} (shape {shape}), above the limit of {max_pixels:,} (unet-fast "
             f"segment's default): the widget would hold its labels in memory, whole; segment its file with "
             f"unet-fast segment -i IMAGE -o OUTDIR -m MODEL, which streams the labels to disk, and open them here")
 
@@ -359,6 +364,8 @@ class Segmentation:
                 self._model_read.set()
                 if self._stop.is_set():             # cancelled while the model was read: no tile at all
                     raise Cancelled()
+                if too_large := size_problem(self.data, self.name, scale=model_scale(model)):  # known once read
+                    raise ImageTooLargeError(too_large)
                 with termination.cancelled_by(self._stop, Cancelled):   # instance labelling, between blocks
                     labels = segment(model, self.data, on_progress=report, **self.options)
                 updates.put(("done", labels))

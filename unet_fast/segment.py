@@ -901,7 +901,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
     ``output_dir`` and its overlays are not listed when they lie inside a folder named. Names starting with "."
     in folders are skipped either way (``expand_inputs``).
 
-    model: a model file (loaded on every process) or a loaded model; output: "labels", "probabilities" or
+    model: a model file (loaded on every process; one that cannot be read raises BadArgument naming ``model``, the
+    reason as its cause) or a loaded model; output: "labels", "probabilities" or
     "instances" (a 2-class model's objects, by ``instance_options``: see ``unet_fast.instances``); overlay:
     a PNG per input in output_dir/overlays (the image with the result's outlines); format: "tif" or "ome.zarr";
     resume: skip inputs whose output exists (drawing a missing overlay from it), refusing (BadArgument)
@@ -953,7 +954,8 @@ def run(inputs: list[str | Path], output_dir: str | Path, model: str | Path | to
             if overlay:
                 check_overlays_replaceable(files, Path(output_dir), OUTPUT_SUFFIXES[format], resume, subfolders)
             if not isinstance(model, torch.nn.Module):
-                model = load_model(model, device=job.device)
+                with checks.blame("model"):     # a usage error on the rank that cannot read it, as in one process
+                    model = load_model(model, device=job.device)
             made = provenance(model, output=output, tta=tta, scale=scale, dtype=dtype,
                               instance_options=instance_options)
             if resume:

@@ -3,12 +3,12 @@ against the peak resident memory a forward and predict_tiled add to a fresh proc
 it, and the memory a container leaves (cgroups). The GPU model is pinned: it changes only with a GPU measurement."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import ahead
 import unet_fast
 from unet_fast import checks, inference, tiling
 from unet_fast.inference import check_chosen_plan_fits, plan_tiles
@@ -101,12 +101,17 @@ print(json.dumps({"measured": status("VmHWM") - baseline - result, "estimate": e
 """
 
 
-def peak_rss_of_a_fresh_process(**case) -> tuple[int, int]:
-    """(peak RSS the case's work added to a fresh process, the estimate for it)."""
+def fresh_process(name: str, **case) -> ahead.Command:
+    """A fresh process doing the case's work, started beside the suite (tests/ahead.py)."""
+    return ahead.Command(f"peak-rss-{name}", lambda folder: ([sys.executable, "-c", CHILD, json.dumps(case)], {}, None),
+                         timeout=120)
+
+
+def peak_rss_of(process: ahead.Command) -> tuple[int, int]:
+    """(peak RSS the case's work added to its fresh process, the estimate for it)."""
     if not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(case)], capture_output=True, text=True,
-                          timeout=120)
+    done = process.result().done
     if done.returncode and "clear_refs" in done.stderr:
         pytest.skip(f"cannot reset the peak RSS here: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr
@@ -121,21 +126,28 @@ def peak_rss_of_a_fresh_process(**case) -> tuple[int, int]:
 LOW, HIGH = 0.5, 1.3
 
 
-@pytest.mark.parametrize("case", [
+FORWARDS = [fresh_process(f"forward{i}", predict=False, **case) for i, case in enumerate([
     dict(depth=3, base=16, padding="valid", in_channels=1, num_classes=2, tile=252, batch=1, dtype="fp32"),
     dict(depth=4, base=16, padding="same", in_channels=3, num_classes=3, tile=256, batch=2, dtype="bf16"),
-])
-def test_the_cpu_estimate_covers_the_peak_rss_of_a_forward(case):
-    measured, estimate = peak_rss_of_a_fresh_process(predict=False, **case)
+])]
+
+
+@pytest.mark.parametrize("process", [pytest.param(p, marks=p.mark, id=f"case{i}") for i, p in enumerate(FORWARDS)])
+def test_the_cpu_estimate_covers_the_peak_rss_of_a_forward(process):
+    measured, estimate = peak_rss_of(process)
     assert LOW * estimate <= measured <= HIGH * estimate, (measured / MiB, estimate / MiB)
 
 
+PREDICT = fresh_process("predict-tiled", predict=True, depth=4, base=16, padding="valid", in_channels=1, num_classes=2,
+                        tile=284, batch=2, dtype="fp32")
+
+
 @pytest.mark.slow
+@PREDICT.mark
 def test_the_cpu_plan_covers_the_peak_rss_of_predict_tiled():
     """Three batches through predict_tiled (its reader thread, input batches in flight, the previous result kept
     while the next batch runs): the plan's estimated_bytes, which check_chosen_plan_fits holds against free memory."""
-    measured, estimate = peak_rss_of_a_fresh_process(predict=True, depth=4, base=16, padding="valid", in_channels=1,
-                                                     num_classes=2, tile=284, batch=2, dtype="fp32")
+    measured, estimate = peak_rss_of(PREDICT)
     assert LOW * estimate <= measured <= HIGH * estimate + PREDICT_SLACK, (measured / MiB, estimate / MiB)
 
 

@@ -1,11 +1,13 @@
 """Sparse labels (``ignore_label``): pixels nobody annotated count in no loss, no class balance and no score."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 
+import ahead
 from unet_fast import cli
 from unet_fast.data import IGNORE, ArrayDataset, RandomTiles, default_augmentation
 from unet_fast.evaluation import score_instances
@@ -329,19 +331,26 @@ def test_evaluate_warns_when_no_label_holds_the_ignore_label():
         evaluate_model(model, [image], [label], ignore_label=-1)
 
 
-def test_the_evaluate_command_shows_its_warning_as_one_line(tmp_path):
-    """The warning came as Python's form: a source path, a line number and a code line."""
-    import subprocess
+def _evaluate_with_an_unused_ignore_label(folder):
     import sys
 
     import unet_fast
 
-    _folders(tmp_path, _label64())
-    unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=4), tmp_path / "m.safetensors")
-    done = subprocess.run([sys.executable, "-m", "unet_fast.cli", "evaluate", "-m", str(tmp_path / "m.safetensors"),
-                           "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-                           "--ignore-label", "255", "-o", str(tmp_path / "eval"), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    folder = Path(folder)
+    _folders(folder, _label64())
+    unet_fast.save_model(unet_fast.UNet(depth=2, base_channels=4), folder / "m.safetensors")
+    return [sys.executable, "-m", "unet_fast.cli", "evaluate", "-m", str(folder / "m.safetensors"),
+            "--images", str(folder / "images"), "--labels", str(folder / "labels"),
+            "--ignore-label", "255", "-o", str(folder / "eval"), "--no-progress"], {}, None
+
+
+UNUSED_IGNORE_LABEL = ahead.Command("evaluate-unused-ignore-label", _evaluate_with_an_unused_ignore_label, timeout=300)
+
+
+@UNUSED_IGNORE_LABEL.mark
+def test_the_evaluate_command_shows_its_warning_as_one_line():
+    """The warning came as Python's form: a source path, a line number and a code line."""
+    done = UNUSED_IGNORE_LABEL.result().done
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
     assert lines == ["unet-fast evaluate: warning: no label image holds ignore_label=255 (--ignore-label): every "

@@ -18,6 +18,17 @@ import sys
 # of TTA over tiles alone took 27 s with two sleeping threads, 6.8 s with two spinning, 1.8 s with one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS reads OMP_NUM_THREADS too, but pytest's plugins (zarr's, ...) import numpy before this file, so
+# in this process it started 2 threads, which spin: the interpreter's tl.dot is numpy's matmul, and with a command
+# running beside it test_model_triton took 73 s instead of 45 (2026-11-28). Commands the tests start read the
+# variable. threadpoolctl is in the test extra; without it (a GPU machine's bare venv) BLAS keeps its threads.
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    pass
+else:
+    _threads = os.environ["OMP_NUM_THREADS"].split(",")[0]      # OpenMP's form: "4" or nested "4,2"
+    _BLAS_LIMIT = threadpool_limits(int(_threads) if _threads.isdigit() else 1, user_api="blas")
 
 # The suite writes Python's bytecode caches whatever PYTHONDONTWRITEBYTECODE says (CI's machine sets it): without
 # them pytest rewrote the asserts of all 229 test and helper modules on every run (16 of the 27 s of collection)

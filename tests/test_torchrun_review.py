@@ -262,6 +262,15 @@ while not all((folder / f"{report}{r}.json").exists() for r in range(2)) and tim
 """
 
 
+def _reports(command, report: str) -> tuple[Path, list[dict]]:
+    """The folder of a command of ``_under_torchrun`` and what each of its 2 ranks reported (RUN_AND_REPORT's
+    ``report``0.json and ``report``1.json)."""
+    run = command.result()
+    folder = Path(run.folder)
+    assert all((folder / f"{report}{rank}.json").exists() for rank in range(2)), run.done.stderr[-3000:]
+    return folder, [json.loads((folder / f"{report}{rank}.json").read_text()) for rank in range(2)]
+
+
 def _under_torchrun(script_text):
     """A command's builder: ``script_text`` run by 2 gloo processes under torchrun, given its folder and the flags of
     2 labelled images written under it."""
@@ -302,10 +311,7 @@ def test_train_a_file_one_rank_cannot_read_stops_every_rank_naming_it():
     """The command read the images before fit joined the job: rank 1 failed alone and exited, and rank 0 waited
     for it inside init_process_group, deaf to torchrun's SIGTERM (killed 30 s later without a word; on another
     machine it waited 30 min)."""
-    run = TRAIN_READ.result()
-    folder = Path(run.folder)
-    assert (folder / "rank0.json").exists() and (folder / "rank1.json").exists(), run.done.stderr[-3000:]
-    reports = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+    folder, reports = _reports(TRAIN_READ, "rank")
     assert reports[1]["status"] == 2 and "argument --images and --labels:" in reports[1]["error"], reports
     assert "img1.tif: Input/output error" in reports[1]["error"], reports
     assert reports[0]["status"] == 1, reports
@@ -344,10 +350,7 @@ def test_segment_a_model_one_rank_cannot_read_stops_every_rank_naming_it():
     """cmd_segment read -m before the ranks met: rank 1 failed alone, and rank 0 waited at the meeting (until
     torchrun ended it; on another node, for as long as the meeting's limit). Now each rank reads it after they
     met, as segment.run does: rank 0 segments its share and stops naming rank 1."""
-    run = SEGMENT_MODEL.result()
-    folder = Path(run.folder)
-    assert (folder / "segment0.json").exists() and (folder / "segment1.json").exists(), run.done.stderr[-3000:]
-    reports = [json.loads((folder / f"segment{rank}.json").read_text()) for rank in range(2)]
+    folder, reports = _reports(SEGMENT_MODEL, "segment")
     # rank 1's is a usage error naming -m, as in a single process (it was exit 1 with the error's type)
     assert reports[1]["status"] == 2 and "-m/--model" in reports[1]["error"], reports
     assert "segment_model.safetensors: no such file" in reports[1]["error"], reports

@@ -346,9 +346,9 @@ def _warn_scattered(dataset, what: str) -> None:
     raw image among the labels): the network would learn each grey value as an object."""
     if dataset.scattered and _rank() == 0:
         name, why = next(iter(dataset.scattered.items()))
+        flag = "--val-" if what == "validation" else "--"
         print(f"train: warning: {len(dataset.scattered)} {what} label image(s) look like intensity images, not "
-              f"labels: {name!r}: {why}; check that --{'val-' if what == 'validation' else ''}images and "
-              f"--{'val-' if what == 'validation' else ''}labels are not swapped", file=sys.stderr)
+              f"labels: {name!r}: {why}; check that {flag}images and {flag}labels are not swapped", file=sys.stderr)
 
 
 def _warn_ignore_label_unused(ignore_label, dataset) -> None:

@@ -1,10 +1,13 @@
-"""unet_fast.ops.triton.Launch: where a planned kernel launch runs."""
+"""unet_fast.ops.triton: where a planned kernel launch runs (Launch), and Triton imported at the first kernel
+(Kernels), checked to decide as unet_fast did at its import."""
 import contextlib
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from unet_fast import _info
 from unet_fast.ops import triton as triton_kernels
 
 
@@ -39,6 +42,49 @@ def test_a_launch_runs_with_its_tensors_gpu_current(monkeypatch):
     events.clear()
     triton_kernels.Launch(Kernel(), (1,), (torch.zeros(1),), {}).run()  # the CPU (the interpreter): as it was
     assert events == [("launch", (1,))]
+
+
+@pytest.fixture
+def first_kernel(monkeypatch):
+    """As if no kernel had been wanted yet in this process: the next Kernels read imports and checks Triton."""
+    monkeypatch.setattr(triton_kernels, "_checked", False)
+
+
+@pytest.mark.skipif(not triton_kernels.available(), reason="triton is not installed")
+def test_the_first_kernel_refuses_a_triton_that_decides_otherwise_than_at_import(first_kernel, monkeypatch):
+    """TRITON_INTERPRET set (or unset) after unet_fast was imported: the ops would send kernels where Triton
+    cannot run them (an interpreted kernel given CUDA tensors, a compiled one given CPU tensors); the first
+    kernel wanted says so and names the fix, whichever way it changed."""
+    monkeypatch.setattr(triton_kernels, "_DECIDED", not triton_kernels.INTERPRETED)
+    with pytest.raises(RuntimeError, match="but unet_fast was imported when it would .* set TRITON_INTERPRET "
+                                           "before importing unet_fast"):
+        triton_kernels.Kernels("crop_concat").crop_concat_forward
+    assert not triton_kernels._checked          # and says it again, rather than running the kernel next time
+    monkeypatch.setattr(triton_kernels, "_DECIDED", triton_kernels.INTERPRETED)
+    assert callable(triton_kernels.Kernels("crop_concat").crop_concat_forward)
+
+
+def test_a_triton_that_does_not_import_is_named_with_the_fix(first_kernel, monkeypatch):
+    """Installed (the ops route kernels to it) but broken, e.g. built for another Python: the first kernel wanted
+    raises naming both ways out, where a bare ImportError came from deep inside an op; info() says it too."""
+    monkeypatch.setitem(sys.modules, "triton", None)    # what import finds for a module that fails to import
+    with pytest.raises(RuntimeError, match=r"triton is installed but does not import \(.*\): reinstall it "
+                                           r"\(pip install triton\) or uninstall it"):
+        triton_kernels.Kernels("conv3x3").conv3x3_forward
+    monkeypatch.setattr(triton_kernels, "_INSTALLED", True)
+    available, why = _info._triton_status()
+    assert not available and why.startswith("triton is installed but does not import ("), why
+    monkeypatch.setattr(triton_kernels, "_INSTALLED", False)
+    assert _info._triton_status() == (False, "triton is not installed")
+
+
+@pytest.mark.parametrize("value", ["1", "0", "on", "On", "TRUE", "yes", "Y", "", " 1", "true1", "off", "2"])
+def test_interpret_is_read_from_the_environment_as_triton_reads_it(monkeypatch, value):
+    knobs = pytest.importorskip("triton").knobs if triton_kernels.available() else None
+    if knobs is None or not hasattr(knobs, "runtime"):
+        pytest.skip("this triton has no knobs.runtime to compare with")
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert triton_kernels.interpret_requested() == bool(knobs.runtime.interpret), value
 
 
 needs_two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,

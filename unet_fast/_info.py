@@ -9,10 +9,14 @@ from . import _extension, ops
 
 
 def _triton_status() -> tuple[bool, str]:
+    from .ops import triton as kernels
+
+    if not kernels.available():
+        return False, "triton is not installed"
     try:
         import triton
     except ImportError as error:
-        return False, f"triton is not installed ({error})"
+        return False, f"triton is installed but does not import ({error})"
     return True, f"triton {triton.__version__}"
 
 

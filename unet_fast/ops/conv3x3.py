@@ -46,11 +46,10 @@ from .frozen_weights import derived
 from ._library import choose_implementation, register_fake_and_autograd, register_triton
 from .crop_concat import check_skip_covers, crop_concat, gradient_parts
 
-if _triton.available():
-    from .triton import bias_grad as _bias_grad_kernels
-    from .triton import bias_relu as _bias_relu_kernels
-    from .triton import conv3x3 as _kernels
-    from .triton import relu_pool_backward as _pool_backward_kernels
+_bias_grad_kernels = _triton.Kernels("bias_grad")
+_bias_relu_kernels = _triton.Kernels("bias_relu")
+_kernels = _triton.Kernels("conv3x3")
+_pool_backward_kernels = _triton.Kernels("relu_pool_backward")
 
 
 # ---- input checks

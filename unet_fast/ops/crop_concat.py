@@ -14,8 +14,7 @@ from ..geometry import center_crop, crop_offset, zero_outside_center
 from . import triton as _triton
 from ._library import choose_implementation, memory_format_of, register_fake_and_autograd, register_triton
 
-if _triton.available():
-    from .triton import crop_concat as _kernels
+_kernels = _triton.Kernels("crop_concat")
 
 
 # ---- input checks

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from . import triton as _triton
 from ._library import choose_implementation, memory_format_of, register_fake_and_autograd, register_triton
 
-if _triton.available():
-    from .triton import weighted_cross_entropy as _kernels
+_kernels = _triton.Kernels("weighted_cross_entropy")
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # at::Reduction codes, as the schema takes them
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)

@@ -37,9 +37,11 @@ import dataclasses
 
 import torch
 
-from . import Launch, conv3x3_configs as configs, triton
+from . import Launch, conv3x3_configs as configs, triton_or_none
 
 from ...geometry import crop_offset, zero_outside_center
+
+triton = triton_or_none()
 
 if triton is not None:
     import triton.language as tl

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from . import Launch, triton
+from . import Launch, triton_or_none
+
+triton = triton_or_none()
 
 if triton is not None:
     import triton.language as tl

@@ -1,7 +1,7 @@
 """What importing the package costs: torch._dynamo (a second or more to import) stays out of every
 command-line start that does not compile or train (training imports it through torch.optim), triton
 (half a second) out of every process that launches no Triton kernel, and scipy (a third of a second) out of
-the package's import and the segment command's."""
+the package's import, the command line's start and the segment command's."""
 import json
 import sys
 
@@ -23,7 +23,8 @@ import json, sys
 def loaded(prefix):
     return sorted(m for m in sys.modules if m.split(".")[0] == prefix)
 import torch, unet_fast, unet_fast.cli, unet_fast.segment, unet_fast.inference
-seen = {{"scipy after the package, the command line and segment": loaded("scipy")}}
+unet_fast.cli.build_parser()
+seen = {{"scipy after the package, the command line's parser and segment": loaded("scipy")}}
 {_IMPORTS}
 seen["torch._dynamo after the segmenting modules"] = [m for m in loaded("torch") if m.startswith("torch._dynamo")]
 unet_fast.UNet(depth=2, base_channels=4)(torch.zeros(1, 1, 44, 44))
@@ -53,8 +54,8 @@ def test_importing_the_package_and_a_cpu_forward_leave_triton_out():
 @IMPORTS_ALONE.mark
 def test_importing_the_package_and_the_segment_command_leaves_scipy_out():
     """scipy serves the weight maps, synthetic images, instances and scores: unet_fast's names for them load it
-    when first read."""
-    assert _imported("scipy after the package, the command line and segment") == [], "scipy imported"
+    when first read, and the command line's instance flags read their defaults from unet_fast.instance_options."""
+    assert _imported("scipy after the package, the command line's parser and segment") == [], "scipy imported"
 
 
 def test_the_package_names_its_lazy_functions_and_loads_them_on_first_read():

@@ -325,7 +325,7 @@ def _recipe_default(name: str) -> str:
 def _instance_options(args):
     """An InstanceOptions from --min-size, --no-fill-holes, --border, --threshold, --smoothing, --split,
     --no-split; None when none was given."""
-    from .instances import InstanceOptions
+    from .instance_options import InstanceOptions
 
     given = {key: value for key, value in (("min_size", args.min_size), ("border", args.border),
                                            ("fill_holes", False if args.no_fill_holes else None),
@@ -830,7 +830,7 @@ def _inference_flags(p) -> None:
 
 
 def _instance_flags(p) -> None:
-    from .instances import DEFAULT_SMOOTHING, MAX_SMOOTHING, MIN_SMOOTHING, InstanceOptions
+    from .instance_options import DEFAULT_SMOOTHING, MAX_SMOOTHING, MIN_SMOOTHING, InstanceOptions
 
     defaults = InstanceOptions()
     p.add_argument("--min-size", type=_non_negative_int, default=None, metavar="PX",

@@ -945,7 +945,7 @@ def _predict_instances(model, image, options, *, out, layout, pixel_size, proven
 def _instance_options(options, num_classes: int, scale: float = 1.0):
     """The instance rules (None: the defaults), checked, for a model of ``num_classes``, which must be 2, in
     the pixels of the image the model resamples by ``scale`` (``InstanceOptions.in_image_pixels``)."""
-    from .instances import InstanceOptions
+    from .instance_options import InstanceOptions
 
     if num_classes != 2:
         raise ValueError(f"output='instances' needs a model of 2 classes (background, foreground); this one has "

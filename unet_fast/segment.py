@@ -376,7 +376,7 @@ def provenance(model, *, output: str, tta: bool, scale, dtype, instance_options)
     OME-Zarr output gives as NGFF "image-label" "properties" too (``sinks.open_sink``); --continue does not compare
     them (names, not results)."""
     from . import __version__
-    from .instances import InstanceOptions
+    from .instance_options import InstanceOptions
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

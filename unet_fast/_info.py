@@ -14,9 +14,9 @@ def _triton_status() -> tuple[bool, str]:
     if not kernels.available():
         return False, "triton is not installed"
     try:
-        import triton
-    except ImportError as error:
-        return False, f"triton is installed but does not import ({error})"
+        triton = kernels.import_triton()
+    except RuntimeError as error:
+        return False, str(error)
     return True, f"triton {triton.__version__}"
 
 

@@ -55,6 +55,16 @@ def triton_or_none():
     return triton
 
 
+def import_triton():
+    """The triton module (installed: see ``available``); a RuntimeError naming the fix where it does not import."""
+    try:
+        import triton
+    except ImportError as error:
+        raise RuntimeError(f"triton is installed but does not import ({error}): reinstall it (pip install "
+                           f"triton) or uninstall it, and unet_fast runs without Triton kernels") from error
+    return triton
+
+
 def _check_triton() -> None:
     """Import triton and check it interprets exactly when INTERPRETED says: a clear error where it does not
     import, or where TRITON_INTERPRET changed after unet_fast was imported (kernels would then be sent where
@@ -62,12 +72,8 @@ def _check_triton() -> None:
     global _checked
     if _checked:
         return
-    try:
-        import triton
-        from triton.runtime.jit import JITFunction
-    except ImportError as error:
-        raise RuntimeError(f"triton is installed but does not import ({error}): reinstall it (pip install "
-                           f"triton) or uninstall it, and unet_fast runs without Triton kernels") from error
+    triton = import_triton()
+    from triton.runtime.jit import JITFunction
 
     @triton.jit
     def _probe():

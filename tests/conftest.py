@@ -54,8 +54,8 @@ import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter un
 
 
 def pytest_collection_finish(session):
-    # not in an xdist worker (gpu.sh's full_tests stage runs 8): each collects every test, and the commands
-    # would run once per worker; there a test runs its command itself
+    # not in an xdist worker (README's command runs one per core, gpu.sh's full_tests stage 8): each collects
+    # every test, and the commands would run once per worker; there a test runs its command itself
     if not session.config.option.collectonly and not hasattr(session.config, "workerinput"):
         ahead.start(session.items)
 

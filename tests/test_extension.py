@@ -32,7 +32,6 @@ WITHOUT_EXTENSION = ahead.Command("without-extension", lambda folder: (
     {"env": {**os.environ, "UNET_FAST_DISABLE_EXTENSION": "1"}}, None), timeout=300)
 
 
-@pytest.mark.slow
 @WITHOUT_EXTENSION.mark
 def test_package_works_without_the_extension():
     run = WITHOUT_EXTENSION.result()

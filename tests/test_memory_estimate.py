@@ -142,7 +142,6 @@ PREDICT = fresh_process("predict-tiled", predict=True, depth=4, base=16, padding
                         tile=284, batch=2, dtype="fp32")
 
 
-@pytest.mark.slow
 @PREDICT.mark
 def test_the_cpu_plan_covers_the_peak_rss_of_predict_tiled():
     """Three batches through predict_tiled (its reader thread, input batches in flight, the previous result kept

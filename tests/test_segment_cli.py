@@ -384,6 +384,7 @@ SHARDS = _spawning(_shard_ranks, count=5)
 
 
 @needs_zarr
+@pytest.mark.slow
 @SHARDS.mark
 def test_torch_distributed_gloo_shards_cover_every_file_once():
     folder = _spawned(SHARDS)
@@ -418,6 +419,7 @@ LISTING_LATE = _spawning(_listing_late_ranks, count=5)
 
 
 @needs_zarr
+@pytest.mark.slow
 @LISTING_LATE.mark
 def test_torch_distributed_ranks_segment_rank_0s_listing():
     """Each rank listed the inputs itself and took every world-th file of its own list: where the lists differed,
@@ -467,6 +469,7 @@ FAILED_RANK = _spawning(_failed_rank_ranks, count=4)
 
 
 @needs_zarr
+@pytest.mark.slow
 @FAILED_RANK.mark
 def test_torch_distributed_a_failed_rank_stops_the_others():
     """Rank 1 cannot read the model (absent on its node): rank 0 segments its share, then raises

@@ -138,6 +138,7 @@ SIGNALLED = ahead.Command("sigterm-at-several-moments", _signalled, timeout=300)
 
 
 @linux_only
+@pytest.mark.slow
 @SIGNALLED.mark
 def test_sigterm_at_several_moments_of_train_always_exits_143_and_writes_no_model():
     """Signals (single and repeated bursts) during the startup imports, while preparing the data, and

@@ -224,6 +224,7 @@ def _joining(folder):
 JOIN = ahead.Command("torchrun-review-join", _joining, timeout=180)
 
 
+@pytest.mark.slow
 @JOIN.mark
 def test_a_rank_waiting_for_the_others_stops_on_sigterm():
     """A rank whose peer failed before joining waited inside init_process_group, where no signal handler runs:
@@ -235,6 +236,7 @@ def test_a_rank_waiting_for_the_others_stops_on_sigterm():
     assert results["sigterm"]["seconds"] < 10, results
 
 
+@pytest.mark.slow
 @JOIN.mark
 def test_a_rank_without_a_gpu_for_its_local_rank_stops_every_rank():
     run = JOIN.result()
@@ -306,6 +308,7 @@ argv, report = ["train", *sys.argv[2:], "-o", str(folder / "run" / "model.safete
 TRAIN_READ = ahead.Command("torchrun-review-train-unreadable", _under_torchrun(TRAIN_READ_FAILURE), timeout=120)
 
 
+@pytest.mark.slow
 @TRAIN_READ.mark
 def test_train_a_file_one_rank_cannot_read_stops_every_rank_naming_it():
     """The command read the images before fit joined the job: rank 1 failed alone and exited, and rank 0 waited
@@ -345,6 +348,7 @@ SEGMENT_MODEL = ahead.Command("torchrun-review-segment-unreadable-model", _under
                               timeout=120)
 
 
+@pytest.mark.slow
 @SEGMENT_MODEL.mark
 def test_segment_a_model_one_rank_cannot_read_stops_every_rank_naming_it():
     """cmd_segment read -m before the ranks met: rank 1 failed alone, and rank 0 waited at the meeting (until

@@ -428,6 +428,7 @@ def _ranks_wrote(command) -> Path:
 DDP_TWO = _torchrun("ddp-two-processes", DDP_SCRIPT)
 
 
+@pytest.mark.slow
 @DDP_TWO.mark
 def test_ddp_two_cpu_processes_end_identical():
     out = _ranks_wrote(DDP_TWO)
@@ -485,6 +486,7 @@ dist.destroy_process_group()
 DDP_RESUME = _torchrun("ddp-resume", DDP_RESUME_SCRIPT)
 
 
+@pytest.mark.slow
 @DDP_RESUME.mark
 def test_ddp_resume_restores_every_ranks_random_state():
     """2 epochs straight == 1 epoch + resume, on 2 ranks whose random states differ: same weights,
@@ -586,6 +588,7 @@ FAILING_RANK = {where: _torchrun(f"ddp-failing-rank-{where}", FAILING_RANK_SCRIP
                 for where in ("data", "checkpoint", "step")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, failed, message", [
     pytest.param("data", 1, "OSError: cannot read img1.tif",          # before any collective
                  marks=FAILING_RANK["data"].mark),

@@ -7,13 +7,11 @@ ptxas -v, shared memory within the per-block limit (H100 228 KiB, A100 164 KiB).
 
 Every suite run compiles the decoder level's launches (one of each kernel, --quick). Every shipped configuration
 is 187 compiles, about 3 minutes on one core with an empty Triton cache (as on a fresh machine), and the measured
-table's another 25 s: more than the rest of the suite leaves room for, so they run where kernels or
-configurations are judged: UNET_FAST_STATIC_ALL=1 (.ci/run sets it in a step of its own; tools/gpu_env_check.sh
-runs them).
+table's another 25 s: more than the rest of the suite leaves room for, so they are marked slow and run where
+kernels or configurations are judged: `-m slow` (.ci/run's slow tier; tools/gpu_env_check.sh runs them too).
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +34,6 @@ def _static_checks(*flags):
 
 
 SHIPPED, QUICK, TABLE = _static_checks(), _static_checks("--quick"), _static_checks("--table")
-EVERY_CONFIGURATION = os.environ.get("UNET_FAST_STATIC_ALL") == "1"
 
 
 def rows_of(command):
@@ -75,16 +72,12 @@ def test_decoder_layer_pooled_forward_and_direct_bf16_compile_for_sm90_and_sm80(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not EVERY_CONFIGURATION, reason="187 compiles (3 min on one core with an empty Triton cache): "
-                    "UNET_FAST_STATIC_ALL=1 runs them, as .ci/run does")
 @SHIPPED.mark
 def test_every_shipped_configuration_compiles():
     check(rows_of(SHIPPED))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not EVERY_CONFIGURATION, reason="the table's compiles (25 s with an empty Triton cache): "
-                    "UNET_FAST_STATIC_ALL=1 runs them, as .ci/run does")
 @TABLE.mark
 def test_every_table_configuration_compiles():
     """The measured per-layer table (unet_fast/ops/triton/conv3x3_configs.json): every entry compiles."""

@@ -118,7 +118,6 @@ def test_separated_labels_match_naive_and_gaps_get_the_border_weight(nuclei):
     assert gaps.any() and np.median(weights[gaps]) > 5
 
 
-@pytest.mark.slow
 def test_benchmark_image_matches_naive():
     """The benchmark's input (benchmarks/test_bench_weights.py): 512 x 512, ~120 touching nuclei."""
     _, labels = synthetic_nuclei(1, 512, seed=0, num_objects=120)

@@ -53,6 +53,19 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)
 
 
+def names_tests_only(args) -> bool:
+    """Whether a command line names tests by id only (tests/test_train.py::test_ddp_resume...) and no -m of its own."""
+    named = [arg for arg in args if not arg.startswith("-")]
+    asks_marks = any(arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")) for arg in args)
+    return bool(named) and all("::" in arg for arg in named) and not asks_marks
+
+
+def pytest_configure(config):
+    # pyproject's addopts leave the slow tests out (-m 'not slow'); a command line naming tests runs what it names
+    if names_tests_only(config.invocation_params.args):
+        config.option.markexpr = ""
+
+
 def pytest_collection_finish(session):
     # not in an xdist worker (README's command runs one per core, gpu.sh's full_tests stage 8): each collects
     # every test, and the commands would run once per worker; there a test runs its command itself

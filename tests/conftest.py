@@ -53,16 +53,16 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import triton_interpreter_fix  # noqa: E402,F401  (Triton 3.5/3.6 interpreter under numpy >= 2.4)
 
 
-def names_tests_only(args) -> bool:
-    """Whether a command line names tests by id only (tests/test_train.py::test_ddp_resume...) and no -m of its own."""
-    named = [arg for arg in args if not arg.startswith("-")]
+def names_tests_only(paths, args) -> bool:
+    """Whether a command line names tests by id only (``paths``, its positional arguments as pytest parsed them:
+    tests/test_train.py::test_ddp_resume...) and gives no -m of its own (``args``, the command line as typed)."""
     asks_marks = any(arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")) for arg in args)
-    return bool(named) and all("::" in arg for arg in named) and not asks_marks
+    return bool(paths) and all("::" in path for path in paths) and not asks_marks
 
 
 def pytest_configure(config):
     # pyproject's addopts leave the slow tests out (-m 'not slow'); a command line naming tests runs what it names
-    if names_tests_only(config.invocation_params.args):
+    if names_tests_only(config.args, config.invocation_params.args):
         config.option.markexpr = ""
 
 
